@@ -1,0 +1,40 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install demo test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m stemma.cli.demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(MAKE) typecheck
+	$(BIN)/python -m pytest -q -n 2 tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	rm -rf build/typecheck && mkdir -p build/typecheck/stemma
+	for p in registry lineage schemas; do ln -s ../../../$$p build/typecheck/stemma/$$p; done
+	cd build/typecheck && ../../$(BIN)/mypy --strict --config-file ../../pyproject.toml -p stemma.registry -p stemma.lineage -p stemma.schemas
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build .stemma .pytest_cache .mypy_cache .ruff_cache

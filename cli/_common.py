@@ -1,0 +1,56 @@
+"""Shared CLI pieces: option aliases, output helpers and the one error funnel."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from stemma.registry.errors import StemmaError
+from typer.core import TyperGroup
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print stable JSON instead of a table.")]
+RepoOpt = Annotated[
+    Path,
+    typer.Option("--repo", "-C", help="Folder inside the registry (default: the current one).",
+                 show_default=False),
+]
+
+
+def emit_json(obj: Any) -> None:
+    """Print canonical JSON on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def console() -> Any:
+    """A rich console on stdout (imported lazily: rich is not needed for --json)."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def debug_enabled() -> bool:
+    """True when tracebacks were asked for (--traceback or STEMMA_DEBUG=1)."""
+    return os.environ.get("STEMMA_DEBUG", "") not in ("", "0")
+
+
+class FunnelGroup(TyperGroup):
+    """The root command group: turns a `StemmaError` into one stderr line and exit 1."""
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; render library errors as one line unless tracebacks are on."""
+        try:
+            return super().invoke(ctx)
+        except StemmaError as exc:
+            if debug_enabled():
+                raise
+            raise fail(exc.message) from None

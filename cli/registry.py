@@ -1,0 +1,115 @@
+"""Registry commands: init, validate, ls, show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from stemma.registry import Registry
+from stemma.registry import listing as lib
+
+from ._common import JsonOpt, RepoOpt, console, emit_json
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the registry commands on the root app."""
+    app.command("init")(init)
+    app.command("validate")(validate)
+    app.command("ls")(ls)
+    app.command("show")(show)
+
+
+def init(
+    path: Annotated[Path, typer.Argument(help="Folder to create the registry in.")] = Path("."),
+    root: Annotated[
+        str, typer.Option(help="Folder under PATH that holds models/ and datasets/.")
+    ] = ".",
+) -> None:
+    """Create stemma.yaml, models/ and datasets/ (and git / dvc repositories when missing)."""
+    reg = Registry.init(path, root=root)
+    typer.echo(f"Initialized stemma registry in {reg.repo_root}")
+
+
+def validate(json_: JsonOpt = False, repo: RepoOpt = Path(".")) -> None:
+    """Check every spec and manifest: schema, references, cycles, paths, staleness, ids."""
+    from stemma.registry.consistency import check
+
+    reg = Registry.open(repo)
+    violations = check(reg)
+    if json_:
+        emit_json({"ok": not violations, "violations": [v.to_dict() for v in violations]})
+    else:
+        for v in violations:
+            typer.echo(str(v), err=True)
+        if not violations:
+            n_models, n_data = len(reg.model_names()), len(reg.dataset_names())
+            typer.echo(f"ok: {n_models} models, {n_data} datasets")
+    if violations:
+        raise typer.Exit(1)
+
+
+def ls(
+    kind: Annotated[
+        lib.Kind | None, typer.Option("--kind", "-k", help="List only models or datasets.")
+    ] = None,
+    json_: JsonOpt = False,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """List declared models and datasets with their build status."""
+    rows = lib.list_entries(Registry.open(repo), kind)
+    if json_:
+        emit_json([r.to_dict() for r in rows])
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("kind", "name", "source", "status", "id", "accuracy"):
+        table.add_column(col)
+    for r in rows:
+        acc = r.metrics.get("accuracy")
+        table.add_row(r.kind, r.name, r.source or "", r.status, (r.id or "")[7:19],
+                      "" if acc is None else f"{acc:.4f}")
+    console().print(table)
+
+
+def show(
+    name: Annotated[str, typer.Argument(help="Model or dataset name (models accept NAME@REF).")],
+    json_: JsonOpt = False,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Show one model or dataset: its spec and, when built, its manifest."""
+    detail = lib.describe(Registry.open(repo), name)
+    if json_:
+        emit_json(detail)
+        return
+    _render_detail(detail)
+
+
+def _render_detail(detail: dict[str, Any]) -> None:
+    out = console()
+    out.print(f"[bold]{detail['kind']} {detail['name']}[/bold]  {detail.get('status', '')}")
+    manifest = detail.get("manifest") or {}
+    spec = detail.get("spec") or {}
+    if spec.get("description"):
+        out.print(spec["description"])
+    for key in ("id", "spec_digest"):
+        if key in manifest:
+            out.print(f"{key}: {manifest[key]}")
+    src = manifest.get("source") or spec.get("source")
+    if src:
+        out.print(f"source: {src.get('model')} ({src.get('relation', 'finetune')})"
+                  + (f" {src['id']}" if src.get("id") else ""))
+    for role, ref in sorted((manifest.get("datasets") or {}).items()):
+        out.print(f"{role}: {ref['name']} {ref['id'][:19]}")
+    for key, value in sorted((manifest.get("metrics") or {}).items()):
+        out.print(f"{key}: {value}")
+    for gate in manifest.get("gates", []):
+        mark = "pass" if gate["passed"] else "FAIL"
+        out.print(f"gate {gate['metric']} {gate['op']} {gate['threshold']}: {mark}")
+    for check, result in sorted((manifest.get("checks") or {}).items()):
+        out.print(f"check {check}: {'pass' if result.get('passed') else 'FAIL'}")
+    if "parameters" in manifest:
+        p = manifest["parameters"]
+        out.print(f"parameters: {p['total']} total, {p['trainable']} trainable,"
+                  f" {p['transferred']} transferred")

@@ -1,0 +1,216 @@
+"""Consistency checks beyond the schema, each with a stable code.
+
+`check(reg)` reads every spec and manifest once and returns the violations it finds; it never
+raises for a bad file (a bad file is a violation), so one run reports everything at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from .errors import LocatedError, StemmaError
+from .naming import NAME_RE, parse_source
+from .records import DatasetSpec, ModelSpec
+from .registry import Registry
+
+# Stable violation codes; tools and the audit key on these strings.
+SCHEMA = "schema"
+INVALID_NAME = "invalid-name"
+DANGLING_SOURCE = "dangling-source"
+DANGLING_DATASET = "dangling-dataset"
+CYCLE = "cycle"
+PATH_ESCAPE = "path-escape"
+UNTRUSTED_ENTRYPOINT = "untrusted-entrypoint"
+STALE_MANIFEST = "stale-manifest"
+ID_MISMATCH = "id-mismatch"
+FAILED_GATE = "failed-gate"
+FAILED_CHECK = "failed-check"
+
+CODES = (
+    SCHEMA, INVALID_NAME, DANGLING_SOURCE, DANGLING_DATASET, CYCLE, PATH_ESCAPE,
+    UNTRUSTED_ENTRYPOINT, STALE_MANIFEST, ID_MISMATCH, FAILED_GATE, FAILED_CHECK,
+)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One problem found in the registry."""
+
+    code: str
+    path: str
+    message: str
+    pointer: str = ""
+    line: int | None = None
+    subject: str = ""  # "model:NAME" or "dataset:NAME"
+
+    def __str__(self) -> str:
+        where = self.path + (f":{self.line}" if self.line is not None else "")
+        if self.pointer:
+            where += f" at {self.pointer}"
+        return f"{where}: {self.message} [{self.code}]"
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _from_error(exc: StemmaError, subject: str, fallback: str) -> Violation:
+    if isinstance(exc, LocatedError):
+        return Violation(exc.code if exc.code in CODES else SCHEMA, exc.path, exc.reason,
+                         exc.pointer, exc.line, subject)
+    return Violation(getattr(exc, "code", SCHEMA), fallback, exc.message, subject=subject)
+
+
+def check(reg: Registry) -> list[Violation]:
+    """Every violation in the registry, in a stable order."""
+    found: list[Violation] = []
+    datasets: dict[str, DatasetSpec] = {}
+    models: dict[str, ModelSpec] = {}
+    for name in reg.dataset_names():
+        subject = f"dataset:{name}"
+        path = reg.rel("datasets", name, "spec.yaml")
+        if not NAME_RE.match(name):
+            found.append(Violation(INVALID_NAME, path, f"invalid dataset name {name!r}",
+                                   subject=subject))
+            continue
+        try:
+            datasets[name] = reg.dataset_spec(name)
+            found += _dataset_checks(reg, datasets[name])
+            reg.dataset_manifest(name)
+        except StemmaError as exc:
+            found.append(_from_error(exc, subject, path))
+    for name in reg.model_names():
+        subject = f"model:{name}"
+        path = reg.rel("models", name, "spec.yaml")
+        if not NAME_RE.match(name):
+            found.append(Violation(INVALID_NAME, path, f"invalid model name {name!r}",
+                                   subject=subject))
+            continue
+        try:
+            models[name] = reg.model_spec(name)
+        except StemmaError as exc:
+            found.append(_from_error(exc, subject, path))
+    for spec in models.values():
+        found += _model_refs(reg, spec, models)
+    found += _cycles(reg, models)
+    for name in models:
+        found += _manifest_checks(reg, name, models)
+    return found
+
+
+def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
+    subject = f"dataset:{spec.name}"
+    try:
+        source = parse_source(spec.source)
+    except StemmaError as exc:
+        return [Violation(SCHEMA, spec.path, exc.message, "/source", subject=subject)]
+    if source.kind == "file":
+        try:
+            reg.resolve(source.value, "/source", spec.path)
+        except StemmaError:
+            return [Violation(PATH_ESCAPE, spec.path,
+                              f"data path {source.value!r} escapes the registry root",
+                              "/source", subject=subject)]
+    if source.kind == "entrypoint" and source.value not in reg.settings.entrypoints:
+        return [Violation(UNTRUSTED_ENTRYPOINT, spec.path,
+                          f"entrypoint {source.value!r} is not listed under entrypoints"
+                          " in stemma.yaml", "/source", subject=subject)]
+    return []
+
+
+def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) -> list[Violation]:
+    subject = f"model:{spec.name}"
+    found = []
+    src = spec.source
+    if src is not None and not src.auto and src.model not in models:
+        hint = Registry._hint(src.model, list(models))
+        found.append(Violation(DANGLING_SOURCE, spec.path,
+                               f"source model {src.model!r} does not exist{hint}",
+                               "/source/model", subject=subject))
+    for pointer, dataset in spec.dataset_refs().items():
+        if not reg.has_dataset(dataset):
+            hint = Registry._hint(dataset, reg.dataset_names())
+            found.append(Violation(DANGLING_DATASET, spec.path,
+                                   f"dataset {dataset!r} does not exist{hint}", pointer,
+                                   subject=subject))
+    entry = spec.architecture.get("entrypoint")
+    if entry and entry not in reg.settings.entrypoints:
+        found.append(Violation(UNTRUSTED_ENTRYPOINT, spec.path,
+                               f"entrypoint {entry!r} is not listed under entrypoints"
+                               " in stemma.yaml", "/architecture/entrypoint", subject=subject))
+    return found
+
+
+def _parents(models: dict[str, ModelSpec]) -> dict[str, str]:
+    return {
+        n: s.source.model for n, s in models.items()
+        if s.source is not None and not s.source.auto and s.source.model in models
+    }
+
+
+def _cycles(reg: Registry, models: dict[str, ModelSpec]) -> list[Violation]:
+    parent = _parents(models)
+    found, seen = [], set()
+    for start in sorted(parent):
+        path: list[str] = []
+        node: str | None = start
+        while node is not None and node not in seen and node not in path:
+            path.append(node)
+            node = parent.get(node)
+        if node is not None and node in path:
+            loop = path[path.index(node):]
+            found.append(Violation(CYCLE, models[loop[0]].path,
+                                   "lineage cycle: " + " -> ".join([*loop, loop[0]]),
+                                   "/source/model", subject=f"model:{loop[0]}"))
+        seen.update(path)
+    return found
+
+
+def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> list[Violation]:
+    subject = f"model:{name}"
+    try:
+        manifest = reg.model_manifest(name)
+    except StemmaError as exc:
+        return [_from_error(exc, subject, reg.rel("models", name, "manifest.json"))]
+    if manifest is None:
+        return []
+    found = []
+    if manifest.computed_id != manifest.id:
+        found.append(Violation(ID_MISMATCH, manifest.path,
+                               "content no longer matches its id (edited by hand?);"
+                               " rebuild with `dvc repro`", "/id", subject=subject))
+    found += list(_staleness(reg, name, models, manifest.path))
+    for gate in manifest.raw.get("gates", []):
+        if not gate["passed"]:
+            found.append(Violation(FAILED_GATE, manifest.path,
+                                   f"gate {gate['metric']} {gate['op']} {gate['threshold']}"
+                                   f" failed (value {gate['value']})", "/gates", subject=subject))
+    for check_name, result in sorted((manifest.raw.get("checks") or {}).items()):
+        if not result.get("passed", True):
+            found.append(Violation(FAILED_CHECK, manifest.path, f"check {check_name} failed",
+                                   f"/checks/{check_name}", subject=subject))
+    return found
+
+
+def _staleness(
+    reg: Registry, name: str, models: dict[str, ModelSpec], path: str
+) -> Iterator[Violation]:
+    manifest = reg.model_manifest(name)
+    assert manifest is not None
+    spec = models[name]
+    subject = f"model:{name}"
+    if manifest.spec_digest != spec.digest:
+        yield Violation(STALE_MANIFEST, path, "spec changed since the last build;"
+                        " run `dvc repro`", "/spec_digest", subject=subject)
+        return
+    src = spec.source
+    if src is None or src.auto or src.model not in models:
+        return
+    try:
+        parent = reg.model_manifest(src.model)
+    except StemmaError:
+        return
+    if parent is not None and manifest.source_id != parent.id:
+        yield Violation(STALE_MANIFEST, path, f"source {src.model!r} changed since the last"
+                        " build; run `dvc repro`", "/source/id", subject=subject)

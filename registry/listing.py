@@ -1,0 +1,106 @@
+"""Listing and describing registry entries (what `stemma ls` and `stemma show` return)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DatasetNotFound, ModelNotFound
+from .records import Manifest
+from .registry import Registry
+
+
+class Kind(str, enum.Enum):
+    """What a registry entry is."""
+
+    model = "model"
+    dataset = "dataset"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of `stemma ls`."""
+
+    kind: str
+    name: str
+    status: str  # unbuilt | built | stale
+    id: str | None = None
+    source: str | None = None
+    relation: str | None = None
+    tags: tuple[str, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form with stable keys."""
+        return {
+            "kind": self.kind, "name": self.name, "status": self.status, "id": self.id,
+            "source": self.source, "relation": self.relation, "tags": list(self.tags),
+            "metrics": self.metrics,
+        }
+
+
+def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
+    """"unbuilt", "stale" (spec or source changed since the build) or "built"."""
+    if manifest is None:
+        return "unbuilt"
+    spec = reg.model_spec(name)
+    if manifest.spec_digest != spec.digest:
+        return "stale"
+    src = spec.source
+    if src is not None and not src.auto and reg.has_model(src.model):
+        parent = reg.model_manifest(src.model)
+        if parent is not None and parent.id != manifest.source_id:
+            return "stale"
+    return "built"
+
+
+def dataset_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
+    """"unbuilt", "stale" or "built" for a dataset."""
+    if manifest is None:
+        return "unbuilt"
+    return "built" if manifest.spec_digest == reg.dataset_spec(name).digest else "stale"
+
+
+def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
+    """Datasets then models, each sorted by name."""
+    kind = Kind(kind) if kind is not None else None
+    rows: list[Entry] = []
+    if kind in (None, Kind.dataset):
+        for name in reg.dataset_names():
+            spec = reg.dataset_spec(name)
+            dm = reg.dataset_manifest(name)
+            rows.append(Entry("dataset", name, dataset_status(reg, name, dm),
+                              dm.id if dm else None, spec.source, None, spec.tags))
+    if kind in (None, Kind.model):
+        for name in reg.model_names():
+            spec = reg.model_spec(name)
+            mm = reg.model_manifest(name)
+            src = spec.source
+            rows.append(Entry("model", name, model_status(reg, name, mm), mm.id if mm else None,
+                              src.model if src else None, src.relation if src else None,
+                              spec.tags, mm.metrics if mm else {}))
+    return rows
+
+
+def describe(reg: Registry, name: str) -> dict[str, Any]:
+    """Spec, status and manifest of a model (`NAME@REF` allowed) or a dataset."""
+    if "@" in name:
+        from .versions import resolve
+
+        manifest = resolve(reg, name)
+        return {"kind": "model", "name": manifest.name, "status": "version",
+                "spec": dict(manifest.raw.get("spec", {})), "manifest": manifest.to_dict()}
+    if reg.has_model(name):
+        mm = reg.model_manifest(name)
+        return {"kind": "model", "name": name, "status": model_status(reg, name, mm),
+                "spec": dict(reg.model_spec(name).raw), "manifest": mm.to_dict() if mm else None}
+    if reg.has_dataset(name):
+        dm = reg.dataset_manifest(name)
+        return {"kind": "dataset", "name": name, "status": dataset_status(reg, name, dm),
+                "spec": dict(reg.dataset_spec(name).raw),
+                "manifest": dm.to_dict() if dm else None}
+    hint = Registry._hint(name, reg.model_names() + reg.dataset_names())
+    if reg.dataset_names() and not reg.model_names():
+        raise DatasetNotFound(name, hint)
+    raise ModelNotFound(name, hint)

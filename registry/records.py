@@ -1,0 +1,304 @@
+"""Frozen records for specs, manifests and settings, validated at the file boundary.
+
+The JSON Schema is the contract for files; these dataclasses are the contract for code.
+Every loader validates first, so a record always holds a schema-valid document.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stemma import schemas
+
+from .errors import ParseError, SchemaError
+from .files import content_id, digest
+from .yamlio import line_of, load_yaml_text
+
+MODEL_SPEC = "model-spec"
+DATASET_SPEC = "dataset-spec"
+MODEL_MANIFEST = "model-manifest"
+DATASET_MANIFEST = "dataset-manifest"
+SETTINGS = "settings"
+
+
+def _pointer(parts: list[str | int]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts) or "/"
+
+
+def validate_document(doc: Any, schema: str, display: str, text: str | None = None) -> None:
+    """Raise `SchemaError` for the first (most relevant) schema violation of `doc`."""
+    errors = sorted(
+        schemas.validator(schema).iter_errors(doc),
+        key=lambda e: (list(map(str, e.absolute_path)), e.validator),
+    )
+    if not errors:
+        return
+    err = errors[0]
+    parts: list[str | int] = list(err.absolute_path)
+    reason = err.message
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = err.schema.get("properties", {})
+        extra = sorted(k for k in err.instance if k not in known)
+        if extra:
+            parts.append(extra[0])
+            reason = f"unknown key {extra[0]!r}"
+    elif err.validator == "required":
+        reason = f"missing required field: {err.message}"
+    line = line_of(text, parts) if text is not None else None
+    if len(reason) > 200:
+        reason = reason[:197] + "..."
+    raise SchemaError(display, reason, pointer=_pointer(parts), line=line)
+
+
+def parse_yaml_document(text: str, schema: str, display: str) -> dict[str, Any]:
+    """Parse and validate YAML text; an empty document is an empty mapping."""
+    doc = load_yaml_text(text, display)
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise SchemaError(display, "expected a mapping at the top level", pointer="/", line=1)
+    validate_document(doc, schema, display, text)
+    return doc
+
+
+def parse_json_document(text: str, schema: str, display: str) -> dict[str, Any]:
+    """Parse and validate JSON text."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(display, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+    if not isinstance(doc, dict):
+        raise SchemaError(display, "expected an object at the top level", pointer="/")
+    validate_document(doc, schema, display)
+    return doc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The registry settings from stemma.yaml."""
+
+    root: str = "."
+    entrypoints: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Settings:
+        """Build from a validated stemma.yaml document."""
+        return cls(
+            root=str(doc.get("root", ".")),
+            entrypoints=tuple(doc.get("entrypoints", ())),
+            defaults=dict(doc.get("defaults", {})),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stemma.yaml document."""
+        doc: dict[str, Any] = {"version": 1, "root": self.root}
+        doc["entrypoints"] = list(self.entrypoints)
+        if self.defaults:
+            doc["defaults"] = dict(self.defaults)
+        return doc
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """The `source:` block of a model spec."""
+
+    model: str
+    relation: str = "finetune"
+    candidates: str | None = None
+    score: str | None = None
+
+    @property
+    def auto(self) -> bool:
+        """True when the source is chosen by exploration."""
+        return self.model == "auto"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A declared model (models/NAME/spec.yaml)."""
+
+    name: str
+    path: str
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, name: str, raw: Mapping[str, Any], path: str = "") -> ModelSpec:
+        """Wrap a validated spec document."""
+        return cls(name=name, path=path, raw=raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec document."""
+        return dict(self.raw)
+
+    @property
+    def digest(self) -> str:
+        """Content digest of the spec, recorded in manifests to detect staleness."""
+        return digest(self.raw)
+
+    @property
+    def source(self) -> SourceRef | None:
+        """The source model reference, or None for a model trained from scratch."""
+        src = self.raw.get("source")
+        if not src:
+            return None
+        return SourceRef(
+            model=src["model"],
+            relation=src.get("relation", "finetune"),
+            candidates=src.get("candidates"),
+            score=src.get("score"),
+        )
+
+    @property
+    def train(self) -> str:
+        """Name of the training dataset."""
+        return str(self.raw["data"]["train"])
+
+    @property
+    def eval(self) -> str:
+        """Name of the evaluation dataset (the training dataset's eval split by default)."""
+        return str(self.raw["data"].get("eval", self.train))
+
+    def _block(self, key: str) -> dict[str, Any]:
+        return dict(self.raw.get(key) or {})
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The architecture block (may be empty: inherited from the source)."""
+        return self._block("architecture")
+
+    @property
+    def strategy(self) -> dict[str, Any]:
+        """The transfer strategy block."""
+        return self._block("strategy")
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """The training hyper-parameters."""
+        return self._block("training")
+
+    @property
+    def gates(self) -> dict[str, str]:
+        """Metric gates, metric -> comparison string."""
+        return self._block("gates")
+
+    @property
+    def checks(self) -> dict[str, Any]:
+        """Declared checks (forgetting, drift, parameters)."""
+        return self._block("checks")
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Free-form tags."""
+        return tuple(self.raw.get("tags", ()))
+
+    def dataset_refs(self) -> dict[str, str]:
+        """Every dataset the spec names, by role (pointer-like keys for error messages)."""
+        refs = {"/data/train": self.train}
+        if "eval" in self.raw["data"]:
+            refs["/data/eval"] = self.eval
+        for check in ("forgetting", "drift"):
+            block = self.checks.get(check) or {}
+            if "data" in block:
+                refs[f"/checks/{check}/data"] = str(block["data"])
+        return refs
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A declared dataset (datasets/NAME/spec.yaml)."""
+
+    name: str
+    path: str
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, name: str, raw: Mapping[str, Any], path: str = "") -> DatasetSpec:
+        """Wrap a validated spec document."""
+        return cls(name=name, path=path, raw=raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec document."""
+        return dict(self.raw)
+
+    @property
+    def digest(self) -> str:
+        """Content digest of the spec."""
+        return digest(self.raw)
+
+    @property
+    def source(self) -> str:
+        """The data source string."""
+        return str(self.raw["source"])
+
+    @property
+    def select(self) -> dict[str, Any]:
+        """Class selection and relabelling."""
+        return dict(self.raw.get("select") or {})
+
+    @property
+    def transforms(self) -> list[dict[str, Any]]:
+        """Ordered transforms."""
+        return list(self.raw.get("transforms") or [])
+
+    @property
+    def split(self) -> dict[str, Any]:
+        """Seeded train/eval split settings."""
+        return dict(self.raw.get("split") or {})
+
+    @property
+    def target(self) -> str:
+        """Label column of a tabular file."""
+        return str(self.raw.get("target", "label"))
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Free-form tags."""
+        return tuple(self.raw.get("tags", ()))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A produced manifest (model or dataset), schema-valid."""
+
+    name: str
+    path: str
+    raw: Mapping[str, Any]
+
+    @property
+    def kind(self) -> str:
+        """"model" or "dataset"."""
+        return str(self.raw["kind"])
+
+    @property
+    def id(self) -> str:
+        """The content id recorded in the file."""
+        return str(self.raw["id"])
+
+    @property
+    def computed_id(self) -> str:
+        """The content id recomputed from the document."""
+        return content_id(self.raw)
+
+    @property
+    def spec_digest(self) -> str:
+        """Digest of the spec the build used."""
+        return str(self.raw["spec_digest"])
+
+    @property
+    def source_id(self) -> str | None:
+        """Manifest id of the source model at build time (models only)."""
+        src = self.raw.get("source")
+        return str(src["id"]) if src else None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Headline metrics (models only)."""
+        return dict(self.raw.get("metrics") or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest document."""
+        return dict(self.raw)

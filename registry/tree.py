@@ -1,0 +1,115 @@
+"""Read-only views of the repository: the working tree, or any git revision.
+
+A registry reads its files through one of these, so every query, check and graph works the
+same on the working tree and on `git` history (audits compare two of them).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from .errors import GitError
+
+
+class Tree(Protocol):
+    """Files of the repository at one state; paths are POSIX and relative to the repo root."""
+
+    label: str
+
+    def read_text(self, path: str) -> str | None:
+        """The file's text, or None when absent."""
+
+    def subdirs(self, path: str) -> list[str]:
+        """Sorted names of the immediate sub-folders of `path`."""
+
+
+class WorkTree:
+    """The files on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.label = "working tree"
+
+    def read_text(self, path: str) -> str | None:
+        """The file's text, or None when absent."""
+        try:
+            return (self.root / path).read_text()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def subdirs(self, path: str) -> list[str]:
+        """Sorted names of the immediate sub-folders of `path`."""
+        folder = self.root / path
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def git(repo: Path, *args: str, input_: bytes | None = None) -> bytes:
+    """Run a git command in `repo` and return stdout; failures raise `GitError`."""
+    proc = subprocess.run(
+        ["git", *args], cwd=repo, input=input_, capture_output=True, check=False
+    )
+    if proc.returncode != 0:
+        msg = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise GitError(f"git {' '.join(args[:3])}: {msg[-1] if msg else 'failed'}")
+    return proc.stdout
+
+
+class GitTree:
+    """The files of one git revision, read with `git ls-tree` and one `git cat-file --batch`."""
+
+    def __init__(self, repo: Path, rev: str, prefix: str = "") -> None:
+        self.repo = repo
+        self.rev = rev
+        self.commit = git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode()
+        self.commit = self.commit.strip()
+        self.label = f"revision {rev}"
+        args = ["ls-tree", "-r", "-z", "--full-tree", self.commit]
+        if prefix and prefix != ".":
+            args += ["--", prefix]
+        self._blobs: dict[str, str] = {}
+        for entry in git(repo, *args).split(b"\0"):
+            if not entry:
+                continue
+            meta, _, path = entry.decode().partition("\t")
+            _mode, kind, sha = meta.split()
+            if kind == "blob":
+                self._blobs[path] = sha
+        self._cache: dict[str, str] = {}
+
+    def files(self) -> list[str]:
+        """Every file path in the revision (under the prefix)."""
+        return sorted(self._blobs)
+
+    def prefetch(self, paths: list[str]) -> None:
+        """Read many blobs with one git process."""
+        wanted = [p for p in paths if p in self._blobs and p not in self._cache]
+        if not wanted:
+            return
+        out = git(self.repo, "cat-file", "--batch", input_="".join(
+            self._blobs[p] + "\n" for p in wanted).encode())
+        pos = 0
+        for path in wanted:
+            header_end = out.index(b"\n", pos)
+            size = int(out[pos:header_end].split()[2])
+            start = header_end + 1
+            self._cache[path] = out[start : start + size].decode()
+            pos = start + size + 1
+
+    def read_text(self, path: str) -> str | None:
+        """The file's text at the revision, or None when absent."""
+        path = str(PurePosixPath(path))
+        if path not in self._blobs:
+            return None
+        if path not in self._cache:
+            self.prefetch([path])
+        return self._cache[path]
+
+    def subdirs(self, path: str) -> list[str]:
+        """Sorted names of the immediate sub-folders of `path` at the revision."""
+        base = "" if path in ("", ".") else str(PurePosixPath(path)) + "/"
+        names = {p[len(base) :].split("/", 1)[0] for p in self._blobs if p.startswith(base)}
+        return sorted(n for n in names if any(p.startswith(base + n + "/") for p in self._blobs))

@@ -1,0 +1,64 @@
+"""Safe YAML loading that remembers where each value came from, for error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ParseError
+
+
+def _loader() -> type[yaml.SafeLoader]:
+    try:
+        return yaml.CSafeLoader  # type: ignore[no-any-return]
+    except AttributeError:  # libyaml not compiled in
+        return yaml.SafeLoader
+
+
+def load_yaml_text(text: str, path: str) -> Any:
+    """Safe-load YAML text; a syntax error names the file and line."""
+    try:
+        return yaml.load(text, Loader=_loader())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ParseError(path, f"invalid YAML: {exc.problem}", line=line) from None
+    except yaml.YAMLError as exc:
+        raise ParseError(path, f"invalid YAML: {exc}") from None
+
+
+def load_yaml(path: Path, display: str | None = None) -> Any:
+    """Safe-load a YAML file."""
+    return load_yaml_text(path.read_text(), display or str(path))
+
+
+def line_of(text: str, pointer_parts: list[str | int]) -> int | None:
+    """The 1-based line where the value at a JSON pointer starts, or None when unknown."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in pointer_parts:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    node, line = value, key.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def dump_yaml(obj: Any) -> str:
+    """Dump YAML with stable key order as given (for generated files such as dvc.yaml)."""
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)

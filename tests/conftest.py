@@ -1,0 +1,127 @@
+"""Shared fixtures: isolated HOME and git identity, real registries in temporary folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+from stemma.cli.app import app
+from stemma.registry import Registry
+from typer.testing import CliRunner
+
+ISOLATED_ENV = {
+    "GIT_AUTHOR_NAME": "Test Author",
+    "GIT_AUTHOR_EMAIL": "author@example.com",
+    "GIT_COMMITTER_NAME": "Test Author",
+    "GIT_COMMITTER_EMAIL": "author@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "STEMMA_DEBUG": "",
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs with its own HOME, a fixed git identity and no DVC analytics."""
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in [*ISOLATED_ENV, "HOME", "DVC_SITE_CACHE_DIR"]}
+    os.environ.update(ISOLATED_ENV)
+    os.environ["HOME"] = str(home)
+    os.environ["DVC_SITE_CACHE_DIR"] = str(home / "dvc-site")
+    subprocess.run(["git", "config", "--global", "init.defaultBranch", "main"], check=True)
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def write(path: Path, text: str) -> Path:
+    """Write dedented text, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dedent(text).lstrip())
+    return path
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in `repo` and return stdout."""
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    """A fresh registry (git + dvc initialised) in a temporary folder."""
+    return Registry.init(tmp_path / "repo")
+
+
+SPECS = {
+    "datasets/digits-0to4/spec.yaml": """
+        description: Digits 0-4.
+        source: sklearn:digits
+        select: {classes: [0, 1, 2, 3, 4]}
+        split: {eval: 0.25, seed: 0}
+    """,
+    "datasets/digits-5to9/spec.yaml": """
+        source: sklearn:digits
+        select: {classes: [5, 6, 7, 8, 9], relabel: contiguous}
+    """,
+    "models/base/spec.yaml": """
+        description: Base model on digits 0-4.
+        architecture: {family: mlp, hidden: [32]}
+        data: {train: digits-0to4}
+        training: {epochs: 2, batch_size: 64, optimizer: adam, lr: 0.01, seed: 0}
+        gates: {accuracy: ">= 0.5"}
+    """,
+    "models/ft/spec.yaml": """
+        source: {model: base, relation: finetune}
+        data: {train: digits-5to9}
+        strategy: {mapping: by-name, reinit: ["head.*"]}
+        training: {epochs: 2, lr: 0.01, optimizer: adam}
+    """,
+    "models/scratch/spec.yaml": """
+        architecture: {family: mlp, hidden: [32]}
+        data: {train: digits-5to9, eval: digits-5to9}
+        tags: [baseline]
+    """,
+}
+
+
+@pytest.fixture
+def populated(registry: Registry) -> Registry:
+    """A registry with two datasets and three models (one derived), specs only."""
+    for rel, text in SPECS.items():
+        write(registry.root / rel, text)
+    return Registry.open(registry.root)
+
+
+class Result:
+    """What a CLI run produced."""
+
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+
+@pytest.fixture
+def cli() -> Iterator[object]:
+    """Run `stemma ARGS` in-process in a folder: cli(args, cwd) -> Result."""
+    runner = CliRunner()
+
+    def run(args: list[str], cwd: Path) -> Result:
+        old = Path.cwd()
+        os.chdir(cwd)
+        try:
+            res = runner.invoke(app, args, catch_exceptions=True)
+        finally:
+            os.chdir(old)
+        if res.exception is not None and not isinstance(res.exception, SystemExit):
+            raise res.exception
+        return Result(res.exit_code, res.stdout, res.stderr)
+
+    yield run
