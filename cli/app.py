@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from . import pipeline as pipeline_cmds
 from . import registry as registry_cmds
 from ._common import FunnelGroup
 
@@ -46,6 +47,7 @@ def root(
 
 
 registry_cmds.register(app)
+pipeline_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

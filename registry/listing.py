@@ -68,10 +68,10 @@ def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
     rows: list[Entry] = []
     if kind in (None, Kind.dataset):
         for name in reg.dataset_names():
-            spec = reg.dataset_spec(name)
+            dspec = reg.dataset_spec(name)
             dm = reg.dataset_manifest(name)
             rows.append(Entry("dataset", name, dataset_status(reg, name, dm),
-                              dm.id if dm else None, spec.source, None, spec.tags))
+                              dm.id if dm else None, dspec.source, None, dspec.tags))
     if kind in (None, Kind.model):
         for name in reg.model_names():
             spec = reg.model_spec(name)

@@ -10,11 +10,9 @@ import yaml
 from .errors import ParseError
 
 
-def _loader() -> type[yaml.SafeLoader]:
-    try:
-        return yaml.CSafeLoader  # type: ignore[no-any-return]
-    except AttributeError:  # libyaml not compiled in
-        return yaml.SafeLoader
+def _loader() -> Any:
+    # libyaml's loader is ~10x faster; fall back when PyYAML was built without it.
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_yaml_text(text: str, path: str) -> Any:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from textwrap import dedent
@@ -28,10 +30,13 @@ ISOLATED_ENV = {
 def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test runs with its own HOME, a fixed git identity and no DVC analytics."""
     home = tmp_path_factory.mktemp("home")
-    saved = {k: os.environ.get(k) for k in [*ISOLATED_ENV, "HOME", "DVC_SITE_CACHE_DIR"]}
+    saved = {k: os.environ.get(k) for k in [*ISOLATED_ENV, "HOME", "DVC_SITE_CACHE_DIR", "PATH"]}
+    saved_path = os.environ.get("PATH", "")
     os.environ.update(ISOLATED_ENV)
     os.environ["HOME"] = str(home)
     os.environ["DVC_SITE_CACHE_DIR"] = str(home / "dvc-site")
+    # `dvc repro` runs `stemma build ...`: the venv's console scripts must be on PATH.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), saved_path])
     subprocess.run(["git", "config", "--global", "init.defaultBranch", "main"], check=True)
     yield home
     for key, value in saved.items():
@@ -55,10 +60,17 @@ def git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+@pytest.fixture(scope="session")
+def registry_template(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path) -> Path:
+    """One initialised registry (git init + dvc init are slow), copied by `registry`."""
+    return Registry.init(tmp_path_factory.mktemp("template") / "repo").repo_root
+
+
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
+def registry(tmp_path: Path, registry_template: Path) -> Registry:
     """A fresh registry (git + dvc initialised) in a temporary folder."""
-    return Registry.init(tmp_path / "repo")
+    shutil.copytree(registry_template, tmp_path / "repo", symlinks=True)
+    return Registry.open(tmp_path / "repo")
 
 
 SPECS = {

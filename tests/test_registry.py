@@ -1,0 +1,181 @@
+"""The registry core: init, specs, validation, listing, and the ten bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write
+from factories import dataset_manifest, model_manifest
+from stemma.registry import Registry
+from stemma.registry.consistency import check
+from stemma.registry.errors import RegistryNotFound, SchemaError
+from stemma.registry.files import canonical_json, content_id
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root (but .git internals) with its bytes."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(root).parts
+    }
+
+
+def test_init_creates_layout_and_repos(tmp_path: Path) -> None:
+    reg = Registry.init(tmp_path / "r")
+    for rel in ("stemma.yaml", "models", "datasets", ".git", ".dvc"):
+        assert (reg.repo_root / rel).exists(), rel
+    assert ".stemma" in (reg.repo_root / ".gitignore").read_text()
+    assert Registry.open(reg.repo_root / "models").repo_root == reg.repo_root
+
+
+def test_open_without_registry_fails(tmp_path: Path) -> None:
+    with pytest.raises(RegistryNotFound, match="stemma init"):
+        Registry.open(tmp_path)
+
+
+def test_hand_written_registry_validates_and_lists(populated: Registry, cli) -> None:
+    res = cli(["validate"], populated.root)
+    assert res.code == 0, res.stderr
+    res = cli(["ls", "--json"], populated.root)
+    assert res.code == 0
+    rows = json.loads(res.stdout)
+    assert [(r["kind"], r["name"]) for r in rows] == [
+        ("dataset", "digits-0to4"), ("dataset", "digits-5to9"),
+        ("model", "base"), ("model", "ft"), ("model", "scratch"),
+    ]
+    assert {r["name"]: r["source"] for r in rows if r["kind"] == "model"}["ft"] == "base"
+    assert all(r["status"] == "unbuilt" for r in rows)
+    res = cli(["ls", "--kind", "dataset"], populated.root)
+    assert "digits-0to4" in res.stdout and "scratch" not in res.stdout
+
+
+def test_canonical_json_and_content_id() -> None:
+    doc = {"b": 1, "a": {"d": [1, 2], "c": "x"}, "run": {"t": 1}, "id": "x"}
+    text = canonical_json(doc)
+    assert text.endswith("}\n") and text.index('"a"') < text.index('"b"')
+    assert content_id(doc) == content_id({**doc, "run": {"t": 2}, "id": "y"})
+    assert content_id(doc) != content_id({**doc, "b": 2})
+
+
+def test_manifest_round_trip_and_status(populated: Registry) -> None:
+    for ds in ("digits-0to4", "digits-5to9"):
+        dataset_manifest(populated, ds)
+    base = model_manifest(populated, "base")
+    model_manifest(populated, "ft")
+    reg = Registry.open(populated.root)
+    assert reg.model_manifest("base").id == base["id"] == content_id(base)
+    assert check(reg) == []
+    # Rebuilding the base with new content makes its descendant stale.
+    model_manifest(reg, "base", accuracy=0.5)
+    codes = {(v.code, v.subject) for v in check(Registry.open(reg.root))}
+    assert codes == {("stale-manifest", "model:ft")}
+
+
+def test_spec_error_names_file_pointer_and_line(populated: Registry) -> None:
+    write(populated.root / "models/ft/spec.yaml", """
+        source: {model: base}
+        data:
+          train: digits-5to9
+        training:
+          epochs: "many"
+    """)
+    with pytest.raises(SchemaError) as info:
+        Registry.open(populated.root).model_spec("ft")
+    assert info.value.pointer == "/training/epochs"
+    assert info.value.line == 5
+    assert str(info.value).startswith("models/ft/spec.yaml:5 at /training/epochs:")
+
+
+BAD_INPUTS = {
+    "broken-yaml": ("models/ft/spec.yaml", "source: {model: base\ndata: [\n",
+                    "models/ft/spec.yaml:", "invalid YAML"),
+    "unknown-key": ("models/ft/spec.yaml",
+                    "source: {model: base}\ndata: {train: digits-5to9}\nlearning_rate: 3\n",
+                    "models/ft/spec.yaml:3 at /learning_rate", "unknown key"),
+    "wrong-type": ("models/ft/spec.yaml",
+                   "source: {model: base}\ndata: {train: digits-5to9}\ntraining: {lr: fast}\n",
+                   "models/ft/spec.yaml:3 at /training/lr", "not of type"),
+    "missing-field": ("models/ft/spec.yaml", "source: {model: base}\n",
+                      "models/ft/spec.yaml", "missing required field"),
+    "invalid-name": ("models/Bad Name/spec.yaml", "data: {train: digits-5to9}\n",
+                     "models/Bad Name/spec.yaml", "invalid model name"),
+    "missing-source": ("models/ft/spec.yaml",
+                       "source: {model: bsae}\ndata: {train: digits-5to9}\n",
+                       "models/ft/spec.yaml at /source/model", "did you mean 'base'"),
+    "cycle": ("models/base/spec.yaml",
+              "source: {model: ft}\ndata: {train: digits-0to4}\n",
+              "models/base/spec.yaml at /source/model", "lineage cycle: base -> ft -> base"),
+    "path-escape": ("datasets/digits-0to4/spec.yaml", "source: file:../../outside.npz\n",
+                    "datasets/digits-0to4/spec.yaml at /source", "escapes the registry root"),
+    "untrusted-entrypoint": ("datasets/digits-0to4/spec.yaml",
+                             "source: entrypoint:evil.module:load\n",
+                             "datasets/digits-0to4/spec.yaml at /source", "not listed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_one_line_exit_1_nothing_changed(populated: Registry, cli, case: str) -> None:
+    rel, text, where, reason = BAD_INPUTS[case]
+    write(populated.root / rel, text)
+    before = snapshot(populated.root)
+    res = cli(["validate"], populated.root)
+    assert res.code == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(where), lines[0]
+    assert reason in lines[0]
+    assert "Traceback" not in res.stderr
+    assert snapshot(populated.root) == before
+
+
+def test_tampered_manifest_is_reported(populated: Registry, cli) -> None:
+    dataset_manifest(populated, "digits-0to4")
+    model_manifest(populated, "base")
+    path = populated.root / "models/base/manifest.json"
+    doc = json.loads(path.read_text())
+    doc["metrics"]["accuracy"] = 0.99  # edited by hand: content no longer matches the id
+    path.write_text(canonical_json(doc))
+    before = snapshot(populated.root)
+    res = cli(["validate"], populated.root)
+    assert res.code == 1
+    assert res.stderr.strip().splitlines() == [
+        "models/base/manifest.json at /id: content no longer matches its id"
+        " (edited by hand?); rebuild with `dvc repro` [id-mismatch]"
+    ]
+    assert snapshot(populated.root) == before
+
+
+def test_cli_errors_are_one_line_and_usage_errors_exit_2(populated: Registry, cli) -> None:
+    res = cli(["show", "nope"], populated.root)
+    assert res.code == 1 and res.stderr.strip() == "error: no model named 'nope'"
+    res = cli(["ls", "--kind", "widget"], populated.root)
+    assert res.code == 2
+    res = cli(["show", "ft", "--json"], populated.root)
+    assert res.code == 0 and json.loads(res.stdout)["spec"]["source"]["model"] == "base"
+
+
+def test_traceback_flag_shows_traceback(populated: Registry) -> None:
+    proc = subprocess.run([sys.executable, "-m", "stemma.cli.app", "--traceback", "show", "nope"],
+                          cwd=populated.root, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "stemma.cli.app", "show", "nope"],
+                          cwd=populated.root, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and proc.stderr == "error: no model named 'nope'\n"
+
+
+def test_read_commands_do_not_import_torch_or_dvc(populated: Registry) -> None:
+    code = (
+        "import sys; from stemma.cli.app import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'dvc'))\n"
+        "print('IMPORTED', bad, file=sys.stderr)\n"
+    )
+    for args in (["--help"], ["ls"], ["validate"], ["show", "ft"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=populated.root,
+                              capture_output=True, text=True, check=False)
+        assert "IMPORTED []" in proc.stderr, (args, proc.stderr)
