@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m stemma.cli.demo
+	$(BIN)/stemma pipeline --check
+	$(BIN)/dvc repro
+	$(BIN)/stemma validate
+	$(BIN)/stemma ls
+	$(BIN)/dvc metrics show
+	$(BIN)/stemma lineage show digits-base --format tree
 
 test: $(STAMP)
 	$(BIN)/ruff check .

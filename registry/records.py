@@ -30,8 +30,11 @@ def _pointer(parts: list[str | int]) -> str:
 
 def validate_document(doc: Any, schema: str, display: str, text: str | None = None) -> None:
     """Raise `SchemaError` for the first (most relevant) schema violation of `doc`."""
+    check = schemas.validator(schema)
+    if check.is_valid(doc):
+        return
     errors = sorted(
-        schemas.validator(schema).iter_errors(doc),
+        check.iter_errors(doc),
         key=lambda e: (list(map(str, e.absolute_path)), e.validator),
     )
     if not errors:

@@ -1,0 +1,39 @@
+"""Forgetting: how much accuracy on the source task a transfer lost."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from stemma.registry.errors import BuildError
+
+DEFAULT_MAX_DROP = 0.10
+"""Default gate: the source-task accuracy may fall by at most 10% of its value before transfer."""
+_DECIMALS = 6  # figures are rounded so identical rebuilds write identical manifests
+
+
+def forgetting_figures(
+    before_accuracy: float, after_accuracy: float, max_drop: float = DEFAULT_MAX_DROP
+) -> dict[str, Any]:
+    """Relative drop ``(before - after) / before`` of source-task accuracy, gated by `max_drop`.
+
+    With ``before == 0`` the drop is 0 (nothing to forget). A negative drop means the source
+    task improved. Accuracies must be finite numbers in [0, 1].
+    """
+    for label, value in (("before", before_accuracy), ("after", after_accuracy)):
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise BuildError(f"forgetting check: accuracy {label} must be in [0, 1], got {value}")
+    if not (math.isfinite(max_drop) and max_drop >= 0.0):
+        raise BuildError(f"forgetting check: max_drop must be a number >= 0, got {max_drop}")
+    drop = (before_accuracy - after_accuracy) / before_accuracy if before_accuracy > 0 else 0.0
+    passed = drop <= max_drop
+    return {
+        "passed": passed,
+        "figures": {
+            "before": round(float(before_accuracy), _DECIMALS),
+            "after": round(float(after_accuracy), _DECIMALS),
+            "relative_drop": round(drop, _DECIMALS),
+        },
+        "thresholds": {"max_drop": max_drop},
+        "violations": [] if passed else [f"relative accuracy drop {drop:.4f} > {max_drop}"],
+    }

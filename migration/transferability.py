@@ -1,0 +1,361 @@
+"""Transferability scores: how well a source model's outputs suit a target task, without training.
+
+Each score reads what a candidate source produces on the target's training data (penultimate
+features, or source-head probabilities) together with the target labels, and returns one float.
+**Higher is better for every score**, so candidates rank by descending value.
+
+| name     | input          | score                                              |
+| -------- | -------------- | -------------------------------------------------- |
+| `logme`  | features (N,D) | LogME, You et al., ICML 2021                       |
+| `hscore` | features (N,D) | H-score, Bao et al., ICIP 2019                     |
+| `knn`    | features (N,D) | leave-fold-out k-NN accuracy (cosine), a baseline  |
+| `leep`   | probs (N,Z)    | LEEP, Nguyen et al., ICML 2020                     |
+| `nce`    | probs (N,Z)    | NCE, Tran et al., ICCV 2019 (on argmax of probs)   |
+
+Labels may be any 1-D array of class ids; only the classes present count, so every score is
+invariant to renaming the classes. Everything is computed in float64 with numpy / scipy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "SCORES",
+    "SCORE_INPUTS",
+    "hscore",
+    "knn_accuracy",
+    "leep",
+    "logme",
+    "nce",
+    "score_all",
+    "weighted_tau",
+]
+
+_EPS = float(np.finfo(np.float64).eps)
+_KNN_CHUNK = 1024  # query rows per similarity block: chunk * N float64 stays a few tens of MB
+
+
+def _labels(labels: Any, n: int | None = None, name: str = "labels") -> tuple[np.ndarray, int]:
+    """Validate class ids; return (class index in [0, C) per sample, C)."""
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {y.shape}")
+    if y.shape[0] < 2:
+        raise ValueError(f"transferability scores need at least 2 samples, got {y.shape[0]}")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"{name} have {y.shape[0]} entries but the inputs have {n} rows")
+    _, index = np.unique(y, return_inverse=True)
+    index = index.reshape(-1)
+    return index, int(index.max()) + 1
+
+
+def _matrix(name: str, values: Any) -> np.ndarray:
+    """Validate a finite 2-D array with at least 2 rows and 1 column; return it as float64."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (samples, dims), got shape {x.shape}")
+    if x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(f"{name} need at least 2 samples and 1 dimension, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
+    return x
+
+
+def _probs(source_probs: Any) -> np.ndarray:
+    """Validate source-head probabilities (N, Z); rows are renormalised to sum to 1."""
+    p = _matrix("source_probs", source_probs)
+    if (p < 0).any():
+        raise ValueError("source_probs must be non-negative (pass softmax outputs, not logits)")
+    total = p.sum(axis=1, keepdims=True)
+    if (total <= 0).any():
+        raise ValueError("source_probs has a row that sums to 0")
+    normalised: np.ndarray = p / total
+    return normalised
+
+
+def _one_hot(index: np.ndarray, classes: int) -> np.ndarray:
+    """(N, C) float64 indicator matrix of class indices."""
+    out = np.zeros((index.shape[0], classes))
+    out[np.arange(index.shape[0]), index] = 1.0
+    return out
+
+
+# Constants of the reference implementation (thuml/LogME, LogME._fit_fixed_point).
+_LOGME_MAX_ITER = 11
+_LOGME_TOL = 1e-3  # relative change of t = alpha / beta
+_LOGME_EPS = 1e-5  # added to m^T m and ||F m - y||^2 in the updates
+
+
+def _spectrum(f: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues sigma (k,) of F^T F above the rank tolerance and X = U^T Y (k, C).
+
+    U holds F's left singular vectors. Only the smaller Gram matrix is decomposed: F^T F (D, D)
+    when N >= D, with U^T Y = V^T F^T Y / sqrt(sigma), else F F^T (N, N) whose eigenvectors are U.
+    """
+    n, d = f.shape
+    gram = f.T @ f if n >= d else f @ f.T
+    sigma, vectors = np.linalg.eigh(gram)
+    keep = sigma > max(n, d) * _EPS * max(float(sigma[-1]), 0.0)
+    sigma, vectors = sigma[keep], vectors[:, keep]
+    if n >= d:
+        return sigma, (vectors.T @ (f.T @ targets)) / np.sqrt(sigma)[:, None]
+    return sigma, vectors.T @ targets
+
+
+def logme(features: Any, labels: Any) -> float:
+    """LogME, the log of maximum evidence (You, Liu, Wang, Long, ICML 2021).
+
+    Per target class k, Bayesian linear regression of the one-hot target y_k on the features F
+    (N, D) with prior w ~ N(0, alpha^-1 I) and noise N(0, beta^-1). With s_i the eigenvalues of
+    F^T F and m = beta (alpha I + beta F^T F)^-1 F^T y_k, the fixed-point iteration of the
+    reference code (thuml/LogME) starts at alpha = beta = 1 and repeats at most 11 times, until
+    t = alpha / beta changes by at most 1e-3 relative::
+
+        gamma = sum_i beta s_i / (alpha + beta s_i)
+        alpha = gamma / (m^T m + 1e-5),   beta = (N - gamma) / (||F m - y_k||^2 + 1e-5)
+
+    then ``L_k = D/2 log alpha + N/2 log beta - alpha/2 m^T m - beta/2 ||F m - y_k||^2
+    - 1/2 log|alpha I + beta F^T F| - N/2 log(2 pi)`` (m from the last step's t, alpha and beta
+    updated, as in the reference), and ``LogME = mean_k L_k / N``. Typically in about [-2, 2].
+
+    Departures from the reference, all of which leave well-scaled full-rank features unchanged:
+    the log-determinant includes the D - rank(F) zero eigenvalues (each adds log alpha, so the
+    score neither rewards dead feature dimensions nor depends on the rank tolerance); features
+    are first scaled to unit root-mean-square, which leaves the exact evidence unchanged but
+    makes the 1e-5 guards and the start at t = 1 mean the same at any feature scale; the rank
+    tolerance is relative (max(N, D) * eps * largest eigenvalue) rather than absolute; only the
+    classes present in ``labels`` are averaged.
+    """
+    f = _matrix("features", features)
+    y, classes = _labels(labels, f.shape[0])
+    n = f.shape[0]
+    targets = _one_hot(y, classes)
+    peak = np.abs(f).max()
+    if peak > 0:
+        f = f / peak  # first by the peak so that squaring cannot overflow or underflow
+        f = f / np.sqrt(np.mean(f * f))
+    sigma, x = _spectrum(f, targets) if peak > 0 else (np.zeros(0), np.zeros((0, classes)))
+    rank = sigma.shape[0]
+    sigma = sigma[:, None]  # (k, 1) against the per-class columns (k, C)
+    x2 = x**2
+    outside = np.maximum(targets.sum(axis=0) - x2.sum(axis=0), 0.0)  # ||y||^2 off F's span
+    alpha, beta = np.ones(classes), np.ones(classes)
+    m2, res2 = np.zeros(classes), np.zeros(classes)
+    active = np.ones(classes, dtype=bool)  # classes still iterating, vectorised over classes
+    for _ in range(_LOGME_MAX_ITER):
+        t = alpha / beta
+        gamma = np.sum(sigma / (sigma + t), axis=0)
+        new_m2 = np.sum(sigma * x2 / (t + sigma) ** 2, axis=0)
+        new_res2 = np.sum(x2 / (1.0 + sigma / t) ** 2, axis=0) + outside
+        m2 = np.where(active, new_m2, m2)
+        res2 = np.where(active, new_res2, res2)
+        # rank 0 (all-zero features): gamma = 0 and alpha drops out of the evidence; keep it 1.
+        alpha = np.where(active & (rank > 0), gamma / (new_m2 + _LOGME_EPS), alpha)
+        beta = np.where(active, (n - gamma) / (new_res2 + _LOGME_EPS), beta)
+        active &= np.abs(alpha / beta - t) / t > _LOGME_TOL
+        if not active.any():
+            break
+    # log|alpha I + beta F^T F| = sum_i log(alpha + beta s_i) + (D - rank) log alpha
+    evidence = (
+        rank / 2.0 * np.log(alpha)
+        + n / 2.0 * np.log(beta)
+        - 0.5 * np.sum(np.log(alpha + beta * sigma), axis=0)
+        - beta / 2.0 * res2
+        - alpha / 2.0 * m2
+        - n / 2.0 * np.log(2.0 * np.pi)
+    )
+    return float(np.mean(evidence) / n)
+
+
+def leep(source_probs: Any, labels: Any) -> float:
+    """LEEP, the log expected empirical prediction (Nguyen, Hassner, Seeger, Archambeau, ICML 2020).
+
+    With theta(x)_z the source head's probability of source class z:
+    ``P(y, z) = 1/N sum_i theta(x_i)_z 1[y_i = y]``, ``P(y | z) = P(y, z) / sum_y P(y, z)``,
+    ``LEEP = 1/N sum_i log sum_z P(y_i | z) theta(x_i)_z``. In (-inf, 0]; 0 when the source's
+    classes determine the target's. A source class with no mass gets no weight.
+    """
+    p = _probs(source_probs)
+    y, classes = _labels(labels, p.shape[0])
+    joint = _one_hot(y, classes).T @ p / p.shape[0]  # (C, Z)
+    mass = joint.sum(axis=0)
+    # An unused source class has theta_z = 0 on every sample, so its column never counts.
+    conditional = np.divide(joint, mass, out=np.zeros_like(joint), where=mass > 0)
+    eep = np.einsum("iz,iz->i", p, conditional[y])
+    # eep_i >= theta_iz^2 / (N P(z)) > 0 for the z where theta_iz >= 1/Z: the log is finite.
+    return float(np.mean(np.log(eep)))
+
+
+def nce(source_pred: Any, labels: Any) -> float:
+    """NCE, negative conditional entropy (Tran, Nguyen, Hassner, ICCV 2019).
+
+    With z_i the source's hard label of sample i and the empirical joint
+    ``P(y, z) = #{i: y_i = y, z_i = z} / N``: ``NCE = -H(Y | Z) = sum_{y,z} P(y, z) log P(y | z)``.
+    In [-log C, 0]; 0 when z determines y, -H(Y) when z is independent of y.
+    """
+    z, sources = _labels(source_pred, name="source_pred")
+    y, classes = _labels(labels, z.shape[0])
+    counts = np.bincount(y * sources + z, minlength=classes * sources).reshape(classes, sources)
+    per_source = counts.sum(axis=0)
+    used = counts > 0
+    # n_yz log(n_yz / n_z) over non-empty cells; empty cells contribute 0 log 0 = 0.
+    terms = counts[used] * np.log(counts[used] / np.broadcast_to(per_source, counts.shape)[used])
+    return float(terms.sum() / z.shape[0])
+
+
+def hscore(features: Any, labels: Any) -> float:
+    """H-score (Bao, Li, Huang, Wang, Zheng, Zhong, ICIP 2019).
+
+    ``H(f) = tr(cov(f)^+ cov(E[f | y]))``: the between-class covariance of the features measured
+    in the metric of their total covariance, i.e. sum_c (n_c / N) ||W (mu_c - mu)||^2 with W the
+    whitening of cov(f). ``^+`` is the Moore-Penrose pseudo-inverse (no shrinkage, as in the
+    paper's code): eigenvalues of cov(f) below max(N, D) * eps * max(largest eigenvalue,
+    mean squared feature) count as zero, so constant or duplicated dimensions are ignored.
+    In [0, min(rank, C - 1)]; invariant to any invertible affine map of the features.
+    """
+    x = _matrix("features", features)
+    y, classes = _labels(labels, x.shape[0])
+    n, d = x.shape
+    peak = np.abs(x).max()
+    if peak == 0 or classes == 1:
+        return 0.0  # no variance, or no between-class variance
+    x = x / peak  # H-score is scale-free; this keeps squares away from overflow and underflow
+    mean = x.mean(axis=0)
+    centred = x - mean
+    cov = centred.T @ centred / n
+    eigval, eigvec = np.linalg.eigh(cov)
+    tol = max(n, d) * _EPS * max(float(eigval[-1]), float(np.mean(x * x)))
+    keep = eigval > tol
+    if not keep.any():
+        return 0.0
+    counts = np.bincount(y, minlength=classes).astype(np.float64)
+    class_means = (_one_hot(y, classes).T @ x) / counts[:, None]
+    whitened = ((class_means - mean) @ eigvec[:, keep]) / np.sqrt(eigval[keep])
+    return float(np.sum(counts / n * np.sum(whitened**2, axis=1)))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), safe for any magnitude."""
+    peak = np.abs(x).max(axis=1, keepdims=True)
+    x = np.divide(x, peak, out=np.zeros_like(x), where=peak > 0)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    unit: np.ndarray = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    return unit
+
+
+def knn_accuracy(features: Any, labels: Any, k: int = 5, folds: int = 5, seed: int = 0) -> float:
+    """Leave-fold-out k-nearest-neighbour accuracy, a simple transferability baseline.
+
+    Samples are shuffled with ``seed`` and split into ``folds`` folds; each fold is classified
+    by majority vote of its k most cosine-similar samples among the other folds (cosine, so the
+    score ignores each sample's feature norm); ties go to the class whose tied neighbours are
+    more similar in total. Returns the fraction classified correctly, in [0, 1].
+    Deterministic given the seed. ``folds`` above N means leave-one-out.
+    """
+    x = _matrix("features", features)
+    y, classes = _labels(labels, x.shape[0])
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    n = x.shape[0]
+    unit = _unit_rows(x)
+    order = np.random.default_rng(seed).permutation(n)
+    correct = 0
+    for fold in np.array_split(order, min(folds, n)):
+        held_out = np.zeros(n, dtype=bool)
+        held_out[fold] = True
+        reference = unit[~held_out]
+        reference_labels = y[~held_out]
+        kk = min(k, reference.shape[0])
+        for start in range(0, fold.shape[0], _KNN_CHUNK):
+            query = fold[start : start + _KNN_CHUNK]
+            sims = unit[query] @ reference.T
+            nearest = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            near_sims = np.take_along_axis(sims, nearest, axis=1)
+            hits = reference_labels[nearest][:, :, None] == np.arange(classes)  # (q, kk, C)
+            votes = hits.sum(axis=1)
+            # (summed similarity + kk) / (2 kk + 1) lies in [0, 1): it breaks ties, never votes.
+            tie_break = (np.einsum("qkc,qk->qc", hits, near_sims) + kk) / (2 * kk + 1)
+            predicted = np.argmax(votes + tie_break, axis=1)
+            correct += int(np.sum(predicted == y[query]))
+    return float(correct / n)
+
+
+def _nce_from_probs(source_probs: Any, labels: Any) -> float:
+    """NCE on the source head's hard labels, the argmax of its probabilities."""
+    return nce(np.argmax(_probs(source_probs), axis=1), labels)
+
+
+SCORES: dict[str, Callable[[Any, Any], float]] = {
+    "logme": logme,
+    "leep": leep,
+    "nce": _nce_from_probs,
+    "hscore": hscore,
+    "knn": knn_accuracy,
+}
+"""Every score as ``score(inputs, labels) -> float``; `SCORE_INPUTS` says what ``inputs`` is."""
+
+SCORE_INPUTS: dict[str, str] = {
+    "logme": "features",
+    "leep": "probs",
+    "nce": "probs",
+    "hscore": "features",
+    "knn": "features",
+}
+"""What each score reads: penultimate ``features`` (N, D) or source-head ``probs`` (N, Z)."""
+
+
+def score_all(
+    features: Any,
+    labels: Any,
+    source_probs: Any | None = None,
+    names: Iterable[str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Compute the scores that have their inputs; return ``{name: {"value": v, "seconds": t}}``.
+
+    ``names`` restricts the scores (default: all of `SCORES`; those needing ``source_probs`` are
+    skipped when it is None). Naming a score whose inputs are missing, or an unknown score, raises
+    ValueError. ``seconds`` is each score's own wall time.
+    """
+    inputs = {"features": features, "probs": source_probs}
+    if names is None:
+        chosen = [name for name in SCORES if inputs[SCORE_INPUTS[name]] is not None]
+    else:
+        chosen = list(dict.fromkeys(names))
+        unknown = [name for name in chosen if name not in SCORES]
+        if unknown:
+            raise ValueError(f"unknown score(s) {unknown}; known: {sorted(SCORES)}")
+        missing = [name for name in chosen if inputs[SCORE_INPUTS[name]] is None]
+        if missing:
+            raise ValueError(f"score(s) {missing} need source probabilities; pass source_probs")
+    results: dict[str, dict[str, float]] = {}
+    for name in chosen:
+        start = time.perf_counter()
+        value = SCORES[name](inputs[SCORE_INPUTS[name]], labels)
+        results[name] = {"value": float(value), "seconds": time.perf_counter() - start}
+    return results
+
+
+def weighted_tau(scores: Any, accuracies: Any) -> float:
+    """Weighted Kendall tau between scores and fine-tuned accuracies (higher = better ranking).
+
+    ``scipy.stats.weightedtau`` with its defaults (hyperbolic weights by rank, so agreement
+    among the best-scored candidates counts most), as in the LogME paper's benchmark. In
+    [-1, 1]; NaN when either side is constant, since a ranking is then undefined.
+    """
+    a = np.asarray(scores, dtype=np.float64).reshape(-1)
+    b = np.asarray(accuracies, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.shape[0]} scores but {b.shape[0]} accuracies")
+    if a.shape[0] < 2:
+        raise ValueError("weighted tau needs at least 2 candidates")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("scores and accuracies must be finite")
+    return float(stats.weightedtau(a, b)[0])
