@@ -1,0 +1,291 @@
+"""Versions like git: resolve `NAME@REF`, compare two versions, restore a version's weights.
+
+History lives in `history`, tags and the REF grammar in `tags`; this module re-exports them so
+callers import every version operation from one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelNotFound, StemmaError
+from .files import CHUNK, file_hashes
+from .history import Version, all_history, history, manifest_at
+from .naming import parse_ref
+from .records import Manifest
+from .registry import Registry
+from .tags import TagInfo, current_stages, list_tags, locate, promote, tag
+
+__all__ = [
+    "LogEntry",
+    "TagInfo",
+    "Version",
+    "all_history",
+    "checkout",
+    "current_stages",
+    "diff",
+    "history",
+    "list_tags",
+    "log",
+    "promote",
+    "resolve",
+    "tag",
+]
+
+
+def resolve(reg: Registry, text: str) -> Manifest:
+    """The manifest that `NAME` (working tree) or `NAME@REF` (a version) names."""
+    ref = parse_ref(text)
+    commit = None if ref.ref is None else locate(reg, ref.name, ref.ref)
+    if commit is None:
+        return _working_manifest(reg, ref.name)
+    label = commit[:12] if commit.startswith(str(ref.ref)) else f"{ref.ref} ({commit[:12]})"
+    return manifest_at(reg, ref.name, commit, label=label)
+
+
+def _working_manifest(reg: Registry, name: str) -> Manifest:
+    if not reg.has_model(name):
+        raise ModelNotFound(name, hint=Registry._hint(name, reg.model_names()))
+    manifest = reg.model_manifest(name)
+    if manifest is None:
+        raise StemmaError(
+            f"model {name!r} has no manifest in the working tree: build it"
+            f" (stemma build model {name}) or name a version ({name}@REF)"
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One row of `stemma log`: a version and the version tags and stages that name it."""
+
+    version: Version
+    labels: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The version's JSON form plus its labels."""
+        return {**self.version.to_dict(), "labels": list(self.labels)}
+
+
+def log(reg: Registry, name: str) -> list[LogEntry]:
+    """The model's versions, newest first, each with its version tags and current stages."""
+    versions = history(reg, name)
+    stages = current_stages(reg, name)
+    named = [t for t in list_tags(reg, name) if t.version] + list(stages.values())
+    labels: dict[int, list[str]] = {}
+    for t in named:
+        # a tag points at a commit, which may be later than the one that introduced its id
+        idx = next((i for i, v in enumerate(versions) if v.commit == t.commit), None)
+        if idx is None and t.id is not None:
+            idx = next((i for i, v in enumerate(versions) if v.id == t.id), None)
+        if idx is not None:
+            labels.setdefault(idx, []).append(t.version or str(t.stage))
+    return [LogEntry(v, tuple(labels.get(i, ()))) for i, v in enumerate(versions)]
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """JSON pointer -> leaf value; lists are leaves (a changed list reads best whole)."""
+    if isinstance(obj, dict) and obj:
+        flat: dict[str, Any] = {}
+        for key, value in obj.items():
+            flat.update(_flatten(value, f"{prefix}/{_escape(str(key))}"))
+        return flat
+    return {prefix or "/": obj}
+
+
+def _spec_changes(before: Any, after: Any) -> list[dict[str, Any]]:
+    fa, fb = _flatten(before or {}), _flatten(after or {})
+    return [
+        {"pointer": p, "before": fa.get(p), "after": fb.get(p)}
+        for p in sorted(fa.keys() | fb.keys())
+        if fa.get(p) != fb.get(p)
+    ]
+
+
+def _metric_changes(before: dict[str, float], after: dict[str, float]) -> list[dict[str, Any]]:
+    rows = []
+    for metric in sorted(before.keys() | after.keys()):
+        a, b = before.get(metric), after.get(metric)
+        delta = None if a is None or b is None else round(b - a, 12)
+        rows.append({"metric": metric, "before": a, "after": b, "delta": delta})
+    return rows
+
+
+_TENSOR_FIELDS = ("shape", "dtype", "origin", "frozen", "source_name")
+
+
+def _tensor_changes(before: Any, after: Any) -> list[dict[str, Any]]:
+    def rows(arch: Any) -> dict[str, dict[str, Any]]:
+        tensors = (arch or {}).get("tensors") or []
+        return {t["name"]: {f: t.get(f) for f in _TENSOR_FIELDS} for t in tensors}
+
+    ra, rb = rows(before), rows(after)
+    changes = []
+    for name in sorted(ra.keys() | rb.keys()):
+        a, b = ra.get(name), rb.get(name)
+        if a == b:
+            continue
+        change = "added" if a is None else "removed" if b is None else "changed"
+        fields = [f for f in _TENSOR_FIELDS if a and b and a[f] != b[f]]
+        changes.append({"name": name, "change": change, "fields": fields, "before": a, "after": b})
+    return changes
+
+
+def _side(text: str, m: Manifest) -> dict[str, Any]:
+    return {"ref": text, "name": m.name, "id": m.id}
+
+
+def diff(reg: Registry, a: str, b: str) -> dict[str, Any]:
+    """What changed from version A to version B (`NAME@REF` or model names; B may be `@REF`)."""
+    if b.startswith("@"):
+        b = parse_ref(a).name + b
+    ma, mb = resolve(reg, a), resolve(reg, b)
+    ra, rb = ma.raw, mb.raw
+    src_a, src_b = ra.get("source"), rb.get("source")
+    data_a, data_b = dict(ra.get("datasets") or {}), dict(rb.get("datasets") or {})
+    return {
+        "a": _side(a, ma),
+        "b": _side(b, mb),
+        "same": ma.id == mb.id,
+        "source": {"before": src_a, "after": src_b, "changed": src_a != src_b},
+        "spec": _spec_changes(ra.get("spec"), rb.get("spec")),
+        "metrics": _metric_changes(ma.metrics, mb.metrics),
+        "tensors": _tensor_changes(ra.get("architecture"), rb.get("architecture")),
+        "datasets": [
+            {"role": role, "before": data_a.get(role), "after": data_b.get(role)}
+            for role in sorted(data_a.keys() | data_b.keys())
+            if data_a.get(role) != data_b.get(role)
+        ],
+        "weights": {
+            "before": ra["weights"]["sha256"],
+            "after": rb["weights"]["sha256"],
+            "changed": ra["weights"]["sha256"] != rb["weights"]["sha256"],
+        },
+    }
+
+
+# -- checkout ---------------------------------------------------------------------------------
+
+
+def checkout(reg: Registry, text: str) -> Path:
+    """Restore the weights of `NAME@REF` into the working tree from the DVC cache or remote."""
+    manifest = resolve(reg, text)
+    weights = manifest.raw["weights"]
+    md5 = str(weights["md5"])
+    target = reg.resolve(
+        f"models/{manifest.name}/{weights['path']}", pointer="/weights/path", display=manifest.path
+    )
+    if target.is_file() and file_hashes(target)["md5"] == md5:
+        return target
+    dvc_root = _dvc_root(reg.repo_root)
+    default_cache = dvc_root / ".dvc" / "cache"
+    cached = _in_cache(default_cache, md5)
+    if cached is None:
+        note = _fetch(dvc_root, md5, int(weights["bytes"]))
+        # the cache may live elsewhere (`dvc cache dir`); only DVC knows, so ask it last
+        cached = _in_cache(default_cache, md5) or _in_cache(_cache_dir(dvc_root), md5)
+        if cached is None:
+            raise StemmaError(
+                f"weights of {text} (md5 {md5}) are in neither the DVC cache nor the default"
+                f" remote{f' ({note})' if note else ''}; run `dvc push` where they were built"
+            )
+    _copy_verified(cached, target, md5)
+    return target
+
+
+def _dvc_root(start: Path) -> Path:
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    raise StemmaError(f"no DVC repository at or above {start}: run `dvc init` first")
+
+
+def _in_cache(cache: Path, md5: str) -> Path | None:
+    # DVC 3 keeps objects under files/md5/; DVC 2 kept them at the cache's top level
+    for path in (cache / "files" / "md5" / md5[:2] / md5[2:], cache / md5[:2] / md5[2:]):
+        if path.is_file():
+            return path
+    return None
+
+
+def _dvc(cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run `python -m dvc ARGS`: exit status, stdout, and the telling line of stderr.
+
+    DVC runs in a subprocess, never imported: the registry must not load dvc.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    lines = [
+        ln.strip().removeprefix("ERROR: ")
+        for ln in proc.stderr.splitlines()
+        if ln.strip() and not ln.startswith("Having any troubles")
+    ]
+    return proc.returncode, proc.stdout.strip(), lines[-1] if lines else ""
+
+
+def _cache_dir(dvc_root: Path) -> Path:
+    code, out, note = _dvc(dvc_root, "cache", "dir")
+    if code != 0:
+        raise StemmaError(f"dvc cache dir failed in {dvc_root}: {note or 'error'}")
+    return Path(out)
+
+
+def _fetch(dvc_root: Path, md5: str, size: int) -> str:
+    """Download one object by md5 from the default remote into the cache; DVC's complaint.
+
+    `dvc fetch` takes tracked files, not hashes, so a throw-away .dvc file names the object;
+    it sits in a fresh folder inside the repository (DVC refuses git-ignored .dvc files).
+    """
+    folder = Path(tempfile.mkdtemp(prefix=".stemma-fetch-", dir=dvc_root))
+    try:
+        # quoted: an all-digit md5 would otherwise load as a YAML integer
+        (folder / "weights.dvc").write_text(
+            f"outs:\n- md5: '{md5}'\n  size: {size}\n  hash: md5\n  path: weights.bin\n"
+        )
+        _code, _out, note = _dvc(
+            dvc_root, "fetch", str((folder / "weights.dvc").relative_to(dvc_root))
+        )
+        return note
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _copy_verified(source: Path, target: Path, md5: str) -> None:
+    """Copy through a temp file, checking the md5 before the rename makes it visible."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        digest = hashlib.md5()
+        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if digest.hexdigest() != md5:
+            raise StemmaError(
+                f"DVC cache object {source} is corrupt: md5 {digest.hexdigest()},"
+                f" expected {md5}; run `dvc fetch` again"
+            )
+        os.chmod(tmp, 0o644)  # cache objects are read-only; the restored file is not
+        # a link into the cache is replaced, never written through
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
