@@ -1,0 +1,164 @@
+"""`stemma build dataset|model NAME` (run by `dvc repro`) and `stemma register NAME`.
+
+torch is imported inside the commands, so read-only commands never pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from stemma.registry import Registry
+from stemma.registry.errors import StemmaError
+
+from ._common import RepoOpt
+
+app = typer.Typer(help="Build datasets and models (run by dvc repro).", no_args_is_help=True)
+
+NameArg = Annotated[
+    str, typer.Argument(help="Name of the dataset or model (its folder).", show_default=False)
+]
+
+
+@app.command("dataset")
+def dataset(name: NameArg, repo: RepoOpt = Path(".")) -> None:
+    """Materialize a dataset spec: write data.npz and manifest.json."""
+    from stemma.migration.build import build_dataset
+
+    manifest = build_dataset(Registry.open(repo), name)
+    splits = manifest["splits"]
+    typer.echo(
+        f"built dataset {name}: {splits['train']['samples']} train /"
+        f" {splits['eval']['samples']} eval samples of shape"
+        f" {'x'.join(map(str, manifest['shape']))}, {len(manifest['classes'])} classes,"
+        f" id {manifest['id'][7:19]}"
+    )
+
+
+@contextmanager
+def _epoch_bar(name: str) -> Iterator[Any]:
+    """A rich progress bar on stderr; yields the callback the training loop calls."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"training {name}", total=None, info="")
+
+        def update(epoch: int, total: int, info: Mapping[str, Any]) -> None:
+            text = f"loss {info['train_loss']:.4f}  eval acc {info['eval_accuracy']:.4f}"
+            bar.update(task, completed=epoch, total=total, info=text)
+
+        yield update
+
+
+@app.command("model")
+def model(
+    name: NameArg,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Build a model from its spec: map the source, train, evaluate, write weights and manifest."""
+    from stemma.migration.build import build_model
+
+    reg = Registry.open(repo)
+    if quiet:
+        manifest = build_model(reg, name)
+    else:
+        with _epoch_bar(name) as progress:
+            manifest = build_model(reg, name, progress=progress)
+    failed = [g["metric"] for g in manifest["gates"] if not g["passed"]]
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(manifest["metrics"].items()))
+    note = f"; failed gates: {', '.join(failed)}" if failed else ""
+    typer.echo(
+        f"built model {name}: {metrics} on {manifest['run']['device']},"
+        f" id {manifest['id'][7:19]}{note}"
+    )
+
+
+def _ints(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
+    except ValueError:
+        raise StemmaError(f"{option} expects comma-separated integers, got {text!r}") from None
+
+
+def register(
+    name: Annotated[
+        str, typer.Argument(help="Name for the imported model (its folder).", show_default=False)
+    ],
+    weights: Annotated[
+        Path,
+        typer.Option(
+            "--weights",
+            "-w",
+            help="A .safetensors file or a .pt state dict (loaded with weights_only=True).",
+            show_default=False,
+        ),
+    ],
+    family: Annotated[
+        str | None,
+        typer.Option(
+            help="Architecture family: mlp, cnn or"
+            " entrypoint (inferred from the tensors when"
+            " omitted)."
+        ),
+    ] = None,
+    hidden: Annotated[str | None, typer.Option(help="mlp hidden widths, e.g. 128,64.")] = None,
+    channels: Annotated[str | None, typer.Option(help="cnn channels, e.g. 16,32.")] = None,
+    entrypoint: Annotated[
+        str | None,
+        typer.Option(help="Trusted module:function that builds the module (family entrypoint)."),
+    ] = None,
+    in_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--in-shape", help="Input shape C,H,W (or F) when the weights do not show it."
+        ),
+    ] = None,
+    eval_: Annotated[
+        str | None,
+        typer.Option("--eval", help="Built dataset to compute metrics on (its eval split)."),
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="One-line description.")] = None,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Import externally trained weights as a model: weights.safetensors plus a manifest."""
+    from stemma.migration.build import register_model
+
+    arch: dict[str, Any] | None = None
+    if family is not None:
+        arch = {"family": family}
+        if hidden is not None:
+            arch["hidden"] = _ints(hidden, "--hidden")
+        if channels is not None:
+            arch["channels"] = _ints(channels, "--channels")
+        if entrypoint is not None:
+            arch["entrypoint"] = entrypoint
+    elif hidden or channels or entrypoint:
+        raise StemmaError("--hidden, --channels and --entrypoint need --family")
+    manifest = register_model(
+        Registry.open(repo),
+        name,
+        weights,
+        architecture=arch,
+        eval_dataset=eval_,
+        in_shape=_ints(in_shape, "--in-shape"),
+        description=description,
+    )
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(manifest["metrics"].items()))
+    typer.echo(
+        f"registered model {name}: {manifest['parameters']['total']} parameters"
+        f" ({manifest['architecture']['config']['family']})"
+        f"{', ' + metrics if metrics else ''}, id {manifest['id'][7:19]}"
+    )

@@ -1,0 +1,443 @@
+"""Build datasets and models from their specs; the work behind `stemma build` and `dvc repro`.
+
+A build reads everything it needs, trains and evaluates, and only then writes its outputs,
+each atomically and the manifest last: an interrupted build leaves the previous outputs intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stemma.registry import Registry
+from stemma.registry import __version__ as STEMMA_VERSION
+from stemma.registry.errors import BuildError
+from stemma.registry.files import (
+    canonical_json,
+    content_id,
+    digest,
+    file_hashes,
+    read_json,
+    write_atomic,
+)
+from stemma.registry.records import MODEL_MANIFEST, ModelSpec, validate_document
+from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHTS_FILE
+from torch import nn
+
+from .architectures import build_module, infer_architecture, make_config
+from .data import DatasetArrays, feature_stats, load_npz, materialize, npz_bytes
+from .evaluate import evaluate, evaluate_gates
+from .mapping import TensorMap, plan, report, transfer
+from .strategy import Strategy, apply_freeze, frozen_names, reinit_names
+from .train import Progress, TrainConfig, train
+from .weights import load_weights, to_bytes
+
+METRICS_FILE = "metrics.json"
+CURVE_FILE = "curve.json"
+EXPLORATION_FILE = "exploration.json"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
+    """The manifest's file block for bytes about to be written."""
+    return {
+        "path": path,
+        "md5": hashlib.md5(blob).hexdigest(),
+        "sha256": "sha256:" + hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "format": fmt,
+    }
+
+
+def _run_block(started: str, begin: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "started": started,
+        "duration_s": round(time.perf_counter() - begin, 3),
+        "stemma": STEMMA_VERSION,
+        "torch": torch.__version__,
+        **extra,
+    }
+
+
+# -- datasets -------------------------------------------------------------------------------
+
+
+def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
+    """Materialize a dataset spec, write data.npz and its manifest; returns the manifest."""
+    started, begin = _now(), time.perf_counter()
+    spec = reg.dataset_spec(name)
+    arrays = materialize(
+        spec.raw,
+        display=spec.path,
+        trusted=reg.settings.entrypoints,
+        resolve=lambda rel: reg.resolve(rel, "/source", spec.path),
+    )
+    blob = npz_bytes(arrays)
+    manifest: dict[str, Any] = {
+        "kind": "dataset",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "data": _blob_file(DATA_FILE, blob, "npz"),
+        "shape": arrays.shape,
+        "dtype": str(arrays.x_train.dtype),
+        "classes": arrays.classes,
+        "splits": {
+            "train": _split_block(arrays.y_train),
+            "eval": _split_block(arrays.y_eval),
+        },
+        "stats": feature_stats(arrays.x_train),
+    }
+    write_atomic(reg.dataset_dir(name) / DATA_FILE, blob)
+    manifest["run"] = _run_block(started, begin)
+    manifest["id"] = reg.write_dataset_manifest(name, manifest)
+    return manifest
+
+
+def _split_block(y: np.ndarray) -> dict[str, Any]:
+    labels, counts = np.unique(y, return_counts=True)
+    return {
+        "samples": len(y),
+        "class_counts": {str(int(c)): int(n) for c, n in zip(labels, counts, strict=True)},
+    }
+
+
+def load_dataset(reg: Registry, name: str, pointer: str = "", display: str = "") -> DatasetArrays:
+    """The built arrays of a dataset; BuildError when it has not been built."""
+    where = f"{display} at {pointer}" if display else reg.rel("datasets", name)
+    manifest = reg.dataset_manifest(name)
+    path = reg.dataset_dir(name) / DATA_FILE
+    if manifest is None or not path.is_file():
+        raise BuildError(
+            f"{where}: dataset {name!r} has not been built; build it first (dvc repro)"
+        )
+    return load_npz(path, where)
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def load_model(reg: Registry, name: str) -> nn.Module:
+    """Rebuild a built model from its manifest's architecture config and its weights."""
+    manifest = reg.model_manifest(name)
+    path = reg.model_dir(name) / WEIGHTS_FILE
+    if manifest is None or not path.is_file():
+        raise BuildError(
+            f"{reg.rel('models', name)}: model {name!r} has no weights; build it first (dvc repro)"
+        )
+    module = build_module(
+        manifest.raw["architecture"]["config"], reg.settings.entrypoints, manifest.path
+    )
+    state = load_weights(path, reg.rel("models", name, WEIGHTS_FILE))
+    transfer(module, state, plan(state, module.state_dict(), "exact", manifest.path))
+    module.eval()
+    return module
+
+
+def _source_name(reg: Registry, spec: ModelSpec) -> tuple[str, dict[str, Any] | None]:
+    """The source model's name; with `model: auto`, the exploration's selection."""
+    assert spec.source is not None
+    if not spec.source.auto:
+        return spec.source.model, None
+    path = reg.model_dir(spec.name) / EXPLORATION_FILE
+    if not path.is_file():
+        raise BuildError(
+            f"{spec.path} at /source/model: source is auto but"
+            f" {reg.rel('models', spec.name, EXPLORATION_FILE)} does not exist;"
+            " run the exploration first (dvc repro)"
+        )
+    doc = read_json(path)
+    chosen = doc.get("selected") if isinstance(doc, dict) else None
+    if not isinstance(chosen, str):
+        raise BuildError(
+            f"{reg.rel('models', spec.name, EXPLORATION_FILE)}: no 'selected' source model"
+        )
+    return chosen, doc
+
+
+def _load_source(
+    reg: Registry, spec: ModelSpec, src: str
+) -> tuple[Mapping[str, Any], dict[str, torch.Tensor]]:
+    """The source's manifest and weights, checked against each other."""
+    manifest = reg.model_manifest(src)
+    path = reg.model_dir(src) / WEIGHTS_FILE
+    if manifest is None or not path.is_file():
+        raise BuildError(
+            f"{spec.path} at /source/model: source model {src!r} has no weights;"
+            " build it first (dvc repro)"
+        )
+    recorded = manifest.raw["weights"]
+    if file_hashes(path)["sha256"] != recorded["sha256"]:
+        raise BuildError(
+            f"{spec.path} at /source/model: {reg.rel('models', src, WEIGHTS_FILE)}"
+            " does not match its manifest; rebuild it (dvc repro) or check it"
+            " out (dvc checkout)"
+        )
+    return manifest.raw, load_weights(path, reg.rel("models", src, WEIGHTS_FILE))
+
+
+def _architecture(
+    spec: ModelSpec, source: Mapping[str, Any] | None, shape: list[int], num_classes: int
+) -> dict[str, Any]:
+    if spec.architecture:
+        arch = spec.architecture
+    elif source is not None:
+        inherited = dict(source["architecture"]["config"])
+        arch = {k: v for k, v in inherited.items() if k not in ("in_shape", "num_classes")}
+    else:
+        raise BuildError(
+            f"{spec.path} at /architecture: a model without a source needs an"
+            " architecture (e.g. {family: mlp, hidden: [128, 64]})"
+        )
+    return make_config(arch, shape, num_classes)
+
+
+def _data(reg: Registry, spec: ModelSpec) -> tuple[DatasetArrays, DatasetArrays, dict[str, Any]]:
+    """Train and eval arrays plus the manifest's datasets block."""
+    train_data = load_dataset(reg, spec.train, "/data/train", spec.path)
+    pointer = "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
+    eval_data = load_dataset(reg, spec.eval, pointer, spec.path)
+    if eval_data.shape != train_data.shape:
+        raise BuildError(
+            f"{spec.path} at /data/eval: samples of {spec.eval!r} have shape"
+            f" {eval_data.shape}, those of {spec.train!r} {train_data.shape}"
+        )
+    roles = [("train", spec.train, "/data/train"), ("eval", spec.eval, pointer)]
+    # datasets the declared checks read are recorded too: a new version of one is a new build
+    for check in ("forgetting", "drift"):
+        if "data" in (spec.checks.get(check) or {}):
+            roles.append((check, str(spec.checks[check]["data"]), f"/checks/{check}/data"))
+    block = {}
+    for role, ds, where in roles:
+        manifest = reg.dataset_manifest(ds)
+        if manifest is None:
+            raise BuildError(
+                f"{spec.path} at {where}: dataset {ds!r} has not been built; build it first"
+                " (dvc repro)"
+            )
+        block[role] = {"name": ds, "id": manifest.id}
+    return train_data, eval_data, block
+
+
+def build_model(reg: Registry, name: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Build a model from its spec: map, train, evaluate, then write every output atomically."""
+    started, begin = _now(), time.perf_counter()
+    spec = reg.model_spec(name)
+    display = spec.path
+    defaults = dict(reg.settings.defaults.get("training") or {})
+    if "device" in reg.settings.defaults:
+        defaults.setdefault("device", reg.settings.defaults["device"])
+    cfg = TrainConfig.from_spec(spec.training, display, defaults)
+    strategy = Strategy.from_spec(spec.strategy, display)
+    src_name, exploration, src_manifest, src_state = None, None, None, None
+    if spec.source is not None:
+        src_name, exploration = _source_name(reg, spec)
+        src_manifest, src_state = _load_source(reg, spec, src_name)
+    train_data, eval_data, datasets = _data(reg, spec)
+    num_classes = max(train_data.classes) + 1
+    if max(eval_data.classes) >= num_classes:
+        raise BuildError(
+            f"{display} at /data/eval: {spec.eval!r} has class"
+            f" {max(eval_data.classes)}, but {spec.train!r} only classes"
+            f" 0-{num_classes - 1}"
+        )
+    config = _architecture(spec, src_manifest, train_data.shape, num_classes)
+
+    torch.manual_seed(cfg.seed)  # the module's own initialisation is part of the build
+    module = build_module(config, reg.settings.entrypoints, display)
+    reinit = reinit_names(module, strategy, display)
+    tmap: TensorMap | None = None
+    if src_state is not None:
+        tmap = plan(
+            src_state,
+            module.state_dict(),
+            strategy.mapping,
+            f"{display} at /strategy/mapping",
+            f"source {src_name!r}",
+        )
+        transfer(module, src_state, tmap, reinit)
+    apply_freeze(module, frozen_names(module, strategy, display))
+    rows, unused = report(module, tmap, reinit)
+
+    result = train(
+        module,
+        train_data.x_train,
+        train_data.y_train,
+        eval_data.x_eval,
+        eval_data.y_eval,
+        cfg,
+        features=strategy.features,
+        progress=progress,
+        display=display,
+    )
+    device = torch.device(result.device)
+    scored = evaluate(
+        module, eval_data.x_eval, eval_data.y_eval, device, amp=cfg.amp and device.type == "cuda"
+    )
+    metrics = {"accuracy": scored["accuracy"], "loss": scored["loss"]}
+    module.to("cpu")
+    blob = to_bytes(module.state_dict())
+
+    params = dict(module.named_parameters())
+    transferred = sum(
+        params[r["name"]].numel()
+        for r in rows
+        if r["origin"] == "transferred" and r["name"] in params
+    )
+    total = sum(p.numel() for p in params.values())
+    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+    manifest: dict[str, Any] = {
+        "kind": "model",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "source": None
+        if src_manifest is None
+        else {
+            "model": src_name,
+            "relation": spec.source.relation if spec.source else "finetune",
+            "id": src_manifest["id"],
+        },
+        "datasets": datasets,
+        "weights": _blob_file(WEIGHTS_FILE, blob, "safetensors"),
+        "architecture": {"config": config, "tensors": rows},
+        "parameters": {"total": total, "trainable": trainable, "transferred": transferred},
+        "transfer": {
+            "mapping": strategy.mapping if tmap else None,
+            "mode": strategy.mode,
+            "freeze": list(strategy.freeze),
+            "reinit": list(strategy.reinit),
+            "unused_source": unused,
+            "features_cached": result.features_cached,
+        },
+        "metrics": metrics,
+        "per_class": scored["per_class"],
+        "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
+        "checks": {},
+    }
+    if exploration is not None:
+        manifest["exploration"] = exploration
+    manifest["run"] = _run_block(
+        started,
+        begin,
+        device=result.device,
+        seed=cfg.seed,
+        deterministic=result.deterministic,
+        threads=result.threads,
+    )
+    _write_model(reg, name, manifest, blob, metrics, result.curve)
+    return manifest
+
+
+def _write_model(
+    reg: Registry,
+    name: str,
+    manifest: dict[str, Any],
+    blob: bytes,
+    metrics: Mapping[str, float],
+    curve: list[dict[str, Any]],
+) -> None:
+    """Validate first, then write weights, metrics, curve and (last) the manifest."""
+    manifest["id"] = content_id(manifest)
+    validate_document(manifest, MODEL_MANIFEST, reg.rel("models", name, MANIFEST_FILE))
+    folder = reg.model_dir(name)
+    write_atomic(folder / WEIGHTS_FILE, blob)
+    write_atomic(folder / METRICS_FILE, canonical_json(dict(metrics)))
+    write_atomic(folder / CURVE_FILE, canonical_json(curve))
+    reg.write_model_manifest(name, manifest)
+
+
+def register_model(
+    reg: Registry,
+    name: str,
+    weights_path: Path,
+    architecture: Mapping[str, Any] | None = None,
+    eval_dataset: str | None = None,
+    in_shape: list[int] | None = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """Import externally trained weights (.safetensors, or a weights-only .pt state dict)."""
+    from stemma.registry.naming import check_name
+
+    from .weights import read_any
+
+    started, begin = _now(), time.perf_counter()
+    check_name(name, "model name")
+    if (reg.model_dir(name) / SPEC_FILE).exists():
+        raise BuildError(
+            f"{reg.rel('models', name, SPEC_FILE)}: model {name!r} is declared by a spec and"
+            " built by `dvc repro`; register the weights under another name"
+        )
+    state = read_any(Path(weights_path), str(weights_path))
+    data = None
+    if eval_dataset is not None:
+        data = load_dataset(reg, eval_dataset, "--eval", "register")
+        in_shape = in_shape or data.shape
+    if architecture:
+        num_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
+        shape = in_shape or (
+            [int(state["body.0.weight"].shape[1])] if "body.0.weight" in state else None
+        )
+        if not shape or not num_classes:
+            raise BuildError(f"{weights_path}: pass --in-shape; the weights do not show it")
+        config = make_config(architecture, shape, num_classes)
+    else:
+        config = infer_architecture(state, in_shape)
+    module = build_module(config, reg.settings.entrypoints, f"{weights_path}")
+    tmap = plan(state, module.state_dict(), "exact", f"{weights_path}", "the weights file")
+    transfer(module, state, tmap)
+    rows, _ = report(module, None)
+    blob = to_bytes(module.state_dict())
+    metrics: dict[str, float] = {}
+    per_class: dict[str, float] = {}
+    datasets: dict[str, Any] = {}
+    if data is not None and eval_dataset is not None:
+        scored = evaluate(module, data.x_eval, data.y_eval)
+        metrics = {"accuracy": scored["accuracy"], "loss": scored["loss"]}
+        per_class = scored["per_class"]
+        manifest_ds = reg.dataset_manifest(eval_dataset)
+        assert manifest_ds is not None
+        datasets["eval"] = {"name": eval_dataset, "id": manifest_ds.id}
+    spec_doc: dict[str, Any] = {
+        "description": description or f"Registered from {Path(weights_path).name}."
+    }
+    total = sum(p.numel() for p in module.parameters())
+    manifest: dict[str, Any] = {
+        "kind": "model",
+        "schema_version": 1,
+        "name": name,
+        "spec": spec_doc,
+        "spec_digest": digest(spec_doc),
+        "source": None,
+        "datasets": datasets,
+        "weights": _blob_file(WEIGHTS_FILE, blob, "safetensors"),
+        "architecture": {"config": config, "tensors": rows},
+        "parameters": {"total": total, "trainable": total, "transferred": 0},
+        "transfer": {
+            "mapping": None,
+            "mode": "registered",
+            "unused_source": [],
+            "features_cached": False,
+        },
+        "metrics": metrics,
+        "per_class": per_class,
+        "gates": [],
+        "checks": {},
+        "run": _run_block(started, begin, device="cpu", imported_from=Path(weights_path).name),
+    }
+    manifest["id"] = content_id(manifest)
+    validate_document(manifest, MODEL_MANIFEST, reg.rel("models", name, MANIFEST_FILE))
+    write_atomic(reg.model_dir(name) / WEIGHTS_FILE, blob)
+    reg.write_model_manifest(name, manifest)
+    return manifest

@@ -1,0 +1,101 @@
+"""Transfer strategies: which tensors are frozen and which are re-initialised.
+
+`freeze` and `reinit` are fnmatch globs over tensor names (`body.0.*`, `head.*`). Mode
+`finetune` trains everything that is not frozen; `linear-probe` freezes all but `head.*`.
+Re-initialised tensors keep the target module's own seeded initialisation.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stemma.registry.errors import BuildError
+from torch import nn
+
+MODES = ("finetune", "linear-probe")
+FEATURES = ("cached", "recompute")
+DEFAULT_MAPPING = "by-name"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """The resolved `strategy:` block of a model spec."""
+
+    mode: str = "finetune"
+    mapping: str = DEFAULT_MAPPING
+    freeze: tuple[str, ...] = ()
+    reinit: tuple[str, ...] = ()
+    features: str = "cached"
+
+    @classmethod
+    def from_spec(cls, block: Mapping[str, Any], display: str = "spec.yaml") -> Strategy:
+        """Read a strategy block, filling defaults."""
+        mode = str(block.get("mode", "finetune"))
+        if mode not in MODES:
+            raise BuildError(
+                f"{display} at /strategy/mode: unknown mode {mode!r}; use one of {', '.join(MODES)}"
+            )
+        features = str(block.get("features", "cached"))
+        if features not in FEATURES:
+            raise BuildError(
+                f"{display} at /strategy/features: unknown value {features!r};"
+                f" use one of {', '.join(FEATURES)}"
+            )
+        return cls(
+            mode=mode,
+            mapping=str(block.get("mapping", DEFAULT_MAPPING)),
+            freeze=tuple(block.get("freeze", ())),
+            reinit=tuple(block.get("reinit", ())),
+            features=features,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved block."""
+        return {
+            "mode": self.mode,
+            "mapping": self.mapping,
+            "freeze": list(self.freeze),
+            "reinit": list(self.reinit),
+            "features": self.features,
+        }
+
+
+def match(
+    names: Iterable[str], patterns: Iterable[str], pointer: str, display: str = "spec.yaml"
+) -> set[str]:
+    """Names matched by any pattern; a pattern that matches nothing raises BuildError."""
+    pool = list(names)
+    found: set[str] = set()
+    for i, pattern in enumerate(patterns):
+        hits = fnmatch.filter(pool, pattern)
+        if not hits:
+            sample = ", ".join(pool[:4]) + (", ..." if len(pool) > 4 else "")
+            raise BuildError(
+                f"{display} at {pointer}/{i}: pattern {pattern!r} matches no"
+                f" tensor (tensors: {sample})"
+            )
+        found.update(hits)
+    return found
+
+
+def frozen_names(module: nn.Module, strategy: Strategy, display: str = "spec.yaml") -> set[str]:
+    """Parameter names the strategy freezes."""
+    names = [n for n, _ in module.named_parameters()]
+    frozen = match(names, strategy.freeze, "/strategy/freeze", display)
+    if strategy.mode == "linear-probe":
+        frozen.update(n for n in names if not fnmatch.fnmatch(n, "head.*"))
+    return frozen
+
+
+def reinit_names(module: nn.Module, strategy: Strategy, display: str = "spec.yaml") -> set[str]:
+    """Tensor names (parameters and buffers) the strategy re-initialises."""
+    return match(module.state_dict().keys(), strategy.reinit, "/strategy/reinit", display)
+
+
+def apply_freeze(module: nn.Module, frozen: set[str]) -> None:
+    """Set requires_grad: False for frozen parameters, True for the rest."""
+    for name, param in module.named_parameters():
+        param.requires_grad_(name not in frozen)

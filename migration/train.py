@@ -1,0 +1,280 @@
+"""The training loop: seeded, deterministic on CPU, bf16 autocast on CUDA, frozen-prefix cache.
+
+When the leading stages of a network hold only frozen parameters, their output is computed
+once (eval mode, no grad) and each epoch trains only the rest on those cached features: a
+linear probe never re-runs its backbone. Frozen prefix stages always run in eval mode, so the
+cached and the recomputed paths compute the same function.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from stemma.registry.errors import BuildError
+from torch import nn
+
+from .architectures import FeatureStage, head_of, stages
+from .evaluate import DECIMALS, autocast, predict, scores
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LOSSES = ("cross_entropy",)
+Progress = Callable[[int, int, Mapping[str, Any]], None]
+# CPU builds use a fixed intra-op thread count: float reductions split across a varying number
+# of threads can differ in the last bit, and small models train no slower on one thread (and
+# far faster when other processes compete for the cores).
+CPU_THREADS = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved `training:` block."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float | None = None  # None: the optimizer's customary default
+    momentum: float = 0.0
+    loss: str = "cross_entropy"
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+
+    @classmethod
+    def from_spec(
+        cls,
+        block: Mapping[str, Any],
+        display: str = "spec.yaml",
+        defaults: Mapping[str, Any] | None = None,
+    ) -> TrainConfig:
+        """Read a training block over registry defaults; unknown choices raise BuildError."""
+        merged = {**dict(defaults or {}), **dict(block)}
+        merged.pop("search", None)  # hyper-parameter search is resolved before training
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(k for k in merged if k not in known)
+        if unknown:
+            key = unknown[0]
+            where = (
+                f"{display} at /training" if key in block else "stemma.yaml at /defaults/training"
+            )
+            raise BuildError(f"{where}/{key}: unknown training setting")
+        cfg = cls(**merged)
+        if cfg.optimizer not in OPTIMIZERS:
+            raise BuildError(
+                f"{display} at /training/optimizer: unknown optimizer"
+                f" {cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}"
+            )
+        if cfg.loss not in LOSSES:
+            raise BuildError(
+                f"{display} at /training/loss: unknown loss {cfg.loss!r};"
+                f" use one of {', '.join(LOSSES)}"
+            )
+        if cfg.device not in ("auto", "cpu", "cuda"):
+            raise BuildError(f"{display} at /training/device: unknown device {cfg.device!r}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved block."""
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What training produced besides the updated module."""
+
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    features_cached: bool = False
+    device: str = "cpu"
+    deterministic: bool = True
+    train_seconds: float = 0.0
+    samples_per_s: float = 0.0
+    threads: int = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BuildError("training.device is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_optimizer(
+    params: Sequence[nn.Parameter], cfg: TrainConfig, display: str = "spec.yaml"
+) -> torch.optim.Optimizer:
+    """The optimizer the config names."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay or 0.0
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0)
+    if cfg.optimizer == "adamw":
+        wd = 0.01 if cfg.weight_decay is None else cfg.weight_decay
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
+    raise BuildError(
+        f"{display} at /training/optimizer: unknown optimizer {cfg.optimizer!r};"
+        f" use one of {', '.join(OPTIMIZERS)}"
+    )
+
+
+def frozen_prefix(module: nn.Module) -> int:
+    """How many leading stages can be cached: no trainable parameter, no dropout.
+
+    Returns 0 unless the prefix holds at least one (frozen) parameter.
+    """
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    count, params = 0, 0
+    for name, stage, names in stages(module):
+        if name == "head" or isinstance(stage, nn.Dropout) or trainable.intersection(names):
+            break
+        count += 1
+        params += len(names)
+    return count if params else 0
+
+
+def _hold_eval(prefix: Sequence[nn.Module]) -> None:
+    """Frozen prefix stages run in eval mode (batch-norm statistics and dropout stay fixed)."""
+    for stage in prefix:
+        if isinstance(stage, FeatureStage):
+            stage.inner[0].eval()
+            head_of(stage.inner[0]).train()  # the head is never part of a prefix
+        else:
+            stage.eval()
+
+
+def train(
+    module: nn.Module,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_eval: np.ndarray,
+    y_eval: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    features: str = "cached",
+    progress: Progress | None = None,
+    display: str = "spec.yaml",
+) -> TrainResult:
+    """Train `module` in place; returns the per-epoch curve and how training ran."""
+    device = resolve_device(cfg.device)
+    deterministic = device.type == "cpu"
+    amp = cfg.amp and device.type == "cuda"
+    prior = torch.are_deterministic_algorithms_enabled()
+    prior_threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(deterministic)
+    if deterministic:
+        torch.set_num_threads(CPU_THREADS)
+    try:
+        return _train(
+            module,
+            x_train,
+            y_train,
+            x_eval,
+            y_eval,
+            cfg,
+            device,
+            amp,
+            features,
+            progress,
+            display,
+            deterministic,
+        )
+    finally:
+        torch.use_deterministic_algorithms(prior)
+        torch.set_num_threads(prior_threads)
+
+
+def _train(
+    module: nn.Module,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_eval: np.ndarray,
+    y_eval: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    amp: bool,
+    features: str,
+    progress: Progress | None,
+    display: str,
+    deterministic: bool,
+) -> TrainResult:
+    torch.manual_seed(cfg.seed)  # dropout draws from the global generator
+    module.to(device)
+    parts = stages(module)
+    k = frozen_prefix(module) if features == "cached" else 0
+    prefix = [m for _, m, _ in parts[:k]]
+    suffix = nn.Sequential(*(m for _, m, _ in parts[k:]))
+    xt = torch.as_tensor(x_train, dtype=torch.float32).to(device)
+    xe = torch.as_tensor(x_eval, dtype=torch.float32).to(device)
+    yt = torch.as_tensor(y_train, dtype=torch.int64).to(device)
+    ye = torch.as_tensor(y_eval, dtype=torch.int64).to(device)
+    if k:
+        stem = nn.Sequential(*prefix)
+        stem.eval()
+        # computed once; every epoch below starts from these features
+        xt, xe = predict(stem, xt, amp=amp), predict(stem, xe, amp=amp)
+        step_fn: Callable[[torch.Tensor], torch.Tensor] = suffix
+    else:
+        step_fn = module
+    eval_fn = suffix if k else module
+    frozen_all = frozen_prefix(module)
+    frozen_stages = [m for _, m, _ in parts[:frozen_all]]
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params and cfg.epochs > 0:
+        raise BuildError(f"{display} at /strategy: every parameter is frozen; nothing to train")
+    opt = make_optimizer(params, cfg, display) if params else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    result = TrainResult(
+        features_cached=bool(k),
+        device=str(device),
+        deterministic=deterministic,
+        threads=torch.get_num_threads(),
+    )
+    n = len(yt)
+    spent = 0.0
+    for epoch in range(1, cfg.epochs + 1):
+        begin = time.perf_counter()
+        module.train()
+        _hold_eval(frozen_stages)
+        order = torch.randperm(n, generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            xb, yb = xt[idx], yt[idx]
+            with autocast(device, amp):
+                out = step_fn(xb)
+            loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+            assert opt is not None
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (out.detach().argmax(dim=1) == yb).sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        spent += time.perf_counter() - begin
+        module.eval()
+        ev = scores(predict(eval_fn, xe, amp=amp), ye)
+        row = {
+            "epoch": epoch,
+            "train_loss": round(float(loss_sum.item()) / n, DECIMALS),
+            "train_accuracy": round(int(correct.item()) / n, DECIMALS),
+            "eval_loss": ev["loss"],
+            "eval_accuracy": ev["accuracy"],
+        }
+        result.curve.append(row)
+        if progress is not None:
+            progress(epoch, cfg.epochs, row)
+    module.eval()
+    result.train_seconds = spent
+    result.samples_per_s = n * cfg.epochs / spent if spent > 0 else 0.0
+    return result
