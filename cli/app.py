@@ -8,8 +8,16 @@ from typing import Annotated
 
 import typer
 
+from . import audit as audit_cmds
+from . import build as build_cmds
+from . import explore as explore_cmds
+from . import lineage as lineage_cmds
 from . import pipeline as pipeline_cmds
+from . import query as query_cmds
 from . import registry as registry_cmds
+from . import report as report_cmds
+from . import verify as verify_cmds
+from . import versions as versions_cmds
 from ._common import FunnelGroup
 
 app = typer.Typer(
@@ -48,6 +56,15 @@ def root(
 
 registry_cmds.register(app)
 pipeline_cmds.register(app)
+app.add_typer(build_cmds.app, name="build")
+app.command("register")(build_cmds.register)
+verify_cmds.register(app)
+report_cmds.register(app)
+versions_cmds.register(app)
+app.add_typer(lineage_cmds.app, name="lineage")
+audit_cmds.register(app)
+explore_cmds.register(app)
+query_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,7 +24,7 @@ class Entry:
 
     kind: str
     name: str
-    status: str  # unbuilt | built | stale
+    status: str  # unbuilt | built | stale | registered
     id: str | None = None
     source: str | None = None
     relation: str | None = None
@@ -45,6 +45,8 @@ def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
     if manifest is None:
         return "unbuilt"
     spec = reg.model_spec(name)
+    if spec.registered:
+        return "registered"
     if manifest.spec_digest != spec.digest:
         return "stale"
     src = spec.source

@@ -104,6 +104,8 @@ def render_dict(reg: Registry) -> dict[str, Any]:
     artifacts: dict[str, Any] = {}
     for name in build_order(reg):
         spec = reg.model_spec(name)
+        if spec.registered:
+            continue  # imported weights: a source for others, never rebuilt
         folder = ("models", name)
         deps = [reg.rel(*folder, SPEC_FILE)]
         src = spec.source

@@ -127,6 +127,7 @@ class ModelSpec:
     name: str
     path: str
     raw: Mapping[str, Any]
+    registered: bool = False  # imported by `stemma register`: no spec.yaml, nothing to build
 
     @classmethod
     def from_dict(cls, name: str, raw: Mapping[str, Any], path: str = "") -> ModelSpec:
@@ -157,13 +158,13 @@ class ModelSpec:
 
     @property
     def train(self) -> str:
-        """Name of the training dataset."""
-        return str(self.raw["data"]["train"])
+        """Name of the training dataset ("" for a registered model that names none)."""
+        return str((self.raw.get("data") or {}).get("train", ""))
 
     @property
     def eval(self) -> str:
         """Name of the evaluation dataset (the training dataset's eval split by default)."""
-        return str(self.raw["data"].get("eval", self.train))
+        return str((self.raw.get("data") or {}).get("eval", self.train))
 
     def _block(self, key: str) -> dict[str, Any]:
         return dict(self.raw.get(key) or {})
@@ -200,9 +201,8 @@ class ModelSpec:
 
     def dataset_refs(self) -> dict[str, str]:
         """Every dataset the spec names, by role (pointer-like keys for error messages)."""
-        refs = {"/data/train": self.train}
-        if "eval" in self.raw["data"]:
-            refs["/data/eval"] = self.eval
+        data = self.raw.get("data") or {}
+        refs = {f"/data/{role}": str(data[role]) for role in ("train", "eval") if role in data}
         for check in ("forgetting", "drift"):
             block = self.checks.get(check) or {}
             if "data" in block:

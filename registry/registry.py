@@ -193,7 +193,11 @@ class Registry:
         path = self.rel("models", name, SPEC_FILE)
         doc = self._load(path, MODEL_SPEC, yaml=True)
         if doc is None:
-            raise ModelNotFound(name, hint=self._hint(name, self.model_names()))
+            # A registered model (imported weights) has a manifest and no spec to build from.
+            manifest = self.model_manifest(name)
+            if manifest is None:
+                raise ModelNotFound(name, hint=self._hint(name, self.model_names()))
+            return ModelSpec(name, manifest.path, manifest.raw["spec"], registered=True)
         check_name(name, "model name")
         return ModelSpec.from_dict(name, doc, path)
 

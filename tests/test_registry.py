@@ -13,7 +13,8 @@ from factories import dataset_manifest, model_manifest
 from stemma.registry import Registry
 from stemma.registry.consistency import check
 from stemma.registry.errors import RegistryNotFound, SchemaError
-from stemma.registry.files import canonical_json, content_id
+from stemma.registry import listing
+from stemma.registry.files import canonical_json, content_id, digest
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -179,3 +180,26 @@ def test_read_commands_do_not_import_torch_or_dvc(populated: Registry) -> None:
         proc = subprocess.run([sys.executable, "-c", code, *args], cwd=populated.root,
                               capture_output=True, text=True, check=False)
         assert "IMPORTED []" in proc.stderr, (args, proc.stderr)
+
+
+def test_registered_model_without_spec_lists_validates_and_sources(populated: Registry, cli) -> None:
+    from stemma.registry import pipeline
+
+    for ds in ("digits-0to4", "digits-5to9"):
+        dataset_manifest(populated, ds)
+    doc = model_manifest(populated, "base")
+    (populated.root / "models/base/spec.yaml").unlink()
+    imported = {k: v for k, v in doc.items() if k != "id"}
+    imported["spec"] = {"description": "Imported weights."}
+    imported["spec_digest"] = digest(imported["spec"])
+    reg = Registry.open(populated.root)
+    reg.write_model_manifest("base", imported)
+    model_manifest(reg, "ft")
+    reg = Registry.open(populated.root)
+    assert reg.model_spec("base").registered
+    assert check(reg) == []
+    rows = {r.name: r.status for r in listing.list_entries(reg, "model")}
+    assert rows == {"base": "registered", "ft": "built", "scratch": "unbuilt"}
+    stages = pipeline.render_dict(reg)["stages"]
+    assert "model-base" not in stages and "model-ft" in stages
+    assert "models/base/weights.safetensors" in stages["model-ft"]["deps"]
