@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import write
 from factories import dataset_manifest, model_manifest
-from stemma.registry import Registry
+from stemma.registry import Registry, listing
 from stemma.registry.consistency import check
 from stemma.registry.errors import RegistryNotFound, SchemaError
-from stemma.registry import listing
 from stemma.registry.files import canonical_json, content_id, digest
 
 
@@ -182,7 +181,7 @@ def test_read_commands_do_not_import_torch_or_dvc(populated: Registry) -> None:
         assert "IMPORTED []" in proc.stderr, (args, proc.stderr)
 
 
-def test_registered_model_without_spec_lists_validates_and_sources(populated: Registry, cli) -> None:
+def test_registered_model_lists_validates_and_sources(populated: Registry, cli) -> None:
     from stemma.registry import pipeline
 
     for ds in ("digits-0to4", "digits-5to9"):
