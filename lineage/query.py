@@ -1,0 +1,317 @@
+"""Ancestry and impact queries over the lineage graph, backed by a compact index.
+
+A model has at most one source, so the `derived_from` edges form a forest. The index keeps a
+parent map, sorted child lists and one pre-order walk of that forest: the descendants of a
+model are then one contiguous slice of the walk, and its ancestors the walk up the parent map.
+Both cost the size of the answer, not of the graph, so they stay fast on a million nodes.
+Nodes caught in a cycle are outside the walk and fall back to a breadth-first search.
+
+`impact(NAME)` is what `dvc repro` would rebuild if NAME changed: NAME, every model that
+derives from it (directly, or as a candidate of an exploration with `source: auto`), and, for
+a dataset, every model that trains or is checked on it, in the pipeline's build order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import TypeAlias
+
+import networkx as nx
+from stemma.registry.errors import DatasetNotFound, ModelNotFound
+
+from .graph import (
+    DERIVED_FROM,
+    EVALUATED_ON,
+    TRAINED_ON,
+    DatasetRecord,
+    ModelRecord,
+    dataset_node,
+    model_node,
+)
+
+_CACHE_KEY = "lineage_index"
+
+
+class LineageIndex:
+    """Parent map, child lists, pre-order walk and build order of the name-level lineage."""
+
+    def __init__(
+        self,
+        models: Iterable[str],
+        datasets: Iterable[str],
+        parent: Mapping[str, str],
+        uses: Mapping[str, Iterable[str]],
+        candidates: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        """Build from node keys: model -> source, model -> datasets, model -> candidates."""
+        self.models = sorted(set(models) | set(parent.values()))
+        self.datasets = sorted(set(datasets) | {d for ds in uses.values() for d in ds})
+        self.nodes = frozenset(self.models) | frozenset(self.datasets)
+        self.parent = dict(parent)
+        children: dict[str, list[str]] = {}
+        for child in self.models:  # sorted, so every child list comes out sorted
+            if child in self.parent:
+                children.setdefault(self.parent[child], []).append(child)
+        self.children = children
+        self.uses = {m: sorted(set(ds)) for m, ds in uses.items()}
+        users: dict[str, list[str]] = {}
+        for m in self.models:
+            for d in self.uses.get(m, ()):
+                users.setdefault(d, []).append(m)
+        self.users = users
+        self.candidates = {m: sorted(c) for m, c in (candidates or {}).items() if c}
+        candidate_of: dict[str, list[str]] = {}
+        for m, cands in sorted(self.candidates.items()):
+            for c in cands:
+                candidate_of.setdefault(c, []).append(m)
+        self.candidate_of = candidate_of
+        self._walk()
+        self._rank()
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_records(
+        cls, models: Iterable[ModelRecord], datasets: Iterable[DatasetRecord] = ()
+    ) -> LineageIndex:
+        """Index straight from records, without building a networkx graph."""
+        keys, parent, uses, cands = [], {}, {}, {}
+        for m in models:
+            key = model_node(m.name)
+            keys.append(key)
+            if m.source is not None:
+                parent[key] = model_node(m.source)
+            used = [d for d in (m.train, m.eval, *m.checks) if d is not None]
+            if used:
+                uses[key] = [dataset_node(d) for d in used]
+            if m.candidates:
+                cands[key] = [model_node(c) for c in m.candidates]
+        return cls(keys, (dataset_node(d.name) for d in datasets), parent, uses, cands)
+
+    @classmethod
+    def from_graph(cls, g: nx.MultiDiGraph) -> LineageIndex:
+        """Index of the name-level part of a lineage graph (version nodes are left out)."""
+        models, datasets = [], []
+        cands: dict[str, list[str]] = {}
+        for node, attrs in g.nodes(data=True):
+            kind = attrs.get("kind")
+            if kind == "model":
+                models.append(node)
+                if attrs.get("candidates"):
+                    cands[node] = [model_node(c) for c in attrs["candidates"]]
+            elif kind == "dataset":
+                datasets.append(node)
+        parent: dict[str, str] = {}
+        uses: dict[str, list[str]] = {}
+        for u, v, key in g.edges(keys=True):
+            if g.nodes[u].get("kind") != "model":
+                continue
+            if key == DERIVED_FROM:
+                parent[u] = v
+            elif key in (TRAINED_ON, EVALUATED_ON):
+                uses.setdefault(u, []).append(v)
+        return cls(models, datasets, parent, uses, cands)
+
+    def _walk(self) -> None:
+        order: list[str] = []
+        roots = [m for m in self.models if m not in self.parent]
+        stack = list(reversed(roots))
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(reversed(self.children.get(node, ())))
+        tin = {node: i for i, node in enumerate(order)}
+        size = dict.fromkeys(order, 1)
+        for node in reversed(order):
+            up = self.parent.get(node)
+            if up is not None:
+                size[up] += size[node]
+        self.order, self.tin, self.size = order, tin, size
+
+    def _rank(self) -> None:
+        # The pipeline's order: datasets, then models by name, each after its dependencies.
+        rank: dict[str, int] = {d: i for i, d in enumerate(self.datasets)}
+        if not self.candidates:
+            self.rank = self._forest_rank(rank)
+            return
+        state: dict[str, int] = {}
+        for start in self.models:
+            if start in state:
+                continue
+            stack: list[tuple[str, list[str]]] = [(start, self._deps(start))]
+            state[start] = 1
+            while stack:
+                node, deps = stack[-1]
+                while deps and state.get(deps[-1], 0):
+                    deps.pop()  # done, or in progress (a cycle: stop there)
+                if deps:
+                    nxt = deps.pop()
+                    state[nxt] = 1
+                    stack.append((nxt, self._deps(nxt)))
+                else:
+                    stack.pop()
+                    state[node] = 2
+                    rank[node] = len(rank)
+        self.rank = rank
+
+    def _forest_rank(self, rank: dict[str, int]) -> dict[str, int]:
+        # One source per model: the same order as the depth-first walk, found by climbing to
+        # the first ranked ancestor and ranking the chain below it top-down.
+        parent = self.parent
+        for start in self.models:
+            if start in rank:
+                continue
+            chain = [start]
+            seen = {start}
+            up = parent.get(start)
+            while up is not None and up not in rank and up not in seen:
+                chain.append(up)
+                seen.add(up)
+                up = parent.get(up)
+            for node in reversed(chain):
+                rank[node] = len(rank)
+        return rank
+
+    def _deps(self, node: str) -> list[str]:
+        deps = list(self.candidates.get(node, ()))
+        if node in self.parent:
+            deps.append(self.parent[node])
+        return sorted(set(deps), reverse=True)  # popped from the end: smallest first
+
+    # -- queries ----------------------------------------------------------------------
+
+    def resolve(self, name: str) -> str:
+        """The node key for NAME (a model first, then a dataset) or a node key itself."""
+        if name in self.nodes:
+            return name
+        if model_node(name) in self.nodes:
+            return model_node(name)
+        if dataset_node(name) in self.nodes:
+            return dataset_node(name)
+        import difflib
+
+        names = [k.partition(":")[2] for k in self.models]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        if name.startswith("dataset:"):
+            raise DatasetNotFound(name.partition(":")[2], hint)
+        raise ModelNotFound(name.partition(":")[2] if name.startswith("model:") else name, hint)
+
+    def ancestors(self, name: str) -> list[str]:
+        """Source models of NAME, nearest first (for a dataset: none)."""
+        node = self.resolve(name)
+        out: list[str] = []
+        seen = {node}
+        up = self.parent.get(node)
+        while up is not None and up not in seen:
+            out.append(up)
+            seen.add(up)
+            up = self.parent.get(up)
+        return out
+
+    def descendants(self, name: str) -> list[str]:
+        """Models deriving from NAME, in pre-order; for a dataset, its users and theirs."""
+        node = self.resolve(name)
+        if node in self.users:
+            return self._union(self.users[node])
+        return self._subtree(node)
+
+    def _union(self, tops: list[str]) -> list[str]:
+        """`tops` and their descendants, each once: subtrees nested in an earlier one are
+        skipped by walking the tops in pre-order, so every slice is copied once."""
+        out: list[str] = []
+        covered = -1
+        for top in sorted((t for t in tops if t in self.tin), key=self.tin.__getitem__):
+            start = self.tin[top]
+            if start >= covered:
+                covered = start + self.size[top]
+                out += self.order[start:covered]
+        rest = [t for t in tops if t not in self.tin]
+        if rest:  # caught in a cycle: outside the walk
+            seen = set(out)
+            out += [m for m in self._bfs(rest, self.children) if m not in seen]
+        return out
+
+    def _subtree(self, node: str) -> list[str]:
+        if node in self.tin:
+            start = self.tin[node]
+            return self.order[start + 1 : start + self.size[node]]
+        return self._bfs([node], self.children)[1:]
+
+    @staticmethod
+    def _bfs(starts: list[str], edges: Mapping[str, list[str]]) -> list[str]:
+        seen = set(starts)
+        out = list(starts)
+        queue = deque(starts)
+        while queue:
+            for nxt in edges.get(queue.popleft(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    out.append(nxt)
+                    queue.append(nxt)
+        return out
+
+    def impact(self, name: str) -> list[str]:
+        """NAME and everything `dvc repro` would rebuild after it changed, in build order."""
+        node = self.resolve(name)
+        if not self.candidate_of:
+            found = [node, *self.descendants(node)]
+        else:
+            starts = [node, *self.users.get(node, ())]
+            deps = {
+                k: sorted(set(self.children.get(k, ())) | set(self.candidate_of.get(k, ())))
+                for k in {*self.children, *self.candidate_of}
+            }
+            found = self._bfs(starts, deps)
+        wanted = set(found)
+        if len(wanted) * 8 > len(self.rank):  # most of the graph: filtering beats sorting
+            return [k for k in self.rank if k in wanted]  # the rank dict is in build order
+        # Every indexed node has a rank, and ranks are distinct: a plain key is enough.
+        return sorted(wanted, key=self.rank.__getitem__)
+
+    def datasets_of(self, name: str) -> list[str]:
+        """Datasets a model trains, evaluates or is checked on."""
+        return list(self.uses.get(self.resolve(name), ()))
+
+
+GraphLike: TypeAlias = "nx.MultiDiGraph | LineageIndex"
+
+
+def lineage_index(g: GraphLike) -> LineageIndex:
+    """The index of a graph, built once and kept in `g.graph` (rebuilt if the graph grew)."""
+    if isinstance(g, LineageIndex):
+        return g
+    stamp = (g.number_of_nodes(), g.number_of_edges())
+    cached = g.graph.get(_CACHE_KEY)
+    if cached is not None and cached[0] == stamp:
+        index: LineageIndex = cached[1]
+        return index
+    index = LineageIndex.from_graph(g)
+    g.graph[_CACHE_KEY] = (stamp, index)
+    return index
+
+
+def ancestors(g: GraphLike, name: str) -> list[str]:
+    """Node keys of NAME's source models, nearest first."""
+    return lineage_index(g).ancestors(name)
+
+
+def descendants(g: GraphLike, name: str) -> list[str]:
+    """Node keys of the models deriving from NAME (or using dataset NAME), in pre-order."""
+    return lineage_index(g).descendants(name)
+
+
+def impact(g: GraphLike, name: str) -> list[str]:
+    """NAME plus what `dvc repro` would rebuild if it changed, in build order."""
+    return lineage_index(g).impact(name)
+
+
+def neighbourhood(g: GraphLike, name: str) -> list[str]:
+    """NAME, its ancestors, its descendants and the datasets NAME uses (for `show`)."""
+    index = lineage_index(g)
+    node = index.resolve(name)
+    keys = [*reversed(index.ancestors(node)), node, *index.descendants(node)]
+    if node.startswith("model:"):
+        keys += index.datasets_of(node)
+    return list(dict.fromkeys(keys))

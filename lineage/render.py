@@ -1,0 +1,322 @@
+"""Draw a part of the lineage graph: an indented tree, Mermaid, Graphviz DOT, or JSON.
+
+Every renderer takes the graph and the node keys to show (a query's answer) and draws the
+edges among them. The graph's edges point from a model to what it depends on; drawings flow
+the other way, from a source to what derives from it, like a family tree. `marks` tags nodes
+as added, removed, changed or affected (the audit's sub-graph); `focus` is the node asked
+about. Output is deterministic: nodes and edges are sorted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import networkx as nx
+
+from .graph import DERIVED_FROM, EVALUATED_ON, PREVIOUS, TRAINED_ON
+
+FORMATS = ("tree", "mermaid", "dot", "json")
+MARKS = ("added", "removed", "changed", "affected")
+_STYLES = {
+    "added": "fill:#dafbe1,stroke:#1a7f37,color:#0d1117",
+    "removed": "fill:#ffebe9,stroke:#cf222e,color:#0d1117,stroke-dasharray:5 5",
+    "changed": "fill:#fff8c5,stroke:#9a6700,color:#0d1117",
+    "affected": "fill:#ddf4ff,stroke:#0969da,color:#0d1117",
+}
+_DOT_FILL = {"added": "#dafbe1", "removed": "#ffebe9", "changed": "#fff8c5", "affected": "#ddf4ff"}
+
+
+def render(
+    g: nx.MultiDiGraph,
+    nodes: Iterable[str],
+    fmt: str = "tree",
+    focus: str | None = None,
+    marks: Mapping[str, str] | None = None,
+) -> str:
+    """Render `nodes` of `g` in one of FORMATS."""
+    keys = _keep(g, nodes)
+    marks = marks or {}
+    if fmt == "tree":
+        return to_tree(g, keys, focus, marks)
+    if fmt == "mermaid":
+        return to_mermaid(g, keys, focus, marks)
+    if fmt == "dot":
+        return to_dot(g, keys, focus, marks)
+    if fmt == "json":
+        return json.dumps(to_dict(g, keys, focus, marks), indent=2, sort_keys=True) + "\n"
+    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _keep(g: nx.MultiDiGraph, nodes: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(n for n in nodes if n in g))
+
+
+def _edges(g: nx.MultiDiGraph, keys: Iterable[str]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """Edges among `keys` as (dependent, dependency, kind, attrs), sorted."""
+    inside = set(keys)
+    found = [
+        (u, v, str(k), dict(a))
+        for u, v, k, a in g.edges(inside, keys=True, data=True)
+        if v in inside
+    ]
+    return sorted(found, key=lambda e: (e[0], e[1], e[2]))
+
+
+def _drawn(g: nx.MultiDiGraph, keys: Iterable[str]) -> list[tuple[str, str, bool, str]]:
+    """Edges to draw as (dependency, dependent, solid, label): a model's edges to one dataset
+    (train, eval, check) are merged into one arrow."""
+    merged: dict[tuple[str, str, bool], list[str]] = {}
+    order = {k: i for i, k in enumerate((DERIVED_FROM, TRAINED_ON, EVALUATED_ON, PREVIOUS))}
+    for u, v, kind, attrs in sorted(_edges(g, keys), key=lambda e: order.get(e[2], 9)):
+        text = _edge_text(kind, attrs)
+        labels = merged.setdefault((v, u, kind == DERIVED_FROM), [])
+        if text and text not in labels:
+            labels.append(text)
+    return [(v, u, solid, ", ".join(labels)) for (v, u, solid), labels in sorted(merged.items())]
+
+
+def _label(g: nx.MultiDiGraph, key: str) -> str:
+    attrs = g.nodes[key]
+    name = str(attrs.get("name", key.partition(":")[2]))
+    if attrs.get("kind") == "version":
+        return f"{name}@{_short(attrs.get('id'))}"
+    return name
+
+
+def _short(mid: Any) -> str:
+    return str(mid).removeprefix("sha256:")[:12] if mid else ""
+
+
+# -- tree ------------------------------------------------------------------------------
+
+
+def to_tree(
+    g: nx.MultiDiGraph,
+    keys: list[str],
+    focus: str | None = None,
+    marks: Mapping[str, str] | None = None,
+) -> str:
+    """An indented tree drawn with box characters, sources above what derives from them.
+
+    Datasets are listed beside the models that use them; a dataset asked about is the root
+    and the models using it hang below it.
+    """
+    marks = marks or {}
+    inside = [k for k in keys if g.nodes[k].get("kind") in ("model", "dataset")]
+    members = set(inside)
+    parent: dict[str, str] = {}
+    uses: dict[str, list[str]] = {}
+    for u, v, kind, _ in _edges(g, inside):
+        if kind == DERIVED_FROM:
+            parent[u] = v
+        elif kind in (TRAINED_ON, EVALUATED_ON):
+            uses.setdefault(u, []).append(v)
+    children: dict[str, list[str]] = {}
+    for m in sorted(members):
+        if m in parent:
+            children.setdefault(parent[m], []).append(m)
+        elif focus is not None and focus in uses.get(m, ()):
+            children.setdefault(focus, []).append(m)
+    focus_is_dataset = focus is not None and g.nodes.get(focus, {}).get("kind") == "dataset"
+    roots = [focus] if focus_is_dataset and focus in members else []
+    roots += [
+        m
+        for m in sorted(members)
+        if g.nodes[m].get("kind") == "model"
+        and m not in parent
+        and not (focus_is_dataset and focus in uses.get(m, ()))
+    ]
+    if not any(g.nodes[m].get("kind") == "model" for m in members):
+        roots = sorted(members)
+    lines: list[str] = []
+    done: set[str] = set()
+
+    def line(key: str) -> str:
+        attrs = g.nodes[key]
+        text = _label(g, key)
+        if attrs.get("kind") == "dataset":
+            text += " (dataset)"
+        elif key in parent and attrs.get("relation"):
+            text += f" ({attrs['relation']})"
+        status = str(attrs.get("status") or "")
+        short = _short(attrs.get("id"))
+        text += f" [{status}{' ' + short if short else ''}]" if status else ""
+        used = list(dict.fromkeys(d.partition(":")[2] for d in uses.get(key, ()) if d != focus))
+        if used and not focus_is_dataset:
+            text += " · data: " + ", ".join(used)
+        if key in marks:
+            text += f" *{marks[key]}*"
+        if key == focus:
+            text += "  ◀"
+        return text
+
+    def walk(root: str) -> None:
+        # Iterative: a lineage can be deeper than Python's recursion limit.
+        stack = [(root, "", True, True)]
+        while stack:
+            key, prefix, last, top = stack.pop()
+            if key in done:
+                continue
+            done.add(key)
+            branch = "" if top else ("└── " if last else "├── ")
+            lines.append(prefix + branch + line(key))
+            kids = [c for c in children.get(key, ()) if c not in done]
+            deeper = prefix if top else prefix + ("    " if last else "│   ")
+            for i in reversed(range(len(kids))):
+                stack.append((kids[i], deeper, i == len(kids) - 1, False))
+
+    for root in roots:
+        walk(root)
+    # Models in a cycle have no root above them: list them so nothing is hidden.
+    for key in sorted(members):
+        if g.nodes[key].get("kind") == "model":
+            walk(key)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+# -- Mermaid ---------------------------------------------------------------------------
+
+
+def mermaid_ids(keys: Iterable[str]) -> dict[str, str]:
+    """Safe, unique Mermaid node ids for node keys (letters, digits and '_' only)."""
+    ids: dict[str, str] = {}
+    used: set[str] = set()
+    for key in sorted(set(keys)):
+        base = re.sub(r"[^A-Za-z0-9_]", "_", key)
+        cand, n = base, 2
+        while cand in used:
+            cand, n = f"{base}_{n}", n + 1
+        used.add(cand)
+        ids[key] = cand
+    return ids
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', "#quot;") + '"'
+
+
+def to_mermaid(
+    g: nx.MultiDiGraph,
+    keys: list[str],
+    focus: str | None = None,
+    marks: Mapping[str, str] | None = None,
+) -> str:
+    """A Mermaid flowchart (renders in GitHub Markdown inside a ```mermaid block)."""
+    marks = marks or {}
+    ids = mermaid_ids(keys)
+    out = ["flowchart TD"]
+    for mark in MARKS:
+        if mark in marks.values():
+            out.append(f"  classDef {mark} {_STYLES[mark]}")
+    if focus in ids:
+        out.append("  classDef focus stroke-width:3px")
+    for key in sorted(keys):
+        kind = g.nodes[key].get("kind")
+        label = _quote(_label(g, key))
+        shape = (
+            f"[({label})]"
+            if kind == "dataset"
+            else f"([{label}])"
+            if kind == "version"
+            else f"[{label}]"
+        )
+        out.append(f"  {ids[key]}{shape}")
+    for src, dst, solid, text in _drawn(g, keys):
+        arrow = "-->" if solid else "-.->"
+        out.append(f"  {ids[src]} {arrow}{'|' + _quote(text) + '|' if text else ''} {ids[dst]}")
+    for mark in MARKS:
+        group = sorted(ids[k] for k, m in marks.items() if m == mark and k in ids)
+        if group:
+            out.append(f"  class {','.join(group)} {mark}")
+    if focus in ids:
+        out.append(f"  class {ids[focus]} focus")
+    return "\n".join(out) + "\n"
+
+
+def _edge_text(kind: str, attrs: Mapping[str, Any]) -> str:
+    if kind == DERIVED_FROM:
+        rel = str(attrs.get("relation") or "")
+        return f"{rel} (auto)" if attrs.get("auto") and rel else rel
+    if kind == TRAINED_ON:
+        return "train"
+    if kind == EVALUATED_ON:
+        return str(attrs.get("roles") or "eval")
+    if kind == PREVIOUS:
+        return "previous"
+    return kind
+
+
+# -- DOT -------------------------------------------------------------------------------
+
+
+def _dq(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(
+    g: nx.MultiDiGraph,
+    keys: list[str],
+    focus: str | None = None,
+    marks: Mapping[str, str] | None = None,
+) -> str:
+    """A Graphviz digraph (`dot -Tsvg`)."""
+    marks = marks or {}
+    out = [
+        "digraph lineage {",
+        "  rankdir=TB;",
+        '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica"];',
+    ]
+    for key in sorted(keys):
+        attrs = g.nodes[key]
+        opts = [f"label={_dq(_label(g, key))}"]
+        if attrs.get("kind") == "dataset":
+            opts.append("shape=cylinder")
+        elif attrs.get("kind") == "version":
+            opts.append("shape=ellipse")
+        if key in marks:
+            opts.append(f'fillcolor="{_DOT_FILL.get(marks[key], "white")}"')
+            if marks[key] == "removed":
+                opts.append('style="rounded,filled,dashed"')
+        if key == focus:
+            opts.append("penwidth=3")
+        out.append(f"  {_dq(key)} [{', '.join(opts)}];")
+    for src, dst, solid, text in _drawn(g, keys):
+        opts = [f"label={_dq(text)}"] + ([] if solid else ["style=dashed"])
+        out.append(f"  {_dq(src)} -> {_dq(dst)} [{', '.join(opts)}];")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+# -- JSON ------------------------------------------------------------------------------
+
+
+def to_dict(
+    g: nx.MultiDiGraph,
+    keys: list[str],
+    focus: str | None = None,
+    marks: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Nodes and edges as plain data; `order` keeps the query's order (build order for an
+    impact), and edges keep the graph's direction (`from` depends on `to`)."""
+    marks = marks or {}
+    nodes = []
+    for key in sorted(keys):
+        attrs = {k: v for k, v in g.nodes[key].items() if v is not None}
+        attrs["key"] = key
+        if key in marks:
+            attrs["mark"] = marks[key]
+        nodes.append(attrs)
+    edges = []
+    for u, v, kind, attrs in _edges(g, keys):
+        edges.append(
+            {
+                "from": u,
+                "to": v,
+                "kind": kind,
+                **{k: val for k, val in sorted(attrs.items()) if val is not None},
+            }
+        )
+    return {"focus": focus, "order": list(keys), "nodes": nodes, "edges": edges}

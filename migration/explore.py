@@ -1,0 +1,207 @@
+"""Source exploration: rank built models as sources for a dataset, without fine-tuning them.
+
+Every candidate whose input shape fits the dataset is run once over the dataset's training
+split (features cached by `features.extract`) and scored by transferability scores; the
+deciding score orders the candidates (ties broken by name) and the first is recommended.
+`explore_for` does this for a `source: {model: auto}` spec and writes the document the
+build reads (models/NAME/exploration.json).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError
+from stemma.registry.files import canonical_json, write_atomic
+from stemma.registry.pipeline import EXPLORATION_FILE
+from stemma.registry.pipeline import candidates as auto_candidates
+from stemma.registry.registry import WEIGHTS_FILE
+
+from .evaluate import DECIMALS
+from .features import extract
+from .transferability import SCORE_INPUTS, SCORES
+
+DEFAULT_SCORE = "logme"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Candidates ordered by the deciding score (rank 1 first), and those left out, with why."""
+
+    dataset: dict[str, str]
+    decided_by: str
+    rows: tuple[dict[str, Any], ...] = ()
+    skipped: tuple[dict[str, str], ...] = ()
+    selected: str | None = None
+    scores: tuple[str, ...] = field(default=())
+
+    def to_dict(self, timings: bool = True) -> dict[str, Any]:
+        """The ranking as JSON-ready data; without `timings`, deterministic (no wall times)."""
+        rows = [
+            {k: v for k, v in row.items() if timings or k not in ("seconds", "extract_seconds")}
+            for row in self.rows
+        ]
+        return {
+            "dataset": dict(self.dataset),
+            "decided_by": self.decided_by,
+            "scores": list(self.scores),
+            "selected": self.selected,
+            "ranking": rows,
+            "skipped": [dict(s) for s in self.skipped],
+        }
+
+
+def _shape(value: Any) -> list[int] | None:
+    if not isinstance(value, list):
+        return None
+    return [int(d) for d in value]
+
+
+def fits(reg: Registry, candidate: str, dataset: str) -> bool:
+    """True when the built candidate takes samples of the built dataset's shape."""
+    return _misfit(reg, candidate, _dataset_shape(reg, dataset)) is None
+
+
+def _dataset_shape(reg: Registry, dataset: str) -> list[int]:
+    manifest = reg.dataset_manifest(dataset)
+    if manifest is None:
+        raise BuildError(
+            f"{reg.rel('datasets', dataset)}: dataset {dataset!r} has not been built;"
+            " build it first (dvc repro)"
+        )
+    shape = _shape(manifest.raw.get("shape"))
+    if shape is None:
+        raise BuildError(f"{manifest.path}: the manifest records no sample shape; rebuild it")
+    return shape
+
+
+def _misfit(reg: Registry, candidate: str, shape: list[int]) -> str | None:
+    """Why the candidate cannot be scored on samples of `shape`, or None when it can."""
+    manifest = reg.model_manifest(candidate)
+    if manifest is None or not (reg.model_dir(candidate) / WEIGHTS_FILE).is_file():
+        return "not built"
+    in_shape = _shape(manifest.raw["architecture"]["config"].get("in_shape"))
+    if in_shape is None:
+        return "its manifest records no input shape"
+    if in_shape != shape:
+        return f"input shape {in_shape} does not fit the dataset's sample shape {shape}"
+    return None
+
+
+def _score_names(scores: Iterable[str], decide: str | None) -> tuple[tuple[str, ...], str]:
+    names = list(dict.fromkeys(scores))
+    unknown = [s for s in [*names, *([decide] if decide else [])] if s not in SCORES]
+    if unknown:
+        raise BuildError(f"unknown score {unknown[0]!r}; use one of {', '.join(SCORES)}")
+    if not names and decide is None:
+        raise BuildError("name at least one score")
+    decided_by = decide or names[0]
+    if decided_by not in names:
+        names.insert(0, decided_by)
+    return tuple(names), decided_by
+
+
+def _order_key(row: dict[str, Any], score: str) -> tuple[bool, float, str]:
+    value = row["scores"][score]
+    finite = isinstance(value, float) and math.isfinite(value)
+    # higher is better for every score; undefined values go last; ties go by name
+    return (not finite, -value if finite else 0.0, row["model"])
+
+
+def explore(
+    reg: Registry,
+    dataset: str,
+    candidates: str | Sequence[str] = "*",
+    scores: Iterable[str] = (DEFAULT_SCORE,),
+    exclude: Iterable[str] = (),
+    decide: str | None = None,
+    device: str = "auto",
+) -> Ranking:
+    """Score every fitting candidate on the dataset's training split and rank them.
+
+    `candidates` is a glob over model names or an explicit list; `decide` names the score that
+    orders them (default: the first of `scores`). Candidates that are not built or whose input
+    shape differs are listed in `skipped` with the reason.
+    """
+    names, decided_by = _score_names(scores, decide)
+    shape = _dataset_shape(reg, dataset)
+    dataset_manifest = reg.dataset_manifest(dataset)
+    assert dataset_manifest is not None
+    banned = set(exclude)
+    if isinstance(candidates, str):
+        pool = [m for m in reg.model_names() if fnmatch.fnmatch(m, candidates)]
+    else:
+        pool = sorted(dict.fromkeys(candidates))
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for model in (m for m in pool if m not in banned):
+        reason = _misfit(reg, model, shape)
+        if reason is not None:
+            skipped.append({"model": model, "reason": reason})
+            continue
+        begin = time.perf_counter()
+        found = extract(reg, model, dataset, "train", device=device)
+        extract_seconds = time.perf_counter() - begin
+        inputs = {"features": found.features, "probs": found.probs}
+        values: dict[str, float | None] = {}
+        seconds: dict[str, float] = {}
+        for name in names:
+            begin = time.perf_counter()
+            value = float(SCORES[name](inputs[SCORE_INPUTS[name]], found.labels))
+            seconds[name] = round(time.perf_counter() - begin, 6)
+            # an undefined score (NaN) is recorded as null: JSON has no NaN
+            values[name] = round(value, DECIMALS) if math.isfinite(value) else None
+        manifest = reg.model_manifest(model)
+        assert manifest is not None
+        rows.append(
+            {
+                "model": model,
+                "id": manifest.id,
+                "scores": values,
+                "seconds": seconds,
+                "extract_seconds": round(extract_seconds, 6),
+            }
+        )
+    rows.sort(key=lambda row: _order_key(row, decided_by))
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return Ranking(
+        dataset={"name": dataset, "id": dataset_manifest.id},
+        decided_by=decided_by,
+        rows=tuple(rows),
+        skipped=tuple(skipped),
+        selected=rows[0]["model"] if rows else None,
+        scores=names,
+    )
+
+
+def explore_for(reg: Registry, model_name: str, device: str = "auto") -> dict[str, Any]:
+    """Explore the sources of a `source: {model: auto}` spec; write and return exploration.json.
+
+    The document is deterministic (scores rounded, no wall times), so an unchanged registry
+    gives identical bytes, and the model's manifest id does not move on a rebuild.
+    """
+    spec = reg.model_spec(model_name)
+    if spec.source is None or not spec.source.auto:
+        raise BuildError(
+            f"{spec.path} at /source/model: exploration needs `source: {{model: auto}}`"
+        )
+    decide = spec.source.score or DEFAULT_SCORE
+    pool = auto_candidates(reg, model_name, spec)
+    ranking = explore(reg, spec.train, pool, scores=SCORES, decide=decide, device=device)
+    if ranking.selected is None:
+        glob = spec.source.candidates or "*"
+        why = "; ".join(f"{s['model']}: {s['reason']}" for s in ranking.skipped)
+        raise BuildError(
+            f"{spec.path} at /source/candidates: no candidate matching {glob!r} fits dataset"
+            f" {spec.train!r}" + (f" ({why})" if why else " (no model matches)")
+        )
+    doc = ranking.to_dict(timings=False)
+    write_atomic(reg.model_dir(model_name) / EXPLORATION_FILE, canonical_json(doc))
+    return doc

@@ -1,0 +1,148 @@
+"""Penultimate features and source-head probabilities of a built model on a built dataset.
+
+Exploration scores every candidate source on the same target data; the forward pass is the
+expensive part, so its result is cached on disk under ``.stemma/features/`` (ignored by git),
+keyed by the candidate's and the dataset's manifest ids. A rebuilt model or dataset has a new
+id, so a stale entry is never read; entries are plain ``.npz`` files (no pickles).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError
+from stemma.registry.files import write_atomic
+from stemma.registry.registry import INDEX_DIR
+from torch import nn
+
+from .architectures import head_of
+from .build import load_dataset, load_model
+from .train import CPU_THREADS, resolve_device
+
+CACHE_DIR = "features"
+SPLITS = ("train", "eval")
+BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a model produces on one split: features (N, D), head softmax (N, Z), labels (N,)."""
+
+    features: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+
+
+@torch.no_grad()
+def compute(
+    module: nn.Module, x: np.ndarray, device: str = "auto", batch_size: int = BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (features, softmax of the head) of `module` over `x`, in eval mode, batched."""
+    dev = resolve_device(device)
+    was_training = module.training
+    prior_threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        # a fixed thread count keeps float reductions (and so the cached bytes) reproducible
+        torch.set_num_threads(CPU_THREADS)
+    module.to(dev).eval()
+    head = head_of(module)
+    forward_features = getattr(module, "forward_features")  # noqa: B009 (untyped module)
+    feats, probs = [], []
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32).to(dev)
+            f = forward_features(xb).float()
+            feats.append(f.cpu())
+            probs.append(torch.softmax(head(f).float(), dim=1).cpu())
+    finally:
+        module.train(was_training)
+        torch.set_num_threads(prior_threads)
+    if not feats:
+        raise BuildError("cannot extract features from an empty split")
+    return torch.cat(feats).numpy(), torch.cat(probs).numpy()
+
+
+def cache_path(reg: Registry, model_id: str, dataset_id: str, split: str) -> Path:
+    """Where the features of (model id, dataset id, split) are cached."""
+    key = f"{_hex(model_id)[:16]}-{_hex(dataset_id)[:16]}-{split}.npz"
+    return reg.repo_root / INDEX_DIR / CACHE_DIR / key
+
+
+def _hex(content_id: str) -> str:
+    return content_id.split(":", 1)[-1]
+
+
+def _read(path: Path, model_id: str, dataset_id: str) -> Features | None:
+    """A cache entry, or None when absent, unreadable or written for other ids."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            # the file name holds 16 hex digits of each id; the full ids rule out a collision
+            if str(npz["model_id"]) != model_id or str(npz["dataset_id"]) != dataset_id:
+                return None
+            return Features(
+                np.asarray(npz["features"]), np.asarray(npz["probs"]), np.asarray(npz["labels"])
+            )
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged entry is recomputed and replaced
+
+
+def _write(path: Path, found: Features, model_id: str, dataset_id: str) -> None:
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        features=found.features,
+        probs=found.probs,
+        labels=found.labels,
+        model_id=np.array(model_id),
+        dataset_id=np.array(dataset_id),
+    )
+    write_atomic(path, buf.getvalue())
+
+
+def extract(
+    reg: Registry,
+    model_name: str,
+    dataset_name: str,
+    split: str = "train",
+    *,
+    device: str = "auto",
+    cache: bool = True,
+) -> Features:
+    """Features and source-head probabilities of a built model on a built dataset's split.
+
+    Read from the cache when (model manifest id, dataset manifest id, split) was seen before;
+    otherwise computed (eval mode, no grad, batched, CUDA when available) and cached.
+    """
+    if split not in SPLITS:
+        raise BuildError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    model_manifest = reg.model_manifest(model_name)
+    if model_manifest is None:
+        raise BuildError(
+            f"{reg.rel('models', model_name)}: model {model_name!r} has not been built;"
+            " build it first (dvc repro)"
+        )
+    dataset_manifest = reg.dataset_manifest(dataset_name)
+    if dataset_manifest is None:
+        raise BuildError(
+            f"{reg.rel('datasets', dataset_name)}: dataset {dataset_name!r} has not been built;"
+            " build it first (dvc repro)"
+        )
+    path = cache_path(reg, model_manifest.id, dataset_manifest.id, split)
+    if cache:
+        hit = _read(path, model_manifest.id, dataset_manifest.id)
+        if hit is not None:
+            return hit
+    arrays = load_dataset(reg, dataset_name)
+    x, y = (arrays.x_train, arrays.y_train) if split == "train" else (arrays.x_eval, arrays.y_eval)
+    feats, probs = compute(load_model(reg, model_name), x, device)
+    found = Features(feats, probs, np.asarray(y, dtype=np.int64))
+    if cache:
+        _write(path, found, model_manifest.id, dataset_manifest.id)
+    return found

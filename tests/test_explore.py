@@ -1,0 +1,298 @@
+"""Source exploration: feature cache, ranking, skips, `stemma explore`, `source: auto` via dvc."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from textwrap import dedent
+
+import numpy as np
+import pytest
+import torch
+from stemma.migration.build import build_dataset, build_model, load_model
+from stemma.migration.data import materialize
+from stemma.migration.explore import explore, explore_for, fits
+from stemma.migration.features import cache_path, extract
+from stemma.migration.transferability import SCORES, logme
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError
+
+TRAIN = "{epochs: %d, batch_size: 64, optimizer: adamw, lr: 3.0e-3, seed: 0}"
+DATASETS = {
+    "d04": "source: sklearn:digits\nselect: {classes: [0, 1, 2, 3, 4]}\n",
+    "d59": "source: sklearn:digits\nselect: {classes: [5, 6, 7, 8, 9], relabel: contiguous}\n",
+    "shuffled": "source: file:raw/shuffled.npz\n",
+    "d12": "source: sklearn:digits\nselect: {limit: 200}\ntransforms: [{resize: [12, 12]}]\n",
+}
+# target digits 5-9: the base trained on digits 0-4 is the sensible source; the same network
+# untrained, or trained on shuffled labels, is not; `wide` takes 12x12 inputs and cannot run.
+MODELS = {
+    "base": f"architecture: {{family: mlp, hidden: [32]}}\ndata: {{train: d04}}\n"
+    f"training: {TRAIN % 4}\n",
+    "untrained": f"architecture: {{family: mlp, hidden: [32]}}\ndata: {{train: d04}}\n"
+    f"training: {TRAIN % 0}\n",
+    "noise": f"architecture: {{family: mlp, hidden: [32]}}\ndata: {{train: shuffled}}\n"
+    f"training: {TRAIN % 4}\n",
+    "wide": f"architecture: {{family: mlp, hidden: [16]}}\ndata: {{train: d12}}\n"
+    f"training: {TRAIN % 0}\n",
+}
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dedent(text).lstrip())
+
+
+def shuffled_digits(path: Path) -> None:
+    """Digits 0-4 with their labels permuted: a source that learned nothing transferable."""
+    src = materialize({"source": "sklearn:digits", "select": {"classes": [0, 1, 2, 3, 4]}})
+    x = np.concatenate([src.x_train, src.x_eval])
+    y = np.random.default_rng(0).permutation(np.concatenate([src.y_train, src.y_eval]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x, y=y)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models train fastest (and steadiest) on one intra-op thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> Path:
+    """A registry with the datasets and candidate sources above built (shared, read-only)."""
+    repo = tmp_path_factory.mktemp("zoo") / "repo"
+    shutil.copytree(registry_template, repo, symlinks=True)
+    shuffled_digits(repo / "raw" / "shuffled.npz")
+    for name, text in DATASETS.items():
+        write(repo / "datasets" / name / "spec.yaml", text)
+    for name, text in MODELS.items():
+        write(repo / "models" / name / "spec.yaml", text)
+    reg = Registry.open(repo)
+    for name in DATASETS:
+        build_dataset(reg, name)
+    for name in MODELS:
+        build_model(reg, name)
+    return repo
+
+
+@pytest.fixture
+def copy(zoo: Path, tmp_path: Path) -> Registry:
+    """A private copy of the zoo, free to change."""
+    shutil.copytree(zoo, tmp_path / "repo", symlinks=True)
+    return Registry.open(tmp_path / "repo")
+
+
+# -- features ---------------------------------------------------------------------------------
+
+
+def test_features_are_the_models_penultimate_layer_and_head(zoo: Path) -> None:
+    reg = Registry.open(zoo)
+    found = extract(reg, "base", "d59", "eval")
+    module = load_model(reg, "base")
+    x = torch.from_numpy(np.load(reg.dataset_dir("d59") / "data.npz")["x_eval"])
+    with torch.no_grad():
+        feats = module.forward_features(x)
+        probs = torch.softmax(module(x), dim=1)
+    assert found.features.dtype == np.float32 and found.features.shape == (len(x), 32)
+    np.testing.assert_allclose(found.features, feats.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(found.probs, probs.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(
+        found.labels, np.load(reg.dataset_dir("d59") / "data.npz")["y_eval"]
+    )
+
+
+def test_feature_cache_is_hit_and_keyed_by_manifest_ids(copy: Registry) -> None:
+    first = extract(copy, "base", "d59")
+    path = cache_path(
+        copy, copy.model_manifest("base").id, copy.dataset_manifest("d59").id, "train"
+    )
+    assert path.is_file() and path.parent == copy.repo_root / ".stemma" / "features"
+    stamp = path.stat().st_mtime_ns
+    # without its weights the model cannot run: the second call must come from the cache
+    weights = copy.model_dir("base") / "weights.safetensors"
+    weights.rename(weights.with_suffix(".away"))
+    again = extract(copy, "base", "d59")
+    assert path.stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.features, first.features)
+    np.testing.assert_array_equal(again.probs, first.probs)
+    with pytest.raises(BuildError, match="has no weights"):
+        extract(copy, "base", "d59", cache=False)
+    # a damaged entry is recomputed, not trusted
+    weights.with_suffix(".away").rename(weights)
+    path.write_bytes(b"not an npz")
+    np.testing.assert_array_equal(extract(copy, "base", "d59").features, first.features)
+    # a rebuilt model (new manifest id) gets a new entry
+    write(copy.model_dir("base") / "spec.yaml", MODELS["base"].replace("epochs: 4", "epochs: 1"))
+    build_model(copy, "base")
+    extract(copy, "base", "d59")
+    entries = sorted((copy.repo_root / ".stemma" / "features").glob("*-train.npz"))
+    assert len(entries) == 2
+
+
+# -- ranking ----------------------------------------------------------------------------------
+
+
+def test_logme_ranks_the_trained_base_first_and_skips_misfits(zoo: Path) -> None:
+    reg = Registry.open(zoo)
+    ranking = explore(reg, "d59", "*", scores=SCORES, decide="logme")
+    assert ranking.selected == "base" and ranking.decided_by == "logme"
+    assert ranking.rows[0]["model"] == "base"
+    assert {r["model"] for r in ranking.rows} == {"base", "untrained", "noise"}
+    assert [r["rank"] for r in ranking.rows] == [1, 2, 3]
+    values = [r["scores"]["logme"] for r in ranking.rows]
+    assert values == sorted(values, reverse=True)
+    # each value is LogME of the extracted features, computed independently here
+    for row in ranking.rows:
+        found = extract(reg, row["model"], "d59")
+        assert row["scores"]["logme"] == pytest.approx(
+            logme(found.features, found.labels), abs=1e-6
+        )
+        assert set(row["scores"]) == set(SCORES) and set(row["seconds"]) == set(SCORES)
+        assert row["id"] == reg.model_manifest(row["model"]).id
+    assert ranking.skipped == (
+        {
+            "model": "wide",
+            "reason": "input shape [1, 12, 12] does not fit the dataset's sample shape [1, 8, 8]",
+        },
+    )
+    assert fits(reg, "base", "d59") and not fits(reg, "wide", "d59") and fits(reg, "wide", "d12")
+
+
+def test_ties_break_by_name_and_the_deciding_score_orders(copy: Registry) -> None:
+    reg = copy
+    by_leep = explore(reg, "d59", ["untrained", "noise", "base"], scores=("knn",), decide="leep")
+    assert by_leep.scores == ("leep", "knn") and by_leep.decided_by == "leep"
+    leep = [r["scores"]["leep"] for r in by_leep.rows]
+    assert leep == sorted(leep, reverse=True)
+    # the same model under two names scores identically: the name decides
+    shutil.copytree(reg.model_dir("base"), reg.model_dir("abase"))
+    tied = explore(Registry.open(reg.repo_root), "d59", "*base", scores=("logme",))
+    assert [r["model"] for r in tied.rows] == ["abase", "base"]
+    assert tied.rows[0]["scores"] == tied.rows[1]["scores"]
+    with pytest.raises(BuildError, match="unknown score 'bogus'"):
+        explore(reg, "d59", scores=("bogus",))
+
+
+# -- source: auto -----------------------------------------------------------------------------
+
+
+def test_explore_for_writes_a_deterministic_document(copy: Registry) -> None:
+    write(
+        copy.model_dir("pick") / "spec.yaml",
+        "source: {model: auto, candidates: '*', score: logme}\ndata: {train: d59}\n",
+    )
+    reg = Registry.open(copy.repo_root)
+    doc = explore_for(reg, "pick")
+    path = reg.model_dir("pick") / "exploration.json"
+    first = path.read_bytes()
+    assert json.loads(first) == doc
+    assert doc["selected"] == "base" and doc["decided_by"] == "logme"
+    assert doc["dataset"] == {"name": "d59", "id": reg.dataset_manifest("d59").id}
+    assert doc["ranking"][0]["model"] == "base"
+    assert {r["model"] for r in doc["ranking"]} == {"base", "untrained", "noise"}
+    assert all("seconds" not in r for r in doc["ranking"])
+    assert [s["model"] for s in doc["skipped"]] == ["wide"]
+    explore_for(reg, "pick")
+    assert path.read_bytes() == first
+
+
+def test_no_fitting_candidate_names_the_spec(copy: Registry) -> None:
+    write(
+        copy.model_dir("pick") / "spec.yaml",
+        "source: {model: auto, candidates: 'wi*'}\ndata: {train: d59}\n",
+    )
+    with pytest.raises(BuildError) as err:
+        explore_for(Registry.open(copy.repo_root), "pick")
+    assert str(err.value).startswith(
+        "models/pick/spec.yaml at /source/candidates: no candidate matching 'wi*' fits dataset"
+        " 'd59' (wide: input shape [1, 12, 12] does not fit"
+    )
+    assert not (copy.model_dir("pick") / "exploration.json").exists()
+
+
+def test_cli_table_json_and_usage(zoo: Path, cli: object) -> None:
+    res = cli(["explore", "d59", "--score", "all"], zoo)  # type: ignore[operator]
+    assert res.code == 0, res.stderr
+    assert "recommended source: base (highest logme)" in res.stdout
+    assert "skipped wide: input shape [1, 12, 12]" in res.stdout
+    for name in SCORES:
+        assert name in res.stdout
+    res = cli(["explore", "d59", "--candidates", "[nu]*", "--score", "knn", "--json"], zoo)  # type: ignore[operator]
+    doc = json.loads(res.stdout)
+    assert res.code == 0 and doc["decided_by"] == "knn" and doc["scores"] == ["knn"]
+    assert sorted(r["model"] for r in doc["ranking"]) == ["noise", "untrained"]
+    res = cli(["explore", "d59", "--candidates", "wide"], zoo)  # type: ignore[operator]
+    assert res.code == 1 and "error: no candidate matching 'wide' fits dataset 'd59'" in res.stderr
+    res = cli(["explore"], zoo)  # type: ignore[operator]
+    assert res.code == 2 and "give a DATASET or --for NAME" in res.stderr
+
+
+# -- end to end: stemma pipeline + dvc repro ----------------------------------------------------
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run dvc in `repo` (one BLAS / OpenMP thread: the stages' models are tiny)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args, "--quiet"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_source_auto_through_dvc_repro(registry: Registry, cli: object) -> None:
+    repo = registry.repo_root
+    for name in ("d04", "d59"):
+        write(repo / "datasets" / name / "spec.yaml", DATASETS[name])
+    write(repo / "models" / "base" / "spec.yaml", MODELS["base"])
+    write(repo / "models" / "untrained" / "spec.yaml", MODELS["untrained"])
+    write(
+        repo / "models" / "target" / "spec.yaml",
+        """
+        source: {model: auto, candidates: '*', score: logme}
+        data: {train: d59}
+        strategy: {mapping: by-name, reinit: ["head.*"]}
+        training: {epochs: 1, batch_size: 64, optimizer: adamw, lr: 3.0e-3, seed: 0}
+        """,
+    )
+    res = cli(["pipeline"], repo)  # type: ignore[operator]
+    assert res.code == 0, res.stderr
+    stages = (repo / "dvc.yaml").read_text()
+    assert "explore-target:" in stages and "cmd: stemma explore --for target" in stages
+    # the upstream stages are built here and recorded as done (a process per stage is slow);
+    # dvc repro then runs the exploration stage and the build that reads its choice
+    reg = Registry.open(repo)
+    upstream = ["dataset-d04", "dataset-d59", "model-base", "model-untrained"]
+    for name in ("d04", "d59"):
+        build_dataset(reg, name)
+    for name in ("base", "untrained"):
+        build_model(reg, name)
+    done = dvc(repo, "commit", "--force", *upstream)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = dvc(repo, "repro")
+    assert done.returncode == 0, done.stdout + done.stderr
+    exploration = json.loads((repo / "models" / "target" / "exploration.json").read_text())
+    reg = Registry.open(repo)
+    manifest = reg.model_manifest("target")
+    assert manifest is not None
+    assert manifest.raw["source"]["model"] == "base" == exploration["selected"]
+    assert manifest.raw["source"]["id"] == reg.model_manifest("base").id
+    assert manifest.raw["exploration"] == exploration
+    assert exploration["decided_by"] == "logme"
+    assert [r["model"] for r in exploration["ranking"]] == ["base", "untrained"]
+    lock = (repo / "dvc.lock").read_text()
+    assert "explore-target:" in lock and "model-target:" in lock
+    assert dvc(repo, "status").returncode == 0  # quiet status exits 1 when a stage is stale
