@@ -174,8 +174,8 @@ class Registry:
         if key not in self._cache:
             self._cache[key] = [
                 n for n in self.tree.subdirs(self.rel(kind))
-                if self.tree.read_text(self.rel(kind, n, SPEC_FILE)) is not None
-                or self.tree.read_text(self.rel(kind, n, MANIFEST_FILE)) is not None
+                if self.tree.exists(self.rel(kind, n, SPEC_FILE))
+                or self.tree.exists(self.rel(kind, n, MANIFEST_FILE))
             ]
         names: list[str] = self._cache[key]
         return names
@@ -275,6 +275,9 @@ class _SubTree:
 
     def subdirs(self, path: str) -> list[str]:
         return self.inner.subdirs(str(PurePosixPath(self.prefix, path)))
+
+    def exists(self, path: str) -> bool:
+        return self.inner.exists(str(PurePosixPath(self.prefix, path)))
 
 
 def _run(args: list[str], cwd: Path, required: bool = False) -> str | None:

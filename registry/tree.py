@@ -24,6 +24,9 @@ class Tree(Protocol):
     def subdirs(self, path: str) -> list[str]:
         """Sorted names of the immediate sub-folders of `path`."""
 
+    def exists(self, path: str) -> bool:
+        """True when the file exists."""
+
 
 class WorkTree:
     """The files on disk."""
@@ -38,6 +41,10 @@ class WorkTree:
             return (self.root / path).read_text()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+
+    def exists(self, path: str) -> bool:
+        """True when the file exists."""
+        return (self.root / path).is_file()
 
     def subdirs(self, path: str) -> list[str]:
         """Sorted names of the immediate sub-folders of `path`."""
@@ -99,6 +106,10 @@ class GitTree:
             self._cache[path] = out[start : start + size].decode()
             pos = start + size + 1
 
+    def exists(self, path: str) -> bool:
+        """True when the file exists at the revision."""
+        return str(PurePosixPath(path)) in self._blobs
+
     def read_text(self, path: str) -> str | None:
         """The file's text at the revision, or None when absent."""
         path = str(PurePosixPath(path))
@@ -111,5 +122,10 @@ class GitTree:
     def subdirs(self, path: str) -> list[str]:
         """Sorted names of the immediate sub-folders of `path` at the revision."""
         base = "" if path in ("", ".") else str(PurePosixPath(path)) + "/"
-        names = {p[len(base) :].split("/", 1)[0] for p in self._blobs if p.startswith(base)}
-        return sorted(n for n in names if any(p.startswith(base + n + "/") for p in self._blobs))
+        names = set()
+        for p in self._blobs:
+            if p.startswith(base):
+                head, sep, _ = p[len(base) :].partition("/")
+                if sep:  # a file below a sub-folder, not a file directly in `path`
+                    names.add(head)
+        return sorted(names)
