@@ -31,6 +31,7 @@ from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHT
 from torch import nn
 
 from .architectures import build_module, infer_architecture, make_config
+from .checks import run_checks
 from .data import DatasetArrays, feature_stats, load_npz, materialize, npz_bytes
 from .evaluate import evaluate, evaluate_gates
 from .mapping import TensorMap, plan, report, transfer
@@ -252,6 +253,14 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             f" 0-{num_classes - 1}"
         )
     config = _architecture(spec, src_manifest, train_data.shape, num_classes)
+    # -- hyper-parameter search: `training.search` picks the settings the build then uses --
+    searched: dict[str, Any] | None = None
+    if "search" in spec.training:
+        from .search import search_for_build
+
+        source = None if src_state is None or src_name is None else (src_name, src_state)
+        cfg, searched = search_for_build(reg, spec, cfg, strategy, config, source, train_data)
+    # -- end of hyper-parameter search --
 
     torch.manual_seed(cfg.seed)  # the module's own initialisation is part of the build
     module = build_module(config, reg.settings.entrypoints, display)
@@ -326,8 +335,26 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
         "checks": {},
     }
+    # -- behavioural checks (migration/checks.py) --
+    manifest["checks"], check_data = run_checks(
+        reg,
+        spec,
+        module,
+        target_config=config,
+        rows=rows,
+        train_data=train_data,
+        source_manifest=src_manifest,
+        source_state=src_state,
+        tensor_map=tmap,
+        seed=cfg.seed,
+        device=result.device,
+    )
+    manifest["datasets"].update(check_data)
+    # -- end of behavioural checks --
     if exploration is not None:
         manifest["exploration"] = exploration
+    if searched is not None:  # hyper-parameter search: every trial and the best settings
+        manifest["search"] = searched
     manifest["run"] = _run_block(
         started,
         begin,

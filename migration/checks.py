@@ -1,0 +1,418 @@
+"""The behavioural checks a model build runs: forgetting, feature drift, parameter drift.
+
+`run_checks` is called by the build once the target is trained; it returns the manifest's
+`checks` block and the datasets the checks read (roles `forgetting` and `drift`). Every result
+records its inputs (dataset names and manifest ids), its figures, its thresholds and whether it
+passed. Gates on metrics (`gates:` in the spec, per-class minimums included) are evaluated by
+the build itself and recorded under `gates`.
+
+- forgetting (declared): accuracy on a source-task dataset's eval split before the transfer
+  (the source model) and after it (the target). When the target's head is the source's head,
+  carried over unchanged in shape and not re-initialised, and covers the dataset's labels,
+  both models are scored with their own heads. Otherwise a linear probe (`probe_accuracy`) is
+  fitted on each model's penultimate features of the dataset's train split, so before and
+  after compare like with like. Default `max_drop`: `forgetting.DEFAULT_MAX_DROP`.
+- drift (declared; needs a source): the source model's penultimate features on the source's
+  own training data versus on the target's data (the target's training data unless `data`
+  is given), via `drift.drift_check`. By default it only records figures: a target with new
+  classes sits far from the source by design, so a default gate would fail every such
+  transfer; each threshold the spec gives gates.
+- parameters (always when there is a source): per-tensor relative change of the transferred
+  tensors, frozen transferred tensors bit-identical to the source (`paramcheck`).
+
+Checks run in float32 on the build's device without autocast, with the training loop's fixed
+thread count for torch and numpy's BLAS alike, so an identical CPU rebuild records identical
+figures (they are part of the manifest id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError
+from stemma.registry.records import ModelSpec
+from stemma.registry.registry import DATA_FILE
+from torch import nn
+
+from .architectures import build_module, head_of
+from .data import DatasetArrays, load_npz
+from .drift import DEFAULT_PERMUTATIONS, drift_check
+from .evaluate import evaluate
+from .forgetting import DEFAULT_MAX_DROP, forgetting_figures
+from .mapping import TensorMap
+from .paramcheck import DEFAULT_MIN_RELATIVE_CHANGE, parameter_check
+from .train import CPU_THREADS
+
+PROBE_EPOCHS = 20
+"""Epochs of the forgetting check's linear probe (logistic regression on cached features)."""
+PROBE_MIN_STEPS = 300
+"""Fewer epochs than this many optimizer steps would underfit a small split: more are run."""
+PROBE_LR = 1e-2
+"""Adam learning rate of the linear probe."""
+PROBE_BATCH = 64
+"""Mini-batch size of the linear probe."""
+PROBE_WEIGHT_DECAY = 1e-4
+"""L2 penalty of the linear probe."""
+FEATURE_BATCH = 1024
+_DECIMALS = 6
+Ref = dict[str, str]
+
+
+def load_dataset(reg: Registry, name: str, pointer: str, display: str) -> DatasetArrays:
+    """The built arrays of a dataset a check reads; BuildError naming the spec when unbuilt."""
+    path = reg.dataset_dir(name) / DATA_FILE
+    if reg.dataset_manifest(name) is None or not path.is_file():
+        raise BuildError(
+            f"{display} at {pointer}: dataset {name!r} has not been built; build it first"
+            " (dvc repro)"
+        )
+    return load_npz(path, f"{display} at {pointer}")
+
+
+def _ref(reg: Registry, name: str) -> Ref:
+    """{name, id} of a built dataset (load_dataset has already refused unbuilt ones)."""
+    manifest = reg.dataset_manifest(name)
+    assert manifest is not None
+    return {"name": name, "id": manifest.id}
+
+
+@contextmanager
+def _steady(device: torch.device) -> Iterator[None]:
+    """Fixed thread counts for torch and numpy's BLAS, the global RNG left untouched.
+
+    Figures are part of the manifest id: a float reduction split over another number of
+    threads can round differently, so the checks run on as many threads everywhere.
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+        blas: Any = threadpool_limits(limits=CPU_THREADS)
+    except ImportError:  # pragma: no cover - scikit-learn always brings it
+        blas = nullcontext()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(CPU_THREADS)
+    try:
+        with blas, torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def features(module: nn.Module, x: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """Penultimate features (N, D) of `module` in eval mode, float32, as a float64 array."""
+    dev = torch.device(device)
+    was_training = module.training
+    module.eval()
+    forward = getattr(module, "forward_features")  # noqa: B009 (untyped module attribute)
+    try:
+        data = torch.as_tensor(x, dtype=torch.float32)
+        outs = [
+            forward(data[i : i + FEATURE_BATCH].to(dev)).float().cpu()
+            for i in range(0, len(data), FEATURE_BATCH)
+        ]
+    finally:
+        module.train(was_training)
+    flat = torch.cat(outs).reshape(len(data), -1) if outs else torch.zeros((0, 0))
+    return flat.numpy().astype(np.float64)
+
+
+def probe_epochs(samples: int, epochs: int = PROBE_EPOCHS) -> int:
+    """Epochs the probe runs on `samples` training rows: `epochs`, or enough for the minimum."""
+    batches = max(1, -(-samples // PROBE_BATCH))
+    return max(epochs, -(-PROBE_MIN_STEPS // batches))
+
+
+def probe_accuracy(
+    train_feats: np.ndarray,
+    y_train: np.ndarray,
+    eval_feats: np.ndarray,
+    y_eval: np.ndarray,
+    seed: int = 0,
+    epochs: int = PROBE_EPOCHS,
+) -> float:
+    """Eval accuracy of a linear probe: multinomial logistic regression on frozen features.
+
+    Features are standardised with the train split's mean and standard deviation; the
+    weights start at zero and train for `epochs` epochs of Adam (lr `PROBE_LR`, weight decay
+    `PROBE_WEIGHT_DECAY`, batches of `PROBE_BATCH` in a seeded order) on the CPU in float32,
+    and for at least `PROBE_MIN_STEPS` steps. The problem is convex, so the zero start and the
+    seed make the result deterministic.
+    """
+    mean = train_feats.mean(axis=0)
+    std = np.maximum(train_feats.std(axis=0), 1e-6)  # constant features: centre, do not blow up
+    xt = torch.as_tensor((train_feats - mean) / std, dtype=torch.float32)
+    xe = torch.as_tensor((eval_feats - mean) / std, dtype=torch.float32)
+    yt = torch.as_tensor(y_train, dtype=torch.int64)
+    ye = torch.as_tensor(y_eval, dtype=torch.int64)
+    classes = int(max(int(yt.max()), int(ye.max()))) + 1
+    probe = nn.Linear(xt.shape[1], classes)
+    nn.init.zeros_(probe.weight)
+    nn.init.zeros_(probe.bias)
+    opt = torch.optim.Adam(probe.parameters(), lr=PROBE_LR, weight_decay=PROBE_WEIGHT_DECAY)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(probe_epochs(len(yt), epochs)):
+        order = torch.randperm(len(yt), generator=gen)
+        for start in range(0, len(yt), PROBE_BATCH):
+            idx = order[start : start + PROBE_BATCH]
+            loss = nn.functional.cross_entropy(probe(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    with torch.no_grad():
+        hits = (probe(xe).argmax(dim=1) == ye).float().mean()
+    return round(float(hits), _DECIMALS)
+
+
+def source_module(
+    reg: Registry, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """The source model rebuilt from its manifest's architecture config and its weights."""
+    with torch.random.fork_rng(devices=[]):  # building initialises from the global RNG
+        module = build_module(
+            manifest["architecture"]["config"], reg.settings.entrypoints, str(manifest["name"])
+        )
+    module.load_state_dict(dict(state), strict=True)
+    module.eval()
+    return module
+
+
+def _in_shape(module_config: Mapping[str, Any]) -> list[int]:
+    return [int(d) for d in module_config["in_shape"]]
+
+
+def _same_head(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """True when every head tensor was carried over from the source's own head, unchanged."""
+    head = [r for r in rows if str(r["name"]).startswith("head.")]
+    return bool(head) and all(
+        r["origin"] == "transferred" and r.get("source_name") == r["name"] for r in head
+    )
+
+
+def _out_features(module: nn.Module) -> int | None:
+    head = head_of(module)
+    return int(head.out_features) if isinstance(head, nn.Linear) else None
+
+
+def _forgetting(
+    reg: Registry,
+    spec: ModelSpec,
+    block: Mapping[str, Any],
+    module: nn.Module,
+    target_config: Mapping[str, Any],
+    source: nn.Module,
+    source_manifest: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], Ref]:
+    name = str(block["data"])
+    data = load_dataset(reg, name, "/checks/forgetting/data", spec.path)
+    for who, config in (
+        (f"model {spec.name!r}", target_config),
+        (f"source model {source_manifest['name']!r}", source_manifest["architecture"]["config"]),
+    ):
+        if data.shape != _in_shape(config):
+            raise BuildError(
+                f"{spec.path} at /checks/forgetting/data: samples of {name!r} have shape"
+                f" {data.shape}, but {who} takes {_in_shape(config)}; name a dataset of the"
+                " source task with the model's input shape"
+            )
+    labels = int(max(data.y_train.max(initial=0), data.y_eval.max(initial=0)))
+    widths = (_out_features(source), _out_features(module))
+    use_head = _same_head(rows) and all(w is not None and labels < w for w in widths)
+    if use_head:
+        method = "head"
+        before = evaluate(source, data.x_eval, data.y_eval, device)["accuracy"]
+        after = evaluate(module, data.x_eval, data.y_eval, device)["accuracy"]
+    else:
+        method = "linear-probe"
+        before, after = (
+            probe_accuracy(
+                features(m, data.x_train, device),
+                data.y_train,
+                features(m, data.x_eval, device),
+                data.y_eval,
+                seed,
+            )
+            for m in (source, module)
+        )
+    result = forgetting_figures(before, after, float(block.get("max_drop", DEFAULT_MAX_DROP)))
+    ref = _ref(reg, name)
+    result["method"] = method
+    result["inputs"] = {
+        "data": {**ref, "split": "eval", "samples": len(data.y_eval)},
+        "source_model": {"name": source_manifest["name"], "id": source_manifest["id"]},
+    }
+    if method == "linear-probe":
+        result["inputs"]["probe"] = {
+            "fit_split": "train",
+            "fit_samples": len(data.y_train),
+            "epochs": probe_epochs(len(data.y_train)),
+            "lr": PROBE_LR,
+            "seed": seed,
+        }
+    return result, ref
+
+
+def _drift(
+    reg: Registry,
+    spec: ModelSpec,
+    block: Mapping[str, Any],
+    source: nn.Module,
+    source_manifest: Mapping[str, Any],
+    train_data: DatasetArrays,
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], Ref]:
+    src_name = str(source_manifest["name"])
+    recorded = (source_manifest.get("datasets") or {}).get("train")
+    if not recorded:
+        raise BuildError(
+            f"{spec.path} at /checks/drift: source model {src_name!r} records no training"
+            " dataset (registered weights?); drift needs the source's training data"
+        )
+    source_data = load_dataset(reg, recorded["name"], "/checks/drift", spec.path)
+    name = str(block.get("data", spec.train))
+    pointer = "/checks/drift/data" if "data" in block else "/data/train"
+    target = train_data if name == spec.train else load_dataset(reg, name, pointer, spec.path)
+    source_shape = _in_shape(source_manifest["architecture"]["config"])
+    if target.shape != source_shape:
+        raise BuildError(
+            f"{spec.path} at {pointer}: samples of {name!r} have shape {target.shape}, but"
+            f" source model {src_name!r} takes {source_shape}; drift is measured in the"
+            " source's feature space"
+        )
+    result = drift_check(
+        features(source, source_data.x_train, device),
+        source_data.y_train,
+        features(source, target.x_train, device),
+        max_mahalanobis=block.get("max_mahalanobis"),
+        max_outlier_share=block.get("max_outlier_share"),
+        min_mmd_pvalue=block.get("min_mmd_pvalue"),
+        permutations=int(block.get("permutations", DEFAULT_PERMUTATIONS)),
+        seed=seed,
+    )
+    ref = _ref(reg, name)
+    result.setdefault("inputs", {}).update(
+        {
+            "data": {**ref, "split": "train"},
+            "source_data": {**_ref(reg, recorded["name"]), "split": "train"},
+            "source_model": {"name": src_name, "id": source_manifest["id"]},
+        }
+    )
+    return result, ref
+
+
+def _parameters(
+    block: Mapping[str, Any],
+    module: nn.Module,
+    source_state: Mapping[str, torch.Tensor],
+    source_manifest: Mapping[str, Any],
+    tensor_map: TensorMap,
+    rows: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    # Re-initialised tensors start from the target's own initialisation: comparing them with
+    # the source says nothing about the transfer, so only transferred tensors are compared.
+    reinit = {r["name"] for r in rows if r["origin"] == "reinitialized"}
+    mapping = {t: s for t, s in tensor_map.pairs.items() if t not in reinit}
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad and n in mapping}
+    result = parameter_check(
+        source_state,
+        module.state_dict(),
+        frozen,
+        mapping,
+        max_relative_change=block.get("max_relative_change"),
+        min_relative_change=float(block.get("min_relative_change", DEFAULT_MIN_RELATIVE_CHANGE)),
+    )
+    result["warnings"] = (
+        [f"trainable tensors did not move: {', '.join(result['not_moved'])}"]
+        if result["not_moved"]
+        else []
+    )
+    result["inputs"] = {
+        "source_model": {"name": source_manifest["name"], "id": source_manifest["id"]},
+        "mapping": tensor_map.rule,
+        "frozen": sorted(frozen),
+    }
+    return result
+
+
+def run_checks(
+    reg: Registry,
+    spec: ModelSpec,
+    module: nn.Module,
+    *,
+    target_config: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    train_data: DatasetArrays,
+    source_manifest: Mapping[str, Any] | None = None,
+    source_state: Mapping[str, torch.Tensor] | None = None,
+    tensor_map: TensorMap | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, Any], dict[str, Ref]]:
+    """Run the spec's checks on a trained target: (the `checks` block, datasets by role).
+
+    `module` is the trained target (its parameters' `requires_grad` says which are frozen),
+    `target_config` its architecture config, `rows` the transfer report's per-tensor rows,
+    `train_data` its training arrays; the source arguments are None for a model without a
+    source. Declaring forgetting, drift or parameters without a source raises BuildError
+    naming the spec and `/checks/NAME`, as does a check dataset of the wrong sample shape.
+    """
+    declared = spec.checks
+    dev = torch.device(device)
+    has_source = source_manifest is not None and source_state is not None
+    if not has_source:
+        for check in ("forgetting", "drift", "parameters"):
+            if check in declared:
+                raise BuildError(
+                    f"{spec.path} at /checks/{check}: {check} needs a source model;"
+                    " remove the check or declare a source"
+                )
+        return {}, {}
+    assert source_manifest is not None and source_state is not None
+    checks: dict[str, Any] = {}
+    datasets: dict[str, Ref] = {}
+    home = next((p.device for p in module.parameters()), torch.device("cpu"))
+    with _steady(dev):
+        source = source_module(reg, source_manifest, source_state).to(dev)
+        module.to(dev)
+        try:
+            if "forgetting" in declared:
+                checks["forgetting"], datasets["forgetting"] = _forgetting(
+                    reg,
+                    spec,
+                    declared["forgetting"] or {},
+                    module,
+                    target_config,
+                    source,
+                    source_manifest,
+                    rows,
+                    seed,
+                    dev,
+                )
+            if "drift" in declared:
+                checks["drift"], datasets["drift"] = _drift(
+                    reg,
+                    spec,
+                    declared["drift"] or {},
+                    source,
+                    source_manifest,
+                    train_data,
+                    seed,
+                    dev,
+                )
+        finally:
+            module.to(home)
+        tmap = tensor_map if tensor_map is not None else TensorMap(None)
+        checks["parameters"] = _parameters(
+            declared.get("parameters") or {}, module, source_state, source_manifest, tmap, rows
+        )
+    return checks, datasets

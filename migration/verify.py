@@ -1,0 +1,406 @@
+"""Verify a built model against the files as they are now, and optionally rebuild it.
+
+`verify_model` re-runs, against the current files: the schema of spec and manifest, the
+manifest's content id, the weights' hashes, the spec digest and the source's id (staleness),
+the gates (recomputed from the recorded metrics), the recorded checks, and the frozen
+tensors (every frozen, transferred parameter must still equal its source tensor bit for bit).
+With `rebuild=True` the model is rebuilt in a temporary copy of what its build reads and the
+result is compared with the recorded build:
+
+- CPU builds are deterministic: weights sha256, every metric and the manifest id must be
+  identical.
+- A build or rebuild on CUDA (bf16 autocast, non-deterministic kernels) cannot be: there the
+  weights hash is recorded but not required to match, and every metric must agree within
+  ``GPU_ABS_TOLERANCE + GPU_REL_TOLERANCE * |recorded|``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
+from stemma.registry.files import file_hashes, read_json
+from stemma.registry.registry import (
+    DATA_FILE,
+    MANIFEST_FILE,
+    SETTINGS_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+)
+
+GPU_ABS_TOLERANCE = 0.02
+"""Absolute part of the metric tolerance when either build ran on CUDA."""
+GPU_REL_TOLERANCE = 0.05
+"""Relative part of the metric tolerance when either build ran on CUDA."""
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+_METRICS_FILE = "metrics.json"
+_EXPLORATION_FILE = "exploration.json"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The outcome of one verification item."""
+
+    item: str
+    status: str  # pass, fail or skip
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready form."""
+        return {"item": self.item, "status": self.status, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Every finding for one model; `ok` when none failed."""
+
+    model: str
+    findings: list[Finding] = field(default_factory=list)
+    rebuild: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when no item failed."""
+        return all(f.status != FAIL for f in self.findings)
+
+    @property
+    def failures(self) -> list[Finding]:
+        """The failed items."""
+        return [f for f in self.findings if f.status == FAIL]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        doc: dict[str, Any] = {
+            "model": self.model,
+            "ok": self.ok,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+        if self.rebuild is not None:
+            doc["rebuild"] = self.rebuild
+        return doc
+
+
+def _weights(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+    path = reg.model_dir(name) / WEIGHTS_FILE
+    rel = reg.rel("models", name, WEIGHTS_FILE)
+    if not path.is_file():
+        return Finding("weights", FAIL, f"{rel} is missing; check it out (dvc checkout)")
+    found = file_hashes(path)
+    recorded = manifest["weights"]
+    bad = [k for k in ("md5", "sha256", "bytes") if found[k] != recorded[k]]
+    if bad:
+        return Finding(
+            "weights", FAIL, f"{rel} does not match the manifest ({', '.join(bad)} differ)"
+        )
+    return Finding("weights", PASS, f"{rel}: md5, sha256 and size match the manifest")
+
+
+def _metrics_file(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+    path = reg.model_dir(name) / _METRICS_FILE
+    rel = reg.rel("models", name, _METRICS_FILE)
+    if not path.is_file():
+        return Finding("metrics", SKIP, f"{rel} does not exist")
+    if read_json(path) != dict(manifest["metrics"]):
+        return Finding("metrics", FAIL, f"{rel} differs from the manifest's metrics")
+    return Finding("metrics", PASS, f"{rel} matches the manifest's metrics")
+
+
+def _staleness(reg: Registry, manifest: Mapping[str, Any], name: str) -> list[Finding]:
+    out = []
+    try:
+        spec = reg.model_spec(name)
+    except ModelNotFound:
+        out.append(Finding("spec", SKIP, "no spec (registered weights)"))
+    else:
+        if spec.digest != manifest["spec_digest"]:
+            out.append(
+                Finding("spec", FAIL, f"{spec.path} changed since the build; run `dvc repro`")
+            )
+        else:
+            out.append(Finding("spec", PASS, f"{spec.path} is the spec the build used"))
+    source = manifest.get("source")
+    if source is None:
+        out.append(Finding("source", SKIP, "no source model"))
+        return out
+    parent = reg.model_manifest(source["model"])
+    if parent is None:
+        out.append(Finding("source", FAIL, f"source model {source['model']!r} is not built"))
+    elif parent.id != source["id"]:
+        out.append(
+            Finding(
+                "source",
+                FAIL,
+                f"source model {source['model']!r} changed since the build (recorded"
+                f" {source['id'][7:19]}, now {parent.id[7:19]}); run `dvc repro`",
+            )
+        )
+    else:
+        out.append(Finding("source", PASS, f"source {source['model']} {source['id'][7:19]}"))
+    return out
+
+
+def _gates(manifest: Mapping[str, Any], display: str) -> Finding:
+    from .evaluate import evaluate_gates
+
+    gates = dict((manifest.get("spec") or {}).get("gates") or {})
+    rows = evaluate_gates(gates, manifest["metrics"], manifest.get("per_class"), display)
+    if rows != list(manifest["gates"]):
+        return Finding("gates", FAIL, "recorded gate results differ from the recorded metrics")
+    failed = [
+        f"{g['metric']} {g['op']} {g['threshold']} (value {g['value']})"
+        for g in rows
+        if not g["passed"]
+    ]
+    if failed:
+        return Finding("gates", FAIL, "failed gates: " + "; ".join(failed))
+    return Finding("gates", PASS, f"{len(rows)} gates pass" if rows else "no gates declared")
+
+
+def _checks(manifest: Mapping[str, Any]) -> Finding:
+    checks = dict(manifest.get("checks") or {})
+    failed = []
+    for check in sorted(checks):
+        if not checks[check].get("passed", True):
+            why = "; ".join(checks[check].get("violations") or []) or "failed"
+            failed.append(f"{check} ({why})")
+    if failed:
+        return Finding("checks", FAIL, "failed checks: " + ", ".join(failed))
+    if not checks:
+        return Finding("checks", SKIP, "no checks recorded")
+    return Finding("checks", PASS, f"recorded checks pass: {', '.join(sorted(checks))}")
+
+
+def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+    from .architectures import build_module
+    from .weights import load_weights
+
+    rows = [r for r in manifest["architecture"]["tensors"] if r["frozen"]]
+    source = manifest.get("source")
+    if not rows or source is None:
+        return Finding("frozen", SKIP, "no frozen tensors from a source")
+    with torch.random.fork_rng(devices=[]):
+        module = build_module(manifest["architecture"]["config"], reg.settings.entrypoints, name)
+    # Buffers are never trainable, so rows mark them frozen; only parameters are held fixed.
+    params = {n for n, _ in module.named_parameters()}
+    rows = [r for r in rows if r["origin"] == "transferred" and r["name"] in params]
+    if not rows:
+        return Finding("frozen", SKIP, "no frozen tensors transferred from the source")
+    src = source["model"]
+    src_path = reg.model_dir(src) / WEIGHTS_FILE
+    src_manifest = reg.model_manifest(src)
+    if src_manifest is None or not src_path.is_file():
+        return Finding("frozen", FAIL, f"source model {src!r} has no weights to compare with")
+    if file_hashes(src_path)["sha256"] != src_manifest.raw["weights"]["sha256"]:
+        return Finding(
+            "frozen", FAIL, f"{reg.rel('models', src, WEIGHTS_FILE)} does not match its manifest"
+        )
+    path = reg.model_dir(name) / WEIGHTS_FILE
+    if not path.is_file():
+        return Finding("frozen", FAIL, f"{reg.rel('models', name, WEIGHTS_FILE)} is missing")
+    try:
+        target = load_weights(path, reg.rel("models", name, WEIGHTS_FILE))
+    except BuildError as exc:
+        return Finding("frozen", FAIL, exc.message)
+    source_state = load_weights(src_path, reg.rel("models", src, WEIGHTS_FILE))
+    changed = []
+    for row in rows:
+        mine, theirs = target.get(row["name"]), source_state.get(row["source_name"])
+        if (
+            mine is None
+            or theirs is None
+            or mine.dtype != theirs.dtype
+            or mine.shape != theirs.shape
+            or not torch.equal(mine, theirs)
+        ):
+            changed.append(row["name"])
+    if changed:
+        return Finding(
+            "frozen",
+            FAIL,
+            f"frozen tensors differ from source {src}: {', '.join(changed)}"
+            f" ({reg.rel('models', name, WEIGHTS_FILE)} changed by hand?)",
+        )
+    return Finding("frozen", PASS, f"{len(rows)} frozen tensors equal source {src} bit for bit")
+
+
+def verify_model(reg: Registry, name: str, rebuild: bool = False) -> Verification:
+    """Check a built model against its current files; with `rebuild`, rebuild and compare."""
+    findings: list[Finding] = []
+    try:
+        found = reg.model_manifest(name)
+    except StemmaError as exc:
+        return Verification(name, [Finding("schema", FAIL, exc.message)])
+    if found is None:
+        if not reg.has_model(name):
+            raise ModelNotFound(name, hint=Registry._hint(name, reg.model_names()))
+        raise BuildError(
+            f"{reg.rel('models', name)}: model {name!r} has not been built; run `dvc repro`"
+        )
+    manifest = found.raw
+    try:
+        reg.model_spec(name)
+        findings.append(Finding("schema", PASS, "spec and manifest match their schemas"))
+    except ModelNotFound:
+        findings.append(Finding("schema", PASS, "manifest matches its schema"))
+    except StemmaError as exc:
+        findings.append(Finding("schema", FAIL, exc.message))
+    if found.computed_id != found.id:
+        findings.append(
+            Finding("id", FAIL, f"{found.path}: content no longer matches its id (edited?)")
+        )
+    else:
+        findings.append(Finding("id", PASS, f"manifest id {found.id[7:19]} matches its content"))
+    findings.append(_weights(reg, manifest, name))
+    findings.append(_metrics_file(reg, manifest, name))
+    try:
+        findings += _staleness(reg, manifest, name)
+    except StemmaError as exc:
+        findings.append(Finding("source", FAIL, exc.message))
+    findings.append(_gates(manifest, found.path))
+    findings.append(_checks(manifest))
+    findings.append(_frozen(reg, manifest, name))
+    if not rebuild:
+        return Verification(name, findings)
+    comparison = rebuild_and_compare(reg, name)
+    findings.append(Finding("rebuild", PASS if comparison["ok"] else FAIL, comparison["message"]))
+    return Verification(name, findings, comparison)
+
+
+# -- rebuild ----------------------------------------------------------------------------------
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+
+
+def _needed_datasets(reg: Registry, name: str) -> set[str]:
+    """Datasets the build of `name` reads: its own, and its source's training data."""
+    spec = reg.model_spec(name)
+    names = set(spec.dataset_refs().values())
+    manifest = reg.model_manifest(name)
+    source = (manifest.raw.get("source") if manifest else None) or {}
+    if source.get("model"):
+        parent = reg.model_manifest(source["model"])
+        train = ((parent.raw.get("datasets") or {}).get("train") or {}) if parent else {}
+        if train.get("name"):
+            names.add(str(train["name"]))
+    return names
+
+
+def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
+    """A registry in `folder` holding only what building `name` reads (never the working tree).
+
+    stemma.yaml; the model's spec (and exploration.json); the source's spec, manifest and
+    weights; each dataset's spec, manifest and data. The model's own outputs are not copied.
+    """
+    base = reg.repo_root
+    _copy(base / SETTINGS_FILE, folder / SETTINGS_FILE)
+    root = folder / Path(reg.rel())
+    for sub in ("models", "datasets"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    mine = Path("models", name)
+    for file in (SPEC_FILE, _EXPLORATION_FILE):
+        _copy(reg.root / mine / file, root / mine / file)
+    manifest = reg.model_manifest(name)
+    source = (manifest.raw.get("source") if manifest else None) or {}
+    if source.get("model"):
+        theirs = Path("models", source["model"])
+        for file in (SPEC_FILE, MANIFEST_FILE, WEIGHTS_FILE):
+            _copy(reg.root / theirs / file, root / theirs / file)
+    for dataset in sorted(_needed_datasets(reg, name)):
+        rel = Path("datasets", dataset)
+        for file in (SPEC_FILE, MANIFEST_FILE, DATA_FILE):
+            _copy(reg.root / rel / file, root / rel / file)
+    return Registry.open(folder)
+
+
+def _close(recorded: float, rebuilt: float) -> bool:
+    """Within the CUDA tolerance: |rebuilt - recorded| <= abs + rel * |recorded|."""
+    limit = GPU_ABS_TOLERANCE + GPU_REL_TOLERANCE * abs(recorded)
+    return math.isfinite(rebuilt) and abs(rebuilt - recorded) <= limit
+
+
+def compare_builds(recorded: Mapping[str, Any], rebuilt: Mapping[str, Any]) -> dict[str, Any]:
+    """Compare a recorded manifest with a rebuild's: exact on CPU, tolerant on CUDA."""
+    devices = {
+        str((recorded.get("run") or {}).get("device", "cpu")),
+        str((rebuilt.get("run") or {}).get("device", "cpu")),
+    }
+    exact = all(d.startswith("cpu") for d in devices)
+    same_weights = recorded["weights"]["sha256"] == rebuilt["weights"]["sha256"]
+    metrics: dict[str, dict[str, float | None]] = {}
+    bad_metrics = []
+    for key in sorted(set(recorded["metrics"]) | set(rebuilt["metrics"])):
+        a, b = recorded["metrics"].get(key), rebuilt["metrics"].get(key)
+        metrics[key] = {"recorded": a, "rebuilt": b}
+        agree = a is not None and b is not None and (a == b if exact else _close(a, b))
+        if not agree:
+            bad_metrics.append(f"{key} {a} -> {b}")
+    same_id = recorded["id"] == rebuilt["id"]
+    problems = []
+    if exact and not same_weights:
+        problems.append("weights sha256 differs")
+    if bad_metrics:
+        problems.append("metrics differ: " + ", ".join(bad_metrics))
+    if exact and same_weights and not bad_metrics and not same_id:
+        keys = sorted(
+            k
+            for k in set(recorded) | set(rebuilt)
+            if k not in ("id", "run") and recorded.get(k) != rebuilt.get(k)
+        )
+        problems.append(f"manifest id differs (in {', '.join(keys) or 'id'})")
+    mode = (
+        "identical (CPU)"
+        if exact
+        else (f"within {GPU_ABS_TOLERANCE} + {GPU_REL_TOLERANCE} x |value| (CUDA)")
+    )
+    if problems:
+        message = f"rebuild on {'/'.join(sorted(devices))} differs: " + "; ".join(problems)
+    else:
+        message = f"rebuild matches, {mode}: weights {rebuilt['weights']['sha256'][7:19]}" + (
+            "" if same_weights else " (hash differs, allowed on CUDA)"
+        )
+    return {
+        "ok": not problems,
+        "message": message,
+        "exact": exact,
+        "devices": sorted(devices),
+        "weights": {
+            "recorded": recorded["weights"]["sha256"],
+            "rebuilt": rebuilt["weights"]["sha256"],
+            "identical": same_weights,
+        },
+        "metrics": metrics,
+        "id": {"recorded": recorded["id"], "rebuilt": rebuilt["id"], "identical": same_id},
+        "tolerance": None if exact else {"abs": GPU_ABS_TOLERANCE, "rel": GPU_REL_TOLERANCE},
+    }
+
+
+def rebuild_and_compare(reg: Registry, name: str) -> dict[str, Any]:
+    """Rebuild `name` in a temporary copy and compare it with the recorded build."""
+    from .build import build_model
+
+    found = reg.model_manifest(name)
+    if found is None:
+        raise BuildError(f"{reg.rel('models', name)}: model {name!r} has not been built")
+    try:
+        reg.model_spec(name)
+    except ModelNotFound:
+        raise BuildError(
+            f"{reg.rel('models', name)}: model {name!r} was registered from weights, not built"
+            " from a spec; there is nothing to rebuild"
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="stemma-rebuild-") as tmp:
+        copy = stage_copy(reg, name, Path(tmp))
+        rebuilt = build_model(copy, name)
+    return compare_builds(found.raw, rebuilt)
