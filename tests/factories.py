@@ -14,11 +14,21 @@ def dataset_manifest(reg: Registry, name: str) -> dict[str, Any]:
     """A dataset manifest for the declared dataset `name`, written to disk."""
     spec = reg.dataset_spec(name)
     doc = {
-        "kind": "dataset", "schema_version": 1, "name": name, "spec": dict(spec.raw),
+        "kind": "dataset",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
         "spec_digest": spec.digest,
-        "data": {"path": "data.npz", "md5": "0" * 32, "sha256": "sha256:" + "0" * 64,
-                 "bytes": 1, "format": "npz"},
-        "shape": [1, 8, 8], "dtype": "float32", "classes": [0, 1],
+        "data": {
+            "path": "data.npz",
+            "md5": "0" * 32,
+            "sha256": "sha256:" + "0" * 64,
+            "bytes": 1,
+            "format": "npz",
+        },
+        "shape": [1, 8, 8],
+        "dtype": "float32",
+        "classes": [0, 1],
         "splits": {"train": {"samples": 10, "class_counts": {"0": 5, "1": 5}}},
         "run": RUN,
     }
@@ -35,27 +45,46 @@ def model_manifest(
     source = None
     if src is not None:
         parent = reg.model_manifest(src.model)
-        source = {"model": src.model, "relation": src.relation,
-                  "id": parent.id if parent else digest("missing")}
+        source = {
+            "model": src.model,
+            "relation": src.relation,
+            "id": parent.id if parent else digest("missing"),
+        }
     datasets = {}
     for role, ds in (("train", spec.train), ("eval", spec.eval)):
         dm = reg.dataset_manifest(ds)
         datasets[role] = {"name": ds, "id": dm.id if dm else digest(ds)}
     doc: dict[str, Any] = {
-        "kind": "model", "schema_version": 1, "name": name, "spec": dict(spec.raw),
-        "spec_digest": spec.digest, "source": source, "datasets": datasets,
-        "weights": {"path": "weights.safetensors", "md5": weights_md5,
-                    "sha256": "sha256:" + "2" * 64, "bytes": 100, "format": "safetensors"},
+        "kind": "model",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "source": source,
+        "datasets": datasets,
+        "weights": {
+            "path": "weights.safetensors",
+            "md5": weights_md5,
+            "sha256": "sha256:" + "2" * 64,
+            "bytes": 100,
+            "format": "safetensors",
+        },
         "architecture": {
             "config": {"family": "mlp", "hidden": [32]},
             "tensors": [
-                {"name": "head.weight", "shape": [5, 32], "dtype": "float32",
-                 "origin": "new" if source is None else "transferred", "frozen": False},
+                {
+                    "name": "head.weight",
+                    "shape": [5, 32],
+                    "dtype": "float32",
+                    "origin": "new" if source is None else "transferred",
+                    "frozen": False,
+                },
             ],
         },
         "parameters": {"total": 160, "trainable": 160, "transferred": 0},
         "metrics": {"accuracy": accuracy, "loss": round(1 - accuracy, 6)},
-        "gates": [], "run": RUN,
+        "gates": [],
+        "run": RUN,
     }
     doc.update(extra)
     doc["id"] = reg.write_model_manifest(name, doc)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-from textwrap import dedent
 from typing import Any
 
 import pytest
 import torch
 import typer
+from conftest import new_registry, write
 from stemma.cli import build as build_cli
 from stemma.cli._common import FunnelGroup
 from stemma.migration.build import build_dataset, build_model, load_model, register_model
@@ -66,29 +65,12 @@ SPECS = {
 }
 
 
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dedent(text).lstrip())
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest (and steadiest) on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> Path:
     """A registry with every spec above built once (shared, never modified by tests)."""
     torch.set_num_threads(1)
-    repo = tmp_path_factory.mktemp("built") / "repo"
-    shutil.copytree(registry_template, repo, symlinks=True)
-    for rel, text in SPECS.items():
-        write(repo / rel, text)
-    reg = Registry.open(repo)
+    reg = new_registry(tmp_path_factory.mktemp("built") / "repo", registry_template, SPECS)
+    repo = reg.repo_root
     for name in ("d04", "d59"):
         build_dataset(reg, name)
     for name in ("base", "probe", *(f"{k}-{s}" for k in ("ft", "scratch") for s in SEEDS)):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from conftest import write
+from conftest import new_registry, write
 from stemma.migration.build import build_dataset, build_model
 from stemma.migration.checks import probe_accuracy
 from stemma.migration.forgetting import DEFAULT_MAX_DROP
@@ -84,23 +82,11 @@ SPECS = {
 MODELS = ("base", "heldout", "rotated", "gentle", "wrecked", "gated")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> Path:
     """A registry with every spec above built once (shared; tests that change it copy it)."""
-    repo = tmp_path_factory.mktemp("checks") / "repo"
-    shutil.copytree(registry_template, repo, symlinks=True)
-    for rel, text in SPECS.items():
-        write(repo / rel, text)
-    reg = Registry.open(repo)
+    reg = new_registry(tmp_path_factory.mktemp("checks") / "repo", registry_template, SPECS)
+    repo = reg.repo_root
     for name in ("d04", "d59", "drot", "d12"):
         build_dataset(reg, name)
     for name in MODELS:

@@ -7,13 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from textwrap import dedent
 
 import numpy as np
 import pytest
 import torch
+from conftest import write
 from stemma.migration.build import build_dataset, build_model, load_model
 from stemma.migration.data import materialize
 from stemma.migration.explore import explore, explore_for, fits
@@ -43,11 +42,6 @@ MODELS = {
 }
 
 
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dedent(text).lstrip())
-
-
 def shuffled_digits(path: Path) -> None:
     """Digits 0-4 with their labels permuted: a source that learned nothing transferable."""
     src = materialize({"source": "sklearn:digits", "select": {"classes": [0, 1, 2, 3, 4]}})
@@ -55,15 +49,6 @@ def shuffled_digits(path: Path) -> None:
     y = np.random.default_rng(0).permutation(np.concatenate([src.y_train, src.y_eval]))
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, x=x, y=y)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest (and steadiest) on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

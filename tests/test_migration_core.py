@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from textwrap import dedent
 
@@ -22,15 +21,6 @@ from stemma.migration.train import TrainConfig, frozen_prefix, train
 from stemma.migration.weights import load_pt, load_weights, read_any, save_weights, to_bytes
 from stemma.registry.errors import BuildError
 from torch import nn
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest (and steadiest) on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -45,8 +45,11 @@ def test_hand_written_registry_validates_and_lists(populated: Registry, cli) -> 
     assert res.code == 0
     rows = json.loads(res.stdout)
     assert [(r["kind"], r["name"]) for r in rows] == [
-        ("dataset", "digits-0to4"), ("dataset", "digits-5to9"),
-        ("model", "base"), ("model", "ft"), ("model", "scratch"),
+        ("dataset", "digits-0to4"),
+        ("dataset", "digits-5to9"),
+        ("model", "base"),
+        ("model", "ft"),
+        ("model", "scratch"),
     ]
     assert {r["name"]: r["source"] for r in rows if r["kind"] == "model"}["ft"] == "base"
     assert all(r["status"] == "unbuilt" for r in rows)
@@ -77,13 +80,16 @@ def test_manifest_round_trip_and_status(populated: Registry) -> None:
 
 
 def test_spec_error_names_file_pointer_and_line(populated: Registry) -> None:
-    write(populated.root / "models/ft/spec.yaml", """
+    write(
+        populated.root / "models/ft/spec.yaml",
+        """
         source: {model: base}
         data:
           train: digits-5to9
         training:
           epochs: "many"
-    """)
+    """,
+    )
     with pytest.raises(SchemaError) as info:
         Registry.open(populated.root).model_spec("ft")
     assert info.value.pointer == "/training/epochs"
@@ -92,29 +98,60 @@ def test_spec_error_names_file_pointer_and_line(populated: Registry) -> None:
 
 
 BAD_INPUTS = {
-    "broken-yaml": ("models/ft/spec.yaml", "source: {model: base\ndata: [\n",
-                    "models/ft/spec.yaml:", "invalid YAML"),
-    "unknown-key": ("models/ft/spec.yaml",
-                    "source: {model: base}\ndata: {train: digits-5to9}\nlearning_rate: 3\n",
-                    "models/ft/spec.yaml:3 at /learning_rate", "unknown key"),
-    "wrong-type": ("models/ft/spec.yaml",
-                   "source: {model: base}\ndata: {train: digits-5to9}\ntraining: {lr: fast}\n",
-                   "models/ft/spec.yaml:3 at /training/lr", "not of type"),
-    "missing-field": ("models/ft/spec.yaml", "source: {model: base}\n",
-                      "models/ft/spec.yaml", "missing required field"),
-    "invalid-name": ("models/Bad Name/spec.yaml", "data: {train: digits-5to9}\n",
-                     "models/Bad Name/spec.yaml", "invalid model name"),
-    "missing-source": ("models/ft/spec.yaml",
-                       "source: {model: bsae}\ndata: {train: digits-5to9}\n",
-                       "models/ft/spec.yaml at /source/model", "did you mean 'base'"),
-    "cycle": ("models/base/spec.yaml",
-              "source: {model: ft}\ndata: {train: digits-0to4}\n",
-              "models/base/spec.yaml at /source/model", "lineage cycle: base -> ft -> base"),
-    "path-escape": ("datasets/digits-0to4/spec.yaml", "source: file:../../outside.npz\n",
-                    "datasets/digits-0to4/spec.yaml at /source", "escapes the registry root"),
-    "untrusted-entrypoint": ("datasets/digits-0to4/spec.yaml",
-                             "source: entrypoint:evil.module:load\n",
-                             "datasets/digits-0to4/spec.yaml at /source", "not listed"),
+    "broken-yaml": (
+        "models/ft/spec.yaml",
+        "source: {model: base\ndata: [\n",
+        "models/ft/spec.yaml:",
+        "invalid YAML",
+    ),
+    "unknown-key": (
+        "models/ft/spec.yaml",
+        "source: {model: base}\ndata: {train: digits-5to9}\nlearning_rate: 3\n",
+        "models/ft/spec.yaml:3 at /learning_rate",
+        "unknown key",
+    ),
+    "wrong-type": (
+        "models/ft/spec.yaml",
+        "source: {model: base}\ndata: {train: digits-5to9}\ntraining: {lr: fast}\n",
+        "models/ft/spec.yaml:3 at /training/lr",
+        "not of type",
+    ),
+    "missing-field": (
+        "models/ft/spec.yaml",
+        "source: {model: base}\n",
+        "models/ft/spec.yaml",
+        "missing required field",
+    ),
+    "invalid-name": (
+        "models/Bad Name/spec.yaml",
+        "data: {train: digits-5to9}\n",
+        "models/Bad Name/spec.yaml",
+        "invalid model name",
+    ),
+    "missing-source": (
+        "models/ft/spec.yaml",
+        "source: {model: bsae}\ndata: {train: digits-5to9}\n",
+        "models/ft/spec.yaml at /source/model",
+        "did you mean 'base'",
+    ),
+    "cycle": (
+        "models/base/spec.yaml",
+        "source: {model: ft}\ndata: {train: digits-0to4}\n",
+        "models/base/spec.yaml at /source/model",
+        "lineage cycle: base -> ft -> base",
+    ),
+    "path-escape": (
+        "datasets/digits-0to4/spec.yaml",
+        "source: file:../../outside.npz\n",
+        "datasets/digits-0to4/spec.yaml at /source",
+        "escapes the registry root",
+    ),
+    "untrusted-entrypoint": (
+        "datasets/digits-0to4/spec.yaml",
+        "source: entrypoint:evil.module:load\n",
+        "datasets/digits-0to4/spec.yaml at /source",
+        "not listed",
+    ),
 }
 
 
@@ -160,11 +197,21 @@ def test_cli_errors_are_one_line_and_usage_errors_exit_2(populated: Registry, cl
 
 
 def test_traceback_flag_shows_traceback(populated: Registry) -> None:
-    proc = subprocess.run([sys.executable, "-m", "stemma.cli.app", "--traceback", "show", "nope"],
-                          cwd=populated.root, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stemma.cli.app", "--traceback", "show", "nope"],
+        cwd=populated.root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "stemma.cli.app", "show", "nope"],
-                          cwd=populated.root, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stemma.cli.app", "show", "nope"],
+        cwd=populated.root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1 and proc.stderr == "error: no model named 'nope'\n"
 
 
@@ -176,8 +223,13 @@ def test_read_commands_do_not_import_torch_or_dvc(populated: Registry) -> None:
         "print('IMPORTED', bad, file=sys.stderr)\n"
     )
     for args in (["--help"], ["ls"], ["validate"], ["show", "ft"]):
-        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=populated.root,
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=populated.root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert "IMPORTED []" in proc.stderr, (args, proc.stderr)
 
 

@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
-from textwrap import dedent
 from typing import Any
 
 import pytest
-import torch
+from conftest import write
 from stemma.migration.architectures import make_config
 from stemma.migration.build import build_dataset, build_model
 from stemma.migration.data import DatasetArrays, materialize
@@ -40,20 +38,6 @@ TUNED = """
           lr: {low: 1.0e-4, high: 1.0e-1, log: true}
           batch_size: {choices: [32, 64]}
 """
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dedent(text).lstrip())
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest (and steadiest) on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

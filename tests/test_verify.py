@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import write
+from conftest import new_registry, write
 from safetensors.torch import load_file, save_file
 from stemma.migration.build import build_dataset, build_model
 from stemma.migration.verify import (
@@ -57,23 +56,11 @@ SPECS = {
 WEIGHTS = "weights.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> Path:
     """A three-generation lineage built once (shared; tests that change it copy it)."""
-    repo = tmp_path_factory.mktemp("verify") / "repo"
-    shutil.copytree(registry_template, repo, symlinks=True)
-    for rel, text in SPECS.items():
-        write(repo / rel, text)
-    reg = Registry.open(repo)
+    reg = new_registry(tmp_path_factory.mktemp("verify") / "repo", registry_template, SPECS)
+    repo = reg.repo_root
     for name in ("d04", "d59"):
         build_dataset(reg, name)
     for name in ("base", "mid", "ft"):
