@@ -1,0 +1,260 @@
+"""The SQL of the query index: stored tables, the public views and the lineage macros.
+
+Stored tables live in the `raw` schema, filled from files; the public names (`models`,
+`datasets`, `edges`, `layers`, `metrics`, `ancestors()`, `descendants()`) live in `main`.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Bump when the tables or views change: an index of another format is rebuilt from scratch.
+FORMAT = "3"
+
+TABLES = """
+CREATE SCHEMA raw;
+CREATE TABLE raw.meta(key VARCHAR, value VARCHAR);
+CREATE TABLE raw.files(path VARCHAR, size BIGINT, mtime_ns BIGINT);
+CREATE TABLE raw.snapshot(paths_digest VARCHAR, numbers_digest VARCHAR, numbers BLOB);
+CREATE TABLE raw.model_specs(
+    name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, relation VARCHAR,
+    train VARCHAR, eval VARCHAR, family VARCHAR, description VARCHAR, tags VARCHAR[],
+    spec JSON);
+CREATE TABLE raw.dataset_specs(
+    name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, description VARCHAR,
+    tags VARCHAR[], spec JSON);
+CREATE TABLE raw.model_manifests(
+    name VARCHAR, path VARCHAR, id VARCHAR, spec_digest VARCHAR, source VARCHAR,
+    relation VARCHAR, source_id VARCHAR, family VARCHAR, params_total BIGINT,
+    params_trainable BIGINT, params_transferred BIGINT, weights_bytes BIGINT,
+    created TIMESTAMP, duration_s DOUBLE, device VARCHAR, train VARCHAR, eval VARCHAR,
+    gates_passed BOOLEAN, checks_passed BOOLEAN, metrics MAP(VARCHAR, DOUBLE));
+CREATE TABLE raw.layers(
+    name VARCHAR, path VARCHAR, position INTEGER, tensor VARCHAR, shape BIGINT[],
+    dtype VARCHAR, origin VARCHAR, frozen BOOLEAN, source_name VARCHAR);
+CREATE TABLE raw.dataset_manifests(
+    name VARCHAR, path VARCHAR, id VARCHAR, spec_digest VARCHAR, samples BIGINT,
+    splits MAP(VARCHAR, BIGINT), classes BIGINT[], shape BIGINT[], dtype VARCHAR,
+    data_bytes BIGINT, created TIMESTAMP);
+CREATE TABLE raw.edges(src VARCHAR, dst VARCHAR, kind VARCHAR, relation VARCHAR);
+"""
+
+RAW_BY_FILE = {
+    ("models", "spec.yaml"): ("raw.model_specs",),
+    ("models", "manifest.json"): ("raw.model_manifests", "raw.layers"),
+    ("datasets", "spec.yaml"): ("raw.dataset_specs",),
+    ("datasets", "manifest.json"): ("raw.dataset_manifests",),
+}
+
+# What DuckDB's from_json extracts from a manifest (everything else stays in the file).
+MODEL_MANIFEST_SHAPE = """{
+ "kind": "VARCHAR", "id": "VARCHAR", "spec_digest": "VARCHAR",
+ "source": {"model": "VARCHAR", "relation": "VARCHAR", "id": "VARCHAR"},
+ "datasets": "MAP(VARCHAR, STRUCT(name VARCHAR, id VARCHAR))",
+ "weights": {"bytes": "BIGINT"},
+ "architecture": {"config": {"family": "VARCHAR"},
+   "tensors": [{"name": "VARCHAR", "shape": ["BIGINT"], "dtype": "VARCHAR",
+                "origin": "VARCHAR", "frozen": "BOOLEAN", "source_name": "VARCHAR"}]},
+ "parameters": {"total": "BIGINT", "trainable": "BIGINT", "transferred": "BIGINT"},
+ "metrics": "MAP(VARCHAR, DOUBLE)",
+ "gates": [{"passed": "BOOLEAN"}],
+ "checks": "MAP(VARCHAR, STRUCT(passed BOOLEAN))",
+ "run": {"started": "VARCHAR", "duration_s": "DOUBLE", "device": "VARCHAR"}}"""
+
+DATASET_MANIFEST_SHAPE = """{
+ "kind": "VARCHAR", "id": "VARCHAR", "spec_digest": "VARCHAR",
+ "data": {"bytes": "BIGINT"}, "shape": ["BIGINT"], "dtype": "VARCHAR",
+ "classes": ["BIGINT"], "splits": "MAP(VARCHAR, STRUCT(samples BIGINT))",
+ "run": {"started": "VARCHAR"}}"""
+
+# Fields an indexed manifest must have, with the right type; a row failing this is reported.
+MODEL_MANIFEST_BAD = """
+    j IS NULL OR j.kind IS DISTINCT FROM 'model' OR j.id IS NULL OR j.spec_digest IS NULL
+    OR j.parameters.total IS NULL OR j.parameters.trainable IS NULL
+    OR j.parameters.transferred IS NULL OR j.metrics IS NULL OR j.run.started IS NULL
+    OR j.architecture.tensors IS NULL
+    OR list_count(map_values(j.metrics)) <> len(map_values(j.metrics))
+    OR (j.source IS NOT NULL AND (j.source.model IS NULL OR j.source.id IS NULL))"""
+
+DATASET_MANIFEST_BAD = """
+    j IS NULL OR j.kind IS DISTINCT FROM 'dataset' OR j.id IS NULL OR j.spec_digest IS NULL
+    OR j.classes IS NULL OR j.splits IS NULL OR j.run.started IS NULL"""
+
+_UTC = "timezone('UTC', TRY_CAST(j.run.started AS TIMESTAMPTZ))"
+
+INSERT_MODEL_MANIFESTS = f"""
+INSERT INTO raw.model_manifests
+SELECT name, path, j.id, j.spec_digest, j.source.model, j.source.relation, j.source.id,
+       j.architecture.config.family, j.parameters.total, j.parameters.trainable,
+       j.parameters.transferred, j.weights.bytes, {_UTC}, j.run.duration_s, j.run.device,
+       j.datasets['train'].name, j.datasets['eval'].name,
+       coalesce(list_aggregate([g.passed FOR g IN j.gates], 'bool_and'), true),
+       coalesce(list_aggregate([c.passed FOR c IN map_values(j.checks)], 'bool_and'), true),
+       j.metrics
+FROM staged"""
+
+INSERT_LAYERS = """
+INSERT INTO raw.layers
+SELECT name, path, pos, t.name, t.shape, t.dtype, t.origin, t.frozen, t.source_name
+FROM (SELECT name, path, unnest(j.architecture.tensors) AS t,
+             generate_subscripts(j.architecture.tensors, 1) AS pos FROM staged)"""
+
+INSERT_DATASET_MANIFESTS = f"""
+INSERT INTO raw.dataset_manifests
+SELECT name, path, j.id, j.spec_digest,
+       list_aggregate([s.samples FOR s IN map_values(j.splits)], 'sum')::BIGINT,
+       map_from_entries([(k, j.splits[k].samples) FOR k IN map_keys(j.splits)]),
+       j.classes, j.shape, j.dtype, j.data.bytes, {_UTC}
+FROM staged"""
+
+INSERT_MODEL_SPECS = """
+INSERT INTO raw.model_specs
+SELECT name, path, digest, source, relation, train, eval, family, description,
+       CAST(spec::JSON->'$.tags' AS VARCHAR[]), spec::JSON FROM spec_rows"""
+
+INSERT_DATASET_SPECS = """
+INSERT INTO raw.dataset_specs
+SELECT name, path, digest, source, description, CAST(spec::JSON->'$.tags' AS VARCHAR[]),
+       spec::JSON
+FROM spec_rows"""
+
+# Lineage edges, declared by specs (so unbuilt models appear) and, for a model with no spec
+# or with `source: {model: auto}`, taken from what its manifest recorded.
+EDGES = """
+INSERT INTO raw.edges
+WITH decl AS (
+    SELECT coalesce(s.name, m.name) AS name,
+           CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.source ELSE s.source END
+               AS source,
+           CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.relation ELSE s.relation END
+               AS relation,
+           CASE WHEN s.name IS NULL THEN m.train ELSE s.train END AS train,
+           CASE WHEN s.name IS NULL THEN m.eval ELSE s.eval END AS eval
+    FROM (SELECT * FROM raw.model_specs {only}) s
+    FULL OUTER JOIN (SELECT * FROM raw.model_manifests {only}) m ON m.name = s.name)
+SELECT name, source, 'derived_from', relation FROM decl WHERE source IS NOT NULL
+UNION ALL SELECT name, train, 'trained_on', NULL FROM decl WHERE train IS NOT NULL
+UNION ALL SELECT name, eval, 'evaluated_on', NULL FROM decl WHERE eval IS NOT NULL
+"""
+# Restricts EDGES to the models whose files changed (a registered list of names).
+ONLY_TOUCHED = "WHERE name IN (SELECT name FROM touched_models)"
+
+MODEL_COLUMNS = (
+    "name",
+    "id",
+    "status",
+    "family",
+    "source",
+    "relation",
+    "source_id",
+    "params_total",
+    "params_trainable",
+    "params_transferred",
+    "created",
+    "duration_s",
+    "weights_bytes",
+    "train",
+    "eval",
+    "tags",
+    "description",
+    "gates_passed",
+    "checks_passed",
+    "accuracy",
+    "loss",
+    "metrics",
+)
+_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+MAX_METRIC_COLUMNS = 100
+
+
+def models_view(metric_keys: list[str]) -> str:
+    """The `models` view: one row per model, with a column for every metric name."""
+    extra = [k for k in sorted(set(metric_keys)) if _IDENT.fullmatch(k) and k not in MODEL_COLUMNS][
+        :MAX_METRIC_COLUMNS
+    ]
+    metric_cols = "".join(f",\n       m.metrics['{k}'] AS {k}" for k in extra)
+    return f"""
+CREATE OR REPLACE VIEW main.models AS
+SELECT coalesce(s.name, m.name) AS name,
+       m.id,
+       CASE WHEN m.name IS NULL THEN 'unbuilt'
+            WHEN s.name IS NULL THEN 'orphan'
+            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN 'stale'
+            WHEN p.id IS NOT NULL AND p.id IS DISTINCT FROM m.source_id THEN 'stale'
+            ELSE 'built' END AS status,
+       coalesce(m.family, s.family) AS family,
+       CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.source ELSE s.source END AS source,
+       CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.relation ELSE s.relation END
+           AS relation,
+       m.source_id, m.params_total, m.params_trainable, m.params_transferred, m.created,
+       m.duration_s, m.weights_bytes,
+       CASE WHEN s.name IS NULL THEN m.train ELSE s.train END AS train,
+       CASE WHEN s.name IS NULL THEN m.eval ELSE s.eval END AS eval,
+       coalesce(s.tags, []::VARCHAR[]) AS tags, s.description,
+       m.gates_passed, m.checks_passed,
+       m.metrics['accuracy'] AS accuracy, m.metrics['loss'] AS loss,
+       m.metrics{metric_cols}
+FROM raw.model_specs s
+FULL OUTER JOIN raw.model_manifests m ON m.name = s.name
+LEFT JOIN raw.model_manifests p ON p.name = s.source AND s.source <> 'auto'"""
+
+
+VIEWS = """
+CREATE OR REPLACE VIEW main.datasets AS
+SELECT coalesce(s.name, m.name) AS name,
+       m.id,
+       CASE WHEN m.name IS NULL THEN 'unbuilt'
+            WHEN s.name IS NULL THEN 'orphan'
+            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN 'stale'
+            ELSE 'built' END AS status,
+       s.source, m.samples, m.splits, m.classes, len(m.classes) AS n_classes, m.shape,
+       m.dtype, m.data_bytes, m.created, coalesce(s.tags, []::VARCHAR[]) AS tags,
+       s.description
+FROM raw.dataset_specs s FULL OUTER JOIN raw.dataset_manifests m ON m.name = s.name;
+
+CREATE OR REPLACE VIEW main.edges AS SELECT src, dst, kind, relation FROM raw.edges;
+
+CREATE OR REPLACE VIEW main.layers AS
+SELECT name AS model, tensor, shape, dtype, origin, frozen, source_name,
+       coalesce(list_aggregate(shape, 'product'), 1)::BIGINT AS numel, position
+FROM raw.layers;
+
+CREATE OR REPLACE VIEW main.metrics AS
+SELECT name AS model, unnest(map_keys(metrics)) AS key, unnest(map_values(metrics)) AS value
+FROM raw.model_manifests;
+
+CREATE OR REPLACE MACRO main.ancestors(model_name) AS TABLE
+WITH RECURSIVE walk(name, depth, trail) AS (
+    SELECT dst, 1, [model_name, dst] FROM raw.edges
+    WHERE kind = 'derived_from' AND src = model_name
+    UNION ALL
+    SELECT e.dst, w.depth + 1, list_append(w.trail, e.dst)
+    FROM walk w JOIN raw.edges e ON e.kind = 'derived_from' AND e.src = w.name
+    WHERE NOT list_contains(w.trail, e.dst))
+SELECT name, min(depth) AS depth FROM walk GROUP BY name ORDER BY depth, name;
+
+CREATE OR REPLACE MACRO main.descendants(model_name) AS TABLE
+WITH RECURSIVE walk(name, depth, trail) AS (
+    SELECT src, 1, [model_name, src] FROM raw.edges
+    WHERE kind = 'derived_from' AND dst = model_name
+    UNION ALL
+    SELECT e.src, w.depth + 1, list_append(w.trail, e.src)
+    FROM walk w JOIN raw.edges e ON e.kind = 'derived_from' AND e.dst = w.name
+    WHERE NOT list_contains(w.trail, e.src))
+SELECT name, min(depth) AS depth FROM walk GROUP BY name ORDER BY depth, name;
+"""
+
+PUBLIC_VIEWS = ("models", "datasets", "edges", "layers", "metrics")
+HISTORY_VIEW = "versions"
+MACROS = ("ancestors", "descendants")
+
+VERSIONS_TABLE = """
+CREATE TEMP TABLE versions AS
+SELECT model, id, commit, timezone('UTC', TRY_CAST(date AS TIMESTAMPTZ)) AS date, author,
+       source_id, CAST(CAST(metrics AS JSON) AS MAP(VARCHAR, DOUBLE)) AS metrics
+FROM version_rows"""
+
+
+def quote_literal(text: str) -> str:
+    """A SQL string literal (for statements that take no parameters, such as COPY)."""
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,280 @@
+"""Read-only SQL over the registry: `query(reg, sql)`, the view schema and a Parquet export.
+
+User SQL runs on a read-only connection to the index with external access disabled and the
+configuration locked, and only a single SELECT (or EXPLAIN of one) is accepted: statements
+that write, attach, copy to files, load extensions or change settings are refused with a
+`QueryError` and change nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _sql
+from .errors import QueryError
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from .registry import Registry
+
+_EXPLAIN = re.compile(r"\s*explain\s+(?:analyze\s+|\([^)]*\)\s*)?(.*)", re.I | re.S)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Rows of a query, with column names and DuckDB type names."""
+
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self.rows)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """One dict per row, column name -> value."""
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """Rows as JSON-ready dicts (timestamps as ISO strings, non-finite floats as null)."""
+        return [{k: jsonable(v) for k, v in d.items()} for d in self.to_dicts()]
+
+    def arrow(self) -> Any:
+        """The rows as a `pyarrow.Table` (needs pyarrow)."""
+        try:
+            pa = importlib.import_module("pyarrow")  # optional: not a dependency
+        except ImportError:
+            raise QueryError("QueryResult.arrow() needs pyarrow: pip install pyarrow") from None
+        columns = {}
+        for i, (name, type_name) in enumerate(zip(self.columns, self.types, strict=True)):
+            values = [row[i] for row in self.rows]
+            arrow_type = _arrow_type(pa, type_name)
+            try:
+                columns[name] = pa.array(values, type=arrow_type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                columns[name] = pa.array(values)
+        return pa.table(columns)
+
+    def df(self) -> Any:
+        """The rows as a `pandas.DataFrame` (needs pandas)."""
+        try:
+            pd = importlib.import_module("pandas")  # optional: not a dependency
+        except ImportError:
+            raise QueryError("QueryResult.df() needs pandas: pip install pandas") from None
+        return pd.DataFrame.from_records(list(self.rows), columns=list(self.columns))
+
+
+def _arrow_type(pa: Any, type_name: str) -> Any:
+    """The Arrow type of a DuckDB column type, where one maps simply (else None: inferred)."""
+    simple = {
+        "VARCHAR": pa.string(),
+        "BIGINT": pa.int64(),
+        "INTEGER": pa.int32(),
+        "HUGEINT": None,
+        "DOUBLE": pa.float64(),
+        "FLOAT": pa.float32(),
+        "BOOLEAN": pa.bool_(),
+        "TIMESTAMP": pa.timestamp("us"),
+        "DATE": pa.date32(),
+    }
+    if type_name in simple:
+        return simple[type_name]
+    if type_name.endswith("[]"):
+        inner = _arrow_type(pa, type_name[:-2])
+        return None if inner is None else pa.list_(inner)
+    match = re.fullmatch(r"MAP\((\w+), (\w+)\)", type_name)
+    if match:
+        key, value = _arrow_type(pa, match.group(1)), _arrow_type(pa, match.group(2))
+        if key is not None and value is not None:
+            return pa.map_(key, value)
+    return None
+
+
+def jsonable(value: Any) -> Any:
+    """A query value as plain JSON data."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if type(value).__name__ == "Decimal":
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def query(reg: Registry, sql: str, history: bool = False) -> QueryResult:
+    """Run one read-only SELECT over the registry's views and return its rows."""
+    import duckdb
+
+    from .index import open_index
+
+    with open_index(reg) as index:
+        con = index.con
+        if history:
+            _load_history(reg, con)
+        _lock_down(con)
+        check_sql(con, sql)
+        try:
+            cursor = con.execute(sql)
+            rows = cursor.fetchall()
+            description = cursor.description or []
+        except duckdb.Error as exc:
+            raise QueryError(f"query failed: {one_line(exc)}") from None
+    return QueryResult(
+        columns=tuple(str(d[0]) for d in description),
+        types=tuple(str(d[1]) for d in description),
+        rows=tuple(tuple(r) for r in rows),
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    """An engine error as one line (DuckDB's messages span several)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = " ".join(ln for ln in lines if not ln.startswith("LINE ") and set(ln) != {"^"})
+    return text[:500] or type(exc).__name__
+
+
+def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but a single SELECT (or EXPLAIN of one), naming what was given."""
+    import duckdb
+
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"cannot parse the query: {one_line(exc)}") from None
+    if len(statements) != 1:
+        raise QueryError(f"give exactly one SQL statement, not {len(statements)}")
+    kind = _kind(statements[0])
+    if kind == "EXPLAIN":
+        match = _EXPLAIN.fullmatch(sql)
+        try:
+            inner = con.extract_statements(match.group(1)) if match else []
+        except duckdb.Error:
+            inner = []
+        if len(inner) == 1 and _kind(inner[0]) == "SELECT":
+            return
+        raise QueryError("EXPLAIN is allowed only for a SELECT")
+    if kind != "SELECT":
+        raise QueryError(
+            f"{kind} statements are refused: queries are read-only (only SELECT is allowed)"
+        )
+
+
+def _kind(statement: Any) -> str:
+    return str(statement.type).rsplit(".", 1)[-1].upper()
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """No files, no extensions, no Python objects, and no way to change that back."""
+    for setting in (
+        "python_enable_replacements = false",
+        "autoinstall_known_extensions = false",
+        "autoload_known_extensions = false",
+        "allow_community_extensions = false",
+        "enable_external_access = false",
+        "lock_configuration = true",
+    ):
+        con.execute(f"SET {setting}")
+
+
+def _load_history(reg: Registry, con: duckdb.DuckDBPyConnection) -> None:
+    """Fill the temporary `versions` table from the git history of every manifest."""
+    import json
+
+    import numpy as np
+
+    try:
+        from .versions import all_history
+    except ImportError:
+        raise QueryError("--history needs stemma.registry.versions, which is missing") from None
+    versions = [v.to_dict() for v in all_history(reg)]
+
+    def col(key: str) -> Any:
+        return np.array(
+            [None if v.get(key) is None else str(v[key]) for v in versions], dtype=object
+        )
+
+    rows = {
+        "model": col("name"),
+        "id": col("id"),
+        "commit": col("commit"),
+        "date": col("date"),
+        "author": col("author"),
+        "source_id": col("source_id"),
+        "metrics": np.array([json.dumps(v.get("metrics") or {}) for v in versions], dtype=object),
+    }
+    con.register("version_rows", rows)
+    try:
+        con.execute(_sql.VERSIONS_TABLE)
+    finally:
+        con.unregister("version_rows")
+
+
+def schema(reg: Registry, history: bool = False) -> dict[str, list[tuple[str, str]]]:
+    """Every view (and table macro) users can query, with its columns and their types."""
+    from .index import open_index
+
+    with open_index(reg) as index:
+        con = index.con
+        if history:
+            _load_history(reg, con)
+        out: dict[str, list[tuple[str, str]]] = {}
+        names = [*_sql.PUBLIC_VIEWS, *([_sql.HISTORY_VIEW] if history else [])]
+        for name in names:
+            rows = con.execute(f"DESCRIBE {name}").fetchall()
+            out[name] = [(str(r[0]), str(r[1])) for r in rows]
+        for macro in _sql.MACROS:
+            rows = con.execute(f"DESCRIBE SELECT * FROM {macro}('')").fetchall()
+            out[f"{macro}(name)"] = [(str(r[0]), str(r[1])) for r in rows]
+    return out
+
+
+def export_parquet(reg: Registry, folder: Path, history: bool = False) -> list[Path]:
+    """Write every view as `<folder>/<view>.parquet`; the files written."""
+    import duckdb
+
+    from .index import open_index
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with open_index(reg) as index:
+        con = index.con
+        if history:
+            _load_history(reg, con)
+        names = [*_sql.PUBLIC_VIEWS, *([_sql.HISTORY_VIEW] if history else [])]
+        for name in names:
+            target = folder / f"{name}.parquet"
+            tmp = folder / f".{name}.parquet.tmp"
+            try:
+                con.execute(
+                    f"COPY (SELECT * FROM {name}) TO {_sql.quote_literal(str(tmp))}"
+                    " (FORMAT parquet)"
+                )
+            except duckdb.Error as exc:
+                tmp.unlink(missing_ok=True)
+                raise QueryError(f"cannot write {target}: {one_line(exc)}") from None
+            os.replace(tmp, target)  # readers never see a half-written file
+            written.append(target)
+    return written

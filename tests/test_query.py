@@ -1,0 +1,935 @@
+"""The DuckDB query index: views, lineage macros, read-only safety, refresh, history, CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import networkx as nx
+import pytest
+import yaml
+from conftest import git, write
+from stemma.registry import Registry, _fastyaml, _scan, index
+from stemma.registry.errors import ParseError, QueryError, SchemaError
+from stemma.registry.files import digest
+from stemma.registry.query import query, schema
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import synth
+
+RUN = {"started": "2026-03-01T10:00:00Z", "duration_s": 2.5, "stemma": "0.1.0", "device": "cpu"}
+
+SPECS = {
+    "datasets/d-a/spec.yaml": """
+        description: Digits 0-4.
+        source: sklearn:digits
+        select: {classes: [0, 1, 2, 3, 4]}
+        tags: [digits]
+    """,
+    "datasets/d-b/spec.yaml": """
+        # a comment line, which the fast reader skips
+        source: sklearn:digits
+        select:
+          classes: [5, 6, 7, 8, 9]
+          relabel: contiguous
+    """,
+    "models/base/spec.yaml": """
+        description: Base model.
+        architecture: {family: mlp, hidden: [16]}
+        data: {train: d-a}
+        tags: [digits, base]
+    """,
+    "models/ft1/spec.yaml": """
+        source: {model: base, relation: finetune}
+        data: {train: d-b, eval: d-a}
+        strategy: {mapping: by-name, reinit: ["head.*"]}
+    """,
+    "models/ft2/spec.yaml": """
+        source: {model: base, relation: adapter}
+        data: {train: d-b}
+        tags: [adapter]
+    """,
+    "models/ft1a/spec.yaml": """
+        source: {model: ft1}
+        data: {train: d-b}
+    """,
+    "models/scratch/spec.yaml": """
+        architecture:
+          family: mlp
+          hidden: [8, 8]
+        data: {train: d-b}
+    """,
+    "models/unbuilt/spec.yaml": """
+        source: {model: ft1a, relation: distill}
+        data: {train: d-a}
+    """,
+}
+METRICS = {
+    "base": {"accuracy": 0.97, "loss": 0.08},
+    "ft1": {"accuracy": 0.91, "loss": 0.21, "f1_macro": 0.9},
+    "ft2": {"accuracy": 0.84, "loss": 0.4},
+    "ft1a": {"accuracy": 0.88, "loss": 0.3, "f1_macro": 0.87},
+    "scratch": {"accuracy": 0.79, "loss": 0.55},
+}
+
+
+def dataset_doc(reg: Registry, name: str, samples: int) -> dict[str, Any]:
+    """A schema-valid dataset manifest, written."""
+    spec = reg.dataset_spec(name)
+    classes = list(spec.select.get("classes", [0, 1]))
+    doc: dict[str, Any] = {
+        "kind": "dataset",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "data": {
+            "path": "data.npz",
+            "md5": "0" * 32,
+            "sha256": "sha256:" + "0" * 64,
+            "bytes": samples * 64,
+            "format": "npz",
+        },
+        "shape": [samples, 8, 8],
+        "dtype": "float32",
+        "classes": classes,
+        "splits": {
+            "train": {"samples": samples, "class_counts": {}},
+            "eval": {"samples": samples // 4, "class_counts": {}},
+        },
+        "run": RUN,
+    }
+    doc["id"] = reg.write_dataset_manifest(name, doc)
+    return doc
+
+
+def model_doc(reg: Registry, name: str, metrics: dict[str, float]) -> dict[str, Any]:
+    """A schema-valid model manifest consistent with the specs, written."""
+    spec = reg.model_spec(name)
+    src = spec.source
+    source = None
+    if src is not None:
+        parent = reg.model_manifest(src.model)
+        assert parent is not None
+        source = {"model": src.model, "relation": src.relation, "id": parent.id}
+    hidden = 16 if name != "scratch" else 8
+    tensors = [
+        {
+            "name": "body.0.weight",
+            "shape": [hidden, 64],
+            "dtype": "float32",
+            "origin": "transferred" if source else "new",
+            "frozen": source is not None,
+            "source_name": "body.0.weight" if source else None,
+        },
+        {
+            "name": "head.weight",
+            "shape": [5, hidden],
+            "dtype": "float32",
+            "origin": "reinitialized" if source else "new",
+            "frozen": False,
+        },
+    ]
+    total = hidden * 64 + 5 * hidden
+    doc: dict[str, Any] = {
+        "kind": "model",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "source": source,
+        "datasets": {
+            role: {"name": ds, "id": reg.dataset_manifest(ds).id}  # type: ignore[union-attr]
+            for role, ds in (("train", spec.train), ("eval", spec.eval))
+        },
+        "weights": {
+            "path": "weights.safetensors",
+            "md5": "1" * 32,
+            "sha256": "sha256:" + "2" * 64,
+            "bytes": total * 4,
+            "format": "safetensors",
+        },
+        "architecture": {"config": {"family": "mlp", "hidden": [hidden]}, "tensors": tensors},
+        "parameters": {
+            "total": total,
+            "trainable": total - (hidden * 64 if source else 0),
+            "transferred": hidden * 64 if source else 0,
+        },
+        "metrics": metrics,
+        "gates": [
+            {
+                "metric": "accuracy",
+                "op": ">=",
+                "threshold": 0.8,
+                "value": metrics["accuracy"],
+                "passed": metrics["accuracy"] >= 0.8,
+            }
+        ],
+        "run": RUN,
+    }
+    doc["id"] = reg.write_model_manifest(name, doc)
+    return doc
+
+
+@pytest.fixture
+def zoo(registry: Registry) -> tuple[Registry, dict[str, dict[str, Any]]]:
+    """Two datasets and six models (one unbuilt), manifests for all but `unbuilt`."""
+    for rel, text in SPECS.items():
+        write(registry.root / rel, text)
+    reg = Registry.open(registry.root)
+    docs = {"d-a": dataset_doc(reg, "d-a", 100), "d-b": dataset_doc(reg, "d-b", 80)}
+    for name in ("base", "ft1", "ft2", "ft1a", "scratch"):
+        docs[name] = model_doc(reg, name, METRICS[name])
+    age(reg)
+    return Registry.open(registry.root), docs
+
+
+def age(reg: Registry) -> None:
+    """Date every spec and manifest an hour back: files written moments ago are "racy" and
+    re-read by every refresh, which tests that compare index bytes must not see."""
+    for path in [*reg.root.glob("*/*/spec.yaml"), *reg.root.glob("*/*/manifest.json")]:
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))
+
+
+def rows(reg: Registry, sql: str, history: bool = False) -> list[dict[str, Any]]:
+    return query(reg, sql, history=history).to_dicts()
+
+
+def spec_of(reg: Registry, name: str) -> dict[str, Any]:
+    return dict(reg.model_spec(name).raw)
+
+
+# -- views ------------------------------------------------------------------------------
+
+
+def test_models_view_matches_manifests_and_specs(zoo: Any) -> None:
+    reg, docs = zoo
+    got = {r["name"]: r for r in rows(reg, "SELECT * FROM models")}
+    assert sorted(got) == ["base", "ft1", "ft1a", "ft2", "scratch", "unbuilt"]
+    for name, doc in docs.items():
+        if doc["kind"] != "model":
+            continue
+        row, spec = got[name], spec_of(reg, name)
+        assert row["id"] == doc["id"]
+        assert row["status"] == "built"
+        assert row["source"] == (doc["source"] or {}).get("model")
+        assert row["relation"] == (doc["source"] or {}).get("relation")
+        assert row["source_id"] == (doc["source"] or {}).get("id")
+        assert row["params_total"] == doc["parameters"]["total"]
+        assert row["params_trainable"] == doc["parameters"]["trainable"]
+        assert row["params_transferred"] == doc["parameters"]["transferred"]
+        assert row["accuracy"] == doc["metrics"]["accuracy"]
+        assert row["loss"] == doc["metrics"]["loss"]
+        assert row["metrics"] == doc["metrics"]
+        assert row["f1_macro"] == doc["metrics"].get("f1_macro")  # one column per metric
+        assert row["tags"] == spec.get("tags", [])
+        assert row["family"] == "mlp"
+        assert row["train"] == spec["data"]["train"]
+        assert row["eval"] == spec["data"].get("eval", spec["data"]["train"])
+        assert row["weights_bytes"] == doc["weights"]["bytes"]
+        assert row["created"].isoformat() == "2026-03-01T10:00:00"
+    assert got["unbuilt"]["status"] == "unbuilt" and got["unbuilt"]["id"] is None
+    assert got["unbuilt"]["source"] == "ft1a" and got["unbuilt"]["relation"] == "distill"
+
+
+def test_metric_filter_and_join_match_independent_expectations(zoo: Any) -> None:
+    reg, docs = zoo
+    models = {n: d for n, d in docs.items() if d["kind"] == "model"}
+    got = [
+        r["name"] for r in rows(reg, "SELECT name FROM models WHERE accuracy >= 0.85 ORDER BY name")
+    ]
+    assert got == sorted(n for n, d in models.items() if d["metrics"]["accuracy"] >= 0.85)
+    joined = rows(
+        reg,
+        """
+        SELECT e.src AS child, p.name AS parent, c.accuracy - p.accuracy AS delta
+        FROM edges e JOIN models c ON c.name = e.src JOIN models p ON p.name = e.dst
+        WHERE e.kind = 'derived_from' AND c.id IS NOT NULL ORDER BY child""",
+    )
+    expected = sorted(
+        (
+            n,
+            d["source"]["model"],
+            d["metrics"]["accuracy"] - models[d["source"]["model"]]["metrics"]["accuracy"],
+        )
+        for n, d in models.items()
+        if d["source"]
+    )
+    assert [(r["child"], r["parent"], pytest.approx(r["delta"])) for r in joined] == expected
+    metric_rows = {(r["model"], r["key"]): r["value"] for r in rows(reg, "SELECT * FROM metrics")}
+    assert metric_rows == {(n, k): v for n, d in models.items() for k, v in d["metrics"].items()}
+
+
+def test_layers_and_datasets_views(zoo: Any) -> None:
+    reg, docs = zoo
+    layers = rows(reg, "SELECT * FROM layers ORDER BY model, position")
+    expected = [
+        (n, t["name"], t["shape"], t["origin"], t["frozen"], t.get("source_name"))
+        for n, d in sorted(docs.items())
+        if d["kind"] == "model"
+        for t in d["architecture"]["tensors"]
+    ]
+    assert [
+        (r["model"], r["tensor"], r["shape"], r["origin"], r["frozen"], r["source_name"])
+        for r in layers
+    ] == expected
+    assert all(r["numel"] == r["shape"][0] * r["shape"][1] for r in layers)
+    ds = {r["name"]: r for r in rows(reg, "SELECT * FROM datasets")}
+    for name in ("d-a", "d-b"):
+        doc = docs[name]
+        assert ds[name]["id"] == doc["id"] and ds[name]["status"] == "built"
+        assert ds[name]["samples"] == sum(s["samples"] for s in doc["splits"].values())
+        assert ds[name]["classes"] == doc["classes"]
+        assert ds[name]["source"] == "sklearn:digits"
+        assert ds[name]["shape"] == doc["shape"]
+
+
+def test_edges_come_from_specs_so_unbuilt_models_appear(zoo: Any) -> None:
+    reg, _docs = zoo
+    got = {(r["src"], r["dst"], r["kind"], r["relation"]) for r in rows(reg, "SELECT * FROM edges")}
+    expected = set()
+    for name in reg.model_names():
+        spec = reg.model_spec(name)
+        if spec.source:
+            expected.add((name, spec.source.model, "derived_from", spec.source.relation))
+        expected.add((name, spec.train, "trained_on", None))
+        expected.add((name, spec.eval, "evaluated_on", None))
+    assert got == expected
+    assert ("unbuilt", "ft1a", "derived_from", "distill") in got
+
+
+def lineage_graph(reg: Registry) -> nx.DiGraph:
+    """child -> parent edges from the specs, built independently of the index."""
+    graph = nx.DiGraph()
+    for name in reg.model_names():
+        graph.add_node(name)
+        src = reg.model_spec(name).source
+        if src is not None:
+            graph.add_edge(name, src.model)
+    return graph
+
+
+def assert_macros_agree(reg: Registry, names: list[str]) -> None:
+    graph = lineage_graph(reg)
+    with index.open_index(reg) as opened:  # one connection for the many macro calls
+        for name in names:
+            up = dict(opened.con.execute("SELECT * FROM ancestors(?)", [name]).fetchall())
+            assert up == {
+                n: d
+                for n, d in nx.single_source_shortest_path_length(graph, name).items()
+                if n != name
+            }
+            down = dict(opened.con.execute("SELECT * FROM descendants(?)", [name]).fetchall())
+            assert down == {
+                n: d
+                for n, d in nx.single_source_shortest_path_length(
+                    graph.reverse(copy=False), name
+                ).items()
+                if n != name
+            }
+
+
+def test_lineage_macros_agree_with_networkx(zoo: Any) -> None:
+    reg, _docs = zoo
+    assert_macros_agree(reg, reg.model_names())
+
+
+def test_lineage_macros_on_a_synthetic_registry(tmp_path: Path) -> None:
+    synth.generate(tmp_path / "reg", 150, shape="fanout", seed=3)
+    reg = Registry.open(tmp_path / "reg")
+    assert rows(reg, "SELECT count(*) AS n FROM descendants('m000000')")[0]["n"] == 149
+    picks = random.Random(0).sample(reg.model_names(), 12)
+    assert_macros_agree(reg, ["m000000", *picks])
+
+
+def test_lineage_macros_terminate_on_a_cycle(zoo: Any) -> None:
+    reg, _docs = zoo
+    write(
+        reg.root / "models/base/spec.yaml",
+        """
+        source: {model: ft1a}
+        data: {train: d-a}
+    """,
+    )
+    assert {r["name"] for r in rows(reg, "SELECT * FROM ancestors('ft1')")} == {"base", "ft1a"}
+    assert {r["name"] for r in rows(reg, "SELECT * FROM descendants('ft1')")} == {
+        "base",
+        "ft1a",
+        "unbuilt",
+        "ft2",
+    }
+
+
+# -- safety -----------------------------------------------------------------------------
+
+
+def forbidden(tmp: Path) -> list[str]:
+    out = tmp / "out"
+    return [
+        "INSERT INTO raw.files VALUES ('x', 1, 1)",
+        "CREATE TABLE t (a INTEGER)",
+        "CREATE TEMP TABLE t AS SELECT 1",
+        "CREATE OR REPLACE VIEW models AS SELECT 1",
+        "DROP VIEW models",
+        "DELETE FROM raw.model_manifests",
+        "UPDATE raw.model_manifests SET id = 'x'",
+        f"COPY models TO '{out}.csv'",
+        f"COPY (SELECT * FROM models) TO '{out}.parquet' (FORMAT parquet)",
+        f"EXPORT DATABASE '{out}'",
+        f"ATTACH '{out}.duckdb' AS other",
+        "ATTACH ':memory:' AS other",
+        "DETACH index",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/passwd')",
+        "SELECT * FROM glob('/etc/*')",
+        "SET enable_external_access = true",
+        "RESET lock_configuration",
+        "SET threads = 1",
+        "SET VARIABLE x = 1",
+        "PRAGMA enable_profiling",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "CHECKPOINT",
+        "VACUUM",
+        "CALL pragma_version()",
+        "EXPLAIN ANALYZE DELETE FROM raw.files",
+        "SELECT 1; DROP VIEW models",
+        "SELECT * FROM query('CREATE TEMP TABLE t AS SELECT 1')",
+    ]
+
+
+def test_forbidden_statements_are_refused_and_change_nothing(zoo: Any, tmp_path: Path) -> None:
+    reg, _docs = zoo
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    reference = "SELECT * FROM models ORDER BY name"
+    before = query(reg, reference)
+    db = index.index_path(reg)
+    db_bytes = db.read_bytes()
+    for sql in forbidden(outputs):
+        with pytest.raises(QueryError) as err:
+            query(reg, sql)
+        assert "\n" not in str(err.value), sql
+    assert query(reg, reference) == before
+    assert db.read_bytes() == db_bytes
+    assert not any(outputs.iterdir())  # no file written by COPY, EXPORT or ATTACH
+
+
+def test_refusal_messages_say_why(zoo: Any) -> None:
+    reg, _docs = zoo
+    with pytest.raises(QueryError, match="INSERT statements are refused"):
+        query(reg, "INSERT INTO raw.files VALUES ('x', 1, 1)")
+    with pytest.raises(QueryError, match="file system operations are disabled"):
+        query(reg, "SELECT * FROM read_csv('/etc/passwd')")
+    with pytest.raises(QueryError, match="exactly one SQL statement"):
+        query(reg, "SELECT 1; SELECT 2")
+
+
+# -- refresh ----------------------------------------------------------------------------
+
+
+def test_edit_and_delete_are_seen_by_the_next_query(zoo: Any) -> None:
+    reg, docs = zoo
+    assert rows(reg, "SELECT accuracy FROM models WHERE name = 'ft2'") == [{"accuracy": 0.84}]
+    new = model_doc(reg, "ft2", {"accuracy": 0.93, "loss": 0.2, "top5": 0.99})
+    got = rows(reg, "SELECT id, accuracy, top5 FROM models WHERE name = 'ft2'")
+    assert got == [{"id": new["id"], "accuracy": 0.93, "top5": 0.99}]
+    stats = index.refresh(reg)  # the new file is re-read until it is a few seconds old
+    assert (stats.added, stats.changed, stats.removed) in ((0, 0, 0), (0, 1, 0))
+    (reg.root / "models/ft2/manifest.json").unlink()
+    assert rows(reg, "SELECT status, id FROM models WHERE name = 'ft2'") == [
+        {"status": "unbuilt", "id": None}
+    ]
+    assert rows(reg, "SELECT count(*) AS n FROM metrics WHERE model = 'ft2'") == [{"n": 0}]
+    assert rows(reg, "SELECT count(*) AS n FROM layers WHERE model = 'ft2'") == [{"n": 0}]
+    for f in (reg.root / "models/scratch").iterdir():
+        f.unlink()
+    (reg.root / "models/scratch").rmdir()
+    assert "scratch" not in {r["name"] for r in rows(reg, "SELECT name FROM models")}
+    assert docs["base"]["id"] == rows(reg, "SELECT id FROM models WHERE name='base'")[0]["id"]
+
+
+def test_a_changed_spec_makes_the_model_stale(zoo: Any) -> None:
+    reg, _docs = zoo
+    text = (reg.root / "models/ft1/spec.yaml").read_text()
+    (reg.root / "models/ft1/spec.yaml").write_text(text + "tags: [changed]\n")
+    got = {r["name"]: r["status"] for r in rows(reg, "SELECT name, status FROM models")}
+    assert got["ft1"] == "stale" and got["base"] == "built"
+    model_doc(reg, "base", {"accuracy": 0.5, "loss": 1.0})  # a rebuilt parent
+    got = {r["name"]: r["status"] for r in rows(reg, "SELECT name, status FROM models")}
+    assert got["ft2"] == "stale" and got["base"] == "built" and got["scratch"] == "built"
+
+
+def test_reparenting_a_model_moves_its_lineage_edges(zoo: Any) -> None:
+    reg, _docs = zoo
+    write(
+        reg.root / "models/ft2/spec.yaml",
+        """
+        source: {model: ft1a, relation: distill}
+        data: {train: d-b}
+    """,
+    )
+    got = rows(reg, "SELECT dst, relation FROM edges WHERE src = 'ft2' AND kind = 'derived_from'")
+    assert got == [{"dst": "ft1a", "relation": "distill"}]
+    assert rows(reg, "SELECT status FROM models WHERE name = 'ft2'") == [{"status": "stale"}]
+    assert_macros_agree(reg, reg.model_names())
+
+
+def test_snapshot_comparison_finds_each_changed_file() -> None:
+    n = 10_000
+    before = _scan.Snapshot(
+        [f"models/m{i}/manifest.json" for i in range(n)], list(range(n)), [10 * i for i in range(n)]
+    )
+    after = _scan.Snapshot(list(before.paths), list(before.sizes), list(before.mtimes))
+    after.sizes[7000] += 1
+    after.mtimes[5] += 1
+    after.mtimes[n - 1] += 1
+    paths, numbers, blob = before.pack()
+    assert after.changed_since(paths, numbers, lambda: blob) == [
+        before.paths[5],
+        before.paths[7000],
+        before.paths[n - 1],
+    ]
+    assert before.changed_since(paths, numbers, lambda: blob) == []
+    fewer = _scan.Snapshot(before.paths[1:], before.sizes[1:], before.mtimes[1:])
+    assert fewer.changed_since(paths, numbers, lambda: blob) is None
+
+
+def test_same_size_rewrite_within_the_same_mtime_is_seen(zoo: Any) -> None:
+    reg, _docs = zoo
+    path = reg.root / "models/base/manifest.json"
+    text = path.read_text()
+    path.write_text(text)  # written just now: its mtime is too recent to be trusted
+    rows(reg, "SELECT 1 AS x")
+    st = path.stat()
+    assert '"accuracy": 0.97' in text
+    path.write_text(text.replace('"accuracy": 0.97', '"accuracy": 0.12'))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as before
+    assert rows(reg, "SELECT accuracy FROM models WHERE name = 'base'") == [{"accuracy": 0.12}]
+
+
+def test_a_broken_manifest_is_reported_with_its_file(zoo: Any) -> None:
+    reg, _docs = zoo
+    path = reg.root / "models/ft1/manifest.json"
+    good = path.read_text()
+    path.write_text(good[:200])
+    with pytest.raises(ParseError, match=r"models/ft1/manifest.json:\d+: invalid JSON"):
+        query(reg, "SELECT * FROM models")
+    path.write_text(good.replace('"accuracy": 0.91', '"accuracy": "high"'))
+    with pytest.raises(SchemaError, match=r"models/ft1/manifest.json at /metrics/accuracy"):
+        query(reg, "SELECT * FROM models")
+    path.write_text(good)
+    assert len(query(reg, "SELECT * FROM models")) == 6
+
+
+def test_a_broken_spec_is_reported_with_its_line(zoo: Any) -> None:
+    reg, _docs = zoo
+    (reg.root / "models/ft2/spec.yaml").write_text("source: {model: base\ndata: {train: d-b}\n")
+    with pytest.raises(ParseError, match=r"models/ft2/spec.yaml:\d+: invalid YAML"):
+        query(reg, "SELECT * FROM models")
+    (reg.root / "models/ft2/spec.yaml").write_text("data: {train: 5}\n")
+    with pytest.raises(SchemaError, match=r"models/ft2/spec.yaml:1 at /data/train"):
+        query(reg, "SELECT * FROM models")
+
+
+def test_spec_errors_cross_from_worker_processes(zoo: Any, monkeypatch: Any) -> None:
+    reg, _docs = zoo
+    monkeypatch.setattr(_scan, "POOL_MIN", 1)  # parse specs in worker processes
+    (reg.root / "models/ft1a/spec.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ParseError, match=r"^models/ft1a/spec.yaml:\d+: invalid YAML"):
+        query(reg, "SELECT * FROM models")
+    (reg.root / "models/ft1a/spec.yaml").write_text("source: {model: ft1}\ndata: {train: d-a}\n")
+    assert rows(reg, "SELECT train FROM models WHERE name = 'ft1a'") == [{"train": "d-a"}]
+
+
+def test_damaged_or_old_index_is_rebuilt(zoo: Any) -> None:
+    reg, _docs = zoo
+    expected = query(reg, "SELECT * FROM models ORDER BY name")
+    db = index.index_path(reg)
+    db.write_bytes(b"not a database")
+    assert query(reg, "SELECT * FROM models ORDER BY name") == expected
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE raw.meta SET value = 'old' WHERE key = 'format'")
+    con.close()
+    assert query(reg, "SELECT * FROM models ORDER BY name") == expected
+    assert index.refresh(reg).rebuilt is False
+
+
+def test_a_locked_index_falls_back_to_a_private_copy(zoo: Any, monkeypatch: Any) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    reg, _docs = zoo
+    expected = query(reg, "SELECT name, accuracy FROM models ORDER BY name")
+    monkeypatch.setattr(index, "LOCK_WAIT_S", 0.05)
+    lock = index.index_path(reg).parent / index.LOCK_NAME
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with index.open_index(reg) as opened:
+            assert opened.stats.private
+            private = Path(
+                opened.con.execute(
+                    "SELECT path FROM duckdb_databases() WHERE database_name = 'index'"
+                ).fetchall()[0][0]
+            )
+            assert private != index.index_path(reg)
+        assert not private.exists()  # the private copy is removed on close
+        assert query(reg, "SELECT name, accuracy FROM models ORDER BY name") == expected
+
+
+def test_an_index_held_open_elsewhere_does_not_block_a_refresh(zoo: Any, tmp_path: Path) -> None:
+    reg, _docs = zoo
+    query(reg, "SELECT 1 AS x")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True);"
+            " print('ready', flush=True); sys.stdin.read()",
+            str(index.index_path(reg)),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        model_doc(reg, "ft2", {"accuracy": 0.55, "loss": 0.5})
+        assert rows(reg, "SELECT accuracy FROM models WHERE name='ft2'") == [{"accuracy": 0.55}]
+    finally:
+        holder.communicate("")
+    assert rows(reg, "SELECT accuracy FROM models WHERE name='ft2'") == [{"accuracy": 0.55}]
+
+
+# -- history ----------------------------------------------------------------------------
+
+
+def test_history_view_lists_each_committed_version(zoo: Any) -> None:
+    reg, docs = zoo
+    repo = reg.repo_root
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first")
+    first = git(repo, "rev-parse", "HEAD")
+    second_doc = model_doc(reg, "ft1", {"accuracy": 0.95, "loss": 0.1})
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "second")
+    second = git(repo, "rev-parse", "HEAD")
+    got = rows(
+        reg,
+        "SELECT model, id, commit, author, metrics['accuracy'] AS acc FROM versions"
+        " WHERE model = 'ft1' ORDER BY acc",
+        history=True,
+    )
+    assert got == [
+        {
+            "model": "ft1",
+            "id": docs["ft1"]["id"],
+            "commit": first,
+            "author": "Test Author",
+            "acc": 0.91,
+        },
+        {
+            "model": "ft1",
+            "id": second_doc["id"],
+            "commit": second,
+            "author": "Test Author",
+            "acc": 0.95,
+        },
+    ]
+    n = rows(reg, "SELECT count(DISTINCT model) AS n FROM versions", history=True)[0]["n"]
+    assert n == 5
+    with pytest.raises(QueryError, match="versions"):
+        query(reg, "SELECT * FROM versions")
+
+
+# -- Python API and CLI -------------------------------------------------------------------
+
+
+def test_result_converts_to_arrow_and_pandas(zoo: Any) -> None:
+    reg, _docs = zoo
+    result = query(reg, "SELECT name, accuracy, tags, metrics FROM models ORDER BY name")
+    pytest.importorskip("pyarrow")
+    table = result.arrow()
+    assert table.column_names == ["name", "accuracy", "tags", "metrics"]
+    assert table.column("name").to_pylist() == [r[0] for r in result.rows]
+    pytest.importorskip("pandas")
+    assert list(result.df()["name"]) == [r[0] for r in result.rows]
+
+
+def test_schema_lists_views_and_macros(zoo: Any) -> None:
+    reg, _docs = zoo
+    views = schema(reg)
+    assert {"models", "datasets", "edges", "layers", "metrics", "ancestors(name)"} <= set(views)
+    assert ("metrics", "MAP(VARCHAR, DOUBLE)") in views["models"]
+    assert ("f1_macro", "DOUBLE") in views["models"]
+
+
+def test_cli_formats(zoo: Any, cli: Any) -> None:
+    reg, docs = zoo
+    sql = "SELECT name, accuracy, tags FROM models WHERE id IS NOT NULL ORDER BY name"
+    expected = [
+        {"name": n, "accuracy": d["metrics"]["accuracy"], "tags": spec_of(reg, n).get("tags", [])}
+        for n, d in sorted(docs.items())
+        if d["kind"] == "model"
+    ]
+    res = cli(["query", sql, "--format", "json"], reg.repo_root)
+    assert res.code == 0 and json.loads(res.stdout) == expected
+    res = cli(["query", sql, "--format", "csv"], reg.repo_root)
+    assert res.code == 0
+    table = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [(r["name"], float(r["accuracy"]), json.loads(r["tags"])) for r in table] == [
+        (e["name"], e["accuracy"], e["tags"]) for e in expected
+    ]
+    res = cli(["query", sql], reg.repo_root)
+    assert res.code == 0 and all(e["name"] in res.stdout for e in expected)
+    res = cli(["query", "--schema", "--format", "json"], reg.repo_root)
+    assert res.code == 0 and "descendants(name)" in json.loads(res.stdout)
+
+
+def test_cli_errors_are_one_line_with_exit_codes(zoo: Any, cli: Any) -> None:
+    reg, _docs = zoo
+    for sql in ("SELEC name FROM models", "DROP VIEW models", "SELECT nope FROM models"):
+        res = cli(["query", sql], reg.repo_root)
+        assert res.code == 1, sql
+        assert res.stdout == ""
+        assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert cli(["query"], reg.repo_root).code == 2
+
+
+def test_export_parquet_reads_back(zoo: Any, cli: Any, tmp_path: Path) -> None:
+    reg, _docs = zoo
+    res = cli(["export", "parquet", str(tmp_path / "out")], reg.repo_root)
+    assert res.code == 0
+    con = duckdb.connect()
+    for view in ("models", "datasets", "edges", "layers", "metrics"):
+        path = tmp_path / "out" / f"{view}.parquet"
+        assert str(path) in res.stdout
+        back = con.execute(f"SELECT * FROM read_parquet('{path}') ORDER BY ALL").fetchall()
+        assert back == list(query(reg, f"SELECT * FROM {view} ORDER BY ALL").rows)
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+
+
+def test_query_never_imports_torch_or_dvc(zoo: Any) -> None:
+    reg, _docs = zoo
+    code = (
+        "import sys\nfrom stemma.cli.app import main\n"
+        "try:\n    main(['query', 'SELECT count(*) FROM models', '--format', 'json'])\n"
+        "except SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'dvc') if m in sys.modules], file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=reg.repo_root, capture_output=True, text=True, check=True
+    )
+    assert json.loads(proc.stdout) == [{"count_star()": 6}]
+    assert proc.stderr.strip().splitlines()[-1] == "[]"
+
+
+# -- the fast spec reader -----------------------------------------------------------------
+
+
+EDGE_CASES = [
+    "a: yes\nb: no\nc: on\nd: off\ne: true\nf: ~\ng: null\n",
+    "a: 012\nb: 0x1f\nc: 1_000\nd: 1:30\ne: 1e-3\nf: 1.0e-3\ng: .5\nh: 1.\ni: -0\nj: +5\n",
+    "a: 2024-01-01\nb: .inf\nc: .nan\nd: -.5\ne: 1.5e+3\n",
+    "a: 'single'\nb: \"double\"\nc: 'it''s'\nd: \"esc\\n\"\ne: 'a # b'\n",
+    "a: b # comment\n",
+    "# head\na: 1\n  # indented comment\nb: 2\n",
+    "a:\n  - x\n  - y\nb:\n- 1\n- 2\n",
+    "a:\n  - k: 1\n    m: 2\n  - k: 3\n",
+    "a: [x, y,]\nb: {k: v,}\n",
+    "a: [ ]\nb: { }\nc: []\n",
+    "on: 1\n",
+    "yes: x\n",
+    "a:\nb: 1\n",
+    "a: |\n  text\n",
+    "a: >\n  folded\n",
+    "a: &x 1\nb: *x\n",
+    "a: !!str 1\n",
+    "a: sklearn:digits\nb: file:data/x.npz\nc: entrypoint:pkg.mod:fn\n",
+    "a: {x: sklearn:digits, y: a:b}\n",
+    "a: {x:1}\n",
+    "a: [a: b]\n",
+    "a: {x}\n",
+    "a: 1\na: 2\n",
+    "a: ünïcode\nb: [é, ß]\n",
+    "a:\tb\n",
+    "a: 1\r\nb: 2\r\n",
+    "a: multi\n  line\n",
+    "a: x: y\n",
+    "- 1\n- 2\n",
+    "a: -\n",
+    "a: - x\n",
+    "a: *x\n",
+    "a: [*x]\n",
+    "a: [1, [2, [3, {b: c}]]]\n",
+    "a: 'x' y\n",
+    'a: "x" y\n',
+    "a: [\"x\", 'y', z]\n",
+    "a: Yes please\nb: null value\n",
+    "a: [yes, No, ON, ~, null]\n",
+    "---\na: 1\n",
+    "a: 1\n...\n",
+    "%YAML 1.1\n---\na: 1\n",
+    "  a: 1\n",
+    "a: {b: {c: {d: 1}}}\n",
+    "a: <<\n",
+    "<<: {a: 1}\n",
+    "a: =\n",
+    "a: 1 # c\n",
+    "a: [1 # c\n",
+    'a: "#"\n',
+    "a: b\n  c: d\n",
+    "a:\n  b: 1\n c: 2\n",
+    "a:\n    b: 1\n  c: 2\n",
+    "a: [x]]\n",
+    "a: {k: }\n",
+    "a: ? x\n",
+    "a: [? x]\n",
+    "a: @x\n",
+    "a: `x`\n",
+    "a: %x\n",
+    "a: x, y\n",
+    "a: [x, y] z\n",
+]
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values with equal types all the way down (True is not 1, 1.0 is not 1)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def check_against_pyyaml(text: str) -> bool:
+    """The fast reader either declines or agrees with PyYAML; True when it read the text."""
+    fast = _fastyaml.load(text)
+    if fast is None:
+        return False
+    assert same(fast, yaml.load(text, Loader=yaml.CSafeLoader)), text
+    return True
+
+
+def fuzz_texts(n: int, seed: int) -> list[str]:
+    """Random YAML-ish documents from the pieces specs are made of, some of them broken."""
+    rng = random.Random(seed)
+    scalars = [
+        "x",
+        "a-b",
+        "1",
+        "0",
+        "-3",
+        "1.5",
+        "1.0e-3",
+        "1e3",
+        "yes",
+        "No",
+        "on",
+        "null",
+        "~",
+        "'q'",
+        '"d"',
+        "sk:d",
+        "a b",
+        "x.y*",
+        "/p",
+        "_u",
+        "0.",
+        ".5",
+        "012",
+        "+2",
+        "",
+        " ",
+        "#",
+        ":",
+        ",",
+        "[",
+        "]",
+        "{",
+        "}",
+        "'",
+        '"',
+        "-",
+        "?",
+        "&a",
+        "*a",
+        "!t",
+        "a:b",
+        "T",
+        "é",
+    ]
+    keys = ["a", "b", "c", "yes", "on", "k.1", "k-2", "1", "_"]
+
+    def flow(depth: int) -> str:
+        r = rng.random()
+        if depth > 2 or r < 0.5:
+            return rng.choice(scalars)
+        if r < 0.75:
+            return "[" + ", ".join(flow(depth + 1) for _ in range(rng.randrange(4))) + "]"
+        return (
+            "{"
+            + ", ".join(f"{rng.choice(keys)}: {flow(depth + 1)}" for _ in range(rng.randrange(4)))
+            + "}"
+        )
+
+    texts = []
+    for _ in range(n):
+        lines = []
+        for _ in range(rng.randrange(1, 6)):
+            indent = " " * rng.choice((0, 0, 0, 2, 4))
+            if rng.random() < 0.15:
+                lines.append(f"{indent}- {flow(0)}")
+            else:
+                lines.append(
+                    f"{indent}{rng.choice(keys)}:{rng.choice([' ', ' ', '', '  '])}{flow(0)}"
+                )
+        texts.append("\n".join(lines) + "\n")
+    return texts
+
+
+def test_fast_spec_reader_agrees_with_pyyaml() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    real = [p.read_text() for p in sorted(repo.glob("zoo/*/*/spec.yaml"))]
+    real += [t for t in (v.replace("\n        ", "\n").strip() + "\n" for v in SPECS.values())]
+    texts = [
+        synth.model_files(i, i - 1 if i else None, random.Random(i), [16], "adapter", i % 8)[0]
+        for i in range(50)
+    ]
+    texts += [synth.dataset_files(j, "train")[0] for j in range(8)]
+    assert all(check_against_pyyaml(t) for t in real + texts)  # real specs take the fast path
+    for text in EDGE_CASES + fuzz_texts(3000, seed=1):
+        check_against_pyyaml(text)
+
+
+def test_synthetic_registry_is_schema_valid_and_consistent(tmp_path: Path) -> None:
+    synth.generate(tmp_path / "reg", 40, shape="mixed", seed=1, family_size=15, unbuilt=0.1)
+    reg = Registry.open(tmp_path / "reg")
+    built = 0
+    for name in reg.model_names():
+        spec = reg.model_spec(name)  # validates the spec against its schema
+        manifest = reg.model_manifest(name)  # and the manifest against its own
+        if manifest is None:
+            continue
+        built += 1
+        assert manifest.spec_digest == spec.digest
+        assert manifest.id == manifest.computed_id
+        if spec.source is not None:
+            parent = reg.model_manifest(spec.source.model)
+            assert parent is not None and manifest.source_id == parent.id
+    assert 0 < built < 40
+    got = rows(reg, "SELECT status, count(*) AS n FROM models GROUP BY status ORDER BY status")
+    assert got == [{"status": "built", "n": built}, {"status": "unbuilt", "n": 40 - built}]
+    assert (
+        digest(dict(reg.dataset_spec("ds00-train").raw))
+        == reg.dataset_manifest("ds00-train").spec_digest
+    )  # type: ignore[union-attr]
