@@ -54,3 +54,15 @@ class FunnelGroup(TyperGroup):
             if debug_enabled():
                 raise
             raise fail(exc.message) from None
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """Aligned plain-text columns on stdout: rich tables cost ~1 ms a row, too slow for
+    listings of thousands of entries."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    sys.stdout.write("\n".join(lines) + "\n")

@@ -9,7 +9,7 @@ import typer
 from stemma.registry import Registry
 from stemma.registry import listing as lib
 
-from ._common import JsonOpt, RepoOpt, console, emit_json
+from ._common import JsonOpt, RepoOpt, console, emit_json, print_table
 
 
 def register(app: typer.Typer) -> None:
@@ -61,16 +61,12 @@ def ls(
     if json_:
         emit_json([r.to_dict() for r in rows])
         return
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("kind", "name", "source", "status", "id", "accuracy"):
-        table.add_column(col)
+    table = []
     for r in rows:
         acc = r.metrics.get("accuracy")
-        table.add_row(r.kind, r.name, r.source or "", r.status, (r.id or "")[7:19],
-                      "" if acc is None else f"{acc:.4f}")
-    console().print(table)
+        table.append([r.kind, r.name, r.source or "", r.status, (r.id or "")[7:19],
+                      "" if acc is None else f"{acc:.4f}"])
+    print_table(["kind", "name", "source", "status", "id", "accuracy"], table)
 
 
 def show(

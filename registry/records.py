@@ -79,6 +79,31 @@ def parse_json_document(text: str, schema: str, display: str) -> dict[str, Any]:
     return doc
 
 
+def settings_look_valid(doc: Any) -> bool:
+    """A hand-written check that stemma.yaml matches its schema: every command opens the
+    registry, and importing jsonschema costs more than the rest of `stemma ls`."""
+    from .naming import ENTRYPOINT_RE
+
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        return False
+    if set(doc) - {"version", "root", "entrypoints", "defaults"}:
+        return False
+    root = doc.get("root", ".")
+    if not isinstance(root, str) or not root or root.startswith(("/", "~")):
+        return False
+    entrypoints = doc.get("entrypoints", [])
+    if not isinstance(entrypoints, list) or len(set(map(str, entrypoints))) != len(entrypoints):
+        return False
+    if not all(isinstance(e, str) and ENTRYPOINT_RE.match(e) for e in entrypoints):
+        return False
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict) or set(defaults) - {"training", "device"}:
+        return False
+    return isinstance(defaults.get("training", {}), dict) and defaults.get(
+        "device", "auto"
+    ) in ("auto", "cpu", "cuda")
+
+
 @dataclass(frozen=True)
 class Settings:
     """The registry settings from stemma.yaml."""

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ConsistencyError,
@@ -30,9 +30,14 @@ from .records import (
     Settings,
     parse_json_document,
     parse_yaml_document,
+    settings_look_valid,
     validate_document,
 )
 from .tree import GitTree, Tree, WorkTree
+from .yamlio import load_yaml_text
+
+if TYPE_CHECKING:
+    from .query import QueryResult
 
 SETTINGS_FILE = "stemma.yaml"
 SPEC_FILE = "spec.yaml"
@@ -95,7 +100,9 @@ class Registry:
         text = tree.read_text(SETTINGS_FILE)
         if text is None:
             raise RegistryNotFound(path=f"{repo_root} ({tree.label})")
-        doc = parse_yaml_document(text, SETTINGS, SETTINGS_FILE)
+        doc = load_yaml_text(text, SETTINGS_FILE)
+        if not settings_look_valid(doc):  # the full schema only when it can find something
+            doc = parse_yaml_document(text, SETTINGS, SETTINGS_FILE)
         settings = Settings.from_dict(doc)
         reg = cls(repo_root, settings, tree)
         reg.resolve(".", pointer="/root", display=SETTINGS_FILE)
@@ -241,6 +248,15 @@ class Registry:
 
         close = difflib.get_close_matches(name, names, n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
+
+    # -- querying -------------------------------------------------------------------------
+
+    def query(self, sql: str, history: bool = False) -> QueryResult:
+        """Run read-only SQL over the DuckDB index (views models, datasets, edges, layers,
+        metrics; `versions` with history); `.rows`, `.arrow()`, `.df()` on the result."""
+        from .query import query
+
+        return query(self, sql, history=history)
 
     # -- writing --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write
+from conftest import git, write
 from factories import dataset_manifest, model_manifest
 from stemma.registry import Registry, listing
 from stemma.registry.consistency import check
@@ -254,3 +254,22 @@ def test_registered_model_lists_validates_and_sources(populated: Registry, cli) 
     stages = pipeline.render_dict(reg)["stages"]
     assert "model-base" not in stages and "model-ft" in stages
     assert "models/base/weights.safetensors" in stages["model-ft"]["deps"]
+
+
+def test_listing_from_the_index_matches_reading_the_files(populated: Registry) -> None:
+    for ds in ("digits-0to4", "digits-5to9"):
+        dataset_manifest(populated, ds)
+    model_manifest(populated, "base")
+    model_manifest(populated, "ft")
+    model_manifest(Registry.open(populated.root), "base", accuracy=0.5)  # ft is now stale
+    git(populated.repo_root, "add", "-A")
+    git(populated.repo_root, "commit", "-qm", "state")
+    indexed = listing.list_entries(Registry.open(populated.root))
+    from_git = listing.list_entries(Registry.at_revision(populated.root, "HEAD"))
+    assert indexed == from_git
+    status = {e.name: e.status for e in indexed}
+    assert status["ft"] == "stale" and status["base"] == "built" and status["scratch"] == "unbuilt"
+    rows = Registry.open(populated.root).query(
+        "SELECT name, accuracy FROM models WHERE accuracy IS NOT NULL ORDER BY name"
+    ).rows
+    assert [tuple(r) for r in rows] == [("base", 0.5), ("ft", 0.9)]
