@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synth import generate  # noqa: E402
+from synth import generate
 
 PROBE = (
     "import sys; from stemma.cli.app import main\n"
