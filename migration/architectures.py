@@ -7,7 +7,6 @@ stages in order, which lets training cache the output of a frozen prefix.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import torch
 from stemma.registry.errors import BuildError
 from torch import nn
+
+from .entrypoints import import_entrypoint
 
 FAMILIES = ("mlp", "cnn", "entrypoint")
 DEFAULT_HIDDEN = [128, 64]
@@ -127,20 +128,6 @@ class CNN(StagedNet):
     def feature_stages(self) -> list[tuple[str, nn.Module]]:
         """Each body layer, dropout."""
         return [*((f"body.{i}", m) for i, m in enumerate(self.body)), ("dropout", self.dropout)]
-
-
-def import_entrypoint(ref: str, trusted: Sequence[str], where: str) -> Any:
-    """Import `module:function`, only when `ref` is listed as trusted."""
-    if ref not in trusted:
-        raise BuildError(
-            f"{where}: entrypoint {ref!r} is not listed under entrypoints in"
-            " stemma.yaml; add it there to trust it"
-        )
-    module, _, func = ref.partition(":")
-    try:
-        return getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as exc:
-        raise BuildError(f"{where}: cannot import entrypoint {ref!r}: {exc}") from None
 
 
 def build_module(

@@ -32,10 +32,10 @@ from torch import nn
 
 from .architectures import build_module, infer_architecture, make_config
 from .checks import run_checks
-from .data import DatasetArrays, feature_stats, load_npz, materialize, npz_bytes
+from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
 from .evaluate import evaluate, evaluate_gates
-from .mapping import TensorMap, plan, report, transfer
-from .strategy import Strategy, apply_freeze, frozen_names, reinit_names
+from .mapping import plan, report, transfer
+from .strategy import Strategy, prepare_target
 from .train import Progress, TrainConfig, train
 from .weights import load_weights, to_bytes
 
@@ -111,18 +111,6 @@ def _split_block(y: np.ndarray) -> dict[str, Any]:
         "samples": len(y),
         "class_counts": {str(int(c)): int(n) for c, n in zip(labels, counts, strict=True)},
     }
-
-
-def load_dataset(reg: Registry, name: str, pointer: str = "", display: str = "") -> DatasetArrays:
-    """The built arrays of a dataset; BuildError when it has not been built."""
-    where = f"{display} at {pointer}" if display else reg.rel("datasets", name)
-    manifest = reg.dataset_manifest(name)
-    path = reg.dataset_dir(name) / DATA_FILE
-    if manifest is None or not path.is_file():
-        raise BuildError(
-            f"{where}: dataset {name!r} has not been built; build it first (dvc repro)"
-        )
-    return load_npz(path, where)
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -254,28 +242,16 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         )
     config = _architecture(spec, src_manifest, train_data.shape, num_classes)
     # -- hyper-parameter search: `training.search` picks the settings the build then uses --
+    source = None if src_state is None or src_name is None else (src_name, src_state)
     searched: dict[str, Any] | None = None
     if "search" in spec.training:
         from .search import search_for_build
 
-        source = None if src_state is None or src_name is None else (src_name, src_state)
         cfg, searched = search_for_build(reg, spec, cfg, strategy, config, source, train_data)
     # -- end of hyper-parameter search --
 
-    torch.manual_seed(cfg.seed)  # the module's own initialisation is part of the build
-    module = build_module(config, reg.settings.entrypoints, display)
-    reinit = reinit_names(module, strategy, display)
-    tmap: TensorMap | None = None
-    if src_state is not None:
-        tmap = plan(
-            src_state,
-            module.state_dict(),
-            strategy.mapping,
-            f"{display} at /strategy/mapping",
-            f"source {src_name!r}",
-        )
-        transfer(module, src_state, tmap, reinit)
-    apply_freeze(module, frozen_names(module, strategy, display))
+    prepared = prepare_target(config, strategy, cfg.seed, source, reg.settings.entrypoints, display)
+    module, tmap, reinit = prepared.module, prepared.tensor_map, prepared.reinit
     rows, unused = report(module, tmap, reinit)
 
     result = train(

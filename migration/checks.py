@@ -36,11 +36,10 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records import ModelSpec
-from stemma.registry.registry import DATA_FILE
 from torch import nn
 
 from .architectures import build_module, head_of
-from .data import DatasetArrays, load_npz
+from .data import DatasetArrays, load_dataset
 from .drift import DEFAULT_PERMUTATIONS, drift_check
 from .evaluate import evaluate
 from .forgetting import DEFAULT_MAX_DROP, forgetting_figures
@@ -61,17 +60,6 @@ PROBE_WEIGHT_DECAY = 1e-4
 FEATURE_BATCH = 1024
 _DECIMALS = 6
 Ref = dict[str, str]
-
-
-def load_dataset(reg: Registry, name: str, pointer: str, display: str) -> DatasetArrays:
-    """The built arrays of a dataset a check reads; BuildError naming the spec when unbuilt."""
-    path = reg.dataset_dir(name) / DATA_FILE
-    if reg.dataset_manifest(name) is None or not path.is_file():
-        raise BuildError(
-            f"{display} at {pointer}: dataset {name!r} has not been built; build it first"
-            " (dvc repro)"
-        )
-    return load_npz(path, f"{display} at {pointer}")
 
 
 def _ref(reg: Registry, name: str) -> Ref:

@@ -7,7 +7,6 @@ arrays shaped (N, C, H, W) with values in [0, 1]; tabular sources are (N, F). La
 from __future__ import annotations
 
 import gzip
-import importlib
 import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.files import write_atomic
+from stemma.registry.registry import DATA_FILE
+
+from .entrypoints import import_entrypoint
 
 KEYS = ("x_train", "y_train", "x_eval", "y_eval")
 DEFAULT_EVAL = 0.25
@@ -126,17 +129,7 @@ def _read_file(path: Path, target: str, where: str) -> tuple[np.ndarray, np.ndar
 
 
 def _entrypoint(ref: str, trusted: Sequence[str], where: str) -> tuple[np.ndarray, np.ndarray]:
-    if ref not in trusted:
-        raise BuildError(
-            f"{where}: entrypoint {ref!r} is not listed under entrypoints in"
-            " stemma.yaml; add it there to trust it"
-        )
-    module, _, func = ref.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as exc:
-        raise BuildError(f"{where}: cannot import entrypoint {ref!r}: {exc}") from None
-    out = fn()
+    out = import_entrypoint(ref, trusted, where)()
     if not (isinstance(out, tuple) and len(out) == 2):
         raise BuildError(f"{where}: entrypoint {ref!r} must return (x, y)")
     return _features(out[0], where), _labels(out[1], where)
@@ -371,3 +364,15 @@ def feature_stats(x: np.ndarray, top: int = 10, decimals: int = 6) -> dict[str, 
         "cov_trace": round(trace, decimals),
         "cov_top_eigenvalues": [round(float(v), decimals) for v in eig],
     }
+
+
+def load_dataset(reg: Registry, name: str, pointer: str = "", display: str = "") -> DatasetArrays:
+    """The built arrays of a dataset; BuildError when it has not been built."""
+    where = f"{display} at {pointer}" if display else reg.rel("datasets", name)
+    manifest = reg.dataset_manifest(name)
+    path = reg.dataset_dir(name) / DATA_FILE
+    if manifest is None or not path.is_file():
+        raise BuildError(
+            f"{where}: dataset {name!r} has not been built; build it first (dvc repro)"
+        )
+    return load_npz(path, where)

@@ -23,11 +23,9 @@ from stemma.registry.errors import BuildError
 from stemma.registry.records import ModelSpec
 from torch import nn
 
-from .architectures import build_module
 from .data import DatasetArrays, split
 from .evaluate import evaluate
-from .mapping import plan, transfer
-from .strategy import Strategy, apply_freeze, frozen_names, reinit_names
+from .strategy import Strategy, prepare_target
 from .train import TrainConfig, resolve_device, train
 
 SEARCHABLE = (
@@ -124,23 +122,7 @@ def prepare_module(
     display: str = "spec.yaml",
 ) -> nn.Module:
     """A freshly initialised target module with the source mapped in, as `build_model` does."""
-    import torch
-
-    torch.manual_seed(seed)
-    module = build_module(config, trusted, display)
-    reinit = reinit_names(module, strategy, display)
-    if source is not None:
-        src_name, src_state = source
-        tmap = plan(
-            src_state,
-            module.state_dict(),
-            strategy.mapping,
-            f"{display} at /strategy/mapping",
-            f"source {src_name!r}",
-        )
-        transfer(module, src_state, tmap, reinit)
-    apply_freeze(module, frozen_names(module, strategy, display))
-    return module
+    return prepare_target(config, strategy, seed, source, trusted, display).module
 
 
 def search(

@@ -8,7 +8,7 @@ Re-initialised tensors keep the target module's own seeded initialisation.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,3 +99,45 @@ def apply_freeze(module: nn.Module, frozen: set[str]) -> None:
     """Set requires_grad: False for frozen parameters, True for the rest."""
     for name, param in module.named_parameters():
         param.requires_grad_(name not in frozen)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A target module ready to train: source tensors mapped in, strategy applied."""
+
+    module: nn.Module
+    tensor_map: Any  # mapping.TensorMap, or None without a source
+    reinit: set[str]
+
+
+def prepare_target(
+    config: Mapping[str, Any],
+    strategy: Strategy,
+    seed: int,
+    source: tuple[str, Mapping[str, Any]] | None = None,
+    trusted: Sequence[str] = (),
+    display: str = "spec.yaml",
+) -> Prepared:
+    """Build the target module (seeded), map the source's tensors in, re-initialise and
+    freeze per the strategy: the one preparation shared by builds and searches."""
+    import torch
+
+    from .architectures import build_module
+    from .mapping import plan, transfer
+
+    torch.manual_seed(seed)  # the module's own initialisation is part of the build
+    module = build_module(config, trusted, display)
+    reinit = reinit_names(module, strategy, display)
+    tmap = None
+    if source is not None:
+        src_name, src_state = source
+        tmap = plan(
+            src_state,
+            module.state_dict(),
+            strategy.mapping,
+            f"{display} at /strategy/mapping",
+            f"source {src_name!r}",
+        )
+        transfer(module, src_state, tmap, reinit)
+    apply_freeze(module, frozen_names(module, strategy, display))
+    return Prepared(module, tmap, reinit)
