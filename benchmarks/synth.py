@@ -40,6 +40,13 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 HIDDEN = ([128, 64], [256, 128], [64], [128, 128, 64])
 
 
+def timing_env() -> dict[str, str]:
+    """The environment for timed child processes: Python may write bytecode caches, as an
+    installed package has them (a shell with PYTHONDONTWRITEBYTECODE set would otherwise
+    compile every stemma module from source in every timed process)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def model_name(i: int) -> str:
     """Name of the i-th synthetic model."""
     return f"m{i:06d}"

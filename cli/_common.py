@@ -15,8 +15,12 @@ from typer.core import TyperGroup
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print stable JSON instead of a table.")]
 RepoOpt = Annotated[
     Path,
-    typer.Option("--repo", "-C", help="Folder inside the registry (default: the current one).",
-                 show_default=False),
+    typer.Option(
+        "--repo",
+        "-C",
+        help="Folder inside the registry (default: the current one).",
+        show_default=False,
+    ),
 ]
 
 
@@ -30,6 +34,21 @@ def console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False)
+
+
+def styled_output() -> bool:
+    """True when rich would style stdout: a terminal, unless TTY_COMPATIBLE or FORCE_COLOR
+    say otherwise (rich's own rules, checked without importing rich)."""
+    tty_compatible = os.environ.get("TTY_COMPATIBLE", "")
+    if tty_compatible in ("0", "1"):
+        return tty_compatible == "1"
+    force_color = os.environ.get("FORCE_COLOR")
+    if force_color is not None:
+        return force_color != ""
+    try:
+        return sys.stdout.isatty()
+    except ValueError:  # a closed stream
+        return False
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -63,6 +82,7 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     sys.stdout.write("\n".join(lines) + "\n")

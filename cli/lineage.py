@@ -24,6 +24,11 @@ app = typer.Typer(
 )
 
 
+def register(root: typer.Typer) -> None:
+    """Mount the `lineage` sub-app on the root app."""
+    root.add_typer(app, name="lineage")
+
+
 class Format(str, enum.Enum):
     """Output formats of the lineage commands."""
 

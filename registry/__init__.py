@@ -1,11 +1,20 @@
 """The registry library: records, files, consistency checks, history and queries.
 
-Importing it never imports torch or dvc, so read-only commands stay fast.
+Importing it never imports torch or dvc, so read-only commands stay fast. The records and
+the `Registry` class load on first use: `stemma --version` and the CLI's error funnel need
+only the version and `StemmaError`.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import StemmaError
-from .records import DatasetSpec, Manifest, ModelSpec, Settings, SourceRef
-from .registry import Registry
+
+if TYPE_CHECKING:
+    from .records import DatasetSpec, Manifest, ModelSpec, Settings, SourceRef
+    from .registry import Registry
 
 __all__ = [
     "DatasetSpec",
@@ -18,3 +27,23 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Public name -> the submodule that defines it.
+_LAZY = {
+    "DatasetSpec": "records",
+    "Manifest": "records",
+    "ModelSpec": "records",
+    "Settings": "records",
+    "SourceRef": "records",
+    "Registry": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's submodule on first access (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

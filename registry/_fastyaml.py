@@ -3,11 +3,12 @@
 PyYAML, even with libyaml, spends ~200 us on a ten-line spec: indexing 100,000 specs would
 take longer than every other step together. Specs are simple (a block mapping whose values
 are scalars, flow collections or nested blocks), so this reader rewrites exactly that subset
-as JSON text and lets the C JSON parser build the value. It returns None for anything else
-(anchors, tags, block scalars, comments after values, multi-line scalars, quotes with escapes,
-numbers YAML 1.1 reads in surprising ways, ...), and the caller falls back to PyYAML. Where it
-returns a value, the value is the one `yaml.safe_load` returns: tests compare the two on real,
-synthetic and fuzzed specs.
+as canonical JSON (compact, keys sorted: the text `files.digest` hashes), which the index
+stores and hashes without ever building the value in Python. It returns None for anything
+else (anchors, tags, block scalars, comments after values, multi-line scalars, quotes with
+escapes, numbers YAML 1.1 reads in surprising ways, ...), and the caller falls back to PyYAML.
+Where it returns a value, the value is the one `yaml.safe_load` returns: tests compare the two
+on real, synthetic and fuzzed specs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ _FLOW_ALL = re.compile(rf"(?: *(?:[\[\]{{}},]|: |\"[^\"]*\"|'[^']*'|{_PLAIN}))* 
 # relations and dataset names): each is rewritten once.
 _VALUES: dict[str, str] = {}
 _CACHE: dict[str, str] = {}
+_LINES: dict[str, tuple[str, str]] = {}
+_CACHE_MAX = 100_000
+# Characters that make a flow mapping more than plain `key: value` pairs.
+_NOT_FLAT = re.compile(r"[\[\]{}'\"#?&*!|>%@`]")
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class _Unsupported(Exception):
@@ -40,104 +46,118 @@ class _Unsupported(Exception):
 
 def load(text: str) -> dict[str, Any] | None:
     """The mapping `yaml.safe_load(text)` returns, or None when the text is outside the subset."""
+    compact = canonical(text)
+    return None if compact is None else dict(json.loads(compact))
+
+
+def canonical(text: str) -> str | None:
+    """The compact, key-sorted JSON of the mapping `yaml.safe_load(text)` returns (the text
+    `files.digest` hashes), or None when the text is outside the subset."""
     if "\t" in text or "\r" in text or "\ufeff" in text or "\\" in text:
         return None
-    lines: list[tuple[int, str]] = []
-    for raw in text.split("\n"):
-        content = raw.strip(" ")
-        if not content or content.startswith("#"):
-            continue  # blank lines and whole-line comments
-        if "#" in content or not content.isprintable() or raw.startswith(("%", "---", "...")):
-            return None
-        lines.append((len(raw) - len(raw.lstrip(" ")), content))
+    if text.startswith(("%", "---", "...")) or "\n%" in text or "\n---" in text or "\n..." in text:
+        return None  # directives and document markers
+    if not text.replace("\n", "").isprintable():
+        return None
+    # (indent, content) of each line that is not blank; a '#' anywhere is only accepted as
+    # a whole-line comment (YAML reads it as a comment after a value in many places).
+    lines = [
+        (len(raw) - len(content), content)
+        for raw in text.split("\n")
+        if (content := raw.lstrip(" ")) and (content[0] != "#")
+    ]
+    if "#" in text and any("#" in content for _indent, content in lines):
+        return None
+    lines = [(indent, content.rstrip(" ")) for indent, content in lines]
     if not lines or lines[0][0] != 0 or _is_item(lines[0][1]):
         return None
-    parts: list[str] = []
     try:
-        end = _block(lines, 0, 0, parts)
-        if end != len(lines):
-            return None
-        value = json.loads("".join(parts))
+        end, value = _block(lines, 0, 0)
     except (_Unsupported, IndexError, RecursionError, ValueError):
         return None
-    return value if isinstance(value, dict) else None
+    return value if end == len(lines) else None
 
 
 def _is_item(content: str) -> bool:
     return content == "-" or content.startswith("- ")
 
 
-def _block(lines: list[tuple[int, str]], i: int, indent: int, out: list[str]) -> int:
-    """Write the block (mapping or sequence) starting at line `i` as JSON; the next line."""
+def _block(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[int, str]:
+    """The block (mapping or sequence) starting at line `i` as canonical JSON; the next line."""
     if _is_item(lines[i][1]):
-        return _sequence(lines, i, indent, out)
+        return _sequence(lines, i, indent)
     n = len(lines)
-    out.append("{")
-    first = True
+    members: dict[str, str] = {}  # a repeated key keeps its last value, as in PyYAML
     while i < n and lines[i][0] == indent:
-        match = _KEY.fullmatch(lines[i][1])
+        content = lines[i][1]
+        try:
+            key, value = _LINES[content]  # "key: value" lines repeat across specs
+            members[key] = value
+            i += 1
+            continue
+        except KeyError:
+            pass
+        match = _KEY.fullmatch(content)
         if match is None:
             raise _Unsupported
         key, rest = match.group(1), (match.group(2) or "").rstrip(" ")
         if key in _NULLS or key in _TRUE or key in _FALSE:
             raise _Unsupported  # YAML 1.1 reads these keys as null or booleans
-        out.append(f'"{key}":' if first else f',"{key}":')
-        first = False
         if rest:
-            _inline(rest, out)
+            members[key] = value = _inline(rest)
+            if len(_LINES) > _CACHE_MAX:
+                _LINES.clear()
+            _LINES[content] = (key, value)
             i += 1
         elif i + 1 < n and lines[i + 1][0] > indent:
-            i = _block(lines, i + 1, lines[i + 1][0], out)
+            i, members[key] = _block(lines, i + 1, lines[i + 1][0])
         elif i + 1 < n and lines[i + 1][0] == indent and _is_item(lines[i + 1][1]):
-            i = _sequence(lines, i + 1, indent, out)
+            i, members[key] = _sequence(lines, i + 1, indent)
         else:
             raise _Unsupported  # an empty value: null, or a scalar on following lines
     if i < n and lines[i][0] > indent:
         raise _Unsupported
-    out.append("}")
-    return i
+    return i, "{" + ",".join(f'"{k}":{members[k]}' for k in sorted(members)) + "}"
 
 
-def _sequence(lines: list[tuple[int, str]], i: int, indent: int, out: list[str]) -> int:
+def _sequence(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[int, str]:
     n = len(lines)
-    out.append("[")
-    first = True
+    items: list[str] = []
     while i < n and lines[i][0] == indent and _is_item(lines[i][1]):
-        if not first:
-            out.append(",")
-        first = False
         content = lines[i][1]
         rest = content[1:].lstrip(" ")
         if not rest:
             if not (i + 1 < n and lines[i + 1][0] > indent):
                 raise _Unsupported
-            i = _block(lines, i + 1, lines[i + 1][0], out)
+            i, item = _block(lines, i + 1, lines[i + 1][0])
         elif _KEY.fullmatch(rest) or _is_item(rest):
             # "- key: value" opens a mapping whose keys line up after the dash.
             column = indent + len(content) - len(rest)
             lines[i] = (column, rest)
-            i = _block(lines, i, column, out)
+            i, item = _block(lines, i, column)
         else:
-            _inline(rest, out)
+            item = _inline(rest)
             i += 1
+        items.append(item)
     if i < n and lines[i][0] > indent:
         raise _Unsupported
-    out.append("]")
-    return i
+    return i, "[" + ",".join(items) + "]"
 
 
-def _inline(text: str, out: list[str]) -> None:
-    """Write a value given on the rest of a line: a flow collection or a scalar."""
+def _inline(text: str) -> str:
+    """A value given on the rest of a line (a flow collection or a scalar) as canonical JSON."""
     try:
-        out.append(_VALUES[text])
-        return
+        return _VALUES[text]
     except KeyError:
         pass
     first = text[0]
-    if first in "[{":
+    if first == "{" and (flat := _flat_mapping(text)) is not None:
+        value = flat
+    elif first in "[{":
         if _FLOW_ALL.fullmatch(text) is None:
             raise _Unsupported
-        value = _FLOW_SCALAR.sub(_flow_scalar, text)
+        # Flow collections are short: the C parser and encoder sort their keys.
+        value = _ENCODER.encode(json.loads(_FLOW_SCALAR.sub(_flow_scalar, text)))
     elif first in "\"'":
         if len(text) < 2 or text[-1] != first or first in text[1:-1] or '"' in text:
             raise _Unsupported
@@ -146,10 +166,32 @@ def _inline(text: str, out: list[str]) -> None:
         raise _Unsupported
     else:
         value = _scalar(text)
-    if len(_VALUES) > 100_000:
+    if len(_VALUES) > _CACHE_MAX:
         _VALUES.clear()
     _VALUES[text] = value
-    out.append(value)
+    return value
+
+
+def _flat_mapping(text: str) -> str | None:
+    """A flow mapping of plain scalars, such as `{model: base, relation: finetune}`, the
+    most common flow value in specs, as canonical JSON without a detour through the JSON
+    parser; None for anything else (the general path decides)."""
+    if text[-1] != "}" or _NOT_FLAT.search(text, 1, len(text) - 1):
+        return None
+    members: dict[str, str] = {}
+    try:
+        for item in text[1:-1].split(","):
+            key, sep, value = item.partition(": ")
+            key, value = key.strip(" "), value.strip(" ")
+            if not (sep and key and value) or ":" in key or ": " in value or value[-1] == ":":
+                return None
+            quoted = _scalar(key)
+            if quoted[0] != '"':
+                return None  # a key YAML reads as a number, a boolean or null
+            members[key] = _scalar(value)
+    except _Unsupported:
+        return None
+    return "{" + ",".join(f'"{k}":{members[k]}' for k in sorted(members)) + "}"
 
 
 def _flow_scalar(match: re.Match[str]) -> str:
@@ -166,7 +208,7 @@ def _flow_scalar(match: re.Match[str]) -> str:
         json_text = _scalar(token.rstrip(" "))
     if not json_text:
         raise _Unsupported
-    if len(_CACHE) > 100_000:
+    if len(_CACHE) > _CACHE_MAX:
         _CACHE.clear()
     _CACHE[token] = json_text
     return json_text

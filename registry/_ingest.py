@@ -8,10 +8,11 @@ indexed raises the located error of the registry (file, line or JSON pointer).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from . import _scan, _sql
@@ -80,10 +81,12 @@ def apply(
     # Taken before any file is read: a file is "racy" when its mtime is within the window of
     # this moment, and so also of the moment it was read (which is later).
     now = _scan.now_ns()
+    # What the index records for each file: the snapshot's stat (see `_scan.read_text`).
+    stamps = snap.by_path() if create else snap.stamps(changes.read)
     specs = [p for p in changes.read if p.endswith("/" + _scan.SPEC)]
     manifests = [p for p in changes.read if p.endswith("/" + _scan.MANIFEST)]
-    # Specs are parsed by worker processes while this one indexes manifests.
-    reader = _scan.SpecReader(reg.root, reg.rel_root, specs)
+    # Specs are turned into JSON by worker processes while this one indexes manifests.
+    reader = _scan.SpecReader(reg.root, reg.rel_root, specs, [stamps[p][0] for p in specs])
     try:
         con = connect()
     except BaseException:
@@ -91,6 +94,8 @@ def apply(
         raise
     try:
         con.execute("BEGIN TRANSACTION")
+        if reader.workers:  # the spec workers and DuckDB share the cores
+            con.execute(f"SET threads = {max(1, (os.cpu_count() or 1) - reader.workers)}")
         if create:
             con.execute(_sql.TABLES)
             con.execute(_sql.VIEWS)
@@ -99,30 +104,28 @@ def apply(
             con.register("gone_files", {"path": text_column(gone)})
             kinds = {(p.split("/", 1)[0], p.rsplit("/", 1)[-1]) for p in gone}
             tables = [t for kind in kinds for t in _sql.RAW_BY_FILE.get(kind, ())]
-            for table in ("raw.files", *tables):
+            for table in tables:
                 con.execute(f"DELETE FROM {table} WHERE path IN (SELECT path FROM gone_files)")
             con.unregister("gone_files")
         clock.lap("delete")
-        stamps = _insert_manifests(reg, con, manifests)
+        read: list[str] = []
+
+        def take_specs(parts: Iterable[tuple[list[str], list[str | None]]]) -> None:
+            for paths, texts in parts:
+                read.extend(_insert_specs(reg, con, paths, texts))
+
+        # Spec parts are indexed as the workers finish them, between chunks of manifests.
+        read += _insert_manifests(reg, con, manifests, stamps, lambda: take_specs(reader.ready()))
         clock.lap("manifests")
-        rows = reader.rows()
-        clock.lap("specs_wait")
-        stamps += _insert_specs(con, rows)
-        clock.lap("specs_insert")
-        # A file written moments ago is recorded with size -1: the next open re-reads it.
-        con.register(
-            "stamps",
-            {
-                "path": text_column([s[0] for s in stamps]),
-                "size": int_column([-1 if _scan.racy(s[2], now) else s[1] for s in stamps]),
-                "mtime_ns": int_column([s[2] for s in stamps]),
-            },
-        )
-        con.execute("INSERT INTO raw.files SELECT path, size, mtime_ns FROM stamps")
-        con.unregister("stamps")
-        stored = _stored_snapshot(snap, changes, stamps, now)
+        take_specs(reader.rest())
+        clock.lap("specs")
+        # A file written moments ago is recorded as RACY: the next open reads it again. A
+        # file that vanished before it could be read is recorded as missing.
+        racy = {p: _scan.RACY for p in read if _scan.racy(stamps[p][1], now)}
+        gone_since = {p: _scan.MISSING for p in set(changes.read).difference(read)}
+        stored = snap.with_sizes(racy | gone_since) if racy or gone_since else snap
         con.execute("DELETE FROM raw.snapshot")
-        con.execute("INSERT INTO raw.snapshot VALUES (?, ?, ?)", list(stored.pack()))
+        con.execute("INSERT INTO raw.snapshot VALUES (?, ?, ?, ?)", list(stored.pack()))
         _update_edges(con, gone, create)
         clock.lap("edges")
         _update_models_view(con, create)
@@ -154,26 +157,6 @@ def _update_edges(con: duckdb.DuckDBPyConnection, gone: list[str], create: bool)
     con.unregister("touched_models")
 
 
-def _stored_snapshot(
-    snap: _scan.Snapshot, changes: Changes, stamps: list[tuple[str, int, int]], now: int
-) -> _scan.Snapshot:
-    """What `raw.files` holds after this update, in the order of `snap`: the stat of each
-    file read (size -1 when racy), and files that vanished before they could be read left out.
-    """
-    read = set(changes.read)
-    stamped = {p: (-1 if _scan.racy(m, now) else s, m) for p, s, m in stamps}
-    out = _scan.Snapshot([], [], [])
-    for path, size, mtime in zip(snap.paths, snap.sizes, snap.mtimes, strict=True):
-        if path in read:
-            if path not in stamped:
-                continue
-            size, mtime = stamped[path]
-        out.paths.append(path)
-        out.sizes.append(size)
-        out.mtimes.append(mtime)
-    return out
-
-
 def _update_models_view(con: duckdb.DuckDBPyConnection, create: bool) -> None:
     """Recreate `models` when the set of metric names changed (one column per metric)."""
     keys = sorted(
@@ -195,65 +178,77 @@ def _display(reg: Registry, path: str) -> str:
 
 
 def _insert_specs(
-    con: duckdb.DuckDBPyConnection, rows: list[_scan.SpecRow]
-) -> list[tuple[str, int, int]]:
-    for kind, insert in (
-        ("models/", _sql.INSERT_MODEL_SPECS),
-        ("datasets/", _sql.INSERT_DATASET_SPECS),
-    ):
-        mine = [r for r in rows if r[0].startswith(kind)]
-        if not mine:
-            continue
-        cols: dict[str, Any] = {"name": text_column([r[0].split("/")[1] for r in mine])}
-        for i, column in enumerate(_scan.SPEC_COLUMNS):
-            values: list[Any] = [r[i] for r in mine]
-            cols[column] = (
-                int_column(values) if column in ("size", "mtime_ns") else text_column(values)
-            )
-        con.register("spec_rows", cols)
-        con.execute(insert)
-        con.unregister("spec_rows")
-    return [(r[0], r[1], r[2]) for r in rows]
+    reg: Registry, con: duckdb.DuckDBPyConnection, paths: list[str], texts: list[str | None]
+) -> list[str]:
+    """Index specs from their canonical JSON (None: the file vanished); the paths indexed."""
+    read = [p for p, t in zip(paths, texts, strict=True) if t is not None]
+    if not read:
+        return []
+    con.register(
+        "spec_rows",
+        {"path": text_column(read), "spec": text_column([t for t in texts if t is not None])},
+    )
+    con.execute(_sql.STAGE_SPECS)
+    con.unregister("spec_rows")
+    con.execute(_sql.INSERT_MODEL_SPECS)
+    con.execute(_sql.INSERT_DATASET_SPECS)
+    flagged = con.execute(_sql.FLAGGED_SPECS).fetchall()
+    con.execute("DROP TABLE staged_specs")
+    if flagged:
+        # A field the index needs is missing or of another type: the Python reference picks
+        # the fields where it can and raises the located error where it cannot.
+        rows = []
+        for path, compact in flagged:
+            display = _display(reg, path)
+            text = _scan.read_text(reg.root, path, 1 << 16, reg.rel_root) or ""
+            rows.append(_scan.spec_row(path, compact, display, text))
+        con.register(
+            "spec_fields",
+            {c: text_column([r[i] for r in rows]) for i, c in enumerate(_scan.SPEC_COLUMNS)},
+        )
+        con.execute(_sql.INSERT_MODEL_SPEC_ROWS)
+        con.execute(_sql.INSERT_DATASET_SPEC_ROWS)
+        con.unregister("spec_fields")
+    return read
 
 
 def _insert_manifests(
-    reg: Registry, con: duckdb.DuckDBPyConnection, paths: list[str]
-) -> list[tuple[str, int, int]]:
-    """Parse manifests with DuckDB's JSON reader, a chunk at a time."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    reg: Registry,
+    con: duckdb.DuckDBPyConnection,
+    paths: list[str],
+    stamps: dict[str, tuple[int, int]],
+    between: Callable[[], None],
+) -> list[str]:
+    """Parse manifests with DuckDB's JSON reader, a chunk at a time, calling `between`
+    after each; the paths indexed."""
     chunks = [
         (kind == "models/", chunk)
         for kind in ("models/", "datasets/")
         for chunk in _chunks([p for p in paths if p.startswith(kind)], CHUNK)
     ]
-    stamps: list[tuple[str, int, int]] = []
-    # A reader thread fetches the next chunk while DuckDB parses this one (it drops the GIL).
-    with ThreadPoolExecutor(1) as pool:
-        pending = [
-            pool.submit(_read_chunk, reg.root, reg.rel_root, chunk) for _model, chunk in chunks[:1]
-        ]
-        for i, (model, _chunk) in enumerate(chunks):
-            files = pending.pop().result()
-            if i + 1 < len(chunks):
-                pending.append(pool.submit(_read_chunk, reg.root, reg.rel_root, chunks[i + 1][1]))
-            if files:
-                _stage_manifests(reg, con, files, model)
-                stamps += [(f.path, f.size, f.mtime_ns) for f in files]
-    return stamps
+    read: list[str] = []
+
+    def load(chunk: list[str]) -> list[tuple[str, str]]:
+        texts = (_scan.read_text(reg.root, p, stamps[p][0], reg.rel_root) for p in chunk)
+        return [(p, t) for p, t in zip(chunk, texts, strict=True) if t is not None]
+
+    for model, chunk in chunks:
+        files = load(chunk)
+        if files:
+            _stage_manifests(reg, con, files, model)
+            read += [p for p, _t in files]
+        between()
+    return read
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _read_chunk(root: Path, prefix: str, paths: list[str]) -> list[_scan.FileText]:
-    return list(_scan.read_files(root, paths, prefix))
-
-
 def _stage_manifests(
-    reg: Registry, con: duckdb.DuckDBPyConnection, files: list[_scan.FileText], model: bool
+    reg: Registry, con: duckdb.DuckDBPyConnection, files: list[tuple[str, str]], model: bool
 ) -> None:
+    """Index manifests given as (path, text)."""
     import duckdb
 
     shape = _sql.MODEL_MANIFEST_SHAPE if model else _sql.DATASET_MANIFEST_SHAPE
@@ -261,15 +256,14 @@ def _stage_manifests(
     con.register(
         "manifest_rows",
         {
-            "path": text_column([f.path for f in files]),
-            "name": text_column([f.path.split("/")[1] for f in files]),
-            "content": text_column([f.text for f in files]),
+            "path": text_column([p for p, _t in files]),
+            "content": text_column([t for _p, t in files]),
         },
     )
     try:
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE staged AS SELECT path, name, "
-            f"from_json(content, {_sql.quote_literal(shape)}) AS j FROM manifest_rows"
+            "CREATE OR REPLACE TEMP TABLE staged AS SELECT path, split_part(path, '/', 2) AS name,"
+            f" from_json(content, {_sql.quote_literal(shape)}) AS j FROM manifest_rows"
         )
     except duckdb.InvalidInputException:
         _raise_first_error(reg, files, model)
@@ -279,7 +273,7 @@ def _stage_manifests(
             con.unregister("manifest_rows")
     wrong = con.execute(f"SELECT path FROM staged WHERE {bad} ORDER BY path LIMIT 1").fetchall()
     if wrong:
-        _raise_first_error(reg, [f for f in files if f.path == wrong[0][0]], model)
+        _raise_first_error(reg, [f for f in files if f[0] == wrong[0][0]], model)
     if model:
         con.execute(_sql.INSERT_MODEL_MANIFESTS)
         con.execute(_sql.INSERT_LAYERS)
@@ -288,24 +282,24 @@ def _stage_manifests(
     con.execute("DROP TABLE staged")
 
 
-def _raise_first_error(reg: Registry, files: list[_scan.FileText], model: bool) -> None:
+def _raise_first_error(reg: Registry, files: list[tuple[str, str]], model: bool) -> None:
     """Raise the located error (file, line or JSON pointer) of the first bad manifest."""
     import json
 
     from .records import DATASET_MANIFEST, MODEL_MANIFEST, parse_json_document
 
-    for f in files:  # syntax first: cheap, and what makes DuckDB reject a whole chunk
+    for path, text in files:  # syntax first: cheap, and what makes DuckDB reject a whole chunk
         try:
-            json.loads(f.text)
+            json.loads(text)
         except json.JSONDecodeError as exc:
             raise ParseError(
-                _display(reg, f.path), f"invalid JSON: {exc.msg}", line=exc.lineno
+                _display(reg, path), f"invalid JSON: {exc.msg}", line=exc.lineno
             ) from None
     schema = MODEL_MANIFEST if model else DATASET_MANIFEST
-    for f in files:
-        parse_json_document(f.text, schema, _display(reg, f.path))
+    for path, text in files:
+        parse_json_document(text, schema, _display(reg, path))
     if len(files) == 1:
         raise SchemaError(
-            _display(reg, files[0].path),
+            _display(reg, files[0][0]),
             "cannot index this manifest: a field has an unexpected type",
         )

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,114 +21,305 @@ from .errors import ParseError, SchemaError, StemmaError
 KINDS = ("models", "datasets")
 SPEC = "spec.yaml"
 MANIFEST = "manifest.json"
+FILES = (SPEC, MANIFEST)  # the files of a folder, in snapshot order
+MISSING = -1  # the size of a file that is not there
+RACY = -2  # the size recorded for a file read too soon after it changed: read it again
 # A file modified this recently may change again within the file system's timestamp
 # granularity without its size or mtime changing; it is re-read until it is older (the
 # "racy git" rule), so the index never keeps a stale copy of it.
 RACY_NS = 2_000_000_000
 # Below this many specs a process pool costs more than it saves.
 POOL_MIN = 4000
+# Below this many folders of one kind a second process to stat files costs more than it saves.
+SPLIT_MIN = 10_000
 
 
 @dataclass
 class Snapshot:
-    """Size and mtime of every spec and manifest, in directory order.
+    """Size and mtime of the spec and the manifest in every model and dataset folder.
 
-    The index stores the snapshot it last matched (`pack`): when the next one has the same
-    paths in the same order, comparing two byte strings finds the changed files, and nothing
-    else is needed when nothing changed; only an added or removed file needs a join.
+    `names[kind]` lists the folders in directory order. `numbers` holds two slots per folder
+    (models first, then datasets, each in that order): spec then manifest, each slot a size
+    and an mtime, with size MISSING where there is no such file. The index stores the
+    snapshot it last matched (`pack`): equal digests mean nothing changed; with the same
+    folders, comparing two byte strings finds the changed files; only added or removed
+    folders need a match by name.
     """
 
-    paths: list[str]
-    sizes: list[int]
-    mtimes: list[int]
+    names: dict[str, list[str]]
+    numbers: array[int]
 
-    @property
-    def stats(self) -> dict[str, tuple[int, int]]:
-        """path -> (size, mtime_ns)."""
-        return dict(zip(self.paths, zip(self.sizes, self.mtimes, strict=True), strict=True))
+    def _locate(self, slot: int) -> tuple[str, int]:
+        for kind in KINDS:
+            count = 2 * len(self.names.get(kind, ()))
+            if slot < count:
+                return kind, slot
+            slot -= count
+        raise IndexError(slot)
 
-    def pack(self) -> tuple[str, str, bytes]:
-        """Digests of the paths and of the numbers, and the numbers: sizes then mtimes."""
+    def path(self, slot: int) -> str:
+        """The path of the file in `slot`."""
+        kind, i = self._locate(slot)
+        return f"{kind}/{self.names[kind][i // 2]}/{FILES[i % 2]}"
+
+    def size(self, slot: int) -> int:
+        """The size of the file in `slot` (MISSING, or RACY in a stored snapshot)."""
+        return int(self.numbers[2 * slot])
+
+    def files(self) -> Iterator[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every file there is."""
+        numbers, slot = self.numbers, 0
+        for kind in KINDS:
+            for name in self.names.get(kind, ()):
+                for fname in FILES:
+                    if numbers[2 * slot] != MISSING:
+                        yield f"{kind}/{name}/{fname}", numbers[2 * slot], numbers[2 * slot + 1]
+                    slot += 1
+
+    def by_path(self) -> dict[str, tuple[int, int]]:
+        """path -> (size, mtime_ns) of every file there is, built anew on each call."""
+        return {p: (size, mtime) for p, size, mtime in self.files()}
+
+    def slots(self, paths: Iterable[str]) -> dict[str, int]:
+        """The slot of each of `paths` (which must be files of a listed folder)."""
+        offsets, at = {}, 0
+        for kind in KINDS:
+            offsets[kind] = at
+            at += 2 * len(self.names.get(kind, ()))
+        wanted: dict[str, list[str]] = {}
+        for path in paths:
+            wanted.setdefault(path.split("/", 1)[0], []).append(path)
+        out: dict[str, int] = {}
+        for kind, mine in wanted.items():
+            names = self.names[kind]
+            # A few paths: search the list; many: index it once.
+            where = {n: i for i, n in enumerate(names)} if len(mine) > 8 else None
+            for path in mine:
+                _kind, name, fname = path.split("/")
+                i = where[name] if where is not None else names.index(name)
+                out[path] = offsets[kind] + 2 * i + FILES.index(fname)
+        return out
+
+    def with_sizes(self, sizes: dict[str, int]) -> Snapshot:
+        """A copy in which the files of `sizes` have those sizes (RACY, MISSING)."""
+        numbers = array("q", self.numbers)
+        for path, slot in self.slots(sizes).items():
+            numbers[2 * slot] = sizes[path]
+        return Snapshot(self.names, numbers)
+
+    def digests(self) -> tuple[str, str]:
+        """Digests of the folder names and of the numbers: equal digests, equal snapshots."""
         import hashlib
-        from array import array
 
-        numbers = array("q", self.sizes + self.mtimes).tobytes()
-        paths = hashlib.sha256("\0".join(self.paths).encode()).hexdigest()
-        return paths, hashlib.sha256(numbers).hexdigest(), numbers
+        return (
+            hashlib.sha256(self._names_text().encode()).hexdigest(),
+            hashlib.sha256(self.numbers).hexdigest(),
+        )
 
-    def changed_since(
-        self, paths_digest: str, numbers_digest: str, numbers: Callable[[], bytes]
-    ) -> list[str] | None:
-        """Paths whose size or mtime differ from a packed snapshot of the same paths (whose
-        numbers `numbers()` fetches); None when the paths differ (files added or removed)."""
-        mine, my_digest, my_numbers = self.pack()
-        if mine != paths_digest:
-            return None
-        if my_digest == numbers_digest:
-            return []
-        before = numbers()
-        n, block = len(self.paths), 4096
-        changed: set[int] = set()
-        for start in range(0, 2 * n, block):  # compare blocks as bytes, items only where needed
-            lo, hi = start * 8, (start + block) * 8
-            if my_numbers[lo:hi] != before[lo:hi]:
-                for i in range(start, min(start + block, 2 * n)):
-                    if my_numbers[i * 8 : i * 8 + 8] != before[i * 8 : i * 8 + 8]:
-                        changed.add(i % n)
-        return [self.paths[i] for i in sorted(changed)]
+    def _names_text(self) -> str:
+        return "\n".join("\0".join(self.names.get(kind, ())) for kind in KINDS)
+
+    def pack(self) -> tuple[str, str, str, bytes]:
+        """What the index stores: the two digests, the folder names and the numbers."""
+        return (*self.digests(), self._names_text(), self.numbers.tobytes())
+
+    @classmethod
+    def unpack(cls, names: str | dict[str, list[str]], numbers: bytes) -> Snapshot:
+        """The snapshot `pack` stored (`names` as stored, or as a mapping already)."""
+        values: array[int] = array("q")
+        values.frombytes(numbers)
+        if isinstance(names, str):
+            lists = [part.split("\0") if part else [] for part in names.split("\n")]
+            names = dict(zip(KINDS, lists, strict=True))
+        return cls(names, values)
+
+    def diff(self, before: Snapshot) -> tuple[list[str], list[str], int]:
+        """(files new or changed since `before`, files gone, how many of the first are new)."""
+        read: list[str] = []
+        removed: list[str] = []
+        added = 0
+        mine, old, at_mine, at_old = self.numbers, before.numbers, 0, 0
+        for kind in KINDS:
+            names, old_names = self.names.get(kind, []), before.names.get(kind, [])
+            pairs: list[tuple[int | None, int | None]]
+            if names == old_names:  # the common case: compare the numbers as bytes
+                pairs = [(i, i) for i in _differing(mine, at_mine, old, at_old, 4 * len(names))]
+            else:  # folders added or removed: match them by name
+                where = {name: i for i, name in enumerate(old_names)}
+                pairs = [(i, where.pop(name, None)) for i, name in enumerate(names)]
+                pairs += [(None, i) for i in where.values()]
+            for i, j in pairs:
+                name = names[i] if i is not None else old_names[j or 0]
+                for f, fname in enumerate(FILES):
+                    new = _pair(mine, at_mine, i, f)
+                    was = _pair(old, at_old, j, f)
+                    if new == was:
+                        continue
+                    path = f"{kind}/{name}/{fname}"
+                    if new[0] != MISSING:
+                        read.append(path)
+                        added += was[0] == MISSING
+                    elif was[0] != MISSING:
+                        removed.append(path)
+            at_mine += 4 * len(names)
+            at_old += 4 * len(old_names)
+        return read, removed, added
+
+    def stamps(self, paths: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """path -> (size, mtime_ns) for `paths`."""
+        numbers = self.numbers
+        return {p: (numbers[2 * s], numbers[2 * s + 1]) for p, s in self.slots(paths).items()}
+
+
+def _pair(numbers: array[int], base: int, i: int | None, f: int) -> tuple[int, int]:
+    """(size, mtime) of file `f` of folder `i` of a kind starting at `base` (MISSING if none)."""
+    if i is None:
+        return MISSING, MISSING
+    at = base + 4 * i + 2 * f
+    return numbers[at], numbers[at + 1]
+
+
+def _differing(mine: array[int], at: int, old: array[int], old_at: int, count: int) -> list[int]:
+    """Folders whose four numbers differ (`count` numbers from `at` and `old_at`), comparing
+    blocks as bytes, and folders only where a block differs."""
+    a = memoryview(mine)[at : at + count].cast("B")
+    b = memoryview(old)[old_at : old_at + count].cast("B")
+    out: list[int] = []
+    block = 32 * 2048  # bytes: 2048 folders
+    for lo in range(0, len(a), block):
+        if a[lo : lo + block] != b[lo : lo + block]:
+            for x in range(lo, min(lo + block, len(a)), 32):
+                if a[x : x + 32] != b[x : x + 32]:
+                    out.append(x // 32)
+    return out
 
 
 def snapshot(root: Path) -> Snapshot:
     """Stat every models/*/{spec.yaml,manifest.json} and datasets/*/... under `root`."""
-    paths: list[str] = []
-    sizes: list[int] = []
-    mtimes: list[int] = []
-    stat = os.stat
-    if stat not in os.supports_dir_fd or os.scandir not in os.supports_fd:
-        return _snapshot_by_path(root)
-    for kind in KINDS:
-        try:
-            # Paths relative to an open folder: shorter lookups, a third faster than absolute.
-            fd = os.open(f"{root}/{kind}", os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        try:
-            with os.scandir(fd) as entries:
-                names = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-            for name in names:
-                for fname in (SPEC, MANIFEST):
-                    rel = f"{name}/{fname}"
-                    try:
-                        st = stat(rel, dir_fd=fd)
-                    except (FileNotFoundError, NotADirectoryError):
-                        continue
-                    paths.append(f"{kind}/{rel}")
-                    sizes.append(st.st_size)
-                    mtimes.append(st.st_mtime_ns)
-        finally:
-            os.close(fd)
-    return Snapshot(paths, sizes, mtimes)
+    return PendingSnapshot(root).result()
 
 
-def _snapshot_by_path(root: Path) -> Snapshot:
-    """`snapshot` where stat cannot take a folder descriptor (Windows)."""
-    out = Snapshot([], [], [])
-    for kind in KINDS:
-        base = root / kind
-        if not base.is_dir():
-            continue
-        for entry in os.scandir(base):
-            if not entry.is_dir() or entry.name.startswith("."):
+class PendingSnapshot:
+    """A snapshot under way. On large registries two child processes stat the files (the
+    stat system call is most of a refresh there) while the caller opens the index;
+    `result()` collects them. Small ones are stat-ed by `result()` itself."""
+
+    def __init__(self, root: Path) -> None:
+        self._done: Snapshot | None = None
+        # per kind: (kind, folder, names, children as (lo, hi, pid, pipe))
+        self._kinds: list[tuple[str, _Folder, list[str], list[tuple[int, int, int, int]]]] = []
+        for kind in KINDS:
+            try:
+                fd = _Folder(f"{root}/{kind}")
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            for fname in (SPEC, MANIFEST):
-                try:
-                    st = os.stat(base / entry.name / fname)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                out.paths.append(f"{kind}/{entry.name}/{fname}")
-                out.sizes.append(st.st_size)
-                out.mtimes.append(st.st_mtime_ns)
-    return out
+            names = fd.names()
+            children: list[tuple[int, int, int, int]] = []
+            if len(names) >= SPLIT_MIN and _can_fork():
+                half = len(names) // 2
+                for lo, hi in ((0, half), (half, len(names))):
+                    child = _fork_stat(fd, names[lo:hi])
+                    if child is not None:
+                        children.append((lo, hi, *child))
+            self._kinds.append((kind, fd, names, children))
+
+    def result(self) -> Snapshot:
+        """The snapshot (waits for the children the first time)."""
+        if self._done is not None:
+            return self._done
+        out = self._done = Snapshot({}, array("q"))
+        for kind, fd, names, children in self._kinds:
+            try:
+                out.names[kind] = names
+                done = 0
+                for lo, hi, pid, pipe in children:
+                    _stat_into(out.numbers, fd, names[done:lo])
+                    _collect(out.numbers, fd, names[lo:hi], pid, pipe)
+                    done = hi
+                _stat_into(out.numbers, fd, names[done:])
+            finally:
+                fd.close()
+        self._kinds = []
+        return out
+
+
+class _Folder:
+    """An open folder whose files are stat-ed by relative path: shorter lookups, a third
+    faster than absolute paths (by path where the platform cannot)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+        if os.stat in os.supports_dir_fd and os.scandir in os.supports_fd:
+            self.fd = os.open(path, os.O_RDONLY)
+        elif not os.path.isdir(path):
+            raise NotADirectoryError(path)
+
+    def names(self) -> list[str]:
+        """Sub-folders, in directory order, hidden ones left out."""
+        with os.scandir(self.fd if self.fd >= 0 else self.path) as entries:
+            return [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+
+    def close(self) -> None:
+        """Close the descriptor."""
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+def _stat_into(numbers: array[int], folder: _Folder, names: list[str]) -> None:
+    """Append size and mtime of the spec and manifest of each of `names` (MISSING sizes)."""
+    stat, append, fd = os.stat, numbers.append, folder.fd
+    base = "" if fd >= 0 else folder.path + "/"
+    for name in names:
+        for fname in FILES:
+            try:
+                st = (
+                    stat(f"{base}{name}/{fname}", dir_fd=fd)
+                    if fd >= 0
+                    else stat(f"{base}{name}/{fname}")
+                )
+            except (FileNotFoundError, NotADirectoryError):
+                append(MISSING)
+                append(MISSING)
+                continue
+            append(st.st_size)
+            append(st.st_mtime_ns)
+
+
+def _fork_stat(fd: _Folder, names: list[str]) -> tuple[int, int] | None:
+    """Start a child that stats `names` and sends the numbers down a pipe; (pid, pipe)."""
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return None
+    if pid:
+        os.close(write_end)
+        return pid, read_end
+    code = 1
+    try:
+        os.close(read_end)
+        numbers: array[int] = array("q")
+        _stat_into(numbers, fd, names)
+        view = memoryview(numbers.tobytes())
+        while view:
+            view = view[os.write(write_end, view) :]
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _collect(numbers: array[int], fd: _Folder, names: list[str], pid: int, pipe: int) -> None:
+    """Append what the child of `_fork_stat` found (or stat `names` here if it failed)."""
+    with os.fdopen(pipe, "rb") as stream:
+        data = stream.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or len(data) != 32 * len(names):
+        _stat_into(numbers, fd, names)
+    else:
+        numbers.frombytes(data)
 
 
 def racy(mtime_ns: int, now_ns: int) -> bool:
@@ -135,42 +327,31 @@ def racy(mtime_ns: int, now_ns: int) -> bool:
     return now_ns - mtime_ns < RACY_NS
 
 
-@dataclass(frozen=True)
-class FileText:
-    """One file read from disk, with the stat taken when it was opened."""
+def read_text(root: Path | str, path: str, size: int, prefix: str = "") -> str | None:
+    """A file's UTF-8 text, or None when it vanished since the snapshot.
 
-    path: str
-    size: int
-    mtime_ns: int
-    text: str
-
-
-def read_files(root: Path, paths: Sequence[str], prefix: str = "") -> Iterator[FileText]:
-    """Read files as UTF-8 text; a file that vanished since the snapshot is skipped.
-
-    `prefix` (the registry root relative to the repository) is for error messages.
+    `size` is what the snapshot saw: one read of size + 1 bytes takes the whole file unless it
+    grew meanwhile. The snapshot's stat is what the index records for the file: if the file
+    changes after the snapshot, the next snapshot differs and it is read again, so the index
+    never keeps a stale copy. `prefix` (the registry root in the repository) is for messages.
     """
-    for path in paths:
-        try:
-            fd = os.open(f"{root}/{path}", os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        try:
-            st = os.fstat(fd)
-            # One read of the size fstat reported (plus one byte, to notice growth).
-            data = os.read(fd, st.st_size + 1)
-            if len(data) > st.st_size:
-                parts = [data]
-                while chunk := os.read(fd, 1 << 16):
-                    parts.append(chunk)
-                data = b"".join(parts)
-        finally:
-            os.close(fd)
-        try:
-            text = data.decode()
-        except UnicodeDecodeError as exc:
-            raise ParseError(_display(prefix, path), f"not UTF-8 text: {exc.reason}") from None
-        yield FileText(path, st.st_size, st.st_mtime_ns, text)
+    try:
+        fd = os.open(f"{root}/{path}", os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) > size:
+            parts = [data]
+            while chunk := os.read(fd, 1 << 16):
+                parts.append(chunk)
+            data = b"".join(parts)
+    finally:
+        os.close(fd)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise ParseError(_display(prefix, path), f"not UTF-8 text: {exc.reason}") from None
 
 
 def parse_spec(path: str, text: str) -> dict[str, Any]:
@@ -179,23 +360,51 @@ def parse_spec(path: str, text: str) -> dict[str, Any]:
 
     doc: Any = _fastyaml.load(text)
     if doc is None:
-        from .yamlio import load_yaml_text
-
-        doc = load_yaml_text(text, path)
-        if doc is None:
-            doc = {}
-        if not isinstance(doc, dict):
-            raise SchemaError(path, "expected a mapping at the top level", pointer="/", line=1)
+        doc = _yaml_mapping(path, text)
     return dict(doc)
 
 
-# (path, size, mtime_ns, canonical JSON, digest, source, relation, train, eval, family,
-#  description); tags are read from the JSON by DuckDB
+def _yaml_mapping(path: str, text: str) -> dict[str, Any]:
+    from .yamlio import load_yaml_text
+
+    doc = load_yaml_text(text, path)
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise SchemaError(path, "expected a mapping at the top level", pointer="/", line=1)
+    return doc
+
+
+def spec_json(display: str, text: str) -> str:
+    """A spec's compact, key-sorted JSON (what `files.digest` hashes); located errors for
+    files that are not YAML mappings of plain data."""
+    from . import _fastyaml
+
+    compact = _fastyaml.canonical(text)
+    if compact is not None:
+        return compact
+    doc = _yaml_mapping(display, text)
+    try:
+        return json.dumps(
+            doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError):
+        raise _schema_error(display, doc, text) from None
+
+
+def _schema_error(display: str, doc: dict[str, Any], text: str) -> StemmaError:
+    """The schema's own located error for a spec the index cannot take, else a plain one."""
+    from .records import DATASET_SPEC, MODEL_SPEC, validate_document
+
+    schema = DATASET_SPEC if "datasets/" in f"/{display}" else MODEL_SPEC
+    validate_document(doc, schema, display, text)  # raises, with pointer and line
+    return SchemaError(display, "cannot index this spec: a value is not plain data")
+
+
+# (path, canonical JSON, digest, source, relation, train, eval, family, description)
 SpecRow = tuple[Any, ...]
 SPEC_COLUMNS = (
     "path",
-    "size",
-    "mtime_ns",
     "spec",
     "digest",
     "source",
@@ -211,31 +420,26 @@ class _Unindexable(Exception):
     """A spec whose fields the index needs are missing or of the wrong type."""
 
 
-def spec_row(f: FileText, display: str) -> SpecRow:
-    """Parse one spec and pick the fields the index stores; bad files raise located errors."""
-    doc = parse_spec(display, f.text)
-    try:
-        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return _fields(f, doc, canonical)
-    except (TypeError, ValueError, _Unindexable):
-        # Rare: let the schema say precisely what is wrong, with its pointer and line.
-        from .records import DATASET_SPEC, MODEL_SPEC, validate_document
-
-        schema = MODEL_SPEC if f.path.startswith("models/") else DATASET_SPEC
-        validate_document(doc, schema, display, f.text)
-        raise SchemaError(display, "cannot index this spec: a value is not plain data") from None
-
-
-def _fields(f: FileText, doc: dict[str, Any], canonical: str) -> SpecRow:
+def spec_row(path: str, compact: str, display: str, text: str) -> SpecRow:
+    """The fields the index stores for one spec, picked in Python: the reference for the SQL
+    that picks them in bulk, used for the specs that SQL flags. Raises located errors."""
     import hashlib
 
-    digest = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    doc = json.loads(compact)
+    try:
+        fields = _fields(path, doc)
+    except _Unindexable:
+        raise _schema_error(display, doc, text) from None
+    return (path, compact, "sha256:" + hashlib.sha256(compact.encode()).hexdigest(), *fields)
+
+
+def _fields(path: str, doc: dict[str, Any]) -> tuple[str | None, ...]:
     description = _opt_str(doc.get("description"))
     tags = doc.get("tags")
     if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
         raise _Unindexable
     source = relation = train = eval_ = family = None
-    if f.path.startswith("models/"):
+    if path.startswith("models/"):
         src, data, arch = doc.get("source"), doc.get("data"), doc.get("architecture")
         if src:
             if not isinstance(src, dict):
@@ -252,19 +456,7 @@ def _fields(f: FileText, doc: dict[str, Any], canonical: str) -> SpecRow:
             family = _opt_str(arch.get("family"))
     else:
         source = _req_str(doc.get("source"))
-    return (
-        f.path,
-        f.size,
-        f.mtime_ns,
-        canonical,
-        digest,
-        source,
-        relation,
-        train,
-        eval_,
-        family,
-        description,
-    )
+    return (source, relation, train, eval_, family, description)
 
 
 def _req_str(value: Any) -> str:
@@ -279,73 +471,115 @@ def _opt_str(value: Any) -> str | None:
     return value
 
 
-def _read_specs(root: str, prefix: str, paths: Sequence[str]) -> list[SpecRow] | str:
-    """Rows for `paths`; on the first bad file, its path (the caller re-reads it)."""
-    rows: list[SpecRow] = []
-    for path in paths:
-        try:
-            for f in read_files(Path(root), [path], prefix):
-                rows.append(spec_row(f, _display(prefix, f.path)))
-        except StemmaError:
-            # Errors cross the process boundary as plain data: located errors do not pickle.
-            return path
-    return rows
+def _read_specs(
+    root: str, prefix: str, paths: Sequence[str], sizes: Sequence[int]
+) -> list[str | None] | str:
+    """Canonical JSON of each spec (None for a file that vanished); on the first bad file,
+    its path instead (the caller re-reads it for the error)."""
+    out: list[str | None] = []
+    try:
+        for path, size in zip(paths, sizes, strict=True):
+            text = read_text(root, path, size, prefix)
+            out.append(None if text is None else spec_json(_display(prefix, path), text))
+    except StemmaError:
+        # Errors cross the process boundary as plain data: located errors do not pickle.
+        return path
+    return out
 
 
 def _display(prefix: str, path: str) -> str:
     return path if prefix in ("", ".") else f"{prefix}/{path}"
 
 
-class SpecReader:
-    """Reads and parses specs, in worker processes when there are many (YAML is the slow part).
+def spec_workers() -> int:
+    """Worker processes for specs: every core but the one that indexes manifests."""
+    return min((os.cpu_count() or 1) - 1, 4)
 
-    Work starts at construction, so the caller can index manifests meanwhile; `rows()`
-    waits for it. `prefix` is the registry root relative to the repository (for messages).
+
+class SpecReader:
+    """Reads specs into canonical JSON, in worker processes when there are many (turning
+    YAML into JSON is the slow part of indexing).
+
+    Work starts at construction, in parts, so the caller indexes manifests meanwhile and
+    takes each part as it is done (`ready`), then the rest (`rest`). `prefix` is the
+    registry root relative to the repository (for messages).
     """
 
-    def __init__(self, root: Path, prefix: str, paths: Sequence[str]) -> None:
-        self.root, self.prefix, self.paths = root, prefix, paths
+    def __init__(self, root: Path, prefix: str, paths: Sequence[str], sizes: Sequence[int]) -> None:
+        self.root, self.prefix, self.paths, self.sizes = root, prefix, paths, sizes
         self._pool: Any = None
-        self._futures: list[Any] = []
-        workers = min(os.cpu_count() or 1, 4)
-        if len(paths) >= POOL_MIN and workers >= 2 and hasattr(os, "fork"):
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+        self.workers = spec_workers() if len(paths) >= POOL_MIN and _can_fork() else 0
+        if not self.workers:
+            self._parts: list[tuple[int, int, Any]] = [(0, len(paths), None)]
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-            step = -(-len(paths) // workers)
-            # fork: the workers inherit the imported modules and start in milliseconds. The
-            # caller creates this before opening DuckDB, so no engine threads are forked.
-            ctx = multiprocessing.get_context("fork")
-            self._pool = ProcessPoolExecutor(workers, mp_context=ctx)
-            self._futures = [
-                self._pool.submit(_read_specs, str(root), prefix, paths[i : i + step])
-                for i in range(0, len(paths), step)
-            ]
+        # fork: the workers inherit the imported modules and start in milliseconds. The
+        # caller creates this before opening DuckDB, so no engine threads are forked.
+        self._pool = ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("fork")
+        )
+        step = -(-len(paths) // (4 * self.workers))
+        self._parts = [
+            (
+                lo,
+                lo + step,
+                self._pool.submit(_read_specs, str(root), prefix, *self._part(lo, lo + step)),
+            )
+            for lo in range(0, len(paths), step)
+        ]
 
-    def rows(self) -> list[SpecRow]:
-        """Every spec's row; raises the located error of the first bad spec."""
-        chunks: list[list[SpecRow] | str]
+    def _part(self, lo: int, hi: int) -> tuple[Sequence[str], Sequence[int]]:
+        return self.paths[lo:hi], self.sizes[lo:hi]
+
+    def ready(self) -> Iterator[tuple[list[str], list[str | None]]]:
+        """(paths, canonical JSON or None where the file vanished) of each part done so
+        far, in order, without waiting."""
+        while self._parts and self._parts[0][2] is not None and self._parts[0][2].done():
+            yield self._take()
+
+    def rest(self) -> Iterator[tuple[list[str], list[str | None]]]:
+        """The parts not taken yet, in order, waiting for each; raises the located error of
+        the first bad spec."""
         try:
-            if self._pool is None:
-                chunks = [_read_specs(str(self.root), self.prefix, self.paths)]
-            else:
-                chunks = [f.result() for f in self._futures]
+            while self._parts:
+                yield self._take()
         finally:
             self.close()
-        rows: list[SpecRow] = []
-        for chunk in chunks:
-            if isinstance(chunk, str):
-                for f in read_files(self.root, [chunk], self.prefix):
-                    spec_row(f, _display(self.prefix, f.path))  # raises the located error
-                continue  # the file changed meanwhile; the next refresh reads it again
-            rows.extend(chunk)
-        return rows
+
+    def _take(self) -> tuple[list[str], list[str | None]]:
+        lo, hi, future = self._parts.pop(0)
+        texts = future.result() if future is not None else None
+        # A spec a worker could not read is read again here: it may have been fixed
+        # meanwhile, and if not, the error is raised with its location.
+        return list(self.paths[lo:hi]), texts if isinstance(texts, list) else self._read(lo, hi)
+
+    def _read(self, lo: int, hi: int) -> list[str | None]:
+        """Read specs lo:hi in this process, raising the located error of a bad one."""
+        part = _read_specs(str(self.root), self.prefix, *self._part(lo, hi))
+        if isinstance(part, str):
+            display = _display(self.prefix, part)
+            text = read_text(self.root, part, 1 << 16, self.prefix)
+            if text is not None:
+                spec_json(display, text)  # raises the located error
+            raise StemmaError(f"{display} changed while it was being indexed; run it again")
+        return part
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _can_fork() -> bool:
+    """Whether forking is safe: from a process with no other thread, DuckDB's engine threads
+    included (which `threading` cannot see, but Linux lists)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False  # elsewhere, do without worker processes rather than risk a deadlock
 
 
 def now_ns() -> int:

@@ -9,20 +9,19 @@ from __future__ import annotations
 import re
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "3"
+FORMAT = "5"
 
 TABLES = """
 CREATE SCHEMA raw;
 CREATE TABLE raw.meta(key VARCHAR, value VARCHAR);
-CREATE TABLE raw.files(path VARCHAR, size BIGINT, mtime_ns BIGINT);
-CREATE TABLE raw.snapshot(paths_digest VARCHAR, numbers_digest VARCHAR, numbers BLOB);
+CREATE TABLE raw.snapshot(names_digest VARCHAR, numbers_digest VARCHAR, names VARCHAR,
+    numbers BLOB);
 CREATE TABLE raw.model_specs(
     name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, relation VARCHAR,
-    train VARCHAR, eval VARCHAR, family VARCHAR, description VARCHAR, tags VARCHAR[],
-    spec JSON);
+    train VARCHAR, eval VARCHAR, family VARCHAR, description VARCHAR, tags VARCHAR[]);
 CREATE TABLE raw.dataset_specs(
     name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, description VARCHAR,
-    tags VARCHAR[], spec JSON);
+    tags VARCHAR[]);
 CREATE TABLE raw.model_manifests(
     name VARCHAR, path VARCHAR, id VARCHAR, spec_digest VARCHAR, source VARCHAR,
     relation VARCHAR, source_id VARCHAR, family VARCHAR, params_total BIGINT,
@@ -107,16 +106,67 @@ SELECT name, path, j.id, j.spec_digest,
        j.classes, j.shape, j.dtype, j.data.bytes, {_UTC}
 FROM staged"""
 
-INSERT_MODEL_SPECS = """
-INSERT INTO raw.model_specs
-SELECT name, path, digest, source, relation, train, eval, family, description,
-       CAST(spec::JSON->'$.tags' AS VARCHAR[]), spec::JSON FROM spec_rows"""
-
-INSERT_DATASET_SPECS = """
-INSERT INTO raw.dataset_specs
-SELECT name, path, digest, source, description, CAST(spec::JSON->'$.tags' AS VARCHAR[]),
-       spec::JSON
+# Specs arrive as canonical JSON (`spec_rows(path, spec)`); DuckDB hashes them and picks the
+# indexed fields. A spec is taken here only when every field has the type the index needs
+# (`*_SPEC_OK`); the others go through `_scan.spec_row`, the reference, for a located error.
+STAGE_SPECS = """
+CREATE OR REPLACE TEMP TABLE staged_specs AS
+SELECT path, split_part(path, '/', 2) AS name, spec, 'sha256:' || sha256(spec) AS digest,
+       json_extract(spec, ['$.source', '$.source.model', '$.source.relation', '$.data',
+                           '$.data.train', '$.data.eval', '$.architecture',
+                           '$.architecture.family', '$.description', '$.tags']) AS v
 FROM spec_rows"""
+
+_TEXT_OR_NULL = "(v[{i}] IS NULL OR json_type(v[{i}]) IN ('VARCHAR', 'NULL'))"
+_COMMON_OK = f"""{_TEXT_OR_NULL.format(i=9)}
+    AND (v[10] IS NULL OR json_type(v[10]) = 'NULL' OR (json_type(v[10]) = 'ARRAY'
+         AND len([t FOR t IN json_type(v[10], '$[*]') IF t <> 'VARCHAR']) = 0))"""
+
+MODEL_SPEC_OK = f"""path LIKE 'models/%' AND {_COMMON_OK}
+    AND (v[1] IS NULL OR json_type(v[1]) = 'NULL'
+         OR (json_type(v[1]) = 'OBJECT' AND json_type(v[2]) = 'VARCHAR'
+             AND (v[3] IS NULL OR json_type(v[3]) = 'VARCHAR')))
+    AND json_type(v[4]) = 'OBJECT' AND json_type(v[5]) = 'VARCHAR'
+    AND (v[6] IS NULL OR json_type(v[6]) = 'VARCHAR')
+    AND (v[7] IS NULL OR json_type(v[7]) = 'NULL'
+         OR (json_type(v[7]) = 'OBJECT' AND {_TEXT_OR_NULL.format(i=8)}))"""
+
+DATASET_SPEC_OK = f"path LIKE 'datasets/%' AND {_COMMON_OK} AND json_type(v[1]) = 'VARCHAR'"
+
+INSERT_MODEL_SPECS = f"""
+INSERT INTO raw.model_specs
+SELECT name, path, digest,
+       CASE WHEN json_type(v[1]) = 'OBJECT' THEN v[2] ->> '$' END,
+       CASE WHEN json_type(v[1]) = 'OBJECT' THEN coalesce(v[3] ->> '$', 'finetune') END,
+       v[5] ->> '$', coalesce(v[6] ->> '$', v[5] ->> '$'),
+       CASE WHEN json_type(v[8]) = 'VARCHAR' THEN v[8] ->> '$' END,
+       CASE WHEN json_type(v[9]) = 'VARCHAR' THEN v[9] ->> '$' END,
+       CAST(v[10] AS VARCHAR[])
+FROM staged_specs WHERE {MODEL_SPEC_OK}"""
+
+INSERT_DATASET_SPECS = f"""
+INSERT INTO raw.dataset_specs
+SELECT name, path, digest, v[1] ->> '$',
+       CASE WHEN json_type(v[9]) = 'VARCHAR' THEN v[9] ->> '$' END,
+       CAST(v[10] AS VARCHAR[])
+FROM staged_specs WHERE {DATASET_SPEC_OK}"""
+
+FLAGGED_SPECS = f"""
+SELECT path, spec FROM staged_specs
+WHERE NOT coalesce(({MODEL_SPEC_OK}) OR ({DATASET_SPEC_OK}), false) ORDER BY path"""
+
+# Rows picked in Python (`_scan.spec_row`, columns `_scan.SPEC_COLUMNS`) for flagged specs.
+INSERT_MODEL_SPEC_ROWS = """
+INSERT INTO raw.model_specs
+SELECT split_part(path, '/', 2), path, digest, source, relation, train, eval, family,
+       description, CAST(spec::JSON->'$.tags' AS VARCHAR[])
+FROM spec_fields WHERE path LIKE 'models/%'"""
+
+INSERT_DATASET_SPEC_ROWS = """
+INSERT INTO raw.dataset_specs
+SELECT split_part(path, '/', 2), path, digest, source, description,
+       CAST(spec::JSON->'$.tags' AS VARCHAR[])
+FROM spec_fields WHERE path LIKE 'datasets/%'"""
 
 # Lineage edges, declared by specs (so unbuilt models appear) and, for a model with no spec
 # or with `source: {model: auto}`, taken from what its manifest recorded.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import _scan, _sql
-from ._ingest import Changes, Clock, apply, int_column, text_column
+from ._ingest import Changes, Clock, apply
 from .errors import QueryError, StemmaError
 
 if TYPE_CHECKING:
@@ -32,8 +33,6 @@ INDEX_NAME = "index.duckdb"
 LOCK_NAME = "index.lock"
 # How long to wait for another process's refresh before building a private index instead.
 LOCK_WAIT_S = 5.0
-# Above this many files the snapshot is compared inside DuckDB rather than in Python.
-DIFF_IN_SQL = 20_000
 
 
 @dataclass(frozen=True)
@@ -105,8 +104,8 @@ def open_index(reg: Registry) -> Index:
     if not isinstance(reg.tree, WorkTree):
         raise QueryError(f"queries read the working tree, not {reg.tree.label}")
     clock = Clock()
-    snap = _scan.snapshot(reg.root)
-    clock.lap("snapshot")
+    # Child processes stat the files of a large registry while this one opens the index.
+    snap = _scan.PendingSnapshot(reg.root)
     path = index_path(reg)
     try:
         path.parent.mkdir(exist_ok=True)
@@ -175,29 +174,39 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 
 def _fresh(
-    reg: Registry, path: Path, snap: _scan.Snapshot, clock: Clock
+    reg: Registry, path: Path, pending: _scan.PendingSnapshot, clock: Clock
 ) -> tuple[Any, RefreshStats]:
-    """A read-only connection to `path` after bringing it in step with `snap`."""
+    """A read-only connection to `path` after bringing it in step with the snapshot."""
     import duckdb
 
-    changes: Changes | None = None
+    con = None
     if path.exists():
         try:
             con = _connect(path, read_only=True)
         except duckdb.Error:
             con = None  # unreadable: rebuilt below
-        if con is not None:
-            if _format(con) == _sql.FORMAT:
-                changes = _diff(con, snap)
-                clock.lap("compare")
-                if not changes.read and not changes.removed:
-                    return con, RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)
+        if con is not None and _format(con) != _sql.FORMAT:
             con.close()
+            con = None
+    clock.lap("open")
+    snap = pending.result()
+    clock.lap("snapshot")
+    changes: Changes | None = None
+    if con is not None:
+        try:
+            changes = _diff(con, snap)
+        except duckdb.Error:
+            changes = None  # damaged: rebuilt below
+        clock.lap("compare")
+        if changes is not None and not changes.read and not changes.removed:
+            return con, RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)
+        con.close()
     rebuilt = changes is None
     if rebuilt:
         for stale in (path, path.with_name(path.name + ".wal")):
             stale.unlink(missing_ok=True)
-        changes = Changes(read=list(snap.paths), removed=[], added=len(snap.paths))
+        paths = [p for p, _size, _mtime in snap.files()]
+        changes = Changes(read=paths, removed=[], added=len(paths))
     assert changes is not None
     apply(reg, lambda: _connect(path, read_only=False), snap, changes, rebuilt, clock)
     con = _connect(path, read_only=True)
@@ -224,44 +233,18 @@ def _format(con: duckdb.DuckDBPyConnection) -> str | None:
 
 
 def _diff(con: duckdb.DuckDBPyConnection, snap: _scan.Snapshot) -> Changes:
-    """Paths that are new, changed or gone since the index recorded them."""
-    packed = con.execute("SELECT paths_digest, numbers_digest FROM raw.snapshot").fetchall()
-    if packed:
-
-        def numbers() -> bytes:
-            return bytes(con.execute("SELECT numbers FROM raw.snapshot").fetchall()[0][0])
-
-        changed = snap.changed_since(str(packed[0][0]), str(packed[0][1]), numbers)
-        if changed is not None:  # the same files as last time: compare sizes and mtimes only
-            return Changes(read=changed, removed=[], added=0)
-    stats = snap.stats
-    if len(stats) < DIFF_IN_SQL:
-        # Small registries: comparing in Python avoids importing NumPy (a third of a
-        # `stemma query` budget) just to hand the snapshot to DuckDB.
-        stored = {
-            p: (s, m)
-            for p, s, m in con.execute("SELECT path, size, mtime_ns FROM raw.files").fetchall()
-        }
-        read = sorted(p for p, st in stats.items() if stored.get(p) != st)
-        removed = sorted(p for p in stored if p not in stats)
-        return Changes(read, removed, added=sum(1 for p in read if p not in stored))
-    paths = list(stats)
-    con.register(
-        "current_files",
-        {
-            "path": text_column(paths),
-            "size": int_column([stats[p][0] for p in paths]),
-            "mtime_ns": int_column([stats[p][1] for p in paths]),
-        },
-    )
-    try:
-        rows = con.execute("""
-            SELECT coalesce(c.path, f.path), c.path IS NULL, f.path IS NULL
-            FROM current_files c FULL OUTER JOIN raw.files f ON f.path = c.path
-            WHERE c.path IS NULL OR f.path IS NULL
-               OR c.size <> f.size OR c.mtime_ns <> f.mtime_ns""").fetchall()
-    finally:
-        con.unregister("current_files")
-    read = sorted(p for p, gone, _new in rows if not gone)
-    removed = sorted(p for p, gone, _new in rows if gone)
-    return Changes(read=read, removed=removed, added=sum(1 for _p, _g, new in rows if new))
+    """Files that are new, changed or gone since the index last matched the files."""
+    names_digest, numbers_digest = snap.digests()
+    stored = con.execute("SELECT names_digest, numbers_digest FROM raw.snapshot").fetchall()
+    if stored and stored[0] == (names_digest, numbers_digest):
+        return Changes(read=[], removed=[], added=0)  # the common case: nothing changed
+    if stored and stored[0][0] == names_digest:  # the same folders: fetch the numbers only
+        blob = con.execute("SELECT numbers FROM raw.snapshot").fetchall()[0][0]
+        before = _scan.Snapshot.unpack(snap.names, blob)
+    else:
+        row = con.execute("SELECT names, numbers FROM raw.snapshot").fetchall()
+        before = (
+            _scan.Snapshot.unpack(row[0][0], row[0][1]) if row else _scan.Snapshot({}, array("q"))
+        )
+    read, removed, added = snap.diff(before)
+    return Changes(read=read, removed=removed, added=added)

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stemma import schemas
-
 from .errors import ParseError, SchemaError
 from .files import content_id, digest
-from .yamlio import line_of, load_yaml_text
+
+# PyYAML and the schemas are imported where they are used: `stemma ls` and `stemma query`
+# read the DuckDB index and never parse a spec or validate a document.
 
 MODEL_SPEC = "model-spec"
 DATASET_SPEC = "dataset-spec"
@@ -30,6 +30,8 @@ def _pointer(parts: list[str | int]) -> str:
 
 def validate_document(doc: Any, schema: str, display: str, text: str | None = None) -> None:
     """Raise `SchemaError` for the first (most relevant) schema violation of `doc`."""
+    from stemma import schemas
+
     check = schemas.validator(schema)
     if check.is_valid(doc):
         return
@@ -50,7 +52,12 @@ def validate_document(doc: Any, schema: str, display: str, text: str | None = No
             reason = f"unknown key {extra[0]!r}"
     elif err.validator == "required":
         reason = f"missing required field: {err.message}"
-    line = line_of(text, parts) if text is not None else None
+    if text is not None:
+        from .yamlio import line_of
+
+        line = line_of(text, parts)
+    else:
+        line = None
     if len(reason) > 200:
         reason = reason[:197] + "..."
     raise SchemaError(display, reason, pointer=_pointer(parts), line=line)
@@ -58,6 +65,8 @@ def validate_document(doc: Any, schema: str, display: str, text: str | None = No
 
 def parse_yaml_document(text: str, schema: str, display: str) -> dict[str, Any]:
     """Parse and validate YAML text; an empty document is an empty mapping."""
+    from .yamlio import load_yaml_text
+
     doc = load_yaml_text(text, display)
     if doc is None:
         doc = {}
@@ -82,8 +91,6 @@ def parse_json_document(text: str, schema: str, display: str) -> dict[str, Any]:
 def settings_look_valid(doc: Any) -> bool:
     """A hand-written check that stemma.yaml matches its schema: every command opens the
     registry, and importing jsonschema costs more than the rest of `stemma ls`."""
-    from .naming import ENTRYPOINT_RE
-
     if not isinstance(doc, dict) or doc.get("version") != 1:
         return False
     if set(doc) - {"version", "root", "entrypoints", "defaults"}:
@@ -94,14 +101,19 @@ def settings_look_valid(doc: Any) -> bool:
     entrypoints = doc.get("entrypoints", [])
     if not isinstance(entrypoints, list) or len(set(map(str, entrypoints))) != len(entrypoints):
         return False
-    if not all(isinstance(e, str) and ENTRYPOINT_RE.match(e) for e in entrypoints):
-        return False
+    if entrypoints:
+        from .naming import ENTRYPOINT_RE  # compiling the name grammar costs a few ms
+
+        if not all(isinstance(e, str) and ENTRYPOINT_RE.match(e) for e in entrypoints):
+            return False
     defaults = doc.get("defaults", {})
     if not isinstance(defaults, dict) or set(defaults) - {"training", "device"}:
         return False
-    return isinstance(defaults.get("training", {}), dict) and defaults.get(
-        "device", "auto"
-    ) in ("auto", "cpu", "cuda")
+    return isinstance(defaults.get("training", {}), dict) and defaults.get("device", "auto") in (
+        "auto",
+        "cpu",
+        "cuda",
+    )
 
 
 @dataclass(frozen=True)
@@ -298,7 +310,7 @@ class Manifest:
 
     @property
     def kind(self) -> str:
-        """"model" or "dataset"."""
+        """ "model" or "dataset"."""
         return str(self.raw["kind"])
 
     @property

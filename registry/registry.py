@@ -17,7 +17,6 @@ from .errors import (
     StemmaError,
 )
 from .files import canonical_json, content_id, write_atomic
-from .naming import check_name
 from .records import (
     DATASET_MANIFEST,
     DATASET_SPEC,
@@ -34,7 +33,9 @@ from .records import (
     validate_document,
 )
 from .tree import GitTree, Tree, WorkTree
-from .yamlio import load_yaml_text
+
+# Imported where used, not here: the name grammar (opening a registry checks no names) and
+# PyYAML (on the `stemma ls` / `stemma query` path only stemma.yaml needs it).
 
 if TYPE_CHECKING:
     from .query import QueryResult
@@ -82,8 +83,12 @@ class Registry:
         top = Path(
             subprocess.run(
                 ["git", "rev-parse", "--show-toplevel"],
-                cwd=start, capture_output=True, text=True, check=False,
-            ).stdout.strip() or start
+                cwd=start,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            or start
         )
         try:
             repo_root = find_repo_root(start)
@@ -100,6 +105,8 @@ class Registry:
         text = tree.read_text(SETTINGS_FILE)
         if text is None:
             raise RegistryNotFound(path=f"{repo_root} ({tree.label})")
+        from .yamlio import load_yaml_text
+
         doc = load_yaml_text(text, SETTINGS_FILE)
         if not settings_look_valid(doc):  # the full schema only when it can find something
             doc = parse_yaml_document(text, SETTINGS, SETTINGS_FILE)
@@ -180,7 +187,8 @@ class Registry:
         key = ("names", kind)
         if key not in self._cache:
             self._cache[key] = [
-                n for n in self.tree.subdirs(self.rel(kind))
+                n
+                for n in self.tree.subdirs(self.rel(kind))
                 if self.tree.exists(self.rel(kind, n, SPEC_FILE))
                 or self.tree.exists(self.rel(kind, n, MANIFEST_FILE))
             ]
@@ -205,6 +213,8 @@ class Registry:
             if manifest is None:
                 raise ModelNotFound(name, hint=self._hint(name, self.model_names()))
             return ModelSpec(name, manifest.path, manifest.raw["spec"], registered=True)
+        from .naming import check_name
+
         check_name(name, "model name")
         return ModelSpec.from_dict(name, doc, path)
 
@@ -214,6 +224,8 @@ class Registry:
         doc = self._load(path, DATASET_SPEC, yaml=True)
         if doc is None:
             raise DatasetNotFound(name, hint=self._hint(name, self.dataset_names()))
+        from .naming import check_name
+
         check_name(name, "dataset name")
         return DatasetSpec.from_dict(name, doc, path)
 

@@ -7,8 +7,10 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -375,7 +377,7 @@ def test_lineage_macros_terminate_on_a_cycle(zoo: Any) -> None:
 def forbidden(tmp: Path) -> list[str]:
     out = tmp / "out"
     return [
-        "INSERT INTO raw.files VALUES ('x', 1, 1)",
+        "INSERT INTO raw.meta VALUES ('x', 'y')",
         "CREATE TABLE t (a INTEGER)",
         "CREATE TEMP TABLE t AS SELECT 1",
         "CREATE OR REPLACE VIEW models AS SELECT 1",
@@ -401,7 +403,7 @@ def forbidden(tmp: Path) -> list[str]:
         "CHECKPOINT",
         "VACUUM",
         "CALL pragma_version()",
-        "EXPLAIN ANALYZE DELETE FROM raw.files",
+        "EXPLAIN ANALYZE DELETE FROM raw.meta",
         "SELECT 1; DROP VIEW models",
         "SELECT * FROM query('CREATE TEMP TABLE t AS SELECT 1')",
     ]
@@ -427,7 +429,7 @@ def test_forbidden_statements_are_refused_and_change_nothing(zoo: Any, tmp_path:
 def test_refusal_messages_say_why(zoo: Any) -> None:
     reg, _docs = zoo
     with pytest.raises(QueryError, match="INSERT statements are refused"):
-        query(reg, "INSERT INTO raw.files VALUES ('x', 1, 1)")
+        query(reg, "INSERT INTO raw.meta VALUES ('x', 'y')")
     with pytest.raises(QueryError, match="file system operations are disabled"):
         query(reg, "SELECT * FROM read_csv('/etc/passwd')")
     with pytest.raises(QueryError, match="exactly one SQL statement"):
@@ -486,22 +488,64 @@ def test_reparenting_a_model_moves_its_lineage_edges(zoo: Any) -> None:
 
 def test_snapshot_comparison_finds_each_changed_file() -> None:
     n = 10_000
-    before = _scan.Snapshot(
-        [f"models/m{i}/manifest.json" for i in range(n)], list(range(n)), [10 * i for i in range(n)]
+    names = {"models": [f"m{i}" for i in range(n)], "datasets": ["d0", "d1"]}
+    numbers = array("q")
+    for i in range(n + 2):  # a spec and a manifest per folder: (size, mtime) each
+        numbers.extend((100 + i, 10 * i, 200 + i, 10 * i + 1))
+    before = _scan.Snapshot(names, numbers)
+    after = _scan.Snapshot(names, array("q", numbers))
+    after.numbers[4 * 7000 + 2] += 1  # m7000's manifest grew
+    after.numbers[4 * 5 + 1] += 1  # m5's spec was touched
+    after.numbers[4 * 3 + 2] = _scan.MISSING  # m3's manifest was deleted
+    after.numbers[4 * (n + 1)] = 7  # d1's spec changed
+    changed = ["models/m5/spec.yaml", "models/m7000/manifest.json", "datasets/d1/spec.yaml"]
+    assert after.diff(before) == (changed, ["models/m3/manifest.json"], 0)
+    assert before.diff(before) == ([], [], 0)
+    assert before.digests() != after.digests()
+    stored = _scan.Snapshot.unpack(*after.pack()[2:])
+    assert stored.names == after.names and stored.numbers == after.numbers
+    # Folders added and removed are matched by name.
+    moved = _scan.Snapshot(
+        {"models": ["new", *names["models"][2:]], "datasets": ["d0", "d1"]},
+        array("q", [1, 1, 2, 2]) + numbers[8:],
     )
-    after = _scan.Snapshot(list(before.paths), list(before.sizes), list(before.mtimes))
-    after.sizes[7000] += 1
-    after.mtimes[5] += 1
-    after.mtimes[n - 1] += 1
-    paths, numbers, blob = before.pack()
-    assert after.changed_since(paths, numbers, lambda: blob) == [
-        before.paths[5],
-        before.paths[7000],
-        before.paths[n - 1],
-    ]
-    assert before.changed_since(paths, numbers, lambda: blob) == []
-    fewer = _scan.Snapshot(before.paths[1:], before.sizes[1:], before.mtimes[1:])
-    assert fewer.changed_since(paths, numbers, lambda: blob) is None
+    assert moved.diff(before) == (
+        ["models/new/spec.yaml", "models/new/manifest.json"],
+        [f"models/m{i}/{f}" for i in (0, 1) for f in ("spec.yaml", "manifest.json")],
+        2,
+    )
+    assert after.stamps(["models/m5/spec.yaml", "datasets/d1/spec.yaml"]) == {
+        "models/m5/spec.yaml": (105, 51),
+        "datasets/d1/spec.yaml": (7, 10 * (n + 1)),
+    }
+    racy = after.with_sizes({"models/m9/spec.yaml": _scan.RACY})
+    assert racy.size(18) == _scan.RACY and after.size(18) == 109
+    assert after.diff(racy) == (["models/m9/spec.yaml"], [], 0)
+    assert len(after.by_path()) == 2 * (n + 2) - 1  # m3's manifest is gone
+
+
+def in_fresh_process(code: str) -> Any:
+    """Run `code` in a new interpreter (forking needs a process with one thread, which a
+    test worker is not) and return the JSON it prints last."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_snapshot_taken_by_child_processes_matches_one_taken_here(tmp_path: Path) -> None:
+    synth.generate(tmp_path / "reg", 30, shape="mixed", seed=2, family_size=10, unbuilt=0.2)
+    (tmp_path / "reg/models/m000004/spec.yaml").unlink()  # a folder with a manifest only
+    got = in_fresh_process(f"""
+import json
+from stemma.registry import _scan
+assert _scan._can_fork()
+here = _scan.snapshot({str(tmp_path / "reg")!r})
+_scan.SPLIT_MIN = 2  # two children per kind
+forked = _scan.snapshot({str(tmp_path / "reg")!r})
+print(json.dumps([here.names == forked.names, here.numbers == forked.numbers,
+                  sorted(here.by_path())]))
+""")
+    files = [*(tmp_path / "reg").glob("*/*/spec.yaml"), *(tmp_path / "reg").glob("*/*/*.json")]
+    assert got == [True, True, sorted(str(p.relative_to(tmp_path / "reg")) for p in files)]
 
 
 def test_same_size_rewrite_within_the_same_mtime_is_seen(zoo: Any) -> None:
@@ -541,14 +585,73 @@ def test_a_broken_spec_is_reported_with_its_line(zoo: Any) -> None:
         query(reg, "SELECT * FROM models")
 
 
-def test_spec_errors_cross_from_worker_processes(zoo: Any, monkeypatch: Any) -> None:
+ODD_SPECS = {
+    # name -> spec text: fields the index picks in SQL, and specs SQL leaves to Python
+    "plain": "data: {train: d-a}\n",
+    "ft": "source: {model: base}\ndata: {train: d-a, eval: d-b}\n",
+    "auto": "source: {model: auto, relation: distill}\ndata:\n  train: d-a\n",
+    "nulls": "description: null\ntags: null\narchitecture: null\ndata: {train: d-a}\n",
+    "nofamily": "architecture: {hidden: [4]}\ntags: []\ndata: {train: d-a}\n",
+    "quoted": 'description: "say \\"hi\\" \\\\ \\u00e9"\ntags: [\'x y\', "z"]\n'
+    "data: {train: d-a}\n",
+    "unicode": "description: Modèle dérivé ✓\ndata: {train: d-a}\n",
+    "emptysource": "source: {}\ndata: {train: d-a}\n",  # falsy: no source, Python decides
+    "listsource": "source: []\ndata: {train: d-a}\n",
+    "numberdesc": "description: 5\ndata: {train: d-a}\n",  # refused: not text
+    "nulleval": "data: {train: d-a, eval: null}\n",  # refused: eval must be a name
+}
+
+
+def test_spec_fields_picked_in_sql_match_the_python_reference(registry: Registry) -> None:
+    write(registry.root / "datasets/d-a/spec.yaml", "source: sklearn:digits\ntags: [t]\n")
+    refused = {"numberdesc", "nulleval"}
+    for name, text in ODD_SPECS.items():
+        write(registry.root / f"models/{name}/spec.yaml", text)
+    for bad in sorted(refused):
+        with pytest.raises(SchemaError, match=rf"models/{bad}/spec.yaml"):
+            query(registry, "SELECT * FROM models")
+        (registry.root / f"models/{bad}/spec.yaml").unlink()
+    columns = "path, digest, source, relation, train, eval, family, description"
+    with index.open_index(registry) as idx:
+        got = {
+            r[0]: r
+            for r in idx.con.execute(
+                f"SELECT {columns}, tags FROM raw.model_specs UNION ALL "
+                "SELECT path, digest, source, NULL, NULL, NULL, NULL, description, tags "
+                "FROM raw.dataset_specs"
+            ).fetchall()
+        }
+    paths = [f"models/{n}/spec.yaml" for n in ODD_SPECS if n not in refused]
+    for path in [*paths, "datasets/d-a/spec.yaml"]:
+        text = (registry.root / path).read_text()
+        doc = yaml.safe_load(text)
+        compact = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        expected = _scan.spec_row(path, compact, path, text)
+        assert expected[2] == digest(doc)
+        assert got[path][:8] == (expected[0], *expected[2:]), path
+        assert got[path][8] == doc.get("tags"), path
+
+
+def test_spec_errors_cross_from_worker_processes(zoo: Any) -> None:
     reg, _docs = zoo
-    monkeypatch.setattr(_scan, "POOL_MIN", 1)  # parse specs in worker processes
     (reg.root / "models/ft1a/spec.yaml").write_text("data: [unclosed\n")
-    with pytest.raises(ParseError, match=r"^models/ft1a/spec.yaml:\d+: invalid YAML"):
-        query(reg, "SELECT * FROM models")
+    code = f"""
+import json
+from stemma.registry import Registry, _scan
+from stemma.registry.query import query
+_scan.POOL_MIN = 1  # parse specs in worker processes
+assert _scan._can_fork()
+try:
+    query(Registry.open({str(reg.root)!r}), "SELECT * FROM models")
+except Exception as exc:
+    print(json.dumps(str(exc)))
+else:
+    print(json.dumps(query(Registry.open({str(reg.root)!r}),
+                           "SELECT train FROM models WHERE name = 'ft1a'").to_dicts()))
+"""
+    assert re.match(r"^models/ft1a/spec.yaml:\d+: invalid YAML", in_fresh_process(code))
     (reg.root / "models/ft1a/spec.yaml").write_text("source: {model: ft1}\ndata: {train: d-a}\n")
-    assert rows(reg, "SELECT train FROM models WHERE name = 'ft1a'") == [{"train": "d-a"}]
+    assert in_fresh_process(code) == [{"train": "d-a"}]
 
 
 def test_damaged_or_old_index_is_rebuilt(zoo: Any) -> None:
@@ -814,9 +917,16 @@ def same(a: Any, b: Any) -> bool:
 def check_against_pyyaml(text: str) -> bool:
     """The fast reader either declines or agrees with PyYAML; True when it read the text."""
     fast = _fastyaml.load(text)
+    compact = _fastyaml.canonical(text)
     if fast is None:
+        assert compact is None, text
         return False
-    assert same(fast, yaml.load(text, Loader=yaml.CSafeLoader)), text
+    expected = yaml.load(text, Loader=yaml.CSafeLoader)
+    assert same(fast, expected), text
+    # The index hashes this text directly: it must be what `files.digest` hashes.
+    assert compact == json.dumps(
+        expected, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ), text
     return True
 
 
