@@ -35,6 +35,9 @@ _VALUES: dict[str, str] = {}
 _CACHE: dict[str, str] = {}
 _LINES: dict[str, tuple[str, str]] = {}
 _CACHE_MAX = 100_000
+# Text that starts with a dot but is no YAML 1.1 number (such as ".5", "._5", ".inf", ".NaN"):
+# ".", "./data", ".hidden".
+_DOT_TEXT = re.compile(r"\.(?![0-9_]|(?:inf|Inf|INF|nan|NaN|NAN)$).*", re.S)
 # Characters that make a flow mapping more than plain `key: value` pairs.
 _NOT_FLAT = re.compile(r"[\[\]{}'\"#?&*!|>%@`]")
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -226,6 +229,6 @@ def _scalar(text: str) -> str:
         return str(int(text))
     if _FLOAT.fullmatch(text):
         return repr(float(text))
-    if not (text[0].isalpha() or text[0] in "_/") or '"' in text:
+    if not (text[0].isalpha() or text[0] in "_/" or _DOT_TEXT.fullmatch(text)) or '"' in text:
         raise _Unsupported
     return f'"{text}"'

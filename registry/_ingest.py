@@ -52,6 +52,9 @@ class Changes:
     read: list[str]  # new or changed paths
     removed: list[str]
     added: int
+    # Size and mtime of each path to read, as the snapshot saw them: what the index records
+    # for the file (see `_scan.read_text`).
+    stamps: dict[str, tuple[int, int]]
 
 
 def text_column(values: Sequence[str | None]) -> Any:
@@ -81,10 +84,9 @@ def apply(
     # Taken before any file is read: a file is "racy" when its mtime is within the window of
     # this moment, and so also of the moment it was read (which is later).
     now = _scan.now_ns()
-    # What the index records for each file: the snapshot's stat (see `_scan.read_text`).
-    stamps = snap.by_path() if create else snap.stamps(changes.read)
-    specs = [p for p in changes.read if p.endswith("/" + _scan.SPEC)]
-    manifests = [p for p in changes.read if p.endswith("/" + _scan.MANIFEST)]
+    stamps = changes.stamps
+    specs = [p for p in changes.read if p.endswith(_scan.SPEC)]
+    manifests = [p for p in changes.read if p.endswith(_scan.MANIFEST)]
     # Specs are turned into JSON by worker processes while this one indexes manifests.
     reader = _scan.SpecReader(reg.root, reg.rel_root, specs, [stamps[p][0] for p in specs])
     try:

@@ -205,8 +205,8 @@ def _fresh(
     if rebuilt:
         for stale in (path, path.with_name(path.name + ".wal")):
             stale.unlink(missing_ok=True)
-        paths = [p for p, _size, _mtime in snap.files()]
-        changes = Changes(read=paths, removed=[], added=len(paths))
+        stamps = snap.by_path()
+        changes = Changes(read=list(stamps), removed=[], added=len(stamps), stamps=stamps)
     assert changes is not None
     apply(reg, lambda: _connect(path, read_only=False), snap, changes, rebuilt, clock)
     con = _connect(path, read_only=True)
@@ -237,7 +237,7 @@ def _diff(con: duckdb.DuckDBPyConnection, snap: _scan.Snapshot) -> Changes:
     names_digest, numbers_digest = snap.digests()
     stored = con.execute("SELECT names_digest, numbers_digest FROM raw.snapshot").fetchall()
     if stored and stored[0] == (names_digest, numbers_digest):
-        return Changes(read=[], removed=[], added=0)  # the common case: nothing changed
+        return Changes(read=[], removed=[], added=0, stamps={})  # the common case
     if stored and stored[0][0] == names_digest:  # the same folders: fetch the numbers only
         blob = con.execute("SELECT numbers FROM raw.snapshot").fetchall()[0][0]
         before = _scan.Snapshot.unpack(snap.names, blob)
@@ -247,4 +247,4 @@ def _diff(con: duckdb.DuckDBPyConnection, snap: _scan.Snapshot) -> Changes:
             _scan.Snapshot.unpack(row[0][0], row[0][1]) if row else _scan.Snapshot({}, array("q"))
         )
     read, removed, added = snap.diff(before)
-    return Changes(read=read, removed=removed, added=added)
+    return Changes(read=read, removed=removed, added=added, stamps=snap.stamps(read))

@@ -105,9 +105,13 @@ class Registry:
         text = tree.read_text(SETTINGS_FILE)
         if text is None:
             raise RegistryNotFound(path=f"{repo_root} ({tree.label})")
-        from .yamlio import load_yaml_text
+        from . import _fastyaml
 
-        doc = load_yaml_text(text, SETTINGS_FILE)
+        doc = _fastyaml.load(text)  # PyYAML's import alone is a tenth of a `stemma ls`
+        if doc is None:
+            from .yamlio import load_yaml_text
+
+            doc = load_yaml_text(text, SETTINGS_FILE)
         if not settings_look_valid(doc):  # the full schema only when it can find something
             doc = parse_yaml_document(text, SETTINGS, SETTINGS_FILE)
         settings = Settings.from_dict(doc)

@@ -977,6 +977,15 @@ def fuzz_texts(n: int, seed: int) -> list[str]:
         "a:b",
         "T",
         "é",
+        ".",
+        "./p",
+        ".x",
+        "._5",
+        ".5_0",
+        ".inf",
+        ".NaN",
+        "..",
+        ".e3",
     ]
     keys = ["a", "b", "c", "yes", "on", "k.1", "k-2", "1", "_"]
 
