@@ -242,6 +242,21 @@ class PendingSnapshot:
         self._kinds = []
         return out
 
+    def close(self) -> None:
+        """Stop and reap children whose result is not wanted (after an error)."""
+        import signal
+
+        for _kind, fd, _names, children in self._kinds:
+            for _lo, _hi, pid, pipe in children:
+                os.close(pipe)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+            fd.close()
+        self._kinds = []
+
 
 class _Folder:
     """An open folder whose files are stat-ed by relative path: shorter lookups, a third

@@ -28,8 +28,17 @@ FAILED_GATE = "failed-gate"
 FAILED_CHECK = "failed-check"
 
 CODES = (
-    SCHEMA, INVALID_NAME, DANGLING_SOURCE, DANGLING_DATASET, CYCLE, PATH_ESCAPE,
-    UNTRUSTED_ENTRYPOINT, STALE_MANIFEST, ID_MISMATCH, FAILED_GATE, FAILED_CHECK,
+    SCHEMA,
+    INVALID_NAME,
+    DANGLING_SOURCE,
+    DANGLING_DATASET,
+    CYCLE,
+    PATH_ESCAPE,
+    UNTRUSTED_ENTRYPOINT,
+    STALE_MANIFEST,
+    ID_MISMATCH,
+    FAILED_GATE,
+    FAILED_CHECK,
 )
 
 
@@ -57,8 +66,14 @@ class Violation:
 
 def _from_error(exc: StemmaError, subject: str, fallback: str) -> Violation:
     if isinstance(exc, LocatedError):
-        return Violation(exc.code if exc.code in CODES else SCHEMA, exc.path, exc.reason,
-                         exc.pointer, exc.line, subject)
+        return Violation(
+            exc.code if exc.code in CODES else SCHEMA,
+            exc.path,
+            exc.reason,
+            exc.pointer,
+            exc.line,
+            subject,
+        )
     return Violation(getattr(exc, "code", SCHEMA), fallback, exc.message, subject=subject)
 
 
@@ -71,8 +86,9 @@ def check(reg: Registry) -> list[Violation]:
         subject = f"dataset:{name}"
         path = reg.rel("datasets", name, "spec.yaml")
         if not NAME_RE.match(name):
-            found.append(Violation(INVALID_NAME, path, f"invalid dataset name {name!r}",
-                                   subject=subject))
+            found.append(
+                Violation(INVALID_NAME, path, f"invalid dataset name {name!r}", subject=subject)
+            )
             continue
         try:
             datasets[name] = reg.dataset_spec(name)
@@ -84,8 +100,9 @@ def check(reg: Registry) -> list[Violation]:
         subject = f"model:{name}"
         path = reg.rel("models", name, "spec.yaml")
         if not NAME_RE.match(name):
-            found.append(Violation(INVALID_NAME, path, f"invalid model name {name!r}",
-                                   subject=subject))
+            found.append(
+                Violation(INVALID_NAME, path, f"invalid model name {name!r}", subject=subject)
+            )
             continue
         try:
             models[name] = reg.model_spec(name)
@@ -109,13 +126,25 @@ def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
         try:
             reg.resolve(source.value, "/source", spec.path)
         except StemmaError:
-            return [Violation(PATH_ESCAPE, spec.path,
-                              f"data path {source.value!r} escapes the registry root",
-                              "/source", subject=subject)]
+            return [
+                Violation(
+                    PATH_ESCAPE,
+                    spec.path,
+                    f"data path {source.value!r} escapes the registry root",
+                    "/source",
+                    subject=subject,
+                )
+            ]
     if source.kind == "entrypoint" and source.value not in reg.settings.entrypoints:
-        return [Violation(UNTRUSTED_ENTRYPOINT, spec.path,
-                          f"entrypoint {source.value!r} is not listed under entrypoints"
-                          " in stemma.yaml", "/source", subject=subject)]
+        return [
+            Violation(
+                UNTRUSTED_ENTRYPOINT,
+                spec.path,
+                f"entrypoint {source.value!r} is not listed under entrypoints in stemma.yaml",
+                "/source",
+                subject=subject,
+            )
+        ]
     return []
 
 
@@ -125,26 +154,45 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
     src = spec.source
     if src is not None and not src.auto and src.model not in models:
         hint = Registry._hint(src.model, list(models))
-        found.append(Violation(DANGLING_SOURCE, spec.path,
-                               f"source model {src.model!r} does not exist{hint}",
-                               "/source/model", subject=subject))
+        found.append(
+            Violation(
+                DANGLING_SOURCE,
+                spec.path,
+                f"source model {src.model!r} does not exist{hint}",
+                "/source/model",
+                subject=subject,
+            )
+        )
     for pointer, dataset in spec.dataset_refs().items():
         if not reg.has_dataset(dataset):
             hint = Registry._hint(dataset, reg.dataset_names())
-            found.append(Violation(DANGLING_DATASET, spec.path,
-                                   f"dataset {dataset!r} does not exist{hint}", pointer,
-                                   subject=subject))
+            found.append(
+                Violation(
+                    DANGLING_DATASET,
+                    spec.path,
+                    f"dataset {dataset!r} does not exist{hint}",
+                    pointer,
+                    subject=subject,
+                )
+            )
     entry = spec.architecture.get("entrypoint")
     if entry and entry not in reg.settings.entrypoints:
-        found.append(Violation(UNTRUSTED_ENTRYPOINT, spec.path,
-                               f"entrypoint {entry!r} is not listed under entrypoints"
-                               " in stemma.yaml", "/architecture/entrypoint", subject=subject))
+        found.append(
+            Violation(
+                UNTRUSTED_ENTRYPOINT,
+                spec.path,
+                f"entrypoint {entry!r} is not listed under entrypoints in stemma.yaml",
+                "/architecture/entrypoint",
+                subject=subject,
+            )
+        )
     return found
 
 
 def _parents(models: dict[str, ModelSpec]) -> dict[str, str]:
     return {
-        n: s.source.model for n, s in models.items()
+        n: s.source.model
+        for n, s in models.items()
         if s.source is not None and not s.source.auto and s.source.model in models
     }
 
@@ -159,10 +207,16 @@ def _cycles(reg: Registry, models: dict[str, ModelSpec]) -> list[Violation]:
             path.append(node)
             node = parent.get(node)
         if node is not None and node in path:
-            loop = path[path.index(node):]
-            found.append(Violation(CYCLE, models[loop[0]].path,
-                                   "lineage cycle: " + " -> ".join([*loop, loop[0]]),
-                                   "/source/model", subject=f"model:{loop[0]}"))
+            loop = path[path.index(node) :]
+            found.append(
+                Violation(
+                    CYCLE,
+                    models[loop[0]].path,
+                    "lineage cycle: " + " -> ".join([*loop, loop[0]]),
+                    "/source/model",
+                    subject=f"model:{loop[0]}",
+                )
+            )
         seen.update(path)
     return found
 
@@ -177,19 +231,39 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
         return []
     found = []
     if manifest.computed_id != manifest.id:
-        found.append(Violation(ID_MISMATCH, manifest.path,
-                               "content no longer matches its id (edited by hand?);"
-                               " rebuild with `dvc repro`", "/id", subject=subject))
+        found.append(
+            Violation(
+                ID_MISMATCH,
+                manifest.path,
+                "content no longer matches its id (edited by hand?); rebuild with `dvc repro`",
+                "/id",
+                subject=subject,
+            )
+        )
     found += list(_staleness(reg, name, models, manifest.path))
     for gate in manifest.raw.get("gates", []):
         if not gate["passed"]:
-            found.append(Violation(FAILED_GATE, manifest.path,
-                                   f"gate {gate['metric']} {gate['op']} {gate['threshold']}"
-                                   f" failed (value {gate['value']})", "/gates", subject=subject))
+            found.append(
+                Violation(
+                    FAILED_GATE,
+                    manifest.path,
+                    f"gate {gate['metric']} {gate['op']} {gate['threshold']}"
+                    f" failed (value {gate['value']})",
+                    "/gates",
+                    subject=subject,
+                )
+            )
     for check_name, result in sorted((manifest.raw.get("checks") or {}).items()):
         if not result.get("passed", True):
-            found.append(Violation(FAILED_CHECK, manifest.path, f"check {check_name} failed",
-                                   f"/checks/{check_name}", subject=subject))
+            found.append(
+                Violation(
+                    FAILED_CHECK,
+                    manifest.path,
+                    f"check {check_name} failed",
+                    f"/checks/{check_name}",
+                    subject=subject,
+                )
+            )
     return found
 
 
@@ -201,8 +275,13 @@ def _staleness(
     spec = models[name]
     subject = f"model:{name}"
     if manifest.spec_digest != spec.digest:
-        yield Violation(STALE_MANIFEST, path, "spec changed since the last build;"
-                        " run `dvc repro`", "/spec_digest", subject=subject)
+        yield Violation(
+            STALE_MANIFEST,
+            path,
+            "spec changed since the last build; run `dvc repro`",
+            "/spec_digest",
+            subject=subject,
+        )
         return
     src = spec.source
     if src is None or src.auto or src.model not in models:
@@ -212,5 +291,10 @@ def _staleness(
     except StemmaError:
         return
     if parent is not None and manifest.source_id != parent.id:
-        yield Violation(STALE_MANIFEST, path, f"source {src.model!r} changed since the last"
-                        " build; run `dvc repro`", "/source/id", subject=subject)
+        yield Violation(
+            STALE_MANIFEST,
+            path,
+            f"source {src.model!r} changed since the last build; run `dvc repro`",
+            "/source/id",
+            subject=subject,
+        )

@@ -31,9 +31,7 @@ class LocatedError(StemmaError):
 
     code = "invalid-file"
 
-    def __init__(
-        self, path: str, reason: str, pointer: str = "", line: int | None = None
-    ) -> None:
+    def __init__(self, path: str, reason: str, pointer: str = "", line: int | None = None) -> None:
         self.path = path
         self.pointer = pointer
         self.line = line

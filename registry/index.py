@@ -106,6 +106,13 @@ def open_index(reg: Registry) -> Index:
     clock = Clock()
     # Child processes stat the files of a large registry while this one opens the index.
     snap = _scan.PendingSnapshot(reg.root)
+    try:
+        return _open(reg, snap, clock)
+    finally:
+        snap.close()  # children left over after an error
+
+
+def _open(reg: Registry, snap: _scan.PendingSnapshot, clock: Clock) -> Index:
     path = index_path(reg)
     try:
         path.parent.mkdir(exist_ok=True)

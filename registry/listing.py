@@ -35,14 +35,19 @@ class Entry:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form with stable keys."""
         return {
-            "kind": self.kind, "name": self.name, "status": self.status, "id": self.id,
-            "source": self.source, "relation": self.relation, "tags": list(self.tags),
+            "kind": self.kind,
+            "name": self.name,
+            "status": self.status,
+            "id": self.id,
+            "source": self.source,
+            "relation": self.relation,
+            "tags": list(self.tags),
             "metrics": self.metrics,
         }
 
 
 def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
-    """"unbuilt", "stale" (spec or source changed since the build) or "built"."""
+    """ "unbuilt", "stale" (spec or source changed since the build) or "built"."""
     if manifest is None:
         return "unbuilt"
     spec = reg.model_spec(name)
@@ -59,7 +64,7 @@ def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
 
 
 def dataset_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
-    """"unbuilt", "stale" or "built" for a dataset."""
+    """ "unbuilt", "stale" or "built" for a dataset."""
     if manifest is None:
         return "unbuilt"
     return "built" if manifest.spec_digest == reg.dataset_spec(name).digest else "stale"
@@ -79,16 +84,34 @@ def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
         for name in reg.dataset_names():
             dspec = reg.dataset_spec(name)
             dm = reg.dataset_manifest(name)
-            rows.append(Entry("dataset", name, dataset_status(reg, name, dm),
-                              dm.id if dm else None, dspec.source, None, dspec.tags))
+            rows.append(
+                Entry(
+                    "dataset",
+                    name,
+                    dataset_status(reg, name, dm),
+                    dm.id if dm else None,
+                    dspec.source,
+                    None,
+                    dspec.tags,
+                )
+            )
     if kind in (None, Kind.model):
         for name in reg.model_names():
             spec = reg.model_spec(name)
             mm = reg.model_manifest(name)
             src = spec.source
-            rows.append(Entry("model", name, model_status(reg, name, mm), mm.id if mm else None,
-                              src.model if src else None, src.relation if src else None,
-                              spec.tags, mm.metrics if mm else {}))
+            rows.append(
+                Entry(
+                    "model",
+                    name,
+                    model_status(reg, name, mm),
+                    mm.id if mm else None,
+                    src.model if src else None,
+                    src.relation if src else None,
+                    spec.tags,
+                    mm.metrics if mm else {},
+                )
+            )
     return rows
 
 
@@ -112,8 +135,18 @@ def _indexed_entries(reg: Registry, kind: Kind | None) -> list[Entry]:
             for name, status, id_, source, relation, tags, metrics in index.con.execute(
                 _MODELS_SQL
             ).fetchall():
-                rows.append(Entry("model", name, status, id_, source, relation, tuple(tags),
-                                  dict(metrics or {})))
+                rows.append(
+                    Entry(
+                        "model",
+                        name,
+                        status,
+                        id_,
+                        source,
+                        relation,
+                        tuple(tags),
+                        dict(metrics or {}),
+                    )
+                )
     return rows
 
 
@@ -123,17 +156,31 @@ def describe(reg: Registry, name: str) -> dict[str, Any]:
         from .versions import resolve
 
         manifest = resolve(reg, name)
-        return {"kind": "model", "name": manifest.name, "status": "version",
-                "spec": dict(manifest.raw.get("spec", {})), "manifest": manifest.to_dict()}
+        return {
+            "kind": "model",
+            "name": manifest.name,
+            "status": "version",
+            "spec": dict(manifest.raw.get("spec", {})),
+            "manifest": manifest.to_dict(),
+        }
     if reg.has_model(name):
         mm = reg.model_manifest(name)
-        return {"kind": "model", "name": name, "status": model_status(reg, name, mm),
-                "spec": dict(reg.model_spec(name).raw), "manifest": mm.to_dict() if mm else None}
+        return {
+            "kind": "model",
+            "name": name,
+            "status": model_status(reg, name, mm),
+            "spec": dict(reg.model_spec(name).raw),
+            "manifest": mm.to_dict() if mm else None,
+        }
     if reg.has_dataset(name):
         dm = reg.dataset_manifest(name)
-        return {"kind": "dataset", "name": name, "status": dataset_status(reg, name, dm),
-                "spec": dict(reg.dataset_spec(name).raw),
-                "manifest": dm.to_dict() if dm else None}
+        return {
+            "kind": "dataset",
+            "name": name,
+            "status": dataset_status(reg, name, dm),
+            "spec": dict(reg.dataset_spec(name).raw),
+            "manifest": dm.to_dict() if dm else None,
+        }
     hint = Registry._hint(name, reg.model_names() + reg.dataset_names())
     if reg.dataset_names() and not reg.model_names():
         raise DatasetNotFound(name, hint)

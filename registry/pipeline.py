@@ -114,11 +114,15 @@ def render_dict(reg: Registry) -> dict[str, Any]:
             stages[stage_name("explore", name)] = explore
             deps.append(reg.rel(*folder, EXPLORATION_FILE))
         elif src is not None:
-            deps += [reg.rel("models", src.model, WEIGHTS_FILE),
-                     reg.rel("models", src.model, MANIFEST_FILE)]
+            deps += [
+                reg.rel("models", src.model, WEIGHTS_FILE),
+                reg.rel("models", src.model, MANIFEST_FILE),
+            ]
         for dataset in sorted(set(spec.dataset_refs().values())):
-            deps += [reg.rel("datasets", dataset, DATA_FILE),
-                     reg.rel("datasets", dataset, MANIFEST_FILE)]
+            deps += [
+                reg.rel("datasets", dataset, DATA_FILE),
+                reg.rel("datasets", dataset, MANIFEST_FILE),
+            ]
         stages[stage_name("model", name)] = {
             "cmd": f"stemma build model {name}",
             "deps": deps,
@@ -127,8 +131,9 @@ def render_dict(reg: Registry) -> dict[str, Any]:
                 _out(reg.rel(*folder, MANIFEST_FILE), cache=False),
             ],
             "metrics": [_out(reg.rel(*folder, "metrics.json"), cache=False)],
-            "plots": [_out(reg.rel(*folder, "curve.json"), cache=False,
-                           x="epoch", y="eval_accuracy")],
+            "plots": [
+                _out(reg.rel(*folder, "curve.json"), cache=False, x="epoch", y="eval_accuracy")
+            ],
         }
         if GTO_NAME.match(name):
             artifact: dict[str, Any] = {"path": reg.rel(*folder, WEIGHTS_FILE), "type": "model"}
@@ -149,8 +154,10 @@ def _exploration_stage(reg: Registry, name: str, spec: ModelSpec) -> dict[str, A
     deps = [reg.rel("models", name, SPEC_FILE)]
     for cand in candidates(reg, name, spec):
         deps += [reg.rel("models", cand, WEIGHTS_FILE), reg.rel("models", cand, MANIFEST_FILE)]
-    deps += [reg.rel("datasets", spec.train, DATA_FILE),
-             reg.rel("datasets", spec.train, MANIFEST_FILE)]
+    deps += [
+        reg.rel("datasets", spec.train, DATA_FILE),
+        reg.rel("datasets", spec.train, MANIFEST_FILE),
+    ]
     return {
         "cmd": f"stemma explore --for {name}",
         "deps": deps,

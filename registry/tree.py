@@ -56,9 +56,7 @@ class WorkTree:
 
 def git(repo: Path, *args: str, input_: bytes | None = None) -> bytes:
     """Run a git command in `repo` and return stdout; failures raise `GitError`."""
-    proc = subprocess.run(
-        ["git", *args], cwd=repo, input=input_, capture_output=True, check=False
-    )
+    proc = subprocess.run(["git", *args], cwd=repo, input=input_, capture_output=True, check=False)
     if proc.returncode != 0:
         msg = proc.stderr.decode(errors="replace").strip().splitlines()
         raise GitError(f"git {' '.join(args[:3])}: {msg[-1] if msg else 'failed'}")
@@ -96,8 +94,12 @@ class GitTree:
         wanted = [p for p in paths if p in self._blobs and p not in self._cache]
         if not wanted:
             return
-        out = git(self.repo, "cat-file", "--batch", input_="".join(
-            self._blobs[p] + "\n" for p in wanted).encode())
+        out = git(
+            self.repo,
+            "cat-file",
+            "--batch",
+            input_="".join(self._blobs[p] + "\n" for p in wanted).encode(),
+        )
         pos = 0
         for path in wanted:
             header_end = out.index(b"\n", pos)

@@ -535,17 +535,24 @@ def test_snapshot_taken_by_child_processes_matches_one_taken_here(tmp_path: Path
     synth.generate(tmp_path / "reg", 30, shape="mixed", seed=2, family_size=10, unbuilt=0.2)
     (tmp_path / "reg/models/m000004/spec.yaml").unlink()  # a folder with a manifest only
     got = in_fresh_process(f"""
-import json
+import json, os
 from stemma.registry import _scan
 assert _scan._can_fork()
 here = _scan.snapshot({str(tmp_path / "reg")!r})
 _scan.SPLIT_MIN = 2  # two children per kind
 forked = _scan.snapshot({str(tmp_path / "reg")!r})
+abandoned = _scan.PendingSnapshot({str(tmp_path / "reg")!r})
+abandoned.close()  # as after an error: its children are stopped and reaped
+try:
+    os.waitpid(-1, os.WNOHANG)
+    reaped = False
+except ChildProcessError:
+    reaped = True
 print(json.dumps([here.names == forked.names, here.numbers == forked.numbers,
-                  sorted(here.by_path())]))
+                  sorted(here.by_path()), reaped]))
 """)
     files = [*(tmp_path / "reg").glob("*/*/spec.yaml"), *(tmp_path / "reg").glob("*/*/*.json")]
-    assert got == [True, True, sorted(str(p.relative_to(tmp_path / "reg")) for p in files)]
+    assert got == [True, True, sorted(str(p.relative_to(tmp_path / "reg")) for p in files), True]
 
 
 def test_same_size_rewrite_within_the_same_mtime_is_seen(zoo: Any) -> None:
