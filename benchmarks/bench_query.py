@@ -57,7 +57,12 @@ def pin(cores: int) -> None:
 
 
 def in_child(code: str, cwd: Path) -> dict[str, Any]:
-    """Run Python `code` in a fresh process; it prints one JSON line last."""
+    """Run Python `code` in a fresh process; it prints one JSON line last. Adds the process's
+    wall time and its CPU time (its own children included), which varies less than wall time
+    on a shared machine."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -68,10 +73,13 @@ def in_child(code: str, cwd: Path) -> dict[str, Any]:
         env=timing_env(),
     )
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1])
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["process_wall_s"] = round(wall, 3)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    out["process_cpu_s"] = round(cpu, 3)
     return out
 
 
@@ -85,11 +93,37 @@ print(json.dumps({"seconds": round(time.perf_counter() - start, 3), **stats.to_d
 """
 
 
-def cold_build(root: Path) -> dict[str, Any]:
-    shutil.rmtree(root / ".stemma", ignore_errors=True)
+# The floor under any refresh: stat-ing every spec and manifest, as the refresh does (two child
+# processes on large registries) and in one process.
+STAT_ALL = """
+import json, time
+from pathlib import Path
+from stemma.registry import _scan
+start = time.perf_counter()
+_scan.snapshot(Path("."))
+forked = time.perf_counter() - start
+_scan.SPLIT_MIN = 1 << 62
+start = time.perf_counter()
+_scan.snapshot(Path("."))
+print(json.dumps({"seconds": forked, "one_process_s": time.perf_counter() - start}))
+"""
+
+
+def cold_builds(root: Path, repeat: int) -> dict[str, Any]:
+    """Build the index from nothing `repeat` times (files in the page cache)."""
     for path in root.glob("*/*/*"):  # read every file once: the page cache is warm
         path.read_bytes()
-    return in_child(REFRESH, root)
+    runs = []
+    for _ in range(repeat):
+        shutil.rmtree(root / ".stemma", ignore_errors=True)
+        runs.append(in_child(REFRESH, root))
+    return {
+        "seconds": _summary([r["seconds"] for r in runs]),
+        "process_wall_s": _summary([r["process_wall_s"] for r in runs]),
+        "process_cpu_s": _summary([r["process_cpu_s"] for r in runs]),
+        "files": runs[-1]["added"],
+        "phases_of_last": runs[-1]["phases"],
+    }
 
 
 def change_one(root: Path, i: int) -> None:
@@ -107,9 +141,14 @@ def refreshes(root: Path, repeat: int) -> dict[str, Any]:
         time.sleep(2.1)  # let the changed file age past the racy window
         in_child(REFRESH, root)
         none.append(in_child(REFRESH, root))
+    stats = [in_child(STAT_ALL, root) for _ in range(repeat)]
     return {
+        "stat_every_file_s": _summary([r["seconds"] for r in stats]),
+        "stat_every_file_one_process_s": _summary([r["one_process_s"] for r in stats]),
         "one_change_s": _summary([r["seconds"] for r in one]),
+        "one_change_process_wall_s": _summary([r["process_wall_s"] for r in one]),
         "one_change_stats": {k: one[-1][k] for k in ("added", "changed", "removed")},
+        "one_change_phases_of_last": one[-1]["phases"],
         "no_change_s": _summary([r["seconds"] for r in none]),
     }
 
@@ -195,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", type=int, default=1000, help="models for `stemma query`")
     parser.add_argument("--cores", type=int, default=2, help="CPUs the measured processes get")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of each timing")
+    parser.add_argument("--cold-repeat", type=int, default=3, help="cold index builds")
     parser.add_argument(
         "--work",
         type=Path,
@@ -206,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     pin(args.cores)
     report: dict[str, Any] = {"cpus_visible": os.cpu_count(), "cores": args.cores}
     big, small = registry(args.work, args.models), registry(args.work, args.small)
-    report["cold_index"] = {"models": args.models, **cold_build(big)}
+    report["cold_index"] = {"models": args.models, **cold_builds(big, args.cold_repeat)}
     report["refresh"] = refreshes(big, max(3, args.repeat // 2))
     report["latency"] = latencies(big, args.repeat)
     report["cli"] = {"models": args.small, **cli_wall(small, args.repeat)}
