@@ -14,6 +14,7 @@ on real, synthetic and fuzzed specs.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -228,7 +229,10 @@ def _scalar(text: str) -> str:
     if _INT.fullmatch(text):
         return str(int(text))
     if _FLOAT.fullmatch(text):
-        return repr(float(text))
+        number = float(text)
+        if number in (math.inf, -math.inf):
+            raise _Unsupported  # JSON has no infinity (the encoder writes "Infinity")
+        return repr(number)
     if not (text[0].isalpha() or text[0] in "_/" or _DOT_TEXT.fullmatch(text)) or '"' in text:
         raise _Unsupported
     return f'"{text}"'

@@ -7,6 +7,7 @@ are parsed here (YAML) and handed over as canonical JSON, the same text `files.d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -101,23 +102,29 @@ class Snapshot:
         return out
 
     def with_sizes(self, sizes: dict[str, int]) -> Snapshot:
-        """A copy in which the files of `sizes` have those sizes (RACY, MISSING)."""
+        """A copy in which the files of `sizes` have those sizes: RACY (the mtime is kept),
+        or MISSING (the mtime too, as a snapshot records a missing file)."""
         numbers = array("q", self.numbers)
         for path, slot in self.slots(sizes).items():
             numbers[2 * slot] = sizes[path]
+            if sizes[path] == MISSING:
+                numbers[2 * slot + 1] = MISSING
         return Snapshot(self.names, numbers)
 
     def digests(self) -> tuple[str, str]:
         """Digests of the folder names and of the numbers: equal digests, equal snapshots."""
         import hashlib
 
-        return (
-            hashlib.sha256(self._names_text().encode()).hexdigest(),
-            hashlib.sha256(self.numbers).hexdigest(),
-        )
+        listing = hashlib.sha256()
+        for kind in KINDS:  # names hold no NUL; the counts tell where each kind ends
+            names = self.names.get(kind, [])
+            joined = "\0".join(names)
+            listing.update(f"{kind}\0{len(names)}\0{joined}\0".encode())
+        return listing.hexdigest(), hashlib.sha256(self.numbers).hexdigest()
 
     def _names_text(self) -> str:
-        return "\n".join("\0".join(self.names.get(kind, ())) for kind in KINDS)
+        # JSON: folder names may hold any character but "/" and NUL.
+        return json.dumps([self.names.get(kind, []) for kind in KINDS], ensure_ascii=False)
 
     def pack(self) -> tuple[str, str, str, bytes]:
         """What the index stores: the two digests, the folder names and the numbers."""
@@ -129,8 +136,7 @@ class Snapshot:
         values: array[int] = array("q")
         values.frombytes(numbers)
         if isinstance(names, str):
-            lists = [part.split("\0") if part else [] for part in names.split("\n")]
-            names = dict(zip(KINDS, lists, strict=True))
+            names = dict(zip(KINDS, json.loads(names), strict=True))
         return cls(names, values)
 
     def diff(self, before: Snapshot) -> tuple[list[str], list[str], int]:
@@ -202,15 +208,17 @@ def snapshot(root: Path) -> Snapshot:
 class PendingSnapshot:
     """A snapshot under way. On large registries two child processes stat the files (the
     stat system call is most of a refresh there) while the caller opens the index;
-    `result()` collects them. Small ones are stat-ed by `result()` itself."""
+    `result()` collects them. Small ones are stat-ed by `result()` itself. `prefix` is the
+    registry root relative to the repository (for messages)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, prefix: str = "") -> None:
         self._done: Snapshot | None = None
+        self._failed: BaseException | None = None
         # per kind: (kind, folder, names, children as (lo, hi, pid, pipe))
         self._kinds: list[tuple[str, _Folder, list[str], list[tuple[int, int, int, int]]]] = []
         for kind in KINDS:
             try:
-                fd = _Folder(f"{root}/{kind}")
+                fd = _Folder(root, kind, prefix)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             names = fd.names()
@@ -225,50 +233,59 @@ class PendingSnapshot:
 
     def result(self) -> Snapshot:
         """The snapshot (waits for the children the first time)."""
+        if self._failed is not None:
+            raise self._failed
         if self._done is not None:
             return self._done
-        out = self._done = Snapshot({}, array("q"))
-        for kind, fd, names, children in self._kinds:
-            try:
-                out.names[kind] = names
+        out = Snapshot({}, array("q"))
+        try:
+            while self._kinds:
+                kind, fd, names, children = self._kinds[0]
                 done = 0
-                for lo, hi, pid, pipe in children:
+                while children:
+                    lo, hi, pid, pipe = children[0]
                     _stat_into(out.numbers, fd, names[done:lo])
+                    children.pop(0)  # `_collect` reaps it, whatever happens
                     _collect(out.numbers, fd, names[lo:hi], pid, pipe)
                     done = hi
                 _stat_into(out.numbers, fd, names[done:])
-            finally:
+                out.names[kind] = names
+                self._kinds.pop(0)
                 fd.close()
-        self._kinds = []
+        except BaseException as exc:
+            self._failed = exc
+            self.close()
+            raise
+        self._done = out
         return out
 
     def close(self) -> None:
         """Stop and reap children whose result is not wanted (after an error)."""
         import signal
 
-        for _kind, fd, _names, children in self._kinds:
+        kinds, self._kinds = self._kinds, []
+        for _kind, fd, _names, children in kinds:
             for _lo, _hi, pid, pipe in children:
-                os.close(pipe)
-                try:
+                with contextlib.suppress(OSError):
+                    os.close(pipe)
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
-            fd.close()
-        self._kinds = []
+            with contextlib.suppress(OSError):
+                fd.close()
 
 
 class _Folder:
     """An open folder whose files are stat-ed by relative path: shorter lookups, a third
     faster than absolute paths (by path where the platform cannot)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, root: Path, kind: str, prefix: str = "") -> None:
+        self.kind, self.path, self.prefix = kind, f"{root}/{kind}", prefix
         self.fd = -1
         if os.stat in os.supports_dir_fd and os.scandir in os.supports_fd:
-            self.fd = os.open(path, os.O_RDONLY)
-        elif not os.path.isdir(path):
-            raise NotADirectoryError(path)
+            self.fd = os.open(self.path, os.O_RDONLY)
+        elif not os.path.isdir(self.path):
+            raise NotADirectoryError(self.path)
 
     def names(self) -> list[str]:
         """Sub-folders, in directory order, hidden ones left out."""
@@ -297,6 +314,9 @@ def _stat_into(numbers: array[int], folder: _Folder, names: list[str]) -> None:
                 append(MISSING)
                 append(MISSING)
                 continue
+            except OSError as exc:  # a looping link, a file this user may not read, ...
+                path = _display(folder.prefix, f"{folder.kind}/{name}/{fname}")
+                raise ParseError(path, f"cannot read: {exc.strerror}") from None
             append(st.st_size)
             append(st.st_mtime_ns)
 

@@ -105,7 +105,7 @@ def open_index(reg: Registry) -> Index:
         raise QueryError(f"queries read the working tree, not {reg.tree.label}")
     clock = Clock()
     # Child processes stat the files of a large registry while this one opens the index.
-    snap = _scan.PendingSnapshot(reg.root)
+    snap = _scan.PendingSnapshot(reg.root, reg.rel_root)
     try:
         return _open(reg, snap, clock)
     finally:

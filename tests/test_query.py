@@ -520,6 +520,9 @@ def test_snapshot_comparison_finds_each_changed_file() -> None:
     }
     racy = after.with_sizes({"models/m9/spec.yaml": _scan.RACY})
     assert racy.size(18) == _scan.RACY and after.size(18) == 109
+    # A file that vanished before it was read is stored as the next snapshot will see it.
+    vanished = after.with_sizes({"models/m9/spec.yaml": _scan.MISSING})
+    assert vanished.numbers[36:38] == array("q", [_scan.MISSING, _scan.MISSING])
     assert after.diff(racy) == (["models/m9/spec.yaml"], [], 0)
     assert len(after.by_path()) == 2 * (n + 2) - 1  # m3's manifest is gone
 
@@ -553,6 +556,27 @@ print(json.dumps([here.names == forked.names, here.numbers == forked.numbers,
 """)
     files = [*(tmp_path / "reg").glob("*/*/spec.yaml"), *(tmp_path / "reg").glob("*/*/*.json")]
     assert got == [True, True, sorted(str(p.relative_to(tmp_path / "reg")) for p in files), True]
+
+
+def test_odd_folder_names_survive_folders_coming_and_going(zoo: Any) -> None:
+    reg, _docs = zoo
+    odd = "new\nline ü"
+    write(reg.root / f"models/{odd}/spec.yaml", "data: {train: d-a}\n")
+    assert rows(reg, f"SELECT name FROM models WHERE name = '{odd}'") == [{"name": odd}]
+    write(reg.root / "models/later/spec.yaml", "data: {train: d-a}\n")  # the folders change
+    assert len(rows(reg, "SELECT name FROM models WHERE name IN ('later', 'base')")) == 2
+
+
+def test_a_file_that_cannot_be_read_is_named(zoo: Any, cli: Any) -> None:
+    reg, _docs = zoo
+    spec = reg.root / "models/ft2/spec.yaml"
+    spec.unlink()
+    spec.symlink_to("spec.yaml")  # a link to itself: stat fails with ELOOP
+    res = cli(["ls", "--json"], reg.repo_root)
+    where = "models/ft2/spec.yaml" if reg.rel_root in ("", ".") else f"{reg.rel_root}/models/ft2"
+    assert res.code == 1 and res.stdout == ""
+    assert res.stderr.startswith(f"error: {where}") and res.stderr.count("\n") == 1, res.stderr
+    assert "cannot read: Too many levels of symbolic links" in res.stderr
 
 
 def test_same_size_rewrite_within_the_same_mtime_is_seen(zoo: Any) -> None:
@@ -993,6 +1017,8 @@ def fuzz_texts(n: int, seed: int) -> list[str]:
         ".NaN",
         "..",
         ".e3",
+        "1.0e+999",
+        "-1.0e+999",
     ]
     keys = ["a", "b", "c", "yes", "on", "k.1", "k-2", "1", "_"]
 
