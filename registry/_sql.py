@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "5"
+FORMAT = "6"
 
 TABLES = """
 CREATE SCHEMA raw;

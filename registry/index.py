@@ -202,8 +202,8 @@ def _fresh(
     if con is not None:
         try:
             changes = _diff(con, snap)
-        except duckdb.Error:
-            changes = None  # damaged: rebuilt below
+        except (duckdb.Error, ValueError):
+            changes = None  # damaged (or an unreadable stored snapshot): rebuilt below
         clock.lap("compare")
         if changes is not None and not changes.read and not changes.removed:
             return con, RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)

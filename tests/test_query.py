@@ -696,6 +696,13 @@ def test_damaged_or_old_index_is_rebuilt(zoo: Any) -> None:
     con.close()
     assert query(reg, "SELECT * FROM models ORDER BY name") == expected
     assert index.refresh(reg).rebuilt is False
+    # A stored snapshot it cannot read (written by another version): rebuilt too.
+    write(reg.root / "models/late/spec.yaml", "data: {train: d-a}\n")  # so it is read
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE raw.snapshot SET names_digest = 'x', names = 'm0\x00m1'")
+    con.close()
+    assert index.refresh(reg).rebuilt is True
+    assert len(query(reg, "SELECT * FROM models ORDER BY name")) == len(expected) + 1
 
 
 def test_a_locked_index_falls_back_to_a_private_copy(zoo: Any, monkeypatch: Any) -> None:
