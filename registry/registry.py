@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -79,6 +78,8 @@ class Registry:
     @classmethod
     def at_revision(cls, path: str | Path, rev: str) -> Registry:
         """The registry as it was at git revision `rev` (read-only)."""
+        import subprocess
+
         start = Path(path).resolve()
         top = Path(
             subprocess.run(
@@ -314,6 +315,8 @@ class _SubTree:
 
 def _run(args: list[str], cwd: Path, required: bool = False) -> str | None:
     """Run a command; its stdout, or None when it failed (raise when `required`)."""
+    import subprocess  # imported where used: reading a registry runs no command
+
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         if required:

@@ -6,7 +6,6 @@ same on the working tree and on `git` history (audits compare two of them).
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -56,6 +55,8 @@ class WorkTree:
 
 def git(repo: Path, *args: str, input_: bytes | None = None) -> bytes:
     """Run a git command in `repo` and return stdout; failures raise `GitError`."""
+    import subprocess  # imported where used: the working tree needs no command
+
     proc = subprocess.run(["git", *args], cwd=repo, input=input_, capture_output=True, check=False)
     if proc.returncode != 0:
         msg = proc.stderr.decode(errors="replace").strip().splitlines()
