@@ -50,19 +50,6 @@ class Snapshot:
     names: dict[str, list[str]]
     numbers: array[int]
 
-    def _locate(self, slot: int) -> tuple[str, int]:
-        for kind in KINDS:
-            count = 2 * len(self.names.get(kind, ()))
-            if slot < count:
-                return kind, slot
-            slot -= count
-        raise IndexError(slot)
-
-    def path(self, slot: int) -> str:
-        """The path of the file in `slot`."""
-        kind, i = self._locate(slot)
-        return f"{kind}/{self.names[kind][i // 2]}/{FILES[i % 2]}"
-
     def size(self, slot: int) -> int:
         """The size of the file in `slot` (MISSING, or RACY in a stored snapshot)."""
         return int(self.numbers[2 * slot])

@@ -249,7 +249,24 @@ FULL OUTER JOIN raw.model_manifests m ON m.name = s.name
 LEFT JOIN raw.model_manifests p ON p.name = s.source AND s.source <> 'auto'"""
 
 
-VIEWS = """
+def _walk(macro: str, near: str, far: str) -> str:
+    """A lineage macro: the models reached from `model_name` by following `derived_from`
+    edges from their `near` end to their `far` end, each with its shortest depth (a trail
+    keeps cycles from looping)."""
+    return f"""
+CREATE OR REPLACE MACRO main.{macro}(model_name) AS TABLE
+WITH RECURSIVE walk(name, depth, trail) AS (
+    SELECT {far}, 1, [model_name, {far}] FROM raw.edges
+    WHERE kind = 'derived_from' AND {near} = model_name
+    UNION ALL
+    SELECT e.{far}, w.depth + 1, list_append(w.trail, e.{far})
+    FROM walk w JOIN raw.edges e ON e.kind = 'derived_from' AND e.{near} = w.name
+    WHERE NOT list_contains(w.trail, e.{far}))
+SELECT name, min(depth) AS depth FROM walk GROUP BY name ORDER BY depth, name;
+"""
+
+
+VIEWS = f"""
 CREATE OR REPLACE VIEW main.datasets AS
 SELECT coalesce(s.name, m.name) AS name,
        m.id,
@@ -273,26 +290,8 @@ CREATE OR REPLACE VIEW main.metrics AS
 SELECT name AS model, unnest(map_keys(metrics)) AS key, unnest(map_values(metrics)) AS value
 FROM raw.model_manifests;
 
-CREATE OR REPLACE MACRO main.ancestors(model_name) AS TABLE
-WITH RECURSIVE walk(name, depth, trail) AS (
-    SELECT dst, 1, [model_name, dst] FROM raw.edges
-    WHERE kind = 'derived_from' AND src = model_name
-    UNION ALL
-    SELECT e.dst, w.depth + 1, list_append(w.trail, e.dst)
-    FROM walk w JOIN raw.edges e ON e.kind = 'derived_from' AND e.src = w.name
-    WHERE NOT list_contains(w.trail, e.dst))
-SELECT name, min(depth) AS depth FROM walk GROUP BY name ORDER BY depth, name;
-
-CREATE OR REPLACE MACRO main.descendants(model_name) AS TABLE
-WITH RECURSIVE walk(name, depth, trail) AS (
-    SELECT src, 1, [model_name, src] FROM raw.edges
-    WHERE kind = 'derived_from' AND dst = model_name
-    UNION ALL
-    SELECT e.src, w.depth + 1, list_append(w.trail, e.src)
-    FROM walk w JOIN raw.edges e ON e.kind = 'derived_from' AND e.dst = w.name
-    WHERE NOT list_contains(w.trail, e.src))
-SELECT name, min(depth) AS depth FROM walk GROUP BY name ORDER BY depth, name;
-"""
+{_walk("ancestors", near="src", far="dst")}
+{_walk("descendants", near="dst", far="src")}"""
 
 PUBLIC_VIEWS = ("models", "datasets", "edges", "layers", "metrics")
 HISTORY_VIEW = "versions"
