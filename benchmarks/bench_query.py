@@ -93,19 +93,26 @@ print(json.dumps({"seconds": round(time.perf_counter() - start, 3), **stats.to_d
 """
 
 
-# The floor under any refresh: stat-ing every spec and manifest, as the refresh does (two child
-# processes on large registries) and in one process.
+# The floor under any refresh: listing the folders and stat-ing every spec and manifest, as the
+# refresh does (the native loop, on every CPU), and in Python: in two child processes per
+# kind, as where the native loop is not built, and in one process.
 STAT_ALL = """
 import json, time
 from pathlib import Path
 from stemma.registry import _scan
+out = {"native": _scan._native_loop() is not None}
 start = time.perf_counter()
 _scan.snapshot(Path("."))
-forked = time.perf_counter() - start
+out["seconds"] = time.perf_counter() - start
+_scan._native = None
+start = time.perf_counter()
+_scan.snapshot(Path("."))
+out["python_forked_s"] = time.perf_counter() - start
 _scan.SPLIT_MIN = 1 << 62
 start = time.perf_counter()
 _scan.snapshot(Path("."))
-print(json.dumps({"seconds": forked, "one_process_s": time.perf_counter() - start}))
+out["python_one_process_s"] = time.perf_counter() - start
+print(json.dumps(out))
 """
 
 
@@ -143,8 +150,12 @@ def refreshes(root: Path, repeat: int) -> dict[str, Any]:
         none.append(in_child(REFRESH, root))
     stats = [in_child(STAT_ALL, root) for _ in range(repeat)]
     return {
+        "native_stat_loop": stats[-1]["native"],
         "stat_every_file_s": _summary([r["seconds"] for r in stats]),
-        "stat_every_file_one_process_s": _summary([r["one_process_s"] for r in stats]),
+        "stat_every_file_python_forked_s": _summary([r["python_forked_s"] for r in stats]),
+        "stat_every_file_python_one_process_s": _summary(
+            [r["python_one_process_s"] for r in stats]
+        ),
         "one_change_s": _summary([r["seconds"] for r in one]),
         "one_change_process_wall_s": _summary([r["process_wall_s"] for r in one]),
         "one_change_stats": {k: one[-1][k] for k in ("added", "changed", "removed")},

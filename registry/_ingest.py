@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from . import _scan, _sql
 from .errors import ParseError, SchemaError
+from .files import write_atomic
 
 if TYPE_CHECKING:
     import duckdb
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 # Manifests go to DuckDB in chunks, so memory stays flat on large registries.
 CHUNK = 5000
+# Up to this many rows, a table of paths or texts goes to DuckDB as query parameters.
+FEW_ROWS = 500
 
 
 class Clock:
@@ -57,30 +60,55 @@ class Changes:
     stamps: dict[str, tuple[int, int]]
 
 
-def text_column(values: Sequence[str | None]) -> Any:
-    """A NumPy column of strings: DuckDB scans it without converting row by row."""
-    import numpy as np
+@contextlib.contextmanager
+def text_rows(
+    con: duckdb.DuckDBPyConnection, name: str, columns: Mapping[str, Sequence[str | None]]
+) -> Iterator[None]:
+    """The text `columns` as the table `name` while the block runs. Many rows go through
+    NumPy columns, which DuckDB scans without converting row by row; a few go as query
+    parameters, since importing NumPy takes longer than a small refresh."""
+    import duckdb
 
-    return np.array(values, dtype=object)
+    count = len(next(iter(columns.values())))
+    if count <= FEW_ROWS:
+        picks = ", ".join(f"unnest(${i}::VARCHAR[]) AS {c}" for i, c in enumerate(columns, 1))
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {picks}",
+            [list(values) for values in columns.values()],
+        )
+    else:
+        import numpy as np
+
+        con.register(name, {c: np.array(v, dtype=object) for c, v in columns.items()})
+    try:
+        yield
+    finally:
+        with contextlib.suppress(duckdb.Error):  # the transaction may be aborted
+            if count <= FEW_ROWS:
+                con.execute(f"DROP TABLE {name}")
+            else:
+                con.unregister(name)
 
 
-def int_column(values: Sequence[int]) -> Any:
-    """A NumPy column of 64-bit integers."""
-    import numpy as np
-
-    return np.array(values, dtype=np.int64)
+class StaleIndex(Exception):
+    """The index does not match the snapshot file it was compared with."""
 
 
 def apply(
     reg: Registry,
-    connect: Callable[[], duckdb.DuckDBPyConnection],
+    attach: Callable[[], duckdb.DuckDBPyConnection],
     snap: _scan.Snapshot,
     changes: Changes,
-    create: bool,
+    side: Path,
+    expect: tuple[str, str] | None,
     clock: Clock,
 ) -> None:
-    """Apply `changes` (found by comparing `snap` with the index) in one transaction on the
-    connection `connect` opens read-write."""
+    """Apply `changes` (found by comparing `snap` with the snapshot file `side`, whose
+    digests are `expect`) in one transaction on the connection `attach` returns, whose
+    default database is the index attached read-write, then store `snap` in `side`. With
+    `expect` None, create the index (`changes` lists every file); otherwise raise `StaleIndex`
+    when the index does not match `expect`."""
+    create = expect is None
     # Taken before any file is read: a file is "racy" when its mtime is within the window of
     # this moment, and so also of the moment it was read (which is later).
     now = _scan.now_ns()
@@ -90,12 +118,14 @@ def apply(
     # Specs are turned into JSON by worker processes while this one indexes manifests.
     reader = _scan.SpecReader(reg.root, reg.rel_root, specs, [stamps[p][0] for p in specs])
     try:
-        con = connect()
+        con = attach()  # after the workers were forked
     except BaseException:
         reader.close()
         raise
     try:
         con.execute("BEGIN TRANSACTION")
+        if expect is not None and not matches(con, expect):
+            raise StaleIndex
         if reader.workers:  # the spec workers and DuckDB share the cores
             con.execute(f"SET threads = {max(1, (os.cpu_count() or 1) - reader.workers)}")
         if create:
@@ -103,12 +133,11 @@ def apply(
             con.execute(_sql.VIEWS)
         gone = changes.removed + changes.read
         if gone and not create:
-            con.register("gone_files", {"path": text_column(gone)})
             kinds = {(p.split("/", 1)[0], p.rsplit("/", 1)[-1]) for p in gone}
             tables = [t for kind in kinds for t in _sql.RAW_BY_FILE.get(kind, ())]
-            for table in tables:
-                con.execute(f"DELETE FROM {table} WHERE path IN (SELECT path FROM gone_files)")
-            con.unregister("gone_files")
+            with text_rows(con, "gone_files", {"path": gone}):
+                for table in tables:
+                    con.execute(f"DELETE FROM {table} WHERE path IN (SELECT path FROM gone_files)")
         clock.lap("delete")
         read: list[str] = []
 
@@ -126,23 +155,87 @@ def apply(
         racy = {p: _scan.RACY for p in read if _scan.racy(stamps[p][1], now)}
         gone_since = {p: _scan.MISSING for p in set(changes.read).difference(read)}
         stored = snap.with_sizes(racy | gone_since) if racy or gone_since else snap
-        con.execute("DELETE FROM raw.snapshot")
-        con.execute("INSERT INTO raw.snapshot VALUES (?, ?, ?, ?)", list(stored.pack()))
         _update_edges(con, gone, create)
         clock.lap("edges")
         _update_models_view(con, create)
-        con.execute("DELETE FROM raw.meta WHERE key = 'format'")
-        con.execute("INSERT INTO raw.meta VALUES ('format', ?)", [_sql.FORMAT])
+        packed = stored.pack()
+        con.execute("DELETE FROM raw.meta WHERE key IN ('format', 'snapshot')")
+        con.execute(
+            "INSERT INTO raw.meta VALUES ('format', ?), ('snapshot', ?)",
+            [_sql.FORMAT, " ".join(packed[:2])],
+        )
         con.execute("COMMIT")
         clock.lap("commit")
+        # After the commit: a crash in between leaves a snapshot file that does not match
+        # the index, which is then rebuilt.
+        write_snapshot(side, packed)
+        clock.lap("snapshot file")
     except BaseException:
         with contextlib.suppress(Exception):
             con.execute("ROLLBACK")
         raise
     finally:
         reader.close()
-        con.close()
-        clock.lap("close")
+        if reader.workers:
+            con.execute("RESET threads")
+
+
+# The snapshot the index matches is kept beside it (`index.snapshot`), not in it: comparing
+# and replacing a few megabytes there costs more than the rest of a small refresh. The index
+# records the snapshot's digests, so the two are known to match.
+SNAPSHOT_SUFFIX = ".snapshot"
+SNAPSHOT_MAGIC = b"stemma-snapshot/1"
+
+
+def matches(con: duckdb.DuckDBPyConnection, digests: tuple[str, str]) -> bool:
+    """True when the index is of this format and matches the snapshot of `digests`."""
+    rows = con.execute(
+        "SELECT key, value FROM raw.meta WHERE key IN ('format', 'snapshot')"
+    ).fetchall()
+    return dict(rows) == {"format": _sql.FORMAT, "snapshot": " ".join(digests)}
+
+
+def write_snapshot(side: Path, packed: tuple[str, str, str, bytes]) -> None:
+    """Store a packed snapshot: a header line (digests, size of the names), the folder
+    names as JSON, then the numbers."""
+    names_digest, numbers_digest, names, numbers = packed
+    text = names.encode()
+    head = b" ".join(
+        [SNAPSHOT_MAGIC, names_digest.encode(), numbers_digest.encode(), b"%d" % len(text)]
+    )
+    write_atomic(side, b"".join([head, b"\n", text, numbers]), sync=False)
+
+
+def read_digests(side: Path) -> tuple[str, str] | None:
+    """The digests in the header of a snapshot file (None when there is none)."""
+    try:
+        with open(side, "rb") as fh:
+            head = fh.readline(256).split()
+    except OSError:
+        return None
+    if len(head) != 4 or head[0] != SNAPSHOT_MAGIC:
+        return None
+    return head[1].decode(), head[2].decode()
+
+
+def read_snapshot(
+    side: Path, digests: tuple[str, str], names: dict[str, list[str]] | None
+) -> _scan.Snapshot | None:
+    """The snapshot stored in `side` if it has `digests`; None when it cannot be read or does
+    not match. `names`, when given, are the folder names of the snapshot (the caller knows
+    they match the first digest): the stored ones are not parsed again."""
+    import hashlib
+
+    try:
+        head, _, body = side.read_bytes().partition(b"\n")
+        size = int(head.split()[3])
+        numbers = body[size:]
+        if hashlib.sha256(numbers).hexdigest() != digests[1]:
+            return None
+        snap = _scan.Snapshot.unpack(names or body[:size].decode(), numbers)
+    except (OSError, ValueError, IndexError):
+        return None
+    return snap if names or snap.digests()[0] == digests[0] else None
 
 
 def _update_edges(con: duckdb.DuckDBPyConnection, gone: list[str], create: bool) -> None:
@@ -150,23 +243,28 @@ def _update_edges(con: duckdb.DuckDBPyConnection, gone: list[str], create: bool)
     if create:
         con.execute(_sql.EDGES.format(only=""))
         return
-    names = sorted({p.split("/")[1] for p in gone if p.startswith("models/")})
+    specs = {p.split("/")[1] for p in gone if p.startswith("models/") and p.endswith(_scan.SPEC)}
+    manifests = {p.split("/")[1] for p in gone if p.startswith("models/")} - specs
+    if manifests:
+        # The edges of a model with a spec naming its source (or none) come from the spec.
+        with text_rows(con, "changed_manifests", {"name": sorted(manifests)}):
+            declared = con.execute(_sql.DECLARED_BY_SPEC).fetchall()
+        manifests.difference_update(name for (name,) in declared)
+    names = sorted(specs | manifests)
     if not names:
         return
-    con.register("touched_models", {"name": text_column(names)})
-    con.execute("DELETE FROM raw.edges WHERE src IN (SELECT name FROM touched_models)")
-    con.execute(_sql.EDGES.format(only=_sql.ONLY_TOUCHED))
-    con.unregister("touched_models")
+    with text_rows(con, "touched_models", {"name": names}):
+        con.execute("DELETE FROM raw.edges WHERE src IN (SELECT name FROM touched_models)")
+        con.execute(_sql.EDGES.format(only=_sql.ONLY_TOUCHED))
 
 
 def _update_models_view(con: duckdb.DuckDBPyConnection, create: bool) -> None:
     """Recreate `models` when the set of metric names changed (one column per metric)."""
-    keys = sorted(
-        str(r[0])
-        for r in con.execute(
-            "SELECT DISTINCT unnest(map_keys(metrics)) FROM raw.model_manifests"
-        ).fetchall()
-    )
+    import json
+
+    # A few distinct lists of names in a stored column: cheaper than unnesting every map.
+    lists = con.execute("SELECT DISTINCT metric_keys FROM raw.model_manifests").fetchall()
+    keys = sorted({str(k) for (text,) in lists if text for k in json.loads(text)})
     joined = "\n".join(keys)
     rows = con.execute("SELECT value FROM raw.meta WHERE key = 'metric_keys'").fetchall()
     if create or not rows or rows[0][0] != joined:
@@ -186,12 +284,8 @@ def _insert_specs(
     read = [p for p, t in zip(paths, texts, strict=True) if t is not None]
     if not read:
         return []
-    con.register(
-        "spec_rows",
-        {"path": text_column(read), "spec": text_column([t for t in texts if t is not None])},
-    )
-    con.execute(_sql.STAGE_SPECS)
-    con.unregister("spec_rows")
+    with text_rows(con, "spec_rows", {"path": read, "spec": [t for t in texts if t is not None]}):
+        con.execute(_sql.STAGE_SPECS)
     con.execute(_sql.INSERT_MODEL_SPECS)
     con.execute(_sql.INSERT_DATASET_SPECS)
     flagged = con.execute(_sql.FLAGGED_SPECS).fetchall()
@@ -204,13 +298,10 @@ def _insert_specs(
             display = _display(reg, path)
             text = _scan.read_text(reg.root, path, 1 << 16, reg.rel_root) or ""
             rows.append(_scan.spec_row(path, compact, display, text))
-        con.register(
-            "spec_fields",
-            {c: text_column([r[i] for r in rows]) for i, c in enumerate(_scan.SPEC_COLUMNS)},
-        )
-        con.execute(_sql.INSERT_MODEL_SPEC_ROWS)
-        con.execute(_sql.INSERT_DATASET_SPEC_ROWS)
-        con.unregister("spec_fields")
+        fields = {c: [r[i] for r in rows] for i, c in enumerate(_scan.SPEC_COLUMNS)}
+        with text_rows(con, "spec_fields", fields):
+            con.execute(_sql.INSERT_MODEL_SPEC_ROWS)
+            con.execute(_sql.INSERT_DATASET_SPEC_ROWS)
     return read
 
 
@@ -255,24 +346,17 @@ def _stage_manifests(
 
     shape = _sql.MODEL_MANIFEST_SHAPE if model else _sql.DATASET_MANIFEST_SHAPE
     bad = _sql.MODEL_MANIFEST_BAD if model else _sql.DATASET_MANIFEST_BAD
-    con.register(
-        "manifest_rows",
-        {
-            "path": text_column([p for p, _t in files]),
-            "content": text_column([t for _p, t in files]),
-        },
-    )
+    texts = {"path": [p for p, _t in files], "content": [t for _p, t in files]}
     try:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE staged AS SELECT path, split_part(path, '/', 2) AS name,"
-            f" from_json(content, {_sql.quote_literal(shape)}) AS j FROM manifest_rows"
-        )
+        with text_rows(con, "manifest_rows", texts):
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE staged AS SELECT path,"
+                " split_part(path, '/', 2) AS name,"
+                f" from_json(content, {_sql.quote_literal(shape)}) AS j FROM manifest_rows"
+            )
     except duckdb.InvalidInputException:
         _raise_first_error(reg, files, model)
         raise
-    finally:
-        with contextlib.suppress(duckdb.Error):  # the transaction may be aborted
-            con.unregister("manifest_rows")
     wrong = con.execute(f"SELECT path FROM staged WHERE {bad} ORDER BY path LIMIT 1").fetchall()
     if wrong:
         _raise_first_error(reg, [f for f in files if f[0] == wrong[0][0]], model)

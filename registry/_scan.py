@@ -15,9 +15,13 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import EllipsisType, ModuleType
+from typing import TYPE_CHECKING, Any
 
 from .errors import ParseError, SchemaError, StemmaError
+
+if TYPE_CHECKING:
+    import threading
 
 KINDS = ("models", "datasets")
 SPEC = "spec.yaml"
@@ -33,6 +37,9 @@ RACY_NS = 2_000_000_000
 POOL_MIN = 4000
 # Below this many folders of one kind a second process to stat files costs more than it saves.
 SPLIT_MIN = 10_000
+# The native listing and stat loop (`_statfolders`): ... until its import is tried, None where
+# it is not built (set it to None to list and stat in Python).
+_native: ModuleType | EllipsisType | None = ...
 
 
 @dataclass
@@ -175,11 +182,11 @@ def _pair(numbers: array[int], base: int, i: int | None, f: int) -> tuple[int, i
 def _differing(mine: array[int], at: int, old: array[int], old_at: int, count: int) -> list[int]:
     """Folders whose four numbers differ (`count` numbers from `at` and `old_at`), comparing
     blocks as bytes, and folders only where a block differs."""
-    a = memoryview(mine)[at : at + count].cast("B")
-    b = memoryview(old)[old_at : old_at + count].cast("B")
+    a = memoryview(mine)[at : at + count].tobytes()  # bytes compare with memcmp
+    b = memoryview(old)[old_at : old_at + count].tobytes()
     out: list[int] = []
     block = 32 * 2048  # bytes: 2048 folders
-    for lo in range(0, len(a), block):
+    for lo in range(0, len(a) if a != b else 0, block):
         if a[lo : lo + block] != b[lo : lo + block]:
             for x in range(lo, min(lo + block, len(a)), 32):
                 if a[x : x + 32] != b[x : x + 32]:
@@ -193,21 +200,41 @@ def snapshot(root: Path) -> Snapshot:
 
 
 class PendingSnapshot:
-    """A snapshot under way. On large registries two child processes stat the files (the
-    stat system call is most of a refresh there) while the caller opens the index;
-    `result()` collects them. Small ones are stat-ed by `result()` itself. `prefix` is the
-    registry root relative to the repository (for messages)."""
+    """A snapshot under way: the files are stat-ed while the caller opens the index, and
+    `result()` collects them. Where the native loop (`_statfolders`) is built, a helper
+    thread lists the folders and stats their files, with the GIL released; elsewhere the
+    folders are listed here and, on large registries, two child processes per kind stat
+    the files. `prefix` is the registry root relative to the repository (for messages)."""
 
     def __init__(self, root: Path, prefix: str = "") -> None:
         self._done: Snapshot | None = None
         self._failed: BaseException | None = None
-        # per kind: (kind, folder, names, children as (lo, hi, pid, pipe))
-        self._kinds: list[tuple[str, _Folder, list[str], list[tuple[int, int, int, int]]]] = []
+        folders: list[tuple[str, _Folder]] = []
         for kind in KINDS:
             try:
-                fd = _Folder(root, kind, prefix)
+                folders.append((kind, _Folder(root, kind, prefix)))
             except (FileNotFoundError, NotADirectoryError):
                 continue
+        # per kind: (kind, folder, names, children as (lo, hi, pid, pipe)); names None until
+        # the helper thread listed them
+        self._kinds: list[tuple[str, _Folder, list[str] | None, list[tuple[int, int, int, int]]]]
+        self._kinds = []
+        self._native = _native_loop() if all(fd.fd >= 0 for _, fd in folders) else None
+        # kind -> (names, numbers, first failed folder) from the helper thread
+        self._found: dict[str, tuple[list[str], bytes, int]] = {}
+        self._thread: threading.Thread | None = None
+        self._thread_failed: BaseException | None = None
+        if self._native is not None:
+            import threading
+
+            self._kinds = [(kind, fd, None, []) for kind, fd in folders]
+            self._thread = threading.Thread(target=self._list_and_stat, daemon=True)
+            try:
+                self._thread.start()
+            except RuntimeError:  # no thread to be had: `result()` does it
+                self._thread = None
+            return
+        for kind, fd in folders:
             names = fd.names()
             children: list[tuple[int, int, int, int]] = []
             if len(names) >= SPLIT_MIN and _can_fork():
@@ -218,24 +245,55 @@ class PendingSnapshot:
                         children.append((lo, hi, *child))
             self._kinds.append((kind, fd, names, children))
 
+    def _list_and_stat(self) -> None:
+        """List and stat every kind with the native loop (on the helper thread)."""
+        native, threads = self._native, _usable_cpus()
+        assert native is not None
+        try:
+            for kind, fd, _names, _children in self._kinds:
+                names = native.list_folders(fd.fd)
+                self._found[kind] = (names, *native.stat_folders(fd.fd, names, FILES, threads))
+        except BaseException as exc:
+            self._thread_failed = exc
+
+    def _join(self) -> None:
+        """Wait for the helper thread until the system has let it go: processes are forked
+        only where no other thread is left (`_can_fork`)."""
+        thread = self._thread
+        if thread is None:
+            return
+        thread.join()
+        self._thread = None
+        task, deadline = f"/proc/self/task/{thread.native_id}", time.monotonic() + 1
+        while os.path.exists(task) and time.monotonic() < deadline:
+            time.sleep(0)  # the thread has finished its Python code and is exiting
+
     def result(self) -> Snapshot:
-        """The snapshot (waits for the children the first time)."""
+        """The snapshot (waits for the helper thread or the children the first time)."""
         if self._failed is not None:
             raise self._failed
         if self._done is not None:
             return self._done
         out = Snapshot({}, array("q"))
         try:
+            self._join()
+            if self._thread_failed is not None:
+                raise self._thread_failed
+            if self._native is not None and len(self._found) < len(self._kinds):
+                self._list_and_stat()  # no helper thread could be started
             while self._kinds:
                 kind, fd, names, children = self._kinds[0]
-                done = 0
-                while children:
-                    lo, hi, pid, pipe = children[0]
-                    _stat_into(out.numbers, fd, names[done:lo])
-                    children.pop(0)  # `_collect` reaps it, whatever happens
-                    _collect(out.numbers, fd, names[lo:hi], pid, pipe)
-                    done = hi
-                _stat_into(out.numbers, fd, names[done:])
+                if names is None:
+                    names = self._native_into(out.numbers, kind, fd)
+                else:
+                    done = 0
+                    while children:
+                        lo, hi, pid, pipe = children[0]
+                        _stat_into(out.numbers, fd, names[done:lo])
+                        children.pop(0)  # `_collect` reaps it, whatever happens
+                        _collect(out.numbers, fd, names[lo:hi], pid, pipe)
+                        done = hi
+                    _stat_into(out.numbers, fd, names[done:])
                 out.names[kind] = names
                 self._kinds.pop(0)
                 fd.close()
@@ -246,10 +304,22 @@ class PendingSnapshot:
         self._done = out
         return out
 
+    def _native_into(self, numbers: array[int], kind: str, fd: _Folder) -> list[str]:
+        """Append what the native loop found for `kind`; the folder names."""
+        names, data, failed = self._found[kind]
+        if failed >= 0:
+            _stat_into(array("q"), fd, names[failed : failed + 1])  # raises the located error
+            _stat_into(numbers, fd, names)  # fixed since: stat them all again
+        else:
+            numbers.frombytes(data)
+        return names
+
     def close(self) -> None:
-        """Stop and reap children whose result is not wanted (after an error)."""
+        """Stop and reap children whose result is not wanted (after an error), and wait for
+        the helper thread (which cannot be stopped: it stats for a fraction of a second)."""
         import signal
 
+        self._join()
         kinds, self._kinds = self._kinds, []
         for _kind, fd, _names, children in kinds:
             for _lo, _hi, pid, pipe in children:
@@ -260,6 +330,28 @@ class PendingSnapshot:
                     os.waitpid(pid, 0)
             with contextlib.suppress(OSError):
                 fd.close()
+
+
+def _native_loop() -> ModuleType | None:
+    """The native listing and stat loop, `_statfolders`, or None where it is not built (the
+    import is tried once; tests set `_native` to None to use the Python path)."""
+    global _native
+    if _native is ...:
+        try:
+            from . import _statfolders
+        except ImportError:
+            _native = None
+        else:
+            _native = _statfolders
+    return _native
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class _Folder:

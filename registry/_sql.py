@@ -9,13 +9,11 @@ from __future__ import annotations
 import re
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "6"
+FORMAT = "7"
 
 TABLES = """
 CREATE SCHEMA raw;
 CREATE TABLE raw.meta(key VARCHAR, value VARCHAR);
-CREATE TABLE raw.snapshot(names_digest VARCHAR, numbers_digest VARCHAR, names VARCHAR,
-    numbers BLOB);
 CREATE TABLE raw.model_specs(
     name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, relation VARCHAR,
     train VARCHAR, eval VARCHAR, family VARCHAR, description VARCHAR, tags VARCHAR[]);
@@ -27,7 +25,8 @@ CREATE TABLE raw.model_manifests(
     relation VARCHAR, source_id VARCHAR, family VARCHAR, params_total BIGINT,
     params_trainable BIGINT, params_transferred BIGINT, weights_bytes BIGINT,
     created TIMESTAMP, duration_s DOUBLE, device VARCHAR, train VARCHAR, eval VARCHAR,
-    gates_passed BOOLEAN, checks_passed BOOLEAN, metrics MAP(VARCHAR, DOUBLE));
+    gates_passed BOOLEAN, checks_passed BOOLEAN, metrics MAP(VARCHAR, DOUBLE),
+    metric_keys VARCHAR);  -- the metric names as a sorted JSON list
 CREATE TABLE raw.layers(
     name VARCHAR, path VARCHAR, position INTEGER, tensor VARCHAR, shape BIGINT[],
     dtype VARCHAR, origin VARCHAR, frozen BOOLEAN, source_name VARCHAR);
@@ -89,7 +88,7 @@ SELECT name, path, j.id, j.spec_digest, j.source.model, j.source.relation, j.sou
        j.datasets['train'].name, j.datasets['eval'].name,
        coalesce(list_aggregate([g.passed FOR g IN j.gates], 'bool_and'), true),
        coalesce(list_aggregate([c.passed FOR c IN map_values(j.checks)], 'bool_and'), true),
-       j.metrics
+       j.metrics, to_json(list_sort(map_keys(j.metrics)))
 FROM staged"""
 
 INSERT_LAYERS = """
@@ -188,6 +187,11 @@ UNION ALL SELECT name, eval, 'evaluated_on', NULL FROM decl WHERE eval IS NOT NU
 """
 # Restricts EDGES to the models whose files changed (a registered list of names).
 ONLY_TOUCHED = "WHERE name IN (SELECT name FROM touched_models)"
+# Of the models whose manifest changed, those whose edges come from their spec alone (see the
+# CASEs of EDGES).
+DECLARED_BY_SPEC = """
+SELECT name FROM raw.model_specs
+WHERE name IN (SELECT name FROM changed_manifests) AND source IS DISTINCT FROM 'auto'"""
 
 MODEL_COLUMNS = (
     "name",

@@ -40,8 +40,9 @@ def file_hashes(path: Path) -> dict[str, Any]:
     return {"md5": md5.hexdigest(), "sha256": "sha256:" + sha.hexdigest(), "bytes": size}
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `data` to a temp file in the same folder, fsync, then rename over `path`."""
+def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
+    """Write `data` to a temp file in the same folder, fsync (unless `sync` is false: a
+    cache that is checked when read), then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
     import tempfile  # imported where used: most commands write nothing
@@ -50,8 +51,9 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,10 +1,11 @@
 """The query index: every spec and manifest in DuckDB, at <repo>/.stemma/index.duckdb.
 
 The index is a cache, never a source of truth. Each open compares the size and mtime of
-every spec and manifest with what the index recorded, re-reads only the files that changed,
-drops the ones that are gone, all in one transaction: a query always sees the files as they
-are. Processes coordinate with a lock file; a process that cannot get the index (another one
-is rebuilding it, or holds it open for a long query) builds a private copy instead of waiting.
+every spec and manifest with the snapshot the index last matched (`index.snapshot`, beside
+it), re-reads only the files that changed, drops the ones that are gone, all in one
+transaction: a query always sees the files as they are. Processes coordinate with a lock
+file; a process that cannot get the index (another one is rebuilding it, or holds it open for
+a long query) builds a private copy instead of waiting.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +20,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import _scan, _sql
-from ._ingest import Changes, Clock, apply
+from ._ingest import (
+    SNAPSHOT_SUFFIX,
+    Changes,
+    Clock,
+    StaleIndex,
+    apply,
+    matches,
+    read_digests,
+    read_snapshot,
+)
 from .errors import QueryError, StemmaError
 
 if TYPE_CHECKING:
@@ -31,6 +40,8 @@ if TYPE_CHECKING:
 INDEX_DIR = ".stemma"
 INDEX_NAME = "index.duckdb"
 LOCK_NAME = "index.lock"
+# The name the index is attached under: the default database of every query.
+DATABASE = "index"
 # How long to wait for another process's refresh before building a private index instead.
 LOCK_WAIT_S = 5.0
 
@@ -169,54 +180,104 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
         os.close(fd)
 
 
-def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    import duckdb
+class _Attached:
+    """An in-memory DuckDB instance with the index at `path` attached as its default database:
+    read-write while it changes, then read-only (cheaper than an instance for each). The
+    instance is created on first use, after any worker processes were forked: DuckDB runs
+    threads of its own."""
 
-    try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise IndexBusy(f"{path} is open in another process") from None
-        raise
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.attached = False
+
+    def attach(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Attach the index (detaching it first if it is)."""
+        import duckdb
+
+        self.detach()
+        if self.con is None:
+            self.con = duckdb.connect()
+        mode = " (READ_ONLY)" if read_only else ""
+        try:
+            self.con.execute(f"ATTACH {_sql.quote_literal(str(self.path))} AS {DATABASE}{mode}")
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise IndexBusy(f"{self.path} is open in another process") from None
+            raise
+        self.attached = True
+        self.con.execute(f"USE {DATABASE}")
+        return self.con
+
+    def detach(self) -> None:
+        """Detach the index (writing its changes to the file)."""
+        if self.con is not None and self.attached:
+            self.attached = False
+            self.con.execute("USE memory")
+            self.con.execute(f"DETACH {DATABASE}")
+
+    def close(self) -> None:
+        """Close the instance (a later `attach` starts another)."""
+        con, self.con, self.attached = self.con, None, False
+        if con is not None:
+            con.close()
 
 
 def _fresh(
     reg: Registry, path: Path, pending: _scan.PendingSnapshot, clock: Clock
 ) -> tuple[Any, RefreshStats]:
-    """A read-only connection to `path` after bringing it in step with the snapshot."""
+    """A connection with the index at `path` attached read-only, after bringing the index
+    in step with the snapshot."""
+    import duckdb  # while the snapshot is taken
+
+    db = _Attached(path)
+    try:
+        return _refresh(db, reg, pending, clock)
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            db.close()
+        raise
+
+
+def _refresh(
+    db: _Attached, reg: Registry, pending: _scan.PendingSnapshot, clock: Clock
+) -> tuple[Any, RefreshStats]:
     import duckdb
 
-    con = None
-    if path.exists():
-        try:
-            con = _connect(path, read_only=True)
-        except duckdb.Error:
-            con = None  # unreadable: rebuilt below
-        if con is not None and _format(con) != _sql.FORMAT:
-            con.close()
-            con = None
+    path = db.path
+    side = path.with_suffix(SNAPSHOT_SUFFIX)
+    stored = read_digests(side) if path.exists() else None
     clock.lap("open")
     snap = pending.result()
+    digests = snap.digests()
     clock.lap("snapshot")
     changes: Changes | None = None
-    if con is not None:
-        try:
-            changes = _diff(con, snap)
-        except (duckdb.Error, ValueError):
-            changes = None  # damaged (or an unreadable stored snapshot): rebuilt below
+    if stored == digests:  # the common case: nothing changed
+        with contextlib.suppress(duckdb.Error):
+            con = db.attach(read_only=True)
+            if matches(con, digests):
+                clock.lap("compare")
+                return con, RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)
+    elif stored is not None:
+        changes = _diff(side, stored, snap, digests)
         clock.lap("compare")
-        if changes is not None and not changes.read and not changes.removed:
-            return con, RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)
-        con.close()
+    if changes is not None:
+        try:
+            apply(reg, lambda: db.attach(read_only=False), snap, changes, side, stored, clock)
+        except (StaleIndex, duckdb.Error):
+            changes = None  # the index does not match its snapshot file, or is damaged
     rebuilt = changes is None
-    if rebuilt:
-        for stale in (path, path.with_name(path.name + ".wal")):
+    if changes is None:
+        with contextlib.suppress(duckdb.Error):
+            db.close()  # so that spec workers can be forked
+        for stale in (side, path, path.with_name(path.name + ".wal")):
             stale.unlink(missing_ok=True)
         stamps = snap.by_path()
         changes = Changes(read=list(stamps), removed=[], added=len(stamps), stamps=stamps)
-    assert changes is not None
-    apply(reg, lambda: _connect(path, read_only=False), snap, changes, rebuilt, clock)
-    con = _connect(path, read_only=True)
+        apply(reg, lambda: db.attach(read_only=False), snap, changes, side, None, clock)
+    db.detach()
+    clock.lap("close")
+    con = db.attach(read_only=True)
     clock.lap("reopen")
     stats = RefreshStats(
         changes.added,
@@ -229,29 +290,13 @@ def _fresh(
     return con, stats
 
 
-def _format(con: duckdb.DuckDBPyConnection) -> str | None:
-    import duckdb
-
-    try:
-        rows = con.execute("SELECT value FROM raw.meta WHERE key = 'format'").fetchall()
-    except duckdb.Error:
+def _diff(
+    side: Path, stored: tuple[str, str], snap: _scan.Snapshot, digests: tuple[str, str]
+) -> Changes | None:
+    """Files that are new, changed or gone since the stored snapshot (None: unreadable)."""
+    # The same folders: the stored names need not be parsed.
+    before = read_snapshot(side, stored, snap.names if stored[0] == digests[0] else None)
+    if before is None:
         return None
-    return str(rows[0][0]) if rows else None
-
-
-def _diff(con: duckdb.DuckDBPyConnection, snap: _scan.Snapshot) -> Changes:
-    """Files that are new, changed or gone since the index last matched the files."""
-    names_digest, numbers_digest = snap.digests()
-    stored = con.execute("SELECT names_digest, numbers_digest FROM raw.snapshot").fetchall()
-    if stored and stored[0] == (names_digest, numbers_digest):
-        return Changes(read=[], removed=[], added=0, stamps={})  # the common case
-    if stored and stored[0][0] == names_digest:  # the same folders: fetch the numbers only
-        blob = con.execute("SELECT numbers FROM raw.snapshot").fetchall()[0][0]
-        before = _scan.Snapshot.unpack(snap.names, blob)
-    else:
-        row = con.execute("SELECT names, numbers FROM raw.snapshot").fetchall()
-        before = (
-            _scan.Snapshot.unpack(row[0][0], row[0][1]) if row else _scan.Snapshot({}, array("q"))
-        )
     read, removed, added = snap.diff(before)
     return Changes(read=read, removed=removed, added=added, stamps=snap.stamps(read))

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from array import array
@@ -486,6 +487,34 @@ def test_reparenting_a_model_moves_its_lineage_edges(zoo: Any) -> None:
     assert_macros_agree(reg, reg.model_names())
 
 
+def test_manifest_edits_move_only_the_edges_manifests_declare(zoo: Any) -> None:
+    """Edges come from the manifest for a model with no spec or with `source: auto`, and
+    from the spec otherwise: after each manifest edit the refreshed edges equal those of an
+    index built from nothing."""
+    reg, docs = zoo
+    write(reg.root / "models/picked/spec.yaml", "source: {model: auto}\ndata: {train: d-a}\n")
+    age(reg)
+
+    def manifest(name: str, parent: str) -> None:
+        doc = dict(docs["ft1"], source={"model": parent, "relation": "distill", "id": "x"})
+        write(reg.root / f"models/{name}/manifest.json", json.dumps(doc))
+
+    def edges() -> set[tuple[Any, ...]]:
+        return {tuple(r.values()) for r in rows(reg, "SELECT * FROM edges")}
+
+    def from_nothing() -> set[tuple[Any, ...]]:
+        shutil.rmtree(index.index_path(reg).parent)
+        return edges()
+
+    steps = [("orphan", "ft1"), ("picked", "ft2"), ("orphan", "base"), ("picked", "base")]
+    for name, parent in [*steps, ("ft2", "scratch")]:
+        manifest(name, parent)
+        got = edges()
+        assert got == from_nothing()
+        declared = {(d, r) for s, d, k, r in got if s == name and k == "derived_from"}
+        assert declared == ({(parent, "distill")} if name != "ft2" else {("base", "adapter")})
+
+
 def test_snapshot_comparison_finds_each_changed_file() -> None:
     n = 10_000
     names = {"models": [f"m{i}" for i in range(n)], "datasets": ["d0", "d1"]}
@@ -696,13 +725,34 @@ def test_damaged_or_old_index_is_rebuilt(zoo: Any) -> None:
     con.close()
     assert query(reg, "SELECT * FROM models ORDER BY name") == expected
     assert index.refresh(reg).rebuilt is False
-    # A stored snapshot it cannot read (written by another version): rebuilt too.
-    write(reg.root / "models/late/spec.yaml", "data: {train: d-a}\n")  # so it is read
-    con = duckdb.connect(str(db))
-    con.execute("UPDATE raw.snapshot SET names_digest = 'x', names = 'm0\x00m1'")
-    con.close()
-    assert index.refresh(reg).rebuilt is True
-    assert len(query(reg, "SELECT * FROM models ORDER BY name")) == len(expected) + 1
+    side = db.with_suffix(".snapshot")
+    stored = side.read_bytes()
+    head, _, body = stored.partition(b"\n")
+
+    def rebuilds(damage: bytes | None) -> bool:
+        write(reg.root / "models/late/spec.yaml", "data: {train: d-a}\n")  # a change to apply
+        if damage is None:
+            side.unlink()
+        else:
+            side.write_bytes(damage)
+        stats = index.refresh(reg)
+        assert len(query(reg, "SELECT * FROM models ORDER BY name")) == len(expected) + 1
+        (reg.root / "models/late/spec.yaml").unlink()
+        assert len(query(reg, "SELECT * FROM models ORDER BY name")) == len(expected)
+        return stats.rebuilt
+
+    # The snapshot file gone, unreadable, or not matching its digests: rebuilt.
+    assert rebuilds(None)
+    assert rebuilds(b"not a snapshot")
+    assert rebuilds(head + b"\n" + body[:-8] + bytes(8))
+    # A snapshot file that does not match the index (a crash between the index's commit and
+    # the file's replacement leaves the file of the commit before): rebuilt.
+    before = side.read_bytes()
+    write(reg.root / "models/late/spec.yaml", "data: {train: d-a}\n")
+    index.refresh(reg)
+    assert rebuilds(before)
+    # Another change with both in step: applied, not rebuilt.
+    assert not rebuilds(side.read_bytes())
 
 
 def test_a_locked_index_falls_back_to_a_private_copy(zoo: Any, monkeypatch: Any) -> None:
