@@ -96,7 +96,7 @@ class StaleIndex(Exception):
 
 def apply(
     reg: Registry,
-    attach: Callable[[], duckdb.DuckDBPyConnection],
+    attach: Callable[[int | None], duckdb.DuckDBPyConnection],
     snap: _scan.Snapshot,
     changes: Changes,
     side: Path,
@@ -104,8 +104,9 @@ def apply(
     clock: Clock,
 ) -> None:
     """Apply `changes` (found by comparing `snap` with the snapshot file `side`, whose
-    digests are `expect`) in one transaction on the connection `attach` returns, whose
-    default database is the index attached read-write, then store `snap` in `side`. With
+    digests are `expect`) in one transaction on the connection `attach(threads)` returns,
+    whose default database is the index attached read-write (on an instance that runs
+    `threads` threads, None for one per core), then store `snap` in `side`. With
     `expect` None, create the index (`changes` lists every file); otherwise raise `StaleIndex`
     when the index does not match `expect`."""
     create = expect is None
@@ -118,7 +119,8 @@ def apply(
     # Specs are turned into JSON by worker processes while this one indexes manifests.
     reader = _scan.SpecReader(reg.root, reg.rel_root, specs, [stamps[p][0] for p in specs])
     try:
-        con = attach()  # after the workers were forked
+        # After the workers were forked; they and DuckDB share the cores.
+        con = attach(max(1, (os.cpu_count() or 1) - reader.workers) if reader.workers else None)
     except BaseException:
         reader.close()
         raise
@@ -126,8 +128,6 @@ def apply(
         con.execute("BEGIN TRANSACTION")
         if expect is not None and not matches(con, expect):
             raise StaleIndex
-        if reader.workers:  # the spec workers and DuckDB share the cores
-            con.execute(f"SET threads = {max(1, (os.cpu_count() or 1) - reader.workers)}")
         if create:
             con.execute(_sql.TABLES)
             con.execute(_sql.VIEWS)
@@ -176,8 +176,6 @@ def apply(
         raise
     finally:
         reader.close()
-        if reader.workers:
-            con.execute("RESET threads")
 
 
 # The snapshot the index matches is kept beside it (`index.snapshot`), not in it: comparing

@@ -189,15 +189,20 @@ class _Attached:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.con: duckdb.DuckDBPyConnection | None = None
+        self.threads: int | None = None  # of the instance: None for one per core
         self.attached = False
 
-    def attach(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        """Attach the index (detaching it first if it is)."""
+    def attach(self, read_only: bool, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+        """Attach the index (detaching it first if it is), on an instance that runs `threads`
+        threads (None: one per core)."""
         import duckdb
 
         self.detach()
+        if self.con is not None and self.threads != threads:
+            self.close()
         if self.con is None:
-            self.con = duckdb.connect()
+            self.con = duckdb.connect(config={"threads": threads} if threads else {})
+            self.threads = threads
         mode = " (READ_ONLY)" if read_only else ""
         try:
             self.con.execute(f"ATTACH {_sql.quote_literal(str(self.path))} AS {DATABASE}{mode}")
@@ -208,6 +213,10 @@ class _Attached:
         self.attached = True
         self.con.execute(f"USE {DATABASE}")
         return self.con
+
+    def writable(self, threads: int | None) -> duckdb.DuckDBPyConnection:
+        """Attach the index read-write (see `attach`)."""
+        return self.attach(False, threads)
 
     def detach(self) -> None:
         """Detach the index (writing its changes to the file)."""
@@ -263,7 +272,7 @@ def _refresh(
         clock.lap("compare")
     if changes is not None:
         try:
-            apply(reg, lambda: db.attach(read_only=False), snap, changes, side, stored, clock)
+            apply(reg, db.writable, snap, changes, side, stored, clock)
         except (StaleIndex, duckdb.Error):
             changes = None  # the index does not match its snapshot file, or is damaged
     rebuilt = changes is None
@@ -274,7 +283,7 @@ def _refresh(
             stale.unlink(missing_ok=True)
         stamps = snap.by_path()
         changes = Changes(read=list(stamps), removed=[], added=len(stamps), stamps=stamps)
-        apply(reg, lambda: db.attach(read_only=False), snap, changes, side, None, clock)
+        apply(reg, db.writable, snap, changes, side, None, clock)
     db.detach()
     clock.lap("close")
     con = db.attach(read_only=True)
