@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from . import _scan, _sql
-from .errors import ParseError, SchemaError
+from .errors import ParseError, SchemaError, StemmaError
 from .files import write_atomic
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 CHUNK = 5000
 # Up to this many rows, a table of paths or texts goes to DuckDB as query parameters.
 FEW_ROWS = 500
+# The name the index is attached under: the default database of every query.
+DATABASE = "index"
 
 
 class Clock:
@@ -90,13 +92,76 @@ def text_rows(
                 con.unregister(name)
 
 
+class IndexBusy(StemmaError):
+    """The shared index is being written or read by another process."""
+
+
+class Attached:
+    """An in-memory DuckDB instance with the index at `path` attached as its default database:
+    read-write while it changes, then read-only (cheaper than an instance for each). The
+    instance is created on first use, after any worker processes were forked: DuckDB runs
+    threads of its own."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.threads: int | None = None  # of the instance: None for one per core
+        self.attached = False
+
+    def attach(self, read_only: bool, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+        """Attach the index (detaching it first if it is), on an instance that runs `threads`
+        threads (None: one per core)."""
+        import duckdb
+
+        self.detach()
+        if self.con is not None and self.threads != threads:
+            self.close()
+        if self.con is None:
+            self.con = duckdb.connect(config={"threads": threads} if threads else {})
+            self.threads = threads
+        mode = " (READ_ONLY)" if read_only else ""
+        try:
+            self.con.execute(f"ATTACH {_sql.quote_literal(str(self.path))} AS {DATABASE}{mode}")
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise IndexBusy(f"{self.path} is open in another process") from None
+            raise
+        self.attached = True
+        self.con.execute(f"USE {DATABASE}")
+        return self.con
+
+    def start(self) -> None:
+        """Create the instance now, if there is none."""
+        import duckdb
+
+        if self.con is None:
+            self.con, self.threads = duckdb.connect(), None
+
+    def writable(self, threads: int | None) -> duckdb.DuckDBPyConnection:
+        """Attach the index read-write (see `attach`)."""
+        return self.attach(False, threads)
+
+    def detach(self) -> None:
+        """Detach the index (writing its changes to the file)."""
+        if self.con is not None and self.attached:
+            self.attached = False
+            self.con.execute("USE memory")
+            self.con.execute(f"DETACH {DATABASE}")
+
+    def close(self) -> None:
+        """Close the instance (a later `attach` starts another)."""
+        con, self.con, self.attached = self.con, None, False
+        if con is not None:
+            con.close()
+
+
 class StaleIndex(Exception):
     """The index does not match the snapshot file it was compared with."""
 
 
 def apply(
     reg: Registry,
-    attach: Callable[[int | None], duckdb.DuckDBPyConnection],
+    db: Attached,
     snap: _scan.Snapshot,
     changes: Changes,
     side: Path,
@@ -104,9 +169,8 @@ def apply(
     clock: Clock,
 ) -> None:
     """Apply `changes` (found by comparing `snap` with the snapshot file `side`, whose
-    digests are `expect`) in one transaction on the connection `attach(threads)` returns,
-    whose default database is the index attached read-write (on an instance that runs
-    `threads` threads, None for one per core), then store `snap` in `side`. With
+    digests are `expect`) in one transaction on `db`, attached read-write, then store
+    `snap` in `side`. With
     `expect` None, create the index (`changes` lists every file); otherwise raise `StaleIndex`
     when the index does not match `expect`."""
     create = expect is None
@@ -116,11 +180,14 @@ def apply(
     stamps = changes.stamps
     specs = [p for p in changes.read if p.endswith(_scan.SPEC)]
     manifests = [p for p in changes.read if p.endswith(_scan.MANIFEST)]
+    if len(specs) >= _scan.POOL_MIN:
+        db.close()  # worker processes are forked only where DuckDB runs no threads
     # Specs are turned into JSON by worker processes while this one indexes manifests.
     reader = _scan.SpecReader(reg.root, reg.rel_root, specs, [stamps[p][0] for p in specs])
     try:
-        # After the workers were forked; they and DuckDB share the cores.
-        con = attach(max(1, (os.cpu_count() or 1) - reader.workers) if reader.workers else None)
+        # The workers and DuckDB share the cores.
+        threads = max(1, (os.cpu_count() or 1) - reader.workers) if reader.workers else None
+        con = db.writable(threads)
     except BaseException:
         reader.close()
         raise

@@ -19,11 +19,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import _scan, _sql
+from . import _scan
 from ._ingest import (
     SNAPSHOT_SUFFIX,
+    Attached,
     Changes,
     Clock,
+    IndexBusy,
     StaleIndex,
     apply,
     matches,
@@ -40,8 +42,6 @@ if TYPE_CHECKING:
 INDEX_DIR = ".stemma"
 INDEX_NAME = "index.duckdb"
 LOCK_NAME = "index.lock"
-# The name the index is attached under: the default database of every query.
-DATABASE = "index"
 # How long to wait for another process's refresh before building a private index instead.
 LOCK_WAIT_S = 5.0
 
@@ -63,10 +63,6 @@ class RefreshStats:
         out = dict(self.__dict__)
         out["phases"] = {k: round(v, 4) for k, v in self.phases.items()}
         return out
-
-
-class IndexBusy(StemmaError):
-    """The shared index is being written or read by another process."""
 
 
 class Index:
@@ -180,58 +176,6 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
         os.close(fd)
 
 
-class _Attached:
-    """An in-memory DuckDB instance with the index at `path` attached as its default database:
-    read-write while it changes, then read-only (cheaper than an instance for each). The
-    instance is created on first use, after any worker processes were forked: DuckDB runs
-    threads of its own."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.con: duckdb.DuckDBPyConnection | None = None
-        self.threads: int | None = None  # of the instance: None for one per core
-        self.attached = False
-
-    def attach(self, read_only: bool, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-        """Attach the index (detaching it first if it is), on an instance that runs `threads`
-        threads (None: one per core)."""
-        import duckdb
-
-        self.detach()
-        if self.con is not None and self.threads != threads:
-            self.close()
-        if self.con is None:
-            self.con = duckdb.connect(config={"threads": threads} if threads else {})
-            self.threads = threads
-        mode = " (READ_ONLY)" if read_only else ""
-        try:
-            self.con.execute(f"ATTACH {_sql.quote_literal(str(self.path))} AS {DATABASE}{mode}")
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise IndexBusy(f"{self.path} is open in another process") from None
-            raise
-        self.attached = True
-        self.con.execute(f"USE {DATABASE}")
-        return self.con
-
-    def writable(self, threads: int | None) -> duckdb.DuckDBPyConnection:
-        """Attach the index read-write (see `attach`)."""
-        return self.attach(False, threads)
-
-    def detach(self) -> None:
-        """Detach the index (writing its changes to the file)."""
-        if self.con is not None and self.attached:
-            self.attached = False
-            self.con.execute("USE memory")
-            self.con.execute(f"DETACH {DATABASE}")
-
-    def close(self) -> None:
-        """Close the instance (a later `attach` starts another)."""
-        con, self.con, self.attached = self.con, None, False
-        if con is not None:
-            con.close()
-
-
 def _fresh(
     reg: Registry, path: Path, pending: _scan.PendingSnapshot, clock: Clock
 ) -> tuple[Any, RefreshStats]:
@@ -239,7 +183,7 @@ def _fresh(
     in step with the snapshot."""
     import duckdb  # while the snapshot is taken
 
-    db = _Attached(path)
+    db = Attached(path)
     try:
         return _refresh(db, reg, pending, clock)
     except BaseException:
@@ -249,13 +193,15 @@ def _fresh(
 
 
 def _refresh(
-    db: _Attached, reg: Registry, pending: _scan.PendingSnapshot, clock: Clock
+    db: Attached, reg: Registry, pending: _scan.PendingSnapshot, clock: Clock
 ) -> tuple[Any, RefreshStats]:
     import duckdb
 
     path = db.path
     side = path.with_suffix(SNAPSHOT_SUFFIX)
     stored = read_digests(side) if path.exists() else None
+    if stored is not None:
+        db.start()  # while the snapshot is taken
     clock.lap("open")
     snap = pending.result()
     digests = snap.digests()
@@ -272,7 +218,7 @@ def _refresh(
         clock.lap("compare")
     if changes is not None:
         try:
-            apply(reg, db.writable, snap, changes, side, stored, clock)
+            apply(reg, db, snap, changes, side, stored, clock)
         except (StaleIndex, duckdb.Error):
             changes = None  # the index does not match its snapshot file, or is damaged
     rebuilt = changes is None
@@ -283,7 +229,7 @@ def _refresh(
             stale.unlink(missing_ok=True)
         stamps = snap.by_path()
         changes = Changes(read=list(stamps), removed=[], added=len(stamps), stamps=stamps)
-        apply(reg, db.writable, snap, changes, side, None, clock)
+        apply(reg, db, snap, changes, side, None, clock)
     db.detach()
     clock.lap("close")
     con = db.attach(read_only=True)
