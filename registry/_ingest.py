@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _scan, _sql
 from .errors import ParseError, SchemaError, StemmaError
@@ -117,13 +117,14 @@ class Attached:
         if self.con is not None and self.threads != threads:
             self.close()
         if self.con is None:
-            self.con = duckdb.connect(config={"threads": threads} if threads else {})
+            self.con = self._connect(threads)
             self.threads = threads
         mode = " (READ_ONLY)" if read_only else ""
         try:
             self.con.execute(f"ATTACH {_sql.quote_literal(str(self.path))} AS {DATABASE}{mode}")
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
+        except duckdb.Error as exc:
+            locked = isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+            if locked or type(exc).__name__ == "ResourceInUseException":
                 raise IndexBusy(f"{self.path} is open in another process") from None
             raise
         self.attached = True
@@ -132,10 +133,19 @@ class Attached:
 
     def start(self) -> None:
         """Create the instance now, if there is none."""
-        import duckdb
 
         if self.con is None:
-            self.con, self.threads = duckdb.connect(), None
+            self.con, self.threads = self._connect(None), None
+
+    def _connect(self, threads: int | None) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        # Spills go beside the index, as they would for the file opened directly (DuckDB
+        # lets queries read its temporary folder even with external access disabled).
+        config: dict[str, Any] = {"temp_directory": f"{self.path}.tmp"}
+        if threads:
+            config["threads"] = threads
+        return duckdb.connect(config=config)
 
     def writable(self, threads: int | None) -> duckdb.DuckDBPyConnection:
         """Attach the index read-write (see `attach`)."""
@@ -187,14 +197,11 @@ def apply(
     try:
         # The workers and DuckDB share the cores.
         threads = max(1, (os.cpu_count() or 1) - reader.workers) if reader.workers else None
-        con = db.writable(threads)
+        con = _begin(db, threads, expect)
     except BaseException:
         reader.close()
         raise
     try:
-        con.execute("BEGIN TRANSACTION")
-        if expect is not None and not matches(con, expect):
-            raise StaleIndex
         if create:
             con.execute(_sql.TABLES)
             con.execute(_sql.VIEWS)
@@ -301,6 +308,24 @@ def read_snapshot(
     except (OSError, ValueError, IndexError):
         return None
     return snap if names or snap.digests()[0] == digests[0] else None
+
+
+def _begin(
+    db: Attached, threads: int | None, expect: tuple[str, str] | None
+) -> duckdb.DuckDBPyConnection:
+    """Attach the index read-write and begin the transaction; `StaleIndex` when the index
+    does not match the snapshot of `expect`, or cannot be opened (it is rebuilt)."""
+    import duckdb
+
+    try:
+        con = db.writable(threads)
+        con.execute("BEGIN TRANSACTION")
+        if expect is None or matches(con, expect):
+            return con
+    except duckdb.Error:
+        if expect is None:
+            raise
+    raise StaleIndex
 
 
 def _update_edges(con: duckdb.DuckDBPyConnection, gone: list[str], create: bool) -> None:

@@ -251,7 +251,7 @@ class PendingSnapshot:
         assert native is not None
         try:
             for kind, fd, _names, _children in self._kinds:
-                names = native.list_folders(fd.fd)
+                names = fd.names(native)
                 self._found[kind] = (names, *native.stat_folders(fd.fd, names, FILES, threads))
         except BaseException as exc:
             self._thread_failed = exc
@@ -366,10 +366,17 @@ class _Folder:
         elif not os.path.isdir(self.path):
             raise NotADirectoryError(self.path)
 
-    def names(self) -> list[str]:
-        """Sub-folders, in directory order, hidden ones left out."""
-        with os.scandir(self.fd if self.fd >= 0 else self.path) as entries:
-            return [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    def names(self, native: ModuleType | None = None) -> list[str]:
+        """Sub-folders, in directory order, hidden ones left out (listed by the `native`
+        loop when given)."""
+        try:
+            if native is not None:
+                return list(native.list_folders(self.fd))
+            with os.scandir(self.fd if self.fd >= 0 else self.path) as entries:
+                return [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+        except OSError as exc:
+            where = _display(self.prefix, self.kind)
+            raise ParseError(where, f"cannot read: {exc.strerror}") from None
 
     def close(self) -> None:
         """Close the descriptor."""

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define FOLDERS_PER_THREAD 256
 #define PATH_BUF 4096 /* a longer "name/file" fails as ENAMETOOLONG would */
 
 typedef struct {
@@ -148,8 +149,8 @@ static PyObject *stat_folders(PyObject *self, PyObject *args) {
     at[count + nfiles] = used;
     if (!(out = PyBytes_FromStringAndSize(NULL, 16 * count * nfiles)))
         goto done;
-    if (threads > count)
-        threads = count > 0 ? (int)count : 1;
+    if (threads > count / FOLDERS_PER_THREAD) /* a thread costs more than a few stats */
+        threads = count >= 2 * FOLDERS_PER_THREAD ? (int)(count / FOLDERS_PER_THREAD) : 1;
     if (!(parts = calloc((size_t)threads, sizeof *parts))) {
         PyErr_NoMemory();
         Py_CLEAR(out);
@@ -198,8 +199,10 @@ static Py_ssize_t read_folders(int dirfd, char **text, size_t *used) {
             close(fd);
         return -1;
     }
-    errno = 0;
-    while ((entry = readdir(dir))) {
+    for (;;) {
+        errno = 0; /* readdir tells the end from an error by errno alone */
+        if (!(entry = readdir(dir)))
+            break;
         size_t len = strlen(entry->d_name);
         struct stat st;
         if (entry->d_name[0] == '.')
@@ -224,7 +227,6 @@ static Py_ssize_t read_folders(int dirfd, char **text, size_t *used) {
         memcpy(*text + *used, entry->d_name, len + 1);
         *used += len + 1;
         count++;
-        errno = 0;
     }
     if (errno) {
         int saved = errno;

@@ -49,6 +49,7 @@ def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes the file private to its owner
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             if sync:
@@ -58,6 +59,16 @@ def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of the file `path` replaces, or those a new file gets (umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0o022)  # read it by setting it; put back at once
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -44,6 +44,10 @@ INDEX_NAME = "index.duckdb"
 LOCK_NAME = "index.lock"
 # How long to wait for another process's refresh before building a private index instead.
 LOCK_WAIT_S = 5.0
+# How many times this process has each shared index open. DuckDB's lock on the file belongs
+# to the process: a second instance on it would drop the first one's lock when it closes, so
+# a second open in one process gets a private index.
+_IN_USE: dict[Path, int] = {}
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,24 @@ class Index:
     """A read-only DuckDB connection to an index that matches the files."""
 
     def __init__(
-        self, con: duckdb.DuckDBPyConnection, stats: RefreshStats, private_dir: Path | None = None
+        self,
+        con: duckdb.DuckDBPyConnection,
+        stats: RefreshStats,
+        private_dir: Path | None = None,
+        shared: Path | None = None,
     ) -> None:
         self.con = con
         self.stats = stats
         self._private_dir = private_dir
+        self._shared = shared
+        if shared is not None:
+            _IN_USE[shared] = _IN_USE.get(shared, 0) + 1
 
     def close(self) -> None:
         """Close the connection (and delete a private index)."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            _IN_USE[shared] -= 1
         self.con.close()
         if self._private_dir is not None:
             _remove_tree(self._private_dir)
@@ -122,10 +136,12 @@ def open_index(reg: Registry) -> Index:
 def _open(reg: Registry, snap: _scan.PendingSnapshot, clock: Clock) -> Index:
     path = index_path(reg)
     try:
+        if _IN_USE.get(path):
+            raise IndexBusy(f"{path} is open in this process")
         path.parent.mkdir(exist_ok=True)
         with _file_lock(path.parent / LOCK_NAME, LOCK_WAIT_S):
             con, stats = _fresh(reg, path, snap, clock)
-        return Index(con, stats)
+        return Index(con, stats, shared=path)
     except IndexBusy:
         pass  # another process is writing it, or reading it while we need to write
     except OSError as exc:
@@ -219,13 +235,13 @@ def _refresh(
     if changes is not None:
         try:
             apply(reg, db, snap, changes, side, stored, clock)
-        except (StaleIndex, duckdb.Error):
+        except StaleIndex:
             changes = None  # the index does not match its snapshot file, or is damaged
     rebuilt = changes is None
     if changes is None:
         with contextlib.suppress(duckdb.Error):
             db.close()  # so that spec workers can be forked
-        for stale in (side, path, path.with_name(path.name + ".wal")):
+        for stale in (side, path, *path.parent.glob(f"{path.name}.wal*")):
             stale.unlink(missing_ok=True)
         stamps = snap.by_path()
         changes = Changes(read=list(stamps), removed=[], added=len(stamps), stamps=stamps)

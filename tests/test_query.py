@@ -427,6 +427,18 @@ def test_forbidden_statements_are_refused_and_change_nothing(zoo: Any, tmp_path:
     assert not any(outputs.iterdir())  # no file written by COPY, EXPORT or ATTACH
 
 
+def test_files_in_the_working_folder_stay_unreadable(
+    zoo: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """DuckDB lets queries read its temporary folder: it lies beside the index, not in the
+    folder the command runs from."""
+    reg, _docs = zoo
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / ".tmp/secret.txt", "secret")
+    with pytest.raises(QueryError, match="file system operations are disabled"):
+        query(reg, "SELECT content FROM read_text('.tmp/secret.txt')")
+
+
 def test_refusal_messages_say_why(zoo: Any) -> None:
     reg, _docs = zoo
     with pytest.raises(QueryError, match="INSERT statements are refused"):
@@ -773,6 +785,35 @@ def test_a_locked_index_falls_back_to_a_private_copy(zoo: Any, monkeypatch: Any)
             assert private != index.index_path(reg)
         assert not private.exists()  # the private copy is removed on close
         assert query(reg, "SELECT name, accuracy FROM models ORDER BY name") == expected
+
+
+def test_a_second_open_in_one_process_uses_a_private_index(zoo: Any) -> None:
+    """DuckDB's lock on the index file belongs to the process: a second instance on it would
+    release the first one's lock when it closes."""
+    reg, _docs = zoo
+    shared = index.index_path(reg)
+    with index.open_index(reg) as first:
+        assert not first.stats.private
+        model_doc(reg, "ft2", {"accuracy": 0.61, "loss": 0.5})  # a change to apply
+        with index.open_index(reg) as second:
+            assert second.stats.private
+            got = second.con.execute("SELECT accuracy FROM models WHERE name = 'ft2'").fetchall()
+            assert got == [(0.61,)]
+        assert shared.exists() and shared.with_suffix(".snapshot").exists()
+        assert first.con.execute("SELECT accuracy FROM models WHERE name = 'ft2'").fetchall()
+    stats = index.refresh(reg)
+    assert not stats.private and not stats.rebuilt and stats.changed == 1
+    assert rows(reg, "SELECT accuracy FROM models WHERE name = 'ft2'") == [{"accuracy": 0.61}]
+
+
+def test_an_unreadable_models_folder_is_named(zoo: Any, monkeypatch: Any) -> None:
+    reg, _docs = zoo
+    shutil.rmtree(reg.root / "models")
+    (reg.root / "models").write_text("not a folder")
+    for native in (..., None):  # the native listing, and the Python one
+        monkeypatch.setattr(_scan, "_native", native)
+        with pytest.raises(ParseError, match=r"^models: cannot read: Not a directory$"):
+            query(reg, "SELECT * FROM models")
 
 
 def test_an_index_held_open_elsewhere_does_not_block_a_refresh(zoo: Any, tmp_path: Path) -> None:

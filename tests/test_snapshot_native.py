@@ -76,6 +76,19 @@ def test_native_snapshot_equals_the_python_one(
     assert len(got.numbers) == 4 * (len(got.names["models"]) + 2)
 
 
+def test_a_dangling_link_last_in_the_folder_is_left_out(tmp_path: Path) -> None:
+    """The end of a listing is told from an error by errno alone: a failed stat of a link
+    just before the end must not read as one."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/dangling").symlink_to("nowhere")
+    folder = _scan._Folder(tmp_path, "models")
+    try:
+        assert native.list_folders(folder.fd) == [] == folder.names()
+    finally:
+        folder.close()
+    assert _scan.snapshot(tmp_path).names == {"models": []}
+
+
 def test_list_folders_lists_what_scandir_does(reg: Path) -> None:
     odd = os.fsdecode(b"raw \xff")  # not UTF-8: a surrogate-escaped name
     os.mkdir(reg / "models" / odd)
