@@ -304,10 +304,12 @@ def read_snapshot(
         numbers = body[size:]
         if hashlib.sha256(numbers).hexdigest() != digests[1]:
             return None
-        snap = _scan.Snapshot.unpack(names or body[:size].decode(), numbers)
+        snap = _scan.Snapshot.unpack(body[:size].decode(), numbers, names)
     except (OSError, ValueError, IndexError):
         return None
-    return snap if names or snap.digests()[0] == digests[0] else None
+    if names is not None:
+        snap.names_digest = digests[0]
+    return snap if snap.digests()[0] == digests[0] else None
 
 
 def _begin(

@@ -13,7 +13,7 @@ import os
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType, ModuleType
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,10 @@ class Snapshot:
 
     names: dict[str, list[str]]
     numbers: array[int]
+    # The names as the index stores them (JSON) and their digest, kept once made: the names
+    # of a snapshot do not change.
+    names_json: str | None = field(default=None, compare=False, repr=False)
+    names_digest: str | None = field(default=None, compare=False, repr=False)
 
     def size(self, slot: int) -> int:
         """The size of the file in `slot` (MISSING, or RACY in a stored snapshot)."""
@@ -103,38 +107,45 @@ class Snapshot:
             numbers[2 * slot] = sizes[path]
             if sizes[path] == MISSING:
                 numbers[2 * slot + 1] = MISSING
-        return Snapshot(self.names, numbers)
+        return Snapshot(self.names, numbers, self.names_json, self.names_digest)
 
     def digests(self) -> tuple[str, str]:
         """Digests of the folder names and of the numbers: equal digests, equal snapshots."""
         import hashlib
 
-        listing = hashlib.sha256()
-        for kind in KINDS:  # names hold no NUL; the counts tell where each kind ends
-            names = self.names.get(kind, [])
-            joined = "\0".join(names)
-            listing.update(f"{kind}\0{len(names)}\0{joined}\0".encode())
-        return listing.hexdigest(), hashlib.sha256(self.numbers).hexdigest()
-
-    def _names_text(self) -> str:
-        # JSON: folder names may hold any character but "/" and NUL.
-        return json.dumps([self.names.get(kind, []) for kind in KINDS], ensure_ascii=False)
+        if self.names_digest is None:
+            listing = hashlib.sha256()
+            for kind in KINDS:  # names hold no NUL; the counts tell where each kind ends
+                names = self.names.get(kind, [])
+                joined = "\0".join(names)
+                listing.update(f"{kind}\0{len(names)}\0{joined}\0".encode())
+            self.names_digest = listing.hexdigest()
+        return self.names_digest, hashlib.sha256(self.numbers).hexdigest()
 
     def pack(self) -> tuple[str, str, str, bytes]:
         """What the index stores: the two digests, the folder names and the numbers."""
-        return (*self.digests(), self._names_text(), self.numbers.tobytes())
+        if self.names_json is None:  # JSON: names may hold any character but "/" and NUL
+            listed = [self.names.get(kind, []) for kind in KINDS]
+            self.names_json = json.dumps(listed, ensure_ascii=False)
+        return (*self.digests(), self.names_json, self.numbers.tobytes())
 
     @classmethod
-    def unpack(cls, names: str | dict[str, list[str]], numbers: bytes) -> Snapshot:
-        """The snapshot `pack` stored (`names` as stored, or as a mapping already)."""
+    def unpack(
+        cls, names_json: str, numbers: bytes, names: dict[str, list[str]] | None = None
+    ) -> Snapshot:
+        """The snapshot `pack` stored (with `names`, when given, for what `names_json` holds,
+        which is then not parsed)."""
         values: array[int] = array("q")
         values.frombytes(numbers)
-        if isinstance(names, str):
-            names = dict(zip(KINDS, json.loads(names), strict=True))
-        return cls(names, values)
+        if names is None:
+            names = dict(zip(KINDS, json.loads(names_json), strict=True))
+        return cls(names, values, names_json)
 
     def diff(self, before: Snapshot) -> tuple[list[str], list[str], int]:
         """(files new or changed since `before`, files gone, how many of the first are new)."""
+        if before.names is self.names:  # the same folders: what `before` made of them holds
+            self.names_json = self.names_json or before.names_json
+            self.names_digest = self.names_digest or before.names_digest
         read: list[str] = []
         removed: list[str] = []
         added = 0
