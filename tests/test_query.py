@@ -948,6 +948,28 @@ def test_export_parquet_reads_back(zoo: Any, cli: Any, tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
 
 
+def test_the_console_script_exits_with_the_command_status(zoo: Any) -> None:
+    """`stemma query` and `stemma ls` end without the interpreter's teardown: their output,
+    errors and exit status are what they would be otherwise."""
+    reg, _docs = zoo
+    stemma = Path(sys.executable).with_name("stemma")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(stemma), *args], cwd=reg.repo_root, capture_output=True, text=True, check=False
+        )
+
+    ok = run("query", "SELECT count(*) AS n FROM models", "--format", "json")
+    assert (ok.returncode, json.loads(ok.stdout), ok.stderr) == (0, [{"n": 6}], "")
+    bad = run("query", "SELECT * FROM nope")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("error: query failed: Catalog Error")
+    assert bad.stderr.count("\n") == 1
+    listed = run("--traceback", "ls")
+    assert listed.returncode == 0 and "ft1a" in listed.stdout
+    assert run("query", "SELECT 1", "--format", "nope").returncode == 2  # a usage error
+
+
 def test_query_never_imports_torch_or_dvc(zoo: Any) -> None:
     reg, _docs = zoo
     code = (
