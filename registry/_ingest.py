@@ -133,7 +133,6 @@ class Attached:
 
     def start(self) -> None:
         """Create the instance now, if there is none."""
-
         if self.con is None:
             self.con, self.threads = self._connect(None), None
 
@@ -179,10 +178,9 @@ def apply(
     clock: Clock,
 ) -> None:
     """Apply `changes` (found by comparing `snap` with the snapshot file `side`, whose
-    digests are `expect`) in one transaction on `db`, attached read-write, then store
-    `snap` in `side`. With
-    `expect` None, create the index (`changes` lists every file); otherwise raise `StaleIndex`
-    when the index does not match `expect`."""
+    digests are `expect`) in one transaction on `db`, attached read-write, then store `snap`
+    in `side`. With `expect` None, create the index (`changes` lists every file); otherwise
+    raise `StaleIndex` when the index does not match `expect`."""
     create = expect is None
     # Taken before any file is read: a file is "racy" when its mtime is within the window of
     # this moment, and so also of the moment it was read (which is later).

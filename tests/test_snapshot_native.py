@@ -118,7 +118,7 @@ def test_stat_folders_writes_what_stat_into_appends(reg: Path) -> None:
             *folder.names(),
             "stray.txt",  # a file where the folder would be: ENOTDIR
             "gone",  # ENOENT
-            *(f"m{i % 8}" for i in range(40)),
+            *(f"m{i % 8}" for i in range(1200)),  # enough for several threads
         ]
         want: array[int] = array("q")
         _scan._stat_into(want, folder, names)
@@ -141,7 +141,7 @@ def test_a_file_that_cannot_be_stated_is_named_as_in_python(
         (reg / f"models/{name}/spec.yaml").symlink_to("spec.yaml")
     folder = _scan._Folder(reg, "models")
     try:
-        names = folder.names()
+        names = folder.names() * 100  # enough for several threads, each with failures
         first = min(names.index("m1"), names.index("link"), names.index("m5"))
         for threads in (1, 3):
             assert native.stat_folders(folder.fd, names, _scan.FILES, threads)[1] == first
