@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -273,3 +274,19 @@ def test_listing_from_the_index_matches_reading_the_files(populated: Registry) -
         "SELECT name, accuracy FROM models WHERE accuracy IS NOT NULL ORDER BY name"
     ).rows
     assert [tuple(r) for r in rows] == [("base", 0.5), ("ft", 0.9)]
+
+
+def test_atomic_writes_keep_the_permissions_a_plain_write_would_give(tmp_path: Path) -> None:
+    from stemma.registry.files import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "new.json", "{}\n")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640  # the umask's
+        (tmp_path / "shared.json").write_text("{}\n")
+        os.chmod(tmp_path / "shared.json", 0o664)
+        write_atomic(tmp_path / "shared.json", '{"a": 1}\n')
+        assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o664  # as it was
+        assert (tmp_path / "shared.json").read_text() == '{"a": 1}\n'
+    finally:
+        os.umask(old)
