@@ -146,10 +146,6 @@ class Attached:
             config["threads"] = threads
         return duckdb.connect(config=config)
 
-    def writable(self, threads: int | None) -> duckdb.DuckDBPyConnection:
-        """Attach the index read-write (see `attach`)."""
-        return self.attach(False, threads)
-
     def detach(self) -> None:
         """Detach the index (writing its changes to the file)."""
         if self.con is not None and self.attached:
@@ -318,7 +314,7 @@ def _begin(
     import duckdb
 
     try:
-        con = db.writable(threads)
+        con = db.attach(read_only=False, threads=threads)
         con.execute("BEGIN TRANSACTION")
         if expect is None or matches(con, expect):
             return con
