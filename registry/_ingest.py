@@ -69,7 +69,7 @@ def text_rows(
     """The text `columns` as the table `name` while the block runs. Many rows go through
     NumPy columns, which DuckDB scans without converting row by row; a few go as query
     parameters, since importing NumPy takes longer than a small refresh."""
-    import duckdb
+    from ._engine import duckdb
 
     count = len(next(iter(columns.values())))
     if count <= FEW_ROWS:
@@ -111,7 +111,7 @@ class Attached:
     def attach(self, read_only: bool, threads: int | None = None) -> duckdb.DuckDBPyConnection:
         """Attach the index (detaching it first if it is), on an instance that runs `threads`
         threads (None: one per core)."""
-        import duckdb
+        from ._engine import duckdb
 
         self.detach()
         if self.con is not None and self.threads != threads:
@@ -137,7 +137,7 @@ class Attached:
             self.con, self.threads = self._connect(None), None
 
     def _connect(self, threads: int | None) -> duckdb.DuckDBPyConnection:
-        import duckdb
+        from ._engine import duckdb
 
         # Spills go beside the index, as they would for the file opened directly (DuckDB
         # lets queries read its temporary folder even with external access disabled).
@@ -311,7 +311,7 @@ def _begin(
 ) -> duckdb.DuckDBPyConnection:
     """Attach the index read-write and begin the transaction; `StaleIndex` when the index
     does not match the snapshot of `expect`, or cannot be opened (it is rebuilt)."""
-    import duckdb
+    from ._engine import duckdb
 
     try:
         con = db.attach(read_only=False, threads=threads)
@@ -428,7 +428,7 @@ def _stage_manifests(
     reg: Registry, con: duckdb.DuckDBPyConnection, files: list[tuple[str, str]], model: bool
 ) -> None:
     """Index manifests given as (path, text)."""
-    import duckdb
+    from ._engine import duckdb
 
     shape = _sql.MODEL_MANIFEST_SHAPE if model else _sql.DATASET_MANIFEST_SHAPE
     bad = _sql.MODEL_MANIFEST_BAD if model else _sql.DATASET_MANIFEST_BAD

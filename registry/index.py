@@ -197,7 +197,7 @@ def _fresh(
 ) -> tuple[Any, RefreshStats]:
     """A connection with the index at `path` attached read-only, after bringing the index
     in step with the snapshot."""
-    import duckdb  # while the snapshot is taken
+    from ._engine import duckdb  # while the snapshot is taken
 
     db = Attached(path)
     try:
@@ -211,7 +211,7 @@ def _fresh(
 def _refresh(
     db: Attached, reg: Registry, pending: _scan.PendingSnapshot, clock: Clock
 ) -> tuple[Any, RefreshStats]:
-    import duckdb
+    from ._engine import duckdb
 
     path = db.path
     side = path.with_suffix(SNAPSHOT_SUFFIX)

@@ -125,8 +125,7 @@ def jsonable(value: Any) -> Any:
 
 def query(reg: Registry, sql: str, history: bool = False) -> QueryResult:
     """Run one read-only SELECT over the registry's views and return its rows."""
-    import duckdb
-
+    from ._engine import duckdb
     from .index import open_index
 
     with open_index(reg) as index:
@@ -157,7 +156,7 @@ def one_line(exc: BaseException) -> str:
 
 def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse anything but a single SELECT (or EXPLAIN of one), naming what was given."""
-    import duckdb
+    from ._engine import duckdb
 
     try:
         statements = con.extract_statements(sql)
@@ -252,8 +251,7 @@ def schema(reg: Registry, history: bool = False) -> dict[str, list[tuple[str, st
 
 def export_parquet(reg: Registry, folder: Path, history: bool = False) -> list[Path]:
     """Write every view as `<folder>/<view>.parquet`; the files written."""
-    import duckdb
-
+    from ._engine import duckdb
     from .index import open_index
 
     folder = Path(folder)

@@ -3,6 +3,7 @@ only what they need (checked on `sys.modules` in a fresh process, never on time)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,6 +32,10 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stder
 STYLE_SWITCHES = ("FORCE_COLOR", "TTY_COMPATIBLE")
 # Heavy or unrelated to reading the registry: none of these may load for `ls` or `query`.
 NOT_NEEDED = ("torch", "dvc", "pydantic", "rich", "networkx", "jsonschema", "sklearn")
+# DuckDB's Python package around its engine module, where the engine is a module of its own
+# (see registry/_engine.py).
+if importlib.util.find_spec("_duckdb") is not None:
+    NOT_NEEDED += ("duckdb",)
 
 
 def probe(args: list[str], cwd: Any) -> tuple[int, set[str], str]:

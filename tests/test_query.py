@@ -884,6 +884,17 @@ def test_history_view_lists_each_committed_version(zoo: Any) -> None:
 # -- Python API and CLI -------------------------------------------------------------------
 
 
+def test_the_engine_module_is_the_one_duckdb_exports() -> None:
+    from stemma.registry import _engine
+
+    for name in _engine.USED:
+        assert getattr(_engine.duckdb, name) is getattr(duckdb, name), name
+    con = _engine.duckdb.connect()
+    assert isinstance(con, duckdb.DuckDBPyConnection)
+    with pytest.raises(duckdb.Error):
+        con.execute("SELECT * FROM no_such_table")
+
+
 def test_result_converts_to_arrow_and_pandas(zoo: Any) -> None:
     reg, _docs = zoo
     result = query(reg, "SELECT name, accuracy, tags, metrics FROM models ORDER BY name")
