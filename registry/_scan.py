@@ -131,7 +131,10 @@ class Snapshot:
 
     @classmethod
     def unpack(
-        cls, names_json: str, numbers: bytes, names: dict[str, list[str]] | None = None
+        cls,
+        names_json: str,
+        numbers: bytes | memoryview,
+        names: dict[str, list[str]] | None = None,
     ) -> Snapshot:
         """The snapshot `pack` stored (with `names`, when given, for what `names_json` holds,
         which is then not parsed)."""

@@ -27,10 +27,9 @@ from ._ingest import (
     Clock,
     IndexBusy,
     StaleIndex,
+    StoredSnapshot,
     apply,
     matches,
-    read_digests,
-    read_snapshot,
 )
 from .errors import QueryError, StemmaError
 
@@ -215,26 +214,27 @@ def _refresh(
 
     path = db.path
     side = path.with_suffix(SNAPSHOT_SUFFIX)
-    stored = read_digests(side) if path.exists() else None
+    # While the snapshot is taken: the snapshot file, and the DuckDB instance.
+    stored = StoredSnapshot.read(side) if path.exists() else None
     if stored is not None:
-        db.start()  # while the snapshot is taken
+        db.start()
     clock.lap("open")
     snap = pending.result()
     digests = snap.digests()
     clock.lap("snapshot")
     changes: Changes | None = None
-    if stored == digests:  # the common case: nothing changed
+    if stored is not None and stored.digests == digests:  # the common case: nothing changed
         with contextlib.suppress(duckdb.Error):
             con = db.attach(read_only=True)
             if matches(con, digests):
                 clock.lap("compare")
                 return con, RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)
     elif stored is not None:
-        changes = _diff(side, stored, snap, digests)
+        changes = _diff(stored, snap, digests)
         clock.lap("compare")
     if changes is not None:
         try:
-            apply(reg, db, snap, changes, side, stored, clock)
+            apply(reg, db, snap, changes, side, stored.digests if stored else None, clock)
         except StaleIndex:
             changes = None  # the index does not match its snapshot file, or is damaged
     rebuilt = changes is None
@@ -261,12 +261,10 @@ def _refresh(
     return con, stats
 
 
-def _diff(
-    side: Path, stored: tuple[str, str], snap: _scan.Snapshot, digests: tuple[str, str]
-) -> Changes | None:
+def _diff(stored: StoredSnapshot, snap: _scan.Snapshot, digests: tuple[str, str]) -> Changes | None:
     """Files that are new, changed or gone since the stored snapshot (None: unreadable)."""
     # The same folders: the stored names need not be parsed.
-    before = read_snapshot(side, stored, snap.names if stored[0] == digests[0] else None)
+    before = stored.snapshot(snap.names if stored.digests[0] == digests[0] else None)
     if before is None:
         return None
     read, removed, added = snap.diff(before)
