@@ -266,9 +266,6 @@ def apply(
 # records the snapshot's digests, so the two are known to match.
 SNAPSHOT_SUFFIX = ".snapshot"
 SNAPSHOT_MAGIC = b"stemma-snapshot/1"
-# The file a snapshot is written to before it replaces the current one: the one it replaced
-# last time, whose pages are reused (see `write_snapshot`).
-SPARE_SUFFIX = ".spare"
 
 
 def matches(con: duckdb.DuckDBPyConnection, digests: tuple[str, str]) -> bool:
@@ -292,8 +289,7 @@ def write_snapshot(side: Path, packed: tuple[str, str, str, bytes]) -> None:
     head = b" ".join(
         [SNAPSHOT_MAGIC, names_digest.encode(), numbers_digest.encode(), b"%d" % len(text)]
     )
-    spare = side.with_name(side.name + SPARE_SUFFIX)
-    kept = side.with_name(side.name + ".kept")
+    spare, kept = side.with_name(side.name + ".spare"), side.with_name(side.name + ".kept")
     fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     with os.fdopen(fd, "wb") as fh:
         for part in (head, b"\n", text, numbers):

@@ -308,6 +308,7 @@ class PendingSnapshot:
                         _collect(out.numbers, fd, names[lo:hi], pid, pipe)
                         done = hi
                     _stat_into(out.numbers, fd, names[done:])
+                fd.check_names(names)
                 out.names[kind] = names
                 self._kinds.pop(0)
                 fd.close()
@@ -391,6 +392,17 @@ class _Folder:
         except OSError as exc:
             where = _display(self.prefix, self.kind)
             raise ParseError(where, f"cannot read: {exc.strerror}") from None
+
+    def check_names(self, names: list[str]) -> None:
+        """Raise the located error of a name that is not UTF-8 (the index holds text)."""
+        if all(map(str.isascii, names)):
+            return
+        for name in names:
+            try:
+                name.encode()
+            except UnicodeEncodeError:
+                where = _display(self.prefix, f"{self.kind}/{name}")
+                raise ParseError(where, "the folder name is not valid UTF-8") from None
 
     def close(self) -> None:
         """Close the descriptor."""

@@ -849,6 +849,24 @@ def test_an_unreadable_models_folder_is_named(zoo: Any, monkeypatch: Any) -> Non
             query(reg, "SELECT * FROM models")
 
 
+def test_a_folder_name_that_is_not_utf8_is_named(zoo: Any, monkeypatch: Any, cli: Any) -> None:
+    reg, _docs = zoo
+    expected = query(reg, "SELECT name FROM models ORDER BY name")
+    odd = os.fsdecode(b"bad\xff")  # no text: the index could not hold it
+    write(reg.root / "models" / odd / "spec.yaml", "data: {train: d-a}\n")
+    for native in (..., None):  # the native listing, and the Python one
+        monkeypatch.setattr(_scan, "_native", native)
+        with pytest.raises(ParseError, match=r"^models/bad\udcff: .* not valid UTF-8$"):
+            query(reg, "SELECT name FROM models")
+    res = cli(["ls"], reg.root)
+    assert (
+        res.code == 1
+        and res.stderr == "error: models/bad\\udcff: the folder name is not valid UTF-8\n"
+    )
+    shutil.rmtree(reg.root / "models" / odd)
+    assert query(reg, "SELECT name FROM models ORDER BY name") == expected
+
+
 def test_an_index_held_open_elsewhere_does_not_block_a_refresh(zoo: Any, tmp_path: Path) -> None:
     reg, _docs = zoo
     query(reg, "SELECT 1 AS x")
