@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _scan, _sql
 from .errors import ParseError, SchemaError, StemmaError
+from .files import replace_reusing
 
 if TYPE_CHECKING:
     import duckdb
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 # Manifests go to DuckDB in chunks, so memory stays flat on large registries.
 CHUNK = 5000
 # Up to this many rows, a table of paths or texts goes to DuckDB as query parameters; up to
-# this many values, as one parameter each (see `text_rows`).
+# this many values, as one parameter each (see `_as_parameters`).
 FEW_ROWS = 500
 FEW_VALUES = 16
 # The name the index is attached under: the default database of every query.
@@ -278,30 +279,14 @@ def matches(con: duckdb.DuckDBPyConnection, digests: tuple[str, str]) -> bool:
 
 def write_snapshot(side: Path, packed: tuple[str, str, str, bytes]) -> None:
     """Store a packed snapshot: a header line (digests, size of the names), the folder
-    names as JSON, then the numbers.
-
-    Like `write_atomic`, the file is written beside `side` and renamed over it, but the file
-    written is the one replaced the time before (kept as `<side>.spare`): rewriting pages in
-    place is cheap, while a new file of a few megabytes costs allocating its pages and
-    replacing the old one freeing them (10 to 25 ms at 100,000 models)."""
+    names as JSON, then the numbers. A few megabytes written on every refresh: into the file
+    it replaced the time before, then renamed into place (`replace_reusing`)."""
     names_digest, numbers_digest, names, numbers = packed
     text = names.encode()
     head = b" ".join(
         [SNAPSHOT_MAGIC, names_digest.encode(), numbers_digest.encode(), b"%d" % len(text)]
     )
-    spare, kept = side.with_name(side.name + ".spare"), side.with_name(side.name + ".kept")
-    fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    with os.fdopen(fd, "wb") as fh:
-        for part in (head, b"\n", text, numbers):
-            fh.write(part)
-        fh.truncate()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(kept)  # left by an interrupted write
-    with contextlib.suppress(OSError):  # no current file, or no hard links here
-        os.link(side, kept)  # so that the replaced file lives on as the next spare
-    os.replace(spare, side)
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(kept, spare)
+    replace_reusing(side, [head, b"\n", text, numbers])
 
 
 @dataclass(frozen=True)

@@ -767,39 +767,6 @@ def test_damaged_or_old_index_is_rebuilt(zoo: Any) -> None:
     assert not rebuilds(side.read_bytes())
 
 
-def test_the_snapshot_file_is_replaced_whole_reusing_the_one_it_replaced(tmp_path: Path) -> None:
-    import hashlib
-
-    from stemma.registry._ingest import StoredSnapshot, write_snapshot
-
-    def digest_hex(data: bytes) -> str:
-        return hashlib.sha256(data).hexdigest()
-
-    side = tmp_path / "index.snapshot"
-    spare = tmp_path / "index.snapshot.spare"
-    names = '[["a"], []]'
-
-    def stored(numbers: bytes) -> tuple[tuple[str, str], bytes]:
-        packed = ("n" * 64, digest_hex(numbers), names, numbers)
-        write_snapshot(side, packed)
-        found = StoredSnapshot.read(side)
-        assert found is not None
-        snap = found.snapshot({"models": ["a"], "datasets": []})
-        assert snap is not None
-        return found.digests, snap.numbers.tobytes()
-
-    big, small = array("q", range(4)).tobytes(), array("q", [7, 8, 9, 10]).tobytes()
-    assert stored(big + big) == (("n" * 64, digest_hex(big + big)), big + big)
-    first = side.stat().st_ino
-    assert stored(small) == (("n" * 64, digest_hex(small)), small)  # shorter: no old tail
-    assert side.stat().st_ino != first  # a file renamed over the old one, never edited
-    assert spare.stat().st_ino == first  # the old one is the next file written
-    (tmp_path / "index.snapshot.kept").write_bytes(b"left by an interrupted write")
-    assert stored(big) == (("n" * 64, digest_hex(big)), big)
-    assert side.stat().st_ino == first
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.snapshot", "index.snapshot.spare"]
-
-
 def test_a_locked_index_falls_back_to_a_private_copy(zoo: Any, monkeypatch: Any) -> None:
     fcntl = pytest.importorskip("fcntl")
     reg, _docs = zoo

@@ -270,9 +270,11 @@ def test_listing_from_the_index_matches_reading_the_files(populated: Registry) -
     assert indexed == from_git
     status = {e.name: e.status for e in indexed}
     assert status["ft"] == "stale" and status["base"] == "built" and status["scratch"] == "unbuilt"
-    rows = Registry.open(populated.root).query(
-        "SELECT name, accuracy FROM models WHERE accuracy IS NOT NULL ORDER BY name"
-    ).rows
+    rows = (
+        Registry.open(populated.root)
+        .query("SELECT name, accuracy FROM models WHERE accuracy IS NOT NULL ORDER BY name")
+        .rows
+    )
     assert [tuple(r) for r in rows] == [("base", 0.5), ("ft", 0.9)]
 
 
@@ -288,5 +290,41 @@ def test_atomic_writes_keep_the_permissions_a_plain_write_would_give(tmp_path: P
         write_atomic(tmp_path / "shared.json", '{"a": 1}\n')
         assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o664  # as it was
         assert (tmp_path / "shared.json").read_text() == '{"a": 1}\n'
+    finally:
+        os.umask(old)
+
+
+def test_replace_reusing_renames_a_whole_file_and_reuses_the_one_it_replaced(
+    tmp_path: Path,
+) -> None:
+    from stemma.registry.files import replace_reusing
+
+    path, spare = tmp_path / "cache.bin", tmp_path / "cache.bin.spare"
+    old = os.umask(0o022)
+    try:
+        replace_reusing(path, [b"first ", b"version"])
+        assert path.read_bytes() == b"first version"
+        assert path.stat().st_mode & 0o777 == 0o644  # the umask's
+        first = path.stat().st_ino
+        os.chmod(path, 0o600)
+        replace_reusing(path, [b"second"])  # shorter: no tail of the old bytes
+        assert path.read_bytes() == b"second"
+        assert path.stat().st_ino != first  # a file renamed over the old one, never edited
+        assert spare.stat().st_ino == first  # the replaced file is the next one written
+        assert path.stat().st_mode & 0o777 == 0o600  # as it was
+        (tmp_path / "cache.bin.kept").write_bytes(b"left by an interrupted call")
+        replace_reusing(path, [b"third"])
+        assert path.read_bytes() == b"third" and path.stat().st_ino == first
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.bin", "cache.bin.spare"]
+        # A spare that is a link to another file is never written into.
+        victim = tmp_path / "victim.txt"
+        victim.write_bytes(b"keep me")
+        for make_link in (os.symlink, os.link):
+            spare.unlink(missing_ok=True)
+            make_link(victim, spare)
+            replace_reusing(path, [b"fourth"])
+            assert path.read_bytes() == b"fourth" and victim.read_bytes() == b"keep me"
+            assert path.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
