@@ -38,8 +38,7 @@ def wall(args: list[str], cwd: Path, repeat: int) -> dict[str, float]:
     for _ in range(repeat):
         start = time.perf_counter()
         # validate exits 1 when the synthetic registry holds failed checks: time it anyway.
-        subprocess.run([STEMMA, *args], cwd=cwd, capture_output=True, check=False,
-                       env=timing_env())
+        subprocess.run([STEMMA, *args], cwd=cwd, capture_output=True, check=False, env=timing_env())
         times.append(time.perf_counter() - start)
     return {"median_s": round(statistics.median(times), 4), "best_s": round(min(times), 4)}
 
@@ -59,8 +58,14 @@ def main() -> None:
             st = path.stat()
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))
         # The first run builds the index and writes bytecode caches; it is not timed.
-        imported = subprocess.run([sys.executable, "-c", PROBE, "ls"], cwd=root, env=timing_env(),
-                                  capture_output=True, text=True, check=True).stderr.strip()
+        imported = subprocess.run(
+            [sys.executable, "-c", PROBE, "ls"],
+            cwd=root,
+            env=timing_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr.strip()
         result = {
             "models": opts.models,
             "version": wall(["--version"], root, opts.repeat),

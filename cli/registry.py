@@ -64,8 +64,16 @@ def ls(
     table = []
     for r in rows:
         acc = r.metrics.get("accuracy")
-        table.append([r.kind, r.name, r.source or "", r.status, (r.id or "")[7:19],
-                      "" if acc is None else f"{acc:.4f}"])
+        table.append(
+            [
+                r.kind,
+                r.name,
+                r.source or "",
+                r.status,
+                (r.id or "")[7:19],
+                "" if acc is None else f"{acc:.4f}",
+            ]
+        )
     print_table(["kind", "name", "source", "status", "id", "accuracy"], table)
 
 
@@ -94,8 +102,10 @@ def _render_detail(detail: dict[str, Any]) -> None:
             out.print(f"{key}: {manifest[key]}")
     src = manifest.get("source") or spec.get("source")
     if src:
-        out.print(f"source: {src.get('model')} ({src.get('relation', 'finetune')})"
-                  + (f" {src['id']}" if src.get("id") else ""))
+        out.print(
+            f"source: {src.get('model')} ({src.get('relation', 'finetune')})"
+            + (f" {src['id']}" if src.get("id") else "")
+        )
     for role, ref in sorted((manifest.get("datasets") or {}).items()):
         out.print(f"{role}: {ref['name']} {ref['id'][:19]}")
     for key, value in sorted((manifest.get("metrics") or {}).items()):
@@ -107,5 +117,7 @@ def _render_detail(detail: dict[str, Any]) -> None:
         out.print(f"check {check}: {'pass' if result.get('passed') else 'FAIL'}")
     if "parameters" in manifest:
         p = manifest["parameters"]
-        out.print(f"parameters: {p['total']} total, {p['trainable']} trainable,"
-                  f" {p['transferred']} transferred")
+        out.print(
+            f"parameters: {p['total']} total, {p['trainable']} trainable,"
+            f" {p['transferred']} transferred"
+        )
