@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ConsistencyError
 from .naming import parse_source
 from .records import ModelSpec
-from .registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHTS_FILE, Registry
+from .registry import DATA_FILE, MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE, Registry
 from .yamlio import dump_yaml
 
 PIPELINE_FILE = "dvc.yaml"
@@ -102,6 +102,9 @@ def render_dict(reg: Registry) -> dict[str, Any]:
             ],
         }
     artifacts: dict[str, Any] = {}
+    # The defaults stemma.yaml gives every model build, as DVC params: a change to them
+    # re-runs the model stages. Only those set: DVC fails on a param its file lacks.
+    defaults = [f"defaults.{key}" for key in ("device", "training") if key in reg.settings.defaults]
     for name in build_order(reg):
         spec = reg.model_spec(name)
         if spec.registered:
@@ -126,6 +129,7 @@ def render_dict(reg: Registry) -> dict[str, Any]:
         stages[stage_name("model", name)] = {
             "cmd": f"stemma build model {name}",
             "deps": deps,
+            **({"params": [{SETTINGS_FILE: defaults}]} if defaults else {}),
             "outs": [
                 _out(reg.rel(*folder, WEIGHTS_FILE)),
                 _out(reg.rel(*folder, MANIFEST_FILE), cache=False),
