@@ -31,7 +31,7 @@ from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHT
 from torch import nn
 
 from .architectures import build_module, infer_architecture, make_config
-from .checks import run_checks
+from .checks import check_inputs, run_checks
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
 from .evaluate import evaluate, evaluate_gates
 from .mapping import plan, report, transfer
@@ -241,6 +241,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             f" 0-{num_classes - 1}"
         )
     config = _architecture(spec, src_manifest, train_data.shape, num_classes)
+    check_inputs(reg, spec, config, src_manifest, train_data)  # fail before training
     # -- hyper-parameter search: `training.search` picks the settings the build then uses --
     source = None if src_state is None or src_name is None else (src_name, src_state)
     searched: dict[str, Any] | None = None

@@ -201,17 +201,7 @@ def _forgetting(
     device: torch.device,
 ) -> tuple[dict[str, Any], Ref]:
     name = str(block["data"])
-    data = load_dataset(reg, name, "/checks/forgetting/data", spec.path)
-    for who, config in (
-        (f"model {spec.name!r}", target_config),
-        (f"source model {source_manifest['name']!r}", source_manifest["architecture"]["config"]),
-    ):
-        if data.shape != _in_shape(config):
-            raise BuildError(
-                f"{spec.path} at /checks/forgetting/data: samples of {name!r} have shape"
-                f" {data.shape}, but {who} takes {_in_shape(config)}; name a dataset of the"
-                " source task with the model's input shape"
-            )
+    data = _forgetting_data(reg, spec, name, target_config, source_manifest)
     labels = int(max(data.y_train.max(initial=0), data.y_eval.max(initial=0)))
     widths = (_out_features(source), _out_features(module))
     use_head = _same_head(rows) and all(w is not None and labels < w for w in widths)
@@ -249,16 +239,37 @@ def _forgetting(
     return result, ref
 
 
-def _drift(
+def _forgetting_data(
+    reg: Registry,
+    spec: ModelSpec,
+    name: str,
+    target_config: Mapping[str, Any],
+    source_manifest: Mapping[str, Any],
+) -> DatasetArrays:
+    """The forgetting check's dataset, whose samples both models must take."""
+    data = load_dataset(reg, name, "/checks/forgetting/data", spec.path)
+    for who, config in (
+        (f"model {spec.name!r}", target_config),
+        (f"source model {source_manifest['name']!r}", source_manifest["architecture"]["config"]),
+    ):
+        if data.shape != _in_shape(config):
+            raise BuildError(
+                f"{spec.path} at /checks/forgetting/data: samples of {name!r} have shape"
+                f" {data.shape}, but {who} takes {_in_shape(config)}; name a dataset of the"
+                " source task with the model's input shape"
+            )
+    return data
+
+
+def _drift_data(
     reg: Registry,
     spec: ModelSpec,
     block: Mapping[str, Any],
-    source: nn.Module,
     source_manifest: Mapping[str, Any],
     train_data: DatasetArrays,
-    seed: int,
-    device: torch.device,
-) -> tuple[dict[str, Any], Ref]:
+) -> tuple[Mapping[str, Any], DatasetArrays, str, DatasetArrays]:
+    """The drift check's inputs: the source's recorded training dataset and its arrays, and
+    the name and arrays of the target data, whose samples the source must take."""
     src_name = str(source_manifest["name"])
     recorded = (source_manifest.get("datasets") or {}).get("train")
     if not recorded:
@@ -277,6 +288,21 @@ def _drift(
             f" source model {src_name!r} takes {source_shape}; drift is measured in the"
             " source's feature space"
         )
+    return recorded, source_data, name, target
+
+
+def _drift(
+    reg: Registry,
+    spec: ModelSpec,
+    block: Mapping[str, Any],
+    source: nn.Module,
+    source_manifest: Mapping[str, Any],
+    train_data: DatasetArrays,
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], Ref]:
+    src_name = str(source_manifest["name"])
+    recorded, source_data, name, target = _drift_data(reg, spec, block, source_manifest, train_data)
     result = drift_check(
         features(source, source_data.x_train, device),
         source_data.y_train,
@@ -332,6 +358,36 @@ def _parameters(
     return result
 
 
+def check_inputs(
+    reg: Registry,
+    spec: ModelSpec,
+    target_config: Mapping[str, Any],
+    source_manifest: Mapping[str, Any] | None,
+    train_data: DatasetArrays,
+) -> None:
+    """Raise the errors of the spec's checks that need no trained model (a check that needs
+    a source without one; a check dataset whose samples a model cannot take), so that a
+    build fails before it trains rather than after. `run_checks` raises them too."""
+    if source_manifest is None:
+        _require_source(spec)
+        return
+    declared = spec.checks
+    if "forgetting" in declared:
+        name = str((declared["forgetting"] or {})["data"])
+        _forgetting_data(reg, spec, name, target_config, source_manifest)
+    if "drift" in declared:
+        _drift_data(reg, spec, declared["drift"] or {}, source_manifest, train_data)
+
+
+def _require_source(spec: ModelSpec) -> None:
+    for check in ("forgetting", "drift", "parameters"):
+        if check in spec.checks:
+            raise BuildError(
+                f"{spec.path} at /checks/{check}: {check} needs a source model;"
+                " remove the check or declare a source"
+            )
+
+
 def run_checks(
     reg: Registry,
     spec: ModelSpec,
@@ -358,12 +414,7 @@ def run_checks(
     dev = torch.device(device)
     has_source = source_manifest is not None and source_state is not None
     if not has_source:
-        for check in ("forgetting", "drift", "parameters"):
-            if check in declared:
-                raise BuildError(
-                    f"{spec.path} at /checks/{check}: {check} needs a source model;"
-                    " remove the check or declare a source"
-                )
+        _require_source(spec)
         return {}, {}
     assert source_manifest is not None and source_state is not None
     checks: dict[str, Any] = {}

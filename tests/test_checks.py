@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,36 @@ def test_forgetting_dataset_of_another_shape_is_refused(copy: Path, cli: Any) ->
     assert "models/bad/spec.yaml at /checks/forgetting/data" in line
     assert "[1, 12, 12]" in line and "[1, 8, 8]" in line
     assert not (copy / "models" / "bad" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "checks", "source", "message"),
+    [
+        ("bad", "checks: {forgetting: {data: d12}}", True, "/checks/forgetting/data: samples"),
+        ("bad", "checks: {drift: {data: d12}}", True, "/checks/drift/data: samples"),
+        ("alone", "checks: {forgetting: {data: d04}}", False, "/checks/forgetting: forgetting"),
+    ],
+)
+def test_check_inputs_are_refused_before_any_training(
+    copy: Path, name: str, checks: str, source: bool, message: str
+) -> None:
+    if source:
+        _declare(copy, name, checks)
+    else:
+        write(
+            copy / "models" / name / "spec.yaml",
+            f"""
+            architecture: {{family: mlp, hidden: [8]}}
+            data: {{train: d04}}
+            training: {{epochs: 1}}
+            {checks}
+            """,
+        )
+    epochs: list[int] = []
+    with pytest.raises(BuildError, match=re.escape(f"models/{name}/spec.yaml at {message}")):
+        build_model(Registry.open(copy), name, progress=lambda epoch, *_: epochs.append(epoch))
+    assert epochs == []  # refused before the first epoch, not after the last
+    assert not (copy / "models" / name / "manifest.json").exists()
 
 
 def test_drift_needs_a_source_model(copy: Path) -> None:
