@@ -102,9 +102,6 @@ def render_dict(reg: Registry) -> dict[str, Any]:
             ],
         }
     artifacts: dict[str, Any] = {}
-    # The defaults stemma.yaml gives every model build, as DVC params: a change to them
-    # re-runs the model stages. Only those set: DVC fails on a param its file lacks.
-    defaults = [f"defaults.{key}" for key in ("device", "training") if key in reg.settings.defaults]
     for name in build_order(reg):
         spec = reg.model_spec(name)
         if spec.registered:
@@ -129,7 +126,10 @@ def render_dict(reg: Registry) -> dict[str, Any]:
         stages[stage_name("model", name)] = {
             "cmd": f"stemma build model {name}",
             "deps": deps,
-            **({"params": [{SETTINGS_FILE: defaults}]} if defaults else {}),
+            # A build reads the settings (the defaults it fills in, the entrypoints it may
+            # run): DVC params of the whole file, so that a default set, changed or removed
+            # re-runs the model (a list of keys would miss those it no longer names).
+            "params": [{SETTINGS_FILE: None}],
             "outs": [
                 _out(reg.rel(*folder, WEIGHTS_FILE)),
                 _out(reg.rel(*folder, MANIFEST_FILE), cache=False),
