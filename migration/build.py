@@ -21,18 +21,18 @@ from stemma.registry.errors import BuildError
 from stemma.registry.files import (
     canonical_json,
     content_id,
-    digest,
     file_hashes,
     read_json,
     write_atomic,
 )
 from stemma.registry.records import MODEL_MANIFEST, ModelSpec, validate_document
-from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, WEIGHTS_FILE
 from torch import nn
 
-from .architectures import build_module, infer_architecture, make_config
+from .architectures import build_module, make_config
 from .checks import check_inputs, run_checks
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
+from .entrypoints import importable
 from .evaluate import evaluate, evaluate_gates
 from .mapping import plan, report, transfer
 from .strategy import Strategy, prepare_target
@@ -75,6 +75,7 @@ def _run_block(started: str, begin: float, **extra: Any) -> dict[str, Any]:
 def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     """Materialize a dataset spec, write data.npz and its manifest; returns the manifest."""
     started, begin = _now(), time.perf_counter()
+    importable(reg.repo_root)
     spec = reg.dataset_spec(name)
     arrays = materialize(
         spec.raw,
@@ -118,6 +119,7 @@ def _split_block(y: np.ndarray) -> dict[str, Any]:
 
 def load_model(reg: Registry, name: str) -> nn.Module:
     """Rebuild a built model from its manifest's architecture config and its weights."""
+    importable(reg.repo_root)
     manifest = reg.model_manifest(name)
     path = reg.model_dir(name) / WEIGHTS_FILE
     if manifest is None or not path.is_file():
@@ -175,11 +177,32 @@ def _load_source(
     return manifest.raw, load_weights(path, reg.rel("models", src, WEIGHTS_FILE))
 
 
+def _refuse_failed_source(spec: ModelSpec, src: str, manifest: Mapping[str, Any]) -> None:
+    """A source that failed its gates is no base to derive from, unless the spec says so."""
+    failed = [str(g["metric"]) for g in manifest.get("gates") or [] if not g.get("passed")]
+    if failed and not (spec.raw.get("source") or {}).get("allow_failed_gates", False):
+        raise BuildError(
+            f"{spec.path} at /source/model: source model {src!r} failed its gates"
+            f" ({', '.join(failed)}); fix it, or set source.allow_failed_gates: true"
+        )
+
+
 def _architecture(
-    spec: ModelSpec, source: Mapping[str, Any] | None, shape: list[int], num_classes: int
+    reg: Registry,
+    spec: ModelSpec,
+    source: Mapping[str, Any] | None,
+    shape: list[int],
+    num_classes: int,
 ) -> dict[str, Any]:
     if spec.architecture:
         arch = spec.architecture
+        if arch.get("family") == "transformers" and "path" in arch:
+            from .families import read_hf_config
+
+            # the folder's config is copied into the manifest: the build needs no folder later
+            folder = reg.resolve(str(arch["path"]), "/architecture/path", spec.path)
+            config = read_hf_config(folder, f"{spec.path} at /architecture/path")
+            arch = {**{k: v for k, v in arch.items() if k != "path"}, "config": config}
     elif source is not None:
         inherited = dict(source["architecture"]["config"])
         arch = {k: v for k, v in inherited.items() if k not in ("in_shape", "num_classes")}
@@ -221,6 +244,7 @@ def _data(reg: Registry, spec: ModelSpec) -> tuple[DatasetArrays, DatasetArrays,
 def build_model(reg: Registry, name: str, progress: Progress | None = None) -> dict[str, Any]:
     """Build a model from its spec: map, train, evaluate, then write every output atomically."""
     started, begin = _now(), time.perf_counter()
+    importable(reg.repo_root)
     spec = reg.model_spec(name)
     display = spec.path
     defaults = dict(reg.settings.defaults.get("training") or {})
@@ -232,6 +256,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     if spec.source is not None:
         src_name, exploration = _source_name(reg, spec)
         src_manifest, src_state = _load_source(reg, spec, src_name)
+        _refuse_failed_source(spec, src_name, src_manifest)
     train_data, eval_data, datasets = _data(reg, spec)
     num_classes = max(train_data.classes) + 1
     if max(eval_data.classes) >= num_classes:
@@ -240,7 +265,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             f" {max(eval_data.classes)}, but {spec.train!r} only classes"
             f" 0-{num_classes - 1}"
         )
-    config = _architecture(spec, src_manifest, train_data.shape, num_classes)
+    config = _architecture(reg, spec, src_manifest, train_data.shape, num_classes)
     check_inputs(reg, spec, config, src_manifest, train_data)  # fail before training
     # -- hyper-parameter search: `training.search` picks the settings the build then uses --
     source = None if src_state is None or src_name is None else (src_name, src_state)
@@ -306,6 +331,11 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             "reinit": list(strategy.reinit),
             "unused_source": unused,
             "features_cached": result.features_cached,
+            "pairs": [
+                {"target": r["name"], "source": r["source_name"]}
+                for r in rows
+                if r["source_name"] is not None and r["source_name"] != r["name"]
+            ],
         },
         "metrics": metrics,
         "per_class": scored["per_class"],
@@ -327,6 +357,9 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         device=result.device,
     )
     manifest["datasets"].update(check_data)
+    changed = (manifest["checks"].get("parameters") or {}).get("frozen_changed")
+    if changed:  # a frozen tensor that moved is a broken build, not a finding
+        raise BuildError(f"{display} at /strategy/freeze: frozen tensors changed: {changed[0]}")
     # -- end of behavioural checks --
     if exploration is not None:
         manifest["exploration"] = exploration
@@ -370,78 +403,20 @@ def register_model(
     eval_dataset: str | None = None,
     in_shape: list[int] | None = None,
     description: str | None = None,
+    source: str | None = None,
+    relation: str = "finetune",
 ) -> dict[str, Any]:
-    """Import externally trained weights (.safetensors, or a weights-only .pt state dict)."""
-    from stemma.registry.naming import check_name
+    """Import externally trained weights (see migration/register.py)."""
+    from .register import register
 
-    from .weights import read_any
-
-    started, begin = _now(), time.perf_counter()
-    check_name(name, "model name")
-    if (reg.model_dir(name) / SPEC_FILE).exists():
-        raise BuildError(
-            f"{reg.rel('models', name, SPEC_FILE)}: model {name!r} is declared by a spec and"
-            " built by `dvc repro`; register the weights under another name"
-        )
-    state = read_any(Path(weights_path), str(weights_path))
-    data = None
-    if eval_dataset is not None:
-        data = load_dataset(reg, eval_dataset, "--eval", "register")
-        in_shape = in_shape or data.shape
-    if architecture:
-        num_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
-        shape = in_shape or (
-            [int(state["body.0.weight"].shape[1])] if "body.0.weight" in state else None
-        )
-        if not shape or not num_classes:
-            raise BuildError(f"{weights_path}: pass --in-shape; the weights do not show it")
-        config = make_config(architecture, shape, num_classes)
-    else:
-        config = infer_architecture(state, in_shape)
-    module = build_module(config, reg.settings.entrypoints, f"{weights_path}")
-    tmap = plan(state, module.state_dict(), "exact", f"{weights_path}", "the weights file")
-    transfer(module, state, tmap)
-    rows, _ = report(module, None)
-    blob = to_bytes(module.state_dict())
-    metrics: dict[str, float] = {}
-    per_class: dict[str, float] = {}
-    datasets: dict[str, Any] = {}
-    if data is not None and eval_dataset is not None:
-        scored = evaluate(module, data.x_eval, data.y_eval)
-        metrics = {"accuracy": scored["accuracy"], "loss": scored["loss"]}
-        per_class = scored["per_class"]
-        manifest_ds = reg.dataset_manifest(eval_dataset)
-        assert manifest_ds is not None
-        datasets["eval"] = {"name": eval_dataset, "id": manifest_ds.id}
-    spec_doc: dict[str, Any] = {
-        "description": description or f"Registered from {Path(weights_path).name}."
-    }
-    total = sum(p.numel() for p in module.parameters())
-    manifest: dict[str, Any] = {
-        "kind": "model",
-        "schema_version": 1,
-        "name": name,
-        "spec": spec_doc,
-        "spec_digest": digest(spec_doc),
-        "source": None,
-        "datasets": datasets,
-        "weights": _blob_file(WEIGHTS_FILE, blob, "safetensors"),
-        "architecture": {"config": config, "tensors": rows},
-        "parameters": {"total": total, "trainable": total, "transferred": 0},
-        "transfer": {
-            "mapping": None,
-            "mode": "registered",
-            "unused_source": [],
-            "features_cached": False,
-        },
-        "metrics": metrics,
-        "per_class": per_class,
-        "gates": [],
-        "checks": {},
-        "run": _run_block(started, begin, device="cpu", imported_from=Path(weights_path).name),
-    }
-    manifest["id"] = content_id(manifest)
-    validate_document(manifest, MODEL_MANIFEST, reg.rel("models", name, MANIFEST_FILE))
-    write_atomic(reg.model_dir(name) / WEIGHTS_FILE, blob)
-    reg.write_model_manifest(name, manifest)
-    return manifest
+    return register(
+        reg,
+        name,
+        weights_path,
+        architecture=architecture,
+        eval_dataset=eval_dataset,
+        in_shape=in_shape,
+        description=description,
+        source=source,
+        relation=relation,
+    )

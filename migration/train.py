@@ -21,6 +21,8 @@ from torch import nn
 
 from .architectures import FeatureStage, head_of, stages
 from .evaluate import DECIMALS, autocast, predict, scores
+from .families import input_dtype
+from .strategy import hold_in_eval
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("cross_entropy",)
@@ -212,8 +214,9 @@ def _train(
     k = frozen_prefix(module) if features == "cached" else 0
     prefix = [m for _, m, _ in parts[:k]]
     suffix = nn.Sequential(*(m for _, m, _ in parts[k:]))
-    xt = torch.as_tensor(x_train, dtype=torch.float32).to(device)
-    xe = torch.as_tensor(x_eval, dtype=torch.float32).to(device)
+    dtype = input_dtype(module)  # token ids stay int64; everything else is float32
+    xt = torch.as_tensor(x_train, dtype=dtype).to(device)
+    xe = torch.as_tensor(x_eval, dtype=dtype).to(device)
     yt = torch.as_tensor(y_train, dtype=torch.int64).to(device)
     ye = torch.as_tensor(y_eval, dtype=torch.int64).to(device)
     if k:
@@ -244,6 +247,7 @@ def _train(
         begin = time.perf_counter()
         module.train()
         _hold_eval(frozen_stages)
+        hold_in_eval(module)  # frozen batch-norm keeps the source's statistics
         order = torch.randperm(n, generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
