@@ -29,7 +29,7 @@ from stemma.registry.records import MODEL_MANIFEST, ModelSpec, validate_document
 from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, WEIGHTS_FILE
 from torch import nn
 
-from .architectures import build_module, make_config
+from .architectures import build_module, head_prefix, make_config
 from .checks import check_inputs, run_checks
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
 from .entrypoints import importable
@@ -118,17 +118,25 @@ def _split_block(y: np.ndarray) -> dict[str, Any]:
 
 
 def load_model(reg: Registry, name: str) -> nn.Module:
-    """Rebuild a built model from its manifest's architecture config and its weights."""
+    """Rebuild a built model from its manifest's architecture config and its weights; an
+    adapter model is its base (loaded the same way) with the adapter merged in."""
     importable(reg.repo_root)
     manifest = reg.model_manifest(name)
-    path = reg.model_dir(name) / WEIGHTS_FILE
+    path = reg.model_dir(name) / str((manifest.raw["weights"] if manifest else {}).get("path", ""))
     if manifest is None or not path.is_file():
         raise BuildError(
             f"{reg.rel('models', name)}: model {name!r} has no weights; build it first (dvc repro)"
         )
-    module = build_module(
-        manifest.raw["architecture"]["config"], reg.settings.entrypoints, manifest.path
-    )
+    with torch.random.fork_rng(devices=[]):  # building initialises from the global RNG
+        module = build_module(
+            manifest.raw["architecture"]["config"], reg.settings.entrypoints, manifest.path
+        )
+    adapter = manifest.raw.get("adapter")
+    if adapter:
+        from .adapters import compose
+
+        base = load_model(reg, str(adapter["base"]["model"]))
+        return compose(module, base.state_dict(), path.parent, manifest.path)
     state = load_weights(path, reg.rel("models", name, WEIGHTS_FILE))
     transfer(module, state, plan(state, module.state_dict(), "exact", manifest.path))
     module.eval()
@@ -161,7 +169,8 @@ def _load_source(
 ) -> tuple[Mapping[str, Any], dict[str, torch.Tensor]]:
     """The source's manifest and weights, checked against each other."""
     manifest = reg.model_manifest(src)
-    path = reg.model_dir(src) / WEIGHTS_FILE
+    rel = str((manifest.raw["weights"] if manifest else {}).get("path", WEIGHTS_FILE))
+    path = reg.model_dir(src) / rel
     if manifest is None or not path.is_file():
         raise BuildError(
             f"{spec.path} at /source/model: source model {src!r} has no weights;"
@@ -170,10 +179,12 @@ def _load_source(
     recorded = manifest.raw["weights"]
     if file_hashes(path)["sha256"] != recorded["sha256"]:
         raise BuildError(
-            f"{spec.path} at /source/model: {reg.rel('models', src, WEIGHTS_FILE)}"
+            f"{spec.path} at /source/model: {reg.rel('models', src, rel)}"
             " does not match its manifest; rebuild it (dvc repro) or check it"
             " out (dvc checkout)"
         )
+    if manifest.raw.get("adapter"):  # base + adapter, merged: a plain state dict to map
+        return manifest.raw, dict(load_model(reg, src).state_dict())
     return manifest.raw, load_weights(path, reg.rel("models", src, WEIGHTS_FILE))
 
 
@@ -252,6 +263,11 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         defaults.setdefault("device", reg.settings.defaults["device"])
     cfg = TrainConfig.from_spec(spec.training, display, defaults)
     strategy = Strategy.from_spec(spec.strategy, display)
+    if strategy.mode == "lora" and (spec.source is None or strategy.lora is None):
+        raise BuildError(
+            f"{display} at /strategy/mode: mode lora needs a source model and a lora block"
+            " (source: {model: BASE, relation: adapter}, lora: {target_modules: [...]})"
+        )
     src_name, exploration, src_manifest, src_state = None, None, None, None
     if spec.source is not None:
         src_name, exploration = _source_name(reg, spec)
@@ -279,6 +295,15 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     prepared = prepare_target(config, strategy, cfg.seed, source, reg.settings.entrypoints, display)
     module, tmap, reinit = prepared.module, prepared.tensor_map, prepared.reinit
     rows, unused = report(module, tmap, reinit)
+    peft_model = None
+    if strategy.mode == "lora":  # LoRA through peft: the base frozen, adapter and head train
+        from .adapters import check_targets, inject, lora_block
+        from .adapters import rows as adapter_rows
+
+        lora = lora_block(strategy.lora or {})
+        check_targets(module, lora["target_modules"], display)
+        peft_model = inject(module, lora, head_prefix(module))
+        rows = adapter_rows(peft_model, set(tmap.pairs) - reinit if tmap else set())
 
     result = train(
         module,
@@ -297,7 +322,25 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     )
     metrics = {"accuracy": scored["accuracy"], "loss": scored["loss"]}
     module.to("cpu")
-    blob = to_bytes(module.state_dict())
+    adapter: dict[str, Any] | None = None
+    files: dict[str, bytes] = {}
+    if peft_model is not None:
+        from .adapters import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, adapter_files
+
+        files = adapter_files(peft_model)
+        blob = files[ADAPTER_WEIGHTS]
+        weights_block = _blob_file(f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", blob, "safetensors")
+        assert src_manifest is not None
+        adapter = {
+            "format": "peft-lora",
+            "base": {"model": src_name, "id": src_manifest["id"]},
+            **lora,
+            "modules_to_save": [head_prefix(module)],
+            "config": _blob_file(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", files[ADAPTER_CONFIG], "json"),
+        }
+    else:
+        blob = to_bytes(module.state_dict())
+        weights_block = _blob_file(WEIGHTS_FILE, blob, "safetensors")
 
     params = dict(module.named_parameters())
     transferred = sum(
@@ -321,7 +364,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             "id": src_manifest["id"],
         },
         "datasets": datasets,
-        "weights": _blob_file(WEIGHTS_FILE, blob, "safetensors"),
+        "weights": weights_block,
         "architecture": {"config": config, "tensors": rows},
         "parameters": {"total": total, "trainable": trainable, "transferred": transferred},
         "transfer": {
@@ -361,6 +404,8 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     if changed:  # a frozen tensor that moved is a broken build, not a finding
         raise BuildError(f"{display} at /strategy/freeze: frozen tensors changed: {changed[0]}")
     # -- end of behavioural checks --
+    if adapter is not None:
+        manifest["adapter"] = adapter
     if exploration is not None:
         manifest["exploration"] = exploration
     if searched is not None:  # hyper-parameter search: every trial and the best settings
@@ -373,7 +418,9 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         deterministic=result.deterministic,
         threads=result.threads,
     )
-    _write_model(reg, name, manifest, blob, metrics, result.curve)
+    for file, data in sorted(files.items()):  # adapter files, before the manifest
+        write_atomic(reg.model_dir(name) / ADAPTER_DIR / file, data)
+    _write_model(reg, name, manifest, None if files else blob, metrics, result.curve)
     return manifest
 
 
@@ -381,7 +428,7 @@ def _write_model(
     reg: Registry,
     name: str,
     manifest: dict[str, Any],
-    blob: bytes,
+    blob: bytes | None,
     metrics: Mapping[str, float],
     curve: list[dict[str, Any]],
 ) -> None:
@@ -389,7 +436,8 @@ def _write_model(
     manifest["id"] = content_id(manifest)
     validate_document(manifest, MODEL_MANIFEST, reg.rel("models", name, MANIFEST_FILE))
     folder = reg.model_dir(name)
-    write_atomic(folder / WEIGHTS_FILE, blob)
+    if blob is not None:  # an adapter has written its own files instead
+        write_atomic(folder / WEIGHTS_FILE, blob)
     write_atomic(folder / METRICS_FILE, canonical_json(dict(metrics)))
     write_atomic(folder / CURVE_FILE, canonical_json(curve))
     reg.write_model_manifest(name, manifest)

@@ -121,7 +121,7 @@ def dvc_track(reg: Registry, rel: str) -> None:
     from dvc.repo import Repo
 
     with Repo(str(reg.repo_root)) as repo:
-        repo.add(rel)
+        repo.add(str(reg.repo_root / rel))  # absolute: DVC reads a relative one from the cwd
 
 
 def register(

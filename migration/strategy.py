@@ -18,7 +18,7 @@ from typing import Any
 from stemma.registry.errors import BuildError
 from torch import nn
 
-MODES = ("finetune", "linear-probe")
+MODES = ("finetune", "linear-probe", "lora")
 FEATURES = ("cached", "recompute")
 DEFAULT_MAPPING = "by-name"
 
@@ -32,6 +32,7 @@ class Strategy:
     freeze: tuple[str, ...] = ()
     reinit: tuple[str, ...] = ()
     features: str = "cached"
+    lora: Mapping[str, Any] | None = None  # mode lora: r, alpha, dropout, target_modules
 
     @classmethod
     def from_spec(cls, block: Mapping[str, Any], display: str = "spec.yaml") -> Strategy:
@@ -53,6 +54,7 @@ class Strategy:
             freeze=tuple(block.get("freeze", ())),
             reinit=tuple(block.get("reinit", ())),
             features=features,
+            lora=dict(block["lora"]) if mode == "lora" and block.get("lora") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:

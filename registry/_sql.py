@@ -232,7 +232,7 @@ CREATE OR REPLACE VIEW main.models AS
 SELECT coalesce(s.name, m.name) AS name,
        m.id,
        CASE WHEN m.name IS NULL THEN 'unbuilt'
-            WHEN s.name IS NULL THEN 'orphan'
+            WHEN s.name IS NULL THEN 'registered'
             WHEN m.spec_digest IS DISTINCT FROM s.digest THEN 'stale'
             WHEN p.id IS NOT NULL AND p.id IS DISTINCT FROM m.source_id THEN 'stale'
             ELSE 'built' END AS status,

@@ -77,6 +77,16 @@ def _model_entrypoint(reg: Registry, spec: ModelSpec) -> str | None:
     return None
 
 
+ADAPTER_DIR = "adapter"  # a LoRA model's output: PEFT's adapter files, not full weights
+
+
+def weights_out(reg: Registry, name: str) -> str:
+    """The weights output of a model stage: weights.safetensors, or a LoRA model's adapter/."""
+    spec = reg.model_spec(name)
+    lora = spec.strategy.get("mode") == "lora"
+    return reg.rel("models", name, ADAPTER_DIR if lora else WEIGHTS_FILE)
+
+
 def _out(path: str, **opts: Any) -> Any:
     return {path: {"persist": True, **opts}}
 
@@ -167,7 +177,9 @@ def render_dict(reg: Registry) -> dict[str, Any]:
             deps.append(reg.rel(*folder, EXPLORATION_FILE))
         elif src is not None:
             deps += [
-                reg.rel("models", src.model, WEIGHTS_FILE),
+                weights_out(reg, src.model)
+                if reg.has_model(src.model)
+                else reg.rel("models", src.model, WEIGHTS_FILE),
                 reg.rel("models", src.model, MANIFEST_FILE),
             ]
         for dataset in sorted(set(spec.dataset_refs().values())):
@@ -187,7 +199,7 @@ def render_dict(reg: Registry) -> dict[str, Any]:
             # re-runs the model (a list of keys would miss those it no longer names).
             "params": [{SETTINGS_FILE: None}],
             "outs": [
-                _out(reg.rel(*folder, WEIGHTS_FILE)),
+                _out(weights_out(reg, name)),
                 _out(reg.rel(*folder, MANIFEST_FILE), cache=False),
             ],
             "metrics": [_out(reg.rel(*folder, "metrics.json"), cache=False)],
@@ -196,7 +208,7 @@ def render_dict(reg: Registry) -> dict[str, Any]:
             ],
         }
         if GTO_NAME.match(name):
-            artifact: dict[str, Any] = {"path": reg.rel(*folder, WEIGHTS_FILE), "type": "model"}
+            artifact: dict[str, Any] = {"path": weights_out(reg, name), "type": "model"}
             if spec.raw.get("description"):
                 artifact["desc"] = str(spec.raw["description"])
             if spec.tags:
