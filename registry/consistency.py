@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from .errors import LocatedError, StemmaError
-from .naming import NAME_RE, parse_source
+from .naming import NAME_RE, NAME_RULE, parse_source
 from .records import DatasetSpec, ModelSpec
 from .registry import Registry
 
@@ -87,7 +87,12 @@ def check(reg: Registry) -> list[Violation]:
         path = reg.rel("datasets", name, "spec.yaml")
         if not NAME_RE.match(name):
             found.append(
-                Violation(INVALID_NAME, path, f"invalid dataset name {name!r}", subject=subject)
+                Violation(
+                    INVALID_NAME,
+                    path,
+                    f"invalid dataset name {name!r}: use {NAME_RULE}",
+                    subject=subject,
+                )
             )
             continue
         try:
@@ -101,7 +106,12 @@ def check(reg: Registry) -> list[Violation]:
         path = reg.rel("models", name, "spec.yaml")
         if not NAME_RE.match(name):
             found.append(
-                Violation(INVALID_NAME, path, f"invalid model name {name!r}", subject=subject)
+                Violation(
+                    INVALID_NAME,
+                    path,
+                    f"invalid model name {name!r}: use {NAME_RULE}",
+                    subject=subject,
+                )
             )
             continue
         try:
