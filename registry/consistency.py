@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from .errors import LocatedError, StemmaError
 from .naming import NAME_RE, NAME_RULE, parse_source
-from .records import DatasetSpec, ModelSpec
+from .records import DatasetSpec, Manifest, ModelSpec
 from .registry import Registry
 
 # Stable violation codes; tools and the audit key on these strings.
@@ -26,6 +26,7 @@ STALE_MANIFEST = "stale-manifest"
 ID_MISMATCH = "id-mismatch"
 FAILED_GATE = "failed-gate"
 FAILED_CHECK = "failed-check"
+METRICS_MISMATCH = "metrics-mismatch"
 
 CODES = (
     SCHEMA,
@@ -39,6 +40,7 @@ CODES = (
     ID_MISMATCH,
     FAILED_GATE,
     FAILED_CHECK,
+    METRICS_MISMATCH,
 )
 
 
@@ -251,6 +253,7 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
             )
         )
     found += list(_staleness(reg, name, models, manifest.path))
+    found += _metric_files(reg, manifest)
     for gate in manifest.raw.get("gates", []):
         if not gate["passed"]:
             found.append(
@@ -275,6 +278,15 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
                 )
             )
     return found
+
+
+def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
+    from .metricfiles import mismatches
+
+    return [
+        Violation(METRICS_MISMATCH, m.path, m.message, m.pointer, subject=f"model:{manifest.name}")
+        for m in mismatches(reg, manifest)
+    ]
 
 
 def _staleness(
