@@ -240,7 +240,8 @@ SELECT coalesce(s.name, m.name) AS name,
        CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.source ELSE s.source END AS source,
        CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.relation ELSE s.relation END
            AS relation,
-       m.source_id, m.params_total, m.params_trainable, m.params_transferred, m.created,
+       m.source_id, m.params_total, m.params_trainable, m.params_transferred,
+       timezone('UTC', m.created) AS created,
        m.duration_s, m.weights_bytes,
        CASE WHEN s.name IS NULL THEN m.train ELSE s.train END AS train,
        CASE WHEN s.name IS NULL THEN m.eval ELSE s.eval END AS eval,
@@ -279,19 +280,20 @@ SELECT coalesce(s.name, m.name) AS name,
             WHEN m.spec_digest IS DISTINCT FROM s.digest THEN 'stale'
             ELSE 'built' END AS status,
        s.source, m.samples, m.splits, m.classes, len(m.classes) AS n_classes, m.shape,
-       m.dtype, m.data_bytes, m.created, coalesce(s.tags, []::VARCHAR[]) AS tags,
+       m.dtype, m.data_bytes, timezone('UTC', m.created) AS created,
+       coalesce(s.tags, []::VARCHAR[]) AS tags,
        s.description
 FROM raw.dataset_specs s FULL OUTER JOIN raw.dataset_manifests m ON m.name = s.name;
 
 CREATE OR REPLACE VIEW main.edges AS SELECT src, dst, kind, relation FROM raw.edges;
 
 CREATE OR REPLACE VIEW main.layers AS
-SELECT name AS model, tensor, shape, dtype, origin, frozen, source_name,
+SELECT name, tensor, shape, dtype, origin, frozen, source_name,
        coalesce(list_aggregate(shape, 'product'), 1)::BIGINT AS numel, position
 FROM raw.layers;
 
 CREATE OR REPLACE VIEW main.metrics AS
-SELECT name AS model, unnest(map_keys(metrics)) AS key, unnest(map_values(metrics)) AS value
+SELECT name, unnest(map_keys(metrics)) AS key, unnest(map_values(metrics)) AS value
 FROM raw.model_manifests;
 
 {_walk("ancestors", near="src", far="dst")}
@@ -303,8 +305,8 @@ MACROS = ("ancestors", "descendants")
 
 VERSIONS_TABLE = """
 CREATE TEMP TABLE versions AS
-SELECT model, id, commit, timezone('UTC', TRY_CAST(date AS TIMESTAMPTZ)) AS date, author,
-       source_id, CAST(CAST(metrics AS JSON) AS MAP(VARCHAR, DOUBLE)) AS metrics
+SELECT name, id, commit, TRY_CAST(date AS TIMESTAMPTZ) AS date, author,
+       source_id, CAST(CAST(metrics AS JSON) AS MAP(VARCHAR, DOUBLE)) AS metrics, status
 FROM version_rows"""
 
 

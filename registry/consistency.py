@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from .errors import LocatedError, StemmaError
-from .naming import NAME_RE, parse_source
-from .records import DatasetSpec, ModelSpec
+from .naming import NAME_RE, NAME_RULE, parse_source
+from .records import DatasetSpec, Manifest, ModelSpec
 from .registry import Registry
 from .taskspec import spec_problems, training_task
 
@@ -27,6 +27,7 @@ STALE_MANIFEST = "stale-manifest"
 ID_MISMATCH = "id-mismatch"
 FAILED_GATE = "failed-gate"
 FAILED_CHECK = "failed-check"
+METRICS_MISMATCH = "metrics-mismatch"
 
 CODES = (
     SCHEMA,
@@ -40,6 +41,7 @@ CODES = (
     ID_MISMATCH,
     FAILED_GATE,
     FAILED_CHECK,
+    METRICS_MISMATCH,
 )
 
 
@@ -88,7 +90,12 @@ def check(reg: Registry) -> list[Violation]:
         path = reg.rel("datasets", name, "spec.yaml")
         if not NAME_RE.match(name):
             found.append(
-                Violation(INVALID_NAME, path, f"invalid dataset name {name!r}", subject=subject)
+                Violation(
+                    INVALID_NAME,
+                    path,
+                    f"invalid dataset name {name!r}: use {NAME_RULE}",
+                    subject=subject,
+                )
             )
             continue
         try:
@@ -102,7 +109,12 @@ def check(reg: Registry) -> list[Violation]:
         path = reg.rel("models", name, "spec.yaml")
         if not NAME_RE.match(name):
             found.append(
-                Violation(INVALID_NAME, path, f"invalid model name {name!r}", subject=subject)
+                Violation(
+                    INVALID_NAME,
+                    path,
+                    f"invalid model name {name!r}: use {NAME_RULE}",
+                    subject=subject,
+                )
             )
             continue
         try:
@@ -254,6 +266,7 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
             )
         )
     found += list(_staleness(reg, name, models, manifest.path))
+    found += _metric_files(reg, manifest)
     for gate in manifest.raw.get("gates", []):
         if not gate["passed"]:
             found.append(
@@ -278,6 +291,15 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
                 )
             )
     return found
+
+
+def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
+    from .metricfiles import mismatches
+
+    return [
+        Violation(METRICS_MISMATCH, m.path, m.message, m.pointer, subject=f"model:{manifest.name}")
+        for m in mismatches(reg, manifest)
+    ]
 
 
 def _staleness(
