@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install demo test lint typecheck bench clean
 
-$(STAMP): pyproject.toml registry/_statfolders.c
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch and torchvision as one pinned pair that lies on this disk: the torch 2.13.0 CPU wheel

@@ -122,15 +122,25 @@ def _render_detail(detail: dict[str, Any]) -> None:
         if key in manifest:
             out.print(f"{key}: {manifest[key]}")
     src = manifest.get("source") or spec.get("source")
-    if src:
+    if isinstance(src, str):  # a dataset's source
+        out.print(f"source: {src}", markup=False)
+    elif src:
         out.print(
             f"source: {src.get('model')} ({src.get('relation', 'finetune')})"
             + (f" {src['id']}" if src.get("id") else "")
         )
     for role, ref in sorted((manifest.get("datasets") or {}).items()):
         out.print(f"{role}: {ref['name']} {ref['id'][:19]}")
+    if manifest.get("task") or manifest.get("class_names"):
+        out.print(f"task: {manifest.get('task', 'classification')}")
+    if detail["kind"] == "dataset" and manifest.get("class_names"):
+        out.print("classes: " + ", ".join(manifest["class_names"]), markup=False)
     for key, value in sorted((manifest.get("metrics") or {}).items()):
         out.print(f"{key}: {value}")
+    names = manifest.get("class_names") or []
+    for key, value in sorted((manifest.get("per_class") or {}).items(), key=lambda kv: int(kv[0])):
+        label = f" {names[int(key)]}" if int(key) < len(names) else ""
+        out.print(f"class {key}{label}: {value}", markup=False)
     for gate in manifest.get("gates", []):
         mark = "pass" if gate["passed"] else "FAIL"
         out.print(f"gate {gate['metric']} {gate['op']} {gate['threshold']}: {mark}")

