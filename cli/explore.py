@@ -16,6 +16,7 @@ import typer
 from stemma.registry import Registry
 
 from ._common import JsonOpt, RepoOpt, console, emit_json, fail
+from ._wide import print_whole
 
 
 class ScoreChoice(str, enum.Enum):
@@ -117,8 +118,6 @@ def _progress() -> Iterator[Callable[[int, int, str], None] | None]:
 
 
 def _render(doc: dict[str, Any], dataset: str) -> None:
-    from rich.console import Console
-    from rich.measure import Measurement
     from rich.table import Table
 
     out = console()
@@ -140,11 +139,7 @@ def _render(doc: dict[str, Any], dataset: str) -> None:
             cells.append(f"{shown}\n[dim]{_ms(row['seconds'][name])}[/dim]")
         cells.append(f"\n[dim]{_ms(row['extract_seconds'])}[/dim]")
         table.add_row(*cells)
-    # never cut a score to fit 80 columns (rich's width when stdout is not a terminal)
-    need = Measurement.get(out, out.options.update(max_width=100_000), table).maximum
-    if need > out.width:
-        out = Console(highlight=False, width=need)
-    out.print(table)
+    print_whole(out, table)  # every score in full, past 80 columns
     for skip in doc["skipped"]:
         out.print(f"skipped {skip['model']}: {skip['reason']}")
     if doc["selected"] is not None:
