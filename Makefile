@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# has no torchvision build that loads beside it (0.28.0's ops link libtorch_cuda), and timm
 	# needs torchvision.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,build]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -54,7 +54,11 @@ def _epoch_bar(name: str) -> Iterator[Any]:
         task = bar.add_task(f"training {name}", total=None, info="")
 
         def update(epoch: int, total: int, info: Mapping[str, Any]) -> None:
-            text = f"loss {info['train_loss']:.4f}  eval acc {info['eval_accuracy']:.4f}"
+            # the curve's eval metric is the task's main one (accuracy, r2, map)
+            metric, value = next(
+                (k, v) for k, v in info.items() if k.startswith("eval_") and k != "eval_loss"
+            )
+            text = f"loss {info['train_loss']:.4f}  {metric.replace('_', ' ')} {value:.4f}"
             bar.update(task, completed=epoch, total=total, info=text)
 
         yield update

@@ -28,6 +28,7 @@ from stemma.registry.files import (
 )
 from stemma.registry.records import MODEL_MANIFEST, ModelSpec, validate_document
 from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spec_problems
 from torch import nn
 
 from .architectures import build_module, infer_architecture, make_config
@@ -36,6 +37,7 @@ from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_b
 from .evaluate import evaluate, evaluate_gates
 from .mapping import plan, report, transfer
 from .strategy import Strategy, prepare_target
+from .tasks import get as get_task
 from .train import Progress, TrainConfig, train
 from .weights import load_weights, to_bytes
 
@@ -99,6 +101,11 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
         },
         "stats": feature_stats(arrays.x_train),
     }
+    # recorded only where they say something, so class-id datasets keep their manifest ids
+    if arrays.task != CLASSIFICATION:
+        manifest["task"] = arrays.task
+    if arrays.class_names is not None:
+        manifest["class_names"] = list(arrays.class_names)
     write_atomic(reg.dataset_dir(name) / DATA_FILE, blob)
     manifest["run"] = _run_block(started, begin)
     manifest["id"] = reg.write_dataset_manifest(name, manifest)
@@ -106,6 +113,10 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
 
 
 def _split_block(y: np.ndarray) -> dict[str, Any]:
+    if y.dtype.kind == "f":  # regression targets have no classes
+        return {"samples": len(y), "class_counts": {}}
+    if y.ndim == 2:  # multi-label: positives per label
+        return {"samples": len(y), "class_counts": {str(k): int(n) for k, n in enumerate(y.sum(0))}}
     labels, counts = np.unique(y, return_counts=True)
     return {
         "samples": len(y),
@@ -218,6 +229,42 @@ def _data(reg: Registry, spec: ModelSpec) -> tuple[DatasetArrays, DatasetArrays,
     return train_data, eval_data, block
 
 
+def _outputs(
+    spec: ModelSpec, task: str, train_data: DatasetArrays, eval_data: DatasetArrays
+) -> int:
+    """Width of the model's head: classes, regression outputs or labels of the training data."""
+    if eval_data.task != task:
+        raise BuildError(
+            f"{spec.path} at /data/eval: {spec.eval!r} is a {eval_data.task} dataset,"
+            f" {spec.train!r} a {task} one"
+        )
+    if task == CLASSIFICATION:
+        num_classes = max(train_data.classes) + 1
+        if max(eval_data.classes) >= num_classes:
+            raise BuildError(
+                f"{spec.path} at /data/eval: {spec.eval!r} has class"
+                f" {max(eval_data.classes)}, but {spec.train!r} only classes"
+                f" 0-{num_classes - 1}"
+            )
+        return num_classes
+    width = get_task(task).outputs(train_data.y_train)
+    if get_task(task).outputs(eval_data.y_eval) != width:
+        what = "labels" if task == MULTILABEL else "outputs"
+        raise BuildError(
+            f"{spec.path} at /data/eval: {spec.eval!r} has"
+            f" {get_task(task).outputs(eval_data.y_eval)} {what}, {spec.train!r} {width}"
+        )
+    assert task in (REGRESSION, MULTILABEL)
+    return width
+
+
+def _class_names(reg: Registry, dataset: str) -> list[str] | None:
+    """The training dataset's class names, when its labels had names."""
+    manifest = reg.dataset_manifest(dataset)
+    names = manifest.raw.get("class_names") if manifest is not None else None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 def build_model(reg: Registry, name: str, progress: Progress | None = None) -> dict[str, Any]:
     """Build a model from its spec: map, train, evaluate, then write every output atomically."""
     started, begin = _now(), time.perf_counter()
@@ -233,13 +280,10 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         src_name, exploration = _source_name(reg, spec)
         src_manifest, src_state = _load_source(reg, spec, src_name)
     train_data, eval_data, datasets = _data(reg, spec)
-    num_classes = max(train_data.classes) + 1
-    if max(eval_data.classes) >= num_classes:
-        raise BuildError(
-            f"{display} at /data/eval: {spec.eval!r} has class"
-            f" {max(eval_data.classes)}, but {spec.train!r} only classes"
-            f" 0-{num_classes - 1}"
-        )
+    task = get_task(train_data.task)
+    for pointer, message in spec_problems(task.name, spec.raw):
+        raise BuildError(f"{display} at {pointer}: {message}")
+    num_classes = _outputs(spec, task.name, train_data, eval_data)
     config = _architecture(spec, src_manifest, train_data.shape, num_classes)
     check_inputs(reg, spec, config, src_manifest, train_data)  # fail before training
     # -- hyper-parameter search: `training.search` picks the settings the build then uses --
@@ -268,9 +312,14 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     )
     device = torch.device(result.device)
     scored = evaluate(
-        module, eval_data.x_eval, eval_data.y_eval, device, amp=cfg.amp and device.type == "cuda"
+        module,
+        eval_data.x_eval,
+        eval_data.y_eval,
+        device,
+        amp=cfg.amp and device.type == "cuda",
+        loss=cfg.loss,
     )
-    metrics = {"accuracy": scored["accuracy"], "loss": scored["loss"]}
+    metrics = {m: scored[m] for m in task.metrics}
     module.to("cpu")
     blob = to_bytes(module.state_dict())
 
@@ -312,6 +361,11 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
         "checks": {},
     }
+    if task.name != CLASSIFICATION:  # absent means classification: older ids stay
+        manifest["task"] = task.name
+    names = _class_names(reg, spec.train)
+    if names is not None:
+        manifest["class_names"] = names
     # -- behavioural checks (migration/checks.py) --
     manifest["checks"], check_data = run_checks(
         reg,
@@ -408,7 +462,7 @@ def register_model(
     datasets: dict[str, Any] = {}
     if data is not None and eval_dataset is not None:
         scored = evaluate(module, data.x_eval, data.y_eval)
-        metrics = {"accuracy": scored["accuracy"], "loss": scored["loss"]}
+        metrics = {m: scored[m] for m in get_task(data.task).metrics}
         per_class = scored["per_class"]
         manifest_ds = reg.dataset_manifest(eval_dataset)
         assert manifest_ds is not None

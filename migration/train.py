@@ -15,15 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from stemma.registry.errors import BuildError
+from stemma.registry.taskspec import LOSSES as TASK_LOSSES
 from torch import nn
 
 from .architectures import FeatureStage, head_of, stages
-from .evaluate import DECIMALS, autocast, predict, scores
+from .evaluate import autocast, predict
+from .tasks import for_labels
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-LOSSES = ("cross_entropy",)
+LOSSES = tuple(dict.fromkeys(loss for names in TASK_LOSSES.values() for loss in names))
 Progress = Callable[[int, int, Mapping[str, Any]], None]
 # CPU builds use a fixed intra-op thread count: float reductions split across a varying number
 # of threads can differ in the last bit, and small models train no slower on one thread (and
@@ -41,7 +42,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float | None = None  # None: the optimizer's customary default
     momentum: float = 0.0
-    loss: str = "cross_entropy"
+    loss: str | None = None  # None: the task's default (`taskspec.LOSSES`)
     label_smoothing: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -71,7 +72,7 @@ class TrainConfig:
                 f"{display} at /training/optimizer: unknown optimizer"
                 f" {cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}"
             )
-        if cfg.loss not in LOSSES:
+        if cfg.loss is not None and cfg.loss not in LOSSES:
             raise BuildError(
                 f"{display} at /training/loss: unknown loss {cfg.loss!r};"
                 f" use one of {', '.join(LOSSES)}"
@@ -214,8 +215,10 @@ def _train(
     suffix = nn.Sequential(*(m for _, m, _ in parts[k:]))
     xt = torch.as_tensor(x_train, dtype=torch.float32).to(device)
     xe = torch.as_tensor(x_eval, dtype=torch.float32).to(device)
-    yt = torch.as_tensor(y_train, dtype=torch.int64).to(device)
-    ye = torch.as_tensor(y_eval, dtype=torch.int64).to(device)
+    task = for_labels(y_train)  # the stored labels' dtype and shape say the task
+    loss_name = task.resolve_loss(cfg.loss, display)
+    yt = task.target(y_train).to(device)
+    ye = task.target(y_eval).to(device)
     if k:
         stem = nn.Sequential(*prefix)
         stem.eval()
@@ -252,25 +255,22 @@ def _train(
             xb, yb = xt[idx], yt[idx]
             with autocast(device, amp):
                 out = step_fn(xb)
-            loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+            loss = task.loss(out, yb, loss_name, cfg.label_smoothing)
             assert opt is not None
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             loss_sum += loss.detach() * len(idx)
-            correct += (out.detach().argmax(dim=1) == yb).sum()
+            hits = task.hits(out, yb)
+            if hits is not None:
+                correct += hits
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         spent += time.perf_counter() - begin
         module.eval()
-        ev = scores(predict(eval_fn, xe, amp=amp), ye)
-        row = {
-            "epoch": epoch,
-            "train_loss": round(float(loss_sum.item()) / n, DECIMALS),
-            "train_accuracy": round(int(correct.item()) / n, DECIMALS),
-            "eval_loss": ev["loss"],
-            "eval_accuracy": ev["accuracy"],
-        }
+        ev = task.scores(predict(eval_fn, xe, amp=amp), ye, loss_name)
+        hit_count = int(correct.item()) if task.counts_hits else None
+        row = task.curve_row(epoch, float(loss_sum.item()) / n, hit_count, n, ev)
         result.curve.append(row)
         if progress is not None:
             progress(epoch, cfg.epochs, row)

@@ -109,7 +109,7 @@ FROM staged"""
 
 # Specs arrive as canonical JSON (`spec_rows(path, spec)`); DuckDB hashes them and picks the
 # indexed fields. A spec is taken here only when every field has the type the index needs
-# (`*_SPEC_OK`); the others go through `_scan.spec_row`, the reference, for a located error.
+# (`*_SPEC_OK`); the others go through `_specrow.spec_row`, the reference, for a located error.
 STAGE_SPECS = """
 CREATE OR REPLACE TEMP TABLE staged_specs AS
 SELECT path, split_part(path, '/', 2) AS name, spec, 'sha256:' || sha256(spec) AS digest,
@@ -156,7 +156,7 @@ FLAGGED_SPECS = f"""
 SELECT path, spec FROM staged_specs
 WHERE NOT coalesce(({MODEL_SPEC_OK}) OR ({DATASET_SPEC_OK}), false) ORDER BY path"""
 
-# Rows picked in Python (`_scan.spec_row`, columns `_scan.SPEC_COLUMNS`) for flagged specs.
+# Rows picked in Python (`_specrow.spec_row`, columns `_specrow.SPEC_COLUMNS`) for flagged specs.
 INSERT_MODEL_SPEC_ROWS = """
 INSERT INTO raw.model_specs
 SELECT split_part(path, '/', 2), path, digest, source, relation, train, eval, family,
@@ -249,7 +249,8 @@ SELECT coalesce(s.name, m.name) AS name,
        CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.source ELSE s.source END AS source,
        CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.relation ELSE s.relation END
            AS relation,
-       m.source_id, m.params_total, m.params_trainable, m.params_transferred, m.created,
+       m.source_id, m.params_total, m.params_trainable, m.params_transferred,
+       timezone('UTC', m.created) AS created,
        m.duration_s, m.weights_bytes,
        CASE WHEN s.name IS NULL THEN m.train ELSE s.train END AS train,
        CASE WHEN s.name IS NULL THEN m.eval ELSE s.eval END AS eval,
@@ -285,19 +286,20 @@ SELECT coalesce(s.name, m.name) AS name,
        m.id,
        {_DATASET_STATUS} AS status,
        s.source, m.samples, m.splits, m.classes, len(m.classes) AS n_classes, m.shape,
-       m.dtype, m.data_bytes, m.created, coalesce(s.tags, []::VARCHAR[]) AS tags,
+       m.dtype, m.data_bytes, timezone('UTC', m.created) AS created,
+       coalesce(s.tags, []::VARCHAR[]) AS tags,
        s.description
 FROM raw.dataset_specs s FULL OUTER JOIN raw.dataset_manifests m ON m.name = s.name;
 
 CREATE OR REPLACE VIEW main.edges AS SELECT src, dst, kind, relation FROM raw.edges;
 
 CREATE OR REPLACE VIEW main.layers AS
-SELECT name AS model, tensor, shape, dtype, origin, frozen, source_name,
+SELECT name, tensor, shape, dtype, origin, frozen, source_name,
        coalesce(list_aggregate(shape, 'product'), 1)::BIGINT AS numel, position
 FROM raw.layers;
 
 CREATE OR REPLACE VIEW main.metrics AS
-SELECT name AS model, unnest(map_keys(metrics)) AS key, unnest(map_values(metrics)) AS value
+SELECT name, unnest(map_keys(metrics)) AS key, unnest(map_values(metrics)) AS value
 FROM raw.model_manifests;
 
 {_walk("ancestors", near="src", far="dst")}
@@ -309,8 +311,8 @@ MACROS = ("ancestors", "descendants")
 
 VERSIONS_TABLE = """
 CREATE TEMP TABLE versions AS
-SELECT model, id, commit, timezone('UTC', TRY_CAST(date AS TIMESTAMPTZ)) AS date, author,
-       source_id, CAST(CAST(metrics AS JSON) AS MAP(VARCHAR, DOUBLE)) AS metrics
+SELECT name, id, commit, TRY_CAST(date AS TIMESTAMPTZ) AS date, author,
+       source_id, CAST(CAST(metrics AS JSON) AS MAP(VARCHAR, DOUBLE)) AS metrics, status
 FROM version_rows"""
 
 

@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass
 
 from .dag import Forest
 from .errors import LocatedError, StemmaError
-from .naming import NAME_RE, parse_source
-from .records import DatasetSpec, ModelSpec
+from .naming import NAME_RE, NAME_RULE, parse_source
+from .records import DatasetSpec, Manifest, ModelSpec
 from .registry import Registry
 from .status import SOURCE_CHANGED, SPEC_CHANGED, staleness
+from .taskspec import spec_problems, training_task
 
 # Stable violation codes; tools and the audit key on these strings.
 SCHEMA = "schema"
@@ -28,6 +29,7 @@ STALE_MANIFEST = "stale-manifest"
 ID_MISMATCH = "id-mismatch"
 FAILED_GATE = "failed-gate"
 FAILED_CHECK = "failed-check"
+METRICS_MISMATCH = "metrics-mismatch"
 
 CODES = (
     SCHEMA,
@@ -41,6 +43,7 @@ CODES = (
     ID_MISMATCH,
     FAILED_GATE,
     FAILED_CHECK,
+    METRICS_MISMATCH,
 )
 
 
@@ -89,7 +92,12 @@ def check(reg: Registry) -> list[Violation]:
         path = reg.rel("datasets", name, "spec.yaml")
         if not NAME_RE.match(name):
             found.append(
-                Violation(INVALID_NAME, path, f"invalid dataset name {name!r}", subject=subject)
+                Violation(
+                    INVALID_NAME,
+                    path,
+                    f"invalid dataset name {name!r}: use {NAME_RULE}",
+                    subject=subject,
+                )
             )
             continue
         try:
@@ -103,7 +111,12 @@ def check(reg: Registry) -> list[Violation]:
         path = reg.rel("models", name, "spec.yaml")
         if not NAME_RE.match(name):
             found.append(
-                Violation(INVALID_NAME, path, f"invalid model name {name!r}", subject=subject)
+                Violation(
+                    INVALID_NAME,
+                    path,
+                    f"invalid model name {name!r}: use {NAME_RULE}",
+                    subject=subject,
+                )
             )
             continue
         try:
@@ -112,6 +125,7 @@ def check(reg: Registry) -> list[Violation]:
             found.append(_from_error(exc, subject, path))
     for spec in models.values():
         found += _model_refs(reg, spec, models)
+        found += _task_rules(reg, spec)
     found += _cycles(reg, models)
     for name in models:
         found += _manifest_checks(reg, name, models)
@@ -124,9 +138,9 @@ def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
         source = parse_source(spec.source)
     except StemmaError as exc:
         return [Violation(SCHEMA, spec.path, exc.message, "/source", subject=subject)]
-    if source.kind == "file":
+    if source.path is not None:
         try:
-            reg.resolve(source.value, "/source", spec.path)
+            reg.resolve(source.path, "/source", spec.path)
         except StemmaError:
             return [
                 Violation(
@@ -191,6 +205,17 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
     return found
 
 
+def _task_rules(reg: Registry, spec: ModelSpec) -> list[Violation]:
+    """Losses and gates the training data's task does not allow (`taskspec.spec_problems`)."""
+    task = training_task(reg, spec)
+    if task is None:
+        return []
+    return [
+        Violation(SCHEMA, spec.path, message, pointer, subject=f"model:{spec.name}")
+        for pointer, message in spec_problems(task, spec.raw)
+    ]
+
+
 def _parents(models: dict[str, ModelSpec]) -> dict[str, str]:
     return {
         n: s.source.model
@@ -232,6 +257,7 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
             )
         )
     found += list(_staleness(reg, name, models, manifest.path))
+    found += _metric_files(reg, manifest)
     for gate in manifest.raw.get("gates", []):
         if not gate["passed"]:
             found.append(
@@ -256,6 +282,15 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
                 )
             )
     return found
+
+
+def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
+    from .metricfiles import mismatches
+
+    return [
+        Violation(METRICS_MISMATCH, m.path, m.message, m.pointer, subject=f"model:{manifest.name}")
+        for m in mismatches(reg, manifest)
+    ]
 
 
 def _staleness(

@@ -74,9 +74,9 @@ def render_dict(reg: Registry) -> dict[str, Any]:
         dspec = reg.dataset_spec(name)
         deps = [reg.rel("datasets", name, SPEC_FILE)]
         source = parse_source(dspec.source)
-        if source.kind == "file":
-            reg.resolve(source.value, "/source", dspec.path)
-            deps.append(reg.rel(source.value))
+        if source.path is not None:  # a file, or a folder DVC hashes whole (a new image too)
+            reg.resolve(source.path, "/source", dspec.path)
+            deps.append(reg.rel(source.path))
         stages[stage_name("dataset", name)] = {
             "cmd": f"stemma build dataset {name}",
             "deps": deps,

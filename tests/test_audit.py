@@ -173,6 +173,11 @@ def _failed_check(reg: Registry) -> None:
     rebuild(reg, "scratch", checks={"forgetting": {"passed": False, "drop": 0.3}})
 
 
+def _metrics_mismatch(reg: Registry) -> None:
+    # the file `dvc metrics show` reports, edited by hand: the manifest still says 0.9
+    (reg.root / "models" / "scratch" / "metrics.json").write_text('{"accuracy": 0.99}\n')
+
+
 def _lock_mismatch(reg: Registry) -> None:
     write_lock(reg, override={"scratch": "9" * 32})
 
@@ -214,6 +219,7 @@ CASES: dict[str, Callable[[Registry], None]] = {
     cons.ID_MISMATCH: _id_mismatch,
     cons.FAILED_GATE: _failed_gate,
     cons.FAILED_CHECK: _failed_check,
+    cons.METRICS_MISMATCH: _metrics_mismatch,
     lib.LOCK_MISMATCH: _lock_mismatch,
     lib.PIPELINE_OUT_OF_SYNC: _pipeline_out_of_sync,
     lib.TAGGED_VERSION_CHANGED: _tagged_version_changed,

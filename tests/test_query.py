@@ -21,7 +21,7 @@ from conftest import git, write
 from stemma.registry import Registry, _fastyaml, _snapshot, _specrow, dag, index
 from stemma.registry.errors import ParseError, QueryError, SchemaError, StemmaError
 from stemma.registry.files import digest
-from stemma.registry.query import query, schema
+from stemma.registry.query import export_parquet, query, schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import synth
@@ -237,7 +237,7 @@ def test_models_view_matches_manifests_and_specs(zoo: Any) -> None:
         assert row["train"] == spec["data"]["train"]
         assert row["eval"] == spec["data"].get("eval", spec["data"]["train"])
         assert row["weights_bytes"] == doc["weights"]["bytes"]
-        assert row["created"].isoformat() == "2026-03-01T10:00:00"
+        assert row["created"].isoformat() == "2026-03-01T10:00:00+00:00"
     assert got["unbuilt"]["status"] == "unbuilt" and got["unbuilt"]["id"] is None
     assert got["unbuilt"]["source"] == "ft1a" and got["unbuilt"]["relation"] == "distill"
 
@@ -266,13 +266,13 @@ def test_metric_filter_and_join_match_independent_expectations(zoo: Any) -> None
         if d["source"]
     )
     assert [(r["child"], r["parent"], pytest.approx(r["delta"])) for r in joined] == expected
-    metric_rows = {(r["model"], r["key"]): r["value"] for r in rows(reg, "SELECT * FROM metrics")}
+    metric_rows = {(r["name"], r["key"]): r["value"] for r in rows(reg, "SELECT * FROM metrics")}
     assert metric_rows == {(n, k): v for n, d in models.items() for k, v in d["metrics"].items()}
 
 
 def test_layers_and_datasets_views(zoo: Any) -> None:
     reg, docs = zoo
-    layers = rows(reg, "SELECT * FROM layers ORDER BY model, position")
+    layers = rows(reg, "SELECT * FROM layers ORDER BY name, position")
     expected = [
         (n, t["name"], t["shape"], t["origin"], t["frozen"], t.get("source_name"))
         for n, d in sorted(docs.items())
@@ -280,7 +280,7 @@ def test_layers_and_datasets_views(zoo: Any) -> None:
         for t in d["architecture"]["tensors"]
     ]
     assert [
-        (r["model"], r["tensor"], r["shape"], r["origin"], r["frozen"], r["source_name"])
+        (r["name"], r["tensor"], r["shape"], r["origin"], r["frozen"], r["source_name"])
         for r in layers
     ] == expected
     assert all(r["numel"] == r["shape"][0] * r["shape"][1] for r in layers)
@@ -448,8 +448,8 @@ def test_edit_and_delete_are_seen_by_the_next_query(zoo: Any) -> None:
     assert rows(reg, "SELECT status, id FROM models WHERE name = 'ft2'") == [
         {"status": "unbuilt", "id": None}
     ]
-    assert rows(reg, "SELECT count(*) AS n FROM metrics WHERE model = 'ft2'") == [{"n": 0}]
-    assert rows(reg, "SELECT count(*) AS n FROM layers WHERE model = 'ft2'") == [{"n": 0}]
+    assert rows(reg, "SELECT count(*) AS n FROM metrics WHERE name = 'ft2'") == [{"n": 0}]
+    assert rows(reg, "SELECT count(*) AS n FROM layers WHERE name = 'ft2'") == [{"n": 0}]
     for f in (reg.root / "models/scratch").iterdir():
         f.unlink()
     (reg.root / "models/scratch").rmdir()
@@ -820,27 +820,27 @@ def test_history_view_lists_each_committed_version(zoo: Any) -> None:
     second = git(repo, "rev-parse", "HEAD")
     got = rows(
         reg,
-        "SELECT model, id, commit, author, metrics['accuracy'] AS acc FROM versions"
-        " WHERE model = 'ft1' ORDER BY acc",
+        "SELECT name, id, commit, author, metrics['accuracy'] AS acc FROM versions"
+        " WHERE name = 'ft1' ORDER BY acc",
         history=True,
     )
     assert got == [
         {
-            "model": "ft1",
+            "name": "ft1",
             "id": docs["ft1"]["id"],
             "commit": first,
             "author": "Test Author",
             "acc": 0.91,
         },
         {
-            "model": "ft1",
+            "name": "ft1",
             "id": second_doc["id"],
             "commit": second,
             "author": "Test Author",
             "acc": 0.95,
         },
     ]
-    n = rows(reg, "SELECT count(DISTINCT model) AS n FROM versions", history=True)[0]["n"]
+    n = rows(reg, "SELECT count(DISTINCT name) AS n FROM versions", history=True)[0]["n"]
     assert n == 5
     with pytest.raises(QueryError, match="versions"):
         query(reg, "SELECT * FROM versions")
@@ -922,6 +922,26 @@ def test_export_parquet_reads_back(zoo: Any, cli: Any, tmp_path: Path) -> None:
         back = con.execute(f"SELECT * FROM read_parquet('{path}') ORDER BY ALL").fetchall()
         assert back == list(query(reg, f"SELECT * FROM {view} ORDER BY ALL").rows)
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+
+
+def test_export_parquet_keeps_utc_and_one_key_column(zoo: Any, tmp_path: Path) -> None:
+    """Timestamps are written as instants in UTC, and every view names its model `name`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reg, docs = zoo
+    written = export_parquet(reg, tmp_path / "out")
+    schemas = {p.stem: pq.read_schema(p) for p in written}
+    for view in ("models", "datasets"):
+        created = schemas[view].field("created").type
+        assert pa.types.is_timestamp(created) and created.tz == "UTC", (view, created)
+    for view in ("models", "datasets", "layers", "metrics"):
+        assert "name" in schemas[view].names and "model" not in schemas[view].names, view
+    started = {n: d["run"]["started"] for n, d in docs.items() if d["kind"] == "model"}
+    table = pq.read_table(tmp_path / "out" / "models.parquet").to_pylist()
+    assert {
+        r["name"]: r["created"].isoformat().replace("+00:00", "Z") for r in table if r["created"]
+    } == started
 
 
 def test_the_console_script_exits_with_the_command_status(zoo: Any) -> None:

@@ -188,6 +188,35 @@ def test_tampered_manifest_is_reported(populated: Registry, cli) -> None:
     assert snapshot(populated.root) == before
 
 
+def test_hand_edited_metric_files_fail_validate(populated: Registry, cli) -> None:
+    """metrics.json and curve.json must say what the manifest says (the build writes all three
+    from the same numbers)."""
+    dataset_manifest(populated, "digits-0to4")
+    model_manifest(populated, "base", accuracy=0.9)
+    folder = populated.root / "models/base"
+    metrics = json.loads((folder / "manifest.json").read_text())["metrics"]
+    (folder / "metrics.json").write_text(canonical_json(metrics))
+    curve = [{"epoch": 1, "eval_accuracy": 0.5}, {"epoch": 2, "eval_accuracy": 0.9}]
+    (folder / "curve.json").write_text(canonical_json(curve))
+    assert cli(["validate"], populated.root).code == 0
+    (folder / "metrics.json").write_text(canonical_json({**metrics, "accuracy": 0.99}))
+    curve[-1]["eval_accuracy"] = 0.98
+    (folder / "curve.json").write_text(canonical_json(curve))
+    res = cli(["validate"], populated.root)
+    assert res.code == 1
+    assert res.stderr.strip().splitlines() == [
+        "models/base/metrics.json at /accuracy: accuracy is 0.99, the manifest says 0.9"
+        " [metrics-mismatch]",
+        "models/base/curve.json at /1/eval_accuracy: last epoch's eval_accuracy is 0.98,"
+        " the manifest says 0.9 [metrics-mismatch]",
+    ]
+    (folder / "metrics.json").write_text("{not json")
+    res = cli(["validate"], populated.root)
+    assert "models/base/metrics.json: is not JSON [metrics-mismatch]" in res.stderr
+    data = json.loads(cli(["validate", "--json"], populated.root).stdout)
+    assert {v["code"] for v in data["violations"]} == {"metrics-mismatch"}
+
+
 def test_cli_errors_are_one_line_and_usage_errors_exit_2(populated: Registry, cli) -> None:
     res = cli(["show", "nope"], populated.root)
     assert res.code == 1 and res.stderr.strip() == "error: no model named 'nope'"
