@@ -6,6 +6,9 @@ torch is imported inside the command, so the rest of the CLI never pays for it.
 from __future__ import annotations
 
 import enum
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,7 +80,10 @@ def explore(
         names, decide = tuple(SCORES), lib.DEFAULT_SCORE
     else:
         names, decide = (score.value,), score.value
-    ranking = lib.explore(reg, dataset, candidates, scores=names, decide=decide)
+    with _progress() as progress:
+        ranking = lib.explore(
+            reg, dataset, candidates, scores=names, decide=decide, progress=progress
+        )
     if json_:
         emit_json(ranking.to_dict())
     else:
@@ -86,7 +92,33 @@ def explore(
         raise fail(f"no candidate matching {candidates!r} fits dataset {dataset!r}")
 
 
+@contextmanager
+def _progress() -> Iterator[Callable[[int, int, str], None] | None]:
+    """A progress bar on stderr while candidates are scored, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("scoring {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("candidates", total=None)
+
+        def update(done: int, total: int, model: str) -> None:
+            bar.update(task, completed=done, total=total, description=model or "done")
+
+        yield update
+
+
 def _render(doc: dict[str, Any], dataset: str) -> None:
+    from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     out = console()
@@ -97,17 +129,21 @@ def _render(doc: dict[str, Any], dataset: str) -> None:
     table.add_column("rank", justify="right")
     table.add_column("model", no_wrap=True)
     for name in doc["scores"]:
-        table.add_column(name, justify="right")
-    table.add_column("extract", justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("extract", justify="right", no_wrap=True)
     for row in doc["ranking"]:
         cells = [str(row["rank"]), row["model"]]
         for name in doc["scores"]:
             value = row["scores"][name]
             # the value, and under it the time the score took
-            shown = "n/a" if value is None else f"{value:.4f}"
+            shown = "n/a" if value is None else repr(value)  # the whole recorded value
             cells.append(f"{shown}\n[dim]{_ms(row['seconds'][name])}[/dim]")
         cells.append(f"\n[dim]{_ms(row['extract_seconds'])}[/dim]")
         table.add_row(*cells)
+    # never cut a score to fit 80 columns (rich's width when stdout is not a terminal)
+    need = Measurement.get(out, out.options.update(max_width=100_000), table).maximum
+    if need > out.width:
+        out = Console(highlight=False, width=need)
     out.print(table)
     for skip in doc["skipped"]:
         out.print(f"skipped {skip['model']}: {skip['reason']}")
