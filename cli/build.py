@@ -33,9 +33,17 @@ def dataset(name: NameArg, repo: RepoOpt = Path(".")) -> None:
     typer.echo(
         f"built dataset {name}: {splits['train']['samples']} train /"
         f" {splits['eval']['samples']} eval samples of shape"
-        f" {'x'.join(map(str, manifest['shape']))}, {len(manifest['classes'])} classes,"
+        f" {'x'.join(map(str, manifest['shape']))}, {_targets(manifest)},"
         f" id {manifest['id'][7:19]}"
     )
+
+
+def _targets(manifest: Mapping[str, Any]) -> str:
+    """What a dataset's labels are: classes, labels or regression targets."""
+    task = manifest.get("task", "classification")
+    if task == "regression":
+        return "regression targets"
+    return f"{len(manifest['classes'])} {'labels' if task == 'multilabel' else 'classes'}"
 
 
 @contextmanager
