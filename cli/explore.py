@@ -142,6 +142,8 @@ def _render(doc: dict[str, Any], dataset: str) -> None:
     print_whole(out, table)  # every score in full, past 80 columns
     for skip in doc["skipped"]:
         out.print(f"skipped {skip['model']}: {skip['reason']}")
+    for score, why in sorted((doc.get("not_applicable") or {}).items()):
+        out.print(f"{score} does not apply to this dataset: {why}")
     if doc["selected"] is not None:
         chosen, score = doc["selected"], doc["decided_by"]
         out.print(f"recommended source: [bold]{chosen}[/bold] (highest {score})")

@@ -9,8 +9,9 @@ points from the dependent to what it depends on, the way a build reads them:
 - `previous`:     version -> the version before it (and `model:NAME` -> its newest version).
 
 The graph is built from the specs, so unbuilt models appear, and enriched with manifests
-(ids, status, metrics). A spec that cannot be read still gets a node (status `invalid`) and a
-source that is not declared gets one too (status `missing`), so broken states can be drawn.
+(ids, status, metrics; statuses as `stemma.registry.status` decides them). A spec that cannot
+be read still gets a node (status `invalid`) and a source that is not declared gets one too
+(status `missing`), so broken states can be drawn.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import networkx as nx
-from stemma.registry import Registry
+from stemma.registry import Registry, status
 from stemma.registry.errors import StemmaError
 from stemma.registry.files import digest
 from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
@@ -98,13 +99,13 @@ def read_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]
         dspec = _doc(reg, "datasets", name, SPEC_FILE)
         dm = _doc(reg, "datasets", name, MANIFEST_FILE)
         mid = _str(dm, "id")
-        if dspec is None:
-            status = "invalid"
-        elif dm is None:
-            status = "unbuilt"
-        else:
-            status = "built" if dm.get("spec_digest") == digest(dspec) else "stale"
-        datasets.append(DatasetRecord(name, mid, status))
+        state = status.status(
+            dspec is not None,
+            dm is not None,
+            digest(dspec) if dspec is not None else None,
+            dm.get("spec_digest") if dm is not None else None,
+        )
+        datasets.append(DatasetRecord(name, mid, state))
     specs = {name: _doc(reg, "models", name, SPEC_FILE) for name in mnames}
     manifests = {name: _doc(reg, "models", name, MANIFEST_FILE) for name in mnames}
     models = [_model_record(reg, name, specs[name], manifests) for name in mnames]
@@ -165,9 +166,20 @@ def _model_record(
         if isinstance(raw_metrics, dict)
         else {}
     )
+    if spec is None:  # a manifest and no spec: weights imported by `stemma register`
+        source = _str(manifest, "source", "model")
+        return ModelRecord(
+            name,
+            source,
+            (_str(manifest, "source", "relation") or "finetune") if source else None,
+            _str(manifest, "source", "id"),
+            id=mid,
+            status=status.REGISTERED,
+            metrics=metrics,
+        )
     train = _str(spec, "data", "train")
-    if spec is None or train is None:
-        return ModelRecord(name, id=mid, status="invalid", metrics=metrics)
+    if train is None:
+        return ModelRecord(name, id=mid, status=status.INVALID, metrics=metrics)
     source = _str(spec, "source", "model")
     relation = (_str(spec, "source", "relation") or "finetune") if source else None
     auto = source == "auto"
@@ -180,15 +192,15 @@ def _model_record(
         ds for check in ("forgetting", "drift") if (ds := _str(spec, "checks", check, "data"))
     )
     source_id = _str(manifest, "source", "id")
-    status = "unbuilt"
-    if manifest is not None:
-        status = "built"
-        if manifest.get("spec_digest") != digest(spec):
-            status = "stale"
-        elif source is not None and not auto:
-            parent_id = _str(manifests.get(source), "id")
-            if parent_id is not None and parent_id != source_id:
-                status = "stale"
+    parent_id = _str(manifests.get(source), "id") if source is not None and not auto else None
+    state = status.status(
+        True,
+        manifest is not None,
+        digest(spec),
+        manifest.get("spec_digest") if manifest is not None else None,
+        parent_id,
+        source_id,
+    )
     return ModelRecord(
         name,
         source,
@@ -198,7 +210,7 @@ def _model_record(
         _str(spec, "data", "eval") or train,
         checks,
         mid,
-        status,
+        state,
         auto,
         candidates,
         metrics,
@@ -244,7 +256,7 @@ def graph_from_records(
                     kind="model",
                     name=m.source,
                     id=None,
-                    status="missing",
+                    status=status.MISSING,
                     relation=None,
                     auto=False,
                     candidates=[],
@@ -271,7 +283,7 @@ def graph_from_records(
 def _dataset_edge(g: nx.MultiDiGraph, node: str, name: str, key: str, roles: str) -> None:
     target = dataset_node(name)
     if target not in g:
-        g.add_node(target, kind="dataset", name=name, id=None, status="missing")
+        g.add_node(target, kind="dataset", name=name, id=None, status=status.MISSING)
     g.add_edge(node, target, key=key, roles=roles)
 
 

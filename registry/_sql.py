@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 
+from .status import BUILT, REGISTERED, STALE, UNBUILT
+
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "7"
+FORMAT = "8"
 
 TABLES = """
 CREATE SCHEMA raw;
@@ -107,7 +109,7 @@ FROM staged"""
 
 # Specs arrive as canonical JSON (`spec_rows(path, spec)`); DuckDB hashes them and picks the
 # indexed fields. A spec is taken here only when every field has the type the index needs
-# (`*_SPEC_OK`); the others go through `_scan.spec_row`, the reference, for a located error.
+# (`*_SPEC_OK`); the others go through `_specrow.spec_row`, the reference, for a located error.
 STAGE_SPECS = """
 CREATE OR REPLACE TEMP TABLE staged_specs AS
 SELECT path, split_part(path, '/', 2) AS name, spec, 'sha256:' || sha256(spec) AS digest,
@@ -154,7 +156,7 @@ FLAGGED_SPECS = f"""
 SELECT path, spec FROM staged_specs
 WHERE NOT coalesce(({MODEL_SPEC_OK}) OR ({DATASET_SPEC_OK}), false) ORDER BY path"""
 
-# Rows picked in Python (`_scan.spec_row`, columns `_scan.SPEC_COLUMNS`) for flagged specs.
+# Rows picked in Python (`_specrow.spec_row`, columns `_specrow.SPEC_COLUMNS`) for flagged specs.
 INSERT_MODEL_SPEC_ROWS = """
 INSERT INTO raw.model_specs
 SELECT split_part(path, '/', 2), path, digest, source, relation, train, eval, family,
@@ -217,6 +219,17 @@ MODEL_COLUMNS = (
     "loss",
     "metrics",
 )
+# `status.status` in SQL (spec `s`, manifest `m`, the declared source's manifest `p`); tests
+# compare the two on every case.
+_DATASET_STATUS = f"""CASE WHEN m.name IS NULL THEN '{UNBUILT}'
+            WHEN s.name IS NULL THEN '{REGISTERED}'
+            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN '{STALE}'
+            ELSE '{BUILT}' END"""
+_MODEL_STATUS = f"""CASE WHEN m.name IS NULL THEN '{UNBUILT}'
+            WHEN s.name IS NULL THEN '{REGISTERED}'
+            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN '{STALE}'
+            WHEN p.id IS NOT NULL AND p.id IS DISTINCT FROM m.source_id THEN '{STALE}'
+            ELSE '{BUILT}' END"""
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 MAX_METRIC_COLUMNS = 100
 
@@ -231,11 +244,7 @@ def models_view(metric_keys: list[str]) -> str:
 CREATE OR REPLACE VIEW main.models AS
 SELECT coalesce(s.name, m.name) AS name,
        m.id,
-       CASE WHEN m.name IS NULL THEN 'unbuilt'
-            WHEN s.name IS NULL THEN 'orphan'
-            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN 'stale'
-            WHEN p.id IS NOT NULL AND p.id IS DISTINCT FROM m.source_id THEN 'stale'
-            ELSE 'built' END AS status,
+       {_MODEL_STATUS} AS status,
        coalesce(m.family, s.family) AS family,
        CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.source ELSE s.source END AS source,
        CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.relation ELSE s.relation END
@@ -275,10 +284,7 @@ VIEWS = f"""
 CREATE OR REPLACE VIEW main.datasets AS
 SELECT coalesce(s.name, m.name) AS name,
        m.id,
-       CASE WHEN m.name IS NULL THEN 'unbuilt'
-            WHEN s.name IS NULL THEN 'orphan'
-            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN 'stale'
-            ELSE 'built' END AS status,
+       {_DATASET_STATUS} AS status,
        s.source, m.samples, m.splits, m.classes, len(m.classes) AS n_classes, m.shape,
        m.dtype, m.data_bytes, timezone('UTC', m.created) AS created,
        coalesce(s.tags, []::VARCHAR[]) AS tags,

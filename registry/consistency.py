@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from .dag import Forest
 from .errors import LocatedError, StemmaError
 from .naming import NAME_RE, NAME_RULE, parse_source
 from .records import DatasetSpec, Manifest, ModelSpec
 from .registry import Registry
+from .status import SOURCE_CHANGED, SPEC_CHANGED, staleness
 from .taskspec import spec_problems, training_task
 
 # Stable violation codes; tools and the audit key on these strings.
@@ -223,27 +225,16 @@ def _parents(models: dict[str, ModelSpec]) -> dict[str, str]:
 
 
 def _cycles(reg: Registry, models: dict[str, ModelSpec]) -> list[Violation]:
-    parent = _parents(models)
-    found, seen = [], set()
-    for start in sorted(parent):
-        path: list[str] = []
-        node: str | None = start
-        while node is not None and node not in seen and node not in path:
-            path.append(node)
-            node = parent.get(node)
-        if node is not None and node in path:
-            loop = path[path.index(node) :]
-            found.append(
-                Violation(
-                    CYCLE,
-                    models[loop[0]].path,
-                    "lineage cycle: " + " -> ".join([*loop, loop[0]]),
-                    "/source/model",
-                    subject=f"model:{loop[0]}",
-                )
-            )
-        seen.update(path)
-    return found
+    return [
+        Violation(
+            CYCLE,
+            models[loop[0]].path,
+            "lineage cycle: " + " -> ".join([*loop, loop[0]]),
+            "/source/model",
+            subject=f"model:{loop[0]}",
+        )
+        for loop in Forest(models, _parents(models)).cycles()
+    ]
 
 
 def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> list[Violation]:
@@ -308,28 +299,29 @@ def _staleness(
     manifest = reg.model_manifest(name)
     assert manifest is not None
     spec = models[name]
-    subject = f"model:{name}"
-    if manifest.spec_digest != spec.digest:
+    src = spec.source
+    parent_id = None
+    if src is not None and not src.auto and src.model in models:
+        try:
+            parent = reg.model_manifest(src.model)
+        except StemmaError:
+            parent = None
+        parent_id = parent.id if parent is not None else None
+    why = staleness(spec.digest, manifest.spec_digest, parent_id, manifest.source_id)
+    if why == SPEC_CHANGED:
         yield Violation(
             STALE_MANIFEST,
             path,
             "spec changed since the last build; run `dvc repro`",
             "/spec_digest",
-            subject=subject,
+            subject=f"model:{name}",
         )
-        return
-    src = spec.source
-    if src is None or src.auto or src.model not in models:
-        return
-    try:
-        parent = reg.model_manifest(src.model)
-    except StemmaError:
-        return
-    if parent is not None and manifest.source_id != parent.id:
+    elif why == SOURCE_CHANGED:
+        assert src is not None
         yield Violation(
             STALE_MANIFEST,
             path,
             f"source {src.model!r} changed since the last build; run `dvc repro`",
             "/source/id",
-            subject=subject,
+            subject=f"model:{name}",
         )

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import networkx as nx
 import pytest
 import yaml
 from conftest import git, write
-from stemma.registry import Registry, _fastyaml, _snapshot, _specrow, index
+from stemma.registry import Registry, _fastyaml, _snapshot, _specrow, dag, index
 from stemma.registry.errors import ParseError, QueryError, SchemaError, StemmaError
 from stemma.registry.files import digest
 from stemma.registry.query import export_parquet, query, schema
@@ -309,38 +308,24 @@ def test_edges_come_from_specs_so_unbuilt_models_appear(zoo: Any) -> None:
     assert ("unbuilt", "ft1a", "derived_from", "distill") in got
 
 
-def lineage_graph(reg: Registry) -> nx.DiGraph:
-    """child -> parent edges from the specs, built independently of the index."""
-    graph = nx.DiGraph()
-    for name in reg.model_names():
-        graph.add_node(name)
-        src = reg.model_spec(name).source
-        if src is not None:
-            graph.add_edge(name, src.model)
-    return graph
-
-
 def assert_macros_agree(reg: Registry, names: list[str]) -> None:
-    graph = lineage_graph(reg)
+    """The SQL macros against the lineage core, `dag.reach`, over the specs' sources."""
+    parent = {
+        n: src.model for n in reg.model_names() if (src := reg.model_spec(n).source) is not None
+    }
+    children: dict[str, list[str]] = {}
+    for child, up in parent.items():
+        children.setdefault(up, []).append(child)
+    up_edges = {child: [up] for child, up in parent.items()}
     with index.open_index(reg) as opened:  # one connection for the many macro calls
         for name in names:
             up = dict(opened.con.execute("SELECT * FROM ancestors(?)", [name]).fetchall())
-            assert up == {
-                n: d
-                for n, d in nx.single_source_shortest_path_length(graph, name).items()
-                if n != name
-            }
+            assert up == dag.reach(up_edges, name)
             down = dict(opened.con.execute("SELECT * FROM descendants(?)", [name]).fetchall())
-            assert down == {
-                n: d
-                for n, d in nx.single_source_shortest_path_length(
-                    graph.reverse(copy=False), name
-                ).items()
-                if n != name
-            }
+            assert down == dag.reach(children, name)
 
 
-def test_lineage_macros_agree_with_networkx(zoo: Any) -> None:
+def test_lineage_macros_agree_with_the_lineage_core(zoo: Any) -> None:
     reg, _docs = zoo
     assert_macros_agree(reg, reg.model_names())
 
