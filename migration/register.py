@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.files import digest, write_atomic
-from stemma.registry.records import MODEL_MANIFEST, validate_document
-from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.files import digest
+from stemma.registry.records import MODEL_MANIFEST
+from stemma.registry.registry import SPEC_FILE, WEIGHTS_FILE
 
 from .architectures import build_module, head_prefix, infer_architecture, make_config
 from .families import LIBRARY_FAMILIES, read_hf_config
@@ -139,9 +139,10 @@ def register(
     """Import weights as model `name`: weights.safetensors (a DVC output) and a manifest."""
     from stemma.registry.naming import check_name
 
-    from .build import _blob_file, _now, _run_block, importable
+    from .build import _blob_file, _commit, _now, _run_block, importable
     from .data import load_dataset
     from .evaluate import evaluate
+    from .tasks import get as get_task
 
     started, begin = _now(), time.perf_counter()
     importable(reg.repo_root)
@@ -170,7 +171,7 @@ def register(
     datasets: dict[str, Any] = {}
     if data is not None and eval_dataset is not None:
         scored = evaluate(module, data.x_eval, data.y_eval)
-        metrics = {"accuracy": scored["accuracy"], "loss": scored["loss"]}
+        metrics = {m: scored[m] for m in get_task(data.task).metrics}
         per_class = scored["per_class"]
         manifest_ds = reg.dataset_manifest(eval_dataset)
         assert manifest_ds is not None
@@ -202,13 +203,8 @@ def register(
         "per_class": per_class,
         "gates": [],
         "checks": {},
-        "run": _run_block(started, begin, device="cpu", imported_from=Path(weights_path).name),
+        "run": _run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
     }
-    from stemma.registry.files import content_id
-
-    manifest["id"] = content_id(manifest)
-    validate_document(manifest, MODEL_MANIFEST, reg.rel("models", name, MANIFEST_FILE))
-    write_atomic(reg.model_dir(name) / WEIGHTS_FILE, blob)
-    reg.write_model_manifest(name, manifest)
+    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, {WEIGHTS_FILE: blob})
     dvc_track(reg, reg.rel("models", name, WEIGHTS_FILE))
     return manifest
