@@ -57,24 +57,45 @@ def ls(
     repo: RepoOpt = Path("."),
 ) -> None:
     """List declared models and datasets with their build status."""
-    rows = lib.list_entries(Registry.open(repo), kind)
+    reg = Registry.open(repo)
+    rows = lib.list_entries(reg, kind)
+    deprecated = _deprecated(reg) if any(r.kind == "model" for r in rows) else set()
     if json_:
-        emit_json([r.to_dict() for r in rows])
+        emit_json(
+            [
+                {**r.to_dict(), "deprecated": r.name in deprecated}
+                if r.kind == "model"
+                else r.to_dict()
+                for r in rows
+            ]
+        )
         return
     table = []
     for r in rows:
         acc = r.metrics.get("accuracy")
+        deprecated_model = r.kind == "model" and r.name in deprecated
         table.append(
             [
                 r.kind,
                 r.name,
                 r.source or "",
-                r.status,
+                f"{r.status}, deprecated" if deprecated_model else r.status,
                 (r.id or "")[7:19],
                 "" if acc is None else f"{acc:.4f}",
             ]
         )
     print_table(["kind", "name", "source", "status", "id", "accuracy"], table)
+
+
+def _deprecated(reg: Registry) -> set[str]:
+    """Models GTO's tags deprecate; none outside a git repository."""
+    from stemma.registry.errors import GitError
+    from stemma.registry.tags import deprecated_models
+
+    try:
+        return set(deprecated_models(reg))
+    except GitError:
+        return set()
 
 
 def show(

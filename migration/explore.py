@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,12 +154,14 @@ def explore(
     exclude: Iterable[str] = (),
     decide: str | None = None,
     device: str = "auto",
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Ranking:
     """Score every fitting candidate on the dataset's training split and rank them.
 
     `candidates` is a glob over model names or an explicit list; `decide` names the score that
     orders them (default: the first of `scores`). Candidates that are not built or whose input
-    shape differs are listed in `skipped` with the reason.
+    shape differs are listed in `skipped` with the reason. `progress(done, total, model)` is
+    called before each candidate and once at the end (model "").
     """
     names, decided_by = _score_names(scores, decide)
     shape = _dataset_shape(reg, dataset)
@@ -181,7 +183,10 @@ def explore(
         pool = sorted(dict.fromkeys(candidates))
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    for model in (m for m in pool if m not in banned):
+    todo = [m for m in pool if m not in banned]
+    for done, model in enumerate(todo):
+        if progress is not None:
+            progress(done, len(todo), model)
         reason = _misfit(reg, model, shape)
         if reason is not None:
             skipped.append({"model": model, "reason": reason})
@@ -209,6 +214,8 @@ def explore(
                 "extract_seconds": round(extract_seconds, 6),
             }
         )
+    if progress is not None:
+        progress(len(todo), len(todo), "")
     rows.sort(key=lambda row: _order_key(row, decided_by))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank

@@ -191,6 +191,7 @@ def _lock_down(con: duckdb.DuckDBPyConnection) -> None:
         "autoinstall_known_extensions = false",
         "autoload_known_extensions = false",
         "allow_community_extensions = false",
+        "TimeZone = 'UTC'",  # timestamps print as the UTC the manifests record
         "enable_external_access = false",
         "lock_configuration = true",
     ):
@@ -204,10 +205,11 @@ def _load_history(reg: Registry, con: duckdb.DuckDBPyConnection) -> None:
     import numpy as np
 
     try:
-        from .versions import all_history
+        from .versions import all_history, statuses
     except ImportError:
         raise QueryError("--history needs stemma.registry.versions, which is missing") from None
-    versions = [v.to_dict() for v in all_history(reg)]
+    found = all_history(reg)
+    versions = [v.to_dict() for v in found]
 
     def col(key: str) -> Any:
         return np.array(
@@ -215,13 +217,14 @@ def _load_history(reg: Registry, con: duckdb.DuckDBPyConnection) -> None:
         )
 
     rows = {
-        "model": col("name"),
+        "name": col("name"),
         "id": col("id"),
         "commit": col("commit"),
         "date": col("date"),
         "author": col("author"),
         "source_id": col("source_id"),
         "metrics": np.array([json.dumps(v.get("metrics") or {}) for v in versions], dtype=object),
+        "status": np.array(statuses(reg, found) if found else [], dtype=object),
     }
     con.register("version_rows", rows)
     try:
