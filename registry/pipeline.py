@@ -18,6 +18,7 @@ from .dag import build_order as dag_order
 from .naming import parse_source
 from .records import ModelSpec
 from .registry import DATA_FILE, MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE, Registry
+from .taskspec import CLASSIFICATION, MAIN_METRIC, declared_task
 from .yamlio import dump_yaml, load_yaml_text
 
 PIPELINE_FILE = "dvc.yaml"
@@ -188,7 +189,7 @@ def render_dict(reg: Registry) -> dict[str, Any]:
             ],
             "metrics": [_out(reg.rel(*folder, "metrics.json"), cache=False)],
             "plots": [
-                _out(reg.rel(*folder, "curve.json"), cache=False, x="epoch", y="eval_accuracy")
+                _out(reg.rel(*folder, "curve.json"), cache=False, x="epoch", y=_curve_y(reg, spec))
             ],
         }
         if GTO_NAME.match(name):
@@ -206,6 +207,14 @@ def render_dict(reg: Registry) -> dict[str, Any]:
     if artifacts:
         doc["artifacts"] = artifacts
     return doc
+
+
+def _curve_y(reg: Registry, spec: ModelSpec) -> str:
+    """The curve's eval metric to plot: the main metric of the task the specs declare (not
+    the built data's, so that dvc.yaml follows from the specs alone)."""
+    dataset = spec.train
+    declared = declared_task(reg.dataset_spec(dataset).raw) if reg.has_dataset(dataset) else None
+    return f"eval_{MAIN_METRIC[declared or CLASSIFICATION]}"
 
 
 def _exploration_stage(reg: Registry, name: str, spec: ModelSpec) -> dict[str, Any]:
