@@ -194,6 +194,11 @@ def lineage_index(g: GraphLike) -> LineageIndex:
     return index
 
 
+def remember_index(g: nx.MultiDiGraph, index: LineageIndex) -> None:
+    """Keep `index` (built from the records `g` was drawn from) as the graph's index."""
+    g.graph[_CACHE_KEY] = ((g.number_of_nodes(), g.number_of_edges()), index)
+
+
 def ancestors(g: GraphLike, name: str) -> list[str]:
     """Node keys of NAME's source models, nearest first."""
     return lineage_index(g).ancestors(name)

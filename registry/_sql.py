@@ -11,14 +11,16 @@ import re
 from .status import BUILT, REGISTERED, STALE, UNBUILT
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "8"
+FORMAT = "9"
 
 TABLES = """
 CREATE SCHEMA raw;
 CREATE TABLE raw.meta(key VARCHAR, value VARCHAR);
 CREATE TABLE raw.model_specs(
     name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, relation VARCHAR,
-    train VARCHAR, eval VARCHAR, family VARCHAR, description VARCHAR, tags VARCHAR[]);
+    train VARCHAR, eval VARCHAR, family VARCHAR, description VARCHAR, tags VARCHAR[],
+    checks VARCHAR[],  -- datasets of the forgetting and drift checks, in that order
+    candidates VARCHAR);  -- the glob of an exploration's candidates (source: auto)
 CREATE TABLE raw.dataset_specs(
     name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, description VARCHAR,
     tags VARCHAR[]);
@@ -134,6 +136,19 @@ MODEL_SPEC_OK = f"""path LIKE 'models/%' AND {_COMMON_OK}
 
 DATASET_SPEC_OK = f"path LIKE 'datasets/%' AND {_COMMON_OK} AND json_type(v[1]) = 'VARCHAR'"
 
+
+def _text_at(path: str) -> str:
+    """The text at JSON `path` of the spec (column `spec`), NULL where it is not text: the
+    same for every spec, so both ways of indexing specs pick these alike."""
+    picked = f"json_extract_string(spec, '{path}')"
+    return f"CASE WHEN json_type(spec, '{path}') = 'VARCHAR' THEN {picked} END"
+
+
+# The lineage graph's extra fields of a model spec, as `stemma.lineage.graph` reads them.
+_LINEAGE_FIELDS = f"""list_filter([{_text_at("$.checks.forgetting.data")},
+                    {_text_at("$.checks.drift.data")}], lambda x: x IS NOT NULL),
+       {_text_at("$.source.candidates")}"""
+
 INSERT_MODEL_SPECS = f"""
 INSERT INTO raw.model_specs
 SELECT name, path, digest,
@@ -142,7 +157,7 @@ SELECT name, path, digest,
        v[5] ->> '$', coalesce(v[6] ->> '$', v[5] ->> '$'),
        CASE WHEN json_type(v[8]) = 'VARCHAR' THEN v[8] ->> '$' END,
        CASE WHEN json_type(v[9]) = 'VARCHAR' THEN v[9] ->> '$' END,
-       CAST(v[10] AS VARCHAR[])
+       CAST(v[10] AS VARCHAR[]), {_LINEAGE_FIELDS}
 FROM staged_specs WHERE {MODEL_SPEC_OK}"""
 
 INSERT_DATASET_SPECS = f"""
@@ -157,10 +172,10 @@ SELECT path, spec FROM staged_specs
 WHERE NOT coalesce(({MODEL_SPEC_OK}) OR ({DATASET_SPEC_OK}), false) ORDER BY path"""
 
 # Rows picked in Python (`_specrow.spec_row`, columns `_specrow.SPEC_COLUMNS`) for flagged specs.
-INSERT_MODEL_SPEC_ROWS = """
+INSERT_MODEL_SPEC_ROWS = f"""
 INSERT INTO raw.model_specs
 SELECT split_part(path, '/', 2), path, digest, source, relation, train, eval, family,
-       description, CAST(spec::JSON->'$.tags' AS VARCHAR[])
+       description, CAST(spec::JSON->'$.tags' AS VARCHAR[]), {_LINEAGE_FIELDS}
 FROM spec_fields WHERE path LIKE 'models/%'"""
 
 INSERT_DATASET_SPEC_ROWS = """

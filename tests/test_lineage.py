@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 import networkx as nx
@@ -368,3 +369,25 @@ def test_deep_chains_render_and_query() -> None:
     assert query.descendants(g, "m00000")[-1] == "model:m01499"
     tree = render(g, ["model:m00000", *query.descendants(g, "m00000")], "tree")
     assert tree.splitlines()[-1] == " " * 4 * 1498 + "└── m01499 [unbuilt]"
+
+
+def test_records_from_the_index_match_records_from_the_files(family: Registry) -> None:
+    from stemma.lineage import graph as graph_module
+
+    root = family.root
+    write(  # a model that picks its source by exploration, with checks
+        root / "models/picked/spec.yaml",
+        "source: {model: auto, candidates: 'ft*', relation: adapter}\n"
+        "data: {train: digits-5to9}\n"
+        "checks: {forgetting: {data: digits-0to4, max_drop: 0.1}, drift: {data: digits-5to9}}\n",
+    )
+    (root / "models/ft/spec.yaml").write_text(  # stale: the spec changed since the build
+        (root / "models/ft/spec.yaml").read_text() + "description: changed\n"
+    )
+    shutil.move(root / "models/base/spec.yaml", root / "base-spec.yaml")  # registered
+    reg = Registry.open(family.repo_root)
+    indexed = graph_module._indexed_records(reg)
+    assert indexed == graph_module._file_records(Registry.open(family.repo_root))
+    states = {m.name: m.status for m in indexed[0]}
+    assert states["base"] == "registered" and states["ft"] == "stale"
+    assert {m.name: m.candidates for m in indexed[0]}["picked"] == ("ft", "ft-a", "ft-a1", "ft-b")
