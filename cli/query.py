@@ -38,7 +38,10 @@ export_app = typer.Typer(
 
 def register(app: typer.Typer) -> None:
     """Mount `query` and the `export` sub-app on the root app."""
+    from . import export
+
     app.command("query")(query)
+    export.register(export_app)
     app.add_typer(export_app, name="export")
 
 

@@ -1,12 +1,15 @@
 """Build datasets and models from their specs; the work behind `stemma build` and `dvc repro`.
 
-A build reads everything it needs, trains and evaluates, and only then writes its outputs,
-each atomically and the manifest last: an interrupted build leaves the previous outputs intact.
+A build reads everything it needs, trains and evaluates, and only then switches its outputs
+in as one unit (migration/commit.py): an interrupted or failed build leaves the previous outputs
+intact. A rebuild whose id equals the manifest's in place rewrites no file: the manifest and
+every output stay byte for byte, and the new run's block goes to the untracked `last-run.json`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry import __version__ as STEMMA_VERSION
-from stemma.registry.errors import BuildError
+from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.files import (
     canonical_json,
     content_id,
@@ -26,7 +29,12 @@ from stemma.registry.files import (
     read_json,
     write_atomic,
 )
-from stemma.registry.records import MODEL_MANIFEST, ModelSpec, validate_document
+from stemma.registry.records import (
+    DATASET_MANIFEST,
+    MODEL_MANIFEST,
+    ModelSpec,
+    validate_document,
+)
 from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHTS_FILE
 from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spec_problems
 from torch import nn
@@ -36,6 +44,8 @@ from .checks import check_inputs, run_checks
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
 from .evaluate import evaluate, evaluate_gates
 from .mapping import plan, report, transfer
+from .numerics import mode_of
+from .numerics import record as numerics_record
 from .strategy import Strategy, prepare_target
 from .tasks import get as get_task
 from .train import Progress, TrainConfig, train
@@ -44,6 +54,8 @@ from .weights import load_weights, to_bytes
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "curve.json"
 EXPLORATION_FILE = "exploration.json"
+LAST_RUN_FILE = "last-run.json"
+"""The latest build's run block, git-ignored: an identical rebuild leaves the manifest as is."""
 
 
 def _now() -> str:
@@ -61,14 +73,87 @@ def _blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
     }
 
 
-def _run_block(started: str, begin: float, **extra: Any) -> dict[str, Any]:
+def _run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[str, Any]:
+    """How the build ran: its own work's duration (from `begin`), versions, numerics."""
     return {
         "started": started,
         "duration_s": round(time.perf_counter() - begin, 3),
         "stemma": STEMMA_VERSION,
         "torch": torch.__version__,
+        "numerics": numerics_record(mode_of(reg.settings.defaults)),
         **extra,
     }
+
+
+def _load_training_imports() -> None:
+    """Load what torch imports lazily during training, before a build's clock starts.
+
+    torch.optim's optimizers import torch._dynamo on first use (its eager code calls
+    `torch._dynamo.graph_break()` at every step), about as long as `import torch`: library
+    loading like that, not the build's own work, so `run.duration_s` leaves it out.
+    """
+    import torch._dynamo  # noqa: F401
+
+
+def _non_finite(doc: Any, pointer: str = "") -> str | None:
+    """The JSON pointer of the first NaN or infinity in `doc`, or None."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return pointer
+    items = (
+        doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    )
+    for key, value in items:
+        found = _non_finite(value, f"{pointer}/{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def _commit(
+    reg: Registry,
+    folder: Path,
+    kind: str,
+    manifest: dict[str, Any],
+    schema: str,
+    outputs: Mapping[str, Any],
+) -> None:
+    """Fill in the id, validate, then switch the outputs and the manifest in as one unit.
+
+    `outputs` maps file names to bytes or to JSON documents (written as canonical JSON).
+
+    When a valid manifest with the same id is in place, it stays as it is (the run block is
+    not part of the id): only outputs whose bytes differ are written, usually none.
+    """
+    from .commit import commit
+
+    rel = reg.rel(kind, manifest["name"], MANIFEST_FILE)
+    docs = {name: doc for name, doc in outputs.items() if not isinstance(doc, bytes)}
+    for where, doc in (
+        (rel, manifest),
+        *((reg.rel(kind, manifest["name"], n), d) for n, d in docs.items()),
+    ):
+        pointer = _non_finite(doc)
+        if pointer is not None:
+            raise BuildError(
+                f"{where} at {pointer or '/'}: the build produced a value that is not a finite"
+                " number (training diverged?); nothing was written: lower training.lr or"
+                " check the data"
+            )
+    manifest["id"] = content_id(manifest)
+    validate_document(manifest, schema, rel)
+    try:
+        found = (reg.model_manifest if kind == "models" else reg.dataset_manifest)(manifest["name"])
+    except StemmaError:
+        found = None  # unreadable or invalid: replaced like any changed file
+    same = found is not None and found.id == manifest["id"] == found.computed_id
+    files = {
+        n: b if isinstance(b, bytes) else canonical_json(b).encode() for n, b in outputs.items()
+    }
+    if not same:
+        files[MANIFEST_FILE] = canonical_json(manifest).encode()
+    commit(folder, files)
+    reg.forget(rel)
+    write_atomic(folder / LAST_RUN_FILE, canonical_json(manifest["run"]))
 
 
 # -- datasets -------------------------------------------------------------------------------
@@ -106,9 +191,8 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
         manifest["task"] = arrays.task
     if arrays.class_names is not None:
         manifest["class_names"] = list(arrays.class_names)
-    write_atomic(reg.dataset_dir(name) / DATA_FILE, blob)
-    manifest["run"] = _run_block(started, begin)
-    manifest["id"] = reg.write_dataset_manifest(name, manifest)
+    manifest["run"] = _run_block(reg, started, begin)
+    _commit(reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob})
     return manifest
 
 
@@ -267,6 +351,7 @@ def _class_names(reg: Registry, dataset: str) -> list[str] | None:
 
 def build_model(reg: Registry, name: str, progress: Progress | None = None) -> dict[str, Any]:
     """Build a model from its spec: map, train, evaluate, then write every output atomically."""
+    _load_training_imports()
     started, begin = _now(), time.perf_counter()
     spec = reg.model_spec(name)
     display = spec.path
@@ -387,12 +472,14 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     if searched is not None:  # hyper-parameter search: every trial and the best settings
         manifest["search"] = searched
     manifest["run"] = _run_block(
+        reg,
         started,
         begin,
         device=result.device,
         seed=cfg.seed,
         deterministic=result.deterministic,
         threads=result.threads,
+        train_s=round(result.train_seconds, 3),
     )
     _write_model(reg, name, manifest, blob, metrics, result.curve)
     return manifest
@@ -406,14 +493,9 @@ def _write_model(
     metrics: Mapping[str, float],
     curve: list[dict[str, Any]],
 ) -> None:
-    """Validate first, then write weights, metrics, curve and (last) the manifest."""
-    manifest["id"] = content_id(manifest)
-    validate_document(manifest, MODEL_MANIFEST, reg.rel("models", name, MANIFEST_FILE))
-    folder = reg.model_dir(name)
-    write_atomic(folder / WEIGHTS_FILE, blob)
-    write_atomic(folder / METRICS_FILE, canonical_json(dict(metrics)))
-    write_atomic(folder / CURVE_FILE, canonical_json(curve))
-    reg.write_model_manifest(name, manifest)
+    """Validate, then switch weights, metrics, curve and the manifest in as one unit."""
+    outputs = {WEIGHTS_FILE: blob, METRICS_FILE: dict(metrics), CURVE_FILE: curve}
+    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
 
 
 def register_model(
@@ -492,10 +574,7 @@ def register_model(
         "per_class": per_class,
         "gates": [],
         "checks": {},
-        "run": _run_block(started, begin, device="cpu", imported_from=Path(weights_path).name),
+        "run": _run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
     }
-    manifest["id"] = content_id(manifest)
-    validate_document(manifest, MODEL_MANIFEST, reg.rel("models", name, MANIFEST_FILE))
-    write_atomic(reg.model_dir(name) / WEIGHTS_FILE, blob)
-    reg.write_model_manifest(name, manifest)
+    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, {WEIGHTS_FILE: blob})
     return manifest

@@ -127,6 +127,8 @@ def test_deregistered_version_is_not_served(registry: Registry, tagged: dict[str
     ]
     logged = json.loads(cli(["log", "base", "--json"], repo).stdout)
     assert [e["status"] for e in logged] == ["active", "deregistered"]
+    text = cli(["log", "base"], repo).stdout
+    assert "v0.1.0 (deregistered)" in text
     rows = json.loads(
         cli(
             ["query", "--history", "--json", "SELECT id, status FROM versions ORDER BY date"], repo
@@ -165,6 +167,7 @@ def test_deprecated_model(registry: Registry, tagged: dict[str, Any], cli: Any) 
     # its history stays readable by id
     assert v.resolve(registry, f"base@{tagged['ids'][0][7:19]}").id == tagged["ids"][0]
     assert {e.status for e in v.log(registry, "base")} == {"deprecated"}
+    assert "base is deprecated" in cli(["log", "base"], repo).stdout
     listed = json.loads(cli(["ls", "--json"], repo).stdout)
     assert [r.get("deprecated") for r in listed if r["name"] == "base"] == [True]
     assert "deprecated" in cli(["ls"], repo).stdout

@@ -27,6 +27,11 @@ READ_COMMANDS = [
     ["lineage", "show", "base", "--json"],
     ["audit", "--base", "HEAD", "--json"],
     ["export", "parquet", "out/parquet"],
+    ["export", "card", "ft", "out/card"],
+    ["export", "openlineage", "--output", "out/events.jsonl"],
+    ["tag", "base", "v1.0.0"],
+    ["promote", "base", "prod"],
+    ["show", "base@prod", "--json"],
 ]
 
 

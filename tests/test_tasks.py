@@ -140,6 +140,20 @@ def test_every_task_builds_through_dvc_repro(registry: Registry, cli) -> None:
     assert manifest("img-clf")["metrics"]["accuracy"] == 1.0  # type: ignore[index]
     print(json.dumps({n: manifest(n)["metrics"] for n in ("reg", "tier-clf", "reg-ft", "tagger")}))
 
+    report = cli(["report", "tier-clf"], repo).stdout
+    assert "per class: 0 high" in report and "task: classification" in report
+    assert "eval r2" in cli(["report", "reg"], repo).stdout
+
+    # exploration ranks sources for a regression target by LogME's regression form
+    res = cli(["explore", "diab", "--score", "all", "--candidates", "tier-clf", "--json"], repo)
+    assert res.code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["scores"] == ["logme"] and doc["selected"] == "tier-clf"
+    assert isinstance(doc["ranking"][0]["scores"]["logme"], float)
+    assert sorted(doc["not_applicable"]) == ["hscore", "knn", "leep", "nce"]
+    res = cli(["explore", "diab", "--score", "leep"], repo)
+    assert res.code == 1 and "'leep' does not apply to the regression dataset" in res.stderr
+
     # a new image makes the image folder's dataset stage (and only the data stages) stale
     assert "changed" not in dvc(repo, "status")
     _png(repo / "data/imgs/light/new.png", 210, 999)
