@@ -114,6 +114,7 @@ def _declared_sources(reg: Registry) -> dict[str, str]:
 def build_order(reg: Registry) -> list[str]:
     """Model names, every model after its source (then by name); raises `LineageCycle`."""
     deps: dict[str, list[str]] = {}
+    declared = set(reg.model_names())  # `has_model` searches a list: 10,000 times 10,000
     for name in reg.model_names():
         spec = reg.model_spec(name)
         src = spec.source
@@ -122,7 +123,7 @@ def build_order(reg: Registry) -> list[str]:
         elif src.auto:
             deps[name] = candidates(reg, name, spec)
         else:
-            deps[name] = [src.model] if reg.has_model(src.model) else []
+            deps[name] = [src.model] if src.model in declared else []
     return dag_order(deps)
 
 
@@ -234,7 +235,19 @@ def _exploration_stage(reg: Registry, name: str, spec: ModelSpec) -> dict[str, A
 
 def render(reg: Registry) -> str:
     """The dvc.yaml text for the registry's specs (deterministic)."""
-    return HEADER + dump_yaml(render_dict(reg))
+    return HEADER + _dump(render_dict(reg))
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    """`yamlio.dump_yaml`'s text, written by libyaml's emitter where PyYAML has it: the same
+    bytes (tests compare the two), in less than half the time on a large pipeline."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", None)
+    if dumper is None:
+        return dump_yaml(doc)
+    text: str = yaml.dump(doc, Dumper=dumper, sort_keys=False, default_flow_style=False, width=100)
+    return text
 
 
 def current(reg: Registry) -> str | None:
