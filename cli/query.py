@@ -59,6 +59,10 @@ def query(
     schema: Annotated[
         bool, typer.Option("--schema", help="List the views and their columns instead.")
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0.001, help="Stop the query after this many seconds."),
+    ] = 30.0,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Run read-only SQL over every spec and manifest (DuckDB, refreshed incrementally)."""
@@ -70,7 +74,7 @@ def query(
         return
     if not sql or not sql.strip():
         raise fail("give a SQL query (or --schema to list the views)", code=2)
-    result = lib.query(reg, sql, history=history)
+    result = lib.query(reg, sql, history=history, timeout=timeout)
     if format_ is Format.json:
         emit_json(result.to_json())
     elif format_ is Format.csv:

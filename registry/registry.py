@@ -8,14 +8,14 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
-    ConsistencyError,
     DatasetNotFound,
     ModelNotFound,
+    PathEscape,
     RegistryExists,
     RegistryNotFound,
     StemmaError,
 )
-from .files import canonical_json, content_id, write_atomic
+from .files import canonical_json, confined, content_id, write_atomic
 from .records import (
     DATASET_MANIFEST,
     DATASET_SPEC,
@@ -117,7 +117,13 @@ class Registry:
             doc = parse_yaml_document(text, SETTINGS, SETTINGS_FILE)
         settings = Settings.from_dict(doc)
         reg = cls(repo_root, settings, tree)
-        reg.resolve(".", pointer="/root", display=SETTINGS_FILE)
+        base = repo_root.resolve()
+        if reg.root != base and base not in reg.root.parents:
+            raise PathEscape(
+                SETTINGS_FILE,
+                f"root {settings.root!r} lies outside the repository; name a folder inside it",
+                pointer="/root",
+            )
         return reg
 
     @classmethod
@@ -160,21 +166,31 @@ class Registry:
         return str(PurePosixPath(self.rel_root, *parts))
 
     def model_dir(self, name: str) -> Path:
-        """Folder of a model."""
-        return self.root / "models" / name
+        """Folder of a model; `PathEscape` when it resolves outside the registry root."""
+        return self._folder("models", name)
 
     def dataset_dir(self, name: str) -> Path:
-        """Folder of a dataset."""
-        return self.root / "datasets" / name
+        """Folder of a dataset; `PathEscape` when it resolves outside the registry root."""
+        return self._folder("datasets", name)
+
+    def _folder(self, kind: str, name: str) -> Path:
+        # Every read and write of a model's or dataset's files goes through here: a folder
+        # (or models/, datasets/) linked to somewhere else is refused, never followed.
+        folder = self.root / kind / name
+        confined(folder, self.root, self.rel(kind, name))
+        return folder
 
     def resolve(self, relpath: str, pointer: str = "", display: str = "") -> Path:
         """A path from a spec, resolved and confined to the repository."""
-        target = (self.root / relpath).resolve()
+        where = display or "path"
+        try:
+            target = (self.root / relpath).resolve()
+        except (OSError, ValueError):
+            raise PathEscape(where, f"cannot resolve {relpath!r:.80}", pointer=pointer) from None
         base = self.repo_root.resolve()
         if target != base and base not in target.parents:
-            raise ConsistencyError(
-                f"{display or 'path'}{' at ' + pointer if pointer else ''}: path {relpath!r}"
-                " escapes the registry root"
+            raise PathEscape(
+                where, f"path {relpath!r:.80} lies outside the repository", pointer=pointer
             )
         return target
 
@@ -268,12 +284,13 @@ class Registry:
 
     # -- querying -------------------------------------------------------------------------
 
-    def query(self, sql: str, history: bool = False) -> QueryResult:
+    def query(self, sql: str, history: bool = False, timeout: float = 30.0) -> QueryResult:
         """Run read-only SQL over the DuckDB index (views models, datasets, edges, layers,
-        metrics; `versions` with history); `.rows`, `.arrow()`, `.df()` on the result."""
+        metrics; `versions` with history), stopped after `timeout` seconds; `.rows`,
+        `.arrow()`, `.df()` on the result."""
         from .query import query
 
-        return query(self, sql, history=history)
+        return query(self, sql, history=history, timeout=timeout)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -292,7 +309,7 @@ class Registry:
         full["id"] = content_id(full)
         path = self.rel(kind, name, MANIFEST_FILE)
         validate_document(full, schema, path)
-        write_atomic(self.repo_root / path, canonical_json(full))
+        write_atomic(self._folder(kind, name) / MANIFEST_FILE, canonical_json(full))
         self._cache.pop(("doc", path), None)
         return str(full["id"])
 
