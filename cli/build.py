@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from stemma.registry import Registry
-from stemma.registry.errors import StemmaError
+from stemma.registry.errors import UsageError
 
 from ._common import RepoOpt
 
@@ -90,7 +90,7 @@ def _ints(text: str | None, option: str) -> list[int] | None:
     try:
         return [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
     except ValueError:
-        raise StemmaError(f"{option} expects comma-separated integers, got {text!r}") from None
+        raise UsageError(f"{option} expects comma-separated integers, got {text!r}") from None
 
 
 def register(
@@ -146,7 +146,7 @@ def register(
         if entrypoint is not None:
             arch["entrypoint"] = entrypoint
     elif hidden or channels or entrypoint:
-        raise StemmaError("--hidden, --channels and --entrypoint need --family")
+        raise UsageError("--hidden, --channels and --entrypoint need --family")
     manifest = register_model(
         Registry.open(repo),
         name,

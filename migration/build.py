@@ -26,6 +26,7 @@ from stemma.registry.files import (
     read_json,
     write_atomic,
 )
+from stemma.registry.gate import check_buildable
 from stemma.registry.records import MODEL_MANIFEST, ModelSpec, validate_document
 from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHTS_FILE
 from torch import nn
@@ -75,6 +76,7 @@ def _run_block(started: str, begin: float, **extra: Any) -> dict[str, Any]:
 def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     """Materialize a dataset spec, write data.npz and its manifest; returns the manifest."""
     started, begin = _now(), time.perf_counter()
+    check_buildable(reg, "dataset", name)
     spec = reg.dataset_spec(name)
     arrays = materialize(
         spec.raw,
@@ -221,6 +223,7 @@ def _data(reg: Registry, spec: ModelSpec) -> tuple[DatasetArrays, DatasetArrays,
 def build_model(reg: Registry, name: str, progress: Progress | None = None) -> dict[str, Any]:
     """Build a model from its spec: map, train, evaluate, then write every output atomically."""
     started, begin = _now(), time.perf_counter()
+    check_buildable(reg, "model", name)
     spec = reg.model_spec(name)
     display = spec.path
     defaults = dict(reg.settings.defaults.get("training") or {})

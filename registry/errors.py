@@ -143,3 +143,9 @@ class QueryError(StemmaError):
     """A query that failed or was refused."""
 
     code = "query"
+
+
+class InvalidFolderName(LocatedError, InvalidName):
+    """A model or dataset folder whose name breaks the naming grammar."""
+
+    code = "invalid-name"

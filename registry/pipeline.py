@@ -71,7 +71,8 @@ def build_order(reg: Registry) -> list[str]:
             return
         if state.get(node) == 1:
             loop = [*trail[trail.index(node) :], node]
-            raise ConsistencyError("lineage cycle: " + " -> ".join(loop))
+            where = reg.rel("models", loop[0], SPEC_FILE)
+            raise ConsistencyError(f"{where} at /source/model: lineage cycle: " + " -> ".join(loop))
         state[node] = 1
         for parent in sorted(parents[node]):
             visit(parent, [*trail, node])

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     DatasetNotFound,
+    InvalidFolderName,
+    InvalidName,
     ModelNotFound,
     PathEscape,
     RegistryExists,
@@ -234,9 +236,7 @@ class Registry:
             if manifest is None:
                 raise ModelNotFound(name, hint=self._hint(name, self.model_names()))
             return ModelSpec(name, manifest.path, manifest.raw["spec"], registered=True)
-        from .naming import check_name
-
-        check_name(name, "model name")
+        self._check_name(name, "model", path)
         return ModelSpec.from_dict(name, doc, path)
 
     def dataset_spec(self, name: str) -> DatasetSpec:
@@ -245,10 +245,18 @@ class Registry:
         doc = self._load(path, DATASET_SPEC, yaml=True)
         if doc is None:
             raise DatasetNotFound(name, hint=self._hint(name, self.dataset_names()))
+        self._check_name(name, "dataset", path)
+        return DatasetSpec.from_dict(name, doc, path)
+
+    @staticmethod
+    def _check_name(name: str, kind: str, path: str) -> None:
+        """Raise the located error of a folder name that breaks the naming grammar."""
         from .naming import check_name
 
-        check_name(name, "dataset name")
-        return DatasetSpec.from_dict(name, doc, path)
+        try:
+            check_name(name, f"{kind} name")
+        except InvalidName as exc:
+            raise InvalidFolderName(path, f"{exc.message}; rename the folder") from None
 
     def model_manifest(self, name: str) -> Manifest | None:
         """The model's manifest, or None when it has not been built."""
