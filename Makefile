@@ -7,14 +7,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install demo test lint typecheck bench clean
 
-$(STAMP): pyproject.toml registry/_statfolders.c
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch and torchvision as one pinned pair that lies on this disk: the torch 2.13.0 CPU wheel
 	# has no torchvision build that loads beside it (0.28.0's ops link libtorch_cuda), and timm
 	# needs torchvision.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,build]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,7 +9,7 @@ Two settings:
 Latencies are per query over `--samples` random models (median, p95, max, in milliseconds),
 plus the worst cases: the descendants of the largest family's root and an impact of a dataset.
 
-    python benchmarks/bench_lineage.py --models 100000 --nodes 1000000
+    python benchmarks/bench_lineage.py --models 10000 --nodes 1000000
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def bench_memory(n_nodes: int, samples: int, seed: int, networkx: bool) -> dict[
 def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=100_000, help="models on disk (0: skip)")
+    parser.add_argument("--models", type=int, default=10_000, help="models on disk (0: skip)")
     parser.add_argument("--nodes", type=int, default=1_000_000, help="nodes in memory (0: skip)")
     parser.add_argument("--samples", type=int, default=1000, help="queries per measurement")
     parser.add_argument("--seed", type=int, default=0, help="random seed")

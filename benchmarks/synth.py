@@ -1,9 +1,9 @@
 """Synthetic registries for benchmarks: realistic specs and schema-valid manifests, no weights.
 
     from synth import generate            # with benchmarks/ on sys.path
-    generate(Path("/tmp/reg"), 100_000, shape="mixed", seed=0)
+    generate(Path("/tmp/reg"), 10_000, shape="mixed", seed=0)
 
-or from a shell: `python benchmarks/synth.py /tmp/reg 100000 --shape mixed`.
+or from a shell: `python benchmarks/synth.py /tmp/reg 10000 --shape mixed`.
 
 Shapes of the lineage:
 - "mixed": families of `family_size` models; each family has one root trained from scratch and
@@ -17,7 +17,7 @@ Manifests carry consistent ids: `spec_digest` is the digest of the spec written 
 `source.id` is the parent's manifest id and dataset ids are those of the dataset manifests,
 so `stemma validate` and staleness checks see a registry that is entirely built and fresh.
 Files are written directly (not through `Registry.write_model_manifest`, which validates each
-document with jsonschema and would make a 100,000-model registry take minutes to generate).
+document with jsonschema and would make a 10,000-model registry take a minute to generate).
 """
 
 from __future__ import annotations

@@ -109,13 +109,26 @@ class RootGroup(FunnelGroup):
         """Every command name, without importing any command."""
         return list(self.commands)
 
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; a module of an uninstalled extra is one line naming the extra."""
+        from ._common import debug_enabled, fail
+        from ._extras import missing_extra
+
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            message = missing_extra(exc)
+            if message is None or debug_enabled():
+                raise
+            raise fail(message) from None
+
 
 app = typer.Typer(
     name="stemma",
     cls=RootGroup,
     help="A declarative, git-versioned registry for models derived by transfer learning.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import RepoOpt
+from ._common import JsonOpt, RepoOpt
 
 
 class AuditFormat(str, enum.Enum):
@@ -37,11 +37,14 @@ def audit(
     fmt: Annotated[
         AuditFormat, typer.Option("--format", "-f", help="Report format: md (Markdown) or json.")
     ] = AuditFormat.md,
+    json_: JsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Compare two states of the registry; exit 1 when the head state has violations."""
     from stemma.lineage.audit import audit as run_audit
 
+    if json_:
+        fmt = AuditFormat.json
     report = run_audit(repo, base, head)
     sys.stdout.write(report.to_markdown() if fmt is AuditFormat.md else report.to_json())
     if report.violations:

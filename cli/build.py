@@ -1,6 +1,8 @@
 """`stemma build dataset|model NAME` (run by `dvc repro`) and `stemma register NAME`.
 
-torch is imported inside the commands, so read-only commands never pay for it.
+torch is imported inside the commands, so read-only commands never pay for it. Each build
+command first pins the numeric mode of stemma.yaml (migration/numerics.py), which must happen
+before anything imports torch in this process.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ NameArg = Annotated[
 @app.command("dataset")
 def dataset(name: NameArg, repo: RepoOpt = Path(".")) -> None:
     """Materialize a dataset spec: write data.npz and manifest.json."""
+    from stemma.migration.numerics import pin_for_repo
+
+    pin_for_repo(repo)  # before torch loads
     from stemma.migration.build import build_dataset
 
     manifest = build_dataset(Registry.open(repo), name)
@@ -33,9 +38,17 @@ def dataset(name: NameArg, repo: RepoOpt = Path(".")) -> None:
     typer.echo(
         f"built dataset {name}: {splits['train']['samples']} train /"
         f" {splits['eval']['samples']} eval samples of shape"
-        f" {'x'.join(map(str, manifest['shape']))}, {len(manifest['classes'])} classes,"
+        f" {'x'.join(map(str, manifest['shape']))}, {_targets(manifest)},"
         f" id {manifest['id'][7:19]}"
     )
+
+
+def _targets(manifest: Mapping[str, Any]) -> str:
+    """What a dataset's labels are: classes, labels or regression targets."""
+    task = manifest.get("task", "classification")
+    if task == "regression":
+        return "regression targets"
+    return f"{len(manifest['classes'])} {'labels' if task == 'multilabel' else 'classes'}"
 
 
 @contextmanager
@@ -54,7 +67,11 @@ def _epoch_bar(name: str) -> Iterator[Any]:
         task = bar.add_task(f"training {name}", total=None, info="")
 
         def update(epoch: int, total: int, info: Mapping[str, Any]) -> None:
-            text = f"loss {info['train_loss']:.4f}  eval acc {info['eval_accuracy']:.4f}"
+            # the curve's eval metric is the task's main one (accuracy, r2, map)
+            metric, value = next(
+                (k, v) for k, v in info.items() if k.startswith("eval_") and k != "eval_loss"
+            )
+            text = f"loss {info['train_loss']:.4f}  {metric.replace('_', ' ')} {value:.4f}"
             bar.update(task, completed=epoch, total=total, info=text)
 
         yield update
@@ -67,6 +84,9 @@ def model(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Build a model from its spec: map the source, train, evaluate, write weights and manifest."""
+    from stemma.migration.numerics import pin_for_repo
+
+    pin_for_repo(repo)  # before torch loads
     from stemma.migration.build import build_model
 
     reg = Registry.open(repo)

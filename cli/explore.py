@@ -6,6 +6,9 @@ torch is imported inside the command, so the rest of the CLI never pays for it.
 from __future__ import annotations
 
 import enum
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +16,7 @@ import typer
 from stemma.registry import Registry
 
 from ._common import JsonOpt, RepoOpt, console, emit_json, fail
+from ._wide import print_whole
 
 
 class ScoreChoice(str, enum.Enum):
@@ -77,13 +81,40 @@ def explore(
         names, decide = tuple(SCORES), lib.DEFAULT_SCORE
     else:
         names, decide = (score.value,), score.value
-    ranking = lib.explore(reg, dataset, candidates, scores=names, decide=decide)
+    with _progress() as progress:
+        ranking = lib.explore(
+            reg, dataset, candidates, scores=names, decide=decide, progress=progress
+        )
     if json_:
         emit_json(ranking.to_dict())
     else:
         _render(ranking.to_dict(), dataset)
     if ranking.selected is None:
         raise fail(f"no candidate matching {candidates!r} fits dataset {dataset!r}")
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[int, int, str], None] | None]:
+    """A progress bar on stderr while candidates are scored, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("scoring {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("candidates", total=None)
+
+        def update(done: int, total: int, model: str) -> None:
+            bar.update(task, completed=done, total=total, description=model or "done")
+
+        yield update
 
 
 def _render(doc: dict[str, Any], dataset: str) -> None:
@@ -97,20 +128,22 @@ def _render(doc: dict[str, Any], dataset: str) -> None:
     table.add_column("rank", justify="right")
     table.add_column("model", no_wrap=True)
     for name in doc["scores"]:
-        table.add_column(name, justify="right")
-    table.add_column("extract", justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("extract", justify="right", no_wrap=True)
     for row in doc["ranking"]:
         cells = [str(row["rank"]), row["model"]]
         for name in doc["scores"]:
             value = row["scores"][name]
             # the value, and under it the time the score took
-            shown = "n/a" if value is None else f"{value:.4f}"
+            shown = "n/a" if value is None else repr(value)  # the whole recorded value
             cells.append(f"{shown}\n[dim]{_ms(row['seconds'][name])}[/dim]")
         cells.append(f"\n[dim]{_ms(row['extract_seconds'])}[/dim]")
         table.add_row(*cells)
-    out.print(table)
+    print_whole(out, table)  # every score in full, past 80 columns
     for skip in doc["skipped"]:
         out.print(f"skipped {skip['model']}: {skip['reason']}")
+    for score, why in sorted((doc.get("not_applicable") or {}).items()):
+        out.print(f"{score} does not apply to this dataset: {why}")
     if doc["selected"] is not None:
         chosen, score = doc["selected"], doc["decided_by"]
         out.print(f"recommended source: [bold]{chosen}[/bold] (highest {score})")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from stemma.registry import Registry
 
-from ._common import RepoOpt
+from ._common import JsonOpt, RepoOpt
 
 if TYPE_CHECKING:
     from stemma.lineage.query import LineageIndex
@@ -54,6 +54,11 @@ RevOpt = Annotated[
 ]
 
 
+def _fmt(fmt: Format, json_: bool) -> Format:
+    """--json is --format json."""
+    return Format.json if json_ else fmt
+
+
 def _run(
     pick: Callable[[LineageIndex, str], list[str]],
     name: str,
@@ -74,36 +79,53 @@ def _run(
 
 @app.command("show")
 def show(
-    name: NameArg, fmt: FormatOpt = Format.tree, rev: RevOpt = None, repo: RepoOpt = Path(".")
+    name: NameArg,
+    fmt: FormatOpt = Format.tree,
+    rev: RevOpt = None,
+    json_: JsonOpt = False,
+    repo: RepoOpt = Path("."),
 ) -> None:
     """The neighbourhood of NAME: its ancestors, its descendants and its datasets."""
     from stemma.lineage.query import neighbourhood
 
-    _run(neighbourhood, name, fmt, rev, repo)
+    _run(neighbourhood, name, _fmt(fmt, json_), rev, repo)
 
 
 @app.command("ancestors")
 def ancestors(
-    name: NameArg, fmt: FormatOpt = Format.tree, rev: RevOpt = None, repo: RepoOpt = Path(".")
+    name: NameArg,
+    fmt: FormatOpt = Format.tree,
+    rev: RevOpt = None,
+    json_: JsonOpt = False,
+    repo: RepoOpt = Path("."),
 ) -> None:
     """NAME and the models it derives from, up to a model trained from scratch."""
-    _run(lambda ix, n: [*reversed(ix.ancestors(n)), n], name, fmt, rev, repo)
+    _run(lambda ix, n: [*reversed(ix.ancestors(n)), n], name, _fmt(fmt, json_), rev, repo)
 
 
 @app.command("descendants")
 def descendants(
-    name: NameArg, fmt: FormatOpt = Format.tree, rev: RevOpt = None, repo: RepoOpt = Path(".")
+    name: NameArg,
+    fmt: FormatOpt = Format.tree,
+    rev: RevOpt = None,
+    json_: JsonOpt = False,
+    repo: RepoOpt = Path("."),
 ) -> None:
     """NAME and every model deriving from it (for a dataset: the models using it)."""
-    _run(lambda ix, n: [n, *ix.descendants(n)], name, fmt, rev, repo)
+    _run(lambda ix, n: [n, *ix.descendants(n)], name, _fmt(fmt, json_), rev, repo)
 
 
 @app.command("impact")
 def impact(
-    name: NameArg, fmt: FormatOpt = Format.tree, rev: RevOpt = None, repo: RepoOpt = Path(".")
+    name: NameArg,
+    fmt: FormatOpt = Format.tree,
+    rev: RevOpt = None,
+    json_: JsonOpt = False,
+    repo: RepoOpt = Path("."),
 ) -> None:
     """What `dvc repro` would rebuild if NAME changed, in build order (as a numbered list
     with --format tree)."""
+    fmt = _fmt(fmt, json_)
     if fmt is Format.tree:
         # A build order is a list, not a tree: print it as one, numbered.
         from stemma.lineage.graph import build_graph

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from stemma.registry import Registry
 
-from ._common import RepoOpt, console, emit_json, fail, print_table, styled_output
+from ._common import JsonOpt, RepoOpt, console, emit_json, fail, print_table, styled_output
 
 if TYPE_CHECKING:
     from stemma.registry.query import QueryResult
@@ -38,7 +38,10 @@ export_app = typer.Typer(
 
 def register(app: typer.Typer) -> None:
     """Mount `query` and the `export` sub-app on the root app."""
+    from . import export
+
     app.command("query")(query)
+    export.register(export_app)
     app.add_typer(export_app, name="export")
 
 
@@ -63,10 +66,14 @@ def query(
         float,
         typer.Option("--timeout", min=0.001, help="Stop the query after this many seconds."),
     ] = 30.0,
+    json_: JsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Run read-only SQL over every spec and manifest (DuckDB, refreshed incrementally)."""
     from stemma.registry import query as lib
+
+    if json_:
+        format_ = Format.json
 
     reg = Registry.open(repo)
     if schema:

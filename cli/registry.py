@@ -57,24 +57,45 @@ def ls(
     repo: RepoOpt = Path("."),
 ) -> None:
     """List declared models and datasets with their build status."""
-    rows = lib.list_entries(Registry.open(repo), kind)
+    reg = Registry.open(repo)
+    rows = lib.list_entries(reg, kind)
+    deprecated = _deprecated(reg) if any(r.kind == "model" for r in rows) else set()
     if json_:
-        emit_json([r.to_dict() for r in rows])
+        emit_json(
+            [
+                {**r.to_dict(), "deprecated": r.name in deprecated}
+                if r.kind == "model"
+                else r.to_dict()
+                for r in rows
+            ]
+        )
         return
     table = []
     for r in rows:
         acc = r.metrics.get("accuracy")
+        deprecated_model = r.kind == "model" and r.name in deprecated
         table.append(
             [
                 r.kind,
                 r.name,
                 r.source or "",
-                r.status,
+                f"{r.status}, deprecated" if deprecated_model else r.status,
                 (r.id or "")[7:19],
                 "" if acc is None else f"{acc:.4f}",
             ]
         )
     print_table(["kind", "name", "source", "status", "id", "accuracy"], table)
+
+
+def _deprecated(reg: Registry) -> set[str]:
+    """Models GTO's tags deprecate; none outside a git repository."""
+    from stemma.registry.errors import GitError
+    from stemma.registry.tags import deprecated_models
+
+    try:
+        return set(deprecated_models(reg))
+    except GitError:
+        return set()
 
 
 def show(
@@ -101,15 +122,25 @@ def _render_detail(detail: dict[str, Any]) -> None:
         if key in manifest:
             out.print(f"{key}: {manifest[key]}")
     src = manifest.get("source") or spec.get("source")
-    if src:
+    if isinstance(src, str):  # a dataset's source
+        out.print(f"source: {src}", markup=False)
+    elif src:
         out.print(
             f"source: {src.get('model')} ({src.get('relation', 'finetune')})"
             + (f" {src['id']}" if src.get("id") else "")
         )
     for role, ref in sorted((manifest.get("datasets") or {}).items()):
         out.print(f"{role}: {ref['name']} {ref['id'][:19]}")
+    if manifest.get("task") or manifest.get("class_names"):
+        out.print(f"task: {manifest.get('task', 'classification')}")
+    if detail["kind"] == "dataset" and manifest.get("class_names"):
+        out.print("classes: " + ", ".join(manifest["class_names"]), markup=False)
     for key, value in sorted((manifest.get("metrics") or {}).items()):
         out.print(f"{key}: {value}")
+    names = manifest.get("class_names") or []
+    for key, value in sorted((manifest.get("per_class") or {}).items(), key=lambda kv: int(kv[0])):
+        label = f" {names[int(key)]}" if int(key) < len(names) else ""
+        out.print(f"class {key}{label}: {value}", markup=False)
     for gate in manifest.get("gates", []):
         mark = "pass" if gate["passed"] else "FAIL"
         out.print(f"gate {gate['metric']} {gate['op']} {gate['threshold']}: {mark}")

@@ -22,8 +22,9 @@ def verify(
         bool,
         typer.Option(
             "--rebuild",
-            help="Also rebuild the model in a temporary folder and compare weights and"
-            " metrics (identical on CPU, within a stated tolerance on CUDA).",
+            help="Also rebuild the model in a temporary folder and compare: identical,"
+            " numerically equivalent (max abs difference per tensor within the stated"
+            " tolerance; both runs' numerics shown) or different (exit 1).",
         ),
     ] = False,
     json_: JsonOpt = False,

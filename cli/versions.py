@@ -11,6 +11,7 @@ from stemma.registry import Registry
 from stemma.registry import versions as lib
 
 from ._common import JsonOpt, RepoOpt, console, emit_json
+from ._wide import print_whole
 
 RefOpt = Annotated[
     str | None,
@@ -59,12 +60,15 @@ def log(
     if not entries:
         out.print(f"{name}: no committed versions yet")
         return
+    if entries[0].deprecated:
+        out.print(f"{name} is deprecated (GTO): no version or stage of it is served")
     metrics = sorted({m for e in entries for m in e.version.metrics})[:3]
     table = Table(box=None, pad_edge=False)
     for col in ("id", "commit", "date"):
         table.add_column(col, no_wrap=True)
-    for col in ("author", "source", *metrics, "tags"):
+    for col in ("author", "source", *metrics):
         table.add_column(col)
+    table.add_column("tags", no_wrap=True)
     for e in entries:
         v = e.version
         table.add_row(
@@ -74,9 +78,9 @@ def log(
             v.author,
             _short(v.source_id)[:10],
             *(f"{v.metrics[m]:.4f}" if m in v.metrics else "" for m in metrics),
-            " ".join(e.labels),
+            " ".join([*e.labels, *(f"{d} (deregistered)" for d in e.deregistered)]),
         )
-    out.print(table)
+    print_whole(out, table)
 
 
 def diff(

@@ -9,19 +9,23 @@ points from the dependent to what it depends on, the way a build reads them:
 - `previous`:     version -> the version before it (and `model:NAME` -> its newest version).
 
 The graph is built from the specs, so unbuilt models appear, and enriched with manifests
-(ids, status, metrics). A spec that cannot be read still gets a node (status `invalid`) and a
-source that is not declared gets one too (status `missing`), so broken states can be drawn.
+(ids, status, metrics; statuses as `stemma.registry.status` decides them). A spec that cannot
+be read still gets a node (status `invalid`) and a source that is not declared gets one too
+(status `missing`), so broken states can be drawn.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 import networkx as nx
-from stemma.registry import Registry
+from stemma.registry import Registry, status
+from stemma.registry.dag import Forest
 from stemma.registry.errors import StemmaError
 from stemma.registry.files import digest, parse_json_text
 from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
@@ -85,11 +89,76 @@ class DatasetRecord:
 def read_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]:
     """Records for every declared model and dataset; never raises for a bad file.
 
+    On the working tree they come from the query index, which re-reads only the files that
+    changed; where the index cannot take a file (a bad spec or manifest), or at a git
+    revision, from the files.
+
     Documents are parsed but not validated against their schemas: the graph needs a handful
     of fields, and validating every manifest costs far more than reading it (`stemma
     validate` and the audit report schema errors). A document that cannot be parsed, or
     lacks the fields the graph needs, gives a node with status `invalid`.
     """
+    from stemma.registry.tree import WorkTree
+
+    if isinstance(reg.tree, WorkTree):
+        try:
+            return _indexed_records(reg)
+        except StemmaError:
+            pass  # a file the index cannot take: the files say what is wrong with it
+    return _file_records(reg)
+
+
+_MODELS_SQL = """
+SELECT m.name, m.source, CASE WHEN s.source = 'auto' THEN s.relation ELSE m.relation END,
+       m.source_id, m.train, m.eval, s.checks, m.id, m.status,
+       s.source = 'auto', s.candidates, to_json(m.metrics)
+FROM models m LEFT JOIN raw.model_specs s ON s.name = m.name ORDER BY m.name"""
+_DATASETS_SQL = "SELECT name, id, status FROM datasets ORDER BY name"
+
+
+def _indexed_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]:
+    """The records of the working tree, from the query index."""
+    from stemma.registry.index import open_index
+
+    with open_index(reg) as index:
+        rows = index.con.execute(_MODELS_SQL).fetchall()
+        datasets = [DatasetRecord(*row) for row in index.con.execute(_DATASETS_SQL).fetchall()]
+    names = [row[0] for row in rows]
+    # The sources specs declare (an exploration's pick is not one): what a candidate of an
+    # exploration must not descend from, as `pipeline.candidates` decides.
+    forest = Forest(names, {row[0]: row[1] for row in rows if row[1] is not None and not row[9]})
+    models = []
+    for row in rows:
+        name, source, relation, source_id, train, eval_, checks, mid, state, auto, glob, metrics = (
+            row
+        )
+        candidates: tuple[str, ...] = ()
+        if auto:
+            banned = {name, *forest.descendants(name)}
+            candidates = tuple(
+                n for n in names if fnmatch.fnmatch(n, glob or "*") and n not in banned
+            )
+        models.append(
+            ModelRecord(
+                name,
+                source,
+                relation,
+                source_id,
+                train,
+                eval_,
+                tuple(checks or ()),
+                mid,
+                state,
+                bool(auto),
+                candidates,
+                json.loads(metrics) if metrics else {},  # faster than DuckDB's MAP to dict
+            )
+        )
+    return models, datasets
+
+
+def _file_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]:
+    """The records read from the files (any tree, broken files included)."""
     prefetch_documents(reg)
     dnames, mnames = reg.dataset_names(), reg.model_names()
     datasets = []
@@ -97,13 +166,13 @@ def read_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]
         dspec = _doc(reg, "datasets", name, SPEC_FILE)
         dm = _doc(reg, "datasets", name, MANIFEST_FILE)
         mid = _str(dm, "id")
-        if dspec is None:
-            status = "invalid"
-        elif dm is None:
-            status = "unbuilt"
-        else:
-            status = "built" if dm.get("spec_digest") == digest(dspec) else "stale"
-        datasets.append(DatasetRecord(name, mid, status))
+        state = status.status(
+            dspec is not None,
+            dm is not None,
+            digest(dspec) if dspec is not None else None,
+            dm.get("spec_digest") if dm is not None else None,
+        )
+        datasets.append(DatasetRecord(name, mid, state))
     specs = {name: _doc(reg, "models", name, SPEC_FILE) for name in mnames}
     manifests = {name: _doc(reg, "models", name, MANIFEST_FILE) for name in mnames}
     models = [_model_record(reg, name, specs[name], manifests) for name in mnames]
@@ -168,9 +237,22 @@ def _model_record(
         if isinstance(raw_metrics, dict)
         else {}
     )
+    if spec is None:  # a manifest and no spec: weights imported by `stemma register`
+        source = _str(manifest, "source", "model")
+        return ModelRecord(
+            name,
+            source,
+            (_str(manifest, "source", "relation") or "finetune") if source else None,
+            _str(manifest, "source", "id"),
+            _str(manifest, "datasets", "train", "name"),
+            _str(manifest, "datasets", "eval", "name"),
+            id=mid,
+            status=status.REGISTERED,
+            metrics=metrics,
+        )
     train = _str(spec, "data", "train")
-    if spec is None or train is None:
-        return ModelRecord(name, id=mid, status="invalid", metrics=metrics)
+    if train is None:
+        return ModelRecord(name, id=mid, status=status.INVALID, metrics=metrics)
     source = _str(spec, "source", "model")
     relation = (_str(spec, "source", "relation") or "finetune") if source else None
     auto = source == "auto"
@@ -183,15 +265,15 @@ def _model_record(
         ds for check in ("forgetting", "drift") if (ds := _str(spec, "checks", check, "data"))
     )
     source_id = _str(manifest, "source", "id")
-    status = "unbuilt"
-    if manifest is not None:
-        status = "built"
-        if manifest.get("spec_digest") != digest(spec):
-            status = "stale"
-        elif source is not None and not auto:
-            parent_id = _str(manifests.get(source), "id")
-            if parent_id is not None and parent_id != source_id:
-                status = "stale"
+    parent_id = _str(manifests.get(source), "id") if source is not None and not auto else None
+    state = status.status(
+        True,
+        manifest is not None,
+        digest(spec),
+        manifest.get("spec_digest") if manifest is not None else None,
+        parent_id,
+        source_id,
+    )
     return ModelRecord(
         name,
         source,
@@ -201,7 +283,7 @@ def _model_record(
         _str(spec, "data", "eval") or train,
         checks,
         mid,
-        status,
+        state,
         auto,
         candidates,
         metrics,
@@ -247,7 +329,7 @@ def graph_from_records(
                     kind="model",
                     name=m.source,
                     id=None,
-                    status="missing",
+                    status=status.MISSING,
                     relation=None,
                     auto=False,
                     candidates=[],
@@ -274,7 +356,7 @@ def graph_from_records(
 def _dataset_edge(g: nx.MultiDiGraph, node: str, name: str, key: str, roles: str) -> None:
     target = dataset_node(name)
     if target not in g:
-        g.add_node(target, kind="dataset", name=name, id=None, status="missing")
+        g.add_node(target, kind="dataset", name=name, id=None, status=status.MISSING)
     g.add_edge(node, target, key=key, roles=roles)
 
 
@@ -285,10 +367,14 @@ def build_graph(reg: Registry, history: bool = False) -> nx.MultiDiGraph:
     by `previous` edges (newest to oldest, and from `model:NAME` to its newest version) and by
     `derived_from` edges to the source version it was built from when that version is known.
     """
+    from .query import LineageIndex, remember_index
+
     models, datasets = read_records(reg)
     g = graph_from_records(models, datasets)
     if history:
         _add_history(reg, g, [m.name for m in models])
+    else:  # from the records: cheaper than reading the graph back
+        remember_index(g, LineageIndex.from_records(models, datasets))
     return g
 
 

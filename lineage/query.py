@@ -1,10 +1,9 @@
 """Ancestry and impact queries over the lineage graph, backed by a compact index.
 
-A model has at most one source, so the `derived_from` edges form a forest. The index keeps a
-parent map, sorted child lists and one pre-order walk of that forest: the descendants of a
-model are then one contiguous slice of the walk, and its ancestors the walk up the parent map.
-Both cost the size of the answer, not of the graph, so they stay fast on a million nodes.
-Nodes caught in a cycle are outside the walk and fall back to a breadth-first search.
+A model has at most one source, so the `derived_from` edges form a forest: the index keeps
+the registry's lineage core over it (`stemma.registry.dag.Forest`), whose descendants are one
+slice of a pre-order walk and ancestors the walk up the parent map. Both cost the size of the
+answer, not of the graph, so they stay fast on a million nodes.
 
 `impact(NAME)` is what `dvc repro` would rebuild if NAME changed: NAME, every model that
 derives from it (directly, or as a candidate of an exploration with `source: auto`), and, for
@@ -13,11 +12,11 @@ a dataset, every model that trains or is checked on it, in the pipeline's build 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
 import networkx as nx
+from stemma.registry.dag import Forest, build_order, reach
 from stemma.registry.errors import DatasetNotFound, ModelNotFound
 
 from .graph import (
@@ -34,7 +33,8 @@ _CACHE_KEY = "lineage_index"
 
 
 class LineageIndex:
-    """Parent map, child lists, pre-order walk and build order of the name-level lineage."""
+    """Parent map, child lists, pre-order walk and build order of the name-level lineage
+    (the walk and the order are the registry's lineage core, `stemma.registry.dag`)."""
 
     def __init__(
         self,
@@ -45,15 +45,12 @@ class LineageIndex:
         candidates: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         """Build from node keys: model -> source, model -> datasets, model -> candidates."""
-        self.models = sorted(set(models) | set(parent.values()))
+        self.forest = Forest(models, parent)
+        self.models = self.forest.nodes
         self.datasets = sorted(set(datasets) | {d for ds in uses.values() for d in ds})
         self.nodes = frozenset(self.models) | frozenset(self.datasets)
-        self.parent = dict(parent)
-        children: dict[str, list[str]] = {}
-        for child in self.models:  # sorted, so every child list comes out sorted
-            if child in self.parent:
-                children.setdefault(self.parent[child], []).append(child)
-        self.children = children
+        self.parent = self.forest.parent
+        self.children = self.forest.children
         self.uses = {m: sorted(set(ds)) for m, ds in uses.items()}
         users: dict[str, list[str]] = {}
         for m in self.models:
@@ -66,8 +63,15 @@ class LineageIndex:
             for c in cands:
                 candidate_of.setdefault(c, []).append(m)
         self.candidate_of = candidate_of
-        self._walk()
-        self._rank()
+        # The pipeline's order: datasets, then models, each after what it is built from.
+        deps = {
+            m: [*self.candidates.get(m, ()), *([self.parent[m]] if m in self.parent else [])]
+            for m in self.models
+        }
+        rank: dict[str, int] = {d: i for i, d in enumerate(self.datasets)}
+        for m in build_order(deps, strict=False):
+            rank[m] = len(rank)
+        self.rank = rank
 
     # -- construction -----------------------------------------------------------------
 
@@ -113,72 +117,6 @@ class LineageIndex:
                 uses.setdefault(u, []).append(v)
         return cls(models, datasets, parent, uses, cands)
 
-    def _walk(self) -> None:
-        order: list[str] = []
-        roots = [m for m in self.models if m not in self.parent]
-        stack = list(reversed(roots))
-        while stack:
-            node = stack.pop()
-            order.append(node)
-            stack.extend(reversed(self.children.get(node, ())))
-        tin = {node: i for i, node in enumerate(order)}
-        size = dict.fromkeys(order, 1)
-        for node in reversed(order):
-            up = self.parent.get(node)
-            if up is not None:
-                size[up] += size[node]
-        self.order, self.tin, self.size = order, tin, size
-
-    def _rank(self) -> None:
-        # The pipeline's order: datasets, then models by name, each after its dependencies.
-        rank: dict[str, int] = {d: i for i, d in enumerate(self.datasets)}
-        if not self.candidates:
-            self.rank = self._forest_rank(rank)
-            return
-        state: dict[str, int] = {}
-        for start in self.models:
-            if start in state:
-                continue
-            stack: list[tuple[str, list[str]]] = [(start, self._deps(start))]
-            state[start] = 1
-            while stack:
-                node, deps = stack[-1]
-                while deps and state.get(deps[-1], 0):
-                    deps.pop()  # done, or in progress (a cycle: stop there)
-                if deps:
-                    nxt = deps.pop()
-                    state[nxt] = 1
-                    stack.append((nxt, self._deps(nxt)))
-                else:
-                    stack.pop()
-                    state[node] = 2
-                    rank[node] = len(rank)
-        self.rank = rank
-
-    def _forest_rank(self, rank: dict[str, int]) -> dict[str, int]:
-        # One source per model: the same order as the depth-first walk, found by climbing to
-        # the first ranked ancestor and ranking the chain below it top-down.
-        parent = self.parent
-        for start in self.models:
-            if start in rank:
-                continue
-            chain = [start]
-            seen = {start}
-            up = parent.get(start)
-            while up is not None and up not in rank and up not in seen:
-                chain.append(up)
-                seen.add(up)
-                up = parent.get(up)
-            for node in reversed(chain):
-                rank[node] = len(rank)
-        return rank
-
-    def _deps(self, node: str) -> list[str]:
-        deps = list(self.candidates.get(node, ()))
-        if node in self.parent:
-            deps.append(self.parent[node])
-        return sorted(set(deps), reverse=True)  # popped from the end: smallest first
-
     # -- queries ----------------------------------------------------------------------
 
     def resolve(self, name: str) -> str:
@@ -200,57 +138,14 @@ class LineageIndex:
 
     def ancestors(self, name: str) -> list[str]:
         """Source models of NAME, nearest first (for a dataset: none)."""
-        node = self.resolve(name)
-        out: list[str] = []
-        seen = {node}
-        up = self.parent.get(node)
-        while up is not None and up not in seen:
-            out.append(up)
-            seen.add(up)
-            up = self.parent.get(up)
-        return out
+        return self.forest.ancestors(self.resolve(name))
 
     def descendants(self, name: str) -> list[str]:
         """Models deriving from NAME, in pre-order; for a dataset, its users and theirs."""
         node = self.resolve(name)
         if node in self.users:
-            return self._union(self.users[node])
-        return self._subtree(node)
-
-    def _union(self, tops: list[str]) -> list[str]:
-        """`tops` and their descendants, each once: subtrees nested in an earlier one are
-        skipped by walking the tops in pre-order, so every slice is copied once."""
-        out: list[str] = []
-        covered = -1
-        for top in sorted((t for t in tops if t in self.tin), key=self.tin.__getitem__):
-            start = self.tin[top]
-            if start >= covered:
-                covered = start + self.size[top]
-                out += self.order[start:covered]
-        rest = [t for t in tops if t not in self.tin]
-        if rest:  # caught in a cycle: outside the walk
-            seen = set(out)
-            out += [m for m in self._bfs(rest, self.children) if m not in seen]
-        return out
-
-    def _subtree(self, node: str) -> list[str]:
-        if node in self.tin:
-            start = self.tin[node]
-            return self.order[start + 1 : start + self.size[node]]
-        return self._bfs([node], self.children)[1:]
-
-    @staticmethod
-    def _bfs(starts: list[str], edges: Mapping[str, list[str]]) -> list[str]:
-        seen = set(starts)
-        out = list(starts)
-        queue = deque(starts)
-        while queue:
-            for nxt in edges.get(queue.popleft(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    out.append(nxt)
-                    queue.append(nxt)
-        return out
+            return self.forest.union(self.users[node])
+        return self.forest.descendants(node)
 
     def impact(self, name: str) -> list[str]:
         """NAME and everything `dvc repro` would rebuild after it changed, in build order."""
@@ -263,7 +158,7 @@ class LineageIndex:
                 k: sorted(set(self.children.get(k, ())) | set(self.candidate_of.get(k, ())))
                 for k in {*self.children, *self.candidate_of}
             }
-            found = self._bfs(starts, deps)
+            found = list(dict.fromkeys([*starts, *_reach_all(deps, starts)]))
         wanted = set(found)
         if len(wanted) * 8 > len(self.rank):  # most of the graph: filtering beats sorting
             return [k for k in self.rank if k in wanted]  # the rank dict is in build order
@@ -273,6 +168,13 @@ class LineageIndex:
     def datasets_of(self, name: str) -> list[str]:
         """Datasets a model trains, evaluates or is checked on."""
         return list(self.uses.get(self.resolve(name), ()))
+
+
+def _reach_all(edges: Mapping[str, list[str]], starts: list[str]) -> list[str]:
+    out: dict[str, None] = {}
+    for start in starts:
+        out.update(dict.fromkeys(reach(edges, start)))
+    return list(out)
 
 
 GraphLike: TypeAlias = "nx.MultiDiGraph | LineageIndex"
@@ -290,6 +192,11 @@ def lineage_index(g: GraphLike) -> LineageIndex:
     index = LineageIndex.from_graph(g)
     g.graph[_CACHE_KEY] = (stamp, index)
     return index
+
+
+def remember_index(g: nx.MultiDiGraph, index: LineageIndex) -> None:
+    """Keep `index` (built from the records `g` was drawn from) as the graph's index."""
+    g.graph[_CACHE_KEY] = ((g.number_of_nodes(), g.number_of_edges()), index)
 
 
 def ancestors(g: GraphLike, name: str) -> list[str]:

@@ -1,12 +1,15 @@
 """Build datasets and models from their specs; the work behind `stemma build` and `dvc repro`.
 
-A build reads everything it needs, trains and evaluates, and only then writes its outputs,
-each atomically and the manifest last: an interrupted build leaves the previous outputs intact.
+A build reads everything it needs, trains and evaluates, and only then switches its outputs
+in as one unit (migration/commit.py): an interrupted or failed build leaves the previous outputs
+intact. A rebuild whose id equals the manifest's in place rewrites no file: the manifest and
+every output stay byte for byte, and the new run's block goes to the untracked `last-run.json`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry import __version__ as STEMMA_VERSION
-from stemma.registry.errors import BuildError
+from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.files import (
     canonical_json,
     content_id,
@@ -27,8 +30,14 @@ from stemma.registry.files import (
     write_atomic,
 )
 from stemma.registry.gate import check_buildable
-from stemma.registry.records import MODEL_MANIFEST, ModelSpec, validate_document
+from stemma.registry.records import (
+    DATASET_MANIFEST,
+    MODEL_MANIFEST,
+    ModelSpec,
+    validate_document,
+)
 from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spec_problems
 from torch import nn
 
 from .architectures import build_module, infer_architecture, make_config
@@ -36,13 +45,18 @@ from .checks import check_inputs, run_checks
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
 from .evaluate import evaluate, evaluate_gates
 from .mapping import plan, report, transfer
+from .numerics import mode_of
+from .numerics import record as numerics_record
 from .strategy import Strategy, prepare_target
+from .tasks import get as get_task
 from .train import Progress, TrainConfig, train
 from .weights import load_weights, to_bytes
 
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "curve.json"
 EXPLORATION_FILE = "exploration.json"
+LAST_RUN_FILE = "last-run.json"
+"""The latest build's run block, git-ignored: an identical rebuild leaves the manifest as is."""
 
 
 def _now() -> str:
@@ -60,14 +74,87 @@ def _blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
     }
 
 
-def _run_block(started: str, begin: float, **extra: Any) -> dict[str, Any]:
+def _run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[str, Any]:
+    """How the build ran: its own work's duration (from `begin`), versions, numerics."""
     return {
         "started": started,
         "duration_s": round(time.perf_counter() - begin, 3),
         "stemma": STEMMA_VERSION,
         "torch": torch.__version__,
+        "numerics": numerics_record(mode_of(reg.settings.defaults)),
         **extra,
     }
+
+
+def _load_training_imports() -> None:
+    """Load what torch imports lazily during training, before a build's clock starts.
+
+    torch.optim's optimizers import torch._dynamo on first use (its eager code calls
+    `torch._dynamo.graph_break()` at every step), about as long as `import torch`: library
+    loading like that, not the build's own work, so `run.duration_s` leaves it out.
+    """
+    import torch._dynamo  # noqa: F401
+
+
+def _non_finite(doc: Any, pointer: str = "") -> str | None:
+    """The JSON pointer of the first NaN or infinity in `doc`, or None."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return pointer
+    items = (
+        doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    )
+    for key, value in items:
+        found = _non_finite(value, f"{pointer}/{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def _commit(
+    reg: Registry,
+    folder: Path,
+    kind: str,
+    manifest: dict[str, Any],
+    schema: str,
+    outputs: Mapping[str, Any],
+) -> None:
+    """Fill in the id, validate, then switch the outputs and the manifest in as one unit.
+
+    `outputs` maps file names to bytes or to JSON documents (written as canonical JSON).
+
+    When a valid manifest with the same id is in place, it stays as it is (the run block is
+    not part of the id): only outputs whose bytes differ are written, usually none.
+    """
+    from .commit import commit
+
+    rel = reg.rel(kind, manifest["name"], MANIFEST_FILE)
+    docs = {name: doc for name, doc in outputs.items() if not isinstance(doc, bytes)}
+    for where, doc in (
+        (rel, manifest),
+        *((reg.rel(kind, manifest["name"], n), d) for n, d in docs.items()),
+    ):
+        pointer = _non_finite(doc)
+        if pointer is not None:
+            raise BuildError(
+                f"{where} at {pointer or '/'}: the build produced a value that is not a finite"
+                " number (training diverged?); nothing was written: lower training.lr or"
+                " check the data"
+            )
+    manifest["id"] = content_id(manifest)
+    validate_document(manifest, schema, rel)
+    try:
+        found = (reg.model_manifest if kind == "models" else reg.dataset_manifest)(manifest["name"])
+    except StemmaError:
+        found = None  # unreadable or invalid: replaced like any changed file
+    same = found is not None and found.id == manifest["id"] == found.computed_id
+    files = {
+        n: b if isinstance(b, bytes) else canonical_json(b).encode() for n, b in outputs.items()
+    }
+    if not same:
+        files[MANIFEST_FILE] = canonical_json(manifest).encode()
+    commit(folder, files)
+    reg.forget(rel)
+    write_atomic(folder / LAST_RUN_FILE, canonical_json(manifest["run"]))
 
 
 # -- datasets -------------------------------------------------------------------------------
@@ -101,13 +188,21 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
         },
         "stats": feature_stats(arrays.x_train),
     }
-    write_atomic(reg.dataset_dir(name) / DATA_FILE, blob)
-    manifest["run"] = _run_block(started, begin)
-    manifest["id"] = reg.write_dataset_manifest(name, manifest)
+    # recorded only where they say something, so class-id datasets keep their manifest ids
+    if arrays.task != CLASSIFICATION:
+        manifest["task"] = arrays.task
+    if arrays.class_names is not None:
+        manifest["class_names"] = list(arrays.class_names)
+    manifest["run"] = _run_block(reg, started, begin)
+    _commit(reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob})
     return manifest
 
 
 def _split_block(y: np.ndarray) -> dict[str, Any]:
+    if y.dtype.kind == "f":  # regression targets have no classes
+        return {"samples": len(y), "class_counts": {}}
+    if y.ndim == 2:  # multi-label: positives per label
+        return {"samples": len(y), "class_counts": {str(k): int(n) for k, n in enumerate(y.sum(0))}}
     labels, counts = np.unique(y, return_counts=True)
     return {
         "samples": len(y),
@@ -220,8 +315,45 @@ def _data(reg: Registry, spec: ModelSpec) -> tuple[DatasetArrays, DatasetArrays,
     return train_data, eval_data, block
 
 
+def _outputs(
+    spec: ModelSpec, task: str, train_data: DatasetArrays, eval_data: DatasetArrays
+) -> int:
+    """Width of the model's head: classes, regression outputs or labels of the training data."""
+    if eval_data.task != task:
+        raise BuildError(
+            f"{spec.path} at /data/eval: {spec.eval!r} is a {eval_data.task} dataset,"
+            f" {spec.train!r} a {task} one"
+        )
+    if task == CLASSIFICATION:
+        num_classes = max(train_data.classes) + 1
+        if max(eval_data.classes) >= num_classes:
+            raise BuildError(
+                f"{spec.path} at /data/eval: {spec.eval!r} has class"
+                f" {max(eval_data.classes)}, but {spec.train!r} only classes"
+                f" 0-{num_classes - 1}"
+            )
+        return num_classes
+    width = get_task(task).outputs(train_data.y_train)
+    if get_task(task).outputs(eval_data.y_eval) != width:
+        what = "labels" if task == MULTILABEL else "outputs"
+        raise BuildError(
+            f"{spec.path} at /data/eval: {spec.eval!r} has"
+            f" {get_task(task).outputs(eval_data.y_eval)} {what}, {spec.train!r} {width}"
+        )
+    assert task in (REGRESSION, MULTILABEL)
+    return width
+
+
+def _class_names(reg: Registry, dataset: str) -> list[str] | None:
+    """The training dataset's class names, when its labels had names."""
+    manifest = reg.dataset_manifest(dataset)
+    names = manifest.raw.get("class_names") if manifest is not None else None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 def build_model(reg: Registry, name: str, progress: Progress | None = None) -> dict[str, Any]:
     """Build a model from its spec: map, train, evaluate, then write every output atomically."""
+    _load_training_imports()
     started, begin = _now(), time.perf_counter()
     check_buildable(reg, "model", name)
     spec = reg.model_spec(name)
@@ -236,13 +368,10 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         src_name, exploration = _source_name(reg, spec)
         src_manifest, src_state = _load_source(reg, spec, src_name)
     train_data, eval_data, datasets = _data(reg, spec)
-    num_classes = max(train_data.classes) + 1
-    if max(eval_data.classes) >= num_classes:
-        raise BuildError(
-            f"{display} at /data/eval: {spec.eval!r} has class"
-            f" {max(eval_data.classes)}, but {spec.train!r} only classes"
-            f" 0-{num_classes - 1}"
-        )
+    task = get_task(train_data.task)
+    for pointer, message in spec_problems(task.name, spec.raw):
+        raise BuildError(f"{display} at {pointer}: {message}")
+    num_classes = _outputs(spec, task.name, train_data, eval_data)
     config = _architecture(spec, src_manifest, train_data.shape, num_classes)
     check_inputs(reg, spec, config, src_manifest, train_data)  # fail before training
     # -- hyper-parameter search: `training.search` picks the settings the build then uses --
@@ -271,9 +400,14 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     )
     device = torch.device(result.device)
     scored = evaluate(
-        module, eval_data.x_eval, eval_data.y_eval, device, amp=cfg.amp and device.type == "cuda"
+        module,
+        eval_data.x_eval,
+        eval_data.y_eval,
+        device,
+        amp=cfg.amp and device.type == "cuda",
+        loss=cfg.loss,
     )
-    metrics = {"accuracy": scored["accuracy"], "loss": scored["loss"]}
+    metrics = {m: scored[m] for m in task.metrics}
     module.to("cpu")
     blob = to_bytes(module.state_dict())
 
@@ -315,6 +449,11 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
         "checks": {},
     }
+    if task.name != CLASSIFICATION:  # absent means classification: older ids stay
+        manifest["task"] = task.name
+    names = _class_names(reg, spec.train)
+    if names is not None:
+        manifest["class_names"] = names
     # -- behavioural checks (migration/checks.py) --
     manifest["checks"], check_data = run_checks(
         reg,
@@ -336,12 +475,14 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     if searched is not None:  # hyper-parameter search: every trial and the best settings
         manifest["search"] = searched
     manifest["run"] = _run_block(
+        reg,
         started,
         begin,
         device=result.device,
         seed=cfg.seed,
         deterministic=result.deterministic,
         threads=result.threads,
+        train_s=round(result.train_seconds, 3),
     )
     _write_model(reg, name, manifest, blob, metrics, result.curve)
     return manifest
@@ -355,14 +496,9 @@ def _write_model(
     metrics: Mapping[str, float],
     curve: list[dict[str, Any]],
 ) -> None:
-    """Validate first, then write weights, metrics, curve and (last) the manifest."""
-    manifest["id"] = content_id(manifest)
-    validate_document(manifest, MODEL_MANIFEST, reg.rel("models", name, MANIFEST_FILE))
-    folder = reg.model_dir(name)
-    write_atomic(folder / WEIGHTS_FILE, blob)
-    write_atomic(folder / METRICS_FILE, canonical_json(dict(metrics)))
-    write_atomic(folder / CURVE_FILE, canonical_json(curve))
-    reg.write_model_manifest(name, manifest)
+    """Validate, then switch weights, metrics, curve and the manifest in as one unit."""
+    outputs = {WEIGHTS_FILE: blob, METRICS_FILE: dict(metrics), CURVE_FILE: curve}
+    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
 
 
 def register_model(
@@ -411,7 +547,7 @@ def register_model(
     datasets: dict[str, Any] = {}
     if data is not None and eval_dataset is not None:
         scored = evaluate(module, data.x_eval, data.y_eval)
-        metrics = {"accuracy": scored["accuracy"], "loss": scored["loss"]}
+        metrics = {m: scored[m] for m in get_task(data.task).metrics}
         per_class = scored["per_class"]
         manifest_ds = reg.dataset_manifest(eval_dataset)
         assert manifest_ds is not None
@@ -441,10 +577,7 @@ def register_model(
         "per_class": per_class,
         "gates": [],
         "checks": {},
-        "run": _run_block(started, begin, device="cpu", imported_from=Path(weights_path).name),
+        "run": _run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
     }
-    manifest["id"] = content_id(manifest)
-    validate_document(manifest, MODEL_MANIFEST, reg.rel("models", name, MANIFEST_FILE))
-    write_atomic(reg.model_dir(name) / WEIGHTS_FILE, blob)
-    reg.write_model_manifest(name, manifest)
+    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, {WEIGHTS_FILE: blob})
     return manifest

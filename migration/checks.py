@@ -36,6 +36,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records import ModelSpec
+from stemma.registry.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 
 from .architectures import build_module, head_of
@@ -45,6 +46,7 @@ from .evaluate import evaluate
 from .forgetting import DEFAULT_MAX_DROP, forgetting_figures
 from .mapping import TensorMap
 from .paramcheck import DEFAULT_MIN_RELATIVE_CHANGE, parameter_check
+from .tasks import for_labels
 from .train import CPU_THREADS
 
 PROBE_EPOCHS = 20
@@ -133,14 +135,35 @@ def probe_accuracy(
     and for at least `PROBE_MIN_STEPS` steps. The problem is convex, so the zero start and the
     seed make the result deterministic.
     """
+    return probe_score(train_feats, y_train, eval_feats, y_eval, seed, epochs)
+
+
+def probe_score(
+    train_feats: np.ndarray,
+    y_train: np.ndarray,
+    eval_feats: np.ndarray,
+    y_eval: np.ndarray,
+    seed: int = 0,
+    epochs: int = PROBE_EPOCHS,
+) -> float:
+    """The labels' task's main metric of a linear probe on frozen features: `probe_accuracy`
+    for class labels; for regression and multi-label targets the same probe trained with the
+    task's default loss (mse, bce), regression targets standardised with the train split's
+    mean and deviation (r2 does not change under that map)."""
+    task = for_labels(y_train)
+    if task.name == REGRESSION:
+        centre, spread = y_train.mean(axis=0), np.maximum(y_train.std(axis=0), 1e-6)
+        y_train, y_eval = (y_train - centre) / spread, (y_eval - centre) / spread
     mean = train_feats.mean(axis=0)
     std = np.maximum(train_feats.std(axis=0), 1e-6)  # constant features: centre, do not blow up
     xt = torch.as_tensor((train_feats - mean) / std, dtype=torch.float32)
     xe = torch.as_tensor((eval_feats - mean) / std, dtype=torch.float32)
-    yt = torch.as_tensor(y_train, dtype=torch.int64)
-    ye = torch.as_tensor(y_eval, dtype=torch.int64)
-    classes = int(max(int(yt.max()), int(ye.max()))) + 1
-    probe = nn.Linear(xt.shape[1], classes)
+    yt, ye = task.target(y_train), task.target(y_eval)
+    if task.name == CLASSIFICATION:
+        width = int(max(int(yt.max()), int(ye.max()))) + 1
+    else:
+        width = task.outputs(y_train)
+    probe = nn.Linear(xt.shape[1], width)
     nn.init.zeros_(probe.weight)
     nn.init.zeros_(probe.bias)
     opt = torch.optim.Adam(probe.parameters(), lr=PROBE_LR, weight_decay=PROBE_WEIGHT_DECAY)
@@ -149,11 +172,13 @@ def probe_accuracy(
         order = torch.randperm(len(yt), generator=gen)
         for start in range(0, len(yt), PROBE_BATCH):
             idx = order[start : start + PROBE_BATCH]
-            loss = nn.functional.cross_entropy(probe(xt[idx]), yt[idx])
+            loss = task.loss(probe(xt[idx]), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
     with torch.no_grad():
+        if task.name != CLASSIFICATION:
+            return float(task.scores(probe(xe), ye)[task.main])
         hits = (probe(xe).argmax(dim=1) == ye).float().mean()
     return round(float(hits), _DECIMALS)
 
@@ -202,17 +227,22 @@ def _forgetting(
 ) -> tuple[dict[str, Any], Ref]:
     name = str(block["data"])
     data = _forgetting_data(reg, spec, name, target_config, source_manifest)
-    labels = int(max(data.y_train.max(initial=0), data.y_eval.max(initial=0)))
+    task = for_labels(data.y_train)
     widths = (_out_features(source), _out_features(module))
-    use_head = _same_head(rows) and all(w is not None and labels < w for w in widths)
+    if task.name == CLASSIFICATION:
+        labels = int(max(data.y_train.max(initial=0), data.y_eval.max(initial=0)))
+        fits = all(w is not None and labels < w for w in widths)
+    else:
+        fits = all(w == task.outputs(data.y_train) for w in widths)
+    use_head = _same_head(rows) and fits
     if use_head:
         method = "head"
-        before = evaluate(source, data.x_eval, data.y_eval, device)["accuracy"]
-        after = evaluate(module, data.x_eval, data.y_eval, device)["accuracy"]
+        before = evaluate(source, data.x_eval, data.y_eval, device)[task.main]
+        after = evaluate(module, data.x_eval, data.y_eval, device)[task.main]
     else:
         method = "linear-probe"
         before, after = (
-            probe_accuracy(
+            probe_score(
                 features(m, data.x_train, device),
                 data.y_train,
                 features(m, data.x_eval, device),
@@ -221,7 +251,8 @@ def _forgetting(
             )
             for m in (source, module)
         )
-    result = forgetting_figures(before, after, float(block.get("max_drop", DEFAULT_MAX_DROP)))
+    max_drop = float(block.get("max_drop", DEFAULT_MAX_DROP))
+    result = forgetting_figures(before, after, max_drop, task.main)
     ref = _ref(reg, name)
     result["method"] = method
     result["inputs"] = {

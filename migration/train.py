@@ -8,6 +8,7 @@ cached and the recomputed paths compute the same function.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,15 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from stemma.registry.errors import BuildError
+from stemma.registry.taskspec import LOSSES as TASK_LOSSES
 from torch import nn
 
 from .architectures import FeatureStage, head_of, stages
-from .evaluate import DECIMALS, autocast, predict, scores
+from .evaluate import autocast, predict
+from .tasks import for_labels
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-LOSSES = ("cross_entropy",)
+LOSSES = tuple(dict.fromkeys(loss for names in TASK_LOSSES.values() for loss in names))
 Progress = Callable[[int, int, Mapping[str, Any]], None]
 # CPU builds use a fixed intra-op thread count: float reductions split across a varying number
 # of threads can differ in the last bit, and small models train no slower on one thread (and
@@ -41,7 +43,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float | None = None  # None: the optimizer's customary default
     momentum: float = 0.0
-    loss: str = "cross_entropy"
+    loss: str | None = None  # None: the task's default (`taskspec.LOSSES`)
     label_smoothing: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -71,7 +73,7 @@ class TrainConfig:
                 f"{display} at /training/optimizer: unknown optimizer"
                 f" {cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}"
             )
-        if cfg.loss not in LOSSES:
+        if cfg.loss is not None and cfg.loss not in LOSSES:
             raise BuildError(
                 f"{display} at /training/loss: unknown loss {cfg.loss!r};"
                 f" use one of {', '.join(LOSSES)}"
@@ -96,6 +98,22 @@ class TrainResult:
     train_seconds: float = 0.0
     samples_per_s: float = 0.0
     threads: int = 1
+
+
+def set_deterministic(mode: bool) -> None:
+    """`torch.use_deterministic_algorithms(mode)` without loading the compiler stack.
+
+    torch's function first imports `torch._inductor.config` (and with it dynamo: a second
+    `import torch` of start-up) only to set inductor's own flag, which matters for compiled
+    code alone; builds never compile. So this sets the kernel-selection flag that eager ops
+    read, through the same call torch makes (pinned torch; `tests/test_numerics.py` checks
+    that `torch.are_deterministic_algorithms_enabled()` follows), and inductor's flag as well
+    when something else has loaded it.
+    """
+    torch._C._set_deterministic_algorithms(mode, warn_only=False)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,7 +187,7 @@ def train(
     amp = cfg.amp and device.type == "cuda"
     prior = torch.are_deterministic_algorithms_enabled()
     prior_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(deterministic)
+    set_deterministic(deterministic)
     if deterministic:
         torch.set_num_threads(CPU_THREADS)
     try:
@@ -188,7 +206,7 @@ def train(
             deterministic,
         )
     finally:
-        torch.use_deterministic_algorithms(prior)
+        set_deterministic(prior)
         torch.set_num_threads(prior_threads)
 
 
@@ -214,8 +232,10 @@ def _train(
     suffix = nn.Sequential(*(m for _, m, _ in parts[k:]))
     xt = torch.as_tensor(x_train, dtype=torch.float32).to(device)
     xe = torch.as_tensor(x_eval, dtype=torch.float32).to(device)
-    yt = torch.as_tensor(y_train, dtype=torch.int64).to(device)
-    ye = torch.as_tensor(y_eval, dtype=torch.int64).to(device)
+    task = for_labels(y_train)  # the stored labels' dtype and shape say the task
+    loss_name = task.resolve_loss(cfg.loss, display)
+    yt = task.target(y_train).to(device)
+    ye = task.target(y_eval).to(device)
     if k:
         stem = nn.Sequential(*prefix)
         stem.eval()
@@ -252,25 +272,22 @@ def _train(
             xb, yb = xt[idx], yt[idx]
             with autocast(device, amp):
                 out = step_fn(xb)
-            loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+            loss = task.loss(out, yb, loss_name, cfg.label_smoothing)
             assert opt is not None
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             loss_sum += loss.detach() * len(idx)
-            correct += (out.detach().argmax(dim=1) == yb).sum()
+            hits = task.hits(out, yb)
+            if hits is not None:
+                correct += hits
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         spent += time.perf_counter() - begin
         module.eval()
-        ev = scores(predict(eval_fn, xe, amp=amp), ye)
-        row = {
-            "epoch": epoch,
-            "train_loss": round(float(loss_sum.item()) / n, DECIMALS),
-            "train_accuracy": round(int(correct.item()) / n, DECIMALS),
-            "eval_loss": ev["loss"],
-            "eval_accuracy": ev["accuracy"],
-        }
+        ev = task.scores(predict(eval_fn, xe, amp=amp), ye, loss_name)
+        hit_count = int(correct.item()) if task.counts_hits else None
+        row = task.curve_row(epoch, float(loss_sum.item()) / n, hit_count, n, ev)
         result.curve.append(row)
         if progress is not None:
             progress(epoch, cfg.epochs, row)

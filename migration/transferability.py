@@ -32,6 +32,8 @@ __all__ = [
     "knn_accuracy",
     "leep",
     "logme",
+    "logme_multilabel",
+    "logme_regression",
     "nce",
     "score_all",
     "weighted_tau",
@@ -108,6 +110,23 @@ def _spectrum(f: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return sigma, vectors.T @ targets
 
 
+def logme_regression(features: Any, targets: Any) -> float:
+    """LogME's regression form: the same evidence with the target columns themselves in place
+    of the one-hot class indicators (You et al., ICML 2021, section 4.2). Targets (N,) or
+    (N, K) are standardised per column first, so the score does not depend on their units."""
+    y = np.asarray(targets, dtype=np.float64)
+    y = y.reshape(len(y), -1)
+    spread = y.std(axis=0)
+    y = (y - y.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    return _logme(_matrix("features", features), y)
+
+
+def logme_multilabel(features: Any, labels: Any) -> float:
+    """LogME of 0/1 label columns (N, K), each taken as a regression target as the one-hot
+    columns of `logme` are."""
+    return _logme(_matrix("features", features), np.asarray(labels, dtype=np.float64))
+
+
 def logme(features: Any, labels: Any) -> float:
     """LogME, the log of maximum evidence (You, Liu, Wang, Long, ICML 2021).
 
@@ -134,8 +153,14 @@ def logme(features: Any, labels: Any) -> float:
     """
     f = _matrix("features", features)
     y, classes = _labels(labels, f.shape[0])
-    n = f.shape[0]
-    targets = _one_hot(y, classes)
+    return _logme(f, _one_hot(y, classes))
+
+
+def _logme(f: np.ndarray, targets: np.ndarray) -> float:
+    """Mean per-column log evidence / N of regressing each target column on the features."""
+    n, classes = f.shape[0], targets.shape[1]
+    if targets.shape[0] != n:
+        raise ValueError(f"targets have {targets.shape[0]} rows but the features have {n}")
     peak = np.abs(f).max()
     if peak > 0:
         f = f / peak  # first by the peak so that squaring cannot overflow or underflow
@@ -144,7 +169,8 @@ def logme(features: Any, labels: Any) -> float:
     rank = sigma.shape[0]
     sigma = sigma[:, None]  # (k, 1) against the per-class columns (k, C)
     x2 = x**2
-    outside = np.maximum(targets.sum(axis=0) - x2.sum(axis=0), 0.0)  # ||y||^2 off F's span
+    # ||y||^2 off F's span (for one-hot targets the squares are the targets themselves)
+    outside = np.maximum((targets * targets).sum(axis=0) - x2.sum(axis=0), 0.0)
     alpha, beta = np.ones(classes), np.ones(classes)
     m2, res2 = np.zeros(classes), np.zeros(classes)
     active = np.ones(classes, dtype=bool)  # classes still iterating, vectorised over classes

@@ -4,20 +4,27 @@
 manifest's content id, the weights' hashes, the spec digest and the source's id (staleness),
 the gates (recomputed from the recorded metrics), the recorded checks, and the frozen
 tensors (every frozen, transferred parameter must still equal its source tensor bit for bit).
-With `rebuild=True` the model is rebuilt in a temporary copy of what its build reads and the
-result is compared with the recorded build:
+With `rebuild=True` the model is rebuilt in a temporary copy of what its build reads, by
+`stemma build` in a fresh process (so the numeric mode is pinned as `dvc repro` pins it), and
+the result is one of three verdicts:
 
-- CPU builds are deterministic: weights sha256, every metric and the manifest id must be
-  identical.
-- A build or rebuild on CUDA (bf16 autocast, non-deterministic kernels) cannot be: there the
-  weights hash is recorded but not required to match, and every metric must agree within
-  ``GPU_ABS_TOLERANCE + GPU_REL_TOLERANCE * |recorded|``.
+- identical: the same weights bytes and the same manifest id;
+- numerically equivalent: the same tensors (names, shapes, dtypes) whose values differ by at
+  most the weights tolerance (max absolute difference per tensor), and metrics that agree
+  within the metric tolerance; reported with both runs' `run.numerics` side by side (another
+  processor in native mode, another torch, CUDA's kernels);
+- different: anything else. Only this one fails verification.
+
+The tolerances are stricter on CPU (both builds on CPU) than where either ran on CUDA (bf16
+autocast, non-deterministic kernels).
 """
 
 from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +47,13 @@ GPU_ABS_TOLERANCE = 0.02
 """Absolute part of the metric tolerance when either build ran on CUDA."""
 GPU_REL_TOLERANCE = 0.05
 """Relative part of the metric tolerance when either build ran on CUDA."""
+CPU_WEIGHTS_TOLERANCE = 1e-3
+"""Max absolute difference per tensor for CPU builds to count as numerically equivalent."""
+GPU_WEIGHTS_TOLERANCE = 5e-2
+"""Max absolute difference per tensor when either build ran on CUDA."""
+CPU_METRIC_TOLERANCE = 0.005
+"""Absolute metric tolerance for CPU builds to count as numerically equivalent."""
+IDENTICAL, EQUIVALENT, DIFFERENT = "identical", "numerically equivalent", "different"
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 _METRICS_FILE = "metrics.json"
 _EXPLORATION_FILE = "exploration.json"
@@ -324,72 +338,147 @@ def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
     return Registry.open(folder)
 
 
-def _close(recorded: float, rebuilt: float) -> bool:
-    """Within the CUDA tolerance: |rebuilt - recorded| <= abs + rel * |recorded|."""
-    limit = GPU_ABS_TOLERANCE + GPU_REL_TOLERANCE * abs(recorded)
+def _tolerances(devices: set[str]) -> dict[str, float]:
+    if all(d.startswith("cpu") for d in devices):
+        return {"weights_abs": CPU_WEIGHTS_TOLERANCE, "metric_abs": CPU_METRIC_TOLERANCE}
+    return {
+        "weights_abs": GPU_WEIGHTS_TOLERANCE,
+        "metric_abs": GPU_ABS_TOLERANCE,
+        "metric_rel": GPU_REL_TOLERANCE,
+    }
+
+
+def _close(recorded: float, rebuilt: float, tol: Mapping[str, float]) -> bool:
+    """|rebuilt - recorded| <= abs + rel * |recorded|."""
+    limit = tol["metric_abs"] + tol.get("metric_rel", 0.0) * abs(recorded)
     return math.isfinite(rebuilt) and abs(rebuilt - recorded) <= limit
 
 
-def compare_builds(recorded: Mapping[str, Any], rebuilt: Mapping[str, Any]) -> dict[str, Any]:
-    """Compare a recorded manifest with a rebuild's: exact on CPU, tolerant on CUDA."""
+def tensor_diffs(recorded: Path, rebuilt: Path) -> dict[str, float] | str:
+    """Max absolute difference per tensor of two weights files, or why they cannot be compared."""
+    from .weights import load_weights
+
+    try:
+        a, b = load_weights(recorded), load_weights(rebuilt)
+    except BuildError as exc:
+        return exc.message
+    if sorted(a) != sorted(b):
+        return f"tensor names differ ({len(a)} recorded, {len(b)} rebuilt)"
+    diffs: dict[str, float] = {}
+    for name in sorted(a):
+        x, y = a[name], b[name]
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return f"tensor {name} is {list(x.shape)} {x.dtype}, rebuilt {list(y.shape)} {y.dtype}"
+        if x.numel() == 0:
+            diffs[name] = 0.0
+        elif x.is_floating_point():
+            diffs[name] = float((x.double() - y.double()).abs().max())
+        else:
+            diffs[name] = 0.0 if torch.equal(x, y) else math.inf
+    return diffs
+
+
+def _numerics(doc: Mapping[str, Any]) -> str:
+    n = (doc.get("run") or {}).get("numerics") or {}
+    if not n:
+        return "not recorded"
+    cpu = n.get("cpu") or {}
+    pinned = "pinned" if n.get("pinned") else "not pinned"
+    return f"{n.get('mode')} ({pinned}) on {cpu.get('model') or '?'} {cpu.get('capability', '')}"
+
+
+def compare_builds(
+    recorded: Mapping[str, Any],
+    rebuilt: Mapping[str, Any],
+    diffs: Mapping[str, float] | str | None = None,
+) -> dict[str, Any]:
+    """The verdict on a rebuild: identical, numerically equivalent or different.
+
+    `diffs` is `tensor_diffs` of the two weights files (None when there were none to read:
+    then only identical bytes count).
+    """
     devices = {
         str((recorded.get("run") or {}).get("device", "cpu")),
         str((rebuilt.get("run") or {}).get("device", "cpu")),
     }
-    exact = all(d.startswith("cpu") for d in devices)
+    tol = _tolerances(devices)
     same_weights = recorded["weights"]["sha256"] == rebuilt["weights"]["sha256"]
+    same_id = recorded["id"] == rebuilt["id"]
     metrics: dict[str, dict[str, float | None]] = {}
     bad_metrics = []
     for key in sorted(set(recorded["metrics"]) | set(rebuilt["metrics"])):
         a, b = recorded["metrics"].get(key), rebuilt["metrics"].get(key)
         metrics[key] = {"recorded": a, "rebuilt": b}
-        agree = a is not None and b is not None and (a == b if exact else _close(a, b))
-        if not agree:
+        if a is None or b is None or not _close(a, b, tol):
             bad_metrics.append(f"{key} {a} -> {b}")
-    same_id = recorded["id"] == rebuilt["id"]
+    worst = ("", 0.0)
     problems = []
-    if exact and not same_weights:
-        problems.append("weights sha256 differs")
+    if isinstance(diffs, str):
+        problems.append(diffs)
+    elif diffs:
+        worst = max(diffs.items(), key=lambda kv: kv[1])
+        if worst[1] > tol["weights_abs"]:
+            problems.append(f"tensor {worst[0]} differs by {worst[1]:.3g}")
+    elif not same_weights:
+        problems.append("weights differ and the recorded weights could not be read")
     if bad_metrics:
         problems.append("metrics differ: " + ", ".join(bad_metrics))
-    if exact and same_weights and not bad_metrics and not same_id:
+    if same_weights and not same_id:
         keys = sorted(
             k
             for k in set(recorded) | set(rebuilt)
             if k not in ("id", "run") and recorded.get(k) != rebuilt.get(k)
         )
         problems.append(f"manifest id differs (in {', '.join(keys) or 'id'})")
-    mode = (
-        "identical (CPU)"
-        if exact
-        else (f"within {GPU_ABS_TOLERANCE} + {GPU_REL_TOLERANCE} x |value| (CUDA)")
-    )
-    if problems:
-        message = f"rebuild on {'/'.join(sorted(devices))} differs: " + "; ".join(problems)
-    else:
-        message = f"rebuild matches, {mode}: weights {rebuilt['weights']['sha256'][7:19]}" + (
-            "" if same_weights else " (hash differs, allowed on CUDA)"
+    numerics = {
+        "recorded": (recorded.get("run") or {}).get("numerics"),
+        "rebuilt": (rebuilt.get("run") or {}).get("numerics"),
+    }
+    side = f"numerics: recorded {_numerics(recorded)}, rebuilt {_numerics(rebuilt)}"
+    if same_weights and same_id:
+        verdict = IDENTICAL
+        message = f"rebuild identical: weights {rebuilt['weights']['sha256'][7:19]}"
+    elif not problems:
+        verdict = EQUIVALENT
+        rel = f" + {tol['metric_rel']:g} x |value|" if "metric_rel" in tol else ""
+        message = (
+            f"rebuild numerically equivalent: max abs difference {worst[1]:.3g}"
+            f"{' in ' + worst[0] if worst[0] else ''} (tolerance {tol['weights_abs']:g} per"
+            f" tensor, metrics within {tol['metric_abs']:g}"
+            f"{rel}); {side}"
         )
+    else:
+        verdict = DIFFERENT
+        message = f"rebuild different: {'; '.join(problems)}; {side}"
     return {
-        "ok": not problems,
+        "ok": verdict != DIFFERENT,
+        "verdict": verdict,
         "message": message,
-        "exact": exact,
         "devices": sorted(devices),
+        "tolerance": tol,
         "weights": {
             "recorded": recorded["weights"]["sha256"],
             "rebuilt": rebuilt["weights"]["sha256"],
             "identical": same_weights,
+            "max_abs_diff": None if not isinstance(diffs, Mapping) else dict(diffs),
         },
         "metrics": metrics,
         "id": {"recorded": recorded["id"], "rebuilt": rebuilt["id"], "identical": same_id},
-        "tolerance": None if exact else {"abs": GPU_ABS_TOLERANCE, "rel": GPU_REL_TOLERANCE},
+        "numerics": numerics,
     }
+
+
+def _build_in(folder: Path, name: str) -> None:
+    """`stemma build model NAME` in a fresh process: the numeric mode is pinned as in DVC."""
+    args = [sys.executable, "-m", "stemma.cli.app", "build", "model", name, "-q", "-C", str(folder)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise BuildError(f"rebuild of {name!r} failed: {lines[-1]}")
 
 
 def rebuild_and_compare(reg: Registry, name: str) -> dict[str, Any]:
     """Rebuild `name` in a temporary copy and compare it with the recorded build."""
-    from .build import build_model
-
     found = reg.model_manifest(name)
     if found is None:
         raise BuildError(f"{reg.rel('models', name)}: model {name!r} has not been built")
@@ -402,5 +491,10 @@ def rebuild_and_compare(reg: Registry, name: str) -> dict[str, Any]:
         ) from None
     with tempfile.TemporaryDirectory(prefix="stemma-rebuild-") as tmp:
         copy = stage_copy(reg, name, Path(tmp))
-        rebuilt = build_model(copy, name)
-    return compare_builds(found.raw, rebuilt)
+        _build_in(Path(tmp), name)
+        rebuilt = copy.model_manifest(name)
+        if rebuilt is None:
+            raise BuildError(f"rebuild of {name!r} wrote no manifest")
+        mine = reg.model_dir(name) / WEIGHTS_FILE
+        diffs = tensor_diffs(mine, copy.model_dir(name) / WEIGHTS_FILE) if mine.is_file() else None
+        return compare_builds(found.raw, rebuilt.raw, diffs)

@@ -1,23 +1,22 @@
 """Writing the query index: one transaction that applies a set of changed files.
 
-Specs are parsed in worker processes (see `_scan.SpecReader`) while this process hands
-manifests to DuckDB, whose JSON reader extracts the indexed fields; a file that cannot be
-indexed raises the located error of the registry (file, line or JSON pointer).
+Specs are turned into canonical JSON here (`_specrow`) and manifests handed to DuckDB as text,
+whose JSON reader extracts the indexed fields; a file that cannot be indexed raises the
+located error of the registry (file, line or JSON pointer).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from . import _scan, _sql
+from . import _snapshot, _specrow, _sql
 from .errors import SchemaError, StemmaError
-from .files import replace_reusing
+from .files import write_atomic
 
 if TYPE_CHECKING:
     import duckdb
@@ -60,7 +59,7 @@ class Changes:
     removed: list[str]
     added: int
     # Size and mtime of each path to read, as the snapshot saw them: what the index records
-    # for the file (see `_scan.read_text`).
+    # for the file (see `_snapshot.read_text`).
     stamps: dict[str, tuple[int, int]]
 
 
@@ -114,27 +113,22 @@ class IndexBusy(StemmaError):
 
 class Attached:
     """An in-memory DuckDB instance with the index at `path` attached as its default database:
-    read-write while it changes, then read-only (cheaper than an instance for each). The
-    instance is created on first use, after any worker processes were forked: DuckDB runs
-    threads of its own."""
+    read-write while it changes, then read-only (cheaper than an instance for each)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.con: duckdb.DuckDBPyConnection | None = None
-        self.threads: int | None = None  # of the instance: None for one per core
         self.attached = False
 
-    def attach(self, read_only: bool, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-        """Attach the index (detaching it first if it is), on an instance that runs `threads`
-        threads (None: one per core)."""
+    def attach(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Attach the index (detaching it first if it is)."""
         from ._engine import duckdb
 
         self.detach()
-        if self.con is not None and self.threads != threads:
-            self.close()
         if self.con is None:
-            self.con = self._connect(threads)
-            self.threads = threads
+            # Spills go beside the index, as they would for the file opened directly (DuckDB
+            # lets queries read its temporary folder even with external access disabled).
+            self.con = duckdb.connect(config={"temp_directory": f"{self.path}.tmp"})
         mode = " (READ_ONLY)" if read_only else ""
         try:
             self.con.execute(f"ATTACH {_sql.quote_literal(str(self.path))} AS {DATABASE}{mode}")
@@ -146,21 +140,6 @@ class Attached:
         self.attached = True
         self.con.execute(f"USE {DATABASE}")
         return self.con
-
-    def start(self) -> None:
-        """Create the instance now, if there is none."""
-        if self.con is None:
-            self.con, self.threads = self._connect(None), None
-
-    def _connect(self, threads: int | None) -> duckdb.DuckDBPyConnection:
-        from ._engine import duckdb
-
-        # Spills go beside the index, as they would for the file opened directly (DuckDB
-        # lets queries read its temporary folder even with external access disabled).
-        config: dict[str, Any] = {"temp_directory": f"{self.path}.tmp"}
-        if threads:
-            config["threads"] = threads
-        return duckdb.connect(config=config)
 
     def detach(self) -> None:
         """Detach the index (writing its changes to the file)."""
@@ -183,7 +162,7 @@ class StaleIndex(Exception):
 def apply(
     reg: Registry,
     db: Attached,
-    snap: _scan.Snapshot,
+    snap: _snapshot.Snapshot,
     changes: Changes,
     side: Path,
     expect: tuple[str, str] | None,
@@ -196,21 +175,15 @@ def apply(
     create = expect is None
     # Taken before any file is read: a file is "racy" when its mtime is within the window of
     # this moment, and so also of the moment it was read (which is later).
-    now = _scan.now_ns()
+    now = _snapshot.now_ns()
     stamps = changes.stamps
-    specs = [p for p in changes.read if p.endswith(_scan.SPEC)]
-    manifests = [p for p in changes.read if p.endswith(_scan.MANIFEST)]
-    if len(specs) >= _scan.POOL_MIN:
-        db.close()  # worker processes are forked only where DuckDB runs no threads
-    # Specs are turned into JSON by worker processes while this one indexes manifests.
-    reader = _scan.SpecReader(reg.root, reg.rel_root, specs, [stamps[p][0] for p in specs])
-    try:
-        # The workers and DuckDB share the cores.
-        threads = max(1, (os.cpu_count() or 1) - reader.workers) if reader.workers else None
-        con = _begin(db, threads, expect)
-    except BaseException:
-        reader.close()
-        raise
+    specs = [p for p in changes.read if p.endswith(_snapshot.SPEC)]
+    manifests = [p for p in changes.read if p.endswith(_snapshot.MANIFEST)]
+    # Specs are parsed before the transaction begins: a bad one fails before anything is
+    # written.
+    texts = _specrow.read_specs(reg.root, reg.rel_root, specs, [stamps[p][0] for p in specs])
+    clock.lap("specs")
+    con = _begin(db, expect)
     try:
         if create:
             con.execute(_sql.TABLES)
@@ -223,21 +196,13 @@ def apply(
                 for table in tables:
                     con.execute(f"DELETE FROM {table} WHERE path IN (SELECT path FROM gone_files)")
         clock.lap("delete")
-        read: list[str] = []
-
-        def take_specs(parts: Iterable[tuple[list[str], list[str | None]]]) -> None:
-            for paths, texts in parts:
-                read.extend(_insert_specs(reg, con, paths, texts))
-
-        # Spec parts are indexed as the workers finish them, between chunks of manifests.
-        read += _insert_manifests(reg, con, manifests, stamps, lambda: take_specs(reader.ready()))
-        clock.lap("manifests")
-        take_specs(reader.rest())
-        clock.lap("specs")
+        read = _insert_specs(reg, con, specs, texts)
+        read += _insert_manifests(reg, con, manifests, stamps)
+        clock.lap("insert")
         # A file written moments ago is recorded as RACY: the next open reads it again. A
         # file that vanished before it could be read is recorded as missing.
-        racy = {p: _scan.RACY for p in read if _scan.racy(stamps[p][1], now)}
-        gone_since = {p: _scan.MISSING for p in set(changes.read).difference(read)}
+        racy = {p: _snapshot.RACY for p in read if _snapshot.racy(stamps[p][1], now)}
+        gone_since = {p: _snapshot.MISSING for p in set(changes.read).difference(read)}
         stored = snap.with_sizes(racy | gone_since) if racy or gone_since else snap
         _update_edges(con, gone, create)
         clock.lap("edges")
@@ -258,8 +223,6 @@ def apply(
         with contextlib.suppress(Exception):
             con.execute("ROLLBACK")
         raise
-    finally:
-        reader.close()
 
 
 # The snapshot the index matches is kept beside it (`index.snapshot`), not in it: comparing
@@ -279,14 +242,14 @@ def matches(con: duckdb.DuckDBPyConnection, digests: tuple[str, str]) -> bool:
 
 def write_snapshot(side: Path, packed: tuple[str, str, str, bytes]) -> None:
     """Store a packed snapshot: a header line (digests, size of the names), the folder
-    names as JSON, then the numbers. A few megabytes written on every refresh: into the file
-    it replaced the time before, then renamed into place (`replace_reusing`)."""
+    names as JSON, then the numbers; written whole and renamed into place, without fsync
+    (a cache, checked against its digests when read)."""
     names_digest, numbers_digest, names, numbers = packed
     text = names.encode()
     head = b" ".join(
         [SNAPSHOT_MAGIC, names_digest.encode(), numbers_digest.encode(), b"%d" % len(text)]
     )
-    replace_reusing(side, [head, b"\n", text, numbers])
+    write_atomic(side, b"".join([head, b"\n", text, numbers]), sync=False)
 
 
 @dataclass(frozen=True)
@@ -311,7 +274,7 @@ class StoredSnapshot:
             return None
         return cls((names_digest.decode(), numbers_digest.decode()), data, numbers_at)
 
-    def snapshot(self, names: dict[str, list[str]] | None) -> _scan.Snapshot | None:
+    def snapshot(self, names: dict[str, list[str]] | None) -> _snapshot.Snapshot | None:
         """The snapshot stored; None when it does not match its digests (a damaged file).
         `names`, when given, are the folder names of the snapshot (the caller knows they
         match the first digest): the stored ones are not parsed again."""
@@ -324,7 +287,7 @@ class StoredSnapshot:
         start = self.data.index(b"\n") + 1
         try:
             text = bytes(view[start : self.numbers_at]).decode()
-            snap = _scan.Snapshot.unpack(text, numbers, names)
+            snap = _snapshot.Snapshot.unpack(text, numbers, names)
         except ValueError:
             return None
         if names is not None:
@@ -332,15 +295,13 @@ class StoredSnapshot:
         return snap if snap.digests()[0] == self.digests[0] else None
 
 
-def _begin(
-    db: Attached, threads: int | None, expect: tuple[str, str] | None
-) -> duckdb.DuckDBPyConnection:
+def _begin(db: Attached, expect: tuple[str, str] | None) -> duckdb.DuckDBPyConnection:
     """Attach the index read-write and begin the transaction; `StaleIndex` when the index
     does not match the snapshot of `expect`, or cannot be opened (it is rebuilt)."""
     from ._engine import duckdb
 
     try:
-        con = db.attach(read_only=False, threads=threads)
+        con = db.attach(read_only=False)
         con.execute("BEGIN TRANSACTION")
         if expect is None or matches(con, expect):
             return con
@@ -355,7 +316,9 @@ def _update_edges(con: duckdb.DuckDBPyConnection, gone: list[str], create: bool)
     if create:
         con.execute(_sql.EDGES.format(only=""))
         return
-    specs = {p.split("/")[1] for p in gone if p.startswith("models/") and p.endswith(_scan.SPEC)}
+    specs = {
+        p.split("/")[1] for p in gone if p.startswith("models/") and p.endswith(_snapshot.SPEC)
+    }
     manifests = {p.split("/")[1] for p in gone if p.startswith("models/")} - specs
     if manifests:
         # The edges of a model with a spec naming its source (or none) come from the spec.
@@ -408,9 +371,9 @@ def _insert_specs(
         rows = []
         for path, compact in flagged:
             display = _display(reg, path)
-            text = _scan.read_text(reg.root, path, 1 << 16, reg.rel_root) or ""
-            rows.append(_scan.spec_row(path, compact, display, text))
-        fields = {c: [r[i] for r in rows] for i, c in enumerate(_scan.SPEC_COLUMNS)}
+            text = _snapshot.read_text(reg.root, path, 1 << 16, reg.rel_root) or ""
+            rows.append(_specrow.spec_row(path, compact, display, text))
+        fields = {c: [r[i] for r in rows] for i, c in enumerate(_specrow.SPEC_COLUMNS)}
         with text_rows(con, "spec_fields", fields):
             con.execute(_sql.INSERT_MODEL_SPEC_ROWS)
             con.execute(_sql.INSERT_DATASET_SPEC_ROWS)
@@ -422,10 +385,8 @@ def _insert_manifests(
     con: duckdb.DuckDBPyConnection,
     paths: list[str],
     stamps: dict[str, tuple[int, int]],
-    between: Callable[[], None],
 ) -> list[str]:
-    """Parse manifests with DuckDB's JSON reader, a chunk at a time, calling `between`
-    after each; the paths indexed."""
+    """Parse manifests with DuckDB's JSON reader, a chunk at a time; the paths indexed."""
     chunks = [
         (kind == "models/", chunk)
         for kind in ("models/", "datasets/")
@@ -434,7 +395,7 @@ def _insert_manifests(
     read: list[str] = []
 
     def load(chunk: list[str]) -> list[tuple[str, str]]:
-        texts = (_scan.read_text(reg.root, p, stamps[p][0], reg.rel_root) for p in chunk)
+        texts = (_snapshot.read_text(reg.root, p, stamps[p][0], reg.rel_root) for p in chunk)
         return [(p, t) for p, t in zip(chunk, texts, strict=True) if t is not None]
 
     for model, chunk in chunks:
@@ -442,7 +403,6 @@ def _insert_manifests(
         if files:
             _stage_manifests(reg, con, files, model)
             read += [p for p, _t in files]
-        between()
     return read
 
 

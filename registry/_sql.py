@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import re
 
+from .status import BUILT, REGISTERED, STALE, UNBUILT
+
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "7"
+FORMAT = "9"
 
 TABLES = """
 CREATE SCHEMA raw;
 CREATE TABLE raw.meta(key VARCHAR, value VARCHAR);
 CREATE TABLE raw.model_specs(
     name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, relation VARCHAR,
-    train VARCHAR, eval VARCHAR, family VARCHAR, description VARCHAR, tags VARCHAR[]);
+    train VARCHAR, eval VARCHAR, family VARCHAR, description VARCHAR, tags VARCHAR[],
+    checks VARCHAR[],  -- datasets of the forgetting and drift checks, in that order
+    candidates VARCHAR);  -- the glob of an exploration's candidates (source: auto)
 CREATE TABLE raw.dataset_specs(
     name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, description VARCHAR,
     tags VARCHAR[]);
@@ -107,7 +111,7 @@ FROM staged"""
 
 # Specs arrive as canonical JSON (`spec_rows(path, spec)`); DuckDB hashes them and picks the
 # indexed fields. A spec is taken here only when every field has the type the index needs
-# (`*_SPEC_OK`); the others go through `_scan.spec_row`, the reference, for a located error.
+# (`*_SPEC_OK`); the others go through `_specrow.spec_row`, the reference, for a located error.
 STAGE_SPECS = """
 CREATE OR REPLACE TEMP TABLE staged_specs AS
 SELECT path, split_part(path, '/', 2) AS name, spec, 'sha256:' || sha256(spec) AS digest,
@@ -132,6 +136,19 @@ MODEL_SPEC_OK = f"""path LIKE 'models/%' AND {_COMMON_OK}
 
 DATASET_SPEC_OK = f"path LIKE 'datasets/%' AND {_COMMON_OK} AND json_type(v[1]) = 'VARCHAR'"
 
+
+def _text_at(path: str) -> str:
+    """The text at JSON `path` of the spec (column `spec`), NULL where it is not text: the
+    same for every spec, so both ways of indexing specs pick these alike."""
+    picked = f"json_extract_string(spec, '{path}')"
+    return f"CASE WHEN json_type(spec, '{path}') = 'VARCHAR' THEN {picked} END"
+
+
+# The lineage graph's extra fields of a model spec, as `stemma.lineage.graph` reads them.
+_LINEAGE_FIELDS = f"""list_filter([{_text_at("$.checks.forgetting.data")},
+                    {_text_at("$.checks.drift.data")}], lambda x: x IS NOT NULL),
+       {_text_at("$.source.candidates")}"""
+
 INSERT_MODEL_SPECS = f"""
 INSERT INTO raw.model_specs
 SELECT name, path, digest,
@@ -140,7 +157,7 @@ SELECT name, path, digest,
        v[5] ->> '$', coalesce(v[6] ->> '$', v[5] ->> '$'),
        CASE WHEN json_type(v[8]) = 'VARCHAR' THEN v[8] ->> '$' END,
        CASE WHEN json_type(v[9]) = 'VARCHAR' THEN v[9] ->> '$' END,
-       CAST(v[10] AS VARCHAR[])
+       CAST(v[10] AS VARCHAR[]), {_LINEAGE_FIELDS}
 FROM staged_specs WHERE {MODEL_SPEC_OK}"""
 
 INSERT_DATASET_SPECS = f"""
@@ -154,11 +171,11 @@ FLAGGED_SPECS = f"""
 SELECT path, spec FROM staged_specs
 WHERE NOT coalesce(({MODEL_SPEC_OK}) OR ({DATASET_SPEC_OK}), false) ORDER BY path"""
 
-# Rows picked in Python (`_scan.spec_row`, columns `_scan.SPEC_COLUMNS`) for flagged specs.
-INSERT_MODEL_SPEC_ROWS = """
+# Rows picked in Python (`_specrow.spec_row`, columns `_specrow.SPEC_COLUMNS`) for flagged specs.
+INSERT_MODEL_SPEC_ROWS = f"""
 INSERT INTO raw.model_specs
 SELECT split_part(path, '/', 2), path, digest, source, relation, train, eval, family,
-       description, CAST(spec::JSON->'$.tags' AS VARCHAR[])
+       description, CAST(spec::JSON->'$.tags' AS VARCHAR[]), {_LINEAGE_FIELDS}
 FROM spec_fields WHERE path LIKE 'models/%'"""
 
 INSERT_DATASET_SPEC_ROWS = """
@@ -217,6 +234,17 @@ MODEL_COLUMNS = (
     "loss",
     "metrics",
 )
+# `status.status` in SQL (spec `s`, manifest `m`, the declared source's manifest `p`); tests
+# compare the two on every case.
+_DATASET_STATUS = f"""CASE WHEN m.name IS NULL THEN '{UNBUILT}'
+            WHEN s.name IS NULL THEN '{REGISTERED}'
+            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN '{STALE}'
+            ELSE '{BUILT}' END"""
+_MODEL_STATUS = f"""CASE WHEN m.name IS NULL THEN '{UNBUILT}'
+            WHEN s.name IS NULL THEN '{REGISTERED}'
+            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN '{STALE}'
+            WHEN p.id IS NOT NULL AND p.id IS DISTINCT FROM m.source_id THEN '{STALE}'
+            ELSE '{BUILT}' END"""
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 MAX_METRIC_COLUMNS = 100
 
@@ -231,16 +259,13 @@ def models_view(metric_keys: list[str]) -> str:
 CREATE OR REPLACE VIEW main.models AS
 SELECT coalesce(s.name, m.name) AS name,
        m.id,
-       CASE WHEN m.name IS NULL THEN 'unbuilt'
-            WHEN s.name IS NULL THEN 'orphan'
-            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN 'stale'
-            WHEN p.id IS NOT NULL AND p.id IS DISTINCT FROM m.source_id THEN 'stale'
-            ELSE 'built' END AS status,
+       {_MODEL_STATUS} AS status,
        coalesce(m.family, s.family) AS family,
        CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.source ELSE s.source END AS source,
        CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.relation ELSE s.relation END
            AS relation,
-       m.source_id, m.params_total, m.params_trainable, m.params_transferred, m.created,
+       m.source_id, m.params_total, m.params_trainable, m.params_transferred,
+       timezone('UTC', m.created) AS created,
        m.duration_s, m.weights_bytes,
        CASE WHEN s.name IS NULL THEN m.train ELSE s.train END AS train,
        CASE WHEN s.name IS NULL THEN m.eval ELSE s.eval END AS eval,
@@ -274,24 +299,22 @@ VIEWS = f"""
 CREATE OR REPLACE VIEW main.datasets AS
 SELECT coalesce(s.name, m.name) AS name,
        m.id,
-       CASE WHEN m.name IS NULL THEN 'unbuilt'
-            WHEN s.name IS NULL THEN 'orphan'
-            WHEN m.spec_digest IS DISTINCT FROM s.digest THEN 'stale'
-            ELSE 'built' END AS status,
+       {_DATASET_STATUS} AS status,
        s.source, m.samples, m.splits, m.classes, len(m.classes) AS n_classes, m.shape,
-       m.dtype, m.data_bytes, m.created, coalesce(s.tags, []::VARCHAR[]) AS tags,
+       m.dtype, m.data_bytes, timezone('UTC', m.created) AS created,
+       coalesce(s.tags, []::VARCHAR[]) AS tags,
        s.description
 FROM raw.dataset_specs s FULL OUTER JOIN raw.dataset_manifests m ON m.name = s.name;
 
 CREATE OR REPLACE VIEW main.edges AS SELECT src, dst, kind, relation FROM raw.edges;
 
 CREATE OR REPLACE VIEW main.layers AS
-SELECT name AS model, tensor, shape, dtype, origin, frozen, source_name,
+SELECT name, tensor, shape, dtype, origin, frozen, source_name,
        coalesce(list_aggregate(shape, 'product'), 1)::BIGINT AS numel, position
 FROM raw.layers;
 
 CREATE OR REPLACE VIEW main.metrics AS
-SELECT name AS model, unnest(map_keys(metrics)) AS key, unnest(map_values(metrics)) AS value
+SELECT name, unnest(map_keys(metrics)) AS key, unnest(map_values(metrics)) AS value
 FROM raw.model_manifests;
 
 {_walk("ancestors", near="src", far="dst")}
@@ -303,8 +326,8 @@ MACROS = ("ancestors", "descendants")
 
 VERSIONS_TABLE = """
 CREATE TEMP TABLE versions AS
-SELECT model, id, commit, timezone('UTC', TRY_CAST(date AS TIMESTAMPTZ)) AS date, author,
-       source_id, CAST(CAST(metrics AS JSON) AS MAP(VARCHAR, DOUBLE)) AS metrics
+SELECT name, id, commit, TRY_CAST(date AS TIMESTAMPTZ) AS date, author,
+       source_id, CAST(CAST(metrics AS JSON) AS MAP(VARCHAR, DOUBLE)) AS metrics, status
 FROM version_rows"""
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from .dag import Forest
 from .errors import LocatedError, StemmaError
-from .naming import NAME_RE, parse_source
-from .records import DatasetSpec, ModelSpec
+from .naming import NAME_RE, NAME_RULE, parse_source
+from .records import DatasetSpec, Manifest, ModelSpec
 from .registry import Registry
+from .status import SOURCE_CHANGED, SPEC_CHANGED, staleness
+from .taskspec import spec_problems, training_task
 
 # Stable violation codes; tools and the audit key on these strings.
 SCHEMA = "schema"
@@ -26,6 +29,7 @@ STALE_MANIFEST = "stale-manifest"
 ID_MISMATCH = "id-mismatch"
 FAILED_GATE = "failed-gate"
 FAILED_CHECK = "failed-check"
+METRICS_MISMATCH = "metrics-mismatch"
 
 CODES = (
     SCHEMA,
@@ -39,6 +43,7 @@ CODES = (
     ID_MISMATCH,
     FAILED_GATE,
     FAILED_CHECK,
+    METRICS_MISMATCH,
 )
 
 
@@ -87,7 +92,12 @@ def check(reg: Registry) -> list[Violation]:
         path = reg.rel("datasets", name, "spec.yaml")
         if not NAME_RE.match(name):
             found.append(
-                Violation(INVALID_NAME, path, f"invalid dataset name {name!r}", subject=subject)
+                Violation(
+                    INVALID_NAME,
+                    path,
+                    f"invalid dataset name {name!r}: use {NAME_RULE}",
+                    subject=subject,
+                )
             )
             continue
         try:
@@ -101,7 +111,12 @@ def check(reg: Registry) -> list[Violation]:
         path = reg.rel("models", name, "spec.yaml")
         if not NAME_RE.match(name):
             found.append(
-                Violation(INVALID_NAME, path, f"invalid model name {name!r}", subject=subject)
+                Violation(
+                    INVALID_NAME,
+                    path,
+                    f"invalid model name {name!r}: use {NAME_RULE}",
+                    subject=subject,
+                )
             )
             continue
         try:
@@ -110,6 +125,7 @@ def check(reg: Registry) -> list[Violation]:
             found.append(_from_error(exc, subject, path))
     for spec in models.values():
         found += _model_refs(reg, spec, models)
+        found += _task_rules(reg, spec)
     found += _cycles(reg, models)
     for name in models:
         found += _manifest_checks(reg, name, models)
@@ -122,9 +138,9 @@ def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
         source = parse_source(spec.source)
     except StemmaError as exc:
         return [Violation(SCHEMA, spec.path, exc.message, "/source", subject=subject)]
-    if source.kind == "file":
+    if source.path is not None:
         try:
-            reg.resolve(source.value, "/source", spec.path)
+            reg.resolve(source.path, "/source", spec.path)
         except StemmaError:
             return [
                 Violation(
@@ -190,6 +206,17 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
     return found
 
 
+def _task_rules(reg: Registry, spec: ModelSpec) -> list[Violation]:
+    """Losses and gates the training data's task does not allow (`taskspec.spec_problems`)."""
+    task = training_task(reg, spec)
+    if task is None:
+        return []
+    return [
+        Violation(SCHEMA, spec.path, message, pointer, subject=f"model:{spec.name}")
+        for pointer, message in spec_problems(task, spec.raw)
+    ]
+
+
 def _parents(models: dict[str, ModelSpec]) -> dict[str, str]:
     return {
         n: s.source.model
@@ -199,27 +226,16 @@ def _parents(models: dict[str, ModelSpec]) -> dict[str, str]:
 
 
 def _cycles(reg: Registry, models: dict[str, ModelSpec]) -> list[Violation]:
-    parent = _parents(models)
-    found, seen = [], set()
-    for start in sorted(parent):
-        path: list[str] = []
-        node: str | None = start
-        while node is not None and node not in seen and node not in path:
-            path.append(node)
-            node = parent.get(node)
-        if node is not None and node in path:
-            loop = path[path.index(node) :]
-            found.append(
-                Violation(
-                    CYCLE,
-                    models[loop[0]].path,
-                    "lineage cycle: " + " -> ".join([*loop, loop[0]]),
-                    "/source/model",
-                    subject=f"model:{loop[0]}",
-                )
-            )
-        seen.update(path)
-    return found
+    return [
+        Violation(
+            CYCLE,
+            models[loop[0]].path,
+            "lineage cycle: " + " -> ".join([*loop, loop[0]]),
+            "/source/model",
+            subject=f"model:{loop[0]}",
+        )
+        for loop in Forest(models, _parents(models)).cycles()
+    ]
 
 
 def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> list[Violation]:
@@ -242,6 +258,7 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
             )
         )
     found += list(_staleness(reg, name, models, manifest.path))
+    found += _metric_files(reg, manifest)
     for gate in manifest.raw.get("gates", []):
         if not gate["passed"]:
             found.append(
@@ -268,34 +285,44 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
     return found
 
 
+def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
+    from .metricfiles import mismatches
+
+    return [
+        Violation(METRICS_MISMATCH, m.path, m.message, m.pointer, subject=f"model:{manifest.name}")
+        for m in mismatches(reg, manifest)
+    ]
+
+
 def _staleness(
     reg: Registry, name: str, models: dict[str, ModelSpec], path: str
 ) -> Iterator[Violation]:
     manifest = reg.model_manifest(name)
     assert manifest is not None
     spec = models[name]
-    subject = f"model:{name}"
-    if manifest.spec_digest != spec.digest:
+    src = spec.source
+    parent_id = None
+    if src is not None and not src.auto and src.model in models:
+        try:
+            parent = reg.model_manifest(src.model)
+        except StemmaError:
+            parent = None
+        parent_id = parent.id if parent is not None else None
+    why = staleness(spec.digest, manifest.spec_digest, parent_id, manifest.source_id)
+    if why == SPEC_CHANGED:
         yield Violation(
             STALE_MANIFEST,
             path,
             "spec changed since the last build; run `dvc repro`",
             "/spec_digest",
-            subject=subject,
+            subject=f"model:{name}",
         )
-        return
-    src = spec.source
-    if src is None or src.auto or src.model not in models:
-        return
-    try:
-        parent = reg.model_manifest(src.model)
-    except StemmaError:
-        return
-    if parent is not None and manifest.source_id != parent.id:
+    elif why == SOURCE_CHANGED:
+        assert src is not None
         yield Violation(
             STALE_MANIFEST,
             path,
             f"source {src.model!r} changed since the last build; run `dvc repro`",
             "/source/id",
-            subject=subject,
+            subject=f"model:{name}",
         )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,47 +83,6 @@ def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
         raise
 
 
-def replace_reusing(path: Path, parts: Sequence[bytes]) -> None:
-    """Replace `path` with the bytes of `parts` like `write_atomic` without fsync (a cache
-    that is checked when read), but write the file that the last call replaced rather than
-    a new one. Rewriting pages in place is cheap; a new file of a few megabytes costs
-    allocating its pages and, as it replaces the old one, freeing them (10 to 25 ms for 5 MB).
-
-    The replaced file lives on as `<path>.spare`, through a hard link (`<path>.kept`) taken
-    before the new file is renamed over it. A spare that is not a plain file of this user
-    with no other link is never written into: a new file is written instead."""
-    spare, kept = path.with_name(path.name + ".spare"), path.with_name(path.name + ".kept")
-    try:
-        fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
-        fd = -1
-    if fd >= 0:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
-            os.close(fd)
-            fd = -1
-    if fd < 0:
-        with contextlib.suppress(OSError):
-            os.unlink(spare)
-        write_atomic(path, b"".join(parts), sync=False)
-        return
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), _mode_for(path))
-        for part in parts:
-            fh.write(part)
-        fh.truncate()
-    with contextlib.suppress(OSError):
-        os.unlink(kept)  # left by an interrupted call
-    try:
-        os.link(path, kept, follow_symlinks=False)
-        linked = True
-    except OSError:  # no current file, or no hard links here
-        linked = False
-    os.replace(spare, path)
-    if linked:
-        os.replace(kept, spare)
-
-
 def _mode_for(path: Path) -> int:
     """The permissions of the file `path` replaces, or those a new file gets (umask)."""
     try:
@@ -140,13 +98,11 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, canonical_json(obj))
 
 
-def read_json(path: Path, display: str | None = None) -> Any:
-    """Read a JSON file stemma wrote or parses (bounded, regular, UTF-8, JSON values only),
-    raising a located error naming the file on anything else."""
-    from .errors import ParseError
-
+def read_json(path: Path, display: str | None = None, root: Path | None = None) -> Any:
+    """Read a JSON file stemma wrote or parses (bounded, regular, UTF-8, JSON values only,
+    inside `root` when given), raising a located error naming the file on anything else."""
     name = display or str(path)
-    text = read_text_file(path, name)
+    text = read_text_file(path, name, root=root)
     if text is None:
         raise ParseError(name, "the file does not exist")
     return parse_json_text(text, name)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import _scan
+from . import _snapshot
 from ._ingest import (
     SNAPSHOT_SUFFIX,
     Attached,
@@ -124,22 +124,13 @@ def open_index(reg: Registry) -> Index:
     if not isinstance(reg.tree, WorkTree):
         raise QueryError(f"queries read the working tree, not {reg.tree.label}")
     clock = Clock()
-    # Child processes stat the files of a large registry while this one opens the index.
-    snap = _scan.PendingSnapshot(reg.root, reg.rel_root)
-    try:
-        return _open(reg, snap, clock)
-    finally:
-        snap.close()  # children left over after an error
-
-
-def _open(reg: Registry, snap: _scan.PendingSnapshot, clock: Clock) -> Index:
     path = index_path(reg)
     try:
         if _IN_USE.get(path):
             raise IndexBusy(f"{path} is open in this process")
         path.parent.mkdir(exist_ok=True)
         with _file_lock(path.parent / LOCK_NAME, LOCK_WAIT_S):
-            con, stats = _fresh(reg, path, snap, clock)
+            con, stats = _fresh(reg, path, clock)
         return Index(con, stats, shared=path)
     except IndexBusy:
         pass  # another process is writing it, or reading it while we need to write
@@ -151,7 +142,7 @@ def _open(reg: Registry, snap: _scan.PendingSnapshot, clock: Clock) -> Index:
 
     private = Path(tempfile.mkdtemp(prefix="stemma-index-"))
     try:
-        con, stats = _fresh(reg, private / INDEX_NAME, snap, clock)
+        con, stats = _fresh(reg, private / INDEX_NAME, clock)
     except BaseException:
         _remove_tree(private)
         raise
@@ -191,35 +182,28 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
         os.close(fd)
 
 
-def _fresh(
-    reg: Registry, path: Path, pending: _scan.PendingSnapshot, clock: Clock
-) -> tuple[Any, RefreshStats]:
+def _fresh(reg: Registry, path: Path, clock: Clock) -> tuple[Any, RefreshStats]:
     """A connection with the index at `path` attached read-only, after bringing the index
-    in step with the snapshot."""
-    from ._engine import duckdb  # while the snapshot is taken
+    in step with the files."""
+    from ._engine import duckdb
 
     db = Attached(path)
     try:
-        return _refresh(db, reg, pending, clock)
+        return _refresh(db, reg, clock)
     except BaseException:
         with contextlib.suppress(duckdb.Error):
             db.close()
         raise
 
 
-def _refresh(
-    db: Attached, reg: Registry, pending: _scan.PendingSnapshot, clock: Clock
-) -> tuple[Any, RefreshStats]:
+def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshStats]:
     from ._engine import duckdb
 
     path = db.path
     side = path.with_suffix(SNAPSHOT_SUFFIX)
-    # While the snapshot is taken: the snapshot file, and the DuckDB instance.
     stored = StoredSnapshot.read(side) if path.exists() else None
-    if stored is not None:
-        db.start()
     clock.lap("open")
-    snap = pending.result()
+    snap = _snapshot.snapshot(reg.root, reg.rel_root)
     digests = snap.digests()
     clock.lap("snapshot")
     changes: Changes | None = None
@@ -240,7 +224,7 @@ def _refresh(
     rebuilt = changes is None
     if changes is None:
         with contextlib.suppress(duckdb.Error):
-            db.close()  # so that spec workers can be forked
+            db.close()
         for stale in (side, path, *path.parent.glob(f"{path.name}.wal*")):
             stale.unlink(missing_ok=True)
         stamps = snap.by_path()
@@ -261,7 +245,9 @@ def _refresh(
     return con, stats
 
 
-def _diff(stored: StoredSnapshot, snap: _scan.Snapshot, digests: tuple[str, str]) -> Changes | None:
+def _diff(
+    stored: StoredSnapshot, snap: _snapshot.Snapshot, digests: tuple[str, str]
+) -> Changes | None:
     """Files that are new, changed or gone since the stored snapshot (None: unreadable)."""
     # The same folders: the stored names need not be parsed.
     before = stored.snapshot(snap.names if stored.digests[0] == digests[0] else None)

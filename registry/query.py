@@ -254,6 +254,7 @@ def _lock_down(con: duckdb.DuckDBPyConnection, memory_limit: str = MEMORY_LIMIT)
         "autoinstall_known_extensions = false",
         "autoload_known_extensions = false",
         "allow_community_extensions = false",
+        "TimeZone = 'UTC'",  # timestamps print as the UTC the manifests record
         "enable_external_access = false",
         "lock_configuration = true",
     ):
@@ -267,10 +268,11 @@ def _load_history(reg: Registry, con: duckdb.DuckDBPyConnection) -> None:
     import numpy as np
 
     try:
-        from .versions import all_history
+        from .versions import all_history, statuses
     except ImportError:
         raise QueryError("--history needs stemma.registry.versions, which is missing") from None
-    versions = [v.to_dict() for v in all_history(reg)]
+    found = all_history(reg)
+    versions = [v.to_dict() for v in found]
 
     def col(key: str) -> Any:
         return np.array(
@@ -278,13 +280,14 @@ def _load_history(reg: Registry, con: duckdb.DuckDBPyConnection) -> None:
         )
 
     rows = {
-        "model": col("name"),
+        "name": col("name"),
         "id": col("id"),
         "commit": col("commit"),
         "date": col("date"),
         "author": col("author"),
         "source_id": col("source_id"),
         "metrics": np.array([json.dumps(v.get("metrics") or {}) for v in versions], dtype=object),
+        "status": np.array(statuses(reg, found) if found else [], dtype=object),
     }
     con.register("version_rows", rows)
     try:

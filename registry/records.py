@@ -105,7 +105,9 @@ def settings_look_valid(doc: Any) -> bool:
         if not all(isinstance(e, str) and ENTRYPOINT_RE.match(e) for e in entrypoints):
             return False
     defaults = doc.get("defaults", {})
-    if not isinstance(defaults, dict) or set(defaults) - {"training", "device"}:
+    if not isinstance(defaults, dict) or set(defaults) - {"training", "device", "numerics"}:
+        return False
+    if defaults.get("numerics", "portable") not in ("portable", "native"):
         return False
     # Training defaults have value ranges: the schema checks them.
     return defaults.get("training", {}) == {} and defaults.get("device", "auto") in (

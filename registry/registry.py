@@ -157,8 +157,11 @@ class Registry:
                 keep.write_text("")
         ignore = repo_root / ".gitignore"
         lines = ignore.read_text().splitlines() if ignore.exists() else []
-        if f"/{INDEX_DIR}/" not in lines:
-            write_atomic(ignore, "\n".join([*lines, f"/{INDEX_DIR}/"]) + "\n")
+        # the index, a build's untracked run note and its commit folders (migration/commit.py)
+        wanted = [f"/{INDEX_DIR}/", "last-run.json", ".stemma-staging/", ".stemma-commit/"]
+        missing = [line for line in wanted if line not in lines]
+        if missing:
+            write_atomic(ignore, "\n".join([*lines, *missing]) + "\n")
         return cls.open(repo_root)
 
     # -- paths ----------------------------------------------------------------------------
@@ -309,6 +312,10 @@ class Registry:
     def write_dataset_manifest(self, name: str, doc: Mapping[str, Any]) -> str:
         """Fill in the content id, validate and write a dataset manifest atomically."""
         return self._write_manifest("datasets", name, doc, DATASET_MANIFEST)
+
+    def forget(self, path: str) -> None:
+        """Drop what was read of `path` (repo-relative): a build has just replaced the file."""
+        self._cache.pop(("doc", path), None)
 
     def _write_manifest(self, kind: str, name: str, doc: Mapping[str, Any], schema: str) -> str:
         if not isinstance(self.tree, WorkTree):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BuildError, ModelNotFound, StemmaError
-from .files import write_atomic
+from .files import read_json, write_atomic
 from .registry import Registry
 
 CURVE_FILE = "curve.json"
@@ -87,9 +86,9 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
     curve_path = reg.model_dir(name) / CURVE_FILE
     curve: list[dict[str, Any]] = []
     if curve_path.is_file():
-        try:
-            loaded = json.loads(curve_path.read_text())
-        except json.JSONDecodeError:
+        try:  # bounded, regular, inside the registry; a bad curve is no curve
+            loaded = read_json(curve_path, reg.rel("models", name, CURVE_FILE), root=reg.root)
+        except StemmaError:
             loaded = []
         curve = [row for row in loaded if isinstance(row, dict)] if isinstance(loaded, list) else []
     tensors = list(raw["architecture"]["tensors"])
@@ -111,6 +110,8 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
         "tensors": tensors,
         "metrics": dict(raw.get("metrics") or {}),
         "per_class": dict(raw.get("per_class") or {}),
+        "task": str(raw.get("task", "classification")),
+        "class_names": list(raw.get("class_names") or []),
         "gates": list(raw.get("gates") or []),
         "checks": dict(raw.get("checks") or {}),
         "curve": curve,
@@ -175,6 +176,13 @@ def render_text(report: Mapping[str, Any]) -> str:
         )
     metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(report["metrics"].items()))
     lines.append(f"metrics: {metrics or '-'}")
+    if report["task"] != "classification" or report["class_names"]:
+        lines.append(f"task: {report['task']}")
+    names = report["class_names"]
+    per = sorted(report["per_class"].items(), key=lambda kv: int(kv[0]))
+    if per:
+        shown = [(f"{k} {names[int(k)]}" if int(k) < len(names) else k, _fmt(v)) for k, v in per]
+        lines.append("per class: " + ", ".join(f"{k} {v}" for k, v in shown))
     for gate in report["gates"]:
         mark = "pass" if gate["passed"] else "FAIL"
         lines.append(
@@ -189,12 +197,18 @@ def render_text(report: Mapping[str, Any]) -> str:
         last = curve[-1]
         lines.append(
             f"curve: {len(curve)} epochs, final train loss {_fmt(last.get('train_loss'))},"
-            f" eval accuracy {_fmt(last.get('eval_accuracy'))}"
+            f" eval {_main(curve)} {_fmt(last.get('eval_' + _main(curve)))}"
         )
     return "\n".join(lines) + "\n"
 
 
 # -- HTML -------------------------------------------------------------------------------------
+
+
+def _main(curve: Sequence[Mapping[str, Any]]) -> str:
+    """The main metric a training curve records (accuracy, r2 or map)."""
+    keys = [k for k in curve[0] if k.startswith("eval_") and k != "eval_loss"] if curve else []
+    return keys[0][len("eval_") :] if keys else "accuracy"
 
 
 def _number(value: Any) -> float:
@@ -213,7 +227,7 @@ def curve_png(curve: Sequence[Mapping[str, Any]]) -> bytes:
     acc = ax.twinx()
     for axis, color, keys in (
         (ax, "tab:red", ("train_loss", "eval_loss")),
-        (acc, "tab:blue", ("train_accuracy", "eval_accuracy")),
+        (acc, "tab:blue", (f"train_{_main(curve)}", f"eval_{_main(curve)}")),
     ):
         for key, style in zip(keys, ("-", "--"), strict=True):
             values = [_number(row.get(key)) for row in curve]
@@ -221,7 +235,7 @@ def curve_png(curve: Sequence[Mapping[str, Any]]) -> bytes:
                 axis.plot(epochs, values, style, color=color, label=key.replace("_", " "))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    acc.set_ylabel("accuracy")
+    acc.set_ylabel(_main(curve))
     handles = ax.get_legend_handles_labels()
     more = acc.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], loc="center right", fontsize=8)
@@ -325,8 +339,14 @@ def render_html(report: Mapping[str, Any]) -> str:
     )
     out.append("<h2>metrics</h2>" + _table(["metric", "value"], sorted(report["metrics"].items())))
     if report["per_class"]:
-        per = sorted(report["per_class"].items(), key=lambda kv: int(kv[0]))
-        out.append(_table(["class", "accuracy"], per))
+        names = report["class_names"]
+        per = [
+            (f"{k} {names[int(k)]}" if int(k) < len(names) else k, v)
+            for k, v in sorted(report["per_class"].items(), key=lambda kv: int(kv[0]))
+        ]
+        # the per-class figure of each task: accuracy, r2 per output, F1 per label
+        figure = {"regression": ("output", "r2"), "multilabel": ("label", "F1")}
+        out.append(_table(list(figure.get(report["task"], ("class", "accuracy"))), per))
     out.append("<h2>gates</h2>")
     if report["gates"]:
         gates = [

@@ -1,7 +1,9 @@
 """Releases and stages as annotated git tags in GTO's grammar, and `NAME@REF` to a commit.
 
 `NAME@v1.2.0` registers a version and `NAME#prod#N` assigns a stage, exactly as GTO writes
-them, so `gto show` and `dvc artifacts get` read the same registry. Each tag's message is JSON,
+them, so `gto show` and `dvc artifacts get` read the same registry; GTO's other tags
+(deregistration, deprecation, undoing a stage, simple tags without a counter) are read as GTO
+reads them (`gtostate`). Each tag's message is JSON,
 `{"id": ..., "source": ...}`: the manifest id the tag names, checkable without the commit.
 """
 
@@ -13,19 +15,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConsistencyError, GitError, InvalidName, StemmaError
+from .gtostate import TagState, tag_state
 from .history import GitPaths, git_paths, history, manifest_at
-from .naming import SEMVER_RE, check_name, parse_tag, stage_tag, version_tag
+from .naming import (
+    ASSIGN,
+    REGISTER,
+    SEMVER_RE,
+    TAG_RE,
+    check_name,
+    check_stage,
+    parse_tag,
+    stage_tag,
+    version_tag,
+)
+from .records import Manifest
 from .registry import Registry
 from .tree import git
 
-# GTO's own patterns (gto/constants.py): a tag it cannot parse is invisible to it, so names,
-# stages and versions outside them are refused rather than written.
-_GTO_NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-/_]*[a-zA-Z0-9])?$")
-_GTO_SEMVER_RE = re.compile(
-    r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
 _ID_RE = re.compile(r"^(?P<scheme>sha256:)?(?P<hex>[0-9a-f]+)$")
 _MIN_ID_PREFIX = 4
 _FORMAT = (
@@ -45,10 +51,11 @@ _FORMAT = (
 
 @dataclass(frozen=True)
 class TagInfo:
-    """One GTO tag of a model: a version (`NAME@v1.2.0`) or a stage assignment (`NAME#prod#3`)."""
+    """One GTO tag of a model: any of GTO's actions (`NAME@v1.2.0`, `NAME#prod#3`, ...)."""
 
     tag: str
     name: str
+    action: str  # naming.REGISTER, DEREGISTER, ASSIGN, UNASSIGN, DEPRECATE or CREATE
     version: str | None
     stage: str | None
     number: int | None
@@ -59,14 +66,15 @@ class TagInfo:
 
     @property
     def kind(self) -> str:
-        """ "version" or "stage"."""
-        return "version" if self.version is not None else "stage"
+        """ "version" (a registration), "stage" (an assignment), or GTO's other action."""
+        return {REGISTER: "version", ASSIGN: "stage"}.get(self.action, self.action)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form with stable keys."""
         return {
             "tag": self.tag,
             "kind": self.kind,
+            "action": self.action,
             "name": self.name,
             "version": self.version,
             "stage": self.stage,
@@ -129,6 +137,7 @@ def _infos(raws: list[_RawTag], name: str | None) -> list[TagInfo]:
             TagInfo(
                 raw.tag,
                 parsed.name,
+                parsed.action,
                 parsed.version,
                 parsed.stage,
                 parsed.number,
@@ -142,7 +151,7 @@ def _infos(raws: list[_RawTag], name: str | None) -> list[TagInfo]:
         infos,
         key=lambda t: (
             t.name,
-            t.version is None,
+            t.action != REGISTER,
             _semver_key(t.version) if t.version else (),
             t.number or 0,
             t.tag,
@@ -151,34 +160,40 @@ def _infos(raws: list[_RawTag], name: str | None) -> list[TagInfo]:
 
 
 def list_tags(reg: Registry, name: str | None = None) -> list[TagInfo]:
-    """Version and stage tags (of one model, or all): by name, versions by semver, then stages."""
+    """Every GTO tag (of one model, or all): by name, registrations by semver, then the rest."""
     return _infos(_raw_tags(git_paths(reg)), name)
 
 
+def state(reg: Registry, name: str) -> TagState:
+    """What the model's tags say now: active and deregistered versions, stages, deprecation."""
+    return tag_state(list_tags(reg, name))
+
+
+def deprecated_models(reg: Registry) -> dict[str, TagInfo]:
+    """Model name -> the deprecation in force, for every deprecated model (one git call)."""
+    infos = list_tags(reg)
+    names = {t.name for t in infos if t.action == "deprecate"}
+    found = {}
+    for name in sorted(names):
+        now = tag_state(t for t in infos if t.name == name).deprecated
+        if now is not None:
+            found[name] = now
+    return found
+
+
 def current_stages(reg: Registry, name: str) -> dict[str, TagInfo]:
-    """Stage -> the assignment now in force (the latest one, minus GTO's `NAME#STAGE!#N` undo)."""
-    raws = _raw_tags(git_paths(reg))
-    undo = re.compile(rf"^{re.escape(name)}#(?P<stage>[^#!]+)!#(?P<n>\d+)$")
-    events: list[tuple[int, str, str, TagInfo | None]] = [
-        (t.number or 0, t.stage, t.commit, t) for t in _infos(raws, name) if t.stage is not None
-    ]
-    for raw in raws:
-        if m := undo.match(raw.tag):
-            events.append((int(m["n"]), m["stage"], raw.commit, None))
-    in_stage: dict[str, dict[str, TagInfo]] = {}
-    for _n, stage, commit, assigned in sorted(events, key=lambda e: e[0]):
-        held = in_stage.setdefault(stage, {})
-        held.pop(commit, None)
-        if assigned is not None:
-            held[commit] = assigned  # re-inserted last: the most recent assignment wins
-    return {stage: list(held.values())[-1] for stage, held in sorted(in_stage.items()) if held}
+    """Stage -> the assignment now in force (newest first, minus GTO's undo and deregistered
+    versions)."""
+    return state(reg, name).stages
 
 
 def next_number(reg: Registry, name: str) -> int:
     """1 + the highest counter among the model's tags, as GTO numbers them (all stages)."""
-    counted = re.compile(rf"^{re.escape(name)}[@#][^#]*#(?P<n>\d+)$")
     names = git(git_paths(reg).top, "tag", "--list").decode(errors="replace").splitlines()
-    return 1 + max((int(m["n"]) for t in names if (m := counted.match(t))), default=0)
+    counters = [
+        int(m["n"]) for t in names if (m := TAG_RE.match(t)) and m["name"] == name and m["n"]
+    ]
+    return 1 + max(counters, default=0)
 
 
 def _commit_of(paths: GitPaths, rev: str) -> str | None:
@@ -203,20 +218,33 @@ def locate(reg: Registry, name: str, ref: str) -> str | None:
         found = _match_id(reg, name, m["hex"], explicit=bool(m["scheme"]))
         if found is not None:
             return found or None
+    now = state(reg, name)
+    tag_ref = SEMVER_RE.match(ref) is not None or ref in now.stages
+    if now.deprecated is not None and tag_ref:
+        raise StemmaError(
+            f"model {name!r} is deprecated (tag {now.deprecated.tag}): GTO serves none of its"
+            f" versions or stages; name a manifest id or git revision to read {name}@{ref}"
+        )
     if SEMVER_RE.match(ref):
+        if ref in now.deregistered:
+            raise StemmaError(
+                f"version {ref} of model {name!r} was deregistered"
+                f" (tag {now.deregistered[ref].tag}); versions: {', '.join(now.versions) or 'none'}"
+            )
         commit = _commit_of(paths, f"refs/tags/{version_tag(name, ref)}")
         if commit is None:
-            known = ", ".join(t.version or "" for t in list_tags(reg, name) if t.version)
             raise StemmaError(
                 f"model {name!r} has no version {ref} (tag {name}@{ref});"
-                f" versions: {known or 'none'}"
+                f" versions: {', '.join(now.versions) or 'none'}"
             )
         return commit
-    stages = current_stages(reg, name)
-    if ref in stages:
-        return stages[ref].commit
+    if ref in now.stages:
+        return now.stages[ref].commit
     if any(t.stage == ref for t in list_tags(reg, name)):
-        raise StemmaError(f"stage {ref!r} of model {name!r} is empty: every assignment was undone")
+        raise StemmaError(
+            f"stage {ref!r} of model {name!r} is empty: every assignment was undone"
+            " or its version deregistered"
+        )
     commit = _commit_of(paths, ref)
     if commit is None:
         raise GitError(
@@ -270,15 +298,35 @@ def _target(reg: Registry, name: str, ref: str | None) -> tuple[str, dict[str, A
             f"{manifest.path} at {label}: recorded id {manifest.id} does not"
             " match its content; rebuild the model before tagging"
         )
+    stale = _stale_at(reg, name, commit, manifest)
+    if stale:
+        raise ConsistencyError(
+            f"{manifest.path} at {label}: {stale} since the last build; rebuild the model"
+            " (`dvc repro`) and commit before tagging"
+        )
     return commit, {"id": manifest.id, "source": manifest.source_id}
 
 
-def _gto_name(what: str, value: str) -> None:
-    if not _GTO_NAME_RE.match(value):
-        raise InvalidName(
-            f"{what} {value!r} cannot be tagged: GTO tag names allow letters,"
-            " digits, '-' and '_', starting and ending with a letter or digit"
-        )
+def _stale_at(reg: Registry, name: str, commit: str, manifest: Manifest) -> str:
+    """Why the manifest at `commit` is stale there ("" when it is not): the spec or the
+    source's manifest of that same commit differ from what the build recorded."""
+    at = Registry.at_revision(reg.repo_root, commit)
+    try:
+        spec = at.model_spec(name)
+    except StemmaError:
+        return ""  # no readable spec at that commit: nothing to compare with
+    if spec.digest != manifest.spec_digest:
+        return "the spec changed"
+    src = spec.source
+    if src is None or src.auto:
+        return ""
+    try:
+        parent = at.model_manifest(src.model)
+    except StemmaError:
+        return ""
+    if parent is not None and parent.id != manifest.source_id:
+        return f"the source {src.model!r} changed"
+    return ""
 
 
 def _create(reg: Registry, name: str, tag: str, commit: str, message: dict[str, Any]) -> TagInfo:
@@ -289,9 +337,6 @@ def _create(reg: Registry, name: str, tag: str, commit: str, message: dict[str, 
 def tag(reg: Registry, name: str, version: str, ref: str | None = None) -> TagInfo:
     """Register `version` of model `name` at REF (default HEAD) as the tag `NAME@VERSION`."""
     tag_name = version_tag(name, version)
-    _gto_name("model name", name)
-    if not _GTO_SEMVER_RE.match(version):
-        raise InvalidName(f"invalid version {version!r}: expected semantic version like v1.2.0")
     existing = list_tags(reg, name)
     if any(t.tag == tag_name for t in existing) or _commit_of(
         git_paths(reg), f"refs/tags/{tag_name}"
@@ -300,8 +345,8 @@ def tag(reg: Registry, name: str, version: str, ref: str | None = None) -> TagIn
             f"tag {tag_name} already exists: versions are immutable, choose a new version"
         )
     commit, message = _target(reg, name, ref)
-    for t in existing:
-        if t.version and (t.commit == commit or (t.id is not None and t.id == message["id"])):
+    for t in tag_state(existing).versions.values():
+        if t.commit == commit or (t.id is not None and t.id == message["id"]):
             raise StemmaError(
                 f"{name}@{t.version} already names this version"
                 f" ({message['id'][:19]}); one version, one tag"
@@ -311,9 +356,8 @@ def tag(reg: Registry, name: str, version: str, ref: str | None = None) -> TagIn
 
 def promote(reg: Registry, name: str, stage: str, ref: str | None = None) -> TagInfo:
     """Assign `stage` to model `name` at REF (default HEAD) with the tag `NAME#STAGE#N`."""
-    stage_tag(name, stage, 1)  # validates the name and the stage
-    _gto_name("model name", name)
-    _gto_name("stage", stage)
+    check_name(name, "model name")
+    check_stage(stage)
     commit, message = _target(reg, name, ref)
     now = current_stages(reg, name).get(stage)
     if now is not None and (now.commit == commit or now.id == message["id"]):

@@ -18,25 +18,39 @@ from typing import Any
 
 from .errors import ModelNotFound, StemmaError
 from .files import CHUNK, file_hashes
+from .gtostate import TagState
 from .history import Version, all_history, history, manifest_at
 from .naming import parse_ref
 from .records import Manifest
 from .registry import Registry
-from .tags import TagInfo, current_stages, list_tags, locate, promote, tag
+from .tags import (
+    TagInfo,
+    current_stages,
+    deprecated_models,
+    list_tags,
+    locate,
+    promote,
+    state,
+    tag,
+)
 
 __all__ = [
     "LogEntry",
     "TagInfo",
+    "TagState",
     "Version",
     "all_history",
     "checkout",
     "current_stages",
+    "deprecated_models",
     "diff",
     "history",
     "list_tags",
     "log",
     "promote",
     "resolve",
+    "state",
+    "statuses",
     "tag",
 ]
 
@@ -65,30 +79,79 @@ def _working_manifest(reg: Registry, name: str) -> Manifest:
 
 @dataclass(frozen=True)
 class LogEntry:
-    """One row of `stemma log`: a version and the version tags and stages that name it."""
+    """One row of `stemma log`: a version, the version tags and stages that name it, the
+    versions of it GTO deregistered, and whether the model is deprecated."""
 
     version: Version
     labels: tuple[str, ...] = ()
+    deregistered: tuple[str, ...] = ()
+    deprecated: bool = False
+
+    @property
+    def status(self) -> str:
+        """ "deprecated", "deregistered" (only deregistered tags name it), or "active"."""
+        if self.deprecated:
+            return "deprecated"
+        if self.deregistered and not any(label.startswith("v") for label in self.labels):
+            return "deregistered"
+        return "active"
 
     def to_dict(self) -> dict[str, Any]:
-        """The version's JSON form plus its labels."""
-        return {**self.version.to_dict(), "labels": list(self.labels)}
+        """The version's JSON form plus its labels and GTO status."""
+        return {
+            **self.version.to_dict(),
+            "labels": list(self.labels),
+            "deregistered": list(self.deregistered),
+            "status": self.status,
+        }
+
+
+def _index_of(versions: list[Version], t: TagInfo) -> int | None:
+    # a tag points at a commit, which may be later than the one that introduced its id
+    idx = next((i for i, v in enumerate(versions) if v.commit == t.commit), None)
+    if idx is None and t.id is not None:
+        idx = next((i for i, v in enumerate(versions) if v.id == t.id), None)
+    return idx
 
 
 def log(reg: Registry, name: str) -> list[LogEntry]:
     """The model's versions, newest first, each with its version tags and current stages."""
     versions = history(reg, name)
-    stages = current_stages(reg, name)
-    named = [t for t in list_tags(reg, name) if t.version] + list(stages.values())
+    now = state(reg, name)
     labels: dict[int, list[str]] = {}
-    for t in named:
-        # a tag points at a commit, which may be later than the one that introduced its id
-        idx = next((i for i, v in enumerate(versions) if v.commit == t.commit), None)
-        if idx is None and t.id is not None:
-            idx = next((i for i, v in enumerate(versions) if v.id == t.id), None)
+    for t in [*now.versions.values(), *now.stages.values()]:
+        idx = _index_of(versions, t)
         if idx is not None:
             labels.setdefault(idx, []).append(t.version or str(t.stage))
-    return [LogEntry(v, tuple(labels.get(i, ()))) for i, v in enumerate(versions)]
+    gone: dict[int, list[str]] = {}
+    for version, t in now.deregistered.items():
+        idx = _index_of(versions, t)
+        if idx is not None:
+            gone.setdefault(idx, []).append(version)
+    deprecated = now.deprecated is not None
+    return [
+        LogEntry(v, tuple(labels.get(i, ())), tuple(gone.get(i, ())), deprecated)
+        for i, v in enumerate(versions)
+    ]
+
+
+def statuses(reg: Registry, versions: list[Version]) -> list[str]:
+    """GTO's word on each version (one git call for all): "deprecated" when its model is,
+    "deregistered" when only deregistered version tags name its commit, else "active"."""
+    from .gtostate import tag_state
+
+    infos = list_tags(reg)
+    states = {n: tag_state(t for t in infos if t.name == n) for n in {t.name for t in infos}}
+    out = []
+    for v in versions:
+        now = states.get(v.name)
+        if now is None:
+            out.append("active")
+        elif now.deprecated is not None:
+            out.append("deprecated")
+        else:
+            out.append("deregistered" if v.commit in now.hidden_commits() else "active")
+    return out
 
 
 # -- diff -------------------------------------------------------------------------------------

@@ -12,8 +12,13 @@ from textwrap import dedent
 
 import pytest
 from stemma.cli.app import app
+from stemma.migration.numerics import pin
 from stemma.registry import Registry
 from typer.testing import CliRunner
+
+# In-process builds use the code paths that `stemma build` pins (before anything loads torch),
+# so they give the same bits as the builds the tests run as commands.
+pin("portable")
 
 ISOLATED_ENV = {
     "GIT_AUTHOR_NAME": "Test Author",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -173,6 +174,11 @@ def _failed_check(reg: Registry) -> None:
     rebuild(reg, "scratch", checks={"forgetting": {"passed": False, "drop": 0.3}})
 
 
+def _metrics_mismatch(reg: Registry) -> None:
+    # the file `dvc metrics show` reports, edited by hand: the manifest still says 0.9
+    (reg.root / "models" / "scratch" / "metrics.json").write_text('{"accuracy": 0.99}\n')
+
+
 def _lock_mismatch(reg: Registry) -> None:
     write_lock(reg, override={"scratch": "9" * 32})
 
@@ -214,6 +220,7 @@ CASES: dict[str, Callable[[Registry], None]] = {
     cons.ID_MISMATCH: _id_mismatch,
     cons.FAILED_GATE: _failed_gate,
     cons.FAILED_CHECK: _failed_check,
+    cons.METRICS_MISMATCH: _metrics_mismatch,
     lib.LOCK_MISMATCH: _lock_mismatch,
     lib.PIPELINE_OUT_OF_SYNC: _pipeline_out_of_sync,
     lib.TAGGED_VERSION_CHANGED: _tagged_version_changed,
@@ -385,7 +392,12 @@ def test_precommit_hooks_and_ci_example(cli, tmp_path: Path) -> None:
     assert entries == {
         "stemma-validate": "stemma validate",
         "stemma-pipeline-check": "stemma pipeline --check",
+        "stemma-audit": "stemma audit --base HEAD",
     }
+    files = {h["id"]: re.compile(h["files"]) for h in hooks}
+    for hook in ("stemma-validate", "stemma-audit"):
+        for path in ("models/a/metrics.json", "models/a/curve.json", "models/a/manifest.json"):
+            assert files[hook].search(path), (hook, path)
     assert all(
         h["pass_filenames"] is False and h["language"] in ("python", "system") for h in hooks
     )
@@ -393,7 +405,18 @@ def test_precommit_hooks_and_ci_example(cli, tmp_path: Path) -> None:
         assert cli([*entry.split()[1:], "--help"], tmp_path).code == 0
     workflow = (root / "examples" / "github-audit.yml").read_text()
     assert 'stemma audit --base "origin/${{ github.base_ref }}" --format md' in workflow
+    paths = yaml.safe_load(workflow)[True]["pull_request"]["paths"]  # YAML 1.1 reads `on` as True
+    assert {"**/metrics.json", "**/curve.json", "**/manifest.json"} <= set(paths)
     assert yaml.safe_load(workflow)["permissions"]["pull-requests"] == "write"
+
+
+def test_audit_hook_fails_on_a_staged_metrics_edit(repo: Path, cli) -> None:
+    """pre-commit runs the hook with only the staged change in the working tree."""
+    _metrics_mismatch(Registry.open(repo))
+    git(repo, "add", "-A")
+    res = cli(["audit", "--base", "HEAD", "--json"], repo)
+    assert res.code == 1
+    assert cons.METRICS_MISMATCH in {v["code"] for v in json.loads(res.stdout)["violations"]}
 
 
 def test_broken_settings_at_head_is_a_schema_violation(repo: Path) -> None:

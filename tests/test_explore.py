@@ -204,6 +204,19 @@ def test_no_fitting_candidate_names_the_spec(copy: Registry) -> None:
     assert not (copy.model_dir("pick") / "exploration.json").exists()
 
 
+def test_progress_is_reported_per_candidate(zoo: Path) -> None:
+    seen: list[tuple[int, int, str]] = []
+    ranking = explore(
+        Registry.open(zoo),
+        "d59",
+        ["noise", "untrained"],
+        scores=("knn",),
+        progress=lambda done, total, model: seen.append((done, total, model)),
+    )
+    assert len(ranking.rows) == 2
+    assert seen == [(0, 2, "noise"), (1, 2, "untrained"), (2, 2, "")]
+
+
 def test_cli_table_json_and_usage(zoo: Path, cli: object) -> None:
     res = cli(["explore", "d59", "--score", "all"], zoo)  # type: ignore[operator]
     assert res.code == 0, res.stderr
@@ -211,6 +224,12 @@ def test_cli_table_json_and_usage(zoo: Path, cli: object) -> None:
     assert "skipped wide: input shape [1, 12, 12]" in res.stdout
     for name in SCORES:
         assert name in res.stdout
+    # every score in full, although the output is no terminal (rich would cut at 80 columns)
+    full = json.loads(cli(["explore", "d59", "--score", "all", "--json"], zoo).stdout)  # type: ignore[operator]
+    assert "…" not in res.stdout
+    for row in full["ranking"]:
+        for value in row["scores"].values():
+            assert (repr(value) if value is not None else "n/a") in res.stdout
     res = cli(["explore", "d59", "--candidates", "[nu]*", "--score", "knn", "--json"], zoo)  # type: ignore[operator]
     doc = json.loads(res.stdout)
     assert res.code == 0 and doc["decided_by"] == "knn" and doc["scores"] == ["knn"]

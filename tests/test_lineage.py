@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 import networkx as nx
@@ -21,6 +22,7 @@ from stemma.lineage.graph import (
     ModelRecord,
     build_graph,
     graph_from_records,
+    model_node,
 )
 from stemma.lineage.query import LineageIndex
 from stemma.lineage.render import mermaid_ids, render, to_dict
@@ -340,9 +342,7 @@ def test_graph_at_a_revision_of_a_registry_in_a_subfolder(family: Registry, tmp_
     assert query.descendants(then, "ft") == ["model:ft-a", "model:ft-a1", "model:ft-b"]
 
 
-def test_forest_build_order_matches_the_general_walk() -> None:
-    # The index ranks a forest by climbing chains; the general walk (used with auto sources)
-    # must give the same order, cycles included.
+def test_build_order_ranks_each_model_after_its_source_cycles_included() -> None:
     for seed in range(10):
         rng = random.Random(seed)
         names = [f"m{i:03d}" for i in range(150)]
@@ -352,10 +352,12 @@ def test_forest_build_order_matches_the_general_walk() -> None:
             parent = rng.choice(names) if rng.random() < 0.8 else None
             records.append(ModelRecord(name, None if parent == name else parent))
         index = LineageIndex.from_records(records)
-        fast = dict(index.rank)
-        index.candidates = {"model:none": ["model:none"]}  # forces the general walk
-        index._rank()
-        assert index.rank == fast
+        assert sorted(index.rank) == sorted(model_node(n) for n in names)
+        looped = {k for loop in index.forest.cycles() for k in loop}
+        for r in records:
+            node = model_node(r.name)
+            if r.source is not None and node not in looped:
+                assert index.rank[model_node(r.source)] < index.rank[node]
 
 
 def test_deep_chains_render_and_query() -> None:
@@ -367,3 +369,25 @@ def test_deep_chains_render_and_query() -> None:
     assert query.descendants(g, "m00000")[-1] == "model:m01499"
     tree = render(g, ["model:m00000", *query.descendants(g, "m00000")], "tree")
     assert tree.splitlines()[-1] == " " * 4 * 1498 + "└── m01499 [unbuilt]"
+
+
+def test_records_from_the_index_match_records_from_the_files(family: Registry) -> None:
+    from stemma.lineage import graph as graph_module
+
+    root = family.root
+    write(  # a model that picks its source by exploration, with checks
+        root / "models/picked/spec.yaml",
+        "source: {model: auto, candidates: 'ft*', relation: adapter}\n"
+        "data: {train: digits-5to9}\n"
+        "checks: {forgetting: {data: digits-0to4, max_drop: 0.1}, drift: {data: digits-5to9}}\n",
+    )
+    (root / "models/ft/spec.yaml").write_text(  # stale: the spec changed since the build
+        (root / "models/ft/spec.yaml").read_text() + "description: changed\n"
+    )
+    shutil.move(root / "models/base/spec.yaml", root / "base-spec.yaml")  # registered
+    reg = Registry.open(family.repo_root)
+    indexed = graph_module._indexed_records(reg)
+    assert indexed == graph_module._file_records(Registry.open(family.repo_root))
+    states = {m.name: m.status for m in indexed[0]}
+    assert states["base"] == "registered" and states["ft"] == "stale"
+    assert {m.name: m.candidates for m in indexed[0]}["picked"] == ("ft", "ft-a", "ft-a1", "ft-b")

@@ -62,7 +62,7 @@ def test_select_keeps_classes_and_relabels_contiguously() -> None:
 
 def test_select_relabel_mapping_and_stratified_limit() -> None:
     x, y = load_source("sklearn:digits")
-    sx, sy = select(
+    sx, sy, _ = select(
         x, y, {"classes": [3, 4], "relabel": {"3": 1, "4": 0}, "limit": 101}, "s", "d", 0
     )
     assert len(sy) == 101 and set(sy.tolist()) == {0, 1}

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -16,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import networkx as nx
 import pytest
 import yaml
 from conftest import git, write
-from stemma.registry import Registry, _fastyaml, _scan, index
-from stemma.registry.errors import ParseError, QueryError, SchemaError
+from stemma.registry import Registry, _fastyaml, _snapshot, _specrow, dag, index
+from stemma.registry.errors import ParseError, QueryError, SchemaError, StemmaError
 from stemma.registry.files import digest
-from stemma.registry.query import query, schema
+from stemma.registry.query import export_parquet, query, schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import synth
@@ -239,7 +237,7 @@ def test_models_view_matches_manifests_and_specs(zoo: Any) -> None:
         assert row["train"] == spec["data"]["train"]
         assert row["eval"] == spec["data"].get("eval", spec["data"]["train"])
         assert row["weights_bytes"] == doc["weights"]["bytes"]
-        assert row["created"].isoformat() == "2026-03-01T10:00:00"
+        assert row["created"].isoformat() == "2026-03-01T10:00:00+00:00"
     assert got["unbuilt"]["status"] == "unbuilt" and got["unbuilt"]["id"] is None
     assert got["unbuilt"]["source"] == "ft1a" and got["unbuilt"]["relation"] == "distill"
 
@@ -268,13 +266,13 @@ def test_metric_filter_and_join_match_independent_expectations(zoo: Any) -> None
         if d["source"]
     )
     assert [(r["child"], r["parent"], pytest.approx(r["delta"])) for r in joined] == expected
-    metric_rows = {(r["model"], r["key"]): r["value"] for r in rows(reg, "SELECT * FROM metrics")}
+    metric_rows = {(r["name"], r["key"]): r["value"] for r in rows(reg, "SELECT * FROM metrics")}
     assert metric_rows == {(n, k): v for n, d in models.items() for k, v in d["metrics"].items()}
 
 
 def test_layers_and_datasets_views(zoo: Any) -> None:
     reg, docs = zoo
-    layers = rows(reg, "SELECT * FROM layers ORDER BY model, position")
+    layers = rows(reg, "SELECT * FROM layers ORDER BY name, position")
     expected = [
         (n, t["name"], t["shape"], t["origin"], t["frozen"], t.get("source_name"))
         for n, d in sorted(docs.items())
@@ -282,7 +280,7 @@ def test_layers_and_datasets_views(zoo: Any) -> None:
         for t in d["architecture"]["tensors"]
     ]
     assert [
-        (r["model"], r["tensor"], r["shape"], r["origin"], r["frozen"], r["source_name"])
+        (r["name"], r["tensor"], r["shape"], r["origin"], r["frozen"], r["source_name"])
         for r in layers
     ] == expected
     assert all(r["numel"] == r["shape"][0] * r["shape"][1] for r in layers)
@@ -310,38 +308,24 @@ def test_edges_come_from_specs_so_unbuilt_models_appear(zoo: Any) -> None:
     assert ("unbuilt", "ft1a", "derived_from", "distill") in got
 
 
-def lineage_graph(reg: Registry) -> nx.DiGraph:
-    """child -> parent edges from the specs, built independently of the index."""
-    graph = nx.DiGraph()
-    for name in reg.model_names():
-        graph.add_node(name)
-        src = reg.model_spec(name).source
-        if src is not None:
-            graph.add_edge(name, src.model)
-    return graph
-
-
 def assert_macros_agree(reg: Registry, names: list[str]) -> None:
-    graph = lineage_graph(reg)
+    """The SQL macros against the lineage core, `dag.reach`, over the specs' sources."""
+    parent = {
+        n: src.model for n in reg.model_names() if (src := reg.model_spec(n).source) is not None
+    }
+    children: dict[str, list[str]] = {}
+    for child, up in parent.items():
+        children.setdefault(up, []).append(child)
+    up_edges = {child: [up] for child, up in parent.items()}
     with index.open_index(reg) as opened:  # one connection for the many macro calls
         for name in names:
             up = dict(opened.con.execute("SELECT * FROM ancestors(?)", [name]).fetchall())
-            assert up == {
-                n: d
-                for n, d in nx.single_source_shortest_path_length(graph, name).items()
-                if n != name
-            }
+            assert up == dag.reach(up_edges, name)
             down = dict(opened.con.execute("SELECT * FROM descendants(?)", [name]).fetchall())
-            assert down == {
-                n: d
-                for n, d in nx.single_source_shortest_path_length(
-                    graph.reverse(copy=False), name
-                ).items()
-                if n != name
-            }
+            assert down == dag.reach(children, name)
 
 
-def test_lineage_macros_agree_with_networkx(zoo: Any) -> None:
+def test_lineage_macros_agree_with_the_lineage_core(zoo: Any) -> None:
     reg, _docs = zoo
     assert_macros_agree(reg, reg.model_names())
 
@@ -464,8 +448,8 @@ def test_edit_and_delete_are_seen_by_the_next_query(zoo: Any) -> None:
     assert rows(reg, "SELECT status, id FROM models WHERE name = 'ft2'") == [
         {"status": "unbuilt", "id": None}
     ]
-    assert rows(reg, "SELECT count(*) AS n FROM metrics WHERE model = 'ft2'") == [{"n": 0}]
-    assert rows(reg, "SELECT count(*) AS n FROM layers WHERE model = 'ft2'") == [{"n": 0}]
+    assert rows(reg, "SELECT count(*) AS n FROM metrics WHERE name = 'ft2'") == [{"n": 0}]
+    assert rows(reg, "SELECT count(*) AS n FROM layers WHERE name = 'ft2'") == [{"n": 0}]
     for f in (reg.root / "models/scratch").iterdir():
         f.unlink()
     (reg.root / "models/scratch").rmdir()
@@ -533,20 +517,20 @@ def test_snapshot_comparison_finds_each_changed_file() -> None:
     numbers = array("q")
     for i in range(n + 2):  # a spec and a manifest per folder: (size, mtime) each
         numbers.extend((100 + i, 10 * i, 200 + i, 10 * i + 1))
-    before = _scan.Snapshot(names, numbers)
-    after = _scan.Snapshot(names, array("q", numbers))
+    before = _snapshot.Snapshot(names, numbers)
+    after = _snapshot.Snapshot(names, array("q", numbers))
     after.numbers[4 * 7000 + 2] += 1  # m7000's manifest grew
     after.numbers[4 * 5 + 1] += 1  # m5's spec was touched
-    after.numbers[4 * 3 + 2] = _scan.MISSING  # m3's manifest was deleted
+    after.numbers[4 * 3 + 2] = _snapshot.MISSING  # m3's manifest was deleted
     after.numbers[4 * (n + 1)] = 7  # d1's spec changed
     changed = ["models/m5/spec.yaml", "models/m7000/manifest.json", "datasets/d1/spec.yaml"]
     assert after.diff(before) == (changed, ["models/m3/manifest.json"], 0)
     assert before.diff(before) == ([], [], 0)
     assert before.digests() != after.digests()
-    stored = _scan.Snapshot.unpack(*after.pack()[2:])
+    stored = _snapshot.Snapshot.unpack(*after.pack()[2:])
     assert stored.names == after.names and stored.numbers == after.numbers
     # Folders added and removed are matched by name.
-    moved = _scan.Snapshot(
+    moved = _snapshot.Snapshot(
         {"models": ["new", *names["models"][2:]], "datasets": ["d0", "d1"]},
         array("q", [1, 1, 2, 2]) + numbers[8:],
     )
@@ -559,44 +543,23 @@ def test_snapshot_comparison_finds_each_changed_file() -> None:
         "models/m5/spec.yaml": (105, 51),
         "datasets/d1/spec.yaml": (7, 10 * (n + 1)),
     }
-    racy = after.with_sizes({"models/m9/spec.yaml": _scan.RACY})
-    assert racy.size(18) == _scan.RACY and after.size(18) == 109
+    racy = after.with_sizes({"models/m9/spec.yaml": _snapshot.RACY})
+    assert racy.size(18) == _snapshot.RACY and after.size(18) == 109
     # A file that vanished before it was read is stored as the next snapshot will see it.
-    vanished = after.with_sizes({"models/m9/spec.yaml": _scan.MISSING})
-    assert vanished.numbers[36:38] == array("q", [_scan.MISSING, _scan.MISSING])
+    vanished = after.with_sizes({"models/m9/spec.yaml": _snapshot.MISSING})
+    assert vanished.numbers[36:38] == array("q", [_snapshot.MISSING, _snapshot.MISSING])
     assert after.diff(racy) == (["models/m9/spec.yaml"], [], 0)
     assert len(after.by_path()) == 2 * (n + 2) - 1  # m3's manifest is gone
 
 
-def in_fresh_process(code: str) -> Any:
-    """Run `code` in a new interpreter (forking needs a process with one thread, which a
-    test worker is not) and return the JSON it prints last."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_snapshot_taken_by_child_processes_matches_one_taken_here(tmp_path: Path) -> None:
+def test_snapshot_lists_every_spec_and_manifest(tmp_path: Path) -> None:
     synth.generate(tmp_path / "reg", 30, shape="mixed", seed=2, family_size=10, unbuilt=0.2)
     (tmp_path / "reg/models/m000004/spec.yaml").unlink()  # a folder with a manifest only
-    got = in_fresh_process(f"""
-import json, os
-from stemma.registry import _scan
-assert _scan._can_fork()
-here = _scan.snapshot({str(tmp_path / "reg")!r})
-_scan.SPLIT_MIN = 2  # two children per kind
-forked = _scan.snapshot({str(tmp_path / "reg")!r})
-abandoned = _scan.PendingSnapshot({str(tmp_path / "reg")!r})
-abandoned.close()  # as after an error: its children are stopped and reaped
-try:
-    os.waitpid(-1, os.WNOHANG)
-    reaped = False
-except ChildProcessError:
-    reaped = True
-print(json.dumps([here.names == forked.names, here.numbers == forked.numbers,
-                  sorted(here.by_path()), reaped]))
-""")
+    snap = _snapshot.snapshot(tmp_path / "reg")
     files = [*(tmp_path / "reg").glob("*/*/spec.yaml"), *(tmp_path / "reg").glob("*/*/*.json")]
-    assert got == [True, True, sorted(str(p.relative_to(tmp_path / "reg")) for p in files), True]
+    assert sorted(snap.by_path()) == sorted(str(p.relative_to(tmp_path / "reg")) for p in files)
+    stat = (tmp_path / "reg/models/m000007/spec.yaml").stat()
+    assert snap.by_path()["models/m000007/spec.yaml"] == (stat.st_size, stat.st_mtime_ns)
 
 
 def test_odd_folder_names_survive_folders_coming_and_going(zoo: Any) -> None:
@@ -698,32 +661,20 @@ def test_spec_fields_picked_in_sql_match_the_python_reference(registry: Registry
         text = (registry.root / path).read_text()
         doc = yaml.safe_load(text)
         compact = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        expected = _scan.spec_row(path, compact, path, text)
+        expected = _specrow.spec_row(path, compact, path, text)
         assert expected[2] == digest(doc)
         assert got[path][:8] == (expected[0], *expected[2:]), path
         assert got[path][8] == doc.get("tags"), path
 
 
-def test_spec_errors_cross_from_worker_processes(zoo: Any) -> None:
+def test_a_bad_spec_fails_the_refresh_until_it_is_fixed(zoo: Any) -> None:
     reg, _docs = zoo
     (reg.root / "models/ft1a/spec.yaml").write_text("data: [unclosed\n")
-    code = f"""
-import json
-from stemma.registry import Registry, _scan
-from stemma.registry.query import query
-_scan.POOL_MIN = 1  # parse specs in worker processes
-assert _scan._can_fork()
-try:
-    query(Registry.open({str(reg.root)!r}), "SELECT * FROM models")
-except Exception as exc:
-    print(json.dumps(str(exc)))
-else:
-    print(json.dumps(query(Registry.open({str(reg.root)!r}),
-                           "SELECT train FROM models WHERE name = 'ft1a'").to_dicts()))
-"""
-    assert re.match(r"^models/ft1a/spec.yaml:\d+: invalid YAML", in_fresh_process(code))
+    with pytest.raises(StemmaError, match=r"^models/ft1a/spec.yaml:\d+: invalid YAML"):
+        query(Registry.open(reg.root), "SELECT * FROM models")
     (reg.root / "models/ft1a/spec.yaml").write_text("source: {model: ft1}\ndata: {train: d-a}\n")
-    assert in_fresh_process(code) == [{"train": "d-a"}]
+    got = query(Registry.open(reg.root), "SELECT train FROM models WHERE name = 'ft1a'")
+    assert got.to_dicts() == [{"train": "d-a"}]
 
 
 def test_damaged_or_old_index_is_rebuilt(zoo: Any) -> None:
@@ -806,25 +757,21 @@ def test_a_second_open_in_one_process_uses_a_private_index(zoo: Any) -> None:
     assert rows(reg, "SELECT accuracy FROM models WHERE name = 'ft2'") == [{"accuracy": 0.61}]
 
 
-def test_an_unreadable_models_folder_is_named(zoo: Any, monkeypatch: Any) -> None:
+def test_an_unreadable_models_folder_is_named(zoo: Any) -> None:
     reg, _docs = zoo
     shutil.rmtree(reg.root / "models")
     (reg.root / "models").write_text("not a folder")
-    for native in (..., None):  # the native listing, and the Python one
-        monkeypatch.setattr(_scan, "_native", native)
-        with pytest.raises(ParseError, match=r"^models: cannot read: Not a directory$"):
-            query(reg, "SELECT * FROM models")
+    with pytest.raises(ParseError, match=r"^models: cannot read: Not a directory$"):
+        query(reg, "SELECT * FROM models")
 
 
-def test_a_folder_name_that_is_not_utf8_is_named(zoo: Any, monkeypatch: Any, cli: Any) -> None:
+def test_a_folder_name_that_is_not_utf8_is_named(zoo: Any, cli: Any) -> None:
     reg, _docs = zoo
     expected = query(reg, "SELECT name FROM models ORDER BY name")
     odd = os.fsdecode(b"bad\xff")  # no text: the index could not hold it
     write(reg.root / "models" / odd / "spec.yaml", "data: {train: d-a}\n")
-    for native in (..., None):  # the native listing, and the Python one
-        monkeypatch.setattr(_scan, "_native", native)
-        with pytest.raises(ParseError, match=r"^models/bad\udcff: .* not valid UTF-8$"):
-            query(reg, "SELECT name FROM models")
+    with pytest.raises(ParseError, match=r"^models/bad\udcff: .* not valid UTF-8$"):
+        query(reg, "SELECT name FROM models")
     res = cli(["ls"], reg.root)
     assert (
         res.code == 1
@@ -873,27 +820,27 @@ def test_history_view_lists_each_committed_version(zoo: Any) -> None:
     second = git(repo, "rev-parse", "HEAD")
     got = rows(
         reg,
-        "SELECT model, id, commit, author, metrics['accuracy'] AS acc FROM versions"
-        " WHERE model = 'ft1' ORDER BY acc",
+        "SELECT name, id, commit, author, metrics['accuracy'] AS acc FROM versions"
+        " WHERE name = 'ft1' ORDER BY acc",
         history=True,
     )
     assert got == [
         {
-            "model": "ft1",
+            "name": "ft1",
             "id": docs["ft1"]["id"],
             "commit": first,
             "author": "Test Author",
             "acc": 0.91,
         },
         {
-            "model": "ft1",
+            "name": "ft1",
             "id": second_doc["id"],
             "commit": second,
             "author": "Test Author",
             "acc": 0.95,
         },
     ]
-    n = rows(reg, "SELECT count(DISTINCT model) AS n FROM versions", history=True)[0]["n"]
+    n = rows(reg, "SELECT count(DISTINCT name) AS n FROM versions", history=True)[0]["n"]
     assert n == 5
     with pytest.raises(QueryError, match="versions"):
         query(reg, "SELECT * FROM versions")
@@ -975,6 +922,26 @@ def test_export_parquet_reads_back(zoo: Any, cli: Any, tmp_path: Path) -> None:
         back = con.execute(f"SELECT * FROM read_parquet('{path}') ORDER BY ALL").fetchall()
         assert back == list(query(reg, f"SELECT * FROM {view} ORDER BY ALL").rows)
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+
+
+def test_export_parquet_keeps_utc_and_one_key_column(zoo: Any, tmp_path: Path) -> None:
+    """Timestamps are written as instants in UTC, and every view names its model `name`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reg, docs = zoo
+    written = export_parquet(reg, tmp_path / "out")
+    schemas = {p.stem: pq.read_schema(p) for p in written}
+    for view in ("models", "datasets"):
+        created = schemas[view].field("created").type
+        assert pa.types.is_timestamp(created) and created.tz == "UTC", (view, created)
+    for view in ("models", "datasets", "layers", "metrics"):
+        assert "name" in schemas[view].names and "model" not in schemas[view].names, view
+    started = {n: d["run"]["started"] for n, d in docs.items() if d["kind"] == "model"}
+    table = pq.read_table(tmp_path / "out" / "models.parquet").to_pylist()
+    assert {
+        r["name"]: r["created"].isoformat().replace("+00:00", "Z") for r in table if r["created"]
+    } == started
 
 
 def test_the_console_script_exits_with_the_command_status(zoo: Any) -> None:

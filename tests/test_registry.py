@@ -188,6 +188,35 @@ def test_tampered_manifest_is_reported(populated: Registry, cli) -> None:
     assert snapshot(populated.root) == before
 
 
+def test_hand_edited_metric_files_fail_validate(populated: Registry, cli) -> None:
+    """metrics.json and curve.json must say what the manifest says (the build writes all three
+    from the same numbers)."""
+    dataset_manifest(populated, "digits-0to4")
+    model_manifest(populated, "base", accuracy=0.9)
+    folder = populated.root / "models/base"
+    metrics = json.loads((folder / "manifest.json").read_text())["metrics"]
+    (folder / "metrics.json").write_text(canonical_json(metrics))
+    curve = [{"epoch": 1, "eval_accuracy": 0.5}, {"epoch": 2, "eval_accuracy": 0.9}]
+    (folder / "curve.json").write_text(canonical_json(curve))
+    assert cli(["validate"], populated.root).code == 0
+    (folder / "metrics.json").write_text(canonical_json({**metrics, "accuracy": 0.99}))
+    curve[-1]["eval_accuracy"] = 0.98
+    (folder / "curve.json").write_text(canonical_json(curve))
+    res = cli(["validate"], populated.root)
+    assert res.code == 1
+    assert res.stderr.strip().splitlines() == [
+        "models/base/metrics.json at /accuracy: accuracy is 0.99, the manifest says 0.9"
+        " [metrics-mismatch]",
+        "models/base/curve.json at /1/eval_accuracy: last epoch's eval_accuracy is 0.98,"
+        " the manifest says 0.9 [metrics-mismatch]",
+    ]
+    (folder / "metrics.json").write_text("{not json")
+    res = cli(["validate"], populated.root)
+    assert "models/base/metrics.json: is not JSON [metrics-mismatch]" in res.stderr
+    data = json.loads(cli(["validate", "--json"], populated.root).stdout)
+    assert {v["code"] for v in data["violations"]} == {"metrics-mismatch"}
+
+
 def test_cli_errors_are_one_line_and_usage_errors_exit_2(populated: Registry, cli) -> None:
     res = cli(["show", "nope"], populated.root)
     assert res.code == 1 and res.stderr.strip() == "error: no model named 'nope'"
@@ -290,41 +319,5 @@ def test_atomic_writes_keep_the_permissions_a_plain_write_would_give(tmp_path: P
         write_atomic(tmp_path / "shared.json", '{"a": 1}\n')
         assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o664  # as it was
         assert (tmp_path / "shared.json").read_text() == '{"a": 1}\n'
-    finally:
-        os.umask(old)
-
-
-def test_replace_reusing_renames_a_whole_file_and_reuses_the_one_it_replaced(
-    tmp_path: Path,
-) -> None:
-    from stemma.registry.files import replace_reusing
-
-    path, spare = tmp_path / "cache.bin", tmp_path / "cache.bin.spare"
-    old = os.umask(0o022)
-    try:
-        replace_reusing(path, [b"first ", b"version"])
-        assert path.read_bytes() == b"first version"
-        assert path.stat().st_mode & 0o777 == 0o644  # the umask's
-        first = path.stat().st_ino
-        os.chmod(path, 0o600)
-        replace_reusing(path, [b"second"])  # shorter: no tail of the old bytes
-        assert path.read_bytes() == b"second"
-        assert path.stat().st_ino != first  # a file renamed over the old one, never edited
-        assert spare.stat().st_ino == first  # the replaced file is the next one written
-        assert path.stat().st_mode & 0o777 == 0o600  # as it was
-        (tmp_path / "cache.bin.kept").write_bytes(b"left by an interrupted call")
-        replace_reusing(path, [b"third"])
-        assert path.read_bytes() == b"third" and path.stat().st_ino == first
-        assert path.stat().st_mode & 0o777 == 0o600
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.bin", "cache.bin.spare"]
-        # A spare that is a link to another file is never written into.
-        victim = tmp_path / "victim.txt"
-        victim.write_bytes(b"keep me")
-        for make_link in (os.symlink, os.link):
-            spare.unlink(missing_ok=True)
-            make_link(victim, spare)
-            replace_reusing(path, [b"fourth"])
-            assert path.read_bytes() == b"fourth" and victim.read_bytes() == b"keep me"
-            assert path.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)

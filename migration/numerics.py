@@ -1,0 +1,143 @@
+"""Numeric modes of a build: pin torch's CPU code paths before torch loads (portable mode).
+
+torch's vector kernels (ATen), oneDNN and MKL each pick a code path from the processor's
+instruction set when they first run: on an AVX-512 machine they use AVX-512 kernels, whose
+float reductions round differently from the AVX2 ones, so the same build gives other bits on
+another processor. Portable mode caps all three at AVX2 through the environment variables each
+library reads once, at its first use:
+
+- ``ATEN_CPU_CAPABILITY=avx2``: ATen's vectorized kernels (elementwise ops, reductions, softmax);
+- ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN, behind convolutions and some matrix products;
+- ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility (the BLAS behind
+  ``nn.Linear``) on its one code path that every x86-64 processor runs alike. ``AVX2`` is not
+  enough: MKL honours it on Intel processors only (on AMD it reports ``CNR:AUTO`` and keeps its
+  own dispatch). CNR holds only with a fixed thread count, which CPU builds have
+  (``train.CPU_THREADS``).
+
+Measured with ``benchmarks/bench_build.py --numerics`` on an AMD EPYC with AVX-512: unpinned,
+torch reports ``AVX512`` and oneDNN runs AVX-512 kernels; each of ``ATEN_CPU_CAPABILITY=default``,
+``ONEDNN_MAX_CPU_ISA=AVX2`` and ``MKL_CBWR=COMPATIBLE`` changes the weights' last bits (max
+absolute difference about 3e-7 after training), so all three decide a build's bits.
+
+They must be in ``os.environ`` before ``import torch`` in the build process, so this module
+never imports torch and `stemma build` calls `pin` first thing. When torch is already loaded
+(a library caller that imported it) the pin cannot take effect any more: `pin` then changes
+nothing and `record` says so, rather than claiming bits it cannot promise.
+
+What portable guarantees: the same spec, data, torch version and thread count give the same
+bits on any x86-64 processor with AVX2 (Intel or AMD, AVX2 or AVX-512). What it does not:
+another torch (or MKL / oneDNN) version, another architecture (arm64 has no pin here), CUDA.
+``native`` leaves every library its fastest path for this processor.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODES = ("portable", "native")
+DEFAULT_MODE = "portable"
+PORTABLE_ENV: Mapping[str, str] = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "COMPATIBLE",
+}
+"""What portable mode sets on x86-64 (chosen by benchmarks/bench_build.py --numerics)."""
+_X86 = ("x86_64", "amd64", "x86-64")
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What `pin` did in this process."""
+
+    mode: str
+    applied: bool  # True: every variable was set before torch loaded
+    env: dict[str, str] = field(default_factory=dict)  # the values set (portable, x86-64)
+    reason: str = ""  # why not applied
+
+
+_pinned: Pin | None = None  # a fact about this process: set once, before torch loads
+
+
+def mode_of(defaults: Mapping[str, Any]) -> str:
+    """The numeric mode a registry's `defaults` block asks for (portable when absent)."""
+    mode = defaults.get("numerics", DEFAULT_MODE)
+    return mode if mode in MODES else DEFAULT_MODE
+
+
+def pin(mode: str) -> Pin:
+    """Set the portable code-path variables (portable mode) unless torch is already loaded."""
+    global _pinned
+    if mode == "native":
+        _pinned = Pin(mode, applied=True)
+    elif "torch" in sys.modules:
+        _pinned = Pin(mode, applied=False, reason="torch was imported before the pin")
+    elif platform.machine().lower() not in _X86:
+        _pinned = Pin(mode, applied=False, reason=f"no pin is defined for {platform.machine()}")
+    else:
+        os.environ.update(PORTABLE_ENV)
+        _pinned = Pin(mode, applied=True, env=dict(PORTABLE_ENV))
+    return _pinned
+
+
+def pin_for_repo(repo: Path) -> Pin:
+    """Pin the mode that `stemma.yaml` in `repo` asks for; the start of every `stemma build`.
+
+    Reads the settings without torch; unreadable settings pin the default (the build that
+    follows reports the error).
+    """
+    from stemma.registry import Registry
+    from stemma.registry.errors import StemmaError
+
+    try:
+        defaults = Registry.open(repo).settings.defaults
+    except StemmaError:
+        defaults = {}
+    return pin(mode_of(defaults))
+
+
+def cpu() -> dict[str, str]:
+    """The processor: vendor and model name (from /proc/cpuinfo where there is one)."""
+    info = {"machine": platform.machine(), "vendor": "", "model": platform.processor()}
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "vendor_id" and not info["vendor"]:
+            info["vendor"] = value
+        elif key in ("model name", "Model") and value:
+            info["model"] = value
+            break
+    return info
+
+
+def record(mode: str) -> dict[str, Any]:
+    """`run.numerics`: the mode, whether the pin took effect, the variables, the processor.
+
+    Call once torch is loaded: it adds the capability torch reports for its kernels.
+    """
+    import torch  # the caller's build has loaded it already
+
+    if _pinned is not None and _pinned.mode == mode:
+        applied, reason = _pinned.applied, _pinned.reason
+    elif mode == "native":
+        applied, reason = True, ""
+    else:  # a library call in a process that loaded torch itself; `stemma build` pins
+        applied, reason = False, "not pinned before torch was imported"
+    doc: dict[str, Any] = {
+        "mode": mode,
+        "pinned": applied,
+        "env": {k: os.environ[k] for k in sorted(PORTABLE_ENV) if k in os.environ},
+        "cpu": {**cpu(), "capability": torch.backends.cpu.get_cpu_capability()},
+    }
+    if reason:
+        doc["note"] = reason
+    return doc

@@ -1,0 +1,143 @@
+"""A spec as the index holds it: its canonical JSON (the text `files.digest` hashes) and the
+fields the index stores, picked in Python. The SQL of `_sql` picks the same fields in bulk;
+this is the reference it is tested against, and the path for specs that SQL flags.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._snapshot import display, read_text
+from .errors import SchemaError, StemmaError
+
+
+def parse_spec(path: str, text: str) -> dict[str, Any]:
+    """A spec's YAML as a mapping (the fast subset reader first, PyYAML for the rest)."""
+    from . import _fastyaml
+
+    doc: Any = _fastyaml.load(text)
+    if doc is None:
+        doc = _yaml_mapping(path, text)
+    return dict(doc)
+
+
+def _yaml_mapping(path: str, text: str) -> dict[str, Any]:
+    from .yamlio import load_yaml_text
+
+    doc = load_yaml_text(text, path)
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise SchemaError(path, "expected a mapping at the top level", pointer="/", line=1)
+    return doc
+
+
+def spec_json(display: str, text: str) -> str:
+    """A spec's compact, key-sorted JSON (what `files.digest` hashes); located errors for
+    files that are not YAML mappings of plain data."""
+    from . import _fastyaml
+
+    compact = _fastyaml.canonical(text)
+    if compact is not None:
+        return compact
+    doc = _yaml_mapping(display, text)
+    try:
+        return json.dumps(
+            doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError):
+        raise _schema_error(display, doc, text) from None
+
+
+def _schema_error(display: str, doc: dict[str, Any], text: str) -> StemmaError:
+    """The schema's own located error for a spec the index cannot take, else a plain one."""
+    from .records import DATASET_SPEC, MODEL_SPEC, validate_document
+
+    schema = DATASET_SPEC if "datasets/" in f"/{display}" else MODEL_SPEC
+    validate_document(doc, schema, display, text)  # raises, with pointer and line
+    return SchemaError(display, "cannot index this spec: a value is not plain data")
+
+
+# (path, canonical JSON, digest, source, relation, train, eval, family, description)
+SpecRow = tuple[Any, ...]
+SPEC_COLUMNS = (
+    "path",
+    "spec",
+    "digest",
+    "source",
+    "relation",
+    "train",
+    "eval",
+    "family",
+    "description",
+)
+
+
+class _Unindexable(Exception):
+    """A spec whose fields the index needs are missing or of the wrong type."""
+
+
+def spec_row(path: str, compact: str, display: str, text: str) -> SpecRow:
+    """The fields the index stores for one spec, picked in Python: the reference for the SQL
+    that picks them in bulk, used for the specs that SQL flags. Raises located errors."""
+    import hashlib
+
+    doc = json.loads(compact)
+    try:
+        fields = _fields(path, doc)
+    except _Unindexable:
+        raise _schema_error(display, doc, text) from None
+    return (path, compact, "sha256:" + hashlib.sha256(compact.encode()).hexdigest(), *fields)
+
+
+def _fields(path: str, doc: dict[str, Any]) -> tuple[str | None, ...]:
+    description = _opt_str(doc.get("description"))
+    tags = doc.get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        raise _Unindexable
+    source = relation = train = eval_ = family = None
+    if path.startswith("models/"):
+        src, data, arch = doc.get("source"), doc.get("data"), doc.get("architecture")
+        if src:
+            if not isinstance(src, dict):
+                raise _Unindexable
+            source = _req_str(src.get("model"))
+            relation = _req_str(src.get("relation", "finetune"))
+        if not isinstance(data, dict):
+            raise _Unindexable
+        train = _req_str(data.get("train"))
+        eval_ = _req_str(data.get("eval", train))
+        if arch is not None:
+            if not isinstance(arch, dict):
+                raise _Unindexable
+            family = _opt_str(arch.get("family"))
+    else:
+        source = _req_str(doc.get("source"))
+    return (source, relation, train, eval_, family, description)
+
+
+def _req_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Unindexable
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _Unindexable
+    return value
+
+
+def read_specs(
+    root: Path, prefix: str, paths: Sequence[str], sizes: Sequence[int]
+) -> list[str | None]:
+    """Canonical JSON of each spec (None for a file that vanished); raises the located
+    error of the first bad one."""
+    out: list[str | None] = []
+    for path, size in zip(paths, sizes, strict=True):
+        text = read_text(root, path, size, prefix)
+        out.append(None if text is None else spec_json(display(prefix, path), text))
+    return out

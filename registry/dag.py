@@ -1,0 +1,156 @@
+"""The lineage core: cycles, build order and descendants of the models, by name.
+
+One module for the rules that the pipeline (stage order, exploration candidates), the
+consistency checks (cycles) and the lineage queries (ancestors, descendants, impact) share;
+the SQL macros `ancestors()` and `descendants()` of the index are tested against `reach`.
+Everything here is pure: names in, names out, no files.
+
+A model has at most one source, so `derived_from` forms a forest (`Forest`): the descendants
+of a model are one contiguous slice of a pre-order walk, and its ancestors the walk up the
+parent map, both costing the size of the answer. Nodes caught in a cycle are outside the walk
+and fall back to a breadth-first search.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+from .errors import ConsistencyError
+
+
+class LineageCycle(ConsistencyError):
+    """Models that derive from each other, in a loop."""
+
+    def __init__(self, loop: list[str]) -> None:
+        super().__init__("lineage cycle: " + " -> ".join(loop))
+        self.loop = loop
+
+
+def reach(edges: Mapping[str, Iterable[str]], start: str) -> dict[str, int]:
+    """Every node reached from `start` along `edges` (node -> next nodes), with its shortest
+    depth, in breadth-first order; `start` itself is left out."""
+    depth = {start: 0}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for nxt in sorted(edges.get(node, ())):
+            if nxt not in depth:
+                depth[nxt] = depth[node] + 1
+                queue.append(nxt)
+    del depth[start]
+    return depth
+
+
+def build_order(deps: Mapping[str, Iterable[str]], strict: bool = True) -> list[str]:
+    """The nodes of `deps` (node -> nodes it is built from), each after its dependencies and
+    otherwise by name: a depth-first walk from the sorted names, dependencies in sorted
+    order. A cycle raises `LineageCycle` when `strict`, else the walk stops where it closes.
+    Dependencies that are not keys of `deps` are left out."""
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: on the walk's path, 2: ordered
+
+    def next_deps(node: str) -> list[str]:
+        # popped from the end: the smallest name first
+        return sorted((d for d in set(deps[node]) if d in deps), reverse=True)
+
+    for start in sorted(deps):
+        if start in state:
+            continue
+        state[start] = 1
+        stack = [(start, next_deps(start))]
+        while stack:
+            node, todo = stack[-1]
+            if todo:
+                nxt = todo.pop()
+                seen = state.get(nxt, 0)
+                if seen == 0:
+                    state[nxt] = 1
+                    stack.append((nxt, next_deps(nxt)))
+                elif seen == 1 and strict:
+                    path = [n for n, _ in stack]
+                    raise LineageCycle([*path[path.index(nxt) :], nxt])
+                continue
+            stack.pop()
+            state[node] = 2
+            order.append(node)
+    return order
+
+
+class Forest:
+    """The one-source lineage of `nodes`: parent map, sorted child lists, pre-order walk."""
+
+    def __init__(self, nodes: Iterable[str], parent: Mapping[str, str]) -> None:
+        self.parent = dict(parent)
+        self.nodes = sorted(set(nodes) | set(self.parent) | set(self.parent.values()))
+        children: dict[str, list[str]] = {}
+        for child in self.nodes:  # sorted, so every child list comes out sorted
+            if child in self.parent:
+                children.setdefault(self.parent[child], []).append(child)
+        self.children = children
+        order: list[str] = []
+        stack = [n for n in reversed(self.nodes) if n not in self.parent]
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(reversed(children.get(node, ())))
+        self.order = order  # nodes in a cycle (or below one) are not in it
+        self.tin = {node: i for i, node in enumerate(order)}
+        size = dict.fromkeys(order, 1)
+        for node in reversed(order):
+            up = self.parent.get(node)
+            if up is not None:
+                size[up] += size[node]
+        self.size = size
+
+    def ancestors(self, node: str) -> list[str]:
+        """The sources of `node`, nearest first (stopping where a cycle closes)."""
+        out: list[str] = []
+        seen = {node}
+        up = self.parent.get(node)
+        while up is not None and up not in seen:
+            out.append(up)
+            seen.add(up)
+            up = self.parent.get(up)
+        return out
+
+    def descendants(self, node: str) -> list[str]:
+        """Every node deriving from `node`, in pre-order (breadth-first inside a cycle)."""
+        if node in self.tin:
+            start = self.tin[node]
+            return self.order[start + 1 : start + self.size[node]]
+        return list(reach(self.children, node))
+
+    def union(self, tops: Iterable[str]) -> list[str]:
+        """`tops` and their descendants, each once: subtrees nested in an earlier one are
+        skipped by walking the tops in pre-order, so every slice is copied once."""
+        tops = list(dict.fromkeys(tops))
+        out: list[str] = []
+        covered = -1
+        for top in sorted((t for t in tops if t in self.tin), key=self.tin.__getitem__):
+            start = self.tin[top]
+            if start >= covered:
+                covered = start + self.size[top]
+                out += self.order[start:covered]
+        seen = set(out)
+        for top in tops:  # caught in a cycle: outside the walk
+            if top not in self.tin:
+                for node in [top, *reach(self.children, top)]:
+                    if node not in seen:
+                        seen.add(node)
+                        out.append(node)
+        return out
+
+    def cycles(self) -> list[list[str]]:
+        """Each loop once, as the nodes met walking up from the first of them by name."""
+        found, seen = [], set()
+        for start in sorted(self.parent):
+            path: list[str] = []
+            node: str | None = start
+            while node is not None and node not in seen and node not in path:
+                path.append(node)
+                node = self.parent.get(node)
+            if node is not None and node in path:
+                found.append(path[path.index(node) :])
+            seen.update(path)
+        return found

@@ -1,0 +1,114 @@
+"""`metrics.json` and `curve.json` must say what the manifest says.
+
+DVC reads the two files (`dvc metrics show`, `dvc plots`), stemma reads the manifest; a build
+writes all three from the same numbers, so any difference is a hand edit or a partial write.
+The manifest is the record (its id covers the metrics); the files are checked against it:
+`metrics.json` equals its metrics, and the curve's last epoch has `eval_<metric>` equal to
+each metric the manifest holds, within CURVE_TOLERANCE: the curve is scored on the training
+path (cached features, autocast on a GPU) and the manifest by a final evaluation, which agree
+to rounding but need not agree in the last digit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import StemmaError
+from .files import parse_json_text
+from .records import Manifest
+from .registry import Registry
+from .tree import WorkTree
+
+METRICS_FILE = "metrics.json"
+CURVE_FILE = "curve.json"
+CURVE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One difference between a metric file and the manifest."""
+
+    path: str  # repo-relative path of the metric file
+    pointer: str  # JSON pointer into that file
+    message: str
+
+
+def _same(a: Any, b: Any, tolerance: float = 1e-12) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=tolerance)
+    return bool(a == b)
+
+
+def _read(reg: Registry, name: str, file: str) -> tuple[bool, Any]:
+    """(present, parsed JSON or a reason string when it cannot be read or parsed)."""
+    path = reg.rel("models", name, file)
+    try:
+        if isinstance(reg.tree, WorkTree):  # a link out of the registry is never followed
+            reg.resolve(f"models/{name}/{file}", display=path)
+        text = reg.tree.read_text(path)
+    except StemmaError as exc:
+        return True, exc.message
+    except (OSError, UnicodeDecodeError):
+        return True, "cannot be read"
+    if text is None:
+        return False, None
+    try:
+        return True, parse_json_text(text, path)
+    except StemmaError:
+        return True, "is not JSON"
+
+
+def mismatches(reg: Registry, manifest: Manifest) -> list[Mismatch]:
+    """Every way the model's metrics.json and curve.json disagree with its manifest."""
+    metrics = manifest.raw.get("metrics")
+    if not isinstance(metrics, dict):
+        return []
+    found: list[Mismatch] = []
+    mpath = reg.rel("models", manifest.name, METRICS_FILE)
+    present, doc = _read(reg, manifest.name, METRICS_FILE)
+    if present and isinstance(doc, str):
+        found.append(Mismatch(mpath, "", doc))
+    elif present and not isinstance(doc, dict):
+        found.append(Mismatch(mpath, "", "is not a JSON object of metrics"))
+    elif present:
+        for key in sorted(metrics.keys() | doc.keys()):
+            if key not in doc:
+                found.append(Mismatch(mpath, f"/{key}", f"metric {key} of the manifest is missing"))
+            elif key not in metrics:
+                found.append(Mismatch(mpath, f"/{key}", f"metric {key} is not in the manifest"))
+            elif not _same(doc[key], metrics[key]):
+                found.append(
+                    Mismatch(
+                        mpath,
+                        f"/{key}",
+                        f"{key} is {doc[key]!r}, the manifest says {metrics[key]!r}",
+                    )
+                )
+    cpath = reg.rel("models", manifest.name, CURVE_FILE)
+    present, curve = _read(reg, manifest.name, CURVE_FILE)
+    if present and isinstance(curve, str):
+        found.append(Mismatch(cpath, "", curve))
+    elif present and isinstance(curve, list) and curve:
+        last = curve[-1]
+        at = f"/{len(curve) - 1}"
+        if not isinstance(last, dict):
+            found.append(Mismatch(cpath, at, "the last epoch is not a JSON object"))
+        else:
+            for key in sorted(metrics):
+                value = last.get(f"eval_{key}")
+                if value is not None and not _same(value, metrics[key], CURVE_TOLERANCE):
+                    found.append(
+                        Mismatch(
+                            cpath,
+                            f"{at}/eval_{key}",
+                            f"last epoch's eval_{key} is {value!r},"
+                            f" the manifest says {metrics[key]!r}",
+                        )
+                    )
+    elif present and not isinstance(curve, list):
+        found.append(Mismatch(cpath, "", "is not a JSON list of epochs"))
+    return found

@@ -1,0 +1,67 @@
+"""The status of a model or dataset: one rule, one set of names.
+
+`stemma ls`, the `models` and `datasets` views of `stemma query`, the lineage graph, the
+consistency checks (and so `validate` and `audit`) all decide a status here; the SQL of the
+index views (`_sql`) is tested against `status`.
+
+- `unbuilt`: declared by a spec, no manifest yet;
+- `registered`: a manifest and no spec (weights imported by `stemma register`, nothing to build);
+- `stale`: the spec changed since the build (`spec`), or the source model was rebuilt since
+  (`source`): `dvc repro` rebuilds it;
+- `built`: the manifest was built from the spec as it is and from the source as it is.
+
+The lineage graph adds two names for nodes that are not a healthy entry: `invalid` (a spec
+that cannot be read) and `missing` (named as a source or dataset, but not declared).
+"""
+
+from __future__ import annotations
+
+UNBUILT = "unbuilt"
+BUILT = "built"
+STALE = "stale"
+REGISTERED = "registered"
+INVALID = "invalid"
+MISSING = "missing"
+STATUSES = (UNBUILT, BUILT, STALE, REGISTERED, INVALID, MISSING)
+
+# Why a manifest is stale (see `staleness`).
+SPEC_CHANGED = "spec"
+SOURCE_CHANGED = "source"
+
+
+def staleness(
+    spec_digest: str | None,
+    built_digest: str | None,
+    parent_id: str | None = None,
+    built_source_id: str | None = None,
+) -> str | None:
+    """Why a built model or dataset is stale, or None when it is not.
+
+    `spec_digest` is the digest of the spec as it is, `built_digest` the one its manifest
+    recorded; `parent_id` the manifest id of the declared source model as it is (None when
+    the spec names no source, picks one by exploration, or the source has no manifest), and
+    `built_source_id` the source id the manifest recorded.
+    """
+    if built_digest != spec_digest:
+        return SPEC_CHANGED
+    if parent_id is not None and parent_id != built_source_id:
+        return SOURCE_CHANGED
+    return None
+
+
+def status(
+    has_spec: bool,
+    has_manifest: bool,
+    spec_digest: str | None = None,
+    built_digest: str | None = None,
+    parent_id: str | None = None,
+    built_source_id: str | None = None,
+) -> str:
+    """The status of a model or dataset (arguments as for `staleness`)."""
+    if not has_manifest:
+        return UNBUILT
+    if not has_spec:
+        return REGISTERED
+    if staleness(spec_digest, built_digest, parent_id, built_source_id) is not None:
+        return STALE
+    return BUILT

@@ -1,0 +1,116 @@
+"""Numeric modes: the pin happens before torch loads, manifests record it, settings check it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write
+from stemma.migration.numerics import PORTABLE_ENV, mode_of
+from stemma.migration.train import set_deterministic
+from stemma.registry import Registry
+from stemma.registry.errors import StemmaError
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> str:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if k not in PORTABLE_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**full, **(env or {})}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(not X86, reason="portable mode pins x86-64 code paths")
+def test_pin_before_torch_caps_the_kernels_torch_reports() -> None:
+    code = (
+        "import json; from stemma.migration.numerics import pin, record\n"
+        "p = pin('portable')\n"
+        "import torch\n"
+        "caps = torch.backends.cpu.get_cpu_capability()\n"
+        "print(json.dumps([p.applied, caps, record('portable')]))"
+    )
+    applied, capability, doc = json.loads(_python(code))
+    assert applied and doc["pinned"] and doc["env"] == dict(PORTABLE_ENV)
+    assert capability in ("AVX2", "DEFAULT") and doc["cpu"]["capability"] == capability
+    assert doc["cpu"]["vendor"] and doc["cpu"]["machine"]
+
+
+def test_pin_after_torch_is_recorded_as_not_applied() -> None:
+    code = (
+        "import json, torch; from stemma.migration.numerics import pin, record\n"
+        "p = pin('portable')\n"
+        "print(json.dumps([p.applied, p.reason, record('portable')]))"
+    )
+    applied, reason, doc = json.loads(_python(code))
+    assert not applied and "torch was imported" in reason
+    assert doc["pinned"] is False and doc["note"] == reason and doc["env"] == {}
+
+
+def test_native_pins_nothing_and_says_so() -> None:
+    code = (
+        "import json; from stemma.migration.numerics import pin, record\n"
+        "pin('native'); import torch; print(json.dumps(record('native')))"
+    )
+    doc = json.loads(_python(code))
+    assert doc["mode"] == "native" and doc["pinned"] and doc["env"] == {}
+
+
+def test_mode_comes_from_the_settings_with_portable_as_default() -> None:
+    assert mode_of({}) == "portable"
+    assert mode_of({"numerics": "native"}) == "native"
+
+
+def test_settings_refuse_an_unknown_mode(registry: Registry) -> None:
+    settings = registry.repo_root / "stemma.yaml"
+    write(settings, settings.read_text() + "defaults: {numerics: fast}\n")
+    with pytest.raises(StemmaError, match="numerics"):
+        Registry.open(registry.repo_root)
+    write(settings, settings.read_text().replace("fast", "native"))
+    assert Registry.open(registry.repo_root).settings.defaults == {"numerics": "native"}
+
+
+def test_deterministic_switch_keeps_torch_flag_without_the_compiler() -> None:
+    prior = torch.are_deterministic_algorithms_enabled()
+    try:
+        set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        set_deterministic(False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        set_deterministic(prior)
+    code = (
+        "import sys, torch\n"
+        "from stemma.migration.train import set_deterministic\n"
+        "set_deterministic(True)\n"
+        "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules)"
+    )
+    assert _python(code) == "True False"
+
+
+def test_cli_build_records_the_pin(tmp_path: Path, registry: Registry) -> None:
+    write(registry.root / "datasets/d/spec.yaml", "source: sklearn:digits\nselect: {limit: 200}\n")
+    write(
+        registry.root / "models/m/spec.yaml",
+        "architecture: {family: mlp, hidden: [8]}\ndata: {train: d}\ntraining: {epochs: 1}\n",
+    )
+    stemma = str(Path(sys.executable).parent / "stemma")
+    for args in (["dataset", "d"], ["model", "m", "-q"]):
+        done = subprocess.run(
+            [stemma, "build", *args], cwd=registry.repo_root, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    run = json.loads((registry.model_dir("m") / "manifest.json").read_text())["run"]
+    numerics = run["numerics"]
+    assert numerics["mode"] == "portable" and numerics["pinned"] is X86
+    assert set(numerics["cpu"]) == {"machine", "vendor", "model", "capability"}
+    assert 0 <= run["train_s"] <= run["duration_s"]
