@@ -62,17 +62,48 @@ def debug_enabled() -> bool:
     return os.environ.get("STEMMA_DEBUG", "") not in ("", "0")
 
 
+def one_line(text: str, limit: int = 1000) -> str:
+    """`text` as one line of at most `limit` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def describe_unexpected(exc: BaseException) -> str:
+    """One line for an error no library code raised on purpose."""
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return one_line(f"{where}{exc.strerror}")
+    detail = one_line(str(exc), 300)
+    return (
+        f"internal error: {type(exc).__name__}{': ' + detail if detail else ''}"
+        " (rerun with --traceback for details)"
+    )
+
+
+# typer's own errors (usage errors exit 2): typer renders them itself.
+_CLICK_ERRORS = (typer.BadParameter.__mro__[2],)  # ClickException, which typer re-exports
+
+
 class FunnelGroup(TyperGroup):
-    """The root command group: turns a `StemmaError` into one stderr line and exit 1."""
+    """The root command group: turns every error into one stderr line; exit 1 for errors,
+    2 for usage errors (typer's own and `UsageError`)."""
 
     def invoke(self, ctx: Any) -> Any:
-        """Run the command; render library errors as one line unless tracebacks are on."""
+        """Run the command; render errors as one line unless tracebacks are on."""
         try:
             return super().invoke(ctx)
         except StemmaError as exc:
             if debug_enabled():
                 raise
-            raise fail(exc.message) from None
+            raise fail(one_line(exc.message), exc.exit_code) from None
+        except (typer.Exit, typer.Abort, *_CLICK_ERRORS):
+            raise
+        except Exception as exc:  # nothing a user gives reaches them as a traceback
+            if debug_enabled():
+                raise
+            raise fail(describe_unexpected(exc)) from None
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from stemma.registry import Registry
-from stemma.registry.errors import StemmaError
+from stemma.registry.errors import UsageError
 
 from ._common import RepoOpt
 
@@ -110,7 +110,7 @@ def _ints(text: str | None, option: str) -> list[int] | None:
     try:
         return [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
     except ValueError:
-        raise StemmaError(f"{option} expects comma-separated integers, got {text!r}") from None
+        raise UsageError(f"{option} expects comma-separated integers, got {text!r}") from None
 
 
 def _options(text: str) -> dict[str, Any]:
@@ -119,9 +119,9 @@ def _options(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise StemmaError(f"--options: not valid JSON: {exc}") from None
+        raise UsageError(f"--options: not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise StemmaError("--options: expected a JSON object")
+        raise UsageError("--options: expected a JSON object")
     return value
 
 
@@ -201,7 +201,7 @@ def register(
         if entrypoint is not None:
             arch["entrypoint"] = entrypoint
     elif hidden or channels or entrypoint or model_name or options:
-        raise StemmaError("--hidden, --channels, --entrypoint, --name and --options need --family")
+        raise UsageError("--hidden, --channels, --entrypoint, --name and --options need --family")
     if options is not None and arch is not None:
         arch["options"] = _options(options)
     manifest = register_model(

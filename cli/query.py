@@ -62,6 +62,10 @@ def query(
     schema: Annotated[
         bool, typer.Option("--schema", help="List the views and their columns instead.")
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0.001, help="Stop the query after this many seconds."),
+    ] = 30.0,
     json_: JsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
@@ -77,7 +81,7 @@ def query(
         return
     if not sql or not sql.strip():
         raise fail("give a SQL query (or --schema to list the views)", code=2)
-    result = lib.query(reg, sql, history=history)
+    result = lib.query(reg, sql, history=history, timeout=timeout)
     if format_ is Format.json:
         emit_json(result.to_json())
     elif format_ is Format.csv:

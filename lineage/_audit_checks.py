@@ -6,7 +6,6 @@ Codes and rules are documented in `stemma.lineage.audit`; this module reads the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -16,7 +15,7 @@ from stemma.registry import Registry
 from stemma.registry import consistency as cons
 from stemma.registry.consistency import Violation
 from stemma.registry.errors import LocatedError, RegistryNotFound, StemmaError
-from stemma.registry.files import content_id
+from stemma.registry.files import content_id, parse_json_text
 from stemma.registry.naming import parse_source
 from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
 from stemma.registry.yamlio import load_yaml_text
@@ -119,8 +118,8 @@ def _json(text: str | None) -> Any:
     if text is None:
         return None
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
+        doc = parse_json_text(text, "")
+    except StemmaError:
         return None
     return doc if isinstance(doc, dict) else None
 

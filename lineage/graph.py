@@ -27,7 +27,7 @@ import networkx as nx
 from stemma.registry import Registry, status
 from stemma.registry.dag import Forest
 from stemma.registry.errors import StemmaError
-from stemma.registry.files import digest
+from stemma.registry.files import digest, parse_json_text
 from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
 from stemma.registry.yamlio import load_yaml_text
 
@@ -202,8 +202,12 @@ def _doc(reg: Registry, kind: str, name: str, filename: str) -> dict[str, Any] |
     if text is None:
         return None
     try:
-        doc = load_yaml_text(text, filename) if filename == SPEC_FILE else json.loads(text)
-    except (StemmaError, ValueError):
+        doc = (
+            load_yaml_text(text, filename)
+            if filename == SPEC_FILE
+            else parse_json_text(text, filename)
+        )
+    except StemmaError:
         return {}  # present but unreadable: not None, which means absent
     return doc if isinstance(doc, dict) else {}
 

@@ -28,6 +28,7 @@ from stemma.registry.files import (
     read_json,
     write_atomic,
 )
+from stemma.registry.gate import check_buildable
 from stemma.registry.records import (
     DATASET_MANIFEST,
     MODEL_MANIFEST,
@@ -164,6 +165,7 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     """Materialize a dataset spec, write data.npz and its manifest; returns the manifest."""
     started, begin = _now(), time.perf_counter()
     importable(reg.repo_root)
+    check_buildable(reg, "dataset", name)
     spec = reg.dataset_spec(name)
     arrays = materialize(
         spec.raw,
@@ -389,6 +391,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     _load_training_imports()
     started, begin = _now(), time.perf_counter()
     importable(reg.repo_root)
+    check_buildable(reg, "model", name)
     spec = reg.model_spec(name)
     display = spec.path
     defaults = dict(reg.settings.defaults.get("training") or {})

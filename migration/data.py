@@ -608,11 +608,21 @@ def load_npz(path: Path, display: str = "") -> DatasetArrays:
         raise BuildError(
             f"{display or path}: {path.name} does not exist; build it first (dvc repro)"
         )
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [k for k in KEYS if k not in npz.files]
-        if missing:
-            raise BuildError(f"{display or path}: {path.name} lacks {', '.join(missing)}")
-        return DatasetArrays(*(np.asarray(npz[k]) for k in KEYS))
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in KEYS if k not in npz.files]
+            if missing:
+                raise BuildError(f"{display or path}: {path.name} lacks {', '.join(missing)}")
+            return DatasetArrays(*(np.asarray(npz[k]) for k in KEYS))
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        # A file that is no .npz of plain arrays (garbage, truncated, pickled objects).
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise BuildError(
+            f"{display or path}: {path.name} is not a readable .npz of arrays ({reason});"
+            " rebuild it with `dvc repro`"
+        ) from None
 
 
 def feature_stats(x: np.ndarray, top: int = 10, decimals: int = 6) -> dict[str, Any]:

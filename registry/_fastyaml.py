@@ -227,6 +227,8 @@ def _scalar(text: str) -> str:
     if text in _FALSE:
         return "false"
     if _INT.fullmatch(text):
+        if len(text) > 18:
+            raise _Unsupported  # possibly past 64 bits: the full reader names the value
         return str(int(text))
     if _FLOAT.fullmatch(text):
         number = float(text)

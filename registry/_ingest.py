@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from . import _snapshot, _specrow, _sql
-from .errors import ParseError, SchemaError, StemmaError
+from .errors import SchemaError, StemmaError
 from .files import write_atomic
 
 if TYPE_CHECKING:
@@ -442,17 +442,11 @@ def _stage_manifests(
 
 def _raise_first_error(reg: Registry, files: list[tuple[str, str]], model: bool) -> None:
     """Raise the located error (file, line or JSON pointer) of the first bad manifest."""
-    import json
-
+    from .files import parse_json_text
     from .records import DATASET_MANIFEST, MODEL_MANIFEST, parse_json_document
 
     for path, text in files:  # syntax first: cheap, and what makes DuckDB reject a whole chunk
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ParseError(
-                _display(reg, path), f"invalid JSON: {exc.msg}", line=exc.lineno
-            ) from None
+        parse_json_text(text, _display(reg, path))
     schema = MODEL_MANIFEST if model else DATASET_MANIFEST
     for path, text in files:
         parse_json_document(text, schema, _display(reg, path))

@@ -223,6 +223,10 @@ class _Folder:
     def __init__(self, root: Path, kind: str, prefix: str = "") -> None:
         self.kind, self.path, self.prefix = kind, f"{root}/{kind}", prefix
         self.fd = -1
+        if os.path.islink(self.path):
+            from .files import confined
+
+            confined(self.path, root, display(prefix, kind))
         if os.stat in os.supports_dir_fd and os.scandir in os.supports_fd:
             self.fd = os.open(self.path, os.O_RDONLY)
         elif not os.path.isdir(self.path):
@@ -283,30 +287,14 @@ def racy(mtime_ns: int, now_ns: int) -> bool:
 
 
 def read_text(root: Path | str, path: str, size: int, prefix: str = "") -> str | None:
-    """A file's UTF-8 text, or None when it vanished since the snapshot.
+    """A file's UTF-8 text, or None when it vanished since the snapshot (`size` is what the
+    snapshot saw; `prefix`, the registry root in the repository, is for messages). The
+    snapshot's stat is what the index records: a file changed later differs at the next
+    snapshot and is read again. Files are read as `files.read_text_file` reads them:
+    bounded, regular, inside the registry root."""
+    from .files import read_text_file
 
-    `size` is what the snapshot saw: one read of size + 1 bytes takes the whole file unless it
-    grew meanwhile. The snapshot's stat is what the index records for the file: if the file
-    changes after the snapshot, the next snapshot differs and it is read again, so the index
-    never keeps a stale copy. `prefix` (the registry root in the repository) is for messages.
-    """
-    try:
-        fd = os.open(f"{root}/{path}", os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        data = os.read(fd, size + 1)
-        if len(data) > size:
-            parts = [data]
-            while chunk := os.read(fd, 1 << 16):
-                parts.append(chunk)
-            data = b"".join(parts)
-    finally:
-        os.close(fd)
-    try:
-        return data.decode()
-    except UnicodeDecodeError as exc:
-        raise ParseError(display(prefix, path), f"not UTF-8 text: {exc.reason}") from None
+    return read_text_file(f"{root}/{path}", display(prefix, path), root=root)
 
 
 def display(prefix: str, path: str) -> str:

@@ -191,8 +191,9 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
                     subject=subject,
                 )
             )
+    # Only the entrypoint family runs the code named (a build ignores it elsewhere).
     entry = spec.architecture.get("entrypoint")
-    if entry and entry not in reg.settings.entrypoints:
+    if spec.architecture.get("family") == "entrypoint" and entry not in reg.settings.entrypoints:
         found.append(
             Violation(
                 UNTRUSTED_ENTRYPOINT,

@@ -14,6 +14,7 @@ class StemmaError(Exception):
 
     code = "error"
     template = "{message}"
+    exit_code = 1  # what the CLI exits with
 
     def __init__(self, message: str | None = None, **fields: Any) -> None:
         self.fields = fields
@@ -35,6 +36,7 @@ class LocatedError(StemmaError):
         self.path = path
         self.pointer = pointer
         self.line = line
+        reason = " ".join(reason.split())  # one line, whatever the cause's text held
         self.reason = reason
         where = path
         if line is not None:
@@ -54,6 +56,25 @@ class ParseError(LocatedError, ValueError):
     """A file that cannot be parsed as YAML or JSON."""
 
     code = "parse"
+
+
+class PathEscape(LocatedError):
+    """A path that resolves outside the registry (through `..` or a symbolic link)."""
+
+    code = "path-escape"
+
+
+class UnsafeFile(LocatedError, ValueError):
+    """A file stemma will not parse: not a regular file, too large, not UTF-8, too deep."""
+
+    code = "parse"
+
+
+class UsageError(StemmaError, ValueError):
+    """A command used wrongly (an option or argument out of place): exit status 2."""
+
+    code = "usage"
+    exit_code = 2
 
 
 class RegistryNotFound(StemmaError, FileNotFoundError):
@@ -122,3 +143,9 @@ class QueryError(StemmaError):
     """A query that failed or was refused."""
 
     code = "query"
+
+
+class InvalidFolderName(LocatedError, InvalidName):
+    """A model or dataset folder whose name breaks the naming grammar."""
+
+    code = "invalid-name"

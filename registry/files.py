@@ -5,11 +5,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import ParseError, PathEscape, UnsafeFile
+
 CHUNK = 1 << 20
+# Specs, manifests and settings are a few kilobytes (a manifest of a large network a few
+# megabytes): a file past this is a mistake or an attack, and is refused before it is read.
+MAX_TEXT_BYTES = 16 << 20
+# Nesting deeper than this is no spec or manifest (and recursion in parsers and validators
+# would fail first).
+MAX_DEPTH = 64
+# Values in one YAML document: aliases make a small file expand into many (a spec holds a
+# few dozen).
+MAX_VALUES = 100_000
+# Integers past 64 bits cannot be indexed, compared or trained with.
+MAX_INT = (1 << 63) - 1
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def canonical_json(obj: Any) -> str:
@@ -76,11 +98,203 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, canonical_json(obj))
 
 
-def read_json(path: Path) -> Any:
-    """Read JSON, raising `ParseError` naming the file and line on bad syntax."""
-    from .errors import ParseError
+def read_json(path: Path, display: str | None = None, root: Path | None = None) -> Any:
+    """Read a JSON file stemma wrote or parses (bounded, regular, UTF-8, JSON values only,
+    inside `root` when given), raising a located error naming the file on anything else."""
+    name = display or str(path)
+    text = read_text_file(path, name, root=root)
+    if text is None:
+        raise ParseError(name, "the file does not exist")
+    return parse_json_text(text, name)
 
+
+def confined(path: str | Path, root: str | Path, display: str) -> Path:
+    """`path` with every link resolved, or `PathEscape` when that lies outside `root` (the
+    target is never opened: only links are read to find where it lies)."""
+    real = Path(os.path.realpath(path))
+    base = Path(os.path.realpath(root))
+    if real != base and base not in real.parents:
+        raise PathEscape(
+            display,
+            "resolves outside the registry root (through '..' or a symbolic link);"
+            " keep specs, manifests and data inside the repository",
+        )
+    return real
+
+
+def read_bytes_file(
+    path: str | Path, display: str, root: str | Path | None = None, limit: int = MAX_TEXT_BYTES
+) -> bytes | None:
+    """The bytes of a regular file of at most `limit` bytes, or None when it does not exist.
+
+    Opened without blocking and checked before reading: a folder, a pipe, a device or a
+    looping link is refused with a located error instead of hanging or reading forever.
+    With `root`, a path that resolves outside it is refused before it is opened."""
+    if root is not None and (os.path.islink(path) or _links_above(path, root)):
+        confined(path, root, display)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
     try:
-        return json.loads(path.read_text())
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except ValueError:  # a NUL character in the path
+        raise UnsafeFile(display, "the path holds a NUL character") from None
+    except OSError as exc:
+        raise UnsafeFile(display, f"cannot read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        kind = stat.S_IFMT(info.st_mode)
+        if kind != stat.S_IFREG:
+            what = _KINDS.get(kind, "not a regular file")
+            raise UnsafeFile(display, f"is {what}, not a regular file")
+        if info.st_size > limit:
+            raise UnsafeFile(display, f"is {info.st_size} bytes, more than the {limit} allowed")
+        parts, size = [], 0
+        while chunk := os.read(fd, min(CHUNK, limit + 1 - size)):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:  # it grew while being read
+                raise UnsafeFile(display, f"is more than the {limit} bytes allowed")
+        return b"".join(parts)
+    except OSError as exc:
+        raise UnsafeFile(display, f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _links_above(path: str | Path, root: str | Path) -> bool:
+    """True when a folder between `root` and `path` is a symbolic link."""
+    rel = os.path.relpath(os.path.dirname(path), root)
+    if rel == ".":
+        return False
+    if rel.startswith(".."):
+        return True
+    folder = str(root)
+    for part in rel.split(os.sep):
+        folder = os.path.join(folder, part)
+        if os.path.islink(folder):
+            return True
+    return False
+
+
+def decode_text(data: bytes, display: str) -> str:
+    """UTF-8 text of a file, or a located error saying what the bytes are instead."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(data) > 1 and b"\x00" in data[:2]):
+        raise UnsafeFile(display, "is UTF-16 text; save it as UTF-8")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UnsafeFile(
+            display,
+            f"is not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8",
+            line=line,
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise UnsafeFile(display, "holds a NUL character", line=line)
+    return text
+
+
+def read_text_file(
+    path: str | Path, display: str, root: str | Path | None = None, limit: int = MAX_TEXT_BYTES
+) -> str | None:
+    """`read_bytes_file` decoded as UTF-8 text (None when the file does not exist)."""
+    data = read_bytes_file(path, display, root, limit)
+    return None if data is None else decode_text(data, display)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json_text(text: str, display: str) -> Any:
+    """JSON text as plain values: NaN and infinities, integers past 64 bits and nesting past
+    MAX_DEPTH are refused with a located error, like bad syntax."""
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise ParseError(str(path), f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+        raise ParseError(display, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+    except RecursionError:
+        raise ParseError(display, f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # an integer of more than 4300 digits, NaN, Infinity
+        reason = "a number is too large" if "digits" in str(exc) else str(exc)
+        raise ParseError(display, reason) from None
+    if "\\u" in text:  # only an escape can put a NUL or a lone surrogate in JSON text
+        return plain_value(doc, display, budget=None)
+    return doc
+
+
+def plain_value(
+    doc: Any, display: str, string_keys: bool = False, budget: int | None = MAX_VALUES
+) -> Any:
+    """`doc` checked to be what JSON can hold (mappings with text keys, lists, text, finite
+    numbers within 64 bits, booleans, null), at most MAX_DEPTH deep and MAX_VALUES values
+    (aliases counted each time they are used); a located error names the first other value.
+    With `string_keys`, integer keys (YAML reads `0:` as one) become text."""
+    left = [budget if budget is not None else -1]
+
+    def walk(node: Any, where: list[str | int], depth: int, open_: set[int]) -> Any:
+        left[0] -= 1
+        if left[0] == -1:
+            raise _value_error(display, where, f"more than {budget} values (aliases?)")
+        if node is None or isinstance(node, bool):
+            return node
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise _value_error(display, where, "text holds a NUL character")
+            if not node.isascii():
+                try:
+                    node.encode()
+                except UnicodeEncodeError:
+                    raise _value_error(display, where, "text holds a lone surrogate") from None
+            return node
+        if isinstance(node, int):
+            if not -MAX_INT - 1 <= node <= MAX_INT:
+                raise _value_error(display, where, "integer out of range (more than 64 bits)")
+            return node
+        if isinstance(node, float):
+            if node != node or node in (float("inf"), float("-inf")):
+                raise _value_error(display, where, f"{node} is not a JSON number")
+            return node
+        if depth >= MAX_DEPTH:
+            raise _value_error(display, where, f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, (dict, list)):
+            if id(node) in open_:
+                raise _value_error(display, where, "a recursive alias (a value inside itself)")
+            open_.add(id(node))
+            try:
+                if isinstance(node, list):
+                    return [walk(v, [*where, i], depth + 1, open_) for i, v in enumerate(node)]
+                out: dict[str, Any] = {}
+                for key, value in node.items():
+                    if string_keys and isinstance(key, int) and not isinstance(key, bool):
+                        key = str(key)
+                        if key in node or key in out:
+                            raise _value_error(display, where, f"key {key} is given twice")
+                    if not isinstance(key, str):
+                        raise _value_error(display, where, f"key {key!r:.40} is not text; quote it")
+                    out[key] = walk(value, [*where, key], depth + 1, open_)
+                return out
+            finally:
+                open_.discard(id(node))
+        raise _value_error(display, where, _unplain(node))
+
+    return walk(doc, [], 0, set())
+
+
+def _unplain(node: Any) -> str:
+    import datetime
+
+    if isinstance(node, (datetime.date, datetime.datetime)):
+        return "a date or time (JSON has none); quote it to keep it as text"
+    if isinstance(node, (set, frozenset)):
+        return "a set (!!set); write a list"
+    if isinstance(node, (bytes, bytearray)):
+        return "binary data (!!binary); JSON has none"
+    return f"a {type(node).__name__} value, which JSON cannot hold"
+
+
+def _value_error(display: str, where: list[str | int], reason: str) -> ParseError:
+    pointer = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in where)
+    return ParseError(display, reason, pointer=pointer or "/")

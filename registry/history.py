@@ -166,7 +166,7 @@ def _parse(blob: bytes | None) -> dict[str, Any] | None:
         return None
     try:
         doc = json.loads(blob)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
         return None
     if not isinstance(doc, dict) or not str(doc.get("id", "")).startswith("sha256:"):
         return None

@@ -11,12 +11,12 @@ to rounding but need not agree in the last digit.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import StemmaError
+from .files import parse_json_text
 from .records import Manifest
 from .registry import Registry
 from .tree import WorkTree
@@ -57,8 +57,8 @@ def _read(reg: Registry, name: str, file: str) -> tuple[bool, Any]:
     if text is None:
         return False, None
     try:
-        return True, json.loads(text)
-    except ValueError:
+        return True, parse_json_text(text, path)
+    except StemmaError:
         return True, "is not JSON"
 
 

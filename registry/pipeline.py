@@ -13,8 +13,9 @@ import fnmatch
 import re
 from typing import Any
 
-from .dag import Forest
+from .dag import Forest, LineageCycle
 from .dag import build_order as dag_order
+from .errors import ConsistencyError
 from .naming import parse_source
 from .records import ModelSpec
 from .registry import DATA_FILE, MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE, Registry
@@ -124,7 +125,11 @@ def build_order(reg: Registry) -> list[str]:
             deps[name] = candidates(reg, name, spec)
         else:
             deps[name] = [src.model] if src.model in declared else []
-    return dag_order(deps)
+    try:
+        return dag_order(deps)
+    except LineageCycle as exc:  # name the file where the loop can be broken
+        where = reg.rel("models", exc.loop[0], SPEC_FILE)
+        raise ConsistencyError(f"{where} at /source/model: {exc.message}") from None
 
 
 def render_dict(reg: Registry) -> dict[str, Any]:

@@ -123,8 +123,32 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def query(reg: Registry, sql: str, history: bool = False) -> QueryResult:
-    """Run one read-only SELECT over the registry's views and return its rows."""
+# Limits of one user query: time (seconds) and the engine's memory.
+TIMEOUT_S = 30.0
+MEMORY_LIMIT = "2GB"
+# Table functions that read files, or run SQL given as text: with external access disabled
+# DuckDB still lets queries read the index's own files, which hold nothing users may not see
+# through the views but are stemma's, not theirs.
+_FILE_FUNCTIONS = re.compile(
+    r"read_\w+|glob|parquet_\w+|sniff_csv|query|query_table|\w+_scan|iceberg_\w+|delta_\w+",
+    re.I,
+)
+_STEMMA_FILES = re.compile(r"\.stemma[/\\]|index\.duckdb", re.I)
+_PIVOT = re.compile(r"\s*(?:un)?pivot(?:_wider|_longer)?\b", re.I)
+
+
+def query(
+    reg: Registry,
+    sql: str,
+    history: bool = False,
+    timeout: float = TIMEOUT_S,
+    memory_limit: str = MEMORY_LIMIT,
+) -> QueryResult:
+    """Run one read-only statement (SELECT, EXPLAIN, DESCRIBE, SUMMARIZE, PIVOT) over the
+    registry's views and return its rows; stopped with a `QueryError` after `timeout`
+    seconds or past `memory_limit`."""
+    import threading
+
     from ._engine import duckdb
     from .index import open_index
 
@@ -132,14 +156,26 @@ def query(reg: Registry, sql: str, history: bool = False) -> QueryResult:
         con = index.con
         if history:
             _load_history(reg, con)
-        _lock_down(con)
+        _lock_down(con, memory_limit)
         check_sql(con, sql)
+        # DuckDB has no statement timeout: a timer interrupts the connection instead.
+        timer = threading.Timer(timeout, con.interrupt)
+        timer.daemon = True
+        timer.start()
         try:
             cursor = con.execute(sql)
             rows = cursor.fetchall()
             description = cursor.description or []
+        except duckdb.InterruptException:
+            raise QueryError(
+                f"query stopped after {timeout:g} s (its time limit; raise it with --timeout)"
+            ) from None
+        except duckdb.OutOfMemoryException:
+            raise QueryError(f"query stopped: it needs more than {memory_limit} memory") from None
         except duckdb.Error as exc:
             raise QueryError(f"query failed: {one_line(exc)}") from None
+        finally:
+            timer.cancel()
     return QueryResult(
         columns=tuple(str(d[0]) for d in description),
         types=tuple(str(d[1]) for d in description),
@@ -164,7 +200,10 @@ def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryError(f"cannot parse the query: {one_line(exc)}") from None
     if len(statements) != 1:
         raise QueryError(f"give exactly one SQL statement, not {len(statements)}")
+    _refuse_file_access(sql)
     kind = _kind(statements[0])
+    if kind == "MULTI" and _PIVOT.match(sql):
+        return  # PIVOT runs as a few statements of its own, all reads
     if kind == "EXPLAIN":
         match = _EXPLAIN.fullmatch(sql)
         try:
@@ -180,13 +219,37 @@ def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         )
 
 
+def _refuse_file_access(sql: str) -> None:
+    """Refuse a query that calls a file-reading table function or names a file as a table."""
+    from ._engine import duckdb
+
+    tokens = duckdb.tokenize(sql)
+    previous = ""
+    for i, (start, kind) in enumerate(tokens):
+        end = tokens[i + 1][0] if i + 1 < len(tokens) else len(sql)
+        text = sql[start:end].strip()
+        following = sql[end:].lstrip()[:1] if kind == duckdb.token_type.identifier else ""
+        name = text.strip('"')
+        if following == "(" and _FILE_FUNCTIONS.fullmatch(name):
+            raise QueryError(f"{name}() is refused: queries read the registry's views, not files")
+        quoted = kind == duckdb.token_type.string_const or text.startswith('"')
+        if quoted and (previous in ("from", "join") or _STEMMA_FILES.search(text)):
+            raise QueryError(
+                f"{text[:80]} is refused as a table: queries read the registry's views, not files"
+            )
+        previous = text.lower()
+
+
 def _kind(statement: Any) -> str:
     return str(statement.type).rsplit(".", 1)[-1].upper()
 
 
-def _lock_down(con: duckdb.DuckDBPyConnection) -> None:
-    """No files, no extensions, no Python objects, and no way to change that back."""
+def _lock_down(con: duckdb.DuckDBPyConnection, memory_limit: str = MEMORY_LIMIT) -> None:
+    """No files, no extensions, no Python objects, bounded memory, and no way to change
+    that back."""
     for setting in (
+        f"memory_limit = {_sql.quote_literal(memory_limit)}",
+        "max_temp_directory_size = '0B'",
         "python_enable_replacements = false",
         "autoinstall_known_extensions = false",
         "autoload_known_extensions = false",

@@ -6,13 +6,12 @@ Every loader validates first, so a record always holds a schema-valid document.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ParseError, SchemaError
-from .files import content_id, digest
+from .errors import SchemaError
+from .files import content_id, digest, parse_json_text
 
 # PyYAML and the schemas are imported where they are used: `stemma ls` and `stemma query`
 # read the DuckDB index and never parse a spec or validate a document.
@@ -78,10 +77,7 @@ def parse_yaml_document(text: str, schema: str, display: str) -> dict[str, Any]:
 
 def parse_json_document(text: str, schema: str, display: str) -> dict[str, Any]:
     """Parse and validate JSON text."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParseError(display, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+    doc = parse_json_text(text, display)
     if not isinstance(doc, dict):
         raise SchemaError(display, "expected an object at the top level", pointer="/")
     validate_document(doc, schema, display)
@@ -91,12 +87,14 @@ def parse_json_document(text: str, schema: str, display: str) -> dict[str, Any]:
 def settings_look_valid(doc: Any) -> bool:
     """A hand-written check that stemma.yaml matches its schema: every command opens the
     registry, and importing jsonschema costs more than the rest of `stemma ls`."""
-    if not isinstance(doc, dict) or doc.get("version") != 1:
-        return False
+    if not isinstance(doc, dict) or type(doc.get("version")) is not int or doc["version"] != 1:
+        return False  # `version: true` is no version (True == 1 in Python)
     if set(doc) - {"version", "root", "entrypoints", "defaults"}:
         return False
     root = doc.get("root", ".")
-    if not isinstance(root, str) or not root or root.startswith(("/", "~")):
+    if not isinstance(root, str) or not root or root.startswith(("/", "~")) or len(root) > 255:
+        return False
+    if not root.isprintable():
         return False
     entrypoints = doc.get("entrypoints", [])
     if not isinstance(entrypoints, list) or len(set(map(str, entrypoints))) != len(entrypoints):
@@ -111,7 +109,8 @@ def settings_look_valid(doc: Any) -> bool:
         return False
     if defaults.get("numerics", "portable") not in ("portable", "native"):
         return False
-    return isinstance(defaults.get("training", {}), dict) and defaults.get("device", "auto") in (
+    # Training defaults have value ranges: the schema checks them.
+    return defaults.get("training", {}) == {} and defaults.get("device", "auto") in (
         "auto",
         "cpu",
         "cuda",

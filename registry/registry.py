@@ -8,14 +8,16 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
-    ConsistencyError,
     DatasetNotFound,
+    InvalidFolderName,
+    InvalidName,
     ModelNotFound,
+    PathEscape,
     RegistryExists,
     RegistryNotFound,
     StemmaError,
 )
-from .files import canonical_json, content_id, write_atomic
+from .files import canonical_json, confined, content_id, write_atomic
 from .records import (
     DATASET_MANIFEST,
     DATASET_SPEC,
@@ -117,7 +119,13 @@ class Registry:
             doc = parse_yaml_document(text, SETTINGS, SETTINGS_FILE)
         settings = Settings.from_dict(doc)
         reg = cls(repo_root, settings, tree)
-        reg.resolve(".", pointer="/root", display=SETTINGS_FILE)
+        base = repo_root.resolve()
+        if reg.root != base and base not in reg.root.parents:
+            raise PathEscape(
+                SETTINGS_FILE,
+                f"root {settings.root!r} lies outside the repository; name a folder inside it",
+                pointer="/root",
+            )
         return reg
 
     @classmethod
@@ -163,21 +171,31 @@ class Registry:
         return str(PurePosixPath(self.rel_root, *parts))
 
     def model_dir(self, name: str) -> Path:
-        """Folder of a model."""
-        return self.root / "models" / name
+        """Folder of a model; `PathEscape` when it resolves outside the registry root."""
+        return self._folder("models", name)
 
     def dataset_dir(self, name: str) -> Path:
-        """Folder of a dataset."""
-        return self.root / "datasets" / name
+        """Folder of a dataset; `PathEscape` when it resolves outside the registry root."""
+        return self._folder("datasets", name)
+
+    def _folder(self, kind: str, name: str) -> Path:
+        # Every read and write of a model's or dataset's files goes through here: a folder
+        # (or models/, datasets/) linked to somewhere else is refused, never followed.
+        folder = self.root / kind / name
+        confined(folder, self.root, self.rel(kind, name))
+        return folder
 
     def resolve(self, relpath: str, pointer: str = "", display: str = "") -> Path:
         """A path from a spec, resolved and confined to the repository."""
-        target = (self.root / relpath).resolve()
+        where = display or "path"
+        try:
+            target = (self.root / relpath).resolve()
+        except (OSError, ValueError):
+            raise PathEscape(where, f"cannot resolve {relpath!r:.80}", pointer=pointer) from None
         base = self.repo_root.resolve()
         if target != base and base not in target.parents:
-            raise ConsistencyError(
-                f"{display or 'path'}{' at ' + pointer if pointer else ''}: path {relpath!r}"
-                " escapes the registry root"
+            raise PathEscape(
+                where, f"path {relpath!r:.80} lies outside the repository", pointer=pointer
             )
         return target
 
@@ -221,9 +239,7 @@ class Registry:
             if manifest is None:
                 raise ModelNotFound(name, hint=self._hint(name, self.model_names()))
             return ModelSpec(name, manifest.path, manifest.raw["spec"], registered=True)
-        from .naming import check_name
-
-        check_name(name, "model name")
+        self._check_name(name, "model", path)
         return ModelSpec.from_dict(name, doc, path)
 
     def dataset_spec(self, name: str) -> DatasetSpec:
@@ -232,10 +248,18 @@ class Registry:
         doc = self._load(path, DATASET_SPEC, yaml=True)
         if doc is None:
             raise DatasetNotFound(name, hint=self._hint(name, self.dataset_names()))
+        self._check_name(name, "dataset", path)
+        return DatasetSpec.from_dict(name, doc, path)
+
+    @staticmethod
+    def _check_name(name: str, kind: str, path: str) -> None:
+        """Raise the located error of a folder name that breaks the naming grammar."""
         from .naming import check_name
 
-        check_name(name, "dataset name")
-        return DatasetSpec.from_dict(name, doc, path)
+        try:
+            check_name(name, f"{kind} name")
+        except InvalidName as exc:
+            raise InvalidFolderName(path, f"{exc.message}; rename the folder") from None
 
     def model_manifest(self, name: str) -> Manifest | None:
         """The model's manifest, or None when it has not been built."""
@@ -271,12 +295,13 @@ class Registry:
 
     # -- querying -------------------------------------------------------------------------
 
-    def query(self, sql: str, history: bool = False) -> QueryResult:
+    def query(self, sql: str, history: bool = False, timeout: float = 30.0) -> QueryResult:
         """Run read-only SQL over the DuckDB index (views models, datasets, edges, layers,
-        metrics; `versions` with history); `.rows`, `.arrow()`, `.df()` on the result."""
+        metrics; `versions` with history), stopped after `timeout` seconds; `.rows`,
+        `.arrow()`, `.df()` on the result."""
         from .query import query
 
-        return query(self, sql, history=history)
+        return query(self, sql, history=history, timeout=timeout)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -299,7 +324,7 @@ class Registry:
         full["id"] = content_id(full)
         path = self.rel(kind, name, MANIFEST_FILE)
         validate_document(full, schema, path)
-        write_atomic(self.repo_root / path, canonical_json(full))
+        write_atomic(self._folder(kind, name) / MANIFEST_FILE, canonical_json(full))
         self._cache.pop(("doc", path), None)
         return str(full["id"])
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BuildError, ModelNotFound, StemmaError
-from .files import write_atomic
+from .files import read_json, write_atomic
 from .registry import Registry
 
 CURVE_FILE = "curve.json"
@@ -87,9 +86,9 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
     curve_path = reg.model_dir(name) / CURVE_FILE
     curve: list[dict[str, Any]] = []
     if curve_path.is_file():
-        try:
-            loaded = json.loads(curve_path.read_text())
-        except json.JSONDecodeError:
+        try:  # bounded, regular, inside the registry; a bad curve is no curve
+            loaded = read_json(curve_path, reg.rel("models", name, CURVE_FILE), root=reg.root)
+        except StemmaError:
             loaded = []
         curve = [row for row in loaded if isinstance(row, dict)] if isinstance(loaded, list) else []
     tensors = list(raw["architecture"]["tensors"])

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from .errors import GitError
+from .files import confined, read_text_file
 
 
 class Tree(Protocol):
@@ -35,11 +36,9 @@ class WorkTree:
         self.label = "working tree"
 
     def read_text(self, path: str) -> str | None:
-        """The file's text, or None when absent."""
-        try:
-            return (self.root / path).read_text()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return None
+        """The file's text, or None when absent; a located error for a file that is not a
+        bounded regular file of UTF-8 text, or that lies outside the repository."""
+        return read_text_file(self.root / path, path, root=self.root)
 
     def exists(self, path: str) -> bool:
         """True when the file exists."""
@@ -50,6 +49,7 @@ class WorkTree:
         folder = self.root / path
         if not folder.is_dir():
             return []
+        confined(folder, self.root, path)
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from .errors import ParseError
+from .files import plain_value, read_text_file
 
 
 def _loader() -> Any:
@@ -16,20 +17,32 @@ def _loader() -> Any:
 
 
 def load_yaml_text(text: str, path: str) -> Any:
-    """Safe-load YAML text; a syntax error names the file and line."""
+    """Safe-load YAML text restricted to values JSON can hold (no dates, sets, binary data,
+    recursive aliases or alias bombs; integer keys become text); a syntax error or another
+    value names the file, and the line or JSON pointer."""
     try:
-        return yaml.load(text, Loader=_loader())
+        doc = yaml.load(text, Loader=_loader())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None
         raise ParseError(path, f"invalid YAML: {exc.problem}", line=line) from None
     except yaml.YAMLError as exc:
         raise ParseError(path, f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ParseError(path, "nested too deeply") from None
+    except ValueError as exc:  # PyYAML's int(): more than 4300 digits
+        reason = "a number is too large" if "digits" in str(exc) else f"invalid YAML: {exc}"
+        raise ParseError(path, reason) from None
+    return plain_value(doc, path, string_keys=True)
 
 
 def load_yaml(path: Path, display: str | None = None) -> Any:
-    """Safe-load a YAML file."""
-    return load_yaml_text(path.read_text(), display or str(path))
+    """Safe-load a YAML file (a bounded regular file of UTF-8 text)."""
+    name = display or str(path)
+    text = read_text_file(path, name)
+    if text is None:
+        raise ParseError(name, "the file does not exist")
+    return load_yaml_text(text, name)
 
 
 def line_of(text: str, pointer_parts: list[str | int]) -> int | None:
