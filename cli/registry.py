@@ -82,9 +82,16 @@ def ls(
                 f"{r.status}, deprecated" if deprecated_model else r.status,
                 (r.id or "")[7:19],
                 "" if acc is None else f"{acc:.4f}",
+                _names(r.class_names),
             ]
         )
-    print_table(["kind", "name", "source", "status", "id", "accuracy"], table)
+    print_table(["kind", "name", "source", "status", "id", "accuracy", "classes"], table)
+
+
+def _names(names: tuple[str, ...], width: int = 40) -> str:
+    """A dataset's class names, cut to `width` characters."""
+    text = ", ".join(names)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _deprecated(reg: Registry) -> set[str]:

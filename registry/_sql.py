@@ -11,7 +11,7 @@ import re
 from .status import BUILT, REGISTERED, STALE, UNBUILT
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "9"
+FORMAT = "10"
 
 TABLES = """
 CREATE SCHEMA raw;
@@ -37,7 +37,7 @@ CREATE TABLE raw.layers(
 CREATE TABLE raw.dataset_manifests(
     name VARCHAR, path VARCHAR, id VARCHAR, spec_digest VARCHAR, samples BIGINT,
     splits MAP(VARCHAR, BIGINT), classes BIGINT[], shape BIGINT[], dtype VARCHAR,
-    data_bytes BIGINT, created TIMESTAMP);
+    data_bytes BIGINT, created TIMESTAMP, task VARCHAR, class_names VARCHAR[]);
 CREATE TABLE raw.edges(src VARCHAR, dst VARCHAR, kind VARCHAR, relation VARCHAR);
 """
 
@@ -67,6 +67,7 @@ DATASET_MANIFEST_SHAPE = """{
  "kind": "VARCHAR", "id": "VARCHAR", "spec_digest": "VARCHAR",
  "data": {"bytes": "BIGINT"}, "shape": ["BIGINT"], "dtype": "VARCHAR",
  "classes": ["BIGINT"], "splits": "MAP(VARCHAR, STRUCT(samples BIGINT))",
+ "task": "VARCHAR", "class_names": ["VARCHAR"],
  "run": {"started": "VARCHAR"}}"""
 
 # Fields an indexed manifest must have, with the right type; a row failing this is reported.
@@ -106,7 +107,8 @@ INSERT INTO raw.dataset_manifests
 SELECT name, path, j.id, j.spec_digest,
        list_aggregate([s.samples FOR s IN map_values(j.splits)], 'sum')::BIGINT,
        map_from_entries([(k, j.splits[k].samples) FOR k IN map_keys(j.splits)]),
-       j.classes, j.shape, j.dtype, j.data.bytes, {_UTC}
+       j.classes, j.shape, j.dtype, j.data.bytes, {_UTC},
+       coalesce(j.task, 'classification'), coalesce(j.class_names, []::VARCHAR[])
 FROM staged"""
 
 # Specs arrive as canonical JSON (`spec_rows(path, spec)`); DuckDB hashes them and picks the
@@ -300,7 +302,8 @@ CREATE OR REPLACE VIEW main.datasets AS
 SELECT coalesce(s.name, m.name) AS name,
        m.id,
        {_DATASET_STATUS} AS status,
-       s.source, m.samples, m.splits, m.classes, len(m.classes) AS n_classes, m.shape,
+       s.source, m.samples, m.splits, m.classes, len(m.classes) AS n_classes, m.task,
+       m.class_names, m.shape,
        m.dtype, m.data_bytes, timezone('UTC', m.created) AS created,
        coalesce(s.tags, []::VARCHAR[]) AS tags,
        s.description

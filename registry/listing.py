@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import status
@@ -32,6 +32,7 @@ class Entry:
     relation: str | None = None
     tags: tuple[str, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()  # a dataset's names of its class ids, if it has them
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form with stable keys."""
@@ -44,6 +45,7 @@ class Entry:
             "relation": self.relation,
             "tags": list(self.tags),
             "metrics": self.metrics,
+            "class_names": list(self.class_names),
         }
 
 
@@ -100,6 +102,7 @@ def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
                     dspec.source,
                     None,
                     dspec.tags,
+                    class_names=tuple((dm.raw.get("class_names") or []) if dm else ()),
                 )
             )
     if kind in (None, Kind.model):
@@ -122,7 +125,7 @@ def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
     return rows
 
 
-_DATASETS_SQL = "SELECT name, status, id, source, tags FROM datasets ORDER BY name"
+_DATASETS_SQL = "SELECT name, status, id, source, tags, class_names FROM datasets ORDER BY name"
 _MODELS_SQL = "SELECT name, status, id, source, relation, tags, metrics FROM models ORDER BY name"
 
 
@@ -132,8 +135,11 @@ def _indexed_entries(reg: Registry, kind: Kind | None) -> list[Entry]:
     rows: list[Entry] = []
     with open_index(reg) as index:
         if kind in (None, Kind.dataset):
-            for name, state, id_, source, tags in index.con.execute(_DATASETS_SQL).fetchall():
-                rows.append(Entry("dataset", name, state, id_, source, None, tuple(tags)))
+            for name, state, id_, source, tags, names in index.con.execute(
+                _DATASETS_SQL
+            ).fetchall():
+                entry = Entry("dataset", name, state, id_, source, None, tuple(tags))
+                rows.append(replace(entry, class_names=tuple(names or ())))
         if kind in (None, Kind.model):
             for name, state, id_, source, relation, tags, metrics in index.con.execute(
                 _MODELS_SQL

@@ -148,6 +148,9 @@ def test_every_task_builds_through_dvc_repro(registry: Registry, cli) -> None:
     assert manifest("img-clf")["metrics"]["accuracy"] == 1.0  # type: ignore[index]
     print(json.dumps({n: manifest(n)["metrics"] for n in ("reg", "tier-clf", "reg-ft", "tagger")}))
 
+    listed = {r["name"]: r for r in json.loads(cli(["ls", "--json"], repo).stdout)}
+    assert listed["tiers"]["class_names"] == ["high", "low", "mid"]
+    assert listed["diab"]["class_names"] == [] and "dark, light" in cli(["ls"], repo).stdout
     report = cli(["report", "tier-clf"], repo).stdout
     assert "per class: 0 high" in report and "task: classification" in report
     assert "eval r2" in cli(["report", "reg"], repo).stdout
