@@ -83,7 +83,18 @@ def _from_error(exc: StemmaError, subject: str, fallback: str) -> Violation:
 
 
 def check(reg: Registry) -> list[Violation]:
-    """Every violation in the registry, in a stable order."""
+    """Every violation in the registry, in a stable order. Documents unchanged since they
+    last passed their schema are not validated again (`_validcache`)."""
+    from . import _validcache
+
+    with _validcache.remembering(reg.repo_root):
+        found = _check(reg)
+        if found:
+            _validcache.discard()
+    return found
+
+
+def _check(reg: Registry) -> list[Violation]:
     found: list[Violation] = []
     datasets: dict[str, DatasetSpec] = {}
     models: dict[str, ModelSpec] = {}
