@@ -7,7 +7,7 @@ of the document's canonical JSON, and the next run skips the schema for the docu
 finds recorded. Only passing documents are recorded: a failing one is validated, and reported
 with the same message, every time. The digests live in `.stemma/valid` beside the query
 index: a cache, ignored by git; a lost or damaged file only costs validating again. It is
-written only by a run that found no problem, so a failing check changes no file.
+written only by a run that found no bad input, so a check of a bad file changes no file.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def remembering(repo_root: Path) -> Iterator[None]:
 
 
 def discard() -> None:
-    """Write nothing at the end of this run: a check that finds a problem leaves every file
+    """Write nothing at the end of this run: a check that finds bad input leaves every file
     as it was, this cache included."""
     if _active is not None:
         _active.keep = False

@@ -89,9 +89,14 @@ def check(reg: Registry) -> list[Violation]:
 
     with _validcache.remembering(reg.repo_root):
         found = _check(reg)
-        if found:
-            _validcache.discard()
+        if any(v.code not in _OUTCOMES for v in found):
+            _validcache.discard()  # bad input: the check changes no file
     return found
+
+
+# Violations that judge a build's outcome, not a file's content: a registry that has them is
+# well-formed, and its documents may be remembered as passing their schemas.
+_OUTCOMES = frozenset({STALE_MANIFEST, FAILED_GATE, FAILED_CHECK})
 
 
 def _check(reg: Registry) -> list[Violation]:
