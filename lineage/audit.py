@@ -186,7 +186,25 @@ class AuditReport:
 
 def audit(repo_path: str | Path, base: str, head: str | None = None) -> AuditReport:
     """Compare the registry at git revision `base` with `head` (None: the working tree)."""
+    from stemma.registry import _validcache
+
     repo = Path(repo_path)
+    # Both states share one cache of documents known to pass their schema: most are the same.
+    with _validcache.remembering(_repo_root(repo)):
+        return _audit(repo, base, head)
+
+
+def _repo_root(repo: Path) -> Path:
+    from stemma.registry.errors import RegistryNotFound
+    from stemma.registry.registry import find_repo_root
+
+    try:
+        return find_repo_root(repo)
+    except RegistryNotFound:
+        return repo.resolve()
+
+
+def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
     old, new = open_state(repo, base), open_state(repo, head)
     found = state_violations(new)
     before = {finding(v).key for v in state_violations(old)}

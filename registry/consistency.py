@@ -83,7 +83,23 @@ def _from_error(exc: StemmaError, subject: str, fallback: str) -> Violation:
 
 
 def check(reg: Registry) -> list[Violation]:
-    """Every violation in the registry, in a stable order."""
+    """Every violation in the registry, in a stable order. Documents unchanged since they
+    last passed their schema are not validated again (`_validcache`)."""
+    from . import _validcache
+
+    with _validcache.remembering(reg.repo_root):
+        found = _check(reg)
+        if any(v.code not in _OUTCOMES for v in found):
+            _validcache.discard()  # bad input: the check changes no file
+    return found
+
+
+# Violations that judge a build's outcome, not a file's content: a registry that has them is
+# well-formed, and its documents may be remembered as passing their schemas.
+_OUTCOMES = frozenset({STALE_MANIFEST, FAILED_GATE, FAILED_CHECK})
+
+
+def _check(reg: Registry) -> list[Violation]:
     found: list[Violation] = []
     datasets: dict[str, DatasetSpec] = {}
     models: dict[str, ModelSpec] = {}

@@ -31,8 +31,14 @@ def validate_document(doc: Any, schema: str, display: str, text: str | None = No
     """Raise `SchemaError` for the first (most relevant) schema violation of `doc`."""
     from stemma import schemas
 
+    from . import _validcache
+
+    key = _validcache.known(schema, doc)
+    if key is True:  # passed this schema before, unchanged (while the checks run)
+        return
     check = schemas.validator(schema)
     if check.is_valid(doc):
+        _validcache.record(key)
         return
     errors = sorted(
         check.iter_errors(doc),

@@ -1,0 +1,108 @@
+"""Documents known to match their schema: checked once, then trusted while they are unchanged.
+
+Validating a document with jsonschema costs about a millisecond, most of `stemma validate` on
+a large registry. While `remembering(reg)` runs (the consistency checks, so `validate` and
+`audit`), each document that passes its schema is recorded by a digest of the schema and
+of the document's canonical JSON, and the next run skips the schema for the documents it
+finds recorded. Only passing documents are recorded: a failing one is validated, and reported
+with the same message, every time. The digests live in `.stemma/valid` beside the query
+index: a cache, ignored by git; a lost or damaged file only costs validating again. It is
+written only by a run that found no bad input, so a check of a bad file changes no file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+FILE = Path(".stemma") / "valid"
+MAGIC = b"stemma-valid/1\n"
+KEY_BYTES = 16
+
+
+class _Known:
+    """The digests read from the file, and those passed or added in this run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stored: set[bytes] = set()
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+        if data.startswith(MAGIC) and (len(data) - len(MAGIC)) % KEY_BYTES == 0:
+            body = memoryview(data)[len(MAGIC) :]
+            self.stored = {bytes(body[i : i + KEY_BYTES]) for i in range(0, len(body), KEY_BYTES)}
+        self.used: set[bytes] = set()
+        self.schemas: dict[str, bytes] = {}
+        self.keep = True
+
+    def key(self, schema: str, doc: Any) -> bytes | None:
+        if schema not in self.schemas:
+            from stemma import schemas
+
+            text = json.dumps(schemas.validator(schema).schema, sort_keys=True)
+            self.schemas[schema] = hashlib.sha256(text.encode()).digest()
+        try:
+            blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError):
+            return None  # not plain data: never trusted
+        return hashlib.sha256(self.schemas[schema] + blob.encode()).digest()[:KEY_BYTES]
+
+    def save(self) -> None:
+        """Keep the documents of this run (a registry's working set), if they changed."""
+        if self.used == self.stored:
+            return
+        from .files import write_atomic
+
+        with contextlib.suppress(OSError):  # a read-only checkout: validate again next time
+            write_atomic(self.path, MAGIC + b"".join(sorted(self.used)), sync=False)
+
+
+_active: _Known | None = None
+
+
+@contextlib.contextmanager
+def remembering(repo_root: Path) -> Iterator[None]:
+    """Skip the schema for documents that passed it before, and record those that pass now,
+    in the cache of the repository at `repo_root` (nested uses share the outer one)."""
+    global _active
+    if _active is not None:
+        yield
+        return
+    _active = _Known(repo_root / FILE)
+    try:
+        yield
+        if _active.keep:
+            _active.save()
+    finally:
+        _active = None
+
+
+def discard() -> None:
+    """Write nothing at the end of this run: a check that finds bad input leaves every file
+    as it was, this cache included."""
+    if _active is not None:
+        _active.keep = False
+
+
+def known(schema: str, doc: Any) -> bytes | bool | None:
+    """True when `doc` passed `schema` before; otherwise the key to `record` it under once it
+    passes (None: nothing is remembered now)."""
+    if _active is None:
+        return None
+    key = _active.key(schema, doc)
+    if key is not None and key in _active.stored:
+        _active.used.add(key)
+        return True
+    return key
+
+
+def record(key: bytes | bool | None) -> None:
+    """Remember the document of `key` (from `known`) as passing its schema."""
+    if _active is not None and isinstance(key, bytes):
+        _active.used.add(key)

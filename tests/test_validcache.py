@@ -1,0 +1,49 @@
+"""Documents known to pass their schema are not validated again; failing ones always are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from conftest import write
+from stemma.registry import Registry, _validcache
+from stemma.registry.consistency import check
+
+
+def messages(root: Path) -> list[str]:
+    return [str(v) for v in check(Registry.open(root))]
+
+
+def test_check_gives_the_same_messages_with_and_without_the_cache(populated: Registry) -> None:
+    root = populated.repo_root
+    cache = root / _validcache.FILE
+    assert messages(root) == [] and cache.is_file()
+    stored = cache.read_bytes()
+    assert len(stored) == len(_validcache.MAGIC) + _validcache.KEY_BYTES * 5  # five specs
+    assert messages(root) == [] and cache.read_bytes() == stored  # nothing new to record
+    spec = populated.root / "models/ft/spec.yaml"
+    good = spec.read_text()
+    write(spec, good.replace("data:", "bogus: 1\ndata:", 1))
+    first = messages(root)
+    assert first and "unknown key 'bogus'" in first[0]
+    assert cache.read_bytes() == stored  # a failing check writes nothing
+    cache.unlink()
+    assert messages(root) == first  # the same message without the cache
+    assert not cache.exists()
+    write(spec, good)
+    assert messages(root) == []
+    cache.write_bytes(b"damaged")
+    assert messages(root) == [] and cache.read_bytes().startswith(_validcache.MAGIC)
+
+
+def test_a_recorded_document_skips_its_schema(populated: Registry) -> None:
+    root = populated.repo_root
+    spec = populated.root / "models/ft/spec.yaml"
+    write(spec, spec.read_text().replace("data:", "bogus: 1\ndata:", 1))
+    parsed = yaml.safe_load(spec.read_text())
+    with _validcache.remembering(root):
+        key = _validcache.known("model-spec", parsed)
+        _validcache.record(key)
+    assert messages(root) == []  # trusted: the cache is consulted before the schema
+    (root / _validcache.FILE).unlink()
+    assert messages(root) != []
