@@ -333,9 +333,13 @@ def _drift(
 ) -> tuple[dict[str, Any], Ref]:
     src_name = str(source_manifest["name"])
     recorded, source_data, name, target = _drift_data(reg, spec, block, source_manifest, train_data)
+    # class means need class labels: other targets are one group
+    labels = source_data.y_train
+    if source_data.task != CLASSIFICATION:
+        labels = np.zeros(len(labels), dtype=np.int64)
     result = drift_check(
         features(source, source_data.x_train, device),
-        source_data.y_train,
+        labels,
         features(source, target.x_train, device),
         max_mahalanobis=block.get("max_mahalanobis"),
         max_outlier_share=block.get("max_outlier_share"),
