@@ -12,6 +12,7 @@ explore, verify) turns base + adapter back into a plain module: LoRA merged into
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,7 +66,15 @@ def adapter_files(peft_model: Any) -> dict[str, bytes]:
     """The bytes `save_pretrained` writes for the adapter (config and weights only)."""
     with tempfile.TemporaryDirectory(prefix="stemma-adapter-") as tmp:
         peft_model.save_pretrained(tmp)
-        return {name: (Path(tmp) / name).read_bytes() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+        files = {n: (Path(tmp) / n).read_bytes() for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+    # peft keeps target_modules as a set: its JSON order follows the interpreter's hash seed,
+    # so the lists are sorted to give a rebuild the same bytes (peft reads either order)
+    doc = json.loads(files[ADAPTER_CONFIG])
+    for key in ("target_modules", "modules_to_save"):
+        if isinstance(doc.get(key), list):
+            doc[key] = sorted(doc[key])
+    files[ADAPTER_CONFIG] = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    return files
 
 
 def rows(peft_model: Any, transferred: set[str]) -> list[dict[str, Any]]:

@@ -116,7 +116,9 @@ def _dataset_shape(reg: Registry, dataset: str) -> list[int]:
 def _misfit(reg: Registry, candidate: str, shape: list[int]) -> str | None:
     """Why the candidate cannot be scored on samples of `shape`, or None when it can."""
     manifest = reg.model_manifest(candidate)
-    if manifest is None or not (reg.model_dir(candidate) / WEIGHTS_FILE).is_file():
+    # the file the manifest names: weights.safetensors, or an adapter model's adapter file
+    own = str(manifest.raw["weights"].get("path", WEIGHTS_FILE)) if manifest else WEIGHTS_FILE
+    if manifest is None or not (reg.model_dir(candidate) / own).is_file():
         return "not built"
     in_shape = _shape(manifest.raw["architecture"]["config"].get("in_shape"))
     if in_shape is None:

@@ -89,6 +89,9 @@ def test_lora_adapters_build_load_in_peft_and_follow_their_base(registry: Regist
         assert not [k for k in loaded.missing_keys if ".lora_" in k or "modules_to_save" in k]
         composed = load_model(reg, adapter)  # base + adapter, merged: the plain architecture
         assert set(composed.state_dict()) == set(load_model(reg, base).state_dict())
+    res = cli(["explore", "d59", "--json"], repo)  # the adapter model is a candidate too
+    assert res.code == 0, res.stderr
+    assert "ma" in [row["model"] for row in json.loads(res.stdout)["ranking"]]
     res = cli(["verify", "ma", "--rebuild"], repo)
     assert res.code == 0, res.stdout + res.stderr
     res = cli(
@@ -100,7 +103,8 @@ def test_lora_adapters_build_load_in_peft_and_follow_their_base(registry: Regist
     spec = repo / "models/mb/spec.yaml"
     spec.write_text(spec.read_text().replace("lr: 1.0e-2", "lr: 5.0e-3"))
     ran = dvc(repo, "repro")
-    assert "model-mb" in ran and "model-ma" in ran and "model-hb" not in ran
+    assert "Running stage 'model-mb'" in ran and "Running stage 'model-ma'" in ran
+    assert "Running stage 'model-hb'" not in ran
     reg = Registry.open(repo)
     doc = json.loads((repo / "models/ma/manifest.json").read_text())
     assert doc["adapter"]["base"]["id"] == reg.model_manifest("mb").id
