@@ -282,16 +282,27 @@ def _wall(args: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
+IMPORTS = {
+    "import_torch_s": "import torch",
+    "import_torch_dynamo_s": "import torch, torch._dynamo",
+    "import_torch_deterministic_s": "import torch; torch.use_deterministic_algorithms(True)",
+}
+
+
 def startup(repeat: int) -> dict[str, Any]:
-    """`stemma build model` in a fresh process against `import torch`, medians."""
+    """`stemma build model` in a fresh process against `import torch`, medians.
+
+    Also times `import torch._dynamo` (torch.optim imports it at the first optimizer) and
+    torch's own `use_deterministic_algorithms(True)` (it imports torch._inductor), to show
+    where the rest of the start-up goes.
+    """
     from stemma.registry import Registry
 
     folder = Path(tempfile.mkdtemp(prefix="stemma-startup-"))
     try:
         reg = Registry.init(folder / "repo")
-        _write_specs(
-            reg.root, {k: v for k, v in EXAMPLE.items() if "probe" not in k and "finetune" not in k}
-        )
+        specs = {k: v for k, v in EXAMPLE.items() if "probe" not in k and "finetune" not in k}
+        _write_specs(reg.root, specs)
         stemma = str(BIN / "stemma")
         subprocess.run(
             [stemma, "build", "dataset", "digits-0to4"],
@@ -299,26 +310,26 @@ def startup(repeat: int) -> dict[str, Any]:
             check=True,
             capture_output=True,
         )
-        rows: dict[str, list[float]] = {
-            "import_torch_s": [],
-            "build_s": [],
-            "train_s": [],
-            "duration_s": [],
-        }
+        rows: dict[str, list[float]] = {k: [] for k in (*IMPORTS, "build_s", "train_s")}
+        rows["duration_s"] = []
         for _ in range(repeat):
-            rows["import_torch_s"].append(
-                _wall([sys.executable, "-c", "import torch"], reg.repo_root)
-            )
+            for key, code in IMPORTS.items():
+                rows[key].append(_wall([sys.executable, "-c", code], reg.repo_root))
             rows["build_s"].append(_wall([stemma, "build", "model", "base", "-q"], reg.repo_root))
             run = json.loads((reg.model_dir("base") / "last-run.json").read_text())
             rows["train_s"].append(run["train_s"])
             rows["duration_s"].append(run["duration_s"])
         med = {k: round(statistics.median(v), 3) for k, v in rows.items()}
         besides = med["build_s"] - med["train_s"]
+        dynamo = med["import_torch_dynamo_s"] - med["import_torch_s"]
         return {
             **med,
             "besides_training_s": round(besides, 3),
             "besides_training_over_import_torch": round(besides / med["import_torch_s"], 3),
+            "torch_dynamo_import_s": round(dynamo, 3),
+            "besides_training_and_dynamo_over_import_torch": round(
+                (besides - dynamo) / med["import_torch_s"], 3
+            ),
             "repeat": repeat,
         }
     finally:

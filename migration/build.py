@@ -88,11 +88,13 @@ def _run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[
 
 
 def _load_training_imports() -> None:
-    """Load what torch imports lazily during training, before a build's clock starts.
+    """Load the compiler stack that torch loads lazily during training, before the clock starts.
 
-    torch.optim's optimizers import torch._dynamo on first use (its eager code calls
-    `torch._dynamo.graph_break()` at every step), about as long as `import torch`: library
-    loading like that, not the build's own work, so `run.duration_s` leaves it out.
+    torch.optim's optimizers import torch._dynamo (which imports torch._inductor's config) when
+    they are made and at every step (their eager code calls `torch._dynamo.graph_break()`),
+    and so does `torch.use_deterministic_algorithms`: about as long as `import torch` itself
+    (benchmarks/bench_build.py --startup). That is library loading, not the build's own work,
+    so `run.duration_s` leaves it out.
     """
     import torch._dynamo  # noqa: F401
 

@@ -8,7 +8,6 @@ cached and the recomputed paths compute the same function.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -102,22 +101,6 @@ class TrainResult:
     threads: int = 1
 
 
-def set_deterministic(mode: bool) -> None:
-    """`torch.use_deterministic_algorithms(mode)` without loading the compiler stack.
-
-    torch's function first imports `torch._inductor.config` (and with it dynamo: a second
-    `import torch` of start-up) only to set inductor's own flag, which matters for compiled
-    code alone; builds never compile. So this sets the kernel-selection flag that eager ops
-    read, through the same call torch makes (pinned torch; `tests/test_numerics.py` checks
-    that `torch.are_deterministic_algorithms_enabled()` follows), and inductor's flag as well
-    when something else has loaded it.
-    """
-    torch._C._set_deterministic_algorithms(mode, warn_only=False)
-    inductor = sys.modules.get("torch._inductor.config")
-    if inductor is not None:
-        inductor.deterministic = mode
-
-
 def resolve_device(name: str) -> torch.device:
     """'auto' is cuda when available, else cpu."""
     if name == "auto":
@@ -189,7 +172,7 @@ def train(
     amp = cfg.amp and device.type == "cuda"
     prior = torch.are_deterministic_algorithms_enabled()
     prior_threads = torch.get_num_threads()
-    set_deterministic(deterministic)
+    torch.use_deterministic_algorithms(deterministic)
     if deterministic:
         torch.set_num_threads(CPU_THREADS)
     try:
@@ -208,7 +191,7 @@ def train(
             deterministic,
         )
     finally:
-        set_deterministic(prior)
+        torch.use_deterministic_algorithms(prior)
         torch.set_num_threads(prior_threads)
 
 

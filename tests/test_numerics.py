@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import write
 from stemma.migration.numerics import PORTABLE_ENV, mode_of
-from stemma.migration.train import set_deterministic
 from stemma.registry import Registry
 from stemma.registry.errors import StemmaError
 
@@ -77,24 +75,6 @@ def test_settings_refuse_an_unknown_mode(registry: Registry) -> None:
         Registry.open(registry.repo_root)
     write(settings, settings.read_text().replace("fast", "native"))
     assert Registry.open(registry.repo_root).settings.defaults == {"numerics": "native"}
-
-
-def test_deterministic_switch_keeps_torch_flag_without_the_compiler() -> None:
-    prior = torch.are_deterministic_algorithms_enabled()
-    try:
-        set_deterministic(True)
-        assert torch.are_deterministic_algorithms_enabled()
-        set_deterministic(False)
-        assert not torch.are_deterministic_algorithms_enabled()
-    finally:
-        set_deterministic(prior)
-    code = (
-        "import sys, torch\n"
-        "from stemma.migration.train import set_deterministic\n"
-        "set_deterministic(True)\n"
-        "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules)"
-    )
-    assert _python(code) == "True False"
 
 
 def test_cli_build_records_the_pin(tmp_path: Path, registry: Registry) -> None:
