@@ -8,7 +8,16 @@ without it ends with one line naming the extra, never a traceback.
 from __future__ import annotations
 
 # top-level import name -> the extra that installs it
-BUILD_MODULES = ("torch", "safetensors", "sklearn", "mlxtend", "scipy", "optuna", "matplotlib")
+BUILD_MODULES = (
+    "torch",
+    "safetensors",
+    "sklearn",
+    "mlxtend",
+    "scipy",
+    "optuna",
+    "matplotlib",
+    "PIL",
+)
 EXTRAS: dict[str, str] = dict.fromkeys(BUILD_MODULES, "build")
 
 

@@ -113,6 +113,18 @@ def _ints(text: str | None, option: str) -> list[int] | None:
         raise StemmaError(f"{option} expects comma-separated integers, got {text!r}") from None
 
 
+def _options(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise StemmaError(f"--options: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise StemmaError("--options: expected a JSON object")
+    return value
+
+
 def register(
     name: Annotated[
         str, typer.Argument(help="Name for the imported model (its folder).", show_default=False)
@@ -122,18 +134,34 @@ def register(
         typer.Option(
             "--weights",
             "-w",
-            help="A .safetensors file or a .pt state dict (loaded with weights_only=True).",
+            help="A .safetensors file, a .pt state dict (loaded with weights_only=True) or a"
+            " Hugging Face folder (config.json + model.safetensors).",
             show_default=False,
         ),
     ],
     family: Annotated[
         str | None,
         typer.Option(
-            help="Architecture family: mlp, cnn or"
-            " entrypoint (inferred from the tensors when"
-            " omitted)."
+            help="Architecture family: mlp, cnn, entrypoint, timm, torchvision or transformers"
+            " (mlp/cnn inferred from the tensors when omitted)."
         ),
     ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option("--name", help="timm or torchvision model name, e.g. resnet18."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="A transformers config.json (family transformers)."),
+    ] = None,
+    options: Annotated[
+        str | None,
+        typer.Option(help="Constructor keyword arguments as a JSON object."),
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="The model these weights derive from.")] = None,
+    relation: Annotated[
+        str, typer.Option(help="Relation to --source: finetune, adapter, distill, ...")
+    ] = "finetune",
     hidden: Annotated[str | None, typer.Option(help="mlp hidden widths, e.g. 128,64.")] = None,
     channels: Annotated[str | None, typer.Option(help="cnn channels, e.g. 16,32.")] = None,
     entrypoint: Annotated[
@@ -157,16 +185,25 @@ def register(
     from stemma.migration.build import register_model
 
     arch: dict[str, Any] | None = None
-    if family is not None:
+    if config is not None:
+        from stemma.migration.families import read_hf_config
+
+        family = family or "transformers"
+        arch = {"family": family, "config": read_hf_config(config, str(config))}
+    elif family is not None:
         arch = {"family": family}
+        if model_name is not None:
+            arch["name"] = model_name
         if hidden is not None:
             arch["hidden"] = _ints(hidden, "--hidden")
         if channels is not None:
             arch["channels"] = _ints(channels, "--channels")
         if entrypoint is not None:
             arch["entrypoint"] = entrypoint
-    elif hidden or channels or entrypoint:
-        raise StemmaError("--hidden, --channels and --entrypoint need --family")
+    elif hidden or channels or entrypoint or model_name or options:
+        raise StemmaError("--hidden, --channels, --entrypoint, --name and --options need --family")
+    if options is not None and arch is not None:
+        arch["options"] = _options(options)
     manifest = register_model(
         Registry.open(repo),
         name,
@@ -175,6 +212,8 @@ def register(
         eval_dataset=eval_,
         in_shape=_ints(in_shape, "--in-shape"),
         description=description,
+        source=source,
+        relation=relation,
     )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(manifest["metrics"].items()))
     typer.echo(

@@ -1,8 +1,10 @@
 """Architectures: a plain config dict (kept in the manifest) and the module built from it.
 
-Every module exposes `forward_features(x) -> (N, D)` and a linear `head`, with
-`forward(x) == head(forward_features(x))`. The built-in families also list their feature
-stages in order, which lets training cache the output of a frozen prefix.
+stemma's own modules expose `forward_features(x) -> (N, D)` and a linear `head`, with
+`forward(x) == head(forward_features(x))`; library families (migration/families.py) keep the
+library's module and head names, and `penultimate` gives their head's input. The built-in
+families also list their feature stages in order, which lets training cache the output of a
+frozen prefix.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from stemma.registry.errors import BuildError
 from torch import nn
 
 from .entrypoints import import_entrypoint
+from .families import LIBRARY_FAMILIES, family_of, head_input, head_name, library_config
 
-FAMILIES = ("mlp", "cnn", "entrypoint")
+FAMILIES = ("mlp", "cnn", "entrypoint", *LIBRARY_FAMILIES)
 DEFAULT_HIDDEN = [128, 64]
 DEFAULT_CHANNELS = [16, 32]
 POOLED = 4  # spatial size of the cnn's feature maps before the head
@@ -40,6 +43,8 @@ def make_config(
     elif family == "entrypoint":
         config["entrypoint"] = str(arch.get("entrypoint", ""))
         config["options"] = dict(arch.get("options") or {})
+    elif family in LIBRARY_FAMILIES:
+        return library_config(arch, config)
     if "dropout" in arch:
         config["dropout"] = float(arch["dropout"])
     return config
@@ -160,6 +165,10 @@ def build_module(
                 " forward_features(x) and a `head` module"
             )
         return module
+    if family in LIBRARY_FAMILIES:
+        from .families import build
+
+        return build(config, where)
     raise BuildError(f"{where}: unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 
 
@@ -171,18 +180,36 @@ class FeatureStage(nn.Module):
         self.inner = [module]  # a list, so the module is not registered twice
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The wrapped module's penultimate features."""
-        features = getattr(self.inner[0], "forward_features")  # noqa: B009 (untyped module)
-        out: torch.Tensor = features(x)
-        return out
+        """The wrapped module's penultimate features, computed in eval mode (a frozen prefix)."""
+        inner = self.inner[0]
+        was_training = inner.training
+        inner.eval()  # the module is not registered here, so `stage.eval()` does not reach it
+        try:
+            return penultimate(inner, x)
+        finally:
+            inner.train(was_training)
+
+
+def head_prefix(module: nn.Module) -> str:
+    """The head's module name: `head` for stemma's own, the library's (`fc`, ...) otherwise."""
+    return head_name(module)
 
 
 def head_of(module: nn.Module) -> nn.Module:
-    """The module's `head` (every stemma architecture has one)."""
-    head = getattr(module, "head", None)
-    if not isinstance(head, nn.Module):
-        raise BuildError(f"{type(module).__name__} has no `head` module")
+    """The module's head (`head`, or the one the library's API names)."""
+    head = module.get_submodule(head_name(module))
+    if not isinstance(head, nn.Module):  # pragma: no cover - get_submodule returns modules
+        raise BuildError(f"{type(module).__name__} has no head module")
     return head
+
+
+def penultimate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate features (N, D): `forward_features`, or the head's input for a library."""
+    if family_of(module) is not None:
+        return head_input(module, head_of(module), x)
+    features = getattr(module, "forward_features")  # noqa: B009 (untyped module)
+    out: torch.Tensor = features(x)
+    return out
 
 
 def stages(module: nn.Module) -> list[tuple[str, nn.Module, list[str]]]:
@@ -194,11 +221,13 @@ def stages(module: nn.Module) -> list[tuple[str, nn.Module, list[str]]]:
             base = prefix_of[id(stage)]
             out.append((name, stage, [f"{base}.{p}" for p, _ in stage.named_parameters()]))
     else:
-        head = {f"head.{p}" for p, _ in head_of(module).named_parameters()}
+        prefix = head_prefix(module)
+        head = {f"{prefix}.{p}" for p, _ in head_of(module).named_parameters()}
         rest = [n for n, _ in module.named_parameters() if n not in head]
         out.append(("features", FeatureStage(module), rest))
+    prefix = head_prefix(module)
     head_module = head_of(module)
-    out.append(("head", head_module, [f"head.{p}" for p, _ in head_module.named_parameters()]))
+    out.append(("head", head_module, [f"{prefix}.{p}" for p, _ in head_module.named_parameters()]))
     return out
 
 

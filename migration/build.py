@@ -24,7 +24,6 @@ from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.files import (
     canonical_json,
     content_id,
-    digest,
     file_hashes,
     read_json,
     write_atomic,
@@ -35,13 +34,15 @@ from stemma.registry.records import (
     ModelSpec,
     validate_document,
 )
-from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, WEIGHTS_FILE
 from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spec_problems
 from torch import nn
 
-from .architectures import build_module, infer_architecture, make_config
+from .adapters import ADAPTER_DIR
+from .architectures import build_module, head_prefix, make_config
 from .checks import check_inputs, run_checks
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
+from .entrypoints import importable
 from .evaluate import evaluate, evaluate_gates
 from .mapping import plan, report, transfer
 from .numerics import mode_of
@@ -164,6 +165,7 @@ def _commit(
 def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     """Materialize a dataset spec, write data.npz and its manifest; returns the manifest."""
     started, begin = _now(), time.perf_counter()
+    importable(reg.repo_root)
     spec = reg.dataset_spec(name)
     arrays = materialize(
         spec.raw,
@@ -214,16 +216,25 @@ def _split_block(y: np.ndarray) -> dict[str, Any]:
 
 
 def load_model(reg: Registry, name: str) -> nn.Module:
-    """Rebuild a built model from its manifest's architecture config and its weights."""
+    """Rebuild a built model from its manifest's architecture config and its weights; an
+    adapter model is its base (loaded the same way) with the adapter merged in."""
+    importable(reg.repo_root)
     manifest = reg.model_manifest(name)
-    path = reg.model_dir(name) / WEIGHTS_FILE
+    path = reg.model_dir(name) / str((manifest.raw["weights"] if manifest else {}).get("path", ""))
     if manifest is None or not path.is_file():
         raise BuildError(
             f"{reg.rel('models', name)}: model {name!r} has no weights; build it first (dvc repro)"
         )
-    module = build_module(
-        manifest.raw["architecture"]["config"], reg.settings.entrypoints, manifest.path
-    )
+    with torch.random.fork_rng(devices=[]):  # building initialises from the global RNG
+        module = build_module(
+            manifest.raw["architecture"]["config"], reg.settings.entrypoints, manifest.path
+        )
+    adapter = manifest.raw.get("adapter")
+    if adapter:
+        from .adapters import compose
+
+        base = load_model(reg, str(adapter["base"]["model"]))
+        return compose(module, base.state_dict(), path.parent, manifest.path)
     state = load_weights(path, reg.rel("models", name, WEIGHTS_FILE))
     transfer(module, state, plan(state, module.state_dict(), "exact", manifest.path))
     module.eval()
@@ -256,7 +267,8 @@ def _load_source(
 ) -> tuple[Mapping[str, Any], dict[str, torch.Tensor]]:
     """The source's manifest and weights, checked against each other."""
     manifest = reg.model_manifest(src)
-    path = reg.model_dir(src) / WEIGHTS_FILE
+    rel = str((manifest.raw["weights"] if manifest else {}).get("path", WEIGHTS_FILE))
+    path = reg.model_dir(src) / rel
     if manifest is None or not path.is_file():
         raise BuildError(
             f"{spec.path} at /source/model: source model {src!r} has no weights;"
@@ -265,18 +277,41 @@ def _load_source(
     recorded = manifest.raw["weights"]
     if file_hashes(path)["sha256"] != recorded["sha256"]:
         raise BuildError(
-            f"{spec.path} at /source/model: {reg.rel('models', src, WEIGHTS_FILE)}"
+            f"{spec.path} at /source/model: {reg.rel('models', src, rel)}"
             " does not match its manifest; rebuild it (dvc repro) or check it"
             " out (dvc checkout)"
         )
+    if manifest.raw.get("adapter"):  # base + adapter, merged: a plain state dict to map
+        return manifest.raw, dict(load_model(reg, src).state_dict())
     return manifest.raw, load_weights(path, reg.rel("models", src, WEIGHTS_FILE))
 
 
+def _refuse_failed_source(spec: ModelSpec, src: str, manifest: Mapping[str, Any]) -> None:
+    """A source that failed its gates is no base to derive from, unless the spec says so."""
+    failed = [str(g["metric"]) for g in manifest.get("gates") or [] if not g.get("passed")]
+    if failed and not (spec.raw.get("source") or {}).get("allow_failed_gates", False):
+        raise BuildError(
+            f"{spec.path} at /source/model: source model {src!r} failed its gates"
+            f" ({', '.join(failed)}); fix it, or set source.allow_failed_gates: true"
+        )
+
+
 def _architecture(
-    spec: ModelSpec, source: Mapping[str, Any] | None, shape: list[int], num_classes: int
+    reg: Registry,
+    spec: ModelSpec,
+    source: Mapping[str, Any] | None,
+    shape: list[int],
+    num_classes: int,
 ) -> dict[str, Any]:
     if spec.architecture:
         arch = spec.architecture
+        if arch.get("family") == "transformers" and "path" in arch:
+            from .families import read_hf_config
+
+            # the folder's config is copied into the manifest: the build needs no folder later
+            folder = reg.resolve(str(arch["path"]), "/architecture/path", spec.path)
+            config = read_hf_config(folder, f"{spec.path} at /architecture/path")
+            arch = {**{k: v for k, v in arch.items() if k != "path"}, "config": config}
     elif source is not None:
         inherited = dict(source["architecture"]["config"])
         arch = {k: v for k, v in inherited.items() if k not in ("in_shape", "num_classes")}
@@ -355,6 +390,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     """Build a model from its spec: map, train, evaluate, then write every output atomically."""
     _load_training_imports()
     started, begin = _now(), time.perf_counter()
+    importable(reg.repo_root)
     spec = reg.model_spec(name)
     display = spec.path
     defaults = dict(reg.settings.defaults.get("training") or {})
@@ -362,16 +398,22 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         defaults.setdefault("device", reg.settings.defaults["device"])
     cfg = TrainConfig.from_spec(spec.training, display, defaults)
     strategy = Strategy.from_spec(spec.strategy, display)
+    if strategy.mode == "lora" and (spec.source is None or strategy.lora is None):
+        raise BuildError(
+            f"{display} at /strategy/mode: mode lora needs a source model and a lora block"
+            " (source: {model: BASE, relation: adapter}, lora: {target_modules: [...]})"
+        )
     src_name, exploration, src_manifest, src_state = None, None, None, None
     if spec.source is not None:
         src_name, exploration = _source_name(reg, spec)
         src_manifest, src_state = _load_source(reg, spec, src_name)
+        _refuse_failed_source(spec, src_name, src_manifest)
     train_data, eval_data, datasets = _data(reg, spec)
     task = get_task(train_data.task)
     for pointer, message in spec_problems(task.name, spec.raw):
         raise BuildError(f"{display} at {pointer}: {message}")
     num_classes = _outputs(spec, task.name, train_data, eval_data)
-    config = _architecture(spec, src_manifest, train_data.shape, num_classes)
+    config = _architecture(reg, spec, src_manifest, train_data.shape, num_classes)
     check_inputs(reg, spec, config, src_manifest, train_data)  # fail before training
     # -- hyper-parameter search: `training.search` picks the settings the build then uses --
     source = None if src_state is None or src_name is None else (src_name, src_state)
@@ -385,6 +427,15 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     prepared = prepare_target(config, strategy, cfg.seed, source, reg.settings.entrypoints, display)
     module, tmap, reinit = prepared.module, prepared.tensor_map, prepared.reinit
     rows, unused = report(module, tmap, reinit)
+    peft_model = None
+    if strategy.mode == "lora":  # LoRA through peft: the base frozen, adapter and head train
+        from .adapters import check_targets, inject, lora_block
+        from .adapters import rows as adapter_rows
+
+        lora = lora_block(strategy.lora or {})
+        check_targets(module, lora["target_modules"], display)
+        peft_model = inject(module, lora, head_prefix(module))
+        rows = adapter_rows(peft_model, set(tmap.pairs) - reinit if tmap else set())
 
     result = train(
         module,
@@ -408,7 +459,25 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     )
     metrics = {m: scored[m] for m in task.metrics}
     module.to("cpu")
-    blob = to_bytes(module.state_dict())
+    adapter: dict[str, Any] | None = None
+    files: dict[str, bytes] = {}
+    if peft_model is not None:
+        from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_files
+
+        files = adapter_files(peft_model)
+        blob = files[ADAPTER_WEIGHTS]
+        weights_block = _blob_file(f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", blob, "safetensors")
+        assert src_manifest is not None
+        adapter = {
+            "format": "peft-lora",
+            "base": {"model": src_name, "id": src_manifest["id"]},
+            **lora,
+            "modules_to_save": [head_prefix(module)],
+            "config": _blob_file(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", files[ADAPTER_CONFIG], "json"),
+        }
+    else:
+        blob = to_bytes(module.state_dict())
+        weights_block = _blob_file(WEIGHTS_FILE, blob, "safetensors")
 
     params = dict(module.named_parameters())
     transferred = sum(
@@ -432,7 +501,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             "id": src_manifest["id"],
         },
         "datasets": datasets,
-        "weights": _blob_file(WEIGHTS_FILE, blob, "safetensors"),
+        "weights": weights_block,
         "architecture": {"config": config, "tensors": rows},
         "parameters": {"total": total, "trainable": trainable, "transferred": transferred},
         "transfer": {
@@ -442,6 +511,11 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             "reinit": list(strategy.reinit),
             "unused_source": unused,
             "features_cached": result.features_cached,
+            "pairs": [
+                {"target": r["name"], "source": r["source_name"]}
+                for r in rows
+                if r["source_name"] is not None and r["source_name"] != r["name"]
+            ],
         },
         "metrics": metrics,
         "per_class": scored["per_class"],
@@ -468,7 +542,12 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         device=result.device,
     )
     manifest["datasets"].update(check_data)
+    changed = (manifest["checks"].get("parameters") or {}).get("frozen_changed")
+    if changed:  # a frozen tensor that moved is a broken build, not a finding
+        raise BuildError(f"{display} at /strategy/freeze: frozen tensors changed: {changed[0]}")
     # -- end of behavioural checks --
+    if adapter is not None:
+        manifest["adapter"] = adapter
     if exploration is not None:
         manifest["exploration"] = exploration
     if searched is not None:  # hyper-parameter search: every trial and the best settings
@@ -483,7 +562,10 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         threads=result.threads,
         train_s=round(result.train_seconds, 3),
     )
-    _write_model(reg, name, manifest, blob, metrics, result.curve)
+    adapter_outputs = {f"{ADAPTER_DIR}/{n}": data for n, data in files.items()} if files else {}
+    _write_model(
+        reg, name, manifest, None if files else blob, metrics, result.curve, adapter_outputs
+    )
     return manifest
 
 
@@ -491,12 +573,16 @@ def _write_model(
     reg: Registry,
     name: str,
     manifest: dict[str, Any],
-    blob: bytes,
+    blob: bytes | None,
     metrics: Mapping[str, float],
     curve: list[dict[str, Any]],
+    files: Mapping[str, bytes] | None = None,
 ) -> None:
     """Validate, then switch weights, metrics, curve and the manifest in as one unit."""
-    outputs = {WEIGHTS_FILE: blob, METRICS_FILE: dict(metrics), CURVE_FILE: curve}
+    outputs: dict[str, Any] = {METRICS_FILE: dict(metrics), CURVE_FILE: curve}
+    if blob is not None:  # an adapter's own files come instead (`files`)
+        outputs[WEIGHTS_FILE] = blob
+    outputs.update(files or {})
     _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
 
 
@@ -508,75 +594,20 @@ def register_model(
     eval_dataset: str | None = None,
     in_shape: list[int] | None = None,
     description: str | None = None,
+    source: str | None = None,
+    relation: str = "finetune",
 ) -> dict[str, Any]:
-    """Import externally trained weights (.safetensors, or a weights-only .pt state dict)."""
-    from stemma.registry.naming import check_name
+    """Import externally trained weights (see migration/register.py)."""
+    from .register import register
 
-    from .weights import read_any
-
-    started, begin = _now(), time.perf_counter()
-    check_name(name, "model name")
-    if (reg.model_dir(name) / SPEC_FILE).exists():
-        raise BuildError(
-            f"{reg.rel('models', name, SPEC_FILE)}: model {name!r} is declared by a spec and"
-            " built by `dvc repro`; register the weights under another name"
-        )
-    state = read_any(Path(weights_path), str(weights_path))
-    data = None
-    if eval_dataset is not None:
-        data = load_dataset(reg, eval_dataset, "--eval", "register")
-        in_shape = in_shape or data.shape
-    if architecture:
-        num_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
-        shape = in_shape or (
-            [int(state["body.0.weight"].shape[1])] if "body.0.weight" in state else None
-        )
-        if not shape or not num_classes:
-            raise BuildError(f"{weights_path}: pass --in-shape; the weights do not show it")
-        config = make_config(architecture, shape, num_classes)
-    else:
-        config = infer_architecture(state, in_shape)
-    module = build_module(config, reg.settings.entrypoints, f"{weights_path}")
-    tmap = plan(state, module.state_dict(), "exact", f"{weights_path}", "the weights file")
-    transfer(module, state, tmap)
-    rows, _ = report(module, None)
-    blob = to_bytes(module.state_dict())
-    metrics: dict[str, float] = {}
-    per_class: dict[str, float] = {}
-    datasets: dict[str, Any] = {}
-    if data is not None and eval_dataset is not None:
-        scored = evaluate(module, data.x_eval, data.y_eval)
-        metrics = {m: scored[m] for m in get_task(data.task).metrics}
-        per_class = scored["per_class"]
-        manifest_ds = reg.dataset_manifest(eval_dataset)
-        assert manifest_ds is not None
-        datasets["eval"] = {"name": eval_dataset, "id": manifest_ds.id}
-    spec_doc: dict[str, Any] = {
-        "description": description or f"Registered from {Path(weights_path).name}."
-    }
-    total = sum(p.numel() for p in module.parameters())
-    manifest: dict[str, Any] = {
-        "kind": "model",
-        "schema_version": 1,
-        "name": name,
-        "spec": spec_doc,
-        "spec_digest": digest(spec_doc),
-        "source": None,
-        "datasets": datasets,
-        "weights": _blob_file(WEIGHTS_FILE, blob, "safetensors"),
-        "architecture": {"config": config, "tensors": rows},
-        "parameters": {"total": total, "trainable": total, "transferred": 0},
-        "transfer": {
-            "mapping": None,
-            "mode": "registered",
-            "unused_source": [],
-            "features_cached": False,
-        },
-        "metrics": metrics,
-        "per_class": per_class,
-        "gates": [],
-        "checks": {},
-        "run": _run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
-    }
-    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, {WEIGHTS_FILE: blob})
-    return manifest
+    return register(
+        reg,
+        name,
+        weights_path,
+        architecture=architecture,
+        eval_dataset=eval_dataset,
+        in_shape=in_shape,
+        description=description,
+        source=source,
+        relation=relation,
+    )

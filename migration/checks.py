@@ -39,7 +39,7 @@ from stemma.registry.records import ModelSpec
 from stemma.registry.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 
-from .architectures import build_module, head_of
+from .architectures import build_module, head_of, head_prefix, penultimate
 from .data import DatasetArrays, load_dataset
 from .drift import DEFAULT_PERMUTATIONS, drift_check
 from .evaluate import evaluate
@@ -100,11 +100,10 @@ def features(module: nn.Module, x: np.ndarray, device: torch.device | str = "cpu
     dev = torch.device(device)
     was_training = module.training
     module.eval()
-    forward = getattr(module, "forward_features")  # noqa: B009 (untyped module attribute)
     try:
         data = torch.as_tensor(x, dtype=torch.float32)
         outs = [
-            forward(data[i : i + FEATURE_BATCH].to(dev)).float().cpu()
+            penultimate(module, data[i : i + FEATURE_BATCH].to(dev)).float().cpu()
             for i in range(0, len(data), FEATURE_BATCH)
         ]
     finally:
@@ -200,9 +199,9 @@ def _in_shape(module_config: Mapping[str, Any]) -> list[int]:
     return [int(d) for d in module_config["in_shape"]]
 
 
-def _same_head(rows: Sequence[Mapping[str, Any]]) -> bool:
+def _same_head(rows: Sequence[Mapping[str, Any]], prefix: str = "head") -> bool:
     """True when every head tensor was carried over from the source's own head, unchanged."""
-    head = [r for r in rows if str(r["name"]).startswith("head.")]
+    head = [r for r in rows if str(r["name"]).startswith(prefix + ".")]
     return bool(head) and all(
         r["origin"] == "transferred" and r.get("source_name") == r["name"] for r in head
     )
@@ -234,7 +233,7 @@ def _forgetting(
         fits = all(w is not None and labels < w for w in widths)
     else:
         fits = all(w == task.outputs(data.y_train) for w in widths)
-    use_head = _same_head(rows) and fits
+    use_head = _same_head(rows, head_prefix(module)) and fits
     if use_head:
         method = "head"
         before = evaluate(source, data.x_eval, data.y_eval, device)[task.main]
@@ -334,9 +333,13 @@ def _drift(
 ) -> tuple[dict[str, Any], Ref]:
     src_name = str(source_manifest["name"])
     recorded, source_data, name, target = _drift_data(reg, spec, block, source_manifest, train_data)
+    # class means need class labels: other targets are one group
+    labels = source_data.y_train
+    if source_data.task != CLASSIFICATION:
+        labels = np.zeros(len(labels), dtype=np.int64)
     result = drift_check(
         features(source, source_data.x_train, device),
-        source_data.y_train,
+        labels,
         features(source, target.x_train, device),
         max_mahalanobis=block.get("max_mahalanobis"),
         max_outlier_share=block.get("max_outlier_share"),
@@ -368,6 +371,8 @@ def _parameters(
     reinit = {r["name"] for r in rows if r["origin"] == "reinitialized"}
     mapping = {t: s for t, s in tensor_map.pairs.items() if t not in reinit}
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad and n in mapping}
+    # buffers of modules held in eval mode (batch-norm statistics) must not move either
+    frozen |= {r["name"] for r in rows if r.get("kind") == "buffer" and r["frozen"]} & set(mapping)
     result = parameter_check(
         source_state,
         module.state_dict(),

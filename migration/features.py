@@ -20,7 +20,7 @@ from stemma.registry.files import write_atomic
 from stemma.registry.registry import INDEX_DIR
 from torch import nn
 
-from .architectures import head_of
+from .architectures import head_of, penultimate
 from .build import load_dataset, load_model
 from .train import CPU_THREADS, resolve_device
 
@@ -52,12 +52,11 @@ def compute(
         torch.set_num_threads(CPU_THREADS)
     module.to(dev).eval()
     head = head_of(module)
-    forward_features = getattr(module, "forward_features")  # noqa: B009 (untyped module)
     feats, probs = [], []
     try:
         for start in range(0, len(x), batch_size):
             xb = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32).to(dev)
-            f = forward_features(xb).float()
+            f = penultimate(module, xb).float()
             feats.append(f.cpu())
             probs.append(torch.softmax(head(f).float(), dim=1).cpu())
     finally:

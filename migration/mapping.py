@@ -1,11 +1,16 @@
 """Map a source state dict onto a target module and report every tensor's origin.
 
 Rules: `exact` (every name and shape must match), `by-name` (copy where name and shape match),
-`by-shape` (by name first, then pair the remaining tensors in order by identical shape).
+`by-shape` (by name first, then the remaining tensors by identical shape). By-shape pairs in a
+fixed order: within one shape, the unpaired target tensors and the unpaired source tensors are
+each sorted by name, digit runs compared as numbers (`layer.2` before `layer.10`), and paired
+first with first. When the two sides of a shape hold different numbers of tensors (both more
+than none) the pairing is ambiguous and refused: rename the tensors or map by name.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +33,41 @@ class TensorMap:
 
 def _shape(t: torch.Tensor) -> list[int]:
     return [int(d) for d in t.shape]
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key of a tensor name with digit runs compared as numbers."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p]
+
+
+def _by_shape(
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    pairs: dict[str, str],
+    where: str,
+    source_label: str,
+) -> None:
+    """Add shape pairs of the still unpaired tensors in natural name order; refuse ambiguity."""
+    used = set(pairs.values())
+    groups: dict[tuple[int, ...], tuple[list[str], list[str]]] = {}
+    for name, tensor in target.items():
+        if name not in pairs:
+            groups.setdefault(tuple(tensor.shape), ([], []))[0].append(name)
+    for name, tensor in source.items():
+        if name not in used and tuple(tensor.shape) in groups:
+            groups[tuple(tensor.shape)][1].append(name)
+    for shape in sorted(groups):
+        targets, sources = (sorted(side, key=natural_key) for side in groups[shape])
+        if not sources:
+            continue
+        if len(targets) != len(sources):
+            raise BuildError(
+                f"{where}: mapping by-shape is ambiguous for shape {list(shape)}:"
+                f" {len(targets)} target tensors ({', '.join(targets[:3])}) and"
+                f" {len(sources)} in {source_label} ({', '.join(sources[:3])});"
+                " use mapping by-name"
+            )
+        pairs.update(zip(targets, sources, strict=True))
 
 
 def plan(
@@ -66,15 +106,7 @@ def plan(
             if name in source and _shape(source[name]) == _shape(tensor):
                 pairs[name] = name
         if rule == "by-shape":
-            used = set(pairs.values())
-            free = [n for n in source if n not in used]
-            for name, tensor in target.items():
-                if name in pairs:
-                    continue
-                match = next((s for s in free if _shape(source[s]) == _shape(tensor)), None)
-                if match is not None:
-                    pairs[name] = match
-                    free.remove(match)
+            _by_shape(source, target, pairs, where, source_label)
     used = set(pairs.values())
     return TensorMap(rule, pairs, [n for n in source if n not in used])
 
@@ -98,11 +130,22 @@ def report(
     mapping: TensorMap | None,
     reinit: Collection[str] = (),
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per-tensor rows (name, shape, dtype, origin, frozen, source_name) and unused sources."""
-    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    """Per-tensor rows (name, kind, shape, dtype, origin, frozen, source_name), unused sources.
+
+    A parameter is frozen when it does not train; a buffer (batch-norm statistics) when its
+    module is held in eval mode during training (`strategy.held_in_eval`).
+    """
+    from .strategy import held_in_eval
+
+    params = dict(module.named_parameters())
+    held = held_in_eval(module)
     pairs = mapping.pairs if mapping else {}
     rows: list[dict[str, Any]] = []
     for name, tensor in module.state_dict().items():
+        if name in params:
+            kind, frozen = "parameter", not params[name].requires_grad
+        else:
+            kind, frozen = "buffer", name.rpartition(".")[0] in held
         src = pairs.get(name)
         if src is None:
             origin = "new"
@@ -113,10 +156,11 @@ def report(
         rows.append(
             {
                 "name": name,
+                "kind": kind,
                 "shape": _shape(tensor),
                 "dtype": str(tensor.dtype).replace("torch.", ""),
                 "origin": origin,
-                "frozen": name not in trainable,
+                "frozen": frozen,
                 "source_name": src,
             }
         )

@@ -21,11 +21,13 @@ import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records import ModelSpec
+from stemma.registry.taskspec import CLASSIFICATION
 from torch import nn
 
 from .data import DatasetArrays, split
 from .evaluate import evaluate
 from .strategy import Strategy, prepare_target
+from .tasks import for_labels
 from .train import TrainConfig, resolve_device, train
 
 SEARCHABLE = (
@@ -138,6 +140,11 @@ def search(
     """Run the study on a validation split of (x, y); return the best config and the record."""
     import optuna
 
+    if space.metric == "accuracy" and for_labels(y).name != CLASSIFICATION:
+        raise BuildError(
+            f"{display} at /training/search/metric: accuracy needs class labels;"
+            f" search a {for_labels(y).name} model by metric: loss"
+        )
     fit = split(x, y, VALIDATION, cfg.seed)
     metric_key = f"eval_{space.metric}"
     device = resolve_device(cfg.device)

@@ -1,8 +1,11 @@
 """Transfer strategies: which tensors are frozen and which are re-initialised.
 
-`freeze` and `reinit` are fnmatch globs over tensor names (`body.0.*`, `head.*`). Mode
-`finetune` trains everything that is not frozen; `linear-probe` freezes all but `head.*`.
-Re-initialised tensors keep the target module's own seeded initialisation.
+`freeze` and `reinit` are fnmatch globs over tensor names (`body.0.*`, `head.*`, `fc.*`). Mode
+`finetune` trains everything that is not frozen; `linear-probe` freezes all but the head (the
+module the family's API names: `head`, timm's `get_classifier()`, torchvision's `fc` or
+`classifier`, transformers' `classifier` or `score`). Re-initialised tensors keep the target
+module's own seeded initialisation. A module whose own parameters are all frozen is held in
+eval mode while training, so its batch-norm statistics stay the source's too.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from stemma.registry.errors import BuildError
 from torch import nn
 
-MODES = ("finetune", "linear-probe")
+MODES = ("finetune", "linear-probe", "lora")
 FEATURES = ("cached", "recompute")
 DEFAULT_MAPPING = "by-name"
 
@@ -29,6 +32,7 @@ class Strategy:
     freeze: tuple[str, ...] = ()
     reinit: tuple[str, ...] = ()
     features: str = "cached"
+    lora: Mapping[str, Any] | None = None  # mode lora: r, alpha, dropout, target_modules
 
     @classmethod
     def from_spec(cls, block: Mapping[str, Any], display: str = "spec.yaml") -> Strategy:
@@ -50,6 +54,7 @@ class Strategy:
             freeze=tuple(block.get("freeze", ())),
             reinit=tuple(block.get("reinit", ())),
             features=features,
+            lora=dict(block["lora"]) if mode == "lora" and block.get("lora") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,8 +91,27 @@ def frozen_names(module: nn.Module, strategy: Strategy, display: str = "spec.yam
     names = [n for n, _ in module.named_parameters()]
     frozen = match(names, strategy.freeze, "/strategy/freeze", display)
     if strategy.mode == "linear-probe":
-        frozen.update(n for n in names if not fnmatch.fnmatch(n, "head.*"))
+        from .architectures import head_prefix
+
+        head = head_prefix(module) + "."
+        frozen.update(n for n in names if not n.startswith(head))
     return frozen
+
+
+def held_in_eval(module: nn.Module) -> set[str]:
+    """Names of the modules that have parameters of their own, all of them frozen."""
+    held = set()
+    for name, sub in module.named_modules():
+        own = list(sub.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            held.add(name)
+    return held
+
+
+def hold_in_eval(module: nn.Module) -> None:
+    """Put every fully frozen module in eval mode (after `module.train()`)."""
+    for name in held_in_eval(module):
+        module.get_submodule(name).eval()
 
 
 def reinit_names(module: nn.Module, strategy: Strategy, display: str = "spec.yaml") -> set[str]:
@@ -138,6 +162,12 @@ def prepare_target(
             f"{display} at /strategy/mapping",
             f"source {src_name!r}",
         )
+        if not set(tmap.pairs) - reinit:
+            raise BuildError(
+                f"{display} at /strategy/mapping: mapping {strategy.mapping} transfers no tensor"
+                f" from source {src_name!r}; the names or shapes differ (try mapping by-shape,"
+                " or another source)"
+            )
         transfer(module, src_state, tmap, reinit)
     apply_freeze(module, frozen_names(module, strategy, display))
     return Prepared(module, tmap, reinit)

@@ -21,6 +21,8 @@ from torch import nn
 
 from .architectures import FeatureStage, head_of, stages
 from .evaluate import autocast, predict
+from .families import input_dtype
+from .strategy import hold_in_eval
 from .tasks import for_labels
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -213,8 +215,9 @@ def _train(
     k = frozen_prefix(module) if features == "cached" else 0
     prefix = [m for _, m, _ in parts[:k]]
     suffix = nn.Sequential(*(m for _, m, _ in parts[k:]))
-    xt = torch.as_tensor(x_train, dtype=torch.float32).to(device)
-    xe = torch.as_tensor(x_eval, dtype=torch.float32).to(device)
+    dtype = input_dtype(module)  # token ids stay int64; everything else is float32
+    xt = torch.as_tensor(x_train, dtype=dtype).to(device)
+    xe = torch.as_tensor(x_eval, dtype=dtype).to(device)
     task = for_labels(y_train)  # the stored labels' dtype and shape say the task
     loss_name = task.resolve_loss(cfg.loss, display)
     yt = task.target(y_train).to(device)
@@ -247,6 +250,7 @@ def _train(
         begin = time.perf_counter()
         module.train()
         _hold_eval(frozen_stages)
+        hold_in_eval(module)  # frozen batch-norm keeps the source's statistics
         order = torch.randperm(n, generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)

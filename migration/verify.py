@@ -103,8 +103,9 @@ class Verification:
 
 
 def _weights(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
-    path = reg.model_dir(name) / WEIGHTS_FILE
-    rel = reg.rel("models", name, WEIGHTS_FILE)
+    own = str(manifest["weights"].get("path", WEIGHTS_FILE))  # adapter/... for a LoRA model
+    path = reg.model_dir(name) / own
+    rel = reg.rel("models", name, own)
     if not path.is_file():
         return Finding("weights", FAIL, f"{rel} is missing; check it out (dvc checkout)")
     found = file_hashes(path)
@@ -198,6 +199,8 @@ def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
 
     rows = [r for r in manifest["architecture"]["tensors"] if r["frozen"]]
     source = manifest.get("source")
+    if manifest.get("adapter"):
+        return Finding("frozen", SKIP, "an adapter stores no base tensors; its base is checked")
     if not rows or source is None:
         return Finding("frozen", SKIP, "no frozen tensors from a source")
     with torch.random.fork_rng(devices=[]):

@@ -64,7 +64,13 @@ def _transformers_config(config: dict[str, Any], name: str) -> dict[str, Any]:
             f"model {name!r}: architecture.config.config holds no transformers config"
             " (with model_type); it cannot be written as config.json"
         )
-    return dict(hf)
+    doc = dict(hf)
+    if isinstance(config.get("num_classes"), int):
+        # the build sets the head's size from the data (num_labels), not from the config
+        for key in ("id2label", "label2id"):
+            doc.pop(key, None)
+        doc["num_labels"] = config["num_classes"]
+    return doc
 
 
 def _timm_config(config: dict[str, Any], name: str) -> dict[str, Any]:

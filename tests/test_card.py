@@ -129,7 +129,8 @@ def test_transformers_weights_load_with_from_pretrained(
 
     reg = derived(populated)
     model = _tiny_bert()
-    config = {"family": "transformers", "config": model.config.to_dict()}
+    hf = {k: v for k, v in model.config.to_dict().items() if k not in ("id2label", "label2id")}
+    config = {"family": "transformers", "config": hf, "num_classes": 3, "options": {}}
     _with_weights(reg, "ft", model.state_dict(), config)
     written = export_card(Registry.open(reg.root), "ft", tmp_path / "hf", weights=True)
     assert sorted(p.name for p in written.files) == ["config.json", "model.safetensors"]

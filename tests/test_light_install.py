@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from conftest import git
 from factories import dataset_manifest, model_manifest
@@ -132,3 +133,18 @@ def test_shell_completion_lists_commands(populated: Registry) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert set(proc.stdout.split()) == {"ls", "log", "lineage"}
+
+
+def test_json_flag_is_format_json(populated: Registry, cli: Any) -> None:
+    """Every read command takes --json; where --format json exists, the two agree."""
+    repo = _committed(populated)
+    for args in (
+        ["lineage", "show", "base"],
+        ["lineage", "impact", "base"],
+        ["query", "SELECT name, status FROM models ORDER BY name"],
+        ["audit", "--base", "HEAD"],
+    ):
+        flag = cli([*args, "--json"], repo)
+        fmt = cli([*args, "--format", "json"], repo)
+        assert flag.code == fmt.code == 0, (args, flag.stderr)
+        assert json.loads(flag.stdout) == json.loads(fmt.stdout)

@@ -117,6 +117,7 @@ def test_exact_mapping_copies_everything_and_reports_transferred() -> None:
     assert {r["origin"] for r in rows} == {"transferred"} and unused == []
     assert rows[0] == {
         "name": "body.0.weight",
+        "kind": "parameter",
         "shape": [32, 64],
         "dtype": "float32",
         "origin": "transferred",

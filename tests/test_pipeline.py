@@ -12,6 +12,9 @@ import yaml
 from conftest import git, new_registry, write
 from stemma.registry import Registry, pipeline
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import synth
+
 TINY = "{epochs: 1, batch_size: 64, optimizer: adam, lr: %s, seed: 0}"
 SPECS = {
     "datasets/d04/spec.yaml": """
@@ -173,3 +176,14 @@ def test_dvc_repro_rebuilds_exactly_the_stale_family(registry: Registry, cli) ->
         dvc(repo, "commit", "--force")  # take the outputs as they stand, new params and all
         assert json.loads(dvc(repo, "status", "--json")) == {}
     assert cli(["pipeline", "--check"], repo).code == 0
+
+
+def test_libyaml_emitter_writes_the_same_dvc_yaml_bytes(tmp_path: Path) -> None:
+    from stemma.registry.yamlio import dump_yaml
+
+    synth.generate(tmp_path / "reg", 40, shape="mixed", seed=5, family_size=15)
+    doc = pipeline.render_dict(Registry.open(tmp_path / "reg"))
+    odd = ["ü ß — 日本", "a: b # c", "'quoted'", 'x "y"', "yes", "1e3", "", " lead", "x" * 150]
+    for i, text in enumerate(odd):
+        doc["artifacts"][f"odd{i}"] = {"path": f"models/odd{i}", "desc": text, "labels": [text]}
+    assert pipeline._dump(doc) == dump_yaml(doc)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import new_registry, write
 from stemma.registry import Registry
 from test_pipeline import dvc
@@ -21,7 +22,7 @@ SPECS = {
         target: tier
         features: [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9]
     """,
-    "datasets/tags/spec.yaml": "source: file:data/tags.npz\n",
+    "datasets/tags/spec.yaml": "source: file:data/tags.npz\ntask: multilabel\n",
     "datasets/imgs/spec.yaml": """
         source: imagefolder:data/imgs
         transforms: [{resize: [8, 8]}]
@@ -96,6 +97,13 @@ def test_every_task_builds_through_dvc_repro(registry: Registry, cli) -> None:
     repo = reg.repo_root
     _data_files(repo)
     assert cli(["pipeline"], repo).code == 0
+    plots = {
+        n: s["plots"][0]
+        for n, s in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items()
+        if "plots" in s
+    }
+    assert plots["model-reg"]["models/reg/curve.json"]["y"] == "eval_r2"
+    assert plots["model-tagger"]["models/tagger/curve.json"]["y"] == "eval_map"
     dvc(repo, "repro")
     reg = Registry.open(repo)
     res = cli(["validate"], repo)

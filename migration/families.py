@@ -1,0 +1,212 @@
+"""Library model families: timm, torchvision and Hugging Face transformers, by name or config.
+
+Each family builds the library's own module with the library's own constructor and never
+downloads weights (`pretrained=False`, `weights=None`, `from_config`), so tensor names stay the
+library's (`fc.*`, `classifier.*`) and the library's own loader reads stemma's weights
+unchanged. The head is found through the library's API. stemma feeds every model one tensor
+`x`; where the library wants another input, the module's instance `forward` adapts it:
+
+- torchvision models take three channels; one-channel data is repeated to three channels
+  (`config["input"] == {"channels": 1, "method": "repeat", "model_channels": 3}`), so the
+  stem keeps torchvision's shapes and `load_state_dict(strict=True)` still works.
+- transformers take int64 token ids; the attention mask is `ids != pad_token_id`, and the
+  forward returns the logits tensor.
+
+Penultimate features are the head's input, caught by a forward pre-hook on the head.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import types
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from stemma.registry.errors import BuildError
+from torch import nn
+
+LIBRARY_FAMILIES = ("timm", "torchvision", "transformers")
+FAMILY_ATTR = "stemma_family"  # a plain attribute on the module: not a tensor, not in state_dict
+_EXTRAS = {"timm": "timm", "torchvision": "torchvision", "transformers": "transformers"}
+_TORCHVISION_HEADS = ("fc", "classifier", "heads", "head")
+_HF_HEADS = ("classifier", "score")
+
+
+def require(package: str, extra: str | None = None) -> Any:
+    """Import an optional library, or raise one line naming the extra that installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        top = package.split(".")[0]
+        raise BuildError(
+            f"the {top} package is not installed; install it with"
+            f" pip install 'stemma-ml[{extra or _EXTRAS.get(top, top)}]'"
+        ) from None
+
+
+def library_config(arch: Mapping[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Fill a library family's part of an architecture config (name/config, options, input)."""
+    family = config["family"]
+    options = dict(arch.get("options") or {})
+    if family in ("timm", "torchvision"):
+        config["name"] = str(arch.get("name", ""))
+        config["options"] = options
+        if family == "torchvision" and config["in_shape"] and config["in_shape"][0] == 1:
+            config["input"] = {"channels": 1, "method": "repeat", "model_channels": 3}
+    else:
+        config["config"] = dict(arch.get("config") or {})
+        config["options"] = options
+    return config
+
+
+def read_hf_config(folder: Path, display: str) -> dict[str, Any]:
+    """A Hugging Face config.json (the file, or the folder holding it), as a dict."""
+    path = folder if folder.is_file() else folder / "config.json"
+    if not path.is_file():
+        raise BuildError(f"{display}: {path.name} not found in {folder}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BuildError(f"{display}: {path.name} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or "model_type" not in doc:
+        raise BuildError(f"{display}: {path.name} has no model_type")
+    return doc
+
+
+def hf_config(config: Mapping[str, Any]) -> Any:
+    """The transformers PretrainedConfig an architecture config describes (num_labels set)."""
+    transformers = require("transformers")
+    doc = dict(config.get("config") or {})
+    model_type = doc.pop("model_type", None)
+    if not model_type:
+        raise BuildError("model_type is missing from the transformers config")
+    # keys written by save_pretrained that are not configuration
+    for key in ("architectures", "transformers_version", "id2label", "label2id", "num_labels"):
+        doc.pop(key, None)
+    try:
+        cfg = transformers.AutoConfig.for_model(str(model_type), **doc)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BuildError(f"invalid transformers config: {exc}") from None
+    cfg.num_labels = int(config["num_classes"])
+    return cfg
+
+
+def build(config: Mapping[str, Any], where: str) -> nn.Module:
+    """The library module for a timm, torchvision or transformers config (random init)."""
+    family = str(config["family"])
+    num_classes = int(config["num_classes"])
+    in_shape = [int(d) for d in config["in_shape"]]
+    options = dict(config.get("options") or {})
+    try:
+        if family == "timm":
+            timm = require("timm")
+            module = timm.create_model(
+                str(config["name"]),
+                pretrained=False,
+                num_classes=num_classes,
+                in_chans=in_shape[0],
+                **options,
+            )
+        elif family == "torchvision":
+            models = require("torchvision.models", "torchvision")
+            if in_shape and in_shape[0] not in (1, 3):
+                raise BuildError(
+                    f"{where}: torchvision models take 1 or 3 channels, the data has {in_shape[0]}"
+                )
+            module = models.get_model(
+                str(config["name"]), weights=None, num_classes=num_classes, **options
+            )
+            if config.get("input", {}).get("method") == "repeat":
+                _adapt_forward(module, _repeat_channels)
+        else:
+            transformers = require("transformers")
+            cfg = hf_config(config)
+            module = transformers.AutoModelForSequenceClassification.from_config(cfg, **options)
+            pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+            _adapt_forward(module, _token_forward(int(pad)))
+    except BuildError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BuildError(f"{where}: cannot build {family} model: {first}") from None
+    setattr(module, FAMILY_ATTR, family)
+    return module
+
+
+def family_of(module: nn.Module) -> str | None:
+    """The library family a module was built for, or None for stemma's own modules."""
+    family = getattr(module, FAMILY_ATTR, None)
+    return str(family) if family else None
+
+
+def _adapt_forward(
+    module: nn.Module, adapt: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+) -> None:
+    """Give this one instance a `forward(x) -> logits`; the class and its tensors are unchanged."""
+    original = type(module).forward
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            return adapt(self, args[0])
+        return original(self, *args, **kwargs)  # the library's own call (e.g. from peft)
+
+    module.forward = types.MethodType(forward, module)  # type: ignore[method-assign]
+
+
+def _repeat_channels(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = type(module).forward(module, x.expand(-1, 3, -1, -1))
+    return out
+
+
+def _token_forward(pad: int) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        ids = x.long()  # float copies of token ids (exact below 2**24) are accepted too
+        out = type(module).forward(module, input_ids=ids, attention_mask=(ids != pad).long())
+        logits: torch.Tensor = out.logits
+        return logits
+
+    return run
+
+
+def input_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype the module takes its input in: int64 token ids or float32."""
+    return torch.int64 if family_of(module) == "transformers" else torch.float32
+
+
+def head_name(module: nn.Module) -> str:
+    """The head's module name, found through the library's API (`head` for stemma's own)."""
+    family = family_of(module)
+    if family == "timm":
+        classifier = module.get_classifier()  # type: ignore[operator]
+        for name, sub in module.named_modules():
+            if sub is classifier and name:
+                return name
+        raise BuildError(f"{type(module).__name__}: timm's get_classifier() is not a submodule")
+    names: Sequence[str] = ("head",)
+    if family == "torchvision":
+        names = _TORCHVISION_HEADS
+    elif family == "transformers":
+        names = _HF_HEADS
+    for name in names:
+        if isinstance(getattr(module, name, None), nn.Module):
+            return name
+    raise BuildError(f"{type(module).__name__} has no head module ({', '.join(names)})")
+
+
+@torch.no_grad()
+def head_input(module: nn.Module, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate features of a library module: the head's input, flattened to (N, D)."""
+    caught: list[torch.Tensor] = []
+
+    def grab(_: nn.Module, args: tuple[Any, ...]) -> None:
+        caught.append(args[0])
+
+    handle = head.register_forward_pre_hook(grab)
+    try:
+        module(x)
+    finally:
+        handle.remove()
+    return caught[-1].reshape(len(caught[-1]), -1)
