@@ -277,7 +277,8 @@ def _load_source(
             " build it first (dvc repro)"
         )
     recorded = manifest.raw["weights"]
-    if file_hashes(path)["sha256"] != recorded["sha256"]:
+    found = file_hashes(path, reg.repo_root, reg.rel("models", src, rel))
+    if found["sha256"] != recorded["sha256"]:
         raise BuildError(
             f"{spec.path} at /source/model: {reg.rel('models', src, rel)}"
             " does not match its manifest; rebuild it (dvc repro) or check it"

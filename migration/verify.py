@@ -108,7 +108,7 @@ def _weights(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
     rel = reg.rel("models", name, own)
     if not path.is_file():
         return Finding("weights", FAIL, f"{rel} is missing; check it out (dvc checkout)")
-    found = file_hashes(path)
+    found = file_hashes(path, reg.repo_root, rel)
     recorded = manifest["weights"]
     bad = [k for k in ("md5", "sha256", "bytes") if found[k] != recorded[k]]
     if bad:
@@ -215,7 +215,7 @@ def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
     src_manifest = reg.model_manifest(src)
     if src_manifest is None or not src_path.is_file():
         return Finding("frozen", FAIL, f"source model {src!r} has no weights to compare with")
-    if file_hashes(src_path)["sha256"] != src_manifest.raw["weights"]["sha256"]:
+    if file_hashes(src_path, reg.repo_root)["sha256"] != src_manifest.raw["weights"]["sha256"]:
         return Finding(
             "frozen", FAIL, f"{reg.rel('models', src, WEIGHTS_FILE)} does not match its manifest"
         )

@@ -50,11 +50,20 @@ def content_id(manifest: Mapping[str, Any]) -> str:
     return digest({k: v for k, v in manifest.items() if k not in ("id", "run")})
 
 
-def file_hashes(path: Path) -> dict[str, Any]:
-    """md5 (as DVC records it), sha256 and size of a file, read once."""
+def file_hashes(path: Path, root: Path | None = None, display: str = "") -> dict[str, Any]:
+    """md5 (as DVC records it), sha256 and size of a file, read once.
+
+    With `root`, a path that resolves outside it (a weights file linked out of the
+    repository) is refused before it is opened; DVC's own cache links stay inside."""
+    name = display or str(path)
+    if root is not None:
+        confined(path, root, name)
     md5, sha = hashlib.md5(), hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise UnsafeFile(name, "is not a regular file")
         while chunk := fh.read(CHUNK):
             md5.update(chunk)
             sha.update(chunk)

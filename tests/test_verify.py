@@ -265,3 +265,18 @@ def test_report_marks_a_stale_link(copy: Path) -> None:
     assert [e["name"] for e in report["lineage"]] == ["ft", "mid", "base"]
     assert report["lineage"][0]["current"] is False and report["lineage"][1]["current"] is True
     assert "finetune of mid, stale" in render_text(report)
+
+
+def test_verify_refuses_weights_linked_outside_the_repository(
+    copy: Path, tmp_path: Path, cli: Any
+) -> None:
+    weights = copy / "models" / "ft" / "weights.safetensors"
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(weights.read_bytes())
+    weights.unlink()
+    weights.symlink_to(outside)
+    res = cli(["verify", "ft"], copy)
+    assert res.code == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "models/ft/weights.safetensors" in lines[0], res.stderr
+    assert "outside" in lines[0]
