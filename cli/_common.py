@@ -103,7 +103,10 @@ class FunnelGroup(TyperGroup):
         except Exception as exc:  # nothing a user gives reaches them as a traceback
             if debug_enabled():
                 raise
-            raise fail(describe_unexpected(exc)) from None
+            from ._extras import missing_extra
+
+            extra = missing_extra(exc) if isinstance(exc, ModuleNotFoundError) else None
+            raise fail(extra or describe_unexpected(exc)) from None
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:

@@ -99,7 +99,8 @@ class LazyCommands(MutableMapping[str, Any]):
 
 
 class RootGroup(FunnelGroup):
-    """The root group: the error funnel, with commands imported on first use."""
+    """The root group: the error funnel (a module of an uninstalled extra is one line naming
+    the extra), with commands imported on first use."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -108,19 +109,6 @@ class RootGroup(FunnelGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         """Every command name, without importing any command."""
         return list(self.commands)
-
-    def invoke(self, ctx: Any) -> Any:
-        """Run the command; a module of an uninstalled extra is one line naming the extra."""
-        from ._common import debug_enabled, fail
-        from ._extras import missing_extra
-
-        try:
-            return super().invoke(ctx)
-        except ModuleNotFoundError as exc:
-            message = missing_extra(exc)
-            if message is None or debug_enabled():
-                raise
-            raise fail(message) from None
 
 
 app = typer.Typer(

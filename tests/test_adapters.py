@@ -92,8 +92,10 @@ def test_lora_adapters_build_load_in_peft_and_follow_their_base(registry: Regist
     res = cli(["explore", "d59", "--json"], repo)  # the adapter model is a candidate too
     assert res.code == 0, res.stderr
     assert "ma" in [row["model"] for row in json.loads(res.stdout)["ranking"]]
-    res = cli(["verify", "ma", "--rebuild"], repo)
-    assert res.code == 0, res.stdout + res.stderr
+    for adapter in ("ma", "ha"):
+        res = cli(["verify", adapter, "--rebuild", "--json"], repo)
+        assert res.code == 0, res.stdout + res.stderr
+        assert json.loads(res.stdout)["rebuild"]["verdict"] == "identical", res.stdout
     res = cli(
         ["query", "SELECT count(*) AS n FROM edges WHERE relation = 'adapter'", "-f", "json"], repo
     )

@@ -248,8 +248,8 @@ BAD = {
         source: {model: ghost}
         data: {train: d59}
         """,
-        "models/missing-source/spec.yaml at /source/model: source model 'ghost' has no"
-        " weights; build it first (dvc repro)",
+        "models/missing-source/spec.yaml at /source/model: source model 'ghost' does not"
+        " exist [dangling-source]",
     ),
     "exact-mismatch": (
         """

@@ -215,7 +215,7 @@ def test_the_build_refuses_what_validate_refuses(registry: Registry, cli) -> Non
     assert res.code == 1
     assert res.stderr.strip() == (
         "error: models/lossy/spec.yaml at /training/loss: loss 'mse' does not apply to a"
-        " classification target; use one of cross_entropy"
+        " classification target; use one of cross_entropy [schema]"
     )
     assert sorted(p.name for p in reg.model_dir("lossy").iterdir()) == before
 
