@@ -102,8 +102,12 @@ def tagged(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
     c1 = commit(registry.repo_root, "base", "2026-01-01T10:00:00+00:00")
     second = put_model(registry, "base", accuracy=0.9, hidden=48)
     c2 = commit(registry.repo_root, "retrain", "2026-01-02T10:00:00+00:00")
+    # dated in the past: GTO orders tags by time, so a tag a test makes now comes after these
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "2026-01-02T11:00:00+00:00")
     v.tag(registry, "base", "v0.1.0", ref=c1)
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "2026-01-02T12:00:00+00:00")
     v.tag(registry, "base", "v0.2.0", ref=c2)
+    monkeypatch.delenv("GIT_COMMITTER_DATE")
     return {"ids": (first, second), "commits": (c1, c2)}
 
 
