@@ -17,6 +17,7 @@ from stemma.registry.consistency import Violation
 from stemma.registry.errors import LocatedError, RegistryNotFound, StemmaError
 from stemma.registry.files import content_id, parse_json_text
 from stemma.registry.naming import parse_source
+from stemma.registry.pipefiles import folder_files
 from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
 from stemma.registry.yamlio import load_yaml_text
 
@@ -92,7 +93,7 @@ def open_state(repo: Path, rev: str | None) -> State:
             [Violation(cons.SCHEMA, exc.path, exc.reason, exc.pointer, exc.line, "settings")],
         )
     state = State(label, reg)
-    prefetch_documents(reg, [LOCK_FILE, "dvc.yaml"])
+    prefetch_documents(reg, [LOCK_FILE, "dvc.yaml", *folder_files(reg)])
     state.settings = _yaml(state.text(SETTINGS_FILE))
     for kind, names, into in (
         ("models", reg.model_names(), state.models),
@@ -150,14 +151,17 @@ def state_violations(state: State) -> list[Violation]:
 
 
 def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
-    lock = _yaml(state.text(LOCK_FILE))
-    if not isinstance(lock, dict):
-        return []
+    from stemma.registry.pipefiles import lock_files
+
     locked: dict[str, str] = {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in (stage or {}).get("outs") or []:
-            if isinstance(out, dict) and "path" in out and "md5" in out:
-                locked[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
+    for path in lock_files(reg):  # the root dvc.lock and one beside each folder's dvc.yaml
+        lock = _yaml(state.text(path))
+        if not isinstance(lock, dict):
+            continue
+        for stage in (lock.get("stages") or {}).values():
+            for out in (stage or {}).get("outs") or []:
+                if isinstance(out, dict) and "path" in out and "md5" in out:
+                    locked[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
     found = []
     for name in sorted(state.models):
         manifest = state.manifests.get(f"model:{name}")
@@ -179,25 +183,22 @@ def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
 
 
 def _pipeline(state: State, reg: Registry) -> list[Violation]:
-    from stemma.registry.pipeline import PIPELINE_FILE, render
+    from stemma.registry.pipefiles import differences
 
     if not state.models and not state.datasets:
         return []
     try:
-        want = render(reg)
+        found = differences(reg)
     except StemmaError:  # specs too broken to render: their own violations say why
         return []
-    have = state.text(PIPELINE_FILE)
-    if have == want:
-        return []
-    what = "is missing" if have is None else "is out of step with the specs"
     return [
         Violation(
             PIPELINE_OUT_OF_SYNC,
-            PIPELINE_FILE,
-            f"{PIPELINE_FILE} {what}; run `stemma pipeline` and commit it",
+            diff.path,
+            f"{diff}; run `stemma pipeline` and commit it",
             subject="pipeline",
         )
+        for diff in found
     ]
 
 
