@@ -11,11 +11,19 @@ at the repository root, and DVC writes a dvc.lock beside it. `dvc repro`, `dvc s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .pipeline import HEADER, PIPELINE_FILE, _own_stage, render_files, stage_file
-from .registry import Registry
+from .pipeline import (
+    HEADER,
+    PIPELINE_FILE,
+    _own_stage,
+    recording_probes,
+    render_files,
+    stage_file,
+)
+from .registry import SPEC_FILE, Registry
+from .tree import WorkTree
 
 LOCK_FILE = "dvc.lock"
 
@@ -74,8 +82,12 @@ ORPHAN = "belongs to no dataset or model"
 def differences(reg: Registry) -> list[Difference]:
     """Each pipeline file that differs from what the specs imply (the root dvc.yaml first,
     then the folders' files in build order, then generated files nothing declares now);
-    empty when all are in step."""
-    want = render_files(reg)
+    empty when all are in step. On the working tree an unchanged registry is checked
+    against the hashes of its last render (`_pipecache`)."""
+    fast = _cached_differences(reg)
+    if fast is not None:
+        return fast
+    want = rendered(reg)
     found = []
     for path, text in want.items():
         have = reg.tree.read_text(path)
@@ -85,13 +97,87 @@ def differences(reg: Registry) -> list[Difference]:
     return found
 
 
+def rendered(reg: Registry) -> dict[str, str]:
+    """`pipeline.render_files`, kept in the cache on the working tree; documents that
+    passed their schema before are not validated again (`_validcache`)."""
+    if not isinstance(reg.tree, WorkTree):
+        return render_files(reg)
+    from . import _pipecache, _validcache
+
+    key = _pipecache.fingerprint(reg)
+    with _validcache.remembering(reg.repo_root), recording_probes() as probes:
+        _read_specs(reg)
+        want = render_files(reg)
+    _pipecache.save(reg, key, probes, want)
+    return want
+
+
+def _read_specs(reg: Registry) -> None:
+    """Read every spec with the index's reader of the YAML subset specs are written in
+    (`_fastyaml`, the same values as PyYAML in a fraction of the time) into the registry's
+    read cache. A spec outside the subset, or one its schema refuses, is left for the
+    registry to read, so that its error reads as everywhere else."""
+    from . import _fastyaml
+    from .errors import StemmaError
+    from .records import DATASET_SPEC, MODEL_SPEC, validate_document
+
+    for kind, names, schema in (
+        ("datasets", reg.dataset_names(), DATASET_SPEC),
+        ("models", reg.model_names(), MODEL_SPEC),
+    ):
+        for name in names:
+            path = reg.rel(kind, name, SPEC_FILE)
+            key = ("doc", path)
+            text = None if key in reg._cache else reg.tree.read_text(path)
+            doc = _fastyaml.load(text) if text is not None else None
+            if doc is None:
+                continue
+            try:
+                validate_document(doc, schema, path, text)
+            except StemmaError:
+                continue
+            reg._cache[key] = doc  # the key `Registry._load` keeps a spec under
+
+
+def _cached_differences(reg: Registry) -> list[Difference] | None:
+    """The differences by the cached render's hashes, or None when it cannot be trusted."""
+    if not isinstance(reg.tree, WorkTree):
+        return None
+    from . import _pipecache
+
+    cached = _pipecache.load(reg)
+    if cached is None or not _pipecache.still_valid(reg, cached, _pipecache.fingerprint(reg)):
+        return None
+    files: dict[str, str] = cached["files"]
+    root = reg.tree.read_text(PIPELINE_FILE)
+    if root is None or _pipecache.sha(root) != files.get(PIPELINE_FILE):
+        return None  # its own stages are an input: render again
+    found = []
+    for path, digest in files.items():
+        have = reg.tree.read_text(path)
+        if have is None:
+            found.append(Difference(path, MISSING))
+        elif _pipecache.sha(have) != digest:
+            found.append(Difference(path, OUT_OF_STEP))
+    for kind in ("datasets", "models"):
+        for name in reg.tree.subdirs(reg.rel(kind)):
+            path = reg.rel(kind, name, PIPELINE_FILE)
+            if path not in files:
+                text = reg.tree.read_text(path)
+                if text is not None and text.startswith(HEADER):
+                    found.append(Difference(path, ORPHAN))
+    return found
+
+
 def write(reg: Registry) -> Changes:
     """Write every pipeline file that changed (atomically), delete the generated files of
     removed datasets and models (with their dvc.lock), and move the lock entries of stemma's
     stages from the root dvc.lock to the dvc.lock beside their new dvc.yaml."""
     from .files import write_atomic
 
-    want = render_files(reg)
+    if _cached_differences(reg) == [] and not _root_locks(reg):
+        return Changes()
+    want = rendered(reg)
     written = []
     for path, text in want.items():
         if reg.tree.read_text(path) != text:
@@ -114,8 +200,8 @@ def _move_root_locks(reg: Registry, want: dict[str, str]) -> int:
     the dvc.lock of the file that holds the stage now (paths stay the same: every stage runs
     from the root), so a registry that changes layout rebuilds nothing. DVC's own YAML
     writer keeps the files as DVC writes them."""
-    root_lock = reg.repo_root / LOCK_FILE
-    if not root_lock.is_file():
+    root_lock = _root_locks(reg)
+    if root_lock is None:
         return 0
     from .yamlio import load_yaml_text
 
@@ -146,6 +232,15 @@ def _move_root_locks(reg: Registry, want: dict[str, str]) -> int:
     if not (load_yaml_text(root_lock.read_text(), LOCK_FILE) or {}).get("stages"):
         root_lock.unlink()
     return len(moving)
+
+
+def _root_locks(reg: Registry) -> Path | None:
+    """The root dvc.lock when it may hold entries of stemma's stages (an older layout)."""
+    path = reg.repo_root / LOCK_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    return path if any(f"\n  {kind}-" in text for kind in ("dataset", "model", "explore")) else None
 
 
 def _home(reg: Registry, stage: str) -> str:

@@ -223,11 +223,19 @@ class Registry:
 
     def has_model(self, name: str) -> bool:
         """True when a model of that name is declared."""
-        return name in self.model_names()
+        return name in self._name_set("models")
 
     def has_dataset(self, name: str) -> bool:
         """True when a dataset of that name is declared."""
-        return name in self.dataset_names()
+        return name in self._name_set("datasets")
+
+    def _name_set(self, kind: str) -> frozenset[str]:
+        # A set beside the sorted list: the pipeline asks about every source of 10,000 models.
+        key = ("name-set", kind)
+        if key not in self._cache:
+            self._cache[key] = frozenset(self._names(kind))
+        names: frozenset[str] = self._cache[key]
+        return names
 
     def model_spec(self, name: str) -> ModelSpec:
         """The validated spec of a model."""

@@ -305,3 +305,52 @@ def test_pipeline_writer_gives_pyyaml_text_and_reads_back(tmp_path: Path) -> Non
         doc["artifacts"][f"odd{i}"] = {"path": f"models/odd{i}", "desc": text, "labels": [text]}
     doc["artifacts"]["true"] = {"n": 3, "f": 0.5, "b": False, "none": None, "empty": []}
     assert yaml.safe_load(_yamlemit.dump(doc)) == doc
+
+
+def test_check_trusts_its_cache_only_while_the_inputs_are_the_same(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = new_registry(registry.repo_root.parent / "c", registry.repo_root, SPECS)
+    root = reg.repo_root
+    arch = "architecture: {family: entrypoint, entrypoint: 'nets.small:build'}"
+    write(root / "models/mine/spec.yaml", f"{arch}\ndata: {{train: d04}}\n")
+    assert pipefiles.write(Registry.open(root))
+    assert (root / ".stemma/pipeline.json").is_file()
+
+    def no_render(reg: Registry) -> dict[str, str]:
+        raise AssertionError("rendered")
+
+    with monkeypatch.context() as patch:  # an unchanged registry: hashes, no render
+        patch.setattr(pipefiles, "render_files", no_render)
+        assert pipefiles.differences(Registry.open(root)) == []
+        mine = root / "models/mine/dvc.yaml"
+        mine.write_text(mine.read_text() + "# edited\n")
+        assert [str(d) for d in pipefiles.differences(Registry.open(root))] == [
+            "models/mine/dvc.yaml is out of step with the specs"
+        ]
+    assert pipefiles.write(Registry.open(root))
+
+    # The code file appears: no spec changed, but the model now depends on it.
+    write(root / "nets/small.py", "def build(in_shape, num_classes): ...\n")
+    assert [str(d) for d in pipefiles.differences(Registry.open(root))] == [
+        "models/mine/dvc.yaml is out of step with the specs"
+    ]
+    assert pipefiles.write(Registry.open(root))
+    assert "- nets/small.py" in (root / "models/mine/dvc.yaml").read_text()
+
+    # A stage of one's own added to the root dvc.yaml is an input: kept, written first.
+    text = (root / "dvc.yaml").read_text()
+    write(root / "dvc.yaml", text + "stages:\n  mine:\n    cmd: echo hi\n")
+    assert [str(d) for d in pipefiles.differences(Registry.open(root))] == [
+        "dvc.yaml is out of step with the specs"
+    ]
+    assert pipefiles.write(Registry.open(root))
+    assert yaml.safe_load((root / "dvc.yaml").read_text())["stages"] == {"mine": {"cmd": "echo hi"}}
+    assert pipefiles.differences(Registry.open(root)) == []
+    # A damaged cache is rendered anew.
+    (root / ".stemma/pipeline.json").write_text("{")
+    assert pipefiles.differences(Registry.open(root)) == []
+    (root / "models/mine/spec.yaml").unlink()
+    assert [str(d) for d in pipefiles.differences(Registry.open(root))][-1] == (
+        "models/mine/dvc.yaml belongs to no dataset or model"
+    )
