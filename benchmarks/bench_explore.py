@@ -94,7 +94,7 @@ def target_tasks(digits: DatasetArrays, mnist: DatasetArrays) -> dict[str, Datas
     """name -> train/eval arrays of each target task (images no source was trained on)."""
     x, y = digits.x_eval, digits.y_eval
     spec5 = {"classes": [5, 6, 7, 8, 9], "relabel": "contiguous"}
-    x59, y59 = select(x, y, spec5, "digits", "digits-5to9", 0)
+    x59, y59, _ = select(x, y, spec5, "digits", "digits-5to9", 0)
     tasks = {
         "digits-5to9": (x59, y59),
         "inverted": (transform(x, [{"invert": True}], "inverted", 0), y),
