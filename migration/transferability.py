@@ -252,24 +252,17 @@ def hscore(features: Any, labels: Any) -> float:
     if peak == 0 or classes == 1:
         return 0.0  # no variance, or no between-class variance
     x = x / peak  # H-score is scale-free; this keeps squares away from overflow and underflow
-    centred = x - x.mean(axis=0)
-    counts = np.bincount(y, minlength=classes).astype(np.float64)
-    one_hot = _one_hot(y, classes)
-    # cov = C^T C / N (D, D) and C C^T / N (N, N) share their non-zero eigenvalues; the smaller
-    # one is decomposed (an eigendecomposition costs the cube of its side).
-    gram = centred.T @ centred / n if n >= d else centred @ centred.T / n
-    eigval, eigvec = np.linalg.eigh(gram)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    cov = centred.T @ centred / n
+    eigval, eigvec = np.linalg.eigh(cov)
     tol = max(n, d) * _EPS * max(float(eigval[-1]), float(np.mean(x * x)))
     keep = eigval > tol
     if not keep.any():
         return 0.0
-    if n >= d:
-        class_means = (one_hot.T @ centred) / counts[:, None]  # mu_c - mu
-        whitened = (class_means @ eigvec[:, keep]) / np.sqrt(eigval[keep])
-    else:
-        # with C C^T u = N s u, cov's eigenvector is v = C^T u / sqrt(N s), and
-        # (mu_c - mu) . v / sqrt(s) = sqrt(N) (sum of u over class c) / n_c
-        whitened = np.sqrt(n) * (one_hot.T @ eigvec[:, keep]) / counts[:, None]
+    counts = np.bincount(y, minlength=classes).astype(np.float64)
+    class_means = (_one_hot(y, classes).T @ x) / counts[:, None]
+    whitened = ((class_means - mean) @ eigvec[:, keep]) / np.sqrt(eigval[keep])
     return float(np.sum(counts / n * np.sum(whitened**2, axis=1)))
 
 

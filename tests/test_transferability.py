@@ -198,7 +198,7 @@ def test_hscore_matches_loop() -> None:
 
 
 def test_hscore_with_fewer_samples_than_dimensions_matches_loop() -> None:
-    # N < D takes the (N, N) Gram matrix instead of the (D, D) covariance
+    # fewer samples than dimensions: a rank-deficient covariance, its pseudo-inverse
     features, labels = _blobs(30, 6, 3, shift=1.0, seed=8)
     wide = np.hstack([features, np.random.default_rng(8).normal(size=(30, 44))])
     assert hscore(wide, labels) == pytest.approx(_hscore_loop(wide, labels), rel=1e-6)
