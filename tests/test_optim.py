@@ -33,19 +33,19 @@ CASES: dict[str, tuple[Factory, Factory]] = {
 }
 
 
-def _net() -> nn.Module:
+def _net(device: str = "cpu") -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3))
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3)).to(device)
 
 
-def _run(make: Factory, steps: int = 6) -> dict[str, torch.Tensor]:
+def _run(make: Factory, steps: int = 6, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Train a small net; from step 3 on its last layer gets no gradient (skipped, not decayed)."""
-    net = _net()
+    net = _net(device)
     opt = make(list(net.parameters()))
     gen = torch.Generator().manual_seed(1)
     for i in range(steps):
-        x = torch.randn(16, 6, generator=gen)
-        y = torch.randint(0, 3, (16,), generator=gen)
+        x = torch.randn(16, 6, generator=gen).to(device)
+        y = torch.randint(0, 3, (16,), generator=gen).to(device)
         body = net[:3] if i >= 3 else net
         loss = nn.functional.cross_entropy(body(x), y)
         opt.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
@@ -61,6 +61,15 @@ def test_same_bits_as_torch_optim(case: str) -> None:
     for name, tensor in theirs.items():
         assert torch.equal(ours[name], tensor), f"{case}: {name} differs from torch.optim"
     assert not torch.equal(ours["0.weight"], start["0.weight"])  # it did train
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_bits_as_torch_optim_on_cuda(case: str) -> None:
+    # on CUDA both take torch's multi-tensor (foreach) kernels
+    ours, theirs = (_run(make, device="cuda") for make in CASES[case])
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), f"{case}: {name} differs from torch.optim"
 
 
 def test_deterministic_flag_reaches_aten() -> None:
