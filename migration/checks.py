@@ -39,6 +39,7 @@ from stemma.registry.records import ModelSpec
 from stemma.registry.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 
+from . import optim
 from .architectures import build_module, head_of, head_prefix, penultimate
 from .data import DatasetArrays, load_dataset
 from .drift import DEFAULT_PERMUTATIONS, drift_check
@@ -165,7 +166,7 @@ def probe_score(
     probe = nn.Linear(xt.shape[1], width)
     nn.init.zeros_(probe.weight)
     nn.init.zeros_(probe.bias)
-    opt = torch.optim.Adam(probe.parameters(), lr=PROBE_LR, weight_decay=PROBE_WEIGHT_DECAY)
+    opt = optim.Adam(probe.parameters(), lr=PROBE_LR, weight_decay=PROBE_WEIGHT_DECAY)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(probe_epochs(len(yt), epochs)):
         order = torch.randperm(len(yt), generator=gen)
