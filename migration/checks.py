@@ -28,7 +28,7 @@ figures (they are part of the manifest id).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -79,12 +79,9 @@ def _steady(device: torch.device) -> Iterator[None]:
     Figures are part of the manifest id: a float reduction split over another number of
     threads can round differently, so the checks run on as many threads everywhere.
     """
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-        blas: Any = threadpool_limits(limits=CPU_THREADS)
-    except ImportError:  # pragma: no cover - scikit-learn always brings it
-        blas = nullcontext()
+    blas: Any = threadpool_limits(limits=CPU_THREADS)
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(CPU_THREADS)

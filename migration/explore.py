@@ -13,7 +13,6 @@ import fnmatch
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,10 +68,8 @@ def _blas_threads() -> Any:
     hundred features): on a busy machine a second thread made H-score 50x slower (11-29 ms
     against 0.22 ms on 600 x 32 features), on an idle one it gains little.
     """
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover - scikit-learn always brings it
-        return nullcontext()
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
     return threadpool_limits(limits=CPU_THREADS, user_api="blas")
 
 
