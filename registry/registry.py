@@ -212,11 +212,13 @@ class Registry:
     def _names(self, kind: str) -> list[str]:
         key = ("names", kind)
         if key not in self._cache:
+            base, exists = self.rel(kind), self.tree.exists
+            # Each name is one plain folder name (no "/", not hidden): the joined text is
+            # the path `rel` would make, without a PurePosixPath for each.
             self._cache[key] = [
                 n
-                for n in self.tree.subdirs(self.rel(kind))
-                if self.tree.exists(self.rel(kind, n, SPEC_FILE))
-                or self.tree.exists(self.rel(kind, n, MANIFEST_FILE))
+                for n in self.tree.subdirs(base)
+                if exists(f"{base}/{n}/{SPEC_FILE}") or exists(f"{base}/{n}/{MANIFEST_FILE}")
             ]
         names: list[str] = self._cache[key]
         return names

@@ -6,6 +6,8 @@ same on the working tree and on `git` history (audits compare two of them).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -42,7 +44,7 @@ class WorkTree:
 
     def exists(self, path: str) -> bool:
         """True when the file exists."""
-        return (self.root / path).is_file()
+        return os.path.isfile(f"{self.root}/{path}")  # no Path: called for every file
 
     def subdirs(self, path: str) -> list[str]:
         """Sorted names of the immediate sub-folders of `path`."""
@@ -50,7 +52,8 @@ class WorkTree:
         if not folder.is_dir():
             return []
         confined(folder, self.root, path)
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        with os.scandir(folder) as entries:  # the entry's type, without a stat where it can
+            return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
 
 
 def git(repo: Path, *args: str, input_: bytes | None = None) -> bytes:
@@ -85,6 +88,11 @@ class GitTree:
             if kind == "blob":
                 self._blobs[path] = sha
         self._cache: dict[str, str] = {}
+
+    @property
+    def blobs(self) -> Mapping[str, str]:
+        """path -> blob id of every file in the revision (under the prefix)."""
+        return self._blobs
 
     def files(self) -> list[str]:
         """Every file path in the revision (under the prefix)."""
