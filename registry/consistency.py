@@ -6,7 +6,7 @@ raises for a bad file (a bad file is a violation), so one run reports everything
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -86,14 +86,30 @@ def _from_error(exc: StemmaError, subject: str, fallback: str) -> Violation:
 
 def check(reg: Registry) -> list[Violation]:
     """Every violation in the registry, in a stable order. Documents unchanged since they
-    last passed their schema are not validated again (`_validcache`)."""
+    last passed their schema are not validated again (`_validcache`), and model folders
+    unchanged since the last check are not read again (`_checkcache`)."""
+    return check_state(reg).violations
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What one check found: the violations, and what each model folder's files said."""
+
+    violations: list[Violation]
+    facts: Mapping[str, ModelFacts]
+
+
+def check_state(reg: Registry, borrowed: Mapping[str, ModelFacts] | None = None) -> Checked:
+    """`check`, with the facts of each model folder in `borrowed` taken as they are instead
+    of read (another state's check, of a folder whose files are the same here); with
+    `borrowed`, nothing is stored."""
     from . import _validcache
 
     with _validcache.remembering(reg.repo_root):
-        found = _check(reg)
-        if any(v.code not in _OUTCOMES for v in found):
+        checked = _check(reg, borrowed)
+        if any(v.code not in _OUTCOMES for v in checked.violations):
             _validcache.discard()  # bad input: the check changes no file
-    return found
+    return checked
 
 
 # Violations that judge a build's outcome, not a file's content: a registry that has them is
@@ -101,7 +117,7 @@ def check(reg: Registry) -> list[Violation]:
 _OUTCOMES = frozenset({STALE_MANIFEST, FAILED_GATE, FAILED_CHECK})
 
 
-def _check(reg: Registry) -> list[Violation]:
+def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
     found: list[Violation] = []
     datasets: dict[str, DatasetSpec] = {}
     models: dict[str, ModelSpec] = {}
@@ -125,7 +141,7 @@ def _check(reg: Registry) -> list[Violation]:
         except StemmaError as exc:
             found.append(_from_error(exc, subject, path))
     facts: dict[str, ModelFacts] = {}
-    cache = _folder_facts(reg)
+    cache = _folder_facts(reg) if borrowed is None else None
     for name in reg.model_names():
         if not NAME_RE.match(name):
             found.append(
@@ -137,9 +153,10 @@ def _check(reg: Registry) -> list[Violation]:
                 )
             )
             continue
-        known = _stored_facts(cache, name)
+        known = borrowed.get(name) if borrowed is not None else _stored_facts(cache, name)
         if known is not None:
             facts[name] = known
+            _remember_spec(reg, known)  # later readers of this registry need not parse it
         else:
             facts[name] = model_facts(reg, name)
             if cache is not None:
@@ -160,7 +177,14 @@ def _check(reg: Registry) -> list[Violation]:
         found += _manifest_checks(name, models, facts)
     if cache is not None and not any(v.code not in _OUTCOMES for v in found):
         cache.save()
-    return found
+    return Checked(found, facts)
+
+
+def _remember_spec(reg: Registry, facts: ModelFacts) -> None:
+    """Give the registry the spec document the facts hold, as if it had read it."""
+    spec = facts.spec
+    if spec is not None and not spec.registered:
+        reg.remember(spec.path, dict(spec.raw))
 
 
 def _stored_facts(cache: FolderFacts | None, name: str) -> ModelFacts | None:

@@ -315,6 +315,16 @@ class Registry:
         """Fill in the content id, validate and write a dataset manifest atomically."""
         return self._write_manifest("datasets", name, doc, DATASET_MANIFEST)
 
+    def remember(self, path: str, doc: dict[str, Any]) -> None:
+        """Take `doc` as the validated document of `path` (repo-relative) without reading
+        it: a check that knows the file unchanged since it validated it."""
+        self._cache[("doc", path)] = doc
+
+    def known(self, path: str) -> dict[str, Any] | None:
+        """The validated document of `path` read or remembered so far, if any (no I/O)."""
+        doc: dict[str, Any] | None = self._cache.get(("doc", path))
+        return doc
+
     def forget(self, path: str) -> None:
         """Drop what was read of `path` (repo-relative): a build has just replaced the file."""
         self._cache.pop(("doc", path), None)

@@ -119,7 +119,7 @@ class GitTree:
 
     def exists(self, path: str) -> bool:
         """True when the file exists at the revision."""
-        return str(PurePosixPath(path)) in self._blobs
+        return path in self._blobs or str(PurePosixPath(path)) in self._blobs
 
     def read_text(self, path: str) -> str | None:
         """The file's text at the revision, or None when absent."""
