@@ -149,9 +149,15 @@ def link(base: State, head: State) -> None:
         if path and (not prefix or path.startswith(prefix + "/")):
             differ.add(path[len(prefix) + 1 :] if prefix else path)
     base_tree, head_tree = base.reg.tree, head.reg.tree
+    known: dict[str, bool] = {}
 
     def same(path: str) -> bool:
-        return path not in differ and base_tree.exists(path) == head_tree.exists(path)
+        if path not in known:
+            # A file of the base that git does not list is the head's; one the base lacks
+            # is the same only where the head lacks it too (not an untracked file).
+            there = base_tree.exists(path)
+            known[path] = path not in differ and (there or not head_tree.exists(path))
+        return known[path]
 
     base.same, base.head = same, head
     _documents(base, base.reg, head)

@@ -36,8 +36,6 @@ FILE = Path(".stemma") / "checked"
 FORMAT = "stemma-checked/1"
 # The files of a model folder whose content the facts depend on.
 FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json")
-# Entries kept per model: the working tree and one git revision (an audit reads both).
-KEEP_PER_MODEL = 2
 
 
 def _header(reg: Registry) -> str:
@@ -135,7 +133,7 @@ class FolderFacts:
         self.path = reg.repo_root / FILE
         self.stamps = stamps
         self.header = _header(reg)
-        self.stored: dict[str, list[Any]] = {}  # name -> [[stamp, facts], ...], newest first
+        self.stored: dict[str, list[Any]] = {}  # name -> [[stamp, facts]]
         self.used: dict[str, list[Any]] = {}
         try:
             doc = json.loads(self.path.read_bytes())
@@ -171,17 +169,8 @@ class FolderFacts:
             self.used[name] = [stamp, facts]
 
     def save(self) -> None:
-        """Write the facts of this check (and, per folder, the last other state seen)."""
-        models: dict[str, list[Any]] = {}
-        for name, entry in self.used.items():
-            kept = [entry]
-            others = self.stored.get(name)
-            for other in others if isinstance(others, list) else ():
-                if len(kept) >= KEEP_PER_MODEL:
-                    break
-                if isinstance(other, list) and other and other[0] != entry[0]:
-                    kept.append(other)
-            models[name] = kept
+        """Write the facts of this check (the folders it did not see are dropped)."""
+        models = {name: [entry] for name, entry in self.used.items()}
         if models == self.stored:
             return
         import contextlib

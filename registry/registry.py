@@ -168,6 +168,11 @@ class Registry:
 
     def rel(self, *parts: str) -> str:
         """A repo-relative POSIX path under the registry root."""
+        joined = "/".join(parts) if self.rel_root == "." else "/".join((self.rel_root, *parts))
+        # Already normal (no empty or "." part, not absolute): what PurePosixPath would give,
+        # without building one (this runs for every file of every model).
+        if joined and "//" not in joined and "/./" not in f"/{joined}/" and joined[0] != "/":
+            return joined if joined[-1] != "/" else str(PurePosixPath(joined))
         return str(PurePosixPath(self.rel_root, *parts))
 
     def model_dir(self, name: str) -> Path:
@@ -225,11 +230,18 @@ class Registry:
 
     def has_model(self, name: str) -> bool:
         """True when a model of that name is declared."""
-        return name in self.model_names()
+        return name in self._name_set("models")
 
     def has_dataset(self, name: str) -> bool:
         """True when a dataset of that name is declared."""
-        return name in self.dataset_names()
+        return name in self._name_set("datasets")
+
+    def _name_set(self, kind: str) -> frozenset[str]:
+        key = ("name set", kind)
+        if key not in self._cache:
+            self._cache[key] = frozenset(self._names(kind))
+        names: frozenset[str] = self._cache[key]
+        return names
 
     def model_spec(self, name: str) -> ModelSpec:
         """The validated spec of a model."""
