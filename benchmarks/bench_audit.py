@@ -8,7 +8,8 @@ learning rate, so the audit compares two states that differ in one file (and rep
 model's manifest as stale). Each command runs as a user runs it, in a fresh process,
 interleaved with `stemma ls` in each round so the machine's drift hits both alike. Reported:
 median and minimum wall time, peak memory of the audit process, and the ratio of the
-medians (target, DESIGN.md / the scale targets: within 10x of `stemma ls`).
+medians (target, DESIGN.md / the scale targets: within 10x of `stemma ls`), and beside them
+`stemma pipeline --check`, the check of the pipeline files that the audit runs on the head.
 
 `--cold` removes `.stemma/` before every audit: the first audit after a checkout.
 """
@@ -85,7 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     root = registry(args.work, args.models)
-    commands = {"ls": ["ls"], "audit": ["audit", "--base", "HEAD~1", "--format", "json"]}
+    commands = {
+        "ls": ["ls"],
+        "audit": ["audit", "--base", "HEAD~1", "--format", "json"],
+        # The audit checks the head's pipeline files as `pipeline --check` does: its share.
+        "pipeline_check": ["pipeline", "--check"],
+    }
     for name in commands:  # warm: the index, bytecode caches, the check's cache
         run(root, commands[name])
     times: dict[str, list[float]] = {name: [] for name in commands}

@@ -12,7 +12,8 @@ metrics.json and curve.json (mode, size, inode, mtime and ctime in nanoseconds),
 pass before any file is read. A folder is trusted only when all of it is plain (no link, only
 regular files) and no stamp is too recent: a file changed within RACY_NS of the check may
 change again without its stat changing (git's "racy" rule), so such a folder is read again
-until it is older. A stamp of a git revision is the blob ids of the same files: content.
+until it is older. A git revision keeps no facts here: an audit's base takes the head's facts
+of the folders whose files git finds the same (`stemma.lineage._audit_state`).
 
 The facts live in `.stemma/checked` beside the query index (a cache, ignored by git), written
 only by a check that found no bad input, like `_validcache`.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,22 +107,6 @@ def work_stamps(root: Path) -> dict[str, str]:
     finally:
         os.close(fd)
     return out
-
-
-def blob_stamps(blobs: Mapping[str, str], prefix: str) -> dict[str, str]:
-    """name -> stamp (the blob ids of its files) of each model folder of a git revision whose
-    files are `blobs` (path -> blob id; `prefix` is the registry root in the repository)."""
-    base = "models/" if prefix in ("", ".") else f"{prefix}/models/"
-    found: dict[str, dict[str, str]] = {}
-    for path, sha in blobs.items():
-        if path.startswith(base):
-            name, _, fname = path[len(base) :].partition("/")
-            if fname in FOLDER_FILES:
-                found.setdefault(name, {})[fname] = sha
-    return {
-        name: "git " + " ".join(files.get(f, "-") for f in FOLDER_FILES)
-        for name, files in found.items()
-    }
 
 
 class FolderFacts:

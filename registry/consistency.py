@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ._checkcache import FolderFacts, blob_stamps, work_stamps
+from ._checkcache import FolderFacts, work_stamps
 from .dag import Forest
 from .errors import LocatedError, StemmaError
 from .naming import NAME_RE, NAME_RULE, parse_source
@@ -201,17 +201,12 @@ def _stored_facts(cache: FolderFacts | None, name: str) -> ModelFacts | None:
 
 
 def _folder_facts(reg: Registry) -> FolderFacts | None:
-    """The stored facts of the model folders, with their stamps now (None: none apply)."""
-    from .tree import GitTree, WorkTree
+    """The stored facts of the working tree's model folders, with their stamps now (None for
+    a git revision: an audit's base takes the head's facts of the folders that are the same)."""
+    from .tree import WorkTree
 
-    tree = reg.tree
-    if isinstance(tree, WorkTree):
+    if isinstance(reg.tree, WorkTree):
         return FolderFacts(reg, work_stamps(reg.root))
-    inner = getattr(tree, "inner", tree)  # a registry below the repository's top
-    if isinstance(inner, GitTree):
-        parts = [getattr(tree, "prefix", ""), reg.rel_root]
-        prefix = "/".join(p for p in parts if p not in ("", "."))
-        return FolderFacts(reg, blob_stamps(inner.blobs, prefix))
     return None
 
 

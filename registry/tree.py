@@ -7,7 +7,6 @@ same on the working tree and on `git` history (audits compare two of them).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -88,11 +87,6 @@ class GitTree:
             if kind == "blob":
                 self._blobs[path] = sha
         self._cache: dict[str, str] = {}
-
-    @property
-    def blobs(self) -> Mapping[str, str]:
-        """path -> blob id of every file in the revision (under the prefix)."""
-        return self._blobs
 
     def files(self) -> list[str]:
         """Every file path in the revision (under the prefix)."""
