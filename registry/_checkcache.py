@@ -38,15 +38,27 @@ FORMAT = "stemma-checked/1"
 FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json")
 
 
+# The modules whose code turns a folder's files into its facts: a change to any of them (an
+# upgrade, a message reworded) makes every stored fact stale.
+CODE = ("consistency.py", "records.py", "metricfiles.py", "files.py", "naming.py", "yamlio.py")
+
+
 def _header(reg: Registry) -> str:
     """What the facts depend on besides the folders: this format, the stemma version, the
-    schemas and where the registry root is."""
+    code that finds them, the schemas and where the registry root is."""
     import hashlib
     from importlib import resources
 
     from . import __version__
 
     digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in CODE:
+        try:
+            code = (here / name).read_bytes()
+        except OSError:  # installed without its sources: the version stands for the code
+            code = b""
+        digest.update(name.encode() + b"\0" + code)
     folder = resources.files("stemma.schemas")
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
