@@ -40,7 +40,16 @@ FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json")
 
 # The modules whose code turns a folder's files into its facts: a change to any of them (an
 # upgrade, a message reworded) makes every stored fact stale.
-CODE = ("consistency.py", "records.py", "metricfiles.py", "files.py", "naming.py", "yamlio.py")
+CODE = (
+    "consistency.py",
+    "registry.py",
+    "records.py",
+    "errors.py",
+    "metricfiles.py",
+    "files.py",
+    "naming.py",
+    "yamlio.py",
+)
 
 
 def _header(reg: Registry) -> str:
