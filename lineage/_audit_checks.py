@@ -19,7 +19,8 @@ from stemma.registry.files import content_id
 from stemma.registry.naming import parse_source
 from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
 
-from ._audit_state import State, raw_yaml
+from ._audit_state import State
+from ._audit_state import raw_yaml as _yaml
 
 LOCK_MISMATCH = "lock-mismatch"
 PIPELINE_OUT_OF_SYNC = "pipeline-out-of-sync"
@@ -92,7 +93,7 @@ def state_violations(state: State, codes: Collection[str] | None = None) -> list
 
 
 def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
-    lock = raw_yaml(state.text(LOCK_FILE))
+    lock = _yaml(state.text(LOCK_FILE))
     if not isinstance(lock, dict):
         return []
     locked: dict[str, str] = {}

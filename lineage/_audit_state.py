@@ -49,8 +49,12 @@ class State:
     checked: cons.Checked | None = None  # the consistency check, once run
 
     def text(self, path: str) -> str | None:
-        """A repo-relative file of this state, or None."""
-        return self.reg.tree.read_text(path) if self.reg is not None else None
+        """A repo-relative file of this state, or None (the head's, where it is the same)."""
+        if self.reg is None:
+            return None
+        if self.head is not None and self.same_file(path):
+            return self.head.text(path)
+        return self.reg.tree.read_text(path)
 
     def same_file(self, path: str) -> bool:
         """True when `path` is known to be the same file in this state and the head."""
