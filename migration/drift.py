@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.spatial.distance import cdist, pdist, squareform
 from stemma.registry.errors import BuildError
 
 DEFAULT_SHRINKAGE = 0.01
@@ -110,6 +109,8 @@ def _fit_moments(
 
 def _scores(means: np.ndarray, whitening: np.ndarray, features: np.ndarray) -> np.ndarray:
     """Minimum over classes of the squared Mahalanobis distance, via whitened coordinates."""
+    from scipy.spatial.distance import cdist  # 0.24 s to import: only builds that check drift
+
     # Whitening then Euclidean distance avoids the cancellation of x'Px - 2x'Pmu + mu'Pmu.
     distances = cdist(features @ whitening, means @ whitening, metric="sqeuclidean")
     return np.asarray(distances.min(axis=1))
@@ -208,6 +209,8 @@ def _mmd_test(
     x: Any, y: Any, permutations: int, seed: int, max_samples: int
 ) -> tuple[float, float, float]:
     """MMD^2, its p-value and the kernel bandwidth."""
+    from scipy.spatial.distance import pdist, squareform  # see _scores
+
     first = _as_features("first MMD sample", x)
     second = _as_features("second MMD sample", y, dim=first.shape[1])
     if permutations < 0 or max_samples < 2:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .architectures import head_of, penultimate
 from .build import load_dataset, load_model
+from .data import DatasetArrays
 from .train import CPU_THREADS, resolve_device
 
 CACHE_DIR = "features"
@@ -39,7 +40,7 @@ class Features:
     labels: np.ndarray
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: the features are only read
 def compute(
     module: nn.Module, x: np.ndarray, device: str = "auto", batch_size: int = BATCH
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -114,11 +115,13 @@ def extract(
     *,
     device: str = "auto",
     cache: bool = True,
+    data: DatasetArrays | None = None,
 ) -> Features:
     """Features and source-head probabilities of a built model on a built dataset's split.
 
     Read from the cache when (model manifest id, dataset manifest id, split) was seen before;
-    otherwise computed (eval mode, no grad, batched, CUDA when available) and cached.
+    otherwise computed (eval mode, no grad, batched, CUDA when available) and cached. `data`:
+    the dataset's arrays when the caller has loaded them already (one load for many models).
     """
     if split not in SPLITS:
         raise BuildError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -139,7 +142,7 @@ def extract(
         hit = _read(path, model_manifest.id, dataset_manifest.id)
         if hit is not None:
             return hit
-    arrays = load_dataset(reg, dataset_name)
+    arrays = load_dataset(reg, dataset_name) if data is None else data
     x, y = (arrays.x_train, arrays.y_train) if split == "train" else (arrays.x_eval, arrays.y_eval)
     feats, probs = compute(load_model(reg, model_name), x, device)
     found = Features(feats, probs, np.asarray(y))  # class ids, or regression targets

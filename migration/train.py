@@ -8,8 +8,10 @@ cached and the recomputed paths compute the same function.
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ from stemma.registry.errors import BuildError
 from stemma.registry.taskspec import LOSSES as TASK_LOSSES
 from torch import nn
 
+from . import optim
 from .architectures import FeatureStage, head_of, stages
 from .evaluate import autocast, predict
 from .families import input_dtype
@@ -112,21 +115,52 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(
     params: Sequence[nn.Parameter], cfg: TrainConfig, display: str = "spec.yaml"
-) -> torch.optim.Optimizer:
-    """The optimizer the config names."""
+) -> optim.Optimizer:
+    """The optimizer the config names (torch.optim's update rules, see migration/optim.py)."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
+        return optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay or 0.0
         )
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0)
+        return optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0)
     if cfg.optimizer == "adamw":
-        wd = 0.01 if cfg.weight_decay is None else cfg.weight_decay
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
+        wd = 0.01 if cfg.weight_decay is None else cfg.weight_decay  # torch.optim.AdamW's
+        return optim.Adam(params, lr=cfg.lr, weight_decay=wd, decoupled=True)
     raise BuildError(
         f"{display} at /training/optimizer: unknown optimizer {cfg.optimizer!r};"
         f" use one of {', '.join(OPTIMIZERS)}"
     )
+
+
+@contextmanager
+def cpu_threads(device: torch.device) -> Iterator[None]:
+    """On the CPU, torch runs `CPU_THREADS` intra-op threads inside the block (see there)."""
+    prior = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prior)
+
+
+def set_deterministic(mode: bool) -> None:
+    """`torch.use_deterministic_algorithms(mode)` without loading the compiler stack.
+
+    torch's public function does two things: it sets ATen's flag (`torch._C.
+    _set_deterministic_algorithms`, what makes eager kernels pick deterministic algorithms
+    or refuse to run) and `torch._inductor.config.deterministic`, which only compiled graphs
+    read. Importing that config imports torch._inductor and torch._dynamo: 1.0 s on its own,
+    against 1.1 s for `import torch` (`benchmarks/bench_build.py --startup`,
+    `import_torch_deterministic_s`), and a build never compiles. So the flag is set through
+    the private binding (the one torch's function calls, unchanged since torch 1.11), and
+    inductor's setting only where something else has loaded it. tests/test_optim.py checks
+    that torch reads the flag back and that eager kernels obey it.
+    """
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode
+    torch._C._set_deterministic_algorithms(mode)
 
 
 def frozen_prefix(module: nn.Module) -> int:
@@ -171,28 +205,25 @@ def train(
     deterministic = device.type == "cpu"
     amp = cfg.amp and device.type == "cuda"
     prior = torch.are_deterministic_algorithms_enabled()
-    prior_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(deterministic)
-    if deterministic:
-        torch.set_num_threads(CPU_THREADS)
+    set_deterministic(deterministic)
     try:
-        return _train(
-            module,
-            x_train,
-            y_train,
-            x_eval,
-            y_eval,
-            cfg,
-            device,
-            amp,
-            features,
-            progress,
-            display,
-            deterministic,
-        )
+        with cpu_threads(device):
+            return _train(
+                module,
+                x_train,
+                y_train,
+                x_eval,
+                y_eval,
+                cfg,
+                device,
+                amp,
+                features,
+                progress,
+                display,
+                deterministic,
+            )
     finally:
-        torch.use_deterministic_algorithms(prior)
-        torch.set_num_threads(prior_threads)
+        set_deterministic(prior)
 
 
 def _train(

@@ -10,6 +10,7 @@ at the repository root, and DVC writes a dvc.lock beside it. `dvc repro`, `dvc s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,6 +27,7 @@ from .registry import SPEC_FILE, Registry
 from .tree import WorkTree
 
 LOCK_FILE = "dvc.lock"
+Read = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
@@ -40,24 +42,15 @@ class Changes:
         return bool(self.written or self.removed or self.locks_moved)
 
 
-def folder_files(reg: Registry) -> list[str]:
-    """Every path where a folder's dvc.yaml or dvc.lock may lie (for reading a git revision
-    in one batch)."""
-    return [
-        reg.rel(kind, name, leaf)
-        for kind in ("datasets", "models")
-        for name in reg.tree.subdirs(reg.rel(kind))
-        for leaf in (PIPELINE_FILE, LOCK_FILE)
-    ]
-
-
-def generated_files(reg: Registry) -> list[str]:
-    """The per-folder dvc.yaml files in the tree that `stemma pipeline` wrote (its header)."""
+def generated_files(reg: Registry, read: Read | None = None) -> list[str]:
+    """The per-folder dvc.yaml files in the tree that `stemma pipeline` wrote (its header);
+    `read` reads a repo-relative file (default: the registry's tree)."""
+    read = reg.tree.read_text if read is None else read
     found = []
     for kind in ("datasets", "models"):
         for name in reg.tree.subdirs(reg.rel(kind)):
             path = reg.rel(kind, name, PIPELINE_FILE)
-            text = reg.tree.read_text(path)
+            text = read(path)
             if text is not None and text.startswith(HEADER):
                 found.append(path)
     return found
@@ -79,21 +72,23 @@ OUT_OF_STEP = "is out of step with the specs"
 ORPHAN = "belongs to no dataset or model"
 
 
-def differences(reg: Registry) -> list[Difference]:
+def differences(reg: Registry, read: Read | None = None) -> list[Difference]:
     """Each pipeline file that differs from what the specs imply (the root dvc.yaml first,
     then the folders' files in build order, then generated files nothing declares now);
-    empty when all are in step. On the working tree an unchanged registry is checked
+    empty when all are in step. `read` reads a repo-relative file of the state compared
+    (default: the registry's tree). On the working tree an unchanged registry is checked
     against the hashes of its last render (`_pipecache`)."""
-    fast = _cached_differences(reg)
+    fast = _cached_differences(reg) if read is None else None
     if fast is not None:
         return fast
+    read = reg.tree.read_text if read is None else read
     want = rendered(reg)
     found = []
     for path, text in want.items():
-        have = reg.tree.read_text(path)
+        have = read(path)
         if have != text:
             found.append(Difference(path, MISSING if have is None else OUT_OF_STEP))
-    found += [Difference(p, ORPHAN) for p in generated_files(reg) if p not in want]
+    found += [Difference(p, ORPHAN) for p in generated_files(reg, read) if p not in want]
     return found
 
 
@@ -249,11 +244,11 @@ def _home(reg: Registry, stage: str) -> str:
     return stage_file(reg, "dataset" if kind == "dataset" else "model", name)
 
 
-def lock_files(reg: Registry) -> list[str]:
-    """Every dvc.lock of the pipeline in the tree: the root one, then one per folder."""
-    paths = [LOCK_FILE] if reg.tree.exists(LOCK_FILE) else []
-    for path in generated_files(reg):
-        lock = str(PurePosixPath(path).with_name(LOCK_FILE))
-        if reg.tree.exists(lock):
-            paths.append(lock)
-    return paths
+def lock_files(reg: Registry, read: Read | None = None) -> list[str]:
+    """Every dvc.lock of the pipeline in the tree: the root one, then one per folder
+    (`read` as for `differences`)."""
+    paths = [LOCK_FILE]
+    for path in generated_files(reg, read):
+        paths.append(str(PurePosixPath(path).with_name(LOCK_FILE)))
+    read = reg.tree.read_text if read is None else read
+    return [path for path in paths if read(path) is not None]

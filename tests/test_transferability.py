@@ -197,6 +197,15 @@ def test_hscore_matches_loop() -> None:
     assert hscore(features, labels) == pytest.approx(_hscore_loop(features, labels), rel=1e-8)
 
 
+def test_hscore_with_fewer_samples_than_dimensions_matches_loop() -> None:
+    # fewer samples than dimensions: a rank-deficient covariance, its pseudo-inverse
+    features, labels = _blobs(30, 6, 3, shift=1.0, seed=8)
+    wide = np.hstack([features, np.random.default_rng(8).normal(size=(30, 44))])
+    assert hscore(wide, labels) == pytest.approx(_hscore_loop(wide, labels), rel=1e-6)
+    tall = np.vstack([wide, wide])  # same covariance and class means, now N > D
+    assert hscore(wide, labels) == pytest.approx(hscore(tall, np.tile(labels, 2)), rel=1e-9)
+
+
 def test_hscore_bounds_and_affine_invariance() -> None:
     features, labels = _blobs(200, 8, 4, seed=7)
     assert hscore(np.eye(4)[labels], labels) == pytest.approx(3.0, rel=1e-9)  # C - 1
