@@ -51,7 +51,9 @@ def _sh(args: list[str], cwd: Path) -> float:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     start = time.perf_counter()
-    subprocess.run(args, cwd=cwd, check=True, capture_output=True, env=env)
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:2])} failed:\n{(done.stdout + done.stderr)[-3000:]}")
     return time.perf_counter() - start
 
 
