@@ -93,14 +93,17 @@ def state_violations(state: State, codes: Collection[str] | None = None) -> list
 
 
 def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
-    lock = _yaml(state.text(LOCK_FILE))
-    if not isinstance(lock, dict):
-        return []
+    from stemma.registry.pipefiles import lock_files
+
     locked: dict[str, str] = {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in (stage or {}).get("outs") or []:
-            if isinstance(out, dict) and "path" in out and "md5" in out:
-                locked[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
+    for path in lock_files(reg, state.text):  # the root's, and one beside each folder's dvc.yaml
+        lock = _yaml(state.text(path))
+        if not isinstance(lock, dict):
+            continue
+        for stage in (lock.get("stages") or {}).values():
+            for out in (stage or {}).get("outs") or []:
+                if isinstance(out, dict) and "path" in out and "md5" in out:
+                    locked[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
     found = []
     for name in sorted(state.models):
         manifest = state.manifests.get(f"model:{name}")
@@ -122,25 +125,22 @@ def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
 
 
 def _pipeline(state: State, reg: Registry) -> list[Violation]:
-    from stemma.registry.pipeline import PIPELINE_FILE, render
+    from stemma.registry.pipefiles import differences
 
     if not state.models and not state.datasets:
         return []
     try:
-        want = render(reg)
+        found = differences(reg, state.text if state.head is not None else None)
     except StemmaError:  # specs too broken to render: their own violations say why
         return []
-    have = state.text(PIPELINE_FILE)
-    if have == want:
-        return []
-    what = "is missing" if have is None else "is out of step with the specs"
     return [
         Violation(
             PIPELINE_OUT_OF_SYNC,
-            PIPELINE_FILE,
-            f"{PIPELINE_FILE} {what}; run `stemma pipeline` and commit it",
+            diff.path,
+            f"{diff}; run `stemma pipeline` and commit it",
             subject="pipeline",
         )
+        for diff in found
     ]
 
 
