@@ -52,9 +52,10 @@ def repro(
     if dry or as_json:
         if as_json:
             emit_json(plan.to_dict())
+        elif plan.targets:
+            typer.echo("\n".join(plan.targets))
         else:
-            for target in plan.targets:
-                typer.echo(target)
+            typer.echo("nothing to reproduce: every model and dataset is up to date")
         return
     if not plan.targets:
         typer.echo("nothing to reproduce: every model and dataset is up to date")
