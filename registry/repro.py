@@ -9,6 +9,10 @@ targets `PATH/dvc.yaml:STAGE`. `dvc repro --single-item TARGETS...` runs them in
 DVC still checks each stage against its own dvc.lock, runs it when it changed, and records
 it in the dvc.lock beside it, as a full `dvc repro` would.
 
+A stage whose output is missing from the working tree (a fresh clone that has not run
+`dvc pull`, an output deleted by hand) is handed to DVC as well, as `dvc repro` would find
+it: the manifest in git says the model was built, not that its weights are here.
+
 What only DVC sees (stemma.yaml's settings, an entrypoint's code, a data file edited in
 place) is not in the index: `dvc repro` (or `stemma repro NAME`, which hands DVC the model
 itself) finds those.
@@ -25,8 +29,8 @@ from . import status
 from .dag import Forest
 from .dag import build_order as dag_order
 from .errors import ModelNotFound
-from .pipeline import stage_file, stage_name
-from .registry import Registry
+from .pipeline import ADAPTER_DIR, stage_file, stage_name
+from .registry import DATA_FILE, WEIGHTS_FILE, Registry
 
 TO_BUILD = (status.STALE, status.UNBUILT)
 
@@ -105,6 +109,9 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
     affected = set(forest.union(roots))
     affected |= {m for m, d in deps.items() if affected.intersection(d)}  # explorations
     affected &= set(rows.declared)  # registered models have no stage
+    absent_models, absent_data = _absent_outputs(reg, rows)
+    affected |= absent_models
+    stale_data |= absent_data
     data = set(stale_data)
     if targets:
         models, data = _restrict(rows, forest, deps, affected, stale_data, targets, downstream)
@@ -119,6 +126,20 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
             out.targets.append(f"{where}:{stage_name('explore', name)}")
         out.targets.append(f"{where}:{stage_name('model', name)}")
     return out
+
+
+def _absent_outputs(reg: Registry, rows: _Rows) -> tuple[set[str], set[str]]:
+    """Declared models with neither weights nor an adapter folder on disk, and datasets with
+    no data file: their stages have an output to make (one stat each, no file read)."""
+    root = reg.root
+    models = {
+        m
+        for m in rows.declared
+        if not (root / "models" / m / WEIGHTS_FILE).exists()
+        and not (root / "models" / m / ADAPTER_DIR).is_dir()
+    }
+    data = {d for d in rows.dataset_status if not (root / "datasets" / d / DATA_FILE).exists()}
+    return models, data
 
 
 def _restrict(

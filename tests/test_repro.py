@@ -40,8 +40,27 @@ def _locked(root: Path, rel: Path) -> Any:
 def _synthetic(tmp_path: Path) -> Registry:
     root = tmp_path / "reg"
     synth.generate(root, 60, shape="mixed", seed=3, family_size=20, unbuilt=0.1)
+    for kind, out in (("datasets", "data.npz"), ("models", "weights.safetensors")):
+        for folder in (root / kind).iterdir():  # what a built entry has beside its manifest
+            if (folder / "manifest.json").exists():
+                (folder / out).write_bytes(b"stand-in")
     git(root, "init", "-q")
     return Registry.open(root)
+
+
+def test_plan_takes_stages_whose_outputs_are_missing(tmp_path: Path) -> None:
+    """A fresh clone has the manifests from git but no weights until `dvc pull`: those stages
+    are handed to DVC, as `dvc repro` finds them, and nothing else is."""
+    reg = _synthetic(tmp_path)
+    before = repro.plan(reg)
+    fresh = next(n for n in reg.model_names() if n not in before.models)
+    (reg.model_dir(fresh) / "weights.safetensors").unlink()
+    dataset = reg.dataset_names()[0]
+    (reg.dataset_dir(dataset) / "data.npz").unlink()
+    after = repro.plan(reg)
+    assert set(after.models) == {*before.models, fresh}
+    assert after.datasets == sorted({*before.datasets, dataset})
+    assert after.targets[0] == f"datasets/{dataset}/dvc.yaml:dataset-{dataset}"
 
 
 def test_plan_is_the_stale_set_and_its_descendants_in_lineage_order(tmp_path: Path) -> None:
