@@ -42,7 +42,7 @@ __all__ = [
 
 _EPS = float(np.finfo(np.float64).eps)
 _EPS32 = float(np.finfo(np.float32).eps)
-_KNN_CHUNK = 1024  # query rows per similarity block: chunk * N float32 stays a few tens of MB
+_KNN_CHUNK = 256  # query rows per similarity block: chunk * N float32 stays a few MB
 
 
 def _labels(labels: Any, n: int | None = None, name: str = "labels") -> tuple[np.ndarray, int]:
@@ -336,7 +336,8 @@ def knn_accuracy(features: Any, labels: Any, k: int = 5, folds: int = 5, seed: i
     Samples are shuffled with ``seed`` and split into ``folds`` folds; each fold is classified
     by majority vote of its k most cosine-similar samples among the other folds (cosine, so the
     score ignores each sample's feature norm); ties go to the class whose tied neighbours are
-    more similar in total. Returns the fraction classified correctly, in [0, 1].
+    more similar in total (an exact tie for the k-th neighbour goes to the earlier sample).
+    Returns the fraction classified correctly, in [0, 1].
     Deterministic given the seed. ``folds`` above N means leave-one-out.
     """
     x = _matrix("features", features)
@@ -345,28 +346,62 @@ def knn_accuracy(features: Any, labels: Any, k: int = 5, folds: int = 5, seed: i
         raise ValueError(f"k must be at least 1, got {k}")
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
-    n = x.shape[0]
+    n, d = x.shape
     unit = _unit_rows(x)
+    unit32 = unit.astype(np.float32)
+    # |float32 cosine - float64 cosine| of unit rows: each row rounded to float32, then a
+    # float32 dot product of length d; this is at least twice the worst case
+    slack = (d + 2) * _EPS32
     order = np.random.default_rng(seed).permutation(n)
     correct = 0
     for fold in np.array_split(order, min(folds, n)):
         held_out = np.zeros(n, dtype=bool)
         held_out[fold] = True
-        reference = unit[~held_out]
-        reference_labels = y[~held_out]
-        kk = min(k, reference.shape[0])
+        kept = np.flatnonzero(~held_out)
+        kk = min(k, kept.shape[0])
         for start in range(0, fold.shape[0], _KNN_CHUNK):
             query = fold[start : start + _KNN_CHUNK]
-            sims = unit[query] @ reference.T
-            nearest = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            near_sims = np.take_along_axis(sims, nearest, axis=1)
-            hits = reference_labels[nearest][:, :, None] == np.arange(classes)  # (q, kk, C)
+            nearest, near_sims = _nearest(unit, unit32, query, kept, kk, slack)
+            hits = y[nearest][:, :, None] == np.arange(classes)  # (q, kk, C)
             votes = hits.sum(axis=1)
             # (summed similarity + kk) / (2 kk + 1) lies in [0, 1): it breaks ties, never votes.
             tie_break = (np.einsum("qkc,qk->qc", hits, near_sims) + kk) / (2 * kk + 1)
             predicted = np.argmax(votes + tie_break, axis=1)
             correct += int(np.sum(predicted == y[query]))
     return float(correct / n)
+
+
+def _nearest(
+    unit: np.ndarray,
+    unit32: np.ndarray,
+    query: np.ndarray,
+    kept: np.ndarray,
+    kk: int,
+    slack: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (q, kk) into `unit` of each query row's kk most cosine-similar rows of `kept`,
+    most similar first (an exact tie goes to the earlier row), and their float64 similarities.
+
+    The similarities are screened in float32 (half the time of float64): the kk-th largest of
+    the maxima of disjoint groups of columns is at most the kk-th largest similarity, and every
+    row whose float32 similarity is within 2 * slack of it is a candidate. Only candidates get
+    their float64 similarity, so the choice is that of float64 similarities throughout.
+    """
+    q, groups = query.shape[0], min(kept.shape[0], max(64, 8 * kk))
+    width = kept.shape[0] // groups
+    sims = unit32[query] @ unit32[kept].T  # (q, len(kept)) float32
+    maxima = sims[:, : groups * width].reshape(q, groups, width).max(axis=2)
+    floor = np.partition(maxima, groups - kk, axis=1)[:, groups - kk]
+    rows, cols = np.nonzero(sims >= (floor - 2 * slack)[:, None])
+    if rows.shape[0] > 64 * kk * q:  # many near-equal similarities (duplicated samples)
+        rows, cols = np.nonzero(np.ones(sims.shape, dtype=bool))
+        exact = (unit[query] @ unit[kept].T).reshape(-1)
+    else:
+        exact = np.einsum("ij,ij->i", unit[query[rows]], unit[kept[cols]])
+    ranked = np.lexsort((-exact, rows))  # by query row, then most similar first (stable)
+    rows, cols, exact = rows[ranked], cols[ranked], exact[ranked]
+    pick = np.searchsorted(rows, np.arange(q))[:, None] + np.arange(kk)
+    return kept[cols[pick]], exact[pick]
 
 
 def _nce_from_probs(source_probs: Any, labels: Any) -> float:
