@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "ls": "registry",
     "show": "registry",
     "pipeline": "pipeline",
+    "repro": "repro",
     "register": "build",
     "verify": "verify",
     "report": "report",

@@ -1,4 +1,4 @@
-"""`stemma pipeline`: write dvc.yaml from the specs, or check that it is in step."""
+"""`stemma pipeline`: write the pipeline files from the specs, or check that they are in step."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from stemma.registry import Registry
+from stemma.registry import Registry, pipefiles
 from stemma.registry import pipeline as lib
 
 from ._common import RepoOpt, fail
@@ -19,16 +19,28 @@ def register(app: typer.Typer) -> None:
 
 def pipeline(
     check: Annotated[
-        bool, typer.Option("--check", help="Change nothing; exit 1 when dvc.yaml is out of step.")
+        bool,
+        typer.Option("--check", help="Change nothing; exit 1 when a pipeline file is out of step."),
     ] = False,
     repo: RepoOpt = Path("."),
 ) -> None:
-    """Write dvc.yaml (one stage per dataset and model, parents first) from the specs."""
+    """Write dvc.yaml files from the specs: the root one (artifacts, your own stages) and
+    one per dataset and model folder, parents first."""
     reg = Registry.open(repo)
     if check:
-        if not lib.in_sync(reg):
-            raise fail(f"{lib.PIPELINE_FILE} is out of step with the specs; run `stemma pipeline`")
-        typer.echo(f"{lib.PIPELINE_FILE} is in step with the specs")
+        found = pipefiles.differences(reg)
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise fail(f"{found[0]}{more}; run `stemma pipeline`")
+        typer.echo(f"{lib.PIPELINE_FILE} files are in step with the specs")
         return
-    changed = lib.write(reg)
-    typer.echo(f"{'wrote' if changed else 'unchanged'} {lib.PIPELINE_FILE}")
+    changes = pipefiles.write(reg)
+    if not changes:
+        typer.echo(f"unchanged {lib.PIPELINE_FILE} files")
+        return
+    parts = [f"wrote {len(changes.written)} {lib.PIPELINE_FILE} files"]
+    if changes.removed:
+        parts.append(f"removed {len(changes.removed)} stale files")
+    if changes.locks_moved:
+        parts.append(f"moved {changes.locks_moved} lock entries out of the root dvc.lock")
+    typer.echo(", ".join(parts))

@@ -6,21 +6,21 @@ Codes and rules are documented in `stemma.lineage.audit`; this module reads the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from stemma.registry import Registry
 from stemma.registry import consistency as cons
 from stemma.registry.consistency import Violation
-from stemma.registry.errors import LocatedError, RegistryNotFound, StemmaError
-from stemma.registry.files import content_id, parse_json_text
+from stemma.registry.errors import StemmaError
+from stemma.registry.files import content_id
 from stemma.registry.naming import parse_source
 from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
-from stemma.registry.yamlio import load_yaml_text
 
-from .graph import prefetch_documents
+from ._audit_state import State
+from ._audit_state import raw_yaml as _yaml
 
 LOCK_MISMATCH = "lock-mismatch"
 PIPELINE_OUT_OF_SYNC = "pipeline-out-of-sync"
@@ -36,7 +36,6 @@ CODES = (
     REMOVED_WITH_DESCENDANTS,
 )
 LOCK_FILE = "dvc.lock"
-WORKING_TREE = "working tree"
 
 
 @dataclass(frozen=True)
@@ -61,69 +60,6 @@ class Finding:
         return asdict(self)
 
 
-@dataclass
-class State:
-    """One side of the comparison: the registry (None when absent) and its raw documents."""
-
-    label: str
-    reg: Registry | None
-    errors: list[Violation] = field(default_factory=list)
-    models: dict[str, Any] = field(default_factory=dict)  # name -> raw spec (None: unreadable)
-    datasets: dict[str, Any] = field(default_factory=dict)
-    manifests: dict[str, Any] = field(default_factory=dict)  # "model:NAME" -> raw or None
-    settings: Any = None
-
-    def text(self, path: str) -> str | None:
-        """A repo-relative file of this state, or None."""
-        return self.reg.tree.read_text(path) if self.reg is not None else None
-
-
-def open_state(repo: Path, rev: str | None) -> State:
-    """Read one side: git revision `rev`, or the working tree when None."""
-    label = WORKING_TREE if rev is None else rev
-    try:
-        reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
-    except RegistryNotFound:
-        return State(label, None)
-    except LocatedError as exc:  # a broken stemma.yaml: nothing else can be read
-        return State(
-            label,
-            None,
-            [Violation(cons.SCHEMA, exc.path, exc.reason, exc.pointer, exc.line, "settings")],
-        )
-    state = State(label, reg)
-    prefetch_documents(reg, [LOCK_FILE, "dvc.yaml"])
-    state.settings = _yaml(state.text(SETTINGS_FILE))
-    for kind, names, into in (
-        ("models", reg.model_names(), state.models),
-        ("datasets", reg.dataset_names(), state.datasets),
-    ):
-        for name in names:
-            into[name] = _yaml(state.text(reg.rel(kind, name, SPEC_FILE)))
-            raw = _json(state.text(reg.rel(kind, name, MANIFEST_FILE)))
-            state.manifests[f"{kind[:-1]}:{name}"] = raw
-    return state
-
-
-def _yaml(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return load_yaml_text(text, "")
-    except StemmaError:
-        return None
-
-
-def _json(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        doc = parse_json_text(text, "")
-    except StemmaError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 def finding(v: Violation, new: bool = True) -> Finding:
     """A consistency violation as a report finding."""
     return Finding(v.code, v.subject, v.path, v.message, v.pointer, v.line, new)
@@ -138,26 +74,36 @@ def source_of(spec: Any) -> str | None:
 # -- violations of one state -----------------------------------------------------------
 
 
-def state_violations(state: State) -> list[Violation]:
-    """Violations of one state: the consistency checks, dvc.lock and dvc.yaml."""
+def state_violations(state: State, codes: Collection[str] | None = None) -> list[Violation]:
+    """Violations of one state: the consistency checks, dvc.lock and dvc.yaml; with
+    `codes`, only the checks that can find violations of those codes are run."""
     reg = state.reg
     if reg is None:
         return list(state.errors)
-    found = cons.check(reg)
-    found += _lock_mismatches(state, reg)
-    found += _pipeline(state, reg)
+
+    def wanted(*these: str) -> bool:
+        return codes is None or any(c in codes for c in these)
+
+    found = list(state.check().violations) if wanted(*cons.CODES) else []
+    if wanted(LOCK_MISMATCH):
+        found += _lock_mismatches(state, reg)
+    if wanted(PIPELINE_OUT_OF_SYNC):
+        found += _pipeline(state, reg)
     return found
 
 
 def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
-    lock = _yaml(state.text(LOCK_FILE))
-    if not isinstance(lock, dict):
-        return []
+    from stemma.registry.pipefiles import lock_files
+
     locked: dict[str, str] = {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in (stage or {}).get("outs") or []:
-            if isinstance(out, dict) and "path" in out and "md5" in out:
-                locked[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
+    for path in lock_files(reg, state.text):  # the root's, and one beside each folder's dvc.yaml
+        lock = _yaml(state.text(path))
+        if not isinstance(lock, dict):
+            continue
+        for stage in (lock.get("stages") or {}).values():
+            for out in (stage or {}).get("outs") or []:
+                if isinstance(out, dict) and "path" in out and "md5" in out:
+                    locked[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
     found = []
     for name in sorted(state.models):
         manifest = state.manifests.get(f"model:{name}")
@@ -179,25 +125,22 @@ def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
 
 
 def _pipeline(state: State, reg: Registry) -> list[Violation]:
-    from stemma.registry.pipeline import PIPELINE_FILE, render
+    from stemma.registry.pipefiles import differences
 
     if not state.models and not state.datasets:
         return []
     try:
-        want = render(reg)
+        found = differences(reg, state.text if state.head is not None else None)
     except StemmaError:  # specs too broken to render: their own violations say why
         return []
-    have = state.text(PIPELINE_FILE)
-    if have == want:
-        return []
-    what = "is missing" if have is None else "is out of step with the specs"
     return [
         Violation(
             PIPELINE_OUT_OF_SYNC,
-            PIPELINE_FILE,
-            f"{PIPELINE_FILE} {what}; run `stemma pipeline` and commit it",
+            diff.path,
+            f"{diff}; run `stemma pipeline` and commit it",
             subject="pipeline",
         )
+        for diff in found
     ]
 
 
@@ -346,6 +289,8 @@ def _tagged_changes(old: State, new: State) -> list[Finding]:
     assert new.reg is not None
     changed = []
     for name in sorted(set(old.models) & set(new.models)):
+        if old.same_file(new.reg.rel("models", name, MANIFEST_FILE)):
+            continue  # the same file: the same content
         a, b = old.manifests.get(f"model:{name}"), new.manifests.get(f"model:{name}")
         if not (isinstance(a, dict) and isinstance(b, dict)) or _same_content(a, b):
             continue

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
 
 from ._audit_checks import (
     CODES,
@@ -48,16 +49,14 @@ from ._audit_checks import (
     PIPELINE_OUT_OF_SYNC,
     REMOVED_WITH_DESCENDANTS,
     TAGGED_VERSION_CHANGED,
-    WORKING_TREE,
     Finding,
-    State,
     change_violations,
     finding,
-    open_state,
     source_of,
     state_violations,
 )
-from .graph import build_graph, dataset_node, model_node
+from ._audit_state import WORKING_TREE, State, link, open_state
+from .graph import build_graph, dataset_node, model_node, partial_graph, read_document
 from .query import lineage_index
 
 __all__ = [
@@ -206,8 +205,12 @@ def _repo_root(repo: Path) -> Path:
 
 def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
     old, new = open_state(repo, base), open_state(repo, head)
+    link(old, new)
     found = state_violations(new)
-    before = {finding(v).key for v in state_violations(old)}
+    # The base's violations only mark which of the head's are new: only the checks that
+    # can find a code the head has are run on it.
+    codes = {v.code for v in found}
+    before = {finding(v).key for v in state_violations(old, codes)}
     findings = [finding(v, new=finding(v).key not in before) for v in found]
     findings += change_violations(old, new)
     findings = sorted(
@@ -244,6 +247,8 @@ def _changes(old: State, new: State) -> dict[str, Any]:
     both_models = sorted(set(old.models) & set(new.models))
     both_data = sorted(set(old.datasets) & set(new.datasets))
     reparented = []
+    both_models = [n for n in both_models if not _same(old, "models", n, SPEC_FILE)]
+    both_data = [n for n in both_data if not _same(old, "datasets", n, SPEC_FILE)]
     for name in both_models:
         src_a, src_b = source_of(old.models[name]), source_of(new.models[name])
         if src_a != src_b:
@@ -259,6 +264,9 @@ def _changes(old: State, new: State) -> dict[str, Any]:
             changes += _spec_changes(f"{kind}:{name}", a[name], b[name])
     rebuilt, deltas = [], []
     for key in sorted(set(old.manifests) | set(new.manifests)):
+        kind, _, name = key.partition(":")
+        if _same(old, f"{kind}s", name, MANIFEST_FILE):
+            continue  # the same file: the same id
         ma, mb = old.manifests.get(key), new.manifests.get(key)
         ia, ib = _id(ma), _id(mb)
         if ia == ib or key not in new.manifests:
@@ -276,6 +284,11 @@ def _changes(old: State, new: State) -> dict[str, Any]:
         "rebuilt": tuple(rebuilt),
         "metric_deltas": tuple(deltas),
     }
+
+
+def _same(old: State, kind: str, name: str, file: str) -> bool:
+    """True when the base's file of a model or dataset is the head's own."""
+    return old.reg is not None and old.same_file(old.reg.rel(kind, name, file))
 
 
 def _id(manifest: Any) -> str | None:
@@ -327,7 +340,7 @@ def _marked_graph(
 ) -> tuple[nx.MultiDiGraph, dict[str, str]]:
     """The head graph plus what was removed, and a mark for every node the change touches:
     added, removed, changed, or affected (rebuilt downstream of a change)."""
-    g_old = build_graph(old.reg) if old.reg is not None else nx.MultiDiGraph()
+    g_old = _old_graph(old, new, report)
     g = build_graph(new.reg) if new.reg is not None else nx.MultiDiGraph()
     marks: dict[str, str] = {}
     for kind, node in (("models", model_node), ("datasets", dataset_node)):
@@ -349,3 +362,26 @@ def _marked_graph(
         for down in index.descendants(key):
             marks.setdefault(down, "affected")
     return g, marks
+
+
+def _old_graph(old: State, new: State, report: Mapping[str, Any]) -> nx.MultiDiGraph:
+    """The part of the base's graph the marks need: the nodes of what was removed, and the
+    edges of every model whose spec or manifest changed (an unchanged model has the same
+    edges in both graphs)."""
+    reg = old.reg
+    if reg is None:
+        return nx.MultiDiGraph()
+    if old.same is None:
+        return build_graph(reg)
+    models = [
+        n
+        for n in reg.model_names()
+        if not (_same(old, "models", n, SPEC_FILE) and _same(old, "models", n, MANIFEST_FILE))
+    ]
+
+    def read(kind: str, name: str, file: str) -> dict[str, Any] | None:
+        path = reg.rel(kind, name, file)
+        side = new.reg if old.same_file(path) and new.reg is not None else reg
+        return read_document(side, kind, name, file)
+
+    return partial_graph(reg, models, report["datasets_removed"], read)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -161,18 +161,9 @@ def _file_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]
     """The records read from the files (any tree, broken files included)."""
     prefetch_documents(reg)
     dnames, mnames = reg.dataset_names(), reg.model_names()
-    datasets = []
-    for name in dnames:
-        dspec = _doc(reg, "datasets", name, SPEC_FILE)
-        dm = _doc(reg, "datasets", name, MANIFEST_FILE)
-        mid = _str(dm, "id")
-        state = status.status(
-            dspec is not None,
-            dm is not None,
-            digest(dspec) if dspec is not None else None,
-            dm.get("spec_digest") if dm is not None else None,
-        )
-        datasets.append(DatasetRecord(name, mid, state))
+    datasets = [
+        _dataset_record(name, lambda kind, n, file: _doc(reg, kind, n, file)) for name in dnames
+    ]
     specs = {name: _doc(reg, "models", name, SPEC_FILE) for name in mnames}
     manifests = {name: _doc(reg, "models", name, MANIFEST_FILE) for name in mnames}
     models = [_model_record(reg, name, specs[name], manifests) for name in mnames]
@@ -195,6 +186,69 @@ def prefetch_documents(reg: Registry, extra: Iterable[str] = ()) -> None:
     if inner is not None:
         paths = [str(PurePosixPath(tree.prefix, p)) for p in paths]
     target.prefetch(paths)
+
+
+def partial_graph(
+    reg: Registry,
+    models: Iterable[str],
+    datasets: Iterable[str],
+    read: Callable[[str, str, str], dict[str, Any] | None] | None = None,
+) -> nx.MultiDiGraph:
+    """The nodes of `models` and `datasets` and the edges of those models, as `build_graph`
+    makes them from the files, reading only what they need: their own documents and their
+    sources' manifests. `read(kind, name, file)` reads a document as `read_document` does."""
+    doc = read or (lambda kind, name, file: read_document(reg, kind, name, file))
+    records = [_dataset_record(name, doc) for name in datasets]
+    manifests = LazyDocs(reg.model_names(), lambda name: doc("models", name, MANIFEST_FILE))
+    chosen = [
+        _model_record(reg, name, doc("models", name, SPEC_FILE), manifests) for name in models
+    ]
+    return graph_from_records(chosen, records)
+
+
+def _dataset_record(
+    name: str, doc: Callable[[str, str, str], dict[str, Any] | None]
+) -> DatasetRecord:
+    dspec = doc("datasets", name, SPEC_FILE)
+    dm = doc("datasets", name, MANIFEST_FILE)
+    state = status.status(
+        dspec is not None,
+        dm is not None,
+        digest(dspec) if dspec is not None else None,
+        dm.get("spec_digest") if dm is not None else None,
+    )
+    return DatasetRecord(name, _str(dm, "id"), state)
+
+
+class LazyDocs(Mapping[str, Any]):
+    """A mapping with known keys whose values are loaded when first asked for."""
+
+    def __init__(self, keys: Iterable[str], load: Callable[[str], Any]) -> None:
+        self._keys = list(keys)
+        self._known = set(self._keys)
+        self._load = load
+        self._docs: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._known:
+            raise KeyError(key)
+        if key not in self._docs:
+            self._docs[key] = self._load(key)
+        return self._docs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._known
+
+
+def read_document(reg: Registry, kind: str, name: str, filename: str) -> dict[str, Any] | None:
+    """A spec or manifest as the graph reads it: None when absent, {} when unreadable."""
+    return _doc(reg, kind, name, filename)
 
 
 def _doc(reg: Registry, kind: str, name: str, filename: str) -> dict[str, Any] | None:

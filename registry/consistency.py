@@ -6,9 +6,11 @@ raises for a bad file (a bad file is a violation), so one run reports everything
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
+from ._checkcache import FolderFacts, work_stamps
 from .dag import Forest
 from .errors import LocatedError, StemmaError
 from .naming import NAME_RE, NAME_RULE, parse_source
@@ -84,14 +86,30 @@ def _from_error(exc: StemmaError, subject: str, fallback: str) -> Violation:
 
 def check(reg: Registry) -> list[Violation]:
     """Every violation in the registry, in a stable order. Documents unchanged since they
-    last passed their schema are not validated again (`_validcache`)."""
+    last passed their schema are not validated again (`_validcache`), and model folders
+    unchanged since the last check are not read again (`_checkcache`)."""
+    return check_state(reg).violations
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What one check found: the violations, and what each model folder's files said."""
+
+    violations: list[Violation]
+    facts: Mapping[str, ModelFacts]
+
+
+def check_state(reg: Registry, borrowed: Mapping[str, ModelFacts] | None = None) -> Checked:
+    """`check`, with the facts of each model folder in `borrowed` taken as they are instead
+    of read (another state's check, of a folder whose files are the same here); with
+    `borrowed`, nothing is stored."""
     from . import _validcache
 
     with _validcache.remembering(reg.repo_root):
-        found = _check(reg)
-        if any(v.code not in _OUTCOMES for v in found):
+        checked = _check(reg, borrowed)
+        if any(v.code not in _OUTCOMES for v in checked.violations):
             _validcache.discard()  # bad input: the check changes no file
-    return found
+    return checked
 
 
 # Violations that judge a build's outcome, not a file's content: a registry that has them is
@@ -99,7 +117,7 @@ def check(reg: Registry) -> list[Violation]:
 _OUTCOMES = frozenset({STALE_MANIFEST, FAILED_GATE, FAILED_CHECK})
 
 
-def _check(reg: Registry) -> list[Violation]:
+def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
     found: list[Violation] = []
     datasets: dict[str, DatasetSpec] = {}
     models: dict[str, ModelSpec] = {}
@@ -122,30 +140,74 @@ def _check(reg: Registry) -> list[Violation]:
             reg.dataset_manifest(name)
         except StemmaError as exc:
             found.append(_from_error(exc, subject, path))
+    facts: dict[str, ModelFacts] = {}
+    cache = _folder_facts(reg) if borrowed is None else None
     for name in reg.model_names():
-        subject = f"model:{name}"
-        path = reg.rel("models", name, "spec.yaml")
         if not NAME_RE.match(name):
             found.append(
                 Violation(
                     INVALID_NAME,
-                    path,
+                    reg.rel("models", name, "spec.yaml"),
                     f"invalid model name {name!r}: use {NAME_RULE}",
-                    subject=subject,
+                    subject=f"model:{name}",
                 )
             )
             continue
-        try:
-            models[name] = reg.model_spec(name)
-        except StemmaError as exc:
-            found.append(_from_error(exc, subject, path))
+        known = borrowed.get(name) if borrowed is not None else _stored_facts(cache, name)
+        if known is not None:
+            facts[name] = known
+            _remember_spec(reg, known)  # later readers of this registry need not parse it
+        else:
+            facts[name] = model_facts(reg, name)
+            if cache is not None:
+                cache.put(name, facts[name].to_list())
+        error, spec = facts[name].spec_error, facts[name].spec
+        if error is not None:
+            found.append(error)
+        elif spec is not None:
+            models[name] = spec
+    tasks: dict[str, str | None] = {}  # training dataset -> its task, found once
     for spec in models.values():
         found += _model_refs(reg, spec, models)
-        found += _task_rules(reg, spec)
+        if spec.train not in tasks:
+            tasks[spec.train] = training_task(reg, spec)
+        found += _task_rules(spec, tasks[spec.train])
     found += _cycles(reg, models)
     for name in models:
-        found += _manifest_checks(reg, name, models)
-    return found
+        found += _manifest_checks(name, models, facts)
+    if cache is not None and not any(v.code not in _OUTCOMES for v in found):
+        cache.save()
+    return Checked(found, facts)
+
+
+def _remember_spec(reg: Registry, facts: ModelFacts) -> None:
+    """Give the registry the spec document the facts hold, as if it had read it."""
+    spec = facts.spec
+    if spec is not None and not spec.registered:
+        reg.remember(spec.path, dict(spec.raw))
+
+
+def _stored_facts(cache: FolderFacts | None, name: str) -> ModelFacts | None:
+    """The stored facts of model folder `name` when they apply (None: read the folder)."""
+    stored = cache.get(name) if cache is not None else None
+    if stored is None:
+        return None
+    try:
+        return ModelFacts.from_list(name, stored)
+    except (TypeError, ValueError, IndexError, KeyError):  # a damaged cache: read again
+        assert cache is not None
+        cache.forget(name)
+        return None
+
+
+def _folder_facts(reg: Registry) -> FolderFacts | None:
+    """The stored facts of the working tree's model folders, with their stamps now (None for
+    a git revision: an audit's base takes the head's facts of the folders that are the same)."""
+    from .tree import WorkTree
+
+    if isinstance(reg.tree, WorkTree):
+        return FolderFacts(reg, work_stamps(reg.root))
+    return None
 
 
 def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
@@ -222,9 +284,8 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
     return found
 
 
-def _task_rules(reg: Registry, spec: ModelSpec) -> list[Violation]:
+def _task_rules(spec: ModelSpec, task: str | None) -> list[Violation]:
     """Losses and gates the training data's task does not allow (`taskspec.spec_problems`)."""
-    task = training_task(reg, spec)
     if task is None:
         return []
     return [
@@ -254,30 +315,89 @@ def _cycles(reg: Registry, models: dict[str, ModelSpec]) -> list[Violation]:
     ]
 
 
-def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> list[Violation]:
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model folder's own files say, as the checks across folders need it: the spec
+    (or why it cannot be read), the manifest's ids (or why not), and the violations found in
+    the folder alone. Plain data, so `_checkcache` keeps it while the files are unchanged."""
+
+    spec: ModelSpec | None = None
+    spec_error: Violation | None = None
+    digest: str = ""  # of the spec
+    manifest: bool = False  # a readable manifest is there
+    manifest_error: Violation | None = None
+    manifest_path: str = ""
+    manifest_id: str | None = None
+    spec_digest: str = ""  # the manifest's
+    source_id: str | None = None
+    id_mismatch: bool = False
+    tail: tuple[Violation, ...] = ()  # metric files, gates, checks: in that order
+
+    def to_list(self) -> list[Any]:
+        """JSON-ready form (positional: a large registry stores ten thousand of these)."""
+        spec = self.spec
+        return [
+            None if spec is None else [spec.path, spec.raw, spec.registered],
+            _violation_list(self.spec_error),
+            self.digest,
+            self.manifest,
+            _violation_list(self.manifest_error),
+            self.manifest_path,
+            self.manifest_id,
+            self.spec_digest,
+            self.source_id,
+            self.id_mismatch,
+            [_violation_list(v) for v in self.tail],
+        ]
+
+    @classmethod
+    def from_list(cls, name: str, doc: list[Any]) -> ModelFacts:
+        """Read back `to_list`."""
+        spec, error, digest, manifest, manifest_error, path, mid, sd, sid, mismatch, tail = doc
+        return cls(
+            spec=None if spec is None else ModelSpec(name, spec[0], spec[1], bool(spec[2])),
+            spec_error=_violation(error),
+            digest=digest,
+            manifest=manifest,
+            manifest_error=_violation(manifest_error),
+            manifest_path=path,
+            manifest_id=mid,
+            spec_digest=sd,
+            source_id=sid,
+            id_mismatch=mismatch,
+            tail=tuple(Violation(*v) for v in tail),
+        )
+
+
+def _violation_list(v: Violation | None) -> list[Any] | None:
+    return None if v is None else [v.code, v.path, v.message, v.pointer, v.line, v.subject]
+
+
+def _violation(doc: list[Any] | None) -> Violation | None:
+    return None if doc is None else Violation(*doc)
+
+
+def model_facts(reg: Registry, name: str) -> ModelFacts:
+    """Read the files of model `name` and find what they say (never raises for a bad file)."""
     subject = f"model:{name}"
+    try:
+        spec = reg.model_spec(name)
+    except StemmaError as exc:
+        return ModelFacts(
+            spec_error=_from_error(exc, subject, reg.rel("models", name, "spec.yaml"))
+        )
+    facts = ModelFacts(spec=spec, digest=spec.digest)
     try:
         manifest = reg.model_manifest(name)
     except StemmaError as exc:
-        return [_from_error(exc, subject, reg.rel("models", name, "manifest.json"))]
+        error = _from_error(exc, subject, reg.rel("models", name, "manifest.json"))
+        return replace(facts, manifest_error=error)
     if manifest is None:
-        return []
-    found = []
-    if manifest.computed_id != manifest.id:
-        found.append(
-            Violation(
-                ID_MISMATCH,
-                manifest.path,
-                "content no longer matches its id (edited by hand?); rebuild with `dvc repro`",
-                "/id",
-                subject=subject,
-            )
-        )
-    found += list(_staleness(reg, name, models, manifest.path))
-    found += _metric_files(reg, manifest)
+        return facts
+    tail = _metric_files(reg, manifest)
     for gate in manifest.raw.get("gates", []):
         if not gate["passed"]:
-            found.append(
+            tail.append(
                 Violation(
                     FAILED_GATE,
                     manifest.path,
@@ -289,7 +409,7 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
             )
     for check_name, result in sorted((manifest.raw.get("checks") or {}).items()):
         if not result.get("passed", True):
-            found.append(
+            tail.append(
                 Violation(
                     FAILED_CHECK,
                     manifest.path,
@@ -298,6 +418,39 @@ def _manifest_checks(reg: Registry, name: str, models: dict[str, ModelSpec]) -> 
                     subject=subject,
                 )
             )
+    return replace(
+        facts,
+        manifest=True,
+        manifest_path=manifest.path,
+        manifest_id=manifest.id,
+        spec_digest=manifest.spec_digest,
+        source_id=manifest.source_id,
+        id_mismatch=manifest.computed_id != manifest.id,
+        tail=tuple(tail),
+    )
+
+
+def _manifest_checks(
+    name: str, models: dict[str, ModelSpec], facts: dict[str, ModelFacts]
+) -> list[Violation]:
+    mine = facts[name]
+    if mine.manifest_error is not None:
+        return [mine.manifest_error]
+    if not mine.manifest:
+        return []
+    found = []
+    if mine.id_mismatch:
+        found.append(
+            Violation(
+                ID_MISMATCH,
+                mine.manifest_path,
+                "content no longer matches its id (edited by hand?); rebuild with `dvc repro`",
+                "/id",
+                subject=f"model:{name}",
+            )
+        )
+    found += list(_staleness(name, models, facts))
+    found += mine.tail
     return found
 
 
@@ -311,20 +464,16 @@ def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
 
 
 def _staleness(
-    reg: Registry, name: str, models: dict[str, ModelSpec], path: str
+    name: str, models: dict[str, ModelSpec], facts: dict[str, ModelFacts]
 ) -> Iterator[Violation]:
-    manifest = reg.model_manifest(name)
-    assert manifest is not None
+    mine = facts[name]
     spec = models[name]
     src = spec.source
     parent_id = None
     if src is not None and not src.auto and src.model in models:
-        try:
-            parent = reg.model_manifest(src.model)
-        except StemmaError:
-            parent = None
-        parent_id = parent.id if parent is not None else None
-    why = staleness(spec.digest, manifest.spec_digest, parent_id, manifest.source_id)
+        parent_id = facts[src.model].manifest_id  # None: not built, or unreadable
+    why = staleness(mine.digest, mine.spec_digest, parent_id, mine.source_id)
+    path = mine.manifest_path
     if why == SPEC_CHANGED:
         yield Violation(
             STALE_MANIFEST,

@@ -168,6 +168,11 @@ class Registry:
 
     def rel(self, *parts: str) -> str:
         """A repo-relative POSIX path under the registry root."""
+        joined = "/".join(parts) if self.rel_root == "." else "/".join((self.rel_root, *parts))
+        # Already normal (no empty or "." part, not absolute): what PurePosixPath would give,
+        # without building one (this runs for every file of every model).
+        if joined and "//" not in joined and "/./" not in f"/{joined}/" and joined[0] != "/":
+            return joined if joined[-1] != "/" else str(PurePosixPath(joined))
         return str(PurePosixPath(self.rel_root, *parts))
 
     def model_dir(self, name: str) -> Path:
@@ -212,22 +217,31 @@ class Registry:
     def _names(self, kind: str) -> list[str]:
         key = ("names", kind)
         if key not in self._cache:
+            base, exists = self.rel(kind), self.tree.exists
+            # Each name is one plain folder name (no "/", not hidden): the joined text is
+            # the path `rel` would make, without a PurePosixPath for each.
             self._cache[key] = [
                 n
-                for n in self.tree.subdirs(self.rel(kind))
-                if self.tree.exists(self.rel(kind, n, SPEC_FILE))
-                or self.tree.exists(self.rel(kind, n, MANIFEST_FILE))
+                for n in self.tree.subdirs(base)
+                if exists(f"{base}/{n}/{SPEC_FILE}") or exists(f"{base}/{n}/{MANIFEST_FILE}")
             ]
         names: list[str] = self._cache[key]
         return names
 
     def has_model(self, name: str) -> bool:
         """True when a model of that name is declared."""
-        return name in self.model_names()
+        return name in self._name_set("models")
 
     def has_dataset(self, name: str) -> bool:
         """True when a dataset of that name is declared."""
-        return name in self.dataset_names()
+        return name in self._name_set("datasets")
+
+    def _name_set(self, kind: str) -> frozenset[str]:
+        key = ("name set", kind)
+        if key not in self._cache:
+            self._cache[key] = frozenset(self._names(kind))
+        names: frozenset[str] = self._cache[key]
+        return names
 
     def model_spec(self, name: str) -> ModelSpec:
         """The validated spec of a model."""
@@ -312,6 +326,16 @@ class Registry:
     def write_dataset_manifest(self, name: str, doc: Mapping[str, Any]) -> str:
         """Fill in the content id, validate and write a dataset manifest atomically."""
         return self._write_manifest("datasets", name, doc, DATASET_MANIFEST)
+
+    def remember(self, path: str, doc: dict[str, Any]) -> None:
+        """Take `doc` as the validated document of `path` (repo-relative) without reading
+        it: a check that knows the file unchanged since it validated it."""
+        self._cache[("doc", path)] = doc
+
+    def known(self, path: str) -> dict[str, Any] | None:
+        """The validated document of `path` read or remembered so far, if any (no I/O)."""
+        doc: dict[str, Any] | None = self._cache.get(("doc", path))
+        return doc
 
     def forget(self, path: str) -> None:
         """Drop what was read of `path` (repo-relative): a build has just replaced the file."""

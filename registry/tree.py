@@ -6,6 +6,7 @@ same on the working tree and on `git` history (audits compare two of them).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -42,7 +43,7 @@ class WorkTree:
 
     def exists(self, path: str) -> bool:
         """True when the file exists."""
-        return (self.root / path).is_file()
+        return os.path.isfile(f"{self.root}/{path}")  # no Path: called for every file
 
     def subdirs(self, path: str) -> list[str]:
         """Sorted names of the immediate sub-folders of `path`."""
@@ -50,7 +51,8 @@ class WorkTree:
         if not folder.is_dir():
             return []
         confined(folder, self.root, path)
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        with os.scandir(folder) as entries:  # the entry's type, without a stat where it can
+            return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
 
 
 def git(repo: Path, *args: str, input_: bytes | None = None) -> bytes:
@@ -111,7 +113,7 @@ class GitTree:
 
     def exists(self, path: str) -> bool:
         """True when the file exists at the revision."""
-        return str(PurePosixPath(path)) in self._blobs
+        return path in self._blobs or str(PurePosixPath(path)) in self._blobs
 
     def read_text(self, path: str) -> str | None:
         """The file's text at the revision, or None when absent."""

@@ -105,8 +105,9 @@ def test_lora_adapters_build_load_in_peft_and_follow_their_base(registry: Regist
     spec = repo / "models/mb/spec.yaml"
     spec.write_text(spec.read_text().replace("lr: 1.0e-2", "lr: 5.0e-3"))
     ran = dvc(repo, "repro")
-    assert "Running stage 'model-mb'" in ran and "Running stage 'model-ma'" in ran
-    assert "Running stage 'model-hb'" not in ran
+    assert "Running stage 'models/mb/dvc.yaml:model-mb'" in ran
+    assert "Running stage 'models/ma/dvc.yaml:model-ma'" in ran
+    assert "Running stage 'models/hb/dvc.yaml:model-hb'" not in ran
     reg = Registry.open(repo)
     doc = json.loads((repo / "models/ma/manifest.json").read_text())
     assert doc["adapter"]["base"]["id"] == reg.model_manifest("mb").id

@@ -25,9 +25,10 @@ UPDATE = os.environ.get("STEMMA_UPDATE_GOLDEN") == "1"
 
 
 def write_lock(reg: Registry, override: dict[str, str] | None = None) -> None:
-    """dvc.lock as `dvc repro` writes it, with each model's weights md5 (or an override)."""
-    stages = {}
+    """The dvc.lock beside each model's dvc.yaml as `dvc repro` writes it, with the model's
+    weights md5 (or an override)."""
     for name in reg.model_names():
+        stages = {}
         manifest = reg.model_manifest(name)
         if manifest is None:
             continue
@@ -58,7 +59,8 @@ def write_lock(reg: Registry, override: dict[str, str] | None = None) -> None:
                 },
             ],
         }
-    write(reg.repo_root / "dvc.lock", yaml.safe_dump({"schema": "2.0", "stages": stages}))
+        lock = reg.repo_root / pipeline.stage_file(reg, "model", name)
+        write(lock.with_name("dvc.lock"), yaml.safe_dump({"schema": "2.0", "stages": stages}))
 
 
 def commit(repo: Path, message: str) -> None:
@@ -184,7 +186,7 @@ def _lock_mismatch(reg: Registry) -> None:
 
 
 def _pipeline_out_of_sync(reg: Registry) -> None:
-    path = reg.repo_root / "dvc.yaml"
+    path = reg.repo_root / pipeline.stage_file(reg, "model", "scratch")
     path.write_text(path.read_text().replace("persist: true", "persist: false", 1))
 
 
@@ -339,7 +341,7 @@ def test_registry_created_in_the_change(repo: Path, tmp_path: Path) -> None:
     git(empty, "init", "-q")
     write(empty / "README.md", "hello\n")
     commit(empty, "before the registry")
-    for item in ("stemma.yaml", "models", "datasets", "dvc.yaml", "dvc.lock"):
+    for item in ("stemma.yaml", "models", "datasets", "dvc.yaml"):
         src = repo / item
         if src.is_dir():
             shutil.copytree(src, empty / item)

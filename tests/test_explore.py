@@ -274,12 +274,15 @@ def test_source_auto_through_dvc_repro(registry: Registry, cli: object) -> None:
     )
     res = cli(["pipeline"], repo)  # type: ignore[operator]
     assert res.code == 0, res.stderr
-    stages = (repo / "dvc.yaml").read_text()
+    stages = (repo / "models/target/dvc.yaml").read_text()
     assert "explore-target:" in stages and "cmd: stemma explore --for target" in stages
     # the upstream stages are built here and recorded as done (a process per stage is slow);
     # dvc repro then runs the exploration stage and the build that reads its choice
     reg = Registry.open(repo)
-    upstream = ["dataset-d04", "dataset-d59", "model-base", "model-untrained"]
+    upstream = [
+        *(f"datasets/{d}/dvc.yaml:dataset-{d}" for d in ("d04", "d59")),
+        *(f"models/{m}/dvc.yaml:model-{m}" for m in ("base", "untrained")),
+    ]
     for name in ("d04", "d59"):
         build_dataset(reg, name)
     for name in ("base", "untrained"):
@@ -297,6 +300,6 @@ def test_source_auto_through_dvc_repro(registry: Registry, cli: object) -> None:
     assert manifest.raw["exploration"] == exploration
     assert exploration["decided_by"] == "logme"
     assert [r["model"] for r in exploration["ranking"]] == ["base", "untrained"]
-    lock = (repo / "dvc.lock").read_text()
+    lock = (repo / "models/target/dvc.lock").read_text()
     assert "explore-target:" in lock and "model-target:" in lock
     assert dvc(repo, "status").returncode == 0  # quiet status exits 1 when a stage is stale

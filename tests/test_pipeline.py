@@ -1,4 +1,5 @@
-"""dvc.yaml generation, and `dvc repro` rebuilding exactly the stale models, reproducibly."""
+"""Pipeline generation (a dvc.yaml per dataset and model folder, the root one for artifacts and
+stages of one's own), and `dvc repro` rebuilding exactly the stale models, reproducibly."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import git, new_registry, write
-from stemma.registry import Registry, pipeline
+from stemma.registry import Registry, pipefiles, pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import synth
@@ -93,23 +94,93 @@ def test_pipeline_is_deterministic_and_follows_lineage(registry: Registry) -> No
         "type": "model",
         "meta": {"source": "base", "relation": "finetune"},
     }
-    assert yaml.safe_load(pipeline.render(reg)) == doc
+    files = pipeline.render_files(reg)
+    assert yaml.safe_load(files["dvc.yaml"]) == {"artifacts": doc["artifacts"]}
+    stages = {}
+    for path, text in files.items():
+        for name, stage in (yaml.safe_load(text).get("stages") or {}).items():
+            if path != "dvc.yaml":  # one folder's file holds its own stages, run from the root
+                assert path == pipeline.stage_file(reg, name.split("-")[0], name.split("-", 1)[1])
+                assert stage.pop("wdir") == "../.."
+            stages[name] = stage
+    assert stages == doc["stages"]
+    assert list(files)[1:] == [
+        *(f"datasets/{d}/dvc.yaml" for d in ("d04", "d59")),
+        *(f"models/{m}/dvc.yaml" for m in ("base", "ft", "other", "probe")),
+    ]
 
 
 def test_pipeline_check_fails_when_out_of_step(registry: Registry, cli) -> None:
     reg = new_registry(registry.repo_root.parent / "p", registry.repo_root, SPECS)
     assert cli(["pipeline", "--check"], reg.root).code == 1
     res = cli(["pipeline"], reg.root)
-    assert res.code == 0 and "wrote dvc.yaml" in res.stdout
+    assert res.code == 0 and "wrote 7 dvc.yaml files" in res.stdout
     assert cli(["pipeline", "--check"], reg.root).code == 0
+    assert "unchanged" in cli(["pipeline"], reg.root).stdout
     write(reg.root / "models/extra/spec.yaml", "source: {model: other}\ndata: {train: d04}\n")
     before = (reg.root / "dvc.yaml").read_bytes()
     res = cli(["pipeline", "--check"], reg.root)
     assert res.code == 1
     assert res.stderr.strip() == (
-        "error: dvc.yaml is out of step with the specs; run `stemma pipeline`"
+        "error: dvc.yaml is out of step with the specs (and 1 more); run `stemma pipeline`"
     )
     assert (reg.root / "dvc.yaml").read_bytes() == before
+    assert not (reg.root / "models/extra/dvc.yaml").exists()
+
+    # One model's own file edited by hand: the check names it.
+    assert cli(["pipeline"], reg.root).code == 0
+    own = reg.root / "models/ft/dvc.yaml"
+    own.write_text(own.read_text().replace("stemma build model ft", "stemma build model ftx"))
+    res = cli(["pipeline", "--check"], reg.root)
+    assert res.code == 1 and res.stderr.strip() == (
+        "error: models/ft/dvc.yaml is out of step with the specs; run `stemma pipeline`"
+    )
+
+
+def test_pipeline_deletes_the_files_of_removed_models_and_keeps_foreign_stages(
+    registry: Registry, cli
+) -> None:
+    reg = new_registry(registry.repo_root.parent / "p", registry.repo_root, SPECS)
+    root = reg.repo_root
+    own = {"cmd": "python train.py", "deps": ["train.py"], "outs": ["models/own/w.bin"]}
+    write(root / "dvc.yaml", yaml.safe_dump({"stages": {"train-own": own}}))
+    assert cli(["pipeline"], root).code == 0
+    assert yaml.safe_load((root / "dvc.yaml").read_text())["stages"] == {"train-own": own}
+    write(root / "models/probe/dvc.lock", "schema: '2.0'\nstages: {}\n")  # as DVC leaves it
+    hand = root / "models/other/notes/dvc.yaml"  # not stemma's: never touched
+    write(hand, "stages: {}\n")
+    for name in ("probe", "other"):
+        (root / "models" / name / "spec.yaml").unlink()
+    assert cli(["pipeline", "--check"], root).code == 1
+    assert [str(d) for d in pipefiles.differences(Registry.open(root))] == [
+        "dvc.yaml is out of step with the specs",
+        "models/other/dvc.yaml belongs to no dataset or model",
+        "models/probe/dvc.yaml belongs to no dataset or model",
+    ]
+    res = cli(["pipeline"], root)
+    assert res.code == 0 and "removed 3 stale files" in res.stdout, res.stdout
+    for name in ("probe", "other"):
+        assert not (root / "models" / name / "dvc.yaml").exists()
+    assert not (root / "models/probe/dvc.lock").exists() and hand.exists()
+    assert yaml.safe_load((root / "dvc.yaml").read_text())["stages"] == {"train-own": own}
+    assert cli(["pipeline", "--check"], root).code == 0
+
+
+def test_pipeline_moves_lock_entries_of_the_old_layout(registry: Registry, cli) -> None:
+    reg = new_registry(registry.repo_root.parent / "p", registry.repo_root, SPECS)
+    root = reg.repo_root
+    entry = {"cmd": "stemma build model ft", "deps": [{"path": "models/ft/spec.yaml"}]}
+    theirs = {"cmd": "python train.py"}
+    lock = {"schema": "2.0", "stages": {"model-ft": entry, "train-own": theirs}}
+    write(root / "dvc.lock", yaml.safe_dump(lock))
+    res = cli(["pipeline"], root)
+    assert res.code == 0 and "moved 1 lock entries" in res.stdout
+    assert yaml.safe_load((root / "models/ft/dvc.lock").read_text()) == {
+        "schema": "2.0",
+        "stages": {"model-ft": entry},
+    }
+    assert yaml.safe_load((root / "dvc.lock").read_text())["stages"] == {"train-own": theirs}
+    assert pipefiles.lock_files(Registry.open(root)) == ["dvc.lock", "models/ft/dvc.lock"]
 
 
 def test_model_stages_depend_on_the_settings_as_params(registry: Registry) -> None:
@@ -151,7 +222,7 @@ def test_dvc_repro_rebuilds_exactly_the_stale_family(registry: Registry, cli) ->
     spec.write_text(spec.read_text().replace("lr: 1.0e-2", "lr: 3.0e-3"))
     out = dvc(repo, "repro")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"model-base", "model-ft", "model-probe"}
+    assert ran == {f"models/{m}/dvc.yaml:model-{m}" for m in ("base", "ft", "probe")}
     after = state(Registry.open(repo))
     for name in ("base", "ft", "probe"):
         assert after[name][0] != forced[name][0], name
@@ -165,7 +236,7 @@ def test_dvc_repro_rebuilds_exactly_the_stale_family(registry: Registry, cli) ->
     # removed makes exactly the model stages stale to DVC.
     settings = repo / "stemma.yaml"
     plain = settings.read_text()
-    models = {f"model-{name}" for name in MODELS}
+    models = {f"models/{name}/dvc.yaml:model-{name}" for name in MODELS}
     for text in (
         plain + "defaults:\n  training: {weight_decay: 0.0}\n",
         plain + "defaults:\n  training: {weight_decay: 1.0e-4}\n",
@@ -176,14 +247,110 @@ def test_dvc_repro_rebuilds_exactly_the_stale_family(registry: Registry, cli) ->
         dvc(repo, "commit", "--force")  # take the outputs as they stand, new params and all
         assert json.loads(dvc(repo, "status", "--json")) == {}
     assert cli(["pipeline", "--check"], repo).code == 0
+    # Each model's lock lies beside its own dvc.yaml; the root has none of stemma's stages.
+    assert not (repo / "dvc.lock").exists()
+    assert "model-probe:" in (repo / "models/probe/dvc.lock").read_text()
+    metrics = json.loads(dvc(repo, "metrics", "show", "--json"))
+    shown = next(iter(metrics.values()))["data"]
+    assert {f"models/{m}/metrics.json" for m in MODELS} <= set(shown)
 
 
-def test_libyaml_emitter_writes_the_same_dvc_yaml_bytes(tmp_path: Path) -> None:
+def test_pipeline_writer_gives_pyyaml_text_and_reads_back(tmp_path: Path) -> None:
+    from stemma.registry import _yamlemit
     from stemma.registry.yamlio import dump_yaml
 
     synth.generate(tmp_path / "reg", 40, shape="mixed", seed=5, family_size=15)
-    doc = pipeline.render_dict(Registry.open(tmp_path / "reg"))
-    odd = ["ü ß — 日本", "a: b # c", "'quoted'", 'x "y"', "yes", "1e3", "", " lead", "x" * 150]
+    reg = Registry.open(tmp_path / "reg")
+    doc = pipeline.render_dict(reg)
+    assert _yamlemit.dump(doc) == dump_yaml(doc)  # plain text: PyYAML's bytes
+    for path, text in pipeline.render_files(reg).items():
+        assert _yamlemit.dump(yaml.safe_load(text.removeprefix(pipeline.HEADER))) == (
+            text.removeprefix(pipeline.HEADER)
+        ), path
+    odd = [
+        "ü ß — 日本",
+        "a: b # c",
+        "'quoted'",
+        'x "y"',
+        "yes",
+        "No",
+        "null",
+        "~",
+        "1e3",
+        "12",
+        "2026-01-01",
+        ".inf",
+        ".5",
+        "-x",
+        "x ",
+        "",
+        " lead",
+        "x" * 150,
+        "a\nb",
+        "tab\tx",
+        "[x]",
+        "{y}",
+        "*ref",
+        "&a",
+        "!tag",
+        "%x",
+        "@x",
+        "`x",
+        "|x",
+        ">x",
+        "?x",
+        "x,y (z)",
+    ]
     for i, text in enumerate(odd):
         doc["artifacts"][f"odd{i}"] = {"path": f"models/odd{i}", "desc": text, "labels": [text]}
-    assert pipeline._dump(doc) == dump_yaml(doc)
+    doc["artifacts"]["true"] = {"n": 3, "f": 0.5, "b": False, "none": None, "empty": []}
+    assert yaml.safe_load(_yamlemit.dump(doc)) == doc
+
+
+def test_check_trusts_its_cache_only_while_the_inputs_are_the_same(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = new_registry(registry.repo_root.parent / "c", registry.repo_root, SPECS)
+    root = reg.repo_root
+    arch = "architecture: {family: entrypoint, entrypoint: 'nets.small:build'}"
+    write(root / "models/mine/spec.yaml", f"{arch}\ndata: {{train: d04}}\n")
+    assert pipefiles.write(Registry.open(root))
+    assert (root / ".stemma/pipeline.json").is_file()
+
+    def no_render(reg: Registry) -> dict[str, str]:
+        raise AssertionError("rendered")
+
+    with monkeypatch.context() as patch:  # an unchanged registry: hashes, no render
+        patch.setattr(pipefiles, "render_files", no_render)
+        assert pipefiles.differences(Registry.open(root)) == []
+        mine = root / "models/mine/dvc.yaml"
+        mine.write_text(mine.read_text() + "# edited\n")
+        assert [str(d) for d in pipefiles.differences(Registry.open(root))] == [
+            "models/mine/dvc.yaml is out of step with the specs"
+        ]
+    assert pipefiles.write(Registry.open(root))
+
+    # The code file appears: no spec changed, but the model now depends on it.
+    write(root / "nets/small.py", "def build(in_shape, num_classes): ...\n")
+    assert [str(d) for d in pipefiles.differences(Registry.open(root))] == [
+        "models/mine/dvc.yaml is out of step with the specs"
+    ]
+    assert pipefiles.write(Registry.open(root))
+    assert "- nets/small.py" in (root / "models/mine/dvc.yaml").read_text()
+
+    # A stage of one's own added to the root dvc.yaml is an input: kept, written first.
+    text = (root / "dvc.yaml").read_text()
+    write(root / "dvc.yaml", text + "stages:\n  mine:\n    cmd: echo hi\n")
+    assert [str(d) for d in pipefiles.differences(Registry.open(root))] == [
+        "dvc.yaml is out of step with the specs"
+    ]
+    assert pipefiles.write(Registry.open(root))
+    assert yaml.safe_load((root / "dvc.yaml").read_text())["stages"] == {"mine": {"cmd": "echo hi"}}
+    assert pipefiles.differences(Registry.open(root)) == []
+    # A damaged cache is rendered anew.
+    (root / ".stemma/pipeline.json").write_text("{")
+    assert pipefiles.differences(Registry.open(root)) == []
+    (root / "models/mine/spec.yaml").unlink()
+    assert [str(d) for d in pipefiles.differences(Registry.open(root))][-1] == (
+        "models/mine/dvc.yaml belongs to no dataset or model"
+    )

@@ -84,7 +84,9 @@ def test_own_stage_registers_and_stemma_derives_from_it(registry: Registry, cli)
     assert "train-own" in stages  # a stage stemma did not write is kept
     assert "models/own/weights.safetensors" in stages["model-kid"]["deps"]
     assert cli(["pipeline", "--check"], repo).code == 0
-    dvc(repo, "repro")
+    # With stages of one's own in the root dvc.yaml, a plain `dvc repro` runs those and what
+    # they need; --all-pipelines runs every dvc.yaml of the repository.
+    dvc(repo, "repro", "--all-pipelines")
     own = json.loads((repo / "models/own/manifest.json").read_text())
     base = json.loads((repo / "models/base/manifest.json").read_text())
     assert own["source"] == {"model": "base", "relation": "finetune", "id": base["id"]}
@@ -102,9 +104,10 @@ def test_own_stage_registers_and_stemma_derives_from_it(registry: Registry, cli)
     assert json.loads(res.stdout)[0]["status"] == "registered"
     # editing the training script reruns that stage and everything derived from it
     write(repo / "train.py", TRAIN_SCRIPT.replace("manual_seed(0)", "manual_seed(1)"))
-    ran = dvc(repo, "repro")
-    assert "Running stage 'train-own'" in ran and "Running stage 'model-kid'" in ran
-    assert "Running stage 'model-base'" not in ran
+    ran = dvc(repo, "repro", "--all-pipelines")
+    assert "Running stage 'train-own'" in ran
+    assert "Running stage 'models/kid/dvc.yaml:model-kid'" in ran
+    assert "Running stage 'models/base/dvc.yaml:model-base'" not in ran
 
 
 def test_hf_folder_registers_with_a_source_as_a_dvc_output(registry: Registry, cli) -> None:

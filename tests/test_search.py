@@ -172,7 +172,7 @@ def test_search_through_dvc_repro(registry: Registry, cli: object) -> None:
     # the dataset stage is built here and recorded as done; dvc repro runs the model's build
     build_dataset(Registry.open(repo), "d04")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    for args in (["commit", "--force", "dataset-d04"], ["repro"]):
+    for args in (["commit", "--force", "datasets/d04/dvc.yaml:dataset-d04"], ["repro"]):
         done = subprocess.run(
             [sys.executable, "-m", "dvc", *args, "--quiet"],
             cwd=repo,
@@ -188,5 +188,5 @@ def test_search_through_dvc_repro(registry: Registry, cli: object) -> None:
     assert [t["number"] for t in record["trials"]] == [0, 1, 2]
     assert all(isinstance(t["value"], float) and t["params"] for t in record["trials"])
     assert record["best"]["value"] == max(t["value"] for t in record["trials"])
-    assert "model-tuned:" in (repo / "dvc.lock").read_text()
+    assert "model-tuned:" in (repo / "models/tuned/dvc.lock").read_text()
     assert manifest.raw["metrics"]["accuracy"] > 0.5

@@ -99,8 +99,8 @@ def test_every_task_builds_through_dvc_repro(registry: Registry, cli) -> None:
     assert cli(["pipeline"], repo).code == 0
     plots = {
         n: s["plots"][0]
-        for n, s in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items()
-        if "plots" in s
+        for m in ("reg", "tagger")
+        for n, s in yaml.safe_load((repo / f"models/{m}/dvc.yaml").read_text())["stages"].items()
     }
     assert plots["model-reg"]["models/reg/curve.json"]["y"] == "eval_r2"
     assert plots["model-tagger"]["models/tagger/curve.json"]["y"] == "eval_map"

@@ -1,0 +1,127 @@
+"""`stemma audit --base HEAD~1` side by side with `stemma ls`, one spec changed; prints JSON.
+
+    python benchmarks/bench_audit.py [--models 10000] [--repeat 3]
+
+The registry is a synthetic one (`synth.generate`, one family, dvc.yaml written by
+`stemma pipeline`) committed to a real git repository; a second commit changes one spec's
+learning rate, so the audit compares two states that differ in one file (and reports that
+model's manifest as stale). Each command runs as a user runs it, in a fresh process,
+interleaved with `stemma ls` in each round so the machine's drift hits both alike. Reported:
+median and minimum wall time, peak memory of the audit process, and the ratio of the
+medians (target, DESIGN.md / the scale targets: within 10x of `stemma ls`), and beside them
+`stemma pipeline --check`, the check of the pipeline files that the audit runs on the head.
+
+`--cold` removes `.stemma/` before every audit: the first audit after a checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synth import generate, model_name, timing_env
+
+TARGET_RATIO = 10.0
+CHANGED = model_name(7)
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
+def registry(work: Path, n: int) -> Path:
+    """A synthetic registry of `n` models in git: all of it, then one spec changed."""
+    root = work / f"audit-{n}"
+    if (root / ".generated").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    generate(root, n, shape="mixed", seed=0, family_size=n + 1)
+    stemma = str(Path(sys.executable).with_name("stemma"))
+    subprocess.run([stemma, "pipeline"], cwd=root, check=True, capture_output=True)
+    _git(root, "init", "-q")
+    for key, value in (("user.name", "bench"), ("user.email", "bench@example.com")):
+        _git(root, "config", key, value)
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "registry")
+    spec = root / "models" / CHANGED / "spec.yaml"
+    spec.write_text(re.sub(r"lr: [0-9.e-]+", "lr: 0.0123", spec.read_text(), count=1))
+    _git(root, "commit", "-qam", f"change {CHANGED}")
+    (root / ".generated").write_text("ok\n")
+    return root
+
+
+def run(root: Path, args: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak resident kilobytes) of one `stemma ARGS` in `root`."""
+    stemma = str(Path(sys.executable).with_name("stemma"))
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [stemma, *args],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=timing_env(),
+    )
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0  # reaped here; keep Popen from waiting again
+    return time.perf_counter() - start, int(usage.ru_maxrss)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time the audit beside `stemma ls` and print the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cold", action="store_true", help="remove .stemma/ before each audit")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/stemma-bench-audit"))
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    root = registry(args.work, args.models)
+    commands = {
+        "ls": ["ls"],
+        "audit": ["audit", "--base", "HEAD~1", "--format", "json"],
+        # The audit checks the head's pipeline files as `pipeline --check` does: its share.
+        "pipeline_check": ["pipeline", "--check"],
+    }
+    for name in commands:  # warm: the index, bytecode caches, the check's cache
+        run(root, commands[name])
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    memory: dict[str, list[int]] = {name: [] for name in commands}
+    for _ in range(args.repeat):
+        for name, command in commands.items():
+            if args.cold and name == "audit":
+                shutil.rmtree(root / ".stemma", ignore_errors=True)
+            seconds, kilobytes = run(root, command)
+            times[name].append(seconds)
+            memory[name].append(kilobytes)
+    ls = statistics.median(times["ls"])
+    report: dict[str, Any] = {
+        "models": args.models,
+        "repeat": args.repeat,
+        "cold": args.cold,
+        "changed": f"models/{CHANGED}/spec.yaml",
+    }
+    for name, command in commands.items():
+        median = statistics.median(times[name])
+        report[name] = {
+            "command": "stemma " + " ".join(command),
+            "median_s": round(median, 3),
+            "min_s": round(min(times[name]), 3),
+            "peak_mib": round(max(memory[name]) / 1024, 1),
+            "ratio_to_ls": round(median / ls, 2),
+            "target_ratio": TARGET_RATIO if name == "audit" else None,
+        }
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The two states an audit compares, each read once.
+
+A state's documents are raw (a broken file is still compared) and parsed when first asked
+for: most of them the audit never needs. The base is tied to the head (`link`): git lists
+the files that differ between the two (`git diff --name-only`, which re-reads a file whose
+stat it cannot trust), and every other file of the base is the head's own file, so its
+document is the head's document, and the consistency facts of a model folder whose files
+are all the same are the head's facts. Only the files that differ are read from the base
+revision, with one git process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from stemma.registry import Registry
+from stemma.registry import consistency as cons
+from stemma.registry.consistency import Violation
+from stemma.registry.errors import GitError, LocatedError, RegistryNotFound, StemmaError
+from stemma.registry.files import parse_json_text
+from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE
+from stemma.registry.tree import GitTree, git
+from stemma.registry.yamlio import load_yaml_text
+
+from .graph import LazyDocs
+
+WORKING_TREE = "working tree"
+# The files of a model folder that its consistency facts come from.
+FOLDER_FILES = (SPEC_FILE, MANIFEST_FILE, "metrics.json", "curve.json")
+
+
+@dataclass
+class State:
+    """One side of the comparison: the registry (None when absent) and its raw documents."""
+
+    label: str
+    reg: Registry | None
+    errors: list[Violation] = field(default_factory=list)
+    models: Mapping[str, Any] = field(default_factory=dict)  # name -> raw spec (None: none)
+    datasets: Mapping[str, Any] = field(default_factory=dict)
+    manifests: Mapping[str, Any] = field(default_factory=dict)  # "model:NAME" -> raw or None
+    settings: Any = None
+    # Of the base: True for a repo-relative path whose file is the head's own (None: unknown).
+    same: Callable[[str], bool] | None = None
+    head: State | None = None  # the state this one is linked to
+    checked: cons.Checked | None = None  # the consistency check, once run
+
+    def text(self, path: str) -> str | None:
+        """A repo-relative file of this state, or None (the head's, where it is the same)."""
+        if self.reg is None:
+            return None
+        if self.head is not None and self.same_file(path):
+            return self.head.text(path)
+        return self.reg.tree.read_text(path)
+
+    def same_file(self, path: str) -> bool:
+        """True when `path` is known to be the same file in this state and the head."""
+        return self.same is not None and self.same(path)
+
+    def check(self) -> cons.Checked:
+        """The consistency check of this state (run once): a base linked to its head takes
+        the head's facts for every model folder whose files are the same."""
+        assert self.reg is not None
+        if self.checked is None:
+            borrowed = None
+            head = self.head
+            if head is not None and head.reg is not None:
+                facts = head.check().facts
+                borrowed = {
+                    name: facts[name]
+                    for name in self.models
+                    if name in facts
+                    and all(self.same_file(self.reg.rel("models", name, f)) for f in FOLDER_FILES)
+                }
+            self.checked = cons.check_state(self.reg, borrowed)
+        return self.checked
+
+
+def open_state(repo: Path, rev: str | None) -> State:
+    """Read one side: git revision `rev`, or the working tree when None."""
+    label = WORKING_TREE if rev is None else rev
+    try:
+        reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
+    except RegistryNotFound:
+        return State(label, None)
+    except LocatedError as exc:  # a broken stemma.yaml: nothing else can be read
+        return State(
+            label,
+            None,
+            [Violation(cons.SCHEMA, exc.path, exc.reason, exc.pointer, exc.line, "settings")],
+        )
+    state = State(label, reg)
+    state.settings = raw_yaml(state.text(SETTINGS_FILE))
+    _documents(state, reg)
+    return state
+
+
+def _documents(state: State, reg: Registry, head: State | None = None) -> None:
+    """The raw documents of `state`: those of `head` where the file is the same."""
+
+    def spec(kind: str, into: Callable[[], Mapping[str, Any]]) -> Callable[[str], Any]:
+        def load(name: str) -> Any:
+            path = reg.rel(kind, name, SPEC_FILE)
+            if head is not None and state.same_file(path):
+                return into()[name]
+            known = _known(reg, path)
+            return known if known is not None else raw_yaml(state.text(path))
+
+        return load
+
+    def manifest(key: str) -> Any:
+        kind, _, name = key.partition(":")
+        path = reg.rel(f"{kind}s", name, MANIFEST_FILE)
+        if head is not None and state.same_file(path):
+            return head.manifests[key]
+        known = _known(reg, path)
+        return known if known is not None else raw_json(state.text(path))
+
+    models, datasets = reg.model_names(), reg.dataset_names()
+    state.models = LazyDocs(models, spec("models", lambda: head.models if head else {}))
+    state.datasets = LazyDocs(datasets, spec("datasets", lambda: head.datasets if head else {}))
+    keys = [f"dataset:{n}" for n in datasets] + [f"model:{n}" for n in models]
+    state.manifests = LazyDocs(keys, manifest)
+
+
+def _known(reg: Registry, path: str) -> dict[str, Any] | None:
+    """The document a check validated at `path` (the same as its raw document), if any."""
+    doc = reg.known(path)
+    return doc if isinstance(doc, dict) else None
+
+
+def link(base: State, head: State) -> None:
+    """Tie `base` to `head`: the files git finds the same are read from the head only."""
+    if base.reg is None or head.reg is None or base.reg.rel_root != head.reg.rel_root:
+        return
+    old = _git_tree(base.reg)
+    if old is None:
+        return
+    tree, prefix = old
+    new = _git_tree(head.reg)
+    try:
+        args = ["diff", "--name-only", "-z", "--no-renames", tree.commit]
+        if new is not None:
+            args.append(new[0].commit)
+        out = git(tree.repo, *args, "--")
+    except GitError:
+        return
+    differ: set[str] = set()
+    for path in out.decode(errors="surrogateescape").split("\0"):
+        if path and (not prefix or path.startswith(prefix + "/")):
+            differ.add(path[len(prefix) + 1 :] if prefix else path)
+    base_tree, head_tree = base.reg.tree, head.reg.tree
+    known: dict[str, bool] = {}
+
+    def same(path: str) -> bool:
+        if path not in known:
+            # A file of the base that git does not list is the head's; one the base lacks
+            # is the same only where the head lacks it too (not an untracked file).
+            there = base_tree.exists(path)
+            known[path] = path not in differ and (there or not head_tree.exists(path))
+        return known[path]
+
+    base.same, base.head = same, head
+    _documents(base, base.reg, head)
+    # The files that differ (and the datasets, which every check reads) in one git process.
+    wanted = [*differ, SETTINGS_FILE]
+    for name in base.reg.dataset_names():
+        wanted += [base.reg.rel("datasets", name, f) for f in (SPEC_FILE, MANIFEST_FILE)]
+    tree.prefetch([str(PurePosixPath(prefix, p)) if prefix else p for p in wanted])
+
+
+def _git_tree(reg: Registry) -> tuple[GitTree, str] | None:
+    """The git tree of a registry at a revision and its folder in the repository."""
+    tree: Any = reg.tree
+    inner = getattr(tree, "inner", tree)
+    if not isinstance(inner, GitTree):
+        return None
+    prefix = str(getattr(tree, "prefix", ""))
+    return inner, "" if prefix in ("", ".") else prefix
+
+
+def raw_yaml(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return load_yaml_text(text, "")
+    except StemmaError:
+        return None
+
+
+def raw_json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        doc = parse_json_text(text, "")
+    except StemmaError:
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -1,0 +1,187 @@
+"""What the consistency check found in each model folder, kept while the folder is unchanged.
+
+Reading, parsing and validating 20,000 specs and manifests is most of `stemma validate` on a
+large registry, yet between two checks few files change. `check` keeps, per model folder,
+the facts it took from that folder's own files (the spec, the manifest's ids, the folder's
+own violations: schema, ids, metric files, gates) under a stamp of those files, and the next
+check takes the facts of every folder whose stamp is the same; the checks across folders
+(references, cycles, staleness, tasks) run on the facts every time.
+
+A stamp of the working tree is the `lstat` of the folder and of its spec, manifest,
+metrics.json and curve.json (mode, size, inode, mtime and ctime in nanoseconds), taken in one
+pass before any file is read. A folder is trusted only when all of it is plain (no link, only
+regular files) and no stamp is too recent: a file changed within RACY_NS of the check may
+change again without its stat changing (git's "racy" rule), so such a folder is read again
+until it is older. A git revision keeps no facts here: an audit's base takes the head's facts
+of the folders whose files git finds the same (`stemma.lineage._audit_state`).
+
+The facts live in `.stemma/checked` beside the query index (a cache, ignored by git), written
+only by a check that found no bad input, like `_validcache`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._snapshot import RACY_NS, now_ns
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+FILE = Path(".stemma") / "checked"
+FORMAT = "stemma-checked/1"
+# The files of a model folder whose content the facts depend on.
+FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json")
+
+
+# The modules whose code turns a folder's files into its facts: a change to any of them (an
+# upgrade, a message reworded) makes every stored fact stale.
+CODE = (
+    "consistency.py",
+    "registry.py",
+    "records.py",
+    "errors.py",
+    "metricfiles.py",
+    "files.py",
+    "naming.py",
+    "yamlio.py",
+)
+
+
+def _header(reg: Registry) -> str:
+    """What the facts depend on besides the folders: this format, the stemma version, the
+    code that finds them, the schemas and where the registry root is."""
+    import hashlib
+    from importlib import resources
+
+    from . import __version__
+
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in CODE:
+        try:
+            code = (here / name).read_bytes()
+        except OSError:  # installed without its sources: the version stands for the code
+            code = b""
+        digest.update(name.encode() + b"\0" + code)
+    folder = resources.files("stemma.schemas")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            digest.update(entry.name.encode() + b"\0" + entry.read_bytes())
+    return f"{FORMAT} {__version__} {digest.hexdigest()[:32]} {reg.rel_root}"
+
+
+def work_stamps(root: Path) -> dict[str, str]:
+    """name -> stamp of each model folder of the working tree that can be trusted (plain,
+    and not changed too recently); folders left out are read as if unknown."""
+    now = now_ns()
+    models = root / "models"
+    try:
+        if os.path.islink(models):
+            return {}
+        fd = os.open(models, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    lstat = os.lstat
+    try:
+        with os.scandir(fd) as entries:
+            folders = [
+                e
+                for e in entries
+                if not e.name.startswith(".") and not e.is_symlink() and e.is_dir()
+            ]
+        for entry in folders:
+            name = entry.name
+            try:
+                info = lstat(name, dir_fd=fd)
+            except OSError:
+                continue
+            parts = [f"{info.st_ino}"]
+            trusted = stat.S_ISDIR(info.st_mode)
+            for fname in FOLDER_FILES:
+                if not trusted:
+                    break
+                try:
+                    st = lstat(f"{name}/{fname}", dir_fd=fd)
+                except FileNotFoundError:
+                    parts.append("-")
+                    continue
+                except OSError:
+                    trusted = False
+                    break
+                if (
+                    not stat.S_ISREG(st.st_mode)
+                    or now - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS
+                ):
+                    trusted = False
+                    break
+                parts.append(
+                    f"{st.st_mode:o}.{st.st_size}.{st.st_ino}.{st.st_mtime_ns}.{st.st_ctime_ns}"
+                )
+            if trusted:
+                out[name] = " ".join(parts)
+    finally:
+        os.close(fd)
+    return out
+
+
+class FolderFacts:
+    """The stored facts of a registry, the stamps of its folders now, and what this check
+    takes and adds."""
+
+    def __init__(self, reg: Registry, stamps: dict[str, str]) -> None:
+        self.path = reg.repo_root / FILE
+        self.stamps = stamps
+        self.header = _header(reg)
+        self.stored: dict[str, list[Any]] = {}  # name -> [[stamp, facts]]
+        self.used: dict[str, list[Any]] = {}
+        try:
+            doc = json.loads(self.path.read_bytes())
+            if isinstance(doc, dict) and doc.get("header") == self.header:
+                models = doc.get("models")
+                self.stored = models if isinstance(models, dict) else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            self.stored = {}
+
+    def get(self, name: str) -> list[Any] | None:
+        """The facts of folder `name` when its stamp is the one they were stored under."""
+        stamp = self.stamps.get(name)
+        if stamp is None:
+            return None
+        entries = self.stored.get(name)
+        for entry in entries if isinstance(entries, list) else ():
+            if isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp:
+                if not isinstance(entry[1], list):
+                    return None
+                self.used[name] = entry
+                facts: list[Any] = entry[1]
+                return facts
+        return None
+
+    def forget(self, name: str) -> None:
+        """Drop what `get` returned for `name` (it could not be read back)."""
+        self.used.pop(name, None)
+
+    def put(self, name: str, facts: list[Any]) -> None:
+        """Keep the facts just found for folder `name`, when its stamp can be trusted."""
+        stamp = self.stamps.get(name)
+        if stamp is not None:
+            self.used[name] = [stamp, facts]
+
+    def save(self) -> None:
+        """Write the facts of this check (the folders it did not see are dropped)."""
+        models = {name: [entry] for name, entry in self.used.items()}
+        if models == self.stored:
+            return
+        import contextlib
+
+        from .files import write_atomic
+
+        text = json.dumps({"header": self.header, "models": models}, separators=(",", ":"))
+        with contextlib.suppress(OSError):  # a read-only checkout: check again next time
+            write_atomic(self.path, text, sync=False)

@@ -1,0 +1,89 @@
+"""What `stemma pipeline` last rendered, kept by the content of its inputs: a check of an
+unchanged registry compares files with hashes instead of rendering 10,000 stages again.
+
+The render reads the specs (and the manifests of models that have no spec), the root
+dvc.yaml's own stages, and whether entrypoint code files exist; nothing else. The query
+index already holds a digest of every spec and the id of every manifest, refreshed from the
+files' sizes and mtimes, so one query gives a fingerprint of all the inputs but the last
+two. The cache (`.stemma/pipeline.json`, ignored by git like the index) keeps, for the last
+fingerprint: the code files probed and whether they existed, and the sha256 of every file
+rendered. A check can trust it when the fingerprint and the probes match and the root
+dvc.yaml on disk is the one rendered (so its own stages are those the render kept); any
+other case renders in full. A lost or damaged cache only costs that full render.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .registry import Registry
+
+FILE = Path(".stemma") / "pipeline.json"
+FORMAT = 1
+# The render's rules are code: a cache written by other code is not trusted.
+_CODE = ("pipeline.py", "_yamlemit.py")
+
+
+def sha(text: str) -> str:
+    """The hash a cached file is compared by."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint(reg: Registry) -> str:
+    """A digest of every input of the render that the index knows (see the module doc)."""
+    from .index import open_index
+
+    with open_index(reg) as index:
+        rows = index.con.execute(
+            "SELECT path, digest FROM raw.model_specs"
+            " UNION ALL SELECT path, digest FROM raw.dataset_specs"
+            " UNION ALL SELECT path, coalesce(id, '') FROM raw.model_manifests"
+            "  WHERE name NOT IN (SELECT name FROM raw.model_specs)"
+            " UNION ALL SELECT path, coalesce(id, '') FROM raw.dataset_manifests"
+            "  WHERE name NOT IN (SELECT name FROM raw.dataset_specs)"
+            " ORDER BY 1"
+        ).fetchall()
+    h = hashlib.sha256(f"{FORMAT}\0{reg.rel_root}\0".encode())
+    here = Path(__file__).parent
+    for name in _CODE:
+        h.update(hashlib.sha256((here / name).read_bytes()).digest())
+    for path, digest in rows:
+        h.update(f"{path}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def load(reg: Registry) -> dict[str, Any] | None:
+    """The cached render, or None."""
+    try:
+        doc = json.loads((reg.repo_root / FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+
+
+def save(reg: Registry, key: str, probes: dict[str, bool], files: dict[str, str]) -> None:
+    """Keep a render: its fingerprint, its probes and the hash of each file."""
+    from .files import write_atomic
+
+    doc = {
+        "format": FORMAT,
+        "fingerprint": key,
+        "probes": probes,
+        "files": {path: sha(text) for path, text in files.items()},
+    }
+    with contextlib.suppress(OSError):  # a read-only checkout: render again next time
+        write_atomic(reg.repo_root / FILE, json.dumps(doc, sort_keys=True), sync=False)
+
+
+def still_valid(reg: Registry, cached: dict[str, Any], key: str) -> bool:
+    """True when a cached render is what rendering now would give."""
+    if cached.get("fingerprint") != key:
+        return False
+    probes = cached.get("probes")
+    if not isinstance(probes, dict) or not isinstance(cached.get("files"), dict):
+        return False
+    return all(reg.tree.exists(path) == bool(found) for path, found in probes.items())

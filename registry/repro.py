@@ -1,0 +1,167 @@
+"""What `stemma repro` hands DVC: the stale stages, from the index, in lineage order.
+
+`dvc repro` starts by collecting every dvc.yaml of the repository and checking every stage,
+which at 10,000 models takes longer than the builds it finds to do. The index already knows
+which models and datasets are stale or unbuilt (`status`, the one rule); everything derived
+from those (`dag.Forest`) will change when they are rebuilt. `plan` lists exactly those
+stages, datasets first and then models each after its source (`dag.build_order`), as DVC
+targets `PATH/dvc.yaml:STAGE`. `dvc repro --single-item TARGETS...` runs them in that order:
+DVC still checks each stage against its own dvc.lock, runs it when it changed, and records
+it in the dvc.lock beside it, as a full `dvc repro` would.
+
+What only DVC sees (stemma.yaml's settings, an entrypoint's code, a data file edited in
+place) is not in the index: `dvc repro` (or `stemma repro NAME`, which hands DVC the model
+itself) finds those.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import status
+from .dag import Forest
+from .dag import build_order as dag_order
+from .errors import ModelNotFound
+from .pipeline import stage_file, stage_name
+from .registry import Registry
+
+TO_BUILD = (status.STALE, status.UNBUILT)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The stages to hand DVC, in order, and the entries they build."""
+
+    targets: list[str] = field(default_factory=list)  # `PATH/dvc.yaml:STAGE`
+    datasets: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"targets": self.targets, "datasets": self.datasets, "models": self.models}
+
+
+@dataclass
+class _Rows:
+    """What the index says about every model and dataset."""
+
+    model_status: dict[str, str]
+    declared: dict[str, dict[str, Any]]  # models with a spec: source, datasets, candidates
+    dataset_status: dict[str, str]
+
+
+def _rows(reg: Registry) -> _Rows:
+    from .index import open_index
+
+    with open_index(reg) as index:
+        models = index.con.execute(
+            "SELECT m.name, m.status, s.name IS NOT NULL, s.source, s.train, s.eval, s.checks,"
+            " s.candidates FROM models m LEFT JOIN raw.model_specs s ON s.name = m.name"
+        ).fetchall()
+        datasets = index.con.execute("SELECT name, status FROM datasets").fetchall()
+    declared = {}
+    for name, _state, has_spec, source, train, eval_, checks, glob in models:
+        if has_spec:
+            data = {d for d in (train, eval_, *(checks or ())) if d}
+            declared[name] = {"source": source, "data": data, "candidates": glob}
+    return _Rows({r[0]: r[1] for r in models}, declared, dict(datasets))
+
+
+def _deps(rows: _Rows) -> dict[str, list[str]]:
+    """model -> the models it is built from: its source, or its exploration's candidates."""
+    names = sorted(rows.model_status)
+    deps: dict[str, list[str]] = {}
+    for name, spec in rows.declared.items():
+        src = spec["source"]
+        if src == "auto":
+            glob = spec["candidates"] or "*"
+            deps[name] = [m for m in names if m != name and fnmatch.fnmatch(m, glob)]
+        else:
+            deps[name] = [src] if src in rows.model_status else []
+    return deps
+
+
+def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -> Plan:
+    """The stale stages (stale or unbuilt per the index, and everything derived from them),
+    in lineage order. With `targets` (model or dataset names), only those and what they are
+    built from, as `dvc repro TARGET` goes; with `downstream`, those and what derives from
+    them, as `dvc repro --downstream TARGET` goes. A target is always handed to DVC, which
+    decides whether it changed."""
+    rows = _rows(reg)
+    deps = _deps(rows)
+    used_by: dict[str, set[str]] = {}
+    for name, spec in rows.declared.items():
+        for dataset in spec["data"]:
+            used_by.setdefault(dataset, set()).add(name)
+    stale_data = {d for d, s in rows.dataset_status.items() if s in TO_BUILD}
+    roots = {m for m in rows.declared if rows.model_status.get(m) in TO_BUILD}
+    for dataset in stale_data:
+        roots |= used_by.get(dataset, set())
+    parent = {m: s["source"] for m, s in rows.declared.items() if s["source"] not in (None, "auto")}
+    forest = Forest(rows.model_status, parent)
+    affected = set(forest.union(roots))
+    affected |= {m for m, d in deps.items() if affected.intersection(d)}  # explorations
+    affected &= set(rows.declared)  # registered models have no stage
+    data = set(stale_data)
+    if targets:
+        models, data = _restrict(rows, forest, deps, affected, stale_data, targets, downstream)
+        affected = models
+    order = dag_order({m: deps[m] for m in affected}, strict=False)
+    out = Plan(datasets=sorted(data), models=order)
+    for name in out.datasets:
+        out.targets.append(f"{stage_file(reg, 'dataset', name)}:{stage_name('dataset', name)}")
+    for name in order:
+        where = stage_file(reg, "model", name)
+        if rows.declared[name]["source"] == "auto":
+            out.targets.append(f"{where}:{stage_name('explore', name)}")
+        out.targets.append(f"{where}:{stage_name('model', name)}")
+    return out
+
+
+def _restrict(
+    rows: _Rows,
+    forest: Forest,
+    deps: dict[str, list[str]],
+    affected: set[str],
+    stale_data: set[str],
+    targets: Iterable[str],
+    downstream: bool,
+) -> tuple[set[str], set[str]]:
+    """The models and datasets of the plan for named targets (see `plan`)."""
+    models: set[str] = set()
+    data: set[str] = set()
+    for target in targets:
+        if target in rows.declared:
+            if downstream:  # all of them: DVC checks each, whatever the index knows
+                models |= {target, *forest.descendants(target)}
+                continue
+            line = {target, *_upstream(target, deps)} & set(rows.declared)
+            models |= {target} | (affected & line)
+            for model in line:
+                data |= stale_data & rows.declared[model]["data"]
+        elif target in rows.dataset_status:
+            data.add(target)
+            if downstream:
+                users = {m for m, s in rows.declared.items() if target in s["data"]}
+                models |= set(forest.union(users))
+        elif target not in rows.model_status:  # a registered model has nothing to build
+            names = [*rows.model_status, *rows.dataset_status]
+            raise ModelNotFound(target, Registry._hint(target, names))
+    if downstream:
+        models |= {m for m, d in deps.items() if models.intersection(d)}  # explorations
+    return models & set(rows.declared), data
+
+
+def _upstream(name: str, deps: dict[str, list[str]]) -> list[str]:
+    """Every model `name` is built from, directly or not."""
+    seen: list[str] = []
+    todo = list(deps.get(name, ()))
+    while todo:
+        node = todo.pop()
+        if node not in seen and node != name:
+            seen.append(node)
+            todo += deps.get(node, ())
+    return seen

@@ -1,0 +1,85 @@
+"""The audit reads the base as the head with the files git finds different: the same report
+as reading every file of both states, while reading only what differs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import write
+from stemma.lineage import _audit_state
+from stemma.lineage import audit as lib
+from stemma.registry import Registry, consistency
+from test_audit import CASES, base_repo, commit  # noqa: F401  (base_repo: a fixture)
+
+
+@pytest.fixture
+def work(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A private copy of the audit tests' committed registry."""
+    target = tmp_path / "repo"
+    shutil.copytree(request.getfixturevalue("base_repo"), target, symlinks=True)
+    return target
+
+
+def report(repo: Path, base: str = "HEAD~1", head: str | None = None) -> str:
+    text = lib.audit(repo, base, head).to_json()
+    return text + lib.audit(repo, base, head).to_markdown()
+
+
+def unlinked(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) -> str:
+    """The report with every file of both states read (the base not tied to the head)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(lib, "link", lambda base, head: None)
+        return report(repo, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("code", sorted(CASES))
+def test_the_same_report_as_reading_everything(
+    code: str, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = work
+    CASES[code](Registry.open(repo))
+    commit(repo, f"introduce {code}")
+    assert report(repo) == unlinked(repo, monkeypatch)
+    assert report(repo, head="HEAD") == unlinked(repo, monkeypatch, head="HEAD")
+
+
+def test_uncommitted_and_untracked_files_count(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = work
+    reg = Registry.open(repo)
+    spec = reg.root / "models" / "ft" / "spec.yaml"
+    write(spec, spec.read_text().replace("lr: 0.01", "lr: 0.02"))  # edited, not committed
+    write(reg.root / "models" / "extra" / "spec.yaml", spec.read_text())  # untracked
+    (reg.root / "models" / "scratch" / "manifest.json").unlink()  # deleted, not committed
+    found = json.loads(lib.audit(repo, "HEAD").to_json())
+    assert found["models"]["added"] == ["extra"]
+    assert [r["after"] for r in found["rebuilt"] if r["subject"] == "model:scratch"] == [None]
+    assert any(c["subject"] == "model:ft" for c in found["spec_changes"])
+    assert report(repo, base="HEAD") == unlinked(repo, monkeypatch, base="HEAD")
+
+
+def test_only_the_folders_that_differ_are_read_for_the_base(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = work
+    reg = Registry.open(repo)
+    spec = reg.root / "models" / "ft" / "spec.yaml"
+    write(spec, spec.read_text().replace("lr: 0.01", "lr: 0.02"))
+    commit(repo, "change ft")
+    old, new = _audit_state.open_state(repo, "HEAD~1"), _audit_state.open_state(repo, None)
+    _audit_state.link(old, new)
+    assert old.same_file("models/base/spec.yaml") and not old.same_file("models/ft/spec.yaml")
+    assert old.models["base"] is new.models["base"]  # one document for both states
+    new.check()
+    read: list[str] = []
+    real = consistency.model_facts
+
+    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
+        read.append(name)
+        return real(reg, name)
+
+    monkeypatch.setattr(consistency, "model_facts", counting)
+    old.check()
+    assert read == ["ft"]

@@ -1,0 +1,142 @@
+"""The check keeps what each model folder's files say while they are unchanged, and only then."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import write
+from stemma.registry import Registry, _checkcache, consistency
+from stemma.registry.consistency import check
+
+
+def messages(root: Path) -> list[str]:
+    return [str(v) for v in check(Registry.open(root))]
+
+
+@pytest.fixture
+def trusting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written by the test count as old enough to trust (they are seconds old)."""
+    monkeypatch.setattr(_checkcache, "RACY_NS", 0)
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The model folders the check reads (the others come from the stored facts)."""
+    seen: list[str] = []
+    real = consistency.model_facts
+
+    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
+        seen.append(name)
+        return real(reg, name)
+
+    monkeypatch.setattr(consistency, "model_facts", counting)
+    return seen
+
+
+def stored(root: Path) -> dict[str, object]:
+    models: dict[str, object] = json.loads((root / _checkcache.FILE).read_text())["models"]
+    return models
+
+
+def test_unchanged_folders_are_not_read_again(
+    populated: Registry, trusting: None, reads: list[str]
+) -> None:
+    root = populated.repo_root
+    assert messages(root) == []
+    assert sorted(reads) == ["base", "ft", "scratch"] and sorted(stored(root)) == sorted(reads)
+    reads.clear()
+    assert messages(root) == [] and reads == []
+    spec = populated.root / "models/ft/spec.yaml"
+    write(spec, spec.read_text().replace("lr: 0.01", "lr: 0.02"))
+    assert messages(root) == [] and reads == ["ft"]
+
+
+def test_a_rewrite_at_the_same_size_and_mtime_is_checked_again(
+    populated: Registry, trusting: None
+) -> None:
+    root = populated.repo_root
+    assert messages(root) == []
+    spec = populated.root / "models/ft/spec.yaml"
+    before = spec.stat()
+    text = spec.read_text()
+    bad = text.replace("epochs: 2", "epochs: x")
+    assert len(bad) == len(text)
+    with open(spec, "w") as fh:  # in place: the same inode, the same size
+        fh.write(bad)
+    os.utime(spec, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert spec.stat().st_mtime_ns == before.st_mtime_ns
+    found = messages(root)  # the ctime moved: the folder is read again
+    assert found and "models/ft/spec.yaml:4 at /training/epochs" in found[0]
+    (root / _checkcache.FILE).unlink()
+    assert messages(root) == found
+
+
+def test_files_changed_moments_ago_are_not_kept(populated: Registry, reads: list[str]) -> None:
+    root = populated.repo_root
+    assert messages(root) == []  # every file was just written: too recent to trust
+    assert not (root / _checkcache.FILE).exists() or stored(root) == {}
+    reads.clear()
+    assert messages(root) == [] and sorted(reads) == ["base", "ft", "scratch"]
+
+
+def test_a_check_that_finds_bad_input_writes_no_facts(
+    populated: Registry, trusting: None, reads: list[str]
+) -> None:
+    root = populated.repo_root
+    assert messages(root) == []
+    kept = (root / _checkcache.FILE).read_bytes()
+    spec = populated.root / "models/base/spec.yaml"
+    write(spec, spec.read_text().replace("data:", "bogus: 1\ndata:", 1))
+    reads.clear()
+    first = messages(root)
+    assert "unknown key 'bogus'" in first[0] and reads == ["base"]
+    assert (root / _checkcache.FILE).read_bytes() == kept
+    assert messages(root) == first  # reported every time
+
+
+def test_linked_folders_and_files_are_always_read(
+    populated: Registry, trusting: None, reads: list[str]
+) -> None:
+    root = populated.repo_root
+    models = populated.root / "models"
+    (models / "ft" / "spec.yaml").rename(models / "ft.yaml")
+    (models / "ft" / "spec.yaml").symlink_to(models / "ft.yaml")
+    inside = populated.root / "elsewhere"
+    (models / "scratch").rename(inside)
+    (models / "scratch").symlink_to(inside)
+    assert messages(root) == []  # links inside the root are followed
+    assert sorted(stored(root)) == ["base"]
+    reads.clear()
+    assert messages(root) == [] and sorted(reads) == ["ft", "scratch"]
+    assert sorted(_checkcache.work_stamps(populated.root)) == ["base"]
+    (models / "scratch").unlink()
+    outside = root.parent / "outside"
+    inside.rename(outside)
+    (models / "scratch").symlink_to(outside)
+    found = messages(root)
+    assert any("models/scratch" in m and "[path-escape]" in m for m in found)
+
+
+def test_damaged_or_foreign_facts_are_ignored(populated: Registry, trusting: None) -> None:
+    root = populated.repo_root
+    assert messages(root) == []
+    path = root / _checkcache.FILE
+    for text in ("damaged", '{"header": "other", "models": {}}', '{"models": 3}'):
+        path.write_text(text)
+        assert messages(root) == []
+    assert sorted(stored(root)) == ["base", "ft", "scratch"]
+
+
+def test_malformed_entries_are_read_again(populated: Registry, trusting: None) -> None:
+    root = populated.repo_root
+    assert messages(root) == []
+    path = root / _checkcache.FILE
+    doc = json.loads(path.read_text())
+    good = doc["models"]["ft"]
+    for bad in (5, [5], [[good[0][0], 7]], [[good[0][0], [1, 2]]]):
+        doc["models"]["ft"] = bad
+        path.write_text(json.dumps(doc))
+        assert messages(root) == []
