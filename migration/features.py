@@ -51,16 +51,22 @@ def compute(
     if dev.type == "cpu":
         # a fixed thread count keeps float reductions (and so the cached bytes) reproducible
         torch.set_num_threads(CPU_THREADS)
+    # images run channels-last: CPU convolutions and pooling take 2-3x less time in that layout
+    # (a float32 rounding apart from the default one, and as deterministic)
+    layout = torch.channels_last if np.ndim(x) == 4 else torch.contiguous_format
     module.to(dev).eval()
+    module.to(memory_format=layout)
     head = head_of(module)
     feats, probs = [], []
     try:
         for start in range(0, len(x), batch_size):
             xb = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32).to(dev)
+            xb = xb.contiguous(memory_format=layout)
             f = penultimate(module, xb).float()
             feats.append(f.cpu())
             probs.append(torch.softmax(head(f).float(), dim=1).cpu())
     finally:
+        module.to(memory_format=torch.contiguous_format)  # the caller's weights as they were
         module.train(was_training)
         torch.set_num_threads(prior_threads)
     if not feats:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from scipy.linalg import lapack
 
 __all__ = [
     "SCORES",
@@ -40,7 +41,8 @@ __all__ = [
 ]
 
 _EPS = float(np.finfo(np.float64).eps)
-_KNN_CHUNK = 1024  # query rows per similarity block: chunk * N float64 stays a few tens of MB
+_EPS32 = float(np.finfo(np.float32).eps)
+_KNN_CHUNK = 256  # query rows per similarity block: chunk * N float32 stays a few MB
 
 
 def _labels(labels: Any, n: int | None = None, name: str = "labels") -> tuple[np.ndarray, int]:
@@ -88,6 +90,39 @@ def _one_hot(index: np.ndarray, classes: int) -> np.ndarray:
     return out
 
 
+def _eig_project(gram: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues w (ascending) of the symmetric `gram` (k, k) and V^T b for its eigenvectors V.
+
+    What np.linalg.eigh gives, without forming V: LAPACK reduces gram = Q T Q^T to tridiagonal
+    T (dsytrd), applies Q^T to the few columns of b (dormqr), and decomposes T = Z diag(w) Z^T
+    by divide and conquer (dstevd), so V^T b = Z^T Q^T b. The scores need only the projections
+    of a handful of target columns, and this skips the (k, k) back-transformation of V: about
+    half the time of eigh at k = 512.
+    """
+    k = gram.shape[0]
+    if k == 0:
+        return np.zeros(0), np.zeros((0, *np.shape(b)[1:]))
+    if k == 1:
+        return gram[0].astype(np.float64), np.asarray(b, dtype=np.float64).copy()
+    packed, diag, off, tau, info = lapack.dsytrd(gram, lower=1)
+    if info != 0:  # pragma: no cover - dsytrd fails only on invalid arguments
+        raise np.linalg.LinAlgError(f"dsytrd failed ({info})")
+    qb = np.array(b, dtype=np.float64, order="F")
+    # Q = H(1) ... H(k-1); reflector i is stored below the subdiagonal of column i (LAPACK
+    # dormtr with uplo='L' is exactly this dormqr on the shifted block)
+    rotated, _, info = lapack.dormqr(
+        "L", "T", packed[1:, :-1], tau[: k - 1], qb[1:], lwork=max(1, 64 * qb.shape[1])
+    )
+    if info != 0:  # pragma: no cover
+        raise np.linalg.LinAlgError(f"dormqr failed ({info})")
+    qb[1:] = rotated
+    w, z, info = lapack.dstevd(diag, off, compute_v=1)
+    if info != 0:  # pragma: no cover - divide and conquer did not converge
+        raise np.linalg.LinAlgError(f"dstevd failed ({info})")
+    projected: np.ndarray = z.T @ qb
+    return w, projected
+
+
 # Constants of the reference implementation (thuml/LogME, LogME._fit_fixed_point).
 _LOGME_MAX_ITER = 11
 _LOGME_TOL = 1e-3  # relative change of t = alpha / beta
@@ -95,19 +130,34 @@ _LOGME_EPS = 1e-5  # added to m^T m and ||F m - y||^2 in the updates
 
 
 def _spectrum(f: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues sigma (k,) of F^T F above the rank tolerance and X = U^T Y (k, C).
+    """Eigenvalues sigma (k,) of F^T F above the rank tolerance and X = U^T Y (k, C), for the
+    features F scaled to unit root-mean-square (empty for all-zero features).
 
     U holds F's left singular vectors. Only the smaller Gram matrix is decomposed: F^T F (D, D)
     when N >= D, with U^T Y = V^T F^T Y / sqrt(sigma), else F F^T (N, N) whose eigenvectors are U.
+    All-zero columns (dead units) are left out: they add nothing to either Gram matrix.
     """
-    n, d = f.shape
-    gram = f.T @ f if n >= d else f @ f.T
-    sigma, vectors = np.linalg.eigh(gram)
+    n, d = f.shape  # the mean square and the rank tolerance count every column, dead or not
+    column_peak = np.maximum(f.max(axis=0), -f.min(axis=0))
+    peak = float(column_peak.max())
+    if peak == 0:
+        return np.zeros(0), np.zeros((0, targets.shape[1]))
+    live = f[:, column_peak > 0]  # a copy: scaled in place by the peak first, so that
+    live /= peak  # squaring can neither overflow nor underflow
+    wide = n < live.shape[1]
+    gram = live @ live.T if wide else live.T @ live
+    # unit RMS: F / sqrt(ms) has the Gram matrix gram / ms and F^T Y / sqrt(ms)
+    ms = float(np.trace(gram)) / (n * d)
+    gram /= ms
+    if wide:
+        sigma, x = _eig_project(gram, targets)
+    else:
+        sigma, x = _eig_project(gram, (live.T @ targets) / np.sqrt(ms))
     keep = sigma > max(n, d) * _EPS * max(float(sigma[-1]), 0.0)
-    sigma, vectors = sigma[keep], vectors[:, keep]
-    if n >= d:
-        return sigma, (vectors.T @ (f.T @ targets)) / np.sqrt(sigma)[:, None]
-    return sigma, vectors.T @ targets
+    sigma, x = sigma[keep], x[keep]
+    if wide:
+        return sigma, x
+    return sigma, x / np.sqrt(sigma)[:, None]
 
 
 def logme_regression(features: Any, targets: Any) -> float:
@@ -161,11 +211,7 @@ def _logme(f: np.ndarray, targets: np.ndarray) -> float:
     n, classes = f.shape[0], targets.shape[1]
     if targets.shape[0] != n:
         raise ValueError(f"targets have {targets.shape[0]} rows but the features have {n}")
-    peak = np.abs(f).max()
-    if peak > 0:
-        f = f / peak  # first by the peak so that squaring cannot overflow or underflow
-        f = f / np.sqrt(np.mean(f * f))
-    sigma, x = _spectrum(f, targets) if peak > 0 else (np.zeros(0), np.zeros((0, classes)))
+    sigma, x = _spectrum(f, targets)
     rank = sigma.shape[0]
     sigma = sigma[:, None]  # (k, 1) against the per-class columns (k, C)
     x2 = x**2
@@ -248,22 +294,31 @@ def hscore(features: Any, labels: Any) -> float:
     x = _matrix("features", features)
     y, classes = _labels(labels, x.shape[0])
     n, d = x.shape
-    peak = np.abs(x).max()
-    if peak == 0 or classes == 1:
+    high, low = x.max(axis=0), x.min(axis=0)
+    peak = float(max(high.max(), -low.min()))
+    # a constant feature has no variance to whiten and no class-mean offset: leave it out
+    live = high > low
+    if peak == 0 or classes == 1 or not live.any():
         return 0.0  # no variance, or no between-class variance
-    x = x / peak  # H-score is scale-free; this keeps squares away from overflow and underflow
-    mean = x.mean(axis=0)
-    centred = x - mean
-    cov = centred.T @ centred / n
-    eigval, eigvec = np.linalg.eigh(cov)
-    tol = max(n, d) * _EPS * max(float(eigval[-1]), float(np.mean(x * x)))
+    # H-score is scale-free; by the peak first, so that squares neither overflow nor underflow
+    centred = x[:, live]  # a copy, centred in place
+    centred /= peak
+    # the mean square of x / peak, every column counted (a constant one is its value)
+    constant = high[~live] / peak
+    mean_square = float(np.einsum("ij,ij->", centred, centred)) + n * float(constant @ constant)
+    mean_square /= n * d
+    counts = np.bincount(y, minlength=classes).astype(np.float64)
+    class_means = (_one_hot(y, classes).T @ centred) / counts[:, None]
+    mean = centred.mean(axis=0)
+    centred -= mean
+    # the eigenvalues of cov and the class-mean offsets in its eigenbasis, (live,) and (live, C)
+    eigval, offsets = _eig_project(centred.T @ centred / n, (class_means - mean).T)
+    tol = max(n, d) * _EPS * max(float(eigval[-1]), mean_square)
     keep = eigval > tol
     if not keep.any():
         return 0.0
-    counts = np.bincount(y, minlength=classes).astype(np.float64)
-    class_means = (_one_hot(y, classes).T @ x) / counts[:, None]
-    whitened = ((class_means - mean) @ eigvec[:, keep]) / np.sqrt(eigval[keep])
-    return float(np.sum(counts / n * np.sum(whitened**2, axis=1)))
+    whitened2 = offsets[keep] ** 2 / eigval[keep, None]  # (kept, C)
+    return float(np.sum(counts / n * np.sum(whitened2, axis=0)))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -281,7 +336,8 @@ def knn_accuracy(features: Any, labels: Any, k: int = 5, folds: int = 5, seed: i
     Samples are shuffled with ``seed`` and split into ``folds`` folds; each fold is classified
     by majority vote of its k most cosine-similar samples among the other folds (cosine, so the
     score ignores each sample's feature norm); ties go to the class whose tied neighbours are
-    more similar in total. Returns the fraction classified correctly, in [0, 1].
+    more similar in total (an exact tie for the k-th neighbour goes to the earlier sample).
+    Returns the fraction classified correctly, in [0, 1].
     Deterministic given the seed. ``folds`` above N means leave-one-out.
     """
     x = _matrix("features", features)
@@ -290,28 +346,62 @@ def knn_accuracy(features: Any, labels: Any, k: int = 5, folds: int = 5, seed: i
         raise ValueError(f"k must be at least 1, got {k}")
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
-    n = x.shape[0]
+    n, d = x.shape
     unit = _unit_rows(x)
+    unit32 = unit.astype(np.float32)
+    # |float32 cosine - float64 cosine| of unit rows: each row rounded to float32, then a
+    # float32 dot product of length d; this is at least twice the worst case
+    slack = (d + 2) * _EPS32
     order = np.random.default_rng(seed).permutation(n)
     correct = 0
     for fold in np.array_split(order, min(folds, n)):
         held_out = np.zeros(n, dtype=bool)
         held_out[fold] = True
-        reference = unit[~held_out]
-        reference_labels = y[~held_out]
-        kk = min(k, reference.shape[0])
+        kept = np.flatnonzero(~held_out)
+        kk = min(k, kept.shape[0])
         for start in range(0, fold.shape[0], _KNN_CHUNK):
             query = fold[start : start + _KNN_CHUNK]
-            sims = unit[query] @ reference.T
-            nearest = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            near_sims = np.take_along_axis(sims, nearest, axis=1)
-            hits = reference_labels[nearest][:, :, None] == np.arange(classes)  # (q, kk, C)
+            nearest, near_sims = _nearest(unit, unit32, query, kept, kk, slack)
+            hits = y[nearest][:, :, None] == np.arange(classes)  # (q, kk, C)
             votes = hits.sum(axis=1)
             # (summed similarity + kk) / (2 kk + 1) lies in [0, 1): it breaks ties, never votes.
             tie_break = (np.einsum("qkc,qk->qc", hits, near_sims) + kk) / (2 * kk + 1)
             predicted = np.argmax(votes + tie_break, axis=1)
             correct += int(np.sum(predicted == y[query]))
     return float(correct / n)
+
+
+def _nearest(
+    unit: np.ndarray,
+    unit32: np.ndarray,
+    query: np.ndarray,
+    kept: np.ndarray,
+    kk: int,
+    slack: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (q, kk) into `unit` of each query row's kk most cosine-similar rows of `kept`,
+    most similar first (an exact tie goes to the earlier row), and their float64 similarities.
+
+    The similarities are screened in float32 (half the time of float64): the kk-th largest of
+    the maxima of disjoint groups of columns is at most the kk-th largest similarity, and every
+    row whose float32 similarity is within 2 * slack of it is a candidate. Only candidates get
+    their float64 similarity, so the choice is that of float64 similarities throughout.
+    """
+    q, groups = query.shape[0], min(kept.shape[0], max(64, 8 * kk))
+    width = kept.shape[0] // groups
+    sims = unit32[query] @ unit32[kept].T  # (q, len(kept)) float32
+    maxima = sims[:, : groups * width].reshape(q, groups, width).max(axis=2)
+    floor = np.partition(maxima, groups - kk, axis=1)[:, groups - kk]
+    rows, cols = np.nonzero(sims >= (floor - 2 * slack)[:, None])
+    if rows.shape[0] > 64 * kk * q:  # many near-equal similarities (duplicated samples)
+        rows, cols = np.nonzero(np.ones(sims.shape, dtype=bool))
+        exact = (unit[query] @ unit[kept].T).reshape(-1)
+    else:
+        exact = np.einsum("ij,ij->i", unit[query[rows]], unit[kept[cols]])
+    ranked = np.lexsort((-exact, rows))  # by query row, then most similar first (stable)
+    rows, cols, exact = rows[ranked], cols[ranked], exact[ranked]
+    pick = np.searchsorted(rows, np.arange(q))[:, None] + np.arange(kk)
+    return kept[cols[pick]], exact[pick]
 
 
 def _nce_from_probs(source_probs: Any, labels: Any) -> float:
