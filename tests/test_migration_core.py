@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from textwrap import dedent
 
+import numpy as np
 import pytest
 import torch
 from stemma.migration.architectures import (
@@ -357,3 +358,26 @@ def test_pt_import_is_weights_only(tmp_path: Path, capsys: pytest.CaptureFixture
         load_pt(tmp_path / "list.pt")
     with pytest.raises(BuildError, match="unsupported weights format"):
         read_any(tmp_path / "w.onnx")
+
+
+def test_feature_extraction_leaves_the_module_as_it_was() -> None:
+    """Images are extracted channels-last for speed; the caller's module keeps its layout,
+    its mode and its values, and the features are those of a plain forward pass."""
+    from stemma.migration.architectures import penultimate
+    from stemma.migration.features import compute
+
+    torch.manual_seed(0)
+    module = build_module(make_config({"family": "cnn", "channels": [4, 8]}, [1, 8, 8], 5))
+    module.train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    x = np.random.default_rng(0).random((37, 1, 8, 8), dtype=np.float32)
+    feats, probs = compute(module, x, device="cpu", batch_size=16)
+    assert module.training
+    for key, value in module.state_dict().items():
+        assert value.is_contiguous(), key
+        assert torch.equal(value, before[key]), key
+    module.eval()
+    with torch.no_grad():
+        plain = penultimate(module, torch.as_tensor(x)).numpy()
+    assert feats.shape == plain.shape and probs.shape == (37, 5)
+    np.testing.assert_allclose(feats, plain, rtol=1e-5, atol=1e-6)

@@ -243,6 +243,40 @@ def test_knn_separated_clusters_and_determinism() -> None:
     assert knn_accuracy(noisy, labels, seed=3) == knn_accuracy(noisy, labels, seed=3)
 
 
+def _knn_reference(features: np.ndarray, labels: np.ndarray, k: int, folds: int) -> float:
+    """The docstring's definition in float64 throughout, ties included: the k most similar
+    kept samples (an exact tie to the earlier one), majority vote, then summed similarity."""
+    n = features.shape[0]
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    order = np.random.default_rng(0).permutation(n)
+    correct = 0
+    for fold in np.array_split(order, folds):
+        kept = np.setdiff1d(np.arange(n), fold)
+        for i in fold:
+            sims = unit[kept] @ unit[i]
+            pick = np.lexsort((kept, -sims))[:k]  # by similarity, then by sample index
+            votes: dict[int, tuple[int, float]] = {}
+            for j, sim in zip(kept[pick], sims[pick], strict=True):
+                count, total = votes.get(int(labels[j]), (0, 0.0))
+                votes[int(labels[j])] = (count + 1, total + float(sim))
+            correct += max(votes, key=lambda c: (votes[c], -c)) == labels[i]
+    return correct / n
+
+
+def test_knn_with_many_duplicate_samples_matches_the_definition() -> None:
+    """Repeated rows make exact ties for the k-th neighbour, which a float32 screen cannot
+    order: the result must still be the float64 definition's."""
+    rng = np.random.default_rng(12)
+    prototypes = rng.normal(size=(6, 9)) + 0.5
+    picks = rng.integers(0, 6, 240)
+    features = prototypes[picks] + (rng.random((240, 1)) < 0.3) * rng.normal(size=(240, 9)) * 0.4
+    labels = (picks + (rng.random(240) < 0.25)) % 3  # duplicates that disagree on the label
+    assert len(np.unique(features, axis=0)) < 120
+    expected = _knn_reference(features, labels, k=5, folds=5)
+    assert knn_accuracy(features, labels, k=5, folds=5, seed=0) == pytest.approx(expected)
+    assert 0.3 < expected < 1.0
+
+
 # --------------------------------------------------------------------------------- together
 
 
