@@ -25,8 +25,17 @@ RepoOpt = Annotated[
 
 
 def emit_json(obj: Any) -> None:
-    """Print canonical JSON on stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    """Print canonical JSON on stdout: indented on a terminal, one line when piped (as `gh`
+    and `jq -c` do; Python's encoder is 5x slower with an indent, which shows at 10,000
+    models)."""
+    sys.stdout.write(dump_json(obj, pretty=sys.stdout.isatty()) + "\n")
+
+
+def dump_json(obj: Any, pretty: bool) -> str:
+    """Canonical JSON text (sorted keys), indented or compact."""
+    if pretty:
+        return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 def console() -> Any:

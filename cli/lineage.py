@@ -74,7 +74,9 @@ def _run(
     g = build_graph(reg)
     index = lineage_index(g)
     focus = index.resolve(name)
-    sys.stdout.write(render(g, pick(index, focus), fmt.value, focus=focus))
+    sys.stdout.write(
+        render(g, pick(index, focus), fmt.value, focus=focus, pretty=sys.stdout.isatty())
+    )
 
 
 @app.command("show")

@@ -35,8 +35,9 @@ def render(
     fmt: str = "tree",
     focus: str | None = None,
     marks: Mapping[str, str] | None = None,
+    pretty: bool = True,
 ) -> str:
-    """Render `nodes` of `g` in one of FORMATS."""
+    """Render `nodes` of `g` in one of FORMATS (json indented, or compact without `pretty`)."""
     keys = _keep(g, nodes)
     marks = marks or {}
     if fmt == "tree":
@@ -46,7 +47,10 @@ def render(
     if fmt == "dot":
         return to_dot(g, keys, focus, marks)
     if fmt == "json":
-        return json.dumps(to_dict(g, keys, focus, marks), indent=2, sort_keys=True) + "\n"
+        doc = to_dict(g, keys, focus, marks)
+        if not pretty:  # the C encoder: json.dumps runs in pure Python with an indent
+            return json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n"
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
     raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
