@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 from stemma.registry import Registry
@@ -20,7 +19,6 @@ from stemma.registry.naming import parse_source
 from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
 
 from ._audit_state import State
-from ._audit_state import raw_yaml as _yaml
 
 LOCK_MISMATCH = "lock-mismatch"
 PIPELINE_OUT_OF_SYNC = "pipeline-out-of-sync"
@@ -93,23 +91,22 @@ def state_violations(state: State, codes: Collection[str] | None = None) -> list
 
 
 def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
-    from stemma.registry.pipefiles import lock_files
+    """Models whose manifest records other weights than the dvc.lock beside their dvc.yaml
+    (or the root dvc.lock, an older layout's); both md5s come from the folder facts of the
+    consistency check where it could read the manifest."""
+    from stemma.registry.pipefiles import LOCK_FILE
 
-    locked: dict[str, str] = {}
-    for path in lock_files(reg, state.text):  # the root's, and one beside each folder's dvc.yaml
-        lock = _yaml(state.text(path))
-        if not isinstance(lock, dict):
-            continue
-        for stage in (lock.get("stages") or {}).values():
-            for out in (stage or {}).get("outs") or []:
-                if isinstance(out, dict) and "path" in out and "md5" in out:
-                    locked[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
+    root = cons.locked_md5s(state.text(LOCK_FILE))
+    facts = state.check().facts
     found = []
     for name in sorted(state.models):
-        manifest = state.manifests.get(f"model:{name}")
-        weights = manifest.get("weights") if isinstance(manifest, dict) else None
-        md5 = weights.get("md5") if isinstance(weights, dict) else None
-        want = locked.get(reg.rel("models", name, WEIGHTS_FILE))
+        mine = facts.get(name)
+        if mine is not None and mine.manifest:
+            md5, locked = mine.weights_md5, mine.locked_md5
+        else:  # an unreadable spec or manifest: its raw document
+            md5 = cons.weights_md5(state.manifests.get(f"model:{name}"))
+            locked = cons.folder_locked_md5(reg, name, state.text)
+        want = locked if locked is not None else root.get(reg.rel("models", name, WEIGHTS_FILE))
         if md5 is not None and want is not None and md5 != want:
             found.append(
                 Violation(

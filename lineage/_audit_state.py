@@ -18,6 +18,7 @@ from typing import Any
 
 from stemma.registry import Registry
 from stemma.registry import consistency as cons
+from stemma.registry._checkcache import FOLDER_FILES
 from stemma.registry.consistency import Violation
 from stemma.registry.errors import GitError, LocatedError, RegistryNotFound, StemmaError
 from stemma.registry.files import parse_json_text
@@ -28,8 +29,6 @@ from stemma.registry.yamlio import load_yaml_text
 from .graph import LazyDocs
 
 WORKING_TREE = "working tree"
-# The files of a model folder that its consistency facts come from.
-FOLDER_FILES = (SPEC_FILE, MANIFEST_FILE, "metrics.json", "curve.json")
 
 
 @dataclass

@@ -3,17 +3,18 @@
 Reading, parsing and validating 20,000 specs and manifests is most of `stemma validate` on a
 large registry, yet between two checks few files change. `check` keeps, per model folder,
 the facts it took from that folder's own files (the spec, the manifest's ids, the folder's
-own violations: schema, ids, metric files, gates) under a stamp of those files, and the next
-check takes the facts of every folder whose stamp is the same; the checks across folders
-(references, cycles, staleness, tasks) run on the facts every time.
+own violations: schema, ids, metric files, gates; the md5s of the weights that the manifest
+and the folder's dvc.lock record) under a stamp of those files, and the next check takes the
+facts of every folder whose stamp is the same; the checks across folders (references,
+cycles, staleness, tasks) run on the facts every time.
 
 A stamp of the working tree is the `lstat` of the folder and of its spec, manifest,
-metrics.json and curve.json (mode, size, inode, mtime and ctime in nanoseconds), taken in one
-pass before any file is read. A folder is trusted only when all of it is plain (no link, only
-regular files) and no stamp is too recent: a file changed within RACY_NS of the check may
-change again without its stat changing (git's "racy" rule), so such a folder is read again
-until it is older. A git revision keeps no facts here: an audit's base takes the head's facts
-of the folders whose files git finds the same (`stemma.lineage._audit_state`).
+metrics.json, curve.json and dvc.lock (mode, size, inode, mtime and ctime in nanoseconds),
+taken in one pass before any file is read. A folder is trusted only when all of it is plain
+(no link, only regular files) and no stamp is too recent: a file changed within RACY_NS of
+the check may change again without its stat changing (git's "racy" rule), so such a folder
+is read again until it is older. A git revision keeps no facts here: an audit's base takes
+the head's facts of the folders whose files git finds the same (`stemma.lineage._audit_state`).
 
 The facts live in `.stemma/checked` beside the query index (a cache, ignored by git), written
 only by a check that found no bad input, like `_validcache`.
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 FILE = Path(".stemma") / "checked"
 FORMAT = "stemma-checked/1"
 # The files of a model folder whose content the facts depend on.
-FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json")
+FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json", "dvc.lock")
 
 
 # The modules whose code turns a folder's files into its facts: a change to any of them (an

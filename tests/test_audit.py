@@ -16,7 +16,7 @@ import yaml
 from conftest import SPECS, git, write
 from factories import dataset_manifest, model_manifest
 from stemma.lineage import audit as lib
-from stemma.registry import Registry, pipeline
+from stemma.registry import Registry, _checkcache, pipeline
 from stemma.registry import consistency as cons
 from stemma.registry.files import canonical_json
 
@@ -250,6 +250,20 @@ def test_each_violation_is_reported_with_its_code(code: str, repo: Path, cli) ->
     md = cli(["audit", "--base", "HEAD~1"], repo)
     assert md.code == 1
     assert f"`{code}`" in md.stdout
+
+
+def test_a_lock_edited_after_a_kept_check_is_read_again(
+    repo: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_checkcache, "RACY_NS", 0)  # the test's files count as old enough
+    assert cli(["audit", "--base", "HEAD"], repo).code == 0
+    kept = json.loads((repo / _checkcache.FILE).read_text())["models"]
+    assert "scratch" in kept  # the head's facts were stored, the lock's md5 among them
+    _lock_mismatch(Registry.open(repo))
+    res = cli(["audit", "--base", "HEAD", "--format", "json"], repo)
+    assert res.code == 1
+    hits = [v for v in json.loads(res.stdout)["violations"] if v["code"] == lib.LOCK_MISMATCH]
+    assert [v["subject"] for v in hits] == ["model:scratch"] and hits[0]["new"] is True
 
 
 def test_clean_change_exits_zero_and_matches_golden(repo: Path, cli) -> None:
