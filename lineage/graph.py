@@ -29,7 +29,6 @@ from stemma.registry.dag import Forest
 from stemma.registry.errors import StemmaError
 from stemma.registry.files import digest, parse_json_text
 from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
-from stemma.registry.yamlio import load_yaml_text
 
 DERIVED_FROM = "derived_from"
 TRAINED_ON = "trained_on"
@@ -126,14 +125,20 @@ def _indexed_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetReco
     names = [row[0] for row in rows]
     # The sources specs declare (an exploration's pick is not one): what a candidate of an
     # exploration must not descend from, as `pipeline.candidates` decides.
-    forest = Forest(names, {row[0]: row[1] for row in rows if row[1] is not None and not row[9]})
+    forest = (
+        Forest(names, {row[0]: row[1] for row in rows if row[1] is not None and not row[9]})
+        if any(row[9] for row in rows)
+        else None
+    )
+    # One decode of every model's metrics: far cheaper than one json.loads per row, or
+    # DuckDB's MAP values turned into dicts.
+    metrics = json.loads("[" + ",".join(row[11] or "null" for row in rows) + "]")
     models = []
-    for row in rows:
-        name, source, relation, source_id, train, eval_, checks, mid, state, auto, glob, metrics = (
-            row
-        )
+    for row, scores in zip(rows, metrics, strict=True):
+        name, source, relation, source_id, train, eval_, checks, mid, state, auto, glob, _ = row
         candidates: tuple[str, ...] = ()
         if auto:
+            assert forest is not None
             banned = {name, *forest.descendants(name)}
             candidates = tuple(
                 n for n in names if fnmatch.fnmatch(n, glob or "*") and n not in banned
@@ -151,7 +156,7 @@ def _indexed_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetReco
                 state,
                 bool(auto),
                 candidates,
-                json.loads(metrics) if metrics else {},  # faster than DuckDB's MAP to dict
+                scores or {},
             )
         )
     return models, datasets
@@ -252,6 +257,8 @@ def read_document(reg: Registry, kind: str, name: str, filename: str) -> dict[st
 
 
 def _doc(reg: Registry, kind: str, name: str, filename: str) -> dict[str, Any] | None:
+    from stemma.registry.yamlio import load_yaml_text  # PyYAML: not for the index's readers
+
     text = reg.tree.read_text(reg.rel(kind, name, filename))
     if text is None:
         return None

@@ -12,6 +12,7 @@ a dataset, every model that trains or is checked on it, in the pipeline's build 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
@@ -63,7 +64,10 @@ class LineageIndex:
             for c in cands:
                 candidate_of.setdefault(c, []).append(m)
         self.candidate_of = candidate_of
-        # The pipeline's order: datasets, then models, each after what it is built from.
+
+    @functools.cached_property
+    def rank(self) -> dict[str, int]:
+        """The pipeline's order: datasets, then models, each after what it is built from."""
         deps = {
             m: [*self.candidates.get(m, ()), *([self.parent[m]] if m in self.parent else [])]
             for m in self.models
@@ -71,7 +75,7 @@ class LineageIndex:
         rank: dict[str, int] = {d: i for i, d in enumerate(self.datasets)}
         for m in build_order(deps, strict=False):
             rank[m] = len(rank)
-        self.rank = rank
+        return rank
 
     # -- construction -----------------------------------------------------------------
 
@@ -184,7 +188,7 @@ def lineage_index(g: GraphLike) -> LineageIndex:
     """The index of a graph, built once and kept in `g.graph` (rebuilt if the graph grew)."""
     if isinstance(g, LineageIndex):
         return g
-    stamp = (g.number_of_nodes(), g.number_of_edges())
+    stamp = _stamp(g)
     cached = g.graph.get(_CACHE_KEY)
     if cached is not None and cached[0] == stamp:
         index: LineageIndex = cached[1]
@@ -196,7 +200,12 @@ def lineage_index(g: GraphLike) -> LineageIndex:
 
 def remember_index(g: nx.MultiDiGraph, index: LineageIndex) -> None:
     """Keep `index` (built from the records `g` was drawn from) as the graph's index."""
-    g.graph[_CACHE_KEY] = ((g.number_of_nodes(), g.number_of_edges()), index)
+    g.graph[_CACHE_KEY] = (_stamp(g), index)
+
+
+def _stamp(g: nx.MultiDiGraph) -> tuple[int, int]:
+    # len(g.edges) counts in one pass over the adjacency; number_of_edges() sums degrees.
+    return len(g), len(g.edges)
 
 
 def ancestors(g: GraphLike, name: str) -> list[str]:

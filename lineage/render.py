@@ -61,12 +61,9 @@ def _keep(g: nx.MultiDiGraph, nodes: Iterable[str]) -> list[str]:
 def _edges(g: nx.MultiDiGraph, keys: Iterable[str]) -> list[tuple[str, str, str, dict[str, Any]]]:
     """Edges among `keys` as (dependent, dependency, kind, attrs), sorted."""
     inside = set(keys)
-    found = [
-        (u, v, str(k), dict(a))
-        for u, v, k, a in g.edges(inside, keys=True, data=True)
-        if v in inside
-    ]
-    return sorted(found, key=lambda e: (e[0], e[1], e[2]))
+    found = [(u, v, k, a) for u, v, k, a in g.edges(inside, keys=True, data=True) if v in inside]
+    found.sort(key=lambda e: (e[0], e[1], e[2]))
+    return [(u, v, str(k), dict(a)) for u, v, k, a in found]
 
 
 def _drawn(g: nx.MultiDiGraph, keys: Iterable[str]) -> list[tuple[str, str, bool, str]]:
@@ -108,16 +105,15 @@ def to_tree(
     Datasets are listed beside the models that use them; a dataset asked about is the root
     and the models using it hang below it.
     """
+    from .query import lineage_index
+
     marks = marks or {}
     inside = [k for k in keys if g.nodes[k].get("kind") in ("model", "dataset")]
     members = set(inside)
-    parent: dict[str, str] = {}
-    uses: dict[str, list[str]] = {}
-    for u, v, kind, _ in _edges(g, inside):
-        if kind == DERIVED_FROM:
-            parent[u] = v
-        elif kind in (TRAINED_ON, EVALUATED_ON):
-            uses.setdefault(u, []).append(v)
+    # The edges among the members, from the graph's name-level index.
+    index = lineage_index(g)
+    parent = {m: p for m in inside if (p := index.parent.get(m)) is not None and p in members}
+    uses = {m: [d for d in ds if d in members] for m, ds in index.uses.items() if m in members}
     children: dict[str, list[str]] = {}
     for m in sorted(members):
         if m in parent:
@@ -313,14 +309,12 @@ def to_dict(
         if key in marks:
             attrs["mark"] = marks[key]
         nodes.append(attrs)
+    inside = set(keys)
     edges = []
-    for u, v, kind, attrs in _edges(g, keys):
-        edges.append(
-            {
-                "from": u,
-                "to": v,
-                "kind": kind,
-                **{k: val for k, val in sorted(attrs.items()) if val is not None},
-            }
-        )
+    for u, v, kind, attrs in g.edges(inside, keys=True, data=True):
+        if v in inside:
+            edge = {k: val for k, val in attrs.items() if val is not None}
+            edge.update({"from": u, "to": v, "kind": str(kind)})
+            edges.append(edge)
+    edges.sort(key=lambda e: (e["from"], e["to"], e["kind"]))
     return {"focus": focus, "order": list(keys), "nodes": nodes, "edges": edges}
