@@ -173,13 +173,19 @@ def read_bytes_file(
 
 def _links_above(path: str | Path, root: str | Path) -> bool:
     """True when a folder between `root` and `path` is a symbolic link."""
-    rel = os.path.relpath(os.path.dirname(path), root)
-    if rel == ".":
+    folder, base = os.path.dirname(os.fspath(path)), os.fspath(root)
+    if folder == base:
         return False
-    if rel.startswith(".."):
-        return True
-    folder = str(root)
-    for part in rel.split(os.sep):
+    parts = folder[len(base) + 1 :].split(os.sep)
+    if not folder.startswith(base + os.sep) or {"", ".", ".."} & set(parts):
+        rel = os.path.relpath(folder, base)  # not plainly below root: let normpath decide
+        if rel == ".":
+            return False
+        if rel.startswith(".."):
+            return True
+        parts = rel.split(os.sep)
+    folder = base
+    for part in parts:
         folder = os.path.join(folder, part)
         if os.path.islink(folder):
             return True

@@ -10,17 +10,19 @@ at the repository root, and DVC writes a dvc.lock beside it. `dvc repro`, `dvc s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import _pipecache
 from .pipeline import (
     HEADER,
     PIPELINE_FILE,
     _own_stage,
+    file_text,
     recording_probes,
-    render_files,
+    render_docs,
     stage_file,
 )
 from .registry import SPEC_FILE, Registry
@@ -42,14 +44,19 @@ class Changes:
         return bool(self.written or self.removed or self.locks_moved)
 
 
-def generated_files(reg: Registry, read: Read | None = None) -> list[str]:
-    """The per-folder dvc.yaml files in the tree that `stemma pipeline` wrote (its header);
-    `read` reads a repo-relative file (default: the registry's tree)."""
+def generated_files(
+    reg: Registry, read: Read | None = None, skip: Collection[str] = ()
+) -> list[str]:
+    """The per-folder dvc.yaml files in the tree that `stemma pipeline` wrote (its header),
+    besides those in `skip`; `read` reads a repo-relative file (default: the registry's
+    tree)."""
     read = reg.tree.read_text if read is None else read
     found = []
     for kind in ("datasets", "models"):
         for name in reg.tree.subdirs(reg.rel(kind)):
             path = reg.rel(kind, name, PIPELINE_FILE)
+            if path in skip:
+                continue
             text = read(path)
             if text is not None and text.startswith(HEADER):
                 found.append(path)
@@ -82,29 +89,43 @@ def differences(reg: Registry, read: Read | None = None) -> list[Difference]:
     if fast is not None:
         return fast
     read = reg.tree.read_text if read is None else read
-    want = rendered(reg)
+    _, hashes = rendered(reg)
     found = []
-    for path, text in want.items():
+    for path, digest in hashes.items():
         have = read(path)
-        if have != text:
-            found.append(Difference(path, MISSING if have is None else OUT_OF_STEP))
-    found += [Difference(p, ORPHAN) for p in generated_files(reg, read) if p not in want]
+        if have is None:
+            found.append(Difference(path, MISSING))
+        elif _pipecache.sha(have) != digest:
+            found.append(Difference(path, OUT_OF_STEP))
+    found += [Difference(p, ORPHAN) for p in generated_files(reg, read, skip=hashes)]
     return found
 
 
-def rendered(reg: Registry) -> dict[str, str]:
-    """`pipeline.render_files`, kept in the cache on the working tree; documents that
-    passed their schema before are not validated again (`_validcache`)."""
+def rendered(reg: Registry) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The document of every pipeline file (`pipeline.render_docs`) and the hash of its
+    text. On the working tree, documents that passed their schema before are not validated
+    again (`_validcache`), and a document that is the same as at the last render is not
+    written out as YAML again: its text's hash is the one `_pipecache` kept."""
     if not isinstance(reg.tree, WorkTree):
-        return render_files(reg)
-    from . import _pipecache, _validcache
+        docs = render_docs(reg)
+        return docs, {path: _pipecache.sha(file_text(doc)) for path, doc in docs.items()}
+    from . import _validcache
 
     key = _pipecache.fingerprint(reg)
     with _validcache.remembering(reg.repo_root), recording_probes() as probes:
         _read_specs(reg)
-        want = render_files(reg)
-    _pipecache.save(reg, key, probes, want)
-    return want
+        docs = render_docs(reg)
+    known = _pipecache.known_docs(_pipecache.load(reg))
+    hashes, digests = {}, {}
+    for path, doc in docs.items():
+        digests[path] = _pipecache.doc_digest(doc)
+        last = known.get(path)
+        if isinstance(last, list) and len(last) == 2 and last[0] == digests[path]:
+            hashes[path] = str(last[1])
+        else:
+            hashes[path] = _pipecache.sha(file_text(doc))
+    _pipecache.save(reg, key, probes, hashes, digests)
+    return docs, hashes
 
 
 def _read_specs(reg: Registry) -> None:
@@ -138,8 +159,6 @@ def _cached_differences(reg: Registry) -> list[Difference] | None:
     """The differences by the cached render's hashes, or None when it cannot be trusted."""
     if not isinstance(reg.tree, WorkTree):
         return None
-    from . import _pipecache
-
     cached = _pipecache.load(reg)
     if cached is None or not _pipecache.still_valid(reg, cached, _pipecache.fingerprint(reg)):
         return None
@@ -172,25 +191,25 @@ def write(reg: Registry) -> Changes:
 
     if _cached_differences(reg) == [] and not _root_locks(reg):
         return Changes()
-    want = rendered(reg)
+    docs, hashes = rendered(reg)
     written = []
-    for path, text in want.items():
-        if reg.tree.read_text(path) != text:
-            write_atomic(reg.repo_root / path, text)
+    for path, digest in hashes.items():
+        have = reg.tree.read_text(path)
+        if have is None or _pipecache.sha(have) != digest:
+            write_atomic(reg.repo_root / path, file_text(docs[path]))
             written.append(path)
     removed = []
-    for path in generated_files(reg):
-        if path not in want:
-            for stale in (path, str(PurePosixPath(path).with_name(LOCK_FILE))):
-                target = reg.repo_root / stale
-                if target.is_file():
-                    target.unlink()
-                    removed.append(stale)
-    moved = _move_root_locks(reg, want)
+    for path in generated_files(reg, skip=hashes):
+        for stale in (path, str(PurePosixPath(path).with_name(LOCK_FILE))):
+            target = reg.repo_root / stale
+            if target.is_file():
+                target.unlink()
+                removed.append(stale)
+    moved = _move_root_locks(reg, docs)
     return Changes(written, removed, moved)
 
 
-def _move_root_locks(reg: Registry, want: dict[str, str]) -> int:
+def _move_root_locks(reg: Registry, want: Collection[str]) -> int:
     """Lock entries of stemma's stages that an older layout left in the root dvc.lock go to
     the dvc.lock of the file that holds the stage now (paths stay the same: every stage runs
     from the root), so a registry that changes layout rebuilds nothing. DVC's own YAML
@@ -242,13 +261,3 @@ def _home(reg: Registry, stage: str) -> str:
     """The per-folder dvc.yaml of one of stemma's stage names (`pipeline.stage_name`)."""
     kind, _, name = stage.partition("-")
     return stage_file(reg, "dataset" if kind == "dataset" else "model", name)
-
-
-def lock_files(reg: Registry, read: Read | None = None) -> list[str]:
-    """Every dvc.lock of the pipeline in the tree: the root one, then one per folder
-    (`read` as for `differences`)."""
-    paths = [LOCK_FILE]
-    for path in generated_files(reg, read):
-        paths.append(str(PurePosixPath(path).with_name(LOCK_FILE)))
-    read = reg.tree.read_text if read is None else read
-    return [path for path in paths if read(path) is not None]

@@ -345,6 +345,16 @@ def render(reg: Registry) -> str:
 def render_files(reg: Registry) -> dict[str, str]:
     """Every pipeline file `stemma pipeline` writes, repo-relative path -> text: the root
     dvc.yaml, then one per dataset and model folder, in build order."""
+    return {path: file_text(doc) for path, doc in render_docs(reg).items()}
+
+
+def file_text(doc: dict[str, Any]) -> str:
+    """The text of one pipeline file from its document (`render_docs`)."""
+    return HEADER + (_yamlemit.dump(doc) if doc else "stages: {}\n")
+
+
+def render_docs(reg: Registry) -> dict[str, dict[str, Any]]:
+    """The document of every file `render_files` writes, in the same order."""
     order = build_order(reg)
     grouped: dict[str, dict[str, Any]] = {}
     for where, stage, body in _own_stages(reg, order):
@@ -356,10 +366,10 @@ def render_files(reg: Registry) -> dict[str, str]:
     artifacts = _artifacts(reg, order)
     if artifacts:
         root["artifacts"] = artifacts
-    files = {PIPELINE_FILE: HEADER + (_yamlemit.dump(root) if root else "stages: {}\n")}
+    docs: dict[str, dict[str, Any]] = {PIPELINE_FILE: root}
     for where, stages in grouped.items():
-        files[where] = HEADER + _yamlemit.dump({"stages": stages})
-    return files
+        docs[where] = {"stages": stages}
+    return docs
 
 
 def _names(grouped: dict[str, dict[str, Any]]) -> set[str]:

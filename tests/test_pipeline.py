@@ -180,7 +180,6 @@ def test_pipeline_moves_lock_entries_of_the_old_layout(registry: Registry, cli) 
         "stages": {"model-ft": entry},
     }
     assert yaml.safe_load((root / "dvc.lock").read_text())["stages"] == {"train-own": theirs}
-    assert pipefiles.lock_files(Registry.open(root)) == ["dvc.lock", "models/ft/dvc.lock"]
 
 
 def test_model_stages_depend_on_the_settings_as_params(registry: Registry) -> None:
@@ -321,13 +320,31 @@ def test_check_trusts_its_cache_only_while_the_inputs_are_the_same(
         raise AssertionError("rendered")
 
     with monkeypatch.context() as patch:  # an unchanged registry: hashes, no render
-        patch.setattr(pipefiles, "render_files", no_render)
+        patch.setattr(pipefiles, "render_docs", no_render)
         assert pipefiles.differences(Registry.open(root)) == []
         mine = root / "models/mine/dvc.yaml"
         mine.write_text(mine.read_text() + "# edited\n")
         assert [str(d) for d in pipefiles.differences(Registry.open(root))] == [
             "models/mine/dvc.yaml is out of step with the specs"
         ]
+    assert pipefiles.write(Registry.open(root))
+
+    # A changed spec renders again, but writes out as YAML only the files that changed.
+    emitted: list[dict[str, object]] = []
+    real = pipefiles.file_text
+    with monkeypatch.context() as patch:
+        patch.setattr(pipefiles, "file_text", lambda doc: emitted.append(doc) or real(doc))
+        write(
+            root / "models/mine/spec.yaml",
+            f"{arch}\ndata: {{train: d04}}\ntraining: {{epochs: 3}}\n",
+        )
+        assert pipefiles.differences(Registry.open(root)) == [] and emitted == []
+        spec = f"{arch}\ndata: {{train: d04}}\ndescription: mine, described\n"
+        write(root / "models/mine/spec.yaml", spec)
+        assert [str(d) for d in pipefiles.differences(Registry.open(root))] == [
+            "dvc.yaml is out of step with the specs"
+        ]
+        assert [doc["artifacts"]["mine"]["desc"] for doc in emitted] == ["mine, described"]
     assert pipefiles.write(Registry.open(root))
 
     # The code file appears: no spec changed, but the model now depends on it.
