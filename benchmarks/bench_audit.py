@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     commands = {
         "ls": ["ls"],
         "audit": ["audit", "--base", "HEAD~1", "--format", "json"],
+        # Both states at revisions: no cache applies, every file comes from git.
+        "audit_revisions": ["audit", "--base", "HEAD~1", "--head", "HEAD", "--format", "json"],
         # The audit checks the head's pipeline files as `pipeline --check` does: its share.
         "pipeline_check": ["pipeline", "--check"],
     }

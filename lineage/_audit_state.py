@@ -171,6 +171,22 @@ def link(base: State, head: State) -> None:
     tree.prefetch([str(PurePosixPath(prefix, p)) if prefix else p for p in wanted])
 
 
+def prefetch_state(state: State) -> None:
+    """Read every file the checks read of a state at a git revision (each folder's documents
+    and dvc.yaml) with one git process, instead of one process per file."""
+    from stemma.registry.pipeline import PIPELINE_FILE
+
+    from .graph import prefetch_documents
+
+    reg = state.reg
+    if reg is None or state.head is not None:  # a base reads only what differs from its head
+        return
+    folders = [reg.rel("models", name) for name in reg.model_names()]
+    folders += [reg.rel("datasets", name) for name in reg.dataset_names()]
+    files = (*FOLDER_FILES, PIPELINE_FILE)
+    prefetch_documents(reg, [f"{folder}/{name}" for folder in folders for name in files])
+
+
 def _git_tree(reg: Registry) -> tuple[GitTree, str] | None:
     """The git tree of a registry at a revision and its folder in the repository."""
     tree: Any = reg.tree

@@ -22,6 +22,8 @@ from typing import Any
 FILE = Path(".stemma") / "valid"
 MAGIC = b"stemma-valid/1\n"
 KEY_BYTES = 16
+# Ten versions of every spec and manifest of 10,000 models (3.2 MB).
+MAX_KEYS = 200_000
 
 
 class _Known:
@@ -54,13 +56,19 @@ class _Known:
         return hashlib.sha256(self.schemas[schema] + blob.encode()).digest()[:KEY_BYTES]
 
     def save(self) -> None:
-        """Keep the documents of this run (a registry's working set), if they changed."""
-        if self.used == self.stored:
+        """Keep what was stored and what this run added: a run need not see every document
+        (a check takes unchanged model folders from `_checkcache` without validating them,
+        and the pipeline still needs their specs), so nothing is dropped until the file holds
+        MAX_KEYS; then it keeps this run's documents only."""
+        keep = self.stored | self.used
+        if len(keep) > MAX_KEYS:
+            keep = self.used
+        if keep == self.stored:
             return
         from .files import write_atomic
 
         with contextlib.suppress(OSError):  # a read-only checkout: validate again next time
-            write_atomic(self.path, MAGIC + b"".join(sorted(self.used)), sync=False)
+            write_atomic(self.path, MAGIC + b"".join(sorted(keep)), sync=False)
 
 
 _active: _Known | None = None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import write
-from stemma.registry import Registry, _validcache
+from stemma.registry import Registry, _checkcache, _validcache
 from stemma.registry.consistency import check
 
 
@@ -47,3 +48,19 @@ def test_a_recorded_document_skips_its_schema(populated: Registry) -> None:
     assert messages(root) == []  # trusted: the cache is consulted before the schema
     (root / _validcache.FILE).unlink()
     assert messages(root) != []
+
+
+def test_a_check_from_kept_folder_facts_keeps_what_was_recorded(
+    populated: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_checkcache, "RACY_NS", 0)  # the test's files count as old enough
+    root = populated.repo_root
+    cache = root / _validcache.FILE
+    assert messages(root) == []
+    stored = cache.read_bytes()
+    # The model folders now come from the kept facts, unvalidated: their specs stay recorded
+    # for the readers that still validate them (the pipeline's render).
+    assert messages(root) == [] and cache.read_bytes() == stored
+    monkeypatch.setattr(_validcache, "MAX_KEYS", 1)  # past the cap: this run's documents only
+    assert messages(root) == []
+    assert len(cache.read_bytes()) < len(stored)
