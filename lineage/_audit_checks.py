@@ -15,6 +15,7 @@ from stemma.registry import consistency as cons
 from stemma.registry.consistency import Violation
 from stemma.registry.errors import StemmaError
 from stemma.registry.files import content_id
+from stemma.registry.locks import LOCK_FILE, folder_locked_md5, locked_md5s
 from stemma.registry.naming import parse_source
 from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
 
@@ -33,7 +34,6 @@ CODES = (
     NEW_ENTRYPOINT,
     REMOVED_WITH_DESCENDANTS,
 )
-LOCK_FILE = "dvc.lock"
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,7 @@ def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
     """Models whose manifest records other weights than the dvc.lock beside their dvc.yaml
     (or the root dvc.lock, an older layout's); both md5s come from the folder facts of the
     consistency check where it could read the manifest."""
-    from stemma.registry.pipefiles import LOCK_FILE
-
-    root = cons.locked_md5s(state.text(LOCK_FILE))
+    root = locked_md5s(state.text(LOCK_FILE))
     facts = state.check().facts
     found = []
     for name in sorted(state.models):
@@ -105,7 +103,7 @@ def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
             md5, locked = mine.weights_md5, mine.locked_md5
         else:  # an unreadable spec or manifest: its raw document
             md5 = cons.weights_md5(state.manifests.get(f"model:{name}"))
-            locked = cons.folder_locked_md5(reg, name, state.text)
+            locked = folder_locked_md5(reg, name, state.text)
         want = locked if locked is not None else root.get(reg.rel("models", name, WEIGHTS_FILE))
         if md5 is not None and want is not None and md5 != want:
             found.append(

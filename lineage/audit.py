@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+from stemma.registry.locks import LOCK_FILE
 from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
 
 from ._audit_checks import (
     CODES,
-    LOCK_FILE,
     LOCK_MISMATCH,
     NEW_ENTRYPOINT,
     PIPELINE_OUT_OF_SYNC,

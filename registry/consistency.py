@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
-from pathlib import PurePosixPath
 from typing import Any
 
 from ._checkcache import FolderFacts, work_stamps
 from .dag import Forest
 from .errors import LocatedError, StemmaError
+from .locks import folder_locked_md5
 from .naming import NAME_RE, NAME_RULE, parse_source
 from .records import DatasetSpec, Manifest, ModelSpec
-from .registry import WEIGHTS_FILE, Registry
+from .registry import Registry
 from .status import SOURCE_CHANGED, SPEC_CHANGED, staleness
 from .taskspec import spec_problems, training_task
 
@@ -436,7 +436,7 @@ def model_facts(reg: Registry, name: str) -> ModelFacts:
         id_mismatch=manifest.computed_id != manifest.id,
         tail=tuple(tail),
         weights_md5=weights_md5(manifest.raw),
-        locked_md5=folder_locked_md5(reg, name),
+        locked_md5=folder_locked_md5(reg, name),  # for the audit's lock check
     )
 
 
@@ -445,37 +445,6 @@ def weights_md5(manifest: Any) -> str | None:
     weights = manifest.get("weights") if isinstance(manifest, dict) else None
     md5 = weights.get("md5") if isinstance(weights, dict) else None
     return None if md5 is None else str(md5)
-
-
-def folder_locked_md5(reg: Registry, name: str, read: Any = None) -> str | None:
-    """The md5 that the dvc.lock in model `name`'s folder records for its weights (None: no
-    lock, no entry, or a lock that cannot be read: DVC reports a broken lock itself).
-    `read` reads a repo-relative file (default: the registry's tree)."""
-    read = reg.tree.read_text if read is None else read
-    try:
-        text = read(reg.rel("models", name, "dvc.lock"))
-    except StemmaError:
-        return None
-    return locked_md5s(text).get(reg.rel("models", name, WEIGHTS_FILE))
-
-
-def locked_md5s(text: str | None) -> dict[str, str]:
-    """Output path -> md5 of every stage in the text of a dvc.lock (empty for no text or a
-    lock that does not parse)."""
-    from .yamlio import load_yaml_text
-
-    try:
-        lock = load_yaml_text(text, "dvc.lock") if text is not None else None
-    except StemmaError:
-        return {}
-    found: dict[str, str] = {}
-    stages = lock.get("stages") if isinstance(lock, dict) else None
-    for stage in stages.values() if isinstance(stages, dict) else ():
-        outs = stage.get("outs") if isinstance(stage, dict) else None
-        for out in outs if isinstance(outs, list) else ():
-            if isinstance(out, dict) and "path" in out and "md5" in out:
-                found[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
-    return found
 
 
 def _manifest_checks(

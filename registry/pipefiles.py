@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import _pipecache
+from .locks import LOCK_FILE
 from .pipeline import (
     HEADER,
     PIPELINE_FILE,
@@ -28,7 +29,6 @@ from .pipeline import (
 from .registry import SPEC_FILE, Registry
 from .tree import WorkTree
 
-LOCK_FILE = "dvc.lock"
 Read = Callable[[str], str | None]
 
 
