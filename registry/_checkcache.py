@@ -50,6 +50,7 @@ CODE = (
     "files.py",
     "naming.py",
     "yamlio.py",
+    "locks.py",
 )
 
 
