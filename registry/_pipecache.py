@@ -79,12 +79,14 @@ def load(reg: Registry) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
 
 
-def known_docs(cached: dict[str, Any] | None) -> dict[str, list[str]]:
-    """path -> [document digest, text hash] of the last render, when the same code wrote it."""
+def known_hashes(cached: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
+    """path -> (document digest, text hash) of the last render, when the same code wrote it."""
     if cached is None or cached.get("code") != code_digest():
         return {}
-    docs = cached.get("docs")
-    return docs if isinstance(docs, dict) else {}
+    docs, files = cached.get("docs"), cached.get("files")
+    if not isinstance(docs, dict) or not isinstance(files, dict):
+        return {}
+    return {path: (str(docs[path]), str(files[path])) for path in docs if path in files}
 
 
 def save(
@@ -104,7 +106,7 @@ def save(
         "code": code_digest(),
         "probes": probes,
         "files": hashes,
-        "docs": {path: [docs[path], hashes[path]] for path in hashes},
+        "docs": docs,
     }
     with contextlib.suppress(OSError):  # a read-only checkout: render again next time
         write_atomic(reg.repo_root / FILE, json.dumps(doc, sort_keys=True), sync=False)

@@ -85,11 +85,12 @@ def differences(reg: Registry, read: Read | None = None) -> list[Difference]:
     empty when all are in step. `read` reads a repo-relative file of the state compared
     (default: the registry's tree). On the working tree an unchanged registry is checked
     against the hashes of its last render (`_pipecache`)."""
-    fast = _cached_differences(reg) if read is None else None
+    key = _fingerprint(reg) if read is None else None
+    fast = _cached_differences(reg, key)
     if fast is not None:
         return fast
     read = reg.tree.read_text if read is None else read
-    _, hashes = rendered(reg)
+    _, hashes = rendered(reg, key)
     found = []
     for path, digest in hashes.items():
         have = read(path)
@@ -101,27 +102,35 @@ def differences(reg: Registry, read: Read | None = None) -> list[Difference]:
     return found
 
 
-def rendered(reg: Registry) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def _fingerprint(reg: Registry) -> str | None:
+    """The render cache's key of the working tree (None at a git revision: no cache)."""
+    return _pipecache.fingerprint(reg) if isinstance(reg.tree, WorkTree) else None
+
+
+def rendered(
+    reg: Registry, key: str | None = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The document of every pipeline file (`pipeline.render_docs`) and the hash of its
-    text. On the working tree, documents that passed their schema before are not validated
-    again (`_validcache`), and a document that is the same as at the last render is not
-    written out as YAML again: its text's hash is the one `_pipecache` kept."""
+    text. On the working tree (`key`: its fingerprint, when already known), documents that
+    passed their schema before are not validated again (`_validcache`), and a document that
+    is the same as at the last render is not written out as YAML again: its text's hash is
+    the one `_pipecache` kept."""
     if not isinstance(reg.tree, WorkTree):
         docs = render_docs(reg)
         return docs, {path: _pipecache.sha(file_text(doc)) for path, doc in docs.items()}
     from . import _validcache
 
-    key = _pipecache.fingerprint(reg)
+    key = key or _pipecache.fingerprint(reg)
     with _validcache.remembering(reg.repo_root), recording_probes() as probes:
         _read_specs(reg)
         docs = render_docs(reg)
-    known = _pipecache.known_docs(_pipecache.load(reg))
+    known = _pipecache.known_hashes(_pipecache.load(reg))
     hashes, digests = {}, {}
     for path, doc in docs.items():
         digests[path] = _pipecache.doc_digest(doc)
         last = known.get(path)
-        if isinstance(last, list) and len(last) == 2 and last[0] == digests[path]:
-            hashes[path] = str(last[1])
+        if last is not None and last[0] == digests[path]:
+            hashes[path] = last[1]
         else:
             hashes[path] = _pipecache.sha(file_text(doc))
     _pipecache.save(reg, key, probes, hashes, digests)
@@ -155,12 +164,13 @@ def _read_specs(reg: Registry) -> None:
             reg._cache[key] = doc  # the key `Registry._load` keeps a spec under
 
 
-def _cached_differences(reg: Registry) -> list[Difference] | None:
-    """The differences by the cached render's hashes, or None when it cannot be trusted."""
-    if not isinstance(reg.tree, WorkTree):
+def _cached_differences(reg: Registry, key: str | None) -> list[Difference] | None:
+    """The differences by the cached render's hashes, or None when it cannot be trusted
+    (`key`: the working tree's fingerprint; None: no cache applies)."""
+    if key is None:
         return None
     cached = _pipecache.load(reg)
-    if cached is None or not _pipecache.still_valid(reg, cached, _pipecache.fingerprint(reg)):
+    if cached is None or not _pipecache.still_valid(reg, cached, key):
         return None
     files: dict[str, str] = cached["files"]
     root = reg.tree.read_text(PIPELINE_FILE)
@@ -189,9 +199,10 @@ def write(reg: Registry) -> Changes:
     stages from the root dvc.lock to the dvc.lock beside their new dvc.yaml."""
     from .files import write_atomic
 
-    if _cached_differences(reg) == [] and not _root_locks(reg):
+    key = _fingerprint(reg)
+    if _cached_differences(reg, key) == [] and not _root_locks(reg):
         return Changes()
-    docs, hashes = rendered(reg)
+    docs, hashes = rendered(reg, key)
     written = []
     for path, digest in hashes.items():
         have = reg.tree.read_text(path)
