@@ -17,6 +17,7 @@ from typing import Any
 import networkx as nx
 
 from .graph import DERIVED_FROM, EVALUATED_ON, PREVIOUS, TRAINED_ON
+from .query import lineage_index
 
 FORMATS = ("tree", "mermaid", "dot", "json")
 MARKS = ("added", "removed", "changed", "affected")
@@ -105,8 +106,6 @@ def to_tree(
     Datasets are listed beside the models that use them; a dataset asked about is the root
     and the models using it hang below it.
     """
-    from .query import lineage_index
-
     marks = marks or {}
     inside = [k for k in keys if g.nodes[k].get("kind") in ("model", "dataset")]
     members = set(inside)
