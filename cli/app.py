@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "repro": "repro",
     "register": "build",
     "verify": "verify",
+    "doctor": "doctor",
     "report": "report",
     "log": "versions",
     "diff": "versions",

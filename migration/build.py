@@ -35,10 +35,11 @@ from stemma.registry.records import (
     ModelSpec,
     validate_document,
 )
-from stemma.registry.registry import DATA_FILE, MANIFEST_FILE, WEIGHTS_FILE
+from stemma.registry.registry import DATA_FILE, INDEX_DIR, MANIFEST_FILE, WEIGHTS_FILE
 from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spec_problems
 from torch import nn
 
+from . import fingerprint
 from .adapters import ADAPTER_DIR
 from .architectures import build_module, head_prefix, make_config
 from .checks import check_inputs, run_checks
@@ -82,7 +83,10 @@ def _run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[
         "duration_s": round(time.perf_counter() - begin, 3),
         "stemma": STEMMA_VERSION,
         "torch": torch.__version__,
-        "numerics": numerics_record(mode_of(reg.settings.defaults)),
+        "numerics": {
+            **numerics_record(mode_of(reg.settings.defaults)),
+            "fingerprint": fingerprint.of_this_machine(reg.repo_root / INDEX_DIR),
+        },
         **extra,
     }
 

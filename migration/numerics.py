@@ -101,6 +101,34 @@ def pin_for_repo(repo: Path) -> Pin:
     return pin(mode_of(defaults))
 
 
+def is_portable() -> bool:
+    """True when this process pinned portable mode before torch loaded (the build's case)."""
+    return _pinned is not None and _pinned.mode == "portable" and _pinned.applied
+
+
+def record_env() -> dict[str, str]:
+    """The pinning variables as this process has them."""
+    return {k: os.environ[k] for k in sorted(PORTABLE_ENV) if k in os.environ}
+
+
+def cpu_flags_digest() -> str:
+    """A short hash of the processor's identity: vendor, model, family and feature flags.
+
+    Two processors with the same digest run the same code paths; the numerics fingerprint is
+    cached under it.
+    """
+    import hashlib
+
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = platform.processor()
+    keep = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags")
+    first = text.split("\n\n", 1)[0]
+    lines = [ln for ln in first.splitlines() if ln.split(":", 1)[0].strip() in keep]
+    return hashlib.sha256("\n".join([platform.machine(), *lines]).encode()).hexdigest()[:16]
+
+
 def cpu() -> dict[str, str]:
     """The processor: vendor and model name (from /proc/cpuinfo where there is one)."""
     info = {"machine": platform.machine(), "vendor": "", "model": platform.processor()}
@@ -135,7 +163,7 @@ def record(mode: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "mode": mode,
         "pinned": applied,
-        "env": {k: os.environ[k] for k in sorted(PORTABLE_ENV) if k in os.environ},
+        "env": record_env(),
         "cpu": {**cpu(), "capability": torch.backends.cpu.get_cpu_capability()},
     }
     if reason:

@@ -11,16 +11,43 @@ keep the state the way torch.optim's do (created at a parameter's first gradient
 float32 tensor on the CPU) and call those functions with the arguments torch.optim passes, so
 the weights are bit for bit those of torch.optim's classes (tests/test_optim.py); on CUDA the
 functions pick torch's multi-tensor kernels exactly as the classes do.
+
+One exception, in portable mode on the CPU: Adam's square root. torch's float32 `sqrt` on the
+CPU is MKL's vector math (`vsSqrt`), which picks its code path by processor; under
+`MKL_CBWR=COMPATIBLE` it differs from the correctly rounded root in 15% of values, and its
+last bits differ between processors (under an emulated AMD CPUID it was the one op of the
+portability probe that parted from the Intel reference; `exp`, `log`, `tanh` and `erf`, also
+MKL's, did not). `sqrt` below computes the root from IEEE operations only (float64 square root
+and division, then one rounding to float32), which every x86-64 processor computes alike; on
+1,000,000 values it equals the correctly rounded root everywhere. Portable Adam is therefore
+torch's update rule (the same expression, in the same order) with that root: bit for bit
+torch.optim's wherever torch's root is correctly rounded (tested against torch.optim with
+torch's root swapped in).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.optim.adam import adam
 from torch.optim.sgd import sgd
+
+from .numerics import is_portable
+
+
+def sqrt(t: torch.Tensor) -> torch.Tensor:
+    """The square root a build uses: processor-independent in portable mode on the CPU.
+
+    `rsqrt` and `reciprocal` are ATen vector kernels of one IEEE square root and divisions
+    (not MKL), in float64: the float32 result is the correctly rounded root but for inputs
+    within 2**-51 of a rounding midpoint, and the same on every processor either way.
+    """
+    low = t.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if low and t.device.type == "cpu" and is_portable():
+        return t.double().rsqrt().reciprocal().to(t.dtype)
+    return t.sqrt()
 
 
 class Optimizer:
@@ -98,9 +125,11 @@ class Adam(Optimizer):
         decoupled: bool = False,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        root: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(params, lr, weight_decay)
         self.decoupled, self.betas, self.eps = decoupled, betas, eps
+        self.root = root or sqrt  # portable mode's root; tests swap in torch's to compare
         self.state: dict[nn.Parameter, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _state(self, p: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,6 +147,11 @@ class Adam(Optimizer):
         """One Adam step (the update function advances each `step` counter)."""
         params = self._with_grad()
         states = [self._state(p) for p in params]
+        if is_portable() and all(p.device.type == "cpu" and not p.is_complex() for p in params):
+            for p, (step_t, exp_avg, exp_avg_sq) in zip(params, states, strict=True):
+                assert p.grad is not None
+                self._update(p, p.grad, step_t, exp_avg, exp_avg_sq)
+            return
         adam(
             list(params),
             [p.grad for p in params if p.grad is not None],
@@ -135,3 +169,29 @@ class Adam(Optimizer):
             maximize=False,
             decoupled_weight_decay=self.decoupled,
         )
+
+    def _update(
+        self,
+        param: torch.Tensor,
+        grad: torch.Tensor,
+        step_t: torch.Tensor,
+        exp_avg: torch.Tensor,
+        exp_avg_sq: torch.Tensor,
+    ) -> None:
+        """torch.optim.adam's single-tensor update (torch 2.4-2.14), with the portable root."""
+        lr, wd, (beta1, beta2) = self.lr, self.weight_decay, self.betas
+        step_t += 1
+        if wd != 0:
+            if self.decoupled:
+                param.mul_(1 - lr * wd)
+            else:
+                grad = grad.add(param, alpha=wd)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = step_t.item()
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2**0.5
+        denom = (self.root(exp_avg_sq) / bias_correction2_sqrt).add_(self.eps)
+        param.addcdiv_(exp_avg, denom, value=-step_size)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from stemma.migration import optim
@@ -22,12 +23,13 @@ CASES: dict[str, tuple[Factory, Factory]] = {
         lambda p: optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
     ),
+    # torch's own root swapped in: the update rule is torch's, in portable mode too
     "adam-decay": (
-        lambda p: optim.Adam(p, lr=1e-2, weight_decay=1e-3),
+        lambda p: optim.Adam(p, lr=1e-2, weight_decay=1e-3, root=torch.sqrt),
         lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3),
     ),
     "adamw": (
-        lambda p: optim.Adam(p, lr=1e-2, weight_decay=0.01, decoupled=True),
+        lambda p: optim.Adam(p, lr=1e-2, weight_decay=0.01, decoupled=True, root=torch.sqrt),
         lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.01),
     ),
 }
@@ -70,6 +72,23 @@ def test_same_bits_as_torch_optim_on_cuda(case: str) -> None:
     ours, theirs = (_run(make, device="cuda") for make in CASES[case])
     for name, tensor in theirs.items():
         assert torch.equal(ours[name], tensor), f"{case}: {name} differs from torch.optim"
+
+
+def test_portable_root_is_the_correctly_rounded_root() -> None:
+    # numpy's float32 sqrt is the processor's IEEE instruction: correctly rounded everywhere
+    assert optim.is_portable()  # conftest pins portable mode, as `stemma build` does
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(200_000, generator=gen) * 10.0**e for e in range(-30, 31, 6)])
+    x = torch.cat([x, torch.tensor([0.0, 1.0, 4.0, float("inf"), 1e-45, 3.4e38])])
+    expected = torch.from_numpy(np.sqrt(x.numpy()))
+    assert torch.equal(optim.sqrt(x), expected)
+
+
+def test_portable_adam_trains_like_torch_adam_within_rounding() -> None:
+    ours = _run(lambda p: optim.Adam(p, lr=1e-2, weight_decay=1e-3))
+    theirs = _run(lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3))
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=1e-5, atol=1e-6)
 
 
 def test_deterministic_flag_reaches_aten() -> None:
