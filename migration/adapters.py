@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from stemma.registry.errors import BuildError
+from stemma.registry.errors import BuildError, SchemaError
+from stemma.registry.files import parse_json_text, read_bytes_file
 from torch import nn
 
 from .families import require
@@ -28,6 +29,15 @@ ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.0}
+MAX_CONFIG_BYTES = 1 << 16
+"""peft writes about 2 KB; anything far larger is not a config it wrote."""
+MAX_RANK = 1 << 16
+"""Bound on `r`: a rank past this allocates tensors no tiny-to-large model here could hold."""
+MAX_ALPHA = 1e6
+"""Bound on `lora_alpha` (a scale; peft divides it by r)."""
+MAX_TARGETS = 4096
+LORA_TYPE = "LORA"
+"""The peft type of a `peft-lora` adapter, the only format stemma builds."""
 
 
 def lora_block(block: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,6 +110,77 @@ def rows(peft_model: Any, transferred: set[str]) -> list[dict[str, Any]]:
     return out
 
 
+def read_adapter_config(path: Path, display: str, root: Path | None = None) -> dict[str, Any]:
+    """The adapter config at `path`, checked before peft reads it: a bounded regular JSON
+    file (inside `root` when given) whose peft_type is peft's LORA and whose rank, alpha,
+    dropout and module lists have the types and bounds peft needs. Raises one located error
+    naming the file and field (peft itself would fail with a bare KeyError or allocate
+    whatever `r` says)."""
+    raw = read_bytes_file(path, display, root=root, limit=MAX_CONFIG_BYTES)
+    if raw is None:
+        raise BuildError(f"{display}: the adapter config is missing; run dvc repro")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SchemaError(display, "is not UTF-8 text") from None
+    doc = parse_json_text(text, display)
+    if not isinstance(doc, dict):
+        raise SchemaError(display, "an adapter config is a JSON object")
+    check_adapter_config(doc, display)
+    return doc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_adapter_config(doc: Mapping[str, Any], display: str) -> None:
+    """Refuse an adapter config (parsed) that is no LoRA config peft could have written."""
+    kind = doc.get("peft_type")
+    if kind != LORA_TYPE:
+        known = _peft_types()
+        why = "is not one of peft's adapter types" if kind not in known else "is not LoRA"
+        raise SchemaError(
+            display,
+            f"{str(kind)[:80]!r} {why}; a peft-lora adapter has {LORA_TYPE!r}",
+            "/peft_type",
+        )
+    rank = doc.get("r")
+    if not _is_int(rank) or not 1 <= rank <= MAX_RANK:
+        raise SchemaError(display, f"must be an integer from 1 to {MAX_RANK}", "/r")
+    alpha = doc.get("lora_alpha")
+    if not _is_number(alpha) or not 0 < alpha <= MAX_ALPHA:
+        raise SchemaError(
+            display, f"must be a number above 0, at most {MAX_ALPHA:g}", "/lora_alpha"
+        )
+    dropout = doc.get("lora_dropout", 0.0)
+    if not _is_number(dropout) or not 0 <= dropout <= 1:
+        raise SchemaError(display, "must be a number from 0 to 1", "/lora_dropout")
+    for key in ("target_modules", "modules_to_save"):
+        value = doc.get(key)
+        if value is None and key == "modules_to_save":
+            continue
+        if not isinstance(value, list) or not value or len(value) > MAX_TARGETS:
+            raise SchemaError(
+                display, f"must be a list of 1 to {MAX_TARGETS} module names", f"/{key}"
+            )
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item or len(item) > 1000:
+                raise SchemaError(display, "must be a module name (a string)", f"/{key}/{i}")
+
+
+def _peft_types() -> set[str]:
+    """The adapter types peft knows (its `PeftType` enum)."""
+    try:
+        return {str(t.value) for t in require("peft").PeftType}
+    except BuildError:  # no peft installed: LoRA is the one type stemma can use anyway
+        return {LORA_TYPE}
+
+
 def compose(
     module: nn.Module, base_state: Mapping[str, torch.Tensor], adapter_dir: Path, display: str
 ) -> nn.Module:
@@ -112,7 +193,17 @@ def compose(
                 target[name].copy_(tensor)
     if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
         raise BuildError(f"{display}: adapter files missing in {adapter_dir}; run dvc repro")
+    # peft would read a config of any content (a bare KeyError for an unknown type, a
+    # tensor of whatever rank it says): it is checked first
+    read_adapter_config(adapter_dir / ADAPTER_CONFIG, _display_of(adapter_dir, display))
     peft_model = peft.PeftModel.from_pretrained(module, str(adapter_dir))
     merged: nn.Module = peft_model.merge_and_unload()
     merged.eval()
     return merged
+
+
+def _display_of(adapter_dir: Path, manifest_display: str) -> str:
+    """The config's name as messages give it: beside the manifest that names it."""
+    folder = manifest_display.rsplit("/", 1)[0] if "/" in manifest_display else ""
+    rel = f"{ADAPTER_DIR}/{ADAPTER_CONFIG}"
+    return f"{folder}/{rel}" if folder else str(adapter_dir / ADAPTER_CONFIG)

@@ -102,20 +102,57 @@ class Verification:
         return doc
 
 
-def _weights(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
-    own = str(manifest["weights"].get("path", WEIGHTS_FILE))  # adapter/... for a LoRA model
-    path = reg.model_dir(name) / own
+def _recorded_file(reg: Registry, name: str, item: str, block: Mapping[str, Any]) -> Finding:
+    """Compare one file a manifest records (its `path`, md5, sha256, bytes) with the file."""
+    own = str(block.get("path", WEIGHTS_FILE))
     rel = reg.rel("models", name, own)
-    if not path.is_file():
-        return Finding("weights", FAIL, f"{rel} is missing; check it out (dvc checkout)")
-    found = file_hashes(path, reg.repo_root, rel)
-    recorded = manifest["weights"]
-    bad = [k for k in ("md5", "sha256", "bytes") if found[k] != recorded[k]]
+    path = reg.model_dir(name) / own
+    if not path.is_file() and not path.is_symlink():
+        return Finding(item, FAIL, f"{rel} is missing; check it out (dvc checkout)")
+    try:
+        found = file_hashes(path, reg.repo_root, rel)
+    except (StemmaError, OSError) as exc:  # a link out, a device, a folder in its place
+        why = exc.message if isinstance(exc, StemmaError) else f"{rel}: {exc.strerror}"
+        return Finding(item, FAIL, why)
+    bad = [k for k in ("md5", "sha256", "bytes") if found[k] != block.get(k)]
     if bad:
+        return Finding(item, FAIL, f"{rel} does not match the manifest ({', '.join(bad)} differ)")
+    return Finding(item, PASS, f"{rel}: md5, sha256 and size match the manifest")
+
+
+def _weights(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+    return _recorded_file(reg, name, "weights", manifest["weights"])
+
+
+def _adapter(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding | None:
+    """A LoRA model's adapter config: hashed as the manifest recorded it, and its content
+    checked as peft would need it (None for a model without an adapter)."""
+    from .adapters import ADAPTER_CONFIG, ADAPTER_DIR, read_adapter_config
+
+    adapter = manifest.get("adapter")
+    if not adapter:
+        return None
+    block = adapter.get("config")
+    rel = reg.rel("models", name, ADAPTER_DIR, ADAPTER_CONFIG)
+    if not isinstance(block, Mapping):  # the schema requires it: a manifest edited by hand
+        return Finding("adapter", FAIL, f"{found_path(reg, name)} records no hash of {rel}")
+    if block.get("path") != f"{ADAPTER_DIR}/{ADAPTER_CONFIG}":
         return Finding(
-            "weights", FAIL, f"{rel} does not match the manifest ({', '.join(bad)} differ)"
+            "adapter", FAIL, f"{found_path(reg, name)} at /adapter/config/path: not {rel}"
         )
-    return Finding("weights", PASS, f"{rel}: md5, sha256 and size match the manifest")
+    hashed = _recorded_file(reg, name, "adapter", block)
+    if hashed.status == FAIL:
+        return hashed
+    try:  # the bytes the build recorded: a check of what peft will be handed
+        read_adapter_config(reg.model_dir(name) / ADAPTER_DIR / ADAPTER_CONFIG, rel, reg.repo_root)
+    except StemmaError as exc:
+        return Finding("adapter", FAIL, exc.message)
+    return Finding("adapter", PASS, f"{rel}: hashes match the manifest, a valid LoRA config")
+
+
+def found_path(reg: Registry, name: str) -> str:
+    """The manifest's repo-relative path (for messages)."""
+    return reg.rel("models", name, MANIFEST_FILE)
 
 
 def _metrics_file(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
@@ -276,6 +313,9 @@ def verify_model(reg: Registry, name: str, rebuild: bool = False) -> Verificatio
     else:
         findings.append(Finding("id", PASS, f"manifest id {found.id[7:19]} matches its content"))
     findings.append(_weights(reg, manifest, name))
+    adapter = _adapter(reg, manifest, name)
+    if adapter is not None:
+        findings.append(adapter)
     findings.append(_metrics_file(reg, manifest, name))
     try:
         findings += _staleness(reg, manifest, name)
