@@ -71,7 +71,7 @@ def _run(
     from stemma.lineage.render import render
 
     reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
-    g = build_graph(reg)
+    g = build_graph(reg, whole=True)
     index = lineage_index(g)
     focus = index.resolve(name)
     sys.stdout.write(
@@ -134,7 +134,7 @@ def impact(
         from stemma.lineage.query import impact as order
 
         reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
-        for i, key in enumerate(order(build_graph(reg), name), 1):
+        for i, key in enumerate(order(build_graph(reg, whole=True), name), 1):
             typer.echo(f"{i:>3}. {key}")
         return
     _run(lambda ix, n: ix.impact(n), name, fmt, rev, repo)

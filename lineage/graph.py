@@ -26,7 +26,7 @@ from typing import Any
 import networkx as nx
 from stemma.registry import Registry, status
 from stemma.registry.dag import Forest
-from stemma.registry.errors import StemmaError
+from stemma.registry.errors import ConsistencyError, LocatedError, StemmaError
 from stemma.registry.files import digest, parse_json_text
 from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
 
@@ -179,18 +179,15 @@ def prefetch_documents(reg: Registry, extra: Iterable[str] = ()) -> None:
     """Read every spec and manifest of a git revision (and `extra` repo-relative files) with
     one git process; a no-op on the working tree. Without it each file read at a revision,
     listing the names included, costs a git process of its own."""
-    tree: Any = reg.tree
-    inner = getattr(tree, "inner", None)  # a registry below the repository's top folder
-    target = inner if inner is not None else tree
-    if not hasattr(target, "prefetch"):
-        return
+    from stemma.registry.tree import prefetch
+
+    if not hasattr(getattr(reg.tree, "inner", reg.tree), "prefetch"):
+        return  # the working tree: listing the folders would be wasted
     paths = list(extra)
     for kind in ("models", "datasets"):
-        for name in tree.subdirs(reg.rel(kind)):
+        for name in reg.tree.subdirs(reg.rel(kind)):
             paths += [reg.rel(kind, name, SPEC_FILE), reg.rel(kind, name, MANIFEST_FILE)]
-    if inner is not None:
-        paths = [str(PurePosixPath(tree.prefix, p)) for p in paths]
-    target.prefetch(paths)
+    prefetch(reg.tree, paths)
 
 
 def partial_graph(
@@ -421,22 +418,90 @@ def _dataset_edge(g: nx.MultiDiGraph, node: str, name: str, key: str, roles: str
     g.add_edge(node, target, key=key, roles=roles)
 
 
-def build_graph(reg: Registry, history: bool = False) -> nx.MultiDiGraph:
+def build_graph(reg: Registry, history: bool = False, whole: bool = False) -> nx.MultiDiGraph:
     """The lineage graph of a registry (working tree or any git revision).
 
-    With `history`, every recorded version of each model is added as `model:NAME@ID`, linked
-    by `previous` edges (newest to oldest, and from `model:NAME` to its newest version) and by
-    `derived_from` edges to the source version it was built from when that version is known.
+    With `whole`, a registry with an entry the graph cannot place (an unreadable spec, a
+    source or dataset that is not declared) is refused (`require_whole`) instead of drawn
+    without it. With `history`, every recorded version of each model is added as
+    `model:NAME@ID`, linked by `previous` edges (newest to oldest, and from `model:NAME` to its
+    newest version) and by `derived_from` edges to the source version it was built from when
+    that version is known.
     """
     from .query import LineageIndex, remember_index
 
     models, datasets = read_records(reg)
     g = graph_from_records(models, datasets)
+    if whole:
+        require_whole(reg, g)
     if history:
         _add_history(reg, g, [m.name for m in models])
     else:  # from the records: cheaper than reading the graph back
         remember_index(g, LineageIndex.from_records(models, datasets))
     return g
+
+
+# The pointer of a dataset reference, by the role its edge records (`graph_from_records`).
+_ROLE_POINTERS = {"train": "/data/train", "eval": "/data/eval", "check": "/checks"}
+_EDGE_ORDER = {kind: i for i, kind in enumerate(EDGE_KINDS)}
+
+
+def broken_entries(reg: Registry, g: nx.MultiDiGraph) -> list[LocatedError]:
+    """What keeps the graph from being whole, one located error per file, sorted: a spec that
+    cannot be read (with the reader's own error: its line, merge conflict markers, ...) and
+    a reference to a model or dataset that is not declared (with the closest name)."""
+    found: dict[tuple[str, str], LocatedError] = {}
+    models = reg.model_names()
+    for key, attrs in g.nodes(data=True):
+        state, name = attrs.get("status"), str(attrs.get("name"))
+        if state == status.INVALID and attrs.get("kind") == "model":
+            error = _spec_error(reg, name)
+            found[(error.path, key)] = error
+        elif state == status.MISSING:
+            names = models if attrs.get("kind") == "model" else reg.dataset_names()
+            hint = Registry._hint(name, names)
+            edges = sorted(g.in_edges(key, keys=True, data=True), key=lambda e: _EDGE_ORDER[e[2]])
+            for dependent, _, kind, edge in edges:
+                owner = g.nodes[dependent]
+                if kind == DERIVED_FROM:
+                    # a registered model's source, or an exploration's pick, is its manifest's
+                    own = owner.get("status") == status.REGISTERED or owner.get("auto")
+                    path = reg.rel("models", owner["name"], MANIFEST_FILE if own else SPEC_FILE)
+                    pointer, what = "/source/model", "source model"
+                else:
+                    path = reg.rel("models", owner["name"], SPEC_FILE)
+                    role = str(edge.get("roles", "")).split(",")[0]
+                    pointer, what = _ROLE_POINTERS.get(role, "/data"), "dataset"
+                if (path, key) not in found:  # a dataset used for training and evaluation
+                    error = LocatedError(path, f"{what} {name!r} does not exist{hint}", pointer)
+                    found[(path, key)] = error
+    return sorted(found.values(), key=lambda e: (e.path, e.pointer))
+
+
+def _spec_error(reg: Registry, name: str) -> LocatedError:
+    """Why model `name`'s spec gives no record: the error its reader raises."""
+    path = reg.rel("models", name, SPEC_FILE)
+    try:
+        reg.model_spec(name)
+    except LocatedError as exc:
+        return exc
+    except StemmaError as exc:
+        return LocatedError(path, exc.message)
+    return LocatedError(path, "names no training dataset", "/data/train")
+
+
+def require_whole(reg: Registry, g: nx.MultiDiGraph) -> None:
+    """Raise for the first of `broken_entries` (naming how many more there are): a lineage
+    answer must not leave out what it cannot read."""
+    broken = broken_entries(reg, g)
+    if not broken:
+        return
+    first = broken[0]
+    more = f" (and {len(broken) - 1} more unreadable or dangling entries)" if broken[1:] else ""
+    raise ConsistencyError(
+        f"{first.message}{more}; lineage cannot place this entry: fix it, or run"
+        " `stemma validate` for every problem"
+    )
 
 
 def _add_history(reg: Registry, g: nx.MultiDiGraph, names: list[str]) -> None:

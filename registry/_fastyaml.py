@@ -44,6 +44,24 @@ _NOT_FLAT = re.compile(r"[\[\]{}'\"#?&*!|>%@`]")
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# Git's merge conflict markers: seven of one character at the start of a line, then a space
+# and a label or the end of the line (`|||||||` is diff3's base section). YAML reads them as
+# text or as a syntax error somewhere below; DVC refuses the file.
+MERGE_CONFLICT = "merge conflict markers"
+_CONFLICT = re.compile(r"^(?:<{7}|\|{7}|={7}|>{7})(?: |$)", re.M)
+
+
+def conflict_line(text: str) -> int | None:
+    """The 1-based line of the first git merge conflict marker in `text`, or None.
+
+    The one test for conflict markers: every reader of a spec, dvc.yaml or dvc.lock asks it.
+    """
+    if not ("<<<<<<<" in text or "=======" in text or ">>>>>>>" in text or "|||||||" in text):
+        return None  # the common case, at the speed of a substring search
+    found = _CONFLICT.search(text)
+    return None if found is None else text.count("\n", 0, found.start()) + 1
+
+
 class _Unsupported(Exception):
     """The text is outside the subset; PyYAML must read it."""
 
@@ -59,6 +77,8 @@ def canonical(text: str) -> str | None:
     `files.digest` hashes), or None when the text is outside the subset."""
     if "\t" in text or "\r" in text or "\ufeff" in text or "\\" in text:
         return None
+    if conflict_line(text) is not None:
+        return None  # PyYAML's reader names the marker's line
     if text.startswith(("%", "---", "...")) or "\n%" in text or "\n---" in text or "\n..." in text:
         return None  # directives and document markers
     if not text.replace("\n", "").isprintable():

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from . import archrules
 from ._checkcache import FolderFacts, work_stamps
 from .dag import Forest
-from .errors import LocatedError, StemmaError
+from .errors import LocatedError, PathEscape, StemmaError
 from .locks import folder_locked_md5
 from .naming import NAME_RE, NAME_RULE, parse_source
 from .records import DatasetSpec, Manifest, ModelSpec
@@ -178,7 +180,15 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
         found += _manifest_checks(name, models, facts)
     if cache is not None and not any(v.code not in _OUTCOMES for v in found):
         cache.save()
+    found += _pipeline_files(reg)
     return Checked(found, facts)
+
+
+def _pipeline_files(reg: Registry) -> list[Violation]:
+    """DVC's pipeline files that DVC would refuse: merge conflict markers, not text."""
+    from .locks import conflicted_files
+
+    return [_from_error(exc, subject, "") for subject, exc in conflicted_files(reg)]
 
 
 def _remember_spec(reg: Registry, facts: ModelFacts) -> None:
@@ -270,7 +280,7 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
                     subject=subject,
                 )
             )
-    # Only the entrypoint family runs the code named (a build ignores it elsewhere).
+    # The schema refuses `entrypoint` in any other family: only this one runs it.
     entry = spec.architecture.get("entrypoint")
     if spec.architecture.get("family") == "entrypoint" and entry not in reg.settings.entrypoints:
         found.append(
@@ -282,7 +292,66 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
                 subject=subject,
             )
         )
-    return found
+    return found + _architecture_rules(reg, spec)
+
+
+def _architecture_rules(reg: Registry, spec: ModelSpec) -> list[Violation]:
+    """What `archrules` refuses in the architecture: code a transformers config names but
+    stemma.yaml does not trust, a dtype that is none, a model past stemma.yaml's limits."""
+    arch = spec.architecture
+    family = arch.get("family")
+    limits = reg.settings.limits
+    subject = f"model:{spec.name}"
+    if family in ("mlp", "cnn"):
+        key = "hidden" if family == "mlp" else "channels"
+        widths = [int(w) for w in arch.get(key, [128, 64] if family == "mlp" else [16, 32])]
+        params = archrules.layer_parameters(widths, 1 if family == "mlp" else 9)
+        if params <= limits["max_parameters"]:
+            return []
+        message = (
+            f"about {params:.3g} parameters exceed limits.max_parameters"
+            f" {limits['max_parameters']} in stemma.yaml; raise it there if this model is meant"
+        )
+        return [Violation(SCHEMA, spec.path, message, f"/architecture/{key}", subject=subject)]
+    if family != "transformers":
+        return []
+    options = arch.get("options") or {}
+    trusted = reg.settings.entrypoints
+    if "path" not in arch:
+        found = archrules.config_problems(arch.get("config") or {}, options, trusted, limits)
+        return [
+            Violation(UNTRUSTED_ENTRYPOINT if bad else SCHEMA, spec.path, msg, ptr, subject=subject)
+            for ptr, msg, bad in archrules.problems_in(found, "/architecture/config")
+        ]
+    pointer = "/architecture/path"
+    try:
+        folder = reg.resolve(str(arch["path"]), pointer, spec.path)
+        shown = _shown(reg, folder)
+        config = archrules.read_config_file(folder, shown)
+    except PathEscape as exc:
+        return [Violation(PATH_ESCAPE, spec.path, exc.reason, pointer, subject=subject)]
+    except StemmaError as exc:
+        return [Violation(SCHEMA, spec.path, exc.message, pointer, subject=subject)]
+    found = archrules.config_problems(config, options, trusted, limits)
+    return [
+        Violation(
+            UNTRUSTED_ENTRYPOINT if p.untrusted else SCHEMA,
+            spec.path,
+            p.message if p.pointer.startswith("/options") else f"{shown}/config.json at"
+            f" {p.pointer}: {p.message}",
+            "/architecture" + p.pointer if p.pointer.startswith("/options") else pointer,
+            subject=subject,
+        )
+        for p in found
+    ]
+
+
+def _shown(reg: Registry, folder: Path) -> str:
+    """A folder inside the repository as a path from its root, for messages."""
+    try:
+        return folder.relative_to(reg.repo_root.resolve()).as_posix()
+    except ValueError:
+        return str(folder)
 
 
 def _task_rules(spec: ModelSpec, task: str | None) -> list[Violation]:

@@ -15,8 +15,10 @@ import re
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from .errors import StemmaError
+from ._fastyaml import MERGE_CONFLICT, conflict_line
+from .errors import ParseError, StemmaError
 from .registry import WEIGHTS_FILE
+from .tree import prefetch
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -39,8 +41,9 @@ def folder_locked_md5(reg: Registry, name: str, read: Any = None) -> str | None:
 
 
 def locked_md5(text: str | None, path: str) -> str | None:
-    """The md5 that the text of a dvc.lock records for output `path` (repo-relative)."""
-    if text is None:
+    """The md5 that the text of a dvc.lock records for output `path` (repo-relative); None
+    for a lock with merge conflict markers, which DVC cannot read either."""
+    if text is None or conflict_line(text) is not None:
         return None
     found = _scan(text, path)
     return found if found is not None else locked_md5s(text).get(path)
@@ -90,4 +93,34 @@ def locked_md5s(text: str | None) -> dict[str, str]:
         for out in outs if isinstance(outs, list) else ():
             if isinstance(out, dict) and "path" in out and "md5" in out:
                 found[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
+    return found
+
+
+def conflicted_files(reg: Registry) -> list[tuple[str, StemmaError]]:
+    """(subject, error) for each of DVC's pipeline files (the root dvc.yaml and dvc.lock, and
+    those of every dataset and model folder) that holds git merge conflict markers, or that
+    cannot be read as text: `stemma validate` reports them, as DVC would refuse them."""
+    from .pipeline import PIPELINE_FILE
+
+    found: list[tuple[str, StemmaError]] = []
+    folders = [("pipeline", "")]
+    for kind in ("datasets", "models"):
+        names = reg.tree.subdirs(reg.rel(kind))
+        folders += [(f"{kind[:-1]}:{name}", reg.rel(kind, name)) for name in names]
+    # the root's files sit at the repository's top
+    files = [
+        (subject, f"{folder}/{filename}" if folder else filename)
+        for subject, folder in folders
+        for filename in (PIPELINE_FILE, LOCK_FILE)
+    ]
+    prefetch(reg.tree, [path for _, path in files])  # at a revision: one git process
+    for subject, path in files:
+        try:
+            text = reg.tree.read_text(path)
+        except StemmaError as exc:
+            found.append((subject, exc))
+            continue
+        line = conflict_line(text) if text is not None else None
+        if line is not None:
+            found.append((subject, ParseError(path, MERGE_CONFLICT, line=line)))
     return found

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from .errors import GitError
 from .files import confined, read_text_file
@@ -53,6 +54,20 @@ class WorkTree:
         confined(folder, self.root, path)
         with os.scandir(folder) as entries:  # the entry's type, without a stat where it can
             return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+
+
+def prefetch(tree: Any, paths: Iterable[str]) -> None:
+    """Read many files of a git revision with one git process (`GitTree.prefetch`), also
+    through a registry's view of a sub-folder (which has `inner` and `prefix`); a no-op on
+    the working tree. Without it each file read at a revision costs a git process."""
+    inner = getattr(tree, "inner", None)
+    target = inner if inner is not None else tree
+    if not hasattr(target, "prefetch"):
+        return
+    wanted = list(paths)
+    if inner is not None:
+        wanted = [str(PurePosixPath(tree.prefix, p)) for p in wanted]
+    target.prefetch(wanted)
 
 
 def git(repo: Path, *args: str, input_: bytes | None = None) -> bytes:

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from ._fastyaml import MERGE_CONFLICT, conflict_line
 from .errors import ParseError
 from .files import plain_value, read_text_file
 
@@ -19,7 +20,11 @@ def _loader() -> Any:
 def load_yaml_text(text: str, path: str) -> Any:
     """Safe-load YAML text restricted to values JSON can hold (no dates, sets, binary data,
     recursive aliases or alias bombs; integer keys become text); a syntax error or another
-    value names the file, and the line or JSON pointer."""
+    value names the file, and the line or JSON pointer. Git's merge conflict markers are
+    refused as such, at their line, not as the syntax error they cause further down."""
+    line = conflict_line(text)
+    if line is not None:
+        raise ParseError(path, MERGE_CONFLICT, line=line)
     try:
         doc = yaml.load(text, Loader=_loader())
     except yaml.MarkedYAMLError as exc:
