@@ -7,8 +7,8 @@ same on the working tree and on `git` history (audits compare two of them).
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath
 from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from .errors import GitError
