@@ -94,3 +94,79 @@ def test_cli_build_records_the_pin(tmp_path: Path, registry: Registry) -> None:
     assert numerics["mode"] == "portable" and numerics["pinned"] is X86
     assert set(numerics["cpu"]) == {"machine", "vendor", "model", "capability"}
     assert 0 <= run["train_s"] <= run["duration_s"]
+
+
+def test_build_records_a_fingerprint_and_doctor_compares_it(registry: Registry) -> None:
+    write(registry.root / "datasets/d/spec.yaml", "source: sklearn:digits\nselect: {limit: 200}\n")
+    write(
+        registry.root / "models/m/spec.yaml",
+        "architecture: {family: mlp, hidden: [8]}\ndata: {train: d}\n"
+        "training: {epochs: 1, optimizer: adam}\n",
+    )
+    stemma = str(Path(sys.executable).parent / "stemma")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [stemma, *args], cwd=registry.repo_root, capture_output=True, text=True
+        )
+
+    for args in (["build", "dataset", "d"], ["build", "model", "m", "-q"]):
+        assert run(*args).returncode == 0
+    path = registry.model_dir("m") / "manifest.json"
+    doc = json.loads(path.read_text())
+    fingerprint = doc["run"]["numerics"]["fingerprint"]
+    assert len(fingerprint["digest"]) == 16 and "optim.adam" in fingerprint["ops"]
+    assert list(registry.repo_root.glob(".stemma/numerics-*.json"))  # computed once, kept
+    done = run("doctor", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["machine"]["fingerprint"] == fingerprint  # the build's own pins, the cache
+    assert [m["verdict"] for m in report["models"]] == ["reproducible"]
+    # the run block is outside the id: a manifest from another machine differs only there
+    fingerprint["ops"]["elementwise.sqrt"] = "0" * 12
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    done = run("doctor", "m")
+    assert done.returncode == 1
+    assert "differ from the build's on: elementwise.sqrt" in done.stdout
+
+
+def test_a_damaged_fingerprint_cache_is_a_miss(tmp_path: Path) -> None:
+    code = (
+        "import json, os, sys; from stemma.migration.numerics import pin; pin('portable')\n"
+        "from stemma.migration import fingerprint\n"
+        "d = sys.argv[1]; first = fingerprint.of_this_machine(__import__('pathlib').Path(d))\n"
+        "[p] = [os.path.join(d, n) for n in os.listdir(d)]\n"
+        "for damage in ('garbage', 'fifo', 'link'):\n"
+        "    os.remove(p)\n"
+        "    if damage == 'garbage': open(p, 'w').write('{\"version\": 1, \"ops\": {')\n"
+        "    elif damage == 'fifo': os.mkfifo(p)\n"
+        "    else: os.symlink('/dev/zero', p)\n"
+        "    again = fingerprint.of_this_machine(__import__('pathlib').Path(d))\n"
+        "    assert again == first, damage\n"
+        "print(first['digest'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip()) == 16
+
+
+def test_doctor_promises_nothing_without_a_comparable_record() -> None:
+    from stemma.migration.doctor import DIFFERS, REPRODUCIBLE, UNKNOWN, predict
+
+    fp = {"version": 1, "digest": "0" * 16, "ops": {"mm": "a", "sqrt": "b"}}
+    here = {"mode": "portable", "pinned": True, "torch": "2.14.1", "fingerprint": fp}
+    run = {"torch": "2.14.1", "device": "cpu", "numerics": {**here}}
+    assert predict("m", {"run": run}, here).verdict == REPRODUCIBLE
+    other = {**fp, "ops": {"mm": "a", "sqrt": "c"}}
+    moved = predict("m", {"run": {**run, "numerics": {**here, "fingerprint": other}}}, here)
+    assert moved.verdict == DIFFERS and moved.ops == ["sqrt"]
+    for changed in (
+        {"torch": "2.13.0"},
+        {"device": "cuda"},
+        {"numerics": {"mode": "portable", "pinned": True}},
+        {"numerics": {**here, "mode": "native"}},
+        {"numerics": {**here, "pinned": False}},
+    ):
+        assert predict("m", {"run": {**run, **changed}}, here).verdict == UNKNOWN, changed
