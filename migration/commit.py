@@ -32,10 +32,10 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-STAGING = ".stemma-staging"
-COMMITTING = ".stemma-commit"
-LAST = "manifest.json"
-"""Switched last: a reader that trusts the manifest sees the old build until the very end."""
+from stemma.registry.commits import COMMITTING, LAST, STAGING, finish, pending
+from stemma.registry.commits import order as _order
+
+__all__ = ["COMMITTING", "LAST", "STAGING", "commit", "pending", "recover"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -56,38 +56,16 @@ def _same(path: Path, blob: bytes) -> bool:
         return False
 
 
-def _order(names: list[str]) -> list[str]:
-    return sorted(names, key=lambda n: (n == LAST, n))
-
-
-def _switch(folder: Path) -> None:
-    """Move a complete commit folder's files into `folder`, the manifest last."""
-    done = folder / COMMITTING
-    names = [str(p.relative_to(done)) for p in done.rglob("*") if p.is_file()]
-    for name in _order(names):
-        target = folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(done / name, target)
-    _fsync_dir(folder)
-    shutil.rmtree(done)
-
-
 def recover(folder: Path) -> bool:
-    """Finish or discard an interrupted commit in `folder`; True when one was finished."""
+    """Finish or discard an interrupted commit in `folder`; True when one was finished.
+    Only a build does this: a staging folder may be a live build's (readers only finish a
+    commit, `stemma.registry.commits.settle`)."""
     staging = folder / STAGING
     if staging.is_dir() and not staging.is_symlink():
         shutil.rmtree(staging)
     elif staging.exists() or staging.is_symlink():
         staging.unlink()
-    if (folder / COMMITTING).is_dir() and not (folder / COMMITTING).is_symlink():
-        _switch(folder)
-        return True
-    return False
-
-
-def pending(folder: Path) -> bool:
-    """True when an interrupted switch waits in `folder` (the next build finishes it)."""
-    return (folder / COMMITTING).is_dir()
+    return finish(folder)
 
 
 def commit(folder: Path, files: Mapping[str, bytes]) -> list[str]:
@@ -120,5 +98,5 @@ def commit(folder: Path, files: Mapping[str, bytes]) -> list[str]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _fsync_dir(folder)
-    _switch(folder)
+    finish(folder)
     return _order(list(changed))

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from stemma.registry import Registry
+from stemma.registry.commits import settle
 from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
 from stemma.registry.files import file_hashes, read_json
 from stemma.registry.registry import (
@@ -42,6 +43,7 @@ from stemma.registry.registry import (
     SPEC_FILE,
     WEIGHTS_FILE,
 )
+from stemma.registry.tree import WorkTree
 
 GPU_ABS_TOLERANCE = 0.02
 """Absolute part of the metric tolerance when either build ran on CUDA."""
@@ -288,6 +290,8 @@ def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
 def verify_model(reg: Registry, name: str, rebuild: bool = False) -> Verification:
     """Check a built model against its current files; with `rebuild`, rebuild and compare."""
     findings: list[Finding] = []
+    if isinstance(reg.tree, WorkTree):  # a build killed mid-switch: finish it, never read it torn
+        settle(reg.root)
     try:
         found = reg.model_manifest(name)
     except StemmaError as exc:

@@ -31,6 +31,7 @@ from ._ingest import (
     apply,
     matches,
 )
+from .commits import settle
 from .errors import QueryError, StemmaError
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ def open_index(reg: Registry) -> Index:
 
     if not isinstance(reg.tree, WorkTree):
         raise QueryError(f"queries read the working tree, not {reg.tree.label}")
+    settle(reg.root)  # a build killed while switching its outputs in is never indexed half-moved
     clock = Clock()
     path = index_path(reg)
     try:

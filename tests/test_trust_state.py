@@ -160,3 +160,51 @@ def test_verify_of_a_device_in_place_of_the_config_ends(copy: Path) -> None:
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "error: ma: adapter: " in done.stderr and "Traceback" not in done.stderr
+
+
+# -- a build killed between moving its weights and its manifest is never read as built --------
+
+
+def _torn(repo: Path) -> str:
+    """Leave model mb as a build killed mid-switch leaves it: the new weights, metrics and
+    curve in place, the new manifest still in the commit folder, the old one in place (the
+    state `migration.commit` has after its commit point). The spec is back as the old
+    manifest records it, so the old manifest alone reads as a healthy build. Returns the id
+    of the committed (new) manifest."""
+    from stemma.migration.commit import COMMITTING
+
+    folder = repo / "models/mb"
+    old_spec, old_manifest = (folder / "spec.yaml").read_text(), (folder / "manifest.json")
+    kept = old_manifest.read_bytes()
+    (folder / "spec.yaml").write_text(old_spec.replace("seed: 0", "seed: 1"))
+    new = build_model(Registry.open(repo), "mb")
+    (folder / COMMITTING).mkdir()
+    os.replace(old_manifest, folder / COMMITTING / "manifest.json")
+    old_manifest.write_bytes(kept)
+    (folder / "spec.yaml").write_text(old_spec)
+    return str(new["id"])
+
+
+def test_ls_and_query_finish_an_interrupted_commit(copy: Path, cli: Any) -> None:
+    new_id = _torn(copy)
+    res = cli(["ls", "--json"], copy)
+    assert res.code == 0, res.stderr
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["mb"]["id"] == new_id  # the committed build, whole
+    assert rows["mb"]["status"] == "stale"  # built from the spec with seed 1
+    assert rows["ma"]["status"] == "stale"  # its base's weights are not the ones it was built on
+    assert not (copy / "models/mb/.stemma-commit").exists()
+    res = cli(["query", "SELECT name, id FROM models WHERE name = 'mb'", "-f", "json"], copy)
+    assert json.loads(res.stdout) == [{"name": "mb", "id": new_id}]
+
+
+def test_verify_finishes_an_interrupted_commit(copy: Path) -> None:
+    from stemma.migration.verify import verify_model
+
+    new_id = _torn(copy)
+    result = verify_model(Registry.open(copy), "mb")
+    found = {f.item: f.status for f in result.findings}
+    assert found["weights"] == "pass" and found["id"] == "pass"  # never new weights, old manifest
+    assert found["spec"] == "fail"  # the committed build was made from another spec
+    assert json.loads((copy / "models/mb/manifest.json").read_text())["id"] == new_id
+    assert not verify_model(Registry.open(copy), "ma").ok  # its base changed under it
