@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from .errors import GitError
-from .files import confined, read_text_file
+from .errors import GitError, StemmaError, UnsafeFile
+from .files import MAX_TEXT_BYTES, confined, decode_text, read_text_file
 
 
 class Tree(Protocol):
@@ -90,18 +90,23 @@ class GitTree:
         self.commit = git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode()
         self.commit = self.commit.strip()
         self.label = f"revision {rev}"
-        args = ["ls-tree", "-r", "-z", "--full-tree", self.commit]
+        args = ["ls-tree", "-r", "-z", "-l", "--full-tree", self.commit]
         if prefix and prefix != ".":
             args += ["--", prefix]
         self._blobs: dict[str, str] = {}
+        self._sizes: dict[str, int] = {}
         for entry in git(repo, *args).split(b"\0"):
             if not entry:
                 continue
-            meta, _, path = entry.decode().partition("\t")
-            _mode, kind, sha = meta.split()
+            # git keeps a file name's bytes as they are: one that is not UTF-8 is no file
+            # stemma reads, but it must not stop the others from being listed
+            meta, _, path = entry.decode(errors="surrogateescape").partition("\t")
+            _mode, kind, sha, size = meta.split()
             if kind == "blob":
                 self._blobs[path] = sha
+                self._sizes[path] = int(size)
         self._cache: dict[str, str] = {}
+        self._unreadable: dict[str, StemmaError] = {}  # what `read_text` raises for the path
 
     def files(self) -> list[str]:
         """Every file path in the revision (under the prefix)."""
@@ -109,7 +114,16 @@ class GitTree:
 
     def prefetch(self, paths: list[str]) -> None:
         """Read many blobs with one git process."""
-        wanted = [p for p in paths if p in self._blobs and p not in self._cache]
+        wanted = []
+        for p in paths:
+            if p not in self._blobs or p in self._cache or p in self._unreadable:
+                continue
+            if self._sizes[p] > MAX_TEXT_BYTES:  # never read into memory
+                self._unreadable[p] = UnsafeFile(
+                    p, f"is {self._sizes[p]} bytes, more than the {MAX_TEXT_BYTES} allowed"
+                )
+            else:
+                wanted.append(p)
         if not wanted:
             return
         out = git(
@@ -123,7 +137,10 @@ class GitTree:
             header_end = out.index(b"\n", pos)
             size = int(out[pos:header_end].split()[2])
             start = header_end + 1
-            self._cache[path] = out[start : start + size].decode()
+            try:  # a binary file (weights committed to git) is only an error if read
+                self._cache[path] = decode_text(out[start : start + size], path)
+            except StemmaError as exc:
+                self._unreadable[path] = exc
             pos = start + size + 1
 
     def exists(self, path: str) -> bool:
@@ -131,12 +148,15 @@ class GitTree:
         return path in self._blobs or str(PurePosixPath(path)) in self._blobs
 
     def read_text(self, path: str) -> str | None:
-        """The file's text at the revision, or None when absent."""
+        """The file's text at the revision, or None when absent; a located error for a file
+        that is not a bounded file of UTF-8 text."""
         path = str(PurePosixPath(path))
         if path not in self._blobs:
             return None
         if path not in self._cache:
             self.prefetch([path])
+        if path in self._unreadable:
+            raise self._unreadable[path]
         return self._cache[path]
 
     def subdirs(self, path: str) -> list[str]:
