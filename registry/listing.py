@@ -8,6 +8,8 @@ from typing import Any
 
 from . import status
 from .errors import DatasetNotFound, ModelNotFound
+from .locks import folder_locked_md5
+from .lockstate import unlocked
 from .records import Manifest
 from .registry import SPEC_FILE, Registry
 from .tree import WorkTree
@@ -60,6 +62,7 @@ def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
     parent = None
     if src is not None and not src.auto and reg.has_model(src.model):
         parent = reg.model_manifest(src.model)
+    weights = manifest.raw.get("weights") or {}
     return status.status(
         True,
         True,
@@ -67,6 +70,8 @@ def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
         manifest.spec_digest,
         parent.id if parent is not None else None,
         manifest.source_id,
+        weights.get("md5"),
+        folder_locked_md5(reg, name),
     )
 
 
@@ -141,9 +146,12 @@ def _indexed_entries(reg: Registry, kind: Kind | None) -> list[Entry]:
                 entry = Entry("dataset", name, state, id_, source, None, tuple(tags))
                 rows.append(replace(entry, class_names=tuple(names or ())))
         if kind in (None, Kind.model):
-            for name, state, id_, source, relation, tags, metrics in index.con.execute(
-                _MODELS_SQL
-            ).fetchall():
+            found = index.con.execute(_MODELS_SQL).fetchall()
+            # the index knows no dvc.lock: a build DVC did not record is stale (`lockstate`)
+            unlocked_ = unlocked(reg, (r[0] for r in found if r[1] == status.BUILT))
+            for name, state, id_, source, relation, tags, metrics in found:
+                if name in unlocked_:
+                    state = status.STALE
                 rows.append(
                     Entry(
                         "model",

@@ -9,6 +9,10 @@ targets `PATH/dvc.yaml:STAGE`. `dvc repro --single-item TARGETS...` runs them in
 DVC still checks each stage against its own dvc.lock, runs it when it changed, and records
 it in the dvc.lock beside it, as a full `dvc repro` would.
 
+A model whose manifest records other weights than its folder's dvc.lock (a build that DVC
+never recorded: killed before it wrote the lock, or run by hand) is stale too
+(`lockstate`): DVC runs its stage, which records the lock and caches the weights.
+
 A stage whose output is missing from the working tree (a fresh clone that has not run
 `dvc pull`, an output deleted by hand) is handed to DVC as well, as `dvc repro` would find
 it: the manifest in git says the model was built, not that its weights are here.
@@ -29,6 +33,7 @@ from . import status
 from .dag import Forest
 from .dag import build_order as dag_order
 from .errors import ModelNotFound
+from .lockstate import unlocked
 from .pipeline import ADAPTER_DIR, stage_file, stage_name
 from .registry import DATA_FILE, WEIGHTS_FILE, Registry
 
@@ -102,6 +107,9 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
             used_by.setdefault(dataset, set()).add(name)
     stale_data = {d for d, s in rows.dataset_status.items() if s in TO_BUILD}
     roots = {m for m in rows.declared if rows.model_status.get(m) in TO_BUILD}
+    # built per the index, but not what DVC recorded: the stage must run so DVC locks and
+    # caches the weights the manifest names (`status`'s lock case)
+    roots |= unlocked(reg, (m for m in rows.declared if rows.model_status.get(m) == status.BUILT))
     for dataset in stale_data:
         roots |= used_by.get(dataset, set())
     parent = {m: s["source"] for m, s in rows.declared.items() if s["source"] not in (None, "auto")}

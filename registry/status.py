@@ -7,7 +7,9 @@ index views (`_sql`) is tested against `status`.
 - `unbuilt`: declared by a spec, no manifest yet;
 - `registered`: a manifest and no spec (weights imported by `stemma register`, nothing to build);
 - `stale`: the spec changed since the build (`spec`), or the source model was rebuilt since
-  (`source`): `dvc repro` rebuilds it;
+  (`source`), or the weights the manifest records are not the ones the folder's dvc.lock
+  records (`lock`: a build that DVC never recorded, so its weights are not in DVC's cache
+  and `dvc status` says the stage changed): `dvc repro` rebuilds it;
 - `built`: the manifest was built from the spec as it is and from the source as it is.
 
 The lineage graph adds two names for nodes that are not a healthy entry: `invalid` (a spec
@@ -27,6 +29,7 @@ STATUSES = (UNBUILT, BUILT, STALE, REGISTERED, INVALID, MISSING)
 # Why a manifest is stale (see `staleness`).
 SPEC_CHANGED = "spec"
 SOURCE_CHANGED = "source"
+LOCK_CHANGED = "lock"
 
 
 def staleness(
@@ -34,18 +37,24 @@ def staleness(
     built_digest: str | None,
     parent_id: str | None = None,
     built_source_id: str | None = None,
+    weights_md5: str | None = None,
+    locked_md5: str | None = None,
 ) -> str | None:
     """Why a built model or dataset is stale, or None when it is not.
 
     `spec_digest` is the digest of the spec as it is, `built_digest` the one its manifest
     recorded; `parent_id` the manifest id of the declared source model as it is (None when
     the spec names no source, picks one by exploration, or the source has no manifest), and
-    `built_source_id` the source id the manifest recorded.
+    `built_source_id` the source id the manifest recorded; `weights_md5` the md5 of the
+    weights the manifest records and `locked_md5` the one the folder's dvc.lock records
+    (None when there is no lock entry: a build that never went through DVC is not judged).
     """
     if built_digest != spec_digest:
         return SPEC_CHANGED
     if parent_id is not None and parent_id != built_source_id:
         return SOURCE_CHANGED
+    if weights_md5 is not None and locked_md5 is not None and weights_md5 != locked_md5:
+        return LOCK_CHANGED
     return None
 
 
@@ -56,12 +65,15 @@ def status(
     built_digest: str | None = None,
     parent_id: str | None = None,
     built_source_id: str | None = None,
+    weights_md5: str | None = None,
+    locked_md5: str | None = None,
 ) -> str:
     """The status of a model or dataset (arguments as for `staleness`)."""
     if not has_manifest:
         return UNBUILT
     if not has_spec:
         return REGISTERED
-    if staleness(spec_digest, built_digest, parent_id, built_source_id) is not None:
+    why = staleness(spec_digest, built_digest, parent_id, built_source_id, weights_md5, locked_md5)
+    if why is not None:
         return STALE
     return BUILT

@@ -208,3 +208,47 @@ def test_verify_finishes_an_interrupted_commit(copy: Path) -> None:
     assert found["spec"] == "fail"  # the committed build was made from another spec
     assert json.loads((copy / "models/mb/manifest.json").read_text())["id"] == new_id
     assert not verify_model(Registry.open(copy), "ma").ok  # its base changed under it
+
+
+# -- a build DVC did not record is not up to date ------------------------------------------
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_a_build_dvc_did_not_lock_is_stale_and_repro_records_it(
+    registry: Registry, cli: Any
+) -> None:
+    """The state a `stemma repro` killed after the build switched its outputs in but before
+    DVC wrote dvc.lock leaves, made for real: the stage's own command (`stemma build`) run
+    without DVC after a spec change."""
+    specs = {
+        k: v for k, v in SPECS.items() if k in ("datasets/d04/spec.yaml", "models/mb/spec.yaml")
+    }
+    reg = new_registry(registry.repo_root.parent / "locked", registry.repo_root, specs)
+    repo = reg.repo_root
+    assert cli(["pipeline"], repo).code == 0
+    _dvc(repo, "repro")
+    spec = repo / "models/mb/spec.yaml"
+    spec.write_text(spec.read_text().replace("seed: 0", "seed: 1"))
+    build_model(Registry.open(repo), "mb")  # what `dvc repro` runs, with no lock written after it
+    manifest_md5 = json.loads((repo / "models/mb/manifest.json").read_text())["weights"]["md5"]
+    assert "changed" in _dvc(repo, "status")
+
+    res = cli(["repro", "--dry"], repo)
+    assert res.stdout.splitlines() == ["models/mb/dvc.yaml:model-mb"], res.stdout
+    res = cli(["ls", "--json"], repo)
+    assert {r["name"]: r["status"] for r in json.loads(res.stdout)}["mb"] == "stale"
+
+    assert cli(["repro"], repo).code == 0  # DVC runs the stage: it locks and caches the weights
+    assert "up to date" in _dvc(repo, "status")
+    lock = (repo / "models/mb/dvc.lock").read_text()
+    assert manifest_md5 in lock
+    cached = repo / ".dvc/cache/files/md5" / manifest_md5[:2] / manifest_md5[2:]
+    assert cached.is_file()
+    assert cli(["repro", "--dry"], repo).stdout.startswith("nothing to reproduce")
