@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from stemma.registry.errors import StemmaError
+from stemma.registry.errors import StemmaError, StemmaWarning
 from typer.core import TyperGroup
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print stable JSON instead of a table.")]
@@ -95,12 +98,64 @@ def describe_unexpected(exc: BaseException) -> str:
 _CLICK_ERRORS = (typer.BadParameter.__mro__[2],)  # ClickException, which typer re-exports
 
 
+@contextlib.contextmanager
+def warnings_to_stderr() -> Iterator[None]:
+    """Print each distinct `StemmaWarning` raised inside as `warning: MESSAGE` on stderr
+    (others as Python shows them)."""
+    shown: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", StemmaWarning)
+        python_way = warnings.showwarning
+
+        def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            if not issubclass(category, StemmaWarning):
+                python_way(message, category, *args, **kwargs)
+            elif str(message) not in shown:
+                shown.add(str(message))
+                typer.echo(f"warning: {one_line(str(message))}", err=True)
+
+        warnings.showwarning = show
+        yield
+
+
 class FunnelGroup(TyperGroup):
     """The root command group: turns every error into one stderr line; exit 1 for errors,
     2 for usage errors (typer's own and `UsageError`)."""
 
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run as a program: typer's usage errors become one line too (typer draws a
+        five-line box), with the exit status they carry (2)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except _CLICK_ERRORS as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as asked
+                exc.show()
+            else:
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+                typer.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: Any) -> Any:
-        """Run the command; render errors as one line unless tracebacks are on."""
+        """Run the command; render errors as one line unless tracebacks are on, and what the
+        library skipped (`StemmaWarning`) as one `warning:` line each."""
+        with warnings_to_stderr():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except StemmaError as exc:

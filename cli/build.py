@@ -120,6 +120,8 @@ def _options(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"--options: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError("--options: nested too deeply") from None
     if not isinstance(value, dict):
         raise UsageError("--options: expected a JSON object")
     return value

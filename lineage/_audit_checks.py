@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
-from stemma.registry import Registry
+from stemma.registry import Registry, archrules
 from stemma.registry import consistency as cons
 from stemma.registry.consistency import Violation
 from stemma.registry.errors import StemmaError
-from stemma.registry.files import content_id
+from stemma.registry.files import content_id, parse_json_text
 from stemma.registry.locks import LOCK_FILE, folder_locked_md5, locked_md5s
 from stemma.registry.naming import parse_source
 from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
@@ -200,10 +201,38 @@ def _datasets(spec: Any) -> set[str]:
     return used
 
 
-def _entry_of_model(spec: Any) -> str | None:
+def _code_of_model(state: State, spec: Any) -> list[tuple[str, str]]:
+    """(entrypoint, pointer) for the code a raw model spec runs: its entrypoint, and the
+    classes the auto_map of its transformers config names (inline or in the folder of
+    `architecture.path`); remote code is an entrypoint too."""
     arch = spec.get("architecture") if isinstance(spec, dict) else None
-    entry = arch.get("entrypoint") if isinstance(arch, dict) else None
-    return str(entry) if entry else None
+    if not isinstance(arch, dict):
+        return []
+    found = []
+    entry = arch.get("entrypoint")
+    if entry:
+        found.append((str(entry), "/architecture/entrypoint"))
+    config, base = arch.get("config"), "/architecture/config"
+    if isinstance(arch.get("path"), str) and state.reg is not None:
+        config, base = _folder_config(state, arch["path"]), "/architecture/path"
+    if isinstance(config, dict):
+        for ref in archrules.code_refs(config):
+            pointer = base + ref.pointer if base.endswith("config") else base
+            found.append((ref.entrypoint or ref.ref, pointer))
+    return found
+
+
+def _folder_config(state: State, path: str) -> Any:
+    """The config.json of a spec's `architecture.path` in this state, or None."""
+    assert state.reg is not None
+    rel = state.reg.rel(*PurePosixPath(path, "config.json").parts)
+    text = state.text(rel)
+    if text is None:
+        return None
+    try:
+        return parse_json_text(text, rel)
+    except StemmaError:  # its own violation says why
+        return None
 
 
 def _entry_of_dataset(spec: Any) -> str | None:
@@ -237,19 +266,20 @@ def _entrypoints(old: State, new: State) -> list[Finding]:
             )
     assert new.reg is not None
     in_use: set[str] = set(listed(new))
-    for kind, pick, pointer in (
-        ("model", _entry_of_model, "/architecture/entrypoint"),
-        ("dataset", _entry_of_dataset, "/source"),
-    ):
+
+    def of_dataset(state: State, spec: Any) -> list[tuple[str, str]]:
+        entry = _entry_of_dataset(spec)
+        return [] if entry is None else [(entry, "/source")]
+
+    for kind, pick in (("model", _code_of_model), ("dataset", of_dataset)):
         specs_new = new.models if kind == "model" else new.datasets
         specs_old = old.models if kind == "model" else old.datasets
         for name in sorted(specs_new):
-            picked = pick(specs_new[name])
-            if picked is None:
-                continue
-            entry = picked
-            in_use.add(entry)
-            if entry != pick(specs_old.get(name)):
+            was = {entry for entry, _ in pick(old, specs_old.get(name))}
+            for entry, pointer in pick(new, specs_new[name]):
+                in_use.add(entry)
+                if entry in was:
+                    continue
                 found.append(
                     Finding(
                         NEW_ENTRYPOINT,

@@ -136,9 +136,14 @@ class CNN(StagedNet):
 
 
 def build_module(
-    config: Mapping[str, Any], trusted: Sequence[str] = (), display: str = "architecture"
+    config: Mapping[str, Any],
+    trusted: Sequence[str] = (),
+    display: str = "architecture",
+    limits: Mapping[str, int] | None = None,
 ) -> nn.Module:
-    """Build the module an architecture config describes (initialised from torch's RNG)."""
+    """Build the module an architecture config describes (initialised from torch's RNG).
+    `trusted` are stemma.yaml's entrypoints; `limits`, its size limits, checked before a
+    library model is allocated (None: a model already built, from its manifest)."""
     family = config.get("family")
     in_shape = [int(d) for d in config["in_shape"]]
     num_classes = int(config["num_classes"])
@@ -168,7 +173,7 @@ def build_module(
     if family in LIBRARY_FAMILIES:
         from .families import build
 
-        return build(config, where)
+        return build(config, where, trusted, limits, display)
     raise BuildError(f"{where}: unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 
 

@@ -18,15 +18,17 @@ Penultimate features are the head's input, caught by a forward pre-hook on the h
 from __future__ import annotations
 
 import importlib
-import json
 import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from stemma.registry.errors import BuildError
+from stemma.registry import archrules
+from stemma.registry.errors import BuildError, StemmaError
 from torch import nn
+
+from .entrypoints import import_entrypoint
 
 LIBRARY_FAMILIES = ("timm", "torchvision", "transformers")
 FAMILY_ATTR = "stemma_family"  # a plain attribute on the module: not a tensor, not in state_dict
@@ -63,39 +65,94 @@ def library_config(arch: Mapping[str, Any], config: dict[str, Any]) -> dict[str,
 
 
 def read_hf_config(folder: Path, display: str) -> dict[str, Any]:
-    """A Hugging Face config.json (the file, or the folder holding it), as a dict."""
-    path = folder if folder.is_file() else folder / "config.json"
-    if not path.is_file():
-        raise BuildError(f"{display}: {path.name} not found in {folder}")
+    """A Hugging Face config.json (the file, or the folder holding it), as a dict: a regular
+    file of bounded size and depth (`archrules.read_config_file`)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BuildError(f"{display}: {path.name} is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or "model_type" not in doc:
-        raise BuildError(f"{display}: {path.name} has no model_type")
-    return doc
+        return archrules.read_config_file(folder, str(folder))
+    except StemmaError as exc:
+        message = exc.message if display == str(folder) else f"{display}: {exc.message}"
+        raise BuildError(message) from None
 
 
-def hf_config(config: Mapping[str, Any]) -> Any:
+def hf_config(config: Mapping[str, Any], where: str = "architecture") -> Any:
     """The transformers PretrainedConfig an architecture config describes (num_labels set)."""
     transformers = require("transformers")
     doc = dict(config.get("config") or {})
     model_type = doc.pop("model_type", None)
     if not model_type:
-        raise BuildError("model_type is missing from the transformers config")
+        raise BuildError(f"{where}: model_type is missing from the transformers config")
     # keys written by save_pretrained that are not configuration
     for key in ("architectures", "transformers_version", "id2label", "label2id", "num_labels"):
         doc.pop(key, None)
     try:
         cfg = transformers.AutoConfig.for_model(str(model_type), **doc)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BuildError(f"invalid transformers config: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise BuildError(f"{where}: invalid transformers config: {_first_line(exc)}") from None
     cfg.num_labels = int(config["num_classes"])
     return cfg
 
 
-def build(config: Mapping[str, Any], where: str) -> nn.Module:
-    """The library module for a timm, torchvision or transformers config (random init)."""
+def _refuse(
+    config: Mapping[str, Any],
+    options: Mapping[str, Any],
+    trusted: Sequence[str],
+    limits: Mapping[str, int] | None,
+    display: str,
+) -> None:
+    """Raise for the first thing `archrules` refuses in a transformers config: untrusted
+    code, trust_remote_code, a dtype that is none, a model past the limits."""
+    found = archrules.config_problems(config, options, trusted, limits)
+    for pointer, message, _ in archrules.problems_in(found, "/architecture/config"):
+        raise BuildError(f"{display} at {pointer}: {message}")
+
+
+def _transformers(
+    config: Mapping[str, Any],
+    options: dict[str, Any],
+    trusted: Sequence[str],
+    limits: Mapping[str, int] | None,
+    display: str,
+) -> nn.Module:
+    """A sequence classifier: transformers' own class for the model_type, or the class the
+    config's auto_map names when stemma.yaml trusts it, imported as an entrypoint. Never
+    through transformers' trust_remote_code, which imports code from any folder."""
+    doc = dict(config.get("config") or {})
+    _refuse(doc, options, trusted, limits, display)
+    transformers = require("transformers")
+    cfg = hf_config(config, f"{display} at /architecture/config")
+    if limits is not None:  # again with the defaults of the fields the spec leaves out
+        for problem in archrules.size_problems(cfg.to_dict(), limits):
+            where = f"{display} at /architecture/config{problem.pointer}"
+            raise BuildError(f"{where}: {problem.message}")
+    entry = archrules.seq_class_entrypoint(doc)
+    if entry is not None:
+        pointer = "/architecture/config/auto_map/AutoModelForSequenceClassification"
+        cls = import_entrypoint(entry, trusted, f"{display} at {pointer}")
+        module = cls(cfg)
+        if not isinstance(module, nn.Module):
+            raise BuildError(f"{display} at {pointer}: {entry!r} is not a torch module class")
+        return module
+    model: nn.Module = transformers.AutoModelForSequenceClassification.from_config(
+        cfg, **{**options, archrules.TRUST_OPTION: False}
+    )
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def build(
+    config: Mapping[str, Any],
+    where: str,
+    trusted: Sequence[str] = (),
+    limits: Mapping[str, int] | None = None,
+    display: str = "architecture",
+) -> nn.Module:
+    """The library module for a timm, torchvision or transformers config (random init);
+    `trusted` entrypoints may be auto_map classes, and `limits` (stemma.yaml's) bound the
+    size of a transformers model before anything is allocated."""
     family = str(config["family"])
     num_classes = int(config["num_classes"])
     in_shape = [int(d) for d in config["in_shape"]]
@@ -122,16 +179,14 @@ def build(config: Mapping[str, Any], where: str) -> nn.Module:
             if config.get("input", {}).get("method") == "repeat":
                 _adapt_forward(module, _repeat_channels)
         else:
-            transformers = require("transformers")
-            cfg = hf_config(config)
-            module = transformers.AutoModelForSequenceClassification.from_config(cfg, **options)
+            module = _transformers(config, options, trusted, limits, display)
+            cfg = module.config
             pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
             _adapt_forward(module, _token_forward(int(pad)))
     except BuildError:
         raise
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BuildError(f"{where}: cannot build {family} model: {first}") from None
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        raise BuildError(f"{where}: cannot build {family} model: {_first_line(exc)}") from None
     setattr(module, FAMILY_ATTR, family)
     return module
 

@@ -41,13 +41,23 @@ def _read(path: Path, architecture: dict[str, Any] | None) -> tuple[dict[str, An
 
 
 def _library_shape(
-    arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], in_shape: list[int] | None
+    reg: Registry,
+    arch: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    in_shape: list[int] | None,
 ) -> tuple[list[int], int]:
-    """(input shape, classes) of library weights: from a probe module and the tensor shapes."""
+    """(input shape, classes) of library weights: from a probe module and the tensor shapes
+    (built under the registry's trusted entrypoints and size limits, like the model)."""
     family = str(arch["family"])
     guess = [3, 32, 32] if family != "transformers" else [8]
+    settings = reg.settings
     with torch.random.fork_rng(devices=[]):
-        probe = build_module(make_config(arch, in_shape or guess, 2), (), "--family")
+        probe = build_module(
+            make_config(arch, in_shape or guess, 2),
+            settings.entrypoints,
+            "--family",
+            settings.limits,
+        )
     prefix = head_prefix(probe) + "."
     heads = [n for n, t in probe.state_dict().items() if n.startswith(prefix) and t.ndim == 2]
     if not heads or heads[-1] not in state:
@@ -68,13 +78,14 @@ def _library_shape(
 
 
 def _config(
+    reg: Registry,
     architecture: dict[str, Any] | None,
     state: Mapping[str, torch.Tensor],
     in_shape: list[int] | None,
     where: str,
 ) -> dict[str, Any]:
     if architecture and architecture.get("family") in LIBRARY_FAMILIES:
-        shape, num_classes = _library_shape(architecture, state, in_shape)
+        shape, num_classes = _library_shape(reg, architecture, state, in_shape)
         return make_config(architecture, shape, num_classes)
     if architecture:
         num_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
@@ -158,9 +169,11 @@ def register(
     if eval_dataset is not None:
         data = load_dataset(reg, eval_dataset, "--eval", "register")
         in_shape = in_shape or data.shape
-    config = _config(arch, state, in_shape, str(weights_path))
+    config = _config(reg, arch, state, in_shape, str(weights_path))
     with torch.random.fork_rng(devices=[]):
-        module = build_module(config, reg.settings.entrypoints, f"{weights_path}")
+        module = build_module(
+            config, reg.settings.entrypoints, f"{weights_path}", reg.settings.limits
+        )
     tmap = plan(state, module.state_dict(), "exact", f"{weights_path}", "the weights file")
     transfer(module, state, tmap)
     module.eval()

@@ -337,8 +337,9 @@ def _architecture_rules(reg: Registry, spec: ModelSpec) -> list[Violation]:
         Violation(
             UNTRUSTED_ENTRYPOINT if p.untrusted else SCHEMA,
             spec.path,
-            p.message if p.pointer.startswith("/options") else f"{shown}/config.json at"
-            f" {p.pointer}: {p.message}",
+            p.message
+            if p.pointer.startswith("/options")
+            else f"{shown}/config.json at {p.pointer}: {p.message}",
             "/architecture" + p.pointer if p.pointer.startswith("/options") else pointer,
             subject=subject,
         )

