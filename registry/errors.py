@@ -149,3 +149,8 @@ class InvalidFolderName(LocatedError, InvalidName):
     """A model or dataset folder whose name breaks the naming grammar."""
 
     code = "invalid-name"
+
+
+class StemmaWarning(UserWarning):
+    """Something stemma skipped and went on without (a tag it cannot read, ...): the CLI
+    prints each as one `warning:` line on stderr."""

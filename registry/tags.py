@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConsistencyError, GitError, InvalidName, StemmaError
+from .errors import ConsistencyError, GitError, InvalidName, StemmaError, StemmaWarning
 from .gtostate import TagState, tag_state
 from .history import GitPaths, git_paths, history, manifest_at
 from .naming import (
@@ -33,6 +34,7 @@ from .registry import Registry
 from .tree import git
 
 _ID_RE = re.compile(r"^(?P<scheme>sha256:)?(?P<hex>[0-9a-f]+)$")
+_FULL_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _MIN_ID_PREFIX = 4
 _FORMAT = (
     "%1f".join(
@@ -110,29 +112,78 @@ def _raw_tags(paths: GitPaths) -> list[_RawTag]:
     return tags
 
 
+# A tag message stemma writes is under 200 bytes; GTO's are a line of text.
+MAX_MESSAGE_BYTES = 64 << 10
+
+
+class TagWarning(StemmaWarning):
+    """A tag that was skipped: its message cannot be read (see `SkippedTag`)."""
+
+
+@dataclass(frozen=True)
+class SkippedTag:
+    """A GTO tag left out of the registry's state, and why."""
+
+    tag: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        """One line naming the tag: what the CLI prints as a warning."""
+        return f"tag {self.tag} skipped: its message {self.reason}"
+
+
+@dataclass(frozen=True)
+class TagScan:
+    """Every GTO tag that could be read, and those that were skipped."""
+
+    infos: list[TagInfo]
+    skipped: list[SkippedTag]
+
+
+class _BadMessage(ValueError):
+    """A tag message no reader should take: too large, or nested too deeply."""
+
+
 def _message(text: str) -> tuple[str | None, str | None]:
-    """(id, source) from a tag message; (None, None) when it is not stemma's JSON."""
+    """(id, source) from a tag message; (None, None) when it is not stemma's JSON (GTO's own
+    messages are text). A message too large or too deep to parse raises `_BadMessage`."""
+    size = len(text.encode(errors="replace"))
+    if size > MAX_MESSAGE_BYTES:
+        raise _BadMessage(f"is {size} bytes, more than the {MAX_MESSAGE_BYTES} allowed")
     try:
         doc = json.loads(text)
-    except ValueError:
+    except RecursionError:  # the parser's own stack: JSON nested thousands deep
+        raise _BadMessage("is JSON nested too deeply") from None
+    except ValueError:  # not JSON, or a number of more than 4300 digits
         return None, None
     if not isinstance(doc, dict):
         return None, None
     ident, source = doc.get("id"), doc.get("source")
-    return (ident if isinstance(ident, str) else None, source if isinstance(source, str) else None)
+    return (_an_id(ident), _an_id(source))
+
+
+def _an_id(value: Any) -> str | None:
+    """`value` when it is a manifest id (what stemma writes), else None."""
+    return value if isinstance(value, str) and _FULL_ID_RE.fullmatch(value) else None
 
 
 def _semver_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", version.split("-")[0].split("+")[0])[:3])
 
 
-def _infos(raws: list[_RawTag], name: str | None) -> list[TagInfo]:
+def _infos(raws: list[_RawTag], name: str | None) -> TagScan:
     infos = []
+    skipped = []
     for raw in raws:
         parsed = parse_tag(raw.tag)
         if parsed is None or (name is not None and parsed.name != name):
             continue
-        ident, source = _message(raw.message)
+        try:
+            ident, source = _message(raw.message)
+        except _BadMessage as exc:
+            skipped.append(SkippedTag(raw.tag, str(exc)))
+            continue
         infos.append(
             TagInfo(
                 raw.tag,
@@ -147,7 +198,7 @@ def _infos(raws: list[_RawTag], name: str | None) -> list[TagInfo]:
                 raw.date,
             )
         )
-    return sorted(
+    ordered = sorted(
         infos,
         key=lambda t: (
             t.name,
@@ -157,11 +208,23 @@ def _infos(raws: list[_RawTag], name: str | None) -> list[TagInfo]:
             t.tag,
         ),
     )
+    return TagScan(ordered, sorted(skipped, key=lambda s: s.tag))
+
+
+def read_tags(reg: Registry, name: str | None = None) -> TagScan:
+    """Every GTO tag (of one model, or all) as `list_tags` orders them, and the tags skipped
+    because their message cannot be read."""
+    return _infos(_raw_tags(git_paths(reg)), name)
 
 
 def list_tags(reg: Registry, name: str | None = None) -> list[TagInfo]:
-    """Every GTO tag (of one model, or all): by name, registrations by semver, then the rest."""
-    return _infos(_raw_tags(git_paths(reg)), name)
+    """Every GTO tag (of one model, or all): by name, registrations by semver, then the rest.
+    A tag whose message cannot be read is left out with a `TagWarning` naming it: one bad tag
+    must not stop every history command of the registry."""
+    scan = read_tags(reg, name)
+    for bad in scan.skipped:
+        warnings.warn(TagWarning(bad.message), stacklevel=2)
+    return scan.infos
 
 
 def state(reg: Registry, name: str) -> TagState:

@@ -24,19 +24,24 @@ from .naming import parse_ref
 from .records import Manifest
 from .registry import Registry
 from .tags import (
+    SkippedTag,
     TagInfo,
+    TagScan,
     current_stages,
     deprecated_models,
     list_tags,
     locate,
     promote,
+    read_tags,
     state,
     tag,
 )
 
 __all__ = [
     "LogEntry",
+    "SkippedTag",
     "TagInfo",
+    "TagScan",
     "TagState",
     "Version",
     "all_history",
@@ -48,6 +53,7 @@ __all__ = [
     "list_tags",
     "log",
     "promote",
+    "read_tags",
     "resolve",
     "state",
     "statuses",
