@@ -65,9 +65,9 @@ def check(model: str, cpus: list[str], build: bool) -> dict[str, object]:
                 copy = stage_copy(reg, model, Path(tmp))
                 (copy.model_dir(model) / "manifest.json").unlink(missing_ok=True)
                 begin = time.perf_counter()
+                build_cmd = ["build", "model", model, "-q", "-C", tmp]
                 done = subprocess.run(
-                    [*prefix, sys.executable, "-m", "stemma.cli.app", "build", "model", model]
-                    + ["-q", "-C", tmp],
+                    [*prefix, sys.executable, "-m", "stemma.cli.app", *build_cmd],
                     capture_output=True,
                     text=True,
                 )
