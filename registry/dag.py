@@ -154,3 +154,16 @@ class Forest:
                 found.append(path[path.index(node) :])
             seen.update(path)
         return found
+
+
+def exploration_candidates(
+    name: str, names: Iterable[str], pattern: str, forest: Forest
+) -> list[str]:
+    """The models an exploration for `name` (`source: {model: auto}`) may pick from: the
+    `names` matching the candidates glob, less `name` itself and its descendants in
+    `forest` (a descendant as source would close a loop). `stemma pipeline` and
+    `stemma repro` both take the candidates from here."""
+    import fnmatch
+
+    banned = {name, *forest.descendants(name)}
+    return [m for m in names if fnmatch.fnmatch(m, pattern) and m not in banned]

@@ -12,14 +12,13 @@ team's own training stage, say) are kept as they are, after stemma's own.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import re
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
 from . import _yamlemit
-from .dag import Forest, LineageCycle
+from .dag import Forest, LineageCycle, exploration_candidates
 from .dag import build_order as dag_order
 from .errors import ConsistencyError
 from .naming import parse_source
@@ -154,8 +153,8 @@ def candidates(reg: Registry, name: str, spec: ModelSpec) -> list[str]:
     """Models an exploration stage considers for `source: {model: auto}`: matches of the
     candidates glob, excluding the model itself and its descendants (no cycles)."""
     pattern = spec.source.candidates if spec.source and spec.source.candidates else "*"
-    banned = {name, *Forest(reg.model_names(), _declared_sources(reg)).descendants(name)}
-    return [m for m in reg.model_names() if fnmatch.fnmatch(m, pattern) and m not in banned]
+    forest = Forest(reg.model_names(), _declared_sources(reg))
+    return exploration_candidates(name, reg.model_names(), pattern, forest)
 
 
 def _declared_sources(reg: Registry) -> dict[str, str]:

@@ -24,13 +24,12 @@ itself) finds those.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import status
-from .dag import Forest
+from .dag import Forest, exploration_candidates
 from .dag import build_order as dag_order
 from .errors import ModelNotFound
 from .lockstate import unlocked
@@ -79,15 +78,15 @@ def _rows(reg: Registry) -> _Rows:
     return _Rows({r[0]: r[1] for r in models}, declared, dict(datasets))
 
 
-def _deps(rows: _Rows) -> dict[str, list[str]]:
-    """model -> the models it is built from: its source, or its exploration's candidates."""
+def _deps(rows: _Rows, forest: Forest) -> dict[str, list[str]]:
+    """model -> the models it is built from: its source, or its exploration's candidates
+    (the pipeline's rule: not the model itself nor what derives from it)."""
     names = sorted(rows.model_status)
     deps: dict[str, list[str]] = {}
     for name, spec in rows.declared.items():
         src = spec["source"]
         if src == "auto":
-            glob = spec["candidates"] or "*"
-            deps[name] = [m for m in names if m != name and fnmatch.fnmatch(m, glob)]
+            deps[name] = exploration_candidates(name, names, spec["candidates"] or "*", forest)
         else:
             deps[name] = [src] if src in rows.model_status else []
     return deps
@@ -100,7 +99,9 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
     them, as `dvc repro --downstream TARGET` goes. A target is always handed to DVC, which
     decides whether it changed."""
     rows = _rows(reg)
-    deps = _deps(rows)
+    parent = {m: s["source"] for m, s in rows.declared.items() if s["source"] not in (None, "auto")}
+    forest = Forest(rows.model_status, parent)
+    deps = _deps(rows, forest)
     used_by: dict[str, set[str]] = {}
     for name, spec in rows.declared.items():
         for dataset in spec["data"]:
@@ -112,8 +113,6 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
     roots |= unlocked(reg, (m for m in rows.declared if rows.model_status.get(m) == status.BUILT))
     for dataset in stale_data:
         roots |= used_by.get(dataset, set())
-    parent = {m: s["source"] for m, s in rows.declared.items() if s["source"] not in (None, "auto")}
-    forest = Forest(rows.model_status, parent)
     affected = set(forest.union(roots))
     affected |= {m for m, d in deps.items() if affected.intersection(d)}  # explorations
     affected &= set(rows.declared)  # registered models have no stage

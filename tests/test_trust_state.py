@@ -252,3 +252,31 @@ def test_a_build_dvc_did_not_lock_is_stale_and_repro_records_it(
     cached = repo / ".dvc/cache/files/md5" / manifest_md5[:2] / manifest_md5[2:]
     assert cached.is_file()
     assert cli(["repro", "--dry"], repo).stdout.startswith("nothing to reproduce")
+
+
+# -- one rule for exploration candidates: never the model itself nor its descendants ---------
+
+
+def test_repro_takes_exploration_candidates_by_the_pipeline_rule(
+    registry: Registry, cli: Any
+) -> None:
+    from stemma.registry import repro
+    from stemma.registry.pipeline import candidates
+
+    specs = {
+        "datasets/d04/spec.yaml": SPECS["datasets/d04/spec.yaml"],
+        "models/base/spec.yaml": SPECS["models/mb/spec.yaml"],
+        "models/explorer/spec.yaml": "source: {model: auto, candidates: '*'}\ndata: {train: d04}\n",
+        "models/kid/spec.yaml": "source: {model: explorer}\ndata: {train: d04}\n",
+    }
+    reg = new_registry(registry.repo_root.parent / "auto", registry.repo_root, specs)
+    assert candidates(reg, "explorer", reg.model_spec("explorer")) == ["base"]
+    plan = repro.plan(reg)
+    assert plan.models == ["base", "explorer", "kid"]  # the explorer before what derives from it
+    assert plan.targets[-3:] == [
+        "models/explorer/dvc.yaml:explore-explorer",
+        "models/explorer/dvc.yaml:model-explorer",
+        "models/kid/dvc.yaml:model-kid",
+    ]
+    assert repro.plan(reg, ["kid"]).models == ["base", "explorer", "kid"]
+    assert repro.plan(reg, ["explorer"], downstream=True).models == ["explorer", "kid"]
