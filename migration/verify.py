@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from stemma.registry import Registry
+from stemma.registry import Registry, status
 from stemma.registry.commits import settle
 from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
 from stemma.registry.files import file_hashes, read_json
@@ -184,10 +184,17 @@ def _staleness(reg: Registry, manifest: Mapping[str, Any], name: str) -> list[Fi
     if source is None:
         out.append(Finding("source", SKIP, "no source model"))
         return out
-    parent = reg.model_manifest(source["model"])
-    if parent is None:
-        out.append(Finding("source", FAIL, f"source model {source['model']!r} is not built"))
-    elif parent.id != source["id"]:
+    parent = reg.model_manifest(source["model"]) if reg.has_model(source["model"]) else None
+    if parent is None:  # the status rule (`ls`) has nothing to compare: not stale for it either
+        out.append(
+            Finding(
+                "source",
+                SKIP,
+                f"source model {source['model']!r} has no manifest; the recorded id"
+                f" {source['id'][7:19]} cannot be compared (build it: dvc repro)",
+            )
+        )
+    elif status.staleness(None, None, parent.id, source["id"]) == status.SOURCE_CHANGED:
         out.append(
             Finding(
                 "source",

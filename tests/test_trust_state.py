@@ -280,3 +280,10 @@ def test_repro_takes_exploration_candidates_by_the_pipeline_rule(
     ]
     assert repro.plan(reg, ["kid"]).models == ["base", "explorer", "kid"]
     assert repro.plan(reg, ["explorer"], downstream=True).models == ["explorer", "kid"]
+
+
+def test_verify_and_ls_agree_on_a_model_whose_source_has_no_manifest(copy: Path, cli: Any) -> None:
+    (copy / "models/mb/manifest.json").unlink()
+    rows = {r["name"]: r["status"] for r in json.loads(cli(["ls", "--json"], copy).stdout)}
+    res = cli(["verify", "ma"], copy)
+    assert (rows["ma"] == "built") == (res.code == 0), (rows, res.stdout)
