@@ -160,7 +160,7 @@ def _has_head(top: Path) -> bool:
     return True
 
 
-def _parse(blob: bytes | None) -> dict[str, Any] | None:
+def parse_log_manifest(blob: bytes | None) -> dict[str, Any] | None:
     """A manifest document good enough for the log (an id at least), or None."""
     if blob is None:
         return None
@@ -179,7 +179,7 @@ def _versions(top: Path, changes: list[_Change]) -> list[Version]:
     current: dict[str, str | None] = {}
     found: list[Version] = []
     for change in reversed(changes):  # oldest first, so each run starts at its first commit
-        doc = _parse(blobs.get(change.blob)) if change.blob is not None else None
+        doc = parse_log_manifest(blobs.get(change.blob)) if change.blob is not None else None
         if change.blob is None:
             current[change.path] = None  # deleted: a later re-add starts a new version
             continue

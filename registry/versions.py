@@ -19,7 +19,15 @@ from typing import Any
 from .errors import ModelNotFound, StemmaError
 from .files import CHUNK, file_hashes
 from .gtostate import TagState
-from .history import Version, all_history, history, manifest_at
+from .history import (
+    Version,
+    all_history,
+    git_paths,
+    history,
+    manifest_at,
+    parse_log_manifest,
+    read_blobs,
+)
 from .naming import parse_ref
 from .records import Manifest
 from .registry import Registry
@@ -112,26 +120,48 @@ class LogEntry:
         }
 
 
-def _index_of(versions: list[Version], t: TagInfo) -> int | None:
-    # a tag points at a commit, which may be later than the one that introduced its id
-    idx = next((i for i, v in enumerate(versions) if v.commit == t.commit), None)
-    if idx is None and t.id is not None:
-        idx = next((i for i, v in enumerate(versions) if v.id == t.id), None)
-    return idx
+def _tagged_ids(
+    reg: Registry, name: str, tags: list[TagInfo], versions: list[Version]
+) -> dict[str, str]:
+    """Commit -> the manifest id of model `name` there, for each tag's commit, as GTO reads a
+    tag: the artifact's version at the commit the tag points to. A tag on the commit that
+    introduced a version needs no read; the others (a tag that `gto` put on a later commit)
+    are read with one git process. A commit without a readable manifest is left out."""
+    ids = {v.commit: v.id for v in versions}
+    later = sorted({t.commit for t in tags} - ids.keys())
+    if later:
+        paths = git_paths(reg)
+        path = paths.manifest(name)
+        blobs = read_blobs(paths.top, [f"{c}:{path}" for c in later])
+        for commit in later:
+            doc = parse_log_manifest(blobs.get(f"{commit}:{path}"))
+            if doc is not None:
+                ids[commit] = str(doc["id"])
+    return ids
+
+
+def _index_of(versions: list[Version], t: TagInfo, ids: dict[str, str]) -> int | None:
+    # a tag names the version whose id is the manifest's at the commit it points to
+    mid = ids.get(t.commit)
+    if mid is None:
+        return None
+    return next((i for i, v in enumerate(versions) if v.id == mid), None)
 
 
 def log(reg: Registry, name: str) -> list[LogEntry]:
     """The model's versions, newest first, each with its version tags and current stages."""
     versions = history(reg, name)
     now = state(reg, name)
+    tags = [*now.versions.values(), *now.stages.values(), *now.deregistered.values()]
+    ids = _tagged_ids(reg, name, tags, versions)
     labels: dict[int, list[str]] = {}
     for t in [*now.versions.values(), *now.stages.values()]:
-        idx = _index_of(versions, t)
+        idx = _index_of(versions, t, ids)
         if idx is not None:
             labels.setdefault(idx, []).append(t.version or str(t.stage))
     gone: dict[int, list[str]] = {}
     for version, t in now.deregistered.items():
-        idx = _index_of(versions, t)
+        idx = _index_of(versions, t, ids)
         if idx is not None:
             gone.setdefault(idx, []).append(version)
     deprecated = now.deprecated is not None
