@@ -565,7 +565,8 @@ def test_an_entrypoint_only_counts_for_the_entrypoint_family(populated: Registry
     spec.write_text(
         "architecture: {family: mlp, entrypoint: 'os:system'}\ndata: {train: digits-5to9}\n"
     )
-    assert cli(["validate"], populated.root).code == 0
+    res = cli(["validate"], populated.root)  # a field the family does not read is an error
+    assert res.code == 1 and "'entrypoint' is not read by family 'mlp'" in res.stderr
     spec.write_text(
         "architecture: {family: entrypoint, entrypoint: 'os:system'}\ndata: {train: digits-5to9}\n"
     )
