@@ -25,6 +25,14 @@ RepoOpt = Annotated[
         show_default=False,
     ),
 ]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an existing regular file of the same name (never a file inside the"
+        " registry, a link, a pipe or a device; without it an existing file is refused).",
+    ),
+]
 
 
 def emit_json(obj: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from stemma.registry import Registry
 
-from ._common import JsonOpt, RepoOpt, emit_json, fail
+from ._common import JsonOpt, OverwriteOpt, RepoOpt, emit_json, fail
 
 
 def register(export_app: typer.Typer) -> None:
@@ -30,13 +30,17 @@ def card(
             " timm: config.json + model.safetensors; adapters: PEFT's files).",
         ),
     ] = False,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
-    """Write a Hugging Face model card: front matter the Hub reads, lineage and checks."""
+    """Write a Hugging Face model card: front matter the Hub reads, lineage and checks.
+
+    The folder may be new or hold other files; an existing README.md (or weights file) is
+    replaced only with --overwrite, and never inside the registry."""
     from stemma.registry.card import export_card
 
-    written = export_card(Registry.open(repo), name, folder, weights=weights)
+    written = export_card(Registry.open(repo), name, folder, weights=weights, overwrite=overwrite)
     if json_:
         emit_json(
             {
@@ -60,7 +64,11 @@ def openlineage(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Write the events to FILE (JSON lines).", show_default=False
+            "--output",
+            "-o",
+            help="Write the events to FILE (JSON lines): a new file, or with --overwrite an"
+            " existing regular file outside the registry.",
+            show_default=False,
         ),
     ] = None,
     url: Annotated[
@@ -74,6 +82,7 @@ def openlineage(
     namespace: Annotated[
         str, typer.Option("--namespace", help="OpenLineage namespace of jobs and datasets.")
     ] = "stemma",
+    overwrite: OverwriteOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Emit an OpenLineage START and COMPLETE (or FAIL) event for every build in history."""
@@ -81,16 +90,14 @@ def openlineage(
 
     if output is not None and url is not None:
         raise fail("give --output or --url, not both", code=2)
-    events = lib.events(Registry.open(repo), since=since, namespace=namespace)
+    reg = Registry.open(repo)
+    events = lib.events(reg, since=since, namespace=namespace)
     if url is not None:
         lib.post(events, url)
         typer.echo(f"posted {len(events)} events to {url}", err=True)
         return
-    text = lib.to_jsonl(events)
     if output is not None:
-        from stemma.registry.files import write_atomic
-
-        write_atomic(output, text)
+        lib.write_jsonl(reg, events, output, overwrite=overwrite)
         typer.echo(f"wrote {len(events)} events to {output}", err=True)
         return
-    typer.echo(text, nl=False)
+    typer.echo(lib.to_jsonl(events), nl=False)

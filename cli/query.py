@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from stemma.registry import Registry
 
-from ._common import JsonOpt, RepoOpt, console, emit_json, fail, print_table, styled_output
+from ._common import (
+    JsonOpt,
+    OverwriteOpt,
+    RepoOpt,
+    console,
+    emit_json,
+    fail,
+    print_table,
+    styled_output,
+)
 
 if TYPE_CHECKING:
     from stemma.registry.query import QueryResult
@@ -94,12 +103,17 @@ def query(
 def export_parquet(
     folder: Annotated[Path, typer.Argument(help="Folder to write <view>.parquet files into.")],
     history: HistoryOpt = False,
+    overwrite: OverwriteOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
-    """Write every query view as a Parquet file, for engines that read Parquet."""
+    """Write every query view as a Parquet file, for engines that read Parquet.
+
+    The folder may be new or hold other files; an existing <view>.parquet is replaced only
+    with --overwrite, and never inside the registry."""
     from stemma.registry import query as lib
 
-    written = lib.export_parquet(Registry.open(repo), folder, history=history)
+    reg = Registry.open(repo)
+    written = lib.export_parquet(reg, folder, history=history, overwrite=overwrite)
     for path in written:
         typer.echo(str(path))
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from stemma.registry import Registry
 
-from ._common import JsonOpt, RepoOpt, emit_json
+from ._common import JsonOpt, OverwriteOpt, RepoOpt, emit_json
 
 
 def register(app: typer.Typer) -> None:
@@ -23,19 +23,22 @@ def report(
         typer.Option(
             "--html",
             help="Write a self-contained HTML page (lineage, transfer, metrics, checks, curve)"
-            " to FILE instead of printing a summary.",
+            " to FILE instead of printing a summary: a new file, or with --overwrite an"
+            " existing regular file outside the registry.",
             show_default=False,
         ),
     ] = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Lineage to the roots, transfer report, metrics, gates, checks and the training curve."""
     from stemma.registry import report as lib
 
-    doc = lib.model_report(Registry.open(repo), name)
+    reg = Registry.open(repo)
+    doc = lib.model_report(reg, name)
     if html is not None:
-        lib.write_html(html, lib.render_html(doc))
+        lib.write_html(reg, html, lib.render_html(doc), overwrite=overwrite)
         typer.echo(f"wrote {html}")
     elif json_:
         emit_json(doc)

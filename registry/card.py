@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import StemmaError
-from .files import write_atomic
+from .files import Outputs
 from .records import Manifest
 from .registry import Registry
 from .versions import resolve
@@ -214,19 +214,24 @@ def render(reg: Registry, manifest: Manifest) -> tuple[dict[str, Any], str]:
     return meta, text + body(reg, manifest)
 
 
-def export_card(reg: Registry, ref: str, folder: Path, weights: bool = False) -> Card:
+def export_card(
+    reg: Registry, ref: str, folder: Path, weights: bool = False, overwrite: bool = False
+) -> Card:
     """Write `folder/README.md` for `NAME[@REF]`, and with `weights` the files the model's
-    own library loads; refuses (writing nothing) a family without such a layout."""
+    own library loads; refuses (writing nothing) a family without such a layout, and a
+    target that `Outputs` refuses (an existing file unless `overwrite`, a registry file, a
+    link, a pipe or a device)."""
     from .hubfiles import weight_files
 
     manifest = resolve(reg, ref)
     planned = weight_files(reg, manifest) if weights else []
     meta, text = render(reg, manifest)
+    planned.append((CARD_FILE, text.encode()))
+    outputs = Outputs.for_registry(reg.repo_root, reg.root, overwrite)
+    outputs.folder(folder)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    for name, _ in planned:  # every target checked before the first is written
+        outputs.file(folder / name)
     for name, data in planned:
-        write_atomic(folder / name, data)
-        written.append(folder / name)
-    write_atomic(folder / CARD_FILE, text.encode())
-    return Card(folder / CARD_FILE, tuple(written), meta)
+        outputs.write(folder / name, data)
+    return Card(folder / CARD_FILE, tuple(folder / name for name, _ in planned[:-1]), meta)

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,16 @@ _KINDS = {
     stat.S_IFBLK: "a device",
     stat.S_IFSOCK: "a socket",
 }
+
+
+def file_kind(mode: int) -> str:
+    """What a file of `st_mode` `mode` is, in words ("a named pipe", "a device", ...)."""
+    kind = stat.S_IFMT(mode)
+    if kind == stat.S_IFREG:
+        return "a regular file"
+    if kind == stat.S_IFLNK:
+        return "a symbolic link"
+    return _KINDS.get(kind, "not a regular file")
 
 
 def canonical_json(obj: Any) -> str:
@@ -76,6 +87,16 @@ def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
     cache that is checked when read), then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
+    tmp = _write_temp(path, raw, sync)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_temp(path: Path, raw: bytes, sync: bool = True) -> str:
+    """A temp file beside `path` holding `raw`, with the mode `path` has or would get."""
     import tempfile  # imported where used: most commands write nothing
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -86,10 +107,10 @@ def write_atomic(path: Path, data: bytes | str, sync: bool = True) -> None:
             if sync:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def _mode_for(path: Path) -> int:
@@ -154,8 +175,7 @@ def read_bytes_file(
         info = os.fstat(fd)
         kind = stat.S_IFMT(info.st_mode)
         if kind != stat.S_IFREG:
-            what = _KINDS.get(kind, "not a regular file")
-            raise UnsafeFile(display, f"is {what}, not a regular file")
+            raise UnsafeFile(display, f"is {file_kind(kind)}, not a regular file")
         if info.st_size > limit:
             raise UnsafeFile(display, f"is {info.st_size} bytes, more than the {limit} allowed")
         parts, size = [], 0
@@ -313,3 +333,158 @@ def _unplain(node: Any) -> str:
 def _value_error(display: str, where: list[str | int], reason: str) -> ParseError:
     pointer = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in where)
     return ParseError(display, reason, pointer=pointer or "/")
+
+
+# -- outputs: where an export may write -------------------------------------------------------
+
+# Folders no export writes into, wherever they are: git's and DVC's own state.
+_TOOL_FOLDERS = (".git", ".dvc")
+# The registry's record folders (under its root): only builds write there.
+RECORD_FOLDERS = ("models", "datasets")
+OVERWRITE_HINT = "pass --overwrite to replace it"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where an export (a card, events, Parquet views, a report page) may write, and the
+    writing itself.
+
+    An export writes regular files, each through a temp file renamed into place in the same
+    folder. It refuses a target that is a symbolic link (never written through), or anything
+    but a regular file (a pipe, a device, a socket, a folder); an existing file unless
+    `overwrite`; inside the repository `root`, any existing file (the registry's own, with or
+    without `overwrite`) and any new one under `protected`; and anything under `.git` or
+    `.dvc`. Nothing is written until every target of an export has passed."""
+
+    root: Path | None = None
+    protected: tuple[Path, ...] = ()
+    overwrite: bool = False
+
+    @classmethod
+    def for_registry(cls, repo_root: Path, root: Path, overwrite: bool = False) -> Outputs:
+        """The rules for a registry: its repository, and its `models/` and `datasets/`."""
+        base = Path(os.path.realpath(root))
+        protected = tuple(base / name for name in RECORD_FOLDERS)
+        return cls(Path(os.path.realpath(repo_root)), protected, overwrite)
+
+    def file(self, path: str | Path) -> Path:
+        """The real path an export may write `path` at (its folder's links resolved), or
+        `UnsafeFile` naming it and saying why not. Reads no file; creates nothing."""
+        display = os.fspath(path)
+        real = self._locate(display)
+        try:
+            info = os.lstat(real)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise UnsafeFile(display, f"cannot write: {exc.strerror}") from None
+        if info is not None:
+            kind = stat.S_IFMT(info.st_mode)
+            if kind == stat.S_IFLNK:
+                raise UnsafeFile(display, "is a symbolic link; an export never writes through one")
+            if kind != stat.S_IFREG:
+                raise UnsafeFile(
+                    display, f"is {file_kind(kind)}, not a regular file; refusing to write it"
+                )
+            if self._inside(real, self.root):
+                raise UnsafeFile(
+                    display,
+                    "is a file of the registry; exports never replace one: write to a new"
+                    " file, or outside the registry",
+                )
+            if not self.overwrite:
+                raise UnsafeFile(display, f"exists; {OVERWRITE_HINT}")
+        return real
+
+    def folder(self, path: str | Path) -> Path:
+        """The real folder an export may write its files into (created by `write`), or
+        `UnsafeFile`: a symbolic link, something that is not a folder, or a folder of git,
+        DVC or the registry's records."""
+        display = os.fspath(path)
+        real = self._locate(display)
+        try:
+            info = os.lstat(real)
+        except FileNotFoundError:
+            return real
+        except OSError as exc:
+            raise UnsafeFile(display, f"cannot write: {exc.strerror}") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise UnsafeFile(display, "is a symbolic link; an export never writes through one")
+        if not stat.S_ISDIR(info.st_mode):
+            raise UnsafeFile(display, f"is {file_kind(info.st_mode)}, not a folder")
+        return real
+
+    def write(self, path: str | Path, data: bytes | str) -> Path:
+        """Check `path` (`file`), then write `data` there atomically; the real path."""
+        real = self.file(path)
+        raw = data.encode() if isinstance(data, str) else data
+        self.mkdir(real.parent, os.fspath(path))
+        self.publish(_write_temp(real, raw), real, os.fspath(path))
+        return real
+
+    def publish(self, tmp: str | Path, real: Path, display: str = "") -> None:
+        """Move the finished temp file `tmp` (in `real`'s folder, or a scratch folder inside
+        it) to `real`, a path `file` returned: a new file is linked in, so a file that
+        appeared meanwhile is not replaced."""
+        display = display or str(real)
+        try:
+            if not os.path.lexists(real):
+                try:
+                    os.link(tmp, real)
+                except FileExistsError:
+                    raise UnsafeFile(display, f"appeared while writing; {OVERWRITE_HINT}") from None
+                except OSError:  # a file system without hard links: check and rename
+                    self.file(real)
+                    os.replace(tmp, real)
+                return
+            self.file(real)  # again: it may have become a link or a pipe meanwhile
+            os.replace(tmp, real)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def mkdir(self, folder: Path, display: str) -> None:
+        """Create the checked folder `folder` (and its parents) for an export's files."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UnsafeFile(display, "lies under a file, not a folder") from None
+        except OSError as exc:
+            raise UnsafeFile(display, f"cannot create its folder: {exc.strerror}") from None
+
+    def _locate(self, display: str) -> Path:
+        """`display` with its folder's links resolved; refused under git's, DVC's or the
+        registry's record folders."""
+        if "\x00" in display:
+            raise UnsafeFile(display, "the path holds a NUL character")
+        given = Path(display).absolute()  # not normalised: '..' after a link means its parent
+        if given.name in ("", ".", ".."):
+            given = Path(os.path.realpath(given))
+        real = Path(os.path.realpath(given.parent)) / given.name
+        written = Path(os.path.normpath(given))
+        if _within(written, self.root) and not _within(real, self.root):
+            raise PathEscape(
+                display,
+                "resolves outside the registry root through a symbolic link;"
+                " exports never follow one out",
+            )
+        tool = next((part for part in real.parts if part in _TOOL_FOLDERS), None)
+        if tool is not None:
+            raise UnsafeFile(display, f"lies inside {tool}; exports never write there")
+        for folder in self.protected:
+            if _within(real, folder):
+                rel = folder.name if self.root is None else os.path.relpath(folder, self.root)
+                raise UnsafeFile(
+                    display,
+                    f"lies in the registry's {rel}/ folder, which only builds write;"
+                    " export somewhere else",
+                )
+        return real
+
+    @staticmethod
+    def _inside(path: Path, folder: Path | None) -> bool:
+        return folder is not None and folder in path.parents
+
+
+def _within(path: Path, folder: Path | None) -> bool:
+    """True when `path` is `folder` or lies below it (both real, absolute paths)."""
+    return folder is not None and (path == folder or folder in path.parents)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .errors import StemmaError
+from .files import Outputs
 from .history import Version, all_history, git_paths, manifest_at
 from .pipeline import stage_name
 from .registry import Registry
@@ -153,6 +155,14 @@ def events(
 def to_jsonl(found: list[dict[str, Any]]) -> str:
     """One compact JSON event per line."""
     return "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in found)
+
+
+def write_jsonl(
+    reg: Registry, found: list[dict[str, Any]], path: Path, overwrite: bool = False
+) -> Path:
+    """Write the events as JSON lines where `Outputs` allows (an existing file only with
+    `overwrite`, never a registry file, a link, a pipe or a device); the real path."""
+    return Outputs.for_registry(reg.repo_root, reg.root, overwrite).write(path, to_jsonl(found))
 
 
 def post(found: list[dict[str, Any]], url: str, timeout: float = 30.0) -> None:

@@ -315,30 +315,45 @@ def schema(reg: Registry, history: bool = False) -> dict[str, list[tuple[str, st
     return out
 
 
-def export_parquet(reg: Registry, folder: Path, history: bool = False) -> list[Path]:
-    """Write every view as `<folder>/<view>.parquet`; the files written."""
+def export_parquet(
+    reg: Registry, folder: Path, history: bool = False, overwrite: bool = False
+) -> list[Path]:
+    """Write every view as `<folder>/<view>.parquet` where `Outputs` allows (an existing file
+    only with `overwrite`, never a registry file, a link, a pipe or a device); the files
+    written. Every target is checked before the first is written."""
+    import shutil
+    import tempfile
+
     from ._engine import duckdb
+    from .files import Outputs
     from .index import open_index
 
+    outputs = Outputs.for_registry(reg.repo_root, reg.root, overwrite)
+    real = outputs.folder(folder)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    names = [*_sql.PUBLIC_VIEWS, *([_sql.HISTORY_VIEW] if history else [])]
+    targets = {name: outputs.file(folder / f"{name}.parquet") for name in names}
+    outputs.mkdir(real, str(folder))
+    # DuckDB writes into a fresh private folder beside the targets: no name it writes can
+    # be a link or a pipe planted in advance, and the rename into place stays atomic.
+    scratch = tempfile.mkdtemp(prefix=".stemma-parquet-", dir=real)
     written: list[Path] = []
-    with open_index(reg) as index:
-        con = index.con
-        if history:
-            _load_history(reg, con)
-        names = [*_sql.PUBLIC_VIEWS, *([_sql.HISTORY_VIEW] if history else [])]
-        for name in names:
-            target = folder / f"{name}.parquet"
-            tmp = folder / f".{name}.parquet.tmp"
-            try:
-                con.execute(
-                    f"COPY (SELECT * FROM {name}) TO {_sql.quote_literal(str(tmp))}"
-                    " (FORMAT parquet)"
-                )
-            except duckdb.Error as exc:
-                tmp.unlink(missing_ok=True)
-                raise QueryError(f"cannot write {target}: {one_line(exc)}") from None
-            os.replace(tmp, target)  # readers never see a half-written file
-            written.append(target)
+    try:
+        with open_index(reg) as index:
+            con = index.con
+            if history:
+                _load_history(reg, con)
+            for name in names:
+                shown = folder / f"{name}.parquet"
+                tmp = os.path.join(scratch, f"{name}.parquet")
+                try:
+                    con.execute(
+                        f"COPY (SELECT * FROM {name}) TO {_sql.quote_literal(tmp)} (FORMAT parquet)"
+                    )
+                except duckdb.Error as exc:
+                    raise QueryError(f"cannot write {shown}: {one_line(exc)}") from None
+                outputs.publish(tmp, targets[name], str(shown))
+                written.append(shown)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return written

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BuildError, ModelNotFound, StemmaError
-from .files import read_json, write_atomic
+from .files import Outputs, read_json
 from .registry import Registry
 
 CURVE_FILE = "curve.json"
@@ -379,6 +379,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_html(path: Path, page: str) -> None:
-    """Write the page atomically."""
-    write_atomic(path, page)
+def write_html(reg: Registry, path: Path, page: str, overwrite: bool = False) -> Path:
+    """Write the page atomically where `Outputs` allows (an existing file only with
+    `overwrite`, never a registry file, a link, a pipe or a device); the real path."""
+    return Outputs.for_registry(reg.repo_root, reg.root, overwrite).write(path, page)
