@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,9 @@ from typing import Any
 
 import numpy as np
 from stemma.registry import Registry
-from stemma.registry.errors import BuildError
-from stemma.registry.files import write_atomic
+from stemma.registry.errors import BuildError, UnsafeFile
+from stemma.registry.files import read_bytes_file, write_atomic
+from stemma.registry.hfdisk import check_saved_dataset
 from stemma.registry.registry import DATA_FILE
 from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
 
@@ -30,6 +33,10 @@ KEYS = ("x_train", "y_train", "x_eval", "y_eval")
 DEFAULT_EVAL = 0.25
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GRAY_MODES = ("1", "L", "I", "I;16", "F")
+# Samples are stacked as float32 arrays: an image past 64 megapixels (256 MiB a channel) is
+# no training sample but a decompression bomb, refused from its header before decoding.
+MAX_IMAGE_PIXELS = 1 << 26
+MAX_IMAGE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -250,8 +257,6 @@ def _imagefolder(
     rel: str, resolve: Callable[[str], Path], size: Sequence[int] | None, where: str
 ) -> Raw:
     """Images in class sub-folders (class names: the folder names, sorted)."""
-    from PIL import Image
-
     folder = resolve(rel)
     if not folder.is_dir():
         raise BuildError(f"{where}: image folder {rel!r} does not exist")
@@ -265,15 +270,7 @@ def _imagefolder(
         raise BuildError(
             f"{where}: no images ({', '.join(IMAGE_SUFFIXES)}) in sub-folders of {rel!r}"
         )
-    images = []
-    for path, _ in files:
-        real = resolve(path)  # confined to the registry root, links included
-        try:
-            with Image.open(real) as img:
-                img.load()
-                images.append(img.copy())
-        except OSError as exc:
-            raise BuildError(f"{where}: cannot read image {path}: {exc}") from None
+    images = [_image(resolve(path), path, where) for path, _ in files]
     mode = "L" if all(img.mode in _GRAY_MODES for img in images) else "RGB"
     arrays = []
     for img, (path, _) in zip(images, files, strict=True):
@@ -290,6 +287,41 @@ def _imagefolder(
         arrays.append(a)
     y = np.asarray([label for _, label in files], dtype=np.int64)
     return Raw(np.stack(arrays).astype(np.float32), y, tuple(classes))
+
+
+def _image(real: Path, path: str, where: str) -> Any:
+    """One image file, decoded: a regular file of at most MAX_IMAGE_BYTES (opened without
+    blocking, so a pipe is refused, not waited on) of at most MAX_IMAGE_PIXELS pixels."""
+    from PIL import Image
+
+    data = read_bytes_file(real, path, limit=MAX_IMAGE_BYTES)
+    if data is None:
+        raise BuildError(f"{where}: image {path} does not exist")
+    try:
+        # the header is read first: the pixel count is known before any is decoded
+        with warnings.catch_warnings():
+            # the bomb warning is refused below; a damaged tag's warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", module="PIL")
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise _too_many_pixels(path, width * height)
+                img.load()
+                return img.copy()
+    except Image.DecompressionBombError:  # Pillow's own bound, checked as it opens
+        raise _too_many_pixels(path, None) from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        # Pillow's decoders raise these on damaged files (SyntaxError: a bad header)
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise BuildError(f"{where}: cannot read image {path}: {reason}") from None
+
+
+def _too_many_pixels(path: str, pixels: int | None) -> UnsafeFile:
+    count = f"{pixels} pixels" if pixels is not None else "more pixels than Pillow allows"
+    return UnsafeFile(
+        path, f"is {count}, more than the {MAX_IMAGE_PIXELS} allowed; resize it first"
+    )
 
 
 def _hf_disk(
@@ -310,6 +342,7 @@ def _hf_disk(
     folder = resolve(rel)
     if not folder.is_dir():
         raise BuildError(f"{where}: datasets folder {rel!r} does not exist")
+    check_saved_dataset(folder, rel.rstrip("/"))  # no file it names leads out of the folder
     try:
         ds = datasets.load_from_disk(str(folder))
     except (FileNotFoundError, ValueError, OSError) as exc:

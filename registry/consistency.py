@@ -15,6 +15,7 @@ from . import archrules
 from ._checkcache import FolderFacts, work_stamps
 from .dag import Forest
 from .errors import LocatedError, PathEscape, StemmaError
+from .hfdisk import check_saved_dataset
 from .locks import folder_locked_md5
 from .naming import NAME_RE, NAME_RULE, parse_source
 from .records import DatasetSpec, Manifest, ModelSpec
@@ -229,8 +230,13 @@ def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
         return [Violation(SCHEMA, spec.path, exc.message, "/source", subject=subject)]
     if source.path is not None:
         try:
-            reg.resolve(source.path, "/source", spec.path)
-        except StemmaError:
+            folder = reg.resolve(source.path, "/source", spec.path)
+            if source.kind == "hf-disk" and folder.is_dir():
+                # the files it names must stay inside it too (`datasets` joins them blindly)
+                check_saved_dataset(folder, source.value.rstrip("/"))
+        except LocatedError as exc:
+            if exc.path != spec.path:  # a file of the folder: name it and its field
+                return [_from_error(exc, subject, spec.path)]
             return [
                 Violation(
                     PATH_ESCAPE,
