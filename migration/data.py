@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import stat
 import struct
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError, UnsafeFile
-from stemma.registry.files import read_bytes_file, write_atomic
+from stemma.registry.files import file_kind, read_bytes_file, write_atomic
 from stemma.registry.hfdisk import check_saved_dataset
 from stemma.registry.registry import DATA_FILE
 from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
@@ -217,8 +218,12 @@ def _read_file(
     where: str,
     features: Sequence[str] | None = None,
 ) -> Raw:
-    if not path.is_file():
-        raise BuildError(f"{where}: data file {path} does not exist")
+    try:
+        mode = path.stat().st_mode  # no open: a pipe would block
+    except OSError:
+        raise BuildError(f"{where}: data file {path} does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise BuildError(f"{where}: data file {path.name} is {file_kind(mode)}, not a regular file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:

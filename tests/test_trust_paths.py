@@ -360,3 +360,11 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_a_data_file_that_is_a_pipe_is_named_as_one(tmp_path: Path) -> None:
+    from stemma.migration.data import materialize
+
+    os.mkfifo(tmp_path / "t.csv")
+    with pytest.raises(StemmaError, match=r"t\.csv is a named pipe, not a regular file"):
+        materialize({"source": "file:t.csv"}, display="s", resolve=lambda rel: tmp_path / rel)
