@@ -33,7 +33,22 @@ def verify(
     """Re-check hashes, schema, id, staleness, gates, checks, frozen tensors; exit 1 on failure."""
     from stemma.migration.verify import verify_model
 
-    result = verify_model(Registry.open(repo), name, rebuild=rebuild)
+    reg = Registry.open(repo)
+    machine = None
+    if rebuild:  # before any training: can the recorded bits come back on this machine?
+        from stemma.migration.doctor import REPRODUCIBLE, machine_numerics, predict
+
+        machine = machine_numerics(reg)
+        found = reg.model_manifest(name)
+        if found is not None and not json_:
+            before = predict(name, found.raw, machine)
+            expect = (
+                "a rebuild must be identical"
+                if before.verdict == REPRODUCIBLE
+                else "a numerically equivalent rebuild passes"
+            )
+            typer.echo(f"numerics  {before.reason}: {expect}")
+    result = verify_model(reg, name, rebuild=rebuild, machine=machine)
     if json_:
         emit_json(result.to_dict())
     else:

@@ -45,7 +45,7 @@ class Prediction:
         return {"name": self.name, "verdict": self.verdict, "reason": self.reason, "ops": self.ops}
 
 
-def machine(reg: Registry) -> dict[str, Any]:
+def machine_numerics(reg: Registry) -> dict[str, Any]:
     """This machine's `run.numerics` block (with its fingerprint) under the registry's pins."""
     args = [sys.executable, "-m", "stemma.migration.doctor", str(reg.repo_root)]
     done = subprocess.run(args, capture_output=True, text=True)
@@ -60,7 +60,7 @@ def machine(reg: Registry) -> dict[str, Any]:
 
 
 def predict(name: str, recorded: Mapping[str, Any], here: Mapping[str, Any]) -> Prediction:
-    """Compare a manifest's run block with this machine's numerics block (`machine`)."""
+    """Compare a manifest's run block with this machine's numerics block (`machine_numerics`)."""
     run = recorded.get("run") if isinstance(recorded.get("run"), Mapping) else {}
     assert isinstance(run, Mapping)
     there = run.get("numerics") if isinstance(run.get("numerics"), Mapping) else None
@@ -106,7 +106,7 @@ def check(
     reg: Registry, names: Iterable[str] | None = None
 ) -> tuple[dict[str, Any], list[Prediction]]:
     """This machine's numerics and, for each built model (or those named), the prediction."""
-    here = machine(reg)
+    here = machine_numerics(reg)
     out = []
     for name in names if names is not None else reg.model_names():
         found = reg.model_manifest(name)

@@ -36,6 +36,9 @@ from stemma.registry import Registry, status
 from stemma.registry.commits import settle
 from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
 from stemma.registry.files import file_hashes, read_json
+from stemma.registry.locks import LOCK_FILE
+from stemma.registry.lockstate import unlocked
+from stemma.registry.pipeline import PIPELINE_FILE
 from stemma.registry.registry import (
     DATA_FILE,
     MANIFEST_FILE,
@@ -44,6 +47,7 @@ from stemma.registry.registry import (
     WEIGHTS_FILE,
 )
 from stemma.registry.tree import WorkTree
+from stemma.registry.yamlio import conflict_line
 
 GPU_ABS_TOLERANCE = 0.02
 """Absolute part of the metric tolerance when either build ran on CUDA."""
@@ -208,6 +212,29 @@ def _staleness(reg: Registry, manifest: Mapping[str, Any], name: str) -> list[Fi
     return out
 
 
+def _pipeline_files(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+    """The model's dvc.yaml and dvc.lock are readable by DVC, and the lock records the weights
+    the manifest names (the status rule's lock case: otherwise DVC has not cached them)."""
+    folder = reg.rel("models", name)
+    for filename in (PIPELINE_FILE, LOCK_FILE):
+        rel = f"{folder}/{filename}"
+        try:
+            text = reg.tree.read_text(rel)
+        except StemmaError as exc:
+            return Finding("pipeline", FAIL, exc.message)
+        line = conflict_line(text) if text is not None else None
+        if line is not None:
+            return Finding("pipeline", FAIL, f"{rel}:{line}: merge conflict markers")
+    if name in unlocked(reg, [name]):
+        return Finding(
+            "pipeline",
+            FAIL,
+            f"{folder}/{LOCK_FILE} records other weights than the manifest (a build DVC did not"
+            " record; DVC's cache lacks them): run `stemma repro`",
+        )
+    return Finding("pipeline", PASS, f"{folder}/{PIPELINE_FILE} and {LOCK_FILE} agree")
+
+
 def _gates(manifest: Mapping[str, Any], display: str) -> Finding:
     from .evaluate import evaluate_gates
 
@@ -294,8 +321,13 @@ def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
     return Finding("frozen", PASS, f"{len(rows)} frozen tensors equal source {src} bit for bit")
 
 
-def verify_model(reg: Registry, name: str, rebuild: bool = False) -> Verification:
-    """Check a built model against its current files; with `rebuild`, rebuild and compare."""
+def verify_model(
+    reg: Registry, name: str, rebuild: bool = False, machine: Mapping[str, Any] | None = None
+) -> Verification:
+    """Check a built model against its current files; with `rebuild`, rebuild and compare.
+
+    `machine`: this machine's numerics (`doctor.machine_numerics`), when the caller has them.
+    """
     findings: list[Finding] = []
     if isinstance(reg.tree, WorkTree):  # a build killed mid-switch: finish it, never read it torn
         settle(reg.root)
@@ -328,6 +360,7 @@ def verify_model(reg: Registry, name: str, rebuild: bool = False) -> Verificatio
     if adapter is not None:
         findings.append(adapter)
     findings.append(_metrics_file(reg, manifest, name))
+    findings.append(_pipeline_files(reg, manifest, name))
     try:
         findings += _staleness(reg, manifest, name)
     except StemmaError as exc:
@@ -337,7 +370,7 @@ def verify_model(reg: Registry, name: str, rebuild: bool = False) -> Verificatio
     findings.append(_frozen(reg, manifest, name))
     if not rebuild:
         return Verification(name, findings)
-    comparison = rebuild_and_compare(reg, name)
+    comparison = rebuild_and_compare(reg, name, machine=machine)
     findings.append(Finding("rebuild", PASS if comparison["ok"] else FAIL, comparison["message"]))
     return Verification(name, findings, comparison)
 
@@ -531,8 +564,17 @@ def _build_in(folder: Path, name: str) -> None:
         raise BuildError(f"rebuild of {name!r} failed: {lines[-1]}")
 
 
-def rebuild_and_compare(reg: Registry, name: str) -> dict[str, Any]:
-    """Rebuild `name` in a temporary copy and compare it with the recorded build."""
+def rebuild_and_compare(
+    reg: Registry, name: str, machine: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Rebuild `name` in a temporary copy and compare it with the recorded build.
+
+    Before building, this machine's numerics fingerprint (`doctor`) says whether the recorded
+    bits can come back here: when they can, only an identical rebuild passes; when they
+    cannot (or nothing can be promised), a numerically equivalent one does.
+    """
+    from .doctor import REPRODUCIBLE, machine_numerics, predict
+
     found = reg.model_manifest(name)
     if found is None:
         raise BuildError(f"{reg.rel('models', name)}: model {name!r} has not been built")
@@ -543,6 +585,7 @@ def rebuild_and_compare(reg: Registry, name: str) -> dict[str, Any]:
             f"{reg.rel('models', name)}: model {name!r} was registered from weights, not built"
             " from a spec; there is nothing to rebuild"
         ) from None
+    before = predict(name, found.raw, machine if machine is not None else machine_numerics(reg))
     with tempfile.TemporaryDirectory(prefix="stemma-rebuild-") as tmp:
         copy = stage_copy(reg, name, Path(tmp))
         _build_in(Path(tmp), name)
@@ -551,4 +594,14 @@ def rebuild_and_compare(reg: Registry, name: str) -> dict[str, Any]:
             raise BuildError(f"rebuild of {name!r} wrote no manifest")
         mine = reg.model_dir(name) / WEIGHTS_FILE
         diffs = tensor_diffs(mine, copy.model_dir(name) / WEIGHTS_FILE) if mine.is_file() else None
-        return compare_builds(found.raw, rebuilt.raw, diffs)
+        out = compare_builds(found.raw, rebuilt.raw, diffs)
+        out["machine"] = before.to_dict()
+        if before.verdict == REPRODUCIBLE and out["verdict"] == EQUIVALENT:
+            out.update(ok=False, verdict=DIFFERENT)
+            out["message"] = (
+                "rebuild different: this machine's numerics match the build's, so the bits"
+                " should have come back, yet " + out["message"].removeprefix("rebuild ")
+            )
+        elif out["verdict"] != IDENTICAL:
+            out["message"] += f" ({before.reason})"
+        return out

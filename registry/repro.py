@@ -32,6 +32,7 @@ from . import status
 from .dag import Forest, exploration_candidates
 from .dag import build_order as dag_order
 from .errors import ModelNotFound
+from .locks import conflicted_files
 from .lockstate import unlocked
 from .pipeline import ADAPTER_DIR, stage_file, stage_name
 from .registry import DATA_FILE, WEIGHTS_FILE, Registry
@@ -97,7 +98,10 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
     in lineage order. With `targets` (model or dataset names), only those and what they are
     built from, as `dvc repro TARGET` goes; with `downstream`, those and what derives from
     them, as `dvc repro --downstream TARGET` goes. A target is always handed to DVC, which
-    decides whether it changed."""
+    decides whether it changed. A pipeline file DVC cannot parse (merge conflict markers) is
+    an error here too, before anything is planned."""
+    for _, error in conflicted_files(reg):
+        raise error
     rows = _rows(reg)
     parent = {m: s["source"] for m, s in rows.declared.items() if s["source"] not in (None, "auto")}
     forest = Forest(rows.model_status, parent)

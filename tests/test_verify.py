@@ -192,24 +192,43 @@ def test_compare_builds_says_identical_equivalent_or_different() -> None:
     )
 
 
-def test_verify_rebuild_of_other_bits_is_equivalent_not_a_failure(copy: Path, cli: Any) -> None:
-    """Weights a rebuild cannot give bit for bit (a head nudged by 1e-6) are equivalent."""
+def _nudge(repo: Path, other_machine: bool) -> None:
+    """Weights a rebuild here cannot give bit for bit: the head nudged by 1e-6, as if built
+    elsewhere (and, with `other_machine`, with a fingerprint that differs on one op)."""
     from stemma.registry.files import file_hashes, read_json
 
-    folder = copy / "models" / "ft"
+    folder = repo / "models" / "ft"
     state = load_file(folder / WEIGHTS)
     state["head.weight"] = state["head.weight"] + 1e-6
     save_file(state, folder / "nudged")
     (folder / "nudged").replace(folder / WEIGHTS)
     doc = read_json(folder / "manifest.json")
     doc["weights"].update(file_hashes(folder / WEIGHTS))
-    Registry.open(copy).write_model_manifest("ft", {k: v for k, v in doc.items() if k != "id"})
+    if other_machine:
+        doc["run"]["numerics"]["fingerprint"]["ops"]["elementwise.sqrt"] = "0" * 12
+    Registry.open(repo).write_model_manifest("ft", {k: v for k, v in doc.items() if k != "id"})
+
+
+def test_verify_rebuild_of_another_machines_bits_is_equivalent(copy: Path, cli: Any) -> None:
+    _nudge(copy, other_machine=True)
     res = cli(["verify", "ft", "--rebuild", "--json"], copy)
     assert res.code == 0, res.stderr
     rebuild = json.loads(res.stdout)["rebuild"]
     assert rebuild["verdict"] == "numerically equivalent"
+    assert rebuild["machine"]["verdict"] == "differs"
+    assert rebuild["machine"]["ops"] == ["elementwise.sqrt"]
+    assert "differ from the build's on: elementwise.sqrt" in rebuild["message"]
     assert 0 < max(rebuild["weights"]["max_abs_diff"].values()) < 1e-5
     assert rebuild["numerics"]["recorded"] and rebuild["numerics"]["rebuilt"]["pinned"]
+
+
+def test_verify_rebuild_with_matching_numerics_must_be_identical(copy: Path, cli: Any) -> None:
+    _nudge(copy, other_machine=False)
+    res = cli(["verify", "ft", "--rebuild"], copy)
+    assert res.code == 1
+    first = res.stdout.splitlines()[0]
+    assert first.startswith("numerics") and "must be identical" in first  # before the build
+    assert "rebuild different: this machine's numerics match the build's" in res.stdout
 
 
 def test_verify_unbuilt_model_is_one_line(copy: Path, cli: Any) -> None:
@@ -280,3 +299,14 @@ def test_verify_refuses_weights_linked_outside_the_repository(
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "models/ft/weights.safetensors" in lines[0], res.stderr
     assert "outside" in lines[0]
+
+
+def test_verify_and_repro_refuse_a_conflicted_lock(copy: Path, cli: Any) -> None:
+    lock = copy / "models" / "ft" / "dvc.lock"
+    lock.write_text("schema: '2.0'\n<<<<<<< HEAD\nstages: {}\n=======\nstages: {a: 1}\n>>>>>>> b\n")
+    res = cli(["verify", "ft"], copy)
+    assert res.code == 1
+    assert "models/ft/dvc.lock:2: merge conflict markers" in res.stderr
+    res = cli(["repro", "--dry"], copy)
+    assert res.code == 1 and res.stderr.count("\n") == 1
+    assert "models/ft/dvc.lock:2: merge conflict markers" in res.stderr
