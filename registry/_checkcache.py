@@ -9,15 +9,17 @@ facts of every folder whose stamp is the same; the checks across folders (refere
 cycles, staleness, tasks) run on the facts every time.
 
 A stamp of the working tree is the `lstat` of the folder and of its spec, manifest,
-metrics.json, curve.json and dvc.lock (mode, size, inode, mtime and ctime in nanoseconds),
-taken in one pass before any file is read. A folder is trusted only when all of it is plain
-(no link, only regular files) and no stamp is too recent: a file changed within RACY_NS of
-the check may change again without its stat changing (git's "racy" rule), so such a folder
-is read again until it is older. A git revision keeps no facts here: an audit's base takes
+metrics.json, curve.json and dvc.lock (each file's `_snapshot.stamp`: size, mtime, ctime and
+inode, the rule the query index uses too), taken in one pass before any file is read. A
+folder is trusted only when all of it is plain (no link, only regular files) and no stamp is
+too recent: a file changed within RACY_NS of the check may change again without its stat
+changing (git's "racy" rule, `_snapshot.racy`), so such a folder is read again until it is
+older. A git revision keeps no facts here: an audit's base takes
 the head's facts of the folders whose files git finds the same (`stemma.lineage._audit_state`).
 
 The facts live in `.stemma/checked` beside the query index (a cache, ignored by git), written
-only by a check that found no bad input, like `_validcache`.
+only by a check that found no bad input, like `_validcache`; a file there that is not a
+regular file of bounded size is a miss (`_store`).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._snapshot import RACY_NS, now_ns
+from . import _store
+from ._snapshot import RACY_NS, changed_ns, now_ns, racy, stamp
 
 if TYPE_CHECKING:
     from .registry import Registry
 
 FILE = Path(".stemma") / "checked"
-FORMAT = "stemma-checked/1"
+FORMAT = "stemma-checked/2"  # 2: stamps of `_snapshot.stamp`
 # The files of a model folder whose content the facts depend on.
 FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json", "dvc.lock")
 
@@ -116,15 +119,11 @@ def work_stamps(root: Path) -> dict[str, str]:
                 except OSError:
                     trusted = False
                     break
-                if (
-                    not stat.S_ISREG(st.st_mode)
-                    or now - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS
-                ):
+                numbers = stamp(st)
+                if not stat.S_ISREG(st.st_mode) or racy(changed_ns(numbers), now, RACY_NS):
                     trusted = False
                     break
-                parts.append(
-                    f"{st.st_mode:o}.{st.st_size}.{st.st_ino}.{st.st_mtime_ns}.{st.st_ctime_ns}"
-                )
+                parts.append(".".join(map(str, numbers)))
             if trusted:
                 out[name] = " ".join(parts)
     finally:
@@ -143,11 +142,11 @@ class FolderFacts:
         self.stored: dict[str, list[Any]] = {}  # name -> [[stamp, facts]]
         self.used: dict[str, list[Any]] = {}
         try:
-            doc = json.loads(self.path.read_bytes())
+            doc = json.loads(_store.read(self.path) or b"null")
             if isinstance(doc, dict) and doc.get("header") == self.header:
                 models = doc.get("models")
                 self.stored = models if isinstance(models, dict) else {}
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             self.stored = {}
 
     def get(self, name: str) -> list[Any] | None:
@@ -180,10 +179,5 @@ class FolderFacts:
         models = {name: [entry] for name, entry in self.used.items()}
         if models == self.stored:
             return
-        import contextlib
-
-        from .files import write_atomic
-
         text = json.dumps({"header": self.header, "models": models}, separators=(",", ":"))
-        with contextlib.suppress(OSError):  # a read-only checkout: check again next time
-            write_atomic(self.path, text, sync=False)
+        _store.write(self.path, text)  # where it cannot (a read-only checkout): read again

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from . import _snapshot, _specrow, _sql
+from . import _snapshot, _specrow, _sql, _store
 from .errors import SchemaError, StemmaError
-from .files import write_atomic
 
 if TYPE_CHECKING:
     import duckdb
@@ -58,9 +57,9 @@ class Changes:
     read: list[str]  # new or changed paths
     removed: list[str]
     added: int
-    # Size and mtime of each path to read, as the snapshot saw them: what the index records
-    # for the file (see `_snapshot.read_text`).
-    stamps: dict[str, tuple[int, int]]
+    # The stamp of each path to read (size first), as the snapshot saw it: what the index
+    # records for the file (see `_snapshot.read_text`).
+    stamps: dict[str, _snapshot.Stamp]
 
 
 @contextlib.contextmanager
@@ -113,9 +112,11 @@ class IndexBusy(StemmaError):
 
 class Attached:
     """An in-memory DuckDB instance with the index at `path` attached as its default database:
-    read-write while it changes, then read-only (cheaper than an instance for each)."""
+    read-write while it changes, then read-only (cheaper than an instance for each). With
+    `path` None the index itself is in memory, kept from its build to its close: a read
+    where no file can be written (a full disk) still gets its answer."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
         self.con: duckdb.DuckDBPyConnection | None = None
         self.attached = False
@@ -124,14 +125,19 @@ class Attached:
         """Attach the index (detaching it first if it is)."""
         from ._engine import duckdb
 
+        if self.path is None and self.attached and self.con is not None:
+            return self.con
         self.detach()
         if self.con is None:
             # Spills go beside the index, as they would for the file opened directly (DuckDB
-            # lets queries read its temporary folder even with external access disabled).
-            self.con = duckdb.connect(config={"temp_directory": f"{self.path}.tmp"})
-        mode = " (READ_ONLY)" if read_only else ""
+            # lets queries read its temporary folder even with external access disabled);
+            # an index in memory spills nowhere.
+            spills = "" if self.path is None else f"{self.path}.tmp"
+            self.con = duckdb.connect(config={"temp_directory": spills})
+        mode = " (READ_ONLY)" if read_only and self.path is not None else ""
+        target = ":memory:" if self.path is None else str(self.path)
         try:
-            self.con.execute(f"ATTACH {_sql.quote_literal(str(self.path))} AS {DATABASE}{mode}")
+            self.con.execute(f"ATTACH {_sql.quote_literal(target)} AS {DATABASE}{mode}")
         except duckdb.Error as exc:
             locked = isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
             if locked or type(exc).__name__ == "ResourceInUseException":
@@ -142,8 +148,8 @@ class Attached:
         return self.con
 
     def detach(self) -> None:
-        """Detach the index (writing its changes to the file)."""
-        if self.con is not None and self.attached:
+        """Detach the index (writing its changes to the file); one in memory stays."""
+        if self.con is not None and self.attached and self.path is not None:
             self.attached = False
             self.con.execute("USE memory")
             self.con.execute(f"DETACH {DATABASE}")
@@ -164,17 +170,18 @@ def apply(
     db: Attached,
     snap: _snapshot.Snapshot,
     changes: Changes,
-    side: Path,
+    side: Path | None,
     expect: tuple[str, str] | None,
     clock: Clock,
 ) -> None:
     """Apply `changes` (found by comparing `snap` with the snapshot file `side`, whose
     digests are `expect`) in one transaction on `db`, attached read-write, then store `snap`
-    in `side`. With `expect` None, create the index (`changes` lists every file); otherwise
-    raise `StaleIndex` when the index does not match `expect`."""
+    in `side` (unless None: an index in memory). With `expect` None, create the index
+    (`changes` lists every file); otherwise raise `StaleIndex` when the index does not match
+    `expect`."""
     create = expect is None
-    # Taken before any file is read: a file is "racy" when its mtime is within the window of
-    # this moment, and so also of the moment it was read (which is later).
+    # Taken before any file is read: a file is "racy" when its mtime or ctime is within the
+    # window of this moment, and so also of the moment it was read (which is later).
     now = _snapshot.now_ns()
     stamps = changes.stamps
     specs = [p for p in changes.read if p.endswith(_snapshot.SPEC)]
@@ -201,7 +208,9 @@ def apply(
         clock.lap("insert")
         # A file written moments ago is recorded as RACY: the next open reads it again. A
         # file that vanished before it could be read is recorded as missing.
-        racy = {p: _snapshot.RACY for p in read if _snapshot.racy(stamps[p][1], now)}
+        racy = {
+            p: _snapshot.RACY for p in read if _snapshot.racy(_snapshot.changed_ns(stamps[p]), now)
+        }
         gone_since = {p: _snapshot.MISSING for p in set(changes.read).difference(read)}
         stored = snap.with_sizes(racy | gone_since) if racy or gone_since else snap
         _update_edges(con, gone, create)
@@ -217,7 +226,8 @@ def apply(
         clock.lap("commit")
         # After the commit: a crash in between leaves a snapshot file that does not match
         # the index, which is then rebuilt.
-        write_snapshot(side, packed)
+        if side is not None:
+            write_snapshot(side, packed)
         clock.lap("snapshot file")
     except BaseException:
         with contextlib.suppress(Exception):
@@ -229,7 +239,7 @@ def apply(
 # and replacing a few megabytes there costs more than the rest of a small refresh. The index
 # records the snapshot's digests, so the two are known to match.
 SNAPSHOT_SUFFIX = ".snapshot"
-SNAPSHOT_MAGIC = b"stemma-snapshot/1"
+SNAPSHOT_MAGIC = b"stemma-snapshot/2"  # 2: four numbers per file (`_snapshot.stamp`)
 
 
 def matches(con: duckdb.DuckDBPyConnection, digests: tuple[str, str]) -> bool:
@@ -243,13 +253,14 @@ def matches(con: duckdb.DuckDBPyConnection, digests: tuple[str, str]) -> bool:
 def write_snapshot(side: Path, packed: tuple[str, str, str, bytes]) -> None:
     """Store a packed snapshot: a header line (digests, size of the names), the folder
     names as JSON, then the numbers; written whole and renamed into place, without fsync
-    (a cache, checked against its digests when read)."""
+    (a cache, checked against its digests when read). Where the store cannot hold it, the
+    next refresh finds no snapshot and rebuilds the index."""
     names_digest, numbers_digest, names, numbers = packed
     text = names.encode()
     head = b" ".join(
         [SNAPSHOT_MAGIC, names_digest.encode(), numbers_digest.encode(), b"%d" % len(text)]
     )
-    write_atomic(side, b"".join([head, b"\n", text, numbers]), sync=False)
+    _store.write(side, b"".join([head, b"\n", text, numbers]))
 
 
 @dataclass(frozen=True)
@@ -262,17 +273,21 @@ class StoredSnapshot:
 
     @classmethod
     def read(cls, side: Path) -> StoredSnapshot | None:
-        """The snapshot file `side` (None when there is none, or it has no header)."""
+        """The snapshot file `side` (None when there is none, it has no header, or it is not
+        a regular file of bounded size: see `_store.read`)."""
+        data = _store.read(side)
+        if data is None:
+            return None
         try:
-            data = side.read_bytes()
             end = data.index(b"\n", 0, 256)
             magic, names_digest, numbers_digest, size = data[:end].split()
             numbers_at = end + 1 + int(size)
-        except (OSError, ValueError):
+            digests = (names_digest.decode(), numbers_digest.decode())
+        except ValueError:  # no header line, or not this one's fields
             return None
-        if magic != SNAPSHOT_MAGIC:
+        if magic != SNAPSHOT_MAGIC or not end < numbers_at <= len(data):
             return None
-        return cls((names_digest.decode(), numbers_digest.decode()), data, numbers_at)
+        return cls(digests, data, numbers_at)
 
     def snapshot(self, names: dict[str, list[str]] | None) -> _snapshot.Snapshot | None:
         """The snapshot stored; None when it does not match its digests (a damaged file).
@@ -288,11 +303,15 @@ class StoredSnapshot:
         try:
             text = bytes(view[start : self.numbers_at]).decode()
             snap = _snapshot.Snapshot.unpack(text, numbers, names)
-        except ValueError:
+            if names is not None:
+                snap.names_digest = self.digests[0]
+            # Its own digests match, yet it was not written by `write_snapshot`.
+            folders = sum(len(listed) for listed in snap.names.values())
+            if len(snap.numbers) != _snapshot.PER_FOLDER * folders:
+                return None
+            return snap if snap.digests()[0] == self.digests[0] else None
+        except (ValueError, TypeError):  # not JSON, or not lists of names
             return None
-        if names is not None:
-            snap.names_digest = self.digests[0]
-        return snap if snap.digests()[0] == self.digests[0] else None
 
 
 def _begin(db: Attached, expect: tuple[str, str] | None) -> duckdb.DuckDBPyConnection:
@@ -384,7 +403,7 @@ def _insert_manifests(
     reg: Registry,
     con: duckdb.DuckDBPyConnection,
     paths: list[str],
-    stamps: dict[str, tuple[int, int]],
+    stamps: dict[str, _snapshot.Stamp],
 ) -> list[str]:
     """Parse manifests with DuckDB's JSON reader, a chunk at a time; the paths indexed."""
     chunks = [

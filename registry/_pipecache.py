@@ -17,12 +17,12 @@ cache only costs a full render.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from . import _store
 from .registry import Registry
 
 FILE = Path(".stemma") / "pipeline.json"
@@ -71,10 +71,10 @@ def doc_digest(doc: Any) -> str:
 
 
 def load(reg: Registry) -> dict[str, Any] | None:
-    """The cached render, or None."""
+    """The cached render, or None (also for anything but a regular file of bounded size)."""
     try:
-        doc = json.loads((reg.repo_root / FILE).read_text())
-    except (OSError, ValueError):
+        doc = json.loads(_store.read(reg.repo_root / FILE) or b"null")
+    except (ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
 
@@ -98,8 +98,6 @@ def save(
 ) -> None:
     """Keep a render: its fingerprint, its probes, and each file's text hash and document
     digest."""
-    from .files import write_atomic
-
     doc = {
         "format": FORMAT,
         "fingerprint": key,
@@ -108,8 +106,8 @@ def save(
         "files": hashes,
         "docs": docs,
     }
-    with contextlib.suppress(OSError):  # a read-only checkout: render again next time
-        write_atomic(reg.repo_root / FILE, json.dumps(doc, sort_keys=True), sync=False)
+    # Where it cannot be written (a read-only checkout): render again next time.
+    _store.write(reg.repo_root / FILE, json.dumps(doc, sort_keys=True))
 
 
 def still_valid(reg: Registry, cached: dict[str, Any], key: str) -> bool:

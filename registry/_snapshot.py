@@ -1,10 +1,18 @@
-"""The snapshot of the files the query index holds: size and mtime of every spec and manifest.
+"""The snapshot of the files the query index holds: the stamp of every spec and manifest.
 
 Paths are POSIX and relative to the registry root: `models/NAME/spec.yaml`,
 `datasets/NAME/manifest.json`. Comparing a snapshot with the one the index last matched
 tells which files to read again; `read_text` reads a file as the snapshot saw it. At 10,000
 models listing the folders and stat-ing their 20,000 files in Python takes tens of
 milliseconds, a small part of a refresh.
+
+A file's stamp is git's stat data: size, mtime, ctime and inode (`stamp`). Size and mtime
+alone miss a file replaced by another of the same size with the old mtime kept (`cp -p`,
+`rsync -a`, `tar -x`): the ctime is set by the system on every write, rename and `utime`,
+and cannot be set back, and a file put in place by rename has another inode. A file whose
+mtime or ctime lies within RACY_NS of the moment it is read may still change unseen (the
+"racy git" rule, `racy`): it is read again until it is older. This is the one stamp rule of
+the store: `_checkcache` stamps model folders with it too.
 """
 
 from __future__ import annotations
@@ -23,21 +31,38 @@ KINDS = ("models", "datasets")
 SPEC = "spec.yaml"
 MANIFEST = "manifest.json"
 FILES = (SPEC, MANIFEST)  # the files of a folder, in snapshot order
-MISSING = -1  # the size of a file that is not there
+MISSING = -1  # the size of a file that is not there (its other numbers too)
 RACY = -2  # the size recorded for a file read too soon after it changed: read it again
 # A file modified this recently may change again within the file system's timestamp
 # granularity without its size or mtime changing; it is re-read until it is older (the
 # "racy git" rule), so the index never keeps a stale copy of it.
 RACY_NS = 2_000_000_000
+# The numbers of a file in a snapshot: size, mtime_ns, ctime_ns and inode (see `stamp`).
+PER_FILE = 4
+PER_FOLDER = PER_FILE * len(FILES)
+# Inodes are unsigned 64-bit numbers, snapshot numbers signed: the top bit is dropped.
+_INODE_MASK = (1 << 63) - 1
+
+Stamp = tuple[int, ...]
+
+
+def stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """The numbers a file is compared by: size, mtime, ctime (nanoseconds) and inode."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino & _INODE_MASK
+
+
+def changed_ns(numbers: Stamp) -> int:
+    """When the file of a `stamp` last changed: the later of its mtime and ctime."""
+    return max(numbers[1], numbers[2])
 
 
 @dataclass
 class Snapshot:
-    """Size and mtime of the spec and the manifest in every model and dataset folder.
+    """The stamp of the spec and the manifest in every model and dataset folder.
 
     `names[kind]` lists the folders in directory order. `numbers` holds two slots per folder
-    (models first, then datasets, each in that order): spec then manifest, each slot a size
-    and an mtime, with size MISSING where there is no such file. The index stores the
+    (models first, then datasets, each in that order): spec then manifest, each slot the
+    PER_FILE numbers of a `stamp`, all MISSING where there is no such file. The index stores the
     snapshot it last matched (`pack`): equal digests mean nothing changed; with the same
     folders, comparing two byte strings finds the changed files; only added or removed
     folders need a match by name.
@@ -52,21 +77,21 @@ class Snapshot:
 
     def size(self, slot: int) -> int:
         """The size of the file in `slot` (MISSING, or RACY in a stored snapshot)."""
-        return int(self.numbers[2 * slot])
+        return int(self.numbers[PER_FILE * slot])
 
-    def files(self) -> Iterator[tuple[str, int, int]]:
-        """(path, size, mtime_ns) of every file there is."""
-        numbers, slot = self.numbers, 0
+    def files(self) -> Iterator[tuple[str, Stamp]]:
+        """(path, stamp) of every file there is."""
+        numbers, at = self.numbers, 0
         for kind in KINDS:
             for name in self.names.get(kind, ()):
                 for fname in FILES:
-                    if numbers[2 * slot] != MISSING:
-                        yield f"{kind}/{name}/{fname}", numbers[2 * slot], numbers[2 * slot + 1]
-                    slot += 1
+                    if numbers[at] != MISSING:
+                        yield f"{kind}/{name}/{fname}", tuple(numbers[at : at + PER_FILE])
+                    at += PER_FILE
 
-    def by_path(self) -> dict[str, tuple[int, int]]:
-        """path -> (size, mtime_ns) of every file there is, built anew on each call."""
-        return {p: (size, mtime) for p, size, mtime in self.files()}
+    def by_path(self) -> dict[str, Stamp]:
+        """path -> stamp of every file there is, built anew on each call."""
+        return dict(self.files())
 
     def slots(self, paths: Iterable[str]) -> dict[str, int]:
         """The slot of each of `paths` (which must be files of a listed folder)."""
@@ -89,13 +114,13 @@ class Snapshot:
         return out
 
     def with_sizes(self, sizes: dict[str, int]) -> Snapshot:
-        """A copy in which the files of `sizes` have those sizes: RACY (the mtime is kept),
-        or MISSING (the mtime too, as a snapshot records a missing file)."""
+        """A copy in which the files of `sizes` have those sizes: RACY (the rest of the
+        stamp is kept), or MISSING (all of it, as a snapshot records a missing file)."""
         numbers = array("q", self.numbers)
         for path, slot in self.slots(sizes).items():
-            numbers[2 * slot] = sizes[path]
+            numbers[PER_FILE * slot] = sizes[path]
             if sizes[path] == MISSING:
-                numbers[2 * slot + 1] = MISSING
+                numbers[PER_FILE * slot : PER_FILE * (slot + 1)] = array("q", [MISSING] * PER_FILE)
         return Snapshot(self.names, numbers, self.names_json, self.names_digest)
 
     def digests(self) -> tuple[str, str]:
@@ -146,7 +171,8 @@ class Snapshot:
             names, old_names = self.names.get(kind, []), before.names.get(kind, [])
             pairs: list[tuple[int | None, int | None]]
             if names == old_names:  # the common case: compare the numbers as bytes
-                pairs = [(i, i) for i in _differing(mine, at_mine, old, at_old, 4 * len(names))]
+                count = PER_FOLDER * len(names)
+                pairs = [(i, i) for i in _differing(mine, at_mine, old, at_old, count)]
             else:  # folders added or removed: match them by name
                 where = {name: i for i, name in enumerate(old_names)}
                 pairs = [(i, where.pop(name, None)) for i, name in enumerate(names)]
@@ -154,8 +180,8 @@ class Snapshot:
             for i, j in pairs:
                 name = names[i] if i is not None else old_names[j or 0]
                 for f, fname in enumerate(FILES):
-                    new = _pair(mine, at_mine, i, f)
-                    was = _pair(old, at_old, j, f)
+                    new = _numbers(mine, at_mine, i, f)
+                    was = _numbers(old, at_old, j, f)
                     if new == was:
                         continue
                     path = f"{kind}/{name}/{fname}"
@@ -164,36 +190,43 @@ class Snapshot:
                         added += was[0] == MISSING
                     elif was[0] != MISSING:
                         removed.append(path)
-            at_mine += 4 * len(names)
-            at_old += 4 * len(old_names)
+            at_mine += PER_FOLDER * len(names)
+            at_old += PER_FOLDER * len(old_names)
         return read, removed, added
 
-    def stamps(self, paths: Iterable[str]) -> dict[str, tuple[int, int]]:
-        """path -> (size, mtime_ns) for `paths`."""
+    def stamps(self, paths: Iterable[str]) -> dict[str, Stamp]:
+        """path -> stamp for `paths`."""
         numbers = self.numbers
-        return {p: (numbers[2 * s], numbers[2 * s + 1]) for p, s in self.slots(paths).items()}
+        return {
+            p: tuple(numbers[PER_FILE * s : PER_FILE * (s + 1)])
+            for p, s in self.slots(paths).items()
+        }
 
 
-def _pair(numbers: array[int], base: int, i: int | None, f: int) -> tuple[int, int]:
-    """(size, mtime) of file `f` of folder `i` of a kind starting at `base` (MISSING if none)."""
+_GONE: Stamp = (MISSING,) * PER_FILE
+
+
+def _numbers(numbers: array[int], base: int, i: int | None, f: int) -> Stamp:
+    """The stamp of file `f` of folder `i` of a kind starting at `base` (MISSING if none)."""
     if i is None:
-        return MISSING, MISSING
-    at = base + 4 * i + 2 * f
-    return numbers[at], numbers[at + 1]
+        return _GONE
+    at = base + PER_FOLDER * i + PER_FILE * f
+    return tuple(numbers[at : at + PER_FILE])
 
 
 def _differing(mine: array[int], at: int, old: array[int], old_at: int, count: int) -> list[int]:
-    """Folders whose four numbers differ (`count` numbers from `at` and `old_at`), comparing
+    """Folders whose numbers differ (`count` numbers from `at` and `old_at`), comparing
     blocks as bytes, and folders only where a block differs."""
     a = memoryview(mine)[at : at + count].tobytes()  # bytes compare with memcmp
     b = memoryview(old)[old_at : old_at + count].tobytes()
     out: list[int] = []
-    block = 32 * 2048  # bytes: 2048 folders
+    width = 8 * PER_FOLDER  # bytes per folder
+    block = width * 2048
     for lo in range(0, len(a) if a != b else 0, block):
         if a[lo : lo + block] != b[lo : lo + block]:
-            for x in range(lo, min(lo + block, len(a)), 32):
-                if a[x : x + 32] != b[x : x + 32]:
-                    out.append(x // 32)
+            for x in range(lo, min(lo + block, len(a)), width):
+                if a[x : x + width] != b[x : x + width]:
+                    out.append(x // width)
     return out
 
 
@@ -259,8 +292,8 @@ class _Folder:
 
 
 def _stat_into(numbers: array[int], folder: _Folder, names: list[str]) -> None:
-    """Append size and mtime of the spec and manifest of each of `names` (MISSING sizes)."""
-    stat, append, fd = os.stat, numbers.append, folder.fd
+    """Append the stamp of the spec and manifest of each of `names` (MISSING for none)."""
+    stat, append, fd, mask = os.stat, numbers.append, folder.fd, _INODE_MASK
     base = "" if fd >= 0 else folder.path + "/"
     for name in names:
         for fname in FILES:
@@ -271,19 +304,22 @@ def _stat_into(numbers: array[int], folder: _Folder, names: list[str]) -> None:
                     else stat(f"{base}{name}/{fname}")
                 )
             except (FileNotFoundError, NotADirectoryError):
-                append(MISSING)
-                append(MISSING)
+                numbers.extend(_GONE)
                 continue
             except OSError as exc:  # a looping link, a file this user may not read, ...
                 path = display(folder.prefix, f"{folder.kind}/{name}/{fname}")
                 raise ParseError(path, f"cannot read: {exc.strerror}") from None
+            # `stamp`, inlined: this loop runs for every file of the registry.
             append(st.st_size)
             append(st.st_mtime_ns)
+            append(st.st_ctime_ns)
+            append(st.st_ino & mask)
 
 
-def racy(mtime_ns: int, now_ns: int) -> bool:
-    """True when a file's mtime is too recent to trust for change detection."""
-    return now_ns - mtime_ns < RACY_NS
+def racy(changed: int, now_ns: int, window: int | None = None) -> bool:
+    """True when a file that changed at `changed` (`changed_ns`) is too recent to trust for
+    change detection at `now_ns`: within `window` (RACY_NS unless given)."""
+    return now_ns - changed < (RACY_NS if window is None else window)
 
 
 def read_text(root: Path | str, path: str, size: int, prefix: str = "") -> str | None:

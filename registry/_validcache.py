@@ -6,8 +6,9 @@ a large registry. While `remembering(reg)` runs (the consistency checks, so `val
 of the document's canonical JSON, and the next run skips the schema for the documents it
 finds recorded. Only passing documents are recorded: a failing one is validated, and reported
 with the same message, every time. The digests live in `.stemma/valid` beside the query
-index: a cache, ignored by git; a lost or damaged file only costs validating again. It is
-written only by a run that found no bad input, so a check of a bad file changes no file.
+index: a cache, ignored by git; a lost or damaged file (or anything but a regular file of
+bounded size, `_store`) only costs validating again. It is written only by a run that found
+no bad input, so a check of a bad file changes no file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from . import _store
 
 FILE = Path(".stemma") / "valid"
 MAGIC = b"stemma-valid/1\n"
@@ -32,10 +35,8 @@ class _Known:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.stored: set[bytes] = set()
-        try:
-            data = path.read_bytes()
-        except OSError:
-            data = b""
+        # A file from this code holds at most MAX_KEYS and one run's documents.
+        data = _store.read(path, len(MAGIC) + 2 * MAX_KEYS * KEY_BYTES) or b""
         if data.startswith(MAGIC) and (len(data) - len(MAGIC)) % KEY_BYTES == 0:
             body = memoryview(data)[len(MAGIC) :]
             self.stored = {bytes(body[i : i + KEY_BYTES]) for i in range(0, len(body), KEY_BYTES)}
@@ -65,10 +66,8 @@ class _Known:
             keep = self.used
         if keep == self.stored:
             return
-        from .files import write_atomic
-
-        with contextlib.suppress(OSError):  # a read-only checkout: validate again next time
-            write_atomic(self.path, MAGIC + b"".join(sorted(keep)), sync=False)
+        # Where it cannot be written (a read-only checkout): validate again next time.
+        _store.write(self.path, MAGIC + b"".join(sorted(keep)))
 
 
 _active: _Known | None = None

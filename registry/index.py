@@ -6,12 +6,19 @@ it), re-reads only the files that changed, drops the ones that are gone, all in 
 transaction: a query always sees the files as they are. Processes coordinate with a lock
 file; a process that cannot get the index (another one is rebuilding it, or holds it open for
 a long query) builds a private copy instead of waiting.
+
+The files under `.stemma/` are a cache (`_store`): a link, a pipe, a device or a folder in
+the place of the index, its snapshot, its write-ahead log or its lock is removed and the
+index rebuilt, never followed or opened. Where the index cannot be written (a read-only
+checkout, a full disk) a read builds a private index in a temporary folder, and where that
+cannot be written either, one in memory: it answers without writing anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -19,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import _snapshot
+from . import _snapshot, _store
 from ._ingest import (
     SNAPSHOT_SUFFIX,
     Attached,
@@ -119,7 +126,9 @@ def index_path(reg: Registry) -> Path:
 
 
 def open_index(reg: Registry) -> Index:
-    """Refresh the index from the files and open it read-only."""
+    """Refresh the index from the files and open it read-only: the shared index in
+    `.stemma/` where it can be used, else a private one (see the module doc)."""
+    from ._engine import duckdb
     from .tree import WorkTree
 
     if not isinstance(reg.tree, WorkTree):
@@ -130,31 +139,94 @@ def open_index(reg: Registry) -> Index:
     try:
         if _IN_USE.get(path):
             raise IndexBusy(f"{path} is open in this process")
-        path.parent.mkdir(exist_ok=True)
+        if _store.folder(reg.repo_root, create=True) is None:
+            raise _Unusable(f"{path.parent} is not a folder")
         with _file_lock(path.parent / LOCK_NAME, LOCK_WAIT_S):
+            _clear_damaged(path)
             con, stats = _fresh(reg, path, clock)
         return Index(con, stats, shared=path)
-    except IndexBusy:
+    except (IndexBusy, _Unusable):
         pass  # another process is writing it, or reading it while we need to write
-    except OSError as exc:
+    except (OSError, duckdb.Error) as exc:
         if isinstance(exc, StemmaError):
             raise
-        # .stemma/ cannot be written (a read-only checkout): fall through to a private index
+        # .stemma/ cannot be written (a read-only checkout, a full disk): a private index
+    return _private(reg, path, clock)
+
+
+class _Unusable(Exception):
+    """Something that is not the store's own file or folder is in the place of one."""
+
+
+def _private(reg: Registry, shared: Path, clock: Clock) -> Index:
+    """An index of this process alone: in a temporary folder, or where nothing can be
+    written there either, in memory."""
     import tempfile
 
-    private = Path(tempfile.mkdtemp(prefix="stemma-index-"))
+    from ._engine import duckdb
+
     try:
-        con, stats = _fresh(reg, private / INDEX_NAME, clock)
-    except BaseException:
-        _remove_tree(private)
-        raise
-    return Index(con, replace(stats, private=True), private)
+        private: Path | None = Path(tempfile.mkdtemp(prefix="stemma-index-"))
+    except OSError:
+        private = None
+    if private is not None:
+        try:
+            con, stats = _fresh(reg, private / INDEX_NAME, clock)
+            return Index(con, replace(stats, private=True), private)
+        except (OSError, duckdb.Error) as exc:
+            _remove_tree(private)
+            if isinstance(exc, StemmaError):
+                raise
+        except BaseException:
+            _remove_tree(private)
+            raise
+    try:
+        con, stats = _fresh(reg, None, clock)
+    except duckdb.Error as exc:
+        from .query import one_line
+
+        raise QueryError(
+            f"{shared}: cannot be written, and an index in memory failed too: {one_line(exc)}"
+        ) from None
+    return Index(con, replace(stats, private=True))
 
 
 def refresh(reg: Registry) -> RefreshStats:
     """Bring the on-disk index in step with the files; what it did."""
     with open_index(reg) as index:
         return index.stats
+
+
+def _clear_damaged(path: Path) -> None:
+    """Remove whatever is in the place of the index's own files and is not one (a link, a
+    pipe, a device): the index is then rebuilt. `_Unusable` where that cannot be done."""
+    files = [path, path.with_suffix(SNAPSHOT_SUFFIX), *path.parent.glob(f"{path.name}.wal*")]
+    if not all(_store.clear(f) for f in files):
+        raise _Unusable(f"{path} or a file beside it is a folder")
+    spills = Path(f"{path}.tmp")  # DuckDB's temporary folder: a folder or nothing
+    if _store.kind(spills) not in ("missing", "folder"):
+        with contextlib.suppress(OSError):
+            os.unlink(spills)
+        if _store.kind(spills) != "missing":
+            raise _Unusable(f"{spills} is not a folder")
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file `path`, made when missing; a link, a pipe or a device
+    there is removed first (never followed: a dangling link would make its target)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    for _attempt in range(2):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError:  # a link (ELOOP), a folder, a device without a reader
+            fd = -1
+        if fd >= 0:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)
+        if not _store.clear(path):
+            break
+    raise _Unusable(f"{path} is not a regular file")
 
 
 @contextlib.contextmanager
@@ -165,7 +237,7 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
     except ImportError:  # no advisory locks here: DuckDB's own file lock still protects it
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         deadline = time.monotonic() + wait_s
         while True:
@@ -184,9 +256,9 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
         os.close(fd)
 
 
-def _fresh(reg: Registry, path: Path, clock: Clock) -> tuple[Any, RefreshStats]:
-    """A connection with the index at `path` attached read-only, after bringing the index
-    in step with the files."""
+def _fresh(reg: Registry, path: Path | None, clock: Clock) -> tuple[Any, RefreshStats]:
+    """A connection with the index at `path` (None: in memory) attached read-only, after
+    bringing the index in step with the files."""
     from ._engine import duckdb
 
     db = Attached(path)
@@ -202,8 +274,9 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
     from ._engine import duckdb
 
     path = db.path
-    side = path.with_suffix(SNAPSHOT_SUFFIX)
-    stored = StoredSnapshot.read(side) if path.exists() else None
+    side = path.with_suffix(SNAPSHOT_SUFFIX) if path is not None else None
+    has_index = path is not None and _store.kind(path) == "file"
+    stored = StoredSnapshot.read(side) if side is not None and has_index else None
     clock.lap("open")
     snap = _snapshot.snapshot(reg.root, reg.rel_root)
     digests = snap.digests()
@@ -227,8 +300,9 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
     if changes is None:
         with contextlib.suppress(duckdb.Error):
             db.close()
-        for stale in (side, path, *path.parent.glob(f"{path.name}.wal*")):
-            stale.unlink(missing_ok=True)
+        if path is not None and side is not None:
+            for stale in (side, path, *path.parent.glob(f"{path.name}.wal*")):
+                stale.unlink(missing_ok=True)
         stamps = snap.by_path()
         changes = Changes(read=list(stamps), removed=[], added=len(stamps), stamps=stamps)
         apply(reg, db, snap, changes, side, None, clock)

@@ -181,8 +181,13 @@ def model_doc(reg: Registry, name: str, metrics: dict[str, float]) -> dict[str, 
 
 
 @pytest.fixture
-def zoo(registry: Registry) -> tuple[Registry, dict[str, dict[str, Any]]]:
-    """Two datasets and six models (one unbuilt), manifests for all but `unbuilt`."""
+def zoo(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Registry, dict[str, dict[str, Any]]]:
+    """Two datasets and six models (one unbuilt), manifests for all but `unbuilt`. Their
+    ctimes cannot be dated back as `age` dates their mtimes: in this process files count as
+    old enough to trust at once (subprocesses keep the racy window)."""
+    monkeypatch.setattr(_snapshot, "RACY_NS", 0)
     for rel, text in SPECS.items():
         write(registry.root / rel, text)
     reg = Registry.open(registry.root)
@@ -515,14 +520,14 @@ def test_snapshot_comparison_finds_each_changed_file() -> None:
     n = 10_000
     names = {"models": [f"m{i}" for i in range(n)], "datasets": ["d0", "d1"]}
     numbers = array("q")
-    for i in range(n + 2):  # a spec and a manifest per folder: (size, mtime) each
-        numbers.extend((100 + i, 10 * i, 200 + i, 10 * i + 1))
+    for i in range(n + 2):  # a spec and a manifest per folder: (size, mtime, ctime, inode)
+        numbers.extend((100 + i, 10 * i, 10 * i, i, 200 + i, 10 * i + 1, 10 * i + 1, i + n))
     before = _snapshot.Snapshot(names, numbers)
     after = _snapshot.Snapshot(names, array("q", numbers))
-    after.numbers[4 * 7000 + 2] += 1  # m7000's manifest grew
-    after.numbers[4 * 5 + 1] += 1  # m5's spec was touched
-    after.numbers[4 * 3 + 2] = _snapshot.MISSING  # m3's manifest was deleted
-    after.numbers[4 * (n + 1)] = 7  # d1's spec changed
+    after.numbers[8 * 7000 + 4] += 1  # m7000's manifest grew
+    after.numbers[8 * 5 + 1] += 1  # m5's spec was touched
+    after.numbers[8 * 3 + 4 : 8 * 3 + 8] = array("q", [_snapshot.MISSING] * 4)  # m3's manifest
+    after.numbers[8 * (n + 1)] = 7  # d1's spec changed
     changed = ["models/m5/spec.yaml", "models/m7000/manifest.json", "datasets/d1/spec.yaml"]
     assert after.diff(before) == (changed, ["models/m3/manifest.json"], 0)
     assert before.diff(before) == ([], [], 0)
@@ -532,7 +537,7 @@ def test_snapshot_comparison_finds_each_changed_file() -> None:
     # Folders added and removed are matched by name.
     moved = _snapshot.Snapshot(
         {"models": ["new", *names["models"][2:]], "datasets": ["d0", "d1"]},
-        array("q", [1, 1, 2, 2]) + numbers[8:],
+        array("q", [1, 1, 1, 1, 2, 2, 2, 2]) + numbers[16:],
     )
     assert moved.diff(before) == (
         ["models/new/spec.yaml", "models/new/manifest.json"],
@@ -540,14 +545,14 @@ def test_snapshot_comparison_finds_each_changed_file() -> None:
         2,
     )
     assert after.stamps(["models/m5/spec.yaml", "datasets/d1/spec.yaml"]) == {
-        "models/m5/spec.yaml": (105, 51),
-        "datasets/d1/spec.yaml": (7, 10 * (n + 1)),
+        "models/m5/spec.yaml": (105, 51, 50, 5),
+        "datasets/d1/spec.yaml": (7, 10 * (n + 1), 10 * (n + 1), n + 1),
     }
     racy = after.with_sizes({"models/m9/spec.yaml": _snapshot.RACY})
     assert racy.size(18) == _snapshot.RACY and after.size(18) == 109
     # A file that vanished before it was read is stored as the next snapshot will see it.
     vanished = after.with_sizes({"models/m9/spec.yaml": _snapshot.MISSING})
-    assert vanished.numbers[36:38] == array("q", [_snapshot.MISSING, _snapshot.MISSING])
+    assert vanished.numbers[72:76] == array("q", [_snapshot.MISSING] * 4)
     assert after.diff(racy) == (["models/m9/spec.yaml"], [], 0)
     assert len(after.by_path()) == 2 * (n + 2) - 1  # m3's manifest is gone
 
@@ -559,7 +564,7 @@ def test_snapshot_lists_every_spec_and_manifest(tmp_path: Path) -> None:
     files = [*(tmp_path / "reg").glob("*/*/spec.yaml"), *(tmp_path / "reg").glob("*/*/*.json")]
     assert sorted(snap.by_path()) == sorted(str(p.relative_to(tmp_path / "reg")) for p in files)
     stat = (tmp_path / "reg/models/m000007/spec.yaml").stat()
-    assert snap.by_path()["models/m000007/spec.yaml"] == (stat.st_size, stat.st_mtime_ns)
+    assert snap.by_path()["models/m000007/spec.yaml"] == _snapshot.stamp(stat)
 
 
 def test_odd_folder_names_survive_folders_coming_and_going(zoo: Any) -> None:
