@@ -55,17 +55,29 @@ def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
     """The model's status (`stemma.registry.status`): unbuilt, registered, stale or built."""
     if manifest is None:
         return status.UNBUILT
-    spec = reg.model_spec(name)
-    if spec.registered:
+    if reg.model_spec(name).registered:
         return status.REGISTERED
+    return status.status(True, True, *_staleness_inputs(reg, name, manifest))
+
+
+def model_staleness(reg: Registry, name: str, manifest: Manifest) -> str | None:
+    """Why a built model is stale (`status.staleness`: spec, source or lock), or None."""
+    if reg.model_spec(name).registered:
+        return None
+    return status.staleness(*_staleness_inputs(reg, name, manifest))
+
+
+def _staleness_inputs(
+    reg: Registry, name: str, manifest: Manifest
+) -> tuple[str, str, str | None, str | None, str | None, str | None]:
+    """The arguments of `status.staleness` for a built model, as the files are now."""
+    spec = reg.model_spec(name)
     src = spec.source
     parent = None
     if src is not None and not src.auto and reg.has_model(src.model):
         parent = reg.model_manifest(src.model)
     weights = manifest.raw.get("weights") or {}
-    return status.status(
-        True,
-        True,
+    return (
         spec.digest,
         manifest.spec_digest,
         parent.id if parent is not None else None,
