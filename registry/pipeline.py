@@ -252,10 +252,7 @@ def _model_stages(
     build = {
         "cmd": f"stemma build model {name}",
         "deps": deps,
-        # A build reads the settings (the defaults it fills in, the entrypoints it may
-        # run): DVC params of the whole file, so that a default set, changed or removed
-        # re-runs the model (a list of keys would miss those it no longer names).
-        "params": [{SETTINGS_FILE: None}],
+        "params": _params(reg, name, spec),
         "outs": [
             _out(weights_out(reg, name)),
             _out(_rel(reg, "models", name, MANIFEST_FILE), cache=False),
@@ -272,6 +269,27 @@ def _model_stages(
     }
     stages.append((stage_name("model", name), build))
     return stages
+
+
+# The spec blocks DVC shows as params (`dvc exp show`, `dvc params diff`, `dvc exp run -S`).
+PARAM_BLOCKS = ("training", "strategy")
+
+
+def _params(reg: Registry, name: str, spec: ModelSpec) -> list[dict[str, Any]]:
+    """The DVC params of a model's build stage. A build reads the settings (the defaults
+    it fills in, the entrypoints it may run): params of the whole file, so that a default
+    set, changed or removed re-runs the model (a list of keys would miss those it no longer
+    names). Then the spec's hyper-parameter blocks, so that DVC's experiments name them.
+    These add no reason to re-run: the spec is a dependency as a whole file too, and DVC
+    checks each on its own. Only the blocks the spec has are named (DVC refuses to run a
+    stage whose params file lacks a key it names), and each as a whole block, not key by
+    key: DVC shows its keys flattened (`training.lr`), and one a user adds or removes (or
+    sets with `dvc exp run -S +training.x=...`) leaves the pipeline as it is."""
+    params: list[dict[str, Any]] = [{SETTINGS_FILE: None}]
+    blocks = [key for key in PARAM_BLOCKS if key in spec.raw]
+    if blocks:
+        params.append({_rel(reg, "models", name, SPEC_FILE): blocks})
+    return params
 
 
 def artifact(reg: Registry, name: str, spec: ModelSpec) -> dict[str, Any] | None:
