@@ -1,4 +1,5 @@
-"""`stemma export card` (a Hugging Face model card) and `stemma export openlineage`."""
+"""`stemma export card` (a Hugging Face model card), `stemma export openlineage` and
+`stemma export mlflow`."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def card(
         bool,
         typer.Option(
             "--weights",
-            help="Also write the folder layout the model's library loads (transformers,"
-            " timm: config.json + model.safetensors; adapters: PEFT's files).",
+            help="Also write the folder the model's library loads: config.json +"
+            " model.safetensors (transformers, timm; stemma's own families, rebuilt by"
+            " stemma's build_module), or PEFT's adapter files naming the base.",
         ),
     ] = False,
     overwrite: OverwriteOpt = False,
@@ -75,7 +77,10 @@ def openlineage(
         str | None,
         typer.Option(
             "--url",
-            help="POST each event to this OpenLineage endpoint (e.g. Marquez's /api/v1/lineage).",
+            help="POST each event to this OpenLineage endpoint (e.g. Marquez's /api/v1/lineage)"
+            " through openlineage-python, with OPENLINEAGE_API_KEY and retries. Without --url"
+            " and --output, OPENLINEAGE_URL or OPENLINEAGE_CONFIG in the environment sends the"
+            " events where the client's configuration says.",
             show_default=False,
         ),
     ] = None,
@@ -85,16 +90,18 @@ def openlineage(
     overwrite: OverwriteOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
-    """Emit an OpenLineage START and COMPLETE (or FAIL) event for every build in history."""
+    """Emit OpenLineage START and COMPLETE (or FAIL) events for every dataset and model build
+    in history, in lineage order (each build after the builds it read)."""
+    from stemma.registry import _olsend
     from stemma.registry import openlineage as lib
 
     if output is not None and url is not None:
         raise fail("give --output or --url, not both", code=2)
     reg = Registry.open(repo)
     events = lib.events(reg, since=since, namespace=namespace)
-    if url is not None:
-        lib.post(events, url)
-        typer.echo(f"posted {len(events)} events to {url}", err=True)
+    if url is not None or (output is None and _olsend.configured()):
+        kind = lib.send(events, url)
+        typer.echo(f"sent {len(events)} events to {url or kind + ' transport'}", err=True)
         return
     if output is not None:
         lib.write_jsonl(reg, events, output, overwrite=overwrite)

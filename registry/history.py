@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import ConsistencyError, GitError, ModelNotFound
-from .records import MODEL_MANIFEST, Manifest, parse_json_document
+from .errors import ConsistencyError, DatasetNotFound, GitError, ModelNotFound
+from .records import DATASET_MANIFEST, MODEL_MANIFEST, Manifest, parse_json_document
 from .registry import MANIFEST_FILE, Registry
 from .tree import git
 
@@ -225,3 +225,25 @@ def all_history(reg: Registry) -> list[Version]:
     paths = git_paths(reg)
     spec = f":(glob){paths.prefix}/*/{MANIFEST_FILE}"
     return _versions(paths.top, _log(paths.top, spec))
+
+
+def all_dataset_history(reg: Registry) -> list[Version]:
+    """The versions of every dataset reachable from HEAD, newest first (no source, no metrics)."""
+    paths = git_paths(reg)
+    datasets = PurePosixPath(paths.prefix).parent / "datasets"
+    spec = f":(glob){datasets}/*/{MANIFEST_FILE}"
+    return _versions(paths.top, _log(paths.top, spec))
+
+
+def dataset_manifest_at(reg: Registry, name: str, commit: str) -> Manifest:
+    """The schema-valid manifest of dataset `name` at `commit`; raises when absent or invalid."""
+    paths = git_paths(reg)
+    path = str(PurePosixPath(paths.prefix).parent / "datasets" / name / MANIFEST_FILE)
+    blob = read_blobs(paths.top, [f"{commit}:{path}"])[f"{commit}:{path}"]
+    if blob is None:
+        raise DatasetNotFound(name, hint=f" with a manifest at revision {commit[:12]}")
+    display = f"{path} at {commit[:12]}"
+    doc = parse_json_document(blob.decode(errors="replace"), DATASET_MANIFEST, display)
+    if doc["name"] != name:
+        raise ConsistencyError(f"{display}: manifest names dataset {doc['name']!r}, not {name!r}")
+    return Manifest(name, reg.rel("datasets", name, MANIFEST_FILE), doc)

@@ -1,28 +1,39 @@
 """OpenLineage events for every build in the registry's history, for a lineage server.
 
-Each version of a model (a distinct manifest id in git history) is one run of its DVC stage:
-a START event at `run.started` and a COMPLETE event (FAIL when a gate or check failed) at
-`started + duration_s`. Inputs are the source model (a dataset whose `datasetType` facet says
-MODEL, versioned by the source's manifest id) and the data; the output is the model, versioned
-by its own id. Run ids are uuid5 of the manifest id, so exporting twice gives the same events.
-Events follow the OpenLineage 2-0-2 schema.
+Each version of a dataset or model (a distinct manifest id in git history) is one run of its
+DVC stage: a START event at `run.started` and a COMPLETE event (FAIL when a gate or check
+failed) at `started + duration_s`. A model's inputs are its source model (a dataset whose
+`datasetType` facet says MODEL, versioned by the source's manifest id) and its data; its output
+is the model, versioned by its own id. The job carries the spec as its source code and the git
+commit that recorded the build; the run carries the metrics and gates (`stemma_metrics`).
+Run ids are uuid5 of the manifest id, so exporting twice gives the same events.
+
+Builds come in lineage order (`dag.build_order`): every build after the builds it read, so a
+lineage server that links an input to the newest version it has seen links the right one.
+Events follow the OpenLineage 2-0-2 schema; `send` hands them to openlineage-python's
+transports (`registry/_olsend.py`).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import __version__
-from .errors import StemmaError
+from ._olsend import send
+from .dag import build_order
+from .errors import GitError, StemmaError
 from .files import Outputs
-from .history import Version, all_history, git_paths, manifest_at
+from .history import all_dataset_history, all_history, dataset_manifest_at, git_paths, manifest_at
 from .pipeline import stage_name
-from .registry import Registry
+from .registry import SPEC_FILE, Registry
 from .tree import git
+
+__all__ = ["METRICS_FACET_SCHEMA", "build_events", "events", "run_id", "send", "to_jsonl"]
 
 SPEC = "https://openlineage.io/spec/2-0-2/OpenLineage.json"
 FACETS = "https://openlineage.io/spec/facets"
@@ -31,8 +42,40 @@ _RUN_IDS = uuid.UUID("5f6d1c2e-3b7a-5e4f-9a61-7c2d9b1e0a47")  # stemma's uuid5 n
 _FACET_VERSIONS = {
     "DatasetTypeDatasetFacet": "1-0-1",
     "DatasetVersionDatasetFacet": "1-0-1",
+    "DataQualityMetricsDatasetFacet": "1-0-0",
     "JobTypeJobFacet": "2-0-4",
+    "SourceCodeJobFacet": "1-0-1",
+    "SourceCodeLocationJobFacet": "1-1-0",
     "ErrorMessageRunFacet": "1-0-1",
+}
+# A custom run facet (the spec's rule: a `_producer`, and a `_schemaURL` naming its schema)
+# for what no standard facet holds: a model's metrics and the gates they were held to.
+METRICS_FACET_URL = f"{PRODUCER}spec/facets/1-0-0/StemmaMetricsRunFacet.json"
+METRICS_FACET_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": METRICS_FACET_URL,
+    "$defs": {
+        "StemmaMetricsRunFacet": {
+            "allOf": [
+                {"$ref": f"{SPEC}#/$defs/RunFacet"},
+                {
+                    "type": "object",
+                    "properties": {
+                        "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                        "gates": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["metric", "op", "threshold", "passed"],
+                            },
+                        },
+                    },
+                    "required": ["metrics"],
+                },
+            ],
+            "type": "object",
+        }
+    },
 }
 
 
@@ -44,6 +87,15 @@ def _facet(kind: str, **fields: Any) -> dict[str, Any]:
 def run_id(manifest_id: str) -> str:
     """The run id of the build that produced `manifest_id` (the same on every export)."""
     return str(uuid.uuid5(_RUN_IDS, manifest_id))
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a build's spec lives in git: the repository, the spec's path, the commit."""
+
+    repo_url: str  # a URI: the `origin` remote when it is one, else the work tree's file URI
+    path: str  # the spec, relative to the repository's top
+    commit: str
 
 
 def _dataset(namespace: str, name: str, version: str | None, kind: str) -> dict[str, Any]:
@@ -69,12 +121,61 @@ def _failures(raw: dict[str, Any]) -> list[str]:
     return failed + [f"check {n}" for n, r in sorted(checks.items()) if not r.get("passed", True)]
 
 
-def build_events(raw: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
-    """START and COMPLETE (or FAIL) of the build that wrote manifest `raw`."""
-    name = str(raw["name"])
+def _job(namespace: str, kind: str, raw: dict[str, Any], origin: Origin | None) -> dict[str, Any]:
+    facets: dict[str, Any] = {
+        "jobType": _facet(
+            "JobTypeJobFacet", processingType="BATCH", integration="STEMMA", jobType=kind.upper()
+        ),
+        # the spec is the job's code: what `stemma build` ran, as the manifest recorded it
+        "sourceCode": _facet(
+            "SourceCodeJobFacet",
+            language="json",
+            sourceCode=json.dumps(raw.get("spec") or {}, sort_keys=True, indent=2),
+        ),
+    }
+    if origin is not None:
+        facets["sourceCodeLocation"] = _facet(
+            "SourceCodeLocationJobFacet",
+            type="git",
+            url=origin.repo_url,
+            repoUrl=origin.repo_url,
+            path=origin.path,
+            version=origin.commit,
+        )
+    return {"namespace": namespace, "name": stage_name(kind, str(raw["name"])), "facets": facets}
+
+
+def _pair(
+    raw: dict[str, Any], job: dict[str, Any], io: tuple[list[Any], list[Any]], end: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The START and the closing event of one build."""
     run = raw.get("run") or {}
     started = _time(str(run["started"]))
     ended = started + timedelta(seconds=float(run.get("duration_s") or 0.0))
+    rid = run_id(str(raw["id"]))
+    failed = "errorMessage" in end
+
+    def event(kind: str, when: datetime, facets: dict[str, Any]) -> dict[str, Any]:
+        block: dict[str, Any] = {"runId": rid, **({"facets": facets} if facets else {})}
+        return {
+            "eventType": kind,
+            "eventTime": _iso(when),
+            "producer": PRODUCER,
+            "schemaURL": f"{SPEC}#/$defs/RunEvent",
+            "run": block,
+            "job": job,
+            "inputs": io[0],
+            "outputs": io[1],
+        }
+
+    return [event("START", started, {}), event("FAIL" if failed else "COMPLETE", ended, end)]
+
+
+def build_events(
+    raw: dict[str, Any], namespace: str, origin: Origin | None = None
+) -> list[dict[str, Any]]:
+    """START and COMPLETE (or FAIL) of the build that wrote model manifest `raw`."""
+    name = str(raw["name"])
     inputs = []
     src = raw.get("source")
     if isinstance(src, dict):
@@ -86,42 +187,44 @@ def build_events(raw: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
             seen.add(key)
             inputs.append(_dataset(namespace, f"datasets/{ref['name']}", ref.get("id"), "FILE"))
     outputs = [_dataset(namespace, f"models/{name}", str(raw["id"]), "MODEL")]
-    job = {
-        "namespace": namespace,
-        "name": stage_name("model", name),
-        "facets": {
-            "jobType": _facet(
-                "JobTypeJobFacet", processingType="BATCH", integration="STEMMA", jobType="MODEL"
-            )
-        },
+    end: dict[str, Any] = {
+        "stemma_metrics": {
+            "_producer": PRODUCER,
+            "_schemaURL": f"{METRICS_FACET_URL}#/$defs/StemmaMetricsRunFacet",
+            "metrics": {
+                k: v
+                for k, v in sorted((raw.get("metrics") or {}).items())
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+            "gates": list(raw.get("gates") or []),
+        }
     }
     failures = _failures(raw)
-    end_run: dict[str, Any] = {"runId": run_id(str(raw["id"]))}
     if failures:
-        end_run["facets"] = {
-            "errorMessage": _facet(
-                "ErrorMessageRunFacet",
-                message="failed: " + ", ".join(failures),
-                programmingLanguage="python",
-            )
-        }
+        end["errorMessage"] = _facet(
+            "ErrorMessageRunFacet",
+            message="failed: " + ", ".join(failures),
+            programmingLanguage="python",
+        )
+    return _pair(raw, _job(namespace, "model", raw, origin), (inputs, outputs), end)
 
-    def event(kind: str, when: datetime, run_block: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "eventType": kind,
-            "eventTime": _iso(when),
-            "producer": PRODUCER,
-            "schemaURL": f"{SPEC}#/$defs/RunEvent",
-            "run": run_block,
-            "job": job,
-            "inputs": inputs,
-            "outputs": outputs,
-        }
 
-    return [
-        event("START", started, {"runId": end_run["runId"]}),
-        event("FAIL" if failures else "COMPLETE", ended, end_run),
-    ]
+def dataset_events(
+    raw: dict[str, Any], namespace: str, origin: Origin | None = None
+) -> list[dict[str, Any]]:
+    """START and COMPLETE of the build that wrote dataset manifest `raw`."""
+    output = _dataset(namespace, f"datasets/{raw['name']}", str(raw["id"]), "FILE")
+    splits = raw.get("splits") or {}
+    rows = sum(int(s.get("samples", 0)) for s in splits.values() if isinstance(s, dict))
+    data = raw.get("data") or {}
+    output["facets"]["dataQualityMetrics"] = _facet(
+        "DataQualityMetricsDatasetFacet",
+        rowCount=rows,
+        fileCount=1,
+        **({"bytes": int(data["bytes"])} if isinstance(data.get("bytes"), int) else {}),
+        columnMetrics={},
+    )
+    return _pair(raw, _job(namespace, "dataset", raw, origin), ([], [output]), {})
 
 
 def _since(reg: Registry, rev: str) -> set[str]:
@@ -133,22 +236,58 @@ def _since(reg: Registry, rev: str) -> set[str]:
     return set(git(top, "rev-list", f"{rev}..HEAD").decode().split())
 
 
+def _repo_url(top: Path) -> str:
+    """The `origin` remote when it is a URL, else the work tree as a file URI."""
+    try:
+        remote = git(top, "config", "--get", "remote.origin.url").decode().strip()
+    except GitError:
+        remote = ""
+    return remote if remote.startswith(("https://", "http://", "ssh://")) else top.as_uri()
+
+
 def events(
     reg: Registry, since: str | None = None, namespace: str = "stemma"
 ) -> list[dict[str, Any]]:
-    """Every build's events, oldest build first (builds after `since` only, when given)."""
-    versions: list[Version] = list(reversed(all_history(reg)))
-    if since is not None:
-        keep = _since(reg, since)
-        versions = [v for v in versions if v.commit in keep]
+    """Every build's events in lineage order: datasets, then models, each after the builds it
+    read and otherwise oldest first (builds committed after `since` only, when given)."""
+    paths = git_paths(reg)
+    keep = _since(reg, since) if since is not None else None
+    url = _repo_url(paths.top)
+    builds: dict[str, tuple[str, str, str, str]] = {}  # key -> kind, name, id, commit
+    by_id: dict[str, str] = {}
+    try:
+        commits = git(paths.top, "rev-list", "--topo-order", "--reverse", "HEAD").decode().split()
+    except GitError:
+        commits = []  # no commit yet: no history, no builds
+    age = {c: i for i, c in enumerate(commits)}  # oldest first, parents before children
+    for kind, found in (("dataset", all_dataset_history(reg)), ("model", all_history(reg))):
+        for v in reversed(found):  # oldest first
+            if v.id in by_id or (keep is not None and v.commit not in keep):
+                continue  # a version restored later is the same build, not a new run
+            # `build_order` breaks ties by key: datasets first, then older commits, then name
+            rank = age.get(v.commit, len(age))
+            key = f"{0 if kind == 'dataset' else 1}:{rank:09d}:{v.name}"
+            builds[key] = (kind, v.name, v.id, v.commit)
+            by_id[v.id] = key
+    docs: dict[str, dict[str, Any]] = {}
+    deps: dict[str, list[str]] = {}
+    for key, (kind, name, _mid, commit) in builds.items():
+        if kind == "dataset":
+            docs[key] = dict(dataset_manifest_at(reg, name, commit).raw)
+            deps[key] = []
+            continue
+        raw = dict(manifest_at(reg, name, commit).raw)
+        docs[key] = raw
+        read = [raw["source"].get("id")] if isinstance(raw.get("source"), dict) else []
+        read += [ref.get("id") for ref in (raw.get("datasets") or {}).values()]
+        deps[key] = [by_id[i] for i in read if i in by_id]
     out: list[dict[str, Any]] = []
-    done: set[str] = set()
-    for v in versions:
-        if v.id in done:
-            continue  # a version restored later is the same build, not a new run
-        done.add(v.id)
-        manifest = manifest_at(reg, v.name, v.commit)
-        out += build_events(dict(manifest.raw), namespace)
+    for key in build_order(deps, strict=False):
+        kind, name, _mid, commit = builds[key]
+        spec = PurePosixPath(paths.prefix).parent / f"{kind}s" / name / SPEC_FILE
+        origin = Origin(url, str(spec), commit)
+        make = dataset_events if kind == "dataset" else build_events
+        out += make(docs[key], namespace, origin)
     return out
 
 
@@ -163,27 +302,3 @@ def write_jsonl(
     """Write the events as JSON lines where `Outputs` allows (an existing file only with
     `overwrite`, never a registry file, a link, a pipe or a device); the real path."""
     return Outputs.for_registry(reg.repo_root, reg.root, overwrite).write(path, to_jsonl(found))
-
-
-def post(found: list[dict[str, Any]], url: str, timeout: float = 30.0) -> None:
-    """POST each event as JSON to an OpenLineage HTTP endpoint, in order."""
-    import urllib.error
-    import urllib.request
-
-    if not url.startswith(("http://", "https://")):
-        raise StemmaError(f"--url {url!r}: give an http:// or https:// address")
-    for e in found:
-        request = urllib.request.Request(
-            url,
-            data=json.dumps(e, sort_keys=True).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            raise StemmaError(f"{url} refused an event: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise StemmaError(f"cannot post to {url}: {reason}") from None

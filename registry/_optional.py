@@ -1,0 +1,27 @@
+"""Optional third-party libraries that one export needs, imported when that export runs.
+
+`pip install stemma-ml` stays light: the OpenLineage and MLflow exports import their client
+library only when called, and a missing one is one line naming the extra that installs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import StemmaError
+
+
+class MissingExtra(StemmaError):
+    """An optional library that an export needs is not installed."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import `module`, or raise `MissingExtra` naming the stemma extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        raise MissingExtra(
+            f"this export needs the {top} package; install it with pip install 'stemma-ml[{extra}]'"
+        ) from None
