@@ -16,7 +16,8 @@ import typer
 from stemma.registry import Registry
 from stemma.registry.errors import UsageError
 
-from ._common import RepoOpt
+from ._common import RepoOpt, emit_json
+from ._result import ResultJsonOpt
 
 app = typer.Typer(help="Build datasets and models (run by dvc repro).", no_args_is_help=True)
 
@@ -26,7 +27,7 @@ NameArg = Annotated[
 
 
 @app.command("dataset")
-def dataset(name: NameArg, repo: RepoOpt = Path(".")) -> None:
+def dataset(name: NameArg, json_: ResultJsonOpt = False, repo: RepoOpt = Path(".")) -> None:
     """Materialize a dataset spec: write data.npz and manifest.json."""
     from stemma.migration.numerics import pin_for_repo
 
@@ -35,6 +36,19 @@ def dataset(name: NameArg, repo: RepoOpt = Path(".")) -> None:
 
     manifest = build_dataset(Registry.open(repo), name)
     splits = manifest["splits"]
+    if json_:
+        emit_json(
+            {
+                "kind": "dataset",
+                "name": name,
+                "id": manifest["id"],
+                "samples": {split: splits[split]["samples"] for split in sorted(splits)},
+                "shape": manifest["shape"],
+                "task": manifest.get("task", "classification"),
+                "classes": manifest.get("classes", []),
+            }
+        )
+        return
     typer.echo(
         f"built dataset {name}: {splits['train']['samples']} train /"
         f" {splits['eval']['samples']} eval samples of shape"
@@ -81,6 +95,7 @@ def _epoch_bar(name: str) -> Iterator[Any]:
 def model(
     name: NameArg,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_: ResultJsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Build a model from its spec: map the source, train, evaluate, write weights and manifest."""
@@ -96,6 +111,18 @@ def model(
         with _epoch_bar(name) as progress:
             manifest = build_model(reg, name, progress=progress)
     failed = [g["metric"] for g in manifest["gates"] if not g["passed"]]
+    if json_:  # the progress bar is on stderr, so stdout stays one JSON document
+        emit_json(
+            {
+                "kind": "model",
+                "name": name,
+                "id": manifest["id"],
+                "metrics": manifest["metrics"],
+                "failed_gates": failed,
+                "device": manifest["run"]["device"],
+            }
+        )
+        return
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(manifest["metrics"].items()))
     note = f"; failed gates: {', '.join(failed)}" if failed else ""
     typer.echo(
@@ -181,6 +208,7 @@ def register(
         typer.Option("--eval", help="Built dataset to compute metrics on (its eval split)."),
     ] = None,
     description: Annotated[str | None, typer.Option(help="One-line description.")] = None,
+    json_: ResultJsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Import externally trained weights as a model: weights.safetensors plus a manifest."""
@@ -217,6 +245,18 @@ def register(
         source=source,
         relation=relation,
     )
+    if json_:
+        emit_json(
+            {
+                "kind": "model",
+                "name": name,
+                "id": manifest["id"],
+                "family": manifest["architecture"]["config"]["family"],
+                "parameters": manifest["parameters"]["total"],
+                "metrics": manifest["metrics"],
+            }
+        )
+        return
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(manifest["metrics"].items()))
     typer.echo(
         f"registered model {name}: {manifest['parameters']['total']} parameters"

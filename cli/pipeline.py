@@ -9,7 +9,8 @@ import typer
 from stemma.registry import Registry, pipefiles
 from stemma.registry import pipeline as lib
 
-from ._common import RepoOpt, fail
+from ._common import RepoOpt, emit_json, fail
+from ._result import ResultJsonOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +23,7 @@ def pipeline(
         bool,
         typer.Option("--check", help="Change nothing; exit 1 when a pipeline file is out of step."),
     ] = False,
+    json_: ResultJsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Write dvc.yaml files from the specs: the root one (artifacts, your own stages) and
@@ -29,12 +31,31 @@ def pipeline(
     reg = Registry.open(repo)
     if check:
         found = pipefiles.differences(reg)
+        if json_:
+            emit_json(
+                {
+                    "ok": not found,
+                    "differences": [{"path": d.path, "reason": d.reason} for d in found],
+                }
+            )
+            if found:
+                raise typer.Exit(1)
+            return
         if found:
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             raise fail(f"{found[0]}{more}; run `stemma pipeline`")
         typer.echo(f"{lib.PIPELINE_FILE} files are in step with the specs")
         return
     changes = pipefiles.write(reg)
+    if json_:
+        emit_json(
+            {
+                "written": changes.written,
+                "removed": changes.removed,
+                "locks_moved": changes.locks_moved,
+            }
+        )
+        return
     if not changes:
         typer.echo(f"unchanged {lib.PIPELINE_FILE} files")
         return

@@ -10,6 +10,7 @@ from stemma.registry import Registry
 from stemma.registry import listing as lib
 
 from ._common import JsonOpt, RepoOpt, console, emit_json, print_table
+from ._result import ResultJsonOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -25,9 +26,13 @@ def init(
     root: Annotated[
         str, typer.Option(help="Folder under PATH that holds models/ and datasets/.")
     ] = ".",
+    json_: ResultJsonOpt = False,
 ) -> None:
     """Create stemma.yaml, models/ and datasets/ (and git / dvc repositories when missing)."""
     reg = Registry.init(path, root=root)
+    if json_:
+        emit_json({"path": str(reg.repo_root), "root": root})
+        return
     typer.echo(f"Initialized stemma registry in {reg.repo_root}")
 
 

@@ -22,9 +22,10 @@ def report(
         Path | None,
         typer.Option(
             "--html",
-            help="Write a self-contained HTML page (lineage, transfer, metrics, checks, curve)"
-            " to FILE instead of printing a summary: a new file, or with --overwrite an"
-            " existing regular file outside the registry.",
+            help="Write a self-contained HTML page that opens offline (a pass/fail banner, the"
+            " lineage drawn as SVG, transfer, metrics per class, gates, checks, curve) to FILE"
+            " instead of printing a summary: a new file, or with --overwrite an existing"
+            " regular file outside the registry.",
             show_default=False,
         ),
     ] = None,
@@ -32,7 +33,8 @@ def report(
     json_: JsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
-    """Lineage to the roots, transfer report, metrics, gates, checks and the training curve."""
+    """Pass or fail (gates, checks, staleness), lineage to the roots, transfer report,
+    metrics, gates, checks and the training curve."""
     from stemma.registry import report as lib
 
     reg = Registry.open(repo)

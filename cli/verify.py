@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +25,8 @@ def verify(
             "--rebuild",
             help="Also rebuild the model in a temporary folder and compare: identical,"
             " numerically equivalent (max abs difference per tensor within the stated"
-            " tolerance; both runs' numerics shown) or different (exit 1).",
+            " tolerance; both runs' numerics shown) or different (exit 1). A line on stderr"
+            " says when the rebuild starts and how long it took.",
         ),
     ] = False,
     json_: JsonOpt = False,
@@ -35,6 +37,7 @@ def verify(
 
     reg = Registry.open(repo)
     machine = None
+    found = None
     if rebuild:  # before any training: can the recorded bits come back on this machine?
         from stemma.migration.doctor import REPRODUCIBLE, machine_numerics, predict
 
@@ -48,7 +51,21 @@ def verify(
                 else "a numerically equivalent rebuild passes"
             )
             typer.echo(f"numerics  {before.reason}: {expect}")
+    announce = found is not None  # a rebuild runs only for a built model
+    if announce:  # training again takes as long as the build did: say so, on stderr
+        started = time.monotonic()
+        typer.echo(
+            f"{time.strftime('%H:%M:%S')} rebuilding {name} in a temporary folder"
+            " (training it again)...",
+            err=True,
+        )
     result = verify_model(reg, name, rebuild=rebuild, machine=machine)
+    if announce:
+        typer.echo(
+            f"{time.strftime('%H:%M:%S')} rebuilt and compared {name}"
+            f" in {time.monotonic() - started:.1f} s",
+            err=True,
+        )
     if json_:
         emit_json(result.to_dict())
     else:

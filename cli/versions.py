@@ -11,6 +11,7 @@ from stemma.registry import Registry
 from stemma.registry import versions as lib
 
 from ._common import JsonOpt, RepoOpt, console, emit_json
+from ._result import ResultJsonOpt
 from ._wide import print_whole
 
 RefOpt = Annotated[
@@ -178,10 +179,14 @@ def tag(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str, typer.Argument(help="Semantic version, like v1.2.0.")],
     ref: RefOpt = None,
+    json_: ResultJsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Register a version: the annotated git tag NAME@VERSION, readable by GTO."""
     info = lib.tag(Registry.open(repo), name, version, ref)
+    if json_:
+        emit_json(info.to_dict())
+        return
     typer.echo(
         f"Created tag {info.tag} at {info.commit[:10]} ({info.id});"
         f" publish it with: git push origin {info.tag}"
@@ -192,10 +197,14 @@ def promote(
     name: Annotated[str, typer.Argument(help="Model name.")],
     stage: Annotated[str, typer.Argument(help="Stage to assign, like staging or prod.")],
     ref: RefOpt = None,
+    json_: ResultJsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Assign a stage: the annotated git tag NAME#STAGE#N, readable by GTO."""
     info = lib.promote(Registry.open(repo), name, stage, ref)
+    if json_:
+        emit_json(info.to_dict())
+        return
     typer.echo(
         f"Created tag {info.tag} at {info.commit[:10]} ({info.id});"
         f" publish it with: git push origin {info.tag}"
@@ -204,9 +213,13 @@ def promote(
 
 def checkout(
     ref: Annotated[str, typer.Argument(help="Version to restore: NAME@REF.")],
+    json_: ResultJsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Restore a version's weights into the working tree from the DVC cache or remote."""
     reg = Registry.open(repo)
     path = lib.checkout(reg, ref)
+    if json_:
+        emit_json({"ref": ref, "path": path.relative_to(reg.repo_root).as_posix()})
+        return
     typer.echo(f"Restored {path.relative_to(reg.repo_root)} from {ref}")
