@@ -194,6 +194,12 @@ def register(
     }
     if src is not None:
         spec_doc["source"] = {"model": src["model"], "relation": src["relation"]}
+    if Path(weights_path).is_dir():  # a Hub snapshot: its id names it in cards of children
+        from stemma.registry.hubfiles import snapshot_hub_id
+
+        hub = snapshot_hub_id(Path(weights_path))
+        if hub:
+            spec_doc["hub_id"] = hub
     total = sum(p.numel() for p in module.parameters())
     manifest: dict[str, Any] = {
         "kind": "model",

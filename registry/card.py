@@ -1,14 +1,17 @@
 """A Hugging Face model card for a model version, written from its manifest alone.
 
 The YAML front matter uses the Hub's model card fields (`base_model`, `base_model_relation`,
-`datasets`, `tags`, `license`, `library_name`, `model-index`), so `huggingface_hub.ModelCard`
-reads it; the Markdown body carries the lineage, the transfer report, the gates and the checks.
-Nothing here imports torch or huggingface_hub: a card is text.
+`datasets`, `tags`, `license`, `pipeline_tag`, `library_name`, `model-index`), so
+`huggingface_hub.ModelCard` reads it; `base_model` and `datasets` hold Hub ids only, and the
+registry's own names and versions sit under `stemma`. The Markdown body carries a usage
+snippet, the lineage, the transfer report, the gates and the checks. Nothing here imports
+torch or huggingface_hub: a card is text.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,10 @@ HUB_RELATION = {
     "merge": "merge",
     "distill": "finetune",
 }
-# weights family -> the Hub's library_name (the library whose loader reads the files)
+# weights family -> the Hub's library_name (the library whose loader reads the files). The
+# Hub's list of libraries (huggingface.js `model-libraries.ts`) has no entry for a plain torch
+# module: stemma's own families (and torchvision's, also absent) leave library_name out, as
+# huggingface_hub's PyTorchModelHubMixin does, rather than name a library that cannot load them
 LIBRARY = {"transformers": "transformers", "timm": "timm"}
 
 
@@ -45,26 +51,70 @@ class Card:
     front_matter: dict[str, Any]
 
 
-def _spec_field(reg: Registry, name: str, key: str) -> Any:
-    """A top-level field of a model's spec in the working tree (None when absent)."""
+def _spec_hub_id(reg: Registry, kind: str, name: str, recorded: Manifest | None) -> str | None:
+    """The `hub_id` a spec declares: the working tree's spec, else the one the version
+    recorded (a model registered from a Hub snapshot has no spec file, only that)."""
     try:
-        return reg.model_spec(name).raw.get(key) if reg.has_model(name) else None
+        if kind == "model" and reg.has_model(name):
+            value = reg.model_spec(name).raw.get("hub_id")
+        elif kind == "dataset" and reg.has_dataset(name):
+            value = reg.dataset_spec(name).raw.get("hub_id")
+        else:
+            value = None
+    except StemmaError:
+        value = None
+    if not value and recorded is not None:
+        value = (recorded.raw.get("spec") or {}).get("hub_id")
+    return str(value) if value else None
+
+
+def _manifest(reg: Registry, kind: str, name: str) -> Manifest | None:
+    try:
+        if kind == "model":
+            return reg.model_manifest(name) if reg.has_model(name) else None
+        return reg.dataset_manifest(name) if reg.has_dataset(name) else None
     except StemmaError:
         return None
 
 
+def hub_id(reg: Registry, name: str) -> str | None:
+    """A model's Hugging Face Hub id, where one is known (spec `hub_id`)."""
+    return _spec_hub_id(reg, "model", name, _manifest(reg, "model", name))
+
+
+def _sources(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The parents a manifest records: one `source` block today; a list is read the same
+    way, so a merge that records several parents lists them all."""
+    src = raw.get("source")
+    blocks = src if isinstance(src, list) else [src]
+    return [b for b in blocks if isinstance(b, dict) and b.get("model")]
+
+
+def parents(reg: Registry, manifest: Manifest) -> list[dict[str, Any]]:
+    """Each recorded parent: name, relation, the version used and its Hub id (or None)."""
+    return [
+        {
+            "model": str(src["model"]),
+            "relation": str(src.get("relation") or "finetune"),
+            "version": src.get("id"),
+            "hub_id": hub_id(reg, str(src["model"])),
+        }
+        for src in _sources(manifest.raw)
+    ]
+
+
 def _lineage(reg: Registry, manifest: Manifest) -> list[dict[str, Any]]:
-    """The chain of sources, nearest first, each with the id recorded and the id now."""
+    """Every ancestor, depth first from each parent, with the id recorded and the id now."""
     chain: list[dict[str, Any]] = []
     seen = {manifest.name}
-    src = manifest.raw.get("source")
-    while isinstance(src, dict) and src.get("model") not in seen:
+    todo = [(manifest.raw, src) for src in reversed(_sources(manifest.raw))]
+    while todo:
+        _, src = todo.pop()
         name = str(src["model"])
+        if name in seen:
+            continue
         seen.add(name)
-        try:
-            now = reg.model_manifest(name) if reg.has_model(name) else None
-        except StemmaError:
-            now = None
+        now = _manifest(reg, "model", name)
         chain.append(
             {
                 "model": name,
@@ -73,41 +123,57 @@ def _lineage(reg: Registry, manifest: Manifest) -> list[dict[str, Any]]:
                 "current": None if now is None else now.id,
             }
         )
-        src = None if now is None else now.raw.get("source")
+        if now is not None:
+            todo += [(now.raw, s) for s in reversed(_sources(now.raw))]
     return chain
 
 
-def _task(reg: Registry, dataset: str | None) -> str:
-    """The Hub's task type for the model's data: image or tabular, classification or
-    regression (from the dataset manifest's task and sample shape)."""
-    try:
-        dm = reg.dataset_manifest(dataset) if dataset and reg.has_dataset(dataset) else None
-    except StemmaError:
-        dm = None
-    raw = dm.raw if dm is not None else {}
-    shape = raw.get("shape") or []
-    kind = str(raw.get("task") or "classification")
-    kind = {"multilabel": "classification", "multi-label": "classification"}.get(kind, kind)
-    modality = "image" if len(shape) == 3 else "tabular"
-    return f"{modality}-{kind}"
+def pipeline_tag(config: dict[str, Any], task: str | None) -> str | None:
+    """The Hub's pipeline tag for what the model does: text classification for a
+    transformers sequence classifier, image classification for images, tabular
+    classification or regression for feature vectors. None for image regression, which the
+    Hub has no tag for."""
+    regression = task == "regression"
+    if config.get("family") == "transformers":
+        return "text-classification"  # transformers' own tag, regression heads included
+    if len(config.get("in_shape") or []) == 3:
+        return None if regression else "image-classification"
+    return "tabular-regression" if regression else "tabular-classification"
+
+
+def _datasets(reg: Registry, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each dataset role the version recorded, with its Hub id (or None)."""
+    out = []
+    for role in ("train", "eval"):
+        ref = (raw.get("datasets") or {}).get(role)
+        if isinstance(ref, dict) and ref.get("name"):
+            name = str(ref["name"])
+            hub = _spec_hub_id(reg, "dataset", name, _manifest(reg, "dataset", name))
+            out.append({"role": role, "name": name, "version": ref.get("id"), "hub_id": hub})
+    return out
 
 
 def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
-    """The card's YAML metadata, in the Hub's field names."""
+    """The card's YAML metadata, in the Hub's field names. `base_model` and `datasets` hold
+    Hub ids only (the Hub reads any other string as one, and links it to whatever repository
+    has that name); registry names and versions go under `stemma`, marked as local."""
     raw = manifest.raw
     spec = raw.get("spec") or {}
-    family = str(((raw.get("architecture") or {}).get("config") or {}).get("family", ""))
-    src = raw.get("source")
+    config = dict((raw.get("architecture") or {}).get("config") or {})
+    family = str(config.get("family", ""))
+    parent_list = parents(reg, manifest)
+    relation = parent_list[0]["relation"] if parent_list else None
     meta: dict[str, Any] = {}
-    relation = None
-    if isinstance(src, dict):
-        relation = str(src.get("relation") or "finetune")
-        meta["base_model"] = _spec_field(reg, str(src["model"]), "hub_id") or src["model"]
-        meta["base_model_relation"] = HUB_RELATION.get(relation, "finetune")
-    datasets = raw.get("datasets") or {}
-    names = [datasets[r]["name"] for r in ("train", "eval") if r in datasets]
-    if names:
-        meta["datasets"] = list(dict.fromkeys(names))
+    bases = list(dict.fromkeys(p["hub_id"] for p in parent_list if p["hub_id"]))
+    if bases:
+        # a merge lists its parents even when one is recorded, as the Hub's merges do
+        several = relation == "merge" or len(bases) > 1
+        meta["base_model"] = bases if several else bases[0]
+        meta["base_model_relation"] = HUB_RELATION.get(str(relation), "finetune")
+    data = _datasets(reg, raw)
+    hub_data = list(dict.fromkeys(d["hub_id"] for d in data if d["hub_id"]))
+    if hub_data:
+        meta["datasets"] = hub_data
     tags = ["stemma", *(spec.get("tags") or [])]
     if family:
         tags.append(family)
@@ -116,20 +182,28 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
     meta["tags"] = list(dict.fromkeys(tags))
     if spec.get("license"):
         meta["license"] = spec["license"]
-    meta["library_name"] = "peft" if relation == "adapter" else LIBRARY.get(family, "pytorch")
+    if not config.get("in_shape") and data:  # older manifests: the data's sample shape
+        shape = (_manifest(reg, "dataset", data[-1]["name"]) or manifest).raw.get("shape")
+        config["in_shape"] = shape if isinstance(shape, list) else []
+    tag = pipeline_tag(config, raw.get("task"))
+    if tag:
+        meta["pipeline_tag"] = tag
+    library = "peft" if raw.get("adapter") or relation == "adapter" else LIBRARY.get(family)
+    if library:
+        meta["library_name"] = library
     metrics = {k: v for k, v in (raw.get("metrics") or {}).items() if isinstance(v, (int, float))}
-    if metrics and names:
-        evaluated: dict[str, Any] = datasets.get("eval") or datasets["train"]
+    if metrics and data:
+        evaluated = data[-1]  # eval when recorded, else train
         meta["model-index"] = [
             {
                 "name": manifest.name,
                 "results": [
                     {
-                        "task": {"type": _task(reg, evaluated["name"])},
+                        "task": {"type": tag or "other"},
                         "dataset": {
                             "name": evaluated["name"],
-                            "type": evaluated["name"],
-                            "revision": evaluated.get("id"),
+                            "type": evaluated["hub_id"] or evaluated["name"],
+                            "revision": evaluated["version"],
                         },
                         "metrics": [
                             {"type": k, "name": k, "value": v} for k, v in sorted(metrics.items())
@@ -139,6 +213,12 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
                 ],
             }
         ]
+    meta["stemma"] = {
+        "name": manifest.name,
+        "version": manifest.id,
+        "base_models": parent_list,
+        "datasets": data,
+    }
     return meta
 
 
@@ -146,14 +226,16 @@ def _json(value: Any) -> str:
     return "`" + json.dumps(value, sort_keys=True) + "`"
 
 
-def body(reg: Registry, manifest: Manifest) -> str:
-    """The card's Markdown: what the model is, where it comes from, how it was checked."""
+def body(reg: Registry, manifest: Manifest, usage_lines: list[str] | None = None) -> str:
+    """The card's Markdown: what the model is, how to load it, where it comes from, how it
+    was checked."""
     raw = manifest.raw
     spec = raw.get("spec") or {}
     out = [f"# {manifest.name}", ""]
     if spec.get("description"):
         out += [str(spec["description"]), ""]
     out += [f"stemma version `{manifest.id}`, weights `{raw['weights']['sha256']}`.", ""]
+    out += usage_lines or []
     out += ["## Lineage", ""]
     chain = _lineage(reg, manifest)
     if not chain:
@@ -207,29 +289,55 @@ def body(reg: Registry, manifest: Manifest) -> str:
     return "\n".join(out) + "\n"
 
 
-def render(reg: Registry, manifest: Manifest) -> tuple[dict[str, Any], str]:
-    """(front matter, whole README.md text) of the model card."""
+def _targets(reg: Registry, manifest: Manifest, folder: Path | None) -> dict[str, Any]:
+    """Where the snippet loads from: the model's Hub id, else the export folder; for an
+    adapter, its base's Hub id, else the folder its own export goes to (beside this one)."""
+    own = hub_id(reg, manifest.name)
+    where = own or (str(folder) if folder is not None else manifest.name)
+    base = (manifest.raw.get("adapter") or {}).get("base") or {}
+    base_name = str(base.get("model") or "") or None
+    base_hub = hub_id(reg, base_name) if base_name else None
+    base_ref = base_hub
+    if base_name and base_hub is None:
+        base_ref = str(Path(folder).parent / base_name) if folder is not None else base_name
+    return {
+        "where": where,
+        "hub": own is not None,
+        "base_ref": base_ref,
+        "base_hub": base_hub is not None,
+    }
+
+
+def render(
+    reg: Registry, manifest: Manifest, folder: Path | None = None
+) -> tuple[dict[str, Any], str]:
+    """(front matter, whole README.md text) of the model card exported to `folder`."""
+    from ._cardusage import usage
+
     meta = front_matter(reg, manifest)
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
-    return meta, text + body(reg, manifest)
+    lines = usage(manifest.raw, **_targets(reg, manifest, folder))
+    return meta, text + body(reg, manifest, lines)
 
 
 def export_card(
     reg: Registry, ref: str, folder: Path, weights: bool = False, overwrite: bool = False
 ) -> Card:
     """Write `folder/README.md` for `NAME[@REF]`, and with `weights` the files the model's
-    own library loads; refuses (writing nothing) a family without such a layout, and a
-    target that `Outputs` refuses (an existing file unless `overwrite`, a registry file, a
-    link, a pipe or a device)."""
+    own library loads (for an adapter, PEFT's files naming the base by its Hub id, else by
+    the folder beside this one that `stemma export card BASE` would write); refuses
+    (writing nothing) a family without such a layout, and a target that `Outputs` refuses
+    (an existing file unless `overwrite`, a registry file, a link, a pipe or a device)."""
     from .hubfiles import weight_files
 
     manifest = resolve(reg, ref)
-    planned = weight_files(reg, manifest) if weights else []
-    meta, text = render(reg, manifest)
+    folder = Path(folder)
+    targets = _targets(reg, manifest, folder)
+    planned = weight_files(reg, manifest, targets["base_ref"]) if weights else []
+    meta, text = render(reg, manifest, folder)
     planned.append((CARD_FILE, text.encode()))
     outputs = Outputs.for_registry(reg.repo_root, reg.root, overwrite)
     outputs.folder(folder)
-    folder = Path(folder)
     for name, _ in planned:  # every target checked before the first is written
         outputs.file(folder / name)
     for name, data in planned:

@@ -5,49 +5,60 @@ state dict: the layout is that file under the library's name plus the library's 
 from the manifest's `architecture.config` (`family`, `name`, `config`). Nothing is imported:
 the files are bytes.
 
-- transformers: `config.json` (the model's `PretrainedConfig` as a dict) + `model.safetensors`,
-  for `AutoModel*.from_pretrained(folder)`;
+- transformers: `config.json` (the model's `PretrainedConfig` as a dict, with `architectures`
+  naming the sequence-classification class) + `model.safetensors`, for
+  `AutoModelForSequenceClassification.from_pretrained(folder)`;
 - timm: `config.json` in timm's Hub layout (`architecture`, `num_classes`, `model_args`,
   `pretrained_cfg`) + `model.safetensors`, for `timm.create_model("local-dir:" + folder)`;
-- an adapter: PEFT's own `adapter_config.json` + `adapter_model.safetensors`, stored beside
-  the manifest, for `PeftModel.from_pretrained(base, folder)`.
+- mlp, cnn, entrypoint and torchvision: `config.json` (stemma's architecture config, which
+  `stemma.migration.architectures.build_module` rebuilds the module from) +
+  `model.safetensors` (the module's own state dict), as huggingface_hub's PyTorch mixin lays
+  out a plain torch module;
+- an adapter: PEFT's own `adapter_config.json` + `adapter_model.safetensors`, stored under
+  `models/NAME/adapter/`, for `PeftModel.from_pretrained(base, folder)`; the config's
+  `base_model_name_or_path` names the base (its Hub id, or where its export goes).
 """
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
-from .errors import StemmaError
-from .files import file_hashes
+from .errors import SchemaError, StemmaError
+from .files import file_hashes, read_text_file
 from .records import Manifest
 from .registry import Registry
+from .yamlio import load_yaml_text
 
 WEIGHTS_NAME = "model.safetensors"
-PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
-LAYOUTS = ("transformers", "timm")
+CONFIG_NAME = "config.json"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+MODULE_FAMILIES = ("mlp", "cnn", "entrypoint", "torchvision")
+"""Families whose export is a plain torch module: stemma's config + the state dict."""
+MAX_CARD_BYTES = 1 << 20
+"""A README card's size bound: cards are text of a few KB."""
+SEQ_CLASS = "ForSequenceClassification"
+# transformers names a model's classes <Prefix>Model, <Prefix>ForMaskedLM, ...: the prefix of
+# a saved config's `architectures` entry gives the sequence classifier's class name
+_ARCH_PREFIX = re.compile(r"^([A-Za-z0-9_]+?)(?:Model|For[A-Za-z]+|LMHeadModel)$")
 
 
-def _read(reg: Registry, name: str, file: str) -> bytes:
-    path = reg.resolve(f"models/{name}/{file}", display=reg.rel("models", name, file))
+def _checked(reg: Registry, manifest: Manifest, block: dict[str, Any], pointer: str) -> bytes:
+    """A file the manifest records (`path` + `sha256`), from the working tree, as recorded."""
+    rel = str(block.get("path", ""))
+    display = reg.rel("models", manifest.name, rel)
+    path = reg.resolve(f"models/{manifest.name}/{rel}", pointer=pointer, display=manifest.path)
     if not path.is_file():
         raise StemmaError(
-            f"{reg.rel('models', name, file)} is missing: restore the weights first"
-            f" (stemma checkout {name}@REF, or dvc pull)"
+            f"{display} is missing: restore the weights first"
+            f" (stemma checkout {manifest.name}@REF, or dvc pull)"
         )
-    return path.read_bytes()
-
-
-def _weights(reg: Registry, manifest: Manifest) -> bytes:
-    """The version's weights from the working tree, checked against the manifest's hash."""
-    weights = manifest.raw["weights"]
-    path = reg.resolve(
-        f"models/{manifest.name}/{weights['path']}", pointer="/weights/path", display=manifest.path
-    )
-    if not path.is_file() or file_hashes(path)["sha256"] != weights["sha256"]:
+    if file_hashes(path)["sha256"] != block.get("sha256"):
         raise StemmaError(
-            f"{reg.rel('models', manifest.name, str(weights['path']))} is not the weights of"
-            f" version {manifest.id[:19]}: run"
+            f"{display} is not the weights of version {manifest.id[:19]}: run"
             f" `stemma checkout {manifest.name}@{manifest.id[7:19]}` first"
         )
     return path.read_bytes()
@@ -55,6 +66,27 @@ def _weights(reg: Registry, manifest: Manifest) -> bytes:
 
 def _dump(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def architectures(hf: dict[str, Any]) -> list[str] | None:
+    """The `architectures` entry of the exported config: the class stemma built (the
+    auto_map class a trusted entrypoint names, else `<Prefix>ForSequenceClassification`
+    from the saved config's own `architectures`, else from transformers' table)."""
+    auto = (hf.get("auto_map") or {}).get("AutoModelForSequenceClassification")
+    if isinstance(auto, str) and auto:
+        return [auto.rsplit(".", 1)[-1]]
+    for name in hf.get("architectures") or []:
+        found = _ARCH_PREFIX.match(str(name))
+        if found:
+            return [found.group(1) + SEQ_CLASS]
+    try:  # transformers' own table; importing it imports torch, so only here (--weights)
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as NAMES,
+        )
+    except ImportError:
+        return None
+    name = NAMES.get(str(hf.get("model_type")))
+    return [str(name)] if name else None
 
 
 def _transformers_config(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -70,6 +102,11 @@ def _transformers_config(config: dict[str, Any], name: str) -> dict[str, Any]:
         for key in ("id2label", "label2id"):
             doc.pop(key, None)
         doc["num_labels"] = config["num_classes"]
+    arch = architectures(doc)
+    if arch:
+        doc["architectures"] = arch
+    else:
+        doc.pop("architectures", None)
     return doc
 
 
@@ -92,21 +129,95 @@ def _timm_config(config: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def weight_files(reg: Registry, manifest: Manifest) -> list[tuple[str, bytes]]:
-    """(file name, content) of the library layout for this version; raises for a family
-    without one."""
+def _adapter_files(
+    reg: Registry, manifest: Manifest, base_ref: str | None
+) -> list[tuple[str, bytes]]:
+    """PEFT's two files, as the build recorded them, with `base_model_name_or_path` set."""
+    adapter = manifest.raw.get("adapter") or {}
+    config_block = adapter.get("config")
+    if not isinstance(config_block, dict):
+        raise SchemaError(manifest.path, "an adapter model records its adapter config", "/adapter")
+    raw = _checked(reg, manifest, config_block, "/adapter/config/path")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise StemmaError(
+            f"{reg.rel('models', manifest.name, str(config_block['path']))}: not a JSON object"
+        )
+    if base_ref is not None:
+        doc["base_model_name_or_path"] = base_ref
+    weights = _checked(reg, manifest, manifest.raw["weights"], "/weights/path")
+    return [(PEFT_CONFIG, _dump(doc)), (PEFT_WEIGHTS, weights)]
+
+
+def weight_files(
+    reg: Registry, manifest: Manifest, base_ref: str | None = None
+) -> list[tuple[str, bytes]]:
+    """(file name, content) of the library layout for this version; `base_ref` is what an
+    adapter's config names as its base. Raises for a family without a layout."""
     config = dict((manifest.raw.get("architecture") or {}).get("config") or {})
     family = str(config.get("family", ""))
-    relation = (manifest.raw.get("source") or {}).get("relation")
-    if relation == "adapter":
-        return [(f, _read(reg, manifest.name, f)) for f in PEFT_FILES]
+    if manifest.raw.get("adapter"):
+        return _adapter_files(reg, manifest, base_ref)
+    weights = manifest.raw["weights"]
     if family == "transformers":
-        hf = _transformers_config(config, manifest.name)
-        return [("config.json", _dump(hf)), (WEIGHTS_NAME, _weights(reg, manifest))]
-    if family == "timm":
-        cfg = _timm_config(config, manifest.name)
-        return [("config.json", _dump(cfg)), (WEIGHTS_NAME, _weights(reg, manifest))]
-    raise StemmaError(
-        f"--weights is not supported for family {family or 'unknown'!r} (model"
-        f" {manifest.name!r}): only {', '.join(LAYOUTS)} and adapters have a library layout"
+        doc = _transformers_config(config, manifest.name)
+    elif family == "timm":
+        doc = _timm_config(config, manifest.name)
+    elif family in MODULE_FAMILIES:
+        doc = config
+    else:
+        raise StemmaError(
+            f"--weights is not supported for family {family or 'unknown'!r} (model"
+            f" {manifest.name!r}): no library loads it"
+        )
+    return [
+        (CONFIG_NAME, _dump(doc)),
+        (WEIGHTS_NAME, _checked(reg, manifest, weights, "/weights/path")),
+    ]
+
+
+def hub_id_pattern() -> re.Pattern[str]:
+    """A Hub repository id (`org/name` or `name`): the model spec's `hub_id` pattern."""
+    from stemma import schemas
+
+    return re.compile(str(schemas.load("model-spec")["properties"]["hub_id"]["pattern"]))
+
+
+def _card_metadata(path: Path) -> dict[str, Any]:
+    """The YAML front matter of a README card (empty when there is none); a bounded
+    regular file, safe-loaded like every YAML stemma reads."""
+    text = read_text_file(path, str(path), limit=MAX_CARD_BYTES)
+    if text is None or not text.startswith("---"):
+        return {}
+    head, sep, _ = text[3:].partition("\n---")
+    doc = load_yaml_text(head, str(path)) if sep else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def snapshot_hub_id(folder: Path) -> str | None:
+    """The Hub id of a snapshot folder that huggingface_hub downloaded: from the cache's own
+    layout (`models--ORG--NAME/snapshots/REVISION`), else from the folder's README card
+    (`model_id`, or `model-index[0].name` when it is an `org/name` id). None when unknown."""
+    valid = hub_id_pattern()
+    parts = Path(folder).resolve().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        candidate = parts[-3][len("models--") :].replace("--", "/")
+        if valid.match(candidate):
+            return candidate
+    try:  # the card is optional metadata: one the loader refuses names nothing
+        meta = _card_metadata(Path(folder) / "README.md")
+    except StemmaError:
+        return None
+    index = meta.get("model-index")
+    named = (
+        index[0].get("name")
+        if isinstance(index, list) and index and isinstance(index[0], dict)
+        else None
     )
+    for value in (meta.get("model_id"), named):
+        if isinstance(value, str) and "/" in value and valid.match(value):
+            return value
+    return None

@@ -53,9 +53,11 @@ def test_card_of_a_derived_model_parses(populated: Registry, tmp_path: Path) -> 
     data = card.data
     assert data.base_model == "acme/digits-base"  # the source's hub_id, declared in its spec
     assert data.base_model_relation == "finetune"
-    assert data.datasets == ["digits-5to9"]
+    assert data.datasets is None  # local names are no Hub dataset ids: under `stemma`
+    assert [d["name"] for d in data.stemma["datasets"]] == ["digits-5to9", "digits-5to9"]
     assert data.license == "apache-2.0"
-    assert data.library_name == "pytorch"
+    assert data.library_name is None  # the Hub's library list has no plain torch module
+    assert data.pipeline_tag == "image-classification"
     assert data.tags == ["stemma", "digits", "mlp"]
     results = {
         (r.metric_type, r.metric_value, r.dataset_name, r.task_type) for r in data.eval_results
@@ -67,7 +69,7 @@ def test_card_of_a_derived_model_parses(populated: Registry, tmp_path: Path) -> 
         reg.dataset_manifest("digits-5to9").id  # type: ignore[union-attr]
     }
     text = card.text
-    for section in ("## Lineage", "## Transfer report", "## Gates", "## Checks"):
+    for section in ("## Usage", "## Lineage", "## Transfer report", "## Gates", "## Checks"):
         assert section in text
     assert "finetune of **base**" in text and manifest.raw["source"]["id"][:19] in text
     assert "| accuracy | >= 0.5 | 0.9 | True |" in text
@@ -82,7 +84,7 @@ def test_distill_maps_to_finetune_with_a_tag(populated: Registry, tmp_path: Path
     assert "distilled from **base**" in ModelCard.load(tmp_path / "card" / "README.md").text
 
 
-def test_card_cli_and_unsupported_weights(populated: Registry, tmp_path: Path, cli: Any) -> None:
+def test_card_cli_and_missing_weights(populated: Registry, tmp_path: Path, cli: Any) -> None:
     reg = derived(populated)
     res = cli(["export", "card", "ft", str(tmp_path / "c"), "--json"], reg.root)
     assert res.code == 0, res.stderr
@@ -90,7 +92,7 @@ def test_card_cli_and_unsupported_weights(populated: Registry, tmp_path: Path, c
     res = cli(["export", "card", "ft", str(tmp_path / "w"), "--weights"], reg.root)
     assert res.code == 1
     assert res.stderr.count("\n") == 1
-    assert "--weights is not supported for family 'mlp'" in res.stderr
+    assert "models/ft/weights.safetensors is missing" in res.stderr
     assert not (tmp_path / "w").exists()  # nothing written on refusal
 
 
@@ -173,13 +175,35 @@ def test_weights_of_another_version_are_refused(populated: Registry, tmp_path: P
 
 def test_adapter_card_and_peft_files(populated: Registry, tmp_path: Path) -> None:
     from peft import LoraConfig, PeftModel, get_peft_model
+    from stemma.migration.adapters import adapter_files
 
     reg = derived(populated, relation="adapter")
     base = _tiny_bert()
     lora = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], init_lora_weights=False)
     tuned = get_peft_model(_tiny_bert(), lora).eval()
-    tuned.save_pretrained(reg.model_dir("ft"))  # PEFT's own format, beside the manifest
-    written = export_card(reg, "ft", tmp_path / "adapter", weights=True)
+    files = adapter_files(tuned)  # the bytes the build writes, where the build writes them
+    for name, data in files.items():
+        (reg.model_dir("ft") / "adapter").mkdir(exist_ok=True)
+        (reg.model_dir("ft") / "adapter" / name).write_bytes(data)
+    blocks = {
+        n: {**file_hashes(reg.model_dir("ft") / "adapter" / n), "path": f"adapter/{n}"}
+        for n in files
+    }
+    base_id = reg.model_manifest("base").id  # type: ignore[union-attr]
+    model_manifest(
+        reg,
+        "ft",
+        weights={**blocks["adapter_model.safetensors"], "format": "safetensors"},
+        adapter={
+            "format": "peft-lora",
+            "base": {"model": "base", "id": base_id},
+            "r": 2,
+            "alpha": 4,
+            "target_modules": ["query", "value"],
+            "config": {**blocks["adapter_config.json"], "format": "json"},
+        },
+    )
+    written = export_card(Registry.open(reg.root), "ft", tmp_path / "adapter", weights=True)
     assert sorted(p.name for p in written.files) == [
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -187,6 +211,8 @@ def test_adapter_card_and_peft_files(populated: Registry, tmp_path: Path) -> Non
     data = ModelCard.load(written.path).data
     assert data.base_model_relation == "adapter" and data.library_name == "peft"
     assert data.base_model == "acme/digits-base"
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "acme/digits-base"
     loaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     ids = torch.tensor([[3, 4, 5]])
     with torch.no_grad():
