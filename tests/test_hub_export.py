@@ -19,6 +19,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 from stemma.registry import Registry
 from stemma.registry.card import export_card, front_matter
+from stemma.registry.errors import StemmaError
 from stemma.registry.files import file_hashes
 from stemma.registry.hubfiles import snapshot_hub_id
 from test_card import _tiny_bert
@@ -271,3 +272,16 @@ def test_snapshot_readme_that_is_a_pipe_does_not_hang(tmp_path: Path) -> None:
     bad = tmp_path / "models--a--..--b" / "snapshots" / "r"
     bad.mkdir(parents=True)
     assert snapshot_hub_id(bad) is None
+
+
+def test_a_dataset_hub_id_is_listed_in_datasets(populated: Registry) -> None:
+    spec = populated.root / "datasets/digits-5to9/spec.yaml"
+    spec.write_text("hub_id: acme/digits\n" + spec.read_text())
+    reg = _registry(populated, "architecture: {family: mlp}\n")
+    model_manifest(reg, "base")
+    model_manifest(reg, "ft")
+    meta = front_matter(reg, reg.model_manifest("ft"))  # type: ignore[arg-type]
+    assert meta["datasets"] == ["acme/digits"]
+    spec.write_text(spec.read_text().replace("acme/digits", '"acme/digits\\n"'))
+    with pytest.raises(StemmaError, match="hub_id"):
+        Registry.open(reg.root).dataset_spec("digits-5to9")
