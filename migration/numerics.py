@@ -24,10 +24,19 @@ never imports torch and `stemma build` calls `pin` first thing. When torch is al
 (a library caller that imported it) the pin cannot take effect any more: `pin` then changes
 nothing and `record` says so, rather than claiming bits it cannot promise.
 
+MKL's vector math (torch's float32 ``sqrt``, ``exp``, ``log``, ``tanh``, ``erf`` on the CPU) is
+not covered by these pins in the same way: its ``sqrt`` under ``MKL_CBWR=COMPATIBLE`` is not
+correctly rounded and its last bits follow the processor (it was the one operation of the
+portability probe where an emulated AMD CPUID parted from an Intel Xeon). Builds therefore take
+the square root they need (Adam's) from IEEE operations (`optim.sqrt`).
+
 What portable guarantees: the same spec, data, torch version and thread count give the same
-bits on any x86-64 processor with AVX2 (Intel or AMD, AVX2 or AVX-512). What it does not:
+bits on processors whose numerics fingerprint (`fingerprint.py`) equals the build's; shown for
+an Intel Xeon and for emulated AMD (EPYC-Rome) and Intel (Haswell) CPUIDs. What it does not:
 another torch (or MKL / oneDNN) version, another architecture (arm64 has no pin here), CUDA.
-``native`` leaves every library its fastest path for this processor.
+``native`` leaves every library its fastest path for this processor. Cost, measured with
+``benchmarks/bench_build.py --numerics --repeat 3`` on the Intel Xeon: the example's builds
+took 1.03x the CPU time of native (wall time was noise-bound on a loaded machine).
 """
 
 from __future__ import annotations
