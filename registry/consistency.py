@@ -263,7 +263,13 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
     subject = f"model:{spec.name}"
     found = []
     src = spec.source
-    if src is not None and not src.auto and src.model not in models:
+    # a declared source whose own spec is invalid has its own error: the child says nothing
+    if (
+        src is not None
+        and not src.auto
+        and src.model not in models
+        and not reg.has_model(src.model)
+    ):
         hint = Registry._hint(src.model, list(models))
         found.append(
             Violation(

@@ -6,6 +6,7 @@ Every loader validates first, so a record always holds a schema-valid document.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,15 @@ def validate_document(doc: Any, schema: str, display: str, text: str | None = No
         if extra:
             parts.append(extra[0])
             reason = f"unknown key {extra[0]!r}"
+            close = difflib.get_close_matches(extra[0], list(known), n=1, cutoff=0.6)
+            if close:
+                reason += f"; did you mean {close[0]!r}?"
+    elif (
+        err.validator == "pattern" and isinstance(err.schema, dict) and "description" in err.schema
+    ):
+        # the schema says what the pattern means ("a comparison such as '>= 0.90'"); the
+        # raw regular expression helps nobody
+        reason = f"expected {err.schema['description']}, got {err.instance!r}"
     elif err.validator == "required":
         reason = f"missing required field: {err.message}"
     elif err.schema is False:  # a field its context never reads

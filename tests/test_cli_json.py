@@ -113,3 +113,45 @@ def test_verify_rebuild_says_when_it_starts_and_ends(built: dict[str, Any], cli:
     end = next(i for i, line in enumerate(lines) if "rebuilt and compared base in" in line)
     assert start < end and lines[end].rstrip().endswith(" s")
     assert json.loads(res.stdout)["model"] == "base"  # stdout is still one JSON document
+
+
+# -- spec errors that say what to write ---------------------------------------------------------
+
+BARE_BASE = "architecture: {family: mlp, hidden: [16]}\ndata: {train: d04}\n"
+CHILD = """
+    source: {model: base, relation: finetune}
+    data: {train: d04}
+"""
+
+
+@pytest.mark.parametrize(
+    ("spec", "said", "unsaid"),
+    [
+        ("training: {epocs: 3}\n", "unknown key 'epocs'; did you mean 'epochs'?", None),
+        ("gates: {accuracy: '>=0.9x'}\n", "a comparison such as '>= 0.90'", "^\\s*"),
+    ],
+)
+def test_spec_errors_suggest_the_fix(
+    tmp_path: Path, registry_template: Path, cli: Any, spec: str, said: str, unsaid: str | None
+) -> None:
+    base = BARE_BASE + spec
+    reg = new_registry(
+        tmp_path / "repo", registry_template, {**SPECS, "models/base/spec.yaml": base}
+    )
+    res = cli(["validate"], reg.root)
+    assert res.code == 1 and said in res.stderr, res.stderr
+    assert unsaid is None or unsaid not in res.stderr
+
+
+def test_a_child_of_an_invalid_spec_does_not_call_it_missing(
+    tmp_path: Path, registry_template: Path, cli: Any
+) -> None:
+    specs = {
+        **SPECS,
+        "models/base/spec.yaml": BARE_BASE + "training: {epocs: 3}\n",
+        "models/child/spec.yaml": CHILD,
+    }
+    reg = new_registry(tmp_path / "repo", registry_template, specs)
+    res = cli(["validate"], reg.root)
+    assert res.code == 1 and "models/base/spec.yaml" in res.stderr
+    assert "does not exist" not in res.stderr, res.stderr
