@@ -423,7 +423,15 @@ def test_precommit_hooks_and_ci_example(cli, tmp_path: Path) -> None:
     assert 'stemma audit --base "origin/${{ github.base_ref }}" --format md' in workflow
     paths = yaml.safe_load(workflow)[True]["pull_request"]["paths"]  # YAML 1.1 reads `on` as True
     assert {"**/metrics.json", "**/curve.json", "**/manifest.json"} <= set(paths)
-    assert yaml.safe_load(workflow)["permissions"]["pull-requests"] == "write"
+    doc = yaml.safe_load(workflow)
+    # the job that runs the pull request's code never holds a writable token (a fork's is
+    # read-only anyway); only the comment job, which runs none of it, may write, on branches
+    # of this repository
+    assert doc["permissions"] == {"contents": "read"} and "pull_request_target" not in doc[True]
+    assert doc["jobs"]["comment"]["permissions"] == {"pull-requests": "write"}
+    assert "head.repo.full_name == github.repository" in doc["jobs"]["comment"]["if"]
+    assert "$GITHUB_STEP_SUMMARY" in workflow and "actions/upload-artifact" in workflow
+    assert "pip install stemma-ml" not in workflow  # no such package on the public index
 
 
 def test_audit_hook_fails_on_a_staged_metrics_edit(repo: Path, cli) -> None:
