@@ -13,11 +13,12 @@ from ._common import JsonOpt, OverwriteOpt, RepoOpt, emit_json, fail
 
 
 def register(export_app: typer.Typer) -> None:
-    """Add the card and OpenLineage exports to the `export` sub-app (once)."""
+    """Add the card, OpenLineage and MLflow exports to the `export` sub-app (once)."""
     if any(c.name == "card" for c in export_app.registered_commands):
         return
     export_app.command("card")(card)
     export_app.command("openlineage")(openlineage)
+    export_app.command("mlflow")(mlflow)
 
 
 def card(
@@ -108,3 +109,38 @@ def openlineage(
         typer.echo(f"wrote {len(events)} events to {output}", err=True)
         return
     typer.echo(lib.to_jsonl(events), nl=False)
+
+
+def mlflow(
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking and registry store: a sqlite:/// URI or a server URL"
+            " (default: MLFLOW_TRACKING_URI).",
+            show_default=False,
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Export every model version to MLflow: runs with metrics, parameters and lineage, model
+    versions, stages as aliases (NAME#prod -> prod). A second export changes nothing."""
+    import os
+
+    from stemma.registry.mlflow_export import export
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise fail("give --tracking-uri or set MLFLOW_TRACKING_URI", code=2)
+    report = export(Registry.open(repo), uri)
+    if json_:
+        emit_json(report.to_dict())
+        return
+    for line in [*(f"created {v}" for v in report.created), *report.changed]:
+        typer.echo(line)
+    typer.echo(
+        f"{len(report.created)} versions created, {len(report.changed)} labels changed,"
+        f" {report.unchanged} unchanged",
+        err=True,
+    )

@@ -8,8 +8,9 @@ is the model, versioned by its own id. The job carries the spec as its source co
 commit that recorded the build; the run carries the metrics and gates (`stemma_metrics`).
 Run ids are uuid5 of the manifest id, so exporting twice gives the same events.
 
-Builds come in lineage order (`dag.build_order`): every build after the builds it read, so a
-lineage server that links an input to the newest version it has seen links the right one.
+Builds come in lineage order (`builds.builds`, over `dag.build_order`): every build after the
+builds it read, so a lineage server that links an input to the newest version it has seen
+links the right one.
 Events follow the OpenLineage 2-0-2 schema; `send` hands them to openlineage-python's
 transports (`registry/_olsend.py`).
 """
@@ -20,17 +21,17 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from ._olsend import send
-from .dag import build_order
-from .errors import GitError, StemmaError
+from .builds import builds
+from .errors import GitError
 from .files import Outputs
-from .history import all_dataset_history, all_history, dataset_manifest_at, git_paths, manifest_at
+from .history import git_paths
 from .pipeline import stage_name
-from .registry import SPEC_FILE, Registry
+from .registry import Registry
 from .tree import git
 
 __all__ = ["METRICS_FACET_SCHEMA", "build_events", "events", "run_id", "send", "to_jsonl"]
@@ -227,15 +228,6 @@ def dataset_events(
     return _pair(raw, _job(namespace, "dataset", raw, origin), ([], [output]), {})
 
 
-def _since(reg: Registry, rev: str) -> set[str]:
-    """Commits reachable from HEAD but not from `rev`."""
-    top = git_paths(reg).top
-    if rev.startswith("-"):
-        raise StemmaError(f"invalid revision {rev!r} for --since")
-    git(top, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    return set(git(top, "rev-list", f"{rev}..HEAD").decode().split())
-
-
 def _repo_url(top: Path) -> str:
     """The `origin` remote when it is a URL, else the work tree as a file URI."""
     try:
@@ -248,46 +240,13 @@ def _repo_url(top: Path) -> str:
 def events(
     reg: Registry, since: str | None = None, namespace: str = "stemma"
 ) -> list[dict[str, Any]]:
-    """Every build's events in lineage order: datasets, then models, each after the builds it
-    read and otherwise oldest first (builds committed after `since` only, when given)."""
-    paths = git_paths(reg)
-    keep = _since(reg, since) if since is not None else None
-    url = _repo_url(paths.top)
-    builds: dict[str, tuple[str, str, str, str]] = {}  # key -> kind, name, id, commit
-    by_id: dict[str, str] = {}
-    try:
-        commits = git(paths.top, "rev-list", "--topo-order", "--reverse", "HEAD").decode().split()
-    except GitError:
-        commits = []  # no commit yet: no history, no builds
-    age = {c: i for i, c in enumerate(commits)}  # oldest first, parents before children
-    for kind, found in (("dataset", all_dataset_history(reg)), ("model", all_history(reg))):
-        for v in reversed(found):  # oldest first
-            if v.id in by_id or (keep is not None and v.commit not in keep):
-                continue  # a version restored later is the same build, not a new run
-            # `build_order` breaks ties by key: datasets first, then older commits, then name
-            rank = age.get(v.commit, len(age))
-            key = f"{0 if kind == 'dataset' else 1}:{rank:09d}:{v.name}"
-            builds[key] = (kind, v.name, v.id, v.commit)
-            by_id[v.id] = key
-    docs: dict[str, dict[str, Any]] = {}
-    deps: dict[str, list[str]] = {}
-    for key, (kind, name, _mid, commit) in builds.items():
-        if kind == "dataset":
-            docs[key] = dict(dataset_manifest_at(reg, name, commit).raw)
-            deps[key] = []
-            continue
-        raw = dict(manifest_at(reg, name, commit).raw)
-        docs[key] = raw
-        read = [raw["source"].get("id")] if isinstance(raw.get("source"), dict) else []
-        read += [ref.get("id") for ref in (raw.get("datasets") or {}).values()]
-        deps[key] = [by_id[i] for i in read if i in by_id]
+    """Every build's events in lineage order (`builds.builds`): datasets, then models, each
+    after the builds it read, otherwise oldest first (those committed after `since` only)."""
+    url = _repo_url(git_paths(reg).top)
     out: list[dict[str, Any]] = []
-    for key in build_order(deps, strict=False):
-        kind, name, _mid, commit = builds[key]
-        spec = PurePosixPath(paths.prefix).parent / f"{kind}s" / name / SPEC_FILE
-        origin = Origin(url, str(spec), commit)
-        make = dataset_events if kind == "dataset" else build_events
-        out += make(docs[key], namespace, origin)
+    for b in builds(reg, since):
+        make = dataset_events if b.kind == "dataset" else build_events
+        out += make(b.raw, namespace, Origin(url, b.spec_path, b.commit))
     return out
 
 
