@@ -67,6 +67,12 @@ def _http_config(url: str, retries: int | None, backoff: float | None) -> dict[s
     return config
 
 
+def _public(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def send(
     found: list[dict[str, Any]],
     url: str | None = None,
@@ -78,7 +84,8 @@ def send(
     `retries` and `backoff` override the HTTP transport's retry policy for `url`."""
     client_mod = require("openlineage.client.client", "openlineage")
     config = {"transport": _http_config(url, retries, backoff)} if url is not None else None
-    where = url or "the OpenLineage transport"
+    # name the address in messages without any user:password part
+    where = _public(url) if url is not None else "the OpenLineage transport"
     try:
         with _environ_kept():
             client = client_mod.OpenLineageClient(config=config)
@@ -95,7 +102,8 @@ def send(
         raise StemmaError(f"{where} refused an event: HTTP {status} {reason}".rstrip()) from None
     except requests.RequestException as exc:
         # the message names the address and the cause, never the headers (the API key)
-        raise StemmaError(f"cannot post to {where}: {str(exc)[:300]}") from None
+        cause = str(exc).replace(url or "\0", where)[:300]
+        raise StemmaError(f"cannot post to {where}: {cause}") from None
     finally:
         client.close()
     return str(getattr(transport, "kind", "unknown"))

@@ -253,6 +253,12 @@ def test_url_sends_through_the_client_with_key_and_retry(
         ol.send(events[:1], f"{receiver}/broken", retries=0)
     with pytest.raises(StemmaError, match="http:// or https://"):
         ol.send([], "file:///etc/passwd")
+    closed = HTTPServer(("127.0.0.1", 0), _Receiver)
+    port = closed.server_port
+    closed.server_close()  # nothing listens there now: refused at once, no retry asked
+    with pytest.raises(StemmaError, match="cannot post to") as refused:
+        ol.send(events[:1], f"http://u:secret@127.0.0.1:{port}/x", retries=0)
+    assert "secret" not in str(refused.value)
     res = cli(["export", "openlineage", "--url", f"{receiver}/reject"], reg.root)
     assert res.code == 1 and res.stderr.count("\n") == 1 and "k-123" not in res.stderr
     assert "refused an event: HTTP 400" in res.stderr
