@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from stemma.registry import _store
 from torch import nn
 
 from . import optim
@@ -195,20 +194,13 @@ def _cache_key() -> str:
 
 def _read_cached(path: Path) -> dict[str, Any] | None:
     """A cached fingerprint, or None when it is absent or damaged (a miss, never an answer)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    data = _store.read(path, limit=_CACHE_LIMIT)
+    if data is None:
         return None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _CACHE_LIMIT:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            doc = json.loads(f.read(_CACHE_LIMIT + 1))
-    except (OSError, ValueError, RecursionError):
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
         return None
-    finally:
-        os.close(fd)
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         return None
     ops = doc.get("ops")
@@ -228,12 +220,5 @@ def of_this_machine(cache_dir: Path | None) -> dict[str, Any]:
     if cached is not None:
         return cached
     doc = compute()
-    try:  # a cache that cannot be written is no error: the next build computes it again
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        if not cache_dir.is_symlink():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc, sort_keys=True))
-            os.replace(tmp, path)
-    except OSError:
-        pass
+    _store.write(path, json.dumps(doc, sort_keys=True))  # unwritable: computed again next time
     return doc
