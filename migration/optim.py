@@ -27,7 +27,7 @@ torch's root swapped in).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -51,12 +51,29 @@ def sqrt(t: torch.Tensor) -> torch.Tensor:
 
 
 class Optimizer:
-    """A single group of parameters with one learning rate; the loop's two calls."""
+    """Parameters with one base learning rate `lr` (the loop's schedule sets it before each
+    step), each scaled by its group's factor (`scales`, default 1: discriminative fine-tuning
+    gives the body a smaller rate than the head); the loop's two calls."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> None:
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float,
+        weight_decay: float,
+        scales: Mapping[nn.Parameter, float] | None = None,
+    ) -> None:
         self.params = list(params)
         self.lr = lr
         self.weight_decay = weight_decay
+        self.scales = dict(scales or {})
+
+    def groups(self, params: list[nn.Parameter]) -> list[tuple[float, list[nn.Parameter]]]:
+        """`params` by learning-rate factor, in order of first appearance: one update call
+        per group, so a spec without factors updates everything in one call, as before."""
+        found: dict[float, list[nn.Parameter]] = {}
+        for p in params:
+            found.setdefault(self.scales.get(p, 1.0), []).append(p)
+        return list(found.items())
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forget the gradients (set to None, as torch.optim does by default)."""
@@ -87,15 +104,19 @@ class SGD(Optimizer):
         lr: float,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        scales: Mapping[nn.Parameter, float] | None = None,
     ) -> None:
-        super().__init__(params, lr, weight_decay)
+        super().__init__(params, lr, weight_decay, scales)
         self.momentum = momentum
         self.buffers: dict[nn.Parameter, torch.Tensor] = {}
 
     @torch.no_grad()
     def step(self) -> None:
         """One SGD step; the momentum buffer starts as the first gradient (torch's rule)."""
-        params = self._with_grad()
+        for scale, params in self.groups(self._with_grad()):
+            self._step(params, self.lr * scale)
+
+    def _step(self, params: list[nn.Parameter], lr: float) -> None:
         buffers: list[torch.Tensor | None] = [self.buffers.get(p) for p in params]
         sgd(
             list(params),
@@ -103,7 +124,7 @@ class SGD(Optimizer):
             buffers,
             weight_decay=self.weight_decay,
             momentum=self.momentum,
-            lr=self.lr,
+            lr=lr,
             dampening=0.0,
             nesterov=False,
             maximize=False,
@@ -126,8 +147,9 @@ class Adam(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         root: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        scales: Mapping[nn.Parameter, float] | None = None,
     ) -> None:
-        super().__init__(params, lr, weight_decay)
+        super().__init__(params, lr, weight_decay, scales)
         self.decoupled, self.betas, self.eps = decoupled, betas, eps
         self.root = root or sqrt  # portable mode's root; tests swap in torch's to compare
         self.state: dict[nn.Parameter, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -145,12 +167,15 @@ class Adam(Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         """One Adam step (the update function advances each `step` counter)."""
-        params = self._with_grad()
+        for scale, params in self.groups(self._with_grad()):
+            self._step(params, self.lr * scale)
+
+    def _step(self, params: list[nn.Parameter], lr: float) -> None:
         states = [self._state(p) for p in params]
         if is_portable() and all(p.device.type == "cpu" and not p.is_complex() for p in params):
             for p, (step_t, exp_avg, exp_avg_sq) in zip(params, states, strict=True):
                 assert p.grad is not None
-                self._update(p, p.grad, step_t, exp_avg, exp_avg_sq)
+                self._update(p, p.grad, step_t, exp_avg, exp_avg_sq, lr)
             return
         adam(
             list(params),
@@ -163,7 +188,7 @@ class Adam(Optimizer):
             amsgrad=False,
             beta1=self.betas[0],
             beta2=self.betas[1],
-            lr=self.lr,
+            lr=lr,
             weight_decay=self.weight_decay,
             eps=self.eps,
             maximize=False,
@@ -177,9 +202,10 @@ class Adam(Optimizer):
         step_t: torch.Tensor,
         exp_avg: torch.Tensor,
         exp_avg_sq: torch.Tensor,
+        lr: float,
     ) -> None:
         """torch.optim.adam's single-tensor update (torch 2.4-2.14), with the portable root."""
-        lr, wd, (beta1, beta2) = self.lr, self.weight_decay, self.betas
+        wd, (beta1, beta2) = self.weight_decay, self.betas
         step_t += 1
         if wd != 0:
             if self.decoupled:

@@ -90,13 +90,19 @@ class Task:
         return name
 
     def loss(
-        self, out: torch.Tensor, y: torch.Tensor, name: str | None = None, smoothing: float = 0.0
+        self,
+        out: torch.Tensor,
+        y: torch.Tensor,
+        name: str | None = None,
+        smoothing: float = 0.0,
+        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean loss of float outputs `out` against targets `y` (from `target`)."""
+        """Mean loss of float outputs `out` against targets `y` (from `target`); `weight`:
+        cross-entropy's per-class weights (`training.class_weights`)."""
         out = out.float()
         name = self.resolve_loss(name)
         if name == "cross_entropy":
-            return F.cross_entropy(out, y, label_smoothing=smoothing)
+            return F.cross_entropy(out, y, weight=weight, label_smoothing=smoothing)
         if name == "bce":
             return F.binary_cross_entropy_with_logits(out, y)
         out = out.reshape(y.shape)

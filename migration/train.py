@@ -8,6 +8,8 @@ cached and the recomputed paths compute the same function.
 
 from __future__ import annotations
 
+import fnmatch
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,13 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.records import MODEL_SPEC, validate_document
 from stemma.registry.taskspec import LOSSES as TASK_LOSSES
 from torch import nn
 
 from . import optim
 from .architectures import FeatureStage, head_of, stages
+from .checkpoint import Checkpointer
 from .evaluate import autocast, predict
 from .families import input_dtype
+from .loopstate import EarlyStopping, Tracker, restore, snapshot
+from .schedules import Schedule
 from .strategy import hold_in_eval
 from .tasks import for_labels
 
@@ -52,6 +58,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    # fine-tuning options (README "Training options"); at their defaults the loop is as before
+    schedule: Schedule | None = None
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
+    early_stopping: EarlyStopping | None = None
+    class_weights: str | tuple[float, ...] | None = None  # "balanced" or one per class
+    lr_multipliers: tuple[tuple[str, float], ...] = ()  # (glob, factor): first match wins
+    checkpoint_every: int | None = None  # epochs; None: by time (checkpoint.AUTO_INTERVAL_S)
 
     @classmethod
     def from_spec(
@@ -71,7 +85,16 @@ class TrainConfig:
                 f"{display} at /training" if key in block else "stemma.yaml at /defaults/training"
             )
             raise BuildError(f"{where}/{key}: unknown training setting")
-        cfg = cls(**merged)
+        # the schema is the one home of the fields' types and ranges (None stands for absent:
+        # `to_dict` gives it for unset optional fields, and search reads that back)
+        given = {k: v for k, v in merged.items() if v is not None}
+        sched = given.get("schedule")
+        if isinstance(sched, Mapping) and {"warmup_steps", "warmup_epochs"} <= set(sched):
+            raise BuildError(
+                f"{display} at /training/schedule: give warmup_steps or warmup_epochs, not both"
+            )
+        validate_document({"data": {"train": "x"}, "training": given}, MODEL_SPEC, display)
+        cfg = cls(**_parsed(merged, display))
         if cfg.optimizer not in OPTIMIZERS:
             raise BuildError(
                 f"{display} at /training/optimizer: unknown optimizer"
@@ -87,8 +110,30 @@ class TrainConfig:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved block."""
-        return asdict(self)
+        """The resolved block (the spec's shapes: `from_spec` reads it back)."""
+        doc = asdict(self)
+        doc["schedule"] = self.schedule.to_dict() if self.schedule else None
+        doc["early_stopping"] = self.early_stopping.to_dict() if self.early_stopping else None
+        doc["lr_multipliers"] = dict(self.lr_multipliers)
+        if isinstance(self.class_weights, tuple):
+            doc["class_weights"] = list(self.class_weights)
+        return doc
+
+
+def _parsed(merged: Mapping[str, Any], display: str) -> dict[str, Any]:
+    """The nested blocks of a (schema-valid) training block as the config holds them."""
+    out = dict(merged)
+    if isinstance(out.get("schedule"), Mapping):
+        out["schedule"] = Schedule.from_spec(out["schedule"], display)
+    if isinstance(out.get("early_stopping"), Mapping):
+        out["early_stopping"] = EarlyStopping.from_spec(out["early_stopping"], display)
+    if isinstance(out.get("class_weights"), list):
+        out["class_weights"] = tuple(float(w) for w in out["class_weights"])
+    if isinstance(out.get("lr_multipliers"), Mapping):
+        out["lr_multipliers"] = tuple((str(k), float(v)) for k, v in out["lr_multipliers"].items())
+    elif out.get("lr_multipliers") is None:
+        out.pop("lr_multipliers", None)
+    return out
 
 
 @dataclass
@@ -102,6 +147,21 @@ class TrainResult:
     train_seconds: float = 0.0
     samples_per_s: float = 0.0
     threads: int = 1
+    best_epoch: int | None = None  # early stopping: the epoch whose weights were kept
+    stopped_epoch: int | None = None  # early stopping: the last epoch trained
+    resumed_epoch: int | None = None  # the checkpoint's epoch a resumed build started after
+
+    def run_notes(self) -> dict[str, Any]:
+        """What the manifest's run block adds about this training (empty for a plain one)."""
+        notes: dict[str, Any] = {}
+        if self.best_epoch is not None:
+            notes["early_stopping"] = {
+                "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch,
+            }
+        if self.resumed_epoch is not None:
+            notes["resumed_after_epoch"] = self.resumed_epoch
+        return notes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,19 +173,45 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def lr_scales(
+    named: Sequence[tuple[str, nn.Parameter]], cfg: TrainConfig, display: str = "spec.yaml"
+) -> dict[nn.Parameter, float]:
+    """Each trainable parameter's learning-rate factor: the first `lr_multipliers` glob that
+    matches its name; a glob that matches no trainable parameter is an error (a typo would
+    otherwise train everything at the base rate)."""
+    scales: dict[nn.Parameter, float] = {}
+    for pattern, factor in cfg.lr_multipliers:
+        hits = [p for n, p in named if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise BuildError(
+                f"{display} at /training/lr_multipliers/{pattern}: matches no trainable"
+                f" parameter; names look like {named[0][0] if named else '(none)'!r}"
+            )
+        for p in hits:
+            scales.setdefault(p, factor)
+    return scales
+
+
 def make_optimizer(
-    params: Sequence[nn.Parameter], cfg: TrainConfig, display: str = "spec.yaml"
+    params: Sequence[nn.Parameter],
+    cfg: TrainConfig,
+    display: str = "spec.yaml",
+    scales: Mapping[nn.Parameter, float] | None = None,
 ) -> optim.Optimizer:
     """The optimizer the config names (torch.optim's update rules, see migration/optim.py)."""
     if cfg.optimizer == "sgd":
         return optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay or 0.0
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay or 0.0,
+            scales=scales,
         )
     if cfg.optimizer == "adam":
-        return optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0)
+        return optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0, scales=scales)
     if cfg.optimizer == "adamw":
         wd = 0.01 if cfg.weight_decay is None else cfg.weight_decay  # torch.optim.AdamW's
-        return optim.Adam(params, lr=cfg.lr, weight_decay=wd, decoupled=True)
+        return optim.Adam(params, lr=cfg.lr, weight_decay=wd, decoupled=True, scales=scales)
     raise BuildError(
         f"{display} at /training/optimizer: unknown optimizer {cfg.optimizer!r};"
         f" use one of {', '.join(OPTIMIZERS)}"
@@ -199,8 +285,13 @@ def train(
     features: str = "cached",
     progress: Progress | None = None,
     display: str = "spec.yaml",
+    checkpoint: Checkpointer | None = None,
 ) -> TrainResult:
-    """Train `module` in place; returns the per-epoch curve and how training ran."""
+    """Train `module` in place; returns the per-epoch curve and how training ran.
+
+    With `checkpoint`, the loop's state is saved between epochs and a matching checkpoint
+    found at the start is resumed from: the weights end bit for bit as without the stop.
+    """
     device = resolve_device(cfg.device)
     deterministic = device.type == "cpu"
     amp = cfg.amp and device.type == "cuda"
@@ -208,108 +299,186 @@ def train(
     set_deterministic(deterministic)
     try:
         with cpu_threads(device):
-            return _train(
-                module,
-                x_train,
-                y_train,
-                x_eval,
-                y_eval,
-                cfg,
-                device,
-                amp,
-                features,
-                progress,
-                display,
-                deterministic,
+            data = (x_train, y_train, x_eval, y_eval)
+            return _Loop(module, data, cfg, device, amp, features, display).run(
+                progress, checkpoint, deterministic
             )
     finally:
         set_deterministic(prior)
 
 
-def _train(
-    module: nn.Module,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_eval: np.ndarray,
-    y_eval: np.ndarray,
-    cfg: TrainConfig,
-    device: torch.device,
-    amp: bool,
-    features: str,
-    progress: Progress | None,
-    display: str,
-    deterministic: bool,
-) -> TrainResult:
-    torch.manual_seed(cfg.seed)  # dropout draws from the global generator
-    module.to(device)
-    parts = stages(module)
-    k = frozen_prefix(module) if features == "cached" else 0
-    prefix = [m for _, m, _ in parts[:k]]
-    suffix = nn.Sequential(*(m for _, m, _ in parts[k:]))
-    dtype = input_dtype(module)  # token ids stay int64; everything else is float32
-    xt = torch.as_tensor(x_train, dtype=dtype).to(device)
-    xe = torch.as_tensor(x_eval, dtype=dtype).to(device)
-    task = for_labels(y_train)  # the stored labels' dtype and shape say the task
-    loss_name = task.resolve_loss(cfg.loss, display)
-    yt = task.target(y_train).to(device)
-    ye = task.target(y_eval).to(device)
-    if k:
-        stem = nn.Sequential(*prefix)
-        stem.eval()
-        # computed once; every epoch below starts from these features
-        xt, xe = predict(stem, xt, amp=amp), predict(stem, xe, amp=amp)
-        step_fn: Callable[[torch.Tensor], torch.Tensor] = suffix
-    else:
-        step_fn = module
-    eval_fn = suffix if k else module
-    frozen_all = frozen_prefix(module)
-    frozen_stages = [m for _, m, _ in parts[:frozen_all]]
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params and cfg.epochs > 0:
-        raise BuildError(f"{display} at /strategy: every parameter is frozen; nothing to train")
-    opt = make_optimizer(params, cfg, display) if params else None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    result = TrainResult(
-        features_cached=bool(k),
-        device=str(device),
-        deterministic=deterministic,
-        threads=torch.get_num_threads(),
-    )
-    n = len(yt)
-    spent = 0.0
-    for epoch in range(1, cfg.epochs + 1):
-        begin = time.perf_counter()
-        module.train()
-        _hold_eval(frozen_stages)
-        hold_in_eval(module)  # frozen batch-norm keeps the source's statistics
-        order = torch.randperm(n, generator=gen).to(device)
+class _Loop:
+    """One training run: the prepared tensors, step functions and optimizer."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        cfg: TrainConfig,
+        device: torch.device,
+        amp: bool,
+        features: str,
+        display: str,
+    ) -> None:
+        x_train, y_train, x_eval, y_eval = data
+        self.module, self.cfg, self.device, self.amp, self.display = (
+            module,
+            cfg,
+            device,
+            amp,
+            display,
+        )
+        torch.manual_seed(cfg.seed)  # dropout draws from the global generator
+        module.to(device)
+        parts = stages(module)
+        k = frozen_prefix(module) if features == "cached" else 0
+        prefix = [m for _, m, _ in parts[:k]]
+        suffix = nn.Sequential(*(m for _, m, _ in parts[k:]))
+        dtype = input_dtype(module)  # token ids stay int64; everything else is float32
+        self.xt = torch.as_tensor(x_train, dtype=dtype).to(device)
+        self.xe = torch.as_tensor(x_eval, dtype=dtype).to(device)
+        self.task = for_labels(y_train)  # the stored labels' dtype and shape say the task
+        self.loss_name = self.task.resolve_loss(cfg.loss, display)
+        self.weight = class_weights(cfg, self.task.name, self.loss_name, y_train, display)
+        if self.weight is not None:
+            self.weight = self.weight.to(device)
+        self.yt = self.task.target(y_train).to(device)
+        self.ye = self.task.target(y_eval).to(device)
+        self.cached = bool(k)
+        if k:
+            stem = nn.Sequential(*prefix)
+            stem.eval()
+            # computed once; every epoch below starts from these features
+            self.xt, self.xe = predict(stem, self.xt, amp=amp), predict(stem, self.xe, amp=amp)
+        self.step_fn: Callable[[torch.Tensor], torch.Tensor] = suffix if k else module
+        self.frozen_stages = [m for _, m, _ in parts[: frozen_prefix(module)]]
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        if not self.params and cfg.epochs > 0:
+            raise BuildError(f"{display} at /strategy: every parameter is frozen; nothing to train")
+        scales = lr_scales(named, cfg, display)
+        self.opt = make_optimizer(self.params, cfg, display, scales) if self.params else None
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.tracker = Tracker(cfg.early_stopping, self.task, display)
+        n, group = len(self.yt), cfg.batch_size * cfg.accumulate
+        self.steps_per_epoch = math.ceil(n / group) if n else 0
+        self.step = 0  # optimizer steps taken: the schedule's clock
+
+    def run(
+        self, progress: Progress | None, checkpoint: Checkpointer | None, deterministic: bool
+    ) -> TrainResult:
+        """Every epoch (from a checkpoint's, when one matches), then the best weights."""
+        cfg, module = self.cfg, self.module
+        result = TrainResult(
+            features_cached=self.cached,
+            device=str(self.device),
+            deterministic=deterministic,
+            threads=torch.get_num_threads(),
+        )
+        n = len(self.yt)
+        first, spent = 1, 0.0
+        loaded = checkpoint.load() if checkpoint is not None else None
+        if loaded is not None and checkpoint is not None:
+            meta = restore(loaded, module, self.opt, self.gen, self.tracker, self.device)
+            if meta is None:  # tensors that do not fit this module: start over
+                checkpoint.clear()
+            else:
+                first = int(meta["epoch"]) + 1
+                self.step, spent = int(meta["step"]), float(meta["spent"])
+                result.curve = list(meta["curve"])
+                result.resumed_epoch = first - 1
+        last = first - 1
+        for epoch in range(first, cfg.epochs + 1):
+            begin = time.perf_counter()
+            loss_sum, correct = self._epoch()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            spent += time.perf_counter() - begin
+            module.eval()
+            eval_fn = self.step_fn if self.cached else module
+            ev = self.task.scores(predict(eval_fn, self.xe, amp=self.amp), self.ye, self.loss_name)
+            hit_count = int(correct.item()) if self.task.counts_hits else None
+            row = self.task.curve_row(epoch, float(loss_sum.item()) / n, hit_count, n, ev)
+            result.curve.append(row)
+            last = epoch
+            stop = self.tracker.update(epoch, ev, module)
+            if progress is not None:
+                progress(epoch, cfg.epochs, row)
+            if stop:
+                break
+            if checkpoint is not None and checkpoint.due(epoch, cfg.epochs):
+                tensors = snapshot(module, self.opt, self.gen, self.tracker, self.device)
+                meta = {"step": self.step, "spent": spent, "curve": result.curve}
+                checkpoint.save(epoch, tensors, {**meta, "tracker": self.tracker.to_dict()})
+        if self.tracker.best_state is not None:  # early stopping keeps its best epoch
+            module.load_state_dict(self.tracker.best_state)
+            result.best_epoch, result.stopped_epoch = self.tracker.best_epoch, last
+        module.eval()
+        result.train_seconds = spent
+        epochs_run = max(last - first + 1, 0)
+        result.samples_per_s = n * epochs_run / spent if spent > 0 else 0.0
+        return result
+
+    def _epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass over the training data; returns (summed loss, correct predictions)."""
+        cfg, device, task, opt = self.cfg, self.device, self.task, self.opt
+        self.module.train()
+        _hold_eval(self.frozen_stages)
+        hold_in_eval(self.module)  # frozen batch-norm keeps the source's statistics
+        n = len(self.yt)
+        order = torch.randperm(n, generator=self.gen).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            xb, yb = xt[idx], yt[idx]
-            with autocast(device, amp):
-                out = step_fn(xb)
-            loss = task.loss(out, yb, loss_name, cfg.label_smoothing)
+        group = cfg.batch_size * cfg.accumulate
+        total = self.steps_per_epoch * cfg.epochs
+        for begin in range(0, n, group):
+            end = min(begin + group, n)
             assert opt is not None
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            for start in range(begin, end, cfg.batch_size):
+                idx = order[start : min(start + cfg.batch_size, end)]
+                xb, yb = self.xt[idx], self.yt[idx]
+                with autocast(device, self.amp):
+                    out = self.step_fn(xb)
+                loss = task.loss(out, yb, self.loss_name, cfg.label_smoothing, self.weight)
+                if start == begin:
+                    opt.zero_grad(set_to_none=True)
+                # micro-batch means weighted by their share: the gradient of the group's mean
+                scaled = loss if cfg.accumulate == 1 else loss * (len(idx) / (end - begin))
+                scaled.backward()  # type: ignore[no-untyped-call]
+                loss_sum += loss.detach() * len(idx)
+                hits = task.hits(out, yb)
+                if hits is not None:
+                    correct += hits
+            if cfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm)
+            if cfg.schedule is not None:
+                opt.lr = cfg.schedule.lr_at(cfg.lr, self.step, self.steps_per_epoch, total)
             opt.step()
-            loss_sum += loss.detach() * len(idx)
-            hits = task.hits(out, yb)
-            if hits is not None:
-                correct += hits
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        spent += time.perf_counter() - begin
-        module.eval()
-        ev = task.scores(predict(eval_fn, xe, amp=amp), ye, loss_name)
-        hit_count = int(correct.item()) if task.counts_hits else None
-        row = task.curve_row(epoch, float(loss_sum.item()) / n, hit_count, n, ev)
-        result.curve.append(row)
-        if progress is not None:
-            progress(epoch, cfg.epochs, row)
-    module.eval()
-    result.train_seconds = spent
-    result.samples_per_s = n * cfg.epochs / spent if spent > 0 else 0.0
-    return result
+            self.step += 1
+        return loss_sum, correct
+
+
+def class_weights(
+    cfg: TrainConfig, task: str, loss: str, y_train: np.ndarray, display: str = "spec.yaml"
+) -> torch.Tensor | None:
+    """The cross-entropy class weights `cfg.class_weights` asks for, or None.
+
+    `balanced` is scikit-learn's rule, n_samples / (n_classes * count): each class then
+    weighs as much in the loss as it would in balanced data (a class absent from the
+    training split gets weight 0: it never appears in a batch).
+    """
+    if cfg.class_weights is None:
+        return None
+    where = f"{display} at /training/class_weights"
+    if task != "classification" or loss != "cross_entropy":
+        raise BuildError(f"{where}: class weights apply to classification (cross_entropy) only")
+    classes = int(y_train.max(initial=0)) + 1
+    if cfg.class_weights == "balanced":
+        counts = np.bincount(y_train.astype(np.int64), minlength=classes).astype(np.float64)
+        weights = np.where(counts > 0, len(y_train) / (classes * np.maximum(counts, 1)), 0.0)
+        return torch.as_tensor(weights, dtype=torch.float32)
+    if len(cfg.class_weights) != classes:
+        raise BuildError(
+            f"{where}: {len(cfg.class_weights)} weights for {classes} classes; give one per class"
+        )
+    return torch.tensor(list(cfg.class_weights), dtype=torch.float32)
