@@ -42,6 +42,8 @@ from torch import nn
 from . import fingerprint
 from .adapters import ADAPTER_DIR
 from .architectures import build_module, head_prefix, make_config
+from .checkpoint import CHECKPOINTS, Checkpointer
+from .checkpoint import key_of as checkpoint_key
 from .checks import check_inputs, run_checks
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
 from .entrypoints import importable
@@ -381,6 +383,31 @@ def _class_names(reg: Registry, dataset: str) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
+def _checkpointer(
+    reg: Registry,
+    spec: ModelSpec,
+    cfg: TrainConfig,
+    config: Mapping[str, Any],
+    datasets: Mapping[str, Any],
+    source: Mapping[str, Any] | None,
+) -> Checkpointer:
+    """Where this build checkpoints, keyed by everything that decides its training."""
+    key = checkpoint_key(
+        {
+            "spec_digest": spec.digest,
+            "datasets": {role: d["id"] for role, d in datasets.items()},
+            "source": None if source is None else source["id"],
+            "training": cfg.to_dict(),
+            "architecture": config,
+            "numerics": mode_of(reg.settings.defaults),
+            "torch": torch.__version__,
+            "stemma": STEMMA_VERSION,
+        }
+    )
+    folder = reg.repo_root / INDEX_DIR / CHECKPOINTS / spec.name
+    return Checkpointer(folder, key, cfg.checkpoint_every, root=reg.repo_root)
+
+
 def build_model(reg: Registry, name: str, progress: Progress | None = None) -> dict[str, Any]:
     """Build a model from its spec: map, train, evaluate, then write every output atomically."""
     started, begin = _now(), time.perf_counter()
@@ -442,6 +469,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         features=strategy.features,
         progress=progress,
         display=display,
+        checkpoint=_checkpointer(reg, spec, cfg, config, datasets, src_manifest),
     )
     device = torch.device(result.device)
     with cpu_threads(device):  # as trained: more threads only contend on a small model
@@ -557,11 +585,13 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         deterministic=result.deterministic,
         threads=result.threads,
         train_s=round(result.train_seconds, 3),
+        **result.run_notes(),
     )
     adapter_outputs = {f"{ADAPTER_DIR}/{n}": data for n, data in files.items()} if files else {}
     _write_model(
         reg, name, manifest, None if files else blob, metrics, result.curve, adapter_outputs
     )
+    _checkpointer(reg, spec, cfg, config, datasets, src_manifest).clear()  # the build is done
     return manifest
 
 
