@@ -8,7 +8,6 @@ every output stay byte for byte, and the new run's block goes to the untracked `
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Mapping
@@ -40,11 +39,13 @@ from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spe
 from torch import nn
 
 from . import fingerprint
+from . import weights as _weights
 from .adapters import ADAPTER_DIR
 from .architectures import build_module, head_prefix, make_config
 from .checkpoint import CHECKPOINTS, Checkpointer
 from .checkpoint import key_of as checkpoint_key
 from .checks import check_inputs, run_checks
+from .commit import Stage
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
 from .entrypoints import importable
 from .evaluate import evaluate, evaluate_gates
@@ -54,7 +55,7 @@ from .numerics import record as numerics_record
 from .strategy import Strategy, prepare_target
 from .tasks import get as get_task
 from .train import Progress, TrainConfig, cpu_threads, train
-from .weights import load_weights, to_bytes
+from .weights import load_weights, read_checked
 
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "curve.json"
@@ -69,13 +70,7 @@ def _now() -> str:
 
 def _blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
     """The manifest's file block for bytes about to be written."""
-    return {
-        "path": path,
-        "md5": hashlib.md5(blob).hexdigest(),
-        "sha256": "sha256:" + hashlib.sha256(blob).hexdigest(),
-        "bytes": len(blob),
-        "format": fmt,
-    }
+    return _weights.hashes_of(blob).block(path, fmt)
 
 
 def _run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[str, Any]:
@@ -114,6 +109,7 @@ def _commit(
     manifest: dict[str, Any],
     schema: str,
     outputs: Mapping[str, Any],
+    stage: Stage | None = None,
 ) -> None:
     """Fill in the id, validate, then switch the outputs and the manifest in as one unit.
 
@@ -149,7 +145,7 @@ def _commit(
     }
     if not same:
         files[MANIFEST_FILE] = canonical_json(manifest).encode()
-    commit(folder, files)
+    commit(folder, files, stage)
     reg.forget(rel)
     write_atomic(folder / LAST_RUN_FILE, canonical_json(manifest["run"]))
 
@@ -231,7 +227,7 @@ def load_model(reg: Registry, name: str) -> nn.Module:
 
         base = load_model(reg, str(adapter["base"]["model"]))
         return compose(module, base.state_dict(), path.parent, manifest.path)
-    state = load_weights(path, reg.rel("models", name, WEIGHTS_FILE))
+    state = load_weights(path, reg.rel("models", name, path.name))
     transfer(module, state, plan(state, module.state_dict(), "exact", manifest.path))
     module.eval()
     return module
@@ -271,16 +267,34 @@ def _load_source(
             " build it first (dvc repro)"
         )
     recorded = manifest.raw["weights"]
-    found = file_hashes(path, reg.repo_root, reg.rel("models", src, rel))
-    if found["sha256"] != recorded["sha256"]:
-        raise BuildError(
-            f"{spec.path} at /source/model: {reg.rel('models', src, rel)}"
-            " does not match its manifest; rebuild it (dvc repro) or check it"
-            " out (dvc checkout)"
-        )
     if manifest.raw.get("adapter"):  # base + adapter, merged: a plain state dict to map
+        found = file_hashes(path, reg.repo_root, reg.rel("models", src, rel))
+        _same_as_recorded(spec, reg.rel("models", src, rel), found["sha256"], recorded)
         return manifest.raw, dict(load_model(reg, src).state_dict())
-    return manifest.raw, load_weights(path, reg.rel("models", src, WEIGHTS_FILE))
+    if "shards" in recorded:  # the index, then each shard read once: hashed and loaded
+        from .shards import load_sharded
+
+        index = file_hashes(path, reg.repo_root, reg.rel("models", src, rel))
+        _same_as_recorded(spec, reg.rel("models", src, rel), index["sha256"], recorded)
+        state, parts = load_sharded(path, reg.rel("models", src, rel), reg.repo_root)
+        for shard in recorded["shards"]:
+            got = parts.get(str(shard["path"]))
+            shown = reg.rel("models", src, str(shard["path"]))
+            _same_as_recorded(spec, shown, got.sha256 if got else "", shard)
+        return manifest.raw, state
+    # one read: the bytes hashed are the bytes loaded
+    state, hashes = read_checked(path, reg.rel("models", src, rel), reg.repo_root)
+    _same_as_recorded(spec, reg.rel("models", src, rel), hashes.sha256, recorded)
+    return manifest.raw, state
+
+
+def _same_as_recorded(spec: ModelSpec, shown: str, sha256: str, block: Mapping[str, Any]) -> None:
+    """Refuse a source file whose sha256 is not the one its manifest records."""
+    if sha256 != block.get("sha256"):
+        raise BuildError(
+            f"{spec.path} at /source/model: {shown} does not match its manifest;"
+            " rebuild it (dvc repro) or check it out (dvc checkout)"
+        )
 
 
 def _refuse_failed_source(spec: ModelSpec, src: str, manifest: Mapping[str, Any]) -> None:
@@ -499,9 +513,8 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             "modules_to_save": [head_prefix(module)],
             "config": _blob_file(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", files[ADAPTER_CONFIG], "json"),
         }
-    else:
-        blob = to_bytes(module.state_dict())
-        weights_block = _blob_file(WEIGHTS_FILE, blob, "safetensors")
+    else:  # streamed at the commit (`_write_model`): the block is filled in there
+        weights_block = {}
 
     params = dict(module.named_parameters())
     transferred = sum(
@@ -589,7 +602,13 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     )
     adapter_outputs = {f"{ADAPTER_DIR}/{n}": data for n, data in files.items()} if files else {}
     _write_model(
-        reg, name, manifest, None if files else blob, metrics, result.curve, adapter_outputs
+        reg,
+        name,
+        manifest,
+        None if files else module.state_dict(),
+        metrics,
+        result.curve,
+        adapter_outputs,
     )
     _checkpointer(reg, spec, cfg, config, datasets, src_manifest).clear()  # the build is done
     return manifest
@@ -599,17 +618,23 @@ def _write_model(
     reg: Registry,
     name: str,
     manifest: dict[str, Any],
-    blob: bytes | None,
+    state: Mapping[str, torch.Tensor] | None,
     metrics: Mapping[str, float],
     curve: list[dict[str, Any]],
     files: Mapping[str, bytes] | None = None,
 ) -> None:
-    """Validate, then switch weights, metrics, curve and the manifest in as one unit."""
+    """Stream the weights into the staging folder (hashed as they are written, sharded above
+    `weights.SHARD_BYTES`) and record them in the manifest; then validate and switch weights,
+    metrics, curve and the manifest in as one unit."""
+    from .shards import write
+
     outputs: dict[str, Any] = {METRICS_FILE: dict(metrics), CURVE_FILE: curve}
-    if blob is not None:  # an adapter's own files come instead (`files`)
-        outputs[WEIGHTS_FILE] = blob
-    outputs.update(files or {})
-    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
+    outputs.update(files or {})  # an adapter's own files come instead of `state`
+    with Stage(reg.model_dir(name)) as stage:
+        if state is not None:
+            limit = int(reg.settings.given_limits.get("max_shard_bytes", _weights.SHARD_BYTES))
+            manifest["weights"] = write(stage.write, state, WEIGHTS_FILE, limit)
+        _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs, stage)
 
 
 def register_model(

@@ -29,13 +29,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import IO, TypeVar
 
 from stemma.registry.commits import COMMITTING, LAST, STAGING, finish, pending
 from stemma.registry.commits import order as _order
 
-__all__ = ["COMMITTING", "LAST", "STAGING", "commit", "pending", "recover"]
+__all__ = ["COMMITTING", "LAST", "STAGING", "Stage", "commit", "pending", "recover"]
+
+T = TypeVar("T")
+COMPARE = 8 << 20  # bytes compared at a time when a streamed output meets the file in place
 
 
 def _fsync_dir(path: Path) -> None:
@@ -56,6 +60,65 @@ def _same(path: Path, blob: bytes) -> bool:
         return False
 
 
+def _same_file(path: Path, staged: Path) -> bool:
+    """True when `path` is a plain file with exactly the bytes of `staged` (compared in
+    chunks: a streamed output may be larger than memory)."""
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        if path.stat().st_size != staged.stat().st_size:
+            return False
+        with path.open("rb") as a, staged.open("rb") as b:
+            while chunk := a.read(COMPARE):
+                if chunk != b.read(COMPARE):
+                    return False
+        return True
+    except OSError:
+        return False
+
+
+def _create(path: Path) -> IO[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # umask applies
+    return os.fdopen(fd, "wb")
+
+
+class Stage:
+    """A build's staging folder, opened before outputs too large to hold are streamed in.
+
+    `write` streams one output into the staging folder; `commit(folder, files, stage)` then
+    adds the small outputs and commits them all. Leaving the `with` block by an exception
+    removes the folder: a failed build writes nothing."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        recover(folder)
+        self.folder = folder
+        self.path = folder / STAGING
+        self.path.mkdir()
+        self.names: list[str] = []
+
+    def write(self, name: str, writer: Callable[[IO[bytes]], T]) -> T:
+        """Stream one output: `writer` writes it to the file handle it is given."""
+        with _create(self.path / name) as fh:
+            result = writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.names.append(name)
+        return result
+
+    def discard(self) -> None:
+        """Remove the staging folder and everything streamed into it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is not None:
+            self.discard()
+
+
 def recover(folder: Path) -> bool:
     """Finish or discard an interrupted commit in `folder`; True when one was finished.
     Only a build does this: a staging folder may be a live build's (readers only finish a
@@ -68,35 +131,41 @@ def recover(folder: Path) -> bool:
     return finish(folder)
 
 
-def commit(folder: Path, files: Mapping[str, bytes]) -> list[str]:
-    """Make `files` (relative name -> bytes) the folder's outputs in one commit.
+def commit(folder: Path, files: Mapping[str, bytes], stage: Stage | None = None) -> list[str]:
+    """Make `files` (relative name -> bytes), and the outputs streamed into `stage`, the
+    folder's outputs in one commit.
 
     Returns the names written; files already holding the same bytes are left untouched
     (their times too), and with nothing changed nothing is written at all.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    recover(folder)
-    changed = {n: b for n, b in files.items() if not _same(folder / n, b)}
-    if not changed:
-        return []
+    if stage is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        recover(folder)
     staging = folder / STAGING
-    staging.mkdir()
+    streamed = []
+    for name in stage.names if stage is not None else ():
+        if _same_file(folder / name, staging / name):
+            (staging / name).unlink()
+        else:
+            streamed.append(name)
+    changed = {n: b for n, b in files.items() if not _same(folder / n, b)}
+    if not changed and not streamed:
+        if stage is not None:
+            stage.discard()
+        return []
+    staging.mkdir(exist_ok=stage is not None)
     try:
         for name in _order(list(changed)):
-            path = staging / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666
-            )  # umask applies
-            with os.fdopen(fd, "wb") as fh:
+            with _create(staging / name) as fh:
                 fh.write(changed[name])
                 fh.flush()
                 os.fsync(fh.fileno())
-        _fsync_dir(staging)
+        for sub in {staging, *((staging / n).parent for n in [*changed, *streamed])}:
+            _fsync_dir(sub)
         os.rename(staging, folder / COMMITTING)  # the commit point
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _fsync_dir(folder)
     finish(folder)
-    return _order(list(changed))
+    return _order([*changed, *streamed])

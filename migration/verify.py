@@ -127,7 +127,22 @@ def _recorded_file(reg: Registry, name: str, item: str, block: Mapping[str, Any]
 
 
 def _weights(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
-    return _recorded_file(reg, name, "weights", manifest["weights"])
+    """The weights file, or a sharded model's index and every shard it records."""
+    block = manifest["weights"]
+    index = _recorded_file(reg, name, "weights", block)
+    shards = block.get("shards")
+    if not shards or index.status != PASS:
+        return index
+    for shard in shards:
+        found = _recorded_file(reg, name, "weights", shard)
+        if found.status != PASS:
+            return found
+    return Finding(
+        "weights",
+        PASS,
+        f"{index.message.split(':')[0]} and its {len(shards)} shards match"
+        " the manifest (md5, sha256, size)",
+    )
 
 
 def _adapter(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding | None:
@@ -284,22 +299,24 @@ def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
     if not rows:
         return Finding("frozen", SKIP, "no frozen tensors transferred from the source")
     src = source["model"]
-    src_path = reg.model_dir(src) / WEIGHTS_FILE
     src_manifest = reg.model_manifest(src)
+    src_file = str(src_manifest.raw["weights"]["path"]) if src_manifest else WEIGHTS_FILE
+    src_path = reg.model_dir(src) / src_file
     if src_manifest is None or not src_path.is_file():
         return Finding("frozen", FAIL, f"source model {src!r} has no weights to compare with")
-    if file_hashes(src_path, reg.repo_root)["sha256"] != src_manifest.raw["weights"]["sha256"]:
+    if _weights(reg, src_manifest.raw, src).status != PASS:
         return Finding(
-            "frozen", FAIL, f"{reg.rel('models', src, WEIGHTS_FILE)} does not match its manifest"
+            "frozen", FAIL, f"{reg.rel('models', src, src_file)} does not match its manifest"
         )
-    path = reg.model_dir(name) / WEIGHTS_FILE
+    own = str(manifest["weights"].get("path", WEIGHTS_FILE))
+    path = reg.model_dir(name) / own
     if not path.is_file():
-        return Finding("frozen", FAIL, f"{reg.rel('models', name, WEIGHTS_FILE)} is missing")
+        return Finding("frozen", FAIL, f"{reg.rel('models', name, own)} is missing")
     try:
-        target = load_weights(path, reg.rel("models", name, WEIGHTS_FILE))
+        target = load_weights(path, reg.rel("models", name, own))
+        source_state = load_weights(src_path, reg.rel("models", src, src_file))
     except BuildError as exc:
         return Finding("frozen", FAIL, exc.message)
-    source_state = load_weights(src_path, reg.rel("models", src, WEIGHTS_FILE))
     changed = []
     for row in rows:
         mine, theirs = target.get(row["name"]), source_state.get(row["source_name"])
@@ -415,8 +432,12 @@ def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
     manifest = reg.model_manifest(name)
     source = (manifest.raw.get("source") if manifest else None) or {}
     if source.get("model"):
+        from .shards import weights_files
+
         theirs = Path("models", source["model"])
-        for file in (SPEC_FILE, MANIFEST_FILE, WEIGHTS_FILE):
+        found = reg.model_manifest(source["model"])
+        block = found.raw["weights"] if found else {}
+        for file in (SPEC_FILE, MANIFEST_FILE, *weights_files(block, WEIGHTS_FILE)):
             _copy(reg.root / theirs / file, root / theirs / file)
     for dataset in sorted(_needed_datasets(reg, name)):
         rel = Path("datasets", dataset)
@@ -592,8 +613,9 @@ def rebuild_and_compare(
         rebuilt = copy.model_manifest(name)
         if rebuilt is None:
             raise BuildError(f"rebuild of {name!r} wrote no manifest")
-        mine = reg.model_dir(name) / WEIGHTS_FILE
-        diffs = tensor_diffs(mine, copy.model_dir(name) / WEIGHTS_FILE) if mine.is_file() else None
+        mine = reg.model_dir(name) / str(found.raw["weights"].get("path", WEIGHTS_FILE))
+        theirs = copy.model_dir(name) / str(rebuilt.raw["weights"].get("path", WEIGHTS_FILE))
+        diffs = tensor_diffs(mine, theirs) if mine.is_file() else None
         out = compare_builds(found.raw, rebuilt.raw, diffs)
         out["machine"] = before.to_dict()
         if before.verdict == REPRODUCIBLE and out["verdict"] == EQUIVALENT:

@@ -1,0 +1,110 @@
+"""Sharded weights: several safetensors files and the index that names them.
+
+The layout is the one transformers and huggingface_hub write, so their loaders read ours:
+``weights-00001-of-0000N.safetensors`` files (each with ``{"format": "pt"}`` metadata, as
+transformers saves shards) and ``weights.safetensors.index.json`` holding
+``{"metadata": {"total_size": BYTES}, "weight_map": {tensor: file}}``. huggingface_hub
+decides which tensor goes to which shard (`split_torch_state_dict_into_shards`).
+
+The manifest's weights block then records the index (its path and hashes: the tensor to
+file map is part of the id) and, under `shards`, each shard's path and hashes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from stemma.registry.errors import BuildError
+from stemma.registry.files import read_json
+
+from .weights import INDEX_SUFFIX, Hashes, _hashed, read_checked, stream
+
+FORMAT = "safetensors-index"
+SHARD_METADATA = {"format": "pt"}
+
+Writer = Callable[[str, Callable[[IO[bytes]], Hashes]], Hashes]
+"""Streams one named output (`commit.Stage.write`)."""
+
+
+def index_name(weights_file: str) -> str:
+    """`weights.safetensors` -> `weights.safetensors.index.json`."""
+    return weights_file + INDEX_SUFFIX
+
+
+def write(
+    write_file: Writer, state: Mapping[str, torch.Tensor], weights_file: str, max_bytes: int
+) -> dict[str, Any]:
+    """Stream `state` as one file, or as shards plus an index when it is larger than
+    `max_bytes`; the manifest's weights block."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    stem = weights_file.removesuffix(".safetensors")
+    split = split_torch_state_dict_into_shards(
+        dict(state), filename_pattern=stem + "{suffix}.safetensors", max_shard_size=max_bytes
+    )
+    if not split.is_sharded:
+        hashes = write_file(weights_file, lambda fh: stream(fh, state))
+        return hashes.block(weights_file, "safetensors")
+    shards = []
+    for file, names in split.filename_to_tensors.items():
+        part = {n: state[n] for n in names}
+        hashes = write_file(file, lambda fh, p=part: stream(fh, p, SHARD_METADATA))  # type: ignore[misc]
+        shards.append(hashes.block(file, "safetensors"))
+    index = {"metadata": dict(split.metadata), "weight_map": dict(split.tensor_to_filename)}
+    text = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()  # as transformers
+    name = index_name(weights_file)
+    block = write_file(name, lambda fh: _hashed(iter([text]), fh.write)).block(name, FORMAT)
+    block["shards"] = shards
+    return block
+
+
+def weights_files(block: Mapping[str, Any], default: str) -> list[str]:
+    """The files a manifest's weights block names: the file, or the index and its shards."""
+    return [str(block.get("path", default)), *(str(s["path"]) for s in block.get("shards", ()))]
+
+
+def shard_files(index_path: Path, display: str) -> dict[str, list[str]]:
+    """file -> the tensors it holds, from an index (files must sit beside the index)."""
+    doc = read_json(index_path)
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise BuildError(f"{display} at /weight_map: expected a map of tensor names to files")
+    files: dict[str, list[str]] = {}
+    for tensor, file in weight_map.items():
+        if (
+            "/" in file
+            or "\\" in file
+            or file in ("", ".", "..")
+            or not file.endswith(".safetensors")
+        ):
+            raise BuildError(
+                f"{display} at /weight_map/{tensor}: {file!r} is not a .safetensors file"
+                " beside the index"
+            )
+        files.setdefault(file, []).append(tensor)
+    return files
+
+
+def load_sharded(
+    index_path: Path, display: str = "", root: Path | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Hashes]]:
+    """Every shard an index names, each read once: the tensors and each file's hashes."""
+    where = display or str(index_path)
+    state: dict[str, torch.Tensor] = {}
+    found: dict[str, Hashes] = {}
+    for file, names in shard_files(index_path, where).items():
+        shown = str(Path(where).parent / file)
+        part, found[file] = read_checked(index_path.parent / file, shown, root)
+        if sorted(part) != sorted(names):
+            raise BuildError(
+                f"{shown}: holds other tensors than {where} lists for it"
+                f" ({len(part)} found, {len(names)} listed)"
+            )
+        state.update(part)
+    return state, found
