@@ -128,10 +128,13 @@ def restore(
     state = module.state_dict()
     model = {k[len("model/") :]: v for k, v in t.items() if k.startswith("model/")}
     fits = set(model) == set(state) and all(model[k].shape == state[k].shape for k in state)
-    if not fits or "rng/order" not in t or not isinstance(meta.get("curve"), list):
+    params = dict(module.named_parameters())
+    moments = {k.split("/")[1] for k in t if k.startswith(("adam/", "sgd/"))}
+    if not fits or not moments <= set(params) or "rng/order" not in t:
+        return None
+    if not isinstance(meta.get("curve"), list):
         return None
     module.load_state_dict(model)
-    params = dict(module.named_parameters())
     if isinstance(opt, optim.Adam):
         for name in {k.split("/")[1] for k in t if k.startswith("adam/")}:
             p = params[name]

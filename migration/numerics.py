@@ -110,6 +110,11 @@ def pin_for_repo(repo: Path) -> Pin:
     return pin(mode_of(defaults))
 
 
+def pinned_mode() -> str | None:
+    """The mode this process pinned before torch loaded, or None (no pin took effect)."""
+    return _pinned.mode if _pinned is not None and _pinned.applied else None
+
+
 def is_portable() -> bool:
     """True when this process pinned portable mode before torch loaded (the build's case)."""
     return _pinned is not None and _pinned.mode == "portable" and _pinned.applied

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from .checkpoint import Checkpointer
 from .evaluate import autocast, predict
 from .families import input_dtype
 from .loopstate import EarlyStopping, Tracker, restore, snapshot
+from .numerics import pinned_mode
 from .schedules import Schedule
 from .strategy import hold_in_eval
 from .tasks import for_labels
@@ -39,8 +41,19 @@ LOSSES = tuple(dict.fromkeys(loss for names in TASK_LOSSES.values() for loss in 
 Progress = Callable[[int, int, Mapping[str, Any]], None]
 # CPU builds use a fixed intra-op thread count: float reductions split across a varying number
 # of threads can differ in the last bit, and small models train no slower on one thread (and
-# far faster when other processes compete for the cores).
+# far faster when other processes compete for the cores). `benchmarks/bench_threads.py`
+# measured both on 2 cores: matmul, conv2d and a long sum give other bits at 2 threads than
+# at 1 (a per-dimension mean, cross-entropy and a gradient norm did not), and a small MLP/CNN
+# build took 0.41 s / 1.54 s at 1 thread against 2.90 s / 10.0 s at 2 on the shared machine.
 CPU_THREADS = 1
+
+
+def thread_count() -> int:
+    """Intra-op threads of a CPU build: `CPU_THREADS`, or every core for a build pinned to
+    `native` numerics (which promises speed, not bits; the run block records the count)."""
+    if pinned_mode() == "native":
+        return os.cpu_count() or CPU_THREADS
+    return CPU_THREADS
 
 
 @dataclass(frozen=True)
@@ -220,10 +233,10 @@ def make_optimizer(
 
 @contextmanager
 def cpu_threads(device: torch.device) -> Iterator[None]:
-    """On the CPU, torch runs `CPU_THREADS` intra-op threads inside the block (see there)."""
+    """On the CPU, torch runs `thread_count()` intra-op threads inside the block."""
     prior = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(CPU_THREADS)
+        torch.set_num_threads(thread_count())
     try:
         yield
     finally:

@@ -313,3 +313,21 @@ def test_schema_and_config_agree(block: dict[str, Any], valid: bool) -> None:
     else:
         with pytest.raises(StemmaError, match=r"m\.yaml at /training"):
             TrainConfig.from_spec(block, "m.yaml")
+
+
+# -- threads --------------------------------------------------------------------------------
+
+
+def test_native_builds_use_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Portable builds keep one thread (other counts change matmul's bits, see
+    benchmarks/bench_threads.py); a build pinned native uses every core."""
+    import os
+
+    from stemma.migration import numerics
+    from stemma.migration.train import CPU_THREADS, cpu_threads, thread_count
+
+    assert thread_count() == CPU_THREADS == 1
+    monkeypatch.setattr(numerics, "_pinned", numerics.Pin("native", applied=True))
+    assert thread_count() == (os.cpu_count() or 1)
+    with cpu_threads(torch.device("cpu")):
+        assert torch.get_num_threads() == (os.cpu_count() or 1)
