@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from stemma.registry import Registry
+from stemma.registry import Registry, _store
 from stemma.registry.errors import BuildError
-from stemma.registry.files import write_atomic
 from stemma.registry.registry import INDEX_DIR
 from torch import nn
 
@@ -85,18 +84,22 @@ def _hex(content_id: str) -> str:
 
 
 def _read(path: Path, model_id: str, dataset_id: str) -> Features | None:
-    """A cache entry, or None when absent, unreadable or written for other ids."""
-    if not path.is_file():
+    """A cache entry, or None when absent, unreadable or written for other ids (read by the
+    derived store's rule: a link, pipe, device or oversized file there is a miss)."""
+    if _store.folder(path.parent.parent.parent) is None:
+        return None
+    data = _store.read(path)
+    if data is None:
         return None
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             # the file name holds 16 hex digits of each id; the full ids rule out a collision
             if str(npz["model_id"]) != model_id or str(npz["dataset_id"]) != dataset_id:
                 return None
             return Features(
                 np.asarray(npz["features"]), np.asarray(npz["probs"]), np.asarray(npz["labels"])
             )
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError):
         return None  # a damaged entry is recomputed and replaced
 
 
@@ -110,7 +113,8 @@ def _write(path: Path, found: Features, model_id: str, dataset_id: str) -> None:
         model_id=np.array(model_id),
         dataset_id=np.array(dataset_id),
     )
-    write_atomic(path, buf.getvalue())
+    if _store.folder(path.parent.parent.parent, create=True) is not None:
+        _store.write(path, buf.getvalue())  # skipped where the store cannot hold it
 
 
 def extract(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,22 @@ def test_feature_cache_is_hit_and_keyed_by_manifest_ids(copy: Registry) -> None:
     extract(copy, "base", "d59")
     entries = sorted((copy.repo_root / ".stemma" / "features").glob("*-train.npz"))
     assert len(entries) == 2
+
+
+def test_a_damaged_feature_cache_is_a_miss(copy: Registry, tmp_path: Path) -> None:
+    first = extract(copy, "base", "d59", cache=False)
+    key = (copy.model_manifest("base").id, copy.dataset_manifest("d59").id)
+    path = cache_path(copy, *key, "train")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)  # would block a plain open
+    np.testing.assert_array_equal(extract(copy, "base", "d59").features, first.features)
+    assert stat.S_ISREG(path.lstat().st_mode)  # replaced by a good entry
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(path.parent)
+    path.parent.symlink_to(outside)  # the cache folder a link out of the repository
+    np.testing.assert_array_equal(extract(copy, "base", "d59").features, first.features)
+    assert list(outside.iterdir()) == []
 
 
 # -- ranking ----------------------------------------------------------------------------------
