@@ -38,7 +38,7 @@ from ._ingest import (
     apply,
     matches,
 )
-from .commits import settle
+from .commits import finish
 from .errors import QueryError, StemmaError
 
 if TYPE_CHECKING:
@@ -133,7 +133,6 @@ def open_index(reg: Registry) -> Index:
 
     if not isinstance(reg.tree, WorkTree):
         raise QueryError(f"queries read the working tree, not {reg.tree.label}")
-    settle(reg.root)  # a build killed while switching its outputs in is never indexed half-moved
     clock = Clock()
     path = index_path(reg)
     try:
@@ -279,6 +278,12 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
     stored = StoredSnapshot.read(side) if side is not None and has_index else None
     clock.lap("open")
     snap = _snapshot.snapshot(reg.root, reg.rel_root)
+    if snap.pending:  # a build killed while switching its outputs in is never indexed half-moved
+        for folder in snap.pending:
+            if not os.path.islink(reg.root / folder):
+                with contextlib.suppress(OSError):  # a read-only checkout: indexed as it is
+                    finish(reg.root / folder)
+        snap = _snapshot.snapshot(reg.root, reg.rel_root)
     digests = snap.digests()
     clock.lap("snapshot")
     changes: Changes | None = None

@@ -10,6 +10,8 @@ at the repository root, and DVC writes a dvc.lock beside it. `dvc repro`, `dvc s
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -197,8 +199,6 @@ def write(reg: Registry) -> Changes:
     """Write every pipeline file that changed (atomically), delete the generated files of
     removed datasets and models (with their dvc.lock), and move the lock entries of stemma's
     stages from the root dvc.lock to the dvc.lock beside their new dvc.yaml."""
-    from .files import write_atomic
-
     key = _fingerprint(reg)
     if _cached_differences(reg, key) == [] and not _root_locks(reg):
         return Changes()
@@ -207,8 +207,8 @@ def write(reg: Registry) -> Changes:
     for path, digest in hashes.items():
         have = reg.tree.read_text(path)
         if have is None or _pipecache.sha(have) != digest:
-            write_atomic(reg.repo_root / path, file_text(docs[path]))
             written.append(path)
+    _write_batch(reg.repo_root, {path: file_text(docs[path]) for path in written})
     removed = []
     for path in generated_files(reg, skip=hashes):
         for stale in (path, str(PurePosixPath(path).with_name(LOCK_FILE))):
@@ -218,6 +218,34 @@ def write(reg: Registry) -> Changes:
                 removed.append(stale)
     moved = _move_root_locks(reg, docs)
     return Changes(written, removed, moved)
+
+
+def _write_batch(root: Path, texts: dict[str, str]) -> None:
+    """Write each file atomically (a complete temp file renamed over it), with one flush of
+    the data for the whole batch before the first rename and one after the last: an fsync
+    per file costs ~10 ms on a journaling file system, 100 s for 10,000 models. A crash
+    leaves every file either as it was or as written, never torn (plus, at worst, temp
+    files named `.NAME.*.tmp`, which nothing reads)."""
+    from .files import _write_temp
+
+    staged: list[tuple[str, Path]] = []
+    done = 0
+    try:
+        for path, text in texts.items():
+            target = root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged.append((_write_temp(target, text.encode(), sync=False), target))
+        if staged:
+            os.sync()  # every temp file's data is on disk before any of them replaces a file
+        for tmp, target in staged:
+            os.replace(tmp, target)
+            done += 1
+    finally:
+        for tmp, _target in staged[done:]:  # not renamed: an error part-way
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    if texts:
+        os.sync()  # the renames
 
 
 def _move_root_locks(reg: Registry, want: Collection[str]) -> int:
