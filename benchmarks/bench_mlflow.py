@@ -1,20 +1,30 @@
 """stemma's query index beside MLflow's model registry on the same model versions; JSON out.
 
-    python benchmarks/bench_mlflow.py [--models 10000] [--mlflow-python PATH]
+    python benchmarks/bench_mlflow.py [--models 1000,10000,30000] [--mlflow-python PATH]
 
-Both sides hold the same `--models` versions of a synthetic registry (one version per model,
-with its relation, source model and family as MLflow tags). MLflow uses its SQLite backend and
-`MlflowClient.search_model_versions` with a filter equivalent to stemma's SQL; the report gives
-each side's latency (median of `--repeat`) and their ratio. MLflow is not a dependency of
-stemma (it is in the `bench` extra): when it cannot be imported here and no interpreter that
-has it is given with `--mlflow-python`, the script prints {"skipped": "..."}.
+Both sides hold the same model versions of a synthetic registry (one version per model,
+with its relation, source model and family as MLflow tags), for each size of `--models`.
+MLflow uses its SQLite backend and `MlflowClient.search_model_versions` with a filter
+equivalent to stemma's SQL. Each question reports, per side, the wall and CPU time (median
+of `--repeat`): stemma's `query()` in-process, its freshness check of the files included;
+the SQL alone on an open index; and the `stemma query` command as a fresh process (wall,
+and the CPU of the child). Across sizes, each stemma time gets the exponent of its growth
+(t ~ N^k between consecutive sizes), and a stemma/MLflow ratio that rises with N is flagged.
+
+Generating registries and filling MLflow (its ingest runs ~40 versions a second here) take
+long at 30,000: both are kept under `--work/N/` and reused by later runs (`--fresh` starts
+over). MLflow is not a dependency of stemma (it is in the `bench` extra): when it cannot be
+imported here and no interpreter that has it is given with `--mlflow-python`, the script
+prints {"skipped": "..."}.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -24,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synth import generate, model_name
+from synth import generate, model_name, timing_env
 
 # (label, stemma SQL, MLflow filter string): the same question asked of each registry.
 FILTERS = [
@@ -54,20 +64,24 @@ from mlflow.tracking import MlflowClient
 db, versions_file, filters_file, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 versions = json.load(open(versions_file))
 filters = json.load(open(filters_file))
+import os
 client = MlflowClient(tracking_uri="sqlite:///" + db, registry_uri="sqlite:///" + db)
 start = time.perf_counter()
-for v in versions:
-    client.create_registered_model(v["name"])
-    client.create_model_version(
-        v["name"], source="file:///synthetic/models/" + v["name"],
-        tags={"relation": v["relation"] or "", "source_model": v["source"] or "",
-              "family": v["family"] or "", "stemma_id": v["id"]})
+done = db + ".ingested"
+if not os.path.exists(done):  # filled once, reused by later runs
+    for v in versions:
+        client.create_registered_model(v["name"])
+        client.create_model_version(
+            v["name"], source="file:///synthetic/models/" + v["name"],
+            tags={"relation": v["relation"] or "", "source_model": v["source"] or "",
+                  "family": v["family"] or "", "stemma_id": v["id"]})
+    open(done, "w").write(str(len(versions)))
 ingest = time.perf_counter() - start
 out = {"ingest_s": round(ingest, 3), "mlflow": __import__("mlflow").__version__, "filters": {}}
 for label, flt in filters:
-    times, n = [], 0
+    times, cpus, n = [], [], 0
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         found, token = [], None
         while True:
             page = client.search_model_versions(flt, max_results=10000, page_token=token)
@@ -76,9 +90,10 @@ for label, flt in filters:
             if not token:
                 break
         times.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
         n = len(found)
     out["filters"][label] = {"median_s": statistics.median(times), "min_s": min(times),
-                             "rows": n}
+                             "cpu_median_s": statistics.median(cpus), "rows": n}
 print(json.dumps(out))
 """
 
@@ -94,35 +109,66 @@ def mlflow_python(explicit: str | None) -> str | None:
     return None
 
 
+def _timed(run: Any, repeat: int) -> tuple[float, float, Any]:
+    """Median wall and CPU seconds of `run()` over `repeat` calls, and its last result."""
+    walls, cpus, out = [], [], None
+    for _ in range(repeat):
+        start, cpu = time.perf_counter(), time.process_time()
+        out = run()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus), out
+
+
+def _cli(root: Path, sql: str, repeat: int) -> tuple[float, float]:
+    """Median wall and child CPU seconds of `stemma query SQL` as a fresh process."""
+    import resource
+
+    stemma = str(Path(sys.executable).with_name("stemma"))
+    walls, cpus = [], []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(
+            [stemma, "query", sql, "-f", "json"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+            env=timing_env(),
+        )
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def stemma_side(root: Path, repeat: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Cold index, then each question in-process, as SQL alone, and as a command."""
     from stemma.registry import Registry
     from stemma.registry.index import open_index, refresh
     from stemma.registry.query import query
 
     reg = Registry.open(root)
     shutil.rmtree(root / ".stemma", ignore_errors=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     refresh(reg)
-    out: dict[str, Any] = {"index_cold_s": round(time.perf_counter() - start, 3), "filters": {}}
+    out: dict[str, Any] = {
+        "index_cold_s": round(time.perf_counter() - start, 3),
+        "index_cold_cpu_s": round(time.process_time() - cpu, 3),
+        "filters": {},
+    }
     for label, sql, _flt in FILTERS:
-        times, rows = [], 0
-        for _ in range(repeat):
-            start = time.perf_counter()
-            rows = len(query(reg, sql))
-            times.append(time.perf_counter() - start)
-        out["filters"][label] = {
-            "median_s": statistics.median(times),
-            "min_s": min(times),
-            "rows": rows,
-        }
+        wall, cpu_s, rows = _timed(lambda sql=sql: query(reg, sql), repeat)
+        out["filters"][label] = {"median_s": wall, "cpu_median_s": cpu_s, "rows": len(rows)}
     with open_index(reg) as index:  # the SQL alone, without the freshness check of the files
         for label, sql, _flt in FILTERS:
-            times = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                index.con.execute(sql).fetchall()
-                times.append(time.perf_counter() - start)
-            out["filters"][label]["sql_only_median_s"] = statistics.median(times)
+            wall, cpu_s, _ = _timed(lambda sql=sql: index.con.execute(sql).fetchall(), repeat)
+            out["filters"][label]["sql_only_median_s"] = wall
+            out["filters"][label]["sql_only_cpu_median_s"] = cpu_s
+    for label, sql, _flt in FILTERS:
+        wall, cpu_s = _cli(root, sql, max(1, repeat // 2))
+        out["filters"][label]["cli_median_s"] = wall
+        out["filters"][label]["cli_cpu_median_s"] = cpu_s
     versions = query(
         reg,
         "SELECT name, id, source, relation, family FROM models WHERE id IS NOT NULL ORDER BY name",
@@ -130,10 +176,90 @@ def stemma_side(root: Path, repeat: int) -> tuple[dict[str, Any], list[dict[str,
     return out, versions
 
 
+def one_size(n: int, work: Path, python: str, repeat: int) -> dict[str, Any]:
+    """Both sides at `n` versions (registry and MLflow database kept under `work`)."""
+    root = work / "registry"
+    if not (work / "generated").exists():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        generate(root, n, shape="mixed", seed=0, family_size=1000)
+        time.sleep(2.5)  # files younger than ~2 s are re-read by every refresh (racy mtimes)
+        (work / "generated").write_text(str(n))
+    ours, versions = stemma_side(root, repeat)
+    (work / "versions.json").write_text(json.dumps(versions))
+    (work / "filters.json").write_text(json.dumps([(lab, flt) for lab, _s, flt in FILTERS]))
+    proc = subprocess.run(
+        [
+            python,
+            "-c",
+            MLFLOW_SIDE,
+            str(work / "mlflow.db"),
+            str(work / "versions.json"),
+            str(work / "filters.json"),
+            str(repeat),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"MLflow side failed: {proc.stderr.strip().splitlines()[-1:]}")
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    comparison = {}
+    for label, sql, flt in FILTERS:
+        a, b = ours["filters"][label], theirs["filters"][label]
+        comparison[label] = {
+            "stemma_sql": sql,
+            "mlflow_filter": flt,
+            "rows": [a["rows"], b["rows"]],
+            "stemma_query_wall_s": round(a["median_s"], 4),
+            "stemma_query_cpu_s": round(a["cpu_median_s"], 4),
+            "stemma_sql_only_wall_s": round(a["sql_only_median_s"], 4),
+            "stemma_sql_only_cpu_s": round(a["sql_only_cpu_median_s"], 4),
+            "stemma_cli_wall_s": round(a["cli_median_s"], 4),
+            "stemma_cli_cpu_s": round(a["cli_cpu_median_s"], 4),
+            "mlflow_wall_s": round(b["median_s"], 4),
+            "mlflow_cpu_s": round(b["cpu_median_s"], 4),
+            "stemma_over_mlflow_wall": round(a["median_s"] / b["median_s"], 2),
+            "stemma_over_mlflow_cpu": round(a["cpu_median_s"] / max(b["cpu_median_s"], 1e-9), 2),
+            "target_met": a["median_s"] * 2 <= b["median_s"],
+        }
+    return {
+        "versions": len(versions),
+        "mlflow_version": theirs["mlflow"],
+        "stemma_index_cold_s": ours["index_cold_s"],
+        "stemma_index_cold_cpu_s": ours["index_cold_cpu_s"],
+        "mlflow_ingest_s": theirs["ingest_s"],
+        "filters": comparison,
+    }
+
+
+def growth(sizes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Exponent k of t ~ N^k between consecutive sizes for each stemma time, and flags
+    where stemma's ratio to MLflow rises with N."""
+    out: dict[str, Any] = {}
+    flags = []
+    for lo, hi in itertools.pairwise(sizes):
+        span = f"{lo['versions']}->{hi['versions']}"
+        scale = math.log(hi["versions"] / lo["versions"])
+        for label in lo["filters"]:
+            a, b = lo["filters"][label], hi["filters"][label]
+            for key in ("stemma_query_wall_s", "stemma_query_cpu_s", "stemma_cli_wall_s"):
+                if a[key] > 0 and b[key] > 0:
+                    k = math.log(b[key] / a[key]) / scale
+                    out.setdefault(label, {}).setdefault(key, {})[span] = round(k, 2)
+            for key in ("stemma_over_mlflow_wall", "stemma_over_mlflow_cpu"):
+                if b[key] > a[key] * 1.1:
+                    flags.append(f"{label}: {key} rises {a[key]} -> {b[key]} over {span}")
+    return {"exponent": out, "rising_ratio_flags": flags}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run both sides on the same versions and print the comparison."""
+    """Run both sides at each size and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=10_000, help="model versions")
+    parser.add_argument(
+        "--models", default="10000", help="model versions: one size or a comma-separated list"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of each search")
     parser.add_argument(
         "--mlflow-python",
@@ -144,60 +270,25 @@ def main(argv: list[str] | None = None) -> None:
         "--work",
         type=Path,
         default=Path("/tmp/stemma-bench-mlflow"),
-        help="scratch folder for the registry and the MLflow database",
+        help="scratch folder: registries and MLflow databases, kept per size and reused",
     )
+    parser.add_argument("--fresh", action="store_true", help="generate and ingest anew")
     args = parser.parse_args(argv)
     python = mlflow_python(args.mlflow_python)
     if python is None:
         reason = "mlflow is not importable: pip install '.[bench]' or pass --mlflow-python"
         sys.stdout.write(json.dumps({"skipped": reason}) + "\n")
         return
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
-    root = args.work / "registry"
-    generate(root, args.models, shape="mixed", seed=0, family_size=1000)
-    time.sleep(2.5)  # files younger than ~2 s are re-read by every refresh (racy mtimes)
-    ours, versions = stemma_side(root, args.repeat)
-    (args.work / "versions.json").write_text(json.dumps(versions))
-    (args.work / "filters.json").write_text(json.dumps([(lab, flt) for lab, _s, flt in FILTERS]))
-    proc = subprocess.run(
-        [
-            python,
-            "-c",
-            MLFLOW_SIDE,
-            str(args.work / "mlflow.db"),
-            str(args.work / "versions.json"),
-            str(args.work / "filters.json"),
-            str(args.repeat),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        sys.stdout.write(json.dumps({"error": proc.stderr.strip().splitlines()[-1:]}) + "\n")
-        sys.exit(1)
-    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-    comparison = {}
-    for label, sql, flt in FILTERS:
-        a, b = ours["filters"][label], theirs["filters"][label]
-        comparison[label] = {
-            "stemma_sql": sql,
-            "mlflow_filter": flt,
-            "rows": [a["rows"], b["rows"]],
-            "stemma_median_s": round(a["median_s"], 4),
-            "stemma_sql_only_median_s": round(a["sql_only_median_s"], 4),
-            "mlflow_median_s": round(b["median_s"], 4),
-            "mlflow_over_stemma": round(b["median_s"] / a["median_s"], 2),
-            "mlflow_over_stemma_sql_only": round(b["median_s"] / a["sql_only_median_s"], 2),
-        }
-    report = {
-        "versions": len(versions),
-        "mlflow_version": theirs["mlflow"],
-        "stemma_index_cold_s": ours["index_cold_s"],
-        "mlflow_ingest_s": theirs["ingest_s"],
-        "filters": comparison,
-    }
+    if args.fresh:
+        shutil.rmtree(args.work, ignore_errors=True)
+    sizes = []
+    for n in sorted(int(x) for x in str(args.models).split(",")):
+        try:
+            sizes.append(one_size(n, args.work / str(n), python, args.repeat))
+        except RuntimeError as exc:
+            sys.stdout.write(json.dumps({"error": str(exc)}) + "\n")
+            sys.exit(1)
+    report = {"sizes": sizes, **growth(sizes)}
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
 
 
