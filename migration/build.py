@@ -159,6 +159,12 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     importable(reg.repo_root)
     check_buildable(reg, "dataset", name)
     spec = reg.dataset_spec(name)
+    from .detection_data import is_detection_source
+
+    if is_detection_source(str(spec.raw["source"])):  # boxes per image: migration/detection.py
+        from .detection import build_detection_dataset
+
+        return build_detection_dataset(reg, name, spec, started, begin)
     arrays = materialize(
         spec.raw,
         display=spec.path,
@@ -428,6 +434,12 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     importable(reg.repo_root)
     check_buildable(reg, "model", name)
     spec = reg.model_spec(name)
+    from .detection import trains_detector
+
+    if trains_detector(reg, spec):  # a torchvision detector: migration/detection.py
+        from .detection import build_detector
+
+        return build_detector(reg, name, progress, started, begin)
     display = spec.path
     defaults = dict(reg.settings.defaults.get("training") or {})
     if "device" in reg.settings.defaults:

@@ -408,6 +408,10 @@ def load_raw(
         return _imagefolder(rest, resolve, size, where)
     if scheme == "hf-disk" and rest:
         return _hf_disk(rest, resolve, target, features, where)
+    if source == "shapes:classify":  # generated shapes, one per image (detection_data.py)
+        from .detection_data import shapes_raw
+
+        return shapes_raw("classify", options, where)
     raise BuildError(f"{where}: unknown data source {source!r}")
 
 

@@ -173,6 +173,8 @@ def build(
                 raise BuildError(
                     f"{where}: torchvision models take 1 or 3 channels, the data has {in_shape[0]}"
                 )
+            if config.get("task") == "detection":  # no pretrained backbone fetched either
+                options["weights_backbone"] = None
             module = models.get_model(
                 str(config["name"]), weights=None, num_classes=num_classes, **options
             )

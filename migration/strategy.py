@@ -33,6 +33,8 @@ class Strategy:
     reinit: tuple[str, ...] = ()
     features: str = "cached"
     lora: Mapping[str, Any] | None = None  # mode lora: r, alpha, dropout, target_modules
+    rename: Mapping[str, str] | None = None  # source prefix -> target prefix (renaming.py)
+    init: Any = None  # str | {scheme, ...}: new tensors' initialisation (initschemes.py)
 
     @classmethod
     def from_spec(cls, block: Mapping[str, Any], display: str = "spec.yaml") -> Strategy:
@@ -55,6 +57,8 @@ class Strategy:
             reinit=tuple(block.get("reinit", ())),
             features=features,
             lora=dict(block["lora"]) if mode == "lora" and block.get("lora") else None,
+            rename=dict(block["rename"]) if block.get("rename") else None,
+            init=block.get("init"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +151,7 @@ def prepare_target(
     import torch
 
     from .architectures import build_module
-    from .mapping import plan, transfer
+    from .mapping import transfer
 
     torch.manual_seed(seed)  # the module's own initialisation is part of the build
     module = build_module(config, trusted, display)
@@ -155,10 +159,17 @@ def prepare_target(
     tmap = None
     if source is not None:
         src_name, src_state = source
-        tmap = plan(
+        from .renaming import derived_prefixes, plan_renamed
+
+        target = module.state_dict()
+        prefixes = strategy.rename
+        if prefixes is None and config.get("task") == "detection":  # classifier -> detector
+            prefixes = derived_prefixes(src_state, target)
+        tmap = plan_renamed(
             src_state,
-            module.state_dict(),
+            target,
             strategy.mapping,
+            prefixes or {},
             f"{display} at /strategy/mapping",
             f"source {src_name!r}",
         )
@@ -169,5 +180,10 @@ def prepare_target(
                 " or another source)"
             )
         transfer(module, src_state, tmap, reinit)
+    from .initschemes import InitScheme, apply_init
+
+    kept = set(tmap.pairs) - reinit if tmap is not None else set()
+    new = {n for n, _ in module.named_parameters() if n not in kept}
+    apply_init(module, InitScheme.from_spec(strategy.init, display), new, seed)
     apply_freeze(module, frozen_names(module, strategy, display))
     return Prepared(module, tmap, reinit)

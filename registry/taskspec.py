@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 MULTILABEL = "multilabel"
-TASKS = (CLASSIFICATION, REGRESSION, MULTILABEL)
+DETECTION = "detection"  # boxes per image; built by migration/detection.py
+TASKS = (CLASSIFICATION, REGRESSION, MULTILABEL, DETECTION)
 
 LOSSES: dict[str, tuple[str, ...]] = {
     CLASSIFICATION: ("cross_entropy",),
     REGRESSION: ("mse", "mae", "huber"),
     MULTILABEL: ("bce",),
+    DETECTION: ("detector",),  # the torchvision detector's own summed losses
 }
 """Training losses per task; the first is the default."""
 
@@ -34,16 +36,18 @@ METRICS: dict[str, tuple[str, ...]] = {
     CLASSIFICATION: ("accuracy", "loss"),
     REGRESSION: ("mse", "mae", "rmse", "r2", "loss"),
     MULTILABEL: ("f1_micro", "f1_macro", "map", "subset_accuracy", "loss"),
+    DETECTION: ("map", "map_50", "map_75"),  # COCO mAP (torchmetrics MeanAveragePrecision)
 }
 """Metrics a build of each task records (`loss` is the training loss on the eval split)."""
 
-MAIN_METRIC = {CLASSIFICATION: "accuracy", REGRESSION: "r2", MULTILABEL: "map"}
+MAIN_METRIC = {CLASSIFICATION: "accuracy", REGRESSION: "r2", MULTILABEL: "map", DETECTION: "map"}
 """The metric forgetting is measured on (higher is better for each)."""
 
 PER_CLASS_GATE: dict[str, str | None] = {
     CLASSIFICATION: "per_class_accuracy",
     REGRESSION: "per_output_r2",
     MULTILABEL: "per_class_f1",
+    DETECTION: "per_class_ap",
 }
 """The gate name that applies to the worst class (or output) of a task's per-class figures."""
 
@@ -54,6 +58,9 @@ BUILTIN_TASKS = {
     "sklearn:diabetes": REGRESSION,
 }
 _LABELLED_KINDS = ("imagefolder:",)  # sub-folder names are classes
+_DETECTION_KINDS = ("coco:", "shapes:detect")  # boxes per image
+_CLASSIFY_KINDS = ("shapes:classify",)  # one generated shape per image
+AUGMENT_KEY = "augment"  # training.augment: train-time augmentation, detection builds only
 
 
 def gate_names(task: str) -> tuple[str, ...]:
@@ -75,8 +82,10 @@ def declared_task(spec: Mapping[str, Any], manifest: Mapping[str, Any] | None = 
     source = str(spec.get("source", ""))
     if source in BUILTIN_TASKS:
         return BUILTIN_TASKS[source]
-    if source.startswith(_LABELLED_KINDS):
+    if source.startswith(_LABELLED_KINDS + _CLASSIFY_KINDS):
         return CLASSIFICATION
+    if source.startswith(_DETECTION_KINDS):
+        return DETECTION
     if manifest is not None:
         return str(manifest.get("task", CLASSIFICATION))
     return None
@@ -100,6 +109,10 @@ def spec_problems(task: str, spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     if task != CLASSIFICATION and training.get("label_smoothing"):
         found.append(
             ("/training/label_smoothing", f"label smoothing needs classification, not {task}")
+        )
+    if task != DETECTION and training.get(AUGMENT_KEY):  # never silently ignored
+        found.append(
+            (f"/training/{AUGMENT_KEY}", f"train-time augmentation needs detection, not {task}")
         )
     allowed = gate_names(task)
     for metric in sorted(spec.get("gates") or {}):

@@ -1,0 +1,257 @@
+"""Object detection as a task: datasets of boxes and torchvision detectors built from specs.
+
+A detection dataset (`shapes:detect`, `coco:FOLDER`, see detection_data.py) records
+`task: detection`; a model trained on one is a torchvision detector named in its
+architecture (`{family: torchvision, name: fasterrcnn_mobilenet_v3_large_320_fpn}`), built
+with `weights=None, weights_backbone=None` and `num_classes` = classes + 1 (the background).
+Its source may be a torchvision classifier, whose `features.*` become the detector's
+`backbone.body.*` (`strategy.rename`, derived when absent), or another detector, whose
+heads of another class set are left new. `strategy.init` draws the new tensors. Metrics are
+COCO mAP, mAP@50, mAP@75 and per-class AP; the outputs and manifest are those of any model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError
+from stemma.registry.records import DATASET_MANIFEST, DatasetSpec, ModelSpec
+from stemma.registry.registry import DATA_FILE
+from stemma.registry.taskspec import DETECTION, spec_problems, training_task
+
+from .augment import Augment
+from .build import (
+    _architecture,
+    _blob_file,
+    _class_names,
+    _commit,
+    _data,
+    _load_source,
+    _refuse_failed_source,
+    _run_block,
+    _write_model,
+)
+from .data import npz_bytes
+from .detection_data import class_counts, materialize_detection
+from .detection_train import score, train_detector
+from .evaluate import evaluate_gates
+from .mapping import report
+from .strategy import Strategy, prepare_target
+from .train import TrainConfig
+
+SUPPORTED_TRAINING = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "seed",
+    "device",
+    "amp",
+    "clip_grad_norm",
+    "lr_multipliers",
+    "augment",
+)
+"""Training settings a detection build reads; another is refused, not silently ignored."""
+
+
+def trains_detector(reg: Registry, spec: ModelSpec) -> bool:
+    """True when the model's training data is a detection dataset."""
+    return training_task(reg, spec) == DETECTION
+
+
+def build_detection_dataset(
+    reg: Registry, name: str, spec: DatasetSpec, started: str, begin: float
+) -> dict[str, Any]:
+    """Materialize a detection dataset, write data.npz and its manifest; returns the manifest."""
+    arrays = materialize_detection(
+        spec.raw,
+        display=spec.path,
+        resolve=lambda rel: reg.resolve(rel, "/source", spec.path),
+    )
+    blob = npz_bytes(arrays)
+    names = list(arrays.class_names or ())
+    manifest: dict[str, Any] = {
+        "kind": "dataset",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "data": _blob_file(DATA_FILE, blob, "npz"),
+        "shape": arrays.shape,
+        "dtype": str(arrays.x_train.dtype),
+        "classes": list(range(len(names))),
+        "task": DETECTION,
+        "class_names": names,
+        "splits": {
+            "train": {"samples": len(arrays.x_train), "class_counts": class_counts(arrays.y_train)},
+            "eval": {"samples": len(arrays.x_eval), "class_counts": class_counts(arrays.y_eval)},
+        },
+    }
+    manifest["run"] = _run_block(reg, started, begin)
+    _commit(reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob})
+    return manifest
+
+
+def _training(spec: ModelSpec, reg: Registry) -> tuple[TrainConfig, Augment]:
+    block = dict(spec.training)
+    for key in sorted(block):
+        if key not in SUPPORTED_TRAINING:
+            raise BuildError(
+                f"{spec.path} at /training/{key}: does not apply to a detection build;"
+                f" use {', '.join(SUPPORTED_TRAINING)}"
+            )
+    augment = Augment.from_spec(block.pop("augment", None), spec.path)
+    defaults = {
+        k: v
+        for k, v in dict(reg.settings.defaults.get("training") or {}).items()
+        if k in SUPPORTED_TRAINING
+    }
+    return TrainConfig.from_spec(block, spec.path, defaults), augment
+
+
+def _check_detector(config: dict[str, Any], display: str) -> None:
+    """The architecture must name a torchvision detection model."""
+    from torchvision.models import detection, list_models
+
+    allowed = list_models(module=detection)
+    if config.get("family") != "torchvision" or config.get("name") not in allowed:
+        raise BuildError(
+            f"{display} at /architecture/name: a detection dataset needs a torchvision"
+            f" detection model, one of {', '.join(sorted(allowed))}"
+        )
+
+
+def build_detector(
+    reg: Registry,
+    name: str,
+    progress: Callable[[int, int, float], None] | None,
+    started: str,
+    begin: float,
+) -> dict[str, Any]:
+    """Build a detector from its spec: map, train, score, then write every output atomically."""
+    spec = reg.model_spec(name)
+    display = spec.path
+    cfg, augment = _training(spec, reg)
+    strategy = Strategy.from_spec(spec.strategy, display)
+    if strategy.mode != "finetune":
+        raise BuildError(f"{display} at /strategy/mode: detection builds fine-tune (freeze globs)")
+    for pointer, message in spec_problems(DETECTION, spec.raw):
+        raise BuildError(f"{display} at {pointer}: {message}")
+    src_name, src_manifest, src_state = None, None, None
+    if spec.source is not None:
+        if spec.source.auto:
+            raise BuildError(f"{display} at /source/model: detection builds name their source")
+        src_name = spec.source.model
+        src_manifest, src_state = _load_source(reg, spec, src_name)
+        _refuse_failed_source(spec, src_name, src_manifest)
+    train_data, eval_data, datasets = _data(reg, spec)
+    ds_manifest = reg.dataset_manifest(spec.train)
+    assert ds_manifest is not None
+    if str(reg.dataset_manifest(spec.eval).raw.get("task")) != DETECTION:  # type: ignore[union-attr]
+        raise BuildError(f"{display} at /data/eval: {spec.eval!r} is no detection dataset")
+    classes = len(ds_manifest.raw.get("class_names") or ds_manifest.raw["classes"])
+    config = _architecture(reg, spec, src_manifest, train_data.shape, classes + 1)
+    config["task"] = DETECTION
+    _check_detector(config, display)
+    source = None if src_state is None or src_name is None else (src_name, src_state)
+    prepared = prepare_target(config, strategy, cfg.seed, source, reg.settings.entrypoints, display)
+    module, tmap, reinit = prepared.module, prepared.tensor_map, prepared.reinit
+    rows, unused = report(module, tmap, reinit)
+    run = train_detector(
+        module,
+        train_data.x_train,
+        train_data.y_train,
+        eval_data.x_eval,
+        eval_data.y_eval,
+        cfg,
+        augment,
+        display,
+        progress,
+    )
+    scored = score(module, eval_data.x_eval, eval_data.y_eval)
+    metrics = {m: scored[m] for m in ("map", "map_50", "map_75")}
+    params = dict(module.named_parameters())
+    transferred = sum(
+        params[r["name"]].numel()
+        for r in rows
+        if r["origin"] == "transferred" and r["name"] in params
+    )
+    manifest: dict[str, Any] = {
+        "kind": "model",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "source": None
+        if src_manifest is None
+        else {
+            "model": src_name,
+            "relation": spec.source.relation if spec.source else "finetune",
+            "id": src_manifest["id"],
+        },
+        "datasets": datasets,
+        "weights": {},
+        "architecture": {"config": config, "tensors": rows},
+        "parameters": {
+            "total": sum(p.numel() for p in params.values()),
+            "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
+            "transferred": transferred,
+        },
+        "transfer": {
+            "mapping": strategy.mapping if tmap else None,
+            "mode": strategy.mode,
+            "freeze": list(strategy.freeze),
+            "reinit": list(strategy.reinit),
+            "unused_source": unused,
+            "features_cached": False,
+            "pairs": [
+                {"target": r["name"], "source": r["source_name"]}
+                for r in rows
+                if r["source_name"] is not None and r["source_name"] != r["name"]
+            ],
+        },
+        "metrics": metrics,
+        "per_class": scored["per_class"],
+        "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
+        "checks": {},
+        "task": DETECTION,
+    }
+    names = _class_names(reg, spec.train)
+    if names is not None:
+        manifest["class_names"] = names
+    manifest["run"] = _run_block(
+        reg,
+        started,
+        begin,
+        device=run.device,
+        seed=cfg.seed,
+        deterministic=True,
+        threads=run.threads,
+        train_s=round(run.train_seconds, 3),
+    )
+    _write_model(reg, name, manifest, module.state_dict(), metrics, run.curve)
+    return manifest
+
+
+def recompute_map(
+    state: dict[str, torch.Tensor], config: dict[str, Any], x: np.ndarray, y: np.ndarray
+) -> dict[str, Any]:
+    """mAP of a detector rebuilt the way its users would: `torchvision.models.get_model(name,
+    weights=None, weights_backbone=None, num_classes=..., **options)` and a strict load."""
+    from torchvision.models import get_model
+
+    module = get_model(
+        str(config["name"]),
+        weights=None,
+        weights_backbone=None,
+        num_classes=int(config["num_classes"]),
+        **dict(config.get("options") or {}),
+    )
+    module.load_state_dict(state, strict=True)
+    return score(module, x, y)

@@ -1,0 +1,315 @@
+"""Detection datasets: generated shapes and COCO-format folders, stored as padded box arrays.
+
+Sources (dataset specs):
+
+- `shapes:detect`: coloured rectangles, ellipses and triangles drawn with numpy on small
+  images, one to `max_objects` per image; `shapes:classify` draws one shape per image and
+  labels the image with its class (a classifier's data for the backbone a detector reuses).
+  `options`: `count` (images, default 64), `size` (pixels a side, default 64), `classes`
+  (a subset of rectangle, ellipse, triangle, in label order), `max_objects` (default 3),
+  `seed` (default 0). The same options draw the same images on every machine.
+- `coco:FOLDER`: a folder in the repository holding the images and `annotations.json`
+  (COCO's instances layout; `options.annotations` names another file in the folder). Images
+  are read as `imagefolder:` reads them (`data._image`: regular files of bounded size inside
+  the repository, links out refused); categories become classes 0.. in category-id order.
+
+`data.npz` keeps the usual four arrays: images (N, C, H, W) float32 in [0, 1], and per image
+a (M, 5) float32 block of [label, x1, y1, x2, y2] in pixels, padded with label -1 to the
+largest box count; the manifest records `task: detection`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stemma.registry.errors import BuildError
+from stemma.registry.files import read_bytes_file
+from stemma.registry.taskspec import DETECTION
+
+from .data import DEFAULT_EVAL, DatasetArrays, Raw, _image, _resize
+
+SHAPES = ("rectangle", "ellipse", "triangle")
+PAD = -1.0  # label of a padding row
+MAX_ANNOTATION_BYTES = 64 << 20
+MAX_IMAGES = 100_000
+_LIMITS = {"count": (2, 100_000), "size": (16, 1024), "max_objects": (1, 64)}
+
+
+def is_detection_source(source: str) -> bool:
+    """True for the sources this module materializes as boxes."""
+    return source == "shapes:detect" or source.startswith("coco:")
+
+
+# -- generated shapes -------------------------------------------------------------------------
+
+
+def _options(options: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    opts = dict(options or {})
+    known = {"count", "size", "classes", "max_objects", "seed"}
+    extra = sorted(set(opts) - known)
+    if extra:
+        raise BuildError(f"{where}/options/{extra[0]}: unknown shapes option; use {sorted(known)}")
+    out: dict[str, Any] = {"count": 64, "size": 64, "max_objects": 3, "seed": 0}
+    for key, (low, high) in _LIMITS.items():
+        value = opts.get(key, out[key])
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise BuildError(f"{where}/options/{key}: must be an integer {low}-{high}")
+        out[key] = value
+    seed = opts.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise BuildError(f"{where}/options/seed: must be an integer 0-4294967295")
+    out["seed"] = seed
+    classes = opts.get("classes", list(SHAPES))
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or len(set(map(str, classes))) != len(classes)
+        or any(c not in SHAPES for c in classes)
+    ):
+        raise BuildError(f"{where}/options/classes: a list of distinct names from {list(SHAPES)}")
+    out["classes"] = [str(c) for c in classes]
+    return out
+
+
+def _mask(kind: str, size: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Boolean (size, size) mask of one shape filling `box` (x1, y1, x2, y2; x2, y2 exclusive)."""
+    x1, y1, x2, y2 = box
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    inside = (xx >= x1) & (xx < x2) & (yy >= y1) & (yy < y2)
+    if kind == "rectangle":
+        return inside
+    cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+    if kind == "ellipse":
+        return bool_((((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) <= 1.0)
+    # triangle: apex at the top middle, base along the bottom edge
+    half = (yy - y1) / max(y2 - y1, 1) * rx
+    return inside & (np.abs(xx - cx) <= half)
+
+
+def bool_(a: np.ndarray) -> np.ndarray:
+    """`a` as a boolean array (numpy comparisons already are; kept for mypy)."""
+    return np.asarray(a, dtype=bool)
+
+
+def _draw(
+    rng: np.random.Generator, size: int, kinds: Sequence[int], names: Sequence[str]
+) -> tuple[np.ndarray, list[list[float]]]:
+    """One image and its boxes [label, x1, y1, x2, y2]."""
+    img = np.empty((3, size, size), dtype=np.float32)
+    img[:] = rng.uniform(0.0, 0.25, size=(3, 1, 1)).astype(np.float32)
+    img += rng.normal(0.0, 0.02, size=img.shape).astype(np.float32)
+    boxes: list[list[float]] = []
+    for label in kinds:
+        w, h = (int(v) for v in rng.integers(size // 6, size // 2 + 1, size=2))
+        x1 = int(rng.integers(0, size - w + 1))
+        y1 = int(rng.integers(0, size - h + 1))
+        colour = rng.uniform(0.5, 1.0, size=3).astype(np.float32)
+        mask = _mask(names[label], size, (x1, y1, x1 + w, y1 + h))
+        img[:, mask] = colour[:, None]
+        boxes.append([float(label), float(x1), float(y1), float(x1 + w), float(y1 + h)])
+    return np.clip(img, 0.0, 1.0), boxes
+
+
+def shapes(
+    mode: str, options: Mapping[str, Any] | None, where: str
+) -> tuple[np.ndarray, list[list[list[float]]], tuple[str, ...]]:
+    """Generated images, their boxes and the class names; `mode` detect or classify."""
+    opts = _options(options, where)
+    rng = np.random.default_rng(opts["seed"])
+    names = tuple(opts["classes"])
+    images, boxes = [], []
+    for i in range(opts["count"]):
+        if mode == "classify":  # balanced classes, one shape each
+            kinds = [i % len(names)]
+        else:
+            n = int(rng.integers(1, opts["max_objects"] + 1))
+            kinds = [int(k) for k in rng.integers(0, len(names), size=n)]
+        img, found = _draw(rng, opts["size"], kinds, names)
+        images.append(img)
+        boxes.append(found)
+    return np.stack(images), boxes, names
+
+
+def shapes_raw(mode: str, options: Mapping[str, Any] | None, where: str) -> Raw:
+    """`shapes:classify` as a classification source: each image labelled with its shape."""
+    x, boxes, names = shapes(mode, options, where)
+    y = np.asarray([int(b[0][0]) for b in boxes], dtype=np.int64)
+    return Raw(x, y, names)
+
+
+# -- COCO folders -------------------------------------------------------------------------------
+
+
+def coco(
+    rel: str,
+    resolve: Callable[[str], Path],
+    options: Mapping[str, Any] | None,
+    size: Sequence[int] | None,
+    where: str,
+) -> tuple[np.ndarray, list[list[list[float]]], tuple[str, ...]]:
+    """Images, boxes and category names of a COCO-format folder (see the module docstring)."""
+    opts = dict(options or {})
+    extra = sorted(set(opts) - {"annotations"})
+    if extra:
+        raise BuildError(f"{where}/options/{extra[0]}: unknown coco option; use annotations")
+    ann_name = str(opts.get("annotations", "annotations.json"))
+    if "/" in ann_name or "\\" in ann_name or ann_name in ("", ".", ".."):
+        raise BuildError(f"{where}/options/annotations: a file name in the folder, not a path")
+    folder = rel.rstrip("/")
+    ann_rel = f"{folder}/{ann_name}"
+    data = read_bytes_file(resolve(ann_rel), ann_rel, limit=MAX_ANNOTATION_BYTES)
+    if data is None:
+        raise BuildError(f"{where}: annotations file {ann_rel} does not exist")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BuildError(f"{where}: {ann_rel} is not JSON: {str(exc)[:120]}") from None
+    images, anns, cats = _coco_parts(doc, ann_rel)
+    cat_ids = sorted(cats)
+    label_of = {cid: i for i, cid in enumerate(cat_ids)}
+    by_image: dict[int, list[list[float]]] = {iid: [] for iid in images}
+    for i, ann in enumerate(anns):
+        pointer = f"{ann_rel} at /annotations/{i}"
+        iid, cid, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
+        if iid not in by_image or cid not in label_of:
+            raise BuildError(f"{pointer}: image_id or category_id names no entry")
+        if ann.get("iscrowd"):
+            continue  # crowd regions are no instances to detect
+        if (
+            not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+            or not all(np.isfinite(bbox))
+            or bbox[2] <= 0
+            or bbox[3] <= 0
+        ):
+            raise BuildError(f"{pointer}/bbox: [x, y, width, height] with width and height > 0")
+        x, y, w, h = (float(v) for v in bbox)
+        by_image[iid].append([float(label_of[cid]), x, y, x + w, y + h])
+    arrays: list[np.ndarray] = []
+    boxes: list[list[list[float]]] = []
+    for iid in sorted(images):
+        path = f"{folder}/{images[iid]}"
+        img = _image(resolve(path), path, where)
+        a = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        found = by_image[iid]
+        if size is not None and list(a.shape[1:]) != list(size):
+            sy, sx = size[0] / a.shape[1], size[1] / a.shape[2]
+            found = [[b[0], b[1] * sx, b[2] * sy, b[3] * sx, b[4] * sy] for b in found]
+            a = _resize(a[None], int(size[0]), int(size[1]))[0]
+        if arrays and a.shape != arrays[0].shape:
+            raise BuildError(
+                f"{where}: {path} is {a.shape[2]}x{a.shape[1]}, other images"
+                f" {arrays[0].shape[2]}x{arrays[0].shape[1]}; add a transform {{resize: [H, W]}}"
+            )
+        arrays.append(a.astype(np.float32))
+        boxes.append(found)
+    if not arrays:
+        raise BuildError(f"{where}: {ann_rel} lists no images")
+    names = tuple(str(cats[c]) for c in cat_ids)
+    return np.stack(arrays), boxes, names
+
+
+def _coco_parts(
+    doc: Any, ann_rel: str
+) -> tuple[dict[int, str], list[dict[str, Any]], dict[int, str]]:
+    """(image id -> file name, annotations, category id -> name), each entry checked."""
+    if not isinstance(doc, dict):
+        raise BuildError(f"{ann_rel}: expected a COCO object with images, annotations, categories")
+    parts = {}
+    for key in ("images", "annotations", "categories"):
+        value = doc.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise BuildError(f"{ann_rel} at /{key}: expected a list of objects")
+        parts[key] = value
+    if len(parts["images"]) > MAX_IMAGES:
+        raise BuildError(f"{ann_rel} at /images: more than {MAX_IMAGES} images")
+    images: dict[int, str] = {}
+    for i, entry in enumerate(parts["images"]):
+        iid, name = entry.get("id"), entry.get("file_name")
+        if not isinstance(iid, int) or isinstance(iid, bool) or iid in images:
+            raise BuildError(f"{ann_rel} at /images/{i}/id: a unique integer")
+        if (
+            not isinstance(name, str)
+            or not name
+            or name.startswith(("/", "\\"))
+            or any(p in ("", ".", "..") for p in name.replace("\\", "/").split("/"))
+        ):
+            raise BuildError(
+                f"{ann_rel} at /images/{i}/file_name: a relative path inside the folder"
+            )
+        images[iid] = name
+    cats: dict[int, str] = {}
+    for i, entry in enumerate(parts["categories"]):
+        cid, name = entry.get("id"), entry.get("name")
+        if not isinstance(cid, int) or isinstance(cid, bool) or cid in cats:
+            raise BuildError(f"{ann_rel} at /categories/{i}/id: a unique integer")
+        cats[cid] = str(name)
+    if not cats:
+        raise BuildError(f"{ann_rel} at /categories: no category")
+    return images, parts["annotations"], cats
+
+
+# -- the stored arrays ----------------------------------------------------------------------------
+
+
+def pad_boxes(boxes: Sequence[Sequence[Sequence[float]]]) -> np.ndarray:
+    """(N, M, 5) float32 of per-image boxes, padded with label -1."""
+    width = max((len(b) for b in boxes), default=0) or 1
+    out = np.zeros((len(boxes), width, 5), dtype=np.float32)
+    out[:, :, 0] = PAD
+    for i, found in enumerate(boxes):
+        if found:
+            out[i, : len(found)] = np.asarray(found, dtype=np.float32)
+    return out
+
+
+def unpad(y: np.ndarray) -> list[np.ndarray]:
+    """Per image: its (M_i, 5) rows of [label, x1, y1, x2, y2] without padding."""
+    return [row[row[:, 0] >= 0] for row in np.asarray(y, dtype=np.float32)]
+
+
+def materialize_detection(
+    spec: Mapping[str, Any],
+    *,
+    display: str,
+    resolve: Callable[[str], Path],
+) -> DatasetArrays:
+    """A detection dataset spec's train and eval arrays (seeded split)."""
+    where = f"{display} at /source"
+    source = str(spec["source"])
+    for key in ("select", "target", "features"):
+        if key in spec:
+            raise BuildError(f"{display} at /{key}: does not apply to a detection source")
+    transforms = list(spec.get("transforms") or [])
+    if any("resize" not in step for step in transforms) or len(transforms) > 1:
+        raise BuildError(f"{display} at /transforms: a detection source takes one resize only")
+    size = list(transforms[0]["resize"]) if transforms else None
+    if "task" in spec and spec["task"] != DETECTION:
+        raise BuildError(f"{display} at /task: {source} is a detection source")
+    if source == "shapes:detect":
+        x, boxes, names = shapes("detect", spec.get("options"), where)
+        if size is not None:
+            raise BuildError(f"{display} at /transforms: set options.size instead of a resize")
+    else:
+        x, boxes, names = coco(source.partition(":")[2], resolve, spec.get("options"), size, where)
+    split_spec = dict(spec.get("split") or {})
+    seed = int(split_spec.get("seed", 0))
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_eval = max(1, round(len(x) * float(split_spec.get("eval", DEFAULT_EVAL))))
+    if n_eval >= len(x):
+        raise BuildError(f"{display} at /split/eval: leaves no training image")
+    ev, tr = np.sort(order[:n_eval]), np.sort(order[n_eval:])
+    y = pad_boxes(boxes)
+    return DatasetArrays(x[tr], y[tr], x[ev], y[ev], names)
+
+
+def class_counts(y: np.ndarray) -> dict[str, int]:
+    """Boxes per class label in one split."""
+    labels = np.concatenate([b[:, 0] for b in unpad(y)] or [np.zeros(0)]).astype(np.int64)
+    values, counts = np.unique(labels, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
