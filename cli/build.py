@@ -98,18 +98,44 @@ def model(
     json_: ResultJsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
-    """Build a model from its spec: map the source, train, evaluate, write weights and manifest."""
+    """Build a model from its spec: map the source, train, evaluate, write weights and manifest.
+    A spec asking for several processes (training.distributed) runs under torchrun."""
+    from stemma.migration import distributed as dist
+
+    if dist.launched() and not dist.is_writer():
+        from stemma.registry._store import held
+
+        with held():  # the other ranks read the caches and write nothing
+            _model(name, True, json_, repo)
+        return
+    _model(name, quiet, json_, repo)
+
+
+def _model(name: str, quiet: bool, json_: bool, repo: Path) -> None:
+    """`model`'s work: relaunch under torchrun when asked, else build and report."""
+    from stemma.migration import distributed as dist
+
+    reg = Registry.open(repo)
+    spec = reg.model_spec(name)
+    want = dist.requested(spec.training, reg.settings.defaults.get("training"))
+    if want is not None and not dist.launched():  # start again as N processes, then done
+        import subprocess
+
+        args = ["build", "model", name, "--repo", str(repo), *(["--quiet"] if quiet else [])]
+        code = subprocess.call(dist.launch_argv(want, [*args, *(["--json"] if json_ else [])]))
+        raise typer.Exit(code)
     from stemma.migration.numerics import pin_for_repo
 
     pin_for_repo(repo)  # before torch loads
     from stemma.migration.build import build_model
 
-    reg = Registry.open(repo)
-    if quiet:
+    if quiet or not dist.is_writer():
         manifest = build_model(reg, name)
     else:
         with _epoch_bar(name) as progress:
             manifest = build_model(reg, name, progress=progress)
+    if not manifest:  # another rank than 0 of a distributed build: rank 0 reports
+        return
     failed = [g["metric"] for g in manifest["gates"] if not g["passed"]]
     if json_:  # the progress bar is on stderr, so stdout stays one JSON document
         emit_json(

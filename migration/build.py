@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from stemma.registry.registry import DATA_FILE, INDEX_DIR, MANIFEST_FILE, WEIGHT
 from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spec_problems
 from torch import nn
 
+from . import distributed as dist
 from . import fingerprint
 from . import weights as _weights
 from .adapters import ADAPTER_DIR
@@ -429,7 +430,10 @@ def _checkpointer(
 
 
 def build_model(reg: Registry, name: str, progress: Progress | None = None) -> dict[str, Any]:
-    """Build a model from its spec: map, train, evaluate, then write every output atomically."""
+    """Build a model from its spec: map, train, evaluate, then write every output atomically.
+
+    In a distributed launch (`training.distributed`, migration/distributed.py) every rank
+    trains; rank 0 returns the manifest and the others an empty dict, having written nothing."""
     started, begin = _now(), time.perf_counter()
     importable(reg.repo_root)
     check_buildable(reg, "model", name)
@@ -466,6 +470,11 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     # -- hyper-parameter search: `training.search` picks the settings the build then uses --
     source = None if src_state is None or src_name is None else (src_name, src_state)
     searched: dict[str, Any] | None = None
+    if "search" in spec.training and cfg.distributed is not None:
+        raise BuildError(
+            f"{display} at /training/distributed: a hyper-parameter search (training.search)"
+            " runs in one process; drop one of the two"
+        )
     if "search" in spec.training:
         from .search import search_for_build
 
@@ -497,6 +506,8 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         display=display,
         checkpoint=_checkpointer(reg, spec, cfg, config, datasets, src_manifest),
     )
+    if not dist.is_writer():  # rank 0 evaluates, checks and writes; the others are done
+        return {}
     device = torch.device(result.device)
     with cpu_threads(device):  # as trained: more threads only contend on a small model
         scored = evaluate(
@@ -636,17 +647,51 @@ def _write_model(
     files: Mapping[str, bytes] | None = None,
 ) -> None:
     """Stream the weights into the staging folder (hashed as they are written, sharded above
-    `weights.SHARD_BYTES`) and record them in the manifest; then validate and switch weights,
-    metrics, curve and the manifest in as one unit."""
-    from .shards import write
-
+    `limits.max_shard_bytes`) and record them in the manifest; then validate and switch
+    weights, metrics, curve and the manifest in as one unit."""
     outputs: dict[str, Any] = {METRICS_FILE: dict(metrics), CURVE_FILE: curve}
     outputs.update(files or {})  # an adapter's own files come instead of `state`
-    with Stage(reg.model_dir(name)) as stage:
+    folder = reg.model_dir(name)
+    with Stage(folder) as stage:
         if state is not None:
             limit = int(reg.settings.given_limits.get("max_shard_bytes", _weights.SHARD_BYTES))
-            manifest["weights"] = write(stage.write, state, WEIGHTS_FILE, limit)
-        _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs, stage)
+            manifest["weights"] = _write_weights(stage, state, limit)
+        _commit(reg, folder, "models", manifest, MODEL_MANIFEST, outputs, stage)
+    _drop_unrecorded_shards(folder, manifest["weights"])
+
+
+def _write_weights(stage: Stage, state: Mapping[str, torch.Tensor], limit: int) -> dict[str, Any]:
+    """The weights as `weights.safetensors`: one file, or, above `limit`, a folder of that
+    name holding the index and its shards (the hub's layout, files beside the index).
+
+    Why a folder: the model stage's DVC output is `weights.safetensors` whatever the size
+    (DVC takes a file or a folder at a declared path), so dvc.yaml follows from the specs
+    alone and stays the same for every unsharded model; a sharded model is one DVC output
+    that `dvc push`, `pull` and `status` handle whole."""
+    from .shards import write
+
+    def into_folder(file: str, writer: Callable[[IO[bytes]], _weights.Hashes]) -> _weights.Hashes:
+        # the single-file case keeps its name; shards and index go inside the folder
+        return stage.write(file if file == WEIGHTS_FILE else f"{WEIGHTS_FILE}/{file}", writer)
+
+    block = write(into_folder, state, WEIGHTS_FILE, limit)
+    if "shards" in block:  # paths in the manifest are relative to the model's folder
+        block["path"] = f"{WEIGHTS_FILE}/{block['path']}"
+        for shard in block["shards"]:
+            shard["path"] = f"{WEIGHTS_FILE}/{shard['path']}"
+    return block
+
+
+def _drop_unrecorded_shards(folder: Path, block: Mapping[str, Any]) -> None:
+    """After the switch: files of an earlier sharded build (other shard counts) that the
+    manifest no longer names leave the weights folder, which DVC records whole."""
+    shards = folder / WEIGHTS_FILE
+    if "shards" not in block or not shards.is_dir() or shards.is_symlink():
+        return
+    keep = {str(block["path"]), *(str(s["path"]) for s in block["shards"])}
+    for path in shards.iterdir():
+        if f"{WEIGHTS_FILE}/{path.name}" not in keep and path.is_file():
+            path.unlink()
 
 
 def register_model(

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from stemma.registry.records import MODEL_SPEC, validate_document
 from stemma.registry.taskspec import LOSSES as TASK_LOSSES
 from torch import nn
 
+from . import distributed as dist
 from . import optim
 from .architectures import FeatureStage, head_of, stages
 from .checkpoint import Checkpointer
@@ -79,6 +80,7 @@ class TrainConfig:
     class_weights: str | tuple[float, ...] | None = None  # "balanced" or one per class
     lr_multipliers: tuple[tuple[str, float], ...] = ()  # (glob, factor): first match wins
     checkpoint_every: int | None = None  # epochs; None: by time (checkpoint.AUTO_INTERVAL_S)
+    distributed: dist.Distributed | None = None  # data-parallel (migration/distributed.py)
 
     @classmethod
     def from_spec(
@@ -130,6 +132,10 @@ class TrainConfig:
         doc["lr_multipliers"] = dict(self.lr_multipliers)
         if isinstance(self.class_weights, tuple):
             doc["class_weights"] = list(self.class_weights)
+        if self.distributed is None:  # absent, as before the option existed (checkpoint keys)
+            del doc["distributed"]
+        else:
+            doc["distributed"] = self.distributed.to_dict()
         return doc
 
 
@@ -146,6 +152,9 @@ def _parsed(merged: Mapping[str, Any], display: str) -> dict[str, Any]:
         out["lr_multipliers"] = tuple((str(k), float(v)) for k, v in out["lr_multipliers"].items())
     elif out.get("lr_multipliers") is None:
         out.pop("lr_multipliers", None)
+    if isinstance(out.get("distributed"), Mapping):
+        found = dist.Distributed.from_spec(out["distributed"])
+        out["distributed"] = found if found.world_size > 1 else None  # 1 process: plain
     return out
 
 
@@ -163,6 +172,8 @@ class TrainResult:
     best_epoch: int | None = None  # early stopping: the epoch whose weights were kept
     stopped_epoch: int | None = None  # early stopping: the last epoch trained
     resumed_epoch: int | None = None  # the checkpoint's epoch a resumed build started after
+    world_size: int = 1  # processes of a distributed build (each with a slice of every batch)
+    backend: str | None = None  # its torch.distributed backend
 
     def run_notes(self) -> dict[str, Any]:
         """What the manifest's run block adds about this training (empty for a plain one)."""
@@ -174,16 +185,18 @@ class TrainResult:
             }
         if self.resumed_epoch is not None:
             notes["resumed_after_epoch"] = self.resumed_epoch
+        if self.world_size > 1:
+            notes["distributed"] = {"world_size": self.world_size, "backend": self.backend}
         return notes
 
 
 def resolve_device(name: str) -> torch.device:
     """'auto' is cuda when available, else cpu."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(dist.device_for("cuda") if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise BuildError("training.device is cuda but no CUDA device is available")
-    return torch.device(name)
+    return torch.device(dist.device_for(name))
 
 
 def lr_scales(
@@ -310,12 +323,14 @@ def train(
     amp = cfg.amp and device.type == "cuda"
     prior = torch.are_deterministic_algorithms_enabled()
     set_deterministic(deterministic)
+    dist.check_launch(cfg.distributed, display)
     try:
-        with cpu_threads(device):
+        with cpu_threads(device), dist.process_group(cfg.distributed, device.type) as backend:
             data = (x_train, y_train, x_eval, y_eval)
-            return _Loop(module, data, cfg, device, amp, features, display).run(
-                progress, checkpoint, deterministic
-            )
+            loop = _Loop(module, data, cfg, device, amp, features, display)
+            if backend is not None:
+                loop.join(backend)
+            return loop.run(progress, checkpoint, deterministic)
     finally:
         set_deterministic(prior)
 
@@ -376,6 +391,21 @@ class _Loop:
         n, group = len(self.yt), cfg.batch_size * cfg.accumulate
         self.steps_per_epoch = math.ceil(n / group) if n else 0
         self.step = 0  # optimizer steps taken: the schedule's clock
+        self.rank, self.world = 0, 1
+        self.backend: str | None = None
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.step_fn  # DDP's, once joined
+        self.ddp: Any = None  # torch's DistributedDataParallel around the trained part
+
+    def join(self, backend: str) -> None:
+        """Train as one rank of the launch: the trained part wrapped in DDP (gradients
+        averaged over the ranks after each backward), each rank a slice of every batch."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.rank, self.world, self.backend = dist.rank(), dist.world_size(), backend
+        if self.params:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.step_fn, device_ids=ids)
+            self.forward = self.ddp
 
     def run(
         self, progress: Progress | None, checkpoint: Checkpointer | None, deterministic: bool
@@ -387,23 +417,26 @@ class _Loop:
             device=str(self.device),
             deterministic=deterministic,
             threads=torch.get_num_threads(),
+            world_size=self.world,
+            backend=self.backend,
         )
         n = len(self.yt)
         first, spent = 1, 0.0
-        loaded = checkpoint.load() if checkpoint is not None else None
-        if loaded is not None and checkpoint is not None:
-            meta = restore(loaded, module, self.opt, self.gen, self.tracker, self.device)
-            if meta is None:  # tensors that do not fit this module: start over
-                checkpoint.clear()
-            else:
-                first = int(meta["epoch"]) + 1
-                self.step, spent = int(meta["step"]), float(meta["spent"])
-                result.curve = list(meta["curve"])
-                result.resumed_epoch = first - 1
+        if self.rank == 0:  # rank 0 first: it deletes a damaged or foreign checkpoint
+            first, spent = self._resume(checkpoint, result)
+        if self.world > 1:
+            self._barrier()
+            if self.rank != 0:  # then the others read what rank 0 kept, writing nothing
+                first, spent = self._resume(checkpoint, result, writer=False)
+            self._same_start(first)
+        if self.rank != 0:
+            checkpoint, progress = None, None  # only rank 0 writes and reports
         last = first - 1
         for epoch in range(first, cfg.epochs + 1):
             begin = time.perf_counter()
             loss_sum, correct = self._epoch()
+            if self.world > 1:
+                loss_sum, correct = self._summed(loss_sum), self._summed(correct)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             spent += time.perf_counter() - begin
@@ -432,6 +465,48 @@ class _Loop:
         result.samples_per_s = n * epochs_run / spent if spent > 0 else 0.0
         return result
 
+    def _resume(
+        self, checkpoint: Checkpointer | None, result: TrainResult, writer: bool = True
+    ) -> tuple[int, float]:
+        """Restore a matching checkpoint: (first epoch to train, seconds spent before)."""
+        # the other ranks load after rank 0 kept or deleted the file: they find it whole
+        loaded = checkpoint.load() if checkpoint is not None else None
+        if loaded is None or checkpoint is None:
+            return 1, 0.0
+        meta = restore(loaded, self.module, self.opt, self.gen, self.tracker, self.device)
+        if meta is None:  # tensors that do not fit this module: start over
+            if writer:
+                checkpoint.clear()
+            return 1, 0.0
+        self.step = int(meta["step"])
+        result.curve = list(meta["curve"])
+        result.resumed_epoch = int(meta["epoch"])
+        return int(meta["epoch"]) + 1, float(meta["spent"])
+
+    def _barrier(self) -> None:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+    def _summed(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` summed over the ranks."""
+        import torch.distributed as tdist
+
+        value = value.clone()
+        tdist.all_reduce(value)
+        return value
+
+    def _same_start(self, first: int) -> None:
+        """Every rank resumes from the same epoch: a checkpoint only rank 0 can see (another
+        node's disk) would have the ranks train different models."""
+        mine = torch.tensor([first], dtype=torch.int64, device=self.device)
+        if int(self._summed(mine).item()) != first * self.world:
+            raise BuildError(
+                f"{self.display} at /training/distributed: the ranks found different"
+                " checkpoints; put .stemma/checkpoints on storage every node shares, or"
+                " delete it"
+            )
+
     def _epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over the training data; returns (summed loss, correct predictions)."""
         cfg, device, task, opt = self.cfg, self.device, self.task, self.opt
@@ -449,12 +524,16 @@ class _Loop:
             assert opt is not None
             for start in range(begin, end, cfg.batch_size):
                 idx = order[start : min(start + cfg.batch_size, end)]
+                if start == begin:
+                    opt.zero_grad(set_to_none=True)
+                if self.world > 1:
+                    last = start + cfg.batch_size >= end
+                    loss_sum += self._ranks_step(idx, end - begin, last, correct)
+                    continue
                 xb, yb = self.xt[idx], self.yt[idx]
                 with autocast(device, self.amp):
                     out = self.step_fn(xb)
                 loss = task.loss(out, yb, self.loss_name, cfg.label_smoothing, self.weight)
-                if start == begin:
-                    opt.zero_grad(set_to_none=True)
                 # micro-batch means weighted by their share: the gradient of the group's mean
                 scaled = loss if cfg.accumulate == 1 else loss * (len(idx) / (end - begin))
                 scaled.backward()  # type: ignore[no-untyped-call]
@@ -469,6 +548,34 @@ class _Loop:
             opt.step()
             self.step += 1
         return loss_sum, correct
+
+    def _ranks_step(
+        self, idx: torch.Tensor, group: int, last: bool, correct: torch.Tensor
+    ) -> torch.Tensor:
+        """This rank's slice of one micro-batch: forward, backward (DDP averages the
+        gradients over the ranks on the group's last micro-batch), adds its hits to
+        `correct`; returns its summed loss. Each slice's mean is weighted by its share of the
+        group times the world size, so the average DDP takes is the gradient of the group's
+        mean, as in one process (slices may differ in size by one sample, or be empty)."""
+        cfg, task = self.cfg, self.task
+        mine = idx.tensor_split(self.world)[self.rank]
+        xb, yb = self.xt[mine], self.yt[mine]
+        # gradients are averaged once per group: on its last micro-batch
+        quiet = self.ddp is not None and not last
+        with self.ddp.no_sync() if quiet and self.ddp is not None else nullcontext():
+            with autocast(self.device, self.amp):
+                out = self.forward(xb)
+            if len(mine):
+                loss = task.loss(out, yb, self.loss_name, cfg.label_smoothing, self.weight)
+                scaled = loss * (len(mine) * self.world / group)
+            else:  # no sample here: still take part in the gradient average, adding zero
+                loss = out.sum() * 0.0
+                scaled = loss
+            scaled.backward()  # type: ignore[no-untyped-call]
+        hits = task.hits(out, yb) if len(mine) else None
+        if hits is not None:
+            correct += hits
+        return loss.detach() * len(mine)
 
 
 def class_weights(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 STORE = ".stemma"
@@ -95,17 +96,34 @@ def clear(path: Path) -> bool:
     """Remove a damaged entry that is not a regular file or a folder (a link is removed, not
     followed); True when `path` is now missing or a regular file."""
     found = kind(path)
-    if found == "other":
+    if found == "other" and not _HELD:
         with contextlib.suppress(OSError):
             os.unlink(path)
         found = kind(path)
     return found in ("missing", "file")
 
 
+# Depth of `held()` blocks: inside one, caches are read but never written.
+_HELD: list[None] = []
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """No cache is written inside the block (reads still hit): the ranks of a distributed
+    build other than 0 read the registry as rank 0 does and write nothing."""
+    _HELD.append(None)
+    try:
+        yield
+    finally:
+        _HELD.pop()
+
+
 def write(path: Path, data: bytes | str) -> bool:
     """Replace the cache file `path` atomically, making its folder (`.stemma`) when missing;
     False, with nothing written, when the store cannot hold it (not a real folder, a folder
-    in the file's place, a read-only or full disk)."""
+    in the file's place, a read-only or full disk) or inside `held()`."""
+    if _HELD:
+        return False
     with contextlib.suppress(OSError):
         os.mkdir(path.parent)
     if not is_folder(path.parent):

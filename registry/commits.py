@@ -48,6 +48,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _clear_way(folder: Path, target: Path) -> None:
+    """Remove what the committed layout replaces by another kind of entry: a file (or link)
+    where the new outputs need a folder, a folder where they need a file (sharded weights
+    are a folder named like the single file they replace, and the other way round)."""
+    parent = target.parent
+    if parent != folder and (parent.is_symlink() or (parent.exists() and not parent.is_dir())):
+        parent.unlink()
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+
+
 def finish(folder: Path) -> bool:
     """Move a committed folder's files into `folder`, the manifest last; True when there was
     one. A file another process moved first is skipped (see the module's note)."""
@@ -57,6 +68,7 @@ def finish(folder: Path) -> bool:
     names = [str(p.relative_to(done)) for p in done.rglob("*") if not p.is_dir()]
     for name in order(names):
         target = folder / name
+        _clear_way(folder, target)
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.replace(done / name, target)

@@ -17,6 +17,7 @@ from .dag import Forest
 from .errors import LocatedError, PathEscape, StemmaError
 from .hfdisk import check_saved_dataset
 from .locks import folder_locked_md5
+from .lockstate import recorded_md5
 from .naming import NAME_RE, NAME_RULE, parse_source
 from .records import DatasetSpec, Manifest, ModelSpec
 from .registry import Registry
@@ -523,10 +524,8 @@ def model_facts(reg: Registry, name: str) -> ModelFacts:
 
 
 def weights_md5(manifest: Any) -> str | None:
-    """The md5 of the weights a (raw) manifest records, if any."""
-    weights = manifest.get("weights") if isinstance(manifest, dict) else None
-    md5 = weights.get("md5") if isinstance(weights, dict) else None
-    return None if md5 is None else str(md5)
+    """The md5 of the weights a (raw) manifest records, as DVC records it, if any."""
+    return recorded_md5(manifest.get("weights") if isinstance(manifest, dict) else None)
 
 
 def _manifest_checks(

@@ -9,7 +9,7 @@ from typing import Any
 from . import status
 from .errors import DatasetNotFound, ModelNotFound
 from .locks import folder_locked_md5
-from .lockstate import unlocked
+from .lockstate import recorded_md5, unlocked
 from .records import Manifest
 from .registry import SPEC_FILE, Registry
 from .tree import WorkTree
@@ -82,7 +82,7 @@ def _staleness_inputs(
         manifest.spec_digest,
         parent.id if parent is not None else None,
         manifest.source_id,
-        weights.get("md5"),
+        recorded_md5(weights),
         folder_locked_md5(reg, name),
     )
 

@@ -14,8 +14,11 @@ and is read only for folders whose lock records weights.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from . import status
 from .errors import StemmaError
@@ -44,6 +47,27 @@ def _kept_md5s(reg: Registry) -> dict[str, tuple[str | None, str | None]]:
     return out
 
 
+def recorded_md5(weights: Any) -> str | None:
+    """The md5 DVC records for the weights a manifest's weights block names: the file's, or
+    for a sharded model (a `weights.safetensors` folder: index and shards) DVC's folder hash,
+    the md5 of its sorted listing of names and md5s plus `.dir` (dvc-data's `Tree`, the
+    format of every DVC since 1.0), so that the lock rule compares like with like."""
+    md5 = weights.get("md5") if isinstance(weights, dict) else None
+    shards = weights.get("shards") if isinstance(weights, dict) else None
+    if md5 is None or not isinstance(shards, list):
+        return None if md5 is None else str(md5)
+    try:
+        files = [weights, *shards]
+        listing = sorted(
+            ({"md5": str(f["md5"]), "relpath": PurePosixPath(str(f["path"])).name} for f in files),
+            key=lambda entry: entry["relpath"],
+        )
+    except (KeyError, TypeError):
+        return None  # a damaged block: the consistency check reports the manifest
+    blob = json.dumps(listing, sort_keys=True).encode()
+    return hashlib.md5(blob, usedforsecurity=False).hexdigest() + ".dir"
+
+
 def _manifest_md5(reg: Registry, name: str) -> str | None:
     """The weights md5 the model's manifest records (None when it cannot be read: the
     consistency check reports that manifest itself)."""
@@ -52,9 +76,7 @@ def _manifest_md5(reg: Registry, name: str) -> str | None:
         doc = read_json(path, reg.rel("models", name, MANIFEST_FILE), root=reg.repo_root)
     except StemmaError:
         return None
-    weights = doc.get("weights") if isinstance(doc, dict) else None
-    md5 = weights.get("md5") if isinstance(weights, dict) else None
-    return md5 if isinstance(md5, str) else None
+    return recorded_md5(doc.get("weights") if isinstance(doc, dict) else None)
 
 
 def unlocked(reg: Registry, names: Iterable[str]) -> set[str]:

@@ -23,8 +23,13 @@ MODEL_MANIFEST = "model-manifest"
 DATASET_MANIFEST = "dataset-manifest"
 SETTINGS = "settings"
 # stemma.yaml's `limits` and their defaults: a spec whose model would be larger is refused
-# by `validate` and by the build before anything is allocated (registry/archrules.py).
-LIMITS: Mapping[str, int] = {"max_parameters": 1_000_000_000, "max_layers": 1024}
+# by `validate` and by the build before anything is allocated (registry/archrules.py);
+# weights larger than `max_shard_bytes` are saved in shards (migration/shards.py).
+LIMITS: Mapping[str, int] = {
+    "max_parameters": 1_000_000_000,
+    "max_layers": 1024,
+    "max_shard_bytes": 20 << 30,
+}
 
 
 def _pointer(parts: list[str | int]) -> str:

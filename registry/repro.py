@@ -14,7 +14,8 @@ never recorded: killed before it wrote the lock, or run by hand) is stale too
 (`lockstate`): DVC runs its stage, which records the lock and caches the weights.
 
 A stage whose output is missing from the working tree (a fresh clone that has not run
-`dvc pull`, an output deleted by hand) is handed to DVC as well, as `dvc repro` would find
+`dvc pull`, an output deleted by hand, a sharded model's folder without its index) is
+handed to DVC as well, as `dvc repro` would find
 it: the manifest in git says the model was built, not that its weights are here.
 
 What only DVC sees (stemma.yaml's settings, an entrypoint's code, a data file edited in
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import status
@@ -38,6 +40,8 @@ from .pipeline import ADAPTER_DIR, stage_file, stage_name
 from .registry import DATA_FILE, WEIGHTS_FILE, Registry
 
 TO_BUILD = (status.STALE, status.UNBUILT)
+# A sharded build's index, inside the `weights.safetensors` folder (migration/shards.py).
+SHARD_INDEX = WEIGHTS_FILE + ".index.json"
 
 
 @dataclass(frozen=True)
@@ -146,11 +150,18 @@ def _absent_outputs(reg: Registry, rows: _Rows) -> tuple[set[str], set[str]]:
     models = {
         m
         for m in rows.declared
-        if not (root / "models" / m / WEIGHTS_FILE).exists()
+        if not _has_weights(root / "models" / m)
         and not (root / "models" / m / ADAPTER_DIR).is_dir()
     }
     data = {d for d in rows.dataset_status if not (root / "datasets" / d / DATA_FILE).exists()}
     return models, data
+
+
+def _has_weights(folder: Path) -> bool:
+    """The model's weights are on disk: the file, or a sharded build's folder of that name
+    holding its index (shards beside it; `verify` checks each)."""
+    weights = folder / WEIGHTS_FILE
+    return weights.is_file() or (weights / SHARD_INDEX).is_file()
 
 
 def _restrict(
