@@ -51,10 +51,17 @@ class Plan:
     targets: list[str] = field(default_factory=list)  # `PATH/dvc.yaml:STAGE`
     datasets: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    # target -> the targets of this plan it needs built first (`stemma repro --jobs`)
+    parents: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"targets": self.targets, "datasets": self.datasets, "models": self.models}
+        return {
+            "targets": self.targets,
+            "datasets": self.datasets,
+            "models": self.models,
+            "parents": self.parents,
+        }
 
 
 @dataclass
@@ -133,13 +140,26 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
         affected = models
     order = dag_order({m: deps[m] for m in affected}, strict=False)
     out = Plan(datasets=sorted(data), models=order)
+    built: dict[str, str] = {}  # model or dataset of this plan -> the target that builds it
     for name in out.datasets:
-        out.targets.append(f"{stage_file(reg, 'dataset', name)}:{stage_name('dataset', name)}")
+        target = f"{stage_file(reg, 'dataset', name)}:{stage_name('dataset', name)}"
+        out.targets.append(target)
+        out.parents[target] = []
+        built[f"dataset:{name}"] = target
     for name in order:
         where = stage_file(reg, "model", name)
-        if rows.declared[name]["source"] == "auto":
-            out.targets.append(f"{where}:{stage_name('explore', name)}")
-        out.targets.append(f"{where}:{stage_name('model', name)}")
+        spec = rows.declared[name]
+        data = [built[f"dataset:{d}"] for d in sorted(spec["data"]) if f"dataset:{d}" in built]
+        first = [built[m] for m in deps[name] if m in built]  # sources, in lineage order
+        if spec["source"] == "auto":  # the exploration reads the candidates, then the build
+            explore = f"{where}:{stage_name('explore', name)}"
+            out.targets.append(explore)
+            out.parents[explore] = [*first, *data]
+            first = [explore]
+        target = f"{where}:{stage_name('model', name)}"
+        out.targets.append(target)
+        out.parents[target] = [*first, *data]
+        built[name] = target
     return out
 
 
