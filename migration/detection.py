@@ -172,7 +172,7 @@ def build_detector(
         cfg,
         augment,
         display,
-        progress,
+        None,  # the CLI's progress reports a classifier's rows; a detector's differ
     )
     scored = score(module, eval_data.x_eval, eval_data.y_eval)
     metrics = {m: scored[m] for m in ("map", "map_50", "map_75")}
