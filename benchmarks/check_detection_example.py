@@ -66,9 +66,8 @@ def main() -> int:
         for metric, (recorded, again) in check(model).items():
             same = recorded == again
             bad += not same
-            print(
-                f"{model} {metric}: recorded {recorded} recomputed {again} {'ok' if same else 'DIFFERS'}"
-            )
+            verdict = "ok" if same else "DIFFERS"
+            print(f"{model} {metric}: recorded {recorded} recomputed {again} {verdict}")
     return 1 if bad else 0
 
 
