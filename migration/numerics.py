@@ -82,7 +82,11 @@ def mode_of(defaults: Mapping[str, Any]) -> str:
 def pin(mode: str) -> Pin:
     """Set the portable code-path variables (portable mode) unless torch is already loaded."""
     global _pinned
-    if mode == "native":
+    if _pinned is not None and _pinned.applied and _pinned.mode == mode:
+        return _pinned  # a fact about this process: asking again (torch loaded since) keeps it
+    if mode == "native" and _pinned is not None and _pinned.mode == "portable" and _pinned.applied:
+        _pinned = Pin(mode, applied=False, reason="this process pinned portable mode already")
+    elif mode == "native":
         _pinned = Pin(mode, applied=True)
     elif "torch" in sys.modules:
         _pinned = Pin(mode, applied=False, reason="torch was imported before the pin")

@@ -170,3 +170,14 @@ def test_doctor_promises_nothing_without_a_comparable_record() -> None:
         {"numerics": {**here, "pinned": False}},
     ):
         assert predict("m", {"run": {**run, **changed}}, here).verdict == UNKNOWN, changed
+
+
+def test_pinning_again_after_torch_loaded_keeps_the_pin() -> None:
+    code = (
+        "import json; from stemma.migration import numerics\n"
+        "first = numerics.pin('portable'); import torch\n"
+        "again = numerics.pin('portable')  # what an in-process `stemma build` does\n"
+        "other = numerics.pin('native')\n"
+        "print(json.dumps([first.applied, again.applied, other.applied]))"
+    )
+    assert json.loads(_python(code)) == [True, True, False]
