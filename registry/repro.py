@@ -149,16 +149,16 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
     for name in order:
         where = stage_file(reg, "model", name)
         spec = rows.declared[name]
-        data = [built[f"dataset:{d}"] for d in sorted(spec["data"]) if f"dataset:{d}" in built]
+        needs = [built[f"dataset:{d}"] for d in sorted(spec["data"]) if f"dataset:{d}" in built]
         first = [built[m] for m in deps[name] if m in built]  # sources, in lineage order
         if spec["source"] == "auto":  # the exploration reads the candidates, then the build
             explore = f"{where}:{stage_name('explore', name)}"
             out.targets.append(explore)
-            out.parents[explore] = [*first, *data]
+            out.parents[explore] = [*first, *needs]
             first = [explore]
         target = f"{where}:{stage_name('model', name)}"
         out.targets.append(target)
-        out.parents[target] = [*first, *data]
+        out.parents[target] = [*first, *needs]
         built[name] = target
     return out
 
