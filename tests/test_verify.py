@@ -264,10 +264,10 @@ def test_report_html_has_lineage_curve_and_checks(built: Path, cli: Any, tmp_pat
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>")
     assert "alt='training curve of ft' src='data:image/png;base64,iVBOR" in page
-    for name in ("ft", "mid", "base"):
-        assert f"<li>{name} " in page
+    for name in ("ft", "mid", "base"):  # the lineage, drawn as an inline SVG
+        assert f"<g class='node'><title>{name} sha256:" in page
     for check in ("forgetting", "drift", "parameters"):
-        assert f'<h3>{check} <span class="pass">pass</span></h3>' in page
+        assert f"<h3>{check} <span class='pass'>pass</span></h3>" in page
     assert "mahalanobis_ratio" in page and "relative_drop" in page
     # user text is escaped
     assert "Fine-tuned &lt;b&gt;5-9&lt;/b&gt;." in page and "<b>5-9</b>" not in page
