@@ -89,6 +89,14 @@ def openlineage(
         str, typer.Option("--namespace", help="OpenLineage namespace of jobs and datasets.")
     ] = "stemma",
     overwrite: OverwriteOpt = False,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print stable JSON: the events as one array, or with --output / --url what"
+            " was written or sent.",
+        ),
+    ] = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Emit OpenLineage START and COMPLETE (or FAIL) events for every dataset and model build
@@ -102,11 +110,20 @@ def openlineage(
     events = lib.events(reg, since=since, namespace=namespace)
     if url is not None or (output is None and _olsend.configured()):
         kind = lib.send(events, url)
-        typer.echo(f"sent {len(events)} events to {url or kind + ' transport'}", err=True)
+        if json_:
+            emit_json({"sent": len(events), "to": url or kind})
+        else:
+            typer.echo(f"sent {len(events)} events to {url or kind + ' transport'}", err=True)
         return
     if output is not None:
         lib.write_jsonl(reg, events, output, overwrite=overwrite)
-        typer.echo(f"wrote {len(events)} events to {output}", err=True)
+        if json_:
+            emit_json({"written": len(events), "output": str(output)})
+        else:
+            typer.echo(f"wrote {len(events)} events to {output}", err=True)
+        return
+    if json_:
+        emit_json(events)
         return
     typer.echo(lib.to_jsonl(events), nl=False)
 

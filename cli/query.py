@@ -104,6 +104,7 @@ def export_parquet(
     folder: Annotated[Path, typer.Argument(help="Folder to write <view>.parquet files into.")],
     history: HistoryOpt = False,
     overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Write every query view as a Parquet file, for engines that read Parquet.
@@ -114,6 +115,9 @@ def export_parquet(
 
     reg = Registry.open(repo)
     written = lib.export_parquet(reg, folder, history=history, overwrite=overwrite)
+    if json_:
+        emit_json({"written": [str(path) for path in written]})
+        return
     for path in written:
         typer.echo(str(path))
 

@@ -139,6 +139,11 @@ def test_since_output_and_cli(history: dict[str, Any], cli: Any, tmp_path: Path)
     assert [json.loads(line) for line in out.read_text().splitlines()] == newer
     res = cli(["export", "openlineage"], reg.root)
     assert [json.loads(line) for line in res.stdout.splitlines()] == ol.events(reg)
+    res = cli(["export", "openlineage", "--json"], reg.root)
+    assert json.loads(res.stdout) == ol.events(reg)
+    again = tmp_path / "again.jsonl"
+    res = cli(["export", "openlineage", "--output", str(again), "--json"], reg.root)
+    assert json.loads(res.stdout) == {"written": len(ol.events(reg)), "output": str(again)}
     res = cli(["export", "openlineage", "--since", "no-such-rev"], reg.root)
     assert res.code == 1 and res.stderr.count("\n") == 1
     res = cli(["export", "openlineage", "--output", str(out), "--url", "http://x"], reg.root)

@@ -927,6 +927,9 @@ def test_export_parquet_reads_back(zoo: Any, cli: Any, tmp_path: Path) -> None:
         back = con.execute(f"SELECT * FROM read_parquet('{path}') ORDER BY ALL").fetchall()
         assert back == list(query(reg, f"SELECT * FROM {view} ORDER BY ALL").rows)
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+    res = cli(["export", "parquet", str(tmp_path / "more"), "--json"], reg.repo_root)
+    written = json.loads(res.stdout)["written"]
+    assert str(tmp_path / "more" / "models.parquet") in written
 
 
 def test_export_parquet_keeps_utc_and_one_key_column(zoo: Any, tmp_path: Path) -> None:
