@@ -13,6 +13,10 @@ other case renders again. Writing YAML is most of a render, so the cache also ke
 of each file's document: a render after a change writes out only the documents that differ
 from last time's (one changed spec: a handful of files instead of 10,000). A lost or damaged
 cache only costs a full render.
+
+The cache also keeps each input's digest and, per model, the facts other files' renders read
+of it (`pipeline.model_facts`): after an edit of a few model specs, `_pipedelta` renders only
+the files those can change, and takes every other file's hashes from here.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from . import _store
 from .registry import Registry
 
 FILE = Path(".stemma") / "pipeline.json"
-FORMAT = 2
+FORMAT = 3
 # The render's rules are code: a cache written by other code is not trusted.
-_CODE = ("pipeline.py", "_yamlemit.py")
+_CODE = ("pipeline.py", "_yamlemit.py", "_pipedelta.py")
 
 
 def sha(text: str) -> str:
@@ -38,8 +42,37 @@ def sha(text: str) -> str:
 
 def fingerprint(reg: Registry) -> str:
     """A digest of every input of the render that the index knows (see the module doc)."""
+    h = hashlib.sha256(f"{FORMAT}\0{reg.rel_root}\0{code_digest()}\0".encode())
+    for path, digest in inputs(reg).items():
+        h.update(f"{path}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def base(reg: Registry) -> str:
+    """A digest of what every file's render reads besides the specs: the code, the
+    registry's place in the repository and its settings."""
+    from .registry import SETTINGS_FILE
+
+    settings = reg.tree.read_text(reg.rel(SETTINGS_FILE)) or ""
+    return sha(f"{FORMAT}\0{reg.rel_root}\0{code_digest()}\0{settings}")
+
+
+def foreign(reg: Registry) -> str:
+    """A digest of the root dvc.yaml's stages that stemma did not write (an input)."""
+    from .pipeline import foreign_stages
+
+    return doc_digest(foreign_stages(reg))
+
+
+def inputs(reg: Registry) -> dict[str, str]:
+    """Each spec's digest, and the id of each manifest of a model or dataset without a spec,
+    by path, from the index (kept for the registry handle's life: one command)."""
     from .index import open_index
 
+    memo = ("pipecache", "inputs")
+    if memo in reg._cache:
+        kept: dict[str, str] = reg._cache[memo]
+        return kept
     with open_index(reg) as index:
         rows = index.con.execute(
             "SELECT path, digest FROM raw.model_specs"
@@ -50,10 +83,9 @@ def fingerprint(reg: Registry) -> str:
             "  WHERE name NOT IN (SELECT name FROM raw.dataset_specs)"
             " ORDER BY 1"
         ).fetchall()
-    h = hashlib.sha256(f"{FORMAT}\0{reg.rel_root}\0{code_digest()}\0".encode())
-    for path, digest in rows:
-        h.update(f"{path}\0{digest}\n".encode())
-    return h.hexdigest()
+    found = {str(path): str(digest) for path, digest in rows}
+    reg._cache[memo] = found
+    return found
 
 
 def code_digest() -> str:
@@ -95,26 +127,37 @@ def save(
     probes: dict[str, bool],
     hashes: dict[str, str],
     docs: dict[str, str],
+    facts: dict[str, list[Any]],
 ) -> None:
-    """Keep a render: its fingerprint, its probes, and each file's text hash and document
-    digest."""
+    """Keep a render: its fingerprint, its probes, each file's text hash and document
+    digest, each input's digest and each model's facts."""
     doc = {
         "format": FORMAT,
         "fingerprint": key,
         "code": code_digest(),
+        "base": base(reg),
         "probes": probes,
         "files": hashes,
         "docs": docs,
+        "inputs": inputs(reg),
+        "foreign": foreign(reg),
+        "facts": facts,
     }
     # Where it cannot be written (a read-only checkout): render again next time.
-    _store.write(reg.repo_root / FILE, json.dumps(doc, sort_keys=True))
+    _store.write(reg.repo_root / FILE, json.dumps(doc))
 
 
 def still_valid(reg: Registry, cached: dict[str, Any], key: str) -> bool:
     """True when a cached render is what rendering now would give."""
     if cached.get("fingerprint") != key:
         return False
+    return isinstance(cached.get("files"), dict) and probes_hold(reg, cached)
+
+
+def probes_hold(reg: Registry, cached: dict[str, Any]) -> bool:
+    """True when every code file the cached render looked for is still found, or not, as
+    then."""
     probes = cached.get("probes")
-    if not isinstance(probes, dict) or not isinstance(cached.get("files"), dict):
+    if not isinstance(probes, dict):
         return False
     return all(reg.tree.exists(path) == bool(found) for path, found in probes.items())

@@ -110,33 +110,76 @@ def _fingerprint(reg: Registry) -> str | None:
 
 
 def rendered(
-    reg: Registry, key: str | None = None
+    reg: Registry, key: str | None = None, whole: bool = False
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The document of every pipeline file (`pipeline.render_docs`) and the hash of its
     text. On the working tree (`key`: its fingerprint, when already known), documents that
     passed their schema before are not validated again (`_validcache`), and a document that
     is the same as at the last render is not written out as YAML again: its text's hash is
-    the one `_pipecache` kept."""
+    the one `_pipecache` kept. After an edit of a few model specs only the files those can
+    change are rendered (`_pipedelta`; the others have a hash and no document) unless
+    `whole`."""
     if not isinstance(reg.tree, WorkTree):
         docs = render_docs(reg)
         return docs, {path: _pipecache.sha(file_text(doc)) for path, doc in docs.items()}
     from . import _validcache
 
     key = key or _pipecache.fingerprint(reg)
-    with _validcache.remembering(reg.repo_root), recording_probes() as probes:
-        _read_specs(reg)
-        docs = render_docs(reg)
-    known = _pipecache.known_hashes(_pipecache.load(reg))
+    cached = _pipecache.load(reg)
+    known = _pipecache.known_hashes(cached)
+    with recording_probes() as probes:
+        delta = None if whole else _delta(reg, cached, known)
+    if delta is not None:
+        docs, order, facts = delta
+        probes = {**cached["probes"], **probes} if cached is not None else probes
+    else:
+        facts = {}
+        with _validcache.remembering(reg.repo_root), recording_probes() as probes:
+            _read_specs(reg)
+            docs = render_docs(reg, facts)
+        order = list(docs)
     hashes, digests = {}, {}
-    for path, doc in docs.items():
+    for path in order:
+        doc = docs.get(path)
+        if doc is None:  # not rendered again: as the last render wrote it
+            digests[path], hashes[path] = known[path]
+            continue
         digests[path] = _pipecache.doc_digest(doc)
         last = known.get(path)
         if last is not None and last[0] == digests[path]:
             hashes[path] = last[1]
         else:
             hashes[path] = _pipecache.sha(file_text(doc))
-    _pipecache.save(reg, key, probes, hashes, digests)
+    _pipecache.save(reg, key, probes, hashes, digests, facts)
     return docs, hashes
+
+
+def _delta(
+    reg: Registry, cached: dict[str, Any] | None, known: dict[str, tuple[str, str]]
+) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, list[Any]]] | None:
+    """`_pipedelta.render_changed` after an edit of model specs alone, when the last render
+    (`cached`) is one it can start from; None: render everything."""
+    from . import _pipedelta
+
+    if cached is None or not known or cached.get("base") != _pipecache.base(reg):
+        return None
+    kept, facts, files = cached.get("inputs"), cached.get("facts"), cached.get("files")
+    if not (isinstance(kept, dict) and isinstance(facts, dict) and isinstance(files, dict)):
+        return None
+    if not _pipecache.probes_hold(reg, cached):
+        return None
+    if cached.get("foreign") != _pipecache.foreign(reg):
+        return None  # the root's own stages are an input of every file
+    now = _pipecache.inputs(reg)
+    changed = {p for p in kept.keys() | now.keys() if kept.get(p) != now.get(p)}
+    head, tail = reg.rel("models") + "/", "/" + SPEC_FILE
+    names = {p[len(head) : -len(tail)] for p in changed if p.startswith(head) and p.endswith(tail)}
+    if len(names) != len(changed) or any("/" in n for n in names):
+        return None
+    out = _pipedelta.render_changed(reg, facts, names, list(files))
+    if out is None or any(p not in out[0] and p not in known for p in out[1]):
+        return None
+    return out
 
 
 def _read_specs(reg: Registry) -> None:
@@ -208,6 +251,8 @@ def write(reg: Registry) -> Changes:
         have = reg.tree.read_text(path)
         if have is None or _pipecache.sha(have) != digest:
             written.append(path)
+    if any(path not in docs for path in written):  # a file edited by hand: its text is needed
+        docs, hashes = rendered(reg, key, whole=True)
     _write_batch(reg.repo_root, {path: file_text(docs[path]) for path in written})
     removed = []
     for path in generated_files(reg, skip=hashes):
@@ -216,7 +261,7 @@ def write(reg: Registry) -> Changes:
             if target.is_file():
                 target.unlink()
                 removed.append(stale)
-    moved = _move_root_locks(reg, docs)
+    moved = _move_root_locks(reg, hashes)
     return Changes(written, removed, moved)
 
 

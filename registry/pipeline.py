@@ -149,11 +149,14 @@ def _out(path: str, **opts: Any) -> Any:
     return {path: {"persist": True, **opts}}
 
 
-def candidates(reg: Registry, name: str, spec: ModelSpec) -> list[str]:
+def candidates(
+    reg: Registry, name: str, spec: ModelSpec, declared: dict[str, str] | None = None
+) -> list[str]:
     """Models an exploration stage considers for `source: {model: auto}`: matches of the
-    candidates glob, excluding the model itself and its descendants (no cycles)."""
+    candidates glob, excluding the model itself and its descendants (no cycles).
+    `declared`: every model's declared source, when known (`_declared_sources`)."""
     pattern = spec.source.candidates if spec.source and spec.source.candidates else "*"
-    forest = Forest(reg.model_names(), _declared_sources(reg))
+    forest = Forest(reg.model_names(), _declared_sources(reg) if declared is None else declared)
     return exploration_candidates(name, reg.model_names(), pattern, forest)
 
 
@@ -180,6 +183,11 @@ def build_order(reg: Registry) -> list[str]:
             deps[name] = candidates(reg, name, spec)
         else:
             deps[name] = [src.model] if src.model in declared else []
+    return order_from(reg, deps)
+
+
+def order_from(reg: Registry, deps: dict[str, list[str]]) -> list[str]:
+    """`build_order` from each model's build parents; a loop names the spec to fix."""
     try:
         return dag_order(deps)
     except LineageCycle as exc:  # name the file where the loop can be broken
@@ -187,9 +195,12 @@ def build_order(reg: Registry) -> list[str]:
         raise ConsistencyError(f"{where} at /source/model: {exc.message}") from None
 
 
-def _own_stages(reg: Registry, order: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+def _own_stages(
+    reg: Registry, order: list[str], entries: dict[str, str | None] | None = None
+) -> list[tuple[str, str, dict[str, Any]]]:
     """(file, stage name, stage) of every stage stemma writes, datasets first, then models
-    in `order` (`build_order`); `file` is the repo-relative dvc.yaml that holds it."""
+    in `order` (`build_order`); `file` is the repo-relative dvc.yaml that holds it.
+    `entries` receives each model's entrypoint, its own or inherited."""
     out: list[tuple[str, str, dict[str, Any]]] = []
     for name in reg.dataset_names():
         dspec = reg.dataset_spec(name)
@@ -211,7 +222,7 @@ def _own_stages(reg: Registry, order: list[str]) -> list[tuple[str, str, dict[st
             ],
         }
         out.append((stage_file(reg, "dataset", name), stage_name("dataset", name), stage))
-    entries: dict[str, str | None] = {}
+    entries = {} if entries is None else entries
     for name in order:
         spec = reg.model_spec(name)
         if spec.registered:
@@ -224,14 +235,20 @@ def _own_stages(reg: Registry, order: list[str]) -> list[tuple[str, str, dict[st
 
 
 def _model_stages(
-    reg: Registry, name: str, spec: ModelSpec, entries: dict[str, str | None]
+    reg: Registry,
+    name: str,
+    spec: ModelSpec,
+    entries: dict[str, str | None],
+    declared: dict[str, str] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The stages of one model: its exploration (when it picks a source so), then its build."""
+    """The stages of one model: its exploration (when it picks a source so), then its build
+    (`declared`: every model's declared source, when known)."""
     stages: list[tuple[str, dict[str, Any]]] = []
     deps = [_rel(reg, "models", name, SPEC_FILE)]
     src = spec.source
     if src is not None and src.auto:
-        stages.append((stage_name("explore", name), _exploration_stage(reg, name, spec)))
+        explore = _exploration_stage(reg, name, spec, declared)
+        stages.append((stage_name("explore", name), explore))
         deps.append(_rel(reg, "models", name, EXPLORATION_FILE))
     elif src is not None:
         deps += [
@@ -339,9 +356,11 @@ def _curve_y(reg: Registry, spec: ModelSpec) -> str:
     return f"eval_{MAIN_METRIC[declared or CLASSIFICATION]}"
 
 
-def _exploration_stage(reg: Registry, name: str, spec: ModelSpec) -> dict[str, Any]:
+def _exploration_stage(
+    reg: Registry, name: str, spec: ModelSpec, declared: dict[str, str] | None = None
+) -> dict[str, Any]:
     deps = [_rel(reg, "models", name, SPEC_FILE)]
-    for cand in candidates(reg, name, spec):
+    for cand in candidates(reg, name, spec, declared):
         deps += [_rel(reg, "models", cand, WEIGHTS_FILE), _rel(reg, "models", cand, MANIFEST_FILE)]
     deps += [
         _rel(reg, "datasets", spec.train, DATA_FILE),
@@ -370,23 +389,55 @@ def file_text(doc: dict[str, Any]) -> str:
     return HEADER + (_yamlemit.dump(doc) if doc else "stages: {}\n")
 
 
-def render_docs(reg: Registry) -> dict[str, dict[str, Any]]:
-    """The document of every file `render_files` writes, in the same order."""
+def render_docs(
+    reg: Registry, facts: dict[str, list[Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The document of every file `render_files` writes, in the same order. `facts`
+    receives each model's `model_facts` (what a render of one changed spec starts from)."""
     order = build_order(reg)
     grouped: dict[str, dict[str, Any]] = {}
-    for where, stage, body in _own_stages(reg, order):
+    entries: dict[str, str | None] = {}
+    for where, stage, body in _own_stages(reg, order, entries):
         grouped.setdefault(where, {})[stage] = {"wdir": _wdir(where), **body}
+    if facts is not None:
+        for name in order:
+            facts[name] = model_facts(reg, name, reg.model_spec(name), entries.get(name))
+    return {PIPELINE_FILE: root_doc(reg, _artifacts(reg, order), _names(grouped))} | {
+        where: {"stages": stages} for where, stages in grouped.items()
+    }
+
+
+def root_doc(reg: Registry, artifacts: dict[str, Any], own: set[str]) -> dict[str, Any]:
+    """The root dvc.yaml's document: the stages of the file stemma did not write (less any
+    of the names in `own`), then the artifacts."""
     root: dict[str, Any] = {}
-    foreign = {k: v for k, v in foreign_stages(reg).items() if k not in _names(grouped)}
+    foreign = {k: v for k, v in foreign_stages(reg).items() if k not in own}
     if foreign:
         root["stages"] = foreign
-    artifacts = _artifacts(reg, order)
     if artifacts:
         root["artifacts"] = artifacts
-    docs: dict[str, dict[str, Any]] = {PIPELINE_FILE: root}
-    for where, stages in grouped.items():
-        docs[where] = {"stages": stages}
-    return docs
+    return root
+
+
+# The positions of a model's facts (`model_facts`).
+F_SOURCE, F_AUTO, F_PATTERN, F_LORA, F_ENTRY, F_REGISTERED, F_ARTIFACT = range(7)
+
+
+def model_facts(reg: Registry, name: str, spec: ModelSpec, entry: str | None) -> list[Any]:
+    """What the render of other files reads of one model (JSON values): its declared source,
+    whether it explores (and the candidates glob), whether it is a LoRA model (its weights
+    output), the entrypoint it runs (`entry`: own or inherited), whether it is registered,
+    and its artifact entry."""
+    src = spec.source
+    return [
+        None if src is None or src.auto else src.model,
+        bool(src is not None and src.auto),
+        (src.candidates or "*") if src is not None and src.auto else None,
+        spec.strategy.get("mode") == "lora",
+        entry,
+        spec.registered,
+        artifact(reg, name, spec),
+    ]
 
 
 def _names(grouped: dict[str, dict[str, Any]]) -> set[str]:

@@ -1,0 +1,134 @@
+"""`stemma pipeline` after an edit of a few model specs renders only the files the edit can
+change (`registry/_pipedelta.py`), and the result is a full render's, file for file."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from conftest import SPECS, new_registry, write
+from stemma.registry import Registry, _pipecache, pipefiles
+from stemma.registry.pipeline import render_files
+
+CODE = "nets.small:build"
+N = 14
+
+
+def _spec(rng: random.Random, i: int, names: list[str]) -> str:
+    """A random spec for model `m{i}`: a root (plain or entrypoint), a child of an earlier
+    model (fine-tuned or LoRA), or (from m10 on) a model exploring m00-m09, none of which
+    explores (two explorers that are each other's candidates would close a loop)."""
+    kinds = ["root", "entry", "child", "child", "lora"] + (["auto"] if i >= 10 else [])
+    kind = rng.choice(kinds) if names else "root"
+    train = rng.choice(["digits-0to4", "digits-5to9"])
+    lines = [f"data: {{train: {train}}}", f"training: {{epochs: 2, lr: 0.00{rng.randint(1, 9)}}}"]
+    if rng.random() < 0.4:
+        lines.append(f"description: model {i}, take {rng.randint(0, 99)}")
+    if rng.random() < 0.3:
+        lines.append(f"tags: [t{rng.randint(0, 3)}]")
+    if kind == "root":
+        lines.append("architecture: {family: mlp, hidden: [8]}")
+    elif kind == "entry":
+        lines.append(f"architecture: {{family: entrypoint, entrypoint: '{CODE}'}}")
+    elif kind == "auto":
+        lines.append("source: {model: auto, candidates: 'm0*'}")
+    else:
+        lines.append(f"source: {{model: {rng.choice(names)}, relation: finetune}}")
+        if kind == "lora":
+            lines.append("strategy: {mode: lora, lora: {r: 2, target_modules: [body.0]}}")
+    return "\n".join(lines) + "\n"
+
+
+def _full_render(root: Path) -> tuple[list[str], dict[str, str], object]:
+    """A full render's verdict, files and facts, with the render cache put back after."""
+    cache = root / _pipecache.FILE
+    kept = cache.read_bytes()
+    cache.unlink()
+    verdict = [str(d) for d in pipefiles.differences(Registry.open(root))]
+    facts = _pipecache.load(Registry.open(root))["facts"]  # type: ignore[index]
+    files = render_files(Registry.open(root))
+    cache.write_bytes(kept)
+    return verdict, files, facts
+
+
+def _on_disk(root: Path) -> dict[str, str]:
+    """Every pipeline file `stemma pipeline` wrote (its header), by repo-relative path."""
+    found = {"dvc.yaml": (root / "dvc.yaml").read_text()}
+    for kind in ("datasets", "models"):
+        for path in sorted((root / kind).glob("*/dvc.yaml")):
+            found[str(path.relative_to(root))] = path.read_text()
+    return found
+
+
+@pytest.fixture
+def chain(registry: Registry) -> Path:
+    """A registry of N random models, a code file, a stage of one's own, its pipeline
+    written."""
+    root = new_registry(registry.repo_root.parent / "inc", registry.repo_root, SPECS).repo_root
+    for old in ("base", "ft", "scratch"):
+        (root / "models" / old / "spec.yaml").unlink()
+        (root / "models" / old).rmdir()
+    rng = random.Random(7)
+    names: list[str] = []
+    for i in range(N):
+        write(root / f"models/m{i:02d}/spec.yaml", _spec(rng, i, names))
+        names.append(f"m{i:02d}")
+    write(root / "nets/small.py", "def build(in_shape, num_classes): ...\n")
+    write(root / "dvc.yaml", "stages:\n  mine:\n    cmd: echo hi\n")
+    pipefiles.write(Registry.open(root))
+    return root
+
+
+def test_one_spec_edit_renders_only_what_it_can_change(
+    chain: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_full_render(reg: Registry, facts: object = None) -> None:
+        raise AssertionError("a full render")
+
+    spec = chain / "models/m05/spec.yaml"
+    spec.write_text(spec.read_text() + "description: edited\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(pipefiles, "render_docs", no_full_render)
+        assert [str(d) for d in pipefiles.differences(Registry.open(chain))] == [
+            "dvc.yaml is out of step with the specs"
+        ]
+        assert pipefiles.write(Registry.open(chain)).written == ["dvc.yaml"]
+        assert pipefiles.differences(Registry.open(chain)) == []
+
+
+def test_random_spec_edits_give_the_full_render(
+    chain: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = pipefiles.render_docs
+    renders: list[str] = []
+    monkeypatch.setattr(
+        pipefiles, "render_docs", lambda reg, facts=None: renders.append("") or full(reg, facts)
+    )
+    rng = random.Random(20240611)
+    for step in range(24):
+        names = sorted(p.name for p in (chain / "models").iterdir() if p.is_dir())
+        action = rng.choice(["edit", "edit", "edit", "add", "remove", "hand"])
+        if action == "add":
+            i = 50 + step
+            write(chain / f"models/m{i:02d}/spec.yaml", _spec(rng, i, names))
+        elif action == "remove" and len(names) > 3:
+            gone = rng.choice(names)
+            (chain / "models" / gone / "spec.yaml").unlink()
+        elif action == "hand":  # a file edited by hand besides a spec: written back
+            path = chain / "models" / rng.choice(names) / "dvc.yaml"
+            if path.is_file():
+                path.write_text(path.read_text() + "# by hand\n")
+        if action in ("edit", "hand") or (action == "remove" and len(names) <= 3):
+            i = rng.randrange(len(names))
+            # an earlier model as source: no loops
+            write(chain / f"models/{names[i]}/spec.yaml", _spec(rng, i, names[:i]))
+        verdict = [str(d) for d in pipefiles.differences(Registry.open(chain))]
+        assert not renders, (step, action)  # each edit was followed, not rendered whole
+        facts = _pipecache.load(Registry.open(chain))["facts"]  # type: ignore[index]
+        full_verdict, full_files, full_facts = _full_render(chain)
+        assert verdict == full_verdict, (step, action)
+        assert facts == full_facts, (step, action)
+        pipefiles.write(Registry.open(chain))
+        renders.clear()  # the full render to compare with, and one to write a hand edit back
+        assert _on_disk(chain) == full_files, (step, action)
