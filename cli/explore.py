@@ -89,7 +89,7 @@ def explore(
         emit_json(ranking.to_dict())
     else:
         _render(ranking.to_dict(), dataset)
-    if ranking.selected is None:
+    if ranking.selected is None and not ranking.unscorable:
         raise fail(f"no candidate matching {candidates!r} fits dataset {dataset!r}")
 
 

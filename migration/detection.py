@@ -36,6 +36,7 @@ from .build import (
     _write_model,
 )
 from .data import npz_bytes
+from .detection_checks import check_detection_inputs, detection_forgetting
 from .detection_data import class_counts, materialize_detection
 from .detection_train import score, train_detector
 from .evaluate import evaluate_gates
@@ -156,6 +157,7 @@ def build_detector(
     if str(reg.dataset_manifest(spec.eval).raw.get("task")) != DETECTION:  # type: ignore[union-attr]
         raise BuildError(f"{display} at /data/eval: {spec.eval!r} is no detection dataset")
     classes = len(ds_manifest.raw.get("class_names") or ds_manifest.raw["classes"])
+    check_detection_inputs(reg, spec, src_manifest)  # before training, not after
     config = _architecture(reg, spec, src_manifest, train_data.shape, classes + 1)
     config["task"] = DETECTION
     _check_detector(config, display)
@@ -176,6 +178,12 @@ def build_detector(
     )
     scored = score(module, eval_data.x_eval, eval_data.y_eval)
     metrics = {m: scored[m] for m in ("map", "map_50", "map_75")}
+    checks: dict[str, Any] = {}
+    if "forgetting" in spec.checks and src_manifest is not None and src_state is not None:
+        names = [str(n) for n in ds_manifest.raw.get("class_names") or []]
+        checks["forgetting"], datasets["forgetting"] = detection_forgetting(
+            reg, spec, module, names, src_manifest, src_state
+        )
     params = dict(module.named_parameters())
     transferred = sum(
         params[r["name"]].numel()
@@ -219,7 +227,7 @@ def build_detector(
         "metrics": metrics,
         "per_class": scored["per_class"],
         "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
-        "checks": {},
+        "checks": checks,
         "task": DETECTION,
     }
     names = _class_names(reg, spec.train)

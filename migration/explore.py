@@ -30,7 +30,14 @@ from .train import CPU_THREADS
 from .transferability import SCORE_INPUTS, SCORES, logme_multilabel, logme_regression
 
 _CLASS_ONLY = "needs class labels"
+_ONE_PER_IMAGE = (
+    "scores one label or target per sample from a classifier's features; a detection"
+    " dataset has boxes (fine-tune a candidate and compare map_50 instead)"
+)
 NOT_APPLICABLE: dict[str, dict[str, str]] = {
+    # no transferability score here has evidence behind it for detection: each needs one
+    # target per sample; ranking detectors or backbones on boxes would be a made-up score
+    "detection": {name: _ONE_PER_IMAGE for name in SCORES},
     "regression": {
         "leep": _CLASS_ONLY,
         "nce": _CLASS_ONLY,
@@ -102,6 +109,11 @@ class Ranking:
         if self.not_applicable:  # absent for class labels: their documents stay as they were
             doc["not_applicable"] = dict(self.not_applicable)
         return doc
+
+    @property
+    def unscorable(self) -> bool:
+        """True when no requested score applies to the dataset's task (e.g. detection)."""
+        return not self.scores and bool(self.not_applicable)
 
 
 def _shape(value: Any) -> list[int] | None:
@@ -186,6 +198,14 @@ def explore(
     assert dataset_manifest is not None
     task = str(dataset_manifest.raw.get("task", "classification"))
     skip_scores = NOT_APPLICABLE.get(task, {})
+    if all(n in skip_scores for n in names):
+        # nothing can be scored: an empty ranking that says why, not an error
+        return Ranking(
+            dataset={"name": dataset, "id": dataset_manifest.id},
+            decided_by=decided_by,
+            scores=(),
+            not_applicable=tuple((n, skip_scores[n]) for n in names),
+        )
     if decided_by in skip_scores:
         raise BuildError(
             f"score {decided_by!r} does not apply to the {task} dataset {dataset!r}"
@@ -264,6 +284,11 @@ def explore_for(reg: Registry, model_name: str, device: str = "auto") -> dict[st
     decide = spec.source.score or DEFAULT_SCORE
     pool = auto_candidates(reg, model_name, spec)
     ranking = explore(reg, spec.train, pool, scores=SCORES, decide=decide, device=device)
+    if ranking.unscorable:
+        raise BuildError(
+            f"{spec.path} at /source/model: auto picks by a transferability score and none"
+            f" applies to the {ranking.dataset['name']!r} dataset's task; name the source model"
+        )
     if ranking.selected is None:
         glob = spec.source.candidates or "*"
         why = "; ".join(f"{s['model']}: {s['reason']}" for s in ranking.skipped)

@@ -46,11 +46,25 @@ SPECS = {
         "training: {epochs: 1, batch_size: 6, lr: 0.01, optimizer: sgd, momentum: 0.9,"
         " seed: 0, augment: {hflip: 0.5, brightness: 0.2}}\n"
         "gates: {map_50: '>= 0.0', per_class_ap: '>= 0.0'}\n"
+        "checks: {forgetting: {data: cls}}\n"
     ),
     "models/det3/spec.yaml": (
         "source: {model: det}\ndata: {train: det3}\n"
         "strategy: {reinit: ['roi_heads.box_predictor.*'], init: xavier}\n"
         "training: {epochs: 1, batch_size: 6, lr: 0.01, optimizer: sgd, seed: 0}\n"
+        "checks: {forgetting: {data: det, max_drop: 1.0}}\n"
+    ),
+    # refused before training: drift reads a classifier's features
+    "models/drifted/spec.yaml": (
+        "source: {model: det}\ndata: {train: det3}\n"
+        "training: {epochs: 1, batch_size: 6, lr: 0.01, optimizer: sgd, seed: 0}\n"
+        "checks: {drift: {}}\n"
+    ),
+    # refused before training: the source detector's forgetting data must hold boxes
+    "models/wrongdata/spec.yaml": (
+        "source: {model: det}\ndata: {train: det3}\n"
+        "training: {epochs: 1, batch_size: 6, lr: 0.01, optimizer: sgd, seed: 0}\n"
+        "checks: {forgetting: {data: cls}}\n"
     ),
 }
 
@@ -224,3 +238,47 @@ def test_augment_is_seeded_and_moves_boxes() -> None:
 def test_augment_refused_outside_detection() -> None:
     found = spec_problems(CLASSIFICATION, {"training": {"augment": {"hflip": 0.5}}})
     assert found and found[0][0] == "/training/augment"
+
+
+def test_explore_on_detection_lists_scores_not_applicable(built: Registry, cli: Any) -> None:
+    """No transferability score applies to boxes: an empty ranking that says why, exit 0."""
+    from stemma.migration.explore import explore
+    from stemma.migration.transferability import SCORES
+
+    ranking = explore(built, "det", "*", scores=SCORES, decide="logme")
+    doc = ranking.to_dict()
+    assert doc["ranking"] == [] and doc["selected"] is None and doc["scores"] == []
+    assert sorted(doc["not_applicable"]) == sorted(SCORES)
+    assert "detection" in doc["not_applicable"]["logme"]
+    res = cli(["explore", "det", "--score", "all", "--json"], built.repo_root)
+    assert res.code == 0, res.stderr
+    assert sorted(json.loads(res.stdout)["not_applicable"]) == sorted(SCORES)
+    res = cli(["explore", "det"], built.repo_root)
+    assert res.code == 0 and "logme does not apply" in res.stdout
+
+
+def test_forgetting_of_a_detector(built: Registry) -> None:
+    """Detector -> detector: the source classes' mAP before and after, gated by max_drop."""
+    det, det3 = _manifest(built, "det"), _manifest(built, "det3")
+    result = det3["checks"]["forgetting"]
+    assert result["comparable"] is True and result["figures"]["metric"] == "map"
+    assert set(result["figures"]) == {"before", "after", "relative_drop", "metric"}
+    assert result["passed"] is True and result["thresholds"] == {"max_drop": 1.0}
+    assert result["inputs"]["source_model"] == {"name": "det", "id": det["id"]}
+    assert det3["datasets"]["forgetting"]["name"] == "det"
+    # the source's own figure is its recorded mAP on that data: the check rescored it
+    assert result["figures"]["before"] == pytest.approx(max(det["metrics"]["map"], 0.0))
+    # classifier -> detector: no comparable figure, said in the result, not a failure
+    first = det["checks"]["forgetting"]
+    assert first["passed"] is True and first["comparable"] is False and first["figures"] == {}
+    assert "classification" in first["reason"] and det["datasets"]["forgetting"]["name"] == "cls"
+
+
+@pytest.mark.parametrize(
+    ("model", "pointer"),
+    [("drifted", "/checks/drift"), ("wrongdata", "/checks/forgetting/data")],
+)
+def test_detector_checks_refused_before_training(built: Registry, model: str, pointer: str) -> None:
+    with pytest.raises(BuildError, match=f"models/{model}/spec.yaml at {pointer}"):
+        build_model(built, model)
+    assert built.model_manifest(model) is None
