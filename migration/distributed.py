@@ -29,6 +29,7 @@ from typing import Any
 from stemma.registry.errors import BuildError
 
 BACKENDS = ("gloo", "nccl")
+STRATEGIES = ("ddp", "fsdp")  # ddp: every rank holds the whole model; fsdp: each a shard
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # what torchrun gives every process
 
 
@@ -39,6 +40,7 @@ class Distributed:
     processes: int = 1
     nodes: int = 1
     backend: str | None = None  # None: nccl on CUDA, gloo on the CPU
+    strategy: str = "ddp"  # STRATEGIES
 
     @classmethod
     def from_spec(cls, block: Mapping[str, Any]) -> Distributed:
@@ -48,6 +50,7 @@ class Distributed:
             processes=int(block.get("processes", 1)),
             nodes=int(block.get("nodes", 1)),
             backend=None if backend is None else str(backend),
+            strategy=str(block.get("strategy", "ddp")),
         )
 
     @property
@@ -60,7 +63,14 @@ class Distributed:
         doc: dict[str, Any] = {"processes": self.processes, "nodes": self.nodes}
         if self.backend is not None:
             doc["backend"] = self.backend
+        if self.strategy != "ddp":  # absent for DDP: the checkpoint keys of earlier builds
+            doc["strategy"] = self.strategy
         return doc
+
+    @property
+    def sharded(self) -> bool:
+        """True for FSDP: parameters, gradients and optimizer state split over the ranks."""
+        return self.strategy == "fsdp"
 
 
 def requested(
@@ -161,3 +171,39 @@ def device_for(name: str) -> str:
     if launched() and name == "cuda":
         return f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return name
+
+
+def shard(module: Any, device: Any, units: Any) -> Any:
+    """A copy of `module` sharded over the launch's ranks with torch's FSDP2
+    (`torch.distributed.fsdp.fully_shard`): each of `units(copy)` with trainable
+    parameters its own unit (its full weights exist only around its forward and backward),
+    then the whole. A unit must be called as a module by its parent: a parent that loops
+    over a unit's children would meet sharded weights, so `units` names only modules the
+    caller knows are called. `module`
+    itself stays unsharded, so it can take the trained weights back (`gather_into`) and be
+    evaluated and written as a DDP build's is; it waits on the CPU meanwhile, so the device
+    holds one shard of the trained part and not a second whole copy. Gradients are
+    averaged over the ranks as DDP's are (FSDP's reduce-scatter divides by the world size)."""
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+
+    module.to("cpu")
+    copied = copy.deepcopy(module).to(device)
+    for unit in units(copied):
+        if any(p.requires_grad for p in unit.parameters()):
+            fully_shard(unit)
+    fully_shard(copied)
+    return copied
+
+
+def gather_into(sharded: Any, module: Any, device: Any) -> None:
+    """The sharded copy's full weights loaded into `module` on rank 0 (every rank takes
+    part in the gather; the others load nothing: they write nothing)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(sharded, options=options)
+    if is_writer():
+        module.load_state_dict(full)
+        module.to(device)

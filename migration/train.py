@@ -27,7 +27,7 @@ from torch import nn
 
 from . import distributed as dist
 from . import optim
-from .architectures import FeatureStage, head_of, stages
+from .architectures import FeatureStage, StagedNet, head_of, stages
 from .checkpoint import Checkpointer
 from .evaluate import autocast, predict
 from .families import input_dtype
@@ -122,6 +122,11 @@ class TrainConfig:
             )
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise BuildError(f"{display} at /training/device: unknown device {cfg.device!r}")
+        if cfg.distributed is not None and cfg.distributed.sharded and cfg.checkpoint_every:
+            raise BuildError(
+                f"{display} at /training/checkpoint_every: a build with training.distributed."
+                "strategy fsdp does not checkpoint (each process holds a shard); drop one"
+            )
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +179,7 @@ class TrainResult:
     resumed_epoch: int | None = None  # the checkpoint's epoch a resumed build started after
     world_size: int = 1  # processes of a distributed build (each with a slice of every batch)
     backend: str | None = None  # its torch.distributed backend
+    strategy: str = "ddp"  # dist.STRATEGIES
 
     def run_notes(self) -> dict[str, Any]:
         """What the manifest's run block adds about this training (empty for a plain one)."""
@@ -187,6 +193,8 @@ class TrainResult:
             notes["resumed_after_epoch"] = self.resumed_epoch
         if self.world_size > 1:
             notes["distributed"] = {"world_size": self.world_size, "backend": self.backend}
+            if self.strategy != "ddp":  # absent for DDP, as in earlier manifests
+                notes["distributed"]["strategy"] = self.strategy
         return notes
 
 
@@ -330,6 +338,8 @@ def train(
             loop = _Loop(module, data, cfg, device, amp, features, display)
             if backend is not None:
                 loop.join(backend)
+            if loop.sharded is not None:
+                checkpoint = None  # each rank holds a shard: no one file to resume from
             return loop.run(progress, checkpoint, deterministic)
     finally:
         set_deterministic(prior)
@@ -378,7 +388,8 @@ class _Loop:
             stem.eval()
             # computed once; every epoch below starts from these features
             self.xt, self.xe = predict(stem, self.xt, amp=amp), predict(stem, self.xe, amp=amp)
-        self.step_fn: Callable[[torch.Tensor], torch.Tensor] = suffix if k else module
+        self.trained: nn.Module = suffix if k else module  # what the optimizer updates
+        self.step_fn: Callable[[torch.Tensor], torch.Tensor] = self.trained
         self.frozen_stages = [m for _, m, _ in parts[: frozen_prefix(module)]]
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
@@ -395,14 +406,24 @@ class _Loop:
         self.backend: str | None = None
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.step_fn  # DDP's, once joined
         self.ddp: Any = None  # torch's DistributedDataParallel around the trained part
+        self.sharded: Any = None  # FSDP: the trained part's sharded copy (it trains, not this)
 
     def join(self, backend: str) -> None:
         """Train as one rank of the launch: the trained part wrapped in DDP (gradients
-        averaged over the ranks after each backward), each rank a slice of every batch."""
+        averaged over the ranks after each backward), or a copy of it sharded by FSDP
+        (`strategy: fsdp`), each rank a slice of every batch."""
         from torch.nn.parallel import DistributedDataParallel
 
         self.rank, self.world, self.backend = dist.rank(), dist.world_size(), backend
-        if self.params:
+        if self.params and self.cfg.distributed is not None and self.cfg.distributed.sharded:
+            self.sharded = dist.shard(self.trained, self.device, _units)
+            self.forward = self.sharded
+            # the optimizer steps the shards (DTensors); learning-rate factors by name, as before
+            named = [(n, p) for n, p in self.sharded.named_parameters() if p.requires_grad]
+            self.params = [p for _, p in named]
+            scales = lr_scales(named, self.cfg, self.display)
+            self.opt = make_optimizer(self.params, self.cfg, self.display, scales)
+        elif self.params:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.step_fn, device_ids=ids)
             self.forward = self.ddp
@@ -419,6 +440,7 @@ class _Loop:
             threads=torch.get_num_threads(),
             world_size=self.world,
             backend=self.backend,
+            strategy="fsdp" if self.sharded is not None else "ddp",
         )
         n = len(self.yt)
         first, spent = 1, 0.0
@@ -441,13 +463,14 @@ class _Loop:
                 torch.cuda.synchronize(self.device)
             spent += time.perf_counter() - begin
             module.eval()
-            eval_fn = self.step_fn if self.cached else module
+            self._mirror_modes()
+            eval_fn = self.forward if self.sharded is not None else self.step_fn
             ev = self.task.scores(predict(eval_fn, self.xe, amp=self.amp), self.ye, self.loss_name)
             hit_count = int(correct.item()) if self.task.counts_hits else None
             row = self.task.curve_row(epoch, float(loss_sum.item()) / n, hit_count, n, ev)
             result.curve.append(row)
             last = epoch
-            stop = self.tracker.update(epoch, ev, module)
+            stop = self.tracker.update(epoch, ev, self.sharded or module)  # FSDP: its shards
             if progress is not None:
                 progress(epoch, cfg.epochs, row)
             if stop:
@@ -457,8 +480,10 @@ class _Loop:
                 meta = {"step": self.step, "spent": spent, "curve": result.curve}
                 checkpoint.save(epoch, tensors, {**meta, "tracker": self.tracker.to_dict()})
         if self.tracker.best_state is not None:  # early stopping keeps its best epoch
-            module.load_state_dict(self.tracker.best_state)
+            (self.sharded or module).load_state_dict(self.tracker.best_state)
             result.best_epoch, result.stopped_epoch = self.tracker.best_epoch, last
+        if self.sharded is not None:  # FSDP: the full weights back into the module, rank 0
+            dist.gather_into(self.sharded, self.trained, self.device)
         module.eval()
         result.train_seconds = spent
         epochs_run = max(last - first + 1, 0)
@@ -482,6 +507,13 @@ class _Loop:
         result.curve = list(meta["curve"])
         result.resumed_epoch = int(meta["epoch"])
         return int(meta["epoch"]) + 1, float(meta["spent"])
+
+    def _mirror_modes(self) -> None:
+        """FSDP: the sharded copy in the train/eval modes the module's trained part is in
+        (`deepcopy` keeps the order of `modules()`)."""
+        if self.sharded is not None:
+            for mine, theirs in zip(self.trained.modules(), self.sharded.modules(), strict=True):
+                theirs.training = mine.training
 
     def _barrier(self) -> None:
         import torch.distributed as tdist
@@ -513,6 +545,7 @@ class _Loop:
         self.module.train()
         _hold_eval(self.frozen_stages)
         hold_in_eval(self.module)  # frozen batch-norm keeps the source's statistics
+        self._mirror_modes()
         n = len(self.yt)
         order = torch.randperm(n, generator=self.gen).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -562,6 +595,8 @@ class _Loop:
         xb, yb = self.xt[mine], self.yt[mine]
         # gradients are averaged once per group: on its last micro-batch
         quiet = self.ddp is not None and not last
+        if self.sharded is not None:  # FSDP's no_sync: reduce-scatter on the last only
+            self.sharded.set_requires_gradient_sync(last)
         with self.ddp.no_sync() if quiet and self.ddp is not None else nullcontext():
             with autocast(self.device, self.amp):
                 out = self.forward(xb)
@@ -576,6 +611,17 @@ class _Loop:
         if hits is not None:
             correct += hits
         return loss.detach() * len(mine)
+
+
+def _units(module: nn.Module) -> list[nn.Module]:
+    """The parts of a trained module FSDP may shard as units of their own: those its forward
+    calls as modules (a cached suffix's stages, a staged network's stages and head); any other
+    network is one unit (its parent might use a child's weights without calling it)."""
+    if isinstance(module, nn.Sequential):
+        return list(module.children())
+    if isinstance(module, StagedNet):
+        return [stage for _, stage in module.feature_stages()] + [module.head]
+    return []
 
 
 def class_weights(
