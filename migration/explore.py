@@ -198,8 +198,9 @@ def explore(
     assert dataset_manifest is not None
     task = str(dataset_manifest.raw.get("task", "classification"))
     skip_scores = NOT_APPLICABLE.get(task, {})
-    if all(n in skip_scores for n in names):
-        # nothing can be scored: an empty ranking that says why, not an error
+    if all(n in skip_scores for n in SCORES):
+        # no score applies to this task at all (detection): an empty ranking that says why,
+        # not an error; asking for one score another task's datasets lack is still an error
         return Ranking(
             dataset={"name": dataset, "id": dataset_manifest.id},
             decided_by=decided_by,
