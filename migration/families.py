@@ -17,14 +17,13 @@ Penultimate features are the head's input, caught by a forward pre-hook on the h
 
 from __future__ import annotations
 
-import importlib
 import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from stemma.registry import archrules
+from stemma.registry import _optional, archrules
 from stemma.registry.errors import BuildError, StemmaError
 from torch import nn
 
@@ -39,14 +38,8 @@ _HF_HEADS = ("classifier", "score")
 
 def require(package: str, extra: str | None = None) -> Any:
     """Import an optional library, or raise one line naming the extra that installs it."""
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        top = package.split(".")[0]
-        raise BuildError(
-            f"the {top} package is not installed; install it with"
-            f" pip install 'stemma-ml[{extra or _EXTRAS.get(top, top)}]'"
-        ) from None
+    top = package.split(".")[0]
+    return _optional.require(package, extra or _EXTRAS.get(top, top), error=BuildError)
 
 
 def library_config(arch: Mapping[str, Any], config: dict[str, Any]) -> dict[str, Any]:
