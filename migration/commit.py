@@ -33,21 +33,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TypeVar
 
-from stemma.registry.commits import COMMITTING, LAST, STAGING, finish, pending
+from stemma.registry.commits import COMMITTING, LAST, STAGING, finish, fsync_dir, pending
 from stemma.registry.commits import order as _order
 
 __all__ = ["COMMITTING", "LAST", "STAGING", "Stage", "commit", "pending", "recover"]
 
 T = TypeVar("T")
 COMPARE = 8 << 20  # bytes compared at a time when a streamed output meets the file in place
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _same(path: Path, blob: bytes) -> bool:
@@ -161,11 +153,11 @@ def commit(folder: Path, files: Mapping[str, bytes], stage: Stage | None = None)
                 fh.flush()
                 os.fsync(fh.fileno())
         for sub in {staging, *((staging / n).parent for n in [*changed, *streamed])}:
-            _fsync_dir(sub)
+            fsync_dir(sub)
         os.rename(staging, folder / COMMITTING)  # the commit point
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     finish(folder)
     return _order([*changed, *streamed])

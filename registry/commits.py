@@ -40,7 +40,8 @@ def pending(folder: Path) -> bool:
     return done.is_dir() and not done.is_symlink()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames into it) to disk."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -72,7 +73,7 @@ def finish(folder: Path) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.replace(done / name, target)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     shutil.rmtree(done, ignore_errors=True)
     return True
 
