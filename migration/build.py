@@ -224,6 +224,10 @@ def load_model(reg: Registry, name: str) -> nn.Module:
         raise BuildError(
             f"{reg.rel('models', name)}: model {name!r} has no weights; build it first (dvc repro)"
         )
+    if manifest.raw.get("quantize"):  # torchao's tensors: migration/quantize.py loads them
+        from .quantize import load_quantized
+
+        return load_quantized(reg, name)
     with torch.random.fork_rng(devices=[]):  # building initialises from the global RNG
         module = build_module(
             manifest.raw["architecture"]["config"], reg.settings.entrypoints, manifest.path
@@ -444,6 +448,10 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         from .detection import build_detector
 
         return build_detector(reg, name, progress, started, begin)
+    if "quantize" in spec.raw or (spec.source and spec.source.relation == "quantized"):
+        from .quantize import build_quantized  # the parent quantized with torchao, no training
+
+        return build_quantized(reg, name, spec, started, begin)
     display = spec.path
     defaults = dict(reg.settings.defaults.get("training") or {})
     if "device" in reg.settings.defaults:

@@ -164,6 +164,9 @@ def weight_files(
     weights = manifest.raw["weights"]
     if family == "transformers":
         doc = _transformers_config(config, manifest.name)
+        quantized = (manifest.raw.get("quantize") or {}).get("hf_quantization_config")
+        if quantized:  # torchao tensors: from_pretrained reads them through TorchAoConfig
+            doc["quantization_config"] = quantized
     elif family == "timm":
         doc = _timm_config(config, manifest.name)
     elif family in MODULE_FAMILIES:

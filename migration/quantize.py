@@ -1,0 +1,382 @@
+"""Quantized models as builds: a parent's weights quantized on the CPU with torchao.
+
+A spec with `source: {model: PARENT, relation: quantized}` and a `quantize:` block names no
+training: the build loads the parent (checked against its manifest), scores it on the spec's
+eval data, quantizes every `nn.Linear` with torchao (`int8_weight_only`: int8 weights, float
+activations; `int8_dynamic`: int8 weights and activations quantized per token at run time),
+scores the quantized model the same way, and gates the relative drop of the task's main
+metric (`quantize.max_drop`) besides the spec's usual gates.
+
+The weights file is torchao's own safetensors form (`flatten_tensor_state_dict`: each int8
+tensor as `qdata`, `scale` and `zero_point`, with the subclass described in the file's JSON
+metadata; never pickle), the form transformers writes and `from_pretrained` reads for a
+`TorchAoConfig` model. `load_quantized` / `load_exported` rebuild the module and load it with
+torchao's `unflatten_tensor_state_dict`, or with transformers' own loader for that family.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError
+from stemma.registry.records import MODEL_MANIFEST, ModelSpec
+from stemma.registry.registry import WEIGHTS_FILE
+from stemma.registry.taskspec import MAIN_METRIC, spec_problems
+from torch import nn
+
+from . import weights as _weights
+from .architectures import build_module
+from .data import DatasetArrays, load_dataset
+from .evaluate import evaluate, evaluate_gates
+from .families import require
+from .mapping import plan, transfer
+from .tasks import for_labels
+
+METHODS = {
+    "int8_weight_only": "Int8WeightOnlyConfig",
+    "int8_dynamic": "Int8DynamicActivationInt8WeightConfig",
+}
+"""Spec method -> torchao config class (torchao.quantization)."""
+DEFAULT_MAX_DROP = 0.02
+"""Largest relative drop of the main metric a quantization may cost when the spec names none."""
+LOWER_IS_BETTER = frozenset({"perplexity", "loss", "mse", "mae", "rmse"})
+"""Main metrics where a rise is the loss of quality (the drop is then the relative rise)."""
+DROP_GATE = "quantize_drop"
+"""The gate row (manifest `gates`) that `quantize.max_drop` becomes."""
+_SOURCE_POINTER = "/source"
+
+
+@dataclass(frozen=True)
+class QuantizeSpec:
+    """The spec's `quantize` block."""
+
+    method: str
+    max_drop: float = DEFAULT_MAX_DROP
+
+    @classmethod
+    def from_spec(cls, raw: Any, display: str) -> QuantizeSpec:
+        """The block as the schema admits it; anything else is one error naming the pointer."""
+        if not isinstance(raw, dict) or raw.get("method") not in METHODS:
+            raise BuildError(
+                f"{display} at /quantize/method: a quantized model names a method, one of"
+                f" {', '.join(METHODS)}"
+            )
+        drop = raw.get("max_drop", DEFAULT_MAX_DROP)
+        if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop <= 1:
+            raise BuildError(f"{display} at /quantize/max_drop: a number from 0 to 1")
+        return cls(str(raw["method"]), float(drop))
+
+
+@dataclass(frozen=True)
+class QuantizeRecord:
+    """The manifest's `quantize` block: what was done, what it saved, what it cost."""
+
+    method: str
+    library: str
+    library_version: str
+    config: dict[str, Any]
+    bytes_before: int
+    bytes_after: int
+    metric: str
+    parent_value: float
+    value: float
+    drop: float
+    max_drop: float
+    hf_quantization_config: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether the drop stays within `max_drop`."""
+        return self.drop <= self.max_drop
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON block (schemas/model-manifest.json#/properties/quantize)."""
+        doc: dict[str, Any] = {
+            "method": self.method,
+            "library": {"name": self.library, "version": self.library_version},
+            "config": self.config,
+            "size": {
+                "bytes_before": self.bytes_before,
+                "bytes_after": self.bytes_after,
+                "ratio": round(self.bytes_after / self.bytes_before, 6)
+                if self.bytes_before
+                else 0.0,
+            },
+            "quality": {
+                "metric": self.metric,
+                "parent": self.parent_value,
+                "quantized": self.value,
+                "drop": self.drop,
+                "max_drop": self.max_drop,
+                "passed": self.passed,
+            },
+        }
+        if self.hf_quantization_config is not None:
+            doc["hf_quantization_config"] = self.hf_quantization_config
+        return doc
+
+    def gate(self) -> dict[str, Any]:
+        """The drop as a gate row, so status, audit and cards see it like any gate."""
+        return {
+            "metric": DROP_GATE,
+            "op": "<=",
+            "threshold": self.max_drop,
+            "value": self.drop,
+            "passed": self.passed,
+        }
+
+
+def relative_drop(metric: str, parent: float, quantized: float) -> float:
+    """How much worse the quantized model is, relative to the parent (0 when not worse)."""
+    worse = quantized - parent if metric in LOWER_IS_BETTER else parent - quantized
+    scale = abs(parent) if parent else 1.0
+    return round(max(worse, 0.0) / scale, 8)
+
+
+def torchao_config(method: str) -> Any:
+    """torchao's config object for a spec method."""
+    quantization = require("torchao.quantization", "quantize")
+    return getattr(quantization, METHODS[method])()
+
+
+def quantize_module(module: nn.Module, method: str) -> float:
+    """Quantize every linear layer of `module` in place (CPU); returns the seconds it took."""
+    quantization = require("torchao.quantization", "quantize")
+    begin = time.perf_counter()
+    quantization.quantize_(module, torchao_config(method), device="cpu")
+    return time.perf_counter() - begin
+
+
+def stored_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+    """Bytes of `state` written as safetensors (header included), without writing it."""
+    head, _ = _weights.layout(state, metadata)
+    return len(head) + sum(t.numel() * t.element_size() for t in state.values())
+
+
+def flat_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """torchao's safetensors form of a quantized module: plain tensors and their metadata."""
+    support = require("torchao.prototype.safetensors.safetensors_support", "quantize")
+    state = {k: v.detach() for k, v in module.state_dict().items()}
+    tensors, metadata = support.flatten_tensor_state_dict(state)
+    return {k: v.contiguous() for k, v in tensors.items()}, dict(metadata)
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The file's bytes: stemma's streamed writer, with torchao's metadata in the header."""
+    out = io.BytesIO()
+    _weights.stream(out, tensors, metadata)
+    return out.getvalue()
+
+
+def _parent_module(config: dict[str, Any], state: dict[str, torch.Tensor], reg: Registry) -> Any:
+    with torch.random.fork_rng(devices=[]):  # building initialises from the global RNG
+        module = build_module(config, reg.settings.entrypoints, "architecture")
+    transfer(module, state, plan(state, module.state_dict(), "exact", "architecture"))
+    module.eval()
+    return module
+
+
+def _check_data(spec: ModelSpec, config: dict[str, Any], data: DatasetArrays) -> None:
+    shape = [int(d) for d in config.get("in_shape") or []]
+    if shape and data.shape != shape:
+        raise BuildError(
+            f"{spec.path} at /data/eval: samples of {spec.eval!r} have shape {data.shape},"
+            f" the parent takes {shape}"
+        )
+
+
+def hf_quantization_config(method: str) -> dict[str, Any]:
+    """transformers' `quantization_config` for the method, as `config.json` carries it."""
+    transformers = require("transformers")
+    doc: dict[str, Any] = transformers.TorchAoConfig(torchao_config(method)).to_dict()
+    return doc
+
+
+def _score(module: nn.Module, data: DatasetArrays) -> dict[str, Any]:
+    with torch.no_grad():
+        return evaluate(module, data.x_eval, data.y_eval, "cpu")
+
+
+def build_quantized(
+    reg: Registry, name: str, spec: ModelSpec, started: str, begin: float
+) -> dict[str, Any]:
+    """Build a quantized model from its parent; returns the manifest (see the module doc)."""
+    from . import build as _build  # the build's own source checks, commit and run block
+
+    display = spec.path
+    qspec = QuantizeSpec.from_spec(spec.raw.get("quantize"), display)
+    if spec.source is None or spec.source.relation != "quantized" or spec.source.auto:
+        raise BuildError(
+            f"{display} at {_SOURCE_POINTER}: a quantize block needs"
+            " source: {model: PARENT, relation: quantized}"
+        )
+    parent = spec.source.model
+    src_manifest, src_state = _build._load_source(reg, spec, parent)
+    _build._refuse_failed_source(spec, parent, src_manifest)
+    config = dict(src_manifest["architecture"]["config"])
+    pointer = "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
+    eval_data = load_dataset(reg, spec.eval, pointer, display)
+    _check_data(spec, config, eval_data)
+    task = for_labels(eval_data.y_eval)
+    parent_task = str(src_manifest.get("task", "classification"))
+    if parent_task != task.name:
+        raise BuildError(
+            f"{display} at {pointer}: {spec.eval!r} is a {task.name} dataset, the parent"
+            f" {parent!r} a {parent_task} model"
+        )
+    for where, message in spec_problems(task.name, spec.raw):
+        raise BuildError(f"{display} at {where}: {message}")
+    manifest_ds = reg.dataset_manifest(spec.eval)
+    assert manifest_ds is not None  # load_dataset raised otherwise
+    datasets = {"eval": {"name": spec.eval, "id": manifest_ds.id}}
+
+    module = _parent_module(config, src_state, reg)
+    bytes_before = stored_bytes({k: v.contiguous() for k, v in module.state_dict().items()})
+    before = _score(module, eval_data)
+    seconds = quantize_module(module, qspec.method)
+    after = _score(module, eval_data)
+    tensors, metadata = flat_state(module)
+    blob = safetensors_bytes(tensors, metadata)
+
+    main = MAIN_METRIC[task.name]
+    torchao = require("torchao", "quantize")
+    core = require("torchao.core.config", "quantize")
+    record = QuantizeRecord(
+        method=qspec.method,
+        library="torchao",
+        library_version=str(torchao.__version__),
+        config=core.config_to_dict(torchao_config(qspec.method)),
+        bytes_before=bytes_before,
+        bytes_after=len(blob),
+        metric=main,
+        parent_value=float(before[main]),
+        value=float(after[main]),
+        drop=relative_drop(main, float(before[main]), float(after[main])),
+        max_drop=qspec.max_drop,
+        hf_quantization_config=hf_quantization_config(qspec.method)
+        if config.get("family") == "transformers"
+        else None,
+    )
+    metrics = {m: float(after[m]) for m in task.metrics}
+    params = dict(module.named_parameters())
+    manifest: dict[str, Any] = {
+        "kind": "model",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "source": {"model": parent, "relation": "quantized", "id": src_manifest["id"]},
+        "datasets": datasets,
+        "weights": _build._blob_file(WEIGHTS_FILE, blob, "safetensors"),
+        "architecture": {"config": config, "tensors": _rows(tensors)},
+        "parameters": {
+            "total": sum(p.numel() for p in params.values()),
+            "trainable": 0,
+            "transferred": sum(p.numel() for p in params.values()),
+        },
+        "metrics": metrics,
+        "per_class": after["per_class"],
+        "gates": [
+            *evaluate_gates(spec.gates, metrics, after["per_class"], display),
+            record.gate(),
+        ],
+        "checks": {},
+        "quantize": record.to_dict(),
+    }
+    if task.name != "classification":  # absent means classification, as every build writes
+        manifest["task"] = task.name
+    names = _build._class_names(reg, spec.eval)
+    if names is not None:
+        manifest["class_names"] = names
+    for key, value in (("before", before), ("after", after)):
+        if not all(math.isfinite(float(value[m])) for m in task.metrics):
+            raise BuildError(f"{display} at /quantize: the {key} score is not a finite number")
+    manifest["run"] = _build._run_block(
+        reg, started, begin, device="cpu", quantize_s=round(seconds, 3)
+    )
+    outputs = {
+        WEIGHTS_FILE: blob,
+        _build.METRICS_FILE: dict(metrics),
+        _build.CURVE_FILE: [],
+    }
+    folder = reg.model_dir(name)
+    _build._commit(reg, folder, "models", manifest, MODEL_MANIFEST, outputs)
+    return manifest
+
+
+def _rows(tensors: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """The stored tensors, as the manifest lists every model's: all from the parent, frozen."""
+    return [
+        {
+            "name": n,
+            "kind": "parameter",
+            "shape": list(t.shape),
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "origin": "transferred",
+            "frozen": True,
+            "source_name": None,
+        }
+        for n, t in sorted(tensors.items())
+    ]
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """A quantized weights file as torchao tensors (`unflatten_tensor_state_dict`)."""
+    safetensors = require("safetensors", "build")
+    support = require("torchao.prototype.safetensors.safetensors_support", "quantize")
+    with safetensors.safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata() or {}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (no __iter__)
+    state, leftover = support.unflatten_tensor_state_dict(tensors, metadata)
+    if leftover:
+        raise BuildError(f"{path}: tensors torchao does not describe: {sorted(leftover)[:3]}")
+    return dict(state)
+
+
+def rebuild(config: dict[str, Any], path: Path, trusted: tuple[str, ...] = ()) -> nn.Module:
+    """The quantized module: built from stemma's architecture config, its linear layers
+    quantized with the recorded method's layout, the stored tensors assigned as they are."""
+    with torch.random.fork_rng(devices=[]):
+        module = build_module(config, list(trusted), "architecture")
+    state = load_state(path)
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise BuildError(
+            f"{path}: does not fit the architecture (missing {missing[:3]},"
+            f" unexpected {unexpected[:3]})"
+        )
+    module.eval()
+    return module
+
+
+def load_quantized(reg: Registry, name: str) -> nn.Module:
+    """A built quantized model of the registry, ready to evaluate."""
+    manifest = reg.model_manifest(name)
+    if manifest is None or not manifest.raw.get("quantize"):
+        raise BuildError(f"{reg.rel('models', name)}: model {name!r} is no built quantized model")
+    path = reg.model_dir(name) / str(manifest.raw["weights"]["path"])
+    return rebuild(
+        dict(manifest.raw["architecture"]["config"]), path, tuple(reg.settings.entrypoints)
+    )
+
+
+def load_exported(folder: Path) -> nn.Module:
+    """A quantized model from its exported folder (`config.json` + `model.safetensors`, as
+    `stemma export card --weights` writes it): transformers' own `from_pretrained` for a
+    transformers model (its config carries `quantization_config`), else stemma's config."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    if "quantization_config" in config:
+        transformers = require("transformers")
+        model: nn.Module = transformers.AutoModelForSequenceClassification.from_pretrained(
+            str(folder)
+        )
+        return model.eval()
+    return rebuild(config, Path(folder) / "model.safetensors")

@@ -1,0 +1,189 @@
+"""Quantized models as builds: torchao int8 on the CPU, gated on the drop against the parent,
+stored in torchao's safetensors form and loaded back by the libraries' own loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import new_registry, write
+from stemma.migration.build import build_dataset, build_model, load_model
+from stemma.migration.evaluate import evaluate
+from stemma.migration.quantize import load_exported, relative_drop
+from stemma.registry import Registry
+from stemma.registry.errors import StemmaError
+from stemma.registry.hubfiles import weight_files
+
+pytest.importorskip("torchao")
+
+BERT = (
+    "{model_type: bert, vocab_size: 64, hidden_size: 32, num_hidden_layers: 2,"
+    " num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 16}"
+)
+SPECS = {
+    "datasets/tok/spec.yaml": "source: file:datasets/tok/tokens.npz\nsplit: {eval: 0.25}\n",
+    "datasets/d04/spec.yaml": "source: sklearn:digits\nselect: {classes: [0, 1, 2, 3, 4]}\n",
+    "models/hb/spec.yaml": f"architecture: {{family: transformers, config: {BERT}}}\n"
+    "data: {train: tok}\ntraining: {epochs: 1, batch_size: 32, optimizer: adamw, lr: 3.0e-3}\n",
+    "models/mb/spec.yaml": "architecture: {family: mlp, hidden: [64, 32]}\ndata: {train: d04}\n"
+    "training: {epochs: 2, lr: 1.0e-2}\n",
+    "models/mq/spec.yaml": "source: {model: mb, relation: quantized}\ndata: {train: d04}\n"
+    "quantize: {method: int8_weight_only, max_drop: 0.05}\ngates: {accuracy: '>= 0.3'}\n",
+    "models/md/spec.yaml": "source: {model: mb, relation: quantized}\ndata: {train: d04}\n"
+    "quantize: {method: int8_dynamic}\n",
+    "models/hq/spec.yaml": "source: {model: hb, relation: quantized}\ndata: {train: tok}\n"
+    "quantize: {method: int8_dynamic, max_drop: 0.1}\n",
+}
+QUANTIZED = {"mq": "mb", "md": "mb", "hq": "hb"}
+
+
+def tokens(path: Path, n: int = 120, length: int = 12) -> None:
+    """Synthetic token ids (0 = padding) whose second token tells the class."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, n)
+    x = rng.integers(4, 64, (n, length))
+    x[:, 1] = y + 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x.astype(np.int64), y=y)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> Registry:
+    """Two parents (mlp, transformers) and three quantized children, built in process."""
+    reg = new_registry(tmp_path_factory.mktemp("quant") / "repo", registry_template, SPECS)
+    tokens(reg.repo_root / "datasets/tok/tokens.npz")
+    for name in ("d04", "tok"):
+        build_dataset(reg, name)
+    for name in ("mb", "hb", *QUANTIZED):
+        build_model(Registry.open(reg.repo_root), name)
+    return Registry.open(reg.repo_root)
+
+
+def test_quantized_builds_record_size_quality_and_timing(built: Registry) -> None:
+    for name, parent in QUANTIZED.items():
+        doc = json.loads((built.model_dir(name) / "manifest.json").read_text())
+        q = doc["quantize"]
+        assert doc["source"] == {
+            "model": parent,
+            "relation": "quantized",
+            "id": built.model_manifest(parent).id,
+        }
+        weights = built.model_dir(name) / "weights.safetensors"
+        assert q["size"]["bytes_after"] == weights.stat().st_size == doc["weights"]["bytes"]
+        parent_bytes = (built.model_dir(parent) / "weights.safetensors").stat().st_size
+        assert q["size"]["bytes_before"] == parent_bytes  # the parent's stored weights
+        assert q["size"]["bytes_after"] < 0.6 * parent_bytes, q["size"]
+        quality = q["quality"]
+        assert quality["metric"] == "accuracy"
+        assert quality["quantized"] == doc["metrics"]["accuracy"]
+        accuracy = doc["metrics"]["accuracy"]
+        assert quality["drop"] == relative_drop("accuracy", quality["parent"], accuracy)
+        gate = doc["gates"][-1]
+        assert gate["metric"] == "quantize_drop" and gate["threshold"] == quality["max_drop"]
+        assert gate["passed"] == quality["passed"] == (quality["drop"] <= quality["max_drop"])
+        assert doc["run"]["quantize_s"] >= 0 and "training" not in doc["spec"]
+        assert q["library"]["name"] == "torchao"
+        assert ("hf_quantization_config" in q) == (name == "hq")
+    assert (
+        json.loads((built.model_dir("md") / "manifest.json").read_text())["quantize"]["quality"][
+            "max_drop"
+        ]
+        == 0.02
+    )  # the default
+
+
+def test_a_rebuild_gives_the_same_id(built: Registry) -> None:
+    for name in QUANTIZED:
+        before = built.model_manifest(name).id
+        again = build_model(Registry.open(built.repo_root), name)
+        assert again["id"] == before, name
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZED))
+def test_the_exported_folder_loads_with_the_librarys_loader(
+    built: Registry, name: str, tmp_path: Path
+) -> None:
+    manifest = built.model_manifest(name)
+    for file, data in weight_files(built, manifest):
+        (tmp_path / file).write_bytes(data)
+    module = load_exported(tmp_path)
+    linear = module.get_submodule("body.0" if name != "hq" else "bert.encoder.layer.0.output.dense")
+    assert type(linear.weight).__name__ == "Int8Tensor"
+    data = np.load(built.dataset_dir(manifest.raw["datasets"]["eval"]["name"]) / "data.npz")
+    x = torch.as_tensor(data["x_eval"])
+    if name == "hq":  # transformers' own model: token ids in, logits out
+        with torch.no_grad():
+            logits = module(input_ids=x.long(), attention_mask=(x != 0).long()).logits
+        acc = round(float((logits.argmax(1).numpy() == data["y_eval"]).mean()), 6)
+        assert acc == manifest.raw["metrics"]["accuracy"]
+    else:
+        scored = evaluate(module, data["x_eval"], data["y_eval"])
+        assert scored["accuracy"] == manifest.raw["metrics"]["accuracy"]
+        assert scored["loss"] == manifest.raw["metrics"]["loss"]
+    # stemma's own loader gives the same module
+    again = load_model(built, name)
+    assert type(again.get_submodule(linear_name(name)).weight).__name__ == "Int8Tensor"
+
+
+def linear_name(name: str) -> str:
+    return "body.0" if name != "hq" else "bert.encoder.layer.0.output.dense"
+
+
+def test_relative_drop_follows_the_metric_direction() -> None:
+    assert relative_drop("accuracy", 0.8, 0.76) == pytest.approx(0.05)
+    assert relative_drop("accuracy", 0.8, 0.9) == 0.0
+    assert relative_drop("perplexity", 20.0, 22.0) == pytest.approx(0.1)
+    assert relative_drop("perplexity", 20.0, 19.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "source: {model: mb, relation: quantized}\ndata: {train: d04}\n",
+            "at /quantize/method: a quantized model names a method",
+        ),
+        (
+            "source: {model: mb, relation: finetune}\ndata: {train: d04}\n"
+            "quantize: {method: int8_dynamic}\n",
+            "at /source/relation",
+        ),
+        (
+            "source: {model: mb, relation: quantized}\ndata: {train: d04}\n"
+            "quantize: {method: int8_dynamic}\ntraining: {epochs: 3}\n",
+            "at /training",
+        ),
+        (
+            "source: {model: mb, relation: quantized}\ndata: {train: d04}\n"
+            "quantize: {method: int4}\n",
+            "at /quantize/method",
+        ),
+        (
+            "source: {model: hb, relation: quantized}\ndata: {train: d04}\n"
+            "quantize: {method: int8_dynamic}\n",
+            "at /data/eval: samples of 'd04' have shape [1, 8, 8], the parent takes [12]",
+        ),
+        (
+            "source: {model: mb, relation: quantized}\ndata: {train: d04}\n"
+            "quantize: {method: int8_dynamic}\ngates: {r2: '>= 0.1'}\n",
+            "at /gates/r2",
+        ),
+    ],
+)
+def test_refusals_name_the_field_and_write_nothing(
+    built: Registry, spec: str, message: str
+) -> None:
+    write(built.root / "models/bad/spec.yaml", spec)
+    try:
+        with pytest.raises(StemmaError) as err:
+            build_model(Registry.open(built.repo_root), "bad")
+        assert str(err.value).startswith("models/bad/spec.yaml"), str(err.value)
+        assert message in str(err.value), str(err.value)
+        assert "\n" not in str(err.value)
+        assert sorted(p.name for p in (built.root / "models/bad").iterdir()) == ["spec.yaml"]
+    finally:
+        (built.root / "models/bad/spec.yaml").unlink()
+        (built.root / "models/bad").rmdir()
