@@ -28,6 +28,7 @@ from stemma.registry.files import (
     write_atomic,
 )
 from stemma.registry.gate import check_buildable
+from stemma.registry.parents import is_merge
 from stemma.registry.records import (
     DATASET_MANIFEST,
     MODEL_MANIFEST,
@@ -448,6 +449,10 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         from .detection import build_detector
 
         return build_detector(reg, name, progress, started, begin)
+    if is_merge(spec):  # several parents, or an adapter into its base: migration/merge.py
+        from .merge import build_merge
+
+        return build_merge(reg, spec, started, begin)
     if "quantize" in spec.raw or (spec.source and spec.source.relation == "quantized"):
         from .quantize import build_quantized  # the parent quantized with torchao, no training
 

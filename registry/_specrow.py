@@ -12,6 +12,7 @@ from typing import Any
 
 from ._snapshot import display, read_text
 from .errors import SchemaError, StemmaError
+from .parents import parents_of, primary
 
 
 def parse_spec(path: str, text: str) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def _schema_error(display: str, doc: dict[str, Any], text: str) -> StemmaError:
     return SchemaError(display, "cannot index this spec: a value is not plain data")
 
 
-# (path, canonical JSON, digest, source, relation, train, eval, family, description)
+# (path, canonical JSON, digest, source, relation, train, eval, family, description, parents)
 SpecRow = tuple[Any, ...]
 SPEC_COLUMNS = (
     "path",
@@ -73,6 +74,7 @@ SPEC_COLUMNS = (
     "eval",
     "family",
     "description",
+    "parents",  # JSON list of `parents.parents_of` (None: no parent named)
 )
 
 
@@ -104,7 +106,8 @@ def _fields(path: str, doc: dict[str, Any]) -> tuple[str | None, ...]:
         if src:
             if not isinstance(src, dict):
                 raise _Unindexable
-            source = _req_str(src.get("model"))
+            # a merge names several (`parents_of`); the first stands where one name fits
+            source = _req_str(src.get("model") if "models" not in src else primary(doc))
             relation = _req_str(src.get("relation", "finetune"))
         if not isinstance(data, dict):
             raise _Unindexable
@@ -116,7 +119,16 @@ def _fields(path: str, doc: dict[str, Any]) -> tuple[str | None, ...]:
             family = _opt_str(arch.get("family"))
     else:
         source = _req_str(doc.get("source"))
-    return (source, relation, train, eval_, family, description)
+    named = parents_of(doc) if path.startswith("models/") else ()
+    return (
+        source,
+        relation,
+        train,
+        eval_,
+        family,
+        description,
+        json.dumps(named) if named else None,
+    )
 
 
 def _req_str(value: Any) -> str:

@@ -11,7 +11,7 @@ import re
 from .status import BUILT, REGISTERED, STALE, UNBUILT
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "10"
+FORMAT = "11"
 
 TABLES = """
 CREATE SCHEMA raw;
@@ -20,7 +20,8 @@ CREATE TABLE raw.model_specs(
     name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, relation VARCHAR,
     train VARCHAR, eval VARCHAR, family VARCHAR, description VARCHAR, tags VARCHAR[],
     checks VARCHAR[],  -- datasets of the forgetting and drift checks, in that order
-    candidates VARCHAR);  -- the glob of an exploration's candidates (source: auto)
+    candidates VARCHAR,  -- the glob of an exploration's candidates (source: auto)
+    parents VARCHAR[]);  -- `parents.parents_of`: the source, or a merge's models and base
 CREATE TABLE raw.dataset_specs(
     name VARCHAR, path VARCHAR, digest VARCHAR, source VARCHAR, description VARCHAR,
     tags VARCHAR[]);
@@ -30,7 +31,8 @@ CREATE TABLE raw.model_manifests(
     params_trainable BIGINT, params_transferred BIGINT, weights_bytes BIGINT,
     created TIMESTAMP, duration_s DOUBLE, device VARCHAR, train VARCHAR, eval VARCHAR,
     gates_passed BOOLEAN, checks_passed BOOLEAN, metrics MAP(VARCHAR, DOUBLE),
-    metric_keys VARCHAR);  -- the metric names as a sorted JSON list
+    metric_keys VARCHAR,  -- the metric names as a sorted JSON list
+    parents VARCHAR[]);  -- the source, or a merge's recorded parents
 CREATE TABLE raw.layers(
     name VARCHAR, path VARCHAR, position INTEGER, tensor VARCHAR, shape BIGINT[],
     dtype VARCHAR, origin VARCHAR, frozen BOOLEAN, source_name VARCHAR);
@@ -51,7 +53,8 @@ RAW_BY_FILE = {
 # What DuckDB's from_json extracts from a manifest (everything else stays in the file).
 MODEL_MANIFEST_SHAPE = """{
  "kind": "VARCHAR", "id": "VARCHAR", "spec_digest": "VARCHAR",
- "source": {"model": "VARCHAR", "relation": "VARCHAR", "id": "VARCHAR"},
+ "source": {"model": "VARCHAR", "relation": "VARCHAR", "id": "VARCHAR",
+            "parents": [{"model": "VARCHAR"}]},
  "datasets": "MAP(VARCHAR, STRUCT(name VARCHAR, id VARCHAR))",
  "weights": {"bytes": "BIGINT"},
  "architecture": {"config": {"family": "VARCHAR"},
@@ -93,7 +96,9 @@ SELECT name, path, j.id, j.spec_digest, j.source.model, j.source.relation, j.sou
        j.datasets['train'].name, j.datasets['eval'].name,
        coalesce(list_aggregate([g.passed FOR g IN j.gates], 'bool_and'), true),
        coalesce(list_aggregate([c.passed FOR c IN map_values(j.checks)], 'bool_and'), true),
-       j.metrics, to_json(list_sort(map_keys(j.metrics)))
+       j.metrics, to_json(list_sort(map_keys(j.metrics))),
+       CASE WHEN j.source.parents IS NOT NULL THEN [p.model FOR p IN j.source.parents]
+            WHEN j.source.model IS NOT NULL THEN [j.source.model] END
 FROM staged"""
 
 INSERT_LAYERS = """
@@ -150,6 +155,9 @@ def _text_at(path: str) -> str:
 _LINEAGE_FIELDS = f"""list_filter([{_text_at("$.checks.forgetting.data")},
                     {_text_at("$.checks.drift.data")}], lambda x: x IS NOT NULL),
        {_text_at("$.source.candidates")}"""
+# A spec SQL takes names one source (`MODEL_SPEC_OK`); a merge's list comes from Python.
+_ONE_PARENT = """CASE WHEN json_type(v[1]) = 'OBJECT' AND v[2] ->> '$' <> 'auto'
+            THEN [v[2] ->> '$'] END"""
 
 INSERT_MODEL_SPECS = f"""
 INSERT INTO raw.model_specs
@@ -159,7 +167,7 @@ SELECT name, path, digest,
        v[5] ->> '$', coalesce(v[6] ->> '$', v[5] ->> '$'),
        CASE WHEN json_type(v[8]) = 'VARCHAR' THEN v[8] ->> '$' END,
        CASE WHEN json_type(v[9]) = 'VARCHAR' THEN v[9] ->> '$' END,
-       CAST(v[10] AS VARCHAR[]), {_LINEAGE_FIELDS}
+       CAST(v[10] AS VARCHAR[]), {_LINEAGE_FIELDS}, {_ONE_PARENT}
 FROM staged_specs WHERE {MODEL_SPEC_OK}"""
 
 INSERT_DATASET_SPECS = f"""
@@ -177,7 +185,8 @@ WHERE NOT coalesce(({MODEL_SPEC_OK}) OR ({DATASET_SPEC_OK}), false) ORDER BY pat
 INSERT_MODEL_SPEC_ROWS = f"""
 INSERT INTO raw.model_specs
 SELECT split_part(path, '/', 2), path, digest, source, relation, train, eval, family,
-       description, CAST(spec::JSON->'$.tags' AS VARCHAR[]), {_LINEAGE_FIELDS}
+       description, CAST(spec::JSON->'$.tags' AS VARCHAR[]), {_LINEAGE_FIELDS},
+       from_json(parents, '["VARCHAR"]')
 FROM spec_fields WHERE path LIKE 'models/%'"""
 
 INSERT_DATASET_SPEC_ROWS = """
@@ -196,11 +205,13 @@ WITH decl AS (
                AS source,
            CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.relation ELSE s.relation END
                AS relation,
+           CASE WHEN s.name IS NULL OR s.source = 'auto' THEN m.parents ELSE s.parents END
+               AS parents,
            CASE WHEN s.name IS NULL THEN m.train ELSE s.train END AS train,
            CASE WHEN s.name IS NULL THEN m.eval ELSE s.eval END AS eval
     FROM (SELECT * FROM raw.model_specs {only}) s
     FULL OUTER JOIN (SELECT * FROM raw.model_manifests {only}) m ON m.name = s.name)
-SELECT name, source, 'derived_from', relation FROM decl WHERE source IS NOT NULL
+SELECT name, unnest(parents), 'derived_from', relation FROM decl WHERE parents IS NOT NULL
 UNION ALL SELECT name, train, 'trained_on', NULL FROM decl WHERE train IS NOT NULL
 UNION ALL SELECT name, eval, 'evaluated_on', NULL FROM decl WHERE eval IS NOT NULL
 """
@@ -247,6 +258,14 @@ _MODEL_STATUS = f"""CASE WHEN m.name IS NULL THEN '{UNBUILT}'
             WHEN m.spec_digest IS DISTINCT FROM s.digest THEN '{STALE}'
             WHEN p.id IS NOT NULL AND p.id IS DISTINCT FROM m.source_id THEN '{STALE}'
             ELSE '{BUILT}' END"""
+# The declared parents' current manifest ids as one (`parents.combined_id`): a single
+# parent's own id, several digested in order, NULL while one has no manifest.
+_PARENT_IDS = """(SELECT x.name, CASE WHEN count(pm.id) < count(*) THEN NULL
+                 WHEN count(*) = 1 THEN min(pm.id)
+                 ELSE 'sha256:' || sha256(string_agg(pm.id, ' ' ORDER BY x.pos)) END AS id
+    FROM (SELECT name, unnest(parents) AS parent, generate_subscripts(parents, 1) AS pos
+          FROM raw.model_specs WHERE parents IS NOT NULL) x
+    LEFT JOIN raw.model_manifests pm ON pm.name = x.parent GROUP BY x.name)"""
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 MAX_METRIC_COLUMNS = 100
 
@@ -277,7 +296,7 @@ SELECT coalesce(s.name, m.name) AS name,
        m.metrics{metric_cols}
 FROM raw.model_specs s
 FULL OUTER JOIN raw.model_manifests m ON m.name = s.name
-LEFT JOIN raw.model_manifests p ON p.name = s.source AND s.source <> 'auto'"""
+LEFT JOIN {_PARENT_IDS} p ON p.name = s.name"""
 
 
 def _walk(macro: str, near: str, far: str) -> str:

@@ -19,6 +19,8 @@ from .hfdisk import check_saved_dataset
 from .locks import folder_locked_md5
 from .lockstate import recorded_md5
 from .naming import NAME_RE, NAME_RULE, parse_source
+from .parents import combined_id, parent_map, parent_refs, parents_of
+from .parents import problems as parent_problems
 from .records import DatasetSpec, Manifest, ModelSpec
 from .registry import Registry
 from .status import SOURCE_CHANGED, SPEC_CHANGED, staleness
@@ -263,24 +265,23 @@ def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
 def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) -> list[Violation]:
     subject = f"model:{spec.name}"
     found = []
-    src = spec.source
-    # a declared source whose own spec is invalid has its own error: the child says nothing
-    if (
-        src is not None
-        and not src.auto
-        and src.model not in models
-        and not reg.has_model(src.model)
-    ):
-        hint = Registry._hint(src.model, list(models))
+    # every parent (`parents_of`; a merge has several): a declared one whose own spec is
+    # invalid has its own error, the child says nothing
+    for ref in parent_refs(spec):
+        if ref.name in models or reg.has_model(ref.name):
+            continue
+        hint = Registry._hint(ref.name, list(models))
         found.append(
             Violation(
                 DANGLING_SOURCE,
                 spec.path,
-                f"source model {src.model!r} does not exist{hint}",
-                "/source/model",
+                f"source model {ref.name!r} does not exist{hint}",
+                ref.pointer,
                 subject=subject,
             )
         )
+    for pointer, message in parent_problems(spec):  # a parent twice, a merge with no method
+        found.append(Violation(SCHEMA, spec.path, message, pointer, subject=subject))
     for pointer, dataset in spec.dataset_refs().items():
         if not reg.has_dataset(dataset):
             hint = Registry._hint(dataset, reg.dataset_names())
@@ -378,12 +379,8 @@ def _task_rules(spec: ModelSpec, task: str | None) -> list[Violation]:
     ]
 
 
-def _parents(models: dict[str, ModelSpec]) -> dict[str, str]:
-    return {
-        n: s.source.model
-        for n, s in models.items()
-        if s.source is not None and not s.source.auto and s.source.model in models
-    }
+def _parents(models: dict[str, ModelSpec]) -> dict[str, list[str]]:
+    return parent_map(models)
 
 
 def _cycles(reg: Registry, models: dict[str, ModelSpec]) -> list[Violation]:
@@ -395,7 +392,7 @@ def _cycles(reg: Registry, models: dict[str, ModelSpec]) -> list[Violation]:
             "/source/model",
             subject=f"model:{loop[0]}",
         )
-        for loop in Forest(models, _parents(models)).cycles()
+        for loop in Forest.of(models, _parents(models)).cycles()
     ]
 
 
@@ -566,10 +563,11 @@ def _staleness(
 ) -> Iterator[Violation]:
     mine = facts[name]
     spec = models[name]
-    src = spec.source
-    parent_id = None
-    if src is not None and not src.auto and src.model in models:
-        parent_id = facts[src.model].manifest_id  # None: not built, or unreadable
+    named = parents_of(spec)
+    # None while a parent is not built or unreadable; a parent with no spec is not judged
+    parent_id = combined_id([facts[p].manifest_id for p in named if p in models])
+    if any(p not in models for p in named):
+        parent_id = None
     why = staleness(mine.digest, mine.spec_digest, parent_id, mine.source_id)
     path = mine.manifest_path
     if why == SPEC_CHANGED:
@@ -581,11 +579,11 @@ def _staleness(
             subject=f"model:{name}",
         )
     elif why == SOURCE_CHANGED:
-        assert src is not None
+        which = f"source {named[0]!r}" if len(named) == 1 else f"a parent of {', '.join(named)}"
         yield Violation(
             STALE_MANIFEST,
             path,
-            f"source {src.model!r} changed since the last build; run `dvc repro`",
+            f"{which} changed since the last build; run `dvc repro`",
             "/source/id",
             subject=f"model:{name}",
         )

@@ -5,16 +5,18 @@ consistency checks (cycles) and the lineage queries (ancestors, descendants, imp
 the SQL macros `ancestors()` and `descendants()` of the index are tested against `reach`.
 Everything here is pure: names in, names out, no files.
 
-A model has at most one source, so `derived_from` forms a forest (`Forest`): the descendants
-of a model are one contiguous slice of a pre-order walk, and its ancestors the walk up the
-parent map, both costing the size of the answer. Nodes caught in a cycle are outside the walk
-and fall back to a breadth-first search.
+Most models have one source, so `derived_from` mostly forms a forest (`Forest`): the
+descendants of a model are one contiguous slice of a pre-order walk, and its ancestors the
+walk up the parent map, both costing the size of the answer. Nodes caught in a cycle are
+outside the walk and fall back to a breadth-first search. A merge has several parents
+(`parents.parents_of`): the first is its tree parent, the others `more`; a forest with any
+such edge answers every question by a breadth-first search over all edges.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import ConsistencyError
 
@@ -78,16 +80,34 @@ def build_order(deps: Mapping[str, Iterable[str]], strict: bool = True) -> list[
 
 
 class Forest:
-    """The one-source lineage of `nodes`: parent map, sorted child lists, pre-order walk."""
+    """The lineage of `nodes`: parent map, sorted child lists, pre-order walk; `more` holds
+    the further parents of merges (node -> parents after the first)."""
 
-    def __init__(self, nodes: Iterable[str], parent: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        nodes: Iterable[str],
+        parent: Mapping[str, str],
+        more: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
         self.parent = dict(parent)
-        self.nodes = sorted(set(nodes) | set(self.parent) | set(self.parent.values()))
+        self.more = {k: [p for p in v if p != self.parent.get(k)] for k, v in (more or {}).items()}
+        self.more = {k: v for k, v in self.more.items() if v}
+        extra = {p for ps in self.more.values() for p in ps}
+        self.nodes = sorted(
+            set(nodes) | set(self.parent) | set(self.parent.values()) | set(self.more) | extra
+        )
         children: dict[str, list[str]] = {}
         for child in self.nodes:  # sorted, so every child list comes out sorted
             if child in self.parent:
                 children.setdefault(self.parent[child], []).append(child)
         self.children = children
+        # every edge, the merges' further parents included (the same as `children` without)
+        self.all_children: dict[str, list[str]] = {k: list(v) for k, v in children.items()}
+        self.all_parents: dict[str, list[str]] = {k: [v] for k, v in self.parent.items()}
+        for child in sorted(self.more):
+            for above in self.more[child]:
+                self.all_children.setdefault(above, []).append(child)
+                self.all_parents.setdefault(child, []).append(above)
         order: list[str] = []
         stack = [n for n in reversed(self.nodes) if n not in self.parent]
         while stack:
@@ -103,8 +123,17 @@ class Forest:
                 size[up] += size[node]
         self.size = size
 
+    @classmethod
+    def of(cls, nodes: Iterable[str], parents: Mapping[str, Sequence[str]]) -> Forest:
+        """The lineage from node -> its parents (`parents.parent_map`): the first of each
+        list is the tree parent, the others merge edges."""
+        first = {k: v[0] for k, v in parents.items() if v}
+        return cls(nodes, first, {k: v[1:] for k, v in parents.items() if len(v) > 1})
+
     def ancestors(self, node: str) -> list[str]:
         """The sources of `node`, nearest first (stopping where a cycle closes)."""
+        if self.more:
+            return list(reach(self.all_parents, node))
         out: list[str] = []
         seen = {node}
         up = self.parent.get(node)
@@ -115,7 +144,10 @@ class Forest:
         return out
 
     def descendants(self, node: str) -> list[str]:
-        """Every node deriving from `node`, in pre-order (breadth-first inside a cycle)."""
+        """Every node deriving from `node`, in pre-order (breadth-first inside a cycle or
+        where merges make the lineage a DAG)."""
+        if self.more:
+            return list(reach(self.all_children, node))
         if node in self.tin:
             start = self.tin[node]
             return self.order[start + 1 : start + self.size[node]]
@@ -126,6 +158,14 @@ class Forest:
         skipped by walking the tops in pre-order, so every slice is copied once."""
         tops = list(dict.fromkeys(tops))
         out: list[str] = []
+        if self.more:  # a DAG: one breadth-first search from every top
+            seen: set[str] = set()
+            for top in tops:
+                for node in [top, *reach(self.all_children, top)]:
+                    if node not in seen:
+                        seen.add(node)
+                        out.append(node)
+            return out
         covered = -1
         for top in sorted((t for t in tops if t in self.tin), key=self.tin.__getitem__):
             start = self.tin[top]
@@ -142,7 +182,14 @@ class Forest:
         return out
 
     def cycles(self) -> list[list[str]]:
-        """Each loop once, as the nodes met walking up from the first of them by name."""
+        """Each loop once, as the nodes met walking up from the first of them by name (with
+        merges: the first loop a depth-first walk over every edge meets)."""
+        if self.more:
+            try:
+                build_order(self.all_parents, strict=True)
+            except LineageCycle as exc:
+                return [exc.loop[:-1]]
+            return []
         found, seen = [], set()
         for start in sorted(self.parent):
             path: list[str] = []

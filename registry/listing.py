@@ -10,6 +10,7 @@ from . import status
 from .errors import DatasetNotFound, ModelNotFound
 from .locks import folder_locked_md5
 from .lockstate import recorded_md5, unlocked
+from .parents import combined_id, parents_of
 from .records import Manifest
 from .registry import SPEC_FILE, Registry
 from .tree import WorkTree
@@ -72,15 +73,12 @@ def _staleness_inputs(
 ) -> tuple[str, str, str | None, str | None, str | None, str | None]:
     """The arguments of `status.staleness` for a built model, as the files are now."""
     spec = reg.model_spec(name)
-    src = spec.source
-    parent = None
-    if src is not None and not src.auto and reg.has_model(src.model):
-        parent = reg.model_manifest(src.model)
+    found = [reg.model_manifest(p) if reg.has_model(p) else None for p in parents_of(spec)]
     weights = manifest.raw.get("weights") or {}
     return (
         spec.digest,
         manifest.spec_digest,
-        parent.id if parent is not None else None,
+        combined_id([m.id if m is not None else None for m in found]),
         manifest.source_id,
         recorded_md5(weights),
         folder_locked_md5(reg, name),

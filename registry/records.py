@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import SchemaError
 from .files import content_id, digest, parse_json_text
+from .parents import primary
 
 # PyYAML and the schemas are imported where they are used: `stemma ls` and `stemma query`
 # read the DuckDB index and never parse a spec or validate a document.
@@ -253,8 +254,8 @@ class ModelSpec:
         src = self.raw.get("source")
         if not src:
             return None
-        return SourceRef(
-            model=src["model"],
+        return SourceRef(  # a merge's first parent: all of them are `parents_of(spec)`
+            model=str(src["model"] if "model" in src else primary(self.raw) or ""),
             relation=src.get("relation", "finetune"),
             candidates=src.get("candidates"),
             score=src.get("score"),

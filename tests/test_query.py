@@ -639,6 +639,8 @@ ODD_SPECS = {
     "listsource": "source: []\ndata: {train: d-a}\n",
     "numberdesc": "description: 5\ndata: {train: d-a}\n",  # refused: not text
     "nulleval": "data: {train: d-a, eval: null}\n",  # refused: eval must be a name
+    "merged": "source: {relation: merge, models: [ft, plain], merge: {method: linear}}\n"
+    "data: {train: d-a}\n",
 }
 
 
@@ -651,13 +653,13 @@ def test_spec_fields_picked_in_sql_match_the_python_reference(registry: Registry
         with pytest.raises(SchemaError, match=rf"models/{bad}/spec.yaml"):
             query(registry, "SELECT * FROM models")
         (registry.root / f"models/{bad}/spec.yaml").unlink()
-    columns = "path, digest, source, relation, train, eval, family, description"
+    columns = "path, digest, source, relation, train, eval, family, description, parents"
     with index.open_index(registry) as idx:
         got = {
             r[0]: r
             for r in idx.con.execute(
                 f"SELECT {columns}, tags FROM raw.model_specs UNION ALL "
-                "SELECT path, digest, source, NULL, NULL, NULL, NULL, description, tags "
+                "SELECT path, digest, source, NULL, NULL, NULL, NULL, description, NULL, tags "
                 "FROM raw.dataset_specs"
             ).fetchall()
         }
@@ -668,8 +670,9 @@ def test_spec_fields_picked_in_sql_match_the_python_reference(registry: Registry
         compact = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         expected = _specrow.spec_row(path, compact, path, text)
         assert expected[2] == digest(doc)
-        assert got[path][:8] == (expected[0], *expected[2:]), path
-        assert got[path][8] == doc.get("tags"), path
+        assert got[path][:8] == (expected[0], *expected[2:9]), path
+        assert got[path][8] == (json.loads(expected[9]) if expected[9] else None), path
+        assert got[path][9] == doc.get("tags"), path
 
 
 def test_a_bad_spec_fails_the_refresh_until_it_is_fixed(zoo: Any) -> None:

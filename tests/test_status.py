@@ -32,9 +32,11 @@ def _index() -> duckdb.DuckDBPyConnection:
 
 
 def _model_spec(con: duckdb.DuckDBPyConnection, name: str, digest: str, source: str | None) -> None:
+    parents = [source] if source not in (None, "auto") else None  # as the index fills it
     con.execute(
-        "INSERT INTO raw.model_specs (name, digest, source, train) VALUES (?, ?, ?, 'd')",
-        [name, digest, source],
+        "INSERT INTO raw.model_specs (name, digest, source, train, parents)"
+        " VALUES (?, ?, ?, 'd', ?)",
+        [name, digest, source, parents],
     )
 
 

@@ -1,0 +1,352 @@
+"""Merges: a model built from the weights of two or more parents, with mergekit's methods.
+
+`source: {relation: merge, models: [A, B, ...], base: C?, merge: {method: ..., ...}}`.
+The four methods follow mergekit 0.1.5's definitions (`mergekit.merge_methods`: `linear`,
+the generalized task arithmetic behind `task_arithmetic` and `ties`, `slerp`) with its
+parameter names and defaults; tests compare each with mergekit's own functions on the same
+tensors. One adapter model alone (`models: [ADAPTER]`) is that adapter merged into its base,
+through peft's `merge_and_unload` (`adapters.compose`).
+
+A merge runs on the CPU in float32 and is deterministic: no randomness (TIES keeps the
+largest differences by magnitude, ties broken by position). Tensors that are not floating
+point (integer buffers) are taken from the base (or the first model). The manifest records
+per tensor which parents contributed; the merged model is evaluated on the spec's eval data
+and gated like any build.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError
+from stemma.registry.parents import NEEDS_BASE, combined_id, parent_refs, problems
+from stemma.registry.records import ModelSpec
+
+# -- the methods (mergekit's definitions) ---------------------------------------------------
+
+
+def linear(
+    tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True
+) -> torch.Tensor:
+    """Weighted sum of the tensors, divided by the sum of the weights when `normalize`."""
+    out = torch.zeros_like(tensors[0], dtype=torch.float32)
+    for tensor, w in zip(tensors, weights, strict=True):
+        out.add_(tensor.to(torch.float32), alpha=float(w))
+    if normalize:
+        out.div_(float(sum(weights)))
+    return out
+
+
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """The `density` share of `delta`'s entries with the largest magnitude kept, the rest 0
+    (mergekit's `sparsify.magnitude`: at least one entry kept while density > 0)."""
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    k = max(1, int(density * delta.numel()))
+    order = torch.argsort(delta.abs().reshape(-1), descending=True, stable=True)[:k]
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
+    mask[order] = 1
+    return delta * mask.reshape_as(delta)
+
+
+def task_arithmetic(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    density: Sequence[float] | None = None,
+    normalize: bool = False,
+    lam: float = 1.0,
+    consensus: bool = False,
+) -> torch.Tensor:
+    """base + lambda * the weighted sum of the models' differences from base; with
+    `density`, each difference sparsified by magnitude first; with `consensus` (TIES), only
+    the entries agreeing with the sign of the summed differences count. `normalize` divides
+    by the sum of the weights that counted (mergekit's generalized task arithmetic)."""
+    base32 = base.to(torch.float32)
+    deltas = torch.stack(
+        [
+            magnitude_mask(t.to(torch.float32) - base32, d)
+            for t, d in zip(tensors, density or [1.0] * len(tensors), strict=True)
+        ]
+    )
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float32)
+    w = w.reshape(-1, *([1] * base.dim()))
+    deltas = deltas * w
+    if consensus:
+        majority = (deltas.sum(dim=0) >= 0).to(torch.float32) * 2 - 1
+        mask = (deltas.sign() == majority).to(torch.float32)
+        mixed = (deltas * mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(dim=0)
+        divisor = w.sum(dim=0).expand_as(mixed).clone()
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    if lam != 1:
+        mixed = mixed * lam
+    return base32 + mixed
+
+
+def ties(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    density: Sequence[float],
+    normalize: bool = True,
+    lam: float = 1.0,
+) -> torch.Tensor:
+    """TIES: trim each difference to its largest `density` share, elect the sign by the sum,
+    add the agreeing differences (Yadav et al. 2023; mergekit's `ties`)."""
+    return task_arithmetic(base, tensors, weights, density, normalize, lam, consensus=True)
+
+
+def slerp(
+    t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = 0.9995
+) -> torch.Tensor:
+    """Spherical interpolation from `v0` (t = 0) to `v1` (t = 1) over the whole tensor;
+    nearly parallel tensors are interpolated linearly (mergekit's `slerp`)."""
+    a = v0.to(torch.float32).reshape(-1)
+    b = v1.to(torch.float32).reshape(-1)
+    if a.numel() == 0:
+        return ((1 - t) * a + t * b).reshape(v0.shape)
+    eps = 1e-8
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    na = na if na > eps else torch.ones_like(na)
+    nb = nb if nb > eps else torch.ones_like(nb)
+    dot = ((a / na) * (b / nb)).sum().clamp(-1, 1)
+    if dot.abs() > dot_threshold:
+        return ((1 - t) * a + t * b).reshape(v0.shape)
+    theta = torch.acos(dot)
+    s = torch.sin(theta)
+    out = (torch.sin((1 - t) * theta) / s) * a + (torch.sin(t * theta) / s) * b
+    return out.reshape(v0.shape)
+
+
+# -- the plan of a merge --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """What a merge spec asks for: the models, the base, the method and its parameters."""
+
+    models: tuple[str, ...]
+    base: str | None
+    method: str
+    weights: tuple[float, ...]
+    density: tuple[float, ...]
+    t: float
+    normalize: bool
+    lam: float
+
+    def parameters(self) -> dict[str, Any]:
+        """The parameters as applied (defaults filled in), for the manifest."""
+        out: dict[str, Any] = {"weight": list(self.weights)}
+        if self.method == "ties":
+            out["density"] = list(self.density)
+        if self.method == "slerp":
+            return {"t": self.t}
+        if self.method != "linear":
+            out["lambda"] = self.lam
+        out["normalize"] = self.normalize
+        return out
+
+
+def _per_model(value: Any, n: int, default: float, pointer: str, display: str) -> tuple[float, ...]:
+    if value is None:
+        return (default,) * n
+    if isinstance(value, list):
+        if len(value) != n:
+            raise BuildError(f"{display} at {pointer}: {len(value)} values for {n} models")
+        return tuple(float(v) for v in value)
+    return (float(value),) * n
+
+
+def plan_of(spec: ModelSpec) -> MergePlan:
+    """The merge a spec declares, with mergekit's defaults; located errors for what no
+    method can take."""
+    display = spec.path
+    for pointer, message in problems(spec.raw):
+        raise BuildError(f"{display} at {pointer}: {message}")
+    src = spec.raw["source"]
+    models = tuple(str(m) for m in src["models"])
+    base = str(src["base"]) if "base" in src else None
+    block = dict(src.get("merge") or {})
+    method = str(block.get("method", "adapter" if len(models) == 1 else ""))
+    n = len(models)
+    if method == "slerp" and base is None:  # two models: the first is where t = 0 starts
+        base, models = models[0], models[1:]
+        n = 1
+    weights = _per_model(block.get("weight"), n, 1.0, "/source/merge/weight", display)
+    if method in ("linear", "ties") and block.get("normalize", True) and sum(weights) == 0:
+        raise BuildError(f"{display} at /source/merge/weight: the weights sum to 0")
+    return MergePlan(
+        models=models,
+        base=base,
+        method=method,
+        weights=weights,
+        density=_per_model(block.get("density"), n, 1.0, "/source/merge/density", display),
+        t=float(block.get("t", 0.5)),
+        normalize=bool(block.get("normalize", method != "task_arithmetic")),
+        lam=float(block.get("lambda", 1.0)),
+    )
+
+
+def merge_tensor(
+    p: MergePlan, base: torch.Tensor | None, tensors: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """One tensor of the merged model by the plan's method."""
+    if p.method == "linear":
+        return linear(tensors, p.weights, p.normalize)
+    if p.method == "slerp":
+        assert base is not None
+        return slerp(p.t, base, tensors[0])
+    assert base is not None and p.method in NEEDS_BASE
+    if p.method == "ties":
+        return ties(base, tensors, p.weights, p.density, p.normalize, p.lam)
+    return task_arithmetic(base, tensors, p.weights, None, p.normalize, p.lam)
+
+
+def merge_states(
+    p: MergePlan, states: Mapping[str, Mapping[str, torch.Tensor]], display: str
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """The merged state dict (float32 for floating tensors) and, per tensor, the parents that
+    contributed. Every parent must hold the same tensor names and shapes."""
+    first = p.base if p.base is not None else p.models[0]
+    names = list(states[first])
+    for parent, state in states.items():
+        if set(state) != set(names):
+            odd = sorted(set(state) ^ set(names))[0]
+            raise BuildError(
+                f"{display} at /source/models: {parent!r} and {first!r} hold different tensors"
+                f" ({odd!r} is in one only): a merge needs one architecture"
+            )
+    merged: dict[str, torch.Tensor] = {}
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        ref = states[first][name]
+        for parent, state in states.items():
+            if state[name].shape != ref.shape:
+                raise BuildError(
+                    f"{display} at /source/models: tensor {name!r} of {parent!r} has shape"
+                    f" {list(state[name].shape)}, of {first!r} {list(ref.shape)}"
+                )
+        if not ref.is_floating_point():
+            merged[name] = ref.clone()
+            rows.append({"name": name, "parents": [first]})
+            continue
+        base = states[p.base][name] if p.base is not None else None
+        tensors = [states[m][name] for m in p.models]
+        merged[name] = merge_tensor(p, base, tensors).contiguous()
+        used = list(p.models) if p.method != "slerp" else [first, *p.models]
+        if p.base is not None and p.method != "slerp":
+            used = [p.base, *used]
+        rows.append({"name": name, "parents": used})
+    return merged, rows
+
+
+# -- the build ------------------------------------------------------------------------------
+
+
+def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> dict[str, Any]:
+    """Build a merge spec: load and check every parent, merge on the CPU in float32,
+    evaluate on the spec's eval data, gate, and write weights and manifest as one unit."""
+    from . import build as _b
+    from .architectures import build_module
+    from .evaluate import evaluate, evaluate_gates
+    from .mapping import plan as map_plan
+    from .mapping import report, transfer
+    from .tasks import get as get_task
+
+    display = spec.path
+    p = plan_of(spec)
+    manifests: dict[str, Mapping[str, Any]] = {}
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for ref in parent_refs(spec):
+        manifest, state = _b._load_source(reg, spec, ref.name)
+        _b._refuse_failed_source(spec, ref.name, manifest)
+        manifests[ref.name] = manifest
+        states[ref.name] = {k: v.detach().to("cpu") for k, v in state.items()}
+    first = p.base if p.base is not None else p.models[0]
+    config = dict(manifests[first]["architecture"]["config"])
+    if p.method == "adapter":
+        if not manifests[first].get("adapter"):
+            raise BuildError(
+                f"{display} at /source/models: a merge of one model merges an adapter into its"
+                f" base, and {first!r} is no adapter; name two or more models and a method"
+            )
+        merged = {
+            k: v.to(torch.float32) if v.is_floating_point() else v for k, v in states[first].items()
+        }
+        base_name = str(manifests[first]["adapter"]["base"]["model"])
+        contributed = [{"name": k, "parents": [first]} for k in merged]
+    else:
+        for name, manifest in manifests.items():
+            if dict(manifest["architecture"]["config"]) != config:
+                raise BuildError(
+                    f"{display} at /source/models: {name!r} and {first!r} have different"
+                    " architectures; a merge needs one"
+                )
+        with torch.no_grad():
+            merged, contributed = merge_states(p, states, display)
+        base_name = p.base
+    train_data, eval_data, datasets = _b._data(reg, spec)
+    task = get_task(train_data.task)
+    width = _b._outputs(spec, task.name, train_data, eval_data)
+    if config.get("num_classes") not in (None, width):
+        raise BuildError(
+            f"{display} at /data/eval: the merged model has {config.get('num_classes')} outputs,"
+            f" {spec.eval!r} needs {width}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        module = build_module(config, reg.settings.entrypoints, display)
+    transfer(module, merged, map_plan(merged, module.state_dict(), "exact", display))
+    module.eval()
+    scored = evaluate(module, eval_data.x_eval, eval_data.y_eval, "cpu")
+    metrics = {m: scored[m] for m in task.metrics}
+    rows, _ = report(module, None)
+    for row in rows:  # every tensor comes from the parents: none is new
+        row["origin"], row["frozen"], row["source_name"] = "transferred", True, row["name"]
+    total = sum(int(math.prod(r["shape"])) for r in rows if r.get("kind") == "parameter")
+    ids = [str(manifests[r.name]["id"]) for r in parent_refs(spec)]
+    parents = [{"model": r.name, "id": str(manifests[r.name]["id"])} for r in parent_refs(spec)]
+    manifest: dict[str, Any] = {
+        "kind": "model",
+        "schema_version": 1,
+        "name": spec.name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "source": {
+            "model": parents[0]["model"],
+            "relation": "merge",
+            "id": combined_id(ids),
+            "parents": parents,
+        },
+        "datasets": datasets,
+        "weights": {},
+        "architecture": {"config": config, "tensors": rows},
+        "parameters": {"total": total, "trainable": 0, "transferred": total},
+        "merge": {
+            "method": p.method,
+            "parameters": {} if p.method == "adapter" else p.parameters(),
+            "base": base_name,
+            "tensors": contributed,
+        },
+        "metrics": metrics,
+        "per_class": scored["per_class"],
+        "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
+        "checks": {},
+    }
+    if task.name != "classification":
+        manifest["task"] = task.name
+    manifest["run"] = _b._run_block(reg, started, begin, device="cpu", seed=0, deterministic=True)
+    _b._write_model(reg, spec.name, manifest, module.state_dict(), metrics, [])
+    return manifest
