@@ -30,6 +30,8 @@ from torch import nn
 from .entrypoints import import_entrypoint
 
 LIBRARY_FAMILIES = ("timm", "torchvision", "transformers")
+HEADLESS = 0
+"""`num_classes` of a transformers base registered without a head (the library's AutoModel)."""
 FAMILY_ATTR = "stemma_family"  # a plain attribute on the module: not a tensor, not in state_dict
 _EXTRAS = {"timm": "timm", "torchvision": "torchvision", "transformers": "transformers"}
 _TORCHVISION_HEADS = ("fc", "classifier", "heads", "head")
@@ -125,9 +127,10 @@ def _transformers(
         if not isinstance(module, nn.Module):
             raise BuildError(f"{display} at {pointer}: {entry!r} is not a torch module class")
         return module
-    model: nn.Module = transformers.AutoModelForSequenceClassification.from_config(
-        cfg, **{**options, archrules.TRUST_OPTION: False}
-    )
+    auto = transformers.AutoModelForSequenceClassification
+    if int(config["num_classes"]) == HEADLESS:  # a base without a head: a child adds one
+        auto = transformers.AutoModel
+    model: nn.Module = auto.from_config(cfg, **{**options, archrules.TRUST_OPTION: False})
     return model
 
 

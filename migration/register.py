@@ -23,21 +23,33 @@ from stemma.registry.records import MODEL_MANIFEST
 from stemma.registry.registry import SPEC_FILE, WEIGHTS_FILE
 
 from .architectures import build_module, head_prefix, infer_architecture, make_config
-from .families import LIBRARY_FAMILIES, read_hf_config
+from .families import HEADLESS, LIBRARY_FAMILIES
+from .hubsnapshot import (
+    EXTERNAL_KEY,
+    Snapshot,
+    card_parents,
+    ignored_by_library,
+    load_state,
+    read_snapshot,
+    tokenizer_files,
+    tokenizer_record,
+)
 from .mapping import plan, report, transfer
 from .weights import read_any, to_bytes
 
 RELATIONS = ("finetune", "adapter", "distill", "quantized", "merge")
-HF_WEIGHTS = "model.safetensors"
 
 
-def _read(path: Path, architecture: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
-    """The state dict and the architecture block; an HF folder brings its own config."""
+def _read(
+    path: Path, architecture: dict[str, Any] | None
+) -> tuple[dict[str, Any], Any, Snapshot | None]:
+    """The state dict and the architecture block; an HF folder (a Hub snapshot, checked by
+    `hubsnapshot`) brings its own config, shards, tokenizer and card."""
     if path.is_dir():
-        config = read_hf_config(path, str(path))
-        arch = {**(architecture or {}), "family": "transformers", "config": config}
-        return read_any(path / HF_WEIGHTS, str(path / HF_WEIGHTS)), arch
-    return read_any(path, str(path)), architecture
+        snap = read_snapshot(path, str(path))
+        arch = {**(architecture or {}), "family": "transformers", "config": snap.config}
+        return load_state(snap)[0], arch, snap
+    return read_any(path, str(path)), architecture, None
 
 
 def _library_shape(
@@ -60,6 +72,10 @@ def _library_shape(
         )
     prefix = head_prefix(probe) + "."
     heads = [n for n, t in probe.state_dict().items() if n.startswith(prefix) and t.ndim == 2]
+    if family == "transformers" and not any(n.startswith(prefix) for n in state):
+        # a headless base (the library's AutoModel: BertModel, ...): a child adds the head
+        positions = int(arch.get("config", {}).get("max_position_embeddings", 512))
+        return in_shape or [positions], HEADLESS
     if not heads or heads[-1] not in state:
         raise BuildError(
             f"the weights have no {heads[-1] if heads else prefix + 'weight'} tensor: tensor"
@@ -164,17 +180,25 @@ def register(
             " built by `dvc repro`; register the weights under another name"
         )
     src = _source_block(reg, source, relation)
-    state, arch = _read(Path(weights_path), dict(architecture) if architecture else None)
+    state, arch, snap = _read(Path(weights_path), dict(architecture) if architecture else None)
     data = None
     if eval_dataset is not None:
         data = load_dataset(reg, eval_dataset, "--eval", "register")
         in_shape = in_shape or data.shape
     config = _config(reg, arch, state, in_shape, str(weights_path))
+    if data is not None and config["num_classes"] == HEADLESS:
+        raise BuildError(
+            f"--eval: {weights_path} is a base model without a head (no outputs to score);"
+            " register it without --eval and evaluate a child that adds a head"
+        )
     with torch.random.fork_rng(devices=[]):
         module = build_module(
             config, reg.settings.entrypoints, f"{weights_path}", reg.settings.limits
         )
+    for ignored in ignored_by_library(module, state):  # as the library's own loader does
+        del state[ignored]
     tmap = plan(state, module.state_dict(), "exact", f"{weights_path}", "the weights file")
+    tokenizer = tokenizer_files(snap) if snap is not None else {}
     transfer(module, state, tmap)
     module.eval()
     rows, _ = report(module, None)
@@ -194,12 +218,18 @@ def register(
     }
     if src is not None:
         spec_doc["source"] = {"model": src["model"], "relation": src["relation"]}
-    if Path(weights_path).is_dir():  # a Hub snapshot: its id names it in cards of children
+    if snap is not None:  # a Hub snapshot: its id names it in cards of children
         from stemma.registry.hubfiles import snapshot_hub_id
 
         hub = snapshot_hub_id(Path(weights_path))
         if hub:
             spec_doc["hub_id"] = hub
+        if src is None:
+            src, external = card_parents(reg, snap.card)
+            if src is not None:
+                spec_doc["source"] = {"model": src["model"], "relation": src["relation"]}
+            if external:
+                spec_doc[EXTERNAL_KEY] = external
     total = sum(p.numel() for p in module.parameters())
     manifest: dict[str, Any] = {
         "kind": "model",
@@ -224,6 +254,9 @@ def register(
         "checks": {},
         "run": _run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
     }
-    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, {WEIGHTS_FILE: blob})
+    if tokenizer:
+        manifest["tokenizer"] = tokenizer_record(tokenizer)
+    outputs = {WEIGHTS_FILE: blob, **tokenizer}
+    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
     dvc_track(reg, reg.rel("models", name, WEIGHTS_FILE))
     return manifest

@@ -165,6 +165,10 @@ def prepare_target(
         prefixes = strategy.rename
         if prefixes is None and config.get("task") == "detection":  # classifier -> detector
             prefixes = derived_prefixes(src_state, target)
+        if prefixes is None:  # a headless transformers base under a head model's names
+            from .hubsnapshot import base_prefixes
+
+            prefixes = base_prefixes(module, src_state)
         tmap = plan_renamed(
             src_state,
             target,
