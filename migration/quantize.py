@@ -20,6 +20,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,30 @@ class QuantizeRecord:
 
     def gate(self) -> dict[str, Any]:
         """The drop as a gate row, so status, audit and cards see it like any gate."""
-        return {
-            "metric": DROP_GATE,
-            "op": "<=",
-            "threshold": self.max_drop,
-            "value": self.drop,
-            "passed": self.passed,
-        }
+        return drop_gate(self.drop, self.max_drop)
+
+
+def drop_gate(drop: float, max_drop: float) -> dict[str, Any]:
+    """The gate row of a quantization's drop (manifest `gates`, after the spec's own)."""
+    return {
+        "metric": DROP_GATE,
+        "op": "<=",
+        "threshold": max_drop,
+        "value": drop,
+        "passed": drop <= max_drop,
+    }
+
+
+def recorded_gates(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The drop gate recomputed from a manifest's `quantize.quality` (none for other models):
+    `verify` checks the recorded row against it, as it checks the spec's gates."""
+    quality = (manifest.get("quantize") or {}).get("quality")
+    if not isinstance(quality, dict):
+        return []
+    drop = relative_drop(
+        str(quality["metric"]), float(quality["parent"]), float(quality["quantized"])
+    )
+    return [drop_gate(drop, float(quality["max_drop"]))]
 
 
 def relative_drop(metric: str, parent: float, quantized: float) -> float:
@@ -276,7 +294,7 @@ def build_quantized(
         "source": {"model": parent, "relation": "quantized", "id": src_manifest["id"]},
         "datasets": datasets,
         "weights": _build._blob_file(WEIGHTS_FILE, blob, "safetensors"),
-        "architecture": {"config": config, "tensors": _rows(tensors)},
+        "architecture": {"config": config, "tensors": _rows(tensors, metadata, set(src_state))},
         "parameters": {
             "total": sum(p.numel() for p in params.values()),
             "trainable": 0,
@@ -312,20 +330,40 @@ def build_quantized(
     return manifest
 
 
-def _rows(tensors: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """The stored tensors, as the manifest lists every model's: all from the parent, frozen."""
-    return [
-        {
-            "name": n,
-            "kind": "parameter",
-            "shape": list(t.shape),
-            "dtype": str(t.dtype).removeprefix("torch."),
-            "origin": "transferred",
-            "frozen": True,
-            "source_name": None,
-        }
-        for n, t in sorted(tensors.items())
-    ]
+def _origins(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Stored name -> the parent tensor it was made from, for torchao's flattened tensors
+    (`body.0._weight_qdata` from `body.0.weight`: its `qdata`, `scale`, `zero_point`)."""
+    found: dict[str, str] = {}
+    for name in json.loads(metadata.get("tensor_names", "[]")):
+        info = json.loads(metadata.get(name, "{}"))
+        prefix, _, attr = str(name).rpartition(".")
+        for part in info.get("_tensor_data_names") or []:
+            found[f"{prefix}._{attr}_{part}" if prefix else f"_{attr}_{part}"] = str(name)
+    return found
+
+
+def _rows(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], parent: set[str]
+) -> list[dict[str, Any]]:
+    """The stored tensors, as the manifest lists every model's: each from its parent tensor;
+    those stored as they were are frozen (verify compares them bit for bit), the quantized
+    ones are not (they are new numbers made from the parent's)."""
+    made_from = _origins(metadata)
+    rows = []
+    for n, t in sorted(tensors.items()):
+        kept = n in parent
+        rows.append(
+            {
+                "name": n,
+                "kind": "parameter",
+                "shape": list(t.shape),
+                "dtype": str(t.dtype).removeprefix("torch."),
+                "origin": "transferred",
+                "frozen": kept,
+                "source_name": n if kept else made_from.get(n),
+            }
+        )
+    return rows
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -255,6 +255,10 @@ def _gates(manifest: Mapping[str, Any], display: str) -> Finding:
 
     gates = dict((manifest.get("spec") or {}).get("gates") or {})
     rows = evaluate_gates(gates, manifest["metrics"], manifest.get("per_class"), display)
+    if manifest.get("quantize"):  # the drop against the parent: migration/quantize.py
+        from .quantize import recorded_gates
+
+        rows += recorded_gates(manifest)
     if rows != list(manifest["gates"]):
         return Finding("gates", FAIL, "recorded gate results differ from the recorded metrics")
     failed = [

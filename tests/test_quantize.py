@@ -13,6 +13,7 @@ from conftest import new_registry, write
 from stemma.migration.build import build_dataset, build_model, load_model
 from stemma.migration.evaluate import evaluate
 from stemma.migration.quantize import load_exported, relative_drop
+from stemma.migration.verify import verify_model
 from stemma.registry import Registry
 from stemma.registry.errors import StemmaError
 from stemma.registry.hubfiles import weight_files
@@ -95,11 +96,14 @@ def test_quantized_builds_record_size_quality_and_timing(built: Registry) -> Non
     )  # the default
 
 
-def test_a_rebuild_gives_the_same_id(built: Registry) -> None:
+def test_a_rebuild_gives_the_same_id_and_verifies(built: Registry) -> None:
     for name in QUANTIZED:
         before = built.model_manifest(name).id
         again = build_model(Registry.open(built.repo_root), name)
         assert again["id"] == before, name
+        found = {f.item: f.status for f in verify_model(built, name).findings}
+        # the drop gate is recomputed from the recorded quality; kept tensors equal the parent's
+        assert found["gates"] == found["frozen"] == found["weights"] == "pass", found
 
 
 @pytest.mark.parametrize("name", sorted(QUANTIZED))
