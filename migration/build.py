@@ -278,6 +278,10 @@ def _load_source(
             f"{spec.path} at /source/model: source model {src!r} has no weights;"
             " build it first (dvc repro)"
         )
+    if manifest.raw.get("quantize"):  # torchao int8 tensors: no weights to derive from
+        from .quantize import quantized_source_error
+
+        raise quantized_source_error(spec, src, manifest.raw)
     recorded = manifest.raw["weights"]
     if manifest.raw.get("adapter"):  # base + adapter, merged: a plain state dict to map
         found = file_hashes(path, reg.repo_root, reg.rel("models", src, rel))

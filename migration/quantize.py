@@ -202,13 +202,41 @@ def _parent_module(config: dict[str, Any], state: dict[str, torch.Tensor], reg: 
     return module
 
 
-def _check_data(spec: ModelSpec, config: dict[str, Any], data: DatasetArrays) -> None:
+def _check_data(spec: ModelSpec, config: dict[str, Any], data: DatasetArrays, pointer: str) -> None:
+    """The eval data fits the parent: its sample shape, and labels within the parent's head."""
     shape = [int(d) for d in config.get("in_shape") or []]
     if shape and data.shape != shape:
         raise BuildError(
-            f"{spec.path} at /data/eval: samples of {spec.eval!r} have shape {data.shape},"
+            f"{spec.path} at {pointer}: samples of {spec.eval!r} have shape {data.shape},"
             f" the parent takes {shape}"
         )
+    width = config.get("num_classes")
+    task = for_labels(data.y_eval)
+    if not isinstance(width, int) or not len(data.y_eval):
+        return
+    if task.name == "classification":
+        top = int(data.y_eval.max())
+        if top >= width:
+            raise BuildError(
+                f"{spec.path} at {pointer}: {spec.eval!r} has class {top}, the parent"
+                f" only classes 0-{width - 1}"
+            )
+    elif task.outputs(data.y_eval) != width:
+        raise BuildError(
+            f"{spec.path} at {pointer}: {spec.eval!r} has {task.outputs(data.y_eval)}"
+            f" outputs, the parent {width}"
+        )
+
+
+def quantized_source_error(spec: ModelSpec, src: str, manifest: Mapping[str, Any]) -> BuildError:
+    """Why a quantized model is no source: its int8 tensors are no weights to train, merge or
+    quantize again; its parent is (the one rule for every build that loads a source)."""
+    parent = (manifest.get("source") or {}).get("model")
+    method = (manifest.get("quantize") or {}).get("method")
+    return BuildError(
+        f"{spec.path} at /source/model: source model {src!r} is quantized ({method}); derive"
+        f" from its parent {parent!r} instead"
+    )
 
 
 def hf_quantization_config(method: str) -> dict[str, Any]:
@@ -242,7 +270,7 @@ def build_quantized(
     config = dict(src_manifest["architecture"]["config"])
     pointer = "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
     eval_data = load_dataset(reg, spec.eval, pointer, display)
-    _check_data(spec, config, eval_data)
+    _check_data(spec, config, eval_data, pointer)
     task = for_labels(eval_data.y_eval)
     parent_task = str(src_manifest.get("task", "classification"))
     if parent_task != task.name:
@@ -366,29 +394,57 @@ def _rows(
     return rows
 
 
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A quantized weights file as torchao tensors (`unflatten_tensor_state_dict`)."""
-    safetensors = require("safetensors", "build")
+def _metadata(path: Path) -> dict[str, str]:
+    """The header's `__metadata__` of a safetensors file that `read_checked` validated."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(min(size, _weights.MAX_HEADER)))
+    return dict(header.get("__metadata__") or {})
+
+
+def load_state(
+    path: Path, display: str = "", root: Path | None = None, sha256: str | None = None
+) -> dict[str, torch.Tensor]:
+    """A quantized weights file as torchao tensors (`unflatten_tensor_state_dict`, which
+    rebuilds only torchao's own tensor classes from the JSON metadata: no pickle, no code).
+    A regular file with a valid header, inside `root` when given, equal to `sha256` when given;
+    anything torchao cannot describe is one error naming the file."""
+    where = display or str(path)
+    tensors, hashes = _weights.read_checked(path, where, root)
+    if sha256 is not None and hashes.sha256 != sha256:
+        raise BuildError(f"{where} does not match its manifest; rebuild it (dvc repro)")
     support = require("torchao.prototype.safetensors.safetensors_support", "quantize")
-    with safetensors.safe_open(str(path), framework="pt") as fh:
-        metadata = fh.metadata() or {}
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (no __iter__)
-    state, leftover = support.unflatten_tensor_state_dict(tensors, metadata)
+    try:
+        state, leftover = support.unflatten_tensor_state_dict(tensors, _metadata(path))
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BuildError(f"{where}: not torchao quantized weights: {first}") from None
     if leftover:
-        raise BuildError(f"{path}: tensors torchao does not describe: {sorted(leftover)[:3]}")
+        raise BuildError(f"{where}: tensors torchao does not describe: {sorted(leftover)[:3]}")
     return dict(state)
 
 
-def rebuild(config: dict[str, Any], path: Path, trusted: tuple[str, ...] = ()) -> nn.Module:
+def rebuild(
+    config: dict[str, Any],
+    path: Path,
+    trusted: tuple[str, ...] = (),
+    display: str = "",
+    root: Path | None = None,
+    sha256: str | None = None,
+) -> nn.Module:
     """The quantized module: built from stemma's architecture config, its linear layers
     quantized with the recorded method's layout, the stored tensors assigned as they are."""
     with torch.random.fork_rng(devices=[]):
         module = build_module(config, list(trusted), "architecture")
-    state = load_state(path)
-    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    state = load_state(path, display, root, sha256)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:  # a stored shape the architecture does not have
+        first = (str(exc).strip().splitlines() or ["RuntimeError"])[-1].strip()
+        raise BuildError(f"{display or path}: does not fit the architecture: {first}") from None
     if missing or unexpected:
         raise BuildError(
-            f"{path}: does not fit the architecture (missing {missing[:3]},"
+            f"{display or path}: does not fit the architecture (missing {missing[:3]},"
             f" unexpected {unexpected[:3]})"
         )
     module.eval()
@@ -400,9 +456,14 @@ def load_quantized(reg: Registry, name: str) -> nn.Module:
     manifest = reg.model_manifest(name)
     if manifest is None or not manifest.raw.get("quantize"):
         raise BuildError(f"{reg.rel('models', name)}: model {name!r} is no built quantized model")
-    path = reg.model_dir(name) / str(manifest.raw["weights"]["path"])
+    rel = str(manifest.raw["weights"]["path"])
     return rebuild(
-        dict(manifest.raw["architecture"]["config"]), path, tuple(reg.settings.entrypoints)
+        dict(manifest.raw["architecture"]["config"]),
+        reg.model_dir(name) / rel,
+        tuple(reg.settings.entrypoints),
+        reg.rel("models", name, rel),
+        reg.repo_root,
+        str(manifest.raw["weights"]["sha256"]),
     )
 
 

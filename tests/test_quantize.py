@@ -27,6 +27,7 @@ BERT = (
 SPECS = {
     "datasets/tok/spec.yaml": "source: file:datasets/tok/tokens.npz\nsplit: {eval: 0.25}\n",
     "datasets/d04/spec.yaml": "source: sklearn:digits\nselect: {classes: [0, 1, 2, 3, 4]}\n",
+    "datasets/d09/spec.yaml": "source: sklearn:digits\n",
     "models/hb/spec.yaml": f"architecture: {{family: transformers, config: {BERT}}}\n"
     "data: {train: tok}\ntraining: {epochs: 1, batch_size: 32, optimizer: adamw, lr: 3.0e-3}\n",
     "models/mb/spec.yaml": "architecture: {family: mlp, hidden: [64, 32]}\ndata: {train: d04}\n"
@@ -56,7 +57,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> 
     """Two parents (mlp, transformers) and three quantized children, built in process."""
     reg = new_registry(tmp_path_factory.mktemp("quant") / "repo", registry_template, SPECS)
     tokens(reg.repo_root / "datasets/tok/tokens.npz")
-    for name in ("d04", "tok"):
+    for name in ("d04", "d09", "tok"):
         build_dataset(reg, name)
     for name in ("mb", "hb", *QUANTIZED):
         build_model(Registry.open(reg.repo_root), name)
@@ -168,12 +169,32 @@ def test_relative_drop_follows_the_metric_direction() -> None:
         (
             "source: {model: hb, relation: quantized}\ndata: {train: d04}\n"
             "quantize: {method: int8_dynamic}\n",
-            "at /data/eval: samples of 'd04' have shape [1, 8, 8], the parent takes [12]",
+            "at /data/train: samples of 'd04' have shape [1, 8, 8], the parent takes [12]",
         ),
         (
             "source: {model: mb, relation: quantized}\ndata: {train: d04}\n"
             "quantize: {method: int8_dynamic}\ngates: {r2: '>= 0.1'}\n",
             "at /gates/r2",
+        ),
+        (
+            "source: {model: mq, relation: quantized}\ndata: {train: d04}\n"
+            "quantize: {method: int8_dynamic}\n",
+            "at /source/model: source model 'mq' is quantized (int8_weight_only); derive from"
+            " its parent 'mb' instead",
+        ),
+        (
+            "source: {model: mq, relation: finetune}\ndata: {train: d04}\ntraining: {epochs: 1}\n",
+            "at /source/model: source model 'mq' is quantized",
+        ),
+        (
+            "source: {model: mb, relation: quantized}\ndata: {train: d09}\n"
+            "quantize: {method: int8_dynamic}\n",
+            "at /data/train: 'd09' has class 9, the parent only classes 0-4",
+        ),
+        (
+            "source: {model: auto, relation: quantized}\ndata: {train: d04}\n"
+            "quantize: {method: int8_dynamic}\n",
+            "at /source/model",
         ),
     ],
 )
@@ -191,3 +212,49 @@ def test_refusals_name_the_field_and_write_nothing(
     finally:
         (built.root / "models/bad/spec.yaml").unlink()
         (built.root / "models/bad").rmdir()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"a.weight": '{"_type": "os.system"}'}, "Unsupported tensor type: os.system"),
+        (
+            {
+                "a.weight": '{"_type": "Int8Tensor", "_data": {"dtype": {"_type":'
+                ' "builtins.eval", "_data": "1"}}, "_tensor_data_names": ["qdata"]}'
+            },
+            "Failed to find class builtins.eval",
+        ),
+        ({"a.weight": "not json"}, "not torchao quantized weights"),
+        ({}, "not torchao quantized weights"),
+    ],
+)
+def test_weights_torchao_cannot_describe_are_one_error(
+    tmp_path: Path, metadata: dict[str, str], message: str
+) -> None:
+    """torchao rebuilds only its own tensor classes from the JSON metadata; anything else is
+    refused as one error line naming the file, never a traceback or an import."""
+    from safetensors.torch import save_file
+    from stemma.migration.quantize import load_state
+
+    path = tmp_path / "w.safetensors"
+    save_file(
+        {"a._weight_qdata": torch.zeros(2, 2, dtype=torch.int8)},
+        str(path),
+        metadata={"tensor_names": '["a.weight"]', **metadata} if metadata else None,
+    )
+    with pytest.raises(StemmaError) as err:
+        load_state(path, "models/x/weights.safetensors")
+    assert str(err.value).startswith("models/x/weights.safetensors: ")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_changed_weights_file_is_refused_on_load(built: Registry, tmp_path: Path) -> None:
+    path = built.model_dir("md") / "weights.safetensors"
+    saved = path.read_bytes()
+    try:
+        path.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
+        with pytest.raises(StemmaError, match="does not match its manifest"):
+            load_model(built, "md")
+    finally:
+        path.write_bytes(saved)
