@@ -18,6 +18,7 @@ from stemma.registry.errors import StemmaError
 from stemma.registry.files import content_id, parse_json_text
 from stemma.registry.locks import LOCK_FILE, folder_locked_md5, locked_md5s
 from stemma.registry.naming import parse_source
+from stemma.registry.parents import parents_of
 from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
 
 from ._audit_state import State
@@ -65,8 +66,11 @@ def finding(v: Violation, new: bool = True) -> Finding:
 
 
 def source_of(spec: Any) -> str | None:
-    """The source model named by a raw spec, or None."""
+    """The source model named by a raw spec (a merge's parents, joined: a changed list is a
+    lineage change), or None."""
     src = spec.get("source") if isinstance(spec, dict) else None
+    if isinstance(src, dict) and "models" in src:
+        return ", ".join(parents_of(spec)) or None
     return str(src["model"]) if isinstance(src, dict) and "model" in src else None
 
 
@@ -156,7 +160,7 @@ def _removed_in_use(old: State, new: State) -> list[Finding]:
     assert new.reg is not None
     found = []
     for name in sorted(set(old.models) - set(new.models)):
-        users = sorted(m for m, spec in new.models.items() if source_of(spec) == name)
+        users = sorted(m for m, spec in new.models.items() if name in parents_of(spec))
         if users:
             found.append(
                 Finding(

@@ -433,11 +433,61 @@ def build_graph(reg: Registry, history: bool = False, whole: bool = False) -> nx
     g = graph_from_records(models, datasets)
     if whole:
         require_whole(reg, g)
+    external = add_external(reg, g, [m.name for m in models if m.status == status.REGISTERED])
     if history:
         _add_history(reg, g, [m.name for m in models])
-    else:  # from the records: cheaper than reading the graph back
+    elif not external:  # from the records: cheaper than reading the graph back
         remember_index(g, LineageIndex.from_records(models, datasets))
     return g
+
+
+EXTERNAL = "external"
+"""Status of a node that stands for a model on the Hugging Face Hub (never fetched)."""
+
+
+def hub_node_name(hub_id: str) -> str:
+    """The name of the external node of a Hub model id (`hub:ORG/NAME`), as `edges` shows it."""
+    return f"hub:{hub_id}"
+
+
+def add_external(reg: Registry, g: nx.MultiDiGraph, registered: Iterable[str]) -> int:
+    """Add the Hub parents that registered models' cards name (`external_sources` in their
+    recorded spec) as `model:hub:ID` nodes with status `external` and `derived_from` edges;
+    the number of edges added. Only registered models have them: read their manifests."""
+    added = 0
+    for name in registered:
+        doc = read_document(reg, "models", name, MANIFEST_FILE) or {}
+        spec = doc.get("spec")
+        found = spec.get("external_sources") if isinstance(spec, dict) else None
+        for entry in found if isinstance(found, list) else []:
+            hub = _str(entry, "hub_id")
+            if hub is None:
+                continue
+            node, label = model_node(hub_node_name(hub)), hub_node_name(hub)
+            if node not in g:
+                g.add_node(
+                    node,
+                    kind="model",
+                    name=label,
+                    id=None,
+                    status=EXTERNAL,
+                    relation=None,
+                    auto=False,
+                    candidates=[],
+                    metrics={},
+                    hub_id=hub,
+                )
+            relation = _str(entry, "relation") or "finetune"
+            g.add_edge(
+                model_node(name),
+                node,
+                key=DERIVED_FROM,
+                relation=relation,
+                source_id=None,
+                auto=False,
+            )
+            added += 1
+    return added
 
 
 # The pointer of a dataset reference, by the role its edge records (`graph_from_records`).

@@ -44,14 +44,16 @@ class LineageIndex:
         parent: Mapping[str, str],
         uses: Mapping[str, Iterable[str]],
         candidates: Mapping[str, Iterable[str]] | None = None,
+        more: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
-        """Build from node keys: model -> source, model -> datasets, model -> candidates."""
-        self.forest = Forest(models, parent)
+        """Build from node keys: model -> source, model -> datasets, model -> candidates,
+        model -> a merge's further parents (`more`)."""
+        self.forest = Forest(models, parent, more)
         self.models = self.forest.nodes
         self.datasets = sorted(set(datasets) | {d for ds in uses.values() for d in ds})
         self.nodes = frozenset(self.models) | frozenset(self.datasets)
         self.parent = self.forest.parent
-        self.children = self.forest.children
+        self.children = self.forest.all_children  # every edge, a merge's parents included
         self.uses = {m: sorted(set(ds)) for m, ds in uses.items()}
         users: dict[str, list[str]] = {}
         for m in self.models:
@@ -69,7 +71,7 @@ class LineageIndex:
     def rank(self) -> dict[str, int]:
         """The pipeline's order: datasets, then models, each after what it is built from."""
         deps = {
-            m: [*self.candidates.get(m, ()), *([self.parent[m]] if m in self.parent else [])]
+            m: [*self.candidates.get(m, ()), *self.forest.all_parents.get(m, ())]
             for m in self.models
         }
         rank: dict[str, int] = {d: i for i, d in enumerate(self.datasets)}
@@ -84,18 +86,20 @@ class LineageIndex:
         cls, models: Iterable[ModelRecord], datasets: Iterable[DatasetRecord] = ()
     ) -> LineageIndex:
         """Index straight from records, without building a networkx graph."""
-        keys, parent, uses, cands = [], {}, {}, {}
+        keys, parent, uses, cands, more = [], {}, {}, {}, {}
         for m in models:
             key = model_node(m.name)
             keys.append(key)
             if m.source is not None:
                 parent[key] = model_node(m.source)
+                if m.more:
+                    more[key] = [model_node(p) for p in m.more]
             used = [d for d in (m.train, m.eval, *m.checks) if d is not None]
             if used:
                 uses[key] = [dataset_node(d) for d in used]
             if m.candidates:
                 cands[key] = [model_node(c) for c in m.candidates]
-        return cls(keys, (dataset_node(d.name) for d in datasets), parent, uses, cands)
+        return cls(keys, (dataset_node(d.name) for d in datasets), parent, uses, cands, more)
 
     @classmethod
     def from_graph(cls, g: nx.MultiDiGraph) -> LineageIndex:
@@ -111,15 +115,19 @@ class LineageIndex:
             elif kind == "dataset":
                 datasets.append(node)
         parent: dict[str, str] = {}
+        more: dict[str, list[str]] = {}
         uses: dict[str, list[str]] = {}
         for u, v, key in g.edges(keys=True):
             if g.nodes[u].get("kind") != "model":
                 continue
-            if key == DERIVED_FROM:
-                parent[u] = v
+            if key == DERIVED_FROM:  # a merge has several: the first is the tree parent
+                if u in parent:
+                    more.setdefault(u, []).append(v)
+                else:
+                    parent[u] = v
             elif key in (TRAINED_ON, EVALUATED_ON):
                 uses.setdefault(u, []).append(v)
-        return cls(models, datasets, parent, uses, cands)
+        return cls(models, datasets, parent, uses, cands, more)
 
     # -- queries ----------------------------------------------------------------------
 

@@ -68,10 +68,12 @@ def render_changed(
         facts[name] = model_facts(reg, name, spec, None)  # its entry comes below
     if set(facts) != present:
         return None
-    declared = {n: f[F_SOURCE] for n, f in facts.items() if f[F_SOURCE] is not None}
+    if any(isinstance(f[F_SOURCE], list) for f in facts.values()):
+        return None  # a merge (several parents): the full render orders it after each
+    declared = {n: [f[F_SOURCE]] for n, f in facts.items() if f[F_SOURCE] is not None}
     explorers = {n for n, f in facts.items() if f[F_AUTO]}
     deps: dict[str, list[str]] = {}
-    forest = Forest(names, declared) if explorers else None
+    forest = Forest.of(names, declared) if explorers else None
     for name in names:
         f = facts[name]
         if f[F_AUTO]:

@@ -11,7 +11,7 @@ import re
 from .status import BUILT, REGISTERED, STALE, UNBUILT
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "11"
+FORMAT = "12"
 
 TABLES = """
 CREATE SCHEMA raw;
@@ -32,7 +32,8 @@ CREATE TABLE raw.model_manifests(
     created TIMESTAMP, duration_s DOUBLE, device VARCHAR, train VARCHAR, eval VARCHAR,
     gates_passed BOOLEAN, checks_passed BOOLEAN, metrics MAP(VARCHAR, DOUBLE),
     metric_keys VARCHAR,  -- the metric names as a sorted JSON list
-    parents VARCHAR[]);  -- the source, or a merge's recorded parents
+    parents VARCHAR[],  -- the source, or a merge's recorded parents
+    external STRUCT(hub_id VARCHAR, relation VARCHAR)[]);  -- Hub parents (spec.external_sources)
 CREATE TABLE raw.layers(
     name VARCHAR, path VARCHAR, position INTEGER, tensor VARCHAR, shape BIGINT[],
     dtype VARCHAR, origin VARCHAR, frozen BOOLEAN, source_name VARCHAR);
@@ -55,6 +56,7 @@ MODEL_MANIFEST_SHAPE = """{
  "kind": "VARCHAR", "id": "VARCHAR", "spec_digest": "VARCHAR",
  "source": {"model": "VARCHAR", "relation": "VARCHAR", "id": "VARCHAR",
             "parents": [{"model": "VARCHAR"}]},
+ "spec": {"external_sources": [{"hub_id": "VARCHAR", "relation": "VARCHAR"}]},
  "datasets": "MAP(VARCHAR, STRUCT(name VARCHAR, id VARCHAR))",
  "weights": {"bytes": "BIGINT"},
  "architecture": {"config": {"family": "VARCHAR"},
@@ -98,7 +100,8 @@ SELECT name, path, j.id, j.spec_digest, j.source.model, j.source.relation, j.sou
        coalesce(list_aggregate([c.passed FOR c IN map_values(j.checks)], 'bool_and'), true),
        j.metrics, to_json(list_sort(map_keys(j.metrics))),
        CASE WHEN j.source.parents IS NOT NULL THEN [p.model FOR p IN j.source.parents]
-            WHEN j.source.model IS NOT NULL THEN [j.source.model] END
+            WHEN j.source.model IS NOT NULL THEN [j.source.model] END,
+       j.spec.external_sources
 FROM staged"""
 
 INSERT_LAYERS = """
@@ -212,6 +215,8 @@ WITH decl AS (
     FROM (SELECT * FROM raw.model_specs {only}) s
     FULL OUTER JOIN (SELECT * FROM raw.model_manifests {only}) m ON m.name = s.name)
 SELECT name, unnest(parents), 'derived_from', relation FROM decl WHERE parents IS NOT NULL
+UNION ALL SELECT name, 'hub:' || x.hub_id, 'derived_from', coalesce(x.relation, 'finetune')
+    FROM (SELECT name, unnest(external) AS x FROM raw.model_manifests {only})
 UNION ALL SELECT name, train, 'trained_on', NULL FROM decl WHERE train IS NOT NULL
 UNION ALL SELECT name, eval, 'evaluated_on', NULL FROM decl WHERE eval IS NOT NULL
 """

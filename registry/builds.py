@@ -17,6 +17,7 @@ from typing import Any
 from .dag import build_order
 from .errors import GitError, StemmaError
 from .history import all_dataset_history, all_history, dataset_manifest_at, git_paths, manifest_at
+from .parents import recorded_parents
 from .registry import SPEC_FILE, Registry
 from .tree import git
 
@@ -44,8 +45,7 @@ def since_commits(reg: Registry, rev: str) -> set[str]:
 
 def _reads(raw: dict[str, Any]) -> list[str]:
     """The manifest ids a model build read: its source's version and its datasets'."""
-    src = raw.get("source")
-    read = [str(src.get("id"))] if isinstance(src, dict) else []
+    read = [str(i) for _, i in recorded_parents(raw)]  # a merge read every parent
     return read + [str(ref.get("id")) for ref in (raw.get("datasets") or {}).values()]
 
 

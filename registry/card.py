@@ -20,6 +20,7 @@ import yaml
 
 from .errors import StemmaError
 from .files import Outputs
+from .parents import recorded_parents
 from .records import Manifest
 from .registry import Registry
 from .versions import resolve
@@ -87,6 +88,9 @@ def _sources(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     way, so a merge that records several parents lists them all."""
     src = raw.get("source")
     blocks = src if isinstance(src, list) else [src]
+    if isinstance(src, dict) and isinstance(src.get("parents"), list):  # a merge's several
+        rel = src.get("relation")
+        blocks = [{"model": n, "id": i, "relation": rel} for n, i in recorded_parents(raw)]
     return [b for b in blocks if isinstance(b, dict) and b.get("model")]
 
 

@@ -30,6 +30,7 @@ from .builds import builds
 from .errors import GitError
 from .files import Outputs
 from .history import git_paths
+from .parents import recorded_parents
 from .pipeline import stage_name
 from .registry import Registry
 from .tree import git
@@ -178,9 +179,8 @@ def build_events(
     """START and COMPLETE (or FAIL) of the build that wrote model manifest `raw`."""
     name = str(raw["name"])
     inputs = []
-    src = raw.get("source")
-    if isinstance(src, dict):
-        inputs.append(_dataset(namespace, f"models/{src['model']}", src.get("id"), "MODEL"))
+    for parent, version in recorded_parents(raw):  # a merge: one input per parent
+        inputs.append(_dataset(namespace, f"models/{parent}", version, "MODEL"))
     seen = set()
     for _role, ref in sorted((raw.get("datasets") or {}).items()):
         key = (ref["name"], ref.get("id"))

@@ -106,6 +106,21 @@ def problems(doc: Mapping[str, Any] | Any) -> list[tuple[str, str]]:
     return found
 
 
+def recorded_parents(manifest: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """(name, manifest id at build time) of every parent a model manifest records: a
+    merge's `source.parents`, else its one `source`."""
+    src = manifest.get("source")
+    if not isinstance(src, Mapping):
+        return []
+    if isinstance(src.get("parents"), list):
+        return [
+            (str(p["model"]), p.get("id"))
+            for p in src["parents"]
+            if isinstance(p, Mapping) and p.get("model")
+        ]
+    return [(str(src["model"]), src.get("id"))] if src.get("model") else []
+
+
 def combined_id(ids: Sequence[str | None]) -> str | None:
     """The parents' manifest ids as the one source id a manifest records and the status rule
     compares: a single parent's own id (so existing manifests keep theirs), for several the

@@ -79,14 +79,20 @@ def _rows(reg: Registry) -> _Rows:
     with open_index(reg) as index:
         models = index.con.execute(
             "SELECT m.name, m.status, s.name IS NOT NULL, s.source, s.train, s.eval, s.checks,"
-            " s.candidates FROM models m LEFT JOIN raw.model_specs s ON s.name = m.name"
+            " s.candidates, s.parents FROM models m LEFT JOIN raw.model_specs s ON s.name = m.name"
         ).fetchall()
         datasets = index.con.execute("SELECT name, status FROM datasets").fetchall()
     declared = {}
-    for name, _state, has_spec, source, train, eval_, checks, glob in models:
+    for name, _state, has_spec, source, train, eval_, checks, glob, parents in models:
         if has_spec:
             data = {d for d in (train, eval_, *(checks or ())) if d}
-            declared[name] = {"source": source, "data": data, "candidates": glob}
+            # `parents`: `parents.parents_of` as the index holds it (a merge has several)
+            declared[name] = {
+                "source": source,
+                "data": data,
+                "candidates": glob,
+                "parents": list(parents or ()),
+            }
     return _Rows({r[0]: r[1] for r in models}, declared, dict(datasets))
 
 
@@ -100,7 +106,7 @@ def _deps(rows: _Rows, forest: Forest) -> dict[str, list[str]]:
         if src == "auto":
             deps[name] = exploration_candidates(name, names, spec["candidates"] or "*", forest)
         else:
-            deps[name] = [src] if src in rows.model_status else []
+            deps[name] = [p for p in spec["parents"] if p in rows.model_status]
     return deps
 
 
@@ -114,8 +120,8 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
     for _, error in conflicted_files(reg):
         raise error
     rows = _rows(reg)
-    parent = {m: s["source"] for m, s in rows.declared.items() if s["source"] not in (None, "auto")}
-    forest = Forest(rows.model_status, parent)
+    parents = {m: list(s["parents"]) for m, s in rows.declared.items() if s["parents"]}
+    forest = Forest.of(rows.model_status, parents)
     deps = _deps(rows, forest)
     used_by: dict[str, set[str]] = {}
     for name, spec in rows.declared.items():

@@ -191,3 +191,84 @@ def test_edges_show_every_parent(merged: Registry, cli: Any) -> None:
     assert {r["name"] for r in json.loads(res.stdout)} == {"ft-a", "ft-b", "base"}
     res = cli(["query", "--json", "select name, status from models"], merged.root)
     assert {r["name"]: r["status"] for r in json.loads(res.stdout)}["merged"] == "built"
+
+
+def test_a_rebuilt_parent_makes_the_merge_stale_and_repro_orders_it_after_both(
+    merged: Registry, cli: Any
+) -> None:
+    from stemma.registry.listing import model_status
+    from stemma.registry.pipeline import build_order
+    from stemma.registry.repro import plan
+
+    order = build_order(merged)
+    assert order.index("merged") > max(order.index("ft-a"), order.index("ft-b"))
+    steps = plan(merged)  # no weights on disk: every model is to build
+    assert steps.models.index("merged") > max(steps.models.index(p) for p in ("ft-a", "ft-b"))
+    target = [t for t in steps.targets if t.endswith(":build-merged") or "merged" in t][-1]
+    assert {t.split(":")[0] for t in steps.parents[target]} >= {
+        "models/ft-a/dvc.yaml",
+        "models/ft-b/dvc.yaml",
+    }
+    # one parent's spec edited, then rebuilt: the merge is stale (in Python and in SQL)
+    spec = merged.root / "models/ft-b/spec.yaml"
+    spec.write_text(spec.read_text().replace("lr: 0.02", "lr: 0.03"))
+    reg = Registry.open(merged.root)
+    model_manifest(reg, "ft-b", accuracy=0.8)
+    reg = Registry.open(merged.root)
+    assert model_status(reg, "merged", reg.model_manifest("merged")) == "stale"
+    res = cli(["query", "--json", "select name, status from models"], merged.root)
+    assert {r["name"]: r["status"] for r in json.loads(res.stdout)}["merged"] == "stale"
+    res = cli(["validate"], merged.root)
+    assert "models/merged/manifest.json" in res.stdout + res.stderr
+    # rebuilt from the parents as they are: built again
+    _merge_manifest(reg)
+    reg = Registry.open(merged.root)
+    assert model_status(reg, "merged", reg.model_manifest("merged")) == "built"
+
+
+def test_card_lists_both_base_models(merged: Registry) -> None:
+    from huggingface_hub import ModelCard
+    from stemma.registry.card import render
+
+    for name in ("ft-a", "ft-b"):
+        spec = merged.root / f"models/{name}/spec.yaml"
+        spec.write_text(f"hub_id: org/{name}\n" + spec.read_text())
+    reg = Registry.open(merged.root)
+    _meta, text = render(reg, reg.model_manifest("merged"))
+    card = ModelCard(text)
+    assert card.data.base_model == ["org/ft-a", "org/ft-b"]
+    assert card.data.base_model_relation == "merge"
+
+
+@pytest.mark.parametrize(
+    ("source", "pointer", "says"),
+    [
+        (
+            "{relation: merge, models: [ft-a, nope], merge: {method: linear}}",
+            "/source/models/1",
+            "'nope' does not exist",
+        ),
+        (
+            "{relation: merge, models: [ft-a, ft-a], merge: {method: linear}}",
+            "/source/models/1",
+            "named twice",
+        ),
+        (
+            "{relation: merge, models: [ft-a, ft-b], base: merged, merge: {method: ties}}",
+            "/source/",
+            "cycle",
+        ),
+    ],
+)
+def test_bad_parent_lists_give_one_located_line(
+    merged: Registry, cli: Any, source: str, pointer: str, says: str
+) -> None:
+    spec = merged.root / "models/merged/spec.yaml"
+    spec.write_text(f"source: {source}\ndata: {{train: d}}\n")
+    res = cli(["validate"], merged.root)
+    assert res.code == 1
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if says in ln]
+    assert lines and "models/merged/spec.yaml" in lines[0] and pointer in lines[0], (
+        res.stdout + res.stderr
+    )
+    assert "Traceback" not in res.stdout + res.stderr

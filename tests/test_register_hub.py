@@ -134,6 +134,34 @@ def test_card_base_model_links_to_a_registered_model(
     assert "external_sources" not in manifest["spec"]
 
 
+def test_external_parent_in_lineage_and_edges(
+    registry: Registry, snapshots: dict[str, Path], cli: Any
+) -> None:
+    from stemma.migration.register import register
+
+    register(registry, "tiny", snapshots["base"])
+    res = cli(["query", "--json", "select * from edges where kind = 'derived_from'"], registry.root)
+    assert res.code == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert rows == [
+        {
+            "src": "tiny",
+            "dst": "hub:google/bert-tiny",
+            "kind": "derived_from",
+            "relation": "finetune",
+        }
+    ]
+    res = cli(["lineage", "show", "tiny", "--json"], registry.root)
+    assert res.code == 0, res.stderr
+    nodes = {n["key"] if "key" in n else n["id"]: n for n in json.loads(res.stdout)["nodes"]}
+    external = nodes["model:hub:google/bert-tiny"]
+    assert external["status"] == "external"
+    tree = cli(["lineage", "show", "tiny"], registry.root)
+    assert tree.code == 0 and "hub:google/bert-tiny [external]" in tree.stdout, tree.stdout
+    res = cli(["lineage", "ancestors", "tiny", "--json"], registry.root)
+    assert "hub:google/bert-tiny" in res.stdout
+
+
 def _refused(registry: Registry, folder: Path, capsys: Any) -> str:
     """Register `folder` through the CLI: exit 1, one line, nothing written."""
     from stemma.cli.app import app
