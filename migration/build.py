@@ -167,6 +167,12 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
         from .detection import build_detection_dataset
 
         return build_detection_dataset(reg, name, spec, started, begin)
+    from .textdata import is_text_source
+
+    if is_text_source(spec.raw):  # text for causal language models: migration/causal_lm.py
+        from .causal_lm import build_text_dataset
+
+        return build_text_dataset(reg, name, spec, started, begin)
     arrays = materialize(
         spec.raw,
         display=spec.path,
@@ -461,6 +467,12 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         from .quantize import build_quantized  # the parent quantized with torchao, no training
 
         return build_quantized(reg, name, spec, started, begin)
+    from .causal_lm import trains_lm
+
+    if trains_lm(reg, spec):  # a transformers decoder on text: migration/causal_lm.py
+        from .causal_lm import build_lm
+
+        return build_lm(reg, name, progress, started, begin)
     display = spec.path
     defaults = dict(reg.settings.defaults.get("training") or {})
     if "device" in reg.settings.defaults:

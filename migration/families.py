@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from stemma.registry import _optional, archrules
 from stemma.registry.errors import BuildError, StemmaError
+from stemma.registry.taskspec import CAUSAL_LM
 from torch import nn
 
 from .entrypoints import import_entrypoint
@@ -83,7 +84,8 @@ def hf_config(config: Mapping[str, Any], where: str = "architecture") -> Any:
         cfg = transformers.AutoConfig.for_model(str(model_type), **doc)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise BuildError(f"{where}: invalid transformers config: {_first_line(exc)}") from None
-    cfg.num_labels = int(config["num_classes"])
+    if config.get("task") != CAUSAL_LM:  # a decoder's head is its vocabulary, not labels
+        cfg.num_labels = int(config["num_classes"])
     return cfg
 
 
@@ -119,6 +121,11 @@ def _transformers(
         for problem in archrules.size_problems(cfg.to_dict(), limits):
             where = f"{display} at /architecture/config{problem.pointer}"
             raise BuildError(f"{where}: {problem.message}")
+    if config.get("task") == CAUSAL_LM:  # a decoder with its LM head: migration/causal_lm.py
+        lm: nn.Module = transformers.AutoModelForCausalLM.from_config(
+            cfg, **{**options, archrules.TRUST_OPTION: False}
+        )
+        return lm
     entry = archrules.seq_class_entrypoint(doc)
     if entry is not None:
         pointer = "/architecture/config/auto_map/AutoModelForSequenceClassification"
@@ -178,9 +185,10 @@ def build(
                 _adapt_forward(module, _repeat_channels)
         else:
             module = _transformers(config, options, trusted, limits, display)
-            cfg = module.config
-            pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-            _adapt_forward(module, _token_forward(int(pad)))
+            if config.get("task") != CAUSAL_LM:  # a decoder is called the library's way
+                cfg = module.config
+                pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+                _adapt_forward(module, _token_forward(int(pad)))
     except BuildError:
         raise
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:

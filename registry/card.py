@@ -138,6 +138,8 @@ def pipeline_tag(config: dict[str, Any], task: str | None) -> str | None:
     classification or regression for feature vectors. None for image regression, which the
     Hub has no tag for."""
     regression = task == "regression"
+    if task == "causal-lm":
+        return "text-generation"
     if config.get("family") == "transformers":
         return "text-classification"  # transformers' own tag, regression heads included
     if len(config.get("in_shape") or []) == 3:

@@ -152,16 +152,56 @@ def _adapter_files(
     return [(PEFT_CONFIG, _dump(doc)), (PEFT_WEIGHTS, weights)]
 
 
+def _causal_lm_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """config.json of a causal LM: its transformers config naming the `...ForCausalLM` class
+    (transformers' own table, imported only here), for AutoModelForCausalLM.from_pretrained."""
+    hf = config.get("config")
+    if not isinstance(hf, dict) or "model_type" not in hf:
+        raise StemmaError(f"model {name!r}: architecture.config.config holds no decoder config")
+    doc = {k: v for k, v in hf.items() if k not in ("id2label", "label2id", "num_labels")}
+    try:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as NAMES,
+        )
+
+        found = NAMES.get(str(doc["model_type"]))
+    except ImportError:  # without transformers no class is named; its loader is absent too
+        found = None
+    if found:
+        doc["architectures"] = [str(found)]
+    else:
+        doc.pop("architectures", None)
+    return doc
+
+
+def tokenizer_files(reg: Registry, manifest: Manifest) -> list[tuple[str, bytes]]:
+    """The model's tokenizer files (models/NAME/tokenizer/), each checked against the sha256
+    its manifest records (bare hex digests there); none for a model without a tokenizer."""
+    block = manifest.raw.get("tokenizer")
+    if not isinstance(block, dict):
+        return []
+    files = sorted(dict(block.get("files") or {}).items())
+    blocks = [(str(n), {"path": f"tokenizer/{n}", "sha256": f"sha256:{sha}"}) for n, sha in files]
+    return [(n, _checked(reg, manifest, b, "/tokenizer")) for n, b in blocks]
+
+
 def weight_files(
     reg: Registry, manifest: Manifest, base_ref: str | None = None
 ) -> list[tuple[str, bytes]]:
     """(file name, content) of the library layout for this version; `base_ref` is what an
-    adapter's config names as its base. Raises for a family without a layout."""
+    adapter's config names as its base. Raises for a family without a layout. A model with a
+    tokenizer (a causal LM) brings its files too, so AutoTokenizer loads the same folder."""
     config = dict((manifest.raw.get("architecture") or {}).get("config") or {})
     family = str(config.get("family", ""))
     if manifest.raw.get("adapter"):
-        return _adapter_files(reg, manifest, base_ref)
+        return _adapter_files(reg, manifest, base_ref) + tokenizer_files(reg, manifest)
     weights = manifest.raw["weights"]
+    if family == "transformers" and config.get("task") == "causal-lm":
+        return [
+            (CONFIG_NAME, _dump(_causal_lm_config(config, manifest.name))),
+            (WEIGHTS_NAME, _checked(reg, manifest, weights, "/weights/path")),
+            *tokenizer_files(reg, manifest),
+        ]
     if family == "transformers":
         doc = _transformers_config(config, manifest.name)
         quantized = (manifest.raw.get("quantize") or {}).get("hf_quantization_config")

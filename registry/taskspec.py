@@ -22,13 +22,15 @@ CLASSIFICATION = "classification"
 REGRESSION = "regression"
 MULTILABEL = "multilabel"
 DETECTION = "detection"  # boxes per image; built by migration/detection.py
-TASKS = (CLASSIFICATION, REGRESSION, MULTILABEL, DETECTION)
+CAUSAL_LM = "causal-lm"  # next-token prediction on text; built by migration/causal_lm.py
+TASKS = (CLASSIFICATION, REGRESSION, MULTILABEL, DETECTION, CAUSAL_LM)
 
 LOSSES: dict[str, tuple[str, ...]] = {
     CLASSIFICATION: ("cross_entropy",),
     REGRESSION: ("mse", "mae", "huber"),
     MULTILABEL: ("bce",),
     DETECTION: ("detector",),  # the torchvision detector's own summed losses
+    CAUSAL_LM: ("cross_entropy",),  # mean next-token NLL over the tokens that have labels
 }
 """Training losses per task; the first is the default."""
 
@@ -37,17 +39,28 @@ METRICS: dict[str, tuple[str, ...]] = {
     REGRESSION: ("mse", "mae", "rmse", "r2", "loss"),
     MULTILABEL: ("f1_micro", "f1_macro", "map", "subset_accuracy", "loss"),
     DETECTION: ("map", "map_50", "map_75"),  # COCO mAP (torchmetrics MeanAveragePrecision)
+    CAUSAL_LM: ("loss", "perplexity"),  # perplexity = exp(mean token NLL), padding excluded
 }
 """Metrics a build of each task records (`loss` is the training loss on the eval split)."""
 
-MAIN_METRIC = {CLASSIFICATION: "accuracy", REGRESSION: "r2", MULTILABEL: "map", DETECTION: "map"}
-"""The metric forgetting is measured on (higher is better for each)."""
+MAIN_METRIC = {
+    CLASSIFICATION: "accuracy",
+    REGRESSION: "r2",
+    MULTILABEL: "map",
+    DETECTION: "map",
+    CAUSAL_LM: "perplexity",
+}
+"""The metric forgetting is measured on (higher is better, except in `LOWER_IS_BETTER`)."""
+
+LOWER_IS_BETTER = frozenset({"perplexity", "loss"})
+"""Main metrics where a smaller figure is the better model (forgetting is a rise)."""
 
 PER_CLASS_GATE: dict[str, str | None] = {
     CLASSIFICATION: "per_class_accuracy",
     REGRESSION: "per_output_r2",
     MULTILABEL: "per_class_f1",
     DETECTION: "per_class_ap",
+    CAUSAL_LM: None,  # a language model has no classes
 }
 """The gate name that applies to the worst class (or output) of a task's per-class figures."""
 
@@ -60,6 +73,7 @@ BUILTIN_TASKS = {
 _LABELLED_KINDS = ("imagefolder:",)  # sub-folder names are classes
 _DETECTION_KINDS = ("coco:", "shapes:detect")  # boxes per image
 _CLASSIFY_KINDS = ("shapes:classify",)  # one generated shape per image
+_TEXT_KINDS = ("text:", "jsonl:")  # plain text, prompt/completion records
 AUGMENT_KEY = "augment"  # training.augment: train-time augmentation, detection builds only
 
 
@@ -86,6 +100,8 @@ def declared_task(spec: Mapping[str, Any], manifest: Mapping[str, Any] | None = 
         return CLASSIFICATION
     if source.startswith(_DETECTION_KINDS):
         return DETECTION
+    if source.startswith(_TEXT_KINDS):
+        return CAUSAL_LM
     if manifest is not None:
         return str(manifest.get("task", CLASSIFICATION))
     return None

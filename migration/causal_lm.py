@@ -1,0 +1,410 @@
+"""Causal language models as a task: text datasets and transformers decoders built from specs.
+
+A text dataset (`text:`, `jsonl:`, `hf-disk:` with `task: causal-lm`; textdata.py) records
+`task: causal-lm`. A model trained on one is `AutoModelForCausalLM.from_config` of the
+architecture's transformers config (`{family: transformers, config: {model_type: gpt2, ...}}`,
+or `path:` a folder with config.json), with its tokenizer in `models/NAME/tokenizer/`
+(tokenizer.py): from the spec's `tokenizer: PATH`, else the source model's, copied. The build
+tokenizes both splits with that tokenizer into int64 blocks (`lm.block_size`), trains a full
+fine-tune (`strategy.freeze` globs allowed) or a LoRA adapter (`strategy.mode: lora`, peft,
+target modules from the spec), and records loss and perplexity on the eval split, gates on
+them, forgetting as the perplexity rise on a declared dataset (`checks.forgetting`), and a
+few greedy generations. The outputs are those of any model: weights.safetensors (or PEFT's
+adapter files), manifest, metrics and curve, plus the tokenizer files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError
+from stemma.registry.records import DATASET_MANIFEST, DatasetSpec, ModelSpec
+from stemma.registry.registry import DATA_FILE
+from stemma.registry.taskspec import CAUSAL_LM, spec_problems, training_task
+from torch import nn
+
+from . import lm_train
+from . import tokenizer as tok
+from .adapters import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, adapter_files, check_targets
+from .adapters import lora_block as resolve_lora
+from .build import (
+    _architecture,
+    _blob_file,
+    _commit,
+    _load_source,
+    _refuse_failed_source,
+    _run_block,
+    _write_model,
+)
+from .evaluate import evaluate_gates
+from .mapping import report
+from .strategy import Strategy, prepare_target
+from .textdata import PROMPT_COMPLETION, TextSplits, load_text, manifest_block, materialize_text
+from .textdata import npz_bytes as text_npz_bytes
+from .train import TrainConfig
+
+DEFAULT_BLOCK = 64
+DEFAULT_NEW_TOKENS = 16
+DEFAULT_PROMPTS = 3
+DEFAULT_MAX_RISE = 0.10
+SUPPORTED_TRAINING = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "seed",
+    "device",
+    "clip_grad_norm",
+)
+"""Training settings a causal-LM build reads; another is refused, not silently ignored."""
+
+
+def trains_lm(reg: Registry, spec: ModelSpec) -> bool:
+    """True when the model's training data is a causal-LM (text) dataset."""
+    return training_task(reg, spec) == CAUSAL_LM
+
+
+def build_text_dataset(
+    reg: Registry, name: str, spec: DatasetSpec, started: str, begin: float
+) -> dict[str, Any]:
+    """Materialize a text dataset, write data.npz and its manifest; returns the manifest."""
+    splits = materialize_text(
+        spec.raw, spec.path, lambda rel: reg.resolve(rel, "/source", spec.path)
+    )
+    blob = text_npz_bytes(splits)
+    manifest: dict[str, Any] = {
+        "kind": "dataset",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "data": _blob_file(DATA_FILE, blob, "npz"),
+        "shape": [],
+        "dtype": "utf-8",
+        "classes": [],
+        "task": CAUSAL_LM,
+        "text": manifest_block(splits),
+        "splits": {
+            "train": {"samples": len(splits.train), "class_counts": {}},
+            "eval": {"samples": len(splits.eval), "class_counts": {}},
+        },
+    }
+    manifest["run"] = _run_block(reg, started, begin)
+    _commit(reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob})
+    return manifest
+
+
+def _training(spec: ModelSpec, reg: Registry) -> TrainConfig:
+    block = dict(spec.training)
+    for key in sorted(block):
+        if key not in SUPPORTED_TRAINING:
+            raise BuildError(
+                f"{spec.path} at /training/{key}: does not apply to a causal-lm build;"
+                f" use {', '.join(SUPPORTED_TRAINING)}"
+            )
+    defaults = {
+        k: v
+        for k, v in dict(reg.settings.defaults.get("training") or {}).items()
+        if k in SUPPORTED_TRAINING
+    }
+    return TrainConfig.from_spec(block, spec.path, defaults)
+
+
+def _tokenizer_files(
+    reg: Registry, spec: ModelSpec, src_name: str | None, src_manifest: Mapping[str, Any] | None
+) -> tuple[dict[str, bytes], str]:
+    """The model's tokenizer files and where they came from (`spec`, or the source's name)."""
+    given = spec.raw.get("tokenizer")
+    if given is not None:
+        folder = reg.resolve(str(given), "/tokenizer", spec.path)
+        return tok.read_files(folder, str(given).rstrip("/"), reg.repo_root), tok.FROM_SPEC
+    if src_name is None or src_manifest is None:
+        raise BuildError(
+            f"{spec.path} at /tokenizer: a causal-lm model without a source names its tokenizer"
+            " (tokenizer: a folder written by save_pretrained)"
+        )
+    block = src_manifest.get("tokenizer")
+    if not isinstance(block, dict):
+        raise BuildError(
+            f"{spec.path} at /source/model: source model {src_name!r} has no tokenizer;"
+            " name one with tokenizer: PATH"
+        )
+    shown = reg.rel("models", src_name, tok.TOKENIZER_DIR)
+    return tok.checked_files(reg.model_dir(src_name), block, shown, reg.repo_root), src_name
+
+
+def _texts(reg: Registry, spec: ModelSpec) -> tuple[TextSplits, TextSplits, dict[str, Any]]:
+    """Train and eval records plus the manifest's datasets block."""
+    train = load_text(reg, spec.train, f"{spec.path} at /data/train")
+    pointer = "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
+    evals = load_text(reg, spec.eval, f"{spec.path} at {pointer}")
+    block: dict[str, Any] = {}
+    for role, ds in (("train", spec.train), ("eval", spec.eval)):
+        manifest = reg.dataset_manifest(ds)
+        assert manifest is not None  # load_text checked it
+        block[role] = {"name": ds, "id": manifest.id}
+    return train, evals, block
+
+
+def _prompts(spec: ModelSpec, evals: TextSplits) -> list[str]:
+    """The spec's generation prompts, else the first eval records' prompts (or first words)."""
+    given = (spec.raw.get("lm") or {}).get("prompts")
+    if given is not None:
+        return [str(p) for p in given]
+    picked = []
+    for rec in evals.eval[:DEFAULT_PROMPTS]:
+        picked.append(rec.prompt if rec.prompt else " ".join(rec.completion.split()[:4]))
+    return picked
+
+
+def _check_vocab(config: Mapping[str, Any], tokenizer: Any, display: str) -> None:
+    vocab = (config.get("config") or {}).get("vocab_size")
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise BuildError(
+            f"{display} at /architecture/config/vocab_size: the tokenizer has {len(tokenizer)}"
+            f" tokens, the model only {vocab} embeddings"
+        )
+
+
+def _special_ids(config: dict[str, Any], tokenizer: Any) -> None:
+    """The decoder's end/begin/pad ids are the tokenizer's where the config leaves them out
+    (a library default such as GPT-2's 50256 would lie outside a small vocabulary), so
+    `generate` stops at the tokenizer's end-of-text in stemma and after export alike."""
+    hf = dict(config.get("config") or {})
+    for key, value in (
+        ("eos_token_id", tokenizer.eos_token_id),
+        ("bos_token_id", tokenizer.bos_token_id),
+        ("pad_token_id", lm_train.pad_id(tokenizer)),
+    ):
+        if key not in hf and value is not None:
+            hf[key] = int(value)
+    config["config"] = hf
+
+
+def _forgetting(
+    reg: Registry,
+    spec: ModelSpec,
+    module: nn.Module,
+    tokenizer: Any,
+    src_module: nn.Module,
+    src_tokenizer: Any,
+    block_size: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The perplexity of the source and of this model on a declared dataset's eval split."""
+    check = dict(spec.checks["forgetting"])
+    name = str(check["data"])
+    data = load_text(reg, name, f"{spec.path} at /checks/forgetting/data")
+    packed = data.format != PROMPT_COMPLETION
+    before = lm_train.score(
+        src_module, lm_train.blocks(src_tokenizer, data.eval, block_size, packed)
+    )["perplexity"]
+    after = lm_train.score(module, lm_train.blocks(tokenizer, data.eval, block_size, packed))[
+        "perplexity"
+    ]
+    limit = float(check.get("max_drop", DEFAULT_MAX_RISE))
+    rise = (after - before) / before if before > 0 else 0.0
+    passed = math.isfinite(rise) and rise <= limit
+    manifest = reg.dataset_manifest(name)
+    assert manifest is not None
+    result = {
+        "passed": passed,
+        "figures": {
+            "metric": "perplexity",
+            "before": before,
+            "after": after,
+            "relative_rise": round(rise, lm_train.DECIMALS),
+        },
+        "thresholds": {"max_drop": limit},
+        "violations": [] if passed else [f"relative perplexity rise {rise:.4f} > {limit}"],
+    }
+    return result, {"name": name, "id": manifest.id}
+
+
+def _source_module(reg: Registry, src: str) -> nn.Module:
+    from .build import load_model
+
+    return load_model(reg, src)
+
+
+def build_lm(
+    reg: Registry,
+    name: str,
+    progress: Callable[[int, int, float], None] | None,
+    started: str,
+    begin: float,
+) -> dict[str, Any]:
+    """Build a causal LM from its spec: tokenize, map, train, score, write atomically."""
+    spec = reg.model_spec(name)
+    display = spec.path
+    cfg = _training(spec, reg)
+    strategy = Strategy.from_spec(spec.strategy, display)
+    if strategy.mode not in ("finetune", "lora"):
+        raise BuildError(f"{display} at /strategy/mode: a causal-lm build is finetune or lora")
+    for pointer, message in spec_problems(CAUSAL_LM, spec.raw):
+        raise BuildError(f"{display} at {pointer}: {message}")
+    lm = dict(spec.raw.get("lm") or {})
+    block_size = int(lm.get("block_size", DEFAULT_BLOCK))
+    src_name, src_manifest, src_state = None, None, None
+    if spec.source is not None:
+        if spec.source.auto:
+            raise BuildError(f"{display} at /source/model: causal-lm builds name their source")
+        src_name = spec.source.model
+        src_manifest, src_state = _load_source(reg, spec, src_name)
+        _refuse_failed_source(spec, src_name, src_manifest)
+    if strategy.mode == "lora" and (src_name is None or not strategy.lora):
+        raise BuildError(
+            f"{display} at /strategy/mode: mode lora needs a source model and a lora block"
+            " (source: {model: BASE, relation: adapter}, lora: {target_modules: [...]})"
+        )
+    files, origin = _tokenizer_files(reg, spec, src_name, src_manifest)
+    tokenizer = tok.load(files, f"{display} at /tokenizer")
+    train_text, eval_text, datasets = _texts(reg, spec)
+    config = _architecture(reg, spec, src_manifest, [block_size], 0)
+    config["task"] = CAUSAL_LM
+    if config.get("family") != "transformers":
+        raise BuildError(
+            f"{display} at /architecture/family: a causal-lm model is a transformers decoder"
+            " ({family: transformers, config: {model_type: gpt2, ...}})"
+        )
+    _check_vocab(config, tokenizer, display)
+    _special_ids(config, tokenizer)
+    packed = train_text.format != PROMPT_COMPLETION
+    train_blocks = lm_train.blocks(tokenizer, train_text.train, block_size, packed)
+    eval_blocks = lm_train.blocks(
+        tokenizer, eval_text.eval, block_size, eval_text.format != PROMPT_COMPLETION
+    )
+    if eval_blocks.labelled == 0:
+        raise BuildError(f"{display} at /data/eval: the eval split has no tokens to score")
+    source = None if src_state is None or src_name is None else (src_name, src_state)
+    prepared = prepare_target(config, strategy, cfg.seed, source, reg.settings.entrypoints, display)
+    module, tmap, reinit = prepared.module, prepared.tensor_map, prepared.reinit
+    rows, unused = report(module, tmap, reinit)
+    trained: nn.Module = module
+    lora: dict[str, Any] | None = None
+    if strategy.mode == "lora":
+        from .adapters import rows as adapter_rows
+        from .families import require
+
+        lora = resolve_lora(strategy.lora or {})
+        check_targets(module, lora["target_modules"], display)
+        peft = require("peft")
+        trained = peft.get_peft_model(
+            module,
+            peft.LoraConfig(
+                r=int(lora["r"]),
+                lora_alpha=float(lora["alpha"]),
+                lora_dropout=float(lora["dropout"]),
+                target_modules=list(lora["target_modules"]),
+                task_type="CAUSAL_LM",
+            ),
+        )
+        rows = adapter_rows(trained, set(tmap.pairs) - reinit if tmap else set())
+    run = lm_train.train_lm(trained, train_blocks, eval_blocks, cfg, progress)
+    metrics = lm_train.score(trained, eval_blocks)
+    generations = lm_train.generate(
+        trained,
+        tokenizer,
+        _prompts(spec, eval_text),
+        int(lm.get("max_new_tokens", DEFAULT_NEW_TOKENS)),
+        cfg.seed,
+    )
+    checks: dict[str, Any] = {}
+    if "forgetting" in spec.checks and src_name is not None and src_manifest is not None:
+        src_tokenizer = tok.load(
+            tok.checked_files(
+                reg.model_dir(src_name),
+                src_manifest["tokenizer"],
+                reg.rel("models", src_name, tok.TOKENIZER_DIR),
+                reg.repo_root,
+            ),
+            reg.rel("models", src_name, tok.TOKENIZER_DIR),
+        )
+        checks["forgetting"], datasets["forgetting"] = _forgetting(
+            reg, spec, trained, tokenizer, _source_module(reg, src_name), src_tokenizer, block_size
+        )
+    base = trained.get_base_model() if lora is not None else trained  # type: ignore[operator]
+    params = dict(base.named_parameters())
+    manifest: dict[str, Any] = {
+        "kind": "model",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "source": None
+        if src_manifest is None
+        else {
+            "model": src_name,
+            "relation": spec.source.relation if spec.source else "finetune",
+            "id": src_manifest["id"],
+        },
+        "datasets": datasets,
+        "weights": {},
+        "architecture": {"config": config, "tensors": rows},
+        "parameters": {
+            "total": sum(p.numel() for p in params.values()),
+            "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
+            "transferred": sum(
+                params[r["name"]].numel()
+                for r in rows
+                if r["origin"] == "transferred" and r["name"] in params
+            ),
+        },
+        "transfer": {
+            "mapping": strategy.mapping if tmap else None,
+            "mode": strategy.mode,
+            "freeze": list(strategy.freeze),
+            "reinit": list(strategy.reinit),
+            "unused_source": unused,
+            "features_cached": False,
+            "pairs": [],
+        },
+        "metrics": metrics,
+        "per_class": {},
+        "gates": evaluate_gates(spec.gates, metrics, {}, display),
+        "checks": checks,
+        "task": CAUSAL_LM,
+        "tokenizer": tok.record(files, origin),
+        "lm": {
+            "token_dtype": str(train_blocks.ids.dtype).replace("torch.", ""),
+            "block_size": block_size,
+            "blocks": {"train": len(train_blocks), "eval": len(eval_blocks)},
+            "eval_tokens": eval_blocks.labelled,
+            "generations": generations,
+        },
+    }
+    outputs = tok.outputs(files)
+    state: dict[str, torch.Tensor] | None = module.state_dict()
+    if lora is not None:
+        assert src_manifest is not None
+        adapter = adapter_files(trained)
+        manifest["weights"] = _blob_file(
+            f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", adapter[ADAPTER_WEIGHTS], "safetensors"
+        )
+        manifest["adapter"] = {
+            "format": "peft-lora",
+            "base": {"model": src_name, "id": src_manifest["id"]},
+            **lora,
+            "config": _blob_file(
+                f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", adapter[ADAPTER_CONFIG], "json"
+            ),
+        }
+        outputs.update({f"{ADAPTER_DIR}/{n}": b for n, b in adapter.items()})
+        state = None
+    manifest["run"] = _run_block(
+        reg,
+        started,
+        begin,
+        device=run.device,
+        seed=cfg.seed,
+        deterministic=True,
+        threads=torch.get_num_threads(),
+        train_s=round(run.train_seconds, 3),
+    )
+    _write_model(reg, name, manifest, state, metrics, run.curve, outputs)
+    return manifest
