@@ -27,6 +27,7 @@ from stemma.registry import Registry, status
 from stemma.registry.dag import Forest
 from stemma.registry.errors import ConsistencyError, LocatedError, StemmaError
 from stemma.registry.files import digest, parse_json_text
+from stemma.registry.parents import combined_id, parents_of, recorded_parents
 from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
 
 DERIVED_FROM = "derived_from"
@@ -73,6 +74,7 @@ class ModelRecord:
     auto: bool = False
     candidates: tuple[str, ...] = ()  # models an exploration considers (source: auto)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    more: tuple[str, ...] = ()  # a merge's parents after `source` (`parents.parents_of`)
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,10 @@ def read_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]
 _MODELS_SQL = """
 SELECT m.name, m.source, CASE WHEN s.source = 'auto' THEN s.relation ELSE m.relation END,
        m.source_id, m.train, m.eval, s.checks, m.id, m.status,
-       s.source = 'auto', s.candidates, to_json(m.metrics)
-FROM models m LEFT JOIN raw.model_specs s ON s.name = m.name ORDER BY m.name"""
+       s.source = 'auto', s.candidates, to_json(m.metrics),
+       CASE WHEN s.name IS NULL OR s.source = 'auto' THEN mm.parents ELSE s.parents END
+FROM models m LEFT JOIN raw.model_specs s ON s.name = m.name
+LEFT JOIN raw.model_manifests mm ON mm.name = m.name ORDER BY m.name"""
 _DATASETS_SQL = "SELECT name, id, status FROM datasets ORDER BY name"
 
 
@@ -125,7 +129,7 @@ def _indexed_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetReco
     # The sources specs declare (an exploration's pick is not one): what a candidate of an
     # exploration must not descend from, as `pipeline.candidates` decides.
     forest = (
-        Forest(names, {row[0]: row[1] for row in rows if row[1] is not None and not row[9]})
+        Forest.of(names, {row[0]: list(row[12]) for row in rows if row[12] and not row[9]})
         if any(row[9] for row in rows)
         else None
     )
@@ -134,7 +138,8 @@ def _indexed_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetReco
     metrics = json.loads("[" + ",".join(row[11] or "null" for row in rows) + "]")
     models = []
     for row, scores in zip(rows, metrics, strict=True):
-        name, source, relation, source_id, train, eval_, checks, mid, state, auto, glob, _ = row
+        name, source, relation, source_id, train, eval_, checks, mid, state, auto, glob = row[:11]
+        more = tuple(row[12][1:]) if row[12] else ()
         candidates: tuple[str, ...] = ()
         if auto:
             assert forest is not None
@@ -156,6 +161,7 @@ def _indexed_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetReco
                 bool(auto),
                 candidates,
                 scores or {},
+                more,
             )
         )
     return models, datasets
@@ -296,6 +302,7 @@ def _model_record(
     )
     if spec is None:  # a manifest and no spec: weights imported by `stemma register`
         source = _str(manifest, "source", "model")
+        recorded = [p for p, _ in recorded_parents(manifest or {})]
         return ModelRecord(
             name,
             source,
@@ -306,11 +313,13 @@ def _model_record(
             id=mid,
             status=status.REGISTERED,
             metrics=metrics,
+            more=tuple(recorded[1:]),
         )
     train = _str(spec, "data", "train")
     if train is None:
         return ModelRecord(name, id=mid, status=status.INVALID, metrics=metrics)
-    source = _str(spec, "source", "model")
+    named = parents_of(spec)  # the one rule: a merge has several
+    source = _str(spec, "source", "model") or (named[0] if named else None)
     relation = (_str(spec, "source", "relation") or "finetune") if source else None
     auto = source == "auto"
     candidates: tuple[str, ...] = ()
@@ -322,7 +331,7 @@ def _model_record(
         ds for check in ("forgetting", "drift") if (ds := _str(spec, "checks", check, "data"))
     )
     source_id = _str(manifest, "source", "id")
-    parent_id = _str(manifests.get(source), "id") if source is not None and not auto else None
+    parent_id = combined_id([_str(manifests.get(p), "id") for p in named]) if not auto else None
     state = status.status(
         True,
         manifest is not None,
@@ -344,6 +353,7 @@ def _model_record(
         auto,
         candidates,
         metrics,
+        named[1:],
     )
 
 
@@ -378,13 +388,13 @@ def graph_from_records(
         )
     for m in models:
         node = model_node(m.name)
-        if m.source is not None:
-            parent = model_node(m.source)
+        for up in [m.source, *m.more] if m.source is not None else []:
+            parent = model_node(up)
             if parent not in g:
                 g.add_node(
                     parent,
                     kind="model",
-                    name=m.source,
+                    name=up,
                     id=None,
                     status=status.MISSING,
                     relation=None,
