@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _snapshot, _store
 from ._ingest import (
+    DATABASE,
     SNAPSHOT_SUFFIX,
     Attached,
     Changes,
@@ -90,15 +91,31 @@ class Index:
         self.stats = stats
         self._private_dir = private_dir
         self._shared = shared
+        self._owned = True  # False once the caller took the connection (`take_copy`)
         if shared is not None:
             _IN_USE[shared] = _IN_USE.get(shared, 0) + 1
+
+    def take_copy(self) -> duckdb.DuckDBPyConnection:
+        """This connection with the index copied into its own memory and the index file
+        detached: the caller owns it (`close` leaves it open) and holds no lock on the file.
+        `models` is a table there, computed once, instead of the view's join."""
+        con = self.con
+        con.execute(f"COPY FROM DATABASE {DATABASE} TO memory")
+        con.execute("USE memory")
+        con.execute(f"DETACH {DATABASE}")
+        con.execute("CREATE TABLE main.models_copy AS SELECT * FROM main.models")
+        con.execute("DROP VIEW main.models")
+        con.execute("ALTER TABLE main.models_copy RENAME TO models")
+        self._owned = False
+        return con
 
     def close(self) -> None:
         """Close the connection (and delete a private index)."""
         shared, self._shared = self._shared, None
         if shared is not None:
             _IN_USE[shared] -= 1
-        self.con.close()
+        if self._owned:
+            self.con.close()
         if self._private_dir is not None:
             _remove_tree(self._private_dir)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _sql
+from . import _sql, _watched
 from .errors import QueryError
 
 if TYPE_CHECKING:
@@ -147,35 +147,59 @@ def query(
     """Run one read-only statement (SELECT, EXPLAIN, DESCRIBE, SUMMARIZE, PIVOT) over the
     registry's views and return its rows; stopped with a `QueryError` after `timeout`
     seconds or past `memory_limit`."""
-    import threading
-
     from ._engine import duckdb
     from .index import open_index
 
+    # A handle that queries again runs on its copy of the index while its monitor says
+    # nothing changed (`_watched`); otherwise the files are checked first, as always.
+    con = None if history else _watched.copy(reg, memory_limit)
+    if con is not None:
+        return _run(con, sql, timeout, memory_limit)
+    keep = not history and _watched.prepare(reg)  # the watches, BEFORE the check
     with open_index(reg) as index:
         con = index.con
+        if keep:
+            try:
+                con = index.take_copy()
+            except duckdb.Error:
+                _watched.release(reg)
+                keep = False
+                con = index.con
         if history:
             _load_history(reg, con)
         _lock_down(con, memory_limit)
-        check_sql(con, sql)
-        # DuckDB has no statement timeout: a timer interrupts the connection instead.
-        timer = threading.Timer(timeout, con.interrupt)
-        timer.daemon = True
-        timer.start()
-        try:
-            cursor = con.execute(sql)
-            rows = cursor.fetchall()
-            description = cursor.description or []
-        except duckdb.InterruptException:
-            raise QueryError(
-                f"query stopped after {timeout:g} s (its time limit; raise it with --timeout)"
-            ) from None
-        except duckdb.OutOfMemoryException:
-            raise QueryError(f"query stopped: it needs more than {memory_limit} memory") from None
-        except duckdb.Error as exc:
-            raise QueryError(f"query failed: {one_line(exc)}") from None
-        finally:
-            timer.cancel()
+        if keep:
+            _watched.keep(reg, con, memory_limit)
+        return _run(con, sql, timeout, memory_limit)
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection, sql: str, timeout: float, memory_limit: str
+) -> QueryResult:
+    """Check `sql` and run it on the locked-down `con` within `timeout` seconds."""
+    import threading
+
+    from ._engine import duckdb
+
+    check_sql(con, sql)
+    # DuckDB has no statement timeout: a timer interrupts the connection instead.
+    timer = threading.Timer(timeout, con.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        cursor = con.execute(sql)
+        rows = cursor.fetchall()
+        description = cursor.description or []
+    except duckdb.InterruptException:
+        raise QueryError(
+            f"query stopped after {timeout:g} s (its time limit; raise it with --timeout)"
+        ) from None
+    except duckdb.OutOfMemoryException:
+        raise QueryError(f"query stopped: it needs more than {memory_limit} memory") from None
+    except duckdb.Error as exc:
+        raise QueryError(f"query failed: {one_line(exc)}") from None
+    finally:
+        timer.cancel()
     return QueryResult(
         columns=tuple(str(d[0]) for d in description),
         types=tuple(str(d[1]) for d in description),

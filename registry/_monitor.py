@@ -1,0 +1,204 @@
+"""A file-system monitor of the files the query index holds (inotify, on Linux).
+
+A kept-open registry handle that queries again and again need not stat every spec and
+manifest before each query (`_snapshot`): a monitor that watched them since the last full
+check says whether anything may have changed. The monitor answers only "quiet" (no event
+since the last look: the files are as the last full check saw them) or "doubt" (any event,
+a lost event, a watch it could not place): a doubt means a full check, never a guess.
+
+What is watched, and why each watch is needed:
+- `models/` and `datasets/`: folders added, removed or renamed;
+- each model and dataset folder: its spec and manifest created, removed or renamed over
+  (a build's atomic switch), and the interrupted-switch folder appearing;
+- each spec and manifest itself (its inode): a write through any name, a hard link elsewhere
+  included, and a change of its metadata (`touch`, `chmod`, the same-size same-mtime copy,
+  whose write is an event whatever the stamp says afterwards).
+A link anywhere among them (a folder, a spec or a manifest that is a symbolic link) could
+change through a name outside the watched folders: the monitor declines to start, and the
+handle keeps the full check. The watches are placed BEFORE the full check they guard, so
+a change during that check is an event and the next look doubts.
+
+The reader is a small ctypes binding of three libc calls (no dependency): where they are
+missing (not Linux), or the kernel refuses a watch (`fs.inotify.max_user_watches`), there is
+no monitor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+from ._snapshot import FILES, KINDS
+
+# inotify(7) flags.
+_IN_MODIFY = 0x002
+_IN_ATTRIB = 0x004
+_IN_CLOSE_WRITE = 0x008
+_IN_MOVED_FROM = 0x040
+_IN_MOVED_TO = 0x080
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200
+_IN_DELETE_SELF = 0x400
+_IN_MOVE_SELF = 0x800
+_IN_DONT_FOLLOW = 0x02000000
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+# Every change of a folder's entries and of the folder itself.
+_FOLDER_MASK = (
+    _IN_MODIFY
+    | _IN_ATTRIB
+    | _IN_CLOSE_WRITE
+    | _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
+    | _IN_DONT_FOLLOW
+)
+# The registry root: its kinds' folders made, removed or renamed, the root itself moved.
+_ROOT_MASK = (
+    _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
+    | _IN_DONT_FOLLOW
+)
+_KIND_NAMES = {kind.encode() for kind in KINDS}
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
+# Every change of a file's data or metadata, and its removal.
+_FILE_MASK = (
+    _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_DONT_FOLLOW
+)
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL | None:
+    """libc with the inotify calls, or None where there are none."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            lib.inotify_init1.argtypes = [ctypes.c_int]
+            lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        except (OSError, AttributeError):
+            return None
+        _LIBC = lib
+    return _LIBC
+
+
+class Monitor:
+    """inotify watches on every folder and file a snapshot of `root` holds."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.root_wd = -1
+        self.doubt = False  # sticky: once in doubt, the monitor is replaced
+
+    @classmethod
+    def start(cls, root: Path) -> Monitor | None:
+        """Watch everything under `root` the index reads; None where no monitor can run
+        (no inotify, too many watches, a link among the watched names)."""
+        lib = _libc()
+        if lib is None:
+            return None
+        fd = lib.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            return None
+        monitor = cls(fd)
+        try:
+            if monitor._watch_all(lib, os.fsencode(root)):
+                return monitor
+        except OSError:
+            pass
+        monitor.close()
+        return None
+
+    def _watch_all(self, lib: ctypes.CDLL, root: bytes) -> bool:
+        """Place every watch; False where one cannot be placed or a link is found."""
+        add, fd = lib.inotify_add_watch, self.fd
+        self.root_wd = add(fd, root, _ROOT_MASK)
+        if self.root_wd < 0:
+            return False
+        for kind in KINDS:
+            top = b"%s/%s" % (root, kind.encode())
+            if os.path.islink(top):
+                return False
+            if add(fd, top, _FOLDER_MASK) < 0:
+                if not os.path.lexists(top):
+                    continue  # no such folder: the root's watch sees it appear
+                return False
+            try:
+                entries = os.scandir(top)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                for entry in entries:
+                    if entry.name.startswith(b".") or not entry.is_dir():
+                        continue
+                    if entry.is_symlink() or not self._watch_folder(add, entry.path):
+                        return False
+        return True
+
+    def _watch_folder(self, add: Callable[[int, bytes, int], int], folder: bytes) -> bool:
+        """Watch a model or dataset folder and its spec and manifest (no link among them)."""
+        if add(self.fd, folder, _FOLDER_MASK) < 0:
+            return False
+        for fname in FILES:
+            path = b"%s/%s" % (folder, fname.encode())
+            if add(self.fd, path, _FILE_MASK) < 0:
+                # Missing is fine (the folder's watch sees it appear); anything else is not.
+                if ctypes.get_errno() != 2 or os.path.lexists(path):
+                    return False
+            elif os.path.islink(path):
+                return False
+        return True
+
+    def quiet(self) -> bool:
+        """True when no event came since the watches were placed: nothing the index reads
+        changed. Any event, a lost one (queue overflow) included, is a doubt for good."""
+        if self.doubt:
+            return False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                break
+            if not data or any(self._matters(event) for event in _events(data)):
+                break
+        self.doubt = True
+        return False
+
+    def _matters(self, event: tuple[int, int, bytes]) -> bool:
+        """False only for an entry of the root other than the kinds' folders (a `.stemma`
+        or `dvc.yaml` written there): every other event, an overflow included, matters."""
+        wd, _mask, name = event
+        return wd != self.root_wd or not name or name in _KIND_NAMES
+
+    def close(self) -> None:
+        """Remove every watch."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _events(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(watch, mask, name) of each inotify event in `data`."""
+    out, at = [], 0
+    while at + _EVENT.size <= len(data):
+        wd, mask, _cookie, length = _EVENT.unpack_from(data, at)
+        at += _EVENT.size
+        out.append((wd, mask, data[at : at + length].rstrip(b"\0")))
+        at += length
+    return out

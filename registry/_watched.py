@@ -1,0 +1,132 @@
+"""Queries of a kept-open registry handle: a monitor of the files and a copy of the index.
+
+A handle (a `Registry` object) that asks a second query starts watching: the monitor's
+watches are placed (`_monitor`), THEN the usual full check brings the index in step with the
+files, and the index as checked is copied into memory, where the handle's later queries
+run. While the monitor stays quiet nothing the index reads has changed, so a query costs
+its SQL alone: no stat of 20,000 files, no attach of the index file, no lock held on it
+between queries (other processes refresh the shared index as usual). Any doubt (an event,
+a lost event, the registry's folders replaced, a query with other limits or with history)
+goes the usual way: the full check, then a new copy. Where no monitor can run, every query
+keeps the full check.
+
+The copy holds `models` as a table rather than the view's join: the same rows and types,
+computed once per copy instead of on every query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import _snapshot
+from ._monitor import Monitor
+from ._snapshot import KINDS
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from .registry import Registry
+
+
+@dataclass
+class _Watch:
+    """What one handle keeps between queries."""
+
+    queries: int = 0
+    monitor: Monitor | None = None
+    con: duckdb.DuckDBPyConnection | None = None
+    identity: tuple[tuple[int, ...], ...] = ()  # see `_identity`
+    memory_limit: str = ""
+
+    def drop(self) -> None:
+        """Forget the copy and remove the watches."""
+        con, self.con = self.con, None
+        monitor, self.monitor = self.monitor, None
+        if con is not None:
+            with contextlib.suppress(Exception):
+                con.close()
+        if monitor is not None:
+            monitor.close()
+
+
+_WATCHES: weakref.WeakKeyDictionary[Registry, _Watch] = weakref.WeakKeyDictionary()
+
+
+def _identity(reg: Registry) -> tuple[tuple[int, ...], ...]:
+    """Which folders the root and its kinds are (one that was replaced is not watched), and
+    the stamp of the shared index and its log: an index another process wrote or damaged
+    is checked (and repaired) the usual way."""
+    from .index import index_path
+
+    shared = index_path(reg)
+    out: list[tuple[int, ...]] = []
+    for path in (reg.root, *(reg.root / kind for kind in KINDS)):
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            out.append((-1, -1))
+            continue
+        out.append((st.st_dev, st.st_ino))
+    for path in (shared, Path(f"{shared}.wal")):
+        try:
+            out.append(_snapshot.stamp(os.stat(path, follow_symlinks=False)))
+        except OSError:
+            out.append((-1,))
+    return tuple(out)
+
+
+def copy(reg: Registry, memory_limit: str) -> duckdb.DuckDBPyConnection | None:
+    """The handle's copy of the index when nothing changed since it was made, else None
+    (the caller then checks the files and calls `prepare` / `keep`)."""
+    watch = _WATCHES.get(reg)
+    if watch is None or watch.con is None or watch.monitor is None:
+        return None
+    quiet = watch.memory_limit == memory_limit and watch.monitor.quiet()
+    if quiet and _identity(reg) == watch.identity:
+        return watch.con
+    watch.drop()
+    return None
+
+
+def prepare(reg: Registry) -> bool:
+    """Before a full check: start watching when this handle queried before; True when the
+    copy made after the check is to be kept (`keep`)."""
+    from .tree import WorkTree
+
+    if not isinstance(reg.tree, WorkTree):
+        return False  # a revision from git: queries refuse it anyway
+    watch = _WATCHES.get(reg)
+    if watch is None:
+        watch = _WATCHES[reg] = _Watch()
+        weakref.finalize(reg, watch.drop)
+    watch.queries += 1
+    watch.drop()
+    if watch.queries < 2:
+        return False
+    watch.monitor = Monitor.start(reg.root)
+    return watch.monitor is not None
+
+
+def keep(reg: Registry, con: duckdb.DuckDBPyConnection, memory_limit: str) -> None:
+    """Keep `con` (a copy of the index as checked after `prepare`, locked down with
+    `memory_limit`) for the handle's next queries."""
+    watch = _WATCHES.get(reg)
+    if watch is None or watch.monitor is None:
+        con.close()
+        return
+    watch.con, watch.memory_limit = con, memory_limit
+    # After the check: the folders as watched (a swap since the watches were placed is an
+    # event), the index as this check left it.
+    watch.identity = _identity(reg)
+
+
+def release(reg: Registry) -> None:
+    """Stop watching for this handle (also done when the handle is collected)."""
+    watch = _WATCHES.pop(reg, None)
+    if watch is not None:
+        watch.drop()
