@@ -246,3 +246,111 @@ def test_malformed_jsonl_line_is_one_located_error(
     assert "data/bad.jsonl line 3" in err and "not valid JSON" in err
     assert sorted(p.name for p in (root / "datasets").iterdir()) == before
     assert not (root / "datasets" / "bad" / "manifest.json").exists()
+
+
+def _refused(call: Any, *needles: str) -> str:
+    """The one-line message of the StemmaError `call()` raises (within 10 s), checked to name
+    each of `needles`; any other outcome (another exception, a hang, no error) fails."""
+    import signal
+
+    from stemma.registry.errors import StemmaError
+
+    def hang(*_: Any) -> None:
+        raise TimeoutError("hang")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(10)
+    try:
+        call()
+    except StemmaError as exc:
+        message = str(exc)
+    else:
+        message = ""
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert message and "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def test_adversarial_text_sources_are_refused(tmp_path: Path) -> None:
+    import os
+    import random
+
+    from stemma.migration.textdata import materialize_text
+
+    def build(source: str) -> Any:
+        return lambda: materialize_text({"source": source}, "spec.yaml", lambda r: tmp_path / r)
+
+    good = _sft().splitlines()
+    cases = {
+        "truncated": '{"prompt": "a", "completion": ',
+        "nan": '{"prompt": "a", "completion": NaN}',
+        "array": "[1, 2]",
+        "no completion": '{"prompt": "a"}',
+        "number completion": '{"prompt": "a", "completion": 3}',
+        "mixed formats": '{"text": "plain"}',
+        "deep": "[" * 100_000 + "]" * 100_000,
+    }
+    for label, line in cases.items():
+        _write(tmp_path, "bad.jsonl", "\n".join([good[0], line, good[1]]) + "\n")
+        assert _refused(build("jsonl:bad.jsonl"), "bad.jsonl line 2"), label
+    (tmp_path / "latin1.jsonl").write_bytes(good[0].encode() + b"\n\xff\xfe\n")
+    _refused(build("jsonl:latin1.jsonl"), "latin1.jsonl", "UTF-8")
+    _write(tmp_path, "one.txt", "a single document\n")
+    _refused(build("text:one.txt"), "one.txt", "2")
+    os.mkfifo(tmp_path / "pipe.txt")
+    _refused(build("text:pipe.txt"), "pipe.txt", "regular file")
+    _refused(build("text:missing.txt"), "missing.txt", "does not exist")
+    # seeded fuzz: byte flips and truncations of a valid file give records or one located error
+    rng = random.Random(0)
+    base = (_sft()).encode()
+    for _ in range(60):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        (tmp_path / "fuzz.jsonl").write_bytes(bytes(data[: rng.randrange(len(data)) + 1]))
+        try:
+            build("jsonl:fuzz.jsonl")()
+        except BuildError as exc:
+            assert "fuzz.jsonl" in str(exc) and "\n" not in str(exc)
+        except Exception as exc:  # a located file error (UTF-8, NUL) is a StemmaError too
+            from stemma.registry.errors import StemmaError
+
+            assert isinstance(exc, StemmaError) and "fuzz.jsonl" in str(exc), repr(exc)
+
+
+def test_adversarial_tokenizer_folders_are_refused(tmp_path: Path) -> None:
+    import os
+
+    from stemma.migration import tokenizer as tok
+
+    def folder(name: str) -> Path:
+        path = tmp_path / name
+        shutil.copytree(TOKENIZER, path)
+        return path
+
+    (folder("extra") / "evil.py").write_text("import os\n")
+    _refused(lambda: tok.read_files(tmp_path / "extra", "extra", tmp_path), "extra/evil.py")
+    (tmp_path / "outside.json").write_text("{}")
+    linked = folder("linked")
+    os.remove(linked / "tokenizer.json")
+    os.symlink(tmp_path / "outside.json", linked / "tokenizer.json")
+    _refused(lambda: tok.read_files(linked, "linked", linked), "linked/tokenizer.json")
+    piped = folder("piped")
+    os.remove(piped / "tokenizer.json")
+    os.mkfifo(piped / "tokenizer.json")
+    _refused(lambda: tok.read_files(piped, "piped", tmp_path), "piped/tokenizer.json")
+    remote = folder("remote")
+    config = json.loads((remote / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["evil.Tok", None]}
+    (remote / "tokenizer_config.json").write_text(json.dumps(config))
+    _refused(lambda: tok.read_files(remote, "remote", tmp_path), "auto_map")
+    bare = folder("bare")
+    os.remove(bare / "tokenizer_config.json")
+    _refused(lambda: tok.read_files(bare, "bare", tmp_path), "tokenizer_config.json is missing")
+    (folder("garbled") / "tokenizer_config.json").write_text("{not json")
+    _refused(lambda: tok.read_files(tmp_path / "garbled", "garbled", tmp_path), "not JSON")
+    _refused(lambda: tok.read_files(tmp_path / "absent", "absent", tmp_path), "does not exist")
