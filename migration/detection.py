@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.files import canonical_json
 from stemma.registry.records import DATASET_MANIFEST, DatasetSpec, ModelSpec
 from stemma.registry.registry import DATA_FILE
 from stemma.registry.taskspec import DETECTION, spec_problems, training_task
@@ -38,6 +39,7 @@ from .build import (
 from .data import npz_bytes
 from .detection_checks import check_detection_inputs, detection_forgetting
 from .detection_data import class_counts, materialize_detection
+from .detection_samples import SAMPLES_FILE, detection_samples
 from .detection_train import score, train_detector
 from .evaluate import evaluate_gates
 from .mapping import report
@@ -233,6 +235,10 @@ def build_detector(
     names = _class_names(reg, spec.train)
     if names is not None:
         manifest["class_names"] = names
+    samples = canonical_json(
+        detection_samples(module, eval_data.x_eval, eval_data.y_eval, names or [])
+    ).encode()
+    manifest["samples"] = _blob_file(SAMPLES_FILE, samples, "json")
     manifest["run"] = _run_block(
         reg,
         started,
@@ -243,7 +249,9 @@ def build_detector(
         threads=run.threads,
         train_s=round(run.train_seconds, 3),
     )
-    _write_model(reg, name, manifest, module.state_dict(), metrics, run.curve)
+    _write_model(
+        reg, name, manifest, module.state_dict(), metrics, run.curve, {SAMPLES_FILE: samples}
+    )
     return manifest
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stemma.registry import _optional
 from stemma.registry.errors import BuildError
 from torch import nn
 
@@ -142,9 +143,7 @@ def mean_average_precision(
 ) -> dict[str, Any]:
     """{map, map_50, map_75, per_class: {dataset class: AP}} of predictions against targets;
     classes without a box in `truth` have no AP and are left out of per_class."""
-    from .families import require
-
-    detection = require("torchmetrics.detection", "detection")
+    detection = _optional.require("torchmetrics.detection", "detection", error=BuildError)
     metric = detection.MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True)
     metric.update(
         [{k: p[k] for k in ("boxes", "scores", "labels")} for p in preds],

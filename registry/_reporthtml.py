@@ -16,6 +16,7 @@ from html import escape
 from typing import Any
 
 from ._lineagesvg import lineage_svg
+from ._reportboxes import samples_html
 from ._reportfmt import fmt, main_metric, verdict
 from .classlabels import label
 
@@ -235,6 +236,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     out.append("<h2>metrics</h2>" + _table(["metric", "value"], sorted(report["metrics"].items())))
     if report["per_class"]:
         out.append(_per_class(report))
+    out.append(samples_html(report.get("samples")))  # a detector's eval images with boxes
     out.append("<h2>gates</h2>")
     out.append(_gates(report) if report["gates"] else "<p>no gates declared</p>")
     out.append("<h2>checks</h2>")

@@ -13,6 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from ._reportboxes import load_samples
 from ._reportfmt import fmt, lineage_line, main_metric, verdict
 from ._reporthtml import curve_png, render_html
 from .classlabels import class_labels, label
@@ -150,6 +151,9 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
         "run": dict(raw.get("run") or {}),
         "stale": _stale(reg, name, manifest),
     }
+    samples = load_samples(reg, name, raw)  # a detector's pictures; other models have none
+    if samples is not None:
+        doc["samples"] = samples
     doc["passed"], doc["reasons"] = verdict(doc)
     return doc
 

@@ -297,3 +297,34 @@ def test_feature_stats_of_large_images_match_the_covariance(monkeypatch: Any) ->
     assert fast["cov_trace"] == pytest.approx(slow["cov_trace"], rel=1e-9)
     assert fast["cov_top_eigenvalues"] == pytest.approx(slow["cov_top_eigenvalues"], abs=2e-6)
     assert len(fast["cov_top_eigenvalues"]) == 10
+
+
+def test_report_shows_eval_images_with_true_and_predicted_boxes(built: Registry) -> None:
+    """The build writes detections.json (recorded in the manifest); the HTML report draws
+    each sample image with its true boxes and the predicted ones, from that file alone."""
+    import hashlib
+    import re
+
+    from stemma.registry.report import model_report, render_html
+
+    m = _manifest(built, "det")
+    data = (built.model_dir("det") / "detections.json").read_bytes()
+    assert m["samples"]["path"] == "detections.json"
+    assert m["samples"]["sha256"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    doc = json.loads(data)
+    n_eval = len(load_dataset(built, "det").x_eval)
+    assert len(doc["images"]) == min(4, n_eval) and doc["class_names"] == ["rectangle", "ellipse"]
+    assert all(p["score"] >= doc["score_threshold"] for i in doc["images"] for p in i["predicted"])
+    report = model_report(built, "det")
+    page = render_html(report)
+    pictures = re.findall(r"<svg class='boxes'.*?</svg>", page, flags=re.S)
+    assert len(pictures) == len(doc["images"])
+    assert all("<image href='data:image/png;base64,iVBORw0KGgo" in p for p in pictures)
+    true_boxes = sum(p.count("<rect class='true'") for p in pictures)
+    predicted = sum(p.count("<rect class='pred'") for p in pictures)
+    assert true_boxes == sum(len(i["truth"]) for i in doc["images"]) > 0
+    assert predicted == sum(len(i["predicted"]) for i in doc["images"]) > 0
+    assert re.search(r"<text [^>]*>(rectangle|ellipse) \d\.\d\d</text>", page)
+    # a classifier records no samples: its report has no such section
+    assert "samples" not in model_report(built, "clf")
+    assert "sample detections" not in render_html(model_report(built, "clf"))
