@@ -354,3 +354,19 @@ def test_adversarial_tokenizer_folders_are_refused(tmp_path: Path) -> None:
     (folder("garbled") / "tokenizer_config.json").write_text("{not json")
     _refused(lambda: tok.read_files(tmp_path / "garbled", "garbled", tmp_path), "not JSON")
     _refused(lambda: tok.read_files(tmp_path / "absent", "absent", tmp_path), "does not exist")
+
+
+def test_hf_disk_text_column_is_a_text_dataset(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from stemma.migration.textdata import TEXT, materialize_text
+
+    docs = _corpus().split("\n\n")[:8]
+    datasets.Dataset.from_dict({"body": docs, "n": list(range(8))}).save_to_disk(tmp_path / "hf")
+    spec = {"source": "hf-disk:hf", "task": CAUSAL_LM, "fields": {"text": "body"}}
+    splits = materialize_text(spec, "spec.yaml", lambda r: tmp_path / r)
+    assert splits.format == TEXT and len(splits.train) + len(splits.eval) == 8
+    assert sorted(r.completion for r in splits.train + splits.eval) == sorted(docs)
+    _refused(
+        lambda: materialize_text({**spec, "fields": {}}, "spec.yaml", lambda r: tmp_path / r),
+        "no text column 'text'",
+    )
