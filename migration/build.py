@@ -459,14 +459,14 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         from .detection import build_detector
 
         return build_detector(reg, name, progress, started, begin)
-    if is_merge(spec):  # several parents, or an adapter into its base: migration/merge.py
-        from .merge import build_merge
-
-        return build_merge(reg, spec, started, begin)
     if "quantize" in spec.raw or (spec.source and spec.source.relation == "quantized"):
         from .quantize import build_quantized  # the parent quantized with torchao, no training
 
         return build_quantized(reg, name, spec, started, begin)
+    if is_merge(spec):  # several parents, or an adapter into its base: migration/merge.py
+        from .merge import build_merge
+
+        return build_merge(reg, spec, started, begin)
     from .causal_lm import trains_lm
 
     if trains_lm(reg, spec):  # a transformers decoder on text: migration/causal_lm.py

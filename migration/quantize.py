@@ -2,7 +2,9 @@
 
 A spec with `source: {model: PARENT, relation: quantized}` and a `quantize:` block names no
 training: the build loads the parent (checked against its manifest), scores it on the spec's
-eval data, quantizes every `nn.Linear` with torchao (`int8_weight_only`: int8 weights, float
+eval data (migration/quantize_eval.py: the task's metrics, or a causal LM's perplexity with
+the parent's tokenizer, which the quantized model inherits), quantizes every `nn.Linear`
+(but a decoder's output embeddings) with torchao (`int8_weight_only`: int8 weights, float
 activations; `int8_dynamic`: int8 weights and activations quantized per token at run time),
 scores the quantized model the same way, and gates the relative drop of the task's main
 metric (`quantize.max_drop`) besides the spec's usual gates.
@@ -30,16 +32,15 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records import MODEL_MANIFEST, ModelSpec
 from stemma.registry.registry import WEIGHTS_FILE
-from stemma.registry.taskspec import MAIN_METRIC, spec_problems
+from stemma.registry.taskspec import LOWER_IS_BETTER, MAIN_METRIC
 from torch import nn
 
 from . import weights as _weights
 from .architectures import build_module
-from .data import DatasetArrays, load_dataset
-from .evaluate import evaluate, evaluate_gates
+from .evaluate import evaluate_gates
 from .families import require
 from .mapping import plan, transfer
-from .tasks import for_labels
+from .quantize_eval import scoring
 
 METHODS = {
     "int8_weight_only": "Int8WeightOnlyConfig",
@@ -48,8 +49,6 @@ METHODS = {
 """Spec method -> torchao config class (torchao.quantization)."""
 DEFAULT_MAX_DROP = 0.02
 """Largest relative drop of the main metric a quantization may cost when the spec names none."""
-LOWER_IS_BETTER = frozenset({"perplexity", "loss", "mse", "mae", "rmse"})
-"""Main metrics where a rise is the loss of quality (the drop is then the relative rise)."""
 DROP_GATE = "quantize_drop"
 """The gate row (manifest `gates`) that `quantize.max_drop` becomes."""
 _SOURCE_POINTER = "/source"
@@ -91,6 +90,7 @@ class QuantizeRecord:
     value: float
     drop: float
     max_drop: float
+    layers: int
     hf_quantization_config: dict[str, Any] | None = None
 
     @property
@@ -104,6 +104,7 @@ class QuantizeRecord:
             "method": self.method,
             "library": {"name": self.library, "version": self.library_version},
             "config": self.config,
+            "layers": self.layers,
             "size": {
                 "bytes_before": self.bytes_before,
                 "bytes_after": self.bytes_after,
@@ -165,12 +166,28 @@ def torchao_config(method: str) -> Any:
     return getattr(quantization, METHODS[method])()
 
 
-def quantize_module(module: nn.Module, method: str) -> float:
-    """Quantize every linear layer of `module` in place (CPU); returns the seconds it took."""
+def quantize_module(module: nn.Module, method: str) -> tuple[float, int]:
+    """Quantize the linear layers of `module` in place (CPU); returns the seconds it took and
+    how many layers were quantized. A decoder's output embeddings stay as they are, as
+    transformers' TorchAoConfig leaves them by default: they are often tied to the input
+    embeddings, and a quantized copy would untie them."""
     quantization = require("torchao.quantization", "quantize")
+    get_output = getattr(module, "get_output_embeddings", None)
+    skip = get_output() if callable(get_output) else None
+
+    def wanted(layer: nn.Module, _fqn: str) -> bool:
+        return isinstance(layer, nn.Linear) and layer is not skip
+
     begin = time.perf_counter()
-    quantization.quantize_(module, torchao_config(method), device="cpu")
-    return time.perf_counter() - begin
+    quantization.quantize_(module, torchao_config(method), filter_fn=wanted, device="cpu")
+    seconds = time.perf_counter() - begin
+    plain = (torch.Tensor, nn.Parameter)
+    layers = sum(
+        1
+        for layer in module.modules()
+        if isinstance(layer, nn.Linear) and type(layer.weight) not in plain
+    )
+    return seconds, layers
 
 
 def stored_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
@@ -202,32 +219,6 @@ def _parent_module(config: dict[str, Any], state: dict[str, torch.Tensor], reg: 
     return module
 
 
-def _check_data(spec: ModelSpec, config: dict[str, Any], data: DatasetArrays, pointer: str) -> None:
-    """The eval data fits the parent: its sample shape, and labels within the parent's head."""
-    shape = [int(d) for d in config.get("in_shape") or []]
-    if shape and data.shape != shape:
-        raise BuildError(
-            f"{spec.path} at {pointer}: samples of {spec.eval!r} have shape {data.shape},"
-            f" the parent takes {shape}"
-        )
-    width = config.get("num_classes")
-    task = for_labels(data.y_eval)
-    if not isinstance(width, int) or not len(data.y_eval):
-        return
-    if task.name == "classification":
-        top = int(data.y_eval.max())
-        if top >= width:
-            raise BuildError(
-                f"{spec.path} at {pointer}: {spec.eval!r} has class {top}, the parent"
-                f" only classes 0-{width - 1}"
-            )
-    elif task.outputs(data.y_eval) != width:
-        raise BuildError(
-            f"{spec.path} at {pointer}: {spec.eval!r} has {task.outputs(data.y_eval)}"
-            f" outputs, the parent {width}"
-        )
-
-
 def quantized_source_error(spec: ModelSpec, src: str, manifest: Mapping[str, Any]) -> BuildError:
     """Why a quantized model is no source: its int8 tensors are no weights to train, merge or
     quantize again; its parent is (the one rule for every build that loads a source)."""
@@ -244,11 +235,6 @@ def hf_quantization_config(method: str) -> dict[str, Any]:
     transformers = require("transformers")
     doc: dict[str, Any] = transformers.TorchAoConfig(torchao_config(method)).to_dict()
     return doc
-
-
-def _score(module: nn.Module, data: DatasetArrays) -> dict[str, Any]:
-    with torch.no_grad():
-        return evaluate(module, data.x_eval, data.y_eval, "cpu")
 
 
 def build_quantized(
@@ -268,31 +254,22 @@ def build_quantized(
     src_manifest, src_state = _build._load_source(reg, spec, parent)
     _build._refuse_failed_source(spec, parent, src_manifest)
     config = dict(src_manifest["architecture"]["config"])
-    pointer = "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
-    eval_data = load_dataset(reg, spec.eval, pointer, display)
-    _check_data(spec, config, eval_data, pointer)
-    task = for_labels(eval_data.y_eval)
-    parent_task = str(src_manifest.get("task", "classification"))
-    if parent_task != task.name:
-        raise BuildError(
-            f"{display} at {pointer}: {spec.eval!r} is a {task.name} dataset, the parent"
-            f" {parent!r} a {parent_task} model"
-        )
-    for where, message in spec_problems(task.name, spec.raw):
-        raise BuildError(f"{display} at {where}: {message}")
-    manifest_ds = reg.dataset_manifest(spec.eval)
-    assert manifest_ds is not None  # load_dataset raised otherwise
-    datasets = {"eval": {"name": spec.eval, "id": manifest_ds.id}}
+    scored = scoring(reg, spec, parent, src_manifest)
 
     module = _parent_module(config, src_state, reg)
     bytes_before = stored_bytes({k: v.contiguous() for k, v in module.state_dict().items()})
-    before = _score(module, eval_data)
-    seconds = quantize_module(module, qspec.method)
-    after = _score(module, eval_data)
+    before = scored.score(module)
+    seconds, layers = quantize_module(module, qspec.method)
+    if not layers:
+        raise BuildError(
+            f"{display} at /source/model: {parent!r} has no torch.nn.Linear layer to quantize"
+            " (torchao quantizes those; GPT-2's Conv1D layers are not)"
+        )
+    after = scored.score(module)
     tensors, metadata = flat_state(module)
     blob = safetensors_bytes(tensors, metadata)
 
-    main = MAIN_METRIC[task.name]
+    main = MAIN_METRIC[scored.task]
     torchao = require("torchao", "quantize")
     core = require("torchao.core.config", "quantize")
     record = QuantizeRecord(
@@ -307,11 +284,12 @@ def build_quantized(
         value=float(after[main]),
         drop=relative_drop(main, float(before[main]), float(after[main])),
         max_drop=qspec.max_drop,
+        layers=layers,
         hf_quantization_config=hf_quantization_config(qspec.method)
         if config.get("family") == "transformers"
         else None,
     )
-    metrics = {m: float(after[m]) for m in task.metrics}
+    metrics = {m: float(after[m]) for m in scored.metrics}
     params = dict(module.named_parameters())
     manifest: dict[str, Any] = {
         "kind": "model",
@@ -320,7 +298,7 @@ def build_quantized(
         "spec": dict(spec.raw),
         "spec_digest": spec.digest,
         "source": {"model": parent, "relation": "quantized", "id": src_manifest["id"]},
-        "datasets": datasets,
+        "datasets": scored.datasets,
         "weights": _build._blob_file(WEIGHTS_FILE, blob, "safetensors"),
         "architecture": {"config": config, "tensors": _rows(tensors, metadata, set(src_state))},
         "parameters": {
@@ -336,14 +314,13 @@ def build_quantized(
         ],
         "checks": {},
         "quantize": record.to_dict(),
+        **scored.extra,
     }
-    if task.name != "classification":  # absent means classification, as every build writes
-        manifest["task"] = task.name
     names = _build._class_names(reg, spec.eval)
     if names is not None:
         manifest["class_names"] = names
     for key, value in (("before", before), ("after", after)):
-        if not all(math.isfinite(float(value[m])) for m in task.metrics):
+        if not all(math.isfinite(float(value[m])) for m in scored.metrics):
             raise BuildError(f"{display} at /quantize: the {key} score is not a finite number")
     manifest["run"] = _build._run_block(
         reg, started, begin, device="cpu", quantize_s=round(seconds, 3)
@@ -352,6 +329,7 @@ def build_quantized(
         WEIGHTS_FILE: blob,
         _build.METRICS_FILE: dict(metrics),
         _build.CURVE_FILE: [],
+        **scored.outputs,
     }
     folder = reg.model_dir(name)
     _build._commit(reg, folder, "models", manifest, MODEL_MANIFEST, outputs)
@@ -474,8 +452,12 @@ def load_exported(folder: Path) -> nn.Module:
     config = json.loads((Path(folder) / "config.json").read_text())
     if "quantization_config" in config:
         transformers = require("transformers")
-        model: nn.Module = transformers.AutoModelForSequenceClassification.from_pretrained(
-            str(folder)
+        decoder = any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
+        auto = (
+            transformers.AutoModelForCausalLM
+            if decoder
+            else transformers.AutoModelForSequenceClassification
         )
+        model: nn.Module = auto.from_pretrained(str(folder))
         return model.eval()
     return rebuild(config, Path(folder) / "model.safetensors")

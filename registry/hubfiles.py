@@ -185,6 +185,13 @@ def tokenizer_files(reg: Registry, manifest: Manifest) -> list[tuple[str, bytes]
     return [(n, _checked(reg, manifest, b, "/tokenizer")) for n, b in blocks]
 
 
+def _quantization(manifest: Manifest, doc: dict[str, Any]) -> dict[str, Any]:
+    """A transformers config.json with the quantized build's `quantization_config`, so
+    from_pretrained reads torchao's tensors through TorchAoConfig (others as they are)."""
+    quantized = (manifest.raw.get("quantize") or {}).get("hf_quantization_config")
+    return {**doc, "quantization_config": quantized} if quantized else doc
+
+
 def weight_files(
     reg: Registry, manifest: Manifest, base_ref: str | None = None
 ) -> list[tuple[str, bytes]]:
@@ -198,15 +205,16 @@ def weight_files(
     weights = manifest.raw["weights"]
     if family == "transformers" and config.get("task") == "causal-lm":
         return [
-            (CONFIG_NAME, _dump(_causal_lm_config(config, manifest.name))),
+            (
+                CONFIG_NAME,
+                _dump(_quantization(manifest, _causal_lm_config(config, manifest.name))),
+            ),
             (WEIGHTS_NAME, _checked(reg, manifest, weights, "/weights/path")),
             *tokenizer_files(reg, manifest),
         ]
     if family == "transformers":
         doc = _transformers_config(config, manifest.name)
-        quantized = (manifest.raw.get("quantize") or {}).get("hf_quantization_config")
-        if quantized:  # torchao tensors: from_pretrained reads them through TorchAoConfig
-            doc["quantization_config"] = quantized
+        doc = _quantization(manifest, doc)
     elif family == "timm":
         doc = _timm_config(config, manifest.name)
     elif family in MODULE_FAMILIES:

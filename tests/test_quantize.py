@@ -258,3 +258,57 @@ def test_a_changed_weights_file_is_refused_on_load(built: Registry, tmp_path: Pa
             load_model(built, "md")
     finally:
         path.write_bytes(saved)
+
+
+LLAMA = (
+    "{model_type: llama, vocab_size: 512, hidden_size: 32, intermediate_size: 64,"
+    " num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1,"
+    " max_position_embeddings: 64}"
+)
+
+
+def test_a_causal_lm_quantizes_with_its_tokenizer_and_perplexity(
+    tmp_path_factory: pytest.TempPathFactory, registry_template: Path, tmp_path: Path
+) -> None:
+    """A tiny Llama on Python's own docs text: perplexity before and after, the tokenizer
+    inherited, and transformers' own loaders reproduce the recorded perplexity."""
+    pytest.importorskip("stemma.migration.causal_lm")
+    import pydoc_data.topics
+    import shutil
+
+    from stemma.migration import lm_train
+    from stemma.migration.textdata import load_text
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    specs = {
+        "datasets/txt/spec.yaml": "source: text:datasets/txt/corpus.txt\nsplit: {eval: 0.25}\n",
+        "models/lb/spec.yaml": f"architecture: {{family: transformers, config: {LLAMA}}}\n"
+        "tokenizer: tok\ndata: {train: txt}\nlm: {block_size: 32}\n"
+        "training: {epochs: 1, batch_size: 16, lr: 3.0e-3}\n",
+        "models/lq/spec.yaml": "source: {model: lb, relation: quantized}\ndata: {train: txt}\n"
+        "quantize: {method: int8_weight_only}\ngates: {perplexity: '<= 100000'}\n",
+    }
+    reg = new_registry(tmp_path_factory.mktemp("lm") / "repo", registry_template, specs)
+    shutil.copytree(Path(__file__).parent / "data" / "tiny-bpe", reg.repo_root / "tok")
+    topics = pydoc_data.topics.topics
+    text = "\n\n".join(topics[k] for k in sorted(topics))[:12000]
+    (reg.repo_root / "datasets/txt/corpus.txt").write_text(text)
+    build_dataset(reg, "txt")
+    build_model(Registry.open(reg.repo_root), "lb")
+    doc = build_model(Registry.open(reg.repo_root), "lq")
+    quality = doc["quantize"]["quality"]
+    assert quality["metric"] == "perplexity" and doc["task"] == "causal-lm"
+    assert quality["quantized"] == doc["metrics"]["perplexity"]
+    assert quality["drop"] == relative_drop("perplexity", quality["parent"], quality["quantized"])
+    assert doc["quantize"]["layers"] == 14  # 2 x (4 attention + 3 MLP); lm_head left as is
+    assert doc["tokenizer"]["from"] == "lb"
+    assert doc["quantize"]["size"]["bytes_after"] < doc["quantize"]["size"]["bytes_before"]
+    built = Registry.open(reg.repo_root)
+    for file, data in weight_files(built, built.model_manifest("lq")):
+        (tmp_path / file).write_bytes(data)
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert type(model.model.layers[0].mlp.down_proj.weight).__name__ == "Int8Tensor"
+    records = load_text(built, "txt", "txt").eval
+    scored = lm_train.score(model, lm_train.blocks(tokenizer, records, 32, packed=True))
+    assert scored["perplexity"] == doc["metrics"]["perplexity"]

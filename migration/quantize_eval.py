@@ -1,0 +1,152 @@
+"""How a quantized build scores its parent and itself: on the spec's eval data, by the task.
+
+Classifiers and regressors (mlp, cnn, timm, torchvision, transformers) are scored on the eval
+split of an array dataset with the task's metrics (migration/evaluate.py); a causal language
+model on the eval split of a text dataset, tokenized with the parent's own tokenizer into
+blocks of the parent's size, by loss and perplexity (migration/lm_train.py). The quantized
+model inherits the parent's tokenizer: its files are outputs of the build, as for any
+causal-LM child.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError
+from stemma.registry.records import ModelSpec
+from stemma.registry.taskspec import CAUSAL_LM, CLASSIFICATION, spec_problems
+from torch import nn
+
+from .data import DatasetArrays, load_dataset
+from .evaluate import evaluate
+from .tasks import for_labels
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The task, what the build read, and how a module is scored (metrics and per_class)."""
+
+    task: str
+    metrics: tuple[str, ...]
+    datasets: dict[str, Any]
+    score: Callable[[nn.Module], dict[str, Any]]
+    outputs: dict[str, bytes] = field(default_factory=dict)
+    """Files the quantized model carries beside its weights (a causal LM's tokenizer)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Manifest keys the task adds (`task`, `tokenizer`)."""
+
+
+def eval_pointer(spec: ModelSpec) -> str:
+    """The spec's pointer to the data it is scored on."""
+    return "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
+
+
+def scoring(
+    reg: Registry, spec: ModelSpec, parent: str, src_manifest: Mapping[str, Any]
+) -> Scoring:
+    """How the parent and the quantized model are scored, after checking that the spec's
+    eval data fits the parent (its task, sample shape and head) and its gates the task."""
+    parent_task = str(src_manifest.get("task", CLASSIFICATION))
+    if parent_task == CAUSAL_LM:
+        found = _lm_scoring(reg, spec, parent, src_manifest)
+    else:
+        found = _array_scoring(reg, spec, parent, src_manifest, parent_task)
+    for where, message in spec_problems(found.task, spec.raw):
+        raise BuildError(f"{spec.path} at {where}: {message}")
+    return found
+
+
+def _dataset_block(reg: Registry, name: str) -> dict[str, Any]:
+    manifest = reg.dataset_manifest(name)
+    assert manifest is not None  # the loaders raised otherwise
+    return {"eval": {"name": name, "id": manifest.id}}
+
+
+def _array_scoring(
+    reg: Registry,
+    spec: ModelSpec,
+    parent: str,
+    src_manifest: Mapping[str, Any],
+    parent_task: str,
+) -> Scoring:
+    pointer = eval_pointer(spec)
+    data = load_dataset(reg, spec.eval, pointer, spec.path)
+    task = for_labels(data.y_eval)
+    if task.name != parent_task:
+        raise BuildError(
+            f"{spec.path} at {pointer}: {spec.eval!r} is a {task.name} dataset, the parent"
+            f" {parent!r} a {parent_task} model"
+        )
+    _fits(spec, dict(src_manifest["architecture"]["config"]), data, pointer)
+
+    def score(module: nn.Module) -> dict[str, Any]:
+        with torch.no_grad():
+            return evaluate(module, data.x_eval, data.y_eval, "cpu")
+
+    extra = {} if task.name == CLASSIFICATION else {"task": task.name}
+    return Scoring(task.name, task.metrics, _dataset_block(reg, spec.eval), score, extra=extra)
+
+
+def _fits(spec: ModelSpec, config: Mapping[str, Any], data: DatasetArrays, pointer: str) -> None:
+    """The eval data fits the parent: its sample shape, and labels within the parent's head."""
+    shape = [int(d) for d in config.get("in_shape") or []]
+    if shape and data.shape != shape:
+        raise BuildError(
+            f"{spec.path} at {pointer}: samples of {spec.eval!r} have shape {data.shape},"
+            f" the parent takes {shape}"
+        )
+    width = config.get("num_classes")
+    task = for_labels(data.y_eval)
+    if not isinstance(width, int) or not len(data.y_eval):
+        return
+    if task.name == CLASSIFICATION:
+        top = int(data.y_eval.max())
+        if top >= width:
+            raise BuildError(
+                f"{spec.path} at {pointer}: {spec.eval!r} has class {top}, the parent"
+                f" only classes 0-{width - 1}"
+            )
+    elif task.outputs(data.y_eval) != width:
+        raise BuildError(
+            f"{spec.path} at {pointer}: {spec.eval!r} has {task.outputs(data.y_eval)}"
+            f" outputs, the parent {width}"
+        )
+
+
+def _lm_scoring(
+    reg: Registry, spec: ModelSpec, parent: str, src_manifest: Mapping[str, Any]
+) -> Scoring:
+    """Perplexity on the eval text, tokenized as the parent was (its tokenizer, block size)."""
+    from . import lm_train
+    from . import tokenizer as tok
+    from .causal_lm import DEFAULT_BLOCK
+    from .textdata import PROMPT_COMPLETION, load_text
+
+    block = src_manifest.get("tokenizer")
+    if not isinstance(block, dict):
+        raise BuildError(f"{spec.path} at /source/model: source model {parent!r} has no tokenizer")
+    shown = reg.rel("models", parent, tok.TOKENIZER_DIR)
+    files = tok.checked_files(reg.model_dir(parent), block, shown, reg.repo_root)
+    tokenizer = tok.load(files, shown)
+    pointer = eval_pointer(spec)
+    text = load_text(reg, spec.eval, f"{spec.path} at {pointer}")
+    size = int((src_manifest.get("lm") or {}).get("block_size", DEFAULT_BLOCK))
+    data = lm_train.blocks(tokenizer, text.eval, size, text.format != PROMPT_COMPLETION)
+    if data.labelled == 0:
+        raise BuildError(f"{spec.path} at {pointer}: the eval split has no tokens to score")
+
+    def score(module: nn.Module) -> dict[str, Any]:
+        return {**lm_train.score(module, data), "per_class": {}}
+
+    return Scoring(
+        CAUSAL_LM,
+        ("loss", "perplexity"),
+        _dataset_block(reg, spec.eval),
+        score,
+        outputs=tok.outputs(files),
+        extra={"task": CAUSAL_LM, "tokenizer": tok.record(files, parent)},
+    )
