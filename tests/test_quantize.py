@@ -192,6 +192,16 @@ def test_relative_drop_follows_the_metric_direction() -> None:
             "at /data/train: 'd09' has class 9, the parent only classes 0-4",
         ),
         (
+            "source: {relation: merge, models: [mq, mb], merge: {method: linear}}\n"
+            "data: {train: d04}\n",
+            "source model 'mq' is quantized (int8_weight_only); derive from its parent 'mb'",
+        ),
+        (
+            "source: {model: mb, relation: quantized}\ndata: {train: d04}\n"
+            "quantize: {method: int8_dynamic, max_drop: 1.5}\n",
+            "at /quantize/max_drop",
+        ),
+        (
             "source: {model: auto, relation: quantized}\ndata: {train: d04}\n"
             "quantize: {method: int8_dynamic}\n",
             "at /source/model",
@@ -312,3 +322,27 @@ def test_a_causal_lm_quantizes_with_its_tokenizer_and_perplexity(
     records = load_text(built, "txt", "txt").eval
     scored = lm_train.score(model, lm_train.blocks(tokenizer, records, 32, packed=True))
     assert scored["perplexity"] == doc["metrics"]["perplexity"]
+
+
+def test_a_weights_link_out_of_the_registry_is_refused(built: Registry, tmp_path: Path) -> None:
+    path = built.model_dir("mq") / "weights.safetensors"
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(path.read_bytes())
+    saved = path.read_bytes()
+    path.unlink()
+    path.symlink_to(outside)
+    try:
+        with pytest.raises(StemmaError, match="outside"):
+            load_model(built, "mq")
+    finally:
+        path.unlink()
+        path.write_bytes(saved)
+
+
+def test_a_model_without_linear_layers_quantizes_nothing() -> None:
+    """torchao quantizes torch.nn.Linear: a build whose parent has none is refused."""
+    from stemma.migration.quantize import quantize_module
+
+    conv = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 3))
+    assert quantize_module(conv, "int8_weight_only")[1] == 0
+    assert type(conv[0].weight) is torch.nn.Parameter
