@@ -190,7 +190,9 @@ def register(
             "--weights",
             "-w",
             help="A .safetensors file, a .pt state dict (loaded with weights_only=True) or a"
-            " Hugging Face folder (config.json + model.safetensors).",
+            " Hugging Face snapshot folder as the Hub ships it (config.json, model.safetensors"
+            " or shards with their index, tokenizer files, README.md card; a base without a"
+            " head is kept as is).",
             show_default=False,
         ),
     ],
@@ -280,6 +282,9 @@ def register(
                 "family": manifest["architecture"]["config"]["family"],
                 "parameters": manifest["parameters"]["total"],
                 "metrics": manifest["metrics"],
+                "source": manifest["source"],
+                "external_sources": manifest["spec"].get("external_sources", []),
+                "tokenizer": sorted((manifest.get("tokenizer") or {}).get("files", {})),
             }
         )
         return

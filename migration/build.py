@@ -51,6 +51,7 @@ from .commit import Stage
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
 from .entrypoints import importable
 from .evaluate import evaluate, evaluate_gates
+from .hubsnapshot import inherit_tokenizer
 from .mapping import plan, report, transfer
 from .numerics import mode_of
 from .numerics import record as numerics_record
@@ -653,6 +654,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         **result.run_notes(),
     )
     adapter_outputs = {f"{ADAPTER_DIR}/{n}": data for n, data in files.items()} if files else {}
+    adapter_outputs.update(inherit_tokenizer(reg, manifest, src_name, src_manifest))
     _write_model(
         reg,
         name,

@@ -40,33 +40,18 @@ from stemma.registry.hubfiles import MAX_CARD_BYTES, hub_id_pattern
 from stemma.registry.yamlio import load_yaml_text
 from torch import nn
 
+from . import tokenizer as tok
 from .families import family_of, require
 from .weights import Hashes, read_checked
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 CARD = "README.md"
-TOKENIZER_DIR = "tokenizer"
 MAX_INDEX_BYTES = 8 << 20
 """An index names each tensor once: a few hundred KB for the largest models on the Hub."""
 MAX_SHARDS = 4096
 MAX_TOKENIZER_BYTES = 64 << 20
 """Per tokenizer file: the largest vocabularies on the Hub are tens of MB."""
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-"""The files transformers' tokenizers read from a folder (the rest of a snapshot is not)."""
 RELATIONS = ("finetune", "adapter", "merge", "quantized")
 """The Hub's `base_model_relation` values."""
 
@@ -110,7 +95,7 @@ def read_snapshot(folder: Path, display: str) -> Snapshot:
         _regular(base, WEIGHTS, display)
         shards, index = (WEIGHTS,), None
     card = card_lineage(base / CARD, f"{display}/{CARD}") if os.path.lexists(base / CARD) else None
-    tokenizer = tuple(n for n in TOKENIZER_FILES if os.path.lexists(base / n))
+    tokenizer = tuple(n for n in sorted(tok.KNOWN_FILES) if os.path.lexists(base / n))
     return Snapshot(base, display, config, shards, index, card or CardLineage(), tokenizer)
 
 
@@ -269,35 +254,21 @@ def card_lineage(path: Path, display: str) -> CardLineage:
 
 
 def tokenizer_files(snap: Snapshot) -> dict[str, bytes]:
-    """`tokenizer/FILE` -> bytes, as the library's `save_pretrained` writes the snapshot's
-    tokenizer; {} when the snapshot has none. The library reads checked copies only."""
+    """The snapshot's tokenizer as the library's `save_pretrained` writes it (file name ->
+    bytes, read back as `tokenizer.read_files` reads a model's); {} when there is none. The
+    library reads checked copies only, never the snapshot folder itself."""
     if not snap.tokenizer:
         return {}
-    transformers = require("transformers")
     with tempfile.TemporaryDirectory(prefix="stemma-tok-") as tmp:
-        src, out = Path(tmp) / "in", Path(tmp) / "out"
-        src.mkdir()
+        out = Path(tmp)
+        files = {}
         for name in snap.tokenizer:
             shown = f"{snap.display}/{name}"
             _regular(snap.folder, name, snap.display)
-            data = read_bytes_file(snap.folder / name, shown, limit=MAX_TOKENIZER_BYTES)
-            (src / name).write_bytes(data or b"")
-        try:
-            tok = transformers.AutoTokenizer.from_pretrained(
-                str(src), local_files_only=True, trust_remote_code=False
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            text = str(exc).strip().splitlines()
-            why = text[0] if text else type(exc).__name__
-            raise ParseError(
-                f"{snap.display}/{snap.tokenizer[0]}", f"the tokenizer does not load: {why}"
-            ) from None
-        tok.save_pretrained(str(out))
-        return {
-            f"{TOKENIZER_DIR}/{p.name}": p.read_bytes()
-            for p in sorted(out.iterdir())
-            if p.is_file() and not p.is_symlink()
-        }
+            files[name] = read_bytes_file(snap.folder / name, shown, limit=tok.MAX_FILE_BYTES)
+        # the library's own loader (local files, no remote code), then its own writer
+        tok.load({n: b or b"" for n, b in files.items()}, snap.display).save_pretrained(str(out))
+        return tok.read_files(out, f"{snap.display} (as saved by the library)")
 
 
 EXTERNAL_KEY = "external_sources"
@@ -324,14 +295,19 @@ def card_parents(reg: Any, card: CardLineage) -> tuple[dict[str, Any] | None, li
     return None, [{"hub_id": b, "relation": relation} for b in card.base_models]
 
 
-def tokenizer_record(files: Mapping[str, bytes]) -> dict[str, Any]:
-    """The manifest's `tokenizer` block: each file's sha256, and where the files came from."""
-    import hashlib
-
-    return {
-        "files": {
-            name.removeprefix(TOKENIZER_DIR + "/"): hashlib.sha256(data).hexdigest()
-            for name, data in sorted(files.items())
-        },
-        "from": "snapshot",
-    }
+def inherit_tokenizer(
+    reg: Any,
+    manifest: dict[str, Any],
+    src_name: str | None,
+    src_manifest: Mapping[str, Any] | None,
+) -> dict[str, bytes]:
+    """A child of a model with a tokenizer (a registered Hub snapshot, say) keeps it: the
+    source's files, checked against its manifest, become the child's outputs
+    (`tokenizer/NAME`) and `manifest["tokenizer"]` records them as from the source."""
+    block = (src_manifest or {}).get("tokenizer")
+    if src_name is None or not isinstance(block, dict):
+        return {}
+    shown = reg.rel("models", src_name, tok.TOKENIZER_DIR)
+    files = tok.checked_files(reg.model_dir(src_name), block, shown, reg.repo_root)
+    manifest["tokenizer"] = tok.record(files, src_name)
+    return tok.outputs(files)

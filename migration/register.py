@@ -22,6 +22,7 @@ from stemma.registry.files import digest
 from stemma.registry.records import MODEL_MANIFEST
 from stemma.registry.registry import SPEC_FILE, WEIGHTS_FILE
 
+from . import tokenizer as tok
 from .architectures import build_module, head_prefix, infer_architecture, make_config
 from .families import HEADLESS, LIBRARY_FAMILIES
 from .hubsnapshot import (
@@ -32,12 +33,13 @@ from .hubsnapshot import (
     load_state,
     read_snapshot,
     tokenizer_files,
-    tokenizer_record,
 )
 from .mapping import plan, report, transfer
 from .weights import read_any, to_bytes
 
 RELATIONS = ("finetune", "adapter", "distill", "quantized", "merge")
+FROM_SNAPSHOT = "snapshot"
+"""The manifest's `tokenizer.from` of a tokenizer registered with a Hub snapshot."""
 
 
 def _read(
@@ -255,8 +257,8 @@ def register(
         "run": _run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
     }
     if tokenizer:
-        manifest["tokenizer"] = tokenizer_record(tokenizer)
-    outputs = {WEIGHTS_FILE: blob, **tokenizer}
+        manifest["tokenizer"] = tok.record(tokenizer, FROM_SNAPSHOT)
+    outputs = {WEIGHTS_FILE: blob, **tok.outputs(tokenizer)}
     _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
     dvc_track(reg, reg.rel("models", name, WEIGHTS_FILE))
     return manifest

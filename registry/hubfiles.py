@@ -227,6 +227,7 @@ def weight_files(
     return [
         (CONFIG_NAME, _dump(doc)),
         (WEIGHTS_NAME, _checked(reg, manifest, weights, "/weights/path")),
+        *tokenizer_files(reg, manifest),  # a classifier of text keeps its tokenizer too
     ]
 
 

@@ -137,9 +137,11 @@ def test_card_base_model_links_to_a_registered_model(
 def test_external_parent_in_lineage_and_edges(
     registry: Registry, snapshots: dict[str, Path], cli: Any
 ) -> None:
-    from stemma.migration.register import register
-
-    register(registry, "tiny", snapshots["base"])
+    res = cli(["register", "tiny", "--weights", str(snapshots["base"]), "--json"], registry.root)
+    assert res.code == 0, res.stderr
+    shown = json.loads(res.stdout)
+    assert shown["external_sources"] == [{"hub_id": "google/bert-tiny", "relation": "finetune"}]
+    assert shown["source"] is None and "tokenizer.json" in shown["tokenizer"]
     res = cli(["query", "--json", "select * from edges where kind = 'derived_from'"], registry.root)
     assert res.code == 0, res.stderr
     rows = json.loads(res.stdout)
@@ -353,9 +355,9 @@ def test_all_minilm_registers_unchanged_and_a_child_fine_tunes_and_exports(
     res = cli(["export", "card", "kid", str(out), "--weights"], reg.root)
     assert res.code == 0, res.stderr
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(out))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        str(out if (out / "tokenizer.json").is_file() else reg.model_dir("minilm") / "tokenizer")
-    )
+    assert manifest["tokenizer"]["from"] == "minilm"  # inherited, hashed, exported
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer(texts[:2])["input_ids"] == tok(texts[:2])["input_ids"]
     from stemma.migration.build import load_model
 
     ours = load_model(reg, "kid")
