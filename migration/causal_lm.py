@@ -16,7 +16,7 @@ adapter files), manifest, metrics and curve, plus the tokenizer files.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ from .mapping import report
 from .strategy import Strategy, prepare_target
 from .textdata import PROMPT_COMPLETION, TextSplits, load_text, manifest_block, materialize_text
 from .textdata import npz_bytes as text_npz_bytes
-from .train import TrainConfig
+from .train import Progress, TrainConfig
 
 DEFAULT_BLOCK = 64
 DEFAULT_NEW_TOKENS = 16
@@ -235,7 +235,7 @@ def _source_module(reg: Registry, src: str) -> nn.Module:
 def build_lm(
     reg: Registry,
     name: str,
-    progress: Callable[[int, int, float], None] | None,
+    progress: Progress | None,
     started: str,
     begin: float,
 ) -> dict[str, Any]:

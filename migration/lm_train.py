@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .textdata import Record
-from .train import TrainConfig, cpu_threads, make_optimizer, set_deterministic
+from .train import Progress, TrainConfig, cpu_threads, make_optimizer, set_deterministic
 
 IGNORE = -100  # the label transformers' and torch's losses skip
 DECIMALS = 6
@@ -47,7 +47,9 @@ class Blocks:
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
-    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    # blocks are cut here, so a text longer than the tokenizer's model_max_length is no error
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return [int(i) for i in ids]
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -128,7 +130,11 @@ class LMRun:
 
 
 def train_lm(
-    model: nn.Module, train: Blocks, evals: Blocks, cfg: TrainConfig, progress: Any = None
+    model: nn.Module,
+    train: Blocks,
+    evals: Blocks,
+    cfg: TrainConfig,
+    progress: Progress | None = None,
 ) -> LMRun:
     """Seeded, deterministic training on the CPU: shuffled blocks, mean token loss per batch."""
     with cpu_threads(torch.device("cpu")):  # more threads only contend on a small model
@@ -136,7 +142,11 @@ def train_lm(
 
 
 def _train(
-    model: nn.Module, train: Blocks, evals: Blocks, cfg: TrainConfig, progress: Any = None
+    model: nn.Module,
+    train: Blocks,
+    evals: Blocks,
+    cfg: TrainConfig,
+    progress: Progress | None = None,
 ) -> LMRun:
     set_deterministic(True)
     torch.manual_seed(cfg.seed)
@@ -163,16 +173,15 @@ def _train(
             total += loss.item()
             batches += 1
         ev = score(model, evals)
-        curve.append(
-            {
-                "epoch": epoch,
-                "train_loss": round(total / max(batches, 1), DECIMALS),
-                "eval_loss": ev["loss"],
-                "eval_perplexity": ev["perplexity"],
-            }
-        )
-        if progress is not None:
-            progress(epoch, cfg.epochs, total / max(batches, 1))
+        row = {
+            "epoch": epoch,
+            "train_loss": round(total / max(batches, 1), DECIMALS),
+            "eval_loss": ev["loss"],
+            "eval_perplexity": ev["perplexity"],
+        }
+        curve.append(row)
+        if progress is not None:  # the CLI's bar shows the row (train.Progress)
+            progress(epoch, cfg.epochs, row)
     model.eval()
     return LMRun(curve, time.perf_counter() - begin, "cpu")
 

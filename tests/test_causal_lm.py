@@ -370,3 +370,11 @@ def test_hf_disk_text_column_is_a_text_dataset(tmp_path: Path) -> None:
         lambda: materialize_text({**spec, "fields": {}}, "spec.yaml", lambda r: tmp_path / r),
         "no text column 'text'",
     )
+
+
+def test_cli_build_reports_progress(built: Registry, tmp_path: Path, cli: Any) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(built.repo_root, root, symlinks=True)
+    res = cli(["build", "model", "lm-sft"], root)
+    assert res.code == 0, res.stderr
+    assert "perplexity" in res.stdout
