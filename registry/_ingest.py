@@ -414,7 +414,7 @@ def _insert_manifests(
     read: list[str] = []
 
     def load(chunk: list[str]) -> list[tuple[str, str]]:
-        texts = (_snapshot.read_text(reg.root, p, stamps[p][0], reg.rel_root) for p in chunk)
+        texts = _snapshot.read_texts(reg.root, chunk, reg.rel_root)
         return [(p, t) for p, t in zip(chunk, texts, strict=True) if t is not None]
 
     for model, chunk in chunks:

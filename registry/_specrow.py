@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._snapshot import display, read_text
+from ._snapshot import display, read_texts
 from .errors import SchemaError, StemmaError
 from .parents import parents_of, primary
 
@@ -149,7 +149,6 @@ def read_specs(
     """Canonical JSON of each spec (None for a file that vanished); raises the located
     error of the first bad one."""
     out: list[str | None] = []
-    for path, size in zip(paths, sizes, strict=True):
-        text = read_text(root, path, size, prefix)
+    for path, text in zip(paths, read_texts(root, list(paths), prefix), strict=True):
         out.append(None if text is None else spec_json(display(prefix, path), text))
     return out

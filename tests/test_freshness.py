@@ -126,3 +126,50 @@ def test_pipeline_files_are_flushed_once_per_batch(
     assert len(fsyncs) + len(syncs) <= 2, (len(fsyncs), len(syncs))
     assert pipefiles.differences(reg) == []
     assert not list(reg.root.glob("models/*/.dvc.yaml.*.tmp"))
+
+
+def test_a_cold_index_checks_links_per_folder_not_per_file(
+    reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.rmtree(reg.repo_root / ".stemma", ignore_errors=True)
+    lstats = _counting(monkeypatch, os, "lstat")
+    assert len(query(reg, "SELECT name FROM models")) == 30
+    files = sum(1 for _ in reg.root.glob("*/*/*.yaml")) + sum(
+        1 for _ in reg.root.glob("*/*/manifest.json")
+    )
+    # Folders and files are opened without following links: no lstat of each file's path.
+    assert len(lstats) < files // 2, len(lstats)
+
+
+@pytest.mark.parametrize("case", ["outside", "inside", "fifo", "huge", "utf16"])
+def test_a_cold_index_refuses_or_reads_the_unusual_file(
+    reg: Registry, tmp_path: Path, case: str
+) -> None:
+    from stemma.registry.errors import StemmaError
+    from stemma.registry.files import MAX_TEXT_BYTES
+
+    shutil.rmtree(reg.repo_root / ".stemma", ignore_errors=True)
+    name = synth.model_name(5)
+    manifest = reg.root / "models" / name / "manifest.json"
+    if case == "outside":
+        (tmp_path / "out.json").write_bytes(manifest.read_bytes())
+        manifest.unlink()
+        manifest.symlink_to(tmp_path / "out.json")
+    elif case == "inside":  # a link that stays inside the registry is read
+        (reg.root / "kept.json").write_bytes(manifest.read_bytes())
+        manifest.unlink()
+        manifest.symlink_to(reg.root / "kept.json")
+        rows = query(reg, f"SELECT id FROM models WHERE name = '{name}'").rows
+        assert rows[0][0] is not None
+        return
+    elif case == "fifo":
+        manifest.unlink()
+        os.mkfifo(manifest)
+    elif case == "huge":
+        with open(manifest, "ab") as fh:
+            fh.truncate(MAX_TEXT_BYTES + 1)
+    else:
+        manifest.write_bytes(manifest.read_text().encode("utf-16"))
+    with pytest.raises(StemmaError) as err:
+        query(reg, "SELECT 1")
+    assert f"models/{name}/manifest.json" in str(err.value)
