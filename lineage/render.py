@@ -88,6 +88,11 @@ def _label(g: nx.MultiDiGraph, key: str) -> str:
     return name
 
 
+def _name(g: nx.MultiDiGraph, key: str) -> str:
+    """A node's name as the tree shows it (a key not in the graph: its name part)."""
+    return _label(g, key) if key in g else key.partition(":")[2] or key
+
+
 def _short(mid: Any) -> str:
     return str(mid).removeprefix("sha256:")[:12] if mid else ""
 
@@ -111,35 +116,48 @@ def to_tree(
     members = set(inside)
     # The edges among the members, from the graph's name-level index.
     index = lineage_index(g)
-    parent = {m: p for m in inside if (p := index.parent.get(m)) is not None and p in members}
+    # every parent of a model (a merge has several: `parents.parents_of`), first the source
+    every = {
+        m: [index.parent[m], *index.forest.more.get(m, ())] for m in inside if m in index.parent
+    }
+    ups = {m: found for m in inside if (found := [p for p in every.get(m, ()) if p in members])}
     uses = {m: [d for d in ds if d in members] for m, ds in index.uses.items() if m in members}
     children: dict[str, list[str]] = {}
     for m in sorted(members):
-        if m in parent:
-            children.setdefault(parent[m], []).append(m)
+        if m in ups:  # a merge hangs under each of its parents; drawn in full under the first
+            for p in ups[m]:
+                children.setdefault(p, []).append(m)
         elif focus is not None and focus in uses.get(m, ()):
             children.setdefault(focus, []).append(m)
+    for kids in children.values():
+        kids.sort()
     focus_is_dataset = focus is not None and g.nodes.get(focus, {}).get("kind") == "dataset"
     roots = [focus] if focus_is_dataset and focus in members else []
     roots += [
         m
         for m in sorted(members)
         if g.nodes[m].get("kind") == "model"
-        and m not in parent
+        and m not in ups
         and not (focus_is_dataset and focus in uses.get(m, ()))
     ]
     if not any(g.nodes[m].get("kind") == "model" for m in members):
         roots = sorted(members)
     lines: list[str] = []
-    done: set[str] = set()
+    done: dict[str, str] = {}  # drawn node -> the parent it was drawn under ("" for a root)
+
+    def relation(key: str) -> str:
+        rel = str(g.nodes[key].get("relation") or "")
+        if len(every.get(key, ())) > 1:  # a merge names all its parents, drawn here or not
+            rel = f"{rel or 'merge'} of " + ", ".join(_name(g, p) for p in every[key])
+        return f" ({rel})" if rel else ""
 
     def line(key: str) -> str:
         attrs = g.nodes[key]
         text = _label(g, key)
         if attrs.get("kind") == "dataset":
             text += " (dataset)"
-        elif key in parent and attrs.get("relation"):
-            text += f" ({attrs['relation']})"
+        elif key in ups:
+            text += relation(key)
         status = str(attrs.get("status") or "")
         short = _short(attrs.get("id"))
         text += f" [{status}{' ' + short if short else ''}]" if status else ""
@@ -154,24 +172,30 @@ def to_tree(
 
     def walk(root: str) -> None:
         # Iterative: a lineage can be deeper than Python's recursion limit.
-        stack = [(root, "", True, True)]
+        stack = [(root, "", True, True, "")]
         while stack:
-            key, prefix, last, top = stack.pop()
-            if key in done:
-                continue
-            done.add(key)
+            key, prefix, last, top, above = stack.pop()
             branch = "" if top else ("└── " if last else "├── ")
+            if key in done:
+                # a merge met again under another parent: one line pointing to the full one
+                first = done[key]
+                where = f" under {_name(g, first)}" if first else ""
+                lines.append(
+                    f"{prefix}{branch}{_label(g, key)}{relation(key)} ↑ drawn above{where}"
+                )
+                continue
+            done[key] = above
             lines.append(prefix + branch + line(key))
-            kids = [c for c in children.get(key, ()) if c not in done]
+            kids = [c for c in children.get(key, ()) if c not in done or len(ups.get(c, ())) > 1]
             deeper = prefix if top else prefix + ("    " if last else "│   ")
             for i in reversed(range(len(kids))):
-                stack.append((kids[i], deeper, i == len(kids) - 1, False))
+                stack.append((kids[i], deeper, i == len(kids) - 1, False, key))
 
     for root in roots:
         walk(root)
     # Models in a cycle have no root above them: list them so nothing is hidden.
     for key in sorted(members):
-        if g.nodes[key].get("kind") == "model":
+        if g.nodes[key].get("kind") == "model" and key not in done:
             walk(key)
     return "\n".join(lines) + "\n" if lines else ""
 

@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.parents import NEEDS_BASE, combined_id, parent_refs, problems
+from stemma.registry.parents import NEEDS_BASE, combined_id, parent_refs, parents_of, problems
 from stemma.registry.records import ModelSpec
+from stemma.registry.taskspec import CAUSAL_LM
+from torch import nn
 
 # -- the methods (mergekit's definitions) ---------------------------------------------------
 
@@ -256,15 +258,23 @@ def merge_states(
 # -- the build ------------------------------------------------------------------------------
 
 
-def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> dict[str, Any]:
-    """Build a merge spec: load and check every parent, merge on the CPU in float32,
-    evaluate on the spec's eval data, gate, and write weights and manifest as one unit."""
+@dataclass(frozen=True)
+class Merged:
+    """A merge computed from its parents' stored tensors: what the build writes and what
+    `stemma verify` compares the stored weights with."""
+
+    plan: MergePlan
+    manifests: Mapping[str, Mapping[str, Any]]
+    state: dict[str, torch.Tensor]
+    contributed: list[dict[str, Any]]
+    base: str | None
+    config: dict[str, Any]
+
+
+def merged_from_parents(reg: Registry, spec: ModelSpec) -> Merged:
+    """Load every parent (hash-checked against its manifest, as any source), check they
+    share one architecture, and merge them on the CPU in float32."""
     from . import build as _b
-    from .architectures import build_module
-    from .evaluate import evaluate, evaluate_gates
-    from .mapping import plan as map_plan
-    from .mapping import report, transfer
-    from .tasks import get as get_task
 
     display = spec.path
     p = plan_of(spec)
@@ -286,7 +296,7 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         merged = {
             k: v.to(torch.float32) if v.is_floating_point() else v for k, v in states[first].items()
         }
-        base_name = str(manifests[first]["adapter"]["base"]["model"])
+        base_name: str | None = str(manifests[first]["adapter"]["base"]["model"])
         contributed = [{"name": k, "parents": [first]} for k in merged]
     else:
         for name, manifest in manifests.items():
@@ -298,20 +308,89 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         with torch.no_grad():
             merged, contributed = merge_states(p, states, display)
         base_name = p.base
-    train_data, eval_data, datasets = _b._data(reg, spec)
-    task = get_task(train_data.task)
-    width = _b._outputs(spec, task.name, train_data, eval_data)
-    if config.get("num_classes") not in (None, width):
-        raise BuildError(
-            f"{display} at /data/eval: the merged model has {config.get('num_classes')} outputs,"
-            f" {spec.eval!r} needs {width}"
+    return Merged(p, manifests, merged, contributed, base_name, config)
+
+
+def recheck(reg: Registry, manifest: Mapping[str, Any], name: str) -> tuple[bool, str]:
+    """(passed, message): the merge recomputed from its parents' stored weights as they are
+    now equals the stored merged weights bit for bit (`stemma verify`'s frozen check: every
+    tensor of a merge comes from its parents). A parent whose weights no longer match its
+    manifest, or that is gone, fails with the build's own message."""
+    from .weights import load_weights
+
+    display = reg.rel("models", name, "manifest.json")
+    spec = ModelSpec.from_dict(name, manifest["spec"], display)
+    own = str(manifest["weights"].get("path", "weights.safetensors"))
+    try:
+        done = merged_from_parents(reg, spec)
+        stored = load_weights(reg.model_dir(name) / own, reg.rel("models", name, own))
+    except BuildError as exc:
+        return False, exc.message
+    names = ", ".join(parents_of(spec))
+    changed = [
+        k
+        for k in sorted(set(stored) | set(done.state))
+        if k not in stored
+        or k not in done.state
+        or stored[k].dtype != done.state[k].dtype
+        or stored[k].shape != done.state[k].shape
+        or not torch.equal(stored[k], done.state[k])
+    ]
+    if changed:
+        shown = ", ".join(changed[:8]) + (
+            f" and {len(changed) - 8} more" if len(changed) > 8 else ""
         )
-    with torch.random.fork_rng(devices=[]):
-        module = build_module(config, reg.settings.entrypoints, display)
-    transfer(module, merged, map_plan(merged, module.state_dict(), "exact", display))
-    module.eval()
-    scored = evaluate(module, eval_data.x_eval, eval_data.y_eval, "cpu")
-    metrics = {m: scored[m] for m in task.metrics}
+        return False, (
+            f"merged tensors differ from the {done.plan.method} merge of {names} as stored now:"
+            f" {shown} ({reg.rel('models', name, own)} changed by hand, or a parent rebuilt:"
+            " run `stemma repro`)"
+        )
+    return True, f"{len(stored)} tensors equal the {done.plan.method} merge of {names} bit for bit"
+
+
+def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> dict[str, Any]:
+    """Build a merge spec: load and check every parent, merge on the CPU in float32,
+    evaluate on the spec's eval data, gate, and write weights and manifest as one unit."""
+    from . import build as _b
+    from .evaluate import evaluate, evaluate_gates
+    from .mapping import report
+    from .tasks import get as get_task
+
+    display = spec.path
+    done = merged_from_parents(reg, spec)
+    p, manifests, merged, config = done.plan, done.manifests, done.state, done.config
+    contributed, base_name = done.contributed, done.base
+    first = p.base if p.base is not None else p.models[0]
+    files = _one_tokenizer(reg, spec, done)
+    extra: dict[str, Any] = {}
+    outputs: dict[str, bytes] = {}
+    if done.manifests[first].get("task") == CAUSAL_LM:  # perplexity, as a quantized LM's
+        from .quantize_eval import scoring
+
+        found = scoring(reg, spec, first, done.manifests[first])
+        datasets, extra, outputs = found.datasets, dict(found.extra), dict(found.outputs)
+        module = _module(reg, config, merged, display)
+        scored = found.score(module)
+        metrics = {m: scored[m] for m in found.metrics}
+    else:
+        train_data, eval_data, datasets = _b._data(reg, spec)
+        task = get_task(train_data.task)
+        width = _b._outputs(spec, task.name, train_data, eval_data)
+        if config.get("num_classes") not in (None, width):
+            raise BuildError(
+                f"{display} at /data/eval: the merged model has {config.get('num_classes')}"
+                f" outputs, {spec.eval!r} needs {width}"
+            )
+        module = _module(reg, config, merged, display)
+        scored = evaluate(module, eval_data.x_eval, eval_data.y_eval, "cpu")
+        metrics = {m: scored[m] for m in task.metrics}
+        if task.name != "classification":
+            extra["task"] = task.name
+    if files is not None:  # the parents' one tokenizer, carried beside the merged weights
+        from . import tokenizer as tok
+
+        extra["tokenizer"] = tok.record(files, first)
+        outputs = tok.outputs(files)
     rows, _ = report(module, None)
     for row in rows:  # every tensor comes from the parents: none is new
         row["origin"], row["frozen"], row["source_name"] = "transferred", True, row["name"]
@@ -344,9 +423,52 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         "per_class": scored["per_class"],
         "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
         "checks": {},
+        **extra,
     }
-    if task.name != "classification":
-        manifest["task"] = task.name
     manifest["run"] = _b._run_block(reg, started, begin, device="cpu", seed=0, deterministic=True)
-    _b._write_model(reg, spec.name, manifest, module.state_dict(), metrics, [])
+    _b._write_model(reg, spec.name, manifest, module.state_dict(), metrics, [], outputs)
     return manifest
+
+
+def _module(
+    reg: Registry, config: Mapping[str, Any], merged: Mapping[str, torch.Tensor], display: str
+) -> nn.Module:
+    """The parents' architecture holding the merged tensors, in eval mode."""
+    from .architectures import build_module
+    from .mapping import plan as map_plan
+    from .mapping import transfer
+
+    with torch.random.fork_rng(devices=[]):
+        module = build_module(dict(config), reg.settings.entrypoints, display)
+    transfer(module, merged, map_plan(merged, module.state_dict(), "exact", display))
+    module.eval()
+    return module
+
+
+def _one_tokenizer(reg: Registry, spec: ModelSpec, done: Merged) -> dict[str, bytes] | None:
+    """The tokenizer files every parent shares (hash-checked), or None when none has one; a
+    parent with another tokenizer, or with none beside one that has, is refused: the merged
+    weights index one vocabulary."""
+    from . import tokenizer as tok
+
+    refs = [r for r in parent_refs(spec) if r.name in done.manifests]
+    blocks = {r.name: done.manifests[r.name].get("tokenizer") for r in refs}
+    if not any(isinstance(b, Mapping) for b in blocks.values()):
+        return None
+    first = refs[0].name
+    want = dict((blocks[first] or {}).get("files") or {})
+    for ref in refs[1:]:
+        have = dict((blocks[ref.name] or {}).get("files") or {})
+        if have != want:
+            odd = sorted(set(have.items()) ^ set(want.items()))
+            what = f"another tokenizer than {first!r} ({odd[0][0]} differs)"
+            if not (have and want):
+                what = f"a tokenizer and {first!r} none" if have else "no tokenizer"
+            raise BuildError(
+                f"{spec.path} at {ref.pointer}: {ref.name!r} has {what}; a merge needs the"
+                " one tokenizer all its parents share"
+            )
+    block = blocks[first]
+    assert isinstance(block, Mapping)
+    shown = reg.rel("models", first, tok.TOKENIZER_DIR)
+    return tok.checked_files(reg.model_dir(first), block, shown, reg.repo_root)

@@ -38,6 +38,7 @@ from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
 from stemma.registry.files import file_hashes, read_json
 from stemma.registry.locks import LOCK_FILE
 from stemma.registry.lockstate import unlocked
+from stemma.registry.parents import recorded_parents
 from stemma.registry.pipeline import PIPELINE_FILE
 from stemma.registry.registry import (
     DATA_FILE,
@@ -203,28 +204,29 @@ def _staleness(reg: Registry, manifest: Mapping[str, Any], name: str) -> list[Fi
     if source is None:
         out.append(Finding("source", SKIP, "no source model"))
         return out
-    parent = reg.model_manifest(source["model"]) if reg.has_model(source["model"]) else None
-    if parent is None:  # the status rule (`ls`) has nothing to compare: not stale for it either
-        out.append(
-            Finding(
-                "source",
-                SKIP,
-                f"source model {source['model']!r} has no manifest; the recorded id"
-                f" {source['id'][7:19]} cannot be compared (build it: dvc repro)",
-            )
-        )
-    elif status.staleness(None, None, parent.id, source["id"]) == status.SOURCE_CHANGED:
-        out.append(
-            Finding(
-                "source",
-                FAIL,
-                f"source model {source['model']!r} changed since the build (recorded"
-                f" {source['id'][7:19]}, now {parent.id[7:19]}); run `dvc repro`",
-            )
-        )
-    else:
-        out.append(Finding("source", PASS, f"source {source['model']} {source['id'][7:19]}"))
+    for model, recorded in recorded_parents(manifest):  # a merge: each of its parents
+        out.append(_parent_finding(reg, model, str(recorded)))
     return out
+
+
+def _parent_finding(reg: Registry, model: str, recorded: str) -> Finding:
+    """Whether the parent `model` still has the manifest id the build recorded for it."""
+    parent = reg.model_manifest(model) if reg.has_model(model) else None
+    if parent is None:  # the status rule (`ls`) has nothing to compare: not stale for it either
+        return Finding(
+            "source",
+            SKIP,
+            f"source model {model!r} has no manifest; the recorded id"
+            f" {recorded[7:19]} cannot be compared (build it: dvc repro)",
+        )
+    if status.staleness(None, None, parent.id, recorded) == status.SOURCE_CHANGED:
+        return Finding(
+            "source",
+            FAIL,
+            f"source model {model!r} changed since the build (recorded"
+            f" {recorded[7:19]}, now {parent.id[7:19]}); run `dvc repro`",
+        )
+    return Finding("source", PASS, f"source {model} {recorded[7:19]}")
 
 
 def _pipeline_files(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
@@ -295,6 +297,11 @@ def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
         return Finding("frozen", SKIP, "an adapter stores no base tensors; its base is checked")
     if not rows or source is None:
         return Finding("frozen", SKIP, "no frozen tensors from a source")
+    if manifest.get("merge"):  # every tensor is the merge of its parents': recomputed
+        from .merge import recheck
+
+        passed, message = recheck(reg, manifest, name)
+        return Finding("frozen", PASS if passed else FAIL, message)
     with torch.random.fork_rng(devices=[]):
         module = build_module(manifest["architecture"]["config"], reg.settings.entrypoints, name)
     # Buffers are never trainable, so rows mark them frozen; only parameters are held fixed.
@@ -410,9 +417,8 @@ def _needed_datasets(reg: Registry, name: str) -> set[str]:
     spec = reg.model_spec(name)
     names = set(spec.dataset_refs().values())
     manifest = reg.model_manifest(name)
-    source = (manifest.raw.get("source") if manifest else None) or {}
-    if source.get("model"):
-        parent = reg.model_manifest(source["model"])
+    for model, _ in recorded_parents(manifest.raw if manifest else {}):  # a merge: every one
+        parent = reg.model_manifest(model)
         train = ((parent.raw.get("datasets") or {}).get("train") or {}) if parent else {}
         if train.get("name"):
             names.add(str(train["name"]))
@@ -434,20 +440,29 @@ def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
     for file in (SPEC_FILE, _EXPLORATION_FILE):
         _copy(reg.root / mine / file, root / mine / file)
     manifest = reg.model_manifest(name)
-    source = (manifest.raw.get("source") if manifest else None) or {}
-    if source.get("model"):
-        from .shards import weights_files
-
-        theirs = Path("models", source["model"])
-        found = reg.model_manifest(source["model"])
-        block = found.raw["weights"] if found else {}
-        for file in (SPEC_FILE, MANIFEST_FILE, *weights_files(block, WEIGHTS_FILE)):
-            _copy(reg.root / theirs / file, root / theirs / file)
+    for model, _ in recorded_parents(manifest.raw if manifest else {}):  # a merge: every one
+        _copy_parent(reg, root, model)
     for dataset in sorted(_needed_datasets(reg, name)):
         rel = Path("datasets", dataset)
         for file in (SPEC_FILE, MANIFEST_FILE, DATA_FILE):
             _copy(reg.root / rel / file, root / rel / file)
     return Registry.open(folder)
+
+
+def _copy_parent(reg: Registry, root: Path, model: str) -> None:
+    """A parent's spec, manifest and weights into the copy; an adapter's config and its
+    base too, which loading the adapter composes with."""
+    from .shards import weights_files
+
+    theirs = Path("models", model)
+    found = reg.model_manifest(model)
+    block = found.raw["weights"] if found else {}
+    adapter = (found.raw.get("adapter") if found else None) or {}
+    extra = [str(adapter["config"]["path"])] if adapter.get("config") else []
+    for file in (SPEC_FILE, MANIFEST_FILE, *weights_files(block, WEIGHTS_FILE), *extra):
+        _copy(reg.root / theirs / file, root / theirs / file)
+    if adapter.get("base") and adapter["base"].get("model") != model:
+        _copy_parent(reg, root, str(adapter["base"]["model"]))
 
 
 def _tolerances(devices: set[str]) -> dict[str, float]:
