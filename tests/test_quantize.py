@@ -314,6 +314,7 @@ def test_a_causal_lm_quantizes_with_its_tokenizer_and_perplexity(
     assert doc["tokenizer"]["from"] == "lb"
     assert doc["quantize"]["size"]["bytes_after"] < doc["quantize"]["size"]["bytes_before"]
     built = Registry.open(reg.repo_root)
+    assert build_model(built, "lq")["id"] == doc["id"]  # deterministic
     for file, data in weight_files(built, built.model_manifest("lq")):
         (tmp_path / file).write_bytes(data)
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
