@@ -75,6 +75,7 @@ _DETECTION_KINDS = ("coco:", "shapes:detect")  # boxes per image
 _CLASSIFY_KINDS = ("shapes:classify",)  # one generated shape per image
 _TEXT_KINDS = ("text:", "jsonl:")  # plain text, prompt/completion records
 AUGMENT_KEY = "augment"  # training.augment: train-time augmentation, detection builds only
+LM_KEYS = ("tokenizer", "lm")  # model spec blocks only a causal-lm build reads
 
 
 def gate_names(task: str) -> tuple[str, ...]:
@@ -130,6 +131,9 @@ def spec_problems(task: str, spec: Mapping[str, Any]) -> list[tuple[str, str]]:
         found.append(
             (f"/training/{AUGMENT_KEY}", f"train-time augmentation needs detection, not {task}")
         )
+    for key in LM_KEYS:  # a tokenizer or token blocks mean nothing to another task's build
+        if task != CAUSAL_LM and key in spec:
+            found.append((f"/{key}", f"{key} needs a causal-lm (text) dataset, not {task}"))
     allowed = gate_names(task)
     for metric in sorted(spec.get("gates") or {}):
         if metric not in allowed:

@@ -378,3 +378,9 @@ def test_cli_build_reports_progress(built: Registry, tmp_path: Path, cli: Any) -
     res = cli(["build", "model", "lm-sft"], root)
     assert res.code == 0, res.stderr
     assert "perplexity" in res.stdout
+
+
+def test_lm_keys_are_refused_for_other_tasks() -> None:
+    found = spec_problems("classification", {"tokenizer": "tok", "lm": {"block_size": 8}})
+    assert [p for p, _ in found] == ["/tokenizer", "/lm"]
+    assert spec_problems(CAUSAL_LM, {"tokenizer": "tok", "lm": {"block_size": 8}}) == []
