@@ -39,6 +39,7 @@ from . import weights as _weights
 from .architectures import build_module
 from .evaluate import evaluate_gates
 from .families import require
+from .hubsnapshot import inherit_tokenizer
 from .mapping import plan, transfer
 from .quantize_eval import scoring
 
@@ -325,12 +326,13 @@ def build_quantized(
     manifest["run"] = _build._run_block(
         reg, started, begin, device="cpu", quantize_s=round(seconds, 3)
     )
-    outputs = {
+    outputs: dict[str, Any] = {
         WEIGHTS_FILE: blob,
         _build.METRICS_FILE: dict(metrics),
         _build.CURVE_FILE: [],
-        **scored.outputs,
     }
+    # the parent's tokenizer, as every child of a model with one keeps it (the same files)
+    outputs.update(inherit_tokenizer(reg, manifest, parent, src_manifest))
     folder = reg.model_dir(name)
     _build._commit(reg, folder, "models", manifest, MODEL_MANIFEST, outputs)
     return manifest

@@ -4,8 +4,7 @@ Classifiers and regressors (mlp, cnn, timm, torchvision, transformers) are score
 split of an array dataset with the task's metrics (migration/evaluate.py); a causal language
 model on the eval split of a text dataset, tokenized with the parent's own tokenizer into
 blocks of the parent's size, by loss and perplexity (migration/lm_train.py). The quantized
-model inherits the parent's tokenizer: its files are outputs of the build, as for any
-causal-LM child.
+model inherits the parent's tokenizer like any child (migration/hubsnapshot.py).
 """
 
 from __future__ import annotations
@@ -34,10 +33,8 @@ class Scoring:
     metrics: tuple[str, ...]
     datasets: dict[str, Any]
     score: Callable[[nn.Module], dict[str, Any]]
-    outputs: dict[str, bytes] = field(default_factory=dict)
-    """Files the quantized model carries beside its weights (a causal LM's tokenizer)."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Manifest keys the task adds (`task`, `tokenizer`)."""
+    """Manifest keys the task adds (`task`)."""
 
 
 def eval_pointer(spec: ModelSpec) -> str:
@@ -88,7 +85,7 @@ def _array_scoring(
             return evaluate(module, data.x_eval, data.y_eval, "cpu")
 
     extra = {} if task.name == CLASSIFICATION else {"task": task.name}
-    return Scoring(task.name, task.metrics, _dataset_block(reg, spec.eval), score, extra=extra)
+    return Scoring(task.name, task.metrics, _dataset_block(reg, spec.eval), score, extra)
 
 
 def _fits(spec: ModelSpec, config: Mapping[str, Any], data: DatasetArrays, pointer: str) -> None:
@@ -147,6 +144,5 @@ def _lm_scoring(
         ("loss", "perplexity"),
         _dataset_block(reg, spec.eval),
         score,
-        outputs=tok.outputs(files),
-        extra={"task": CAUSAL_LM, "tokenizer": tok.record(files, parent)},
+        {"task": CAUSAL_LM},
     )
