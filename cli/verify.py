@@ -33,6 +33,9 @@ def verify(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Re-check hashes, schema, id, staleness, gates, checks, frozen tensors; exit 1 on failure."""
+    from stemma.migration.numerics import pin_for_repo
+
+    pin_for_repo(repo)  # before torch loads: a merge is recomputed on the build's code paths
     from stemma.migration.verify import verify_model
 
     reg = Registry.open(repo)

@@ -29,6 +29,8 @@ from stemma.registry.records import ModelSpec
 from stemma.registry.taskspec import CAUSAL_LM
 from torch import nn
 
+from .hubsnapshot import inherit_tokenizer
+
 # -- the methods (mergekit's definitions) ---------------------------------------------------
 
 
@@ -361,14 +363,13 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     p, manifests, merged, config = done.plan, done.manifests, done.state, done.config
     contributed, base_name = done.contributed, done.base
     first = p.base if p.base is not None else p.models[0]
-    files = _one_tokenizer(reg, spec, done)
+    keeper = _one_tokenizer(spec, done)
     extra: dict[str, Any] = {}
-    outputs: dict[str, bytes] = {}
     if done.manifests[first].get("task") == CAUSAL_LM:  # perplexity, as a quantized LM's
         from .quantize_eval import scoring
 
         found = scoring(reg, spec, first, done.manifests[first])
-        datasets, extra, outputs = found.datasets, dict(found.extra), dict(found.outputs)
+        datasets, extra = found.datasets, dict(found.extra)
         module = _module(reg, config, merged, display)
         scored = found.score(module)
         metrics = {m: scored[m] for m in found.metrics}
@@ -386,11 +387,6 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         metrics = {m: scored[m] for m in task.metrics}
         if task.name != "classification":
             extra["task"] = task.name
-    if files is not None:  # the parents' one tokenizer, carried beside the merged weights
-        from . import tokenizer as tok
-
-        extra["tokenizer"] = tok.record(files, first)
-        outputs = tok.outputs(files)
     rows, _ = report(module, None)
     for row in rows:  # every tensor comes from the parents: none is new
         row["origin"], row["frozen"], row["source_name"] = "transferred", True, row["name"]
@@ -425,6 +421,8 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         "checks": {},
         **extra,
     }
+    # the parents' one tokenizer, kept beside the merged weights as any child keeps its source's
+    outputs = inherit_tokenizer(reg, manifest, keeper, manifests[keeper]) if keeper else {}
     manifest["run"] = _b._run_block(reg, started, begin, device="cpu", seed=0, deterministic=True)
     _b._write_model(reg, spec.name, manifest, module.state_dict(), metrics, [], outputs)
     return manifest
@@ -445,12 +443,10 @@ def _module(
     return module
 
 
-def _one_tokenizer(reg: Registry, spec: ModelSpec, done: Merged) -> dict[str, bytes] | None:
-    """The tokenizer files every parent shares (hash-checked), or None when none has one; a
-    parent with another tokenizer, or with none beside one that has, is refused: the merged
-    weights index one vocabulary."""
-    from . import tokenizer as tok
-
+def _one_tokenizer(spec: ModelSpec, done: Merged) -> str | None:
+    """The parent whose tokenizer the merge keeps (the first named), or None when no parent
+    has one; a parent with another tokenizer, or with none beside one that has, is refused:
+    the merged weights index one vocabulary."""
     refs = [r for r in parent_refs(spec) if r.name in done.manifests]
     blocks = {r.name: done.manifests[r.name].get("tokenizer") for r in refs}
     if not any(isinstance(b, Mapping) for b in blocks.values()):
@@ -468,7 +464,4 @@ def _one_tokenizer(reg: Registry, spec: ModelSpec, done: Merged) -> dict[str, by
                 f"{spec.path} at {ref.pointer}: {ref.name!r} has {what}; a merge needs the"
                 " one tokenizer all its parents share"
             )
-    block = blocks[first]
-    assert isinstance(block, Mapping)
-    shown = reg.rel("models", first, tok.TOKENIZER_DIR)
-    return tok.checked_files(reg.model_dir(first), block, shown, reg.repo_root)
+    return first
