@@ -147,6 +147,9 @@ def _misfit(reg: Registry, candidate: str, shape: list[int]) -> str | None:
     own = str(manifest.raw["weights"].get("path", WEIGHTS_FILE)) if manifest else WEIGHTS_FILE
     if manifest is None or not (reg.model_dir(candidate) / own).is_file():
         return "not built"
+    if manifest.raw.get("quantize"):  # migration/quantize.py: no weights to derive from
+        parent = (manifest.raw.get("source") or {}).get("model")
+        return f"quantized: no source to derive from (its parent {parent!r} is)"
     in_shape = _shape(manifest.raw["architecture"]["config"].get("in_shape"))
     if in_shape is None:
         return "its manifest records no input shape"

@@ -347,3 +347,13 @@ def test_a_model_without_linear_layers_quantizes_nothing() -> None:
     conv = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 3))
     assert quantize_module(conv, "int8_weight_only")[1] == 0
     assert type(conv[0].weight) is torch.nn.Parameter
+
+
+def test_exploration_skips_quantized_models(built: Registry) -> None:
+    """A quantized model is no source, so it is no candidate for source: auto either."""
+    from stemma.migration.explore import explore
+
+    ranking = explore(built, "d09", candidates=["mb", "mq"])
+    assert [row["model"] for row in ranking.to_dict()["ranking"]] == ["mb"]
+    assert [s["model"] for s in ranking.skipped] == ["mq"]
+    assert "quantized" in ranking.skipped[0]["reason"]
