@@ -109,6 +109,8 @@ def _unread_field(
         return None, "a value that is not allowed here"
     if "dependentSchemas" in schema_path:  # two fields that say the same thing
         other = schema_path[schema_path.index("dependentSchemas") + 1]
+        if family is None:  # top-level blocks (a quantize block allows no training)
+            return key, f"{key!r} does not apply with {other!r}; remove it"
         return key, f"family {family!r} takes {other!r} or {key!r}, not both"
     if family is not None:
         return key, f"{key!r} is not read by family {family!r}; remove it"

@@ -159,7 +159,7 @@ def test_relative_drop_follows_the_metric_direction() -> None:
         (
             "source: {model: mb, relation: quantized}\ndata: {train: d04}\n"
             "quantize: {method: int8_dynamic}\ntraining: {epochs: 3}\n",
-            "at /training",
+            "at /training: 'training' does not apply with 'quantize'; remove it",
         ),
         (
             "source: {model: mb, relation: quantized}\ndata: {train: d04}\n"
