@@ -40,6 +40,25 @@ def _module(where: str, hub: bool, family: str) -> list[str]:
     return [*_folder_line(where, hub), *MODULE_LOAD.format(trusted=trusted).splitlines()]
 
 
+def _causal_lm(where: str, base_ref: str | None) -> list[str]:
+    """A causal LM (or its LoRA adapter over `base_ref`) and its tokenizer, from one folder."""
+    lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer", ""]
+    if base_ref is None:
+        return [
+            *lines,
+            f"model = AutoModelForCausalLM.from_pretrained({where!r}).eval()",
+            f"tokenizer = AutoTokenizer.from_pretrained({where!r})",
+        ]
+    return [
+        *lines[:1],
+        "from peft import PeftModel",
+        "",
+        f"base = AutoModelForCausalLM.from_pretrained({base_ref!r})",
+        f"model = PeftModel.from_pretrained(base, {where!r}).eval()",
+        f"tokenizer = AutoTokenizer.from_pretrained({where!r})",
+    ]
+
+
 def _library(family: str, where: str, hub: bool) -> list[str]:
     if family == "transformers":
         return [
@@ -97,6 +116,10 @@ def usage(
     config = dict((raw.get("architecture") or {}).get("config") or {})
     family = str(config.get("family", ""))
     out = ["## Usage", ""]
+    if raw.get("task") == "causal-lm" and (base_ref is not None or not raw.get("adapter")):
+        code = _causal_lm(where, base_ref if raw.get("adapter") else None)
+        note = "With `stemma export card NAME DIR --weights`, the folder holds the model's files"
+        return [*out, note + " and its tokenizer:", "", "```python", *code, "```", ""]
     if raw.get("adapter"):
         if base_ref is None:
             return [*out, "The adapter's base has no Hub id or export: load it first.", ""]

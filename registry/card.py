@@ -272,6 +272,10 @@ def body(reg: Registry, manifest: Manifest, usage_lines: list[str] | None = None
         out.append(f"- training: {_json(spec['training'])}")
     out += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in sorted((raw.get("metrics") or {}).items())]
+    generations = (raw.get("lm") or {}).get("generations") or []
+    if generations:  # JSON strings: a prompt's newlines or Markdown stay inert text
+        out += ["", "## Sample generations (greedy)", ""]
+        out += [f"- {_json(g['prompt'])} -> {_json(g['output'])}" for g in generations]
     out += ["", "## Gates", ""]
     gates = raw.get("gates") or []
     if gates:

@@ -384,3 +384,13 @@ def test_lm_keys_are_refused_for_other_tasks() -> None:
     found = spec_problems("classification", {"tokenizer": "tok", "lm": {"block_size": 8}})
     assert [p for p, _ in found] == ["/tokenizer", "/lm"]
     assert spec_problems(CAUSAL_LM, {"tokenizer": "tok", "lm": {"block_size": 8}}) == []
+
+
+def test_card_says_how_to_load_a_causal_lm(built: Registry) -> None:
+    export = built.repo_root.parent / "export"
+    card = (export / "lm-sft" / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card and "AutoTokenizer" in card
+    assert "## Sample generations (greedy)" in card
+    adapter = (export / "lm-lora" / "README.md").read_text()
+    assert "PeftModel.from_pretrained(base" in adapter and "AutoModelForCausalLM" in adapter
