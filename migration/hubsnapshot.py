@@ -260,14 +260,17 @@ def tokenizer_files(snap: Snapshot) -> dict[str, bytes]:
     if not snap.tokenizer:
         return {}
     with tempfile.TemporaryDirectory(prefix="stemma-tok-") as tmp:
-        out = Path(tmp)
-        files = {}
+        given, out = Path(tmp) / "given", Path(tmp) / "saved"
+        given.mkdir()
         for name in snap.tokenizer:
             shown = f"{snap.display}/{name}"
             _regular(snap.folder, name, snap.display)
-            files[name] = read_bytes_file(snap.folder / name, shown, limit=tok.MAX_FILE_BYTES)
-        # the library's own loader (local files, no remote code), then its own writer
-        tok.load({n: b or b"" for n, b in files.items()}, snap.display).save_pretrained(str(out))
+            data = read_bytes_file(snap.folder / name, shown, limit=tok.MAX_FILE_BYTES)
+            (given / name).write_bytes(data or b"")
+        # the tokenizer module's rules (known names, sizes, no auto_map), named as the folder
+        files = tok.read_files(given, snap.display)
+        # then the library's own loader (local files, no remote code) and its own writer
+        tok.load(files, snap.display).save_pretrained(str(out))
         return tok.read_files(out, f"{snap.display} (as saved by the library)")
 
 

@@ -267,6 +267,31 @@ def _tokenizer_symlink(folder: Path) -> str:
     return "vocab.txt"
 
 
+def _tokenizer_remote_code(folder: Path) -> str:
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["evil.Tok", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return "/auto_map"
+
+
+def _tokenizer_huge(folder: Path) -> str:
+    os.truncate(folder / "vocab.txt", 65 << 20)  # sparse: refused by its size, never read
+    return "vocab.txt"
+
+
+def _shard_is_a_folder(folder: Path) -> str:
+    doc = _index(folder)
+    doc["weight_map"][next(iter(doc["weight_map"]))] = "dir.safetensors"
+    (folder / "dir.safetensors").mkdir()
+    _write_index(folder, doc)
+    return "dir.safetensors"
+
+
+def _index_not_a_map(folder: Path) -> str:
+    _write_index(folder, {"weight_map": ["model-00001-of-00002.safetensors"]})
+    return "/weight_map"
+
+
 def _missing_shard(folder: Path) -> str:
     sorted(folder.glob("model-*.safetensors"))[0].unlink()
     return "does not exist"
@@ -285,6 +310,10 @@ ADVERSARIAL = {
     "card alias bomb": _card_alias_bomb,
     "card is a pipe": _card_fifo,
     "tokenizer file is a symlink": _tokenizer_symlink,
+    "tokenizer config names remote code": _tokenizer_remote_code,
+    "tokenizer file of 65 MiB": _tokenizer_huge,
+    "shard that is a folder": _shard_is_a_folder,
+    "index weight_map not a map": _index_not_a_map,
 }
 
 
@@ -296,6 +325,53 @@ def test_untrusted_snapshot_content_is_refused(
     expected = ADVERSARIAL[case](folder)
     line = _refused(registry, folder, capsys)
     assert str(folder) in line and expected in line, line
+
+
+FUZZ_PIECES = [
+    "..",
+    "/",
+    "\\",
+    ":",
+    "~",
+    "%2e%2e",
+    "\x00",
+    "é",
+    " ",
+    "model",
+    ".safetensors",
+    "a" * 300,
+]
+
+
+def test_fuzzed_index_entries_are_registered_or_refused(
+    registry: Registry, snapshots: dict[str, Path], tmp_path: Path
+) -> None:
+    """Seeded: shard names built from path-like pieces either name a real shard beside the
+    index or are one located error; never a read outside the folder, never another error."""
+    import random
+    import time
+
+    from stemma.migration.hubsnapshot import load_state, read_snapshot
+    from stemma.registry.errors import StemmaError
+
+    rng = random.Random(27)
+    folder = _copy(snapshots["base"], tmp_path / "snap")
+    original = _index(folder)
+    outcomes: dict[str, int] = {}
+    start = time.monotonic()
+    for _ in range(60):
+        doc = json.loads(json.dumps(original))
+        tensor = rng.choice(sorted(doc["weight_map"]))
+        doc["weight_map"][tensor] = "".join(rng.choice(FUZZ_PIECES) for _ in range(3))
+        _write_index(folder, doc)
+        try:
+            load_state(read_snapshot(folder, "snap"))
+            outcomes["registered"] = outcomes.get("registered", 0) + 1
+        except StemmaError as exc:
+            assert "snap/" in exc.message and "\n" not in exc.message
+            outcomes["refused"] = outcomes.get("refused", 0) + 1
+        assert time.monotonic() - start < 20
+    assert outcomes == {"refused": 60}
 
 
 def _minilm() -> Path | None:
