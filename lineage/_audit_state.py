@@ -82,7 +82,10 @@ def open_state(repo: Path, rev: str | None) -> State:
     """Read one side: git revision `rev`, or the working tree when None."""
     label = WORKING_TREE if rev is None else rev
     try:
-        reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
+        if rev is None or _is_working_tree(repo, rev):
+            reg = Registry.open(repo)  # read with the working tree's caches
+        else:
+            reg = Registry.at_revision(repo, rev)
     except RegistryNotFound:
         return State(label, None)
     except LocatedError as exc:  # a broken stemma.yaml: nothing else can be read
@@ -95,6 +98,36 @@ def open_state(repo: Path, rev: str | None) -> State:
     state.settings = raw_yaml(state.text(SETTINGS_FILE))
     _documents(state, reg)
     return state
+
+
+# Names of the files an audit reads: an untracked or ignored one in the working tree makes
+# it differ from any revision (weights and other outputs do not).
+_READ_SUFFIXES = (".yaml", ".yml", ".json", ".lock", ".py", ".toml", ".cfg", ".txt")
+
+
+def _is_working_tree(repo: Path, rev: str) -> bool:
+    """True when every file of the registry at `rev` is the working tree's, byte for byte
+    as git compares them (`git diff --name-only REV` lists nothing, and no untracked or
+    ignored file an audit could read is there): the revision is then read from the working
+    tree, whose caches answer the checks, instead of materialising it from git."""
+    from stemma.registry.registry import find_repo_root
+
+    try:
+        root = find_repo_root(repo)
+        top = Path(git(root, "rev-parse", "--show-toplevel").decode().strip())
+        where = root.resolve().relative_to(top.resolve()).as_posix()
+        scope = ["--", where if where != "." else "."]
+        git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+        if git(top, "diff", "--name-only", "-z", "--no-renames", rev, *scope).strip(b"\0"):
+            return False
+        others = git(top, "ls-files", "-z", "--others", *scope)
+    except (GitError, RegistryNotFound, ValueError, OSError):
+        return False  # the usual path reports whatever is wrong
+    for name in others.decode(errors="surrogateescape").split("\0"):
+        hidden = any(part.startswith(".") for part in name.split("/"))  # .stemma/, .dvc/
+        if name and not hidden and name.endswith(_READ_SUFFIXES):
+            return False
+    return True
 
 
 def _documents(state: State, reg: Registry, head: State | None = None) -> None:

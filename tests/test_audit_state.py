@@ -83,3 +83,49 @@ def test_only_the_folders_that_differ_are_read_for_the_base(
     monkeypatch.setattr(consistency, "model_facts", counting)
     old.check()
     assert read == ["ft"]
+
+
+def _forced_from_git(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) -> str:
+    """The report with the head revision read from git, as if the working tree differed."""
+    with monkeypatch.context() as patch:
+        patch.setattr(_audit_state, "_is_working_tree", lambda repo, rev: False)
+        return report(repo, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_head_revision_equal_to_the_working_tree_is_read_from_it(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stemma.registry.tree import WorkTree
+
+    repo = work
+    CASES[sorted(CASES)[0]](Registry.open(repo))
+    commit(repo, "a change")
+    state = _audit_state.open_state(repo, "HEAD")
+    assert state.reg is not None and isinstance(state.reg.tree, WorkTree)
+    assert state.label == "HEAD"
+    assert report(repo, head="HEAD") == _forced_from_git(repo, monkeypatch, head="HEAD")
+
+
+@pytest.mark.parametrize("change", ["edited", "untracked", "deleted", "ignored"])
+def test_a_working_tree_that_differs_reads_the_revision_from_git(
+    work: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    from stemma.registry.tree import WorkTree
+
+    repo = work
+    reg = Registry.open(repo)
+    spec = reg.root / "models" / "ft" / "spec.yaml"
+    if change == "edited":
+        write(spec, spec.read_text().replace("lr: 0.01", "lr: 0.02"))
+    elif change == "untracked":
+        write(reg.root / "models" / "extra" / "spec.yaml", spec.read_text())
+    elif change == "deleted":
+        (reg.root / "models" / "scratch" / "manifest.json").unlink()
+    else:  # a file git ignores is still one the working tree's registry would read
+        write(repo / ".gitignore", "extra/\n")
+        commit(repo, "ignore extra")
+        write(reg.root / "models" / "extra" / "spec.yaml", spec.read_text())
+    state = _audit_state.open_state(repo, "HEAD")
+    assert state.reg is not None and not isinstance(state.reg.tree, WorkTree)
+    forced = _forced_from_git(repo, monkeypatch, base="HEAD", head="HEAD")
+    assert report(repo, base="HEAD", head="HEAD") == forced
