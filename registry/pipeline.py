@@ -319,7 +319,7 @@ def _tokenizer_deps(reg: Registry, spec: ModelSpec) -> list[str]:
 
 
 # The spec blocks DVC shows as params (`dvc exp show`, `dvc params diff`, `dvc exp run -S`).
-PARAM_BLOCKS = ("training", "strategy")
+PARAM_BLOCKS = ("training", "strategy", "quantize")
 
 
 def _params(reg: Registry, name: str, spec: ModelSpec) -> list[dict[str, Any]]:

@@ -357,3 +357,13 @@ def test_exploration_skips_quantized_models(built: Registry) -> None:
     assert [row["model"] for row in ranking.to_dict()["ranking"]] == ["mb"]
     assert [s["model"] for s in ranking.skipped] == ["mq"]
     assert "quantized" in ranking.skipped[0]["reason"]
+
+
+def test_the_quantize_block_is_a_dvc_param(built: Registry, cli) -> None:
+    """`dvc params diff` and `dvc exp run -S quantize.method=...` see the block."""
+    import yaml
+
+    assert cli(["pipeline"], built.repo_root).code == 0
+    stage = yaml.safe_load((built.model_dir("mq") / "dvc.yaml").read_text())["stages"]["model-mq"]
+    assert {"models/mq/spec.yaml": ["quantize"]} in stage["params"]
+    assert "models/mb/weights.safetensors" in stage["deps"]
