@@ -141,6 +141,8 @@ def pipeline_tag(config: dict[str, Any], task: str | None) -> str | None:
     if task == "causal-lm":
         return "text-generation"
     if config.get("family") == "transformers":
+        if config.get("num_classes") == 0:  # a registered base without a head
+            return "feature-extraction"
         return "text-classification"  # transformers' own tag, regression heads included
     if len(config.get("in_shape") or []) == 3:
         return None if regression else "image-classification"
@@ -171,6 +173,10 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
     relation = parent_list[0]["relation"] if parent_list else None
     meta: dict[str, Any] = {}
     bases = list(dict.fromkeys(p["hub_id"] for p in parent_list if p["hub_id"]))
+    # Hub parents a registered snapshot's card named (`stemma register`): Hub ids already
+    external = [e for e in spec.get("external_sources") or [] if isinstance(e, dict)]
+    bases += [str(e["hub_id"]) for e in external if e.get("hub_id") not in (None, *bases)]
+    relation = relation or (external[0].get("relation") if external else None)
     if bases:
         # a merge lists its parents even when one is recorded, as the Hub's merges do
         several = relation == "merge" or len(bases) > 1

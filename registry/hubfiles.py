@@ -97,6 +97,12 @@ def _transformers_config(config: dict[str, Any], name: str) -> dict[str, Any]:
             " (with model_type); it cannot be written as config.json"
         )
     doc = dict(hf)
+    if config.get("num_classes") == 0:  # a base registered without a head: the library's Model
+        found = [_ARCH_PREFIX.match(str(n)) for n in doc.get("architectures") or []]
+        doc["architectures"] = [m.group(1) + "Model" for m in found if m][:1] or None
+        if doc["architectures"] is None:
+            doc.pop("architectures")
+        return doc
     if isinstance(config.get("num_classes"), int):
         # the build sets the head's size from the data (num_labels), not from the config
         for key in ("id2label", "label2id"):

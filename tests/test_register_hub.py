@@ -108,6 +108,37 @@ def test_headless_sharded_base_registers_with_tokenizer_and_card(
     assert torch.equal(got, want)
 
 
+def test_headless_base_exports_as_the_library_base_model(
+    registry: Registry, snapshots: dict[str, Path], tmp_path: Path, cli: Any
+) -> None:
+    import transformers
+    from huggingface_hub import ModelCard
+    from stemma.migration.register import register
+
+    register(registry, "tiny", snapshots["base"])
+    out = tmp_path / "out"
+    res = cli(["export", "card", "tiny", str(out), "--weights"], registry.root)
+    assert res.code == 0, res.stderr
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+    data = ModelCard.load(out / "README.md").data
+    assert data.base_model == "google/bert-tiny"  # the external parent, by its Hub id
+    assert data.pipeline_tag == "feature-extraction"
+    loaded = transformers.AutoModel.from_pretrained(str(out))
+    shipped = transformers.AutoModel.from_pretrained(str(snapshots["base"]))
+    ids = torch.tensor([[2, 5, 7, 3]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids)[0], shipped(input_ids=ids)[0])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert (
+        tokenizer("the loop")["input_ids"]
+        == (
+            transformers.AutoTokenizer.from_pretrained(str(snapshots["base"]))("the loop")[
+                "input_ids"
+            ]
+        )
+    )
+
+
 def test_headed_snapshot_drops_the_buffer_the_library_ignores(
     registry: Registry, snapshots: dict[str, Path]
 ) -> None:
