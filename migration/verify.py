@@ -439,6 +439,11 @@ def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
     mine = Path("models", name)
     for file in (SPEC_FILE, _EXPLORATION_FILE):
         _copy(reg.root / mine / file, root / mine / file)
+    given = reg.model_spec(name).raw.get("tokenizer")  # a causal LM's tokenizer folder
+    if given is not None:
+        source = reg.resolve(str(given), "/tokenizer", reg.model_spec(name).path)
+        for path in sorted(source.iterdir()) if source.is_dir() else ():
+            _copy(path, root / str(given) / path.name)
     manifest = reg.model_manifest(name)
     for model, _ in recorded_parents(manifest.raw if manifest else {}):  # a merge: every one
         _copy_parent(reg, root, model)
@@ -459,6 +464,8 @@ def _copy_parent(reg: Registry, root: Path, model: str) -> None:
     block = found.raw["weights"] if found else {}
     adapter = (found.raw.get("adapter") if found else None) or {}
     extra = [str(adapter["config"]["path"])] if adapter.get("config") else []
+    tokenizer = (found.raw.get("tokenizer") if found else None) or {}  # a causal LM's own files
+    extra += [f"tokenizer/{n}" for n in sorted(tokenizer.get("files") or {})]
     for file in (SPEC_FILE, MANIFEST_FILE, *weights_files(block, WEIGHTS_FILE), *extra):
         _copy(reg.root / theirs / file, root / theirs / file)
     if adapter.get("base") and adapter["base"].get("model") != model:

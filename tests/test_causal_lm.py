@@ -394,3 +394,12 @@ def test_card_says_how_to_load_a_causal_lm(built: Registry) -> None:
     assert "## Sample generations (greedy)" in card
     adapter = (export / "lm-lora" / "README.md").read_text()
     assert "PeftModel.from_pretrained(base" in adapter and "AutoModelForCausalLM" in adapter
+
+
+def test_rebuild_copy_holds_the_tokenizers(built: Registry, tmp_path: Path) -> None:
+    from stemma.migration.build import build_model
+    from stemma.migration.verify import stage_copy
+
+    for name in ("lm-base", "lm-lora"):  # the spec's tokenizer folder; the source's files
+        copy = stage_copy(built, name, tmp_path / name)
+        assert build_model(copy, name)["id"] == _manifest(built, name)["id"]
