@@ -20,9 +20,11 @@ from ._wide import print_whole
 
 
 class ScoreChoice(str, enum.Enum):
-    """Scores `--score` accepts; `all` computes every score and decides by LogME."""
+    """Scores `--score` accepts; `all` computes every score and decides by the dataset's
+    default (LogME; for plain text, bits per byte)."""
 
     logme = "logme"
+    bits_per_byte = "bits_per_byte"
     leep = "leep"
     nce = "nce"
     hscore = "hscore"
@@ -44,9 +46,14 @@ def explore(
         str, typer.Option("--candidates", help="Glob over model names to consider.")
     ] = "*",
     score: Annotated[
-        ScoreChoice,
-        typer.Option("--score", help="Score that ranks the candidates (all: every score)."),
-    ] = ScoreChoice.logme,
+        ScoreChoice | None,
+        typer.Option(
+            "--score",
+            help="Score that ranks the candidates (all: every score). Default: logme;"
+            " bits_per_byte for a text dataset without class labels.",
+            show_default=False,
+        ),
+    ] = None,
     for_: Annotated[
         str | None,
         typer.Option(
@@ -77,8 +84,12 @@ def explore(
             )
         return
     assert dataset is not None
-    if score is ScoreChoice.all:
-        names, decide = tuple(SCORES), lib.DEFAULT_SCORE
+    names: tuple[str, ...]
+    decide: str | None
+    if score is None:  # the dataset's own default (explore_lm's for text)
+        names, decide = (), None
+    elif score is ScoreChoice.all:
+        names, decide = tuple(SCORES), None
     else:
         names, decide = (score.value,), score.value
     with _progress() as progress:
@@ -144,9 +155,17 @@ def _render(doc: dict[str, Any], dataset: str) -> None:
         out.print(f"skipped {skip['model']}: {skip['reason']}")
     for score, why in sorted((doc.get("not_applicable") or {}).items()):
         out.print(f"{score} does not apply to this dataset: {why}")
+    if "budget" in doc:  # a text dataset: what was scored, and in which unit
+        budget = doc["budget"]
+        out.print(
+            f"scored {budget['bytes']} bytes of {budget['records']} train records"
+            f" (cap {budget['max_bytes']} bytes, {budget['max_tokens']} tokens a candidate)"
+        )
+        out.print(doc["note"])
     if doc["selected"] is not None:
         chosen, score = doc["selected"], doc["decided_by"]
-        out.print(f"recommended source: [bold]{chosen}[/bold] (highest {score})")
+        best = "lowest" if score in doc.get("lower_is_better", ()) else "highest"
+        out.print(f"recommended source: [bold]{chosen}[/bold] ({best} {score})")
 
 
 def _ms(seconds: float) -> str:

@@ -38,6 +38,7 @@ from .build import (
     _load_source,
     _refuse_failed_source,
     _run_block,
+    _source_name,
     _write_model,
 )
 from .evaluate import evaluate_gates
@@ -250,11 +251,10 @@ def build_lm(
         raise BuildError(f"{display} at {pointer}: {message}")
     lm = dict(spec.raw.get("lm") or {})
     block_size = int(lm.get("block_size", DEFAULT_BLOCK))
-    src_name, src_manifest, src_state = None, None, None
+    src_name, src_manifest, src_state, exploration = None, None, None, None
     if spec.source is not None:
-        if spec.source.auto:
-            raise BuildError(f"{display} at /source/model: causal-lm builds name their source")
-        src_name = spec.source.model
+        # model: auto takes the exploration's selection (explore_lm: bits per byte)
+        src_name, exploration = _source_name(reg, spec)
         src_manifest, src_state = _load_source(reg, spec, src_name)
         _refuse_failed_source(spec, src_name, src_manifest)
     if strategy.mode == "lora" and (src_name is None or not strategy.lora):
@@ -378,6 +378,8 @@ def build_lm(
             "generations": generations,
         },
     }
+    if exploration is not None:
+        manifest["exploration"] = exploration
     outputs = tok.outputs(files)
     state: dict[str, torch.Tensor] | None = module.state_dict()
     if lora is not None:

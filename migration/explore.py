@@ -22,9 +22,11 @@ from stemma.registry.files import canonical_json, write_atomic
 from stemma.registry.pipeline import EXPLORATION_FILE
 from stemma.registry.pipeline import candidates as auto_candidates
 from stemma.registry.registry import WEIGHTS_FILE
+from stemma.registry.taskspec import CAUSAL_LM
 
 from .data import load_dataset
 from .evaluate import DECIMALS
+from .explore_lm import BITS_PER_BYTE, TextRanking, explore_text
 from .features import extract
 from .train import CPU_THREADS
 from .transferability import SCORE_INPUTS, SCORES, logme_multilabel, logme_regression
@@ -140,6 +142,14 @@ def _dataset_shape(reg: Registry, dataset: str) -> list[int]:
     return shape
 
 
+def _task(reg: Registry, dataset: str) -> str:
+    """The built dataset's task (its manifest's); BuildError when it is not built."""
+    _dataset_shape(reg, dataset)
+    manifest = reg.dataset_manifest(dataset)
+    assert manifest is not None
+    return str(manifest.raw.get("task", "classification"))
+
+
 def _misfit(reg: Registry, candidate: str, shape: list[int]) -> str | None:
     """Why the candidate cannot be scored on samples of `shape`, or None when it can."""
     manifest = reg.model_manifest(candidate)
@@ -187,14 +197,27 @@ def explore(
     decide: str | None = None,
     device: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
-) -> Ranking:
+) -> Ranking | TextRanking:
     """Score every fitting candidate on the dataset's training split and rank them.
 
     `candidates` is a glob over model names or an explicit list; `decide` names the score that
     orders them (default: the first of `scores`). Candidates that are not built or whose input
     shape differs are listed in `skipped` with the reason. `progress(done, total, model)` is
     called before each candidate and once at the end (model "").
+    A text (causal-lm) dataset is ranked by `explore_lm.explore_text` (bits per byte, and
+    LogME on pooled hidden states for a labelled one).
     """
+    scores = tuple(scores)
+    task = _task(reg, dataset)
+    if task == CAUSAL_LM:  # scored with each candidate's own tokenizer
+        return explore_text(reg, dataset, candidates, scores, exclude, decide, progress)
+    if BITS_PER_BYTE in (*scores, decide):
+        raise BuildError(
+            f"score {BITS_PER_BYTE!r} applies to text (causal-lm) datasets;"
+            f" {dataset!r} is a {task} dataset"
+        )
+    if not scores and decide is None:
+        decide = DEFAULT_SCORE
     names, decided_by = _score_names(scores, decide)
     shape = _dataset_shape(reg, dataset)
     dataset_manifest = reg.dataset_manifest(dataset)
@@ -285,7 +308,7 @@ def explore_for(reg: Registry, model_name: str, device: str = "auto") -> dict[st
         raise BuildError(
             f"{spec.path} at /source/model: exploration needs `source: {{model: auto}}`"
         )
-    decide = spec.source.score or DEFAULT_SCORE
+    decide = spec.source.score  # None: the dataset's default (logme; text: explore_lm's)
     pool = auto_candidates(reg, model_name, spec)
     ranking = explore(reg, spec.train, pool, scores=SCORES, decide=decide, device=device)
     if ranking.unscorable:
