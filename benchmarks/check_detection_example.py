@@ -10,6 +10,7 @@ Run after building the example (`cd examples/detection && dvc repro`, its own DV
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -55,14 +56,35 @@ def check(model: str) -> dict[str, tuple[float, float]]:
                 )
             metric.update(preds, truth)
     result = metric.compute()
+    samples = (folder / manifest["samples"]["path"]).read_bytes()  # the report's pictures
+    if "sha256:" + hashlib.sha256(samples).hexdigest() != manifest["samples"]["sha256"]:
+        raise SystemExit(f"{model}: detections.json differs from its manifest record")
     return {
         k: (float(v), round(max(float(result[k]), 0.0), 6)) for k, v in manifest["metrics"].items()
     }
 
 
+def backbone_from_classifier() -> int:
+    """How many of shapes-det's backbone tensors the manifest records as transferred from the
+    classifier's features; every backbone.body tensor must be."""
+    manifest = json.loads((EXAMPLE / "models" / "shapes-det" / "manifest.json").read_text())
+    assert manifest["source"]["model"] == "shapes-clf"
+    body = [
+        r for r in manifest["architecture"]["tensors"] if r["name"].startswith("backbone.body.")
+    ]
+    moved = [
+        r
+        for r in body
+        if r["origin"] == "transferred"
+        and r["source_name"] == r["name"].replace("backbone.body.", "features.", 1)
+    ]
+    print(f"shapes-det: {len(moved)}/{len(body)} backbone.body tensors from shapes-clf features")
+    return 0 if body and len(moved) == len(body) else 1
+
+
 def main() -> int:
     """Print each detector's recorded and recomputed figures; exit 1 on a difference."""
-    bad = 0
+    bad = backbone_from_classifier()
     for model in ("shapes-det", "shapes-det3"):
         for metric, (recorded, again) in check(model).items():
             same = recorded == again
