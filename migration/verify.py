@@ -172,6 +172,18 @@ def _adapter(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding |
     return Finding("adapter", PASS, f"{rel}: hashes match the manifest, a valid LoRA config")
 
 
+def _tokenizer(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+    """A causal LM's tokenizer files: exactly those whose sha256 the manifest records."""
+    from .tokenizer import TOKENIZER_DIR, checked_files
+
+    shown = reg.rel("models", name, TOKENIZER_DIR)
+    try:
+        files = checked_files(reg.model_dir(name), manifest["tokenizer"], shown, reg.repo_root)
+    except StemmaError as exc:
+        return Finding("tokenizer", FAIL, exc.message)
+    return Finding("tokenizer", PASS, f"{shown}: {len(files)} files match the manifest's sha256")
+
+
 def found_path(reg: Registry, name: str) -> str:
     """The manifest's repo-relative path (for messages)."""
     return reg.rel("models", name, MANIFEST_FILE)
@@ -387,6 +399,8 @@ def verify_model(
     adapter = _adapter(reg, manifest, name)
     if adapter is not None:
         findings.append(adapter)
+    if manifest.get("tokenizer"):  # a causal LM's tokenizer is part of the model
+        findings.append(_tokenizer(reg, manifest, name))
     findings.append(_metrics_file(reg, manifest, name))
     findings.append(_pipeline_files(reg, manifest, name))
     try:

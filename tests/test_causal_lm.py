@@ -204,12 +204,18 @@ def test_rebuild_gives_the_same_id(built: Registry) -> None:
 
 def test_a_changed_tokenizer_makes_the_child_stale(built: Registry, tmp_path: Path) -> None:
     from stemma.migration.build import build_model
+    from stemma.migration.verify import verify_model
 
     root = tmp_path / "repo"
     shutil.copytree(built.repo_root, root, symlinks=True)
     reg = Registry.open(root)
+    tokenizer = [f for f in verify_model(reg, "lm-base").findings if f.item == "tokenizer"]
+    assert [f.status for f in tokenizer] == ["pass"]
     # an edited copy in the model's folder is refused, not silently used
     (reg.model_dir("lm-base") / "tokenizer" / "tokenizer_config.json").write_text("{}")
+    tokenizer = [f for f in verify_model(reg, "lm-base").findings if f.item == "tokenizer"]
+    assert [f.status for f in tokenizer] == ["fail"]
+    assert "tokenizer_config.json does not match its manifest" in tokenizer[0].message
     with pytest.raises(BuildError, match=r"tokenizer_config\.json does not match its manifest"):
         build_model(reg, "lm-sft")
     # a changed tokenizer in the spec's folder: a new base, so the child is stale
