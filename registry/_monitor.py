@@ -26,14 +26,16 @@ no monitor.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ._snapshot import FILES, KINDS
+
+if TYPE_CHECKING:
+    import ctypes
 
 # inotify(7) flags.
 _IN_MODIFY = 0x002
@@ -85,6 +87,9 @@ def _libc() -> ctypes.CDLL | None:
     """libc with the inotify calls, or None where there are none."""
     global _LIBC
     if _LIBC is None:
+        import ctypes  # here: `stemma query` in a fresh process never starts a monitor
+        import ctypes.util
+
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
             lib.inotify_init1.argtypes = [ctypes.c_int]
@@ -122,7 +127,7 @@ class Monitor:
         monitor.close()
         return None
 
-    def _watch_all(self, lib: ctypes.CDLL, root: bytes) -> bool:
+    def _watch_all(self, lib: Any, root: bytes) -> bool:
         """Place every watch; False where one cannot be placed or a link is found."""
         add, fd = lib.inotify_add_watch, self.fd
         self.root_wd = add(fd, root, _ROOT_MASK)
@@ -156,7 +161,7 @@ class Monitor:
             path = b"%s/%s" % (folder, fname.encode())
             if add(self.fd, path, _FILE_MASK) < 0:
                 # Missing is fine (the folder's watch sees it appear); anything else is not.
-                if ctypes.get_errno() != 2 or os.path.lexists(path):
+                if _errno() != 2 or os.path.lexists(path):
                     return False
             elif os.path.islink(path):
                 return False
@@ -191,6 +196,13 @@ class Monitor:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _errno() -> int:
+    """The errno of the last libc call."""
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 def _events(data: bytes) -> list[tuple[int, int, bytes]]:
