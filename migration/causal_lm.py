@@ -114,7 +114,13 @@ def _training(spec: ModelSpec, reg: Registry) -> TrainConfig:
         for k, v in dict(reg.settings.defaults.get("training") or {}).items()
         if k in SUPPORTED_TRAINING
     }
-    return TrainConfig.from_spec(block, spec.path, defaults)
+    cfg = TrainConfig.from_spec(block, spec.path, defaults)
+    if cfg.device == "cuda":  # refused rather than trained elsewhere than asked
+        raise BuildError(
+            f"{spec.path} at /training/device: causal-lm builds train on the CPU (seeded and"
+            " deterministic); use device: cpu or auto"
+        )
+    return cfg
 
 
 def _tokenizer_files(

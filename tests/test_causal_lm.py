@@ -409,3 +409,13 @@ def test_rebuild_copy_holds_the_tokenizers(built: Registry, tmp_path: Path) -> N
     for name in ("lm-base", "lm-lora"):  # the spec's tokenizer folder; the source's files
         copy = stage_copy(built, name, tmp_path / name)
         assert build_model(copy, name)["id"] == _manifest(built, name)["id"]
+
+
+def test_a_cuda_causal_lm_build_is_refused(built: Registry, tmp_path: Path) -> None:
+    from stemma.migration.build import build_model
+
+    root = tmp_path / "repo"
+    shutil.copytree(built.repo_root, root, symlinks=True)
+    spec = root / "models" / "lm-sft" / "spec.yaml"
+    spec.write_text(spec.read_text().replace("seed: 0}", "seed: 0, device: cuda}"))
+    _refused(lambda: build_model(Registry.open(root), "lm-sft"), "/training/device", "CPU")
