@@ -50,9 +50,10 @@ from .checks import check_inputs, run_checks
 from .commit import Stage
 from .data import DatasetArrays, feature_stats, load_dataset, materialize, npz_bytes
 from .entrypoints import importable
-from .evaluate import evaluate, evaluate_gates
+from .evaluate import evaluate
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan, report, transfer
+from .model_manifest import model_manifest
 from .numerics import mode_of
 from .numerics import record as numerics_record
 from .strategy import Strategy, prepare_target
@@ -569,49 +570,17 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     else:  # streamed at the commit (`_write_model`): the block is filled in there
         weights_block = {}
 
-    params = dict(module.named_parameters())
-    transferred = sum(
-        params[r["name"]].numel()
-        for r in rows
-        if r["origin"] == "transferred" and r["name"] in params
+    manifest = model_manifest(
+        spec,
+        name,
+        None if src_manifest is None or src_name is None else (src_name, src_manifest),
+        datasets,
+        weights_block,
+        (config, rows),
+        module,
+        (strategy, bool(tmap), unused, result.features_cached),
+        (metrics, scored["per_class"]),
     )
-    total = sum(p.numel() for p in params.values())
-    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
-    manifest: dict[str, Any] = {
-        "kind": "model",
-        "schema_version": 1,
-        "name": name,
-        "spec": dict(spec.raw),
-        "spec_digest": spec.digest,
-        "source": None
-        if src_manifest is None
-        else {
-            "model": src_name,
-            "relation": spec.source.relation if spec.source else "finetune",
-            "id": src_manifest["id"],
-        },
-        "datasets": datasets,
-        "weights": weights_block,
-        "architecture": {"config": config, "tensors": rows},
-        "parameters": {"total": total, "trainable": trainable, "transferred": transferred},
-        "transfer": {
-            "mapping": strategy.mapping if tmap else None,
-            "mode": strategy.mode,
-            "freeze": list(strategy.freeze),
-            "reinit": list(strategy.reinit),
-            "unused_source": unused,
-            "features_cached": result.features_cached,
-            "pairs": [
-                {"target": r["name"], "source": r["source_name"]}
-                for r in rows
-                if r["source_name"] is not None and r["source_name"] != r["name"]
-            ],
-        },
-        "metrics": metrics,
-        "per_class": scored["per_class"],
-        "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
-        "checks": {},
-    }
     if task.name != CLASSIFICATION:  # absent means classification: older ids stay
         manifest["task"] = task.name
     names = _class_names(reg, spec.train)

@@ -41,8 +41,8 @@ from .detection_checks import check_detection_inputs, detection_forgetting
 from .detection_data import class_counts, materialize_detection
 from .detection_samples import SAMPLES_FILE, detection_samples
 from .detection_train import score, train_detector
-from .evaluate import evaluate_gates
 from .mapping import report
+from .model_manifest import model_manifest
 from .strategy import Strategy, prepare_target
 from .train import TrainConfig
 
@@ -186,52 +186,19 @@ def build_detector(
         checks["forgetting"], datasets["forgetting"] = detection_forgetting(
             reg, spec, module, names, src_manifest, src_state
         )
-    params = dict(module.named_parameters())
-    transferred = sum(
-        params[r["name"]].numel()
-        for r in rows
-        if r["origin"] == "transferred" and r["name"] in params
+    manifest = model_manifest(
+        spec,
+        name,
+        None if src_manifest is None or src_name is None else (src_name, src_manifest),
+        datasets,
+        {},
+        (config, rows),
+        module,
+        (strategy, bool(tmap), unused, False),
+        (metrics, scored["per_class"]),
     )
-    manifest: dict[str, Any] = {
-        "kind": "model",
-        "schema_version": 1,
-        "name": name,
-        "spec": dict(spec.raw),
-        "spec_digest": spec.digest,
-        "source": None
-        if src_manifest is None
-        else {
-            "model": src_name,
-            "relation": spec.source.relation if spec.source else "finetune",
-            "id": src_manifest["id"],
-        },
-        "datasets": datasets,
-        "weights": {},
-        "architecture": {"config": config, "tensors": rows},
-        "parameters": {
-            "total": sum(p.numel() for p in params.values()),
-            "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
-            "transferred": transferred,
-        },
-        "transfer": {
-            "mapping": strategy.mapping if tmap else None,
-            "mode": strategy.mode,
-            "freeze": list(strategy.freeze),
-            "reinit": list(strategy.reinit),
-            "unused_source": unused,
-            "features_cached": False,
-            "pairs": [
-                {"target": r["name"], "source": r["source_name"]}
-                for r in rows
-                if r["source_name"] is not None and r["source_name"] != r["name"]
-            ],
-        },
-        "metrics": metrics,
-        "per_class": scored["per_class"],
-        "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
-        "checks": checks,
-        "task": DETECTION,
-    }
+    manifest["checks"] = checks
+    manifest["task"] = DETECTION
     names = _class_names(reg, spec.train)
     if names is not None:
         manifest["class_names"] = names
