@@ -192,9 +192,16 @@ def generate(
 ) -> list[dict[str, str]]:
     """Greedy continuations of each prompt (seeded, though greedy decoding draws nothing)."""
     torch.manual_seed(seed)
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and limit > 1:
+        # prompt plus continuation must fit the position table: keep the prompt's last tokens
+        max_new_tokens = min(max_new_tokens, limit - 1)
     out = []
     for prompt in prompts:
         ids = _encode(tokenizer, prompt) or [pad_id(tokenizer)]
+        if isinstance(limit, int) and limit > 1:
+            ids = ids[-(limit - max_new_tokens) :]
         tensor = torch.tensor([ids], dtype=torch.int64)
         made = model.generate(  # type: ignore[operator]
             input_ids=tensor,
