@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,9 @@ class _Watch:
     con: duckdb.DuckDBPyConnection | None = None
     identity: tuple[tuple[int, ...], ...] = ()  # see `_identity`
     memory_limit: str = ""
+    # Held while a query runs on the copy or a check makes it: one DuckDB connection serves
+    # one thread at a time; another thread of the handle checks the files its own way.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def drop(self) -> None:
         """Forget the copy and remove the watches."""
@@ -80,53 +84,73 @@ def _identity(reg: Registry) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
-def copy(reg: Registry, memory_limit: str) -> duckdb.DuckDBPyConnection | None:
-    """The handle's copy of the index when nothing changed since it was made, else None
-    (the caller then checks the files and calls `prepare` / `keep`)."""
+def acquire(reg: Registry, memory_limit: str) -> tuple[duckdb.DuckDBPyConnection | None, bool]:
+    """(the handle's copy of the index, False) when nothing changed since it was made: the
+    caller runs its query and calls `done`. (None, True) while another thread of the handle
+    holds it (that caller checks the files without touching the copy); (None, False) when
+    there is no usable copy (the caller checks the files, with `prepare` and `keep`)."""
     watch = _WATCHES.get(reg)
     if watch is None or watch.con is None or watch.monitor is None:
-        return None
+        return None, False
+    if not watch.lock.acquire(blocking=False):
+        return None, True
     quiet = watch.memory_limit == memory_limit and watch.monitor.quiet()
     if quiet and _identity(reg) == watch.identity:
-        return watch.con
+        return watch.con, False
     watch.drop()
-    return None
+    watch.lock.release()
+    return None, False
+
+
+def done(reg: Registry) -> None:
+    """The query on the copy `acquire` gave is over."""
+    _WATCHES[reg].lock.release()
 
 
 def prepare(reg: Registry) -> bool:
     """Before a full check: start watching when this handle queried before; True when the
-    copy made after the check is to be kept (`keep`)."""
+    copy made after the check is to be kept: the caller then calls `keep` or `abandon`."""
     from .tree import WorkTree
 
     if not isinstance(reg.tree, WorkTree):
         return False  # a revision from git: queries refuse it anyway
     watch = _WATCHES.get(reg)
     if watch is None:
-        watch = _WATCHES[reg] = _Watch()
+        watch = _WATCHES.setdefault(reg, _Watch())
         weakref.finalize(reg, watch.drop)
+    if not watch.lock.acquire(blocking=False):
+        return False  # another thread of the handle is using or making the copy
     watch.queries += 1
     watch.drop()
-    if watch.queries < 2:
-        return False
-    watch.monitor = Monitor.start(reg.root)
-    return watch.monitor is not None
+    if watch.queries >= 2:
+        watch.monitor = Monitor.start(reg.root)
+        if watch.monitor is not None:
+            return True
+    watch.lock.release()
+    return False
 
 
 def keep(reg: Registry, con: duckdb.DuckDBPyConnection, memory_limit: str) -> None:
     """Keep `con` (a copy of the index as checked after `prepare`, locked down with
     `memory_limit`) for the handle's next queries."""
-    watch = _WATCHES.get(reg)
-    if watch is None or watch.monitor is None:
-        con.close()
-        return
+    watch = _WATCHES[reg]
     watch.con, watch.memory_limit = con, memory_limit
     # After the check: the folders as watched (a swap since the watches were placed is an
     # event), the index as this check left it.
     watch.identity = _identity(reg)
+    watch.lock.release()
+
+
+def abandon(reg: Registry) -> None:
+    """The check after `prepare` failed: no copy, no watches."""
+    watch = _WATCHES[reg]
+    watch.drop()
+    watch.lock.release()
 
 
 def release(reg: Registry) -> None:
     """Stop watching for this handle (also done when the handle is collected)."""
     watch = _WATCHES.pop(reg, None)
     if watch is not None:
-        watch.drop()
+        with watch.lock:
+            watch.drop()

@@ -152,25 +152,34 @@ def query(
 
     # A handle that queries again runs on its copy of the index while its monitor says
     # nothing changed (`_watched`); otherwise the files are checked first, as always.
-    con = None if history else _watched.copy(reg, memory_limit)
+    con, busy = (None, False) if history else _watched.acquire(reg, memory_limit)
     if con is not None:
-        return _run(con, sql, timeout, memory_limit)
-    keep = not history and _watched.prepare(reg)  # the watches, BEFORE the check
-    with open_index(reg) as index:
-        con = index.con
-        if keep:
+        try:
+            return _run(con, sql, timeout, memory_limit)
+        finally:
+            _watched.done(reg)
+    prepared = not history and not busy and _watched.prepare(reg)  # watches BEFORE the check
+    keep, kept = prepared, False
+    try:
+        with open_index(reg) as index:
+            con = index.con
+            if keep:
+                try:
+                    con = index.take_copy()
+                except duckdb.Error:
+                    keep, con = False, index.con
+            if history:
+                _load_history(reg, con)
+            _lock_down(con, memory_limit)
             try:
-                con = index.take_copy()
-            except duckdb.Error:
-                _watched.release(reg)
-                keep = False
-                con = index.con
-        if history:
-            _load_history(reg, con)
-        _lock_down(con, memory_limit)
-        if keep:
-            _watched.keep(reg, con, memory_limit)
-        return _run(con, sql, timeout, memory_limit)
+                return _run(con, sql, timeout, memory_limit)
+            finally:
+                if keep:  # after the query: one thread at a time on the copy
+                    _watched.keep(reg, con, memory_limit)
+                    kept = True
+    finally:
+        if prepared and not kept:
+            _watched.abandon(reg)
 
 
 def _run(

@@ -201,3 +201,13 @@ def test_seeded_random_changes_match_a_fresh_handle(reg: Registry, tmp_path: Pat
 def test_a_released_handle_still_answers(reg: Registry) -> None:
     _watched.release(reg)
     assert query(reg, ROWS).rows == _fresh(reg)
+
+
+def test_threads_of_one_handle_share_its_copy_safely(reg: Registry) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = _fresh(reg)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _i: query(reg, ROWS).rows, range(16)))
+    assert all(a == expected for a in answers)
+    assert query(reg, ROWS).rows == expected  # the copy is still there, and still right
