@@ -223,9 +223,11 @@ def _split_block(y: np.ndarray) -> dict[str, Any]:
 # -- models ---------------------------------------------------------------------------------
 
 
-def load_model(reg: Registry, name: str) -> nn.Module:
+def load_model(reg: Registry, name: str, checked_for: ModelSpec | None = None) -> nn.Module:
     """Rebuild a built model from its manifest's architecture config and its weights; an
-    adapter model is its base (loaded the same way) with the adapter merged in."""
+    adapter model is its base (loaded the same way) with the adapter merged in. With
+    `checked_for` (the spec of a build deriving from it), every weights file read, an
+    adapter's base included, is read once and checked against its manifest's hashes."""
     importable(reg.repo_root)
     manifest = reg.model_manifest(name)
     path = reg.model_dir(name) / str((manifest.raw["weights"] if manifest else {}).get("path", ""))
@@ -245,9 +247,12 @@ def load_model(reg: Registry, name: str) -> nn.Module:
     if adapter:
         from .adapters import compose
 
-        base = load_model(reg, str(adapter["base"]["model"]))
+        base = load_model(reg, str(adapter["base"]["model"]), checked_for)
         return compose(module, base.state_dict(), path.parent, manifest.path)
-    state = load_weights(path, reg.rel("models", name, path.name))
+    if checked_for is not None:
+        state = _checked_state(reg, checked_for, name, manifest.raw)
+    else:
+        state = load_weights(path, reg.rel("models", name, path.name))
     transfer(module, state, plan(state, module.state_dict(), "exact", manifest.path))
     module.eval()
     return module
@@ -294,7 +299,18 @@ def _load_source(
     if manifest.raw.get("adapter"):  # base + adapter, merged: a plain state dict to map
         found = file_hashes(path, reg.repo_root, reg.rel("models", src, rel))
         _same_as_recorded(spec, reg.rel("models", src, rel), found["sha256"], recorded)
-        return manifest.raw, dict(load_model(reg, src).state_dict())
+        return manifest.raw, dict(load_model(reg, src, spec).state_dict())
+    return manifest.raw, _checked_state(reg, spec, src, manifest.raw)
+
+
+def _checked_state(
+    reg: Registry, spec: ModelSpec, src: str, manifest: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Model `src`'s stored state dict, read once and checked against its manifest's hashes
+    (a file that differs is refused in the words of `spec`, the build deriving from it)."""
+    recorded = manifest["weights"]
+    rel = str(recorded.get("path", WEIGHTS_FILE))
+    path = reg.model_dir(src) / rel
     if "shards" in recorded:  # the index, then each shard read once: hashed and loaded
         from .shards import load_sharded
 
@@ -305,11 +321,11 @@ def _load_source(
             got = parts.get(str(shard["path"]))
             shown = reg.rel("models", src, str(shard["path"]))
             _same_as_recorded(spec, shown, got.sha256 if got else "", shard)
-        return manifest.raw, state
+        return state
     # one read: the bytes hashed are the bytes loaded
     state, hashes = read_checked(path, reg.rel("models", src, rel), reg.repo_root)
     _same_as_recorded(spec, reg.rel("models", src, rel), hashes.sha256, recorded)
-    return manifest.raw, state
+    return state
 
 
 def _same_as_recorded(spec: ModelSpec, shown: str, sha256: str, block: Mapping[str, Any]) -> None:

@@ -40,6 +40,7 @@ from .build import (
     _run_block,
     _source_name,
     _write_model,
+    load_model,
 )
 from .evaluate import evaluate_gates
 from .mapping import report
@@ -233,10 +234,9 @@ def _forgetting(
     return result, {"name": name, "id": manifest.id}
 
 
-def _source_module(reg: Registry, src: str) -> nn.Module:
-    from .build import load_model
-
-    return load_model(reg, src)
+def _source_module(reg: Registry, spec: ModelSpec, src: str) -> nn.Module:
+    """The source model, every file it is read from checked against its manifest."""
+    return load_model(reg, src, spec)
 
 
 def build_lm(
@@ -332,7 +332,13 @@ def build_lm(
             reg.rel("models", src_name, tok.TOKENIZER_DIR),
         )
         checks["forgetting"], datasets["forgetting"] = _forgetting(
-            reg, spec, trained, tokenizer, _source_module(reg, src_name), src_tokenizer, block_size
+            reg,
+            spec,
+            trained,
+            tokenizer,
+            _source_module(reg, spec, src_name),
+            src_tokenizer,
+            block_size,
         )
     base = trained.get_base_model() if lora is not None else trained  # type: ignore[operator]
     params = dict(base.named_parameters())

@@ -144,3 +144,27 @@ def test_lora_refusals_come_before_training(built: Registry, spec: str, message:
         build_model(Registry.open(built.root), "bad")
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
     assert [p.name for p in built.model_dir("bad").iterdir()] == ["spec.yaml"]
+
+
+def test_a_child_of_an_adapter_refuses_a_tampered_base(built: Registry) -> None:
+    """Deriving from an adapter reads its base too: the base's weights are checked against
+    the base's manifest, not only the adapter's own file."""
+    root = built.root
+    write(root / "datasets/d59/spec.yaml", SPECS["datasets/d59/spec.yaml"])
+    write(root / "models/ma/spec.yaml", SPECS["models/ma/spec.yaml"])
+    write(
+        root / "models/mc/spec.yaml",
+        "source: {model: ma, relation: finetune}\ndata: {train: d59}\n"
+        "training: {epochs: 1, lr: 1.0e-2}\n",
+    )
+    reg = Registry.open(root)
+    build_dataset(reg, "d59")
+    build_model(reg, "ma")
+    weights = root / "models/mb/weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor: the file still parses
+    weights.write_bytes(bytes(data))
+    tampered = r"models/mb/weights\.safetensors does not match its manifest"
+    with pytest.raises(BuildError, match=tampered):
+        build_model(Registry.open(root), "mc")
+    assert not (root / "models/mc/manifest.json").exists()
