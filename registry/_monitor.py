@@ -19,8 +19,9 @@ handle keeps the full check. The watches are placed BEFORE the full check they g
 a change during that check is an event and the next look doubts.
 
 The reader is a small ctypes binding of three libc calls (no dependency): where they are
-missing (not Linux), or the kernel refuses a watch (`fs.inotify.max_user_watches`), there is
-no monitor.
+missing (not Linux), the kernel refuses a watch (`fs.inotify.max_user_watches`), or the
+registry lies on a file system that others can change without this kernel seeing it (NFS,
+SMB, FUSE: only the local file systems of LOCAL_FILE_SYSTEMS qualify), there is no monitor.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class Monitor:
         """Watch everything under `root` the index reads; None where no monitor can run
         (no inotify, too many watches, a link among the watched names)."""
         lib = _libc()
-        if lib is None:
+        if lib is None or not _local(root):
             return None
         fd = lib.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
@@ -196,6 +197,34 @@ class Monitor:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+# File systems whose every change is made through this kernel, so inotify sees it. On a
+# network or FUSE file system another machine (or a daemon) changes files unseen: no monitor.
+LOCAL_FILE_SYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "reiserfs", "jfs", "bcachefs"}
+)
+
+
+def _local(root: Path, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """True when `root` lies on a local file system of LOCAL_FILE_SYSTEMS (the mount with
+    the longest mount point above it); False where that cannot be told."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as fh:
+            lines = fh.read().splitlines()
+        real = os.path.realpath(root)
+    except OSError:
+        return False
+    best, kind = "", ""
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        point = fields[4].replace("\\040", " ")  # mountinfo escapes spaces
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[fields.index("-") + 1]
+    return kind in LOCAL_FILE_SYSTEMS
 
 
 def _errno() -> int:

@@ -211,3 +211,18 @@ def test_threads_of_one_handle_share_its_copy_safely(reg: Registry) -> None:
         answers = list(pool.map(lambda _i: query(reg, ROWS).rows, range(16)))
     assert all(a == expected for a in answers)
     assert query(reg, ROWS).rows == expected  # the copy is still there, and still right
+
+
+def test_no_monitor_on_a_network_or_fuse_file_system(tmp_path: Path) -> None:
+    from stemma.registry import _monitor
+
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "40 22 0:50 / /mnt/share rw - nfs4 server:/export rw\n"
+        "41 22 0:51 / /mnt/fuse\\040dir rw - fuse.sshfs host: rw\n"
+    )
+    assert _monitor._local(Path("/srv/reg"), str(info))
+    assert not _monitor._local(Path("/mnt/share/reg"), str(info))
+    assert not _monitor._local(Path("/mnt/fuse dir/reg"), str(info))
+    assert not _monitor._local(Path("/srv/reg"), str(tmp_path / "missing"))
