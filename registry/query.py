@@ -186,15 +186,11 @@ def _run(
     con: duckdb.DuckDBPyConnection, sql: str, timeout: float, memory_limit: str
 ) -> QueryResult:
     """Check `sql` and run it on the locked-down `con` within `timeout` seconds."""
-    import threading
-
     from ._engine import duckdb
 
     check_sql(con, sql)
-    # DuckDB has no statement timeout: a timer interrupts the connection instead.
-    timer = threading.Timer(timeout, con.interrupt)
-    timer.daemon = True
-    timer.start()
+    # DuckDB has no statement timeout: a watchdog interrupts the connection instead.
+    timer = _WATCHDOG.arm(con, timeout)
     try:
         cursor = con.execute(sql)
         rows = cursor.fetchall()
@@ -208,12 +204,60 @@ def _run(
     except duckdb.Error as exc:
         raise QueryError(f"query failed: {one_line(exc)}") from None
     finally:
-        timer.cancel()
+        _WATCHDOG.disarm(timer)
     return QueryResult(
         columns=tuple(str(d[0]) for d in description),
         types=tuple(str(d[1]) for d in description),
         rows=tuple(tuple(r) for r in rows),
     )
+
+
+class _Watchdog:
+    """One daemon thread that interrupts each query's connection at its deadline: starting
+    a timer thread per query costs as much wall time as a small query on a kept copy."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._cond = threading.Condition()
+        self._jobs: dict[int, tuple[float, Any]] = {}  # token -> (deadline, connection)
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, con: Any, timeout: float) -> int:
+        """Interrupt `con` after `timeout` seconds unless `disarm`ed first; its token."""
+        import threading
+        import time
+
+        with self._cond:
+            self._next += 1
+            self._jobs[self._next] = (time.monotonic() + timeout, con)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._next
+
+    def disarm(self, token: int) -> None:
+        """The query of `token` is over: never interrupt it."""
+        with self._cond:
+            self._jobs.pop(token, None)
+
+    def _run(self) -> None:
+        import time
+
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, con) in list(self._jobs.items()):
+                    if deadline <= now:
+                        del self._jobs[token]
+                        con.interrupt()
+                soonest = min((d for d, _c in self._jobs.values()), default=now + 60.0)
+                self._cond.wait(max(soonest - now, 0.001))
+
+
+_WATCHDOG = _Watchdog()
 
 
 def one_line(exc: BaseException) -> str:

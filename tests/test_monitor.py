@@ -226,3 +226,15 @@ def test_no_monitor_on_a_network_or_fuse_file_system(tmp_path: Path) -> None:
     assert not _monitor._local(Path("/mnt/share/reg"), str(info))
     assert not _monitor._local(Path("/mnt/fuse dir/reg"), str(info))
     assert not _monitor._local(Path("/srv/reg"), str(tmp_path / "missing"))
+
+
+def test_a_query_on_the_copy_stops_at_its_time_limit_and_the_copy_stays(reg: Registry) -> None:
+    from stemma.registry.errors import QueryError
+
+    endless = (
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+    )
+    for _ in range(2):  # the watchdog thread serves one query after another
+        with pytest.raises(QueryError, match=r"stopped after 0.3 s"):
+            query(reg, endless, timeout=0.3)
+    assert query(reg, ROWS, timeout=0.3).rows == _fresh(reg)
