@@ -28,7 +28,7 @@ from stemma.registry.files import (
     write_atomic,
 )
 from stemma.registry.gate import check_buildable
-from stemma.registry.parents import is_merge
+from stemma.registry.parents import is_merge, pointer_of
 from stemma.registry.records import (
     DATASET_MANIFEST,
     MODEL_MANIFEST,
@@ -288,7 +288,7 @@ def _load_source(
     path = reg.model_dir(src) / rel
     if manifest is None or not path.is_file():
         raise BuildError(
-            f"{spec.path} at /source/model: source model {src!r} has no weights;"
+            f"{spec.path} at {pointer_of(spec, src)}: source model {src!r} has no weights;"
             " build it first (dvc repro)"
         )
     if manifest.raw.get("quantize"):  # torchao int8 tensors: no weights to derive from
@@ -342,7 +342,7 @@ def _refuse_failed_source(spec: ModelSpec, src: str, manifest: Mapping[str, Any]
     failed = [str(g["metric"]) for g in manifest.get("gates") or [] if not g.get("passed")]
     if failed and not (spec.raw.get("source") or {}).get("allow_failed_gates", False):
         raise BuildError(
-            f"{spec.path} at /source/model: source model {src!r} failed its gates"
+            f"{spec.path} at {pointer_of(spec, src)}: source model {src!r} failed its gates"
             f" ({', '.join(failed)}); fix it, or set source.allow_failed_gates: true"
         )
 

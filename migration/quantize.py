@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.parents import pointer_of
 from stemma.registry.records import MODEL_MANIFEST, ModelSpec
 from stemma.registry.registry import WEIGHTS_FILE
 from stemma.registry.taskspec import LOWER_IS_BETTER, MAIN_METRIC
@@ -226,8 +227,8 @@ def quantized_source_error(spec: ModelSpec, src: str, manifest: Mapping[str, Any
     parent = (manifest.get("source") or {}).get("model")
     method = (manifest.get("quantize") or {}).get("method")
     return BuildError(
-        f"{spec.path} at /source/model: source model {src!r} is quantized ({method}); derive"
-        f" from its parent {parent!r} instead"
+        f"{spec.path} at {pointer_of(spec, src)}: source model {src!r} is quantized"
+        f" ({method}); derive from its parent {parent!r} instead"
     )
 
 

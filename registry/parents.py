@@ -61,6 +61,12 @@ def parents_of(doc: Mapping[str, Any] | Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.name for p in parent_refs(doc)))
 
 
+def pointer_of(doc: Mapping[str, Any] | Any, name: str) -> str:
+    """Where a spec names parent `name` (a JSON pointer: its first mention), so an error
+    about one parent points at it; `/source/model` when the spec does not name it."""
+    return next((p.pointer for p in parent_refs(doc) if p.name == name), "/source/model")
+
+
 def is_merge(doc: Mapping[str, Any] | Any) -> bool:
     """True for a spec whose source is a merge of several models (`source.models`)."""
     src = _source(doc)
