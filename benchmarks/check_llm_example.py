@@ -9,7 +9,8 @@ Run after building the example (`cd examples/llm && dvc repro`, its own DVC proj
    the tokenizer loaded that way, equal the manifest's;
 2. the LoRA adapter's export loads with `PeftModel.from_pretrained` on the exported base and
    gives its recorded figures too;
-3. `stemma query "select * from edges"` has a derived_from row from the merge to each of its
+3. `stemma repro --dry` plans nothing in the built example, and
+   `stemma query "select * from edges"` has a derived_from row from the merge to each of its
    parents;
 4. in a temporary copy (its own git repository): after one parent's spec changes, that parent
    is stale and `stemma repro --dry` plans it and then the merge; once `stemma repro` has
@@ -177,6 +178,15 @@ def check_edges() -> int:
     return len(missing)
 
 
+def check_up_to_date() -> int:
+    """Nothing of the built example is stale: `stemma repro --dry` plans no stage."""
+    res = _stemma(["repro", "--dry", "--json"], EXAMPLE)
+    plan = json.loads(res.stdout) if res.returncode == 0 else {}
+    stages = plan.get("targets", ["(repro failed)"])
+    print(f"stemma repro --dry in the example: {stages or 'nothing to run'}")
+    return _verdict(res.returncode == 0 and not stages, "every model and dataset up to date")
+
+
 def _status(repo: Path) -> dict[str, str]:
     res = _stemma(["ls", "--json"], repo)
     return {r["name"]: r["status"] for r in json.loads(res.stdout) if r.get("kind") == "model"}
@@ -249,6 +259,7 @@ def main() -> int:
     _pin_numerics()
     with tempfile.TemporaryDirectory() as tmp:
         bad = check_exports(Path(tmp) / "export")
+        bad += check_up_to_date()
         bad += check_edges()
         bad += check_staleness(Path(tmp))
     print("all checks passed" if not bad else f"{bad} check(s) failed")
