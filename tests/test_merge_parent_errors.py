@@ -1,5 +1,6 @@
-"""A merge's errors about one parent point at that parent in the spec (/source/models/N or
-/source/base), not at a /source/model key a merge spec does not have."""
+"""A merge's errors about one parent (unbuilt, failed gates, quantized) point at that parent
+in the spec (/source/models/N or /source/base), not at a /source/model key a merge spec does
+not have."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ SPECS = {
     "models/base/spec.yaml": "architecture: {family: mlp, hidden: [16]}\n"
     f"data: {{train: d}}\n{TRAIN}",
     "models/ft/spec.yaml": f"source: {{model: base}}\ndata: {{train: d}}\n{TRAIN}",
+    "models/weak/spec.yaml": "source: {model: base}\ndata: {train: d}\n"
+    f"gates: {{accuracy: '>= 0.9999'}}\n{TRAIN}",
     "models/unbuilt/spec.yaml": f"source: {{model: base}}\ndata: {{train: d}}\n{TRAIN}",
     "models/q/spec.yaml": "source: {model: base, relation: quantized}\ndata: {train: d}\n"
     "quantize: {method: int8_weight_only, max_drop: 0.5}\n",
@@ -24,6 +27,8 @@ SPECS = {
     " merge: {method: linear}}\ndata: {train: d}\n",
     "models/m-base/spec.yaml": "source: {relation: merge, models: [ft, base], base: unbuilt,"
     " merge: {method: task_arithmetic}}\ndata: {train: d}\n",
+    "models/m-gated/spec.yaml": "source: {relation: merge, models: [ft, weak],"
+    " merge: {method: linear}}\ndata: {train: d}\n",
     "models/m-quant/spec.yaml": "source: {relation: merge, models: [ft, q],"
     " merge: {method: linear}}\ndata: {train: d}\n",
 }
@@ -34,7 +39,7 @@ def reg(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> Re
     pytest.importorskip("torchao")
     reg = new_registry(tmp_path_factory.mktemp("merge-errors") / "repo", registry_template, SPECS)
     build_dataset(reg, "d")
-    for name in ("base", "ft", "q"):
+    for name in ("base", "ft", "q", "weak"):
         build_model(Registry.open(reg.repo_root), name)
     return Registry.open(reg.repo_root)
 
@@ -44,6 +49,7 @@ def reg(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> Re
     [
         ("m-unbuilt", "at /source/models/1: source model 'unbuilt' has no weights"),
         ("m-base", "at /source/base: source model 'unbuilt' has no weights"),
+        ("m-gated", "at /source/models/1: source model 'weak' failed its gates (accuracy)"),
         ("m-quant", "at /source/models/1: source model 'q' is quantized (int8_weight_only)"),
     ],
 )
