@@ -459,6 +459,7 @@ def model_facts(reg: Registry, name: str, spec: ModelSpec, entry: str | None) ->
     output), the entrypoint it runs (`entry`: own or inherited), whether it is registered,
     and its artifact entry."""
     src = spec.source
+    found = parents_of(spec)
     return [
         # the declared parent; a merge's list (`_pipedelta` renders everything for those)
         (found[0] if len(found) == 1 else list(found)) if found else None,
@@ -485,7 +486,6 @@ def _wdir(where: str) -> str:
     """The repository root, relative to the folder of `where`: commands and paths of every
     stage read as from the root, and dvc.lock records them so."""
     depth = len(PurePosixPath(where).parent.parts)
-    found = parents_of(spec)
     return "/".join([".."] * depth) or "."
 
 
