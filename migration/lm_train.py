@@ -137,8 +137,13 @@ def train_lm(
     progress: Progress | None = None,
 ) -> LMRun:
     """Seeded, deterministic training on the CPU: shuffled blocks, mean token loss per batch."""
-    with cpu_threads(torch.device("cpu")):  # more threads only contend on a small model
-        return _train(model, train, evals, cfg, progress)
+    prior = torch.are_deterministic_algorithms_enabled()
+    set_deterministic(True)
+    try:
+        with cpu_threads(torch.device("cpu")):  # more threads only contend on a small model
+            return _train(model, train, evals, cfg, progress)
+    finally:
+        set_deterministic(prior)  # the process's setting, as train.train leaves it
 
 
 def _train(
@@ -148,7 +153,6 @@ def _train(
     cfg: TrainConfig,
     progress: Progress | None = None,
 ) -> LMRun:
-    set_deterministic(True)
     torch.manual_seed(cfg.seed)
     order = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -419,3 +419,9 @@ def test_a_cuda_causal_lm_build_is_refused(built: Registry, tmp_path: Path) -> N
     spec = root / "models" / "lm-sft" / "spec.yaml"
     spec.write_text(spec.read_text().replace("seed: 0}", "seed: 0, device: cuda}"))
     _refused(lambda: build_model(Registry.open(root), "lm-sft"), "/training/device", "CPU")
+
+
+def test_training_leaves_the_process_deterministic_setting_as_it_was(built: Registry) -> None:
+    import torch
+
+    assert not torch.are_deterministic_algorithms_enabled()  # the builds above restored it
