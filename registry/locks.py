@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 LOCK_FILE = "dvc.lock"
 _ITEM = re.compile(r"^( *)- path: (\S+)$", re.M)
-_MD5 = re.compile(r"[0-9a-f]{32}")
+_MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")  # a folder output (adapter/, tokenizer/) ends in .dir
 
 
 def folder_locked_md5(reg: Registry, name: str, read: Any = None) -> str | None:
