@@ -44,6 +44,7 @@ from .build import (
 )
 from .evaluate import evaluate_gates
 from .mapping import report
+from .model_manifest import manifest_head, source_block
 from .strategy import Strategy, prepare_target
 from .textdata import PROMPT_COMPLETION, TextSplits, load_text, manifest_block, materialize_text
 from .textdata import npz_bytes as text_npz_bytes
@@ -343,18 +344,9 @@ def build_lm(
     base = trained.get_base_model() if lora is not None else trained  # type: ignore[operator]
     params = dict(base.named_parameters())
     manifest: dict[str, Any] = {
-        "kind": "model",
-        "schema_version": 1,
-        "name": name,
-        "spec": dict(spec.raw),
-        "spec_digest": spec.digest,
-        "source": None
-        if src_manifest is None
-        else {
-            "model": src_name,
-            "relation": spec.source.relation if spec.source else "finetune",
-            "id": src_manifest["id"],
-        },
+        **manifest_head(
+            spec, name, None if src_manifest is None else source_block(spec, src_name, src_manifest)
+        ),
         "datasets": datasets,
         "weights": {},
         "architecture": {"config": config, "tensors": rows},

@@ -30,6 +30,7 @@ from stemma.registry.taskspec import CAUSAL_LM
 from torch import nn
 
 from .hubsnapshot import inherit_tokenizer
+from .model_manifest import manifest_head
 
 # -- the methods (mergekit's definitions) ---------------------------------------------------
 
@@ -393,18 +394,9 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     total = sum(int(math.prod(r["shape"])) for r in rows if r.get("kind") == "parameter")
     ids = [str(manifests[r.name]["id"]) for r in parent_refs(spec)]
     parents = [{"model": r.name, "id": str(manifests[r.name]["id"])} for r in parent_refs(spec)]
+    head = {"model": parents[0]["model"], "relation": "merge", "id": combined_id(ids)}
     manifest: dict[str, Any] = {
-        "kind": "model",
-        "schema_version": 1,
-        "name": spec.name,
-        "spec": dict(spec.raw),
-        "spec_digest": spec.digest,
-        "source": {
-            "model": parents[0]["model"],
-            "relation": "merge",
-            "id": combined_id(ids),
-            "parents": parents,
-        },
+        **manifest_head(spec, spec.name, {**head, "parents": parents}),
         "datasets": datasets,
         "weights": {},
         "architecture": {"config": config, "tensors": rows},

@@ -19,6 +19,28 @@ from .evaluate import evaluate_gates
 from .strategy import Strategy
 
 
+def manifest_head(spec: ModelSpec, name: str, source: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keys every model manifest opens with: kind, schema version, name, the spec and its
+    digest, and the `source` block (None for a model trained from scratch)."""
+    return {
+        "kind": "model",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "source": None if source is None else dict(source),
+    }
+
+
+def source_block(spec: ModelSpec, model: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The `source` block of a model derived from `model` (whose manifest is `manifest`)."""
+    return {
+        "model": model,
+        "relation": spec.source.relation if spec.source else "finetune",
+        "id": manifest["id"],
+    }
+
+
 def model_manifest(
     spec: ModelSpec,
     name: str,
@@ -43,18 +65,7 @@ def model_manifest(
         if r["origin"] == "transferred" and r["name"] in params
     )
     return {
-        "kind": "model",
-        "schema_version": 1,
-        "name": name,
-        "spec": dict(spec.raw),
-        "spec_digest": spec.digest,
-        "source": None
-        if source is None
-        else {
-            "model": source[0],
-            "relation": spec.source.relation if spec.source else "finetune",
-            "id": source[1]["id"],
-        },
+        **manifest_head(spec, name, None if source is None else source_block(spec, *source)),
         "datasets": datasets,
         "weights": weights,
         "architecture": {"config": config, "tensors": rows},

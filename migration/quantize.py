@@ -42,6 +42,7 @@ from .evaluate import evaluate_gates
 from .families import require
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan, transfer
+from .model_manifest import manifest_head, source_block
 from .quantize_eval import scoring
 
 METHODS = {
@@ -294,12 +295,7 @@ def build_quantized(
     metrics = {m: float(after[m]) for m in scored.metrics}
     params = dict(module.named_parameters())
     manifest: dict[str, Any] = {
-        "kind": "model",
-        "schema_version": 1,
-        "name": name,
-        "spec": dict(spec.raw),
-        "spec_digest": spec.digest,
-        "source": {"model": parent, "relation": "quantized", "id": src_manifest["id"]},
+        **manifest_head(spec, name, source_block(spec, parent, src_manifest)),
         "datasets": scored.datasets,
         "weights": _build._blob_file(WEIGHTS_FILE, blob, "safetensors"),
         "architecture": {"config": config, "tensors": _rows(tensors, metadata, set(src_state))},
