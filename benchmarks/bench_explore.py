@@ -48,7 +48,12 @@ from stemma.migration.features import compute
 from stemma.migration.search import prepare_module
 from stemma.migration.strategy import Strategy
 from stemma.migration.train import CPU_THREADS, TrainConfig, train
-from stemma.migration.transferability import SCORE_INPUTS, SCORES, weighted_tau
+from stemma.migration.transferability import (
+    SCORE_INPUTS,
+    SCORES,
+    stratified_sample,
+    weighted_tau,
+)
 from threadpoolctl import threadpool_limits
 
 SHAPE = [1, 8, 8]
@@ -152,19 +157,28 @@ def finetune(
 
 
 def scores_of(
-    config: dict[str, Any], state: dict[str, torch.Tensor], data: DatasetArrays
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    data: DatasetArrays,
+    sample: int | None = None,
 ) -> tuple[dict[str, float], dict[str, float], float]:
-    """({score: value}, {score: seconds}, feature-extraction seconds) on the target train split."""
+    """({score: value}, {score: seconds}, feature-extraction seconds) on the target train split,
+    or on a stratified sample of at most `sample` of its rows (seed 0): the forward pass and
+    the scores then run over the sample only."""
     begin = time.perf_counter()
+    x, y = data.x_train, data.y_train
+    if sample is not None:
+        rows = stratified_sample(y, sample, seed=0)
+        x, y = x[rows], y[rows]
     module = build_module(config)
     module.load_state_dict(state)
-    feats, probs = compute(module, data.x_train, device="cpu")
+    feats, probs = compute(module, x, device="cpu")
     extract_s = time.perf_counter() - begin
     inputs = {"features": feats, "probs": probs}
     values, seconds = {}, {}
     for name, fn in SCORES.items():
         begin = time.perf_counter()
-        values[name] = float(fn(inputs[SCORE_INPUTS[name]], data.y_train))
+        values[name] = float(fn(inputs[SCORE_INPUTS[name]], y))
         seconds[name] = time.perf_counter() - begin
     return values, seconds, extract_s
 
@@ -173,7 +187,11 @@ def scores_of(
 
 
 def run(
-    seeds: int, epochs: int, lrs: tuple[float, ...], log: Callable[[str], None]
+    seeds: int,
+    epochs: int,
+    lrs: tuple[float, ...],
+    log: Callable[[str], None],
+    sample: int | None = None,
 ) -> dict[str, Any]:
     """Train the zoo, score and fine-tune every pair, and summarise."""
     # one thread for torch and for BLAS: scoring and fine-tuning compete on equal terms, and
@@ -192,7 +210,7 @@ def run(
         score_s = dict.fromkeys(SCORES, 0.0)
         extract_s = finetune_s = 0.0
         for sname, (config, state) in zoo.items():
-            got, secs, ext = scores_of(config, state, data)
+            got, secs, ext = scores_of(config, state, data, sample)
             extract_s += ext
             for s in SCORES:
                 values[s][sname] = got[s]
@@ -226,11 +244,18 @@ def run(
             },
         }
         log(f"{tname}: tau " + ", ".join(f"{s} {t:+.2f}" for s, t in taus.items()))
-    return summarise(per_target, zoo, seeds, epochs, lrs, time.perf_counter() - started)
+    result = summarise(per_target, zoo, seeds, epochs, lrs, time.perf_counter() - started)
+    result["settings"]["score_sample"] = sample
+    return result
 
 
 def at_scale(
-    candidates: int, seeds: int, epochs: int, lrs: tuple[float, ...], log: Callable[[str], None]
+    candidates: int,
+    seeds: int,
+    epochs: int,
+    lrs: tuple[float, ...],
+    log: Callable[[str], None],
+    sample: int | None = None,
 ) -> dict[str, Any]:
     """The design's setting: `candidates` sources ranked on the 5,000 MNIST digits (8x8).
 
@@ -258,7 +283,7 @@ def at_scale(
     values: dict[str, dict[str, float]] = {s: {} for s in SCORES}
     acc: dict[str, float] = {}
     for name, (config, state) in zoo.items():
-        got, secs, ext = scores_of(config, state, target)
+        got, secs, ext = scores_of(config, state, target, sample)
         extract_s += ext
         for s in SCORES:
             score_s[s] += secs[s]
@@ -274,7 +299,13 @@ def at_scale(
     return {
         "candidates": len(zoo),
         "train_samples": len(target.y_train),
-        "settings": {"seeds": seeds, "epochs": epochs, "lrs": list(lrs), "torch_threads": 1},
+        "settings": {
+            "seeds": seeds,
+            "epochs": epochs,
+            "lrs": list(lrs),
+            "torch_threads": 1,
+            "score_sample": sample,
+        },
         "seconds": {"extract": extract_s, "scores": score_s, "finetune_all": finetune_s},
         "tau": {s: weighted_tau(np.array([values[s][n] for n in names]), truth) for s in SCORES},
         "scoring_share": _shares(extract_s, score_s, finetune_s),
@@ -418,16 +449,23 @@ def main(argv: list[str] | None = None) -> None:
         metavar="N",
         help="instead: rank N candidates on the 5,000 MNIST digits (the design's setting, 20)",
     )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="score each candidate on a stratified sample of at most N target rows (seed 0)",
+    )
     args = parser.parse_args(argv)
     lrs = tuple(float(v) for v in args.lrs.split(","))
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.scale:
-        text = json.dumps(at_scale(args.scale, args.seeds, args.epochs, lrs, log), indent=2)
+        found = at_scale(args.scale, args.seeds, args.epochs, lrs, log, args.sample)
+        text = json.dumps(found, indent=2)
         if args.out:
             args.out.write_text(text + "\n")
         print(text)
         return
-    result = run(args.seeds, args.epochs, lrs, log)
+    result = run(args.seeds, args.epochs, lrs, log, args.sample)
     text = json.dumps(result, indent=2, sort_keys=True)
     if args.out:
         args.out.write_text(text + "\n")

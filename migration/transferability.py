@@ -37,6 +37,7 @@ __all__ = [
     "logme_regression",
     "nce",
     "score_all",
+    "stratified_sample",
     "weighted_tau",
 ]
 
@@ -463,6 +464,42 @@ def score_all(
         value = SCORES[name](inputs[SCORE_INPUTS[name]], labels)
         results[name] = {"value": float(value), "seconds": time.perf_counter() - start}
     return results
+
+
+def stratified_sample(labels: Any, cap: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of at most `cap` samples, drawn with `seed`, each class keeping its
+    share of the rows (largest remainders; every class present keeps at least one row).
+
+    Scoring a candidate costs a forward pass over the rows plus LogME's decomposition of a
+    Gram matrix of min(rows, dims) squared: a bounded sample bounds both. Integer class ids are
+    stratified; continuous targets (regression) and label matrices (multi-label) are drawn
+    uniformly. Every row is kept when there are at most `cap`.
+    """
+    if cap < 2:
+        raise ValueError(f"a sample needs at least 2 rows, got a cap of {cap}")
+    y = np.asarray(labels)
+    n = int(y.shape[0])
+    if n <= cap:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        return np.sort(rng.choice(n, size=cap, replace=False))
+    _, index = np.unique(y, return_inverse=True)
+    counts = np.bincount(index.reshape(-1))
+    share = cap * counts / n
+    take = np.maximum(np.floor(share).astype(np.int64), 1)
+    while take.sum() > cap:  # more classes than the cap leaves rows for: trim the largest
+        take[int(np.argmax(take))] -= 1
+    # the rows left over go to the largest fractional shares (ties: the lower class index)
+    spare = cap - int(take.sum())
+    for k in np.argsort(-(share - np.floor(share)), kind="stable"):
+        if spare == 0:
+            break
+        if take[k] < counts[k]:
+            take[k] += 1
+            spare -= 1
+    picked = [rng.permutation(np.flatnonzero(index == k))[: take[k]] for k in range(len(counts))]
+    return np.sort(np.concatenate(picked))
 
 
 def weighted_tau(scores: Any, accuracies: Any) -> float:

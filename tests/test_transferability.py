@@ -372,3 +372,21 @@ def test_weighted_tau() -> None:
     top_swap = weighted_tau([3.0, 2.0, 4.0, 1.0], accuracies)
     bottom_swap = weighted_tau([4.0, 1.0, 3.0, 2.0], accuracies)
     assert -1.0 < top_swap < bottom_swap < 1.0
+
+
+def test_stratified_sample_is_bounded_seeded_and_keeps_class_shares() -> None:
+    from stemma.migration.transferability import stratified_sample
+
+    labels = np.repeat(np.arange(4), [400, 200, 100, 3])
+    picked = stratified_sample(labels, 100, seed=7)
+    assert picked.shape[0] == 100 and np.all(np.diff(picked) > 0)  # sorted, no repeats
+    counts = np.bincount(labels[picked], minlength=4)
+    assert list(counts) == [57, 28, 14, 1]  # shares kept; the rare class is not dropped
+    assert np.array_equal(picked, stratified_sample(labels, 100, seed=7))
+    assert not np.array_equal(picked, stratified_sample(labels, 100, seed=8))
+    # at or under the cap nothing is dropped; continuous targets draw uniformly
+    assert np.array_equal(stratified_sample(labels, 10_000, seed=0), np.arange(703))
+    uniform = stratified_sample(np.linspace(0, 1, 500), 50, seed=0)
+    assert uniform.shape[0] == 50 and len(set(uniform.tolist())) == 50
+    with pytest.raises(ValueError):
+        stratified_sample(labels, 1, seed=0)
