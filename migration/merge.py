@@ -29,8 +29,15 @@ from stemma.registry.records import ModelSpec
 from stemma.registry.taskspec import CAUSAL_LM
 from torch import nn
 
+from .architectures import build_module
+from .evaluate import evaluate, evaluate_gates
 from .hubsnapshot import inherit_tokenizer
+from .mapping import plan as map_plan
+from .mapping import report, transfer
 from .model_manifest import manifest_head
+from .quantize_eval import scoring
+from .tasks import get as get_task
+from .weights import load_weights
 
 # -- the methods (mergekit's definitions) ---------------------------------------------------
 
@@ -319,8 +326,6 @@ def recheck(reg: Registry, manifest: Mapping[str, Any], name: str) -> tuple[bool
     now equals the stored merged weights bit for bit (`stemma verify`'s frozen check: every
     tensor of a merge comes from its parents). A parent whose weights no longer match its
     manifest, or that is gone, fails with the build's own message."""
-    from .weights import load_weights
-
     display = reg.rel("models", name, "manifest.json")
     spec = ModelSpec.from_dict(name, manifest["spec"], display)
     own = str(manifest["weights"].get("path", "weights.safetensors"))
@@ -355,9 +360,6 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     """Build a merge spec: load and check every parent, merge on the CPU in float32,
     evaluate on the spec's eval data, gate, and write weights and manifest as one unit."""
     from . import build as _b
-    from .evaluate import evaluate, evaluate_gates
-    from .mapping import report
-    from .tasks import get as get_task
 
     display = spec.path
     done = merged_from_parents(reg, spec)
@@ -367,8 +369,6 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     keeper = _one_tokenizer(spec, done)
     extra: dict[str, Any] = {}
     if done.manifests[first].get("task") == CAUSAL_LM:  # perplexity, as a quantized LM's
-        from .quantize_eval import scoring
-
         found = scoring(reg, spec, first, done.manifests[first])
         datasets, extra = found.datasets, dict(found.extra)
         module = _module(reg, config, merged, display)
@@ -424,10 +424,6 @@ def _module(
     reg: Registry, config: Mapping[str, Any], merged: Mapping[str, torch.Tensor], display: str
 ) -> nn.Module:
     """The parents' architecture holding the merged tensors, in eval mode."""
-    from .architectures import build_module
-    from .mapping import plan as map_plan
-    from .mapping import transfer
-
     with torch.random.fork_rng(devices=[]):
         module = build_module(dict(config), reg.settings.entrypoints, display)
     transfer(module, merged, map_plan(merged, module.state_dict(), "exact", display))
