@@ -13,9 +13,10 @@ import fnmatch
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.files import canonical_json, write_atomic
@@ -29,7 +30,13 @@ from .evaluate import DECIMALS
 from .explore_lm import BITS_PER_BYTE, TextRanking, explore_text
 from .features import extract
 from .train import CPU_THREADS
-from .transferability import SCORE_INPUTS, SCORES, logme_multilabel, logme_regression
+from .transferability import (
+    SCORE_INPUTS,
+    SCORES,
+    logme_multilabel,
+    logme_regression,
+    stratified_sample,
+)
 
 _CLASS_ONLY = "needs class labels"
 _ONE_PER_IMAGE = (
@@ -67,6 +74,7 @@ def _score(name: str, inputs: dict[str, Any], labels: Any, task: str) -> float:
 
 
 DEFAULT_SCORE = "logme"
+SAMPLE_SEED = 0  # the seed of `explore(sample=...)`: every candidate sees the same rows
 
 
 def _blas_threads() -> Any:
@@ -93,6 +101,7 @@ class Ranking:
     selected: str | None = None
     scores: tuple[str, ...] = field(default=())
     not_applicable: tuple[tuple[str, str], ...] = ()
+    sample: dict[str, Any] | None = None  # the rows scored, when a sample bounded them
 
     def to_dict(self, timings: bool = True) -> dict[str, Any]:
         """The ranking as JSON-ready data; without `timings`, deterministic (no wall times)."""
@@ -110,6 +119,8 @@ class Ranking:
         }
         if self.not_applicable:  # absent for class labels: their documents stay as they were
             doc["not_applicable"] = dict(self.not_applicable)
+        if self.sample is not None:  # absent for the whole split: those documents stay as-is
+            doc["sample"] = dict(self.sample)
         return doc
 
     @property
@@ -197,6 +208,7 @@ def explore(
     decide: str | None = None,
     device: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
+    sample: int | None = None,
 ) -> Ranking | TextRanking:
     """Score every fitting candidate on the dataset's training split and rank them.
 
@@ -206,10 +218,17 @@ def explore(
     called before each candidate and once at the end (model "").
     A text (causal-lm) dataset is ranked by `explore_lm.explore_text` (bits per byte, and
     LogME on pooled hidden states for a labelled one).
+    `sample`: score every candidate on the same stratified sample of at most this many
+    training rows (seed `SAMPLE_SEED`; the forward pass then runs over those rows only, and
+    their features are not cached), recorded as the document's ``sample``.
     """
     scores = tuple(scores)
     task = _task(reg, dataset)
+    if sample is not None and sample < 2:
+        raise BuildError(f"a sample needs at least 2 rows, got {sample}")
     if task == CAUSAL_LM:  # scored with each candidate's own tokenizer
+        if sample is not None:
+            raise BuildError(f"sampling rows applies to array datasets; {dataset!r} is text")
         return explore_text(reg, dataset, candidates, scores, exclude, decide, progress)
     if BITS_PER_BYTE in (*scores, decide):
         raise BuildError(
@@ -250,6 +269,17 @@ def explore(
     todo = [m for m in pool if m not in banned]
     # read once for every candidate (each one whose features are not cached runs over it)
     data = load_dataset(reg, dataset) if todo else None
+    sampled = None
+    if data is not None and sample is not None:
+        labels = np.asarray(data.y_train)
+        picked = stratified_sample(labels, sample, seed=SAMPLE_SEED)
+        sampled = {
+            "rows": int(picked.shape[0]),
+            "of": int(labels.shape[0]),
+            "seed": SAMPLE_SEED,
+            "stratified": labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer),
+        }
+        data = replace(data, x_train=data.x_train[picked], y_train=labels[picked])
     for done, model in enumerate(todo):
         if progress is not None:
             progress(done, len(todo), model)
@@ -258,7 +288,10 @@ def explore(
             skipped.append({"model": model, "reason": reason})
             continue
         begin = time.perf_counter()
-        found = extract(reg, model, dataset, "train", device=device, data=data)
+        # the cache holds whole splits: a sample's features are computed, never cached
+        found = extract(
+            reg, model, dataset, "train", device=device, data=data, cache=sampled is None
+        )
         extract_seconds = time.perf_counter() - begin
         inputs = {"features": found.features, "probs": found.probs}
         values: dict[str, float | None] = {}
@@ -294,6 +327,7 @@ def explore(
         selected=rows[0]["model"] if rows else None,
         scores=names,
         not_applicable=not_applicable,
+        sample=sampled,
     )
 
 

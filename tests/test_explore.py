@@ -320,3 +320,24 @@ def test_source_auto_through_dvc_repro(registry: Registry, cli: object) -> None:
     lock = (repo / "models/target/dvc.lock").read_text()
     assert "explore-target:" in lock and "model-target:" in lock
     assert dvc(repo, "status").returncode == 0  # quiet status exits 1 when a stage is stale
+
+
+def test_a_bounded_sample_is_scored_and_recorded(zoo: Path) -> None:
+    """`sample` scores every candidate on the same seeded, stratified rows (features of the
+    sample only, no cache entry written for them) and records the sample in the document."""
+    from stemma.migration.data import load_dataset
+    from stemma.migration.transferability import stratified_sample
+
+    reg = Registry.open(zoo)
+    ranking = explore(reg, "d59", ["base", "untrained"], scores=("logme",), sample=60)
+    doc = ranking.to_dict(timings=False)
+    total = len(load_dataset(reg, "d59").y_train)
+    assert doc["sample"] == {"rows": 60, "of": total, "seed": 0, "stratified": True}
+    assert doc["selected"] == "base"
+    full = extract(reg, "base", "d59")
+    rows = stratified_sample(full.labels, 60, seed=0)
+    want = round(logme(full.features[rows], full.labels[rows]), 6)
+    got = {row["model"]: row["scores"]["logme"] for row in doc["ranking"]}
+    assert got["base"] == pytest.approx(want, abs=2e-6)
+    # without a sample the document is as before: no "sample" key
+    assert "sample" not in explore(reg, "d59", ["base"], scores=("logme",)).to_dict()
