@@ -176,8 +176,27 @@ def _file_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]
     ]
     specs = {name: _doc(reg, "models", name, SPEC_FILE) for name in mnames}
     manifests = {name: _doc(reg, "models", name, MANIFEST_FILE) for name in mnames}
-    models = [_model_record(reg, name, specs[name], manifests) for name in mnames]
+    ids = _dataset_ids(dnames, lambda kind, n, file: _doc(reg, kind, n, file))
+    models = [_model_record(reg, name, specs[name], manifests, ids) for name in mnames]
     return models, datasets
+
+
+def _dataset_ids(
+    names: Iterable[str], doc: Callable[[str, str, str], dict[str, Any] | None]
+) -> Callable[[str], str | None]:
+    """A dataset's manifest id now, read when first asked for (None when it has none or is
+    not declared): what `status.staleness` compares a model's recorded dataset ids with."""
+    known = set(names)
+    seen: dict[str, str | None] = {}
+
+    def current(name: str) -> str | None:
+        if name not in known:
+            return None
+        if name not in seen:
+            seen[name] = _str(doc("datasets", name, MANIFEST_FILE), "id")
+        return seen[name]
+
+    return current
 
 
 def prefetch_documents(reg: Registry, extra: Iterable[str] = ()) -> None:
@@ -207,8 +226,9 @@ def partial_graph(
     doc = read or (lambda kind, name, file: read_document(reg, kind, name, file))
     records = [_dataset_record(name, doc) for name in datasets]
     manifests = LazyDocs(reg.model_names(), lambda name: doc("models", name, MANIFEST_FILE))
+    ids = _dataset_ids(reg.dataset_names(), doc)
     chosen = [
-        _model_record(reg, name, doc("models", name, SPEC_FILE), manifests) for name in models
+        _model_record(reg, name, doc("models", name, SPEC_FILE), manifests, ids) for name in models
     ]
     return graph_from_records(chosen, records)
 
@@ -287,6 +307,7 @@ def _model_record(
     name: str,
     spec: dict[str, Any] | None,
     manifests: Mapping[str, dict[str, Any] | None],
+    dataset_ids: Callable[[str], str | None],
 ) -> ModelRecord:
     manifest = manifests.get(name)
     mid = _str(manifest, "id")
@@ -339,6 +360,12 @@ def _model_record(
         manifest.get("spec_digest") if manifest is not None else None,
         parent_id,
         source_id,
+        datasets=[
+            (recorded, dataset_ids(ds))
+            for ds, recorded in status.recorded_datasets(
+                manifest.get("datasets") if manifest is not None else None
+            ).items()
+        ],
     )
     return ModelRecord(
         name,

@@ -36,6 +36,7 @@ from stemma.registry import Registry, status
 from stemma.registry.commits import settle
 from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
 from stemma.registry.files import file_hashes, read_json
+from stemma.registry.listing import current_dataset_id
 from stemma.registry.locks import LOCK_FILE
 from stemma.registry.lockstate import unlocked
 from stemma.registry.parents import recorded_parents
@@ -212,12 +213,41 @@ def _staleness(reg: Registry, manifest: Mapping[str, Any], name: str) -> list[Fi
             )
         else:
             out.append(Finding("spec", PASS, f"{spec.path} is the spec the build used"))
+    out += _data_findings(reg, manifest)
     source = manifest.get("source")
     if source is None:
         out.append(Finding("source", SKIP, "no source model"))
         return out
     for model, recorded in recorded_parents(manifest):  # a merge: each of its parents
         out.append(_parent_finding(reg, model, str(recorded)))
+    return out
+
+
+def _data_findings(reg: Registry, manifest: Mapping[str, Any]) -> list[Finding]:
+    """Whether each dataset the build recorded still has the manifest id it recorded."""
+    out = []
+    for ds, recorded in status.recorded_datasets(manifest.get("datasets")).items():
+        now = current_dataset_id(reg, ds)
+        if status.staleness(None, None, datasets=[(recorded, now)]) is None:
+            out.append(Finding("data", PASS, f"dataset {ds!r} is the one the build used"))
+        elif now is None:
+            out.append(
+                Finding(
+                    "data",
+                    FAIL,
+                    f"dataset {ds!r} has no manifest now (recorded {recorded[7:19]});"
+                    " run `dvc repro`",
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "data",
+                    FAIL,
+                    f"dataset {ds!r} changed since the build (recorded {recorded[7:19]},"
+                    f" now {now[7:19]}); run `dvc repro`",
+                )
+            )
     return out
 
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 FILE = Path(".stemma") / "checked"
-FORMAT = "stemma-checked/2"  # 2: stamps of `_snapshot.stamp`
+FORMAT = "stemma-checked/3"  # 2: stamps of `_snapshot.stamp`; 3: recorded dataset ids
 # The files of a model folder whose content the facts depend on.
 FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json", "dvc.lock")
 

@@ -11,6 +11,7 @@ from . import status
 STALE_WHY = {
     status.SPEC_CHANGED: "its spec changed since the build",
     status.SOURCE_CHANGED: "its source model was rebuilt since the build",
+    status.DATA_CHANGED: "a dataset it was built from was rebuilt or is gone since the build",
     status.LOCK_CHANGED: "its weights are not the ones its dvc.lock records",
 }
 

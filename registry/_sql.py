@@ -11,7 +11,7 @@ import re
 from .status import BUILT, REGISTERED, STALE, UNBUILT
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "12"
+FORMAT = "13"
 
 TABLES = """
 CREATE SCHEMA raw;
@@ -33,7 +33,8 @@ CREATE TABLE raw.model_manifests(
     gates_passed BOOLEAN, checks_passed BOOLEAN, metrics MAP(VARCHAR, DOUBLE),
     metric_keys VARCHAR,  -- the metric names as a sorted JSON list
     parents VARCHAR[],  -- the source, or a merge's recorded parents
-    external STRUCT(hub_id VARCHAR, relation VARCHAR)[]);  -- Hub parents (spec.external_sources)
+    external STRUCT(hub_id VARCHAR, relation VARCHAR)[],  -- Hub parents (spec.external_sources)
+    datasets STRUCT(name VARCHAR, id VARCHAR)[]);  -- the dataset ids the build recorded
 CREATE TABLE raw.layers(
     name VARCHAR, path VARCHAR, position INTEGER, tensor VARCHAR, shape BIGINT[],
     dtype VARCHAR, origin VARCHAR, frozen BOOLEAN, source_name VARCHAR);
@@ -101,7 +102,9 @@ SELECT name, path, j.id, j.spec_digest, j.source.model, j.source.relation, j.sou
        j.metrics, to_json(list_sort(map_keys(j.metrics))),
        CASE WHEN j.source.parents IS NOT NULL THEN [p.model FOR p IN j.source.parents]
             WHEN j.source.model IS NOT NULL THEN [j.source.model] END,
-       j.spec.external_sources
+       j.spec.external_sources,
+       [d FOR d IN coalesce(map_values(j.datasets), [])
+        IF d.name IS NOT NULL AND d.id IS NOT NULL]
 FROM staged"""
 
 INSERT_LAYERS = """
@@ -262,7 +265,14 @@ _MODEL_STATUS = f"""CASE WHEN m.name IS NULL THEN '{UNBUILT}'
             WHEN s.name IS NULL THEN '{REGISTERED}'
             WHEN m.spec_digest IS DISTINCT FROM s.digest THEN '{STALE}'
             WHEN p.id IS NOT NULL AND p.id IS DISTINCT FROM m.source_id THEN '{STALE}'
+            WHEN dc.name IS NOT NULL THEN '{STALE}'
             ELSE '{BUILT}' END"""
+# The models whose manifest records a dataset id that is not that dataset's manifest id now
+# (`status.DATA_CHANGED`: rebuilt since, or gone).
+_DATA_CHANGED = """(SELECT DISTINCT x.name
+    FROM (SELECT name, unnest(datasets) AS d FROM raw.model_manifests) x
+    LEFT JOIN raw.dataset_manifests dm ON dm.name = x.d.name
+    WHERE dm.id IS DISTINCT FROM x.d.id)"""
 # The declared parents' current manifest ids as one (`parents.combined_id`): a single
 # parent's own id, several digested in order, NULL while one has no manifest.
 _PARENT_IDS = """(SELECT x.name, CASE WHEN count(pm.id) < count(*) THEN NULL
@@ -301,7 +311,8 @@ SELECT coalesce(s.name, m.name) AS name,
        m.metrics{metric_cols}
 FROM raw.model_specs s
 FULL OUTER JOIN raw.model_manifests m ON m.name = s.name
-LEFT JOIN {_PARENT_IDS} p ON p.name = s.name"""
+LEFT JOIN {_PARENT_IDS} p ON p.name = s.name
+LEFT JOIN {_DATA_CHANGED} dc ON dc.name = m.name"""
 
 
 def _walk(macro: str, near: str, far: str) -> str:

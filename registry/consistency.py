@@ -23,7 +23,7 @@ from .parents import combined_id, parent_map, parent_refs, parents_of
 from .parents import problems as parent_problems
 from .records import DatasetSpec, Manifest, ModelSpec
 from .registry import Registry
-from .status import SOURCE_CHANGED, SPEC_CHANGED, staleness
+from .status import DATA_CHANGED, SOURCE_CHANGED, SPEC_CHANGED, recorded_datasets, staleness
 from .taskspec import spec_problems, training_task
 
 # Stable violation codes; tools and the audit key on these strings.
@@ -128,6 +128,7 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
     found: list[Violation] = []
     datasets: dict[str, DatasetSpec] = {}
     models: dict[str, ModelSpec] = {}
+    data_ids: dict[str, str | None] = {}  # each dataset's manifest id now (None: unreadable)
     for name in reg.dataset_names():
         subject = f"dataset:{name}"
         path = reg.rel("datasets", name, "spec.yaml")
@@ -144,9 +145,12 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
         try:
             datasets[name] = reg.dataset_spec(name)
             found += _dataset_checks(reg, datasets[name])
-            reg.dataset_manifest(name)
+            dm = reg.dataset_manifest(name)
+            data_ids[name] = dm.id if dm is not None else None
         except StemmaError as exc:
             found.append(_from_error(exc, subject, path))
+        if name not in data_ids:  # no spec (registered) or a bad one: the manifest may still be
+            data_ids[name] = _dataset_id(reg, name)
     facts: dict[str, ModelFacts] = {}
     cache = _folder_facts(reg) if borrowed is None else None
     for name in reg.model_names():
@@ -181,7 +185,7 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
         found += _task_rules(spec, tasks[spec.train])
     found += _cycles(reg, models)
     for name in models:
-        found += _manifest_checks(name, models, facts)
+        found += _manifest_checks(name, models, facts, data_ids)
     if cache is not None and not any(v.code not in _OUTCOMES for v in found):
         cache.save()
     found += _pipeline_files(reg)
@@ -415,6 +419,7 @@ class ModelFacts:
     tail: tuple[Violation, ...] = ()  # metric files, gates, checks: in that order
     weights_md5: str | None = None  # the manifest's
     locked_md5: str | None = None  # of the weights in the folder's dvc.lock
+    datasets: tuple[tuple[str, str], ...] = ()  # (name, manifest id) of each recorded dataset
 
     def to_list(self) -> list[Any]:
         """JSON-ready form (positional: a large registry stores ten thousand of these)."""
@@ -433,13 +438,14 @@ class ModelFacts:
             [_violation_list(v) for v in self.tail],
             self.weights_md5,
             self.locked_md5,
+            [list(pair) for pair in self.datasets],
         ]
 
     @classmethod
     def from_list(cls, name: str, doc: list[Any]) -> ModelFacts:
         """Read back `to_list`."""
         spec, error, digest, manifest, manifest_error, path, mid, sd, sid, mismatch, tail = doc[:11]
-        weights_md5, locked_md5 = doc[11:]
+        weights_md5, locked_md5, datasets = doc[11:]
         return cls(
             spec=None if spec is None else ModelSpec(name, spec[0], spec[1], bool(spec[2])),
             spec_error=_violation(error),
@@ -454,6 +460,7 @@ class ModelFacts:
             tail=tuple(Violation(*v) for v in tail),
             weights_md5=weights_md5,
             locked_md5=locked_md5,
+            datasets=tuple((str(n), str(i)) for n, i in datasets),
         )
 
 
@@ -517,6 +524,7 @@ def model_facts(reg: Registry, name: str) -> ModelFacts:
         tail=tuple(tail),
         weights_md5=weights_md5(manifest.raw),
         locked_md5=folder_locked_md5(reg, name),  # for the audit's lock check
+        datasets=tuple(recorded_datasets(manifest.raw.get("datasets")).items()),
     )
 
 
@@ -525,8 +533,20 @@ def weights_md5(manifest: Any) -> str | None:
     return recorded_md5(manifest.get("weights") if isinstance(manifest, dict) else None)
 
 
+def _dataset_id(reg: Registry, name: str) -> str | None:
+    """The dataset's manifest id, or None when it has no readable manifest."""
+    try:
+        dm = reg.dataset_manifest(name)
+    except StemmaError:
+        return None
+    return dm.id if dm is not None else None
+
+
 def _manifest_checks(
-    name: str, models: dict[str, ModelSpec], facts: dict[str, ModelFacts]
+    name: str,
+    models: dict[str, ModelSpec],
+    facts: dict[str, ModelFacts],
+    data_ids: Mapping[str, str | None],
 ) -> list[Violation]:
     mine = facts[name]
     if mine.manifest_error is not None:
@@ -544,7 +564,7 @@ def _manifest_checks(
                 subject=f"model:{name}",
             )
         )
-    found += list(_staleness(name, models, facts))
+    found += list(_staleness(name, models, facts, data_ids))
     found += mine.tail
     return found
 
@@ -559,7 +579,10 @@ def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
 
 
 def _staleness(
-    name: str, models: dict[str, ModelSpec], facts: dict[str, ModelFacts]
+    name: str,
+    models: dict[str, ModelSpec],
+    facts: dict[str, ModelFacts],
+    data_ids: Mapping[str, str | None],
 ) -> Iterator[Violation]:
     mine = facts[name]
     spec = models[name]
@@ -568,7 +591,8 @@ def _staleness(
     parent_id = combined_id([facts[p].manifest_id for p in named if p in models])
     if any(p not in models for p in named):
         parent_id = None
-    why = staleness(mine.digest, mine.spec_digest, parent_id, mine.source_id)
+    pairs = [(recorded, data_ids.get(ds)) for ds, recorded in mine.datasets]
+    why = staleness(mine.digest, mine.spec_digest, parent_id, mine.source_id, datasets=pairs)
     path = mine.manifest_path
     if why == SPEC_CHANGED:
         yield Violation(
@@ -585,5 +609,15 @@ def _staleness(
             path,
             f"{which} changed since the last build; run `dvc repro`",
             "/source/id",
+            subject=f"model:{name}",
+        )
+    elif why == DATA_CHANGED:
+        ds = next(d for d, recorded in mine.datasets if data_ids.get(d) != recorded)
+        state = "has no manifest now" if data_ids.get(ds) is None else "was rebuilt"
+        yield Violation(
+            STALE_MANIFEST,
+            path,
+            f"dataset {ds!r} {state} since the last build; run `dvc repro`",
+            "/datasets",
             subject=f"model:{name}",
         )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import status
-from .errors import DatasetNotFound, ModelNotFound
+from .errors import DatasetNotFound, ModelNotFound, StemmaError
 from .locks import folder_locked_md5
 from .lockstate import recorded_md5, unlocked
 from .parents import combined_id, parents_of
@@ -70,11 +70,12 @@ def model_staleness(reg: Registry, name: str, manifest: Manifest) -> str | None:
 
 def _staleness_inputs(
     reg: Registry, name: str, manifest: Manifest
-) -> tuple[str, str, str | None, str | None, str | None, str | None]:
+) -> tuple[str, str, str | None, str | None, str | None, str | None, list[tuple[str, str | None]]]:
     """The arguments of `status.staleness` for a built model, as the files are now."""
     spec = reg.model_spec(name)
     found = [reg.model_manifest(p) if reg.has_model(p) else None for p in parents_of(spec)]
     weights = manifest.raw.get("weights") or {}
+    recorded = status.recorded_datasets(manifest.raw.get("datasets"))
     return (
         spec.digest,
         manifest.spec_digest,
@@ -82,7 +83,20 @@ def _staleness_inputs(
         manifest.source_id,
         recorded_md5(weights),
         folder_locked_md5(reg, name),
+        [(id_, current_dataset_id(reg, ds)) for ds, id_ in recorded.items()],
     )
+
+
+def current_dataset_id(reg: Registry, name: str) -> str | None:
+    """The dataset's manifest id now; None when it has no readable manifest (gone, or broken:
+    the consistency check reports that manifest itself)."""
+    if not reg.has_dataset(name):
+        return None
+    try:
+        found = reg.dataset_manifest(name)
+    except StemmaError:
+        return None
+    return found.id if found is not None else None
 
 
 def dataset_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
