@@ -9,6 +9,7 @@ from stemma.lineage.graph import build_graph, model_node, partial_graph
 from stemma.migration.verify import verify_model
 from stemma.registry import Registry, repro, status
 from stemma.registry.consistency import check
+from stemma.registry.errors import StemmaError
 from stemma.registry.listing import list_entries, model_staleness, model_status
 from stemma.registry.query import query
 
@@ -105,3 +106,26 @@ def test_the_rule_itself() -> None:
     assert status.staleness("d", "old", datasets=[("a", "b")]) == status.SPEC_CHANGED
     assert status.staleness("d", "d", "p2", "p1", datasets=[("a", "b")]) == status.SOURCE_CHANGED
     assert status.status(True, True, "d", "d", datasets=[("a", "b")]) == status.STALE
+
+
+@pytest.mark.parametrize("case", ["undeclared", "torn-manifest"])
+def test_odd_records_every_gatherer_agrees(built: Registry, case: str) -> None:
+    """Odd inputs: each gatherer gives the same status (the one rule, not a copy of it)."""
+    doc = model_manifest(built, "scratch")
+    datasets = dict(doc["datasets"])
+    if case == "undeclared":
+        datasets["drift"] = {"name": "nosuch", "id": "sha256:" + "3" * 64}
+    model_manifest(built, "scratch", datasets=datasets)
+    if case == "torn-manifest":
+        path = built.root / "datasets" / "digits-5to9" / "manifest.json"
+        path.write_text(path.read_text()[:40])
+    reg = Registry.open(built.root)
+    if case == "torn-manifest":  # the index refuses it, naming the file; the files say stale
+        with pytest.raises(StemmaError, match=r"digits-5to9/manifest\.json"):
+            list_entries(reg, "model")
+        assert model_status(reg, "scratch", reg.model_manifest("scratch")) == status.STALE
+        part = partial_graph(reg, reg.model_names(), reg.dataset_names())
+        assert part.nodes[model_node("scratch")]["status"] == status.STALE
+        return
+    seen = _statuses(reg)["scratch"]
+    assert set(seen.values()) == {status.STALE}, seen
