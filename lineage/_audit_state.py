@@ -204,6 +204,16 @@ def link(base: State, head: State) -> None:
     tree.prefetch([str(PurePosixPath(prefix, p)) if prefix else p for p in wanted])
 
 
+def anchor(head: State, repo: Path) -> None:
+    """Tie a head read from a git revision to the working tree, as a base is tied to its
+    head (`link`): the files git finds the same are read from the working tree, and the
+    consistency facts of each model folder whose files are all the same are the working
+    tree's, which its check cache answers without parsing them again."""
+    if head.reg is None or _git_tree(head.reg) is None:
+        return  # the working tree itself, or a revision read from it
+    link(head, open_state(repo, None))
+
+
 def prefetch_state(state: State) -> None:
     """Read every file the checks read of a state at a git revision (each folder's documents
     and dvc.yaml) with one git process, instead of one process per file."""

@@ -55,7 +55,7 @@ from ._audit_checks import (
     source_of,
     state_violations,
 )
-from ._audit_state import WORKING_TREE, State, link, open_state, prefetch_state
+from ._audit_state import WORKING_TREE, State, anchor, link, open_state, prefetch_state
 from .graph import build_graph, dataset_node, model_node, partial_graph, read_document
 from .query import lineage_index
 
@@ -205,9 +205,10 @@ def _repo_root(repo: Path) -> Path:
 
 def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
     old, new = open_state(repo, base), open_state(repo, head)
-    link(old, new)
     if head is not None:
         prefetch_state(new)
+        anchor(new, repo)
+    link(old, new)
     found = state_violations(new)
     # The base's violations only mark which of the head's are new: only the checks that
     # can find a code the head has are run on it.

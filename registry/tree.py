@@ -7,7 +7,7 @@ same on the working tree and on `git` history (audits compare two of them).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -81,6 +81,49 @@ def git(repo: Path, *args: str, input_: bytes | None = None) -> bytes:
     return proc.stdout
 
 
+def _cat_blobs(repo: Path, shas: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(sha, content) of each blob, streamed from one `git cat-file --batch`; the names are
+    written by a thread so that neither pipe can fill while the other waits."""
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen(
+        ["git", "cat-file", "--batch"],
+        cwd=repo,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    def feed() -> None:
+        try:
+            for start in range(0, len(shas), 512):
+                stdin.write("".join(s + "\n" for s in shas[start : start + 512]).encode())
+            stdin.close()
+        except OSError:  # git stopped early: its exit status says why
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        for sha in shas:
+            header = stdout.readline().split()
+            if len(header) != 3:
+                raise GitError(f"git cat-file: {sha} is missing")
+            size = int(header[2])
+            data = stdout.read(size)
+            stdout.read(1)  # the newline after each blob
+            if len(data) != size:
+                raise GitError(f"git cat-file: {sha} was cut short")
+            yield sha, data
+    finally:
+        stdout.close()
+        writer.join()
+        proc.wait()
+
+
 class GitTree:
     """The files of one git revision, read with `git ls-tree` and one `git cat-file --batch`."""
 
@@ -126,22 +169,17 @@ class GitTree:
                 wanted.append(p)
         if not wanted:
             return
-        out = git(
-            self.repo,
-            "cat-file",
-            "--batch",
-            input_="".join(self._blobs[p] + "\n" for p in wanted).encode(),
-        )
-        pos = 0
-        for path in wanted:
-            header_end = out.index(b"\n", pos)
-            size = int(out[pos:header_end].split()[2])
-            start = header_end + 1
-            try:  # a binary file (weights committed to git) is only an error if read
-                self._cache[path] = decode_text(out[start : start + size], path)
-            except StemmaError as exc:
-                self._unreadable[path] = exc
-            pos = start + size + 1
+        # One blob at a time from the pipe: never the whole answer in memory at once, and a
+        # blob that several paths share (a copied spec) is read and decoded once.
+        by_blob: dict[str, list[str]] = {}
+        for p in wanted:
+            by_blob.setdefault(self._blobs[p], []).append(p)
+        for sha, data in _cat_blobs(self.repo, list(by_blob)):
+            for path in by_blob[sha]:
+                try:  # a binary file (weights committed to git) is only an error if read
+                    self._cache[path] = decode_text(data, path)
+                except StemmaError as exc:
+                    self._unreadable[path] = exc
 
     def exists(self, path: str) -> bool:
         """True when the file exists at the revision."""

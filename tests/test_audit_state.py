@@ -32,6 +32,7 @@ def unlinked(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) 
     """The report with every file of both states read (the base not tied to the head)."""
     with monkeypatch.context() as patch:
         patch.setattr(lib, "link", lambda base, head: None)
+        patch.setattr(lib, "anchor", lambda head, repo: None)
         return report(repo, **kwargs)  # type: ignore[arg-type]
 
 
@@ -129,3 +130,65 @@ def test_a_working_tree_that_differs_reads_the_revision_from_git(
     assert state.reg is not None and not isinstance(state.reg.tree, WorkTree)
     forced = _forced_from_git(repo, monkeypatch, base="HEAD", head="HEAD")
     assert report(repo, base="HEAD", head="HEAD") == forced
+
+
+# A head revision that is not the working tree: a later commit and an uncommitted edit.
+_PAST_HEAD = [
+    cons_code
+    for cons_code in sorted(CASES)
+    if cons_code
+    in {
+        consistency.SCHEMA,
+        consistency.STALE_MANIFEST,
+        consistency.DANGLING_SOURCE,
+        consistency.CYCLE,
+        lib.PIPELINE_OUT_OF_SYNC,
+        lib.LOCK_MISMATCH,
+    }
+]
+
+
+def _move_on(repo: Path) -> None:
+    """Commit a change after the head and edit a file without committing it."""
+    reg = Registry.open(repo)
+    spec = reg.root / "models" / "ft" / "spec.yaml"
+    write(spec, spec.read_text().replace("lr: 0.01", "lr: 0.03"))
+    commit(repo, "change ft after the head")
+    scratch = reg.root / "models" / "scratch" / "spec.yaml"
+    write(scratch, scratch.read_text() + "\n# edited, not committed\n")
+
+
+@pytest.mark.parametrize("code", _PAST_HEAD)
+def test_a_head_revision_that_differs_from_the_working_tree(
+    code: str, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = work
+    CASES[code](Registry.open(repo))
+    commit(repo, f"introduce {code}")
+    _move_on(repo)
+    args = {"base": "HEAD~2", "head": "HEAD~1"}
+    assert report(repo, **args) == unlinked(repo, monkeypatch, **args)
+
+
+def test_a_head_revision_reads_only_the_folders_that_differ_from_the_working_tree(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = work
+    _move_on(repo)
+    head = _audit_state.open_state(repo, "HEAD~1")
+    _audit_state.anchor(head, repo)
+    assert head.head is not None and head.head.label == _audit_state.WORKING_TREE
+    assert not head.same_file("models/ft/spec.yaml")
+    assert not head.same_file("models/scratch/spec.yaml")
+    assert head.same_file("models/base/spec.yaml")
+    head.head.check()
+    read: list[str] = []
+    real = consistency.model_facts
+
+    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
+        read.append(name)
+        return real(reg, name)
+
+    monkeypatch.setattr(consistency, "model_facts", counting)
+    head.check()
+    assert sorted(read) == ["ft", "scratch"]
