@@ -5,11 +5,13 @@
 The registry is a synthetic one (`synth.generate`, one family, dvc.yaml written by
 `stemma pipeline`) committed to a real git repository; a second commit changes one spec's
 learning rate, so the audit compares two states that differ in one file (and reports that
-model's manifest as stale). Each command runs as a user runs it, in a fresh process,
-interleaved with `stemma ls` in each round so the machine's drift hits both alike. Reported:
-median and minimum wall time, CPU, peak memory of the audit process, and the ratio of the
-medians (target, DESIGN.md / the scale targets: within 10x of `stemma ls`), and beside them
-`stemma pipeline --check`, the check of the pipeline files that the audit runs on the head.
+model's manifest as stale). A third commit changes another spec, so that `audit_past`
+(HEAD~2 against HEAD~1) reads a head revision that is not the working tree. Each command runs
+as a user runs it, in a fresh process, interleaved with `stemma ls` in each round so the
+machine's drift hits both alike. Reported: median and minimum wall time, CPU, peak memory of
+the audit process, and the ratio of the medians (target, DESIGN.md / the scale targets:
+within 10x of `stemma ls`), and beside them `stemma pipeline --check`, the check of the
+pipeline files that the audit runs on the head.
 
 `--cold` removes `.stemma/` before every audit: the first audit after a checkout.
 """
@@ -36,6 +38,7 @@ from synth import generate, model_name, timing_env
 TARGET_RATIO = 10.0
 MEMORY_TARGET_MIB = 300.0  # peak resident memory of an audit
 CHANGED = model_name(7)
+LATER = model_name(8)  # changed by a later commit: HEAD~1 is not the working tree
 
 
 def _git(root: Path, *args: str) -> None:
@@ -63,6 +66,19 @@ def registry(work: Path, n: int) -> Path:
     return root
 
 
+def past_registry(work: Path, n: int) -> Path:
+    """The registry of `registry` with one more commit that changes another spec, so that
+    HEAD~1 differs from the working tree: an audit of HEAD~2..HEAD~1 reads its head from git."""
+    root = registry(work, n)
+    if (root / ".generated-past").exists():
+        return root
+    spec = root / "models" / LATER / "spec.yaml"
+    spec.write_text(re.sub(r"lr: [0-9.e-]+", "lr: 0.0456", spec.read_text(), count=1))
+    _git(root, "commit", "-qam", f"change {LATER}")
+    (root / ".generated-past").write_text("ok\n")
+    return root
+
+
 def run(root: Path, args: list[str]) -> tuple[float, int, float]:
     """(wall seconds, peak resident kilobytes, CPU seconds) of one `stemma ARGS` in `root`."""
     stemma = str(Path(sys.executable).with_name("stemma"))
@@ -82,13 +98,17 @@ def run(root: Path, args: list[str]) -> tuple[float, int, float]:
 
 def one_size(work: Path, n: int, repeat: int, cold: bool) -> dict[str, Any]:
     """Every command at `n` models, interleaved with `stemma ls`."""
-    root = registry(work, n)
+    root = past_registry(work, n)
     commands = {
         "ls": ["ls"],
         "audit": ["audit", "--base", "HEAD~1", "--format", "json"],
         # Both states named as revisions: the head, whose files are the working tree's, is
         # read from it (and its caches); the base from git, only the files that differ.
         "audit_revisions": ["audit", "--base", "HEAD~1", "--head", "HEAD", "--format", "json"],
+        # Both revisions from git, the head not the working tree's: the head is read from
+        # the working tree where git finds its files the same, the base where they are the
+        # head's.
+        "audit_past": ["audit", "--base", "HEAD~2", "--head", "HEAD~1", "--format", "json"],
         # The audit checks the head's pipeline files as `pipeline --check` does: its share.
         "pipeline_check": ["pipeline", "--check"],
     }
@@ -135,7 +155,7 @@ def growth(sizes: list[dict[str, Any]]) -> dict[str, Any]:
     for lo, hi in itertools.pairwise(sizes):
         span = f"{lo['models']}->{hi['models']}"
         scale = math.log(hi["models"] / lo["models"])
-        for name in ("ls", "audit", "audit_revisions", "pipeline_check"):
+        for name in ("ls", "audit", "audit_revisions", "audit_past", "pipeline_check"):
             for key in ("median_s", "cpu_s"):
                 if lo[name][key] > 0 and hi[name][key] > 0:
                     k = math.log(hi[name][key] / lo[name][key]) / scale
