@@ -1,18 +1,26 @@
-"""Read commands side by side with `stemma ls` on one synthetic registry; prints one JSON object.
+"""Read commands side by side with `stemma ls` on synthetic registries; prints one JSON object.
 
-    python benchmarks/bench_read_paths.py [--models 10000] [--repeat 5]
+    python benchmarks/bench_read_paths.py [--models 1000 10000 30000] [--repeat 5]
 
 Each command runs as a user runs it (the console script, a fresh process), interleaved with
 `stemma ls` in the same round so the machine's drift hits both alike; the report gives each
-command's median wall time and its ratio to the median of `stemma ls`. The index is warm
-(one refresh before timing), as it is for a user who ran any read command before. Targets
-(DESIGN.md): lineage within 2x, validate and pipeline --check within 4x of `stemma ls`.
+command's median CPU time (user + system of the child: steadier than wall on a shared
+machine) beside its median wall time, and the ratio of each to the median of `stemma ls`.
+The index is warm (one refresh before timing), as it is for a user who ran any read command
+before, except for `cold_index`: `stemma ls` with no `.stemma/` (the index built from
+nothing). With several sizes, `growth` gives each command's exponent of growth in CPU time
+between consecutive sizes (1.0: linear in the registry) and flags a ratio to `ls` that rises
+with N. Targets (DESIGN.md): lineage within 2x, cold index within 2x, validate and
+pipeline --check within 4x of `stemma ls`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -26,6 +34,7 @@ from synth import generate, model_name, timing_env
 
 COMMANDS = {
     "ls": ["ls"],
+    "cold_index": ["ls"],  # run with `.stemma/` removed first (see `run`)
     "lineage_show_json": ["lineage", "show", model_name(0), "--format", "json"],
     "lineage_descendants": ["lineage", "descendants", model_name(0)],
     "lineage_impact": ["lineage", "impact", model_name(0)],
@@ -33,6 +42,7 @@ COMMANDS = {
     "pipeline_check": ["pipeline", "--check"],
 }
 TARGETS = {
+    "cold_index": 2.0,
     "lineage_show_json": 2.0,
     "lineage_descendants": 2.0,
     "lineage_impact": 2.0,
@@ -57,42 +67,92 @@ def registry(work: Path, n: int) -> Path:
     return root
 
 
-def run(root: Path, args: list[str]) -> float:
-    """Wall seconds of one `stemma ARGS` in `root` (any exit status: `validate` may fail)."""
+def run(root: Path, name: str) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one `stemma ARGS` for command `name` in `root` (any exit
+    status: `validate` may fail); `cold_index` first removes the index."""
+    if name == "cold_index":
+        shutil.rmtree(root / ".stemma", ignore_errors=True)
     stemma = str(Path(sys.executable).with_name("stemma"))
     start = time.perf_counter()
-    subprocess.run([stemma, *args], cwd=root, capture_output=True, env=timing_env(), check=False)
-    return time.perf_counter() - start
+    child = subprocess.Popen(
+        [stemma, *COMMANDS[name]],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=timing_env(),
+    )
+    _pid, _status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    child.returncode = 0  # reaped by wait4
+    return usage.ru_utime + usage.ru_stime, wall
+
+
+def measure(work: Path, n: int, names: list[str], repeat: int) -> dict[str, Any]:
+    """Median CPU and wall time of each command at `n` models, and their ratios to `ls`."""
+    root = registry(work, n)
+    for name in names:  # warm: the index, bytecode caches, any cache a command keeps
+        run(root, name)
+    run(root, "ls")  # `cold_index` may have run last: leave the index warm
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeat):
+        for name in names:
+            c, w = run(root, name)
+            cpu[name].append(c)
+            wall[name].append(w)
+        run(root, "ls")
+    ls_cpu, ls_wall = statistics.median(cpu["ls"]), statistics.median(wall["ls"])
+    report: dict[str, Any] = {}
+    for name in names:
+        median_cpu, median_wall = statistics.median(cpu[name]), statistics.median(wall[name])
+        report[name] = {
+            "command": ("rm -r .stemma; " if name == "cold_index" else "")
+            + "stemma "
+            + " ".join(COMMANDS[name]),
+            "cpu_s": round(median_cpu, 3),
+            "wall_s": round(median_wall, 3),
+            "min_cpu_s": round(min(cpu[name]), 3),
+            "cpu_ratio_to_ls": round(median_cpu / ls_cpu, 2),
+            "wall_ratio_to_ls": round(median_wall / ls_wall, 2),
+            "target_ratio": TARGETS.get(name),
+        }
+    return report
+
+
+def growth(sizes: list[int], by_size: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Each command's exponent of growth in CPU time between consecutive sizes, and whether
+    its CPU ratio to `ls` rises with N (flagged: a read path growing faster than `ls`)."""
+    out: dict[str, Any] = {}
+    for name in by_size[sizes[0]]:
+        exponents = [
+            round(
+                math.log(by_size[b][name]["cpu_s"] / by_size[a][name]["cpu_s"]) / math.log(b / a),
+                2,
+            )
+            for a, b in itertools.pairwise(sizes)
+        ]
+        ratios = [by_size[n][name]["cpu_ratio_to_ls"] for n in sizes]
+        rising = name != "ls" and all(y > x * 1.05 for x, y in itertools.pairwise(ratios))
+        out[name] = {"cpu_exponent": exponents, "cpu_ratio_to_ls": ratios, "ratio_rises": rising}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     """Time every command beside `stemma ls` and print the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=10_000)
+    parser.add_argument("--models", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=list(COMMANDS), choices=list(COMMANDS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/stemma-bench-read"))
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    root = registry(args.work, args.models)
     names = ["ls", *[c for c in args.only if c != "ls"]]
-    for name in names:  # warm: the index, bytecode caches, any cache a command keeps
-        run(root, COMMANDS[name])
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(args.repeat):
-        for name in names:
-            times[name].append(run(root, COMMANDS[name]))
-    ls = statistics.median(times["ls"])
-    report: dict[str, Any] = {"models": args.models, "repeat": args.repeat}
-    for name in names:
-        median = statistics.median(times[name])
-        report[name] = {
-            "command": "stemma " + " ".join(COMMANDS[name]),
-            "median_s": round(median, 3),
-            "min_s": round(min(times[name]), 3),
-            "ratio_to_ls": round(median / ls, 2),
-            "target_ratio": TARGETS.get(name),
-        }
+    sizes = sorted(set(args.models))
+    by_size = {n: measure(args.work, n, names, args.repeat) for n in sizes}
+    report: dict[str, Any] = {"models": sizes, "repeat": args.repeat}
+    report |= {str(n): by_size[n] for n in sizes}
+    if len(sizes) > 1:
+        report["growth"] = growth(sizes, by_size)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
 
 
