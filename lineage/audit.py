@@ -56,7 +56,14 @@ from ._audit_checks import (
     state_violations,
 )
 from ._audit_state import WORKING_TREE, State, anchor, link, open_state, prefetch_state
-from .graph import build_graph, dataset_node, model_node, partial_graph, read_document
+from .graph import (
+    build_graph,
+    build_graph_near,
+    dataset_node,
+    model_node,
+    partial_graph,
+    read_document,
+)
 from .query import lineage_index
 
 __all__ = [
@@ -344,7 +351,14 @@ def _marked_graph(
     """The head graph plus what was removed, and a mark for every node the change touches:
     added, removed, changed, or affected (rebuilt downstream of a change)."""
     g_old = _old_graph(old, new, report)
-    g = build_graph(new.reg) if new.reg is not None else nx.MultiDiGraph()
+    if new.reg is None:
+        g = nx.MultiDiGraph()
+    elif new.same is not None and new.head is not None and new.head.reg is not None:
+        # A head at a git revision anchored to the working tree: most of its records are
+        # the working tree's, which its query index answers.
+        g = build_graph_near(new.reg, new.head.reg, new.same)
+    else:
+        g = build_graph(new.reg)
     marks: dict[str, str] = {}
     for kind, node in (("models", model_node), ("datasets", dataset_node)):
         for name in report[f"{kind}_removed"]:

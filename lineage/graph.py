@@ -464,9 +464,20 @@ def build_graph(reg: Registry, history: bool = False, whole: bool = False) -> nx
     newest version) and by `derived_from` edges to the source version it was built from when
     that version is known.
     """
+    models, datasets = read_records(reg)
+    return _graph_of(reg, models, datasets, history, whole)
+
+
+def _graph_of(
+    reg: Registry,
+    models: list[ModelRecord],
+    datasets: list[DatasetRecord],
+    history: bool = False,
+    whole: bool = False,
+) -> nx.MultiDiGraph:
+    """`build_graph` from records already read."""
     from .query import LineageIndex, remember_index
 
-    models, datasets = read_records(reg)
     g = graph_from_records(models, datasets)
     if whole:
         require_whole(reg, g)
@@ -635,3 +646,51 @@ def _add_history(reg: Registry, g: nx.MultiDiGraph, names: list[str]) -> None:
 def node_attrs(g: nx.MultiDiGraph, key: str) -> dict[str, Any]:
     """The attributes of a node (a copy)."""
     return dict(g.nodes[key])
+
+
+def build_graph_near(reg: Registry, near: Registry, same: Callable[[str], bool]) -> nx.MultiDiGraph:
+    """`build_graph(reg)` for a registry at a git revision, taking the records of `near`
+    (the working tree, whose query index answers without parsing) for every model whose
+    record reads only files `same` finds identical in both: its spec, its manifest and its
+    parents' manifests. The others are read from `reg`'s files, as `build_graph` reads
+    them; nodes and edges come in the same order. A change to any dataset file, or an
+    exploring model (its candidates read every spec), is read from `reg` as a whole."""
+    names, dnames = reg.model_names(), reg.dataset_names()
+    if dnames != near.dataset_names() or not all(
+        same(reg.rel("datasets", n, f)) for n in dnames for f in (SPEC_FILE, MANIFEST_FILE)
+    ):
+        return build_graph(reg)
+    near_models, near_datasets = read_records(near)
+    have = {m.name: m for m in near_models}
+    if any(m.auto for m in near_models):
+        return build_graph(reg)
+    by_dataset = {d.name: d for d in near_datasets}
+    if set(by_dataset) != set(dnames):
+        return build_graph(reg)
+
+    def doc(kind: str, name: str, file: str) -> dict[str, Any] | None:
+        return _doc(reg, kind, name, file)
+
+    def own(name: str, file: str) -> bool:
+        return same(reg.rel("models", name, file))
+
+    manifests = LazyDocs(names, lambda name: doc("models", name, MANIFEST_FILE))
+    ids = _dataset_ids(dnames, doc)
+    models = []
+    for name in names:
+        known = have.get(name)
+        parents = [known.source, *known.more] if known and known.source is not None else []
+        if (
+            known is not None
+            and own(name, SPEC_FILE)
+            and own(name, MANIFEST_FILE)
+            and all(own(p, MANIFEST_FILE) for p in parents)
+        ):
+            models.append(known)
+            continue
+        spec = doc("models", name, SPEC_FILE)
+        record = _model_record(reg, name, spec, manifests, ids)
+        if record.auto:
+            return build_graph(reg)
+        models.append(record)
+    return _graph_of(reg, models, [by_dataset[n] for n in dnames])
