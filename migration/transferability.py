@@ -156,10 +156,13 @@ def _spectrum(f: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarra
     # unit RMS: F / sqrt(ms) has the Gram matrix gram / ms and F^T Y / sqrt(ms)
     ms = float(np.trace(gram)) / (n * d)
     gram /= ms
-    if wide:
-        sigma, x = _eig_project(gram, targets)
-    else:
-        sigma, x = _eig_project(gram, (live.T @ targets) / np.sqrt(ms))
+    # numpy's eigh (LAPACK dsyevd on the lower triangle, with the eigenvectors) runs about
+    # twice as fast here as scipy's tridiagonal route in `_eig_project` at these sizes (k of a
+    # few hundred), and the projections of the C target columns are one small product.
+    sigma, vectors = np.linalg.eigh(gram, UPLO="L")
+    # F^T Y / sqrt(ms) (k, C) when the Gram matrix is F^T F; Y itself when it is F F^T
+    projected = targets if wide else (live.T @ targets) / np.sqrt(ms)
+    x = vectors.T @ projected
     keep = sigma > max(n, d) * _EPS * max(float(sigma[-1]), 0.0)
     sigma, x = sigma[keep], x[keep]
     if wide:

@@ -132,6 +132,17 @@ def test_logme_rank_deficient_features_use_exact_determinant() -> None:
     assert logme(features, labels) == pytest.approx(_logme_dense(features, labels), rel=1e-9)
 
 
+def test_logme_wide_relu_features_with_dead_units_match_dense_definition() -> None:
+    """The shapes exploration scores: fewer samples than dimensions, non-negative (ReLU)
+    features with dead units, so the N x N Gram matrix is the one decomposed."""
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 5, 60)
+    features = np.maximum(rng.normal(size=(60, 160)) + np.eye(5, 160)[labels], 0.0)
+    features[:, 100:120] = 0.0
+    features = _unit_rms(features)
+    assert logme(features, labels) == pytest.approx(_logme_dense(features, labels), rel=1e-10)
+
+
 def test_logme_is_scale_invariant_and_finite_at_extreme_scales() -> None:
     features, labels = _blobs(seed=2)
     base = logme(features, labels)
