@@ -160,7 +160,12 @@ def model_files(
         lines.append(f"architecture: {{family: mlp, hidden: {_yaml_list(hidden)}}}")
     spec["data"] = {"train": train, "eval": test}
     lines.append(f"data: {{train: {train}, eval: {test}}}")
-    if parent is not None:
+    # a quantized model is its parent's weights quantized: no training, a quantize block
+    quantized = parent is not None and relation == "quantized"
+    if quantized:
+        spec["quantize"] = {"method": "int8_weight_only"}
+        lines.append("quantize: {method: int8_weight_only}")
+    if parent is not None and not quantized:
         spec["strategy"] = {
             "mapping": "by-name",
             "freeze": ["body.0.*"],
@@ -171,21 +176,22 @@ def model_files(
             'strategy: {mapping: by-name, freeze: ["body.0.*"], reinit: ["head.*"],'
             " features: cached}"
         )
-    spec["training"] = {
-        "epochs": epochs,
-        "batch_size": 64,
-        "optimizer": opt,
-        "lr": lr,
-        "seed": i % 7,
-        "device": "auto",
-    }
-    lines.append(
-        f"training: {{epochs: {epochs}, batch_size: 64, optimizer: {opt}, lr: {lr!r},"
-        f" seed: {i % 7}, device: auto}}"
-    )
+    if not quantized:
+        spec["training"] = {
+            "epochs": epochs,
+            "batch_size": 64,
+            "optimizer": opt,
+            "lr": lr,
+            "seed": i % 7,
+            "device": "auto",
+        }
+        lines.append(
+            f"training: {{epochs: {epochs}, batch_size: 64, optimizer: {opt}, lr: {lr!r},"
+            f" seed: {i % 7}, device: auto}}"
+        )
     spec["gates"] = {"accuracy": f">= {gate}"}
     lines.append(f'gates: {{accuracy: ">= {gate}"}}')
-    if parent is not None:
+    if parent is not None and not quantized:
         other = dataset_name((data + 1) % N_DATASETS, "test")
         spec["checks"] = {"forgetting": {"data": other, "max_drop": 0.1}}
         lines.append(f"checks: {{forgetting: {{data: {other}, max_drop: 0.1}}}}")

@@ -83,7 +83,7 @@ def ls(
             [
                 r.kind,
                 r.name,
-                r.source or "",
+                "+".join(r.parents) if r.parents else r.source or "",
                 f"{r.status}, deprecated" if deprecated_model else r.status,
                 (r.id or "")[7:19],
                 "" if acc is None else f"{acc:.4f}",

@@ -10,7 +10,7 @@ from . import status
 from .errors import DatasetNotFound, ModelNotFound, StemmaError
 from .locks import folder_locked_md5
 from .lockstate import recorded_md5, unlocked
-from .parents import combined_id, parents_of
+from .parents import MERGE, combined_id, parents_of
 from .records import Manifest
 from .registry import SPEC_FILE, Registry
 from .tree import WorkTree
@@ -36,6 +36,12 @@ class Entry:
     tags: tuple[str, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     class_names: tuple[str, ...] = ()  # a dataset's names of its class ids, if it has them
+    parents: tuple[str, ...] = ()  # a merge's every parent (`parents_of`); else empty
+
+    @property
+    def shown_source(self) -> str | list[str] | None:
+        """The source as `ls` shows it: a merge's list of parents, else the one name."""
+        return list(self.parents) if self.parents else self.source
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form with stable keys."""
@@ -44,7 +50,7 @@ class Entry:
             "name": self.name,
             "status": self.status,
             "id": self.id,
-            "source": self.source,
+            "source": self.shown_source,
             "relation": self.relation,
             "tags": list(self.tags),
             "metrics": self.metrics,
@@ -149,6 +155,7 @@ def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
                     src.relation if src else None,
                     spec.tags,
                     mm.metrics if mm else {},
+                    parents=_merge_parents(reg, name, src.relation if src else None),
                 )
             )
     return rows
@@ -186,9 +193,22 @@ def _indexed_entries(reg: Registry, kind: Kind | None) -> list[Entry]:
                         relation,
                         tuple(tags),
                         dict(metrics or {}),
+                        parents=_merge_parents(reg, name, relation),
                     )
                 )
     return rows
+
+
+def _merge_parents(reg: Registry, name: str, relation: str | None) -> tuple[str, ...]:
+    """A merge's parents in the order its spec names them (models, then base); () for any
+    other relation, whose one source the row already holds. Merges are few: reading their
+    specs costs little next to the index."""
+    if relation != MERGE:
+        return ()
+    try:
+        return parents_of(reg.model_spec(name))
+    except StemmaError:  # a spec `validate` reports: the row keeps the index's one source
+        return ()
 
 
 def describe(reg: Registry, name: str) -> dict[str, Any]:

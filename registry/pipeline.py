@@ -22,7 +22,7 @@ from .dag import Forest, LineageCycle, exploration_candidates
 from .dag import build_order as dag_order
 from .errors import ConsistencyError
 from .naming import parse_source
-from .parents import parent_refs, parents_of, primary
+from .parents import is_merge, parent_refs, parents_of, primary
 from .records import ModelSpec
 from .registry import DATA_FILE, MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE, Registry
 from .taskspec import CAUSAL_LM, CLASSIFICATION, MAIN_METRIC, declared_task
@@ -350,7 +350,10 @@ def artifact(reg: Registry, name: str, spec: ModelSpec) -> dict[str, Any] | None
         out["labels"] = list(spec.tags)
     src = spec.source
     if src is not None:
-        out["meta"] = {"source": src.model, "relation": src.relation}
+        # a merge names every parent (`parents_of`); one parent stays one name, as before
+        found = parents_of(spec)
+        shown = list(found) if len(found) > 1 or is_merge(spec) else src.model
+        out["meta"] = {"source": shown, "relation": src.relation}
     return out
 
 

@@ -76,6 +76,10 @@ def validate_document(doc: Any, schema: str, display: str, text: str | None = No
         reason = f"expected {err.schema['description']}, got {err.instance!r}"
     elif err.validator == "required":
         reason = f"missing required field: {err.message}"
+        if isinstance(err.schema, dict) and "errorMessage" in err.schema:
+            # a block another field asks for (relation: quantized): point at it, say why
+            parts.append(next(k for k in err.validator_value if k not in err.instance))
+            reason = str(err.schema["errorMessage"])
     elif err.schema is False:  # a field its context never reads
         unread, reason = _unread_field(check.schema, doc, parts, list(err.absolute_schema_path))
         if unread is not None:

@@ -149,7 +149,7 @@ def test_relative_drop_follows_the_metric_direction() -> None:
     [
         (
             "source: {model: mb, relation: quantized}\ndata: {train: d04}\n",
-            "at /quantize/method: a quantized model names a method",
+            "at /quantize: a quantized model names a method",
         ),
         (
             "source: {model: mb, relation: finetune}\ndata: {train: d04}\n"
