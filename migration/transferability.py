@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from scipy.linalg import blas, lapack
+from scipy.linalg import lapack
 
 __all__ = [
     "SCORES",
@@ -91,24 +91,19 @@ def _one_hot(index: np.ndarray, classes: int) -> np.ndarray:
     return out
 
 
-def _eig_project(gram: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues w (ascending) of the symmetric `gram` (k, k) and V^T b for its eigenvectors V.
-
-    What np.linalg.eigh gives, without forming V: LAPACK reduces gram = Q T Q^T to tridiagonal
-    T (dsytrd), applies Q^T to the few columns of b (dormqr), and decomposes T = Z diag(w) Z^T
-    by divide and conquer (dstevd), so V^T b = Z^T Q^T b. The scores need only the projections
-    of a handful of target columns, and this skips the (k, k) back-transformation of V: about
-    half the time of eigh at k = 512.
-    """
+def _reduce(gram: np.ndarray, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tridiagonal form of the symmetric `gram` (k, k), k >= 1, read from its lower triangle
+    and overwritten: gram = Q T Q^T; returns (diagonal (k,), off-diagonal (k - 1,), Q^T b)."""
     k = gram.shape[0]
-    if k == 0:
-        return np.zeros(0), np.zeros((0, *np.shape(b)[1:]))
+    qb = np.array(b, dtype=np.float64, order="F")
     if k == 1:
-        return gram[0].astype(np.float64), np.asarray(b, dtype=np.float64).copy()
-    packed, diag, off, tau, info = lapack.dsytrd(gram, lower=1)
+        return gram[0].astype(np.float64), np.zeros(0), qb
+    # lwork: the blocked reduction (BLAS 3); the default workspace falls back to the unblocked
+    # one, ten times slower at k = 512. 8 * k measured fastest (16 to 64 * k: about twice as
+    # slow at k of 359 and 512)
+    packed, diag, off, tau, info = lapack.dsytrd(gram, lower=1, lwork=8 * k, overwrite_a=1)
     if info != 0:  # pragma: no cover - dsytrd fails only on invalid arguments
         raise np.linalg.LinAlgError(f"dsytrd failed ({info})")
-    qb = np.array(b, dtype=np.float64, order="F")
     # Q = H(1) ... H(k-1); reflector i is stored below the subdiagonal of column i (LAPACK
     # dormtr with uplo='L' is exactly this dormqr on the shifted block)
     rotated, _, info = lapack.dormqr(
@@ -117,6 +112,24 @@ def _eig_project(gram: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
     if info != 0:  # pragma: no cover
         raise np.linalg.LinAlgError(f"dormqr failed ({info})")
     qb[1:] = rotated
+    return diag, off, qb
+
+
+def _eig_project(gram: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues w (ascending) of the symmetric `gram` (k, k) and V^T b for its eigenvectors V.
+
+    What np.linalg.eigh gives, without forming V: LAPACK reduces gram = Q T Q^T to tridiagonal
+    T (dsytrd), applies Q^T to the few columns of b (dormqr), and decomposes T = Z diag(w) Z^T
+    by divide and conquer (dstevd), so V^T b = Z^T Q^T b. The scores need only the projections
+    of a handful of target columns, and this skips the (k, k) back-transformation of V.
+    `gram` is overwritten.
+    """
+    k = gram.shape[0]
+    if k == 0:
+        return np.zeros(0), np.zeros((0, *np.shape(b)[1:]))
+    diag, off, qb = _reduce(gram, b)
+    if k == 1:
+        return diag, qb
     w, z, info = lapack.dstevd(diag, off, compute_v=1)
     if info != 0:  # pragma: no cover - divide and conquer did not converge
         raise np.linalg.LinAlgError(f"dstevd failed ({info})")
@@ -130,44 +143,39 @@ _LOGME_TOL = 1e-3  # relative change of t = alpha / beta
 _LOGME_EPS = 1e-5  # added to m^T m and ||F m - y||^2 in the updates
 
 
-def _spectrum(f: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues sigma (k,) of F^T F above the rank tolerance and X = U^T Y (k, C), for the
-    features F scaled to unit root-mean-square (empty for all-zero features).
+def _tridiagonal(
+    f: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The Gram matrix of the features F scaled to unit root-mean-square, reduced to
+    tridiagonal form T = Q^T G Q: (diagonal (k,), off-diagonal (k - 1,), Q^T B (k, C), wide).
 
-    U holds F's left singular vectors. Only the smaller Gram matrix is decomposed: F^T F (D, D)
-    when N >= D, with U^T Y = V^T F^T Y / sqrt(sigma), else F F^T (N, N) whose eigenvectors are U.
-    All-zero columns (dead units) are left out: they add nothing to either Gram matrix.
+    Only the smaller Gram matrix is reduced: F F^T (N, N) with B = Y when N < D ("wide"), else
+    F^T F (D, D) with B = F^T Y. LogME needs only the eigenvalues of G (from T, O(k^2)) and
+    sums over them of rational functions of the eigenvalues weighted by the squared
+    projections of B, which are quadratic forms in (T + t I)^-1 Q^T B: tridiagonal solves,
+    O(k) each. No eigenvector is ever formed. All-zero columns (dead units) are left out:
+    they add nothing to either Gram matrix. Empty (k = 0) for all-zero features.
     """
-    n, d = f.shape  # the mean square and the rank tolerance count every column, dead or not
+    n, d = f.shape  # the mean square counts every column, dead or not
     column_peak = np.maximum(f.max(axis=0), -f.min(axis=0))
     peak = float(column_peak.max())
     if peak == 0:
-        return np.zeros(0), np.zeros((0, targets.shape[1]))
-    alive = column_peak > 0
+        return np.zeros(0), np.zeros(0), np.zeros((0, targets.shape[1])), False
     # A copy (`f` may be the caller's; `take` by index: a boolean mask on columns copies ten
     # times slower), scaled by the peak first so that squaring can neither overflow nor
     # underflow.
-    live = f.take(np.flatnonzero(alive), axis=1)
+    live = f.take(np.flatnonzero(column_peak > 0), axis=1)
     live /= peak
     wide = n < live.shape[1]
-    # The lower triangle only (BLAS syrk, half the work of a full product, and no copy:
-    # live.T is Fortran-ordered); dsytrd reads nothing else.
-    gram = blas.dsyrk(1.0, live.T, trans=1 if wide else 0, lower=1)
+    # numpy's full product: measured several times faster than scipy's BLAS syrk here,
+    # although syrk computes only the lower triangle that dsytrd reads
+    gram = live @ live.T if wide else live.T @ live
     # unit RMS: F / sqrt(ms) has the Gram matrix gram / ms and F^T Y / sqrt(ms)
     ms = float(np.trace(gram)) / (n * d)
     gram /= ms
-    # numpy's eigh (LAPACK dsyevd on the lower triangle, with the eigenvectors) runs about
-    # twice as fast here as scipy's tridiagonal route in `_eig_project` at these sizes (k of a
-    # few hundred), and the projections of the C target columns are one small product.
-    sigma, vectors = np.linalg.eigh(gram, UPLO="L")
-    # F^T Y / sqrt(ms) (k, C) when the Gram matrix is F^T F; Y itself when it is F F^T
-    projected = targets if wide else (live.T @ targets) / np.sqrt(ms)
-    x = vectors.T @ projected
-    keep = sigma > max(n, d) * _EPS * max(float(sigma[-1]), 0.0)
-    sigma, x = sigma[keep], x[keep]
-    if wide:
-        return sigma, x
-    return sigma, x / np.sqrt(sigma)[:, None]
+    b = targets if wide else (live.T @ targets) / np.sqrt(ms)
+    diag, off, qb = _reduce(gram, b)
+    return diag, off, qb, wide
 
 
 def logme_regression(features: Any, targets: Any) -> float:
@@ -221,20 +229,45 @@ def _logme(f: np.ndarray, targets: np.ndarray) -> float:
     n, classes = f.shape[0], targets.shape[1]
     if targets.shape[0] != n:
         raise ValueError(f"targets have {targets.shape[0]} rows but the features have {n}")
-    sigma, x = _spectrum(f, targets)
-    rank = sigma.shape[0]
-    sigma = sigma[:, None]  # (k, 1) against the per-class columns (k, C)
-    x2 = x**2
-    # ||y||^2 off F's span (for one-hot targets the squares are the targets themselves)
-    outside = np.maximum((targets * targets).sum(axis=0) - x2.sum(axis=0), 0.0)
+    diag, off, qb, wide = _tridiagonal(f, targets)
+    k = diag.shape[0]
+    sigma = diag.copy()
+    if k > 1:
+        sigma, info = lapack.dsterf(diag, off)
+        if info != 0:  # pragma: no cover - QL/QR did not converge
+            raise np.linalg.LinAlgError(f"dsterf failed ({info})")
+        sigma = np.sort(sigma)
+    # eigenvalues below the rank tolerance count as zero in gamma and the determinant
+    keep = sigma > max(n, f.shape[1]) * _EPS * max(float(sigma[-1]) if k else 0.0, 0.0)
+    rank = int(keep.sum())
+    sigma = sigma[keep][:, None]  # (rank, 1) against the per-class columns
+    y2 = (targets * targets).sum(axis=0)
     alpha, beta = np.ones(classes), np.ones(classes)
-    m2, res2 = np.zeros(classes), np.zeros(classes)
+    m2, res2 = np.zeros(classes), y2.copy()
     active = np.ones(classes, dtype=bool)  # classes still iterating, vectorised over classes
     for _ in range(_LOGME_MAX_ITER):
         t = alpha / beta
         gamma = np.sum(sigma / (sigma + t), axis=0)
-        new_m2 = np.sum(sigma * x2 / (t + sigma) ** 2, axis=0)
-        new_res2 = np.sum(x2 / (1.0 + sigma / t) ** 2, axis=0) + outside
+        # With x_i the projections of y on F's left singular vectors and s_i the eigenvalues:
+        # m^T m = sum s_i x_i^2 / (t + s_i)^2, ||F m - y||^2 = sum x_i^2 t^2 / (t + s_i)^2 plus
+        # ||y||^2 off F's span. With z = (T + t I)^-1 Q^T b, both are quadratic forms in z:
+        # wide (b = y):        m^T m = b.z - t z.z,   ||F m - y||^2 = t^2 z.z
+        # tall (b = F^T y):    m^T m = z.z,           ||F m - y||^2 = ||y||^2 - b.z - t z.z
+        new_m2, new_res2 = m2.copy(), res2.copy()
+        for c in np.flatnonzero(active) if k else ():
+            rhs = qb[:, c : c + 1]
+            if k == 1:
+                z = rhs / (diag + t[c])
+            else:
+                *_, z, info = lapack.dgtsv(off, diag + t[c], off, rhs)
+                if info != 0:  # pragma: no cover - T + t I is positive definite for t > 0
+                    raise np.linalg.LinAlgError(f"dgtsv failed ({info})")
+            bz, zz = float(rhs[:, 0] @ z[:, 0]), float(z[:, 0] @ z[:, 0])
+            if wide:
+                new_m2[c], new_res2[c] = bz - t[c] * zz, t[c] * t[c] * zz
+            else:
+                new_m2[c], new_res2[c] = zz, y2[c] - bz - t[c] * zz
+        new_m2, new_res2 = np.maximum(new_m2, 0.0), np.maximum(new_res2, 0.0)
         m2 = np.where(active, new_m2, m2)
         res2 = np.where(active, new_res2, res2)
         # rank 0 (all-zero features): gamma = 0 and alpha drops out of the evidence; keep it 1.
