@@ -340,6 +340,9 @@ def _one_run_shares(
         "share": shares,
         "deciding_score": DECIDING,
         "deciding_share": shares.get(DECIDING),
+        # the deciding share split: the forward pass (shared by every score) and the score
+        "features_share": round(extract / finetune_one, 5),
+        "deciding_share_score_only": round(scores.get(DECIDING, 0.0) / finetune_one, 5),
         "target": ONE_RUN_TARGET,
         "target_met": shares.get(DECIDING, 1.0) <= ONE_RUN_TARGET,
     }

@@ -174,7 +174,9 @@ def _tridiagonal(
     ms = float(np.trace(gram)) / (n * d)
     gram /= ms
     b = targets if wide else (live.T @ targets) / np.sqrt(ms)
-    diag, off, qb = _reduce(gram, b)
+    # gram is symmetric: its transpose is the same matrix in the Fortran order LAPACK works
+    # in, so dsytrd reduces it in place instead of on a copy
+    diag, off, qb = _reduce(gram.T, b)
     return diag, off, qb, wide
 
 
