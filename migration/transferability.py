@@ -180,6 +180,30 @@ def _tridiagonal(
     return diag, off, qb, wide
 
 
+def _shifted_solves(
+    diag: np.ndarray, off: np.ndarray, qb: np.ndarray, t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(b_c . z_c, z_c . z_c) per column c of qb (k, C), where z_c = (T + t_c I)^-1 b_c.
+
+    The C systems are one block-diagonal tridiagonal system of size C k (a zero off-diagonal
+    between blocks, where partial pivoting never swaps rows), solved by one LAPACK call.
+    """
+    k, classes = qb.shape
+    if k == 0:
+        return np.zeros(classes), np.zeros(classes)
+    big_diag = (diag[None, :] + t[:, None]).reshape(-1)
+    big_off = np.tile(np.append(off, 0.0), classes)[:-1]
+    rhs = qb.T.reshape(-1, 1)
+    if k == 1:  # diagonal (and f2py refuses an empty off-diagonal)
+        z = rhs / big_diag[:, None]
+    else:
+        *_, z, info = lapack.dgtsv(big_off, big_diag, big_off, rhs)
+        if info != 0:  # pragma: no cover - T + t I is positive definite for t > 0
+            raise np.linalg.LinAlgError(f"dgtsv failed ({info})")
+    z = z.reshape(classes, k)
+    return np.einsum("ck,kc->c", z, qb), np.einsum("ck,ck->c", z, z)
+
+
 def logme_regression(features: Any, targets: Any) -> float:
     """LogME's regression form: the same evidence with the target columns themselves in place
     of the one-hot class indicators (You et al., ICML 2021, section 4.2). Targets (N,) or
@@ -255,20 +279,11 @@ def _logme(f: np.ndarray, targets: np.ndarray) -> float:
         # ||y||^2 off F's span. With z = (T + t I)^-1 Q^T b, both are quadratic forms in z:
         # wide (b = y):        m^T m = b.z - t z.z,   ||F m - y||^2 = t^2 z.z
         # tall (b = F^T y):    m^T m = z.z,           ||F m - y||^2 = ||y||^2 - b.z - t z.z
-        new_m2, new_res2 = m2.copy(), res2.copy()
-        for c in np.flatnonzero(active) if k else ():
-            rhs = qb[:, c : c + 1]
-            if k == 1:
-                z = rhs / (diag + t[c])
-            else:
-                *_, z, info = lapack.dgtsv(off, diag + t[c], off, rhs)
-                if info != 0:  # pragma: no cover - T + t I is positive definite for t > 0
-                    raise np.linalg.LinAlgError(f"dgtsv failed ({info})")
-            bz, zz = float(rhs[:, 0] @ z[:, 0]), float(z[:, 0] @ z[:, 0])
-            if wide:
-                new_m2[c], new_res2[c] = bz - t[c] * zz, t[c] * t[c] * zz
-            else:
-                new_m2[c], new_res2[c] = zz, y2[c] - bz - t[c] * zz
+        bz, zz = _shifted_solves(diag, off, qb, t)
+        if wide:
+            new_m2, new_res2 = bz - t * zz, t * t * zz
+        else:
+            new_m2, new_res2 = zz, y2 - bz - t * zz
         new_m2, new_res2 = np.maximum(new_m2, 0.0), np.maximum(new_res2, 0.0)
         m2 = np.where(active, new_m2, m2)
         res2 = np.where(active, new_res2, res2)

@@ -143,6 +143,39 @@ def test_logme_wide_relu_features_with_dead_units_match_dense_definition() -> No
     assert logme(features, labels) == pytest.approx(_logme_dense(features, labels), rel=1e-10)
 
 
+def test_logme_single_dimension_and_single_class_match_dense_definition() -> None:
+    """A Gram matrix of size 1 (one feature column, or N = 1 after nothing else) and one class."""
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 3, 40)
+    for features, y in (
+        (rng.normal(size=(40, 1)), labels),
+        (np.ones((40, 1)), np.zeros(40, dtype=int)),
+        (_unit_rms(rng.normal(size=(40, 5))), np.zeros(40, dtype=int)),
+    ):
+        features = _unit_rms(features)
+        assert logme(features, y) == pytest.approx(_logme_dense(features, y), rel=1e-10)
+
+
+def test_logme_seeded_random_shapes_match_dense_definition() -> None:
+    """Seeded shapes on both sides of N = D, with dead, duplicated and non-negative units."""
+    rng = np.random.default_rng(9)
+    for trial in range(40):
+        n, d, classes = int(rng.integers(2, 60)), int(rng.integers(1, 80)), int(rng.integers(1, 6))
+        features = rng.normal(size=(n, d))
+        if trial % 2:
+            features = np.maximum(features, 0.0)
+        if trial % 3 == 0:
+            features[:, : d // 2] = 0.0
+        if trial % 4 == 0 and d > 2:
+            features[:, 1] = features[:, 0]
+        if not features.any():
+            continue
+        labels = rng.integers(0, classes, n)
+        features = _unit_rms(features)
+        expected = _logme_dense(features, labels)
+        assert logme(features, labels) == pytest.approx(expected, rel=1e-9), (n, d, classes)
+
+
 def test_logme_is_scale_invariant_and_finite_at_extreme_scales() -> None:
     features, labels = _blobs(seed=2)
     base = logme(features, labels)
