@@ -329,15 +329,9 @@ def _too_many_pixels(path: str, pixels: int | None) -> UnsafeFile:
     )
 
 
-def _hf_disk(
-    rel: str,
-    resolve: Callable[[str], Path],
-    target: str | Sequence[str],
-    features: Sequence[str] | None,
-    where: str,
-) -> Raw:
-    """A Hugging Face `datasets` folder written by `save_to_disk` (its `train` split, or its
-    only one); a `ClassLabel` target keeps its class names."""
+def open_saved_dataset(rel: str, resolve: Callable[[str], Path], where: str) -> tuple[Any, Any]:
+    """(the `datasets` module, the split) of a `save_to_disk` folder: its `train` split, or its
+    only one; the folder's files are checked first (none leads out of it)."""
     try:
         import datasets
     except ImportError:
@@ -359,6 +353,19 @@ def _hf_disk(
         if "train" not in ds and len(splits) != 1:
             raise BuildError(f"{where}: {rel!r} has splits {', '.join(splits)} but no train split")
         ds = ds["train" if "train" in ds else splits[0]]
+    return datasets, ds
+
+
+def _hf_disk(
+    rel: str,
+    resolve: Callable[[str], Path],
+    target: str | Sequence[str],
+    features: Sequence[str] | None,
+    where: str,
+) -> Raw:
+    """A Hugging Face `datasets` folder written by `save_to_disk` (its `train` split, or its
+    only one); a `ClassLabel` target keeps its class names."""
+    datasets, ds = open_saved_dataset(rel, resolve, where)
     targets, feats = _pick(list(ds.column_names), target, features, rel, where)
     table = ds.with_format("numpy")
     arrays = {c: table[c] for c in [*feats, *targets]}

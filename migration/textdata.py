@@ -32,6 +32,8 @@ from stemma.registry.files import decode_text, read_bytes_file
 from stemma.registry.registry import DATA_FILE
 from stemma.registry.taskspec import CAUSAL_LM
 
+from .data import open_saved_dataset
+
 DEFAULT_EVAL = 0.25
 MAX_TEXT_BYTES = 256 << 20
 """A text source's size bound: a causal-LM corpus built on the CPU here is megabytes."""
@@ -133,23 +135,7 @@ def _no_constant(name: str) -> Any:
 def _hf_disk(
     rel: str, resolve: Callable[[str], Path], fields: Mapping[str, str], where: str
 ) -> tuple[list[Record], str]:
-    from stemma.registry.hfdisk import check_saved_dataset
-
-    from .families import require
-
-    datasets = require("datasets")
-    folder = resolve(rel)
-    if not folder.is_dir():
-        raise BuildError(f"{where}: datasets folder {rel!r} does not exist")
-    check_saved_dataset(folder, rel.rstrip("/"))
-    try:
-        ds = datasets.load_from_disk(str(folder))
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise BuildError(
-            f"{where}: cannot read {rel!r} with datasets.load_from_disk: {exc}"
-        ) from None
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train" if "train" in ds else sorted(ds)[0]]
+    _, ds = open_saved_dataset(rel, resolve, where)
     columns = set(ds.column_names)
     if fields["prompt"] in columns and fields["completion"] in columns:
         pairs = zip(ds[fields["prompt"]], ds[fields["completion"]], strict=True)
