@@ -32,6 +32,7 @@ from stemma.registry.parents import is_merge, pointer_of
 from stemma.registry.records import (
     DATASET_MANIFEST,
     MODEL_MANIFEST,
+    DatasetSpec,
     ModelSpec,
     validate_document,
 )
@@ -183,12 +184,7 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     )
     blob = npz_bytes(arrays)
     manifest: dict[str, Any] = {
-        "kind": "dataset",
-        "schema_version": 1,
-        "name": name,
-        "spec": dict(spec.raw),
-        "spec_digest": spec.digest,
-        "data": _blob_file(DATA_FILE, blob, "npz"),
+        **dataset_head(spec, name, blob),
         "shape": arrays.shape,
         "dtype": str(arrays.x_train.dtype),
         "classes": arrays.classes,
@@ -206,6 +202,19 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     manifest["run"] = _run_block(reg, started, begin)
     _commit(reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob})
     return manifest
+
+
+def dataset_head(spec: DatasetSpec, name: str, blob: bytes) -> dict[str, Any]:
+    """The keys every dataset manifest opens with: kind, schema version, name, the spec and
+    its digest, and the `data.npz` file the build wrote (`blob`)."""
+    return {
+        "kind": "dataset",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "data": _blob_file(DATA_FILE, blob, "npz"),
+    }
 
 
 def _split_block(y: np.ndarray) -> dict[str, Any]:

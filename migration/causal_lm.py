@@ -40,6 +40,7 @@ from .build import (
     _run_block,
     _source_name,
     _write_model,
+    dataset_head,
     load_model,
 )
 from .evaluate import evaluate_gates
@@ -82,12 +83,7 @@ def build_text_dataset(
     )
     blob = text_npz_bytes(splits)
     manifest: dict[str, Any] = {
-        "kind": "dataset",
-        "schema_version": 1,
-        "name": name,
-        "spec": dict(spec.raw),
-        "spec_digest": spec.digest,
-        "data": _blob_file(DATA_FILE, blob, "npz"),
+        **dataset_head(spec, name, blob),
         "shape": [],
         "dtype": "utf-8",
         "classes": [],

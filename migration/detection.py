@@ -35,6 +35,7 @@ from .build import (
     _refuse_failed_source,
     _run_block,
     _write_model,
+    dataset_head,
 )
 from .data import npz_bytes
 from .detection_checks import check_detection_inputs, detection_forgetting
@@ -80,12 +81,7 @@ def build_detection_dataset(
     blob = npz_bytes(arrays)
     names = list(arrays.class_names or ())
     manifest: dict[str, Any] = {
-        "kind": "dataset",
-        "schema_version": 1,
-        "name": name,
-        "spec": dict(spec.raw),
-        "spec_digest": spec.digest,
-        "data": _blob_file(DATA_FILE, blob, "npz"),
+        **dataset_head(spec, name, blob),
         "shape": arrays.shape,
         "dtype": str(arrays.x_train.dtype),
         "classes": list(range(len(names))),
