@@ -149,8 +149,8 @@ def _cli(root: Path, sql: str, repeat: int) -> tuple[float, float]:
 def stemma_side(root: Path, repeat: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Cold index, then each question in-process, as SQL alone, and as a command."""
     from stemma.registry import Registry
-    from stemma.registry.index import open_index, refresh
-    from stemma.registry.query import query
+    from stemma.registry.query.sql import query
+    from stemma.registry.store.index import open_index, refresh
 
     reg = Registry.open(root)
     shutil.rmtree(root / ".stemma", ignore_errors=True)

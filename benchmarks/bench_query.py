@@ -86,7 +86,7 @@ def in_child(code: str, cwd: Path) -> dict[str, Any]:
 REFRESH = """
 import json, time
 from stemma.registry import Registry
-from stemma.registry.index import refresh
+from stemma.registry.store.index import refresh
 start = time.perf_counter()
 stats = refresh(Registry.open("."))
 print(json.dumps({"seconds": round(time.perf_counter() - start, 3), **stats.to_dict()}))
@@ -97,7 +97,7 @@ print(json.dumps({"seconds": round(time.perf_counter() - start, 3), **stats.to_d
 STAT_ALL = """
 import json, time
 from pathlib import Path
-from stemma.registry import _snapshot
+from stemma.registry.store import _snapshot
 start = time.perf_counter()
 _snapshot.snapshot(Path("."))
 print(json.dumps({"seconds": time.perf_counter() - start}))
@@ -152,7 +152,7 @@ def cli_wall(root: Path, repeat: int) -> dict[str, Any]:
     env = timing_env()  # the first run refreshes the index and writes bytecode caches
     subprocess.run([stemma, "query", CLI_QUERY], cwd=root, check=True, capture_output=True, env=env)
     library = (
-        "from stemma.registry import Registry\nfrom stemma.registry.query import query\n"
+        "from stemma.registry import Registry\nfrom stemma.registry.query.sql import query\n"
         f"query(Registry.open('.'), {CLI_QUERY!r})"
     )
     query_times, import_times, library_times = [], [], []
@@ -178,8 +178,8 @@ def cli_wall(root: Path, repeat: int) -> dict[str, Any]:
 
 def latencies(root: Path, repeat: int) -> dict[str, Any]:
     from stemma.registry import Registry
-    from stemma.registry.index import open_index
-    from stemma.registry.query import query
+    from stemma.registry.query.sql import query
+    from stemma.registry.store.index import open_index
 
     reg = Registry.open(root)
     out: dict[str, Any] = {}

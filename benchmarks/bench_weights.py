@@ -81,7 +81,7 @@ def child(what: str, folder: Path, gib: float, tensors: int) -> dict[str, float]
         sum(float(t[-1]) for t in loaded.values())  # touch every tensor
     elif what == "load_twice":
         from safetensors.torch import load
-        from stemma.registry.files import file_hashes
+        from stemma.registry.store.files import file_hashes
 
         file_hashes(path)
         loaded = load(path.read_bytes())

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stemma.registry.files import canonical_json, content_id, digest
+from stemma.registry.store.files import canonical_json, content_id, digest
 
 SHAPES = ("mixed", "chain", "fanout")
 N_DATASETS = 8

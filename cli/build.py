@@ -103,7 +103,7 @@ def model(
     from stemma.migration import distributed as dist
 
     if dist.launched() and not dist.is_writer():
-        from stemma.registry._store import held
+        from stemma.registry.store.derived import held
 
         with held():  # the other ranks read the caches and write nothing
             _model(name, True, json_, repo)

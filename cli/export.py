@@ -41,7 +41,7 @@ def card(
 
     The folder may be new or hold other files; an existing README.md (or weights file) is
     replaced only with --overwrite, and never inside the registry."""
-    from stemma.registry.card import export_card
+    from stemma.registry.publish.card import export_card
 
     written = export_card(Registry.open(repo), name, folder, weights=weights, overwrite=overwrite)
     if json_:
@@ -101,8 +101,8 @@ def openlineage(
 ) -> None:
     """Emit OpenLineage START and COMPLETE (or FAIL) events for every dataset and model build
     in history, in lineage order (each build after the builds it read)."""
-    from stemma.registry import _olsend
-    from stemma.registry import openlineage as lib
+    from stemma.registry.publish import _olsend
+    from stemma.registry.publish import openlineage as lib
 
     if output is not None and url is not None:
         raise fail("give --output or --url, not both", code=2)
@@ -145,7 +145,7 @@ def mlflow(
     versions, stages as aliases (NAME#prod -> prod). A second export changes nothing."""
     import os
 
-    from stemma.registry.mlflow_export import export
+    from stemma.registry.publish.mlflow_export import export
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from stemma.registry import Registry, pipefiles
-from stemma.registry import pipeline as lib
+from stemma.registry import Registry
+from stemma.registry.pipeline import pipefiles
+from stemma.registry.pipeline import render as lib
 
 from ._common import RepoOpt, emit_json, fail
 from ._result import ResultJsonOpt

@@ -23,7 +23,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
-    from stemma.registry.query import QueryResult
+    from stemma.registry.query.sql import QueryResult
 
 HistoryOpt = Annotated[
     bool,
@@ -79,7 +79,7 @@ def query(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Run read-only SQL over every spec and manifest (DuckDB, refreshed incrementally)."""
-    from stemma.registry import query as lib
+    from stemma.registry.query import sql as lib
 
     if json_:
         format_ = Format.json
@@ -111,7 +111,7 @@ def export_parquet(
 
     The folder may be new or hold other files; an existing <view>.parquet is replaced only
     with --overwrite, and never inside the registry."""
-    from stemma.registry import query as lib
+    from stemma.registry.query import sql as lib
 
     reg = Registry.open(repo)
     written = lib.export_parquet(reg, folder, history=history, overwrite=overwrite)
@@ -124,7 +124,7 @@ def export_parquet(
 
 def _cell(value: Any) -> str:
     """A value as table or CSV text: nested values as compact JSON, null as empty."""
-    from stemma.registry.query import jsonable
+    from stemma.registry.query.sql import jsonable
 
     value = jsonable(value)
     if value is None:

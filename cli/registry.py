@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from stemma.registry import Registry
-from stemma.registry import listing as lib
+from stemma.registry.query import listing as lib
 
 from ._common import JsonOpt, RepoOpt, console, emit_json, print_table
 from ._result import ResultJsonOpt
@@ -38,7 +38,7 @@ def init(
 
 def validate(json_: JsonOpt = False, repo: RepoOpt = Path(".")) -> None:
     """Check every spec and manifest: schema, references, cycles, paths, staleness, ids."""
-    from stemma.registry.consistency import check
+    from stemma.registry.check.consistency import check
 
     reg = Registry.open(repo)
     violations = check(reg)
@@ -102,7 +102,7 @@ def _names(names: tuple[str, ...], width: int = 40) -> str:
 def _deprecated(reg: Registry) -> set[str]:
     """Models GTO's tags deprecate; none outside a git repository."""
     from stemma.registry.errors import GitError
-    from stemma.registry.tags import deprecated_models
+    from stemma.registry.versions.tags import deprecated_models
 
     try:
         return set(deprecated_models(reg))

@@ -35,7 +35,7 @@ def report(
 ) -> None:
     """Pass or fail (gates, checks, staleness), lineage to the roots, transfer report,
     metrics, gates, checks and the training curve."""
-    from stemma.registry import report as lib
+    from stemma.registry.publish import report as lib
 
     reg = Registry.open(repo)
     doc = lib.model_report(reg, name)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 from stemma.registry import Registry
-from stemma.registry import repro as lib
+from stemma.registry.pipeline import repro as lib
 
 from ._common import JsonOpt, RepoOpt, emit_json
 

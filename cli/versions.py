@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from stemma.registry import Registry
-from stemma.registry import versions as lib
+from stemma.registry.versions import resolve as lib
 
 from ._common import JsonOpt, RepoOpt, console, emit_json
 from ._result import ResultJsonOpt

@@ -11,15 +11,16 @@ from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from stemma.registry import Registry, archrules
-from stemma.registry import consistency as cons
-from stemma.registry.consistency import Violation
+from stemma.registry import Registry
+from stemma.registry.check import archrules
+from stemma.registry.check import consistency as cons
+from stemma.registry.check.consistency import Violation
 from stemma.registry.errors import StemmaError
-from stemma.registry.files import content_id, parse_json_text
-from stemma.registry.locks import LOCK_FILE, folder_locked_md5, locked_md5s
-from stemma.registry.naming import parse_source
-from stemma.registry.parents import parents_of
-from stemma.registry.registry import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.pipeline.locks import LOCK_FILE, folder_locked_md5, locked_md5s
+from stemma.registry.rules.naming import parse_source
+from stemma.registry.rules.parents import parents_of
+from stemma.registry.store.files import content_id, parse_json_text
+from stemma.registry.store.handle import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
 
 from ._audit_state import State
 
@@ -125,7 +126,7 @@ def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
 
 
 def _pipeline(state: State, reg: Registry) -> list[Violation]:
-    from stemma.registry.pipefiles import differences
+    from stemma.registry.pipeline.pipefiles import differences
 
     if not state.models and not state.datasets:
         return []
@@ -327,7 +328,8 @@ def _tagged_changes(old: State, new: State) -> list[Finding]:
             changed.append((name, str(a.get("id"))))
     if not changed:
         return []
-    from stemma.registry import versions  # reads git tags: only when a manifest was rewritten
+    # reads git tags: only when a manifest was rewritten
+    from stemma.registry.versions import resolve as versions
 
     tags: dict[tuple[str, str], list[str]] = {}
     for tag in versions.list_tags(new.reg):

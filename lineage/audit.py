@@ -5,7 +5,7 @@ None) and reports what changed (models and datasets added, removed, re-parented;
 field by field; rebuilt manifests and metric deltas) and every violation at head.
 
 Violations. Each has a stable code. Those that judge one state are computed for both states:
-every code of `stemma.registry.consistency` (schema, dangling references, cycles, stale
+every code of `stemma.registry.check.consistency` (schema, dangling references, cycles, stale
 manifests, failed gates, ...) plus
 
 - `lock-mismatch`: a model manifest's weights md5 differs from the md5 that dvc.lock records
@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-from stemma.registry.locks import LOCK_FILE
-from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
+from stemma.registry.pipeline.locks import LOCK_FILE
+from stemma.registry.store.handle import MANIFEST_FILE, SPEC_FILE
 
 from ._audit_checks import (
     CODES,
@@ -192,7 +192,7 @@ class AuditReport:
 
 def audit(repo_path: str | Path, base: str, head: str | None = None) -> AuditReport:
     """Compare the registry at git revision `base` with `head` (None: the working tree)."""
-    from stemma.registry import _validcache
+    from stemma.registry.store import _validcache
 
     repo = Path(repo_path)
     # Both states share one cache of documents known to pass their schema: most are the same.
@@ -202,7 +202,7 @@ def audit(repo_path: str | Path, base: str, head: str | None = None) -> AuditRep
 
 def _repo_root(repo: Path) -> Path:
     from stemma.registry.errors import RegistryNotFound
-    from stemma.registry.registry import find_repo_root
+    from stemma.registry.store.handle import find_repo_root
 
     try:
         return find_repo_root(repo)

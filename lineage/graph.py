@@ -9,7 +9,7 @@ points from the dependent to what it depends on, the way a build reads them:
 - `previous`:     version -> the version before it (and `model:NAME` -> its newest version).
 
 The graph is built from the specs, so unbuilt models appear, and enriched with manifests
-(ids, status, metrics; statuses as `stemma.registry.status` decides them). A spec that cannot
+(ids, status, metrics; statuses as `stemma.registry.rules.status` decides them). A spec that cannot
 be read still gets a node (status `invalid`) and a source that is not declared gets one too
 (status `missing`), so broken states can be drawn.
 """
@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
-from stemma.registry import Registry, status
-from stemma.registry.dag import Forest
+from stemma.registry import Registry
 from stemma.registry.errors import ConsistencyError, LocatedError, StemmaError
-from stemma.registry.files import digest, parse_json_text
-from stemma.registry.parents import combined_id, parents_of, recorded_parents
-from stemma.registry.registry import MANIFEST_FILE, SPEC_FILE
+from stemma.registry.rules import status
+from stemma.registry.rules.dag import Forest
+from stemma.registry.rules.parents import combined_id, parents_of, recorded_parents
+from stemma.registry.store.files import digest, parse_json_text
+from stemma.registry.store.handle import MANIFEST_FILE, SPEC_FILE
 
 DERIVED_FROM = "derived_from"
 TRAINED_ON = "trained_on"
@@ -98,7 +99,7 @@ def read_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]
     validate` and the audit report schema errors). A document that cannot be parsed, or
     lacks the fields the graph needs, gives a node with status `invalid`.
     """
-    from stemma.registry.tree import WorkTree
+    from stemma.registry.store.tree import WorkTree
 
     if isinstance(reg.tree, WorkTree):
         try:
@@ -120,7 +121,7 @@ _DATASETS_SQL = "SELECT name, id, status FROM datasets ORDER BY name"
 
 def _indexed_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]:
     """The records of the working tree, from the query index."""
-    from stemma.registry.index import open_index
+    from stemma.registry.store.index import open_index
 
     with open_index(reg) as index:
         rows = index.con.execute(_MODELS_SQL).fetchall()
@@ -203,7 +204,7 @@ def prefetch_documents(reg: Registry, extra: Iterable[str] = ()) -> None:
     """Read every spec and manifest of a git revision (and `extra` repo-relative files) with
     one git process; a no-op on the working tree. Without it each file read at a revision,
     listing the names included, costs a git process of its own."""
-    from stemma.registry.tree import prefetch
+    from stemma.registry.store.tree import prefetch
 
     if not hasattr(getattr(reg.tree, "inner", reg.tree), "prefetch"):
         return  # the working tree: listing the folders would be wasted
@@ -279,7 +280,7 @@ def read_document(reg: Registry, kind: str, name: str, filename: str) -> dict[st
 
 
 def _doc(reg: Registry, kind: str, name: str, filename: str) -> dict[str, Any] | None:
-    from stemma.registry.yamlio import load_yaml_text  # PyYAML: not for the index's readers
+    from stemma.registry.store.yamlio import load_yaml_text  # PyYAML: not for the index's readers
 
     text = reg.tree.read_text(reg.rel(kind, name, filename))
     if text is None:
@@ -385,7 +386,7 @@ def _model_record(
 
 
 def _candidates(reg: Registry, name: str) -> list[str]:
-    from stemma.registry.pipeline import candidates
+    from stemma.registry.pipeline.render import candidates
 
     try:
         return candidates(reg, name, reg.model_spec(name))
@@ -602,7 +603,7 @@ def require_whole(reg: Registry, g: nx.MultiDiGraph) -> None:
 
 
 def _add_history(reg: Registry, g: nx.MultiDiGraph, names: list[str]) -> None:
-    from stemma.registry import versions
+    from stemma.registry.versions import resolve as versions
 
     by_model: dict[str, list[Any]] = {}
     for v in versions.all_history(reg):  # one git log for every model, newest first

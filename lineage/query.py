@@ -1,7 +1,7 @@
 """Ancestry and impact queries over the lineage graph, backed by a compact index.
 
 A model has at most one source, so the `derived_from` edges form a forest: the index keeps
-the registry's lineage core over it (`stemma.registry.dag.Forest`), whose descendants are one
+the registry's lineage core over it (`stemma.registry.rules.dag.Forest`), whose descendants are one
 slice of a pre-order walk and ancestors the walk up the parent map. Both cost the size of the
 answer, not of the graph, so they stay fast on a million nodes.
 
@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
 import networkx as nx
-from stemma.registry.dag import Forest, build_order, reach
 from stemma.registry.errors import DatasetNotFound, ModelNotFound
+from stemma.registry.rules.dag import Forest, build_order, reach
 
 from .graph import (
     DERIVED_FROM,
@@ -35,7 +35,7 @@ _CACHE_KEY = "lineage_index"
 
 class LineageIndex:
     """Parent map, child lists, pre-order walk and build order of the name-level lineage
-    (the walk and the order are the registry's lineage core, `stemma.registry.dag`)."""
+    (the walk and the order are the registry's lineage core, `stemma.registry.rules.dag`)."""
 
     def __init__(
         self,

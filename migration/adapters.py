@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import BuildError, SchemaError
-from stemma.registry.files import parse_json_text, read_bytes_file
+from stemma.registry.store.files import parse_json_text, read_bytes_file
 from torch import nn
 
 from .families import require

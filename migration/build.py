@@ -19,25 +19,25 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry import __version__ as STEMMA_VERSION
+from stemma.registry.check.gate import check_buildable
 from stemma.registry.errors import BuildError, StemmaError
-from stemma.registry.files import (
-    canonical_json,
-    content_id,
-    file_hashes,
-    read_json,
-    write_atomic,
-)
-from stemma.registry.gate import check_buildable
-from stemma.registry.parents import is_merge, pointer_of
-from stemma.registry.records import (
+from stemma.registry.records.core import (
     DATASET_MANIFEST,
     MODEL_MANIFEST,
     DatasetSpec,
     ModelSpec,
     validate_document,
 )
-from stemma.registry.registry import DATA_FILE, INDEX_DIR, MANIFEST_FILE, WEIGHTS_FILE
-from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spec_problems
+from stemma.registry.rules.parents import is_merge, pointer_of
+from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spec_problems
+from stemma.registry.store.files import (
+    canonical_json,
+    content_id,
+    file_hashes,
+    read_json,
+    write_atomic,
+)
+from stemma.registry.store.handle import DATA_FILE, INDEX_DIR, MANIFEST_FILE, WEIGHTS_FILE
 from torch import nn
 
 from . import distributed as dist

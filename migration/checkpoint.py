@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import StemmaError
-from stemma.registry.files import (
+from stemma.registry.store.files import (
     canonical_json,
     confined,
     digest,

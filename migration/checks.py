@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.records import ModelSpec
-from stemma.registry.taskspec import CLASSIFICATION, REGRESSION
+from stemma.registry.records.core import ModelSpec
+from stemma.registry.rules.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 
 from . import optim

@@ -33,8 +33,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TypeVar
 
-from stemma.registry.commits import COMMITTING, LAST, STAGING, finish, fsync_dir, pending
-from stemma.registry.commits import order as _order
+from stemma.registry.rules.commits import COMMITTING, LAST, STAGING, finish, fsync_dir, pending
+from stemma.registry.rules.commits import order as _order
 
 __all__ = ["COMMITTING", "LAST", "STAGING", "Stage", "commit", "pending", "recover"]
 
@@ -114,7 +114,7 @@ class Stage:
 def recover(folder: Path) -> bool:
     """Finish or discard an interrupted commit in `folder`; True when one was finished.
     Only a build does this: a staging folder may be a live build's (readers only finish a
-    commit, `stemma.registry.commits.settle`)."""
+    commit, `stemma.registry.rules.commits.settle`)."""
     staging = folder / STAGING
     if staging.is_dir() and not staging.is_symlink():
         shutil.rmtree(staging)

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 from stemma.registry import Registry
+from stemma.registry.check.hfdisk import check_saved_dataset
 from stemma.registry.errors import BuildError, UnsafeFile
-from stemma.registry.files import file_kind, read_bytes_file, write_atomic
-from stemma.registry.hfdisk import check_saved_dataset
-from stemma.registry.registry import DATA_FILE
-from stemma.registry.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
+from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
+from stemma.registry.store.files import file_kind, read_bytes_file, write_atomic
+from stemma.registry.store.handle import DATA_FILE
 
 from .entrypoints import import_entrypoint
 from .tasks import task_of

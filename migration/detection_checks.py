@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.records import ModelSpec
-from stemma.registry.taskspec import DETECTION
+from stemma.registry.records.core import ModelSpec
+from stemma.registry.rules.taskspec import DETECTION
 from torch import nn
 
 from .checks import source_module

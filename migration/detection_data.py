@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 from stemma.registry.errors import BuildError
-from stemma.registry.files import read_bytes_file
-from stemma.registry.taskspec import DETECTION
+from stemma.registry.rules.taskspec import DETECTION
+from stemma.registry.store.files import read_bytes_file
 
 from .data import DEFAULT_EVAL, DatasetArrays, Raw, _image, _resize
 

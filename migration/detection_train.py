@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from stemma.registry import _optional
 from stemma.registry.errors import BuildError
+from stemma.registry.publish import _optional
 from torch import nn
 
 from .augment import Augment

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from stemma.registry.errors import BuildError
-from stemma.registry.taskspec import PER_CLASS_GATE
+from stemma.registry.rules.taskspec import PER_CLASS_GATE
 
 from .tasks import DECIMALS, for_labels
 

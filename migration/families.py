@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from stemma.registry import _optional, archrules
+from stemma.registry.check import archrules
 from stemma.registry.errors import BuildError, StemmaError
-from stemma.registry.taskspec import CAUSAL_LM
+from stemma.registry.publish import _optional
+from stemma.registry.rules.taskspec import CAUSAL_LM
 from torch import nn
 
 from .entrypoints import import_entrypoint

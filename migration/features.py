@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from stemma.registry import Registry, _store
+from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.registry import INDEX_DIR
+from stemma.registry.store import derived as _store
+from stemma.registry.store.handle import INDEX_DIR
 from torch import nn
 
 from .architectures import head_of, penultimate

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from stemma.registry import _store
+from stemma.registry.store import derived as _store
 from torch import nn
 
 from . import optim

@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import ParseError, PathEscape, UnsafeFile
-from stemma.registry.files import file_kind, read_bytes_file, read_json, read_text_file
-from stemma.registry.hubfiles import MAX_CARD_BYTES, hub_id_pattern
-from stemma.registry.yamlio import load_yaml_text
+from stemma.registry.publish.hubfiles import MAX_CARD_BYTES, hub_id_pattern
+from stemma.registry.store.files import file_kind, read_bytes_file, read_json, read_text_file
+from stemma.registry.store.yamlio import load_yaml_text
 from torch import nn
 
 from . import tokenizer as tok
@@ -283,7 +283,7 @@ def card_parents(reg: Any, card: CardLineage) -> tuple[dict[str, Any] | None, li
     a registered model's spec declares (`hub_id`) becomes that model's source block; every
     other base stays an external parent named by its Hub id (recorded, never fetched)."""
     from stemma.registry import Registry
-    from stemma.registry.card import hub_id
+    from stemma.registry.publish.card import hub_id
 
     if not card.base_models:
         return None, []

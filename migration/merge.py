@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.parents import NEEDS_BASE, combined_id, parent_refs, parents_of, problems
-from stemma.registry.records import ModelSpec
-from stemma.registry.taskspec import CAUSAL_LM
+from stemma.registry.records.core import ModelSpec
+from stemma.registry.rules.parents import NEEDS_BASE, combined_id, parent_refs, parents_of, problems
+from stemma.registry.rules.taskspec import CAUSAL_LM
 from torch import nn
 
 from .architectures import build_module

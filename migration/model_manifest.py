@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stemma.registry.records import ModelSpec
+from stemma.registry.records.core import ModelSpec
 from torch import nn
 
 from .evaluate import evaluate_gates

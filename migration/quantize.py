@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.parents import pointer_of
-from stemma.registry.records import MODEL_MANIFEST, ModelSpec
-from stemma.registry.registry import WEIGHTS_FILE
-from stemma.registry.taskspec import LOWER_IS_BETTER, MAIN_METRIC
+from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec
+from stemma.registry.rules.parents import pointer_of
+from stemma.registry.rules.taskspec import LOWER_IS_BETTER, MAIN_METRIC
+from stemma.registry.store.handle import WEIGHTS_FILE
 from torch import nn
 
 from . import weights as _weights

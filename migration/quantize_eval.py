@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.records import ModelSpec
-from stemma.registry.taskspec import CAUSAL_LM, CLASSIFICATION, spec_problems
+from stemma.registry.records.core import ModelSpec
+from stemma.registry.rules.taskspec import CAUSAL_LM, CLASSIFICATION, spec_problems
 from torch import nn
 
 from .data import DatasetArrays, load_dataset

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.files import digest
-from stemma.registry.records import MODEL_MANIFEST
-from stemma.registry.registry import SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.records.core import MODEL_MANIFEST
+from stemma.registry.store.files import digest
+from stemma.registry.store.handle import SPEC_FILE, WEIGHTS_FILE
 
 from . import tokenizer as tok
 from .architectures import build_module, head_prefix, infer_architecture, make_config
@@ -129,8 +129,8 @@ def _source_block(reg: Registry, source: str | None, relation: str) -> dict[str,
 
 def _tracked_by_stage(reg: Registry, rel: str) -> bool:
     """True when a dvc.yaml stage outputs `rel` (a team's own stage that registers)."""
-    from stemma.registry.pipeline import current
-    from stemma.registry.yamlio import load_yaml_text
+    from stemma.registry.pipeline.render import current
+    from stemma.registry.store.yamlio import load_yaml_text
 
     text = current(reg)
     doc = load_yaml_text(text, "dvc.yaml") if text else None
@@ -166,7 +166,7 @@ def register(
     relation: str = "finetune",
 ) -> dict[str, Any]:
     """Import weights as model `name`: weights.safetensors (a DVC output) and a manifest."""
-    from stemma.registry.naming import check_name
+    from stemma.registry.rules.naming import check_name
 
     from .build import _blob_file, _commit, _now, _run_block, importable
     from .data import load_dataset
@@ -221,7 +221,7 @@ def register(
     if src is not None:
         spec_doc["source"] = {"model": src["model"], "relation": src["relation"]}
     if snap is not None:  # a Hub snapshot: its id names it in cards of children
-        from stemma.registry.hubfiles import snapshot_hub_id
+        from stemma.registry.publish.hubfiles import snapshot_hub_id
 
         hub = snapshot_hub_id(Path(weights_path))
         if hub:

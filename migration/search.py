@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.records import ModelSpec
-from stemma.registry.taskspec import CLASSIFICATION
+from stemma.registry.records.core import ModelSpec
+from stemma.registry.rules.taskspec import CLASSIFICATION
 from torch import nn
 
 from .data import DatasetArrays, split

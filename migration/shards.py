@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import torch
 from stemma.registry.errors import BuildError
-from stemma.registry.files import read_json
+from stemma.registry.store.files import read_json
 
 from .weights import INDEX_SUFFIX, Hashes, _hashed, read_checked, stream
 

@@ -2,7 +2,7 @@
 
 A task follows from the stored labels (`task_of`): int64 (N,) classify, float32 (N,) or
 (N, K) regress, int64 0/1 (N, K) are multi-label. Names (losses, metrics, gates, the main
-metric) come from `stemma.registry.taskspec`, which `validate` reads without torch.
+metric) come from `stemma.registry.rules.taskspec`, which `validate` reads without torch.
 
 - classification: logits (N, C); cross-entropy; accuracy, per-class accuracy.
 - regression: outputs (N, K) (K = 1 for a 1-D target); mse, mae or huber; mse, mae, rmse and
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from stemma.registry import taskspec
 from stemma.registry.errors import BuildError
+from stemma.registry.rules import taskspec
 
 DECIMALS = 6  # metrics are rounded so identical builds give identical manifest ids
 

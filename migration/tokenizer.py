@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from stemma.registry.errors import BuildError
-from stemma.registry.files import read_bytes_file, write_atomic
+from stemma.registry.store.files import read_bytes_file, write_atomic
 
 TOKENIZER_DIR = "tokenizer"
 FROM_SPEC = "spec"

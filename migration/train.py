@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from stemma.registry.errors import BuildError
-from stemma.registry.records import MODEL_SPEC, validate_document
-from stemma.registry.taskspec import LOSSES as TASK_LOSSES
+from stemma.registry.records.core import MODEL_SPEC, validate_document
+from stemma.registry.rules.taskspec import LOSSES as TASK_LOSSES
 from torch import nn
 
 from . import distributed as dist

@@ -32,24 +32,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from stemma.registry import Registry, status
-from stemma.registry.commits import settle
+from stemma.registry import Registry
 from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
-from stemma.registry.files import file_hashes, read_json
-from stemma.registry.listing import current_dataset_id
-from stemma.registry.locks import LOCK_FILE
-from stemma.registry.lockstate import unlocked
-from stemma.registry.parents import recorded_parents
-from stemma.registry.pipeline import PIPELINE_FILE
-from stemma.registry.registry import (
+from stemma.registry.pipeline.locks import LOCK_FILE
+from stemma.registry.pipeline.lockstate import unlocked
+from stemma.registry.pipeline.render import PIPELINE_FILE
+from stemma.registry.query.listing import current_dataset_id
+from stemma.registry.rules import status
+from stemma.registry.rules.commits import settle
+from stemma.registry.rules.parents import recorded_parents
+from stemma.registry.store.files import file_hashes, read_json
+from stemma.registry.store.handle import (
     DATA_FILE,
     MANIFEST_FILE,
     SETTINGS_FILE,
     SPEC_FILE,
     WEIGHTS_FILE,
 )
-from stemma.registry.tree import WorkTree
-from stemma.registry.yamlio import conflict_line
+from stemma.registry.store.tree import WorkTree
+from stemma.registry.store.yamlio import conflict_line
 
 GPU_ABS_TOLERANCE = 0.02
 """Absolute part of the metric tolerance when either build ran on CUDA."""

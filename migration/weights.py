@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import torch
 from stemma.registry.errors import BuildError
-from stemma.registry.files import confined, write_atomic
+from stemma.registry.store.files import confined, write_atomic
 
 CHUNK = 16 << 20
 """Bytes handed to the writer and the hash threads at a time: big enough that hashlib

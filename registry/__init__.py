@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import StemmaError
 
 if TYPE_CHECKING:
-    from .records import DatasetSpec, Manifest, ModelSpec, Settings, SourceRef
-    from .registry import Registry
+    from .records.core import DatasetSpec, Manifest, ModelSpec, Settings, SourceRef
+    from .store.handle import Registry
 
 __all__ = [
     "DatasetSpec",
@@ -30,12 +30,12 @@ __version__ = "0.1.0"
 
 # Public name -> the submodule that defines it.
 _LAZY = {
-    "DatasetSpec": "records",
-    "Manifest": "records",
-    "ModelSpec": "records",
-    "Settings": "records",
-    "SourceRef": "records",
-    "Registry": "registry",
+    "DatasetSpec": "records.core",
+    "Manifest": "records.core",
+    "ModelSpec": "records.core",
+    "Settings": "records.core",
+    "SourceRef": "records.core",
+    "Registry": "store.handle",
 }
 
 

@@ -164,3 +164,12 @@ def cli() -> Iterator[object]:
         return Result(res.exit_code, res.stdout, res.stderr)
 
     yield run
+
+
+def dvc(repo: Path, *args: str) -> str:
+    """Run the real DVC command line in `repo` and return its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout

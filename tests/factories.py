@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stemma.registry import Registry
-from stemma.registry.files import digest
+from stemma.registry.store.files import digest
 
 RUN = {"started": "2026-01-01T00:00:00Z", "duration_s": 1.0, "stemma": "0.1.0", "device": "cpu"}
 

@@ -30,11 +30,12 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _store
-from ._snapshot import RACY_NS, changed_ns, now_ns, racy, stamp
+from stemma.registry.store import derived as _store
+from stemma.registry.store._snapshot import RACY_NS, changed_ns, now_ns, racy, stamp
+from stemma.registry.store.codekey import code_key
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from stemma.registry.store.handle import Registry
 
 FILE = Path(".stemma") / "checked"
 FORMAT = "stemma-checked/3"  # 2: stamps of `_snapshot.stamp`; 3: recorded dataset ids
@@ -42,42 +43,10 @@ FORMAT = "stemma-checked/3"  # 2: stamps of `_snapshot.stamp`; 3: recorded datas
 FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json", "dvc.lock")
 
 
-# The modules whose code turns a folder's files into its facts: a change to any of them (an
-# upgrade, a message reworded) makes every stored fact stale.
-CODE = (
-    "consistency.py",
-    "registry.py",
-    "records.py",
-    "errors.py",
-    "metricfiles.py",
-    "files.py",
-    "naming.py",
-    "yamlio.py",
-    "locks.py",
-)
-
-
 def _header(reg: Registry) -> str:
-    """What the facts depend on besides the folders: this format, the stemma version, the
-    code that finds them, the schemas and where the registry root is."""
-    import hashlib
-    from importlib import resources
-
-    from . import __version__
-
-    digest = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in CODE:
-        try:
-            code = (here / name).read_bytes()
-        except OSError:  # installed without its sources: the version stands for the code
-            code = b""
-        digest.update(name.encode() + b"\0" + code)
-    folder = resources.files("stemma.schemas")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".json"):
-            digest.update(entry.name.encode() + b"\0" + entry.read_bytes())
-    return f"{FORMAT} {__version__} {digest.hexdigest()[:32]} {reg.rel_root}"
+    """What the facts depend on besides the folders: this format, the code that finds them
+    and the schemas (`code_key`), and where the registry root is."""
+    return f"{FORMAT} {code_key()[:32]} {reg.rel_root}"
 
 
 def work_stamps(root: Path) -> dict[str, str]:

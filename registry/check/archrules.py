@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import StemmaError
-from .files import parse_json_text, plain_value, read_text_file
-from .naming import ENTRYPOINT_RE
-from .records import LIMITS
+from stemma.registry.errors import StemmaError
+from stemma.registry.records.core import LIMITS
+from stemma.registry.rules.naming import ENTRYPOINT_RE
+from stemma.registry.store.files import parse_json_text, plain_value, read_text_file
 
 AUTO_MAP = "auto_map"
 TRUST_OPTION = "trust_remote_code"

@@ -11,20 +11,26 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import archrules
-from ._checkcache import FolderFacts, work_stamps
-from .dag import Forest
-from .errors import LocatedError, PathEscape, StemmaError
-from .hfdisk import check_saved_dataset
-from .locks import folder_locked_md5
-from .lockstate import recorded_md5
-from .naming import NAME_RE, NAME_RULE, parse_source
-from .parents import combined_id, parent_map, parent_refs, parents_of
-from .parents import problems as parent_problems
-from .records import DatasetSpec, Manifest, ModelSpec
-from .registry import Registry
-from .status import DATA_CHANGED, SOURCE_CHANGED, SPEC_CHANGED, recorded_datasets, staleness
-from .taskspec import spec_problems, training_task
+from stemma.registry.check import archrules
+from stemma.registry.check._checkcache import FolderFacts, work_stamps
+from stemma.registry.check.hfdisk import check_saved_dataset
+from stemma.registry.errors import LocatedError, PathEscape, StemmaError
+from stemma.registry.pipeline.locks import folder_locked_md5
+from stemma.registry.pipeline.lockstate import recorded_md5
+from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
+from stemma.registry.rules.dag import Forest
+from stemma.registry.rules.naming import NAME_RE, NAME_RULE, parse_source
+from stemma.registry.rules.parents import combined_id, parent_map, parent_refs, parents_of
+from stemma.registry.rules.parents import problems as parent_problems
+from stemma.registry.rules.status import (
+    DATA_CHANGED,
+    SOURCE_CHANGED,
+    SPEC_CHANGED,
+    recorded_datasets,
+    staleness,
+)
+from stemma.registry.rules.taskspec import spec_problems, training_task
+from stemma.registry.store.handle import Registry
 
 # Stable violation codes; tools and the audit key on these strings.
 SCHEMA = "schema"
@@ -110,7 +116,7 @@ def check_state(reg: Registry, borrowed: Mapping[str, ModelFacts] | None = None)
     """`check`, with the facts of each model folder in `borrowed` taken as they are instead
     of read (another state's check, of a folder whose files are the same here); with
     `borrowed`, nothing is stored."""
-    from . import _validcache
+    from stemma.registry.store import _validcache
 
     with _validcache.remembering(reg.repo_root):
         checked = _check(reg, borrowed)
@@ -194,7 +200,7 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
 
 def _pipeline_files(reg: Registry) -> list[Violation]:
     """DVC's pipeline files that DVC would refuse: merge conflict markers, not text."""
-    from .locks import conflicted_files
+    from stemma.registry.pipeline.locks import conflicted_files
 
     return [_from_error(exc, subject, "") for subject, exc in conflicted_files(reg)]
 
@@ -222,7 +228,7 @@ def _stored_facts(cache: FolderFacts | None, name: str) -> ModelFacts | None:
 def _folder_facts(reg: Registry) -> FolderFacts | None:
     """The stored facts of the working tree's model folders, with their stamps now (None for
     a git revision: an audit's base takes the head's facts of the folders that are the same)."""
-    from .tree import WorkTree
+    from stemma.registry.store.tree import WorkTree
 
     if isinstance(reg.tree, WorkTree):
         return FolderFacts(reg, work_stamps(reg.root))
@@ -570,7 +576,7 @@ def _manifest_checks(
 
 
 def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
-    from .metricfiles import mismatches
+    from stemma.registry.check.metricfiles import mismatches
 
     return [
         Violation(METRICS_MISMATCH, m.path, m.message, m.pointer, subject=f"model:{manifest.name}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .consistency import (
+from stemma.registry.check.consistency import (
     CYCLE,
     DANGLING_DATASET,
     DANGLING_SOURCE,
@@ -12,8 +12,8 @@ from .consistency import (
     UNTRUSTED_ENTRYPOINT,
     check,
 )
-from .errors import BuildError
-from .registry import Registry
+from stemma.registry.errors import BuildError
+from stemma.registry.store.handle import Registry
 
 # Violations that make a spec unbuildable. The others (a stale or failed manifest) are what
 # a build is for.

@@ -15,8 +15,8 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import ParseError, PathEscape, UnsafeFile
-from .files import file_kind, read_json
+from stemma.registry.errors import ParseError, PathEscape, UnsafeFile
+from stemma.registry.store.files import file_kind, read_json
 
 DICT_FILE = "dataset_dict.json"
 STATE_FILE = "state.json"

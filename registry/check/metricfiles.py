@@ -15,11 +15,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import StemmaError
-from .files import parse_json_text
-from .records import Manifest
-from .registry import Registry
-from .tree import WorkTree
+from stemma.registry.errors import StemmaError
+from stemma.registry.records.core import Manifest
+from stemma.registry.store.files import parse_json_text
+from stemma.registry.store.handle import Registry
+from stemma.registry.store.tree import WorkTree
 
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "curve.json"

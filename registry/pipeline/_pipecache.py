@@ -26,13 +26,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import _store
-from .registry import Registry
+from stemma.registry.store import derived as _store
+from stemma.registry.store.codekey import code_key
+from stemma.registry.store.handle import Registry
 
 FILE = Path(".stemma") / "pipeline.json"
 FORMAT = 3
-# The render's rules are code: a cache written by other code is not trusted.
-_CODE = ("pipeline.py", "_yamlemit.py", "_pipedelta.py")
 
 
 def sha(text: str) -> str:
@@ -42,7 +41,7 @@ def sha(text: str) -> str:
 
 def fingerprint(reg: Registry) -> str:
     """A digest of every input of the render that the index knows (see the module doc)."""
-    h = hashlib.sha256(f"{FORMAT}\0{reg.rel_root}\0{code_digest()}\0".encode())
+    h = hashlib.sha256(f"{FORMAT}\0{reg.rel_root}\0{code_key()}\0".encode())
     for path, digest in inputs(reg).items():
         h.update(f"{path}\0{digest}\n".encode())
     return h.hexdigest()
@@ -51,15 +50,15 @@ def fingerprint(reg: Registry) -> str:
 def base(reg: Registry) -> str:
     """A digest of what every file's render reads besides the specs: the code, the
     registry's place in the repository and its settings."""
-    from .registry import SETTINGS_FILE
+    from stemma.registry.store.handle import SETTINGS_FILE
 
     settings = reg.tree.read_text(reg.rel(SETTINGS_FILE)) or ""
-    return sha(f"{FORMAT}\0{reg.rel_root}\0{code_digest()}\0{settings}")
+    return sha(f"{FORMAT}\0{reg.rel_root}\0{code_key()}\0{settings}")
 
 
 def foreign(reg: Registry) -> str:
     """A digest of the root dvc.yaml's stages that stemma did not write (an input)."""
-    from .pipeline import foreign_stages
+    from stemma.registry.pipeline.render import foreign_stages
 
     return doc_digest(foreign_stages(reg))
 
@@ -67,7 +66,7 @@ def foreign(reg: Registry) -> str:
 def inputs(reg: Registry) -> dict[str, str]:
     """Each spec's digest, and the id of each manifest of a model or dataset without a spec,
     by path, from the index (kept for the registry handle's life: one command)."""
-    from .index import open_index
+    from stemma.registry.store.index import open_index
 
     memo = ("pipecache", "inputs")
     if memo in reg._cache:
@@ -88,15 +87,6 @@ def inputs(reg: Registry) -> dict[str, str]:
     return found
 
 
-def code_digest() -> str:
-    """A digest of the code that renders (a document's text depends on nothing else)."""
-    h = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in _CODE:
-        h.update(hashlib.sha256((here / name).read_bytes()).digest())
-    return h.hexdigest()
-
-
 def doc_digest(doc: Any) -> str:
     """A digest of one file's document, key order included (the text keeps it)."""
     return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
@@ -113,7 +103,7 @@ def load(reg: Registry) -> dict[str, Any] | None:
 
 def known_hashes(cached: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
     """path -> (document digest, text hash) of the last render, when the same code wrote it."""
-    if cached is None or cached.get("code") != code_digest():
+    if cached is None or cached.get("code") != code_key():
         return {}
     docs, files = cached.get("docs"), cached.get("files")
     if not isinstance(docs, dict) or not isinstance(files, dict):
@@ -134,7 +124,7 @@ def save(
     doc = {
         "format": FORMAT,
         "fingerprint": key,
-        "code": code_digest(),
+        "code": code_key(),
         "base": base(reg),
         "probes": probes,
         "files": hashes,

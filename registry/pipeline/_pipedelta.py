@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dag import Forest, exploration_candidates
-from .pipeline import (
+from stemma.registry.pipeline.render import (
     F_ARTIFACT,
     F_AUTO,
     F_ENTRY,
@@ -36,7 +35,8 @@ from .pipeline import (
     stage_file,
     stage_name,
 )
-from .registry import Registry
+from stemma.registry.rules.dag import Forest, exploration_candidates
+from stemma.registry.store.handle import Registry
 
 # Past this many changed specs a full render is about as cheap, and simpler to trust.
 MAX_CHANGED = 200

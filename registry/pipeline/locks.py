@@ -15,13 +15,13 @@ import re
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ._fastyaml import MERGE_CONFLICT, conflict_line
-from .errors import ParseError, StemmaError
-from .registry import WEIGHTS_FILE
-from .tree import prefetch
+from stemma.registry.errors import ParseError, StemmaError
+from stemma.registry.store._fastyaml import MERGE_CONFLICT, conflict_line
+from stemma.registry.store.handle import WEIGHTS_FILE
+from stemma.registry.store.tree import prefetch
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from stemma.registry.store.handle import Registry
 
 LOCK_FILE = "dvc.lock"
 _ITEM = re.compile(r"^( *)- path: (\S+)$", re.M)
@@ -80,7 +80,7 @@ def _scan(text: str, path: str) -> str | None:
 def locked_md5s(text: str | None) -> dict[str, str]:
     """Output path -> md5 of every stage in the text of a dvc.lock, parsed as YAML (empty
     for no text or a lock that does not parse)."""
-    from .yamlio import load_yaml_text
+    from stemma.registry.store.yamlio import load_yaml_text
 
     try:
         lock = load_yaml_text(text, LOCK_FILE) if text is not None else None
@@ -100,7 +100,7 @@ def conflicted_files(reg: Registry) -> list[tuple[str, StemmaError]]:
     """(subject, error) for each of DVC's pipeline files (the root dvc.yaml and dvc.lock, and
     those of every dataset and model folder) that holds git merge conflict markers, or that
     cannot be read as text: `stemma validate` reports them, as DVC would refuse them."""
-    from .pipeline import PIPELINE_FILE
+    from stemma.registry.pipeline.render import PIPELINE_FILE
 
     found: list[tuple[str, StemmaError]] = []
     folders = [("pipeline", "")]

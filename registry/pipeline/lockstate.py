@@ -20,19 +20,19 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from . import status
-from .errors import StemmaError
-from .files import read_json
-from .locks import folder_locked_md5
-from .registry import MANIFEST_FILE
+from stemma.registry.errors import StemmaError
+from stemma.registry.pipeline.locks import folder_locked_md5
+from stemma.registry.rules import status
+from stemma.registry.store.files import read_json
+from stemma.registry.store.handle import MANIFEST_FILE
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from stemma.registry.store.handle import Registry
 
 
 def _kept_md5s(reg: Registry) -> dict[str, tuple[str | None, str | None]]:
     """name -> (manifest md5, locked md5) from the check's kept facts of unchanged folders."""
-    from ._checkcache import FolderFacts, work_stamps
+    from stemma.registry.check._checkcache import FolderFacts, work_stamps
 
     facts = FolderFacts(reg, work_stamps(reg.root))
     out: dict[str, tuple[str | None, str | None]] = {}

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import _pipecache
-from .locks import LOCK_FILE
-from .pipeline import (
+from stemma.registry.pipeline import _pipecache
+from stemma.registry.pipeline.locks import LOCK_FILE
+from stemma.registry.pipeline.render import (
     HEADER,
     PIPELINE_FILE,
     _own_stage,
@@ -28,8 +28,8 @@ from .pipeline import (
     render_docs,
     stage_file,
 )
-from .registry import SPEC_FILE, Registry
-from .tree import WorkTree
+from stemma.registry.store.handle import SPEC_FILE, Registry
+from stemma.registry.store.tree import WorkTree
 
 Read = Callable[[str], str | None]
 
@@ -122,7 +122,7 @@ def rendered(
     if not isinstance(reg.tree, WorkTree):
         docs = render_docs(reg)
         return docs, {path: _pipecache.sha(file_text(doc)) for path, doc in docs.items()}
-    from . import _validcache
+    from stemma.registry.store import _validcache
 
     key = key or _pipecache.fingerprint(reg)
     cached = _pipecache.load(reg)
@@ -159,7 +159,7 @@ def _delta(
 ) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, list[Any]]] | None:
     """`_pipedelta.render_changed` after an edit of model specs alone, when the last render
     (`cached`) is one it can start from; None: render everything."""
-    from . import _pipedelta
+    from stemma.registry.pipeline import _pipedelta
 
     if cached is None or not known or cached.get("base") != _pipecache.base(reg):
         return None
@@ -187,9 +187,9 @@ def _read_specs(reg: Registry) -> None:
     (`_fastyaml`, the same values as PyYAML in a fraction of the time) into the registry's
     read cache. A spec outside the subset, or one its schema refuses, is left for the
     registry to read, so that its error reads as everywhere else."""
-    from . import _fastyaml
-    from .errors import StemmaError
-    from .records import DATASET_SPEC, MODEL_SPEC, validate_document
+    from stemma.registry.errors import StemmaError
+    from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC, validate_document
+    from stemma.registry.store import _fastyaml
 
     for kind, names, schema in (
         ("datasets", reg.dataset_names(), DATASET_SPEC),
@@ -271,7 +271,7 @@ def _write_batch(root: Path, texts: dict[str, str]) -> None:
     per file costs ~10 ms on a journaling file system, 100 s for 10,000 models. A crash
     leaves every file either as it was or as written, never torn (plus, at worst, temp
     files named `.NAME.*.tmp`, which nothing reads)."""
-    from .files import _write_temp
+    from stemma.registry.store.files import _write_temp
 
     staged: list[tuple[str, Path]] = []
     done = 0
@@ -301,7 +301,7 @@ def _move_root_locks(reg: Registry, want: Collection[str]) -> int:
     root_lock = _root_locks(reg)
     if root_lock is None:
         return 0
-    from .yamlio import load_yaml_text
+    from stemma.registry.store.yamlio import load_yaml_text
 
     doc = load_yaml_text(root_lock.read_text(), LOCK_FILE)
     stages = doc.get("stages") if isinstance(doc, dict) else None

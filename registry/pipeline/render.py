@@ -17,16 +17,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
-from . import _yamlemit
-from .dag import Forest, LineageCycle, exploration_candidates
-from .dag import build_order as dag_order
-from .errors import ConsistencyError
-from .naming import parse_source
-from .parents import is_merge, parent_refs, parents_of, primary
-from .records import ModelSpec
-from .registry import DATA_FILE, MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE, Registry
-from .taskspec import CAUSAL_LM, CLASSIFICATION, MAIN_METRIC, declared_task
-from .yamlio import load_yaml_text
+from stemma.registry.errors import ConsistencyError
+from stemma.registry.records.core import ModelSpec
+from stemma.registry.rules.dag import Forest, LineageCycle, exploration_candidates
+from stemma.registry.rules.dag import build_order as dag_order
+from stemma.registry.rules.naming import parse_source
+from stemma.registry.rules.parents import is_merge, parent_refs, parents_of, primary
+from stemma.registry.rules.taskspec import CAUSAL_LM, CLASSIFICATION, MAIN_METRIC, declared_task
+from stemma.registry.store import _yamlemit
+from stemma.registry.store.handle import (
+    DATA_FILE,
+    MANIFEST_FILE,
+    SETTINGS_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    Registry,
+)
+from stemma.registry.store.yamlio import load_yaml_text
 
 # model -> the parents its spec names (`parents.parents_of`), for the exploration candidates
 Declared = Mapping[str, Sequence[str]]
@@ -499,13 +506,13 @@ def current(reg: Registry) -> str | None:
 
 def in_sync(reg: Registry) -> bool:
     """True when every pipeline file matches what the specs imply (`pipefiles.differences`)."""
-    from .pipefiles import differences
+    from stemma.registry.pipeline.pipefiles import differences
 
     return not differences(reg)
 
 
 def write(reg: Registry) -> bool:
     """Write the pipeline files that changed and delete stale ones; True when any changed."""
-    from .pipefiles import write as write_files
+    from stemma.registry.pipeline.pipefiles import write as write_files
 
     return bool(write_files(reg))

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import status
-from .dag import Forest, exploration_candidates
-from .dag import build_order as dag_order
-from .errors import ModelNotFound
-from .locks import conflicted_files
-from .lockstate import unlocked
-from .pipeline import ADAPTER_DIR, stage_file, stage_name
-from .registry import DATA_FILE, WEIGHTS_FILE, Registry
+from stemma.registry.errors import ModelNotFound
+from stemma.registry.pipeline.locks import conflicted_files
+from stemma.registry.pipeline.lockstate import unlocked
+from stemma.registry.pipeline.render import ADAPTER_DIR, stage_file, stage_name
+from stemma.registry.rules import status
+from stemma.registry.rules.dag import Forest, exploration_candidates
+from stemma.registry.rules.dag import build_order as dag_order
+from stemma.registry.store.handle import DATA_FILE, WEIGHTS_FILE, Registry
 
 TO_BUILD = (status.STALE, status.UNBUILT)
 # A sharded build's index, inside the `weights.safetensors` folder (migration/shards.py).
@@ -74,7 +74,7 @@ class _Rows:
 
 
 def _rows(reg: Registry) -> _Rows:
-    from .index import open_index
+    from stemma.registry.store.index import open_index
 
     with open_index(reg) as index:
         models = index.con.execute(

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ._optional import require
-from .errors import StemmaError
+from stemma.registry.errors import StemmaError
+from stemma.registry.publish._optional import require
 
 ENV_KEYS = ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG")
 _ENV_PREFIX = "OPENLINEAGE__TRANSPORT"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .errors import StemmaError
+from stemma.registry.errors import StemmaError
 
 
 class MissingExtra(StemmaError):

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from .errors import StemmaError
-from .files import parse_json_text, read_bytes_file
-from .registry import Registry
+from stemma.registry.errors import StemmaError
+from stemma.registry.store.files import parse_json_text, read_bytes_file
+from stemma.registry.store.handle import Registry
 
 SAMPLES_FILE = "detections.json"
 MAX_BYTES = 4 << 20

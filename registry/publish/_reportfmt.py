@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import status
+from stemma.registry.rules import status
 
 # Why a model is stale, in words (the reasons of `status.staleness`).
 STALE_WHY = {

@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from ._lineagesvg import lineage_svg
-from ._reportboxes import samples_html
-from ._reportfmt import fmt, main_metric, verdict
-from .classlabels import label
+from stemma.registry.publish._lineagesvg import lineage_svg
+from stemma.registry.publish._reportboxes import samples_html
+from stemma.registry.publish._reportfmt import fmt, main_metric, verdict
+from stemma.registry.rules.classlabels import label
 
 
 def _number(value: Any) -> float:

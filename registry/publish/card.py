@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from .errors import StemmaError
-from .files import Outputs
-from .parents import recorded_parents
-from .records import Manifest
-from .registry import Registry
-from .versions import resolve
+from stemma.registry.errors import StemmaError
+from stemma.registry.records.core import Manifest
+from stemma.registry.rules.parents import recorded_parents
+from stemma.registry.store.files import Outputs
+from stemma.registry.store.handle import Registry
+from stemma.registry.versions.resolve import resolve
 
 CARD_FILE = "README.md"
 # stemma relation -> the Hub's base_model_relation. The Hub has no word for distillation: a
@@ -328,7 +327,7 @@ def render(
     reg: Registry, manifest: Manifest, folder: Path | None = None
 ) -> tuple[dict[str, Any], str]:
     """(front matter, whole README.md text) of the model card exported to `folder`."""
-    from ._cardusage import usage
+    from stemma.registry.publish._cardusage import usage
 
     meta = front_matter(reg, manifest)
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
@@ -344,7 +343,7 @@ def export_card(
     the folder beside this one that `stemma export card BASE` would write); refuses
     (writing nothing) a family without such a layout, and a target that `Outputs` refuses
     (an existing file unless `overwrite`, a registry file, a link, a pipe or a device)."""
-    from .hubfiles import weight_files
+    from stemma.registry.publish.hubfiles import weight_files
 
     manifest = resolve(reg, ref)
     folder = Path(folder)

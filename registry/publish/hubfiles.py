@@ -26,11 +26,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import SchemaError, StemmaError
-from .files import file_hashes, read_text_file
-from .records import Manifest
-from .registry import Registry
-from .yamlio import load_yaml_text
+from stemma.registry.errors import SchemaError, StemmaError
+from stemma.registry.records.core import Manifest
+from stemma.registry.store.files import file_hashes, read_text_file
+from stemma.registry.store.handle import Registry
+from stemma.registry.store.yamlio import load_yaml_text
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ._optional import require
-from .builds import Build, builds
-from .errors import StemmaError
-from .registry import Registry
-from .tags import current_stages
-from .versions import log
+from stemma.registry.errors import StemmaError
+from stemma.registry.publish._optional import require
+from stemma.registry.store.handle import Registry
+from stemma.registry.versions.builds import Build, builds
+from stemma.registry.versions.resolve import log
+from stemma.registry.versions.tags import current_stages
 
 EXPERIMENT = "stemma"
 ID_TAG = "stemma.id"

@@ -24,16 +24,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._olsend import send
-from .builds import builds
-from .errors import GitError
-from .files import Outputs
-from .history import git_paths
-from .parents import recorded_parents
-from .pipeline import stage_name
-from .registry import Registry
-from .tree import git
+from stemma.registry import __version__
+from stemma.registry.errors import GitError
+from stemma.registry.pipeline.render import stage_name
+from stemma.registry.publish._olsend import send
+from stemma.registry.rules.parents import recorded_parents
+from stemma.registry.store.files import Outputs
+from stemma.registry.store.handle import Registry
+from stemma.registry.store.tree import git
+from stemma.registry.versions.builds import builds
+from stemma.registry.versions.history import git_paths
 
 __all__ = ["METRICS_FACET_SCHEMA", "build_events", "events", "run_id", "send", "to_jsonl"]
 

@@ -13,15 +13,15 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from ._reportboxes import load_samples
-from ._reportfmt import fmt, lineage_line, main_metric, verdict
-from ._reporthtml import curve_png, render_html
-from .classlabels import class_labels, label
-from .errors import BuildError, ModelNotFound, StemmaError
-from .files import Outputs, read_json
-from .listing import model_staleness
-from .records import Manifest
-from .registry import Registry
+from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
+from stemma.registry.publish._reportboxes import load_samples
+from stemma.registry.publish._reportfmt import fmt, lineage_line, main_metric, verdict
+from stemma.registry.publish._reporthtml import curve_png, render_html
+from stemma.registry.query.listing import model_staleness
+from stemma.registry.records.core import Manifest
+from stemma.registry.rules.classlabels import class_labels, label
+from stemma.registry.store.files import Outputs, read_json
+from stemma.registry.store.handle import Registry
 
 __all__ = ["curve_png", "model_report", "render_html", "render_text", "write_html"]
 

@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _snapshot
-from ._monitor import Monitor
-from ._snapshot import KINDS
+from stemma.registry.store import _snapshot
+from stemma.registry.store._monitor import Monitor
+from stemma.registry.store._snapshot import KINDS
 
 if TYPE_CHECKING:
     import duckdb
-
-    from .registry import Registry
+    from stemma.registry.store.handle import Registry
 
 
 @dataclass
@@ -65,7 +64,7 @@ def _identity(reg: Registry) -> tuple[tuple[int, ...], ...]:
     """Which folders the root and its kinds are (one that was replaced is not watched), and
     the stamp of the shared index and its log: an index another process wrote or damaged
     is checked (and repaired) the usual way."""
-    from .index import index_path
+    from stemma.registry.store.index import index_path
 
     shared = index_path(reg)
     out: list[tuple[int, ...]] = []
@@ -110,7 +109,7 @@ def done(reg: Registry) -> None:
 def prepare(reg: Registry) -> bool:
     """Before a full check: start watching when this handle queried before; True when the
     copy made after the check is to be kept: the caller then calls `keep` or `abandon`."""
-    from .tree import WorkTree
+    from stemma.registry.store.tree import WorkTree
 
     if not isinstance(reg.tree, WorkTree):
         return False  # a revision from git: queries refuse it anyway

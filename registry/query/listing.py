@@ -6,14 +6,14 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import status
-from .errors import DatasetNotFound, ModelNotFound, StemmaError
-from .locks import folder_locked_md5
-from .lockstate import recorded_md5, unlocked
-from .parents import MERGE, combined_id, parents_of
-from .records import Manifest
-from .registry import SPEC_FILE, Registry
-from .tree import WorkTree
+from stemma.registry.errors import DatasetNotFound, ModelNotFound, StemmaError
+from stemma.registry.pipeline.locks import folder_locked_md5
+from stemma.registry.pipeline.lockstate import recorded_md5, unlocked
+from stemma.registry.records.core import Manifest
+from stemma.registry.rules import status
+from stemma.registry.rules.parents import MERGE, combined_id, parents_of
+from stemma.registry.store.handle import SPEC_FILE, Registry
+from stemma.registry.store.tree import WorkTree
 
 
 class Kind(str, enum.Enum):
@@ -29,7 +29,7 @@ class Entry:
 
     kind: str
     name: str
-    status: str  # unbuilt | built | stale | registered (see `stemma.registry.status`)
+    status: str  # unbuilt | built | stale | registered (see `stemma.registry.rules.status`)
     id: str | None = None
     source: str | None = None
     relation: str | None = None
@@ -59,7 +59,7 @@ class Entry:
 
 
 def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
-    """The model's status (`stemma.registry.status`): unbuilt, registered, stale or built."""
+    """The model's status (`stemma.registry.rules.status`): unbuilt, registered, stale or built."""
     if manifest is None:
         return status.UNBUILT
     if reg.model_spec(name).registered:
@@ -166,7 +166,7 @@ _MODELS_SQL = "SELECT name, status, id, source, relation, tags, metrics FROM mod
 
 
 def _indexed_entries(reg: Registry, kind: Kind | None) -> list[Entry]:
-    from .index import open_index
+    from stemma.registry.store.index import open_index
 
     rows: list[Entry] = []
     with open_index(reg) as index:
@@ -214,7 +214,7 @@ def _merge_parents(reg: Registry, name: str, relation: str | None) -> tuple[str,
 def describe(reg: Registry, name: str) -> dict[str, Any]:
     """Spec, status and manifest of a model (`NAME@REF` allowed) or a dataset."""
     if "@" in name:
-        from .versions import resolve
+        from stemma.registry.versions.resolve import resolve
 
         manifest = resolve(reg, name)
         return {

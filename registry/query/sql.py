@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _sql, _watched
-from .errors import QueryError
+from stemma.registry.errors import QueryError
+from stemma.registry.query import _watched
+from stemma.registry.store import _sql
 
 if TYPE_CHECKING:
     import duckdb
-
-    from .registry import Registry
+    from stemma.registry.store.handle import Registry
 
 _EXPLAIN = re.compile(r"\s*explain\s+(?:analyze\s+|\([^)]*\)\s*)?(.*)", re.I | re.S)
 
@@ -147,8 +147,8 @@ def query(
     """Run one read-only statement (SELECT, EXPLAIN, DESCRIBE, SUMMARIZE, PIVOT) over the
     registry's views and return its rows; stopped with a `QueryError` after `timeout`
     seconds or past `memory_limit`."""
-    from ._engine import duckdb
-    from .index import open_index
+    from stemma.registry.store._engine import duckdb
+    from stemma.registry.store.index import open_index
 
     # A handle that queries again runs on its copy of the index while its monitor says
     # nothing changed (`_watched`); otherwise the files are checked first, as always.
@@ -186,7 +186,7 @@ def _run(
     con: duckdb.DuckDBPyConnection, sql: str, timeout: float, memory_limit: str
 ) -> QueryResult:
     """Check `sql` and run it on the locked-down `con` within `timeout` seconds."""
-    from ._engine import duckdb
+    from stemma.registry.store._engine import duckdb
 
     check_sql(con, sql)
     # DuckDB has no statement timeout: a watchdog interrupts the connection instead.
@@ -269,7 +269,7 @@ def one_line(exc: BaseException) -> str:
 
 def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse anything but a single SELECT (or EXPLAIN of one), naming what was given."""
-    from ._engine import duckdb
+    from stemma.registry.store._engine import duckdb
 
     try:
         statements = con.extract_statements(sql)
@@ -298,7 +298,7 @@ def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 def _refuse_file_access(sql: str) -> None:
     """Refuse a query that calls a file-reading table function or names a file as a table."""
-    from ._engine import duckdb
+    from stemma.registry.store._engine import duckdb
 
     tokens = duckdb.tokenize(sql)
     previous = ""
@@ -345,7 +345,7 @@ def _load_history(reg: Registry, con: duckdb.DuckDBPyConnection) -> None:
     import numpy as np
 
     try:
-        from .versions import all_history, statuses
+        from stemma.registry.versions.resolve import all_history, statuses
     except ImportError:
         raise QueryError("--history needs stemma.registry.versions, which is missing") from None
     found = all_history(reg)
@@ -375,7 +375,7 @@ def _load_history(reg: Registry, con: duckdb.DuckDBPyConnection) -> None:
 
 def schema(reg: Registry, history: bool = False) -> dict[str, list[tuple[str, str]]]:
     """Every view (and table macro) users can query, with its columns and their types."""
-    from .index import open_index
+    from stemma.registry.store.index import open_index
 
     with open_index(reg) as index:
         con = index.con
@@ -401,9 +401,9 @@ def export_parquet(
     import shutil
     import tempfile
 
-    from ._engine import duckdb
-    from .files import Outputs
-    from .index import open_index
+    from stemma.registry.store._engine import duckdb
+    from stemma.registry.store.files import Outputs
+    from stemma.registry.store.index import open_index
 
     outputs = Outputs.for_registry(reg.repo_root, reg.root, overwrite)
     real = outputs.folder(folder)

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SchemaError
-from .files import content_id, digest, parse_json_text
-from .parents import primary
+from stemma.registry.errors import SchemaError
+from stemma.registry.rules.parents import primary
+from stemma.registry.store.files import content_id, digest, parse_json_text
 
 # PyYAML and the schemas are imported where they are used: `stemma ls` and `stemma query`
 # read the DuckDB index and never parse a spec or validate a document.
@@ -40,8 +40,7 @@ def _pointer(parts: list[str | int]) -> str:
 def validate_document(doc: Any, schema: str, display: str, text: str | None = None) -> None:
     """Raise `SchemaError` for the first (most relevant) schema violation of `doc`."""
     from stemma import schemas
-
-    from . import _validcache
+    from stemma.registry.store import _validcache
 
     key = _validcache.known(schema, doc)
     if key is True:  # passed this schema before, unchanged (while the checks run)
@@ -85,7 +84,7 @@ def validate_document(doc: Any, schema: str, display: str, text: str | None = No
         if unread is not None:
             parts.append(unread)
     if text is not None:
-        from .yamlio import line_of
+        from stemma.registry.store.yamlio import line_of
 
         line = line_of(text, parts)
     else:
@@ -123,7 +122,7 @@ def _unread_field(
 
 def parse_yaml_document(text: str, schema: str, display: str) -> dict[str, Any]:
     """Parse and validate YAML text; an empty document is an empty mapping."""
-    from .yamlio import load_yaml_text
+    from stemma.registry.store.yamlio import load_yaml_text
 
     doc = load_yaml_text(text, display)
     if doc is None:
@@ -164,7 +163,9 @@ def settings_look_valid(doc: Any) -> bool:
     if not isinstance(entrypoints, list) or len(set(map(str, entrypoints))) != len(entrypoints):
         return False
     if entrypoints:
-        from .naming import ENTRYPOINT_RE  # compiling the name grammar costs a few ms
+        from stemma.registry.rules.naming import (
+            ENTRYPOINT_RE,  # compiling the name grammar costs a few ms
+        )
 
         if not all(isinstance(e, str) and ENTRYPOINT_RE.match(e) for e in entrypoints):
             return False

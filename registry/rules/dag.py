@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
-from .errors import ConsistencyError
+from stemma.registry.errors import ConsistencyError
 
 
 class LineageCycle(ConsistencyError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidName
+from stemma.registry.errors import InvalidName
 
 # stemma's names are a subset of GTO's (gto/constants.py: letters, digits, '-', '_', '/',
 # starting and ending with a letter or digit): lower case, no '/' (a name is a folder) and at

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import StemmaError
+from stemma.registry.errors import StemmaError
 
 if TYPE_CHECKING:
-    from .records import ModelSpec
-    from .registry import Registry
+    from stemma.registry.records.core import ModelSpec
+    from stemma.registry.store.handle import Registry
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._snapshot import FILES, KINDS
+from stemma.registry.store._snapshot import FILES, KINDS
 
 if TYPE_CHECKING:
     import ctypes

@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._snapshot import display, read_texts
-from .errors import SchemaError, StemmaError
-from .parents import parents_of, primary
+from stemma.registry.errors import SchemaError, StemmaError
+from stemma.registry.rules.parents import parents_of, primary
+from stemma.registry.store._snapshot import display, read_texts
 
 
 def parse_spec(path: str, text: str) -> dict[str, Any]:
     """A spec's YAML as a mapping (the fast subset reader first, PyYAML for the rest)."""
-    from . import _fastyaml
+    from stemma.registry.store import _fastyaml
 
     doc: Any = _fastyaml.load(text)
     if doc is None:
@@ -26,7 +26,7 @@ def parse_spec(path: str, text: str) -> dict[str, Any]:
 
 
 def _yaml_mapping(path: str, text: str) -> dict[str, Any]:
-    from .yamlio import load_yaml_text
+    from stemma.registry.store.yamlio import load_yaml_text
 
     doc = load_yaml_text(text, path)
     if doc is None:
@@ -39,7 +39,7 @@ def _yaml_mapping(path: str, text: str) -> dict[str, Any]:
 def spec_json(display: str, text: str) -> str:
     """A spec's compact, key-sorted JSON (what `files.digest` hashes); located errors for
     files that are not YAML mappings of plain data."""
-    from . import _fastyaml
+    from stemma.registry.store import _fastyaml
 
     compact = _fastyaml.canonical(text)
     if compact is not None:
@@ -55,7 +55,7 @@ def spec_json(display: str, text: str) -> str:
 
 def _schema_error(display: str, doc: dict[str, Any], text: str) -> StemmaError:
     """The schema's own located error for a spec the index cannot take, else a plain one."""
-    from .records import DATASET_SPEC, MODEL_SPEC, validate_document
+    from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC, validate_document
 
     schema = DATASET_SPEC if "datasets/" in f"/{display}" else MODEL_SPEC
     validate_document(doc, schema, display, text)  # raises, with pointer and line

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .status import BUILT, REGISTERED, STALE, UNBUILT
+from stemma.registry.rules.status import BUILT, REGISTERED, STALE, UNBUILT
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
 FORMAT = "13"

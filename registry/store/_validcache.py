@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import _store
+from stemma.registry.store import derived as _store
 
 FILE = Path(".stemma") / "valid"
 MAGIC = b"stemma-valid/1\n"

@@ -130,7 +130,7 @@ def write(path: Path, data: bytes | str) -> bool:
         return False
     if not clear(path):
         return False
-    from .files import write_atomic
+    from stemma.registry.store.files import write_atomic
 
     try:
         write_atomic(path, data, sync=False)  # a cache: checked when read, so no fsync

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ParseError, PathEscape, UnsafeFile
+from stemma.registry.errors import ParseError, PathEscape, UnsafeFile
 
 CHUNK = 1 << 20
 # Specs, manifests and settings are a few kilobytes (a manifest of a large network a few

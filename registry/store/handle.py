@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from stemma.registry.errors import (
     DatasetNotFound,
     InvalidFolderName,
     InvalidName,
@@ -17,8 +17,7 @@ from .errors import (
     RegistryNotFound,
     StemmaError,
 )
-from .files import canonical_json, confined, content_id, write_atomic
-from .records import (
+from stemma.registry.records.core import (
     DATASET_MANIFEST,
     DATASET_SPEC,
     MODEL_MANIFEST,
@@ -33,13 +32,14 @@ from .records import (
     settings_look_valid,
     validate_document,
 )
-from .tree import GitTree, Tree, WorkTree
+from stemma.registry.store.files import canonical_json, confined, content_id, write_atomic
+from stemma.registry.store.tree import GitTree, Tree, WorkTree
 
 # Imported where used, not here: the name grammar (opening a registry checks no names) and
 # PyYAML (on the `stemma ls` / `stemma query` path only stemma.yaml needs it).
 
 if TYPE_CHECKING:
-    from .query import QueryResult
+    from stemma.registry.query.sql import QueryResult
 
 SETTINGS_FILE = "stemma.yaml"
 SPEC_FILE = "spec.yaml"
@@ -108,11 +108,11 @@ class Registry:
         text = tree.read_text(SETTINGS_FILE)
         if text is None:
             raise RegistryNotFound(path=f"{repo_root} ({tree.label})")
-        from . import _fastyaml
+        from stemma.registry.store import _fastyaml
 
         doc = _fastyaml.load(text)  # PyYAML's import alone is a tenth of a `stemma ls`
         if doc is None:
-            from .yamlio import load_yaml_text
+            from stemma.registry.store.yamlio import load_yaml_text
 
             doc = load_yaml_text(text, SETTINGS_FILE)
         if not settings_look_valid(doc):  # the full schema only when it can find something
@@ -146,7 +146,7 @@ class Registry:
                 args.append("--subdir")
             _run(args, repo_root, required=True)
             _run([sys.executable, "-m", "dvc", "config", "core.autostage", "true"], repo_root)
-        from .yamlio import dump_yaml
+        from stemma.registry.store.yamlio import dump_yaml
 
         write_atomic(repo_root / SETTINGS_FILE, dump_yaml(settings.to_dict()))
         reg_root = (repo_root / root).resolve()
@@ -268,7 +268,7 @@ class Registry:
     @staticmethod
     def _check_name(name: str, kind: str, path: str) -> None:
         """Raise the located error of a folder name that breaks the naming grammar."""
-        from .naming import check_name
+        from stemma.registry.rules.naming import check_name
 
         try:
             check_name(name, f"{kind} name")
@@ -313,7 +313,7 @@ class Registry:
         """Run read-only SQL over the DuckDB index (views models, datasets, edges, layers,
         metrics; `versions` with history), stopped after `timeout` seconds; `.rows`,
         `.arrow()`, `.df()` on the result."""
-        from .query import query
+        from stemma.registry.query.sql import query
 
         return query(self, sql, history=history, timeout=timeout)
 

@@ -26,8 +26,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import _snapshot, _store
-from ._ingest import (
+from stemma.registry.errors import QueryError, StemmaError
+from stemma.registry.rules.commits import finish
+from stemma.registry.store import _snapshot
+from stemma.registry.store import derived as _store
+from stemma.registry.store._ingest import (
     DATABASE,
     SNAPSHOT_SUFFIX,
     Attached,
@@ -39,13 +42,10 @@ from ._ingest import (
     apply,
     matches,
 )
-from .commits import finish
-from .errors import QueryError, StemmaError
 
 if TYPE_CHECKING:
     import duckdb
-
-    from .registry import Registry
+    from stemma.registry.store.handle import Registry
 
 INDEX_DIR = ".stemma"
 INDEX_NAME = "index.duckdb"
@@ -145,8 +145,8 @@ def index_path(reg: Registry) -> Path:
 def open_index(reg: Registry) -> Index:
     """Refresh the index from the files and open it read-only: the shared index in
     `.stemma/` where it can be used, else a private one (see the module doc)."""
-    from ._engine import duckdb
-    from .tree import WorkTree
+    from stemma.registry.store._engine import duckdb
+    from stemma.registry.store.tree import WorkTree
 
     if not isinstance(reg.tree, WorkTree):
         raise QueryError(f"queries read the working tree, not {reg.tree.label}")
@@ -179,7 +179,7 @@ def _private(reg: Registry, shared: Path, clock: Clock) -> Index:
     written there either, in memory."""
     import tempfile
 
-    from ._engine import duckdb
+    from stemma.registry.store._engine import duckdb
 
     try:
         private: Path | None = Path(tempfile.mkdtemp(prefix="stemma-index-"))
@@ -199,7 +199,7 @@ def _private(reg: Registry, shared: Path, clock: Clock) -> Index:
     try:
         con, stats = _fresh(reg, None, clock)
     except duckdb.Error as exc:
-        from .query import one_line
+        from stemma.registry.query.sql import one_line
 
         raise QueryError(
             f"{shared}: cannot be written, and an index in memory failed too: {one_line(exc)}"
@@ -275,7 +275,7 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
 def _fresh(reg: Registry, path: Path | None, clock: Clock) -> tuple[Any, RefreshStats]:
     """A connection with the index at `path` (None: in memory) attached read-only, after
     bringing the index in step with the files."""
-    from ._engine import duckdb
+    from stemma.registry.store._engine import duckdb
 
     db = Attached(path)
     try:
@@ -287,7 +287,7 @@ def _fresh(reg: Registry, path: Path | None, clock: Clock) -> tuple[Any, Refresh
 
 
 def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshStats]:
-    from ._engine import duckdb
+    from stemma.registry.store._engine import duckdb
 
     path = db.path
     side = path.with_suffix(SNAPSHOT_SUFFIX) if path is not None else None

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from .errors import GitError, StemmaError, UnsafeFile
-from .files import MAX_TEXT_BYTES, confined, decode_text, read_text_file
+from stemma.registry.errors import GitError, StemmaError, UnsafeFile
+from stemma.registry.store.files import MAX_TEXT_BYTES, confined, decode_text, read_text_file
 
 
 class Tree(Protocol):

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from ._fastyaml import MERGE_CONFLICT, conflict_line
-from .errors import ParseError
-from .files import plain_value, read_text_file
+from stemma.registry.errors import ParseError
+from stemma.registry.store._fastyaml import MERGE_CONFLICT, conflict_line
+from stemma.registry.store.files import plain_value, read_text_file
 
 
 def _loader() -> Any:

@@ -14,12 +14,18 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from .dag import build_order
-from .errors import GitError, StemmaError
-from .history import all_dataset_history, all_history, dataset_manifest_at, git_paths, manifest_at
-from .parents import recorded_parents
-from .registry import SPEC_FILE, Registry
-from .tree import git
+from stemma.registry.errors import GitError, StemmaError
+from stemma.registry.rules.dag import build_order
+from stemma.registry.rules.parents import recorded_parents
+from stemma.registry.store.handle import SPEC_FILE, Registry
+from stemma.registry.store.tree import git
+from stemma.registry.versions.history import (
+    all_dataset_history,
+    all_history,
+    dataset_manifest_at,
+    git_paths,
+    manifest_at,
+)
 
 
 @dataclass(frozen=True)

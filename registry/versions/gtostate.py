@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from .naming import ASSIGN, DEPRECATE, DEREGISTER, REGISTER, UNASSIGN
+from stemma.registry.rules.naming import ASSIGN, DEPRECATE, DEREGISTER, REGISTER, UNASSIGN
 
 if TYPE_CHECKING:
-    from .tags import TagInfo
+    from stemma.registry.versions.tags import TagInfo
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -12,10 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import ConsistencyError, DatasetNotFound, GitError, ModelNotFound
-from .records import DATASET_MANIFEST, MODEL_MANIFEST, Manifest, parse_json_document
-from .registry import MANIFEST_FILE, Registry
-from .tree import git
+from stemma.registry.errors import ConsistencyError, DatasetNotFound, GitError, ModelNotFound
+from stemma.registry.records.core import (
+    DATASET_MANIFEST,
+    MODEL_MANIFEST,
+    Manifest,
+    parse_json_document,
+)
+from stemma.registry.store.handle import MANIFEST_FILE, Registry
+from stemma.registry.store.tree import git
 
 _NULL_SHA = "0" * 40
 _RECORD, _FIELD = "\x1e", "\x1f"

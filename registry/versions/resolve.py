@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotFound, StemmaError
-from .files import CHUNK, file_hashes
-from .gtostate import TagState
-from .history import (
+from stemma.registry.errors import ModelNotFound, StemmaError
+from stemma.registry.records.core import Manifest
+from stemma.registry.rules.naming import parse_ref
+from stemma.registry.store.files import CHUNK, file_hashes
+from stemma.registry.store.handle import Registry
+from stemma.registry.versions.gtostate import TagState
+from stemma.registry.versions.history import (
     Version,
     all_history,
     git_paths,
@@ -28,10 +31,7 @@ from .history import (
     parse_log_manifest,
     read_blobs,
 )
-from .naming import parse_ref
-from .records import Manifest
-from .registry import Registry
-from .tags import (
+from stemma.registry.versions.tags import (
     SkippedTag,
     TagInfo,
     TagScan,
@@ -174,7 +174,7 @@ def log(reg: Registry, name: str) -> list[LogEntry]:
 def statuses(reg: Registry, versions: list[Version]) -> list[str]:
     """GTO's word on each version (one git call for all): "deprecated" when its model is,
     "deregistered" when only deregistered version tags name its commit, else "active"."""
-    from .gtostate import tag_state
+    from stemma.registry.versions.gtostate import tag_state
 
     infos = list_tags(reg)
     states = {n: tag_state(t for t in infos if t.name == n) for n in {t.name for t in infos}}

@@ -15,10 +15,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConsistencyError, GitError, InvalidName, StemmaError, StemmaWarning
-from .gtostate import TagState, tag_state
-from .history import GitPaths, git_paths, history, manifest_at
-from .naming import (
+from stemma.registry.errors import (
+    ConsistencyError,
+    GitError,
+    InvalidName,
+    StemmaError,
+    StemmaWarning,
+)
+from stemma.registry.records.core import Manifest
+from stemma.registry.rules.naming import (
     ASSIGN,
     REGISTER,
     SEMVER_RE,
@@ -29,9 +34,10 @@ from .naming import (
     stage_tag,
     version_tag,
 )
-from .records import Manifest
-from .registry import Registry
-from .tree import git
+from stemma.registry.store.handle import Registry
+from stemma.registry.store.tree import git
+from stemma.registry.versions.gtostate import TagState, tag_state
+from stemma.registry.versions.history import GitPaths, git_paths, history, manifest_at
 
 _ID_RE = re.compile(r"^(?P<scheme>sha256:)?(?P<hex>[0-9a-f]+)$")
 _FULL_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")

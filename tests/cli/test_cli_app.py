@@ -101,7 +101,7 @@ def test_version_imports_no_command(tmp_path: Any) -> None:
     assert sorted(m for m in modules if m.startswith("stemma.cli.") and m != "stemma.cli.app") == [
         "stemma.cli._common"
     ]
-    assert "stemma.registry.registry" not in modules and "yaml" not in modules
+    assert "stemma.registry.store.handle" not in modules and "yaml" not in modules
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from typing import Any
 from conftest import git
 from factories import dataset_manifest, model_manifest
 from stemma.cli._extras import BUILD_MODULES
-from stemma.registry import Registry, pipeline
+from stemma.registry import Registry
+from stemma.registry.pipeline import render as pipeline
 
 READ_COMMANDS = [
     ["pipeline", "--check"],

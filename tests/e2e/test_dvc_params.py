@@ -17,7 +17,9 @@ import pytest
 from conftest import SPECS as PLAIN_SPECS
 from conftest import git, new_registry
 from stemma.migration.build import build_dataset, build_model
-from stemma.registry import Registry, pipefiles, pipeline
+from stemma.registry import Registry
+from stemma.registry.pipeline import pipefiles
+from stemma.registry.pipeline import render as pipeline
 
 TRAINING = "{epochs: 1, batch_size: 64, optimizer: adam, lr: 1.0e-2, seed: 0}"
 SPECS = {

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "llm"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "llm"
 SKIP = shutil.ignore_patterns(".stemma", "cache", "tmp", "*.safetensors", "data.npz", "adapter")
 
 

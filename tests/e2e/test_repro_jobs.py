@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import git, new_registry
-from stemma.registry import Registry, pipeline, repro
-from test_pipeline import dvc
+from conftest import dvc, git, new_registry
+from stemma.registry import Registry
+from stemma.registry.pipeline import render as pipeline
+from stemma.registry.pipeline import repro
 
 TRAIN = "training: {epochs: 1, batch_size: 64, lr: 1.0e-2, seed: 0}"
 SPECS = {

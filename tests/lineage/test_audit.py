@@ -16,11 +16,13 @@ import yaml
 from conftest import SPECS, git, write
 from factories import dataset_manifest, model_manifest
 from stemma.lineage import audit as lib
-from stemma.registry import Registry, _checkcache, pipeline
-from stemma.registry import consistency as cons
-from stemma.registry.files import canonical_json
+from stemma.registry import Registry
+from stemma.registry.check import _checkcache
+from stemma.registry.check import consistency as cons
+from stemma.registry.pipeline import render as pipeline
+from stemma.registry.store.files import canonical_json
 
-GOLDEN = Path(__file__).parent / "data" / "audit"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "audit"
 UPDATE = os.environ.get("STEMMA_UPDATE_GOLDEN") == "1"
 
 
@@ -402,7 +404,7 @@ def test_markdown_is_deterministic(repo: Path) -> None:
 
 
 def test_precommit_hooks_and_ci_example(cli, tmp_path: Path) -> None:
-    root = Path(__file__).parent.parent
+    root = Path(__file__).resolve().parents[2]
     hooks = yaml.safe_load((root / ".pre-commit-hooks.yaml").read_text())
     entries = {h["id"]: h["entry"] for h in hooks}
     assert entries == {

@@ -11,7 +11,8 @@ import pytest
 from conftest import write
 from stemma.lineage import _audit_state
 from stemma.lineage import audit as lib
-from stemma.registry import Registry, consistency
+from stemma.registry import Registry
+from stemma.registry.check import consistency
 from test_audit import CASES, base_repo, commit  # noqa: F401  (base_repo: a fixture)
 
 
@@ -96,7 +97,7 @@ def _forced_from_git(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str 
 def test_a_head_revision_equal_to_the_working_tree_is_read_from_it(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stemma.registry.tree import WorkTree
+    from stemma.registry.store.tree import WorkTree
 
     repo = work
     CASES[sorted(CASES)[0]](Registry.open(repo))
@@ -111,7 +112,7 @@ def test_a_head_revision_equal_to_the_working_tree_is_read_from_it(
 def test_a_working_tree_that_differs_reads_the_revision_from_git(
     work: Path, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
-    from stemma.registry.tree import WorkTree
+    from stemma.registry.store.tree import WorkTree
 
     repo = work
     reg = Registry.open(repo)

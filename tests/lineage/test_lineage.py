@@ -108,7 +108,7 @@ def test_queries_on_a_small_registry(family: Registry) -> None:
 
 
 def test_impact_is_the_pipeline_build_order(family: Registry) -> None:
-    from stemma.registry.pipeline import build_order
+    from stemma.registry.pipeline.render import build_order
 
     order = [f"model:{n}" for n in build_order(family)]
     found = query.impact(build_graph(family), "base")

@@ -17,7 +17,7 @@ from stemma.migration.build import build_dataset, build_model, load_model, regis
 from stemma.migration.weights import load_weights
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.files import file_hashes
+from stemma.registry.store.files import file_hashes
 from typer.testing import CliRunner
 
 SEEDS = (0, 1, 2)

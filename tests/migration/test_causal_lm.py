@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.listing import model_status
-from stemma.registry.taskspec import CAUSAL_LM, spec_problems
+from stemma.registry.query.listing import model_status
+from stemma.registry.rules.taskspec import CAUSAL_LM, spec_problems
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-TOKENIZER = Path(__file__).parent / "data" / "tiny-bpe"
+TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "tiny-bpe"
 TRAIN = "{epochs: 1, batch_size: 8, optimizer: adamw, lr: 0.003, seed: 0}"
 SPECS = {
     "datasets/corpus/spec.yaml": "source: text:data/corpus.txt\nsplit: {eval: 0.25, seed: 0}\n",
@@ -78,7 +78,7 @@ def _write(root: Path, rel: str, text: str) -> None:
 def built(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> Registry:
     """The registry with both datasets and the three models built, and their exports."""
     from stemma.migration.build import build_dataset, build_model
-    from stemma.registry.card import export_card
+    from stemma.registry.publish.card import export_card
 
     root = tmp_path_factory.mktemp("lm") / "repo"
     shutil.copytree(registry_template, root, symlinks=True)
@@ -186,7 +186,7 @@ def test_tokenizer_is_inherited_and_hashed(built: Registry) -> None:
 
 
 def test_pipeline_makes_tokenizers_dependencies(built: Registry) -> None:
-    from stemma.registry.pipeline import render_dict
+    from stemma.registry.pipeline.render import render_dict
 
     stages = render_dict(built)["stages"]
     base, child = stages["model-lm-base"], stages["model-lm-sft"]

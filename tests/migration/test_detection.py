@@ -22,7 +22,7 @@ from stemma.migration.initschemes import InitScheme, apply_init
 from stemma.migration.weights import load_weights
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError, StemmaError
-from stemma.registry.taskspec import CLASSIFICATION, spec_problems
+from stemma.registry.rules.taskspec import CLASSIFICATION, spec_problems
 from torch import nn
 
 DETECTOR = (
@@ -305,7 +305,7 @@ def test_report_shows_eval_images_with_true_and_predicted_boxes(built: Registry)
     import hashlib
     import re
 
-    from stemma.registry.report import model_report, render_html
+    from stemma.registry.publish.report import model_report, render_html
 
     m = _manifest(built, "det")
     data = (built.model_dir("det") / "detections.json").read_bytes()

@@ -147,7 +147,7 @@ def test_fsdp_refuses_checkpoints() -> None:
 
 
 def test_held_store_writes_nothing(tmp_path: Path) -> None:
-    from stemma.registry import _store
+    from stemma.registry.store import derived as _store
 
     with _store.held():
         assert not _store.write(tmp_path / ".stemma" / "valid", b"x")

@@ -21,7 +21,7 @@ from stemma.registry.errors import BuildError
 
 pytest.importorskip("transformers")
 
-TOKENIZER = Path(__file__).parent / "data" / "tiny-bpe"
+TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "tiny-bpe"
 TRAIN = "{epochs: 2, batch_size: 8, optimizer: adamw, lr: 0.005, seed: 0}"
 ARCH = "{model_type: gpt2, n_layer: 2, n_head: 2, n_embd: 32, n_positions: 32, vocab_size: 384}"
 

@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 
 from stemma.migration import lm_train  # noqa: E402
 
-TOKENIZER = Path(__file__).parent / "data" / "tiny-bpe"
+TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "tiny-bpe"
 
 
 def test_a_prompt_longer_than_the_position_table_keeps_its_last_tokens() -> None:

@@ -12,8 +12,8 @@ from conftest import write
 from factories import dataset_manifest, model_manifest
 from stemma.migration import merge
 from stemma.registry import Registry
-from stemma.registry.dag import Forest, LineageCycle, build_order
-from stemma.registry.parents import combined_id, parents_of, problems
+from stemma.registry.rules.dag import Forest, LineageCycle, build_order
+from stemma.registry.rules.parents import combined_id, parents_of, problems
 
 # -- the methods against mergekit ---------------------------------------------------------
 
@@ -196,9 +196,9 @@ def test_edges_show_every_parent(merged: Registry, cli: Any) -> None:
 def test_a_rebuilt_parent_makes_the_merge_stale_and_repro_orders_it_after_both(
     merged: Registry, cli: Any
 ) -> None:
-    from stemma.registry.listing import model_status
-    from stemma.registry.pipeline import build_order
-    from stemma.registry.repro import plan
+    from stemma.registry.pipeline.render import build_order
+    from stemma.registry.pipeline.repro import plan
+    from stemma.registry.query.listing import model_status
 
     order = build_order(merged)
     assert order.index("merged") > max(order.index("ft-a"), order.index("ft-b"))
@@ -228,7 +228,7 @@ def test_a_rebuilt_parent_makes_the_merge_stale_and_repro_orders_it_after_both(
 
 def test_card_lists_both_base_models(merged: Registry) -> None:
     from huggingface_hub import ModelCard
-    from stemma.registry.card import render
+    from stemma.registry.publish.card import render
 
     for name in ("ft-a", "ft-b"):
         spec = merged.root / f"models/{name}/spec.yaml"

@@ -251,7 +251,7 @@ def test_lineage_tree_shows_a_merge_under_each_parent(built: Path, cli: Any) -> 
 
 # -- causal language models ----------------------------------------------------------------
 
-TOKENIZER = Path(__file__).parent / "data" / "tiny-bpe"
+TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "tiny-bpe"
 LM_TRAIN = "{epochs: 1, batch_size: 8, optimizer: adamw, lr: %s, seed: %d}"
 GPT2 = "{model_type: gpt2, n_layer: 2, n_head: 2, n_embd: 32, n_positions: 32, vocab_size: 384}"
 LM_SPECS = {

@@ -16,7 +16,7 @@ from stemma.migration.quantize import load_exported, relative_drop
 from stemma.migration.verify import verify_model
 from stemma.registry import Registry
 from stemma.registry.errors import StemmaError
-from stemma.registry.hubfiles import weight_files
+from stemma.registry.publish.hubfiles import weight_files
 
 pytest.importorskip("torchao")
 
@@ -299,7 +299,8 @@ def test_a_causal_lm_quantizes_with_its_tokenizer_and_perplexity(
         "quantize: {method: int8_weight_only}\ngates: {perplexity: '<= 100000'}\n",
     }
     reg = new_registry(tmp_path_factory.mktemp("lm") / "repo", registry_template, specs)
-    shutil.copytree(Path(__file__).parent / "data" / "tiny-bpe", reg.repo_root / "tok")
+    tiny_bpe = Path(__file__).resolve().parents[1] / "data" / "tiny-bpe"
+    shutil.copytree(tiny_bpe, reg.repo_root / "tok")
     topics = pydoc_data.topics.topics
     text = "\n\n".join(topics[k] for k in sorted(topics))[:12000]
     (reg.repo_root / "datasets/txt/corpus.txt").write_text(text)

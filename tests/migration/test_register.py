@@ -11,7 +11,7 @@ import torch
 from conftest import new_registry, write
 from safetensors.torch import save_file
 from stemma.registry import Registry
-from stemma.registry.pipeline import render_dict
+from stemma.registry.pipeline.render import render_dict
 
 BERT = {
     "model_type": "bert",

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import git, new_registry, write
+from conftest import dvc, git, new_registry, write
 from stemma.migration.verify import verify_model as verify
-from stemma.registry import Registry, pipeline, repro
-from test_pipeline import dvc
+from stemma.registry import Registry
+from stemma.registry.pipeline import render as pipeline
+from stemma.registry.pipeline import repro
 
 SPECS = {
     "datasets/d04/spec.yaml": """

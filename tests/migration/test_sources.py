@@ -14,9 +14,10 @@ from stemma.migration.data import encode_labels, materialize
 from stemma.migration.explore import NOT_APPLICABLE
 from stemma.migration.tasks import get, task_of
 from stemma.migration.transferability import logme_regression
-from stemma.registry import Registry, pipeline
+from stemma.registry import Registry
 from stemma.registry.errors import BuildError, InvalidName
-from stemma.registry.naming import parse_source
+from stemma.registry.pipeline import render as pipeline
+from stemma.registry.rules.naming import parse_source
 
 
 def _at(root: Path):  # type: ignore[no-untyped-def]

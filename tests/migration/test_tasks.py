@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import new_registry, write
+from conftest import dvc, new_registry, write
 from stemma.registry import Registry
-from test_pipeline import dvc
 
 TRAIN = "{epochs: %d, batch_size: 32, optimizer: adam, lr: %s, seed: 0}"
 SPECS = {

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import git, write
 from stemma.registry import Registry
-from stemma.registry import consistency as cons
+from stemma.registry.check import consistency as cons
 from stemma.registry.errors import InvalidName, StemmaError
 
 BERT: dict[str, Any] = {
@@ -208,7 +208,7 @@ def test_validate_refuses_models_past_the_size_limit(
 
 
 def test_the_limit_is_a_setting(registry: Registry) -> None:
-    from stemma.registry.records import settings_look_valid, validate_document
+    from stemma.registry.records.core import settings_look_valid, validate_document
 
     write(registry.root / "datasets/tok/spec.yaml", TOK)
     arch = {"family": "transformers", "config": {**BERT, "vocab_size": 2**36}}
@@ -243,7 +243,7 @@ def test_build_refuses_a_deep_model_before_allocating(registry: Registry) -> Non
 
 def test_settings_fast_check_agrees_with_the_schema_on_entrypoints() -> None:
     from stemma import schemas
-    from stemma.registry.records import settings_look_valid
+    from stemma.registry.records.core import settings_look_valid
 
     check = schemas.validator("settings")
     rng = random.Random(0)
@@ -281,7 +281,7 @@ def test_a_field_the_family_does_not_read_is_an_error(
 
 def test_entrypoint_grammar_has_one_home() -> None:
     from stemma import schemas
-    from stemma.registry import naming
+    from stemma.registry.rules import naming
 
     defs = json.loads((Path(schemas.__file__).parent / "defs.json").read_text())["$defs"]
     assert defs["entrypoint"]["pattern"] == naming.schema_pattern(naming.ENTRYPOINT_PATTERN)
@@ -352,7 +352,7 @@ def test_usage_errors_are_one_line(registry: Registry) -> None:
 
 def test_trailing_newlines_are_refused(registry: Registry) -> None:
     from stemma import schemas
-    from stemma.registry import naming
+    from stemma.registry.rules import naming
 
     for call in (
         lambda: naming.check_stage("prod\n"),

@@ -19,7 +19,7 @@ from stemma.migration.verify import (
     verify_model,
 )
 from stemma.registry import Registry
-from stemma.registry.report import model_report, render_text
+from stemma.registry.publish.report import model_report, render_text
 
 SPECS = {
     "datasets/d04/spec.yaml": """
@@ -113,7 +113,7 @@ def test_frozen_tensor_changed_by_hand_is_caught(copy: Path, cli: Any) -> None:
 
 def test_frozen_tensor_changed_with_matching_hashes_is_still_caught(copy: Path) -> None:
     """Re-hashing the edited file into the manifest hides it from the hashes, not from verify."""
-    from stemma.registry.files import file_hashes
+    from stemma.registry.store.files import file_hashes
 
     folder = copy / "models" / "ft"
     state = load_file(folder / WEIGHTS)
@@ -195,7 +195,7 @@ def test_compare_builds_says_identical_equivalent_or_different() -> None:
 def _nudge(repo: Path, other_machine: bool) -> None:
     """Weights a rebuild here cannot give bit for bit: the head nudged by 1e-6, as if built
     elsewhere (and, with `other_machine`, with a fingerprint that differs on one op)."""
-    from stemma.registry.files import file_hashes, read_json
+    from stemma.registry.store.files import file_hashes, read_json
 
     folder = repo / "models" / "ft"
     state = load_file(folder / WEIGHTS)

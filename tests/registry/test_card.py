@@ -14,9 +14,9 @@ from factories import dataset_manifest, model_manifest
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 from stemma.registry import Registry
-from stemma.registry.card import export_card
 from stemma.registry.errors import StemmaError
-from stemma.registry.files import file_hashes
+from stemma.registry.publish.card import export_card
+from stemma.registry.store.files import file_hashes
 
 GATE = {"metric": "accuracy", "op": ">=", "threshold": 0.5, "value": 0.9, "passed": True}
 CHECKS = {"forgetting": {"passed": True, "figures": {"before": 0.9, "after": 0.88}}}

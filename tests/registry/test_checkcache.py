@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import write
-from stemma.registry import Registry, _checkcache, consistency
-from stemma.registry.consistency import check
+from stemma.registry import Registry
+from stemma.registry.check import _checkcache, consistency
+from stemma.registry.check.consistency import check
 
 
 def messages(root: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""The lineage core (`stemma.registry.dag`) against networkx on random forests and DAGs."""
+"""The lineage core (`stemma.registry.rules.dag`) against networkx on random forests and DAGs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import random
 
 import networkx as nx
 import pytest
-from stemma.registry.dag import Forest, LineageCycle, build_order, reach
 from stemma.registry.errors import ConsistencyError
+from stemma.registry.rules.dag import Forest, LineageCycle, build_order, reach
 
 
 def random_parents(n: int, seed: int) -> dict[str, str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from stemma.registry import Registry
-from stemma.registry._reportboxes import (
+from stemma.registry.publish._reportboxes import (
     Samples,
     SamplesError,
     load_samples,
@@ -206,7 +206,7 @@ def test_pixels_must_match_the_size() -> None:
 
 def test_report_imports_neither_torch_nor_torchvision() -> None:
     code = (
-        "import sys\nimport stemma.registry.report, stemma.registry._reportboxes\n"
+        "import sys\nimport stemma.registry.publish.report, stemma.registry.publish._reportboxes\n"
         "bad = [m for m in ('torch', 'torchvision', 'dvc') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

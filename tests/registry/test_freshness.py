@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 from conftest import git
-from stemma.registry import Registry, pipefiles
-from stemma.registry.query import query
+from stemma.registry import Registry
+from stemma.registry.pipeline import pipefiles
+from stemma.registry.query.sql import query
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import synth
 
 
@@ -61,7 +62,7 @@ def test_a_refresh_lists_each_folder_once(reg: Registry, monkeypatch: pytest.Mon
 
 
 def test_an_interrupted_switch_is_finished_before_indexing(reg: Registry) -> None:
-    from stemma.registry.commits import COMMITTING
+    from stemma.registry.rules.commits import COMMITTING
 
     folder = reg.root / "models" / synth.model_name(4)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -146,7 +147,7 @@ def test_a_cold_index_refuses_or_reads_the_unusual_file(
     reg: Registry, tmp_path: Path, case: str
 ) -> None:
     from stemma.registry.errors import StemmaError
-    from stemma.registry.files import MAX_TEXT_BYTES
+    from stemma.registry.store.files import MAX_TEXT_BYTES
 
     shutil.rmtree(reg.repo_root / ".stemma", ignore_errors=True)
     name = synth.model_name(5)

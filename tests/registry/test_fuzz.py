@@ -613,7 +613,7 @@ def test_an_invalid_folder_name_and_a_cycle_name_their_file(populated: Registry,
 
 
 def test_unexpected_errors_are_one_line_with_a_hint(populated: Registry, cli: Any) -> None:
-    from stemma.registry import listing
+    from stemma.registry.query import listing
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise TypeError("boom\nsecond line")
@@ -628,7 +628,7 @@ def test_unexpected_errors_are_one_line_with_a_hint(populated: Registry, cli: An
 
 
 def test_a_file_past_the_size_limit_is_not_read(populated: Registry, cli: Any) -> None:
-    from stemma.registry.files import MAX_TEXT_BYTES
+    from stemma.registry.store.files import MAX_TEXT_BYTES
 
     spec = populated.root / "models" / "base" / "spec.yaml"
     with open(spec, "ab") as fh:

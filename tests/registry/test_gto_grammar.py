@@ -15,10 +15,10 @@ from conftest import git, write
 from gto.constants import name_re as gto_name_re
 from gto.tag import parse_name as gto_parse_name
 from stemma.registry import Registry
-from stemma.registry import consistency as cons
-from stemma.registry import versions as v
+from stemma.registry.check import consistency as cons
 from stemma.registry.errors import ConsistencyError, InvalidName, StemmaError
-from stemma.registry.naming import NAME_RE, check_name, parse_tag
+from stemma.registry.rules.naming import NAME_RE, check_name, parse_tag
+from stemma.registry.versions import resolve as v
 from test_versions import commit, put_model
 
 GTO = str(Path(sys.executable).with_name("gto"))

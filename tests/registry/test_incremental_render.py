@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import SPECS, new_registry, write
-from stemma.registry import Registry, _pipecache, pipefiles
-from stemma.registry.pipeline import render_files
+from stemma.registry import Registry
+from stemma.registry.pipeline import _pipecache, pipefiles
+from stemma.registry.pipeline.render import render_files
 
 CODE = "nets.small:build"
 N = 14

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stemma.registry import locks
+from stemma.registry.pipeline import locks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def committed_locks() -> list[Path]:

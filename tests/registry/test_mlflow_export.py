@@ -12,7 +12,7 @@ from conftest import git, write
 from factories import dataset_manifest, model_manifest
 from stemma.registry import Registry
 from stemma.registry.errors import StemmaError
-from stemma.registry.mlflow_export import export, flat_params
+from stemma.registry.publish.mlflow_export import export, flat_params
 
 mlflow = pytest.importorskip("mlflow")
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 from conftest import git
-from stemma.registry import Registry, _watched
-from stemma.registry._monitor import Monitor
-from stemma.registry.query import query
+from stemma.registry import Registry
+from stemma.registry.query import _watched
+from stemma.registry.query.sql import query
+from stemma.registry.store._monitor import Monitor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import synth
 
 ROWS = "SELECT name, relation, id FROM models ORDER BY name"
@@ -122,7 +123,7 @@ def test_a_write_through_a_hard_link_elsewhere_is_seen(reg: Registry, tmp_path: 
 
 
 def test_folders_added_removed_and_a_switch_are_seen(reg: Registry) -> None:
-    from stemma.registry.commits import COMMITTING
+    from stemma.registry.rules.commits import COMMITTING
 
     models = reg.root / "models"
     shutil.copytree(models / synth.model_name(3), models / "zz-new")
@@ -214,7 +215,7 @@ def test_threads_of_one_handle_share_its_copy_safely(reg: Registry) -> None:
 
 
 def test_no_monitor_on_a_network_or_fuse_file_system(tmp_path: Path) -> None:
-    from stemma.registry import _monitor
+    from stemma.registry.store import _monitor
 
     info = tmp_path / "mountinfo"
     info.write_text(

@@ -22,11 +22,11 @@ from jsonschema import Draft202012Validator
 from referencing import Registry as Schemas
 from referencing import Resource
 from stemma.registry import Registry
-from stemma.registry import openlineage as ol
 from stemma.registry.errors import StemmaError
+from stemma.registry.publish import openlineage as ol
 
-SPECS = Path(__file__).parent / "data" / "openlineage"
-ZOO = Path(__file__).resolve().parents[1] / "zoo"
+SPECS = Path(__file__).resolve().parents[1] / "data" / "openlineage"
+ZOO = Path(__file__).resolve().parents[2] / "zoo"
 FAILED = {"metric": "accuracy", "op": ">=", "threshold": 0.95, "value": 0.9, "passed": False}
 
 

@@ -4,16 +4,17 @@ stages of one's own), and `dvc repro` rebuilding exactly the stale models, repro
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import git, new_registry, write
-from stemma.registry import Registry, pipefiles, pipeline
+from conftest import dvc, git, new_registry, write
+from stemma.registry import Registry
+from stemma.registry.pipeline import pipefiles
+from stemma.registry.pipeline import render as pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import synth
 
 TINY = "{epochs: 1, batch_size: 64, optimizer: adam, lr: %s, seed: 0}"
@@ -50,15 +51,6 @@ SPECS = {
     """,
 }
 MODELS = ("base", "ft", "probe", "other")
-
-
-def dvc(repo: Path, *args: str) -> str:
-    """Run the real DVC command line in `repo` and return its output."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
 
 
 def state(reg: Registry) -> dict[str, tuple[str, bytes, bytes]]:
@@ -255,8 +247,8 @@ def test_dvc_repro_rebuilds_exactly_the_stale_family(registry: Registry, cli) ->
 
 
 def test_pipeline_writer_gives_pyyaml_text_and_reads_back(tmp_path: Path) -> None:
-    from stemma.registry import _yamlemit
-    from stemma.registry.yamlio import dump_yaml
+    from stemma.registry.store import _yamlemit
+    from stemma.registry.store.yamlio import dump_yaml
 
     synth.generate(tmp_path / "reg", 40, shape="mixed", seed=5, family_size=15)
     reg = Registry.open(tmp_path / "reg")

@@ -18,12 +18,14 @@ import duckdb
 import pytest
 import yaml
 from conftest import git, write
-from stemma.registry import Registry, _fastyaml, _snapshot, _specrow, dag, index
+from stemma.registry import Registry
 from stemma.registry.errors import ParseError, QueryError, SchemaError, StemmaError
-from stemma.registry.files import digest
-from stemma.registry.query import export_parquet, query, schema
+from stemma.registry.query.sql import export_parquet, query, schema
+from stemma.registry.rules import dag
+from stemma.registry.store import _fastyaml, _snapshot, _specrow, index
+from stemma.registry.store.files import digest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import synth
 
 RUN = {"started": "2026-03-01T10:00:00Z", "duration_s": 2.5, "stemma": "0.1.0", "device": "cpu"}
@@ -858,7 +860,7 @@ def test_history_view_lists_each_committed_version(zoo: Any) -> None:
 
 
 def test_the_engine_module_is_the_one_duckdb_exports() -> None:
-    from stemma.registry import _engine
+    from stemma.registry.store import _engine
 
     for name in _engine.USED:
         assert getattr(_engine.duckdb, name) is getattr(duckdb, name), name
@@ -1177,7 +1179,7 @@ def fuzz_texts(n: int, seed: int) -> list[str]:
 
 
 def test_fast_spec_reader_agrees_with_pyyaml() -> None:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     real = [p.read_text() for p in sorted(repo.glob("zoo/*/*/spec.yaml"))]
     real += [t for t in (v.replace("\n        ", "\n").strip() + "\n" for v in SPECS.values())]
     texts = [

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import git, write
 from factories import dataset_manifest, model_manifest
-from stemma.registry import Registry, listing
-from stemma.registry.consistency import check
+from stemma.registry import Registry
+from stemma.registry.check.consistency import check
 from stemma.registry.errors import RegistryNotFound, SchemaError
-from stemma.registry.files import canonical_json, content_id, digest
+from stemma.registry.query import listing
+from stemma.registry.store.files import canonical_json, content_id, digest
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -264,7 +265,7 @@ def test_read_commands_do_not_import_torch_or_dvc(populated: Registry) -> None:
 
 
 def test_registered_model_lists_validates_and_sources(populated: Registry, cli) -> None:
-    from stemma.registry import pipeline
+    from stemma.registry.pipeline import render as pipeline
 
     for ds in ("digits-0to4", "digits-5to9"):
         dataset_manifest(populated, ds)
@@ -308,7 +309,7 @@ def test_listing_from_the_index_matches_reading_the_files(populated: Registry) -
 
 
 def test_atomic_writes_keep_the_permissions_a_plain_write_would_give(tmp_path: Path) -> None:
-    from stemma.registry.files import write_atomic
+    from stemma.registry.store.files import write_atomic
 
     old = os.umask(0o027)
     try:

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from conftest import write
 from factories import dataset_manifest, model_manifest
-from stemma.registry import Registry, pipeline
-from stemma.registry.listing import list_entries
+from stemma.registry import Registry
+from stemma.registry.pipeline import render as pipeline
+from stemma.registry.query.listing import list_entries
 
 SPECS = {
     "datasets/d/spec.yaml": "source: sklearn:digits\nselect: {classes: [0, 1, 2, 3, 4]}\n",
@@ -58,7 +59,7 @@ def _built(reg: Registry) -> Registry:
     ids = {n: model_manifest(reg, n)["id"] for n in ("base", "ft-a", "ft-b")}
     parents = [{"model": n, "id": ids[n]} for n in ("ft-a", "ft-b", "base")]
     source = {"model": "ft-a", "relation": "merge", "id": None, "parents": parents}
-    from stemma.registry.parents import combined_id
+    from stemma.registry.rules.parents import combined_id
 
     source["id"] = combined_id([p["id"] for p in parents])
     model_manifest(reg, "merged", source=source)

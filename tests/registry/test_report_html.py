@@ -17,7 +17,7 @@ import pytest
 from conftest import new_registry
 from factories import dataset_manifest, model_manifest
 from stemma.registry import Registry
-from stemma.registry.report import model_report, render_html, render_text
+from stemma.registry.publish.report import model_report, render_html, render_text
 
 CHROMIUM = Path("/usr/bin/chromium")
 SPECS = {

@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import git, new_registry
-from stemma.registry import Registry, repro, status
-from stemma.registry.dag import Forest
-from stemma.registry.listing import list_entries
-from test_pipeline import SPECS, dvc
+from conftest import dvc, git, new_registry
+from stemma.registry import Registry
+from stemma.registry.pipeline import repro
+from stemma.registry.query.listing import list_entries
+from stemma.registry.rules import status
+from stemma.registry.rules.dag import Forest
+from test_pipeline import SPECS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import synth
 
 

@@ -1,5 +1,5 @@
 """A model is stale when a dataset its manifest records was rebuilt (another manifest id) or
-is gone: every gatherer of the status rule (`stemma.registry.status`) says so."""
+is gone: every gatherer of the status rule (`stemma.registry.rules.status`) says so."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import pytest
 from factories import dataset_manifest, model_manifest
 from stemma.lineage.graph import build_graph, model_node, partial_graph
 from stemma.migration.verify import verify_model
-from stemma.registry import Registry, repro, status
-from stemma.registry.consistency import check
+from stemma.registry import Registry
+from stemma.registry.check.consistency import check
 from stemma.registry.errors import StemmaError
-from stemma.registry.listing import list_entries, model_staleness, model_status
-from stemma.registry.query import query
+from stemma.registry.pipeline import repro
+from stemma.registry.query.listing import list_entries, model_staleness, model_status
+from stemma.registry.query.sql import query
+from stemma.registry.rules import status
 
 
 def _built(reg: Registry) -> Registry:

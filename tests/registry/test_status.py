@@ -1,4 +1,4 @@
-"""The one status rule (`stemma.registry.status`) and the SQL of the index views that must
+"""The one status rule (`stemma.registry.rules.status`) and the SQL of the index views that must
 agree with it, on every case."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import itertools
 
 import duckdb
 import pytest
-from stemma.registry import _sql, status
+from stemma.registry.rules import status
+from stemma.registry.store import _sql
 
 
 def test_status_names_each_case() -> None:

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 from conftest import git, write
-from stemma.registry import Registry, pipeline
-from stemma.registry import consistency as cons
-from stemma.registry import versions as v
+from stemma.registry import Registry
+from stemma.registry.check import consistency as cons
 from stemma.registry.errors import LocatedError, StemmaError
+from stemma.registry.pipeline import render as pipeline
+from stemma.registry.versions import resolve as v
 from test_versions import commit, put_model
 
 STEMMA = str(Path(sys.executable).with_name("stemma"))
@@ -136,7 +137,7 @@ stages:
 def test_merge_conflict_markers_in_pipeline_files_are_validation_errors(
     family: Registry,
 ) -> None:
-    from stemma.registry.locks import conflict_line, folder_locked_md5
+    from stemma.registry.pipeline.locks import conflict_line, folder_locked_md5
 
     lock = family.root / "models" / "base" / "dvc.lock"
     write(lock, LOCK)
@@ -153,7 +154,7 @@ def test_merge_conflict_markers_in_pipeline_files_are_validation_errors(
 
 
 def test_the_yaml_reader_reports_markers_with_their_line() -> None:
-    from stemma.registry.yamlio import load_yaml_text
+    from stemma.registry.store.yamlio import load_yaml_text
 
     with pytest.raises(LocatedError) as err:
         load_yaml_text("a: 1\n" + CONFLICT, "x/dvc.yaml")

@@ -343,7 +343,7 @@ def test_new_files_inside_the_registry_are_allowed(manifests: Registry, cli: Any
 
 
 def test_outputs_refuse_in_the_library(registry: Registry, tmp_path: Path) -> None:
-    from stemma.registry.files import Outputs
+    from stemma.registry.store.files import Outputs
 
     outputs = Outputs.for_registry(registry.repo_root, registry.root, overwrite=True)
     with pytest.raises(StemmaError, match=r"stemma\.yaml: is a file of the registry"):

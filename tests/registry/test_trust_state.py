@@ -260,8 +260,8 @@ def test_a_build_dvc_did_not_lock_is_stale_and_repro_records_it(
 def test_repro_takes_exploration_candidates_by_the_pipeline_rule(
     registry: Registry, cli: Any
 ) -> None:
-    from stemma.registry import repro
-    from stemma.registry.pipeline import candidates
+    from stemma.registry.pipeline import repro
+    from stemma.registry.pipeline.render import candidates
 
     specs = {
         "datasets/d04/spec.yaml": SPECS["datasets/d04/spec.yaml"],

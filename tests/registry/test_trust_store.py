@@ -23,8 +23,11 @@ from typing import Any
 import pytest
 from conftest import SPECS, write
 from factories import dataset_manifest, model_manifest
-from stemma.registry import Registry, _checkcache, _ingest, _snapshot, _store
-from stemma.registry.query import query
+from stemma.registry import Registry
+from stemma.registry.check import _checkcache
+from stemma.registry.query.sql import query
+from stemma.registry.store import _ingest, _snapshot
+from stemma.registry.store import derived as _store
 
 # Runs stemma commands in one process (a process start per command would cost seconds),
 # after damaging the store as told: prints, per case and command, [exit code, stdout].

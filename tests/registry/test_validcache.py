@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import write
-from stemma.registry import Registry, _checkcache, _validcache
-from stemma.registry.consistency import check
+from stemma.registry import Registry
+from stemma.registry.check import _checkcache
+from stemma.registry.check.consistency import check
+from stemma.registry.store import _validcache
 
 
 def messages(root: Path) -> list[str]:

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from conftest import git, write
 from stemma.registry import Registry
-from stemma.registry import versions as v
 from stemma.registry.errors import GitError, InvalidName, ModelNotFound, StemmaError
-from stemma.registry.files import content_id, digest, file_hashes
+from stemma.registry.store.files import content_id, digest, file_hashes
+from stemma.registry.versions import resolve as v
 
 VENV_BIN = Path(sys.executable).parent
 RUN = {"started": "2026-01-01T00:00:00Z", "duration_s": 1.0, "stemma": "0.1.0"}

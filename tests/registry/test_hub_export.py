@@ -18,10 +18,10 @@ from factories import dataset_manifest, model_manifest
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 from stemma.registry import Registry
-from stemma.registry.card import export_card, front_matter
 from stemma.registry.errors import StemmaError
-from stemma.registry.files import file_hashes
-from stemma.registry.hubfiles import snapshot_hub_id
+from stemma.registry.publish.card import export_card, front_matter
+from stemma.registry.publish.hubfiles import snapshot_hub_id
+from stemma.registry.store.files import file_hashes
 from test_card import _tiny_bert
 
 BERT = {

@@ -1,0 +1,2 @@
+"""The DVC pipeline: dvc.yaml files rendered from the specs, written and checked; dvc.lock;
+what `stemma repro` runs."""

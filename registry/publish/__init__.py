@@ -1,0 +1,1 @@
+"""What leaves the registry: model cards and Hub folders, reports, OpenLineage events, MLflow."""

@@ -1,0 +1,1 @@
+"""Frozen records of specs, manifests and settings, validated at the file boundary."""

@@ -1,0 +1,1 @@
+"""Versions like git: history, GTO tags and stages, NAME@REF, every build in history."""
