@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stemma.registry.records.manifest import Check, Gate, Tensor, Transfer
 from stemma.registry.rules import status
 
 # Why a model is stale, in words (the reasons of `status.staleness`).
@@ -14,6 +15,29 @@ STALE_WHY = {
     status.DATA_CHANGED: "a dataset it was built from was rebuilt or is gone since the build",
     status.LOCK_CHANGED: "its weights are not the ones its dvc.lock records",
 }
+
+
+REPORT = "report"  # how errors name a report document (it is built in memory, not read)
+
+
+def gates(report: Mapping[str, Any]) -> list[Gate]:
+    """The report's gates (as the manifest records them), typed."""
+    return [Gate.from_dict(g, REPORT, f"/gates/{i}") for i, g in enumerate(report["gates"])]
+
+
+def checks(report: Mapping[str, Any]) -> dict[str, Check]:
+    """The report's check results by check name, typed."""
+    return {k: Check.from_dict(v, REPORT, f"/checks/{k}") for k, v in report["checks"].items()}
+
+
+def tensors(report: Mapping[str, Any]) -> list[Tensor]:
+    """The report's tensor rows, typed."""
+    return [Tensor.from_dict(t, REPORT, f"/tensors/{i}") for i, t in enumerate(report["tensors"])]
+
+
+def transfer(report: Mapping[str, Any]) -> Transfer:
+    """The report's transfer block, typed (its `counts` tally is in `extra`)."""
+    return Transfer.from_dict(report["transfer"], REPORT, "/transfer")
 
 
 def fmt(value: Any) -> str:
@@ -46,15 +70,14 @@ def lineage_line(entry: Mapping[str, Any]) -> str:
 def verdict(report: Mapping[str, Any]) -> tuple[bool, list[str]]:
     """Whether the model passes (gates, checks, freshness) and, each in one line, why not."""
     reasons: list[str] = []
-    for gate in report["gates"]:
-        if not gate["passed"]:
+    for gate in gates(report):
+        if not gate.passed:
             reasons.append(
-                f"gate {gate['metric']} {gate['op']} {gate['threshold']} failed"
-                f" (value {fmt(gate['value'])})"
+                f"gate {gate.metric} {gate.op} {gate.threshold} failed (value {fmt(gate.value)})"
             )
-    for name, result in sorted(report["checks"].items()):
-        if not result.get("passed"):
-            first = (result.get("violations") or [""])[0]
+    for name, result in sorted(checks(report).items()):
+        if not result.passed:
+            first = (result.violations or ("",))[0]
             reasons.append(f"check {name} failed" + (f": {first}" if first else ""))
     why = report.get("stale")
     if why:

@@ -17,7 +17,17 @@ from typing import Any
 
 from stemma.registry.publish._lineagesvg import lineage_svg
 from stemma.registry.publish._reportboxes import samples_html
-from stemma.registry.publish._reportfmt import fmt, main_metric, verdict
+from stemma.registry.publish._reportfmt import (
+    REPORT,
+    checks,
+    fmt,
+    gates,
+    main_metric,
+    tensors,
+    transfer,
+    verdict,
+)
+from stemma.registry.records.manifest import Check, DatasetRef, Parameters, Run
 from stemma.registry.rules.classlabels import label
 
 
@@ -98,16 +108,21 @@ def _flat(prefix: str, value: Any) -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
-def _check_html(name: str, result: Mapping[str, Any]) -> str:
-    parts = [f"<h3>{escape(name)} {_mark(result.get('passed'))}</h3>"]
-    if result.get("method"):
-        parts.append(f"<p>method: {escape(str(result['method']))}</p>")
-    for title in ("figures", "thresholds", "inputs"):
-        block = result.get(title)
+def _check_html(name: str, result: Check) -> str:
+    parts = [f"<h3>{escape(name)} {_mark(result.passed)}</h3>"]
+    if result.method:
+        parts.append(f"<p>method: {escape(result.method)}</p>")
+    for title, block in (
+        ("figures", result.figures),
+        ("thresholds", result.thresholds),
+        ("inputs", result.extra.get("inputs")),
+    ):
         if block:
             parts.append(f"<h4>{title}</h4>" + _table(["name", "value"], _flat("", block), "kv"))
-    for title in ("violations", "warnings"):
-        items = result.get(title) or []
+    for title, items in (
+        ("violations", result.violations),
+        ("warnings", result.extra.get("warnings") or []),
+    ):
         if items:
             lis = "".join(f"<li>{escape(str(i))}</li>" for i in items)
             parts.append(f"<h4>{title}</h4><ul>{lis}</ul>")
@@ -137,10 +152,10 @@ def _banner(report: Mapping[str, Any]) -> str:
         passed, reasons = bool(report["passed"]), list(report["reasons"])
     else:
         passed, reasons = verdict(report)
-    gates, checks = report["gates"], report["checks"]
+    declared, results = gates(report), checks(report)
     summary = (
-        f"{sum(bool(g['passed']) for g in gates)}/{len(gates)} gates,"
-        f" {sum(bool(c.get('passed')) for c in checks.values())}/{len(checks)} checks pass;"
+        f"{sum(g.passed for g in declared)}/{len(declared)} gates,"
+        f" {sum(c.passed for c in results.values())}/{len(results)} checks pass;"
         f" {'stale' if report.get('stale') else 'up to date'}"
     )
     if passed:
@@ -166,12 +181,12 @@ def _per_class(report: Mapping[str, Any]) -> str:
 def _gates(report: Mapping[str, Any]) -> str:
     names, per = report["class_names"], report["per_class"]
     rows = []
-    for g in report["gates"]:
-        value = fmt(g["value"])
-        if g["metric"].startswith("per_") and per:  # the worst class decides a per-class gate
+    for g in gates(report):
+        value = fmt(g.value)
+        if g.metric.startswith("per_") and per:  # the worst class decides a per-class gate
             worst = min(per, key=lambda k: per[k])
             value += f" (class {label(names, worst)})"
-        rows.append((g["metric"], f"{g['op']} {g['threshold']}", value, _mark(g["passed"])))
+        rows.append((g.metric, f"{g.op} {g.threshold}", value, _mark(g.passed)))
     head = "".join(f"<th>{h}</th>" for h in ("metric", "gate", "value", "result"))
     body = "".join(
         f"<tr><td>{escape(m)}</td><td>{escape(t)}</td><td>{escape(v)}</td><td>{r}</td></tr>"
@@ -197,7 +212,11 @@ def render_html(report: Mapping[str, Any]) -> str:
     if report["description"]:
         out.append(f"<p>{escape(str(report['description']))}</p>")
     out.append("<h2>lineage</h2>" + lineage_svg(report["lineage"]))
-    ds = [(role, ref["name"], ref["id"]) for role, ref in sorted(report["datasets"].items())]
+    refs = {
+        role: DatasetRef.from_dict(ref, REPORT, f"/datasets/{role}")
+        for role, ref in report["datasets"].items()
+    }
+    ds = [(role, ref.name, ref.id) for role, ref in sorted(refs.items())]
     out.append("<h2>datasets</h2>" + _table(["role", "dataset", "id"], ds, clip=(1,)))
     if report["class_names"]:
         out.append(
@@ -205,33 +224,25 @@ def render_html(report: Mapping[str, Any]) -> str:
             + escape(", ".join(f"{i} \u2192 {n}" for i, n in enumerate(report["class_names"])))
             + "</p>"
         )
-    t = report["transfer"]
+    t = transfer(report)
     out.append("<h2>transfer</h2>")
     summary = [
-        ("mapping", t.get("mapping")),
-        ("mode", t.get("mode")),
-        ("features cached", t.get("features_cached")),
-        ("unused source tensors", ", ".join(t.get("unused_source") or []) or "-"),
-        *sorted(t["counts"].items()),
+        ("mapping", t.mapping),
+        ("mode", t.mode),
+        ("features cached", t.features_cached),
+        ("unused source tensors", ", ".join(t.unused_source or ()) or "-"),
+        *sorted(t.extra["counts"].items()),  # the report's tally of the tensor rows
     ]
     out.append(_table(["", ""], summary, "kv", clip=()))
     rows = [
-        (
-            r["name"],
-            "x".join(map(str, r["shape"])),
-            r["dtype"],
-            r["origin"],
-            r["frozen"],
-            r.get("source_name"),
-        )
-        for r in report["tensors"]
+        (r.name, "x".join(map(str, r.shape)), r.dtype, r.origin, r.frozen, r.source_name)
+        for r in tensors(report)
     ]
     headers = ["tensor", "shape", "dtype", "origin", "frozen", "source tensor"]
     out.append(_table(headers, rows, clip=(0, 5)))
-    p = report["parameters"]
+    p = Parameters.from_dict(report["parameters"], REPORT, "/parameters")
     out.append(
-        f"<p>parameters: {p['total']} total, {p['trainable']} trainable,"
-        f" {p['transferred']} transferred</p>"
+        f"<p>parameters: {p.total} total, {p.trainable} trainable, {p.transferred} transferred</p>"
     )
     out.append("<h2>metrics</h2>" + _table(["metric", "value"], sorted(report["metrics"].items())))
     if report["per_class"]:
@@ -240,8 +251,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     out.append("<h2>gates</h2>")
     out.append(_gates(report) if report["gates"] else "<p>no gates declared</p>")
     out.append("<h2>checks</h2>")
-    checks = report["checks"]
-    out += [_check_html(k, checks[k]) for k in sorted(checks)] or ["<p>no checks recorded</p>"]
+    results = checks(report)
+    out += [_check_html(k, results[k]) for k in sorted(results)] or ["<p>no checks recorded</p>"]
     out.append("<h2>training curve</h2>")
     if report["curve"]:
         png = base64.b64encode(curve_png(report["curve"])).decode("ascii")
@@ -251,10 +262,10 @@ def render_html(report: Mapping[str, Any]) -> str:
         )
     else:
         out.append("<p>no training curve recorded</p>")
-    run = report["run"]
+    run = Run.from_dict(report["run"], REPORT, "/run")
     out.append(
-        f"<p><small>built {escape(fmt(run.get('started')))} on"
-        f" {escape(fmt(run.get('device')))} in {escape(fmt(run.get('duration_s')))} s,"
-        f" stemma {escape(fmt(run.get('stemma')))}</small></p></body></html>"
+        f"<p><small>built {escape(fmt(run.started))} on"
+        f" {escape(fmt(run.device))} in {escape(fmt(run.duration_s))} s,"
+        f" stemma {escape(fmt(run.stemma))}</small></p></body></html>"
     )
     return "\n".join(out) + "\n"

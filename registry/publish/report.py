@@ -15,10 +15,20 @@ from typing import Any
 
 from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
 from stemma.registry.publish._reportboxes import load_samples
-from stemma.registry.publish._reportfmt import fmt, lineage_line, main_metric, verdict
+from stemma.registry.publish._reportfmt import (
+    checks,
+    fmt,
+    gates,
+    lineage_line,
+    main_metric,
+    tensors,
+    transfer,
+    verdict,
+)
 from stemma.registry.publish._reporthtml import curve_png, render_html
 from stemma.registry.query.listing import model_staleness
 from stemma.registry.records.core import Manifest
+from stemma.registry.records.manifest import ORIGINS, Check
 from stemma.registry.rules.classlabels import class_labels, label
 from stemma.registry.store.files import Outputs, read_json
 from stemma.registry.store.handle import Registry
@@ -49,15 +59,14 @@ def _lineage(reg: Registry, name: str) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": node, "built": manifest is not None, "id": None}
         parent: str | None = None
         if manifest is not None:
-            raw = manifest.raw
-            entry["id"] = manifest.id
-            entry["metrics"] = dict(raw.get("metrics") or {})
-            entry["train"] = ((raw.get("datasets") or {}).get("train") or {}).get("name")
-            source = raw.get("source")
-            if source:
-                parent = str(source["model"])
-                entry["relation"] = source["relation"]
-                entry["source_id"] = source["id"]
+            built = manifest.model
+            entry["id"] = built.id
+            entry["metrics"] = dict(built.metrics)
+            entry["train"] = built.dataset("train")
+            if built.source is not None:
+                parent = built.source.model
+                entry["relation"] = built.source.relation
+                entry["source_id"] = built.source.id
         else:
             try:
                 ref = reg.model_spec(node).source
@@ -77,20 +86,19 @@ def _lineage(reg: Registry, name: str) -> list[dict[str, Any]]:
     return chain
 
 
-def _class_names(reg: Registry, raw: Mapping[str, Any]) -> list[str]:
+def _class_names(reg: Registry, manifest: Manifest) -> list[str]:
     """The label of each class id the model's per-class figures use: the model's own
     `class_names`, else those of the dataset it was evaluated on (names, or the source
     labels a relabelling selection kept: id 0 of digits 5-9 is "5")."""
-    own = class_labels(raw)
+    own = class_labels(manifest.raw)
     if own:
         return own
-    datasets = raw.get("datasets") or {}
     for role in ("eval", "train"):
-        ref = datasets.get(role)
-        if not isinstance(ref, Mapping) or not ref.get("name"):
+        dataset = manifest.model.dataset(role)
+        if not dataset:
             continue
         try:
-            found = reg.dataset_manifest(str(ref["name"]))
+            found = reg.dataset_manifest(dataset)
         except StemmaError:  # an unreadable dataset manifest only costs the labels
             found = None
         if found is not None:
@@ -115,7 +123,7 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
         raise BuildError(
             f"{reg.rel('models', name)}: model {name!r} has not been built; run `dvc repro`"
         )
-    raw = manifest.raw
+    built = manifest.model
     curve_path = reg.model_dir(name) / CURVE_FILE
     curve: list[dict[str, Any]] = []
     if curve_path.is_file():
@@ -124,53 +132,51 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
         except StemmaError:
             loaded = []
         curve = [row for row in loaded if isinstance(row, dict)] if isinstance(loaded, list) else []
-    tensors = list(raw["architecture"]["tensors"])
-    origins = {
-        o: sum(t["origin"] == o for t in tensors) for o in ("transferred", "reinitialized", "new")
-    }
-    transfer = dict(raw.get("transfer") or {})
-    transfer["counts"] = {**origins, "frozen": sum(bool(t["frozen"]) for t in tensors)}
+    rows = built.architecture.tensors
+    origins = {o: sum(t.origin == o for t in rows) for o in ORIGINS}
+    mapped = {} if built.transfer is None else built.transfer.to_dict()
+    mapped["counts"] = {**origins, "frozen": sum(t.frozen for t in rows)}
     doc: dict[str, Any] = {
         "name": name,
-        "id": manifest.id,
-        "description": (raw.get("spec") or {}).get("description", ""),
-        "source": raw.get("source"),
-        "datasets": dict(raw.get("datasets") or {}),
+        "id": built.id,
+        "description": built.spec.get("description", ""),  # the spec is free-form here
+        "source": None if built.source is None else built.source.to_dict(),
+        "datasets": {role: ref.to_dict() for role, ref in built.datasets.items()},
         "lineage": _lineage(reg, name),
-        "architecture": dict(raw["architecture"]["config"]),
-        "parameters": dict(raw["parameters"]),
-        "transfer": transfer,
-        "tensors": tensors,
-        "metrics": dict(raw.get("metrics") or {}),
-        "per_class": dict(raw.get("per_class") or {}),
-        "task": str(raw.get("task", "classification")),
-        "class_names": _class_names(reg, raw),
-        "gates": list(raw.get("gates") or []),
-        "checks": dict(raw.get("checks") or {}),
+        "architecture": dict(built.architecture.config),
+        "parameters": built.parameters.to_dict(),
+        "transfer": mapped,
+        "tensors": [t.to_dict() for t in rows],
+        "metrics": dict(built.metrics),
+        "per_class": dict(built.per_class or {}),
+        "task": built.task_name,
+        "class_names": _class_names(reg, manifest),
+        "gates": [g.to_dict() for g in built.gates],
+        "checks": {check: result.to_dict() for check, result in (built.checks or {}).items()},
         "curve": curve,
-        "run": dict(raw.get("run") or {}),
+        "run": built.run.to_dict(),
         "stale": _stale(reg, name, manifest),
     }
-    samples = load_samples(reg, name, raw)  # a detector's pictures; other models have none
+    samples = load_samples(reg, name, manifest.raw)  # a detector's pictures; other models have none
     if samples is not None:
         doc["samples"] = samples
     doc["passed"], doc["reasons"] = verdict(doc)
     return doc
 
 
-def _check_summary(result: Mapping[str, Any]) -> str:
-    figures = result.get("figures") or {}
+def _check_summary(result: Check) -> str:
+    figures = result.figures
     parts = [f"{k} {fmt(figures[k])}" for k in _FIGURE_KEYS if k in figures]
     limits = [
         f"{k} {fmt(v)}"
-        for k, v in sorted((result.get("thresholds") or {}).items())
+        for k, v in sorted(result.thresholds.items())
         if v is not None and k != "outlier_level"
     ]
     text = ", ".join(parts)
     if limits:
         text += f" (thresholds: {', '.join(limits)})"
-    if result.get("method"):
-        text += f" [{result['method']}]"
+    if result.method:
+        text += f" [{result.method}]"
     return text
 
 
@@ -186,18 +192,17 @@ def render_text(report: Mapping[str, Any]) -> str:
         )
     lines.append("lineage:")
     lines += [f"  {'  ' * i}{lineage_line(e)}" for i, e in enumerate(report["lineage"])]
-    t = report["transfer"]
-    counts = t["counts"]
+    t = transfer(report)
+    counts = t.extra["counts"]  # the report's tally of the tensor rows
     lines.append(
-        f"transfer: mapping {t.get('mapping') or '-'}, mode {t.get('mode', '-')};"
+        f"transfer: mapping {t.mapping or '-'}, mode {'-' if t.mode is None else t.mode};"
         f" {counts['transferred']} transferred, {counts['reinitialized']} re-initialised,"
         f" {counts['new']} new, {counts['frozen']} frozen tensors"
     )
-    for row in report["tensors"]:
-        src = row.get("source_name") or ""
+    for row in tensors(report):
         lines.append(
-            f"  {row['name']:<24} {'x'.join(map(str, row['shape'])):<12} {row['origin']:<13}"
-            f" {'frozen' if row['frozen'] else 'trained':<8} {src}".rstrip()
+            f"  {row.name:<24} {'x'.join(map(str, row.shape)):<12} {row.origin:<13}"
+            f" {'frozen' if row.frozen else 'trained':<8} {row.source_name or ''}".rstrip()
         )
     metrics = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(report["metrics"].items()))
     lines.append(f"metrics: {metrics or '-'}")
@@ -208,13 +213,11 @@ def render_text(report: Mapping[str, Any]) -> str:
     if per:
         shown = [(f"{k} {label(names, k)}" if names else k, fmt(v)) for k, v in per]
         lines.append("per class: " + ", ".join(f"{k} {v}" for k, v in shown))
-    for gate in report["gates"]:
-        mark = "pass" if gate["passed"] else "FAIL"
-        lines.append(
-            f"gate {gate['metric']} {gate['op']} {gate['threshold']}: {mark} ({fmt(gate['value'])})"
-        )
-    for check, result in sorted(report["checks"].items()):
-        mark = "pass" if result.get("passed") else "FAIL"
+    for gate in gates(report):
+        mark = "pass" if gate.passed else "FAIL"
+        lines.append(f"gate {gate.metric} {gate.op} {gate.threshold}: {mark} ({fmt(gate.value)})")
+    for check, result in sorted(checks(report).items()):
+        mark = "pass" if result.passed else "FAIL"
         lines.append(f"check {check}: {mark}  {_check_summary(result)}")
     curve = report["curve"]
     if curve:

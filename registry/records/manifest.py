@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from stemma.registry.records._reader import Reader
 
@@ -48,6 +48,15 @@ class Record:
 
     # JSON key -> attribute, where they differ (`from` is a Python keyword)
     _RENAMED: ClassVar[Mapping[str, str]] = {"from": "from_"}
+
+    @classmethod
+    def from_dict(cls, doc: Any, display: str = MANIFEST_FILE, pointer: str = "") -> Self:
+        """Read `doc`, the object at `pointer` of the file `display` (both for errors)."""
+        return cls._read(Reader(doc, display, pointer))
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        raise NotImplementedError(cls.__name__)  # each record reads its own fields
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, keys in the order they were read."""
@@ -91,7 +100,7 @@ class FileRef(Record):
     format: str
 
     @classmethod
-    def from_dict(cls, r: Reader) -> FileRef:
+    def _read(cls, r: Reader) -> Self:
         """Read a file block."""
         r.closed(_FILE_KEYS)
         return cls(
@@ -119,7 +128,7 @@ class Weights(Record):
     shards: tuple[FileRef, ...] | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Weights:
+    def _read(cls, r: Reader) -> Self:
         """Read a weights block."""
         r.closed(_known(cls))
         shards = r.opt_objs("shards")
@@ -130,7 +139,7 @@ class Weights(Record):
             sha256=r.text("sha256"),
             bytes=r.integer("bytes"),
             format=r.text("format"),
-            shards=None if shards is None else tuple(FileRef.from_dict(s) for s in shards),
+            shards=None if shards is None else tuple(FileRef._read(s) for s in shards),
         )
 
 
@@ -146,7 +155,7 @@ class Numerics(Record):
     fingerprint: Mapping[str, Any] | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Numerics:
+    def _read(cls, r: Reader) -> Self:
         """Read a numerics block."""
         fingerprint = r.opt_obj("fingerprint")
         if fingerprint is not None:  # checked, kept as written
@@ -179,7 +188,7 @@ class Run(Record):
     numerics: Numerics | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Run:
+    def _read(cls, r: Reader) -> Self:
         """Read a run block."""
         numerics = r.opt_obj("numerics")
         return cls(
@@ -192,7 +201,7 @@ class Run(Record):
             torch=r.opt_text("torch"),
             seed=r.opt_integer("seed"),
             deterministic=r.opt_flag("deterministic"),
-            numerics=None if numerics is None else Numerics.from_dict(numerics),
+            numerics=None if numerics is None else Numerics._read(numerics),
         )
 
 
@@ -207,7 +216,7 @@ class ModelRef(Record):
     id: str
 
     @classmethod
-    def from_dict(cls, r: Reader) -> ModelRef:
+    def _read(cls, r: Reader) -> Self:
         """Read a model reference."""
         r.closed(("model", "id"))
         return cls(keys=r.keys, model=r.text("model"), id=r.text("id"))
@@ -223,7 +232,7 @@ class Source(Record):
     parents: tuple[ModelRef, ...] | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Source:
+    def _read(cls, r: Reader) -> Self:
         """Read a source block."""
         r.closed(_known(cls))
         parents = r.opt_objs("parents")
@@ -232,7 +241,7 @@ class Source(Record):
             model=r.text("model"),
             relation=r.choice("relation", RELATIONS),
             id=r.text("id"),
-            parents=None if parents is None else tuple(ModelRef.from_dict(p) for p in parents),
+            parents=None if parents is None else tuple(ModelRef._read(p) for p in parents),
         )
 
 
@@ -244,7 +253,7 @@ class DatasetRef(Record):
     id: str
 
     @classmethod
-    def from_dict(cls, r: Reader) -> DatasetRef:
+    def _read(cls, r: Reader) -> Self:
         """Read a dataset reference."""
         r.closed(("name", "id"))
         return cls(keys=r.keys, name=r.text("name"), id=r.text("id"))
@@ -263,7 +272,7 @@ class Tensor(Record):
     source_name: str | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Tensor:
+    def _read(cls, r: Reader) -> Self:
         """Read a tensor row."""
         r.closed(_known(cls))
         return cls(
@@ -291,14 +300,14 @@ class Architecture(Record):
         return str(self.config["family"])
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Architecture:
+    def _read(cls, r: Reader) -> Self:
         """Read an architecture block."""
         r.closed(("config", "tensors"))
         r.obj("config").text("family")
         return cls(
             keys=r.keys,
             config=r.free("config"),
-            tensors=tuple(Tensor.from_dict(t) for t in r.objs("tensors")),
+            tensors=tuple(Tensor._read(t) for t in r.objs("tensors")),
         )
 
 
@@ -311,7 +320,7 @@ class Parameters(Record):
     transferred: int
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Parameters:
+    def _read(cls, r: Reader) -> Self:
         """Read a parameters block."""
         r.closed(("total", "trainable", "transferred"))
         return cls(
@@ -330,7 +339,7 @@ class Pair(Record):
     source: str
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Pair:
+    def _read(cls, r: Reader) -> Self:
         """Read a pair."""
         r.closed(("target", "source"))
         return cls(keys=r.keys, target=r.text("target"), source=r.text("source"))
@@ -347,7 +356,7 @@ class Transfer(Record):
     pairs: tuple[Pair, ...] | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Transfer:
+    def _read(cls, r: Reader) -> Self:
         """Read a transfer block."""
         pairs = r.opt_objs("pairs")
         return cls(
@@ -357,7 +366,7 @@ class Transfer(Record):
             mode=r.opt_text("mode"),
             unused_source=r.opt_array("unused_source", "a string"),
             features_cached=r.opt_flag("features_cached"),
-            pairs=None if pairs is None else tuple(Pair.from_dict(p) for p in pairs),
+            pairs=None if pairs is None else tuple(Pair._read(p) for p in pairs),
         )
 
 
@@ -369,7 +378,7 @@ class Tokenizer(Record):
     from_: str
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Tokenizer:
+    def _read(cls, r: Reader) -> Self:
         """Read a tokenizer block."""
         r.closed(("files", "from"))
         return cls(keys=r.keys, files=r.table("files", "a string"), from_=r.text("from"))
@@ -383,7 +392,7 @@ class Generation(Record):
     output: str
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Generation:
+    def _read(cls, r: Reader) -> Self:
         """Read a generation."""
         r.closed(("prompt", "output"))
         return cls(keys=r.keys, prompt=r.text("prompt"), output=r.text("output"))
@@ -400,7 +409,7 @@ class LanguageModel(Record):
     generations: tuple[Generation, ...]
 
     @classmethod
-    def from_dict(cls, r: Reader) -> LanguageModel:
+    def _read(cls, r: Reader) -> Self:
         """Read an lm block."""
         r.closed(_known(cls))
         return cls(
@@ -409,7 +418,7 @@ class LanguageModel(Record):
             block_size=r.integer("block_size"),
             blocks=r.table("blocks", "an integer"),
             eval_tokens=r.integer("eval_tokens"),
-            generations=tuple(Generation.from_dict(g) for g in r.objs("generations")),
+            generations=tuple(Generation._read(g) for g in r.objs("generations")),
         )
 
 
@@ -424,7 +433,7 @@ class Gate(Record):
     passed: bool
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Gate:
+    def _read(cls, r: Reader) -> Self:
         """Read a gate."""
         return cls(
             keys=r.keys,
@@ -465,7 +474,7 @@ class Check(Record):
         return None if method is None else str(method)
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Check:
+    def _read(cls, r: Reader) -> Self:
         """Read a check result."""
         return cls(keys=r.keys, extra=r.extra(("passed",)), passed=r.flag("passed"))
 
@@ -478,7 +487,7 @@ class MergeTensor(Record):
     parents: tuple[str, ...]
 
     @classmethod
-    def from_dict(cls, r: Reader) -> MergeTensor:
+    def _read(cls, r: Reader) -> Self:
         """Read a merged tensor row."""
         r.closed(("name", "parents"))
         return cls(keys=r.keys, name=r.text("name"), parents=r.array("parents", "a string"))
@@ -494,14 +503,14 @@ class Merge(Record):
     base: str | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Merge:
+    def _read(cls, r: Reader) -> Self:
         """Read a merge block."""
         r.closed(_known(cls))
         return cls(
             keys=r.keys,
             method=r.choice("method", ("linear", "task_arithmetic", "ties", "slerp", "adapter")),
             parameters=r.free("parameters"),
-            tensors=tuple(MergeTensor.from_dict(t) for t in r.objs("tensors")),
+            tensors=tuple(MergeTensor._read(t) for t in r.objs("tensors")),
             base=r.opt_text("base", null=True),
         )
 
@@ -520,17 +529,17 @@ class Adapter(Record):
     modules_to_save: tuple[str, ...] | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Adapter:
+    def _read(cls, r: Reader) -> Self:
         """Read an adapter block."""
         r.closed(_known(cls))
         return cls(
             keys=r.keys,
             format=r.choice("format", ("peft-lora",)),
-            base=ModelRef.from_dict(r.obj("base")),
+            base=ModelRef._read(r.obj("base")),
             r=r.integer("r"),
             alpha=r.number("alpha"),
             target_modules=r.array("target_modules", "a string"),
-            config=FileRef.from_dict(r.obj("config")),
+            config=FileRef._read(r.obj("config")),
             dropout=r.opt_number("dropout"),
             modules_to_save=r.opt_array("modules_to_save", "a string"),
         )
@@ -544,7 +553,7 @@ class Library(Record):
     version: str
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Library:
+    def _read(cls, r: Reader) -> Self:
         """Read a library block."""
         r.closed(("name", "version"))
         return cls(keys=r.keys, name=r.text("name"), version=r.text("version"))
@@ -559,7 +568,7 @@ class QuantizeSize(Record):
     ratio: float
 
     @classmethod
-    def from_dict(cls, r: Reader) -> QuantizeSize:
+    def _read(cls, r: Reader) -> Self:
         """Read a size block."""
         r.closed(("bytes_before", "bytes_after", "ratio"))
         return cls(
@@ -582,7 +591,7 @@ class QuantizeQuality(Record):
     passed: bool
 
     @classmethod
-    def from_dict(cls, r: Reader) -> QuantizeQuality:
+    def _read(cls, r: Reader) -> Self:
         """Read a quality block."""
         r.closed(_known(cls))
         return cls(
@@ -609,23 +618,19 @@ class Quantize(Record):
     hf_quantization_config: Mapping[str, Any] | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Quantize:
+    def _read(cls, r: Reader) -> Self:
         """Read a quantize block."""
         r.closed(_known(cls))
         return cls(
             keys=r.keys,
             method=r.choice("method", ("int8_weight_only", "int8_dynamic")),
-            library=Library.from_dict(r.obj("library")),
+            library=Library._read(r.obj("library")),
             config=r.free("config"),
             layers=r.integer("layers"),
-            size=QuantizeSize.from_dict(r.obj("size")),
-            quality=QuantizeQuality.from_dict(r.obj("quality")),
+            size=QuantizeSize._read(r.obj("size")),
+            quality=QuantizeQuality._read(r.obj("quality")),
             hf_quantization_config=r.opt_free("hf_quantization_config"),
         )
-
-
-def _read(doc: Any, display: str) -> Reader:
-    return Reader(doc, display)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -661,15 +666,13 @@ class ModelManifest(Record):
     quantize: Quantize | None = None
 
     @classmethod
-    def from_dict(cls, doc: Any, display: str = MANIFEST_FILE) -> ModelManifest:
-        """Read a model manifest document; `display` names the file in errors."""
-        r = _read(doc, display)
+    def _read(cls, r: Reader) -> Self:
         r.closed(_known(cls))
-        source = None if r.doc.get("source", 0) is None else Source.from_dict(r.obj("source"))
+        source = None if r.doc.get("source", 0) is None else Source._read(r.obj("source"))
         datasets = r.members("datasets")
         transfer, samples, tokenizer = r.opt_obj("transfer"), r.opt_obj("samples"), None
         if r.has("tokenizer"):
-            tokenizer = Tokenizer.from_dict(r.obj("tokenizer"))
+            tokenizer = Tokenizer._read(r.obj("tokenizer"))
         lm, checks = r.opt_obj("lm"), r.opt_members("checks")
         merge, adapter, quantize = r.opt_obj("merge"), r.opt_obj("adapter"), r.opt_obj("quantize")
         return cls(
@@ -681,26 +684,26 @@ class ModelManifest(Record):
             spec=r.free("spec"),
             spec_digest=r.text("spec_digest"),
             source=source,
-            datasets={role: DatasetRef.from_dict(d) for role, d in datasets.items()},
-            weights=Weights.from_dict(r.obj("weights")),
-            architecture=Architecture.from_dict(r.obj("architecture")),
-            parameters=Parameters.from_dict(r.obj("parameters")),
+            datasets={role: DatasetRef._read(d) for role, d in datasets.items()},
+            weights=Weights._read(r.obj("weights")),
+            architecture=Architecture._read(r.obj("architecture")),
+            parameters=Parameters._read(r.obj("parameters")),
             metrics=r.table("metrics", "a number"),
-            gates=tuple(Gate.from_dict(g) for g in r.objs("gates")),
-            run=Run.from_dict(r.obj("run")),
-            transfer=None if transfer is None else Transfer.from_dict(transfer),
+            gates=tuple(Gate._read(g) for g in r.objs("gates")),
+            run=Run._read(r.obj("run")),
+            transfer=None if transfer is None else Transfer._read(transfer),
             per_class=r.opt_table("per_class", "a number"),
-            samples=None if samples is None else FileRef.from_dict(samples),
+            samples=None if samples is None else FileRef._read(samples),
             task=r.choice("task", TASKS, required=False),
             tokenizer=tokenizer,
-            lm=None if lm is None else LanguageModel.from_dict(lm),
+            lm=None if lm is None else LanguageModel._read(lm),
             class_names=r.opt_array("class_names", "a string"),
-            checks=None if checks is None else {k: Check.from_dict(c) for k, c in checks.items()},
-            merge=None if merge is None else Merge.from_dict(merge),
-            adapter=None if adapter is None else Adapter.from_dict(adapter),
+            checks=None if checks is None else {k: Check._read(c) for k, c in checks.items()},
+            merge=None if merge is None else Merge._read(merge),
+            adapter=None if adapter is None else Adapter._read(adapter),
             exploration=r.opt_free("exploration"),
             search=r.opt_free("search"),
-            quantize=None if quantize is None else Quantize.from_dict(quantize),
+            quantize=None if quantize is None else Quantize._read(quantize),
         )
 
     @property
@@ -727,7 +730,7 @@ class TextData(Record):
     bytes: Mapping[str, int] | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> TextData:
+    def _read(cls, r: Reader) -> Self:
         """Read a text block."""
         r.closed(_known(cls))
         return cls(
@@ -747,7 +750,7 @@ class Split(Record):
     class_counts: Mapping[str, int]
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Split:
+    def _read(cls, r: Reader) -> Self:
         """Read a split block."""
         return cls(
             keys=r.keys,
@@ -767,7 +770,7 @@ class Stats(Record):
     cov_top_eigenvalues: tuple[float, ...] | None = None
 
     @classmethod
-    def from_dict(cls, r: Reader) -> Stats:
+    def _read(cls, r: Reader) -> Self:
         """Read a stats block."""
         return cls(
             keys=r.keys,
@@ -801,9 +804,7 @@ class DatasetManifest(Record):
     stats: Stats | None = None
 
     @classmethod
-    def from_dict(cls, doc: Any, display: str = MANIFEST_FILE) -> DatasetManifest:
-        """Read a dataset manifest document; `display` names the file in errors."""
-        r = _read(doc, display)
+    def _read(cls, r: Reader) -> Self:
         r.closed(_known(cls))
         text, stats = r.opt_obj("text"), r.opt_obj("stats")
         return cls(
@@ -814,16 +815,16 @@ class DatasetManifest(Record):
             id=r.text("id"),
             spec=r.free("spec"),
             spec_digest=r.text("spec_digest"),
-            data=FileRef.from_dict(r.obj("data")),
+            data=FileRef._read(r.obj("data")),
             shape=r.array("shape", "an integer"),
             classes=r.array("classes", "an integer"),
-            splits={k: Split.from_dict(s) for k, s in r.members("splits").items()},
-            run=Run.from_dict(r.obj("run")),
+            splits={k: Split._read(s) for k, s in r.members("splits").items()},
+            run=Run._read(r.obj("run")),
             dtype=r.opt_text("dtype"),
             task=r.choice("task", TASKS, required=False),
-            text=None if text is None else TextData.from_dict(text),
+            text=None if text is None else TextData._read(text),
             class_names=r.opt_array("class_names", "a string"),
-            stats=None if stats is None else Stats.from_dict(stats),
+            stats=None if stats is None else Stats._read(stats),
         )
 
     @property
@@ -834,8 +835,7 @@ class DatasetManifest(Record):
 
 def manifest_record(doc: Any, display: str = MANIFEST_FILE) -> ModelManifest | DatasetManifest:
     """The typed record of a model or dataset manifest document (by its `kind`)."""
-    r = _read(doc, display)
-    kind = r.choice("kind", ("model", "dataset"))
+    kind = Reader(doc, display).choice("kind", ("model", "dataset"))
     if kind == "model":
         return ModelManifest.from_dict(doc, display)
     return DatasetManifest.from_dict(doc, display)

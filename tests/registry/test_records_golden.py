@@ -20,6 +20,7 @@ from stemma.registry.errors import SchemaError
 from stemma.registry.records.core import Manifest
 from stemma.registry.records.manifest import (
     DatasetManifest,
+    Gate,
     ModelManifest,
     manifest_record,
 )
@@ -221,3 +222,12 @@ def test_a_missing_field_and_a_wrong_type_name_file_and_pointer() -> None:
     extra["parameters"]["totl"] = 1
     with pytest.raises(SchemaError, match="at /parameters/totl: unknown key 'totl'"):
         ModelManifest.from_dict(extra)
+
+
+def test_a_block_reads_on_its_own_at_its_pointer() -> None:
+    gate = {"metric": "accuracy", "op": ">=", "threshold": 0.9, "value": None, "passed": False}
+    record = Gate.from_dict(gate, "report.json", "/gates/0")
+    assert record.value is None and record.has("value") and record.to_dict() == gate
+    with pytest.raises(SchemaError) as caught:
+        Gate.from_dict({**gate, "op": "=>"}, "report.json", "/gates/0")
+    assert str(caught.value).startswith("report.json at /gates/0/op: expected one of")
