@@ -11,7 +11,6 @@ torch or huggingface_hub: a card is text.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import yaml
 from stemma.registry.errors import StemmaError
 from stemma.registry.records.core import Manifest
-from stemma.registry.rules.parents import recorded_parents
+from stemma.registry.records.manifest import ModelManifest
 from stemma.registry.store.files import Outputs
 from stemma.registry.store.handle import Registry
 from stemma.registry.versions.resolve import resolve
@@ -64,7 +63,7 @@ def _spec_hub_id(reg: Registry, kind: str, name: str, recorded: Manifest | None)
     except StemmaError:
         value = None
     if not value and recorded is not None:
-        value = (recorded.raw.get("spec") or {}).get("hub_id")
+        value = recorded.record.spec.get("hub_id")  # the spec block is free-form
     return str(value) if value else None
 
 
@@ -82,52 +81,54 @@ def hub_id(reg: Registry, name: str) -> str | None:
     return _spec_hub_id(reg, "model", name, _manifest(reg, "model", name))
 
 
-def _sources(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The parents a manifest records: one `source` block today; a list is read the same
-    way, so a merge that records several parents lists them all."""
-    src = raw.get("source")
-    blocks = src if isinstance(src, list) else [src]
-    if isinstance(src, dict) and isinstance(src.get("parents"), list):  # a merge's several
-        rel = src.get("relation")
-        blocks = [{"model": n, "id": i, "relation": rel} for n, i in recorded_parents(raw)]
-    return [b for b in blocks if isinstance(b, dict) and b.get("model")]
+@dataclass(frozen=True)
+class _Hop:
+    """A link of the lineage: the parent, how the child came from it, its id then and now."""
+
+    model: str
+    relation: str
+    id: str
+    current: str | None = None  # the parent's manifest id today (None: not built)
+
+
+def _sources(manifest: ModelManifest) -> list[_Hop]:
+    """The parents a manifest records: a merge's `source.parents` (all with the merge's
+    relation), else its one `source`."""
+    src = manifest.source
+    if src is None:
+        return []
+    if src.parents is not None:  # a merge's several
+        return [_Hop(p.model, src.relation, p.id) for p in src.parents]
+    return [_Hop(src.model, src.relation, src.id)]
 
 
 def parents(reg: Registry, manifest: Manifest) -> list[dict[str, Any]]:
     """Each recorded parent: name, relation, the version used and its Hub id (or None)."""
     return [
         {
-            "model": str(src["model"]),
-            "relation": str(src.get("relation") or "finetune"),
-            "version": src.get("id"),
-            "hub_id": hub_id(reg, str(src["model"])),
+            "model": src.model,
+            "relation": src.relation,
+            "version": src.id,
+            "hub_id": hub_id(reg, src.model),
         }
-        for src in _sources(manifest.raw)
+        for src in _sources(manifest.model)
     ]
 
 
-def _lineage(reg: Registry, manifest: Manifest) -> list[dict[str, Any]]:
+def _lineage(reg: Registry, manifest: Manifest) -> list[_Hop]:
     """Every ancestor, depth first from each parent, with the id recorded and the id now."""
-    chain: list[dict[str, Any]] = []
+    chain: list[_Hop] = []
     seen = {manifest.name}
-    todo = [(manifest.raw, src) for src in reversed(_sources(manifest.raw))]
+    todo = list(reversed(_sources(manifest.model)))
     while todo:
-        _, src = todo.pop()
-        name = str(src["model"])
-        if name in seen:
+        src = todo.pop()
+        if src.model in seen:
             continue
-        seen.add(name)
-        now = _manifest(reg, "model", name)
-        chain.append(
-            {
-                "model": name,
-                "relation": src.get("relation"),
-                "id": src.get("id"),
-                "current": None if now is None else now.id,
-            }
-        )
+        seen.add(src.model)
+        now = _manifest(reg, "model", src.model)
+        chain.append(_Hop(src.model, src.relation, src.id, None if now is None else now.id))
         if now is not None:
-            todo += [(now.raw, s) for s in reversed(_sources(now.raw))]
+            todo += reversed(_sources(now.model))
     return chain
 
 
@@ -148,15 +149,15 @@ def pipeline_tag(config: dict[str, Any], task: str | None) -> str | None:
     return "tabular-regression" if regression else "tabular-classification"
 
 
-def _datasets(reg: Registry, raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _datasets(reg: Registry, manifest: ModelManifest) -> list[dict[str, Any]]:
     """Each dataset role the version recorded, with its Hub id (or None)."""
     out = []
     for role in ("train", "eval"):
-        ref = (raw.get("datasets") or {}).get(role)
-        if isinstance(ref, dict) and ref.get("name"):
-            name = str(ref["name"])
-            hub = _spec_hub_id(reg, "dataset", name, _manifest(reg, "dataset", name))
-            out.append({"role": role, "name": name, "version": ref.get("id"), "hub_id": hub})
+        ref = manifest.datasets.get(role)
+        if ref is not None:
+            found = _manifest(reg, "dataset", ref.name)
+            hub = _spec_hub_id(reg, "dataset", ref.name, found)
+            out.append({"role": role, "name": ref.name, "version": ref.id, "hub_id": hub})
     return out
 
 
@@ -164,10 +165,10 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
     """The card's YAML metadata, in the Hub's field names. `base_model` and `datasets` hold
     Hub ids only (the Hub reads any other string as one, and links it to whatever repository
     has that name); registry names and versions go under `stemma`, marked as local."""
-    raw = manifest.raw
-    spec = raw.get("spec") or {}
-    config = dict((raw.get("architecture") or {}).get("config") or {})
-    family = str(config.get("family", ""))
+    built = manifest.model
+    spec = built.spec  # free-form: the resolved spec the build used
+    config = dict(built.architecture.config)
+    family = built.architecture.family
     parent_list = parents(reg, manifest)
     relation = parent_list[0]["relation"] if parent_list else None
     meta: dict[str, Any] = {}
@@ -181,7 +182,7 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
         several = relation == "merge" or len(bases) > 1
         meta["base_model"] = bases if several else bases[0]
         meta["base_model_relation"] = HUB_RELATION.get(str(relation), "finetune")
-    data = _datasets(reg, raw)
+    data = _datasets(reg, built)
     hub_data = list(dict.fromkeys(d["hub_id"] for d in data if d["hub_id"]))
     if hub_data:
         meta["datasets"] = hub_data
@@ -194,15 +195,16 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
     if spec.get("license"):
         meta["license"] = spec["license"]
     if not config.get("in_shape") and data:  # older manifests: the data's sample shape
-        shape = (_manifest(reg, "dataset", data[-1]["name"]) or manifest).raw.get("shape")
-        config["in_shape"] = shape if isinstance(shape, list) else []
-    tag = pipeline_tag(config, raw.get("task"))
+        found = _manifest(reg, "dataset", data[-1]["name"])
+        config["in_shape"] = [] if found is None else list(found.dataset.shape)
+    tag = pipeline_tag(config, built.task)
     if tag:
         meta["pipeline_tag"] = tag
-    library = "peft" if raw.get("adapter") or relation == "adapter" else LIBRARY.get(family)
+    adapter = built.adapter is not None or relation == "adapter"
+    library = "peft" if adapter else LIBRARY.get(family)
     if library:
         meta["library_name"] = library
-    metrics = {k: v for k, v in (raw.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    metrics = {k: v for k, v in built.metrics.items() if isinstance(v, (int, float))}
     if metrics and data:
         evaluated = data[-1]  # eval when recorded, else train
         meta["model-index"] = [
@@ -240,65 +242,59 @@ def _json(value: Any) -> str:
 def body(reg: Registry, manifest: Manifest, usage_lines: list[str] | None = None) -> str:
     """The card's Markdown: what the model is, how to load it, where it comes from, how it
     was checked."""
-    raw = manifest.raw
-    spec = raw.get("spec") or {}
+    built = manifest.model
+    spec = built.spec  # free-form: the resolved spec the build used
     out = [f"# {manifest.name}", ""]
     if spec.get("description"):
         out += [str(spec["description"]), ""]
-    out += [f"stemma version `{manifest.id}`, weights `{raw['weights']['sha256']}`.", ""]
+    out += [f"stemma version `{manifest.id}`, weights `{built.weights.sha256}`.", ""]
     out += usage_lines or []
     out += ["## Lineage", ""]
     chain = _lineage(reg, manifest)
     if not chain:
         out.append("Trained from scratch.")
     for hop in chain:
-        stale = hop["current"] is not None and hop["current"] != hop["id"]
-        verb = "distilled from" if hop["relation"] == "distill" else f"{hop['relation']} of"
-        note = f" (now {str(hop['current'])[:19]}: rebuild to follow it)" if stale else ""
-        out.append(f"- {verb} **{hop['model']}** `{str(hop['id'])[:19]}`{note}")
-    for role, ref in sorted((raw.get("datasets") or {}).items()):
-        out.append(f"- {role} data: **{ref['name']}** `{str(ref['id'])[:19]}`")
+        stale = hop.current is not None and hop.current != hop.id
+        verb = "distilled from" if hop.relation == "distill" else f"{hop.relation} of"
+        note = f" (now {str(hop.current)[:19]}: rebuild to follow it)" if stale else ""
+        out.append(f"- {verb} **{hop.model}** `{hop.id[:19]}`{note}")
+    for role, ref in sorted(built.datasets.items()):
+        out.append(f"- {role} data: **{ref.name}** `{ref.id[:19]}`")
     out += ["", "## Transfer report", ""]
-    transfer = raw.get("transfer") or {}
+    transfer = {} if built.transfer is None else built.transfer.to_dict()
     for key in sorted(transfer):
         out.append(f"- {key}: {_json(transfer[key])}")
-    tensors = (raw.get("architecture") or {}).get("tensors") or []
+    tensors = built.architecture.tensors
     origins: dict[str, int] = {}
     for t in tensors:
-        origins[t["origin"]] = origins.get(t["origin"], 0) + 1
+        origins[t.origin] = origins.get(t.origin, 0) + 1
     if origins:
         counts = ", ".join(f"{n} {o}" for o, n in sorted(origins.items()))
-        frozen = sum(1 for t in tensors if t.get("frozen"))
+        frozen = sum(1 for t in tensors if t.frozen)
         out.append(f"- tensors: {counts}; {frozen} frozen")
-    params = raw.get("parameters") or {}
-    if params:
-        out.append(f"- parameters: {_json(params)}")
+    out.append(f"- parameters: {_json(built.parameters.to_dict())}")
     if spec.get("training"):
         out.append(f"- training: {_json(spec['training'])}")
     out += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
-    out += [f"| {k} | {v} |" for k, v in sorted((raw.get("metrics") or {}).items())]
-    generations = (raw.get("lm") or {}).get("generations") or []
+    out += [f"| {k} | {v} |" for k, v in sorted(built.metrics.items())]
+    generations = built.lm.generations if built.lm is not None else ()
     if generations:  # JSON strings: a prompt's newlines or Markdown stay inert text
         out += ["", "## Sample generations (greedy)", ""]
-        out += [f"- {_json(g['prompt'])} -> {_json(g['output'])}" for g in generations]
+        out += [f"- {_json(g.prompt)} -> {_json(g.output)}" for g in generations]
     out += ["", "## Gates", ""]
-    gates = raw.get("gates") or []
-    if gates:
+    if built.gates:
         out += ["| metric | rule | value | passed |", "| --- | --- | --- | --- |"]
         out += [
-            f"| {g['metric']} | {g['op']} {g['threshold']} | {g['value']} | {g['passed']} |"
-            for g in gates
+            f"| {g.metric} | {g.op} {g.threshold} | {g.value} | {g.passed} |" for g in built.gates
         ]
     else:
         out.append("No gates declared.")
     out += ["", "## Checks", ""]
-    checks = raw.get("checks") or {}
-    if checks:
+    if built.checks:
         out += ["| check | passed | figures |", "| --- | --- | --- |"]
-        for name, result in sorted(checks.items()):
-            figures = result.get("figures") or {}
-            shown = {k: v for k, v in figures.items() if not isinstance(v, dict)}
-            out.append(f"| {name} | {result.get('passed')} | {_json(shown)} |")
+        for name, result in sorted(built.checks.items()):
+            shown = {k: v for k, v in result.figures.items() if not isinstance(v, dict)}
+            out.append(f"| {name} | {result.passed} | {_json(shown)} |")
     else:
         out.append("No checks declared.")
     return "\n".join(out) + "\n"
@@ -309,8 +305,8 @@ def _targets(reg: Registry, manifest: Manifest, folder: Path | None) -> dict[str
     adapter, its base's Hub id, else the folder its own export goes to (beside this one)."""
     own = hub_id(reg, manifest.name)
     where = own or (str(folder) if folder is not None else manifest.name)
-    base = (manifest.raw.get("adapter") or {}).get("base") or {}
-    base_name = str(base.get("model") or "") or None
+    adapter = manifest.model.adapter
+    base_name = None if adapter is None else adapter.base.model
     base_hub = hub_id(reg, base_name) if base_name else None
     base_ref = base_hub
     if base_name and base_hub is None:
