@@ -26,10 +26,10 @@ from stemma.registry.records.core import (
     MODEL_MANIFEST,
     DatasetSpec,
     ModelSpec,
-    validate_document,
 )
 from stemma.registry.rules.parents import is_merge, pointer_of
 from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION, spec_problems
+from stemma.registry.store.documents import validate_document
 from stemma.registry.store.files import (
     canonical_json,
     content_id,

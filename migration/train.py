@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from stemma.registry.errors import BuildError
-from stemma.registry.records.core import MODEL_SPEC, validate_document
+from stemma.registry.records.core import MODEL_SPEC
 from stemma.registry.rules.taskspec import LOSSES as TASK_LOSSES
+from stemma.registry.store.documents import validate_document
 from torch import nn
 
 from . import distributed as dist

@@ -188,8 +188,9 @@ def _read_specs(reg: Registry) -> None:
     read cache. A spec outside the subset, or one its schema refuses, is left for the
     registry to read, so that its error reads as everywhere else."""
     from stemma.registry.errors import StemmaError
-    from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC, validate_document
+    from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC
     from stemma.registry.store import _fastyaml
+    from stemma.registry.store.documents import validate_document
 
     for kind, names, schema in (
         ("datasets", reg.dataset_names(), DATASET_SPEC),

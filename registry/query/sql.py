@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import QueryError
 from stemma.registry.query import _watched
-from stemma.registry.store import _sql
+from stemma.registry.store import _engine, _sql
+from stemma.registry.store._engine import one_line
 
 if TYPE_CHECKING:
     import duckdb
@@ -147,7 +148,7 @@ def query(
     """Run one read-only statement (SELECT, EXPLAIN, DESCRIBE, SUMMARIZE, PIVOT) over the
     registry's views and return its rows; stopped with a `QueryError` after `timeout`
     seconds or past `memory_limit`."""
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
     from stemma.registry.store.index import open_index
 
     # A handle that queries again runs on its copy of the index while its monitor says
@@ -186,7 +187,7 @@ def _run(
     con: duckdb.DuckDBPyConnection, sql: str, timeout: float, memory_limit: str
 ) -> QueryResult:
     """Check `sql` and run it on the locked-down `con` within `timeout` seconds."""
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
 
     check_sql(con, sql)
     # DuckDB has no statement timeout: a watchdog interrupts the connection instead.
@@ -260,16 +261,9 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-def one_line(exc: BaseException) -> str:
-    """An engine error as one line (DuckDB's messages span several)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = " ".join(ln for ln in lines if not ln.startswith("LINE ") and set(ln) != {"^"})
-    return text[:500] or type(exc).__name__
-
-
 def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse anything but a single SELECT (or EXPLAIN of one), naming what was given."""
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
 
     try:
         statements = con.extract_statements(sql)
@@ -298,7 +292,7 @@ def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 def _refuse_file_access(sql: str) -> None:
     """Refuse a query that calls a file-reading table function or names a file as a table."""
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
 
     tokens = duckdb.tokenize(sql)
     previous = ""
@@ -401,7 +395,7 @@ def export_parquet(
     import shutil
     import tempfile
 
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
     from stemma.registry.store.files import Outputs
     from stemma.registry.store.index import open_index
 

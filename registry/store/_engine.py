@@ -5,23 +5,25 @@ its own version up among the installed distributions: about 0.1 s, a third of th
 `stemma query` on a small registry, for code stemma never calls. The engine is the extension
 module `_duckdb`, whose `connect`, connection and exception classes `duckdb` re-exports as
 they are. Where the installed DuckDB has that module, it alone is imported; elsewhere (1.x,
-or another layout) the `duckdb` package is. Import `duckdb` from here, inside functions:
-commands that never query do not load DuckDB at all.
+or another layout) the `duckdb` package is. Call `duckdb()` where the engine is needed:
+importing this module loads nothing, so commands that never query do not load DuckDB at all.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
-from typing import TYPE_CHECKING
 
-__all__ = ["duckdb"]
+__all__ = ["duckdb", "one_line"]
 
 # What stemma takes from the module.
 USED = ("connect", "DuckDBPyConnection", "Error", "IOException", "InvalidInputException")
 
 
-def _load() -> ModuleType:
+@functools.cache
+def duckdb() -> ModuleType:
+    """DuckDB's engine module (`connect`, `Error`, ...), imported on the first call."""
     try:
         engine = importlib.import_module("_duckdb")
     except ImportError:
@@ -31,7 +33,8 @@ def _load() -> ModuleType:
     return importlib.import_module("duckdb")
 
 
-if TYPE_CHECKING:
-    import duckdb
-else:
-    duckdb = _load()
+def one_line(exc: BaseException) -> str:
+    """An engine error as one line (DuckDB's messages span several)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = " ".join(ln for ln in lines if not ln.startswith("LINE ") and set(ln) != {"^"})
+    return text[:500] or type(exc).__name__

@@ -15,8 +15,11 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import SchemaError, StemmaError
-from stemma.registry.store import _snapshot, _specrow, _sql
+from stemma.registry.records.core import DATASET_MANIFEST, MODEL_MANIFEST
+from stemma.registry.store import _engine, _snapshot, _specrow, _sql
 from stemma.registry.store import derived as _store
+from stemma.registry.store.documents import parse_json_document
+from stemma.registry.store.files import parse_json_text
 
 if TYPE_CHECKING:
     import duckdb
@@ -69,7 +72,7 @@ def text_rows(
     """The text `columns` as the table `name` while the block runs. Many rows go through
     NumPy columns, which DuckDB scans without converting row by row; a few go as query
     parameters, since importing NumPy takes longer than a small refresh."""
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
 
     count = len(next(iter(columns.values())))
     if count <= FEW_ROWS:
@@ -123,7 +126,7 @@ class Attached:
 
     def attach(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         """Attach the index (detaching it first if it is)."""
-        from stemma.registry.store._engine import duckdb
+        duckdb = _engine.duckdb()
 
         if self.path is None and self.attached and self.con is not None:
             return self.con
@@ -317,7 +320,7 @@ class StoredSnapshot:
 def _begin(db: Attached, expect: tuple[str, str] | None) -> duckdb.DuckDBPyConnection:
     """Attach the index read-write and begin the transaction; `StaleIndex` when the index
     does not match the snapshot of `expect`, or cannot be opened (it is rebuilt)."""
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
 
     try:
         con = db.attach(read_only=False)
@@ -433,7 +436,7 @@ def _stage_manifests(
     reg: Registry, con: duckdb.DuckDBPyConnection, files: list[tuple[str, str]], model: bool
 ) -> None:
     """Index manifests given as (path, text)."""
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
 
     shape = _sql.MODEL_MANIFEST_SHAPE if model else _sql.DATASET_MANIFEST_SHAPE
     bad = _sql.MODEL_MANIFEST_BAD if model else _sql.DATASET_MANIFEST_BAD
@@ -461,9 +464,6 @@ def _stage_manifests(
 
 def _raise_first_error(reg: Registry, files: list[tuple[str, str]], model: bool) -> None:
     """Raise the located error (file, line or JSON pointer) of the first bad manifest."""
-    from stemma.registry.records.core import DATASET_MANIFEST, MODEL_MANIFEST, parse_json_document
-    from stemma.registry.store.files import parse_json_text
-
     for path, text in files:  # syntax first: cheap, and what makes DuckDB reject a whole chunk
         parse_json_text(text, _display(reg, path))
     schema = MODEL_MANIFEST if model else DATASET_MANIFEST

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from stemma.registry.errors import ParseError
 from stemma.registry.rules.commits import COMMITTING
+from stemma.registry.store.files import MAX_TEXT_BYTES, confined, decode_text, read_text_file
 
 KINDS = ("models", "datasets")
 SPEC = "spec.yaml"
@@ -277,8 +278,6 @@ class _Folder:
         self.kind, self.path, self.prefix = kind, f"{root}/{kind}", prefix
         self.fd = -1
         if os.path.islink(self.path):
-            from stemma.registry.store.files import confined
-
             confined(self.path, root, display(prefix, kind))
         if os.stat in os.supports_dir_fd and os.scandir in os.supports_fd:
             self.fd = os.open(self.path, os.O_RDONLY)
@@ -352,8 +351,6 @@ def read_text(root: Path | str, path: str, size: int, prefix: str = "") -> str |
     snapshot's stat is what the index records: a file changed later differs at the next
     snapshot and is read again. Files are read as `files.read_text_file` reads them:
     bounded, regular, inside the registry root."""
-    from stemma.registry.store.files import read_text_file
-
     return read_text_file(f"{root}/{path}", display(prefix, path), root=root)
 
 
@@ -375,8 +372,6 @@ def read_texts(root: Path | str, paths: list[str], prefix: str = "") -> list[str
     a fifth of the cost of `read_text`'s checks, which must hold for any path. Anything
     else (a link, a pipe, a file too large, an error) is handed to `read_text`, which
     refuses or reads it as it always does."""
-    from stemma.registry.store.files import MAX_TEXT_BYTES, decode_text
-
     out: list[str | None] = []
     fds: dict[str, int] = {}  # "models" and "models/NAME": open folder, or -1 (not plain)
     try:

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from stemma.registry.errors import SchemaError, StemmaError
+from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC
 from stemma.registry.rules.parents import parents_of, primary
 from stemma.registry.store._snapshot import display, read_texts
+from stemma.registry.store.documents import validate_document
 
 
 def parse_spec(path: str, text: str) -> dict[str, Any]:
@@ -55,8 +57,6 @@ def spec_json(display: str, text: str) -> str:
 
 def _schema_error(display: str, doc: dict[str, Any], text: str) -> StemmaError:
     """The schema's own located error for a spec the index cannot take, else a plain one."""
-    from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC, validate_document
-
     schema = DATASET_SPEC if "datasets/" in f"/{display}" else MODEL_SPEC
     validate_document(doc, schema, display, text)  # raises, with pointer and line
     return SchemaError(display, "cannot index this spec: a value is not plain data")

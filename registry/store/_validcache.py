@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from stemma import schemas
 from stemma.registry.store import derived as _store
 
 FILE = Path(".stemma") / "valid"
@@ -46,8 +47,6 @@ class _Known:
 
     def key(self, schema: str, doc: Any) -> bytes | None:
         if schema not in self.schemas:
-            from stemma import schemas
-
             text = json.dumps(schemas.validator(schema).schema, sort_keys=True)
             self.schemas[schema] = hashlib.sha256(text.encode()).digest()
         try:

@@ -18,6 +18,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from stemma.registry.store.files import write_atomic
+
 STORE = ".stemma"
 # The caches are a few megabytes on 10,000 models: a file past this is damaged, not read.
 MAX_BYTES = 256 << 20
@@ -130,8 +132,6 @@ def write(path: Path, data: bytes | str) -> bool:
         return False
     if not clear(path):
         return False
-    from stemma.registry.store.files import write_atomic
-
     try:
         write_atomic(path, data, sync=False)  # a cache: checked when read, so no fsync
     except OSError:

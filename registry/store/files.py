@@ -1,4 +1,5 @@
-"""File boundary helpers: canonical JSON, content ids, hashes and atomic writes."""
+"""File boundary helpers: bounded reads, hashes and atomic writes (canonical JSON and content
+ids come from `rules.contentid`, re-exported here for the writers)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stemma.registry.errors import ParseError, PathEscape, UnsafeFile
+from stemma.registry.rules.contentid import canonical_json as canonical_json
+from stemma.registry.rules.contentid import content_id as content_id
+from stemma.registry.rules.contentid import digest as digest
 
 CHUNK = 1 << 20
 # Specs, manifests and settings are a few kilobytes (a manifest of a large network a few
@@ -43,22 +46,6 @@ def file_kind(mode: int) -> str:
     if kind == stat.S_IFLNK:
         return "a symbolic link"
     return _KINDS.get(kind, "not a regular file")
-
-
-def canonical_json(obj: Any) -> str:
-    """Pretty, sorted, newline-terminated JSON: stable bytes for git diffs and hashing."""
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def digest(obj: Any) -> str:
-    """`sha256:` over the compact canonical JSON of `obj`."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
-
-
-def content_id(manifest: Mapping[str, Any]) -> str:
-    """A manifest's id: the digest of everything but its `id` and `run` blocks."""
-    return digest({k: v for k, v in manifest.items() if k not in ("id", "run")})
 
 
 def file_hashes(path: Path, root: Path | None = None, display: str = "") -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stemma.registry.errors import (
     DatasetNotFound,
@@ -27,19 +27,19 @@ from stemma.registry.records.core import (
     Manifest,
     ModelSpec,
     Settings,
+    settings_look_valid,
+)
+from stemma.registry.rules.naming import check_name
+from stemma.registry.store.documents import (
     parse_json_document,
     parse_yaml_document,
-    settings_look_valid,
     validate_document,
 )
 from stemma.registry.store.files import canonical_json, confined, content_id, write_atomic
 from stemma.registry.store.tree import GitTree, Tree, WorkTree
 
-# Imported where used, not here: the name grammar (opening a registry checks no names) and
-# PyYAML (on the `stemma ls` / `stemma query` path only stemma.yaml needs it).
-
-if TYPE_CHECKING:
-    from stemma.registry.query.sql import QueryResult
+# PyYAML is imported where used, not here: on the `stemma ls` / `stemma query` path only
+# stemma.yaml needs it.
 
 SETTINGS_FILE = "stemma.yaml"
 SPEC_FILE = "spec.yaml"
@@ -268,8 +268,6 @@ class Registry:
     @staticmethod
     def _check_name(name: str, kind: str, path: str) -> None:
         """Raise the located error of a folder name that breaks the naming grammar."""
-        from stemma.registry.rules.naming import check_name
-
         try:
             check_name(name, f"{kind} name")
         except InvalidName as exc:
@@ -306,16 +304,6 @@ class Registry:
 
         close = difflib.get_close_matches(name, names, n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
-
-    # -- querying -------------------------------------------------------------------------
-
-    def query(self, sql: str, history: bool = False, timeout: float = 30.0) -> QueryResult:
-        """Run read-only SQL over the DuckDB index (views models, datasets, edges, layers,
-        metrics; `versions` with history), stopped after `timeout` seconds; `.rows`,
-        `.arrow()`, `.df()` on the result."""
-        from stemma.registry.query.sql import query
-
-        return query(self, sql, history=history, timeout=timeout)
 
     # -- writing --------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import QueryError, StemmaError
 from stemma.registry.rules.commits import finish
-from stemma.registry.store import _snapshot
+from stemma.registry.store import _engine, _snapshot
 from stemma.registry.store import derived as _store
 from stemma.registry.store._ingest import (
     DATABASE,
@@ -42,6 +42,7 @@ from stemma.registry.store._ingest import (
     apply,
     matches,
 )
+from stemma.registry.store.tree import WorkTree
 
 if TYPE_CHECKING:
     import duckdb
@@ -145,8 +146,7 @@ def index_path(reg: Registry) -> Path:
 def open_index(reg: Registry) -> Index:
     """Refresh the index from the files and open it read-only: the shared index in
     `.stemma/` where it can be used, else a private one (see the module doc)."""
-    from stemma.registry.store._engine import duckdb
-    from stemma.registry.store.tree import WorkTree
+    duckdb = _engine.duckdb()
 
     if not isinstance(reg.tree, WorkTree):
         raise QueryError(f"queries read the working tree, not {reg.tree.label}")
@@ -179,7 +179,7 @@ def _private(reg: Registry, shared: Path, clock: Clock) -> Index:
     written there either, in memory."""
     import tempfile
 
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
 
     try:
         private: Path | None = Path(tempfile.mkdtemp(prefix="stemma-index-"))
@@ -199,10 +199,9 @@ def _private(reg: Registry, shared: Path, clock: Clock) -> Index:
     try:
         con, stats = _fresh(reg, None, clock)
     except duckdb.Error as exc:
-        from stemma.registry.query.sql import one_line
-
+        reason = _engine.one_line(exc)
         raise QueryError(
-            f"{shared}: cannot be written, and an index in memory failed too: {one_line(exc)}"
+            f"{shared}: cannot be written, and an index in memory failed too: {reason}"
         ) from None
     return Index(con, replace(stats, private=True))
 
@@ -275,7 +274,7 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
 def _fresh(reg: Registry, path: Path | None, clock: Clock) -> tuple[Any, RefreshStats]:
     """A connection with the index at `path` (None: in memory) attached read-only, after
     bringing the index in step with the files."""
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
 
     db = Attached(path)
     try:
@@ -287,7 +286,7 @@ def _fresh(reg: Registry, path: Path | None, clock: Clock) -> tuple[Any, Refresh
 
 
 def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshStats]:
-    from stemma.registry.store._engine import duckdb
+    duckdb = _engine.duckdb()
 
     path = db.path
     side = path.with_suffix(SNAPSHOT_SUFFIX) if path is not None else None

@@ -17,8 +17,8 @@ from stemma.registry.records.core import (
     DATASET_MANIFEST,
     MODEL_MANIFEST,
     Manifest,
-    parse_json_document,
 )
+from stemma.registry.store.documents import parse_json_document
 from stemma.registry.store.handle import MANIFEST_FILE, Registry
 from stemma.registry.store.tree import git
 

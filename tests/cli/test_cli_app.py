@@ -33,7 +33,7 @@ STYLE_SWITCHES = ("FORCE_COLOR", "TTY_COMPATIBLE")
 # Heavy or unrelated to reading the registry: none of these may load for `ls` or `query`.
 NOT_NEEDED = ("torch", "dvc", "pydantic", "rich", "networkx", "jsonschema", "sklearn")
 # DuckDB's Python package around its engine module, where the engine is a module of its own
-# (see registry/_engine.py).
+# (see registry/store/_engine.py).
 if importlib.util.find_spec("_duckdb") is not None:
     NOT_NEEDED += ("duckdb",)
 

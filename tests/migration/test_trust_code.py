@@ -208,7 +208,8 @@ def test_validate_refuses_models_past_the_size_limit(
 
 
 def test_the_limit_is_a_setting(registry: Registry) -> None:
-    from stemma.registry.records.core import settings_look_valid, validate_document
+    from stemma.registry.records.core import settings_look_valid
+    from stemma.registry.store.documents import validate_document
 
     write(registry.root / "datasets/tok/spec.yaml", TOK)
     arch = {"family": "transformers", "config": {**BERT, "vocab_size": 2**36}}

@@ -863,8 +863,8 @@ def test_the_engine_module_is_the_one_duckdb_exports() -> None:
     from stemma.registry.store import _engine
 
     for name in _engine.USED:
-        assert getattr(_engine.duckdb, name) is getattr(duckdb, name), name
-    con = _engine.duckdb.connect()
+        assert getattr(_engine.duckdb(), name) is getattr(duckdb, name), name
+    con = _engine.duckdb().connect()
     assert isinstance(con, duckdb.DuckDBPyConnection)
     with pytest.raises(duckdb.Error):
         con.execute("SELECT * FROM no_such_table")

@@ -15,6 +15,7 @@ from stemma.registry import Registry
 from stemma.registry.check.consistency import check
 from stemma.registry.errors import RegistryNotFound, SchemaError
 from stemma.registry.query import listing
+from stemma.registry.query.sql import query
 from stemma.registry.store.files import canonical_json, content_id, digest
 
 
@@ -300,11 +301,10 @@ def test_listing_from_the_index_matches_reading_the_files(populated: Registry) -
     assert indexed == from_git
     status = {e.name: e.status for e in indexed}
     assert status["ft"] == "stale" and status["base"] == "built" and status["scratch"] == "unbuilt"
-    rows = (
-        Registry.open(populated.root)
-        .query("SELECT name, accuracy FROM models WHERE accuracy IS NOT NULL ORDER BY name")
-        .rows
-    )
+    rows = query(
+        Registry.open(populated.root),
+        "SELECT name, accuracy FROM models WHERE accuracy IS NOT NULL ORDER BY name",
+    ).rows
     assert [tuple(r) for r in rows] == [("base", 0.5), ("ft", 0.9)]
 
 
