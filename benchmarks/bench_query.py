@@ -1,16 +1,22 @@
-"""Query index benchmarks on synthetic registries; prints one JSON object.
+"""Query index benchmarks on synthetic registries of several sizes; prints one JSON object.
 
-    python benchmarks/bench_query.py [--models 10000] [--small 1000] [--cores 2]
+    python benchmarks/bench_query.py [--models 1000 10000 30000] [--cores 2] [--repeat 5]
 
-Measures, against the DESIGN.md targets:
-- cold index build of `--models` manifests (no .stemma/ yet; files in the page cache),
-  in a fresh process pinned to `--cores` CPUs (target: under 2 s for 10,000 on 2 cores);
-- refresh after one manifest changed (target: under 0.2 s), and with nothing changed;
-- `stemma query` wall time on `--small` models as a subprocess, process start included
-  (target: under 0.3 s), beside the time to import the CLI alone;
-- latency of a metric filter, a join with `edges`, and `descendants()` of a root with
-  10,000 descendants, on the large index: the SQL alone and through `query()`.
-Registries are generated once under `--work` and reused by later runs.
+At each size, beside `stemma ls` on the same registry, against the DESIGN.md targets:
+- cold index build (no .stemma/ yet; files in the page cache) in a fresh process pinned to
+  `--cores` CPUs (target: under 2 s for 10,000 on 2 cores);
+- refresh after one manifest changed (target: under 0.2 s), and with nothing changed, and
+  the floor under any refresh (stat-ing every spec and manifest);
+- `stemma query` as a user runs it (target: under 0.3 s at 1,000 models), the same query
+  through the library in a fresh process, and the import of the CLI alone;
+- latency of a metric filter, a join with `edges`, and `descendants()` of a family root
+  (every model of a 10,001-model family), the SQL alone and through `query()`.
+Every timing gives median CPU seconds (user + system of the measured process and its
+children; in this process for the latencies: every thread of it) beside median wall seconds,
+and its ratio of each to `stemma ls`. With several sizes, `growth` gives each timing's
+exponent of growth between consecutive sizes (1.0: linear in the registry) and flags
+(`ratio_rises`, listed in `flagged`) a ratio to `ls` that rises with N.
+Registries are generated once under `--work` and reused; `--clean` removes them at the end.
 """
 
 from __future__ import annotations
@@ -20,22 +26,31 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synth import generate, model_name, timing_env
+from _measure import child_json, clock, flagged, growth, stemma, summary, timed, with_ratios
+from stemma.registry import Registry
+from stemma.registry.query.sql import query
+from stemma.registry.store.index import open_index
+from synth import generate, model_name
 
-FAMILY = 10_001  # each family root has 10,000 descendants
+FAMILY = 10_001  # each family root has up to 10,000 descendants
 METRIC_FILTER = "SELECT name, accuracy FROM models WHERE accuracy > 0.97 AND status = 'built'"
 EDGE_JOIN = """SELECT e.src, e.dst, c.accuracy - p.accuracy AS delta
 FROM edges e JOIN models c ON c.name = e.src JOIN models p ON p.name = e.dst
 WHERE e.kind = 'derived_from' AND c.accuracy < p.accuracy"""
 DESCENDANTS = f"SELECT count(*), max(depth) FROM descendants('{model_name(0)}')"
+SQL = {"metric_filter": METRIC_FILTER, "edges_join": EDGE_JOIN, "descendants": DESCENDANTS}
 CLI_QUERY = "SELECT name, accuracy FROM models ORDER BY accuracy DESC LIMIT 10"
+LIBRARY_QUERY = (
+    "from stemma.registry import Registry\nfrom stemma.registry.query.sql import query\n"
+    f"query(Registry.open('.'), {CLI_QUERY!r})"
+)
+TARGETS = {"cold_index_10k_s": 2.0, "refresh_one_change_s": 0.2, "stemma_query_1k_s": 0.3}
 
 
 def registry(work: Path, n: int) -> Path:
@@ -56,40 +71,13 @@ def pin(cores: int) -> None:
         os.sched_setaffinity(0, available[:cores])
 
 
-def in_child(code: str, cwd: Path) -> dict[str, Any]:
-    """Run Python `code` in a fresh process; it prints one JSON line last. Adds the process's
-    wall time and its CPU time (its own children included), which varies less than wall time
-    on a shared machine."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=timing_env(),
-    )
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
-    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["process_wall_s"] = round(wall, 3)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    out["process_cpu_s"] = round(cpu, 3)
-    return out
-
-
 REFRESH = """
 import json, time
 from stemma.registry import Registry
 from stemma.registry.store.index import refresh
 start = time.perf_counter()
 stats = refresh(Registry.open("."))
-print(json.dumps({"seconds": round(time.perf_counter() - start, 3), **stats.to_dict()}))
+print(json.dumps({"seconds": round(time.perf_counter() - start, 4), **stats.to_dict()}))
 """
 
 
@@ -100,25 +88,49 @@ from pathlib import Path
 from stemma.registry.store import _snapshot
 start = time.perf_counter()
 _snapshot.snapshot(Path("."))
-print(json.dumps({"seconds": time.perf_counter() - start}))
+print(json.dumps({"seconds": round(time.perf_counter() - start, 4)}))
 """
 
 
-def cold_builds(root: Path, repeat: int) -> dict[str, Any]:
+class Timings:
+    """CPU and wall seconds of every named timing at one size (and the in-process seconds a
+    child reported, where it did)."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, list[float]] = {}
+        self.wall: dict[str, list[float]] = {}
+        self.inner: dict[str, list[float]] = {}
+        self.extra: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, cpu: float, wall: float, inner: float | None = None) -> None:
+        self.cpu.setdefault(name, []).append(cpu)
+        self.wall.setdefault(name, []).append(wall)
+        if inner is not None:
+            self.inner.setdefault(name, []).append(inner)
+
+    def child(self, name: str, code: str, root: Path) -> dict[str, Any]:
+        out = child_json(code, root)
+        self.add(name, out["process_cpu_s"], out["process_wall_s"], out["seconds"])
+        return out
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name in self.cpu:
+            out[name] = summary(self.cpu[name], self.wall[name])
+            if name in self.inner:
+                out[name]["in_process_s"] = round(statistics.median(self.inner[name]), 4)
+            out[name] |= self.extra.get(name, {})
+        return with_ratios(out)
+
+
+def cold_builds(t: Timings, root: Path, repeat: int) -> None:
     """Build the index from nothing `repeat` times (files in the page cache)."""
     for path in root.glob("*/*/*"):  # read every file once: the page cache is warm
         path.read_bytes()
-    runs = []
     for _ in range(repeat):
         shutil.rmtree(root / ".stemma", ignore_errors=True)
-        runs.append(in_child(REFRESH, root))
-    return {
-        "seconds": _summary([r["seconds"] for r in runs]),
-        "process_wall_s": _summary([r["process_wall_s"] for r in runs]),
-        "process_cpu_s": _summary([r["process_cpu_s"] for r in runs]),
-        "files": runs[-1]["added"],
-        "phases_of_last": runs[-1]["phases"],
-    }
+        last = t.child("cold_index", REFRESH, root)
+    t.extra["cold_index"] = {"files": last["added"], "phases_of_last": last["phases"]}
 
 
 def change_one(root: Path, i: int) -> None:
@@ -128,104 +140,75 @@ def change_one(root: Path, i: int) -> None:
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
-def refreshes(root: Path, repeat: int) -> dict[str, Any]:
-    one, none = [], []
+def refreshes(t: Timings, root: Path, repeat: int) -> None:
+    """Refresh after one manifest changed, and with nothing changed; the stat floor."""
     for i in range(repeat):
         change_one(root, i)
-        one.append(in_child(REFRESH, root))
+        one = t.child("refresh_one_change", REFRESH, root)
         time.sleep(2.1)  # let the changed file age past the racy window
-        in_child(REFRESH, root)
-        none.append(in_child(REFRESH, root))
-    stats = [in_child(STAT_ALL, root) for _ in range(repeat)]
-    return {
-        "stat_every_file_s": _summary([r["seconds"] for r in stats]),
-        "one_change_s": _summary([r["seconds"] for r in one]),
-        "one_change_process_wall_s": _summary([r["process_wall_s"] for r in one]),
-        "one_change_stats": {k: one[-1][k] for k in ("added", "changed", "removed")},
-        "one_change_phases_of_last": one[-1]["phases"],
-        "no_change_s": _summary([r["seconds"] for r in none]),
+        child_json(REFRESH, root)
+        t.child("refresh_no_change", REFRESH, root)
+    t.extra["refresh_one_change"] = {
+        "stats": {k: one[k] for k in ("added", "changed", "removed")},
+        "phases_of_last": one["phases"],
     }
-
-
-def cli_wall(root: Path, repeat: int) -> dict[str, Any]:
-    stemma = str(Path(sys.executable).with_name("stemma"))
-    env = timing_env()  # the first run refreshes the index and writes bytecode caches
-    subprocess.run([stemma, "query", CLI_QUERY], cwd=root, check=True, capture_output=True, env=env)
-    library = (
-        "from stemma.registry import Registry\nfrom stemma.registry.query.sql import query\n"
-        f"query(Registry.open('.'), {CLI_QUERY!r})"
-    )
-    query_times, import_times, library_times = [], [], []
     for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", library], cwd=root, check=True, env=env)
-        library_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        subprocess.run(
-            [stemma, "query", CLI_QUERY], cwd=root, check=True, capture_output=True, env=env
-        )
-        query_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import stemma.cli.app"], check=True, env=env)
-        import_times.append(time.perf_counter() - start)
-    return {
-        "stemma_query_wall_s": _summary(query_times),
-        "import_cli_only_wall_s": _summary(import_times),
-        "library_query_process_wall_s": _summary(library_times),
-        "command": f"stemma query {CLI_QUERY!r}",
+        t.child("stat_every_file", STAT_ALL, root)
+
+
+def commands(t: Timings, root: Path, repeat: int) -> None:
+    """`stemma ls`, `stemma query`, the library query and the CLI import, interleaved."""
+    python = sys.executable
+    runs = {
+        "ls": lambda: stemma(["ls"], root),
+        "stemma_query": lambda: stemma(["query", CLI_QUERY], root),
+        "library_query_process": lambda: timed([python, "-c", LIBRARY_QUERY], root),
+        "import_cli_only": lambda: timed([python, "-c", "import stemma.cli.app"], root),
     }
+    for run in runs.values():  # warm: the index is fresh, bytecode caches written
+        run()
+    for _ in range(repeat):
+        for name, run in runs.items():
+            t.add(name, *run())
+    t.extra["stemma_query"] = {"command": f"stemma query {CLI_QUERY!r}"}
 
 
-def latencies(root: Path, repeat: int) -> dict[str, Any]:
-    from stemma.registry import Registry
-    from stemma.registry.query.sql import query
-    from stemma.registry.store.index import open_index
-
+def latencies(t: Timings, root: Path, repeat: int) -> None:
+    """Each query's SQL alone on the open index, and through `query()` (in this process)."""
     reg = Registry.open(root)
-    out: dict[str, Any] = {}
     with open_index(reg) as index:
-        for label, sql in (
-            ("metric_filter", METRIC_FILTER),
-            ("edges_join", EDGE_JOIN),
-            ("descendants_10k", DESCENDANTS),
-        ):
-            times, rows = [], []
+        for label, sql in SQL.items():
+            rows: list[Any] = []
             for _ in range(repeat):
-                start = time.perf_counter()
-                rows = index.con.execute(sql).fetchall()
-                times.append(time.perf_counter() - start)
-            out[label] = {
-                "sql_s": _summary(times),
+                with clock() as took:
+                    rows = index.con.execute(sql).fetchall()
+                t.add(f"{label}_sql", took["cpu_s"], took["wall_s"])
+            t.extra[f"{label}_sql"] = {
                 "rows": len(rows),
                 "first_row": [str(v) for v in rows[0]] if rows else None,
             }
-    for label, sql in (
-        ("metric_filter", METRIC_FILTER),
-        ("edges_join", EDGE_JOIN),
-        ("descendants_10k", DESCENDANTS),
-    ):
-        times = []
+    for label, sql in SQL.items():
         for _ in range(repeat):
-            start = time.perf_counter()
-            query(reg, sql)
-            times.append(time.perf_counter() - start)
-        out[label]["query_api_s"] = _summary(times)
-    return out
+            with clock() as took:
+                query(reg, sql)
+            t.add(f"{label}_query_api", took["cpu_s"], took["wall_s"])
 
 
-def _summary(values: list[float]) -> dict[str, float]:
-    return {
-        "min": round(min(values), 4),
-        "median": round(statistics.median(values), 4),
-        "n": len(values),
-    }
+def measure(work: Path, n: int, repeat: int, cold_repeat: int) -> dict[str, Any]:
+    """Every timing at `n` models, with its ratios to `stemma ls`."""
+    root = registry(work, n)
+    t = Timings()
+    cold_builds(t, root, cold_repeat)
+    refreshes(t, root, max(3, repeat // 2))
+    commands(t, root, repeat)
+    latencies(t, root, repeat)
+    return t.report()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run every measurement and print the JSON report."""
+    """Run every measurement at every size and print the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=10_000, help="models in the large registry")
-    parser.add_argument("--small", type=int, default=1000, help="models for `stemma query`")
+    parser.add_argument("--models", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--cores", type=int, default=2, help="CPUs the measured processes get")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of each timing")
     parser.add_argument("--cold-repeat", type=int, default=3, help="cold index builds")
@@ -235,16 +218,25 @@ def main(argv: list[str] | None = None) -> None:
         default=Path("/tmp/stemma-bench-query"),
         help="where the synthetic registries are kept between runs",
     )
+    parser.add_argument("--clean", action="store_true", help="remove --work at the end")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     pin(args.cores)
-    report: dict[str, Any] = {"cpus_visible": os.cpu_count(), "cores": args.cores}
-    big, small = registry(args.work, args.models), registry(args.work, args.small)
-    report["cold_index"] = {"models": args.models, **cold_builds(big, args.cold_repeat)}
-    report["refresh"] = refreshes(big, max(3, args.repeat // 2))
-    report["latency"] = latencies(big, args.repeat)
-    report["cli"] = {"models": args.small, **cli_wall(small, args.repeat)}
-    report["targets"] = {"cold_index_s": 2.0, "one_change_s": 0.2, "stemma_query_wall_s": 0.3}
+    sizes = sorted(set(args.models))
+    report: dict[str, Any] = {
+        "cpus_visible": os.cpu_count(),
+        "cores": args.cores,
+        "models": sizes,
+        "repeat": args.repeat,
+        "targets": TARGETS,
+    }
+    by_size = {n: measure(args.work, n, args.repeat, args.cold_repeat) for n in sizes}
+    report |= {str(n): by_size[n] for n in sizes}
+    if len(sizes) > 1:
+        report["growth"] = growth(sizes, by_size)
+        report["flagged"] = flagged(report["growth"])
+    if args.clean:
+        shutil.rmtree(args.work, ignore_errors=True)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
 
 

@@ -17,20 +17,17 @@ pipeline --check within 4x of `stemma ls`.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synth import generate, model_name, timing_env
+from _measure import growth, stemma
+from synth import generate, model_name
 
 COMMANDS = {
     "ls": ["ls"],
@@ -72,19 +69,7 @@ def run(root: Path, name: str) -> tuple[float, float]:
     status: `validate` may fail); `cold_index` first removes the index."""
     if name == "cold_index":
         shutil.rmtree(root / ".stemma", ignore_errors=True)
-    stemma = str(Path(sys.executable).with_name("stemma"))
-    start = time.perf_counter()
-    child = subprocess.Popen(
-        [stemma, *COMMANDS[name]],
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=timing_env(),
-    )
-    _pid, _status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    child.returncode = 0  # reaped by wait4
-    return usage.ru_utime + usage.ru_stime, wall
+    return stemma(COMMANDS[name], root)
 
 
 def measure(work: Path, n: int, names: list[str], repeat: int) -> dict[str, Any]:
@@ -117,24 +102,6 @@ def measure(work: Path, n: int, names: list[str], repeat: int) -> dict[str, Any]
             "target_ratio": TARGETS.get(name),
         }
     return report
-
-
-def growth(sizes: list[int], by_size: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Each command's exponent of growth in CPU time between consecutive sizes, and whether
-    its CPU ratio to `ls` rises with N (flagged: a read path growing faster than `ls`)."""
-    out: dict[str, Any] = {}
-    for name in by_size[sizes[0]]:
-        exponents = [
-            round(
-                math.log(by_size[b][name]["cpu_s"] / by_size[a][name]["cpu_s"]) / math.log(b / a),
-                2,
-            )
-            for a, b in itertools.pairwise(sizes)
-        ]
-        ratios = [by_size[n][name]["cpu_ratio_to_ls"] for n in sizes]
-        rising = name != "ls" and all(y > x * 1.05 for x, y in itertools.pairwise(ratios))
-        out[name] = {"cpu_exponent": exponents, "cpu_ratio_to_ls": ratios, "ratio_rises": rising}
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
