@@ -38,9 +38,9 @@ from stemma.registry.pipeline.locks import LOCK_FILE
 from stemma.registry.pipeline.lockstate import unlocked
 from stemma.registry.pipeline.render import PIPELINE_FILE
 from stemma.registry.query.listing import current_dataset_id
+from stemma.registry.records.manifest import FileRef, ModelManifest, Tokenizer, Weights
 from stemma.registry.rules import status
 from stemma.registry.rules.commits import settle
-from stemma.registry.rules.parents import recorded_parents
 from stemma.registry.store.files import file_hashes, read_json
 from stemma.registry.store.handle import (
     DATA_FILE,
@@ -111,9 +111,9 @@ class Verification:
         return doc
 
 
-def _recorded_file(reg: Registry, name: str, item: str, block: Mapping[str, Any]) -> Finding:
+def _recorded_file(reg: Registry, name: str, item: str, block: FileRef | Weights) -> Finding:
     """Compare one file a manifest records (its `path`, md5, sha256, bytes) with the file."""
-    own = str(block.get("path", WEIGHTS_FILE))
+    own = block.path
     rel = reg.rel("models", name, own)
     path = reg.model_dir(name) / own
     if not path.is_file() and not path.is_symlink():
@@ -123,17 +123,17 @@ def _recorded_file(reg: Registry, name: str, item: str, block: Mapping[str, Any]
     except (StemmaError, OSError) as exc:  # a link out, a device, a folder in its place
         why = exc.message if isinstance(exc, StemmaError) else f"{rel}: {exc.strerror}"
         return Finding(item, FAIL, why)
-    bad = [k for k in ("md5", "sha256", "bytes") if found[k] != block.get(k)]
+    recorded = {"md5": block.md5, "sha256": block.sha256, "bytes": block.bytes}
+    bad = [k for k, v in recorded.items() if found[k] != v]
     if bad:
         return Finding(item, FAIL, f"{rel} does not match the manifest ({', '.join(bad)} differ)")
     return Finding(item, PASS, f"{rel}: md5, sha256 and size match the manifest")
 
 
-def _weights(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+def _weights(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
     """The weights file, or a sharded model's index and every shard it records."""
-    block = manifest["weights"]
-    index = _recorded_file(reg, name, "weights", block)
-    shards = block.get("shards")
+    index = _recorded_file(reg, name, "weights", manifest.weights)
+    shards = manifest.weights.shards
     if not shards or index.status != PASS:
         return index
     for shard in shards:
@@ -148,19 +148,16 @@ def _weights(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
     )
 
 
-def _adapter(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding | None:
+def _adapter(reg: Registry, manifest: ModelManifest, name: str) -> Finding | None:
     """A LoRA model's adapter config: hashed as the manifest recorded it, and its content
     checked as peft would need it (None for a model without an adapter)."""
     from .adapters import ADAPTER_CONFIG, ADAPTER_DIR, read_adapter_config
 
-    adapter = manifest.get("adapter")
-    if not adapter:
+    if manifest.adapter is None:
         return None
-    block = adapter.get("config")
+    block = manifest.adapter.config  # the schema requires it, hashed
     rel = reg.rel("models", name, ADAPTER_DIR, ADAPTER_CONFIG)
-    if not isinstance(block, Mapping):  # the schema requires it: a manifest edited by hand
-        return Finding("adapter", FAIL, f"{found_path(reg, name)} records no hash of {rel}")
-    if block.get("path") != f"{ADAPTER_DIR}/{ADAPTER_CONFIG}":
+    if block.path != f"{ADAPTER_DIR}/{ADAPTER_CONFIG}":
         return Finding(
             "adapter", FAIL, f"{found_path(reg, name)} at /adapter/config/path: not {rel}"
         )
@@ -174,13 +171,14 @@ def _adapter(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding |
     return Finding("adapter", PASS, f"{rel}: hashes match the manifest, a valid LoRA config")
 
 
-def _tokenizer(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+def _tokenizer(reg: Registry, tokenizer: Tokenizer, name: str) -> Finding:
     """A causal LM's tokenizer files: exactly those whose sha256 the manifest records."""
     from .tokenizer import TOKENIZER_DIR, checked_files
 
     shown = reg.rel("models", name, TOKENIZER_DIR)
     try:
-        files = checked_files(reg.model_dir(name), manifest["tokenizer"], shown, reg.repo_root)
+        block = tokenizer.to_dict()
+        files = checked_files(reg.model_dir(name), block, shown, reg.repo_root)
     except StemmaError as exc:
         return Finding("tokenizer", FAIL, exc.message)
     return Finding("tokenizer", PASS, f"{shown}: {len(files)} files match the manifest's sha256")
@@ -191,43 +189,42 @@ def found_path(reg: Registry, name: str) -> str:
     return reg.rel("models", name, MANIFEST_FILE)
 
 
-def _metrics_file(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+def _metrics_file(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
     path = reg.model_dir(name) / _METRICS_FILE
     rel = reg.rel("models", name, _METRICS_FILE)
     if not path.is_file():
         return Finding("metrics", SKIP, f"{rel} does not exist")
-    if read_json(path) != dict(manifest["metrics"]):
+    if read_json(path) != dict(manifest.metrics):
         return Finding("metrics", FAIL, f"{rel} differs from the manifest's metrics")
     return Finding("metrics", PASS, f"{rel} matches the manifest's metrics")
 
 
-def _staleness(reg: Registry, manifest: Mapping[str, Any], name: str) -> list[Finding]:
+def _staleness(reg: Registry, manifest: ModelManifest, name: str) -> list[Finding]:
     out = []
     try:
         spec = reg.model_spec(name)
     except ModelNotFound:
         out.append(Finding("spec", SKIP, "no spec (registered weights)"))
     else:
-        if spec.digest != manifest["spec_digest"]:
+        if spec.digest != manifest.spec_digest:
             out.append(
                 Finding("spec", FAIL, f"{spec.path} changed since the build; run `dvc repro`")
             )
         else:
             out.append(Finding("spec", PASS, f"{spec.path} is the spec the build used"))
     out += _data_findings(reg, manifest)
-    source = manifest.get("source")
-    if source is None:
+    if manifest.source is None:
         out.append(Finding("source", SKIP, "no source model"))
         return out
-    for model, recorded in recorded_parents(manifest):  # a merge: each of its parents
-        out.append(_parent_finding(reg, model, str(recorded)))
+    for model, recorded in manifest.recorded_parents():  # a merge: each of its parents
+        out.append(_parent_finding(reg, model, recorded))
     return out
 
 
-def _data_findings(reg: Registry, manifest: Mapping[str, Any]) -> list[Finding]:
+def _data_findings(reg: Registry, manifest: ModelManifest) -> list[Finding]:
     """Whether each dataset the build recorded still has the manifest id it recorded."""
     out = []
-    for ds, recorded in status.recorded_datasets(manifest.get("datasets")).items():
+    for ds, recorded in manifest.recorded_datasets().items():
         now = current_dataset_id(reg, ds)
         if status.staleness(None, None, datasets=[(recorded, now)]) is None:
             out.append(Finding("data", PASS, f"dataset {ds!r} is the one the build used"))
@@ -272,7 +269,7 @@ def _parent_finding(reg: Registry, model: str, recorded: str) -> Finding:
     return Finding("source", PASS, f"source {model} {recorded[7:19]}")
 
 
-def _pipeline_files(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+def _pipeline_files(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
     """The model's dvc.yaml and dvc.lock are readable by DVC, and the lock records the weights
     the manifest names (the status rule's lock case: otherwise DVC has not cached them)."""
     folder = reg.rel("models", name)
@@ -295,33 +292,31 @@ def _pipeline_files(reg: Registry, manifest: Mapping[str, Any], name: str) -> Fi
     return Finding("pipeline", PASS, f"{folder}/{PIPELINE_FILE} and {LOCK_FILE} agree")
 
 
-def _gates(manifest: Mapping[str, Any], display: str) -> Finding:
+def _gates(manifest: ModelManifest, display: str) -> Finding:
     from .evaluate import evaluate_gates
 
-    gates = dict((manifest.get("spec") or {}).get("gates") or {})
-    rows = evaluate_gates(gates, manifest["metrics"], manifest.get("per_class"), display)
-    if manifest.get("quantize"):  # the drop against the parent: migration/quantize.py
+    gates = dict(manifest.spec.get("gates") or {})  # the spec block is free-form
+    rows = evaluate_gates(gates, manifest.metrics, manifest.per_class, display)
+    if manifest.quantize is not None:  # the drop against the parent: migration/quantize.py
         from .quantize import recorded_gates
 
-        rows += recorded_gates(manifest)
-    if rows != list(manifest["gates"]):
+        rows += recorded_gates(manifest.to_dict())
+    if rows != [g.to_dict() for g in manifest.gates]:
         return Finding("gates", FAIL, "recorded gate results differ from the recorded metrics")
     failed = [
-        f"{g['metric']} {g['op']} {g['threshold']} (value {g['value']})"
-        for g in rows
-        if not g["passed"]
+        f"{g.metric} {g.op} {g.threshold} (value {g.value})" for g in manifest.gates if not g.passed
     ]
     if failed:
         return Finding("gates", FAIL, "failed gates: " + "; ".join(failed))
     return Finding("gates", PASS, f"{len(rows)} gates pass" if rows else "no gates declared")
 
 
-def _checks(manifest: Mapping[str, Any]) -> Finding:
-    checks = dict(manifest.get("checks") or {})
+def _checks(manifest: ModelManifest) -> Finding:
+    checks = dict(manifest.checks or {})
     failed = []
     for check in sorted(checks):
-        if not checks[check].get("passed", True):
-            why = "; ".join(checks[check].get("violations") or []) or "failed"
+        if not checks[check].passed:
+            why = "; ".join(checks[check].violations) or "failed"
             failed.append(f"{check} ({why})")
     if failed:
         return Finding("checks", FAIL, "failed checks: " + ", ".join(failed))
@@ -330,39 +325,39 @@ def _checks(manifest: Mapping[str, Any]) -> Finding:
     return Finding("checks", PASS, f"recorded checks pass: {', '.join(sorted(checks))}")
 
 
-def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
+def _frozen(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
     from .architectures import build_module
     from .weights import load_weights
 
-    rows = [r for r in manifest["architecture"]["tensors"] if r["frozen"]]
-    source = manifest.get("source")
-    if manifest.get("adapter"):
+    rows = [r for r in manifest.architecture.tensors if r.frozen]
+    source = manifest.source
+    if manifest.adapter is not None:
         return Finding("frozen", SKIP, "an adapter stores no base tensors; its base is checked")
     if not rows or source is None:
         return Finding("frozen", SKIP, "no frozen tensors from a source")
-    if manifest.get("merge"):  # every tensor is the merge of its parents': recomputed
+    if manifest.merge is not None:  # every tensor is the merge of its parents': recomputed
         from .merge import recheck
 
-        passed, message = recheck(reg, manifest, name)
+        passed, message = recheck(reg, manifest.to_dict(), name)
         return Finding("frozen", PASS if passed else FAIL, message)
     with torch.random.fork_rng(devices=[]):
-        module = build_module(manifest["architecture"]["config"], reg.settings.entrypoints, name)
+        module = build_module(manifest.architecture.config, reg.settings.entrypoints, name)
     # Buffers are never trainable, so rows mark them frozen; only parameters are held fixed.
     params = {n for n, _ in module.named_parameters()}
-    rows = [r for r in rows if r["origin"] == "transferred" and r["name"] in params]
+    rows = [r for r in rows if r.origin == "transferred" and r.name in params]
     if not rows:
         return Finding("frozen", SKIP, "no frozen tensors transferred from the source")
-    src = source["model"]
+    src = source.model
     src_manifest = reg.model_manifest(src)
-    src_file = str(src_manifest.raw["weights"]["path"]) if src_manifest else WEIGHTS_FILE
+    src_file = src_manifest.model.weights.path if src_manifest else WEIGHTS_FILE
     src_path = reg.model_dir(src) / src_file
     if src_manifest is None or not src_path.is_file():
         return Finding("frozen", FAIL, f"source model {src!r} has no weights to compare with")
-    if _weights(reg, src_manifest.raw, src).status != PASS:
+    if _weights(reg, src_manifest.model, src).status != PASS:
         return Finding(
             "frozen", FAIL, f"{reg.rel('models', src, src_file)} does not match its manifest"
         )
-    own = str(manifest["weights"].get("path", WEIGHTS_FILE))
+    own = manifest.weights.path
     path = reg.model_dir(name) / own
     if not path.is_file():
         return Finding("frozen", FAIL, f"{reg.rel('models', name, own)} is missing")
@@ -373,7 +368,8 @@ def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
         return Finding("frozen", FAIL, exc.message)
     changed = []
     for row in rows:
-        mine, theirs = target.get(row["name"]), source_state.get(row["source_name"])
+        mine = target.get(row.name)
+        theirs = source_state.get(row.source_name) if row.source_name is not None else None
         if (
             mine is None
             or theirs is None
@@ -381,7 +377,7 @@ def _frozen(reg: Registry, manifest: Mapping[str, Any], name: str) -> Finding:
             or mine.shape != theirs.shape
             or not torch.equal(mine, theirs)
         ):
-            changed.append(row["name"])
+            changed.append(row.name)
     if changed:
         return Finding(
             "frozen",
@@ -412,7 +408,7 @@ def verify_model(
         raise BuildError(
             f"{reg.rel('models', name)}: model {name!r} has not been built; run `dvc repro`"
         )
-    manifest = found.raw
+    manifest = found.model
     try:
         reg.model_spec(name)
         findings.append(Finding("schema", PASS, "spec and manifest match their schemas"))
@@ -430,8 +426,8 @@ def verify_model(
     adapter = _adapter(reg, manifest, name)
     if adapter is not None:
         findings.append(adapter)
-    if manifest.get("tokenizer"):  # a causal LM's tokenizer is part of the model
-        findings.append(_tokenizer(reg, manifest, name))
+    if manifest.tokenizer is not None:  # a causal LM's tokenizer is part of the model
+        findings.append(_tokenizer(reg, manifest.tokenizer, name))
     findings.append(_metrics_file(reg, manifest, name))
     findings.append(_pipeline_files(reg, manifest, name))
     try:
@@ -462,11 +458,11 @@ def _needed_datasets(reg: Registry, name: str) -> set[str]:
     spec = reg.model_spec(name)
     names = set(spec.dataset_refs().values())
     manifest = reg.model_manifest(name)
-    for model, _ in recorded_parents(manifest.raw if manifest else {}):  # a merge: every one
+    for model, _ in manifest.model.recorded_parents() if manifest else ():  # a merge: each
         parent = reg.model_manifest(model)
-        train = ((parent.raw.get("datasets") or {}).get("train") or {}) if parent else {}
-        if train.get("name"):
-            names.add(str(train["name"]))
+        train = parent.model.dataset("train") if parent else None
+        if train:
+            names.add(train)
     return names
 
 
@@ -490,7 +486,7 @@ def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
         for path in sorted(source.iterdir()) if source.is_dir() else ():
             _copy(path, root / str(given) / path.name)
     manifest = reg.model_manifest(name)
-    for model, _ in recorded_parents(manifest.raw if manifest else {}):  # a merge: every one
+    for model, _ in manifest.model.recorded_parents() if manifest else ():  # a merge: each
         _copy_parent(reg, root, model)
     for dataset in sorted(_needed_datasets(reg, name)):
         rel = Path("datasets", dataset)
@@ -506,15 +502,16 @@ def _copy_parent(reg: Registry, root: Path, model: str) -> None:
 
     theirs = Path("models", model)
     found = reg.model_manifest(model)
-    block = found.raw["weights"] if found else {}
-    adapter = (found.raw.get("adapter") if found else None) or {}
-    extra = [str(adapter["config"]["path"])] if adapter.get("config") else []
-    tokenizer = (found.raw.get("tokenizer") if found else None) or {}  # a causal LM's own files
-    extra += [f"tokenizer/{n}" for n in sorted(tokenizer.get("files") or {})]
+    built = found.model if found else None
+    block = built.weights.to_dict() if built else {}
+    adapter = built.adapter if built else None
+    extra = [adapter.config.path] if adapter else []
+    tokenizer = built.tokenizer if built else None  # a causal LM's own files
+    extra += [f"tokenizer/{n}" for n in sorted(tokenizer.files if tokenizer else ())]
     for file in (SPEC_FILE, MANIFEST_FILE, *weights_files(block, WEIGHTS_FILE), *extra):
         _copy(reg.root / theirs / file, root / theirs / file)
-    if adapter.get("base") and adapter["base"].get("model") != model:
-        _copy_parent(reg, root, str(adapter["base"]["model"]))
+    if adapter and adapter.base.model != model:
+        _copy_parent(reg, root, adapter.base.model)
 
 
 def _tolerances(devices: set[str]) -> dict[str, float]:
@@ -684,8 +681,8 @@ def rebuild_and_compare(
         rebuilt = copy.model_manifest(name)
         if rebuilt is None:
             raise BuildError(f"rebuild of {name!r} wrote no manifest")
-        mine = reg.model_dir(name) / str(found.raw["weights"].get("path", WEIGHTS_FILE))
-        theirs = copy.model_dir(name) / str(rebuilt.raw["weights"].get("path", WEIGHTS_FILE))
+        mine = reg.model_dir(name) / found.model.weights.path
+        theirs = copy.model_dir(name) / rebuilt.model.weights.path
         diffs = tensor_diffs(mine, theirs) if mine.is_file() else None
         out = compare_builds(found.raw, rebuilt.raw, diffs)
         out["machine"] = before.to_dict()

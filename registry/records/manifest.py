@@ -716,6 +716,19 @@ class ModelManifest(Record):
         ref = self.datasets.get(role)
         return None if ref is None else ref.name
 
+    def recorded_datasets(self) -> dict[str, str]:
+        """Each dataset the build read, by name, with the manifest id it had then."""
+        return {ref.name: ref.id for ref in self.datasets.values()}
+
+    def recorded_parents(self) -> list[tuple[str, str]]:
+        """(name, manifest id at build time) of every parent: a merge's `source.parents`,
+        else its one `source` (none for a model trained from scratch)."""
+        if self.source is None:
+            return []
+        if self.source.parents is not None:
+            return [(p.model, p.id) for p in self.source.parents]
+        return [(self.source.model, self.source.id)]
+
 
 # ---- dataset manifest ---------------------------------------------------------------------
 
