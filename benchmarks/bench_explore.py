@@ -13,6 +13,14 @@ fine-tune per candidate instead (one learning rate, one seed), with the deciding
 share and whether it meets the 1% budget. `--scale 20` measures the design's setting
 instead: 20 candidates ranked on the 5,000 MNIST digits.
 
+`--sample N --rescore K [K ...]` measures the two-stage decision of `explore(sample=N, rescore=K)`:
+every candidate scored by the deciding score on a seeded stratified sample of N rows, the K
+best of them scored again on the whole split and ranked first. Its `two_stage` report gives
+its weighted tau and top-1 regret beside those of the exact ranking (every candidate on the
+whole split, scored in the same run), how often it picks the exact ranking's first, and its
+cost as a share of one plain fine-tune per candidate (the sample's forward pass and score
+for every candidate, plus the whole split's for the K re-scored).
+
 Sources (all take 8x8 images, so every source fits every target):
   all-digits, digits-0to4, parity (even/odd), rotation (predict 0/90/180/270 degrees),
   small (a narrow CNN on all digits), mlp (an MLP on all digits), mnist (MNIST resized to
@@ -25,6 +33,7 @@ Everything runs in memory with the migration core's functions (no registry on di
 
     python benchmarks/bench_explore.py [--seeds 3] [--epochs 6] [--markdown] [--out FILE]
     python benchmarks/bench_explore.py --scale 20
+    python benchmarks/bench_explore.py --seeds 1 --lrs 1e-3 --sample 64 --rescore 0 1 2 3
 
 Prints one JSON document; with --markdown, a Markdown report follows it on stdout.
 """
@@ -44,6 +53,7 @@ import torch
 from stemma.migration.architectures import build_module, make_config
 from stemma.migration.data import DatasetArrays, load_source, select, split, transform
 from stemma.migration.evaluate import evaluate
+from stemma.migration.explore import shortlist, two_stage_order
 from stemma.migration.features import compute
 from stemma.migration.search import prepare_module
 from stemma.migration.strategy import Strategy
@@ -60,6 +70,14 @@ SHAPE = [1, 8, 8]
 CNN = {"family": "cnn", "channels": [16, 32]}
 FINETUNE = Strategy(mapping="by-name", reinit=("head.*",))
 TARGET_TRAIN = 0.4  # share of each target's images used to score and fine-tune; the rest eval
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = ["wall"]  # set by --clock: what scoring and fine-tuning seconds measure
+
+
+def clock() -> float:
+    """Seconds on the chosen clock: wall time, or this process's CPU time (every thread),
+    which a busy machine's other work inflates far less, and alike for short and long work."""
+    return CLOCKS[_clock[0]]()
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -148,12 +166,12 @@ def finetune(
     """(eval accuracy, seconds) of fully fine-tuning a source on a target (new head)."""
     classes = int(data.y_train.max()) + 1
     target = {**config, "num_classes": classes}
-    begin = time.perf_counter()
+    begin = clock()
     module = prepare_module(target, FINETUNE, seed, source=("source", state))
     cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adamw", lr=lr, seed=seed)
     train(module, data.x_train, data.y_train, data.x_eval[:32], data.y_eval[:32], cfg)
     accuracy = float(evaluate(module, data.x_eval, data.y_eval)["accuracy"])
-    return accuracy, time.perf_counter() - begin
+    return accuracy, clock() - begin
 
 
 def scores_of(
@@ -165,7 +183,7 @@ def scores_of(
     """({score: value}, {score: seconds}, feature-extraction seconds) on the target train split,
     or on a stratified sample of at most `sample` of its rows (seed 0): the forward pass and
     the scores then run over the sample only."""
-    begin = time.perf_counter()
+    begin = clock()
     x, y = data.x_train, data.y_train
     if sample is not None:
         rows = stratified_sample(y, sample, seed=0)
@@ -173,13 +191,13 @@ def scores_of(
     module = build_module(config)
     module.load_state_dict(state)
     feats, probs = compute(module, x, device="cpu")
-    extract_s = time.perf_counter() - begin
+    extract_s = clock() - begin
     inputs = {"features": feats, "probs": probs}
     values, seconds = {}, {}
     for name, fn in SCORES.items():
-        begin = time.perf_counter()
+        begin = clock()
         values[name] = float(fn(inputs[SCORE_INPUTS[name]], y))
-        seconds[name] = time.perf_counter() - begin
+        seconds[name] = clock() - begin
     return values, seconds, extract_s
 
 
@@ -192,6 +210,7 @@ def run(
     lrs: tuple[float, ...],
     log: Callable[[str], None],
     sample: int | None = None,
+    rescore: list[int] | None = None,
 ) -> dict[str, Any]:
     """Train the zoo, score and fine-tune every pair, and summarise."""
     # one thread for torch and for BLAS: scoring and fine-tuning compete on equal terms, and
@@ -204,17 +223,21 @@ def run(
     targets = target_tasks(digits, mnist)
     log(f"zoo of {len(zoo)} sources trained in {time.perf_counter() - started:.1f} s")
     per_target: dict[str, Any] = {}
+    two_stage_of: dict[int, dict[str, dict[str, Any]]] = {}
     for tname, data in targets.items():
         acc: dict[str, float] = {}
         values: dict[str, dict[str, float]] = {s: {} for s in SCORES}
         score_s = dict.fromkeys(SCORES, 0.0)
         extract_s = finetune_s = 0.0
+        staged = Staged()
         for sname, (config, state) in zoo.items():
             got, secs, ext = scores_of(config, state, data, sample)
             extract_s += ext
             for s in SCORES:
                 values[s][sname] = got[s]
                 score_s[s] += secs[s]
+            if rescore is not None:
+                staged.add(sname, (got, secs, ext), scores_of(config, state, data))
             grid = {}
             for lr in lrs:
                 runs = [finetune(config, state, data, lr, seed, epochs) for seed in range(seeds)]
@@ -229,6 +252,10 @@ def run(
             taus[s] = weighted_tau(vec, truth)
             chosen = names[int(np.argmax(vec))]
             regrets[s] = float(truth.max() - acc[chosen])
+        for k in rescore or []:
+            two_stage_of.setdefault(k, {})[tname] = staged.decide(
+                k, acc, finetune_s / (len(lrs) * seeds)
+            )
         per_target[tname] = {
             "train_samples": len(data.y_train),
             "eval_samples": len(data.y_eval),
@@ -246,6 +273,10 @@ def run(
         log(f"{tname}: tau " + ", ".join(f"{s} {t:+.2f}" for s, t in taus.items()))
     result = summarise(per_target, zoo, seeds, epochs, lrs, time.perf_counter() - started)
     result["settings"]["score_sample"] = sample
+    if rescore is not None:
+        result["two_stage"] = {
+            f"rescore_{k}": two_stage_summary(two_stage_of[k], sample, k) for k in rescore
+        }
     return result
 
 
@@ -256,6 +287,7 @@ def at_scale(
     lrs: tuple[float, ...],
     log: Callable[[str], None],
     sample: int | None = None,
+    rescore: list[int] | None = None,
 ) -> dict[str, Any]:
     """The design's setting: `candidates` sources ranked on the 5,000 MNIST digits (8x8).
 
@@ -282,12 +314,15 @@ def at_scale(
     score_s = dict.fromkeys(SCORES, 0.0)
     values: dict[str, dict[str, float]] = {s: {} for s in SCORES}
     acc: dict[str, float] = {}
+    staged = Staged()
     for name, (config, state) in zoo.items():
         got, secs, ext = scores_of(config, state, target, sample)
         extract_s += ext
         for s in SCORES:
             score_s[s] += secs[s]
             values[s][name] = got[s]
+        if rescore is not None:
+            staged.add(name, (got, secs, ext), scores_of(config, state, target))
         grid = []
         for lr in lrs:
             runs = [finetune(config, state, target, lr, sd, epochs) for sd in range(seeds)]
@@ -296,7 +331,17 @@ def at_scale(
         acc[name] = max(grid)
     names = list(zoo)
     truth = np.array([acc[n] for n in names])
+    two_stage = None
+    if rescore is not None:
+        one_run = finetune_s / (len(lrs) * seeds)
+        two_stage = {
+            f"rescore_{k}": two_stage_summary(
+                {"mnist-5k": staged.decide(k, acc, one_run)}, sample, k
+            )
+            for k in rescore
+        }
     return {
+        "two_stage": two_stage,
         "candidates": len(zoo),
         "train_samples": len(target.y_train),
         "settings": {
@@ -305,6 +350,7 @@ def at_scale(
             "lrs": list(lrs),
             "torch_threads": 1,
             "score_sample": sample,
+            "clock": _clock[0],
         },
         "seconds": {"extract": extract_s, "scores": score_s, "finetune_all": finetune_s},
         "tau": {s: weighted_tau(np.array([values[s][n] for n in names]), truth) for s in SCORES},
@@ -312,6 +358,82 @@ def at_scale(
         "scoring_share_of_one_run": _one_run_shares(
             extract_s, score_s, finetune_s / (len(lrs) * seeds)
         ),
+    }
+
+
+Scored = tuple[dict[str, float], dict[str, float], float]  # what `scores_of` returns
+
+
+class Staged:
+    """The deciding score of every candidate of one target, on the sample and on the whole
+    split, with the seconds of each (forward pass plus that score), for `decide`."""
+
+    def __init__(self) -> None:
+        self.sample: dict[str, float] = {}
+        self.whole: dict[str, float] = {}
+        self.sample_s: dict[str, float] = {}
+        self.whole_s: dict[str, float] = {}
+
+    def add(self, name: str, on_sample: Scored, on_whole: Scored) -> None:
+        for (got, secs, extract), into, into_s in (
+            (on_sample, self.sample, self.sample_s),
+            (on_whole, self.whole, self.whole_s),
+        ):
+            into[name] = got[DECIDING]
+            into_s[name] = extract + secs[DECIDING]
+
+    def decide(self, rescore: int, acc: dict[str, float], finetune_one: float) -> dict[str, Any]:
+        """Tau and top-1 regret of the two-stage ranking and of the exact one (every
+        candidate on the whole split), and the two-stage cost over one fine-tune each."""
+        names = list(self.sample)
+        again = shortlist(self.sample, rescore)
+        order = two_stage_order(self.sample, {n: self.whole[n] for n in again})
+        truth = np.array([acc[n] for n in names])
+        # the two-stage ranking as a score: the first ranked highest
+        staged = np.array([-float(order.index(n)) for n in names])
+        exact = np.array([self.whole[n] for n in names])
+        exact_first = names[int(np.argmax(exact))]
+        cost = sum(self.sample_s.values()) + sum(self.whole_s[n] for n in again)
+        return {
+            "tau": weighted_tau(staged, truth),
+            "regret": float(truth.max() - acc[order[0]]),
+            "exact_tau": weighted_tau(exact, truth),
+            "exact_regret": float(truth.max() - acc[exact_first]),
+            "tau_with_exact_ranking": weighted_tau(staged, exact),
+            "same_first_as_exact": order[0] == exact_first,
+            "rescored": again,
+            "seconds": cost,
+            "exact_seconds": sum(self.whole_s.values()),
+            "finetune_one_run_s": finetune_one,
+        }
+
+
+def two_stage_summary(
+    per_target: dict[str, dict[str, Any]], sample: int | None, rescore: int
+) -> dict[str, Any]:
+    """Means over targets of the two-stage decision against the exact ranking, and its cost
+    over ONE plain fine-tune per candidate (every target's seconds summed)."""
+    mean = lambda key: float(np.mean([t[key] for t in per_target.values()]))  # noqa: E731
+    cost = sum(t["seconds"] for t in per_target.values())
+    exact = sum(t["exact_seconds"] for t in per_target.values())
+    finetune_one = sum(t["finetune_one_run_s"] for t in per_target.values())
+    share = cost / finetune_one
+    return {
+        "sample": sample,
+        "rescore": rescore,
+        "deciding_score": DECIDING,
+        "mean_tau": round(mean("tau"), 4),
+        "mean_regret": round(mean("regret"), 4),
+        "exact_mean_tau": round(mean("exact_tau"), 4),
+        "exact_mean_regret": round(mean("exact_regret"), 4),
+        "mean_tau_with_exact_ranking": round(mean("tau_with_exact_ranking"), 4),
+        "same_first_as_exact": sum(t["same_first_as_exact"] for t in per_target.values()),
+        "targets": len(per_target),
+        "share_of_one_run": round(share, 5),
+        "exact_share_of_one_run": round(exact / finetune_one, 5),
+        "target": ONE_RUN_TARGET,
+        "target_met": share <= ONE_RUN_TARGET,
+        "per_target": per_target,
     }
 
 
@@ -376,7 +498,13 @@ def summarise(
         "scoring_share_of_one_run": _one_run_shares(extract, scores_s, finetune_one),
         "sources": list(zoo),
         "targets": per_target,
-        "settings": {"seeds": seeds, "epochs": epochs, "lrs": list(lrs), "torch_threads": 1},
+        "settings": {
+            "seeds": seeds,
+            "epochs": epochs,
+            "lrs": list(lrs),
+            "torch_threads": 1,
+            "clock": _clock[0],
+        },
         "mean_tau": mean_tau,
         "mean_regret": mean_regret,
         "seconds": {"extract": extract, "finetune_all": finetune_all, "total": total},
@@ -458,17 +586,35 @@ def main(argv: list[str] | None = None) -> None:
         metavar="N",
         help="score each candidate on a stratified sample of at most N target rows (seed 0)",
     )
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="what the seconds of scoring and fine-tuning measure (cpu: steadier when shared)",
+    )
+    parser.add_argument(
+        "--rescore",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="with --sample: also measure the two-stage decision (the K best on the sample"
+        " scored again on the whole split; 0: the sample alone decides) against the exact"
+        " ranking, for each K given",
+    )
     args = parser.parse_args(argv)
+    if args.rescore is not None and args.sample is None:
+        parser.error("--rescore needs --sample")
+    _clock[0] = args.clock
     lrs = tuple(float(v) for v in args.lrs.split(","))
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.scale:
-        found = at_scale(args.scale, args.seeds, args.epochs, lrs, log, args.sample)
+        found = at_scale(args.scale, args.seeds, args.epochs, lrs, log, args.sample, args.rescore)
         text = json.dumps(found, indent=2)
         if args.out:
             args.out.write_text(text + "\n")
         print(text)
         return
-    result = run(args.seeds, args.epochs, lrs, log, args.sample)
+    result = run(args.seeds, args.epochs, lrs, log, args.sample, args.rescore)
     text = json.dumps(result, indent=2, sort_keys=True)
     if args.out:
         args.out.write_text(text + "\n")

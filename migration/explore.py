@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,7 +25,7 @@ from stemma.registry.rules.taskspec import CAUSAL_LM
 from stemma.registry.store.files import canonical_json, write_atomic
 from stemma.registry.store.handle import WEIGHTS_FILE
 
-from .data import load_dataset
+from .data import DatasetArrays, load_dataset
 from .evaluate import DECIMALS
 from .explore_lm import BITS_PER_BYTE, TextRanking, explore_text
 from .features import extract
@@ -192,11 +192,35 @@ def _score_names(scores: Iterable[str], decide: str | None) -> tuple[tuple[str, 
     return tuple(names), decided_by
 
 
-def _order_key(row: dict[str, Any], score: str) -> tuple[bool, float, str]:
-    value = row["scores"][score]
+def _value_key(value: Any, name: str) -> tuple[bool, float, str]:
     finite = isinstance(value, float) and math.isfinite(value)
     # higher is better for every score; undefined values go last; ties go by name
-    return (not finite, -value if finite else 0.0, row["model"])
+    return (not finite, -value if finite else 0.0, name)
+
+
+def _order_key(row: dict[str, Any], score: str) -> tuple[bool, float, str]:
+    return _value_key(row["scores"][score], row["model"])
+
+
+def shortlist(values: Mapping[str, float | None], top: int) -> list[str]:
+    """The `top` names of the highest values, best first (undefined values last, ties by
+    name): the candidates a two-stage decision scores again on the whole split."""
+    return sorted(values, key=lambda name: _value_key(values[name], name))[:top]
+
+
+def two_stage_order(
+    first: Mapping[str, float | None], second: Mapping[str, float | None]
+) -> list[str]:
+    """Every name of `first` (each candidate's score on the sample), ranked by a two-stage
+    decision: the names re-scored on the whole split (`second`) first, by that score, then
+    the others by their sample score. The sample only shortlists; the whole split decides
+    among the shortlist, so a sample's noise can reorder the tail, never the shortlist."""
+    again = sorted(second, key=lambda name: _value_key(second[name], name))
+    rest = sorted(
+        (name for name in first if name not in second),
+        key=lambda name: _value_key(first[name], name),
+    )
+    return again + rest
 
 
 def explore(
@@ -209,6 +233,7 @@ def explore(
     device: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
     sample: int | None = None,
+    rescore: int | None = None,
 ) -> Ranking | TextRanking:
     """Score every fitting candidate on the dataset's training split and rank them.
 
@@ -221,11 +246,21 @@ def explore(
     `sample`: score every candidate on the same stratified sample of at most this many
     training rows (seed `SAMPLE_SEED`; the forward pass then runs over those rows only, and
     their features are not cached), recorded as the document's ``sample``.
+    `rescore` (with `sample`): a two-stage decision. Every candidate is scored on the sample,
+    then the `rescore` best by the deciding score are scored again on the whole split
+    (features cached as without a sample) and ranked first, by those scores (see
+    `two_stage_order`); their rows hold the whole split's scores, with ``rescored: true``
+    and the sample's scores under ``sample_scores``. Recorded as ``sample.rescored``.
     """
     scores = tuple(scores)
     task = _task(reg, dataset)
     if sample is not None and sample < 2:
         raise BuildError(f"a sample needs at least 2 rows, got {sample}")
+    if rescore is not None and (sample is None or rescore < 1):
+        raise BuildError(
+            "rescoring the best candidates on the whole split needs a sample and at least"
+            f" one candidate to rescore (sample {sample}, rescore {rescore})"
+        )
     if task == CAUSAL_LM:  # scored with each candidate's own tokenizer
         if sample is not None:
             raise BuildError(f"sampling rows applies to array datasets; {dataset!r} is text")
@@ -269,6 +304,7 @@ def explore(
     todo = [m for m in pool if m not in banned]
     # read once for every candidate (each one whose features are not cached runs over it)
     data = load_dataset(reg, dataset) if todo else None
+    whole = data  # the whole split, for the candidates a two-stage decision scores again
     sampled = None
     if data is not None and sample is not None:
         labels = np.asarray(data.y_train)
@@ -279,6 +315,8 @@ def explore(
             "seed": SAMPLE_SEED,
             "stratified": labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer),
         }
+        if rescore is not None:  # absent otherwise: sampled documents stay as they were
+            sampled["rescored"] = rescore
         data = replace(data, x_train=data.x_train[picked], y_train=labels[picked])
     for done, model in enumerate(todo):
         if progress is not None:
@@ -287,22 +325,9 @@ def explore(
         if reason is not None:
             skipped.append({"model": model, "reason": reason})
             continue
-        begin = time.perf_counter()
-        # the cache holds whole splits: a sample's features are computed, never cached
-        found = extract(
-            reg, model, dataset, "train", device=device, data=data, cache=sampled is None
+        values, seconds, extract_seconds = _score_candidate(
+            reg, model, dataset, names, task, device, data, cache=sampled is None
         )
-        extract_seconds = time.perf_counter() - begin
-        inputs = {"features": found.features, "probs": found.probs}
-        values: dict[str, float | None] = {}
-        seconds: dict[str, float] = {}
-        with _blas_threads():
-            for name in names:
-                begin = time.perf_counter()
-                value = _score(name, inputs, found.labels, task)
-                seconds[name] = round(time.perf_counter() - begin, 6)
-                # an undefined score (NaN) is recorded as null: JSON has no NaN
-                values[name] = round(value, DECIMALS) if math.isfinite(value) else None
         manifest = reg.model_manifest(model)
         assert manifest is not None
         rows.append(
@@ -311,12 +336,29 @@ def explore(
                 "id": manifest.id,
                 "scores": values,
                 "seconds": seconds,
-                "extract_seconds": round(extract_seconds, 6),
+                "extract_seconds": extract_seconds,
             }
         )
     if progress is not None:
         progress(len(todo), len(todo), "")
     rows.sort(key=lambda row: _order_key(row, decided_by))
+    if rescore is not None:
+        first = {row["model"]: row["scores"][decided_by] for row in rows}
+        again = set(shortlist(first, rescore))
+        for row in rows:
+            if row["model"] not in again:
+                continue
+            full, full_seconds, full_extract = _score_candidate(
+                reg, row["model"], dataset, names, task, device, whole, cache=True
+            )
+            row["sample_scores"] = row["scores"]
+            row.update(scores=full, rescored=True)
+            row["seconds"] = {k: round(v + full_seconds[k], 6) for k, v in row["seconds"].items()}
+            row["extract_seconds"] = round(row["extract_seconds"] + full_extract, 6)
+        second = {row["model"]: row["scores"][decided_by] for row in rows if row["model"] in again}
+        order = two_stage_order(first, second)
+        by_name = {row["model"]: row for row in rows}
+        rows = [by_name[name] for name in order]
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     return Ranking(
@@ -329,6 +371,35 @@ def explore(
         not_applicable=not_applicable,
         sample=sampled,
     )
+
+
+def _score_candidate(
+    reg: Registry,
+    model: str,
+    dataset: str,
+    names: Sequence[str],
+    task: str,
+    device: str,
+    data: DatasetArrays | None,
+    cache: bool,
+) -> tuple[dict[str, float | None], dict[str, float], float]:
+    """({score: value}, {score: seconds}, extraction seconds) of one candidate on `data`'s
+    training rows; values rounded to DECIMALS, an undefined one (NaN) None."""
+    begin = time.perf_counter()
+    # the cache holds whole splits: a sample's features are computed, never cached
+    found = extract(reg, model, dataset, "train", device=device, data=data, cache=cache)
+    extract_seconds = round(time.perf_counter() - begin, 6)
+    inputs = {"features": found.features, "probs": found.probs}
+    values: dict[str, float | None] = {}
+    seconds: dict[str, float] = {}
+    with _blas_threads():
+        for name in names:
+            begin = time.perf_counter()
+            value = _score(name, inputs, found.labels, task)
+            seconds[name] = round(time.perf_counter() - begin, 6)
+            # an undefined score (NaN) is recorded as null: JSON has no NaN
+            values[name] = round(value, DECIMALS) if math.isfinite(value) else None
+    return values, seconds, extract_seconds
 
 
 def explore_for(reg: Registry, model_name: str, device: str = "auto") -> dict[str, Any]:

@@ -54,8 +54,9 @@ def compute(
     # images run channels-last: CPU convolutions and pooling take 2-3x less time in that layout
     # (a float32 rounding apart from the default one, and as deterministic)
     layout = torch.channels_last if np.ndim(x) == 4 else torch.contiguous_format
-    module.to(dev).eval()
-    module.to(memory_format=layout)
+    # one walk over the module for both moves (a fixed cost per candidate that a small
+    # sample's forward pass does not dwarf); torch takes both at once, its stubs list apart
+    module.to(dev, memory_format=layout).eval()  # type: ignore[call-overload]
     head = head_of(module)
     feats, probs = [], []
     try:
