@@ -36,6 +36,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
+from stemma.registry.records.manifest import MANIFEST_FILE, DatasetRef, ModelManifest
 from stemma.registry.rules.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 
@@ -217,7 +218,7 @@ def _forgetting(
     module: nn.Module,
     target_config: Mapping[str, Any],
     source: nn.Module,
-    source_manifest: Mapping[str, Any],
+    source_manifest: ModelManifest,
     rows: Sequence[Mapping[str, Any]],
     seed: int,
     device: torch.device,
@@ -254,7 +255,7 @@ def _forgetting(
     result["method"] = method
     result["inputs"] = {
         "data": {**ref, "split": "eval", "samples": len(data.y_eval)},
-        "source_model": {"name": source_manifest["name"], "id": source_manifest["id"]},
+        "source_model": {"name": source_manifest.name, "id": source_manifest.id},
     }
     if method == "linear-probe":
         result["inputs"]["probe"] = {
@@ -272,13 +273,13 @@ def _forgetting_data(
     spec: ModelSpec,
     name: str,
     target_config: Mapping[str, Any],
-    source_manifest: Mapping[str, Any],
+    source_manifest: ModelManifest,
 ) -> DatasetArrays:
     """The forgetting check's dataset, whose samples both models must take."""
     data = load_dataset(reg, name, "/checks/forgetting/data", spec.path)
     for who, config in (
         (f"model {spec.name!r}", target_config),
-        (f"source model {source_manifest['name']!r}", source_manifest["architecture"]["config"]),
+        (f"source model {source_manifest.name!r}", source_manifest.architecture.config),
     ):
         if data.shape != _in_shape(config):
             raise BuildError(
@@ -293,23 +294,23 @@ def _drift_data(
     reg: Registry,
     spec: ModelSpec,
     block: Mapping[str, Any],
-    source_manifest: Mapping[str, Any],
+    source_manifest: ModelManifest,
     train_data: DatasetArrays,
-) -> tuple[Mapping[str, Any], DatasetArrays, str, DatasetArrays]:
+) -> tuple[DatasetRef, DatasetArrays, str, DatasetArrays]:
     """The drift check's inputs: the source's recorded training dataset and its arrays, and
     the name and arrays of the target data, whose samples the source must take."""
-    src_name = str(source_manifest["name"])
-    recorded = (source_manifest.get("datasets") or {}).get("train")
-    if not recorded:
+    src_name = source_manifest.name
+    recorded = source_manifest.datasets.get("train")
+    if recorded is None:
         raise BuildError(
             f"{spec.path} at /checks/drift: source model {src_name!r} records no training"
             " dataset (registered weights?); drift needs the source's training data"
         )
-    source_data = load_dataset(reg, recorded["name"], "/checks/drift", spec.path)
+    source_data = load_dataset(reg, recorded.name, "/checks/drift", spec.path)
     name = str(block.get("data", spec.train))
     pointer = "/checks/drift/data" if "data" in block else "/data/train"
     target = train_data if name == spec.train else load_dataset(reg, name, pointer, spec.path)
-    source_shape = _in_shape(source_manifest["architecture"]["config"])
+    source_shape = _in_shape(source_manifest.architecture.config)
     if target.shape != source_shape:
         raise BuildError(
             f"{spec.path} at {pointer}: samples of {name!r} have shape {target.shape}, but"
@@ -324,12 +325,12 @@ def _drift(
     spec: ModelSpec,
     block: Mapping[str, Any],
     source: nn.Module,
-    source_manifest: Mapping[str, Any],
+    source_manifest: ModelManifest,
     train_data: DatasetArrays,
     seed: int,
     device: torch.device,
 ) -> tuple[dict[str, Any], Ref]:
-    src_name = str(source_manifest["name"])
+    src_name = source_manifest.name
     recorded, source_data, name, target = _drift_data(reg, spec, block, source_manifest, train_data)
     # class means need class labels: other targets are one group
     labels = source_data.y_train
@@ -349,8 +350,8 @@ def _drift(
     result.setdefault("inputs", {}).update(
         {
             "data": {**ref, "split": "train"},
-            "source_data": {**_ref(reg, recorded["name"]), "split": "train"},
-            "source_model": {"name": src_name, "id": source_manifest["id"]},
+            "source_data": {**_ref(reg, recorded.name), "split": "train"},
+            "source_model": {"name": src_name, "id": source_manifest.id},
         }
     )
     return result, ref
@@ -360,7 +361,7 @@ def _parameters(
     block: Mapping[str, Any],
     module: nn.Module,
     source_state: Mapping[str, torch.Tensor],
-    source_manifest: Mapping[str, Any],
+    source_manifest: ModelManifest,
     tensor_map: TensorMap,
     rows: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
@@ -385,7 +386,7 @@ def _parameters(
         else []
     )
     result["inputs"] = {
-        "source_model": {"name": source_manifest["name"], "id": source_manifest["id"]},
+        "source_model": {"name": source_manifest.name, "id": source_manifest.id},
         "mapping": tensor_map.rule,
         "frozen": sorted(frozen),
     }
@@ -405,12 +406,19 @@ def check_inputs(
     if source_manifest is None:
         _require_source(spec)
         return
+    source = _typed(reg, spec, source_manifest)
     declared = spec.checks
     if "forgetting" in declared:
         name = str((declared["forgetting"] or {})["data"])
-        _forgetting_data(reg, spec, name, target_config, source_manifest)
+        _forgetting_data(reg, spec, name, target_config, source)
     if "drift" in declared:
-        _drift_data(reg, spec, declared["drift"] or {}, source_manifest, train_data)
+        _drift_data(reg, spec, declared["drift"] or {}, source, train_data)
+
+
+def _typed(reg: Registry, spec: ModelSpec, source_manifest: Mapping[str, Any]) -> ModelManifest:
+    """The source's manifest document as a typed record (errors name the source's file)."""
+    source = spec.source.model if spec.source is not None else spec.name
+    return ModelManifest.from_dict(source_manifest, reg.rel("models", source, MANIFEST_FILE))
 
 
 def _require_source(spec: ModelSpec) -> None:
@@ -451,6 +459,7 @@ def run_checks(
         _require_source(spec)
         return {}, {}
     assert source_manifest is not None and source_state is not None
+    recorded = _typed(reg, spec, source_manifest)
     checks: dict[str, Any] = {}
     datasets: dict[str, Ref] = {}
     home = next((p.device for p in module.parameters()), torch.device("cpu"))
@@ -466,7 +475,7 @@ def run_checks(
                     module,
                     target_config,
                     source,
-                    source_manifest,
+                    recorded,
                     rows,
                     seed,
                     dev,
@@ -477,7 +486,7 @@ def run_checks(
                     spec,
                     declared["drift"] or {},
                     source,
-                    source_manifest,
+                    recorded,
                     train_data,
                     seed,
                     dev,
@@ -486,6 +495,6 @@ def run_checks(
             module.to(home)
         tmap = tensor_map if tensor_map is not None else TensorMap(None)
         checks["parameters"] = _parameters(
-            declared.get("parameters") or {}, module, source_state, source_manifest, tmap, rows
+            declared.get("parameters") or {}, module, source_state, recorded, tmap, rows
         )
     return checks, datasets
