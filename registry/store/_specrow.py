@@ -5,6 +5,7 @@ this is the reference it is tested against, and the path for specs that SQL flag
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,21 +16,18 @@ from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC
 from stemma.registry.rules.parents import parents_of, primary
 from stemma.registry.store._snapshot import display, read_texts
 from stemma.registry.store.documents import validate_document
+from stemma.registry.store.yamlio import fast_canonical, fast_load, load_yaml_text
 
 
 def parse_spec(path: str, text: str) -> dict[str, Any]:
     """A spec's YAML as a mapping (the fast subset reader first, PyYAML for the rest)."""
-    from stemma.registry.store import _fastyaml
-
-    doc: Any = _fastyaml.load(text)
+    doc: Any = fast_load(text)
     if doc is None:
         doc = _yaml_mapping(path, text)
     return dict(doc)
 
 
 def _yaml_mapping(path: str, text: str) -> dict[str, Any]:
-    from stemma.registry.store.yamlio import load_yaml_text
-
     doc = load_yaml_text(text, path)
     if doc is None:
         return {}
@@ -41,9 +39,7 @@ def _yaml_mapping(path: str, text: str) -> dict[str, Any]:
 def spec_json(display: str, text: str) -> str:
     """A spec's compact, key-sorted JSON (what `files.digest` hashes); located errors for
     files that are not YAML mappings of plain data."""
-    from stemma.registry.store import _fastyaml
-
-    compact = _fastyaml.canonical(text)
+    compact = fast_canonical(text)
     if compact is not None:
         return compact
     doc = _yaml_mapping(display, text)
@@ -85,8 +81,6 @@ class _Unindexable(Exception):
 def spec_row(path: str, compact: str, display: str, text: str) -> SpecRow:
     """The fields the index stores for one spec, picked in Python: the reference for the SQL
     that picks them in bulk, used for the specs that SQL flags. Raises located errors."""
-    import hashlib
-
     doc = json.loads(compact)
     try:
         fields = _fields(path, doc)

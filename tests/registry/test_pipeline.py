@@ -4,8 +4,6 @@ stages of one's own), and `dvc repro` rebuilding exactly the stale models, repro
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,9 +11,6 @@ from conftest import dvc, git, new_registry, write
 from stemma.registry import Registry
 from stemma.registry.pipeline import pipefiles
 from stemma.registry.pipeline import render as pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import synth
 
 TINY = "{epochs: 1, batch_size: 64, optimizer: adam, lr: %s, seed: 0}"
 SPECS = {
@@ -244,58 +239,6 @@ def test_dvc_repro_rebuilds_exactly_the_stale_family(registry: Registry, cli) ->
     metrics = json.loads(dvc(repo, "metrics", "show", "--json"))
     shown = next(iter(metrics.values()))["data"]
     assert {f"models/{m}/metrics.json" for m in MODELS} <= set(shown)
-
-
-def test_pipeline_writer_gives_pyyaml_text_and_reads_back(tmp_path: Path) -> None:
-    from stemma.registry.store import _yamlemit
-    from stemma.registry.store.yamlio import dump_yaml
-
-    synth.generate(tmp_path / "reg", 40, shape="mixed", seed=5, family_size=15)
-    reg = Registry.open(tmp_path / "reg")
-    doc = pipeline.render_dict(reg)
-    assert _yamlemit.dump(doc) == dump_yaml(doc)  # plain text: PyYAML's bytes
-    for path, text in pipeline.render_files(reg).items():
-        assert _yamlemit.dump(yaml.safe_load(text.removeprefix(pipeline.HEADER))) == (
-            text.removeprefix(pipeline.HEADER)
-        ), path
-    odd = [
-        "ü ß — 日本",
-        "a: b # c",
-        "'quoted'",
-        'x "y"',
-        "yes",
-        "No",
-        "null",
-        "~",
-        "1e3",
-        "12",
-        "2026-01-01",
-        ".inf",
-        ".5",
-        "-x",
-        "x ",
-        "",
-        " lead",
-        "x" * 150,
-        "a\nb",
-        "tab\tx",
-        "[x]",
-        "{y}",
-        "*ref",
-        "&a",
-        "!tag",
-        "%x",
-        "@x",
-        "`x",
-        "|x",
-        ">x",
-        "?x",
-        "x,y (z)",
-    ]
-    for i, text in enumerate(odd):
-        doc["artifacts"][f"odd{i}"] = {"path": f"models/odd{i}", "desc": text, "labels": [text]}
-    doc["artifacts"]["true"] = {"n": 3, "f": 0.5, "b": False, "none": None, "empty": []}
-    assert yaml.safe_load(_yamlemit.dump(doc)) == doc
 
 
 def test_check_trusts_its_cache_only_while_the_inputs_are_the_same(

@@ -44,7 +44,7 @@ def scalar(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def dump(doc: Mapping[str, Any]) -> str:
+def dump_block(doc: Mapping[str, Any]) -> str:
     """The block-style YAML text of a mapping."""
     out: list[str] = []
     _mapping(doc, "", out)

@@ -29,7 +29,10 @@ _KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*):(?: +(.*))?")
 _PLAIN = r"(?:[^,\[\]{}#:?'\"\s]|:(?![\s,\[\]{}]))(?:[^,\[\]{}#:?'\"]|:(?![\s,\[\]{}]))*"
 # One token of a flow collection; only scalars need rewriting, punctuation stays as it is.
 _FLOW_SCALAR = re.compile(rf"\"[^\"]*\"|'[^']*'|{_PLAIN}")
-_FLOW_ALL = re.compile(rf"(?: *(?:[\[\]{{}},]|: |\"[^\"]*\"|'[^']*'|{_PLAIN}))* *")
+# A plain scalar is matched atomically (the lookahead captures it, the backreference takes it
+# whole): else a long one that fails to match splits into every sequence of shorter ones, and
+# the match takes exponential time.
+_FLOW_ALL = re.compile(rf"(?: *(?:[\[\]{{}},]|: |\"[^\"]*\"|'[^']*'|(?=({_PLAIN}))\1))* *")
 # Values repeat across specs (whole lines such as a shared `strategy:`, and scalars such as
 # relations and dataset names): each is rewritten once.
 _VALUES: dict[str, str] = {}
@@ -66,13 +69,13 @@ class _Unsupported(Exception):
     """The text is outside the subset; PyYAML must read it."""
 
 
-def load(text: str) -> dict[str, Any] | None:
+def fast_load(text: str) -> dict[str, Any] | None:
     """The mapping `yaml.safe_load(text)` returns, or None when the text is outside the subset."""
-    compact = canonical(text)
+    compact = fast_canonical(text)
     return None if compact is None else dict(json.loads(compact))
 
 
-def canonical(text: str) -> str | None:
+def fast_canonical(text: str) -> str | None:
     """The compact, key-sorted JSON of the mapping `yaml.safe_load(text)` returns (the text
     `files.digest` hashes), or None when the text is outside the subset."""
     if "\t" in text or "\r" in text or "\ufeff" in text or "\\" in text:
