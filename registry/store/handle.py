@@ -37,9 +37,7 @@ from stemma.registry.store.documents import (
 )
 from stemma.registry.store.files import canonical_json, confined, content_id, write_atomic
 from stemma.registry.store.tree import GitTree, Tree, WorkTree
-
-# PyYAML is imported where used, not here: on the `stemma ls` / `stemma query` path only
-# stemma.yaml needs it.
+from stemma.registry.store.yamlio import dump_yaml, load_yaml_text
 
 SETTINGS_FILE = "stemma.yaml"
 SPEC_FILE = "spec.yaml"
@@ -108,13 +106,7 @@ class Registry:
         text = tree.read_text(SETTINGS_FILE)
         if text is None:
             raise RegistryNotFound(path=f"{repo_root} ({tree.label})")
-        from stemma.registry.store import _fastyaml
-
-        doc = _fastyaml.load(text)  # PyYAML's import alone is a tenth of a `stemma ls`
-        if doc is None:
-            from stemma.registry.store.yamlio import load_yaml_text
-
-            doc = load_yaml_text(text, SETTINGS_FILE)
+        doc = load_yaml_text(text, SETTINGS_FILE)  # the fast reader: PyYAML only if needed
         if not settings_look_valid(doc):  # the full schema only when it can find something
             doc = parse_yaml_document(text, SETTINGS, SETTINGS_FILE)
         settings = Settings.from_dict(doc)
@@ -146,8 +138,6 @@ class Registry:
                 args.append("--subdir")
             _run(args, repo_root, required=True)
             _run([sys.executable, "-m", "dvc", "config", "core.autostage", "true"], repo_root)
-        from stemma.registry.store.yamlio import dump_yaml
-
         write_atomic(repo_root / SETTINGS_FILE, dump_yaml(settings.to_dict()))
         reg_root = (repo_root / root).resolve()
         for sub in ("models", "datasets"):
