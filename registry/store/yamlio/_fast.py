@@ -21,6 +21,8 @@ from typing import Any
 _NULLS = frozenset({"~", "null", "Null", "NULL"})
 _TRUE = frozenset({"yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"})
 _FALSE = frozenset({"no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"})
+# Each of those words as JSON (YAML 1.1 reads them as null or booleans).
+_WORDS = {w: "null" for w in _NULLS} | {w: "true" for w in _TRUE} | {w: "false" for w in _FALSE}
 _INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?|\.[0-9]+(?:[eE][-+][0-9]+)?")
 _KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*):(?: +(.*))?")
@@ -86,6 +88,10 @@ def fast_canonical(text: str) -> str | None:
         return None  # directives and document markers
     if not text.replace("\n", "").isprintable():
         return None
+    if not ("#" in text or "\n " in text or "\n-" in text or " \n" in text) and (
+        text[:1] not in (" ", "-") and text[-1:] != " "
+    ):
+        return _flat(text)  # most specs: every line a top-level `key: value`
     # (indent, content) of each line that is not blank; a '#' anywhere is only accepted as
     # a whole-line comment (YAML reads it as a comment after a value in many places).
     lines = [
@@ -109,6 +115,50 @@ def _is_item(content: str) -> bool:
     return content == "-" or content.startswith("- ")
 
 
+def _flat(text: str) -> str | None:
+    """`fast_canonical` of a text whose lines are all `key: value` at the top level (no
+    indent, comment, list item or trailing space): one pass over the lines."""
+    members: dict[str, str] = {}
+    cached = _LINES.get  # most lines were met before: no call to `_line`
+    try:
+        for line in text.split("\n"):
+            if line:
+                pair = cached(line) or _line(line)
+                if pair is None:
+                    return None  # a value on the following lines, yet none is indented
+                members[pair[0]] = pair[1]
+    except (_Unsupported, IndexError, RecursionError, ValueError):
+        return None
+    return _join(members) if members else None
+
+
+def _join(members: dict[str, str]) -> str:
+    """A mapping's canonical JSON from its members' (keys are `_KEY` names: no escaping)."""
+    return "{" + ",".join([f'"{k}":{members[k]}' for k in sorted(members)]) + "}"
+
+
+def _line(content: str) -> tuple[str, str] | None:
+    """The key and the canonical JSON value of a `key: value` line (such lines repeat across
+    specs: each is read once); None for `key:` alone (its value is on the following lines)."""
+    try:
+        return _LINES[content]
+    except KeyError:
+        pass
+    match = _KEY.fullmatch(content)
+    if match is None:
+        raise _Unsupported
+    key, rest = match.group(1), (match.group(2) or "").rstrip(" ")
+    if key in _WORDS:
+        raise _Unsupported  # YAML 1.1 reads these keys as null or booleans
+    if not rest:
+        return None
+    pair = (key, _inline(rest))
+    if len(_LINES) > _CACHE_MAX:
+        _LINES.clear()
+    _LINES[content] = pair
+    return pair
+
+
 def _block(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[int, str]:
     """The block (mapping or sequence) starting at line `i` as canonical JSON; the next line."""
     if _is_item(lines[i][1]):
@@ -117,26 +167,13 @@ def _block(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[int, str]
     members: dict[str, str] = {}  # a repeated key keeps its last value, as in PyYAML
     while i < n and lines[i][0] == indent:
         content = lines[i][1]
-        try:
-            key, value = _LINES[content]  # "key: value" lines repeat across specs
-            members[key] = value
+        pair = _line(content)
+        if pair is not None:
+            members[pair[0]] = pair[1]
             i += 1
             continue
-        except KeyError:
-            pass
-        match = _KEY.fullmatch(content)
-        if match is None:
-            raise _Unsupported
-        key, rest = match.group(1), (match.group(2) or "").rstrip(" ")
-        if key in _NULLS or key in _TRUE or key in _FALSE:
-            raise _Unsupported  # YAML 1.1 reads these keys as null or booleans
-        if rest:
-            members[key] = value = _inline(rest)
-            if len(_LINES) > _CACHE_MAX:
-                _LINES.clear()
-            _LINES[content] = (key, value)
-            i += 1
-        elif i + 1 < n and lines[i + 1][0] > indent:
+        key = content[:-1]  # `key:` alone
+        if i + 1 < n and lines[i + 1][0] > indent:
             i, members[key] = _block(lines, i + 1, lines[i + 1][0])
         elif i + 1 < n and lines[i + 1][0] == indent and _is_item(lines[i + 1][1]):
             i, members[key] = _sequence(lines, i + 1, indent)
@@ -144,7 +181,7 @@ def _block(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[int, str]
             raise _Unsupported  # an empty value: null, or a scalar on following lines
     if i < n and lines[i][0] > indent:
         raise _Unsupported
-    return i, "{" + ",".join(f'"{k}":{members[k]}' for k in sorted(members)) + "}"
+    return i, _join(members)
 
 
 def _sequence(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[int, str]:
@@ -243,12 +280,15 @@ def _flow_scalar(match: re.Match[str]) -> str:
 
 def _scalar(text: str) -> str:
     """A plain scalar as JSON, resolved the way PyYAML's SafeLoader does (YAML 1.1)."""
-    if text in _NULLS:
+    if text[0].isalpha():  # text, or one of YAML 1.1's words (never a number)
+        word = _WORDS.get(text)
+        if word is not None:
+            return word
+        if '"' in text:
+            raise _Unsupported
+        return f'"{text}"'
+    if text == "~":
         return "null"
-    if text in _TRUE:
-        return "true"
-    if text in _FALSE:
-        return "false"
     if _INT.fullmatch(text):
         if len(text) > 18:
             raise _Unsupported  # possibly past 64 bits: the full reader names the value
@@ -258,6 +298,6 @@ def _scalar(text: str) -> str:
         if number in (math.inf, -math.inf):
             raise _Unsupported  # JSON has no infinity (the encoder writes "Infinity")
         return repr(number)
-    if not (text[0].isalpha() or text[0] in "_/" or _DOT_TEXT.fullmatch(text)) or '"' in text:
+    if not (text[0] in "_/" or _DOT_TEXT.fullmatch(text)) or '"' in text:
         raise _Unsupported
     return f'"{text}"'
