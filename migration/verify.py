@@ -38,7 +38,13 @@ from stemma.registry.pipeline.locks import LOCK_FILE
 from stemma.registry.pipeline.lockstate import unlocked
 from stemma.registry.pipeline.render import PIPELINE_FILE
 from stemma.registry.query.listing import current_dataset_id
-from stemma.registry.records.manifest import FileRef, ModelManifest, Tokenizer, Weights
+from stemma.registry.records.manifest import (
+    FileRef,
+    ModelManifest,
+    Tokenizer,
+    Weights,
+    model_record,
+)
 from stemma.registry.rules import status
 from stemma.registry.rules.commits import settle
 from stemma.registry.store.files import file_hashes, read_json
@@ -348,12 +354,13 @@ def _frozen(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
     if not rows:
         return Finding("frozen", SKIP, "no frozen tensors transferred from the source")
     src = source.model
-    src_manifest = reg.model_manifest(src)
-    src_file = src_manifest.model.weights.path if src_manifest else WEIGHTS_FILE
+    found = reg.model_manifest(src)
+    src_manifest = model_record(found) if found else None
+    src_file = src_manifest.weights.path if src_manifest else WEIGHTS_FILE
     src_path = reg.model_dir(src) / src_file
     if src_manifest is None or not src_path.is_file():
         return Finding("frozen", FAIL, f"source model {src!r} has no weights to compare with")
-    if _weights(reg, src_manifest.model, src).status != PASS:
+    if _weights(reg, src_manifest, src).status != PASS:
         return Finding(
             "frozen", FAIL, f"{reg.rel('models', src, src_file)} does not match its manifest"
         )
@@ -408,7 +415,7 @@ def verify_model(
         raise BuildError(
             f"{reg.rel('models', name)}: model {name!r} has not been built; run `dvc repro`"
         )
-    manifest = found.model
+    manifest = model_record(found)
     try:
         reg.model_spec(name)
         findings.append(Finding("schema", PASS, "spec and manifest match their schemas"))
@@ -458,9 +465,9 @@ def _needed_datasets(reg: Registry, name: str) -> set[str]:
     spec = reg.model_spec(name)
     names = set(spec.dataset_refs().values())
     manifest = reg.model_manifest(name)
-    for model, _ in manifest.model.recorded_parents() if manifest else ():  # a merge: each
+    for model, _ in model_record(manifest).recorded_parents() if manifest else ():  # a merge
         parent = reg.model_manifest(model)
-        train = parent.model.dataset("train") if parent else None
+        train = model_record(parent).dataset("train") if parent else None
         if train:
             names.add(train)
     return names
@@ -486,7 +493,7 @@ def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
         for path in sorted(source.iterdir()) if source.is_dir() else ():
             _copy(path, root / str(given) / path.name)
     manifest = reg.model_manifest(name)
-    for model, _ in manifest.model.recorded_parents() if manifest else ():  # a merge: each
+    for model, _ in model_record(manifest).recorded_parents() if manifest else ():  # a merge
         _copy_parent(reg, root, model)
     for dataset in sorted(_needed_datasets(reg, name)):
         rel = Path("datasets", dataset)
@@ -502,7 +509,7 @@ def _copy_parent(reg: Registry, root: Path, model: str) -> None:
 
     theirs = Path("models", model)
     found = reg.model_manifest(model)
-    built = found.model if found else None
+    built = model_record(found) if found else None
     block = built.weights.to_dict() if built else {}
     adapter = built.adapter if built else None
     extra = [adapter.config.path] if adapter else []
@@ -681,8 +688,8 @@ def rebuild_and_compare(
         rebuilt = copy.model_manifest(name)
         if rebuilt is None:
             raise BuildError(f"rebuild of {name!r} wrote no manifest")
-        mine = reg.model_dir(name) / found.model.weights.path
-        theirs = copy.model_dir(name) / rebuilt.model.weights.path
+        mine = reg.model_dir(name) / model_record(found).weights.path
+        theirs = copy.model_dir(name) / model_record(rebuilt).weights.path
         diffs = tensor_diffs(mine, theirs) if mine.is_file() else None
         out = compare_builds(found.raw, rebuilt.raw, diffs)
         out["machine"] = before.to_dict()

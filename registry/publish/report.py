@@ -28,7 +28,7 @@ from stemma.registry.publish._reportfmt import (
 from stemma.registry.publish._reporthtml import curve_png, render_html
 from stemma.registry.query.listing import model_staleness
 from stemma.registry.records.core import Manifest
-from stemma.registry.records.manifest import ORIGINS, Check
+from stemma.registry.records.manifest import ORIGINS, Check, ModelManifest, model_record
 from stemma.registry.rules.classlabels import class_labels, label
 from stemma.registry.store.files import Outputs, read_json
 from stemma.registry.store.handle import Registry
@@ -59,7 +59,7 @@ def _lineage(reg: Registry, name: str) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": node, "built": manifest is not None, "id": None}
         parent: str | None = None
         if manifest is not None:
-            built = manifest.model
+            built = model_record(manifest)
             entry["id"] = built.id
             entry["metrics"] = dict(built.metrics)
             entry["train"] = built.dataset("train")
@@ -86,7 +86,7 @@ def _lineage(reg: Registry, name: str) -> list[dict[str, Any]]:
     return chain
 
 
-def _class_names(reg: Registry, manifest: Manifest) -> list[str]:
+def _class_names(reg: Registry, manifest: Manifest, built: ModelManifest) -> list[str]:
     """The label of each class id the model's per-class figures use: the model's own
     `class_names`, else those of the dataset it was evaluated on (names, or the source
     labels a relabelling selection kept: id 0 of digits 5-9 is "5")."""
@@ -94,7 +94,7 @@ def _class_names(reg: Registry, manifest: Manifest) -> list[str]:
     if own:
         return own
     for role in ("eval", "train"):
-        dataset = manifest.model.dataset(role)
+        dataset = built.dataset(role)
         if not dataset:
             continue
         try:
@@ -123,7 +123,7 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
         raise BuildError(
             f"{reg.rel('models', name)}: model {name!r} has not been built; run `dvc repro`"
         )
-    built = manifest.model
+    built = model_record(manifest)
     curve_path = reg.model_dir(name) / CURVE_FILE
     curve: list[dict[str, Any]] = []
     if curve_path.is_file():
@@ -150,7 +150,7 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
         "metrics": dict(built.metrics),
         "per_class": dict(built.per_class or {}),
         "task": built.task_name,
-        "class_names": _class_names(reg, manifest),
+        "class_names": _class_names(reg, manifest, built),
         "gates": [g.to_dict() for g in built.gates],
         "checks": {check: result.to_dict() for check, result in (built.checks or {}).items()},
         "curve": curve,

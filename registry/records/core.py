@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
-from stemma.registry.errors import SchemaError
-from stemma.registry.records.manifest import DatasetManifest, ModelManifest, manifest_record
 from stemma.registry.rules.contentid import content_id, digest
 from stemma.registry.rules.naming import ENTRYPOINT_RE
 from stemma.registry.rules.parents import primary
@@ -303,24 +300,3 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """The manifest document."""
         return dict(self.raw)
-
-    @cached_property
-    def record(self) -> ModelManifest | DatasetManifest:
-        """The typed record of the document (built on first use, then kept)."""
-        return manifest_record(self.raw, self.path or self.name)
-
-    @property
-    def model(self) -> ModelManifest:
-        """The typed record of a model manifest; a dataset manifest is refused."""
-        record = self.record
-        if not isinstance(record, ModelManifest):
-            raise SchemaError(self.path, f"not a model manifest (kind {self.kind!r})", "/kind")
-        return record
-
-    @property
-    def dataset(self) -> DatasetManifest:
-        """The typed record of a dataset manifest; a model manifest is refused."""
-        record = self.record
-        if not isinstance(record, DatasetManifest):
-            raise SchemaError(self.path, f"not a dataset manifest (kind {self.kind!r})", "/kind")
-        return record
