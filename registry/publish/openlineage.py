@@ -28,7 +28,7 @@ from stemma.registry import __version__
 from stemma.registry.errors import GitError
 from stemma.registry.pipeline.render import stage_name
 from stemma.registry.publish._olsend import send
-from stemma.registry.rules.parents import recorded_parents
+from stemma.registry.records.manifest import MANIFEST_FILE, DatasetManifest, ModelManifest
 from stemma.registry.store.files import Outputs
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import git
@@ -116,14 +116,16 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _failures(raw: dict[str, Any]) -> list[str]:
-    gates = raw.get("gates") or []
-    failed = [f"gate {g['metric']} {g['op']} {g['threshold']}" for g in gates if not g["passed"]]
-    checks = raw.get("checks") or {}
-    return failed + [f"check {n}" for n, r in sorted(checks.items()) if not r.get("passed", True)]
+def _failures(manifest: ModelManifest) -> list[str]:
+    gates = manifest.gates
+    failed = [f"gate {g.metric} {g.op} {g.threshold}" for g in gates if not g.passed]
+    checks = manifest.checks or {}
+    return failed + [f"check {n}" for n, r in sorted(checks.items()) if not r.passed]
 
 
-def _job(namespace: str, kind: str, raw: dict[str, Any], origin: Origin | None) -> dict[str, Any]:
+def _job(
+    namespace: str, kind: str, manifest: ModelManifest | DatasetManifest, origin: Origin | None
+) -> dict[str, Any]:
     facets: dict[str, Any] = {
         "jobType": _facet(
             "JobTypeJobFacet", processingType="BATCH", integration="STEMMA", jobType=kind.upper()
@@ -132,7 +134,7 @@ def _job(namespace: str, kind: str, raw: dict[str, Any], origin: Origin | None) 
         "sourceCode": _facet(
             "SourceCodeJobFacet",
             language="json",
-            sourceCode=json.dumps(raw.get("spec") or {}, sort_keys=True, indent=2),
+            sourceCode=json.dumps(manifest.spec, sort_keys=True, indent=2),
         ),
     }
     if origin is not None:
@@ -144,17 +146,19 @@ def _job(namespace: str, kind: str, raw: dict[str, Any], origin: Origin | None) 
             path=origin.path,
             version=origin.commit,
         )
-    return {"namespace": namespace, "name": stage_name(kind, str(raw["name"])), "facets": facets}
+    return {"namespace": namespace, "name": stage_name(kind, manifest.name), "facets": facets}
 
 
 def _pair(
-    raw: dict[str, Any], job: dict[str, Any], io: tuple[list[Any], list[Any]], end: dict[str, Any]
+    manifest: ModelManifest | DatasetManifest,
+    job: dict[str, Any],
+    io: tuple[list[Any], list[Any]],
+    end: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """The START and the closing event of one build."""
-    run = raw.get("run") or {}
-    started = _time(str(run["started"]))
-    ended = started + timedelta(seconds=float(run.get("duration_s") or 0.0))
-    rid = run_id(str(raw["id"]))
+    started = _time(manifest.run.started)
+    ended = started + timedelta(seconds=float(manifest.run.duration_s or 0.0))
+    rid = run_id(manifest.id)
     failed = "errorMessage" in end
 
     def event(kind: str, when: datetime, facets: dict[str, Any]) -> dict[str, Any]:
@@ -177,55 +181,54 @@ def build_events(
     raw: dict[str, Any], namespace: str, origin: Origin | None = None
 ) -> list[dict[str, Any]]:
     """START and COMPLETE (or FAIL) of the build that wrote model manifest `raw`."""
-    name = str(raw["name"])
+    manifest = ModelManifest.from_dict(raw, f"models/{raw.get('name')}/{MANIFEST_FILE}")
     inputs = []
-    for parent, version in recorded_parents(raw):  # a merge: one input per parent
+    for parent, version in manifest.recorded_parents():  # a merge: one input per parent
         inputs.append(_dataset(namespace, f"models/{parent}", version, "MODEL"))
     seen = set()
-    for _role, ref in sorted((raw.get("datasets") or {}).items()):
-        key = (ref["name"], ref.get("id"))
-        if key not in seen:
-            seen.add(key)
-            inputs.append(_dataset(namespace, f"datasets/{ref['name']}", ref.get("id"), "FILE"))
-    outputs = [_dataset(namespace, f"models/{name}", str(raw["id"]), "MODEL")]
+    for _role, ref in sorted(manifest.datasets.items()):
+        if (ref.name, ref.id) not in seen:
+            seen.add((ref.name, ref.id))
+            inputs.append(_dataset(namespace, f"datasets/{ref.name}", ref.id, "FILE"))
+    outputs = [_dataset(namespace, f"models/{manifest.name}", manifest.id, "MODEL")]
     end: dict[str, Any] = {
         "stemma_metrics": {
             "_producer": PRODUCER,
             "_schemaURL": f"{METRICS_FACET_URL}#/$defs/StemmaMetricsRunFacet",
             "metrics": {
                 k: v
-                for k, v in sorted((raw.get("metrics") or {}).items())
+                for k, v in sorted(manifest.metrics.items())
                 if isinstance(v, (int, float)) and not isinstance(v, bool)
             },
-            "gates": list(raw.get("gates") or []),
+            "gates": [g.to_dict() for g in manifest.gates],
         }
     }
-    failures = _failures(raw)
+    failures = _failures(manifest)
     if failures:
         end["errorMessage"] = _facet(
             "ErrorMessageRunFacet",
             message="failed: " + ", ".join(failures),
             programmingLanguage="python",
         )
-    return _pair(raw, _job(namespace, "model", raw, origin), (inputs, outputs), end)
+    return _pair(manifest, _job(namespace, "model", manifest, origin), (inputs, outputs), end)
 
 
 def dataset_events(
     raw: dict[str, Any], namespace: str, origin: Origin | None = None
 ) -> list[dict[str, Any]]:
     """START and COMPLETE of the build that wrote dataset manifest `raw`."""
-    output = _dataset(namespace, f"datasets/{raw['name']}", str(raw["id"]), "FILE")
-    splits = raw.get("splits") or {}
-    rows = sum(int(s.get("samples", 0)) for s in splits.values() if isinstance(s, dict))
-    data = raw.get("data") or {}
+    manifest = DatasetManifest.from_dict(raw, f"datasets/{raw.get('name')}/{MANIFEST_FILE}")
+    output = _dataset(namespace, f"datasets/{manifest.name}", manifest.id, "FILE")
+    rows = sum(int(s.samples) for s in manifest.splits.values())
+    size = manifest.data.bytes
     output["facets"]["dataQualityMetrics"] = _facet(
         "DataQualityMetricsDatasetFacet",
         rowCount=rows,
         fileCount=1,
-        **({"bytes": int(data["bytes"])} if isinstance(data.get("bytes"), int) else {}),
+        **({"bytes": size} if isinstance(size, int) else {}),
         columnMetrics={},
     )
-    return _pair(raw, _job(namespace, "dataset", raw, origin), ([], [output]), {})
+    return _pair(manifest, _job(namespace, "dataset", manifest, origin), ([], [output]), {})
 
 
 def _repo_url(top: Path) -> str:
