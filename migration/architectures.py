@@ -19,6 +19,7 @@ from torch import nn
 
 from .entrypoints import import_entrypoint
 from .families import LIBRARY_FAMILIES, family_of, head_input, head_name, library_config
+from .families import build as library_build
 
 FAMILIES = ("mlp", "cnn", "entrypoint", *LIBRARY_FAMILIES)
 DEFAULT_HIDDEN = [128, 64]
@@ -171,9 +172,7 @@ def build_module(
             )
         return module
     if family in LIBRARY_FAMILIES:
-        from .families import build
-
-        return build(config, where, trusted, limits, display)
+        return library_build(config, where, trusted, limits, display)
     raise BuildError(f"{where}: unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 
 

@@ -31,19 +31,17 @@ from . import lm_train
 from . import tokenizer as tok
 from .adapters import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, adapter_files, check_targets
 from .adapters import lora_block as resolve_lora
-from .build import (
-    _architecture,
-    _blob_file,
-    _commit,
-    _load_source,
-    _refuse_failed_source,
-    _run_block,
-    _source_name,
-    _write_model,
-    dataset_head,
+from .adapters import rows as adapter_rows
+from .build_inputs import (
+    architecture_config,
     load_model,
+    load_source,
+    refuse_failed_source,
+    source_name,
 )
+from .build_outputs import blob_file, commit_outputs, dataset_head, run_block, write_model
 from .evaluate import evaluate_gates
+from .families import require
 from .mapping import report
 from .model_manifest import manifest_head, source_block
 from .strategy import Strategy, prepare_target
@@ -51,7 +49,6 @@ from .textdata import PROMPT_COMPLETION, TextSplits, load_text, manifest_block, 
 from .textdata import npz_bytes as text_npz_bytes
 from .train import Progress, TrainConfig
 
-DEFAULT_BLOCK = 64
 DEFAULT_NEW_TOKENS = 16
 DEFAULT_PROMPTS = 3
 DEFAULT_MAX_RISE = 0.10
@@ -94,8 +91,10 @@ def build_text_dataset(
             "eval": {"samples": len(splits.eval), "class_counts": {}},
         },
     }
-    manifest["run"] = _run_block(reg, started, begin)
-    _commit(reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob})
+    manifest["run"] = run_block(reg, started, begin)
+    commit_outputs(
+        reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob}
+    )
     return manifest
 
 
@@ -253,13 +252,13 @@ def build_lm(
     for pointer, message in spec_problems(CAUSAL_LM, spec.raw):
         raise BuildError(f"{display} at {pointer}: {message}")
     lm = dict(spec.raw.get("lm") or {})
-    block_size = int(lm.get("block_size", DEFAULT_BLOCK))
+    block_size = int(lm.get("block_size", lm_train.DEFAULT_BLOCK))
     src_name, src_manifest, src_state, exploration = None, None, None, None
     if spec.source is not None:
         # model: auto takes the exploration's selection (explore_lm: bits per byte)
-        src_name, exploration = _source_name(reg, spec)
-        src_manifest, src_state = _load_source(reg, spec, src_name)
-        _refuse_failed_source(spec, src_name, src_manifest)
+        src_name, exploration = source_name(reg, spec)
+        src_manifest, src_state = load_source(reg, spec, src_name)
+        refuse_failed_source(spec, src_name, src_manifest)
     if strategy.mode == "lora" and (src_name is None or not strategy.lora):
         raise BuildError(
             f"{display} at /strategy/mode: mode lora needs a source model and a lora block"
@@ -268,7 +267,7 @@ def build_lm(
     files, origin = _tokenizer_files(reg, spec, src_name, src_manifest)
     tokenizer = tok.load(files, f"{display} at /tokenizer")
     train_text, eval_text, datasets = _texts(reg, spec)
-    config = _architecture(reg, spec, src_manifest, [block_size], 0)
+    config = architecture_config(reg, spec, src_manifest, [block_size], 0)
     config["task"] = CAUSAL_LM
     if config.get("family") != "transformers":
         raise BuildError(
@@ -291,9 +290,6 @@ def build_lm(
     trained: nn.Module = module
     lora: dict[str, Any] | None = None
     if strategy.mode == "lora":
-        from .adapters import rows as adapter_rows
-        from .families import require
-
         lora = resolve_lora(strategy.lora or {})
         check_targets(module, lora["target_modules"], display)
         peft = require("peft")
@@ -385,20 +381,18 @@ def build_lm(
     if lora is not None:
         assert src_manifest is not None
         adapter = adapter_files(trained)
-        manifest["weights"] = _blob_file(
+        manifest["weights"] = blob_file(
             f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", adapter[ADAPTER_WEIGHTS], "safetensors"
         )
         manifest["adapter"] = {
             "format": "peft-lora",
             "base": {"model": src_name, "id": src_manifest["id"]},
             **lora,
-            "config": _blob_file(
-                f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", adapter[ADAPTER_CONFIG], "json"
-            ),
+            "config": blob_file(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", adapter[ADAPTER_CONFIG], "json"),
         }
         outputs.update({f"{ADAPTER_DIR}/{n}": b for n, b in adapter.items()})
         state = None
-    manifest["run"] = _run_block(
+    manifest["run"] = run_block(
         reg,
         started,
         begin,
@@ -408,5 +402,5 @@ def build_lm(
         threads=torch.get_num_threads(),
         train_s=round(run.train_seconds, 3),
     )
-    _write_model(reg, name, manifest, state, metrics, run.curve, outputs)
+    write_model(reg, name, manifest, state, metrics, run.curve, outputs)
     return manifest

@@ -34,6 +34,8 @@ from stemma.registry.store.files import (
     write_atomic,
 )
 
+from .weights import to_bytes
+
 CHECKPOINTS = "checkpoints"  # under the registry's `.stemma/` work folder
 META_FILE = "checkpoint.json"
 AUTO_INTERVAL_S = 300.0
@@ -85,8 +87,6 @@ class Checkpointer:
         self, epoch: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
     ) -> None:
         """Write the state after `epoch`: the tensor file, then the JSON that names it."""
-        from .weights import to_bytes
-
         self._check_folder()
         self.folder.mkdir(parents=True, exist_ok=True)
         blob = to_bytes(tensors)

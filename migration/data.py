@@ -28,6 +28,7 @@ from stemma.registry.store.files import file_kind, read_bytes_file, write_atomic
 from stemma.registry.store.handle import DATA_FILE
 
 from .entrypoints import import_entrypoint
+from .shapes import shapes
 from .tasks import task_of
 
 KEYS = ("x_train", "y_train", "x_eval", "y_eval")
@@ -415,11 +416,16 @@ def load_raw(
         return _imagefolder(rest, resolve, size, where)
     if scheme == "hf-disk" and rest:
         return _hf_disk(rest, resolve, target, features, where)
-    if source == "shapes:classify":  # generated shapes, one per image (detection_data.py)
-        from .detection_data import shapes_raw
-
-        return shapes_raw("classify", options, where)
+    if source == "shapes:classify":  # generated shapes, one per image (shapes.py)
+        return _shapes_classify(options, where)
     raise BuildError(f"{where}: unknown data source {source!r}")
+
+
+def _shapes_classify(options: Mapping[str, Any] | None, where: str) -> Raw:
+    """`shapes:classify` as a classification source: each image labelled with its shape."""
+    x, boxes, names = shapes("classify", options, where)
+    y = np.asarray([int(b[0][0]) for b in boxes], dtype=np.int64)
+    return Raw(x, y, names)
 
 
 def load_source(

@@ -25,18 +25,14 @@ from stemma.registry.store.files import canonical_json
 from stemma.registry.store.handle import DATA_FILE
 
 from .augment import Augment
-from .build import (
-    _architecture,
-    _blob_file,
-    _class_names,
-    _commit,
-    _data,
-    _load_source,
-    _refuse_failed_source,
-    _run_block,
-    _write_model,
-    dataset_head,
+from .build_inputs import (
+    architecture_config,
+    class_names,
+    load_source,
+    refuse_failed_source,
+    training_data,
 )
+from .build_outputs import blob_file, commit_outputs, dataset_head, run_block, write_model
 from .data import npz_bytes
 from .detection_checks import check_detection_inputs, detection_forgetting
 from .detection_data import class_counts, materialize_detection
@@ -92,8 +88,10 @@ def build_detection_dataset(
             "eval": {"samples": len(arrays.x_eval), "class_counts": class_counts(arrays.y_eval)},
         },
     }
-    manifest["run"] = _run_block(reg, started, begin)
-    _commit(reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob})
+    manifest["run"] = run_block(reg, started, begin)
+    commit_outputs(
+        reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob}
+    )
     return manifest
 
 
@@ -147,16 +145,16 @@ def build_detector(
         if spec.source.auto:
             raise BuildError(f"{display} at /source/model: detection builds name their source")
         src_name = spec.source.model
-        src_manifest, src_state = _load_source(reg, spec, src_name)
-        _refuse_failed_source(spec, src_name, src_manifest)
-    train_data, eval_data, datasets = _data(reg, spec)
+        src_manifest, src_state = load_source(reg, spec, src_name)
+        refuse_failed_source(spec, src_name, src_manifest)
+    train_data, eval_data, datasets = training_data(reg, spec)
     ds_manifest = reg.dataset_manifest(spec.train)
     assert ds_manifest is not None
     if str(reg.dataset_manifest(spec.eval).raw.get("task")) != DETECTION:  # type: ignore[union-attr]
         raise BuildError(f"{display} at /data/eval: {spec.eval!r} is no detection dataset")
     classes = len(ds_manifest.raw.get("class_names") or ds_manifest.raw["classes"])
     check_detection_inputs(reg, spec, src_manifest)  # before training, not after
-    config = _architecture(reg, spec, src_manifest, train_data.shape, classes + 1)
+    config = architecture_config(reg, spec, src_manifest, train_data.shape, classes + 1)
     config["task"] = DETECTION
     _check_detector(config, display)
     source = None if src_state is None or src_name is None else (src_name, src_state)
@@ -195,14 +193,14 @@ def build_detector(
     )
     manifest["checks"] = checks
     manifest["task"] = DETECTION
-    names = _class_names(reg, spec.train)
+    names = class_names(reg, spec.train)
     if names is not None:
         manifest["class_names"] = names
     samples = canonical_json(
         detection_samples(module, eval_data.x_eval, eval_data.y_eval, names or [])
     ).encode()
-    manifest["samples"] = _blob_file(SAMPLES_FILE, samples, "json")
-    manifest["run"] = _run_block(
+    manifest["samples"] = blob_file(SAMPLES_FILE, samples, "json")
+    manifest["run"] = run_block(
         reg,
         started,
         begin,
@@ -212,7 +210,7 @@ def build_detector(
         threads=run.threads,
         train_s=round(run.train_seconds, 3),
     )
-    _write_model(
+    write_model(
         reg, name, manifest, module.state_dict(), metrics, run.curve, {SAMPLES_FILE: samples}
     )
     return manifest

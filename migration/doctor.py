@@ -12,7 +12,8 @@ calling process may have loaded torch already), and compares the two before any 
 - `unknown`: the manifest records no fingerprint, or another torch or numeric mode, or was
   built on CUDA: nothing to promise.
 
-This module does not import torch; `_main` (run as a module) does, after pinning.
+This module does not import torch; run as a module (its `__main__` block), it does, after
+pinning.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.store.handle import Registry
+
+from .numerics import pin_for_repo, record
 
 REPRODUCIBLE, DIFFERS, UNKNOWN = "reproducible", "differs", "unknown"
 
@@ -117,24 +120,18 @@ def check(
     return here, out
 
 
-def _main(root: str) -> None:
-    """Print this machine's numerics block, pinned as `stemma build` pins it in `root`."""
-    from .numerics import pin_for_repo
-
-    repo = Path(root)
-    mode = pin_for_repo(repo).mode
+if __name__ == "__main__":  # `python -m stemma.migration.doctor ROOT`, from machine_numerics
+    # This machine's numerics block, pinned as `stemma build` pins it in ROOT: the pin comes
+    # first, and torch (with the fingerprint's kernels) loads only after it.
+    _repo = Path(sys.argv[1])
+    _mode = pin_for_repo(_repo).mode
     import torch
 
     from . import fingerprint
-    from .numerics import record
 
-    doc = {
-        **record(mode),
+    _doc = {
+        **record(_mode),
         "torch": torch.__version__,
-        "fingerprint": fingerprint.of_this_machine(repo / ".stemma"),
+        "fingerprint": fingerprint.of_this_machine(_repo / ".stemma"),
     }
-    sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1])
+    sys.stdout.write(json.dumps(_doc, sort_keys=True) + "\n")

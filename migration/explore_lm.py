@@ -38,6 +38,7 @@ from torch import nn
 
 from . import lm_train
 from . import tokenizer as tok
+from .build_inputs import load_model
 from .evaluate import DECIMALS
 from .textdata import PROMPT_COMPLETION, Record, TextSplits, load_text
 from .train import cpu_threads
@@ -296,8 +297,6 @@ def explore_text(
     `decide` defaults to logme for a labelled dataset and bits_per_byte otherwise; a score
     that does not apply is listed in `not_applicable`, and deciding by one is an error.
     """
-    from .build import load_model
-
     target = text_target(reg, dataset)
     labelled = target.labels is not None
     names, decided_by = _names(scores, decide, labelled)

@@ -21,8 +21,8 @@ from stemma.registry.store.handle import INDEX_DIR
 from torch import nn
 
 from .architectures import head_of, penultimate
-from .build import load_dataset, load_model
-from .data import DatasetArrays
+from .build_inputs import load_model
+from .data import DatasetArrays, load_dataset
 from .train import CPU_THREADS, resolve_device
 
 CACHE_DIR = "features"

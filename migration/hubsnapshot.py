@@ -34,14 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from stemma.registry.errors import ParseError, PathEscape, UnsafeFile
+from stemma.registry import Registry
+from stemma.registry.errors import BuildError, ParseError, PathEscape, UnsafeFile
+from stemma.registry.publish.card import hub_id
 from stemma.registry.publish.hubfiles import MAX_CARD_BYTES, hub_id_pattern
 from stemma.registry.store.files import file_kind, read_bytes_file, read_json, read_text_file
 from stemma.registry.store.yamlio import load_yaml_text
 from torch import nn
 
 from . import tokenizer as tok
-from .families import family_of, require
+from .families import family_of, read_hf_config, require
 from .weights import Hashes, read_checked
 
 WEIGHTS = "model.safetensors"
@@ -84,8 +86,6 @@ def is_snapshot(path: Path) -> bool:
 
 def read_snapshot(folder: Path, display: str) -> Snapshot:
     """Check a snapshot folder (config, weights or index and shards, card, tokenizer files)."""
-    from .families import read_hf_config
-
     base = Path(os.path.realpath(folder))
     config = read_hf_config(_regular(base, "config.json", display), f"{display}/config.json")
     if os.path.lexists(base / INDEX):
@@ -157,8 +157,6 @@ def _plain(name: str) -> bool:
 
 def load_state(snap: Snapshot) -> tuple[dict[str, torch.Tensor], dict[str, Hashes]]:
     """The snapshot's tensors, every file read once (the bytes hashed are the bytes loaded)."""
-    from stemma.registry.errors import BuildError
-
     state: dict[str, torch.Tensor] = {}
     hashes: dict[str, Hashes] = {}
     listed = _listed(snap) if snap.index else None
@@ -282,9 +280,6 @@ def card_parents(reg: Any, card: CardLineage) -> tuple[dict[str, Any] | None, li
     """The card's lineage as (source block, external parents): a single base whose Hub id
     a registered model's spec declares (`hub_id`) becomes that model's source block; every
     other base stays an external parent named by its Hub id (recorded, never fetched)."""
-    from stemma.registry import Registry
-    from stemma.registry.publish.card import hub_id
-
     if not card.base_models:
         return None, []
     reg = Registry.open(reg.root)  # a fresh handle: models registered since are listed too

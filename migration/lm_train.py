@@ -26,6 +26,8 @@ from .train import Progress, TrainConfig, cpu_threads, make_optimizer, set_deter
 IGNORE = -100  # the label transformers' and torch's losses skip
 DECIMALS = 6
 EVAL_BATCH = 16
+DEFAULT_BLOCK = 64
+"""Tokens per block when a spec's `lm.block_size` is absent (its build and every scoring of it)."""
 """Blocks scored at once: fixed, so a figure never depends on the training batch size."""
 
 

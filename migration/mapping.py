@@ -125,6 +125,17 @@ def transfer(
                 state[name].copy_(source[src].to(dtype=state[name].dtype))
 
 
+def held_in_eval(module: nn.Module) -> set[str]:
+    """Names of the modules that have parameters of their own, all of them frozen: training
+    holds them in eval mode (`strategy.hold_in_eval`), so their buffers stay as mapped."""
+    held = set()
+    for name, sub in module.named_modules():
+        own = list(sub.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            held.add(name)
+    return held
+
+
 def report(
     module: nn.Module,
     mapping: TensorMap | None,
@@ -133,10 +144,8 @@ def report(
     """Per-tensor rows (name, kind, shape, dtype, origin, frozen, source_name), unused sources.
 
     A parameter is frozen when it does not train; a buffer (batch-norm statistics) when its
-    module is held in eval mode during training (`strategy.held_in_eval`).
+    module is held in eval mode during training (`held_in_eval`).
     """
-    from .strategy import held_in_eval
-
     params = dict(module.named_parameters())
     held = held_in_eval(module)
     pairs = mapping.pairs if mapping else {}

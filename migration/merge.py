@@ -30,6 +30,8 @@ from stemma.registry.rules.taskspec import CAUSAL_LM
 from torch import nn
 
 from .architectures import build_module
+from .build_inputs import head_width, load_source, refuse_failed_source, training_data
+from .build_outputs import run_block, write_model
 from .evaluate import evaluate, evaluate_gates
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan as map_plan
@@ -284,15 +286,13 @@ class Merged:
 def merged_from_parents(reg: Registry, spec: ModelSpec) -> Merged:
     """Load every parent (hash-checked against its manifest, as any source), check they
     share one architecture, and merge them on the CPU in float32."""
-    from . import build as _b
-
     display = spec.path
     p = plan_of(spec)
     manifests: dict[str, Mapping[str, Any]] = {}
     states: dict[str, dict[str, torch.Tensor]] = {}
     for ref in parent_refs(spec):
-        manifest, state = _b._load_source(reg, spec, ref.name)
-        _b._refuse_failed_source(spec, ref.name, manifest)
+        manifest, state = load_source(reg, spec, ref.name)
+        refuse_failed_source(spec, ref.name, manifest)
         manifests[ref.name] = manifest
         states[ref.name] = {k: v.detach().to("cpu") for k, v in state.items()}
     first = p.base if p.base is not None else p.models[0]
@@ -359,8 +359,6 @@ def recheck(reg: Registry, manifest: Mapping[str, Any], name: str) -> tuple[bool
 def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> dict[str, Any]:
     """Build a merge spec: load and check every parent, merge on the CPU in float32,
     evaluate on the spec's eval data, gate, and write weights and manifest as one unit."""
-    from . import build as _b
-
     display = spec.path
     done = merged_from_parents(reg, spec)
     p, manifests, merged, config = done.plan, done.manifests, done.state, done.config
@@ -375,9 +373,9 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         scored = found.score(module)
         metrics = {m: scored[m] for m in found.metrics}
     else:
-        train_data, eval_data, datasets = _b._data(reg, spec)
+        train_data, eval_data, datasets = training_data(reg, spec)
         task = get_task(train_data.task)
-        width = _b._outputs(spec, task.name, train_data, eval_data)
+        width = head_width(spec, task.name, train_data, eval_data)
         if config.get("num_classes") not in (None, width):
             raise BuildError(
                 f"{display} at /data/eval: the merged model has {config.get('num_classes')}"
@@ -415,8 +413,8 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     }
     # the parents' one tokenizer, kept beside the merged weights as any child keeps its source's
     outputs = inherit_tokenizer(reg, manifest, keeper, manifests[keeper]) if keeper else {}
-    manifest["run"] = _b._run_block(reg, started, begin, device="cpu", seed=0, deterministic=True)
-    _b._write_model(reg, spec.name, manifest, module.state_dict(), metrics, [], outputs)
+    manifest["run"] = run_block(reg, started, begin, device="cpu", seed=0, deterministic=True)
+    write_model(reg, spec.name, manifest, module.state_dict(), metrics, [], outputs)
     return manifest
 
 

@@ -49,6 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stemma.registry.errors import StemmaError
+from stemma.registry.store.handle import Registry
+
 MODES = ("portable", "native")
 DEFAULT_MODE = "portable"
 PORTABLE_ENV: Mapping[str, str] = {
@@ -104,9 +107,6 @@ def pin_for_repo(repo: Path) -> Pin:
     Reads the settings without torch; unreadable settings pin the default (the build that
     follows reports the error).
     """
-    from stemma.registry import Registry
-    from stemma.registry.errors import StemmaError
-
     try:
         defaults = Registry.open(repo).settings.defaults
     except StemmaError:

@@ -12,8 +12,7 @@ metric (`quantize.max_drop`) besides the spec's usual gates.
 The weights file is torchao's own safetensors form (`flatten_tensor_state_dict`: each int8
 tensor as `qdata`, `scale` and `zero_point`, with the subclass described in the file's JSON
 metadata; never pickle), the form transformers writes and `from_pretrained` reads for a
-`TorchAoConfig` model. `load_quantized` / `load_exported` rebuild the module and load it with
-torchao's `unflatten_tensor_state_dict`, or with transformers' own loader for that family.
+`TorchAoConfig` model; migration/quantized.py reads it back.
 """
 
 from __future__ import annotations
@@ -24,20 +23,20 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec
-from stemma.registry.rules.parents import pointer_of
 from stemma.registry.rules.taskspec import LOWER_IS_BETTER, MAIN_METRIC
 from stemma.registry.store.handle import WEIGHTS_FILE
 from torch import nn
 
 from . import weights as _weights
 from .architectures import build_module
+from .build_inputs import class_names, load_source, refuse_failed_source
+from .build_outputs import CURVE_FILE, METRICS_FILE, blob_file, commit_outputs, run_block
 from .evaluate import evaluate_gates
 from .families import require
 from .hubsnapshot import inherit_tokenizer
@@ -222,17 +221,6 @@ def _parent_module(config: dict[str, Any], state: dict[str, torch.Tensor], reg: 
     return module
 
 
-def quantized_source_error(spec: ModelSpec, src: str, manifest: Mapping[str, Any]) -> BuildError:
-    """Why a quantized model is no source: its int8 tensors are no weights to train, merge or
-    quantize again; its parent is (the one rule for every build that loads a source)."""
-    parent = (manifest.get("source") or {}).get("model")
-    method = (manifest.get("quantize") or {}).get("method")
-    return BuildError(
-        f"{spec.path} at {pointer_of(spec, src)}: source model {src!r} is quantized"
-        f" ({method}); derive from its parent {parent!r} instead"
-    )
-
-
 def hf_quantization_config(method: str) -> dict[str, Any]:
     """transformers' `quantization_config` for the method, as `config.json` carries it."""
     transformers = require("transformers")
@@ -244,8 +232,6 @@ def build_quantized(
     reg: Registry, name: str, spec: ModelSpec, started: str, begin: float
 ) -> dict[str, Any]:
     """Build a quantized model from its parent; returns the manifest (see the module doc)."""
-    from . import build as _build  # the build's own source checks, commit and run block
-
     display = spec.path
     qspec = QuantizeSpec.from_spec(spec.raw.get("quantize"), display)
     if spec.source is None or spec.source.relation != "quantized" or spec.source.auto:
@@ -254,8 +240,8 @@ def build_quantized(
             " source: {model: PARENT, relation: quantized}"
         )
     parent = spec.source.model
-    src_manifest, src_state = _build._load_source(reg, spec, parent)
-    _build._refuse_failed_source(spec, parent, src_manifest)
+    src_manifest, src_state = load_source(reg, spec, parent)
+    refuse_failed_source(spec, parent, src_manifest)
     config = dict(src_manifest["architecture"]["config"])
     scored = scoring(reg, spec, parent, src_manifest)
 
@@ -297,7 +283,7 @@ def build_quantized(
     manifest: dict[str, Any] = {
         **manifest_head(spec, name, source_block(spec, parent, src_manifest)),
         "datasets": scored.datasets,
-        "weights": _build._blob_file(WEIGHTS_FILE, blob, "safetensors"),
+        "weights": blob_file(WEIGHTS_FILE, blob, "safetensors"),
         "architecture": {"config": config, "tensors": _rows(tensors, metadata, set(src_state))},
         "parameters": {
             "total": sum(p.numel() for p in params.values()),
@@ -314,24 +300,22 @@ def build_quantized(
         "quantize": record.to_dict(),
         **scored.extra,
     }
-    names = _build._class_names(reg, spec.eval)
+    names = class_names(reg, spec.eval)
     if names is not None:
         manifest["class_names"] = names
     for key, value in (("before", before), ("after", after)):
         if not all(math.isfinite(float(value[m])) for m in scored.metrics):
             raise BuildError(f"{display} at /quantize: the {key} score is not a finite number")
-    manifest["run"] = _build._run_block(
-        reg, started, begin, device="cpu", quantize_s=round(seconds, 3)
-    )
+    manifest["run"] = run_block(reg, started, begin, device="cpu", quantize_s=round(seconds, 3))
     outputs: dict[str, Any] = {
         WEIGHTS_FILE: blob,
-        _build.METRICS_FILE: dict(metrics),
-        _build.CURVE_FILE: [],
+        METRICS_FILE: dict(metrics),
+        CURVE_FILE: [],
     }
     # the parent's tokenizer, as every child of a model with one keeps it (the same files)
     outputs.update(inherit_tokenizer(reg, manifest, parent, src_manifest))
     folder = reg.model_dir(name)
-    _build._commit(reg, folder, "models", manifest, MODEL_MANIFEST, outputs)
+    commit_outputs(reg, folder, "models", manifest, MODEL_MANIFEST, outputs)
     return manifest
 
 
@@ -369,94 +353,3 @@ def _rows(
             }
         )
     return rows
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    """The header's `__metadata__` of a safetensors file that `read_checked` validated."""
-    with open(path, "rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(min(size, _weights.MAX_HEADER)))
-    return dict(header.get("__metadata__") or {})
-
-
-def load_state(
-    path: Path, display: str = "", root: Path | None = None, sha256: str | None = None
-) -> dict[str, torch.Tensor]:
-    """A quantized weights file as torchao tensors (`unflatten_tensor_state_dict`, which
-    rebuilds only torchao's own tensor classes from the JSON metadata: no pickle, no code).
-    A regular file with a valid header, inside `root` when given, equal to `sha256` when given;
-    anything torchao cannot describe is one error naming the file."""
-    where = display or str(path)
-    tensors, hashes = _weights.read_checked(path, where, root)
-    if sha256 is not None and hashes.sha256 != sha256:
-        raise BuildError(f"{where} does not match its manifest; rebuild it (dvc repro)")
-    support = require("torchao.prototype.safetensors.safetensors_support", "quantize")
-    try:
-        state, leftover = support.unflatten_tensor_state_dict(tensors, _metadata(path))
-    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BuildError(f"{where}: not torchao quantized weights: {first}") from None
-    if leftover:
-        raise BuildError(f"{where}: tensors torchao does not describe: {sorted(leftover)[:3]}")
-    return dict(state)
-
-
-def rebuild(
-    config: dict[str, Any],
-    path: Path,
-    trusted: tuple[str, ...] = (),
-    display: str = "",
-    root: Path | None = None,
-    sha256: str | None = None,
-) -> nn.Module:
-    """The quantized module: built from stemma's architecture config, its linear layers
-    quantized with the recorded method's layout, the stored tensors assigned as they are."""
-    with torch.random.fork_rng(devices=[]):
-        module = build_module(config, list(trusted), "architecture")
-    state = load_state(path, display, root, sha256)
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as exc:  # a stored shape the architecture does not have
-        first = (str(exc).strip().splitlines() or ["RuntimeError"])[-1].strip()
-        raise BuildError(f"{display or path}: does not fit the architecture: {first}") from None
-    if missing or unexpected:
-        raise BuildError(
-            f"{display or path}: does not fit the architecture (missing {missing[:3]},"
-            f" unexpected {unexpected[:3]})"
-        )
-    module.eval()
-    return module
-
-
-def load_quantized(reg: Registry, name: str) -> nn.Module:
-    """A built quantized model of the registry, ready to evaluate."""
-    manifest = reg.model_manifest(name)
-    if manifest is None or not manifest.raw.get("quantize"):
-        raise BuildError(f"{reg.rel('models', name)}: model {name!r} is no built quantized model")
-    rel = str(manifest.raw["weights"]["path"])
-    return rebuild(
-        dict(manifest.raw["architecture"]["config"]),
-        reg.model_dir(name) / rel,
-        tuple(reg.settings.entrypoints),
-        reg.rel("models", name, rel),
-        reg.repo_root,
-        str(manifest.raw["weights"]["sha256"]),
-    )
-
-
-def load_exported(folder: Path) -> nn.Module:
-    """A quantized model from its exported folder (`config.json` + `model.safetensors`, as
-    `stemma export card --weights` writes it): transformers' own `from_pretrained` for a
-    transformers model (its config carries `quantization_config`), else stemma's config."""
-    config = json.loads((Path(folder) / "config.json").read_text())
-    if "quantization_config" in config:
-        transformers = require("transformers")
-        decoder = any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
-        auto = (
-            transformers.AutoModelForCausalLM
-            if decoder
-            else transformers.AutoModelForSequenceClassification
-        )
-        model: nn.Module = auto.from_pretrained(str(folder))
-        return model.eval()
-    return rebuild(config, Path(folder) / "model.safetensors")

@@ -20,9 +20,12 @@ from stemma.registry.records.core import ModelSpec
 from stemma.registry.rules.taskspec import CAUSAL_LM, CLASSIFICATION, spec_problems
 from torch import nn
 
+from . import lm_train
+from . import tokenizer as tok
 from .data import DatasetArrays, load_dataset
 from .evaluate import evaluate
 from .tasks import for_labels
+from .textdata import PROMPT_COMPLETION, load_text
 
 
 @dataclass(frozen=True)
@@ -118,11 +121,6 @@ def _lm_scoring(
     reg: Registry, spec: ModelSpec, parent: str, src_manifest: Mapping[str, Any]
 ) -> Scoring:
     """Perplexity on the eval text, tokenized as the parent was (its tokenizer, block size)."""
-    from . import lm_train
-    from . import tokenizer as tok
-    from .causal_lm import DEFAULT_BLOCK
-    from .textdata import PROMPT_COMPLETION, load_text
-
     block = src_manifest.get("tokenizer")
     if not isinstance(block, dict):
         raise BuildError(f"{spec.path} at /source/model: source model {parent!r} has no tokenizer")
@@ -131,7 +129,7 @@ def _lm_scoring(
     tokenizer = tok.load(files, shown)
     pointer = eval_pointer(spec)
     text = load_text(reg, spec.eval, f"{spec.path} at {pointer}")
-    size = int((src_manifest.get("lm") or {}).get("block_size", DEFAULT_BLOCK))
+    size = int((src_manifest.get("lm") or {}).get("block_size", lm_train.DEFAULT_BLOCK))
     data = lm_train.blocks(tokenizer, text.eval, size, text.format != PROMPT_COMPLETION)
     if data.labelled == 0:
         raise BuildError(f"{spec.path} at {pointer}: the eval split has no tokens to score")

@@ -18,12 +18,20 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.pipeline.render import current
+from stemma.registry.publish.hubfiles import snapshot_hub_id
 from stemma.registry.records.core import MODEL_MANIFEST
+from stemma.registry.rules.naming import check_name
 from stemma.registry.store.files import digest
 from stemma.registry.store.handle import SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.store.yamlio import load_yaml_text
 
 from . import tokenizer as tok
 from .architectures import build_module, head_prefix, infer_architecture, make_config
+from .build_outputs import blob_file, commit_outputs, now, run_block
+from .data import load_dataset
+from .entrypoints import importable
+from .evaluate import evaluate
 from .families import HEADLESS, LIBRARY_FAMILIES
 from .hubsnapshot import (
     EXTERNAL_KEY,
@@ -35,6 +43,7 @@ from .hubsnapshot import (
     tokenizer_files,
 )
 from .mapping import plan, report, transfer
+from .tasks import get as get_task
 from .weights import read_any, to_bytes
 
 RELATIONS = ("finetune", "adapter", "distill", "quantized", "merge")
@@ -129,9 +138,6 @@ def _source_block(reg: Registry, source: str | None, relation: str) -> dict[str,
 
 def _tracked_by_stage(reg: Registry, rel: str) -> bool:
     """True when a dvc.yaml stage outputs `rel` (a team's own stage that registers)."""
-    from stemma.registry.pipeline.render import current
-    from stemma.registry.store.yamlio import load_yaml_text
-
     text = current(reg)
     doc = load_yaml_text(text, "dvc.yaml") if text else None
     stages = doc.get("stages") if isinstance(doc, dict) else None
@@ -166,14 +172,7 @@ def register(
     relation: str = "finetune",
 ) -> dict[str, Any]:
     """Import weights as model `name`: weights.safetensors (a DVC output) and a manifest."""
-    from stemma.registry.rules.naming import check_name
-
-    from .build import _blob_file, _commit, _now, _run_block, importable
-    from .data import load_dataset
-    from .evaluate import evaluate
-    from .tasks import get as get_task
-
-    started, begin = _now(), time.perf_counter()
+    started, begin = now(), time.perf_counter()
     importable(reg.repo_root)
     check_name(name, "model name")
     if (reg.model_dir(name) / SPEC_FILE).exists():
@@ -221,8 +220,6 @@ def register(
     if src is not None:
         spec_doc["source"] = {"model": src["model"], "relation": src["relation"]}
     if snap is not None:  # a Hub snapshot: its id names it in cards of children
-        from stemma.registry.publish.hubfiles import snapshot_hub_id
-
         hub = snapshot_hub_id(Path(weights_path))
         if hub:
             spec_doc["hub_id"] = hub
@@ -241,7 +238,7 @@ def register(
         "spec_digest": digest(spec_doc),
         "source": src,
         "datasets": datasets,
-        "weights": _blob_file(WEIGHTS_FILE, blob, "safetensors"),
+        "weights": blob_file(WEIGHTS_FILE, blob, "safetensors"),
         "architecture": {"config": config, "tensors": rows},
         "parameters": {"total": total, "trainable": total, "transferred": 0},
         "transfer": {
@@ -254,11 +251,11 @@ def register(
         "per_class": per_class,
         "gates": [],
         "checks": {},
-        "run": _run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
+        "run": run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
     }
     if tokenizer:
         manifest["tokenizer"] = tok.record(tokenizer, FROM_SNAPSHOT)
     outputs = {WEIGHTS_FILE: blob, **tok.outputs(tokenizer)}
-    _commit(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
+    commit_outputs(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
     dvc_track(reg, reg.rel("models", name, WEIGHTS_FILE))
     return manifest

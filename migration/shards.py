@@ -7,21 +7,19 @@ transformers saves shards) and ``weights.safetensors.index.json`` holding
 decides which tensor goes to which shard (`split_torch_state_dict_into_shards`).
 
 The manifest's weights block then records the index (its path and hashes: the tensor to
-file map is part of the id) and, under `shards`, each shard's path and hashes.
+file map is part of the id) and, under `shards`, each shard's path and hashes. Reading them back
+is `weights.load_sharded`, beside the reader of one file.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import IO, Any
 
 import torch
-from stemma.registry.errors import BuildError
-from stemma.registry.store.files import read_json
 
-from .weights import INDEX_SUFFIX, Hashes, _hashed, read_checked, stream
+from .weights import INDEX_SUFFIX, Hashes, _hashed, stream
 
 FORMAT = "safetensors-index"
 SHARD_METADATA = {"format": "pt"}
@@ -65,46 +63,3 @@ def write(
 def weights_files(block: Mapping[str, Any], default: str) -> list[str]:
     """The files a manifest's weights block names: the file, or the index and its shards."""
     return [str(block.get("path", default)), *(str(s["path"]) for s in block.get("shards", ()))]
-
-
-def shard_files(index_path: Path, display: str) -> dict[str, list[str]]:
-    """file -> the tensors it holds, from an index (files must sit beside the index)."""
-    doc = read_json(index_path)
-    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-    ):
-        raise BuildError(f"{display} at /weight_map: expected a map of tensor names to files")
-    files: dict[str, list[str]] = {}
-    for tensor, file in weight_map.items():
-        if (
-            "/" in file
-            or "\\" in file
-            or file in ("", ".", "..")
-            or not file.endswith(".safetensors")
-        ):
-            raise BuildError(
-                f"{display} at /weight_map/{tensor}: {file!r} is not a .safetensors file"
-                " beside the index"
-            )
-        files.setdefault(file, []).append(tensor)
-    return files
-
-
-def load_sharded(
-    index_path: Path, display: str = "", root: Path | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, Hashes]]:
-    """Every shard an index names, each read once: the tensors and each file's hashes."""
-    where = display or str(index_path)
-    state: dict[str, torch.Tensor] = {}
-    found: dict[str, Hashes] = {}
-    for file, names in shard_files(index_path, where).items():
-        shown = str(Path(where).parent / file)
-        part, found[file] = read_checked(index_path.parent / file, shown, root)
-        if sorted(part) != sorted(names):
-            raise BuildError(
-                f"{shown}: holds other tensors than {where} lists for it"
-                f" ({len(part)} found, {len(names)} listed)"
-            )
-        state.update(part)
-    return state, found

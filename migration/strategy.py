@@ -15,8 +15,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from stemma.registry.errors import BuildError
 from torch import nn
+
+from .architectures import build_module, head_prefix
+from .hubsnapshot import base_prefixes
+from .initschemes import InitScheme, apply_init
+from .mapping import TensorMap, held_in_eval, transfer
+from .renaming import derived_prefixes, plan_renamed
 
 MODES = ("finetune", "linear-probe", "lora")
 FEATURES = ("cached", "recompute")
@@ -95,21 +102,9 @@ def frozen_names(module: nn.Module, strategy: Strategy, display: str = "spec.yam
     names = [n for n, _ in module.named_parameters()]
     frozen = match(names, strategy.freeze, "/strategy/freeze", display)
     if strategy.mode == "linear-probe":
-        from .architectures import head_prefix
-
         head = head_prefix(module) + "."
         frozen.update(n for n in names if not n.startswith(head))
     return frozen
-
-
-def held_in_eval(module: nn.Module) -> set[str]:
-    """Names of the modules that have parameters of their own, all of them frozen."""
-    held = set()
-    for name, sub in module.named_modules():
-        own = list(sub.parameters(recurse=False))
-        if own and not any(p.requires_grad for p in own):
-            held.add(name)
-    return held
 
 
 def hold_in_eval(module: nn.Module) -> None:
@@ -134,7 +129,7 @@ class Prepared:
     """A target module ready to train: source tensors mapped in, strategy applied."""
 
     module: nn.Module
-    tensor_map: Any  # mapping.TensorMap, or None without a source
+    tensor_map: TensorMap | None  # None without a source
     reinit: set[str]
 
 
@@ -148,26 +143,17 @@ def prepare_target(
 ) -> Prepared:
     """Build the target module (seeded), map the source's tensors in, re-initialise and
     freeze per the strategy: the one preparation shared by builds and searches."""
-    import torch
-
-    from .architectures import build_module
-    from .mapping import transfer
-
     torch.manual_seed(seed)  # the module's own initialisation is part of the build
     module = build_module(config, trusted, display)
     reinit = reinit_names(module, strategy, display)
     tmap = None
     if source is not None:
         src_name, src_state = source
-        from .renaming import derived_prefixes, plan_renamed
-
         target = module.state_dict()
         prefixes = strategy.rename
         if prefixes is None and config.get("task") == "detection":  # classifier -> detector
             prefixes = derived_prefixes(src_state, target)
         if prefixes is None:  # a headless transformers base under a head model's names
-            from .hubsnapshot import base_prefixes
-
             prefixes = base_prefixes(module, src_state)
         tmap = plan_renamed(
             src_state,
@@ -184,8 +170,6 @@ def prepare_target(
                 " or another source)"
             )
         transfer(module, src_state, tmap, reinit)
-    from .initschemes import InitScheme, apply_init
-
     kept = set(tmap.pairs) - reinit if tmap is not None else set()
     new = {n for n, _ in module.named_parameters() if n not in kept}
     apply_init(module, InitScheme.from_spec(strategy.init, display), new, seed)

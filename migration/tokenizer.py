@@ -18,12 +18,15 @@ import hashlib
 import json
 import os
 import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from stemma.registry.errors import BuildError
 from stemma.registry.store.files import read_bytes_file, write_atomic
+
+from .families import require
 
 TOKENIZER_DIR = "tokenizer"
 FROM_SPEC = "spec"
@@ -143,10 +146,6 @@ def tokenizer_record(model_folder: Path, origin: str = FROM_SPEC) -> dict[str, A
 
 def load(files: Mapping[str, bytes], display: str) -> Any:
     """The transformers tokenizer the files describe (local files only, no remote code)."""
-    import tempfile
-
-    from .families import require
-
     transformers = require("transformers")
     with tempfile.TemporaryDirectory(prefix="stemma-tokenizer-") as tmp:
         for name, data in files.items():

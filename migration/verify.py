@@ -58,6 +58,16 @@ from stemma.registry.store.handle import (
 from stemma.registry.store.tree import WorkTree
 from stemma.registry.store.yamlio import conflict_line
 
+from .adapters import ADAPTER_CONFIG, ADAPTER_DIR, read_adapter_config
+from .architectures import build_module
+from .doctor import REPRODUCIBLE, machine_numerics, predict
+from .evaluate import evaluate_gates
+from .merge import recheck
+from .quantize import recorded_gates
+from .shards import weights_files
+from .tokenizer import TOKENIZER_DIR, checked_files
+from .weights import load_weights
+
 GPU_ABS_TOLERANCE = 0.02
 """Absolute part of the metric tolerance when either build ran on CUDA."""
 GPU_REL_TOLERANCE = 0.05
@@ -157,8 +167,6 @@ def _weights(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
 def _adapter(reg: Registry, manifest: ModelManifest, name: str) -> Finding | None:
     """A LoRA model's adapter config: hashed as the manifest recorded it, and its content
     checked as peft would need it (None for a model without an adapter)."""
-    from .adapters import ADAPTER_CONFIG, ADAPTER_DIR, read_adapter_config
-
     if manifest.adapter is None:
         return None
     block = manifest.adapter.config  # the schema requires it, hashed
@@ -179,8 +187,6 @@ def _adapter(reg: Registry, manifest: ModelManifest, name: str) -> Finding | Non
 
 def _tokenizer(reg: Registry, tokenizer: Tokenizer, name: str) -> Finding:
     """A causal LM's tokenizer files: exactly those whose sha256 the manifest records."""
-    from .tokenizer import TOKENIZER_DIR, checked_files
-
     shown = reg.rel("models", name, TOKENIZER_DIR)
     try:
         block = tokenizer.to_dict()
@@ -299,13 +305,9 @@ def _pipeline_files(reg: Registry, manifest: ModelManifest, name: str) -> Findin
 
 
 def _gates(manifest: ModelManifest, display: str) -> Finding:
-    from .evaluate import evaluate_gates
-
     gates = dict(manifest.spec.get("gates") or {})  # the spec block is free-form
     rows = evaluate_gates(gates, manifest.metrics, manifest.per_class, display)
     if manifest.quantize is not None:  # the drop against the parent: migration/quantize.py
-        from .quantize import recorded_gates
-
         rows += recorded_gates(manifest.to_dict())
     if rows != [g.to_dict() for g in manifest.gates]:
         return Finding("gates", FAIL, "recorded gate results differ from the recorded metrics")
@@ -332,9 +334,6 @@ def _checks(manifest: ModelManifest) -> Finding:
 
 
 def _frozen(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
-    from .architectures import build_module
-    from .weights import load_weights
-
     rows = [r for r in manifest.architecture.tensors if r.frozen]
     source = manifest.source
     if manifest.adapter is not None:
@@ -342,8 +341,6 @@ def _frozen(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
     if not rows or source is None:
         return Finding("frozen", SKIP, "no frozen tensors from a source")
     if manifest.merge is not None:  # every tensor is the merge of its parents': recomputed
-        from .merge import recheck
-
         passed, message = recheck(reg, manifest.to_dict(), name)
         return Finding("frozen", PASS if passed else FAIL, message)
     with torch.random.fork_rng(devices=[]):
@@ -505,8 +502,6 @@ def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
 def _copy_parent(reg: Registry, root: Path, model: str) -> None:
     """A parent's spec, manifest and weights into the copy; an adapter's config and its
     base too, which loading the adapter composes with."""
-    from .shards import weights_files
-
     theirs = Path("models", model)
     found = reg.model_manifest(model)
     built = model_record(found) if found else None
@@ -539,8 +534,6 @@ def _close(recorded: float, rebuilt: float, tol: Mapping[str, float]) -> bool:
 
 def tensor_diffs(recorded: Path, rebuilt: Path) -> dict[str, float] | str:
     """Max absolute difference per tensor of two weights files, or why they cannot be compared."""
-    from .weights import load_weights
-
     try:
         a, b = load_weights(recorded), load_weights(rebuilt)
     except BuildError as exc:
@@ -669,8 +662,6 @@ def rebuild_and_compare(
     bits can come back here: when they can, only an identical rebuild passes; when they
     cannot (or nothing can be promised), a numerically equivalent one does.
     """
-    from .doctor import REPRODUCIBLE, machine_numerics, predict
-
     found = reg.model_manifest(name)
     if found is None:
         raise BuildError(f"{reg.rel('models', name)}: model {name!r} has not been built")

@@ -12,7 +12,8 @@ bytes that were hashed are the bytes that are loaded. The layout is byte for byt
 
 Above a size threshold the weights are split into shards with an index beside them, in the
 layout transformers and huggingface_hub write (`WEIGHTS-00001-of-0000N.safetensors` plus
-`weights.safetensors.index.json`, `{"metadata": {"total_size"}, "weight_map"}`).
+`weights.safetensors.index.json`, `{"metadata": {"total_size"}, "weight_map"}`):
+migration/shards.py writes them, `load_sharded` here reads them back.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import IO, Any
 
 import torch
 from stemma.registry.errors import BuildError
-from stemma.registry.store.files import confined, write_atomic
+from stemma.registry.store.files import confined, read_json, write_atomic
 
 CHUNK = 16 << 20
 """Bytes handed to the writer and the hash threads at a time: big enough that hashlib
@@ -299,13 +300,54 @@ def read_checked(
 def load_weights(path: Path, display: str = "") -> dict[str, torch.Tensor]:
     """Read a safetensors file (or a sharded one's index) into CPU tensors."""
     if path.name.endswith(INDEX_SUFFIX):
-        from .shards import load_sharded
-
         return load_sharded(path, display)[0]
     return read_checked(path, display)[0]
 
 
 INDEX_SUFFIX = ".index.json"
+
+
+def shard_files(index_path: Path, display: str) -> dict[str, list[str]]:
+    """file -> the tensors it holds, from an index (files must sit beside the index)."""
+    doc = read_json(index_path)
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise BuildError(f"{display} at /weight_map: expected a map of tensor names to files")
+    files: dict[str, list[str]] = {}
+    for tensor, file in weight_map.items():
+        if (
+            "/" in file
+            or "\\" in file
+            or file in ("", ".", "..")
+            or not file.endswith(".safetensors")
+        ):
+            raise BuildError(
+                f"{display} at /weight_map/{tensor}: {file!r} is not a .safetensors file"
+                " beside the index"
+            )
+        files.setdefault(file, []).append(tensor)
+    return files
+
+
+def load_sharded(
+    index_path: Path, display: str = "", root: Path | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Hashes]]:
+    """Every shard an index names, each read once: the tensors and each file's hashes."""
+    where = display or str(index_path)
+    state: dict[str, torch.Tensor] = {}
+    found: dict[str, Hashes] = {}
+    for file, names in shard_files(index_path, where).items():
+        shown = str(Path(where).parent / file)
+        part, found[file] = read_checked(index_path.parent / file, shown, root)
+        if sorted(part) != sorted(names):
+            raise BuildError(
+                f"{shown}: holds other tensors than {where} lists for it"
+                f" ({len(part)} found, {len(names)} listed)"
+            )
+        state.update(part)
+    return state, found
 
 
 def load_pt(path: Path, display: str = "") -> dict[str, torch.Tensor]:

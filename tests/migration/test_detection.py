@@ -17,8 +17,9 @@ from stemma.migration.augment import Augment
 from stemma.migration.build import build_dataset, build_model
 from stemma.migration.data import load_dataset
 from stemma.migration.detection import recompute_map
-from stemma.migration.detection_data import shapes, unpad
+from stemma.migration.detection_data import unpad
 from stemma.migration.initschemes import InitScheme, apply_init
+from stemma.migration.shapes import shapes
 from stemma.migration.weights import load_weights
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError, StemmaError

@@ -12,7 +12,8 @@ import torch
 from conftest import new_registry, write
 from stemma.migration.build import build_dataset, build_model, load_model
 from stemma.migration.evaluate import evaluate
-from stemma.migration.quantize import load_exported, relative_drop
+from stemma.migration.quantize import relative_drop
+from stemma.migration.quantized import load_exported
 from stemma.migration.verify import verify_model
 from stemma.registry import Registry
 from stemma.registry.errors import StemmaError
@@ -245,7 +246,7 @@ def test_weights_torchao_cannot_describe_are_one_error(
     """torchao rebuilds only its own tensor classes from the JSON metadata; anything else is
     refused as one error line naming the file, never a traceback or an import."""
     from safetensors.torch import save_file
-    from stemma.migration.quantize import load_state
+    from stemma.migration.quantized import load_state
 
     path = tmp_path / "w.safetensors"
     save_file(

@@ -18,8 +18,9 @@ from safetensors.torch import _TYPES, save
 from stemma.migration import weights
 from stemma.migration.build import build_dataset, build_model, load_model
 from stemma.migration.commit import Stage, commit
-from stemma.migration.shards import load_sharded, write
+from stemma.migration.shards import write
 from stemma.migration.verify import verify_model as verify
+from stemma.migration.weights import load_sharded
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 

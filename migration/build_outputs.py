@@ -1,0 +1,190 @@
+"""What every build writes, and how: the run block, the manifest's file blocks, the weights
+(streamed, sharded above a limit) and the switch of all outputs as one unit.
+
+Shared by the builds of every family (migration/build.py, detection.py, causal_lm.py,
+merge.py, quantize.py, register.py), which import it; it imports none of them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from stemma.registry import Registry
+from stemma.registry import __version__ as STEMMA_VERSION
+from stemma.registry.errors import BuildError, StemmaError
+from stemma.registry.records.core import MODEL_MANIFEST, DatasetSpec
+from stemma.registry.store.documents import validate_document
+from stemma.registry.store.files import canonical_json, content_id, write_atomic
+from stemma.registry.store.handle import DATA_FILE, INDEX_DIR, MANIFEST_FILE, WEIGHTS_FILE
+
+from . import fingerprint
+from . import weights as _weights
+from .commit import Stage, commit
+from .numerics import mode_of
+from .numerics import record as numerics_record
+from .shards import write as write_shards
+
+METRICS_FILE = "metrics.json"
+CURVE_FILE = "curve.json"
+LAST_RUN_FILE = "last-run.json"
+"""The latest build's run block, git-ignored: an identical rebuild leaves the manifest as is."""
+
+
+def now() -> str:
+    """The current UTC time as the run block records it (seconds, `Z`)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
+    """The manifest's file block for bytes about to be written."""
+    return _weights.hashes_of(blob).block(path, fmt)
+
+
+def run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[str, Any]:
+    """How the build ran: its own work's duration (from `begin`), versions, numerics."""
+    return {
+        "started": started,
+        "duration_s": round(time.perf_counter() - begin, 3),
+        "stemma": STEMMA_VERSION,
+        "torch": torch.__version__,
+        "numerics": {
+            **numerics_record(mode_of(reg.settings.defaults)),
+            "fingerprint": fingerprint.of_this_machine(reg.repo_root / INDEX_DIR),
+        },
+        **extra,
+    }
+
+
+def dataset_head(spec: DatasetSpec, name: str, blob: bytes) -> dict[str, Any]:
+    """The keys every dataset manifest opens with: kind, schema version, name, the spec and
+    its digest, and the `data.npz` file the build wrote (`blob`)."""
+    return {
+        "kind": "dataset",
+        "schema_version": 1,
+        "name": name,
+        "spec": dict(spec.raw),
+        "spec_digest": spec.digest,
+        "data": blob_file(DATA_FILE, blob, "npz"),
+    }
+
+
+def _non_finite(doc: Any, pointer: str = "") -> str | None:
+    """The JSON pointer of the first NaN or infinity in `doc`, or None."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return pointer
+    items = (
+        doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    )
+    for key, value in items:
+        found = _non_finite(value, f"{pointer}/{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def commit_outputs(
+    reg: Registry,
+    folder: Path,
+    kind: str,
+    manifest: dict[str, Any],
+    schema: str,
+    outputs: Mapping[str, Any],
+    stage: Stage | None = None,
+) -> None:
+    """Fill in the id, validate, then switch the outputs and the manifest in as one unit.
+
+    `outputs` maps file names to bytes or to JSON documents (written as canonical JSON).
+
+    When a valid manifest with the same id is in place, it stays as it is (the run block is
+    not part of the id): only outputs whose bytes differ are written, usually none.
+    """
+    rel = reg.rel(kind, manifest["name"], MANIFEST_FILE)
+    docs = {name: doc for name, doc in outputs.items() if not isinstance(doc, bytes)}
+    for where, doc in (
+        (rel, manifest),
+        *((reg.rel(kind, manifest["name"], n), d) for n, d in docs.items()),
+    ):
+        pointer = _non_finite(doc)
+        if pointer is not None:
+            raise BuildError(
+                f"{where} at {pointer or '/'}: the build produced a value that is not a finite"
+                " number (training diverged?); nothing was written: lower training.lr or"
+                " check the data"
+            )
+    manifest["id"] = content_id(manifest)
+    validate_document(manifest, schema, rel)
+    try:
+        found = (reg.model_manifest if kind == "models" else reg.dataset_manifest)(manifest["name"])
+    except StemmaError:
+        found = None  # unreadable or invalid: replaced like any changed file
+    same = found is not None and found.id == manifest["id"] == found.computed_id
+    files = {
+        n: b if isinstance(b, bytes) else canonical_json(b).encode() for n, b in outputs.items()
+    }
+    if not same:
+        files[MANIFEST_FILE] = canonical_json(manifest).encode()
+    commit(folder, files, stage)
+    reg.forget(rel)
+    write_atomic(folder / LAST_RUN_FILE, canonical_json(manifest["run"]))
+
+
+def write_model(
+    reg: Registry,
+    name: str,
+    manifest: dict[str, Any],
+    state: Mapping[str, torch.Tensor] | None,
+    metrics: Mapping[str, float],
+    curve: list[dict[str, Any]],
+    files: Mapping[str, bytes] | None = None,
+) -> None:
+    """Stream the weights into the staging folder (hashed as they are written, sharded above
+    `limits.max_shard_bytes`) and record them in the manifest; then validate and switch
+    weights, metrics, curve and the manifest in as one unit."""
+    outputs: dict[str, Any] = {METRICS_FILE: dict(metrics), CURVE_FILE: curve}
+    outputs.update(files or {})  # an adapter's own files come instead of `state`
+    folder = reg.model_dir(name)
+    with Stage(folder) as stage:
+        if state is not None:
+            limit = int(reg.settings.given_limits.get("max_shard_bytes", _weights.SHARD_BYTES))
+            manifest["weights"] = _write_weights(stage, state, limit)
+        commit_outputs(reg, folder, "models", manifest, MODEL_MANIFEST, outputs, stage)
+    _drop_unrecorded_shards(folder, manifest["weights"])
+
+
+def _write_weights(stage: Stage, state: Mapping[str, torch.Tensor], limit: int) -> dict[str, Any]:
+    """The weights as `weights.safetensors`: one file, or, above `limit`, a folder of that
+    name holding the index and its shards (the hub's layout, files beside the index).
+
+    Why a folder: the model stage's DVC output is `weights.safetensors` whatever the size
+    (DVC takes a file or a folder at a declared path), so dvc.yaml follows from the specs
+    alone and stays the same for every unsharded model; a sharded model is one DVC output
+    that `dvc push`, `pull` and `status` handle whole."""
+
+    def into_folder(file: str, writer: Callable[[IO[bytes]], _weights.Hashes]) -> _weights.Hashes:
+        # the single-file case keeps its name; shards and index go inside the folder
+        return stage.write(file if file == WEIGHTS_FILE else f"{WEIGHTS_FILE}/{file}", writer)
+
+    block = write_shards(into_folder, state, WEIGHTS_FILE, limit)
+    if "shards" in block:  # paths in the manifest are relative to the model's folder
+        block["path"] = f"{WEIGHTS_FILE}/{block['path']}"
+        for shard in block["shards"]:
+            shard["path"] = f"{WEIGHTS_FILE}/{shard['path']}"
+    return block
+
+
+def _drop_unrecorded_shards(folder: Path, block: Mapping[str, Any]) -> None:
+    """After the switch: files of an earlier sharded build (other shard counts) that the
+    manifest no longer names leave the weights folder, which DVC records whole."""
+    shards = folder / WEIGHTS_FILE
+    if "shards" not in block or not shards.is_dir() or shards.is_symlink():
+        return
+    keep = {str(block["path"]), *(str(s["path"]) for s in block["shards"])}
+    for path in shards.iterdir():
+        if f"{WEIGHTS_FILE}/{path.name}" not in keep and path.is_file():
+            path.unlink()
