@@ -21,6 +21,7 @@ from typing import Any
 
 from stemma.registry.errors import StemmaError
 from stemma.registry.publish._optional import require
+from stemma.registry.records.manifest import MANIFEST_FILE, ModelManifest
 from stemma.registry.store.handle import Registry
 from stemma.registry.versions.builds import Build, builds
 from stemma.registry.versions.resolve import log
@@ -69,11 +70,10 @@ def flat_params(spec: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _metrics(raw: dict[str, Any]) -> dict[str, float]:
-    found = raw.get("metrics") or {}
+def _metrics(manifest: ModelManifest) -> dict[str, float]:
     return {
         k: float(v)
-        for k, v in sorted(found.items())
+        for k, v in sorted(manifest.metrics.items())
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
 
@@ -110,44 +110,37 @@ class _Exporter:
         if b.id in self.versions:
             self.report.unchanged += 1
             return
-        raw, e = b.raw, self.entities
-        run = raw.get("run") or {}
-        start = _millis(str(run["started"]))
-        end = start + int(float(run.get("duration_s") or 0.0) * 1000)
-        src = raw.get("source") if isinstance(raw.get("source"), dict) else None
+        manifest = ModelManifest.from_dict(b.raw, f"models/{b.name}/{MANIFEST_FILE}")
+        e = self.entities
+        start = _millis(manifest.run.started)
+        end = start + int(float(manifest.run.duration_s or 0.0) * 1000)
+        src = manifest.source
         tags = {ID_TAG: b.id, "stemma.commit": b.commit, "mlflow.source.git.commit": b.commit}
         if src is not None:
-            tags.update(
-                {
-                    "stemma.parent": str(src["model"]),
-                    "stemma.relation": str(src.get("relation", "")),
-                }
-            )
-            tags["stemma.parent_id"] = str(src.get("id", ""))
-            if str(src.get("id")) in self.versions:
-                tags["stemma.parent_version"] = self.versions[str(src["id"])]
-                tags["mlflow.parentRunId"] = self.runs[str(src["id"])]
+            tags.update({"stemma.parent": src.model, "stemma.relation": src.relation})
+            tags["stemma.parent_id"] = src.id
+            if src.id in self.versions:
+                tags["stemma.parent_version"] = self.versions[src.id]
+                tags["mlflow.parentRunId"] = self.runs[src.id]
         created = self.client.create_run(
             self.experiment, start_time=start, tags=tags, run_name=f"{b.name}@{b.id[7:19]}"
         )
         rid = created.info.run_id
         self.client.log_batch(
             rid,
-            metrics=[e.Metric(k, v, end, 0) for k, v in _metrics(raw).items()],
-            params=[e.Param(k, v) for k, v in flat_params(raw.get("spec") or {}).items()],
+            metrics=[e.Metric(k, v, end, 0) for k, v in _metrics(manifest).items()],
+            params=[e.Param(k, v) for k, v in flat_params(dict(manifest.spec)).items()],
         )
         inputs = [
             e.DatasetInput(
-                e.Dataset(
-                    str(ref["name"]), str(ref.get("id", ""))[7:39], "stemma", str(ref.get("id", ""))
-                ),
+                e.Dataset(ref.name, ref.id[7:39], "stemma", ref.id),
                 [e.InputTag("mlflow.data.context", role)],
             )
-            for role, ref in sorted((raw.get("datasets") or {}).items())
+            for role, ref in sorted(manifest.datasets.items())
         ]
         if inputs:
             self.client.log_inputs(rid, datasets=inputs)
-        failed = any(not g.get("passed", True) for g in raw.get("gates") or [])
+        failed = any(not g.passed for g in manifest.gates)
         self.client.set_terminated(rid, "FAILED" if failed else "FINISHED", end_time=end)
         version_tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
         mv = self.client.create_model_version(
@@ -155,7 +148,7 @@ class _Exporter:
             source=f"stemma://models/{b.name}/{b.id}",
             run_id=rid,
             tags=version_tags,
-            description=str((raw.get("spec") or {}).get("description", "")),
+            description=str(manifest.spec.get("description", "")),  # the spec is free-form
         )
         self.versions[b.id], self.runs[b.id] = str(mv.version), rid
         self.report.created.append(f"{b.name}/{mv.version}")
