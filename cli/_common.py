@@ -15,6 +15,8 @@ import typer
 from stemma.registry.errors import StemmaError, StemmaWarning
 from typer.core import TyperGroup
 
+from ._extras import missing_extra
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print stable JSON instead of a table.")]
 RepoOpt = Annotated[
     Path,
@@ -24,6 +26,10 @@ RepoOpt = Annotated[
         help="Folder inside the registry (default: the current one).",
         show_default=False,
     ),
+]
+HistoryOpt = Annotated[
+    bool,
+    typer.Option("--history", help="Also provide the `versions` view, read from git history."),
 ]
 OverwriteOpt = Annotated[
     bool,
@@ -175,8 +181,6 @@ class FunnelGroup(TyperGroup):
         except Exception as exc:  # nothing a user gives reaches them as a traceback
             if debug_enabled():
                 raise
-            from ._extras import missing_extra
-
             extra = missing_extra(exc) if isinstance(exc, ModuleNotFoundError) else None
             raise fail(extra or describe_unexpected(exc)) from None
 

@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Iterator, MutableMapping
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
@@ -23,7 +24,7 @@ from ._common import FunnelGroup
 # lists them (verbs, then the sub-apps).
 COMMANDS: dict[str, str] = {
     "init": "registry",
-    "validate": "registry",
+    "validate": "validate",
     "ls": "registry",
     "show": "registry",
     "pipeline": "pipeline",
@@ -42,7 +43,7 @@ COMMANDS: dict[str, str] = {
     "query": "query",
     "build": "build",
     "lineage": "lineage",
-    "export": "query",
+    "export": "export",
 }
 
 
@@ -54,6 +55,18 @@ def mount(module: str, app: typer.Typer) -> None:
         app.command("register")(mod.register)
     else:
         mod.register(app)
+
+
+def library(module: str) -> ModuleType:
+    """The library module `stemma.<module>` behind a command that trains, evaluates or loads
+    models, imported when that command runs rather than when its command module loads.
+
+    Listing help (`stemma --help`, shell completion) loads every command module, and an
+    install without the `build` extra has no torch, so those modules must load without it;
+    a build command also pins the numeric mode before torch loads (migration/numerics.py).
+    Like the command modules, such libraries are imported here, the one place that imports
+    stemma modules on demand."""
+    return importlib.import_module(f"stemma.{module}")
 
 
 def load_commands(module: str) -> dict[str, Any]:

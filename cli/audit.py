@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from stemma.lineage.audit import audit as run_audit
 
 from ._common import JsonOpt, RepoOpt
 
@@ -41,8 +42,6 @@ def audit(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Compare two states of the registry; exit 1 when the head state has violations."""
-    from stemma.lineage.audit import audit as run_audit
-
     if json_:
         fmt = AuditFormat.json
     report = run_audit(repo, base, head)

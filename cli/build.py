@@ -1,23 +1,29 @@
 """`stemma build dataset|model NAME` (run by `dvc repro`) and `stemma register NAME`.
 
-torch is imported inside the commands, so read-only commands never pay for it. Each build
-command first pins the numeric mode of stemma.yaml (migration/numerics.py), which must happen
-before anything imports torch in this process.
+The build library (and torch with it) loads only when a command runs (`app.library`), so
+listing help never pays for it. Each build command first pins the numeric mode of stemma.yaml
+(migration/numerics.py), which must happen before anything imports torch in this process.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from stemma.migration import distributed as dist
+from stemma.migration.numerics import pin_for_repo
 from stemma.registry import Registry
 from stemma.registry.errors import UsageError
+from stemma.registry.store.derived import held
 
 from ._common import RepoOpt, emit_json
 from ._result import ResultJsonOpt
+from .app import library
 
 app = typer.Typer(help="Build datasets and models (run by dvc repro).", no_args_is_help=True)
 
@@ -29,12 +35,8 @@ NameArg = Annotated[
 @app.command("dataset")
 def dataset(name: NameArg, json_: ResultJsonOpt = False, repo: RepoOpt = Path(".")) -> None:
     """Materialize a dataset spec: write data.npz and manifest.json."""
-    from stemma.migration.numerics import pin_for_repo
-
     pin_for_repo(repo)  # before torch loads
-    from stemma.migration.build import build_dataset
-
-    manifest = build_dataset(Registry.open(repo), name)
+    manifest = library("migration.build").build_dataset(Registry.open(repo), name)
     splits = manifest["splits"]
     if json_:
         emit_json(
@@ -100,11 +102,7 @@ def model(
 ) -> None:
     """Build a model from its spec: map the source, train, evaluate, write weights and manifest.
     A spec asking for several processes (training.distributed) runs under torchrun."""
-    from stemma.migration import distributed as dist
-
     if dist.launched() and not dist.is_writer():
-        from stemma.registry.store.derived import held
-
         with held():  # the other ranks read the caches and write nothing
             _model(name, True, json_, repo)
         return
@@ -113,22 +111,15 @@ def model(
 
 def _model(name: str, quiet: bool, json_: bool, repo: Path) -> None:
     """`model`'s work: relaunch under torchrun when asked, else build and report."""
-    from stemma.migration import distributed as dist
-
     reg = Registry.open(repo)
     spec = reg.model_spec(name)
     want = dist.requested(spec.training, reg.settings.defaults.get("training"))
     if want is not None and not dist.launched():  # start again as N processes, then done
-        import subprocess
-
         args = ["build", "model", name, "--repo", str(repo), *(["--quiet"] if quiet else [])]
         code = subprocess.call(dist.launch_argv(want, [*args, *(["--json"] if json_ else [])]))
         raise typer.Exit(code)
-    from stemma.migration.numerics import pin_for_repo
-
     pin_for_repo(repo)  # before torch loads
-    from stemma.migration.build import build_model
-
+    build_model = library("migration.build").build_model
     if quiet or not dist.is_writer():
         manifest = build_model(reg, name)
     else:
@@ -167,8 +158,6 @@ def _ints(text: str | None, option: str) -> list[int] | None:
 
 
 def _options(text: str) -> dict[str, Any]:
-    import json
-
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -240,12 +229,9 @@ def register(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Import externally trained weights as a model: weights.safetensors plus a manifest."""
-    from stemma.migration.build import register_model
-
     arch: dict[str, Any] | None = None
     if config is not None:
-        from stemma.migration.families import read_hf_config
-
+        read_hf_config = library("migration.families").read_hf_config
         family = family or "transformers"
         arch = {"family": family, "config": read_hf_config(config, str(config))}
     elif family is not None:
@@ -262,7 +248,7 @@ def register(
         raise UsageError("--hidden, --channels, --entrypoint, --name and --options need --family")
     if options is not None and arch is not None:
         arch["options"] = _options(options)
-    manifest = register_model(
+    manifest = library("migration.build").register_model(
         Registry.open(repo),
         name,
         weights,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from stemma.migration.doctor import DIFFERS, check
 from stemma.registry import Registry
 
 from ._common import JsonOpt, RepoOpt, emit_json
@@ -29,8 +30,6 @@ def doctor(
     Exit 1 when a model's recorded bits cannot be reproduced here (its rebuild can then only
     be numerically equivalent); models with nothing to compare are listed as unknown.
     """
-    from stemma.migration.doctor import DIFFERS, check
-
     here, predictions = check(Registry.open(repo), names or None)
     if json_:
         emit_json({"machine": here, "models": [p.to_dict() for p in predictions]})

@@ -1,6 +1,7 @@
 """`stemma explore`: rank built models as sources for a dataset by transferability.
 
-torch is imported inside the command, so the rest of the CLI never pays for it.
+The explore library (and torch with it) loads only when the command runs (`app.library`), so
+the rest of the CLI never pays for it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from stemma.registry import Registry
 
 from ._common import JsonOpt, RepoOpt, console, emit_json, fail
 from ._wide import print_whole
+from .app import library
 
 
 class ScoreChoice(str, enum.Enum):
@@ -68,9 +70,7 @@ def explore(
     """Rank models as sources for a dataset without fine-tuning them, and recommend one."""
     if (dataset is None) == (for_ is None):
         raise fail("give a DATASET or --for NAME (not both)", code=2)
-    from stemma.migration import explore as lib
-    from stemma.migration.transferability import SCORES
-
+    lib = library("migration.explore")
     reg = Registry.open(repo)
     if for_ is not None:
         doc = lib.explore_for(reg, for_)
@@ -89,7 +89,7 @@ def explore(
     if score is None:  # the dataset's own default (explore_lm's for text)
         names, decide = (), None
     elif score is ScoreChoice.all:
-        names, decide = tuple(SCORES), None
+        names, decide = tuple(library("migration.transferability").SCORES), None
     else:
         names, decide = (score.value,), score.value
     with _progress() as progress:

@@ -1,26 +1,55 @@
-"""`stemma export card` (a Hugging Face model card), `stemma export openlineage` and
-`stemma export mlflow`."""
+"""`stemma export parquet` (the query views as Parquet files), `stemma export card` (a Hugging
+Face model card), `stemma export openlineage` and `stemma export mlflow`."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from stemma.registry import Registry
+from stemma.registry.publish import _olsend
+from stemma.registry.publish import openlineage as ol
+from stemma.registry.publish.card import export_card
+from stemma.registry.publish.mlflow_export import export
+from stemma.registry.query import sql
 
-from ._common import JsonOpt, OverwriteOpt, RepoOpt, emit_json, fail
+from ._common import HistoryOpt, JsonOpt, OverwriteOpt, RepoOpt, emit_json, fail
+
+export_app = typer.Typer(
+    help="Export the registry's query views for other engines (Spark, Trino, DuckDB).",
+    no_args_is_help=True,
+)
 
 
-def register(export_app: typer.Typer) -> None:
-    """Add the card, OpenLineage and MLflow exports to the `export` sub-app (once)."""
-    if any(c.name == "card" for c in export_app.registered_commands):
+def register(app: typer.Typer) -> None:
+    """Mount the `export` sub-app on the root app."""
+    app.add_typer(export_app, name="export")
+
+
+@export_app.command("parquet")
+def export_parquet(
+    folder: Annotated[Path, typer.Argument(help="Folder to write <view>.parquet files into.")],
+    history: HistoryOpt = False,
+    overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Write every query view as a Parquet file, for engines that read Parquet.
+
+    The folder may be new or hold other files; an existing <view>.parquet is replaced only
+    with --overwrite, and never inside the registry."""
+    reg = Registry.open(repo)
+    written = sql.export_parquet(reg, folder, history=history, overwrite=overwrite)
+    if json_:
+        emit_json({"written": [str(path) for path in written]})
         return
-    export_app.command("card")(card)
-    export_app.command("openlineage")(openlineage)
-    export_app.command("mlflow")(mlflow)
+    for path in written:
+        typer.echo(str(path))
 
 
+@export_app.command("card")
 def card(
     name: Annotated[str, typer.Argument(help="Model version: NAME or NAME@REF.")],
     folder: Annotated[Path, typer.Argument(help="Folder to write README.md (and weights) in.")],
@@ -41,8 +70,6 @@ def card(
 
     The folder may be new or hold other files; an existing README.md (or weights file) is
     replaced only with --overwrite, and never inside the registry."""
-    from stemma.registry.publish.card import export_card
-
     written = export_card(Registry.open(repo), name, folder, weights=weights, overwrite=overwrite)
     if json_:
         emit_json(
@@ -57,6 +84,7 @@ def card(
         typer.echo(str(path))
 
 
+@export_app.command("openlineage")
 def openlineage(
     since: Annotated[
         str | None,
@@ -101,22 +129,19 @@ def openlineage(
 ) -> None:
     """Emit OpenLineage START and COMPLETE (or FAIL) events for every dataset and model build
     in history, in lineage order (each build after the builds it read)."""
-    from stemma.registry.publish import _olsend
-    from stemma.registry.publish import openlineage as lib
-
     if output is not None and url is not None:
         raise fail("give --output or --url, not both", code=2)
     reg = Registry.open(repo)
-    events = lib.events(reg, since=since, namespace=namespace)
+    events = ol.events(reg, since=since, namespace=namespace)
     if url is not None or (output is None and _olsend.configured()):
-        kind = lib.send(events, url)
+        kind = ol.send(events, url)
         if json_:
             emit_json({"sent": len(events), "to": url or kind})
         else:
             typer.echo(f"sent {len(events)} events to {url or kind + ' transport'}", err=True)
         return
     if output is not None:
-        lib.write_jsonl(reg, events, output, overwrite=overwrite)
+        ol.write_jsonl(reg, events, output, overwrite=overwrite)
         if json_:
             emit_json({"written": len(events), "output": str(output)})
         else:
@@ -125,9 +150,10 @@ def openlineage(
     if json_:
         emit_json(events)
         return
-    typer.echo(lib.to_jsonl(events), nl=False)
+    typer.echo(ol.to_jsonl(events), nl=False)
 
 
+@export_app.command("mlflow")
 def mlflow(
     tracking_uri: Annotated[
         str | None,
@@ -143,10 +169,6 @@ def mlflow(
 ) -> None:
     """Export every model version to MLflow: runs with metrics, parameters and lineage, model
     versions, stages as aliases (NAME#prod -> prod). A second export changes nothing."""
-    import os
-
-    from stemma.registry.publish.mlflow_export import export
-
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise fail("give --tracking-uri or set MLFLOW_TRACKING_URI", code=2)

@@ -6,17 +6,16 @@ import enum
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
+from stemma.lineage.graph import build_graph
+from stemma.lineage.query import LineageIndex, lineage_index, neighbourhood
+from stemma.lineage.query import impact as build_order
+from stemma.lineage.render import render
 from stemma.registry import Registry
 
 from ._common import JsonOpt, RepoOpt
-
-if TYPE_CHECKING:
-    from stemma.lineage.query import LineageIndex
-
-# stemma.lineage imports networkx (a fifth of a second): only the commands that draw pay it.
 
 app = typer.Typer(
     help="Trace lineage: ancestors, descendants, and what a change would rebuild.",
@@ -66,10 +65,6 @@ def _run(
     rev: str | None,
     repo: Path,
 ) -> None:
-    from stemma.lineage.graph import build_graph
-    from stemma.lineage.query import lineage_index
-    from stemma.lineage.render import render
-
     reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
     g = build_graph(reg, whole=True)
     index = lineage_index(g)
@@ -88,8 +83,6 @@ def show(
     repo: RepoOpt = Path("."),
 ) -> None:
     """The neighbourhood of NAME: its ancestors, its descendants and its datasets."""
-    from stemma.lineage.query import neighbourhood
-
     _run(neighbourhood, name, _fmt(fmt, json_), rev, repo)
 
 
@@ -130,11 +123,8 @@ def impact(
     fmt = _fmt(fmt, json_)
     if fmt is Format.tree:
         # A build order is a list, not a tree: print it as one, numbered.
-        from stemma.lineage.graph import build_graph
-        from stemma.lineage.query import impact as order
-
         reg = Registry.open(repo) if rev is None else Registry.at_revision(repo, rev)
-        for i, key in enumerate(order(build_graph(reg, whole=True), name), 1):
+        for i, key in enumerate(build_order(build_graph(reg, whole=True), name), 1):
             typer.echo(f"{i:>3}. {key}")
         return
     _run(lambda ix, n: ix.impact(n), name, fmt, rev, repo)

@@ -1,4 +1,4 @@
-"""`stemma query` (read-only SQL over the registry) and `stemma export parquet`."""
+"""`stemma query`: read-only SQL over the registry."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from stemma.registry import Registry
+from stemma.registry.query import sql as lib
 
 from ._common import (
+    HistoryOpt,
     JsonOpt,
-    OverwriteOpt,
     RepoOpt,
     console,
     emit_json,
@@ -25,11 +26,6 @@ from ._common import (
 if TYPE_CHECKING:
     from stemma.registry.query.sql import QueryResult
 
-HistoryOpt = Annotated[
-    bool,
-    typer.Option("--history", help="Also provide the `versions` view, read from git history."),
-]
-
 
 class Format(str, enum.Enum):
     """Output formats of `stemma query`."""
@@ -39,19 +35,9 @@ class Format(str, enum.Enum):
     csv = "csv"
 
 
-export_app = typer.Typer(
-    help="Export the registry's query views for other engines (Spark, Trino, DuckDB).",
-    no_args_is_help=True,
-)
-
-
 def register(app: typer.Typer) -> None:
-    """Mount `query` and the `export` sub-app on the root app."""
-    from . import export
-
+    """Mount `query` on the root app."""
     app.command("query")(query)
-    export.register(export_app)
-    app.add_typer(export_app, name="export")
 
 
 def query(
@@ -79,8 +65,6 @@ def query(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Run read-only SQL over every spec and manifest (DuckDB, refreshed incrementally)."""
-    from stemma.registry.query import sql as lib
-
     if json_:
         format_ = Format.json
 
@@ -99,34 +83,9 @@ def query(
         _render_table(result)
 
 
-@export_app.command("parquet")
-def export_parquet(
-    folder: Annotated[Path, typer.Argument(help="Folder to write <view>.parquet files into.")],
-    history: HistoryOpt = False,
-    overwrite: OverwriteOpt = False,
-    json_: JsonOpt = False,
-    repo: RepoOpt = Path("."),
-) -> None:
-    """Write every query view as a Parquet file, for engines that read Parquet.
-
-    The folder may be new or hold other files; an existing <view>.parquet is replaced only
-    with --overwrite, and never inside the registry."""
-    from stemma.registry.query import sql as lib
-
-    reg = Registry.open(repo)
-    written = lib.export_parquet(reg, folder, history=history, overwrite=overwrite)
-    if json_:
-        emit_json({"written": [str(path) for path in written]})
-        return
-    for path in written:
-        typer.echo(str(path))
-
-
 def _cell(value: Any) -> str:
     """A value as table or CSV text: nested values as compact JSON, null as empty."""
-    from stemma.registry.query.sql import jsonable
-
-    value = jsonable(value)
+    value = lib.jsonable(value)
     if value is None:
         return ""
     if isinstance(value, (dict, list)):

@@ -1,4 +1,4 @@
-"""Registry commands: init, validate, ls, show."""
+"""Registry commands: init, ls, show (`validate` is cli/validate.py: its checks load more code)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import typer
 from stemma.registry import Registry
+from stemma.registry.errors import GitError
 from stemma.registry.query import listing as lib
+from stemma.registry.versions.tags import deprecated_models
 
 from ._common import JsonOpt, RepoOpt, console, emit_json, print_table
 from ._result import ResultJsonOpt
@@ -16,7 +18,6 @@ from ._result import ResultJsonOpt
 def register(app: typer.Typer) -> None:
     """Mount the registry commands on the root app."""
     app.command("init")(init)
-    app.command("validate")(validate)
     app.command("ls")(ls)
     app.command("show")(show)
 
@@ -34,24 +35,6 @@ def init(
         emit_json({"path": str(reg.repo_root), "root": root})
         return
     typer.echo(f"Initialized stemma registry in {reg.repo_root}")
-
-
-def validate(json_: JsonOpt = False, repo: RepoOpt = Path(".")) -> None:
-    """Check every spec and manifest: schema, references, cycles, paths, staleness, ids."""
-    from stemma.registry.check.consistency import check
-
-    reg = Registry.open(repo)
-    violations = check(reg)
-    if json_:
-        emit_json({"ok": not violations, "violations": [v.to_dict() for v in violations]})
-    else:
-        for v in violations:
-            typer.echo(str(v), err=True)
-        if not violations:
-            n_models, n_data = len(reg.model_names()), len(reg.dataset_names())
-            typer.echo(f"ok: {n_models} models, {n_data} datasets")
-    if violations:
-        raise typer.Exit(1)
 
 
 def ls(
@@ -101,9 +84,6 @@ def _names(names: tuple[str, ...], width: int = 40) -> str:
 
 def _deprecated(reg: Registry) -> set[str]:
     """Models GTO's tags deprecate; none outside a git repository."""
-    from stemma.registry.errors import GitError
-    from stemma.registry.versions.tags import deprecated_models
-
     try:
         return set(deprecated_models(reg))
     except GitError:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from stemma.registry import Registry
+from stemma.registry.publish import report as lib
 
 from ._common import JsonOpt, OverwriteOpt, RepoOpt, emit_json
 
@@ -35,8 +36,6 @@ def report(
 ) -> None:
     """Pass or fail (gates, checks, staleness), lineage to the roots, transfer report,
     metrics, gates, checks and the training curve."""
-    from stemma.registry.publish import report as lib
-
     reg = Registry.open(repo)
     doc = lib.model_report(reg, name)
     if html is not None:

@@ -1,4 +1,8 @@
-"""`stemma verify NAME [--rebuild]`: check a built model against its files, optionally rebuild."""
+"""`stemma verify NAME [--rebuild]`: check a built model against its files, optionally rebuild.
+
+The verify library (and torch with it) loads only when the command runs (`app.library`),
+after the numeric mode is pinned (migration/numerics.py).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from stemma.migration.doctor import REPRODUCIBLE, machine_numerics, predict
+from stemma.migration.numerics import pin_for_repo
 from stemma.registry import Registry
 
 from ._common import JsonOpt, RepoOpt, emit_json
+from .app import library
 
 
 def register(app: typer.Typer) -> None:
@@ -33,17 +40,12 @@ def verify(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Re-check hashes, schema, id, staleness, gates, checks, frozen tensors; exit 1 on failure."""
-    from stemma.migration.numerics import pin_for_repo
-
     pin_for_repo(repo)  # before torch loads: a merge is recomputed on the build's code paths
-    from stemma.migration.verify import verify_model
-
+    verify_model = library("migration.verify").verify_model
     reg = Registry.open(repo)
     machine = None
     found = None
     if rebuild:  # before any training: can the recorded bits come back on this machine?
-        from stemma.migration.doctor import REPRODUCIBLE, machine_numerics, predict
-
         machine = machine_numerics(reg)
         found = reg.model_manifest(name)
         if found is not None and not json_:

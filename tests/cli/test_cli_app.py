@@ -98,8 +98,10 @@ def test_read_commands_import_only_their_module(
 def test_version_imports_no_command(tmp_path: Any) -> None:
     code, modules, stdout = probe(["--version"], tmp_path)
     assert code == 0 and stdout.startswith("stemma ")
+    # the error funnel (with its table of extras), and no command module
     assert sorted(m for m in modules if m.startswith("stemma.cli.") and m != "stemma.cli.app") == [
-        "stemma.cli._common"
+        "stemma.cli._common",
+        "stemma.cli._extras",
     ]
     assert "stemma.registry.store.handle" not in modules and "yaml" not in modules
 
