@@ -17,10 +17,12 @@ from stemma.registry.check import consistency as cons
 from stemma.registry.check.consistency import Violation
 from stemma.registry.errors import StemmaError
 from stemma.registry.pipeline.locks import LOCK_FILE, folder_locked_md5, locked_md5s
+from stemma.registry.pipeline.pipefiles import differences
 from stemma.registry.rules.naming import parse_source
 from stemma.registry.rules.parents import parents_of
 from stemma.registry.store.files import content_id, parse_json_text
 from stemma.registry.store.handle import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.versions import resolve as versions
 
 from ._audit_state import State
 
@@ -126,8 +128,6 @@ def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
 
 
 def _pipeline(state: State, reg: Registry) -> list[Violation]:
-    from stemma.registry.pipeline.pipefiles import differences
-
     if not state.models and not state.datasets:
         return []
     try:
@@ -329,8 +329,6 @@ def _tagged_changes(old: State, new: State) -> list[Finding]:
     if not changed:
         return []
     # reads git tags: only when a manifest was rewritten
-    from stemma.registry.versions import resolve as versions
-
     tags: dict[tuple[str, str], list[str]] = {}
     for tag in versions.list_tags(new.reg):
         tags.setdefault((tag.name, str(tag.id)), []).append(tag.tag)

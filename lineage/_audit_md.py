@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from .graph import DERIVED_FROM
+from .nodes import DERIVED_FROM
 from .render import to_mermaid
 
 if TYPE_CHECKING:

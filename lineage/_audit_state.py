@@ -18,15 +18,16 @@ from typing import Any
 
 from stemma.registry import Registry
 from stemma.registry.check import consistency as cons
-from stemma.registry.check._checkcache import FOLDER_FILES
 from stemma.registry.check.consistency import Violation
 from stemma.registry.errors import GitError, LocatedError, RegistryNotFound, StemmaError
+from stemma.registry.pipeline.locks import PIPELINE_FILE
+from stemma.registry.store._checkcache import FOLDER_FILES
 from stemma.registry.store.files import parse_json_text
-from stemma.registry.store.handle import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE
+from stemma.registry.store.handle import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, find_repo_root
 from stemma.registry.store.tree import GitTree, git
 from stemma.registry.store.yamlio import load_yaml_text
 
-from .graph import LazyDocs
+from .graph import LazyDocs, prefetch_documents
 
 WORKING_TREE = "working tree"
 
@@ -110,8 +111,6 @@ def _is_working_tree(repo: Path, rev: str) -> bool:
     as git compares them (`git diff --name-only REV` lists nothing, and no untracked or
     ignored file an audit could read is there): the revision is then read from the working
     tree, whose caches answer the checks, instead of materialising it from git."""
-    from stemma.registry.store.handle import find_repo_root
-
     try:
         root = find_repo_root(repo)
         top = Path(git(root, "rev-parse", "--show-toplevel").decode().strip())
@@ -217,10 +216,6 @@ def anchor(head: State, repo: Path) -> None:
 def prefetch_state(state: State) -> None:
     """Read every file the checks read of a state at a git revision (each folder's documents
     and dvc.yaml) with one git process, instead of one process per file."""
-    from stemma.registry.pipeline.render import PIPELINE_FILE
-
-    from .graph import prefetch_documents
-
     reg = state.reg
     if reg is None or state.head is not None:  # a base reads only what differs from its head
         return

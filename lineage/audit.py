@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+from stemma.registry.errors import RegistryNotFound
 from stemma.registry.pipeline.locks import LOCK_FILE
-from stemma.registry.store.handle import MANIFEST_FILE, SPEC_FILE
+from stemma.registry.store import _validcache
+from stemma.registry.store.handle import MANIFEST_FILE, SPEC_FILE, find_repo_root
 
 from ._audit_checks import (
     CODES,
@@ -55,15 +57,15 @@ from ._audit_checks import (
     source_of,
     state_violations,
 )
+from ._audit_md import markdown
 from ._audit_state import WORKING_TREE, State, anchor, link, open_state, prefetch_state
 from .graph import (
     build_graph,
     build_graph_near,
-    dataset_node,
-    model_node,
     partial_graph,
     read_document,
 )
+from .nodes import dataset_node, model_node
 from .query import lineage_index
 
 __all__ = [
@@ -185,15 +187,11 @@ class AuditReport:
 
     def to_markdown(self) -> str:
         """The report as Markdown for a pull-request comment."""
-        from ._audit_md import markdown
-
         return markdown(self)
 
 
 def audit(repo_path: str | Path, base: str, head: str | None = None) -> AuditReport:
     """Compare the registry at git revision `base` with `head` (None: the working tree)."""
-    from stemma.registry.store import _validcache
-
     repo = Path(repo_path)
     # Both states share one cache of documents known to pass their schema: most are the same.
     with _validcache.remembering(_repo_root(repo)):
@@ -201,9 +199,6 @@ def audit(repo_path: str | Path, base: str, head: str | None = None) -> AuditRep
 
 
 def _repo_root(repo: Path) -> Path:
-    from stemma.registry.errors import RegistryNotFound
-    from stemma.registry.store.handle import find_repo_root
-
     try:
         return find_repo_root(repo)
     except RegistryNotFound:

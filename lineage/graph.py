@@ -19,72 +19,35 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 from stemma.registry import Registry
 from stemma.registry.errors import ConsistencyError, LocatedError, StemmaError
+from stemma.registry.pipeline.render import candidates
 from stemma.registry.rules import status
 from stemma.registry.rules.dag import Forest
 from stemma.registry.rules.parents import combined_id, parents_of, recorded_parents
 from stemma.registry.store.files import digest, parse_json_text
 from stemma.registry.store.handle import MANIFEST_FILE, SPEC_FILE
+from stemma.registry.store.index import open_index
+from stemma.registry.store.tree import WorkTree, prefetch
+from stemma.registry.store.yamlio import load_yaml_text
+from stemma.registry.versions import resolve as versions
 
-DERIVED_FROM = "derived_from"
-TRAINED_ON = "trained_on"
-EVALUATED_ON = "evaluated_on"
-PREVIOUS = "previous"
-EDGE_KINDS = (DERIVED_FROM, TRAINED_ON, EVALUATED_ON, PREVIOUS)
-
-
-def model_node(name: str) -> str:
-    """Node key of a model."""
-    return f"model:{name}"
-
-
-def dataset_node(name: str) -> str:
-    """Node key of a dataset."""
-    return f"dataset:{name}"
-
-
-def version_node(name: str, manifest_id: str) -> str:
-    """Node key of one version (manifest id) of a model."""
-    return f"model:{name}@{manifest_id}"
-
-
-def split_node(key: str) -> tuple[str, str]:
-    """(kind, name) of a node key; versions keep their `@ID` in the name."""
-    kind, _, name = key.partition(":")
-    return kind, name
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """What the graph needs to know about one declared model."""
-
-    name: str
-    source: str | None = None
-    relation: str | None = None
-    source_id: str | None = None
-    train: str | None = None
-    eval: str | None = None
-    checks: tuple[str, ...] = ()  # datasets of forgetting / drift checks
-    id: str | None = None
-    status: str = "unbuilt"
-    auto: bool = False
-    candidates: tuple[str, ...] = ()  # models an exploration considers (source: auto)
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    more: tuple[str, ...] = ()  # a merge's parents after `source` (`parents.parents_of`)
-
-
-@dataclass(frozen=True)
-class DatasetRecord:
-    """What the graph needs to know about one declared dataset."""
-
-    name: str
-    id: str | None = None
-    status: str = "unbuilt"
+from .nodes import (
+    DERIVED_FROM,
+    EDGE_KINDS,
+    EVALUATED_ON,
+    PREVIOUS,
+    TRAINED_ON,
+    DatasetRecord,
+    ModelRecord,
+    dataset_node,
+    model_node,
+    version_node,
+)
+from .query import LineageIndex, remember_index
 
 
 def read_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]:
@@ -99,8 +62,6 @@ def read_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]
     validate` and the audit report schema errors). A document that cannot be parsed, or
     lacks the fields the graph needs, gives a node with status `invalid`.
     """
-    from stemma.registry.store.tree import WorkTree
-
     if isinstance(reg.tree, WorkTree):
         try:
             return _indexed_records(reg)
@@ -121,8 +82,6 @@ _DATASETS_SQL = "SELECT name, id, status FROM datasets ORDER BY name"
 
 def _indexed_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]:
     """The records of the working tree, from the query index."""
-    from stemma.registry.store.index import open_index
-
     with open_index(reg) as index:
         rows = index.con.execute(_MODELS_SQL).fetchall()
         datasets = [DatasetRecord(*row) for row in index.con.execute(_DATASETS_SQL).fetchall()]
@@ -204,8 +163,6 @@ def prefetch_documents(reg: Registry, extra: Iterable[str] = ()) -> None:
     """Read every spec and manifest of a git revision (and `extra` repo-relative files) with
     one git process; a no-op on the working tree. Without it each file read at a revision,
     listing the names included, costs a git process of its own."""
-    from stemma.registry.store.tree import prefetch
-
     if not hasattr(getattr(reg.tree, "inner", reg.tree), "prefetch"):
         return  # the working tree: listing the folders would be wasted
     paths = list(extra)
@@ -280,8 +237,6 @@ def read_document(reg: Registry, kind: str, name: str, filename: str) -> dict[st
 
 
 def _doc(reg: Registry, kind: str, name: str, filename: str) -> dict[str, Any] | None:
-    from stemma.registry.store.yamlio import load_yaml_text  # PyYAML: not for the index's readers
-
     text = reg.tree.read_text(reg.rel(kind, name, filename))
     if text is None:
         return None
@@ -386,8 +341,6 @@ def _model_record(
 
 
 def _candidates(reg: Registry, name: str) -> list[str]:
-    from stemma.registry.pipeline.render import candidates
-
     try:
         return candidates(reg, name, reg.model_spec(name))
     except StemmaError:
@@ -477,8 +430,6 @@ def _graph_of(
     whole: bool = False,
 ) -> nx.MultiDiGraph:
     """`build_graph` from records already read."""
-    from .query import LineageIndex, remember_index
-
     g = graph_from_records(models, datasets)
     if whole:
         require_whole(reg, g)
@@ -603,8 +554,6 @@ def require_whole(reg: Registry, g: nx.MultiDiGraph) -> None:
 
 
 def _add_history(reg: Registry, g: nx.MultiDiGraph, names: list[str]) -> None:
-    from stemma.registry.versions import resolve as versions
-
     by_model: dict[str, list[Any]] = {}
     for v in versions.all_history(reg):  # one git log for every model, newest first
         by_model.setdefault(v.name, []).append(v)

@@ -20,7 +20,7 @@ import networkx as nx
 from stemma.registry.errors import DatasetNotFound, ModelNotFound
 from stemma.registry.rules.dag import Forest, build_order, reach
 
-from .graph import (
+from .nodes import (
     DERIVED_FROM,
     EVALUATED_ON,
     TRAINED_ON,

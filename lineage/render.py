@@ -16,7 +16,7 @@ from typing import Any
 
 import networkx as nx
 
-from .graph import DERIVED_FROM, EVALUATED_ON, PREVIOUS, TRAINED_ON
+from .nodes import DERIVED_FROM, EVALUATED_ON, PREVIOUS, TRAINED_ON
 from .query import lineage_index
 
 FORMATS = ("tree", "mermaid", "dot", "json")

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from stemma.registry.check import archrules
-from stemma.registry.check._checkcache import FolderFacts, work_stamps
 from stemma.registry.check.hfdisk import check_saved_dataset
+from stemma.registry.check.metricfiles import mismatches
 from stemma.registry.errors import LocatedError, PathEscape, StemmaError
-from stemma.registry.pipeline.locks import folder_locked_md5
+from stemma.registry.pipeline.locks import conflicted_files, folder_locked_md5
 from stemma.registry.pipeline.lockstate import recorded_md5
 from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
 from stemma.registry.rules.dag import Forest
@@ -30,7 +30,10 @@ from stemma.registry.rules.status import (
     staleness,
 )
 from stemma.registry.rules.taskspec import spec_problems, training_task
+from stemma.registry.store import _validcache
+from stemma.registry.store._checkcache import FolderFacts, work_stamps
 from stemma.registry.store.handle import Registry
+from stemma.registry.store.tree import WorkTree
 
 # Stable violation codes; tools and the audit key on these strings.
 SCHEMA = "schema"
@@ -116,8 +119,6 @@ def check_state(reg: Registry, borrowed: Mapping[str, ModelFacts] | None = None)
     """`check`, with the facts of each model folder in `borrowed` taken as they are instead
     of read (another state's check, of a folder whose files are the same here); with
     `borrowed`, nothing is stored."""
-    from stemma.registry.store import _validcache
-
     with _validcache.remembering(reg.repo_root):
         checked = _check(reg, borrowed)
         if any(v.code not in _OUTCOMES for v in checked.violations):
@@ -200,8 +201,6 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
 
 def _pipeline_files(reg: Registry) -> list[Violation]:
     """DVC's pipeline files that DVC would refuse: merge conflict markers, not text."""
-    from stemma.registry.pipeline.locks import conflicted_files
-
     return [_from_error(exc, subject, "") for subject, exc in conflicted_files(reg)]
 
 
@@ -228,8 +227,6 @@ def _stored_facts(cache: FolderFacts | None, name: str) -> ModelFacts | None:
 def _folder_facts(reg: Registry) -> FolderFacts | None:
     """The stored facts of the working tree's model folders, with their stamps now (None for
     a git revision: an audit's base takes the head's facts of the folders that are the same)."""
-    from stemma.registry.store.tree import WorkTree
-
     if isinstance(reg.tree, WorkTree):
         return FolderFacts(reg, work_stamps(reg.root))
     return None
@@ -576,8 +573,6 @@ def _manifest_checks(
 
 
 def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
-    from stemma.registry.check.metricfiles import mismatches
-
     return [
         Violation(METRICS_MISMATCH, m.path, m.message, m.pointer, subject=f"model:{manifest.name}")
         for m in mismatches(reg, manifest)

@@ -26,9 +26,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from stemma.registry.pipeline.render import foreign_stages
 from stemma.registry.store import derived as _store
 from stemma.registry.store.codekey import code_key
-from stemma.registry.store.handle import Registry
+from stemma.registry.store.handle import SETTINGS_FILE, Registry
+from stemma.registry.store.index import open_index
 
 FILE = Path(".stemma") / "pipeline.json"
 FORMAT = 3
@@ -50,24 +52,18 @@ def fingerprint(reg: Registry) -> str:
 def base(reg: Registry) -> str:
     """A digest of what every file's render reads besides the specs: the code, the
     registry's place in the repository and its settings."""
-    from stemma.registry.store.handle import SETTINGS_FILE
-
     settings = reg.tree.read_text(reg.rel(SETTINGS_FILE)) or ""
     return sha(f"{FORMAT}\0{reg.rel_root}\0{code_key()}\0{settings}")
 
 
 def foreign(reg: Registry) -> str:
     """A digest of the root dvc.yaml's stages that stemma did not write (an input)."""
-    from stemma.registry.pipeline.render import foreign_stages
-
     return doc_digest(foreign_stages(reg))
 
 
 def inputs(reg: Registry) -> dict[str, str]:
     """Each spec's digest, and the id of each manifest of a model or dataset without a spec,
     by path, from the index (kept for the registry handle's life: one command)."""
-    from stemma.registry.store.index import open_index
-
     memo = ("pipecache", "inputs")
     if memo in reg._cache:
         kept: dict[str, str] = reg._cache[memo]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from stemma.registry.errors import StemmaError
 from stemma.registry.pipeline.locks import folder_locked_md5
 from stemma.registry.rules import status
+from stemma.registry.store._checkcache import FolderFacts, work_stamps
 from stemma.registry.store.files import read_json
 from stemma.registry.store.handle import MANIFEST_FILE
 
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 def _kept_md5s(reg: Registry) -> dict[str, tuple[str | None, str | None]]:
     """name -> (manifest md5, locked md5) from the check's kept facts of unchanged folders."""
-    from stemma.registry.check._checkcache import FolderFacts, work_stamps
-
     facts = FolderFacts(reg, work_stamps(reg.root))
     out: dict[str, tuple[str | None, str | None]] = {}
     for name in facts.stored:

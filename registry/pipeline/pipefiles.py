@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from stemma.registry.pipeline import _pipecache
+from stemma.registry.errors import StemmaError
+from stemma.registry.pipeline import _pipecache, _pipedelta
 from stemma.registry.pipeline.locks import LOCK_FILE
 from stemma.registry.pipeline.render import (
     HEADER,
@@ -28,8 +29,13 @@ from stemma.registry.pipeline.render import (
     render_docs,
     stage_file,
 )
+from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC
+from stemma.registry.store import _validcache
+from stemma.registry.store.documents import validate_document
+from stemma.registry.store.files import _write_temp
 from stemma.registry.store.handle import SPEC_FILE, Registry
 from stemma.registry.store.tree import WorkTree
+from stemma.registry.store.yamlio import fast_load, load_yaml_text
 
 Read = Callable[[str], str | None]
 
@@ -122,8 +128,6 @@ def rendered(
     if not isinstance(reg.tree, WorkTree):
         docs = render_docs(reg)
         return docs, {path: _pipecache.sha(file_text(doc)) for path, doc in docs.items()}
-    from stemma.registry.store import _validcache
-
     key = key or _pipecache.fingerprint(reg)
     cached = _pipecache.load(reg)
     known = _pipecache.known_hashes(cached)
@@ -159,8 +163,6 @@ def _delta(
 ) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, list[Any]]] | None:
     """`_pipedelta.render_changed` after an edit of model specs alone, when the last render
     (`cached`) is one it can start from; None: render everything."""
-    from stemma.registry.pipeline import _pipedelta
-
     if cached is None or not known or cached.get("base") != _pipecache.base(reg):
         return None
     kept, facts, files = cached.get("inputs"), cached.get("facts"), cached.get("files")
@@ -184,14 +186,9 @@ def _delta(
 
 def _read_specs(reg: Registry) -> None:
     """Read every spec with the index's reader of the YAML subset specs are written in
-    (`_fastyaml`, the same values as PyYAML in a fraction of the time) into the registry's
+    (`fast_load`, the same values as PyYAML in a fraction of the time) into the registry's
     read cache. A spec outside the subset, or one its schema refuses, is left for the
     registry to read, so that its error reads as everywhere else."""
-    from stemma.registry.errors import StemmaError
-    from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC
-    from stemma.registry.store import _fastyaml
-    from stemma.registry.store.documents import validate_document
-
     for kind, names, schema in (
         ("datasets", reg.dataset_names(), DATASET_SPEC),
         ("models", reg.model_names(), MODEL_SPEC),
@@ -200,7 +197,7 @@ def _read_specs(reg: Registry) -> None:
             path = reg.rel(kind, name, SPEC_FILE)
             key = ("doc", path)
             text = None if key in reg._cache else reg.tree.read_text(path)
-            doc = _fastyaml.load(text) if text is not None else None
+            doc = fast_load(text) if text is not None else None
             if doc is None:
                 continue
             try:
@@ -272,8 +269,6 @@ def _write_batch(root: Path, texts: dict[str, str]) -> None:
     per file costs ~10 ms on a journaling file system, 100 s for 10,000 models. A crash
     leaves every file either as it was or as written, never torn (plus, at worst, temp
     files named `.NAME.*.tmp`, which nothing reads)."""
-    from stemma.registry.store.files import _write_temp
-
     staged: list[tuple[str, Path]] = []
     done = 0
     try:
@@ -302,8 +297,6 @@ def _move_root_locks(reg: Registry, want: Collection[str]) -> int:
     root_lock = _root_locks(reg)
     if root_lock is None:
         return 0
-    from stemma.registry.store.yamlio import load_yaml_text
-
     doc = load_yaml_text(root_lock.read_text(), LOCK_FILE)
     stages = doc.get("stages") if isinstance(doc, dict) else None
     if not isinstance(stages, dict):

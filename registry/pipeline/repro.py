@@ -38,6 +38,7 @@ from stemma.registry.rules import status
 from stemma.registry.rules.dag import Forest, exploration_candidates
 from stemma.registry.rules.dag import build_order as dag_order
 from stemma.registry.store.handle import DATA_FILE, WEIGHTS_FILE, Registry
+from stemma.registry.store.index import open_index
 
 TO_BUILD = (status.STALE, status.UNBUILT)
 # A sharded build's index, inside the `weights.safetensors` folder (migration/shards.py).
@@ -74,8 +75,6 @@ class _Rows:
 
 
 def _rows(reg: Registry) -> _Rows:
-    from stemma.registry.store.index import open_index
-
     with open_index(reg) as index:
         models = index.con.execute(
             "SELECT m.name, m.status, s.name IS NOT NULL, s.source, s.train, s.eval, s.checks,"

@@ -26,8 +26,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from stemma import schemas
 from stemma.registry.errors import SchemaError, StemmaError
 from stemma.registry.records.core import Manifest
+from stemma.registry.records.manifest import model_record
 from stemma.registry.store.files import file_hashes, read_text_file
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.yamlio import load_yaml_text
@@ -46,9 +48,8 @@ SEQ_CLASS = "ForSequenceClassification"
 _ARCH_PREFIX = re.compile(r"^([A-Za-z0-9_]+?)(?:Model|For[A-Za-z]+|LMHeadModel)$")
 
 
-def _checked(reg: Registry, manifest: Manifest, block: dict[str, Any], pointer: str) -> bytes:
+def _checked(reg: Registry, manifest: Manifest, rel: str, sha256: str, pointer: str) -> bytes:
     """A file the manifest records (`path` + `sha256`), from the working tree, as recorded."""
-    rel = str(block.get("path", ""))
     display = reg.rel("models", manifest.name, rel)
     path = reg.resolve(f"models/{manifest.name}/{rel}", pointer=pointer, display=manifest.path)
     if not path.is_file():
@@ -56,7 +57,7 @@ def _checked(reg: Registry, manifest: Manifest, block: dict[str, Any], pointer: 
             f"{display} is missing: restore the weights first"
             f" (stemma checkout {manifest.name}@REF, or dvc pull)"
         )
-    if file_hashes(path)["sha256"] != block.get("sha256"):
+    if file_hashes(path)["sha256"] != sha256:
         raise StemmaError(
             f"{display} is not the weights of version {manifest.id[:19]}: run"
             f" `stemma checkout {manifest.name}@{manifest.id[7:19]}` first"
@@ -139,23 +140,24 @@ def _adapter_files(
     reg: Registry, manifest: Manifest, base_ref: str | None
 ) -> list[tuple[str, bytes]]:
     """PEFT's two files, as the build recorded them, with `base_model_name_or_path` set."""
-    adapter = manifest.raw.get("adapter") or {}
-    config_block = adapter.get("config")
-    if not isinstance(config_block, dict):
+    record = model_record(manifest)
+    if record.adapter is None:
         raise SchemaError(manifest.path, "an adapter model records its adapter config", "/adapter")
-    raw = _checked(reg, manifest, config_block, "/adapter/config/path")
+    config_block = record.adapter.config
+    raw = _checked(reg, manifest, config_block.path, config_block.sha256, "/adapter/config/path")
     try:
         doc = json.loads(raw)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
         raise StemmaError(
-            f"{reg.rel('models', manifest.name, str(config_block['path']))}: not a JSON object"
+            f"{reg.rel('models', manifest.name, config_block.path)}: not a JSON object"
         )
     if base_ref is not None:
         doc["base_model_name_or_path"] = base_ref
-    weights = _checked(reg, manifest, manifest.raw["weights"], "/weights/path")
-    return [(PEFT_CONFIG, _dump(doc)), (PEFT_WEIGHTS, weights)]
+    weights = record.weights
+    data = _checked(reg, manifest, weights.path, weights.sha256, "/weights/path")
+    return [(PEFT_CONFIG, _dump(doc)), (PEFT_WEIGHTS, data)]
 
 
 def _causal_lm_config(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -183,19 +185,21 @@ def _causal_lm_config(config: dict[str, Any], name: str) -> dict[str, Any]:
 def tokenizer_files(reg: Registry, manifest: Manifest) -> list[tuple[str, bytes]]:
     """The model's tokenizer files (models/NAME/tokenizer/), each checked against the sha256
     its manifest records (bare hex digests there); none for a model without a tokenizer."""
-    block = manifest.raw.get("tokenizer")
-    if not isinstance(block, dict):
+    block = model_record(manifest).tokenizer
+    if block is None:
         return []
-    files = sorted(dict(block.get("files") or {}).items())
-    blocks = [(str(n), {"path": f"tokenizer/{n}", "sha256": f"sha256:{sha}"}) for n, sha in files]
-    return [(n, _checked(reg, manifest, b, "/tokenizer")) for n, b in blocks]
+    return [
+        (n, _checked(reg, manifest, f"tokenizer/{n}", f"sha256:{sha}", "/tokenizer"))
+        for n, sha in sorted(block.files.items())
+    ]
 
 
 def _quantization(manifest: Manifest, doc: dict[str, Any]) -> dict[str, Any]:
     """A transformers config.json with the quantized build's `quantization_config`, so
     from_pretrained reads torchao's tensors through TorchAoConfig (others as they are)."""
-    quantized = (manifest.raw.get("quantize") or {}).get("hf_quantization_config")
-    return {**doc, "quantization_config": quantized} if quantized else doc
+    block = model_record(manifest).quantize
+    quantized = None if block is None else block.hf_quantization_config
+    return {**doc, "quantization_config": dict(quantized)} if quantized else doc
 
 
 def weight_files(
@@ -204,18 +208,19 @@ def weight_files(
     """(file name, content) of the library layout for this version; `base_ref` is what an
     adapter's config names as its base. Raises for a family without a layout. A model with a
     tokenizer (a causal LM) brings its files too, so AutoTokenizer loads the same folder."""
-    config = dict((manifest.raw.get("architecture") or {}).get("config") or {})
-    family = str(config.get("family", ""))
-    if manifest.raw.get("adapter"):
+    record = model_record(manifest)
+    config = dict(record.architecture.config)
+    family = record.architecture.family
+    if record.adapter is not None:
         return _adapter_files(reg, manifest, base_ref) + tokenizer_files(reg, manifest)
-    weights = manifest.raw["weights"]
+    weights = record.weights
     if family == "transformers" and config.get("task") == "causal-lm":
         return [
             (
                 CONFIG_NAME,
                 _dump(_quantization(manifest, _causal_lm_config(config, manifest.name))),
             ),
-            (WEIGHTS_NAME, _checked(reg, manifest, weights, "/weights/path")),
+            (WEIGHTS_NAME, _checked(reg, manifest, weights.path, weights.sha256, "/weights/path")),
             *tokenizer_files(reg, manifest),
         ]
     if family == "transformers":
@@ -232,15 +237,13 @@ def weight_files(
         )
     return [
         (CONFIG_NAME, _dump(doc)),
-        (WEIGHTS_NAME, _checked(reg, manifest, weights, "/weights/path")),
+        (WEIGHTS_NAME, _checked(reg, manifest, weights.path, weights.sha256, "/weights/path")),
         *tokenizer_files(reg, manifest),  # a classifier of text keeps its tokenizer too
     ]
 
 
 def hub_id_pattern() -> re.Pattern[str]:
     """A Hub repository id (`org/name` or `name`): the model spec's `hub_id` pattern."""
-    from stemma import schemas
-
     return re.compile(str(schemas.load("model-spec")["properties"]["hub_id"]["pattern"]))
 
 

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 from stemma.registry.store import _snapshot
 from stemma.registry.store._monitor import Monitor
 from stemma.registry.store._snapshot import KINDS
+from stemma.registry.store.index import index_path
+from stemma.registry.store.tree import WorkTree
 
 if TYPE_CHECKING:
     import duckdb
@@ -64,8 +66,6 @@ def _identity(reg: Registry) -> tuple[tuple[int, ...], ...]:
     """Which folders the root and its kinds are (one that was replaced is not watched), and
     the stamp of the shared index and its log: an index another process wrote or damaged
     is checked (and repaired) the usual way."""
-    from stemma.registry.store.index import index_path
-
     shared = index_path(reg)
     out: list[tuple[int, ...]] = []
     for path in (reg.root, *(reg.root / kind for kind in KINDS)):
@@ -109,8 +109,6 @@ def done(reg: Registry) -> None:
 def prepare(reg: Registry) -> bool:
     """Before a full check: start watching when this handle queried before; True when the
     copy made after the check is to be kept: the caller then calls `keep` or `abandon`."""
-    from stemma.registry.store.tree import WorkTree
-
     if not isinstance(reg.tree, WorkTree):
         return False  # a revision from git: queries refuse it anyway
     watch = _WATCHES.get(reg)

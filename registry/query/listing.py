@@ -13,7 +13,9 @@ from stemma.registry.records.core import Manifest
 from stemma.registry.rules import status
 from stemma.registry.rules.parents import MERGE, combined_id, parents_of
 from stemma.registry.store.handle import SPEC_FILE, Registry
+from stemma.registry.store.index import open_index
 from stemma.registry.store.tree import WorkTree
+from stemma.registry.versions.resolve import resolve
 
 
 class Kind(str, enum.Enum):
@@ -166,8 +168,6 @@ _MODELS_SQL = "SELECT name, status, id, source, relation, tags, metrics FROM mod
 
 
 def _indexed_entries(reg: Registry, kind: Kind | None) -> list[Entry]:
-    from stemma.registry.store.index import open_index
-
     rows: list[Entry] = []
     with open_index(reg) as index:
         if kind in (None, Kind.dataset):
@@ -214,8 +214,6 @@ def _merge_parents(reg: Registry, name: str, relation: str | None) -> tuple[str,
 def describe(reg: Registry, name: str) -> dict[str, Any]:
     """Spec, status and manifest of a model (`NAME@REF` allowed) or a dataset."""
     if "@" in name:
-        from stemma.registry.versions.resolve import resolve
-
         manifest = resolve(reg, name)
         return {
             "kind": "model",

@@ -22,6 +22,9 @@ from stemma.registry.errors import QueryError
 from stemma.registry.query import _watched
 from stemma.registry.store import _engine, _sql
 from stemma.registry.store._engine import one_line
+from stemma.registry.store.files import Outputs
+from stemma.registry.store.index import open_index
+from stemma.registry.versions.resolve import all_history, statuses
 
 if TYPE_CHECKING:
     import duckdb
@@ -149,7 +152,6 @@ def query(
     registry's views and return its rows; stopped with a `QueryError` after `timeout`
     seconds or past `memory_limit`."""
     duckdb = _engine.duckdb()
-    from stemma.registry.store.index import open_index
 
     # A handle that queries again runs on its copy of the index while its monitor says
     # nothing changed (`_watched`); otherwise the files are checked first, as always.
@@ -338,10 +340,6 @@ def _load_history(reg: Registry, con: duckdb.DuckDBPyConnection) -> None:
 
     import numpy as np
 
-    try:
-        from stemma.registry.versions.resolve import all_history, statuses
-    except ImportError:
-        raise QueryError("--history needs stemma.registry.versions, which is missing") from None
     found = all_history(reg)
     versions = [v.to_dict() for v in found]
 
@@ -369,8 +367,6 @@ def _load_history(reg: Registry, con: duckdb.DuckDBPyConnection) -> None:
 
 def schema(reg: Registry, history: bool = False) -> dict[str, list[tuple[str, str]]]:
     """Every view (and table macro) users can query, with its columns and their types."""
-    from stemma.registry.store.index import open_index
-
     with open_index(reg) as index:
         con = index.con
         if history:
@@ -396,8 +392,6 @@ def export_parquet(
     import tempfile
 
     duckdb = _engine.duckdb()
-    from stemma.registry.store.files import Outputs
-    from stemma.registry.store.index import open_index
 
     outputs = Outputs.for_registry(reg.repo_root, reg.root, overwrite)
     real = outputs.folder(folder)

@@ -21,7 +21,7 @@ from stemma.registry.records.core import Manifest
 from stemma.registry.rules.naming import parse_ref
 from stemma.registry.store.files import CHUNK, file_hashes
 from stemma.registry.store.handle import Registry
-from stemma.registry.versions.gtostate import TagState
+from stemma.registry.versions.gtostate import TagState, tag_state
 from stemma.registry.versions.history import (
     Version,
     all_history,
@@ -174,8 +174,6 @@ def log(reg: Registry, name: str) -> list[LogEntry]:
 def statuses(reg: Registry, versions: list[Version]) -> list[str]:
     """GTO's word on each version (one git call for all): "deprecated" when its model is,
     "deregistered" when only deregistered version tags name its commit, else "active"."""
-    from stemma.registry.versions.gtostate import tag_state
-
     infos = list_tags(reg)
     states = {n: tag_state(t for t in infos if t.name == n) for n in {t.name for t in infos}}
     out = []

@@ -15,7 +15,7 @@ from conftest import git
 from factories import dataset_manifest, model_manifest
 from stemma.cli._extras import BUILD_MODULES
 from stemma.registry import Registry
-from stemma.registry.pipeline import render as pipeline
+from stemma.registry.pipeline import pipefiles
 
 READ_COMMANDS = [
     ["pipeline", "--check"],
@@ -42,7 +42,7 @@ def _committed(reg: Registry) -> Path:
         dataset_manifest(reg, ds)
     for name in ("base", "ft", "scratch"):
         model_manifest(Registry.open(reg.root), name)
-    pipeline.write(Registry.open(reg.root))
+    pipefiles.write(Registry.open(reg.root))
     git(reg.repo_root, "add", "-A")
     git(reg.repo_root, "commit", "-q", "-m", "three models")
     return reg.repo_root

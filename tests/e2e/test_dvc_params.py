@@ -91,7 +91,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, registry_template: Path) -> 
     build_dataset(reg, "d04")
     for name in MODELS:
         build_model(Registry.open(repo), name)
-    assert pipeline.write(Registry.open(repo))
+    assert pipefiles.write(Registry.open(repo))
     dvc(repo, "commit", "--force")  # lock the outputs as they stand: no rebuild
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "built")

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from conftest import dvc, git, new_registry
 from stemma.registry import Registry
-from stemma.registry.pipeline import render as pipeline
-from stemma.registry.pipeline import repro
+from stemma.registry.pipeline import pipefiles, repro
 
 TRAIN = "training: {epochs: 1, batch_size: 64, lr: 1.0e-2, seed: 0}"
 SPECS = {
@@ -56,7 +55,7 @@ def test_parents_come_first_in_the_plan(registry: Registry) -> None:
 
 def test_independent_stages_overlap(registry: Registry, tmp_path: Path) -> None:
     reg = new_registry(registry.repo_root.parent / "j", registry.repo_root, SPECS)
-    pipeline.write(reg)
+    pipefiles.write(reg)
     git(reg.repo_root, "add", "-A")
     git(reg.repo_root, "commit", "-qm", "specs")
     bin_dir, log = tmp_path / "bin", tmp_path / "builds.log"

@@ -17,9 +17,10 @@ from conftest import SPECS, git, write
 from factories import dataset_manifest, model_manifest
 from stemma.lineage import audit as lib
 from stemma.registry import Registry
-from stemma.registry.check import _checkcache
 from stemma.registry.check import consistency as cons
+from stemma.registry.pipeline import pipefiles
 from stemma.registry.pipeline import render as pipeline
+from stemma.registry.store import _checkcache
 from stemma.registry.store.files import canonical_json
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "audit"
@@ -82,7 +83,7 @@ def rebuild(reg: Registry, *names: str, **extra: object) -> Registry:
         reg = fresh(reg)
         model_manifest(reg, name, **extra)  # type: ignore[arg-type]
     reg = fresh(reg)
-    pipeline.write(reg)
+    pipefiles.write(reg)
     write_lock(reg)
     return fresh(reg)
 
@@ -131,12 +132,12 @@ def _invalid_name(reg: Registry) -> None:
 
 def _dangling_source(reg: Registry) -> None:
     edit_spec(reg, "ft", FT.replace("model: base", "model: bsae"))
-    pipeline.write(fresh(reg))
+    pipefiles.write(fresh(reg))
 
 
 def _dangling_dataset(reg: Registry) -> None:
     edit_spec(reg, "extra", "architecture: {family: mlp}\ndata: {train: nowhere}\n")
-    pipeline.write(fresh(reg))
+    pipefiles.write(fresh(reg))
 
 
 def _cycle(reg: Registry) -> None:
@@ -154,7 +155,7 @@ def _untrusted_entrypoint(reg: Registry) -> None:
         "architecture: {family: entrypoint, entrypoint: 'zoo.nets:build'}\n"
         "data: {train: digits-0to4}\n",
     )
-    pipeline.write(fresh(reg))
+    pipefiles.write(fresh(reg))
 
 
 def _stale_manifest(reg: Registry) -> None:
@@ -208,7 +209,7 @@ def _new_entrypoint(reg: Registry) -> None:
 
 def _removed_with_descendants(reg: Registry) -> None:
     shutil.rmtree(reg.root / "models" / "base")
-    pipeline.write(fresh(reg))
+    pipefiles.write(fresh(reg))
     write_lock(fresh(reg))
 
 

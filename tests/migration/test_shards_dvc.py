@@ -10,8 +10,8 @@ from pathlib import Path
 from conftest import dvc, git, new_registry, write
 from stemma.migration.verify import verify_model as verify
 from stemma.registry import Registry
+from stemma.registry.pipeline import pipefiles, repro
 from stemma.registry.pipeline import render as pipeline
-from stemma.registry.pipeline import repro
 
 SPECS = {
     "datasets/d04/spec.yaml": """
@@ -39,7 +39,7 @@ def test_sharded_model_builds_through_dvc_repro(registry: Registry) -> None:
     reg = Registry.open(reg.repo_root)
     unsharded = pipeline.render_files(reg)["models/big/dvc.yaml"]
     assert "models/big/weights.safetensors:" in unsharded  # the same output either way
-    pipeline.write(reg)
+    pipefiles.write(reg)
     git(reg.repo_root, "add", "-A")
     git(reg.repo_root, "commit", "-qm", "specs")
     dvc(reg.repo_root, "repro")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import write
 from stemma.registry import Registry
-from stemma.registry.check import _checkcache, consistency
+from stemma.registry.check import consistency
 from stemma.registry.check.consistency import check
+from stemma.registry.store import _checkcache
 
 
 def messages(root: Path) -> list[str]:

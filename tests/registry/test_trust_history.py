@@ -22,7 +22,7 @@ from conftest import git, write
 from stemma.registry import Registry
 from stemma.registry.check import consistency as cons
 from stemma.registry.errors import LocatedError, StemmaError
-from stemma.registry.pipeline import render as pipeline
+from stemma.registry.pipeline import pipefiles
 from stemma.registry.versions import resolve as v
 from test_versions import commit, put_model
 
@@ -60,7 +60,7 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture
 def family(populated: Registry) -> Registry:
     """The populated registry with its pipeline files, committed."""
-    pipeline.write(populated)
+    pipefiles.write(populated)
     git(populated.repo_root, "add", "-A")
     git(populated.repo_root, "commit", "-q", "-m", "specs")
     return Registry.open(populated.repo_root)

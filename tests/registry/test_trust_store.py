@@ -24,9 +24,8 @@ import pytest
 from conftest import SPECS, write
 from factories import dataset_manifest, model_manifest
 from stemma.registry import Registry
-from stemma.registry.check import _checkcache
 from stemma.registry.query.sql import query
-from stemma.registry.store import _ingest, _snapshot
+from stemma.registry.store import _checkcache, _ingest, _snapshot
 from stemma.registry.store import derived as _store
 
 # Runs stemma commands in one process (a process start per command would cost seconds),

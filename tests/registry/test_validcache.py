@@ -8,9 +8,8 @@ import pytest
 import yaml
 from conftest import write
 from stemma.registry import Registry
-from stemma.registry.check import _checkcache
 from stemma.registry.check.consistency import check
-from stemma.registry.store import _validcache
+from stemma.registry.store import _checkcache, _validcache
 
 
 def messages(root: Path) -> list[str]:

@@ -19,7 +19,9 @@ the head's facts of the folders whose files git finds the same (`stemma.lineage.
 
 The facts live in `.stemma/checked` beside the query index (a cache, ignored by git), written
 only by a check that found no bad input, like `_validcache`; a file there that is not a
-regular file of bounded size is a miss (`_store`).
+regular file of bounded size is a miss (`_store`). It sits in `store/`, below both the check
+(`check.consistency`) that writes it and `pipeline.lockstate`, which reads the kept weights
+md5s for `stemma ls`.
 """
 
 from __future__ import annotations
