@@ -3,7 +3,8 @@
 Every timing is a pair: CPU seconds (user + system of the measured process and its children,
 steadier than wall time on a shared machine) beside wall seconds. Across registry sizes,
 `growth` gives each timing's exponent of growth between consecutive sizes (1.0: linear in the
-registry) and flags a ratio to `stemma ls` that rises with N (a path growing faster than `ls`).
+registry) and flags a ratio to `stemma ls` that rises with N (a path growing faster than `ls`)
+and a growth faster than linear between any two sizes (`superlinear`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synth import timing_env
+
+# An exponent of CPU growth above this, between two sizes, is flagged: a path that grows faster
+# than the registry (a little above 1.0: timings at two sizes each carry some noise).
+SUPERLINEAR = 1.2
 
 # The console script, as a user runs it.
 STEMMA = str(Path(sys.executable).with_name("stemma"))
@@ -119,8 +124,9 @@ def with_ratios(report: dict[str, dict[str, Any]], base: str = "ls") -> dict[str
 def growth(
     sizes: list[int], by_size: dict[int, dict[str, dict[str, Any]]], base: str = "ls"
 ) -> dict[str, Any]:
-    """Each timing's exponent of growth in CPU (and wall) time between consecutive sizes, and
-    whether its CPU ratio to `base` rises with N (each step more than 5%: flagged)."""
+    """Each timing's exponent of growth in CPU (and wall) time between consecutive sizes,
+    whether its CPU ratio to `base` rises with N (each step more than 5%: flagged), and
+    whether its CPU time grows faster than linear between two sizes (flagged too)."""
     out: dict[str, Any] = {}
     for name in by_size[sizes[0]]:
         if not all(name in by_size[n] for n in sizes):
@@ -134,15 +140,20 @@ def growth(
 
         ratios = [by_size[n][name]["cpu_ratio_to_ls"] for n in sizes]
         rising = name != base and all(y > x * 1.05 for x, y in itertools.pairwise(ratios))
+        cpu = [exponent("cpu_s", a, b) for a, b in itertools.pairwise(sizes)]
         out[name] = {
-            "cpu_exponent": [exponent("cpu_s", a, b) for a, b in itertools.pairwise(sizes)],
+            "cpu_exponent": cpu,
             "wall_exponent": [exponent("wall_s", a, b) for a, b in itertools.pairwise(sizes)],
             "cpu_ratio_to_ls": ratios,
             "ratio_rises": rising,
+            "superlinear": any(e is not None and e > SUPERLINEAR for e in cpu),
         }
     return out
 
 
-def flagged(growth_report: dict[str, Any]) -> list[str]:
-    """The timings whose ratio to `ls` rises with N."""
-    return [name for name, g in growth_report.items() if g["ratio_rises"]]
+def flagged(growth_report: dict[str, Any]) -> dict[str, list[str]]:
+    """The timings whose ratio to `ls` rises with N, and those that grow faster than linear."""
+    return {
+        "ratio_rises": [name for name, g in growth_report.items() if g["ratio_rises"]],
+        "superlinear": [name for name, g in growth_report.items() if g["superlinear"]],
+    }

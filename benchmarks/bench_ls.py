@@ -7,8 +7,9 @@ interleaved with `stemma ls` in the same round so the machine's drift hits both 
 command gets its median CPU time (user + system of the child: steadier than wall on a shared
 machine) beside its median wall time, and its ratio of each to `stemma ls`. With several
 sizes, `growth` gives each command's exponent of growth between consecutive sizes (1.0:
-linear in the registry) and flags (`ratio_rises`, listed in `flagged`) a ratio to `ls` that
-rises with N. The script also reports whether `ls` imported torch or dvc (it must not).
+linear in the registry) and `flagged` lists the commands whose ratio to `ls` rises with N
+and those growing faster than linear. The script also reports whether `ls` imported torch
+or dvc (it must not).
 Registries are generated once under `--work` and reused; `--clean` removes them at the end.
 """
 

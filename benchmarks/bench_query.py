@@ -14,8 +14,8 @@ At each size, beside `stemma ls` on the same registry, against the DESIGN.md tar
 Every timing gives median CPU seconds (user + system of the measured process and its
 children; in this process for the latencies: every thread of it) beside median wall seconds,
 and its ratio of each to `stemma ls`. With several sizes, `growth` gives each timing's
-exponent of growth between consecutive sizes (1.0: linear in the registry) and flags
-(`ratio_rises`, listed in `flagged`) a ratio to `ls` that rises with N.
+exponent of growth between consecutive sizes (1.0: linear in the registry) and `flagged`
+lists the timings whose ratio to `ls` rises with N and those growing faster than linear.
 Registries are generated once under `--work` and reused; `--clean` removes them at the end.
 """
 
