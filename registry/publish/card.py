@@ -20,7 +20,12 @@ from stemma.registry.errors import StemmaError
 from stemma.registry.publish._cardusage import usage
 from stemma.registry.publish.hubfiles import weight_files
 from stemma.registry.records.core import Manifest
-from stemma.registry.records.manifest import ModelManifest
+from stemma.registry.records.manifest import (
+    ModelManifest,
+    dataset_record,
+    model_record,
+    record_of,
+)
 from stemma.registry.store.files import Outputs
 from stemma.registry.store.handle import Registry
 from stemma.registry.versions.resolve import resolve
@@ -65,7 +70,7 @@ def _spec_hub_id(reg: Registry, kind: str, name: str, recorded: Manifest | None)
     except StemmaError:
         value = None
     if not value and recorded is not None:
-        value = recorded.record.spec.get("hub_id")  # the spec block is free-form
+        value = record_of(recorded).spec.get("hub_id")  # the spec block is free-form
     return str(value) if value else None
 
 
@@ -113,7 +118,7 @@ def parents(reg: Registry, manifest: Manifest) -> list[dict[str, Any]]:
             "version": src.id,
             "hub_id": hub_id(reg, src.model),
         }
-        for src in _sources(manifest.model)
+        for src in _sources(model_record(manifest))
     ]
 
 
@@ -121,7 +126,7 @@ def _lineage(reg: Registry, manifest: Manifest) -> list[_Hop]:
     """Every ancestor, depth first from each parent, with the id recorded and the id now."""
     chain: list[_Hop] = []
     seen = {manifest.name}
-    todo = list(reversed(_sources(manifest.model)))
+    todo = list(reversed(_sources(model_record(manifest))))
     while todo:
         src = todo.pop()
         if src.model in seen:
@@ -130,7 +135,7 @@ def _lineage(reg: Registry, manifest: Manifest) -> list[_Hop]:
         now = _manifest(reg, "model", src.model)
         chain.append(_Hop(src.model, src.relation, src.id, None if now is None else now.id))
         if now is not None:
-            todo += reversed(_sources(now.model))
+            todo += reversed(_sources(model_record(now)))
     return chain
 
 
@@ -167,7 +172,7 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
     """The card's YAML metadata, in the Hub's field names. `base_model` and `datasets` hold
     Hub ids only (the Hub reads any other string as one, and links it to whatever repository
     has that name); registry names and versions go under `stemma`, marked as local."""
-    built = manifest.model
+    built = model_record(manifest)
     spec = built.spec  # free-form: the resolved spec the build used
     config = dict(built.architecture.config)
     family = built.architecture.family
@@ -198,7 +203,7 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
         meta["license"] = spec["license"]
     if not config.get("in_shape") and data:  # older manifests: the data's sample shape
         found = _manifest(reg, "dataset", data[-1]["name"])
-        config["in_shape"] = [] if found is None else list(found.dataset.shape)
+        config["in_shape"] = [] if found is None else list(dataset_record(found).shape)
     tag = pipeline_tag(config, built.task)
     if tag:
         meta["pipeline_tag"] = tag
@@ -244,7 +249,7 @@ def _json(value: Any) -> str:
 def body(reg: Registry, manifest: Manifest, usage_lines: list[str] | None = None) -> str:
     """The card's Markdown: what the model is, how to load it, where it comes from, how it
     was checked."""
-    built = manifest.model
+    built = model_record(manifest)
     spec = built.spec  # free-form: the resolved spec the build used
     out = [f"# {manifest.name}", ""]
     if spec.get("description"):
@@ -307,7 +312,7 @@ def _targets(reg: Registry, manifest: Manifest, folder: Path | None) -> dict[str
     adapter, its base's Hub id, else the folder its own export goes to (beside this one)."""
     own = hub_id(reg, manifest.name)
     where = own or (str(folder) if folder is not None else manifest.name)
-    adapter = manifest.model.adapter
+    adapter = model_record(manifest).adapter
     base_name = None if adapter is None else adapter.base.model
     base_hub = hub_id(reg, base_name) if base_name else None
     base_ref = base_hub
