@@ -16,15 +16,7 @@ from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC
 from stemma.registry.rules.parents import parents_of, primary
 from stemma.registry.store._snapshot import display, read_texts
 from stemma.registry.store.documents import validate_document
-from stemma.registry.store.yamlio import fast_canonical, fast_load, load_yaml_text
-
-
-def parse_spec(path: str, text: str) -> dict[str, Any]:
-    """A spec's YAML as a mapping (the fast subset reader first, PyYAML for the rest)."""
-    doc: Any = fast_load(text)
-    if doc is None:
-        doc = _yaml_mapping(path, text)
-    return dict(doc)
+from stemma.registry.store.yamlio import fast_canonical, load_yaml_text
 
 
 def _yaml_mapping(path: str, text: str) -> dict[str, Any]:
