@@ -24,7 +24,7 @@ from typing import Any
 import networkx as nx
 from stemma.registry import Registry
 from stemma.registry.errors import ConsistencyError, LocatedError, StemmaError
-from stemma.registry.pipeline.render import candidates
+from stemma.registry.pipeline.autosource import candidates
 from stemma.registry.rules import status
 from stemma.registry.rules.dag import Forest
 from stemma.registry.rules.parents import combined_id, parents_of, recorded_parents
@@ -33,7 +33,7 @@ from stemma.registry.store.handle import MANIFEST_FILE, SPEC_FILE
 from stemma.registry.store.index import open_index
 from stemma.registry.store.tree import WorkTree, prefetch
 from stemma.registry.store.yamlio import load_yaml_text
-from stemma.registry.versions import resolve as versions
+from stemma.registry.versions.history import all_history
 
 from .nodes import (
     DERIVED_FROM,
@@ -555,7 +555,7 @@ def require_whole(reg: Registry, g: nx.MultiDiGraph) -> None:
 
 def _add_history(reg: Registry, g: nx.MultiDiGraph, names: list[str]) -> None:
     by_model: dict[str, list[Any]] = {}
-    for v in versions.all_history(reg):  # one git log for every model, newest first
+    for v in all_history(reg):  # one git log for every model, newest first
         by_model.setdefault(v.name, []).append(v)
     links: list[tuple[str, str]] = []
     for name in names:
