@@ -97,8 +97,13 @@ def differences(reg: Registry, read: Read | None = None) -> list[Difference]:
     fast = _cached_differences(reg, key)
     if fast is not None:
         return fast
-    read = reg.tree.read_text if read is None else read
     _, hashes = rendered(reg, key)
+    return compare(reg, hashes, read)
+
+
+def compare(reg: Registry, hashes: dict[str, str], read: Read | None = None) -> list[Difference]:
+    """`differences` from the hash of each file's rendered text (`rendered`), in order."""
+    read = reg.tree.read_text if read is None else read
     found = []
     for path, digest in hashes.items():
         have = read(path)
