@@ -16,12 +16,15 @@ from stemma.registry.check import archrules
 from stemma.registry.check import consistency as cons
 from stemma.registry.check.consistency import Violation
 from stemma.registry.errors import StemmaError
+from stemma.registry.pipeline import _pipecache
+from stemma.registry.pipeline._pipedelta import render_near
 from stemma.registry.pipeline.locks import LOCK_FILE, folder_locked_md5, locked_md5s
-from stemma.registry.pipeline.pipefiles import differences
+from stemma.registry.pipeline.pipefiles import compare, differences, rendered
 from stemma.registry.rules.naming import parse_source
 from stemma.registry.rules.parents import parents_of
 from stemma.registry.store.files import content_id, parse_json_text
 from stemma.registry.store.handle import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
+from stemma.registry.store.tree import WorkTree
 from stemma.registry.versions import resolve as versions
 
 from ._audit_state import State
@@ -131,7 +134,11 @@ def _pipeline(state: State, reg: Registry) -> list[Violation]:
     if not state.models and not state.datasets:
         return []
     try:
-        found = differences(reg, state.text if state.head is not None else None)
+        hashes = _near_render(state, reg)
+        if hashes is not None:
+            found = compare(reg, hashes, state.text)
+        else:
+            found = differences(reg, state.text if state.head is not None else None)
     except StemmaError:  # specs too broken to render: their own violations say why
         return []
     return [
@@ -143,6 +150,47 @@ def _pipeline(state: State, reg: Registry) -> list[Violation]:
         )
         for diff in found
     ]
+
+
+def _near_render(state: State, reg: Registry) -> dict[str, str] | None:
+    """The rendered hashes of a state at a git revision tied to the working tree (`anchor`),
+    from the working tree's last render and the model specs that differ between the two
+    (`_pipedelta.render_near`); None when that does not apply (render everything)."""
+    wt = state.head.reg if state.head is not None else None
+    if wt is None or not isinstance(wt.tree, WorkTree) or state.same is None:
+        return None
+    if reg.rel_root != wt.rel_root or set(reg.dataset_names()) != set(wt.dataset_names()):
+        return None
+    for name in reg.dataset_names():
+        if not all(state.same_file(reg.rel("datasets", name, f)) for f in _INPUTS):
+            return None  # a dataset's spec or manifest: render everything
+    names, wt_names = reg.model_names(), wt.model_names()
+    changed = set(names) ^ set(wt_names)
+    for name in names:
+        spec, manifest = (reg.rel("models", name, f) for f in _INPUTS)
+        if not (state.same_file(spec) and state.same_file(manifest)):
+            if not reg.tree.exists(spec):
+                return None  # the manifest of a model without a spec is an input
+            changed.add(name)  # rendered again from its spec
+    cached = _kept_render(wt)
+    if cached is None:
+        rendered(wt)  # the working tree's render, kept for this and the next command
+        cached = _kept_render(wt)
+    if cached is None:
+        return None  # a cache that cannot be written (a read-only checkout)
+    return render_near(reg, cached, changed)
+
+
+def _kept_render(wt: Registry) -> dict[str, Any] | None:
+    """The working tree's last render when it is a render of the working tree as it is now,
+    by this code."""
+    cached = _pipecache.load(wt)
+    if cached is None or not _pipecache.known_hashes(cached):
+        return None
+    return cached if cached.get("inputs") == _pipecache.inputs(wt) else None
+
+
+_INPUTS = (SPEC_FILE, MANIFEST_FILE)
 
 
 # -- violations of the change ----------------------------------------------------------

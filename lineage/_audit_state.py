@@ -189,9 +189,11 @@ def link(base: State, head: State) -> None:
     def same(path: str) -> bool:
         if path not in known:
             # A file of the base that git does not list is the head's; one the base lacks
-            # is the same only where the head lacks it too (not an untracked file).
-            there = base_tree.exists(path)
-            known[path] = path not in differ and (there or not head_tree.exists(path))
+            # is the same only where the head lacks it too (not an untracked file). Between
+            # two revisions git lists every file that differs: no file is untracked.
+            known[path] = path not in differ and (
+                new is not None or base_tree.exists(path) or not head_tree.exists(path)
+            )
         return known[path]
 
     base.same, base.head = same, head

@@ -208,8 +208,9 @@ def _repo_root(repo: Path) -> Path:
 def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
     old, new = open_state(repo, base), open_state(repo, head)
     if head is not None:
-        prefetch_state(new)
+        # Tied to the working tree first: then only what differs from it is read from git.
         anchor(new, repo)
+        prefetch_state(new)
     link(old, new)
     found = state_violations(new)
     # The base's violations only mark which of the head's are new: only the checks that

@@ -11,12 +11,17 @@ of every exploring model, of each model whose source's facts changed (parents co
 in build order, so one pass finds them all), and the root's; build order comes from the
 kept facts. Anything else that changed (a dataset spec, a manifest, the settings) is
 left to a full render by the caller.
+
+The same holds between two trees: a registry at a git revision whose specs differ from the
+working tree's in a few model specs is rendered from the working tree's last render
+(`render_near`), when everything else that render read is the same at the revision.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from stemma.registry.pipeline import _pipecache
 from stemma.registry.pipeline.render import (
     F_ARTIFACT,
     F_AUTO,
@@ -29,6 +34,7 @@ from stemma.registry.pipeline.render import (
     _model_entrypoint,
     _model_stages,
     _wdir,
+    file_text,
     model_facts,
     order_from,
     root_doc,
@@ -107,6 +113,41 @@ def render_changed(
     datasets = [p for p in files if p.startswith(_dataset_prefix(reg))]
     models = [stage_file(reg, "model", n) for n in order if not facts[n][F_REGISTERED]]
     return docs, [PIPELINE_FILE, *datasets, *models], {n: facts[n] for n in order}
+
+
+def render_near(reg: Registry, cached: dict[str, Any], changed: set[str]) -> dict[str, str] | None:
+    """The hash of the text of every pipeline file of `reg`, in render order, from `cached`:
+    another tree's last render (`_pipecache.load`, the working tree's), whose inputs are
+    those of `reg` but the specs of the `changed` models (added, removed or edited). Only
+    the files those can change are rendered (`render_changed`); the settings, the root
+    dvc.yaml's own stages, the code files looked for and the code itself must be as the
+    cached render found them. None when they are not, or the change is not one
+    `render_changed` can follow: then render everything."""
+    known = _pipecache.known_hashes(cached)  # empty when other code wrote it
+    facts, files = cached.get("facts"), cached.get("files")
+    if not known or not (isinstance(facts, dict) and isinstance(files, dict)):
+        return None
+    if cached.get("base") != _pipecache.base(reg) or not _pipecache.probes_hold(reg, cached):
+        return None
+    if cached.get("foreign") != _pipecache.foreign(reg):
+        return None
+    out = render_changed(reg, facts, changed, list(files))
+    if out is None:
+        return None
+    docs, order, _ = out
+    hashes = {}
+    for path in order:
+        doc = docs.get(path)
+        last = known.get(path)
+        if doc is None:  # not rendered again: as the cached render wrote it
+            if last is None:
+                return None
+            hashes[path] = last[1]
+        elif last is not None and last[0] == _pipecache.doc_digest(doc):
+            hashes[path] = last[1]
+        else:
+            hashes[path] = _pipecache.sha(file_text(doc))
+    return hashes
 
 
 def _dataset_prefix(reg: Registry) -> str:
