@@ -36,9 +36,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 from stemma.registry.errors import RegistryNotFound
 from stemma.registry.pipeline.locks import LOCK_FILE
 from stemma.registry.store import _validcache
@@ -65,8 +64,11 @@ from .graph import (
     partial_graph,
     read_document,
 )
-from .nodes import dataset_node, model_node
+from .nodes import dataset_node, model_node, new_graph
 from .query import lineage_index
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = [
     "CODES",
@@ -150,7 +152,7 @@ class AuditReport:
     rebuilt: tuple[Rebuild, ...] = ()
     metric_deltas: tuple[MetricDelta, ...] = ()
     violations: tuple[Finding, ...] = ()
-    graph: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph, compare=False, repr=False)
+    graph: nx.MultiDiGraph = field(default_factory=new_graph, compare=False, repr=False)
     marks: Mapping[str, str] = field(default_factory=dict)  # node -> added|removed|changed|...
 
     @property
@@ -348,7 +350,7 @@ def _marked_graph(
     added, removed, changed, or affected (rebuilt downstream of a change)."""
     g_old = _old_graph(old, new, report)
     if new.reg is None:
-        g = nx.MultiDiGraph()
+        g = new_graph()
     elif new.same is not None and new.head is not None and new.head.reg is not None:
         # A head at a git revision anchored to the working tree: most of its records are
         # the working tree's, which its query index answers.
@@ -383,7 +385,7 @@ def _old_graph(old: State, new: State, report: Mapping[str, Any]) -> nx.MultiDiG
     edges in both graphs)."""
     reg = old.reg
     if reg is None:
-        return nx.MultiDiGraph()
+        return new_graph()
     if old.same is None:
         return build_graph(reg)
     models = [

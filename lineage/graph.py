@@ -19,9 +19,8 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 from stemma.registry import Registry
 from stemma.registry.errors import ConsistencyError, LocatedError, StemmaError
 from stemma.registry.pipeline.autosource import candidates
@@ -45,9 +44,13 @@ from .nodes import (
     ModelRecord,
     dataset_node,
     model_node,
+    new_graph,
     version_node,
 )
 from .query import LineageIndex, remember_index
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def read_records(reg: Registry) -> tuple[list[ModelRecord], list[DatasetRecord]]:
@@ -351,7 +354,7 @@ def graph_from_records(
     models: Iterable[ModelRecord], datasets: Iterable[DatasetRecord]
 ) -> nx.MultiDiGraph:
     """The lineage graph of the given records (no I/O: usable on synthetic records)."""
-    g = nx.MultiDiGraph()
+    g = new_graph()
     for d in datasets:
         g.add_node(dataset_node(d.name), kind="dataset", name=d.name, id=d.id, status=d.status)
     models = list(models)

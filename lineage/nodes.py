@@ -7,12 +7,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 DERIVED_FROM = "derived_from"
 TRAINED_ON = "trained_on"
 EVALUATED_ON = "evaluated_on"
 PREVIOUS = "previous"
 EDGE_KINDS = (DERIVED_FROM, TRAINED_ON, EVALUATED_ON, PREVIOUS)
+
+
+def new_graph() -> nx.MultiDiGraph:
+    """An empty lineage graph. networkx loads here, on the first graph: a command that only
+    lists help or reads the index never pays its import (about 0.1 s)."""
+    import networkx as nx
+
+    return nx.MultiDiGraph()
 
 
 def model_node(name: str) -> str:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-import networkx as nx
 from stemma.registry.errors import DatasetNotFound, ModelNotFound
 from stemma.registry.rules.dag import Forest, build_order, reach
 
@@ -29,6 +28,9 @@ from .nodes import (
     dataset_node,
     model_node,
 )
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 _CACHE_KEY = "lineage_index"
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from .nodes import DERIVED_FROM, EVALUATED_ON, PREVIOUS, TRAINED_ON
 from .query import lineage_index
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 FORMATS = ("tree", "mermaid", "dot", "json")
 MARKS = ("added", "removed", "changed", "affected")
