@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import SPEC_FILE
 
 KEYS = ("hflip", "vflip", "brightness")
 _SEED_SALT = 0x5A5A17  # a stream apart from the batch order's
@@ -31,7 +32,7 @@ class Augment:
     brightness: float = 0.0
 
     @classmethod
-    def from_spec(cls, block: Mapping[str, Any] | None, display: str = "spec.yaml") -> Augment:
+    def from_spec(cls, block: Mapping[str, Any] | None, display: str = SPEC_FILE) -> Augment:
         """Read `training.augment`; an unknown key or a value outside [0, 1] is an error."""
         values: dict[str, float] = {}
         for key, value in dict(block or {}).items():

@@ -15,6 +15,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
+from stemma.registry.rules.layout import EXPLORATION_FILE
 from stemma.registry.rules.parents import pointer_of
 from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
 from stemma.registry.store.files import file_hashes, read_json
@@ -31,7 +32,6 @@ from .quantized import load_quantized, quantized_source_error
 from .tasks import get as get_task
 from .weights import load_sharded, load_weights, read_checked
 
-EXPLORATION_FILE = "exploration.json"
 """A `model: auto` build's exploration (written by `dvc repro` before the build)."""
 
 

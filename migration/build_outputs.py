@@ -19,6 +19,9 @@ from stemma.registry import Registry
 from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.records.core import MODEL_MANIFEST, DatasetSpec
+from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
+from stemma.registry.rules.layout import LAST_RUN_FILE
+from stemma.registry.rules.layout import METRICS_FILE as METRICS_FILE
 from stemma.registry.store.documents import validate_document
 from stemma.registry.store.files import canonical_json, content_id, write_atomic
 from stemma.registry.store.handle import DATA_FILE, INDEX_DIR, MANIFEST_FILE, WEIGHTS_FILE
@@ -30,9 +33,6 @@ from .numerics import mode_of
 from .numerics import record as numerics_record
 from .shards import write as write_shards
 
-METRICS_FILE = "metrics.json"
-CURVE_FILE = "curve.json"
-LAST_RUN_FILE = "last-run.json"
 """The latest build's run block, git-ignored: an identical rebuild leaves the manifest as is."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from stemma.registry import Registry
 from stemma.registry.check.hfdisk import check_saved_dataset
 from stemma.registry.errors import BuildError, UnsafeFile
+from stemma.registry.rules.layout import SPEC_FILE
 from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
 from stemma.registry.store.files import file_kind, read_bytes_file, write_atomic
 from stemma.registry.store.handle import DATA_FILE
@@ -390,7 +391,7 @@ def _hf_disk(
 def load_raw(
     source: str,
     *,
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
     target: str | Sequence[str] = "label",
     features: Sequence[str] | None = None,
     options: Mapping[str, Any] | None = None,
@@ -431,7 +432,7 @@ def _shapes_classify(options: Mapping[str, Any] | None, where: str) -> Raw:
 def load_source(
     source: str,
     *,
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
     target: str | Sequence[str] = "label",
     resolve: Callable[[str], Path] = Path,
     trusted: Sequence[str] = (),
@@ -611,7 +612,7 @@ def _resize_size(transforms: Sequence[Mapping[str, Any]]) -> list[int] | None:
 def materialize(
     spec: Mapping[str, Any],
     *,
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
     resolve: Callable[[str], Path] = Path,
     trusted: Sequence[str] = (),
 ) -> DatasetArrays:

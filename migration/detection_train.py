@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from stemma.registry.errors import BuildError
 from stemma.registry.publish import _optional
+from stemma.registry.rules.layout import SPEC_FILE
 from torch import nn
 
 from .augment import Augment
@@ -60,7 +61,7 @@ def train_detector(
     y_eval: np.ndarray,
     cfg: TrainConfig,
     augment: Augment,
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
     progress: Progress | None = None,
 ) -> DetectionRun:
     """Train `module` (its trainable parameters) for `cfg.epochs`; batches drawn in a seeded

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import STATE_DIR
 from stemma.registry.store.handle import Registry
 
 from .numerics import pin_for_repo, record
@@ -132,6 +133,6 @@ if __name__ == "__main__":  # `python -m stemma.migration.doctor ROOT`, from mac
     _doc = {
         **record(_mode),
         "torch": torch.__version__,
-        "fingerprint": fingerprint.of_this_machine(_repo / ".stemma"),
+        "fingerprint": fingerprint.of_this_machine(_repo / STATE_DIR),
     }
     sys.stdout.write(json.dumps(_doc, sort_keys=True) + "\n")

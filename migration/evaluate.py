@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import SPEC_FILE
 from stemma.registry.rules.taskspec import PER_CLASS_GATE
 
 from .tasks import DECIMALS, for_labels
@@ -91,7 +92,7 @@ def evaluate_gates(
     gates: Mapping[str, str],
     metrics: Mapping[str, float],
     per_class: Mapping[str, float] | None = None,
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
 ) -> list[dict[str, Any]]:
     """Rows {metric, op, threshold, value, passed}; a per-class gate takes the worst class.
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import SPEC_FILE
 from torch import nn
 
 SCHEMES = ("default", "zeros", "normal", "xavier", "kaiming")
@@ -39,7 +40,7 @@ class InitScheme:
 
     @classmethod
     def from_spec(
-        cls, block: str | Mapping[str, Any] | None, display: str = "spec.yaml"
+        cls, block: str | Mapping[str, Any] | None, display: str = SPEC_FILE
     ) -> InitScheme:
         """Read `strategy.init` (a scheme name or {scheme, ...parameters})."""
         if block is None:

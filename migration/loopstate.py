@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import SPEC_FILE
 from torch import nn
 
 from . import optim
@@ -33,7 +34,7 @@ class EarlyStopping:
     mode: str | None = None
 
     @classmethod
-    def from_spec(cls, block: Mapping[str, Any], display: str = "spec.yaml") -> EarlyStopping:
+    def from_spec(cls, block: Mapping[str, Any], display: str = SPEC_FILE) -> EarlyStopping:
         """Read a schema-valid block."""
         where = f"{display} at /training/early_stopping"
         unknown = sorted(set(block) - set(cls.__dataclass_fields__))

@@ -25,6 +25,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
+from stemma.registry.rules.layout import MANIFEST_FILE, WEIGHTS_FILE
 from stemma.registry.rules.parents import NEEDS_BASE, combined_id, parent_refs, parents_of, problems
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from torch import nn
@@ -326,9 +327,9 @@ def recheck(reg: Registry, manifest: Mapping[str, Any], name: str) -> tuple[bool
     now equals the stored merged weights bit for bit (`stemma verify`'s frozen check: every
     tensor of a merge comes from its parents). A parent whose weights no longer match its
     manifest, or that is gone, fails with the build's own message."""
-    display = reg.rel("models", name, "manifest.json")
+    display = reg.rel("models", name, MANIFEST_FILE)
     spec = ModelSpec.from_dict(name, manifest["spec"], display)
-    own = str(manifest["weights"].get("path", "weights.safetensors"))
+    own = str(manifest["weights"].get("path", WEIGHTS_FILE))
     try:
         done = merged_from_parents(reg, spec)
         stored = load_weights(reg.model_dir(name) / own, reg.rel("models", name, own))

@@ -21,6 +21,7 @@ from stemma.registry.errors import BuildError
 from stemma.registry.pipeline.render import current
 from stemma.registry.publish.hubfiles import snapshot_hub_id
 from stemma.registry.records.core import MODEL_MANIFEST
+from stemma.registry.rules.layout import PIPELINE_FILE
 from stemma.registry.rules.naming import check_name
 from stemma.registry.store.files import digest
 from stemma.registry.store.handle import SPEC_FILE, WEIGHTS_FILE
@@ -139,7 +140,7 @@ def _source_block(reg: Registry, source: str | None, relation: str) -> dict[str,
 def _tracked_by_stage(reg: Registry, rel: str) -> bool:
     """True when a dvc.yaml stage outputs `rel` (a team's own stage that registers)."""
     text = current(reg)
-    doc = load_yaml_text(text, "dvc.yaml") if text else None
+    doc = load_yaml_text(text, PIPELINE_FILE) if text else None
     stages = doc.get("stages") if isinstance(doc, dict) else None
     for stage in (stages or {}).values():
         outs = stage.get("outs") if isinstance(stage, dict) else None

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import SPEC_FILE
 
 NAMES = ("constant", "linear", "cosine", "step")
 
@@ -40,7 +41,7 @@ class Schedule:
     min_lr: float = 0.0
 
     @classmethod
-    def from_spec(cls, block: Mapping[str, Any], display: str = "spec.yaml") -> Schedule:
+    def from_spec(cls, block: Mapping[str, Any], display: str = SPEC_FILE) -> Schedule:
         """Read a schema-valid block; contradictions the schema cannot see raise BuildError."""
         where = f"{display} at /training/schedule"
         unknown = sorted(set(block) - set(cls.__dataclass_fields__))

@@ -21,6 +21,7 @@ import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
+from stemma.registry.rules.layout import SPEC_FILE
 from stemma.registry.rules.taskspec import CLASSIFICATION
 from torch import nn
 
@@ -56,7 +57,7 @@ class SearchSpace:
     pruning: bool = False
 
     @classmethod
-    def from_spec(cls, block: Mapping[str, Any], display: str = "spec.yaml") -> SearchSpace:
+    def from_spec(cls, block: Mapping[str, Any], display: str = SPEC_FILE) -> SearchSpace:
         """Check the block: known metric and parameters, ranges or choices, sane bounds."""
         where = f"{display} at /training/search"
         metric = str(block.get("metric", "accuracy"))
@@ -121,7 +122,7 @@ def prepare_module(
     seed: int,
     source: tuple[str, Mapping[str, Any]] | None = None,
     trusted: tuple[str, ...] = (),
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
 ) -> nn.Module:
     """A freshly initialised target module with the source mapped in, as `build_model` does."""
     return prepare_target(config, strategy, seed, source, trusted, display).module
@@ -135,7 +136,7 @@ def search(
     y: np.ndarray,
     *,
     features: str = "cached",
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
 ) -> tuple[TrainConfig, dict[str, Any]]:
     """Run the study on a validation split of (x, y); return the best config and the record."""
     import optuna

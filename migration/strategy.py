@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import SPEC_FILE
 from torch import nn
 
 from .architectures import build_module, head_prefix
@@ -44,7 +45,7 @@ class Strategy:
     init: Any = None  # str | {scheme, ...}: new tensors' initialisation (initschemes.py)
 
     @classmethod
-    def from_spec(cls, block: Mapping[str, Any], display: str = "spec.yaml") -> Strategy:
+    def from_spec(cls, block: Mapping[str, Any], display: str = SPEC_FILE) -> Strategy:
         """Read a strategy block, filling defaults."""
         mode = str(block.get("mode", "finetune"))
         if mode not in MODES:
@@ -80,7 +81,7 @@ class Strategy:
 
 
 def match(
-    names: Iterable[str], patterns: Iterable[str], pointer: str, display: str = "spec.yaml"
+    names: Iterable[str], patterns: Iterable[str], pointer: str, display: str = SPEC_FILE
 ) -> set[str]:
     """Names matched by any pattern; a pattern that matches nothing raises BuildError."""
     pool = list(names)
@@ -97,7 +98,7 @@ def match(
     return found
 
 
-def frozen_names(module: nn.Module, strategy: Strategy, display: str = "spec.yaml") -> set[str]:
+def frozen_names(module: nn.Module, strategy: Strategy, display: str = SPEC_FILE) -> set[str]:
     """Parameter names the strategy freezes."""
     names = [n for n, _ in module.named_parameters()]
     frozen = match(names, strategy.freeze, "/strategy/freeze", display)
@@ -113,7 +114,7 @@ def hold_in_eval(module: nn.Module) -> None:
         module.get_submodule(name).eval()
 
 
-def reinit_names(module: nn.Module, strategy: Strategy, display: str = "spec.yaml") -> set[str]:
+def reinit_names(module: nn.Module, strategy: Strategy, display: str = SPEC_FILE) -> set[str]:
     """Tensor names (parameters and buffers) the strategy re-initialises."""
     return match(module.state_dict().keys(), strategy.reinit, "/strategy/reinit", display)
 
@@ -139,7 +140,7 @@ def prepare_target(
     seed: int,
     source: tuple[str, Mapping[str, Any]] | None = None,
     trusted: Sequence[str] = (),
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
 ) -> Prepared:
     """Build the target module (seeded), map the source's tensors in, re-initialise and
     freeze per the strategy: the one preparation shared by builds and searches."""

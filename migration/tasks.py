@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from stemma.registry.errors import BuildError
 from stemma.registry.rules import taskspec
+from stemma.registry.rules.layout import SPEC_FILE
 
 DECIMALS = 6  # metrics are rounded so identical builds give identical manifest ids
 
@@ -77,7 +78,7 @@ class Task:
         t = torch.as_tensor(y, dtype=torch.float32)
         return t.reshape(len(t), -1)
 
-    def resolve_loss(self, name: str | None, display: str = "spec.yaml") -> str:
+    def resolve_loss(self, name: str | None, display: str = SPEC_FILE) -> str:
         """The loss to train with: `name`, or the task's default; BuildError if it is another
         task's."""
         if name is None:

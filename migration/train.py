@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MODEL_SPEC
+from stemma.registry.rules.layout import SPEC_FILE
 from stemma.registry.rules.taskspec import LOSSES as TASK_LOSSES
 from stemma.registry.store.documents import validate_document
 from torch import nn
@@ -87,7 +88,7 @@ class TrainConfig:
     def from_spec(
         cls,
         block: Mapping[str, Any],
-        display: str = "spec.yaml",
+        display: str = SPEC_FILE,
         defaults: Mapping[str, Any] | None = None,
     ) -> TrainConfig:
         """Read a training block over registry defaults; unknown choices raise BuildError."""
@@ -209,7 +210,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_scales(
-    named: Sequence[tuple[str, nn.Parameter]], cfg: TrainConfig, display: str = "spec.yaml"
+    named: Sequence[tuple[str, nn.Parameter]], cfg: TrainConfig, display: str = SPEC_FILE
 ) -> dict[nn.Parameter, float]:
     """Each trainable parameter's learning-rate factor: the first `lr_multipliers` glob that
     matches its name; a glob that matches no trainable parameter is an error (a typo would
@@ -230,7 +231,7 @@ def lr_scales(
 def make_optimizer(
     params: Sequence[nn.Parameter],
     cfg: TrainConfig,
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
     scales: Mapping[nn.Parameter, float] | None = None,
 ) -> optim.Optimizer:
     """The optimizer the config names (torch.optim's update rules, see migration/optim.py)."""
@@ -319,7 +320,7 @@ def train(
     *,
     features: str = "cached",
     progress: Progress | None = None,
-    display: str = "spec.yaml",
+    display: str = SPEC_FILE,
     checkpoint: Checkpointer | None = None,
 ) -> TrainResult:
     """Train `module` in place; returns the per-epoch curve and how training ran.
@@ -626,7 +627,7 @@ def _units(module: nn.Module) -> list[nn.Module]:
 
 
 def class_weights(
-    cfg: TrainConfig, task: str, loss: str, y_train: np.ndarray, display: str = "spec.yaml"
+    cfg: TrainConfig, task: str, loss: str, y_train: np.ndarray, display: str = SPEC_FILE
 ) -> torch.Tensor | None:
     """The cross-entropy class weights `cfg.class_weights` asks for, or None.
 

@@ -47,6 +47,7 @@ from stemma.registry.records.manifest import (
 )
 from stemma.registry.rules import status
 from stemma.registry.rules.commits import settle
+from stemma.registry.rules.layout import EXPLORATION_FILE, METRICS_FILE
 from stemma.registry.store.files import file_hashes, read_json
 from stemma.registry.store.handle import (
     DATA_FILE,
@@ -80,8 +81,6 @@ CPU_METRIC_TOLERANCE = 0.005
 """Absolute metric tolerance for CPU builds to count as numerically equivalent."""
 IDENTICAL, EQUIVALENT, DIFFERENT = "identical", "numerically equivalent", "different"
 PASS, FAIL, SKIP = "pass", "fail", "skip"
-_METRICS_FILE = "metrics.json"
-_EXPLORATION_FILE = "exploration.json"
 
 
 @dataclass(frozen=True)
@@ -202,8 +201,8 @@ def found_path(reg: Registry, name: str) -> str:
 
 
 def _metrics_file(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
-    path = reg.model_dir(name) / _METRICS_FILE
-    rel = reg.rel("models", name, _METRICS_FILE)
+    path = reg.model_dir(name) / METRICS_FILE
+    rel = reg.rel("models", name, METRICS_FILE)
     if not path.is_file():
         return Finding("metrics", SKIP, f"{rel} does not exist")
     if read_json(path) != dict(manifest.metrics):
@@ -482,7 +481,7 @@ def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
     for sub in ("models", "datasets"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     mine = Path("models", name)
-    for file in (SPEC_FILE, _EXPLORATION_FILE):
+    for file in (SPEC_FILE, EXPLORATION_FILE):
         _copy(reg.root / mine / file, root / mine / file)
     given = reg.model_spec(name).raw.get("tokenizer")  # a causal LM's tokenizer folder
     if given is not None:

@@ -19,6 +19,7 @@ from stemma.registry.pipeline.locks import conflicted_files, folder_locked_md5
 from stemma.registry.pipeline.lockstate import recorded_md5
 from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
 from stemma.registry.rules.dag import Forest
+from stemma.registry.rules.layout import MANIFEST_FILE, SPEC_FILE
 from stemma.registry.rules.naming import NAME_RE, NAME_RULE, parse_source
 from stemma.registry.rules.parents import combined_id, parent_map, parent_refs, parents_of
 from stemma.registry.rules.parents import problems as parent_problems
@@ -138,7 +139,7 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
     data_ids: dict[str, str | None] = {}  # each dataset's manifest id now (None: unreadable)
     for name in reg.dataset_names():
         subject = f"dataset:{name}"
-        path = reg.rel("datasets", name, "spec.yaml")
+        path = reg.rel("datasets", name, SPEC_FILE)
         if not NAME_RE.match(name):
             found.append(
                 Violation(
@@ -165,7 +166,7 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
             found.append(
                 Violation(
                     INVALID_NAME,
-                    reg.rel("models", name, "spec.yaml"),
+                    reg.rel("models", name, SPEC_FILE),
                     f"invalid model name {name!r}: use {NAME_RULE}",
                     subject=f"model:{name}",
                 )
@@ -481,14 +482,12 @@ def model_facts(reg: Registry, name: str) -> ModelFacts:
     try:
         spec = reg.model_spec(name)
     except StemmaError as exc:
-        return ModelFacts(
-            spec_error=_from_error(exc, subject, reg.rel("models", name, "spec.yaml"))
-        )
+        return ModelFacts(spec_error=_from_error(exc, subject, reg.rel("models", name, SPEC_FILE)))
     facts = ModelFacts(spec=spec, digest=spec.digest)
     try:
         manifest = reg.model_manifest(name)
     except StemmaError as exc:
-        error = _from_error(exc, subject, reg.rel("models", name, "manifest.json"))
+        error = _from_error(exc, subject, reg.rel("models", name, MANIFEST_FILE))
         return replace(facts, manifest_error=error)
     if manifest is None:
         return facts

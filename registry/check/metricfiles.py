@@ -17,12 +17,12 @@ from typing import Any
 
 from stemma.registry.errors import StemmaError
 from stemma.registry.records.core import Manifest
+from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
+from stemma.registry.rules.layout import METRICS_FILE as METRICS_FILE
 from stemma.registry.store.files import parse_json_text
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import WorkTree
 
-METRICS_FILE = "metrics.json"
-CURVE_FILE = "curve.json"
 CURVE_TOLERANCE = 1e-4
 
 

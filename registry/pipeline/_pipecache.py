@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from stemma.registry.pipeline.render import foreign_stages
+from stemma.registry.rules.layout import STATE_DIR
 from stemma.registry.store import derived as _store
 from stemma.registry.store.codekey import code_key
 from stemma.registry.store.handle import SETTINGS_FILE, Registry
 from stemma.registry.store.index import open_index
 
-FILE = Path(".stemma") / "pipeline.json"
+FILE = Path(STATE_DIR) / "pipeline.json"
 FORMAT = 3
 
 

@@ -13,6 +13,8 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import ParseError, StemmaError
+from stemma.registry.rules.layout import LOCK_FILE as LOCK_FILE
+from stemma.registry.rules.layout import PIPELINE_FILE as PIPELINE_FILE
 from stemma.registry.store.handle import WEIGHTS_FILE
 from stemma.registry.store.tree import prefetch
 from stemma.registry.store.yamlio import (
@@ -24,10 +26,6 @@ from stemma.registry.store.yamlio import (
 
 if TYPE_CHECKING:
     from stemma.registry.store.handle import Registry
-
-# DVC's two files: the stages (written by `stemma pipeline`) and what they last produced.
-PIPELINE_FILE = "dvc.yaml"
-LOCK_FILE = "dvc.lock"
 
 
 def folder_locked_md5(reg: Registry, name: str, read: Any = None) -> str | None:

@@ -30,12 +30,12 @@ from stemma.registry.query.listing import model_staleness
 from stemma.registry.records.core import Manifest
 from stemma.registry.records.manifest import ORIGINS, Check, ModelManifest, model_record
 from stemma.registry.rules.classlabels import class_labels, label
+from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
 from stemma.registry.store.files import Outputs, read_json
 from stemma.registry.store.handle import Registry
 
 __all__ = ["curve_png", "model_report", "render_html", "render_text", "write_html"]
 
-CURVE_FILE = "curve.json"
 _FIGURE_KEYS = (
     "before",
     "after",

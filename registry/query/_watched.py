@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stemma.registry.rules.layout import KINDS
 from stemma.registry.store import _snapshot
 from stemma.registry.store._monitor import Monitor
-from stemma.registry.store._snapshot import KINDS
 from stemma.registry.store.index import index_path
 from stemma.registry.store.tree import WorkTree
 

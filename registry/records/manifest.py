@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from stemma.registry.errors import SchemaError
 from stemma.registry.records._reader import Reader
+from stemma.registry.rules.layout import MANIFEST_FILE as MANIFEST_FILE
 
 if TYPE_CHECKING:
     from stemma.registry.records.core import Manifest
 
-MANIFEST_FILE = "manifest.json"
 RELATIONS = ("finetune", "adapter", "distill", "quantized", "merge")
 TASKS = ("regression", "multilabel", "detection", "causal-lm")
 ORIGINS = ("transferred", "reinitialized", "new")

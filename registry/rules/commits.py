@@ -22,11 +22,12 @@ import os
 import shutil
 from pathlib import Path
 
-STAGING = ".stemma-staging"
-COMMITTING = ".stemma-commit"
-LAST = "manifest.json"
+from stemma.registry.rules.layout import COMMITTING_DIR, KINDS, MANIFEST_FILE, STAGING_DIR
+
+STAGING = STAGING_DIR
+COMMITTING = COMMITTING_DIR
+LAST = MANIFEST_FILE
 """Switched last: a reader that trusts the manifest sees the old build until the very end."""
-KINDS = ("models", "datasets")
 
 
 def order(names: list[str]) -> list[str]:

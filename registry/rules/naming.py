@@ -13,7 +13,9 @@ from stemma.registry.errors import InvalidName
 # stemma's names are a subset of GTO's (gto/constants.py: letters, digits, '-', '_', '/',
 # starting and ending with a letter or digit): lower case, no '/' (a name is a folder) and at
 # most 64 characters, so every model stemma creates can be tagged and read by GTO.
-NAME_PATTERN = r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?"
+_NAME_END = "[a-z0-9]"  # the first and last character of a name
+_NAME_INNER = "[a-z0-9_-]"  # the characters between them
+NAME_PATTERN = rf"{_NAME_END}(?:{_NAME_INNER}{{0,62}}{_NAME_END})?"
 NAME_RULE = (
     "lower-case letters, digits, '-' and '_', starting and ending with a letter or digit,"
     " at most 64 characters"
@@ -23,6 +25,11 @@ ENTRYPOINT_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za
 # Anchored with `\Z`: `$` also matches before a trailing newline, so "v1.0.0\n" would pass.
 NAME_RE = re.compile(rf"^{NAME_PATTERN}\Z")
 ENTRYPOINT_RE = re.compile(rf"^{ENTRYPOINT_PATTERN}\Z")
+# The same grammar without the length bound: the names `stemma pipeline` gives an artifact
+# entry in dvc.yaml (GTO itself takes more, `GTO_NAME_PATTERN`). A spec read through the
+# registry has passed `check_name` already; this only guards a spec built by other means.
+ARTIFACT_NAME_PATTERN = rf"{_NAME_END}(?:{_NAME_INNER}*{_NAME_END})?"
+ARTIFACT_NAME_RE = re.compile(rf"^{ARTIFACT_NAME_PATTERN}\Z")
 # GTO's own grammar, which a tag made by GTO may use beyond stemma's names.
 GTO_NAME_PATTERN = r"[a-zA-Z0-9](?:[a-zA-Z0-9/_-]*[a-zA-Z0-9])?"
 SEMVER_PATTERN = (

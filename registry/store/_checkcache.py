@@ -32,6 +32,14 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stemma.registry.rules.layout import (
+    CURVE_FILE,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    SPEC_FILE,
+    STATE_DIR,
+)
 from stemma.registry.store import derived as _store
 from stemma.registry.store._snapshot import RACY_NS, changed_ns, now_ns, racy, stamp
 from stemma.registry.store.codekey import code_key
@@ -39,10 +47,10 @@ from stemma.registry.store.codekey import code_key
 if TYPE_CHECKING:
     from stemma.registry.store.handle import Registry
 
-FILE = Path(".stemma") / "checked"
+FILE = Path(STATE_DIR) / "checked"
 FORMAT = "stemma-checked/3"  # 2: stamps of `_snapshot.stamp`; 3: recorded dataset ids
 # The files of a model folder whose content the facts depend on.
-FOLDER_FILES = ("spec.yaml", "manifest.json", "metrics.json", "curve.json", "dvc.lock")
+FOLDER_FILES = (SPEC_FILE, MANIFEST_FILE, METRICS_FILE, CURVE_FILE, LOCK_FILE)
 
 
 def _header(reg: Registry) -> str:

@@ -33,7 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stemma.registry.store._snapshot import FILES, KINDS
+from stemma.registry.rules.layout import KINDS
+from stemma.registry.store._snapshot import FILES
 
 if TYPE_CHECKING:
     import ctypes

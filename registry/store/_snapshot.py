@@ -43,11 +43,11 @@ from pathlib import Path
 
 from stemma.registry.errors import ParseError
 from stemma.registry.rules.commits import COMMITTING
+from stemma.registry.rules.layout import KINDS, MANIFEST_FILE, SPEC_FILE
 from stemma.registry.store.files import MAX_TEXT_BYTES, confined, decode_text, read_text_file
 
-KINDS = ("models", "datasets")
-SPEC = "spec.yaml"
-MANIFEST = "manifest.json"
+SPEC = SPEC_FILE
+MANIFEST = MANIFEST_FILE
 FILES = (SPEC, MANIFEST)  # the files of a folder, in snapshot order
 MISSING = -1  # the size of a file that is not there (its other numbers too)
 RACY = -2  # the size recorded for a file read too soon after it changed: read it again

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from stemma.registry.rules.layout import DATASETS_DIR, MANIFEST_FILE, MODELS_DIR, SPEC_FILE
 from stemma.registry.rules.status import BUILT, REGISTERED, STALE, UNBUILT
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
@@ -46,10 +47,10 @@ CREATE TABLE raw.edges(src VARCHAR, dst VARCHAR, kind VARCHAR, relation VARCHAR)
 """
 
 RAW_BY_FILE = {
-    ("models", "spec.yaml"): ("raw.model_specs",),
-    ("models", "manifest.json"): ("raw.model_manifests", "raw.layers"),
-    ("datasets", "spec.yaml"): ("raw.dataset_specs",),
-    ("datasets", "manifest.json"): ("raw.dataset_manifests",),
+    (MODELS_DIR, SPEC_FILE): ("raw.model_specs",),
+    (MODELS_DIR, MANIFEST_FILE): ("raw.model_manifests", "raw.layers"),
+    (DATASETS_DIR, SPEC_FILE): ("raw.dataset_specs",),
+    (DATASETS_DIR, MANIFEST_FILE): ("raw.dataset_manifests",),
 }
 
 # What DuckDB's from_json extracts from a manifest (everything else stays in the file).

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from stemma import schemas
+from stemma.registry.rules.layout import STATE_DIR
 from stemma.registry.store import derived as _store
 
-FILE = Path(".stemma") / "valid"
+FILE = Path(STATE_DIR) / "valid"
 MAGIC = b"stemma-valid/1\n"
 KEY_BYTES = 16
 # Ten versions of every spec and manifest of 10,000 models (3.2 MB).

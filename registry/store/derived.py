@@ -18,9 +18,10 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from stemma.registry.rules.layout import STATE_DIR
 from stemma.registry.store.files import write_atomic
 
-STORE = ".stemma"
+STORE = STATE_DIR
 # The caches are a few megabytes on 10,000 models: a file past this is damaged, not read.
 MAX_BYTES = 256 << 20
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)

@@ -29,6 +29,17 @@ from stemma.registry.records.core import (
     Settings,
     settings_look_valid,
 )
+from stemma.registry.rules.layout import (
+    COMMITTING_DIR,
+    LAST_RUN_FILE,
+    STAGING_DIR,
+)
+from stemma.registry.rules.layout import DATA_FILE as DATA_FILE
+from stemma.registry.rules.layout import MANIFEST_FILE as MANIFEST_FILE
+from stemma.registry.rules.layout import SETTINGS_FILE as SETTINGS_FILE
+from stemma.registry.rules.layout import SPEC_FILE as SPEC_FILE
+from stemma.registry.rules.layout import STATE_DIR as INDEX_DIR
+from stemma.registry.rules.layout import WEIGHTS_FILE as WEIGHTS_FILE
 from stemma.registry.rules.naming import check_name
 from stemma.registry.store.documents import (
     parse_json_document,
@@ -38,13 +49,6 @@ from stemma.registry.store.documents import (
 from stemma.registry.store.files import canonical_json, confined, content_id, write_atomic
 from stemma.registry.store.tree import GitTree, Tree, WorkTree
 from stemma.registry.store.yamlio import dump_yaml, load_yaml_text
-
-SETTINGS_FILE = "stemma.yaml"
-SPEC_FILE = "spec.yaml"
-MANIFEST_FILE = "manifest.json"
-WEIGHTS_FILE = "weights.safetensors"
-DATA_FILE = "data.npz"
-INDEX_DIR = ".stemma"
 
 
 def find_repo_root(start: Path) -> Path:
@@ -148,7 +152,7 @@ class Registry:
         ignore = repo_root / ".gitignore"
         lines = ignore.read_text().splitlines() if ignore.exists() else []
         # the index, a build's untracked run note and its commit folders (migration/commit.py)
-        wanted = [f"/{INDEX_DIR}/", "last-run.json", ".stemma-staging/", ".stemma-commit/"]
+        wanted = [f"/{INDEX_DIR}/", LAST_RUN_FILE, f"{STAGING_DIR}/", f"{COMMITTING_DIR}/"]
         missing = [line for line in wanted if line not in lines]
         if missing:
             write_atomic(ignore, "\n".join([*lines, *missing]) + "\n")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import QueryError, StemmaError
 from stemma.registry.rules.commits import finish
+from stemma.registry.rules.layout import STATE_DIR as INDEX_DIR
 from stemma.registry.store import _engine, _snapshot
 from stemma.registry.store import derived as _store
 from stemma.registry.store._ingest import (
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     import duckdb
     from stemma.registry.store.handle import Registry
 
-INDEX_DIR = ".stemma"
 INDEX_NAME = "index.duckdb"
 LOCK_NAME = "index.lock"
 # How long to wait for another process's refresh before building a private index instead.
