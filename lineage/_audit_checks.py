@@ -18,12 +18,18 @@ from stemma.registry.check.consistency import Violation
 from stemma.registry.errors import StemmaError
 from stemma.registry.pipeline import _pipecache
 from stemma.registry.pipeline._pipedelta import render_near
-from stemma.registry.pipeline.locks import LOCK_FILE, folder_locked_md5, locked_md5s
+from stemma.registry.pipeline.locks import folder_locked_md5, locked_md5s
 from stemma.registry.pipeline.pipefiles import compare, differences, rendered
+from stemma.registry.rules.layout import (
+    LOCK_FILE,
+    MANIFEST_FILE,
+    SETTINGS_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+)
 from stemma.registry.rules.naming import parse_source
 from stemma.registry.rules.parents import parents_of
 from stemma.registry.store.files import content_id, parse_json_text
-from stemma.registry.store.handle import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, WEIGHTS_FILE
 from stemma.registry.store.tree import WorkTree
 from stemma.registry.versions import resolve as versions
 

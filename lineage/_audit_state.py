@@ -20,10 +20,10 @@ from stemma.registry import Registry
 from stemma.registry.check import consistency as cons
 from stemma.registry.check.consistency import Violation
 from stemma.registry.errors import GitError, LocatedError, RegistryNotFound, StemmaError
-from stemma.registry.pipeline.locks import PIPELINE_FILE
+from stemma.registry.rules.layout import MANIFEST_FILE, PIPELINE_FILE, SETTINGS_FILE, SPEC_FILE
 from stemma.registry.store._checkcache import FOLDER_FILES
 from stemma.registry.store.files import parse_json_text
-from stemma.registry.store.handle import MANIFEST_FILE, SETTINGS_FILE, SPEC_FILE, find_repo_root
+from stemma.registry.store.handle import find_repo_root
 from stemma.registry.store.tree import GitTree, git
 from stemma.registry.store.yamlio import load_yaml_text
 

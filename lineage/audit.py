@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import RegistryNotFound
-from stemma.registry.pipeline.locks import LOCK_FILE
+from stemma.registry.rules.layout import LOCK_FILE, MANIFEST_FILE, SPEC_FILE
 from stemma.registry.store import _validcache
-from stemma.registry.store.handle import MANIFEST_FILE, SPEC_FILE, find_repo_root
+from stemma.registry.store.handle import find_repo_root
 
 from ._audit_checks import (
     CODES,

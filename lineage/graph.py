@@ -26,9 +26,9 @@ from stemma.registry.errors import ConsistencyError, LocatedError, StemmaError
 from stemma.registry.pipeline.autosource import candidates
 from stemma.registry.rules import status
 from stemma.registry.rules.dag import Forest
+from stemma.registry.rules.layout import MANIFEST_FILE, SPEC_FILE
 from stemma.registry.rules.parents import combined_id, parents_of, recorded_parents
 from stemma.registry.store.files import digest, parse_json_text
-from stemma.registry.store.handle import MANIFEST_FILE, SPEC_FILE
 from stemma.registry.store.index import open_index
 from stemma.registry.store.tree import WorkTree, prefetch
 from stemma.registry.store.yamlio import load_yaml_text

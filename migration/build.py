@@ -20,9 +20,9 @@ from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.check.gate import check_buildable
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, ModelSpec
+from stemma.registry.rules.layout import DATA_FILE, STATE_DIR
 from stemma.registry.rules.parents import is_merge
 from stemma.registry.rules.taskspec import CLASSIFICATION, spec_problems
-from stemma.registry.store.handle import DATA_FILE, INDEX_DIR
 
 from . import distributed as dist
 from .adapters import (
@@ -148,7 +148,7 @@ def _checkpointer(
             "stemma": STEMMA_VERSION,
         }
     )
-    folder = reg.repo_root / INDEX_DIR / CHECKPOINTS / spec.name
+    folder = reg.repo_root / STATE_DIR / CHECKPOINTS / spec.name
     return Checkpointer(folder, key, cfg.checkpoint_every, root=reg.repo_root)
 
 

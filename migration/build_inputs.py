@@ -15,11 +15,10 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.rules.layout import EXPLORATION_FILE
+from stemma.registry.rules.layout import EXPLORATION_FILE, WEIGHTS_FILE
 from stemma.registry.rules.parents import pointer_of
 from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
 from stemma.registry.store.files import file_hashes, read_json
-from stemma.registry.store.handle import WEIGHTS_FILE
 from torch import nn
 
 from .adapters import compose

@@ -20,11 +20,16 @@ from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.records.core import MODEL_MANIFEST, DatasetSpec
 from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
-from stemma.registry.rules.layout import LAST_RUN_FILE
+from stemma.registry.rules.layout import (
+    DATA_FILE,
+    LAST_RUN_FILE,
+    MANIFEST_FILE,
+    STATE_DIR,
+    WEIGHTS_FILE,
+)
 from stemma.registry.rules.layout import METRICS_FILE as METRICS_FILE
 from stemma.registry.store.documents import validate_document
 from stemma.registry.store.files import canonical_json, content_id, write_atomic
-from stemma.registry.store.handle import DATA_FILE, INDEX_DIR, MANIFEST_FILE, WEIGHTS_FILE
 
 from . import fingerprint
 from . import weights as _weights
@@ -55,7 +60,7 @@ def run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[s
         "torch": torch.__version__,
         "numerics": {
             **numerics_record(mode_of(reg.settings.defaults)),
-            "fingerprint": fingerprint.of_this_machine(reg.repo_root / INDEX_DIR),
+            "fingerprint": fingerprint.of_this_machine(reg.repo_root / STATE_DIR),
         },
         **extra,
     }

@@ -23,8 +23,8 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
+from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM, spec_problems, training_task
-from stemma.registry.store.handle import DATA_FILE
 from torch import nn
 
 from . import lm_train

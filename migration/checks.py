@@ -36,7 +36,8 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.records.manifest import MANIFEST_FILE, DatasetRef, ModelManifest
+from stemma.registry.records.manifest import DatasetRef, ModelManifest
+from stemma.registry.rules.layout import MANIFEST_FILE
 from stemma.registry.rules.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 

@@ -23,10 +23,9 @@ import numpy as np
 from stemma.registry import Registry
 from stemma.registry.check.hfdisk import check_saved_dataset
 from stemma.registry.errors import BuildError, UnsafeFile
-from stemma.registry.rules.layout import SPEC_FILE
+from stemma.registry.rules.layout import DATA_FILE, SPEC_FILE
 from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
 from stemma.registry.store.files import file_kind, read_bytes_file, write_atomic
-from stemma.registry.store.handle import DATA_FILE
 
 from .entrypoints import import_entrypoint
 from .shapes import shapes

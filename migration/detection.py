@@ -20,9 +20,9 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
+from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import DETECTION, spec_problems, training_task
 from stemma.registry.store.files import canonical_json
-from stemma.registry.store.handle import DATA_FILE
 
 from .augment import Augment
 from .build_inputs import (

@@ -20,10 +20,9 @@ import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.pipeline.render import candidates as auto_candidates
-from stemma.registry.rules.layout import EXPLORATION_FILE
+from stemma.registry.rules.layout import EXPLORATION_FILE, WEIGHTS_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from stemma.registry.store.files import canonical_json, write_atomic
-from stemma.registry.store.handle import WEIGHTS_FILE
 
 from .data import DatasetArrays, load_dataset
 from .evaluate import DECIMALS

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import WEIGHTS_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
-from stemma.registry.store.handle import WEIGHTS_FILE
 from torch import nn
 
 from . import lm_train

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import STATE_DIR
 from stemma.registry.store import derived as _store
-from stemma.registry.store.handle import INDEX_DIR
 from torch import nn
 
 from .architectures import head_of, penultimate
@@ -78,7 +78,7 @@ def compute(
 def cache_path(reg: Registry, model_id: str, dataset_id: str, split: str) -> Path:
     """Where the features of (model id, dataset id, split) are cached."""
     key = f"{_hex(model_id)[:16]}-{_hex(dataset_id)[:16]}-{split}.npz"
-    return reg.repo_root / INDEX_DIR / CACHE_DIR / key
+    return reg.repo_root / STATE_DIR / CACHE_DIR / key
 
 
 def _hex(content_id: str) -> str:

@@ -29,14 +29,14 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec
+from stemma.registry.rules.layout import CURVE_FILE, METRICS_FILE, WEIGHTS_FILE
 from stemma.registry.rules.taskspec import LOWER_IS_BETTER, MAIN_METRIC
-from stemma.registry.store.handle import WEIGHTS_FILE
 from torch import nn
 
 from . import weights as _weights
 from .architectures import build_module
 from .build_inputs import class_names, load_source, refuse_failed_source
-from .build_outputs import CURVE_FILE, METRICS_FILE, blob_file, commit_outputs, run_block
+from .build_outputs import blob_file, commit_outputs, run_block
 from .evaluate import evaluate_gates
 from .families import require
 from .hubsnapshot import inherit_tokenizer

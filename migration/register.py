@@ -21,10 +21,9 @@ from stemma.registry.errors import BuildError
 from stemma.registry.pipeline.render import current
 from stemma.registry.publish.hubfiles import snapshot_hub_id
 from stemma.registry.records.core import MODEL_MANIFEST
-from stemma.registry.rules.layout import PIPELINE_FILE
+from stemma.registry.rules.layout import PIPELINE_FILE, SPEC_FILE, WEIGHTS_FILE
 from stemma.registry.rules.naming import check_name
 from stemma.registry.store.files import digest
-from stemma.registry.store.handle import SPEC_FILE, WEIGHTS_FILE
 from stemma.registry.store.yamlio import load_yaml_text
 
 from . import tokenizer as tok

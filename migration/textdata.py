@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from stemma.registry.store.files import decode_text, read_bytes_file
-from stemma.registry.store.handle import DATA_FILE
 
 from .data import open_saved_dataset
 

@@ -34,9 +34,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
-from stemma.registry.pipeline.locks import LOCK_FILE
 from stemma.registry.pipeline.lockstate import unlocked
-from stemma.registry.pipeline.render import PIPELINE_FILE
 from stemma.registry.query.listing import current_dataset_id
 from stemma.registry.records.manifest import (
     FileRef,
@@ -47,15 +45,18 @@ from stemma.registry.records.manifest import (
 )
 from stemma.registry.rules import status
 from stemma.registry.rules.commits import settle
-from stemma.registry.rules.layout import EXPLORATION_FILE, METRICS_FILE
-from stemma.registry.store.files import file_hashes, read_json
-from stemma.registry.store.handle import (
+from stemma.registry.rules.layout import (
     DATA_FILE,
+    EXPLORATION_FILE,
+    LOCK_FILE,
     MANIFEST_FILE,
+    METRICS_FILE,
+    PIPELINE_FILE,
     SETTINGS_FILE,
     SPEC_FILE,
     WEIGHTS_FILE,
 )
+from stemma.registry.store.files import file_hashes, read_json
 from stemma.registry.store.tree import WorkTree
 from stemma.registry.store.yamlio import conflict_line
 

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from stemma.registry.pipeline.render import foreign_stages
-from stemma.registry.rules.layout import STATE_DIR
+from stemma.registry.rules.layout import SETTINGS_FILE, STATE_DIR
 from stemma.registry.store import derived as _store
 from stemma.registry.store.codekey import code_key
-from stemma.registry.store.handle import SETTINGS_FILE, Registry
+from stemma.registry.store.handle import Registry
 from stemma.registry.store.index import open_index
 
 FILE = Path(STATE_DIR) / "pipeline.json"

@@ -30,7 +30,6 @@ from stemma.registry.pipeline.render import (
     F_PATTERN,
     F_REGISTERED,
     F_SOURCE,
-    PIPELINE_FILE,
     _model_entrypoint,
     _model_stages,
     _wdir,
@@ -42,6 +41,7 @@ from stemma.registry.pipeline.render import (
     stage_name,
 )
 from stemma.registry.rules.dag import Forest, exploration_candidates
+from stemma.registry.rules.layout import PIPELINE_FILE
 from stemma.registry.store.handle import Registry
 
 # Past this many changed specs a full render is about as cheap, and simpler to trust.

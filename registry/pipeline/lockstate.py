@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 from stemma.registry.errors import StemmaError
 from stemma.registry.pipeline.locks import folder_locked_md5
 from stemma.registry.rules import status
+from stemma.registry.rules.layout import MANIFEST_FILE
 from stemma.registry.store._checkcache import FolderFacts, work_stamps
 from stemma.registry.store.files import read_json
-from stemma.registry.store.handle import MANIFEST_FILE
 
 if TYPE_CHECKING:
     from stemma.registry.store.handle import Registry

@@ -19,10 +19,8 @@ from typing import Any
 
 from stemma.registry.errors import StemmaError
 from stemma.registry.pipeline import _pipecache, _pipedelta
-from stemma.registry.pipeline.locks import LOCK_FILE
 from stemma.registry.pipeline.render import (
     HEADER,
-    PIPELINE_FILE,
     _own_stage,
     file_text,
     recording_probes,
@@ -30,10 +28,11 @@ from stemma.registry.pipeline.render import (
     stage_file,
 )
 from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC
+from stemma.registry.rules.layout import LOCK_FILE, PIPELINE_FILE, SPEC_FILE
 from stemma.registry.store import _validcache
 from stemma.registry.store.documents import validate_document
 from stemma.registry.store.files import _write_temp
-from stemma.registry.store.handle import SPEC_FILE, Registry
+from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import WorkTree
 from stemma.registry.store.yamlio import fast_load, load_yaml_text
 

@@ -37,7 +37,8 @@ from stemma.registry.pipeline.render import ADAPTER_DIR, stage_file, stage_name
 from stemma.registry.rules import status
 from stemma.registry.rules.dag import Forest, exploration_candidates
 from stemma.registry.rules.dag import build_order as dag_order
-from stemma.registry.store.handle import DATA_FILE, WEIGHTS_FILE, Registry
+from stemma.registry.rules.layout import DATA_FILE, WEIGHTS_FILE
+from stemma.registry.store.handle import Registry
 from stemma.registry.store.index import open_index
 
 TO_BUILD = (status.STALE, status.UNBUILT)

@@ -21,7 +21,8 @@ from typing import Any
 
 from stemma.registry.errors import StemmaError
 from stemma.registry.publish._optional import require
-from stemma.registry.records.manifest import MANIFEST_FILE, ModelManifest
+from stemma.registry.records.manifest import ModelManifest
+from stemma.registry.rules.layout import MANIFEST_FILE
 from stemma.registry.store.handle import Registry
 from stemma.registry.versions.builds import Build, builds
 from stemma.registry.versions.resolve import log

@@ -28,7 +28,8 @@ from stemma.registry import __version__
 from stemma.registry.errors import GitError
 from stemma.registry.pipeline.render import stage_name
 from stemma.registry.publish._olsend import send
-from stemma.registry.records.manifest import MANIFEST_FILE, DatasetManifest, ModelManifest
+from stemma.registry.records.manifest import DatasetManifest, ModelManifest
+from stemma.registry.rules.layout import MANIFEST_FILE
 from stemma.registry.store.files import Outputs
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import git

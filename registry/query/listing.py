@@ -11,8 +11,9 @@ from stemma.registry.pipeline.locks import folder_locked_md5
 from stemma.registry.pipeline.lockstate import recorded_md5, unlocked
 from stemma.registry.records.core import Manifest
 from stemma.registry.rules import status
+from stemma.registry.rules.layout import SPEC_FILE
 from stemma.registry.rules.parents import MERGE, combined_id, parents_of
-from stemma.registry.store.handle import SPEC_FILE, Registry
+from stemma.registry.store.handle import Registry
 from stemma.registry.store.index import open_index
 from stemma.registry.store.tree import WorkTree
 from stemma.registry.versions.resolve import resolve

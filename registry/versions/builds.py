@@ -16,8 +16,9 @@ from typing import Any
 
 from stemma.registry.errors import GitError, StemmaError
 from stemma.registry.rules.dag import build_order
+from stemma.registry.rules.layout import SPEC_FILE
 from stemma.registry.rules.parents import recorded_parents
-from stemma.registry.store.handle import SPEC_FILE, Registry
+from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import git
 from stemma.registry.versions.history import (
     all_dataset_history,

@@ -18,8 +18,9 @@ from stemma.registry.records.core import (
     MODEL_MANIFEST,
     Manifest,
 )
+from stemma.registry.rules.layout import MANIFEST_FILE
 from stemma.registry.store.documents import parse_json_document
-from stemma.registry.store.handle import MANIFEST_FILE, Registry
+from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import git
 
 _NULL_SHA = "0" * 40
