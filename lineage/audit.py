@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import RegistryNotFound
 from stemma.registry.rules.layout import LOCK_FILE, MANIFEST_FILE, SPEC_FILE
+from stemma.registry.rules.pointer import escape
 from stemma.registry.store import _validcache
 from stemma.registry.store.handle import find_repo_root
 
@@ -329,7 +330,7 @@ def json_diff(a: Any, b: Any, pointer: str = "") -> list[tuple[str, str, Any, An
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[tuple[str, str, Any, Any]] = []
         for key in sorted(set(a) | set(b), key=str):
-            ptr = pointer + "/" + str(key).replace("~", "~0").replace("/", "~1")
+            ptr = pointer + "/" + escape(key)
             if key not in a:
                 out.append((ptr, "added", None, b[key]))
             elif key not in b:

@@ -38,6 +38,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError, ParseError, PathEscape, UnsafeFile
 from stemma.registry.publish.card import hub_id
 from stemma.registry.publish.hubfiles import MAX_CARD_BYTES, hub_id_pattern
+from stemma.registry.rules.pointer import escape
 from stemma.registry.store.files import file_kind, read_bytes_file, read_json, read_text_file
 from stemma.registry.store.yamlio import load_yaml_text
 from torch import nn
@@ -130,7 +131,7 @@ def _index_shards(base: Path, display: str) -> tuple[str, ...]:
         raise ParseError(shown, "expected a map of tensor names to files", pointer="/weight_map")
     order: dict[str, None] = {}
     for tensor, file in weight_map.items():
-        pointer = "/weight_map/" + tensor.replace("~", "~0").replace("/", "~1")[:200]
+        pointer = "/weight_map/" + escape(tensor)[:200]
         if not isinstance(file, str) or not _plain(file) or not file.endswith(".safetensors"):
             raise PathEscape(
                 shown,

@@ -23,6 +23,7 @@ from typing import Any
 from stemma.registry.errors import StemmaError
 from stemma.registry.records.core import LIMITS
 from stemma.registry.rules.naming import ENTRYPOINT_RE
+from stemma.registry.rules.pointer import escape as _escape
 from stemma.registry.store.files import parse_json_text, plain_value, read_text_file
 
 AUTO_MAP = "auto_map"
@@ -207,10 +208,6 @@ def _largest(config: Mapping[str, Any], keys: Sequence[str]) -> str:
     """The pointer of the largest of `keys` in the config (the field to look at)."""
     present = [(_number(config, (k,)), k) for k in keys if k in config]
     return f"/{_escape(max(present)[1])}" if present else ""
-
-
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def read_config_file(folder: Path, display: str) -> dict[str, Any]:

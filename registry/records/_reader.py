@@ -12,10 +12,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, NoReturn
 
 from stemma.registry.errors import SchemaError
-
-
-def _escape(key: str | int) -> str:
-    return str(key).replace("~", "~0").replace("/", "~1")
+from stemma.registry.rules.pointer import escape as _escape
 
 
 def _is_int(value: Any) -> bool:

@@ -12,16 +12,13 @@ from typing import Any
 
 from stemma import schemas
 from stemma.registry.errors import SchemaError
+from stemma.registry.rules.pointer import pointer as _pointer
 from stemma.registry.store import _validcache
 from stemma.registry.store.files import parse_json_text
 from stemma.registry.store.yamlio import line_of, load_yaml_text
 
 # jsonschema and PyYAML load on first use inside `schemas.validator` and `yamlio`: `stemma ls`
 # and `stemma query` read the DuckDB index and never parse a spec or validate a document.
-
-
-def _pointer(parts: list[str | int]) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts) or "/"
 
 
 def validate_document(doc: Any, schema: str, display: str, text: str | None = None) -> None:

@@ -15,6 +15,7 @@ from stemma.registry.errors import ParseError, PathEscape, UnsafeFile
 from stemma.registry.rules.contentid import canonical_json as canonical_json
 from stemma.registry.rules.contentid import content_id as content_id
 from stemma.registry.rules.contentid import digest as digest
+from stemma.registry.rules.pointer import pointer as json_pointer
 
 CHUNK = 1 << 20
 # Specs, manifests and settings are a few kilobytes (a manifest of a large network a few
@@ -318,8 +319,7 @@ def _unplain(node: Any) -> str:
 
 
 def _value_error(display: str, where: list[str | int], reason: str) -> ParseError:
-    pointer = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in where)
-    return ParseError(display, reason, pointer=pointer or "/")
+    return ParseError(display, reason, pointer=json_pointer(where))
 
 
 # -- outputs: where an export may write -------------------------------------------------------

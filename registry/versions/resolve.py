@@ -19,6 +19,7 @@ from typing import Any
 from stemma.registry.errors import ModelNotFound, StemmaError
 from stemma.registry.records.core import Manifest
 from stemma.registry.rules.naming import parse_ref
+from stemma.registry.rules.pointer import escape as _escape
 from stemma.registry.store.files import CHUNK, file_hashes
 from stemma.registry.store.handle import Registry
 from stemma.registry.versions.gtostate import TagState, tag_state
@@ -189,10 +190,6 @@ def statuses(reg: Registry, versions: list[Version]) -> list[str]:
 
 
 # -- diff -------------------------------------------------------------------------------------
-
-
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
