@@ -4,9 +4,10 @@
 its own version up among the installed distributions: about 0.1 s, a third of the budget of
 `stemma query` on a small registry, for code stemma never calls. The engine is the extension
 module `_duckdb`, whose `connect`, connection and exception classes `duckdb` re-exports as
-they are. Where the installed DuckDB has that module, it alone is imported; elsewhere (1.x,
-or another layout) the `duckdb` package is. Call `duckdb()` where the engine is needed:
-importing this module loads nothing, so commands that never query do not load DuckDB at all.
+they are. Where the installed DuckDB has that module with every name stemma uses, it alone is
+imported; elsewhere (1.x, or another layout) the `duckdb` package is. Call `duckdb()` where
+the engine is needed: importing this module loads nothing, so commands that never query do not
+load DuckDB at all.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import functools
 import importlib
 from types import ModuleType
 
-__all__ = ["duckdb", "one_line"]
+__all__ = ["duckdb", "engine", "one_line"]
 
+# DuckDB 2.0's engine module (private: DuckDB may rename or drop it; pyproject.toml pins the
+# versions tested). benchmarks/bench_private_apis.py measures it against the public package.
+PRIVATE = "_duckdb"
 # What stemma takes from the module.
 USED = ("connect", "DuckDBPyConnection", "Error", "IOException", "InvalidInputException")
 
@@ -24,12 +28,19 @@ USED = ("connect", "DuckDBPyConnection", "Error", "IOException", "InvalidInputEx
 @functools.cache
 def duckdb() -> ModuleType:
     """DuckDB's engine module (`connect`, `Error`, ...), imported on the first call."""
-    try:
-        engine = importlib.import_module("_duckdb")
-    except ImportError:
-        return importlib.import_module("duckdb")
-    if all(hasattr(engine, name) for name in USED):
-        return engine
+    return engine()
+
+
+def engine(private: bool = True) -> ModuleType:
+    """The module named PRIVATE where it imports and has every name of USED, else (or with
+    `private=False`) the public `duckdb` package, whose names are the same objects."""
+    if private:
+        try:
+            module = importlib.import_module(PRIVATE)
+        except ImportError:
+            module = None
+        if module is not None and all(hasattr(module, name) for name in USED):
+            return module
     return importlib.import_module("duckdb")
 
 
