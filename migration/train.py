@@ -266,23 +266,34 @@ def cpu_threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(prior)
 
 
+# torch's private binding of ATen's deterministic flag (what `use_deterministic_algorithms`
+# calls); looked up by name, so a torch without it takes the public function.
+PRIVATE_DETERMINISTIC = "_set_deterministic_algorithms"
+
+
 def set_deterministic(mode: bool) -> None:
     """`torch.use_deterministic_algorithms(mode)` without loading the compiler stack.
 
     torch's public function does two things: it sets ATen's flag (`torch._C.
     _set_deterministic_algorithms`, what makes eager kernels pick deterministic algorithms
     or refuse to run) and `torch._inductor.config.deterministic`, which only compiled graphs
-    read. Importing that config imports torch._inductor and torch._dynamo: 1.0 s on its own,
-    against 1.1 s for `import torch` (`benchmarks/bench_build.py --startup`,
-    `import_torch_deterministic_s`), and a build never compiles. So the flag is set through
-    the private binding (the one torch's function calls, unchanged since torch 1.11), and
-    inductor's setting only where something else has loaded it. tests/test_optim.py checks
-    that torch reads the flag back and that eager kernels obey it.
+    read. Importing that config imports torch._inductor and torch._dynamo: 1.7 s of CPU on
+    a build's start, which takes 1.9 s without it (torch 2.14,
+    `benchmarks/bench_private_apis.py`, `deterministic`), and a build never compiles. So the
+    flag is set through the private binding (the one torch's function calls, unchanged since
+    torch 1.11), and inductor's setting only where something else has loaded it. A torch
+    without that binding gets the public function (slower, same mode).
+    tests/migration/test_optim.py checks both paths: torch reads the flag back and eager
+    kernels obey it.
     """
-    inductor = sys.modules.get("torch._inductor.config")
+    binding = getattr(torch._C, PRIVATE_DETERMINISTIC, None)
+    if binding is None:
+        torch.use_deterministic_algorithms(mode)
+        return
+    inductor: Any = sys.modules.get("torch._inductor.config")  # Any: mypy sees no settings
     if inductor is not None:
         inductor.deterministic = mode
-    torch._C._set_deterministic_algorithms(mode)
+    binding(mode)
 
 
 def frozen_prefix(module: nn.Module) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from stemma.migration import optim
+from stemma.migration import optim, train
 from stemma.migration.train import set_deterministic
 from torch import nn
 
@@ -102,6 +102,34 @@ def test_deterministic_flag_reaches_aten() -> None:
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         set_deterministic(prior)
+
+
+def test_without_the_private_binding_torchs_public_function_sets_the_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A torch without `_C._set_deterministic_algorithms` gets `use_deterministic_algorithms`:
+    it really runs (inductor's setting follows), and eager kernels obey the same flag."""
+    prior = torch.are_deterministic_algorithms_enabled()
+    public = torch.use_deterministic_algorithms
+    calls: list[bool] = []
+
+    def spy(mode: bool, **kwargs: bool) -> None:
+        calls.append(mode)
+        public(mode, **kwargs)
+
+    monkeypatch.setattr(train, "PRIVATE_DETERMINISTIC", "no_such_binding")
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", spy)
+    try:
+        set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert sys.modules["torch._inductor.config"].deterministic is True
+        assert torch.isnan(torch.empty(8)).all()
+        set_deterministic(False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert sys.modules["torch._inductor.config"].deterministic is False
+        assert calls == [True, False]
+    finally:
+        public(prior)
 
 
 TRAIN_AND_LIST = """
