@@ -192,9 +192,9 @@ def _cache_key() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _read_cached(path: Path) -> dict[str, Any] | None:
+def _read_cached(repo_root: Path, name: str) -> dict[str, Any] | None:
     """A cached fingerprint, or None when it is absent or damaged (a miss, never an answer)."""
-    data = _store.read(path, limit=_CACHE_LIMIT)
+    data = _store.load(repo_root, name, limit=_CACHE_LIMIT)
     if data is None:
         return None
     try:
@@ -212,13 +212,15 @@ def _read_cached(path: Path) -> dict[str, Any] | None:
 
 
 def of_this_machine(cache_dir: Path | None) -> dict[str, Any]:
-    """The fingerprint, from `cache_dir` (a registry's `.stemma/`) when computed before."""
+    """The fingerprint, from the store of `cache_dir` (a registry's `.stemma/`) when
+    computed before (the fact `numerics-KEY`, KEY naming this machine and software)."""
     if cache_dir is None:
         return compute()
-    path = cache_dir / f"numerics-{_cache_key()}.json"
-    cached = _read_cached(path)
+    name = f"numerics-{_cache_key()}"
+    cached = _read_cached(cache_dir.parent, name)
     if cached is not None:
         return cached
     doc = compute()
-    _store.write(path, json.dumps(doc, sort_keys=True))  # unwritable: computed again next time
+    # Unwritable (a read-only checkout, another process holding the store): computed again.
+    _store.save(cache_dir.parent, name, json.dumps(doc, sort_keys=True))
     return doc

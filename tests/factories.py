@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from stemma.registry import Registry
+from stemma.registry.store import derived as _derived
 from stemma.registry.store.files import digest
 
 RUN = {"started": "2026-01-01T00:00:00Z", "duration_s": 1.0, "stemma": "0.1.0", "device": "cpu"}
@@ -89,3 +91,42 @@ def model_manifest(
     doc.update(extra)
     doc["id"] = reg.write_model_manifest(name, doc)
     return doc
+
+
+class Fact:
+    """A fact of a registry's store (`.stemma/index.duckdb`), read and written like a file."""
+
+    def __init__(self, repo_root: Path, name: str) -> None:
+        self.repo_root, self.name = repo_root, name
+
+    def read_bytes(self) -> bytes:
+        data = _derived.load(self.repo_root, self.name)
+        assert data, f"no fact {self.name}"
+        return data
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        assert _derived.save(self.repo_root, self.name, data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def unlink(self) -> None:
+        """Forget it (an empty fact is no fact to its readers)."""
+        self.write_bytes(b"")
+
+    def exists(self) -> bool:
+        return bool(_derived.load(self.repo_root, self.name))
+
+    is_file = exists
+
+    def names(self) -> list[str]:
+        """The names of every fact of the store."""
+        import duckdb
+
+        con = duckdb.connect()
+        path = _derived.store_path(self.repo_root)
+        con.execute(f"ATTACH '{path}' AS store (READ_ONLY)")
+        return [str(n) for (n,) in con.execute("SELECT name FROM store.raw.facts").fetchall()]

@@ -5,7 +5,7 @@ The render reads the specs (and the manifests of models that have no spec), the 
 dvc.yaml's own stages, and whether entrypoint code files exist; nothing else. The query
 index already holds a digest of every spec and the id of every manifest, refreshed from the
 files' sizes and mtimes, so one query gives a fingerprint of all the inputs but the last
-two. The cache (`.stemma/pipeline.json`, ignored by git like the index) keeps, for the last
+two. The cache (the store's fact `pipeline`, ignored by git like the index) keeps, for the last
 fingerprint: the code files probed and whether they existed, and the sha256 of every file
 rendered. A check can trust it when the fingerprint and the probes match and the root
 dvc.yaml on disk is the one rendered (so its own stages are those the render kept); any
@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from stemma.registry.pipeline.render import foreign_stages
-from stemma.registry.rules.layout import SETTINGS_FILE, STATE_DIR
+from stemma.registry.rules.layout import SETTINGS_FILE
 from stemma.registry.store import derived as _store
 from stemma.registry.store.codekey import code_key
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.index import open_index
 
-FILE = Path(STATE_DIR) / "pipeline.json"
+FACT = "pipeline"
 FORMAT = 3
 
 
@@ -90,9 +89,9 @@ def doc_digest(doc: Any) -> str:
 
 
 def load(reg: Registry) -> dict[str, Any] | None:
-    """The cached render, or None (also for anything but a regular file of bounded size)."""
+    """The cached render, or None (also for a damaged one)."""
     try:
-        doc = json.loads(_store.read(reg.repo_root / FILE) or b"null")
+        doc = json.loads(_store.load(reg.repo_root, FACT) or b"null")
     except (ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
@@ -131,7 +130,7 @@ def save(
         "facts": facts,
     }
     # Where it cannot be written (a read-only checkout): render again next time.
-    _store.write(reg.repo_root / FILE, json.dumps(doc))
+    _store.save(reg.repo_root, FACT, json.dumps(doc))
 
 
 def still_valid(reg: Registry, cached: dict[str, Any], key: str) -> bool:

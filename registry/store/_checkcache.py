@@ -17,11 +17,10 @@ changing (git's "racy" rule, `_snapshot.racy`), so such a folder is read again u
 older. A git revision keeps no facts here: an audit's base takes
 the head's facts of the folders whose files git finds the same (`stemma.lineage._audit_state`).
 
-The facts live in `.stemma/checked` beside the query index (a cache, ignored by git), written
-only by a check that found no bad input, like `_validcache`; a file there that is not a
-regular file of bounded size is a miss (`_store`). It sits in `store/`, below both the check
-(`check.consistency`) that writes it and `pipeline.lockstate`, which reads the kept weights
-md5s for `stemma ls`.
+The facts are the store's fact `checked` (`derived`: a cache, ignored by git), written only
+by a check that found no bad input, like `_validcache`; a damaged or unreadable one is a
+miss. It sits in `store/`, below both the check (`check.consistency`) that writes it and
+`pipeline.lockstate`, which reads the kept weights md5s for `stemma ls`.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from stemma.registry.rules.layout import (
     MANIFEST_FILE,
     METRICS_FILE,
     SPEC_FILE,
-    STATE_DIR,
 )
 from stemma.registry.store import derived as _store
 from stemma.registry.store._snapshot import RACY_NS, changed_ns, now_ns, racy, stamp
@@ -47,7 +45,7 @@ from stemma.registry.store.codekey import code_key
 if TYPE_CHECKING:
     from stemma.registry.store.handle import Registry
 
-FILE = Path(STATE_DIR) / "checked"
+FACT = "checked"
 FORMAT = "stemma-checked/3"  # 2: stamps of `_snapshot.stamp`; 3: recorded dataset ids
 # The files of a model folder whose content the facts depend on.
 FOLDER_FILES = (SPEC_FILE, MANIFEST_FILE, METRICS_FILE, CURVE_FILE, LOCK_FILE)
@@ -115,13 +113,13 @@ class FolderFacts:
     takes and adds."""
 
     def __init__(self, reg: Registry, stamps: dict[str, str]) -> None:
-        self.path = reg.repo_root / FILE
+        self.repo_root = reg.repo_root
         self.stamps = stamps
         self.header = _header(reg)
         self.stored: dict[str, list[Any]] = {}  # name -> [[stamp, facts]]
         self.used: dict[str, list[Any]] = {}
         try:
-            doc = json.loads(_store.read(self.path) or b"null")
+            doc = json.loads(_store.load(self.repo_root, FACT) or b"null")
             if isinstance(doc, dict) and doc.get("header") == self.header:
                 models = doc.get("models")
                 self.stored = models if isinstance(models, dict) else {}
@@ -159,4 +157,4 @@ class FolderFacts:
         if models == self.stored:
             return
         text = json.dumps({"header": self.header, "models": models}, separators=(",", ":"))
-        _store.write(self.path, text)  # where it cannot (a read-only checkout): read again
+        _store.save(self.repo_root, FACT, text)  # where it cannot (read-only): read again

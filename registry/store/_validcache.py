@@ -1,14 +1,13 @@
 """Documents known to match their schema: checked once, then trusted while they are unchanged.
 
-Validating a document with jsonschema costs about a millisecond, most of `stemma validate` on
-a large registry. While `remembering(reg)` runs (the consistency checks, so `validate` and
-`audit`), each document that passes its schema is recorded by a digest of the schema and
+Validating a document with jsonschema costs about a millisecond, most of `stemma validate`
+on a large registry. While `remembering(reg)` runs (the consistency checks, so `validate`
+and `audit`), each document that passes its schema is recorded by a digest of the schema and
 of the document's canonical JSON, and the next run skips the schema for the documents it
-finds recorded. Only passing documents are recorded: a failing one is validated, and reported
-with the same message, every time. The digests live in `.stemma/valid` beside the query
-index: a cache, ignored by git; a lost or damaged file (or anything but a regular file of
-bounded size, `_store`) only costs validating again. It is written only by a run that found
-no bad input, so a check of a bad file changes no file.
+finds recorded. Only passing documents are recorded: a failing one is validated, and
+reported with the same message, every time. The digests are the store's fact `valid`
+(`derived`): a cache, ignored by git; a lost or damaged fact only costs validating again. It
+is written only by a run that found no bad input, so a check of a bad file changes no file.
 """
 
 from __future__ import annotations
@@ -21,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from stemma import schemas
-from stemma.registry.rules.layout import STATE_DIR
 from stemma.registry.store import derived as _store
 
-FILE = Path(STATE_DIR) / "valid"
+FACT = "valid"
 MAGIC = b"stemma-valid/1\n"
 KEY_BYTES = 16
 # Ten versions of every spec and manifest of 10,000 models (3.2 MB).
@@ -34,11 +32,11 @@ MAX_KEYS = 200_000
 class _Known:
     """The digests read from the file, and those passed or added in this run."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, repo_root: Path) -> None:
+        self.repo_root = repo_root
         self.stored: set[bytes] = set()
-        # A file from this code holds at most MAX_KEYS and one run's documents.
-        data = _store.read(path, len(MAGIC) + 2 * MAX_KEYS * KEY_BYTES) or b""
+        # A fact from this code holds at most MAX_KEYS and one run's documents.
+        data = _store.load(repo_root, FACT, len(MAGIC) + 2 * MAX_KEYS * KEY_BYTES) or b""
         if data.startswith(MAGIC) and (len(data) - len(MAGIC)) % KEY_BYTES == 0:
             body = memoryview(data)[len(MAGIC) :]
             self.stored = {bytes(body[i : i + KEY_BYTES]) for i in range(0, len(body), KEY_BYTES)}
@@ -67,7 +65,7 @@ class _Known:
         if keep == self.stored:
             return
         # Where it cannot be written (a read-only checkout): validate again next time.
-        _store.write(self.path, MAGIC + b"".join(sorted(keep)))
+        _store.save(self.repo_root, FACT, MAGIC + b"".join(sorted(keep)))
 
 
 _active: _Known | None = None
@@ -81,7 +79,7 @@ def remembering(repo_root: Path) -> Iterator[None]:
     if _active is not None:
         yield
         return
-    _active = _Known(repo_root / FILE)
+    _active = _Known(repo_root)
     try:
         yield
         if _active.keep:

@@ -8,6 +8,15 @@ or read. Entries are opened relative to the folder's own descriptor with O_NOFOL
 link is followed between the check and the read. A write replaces the entry atomically (a
 damaged one with it) or is skipped: a read command answers without the cache when the store
 cannot be written (a read-only checkout, a full disk).
+
+The store is one DuckDB file, `.stemma/index.duckdb`, and its lock, `.stemma/index.lock`.
+It holds the query index (`index`) and, in the table `raw.facts`, every other derived fact
+by name: the snapshot the index matches, the schema-valid digests (`_validcache`), the
+folder facts of the last check (`_checkcache`), the last render of the pipeline
+(`pipeline._pipecache`) and this machine's numerics fingerprint. `load` and `save` read and
+write a fact; each fact carries its own format and code key (`codekey`) and is checked by its
+reader, so a damaged, foreign or unreadable store or fact is a miss. Work files that are not
+facts but arrays (cached features, training checkpoints) stay in folders under `.stemma/`.
 """
 
 from __future__ import annotations
@@ -15,13 +24,31 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stemma.registry.rules.layout import STATE_DIR
+from stemma.registry.store import _engine
 from stemma.registry.store.files import write_atomic
 
+if TYPE_CHECKING:
+    import duckdb
+
 STORE = STATE_DIR
+STORE_FILE = "index.duckdb"  # the one store file
+LOCK_FILE = "index.lock"  # its lock
+# How long a refresh of the index waits for another process's before building a private one.
+LOCK_WAIT_S = 5.0
+# How long a read or write of a fact waits for the lock before it is a miss (or skipped).
+FACT_WAIT_S = 1.0
+# The fact holding the snapshot the index matches (`_ingest`): written with the index.
+SNAPSHOT_FACT = "snapshot"
+FACTS_TABLE = "CREATE TABLE IF NOT EXISTS raw.facts(name VARCHAR, body BLOB)"
+# Files earlier versions kept beside the index: removed when the store is rebuilt.
+LEGACY_FILES = ("index.snapshot", "checked", "valid", "pipeline.json")
 # The caches are a few megabytes on 10,000 models: a file past this is damaged, not read.
 MAX_BYTES = 256 << 20
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -138,3 +165,176 @@ def write(path: Path, data: bytes | str) -> bool:
     except OSError:
         return False
     return True
+
+
+def store_path(repo_root: Path) -> Path:
+    """The store file of the repository at `repo_root`."""
+    return repo_root / STORE / STORE_FILE
+
+
+class StoreBusy(Exception):
+    """The store is being written or read by another process (or cannot be locked)."""
+
+
+class StoreUnusable(Exception):
+    """Something that is not the store's own file or folder is in the place of one."""
+
+
+# The store opened by this process (the index's read-only connection, `index.Index`), by
+# path, with the thread that uses it. DuckDB's lock on the file belongs to the process: a
+# second attach that closes would drop the first one's lock, so facts are read through
+# that connection while it is open, and written only once it is closed.
+_OPEN: dict[Path, tuple[duckdb.DuckDBPyConnection, int]] = {}
+
+
+def opened(path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """Record that this process holds the store at `path` open through `con`."""
+    _OPEN[path] = (con, threading.get_ident())
+
+
+def closed(path: Path) -> None:
+    """The store at `path` is no longer open in this process."""
+    _OPEN.pop(path, None)
+
+
+def is_open(path: Path) -> bool:
+    """True while this process holds the store at `path` open."""
+    return path in _OPEN
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file `path`, made when missing; a link, a pipe or a device
+    there is removed first (never followed: a dangling link would make its target)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    for _attempt in range(2):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError:  # a link (ELOOP), a folder, a device without a reader
+            fd = -1
+        if fd >= 0:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)
+        if not clear(path):
+            break
+    raise StoreUnusable(f"{path} is not a regular file")
+
+
+@contextlib.contextmanager
+def locked(path: Path, wait_s: float) -> Iterator[None]:
+    """An exclusive lock on the lock file `path`; `StoreBusy` when another process holds it
+    longer than `wait_s`."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here: DuckDB's own file lock still protects it
+        yield
+        return
+    fd = _open_lock(path)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreBusy(f"{path} is held by another process") from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _attached(path: Path, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection with the store file `path` attached as its default database."""
+    engine = _engine.duckdb()
+    con = engine.connect(config={"temp_directory": ""})  # a fact never spills
+    try:
+        mode = " (READ_ONLY)" if read_only else ""
+        literal = "'" + str(path).replace("'", "''") + "'"
+        try:
+            con.execute(f"ATTACH {literal} AS store{mode}")
+        except engine.Error as exc:
+            if "lock" in str(exc).lower() or type(exc).__name__ == "ResourceInUseException":
+                raise StoreBusy(f"{path} is open in another process") from None
+            raise
+        con.execute("USE store")
+        yield con
+    finally:
+        con.close()
+
+
+def fact(con: duckdb.DuckDBPyConnection, name: str, limit: int = MAX_BYTES) -> bytes | None:
+    """The fact `name` through `con` (the store attached), or None: missing, not bytes, or
+    larger than `limit`. A store without the facts table raises DuckDB's error."""
+    rows = con.execute(
+        "SELECT body FROM raw.facts WHERE name = ? AND octet_length(body) <= ?", [name, limit]
+    ).fetchall()
+    body = rows[0][0] if len(rows) == 1 else None
+    return bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else None
+
+
+def put_fact(con: duckdb.DuckDBPyConnection, name: str, body: bytes) -> None:
+    """Store `body` as the fact `name` through `con`, in the caller's transaction."""
+    con.execute(FACTS_TABLE)
+    con.execute("DELETE FROM raw.facts WHERE name = ?", [name])
+    con.execute("INSERT INTO raw.facts VALUES (?, ?)", [name, body])
+
+
+def all_facts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, bytes]]:
+    """Every fact but the snapshot (kept across a rebuild of the index)."""
+    rows = con.execute(
+        "SELECT name, body FROM raw.facts WHERE name <> ? AND octet_length(body) <= ?",
+        [SNAPSHOT_FACT, MAX_BYTES],
+    ).fetchall()
+    return [(str(name), bytes(body)) for name, body in rows if isinstance(body, bytes)]
+
+
+def load(repo_root: Path, name: str, limit: int = MAX_BYTES) -> bytes | None:
+    """The fact `name` of the repository's store, or None: no store, a damaged or foreign
+    one, one held by another process for longer than FACT_WAIT_S, no such fact."""
+    engine = _engine.duckdb()
+    path = store_path(repo_root)
+    held_here = _OPEN.get(path)
+    try:
+        if held_here is not None:
+            con, thread = held_here
+            return fact(con, name, limit) if thread == threading.get_ident() else None
+        if folder(repo_root) is None or kind(path) != "file":
+            return None
+        with locked(path.parent / LOCK_FILE, FACT_WAIT_S):
+            if kind(path) != "file":
+                return None
+            with _attached(path, read_only=True) as con:
+                return fact(con, name, limit)
+    except (StoreBusy, StoreUnusable, OSError, engine.Error):
+        return None
+
+
+def save(repo_root: Path, name: str, body: bytes | str) -> bool:
+    """Store `body` as the fact `name`; False, with nothing written, where the store cannot
+    hold it (not a real folder, a read-only or full disk, another process holding it, this
+    process holding it open for reading) or inside `held()`."""
+    if _HELD:
+        return False
+    engine = _engine.duckdb()
+    path = store_path(repo_root)
+    if path in _OPEN or folder(repo_root, create=True) is None:
+        return False
+    data = body.encode() if isinstance(body, str) else body
+    try:
+        with locked(path.parent / LOCK_FILE, FACT_WAIT_S):
+            if not all(clear(p) for p in (path, Path(f"{path}.wal"))):
+                return False
+            with _attached(path, read_only=False) as con:
+                con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+                con.execute("BEGIN TRANSACTION")
+                put_fact(con, name, data)
+                con.execute("COMMIT")
+        return True
+    except (StoreBusy, StoreUnusable, OSError, engine.Error):
+        return False

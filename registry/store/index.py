@@ -1,14 +1,14 @@
 """The query index: every spec and manifest in DuckDB, at <repo>/.stemma/index.duckdb.
 
-The index is a cache, never a source of truth. Each open compares the size and mtime of
-every spec and manifest with the snapshot the index last matched (`index.snapshot`, beside
-it), re-reads only the files that changed, drops the ones that are gone, all in one
-transaction: a query always sees the files as they are. Processes coordinate with a lock
-file; a process that cannot get the index (another one is rebuilding it, or holds it open for
-a long query) builds a private copy instead of waiting.
+The index is a cache, never a source of truth. Each open compares the stamp of every spec
+and manifest with the snapshot the index last matched (kept in the store as the fact
+`snapshot`, written in the same transaction), re-reads only the files that changed, drops
+the ones that are gone, all in one transaction: a query always sees the files as they are.
+Processes coordinate with a lock file; a process that cannot get the index (another one is
+rebuilding it, or holds it open for a long query) builds a private copy instead of waiting.
 
 The files under `.stemma/` are a cache (`_store`): a link, a pipe, a device or a folder in
-the place of the index, its snapshot, its write-ahead log or its lock is removed and the
+the place of the store, its write-ahead log or its lock is removed and the
 index rebuilt, never followed or opened. Where the index cannot be written (a read-only
 checkout, a full disk) a read builds a private index in a temporary folder, and where that
 cannot be written either, one in memory: it answers without writing anything.
@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -28,12 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import QueryError, StemmaError
 from stemma.registry.rules.commits import finish
-from stemma.registry.rules.layout import STATE_DIR as INDEX_DIR
 from stemma.registry.store import _engine, _snapshot
 from stemma.registry.store import derived as _store
 from stemma.registry.store._ingest import (
     DATABASE,
-    SNAPSHOT_SUFFIX,
     Attached,
     Changes,
     Clock,
@@ -49,14 +44,9 @@ if TYPE_CHECKING:
     import duckdb
     from stemma.registry.store.handle import Registry
 
-INDEX_NAME = "index.duckdb"
-LOCK_NAME = "index.lock"
-# How long to wait for another process's refresh before building a private index instead.
-LOCK_WAIT_S = 5.0
-# How many times this process has each shared index open. DuckDB's lock on the file belongs
-# to the process: a second instance on it would drop the first one's lock when it closes, so
-# a second open in one process gets a private index.
-_IN_USE: dict[Path, int] = {}
+INDEX_NAME = _store.STORE_FILE
+LOCK_NAME = _store.LOCK_FILE
+LOCK_WAIT_S = _store.LOCK_WAIT_S
 
 
 @dataclass(frozen=True)
@@ -94,7 +84,7 @@ class Index:
         self._shared = shared
         self._owned = True  # False once the caller took the connection (`take_copy`)
         if shared is not None:
-            _IN_USE[shared] = _IN_USE.get(shared, 0) + 1
+            _store.opened(shared, con)
 
     def take_copy(self) -> duckdb.DuckDBPyConnection:
         """This connection with the index copied into its own memory and the index file
@@ -114,7 +104,7 @@ class Index:
         """Close the connection (and delete a private index)."""
         shared, self._shared = self._shared, None
         if shared is not None:
-            _IN_USE[shared] -= 1
+            _store.closed(shared)
         if self._owned:
             self.con.close()
         if self._private_dir is not None:
@@ -140,7 +130,7 @@ def _remove_tree(path: Path) -> None:
 
 def index_path(reg: Registry) -> Path:
     """Where the registry's index lives."""
-    return reg.repo_root / INDEX_DIR / INDEX_NAME
+    return _store.store_path(reg.repo_root)
 
 
 def open_index(reg: Registry) -> Index:
@@ -153,25 +143,21 @@ def open_index(reg: Registry) -> Index:
     clock = Clock()
     path = index_path(reg)
     try:
-        if _IN_USE.get(path):
+        if _store.is_open(path):
             raise IndexBusy(f"{path} is open in this process")
         if _store.folder(reg.repo_root, create=True) is None:
-            raise _Unusable(f"{path.parent} is not a folder")
-        with _file_lock(path.parent / LOCK_NAME, LOCK_WAIT_S):
+            raise _store.StoreUnusable(f"{path.parent} is not a folder")
+        with _store.locked(path.parent / LOCK_NAME, LOCK_WAIT_S):
             _clear_damaged(path)
             con, stats = _fresh(reg, path, clock)
         return Index(con, stats, shared=path)
-    except (IndexBusy, _Unusable):
+    except (IndexBusy, _store.StoreBusy, _store.StoreUnusable):
         pass  # another process is writing it, or reading it while we need to write
     except (OSError, duckdb.Error) as exc:
         if isinstance(exc, StemmaError):
             raise
         # .stemma/ cannot be written (a read-only checkout, a full disk): a private index
     return _private(reg, path, clock)
-
-
-class _Unusable(Exception):
-    """Something that is not the store's own file or folder is in the place of one."""
 
 
 def _private(reg: Registry, shared: Path, clock: Clock) -> Index:
@@ -214,61 +200,16 @@ def refresh(reg: Registry) -> RefreshStats:
 
 def _clear_damaged(path: Path) -> None:
     """Remove whatever is in the place of the index's own files and is not one (a link, a
-    pipe, a device): the index is then rebuilt. `_Unusable` where that cannot be done."""
-    files = [path, path.with_suffix(SNAPSHOT_SUFFIX), *path.parent.glob(f"{path.name}.wal*")]
+    pipe, a device): the index is then rebuilt. `StoreUnusable` where that cannot be done."""
+    files = [path, *path.parent.glob(f"{path.name}.wal*")]
     if not all(_store.clear(f) for f in files):
-        raise _Unusable(f"{path} or a file beside it is a folder")
+        raise _store.StoreUnusable(f"{path} or a file beside it is a folder")
     spills = Path(f"{path}.tmp")  # DuckDB's temporary folder: a folder or nothing
     if _store.kind(spills) not in ("missing", "folder"):
         with contextlib.suppress(OSError):
             os.unlink(spills)
         if _store.kind(spills) != "missing":
-            raise _Unusable(f"{spills} is not a folder")
-
-
-def _open_lock(path: Path) -> int:
-    """A descriptor of the lock file `path`, made when missing; a link, a pipe or a device
-    there is removed first (never followed: a dangling link would make its target)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
-    for _attempt in range(2):
-        try:
-            fd = os.open(path, flags, 0o644)
-        except OSError:  # a link (ELOOP), a folder, a device without a reader
-            fd = -1
-        if fd >= 0:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                return fd
-            os.close(fd)
-        if not _store.clear(path):
-            break
-    raise _Unusable(f"{path} is not a regular file")
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
-    """An exclusive lock on `path`; `IndexBusy` when another process holds it too long."""
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks here: DuckDB's own file lock still protects it
-        yield
-        return
-    fd = _open_lock(path)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise IndexBusy(f"{path} is held by another process") from None
-                time.sleep(0.02)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+            raise _store.StoreUnusable(f"{spills} is not a folder")
 
 
 def _fresh(reg: Registry, path: Path | None, clock: Clock) -> tuple[Any, RefreshStats]:
@@ -289,9 +230,6 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
     duckdb = _engine.duckdb()
 
     path = db.path
-    side = path.with_suffix(SNAPSHOT_SUFFIX) if path is not None else None
-    has_index = path is not None and _store.kind(path) == "file"
-    stored = StoredSnapshot.read(side) if side is not None and has_index else None
     clock.lap("open")
     snap = _snapshot.snapshot(reg.root, reg.rel_root)
     if snap.pending:  # a build killed while switching its outputs in is never indexed half-moved
@@ -302,31 +240,36 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
         snap = _snapshot.snapshot(reg.root, reg.rel_root)
     digests = snap.digests()
     clock.lap("snapshot")
-    changes: Changes | None = None
-    if stored is not None and stored.digests == digests:  # the common case: nothing changed
-        with contextlib.suppress(duckdb.Error):
+    stored: StoredSnapshot | None = None
+    if path is not None and _store.kind(path) == "file":
+        with contextlib.suppress(duckdb.Error):  # a damaged or foreign file: rebuilt
             con = db.attach(read_only=True)
-            if matches(con, digests):
+            if matches(con, digests):  # the common case: nothing changed
                 clock.lap("compare")
                 return con, RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)
-    elif stored is not None:
+            stored = StoredSnapshot.parse(_store.fact(con, _store.SNAPSHOT_FACT))
+    changes: Changes | None = None
+    if stored is not None:
         changes = _diff(stored, snap, digests)
         clock.lap("compare")
     if changes is not None:
         try:
-            apply(reg, db, snap, changes, side, stored.digests if stored else None, clock)
+            apply(reg, db, snap, changes, stored.digests if stored else None, clock)
         except StaleIndex:
-            changes = None  # the index does not match its snapshot file, or is damaged
+            changes = None  # the index does not match its snapshot, or is damaged
     rebuilt = changes is None
     if changes is None:
         with contextlib.suppress(duckdb.Error):
             db.close()
-        if path is not None and side is not None:
-            for stale in (side, path, *path.parent.glob(f"{path.name}.wal*")):
-                stale.unlink(missing_ok=True)
+        kept = _kept_facts(db)
+        if path is not None:
+            legacy = [path.parent / name for name in _store.LEGACY_FILES]
+            for stale in (path, *path.parent.glob(f"{path.name}.wal*"), *legacy):
+                if _store.kind(stale) == "file":
+                    stale.unlink(missing_ok=True)
         stamps = snap.by_path()
         changes = Changes(read=list(stamps), removed=[], added=len(stamps), stamps=stamps)
-        apply(reg, db, snap, changes, side, None, clock)
+        apply(reg, db, snap, changes, None, clock, kept)
     db.detach()
     clock.lap("close")
     con = db.attach(read_only=True)
@@ -340,6 +283,22 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
         phases=clock.phases,
     )
     return con, stats
+
+
+def _kept_facts(db: Attached) -> list[tuple[str, bytes]]:
+    """The facts of the store about to be rebuilt, where they can still be read: a new
+    format of the index, or a damaged snapshot, need not cost the checks' facts."""
+    duckdb = _engine.duckdb()
+
+    if db.path is None or _store.kind(db.path) != "file":
+        return []
+    try:
+        return _store.all_facts(db.attach(read_only=True))
+    except duckdb.Error:
+        return []
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            db.close()
 
 
 def _diff(

@@ -14,7 +14,7 @@ from textwrap import dedent
 import pytest
 import yaml
 from conftest import SPECS, git, write
-from factories import dataset_manifest, model_manifest
+from factories import Fact, dataset_manifest, model_manifest
 from stemma.lineage import audit as lib
 from stemma.registry import Registry
 from stemma.registry.check import consistency as cons
@@ -260,7 +260,7 @@ def test_a_lock_edited_after_a_kept_check_is_read_again(
 ) -> None:
     monkeypatch.setattr(_checkcache, "RACY_NS", 0)  # the test's files count as old enough
     assert cli(["audit", "--base", "HEAD"], repo).code == 0
-    kept = json.loads((repo / _checkcache.FILE).read_text())["models"]
+    kept = json.loads(Fact(repo, _checkcache.FACT).read_text())["models"]
     assert "scratch" in kept  # the head's facts were stored, the lock's md5 among them
     _lock_mismatch(Registry.open(repo))
     res = cli(["audit", "--base", "HEAD", "--format", "json"], repo)

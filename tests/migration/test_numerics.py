@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write
+from factories import Fact
 from stemma.migration.numerics import PORTABLE_ENV, mode_of
 from stemma.registry import Registry
 from stemma.registry.errors import StemmaError
@@ -116,7 +117,8 @@ def test_build_records_a_fingerprint_and_doctor_compares_it(registry: Registry) 
     doc = json.loads(path.read_text())
     fingerprint = doc["run"]["numerics"]["fingerprint"]
     assert len(fingerprint["digest"]) == 16 and "optim.adam" in fingerprint["ops"]
-    assert list(registry.repo_root.glob(".stemma/numerics-*.json"))  # computed once, kept
+    facts = Fact(registry.repo_root, "")  # computed once, kept in the store
+    assert any(name.startswith("numerics-") for name in facts.names())
     done = run("doctor", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -132,16 +134,23 @@ def test_build_records_a_fingerprint_and_doctor_compares_it(registry: Registry) 
 
 def test_a_damaged_fingerprint_cache_is_a_miss(tmp_path: Path) -> None:
     code = (
-        "import json, os, sys; from stemma.migration.numerics import pin; pin('portable')\n"
+        "import os, sys; from pathlib import Path\n"
+        "from stemma.migration.numerics import pin; pin('portable')\n"
         "from stemma.migration import fingerprint\n"
-        "d = sys.argv[1]; first = fingerprint.of_this_machine(__import__('pathlib').Path(d))\n"
-        "[p] = [os.path.join(d, n) for n in os.listdir(d)]\n"
-        "for damage in ('garbage', 'fifo', 'link'):\n"
-        "    os.remove(p)\n"
-        "    if damage == 'garbage': open(p, 'w').write('{\"version\": 1, \"ops\": {')\n"
-        "    elif damage == 'fifo': os.mkfifo(p)\n"
-        "    else: os.symlink('/dev/zero', p)\n"
-        "    again = fingerprint.of_this_machine(__import__('pathlib').Path(d))\n"
+        "from stemma.registry.store import derived\n"
+        "root = Path(sys.argv[1]); d = root / '.stemma'\n"
+        "first = fingerprint.of_this_machine(d)\n"
+        "[name] = [n for n in os.listdir(d) if n.endswith('.duckdb')]\n"
+        "for damage in ('garbage', 'foreign', 'fifo', 'link'):\n"
+        "    if damage in ('garbage', 'foreign'):\n"
+        "        [fact] = [f'numerics-{fingerprint._cache_key()}']\n"
+        "        body = b'{\"version\": 1, \"ops\": {' if damage == 'garbage' else b'[1]'\n"
+        "        assert derived.save(root, fact, body)\n"
+        "    else:\n"
+        "        os.remove(d / name)\n"
+        "        if damage == 'fifo': os.mkfifo(d / name)\n"
+        "        else: os.symlink('/dev/zero', d / name)\n"
+        "    again = fingerprint.of_this_machine(d)\n"
         "    assert again == first, damage\n"
         "print(first['digest'])"
     )

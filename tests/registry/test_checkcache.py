@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write
+from factories import Fact
 from stemma.registry import Registry
 from stemma.registry.check import consistency
 from stemma.registry.check.consistency import check
@@ -39,7 +40,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def stored(root: Path) -> dict[str, object]:
-    models: dict[str, object] = json.loads((root / _checkcache.FILE).read_text())["models"]
+    models: dict[str, object] = json.loads((Fact(root, _checkcache.FACT)).read_text())["models"]
     return models
 
 
@@ -72,14 +73,14 @@ def test_a_rewrite_at_the_same_size_and_mtime_is_checked_again(
     assert spec.stat().st_mtime_ns == before.st_mtime_ns
     found = messages(root)  # the ctime moved: the folder is read again
     assert found and "models/ft/spec.yaml:4 at /training/epochs" in found[0]
-    (root / _checkcache.FILE).unlink()
+    (Fact(root, _checkcache.FACT)).unlink()
     assert messages(root) == found
 
 
 def test_files_changed_moments_ago_are_not_kept(populated: Registry, reads: list[str]) -> None:
     root = populated.repo_root
     assert messages(root) == []  # every file was just written: too recent to trust
-    assert not (root / _checkcache.FILE).exists() or stored(root) == {}
+    assert not (Fact(root, _checkcache.FACT)).exists() or stored(root) == {}
     reads.clear()
     assert messages(root) == [] and sorted(reads) == ["base", "ft", "scratch"]
 
@@ -89,13 +90,13 @@ def test_a_check_that_finds_bad_input_writes_no_facts(
 ) -> None:
     root = populated.repo_root
     assert messages(root) == []
-    kept = (root / _checkcache.FILE).read_bytes()
+    kept = (Fact(root, _checkcache.FACT)).read_bytes()
     spec = populated.root / "models/base/spec.yaml"
     write(spec, spec.read_text().replace("data:", "bogus: 1\ndata:", 1))
     reads.clear()
     first = messages(root)
     assert "unknown key 'bogus'" in first[0] and reads == ["base"]
-    assert (root / _checkcache.FILE).read_bytes() == kept
+    assert (Fact(root, _checkcache.FACT)).read_bytes() == kept
     assert messages(root) == first  # reported every time
 
 
@@ -125,7 +126,7 @@ def test_linked_folders_and_files_are_always_read(
 def test_damaged_or_foreign_facts_are_ignored(populated: Registry, trusting: None) -> None:
     root = populated.repo_root
     assert messages(root) == []
-    path = root / _checkcache.FILE
+    path = Fact(root, _checkcache.FACT)
     for text in ("damaged", '{"header": "other", "models": {}}', '{"models": 3}'):
         path.write_text(text)
         assert messages(root) == []
@@ -135,7 +136,7 @@ def test_damaged_or_foreign_facts_are_ignored(populated: Registry, trusting: Non
 def test_malformed_entries_are_read_again(populated: Registry, trusting: None) -> None:
     root = populated.repo_root
     assert messages(root) == []
-    path = root / _checkcache.FILE
+    path = Fact(root, _checkcache.FACT)
     doc = json.loads(path.read_text())
     good = doc["models"]["ft"]
     for bad in (5, [5], [[good[0][0], 7]], [[good[0][0], [1, 2]]]):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SPECS, new_registry, write
+from factories import Fact
 from stemma.registry import Registry
 from stemma.registry.pipeline import _pipecache, pipefiles
 from stemma.registry.pipeline.render import render_files
@@ -43,7 +44,7 @@ def _spec(rng: random.Random, i: int, names: list[str]) -> str:
 
 def _full_render(root: Path) -> tuple[list[str], dict[str, str], object]:
     """A full render's verdict, files and facts, with the render cache put back after."""
-    cache = root / _pipecache.FILE
+    cache = Fact(root, _pipecache.FACT)
     kept = cache.read_bytes()
     cache.unlink()
     verdict = [str(d) for d in pipefiles.differences(Registry.open(root))]

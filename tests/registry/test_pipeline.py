@@ -8,8 +8,9 @@ import json
 import pytest
 import yaml
 from conftest import dvc, git, new_registry, write
+from factories import Fact
 from stemma.registry import Registry
-from stemma.registry.pipeline import pipefiles
+from stemma.registry.pipeline import _pipecache, pipefiles
 from stemma.registry.pipeline import render as pipeline
 
 TINY = "{epochs: 1, batch_size: 64, optimizer: adam, lr: %s, seed: 0}"
@@ -251,7 +252,7 @@ def test_check_trusts_its_cache_only_while_the_inputs_are_the_same(
         root / "models/mine/spec.yaml", f"{arch}\ndata: {{train: d04}}\ntraining: {{epochs: 2}}\n"
     )
     assert pipefiles.write(Registry.open(root))
-    assert (root / ".stemma/pipeline.json").is_file()
+    assert Fact(root, _pipecache.FACT).is_file()
 
     def no_render(reg: Registry) -> dict[str, str]:
         raise AssertionError("rendered")
@@ -304,7 +305,7 @@ def test_check_trusts_its_cache_only_while_the_inputs_are_the_same(
     assert yaml.safe_load((root / "dvc.yaml").read_text())["stages"] == {"mine": {"cmd": "echo hi"}}
     assert pipefiles.differences(Registry.open(root)) == []
     # A damaged cache is rendered anew.
-    (root / ".stemma/pipeline.json").write_text("{")
+    Fact(root, _pipecache.FACT).write_text("{")
     assert pipefiles.differences(Registry.open(root)) == []
     (root / "models/mine/spec.yaml").unlink()
     assert [str(d) for d in pipefiles.differences(Registry.open(root))][-1] == (

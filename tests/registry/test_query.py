@@ -18,11 +18,13 @@ import duckdb
 import pytest
 import yaml
 from conftest import git, write
+from factories import Fact
 from stemma.registry import Registry
 from stemma.registry.errors import ParseError, QueryError, SchemaError, StemmaError
 from stemma.registry.query.sql import export_parquet, query, schema
 from stemma.registry.rules import dag
 from stemma.registry.store import _snapshot, _specrow, index
+from stemma.registry.store import derived as _store
 from stemma.registry.store.files import digest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -698,7 +700,7 @@ def test_damaged_or_old_index_is_rebuilt(zoo: Any) -> None:
     con.close()
     assert query(reg, "SELECT * FROM models ORDER BY name") == expected
     assert index.refresh(reg).rebuilt is False
-    side = db.with_suffix(".snapshot")
+    side = Fact(reg.repo_root, "snapshot")
     stored = side.read_bytes()
     head, _, body = stored.partition(b"\n")
 
@@ -714,12 +716,11 @@ def test_damaged_or_old_index_is_rebuilt(zoo: Any) -> None:
         assert len(query(reg, "SELECT * FROM models ORDER BY name")) == len(expected)
         return stats.rebuilt
 
-    # The snapshot file gone, unreadable, or not matching its digests: rebuilt.
+    # The stored snapshot gone, unreadable, or not matching its digests: rebuilt.
     assert rebuilds(None)
     assert rebuilds(b"not a snapshot")
     assert rebuilds(head + b"\n" + body[:-8] + bytes(8))
-    # A snapshot file that does not match the index (a crash between the index's commit and
-    # the file's replacement leaves the file of the commit before): rebuilt.
+    # A stored snapshot that does not match the index (an older one put back): rebuilt.
     before = side.read_bytes()
     write(reg.root / "models/late/spec.yaml", "data: {train: d-a}\n")
     index.refresh(reg)
@@ -760,7 +761,7 @@ def test_a_second_open_in_one_process_uses_a_private_index(zoo: Any) -> None:
             assert second.stats.private
             got = second.con.execute("SELECT accuracy FROM models WHERE name = 'ft2'").fetchall()
             assert got == [(0.61,)]
-        assert shared.exists() and shared.with_suffix(".snapshot").exists()
+        assert shared.exists() and _store.load(reg.repo_root, "snapshot")  # through `first`
         assert first.con.execute("SELECT accuracy FROM models WHERE name = 'ft2'").fetchall()
     stats = index.refresh(reg)
     assert not stats.private and not stats.rebuilt and stats.changed == 1

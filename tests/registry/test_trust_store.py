@@ -1,8 +1,9 @@
 """The derived store under `.stemma/` is a cache: whatever is damaged there is a miss.
 
-A link, a pipe, a device, a folder, garbage or a huge file in the place of the query index,
-its snapshot, its write-ahead log, its lock or the check caches (or of `.stemma` itself)
-must leave every read command answering as it does with a clean store: never hanging,
+A link, a pipe, a device, a folder, garbage, a huge file or another DuckDB database in the
+place of the store (`index.duckdb`: the query index and every derived fact), its write-ahead
+log or its lock (or of `.stemma` itself), and damaged facts in a sound store, must leave
+every read command answering as it does with a clean store: never hanging,
 never reading without bound, never following a link out of the repository. A manifest
 swapped for another of the same size with the old mtime is seen, and a store that cannot
 be written (a full disk) still gets the read its answer. Commands run in subprocesses with
@@ -40,8 +41,10 @@ memory = 3 << 30  # reading /dev/zero whole must fail here, not take the machine
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past RLIMIT_FSIZE a write fails (EFBIG)
 _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+import duckdb
 from typer.testing import CliRunner
 from stemma.cli.app import app
+from stemma.registry.store import derived
 
 os.chdir(repo)
 store = repo / ".stemma"
@@ -58,6 +61,19 @@ def remove(path):
 # `.stemma` itself when empty); "clean" with no name leaves the store as it is, "none"
 # removes it.
 def damage(name, kind, seed):
+    if name.startswith("fact:"):  # the store as the template has it, one fact damaged
+        remove(store)
+        shutil.copytree(template, store, symlinks=True)
+        fact = name.split(":", 1)[1]
+        kept = derived.load(repo, fact)
+        assert kept, fact
+        body = {
+            "garbage": random.Random(seed).randbytes(random.Random(seed).randrange(1, 9000)),
+            "truncated": kept[: len(kept) // 2],
+            "foreign": b'{"header": "another", "format": 3, "models": {"x": 1}}',
+        }[kind]
+        assert derived.save(repo, fact, body)
+        return
     target = store / name if name else store
     if name:
         remove(store)
@@ -80,6 +96,10 @@ def damage(name, kind, seed):
     elif kind == "huge":
         with open(target, "wb") as fh:
             fh.truncate(300 << 20)  # sparse: costs no disk
+    elif kind == "database":  # a sound DuckDB database of something else
+        con = duckdb.connect(str(target))
+        con.execute("CREATE SCHEMA raw; CREATE TABLE raw.meta(key INT); CREATE TABLE t(x INT)")
+        con.close()
     elif kind not in ("clean", "none"):
         raise ValueError(kind)
 
@@ -110,15 +130,16 @@ INDEX_COMMANDS = [
 CHECK_COMMANDS = [["validate"], ["pipeline", "--check"]]
 ALL_COMMANDS = [*INDEX_COMMANDS, ["validate"], ["show", "base"]]
 FILES = {
-    "index.duckdb": INDEX_COMMANDS[:4],
-    "index.snapshot": INDEX_COMMANDS[:2],
+    "index.duckdb": [*INDEX_COMMANDS[:4], *CHECK_COMMANDS],
     "index.duckdb.wal": INDEX_COMMANDS[:1],
-    "index.lock": INDEX_COMMANDS[:1],
-    "checked": CHECK_COMMANDS[:1],
-    "valid": CHECK_COMMANDS,
-    "pipeline.json": CHECK_COMMANDS[1:],
+    "index.lock": [INDEX_COMMANDS[0], *CHECK_COMMANDS],
+    "fact:snapshot": INDEX_COMMANDS[:2],
+    "fact:checked": [*CHECK_COMMANDS[:1], INDEX_COMMANDS[0]],
+    "fact:valid": CHECK_COMMANDS,
+    "fact:pipeline": CHECK_COMMANDS[1:],
 }
 KINDS = ["fifo", "devzero", "devfull", "dangling", "outside", "folder", "garbage", "huge"]
+FACT_KINDS = ["garbage", "truncated", "foreign"]
 TIMEOUT_S = 60
 
 
@@ -181,16 +202,21 @@ def outside_state(root: Path) -> list[tuple[str, bytes]]:
     "names",
     [
         ["index.duckdb", "index.duckdb.wal", "index.lock"],
-        ["index.snapshot", "checked", "valid", "pipeline.json"],
+        ["fact:snapshot", "fact:checked", "fact:valid", "fact:pipeline"],
     ],
 )
 def test_a_damaged_store_file_is_a_miss(repo: Path, names: list[str]) -> None:
-    """Each damage in the place of each store file, then the commands that read it."""
+    """Each damage in the place of each store file (or of each fact in a sound store), then
+    the commands that read it."""
     before = outside_state(repo)
     clean = drive(repo, [("index.lock", "clean", ALL_COMMANDS)])[0]
     assert all(code == 0 for code, _out in clean), clean
     expect = {tuple(args): result for args, result in zip(ALL_COMMANDS, clean, strict=True)}
-    cases = [(name, kind, FILES[name]) for name in names for kind in KINDS]
+    cases = [
+        (name, kind, FILES[name])
+        for name in names
+        for kind in (FACT_KINDS if name.startswith("fact:") else [*KINDS, "database"])
+    ]
     results = drive(repo, cases)
     for (name, kind, commands), got in zip(cases, results, strict=True):
         for args, result in zip(commands, got, strict=True):
@@ -316,18 +342,14 @@ def test_the_folder_facts_use_the_snapshot_stamp(populated: Registry) -> None:
         _checkcache.RACY_NS = window
 
 
-def test_a_snapshot_file_that_only_matches_its_digests_is_refused(tmp_path: Path) -> None:
-    """A snapshot file made to match its own digests, with numbers for other folders."""
+def test_a_snapshot_that_only_matches_its_digests_is_refused() -> None:
+    """A stored snapshot made to match its own digests, with numbers for other folders."""
     snap = _snapshot.Snapshot({"models": ["a", "b"]}, _snapshot.array("q", [1] * 8))
-    packed = snap.pack()
-    side = tmp_path / "index.snapshot"
-    _ingest.write_snapshot(side, packed)
-    stored = _ingest.StoredSnapshot.read(side)
+    stored = _ingest.StoredSnapshot.parse(_ingest.pack_snapshot(snap.pack()))
     assert stored is not None and stored.snapshot(None) is None
     for seed in range(20):  # and garbage of every length reads as nothing
         data = random.Random(seed).randbytes(seed * 37)
-        side.write_bytes(_ingest.SNAPSHOT_MAGIC + b" " + data)
-        found = _ingest.StoredSnapshot.read(side)
+        found = _ingest.StoredSnapshot.parse(_ingest.SNAPSHOT_MAGIC + b" " + data)
         assert found is None or found.snapshot(None) is None
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import write
+from factories import Fact
 from stemma.registry import Registry
 from stemma.registry.check.consistency import check
 from stemma.registry.store import _checkcache, _validcache
@@ -18,7 +19,7 @@ def messages(root: Path) -> list[str]:
 
 def test_check_gives_the_same_messages_with_and_without_the_cache(populated: Registry) -> None:
     root = populated.repo_root
-    cache = root / _validcache.FILE
+    cache = Fact(root, _validcache.FACT)
     assert messages(root) == [] and cache.is_file()
     stored = cache.read_bytes()
     assert len(stored) == len(_validcache.MAGIC) + _validcache.KEY_BYTES * 5  # five specs
@@ -47,7 +48,7 @@ def test_a_recorded_document_skips_its_schema(populated: Registry) -> None:
         key = _validcache.known("model-spec", parsed)
         _validcache.record(key)
     assert messages(root) == []  # trusted: the cache is consulted before the schema
-    (root / _validcache.FILE).unlink()
+    (Fact(root, _validcache.FACT)).unlink()
     assert messages(root) != []
 
 
@@ -56,7 +57,7 @@ def test_a_check_from_kept_folder_facts_keeps_what_was_recorded(
 ) -> None:
     monkeypatch.setattr(_checkcache, "RACY_NS", 0)  # the test's files count as old enough
     root = populated.repo_root
-    cache = root / _validcache.FILE
+    cache = Fact(root, _validcache.FACT)
     assert messages(root) == []
     stored = cache.read_bytes()
     # The model folders now come from the kept facts, unvalidated: their specs stay recorded
