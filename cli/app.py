@@ -7,6 +7,7 @@ took about a third of the 0.3 s that `stemma ls` and `stemma query` may take.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import importlib
@@ -162,9 +163,14 @@ def root(
 
 
 # Read-only commands whose process may end without the interpreter's teardown: freeing
-# DuckDB, a lineage graph of 10,000 models and every imported module takes 30-60 ms, a
-# tenth of what they may take.
+# DuckDB, the records read and every imported module takes 20-55 ms of CPU at 1,000 models
+# (a tenth of what `ls` and `query` may take) and 0.14 s for `lineage` at 10,000
+# (benchmarks/bench_private_apis.py, `exit`).
 QUICK_EXIT = ("ls", "query", "lineage", "audit", "validate")
+# The exit handlers must still run (flushes, temporary files): `atexit` runs them at teardown
+# only, and this undocumented function of CPython's `atexit` runs them now. Where it is
+# missing, those commands exit as the others do (benchmarks/bench_private_apis.py: `exit`).
+PRIVATE_EXIT = "_run_exitfuncs"
 # The cyclic collector runs after every 700 new objects by default, and each run of its
 # oldest generation walks every live object: reading 10,000 models it cost a sixth of
 # `stemma lineage`. A command makes few cycles: it runs after 100,000.
@@ -182,7 +188,9 @@ def entry() -> None:
     gc.set_threshold(*GC_THRESHOLD)
     args = sys.argv[1:]
     command = next((a for a in args if not a.startswith("-")), None)
-    if command not in QUICK_EXIT:
+    # without that private runner, the usual exit
+    run_exit_handlers = getattr(atexit, PRIVATE_EXIT, None)
+    if command not in QUICK_EXIT or run_exit_handlers is None:
         main(args)
         return
     try:
@@ -193,9 +201,7 @@ def entry() -> None:
     if isinstance(code, str):  # what sys.exit does with a message
         print(code, file=sys.stderr)
         code = 1
-    import atexit
-
-    atexit._run_exitfuncs()
+    run_exit_handlers()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to keep
             stream.flush()
