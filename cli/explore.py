@@ -64,12 +64,39 @@ def explore(
             show_default=False,
         ),
     ] = None,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            "--sample",
+            min=2,
+            help="Score every candidate on the same seeded, stratified sample of at most N"
+            " training rows instead of the whole split (recorded as the output's `sample`).",
+            show_default=False,
+            metavar="N",
+        ),
+    ] = None,
+    rescore: Annotated[
+        int | None,
+        typer.Option(
+            "--rescore",
+            min=1,
+            help="With --sample: score the K best on the sample again on the whole split and"
+            " rank them first, by those scores (their rows say `rescored`).",
+            show_default=False,
+            metavar="K",
+        ),
+    ] = None,
     json_: JsonOpt = False,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Rank models as sources for a dataset without fine-tuning them, and recommend one."""
     if (dataset is None) == (for_ is None):
         raise fail("give a DATASET or --for NAME (not both)", code=2)
+    if rescore is not None and sample is None:
+        raise fail(f"--rescore {rescore} needs --sample N: it rescores the best on a sample")
+    if for_ is not None and sample is not None:
+        # a build's exploration (`source: auto`) scores the whole split: its id must not move
+        raise fail("--sample and --rescore rank a DATASET; --for always scores the whole split")
     lib = library("migration.explore")
     reg = Registry.open(repo)
     if for_ is not None:
@@ -94,7 +121,14 @@ def explore(
         names, decide = (score.value,), score.value
     with _progress() as progress:
         ranking = lib.explore(
-            reg, dataset, candidates, scores=names, decide=decide, progress=progress
+            reg,
+            dataset,
+            candidates,
+            scores=names,
+            decide=decide,
+            progress=progress,
+            sample=sample,
+            rescore=rescore,
         )
     if json_:
         emit_json(ranking.to_dict())
@@ -155,6 +189,19 @@ def _render(doc: dict[str, Any], dataset: str) -> None:
         out.print(f"skipped {skip['model']}: {skip['reason']}")
     for score, why in sorted((doc.get("not_applicable") or {}).items()):
         out.print(f"{score} does not apply to this dataset: {why}")
+    if "sample" in doc:  # --sample: which rows each candidate was scored on
+        sampled = doc["sample"]
+        kind = "stratified sample" if sampled["stratified"] else "sample"
+        out.print(
+            f"scored on a {kind} of {sampled['rows']} of {sampled['of']} train rows"
+            f" (seed {sampled['seed']})"
+        )
+        again = [row["model"] for row in doc["ranking"] if row.get("rescored")]
+        if "rescored" in sampled:
+            out.print(
+                f"rescored on the whole split (best {sampled['rescored']} on the sample):"
+                f" {', '.join(again) or 'none'}"
+            )
     if "budget" in doc:  # a text dataset: what was scored, and in which unit
         budget = doc["budget"]
         out.print(
