@@ -1,0 +1,92 @@
+"""The one home of metric gates (`stemma.registry.rules.gates`): its grammar is the schema's,
+its comparisons are the ones every build and `stemma verify` record."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+from stemma.registry.errors import BuildError
+from stemma.registry.rules import gates
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+PIECES = ("", " ", "\t", "\n", ">=", "<=", ">", "<", "==", "=", "!=", "=>")
+NUMBERS = ("0.9", "1", "-2", "1e5", "1E-3", "2.5e+1", ".5", "1.", "+1", "1e", "0x1", "nan", "1_0")
+
+
+def _strings() -> list[str]:
+    """Gate-like strings, well formed and not: every op, number and spacing combined."""
+    out = []
+    for before, op, mid, number, after in itertools.product(
+        ("", " ", "\n"), PIECES[4:], ("", " ", "\t"), NUMBERS, ("", " ", "\n", "x", "\n\n")
+    ):
+        out.append(f"{before}{op}{mid}{number}{after}")
+    return [*out, "", " ", ">=", "0.9", ">= 0.9 >= 1"]
+
+
+def test_the_grammar_is_the_schemas() -> None:
+    """defs.json's `gate` pattern (as jsonschema applies it: `re.search`) and `GATE_RE` take
+    exactly the same strings."""
+    pattern = json.loads((SCHEMAS / "defs.json").read_text())["$defs"]["gate"]["pattern"]
+    for text in _strings():
+        by_schema = re.search(pattern, text) is not None
+        assert by_schema == (gates.GATE_RE.match(text) is not None), repr(text)
+        if by_schema:
+            op, threshold = gates.parse_gate(text)
+            assert op in gates.GATE_OPS and isinstance(threshold, float)
+        else:
+            with pytest.raises(BuildError, match="invalid gate"):
+                gates.parse_gate(text, "models/m/spec.yaml at /gates/accuracy")
+
+
+def test_the_ops_are_the_manifests() -> None:
+    from stemma.registry.records.manifest import GATE_OPS
+
+    doc = json.loads((SCHEMAS / "model-manifest.json").read_text())
+    enum = doc["properties"]["gates"]["items"]["properties"]["op"]["enum"]
+    assert tuple(enum) == gates.GATE_OPS == tuple(gates.OPS) == GATE_OPS
+
+
+def test_evaluation() -> None:
+    rows = gates.evaluate_gates(
+        {"accuracy": ">= 0.9", "loss": "< 0.5", "f1": "> 0", "per_class_accuracy": ">= 0.5"},
+        {"accuracy": 0.9, "loss": 0.5},
+        {"0": 0.8, "1": 0.4},
+    )
+    assert rows == [
+        {"metric": "accuracy", "op": ">=", "threshold": 0.9, "value": 0.9, "passed": True},
+        {"metric": "f1", "op": ">", "threshold": 0.0, "value": None, "passed": False},
+        {"metric": "loss", "op": "<", "threshold": 0.5, "value": 0.5, "passed": False},
+        {
+            "metric": "per_class_accuracy",
+            "op": ">=",
+            "threshold": 0.5,
+            "value": 0.4,
+            "passed": False,
+        },
+    ]
+    # `==` allows the rounding of recorded metrics, no more
+    assert gates.passes("==", 0.9000004, 0.9)
+    assert not gates.passes("==", 0.90001, 0.9)
+    assert not gates.passes(">=", None, 0.0)
+    assert gates.evaluate_gates({"per_output_r2": ">= 0"}, {}, {}) == [
+        gates.gate_row("per_output_r2", ">=", 0.0, None)
+    ]
+    with pytest.raises(BuildError, match=r"models/m/spec.yaml at /gates/accuracy: invalid gate"):
+        gates.evaluate_gates({"accuracy": "at least 0.9"}, {}, display="models/m/spec.yaml")
+
+
+def test_the_builds_take_the_one_rule() -> None:
+    """The torch side rounds metrics to the decimals `==` allows, and evaluates through here."""
+    from stemma.migration import evaluate, tasks
+    from stemma.migration.quantize import drop_gate
+
+    assert gates.METRIC_DECIMALS == tasks.DECIMALS
+    assert evaluate.evaluate_gates is gates.evaluate_gates
+    assert evaluate.parse_gate is gates.parse_gate
+    for drop, max_drop in ((0.01, 0.05), (0.05, 0.05), (0.2, 0.05)):
+        assert drop_gate(drop, max_drop) == gates.gate_row("quantize_drop", "<=", max_drop, drop)
