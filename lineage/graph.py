@@ -27,7 +27,7 @@ from stemma.registry.pipeline.autosource import candidates
 from stemma.registry.rules import status
 from stemma.registry.rules.dag import Forest
 from stemma.registry.rules.layout import MANIFEST_FILE, SPEC_FILE
-from stemma.registry.rules.parents import combined_id, parents_of, recorded_parents
+from stemma.registry.rules.parents import parents_of, recorded_parents
 from stemma.registry.store.files import digest, parse_json_text
 from stemma.registry.store.index import open_index
 from stemma.registry.store.tree import WorkTree, prefetch
@@ -199,12 +199,8 @@ def _dataset_record(
 ) -> DatasetRecord:
     dspec = doc("datasets", name, SPEC_FILE)
     dm = doc("datasets", name, MANIFEST_FILE)
-    state = status.status(
-        dspec is not None,
-        dm is not None,
-        digest(dspec) if dspec is not None else None,
-        dm.get("spec_digest") if dm is not None else None,
-    )
+    built = status.Built.of(dm) if dm is not None else None
+    state = status.gather(digest(dspec) if dspec is not None else None, built).status()
     return DatasetRecord(name, _str(dm, "id"), state)
 
 
@@ -310,22 +306,15 @@ def _model_record(
     checks = tuple(
         ds for check in ("forgetting", "drift") if (ds := _str(spec, "checks", check, "data"))
     )
-    source_id = _str(manifest, "source", "id")
-    parent_id = combined_id([_str(manifests.get(p), "id") for p in named]) if not auto else None
-    state = status.status(
-        True,
-        manifest is not None,
+    built = status.Built.of(manifest) if manifest is not None else None
+    source_id = built.source_id if built is not None else None
+    state = status.gather(
         digest(spec),
-        manifest.get("spec_digest") if manifest is not None else None,
-        parent_id,
-        source_id,
-        datasets=[
-            (recorded, dataset_ids(ds))
-            for ds, recorded in status.recorded_datasets(
-                manifest.get("datasets") if manifest is not None else None
-            ).items()
-        ],
-    )
+        built,
+        named,  # none for `model: auto`: the exploration's pick is not judged
+        lambda parent: _str(manifests.get(parent), "id"),
+        dataset_ids,
+    ).status()
     return ModelRecord(
         name,
         source,

@@ -16,19 +16,18 @@ from stemma.registry.check.hfdisk import check_saved_dataset
 from stemma.registry.check.metricfiles import mismatches
 from stemma.registry.errors import LocatedError, PathEscape, StemmaError
 from stemma.registry.pipeline.locks import conflicted_files, folder_locked_md5
-from stemma.registry.pipeline.lockstate import recorded_md5
 from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
 from stemma.registry.rules.dag import Forest
 from stemma.registry.rules.layout import MANIFEST_FILE, SPEC_FILE
 from stemma.registry.rules.naming import NAME_RE, NAME_RULE, parse_source
-from stemma.registry.rules.parents import combined_id, parent_map, parent_refs, parents_of
+from stemma.registry.rules.parents import parent_map, parent_refs, parents_of
 from stemma.registry.rules.parents import problems as parent_problems
 from stemma.registry.rules.status import (
     DATA_CHANGED,
     SOURCE_CHANGED,
     SPEC_CHANGED,
-    recorded_datasets,
-    staleness,
+    Built,
+    gather,
 )
 from stemma.registry.rules.taskspec import spec_problems, training_task
 from stemma.registry.store import _validcache
@@ -492,29 +491,28 @@ def model_facts(reg: Registry, name: str) -> ModelFacts:
     if manifest is None:
         return facts
     tail = _metric_files(reg, manifest)
-    for gate in manifest.raw.get("gates", []):
-        if not gate["passed"]:
+    for gate in manifest.gates:
+        if not gate.passed:
             tail.append(
                 Violation(
                     FAILED_GATE,
                     manifest.path,
-                    f"gate {gate['metric']} {gate['op']} {gate['threshold']}"
-                    f" failed (value {gate['value']})",
+                    f"gate {gate.metric} {gate.op} {gate.threshold} failed (value {gate.value})",
                     "/gates",
                     subject=subject,
                 )
             )
-    for check_name, result in sorted((manifest.raw.get("checks") or {}).items()):
-        if not result.get("passed", True):
-            tail.append(
-                Violation(
-                    FAILED_CHECK,
-                    manifest.path,
-                    f"check {check_name} failed",
-                    f"/checks/{check_name}",
-                    subject=subject,
-                )
+    for check_name in manifest.failed_checks:
+        tail.append(
+            Violation(
+                FAILED_CHECK,
+                manifest.path,
+                f"check {check_name} failed",
+                f"/checks/{check_name}",
+                subject=subject,
             )
+        )
+    built = manifest.status_record
     return replace(
         facts,
         manifest=True,
@@ -524,15 +522,15 @@ def model_facts(reg: Registry, name: str) -> ModelFacts:
         source_id=manifest.source_id,
         id_mismatch=manifest.computed_id != manifest.id,
         tail=tuple(tail),
-        weights_md5=weights_md5(manifest.raw),
+        weights_md5=built.weights_md5,
         locked_md5=folder_locked_md5(reg, name),  # for the audit's lock check
-        datasets=tuple(recorded_datasets(manifest.raw.get("datasets")).items()),
+        datasets=built.datasets,
     )
 
 
 def weights_md5(manifest: Any) -> str | None:
     """The md5 of the weights a (raw) manifest records, as DVC records it, if any."""
-    return recorded_md5(manifest.get("weights") if isinstance(manifest, dict) else None)
+    return Built.of(manifest).weights_md5 if isinstance(manifest, dict) else None
 
 
 def _dataset_id(reg: Registry, name: str) -> str | None:
@@ -585,14 +583,17 @@ def _staleness(
     data_ids: Mapping[str, str | None],
 ) -> Iterator[Violation]:
     mine = facts[name]
-    spec = models[name]
-    named = parents_of(spec)
-    # None while a parent is not built or unreadable; a parent with no spec is not judged
-    parent_id = combined_id([facts[p].manifest_id for p in named if p in models])
-    if any(p not in models for p in named):
-        parent_id = None
-    pairs = [(recorded, data_ids.get(ds)) for ds, recorded in mine.datasets]
-    why = staleness(mine.digest, mine.spec_digest, parent_id, mine.source_id, datasets=pairs)
+    named = parents_of(models[name])
+    built = Built(mine.spec_digest, mine.source_id, mine.weights_md5, mine.datasets)
+    # a parent that is not built, or whose manifest or spec cannot be read, is not judged
+    inputs = gather(
+        mine.digest,
+        built,
+        named,
+        lambda parent: facts[parent].manifest_id if parent in models else None,
+        data_ids.get,
+    )  # no lock: the audit reports that case on its own
+    why = inputs.staleness()
     path = mine.manifest_path
     if why == SPEC_CHANGED:
         yield Violation(
@@ -612,8 +613,8 @@ def _staleness(
             subject=f"model:{name}",
         )
     elif why == DATA_CHANGED:
-        ds = next(d for d, recorded in mine.datasets if data_ids.get(d) != recorded)
-        state = "has no manifest now" if data_ids.get(ds) is None else "was rebuilt"
+        ds, now = inputs.changed_datasets()[0]
+        state = "has no manifest now" if now is None else "was rebuilt"
         yield Violation(
             STALE_MANIFEST,
             path,

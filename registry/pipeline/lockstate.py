@@ -14,16 +14,14 @@ and is read only for folders whose lock records weights.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
-from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from stemma.registry.errors import StemmaError
 from stemma.registry.pipeline.locks import folder_locked_md5
 from stemma.registry.rules import status
 from stemma.registry.rules.layout import MANIFEST_FILE
+from stemma.registry.rules.status import recorded_md5
 from stemma.registry.store._checkcache import FolderFacts, work_stamps
 from stemma.registry.store.files import read_json
 
@@ -44,27 +42,6 @@ def _kept_md5s(reg: Registry) -> dict[str, tuple[str | None, str | None]]:
             ):
                 out[name] = (md5, locked)
     return out
-
-
-def recorded_md5(weights: Any) -> str | None:
-    """The md5 DVC records for the weights a manifest's weights block names: the file's, or
-    for a sharded model (a `weights.safetensors` folder: index and shards) DVC's folder hash,
-    the md5 of its sorted listing of names and md5s plus `.dir` (dvc-data's `Tree`, the
-    format of every DVC since 1.0), so that the lock rule compares like with like."""
-    md5 = weights.get("md5") if isinstance(weights, dict) else None
-    shards = weights.get("shards") if isinstance(weights, dict) else None
-    if md5 is None or not isinstance(shards, list):
-        return None if md5 is None else str(md5)
-    try:
-        files = [weights, *shards]
-        listing = sorted(
-            ({"md5": str(f["md5"]), "relpath": PurePosixPath(str(f["path"])).name} for f in files),
-            key=lambda entry: entry["relpath"],
-        )
-    except (KeyError, TypeError):
-        return None  # a damaged block: the consistency check reports the manifest
-    blob = json.dumps(listing, sort_keys=True).encode()
-    return hashlib.md5(blob, usedforsecurity=False).hexdigest() + ".dir"
 
 
 def _manifest_md5(reg: Registry, name: str) -> str | None:
@@ -92,7 +69,8 @@ def unlocked(reg: Registry, names: Iterable[str]) -> set[str]:
         else:
             locked = folder_locked_md5(reg, name)
             md5 = _manifest_md5(reg, name) if locked is not None else None
-        why = status.staleness(None, None, weights_md5=md5, locked_md5=locked)
-        if why == status.LOCK_CHANGED:
+        # the lock case alone: the index has judged the rest
+        lock_only = status.StatusInputs(True, True, weights_md5=md5, locked_md5=locked)
+        if lock_only.staleness() == status.LOCK_CHANGED:
             out.add(name)
     return out

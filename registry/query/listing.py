@@ -8,11 +8,11 @@ from typing import Any
 
 from stemma.registry.errors import DatasetNotFound, ModelNotFound, StemmaError
 from stemma.registry.pipeline.locks import folder_locked_md5
-from stemma.registry.pipeline.lockstate import recorded_md5, unlocked
+from stemma.registry.pipeline.lockstate import unlocked
 from stemma.registry.records.core import Manifest
 from stemma.registry.rules import status
 from stemma.registry.rules.layout import SPEC_FILE
-from stemma.registry.rules.parents import MERGE, combined_id, parents_of
+from stemma.registry.rules.parents import MERGE, parents_of
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.index import open_index
 from stemma.registry.store.tree import WorkTree
@@ -65,35 +65,34 @@ def model_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
     """The model's status (`stemma.registry.rules.status`): unbuilt, registered, stale or built."""
     if manifest is None:
         return status.UNBUILT
-    if reg.model_spec(name).registered:
-        return status.REGISTERED
-    return status.status(True, True, *_staleness_inputs(reg, name, manifest))
+    return model_inputs(reg, name, manifest).status()
 
 
 def model_staleness(reg: Registry, name: str, manifest: Manifest) -> str | None:
-    """Why a built model is stale (`status.staleness`: spec, source or lock), or None."""
-    if reg.model_spec(name).registered:
-        return None
-    return status.staleness(*_staleness_inputs(reg, name, manifest))
+    """Why a built model is stale (`status.staleness`: spec, source, data or lock), or None."""
+    inputs = model_inputs(reg, name, manifest)
+    return inputs.staleness() if inputs.has_spec else None
 
 
-def _staleness_inputs(
-    reg: Registry, name: str, manifest: Manifest
-) -> tuple[str, str, str | None, str | None, str | None, str | None, list[tuple[str, str | None]]]:
-    """The arguments of `status.staleness` for a built model, as the files are now."""
+def model_inputs(reg: Registry, name: str, manifest: Manifest | None) -> status.StatusInputs:
+    """The status rule's inputs for a model (`status.gather`), as the files are now."""
     spec = reg.model_spec(name)
-    found = [reg.model_manifest(p) if reg.has_model(p) else None for p in parents_of(spec)]
-    weights = manifest.raw.get("weights") or {}
-    recorded = status.recorded_datasets(manifest.raw.get("datasets"))
-    return (
+    if spec.registered:  # its spec is the manifest's copy: nothing to build from
+        return status.gather(None, manifest.status_record if manifest else None)
+    return status.gather(
         spec.digest,
-        manifest.spec_digest,
-        combined_id([m.id if m is not None else None for m in found]),
-        manifest.source_id,
-        recorded_md5(weights),
-        folder_locked_md5(reg, name),
-        [(id_, current_dataset_id(reg, ds)) for ds, id_ in recorded.items()],
+        manifest.status_record if manifest is not None else None,
+        parents_of(spec),
+        lambda parent: _model_id(reg, parent),
+        lambda dataset: current_dataset_id(reg, dataset),
+        folder_locked_md5(reg, name) if manifest is not None else None,
     )
+
+
+def _model_id(reg: Registry, name: str) -> str | None:
+    """The model's manifest id now; None when it is not declared or not built."""
+    found = reg.model_manifest(name) if reg.has_model(name) else None
+    return found.id if found is not None else None
 
 
 def current_dataset_id(reg: Registry, name: str) -> str | None:
@@ -112,9 +111,9 @@ def dataset_status(reg: Registry, name: str, manifest: Manifest | None) -> str:
     """The dataset's status: unbuilt, registered (a manifest, no spec), stale or built."""
     if manifest is None:
         return status.UNBUILT
-    if not reg.tree.exists(reg.rel("datasets", name, SPEC_FILE)):
-        return status.REGISTERED
-    return status.status(True, True, reg.dataset_spec(name).digest, manifest.spec_digest)
+    has_spec = reg.tree.exists(reg.rel("datasets", name, SPEC_FILE))
+    digest = reg.dataset_spec(name).digest if has_spec else None
+    return status.gather(digest, manifest.status_record).status()
 
 
 def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
@@ -140,7 +139,7 @@ def list_entries(reg: Registry, kind: Kind | str | None = None) -> list[Entry]:
                     dspec.source,
                     None,
                     dspec.tags,
-                    class_names=tuple((dm.raw.get("class_names") or []) if dm else ()),
+                    class_names=dm.class_names if dm else (),
                 )
             )
     if kind in (None, Kind.model):
@@ -220,7 +219,7 @@ def describe(reg: Registry, name: str) -> dict[str, Any]:
             "kind": "model",
             "name": manifest.name,
             "status": "version",
-            "spec": dict(manifest.raw.get("spec", {})),
+            "spec": manifest.spec,
             "manifest": manifest.to_dict(),
         }
     if reg.has_model(name):

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stemma.registry.rules.contentid import content_id, digest
+from stemma.registry.rules.gates import GateResult
 from stemma.registry.rules.naming import ENTRYPOINT_RE
 from stemma.registry.rules.parents import primary
+from stemma.registry.rules.status import Built
 
 MODEL_SPEC = "model-spec"
 DATASET_SPEC = "dataset-spec"
@@ -296,6 +298,34 @@ class Manifest:
     def metrics(self) -> dict[str, float]:
         """Headline metrics (models only)."""
         return dict(self.raw.get("metrics") or {})
+
+    # Typed reads for the light commands (`ls`, `show`, `validate`), which do not import
+    # `records.manifest`: its typed records cost more to import than `stemma ls` to run.
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The copy of the spec the build used."""
+        return dict(self.raw.get("spec") or {})
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """A dataset's names of its class ids, if it records them."""
+        return tuple(self.raw.get("class_names") or ())
+
+    @property
+    def gates(self) -> tuple[GateResult, ...]:
+        """A model's gates as the build evaluated them (`rules.gates`), in order."""
+        return tuple(GateResult.of(g) for g in self.raw.get("gates") or ())
+
+    @property
+    def failed_checks(self) -> tuple[str, ...]:
+        """The names of the checks a model's build ran and failed, sorted."""
+        checks = self.raw.get("checks") or {}
+        return tuple(k for k, v in sorted(checks.items()) if not v.get("passed", True))
+
+    @property
+    def status_record(self) -> Built:
+        """What the status rule compares from this manifest (`rules.status.Built`)."""
+        return Built.of(self.raw)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest document."""

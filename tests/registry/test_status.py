@@ -4,6 +4,7 @@ agree with it, on every case."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import duckdb
 import pytest
@@ -111,3 +112,120 @@ def test_datasets_view_status_agrees_with_the_rule() -> None:
         if spec or manifest:
             expected[name] = status.status(spec, manifest, "sd", "sd" if same else "old")
     assert dict(con.execute("SELECT name, status FROM datasets").fetchall()) == expected
+
+
+def test_gather_reads_what_a_manifest_records() -> None:
+    manifest = {
+        "spec_digest": "sd",
+        "source": {"model": "p", "id": "pid"},
+        "datasets": {"train": {"name": "a", "id": "aid"}, "eval": {"name": "b", "id": "bid"}},
+        "weights": {"md5": "w"},
+    }
+    built = status.Built.of(manifest)
+    assert built == status.Built("sd", "pid", "w", (("a", "aid"), ("b", "bid")))
+    ids = {"p": "pid", "a": "aid", "b": "bid"}
+    inputs = status.gather("sd", built, ("p",), ids.get, ids.get, "w")
+    assert inputs.status() == status.BUILT
+    assert status.gather("sd", built, ("p",), {"p": "new"}.get, ids.get).staleness() == (
+        status.SOURCE_CHANGED
+    )
+    assert status.gather("sd", built, (), dataset_id={"a": "aid"}.get).changed_datasets() == [
+        ("b", None)
+    ]
+    locked = status.gather("sd", built, ("p",), ids.get, ids.get, locked_md5="other")
+    assert locked.staleness() == status.LOCK_CHANGED
+    assert status.gather(None, built).status() == status.REGISTERED
+    assert status.gather("sd", None).status() == status.UNBUILT
+    assert status.Built.of({}) == status.Built()  # an unreadable manifest: stale, not a crash
+
+
+# Models added to the `populated` registry (base, ft, scratch) for every case of the rule.
+_MORE_SPECS = {
+    "datasets/digits-late/spec.yaml": "source: sklearn:digits\nsplit: {eval: 0.25, seed: 0}\n",
+    "models/edited/spec.yaml": "architecture: {family: mlp, hidden: [32]}\n"
+    "data: {train: digits-5to9}\n",
+    "models/on-late/spec.yaml": "architecture: {family: mlp, hidden: [32]}\n"
+    "data: {train: digits-late}\n",
+    "models/child/spec.yaml": "source: {model: scratch, relation: finetune}\n"
+    "data: {train: digits-5to9}\n",
+    "models/imported/spec.yaml": "architecture: {family: mlp, hidden: [32]}\n"
+    "data: {train: digits-5to9}\n",
+}
+_EXPECTED = {
+    "base": status.BUILT,
+    "child": status.BUILT,  # its source is unbuilt: nothing to compare, not stale
+    "edited": status.STALE,  # its spec changed since the build
+    "ft": status.STALE,  # its source was rebuilt since
+    "imported": status.REGISTERED,
+    "on-late": status.STALE,  # its training data was rebuilt since
+    "scratch": status.UNBUILT,
+}
+
+
+@pytest.fixture
+def every_status(populated: Any) -> Any:
+    """A real registry with a model in each state of the rule (manifests from factories)."""
+    from factories import dataset_manifest, model_manifest
+    from stemma.registry import Registry
+    from stemma.registry.store.files import digest
+
+    root = populated.root
+    for rel, text in _MORE_SPECS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    reg = Registry.open(root)
+    for ds in ("digits-0to4", "digits-5to9", "digits-late"):
+        dataset_manifest(reg, ds)
+    for name in ("base", "ft", "edited", "on-late", "child", "imported"):
+        model_manifest(Registry.open(root), name)
+    model_manifest(Registry.open(root), "base", accuracy=0.5)  # rebuilt: ft is stale
+    edited = root / "models/edited/spec.yaml"
+    edited.write_text(edited.read_text() + "tags: [changed]\n")
+    late = root / "datasets/digits-late/spec.yaml"
+    late.write_text(late.read_text().replace("eval: 0.25", "eval: 0.3"))
+    dataset_manifest(Registry.open(root), "digits-late")  # rebuilt: on-late is stale
+    imported = Registry.open(root).model_manifest("imported")
+    assert imported is not None
+    (root / "models/imported/spec.yaml").unlink()
+    doc = {k: v for k, v in imported.raw.items() if k != "id"}
+    doc["spec"] = {"description": "Imported weights."}
+    doc["spec_digest"] = digest(doc["spec"])
+    Registry.open(root).write_model_manifest("imported", doc)
+    return Registry.open(root)
+
+
+def test_sql_status_agrees_with_the_rule_on_a_real_registry(every_status: Any) -> None:
+    """`_sql`'s status expression, read through `stemma query`, against `status.gather` as
+    `ls` (files), the lineage graph and `validate` apply it, on every case."""
+    from stemma.lineage.graph import build_graph, model_node
+    from stemma.registry.check.consistency import STALE_MANIFEST, check
+    from stemma.registry.query import listing
+    from stemma.registry.query.sql import query
+
+    reg = every_status
+    sql = dict(query(reg, "select name, status from models").rows)
+    rule = {n: listing.model_status(reg, n, reg.model_manifest(n)) for n in reg.model_names()}
+    assert rule == _EXPECTED
+    assert sql == rule
+    g = build_graph(reg)
+    assert {n: g.nodes[model_node(n)]["status"] for n in reg.model_names()} == rule
+    stale = {v.subject for v in check(reg) if v.code == STALE_MANIFEST}
+    assert stale == {f"model:{n}" for n, s in rule.items() if s == status.STALE}
+    reasons = {
+        n: listing.model_staleness(reg, n, m)
+        for n in reg.model_names()
+        if (m := reg.model_manifest(n)) is not None
+    }
+    assert reasons == {
+        "base": None,
+        "child": None,
+        "edited": status.SPEC_CHANGED,
+        "ft": status.SOURCE_CHANGED,
+        "imported": None,
+        "on-late": status.DATA_CHANGED,
+    }
+    datasets = dict(query(reg, "select name, status from datasets").rows)
+    assert datasets == {
+        n: listing.dataset_status(reg, n, reg.dataset_manifest(n)) for n in reg.dataset_names()
+    }
+    assert set(datasets.values()) == {status.BUILT}
