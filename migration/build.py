@@ -20,6 +20,7 @@ from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.check.gate import check_buildable
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, ModelSpec
+from stemma.registry.records.manifest import ModelManifest
 from stemma.registry.rules.layout import DATA_FILE, STATE_DIR
 from stemma.registry.rules.parents import is_merge
 from stemma.registry.rules.taskspec import CLASSIFICATION, spec_problems
@@ -133,14 +134,14 @@ def _checkpointer(
     cfg: TrainConfig,
     config: Mapping[str, Any],
     datasets: Mapping[str, Any],
-    source: Mapping[str, Any] | None,
+    source: ModelManifest | None,
 ) -> Checkpointer:
     """Where this build checkpoints, keyed by everything that decides its training."""
     key = checkpoint_key(
         {
             "spec_digest": spec.digest,
             "datasets": {role: d["id"] for role, d in datasets.items()},
-            "source": None if source is None else source["id"],
+            "source": None if source is None else source.id,
             "training": cfg.to_dict(),
             "architecture": config,
             "numerics": mode_of(reg.settings.defaults),
@@ -250,7 +251,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         assert src_manifest is not None
         adapter = {
             "format": "peft-lora",
-            "base": {"model": src_name, "id": src_manifest["id"]},
+            "base": {"model": src_name, "id": src_manifest.id},
             **lora,
             "modules_to_save": [head_prefix(module)],
             "config": blob_file(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", files[ADAPTER_CONFIG], "json"),

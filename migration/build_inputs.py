@@ -8,13 +8,19 @@ import it; it imports none of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
+from stemma.registry.records.manifest import (
+    FileRef,
+    ModelManifest,
+    Weights,
+    dataset_record,
+    model_record,
+)
 from stemma.registry.rules.layout import EXPLORATION_FILE, WEIGHTS_FILE
 from stemma.registry.rules.parents import pointer_of
 from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
@@ -40,27 +46,27 @@ def load_model(reg: Registry, name: str, checked_for: ModelSpec | None = None) -
     `checked_for` (the spec of a build deriving from it), every weights file read, an
     adapter's base included, is read once and checked against its manifest's hashes."""
     importable(reg.repo_root)
-    manifest = reg.model_manifest(name)
-    path = reg.model_dir(name) / str((manifest.raw["weights"] if manifest else {}).get("path", ""))
-    if manifest is None or not path.is_file():
+    found = reg.model_manifest(name)
+    manifest = None if found is None else model_record(found)
+    path = reg.model_dir(name) / (manifest.weights.path if manifest else "")
+    if found is None or manifest is None or not path.is_file():
         raise BuildError(
             f"{reg.rel('models', name)}: model {name!r} has no weights; build it first (dvc repro)"
         )
-    if manifest.raw.get("quantize"):  # torchao's tensors: migration/quantize.py loads them
+    if manifest.quantize is not None:  # torchao's tensors: migration/quantize.py loads them
         return load_quantized(reg, name)
     with torch.random.fork_rng(devices=[]):  # building initialises from the global RNG
         module = build_module(
-            manifest.raw["architecture"]["config"], reg.settings.entrypoints, manifest.path
+            dict(manifest.architecture.config), reg.settings.entrypoints, found.path
         )
-    adapter = manifest.raw.get("adapter")
-    if adapter:
-        base = load_model(reg, str(adapter["base"]["model"]), checked_for)
-        return compose(module, base.state_dict(), path.parent, manifest.path)
+    if manifest.adapter is not None:
+        base = load_model(reg, manifest.adapter.base.model, checked_for)
+        return compose(module, base.state_dict(), path.parent, found.path)
     if checked_for is not None:
-        state = checked_state(reg, checked_for, name, manifest.raw)
+        state = checked_state(reg, checked_for, name, manifest)
     else:
         state = load_weights(path, reg.rel("models", name, path.name))
-    transfer(module, state, plan(state, module.state_dict(), "exact", manifest.path))
+    transfer(module, state, plan(state, module.state_dict(), "exact", found.path))
     module.eval()
     return module
 
@@ -88,41 +94,41 @@ def source_name(reg: Registry, spec: ModelSpec) -> tuple[str, dict[str, Any] | N
 
 def load_source(
     reg: Registry, spec: ModelSpec, src: str
-) -> tuple[Mapping[str, Any], dict[str, torch.Tensor]]:
-    """The source's manifest and weights, checked against each other."""
-    manifest = reg.model_manifest(src)
-    rel = str((manifest.raw["weights"] if manifest else {}).get("path", WEIGHTS_FILE))
+) -> tuple[ModelManifest, dict[str, torch.Tensor]]:
+    """The source's manifest (typed) and weights, checked against each other."""
+    found = reg.model_manifest(src)
+    manifest = None if found is None else model_record(found)
+    rel = manifest.weights.path if manifest else WEIGHTS_FILE
     path = reg.model_dir(src) / rel
     if manifest is None or not path.is_file():
         raise BuildError(
             f"{spec.path} at {pointer_of(spec, src)}: source model {src!r} has no weights;"
             " build it first (dvc repro)"
         )
-    if manifest.raw.get("quantize"):  # torchao int8 tensors: no weights to derive from
-        raise quantized_source_error(spec, src, manifest.raw)
-    recorded = manifest.raw["weights"]
-    if manifest.raw.get("adapter"):  # base + adapter, merged: a plain state dict to map
-        found = file_hashes(path, reg.repo_root, reg.rel("models", src, rel))
-        same_as_recorded(spec, reg.rel("models", src, rel), found["sha256"], recorded)
-        return manifest.raw, dict(load_model(reg, src, spec).state_dict())
-    return manifest.raw, checked_state(reg, spec, src, manifest.raw)
+    if manifest.quantize is not None:  # torchao int8 tensors: no weights to derive from
+        raise quantized_source_error(spec, src, manifest)
+    if manifest.adapter is not None:  # base + adapter, merged: a plain state dict to map
+        hashes = file_hashes(path, reg.repo_root, reg.rel("models", src, rel))
+        same_as_recorded(spec, reg.rel("models", src, rel), hashes["sha256"], manifest.weights)
+        return manifest, dict(load_model(reg, src, spec).state_dict())
+    return manifest, checked_state(reg, spec, src, manifest)
 
 
 def checked_state(
-    reg: Registry, spec: ModelSpec, src: str, manifest: Mapping[str, Any]
+    reg: Registry, spec: ModelSpec, src: str, manifest: ModelManifest
 ) -> dict[str, torch.Tensor]:
     """Model `src`'s stored state dict, read once and checked against its manifest's hashes
     (a file that differs is refused in the words of `spec`, the build deriving from it)."""
-    recorded = manifest["weights"]
-    rel = str(recorded.get("path", WEIGHTS_FILE))
+    recorded = manifest.weights
+    rel = recorded.path
     path = reg.model_dir(src) / rel
-    if "shards" in recorded:  # the index, then each shard read once: hashed and loaded
+    if recorded.shards is not None:  # the index, then each shard read once: hashed and loaded
         index = file_hashes(path, reg.repo_root, reg.rel("models", src, rel))
         same_as_recorded(spec, reg.rel("models", src, rel), index["sha256"], recorded)
         state, parts = load_sharded(path, reg.rel("models", src, rel), reg.repo_root)
-        for shard in recorded["shards"]:
-            got = parts.get(str(shard["path"]))
-            shown = reg.rel("models", src, str(shard["path"]))
+        for shard in recorded.shards:
+            got = parts.get(shard.path)
+            shown = reg.rel("models", src, shard.path)
             same_as_recorded(spec, shown, got.sha256 if got else "", shard)
         return state
     # one read: the bytes hashed are the bytes loaded
@@ -131,18 +137,18 @@ def checked_state(
     return state
 
 
-def same_as_recorded(spec: ModelSpec, shown: str, sha256: str, block: Mapping[str, Any]) -> None:
+def same_as_recorded(spec: ModelSpec, shown: str, sha256: str, block: Weights | FileRef) -> None:
     """Refuse a source file whose sha256 is not the one its manifest records."""
-    if sha256 != block.get("sha256"):
+    if sha256 != block.sha256:
         raise BuildError(
             f"{spec.path} at /source/model: {shown} does not match its manifest;"
             " rebuild it (dvc repro) or check it out (dvc checkout)"
         )
 
 
-def refuse_failed_source(spec: ModelSpec, src: str, manifest: Mapping[str, Any]) -> None:
+def refuse_failed_source(spec: ModelSpec, src: str, manifest: ModelManifest) -> None:
     """A source that failed its gates is no base to derive from, unless the spec says so."""
-    failed = [str(g["metric"]) for g in manifest.get("gates") or [] if not g.get("passed")]
+    failed = manifest.failed_gates
     if failed and not (spec.raw.get("source") or {}).get("allow_failed_gates", False):
         raise BuildError(
             f"{spec.path} at {pointer_of(spec, src)}: source model {src!r} failed its gates"
@@ -153,7 +159,7 @@ def refuse_failed_source(spec: ModelSpec, src: str, manifest: Mapping[str, Any])
 def architecture_config(
     reg: Registry,
     spec: ModelSpec,
-    source: Mapping[str, Any] | None,
+    source: ModelManifest | None,
     shape: list[int],
     num_classes: int,
 ) -> dict[str, Any]:
@@ -167,7 +173,7 @@ def architecture_config(
             config = read_hf_config(folder, f"{spec.path} at /architecture/path")
             arch = {**{k: v for k, v in arch.items() if k != "path"}, "config": config}
     elif source is not None:
-        inherited = dict(source["architecture"]["config"])
+        inherited = dict(source.architecture.config)
         arch = {k: v for k, v in inherited.items() if k not in ("in_shape", "num_classes")}
     else:
         raise BuildError(
@@ -237,6 +243,6 @@ def head_width(
 
 def class_names(reg: Registry, dataset: str) -> list[str] | None:
     """The training dataset's class names, when its labels had names."""
-    manifest = reg.dataset_manifest(dataset)
-    names = manifest.raw.get("class_names") if manifest is not None else None
-    return [str(n) for n in names] if isinstance(names, list) else None
+    found = reg.dataset_manifest(dataset)
+    names = None if found is None else dataset_record(found).class_names
+    return None if names is None else list(names)

@@ -23,6 +23,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
+from stemma.registry.records.manifest import ModelManifest
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM, spec_problems, training_task
 from torch import nn
@@ -121,7 +122,7 @@ def _training(spec: ModelSpec, reg: Registry) -> TrainConfig:
 
 
 def _tokenizer_files(
-    reg: Registry, spec: ModelSpec, src_name: str | None, src_manifest: Mapping[str, Any] | None
+    reg: Registry, spec: ModelSpec, src_name: str | None, src_manifest: ModelManifest | None
 ) -> tuple[dict[str, bytes], str]:
     """The model's tokenizer files and where they came from (`spec`, or the source's name)."""
     given = spec.raw.get("tokenizer")
@@ -133,14 +134,20 @@ def _tokenizer_files(
             f"{spec.path} at /tokenizer: a causal-lm model without a source names its tokenizer"
             " (tokenizer: a folder written by save_pretrained)"
         )
-    block = src_manifest.get("tokenizer")
-    if not isinstance(block, dict):
+    return _source_tokenizer(reg, spec, src_name, src_manifest), src_name
+
+
+def _source_tokenizer(
+    reg: Registry, spec: ModelSpec, src_name: str, src_manifest: ModelManifest
+) -> dict[str, bytes]:
+    """The source's tokenizer files, checked against its manifest."""
+    if src_manifest.tokenizer is None:
         raise BuildError(
             f"{spec.path} at /source/model: source model {src_name!r} has no tokenizer;"
             " name one with tokenizer: PATH"
         )
     shown = reg.rel("models", src_name, tok.TOKENIZER_DIR)
-    return tok.checked_files(reg.model_dir(src_name), block, shown, reg.repo_root), src_name
+    return tok.checked_files(reg.model_dir(src_name), src_manifest.tokenizer, shown, reg.repo_root)
 
 
 def _texts(reg: Registry, spec: ModelSpec) -> tuple[TextSplits, TextSplits, dict[str, Any]]:
@@ -316,12 +323,7 @@ def build_lm(
     checks: dict[str, Any] = {}
     if "forgetting" in spec.checks and src_name is not None and src_manifest is not None:
         src_tokenizer = tok.load(
-            tok.checked_files(
-                reg.model_dir(src_name),
-                src_manifest["tokenizer"],
-                reg.rel("models", src_name, tok.TOKENIZER_DIR),
-                reg.repo_root,
-            ),
+            _source_tokenizer(reg, spec, src_name, src_manifest),
             reg.rel("models", src_name, tok.TOKENIZER_DIR),
         )
         checks["forgetting"], datasets["forgetting"] = _forgetting(
@@ -337,7 +339,11 @@ def build_lm(
     params = dict(base.named_parameters())
     manifest: dict[str, Any] = {
         **manifest_head(
-            spec, name, None if src_manifest is None else source_block(spec, src_name, src_manifest)
+            spec,
+            name,
+            None
+            if src_manifest is None or src_name is None
+            else source_block(spec, src_name, src_manifest),
         ),
         "datasets": datasets,
         "weights": {},
@@ -386,7 +392,7 @@ def build_lm(
         )
         manifest["adapter"] = {
             "format": "peft-lora",
-            "base": {"model": src_name, "id": src_manifest["id"]},
+            "base": {"model": src_name, "id": src_manifest.id},
             **lora,
             "config": blob_file(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", adapter[ADAPTER_CONFIG], "json"),
         }

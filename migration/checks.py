@@ -37,7 +37,6 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import DatasetRef, ModelManifest
-from stemma.registry.rules.layout import MANIFEST_FILE
 from stemma.registry.rules.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 
@@ -183,12 +182,12 @@ def probe_score(
 
 
 def source_module(
-    reg: Registry, manifest: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+    reg: Registry, manifest: ModelManifest, state: Mapping[str, torch.Tensor]
 ) -> nn.Module:
     """The source model rebuilt from its manifest's architecture config and its weights."""
     with torch.random.fork_rng(devices=[]):  # building initialises from the global RNG
         module = build_module(
-            manifest["architecture"]["config"], reg.settings.entrypoints, str(manifest["name"])
+            dict(manifest.architecture.config), reg.settings.entrypoints, manifest.name
         )
     module.load_state_dict(dict(state), strict=True)
     module.eval()
@@ -398,7 +397,7 @@ def check_inputs(
     reg: Registry,
     spec: ModelSpec,
     target_config: Mapping[str, Any],
-    source_manifest: Mapping[str, Any] | None,
+    source_manifest: ModelManifest | None,
     train_data: DatasetArrays,
 ) -> None:
     """Raise the errors of the spec's checks that need no trained model (a check that needs
@@ -407,19 +406,12 @@ def check_inputs(
     if source_manifest is None:
         _require_source(spec)
         return
-    source = _typed(reg, spec, source_manifest)
     declared = spec.checks
     if "forgetting" in declared:
         name = str((declared["forgetting"] or {})["data"])
-        _forgetting_data(reg, spec, name, target_config, source)
+        _forgetting_data(reg, spec, name, target_config, source_manifest)
     if "drift" in declared:
-        _drift_data(reg, spec, declared["drift"] or {}, source, train_data)
-
-
-def _typed(reg: Registry, spec: ModelSpec, source_manifest: Mapping[str, Any]) -> ModelManifest:
-    """The source's manifest document as a typed record (errors name the source's file)."""
-    source = spec.source.model if spec.source is not None else spec.name
-    return ModelManifest.from_dict(source_manifest, reg.rel("models", source, MANIFEST_FILE))
+        _drift_data(reg, spec, declared["drift"] or {}, source_manifest, train_data)
 
 
 def _require_source(spec: ModelSpec) -> None:
@@ -439,7 +431,7 @@ def run_checks(
     target_config: Mapping[str, Any],
     rows: Sequence[Mapping[str, Any]],
     train_data: DatasetArrays,
-    source_manifest: Mapping[str, Any] | None = None,
+    source_manifest: ModelManifest | None = None,
     source_state: Mapping[str, torch.Tensor] | None = None,
     tensor_map: TensorMap | None = None,
     seed: int = 0,
@@ -460,7 +452,6 @@ def run_checks(
         _require_source(spec)
         return {}, {}
     assert source_manifest is not None and source_state is not None
-    recorded = _typed(reg, spec, source_manifest)
     checks: dict[str, Any] = {}
     datasets: dict[str, Ref] = {}
     home = next((p.device for p in module.parameters()), torch.device("cpu"))
@@ -476,7 +467,7 @@ def run_checks(
                     module,
                     target_config,
                     source,
-                    recorded,
+                    source_manifest,
                     rows,
                     seed,
                     dev,
@@ -487,7 +478,7 @@ def run_checks(
                     spec,
                     declared["drift"] or {},
                     source,
-                    recorded,
+                    source_manifest,
                     train_data,
                     seed,
                     dev,
@@ -496,6 +487,6 @@ def run_checks(
             module.to(home)
         tmap = tensor_map if tensor_map is not None else TensorMap(None)
         checks["parameters"] = _parameters(
-            declared.get("parameters") or {}, module, source_state, recorded, tmap, rows
+            declared.get("parameters") or {}, module, source_state, source_manifest, tmap, rows
         )
     return checks, datasets

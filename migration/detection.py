@@ -20,6 +20,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
+from stemma.registry.records.manifest import dataset_record
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import DETECTION, spec_problems, training_task
 from stemma.registry.store.files import canonical_json
@@ -148,11 +149,12 @@ def build_detector(
         src_manifest, src_state = load_source(reg, spec, src_name)
         refuse_failed_source(spec, src_name, src_manifest)
     train_data, eval_data, datasets = training_data(reg, spec)
-    ds_manifest = reg.dataset_manifest(spec.train)
-    assert ds_manifest is not None
-    if str(reg.dataset_manifest(spec.eval).raw.get("task")) != DETECTION:  # type: ignore[union-attr]
+    found_train, found_eval = reg.dataset_manifest(spec.train), reg.dataset_manifest(spec.eval)
+    assert found_train is not None and found_eval is not None  # training_data raised otherwise
+    ds_manifest = dataset_record(found_train)
+    if dataset_record(found_eval).task != DETECTION:
         raise BuildError(f"{display} at /data/eval: {spec.eval!r} is no detection dataset")
-    classes = len(ds_manifest.raw.get("class_names") or ds_manifest.raw["classes"])
+    classes = len(ds_manifest.class_names or ds_manifest.classes)
     check_detection_inputs(reg, spec, src_manifest)  # before training, not after
     config = architecture_config(reg, spec, src_manifest, train_data.shape, classes + 1)
     config["task"] = DETECTION
@@ -176,9 +178,8 @@ def build_detector(
     metrics = {m: scored[m] for m in ("map", "map_50", "map_75")}
     checks: dict[str, Any] = {}
     if "forgetting" in spec.checks and src_manifest is not None and src_state is not None:
-        names = [str(n) for n in ds_manifest.raw.get("class_names") or []]
         checks["forgetting"], datasets["forgetting"] = detection_forgetting(
-            reg, spec, module, names, src_manifest, src_state
+            reg, spec, module, list(ds_manifest.class_names or ()), src_manifest, src_state
         )
     manifest = model_manifest(
         spec,

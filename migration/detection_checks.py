@@ -21,6 +21,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
+from stemma.registry.records.manifest import ModelManifest, dataset_record
 from stemma.registry.rules.taskspec import DETECTION
 from torch import nn
 
@@ -33,7 +34,7 @@ _WHERE = "/checks/forgetting/data"
 
 
 def check_detection_inputs(
-    reg: Registry, spec: ModelSpec, source_manifest: Mapping[str, Any] | None
+    reg: Registry, spec: ModelSpec, source_manifest: ModelManifest | None
 ) -> None:
     """Raise, before training, the errors of a detector's declared checks."""
     for check in ("drift", "parameters"):
@@ -49,26 +50,27 @@ def check_detection_inputs(
             f"{spec.path} at /checks/forgetting: forgetting needs a source model;"
             " remove the check or declare a source"
         )
-    if source_manifest.get("task") == DETECTION:
+    if source_manifest.task == DETECTION:
         _source_data(reg, spec, source_manifest)
 
 
 def _source_data(
-    reg: Registry, spec: ModelSpec, source_manifest: Mapping[str, Any]
+    reg: Registry, spec: ModelSpec, source_manifest: ModelManifest
 ) -> tuple[str, list[str]]:
     """The forgetting dataset's name and class names; it must be a detection dataset."""
     name = str((spec.checks["forgetting"] or {})["data"])
-    manifest = reg.dataset_manifest(name)
-    if manifest is None:
+    found = reg.dataset_manifest(name)
+    if found is None:
         raise BuildError(
             f"{spec.path} at {_WHERE}: dataset {name!r} has not been built; build it first"
         )
-    if manifest.raw.get("task") != DETECTION:
+    manifest = dataset_record(found)
+    if manifest.task != DETECTION:
         raise BuildError(
             f"{spec.path} at {_WHERE}: {name!r} is no detection dataset; name a dataset of"
-            f" the source detector {source_manifest['name']!r}'s task"
+            f" the source detector {source_manifest.name!r}'s task"
         )
-    return name, [str(c) for c in manifest.raw.get("class_names") or []]
+    return name, list(manifest.class_names or ())
 
 
 def _relabel(y: np.ndarray, data_names: Sequence[str], model_names: Sequence[str]) -> np.ndarray:
@@ -82,9 +84,8 @@ def _relabel(y: np.ndarray, data_names: Sequence[str], model_names: Sequence[str
     return out
 
 
-def _names(manifest: Mapping[str, Any], fallback: Sequence[str]) -> list[str]:
-    names = manifest.get("class_names")
-    return [str(n) for n in names] if names else list(fallback)
+def _names(manifest: ModelManifest, fallback: Sequence[str]) -> list[str]:
+    return list(manifest.class_names or fallback)
 
 
 def detection_forgetting(
@@ -92,18 +93,18 @@ def detection_forgetting(
     spec: ModelSpec,
     module: nn.Module,
     target_names: Sequence[str],
-    source_manifest: Mapping[str, Any],
+    source_manifest: ModelManifest,
     source_state: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The forgetting check of a detector: (its result, the dataset it read by name and id)."""
     block = spec.checks["forgetting"] or {}
     max_drop = float(block.get("max_drop", DEFAULT_MAX_DROP))
-    source_ref = {"name": str(source_manifest["name"]), "id": str(source_manifest["id"])}
-    if source_manifest.get("task") != DETECTION:
+    source_ref = {"name": source_manifest.name, "id": source_manifest.id}
+    if source_manifest.task != DETECTION:
         name = str(block["data"])
         found = reg.dataset_manifest(name)
         ref = {"name": name, "id": found.id if found is not None else ""}
-        task = str(source_manifest.get("task") or "classification")
+        task = source_manifest.task_name
         return {
             "passed": True,
             "comparable": False,

@@ -20,14 +20,15 @@ import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.pipeline.render import candidates as auto_candidates
+from stemma.registry.records.manifest import DatasetManifest, dataset_record, model_record
 from stemma.registry.rules.layout import EXPLORATION_FILE, WEIGHTS_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from stemma.registry.store.files import canonical_json, write_atomic
 
 from .data import DatasetArrays, load_dataset
-from .evaluate import DECIMALS
 from .explore_lm import BITS_PER_BYTE, TextRanking, explore_text
 from .features import extract
+from .tasks import DECIMALS
 from .train import CPU_THREADS
 from .transferability import (
     SCORE_INPUTS,
@@ -139,38 +140,38 @@ def fits(reg: Registry, candidate: str, dataset: str) -> bool:
     return _misfit(reg, candidate, _dataset_shape(reg, dataset)) is None
 
 
-def _dataset_shape(reg: Registry, dataset: str) -> list[int]:
-    manifest = reg.dataset_manifest(dataset)
-    if manifest is None:
+def _built_dataset(reg: Registry, dataset: str) -> DatasetManifest:
+    """The built dataset's manifest, typed; BuildError when it is not built."""
+    found = reg.dataset_manifest(dataset)
+    if found is None:
         raise BuildError(
             f"{reg.rel('datasets', dataset)}: dataset {dataset!r} has not been built;"
             " build it first (dvc repro)"
         )
-    shape = _shape(manifest.raw.get("shape"))
-    if shape is None:
-        raise BuildError(f"{manifest.path}: the manifest records no sample shape; rebuild it")
-    return shape
+    return dataset_record(found)
+
+
+def _dataset_shape(reg: Registry, dataset: str) -> list[int]:
+    return list(_built_dataset(reg, dataset).shape)
 
 
 def _task(reg: Registry, dataset: str) -> str:
     """The built dataset's task (its manifest's); BuildError when it is not built."""
-    _dataset_shape(reg, dataset)
-    manifest = reg.dataset_manifest(dataset)
-    assert manifest is not None
-    return str(manifest.raw.get("task", "classification"))
+    return _built_dataset(reg, dataset).task_name
 
 
 def _misfit(reg: Registry, candidate: str, shape: list[int]) -> str | None:
     """Why the candidate cannot be scored on samples of `shape`, or None when it can."""
-    manifest = reg.model_manifest(candidate)
+    found = reg.model_manifest(candidate)
+    manifest = None if found is None else model_record(found)
     # the file the manifest names: weights.safetensors, or an adapter model's adapter file
-    own = str(manifest.raw["weights"].get("path", WEIGHTS_FILE)) if manifest else WEIGHTS_FILE
+    own = manifest.weights.path if manifest else WEIGHTS_FILE
     if manifest is None or not (reg.model_dir(candidate) / own).is_file():
         return "not built"
-    if manifest.raw.get("quantize"):  # migration/quantize.py: no weights to derive from
-        parent = (manifest.raw.get("source") or {}).get("model")
+    if manifest.quantize is not None:  # migration/quantize.py: no weights to derive from
+        parent = None if manifest.source is None else manifest.source.model
         return f"quantized: no source to derive from (its parent {parent!r} is)"
-    in_shape = _shape(manifest.raw["architecture"]["config"].get("in_shape"))
+    in_shape = _shape(manifest.architecture.config.get("in_shape"))
     if in_shape is None:
         return "its manifest records no input shape"
     if in_shape != shape:
@@ -272,10 +273,8 @@ def explore(
     if not scores and decide is None:
         decide = DEFAULT_SCORE
     names, decided_by = _score_names(scores, decide)
-    shape = _dataset_shape(reg, dataset)
-    dataset_manifest = reg.dataset_manifest(dataset)
-    assert dataset_manifest is not None
-    task = str(dataset_manifest.raw.get("task", "classification"))
+    dataset_manifest = _built_dataset(reg, dataset)
+    shape, task = list(dataset_manifest.shape), dataset_manifest.task_name
     skip_scores = NOT_APPLICABLE.get(task, {})
     if all(n in skip_scores for n in SCORES):
         # no score applies to this task at all (detection): an empty ranking that says why,

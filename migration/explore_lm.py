@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import ModelManifest, model_record
 from stemma.registry.rules.layout import WEIGHTS_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from torch import nn
@@ -39,7 +40,7 @@ from torch import nn
 from . import lm_train
 from . import tokenizer as tok
 from .build_inputs import load_model
-from .evaluate import DECIMALS
+from .tasks import DECIMALS
 from .textdata import PROMPT_COMPLETION, Record, TextSplits, load_text
 from .train import cpu_threads
 from .transferability import SCORE_INPUTS, SCORES
@@ -233,24 +234,23 @@ def pooled_features(
     return np.stack(out)
 
 
-def _unbuilt(reg: Registry, candidate: str) -> str | None:
-    manifest = reg.model_manifest(candidate)
-    own = str(manifest.raw["weights"].get("path", WEIGHTS_FILE)) if manifest else WEIGHTS_FILE
+def _unbuilt(reg: Registry, candidate: str, manifest: ModelManifest | None) -> str | None:
+    """Why the candidate (its manifest, None when it has none) cannot be scored, or None."""
+    own = manifest.weights.path if manifest else WEIGHTS_FILE
     if manifest is None or not (reg.model_dir(candidate) / own).is_file():
         return "not built"
-    if manifest.raw.get("quantize"):
+    if manifest.quantize is not None:
         return "quantized: no source to derive from (its parent is)"
-    if not isinstance(manifest.raw.get("tokenizer"), dict):
+    if manifest.tokenizer is None:
         return "no tokenizer: not a text model"
     return None
 
 
-def _window(manifest: dict[str, Any]) -> int:
+def _window(manifest: ModelManifest) -> int:
     """The tokens the model reads at once: its causal-LM block, else its config's positions."""
-    lm = manifest.get("lm")
-    if isinstance(lm, dict) and isinstance(lm.get("block_size"), int):
-        return int(lm["block_size"])
-    hf = ((manifest.get("architecture") or {}).get("config") or {}).get("config") or {}
+    if manifest.lm is not None:
+        return manifest.lm.block_size
+    hf = manifest.architecture.config.get("config") or {}
     for key in ("n_positions", "max_position_embeddings"):
         if isinstance(hf.get(key), int):
             return min(int(hf[key]), POOL_TOKENS)
@@ -318,16 +318,17 @@ def explore_text(
     for done, model in enumerate(todo):
         if progress is not None:
             progress(done, len(todo), model)
-        reason = _unbuilt(reg, model)
-        manifest = reg.model_manifest(model)
-        is_lm = manifest is not None and manifest.raw.get("task") == CAUSAL_LM
+        found = reg.model_manifest(model)
+        manifest = None if found is None else model_record(found)
+        reason = _unbuilt(reg, model, manifest)
+        is_lm = manifest is not None and manifest.task == CAUSAL_LM
         if reason is None and decided_by == BITS_PER_BYTE and not is_lm:
             reason = "not a causal language model: no next-token predictions for bits per byte"
         if reason is not None or manifest is None:
             skipped.append({"model": model, "reason": reason or "not built"})
             continue
         try:
-            row = _score_one(reg, model, dict(manifest.raw), target, applied, is_lm, load_model)
+            row = _score_one(reg, model, manifest, target, applied, is_lm, load_model)
         except ValueError as exc:
             skipped.append({"model": model, "reason": str(exc)})
             continue
@@ -360,7 +361,7 @@ def explore_text(
 def _score_one(
     reg: Registry,
     model: str,
-    manifest: dict[str, Any],
+    manifest: ModelManifest,
     target: TextTarget,
     names: Sequence[str],
     is_lm: bool,
@@ -371,7 +372,8 @@ def _score_one(
 
     shown = reg.rel("models", model, tok.TOKENIZER_DIR)
     begin = time.perf_counter()
-    files = tok.checked_files(reg.model_dir(model), manifest["tokenizer"], shown, reg.repo_root)
+    assert manifest.tokenizer is not None  # _unbuilt skipped the candidates without one
+    files = tok.checked_files(reg.model_dir(model), manifest.tokenizer, shown, reg.repo_root)
     tokenizer = tok.load(files, shown)
     module = load_model(reg, model)
     values: dict[str, float | None] = {}

@@ -38,6 +38,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError, ParseError, PathEscape, UnsafeFile
 from stemma.registry.publish.card import hub_id
 from stemma.registry.publish.hubfiles import MAX_CARD_BYTES, hub_id_pattern
+from stemma.registry.records.manifest import ModelManifest
 from stemma.registry.rules.pointer import escape
 from stemma.registry.store.files import file_kind, read_bytes_file, read_json, read_text_file
 from stemma.registry.store.yamlio import load_yaml_text
@@ -298,13 +299,13 @@ def inherit_tokenizer(
     reg: Any,
     manifest: dict[str, Any],
     src_name: str | None,
-    src_manifest: Mapping[str, Any] | None,
+    src_manifest: ModelManifest | None,
 ) -> dict[str, bytes]:
     """A child of a model with a tokenizer (a registered Hub snapshot, say) keeps it: the
     source's files, checked against its manifest, become the child's outputs
     (`tokenizer/NAME`) and `manifest["tokenizer"]` records them as from the source."""
-    block = (src_manifest or {}).get("tokenizer")
-    if src_name is None or not isinstance(block, dict):
+    block = None if src_manifest is None else src_manifest.tokenizer
+    if src_name is None or block is None:
         return {}
     shown = reg.rel("models", src_name, tok.TOKENIZER_DIR)
     files = tok.checked_files(reg.model_dir(src_name), block, shown, reg.repo_root)

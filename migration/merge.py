@@ -25,7 +25,8 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.rules.layout import MANIFEST_FILE, WEIGHTS_FILE
+from stemma.registry.records.manifest import ModelManifest, Tokenizer
+from stemma.registry.rules.layout import MANIFEST_FILE
 from stemma.registry.rules.parents import NEEDS_BASE, combined_id, parent_refs, parents_of, problems
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from torch import nn
@@ -277,7 +278,7 @@ class Merged:
     `stemma verify` compares the stored weights with."""
 
     plan: MergePlan
-    manifests: Mapping[str, Mapping[str, Any]]
+    manifests: Mapping[str, ModelManifest]
     state: dict[str, torch.Tensor]
     contributed: list[dict[str, Any]]
     base: str | None
@@ -289,7 +290,7 @@ def merged_from_parents(reg: Registry, spec: ModelSpec) -> Merged:
     share one architecture, and merge them on the CPU in float32."""
     display = spec.path
     p = plan_of(spec)
-    manifests: dict[str, Mapping[str, Any]] = {}
+    manifests: dict[str, ModelManifest] = {}
     states: dict[str, dict[str, torch.Tensor]] = {}
     for ref in parent_refs(spec):
         manifest, state = load_source(reg, spec, ref.name)
@@ -297,9 +298,10 @@ def merged_from_parents(reg: Registry, spec: ModelSpec) -> Merged:
         manifests[ref.name] = manifest
         states[ref.name] = {k: v.detach().to("cpu") for k, v in state.items()}
     first = p.base if p.base is not None else p.models[0]
-    config = dict(manifests[first]["architecture"]["config"])
+    config = dict(manifests[first].architecture.config)
     if p.method == "adapter":
-        if not manifests[first].get("adapter"):
+        adapter = manifests[first].adapter
+        if adapter is None:
             raise BuildError(
                 f"{display} at /source/models: a merge of one model merges an adapter into its"
                 f" base, and {first!r} is no adapter; name two or more models and a method"
@@ -307,11 +309,11 @@ def merged_from_parents(reg: Registry, spec: ModelSpec) -> Merged:
         merged = {
             k: v.to(torch.float32) if v.is_floating_point() else v for k, v in states[first].items()
         }
-        base_name: str | None = str(manifests[first]["adapter"]["base"]["model"])
+        base_name: str | None = adapter.base.model
         contributed = [{"name": k, "parents": [first]} for k in merged]
     else:
         for name, manifest in manifests.items():
-            if dict(manifest["architecture"]["config"]) != config:
+            if dict(manifest.architecture.config) != config:
                 raise BuildError(
                     f"{display} at /source/models: {name!r} and {first!r} have different"
                     " architectures; a merge needs one"
@@ -322,14 +324,14 @@ def merged_from_parents(reg: Registry, spec: ModelSpec) -> Merged:
     return Merged(p, manifests, merged, contributed, base_name, config)
 
 
-def recheck(reg: Registry, manifest: Mapping[str, Any], name: str) -> tuple[bool, str]:
+def recheck(reg: Registry, manifest: ModelManifest, name: str) -> tuple[bool, str]:
     """(passed, message): the merge recomputed from its parents' stored weights as they are
     now equals the stored merged weights bit for bit (`stemma verify`'s frozen check: every
     tensor of a merge comes from its parents). A parent whose weights no longer match its
     manifest, or that is gone, fails with the build's own message."""
     display = reg.rel("models", name, MANIFEST_FILE)
-    spec = ModelSpec.from_dict(name, manifest["spec"], display)
-    own = str(manifest["weights"].get("path", WEIGHTS_FILE))
+    spec = ModelSpec.from_dict(name, manifest.spec, display)
+    own = manifest.weights.path
     try:
         done = merged_from_parents(reg, spec)
         stored = load_weights(reg.model_dir(name) / own, reg.rel("models", name, own))
@@ -367,7 +369,7 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     first = p.base if p.base is not None else p.models[0]
     keeper = _one_tokenizer(spec, done)
     extra: dict[str, Any] = {}
-    if done.manifests[first].get("task") == CAUSAL_LM:  # perplexity, as a quantized LM's
+    if done.manifests[first].task == CAUSAL_LM:  # perplexity, as a quantized LM's
         found = scoring(reg, spec, first, done.manifests[first])
         datasets, extra = found.datasets, dict(found.extra)
         module = _module(reg, config, merged, display)
@@ -391,8 +393,8 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     for row in rows:  # every tensor comes from the parents: none is new
         row["origin"], row["frozen"], row["source_name"] = "transferred", True, row["name"]
     total = sum(int(math.prod(r["shape"])) for r in rows if r.get("kind") == "parameter")
-    ids = [str(manifests[r.name]["id"]) for r in parent_refs(spec)]
-    parents = [{"model": r.name, "id": str(manifests[r.name]["id"])} for r in parent_refs(spec)]
+    ids = [manifests[r.name].id for r in parent_refs(spec)]
+    parents = [{"model": r.name, "id": manifests[r.name].id} for r in parent_refs(spec)]
     head = {"model": parents[0]["model"], "relation": "merge", "id": combined_id(ids)}
     manifest: dict[str, Any] = {
         **manifest_head(spec, spec.name, {**head, "parents": parents}),
@@ -435,13 +437,13 @@ def _one_tokenizer(spec: ModelSpec, done: Merged) -> str | None:
     has one; a parent with another tokenizer, or with none beside one that has, is refused:
     the merged weights index one vocabulary."""
     refs = [r for r in parent_refs(spec) if r.name in done.manifests]
-    blocks = {r.name: done.manifests[r.name].get("tokenizer") for r in refs}
-    if not any(isinstance(b, Mapping) for b in blocks.values()):
+    blocks = {r.name: done.manifests[r.name].tokenizer for r in refs}
+    if all(b is None for b in blocks.values()):
         return None
     first = refs[0].name
-    want = dict((blocks[first] or {}).get("files") or {})
+    want = _tokenizer_files(blocks[first])
     for ref in refs[1:]:
-        have = dict((blocks[ref.name] or {}).get("files") or {})
+        have = _tokenizer_files(blocks[ref.name])
         if have != want:
             odd = sorted(set(have.items()) ^ set(want.items()))
             what = f"another tokenizer than {first!r} ({odd[0][0]} differs)"
@@ -452,3 +454,8 @@ def _one_tokenizer(spec: ModelSpec, done: Merged) -> str | None:
                 " one tokenizer all its parents share"
             )
     return first
+
+
+def _tokenizer_files(block: Tokenizer | None) -> dict[str, str]:
+    """A tokenizer block's files (name -> sha256), none for a model without one."""
+    return {} if block is None else dict(block.files)

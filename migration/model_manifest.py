@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stemma.registry.records.core import ModelSpec
+from stemma.registry.records.manifest import ModelManifest
 from torch import nn
 
 from .evaluate import evaluate_gates
@@ -32,19 +33,19 @@ def manifest_head(spec: ModelSpec, name: str, source: Mapping[str, Any] | None) 
     }
 
 
-def source_block(spec: ModelSpec, model: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+def source_block(spec: ModelSpec, model: str, manifest: ModelManifest) -> dict[str, Any]:
     """The `source` block of a model derived from `model` (whose manifest is `manifest`)."""
     return {
         "model": model,
         "relation": spec.source.relation if spec.source else "finetune",
-        "id": manifest["id"],
+        "id": manifest.id,
     }
 
 
 def model_manifest(
     spec: ModelSpec,
     name: str,
-    source: tuple[str, Mapping[str, Any]] | None,
+    source: tuple[str, ModelManifest] | None,
     datasets: dict[str, Any],
     weights: dict[str, Any],
     architecture: tuple[dict[str, Any], list[dict[str, Any]]],

@@ -29,6 +29,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec
+from stemma.registry.records.manifest import ModelManifest
 from stemma.registry.rules.layout import CURVE_FILE, METRICS_FILE, WEIGHTS_FILE
 from stemma.registry.rules.taskspec import LOWER_IS_BETTER, MAIN_METRIC
 from torch import nn
@@ -143,16 +144,14 @@ def drop_gate(drop: float, max_drop: float) -> dict[str, Any]:
     }
 
 
-def recorded_gates(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+def recorded_gates(manifest: ModelManifest) -> list[dict[str, Any]]:
     """The drop gate recomputed from a manifest's `quantize.quality` (none for other models):
     `verify` checks the recorded row against it, as it checks the spec's gates."""
-    quality = (manifest.get("quantize") or {}).get("quality")
-    if not isinstance(quality, dict):
+    if manifest.quantize is None:
         return []
-    drop = relative_drop(
-        str(quality["metric"]), float(quality["parent"]), float(quality["quantized"])
-    )
-    return [drop_gate(drop, float(quality["max_drop"]))]
+    quality = manifest.quantize.quality
+    drop = relative_drop(quality.metric, float(quality.parent), float(quality.quantized))
+    return [drop_gate(drop, float(quality.max_drop))]
 
 
 def relative_drop(metric: str, parent: float, quantized: float) -> float:
@@ -242,7 +241,7 @@ def build_quantized(
     parent = spec.source.model
     src_manifest, src_state = load_source(reg, spec, parent)
     refuse_failed_source(spec, parent, src_manifest)
-    config = dict(src_manifest["architecture"]["config"])
+    config = dict(src_manifest.architecture.config)
     scored = scoring(reg, spec, parent, src_manifest)
 
     module = _parent_module(config, src_state, reg)

@@ -17,6 +17,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
+from stemma.registry.records.manifest import ModelManifest
 from stemma.registry.rules.taskspec import CAUSAL_LM, CLASSIFICATION, spec_problems
 from torch import nn
 
@@ -45,12 +46,10 @@ def eval_pointer(spec: ModelSpec) -> str:
     return "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
 
 
-def scoring(
-    reg: Registry, spec: ModelSpec, parent: str, src_manifest: Mapping[str, Any]
-) -> Scoring:
+def scoring(reg: Registry, spec: ModelSpec, parent: str, src_manifest: ModelManifest) -> Scoring:
     """How the parent and the quantized model are scored, after checking that the spec's
     eval data fits the parent (its task, sample shape and head) and its gates the task."""
-    parent_task = str(src_manifest.get("task", CLASSIFICATION))
+    parent_task = src_manifest.task_name
     if parent_task == CAUSAL_LM:
         found = _lm_scoring(reg, spec, parent, src_manifest)
     else:
@@ -70,7 +69,7 @@ def _array_scoring(
     reg: Registry,
     spec: ModelSpec,
     parent: str,
-    src_manifest: Mapping[str, Any],
+    src_manifest: ModelManifest,
     parent_task: str,
 ) -> Scoring:
     pointer = eval_pointer(spec)
@@ -81,7 +80,7 @@ def _array_scoring(
             f"{spec.path} at {pointer}: {spec.eval!r} is a {task.name} dataset, the parent"
             f" {parent!r} a {parent_task} model"
         )
-    _fits(spec, dict(src_manifest["architecture"]["config"]), data, pointer)
+    _fits(spec, src_manifest.architecture.config, data, pointer)
 
     def score(module: nn.Module) -> dict[str, Any]:
         with torch.no_grad():
@@ -118,18 +117,18 @@ def _fits(spec: ModelSpec, config: Mapping[str, Any], data: DatasetArrays, point
 
 
 def _lm_scoring(
-    reg: Registry, spec: ModelSpec, parent: str, src_manifest: Mapping[str, Any]
+    reg: Registry, spec: ModelSpec, parent: str, src_manifest: ModelManifest
 ) -> Scoring:
     """Perplexity on the eval text, tokenized as the parent was (its tokenizer, block size)."""
-    block = src_manifest.get("tokenizer")
-    if not isinstance(block, dict):
+    block = src_manifest.tokenizer
+    if block is None:
         raise BuildError(f"{spec.path} at /source/model: source model {parent!r} has no tokenizer")
     shown = reg.rel("models", parent, tok.TOKENIZER_DIR)
     files = tok.checked_files(reg.model_dir(parent), block, shown, reg.repo_root)
     tokenizer = tok.load(files, shown)
     pointer = eval_pointer(spec)
     text = load_text(reg, spec.eval, f"{spec.path} at {pointer}")
-    size = int((src_manifest.get("lm") or {}).get("block_size", lm_train.DEFAULT_BLOCK))
+    size = lm_train.DEFAULT_BLOCK if src_manifest.lm is None else src_manifest.lm.block_size
     data = lm_train.blocks(tokenizer, text.eval, size, text.format != PROMPT_COMPLETION)
     if data.labelled == 0:
         raise BuildError(f"{spec.path} at {pointer}: the eval split has no tokens to score")

@@ -11,7 +11,6 @@ imports no build.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
+from stemma.registry.records.manifest import ModelManifest, model_record
 from stemma.registry.rules.parents import pointer_of
 from torch import nn
 
@@ -27,11 +27,11 @@ from .architectures import build_module
 from .families import require
 
 
-def quantized_source_error(spec: ModelSpec, src: str, manifest: Mapping[str, Any]) -> BuildError:
+def quantized_source_error(spec: ModelSpec, src: str, manifest: ModelManifest) -> BuildError:
     """Why a quantized model is no source: its int8 tensors are no weights to train, merge or
     quantize again; its parent is (the one rule for every build that loads a source)."""
-    parent = (manifest.get("source") or {}).get("model")
-    method = (manifest.get("quantize") or {}).get("method")
+    parent = None if manifest.source is None else manifest.source.model
+    method = None if manifest.quantize is None else manifest.quantize.method
     return BuildError(
         f"{spec.path} at {pointer_of(spec, src)}: source model {src!r} is quantized"
         f" ({method}); derive from its parent {parent!r} instead"
@@ -97,17 +97,18 @@ def rebuild(
 
 def load_quantized(reg: Registry, name: str) -> nn.Module:
     """A built quantized model of the registry, ready to evaluate."""
-    manifest = reg.model_manifest(name)
-    if manifest is None or not manifest.raw.get("quantize"):
+    found = reg.model_manifest(name)
+    manifest = None if found is None else model_record(found)
+    if manifest is None or manifest.quantize is None:
         raise BuildError(f"{reg.rel('models', name)}: model {name!r} is no built quantized model")
-    rel = str(manifest.raw["weights"]["path"])
+    rel = manifest.weights.path
     return rebuild(
-        dict(manifest.raw["architecture"]["config"]),
+        dict(manifest.architecture.config),
         reg.model_dir(name) / rel,
         tuple(reg.settings.entrypoints),
         reg.rel("models", name, rel),
         reg.repo_root,
-        str(manifest.raw["weights"]["sha256"]),
+        manifest.weights.sha256,
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import torch
+from stemma.registry.records.manifest import Weights
 
 from .weights import INDEX_SUFFIX, Hashes, _hashed, stream
 
@@ -60,6 +61,9 @@ def write(
     return block
 
 
-def weights_files(block: Mapping[str, Any], default: str) -> list[str]:
-    """The files a manifest's weights block names: the file, or the index and its shards."""
-    return [str(block.get("path", default)), *(str(s["path"]) for s in block.get("shards", ()))]
+def weights_files(block: Weights | None, default: str) -> list[str]:
+    """The files a manifest's weights block names: the file, or the index and its shards
+    (`default` where there is no block)."""
+    if block is None:
+        return [default]
+    return [block.path, *(s.path for s in block.shards or ())]

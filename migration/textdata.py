@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import dataset_record
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from stemma.registry.store.files import decode_text, read_bytes_file
@@ -209,7 +210,7 @@ def load_text(reg: Registry, name: str, where: str) -> TextSplits:
         raise BuildError(
             f"{where}: dataset {name!r} has not been built; build it first (dvc repro)"
         )
-    if manifest.raw.get("task") != CAUSAL_LM:
+    if dataset_record(manifest).task != CAUSAL_LM:
         raise BuildError(f"{where}: dataset {name!r} is no text (causal-lm) dataset")
     try:
         with np.load(path, allow_pickle=False) as npz:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import Tokenizer
 from stemma.registry.store.files import read_bytes_file, write_atomic
 
 from .families import require
@@ -113,14 +114,14 @@ def outputs(files: Mapping[str, bytes]) -> dict[str, bytes]:
 
 
 def checked_files(
-    model_folder: Path, block: Mapping[str, Any], display: str, root: Path | None = None
+    model_folder: Path, block: Tokenizer, display: str, root: Path | None = None
 ) -> dict[str, bytes]:
-    """A built model's tokenizer files, refused unless they are exactly the ones its manifest
-    records (a hand-edited or missing file means the model must be rebuilt first)."""
+    """A built model's tokenizer files, refused unless they are exactly the ones its manifest's
+    `tokenizer` block records (a hand-edited or missing file: rebuild the model first)."""
     folder = model_folder / TOKENIZER_DIR
     files = read_files(folder, display, root)
-    recorded = dict(block.get("files") or {})
-    found = record(files, str(block.get("from", "")))["files"]
+    recorded = dict(block.files)
+    found = record(files, block.from_)["files"]
     if found != recorded:
         changed = sorted(set(found.items()) ^ set(recorded.items()))
         name = changed[0][0] if changed else "?"

@@ -39,6 +39,7 @@ from stemma.registry.query.listing import current_dataset_id
 from stemma.registry.records.manifest import (
     FileRef,
     ModelManifest,
+    Run,
     Tokenizer,
     Weights,
     model_record,
@@ -189,8 +190,7 @@ def _tokenizer(reg: Registry, tokenizer: Tokenizer, name: str) -> Finding:
     """A causal LM's tokenizer files: exactly those whose sha256 the manifest records."""
     shown = reg.rel("models", name, TOKENIZER_DIR)
     try:
-        block = tokenizer.to_dict()
-        files = checked_files(reg.model_dir(name), block, shown, reg.repo_root)
+        files = checked_files(reg.model_dir(name), tokenizer, shown, reg.repo_root)
     except StemmaError as exc:
         return Finding("tokenizer", FAIL, exc.message)
     return Finding("tokenizer", PASS, f"{shown}: {len(files)} files match the manifest's sha256")
@@ -308,7 +308,7 @@ def _gates(manifest: ModelManifest, display: str) -> Finding:
     gates = dict(manifest.spec.get("gates") or {})  # the spec block is free-form
     rows = evaluate_gates(gates, manifest.metrics, manifest.per_class, display)
     if manifest.quantize is not None:  # the drop against the parent: migration/quantize.py
-        rows += recorded_gates(manifest.to_dict())
+        rows += recorded_gates(manifest)
     if rows != [g.to_dict() for g in manifest.gates]:
         return Finding("gates", FAIL, "recorded gate results differ from the recorded metrics")
     failed = [
@@ -341,7 +341,7 @@ def _frozen(reg: Registry, manifest: ModelManifest, name: str) -> Finding:
     if not rows or source is None:
         return Finding("frozen", SKIP, "no frozen tensors from a source")
     if manifest.merge is not None:  # every tensor is the merge of its parents': recomputed
-        passed, message = recheck(reg, manifest.to_dict(), name)
+        passed, message = recheck(reg, manifest, name)
         return Finding("frozen", PASS if passed else FAIL, message)
     with torch.random.fork_rng(devices=[]):
         module = build_module(manifest.architecture.config, reg.settings.entrypoints, name)
@@ -505,7 +505,7 @@ def _copy_parent(reg: Registry, root: Path, model: str) -> None:
     theirs = Path("models", model)
     found = reg.model_manifest(model)
     built = model_record(found) if found else None
-    block = built.weights.to_dict() if built else {}
+    block = built.weights if built else None
     adapter = built.adapter if built else None
     extra = [adapter.config.path] if adapter else []
     tokenizer = built.tokenizer if built else None  # a causal LM's own files
@@ -554,18 +554,17 @@ def tensor_diffs(recorded: Path, rebuilt: Path) -> dict[str, float] | str:
     return diffs
 
 
-def _numerics(doc: Mapping[str, Any]) -> str:
-    n = (doc.get("run") or {}).get("numerics") or {}
-    if not n:
+def _numerics(run: Run) -> str:
+    n = run.numerics
+    if n is None:
         return "not recorded"
-    cpu = n.get("cpu") or {}
-    pinned = "pinned" if n.get("pinned") else "not pinned"
-    return f"{n.get('mode')} ({pinned}) on {cpu.get('model') or '?'} {cpu.get('capability', '')}"
+    pinned = "pinned" if n.pinned else "not pinned"
+    return f"{n.mode} ({pinned}) on {n.cpu.get('model') or '?'} {n.cpu.get('capability', '')}"
 
 
 def compare_builds(
-    recorded: Mapping[str, Any],
-    rebuilt: Mapping[str, Any],
+    recorded: ModelManifest,
+    rebuilt: ModelManifest,
     diffs: Mapping[str, float] | str | None = None,
 ) -> dict[str, Any]:
     """The verdict on a rebuild: identical, numerically equivalent or different.
@@ -573,17 +572,14 @@ def compare_builds(
     `diffs` is `tensor_diffs` of the two weights files (None when there were none to read:
     then only identical bytes count).
     """
-    devices = {
-        str((recorded.get("run") or {}).get("device", "cpu")),
-        str((rebuilt.get("run") or {}).get("device", "cpu")),
-    }
+    devices = {recorded.run.device or "cpu", rebuilt.run.device or "cpu"}
     tol = _tolerances(devices)
-    same_weights = recorded["weights"]["sha256"] == rebuilt["weights"]["sha256"]
-    same_id = recorded["id"] == rebuilt["id"]
+    same_weights = recorded.weights.sha256 == rebuilt.weights.sha256
+    same_id = recorded.id == rebuilt.id
     metrics: dict[str, dict[str, float | None]] = {}
     bad_metrics = []
-    for key in sorted(set(recorded["metrics"]) | set(rebuilt["metrics"])):
-        a, b = recorded["metrics"].get(key), rebuilt["metrics"].get(key)
+    for key in sorted(set(recorded.metrics) | set(rebuilt.metrics)):
+        a, b = recorded.metrics.get(key), rebuilt.metrics.get(key)
         metrics[key] = {"recorded": a, "rebuilt": b}
         if a is None or b is None or not _close(a, b, tol):
             bad_metrics.append(f"{key} {a} -> {b}")
@@ -599,21 +595,20 @@ def compare_builds(
         problems.append("weights differ and the recorded weights could not be read")
     if bad_metrics:
         problems.append("metrics differ: " + ", ".join(bad_metrics))
-    if same_weights and not same_id:
+    if same_weights and not same_id:  # which blocks moved: compared as the documents hold them
+        was, now = recorded.to_dict(), rebuilt.to_dict()
         keys = sorted(
-            k
-            for k in set(recorded) | set(rebuilt)
-            if k not in ("id", "run") and recorded.get(k) != rebuilt.get(k)
+            k for k in set(was) | set(now) if k not in ("id", "run") and was.get(k) != now.get(k)
         )
         problems.append(f"manifest id differs (in {', '.join(keys) or 'id'})")
     numerics = {
-        "recorded": (recorded.get("run") or {}).get("numerics"),
-        "rebuilt": (rebuilt.get("run") or {}).get("numerics"),
+        "recorded": None if recorded.run.numerics is None else recorded.run.numerics.to_dict(),
+        "rebuilt": None if rebuilt.run.numerics is None else rebuilt.run.numerics.to_dict(),
     }
-    side = f"numerics: recorded {_numerics(recorded)}, rebuilt {_numerics(rebuilt)}"
+    side = f"numerics: recorded {_numerics(recorded.run)}, rebuilt {_numerics(rebuilt.run)}"
     if same_weights and same_id:
         verdict = IDENTICAL
-        message = f"rebuild identical: weights {rebuilt['weights']['sha256'][7:19]}"
+        message = f"rebuild identical: weights {rebuilt.weights.sha256[7:19]}"
     elif not problems:
         verdict = EQUIVALENT
         rel = f" + {tol['metric_rel']:g} x |value|" if "metric_rel" in tol else ""
@@ -633,13 +628,13 @@ def compare_builds(
         "devices": sorted(devices),
         "tolerance": tol,
         "weights": {
-            "recorded": recorded["weights"]["sha256"],
-            "rebuilt": rebuilt["weights"]["sha256"],
+            "recorded": recorded.weights.sha256,
+            "rebuilt": rebuilt.weights.sha256,
             "identical": same_weights,
             "max_abs_diff": None if not isinstance(diffs, Mapping) else dict(diffs),
         },
         "metrics": metrics,
-        "id": {"recorded": recorded["id"], "rebuilt": rebuilt["id"], "identical": same_id},
+        "id": {"recorded": recorded.id, "rebuilt": rebuilt.id, "identical": same_id},
         "numerics": numerics,
     }
 
@@ -679,10 +674,11 @@ def rebuild_and_compare(
         rebuilt = copy.model_manifest(name)
         if rebuilt is None:
             raise BuildError(f"rebuild of {name!r} wrote no manifest")
-        mine = reg.model_dir(name) / model_record(found).weights.path
-        theirs = copy.model_dir(name) / model_record(rebuilt).weights.path
+        was, now = model_record(found), model_record(rebuilt)
+        mine = reg.model_dir(name) / was.weights.path
+        theirs = copy.model_dir(name) / now.weights.path
         diffs = tensor_diffs(mine, theirs) if mine.is_file() else None
-        out = compare_builds(found.raw, rebuilt.raw, diffs)
+        out = compare_builds(was, now, diffs)
         out["machine"] = before.to_dict()
         if before.verdict == REPRODUCIBLE and out["verdict"] == EQUIVALENT:
             out.update(ok=False, verdict=DIFFERENT)

@@ -715,6 +715,11 @@ class ModelManifest(Record):
         """The task, "classification" where the manifest names none."""
         return self.task or "classification"
 
+    @property
+    def failed_gates(self) -> tuple[str, ...]:
+        """The metrics of the gates the build failed, in the manifest's order."""
+        return tuple(g.metric for g in self.gates if not g.passed)
+
     def dataset(self, role: str) -> str | None:
         """The name of the dataset used in `role` (train, eval, forgetting, drift), or None."""
         ref = self.datasets.get(role)

@@ -20,6 +20,9 @@ from stemma.migration.verify import (
 )
 from stemma.registry import Registry
 from stemma.registry.publish.report import model_report, render_text
+from stemma.registry.records.manifest import ModelManifest
+
+ZOO_MODEL = Path(__file__).parents[2] / "zoo" / "models" / "digits-5to9-ft"
 
 SPECS = {
     "datasets/d04/spec.yaml": """
@@ -161,14 +164,19 @@ def test_stage_copy_holds_only_what_the_build_reads(built: Path, tmp_path: Path)
 
 
 def test_compare_builds_says_identical_equivalent_or_different() -> None:
-    def doc(device: str, sha: str, acc: float, cpu: str = "A") -> dict[str, Any]:
+    zoo = json.loads((ZOO_MODEL / "manifest.json").read_text())
+
+    def doc(device: str, sha: str, acc: float, cpu: str = "A") -> ModelManifest:
         numerics = {"mode": "native", "pinned": True, "cpu": {"model": cpu, "capability": "X"}}
-        return {
-            "id": "sha256:" + sha * 64,
-            "weights": {"sha256": "sha256:" + sha * 64},
-            "metrics": {"accuracy": acc, "loss": 0.5},
-            "run": {"device": device, "numerics": numerics},
-        }
+        return ModelManifest.from_dict(
+            {
+                **zoo,
+                "id": "sha256:" + sha * 64,
+                "weights": {**zoo["weights"], "sha256": "sha256:" + sha * 64},
+                "metrics": {"accuracy": acc, "loss": 0.5},
+                "run": {**zoo["run"], "device": device, "numerics": numerics},
+            }
+        )
 
     same = compare_builds(doc("cpu", "a", 0.9), doc("cpu", "a", 0.9))
     assert same["ok"] and same["verdict"] == "identical"
