@@ -1,13 +1,13 @@
 """DuckDB's engine, without the rest of its Python package.
 
-`import duckdb` (2.x) also loads the package's Python relation and expression API and looks
-its own version up among the installed distributions: about 0.1 s, a third of the budget of
-`stemma query` on a small registry, for code stemma never calls. The engine is the extension
-module `_duckdb`, whose `connect`, connection and exception classes `duckdb` re-exports as
-they are. Where the installed DuckDB has that module with every name stemma uses, it alone is
-imported; elsewhere (1.x, or another layout) the `duckdb` package is. Call `duckdb()` where
-the engine is needed: importing this module loads nothing, so commands that never query do not
-load DuckDB at all.
+`import duckdb` (2.x) also loads the package's Python relation and expression API and looks its
+own version up among the installed distributions: 0.08 s on its own and 0.02-0.05 s of CPU on
+`stemma query` (`benchmarks/bench_private_apis.py`, `duckdb`), for code stemma never calls. The
+engine is the extension module `_duckdb`, whose `connect`, connection and exception classes
+`duckdb` re-exports as they are. Where the installed DuckDB has that module with every name
+stemma uses, it alone is imported; elsewhere (1.x, or another layout) the `duckdb` package is.
+Call `duckdb()` where the engine is needed: importing this module loads nothing, so commands
+that never query do not load DuckDB at all.
 """
 
 from __future__ import annotations
