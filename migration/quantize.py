@@ -30,6 +30,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec
 from stemma.registry.records.manifest import ModelManifest
+from stemma.registry.rules.gates import gate_row
 from stemma.registry.rules.layout import CURVE_FILE, METRICS_FILE, WEIGHTS_FILE
 from stemma.registry.rules.taskspec import LOWER_IS_BETTER, MAIN_METRIC
 from torch import nn
@@ -135,13 +136,7 @@ class QuantizeRecord:
 
 def drop_gate(drop: float, max_drop: float) -> dict[str, Any]:
     """The gate row of a quantization's drop (manifest `gates`, after the spec's own)."""
-    return {
-        "metric": DROP_GATE,
-        "op": "<=",
-        "threshold": max_drop,
-        "value": drop,
-        "passed": drop <= max_drop,
-    }
+    return gate_row(DROP_GATE, "<=", max_drop, drop)
 
 
 def recorded_gates(manifest: ModelManifest) -> list[dict[str, Any]]:

@@ -216,15 +216,20 @@ def _staleness(reg: Registry, manifest: ModelManifest, name: str) -> list[Findin
     try:
         spec = reg.model_spec(name)
     except ModelNotFound:
+        spec = None
+    # the status rule's inputs, gathered as `ls` gathers them (`status.gather`)
+    inputs = status.gather(
+        spec.digest if spec is not None else None,
+        status.Built.of(manifest.to_dict()),
+        dataset_id=lambda ds: current_dataset_id(reg, ds),
+    )
+    if spec is None:
         out.append(Finding("spec", SKIP, "no spec (registered weights)"))
+    elif inputs.staleness() == status.SPEC_CHANGED:
+        out.append(Finding("spec", FAIL, f"{spec.path} changed since the build; run `dvc repro`"))
     else:
-        if spec.digest != manifest.spec_digest:
-            out.append(
-                Finding("spec", FAIL, f"{spec.path} changed since the build; run `dvc repro`")
-            )
-        else:
-            out.append(Finding("spec", PASS, f"{spec.path} is the spec the build used"))
-    out += _data_findings(reg, manifest)
+        out.append(Finding("spec", PASS, f"{spec.path} is the spec the build used"))
+    out += _data_findings(inputs)
     if manifest.source is None:
         out.append(Finding("source", SKIP, "no source model"))
         return out
@@ -233,12 +238,12 @@ def _staleness(reg: Registry, manifest: ModelManifest, name: str) -> list[Findin
     return out
 
 
-def _data_findings(reg: Registry, manifest: ModelManifest) -> list[Finding]:
+def _data_findings(inputs: status.StatusInputs) -> list[Finding]:
     """Whether each dataset the build recorded still has the manifest id it recorded."""
     out = []
-    for ds, recorded in manifest.recorded_datasets().items():
-        now = current_dataset_id(reg, ds)
-        if status.staleness(None, None, datasets=[(recorded, now)]) is None:
+    changed = dict(inputs.changed_datasets())
+    for ds, recorded, now in inputs.datasets:
+        if ds not in changed:
             out.append(Finding("data", PASS, f"dataset {ds!r} is the one the build used"))
         elif now is None:
             out.append(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from stemma.registry.errors import SchemaError
 from stemma.registry.records._reader import Reader
+from stemma.registry.rules.gates import GATE_OPS as GATE_OPS
 from stemma.registry.rules.layout import MANIFEST_FILE as MANIFEST_FILE
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 RELATIONS = ("finetune", "adapter", "distill", "quantized", "merge")
 TASKS = ("regression", "multilabel", "detection", "causal-lm")
 ORIGINS = ("transferred", "reinitialized", "new")
-GATE_OPS = (">=", "<=", ">", "<", "==")
 
 
 def _plain(value: Any) -> Any:

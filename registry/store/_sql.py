@@ -257,7 +257,9 @@ MODEL_COLUMNS = (
     "metrics",
 )
 # `status.status` in SQL (spec `s`, manifest `m`, the declared source's manifest `p`); tests
-# compare the two on every case.
+# compare the two on every case, and on a real registry with `status.gather` as `ls` applies
+# it (tests/registry/test_status.py). The lock case is not here: the index holds no dvc.lock
+# (`lockstate.unlocked` adds it).
 _DATASET_STATUS = f"""CASE WHEN m.name IS NULL THEN '{UNBUILT}'
             WHEN s.name IS NULL THEN '{REGISTERED}'
             WHEN m.spec_digest IS DISTINCT FROM s.digest THEN '{STALE}'

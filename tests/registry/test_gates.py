@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stemma.registry.errors import BuildError
@@ -90,3 +91,31 @@ def test_the_builds_take_the_one_rule() -> None:
     assert evaluate.parse_gate is gates.parse_gate
     for drop, max_drop in ((0.01, 0.05), (0.05, 0.05), (0.2, 0.05)):
         assert drop_gate(drop, max_drop) == gates.gate_row("quantize_drop", "<=", max_drop, drop)
+
+
+def test_validate_reports_failed_gates_and_checks(populated: Any) -> None:
+    """`validate` reads a manifest's gates and checks through `Manifest`'s typed reads."""
+    from factories import dataset_manifest, model_manifest
+    from stemma.registry import Registry
+    from stemma.registry.check.consistency import FAILED_CHECK, FAILED_GATE, check
+
+    for ds in ("digits-0to4", "digits-5to9"):
+        dataset_manifest(populated, ds)
+    rows = gates.evaluate_gates({"accuracy": ">= 0.95", "loss": "<= 0.5"}, {"accuracy": 0.9})
+    checks = {
+        "forgetting": {"passed": False},
+        "drift": {"passed": True},
+        "parameters": {"passed": True},
+    }
+    model_manifest(populated, "scratch", gates=rows, checks=checks)
+    reg = Registry.open(populated.root)
+    manifest = reg.model_manifest("scratch")
+    assert manifest is not None
+    assert manifest.gates == tuple(gates.GateResult.of(r) for r in rows)
+    assert manifest.failed_checks == ("forgetting",)
+    found = [(v.code, v.message) for v in check(reg) if v.subject == "model:scratch"]
+    assert found == [
+        (FAILED_GATE, "gate accuracy >= 0.95 failed (value 0.9)"),
+        (FAILED_GATE, "gate loss <= 0.5 failed (value None)"),
+        (FAILED_CHECK, "check forgetting failed"),
+    ]
