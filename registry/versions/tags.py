@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from stemma.registry.errors import (
@@ -23,6 +23,7 @@ from stemma.registry.errors import (
     StemmaWarning,
 )
 from stemma.registry.records.core import Manifest
+from stemma.registry.rules import status
 from stemma.registry.rules.naming import (
     ASSIGN,
     REGISTER,
@@ -34,6 +35,7 @@ from stemma.registry.rules.naming import (
     stage_tag,
     version_tag,
 )
+from stemma.registry.rules.parents import parents_of
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import git
 from stemma.registry.versions.gtostate import TagState, tag_state
@@ -377,25 +379,35 @@ def _target(reg: Registry, name: str, ref: str | None) -> tuple[str, dict[str, A
 
 
 def _stale_at(reg: Registry, name: str, commit: str, manifest: Manifest) -> str:
-    """Why the manifest at `commit` is stale there ("" when it is not): the spec or the
-    source's manifest of that same commit differ from what the build recorded."""
+    """Why the manifest at `commit` is stale there ("" when it is not), by the status rule
+    (`status.gather`) on the spec and the parents' manifests of that same commit. Its data
+    case is left out, as tagging has always left it: a version whose dataset was rebuilt
+    since can still be tagged (`ls` calls it stale)."""
     at = Registry.at_revision(reg.repo_root, commit)
     try:
         spec = at.model_spec(name)
     except StemmaError:
         return ""  # no readable spec at that commit: nothing to compare with
-    if spec.digest != manifest.spec_digest:
+    if spec.registered:
+        return ""  # registered weights: nothing to build, never stale
+    named = parents_of(spec)
+    built = replace(manifest.status_record, datasets=())
+    why = status.gather(spec.digest, built, named, lambda p: _model_id_at(at, p)).staleness()
+    if why == status.SPEC_CHANGED:
         return "the spec changed"
-    src = spec.source
-    if src is None or src.auto:
-        return ""
-    try:
-        parent = at.model_manifest(src.model)
-    except StemmaError:
-        return ""
-    if parent is not None and parent.id != manifest.source_id:
-        return f"the source {src.model!r} changed"
+    if why == status.SOURCE_CHANGED:  # a merge compares all its parents, as one id
+        return f"the source {named[0]!r} changed" if len(named) == 1 else "a parent changed"
     return ""
+
+
+def _model_id_at(at: Registry, name: str) -> str | None:
+    """The manifest id of model `name` in `at`; None when it has none or it cannot be read
+    (not judged, as `ls` does not judge it)."""
+    try:
+        found = at.model_manifest(name) if at.has_model(name) else None
+    except StemmaError:
+        return None
+    return found.id if found is not None else None
 
 
 def _create(reg: Registry, name: str, tag: str, commit: str, message: dict[str, Any]) -> TagInfo:

@@ -229,3 +229,20 @@ def test_sql_status_agrees_with_the_rule_on_a_real_registry(every_status: Any) -
         n: listing.dataset_status(reg, n, reg.dataset_manifest(n)) for n in reg.dataset_names()
     }
     assert set(datasets.values()) == {status.BUILT}
+
+
+def test_tagging_refuses_what_the_rule_calls_stale(every_status: Any) -> None:
+    """`stemma tag` judges the commit it tags by the same rule, except its data case."""
+    from conftest import git
+    from stemma.registry.errors import ConsistencyError
+    from stemma.registry.versions import resolve as v
+
+    reg = every_status
+    git(reg.repo_root, "add", "-A")
+    git(reg.repo_root, "commit", "-qm", "every status")
+    for name in ("base", "child", "on-late"):  # on-late: its data was rebuilt since
+        v.tag(reg, name, "v1.0.0")
+    refused = {"edited": "the spec changed", "ft": "the source 'base' changed"}
+    for name, why in refused.items():
+        with pytest.raises(ConsistencyError, match=f"{why} since the last build"):
+            v.tag(reg, name, "v1.0.0")
