@@ -64,9 +64,7 @@ def _read(reg: Registry, name: str, file: str) -> tuple[bool, Any]:
 
 def mismatches(reg: Registry, manifest: Manifest) -> list[Mismatch]:
     """Every way the model's metrics.json and curve.json disagree with its manifest."""
-    metrics = manifest.raw.get("metrics")
-    if not isinstance(metrics, dict):
-        return []
+    metrics = manifest.metrics  # a model manifest's schema requires them
     found: list[Mismatch] = []
     mpath = reg.rel("models", manifest.name, METRICS_FILE)
     present, doc = _read(reg, manifest.name, METRICS_FILE)
