@@ -44,7 +44,7 @@ from .build_outputs import blob_file, commit_outputs, dataset_head, run_block, w
 from .evaluate import evaluate_gates
 from .families import require
 from .mapping import report
-from .model_manifest import manifest_head, source_block
+from .model_manifest import counted, manifest_head, source_block, transfer_block
 from .strategy import Strategy, prepare_target
 from .textdata import PROMPT_COMPLETION, TextSplits, load_text, manifest_block, materialize_text
 from .textdata import npz_bytes as text_npz_bytes
@@ -336,7 +336,7 @@ def build_lm(
             block_size,
         )
     base = trained.get_base_model() if lora is not None else trained  # type: ignore[operator]
-    params = dict(base.named_parameters())
+    moved = transfer_block(strategy, bool(tmap), unused, False, ())  # names kept: no pairs
     manifest: dict[str, Any] = {
         **manifest_head(
             spec,
@@ -348,30 +348,14 @@ def build_lm(
         "datasets": datasets,
         "weights": {},
         "architecture": {"config": config, "tensors": rows},
-        "parameters": {
-            "total": sum(p.numel() for p in params.values()),
-            "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
-            "transferred": sum(
-                params[r["name"]].numel()
-                for r in rows
-                if r["origin"] == "transferred" and r["name"] in params
-            ),
-        },
-        "transfer": {
-            "mapping": strategy.mapping if tmap else None,
-            "mode": strategy.mode,
-            "freeze": list(strategy.freeze),
-            "reinit": list(strategy.reinit),
-            "unused_source": unused,
-            "features_cached": False,
-            "pairs": [],
-        },
+        "parameters": counted(dict(base.named_parameters()), rows).to_dict(),
+        "transfer": moved.to_dict(),
         "metrics": metrics,
         "per_class": {},
         "gates": evaluate_gates(spec.gates, metrics, {}, display),
         "checks": checks,
         "task": CAUSAL_LM,
-        "tokenizer": tok.record(files, origin),
+        "tokenizer": tok.record(files, origin).to_dict(),
         "lm": {
             "token_dtype": str(train_blocks.ids.dtype).replace("torch.", ""),
             "block_size": block_size,

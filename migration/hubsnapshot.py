@@ -38,7 +38,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError, ParseError, PathEscape, UnsafeFile
 from stemma.registry.publish.card import hub_id
 from stemma.registry.publish.hubfiles import MAX_CARD_BYTES, hub_id_pattern
-from stemma.registry.records.manifest import ModelManifest
+from stemma.registry.records.manifest import ModelManifest, Source
 from stemma.registry.rules.pointer import escape
 from stemma.registry.store.files import file_kind, read_bytes_file, read_json, read_text_file
 from stemma.registry.store.yamlio import load_yaml_text
@@ -278,7 +278,7 @@ EXTERNAL_KEY = "external_sources"
 """The spec key (in a registered model's manifest) listing parents that live on the Hub."""
 
 
-def card_parents(reg: Any, card: CardLineage) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+def card_parents(reg: Any, card: CardLineage) -> tuple[Source | None, list[dict[str, str]]]:
     """The card's lineage as (source block, external parents): a single base whose Hub id
     a registered model's spec declares (`hub_id`) becomes that model's source block; every
     other base stays an external parent named by its Hub id (recorded, never fetched)."""
@@ -291,7 +291,7 @@ def card_parents(reg: Any, card: CardLineage) -> tuple[dict[str, Any] | None, li
         for name in reg.model_names():
             manifest = reg.model_manifest(name)
             if manifest is not None and hub_id(reg, name) == wanted:
-                return {"model": name, "relation": relation, "id": manifest.id}, []
+                return Source.of(name, relation, manifest.id), []
     return None, [{"hub_id": b, "relation": relation} for b in card.base_models]
 
 
@@ -309,5 +309,5 @@ def inherit_tokenizer(
         return {}
     shown = reg.rel("models", src_name, tok.TOKENIZER_DIR)
     files = tok.checked_files(reg.model_dir(src_name), block, shown, reg.repo_root)
-    manifest["tokenizer"] = tok.record(files, src_name)
+    manifest["tokenizer"] = tok.record(files, src_name).to_dict()
     return tok.outputs(files)

@@ -25,7 +25,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.records.manifest import ModelManifest, Tokenizer
+from stemma.registry.records.manifest import ModelManifest, Parameters, Tokenizer
 from stemma.registry.rules.layout import MANIFEST_FILE
 from stemma.registry.rules.parents import NEEDS_BASE, combined_id, parent_refs, parents_of, problems
 from stemma.registry.rules.taskspec import CAUSAL_LM
@@ -38,7 +38,7 @@ from .evaluate import evaluate, evaluate_gates
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan as map_plan
 from .mapping import report, transfer
-from .model_manifest import manifest_head
+from .model_manifest import manifest_head, merge_source
 from .quantize_eval import scoring
 from .tasks import get as get_task
 from .weights import load_weights
@@ -393,15 +393,16 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     for row in rows:  # every tensor comes from the parents: none is new
         row["origin"], row["frozen"], row["source_name"] = "transferred", True, row["name"]
     total = sum(int(math.prod(r["shape"])) for r in rows if r.get("kind") == "parameter")
-    ids = [manifests[r.name].id for r in parent_refs(spec)]
-    parents = [{"model": r.name, "id": manifests[r.name].id} for r in parent_refs(spec)]
-    head = {"model": parents[0]["model"], "relation": "merge", "id": combined_id(ids)}
+    parents = [(r.name, manifests[r.name].id) for r in parent_refs(spec)]
+    combined = combined_id([i for _, i in parents])
+    assert combined is not None  # every parent was loaded, so every one has its id
+    source = merge_source(parents, combined)
     manifest: dict[str, Any] = {
-        **manifest_head(spec, spec.name, {**head, "parents": parents}),
+        **manifest_head(spec, spec.name, source),
         "datasets": datasets,
         "weights": {},
         "architecture": {"config": config, "tensors": rows},
-        "parameters": {"total": total, "trainable": 0, "transferred": total},
+        "parameters": Parameters.of(total, 0, total).to_dict(),
         "merge": {
             "method": p.method,
             "parameters": {} if p.method == "adapter" else p.parameters(),

@@ -5,6 +5,9 @@ same shape: spec and digest, source and its id, datasets, weights, architecture 
 report, parameter counts, the transfer block, metrics, per-class figures and gates. Each then
 adds its own keys (task, class names, checks, run). The content id is computed over the
 canonical JSON (sorted keys), so the order keys are added in never changes an id.
+
+The blocks are assembled as typed records (`records/manifest.py`: `Source`, `Parameters`,
+`Transfer`) and become JSON with `to_dict()` where the manifest document is put together.
 """
 
 from __future__ import annotations
@@ -13,14 +16,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.records.manifest import ModelManifest
+from stemma.registry.records.manifest import (
+    ModelManifest,
+    ModelRef,
+    Pair,
+    Parameters,
+    Source,
+    Transfer,
+)
 from torch import nn
 
 from .evaluate import evaluate_gates
 from .strategy import Strategy
 
 
-def manifest_head(spec: ModelSpec, name: str, source: Mapping[str, Any] | None) -> dict[str, Any]:
+def manifest_head(spec: ModelSpec, name: str, source: Source | None) -> dict[str, Any]:
     """The keys every model manifest opens with: kind, schema version, name, the spec and its
     digest, and the `source` block (None for a model trained from scratch)."""
     return {
@@ -29,17 +39,72 @@ def manifest_head(spec: ModelSpec, name: str, source: Mapping[str, Any] | None) 
         "name": name,
         "spec": dict(spec.raw),
         "spec_digest": spec.digest,
-        "source": None if source is None else dict(source),
+        "source": None if source is None else source.to_dict(),
     }
 
 
-def source_block(spec: ModelSpec, model: str, manifest: ModelManifest) -> dict[str, Any]:
+def source_block(spec: ModelSpec, model: str, manifest: ModelManifest) -> Source:
     """The `source` block of a model derived from `model` (whose manifest is `manifest`)."""
-    return {
-        "model": model,
-        "relation": spec.source.relation if spec.source else "finetune",
-        "id": manifest.id,
-    }
+    return Source.of(model, spec.source.relation if spec.source else "finetune", manifest.id)
+
+
+def merge_source(parents: Sequence[tuple[str, str]], combined: str) -> Source:
+    """A merge's `source` block: its first parent, relation merge, the `combined` id of all
+    the parents, and each parent as (name, manifest id)."""
+    refs = tuple(ModelRef.of(m, i) for m, i in parents)
+    return Source.of(refs[0].model, "merge", combined, refs)
+
+
+def counted(params: Mapping[str, nn.Parameter], rows: Sequence[Mapping[str, Any]]) -> Parameters:
+    """The `parameters` block of a module's named parameters and its per-tensor report rows
+    (transferred: the parameters whose row says they came from the source)."""
+    transferred = sum(
+        params[r["name"]].numel()
+        for r in rows
+        if r["origin"] == "transferred" and r["name"] in params
+    )
+    return Parameters.of(
+        sum(p.numel() for p in params.values()),
+        sum(p.numel() for p in params.values() if p.requires_grad),
+        transferred,
+    )
+
+
+def renamed_pairs(rows: Sequence[Mapping[str, Any]]) -> tuple[Pair, ...]:
+    """The target tensors fed by a source tensor of another name, from the report rows."""
+    return tuple(
+        Pair.of(str(r["name"]), str(r["source_name"]))
+        for r in rows
+        if r["source_name"] is not None and r["source_name"] != r["name"]
+    )
+
+
+def transfer_block(
+    strategy: Strategy,
+    mapped: bool,
+    unused: Sequence[str],
+    features_cached: bool,
+    pairs: Sequence[Pair],
+) -> Transfer:
+    """The `transfer` block of a trained build: the mapping rule (None without a tensor map),
+    the strategy's mode, freeze and reinit globs, unused source tensors, renamed pairs."""
+    return Transfer(
+        keys=(
+            "mapping",
+            "mode",
+            "freeze",
+            "reinit",
+            "unused_source",
+            "features_cached",
+            "pairs",
+        ),
+        extra={"freeze": list(strategy.freeze), "reinit": list(strategy.reinit)},
+        mapping=strategy.mapping if mapped else None,
+        mode=strategy.mode,
+        unused_source=tuple(unused),
+        features_cached=features_cached,
+        pairs=tuple(pairs),
+    )
 
 
 def model_manifest(
@@ -59,35 +124,14 @@ def model_manifest(
     config, rows = architecture
     strategy, mapped, unused, features_cached = transfer
     metrics, per_class = scores
-    params = dict(module.named_parameters())
-    transferred = sum(
-        params[r["name"]].numel()
-        for r in rows
-        if r["origin"] == "transferred" and r["name"] in params
-    )
+    moved = transfer_block(strategy, mapped, unused, features_cached, renamed_pairs(rows))
     return {
         **manifest_head(spec, name, None if source is None else source_block(spec, *source)),
         "datasets": datasets,
         "weights": weights,
         "architecture": {"config": config, "tensors": rows},
-        "parameters": {
-            "total": sum(p.numel() for p in params.values()),
-            "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
-            "transferred": transferred,
-        },
-        "transfer": {
-            "mapping": strategy.mapping if mapped else None,
-            "mode": strategy.mode,
-            "freeze": list(strategy.freeze),
-            "reinit": list(strategy.reinit),
-            "unused_source": list(unused),
-            "features_cached": features_cached,
-            "pairs": [
-                {"target": r["name"], "source": r["source_name"]}
-                for r in rows
-                if r["source_name"] is not None and r["source_name"] != r["name"]
-            ],
-        },
+        "parameters": counted(dict(module.named_parameters()), rows).to_dict(),
+        "transfer": moved.to_dict(),
         "metrics": dict(metrics),
         "per_class": per_class,
         "gates": evaluate_gates(spec.gates, metrics, per_class, spec.path),

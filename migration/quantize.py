@@ -29,7 +29,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec
-from stemma.registry.records.manifest import ModelManifest
+from stemma.registry.records.manifest import ModelManifest, Parameters
 from stemma.registry.rules.gates import gate_row
 from stemma.registry.rules.layout import CURVE_FILE, METRICS_FILE, WEIGHTS_FILE
 from stemma.registry.rules.taskspec import LOWER_IS_BETTER, MAIN_METRIC
@@ -273,17 +273,13 @@ def build_quantized(
         else None,
     )
     metrics = {m: float(after[m]) for m in scored.metrics}
-    params = dict(module.named_parameters())
+    total = sum(p.numel() for p in module.parameters())
     manifest: dict[str, Any] = {
         **manifest_head(spec, name, source_block(spec, parent, src_manifest)),
         "datasets": scored.datasets,
         "weights": blob_file(WEIGHTS_FILE, blob, "safetensors"),
         "architecture": {"config": config, "tensors": _rows(tensors, metadata, set(src_state))},
-        "parameters": {
-            "total": sum(p.numel() for p in params.values()),
-            "trainable": 0,
-            "transferred": sum(p.numel() for p in params.values()),
-        },
+        "parameters": Parameters.of(total, 0, total).to_dict(),
         "metrics": metrics,
         "per_class": after["per_class"],
         "gates": [

@@ -21,6 +21,7 @@ from stemma.registry.errors import BuildError
 from stemma.registry.pipeline.render import current
 from stemma.registry.publish.hubfiles import snapshot_hub_id
 from stemma.registry.records.core import MODEL_MANIFEST
+from stemma.registry.records.manifest import Parameters, Source, Transfer
 from stemma.registry.rules.layout import PIPELINE_FILE, SPEC_FILE, WEIGHTS_FILE
 from stemma.registry.rules.naming import check_name
 from stemma.registry.store.files import digest
@@ -116,16 +117,26 @@ def _config(
         return make_config(architecture, shape, num_classes)
     if architecture:
         num_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
-        shape = in_shape or (
+        seen = in_shape or (
             [int(state["body.0.weight"].shape[1])] if "body.0.weight" in state else None
         )
-        if not shape or not num_classes:
+        if not seen or not num_classes:
             raise BuildError(f"{where}: pass --in-shape; the weights do not show it")
-        return make_config(architecture, shape, num_classes)
+        return make_config(architecture, seen, num_classes)
     return infer_architecture(state, in_shape)
 
 
-def _source_block(reg: Registry, source: str | None, relation: str) -> dict[str, Any] | None:
+_REGISTERED = Transfer(
+    keys=("mapping", "mode", "unused_source", "features_cached"),
+    mapping=None,
+    mode="registered",
+    unused_source=(),
+    features_cached=False,
+)
+"""The `transfer` block of registered weights: nothing was mapped from a source."""
+
+
+def _source_block(reg: Registry, source: str | None, relation: str) -> Source | None:
     if source is None:
         return None
     if relation not in RELATIONS:
@@ -133,7 +144,7 @@ def _source_block(reg: Registry, source: str | None, relation: str) -> dict[str,
     manifest = reg.model_manifest(source)
     if manifest is None:
         raise BuildError(f"--source: model {source!r} has not been built; build it first")
-    return {"model": source, "relation": relation, "id": manifest.id}
+    return Source.of(source, relation, manifest.id)
 
 
 def _tracked_by_stage(reg: Registry, rel: str) -> bool:
@@ -153,7 +164,7 @@ def dvc_track(reg: Registry, rel: str) -> None:
     """Make `rel` a cached DVC output (`dvc add`) unless a stage already outputs it."""
     if _tracked_by_stage(reg, rel) or not (reg.repo_root / ".dvc").is_dir():
         return
-    from dvc.repo import Repo
+    from dvc.repo import Repo  # type: ignore[import-untyped]
 
     with Repo(str(reg.repo_root)) as repo:
         repo.add(str(reg.repo_root / rel))  # absolute: DVC reads a relative one from the cwd
@@ -218,7 +229,7 @@ def register(
         "description": description or f"Registered from {Path(weights_path).name}."
     }
     if src is not None:
-        spec_doc["source"] = {"model": src["model"], "relation": src["relation"]}
+        spec_doc["source"] = {"model": src.model, "relation": src.relation}
     if snap is not None:  # a Hub snapshot: its id names it in cards of children
         hub = snapshot_hub_id(Path(weights_path))
         if hub:
@@ -226,7 +237,7 @@ def register(
         if src is None:
             src, external = card_parents(reg, snap.card)
             if src is not None:
-                spec_doc["source"] = {"model": src["model"], "relation": src["relation"]}
+                spec_doc["source"] = {"model": src.model, "relation": src.relation}
             if external:
                 spec_doc[EXTERNAL_KEY] = external
     total = sum(p.numel() for p in module.parameters())
@@ -236,17 +247,12 @@ def register(
         "name": name,
         "spec": spec_doc,
         "spec_digest": digest(spec_doc),
-        "source": src,
+        "source": None if src is None else src.to_dict(),
         "datasets": datasets,
         "weights": blob_file(WEIGHTS_FILE, blob, "safetensors"),
         "architecture": {"config": config, "tensors": rows},
-        "parameters": {"total": total, "trainable": total, "transferred": 0},
-        "transfer": {
-            "mapping": None,
-            "mode": "registered",
-            "unused_source": [],
-            "features_cached": False,
-        },
+        "parameters": Parameters.of(total, total, 0).to_dict(),
+        "transfer": _REGISTERED.to_dict(),
         "metrics": metrics,
         "per_class": per_class,
         "gates": [],
@@ -254,7 +260,7 @@ def register(
         "run": run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
     }
     if tokenizer:
-        manifest["tokenizer"] = tok.record(tokenizer, FROM_SNAPSHOT)
+        manifest["tokenizer"] = tok.record(tokenizer, FROM_SNAPSHOT).to_dict()
     outputs = {WEIGHTS_FILE: blob, **tok.outputs(tokenizer)}
     commit_outputs(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
     dvc_track(reg, reg.rel("models", name, WEIGHTS_FILE))

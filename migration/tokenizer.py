@@ -100,12 +100,13 @@ def _refuse_remote_code(raw: bytes, display: str) -> None:
         )
 
 
-def record(files: Mapping[str, bytes], origin: str) -> dict[str, Any]:
+def record(files: Mapping[str, bytes], origin: str) -> Tokenizer:
     """The manifest's `tokenizer` block: each file's sha256 and where the files came from."""
-    return {
-        "files": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())},
-        "from": origin,
-    }
+    return Tokenizer(
+        keys=("files", "from"),
+        files={n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())},
+        from_=origin,
+    )
 
 
 def outputs(files: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -121,7 +122,7 @@ def checked_files(
     folder = model_folder / TOKENIZER_DIR
     files = read_files(folder, display, root)
     recorded = dict(block.files)
-    found = record(files, block.from_)["files"]
+    found = record(files, block.from_).files
     if found != recorded:
         changed = sorted(set(found.items()) ^ set(recorded.items()))
         name = changed[0][0] if changed else "?"
@@ -131,7 +132,7 @@ def checked_files(
     return files
 
 
-def save_tokenizer(src_folder: Path, model_folder: Path, origin: str = FROM_SPEC) -> dict[str, Any]:
+def save_tokenizer(src_folder: Path, model_folder: Path, origin: str = FROM_SPEC) -> Tokenizer:
     """Copy the tokenizer files of `src_folder` into `model_folder/tokenizer/`; the record."""
     files = read_files(src_folder, str(src_folder))
     for name, data in files.items():
@@ -139,7 +140,7 @@ def save_tokenizer(src_folder: Path, model_folder: Path, origin: str = FROM_SPEC
     return record(files, origin)
 
 
-def tokenizer_record(model_folder: Path, origin: str = FROM_SPEC) -> dict[str, Any]:
+def tokenizer_record(model_folder: Path, origin: str = FROM_SPEC) -> Tokenizer:
     """The `tokenizer` block for the files already in `model_folder/tokenizer/`."""
     folder = model_folder / TOKENIZER_DIR
     return record(read_files(folder, str(folder)), origin)

@@ -225,6 +225,11 @@ class ModelRef(Record):
         r.closed(("model", "id"))
         return cls(keys=r.keys, model=r.text("model"), id=r.text("id"))
 
+    @classmethod
+    def of(cls, model: str, id: str) -> Self:
+        """A new reference, as a build writes it."""
+        return cls(keys=("model", "id"), model=model, id=id)
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Source(Record):
@@ -247,6 +252,14 @@ class Source(Record):
             id=r.text("id"),
             parents=None if parents is None else tuple(ModelRef._read(p) for p in parents),
         )
+
+    @classmethod
+    def of(
+        cls, model: str, relation: str, id: str, parents: tuple[ModelRef, ...] | None = None
+    ) -> Self:
+        """A new source block, as a build writes it (`parents` only for a merge)."""
+        keys = ("model", "relation", "id") + (() if parents is None else ("parents",))
+        return cls(keys=keys, model=model, relation=relation, id=id, parents=parents)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -334,6 +347,16 @@ class Parameters(Record):
             transferred=r.integer("transferred"),
         )
 
+    @classmethod
+    def of(cls, total: int, trainable: int, transferred: int) -> Self:
+        """New counts, as a build writes them."""
+        return cls(
+            keys=("total", "trainable", "transferred"),
+            total=total,
+            trainable=trainable,
+            transferred=transferred,
+        )
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Pair(Record):
@@ -347,6 +370,11 @@ class Pair(Record):
         """Read a pair."""
         r.closed(("target", "source"))
         return cls(keys=r.keys, target=r.text("target"), source=r.text("source"))
+
+    @classmethod
+    def of(cls, target: str, source: str) -> Self:
+        """A new pair, as a build writes it."""
+        return cls(keys=("target", "source"), target=target, source=source)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,57 @@
+"""The manifest blocks a build assembles as typed records write the JSON they always wrote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stemma.migration.model_manifest import (
+    counted,
+    merge_source,
+    renamed_pairs,
+    transfer_block,
+)
+from stemma.migration.strategy import Strategy
+from stemma.registry.records.manifest import Parameters, Source, Transfer
+from torch import nn
+
+
+def test_source_blocks_write_the_keys_they_name() -> None:
+    one = Source.of("base", "finetune", "sha256:" + "a" * 64)
+    assert one.to_dict() == {"model": "base", "relation": "finetune", "id": "sha256:" + "a" * 64}
+    merged = merge_source([("a", "sha256:1"), ("b", "sha256:2")], "sha256:12")
+    assert merged.to_dict() == {
+        "model": "a",
+        "relation": "merge",
+        "id": "sha256:12",
+        "parents": [{"model": "a", "id": "sha256:1"}, {"model": "b", "id": "sha256:2"}],
+    }
+    for block in (one, merged):  # read back as any manifest's source block is
+        assert Source.from_dict(block.to_dict()) == block
+
+
+def test_transfer_and_parameters_blocks_keep_nulls_and_extra_keys() -> None:
+    rows: list[dict[str, Any]] = [
+        {"name": "body.0.weight", "origin": "transferred", "source_name": "features.0.weight"},
+        {"name": "body.0.bias", "origin": "transferred", "source_name": "body.0.bias"},
+        {"name": "head.weight", "origin": "new", "source_name": None},
+    ]
+    strategy = Strategy(mode="finetune", freeze=("body.*",))
+    block = transfer_block(strategy, False, ["fc.weight"], True, renamed_pairs(rows))
+    assert block.to_dict() == {
+        "mapping": None,  # no tensor map: written as null, not left out
+        "mode": "finetune",
+        "freeze": ["body.*"],
+        "reinit": [],
+        "unused_source": ["fc.weight"],
+        "features_cached": True,
+        "pairs": [{"target": "body.0.weight", "source": "features.0.weight"}],
+    }
+    assert Transfer.from_dict(block.to_dict()) == block
+
+    module = nn.Sequential()
+    module.add_module("body", nn.Sequential(nn.Linear(3, 2)))
+    module.add_module("head", nn.Linear(2, 1))
+    module.body.requires_grad_(False)
+    found = counted(dict(module.named_parameters()), rows)
+    assert found == Parameters.of(total=11, trainable=3, transferred=8)
+    assert found.to_dict() == {"total": 11, "trainable": 3, "transferred": 8}
