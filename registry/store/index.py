@@ -94,6 +94,11 @@ class Index:
         con.execute(f"COPY FROM DATABASE {DATABASE} TO memory")
         con.execute("USE memory")
         con.execute(f"DETACH {DATABASE}")
+        # The file is no longer open here: a fact is read from the store itself (not from
+        # this copy), and may be written, while the caller runs its query on the copy.
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            _store.closed(shared)
         con.execute("CREATE TABLE main.models_copy AS SELECT * FROM main.models")
         con.execute("DROP VIEW main.models")
         con.execute("ALTER TABLE main.models_copy RENAME TO models")
@@ -145,12 +150,16 @@ def open_index(reg: Registry) -> Index:
     try:
         if _store.is_open(path):
             raise IndexBusy(f"{path} is open in this process")
+        if _store.is_held():
+            return _as_it_is(reg, path, clock)
         if _store.folder(reg.repo_root, create=True) is None:
             raise _store.StoreUnusable(f"{path.parent} is not a folder")
         with _store.locked(path.parent / LOCK_NAME, LOCK_WAIT_S):
             _clear_damaged(path)
             con, stats = _fresh(reg, path, clock)
-        return Index(con, stats, shared=path)
+            # Recorded before the lock is let go: a fact read or written by another thread
+            # once it has the lock must see that this process holds the file open.
+            return Index(con, stats, shared=path)
     except (IndexBusy, _store.StoreBusy, _store.StoreUnusable):
         pass  # another process is writing it, or reading it while we need to write
     except (OSError, duckdb.Error) as exc:
@@ -158,6 +167,36 @@ def open_index(reg: Registry) -> Index:
             raise
         # .stemma/ cannot be written (a read-only checkout, a full disk): a private index
     return _private(reg, path, clock)
+
+
+def _as_it_is(reg: Registry, path: Path, clock: Clock) -> Index:
+    """Inside `held()` (the ranks of a distributed build other than 0, which write nothing):
+    the shared index, attached read-only, when it already matches the files; otherwise
+    `IndexBusy`, and the caller builds a private index instead of writing the shared one."""
+    duckdb = _engine.duckdb()
+
+    if _store.folder(reg.repo_root) is None or _store.kind(path) != "file":
+        raise IndexBusy(f"{path} is missing")
+    with _store.locked(path.parent / LOCK_NAME, LOCK_WAIT_S):
+        if not all(_store.kind(p) == "missing" for p in path.parent.glob(f"{path.name}.wal*")):
+            raise IndexBusy(f"{path} has a log to replay")  # replaying it would write
+        if _store.kind(Path(f"{path}.tmp")) not in ("missing", "folder"):
+            raise IndexBusy(f"{path}.tmp is not a folder")  # a query could spill through it
+        db = Attached(path)
+        try:
+            con = db.attach(read_only=True)
+            snap = _snapshot.snapshot(reg.root, reg.rel_root)
+            clock.lap("snapshot")
+            if not snap.pending and matches(con, snap.digests()):
+                clock.lap("compare")
+                stats = RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)
+                return Index(con, stats, shared=path)
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                db.close()
+            raise
+        db.close()
+    raise IndexBusy(f"{path} does not match the files")
 
 
 def _private(reg: Registry, shared: Path, clock: Clock) -> Index:
@@ -232,7 +271,9 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
     path = db.path
     clock.lap("open")
     snap = _snapshot.snapshot(reg.root, reg.rel_root)
-    if snap.pending:  # a build killed while switching its outputs in is never indexed half-moved
+    # A build killed while switching its outputs in is never indexed half-moved; inside
+    # `held()` (a rank of a build that writes nothing) it is indexed as it is.
+    if snap.pending and not _store.is_held():
         for folder in snap.pending:
             if not os.path.islink(reg.root / folder):
                 with contextlib.suppress(OSError):  # a read-only checkout: indexed as it is
