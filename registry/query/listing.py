@@ -228,7 +228,7 @@ def describe(reg: Registry, name: str) -> dict[str, Any]:
             "kind": "model",
             "name": name,
             "status": model_status(reg, name, mm),
-            "spec": dict(reg.model_spec(name).raw),
+            "spec": reg.model_spec(name).to_dict(),
             "manifest": mm.to_dict() if mm else None,
         }
     if reg.has_dataset(name):
@@ -237,7 +237,7 @@ def describe(reg: Registry, name: str) -> dict[str, Any]:
             "kind": "dataset",
             "name": name,
             "status": dataset_status(reg, name, dm),
-            "spec": dict(reg.dataset_spec(name).raw),
+            "spec": reg.dataset_spec(name).to_dict(),
             "manifest": dm.to_dict() if dm else None,
         }
     hint = Registry._hint(name, reg.model_names() + reg.dataset_names())
