@@ -92,19 +92,32 @@ def source_of(spec: Any) -> str | None:
 def state_violations(state: State, codes: Collection[str] | None = None) -> list[Violation]:
     """Violations of one state: the consistency checks, dvc.lock and dvc.yaml; with
     `codes`, only the checks that can find violations of those codes are run."""
+    return check_violations(state, codes) + pipeline_violations(state, codes)
+
+
+def check_violations(state: State, codes: Collection[str] | None = None) -> list[Violation]:
+    """The violations of one state that its consistency check finds (dvc.lock's included:
+    they come from the same folder facts); with `codes`, only the checks that can find
+    violations of those codes are run."""
     reg = state.reg
     if reg is None:
         return list(state.errors)
-
-    def wanted(*these: str) -> bool:
-        return codes is None or any(c in codes for c in these)
-
-    found = list(state.check().violations) if wanted(*cons.CODES) else []
-    if wanted(LOCK_MISMATCH):
+    found = list(state.check().violations) if _wanted(codes, *cons.CODES) else []
+    if _wanted(codes, LOCK_MISMATCH):
         found += _lock_mismatches(state, reg)
-    if wanted(PIPELINE_OUT_OF_SYNC):
-        found += _pipeline(state, reg)
     return found
+
+
+def pipeline_violations(state: State, codes: Collection[str] | None = None) -> list[Violation]:
+    """The pipeline files of one state that differ from what its specs render (none when
+    `codes` leaves out their code)."""
+    if state.reg is None or not _wanted(codes, PIPELINE_OUT_OF_SYNC):
+        return []
+    return _pipeline(state, state.reg)
+
+
+def _wanted(codes: Collection[str] | None, *these: str) -> bool:
+    return codes is None or any(c in codes for c in these)
 
 
 def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:

@@ -78,6 +78,22 @@ class State:
             self.checked = cons.check_state(self.reg, borrowed)
         return self.checked
 
+    def release(self) -> None:
+        """Forget the consistency check of this state and of the states it is tied to, and
+        every document read so far (the check gives its registry each spec it parsed): a
+        parsed spec per model is the largest thing an audit holds, and what comes after
+        the checks reads only the few documents that differ, again where it needs them."""
+        self.checked = None
+        reg = self.reg
+        if reg is not None:
+            for kind, names in (("models", reg.model_names()), ("datasets", reg.dataset_names())):
+                for name in names:
+                    reg.forget(reg.rel(kind, name, SPEC_FILE))
+                    reg.forget(reg.rel(kind, name, MANIFEST_FILE))
+            _documents(self, reg, self.head)
+        if self.head is not None:
+            self.head.release()
+
 
 def open_state(repo: Path, rev: str | None) -> State:
     """Read one side: git revision `rev`, or the working tree when None."""

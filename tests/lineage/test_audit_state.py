@@ -193,3 +193,41 @@ def test_a_head_revision_reads_only_the_folders_that_differ_from_the_working_tre
     monkeypatch.setattr(consistency, "model_facts", counting)
     head.check()
     assert sorted(read) == ["ft", "scratch"]
+
+
+def _kept(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) -> str:
+    """The report with every state's check and documents kept to the end."""
+    with monkeypatch.context() as patch:
+        patch.setattr(_audit_state.State, "release", lambda self: None)
+        return report(repo, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "code", [consistency.STALE_MANIFEST, lib.PIPELINE_OUT_OF_SYNC, lib.LOCK_MISMATCH]
+)
+def test_releasing_the_checks_changes_no_report(
+    code: str, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = work
+    CASES[code](Registry.open(repo))
+    commit(repo, f"introduce {code}")
+    _move_on(repo)
+    for args in ({"base": "HEAD~1"}, {"base": "HEAD~2", "head": "HEAD~1"}):
+        assert report(repo, **args) == _kept(repo, monkeypatch, **args)  # type: ignore[arg-type]
+
+
+def test_release_forgets_the_check_and_the_documents(work: Path) -> None:
+    repo = work
+    _move_on(repo)
+    head = _audit_state.open_state(repo, "HEAD~1")
+    _audit_state.anchor(head, repo)
+    wt = head.head
+    assert wt is not None and wt.reg is not None and head.reg is not None
+    head.check()
+    spec = wt.reg.rel("models", "base", "spec.yaml")
+    assert wt.checked is not None and wt.reg.known(spec) is not None
+    before = dict(head.models["base"])
+    head.release()
+    assert head.checked is None and wt.checked is None
+    assert wt.reg.known(spec) is None and head.reg.known(spec) is None
+    assert head.models["base"] == before  # read again where asked for
