@@ -44,6 +44,8 @@ LOCK_FILE = "index.lock"  # its lock
 LOCK_WAIT_S = 5.0
 # How long a read or write of a fact waits for the lock before it is a miss (or skipped).
 FACT_WAIT_S = 1.0
+# The same, once this process waited for the lock in vain (`locked`, `_GAVE_UP`).
+FACT_AFTER_BUSY_S = 0.05
 # The fact holding the snapshot the index matches (`_ingest`): written with the index.
 SNAPSHOT_FACT = "snapshot"
 # Each fact is a table of its own: DuckDB rewrites a changed column segment whole at a
@@ -234,15 +236,17 @@ def _open_lock(path: Path) -> int:
 # Lock files this process waited for in vain, until it next gets one. A command reads and
 # writes several facts and opens the index: while another process holds the store (a long
 # refresh), each would wait its full bound in turn (`stemma validate` 4 s instead of 0.4,
-# `pipeline --check` 10 s instead of 6). After one wait ran out, the others take the lock
-# only when it is free at once: a command waits for a busy store once.
+# `pipeline --check` 10 s instead of 6). After one wait ran out, a fact waits only
+# `after_busy_s`: a command waits for a busy store about once. An open of the index still
+# waits its full bound (giving up there costs a private index, far more than a fact).
 _GAVE_UP: set[Path] = set()
 
 
 @contextlib.contextmanager
-def locked(path: Path, wait_s: float) -> Iterator[None]:
+def locked(path: Path, wait_s: float, after_busy_s: float | None = None) -> Iterator[None]:
     """An exclusive lock on the lock file `path`; `StoreBusy` when another process holds it
-    longer than `wait_s` (at once, when this process's last wait for it ran out)."""
+    longer than `wait_s`, or than `after_busy_s` (when given) once this process's last wait
+    for it ran out."""
     try:
         import fcntl
     except ImportError:  # no advisory locks here: DuckDB's own file lock still protects it
@@ -250,7 +254,9 @@ def locked(path: Path, wait_s: float) -> Iterator[None]:
         return
     fd = _open_lock(path)
     try:
-        deadline = time.monotonic() + (0.0 if path in _GAVE_UP else wait_s)
+        if after_busy_s is not None and path in _GAVE_UP:
+            wait_s = min(wait_s, after_busy_s)
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -361,7 +367,7 @@ def load(repo_root: Path, name: str, limit: int = MAX_BYTES) -> bytes | None:
             return body
         if folder(repo_root) is None or kind(path) != "file":
             return None
-        with locked(path.parent / LOCK_FILE, FACT_WAIT_S):
+        with locked(path.parent / LOCK_FILE, FACT_WAIT_S, FACT_AFTER_BUSY_S):
             # Looked at again under the lock: another thread of this process may have
             # opened the index while this one waited, and closing a second attach here
             # would drop that one's lock on the file.
@@ -388,7 +394,7 @@ def save(repo_root: Path, name: str, body: bytes | str) -> bool:
         return False
     data = body.encode() if isinstance(body, str) else body
     try:
-        with locked(path.parent / LOCK_FILE, FACT_WAIT_S):
+        with locked(path.parent / LOCK_FILE, FACT_WAIT_S, FACT_AFTER_BUSY_S):
             if path in _OPEN:  # opened by another thread while this one waited (see `load`)
                 return False
             if not all(clear(p) for p in (path, Path(f"{path}.wal"))):

@@ -108,10 +108,14 @@ class Index:
     def close(self) -> None:
         """Close the connection (and delete a private index)."""
         shared, self._shared = self._shared, None
-        if shared is not None:
-            _store.closed(shared)
-        if self._owned:
-            self.con.close()
+        try:
+            if self._owned:
+                self.con.close()
+        finally:
+            # Only once the file is closed: until then, a fact another thread reads or
+            # writes must not attach the store a second time (see `derived._OPEN`).
+            if shared is not None:
+                _store.closed(shared)
         if self._private_dir is not None:
             _remove_tree(self._private_dir)
 
