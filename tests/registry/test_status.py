@@ -246,3 +246,53 @@ def test_tagging_refuses_what_the_rule_calls_stale(every_status: Any) -> None:
     for name, why in refused.items():
         with pytest.raises(ConsistencyError, match=f"{why} since the last build"):
             v.tag(reg, name, "v1.0.0")
+
+
+_MERGE_SPECS = {
+    "datasets/d/spec.yaml": "source: sklearn:digits\nselect: {classes: [0, 1, 2, 3, 4]}\n",
+    "models/base/spec.yaml": "architecture: {family: mlp, hidden: [16]}\ndata: {train: d}\n",
+    "models/ft-a/spec.yaml": "source: {model: base}\ndata: {train: d}\n",
+    "models/ft-b/spec.yaml": "source: {model: base}\ndata: {train: d}\n",
+    "models/merged/spec.yaml": "source:\n  relation: merge\n  models: [ft-a, ft-b]\n"
+    "  base: base\n  merge: {method: ties, density: 0.5}\ndata: {train: d}\n",
+}
+
+
+def test_a_merge_is_judged_on_all_its_parents(registry: Any) -> None:
+    """A merge records its parents' ids as one (`parents.combined_id`): `ls`, SQL and `tag`
+    compare all of them, so it is built while they are, and stale once one is rebuilt."""
+    from conftest import git
+    from factories import dataset_manifest, model_manifest
+    from stemma.registry import Registry
+    from stemma.registry.errors import ConsistencyError
+    from stemma.registry.query import listing
+    from stemma.registry.query.sql import query
+    from stemma.registry.rules.parents import combined_id
+    from stemma.registry.versions import resolve as v
+
+    root = registry.root
+    for rel, text in _MERGE_SPECS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    dataset_manifest(Registry.open(root), "d")
+    ids = {n: model_manifest(Registry.open(root), n)["id"] for n in ("base", "ft-a", "ft-b")}
+    parents = [{"model": n, "id": ids[n]} for n in ("ft-a", "ft-b", "base")]
+    source = {"model": "ft-a", "relation": "merge", "id": None, "parents": parents}
+    source["id"] = combined_id([p["id"] for p in parents])
+    model_manifest(Registry.open(root), "merged", source=source)
+
+    def merged_status() -> tuple[str, str]:
+        reg = Registry.open(root)
+        sql = dict(query(reg, "select name, status from models").rows)["merged"]
+        return listing.model_status(reg, "merged", reg.model_manifest("merged")), sql
+
+    assert merged_status() == (status.BUILT, status.BUILT)
+    git(registry.repo_root, "add", "-A")
+    git(registry.repo_root, "commit", "-qm", "built")
+    v.tag(Registry.open(root), "merged", "v1.0.0")
+    model_manifest(Registry.open(root), "ft-b", accuracy=0.5)  # one parent rebuilt
+    assert merged_status() == (status.STALE, status.STALE)
+    git(registry.repo_root, "add", "-A")
+    git(registry.repo_root, "commit", "-qm", "ft-b rebuilt")
+    with pytest.raises(ConsistencyError, match="a parent changed since the last build"):
+        v.tag(Registry.open(root), "merged", "v1.1.0")
