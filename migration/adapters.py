@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import BuildError, SchemaError
+from stemma.registry.records.manifest import Adapter, FileRef, ModelRef
 from stemma.registry.store.files import parse_json_text, read_bytes_file
 from torch import nn
 
@@ -45,6 +46,29 @@ def lora_block(block: Mapping[str, Any]) -> dict[str, Any]:
     out = {**DEFAULTS, **dict(block)}
     out["target_modules"] = [str(t) for t in out.get("target_modules") or []]
     return out
+
+
+def adapter_record(
+    base: ModelRef,
+    lora: Mapping[str, Any],
+    config: FileRef,
+    modules_to_save: tuple[str, ...] | None = None,
+) -> Adapter:
+    """The manifest's `adapter` block: PEFT's LoRA format on `base`, the resolved `lora`
+    block (`lora_block`: r, alpha, dropout, target modules, as the spec gave them), the
+    modules saved whole (a classifier's head) and the adapter config file."""
+    keys = ("format", "base", "r", "alpha", "dropout", "target_modules")
+    return Adapter(
+        keys=keys + (() if modules_to_save is None else ("modules_to_save",)) + ("config",),
+        format="peft-lora",
+        base=base,
+        r=lora["r"],
+        alpha=lora["alpha"],  # as given: an integer alpha stays one in the manifest
+        dropout=lora["dropout"],
+        target_modules=tuple(lora["target_modules"]),
+        modules_to_save=modules_to_save,
+        config=config,
+    )
 
 
 def check_targets(module: nn.Module, targets: list[str], display: str) -> None:

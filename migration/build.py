@@ -20,7 +20,7 @@ from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.check.gate import check_buildable
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, ModelSpec
-from stemma.registry.records.manifest import ModelManifest
+from stemma.registry.records.manifest import Adapter, ModelManifest, ModelRef
 from stemma.registry.rules.layout import DATA_FILE, STATE_DIR
 from stemma.registry.rules.parents import is_merge
 from stemma.registry.rules.taskspec import CLASSIFICATION, spec_problems
@@ -31,6 +31,7 @@ from .adapters import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
     adapter_files,
+    adapter_record,
     check_targets,
     inject,
     lora_block,
@@ -47,7 +48,15 @@ from .build_inputs import (
     training_data,
 )
 from .build_inputs import load_model as load_model
-from .build_outputs import blob_file, commit_outputs, dataset_head, now, run_block, write_model
+from .build_outputs import (
+    blob_file,
+    blob_ref,
+    commit_outputs,
+    dataset_head,
+    now,
+    run_block,
+    write_model,
+)
 from .causal_lm import build_lm, build_text_dataset, trains_lm
 from .checkpoint import CHECKPOINTS, Checkpointer
 from .checkpoint import key_of as checkpoint_key
@@ -242,20 +251,19 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         )
     metrics = {m: scored[m] for m in task.metrics}
     module.to("cpu")
-    adapter: dict[str, Any] | None = None
+    adapter: Adapter | None = None
     files: dict[str, bytes] = {}
     if peft_model is not None:
         files = adapter_files(peft_model)
         blob = files[ADAPTER_WEIGHTS]
         weights_block = blob_file(f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", blob, "safetensors")
-        assert src_manifest is not None
-        adapter = {
-            "format": "peft-lora",
-            "base": {"model": src_name, "id": src_manifest.id},
-            **lora,
-            "modules_to_save": [head_prefix(module)],
-            "config": blob_file(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", files[ADAPTER_CONFIG], "json"),
-        }
+        assert src_manifest is not None and src_name is not None
+        adapter = adapter_record(
+            ModelRef.of(src_name, src_manifest.id),
+            lora,
+            blob_ref(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", files[ADAPTER_CONFIG], "json"),
+            (head_prefix(module),),
+        )
     else:  # streamed at the commit (`write_model`): the block is filled in there
         weights_block = {}
 
@@ -295,7 +303,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         raise BuildError(f"{display} at /strategy/freeze: frozen tensors changed: {changed[0]}")
     # -- end of behavioural checks --
     if adapter is not None:
-        manifest["adapter"] = adapter
+        manifest["adapter"] = adapter.to_dict()
     if exploration is not None:
         manifest["exploration"] = exploration
     if searched is not None:  # hyper-parameter search: every trial and the best settings

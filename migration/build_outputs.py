@@ -19,6 +19,7 @@ from stemma.registry import Registry
 from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.records.core import MODEL_MANIFEST, DatasetSpec
+from stemma.registry.records.manifest import FileRef
 from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
 from stemma.registry.rules.layout import (
     DATA_FILE,
@@ -46,9 +47,15 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
+def blob_ref(path: str, blob: bytes, fmt: str) -> FileRef:
     """The manifest's file block for bytes about to be written."""
-    return _weights.hashes_of(blob).block(path, fmt)
+    found = _weights.hashes_of(blob)
+    return FileRef.of(path, found.md5, found.sha256, found.bytes, fmt)
+
+
+def blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
+    """`blob_ref` as the manifest's JSON."""
+    return blob_ref(path, blob, fmt).to_dict()
 
 
 def run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[str, Any]:

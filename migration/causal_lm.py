@@ -23,14 +23,21 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
-from stemma.registry.records.manifest import ModelManifest
+from stemma.registry.records.manifest import ModelManifest, ModelRef
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM, spec_problems, training_task
 from torch import nn
 
 from . import lm_train
 from . import tokenizer as tok
-from .adapters import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, adapter_files, check_targets
+from .adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS,
+    adapter_files,
+    adapter_record,
+    check_targets,
+)
 from .adapters import lora_block as resolve_lora
 from .adapters import rows as adapter_rows
 from .build_inputs import (
@@ -40,7 +47,14 @@ from .build_inputs import (
     refuse_failed_source,
     source_name,
 )
-from .build_outputs import blob_file, commit_outputs, dataset_head, run_block, write_model
+from .build_outputs import (
+    blob_file,
+    blob_ref,
+    commit_outputs,
+    dataset_head,
+    run_block,
+    write_model,
+)
 from .evaluate import evaluate_gates
 from .families import require
 from .mapping import report
@@ -369,17 +383,16 @@ def build_lm(
     outputs = tok.outputs(files)
     state: dict[str, torch.Tensor] | None = module.state_dict()
     if lora is not None:
-        assert src_manifest is not None
+        assert src_manifest is not None and src_name is not None
         adapter = adapter_files(trained)
         manifest["weights"] = blob_file(
             f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", adapter[ADAPTER_WEIGHTS], "safetensors"
         )
-        manifest["adapter"] = {
-            "format": "peft-lora",
-            "base": {"model": src_name, "id": src_manifest.id},
-            **lora,
-            "config": blob_file(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", adapter[ADAPTER_CONFIG], "json"),
-        }
+        manifest["adapter"] = adapter_record(
+            ModelRef.of(src_name, src_manifest.id),
+            lora,
+            blob_ref(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", adapter[ADAPTER_CONFIG], "json"),
+        ).to_dict()
         outputs.update({f"{ADAPTER_DIR}/{n}": b for n, b in adapter.items()})
         state = None
     manifest["run"] = run_block(

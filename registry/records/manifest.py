@@ -116,6 +116,18 @@ class FileRef(Record):
             format=r.text("format"),
         )
 
+    @classmethod
+    def of(cls, path: str, md5: str, sha256: str, bytes: int, format: str) -> Self:
+        """A new file block, as a build writes it."""
+        return cls(
+            keys=("path", "md5", "sha256", "bytes", "format"),
+            path=path,
+            md5=md5,
+            sha256=sha256,
+            bytes=bytes,
+            format=format,
+        )
+
 
 _FILE_KEYS = _known(FileRef)
 

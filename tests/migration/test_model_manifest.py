@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stemma.migration.adapters import adapter_record, lora_block
+from stemma.migration.build_outputs import blob_file, blob_ref
 from stemma.migration.model_manifest import (
     counted,
     merge_source,
@@ -11,7 +13,7 @@ from stemma.migration.model_manifest import (
     transfer_block,
 )
 from stemma.migration.strategy import Strategy
-from stemma.registry.records.manifest import Parameters, Source, Transfer
+from stemma.registry.records.manifest import Adapter, ModelRef, Parameters, Source, Transfer
 from torch import nn
 
 
@@ -55,3 +57,20 @@ def test_transfer_and_parameters_blocks_keep_nulls_and_extra_keys() -> None:
     found = counted(dict(module.named_parameters()), rows)
     assert found == Parameters.of(total=11, trainable=3, transferred=8)
     assert found.to_dict() == {"total": 11, "trainable": 3, "transferred": 8}
+
+
+def test_adapter_block_keeps_the_lora_values_as_given() -> None:
+    config = blob_ref("adapter/adapter_config.json", b"{}", "json")
+    lora = lora_block({"target_modules": ["q", "v"]})
+    block = adapter_record(ModelRef.of("base", "sha256:1"), lora, config, ("head",))
+    assert block.to_dict() == {
+        "format": "peft-lora",
+        "base": {"model": "base", "id": "sha256:1"},
+        **lora,
+        "modules_to_save": ["head"],
+        "config": blob_file("adapter/adapter_config.json", b"{}", "json"),
+    }
+    assert isinstance(block.to_dict()["alpha"], int)  # 16, not 16.0: the id hashes the JSON
+    assert Adapter.from_dict(block.to_dict()) == block
+    plain = adapter_record(ModelRef.of("base", "sha256:1"), lora, config)
+    assert "modules_to_save" not in plain.to_dict()
