@@ -29,7 +29,14 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec
-from stemma.registry.records.manifest import ModelManifest, Parameters
+from stemma.registry.records.manifest import (
+    Library,
+    ModelManifest,
+    Parameters,
+    Quantize,
+    QuantizeQuality,
+    QuantizeSize,
+)
 from stemma.registry.rules.gates import gate_row
 from stemma.registry.rules.layout import CURVE_FILE, METRICS_FILE, WEIGHTS_FILE
 from stemma.registry.rules.taskspec import LOWER_IS_BETTER, MAIN_METRIC
@@ -79,59 +86,46 @@ class QuantizeSpec:
         return cls(str(raw["method"]), float(drop))
 
 
-@dataclass(frozen=True)
-class QuantizeRecord:
-    """The manifest's `quantize` block: what was done, what it saved, what it cost."""
-
-    method: str
-    library: str
-    library_version: str
-    config: dict[str, Any]
-    bytes_before: int
-    bytes_after: int
-    metric: str
-    parent_value: float
-    value: float
-    drop: float
-    max_drop: float
-    layers: int
-    hf_quantization_config: dict[str, Any] | None = None
-
-    @property
-    def passed(self) -> bool:
-        """Whether the drop stays within `max_drop`."""
-        return self.drop <= self.max_drop
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON block (schemas/model-manifest.json#/properties/quantize)."""
-        doc: dict[str, Any] = {
-            "method": self.method,
-            "library": {"name": self.library, "version": self.library_version},
-            "config": self.config,
-            "layers": self.layers,
-            "size": {
-                "bytes_before": self.bytes_before,
-                "bytes_after": self.bytes_after,
-                "ratio": round(self.bytes_after / self.bytes_before, 6)
-                if self.bytes_before
-                else 0.0,
-            },
-            "quality": {
-                "metric": self.metric,
-                "parent": self.parent_value,
-                "quantized": self.value,
-                "drop": self.drop,
-                "max_drop": self.max_drop,
-                "passed": self.passed,
-            },
-        }
-        if self.hf_quantization_config is not None:
-            doc["hf_quantization_config"] = self.hf_quantization_config
-        return doc
-
-    def gate(self) -> dict[str, Any]:
-        """The drop as a gate row, so status, audit and cards see it like any gate."""
-        return drop_gate(self.drop, self.max_drop)
+def quantize_record(
+    method: str,
+    library: tuple[str, str],
+    config: Mapping[str, Any],
+    layers: int,
+    size: tuple[int, int],
+    quality: tuple[str, float, float, float],
+    hf_quantization_config: Mapping[str, Any] | None = None,
+) -> Quantize:
+    """The manifest's `quantize` block: what was done (`method`, the (name, version) of the
+    `library`, its `config`, the quantized `layers`), what it saved (`size`: stored bytes
+    before and after) and what it cost (`quality`: the main metric, its parent and quantized
+    values, and the largest relative drop allowed)."""
+    before, after = size
+    metric, parent, quantized, max_drop = quality
+    drop = relative_drop(metric, parent, quantized)
+    return Quantize(
+        keys=("method", "library", "config", "layers", "size", "quality")
+        + (() if hf_quantization_config is None else ("hf_quantization_config",)),
+        method=method,
+        library=Library(keys=("name", "version"), name=library[0], version=library[1]),
+        config=config,
+        layers=layers,
+        size=QuantizeSize(
+            keys=("bytes_before", "bytes_after", "ratio"),
+            bytes_before=before,
+            bytes_after=after,
+            ratio=round(after / before, 6) if before else 0.0,
+        ),
+        quality=QuantizeQuality(
+            keys=("metric", "parent", "quantized", "drop", "max_drop", "passed"),
+            metric=metric,
+            parent=parent,
+            quantized=quantized,
+            drop=drop,
+            max_drop=max_drop,
+            passed=drop <= max_drop,
+        ),
+        hf_quantization_config=hf_quantization_config,
+    )
 
 
 def drop_gate(drop: float, max_drop: float) -> dict[str, Any]:
@@ -255,22 +249,14 @@ def build_quantized(
     main = MAIN_METRIC[scored.task]
     torchao = require("torchao", "quantize")
     core = require("torchao.core.config", "quantize")
-    record = QuantizeRecord(
-        method=qspec.method,
-        library="torchao",
-        library_version=str(torchao.__version__),
-        config=core.config_to_dict(torchao_config(qspec.method)),
-        bytes_before=bytes_before,
-        bytes_after=len(blob),
-        metric=main,
-        parent_value=float(before[main]),
-        value=float(after[main]),
-        drop=relative_drop(main, float(before[main]), float(after[main])),
-        max_drop=qspec.max_drop,
-        layers=layers,
-        hf_quantization_config=hf_quantization_config(qspec.method)
-        if config.get("family") == "transformers"
-        else None,
+    record = quantize_record(
+        qspec.method,
+        ("torchao", str(torchao.__version__)),
+        core.config_to_dict(torchao_config(qspec.method)),
+        layers,
+        (bytes_before, len(blob)),
+        (main, float(before[main]), float(after[main]), qspec.max_drop),
+        hf_quantization_config(qspec.method) if config.get("family") == "transformers" else None,
     )
     metrics = {m: float(after[m]) for m in scored.metrics}
     total = sum(p.numel() for p in module.parameters())
@@ -284,7 +270,7 @@ def build_quantized(
         "per_class": after["per_class"],
         "gates": [
             *evaluate_gates(spec.gates, metrics, after["per_class"], display),
-            record.gate(),
+            drop_gate(record.quality.drop, record.quality.max_drop),
         ],
         "checks": {},
         "quantize": record.to_dict(),
