@@ -23,7 +23,8 @@ def test_old_constants_are_the_layout_names() -> None:
     assert locks.PIPELINE_FILE == render.PIPELINE_FILE == "dvc.yaml"
     assert locks.LOCK_FILE == "dvc.lock"
     assert render.EXPLORATION_FILE == "exploration.json"
-    assert handle.INDEX_DIR == index.INDEX_DIR == derived.STORE == ".stemma"
+    assert handle.INDEX_DIR == derived.STORE == ".stemma"
+    assert index.INDEX_NAME == derived.STORE_FILE == "index.duckdb"
     assert (commits.STAGING, commits.COMMITTING) == (".stemma-staging", ".stemma-commit")
     assert layout.KINDS == _snapshot.KINDS == ("models", "datasets")
 
