@@ -159,6 +159,7 @@ def open_index(reg: Registry) -> Index:
         if _store.folder(reg.repo_root, create=True) is None:
             raise _store.StoreUnusable(f"{path.parent} is not a folder")
         with _store.locked(path.parent / LOCK_NAME, LOCK_WAIT_S):
+            _busy_here(path)
             _clear_damaged(path)
             con, stats = _fresh(reg, path, clock)
             # Recorded before the lock is let go: a fact read or written by another thread
@@ -173,6 +174,14 @@ def open_index(reg: Registry) -> Index:
     return _private(reg, path, clock)
 
 
+def _busy_here(path: Path) -> None:
+    """`IndexBusy` when another thread of this process opened the index while this one
+    waited for the lock: a second attach here would write under it, or, once closed, drop
+    its lock on the file (and replace its record in `derived._OPEN`)."""
+    if _store.is_open(path):
+        raise IndexBusy(f"{path} is open in this process")
+
+
 def _as_it_is(reg: Registry, path: Path, clock: Clock) -> Index:
     """Inside `held()` (the ranks of a distributed build other than 0, which write nothing):
     the shared index, attached read-only, when it already matches the files; otherwise
@@ -182,6 +191,7 @@ def _as_it_is(reg: Registry, path: Path, clock: Clock) -> Index:
     if _store.folder(reg.repo_root) is None or _store.kind(path) != "file":
         raise IndexBusy(f"{path} is missing")
     with _store.locked(path.parent / LOCK_NAME, LOCK_WAIT_S):
+        _busy_here(path)
         if not all(_store.kind(p) == "missing" for p in path.parent.glob(f"{path.name}.wal*")):
             raise IndexBusy(f"{path} has a log to replay")  # replaying it would write
         if _store.kind(Path(f"{path}.tmp")) not in ("missing", "folder"):
@@ -309,6 +319,8 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
         kept = _kept_facts(db)
         if path is not None:
             legacy = [path.parent / name for name in _store.LEGACY_FILES]
+            # The numerics fingerprint was a file per machine key (`numerics-KEY.json`).
+            legacy += path.parent.glob("numerics-*.json")
             for stale in (path, *path.parent.glob(f"{path.name}.wal*"), *legacy):
                 if _store.kind(stale) == "file":
                     stale.unlink(missing_ok=True)

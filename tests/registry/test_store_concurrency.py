@@ -310,3 +310,53 @@ def test_an_index_is_recorded_open_until_its_connection_is_closed(tmp_path: Path
     with pytest.raises(RuntimeError):
         opened.close()
     assert seen == [True] and not _store.is_open(path)
+
+
+def test_a_rebuild_removes_the_old_numerics_files(
+    stored: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Earlier versions kept this machine's numerics fingerprint as `numerics-KEY.json`
+    beside the index; it is a fact now, and the old files go with the other old files."""
+    from stemma.registry.store import _sql
+
+    folder = stored.repo_root / ".stemma"
+    (folder / "numerics-0123456789abcdef.json").write_text("{}")
+    monkeypatch.setattr(_sql, "FORMAT", _sql.FORMAT + "-next")  # the index is rebuilt
+    with index.open_index(stored) as opened:
+        assert opened.stats.rebuilt and not opened.stats.private
+    assert sorted(os.listdir(folder)) == ["index.duckdb", "index.lock"]
+    assert _store.load(stored.repo_root, "probe") == b"kept"
+
+
+@pytest.mark.parametrize("ranks", [False, True])
+def test_a_thread_that_waited_to_open_the_index_sees_it_opened_meanwhile(
+    stored: Registry, ranks: bool
+) -> None:
+    """Thread B opens the index, and waits for the lock, while thread A opens it: B gets a
+    private index instead of attaching the file a second time (and of replacing A's record
+    of it, which A's close would then remove while B still holds the file)."""
+    root = stored.repo_root
+    path = _store.store_path(root)
+    result: list[index.Index] = []
+
+    def other_thread() -> None:
+        with _store.held() if ranks else contextlib.nullcontext():
+            result.append(index.open_index(stored))
+
+    with _lock_held(root):
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        time.sleep(0.3)  # B is waiting for the lock (LOCK_WAIT_S)
+        import duckdb
+
+        con = duckdb.connect()
+        con.execute(f"ATTACH '{path}' AS store (READ_ONLY)")
+        _store.opened(path, con)  # as `open_index` does, in thread A
+    try:
+        thread.join()
+        assert result[0].stats.private
+        result[0].close()
+        assert _store.is_open(path)  # A's record stays
+    finally:
+        _store.closed(path)
+        con.close()
