@@ -25,7 +25,13 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.records.manifest import ModelManifest, Parameters, Tokenizer
+from stemma.registry.records.manifest import (
+    Merge,
+    MergeTensor,
+    ModelManifest,
+    Parameters,
+    Tokenizer,
+)
 from stemma.registry.rules.layout import MANIFEST_FILE
 from stemma.registry.rules.parents import NEEDS_BASE, combined_id, parent_refs, parents_of, problems
 from stemma.registry.rules.taskspec import CAUSAL_LM
@@ -403,12 +409,7 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         "weights": {},
         "architecture": {"config": config, "tensors": rows},
         "parameters": Parameters.of(total, 0, total).to_dict(),
-        "merge": {
-            "method": p.method,
-            "parameters": {} if p.method == "adapter" else p.parameters(),
-            "base": base_name,
-            "tensors": contributed,
-        },
+        "merge": _merge_block(p, base_name, contributed).to_dict(),
         "metrics": metrics,
         "per_class": scored["per_class"],
         "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
@@ -420,6 +421,21 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     manifest["run"] = run_block(reg, started, begin, device="cpu", seed=0, deterministic=True)
     write_model(reg, spec.name, manifest, module.state_dict(), metrics, [], outputs)
     return manifest
+
+
+def _merge_block(p: MergePlan, base: str | None, contributed: Sequence[Mapping[str, Any]]) -> Merge:
+    """The manifest's `merge` block: the method, its parameters as applied (none for an
+    adapter merged into its base), the base (null without one), per tensor its parents."""
+    return Merge(
+        keys=("method", "parameters", "base", "tensors"),
+        method=p.method,
+        parameters={} if p.method == "adapter" else p.parameters(),
+        base=base,
+        tensors=tuple(
+            MergeTensor(keys=("name", "parents"), name=str(c["name"]), parents=tuple(c["parents"]))
+            for c in contributed
+        ),
+    )
 
 
 def _module(
