@@ -63,7 +63,22 @@ def checked(populated: Registry, monkeypatch: pytest.MonkeyPatch, cli: Any) -> R
     return reg
 
 
+# Another process holding the index open, as a long query does, three times.
+_READER = """
+import sys, time
+from stemma.registry import Registry
+from stemma.registry.store import index
+for _ in range(3):
+    with index.open_index(Registry.open(sys.argv[1])):
+        time.sleep(0.7)
+    time.sleep(0.3)
+"""
+
+
 def test_commands_at_once_answer_as_alone_and_leave_the_store_usable(checked: Registry) -> None:
+    """Three workers run the read and check commands in turn while the files' stamps
+    change, another process holds the index open now and then (a long query), and the
+    lock is held for 2 s (a long refresh elsewhere): every run answers as a run alone."""
     root = checked.repo_root
     alone = {tuple(args): _stemma(args, root) for args in COMMANDS}
     assert all(code == 0 for code, _ in alone.values()), alone
@@ -73,7 +88,7 @@ def test_commands_at_once_answer_as_alone_and_leave_the_store_usable(checked: Re
 
     def worker(k: int) -> None:
         order = COMMANDS[k:] + COMMANDS[:k]  # each worker meets the others mid-command
-        for args in order * 2:
+        for args in order + order[:2]:
             started = time.monotonic()
             try:
                 got = _stemma(list(args), root)
@@ -90,14 +105,22 @@ def test_commands_at_once_answer_as_alone_and_leave_the_store_usable(checked: Re
             for path in touched:
                 os.utime(path)
 
+    def holder() -> None:
+        if not done.wait(1.0):
+            with _lock_held(root):
+                done.wait(2.0)
+
+    reader = subprocess.Popen([sys.executable, "-c", _READER, str(root)])
     workers = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
-    side = threading.Thread(target=toucher)
-    for thread in (*workers, side):
+    sides = [threading.Thread(target=toucher), threading.Thread(target=holder)]
+    for thread in (*workers, *sides):
         thread.start()
     for thread in workers:
         thread.join()
     done.set()
-    side.join()
+    for thread in sides:
+        thread.join()
+    assert reader.wait(timeout=RUN_TIMEOUT_S) == 0
     assert not failures, failures
     # The store is usable after: a lone run answers the same, and writes the facts.
     assert all(_stemma(list(args), root) == alone[args] for args in alone)
