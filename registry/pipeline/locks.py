@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import ParseError, StemmaError
+from stemma.registry.rules.layout import DATASETS_DIR, MODELS_DIR
 from stemma.registry.rules.layout import LOCK_FILE as LOCK_FILE
 from stemma.registry.rules.layout import PIPELINE_FILE as PIPELINE_FILE
 from stemma.registry.store.handle import WEIGHTS_FILE
@@ -34,10 +35,10 @@ def folder_locked_md5(reg: Registry, name: str, read: Any = None) -> str | None:
     `read` reads a repo-relative file (default: the registry's tree)."""
     read = reg.tree.read_text if read is None else read
     try:
-        text = read(reg.rel("models", name, LOCK_FILE))
+        text = read(reg.rel(MODELS_DIR, name, LOCK_FILE))
     except StemmaError:
         return None
-    return locked_md5(text, reg.rel("models", name, WEIGHTS_FILE))
+    return locked_md5(text, reg.rel(MODELS_DIR, name, WEIGHTS_FILE))
 
 
 def locked_md5(text: str | None, path: str) -> str | None:
@@ -72,9 +73,9 @@ def conflicted_files(reg: Registry) -> list[tuple[str, StemmaError]]:
     cannot be read as text: `stemma validate` reports them, as DVC would refuse them."""
     found: list[tuple[str, StemmaError]] = []
     folders = [("pipeline", "")]
-    for kind in ("datasets", "models"):
-        names = reg.tree.subdirs(reg.rel(kind))
-        folders += [(f"{kind[:-1]}:{name}", reg.rel(kind, name)) for name in names]
+    for kind, sub in (("dataset", DATASETS_DIR), ("model", MODELS_DIR)):
+        names = reg.tree.subdirs(reg.rel(sub))
+        folders += [(f"{kind}:{name}", reg.rel(sub, name)) for name in names]
     # the root's files sit at the repository's top
     files = [
         (subject, f"{folder}/{filename}" if folder else filename)

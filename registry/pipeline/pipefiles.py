@@ -28,7 +28,13 @@ from stemma.registry.pipeline.render import (
     stage_file,
 )
 from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC
-from stemma.registry.rules.layout import LOCK_FILE, PIPELINE_FILE, SPEC_FILE
+from stemma.registry.rules.layout import (
+    DATASETS_DIR,
+    LOCK_FILE,
+    MODELS_DIR,
+    PIPELINE_FILE,
+    SPEC_FILE,
+)
 from stemma.registry.store import _validcache
 from stemma.registry.store.documents import validate_document
 from stemma.registry.store.files import _write_temp
@@ -59,7 +65,7 @@ def generated_files(
     tree)."""
     read = reg.tree.read_text if read is None else read
     found = []
-    for kind in ("datasets", "models"):
+    for kind in (DATASETS_DIR, MODELS_DIR):
         for name in reg.tree.subdirs(reg.rel(kind)):
             path = reg.rel(kind, name, PIPELINE_FILE)
             if path in skip:
@@ -178,7 +184,7 @@ def _delta(
         return None  # the root's own stages are an input of every file
     now = _pipecache.inputs(reg)
     changed = {p for p in kept.keys() | now.keys() if kept.get(p) != now.get(p)}
-    head, tail = reg.rel("models") + "/", "/" + SPEC_FILE
+    head, tail = reg.rel(MODELS_DIR) + "/", "/" + SPEC_FILE
     names = {p[len(head) : -len(tail)] for p in changed if p.startswith(head) and p.endswith(tail)}
     if len(names) != len(changed) or any("/" in n for n in names):
         return None
@@ -194,8 +200,8 @@ def _read_specs(reg: Registry) -> None:
     read cache. A spec outside the subset, or one its schema refuses, is left for the
     registry to read, so that its error reads as everywhere else."""
     for kind, names, schema in (
-        ("datasets", reg.dataset_names(), DATASET_SPEC),
-        ("models", reg.model_names(), MODEL_SPEC),
+        (DATASETS_DIR, reg.dataset_names(), DATASET_SPEC),
+        (MODELS_DIR, reg.model_names(), MODEL_SPEC),
     ):
         for name in names:
             path = reg.rel(kind, name, SPEC_FILE)
@@ -230,7 +236,7 @@ def _cached_differences(reg: Registry, key: str | None) -> list[Difference] | No
             found.append(Difference(path, MISSING))
         elif _pipecache.sha(have) != digest:
             found.append(Difference(path, OUT_OF_STEP))
-    for kind in ("datasets", "models"):
+    for kind in (DATASETS_DIR, MODELS_DIR):
         for name in reg.tree.subdirs(reg.rel(kind)):
             path = reg.rel(kind, name, PIPELINE_FILE)
             if path not in files:

@@ -25,8 +25,10 @@ from stemma.registry.rules.dag import build_order as dag_order
 from stemma.registry.rules.layout import (
     CURVE_FILE,
     DATA_FILE,
+    DATASETS_DIR,
     MANIFEST_FILE,
     METRICS_FILE,
+    MODELS_DIR,
     PIPELINE_FILE,
     SETTINGS_FILE,
     SPEC_FILE,
@@ -136,7 +138,7 @@ def weights_out(reg: Registry, name: str) -> str:
     """The weights output of a model stage: weights.safetensors, or a LoRA model's adapter/."""
     spec = reg.model_spec(name)
     lora = spec.strategy.get("mode") == "lora"
-    return _rel(reg, "models", name, ADAPTER_DIR if lora else WEIGHTS_FILE)
+    return _rel(reg, MODELS_DIR, name, ADAPTER_DIR if lora else WEIGHTS_FILE)
 
 
 def _out(path: str, **opts: Any) -> Any:
@@ -162,7 +164,7 @@ def order_from(reg: Registry, deps: dict[str, list[str]]) -> list[str]:
     try:
         return dag_order(deps)
     except LineageCycle as exc:  # name the file where the loop can be broken
-        where = reg.rel("models", exc.loop[0], SPEC_FILE)
+        where = reg.rel(MODELS_DIR, exc.loop[0], SPEC_FILE)
         refs = parent_refs(reg.model_spec(exc.loop[0])) if reg.has_model(exc.loop[0]) else []
         pointer = next((r.pointer for r in refs if r.name == exc.loop[1]), "/source/model")
         raise ConsistencyError(f"{where} at {pointer}: {exc.message}") from None
@@ -177,7 +179,7 @@ def _own_stages(
     out: list[tuple[str, str, dict[str, Any]]] = []
     for name in reg.dataset_names():
         dspec = reg.dataset_spec(name)
-        deps = [_rel(reg, "datasets", name, SPEC_FILE)]
+        deps = [_rel(reg, DATASETS_DIR, name, SPEC_FILE)]
         source = parse_source(dspec.source)
         if source.path is not None:  # a file, or a folder DVC hashes whole (a new image too)
             reg.resolve(source.path, "/source", dspec.path)
@@ -190,8 +192,8 @@ def _own_stages(
             "cmd": f"stemma build dataset {name}",
             "deps": deps,
             "outs": [
-                _out(_rel(reg, "datasets", name, DATA_FILE)),
-                _out(_rel(reg, "datasets", name, MANIFEST_FILE), cache=False),
+                _out(_rel(reg, DATASETS_DIR, name, DATA_FILE)),
+                _out(_rel(reg, DATASETS_DIR, name, MANIFEST_FILE), cache=False),
             ],
         }
         out.append((stage_file(reg, "dataset", name), stage_name("dataset", name), stage))
@@ -217,24 +219,24 @@ def _model_stages(
     """The stages of one model: its exploration (when it picks a source so), then its build
     (`declared`: every model's declared source, when known)."""
     stages: list[tuple[str, dict[str, Any]]] = []
-    deps = [_rel(reg, "models", name, SPEC_FILE)]
+    deps = [_rel(reg, MODELS_DIR, name, SPEC_FILE)]
     src = spec.source
     if src is not None and src.auto:
         explore = _exploration_stage(reg, name, spec, declared)
         stages.append((stage_name("explore", name), explore))
-        deps.append(_rel(reg, "models", name, EXPLORATION_FILE))
+        deps.append(_rel(reg, MODELS_DIR, name, EXPLORATION_FILE))
     else:  # every parent's outputs (`parents_of`): a merge reads them all
         for parent in parents_of(spec):
             deps += [
                 weights_out(reg, parent)
                 if reg.has_model(parent)
-                else _rel(reg, "models", parent, WEIGHTS_FILE),
-                _rel(reg, "models", parent, MANIFEST_FILE),
+                else _rel(reg, MODELS_DIR, parent, WEIGHTS_FILE),
+                _rel(reg, MODELS_DIR, parent, MANIFEST_FILE),
             ]
     for dataset in sorted(set(spec.dataset_refs().values())):
         deps += [
-            _rel(reg, "datasets", dataset, DATA_FILE),
-            _rel(reg, "datasets", dataset, MANIFEST_FILE),
+            _rel(reg, DATASETS_DIR, dataset, DATA_FILE),
+            _rel(reg, DATASETS_DIR, dataset, MANIFEST_FILE),
         ]
     tokenizer = _tokenizer_deps(reg, spec)
     deps += tokenizer
@@ -248,12 +250,12 @@ def _model_stages(
         "params": _params(reg, name, spec),
         "outs": [
             _out(weights_out(reg, name)),
-            _out(_rel(reg, "models", name, MANIFEST_FILE), cache=False),
+            _out(_rel(reg, MODELS_DIR, name, MANIFEST_FILE), cache=False),
         ],
-        "metrics": [_out(_rel(reg, "models", name, METRICS_FILE), cache=False)],
+        "metrics": [_out(_rel(reg, MODELS_DIR, name, METRICS_FILE), cache=False)],
         "plots": [
             _out(
-                _rel(reg, "models", name, CURVE_FILE),
+                _rel(reg, MODELS_DIR, name, CURVE_FILE),
                 cache=False,
                 x="epoch",
                 y=_curve_y(reg, spec),
@@ -261,7 +263,7 @@ def _model_stages(
         ],
     }
     if tokenizer:  # git-tracked like the manifest: a child's dependency, small files
-        folder = _out(_rel(reg, "models", name, TOKENIZER_DIR), cache=False)
+        folder = _out(_rel(reg, MODELS_DIR, name, TOKENIZER_DIR), cache=False)
         build["outs"] = [*build["outs"], folder]
     stages.append((stage_name("model", name), build))
     return stages
@@ -283,7 +285,7 @@ def _tokenizer_deps(reg: Registry, spec: ModelSpec) -> list[str]:
         return [reg.rel(str(given).rstrip("/"))]
     src = spec.source
     if src is not None and not src.auto:
-        return [_rel(reg, "models", src.model, TOKENIZER_DIR)]
+        return [_rel(reg, MODELS_DIR, src.model, TOKENIZER_DIR)]
     return []
 
 
@@ -304,7 +306,7 @@ def _params(reg: Registry, name: str, spec: ModelSpec) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [{SETTINGS_FILE: None}]
     blocks = [key for key in PARAM_BLOCKS if key in spec.raw]
     if blocks:
-        params.append({_rel(reg, "models", name, SPEC_FILE): blocks})
+        params.append({_rel(reg, MODELS_DIR, name, SPEC_FILE): blocks})
     return params
 
 
@@ -361,17 +363,20 @@ def _curve_y(reg: Registry, spec: ModelSpec) -> str:
 def _exploration_stage(
     reg: Registry, name: str, spec: ModelSpec, declared: Declared | None = None
 ) -> dict[str, Any]:
-    deps = [_rel(reg, "models", name, SPEC_FILE)]
+    deps = [_rel(reg, MODELS_DIR, name, SPEC_FILE)]
     for cand in candidates(reg, name, spec, declared):
-        deps += [_rel(reg, "models", cand, WEIGHTS_FILE), _rel(reg, "models", cand, MANIFEST_FILE)]
+        deps += [
+            _rel(reg, MODELS_DIR, cand, WEIGHTS_FILE),
+            _rel(reg, MODELS_DIR, cand, MANIFEST_FILE),
+        ]
     deps += [
-        _rel(reg, "datasets", spec.train, DATA_FILE),
-        _rel(reg, "datasets", spec.train, MANIFEST_FILE),
+        _rel(reg, DATASETS_DIR, spec.train, DATA_FILE),
+        _rel(reg, DATASETS_DIR, spec.train, MANIFEST_FILE),
     ]
     return {
         "cmd": f"stemma explore --for {name}",
         "deps": deps,
-        "outs": [_out(_rel(reg, "models", name, EXPLORATION_FILE), cache=False)],
+        "outs": [_out(_rel(reg, MODELS_DIR, name, EXPLORATION_FILE), cache=False)],
     }
 
 

@@ -37,7 +37,7 @@ from stemma.registry.pipeline.render import ADAPTER_DIR, stage_file, stage_name
 from stemma.registry.rules import status
 from stemma.registry.rules.dag import Forest, exploration_candidates
 from stemma.registry.rules.dag import build_order as dag_order
-from stemma.registry.rules.layout import DATA_FILE, WEIGHTS_FILE
+from stemma.registry.rules.layout import DATA_FILE, DATASETS_DIR, MODELS_DIR, WEIGHTS_FILE
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.index import open_index
 
@@ -176,10 +176,10 @@ def _absent_outputs(reg: Registry, rows: _Rows) -> tuple[set[str], set[str]]:
     models = {
         m
         for m in rows.declared
-        if not _has_weights(root / "models" / m)
-        and not (root / "models" / m / ADAPTER_DIR).is_dir()
+        if not _has_weights(root / MODELS_DIR / m)
+        and not (root / MODELS_DIR / m / ADAPTER_DIR).is_dir()
     }
-    data = {d for d in rows.dataset_status if not (root / "datasets" / d / DATA_FILE).exists()}
+    data = {d for d in rows.dataset_status if not (root / DATASETS_DIR / d / DATA_FILE).exists()}
     return models, data
 
 

@@ -31,7 +31,10 @@ from stemma.registry.records.core import (
 )
 from stemma.registry.rules.layout import (
     COMMITTING_DIR,
+    DATASETS_DIR,
+    KINDS,
     LAST_RUN_FILE,
+    MODELS_DIR,
     STAGING_DIR,
 )
 from stemma.registry.rules.layout import DATA_FILE as DATA_FILE
@@ -144,7 +147,7 @@ class Registry:
             _run([sys.executable, "-m", "dvc", "config", "core.autostage", "true"], repo_root)
         write_atomic(repo_root / SETTINGS_FILE, dump_yaml(settings.to_dict()))
         reg_root = (repo_root / root).resolve()
-        for sub in ("models", "datasets"):
+        for sub in KINDS:
             (reg_root / sub).mkdir(parents=True, exist_ok=True)
             keep = reg_root / sub / ".gitkeep"
             if not keep.exists():
@@ -171,11 +174,11 @@ class Registry:
 
     def model_dir(self, name: str) -> Path:
         """Folder of a model; `PathEscape` when it resolves outside the registry root."""
-        return self._folder("models", name)
+        return self._folder(MODELS_DIR, name)
 
     def dataset_dir(self, name: str) -> Path:
         """Folder of a dataset; `PathEscape` when it resolves outside the registry root."""
-        return self._folder("datasets", name)
+        return self._folder(DATASETS_DIR, name)
 
     def _folder(self, kind: str, name: str) -> Path:
         # Every read and write of a model's or dataset's files goes through here: a folder
@@ -202,11 +205,11 @@ class Registry:
 
     def model_names(self) -> list[str]:
         """Names of declared models, sorted."""
-        return self._names("models")
+        return self._names(MODELS_DIR)
 
     def dataset_names(self) -> list[str]:
         """Names of declared datasets, sorted."""
-        return self._names("datasets")
+        return self._names(DATASETS_DIR)
 
     def _names(self, kind: str) -> list[str]:
         key = ("names", kind)
@@ -224,11 +227,11 @@ class Registry:
 
     def has_model(self, name: str) -> bool:
         """True when a model of that name is declared."""
-        return name in self._name_set("models")
+        return name in self._name_set(MODELS_DIR)
 
     def has_dataset(self, name: str) -> bool:
         """True when a dataset of that name is declared."""
-        return name in self._name_set("datasets")
+        return name in self._name_set(DATASETS_DIR)
 
     def _name_set(self, kind: str) -> frozenset[str]:
         key = ("name set", kind)
@@ -239,7 +242,7 @@ class Registry:
 
     def model_spec(self, name: str) -> ModelSpec:
         """The validated spec of a model."""
-        path = self.rel("models", name, SPEC_FILE)
+        path = self.rel(MODELS_DIR, name, SPEC_FILE)
         doc = self._load(path, MODEL_SPEC, yaml=True)
         if doc is None:
             # A registered model (imported weights) has a manifest and no spec to build from.
@@ -252,7 +255,7 @@ class Registry:
 
     def dataset_spec(self, name: str) -> DatasetSpec:
         """The validated spec of a dataset."""
-        path = self.rel("datasets", name, SPEC_FILE)
+        path = self.rel(DATASETS_DIR, name, SPEC_FILE)
         doc = self._load(path, DATASET_SPEC, yaml=True)
         if doc is None:
             raise DatasetNotFound(name, hint=self._hint(name, self.dataset_names()))
@@ -269,13 +272,13 @@ class Registry:
 
     def model_manifest(self, name: str) -> Manifest | None:
         """The model's manifest, or None when it has not been built."""
-        path = self.rel("models", name, MANIFEST_FILE)
+        path = self.rel(MODELS_DIR, name, MANIFEST_FILE)
         doc = self._load(path, MODEL_MANIFEST, yaml=False)
         return None if doc is None else Manifest(name, path, doc)
 
     def dataset_manifest(self, name: str) -> Manifest | None:
         """The dataset's manifest, or None when it has not been built."""
-        path = self.rel("datasets", name, MANIFEST_FILE)
+        path = self.rel(DATASETS_DIR, name, MANIFEST_FILE)
         doc = self._load(path, DATASET_MANIFEST, yaml=False)
         return None if doc is None else Manifest(name, path, doc)
 
@@ -303,11 +306,11 @@ class Registry:
 
     def write_model_manifest(self, name: str, doc: Mapping[str, Any]) -> str:
         """Fill in the content id, validate and write a model manifest atomically."""
-        return self._write_manifest("models", name, doc, MODEL_MANIFEST)
+        return self._write_manifest(MODELS_DIR, name, doc, MODEL_MANIFEST)
 
     def write_dataset_manifest(self, name: str, doc: Mapping[str, Any]) -> str:
         """Fill in the content id, validate and write a dataset manifest atomically."""
-        return self._write_manifest("datasets", name, doc, DATASET_MANIFEST)
+        return self._write_manifest(DATASETS_DIR, name, doc, DATASET_MANIFEST)
 
     def remember(self, path: str, doc: dict[str, Any]) -> None:
         """Take `doc` as the validated document of `path` (repo-relative) without reading

@@ -18,7 +18,7 @@ from stemma.registry.records.core import (
     MODEL_MANIFEST,
     Manifest,
 )
-from stemma.registry.rules.layout import MANIFEST_FILE
+from stemma.registry.rules.layout import DATASETS_DIR, MANIFEST_FILE, MODELS_DIR
 from stemma.registry.store.documents import parse_json_document
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import git
@@ -68,7 +68,7 @@ class GitPaths:
 def git_paths(reg: Registry) -> GitPaths:
     """The git top folder of `reg` and its models folder relative to that top."""
     top = Path(git(reg.repo_root, "rev-parse", "--show-toplevel").decode().strip()).resolve()
-    models = (reg.repo_root / reg.rel("models")).resolve()
+    models = (reg.repo_root / reg.rel(MODELS_DIR)).resolve()
     try:
         rel = models.relative_to(top)
     except ValueError:
@@ -110,7 +110,7 @@ def manifest_at(reg: Registry, name: str, commit: str, label: str = "") -> Manif
     doc = parse_json_document(blob.decode(errors="replace"), MODEL_MANIFEST, display)
     if doc["name"] != name:
         raise ConsistencyError(f"{display}: manifest names model {doc['name']!r}, not {name!r}")
-    return Manifest(name, reg.rel("models", name, MANIFEST_FILE), doc)
+    return Manifest(name, reg.rel(MODELS_DIR, name, MANIFEST_FILE), doc)
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ def all_history(reg: Registry) -> list[Version]:
 def all_dataset_history(reg: Registry) -> list[Version]:
     """The versions of every dataset reachable from HEAD, newest first (no source, no metrics)."""
     paths = git_paths(reg)
-    datasets = PurePosixPath(paths.prefix).parent / "datasets"
+    datasets = PurePosixPath(paths.prefix).parent / DATASETS_DIR
     spec = f":(glob){datasets}/*/{MANIFEST_FILE}"
     return _versions(paths.top, _log(paths.top, spec))
 
@@ -244,7 +244,7 @@ def all_dataset_history(reg: Registry) -> list[Version]:
 def dataset_manifest_at(reg: Registry, name: str, commit: str) -> Manifest:
     """The schema-valid manifest of dataset `name` at `commit`; raises when absent or invalid."""
     paths = git_paths(reg)
-    path = str(PurePosixPath(paths.prefix).parent / "datasets" / name / MANIFEST_FILE)
+    path = str(PurePosixPath(paths.prefix).parent / DATASETS_DIR / name / MANIFEST_FILE)
     blob = read_blobs(paths.top, [f"{commit}:{path}"])[f"{commit}:{path}"]
     if blob is None:
         raise DatasetNotFound(name, hint=f" with a manifest at revision {commit[:12]}")
@@ -252,4 +252,4 @@ def dataset_manifest_at(reg: Registry, name: str, commit: str) -> Manifest:
     doc = parse_json_document(blob.decode(errors="replace"), DATASET_MANIFEST, display)
     if doc["name"] != name:
         raise ConsistencyError(f"{display}: manifest names dataset {doc['name']!r}, not {name!r}")
-    return Manifest(name, reg.rel("datasets", name, MANIFEST_FILE), doc)
+    return Manifest(name, reg.rel(DATASETS_DIR, name, MANIFEST_FILE), doc)

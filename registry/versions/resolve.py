@@ -18,6 +18,7 @@ from typing import Any
 
 from stemma.registry.errors import ModelNotFound, StemmaError
 from stemma.registry.records.core import Manifest
+from stemma.registry.rules.layout import MODELS_DIR
 from stemma.registry.rules.naming import parse_ref
 from stemma.registry.rules.pointer import escape as _escape
 from stemma.registry.store.files import CHUNK, file_hashes
@@ -282,7 +283,9 @@ def checkout(reg: Registry, text: str) -> Path:
     weights = manifest.raw["weights"]
     md5 = str(weights["md5"])
     target = reg.resolve(
-        f"models/{manifest.name}/{weights['path']}", pointer="/weights/path", display=manifest.path
+        f"{MODELS_DIR}/{manifest.name}/{weights['path']}",
+        pointer="/weights/path",
+        display=manifest.path,
     )
     if target.is_file() and file_hashes(target)["md5"] == md5:
         return target
