@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stemma.registry import Registry
 from stemma.registry.errors import RegistryNotFound
 from stemma.registry.rules.layout import LOCK_FILE, MANIFEST_FILE, SPEC_FILE
 from stemma.registry.rules.pointer import escape
@@ -65,12 +66,15 @@ from .graph import (
     build_graph_near,
     partial_graph,
     read_document,
+    read_records,
 )
-from .nodes import dataset_node, model_node, new_graph
+from .nodes import DatasetRecord, ModelRecord, dataset_node, model_node, new_graph
 from .query import lineage_index
 
 if TYPE_CHECKING:
     import networkx as nx
+
+Records = tuple[list[ModelRecord], list[DatasetRecord]]
 
 __all__ = [
     "CODES",
@@ -216,6 +220,10 @@ def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
         anchor(new, repo)
         prefetch_state(new)
     link(old, new)
+    # The records of the head's lineage graph are read before the checks: the query
+    # index's working memory for them (tens of MiB at 30,000 models, handed back when the
+    # query ends) is then taken while little else is held, not on top of the checks' heap.
+    records = _head_records(new)
     found = check_violations(new)
     # The base's violations only mark which of the head's are new: only the checks that
     # can find a code the head has are run on it.
@@ -248,7 +256,7 @@ def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
     touched |= {
         f.subject for f in findings if f.new and f.subject.partition(":")[0] in ("model", "dataset")
     }
-    graph, marks = _marked_graph(old, new, report, touched)
+    graph, marks = _marked_graph(old, new, report, touched, records)
     return AuditReport(
         base=old.label,
         head=new.label,
@@ -354,20 +362,42 @@ def json_diff(a: Any, b: Any, pointer: str = "") -> list[tuple[str, str, Any, An
     return [(pointer or "/", "changed", a, b)]
 
 
+def _head_records(new: State) -> Records | None:
+    """What the head's graph is built from (`_marked_graph`): the records of the head, or of
+    the working tree a head revision is anchored to (None: no registry)."""
+    if new.reg is None:
+        return None
+    near = _near(new)
+    return read_records(near if near is not None else new.reg)
+
+
+def _near(new: State) -> Registry | None:
+    """The working tree a head at a git revision is anchored to, or None."""
+    if new.same is not None and new.head is not None and new.head.reg is not None:
+        return new.head.reg
+    return None
+
+
 def _marked_graph(
-    old: State, new: State, report: Mapping[str, Any], touched: set[str]
+    old: State,
+    new: State,
+    report: Mapping[str, Any],
+    touched: set[str],
+    records: Records | None = None,
 ) -> tuple[nx.MultiDiGraph, dict[str, str]]:
     """The head graph plus what was removed, and a mark for every node the change touches:
-    added, removed, changed, or affected (rebuilt downstream of a change)."""
+    added, removed, changed, or affected (rebuilt downstream of a change). `records`: those
+    of `_head_records`, when already read."""
     g_old = _old_graph(old, new, report)
+    near = _near(new)
     if new.reg is None:
         g = new_graph()
-    elif new.same is not None and new.head is not None and new.head.reg is not None:
+    elif near is not None and new.same is not None:
         # A head at a git revision anchored to the working tree: most of its records are
         # the working tree's, which its query index answers.
-        g = build_graph_near(new.reg, new.head.reg, new.same)
+        g = build_graph_near(new.reg, near, new.same, records)
     else:
-        g = build_graph(new.reg)
+        g = build_graph(new.reg, records=records)
     marks: dict[str, str] = {}
     for kind, node in (("models", model_node), ("datasets", dataset_node)):
         for name in report[f"{kind}_removed"]:

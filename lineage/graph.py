@@ -400,8 +400,14 @@ def _dataset_edge(g: nx.MultiDiGraph, node: str, name: str, key: str, roles: str
     g.add_edge(node, target, key=key, roles=roles)
 
 
-def build_graph(reg: Registry, history: bool = False, whole: bool = False) -> nx.MultiDiGraph:
-    """The lineage graph of a registry (working tree or any git revision).
+def build_graph(
+    reg: Registry,
+    history: bool = False,
+    whole: bool = False,
+    records: tuple[list[ModelRecord], list[DatasetRecord]] | None = None,
+) -> nx.MultiDiGraph:
+    """The lineage graph of a registry (working tree or any git revision); `records`: its
+    `read_records`, when already read.
 
     With `whole`, a registry with an entry the graph cannot place (an unreadable spec, a
     source or dataset that is not declared) is refused (`require_whole`) instead of drawn
@@ -410,7 +416,7 @@ def build_graph(reg: Registry, history: bool = False, whole: bool = False) -> nx
     newest version) and by `derived_from` edges to the source version it was built from when
     that version is known.
     """
-    models, datasets = read_records(reg)
+    models, datasets = records if records is not None else read_records(reg)
     return _graph_of(reg, models, datasets, history, whole)
 
 
@@ -590,19 +596,25 @@ def node_attrs(g: nx.MultiDiGraph, key: str) -> dict[str, Any]:
     return dict(g.nodes[key])
 
 
-def build_graph_near(reg: Registry, near: Registry, same: Callable[[str], bool]) -> nx.MultiDiGraph:
+def build_graph_near(
+    reg: Registry,
+    near: Registry,
+    same: Callable[[str], bool],
+    near_records: tuple[list[ModelRecord], list[DatasetRecord]] | None = None,
+) -> nx.MultiDiGraph:
     """`build_graph(reg)` for a registry at a git revision, taking the records of `near`
     (the working tree, whose query index answers without parsing) for every model whose
     record reads only files `same` finds identical in both: its spec, its manifest and its
     parents' manifests. The others are read from `reg`'s files, as `build_graph` reads
     them; nodes and edges come in the same order. A change to any dataset file, or an
-    exploring model (its candidates read every spec), is read from `reg` as a whole."""
+    exploring model (its candidates read every spec), is read from `reg` as a whole.
+    `near_records`: `read_records(near)`, when already read."""
     names, dnames = reg.model_names(), reg.dataset_names()
     if dnames != near.dataset_names() or not all(
         same(reg.rel("datasets", n, f)) for n in dnames for f in (SPEC_FILE, MANIFEST_FILE)
     ):
         return build_graph(reg)
-    near_models, near_datasets = read_records(near)
+    near_models, near_datasets = near_records if near_records is not None else read_records(near)
     have = {m.name: m for m in near_models}
     if any(m.auto for m in near_models):
         return build_graph(reg)

@@ -44,7 +44,7 @@ def test_the_same_report_as_building_from_the_files(
     _edit_working_tree(work)
     fast = _report(work)
     with monkeypatch.context() as patch:
-        patch.setattr(lib, "build_graph_near", lambda reg, near, same: graph.build_graph(reg))
+        patch.setattr(lib, "build_graph_near", lambda reg, near, *rest: graph.build_graph(reg))
         assert fast == _report(work)
 
 
