@@ -19,6 +19,7 @@ from stemma.registry.errors import StemmaError
 from stemma.registry.records.core import Manifest
 from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
 from stemma.registry.rules.layout import METRICS_FILE as METRICS_FILE
+from stemma.registry.rules.layout import MODELS_DIR
 from stemma.registry.store.files import parse_json_text
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import WorkTree
@@ -45,10 +46,10 @@ def _same(a: Any, b: Any, tolerance: float = 1e-12) -> bool:
 
 def _read(reg: Registry, name: str, file: str) -> tuple[bool, Any]:
     """(present, parsed JSON or a reason string when it cannot be read or parsed)."""
-    path = reg.rel("models", name, file)
+    path = reg.rel(MODELS_DIR, name, file)
     try:
         if isinstance(reg.tree, WorkTree):  # a link out of the registry is never followed
-            reg.resolve(f"models/{name}/{file}", display=path)
+            reg.resolve(f"{MODELS_DIR}/{name}/{file}", display=path)
         text = reg.tree.read_text(path)
     except StemmaError as exc:
         return True, exc.message
@@ -66,7 +67,7 @@ def mismatches(reg: Registry, manifest: Manifest) -> list[Mismatch]:
     """Every way the model's metrics.json and curve.json disagree with its manifest."""
     metrics = manifest.metrics  # a model manifest's schema requires them
     found: list[Mismatch] = []
-    mpath = reg.rel("models", manifest.name, METRICS_FILE)
+    mpath = reg.rel(MODELS_DIR, manifest.name, METRICS_FILE)
     present, doc = _read(reg, manifest.name, METRICS_FILE)
     if present and isinstance(doc, str):
         found.append(Mismatch(mpath, "", doc))
@@ -86,7 +87,7 @@ def mismatches(reg: Registry, manifest: Manifest) -> list[Mismatch]:
                         f"{key} is {doc[key]!r}, the manifest says {metrics[key]!r}",
                     )
                 )
-    cpath = reg.rel("models", manifest.name, CURVE_FILE)
+    cpath = reg.rel(MODELS_DIR, manifest.name, CURVE_FILE)
     present, curve = _read(reg, manifest.name, CURVE_FILE)
     if present and isinstance(curve, str):
         found.append(Mismatch(cpath, "", curve))

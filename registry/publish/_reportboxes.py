@@ -22,6 +22,7 @@ from html import escape
 from typing import Any
 
 from stemma.registry.errors import StemmaError
+from stemma.registry.rules.layout import MODELS_DIR
 from stemma.registry.store.files import parse_json_text, read_bytes_file
 from stemma.registry.store.handle import Registry
 
@@ -198,7 +199,7 @@ def load_samples(reg: Registry, name: str, manifest: Mapping[str, Any]) -> dict[
     record = manifest.get("samples")
     if not isinstance(record, Mapping):
         return None
-    display = reg.rel("models", name, SAMPLES_FILE)
+    display = reg.rel(MODELS_DIR, name, SAMPLES_FILE)
     try:
         data = read_bytes_file(
             reg.model_dir(name) / SAMPLES_FILE, display, root=reg.root, limit=MAX_BYTES

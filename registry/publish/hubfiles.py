@@ -30,6 +30,7 @@ from stemma import schemas
 from stemma.registry.errors import SchemaError, StemmaError
 from stemma.registry.records.core import Manifest
 from stemma.registry.records.manifest import model_record
+from stemma.registry.rules.layout import MODELS_DIR
 from stemma.registry.store.files import file_hashes, read_text_file
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.yamlio import load_yaml_text
@@ -50,8 +51,10 @@ _ARCH_PREFIX = re.compile(r"^([A-Za-z0-9_]+?)(?:Model|For[A-Za-z]+|LMHeadModel)$
 
 def _checked(reg: Registry, manifest: Manifest, rel: str, sha256: str, pointer: str) -> bytes:
     """A file the manifest records (`path` + `sha256`), from the working tree, as recorded."""
-    display = reg.rel("models", manifest.name, rel)
-    path = reg.resolve(f"models/{manifest.name}/{rel}", pointer=pointer, display=manifest.path)
+    display = reg.rel(MODELS_DIR, manifest.name, rel)
+    path = reg.resolve(
+        f"{MODELS_DIR}/{manifest.name}/{rel}", pointer=pointer, display=manifest.path
+    )
     if not path.is_file():
         raise StemmaError(
             f"{display} is missing: restore the weights first"
@@ -151,7 +154,7 @@ def _adapter_files(
         doc = None
     if not isinstance(doc, dict):
         raise StemmaError(
-            f"{reg.rel('models', manifest.name, config_block.path)}: not a JSON object"
+            f"{reg.rel(MODELS_DIR, manifest.name, config_block.path)}: not a JSON object"
         )
     if base_ref is not None:
         doc["base_model_name_or_path"] = base_ref

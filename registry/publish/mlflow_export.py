@@ -22,7 +22,7 @@ from typing import Any
 from stemma.registry.errors import StemmaError
 from stemma.registry.publish._optional import require
 from stemma.registry.records.manifest import ModelManifest
-from stemma.registry.rules.layout import MANIFEST_FILE
+from stemma.registry.rules.layout import MANIFEST_FILE, MODELS_DIR
 from stemma.registry.store.handle import Registry
 from stemma.registry.versions.builds import Build, builds
 from stemma.registry.versions.resolve import log
@@ -111,7 +111,7 @@ class _Exporter:
         if b.id in self.versions:
             self.report.unchanged += 1
             return
-        manifest = ModelManifest.from_dict(b.raw, f"models/{b.name}/{MANIFEST_FILE}")
+        manifest = ModelManifest.from_dict(b.raw, f"{MODELS_DIR}/{b.name}/{MANIFEST_FILE}")
         e = self.entities
         start = _millis(manifest.run.started)
         end = start + int(float(manifest.run.duration_s or 0.0) * 1000)

@@ -29,7 +29,7 @@ from stemma.registry.errors import GitError
 from stemma.registry.pipeline.render import stage_name
 from stemma.registry.publish._olsend import send
 from stemma.registry.records.manifest import DatasetManifest, ModelManifest
-from stemma.registry.rules.layout import MANIFEST_FILE
+from stemma.registry.rules.layout import DATASETS_DIR, MANIFEST_FILE, MODELS_DIR
 from stemma.registry.store.files import Outputs
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import git
@@ -182,7 +182,7 @@ def build_events(
     raw: dict[str, Any], namespace: str, origin: Origin | None = None
 ) -> list[dict[str, Any]]:
     """START and COMPLETE (or FAIL) of the build that wrote model manifest `raw`."""
-    manifest = ModelManifest.from_dict(raw, f"models/{raw.get('name')}/{MANIFEST_FILE}")
+    manifest = ModelManifest.from_dict(raw, f"{MODELS_DIR}/{raw.get('name')}/{MANIFEST_FILE}")
     inputs = []
     for parent, version in manifest.recorded_parents():  # a merge: one input per parent
         inputs.append(_dataset(namespace, f"models/{parent}", version, "MODEL"))
@@ -218,7 +218,7 @@ def dataset_events(
     raw: dict[str, Any], namespace: str, origin: Origin | None = None
 ) -> list[dict[str, Any]]:
     """START and COMPLETE of the build that wrote dataset manifest `raw`."""
-    manifest = DatasetManifest.from_dict(raw, f"datasets/{raw.get('name')}/{MANIFEST_FILE}")
+    manifest = DatasetManifest.from_dict(raw, f"{DATASETS_DIR}/{raw.get('name')}/{MANIFEST_FILE}")
     output = _dataset(namespace, f"datasets/{manifest.name}", manifest.id, "FILE")
     rows = sum(int(s.samples) for s in manifest.splits.values())
     size = manifest.data.bytes

@@ -31,6 +31,7 @@ from stemma.registry.records.core import Manifest
 from stemma.registry.records.manifest import ORIGINS, Check, ModelManifest, model_record
 from stemma.registry.rules.classlabels import class_labels, label
 from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
+from stemma.registry.rules.layout import MODELS_DIR
 from stemma.registry.store.files import Outputs, read_json
 from stemma.registry.store.handle import Registry
 
@@ -121,14 +122,14 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
         if not reg.has_model(name):
             raise ModelNotFound(name, hint=Registry._hint(name, reg.model_names()))
         raise BuildError(
-            f"{reg.rel('models', name)}: model {name!r} has not been built; run `dvc repro`"
+            f"{reg.rel(MODELS_DIR, name)}: model {name!r} has not been built; run `dvc repro`"
         )
     built = model_record(manifest)
     curve_path = reg.model_dir(name) / CURVE_FILE
     curve: list[dict[str, Any]] = []
     if curve_path.is_file():
         try:  # bounded, regular, inside the registry; a bad curve is no curve
-            loaded = read_json(curve_path, reg.rel("models", name, CURVE_FILE), root=reg.root)
+            loaded = read_json(curve_path, reg.rel(MODELS_DIR, name, CURVE_FILE), root=reg.root)
         except StemmaError:
             loaded = []
         curve = [row for row in loaded if isinstance(row, dict)] if isinstance(loaded, list) else []
