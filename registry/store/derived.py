@@ -181,6 +181,11 @@ class StoreBusy(Exception):
     """The store is being written or read by another process (or cannot be locked)."""
 
 
+class StoreInUse(StoreBusy):
+    """Another process has the store file open: DuckDB's own lock on it (one writer, or
+    readers), held for that process's query or command."""
+
+
 class StoreUnusable(Exception):
     """Something that is not the store's own file or folder is in the place of one."""
 
@@ -287,7 +292,7 @@ def _attached(path: Path, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection
             con.execute(f"ATTACH {literal} AS store{mode}")
         except engine.Error as exc:
             if "lock" in str(exc).lower() or type(exc).__name__ == "ResourceInUseException":
-                raise StoreBusy(f"{path} is open in another process") from None
+                raise StoreInUse(f"{path} is open in another process") from None
             raise
         con.execute("USE store")
         yield con
@@ -384,8 +389,8 @@ def load(repo_root: Path, name: str, limit: int = MAX_BYTES) -> bytes | None:
 
 def save(repo_root: Path, name: str, body: bytes | str) -> bool:
     """Store `body` as the fact `name`; False, with nothing written, where the store cannot
-    hold it (not a real folder, a read-only or full disk, another process holding it, this
-    process holding it open for reading) or inside `held()`."""
+    hold it (not a real folder, a read-only or full disk, another process holding it for
+    longer than FACT_WAIT_S, this process holding it open for reading) or inside `held()`."""
     if _HELD:
         return False
     engine = _engine.duckdb()
@@ -393,17 +398,29 @@ def save(repo_root: Path, name: str, body: bytes | str) -> bool:
     if path in _OPEN or folder(repo_root, create=True) is None:
         return False
     data = body.encode() if isinstance(body, str) else body
-    try:
-        with locked(path.parent / LOCK_FILE, FACT_WAIT_S, FACT_AFTER_BUSY_S):
-            if path in _OPEN:  # opened by another thread while this one waited (see `load`)
+    # Another process reading the store (`stemma ls`, a query) holds DuckDB's lock on the
+    # file for its run, mostly a fraction of a second: a write that met it is tried again,
+    # letting go of our lock in between, until FACT_WAIT_S. Once such a wait ran out, the
+    # process's next writes try once (`_GAVE_UP`, by the store's path).
+    deadline = time.monotonic() + (0.0 if path in _GAVE_UP else FACT_WAIT_S)
+    while True:
+        try:
+            with locked(path.parent / LOCK_FILE, FACT_WAIT_S, FACT_AFTER_BUSY_S):
+                if path in _OPEN:  # opened by another thread while this one waited (`load`)
+                    return False
+                if not all(clear(p) for p in (path, Path(f"{path}.wal"))):
+                    return False
+                with _attached(path, read_only=False) as con:
+                    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+                    con.execute("BEGIN TRANSACTION")
+                    put_fact(con, name, data)
+                    con.execute("COMMIT")
+            _GAVE_UP.discard(path)
+            return True
+        except StoreInUse:
+            if time.monotonic() >= deadline:
+                _GAVE_UP.add(path)
                 return False
-            if not all(clear(p) for p in (path, Path(f"{path}.wal"))):
-                return False
-            with _attached(path, read_only=False) as con:
-                con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-                con.execute("BEGIN TRANSACTION")
-                put_fact(con, name, data)
-                con.execute("COMMIT")
-        return True
-    except (StoreBusy, StoreUnusable, OSError, engine.Error):
-        return False
+            time.sleep(0.05)
+        except (StoreBusy, StoreUnusable, OSError, engine.Error):
+            return False

@@ -383,3 +383,51 @@ def test_a_thread_that_waited_to_open_the_index_sees_it_opened_meanwhile(
     finally:
         _store.closed(path)
         con.close()
+
+
+_HOLDER = """
+import sys, time
+from stemma.registry import Registry
+from stemma.registry.store import index
+with index.open_index(Registry.open(sys.argv[1])) as opened:
+    assert not opened.stats.private
+    print("open", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextlib.contextmanager
+def _held_open(root: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """Another process holds the index open for `seconds` (a query) once this starts."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(root), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "open\n"
+        yield proc
+    finally:
+        assert proc.wait(timeout=RUN_TIMEOUT_S) == 0
+
+
+def test_a_fact_is_written_once_a_short_read_elsewhere_is_over(stored: Registry) -> None:
+    """`stemma ls` or a query in another process holds DuckDB's lock on the store for a
+    moment: a fact written meanwhile (`stemma validate`'s) waits for it, up to FACT_WAIT_S,
+    instead of being lost."""
+    root = stored.repo_root
+    with _held_open(root, 0.4):
+        assert _store.save(root, "probe", b"written")
+    assert _store.load(root, "probe") == b"written"
+
+
+def test_a_fact_write_waits_for_a_long_read_elsewhere_once(stored: Registry) -> None:
+    root = stored.repo_root
+    with _held_open(root, 2 * _store.FACT_WAIT_S + 2):
+        started = time.monotonic()
+        assert not _store.save(root, "probe", b"first")
+        assert time.monotonic() - started >= _store.FACT_WAIT_S
+        started = time.monotonic()
+        assert not _store.save(root, "probe", b"second")  # tried once: no second wait
+        assert time.monotonic() - started < _store.FACT_WAIT_S
+    assert _store.load(root, "probe") == b"kept"
+    assert _store.save(root, "probe", b"after")  # free again: written, and waits again
+    assert _store.load(root, "probe") == b"after"
