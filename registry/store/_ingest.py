@@ -197,7 +197,6 @@ def apply(
     try:
         if create:
             con.execute(_sql.TABLES)
-            con.execute(_store.FACTS_TABLE)
             con.execute(_sql.VIEWS)
             for name, body in kept:
                 _store.put_fact(con, name, body)
