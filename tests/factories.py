@@ -129,4 +129,5 @@ class Fact:
         con = duckdb.connect()
         path = _derived.store_path(self.repo_root)
         con.execute(f"ATTACH '{path}' AS store (READ_ONLY)")
-        return [str(n) for (n,) in con.execute("SELECT name FROM store.raw.facts").fetchall()]
+        con.execute("USE store")
+        return _derived.fact_names(con)
