@@ -22,6 +22,7 @@ facts but arrays (cached features, training checkpoints) stay in folders under `
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -220,15 +221,22 @@ def is_held() -> bool:
 def _open_lock(path: Path) -> int:
     """A descriptor of the lock file `path`, made when missing (except inside `held()`,
     which writes nothing: no lock file is then `StoreUnusable`); a link, a pipe or a device
-    there is removed first (never followed: a dangling link would make its target)."""
-    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    there is removed first (never followed: a dangling link would make its target). Where
+    it cannot be opened for writing (a read-only checkout, another user's registry), it is
+    opened for reading: flock needs no write access, and the facts and a matching index are
+    still read (a write then fails on the store itself and is skipped)."""
+    reading = os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDWR | reading
     if not _HELD:
         flags |= os.O_CREAT
     for _attempt in range(2):
         try:
             fd = os.open(path, flags, 0o644)
-        except OSError:  # a link (ELOOP), a folder, a device without a reader
+        except OSError as exc:  # a link (ELOOP), a folder, a device, no write access
             fd = -1
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                with contextlib.suppress(OSError):
+                    fd = os.open(path, os.O_RDONLY | reading)
         if fd >= 0:
             if stat.S_ISREG(os.fstat(fd).st_mode):
                 return fd

@@ -431,3 +431,27 @@ def test_a_fact_write_waits_for_a_long_read_elsewhere_once(stored: Registry) -> 
     assert _store.load(root, "probe") == b"kept"
     assert _store.save(root, "probe", b"after")  # free again: written, and waits again
     assert _store.load(root, "probe") == b"after"
+
+
+def test_a_read_only_checkout_still_reads_its_facts(
+    stored: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the lock file cannot be opened for writing (a read-only checkout, another
+    user's registry: tests run as root, so the refusal is made here), the lock is taken on
+    a descriptor opened for reading, and the facts and the matching index are still read
+    (earlier versions read their cache files there; the lock made every fact a miss)."""
+    import errno
+
+    root = stored.repo_root
+    lock = str(root / ".stemma" / _store.LOCK_FILE)
+    real_open = os.open
+
+    def refusing(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path) == lock and flags & (os.O_RDWR | os.O_WRONLY):
+            raise OSError(errno.EROFS, "Read-only file system", lock)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    assert _store.load(root, "probe") == b"kept"
+    with index.open_index(stored) as opened:
+        assert not opened.stats.private
