@@ -192,25 +192,32 @@ class StoreUnusable(Exception):
 
 
 # The store opened by this process (the index's read-only connection, `index.Index`), by
-# path, with the thread that uses it. DuckDB's lock on the file belongs to the process: a
-# second attach that closes would drop the first one's lock, so facts are read through
-# that connection while it is open, and written only once it is closed.
-_OPEN: dict[Path, tuple[duckdb.DuckDBPyConnection, int]] = {}
+# path (`_key`), with the thread that uses it. DuckDB's lock on the file belongs to the
+# process: a second attach that closes would drop the first one's lock, so facts are read
+# through that connection while it is open, and written only once it is closed.
+_OPEN: dict[str, tuple[duckdb.DuckDBPyConnection, int]] = {}
+
+
+def _key(path: Path) -> str:
+    """The store file `path` as `_OPEN` knows it: its folder with links and relative parts
+    resolved, so a store named another way (a linked or relative repository path: the
+    numerics fingerprint's caller passes one) is still found open."""
+    return os.path.join(os.path.realpath(path.parent), path.name)
 
 
 def opened(path: Path, con: duckdb.DuckDBPyConnection) -> None:
     """Record that this process holds the store at `path` open through `con`."""
-    _OPEN[path] = (con, threading.get_ident())
+    _OPEN[_key(path)] = (con, threading.get_ident())
 
 
 def closed(path: Path) -> None:
     """The store at `path` is no longer open in this process."""
-    _OPEN.pop(path, None)
+    _OPEN.pop(_key(path), None)
 
 
 def is_open(path: Path) -> bool:
     """True while this process holds the store at `path` open."""
-    return path in _OPEN
+    return _key(path) in _OPEN
 
 
 def is_held() -> bool:
@@ -353,7 +360,7 @@ def _through_open(path: Path, name: str, limit: int) -> tuple[bool, bytes | None
     """(True, the fact) when this process holds the store at `path` open: read through that
     connection by its own thread, a miss for any other (one DuckDB connection serves one
     thread at a time). (False, None) when the store is not open here."""
-    held_here = _OPEN.get(path)
+    held_here = _OPEN.get(_key(path))
     if held_here is None:
         return False, None
     con, thread = held_here
@@ -403,7 +410,7 @@ def save(repo_root: Path, name: str, body: bytes | str) -> bool:
         return False
     engine = _engine.duckdb()
     path = store_path(repo_root)
-    if path in _OPEN or folder(repo_root, create=True) is None:
+    if is_open(path) or folder(repo_root, create=True) is None:
         return False
     data = body.encode() if isinstance(body, str) else body
     # Another process reading the store (`stemma ls`, a query) holds DuckDB's lock on the
@@ -414,7 +421,7 @@ def save(repo_root: Path, name: str, body: bytes | str) -> bool:
     while True:
         try:
             with locked(path.parent / LOCK_FILE, FACT_WAIT_S, FACT_AFTER_BUSY_S):
-                if path in _OPEN:  # opened by another thread while this one waited (`load`)
+                if is_open(path):  # opened by another thread while this one waited (`load`)
                     return False
                 if not all(clear(p) for p in (path, Path(f"{path}.wal"))):
                     return False

@@ -455,3 +455,24 @@ def test_a_read_only_checkout_still_reads_its_facts(
     assert _store.load(root, "probe") == b"kept"
     with index.open_index(stored) as opened:
         assert not opened.stats.private
+
+
+def test_a_store_named_another_way_is_still_found_open(
+    stored: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index is open through the registry's resolved path; a fact asked for through a
+    linked or relative path to the same repository is read through that connection, not
+    by a second attach (whose close would drop this process's lock on the file)."""
+    root = stored.repo_root
+    linked = tmp_path / "linked-repo"
+    linked.symlink_to(root)
+    monkeypatch.chdir(root.parent)
+    with index.open_index(stored) as opened:
+        assert not opened.stats.private
+        monkeypatch.setattr(_store, "_attached", None)  # a second attach would fail loudly
+        for other in (linked, Path(root.name)):
+            assert _store.is_open(_store.store_path(other))
+            assert _store.load(other, "probe") == b"kept"
+            assert not _store.save(other, "probe", b"changed")
+    monkeypatch.undo()
+    assert _store.load(root, "probe") == b"kept"
