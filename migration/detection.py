@@ -12,7 +12,6 @@ COCO mAP, mAP@50, mAP@75 and per-class AP; the outputs and manifest are those of
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,7 @@ from .detection_train import score, train_detector
 from .mapping import report
 from .model_manifest import model_manifest
 from .strategy import Strategy, prepare_target
-from .train import TrainConfig
+from .train import Progress, TrainConfig
 
 SUPPORTED_TRAINING = (
     "epochs",
@@ -115,7 +114,7 @@ def _training(spec: ModelSpec, reg: Registry) -> tuple[TrainConfig, Augment]:
 
 def _check_detector(config: dict[str, Any], display: str) -> None:
     """The architecture must name a torchvision detection model."""
-    from torchvision.models import detection, list_models
+    from torchvision.models import detection, list_models  # type: ignore[import-untyped]
 
     allowed = list_models(module=detection)
     if config.get("family") != "torchvision" or config.get("name") not in allowed:
@@ -128,7 +127,7 @@ def _check_detector(config: dict[str, Any], display: str) -> None:
 def build_detector(
     reg: Registry,
     name: str,
-    progress: Callable[[int, int, float], None] | None,
+    progress: Progress | None,
     started: str,
     begin: float,
 ) -> dict[str, Any]:
