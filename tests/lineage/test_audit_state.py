@@ -231,3 +231,24 @@ def test_release_forgets_the_check_and_the_documents(work: Path) -> None:
     assert head.checked is None and wt.checked is None
     assert wt.reg.known(spec) is None and head.reg.known(spec) is None
     assert head.models["base"] == before  # read again where asked for
+
+
+def test_the_base_reads_the_files_that_are_the_same_from_the_head(work: Path) -> None:
+    repo = work
+    reg = Registry.open(repo)
+    spec = reg.root / "models" / "ft" / "spec.yaml"
+    write(spec, spec.read_text().replace("lr: 0.01", "lr: 0.02"))
+    commit(repo, "change ft")
+    old, new = _audit_state.open_state(repo, "HEAD~1"), _audit_state.open_state(repo, None)
+    _audit_state.link(old, new)
+    assert old.reg is not None and new.reg is not None
+    tree = old.reg.tree
+    assert isinstance(tree, _audit_state.LinkedTree)
+    own = "models/ft/spec.yaml"
+    assert tree.read_text(own) == tree.own.read_text(own) != new.reg.tree.read_text(own)
+    same = "models/base/dvc.yaml"
+    assert tree.read_text(same) == new.reg.tree.read_text(same) is not None
+    old.check()  # reads every folder's dvc.yaml and dvc.lock: none of the same from git
+    inner = getattr(tree.own, "inner", tree.own)
+    read = [p for p in inner._cache if p.startswith("models/")]  # (stemma.yaml: on opening)
+    assert read == ["models/ft/spec.yaml"]
