@@ -20,7 +20,7 @@ from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.check.gate import check_buildable
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, ModelSpec
-from stemma.registry.records.manifest import Adapter, ModelManifest, ModelRef
+from stemma.registry.records.manifest import Adapter, ModelManifest, ModelRef, Split
 from stemma.registry.rules.layout import DATA_FILE, STATE_DIR
 from stemma.registry.rules.parents import is_merge
 from stemma.registry.rules.taskspec import CLASSIFICATION, spec_problems
@@ -105,8 +105,8 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
         "dtype": str(arrays.x_train.dtype),
         "classes": arrays.classes,
         "splits": {
-            "train": _split_block(arrays.y_train),
-            "eval": _split_block(arrays.y_eval),
+            "train": _split_block(arrays.y_train).to_dict(),
+            "eval": _split_block(arrays.y_eval).to_dict(),
         },
         "stats": feature_stats(arrays.x_train),
     }
@@ -122,16 +122,13 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     return manifest
 
 
-def _split_block(y: np.ndarray) -> dict[str, Any]:
+def _split_block(y: np.ndarray) -> Split:
     if y.dtype.kind == "f":  # regression targets have no classes
-        return {"samples": len(y), "class_counts": {}}
+        return Split.of(len(y), {})
     if y.ndim == 2:  # multi-label: positives per label
-        return {"samples": len(y), "class_counts": {str(k): int(n) for k, n in enumerate(y.sum(0))}}
+        return Split.of(len(y), {str(k): int(n) for k, n in enumerate(y.sum(0))})
     labels, counts = np.unique(y, return_counts=True)
-    return {
-        "samples": len(y),
-        "class_counts": {str(int(c)): int(n) for c, n in zip(labels, counts, strict=True)},
-    }
+    return Split.of(len(y), {str(int(c)): int(n) for c, n in zip(labels, counts, strict=True)})
 
 
 # -- models ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
-from stemma.registry.records.manifest import ModelManifest, ModelRef
+from stemma.registry.records.manifest import ModelManifest, ModelRef, Split
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM, spec_problems, training_task
 from torch import nn
@@ -102,8 +102,8 @@ def build_text_dataset(
         "task": CAUSAL_LM,
         "text": manifest_block(splits),
         "splits": {
-            "train": {"samples": len(splits.train), "class_counts": {}},
-            "eval": {"samples": len(splits.eval), "class_counts": {}},
+            "train": Split.of(len(splits.train), {}).to_dict(),
+            "eval": Split.of(len(splits.eval), {}).to_dict(),
         },
     }
     manifest["run"] = run_block(reg, started, begin)

@@ -19,7 +19,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
-from stemma.registry.records.manifest import dataset_record
+from stemma.registry.records.manifest import Split, dataset_record
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import DETECTION, spec_problems, training_task
 from stemma.registry.store.files import canonical_json
@@ -84,8 +84,8 @@ def build_detection_dataset(
         "task": DETECTION,
         "class_names": names,
         "splits": {
-            "train": {"samples": len(arrays.x_train), "class_counts": class_counts(arrays.y_train)},
-            "eval": {"samples": len(arrays.x_eval), "class_counts": class_counts(arrays.y_eval)},
+            "train": Split.of(len(arrays.x_train), class_counts(arrays.y_train)).to_dict(),
+            "eval": Split.of(len(arrays.x_eval), class_counts(arrays.y_eval)).to_dict(),
         },
     }
     manifest["run"] = run_block(reg, started, begin)

@@ -821,6 +821,11 @@ class Split(Record):
             class_counts=r.table("class_counts", "an integer"),
         )
 
+    @classmethod
+    def of(cls, samples: int, class_counts: Mapping[str, int]) -> Self:
+        """A new split block, as a build writes it."""
+        return cls(keys=("samples", "class_counts"), samples=samples, class_counts=class_counts)
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Stats(Record):

@@ -13,7 +13,7 @@ from stemma.migration.model_manifest import (
     transfer_block,
 )
 from stemma.migration.strategy import Strategy
-from stemma.registry.records.manifest import Adapter, ModelRef, Parameters, Source, Transfer
+from stemma.registry.records.manifest import Adapter, ModelRef, Parameters, Source, Split, Transfer
 from torch import nn
 
 
@@ -74,3 +74,11 @@ def test_adapter_block_keeps_the_lora_values_as_given() -> None:
     assert Adapter.from_dict(block.to_dict()) == block
     plain = adapter_record(ModelRef.of("base", "sha256:1"), lora, config)
     assert "modules_to_save" not in plain.to_dict()
+
+
+def test_split_blocks_count_samples_per_class() -> None:
+    assert Split.of(3, {"0": 2, "1": 1}).to_dict() == {
+        "samples": 3,
+        "class_counts": {"0": 2, "1": 1},
+    }
+    assert Split.from_dict(Split.of(0, {}).to_dict()) == Split.of(0, {})
