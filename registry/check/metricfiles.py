@@ -12,6 +12,7 @@ to rounding but need not agree in the last digit.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,9 @@ def _read(reg: Registry, name: str, file: str) -> tuple[bool, Any]:
     """(present, parsed JSON or a reason string when it cannot be read or parsed)."""
     path = reg.rel(MODELS_DIR, name, file)
     try:
-        if isinstance(reg.tree, WorkTree):  # a link out of the registry is never followed
+        # a link out of the registry is never followed; only a path through a link can
+        # resolve elsewhere (`_through_link`, a few lstats instead of two `resolve`s)
+        if isinstance(reg.tree, WorkTree) and _through_link(reg, path):
             reg.resolve(f"{MODELS_DIR}/{name}/{file}", display=path)
         text = reg.tree.read_text(path)
     except StemmaError as exc:
@@ -61,6 +64,20 @@ def _read(reg: Registry, name: str, file: str) -> tuple[bool, Any]:
         return True, parse_json_text(text, path)
     except StemmaError:
         return True, "is not JSON"
+
+
+def _through_link(reg: Registry, path: str) -> bool:
+    """True unless `path` (from the repository root) is plain folder names, none of them a
+    symbolic link: such a path lies where it says, inside the repository."""
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return True
+    at = str(reg.repo_root)
+    for part in parts:
+        at = os.path.join(at, part)
+        if os.path.islink(at):
+            return True
+    return False
 
 
 def mismatches(reg: Registry, manifest: Manifest) -> list[Mismatch]:
