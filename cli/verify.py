@@ -14,6 +14,7 @@ import typer
 from stemma.migration.doctor import REPRODUCIBLE, machine_numerics, predict
 from stemma.migration.numerics import pin_for_repo
 from stemma.registry import Registry
+from stemma.registry.records.manifest import model_record
 
 from ._common import JsonOpt, RepoOpt, emit_json
 from .app import library
@@ -49,7 +50,7 @@ def verify(
         machine = machine_numerics(reg)
         found = reg.model_manifest(name)
         if found is not None and not json_:
-            before = predict(name, found.raw, machine)
+            before = predict(name, model_record(found).run, machine)
             expect = (
                 "a rebuild must be identical"
                 if before.verdict == REPRODUCIBLE

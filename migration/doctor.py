@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import Run, model_record
 from stemma.registry.rules.layout import STATE_DIR
 from stemma.registry.store.handle import Registry
 
@@ -63,27 +64,26 @@ def machine_numerics(reg: Registry) -> dict[str, Any]:
     return doc
 
 
-def predict(name: str, recorded: Mapping[str, Any], here: Mapping[str, Any]) -> Prediction:
+def predict(name: str, run: Run, here: Mapping[str, Any]) -> Prediction:
     """Compare a manifest's run block with this machine's numerics block (`machine_numerics`)."""
-    run = recorded.get("run") if isinstance(recorded.get("run"), Mapping) else {}
-    assert isinstance(run, Mapping)
-    there = run.get("numerics") if isinstance(run.get("numerics"), Mapping) else None
-    if str(run.get("device", "cpu")) != "cpu":
-        return Prediction(name, UNKNOWN, f"built on {run.get('device')}: no bits are promised")
-    if there is None or not isinstance(there.get("fingerprint"), Mapping):
+    there = run.numerics
+    device = run.device or "cpu"
+    if device != "cpu":
+        return Prediction(name, UNKNOWN, f"built on {device}: no bits are promised")
+    if there is None or there.fingerprint is None:
         return Prediction(name, UNKNOWN, "the manifest records no numerics fingerprint")
-    if run.get("torch") != here.get("torch"):
+    if run.torch != here.get("torch"):
         return Prediction(
-            name, UNKNOWN, f"built with torch {run.get('torch')}, this machine has {here['torch']}"
+            name, UNKNOWN, f"built with torch {run.torch}, this machine has {here['torch']}"
         )
-    if there.get("mode") != here.get("mode") or not there.get("pinned") or not here.get("pinned"):
+    if there.mode != here.get("mode") or not there.pinned or not here.get("pinned"):
         return Prediction(
             name,
             UNKNOWN,
-            f"built in {there.get('mode')} mode (pinned: {there.get('pinned')}), this machine"
+            f"built in {there.mode} mode (pinned: {there.pinned}), this machine"
             f" builds in {here.get('mode')} mode (pinned: {here.get('pinned')})",
         )
-    ops = differing_ops(there["fingerprint"], here["fingerprint"])
+    ops = differing_ops(there.fingerprint, here["fingerprint"])
     if ops:
         return Prediction(
             name,
@@ -117,7 +117,7 @@ def check(
         if found is None:
             out.append(Prediction(name, UNKNOWN, "not built"))
         else:
-            out.append(predict(name, found.raw, here))
+            out.append(predict(name, model_record(found).run, here))
     return here, out
 
 

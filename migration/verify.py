@@ -672,14 +672,15 @@ def rebuild_and_compare(
             f"{reg.rel('models', name)}: model {name!r} was registered from weights, not built"
             " from a spec; there is nothing to rebuild"
         ) from None
-    before = predict(name, found.raw, machine if machine is not None else machine_numerics(reg))
+    was = model_record(found)
+    before = predict(name, was.run, machine if machine is not None else machine_numerics(reg))
     with tempfile.TemporaryDirectory(prefix="stemma-rebuild-") as tmp:
         copy = stage_copy(reg, name, Path(tmp))
         _build_in(Path(tmp), name)
         rebuilt = copy.model_manifest(name)
         if rebuilt is None:
             raise BuildError(f"rebuild of {name!r} wrote no manifest")
-        was, now = model_record(found), model_record(rebuilt)
+        now = model_record(rebuilt)
         mine = reg.model_dir(name) / was.weights.path
         theirs = copy.model_dir(name) / now.weights.path
         diffs = tensor_diffs(mine, theirs) if mine.is_file() else None

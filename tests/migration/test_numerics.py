@@ -163,22 +163,34 @@ def test_a_damaged_fingerprint_cache_is_a_miss(tmp_path: Path) -> None:
 
 def test_doctor_promises_nothing_without_a_comparable_record() -> None:
     from stemma.migration.doctor import DIFFERS, REPRODUCIBLE, UNKNOWN, predict
+    from stemma.registry.records.manifest import Run
 
     fp = {"version": 1, "digest": "0" * 16, "ops": {"mm": "a", "sqrt": "b"}}
     here = {"mode": "portable", "pinned": True, "torch": "2.14.1", "fingerprint": fp}
-    run = {"torch": "2.14.1", "device": "cpu", "numerics": {**here}}
-    assert predict("m", {"run": run}, here).verdict == REPRODUCIBLE
+    cpu = {"machine": "x86_64"}
+    numerics = {"mode": "portable", "pinned": True, "cpu": cpu, "fingerprint": fp}
+    run = {"started": "2026-01-01T00:00:00Z", "duration_s": 1.0, "stemma": "0"}
+    run |= {"torch": "2.14.1", "device": "cpu", "numerics": numerics}
+
+    def verdict(doc: dict[str, object]) -> str:
+        return predict("m", Run.from_dict(doc), here).verdict
+
+    assert verdict(run) == REPRODUCIBLE
     other = {**fp, "ops": {"mm": "a", "sqrt": "c"}}
-    moved = predict("m", {"run": {**run, "numerics": {**here, "fingerprint": other}}}, here)
+    moved = predict(
+        "m", Run.from_dict({**run, "numerics": {**numerics, "fingerprint": other}}), here
+    )
     assert moved.verdict == DIFFERS and moved.ops == ["sqrt"]
     for changed in (
         {"torch": "2.13.0"},
         {"device": "cuda"},
-        {"numerics": {"mode": "portable", "pinned": True}},
-        {"numerics": {**here, "mode": "native"}},
-        {"numerics": {**here, "pinned": False}},
+        {"numerics": {"mode": "portable", "pinned": True, "cpu": cpu}},
+        {"numerics": {**numerics, "mode": "native"}},
+        {"numerics": {**numerics, "pinned": False}},
     ):
-        assert predict("m", {"run": {**run, **changed}}, here).verdict == UNKNOWN, changed
+        assert verdict({**run, **changed}) == UNKNOWN, changed
+    without = {k: v for k, v in run.items() if k != "device"}  # no device recorded: the CPU
+    assert verdict(without) == REPRODUCIBLE
 
 
 def test_pinning_again_after_torch_loaded_keeps_the_pin() -> None:
