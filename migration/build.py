@@ -49,8 +49,8 @@ from .build_inputs import (
 )
 from .build_inputs import load_model as load_model
 from .build_outputs import (
-    blob_file,
     blob_ref,
+    blob_weights,
     commit_outputs,
     dataset_head,
     now,
@@ -253,7 +253,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     if peft_model is not None:
         files = adapter_files(peft_model)
         blob = files[ADAPTER_WEIGHTS]
-        weights_block = blob_file(f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", blob, "safetensors")
+        weights_block = blob_weights(f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", blob, "safetensors")
         assert src_manifest is not None and src_name is not None
         adapter = adapter_record(
             ModelRef.of(src_name, src_manifest.id),
@@ -262,7 +262,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             (head_prefix(module),),
         )
     else:  # streamed at the commit (`write_model`): the block is filled in there
-        weights_block = {}
+        weights_block = None
 
     manifest = model_manifest(
         spec,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -19,7 +20,7 @@ from stemma.registry import Registry
 from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.records.core import MODEL_MANIFEST, DatasetSpec
-from stemma.registry.records.manifest import FileRef
+from stemma.registry.records.manifest import FileRef, Weights
 from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
 from stemma.registry.rules.layout import (
     DATA_FILE,
@@ -37,6 +38,7 @@ from . import weights as _weights
 from .commit import Stage, commit
 from .numerics import mode_of
 from .numerics import record as numerics_record
+from .shards import weights_of
 from .shards import write as write_shards
 
 """The latest build's run block, git-ignored: an identical rebuild leaves the manifest as is."""
@@ -56,6 +58,11 @@ def blob_ref(path: str, blob: bytes, fmt: str) -> FileRef:
 def blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
     """`blob_ref` as the manifest's JSON."""
     return blob_ref(path, blob, fmt).to_dict()
+
+
+def blob_weights(path: str, blob: bytes, fmt: str) -> Weights:
+    """The manifest's weights block for one file's bytes about to be written."""
+    return weights_of(blob_ref(path, blob, fmt))
 
 
 def run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[str, Any]:
@@ -161,15 +168,18 @@ def write_model(
     outputs: dict[str, Any] = {METRICS_FILE: dict(metrics), CURVE_FILE: curve}
     outputs.update(files or {})  # an adapter's own files come instead of `state`
     folder = reg.model_dir(name)
+    written = None
     with Stage(folder) as stage:
         if state is not None:
             limit = int(reg.settings.given_limits.get("max_shard_bytes", _weights.SHARD_BYTES))
-            manifest["weights"] = _write_weights(stage, state, limit)
+            written = _write_weights(stage, state, limit)
+            manifest["weights"] = written.to_dict()
         commit_outputs(reg, folder, "models", manifest, MODEL_MANIFEST, outputs, stage)
-    _drop_unrecorded_shards(folder, manifest["weights"])
+    if written is not None:  # a block the caller wrote is one file: no shards to drop
+        _drop_unrecorded_shards(folder, written)
 
 
-def _write_weights(stage: Stage, state: Mapping[str, torch.Tensor], limit: int) -> dict[str, Any]:
+def _write_weights(stage: Stage, state: Mapping[str, torch.Tensor], limit: int) -> Weights:
     """The weights as `weights.safetensors`: one file, or, above `limit`, a folder of that
     name holding the index and its shards (the hub's layout, files beside the index).
 
@@ -183,20 +193,20 @@ def _write_weights(stage: Stage, state: Mapping[str, torch.Tensor], limit: int) 
         return stage.write(file if file == WEIGHTS_FILE else f"{WEIGHTS_FILE}/{file}", writer)
 
     block = write_shards(into_folder, state, WEIGHTS_FILE, limit)
-    if "shards" in block:  # paths in the manifest are relative to the model's folder
-        block["path"] = f"{WEIGHTS_FILE}/{block['path']}"
-        for shard in block["shards"]:
-            shard["path"] = f"{WEIGHTS_FILE}/{shard['path']}"
-    return block
+    if block.shards is None:
+        return block
+    # paths in the manifest are relative to the model's folder
+    inside = tuple(replace(s, path=f"{WEIGHTS_FILE}/{s.path}") for s in block.shards)
+    return replace(block, path=f"{WEIGHTS_FILE}/{block.path}", shards=inside)
 
 
-def _drop_unrecorded_shards(folder: Path, block: Mapping[str, Any]) -> None:
+def _drop_unrecorded_shards(folder: Path, block: Weights) -> None:
     """After the switch: files of an earlier sharded build (other shard counts) that the
     manifest no longer names leave the weights folder, which DVC records whole."""
     shards = folder / WEIGHTS_FILE
-    if "shards" not in block or not shards.is_dir() or shards.is_symlink():
+    if block.shards is None or not shards.is_dir() or shards.is_symlink():
         return
-    keep = {str(block["path"]), *(str(s["path"]) for s in block["shards"])}
+    keep = {block.path, *(s.path for s in block.shards)}
     for path in shards.iterdir():
         if f"{WEIGHTS_FILE}/{path.name}" not in keep and path.is_file():
             path.unlink()

@@ -48,8 +48,8 @@ from .build_inputs import (
     source_name,
 )
 from .build_outputs import (
-    blob_file,
     blob_ref,
+    blob_weights,
     commit_outputs,
     dataset_head,
     run_block,
@@ -385,9 +385,9 @@ def build_lm(
     if lora is not None:
         assert src_manifest is not None and src_name is not None
         adapter = adapter_files(trained)
-        manifest["weights"] = blob_file(
+        manifest["weights"] = blob_weights(
             f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", adapter[ADAPTER_WEIGHTS], "safetensors"
-        )
+        ).to_dict()
         manifest["adapter"] = adapter_record(
             ModelRef.of(src_name, src_manifest.id),
             lora,

@@ -185,7 +185,7 @@ def build_detector(
         name,
         None if src_manifest is None or src_name is None else (src_name, src_manifest),
         datasets,
-        {},
+        None,
         (config, rows),
         module,
         (strategy, bool(tmap), unused, False),

@@ -23,6 +23,7 @@ from stemma.registry.records.manifest import (
     Parameters,
     Source,
     Transfer,
+    Weights,
 )
 from torch import nn
 
@@ -112,7 +113,7 @@ def model_manifest(
     name: str,
     source: tuple[str, ModelManifest] | None,
     datasets: dict[str, Any],
-    weights: dict[str, Any],
+    weights: Weights | None,
     architecture: tuple[dict[str, Any], list[dict[str, Any]]],
     module: nn.Module,
     transfer: tuple[Strategy, bool, Sequence[str], bool],
@@ -120,7 +121,8 @@ def model_manifest(
 ) -> dict[str, Any]:
     """The manifest's shared keys. `source`: (name, manifest) or None; `architecture`:
     (config, tensor rows); `transfer`: (strategy, whether a tensor map was used, unused source
-    tensors, whether features were cached); `scores`: (metrics, per-class figures)."""
+    tensors, whether features were cached); `scores`: (metrics, per-class figures); `weights`:
+    None where `write_model` streams them and fills the block in."""
     config, rows = architecture
     strategy, mapped, unused, features_cached = transfer
     metrics, per_class = scores
@@ -128,7 +130,7 @@ def model_manifest(
     return {
         **manifest_head(spec, name, None if source is None else source_block(spec, *source)),
         "datasets": datasets,
-        "weights": weights,
+        "weights": {} if weights is None else weights.to_dict(),
         "architecture": {"config": config, "tensors": rows},
         "parameters": counted(dict(module.named_parameters()), rows).to_dict(),
         "transfer": moved.to_dict(),

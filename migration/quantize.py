@@ -45,7 +45,7 @@ from torch import nn
 from . import weights as _weights
 from .architectures import build_module
 from .build_inputs import class_names, load_source, refuse_failed_source
-from .build_outputs import blob_file, commit_outputs, run_block
+from .build_outputs import blob_weights, commit_outputs, run_block
 from .evaluate import evaluate_gates
 from .families import require
 from .hubsnapshot import inherit_tokenizer
@@ -263,7 +263,7 @@ def build_quantized(
     manifest: dict[str, Any] = {
         **manifest_head(spec, name, source_block(spec, parent, src_manifest)),
         "datasets": scored.datasets,
-        "weights": blob_file(WEIGHTS_FILE, blob, "safetensors"),
+        "weights": blob_weights(WEIGHTS_FILE, blob, "safetensors").to_dict(),
         "architecture": {"config": config, "tensors": _rows(tensors, metadata, set(src_state))},
         "parameters": Parameters.of(total, 0, total).to_dict(),
         "metrics": metrics,

@@ -29,7 +29,7 @@ from stemma.registry.store.yamlio import load_yaml_text
 
 from . import tokenizer as tok
 from .architectures import build_module, head_prefix, infer_architecture, make_config
-from .build_outputs import blob_file, commit_outputs, now, run_block
+from .build_outputs import blob_weights, commit_outputs, now, run_block
 from .data import load_dataset
 from .entrypoints import importable
 from .evaluate import evaluate
@@ -249,7 +249,7 @@ def register(
         "spec_digest": digest(spec_doc),
         "source": None if src is None else src.to_dict(),
         "datasets": datasets,
-        "weights": blob_file(WEIGHTS_FILE, blob, "safetensors"),
+        "weights": blob_weights(WEIGHTS_FILE, blob, "safetensors").to_dict(),
         "architecture": {"config": config, "tensors": rows},
         "parameters": Parameters.of(total, total, 0).to_dict(),
         "transfer": _REGISTERED.to_dict(),

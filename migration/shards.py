@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import IO, Any
+from typing import IO
 
 import torch
-from stemma.registry.records.manifest import Weights
+from stemma.registry.records.manifest import FileRef, Weights
 
 from .weights import INDEX_SUFFIX, Hashes, _hashed, stream
 
@@ -36,7 +36,7 @@ def index_name(weights_file: str) -> str:
 
 def write(
     write_file: Writer, state: Mapping[str, torch.Tensor], weights_file: str, max_bytes: int
-) -> dict[str, Any]:
+) -> Weights:
     """Stream `state` as one file, or as shards plus an index when it is larger than
     `max_bytes`; the manifest's weights block."""
     from huggingface_hub import split_torch_state_dict_into_shards
@@ -47,18 +47,31 @@ def write(
     )
     if not split.is_sharded:
         hashes = write_file(weights_file, lambda fh: stream(fh, state))
-        return hashes.block(weights_file, "safetensors")
+        return weights_of(hashes.ref(weights_file, "safetensors"))
     shards = []
     for file, names in split.filename_to_tensors.items():
         part = {n: state[n] for n in names}
         hashes = write_file(file, lambda fh, p=part: stream(fh, p, SHARD_METADATA))  # type: ignore[misc]
-        shards.append(hashes.block(file, "safetensors"))
+        shards.append(hashes.ref(file, "safetensors"))
     index = {"metadata": dict(split.metadata), "weight_map": dict(split.tensor_to_filename)}
     text = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()  # as transformers
     name = index_name(weights_file)
-    block = write_file(name, lambda fh: _hashed(iter([text]), fh.write)).block(name, FORMAT)
-    block["shards"] = shards
-    return block
+    index_ref = write_file(name, lambda fh: _hashed(iter([text]), fh.write)).ref(name, FORMAT)
+    return weights_of(index_ref, tuple(shards))
+
+
+def weights_of(ref: FileRef, shards: tuple[FileRef, ...] | None = None) -> Weights:
+    """The weights block of one file (`shards`: the files an index names, for an index)."""
+    keys = ref.keys + (() if shards is None else ("shards",))
+    return Weights(
+        keys=keys,
+        path=ref.path,
+        md5=ref.md5,
+        sha256=ref.sha256,
+        bytes=ref.bytes,
+        format=ref.format,
+        shards=shards,
+    )
 
 
 def weights_files(block: Weights | None, default: str) -> list[str]:

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import FileRef
 from stemma.registry.store.files import confined, read_json, write_atomic
 
 CHUNK = 16 << 20
@@ -83,10 +84,9 @@ class Hashes:
     sha256: str
     bytes: int
 
-    def block(self, path: str, fmt: str) -> dict[str, Any]:
+    def ref(self, path: str, fmt: str) -> FileRef:
         """The manifest's file block."""
-        return {"path": path, "md5": self.md5, "sha256": self.sha256, "bytes": self.bytes,
-                "format": fmt}  # fmt: skip
+        return FileRef.of(path, self.md5, self.sha256, self.bytes, fmt)
 
 
 def _as_bytes(tensor: torch.Tensor) -> memoryview:

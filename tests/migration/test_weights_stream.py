@@ -130,17 +130,18 @@ def test_shards_follow_the_hub_layout(tmp_path: Path) -> None:
     with Stage(folder) as stage:
         block = write(stage.write, state, "weights.safetensors", 20_000)
         commit(folder, {}, stage)
-    assert block["path"] == "weights.safetensors.index.json"
-    assert len(block["shards"]) == 5 and block["format"] == "safetensors-index"
-    index = json.loads((folder / block["path"]).read_text())
+    assert block.path == "weights.safetensors.index.json" and block.shards is not None
+    assert len(block.shards) == 5 and block.format == "safetensors-index"
+    assert list(block.to_dict()) == ["path", "md5", "sha256", "bytes", "format", "shards"]
+    index = json.loads((folder / block.path).read_text())
     assert index["metadata"] == {"total_size": 5 * 64 * 64 * 4}
-    assert set(index["weight_map"].values()) == {s["path"] for s in block["shards"]}
-    assert block["shards"][0]["path"] == "weights-00001-of-00005.safetensors"
-    for shard in block["shards"]:
-        with safe_open(folder / shard["path"], "pt") as fh:
+    assert set(index["weight_map"].values()) == {s.path for s in block.shards}
+    assert block.shards[0].path == "weights-00001-of-00005.safetensors"
+    for shard in block.shards:
+        with safe_open(folder / shard.path, "pt") as fh:
             assert fh.metadata() == {"format": "pt"}
-        assert weights.hashes_of((folder / shard["path"]).read_bytes()).sha256 == shard["sha256"]
-    loaded, _ = load_sharded(folder / block["path"])
+        assert weights.hashes_of((folder / shard.path).read_bytes()).sha256 == shard.sha256
+    loaded, _ = load_sharded(folder / block.path)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert not (folder / ".stemma-staging").exists()
 
