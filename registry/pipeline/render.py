@@ -12,6 +12,7 @@ team's own training stage, say) are kept as they are, after stemma's own.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import Any
@@ -77,18 +78,21 @@ def foreign_stages(reg: Registry) -> dict[str, Any]:
 
 
 # While a render is recorded (`recording_probes`): the code files it looked for, found or not.
-_PROBES: list[dict[str, bool]] = []
+_PROBES: contextvars.ContextVar[dict[str, bool] | None] = contextvars.ContextVar(
+    "stemma_probes", default=None
+)
 
 
 @contextlib.contextmanager
 def recording_probes() -> Iterator[dict[str, bool]]:
     """Record which entrypoint code files the renders inside look for, and whether they
     exist: inputs of the pipeline that no spec holds."""
-    _PROBES.append({})
+    probes: dict[str, bool] = {}
+    token = _PROBES.set(probes)
     try:
-        yield _PROBES[-1]
+        yield probes
     finally:
-        _PROBES.pop()
+        _PROBES.reset(token)
 
 
 def entrypoint_file(reg: Registry, ref: str) -> str | None:
@@ -99,8 +103,9 @@ def entrypoint_file(reg: Registry, ref: str) -> str | None:
     base = "/".join(module.split("."))
     for path in (f"{base}.py", f"{base}/__init__.py"):
         found = reg.tree.exists(path)  # the working tree, or a revision under audit
-        if _PROBES:
-            _PROBES[-1][path] = found
+        probes = _PROBES.get()
+        if probes is not None:
+            probes[path] = found
         if found:
             return path
     return None

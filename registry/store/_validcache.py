@@ -13,6 +13,7 @@ is written only by a run that found no bad input, so a check of a bad file chang
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 from collections.abc import Iterator
@@ -68,46 +69,55 @@ class _Known:
         _store.save(self.repo_root, FACT, MAGIC + b"".join(sorted(keep)))
 
 
-_active: _Known | None = None
+# The cache of the check running in this context (a `remembering` block), if any: a context
+# variable, so another thread (a query's, a server's) never sees or fills it.
+_ACTIVE: contextvars.ContextVar[_Known | None] = contextvars.ContextVar(
+    "stemma_valid", default=None
+)
 
 
 @contextlib.contextmanager
 def remembering(repo_root: Path) -> Iterator[None]:
     """Skip the schema for documents that passed it before, and record those that pass now,
-    in the cache of the repository at `repo_root` (nested uses share the outer one)."""
-    global _active
-    if _active is not None:
+    in the cache of the repository at `repo_root` (a nested use for the same repository
+    shares the outer one; one for another repository has its own)."""
+    outer = _ACTIVE.get()
+    if outer is not None and outer.repo_root == repo_root:
         yield
         return
-    _active = _Known(repo_root)
+    known = _Known(repo_root)
+    token = _ACTIVE.set(known)
     try:
         yield
-        if _active.keep:
-            _active.save()
+        if known.keep:
+            known.save()
     finally:
-        _active = None
+        _ACTIVE.reset(token)
 
 
 def discard() -> None:
     """Write nothing at the end of this run: a check that finds bad input leaves every file
     as it was, this cache included."""
-    if _active is not None:
-        _active.keep = False
+    active = _ACTIVE.get()
+    if active is not None:
+        active.keep = False
 
 
 def known(schema: str, doc: Any) -> bytes | bool | None:
     """True when `doc` passed `schema` before; otherwise the key to `record` it under once it
     passes (None: nothing is remembered now)."""
-    if _active is None:
+    active = _ACTIVE.get()
+    if active is None:
         return None
-    key = _active.key(schema, doc)
-    if key is not None and key in _active.stored:
-        _active.used.add(key)
+    key = active.key(schema, doc)
+    if key is not None and key in active.stored:
+        active.used.add(key)
         return True
     return key
 
 
 def record(key: bytes | bool | None) -> None:
     """Remember the document of `key` (from `known`) as passing its schema."""
-    if _active is not None and isinstance(key, bytes):
-        _active.used.add(key)
+    active = _ACTIVE.get()
+    if active is not None and isinstance(key, bytes):
+        active.used.add(key)

@@ -22,6 +22,7 @@ facts but arrays (cached features, training checkpoints) stay in folders under `
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import stat
@@ -132,33 +133,34 @@ def clear(path: Path) -> bool:
     """Remove a damaged entry that is not a regular file or a folder (a link is removed, not
     followed); True when `path` is now missing or a regular file."""
     found = kind(path)
-    if found == "other" and not _HELD:
+    if found == "other" and not _HELD.get():
         with contextlib.suppress(OSError):
             os.unlink(path)
         found = kind(path)
     return found in ("missing", "file")
 
 
-# Depth of `held()` blocks: inside one, caches are read but never written.
-_HELD: list[None] = []
+# Inside a `held()` block: caches are read but never written. A context variable, so the
+# block covers the code it wraps and no other thread.
+_HELD: contextvars.ContextVar[bool] = contextvars.ContextVar("stemma_held", default=False)
 
 
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """No cache is written inside the block (reads still hit): the ranks of a distributed
     build other than 0 read the registry as rank 0 does and write nothing."""
-    _HELD.append(None)
+    token = _HELD.set(True)
     try:
         yield
     finally:
-        _HELD.pop()
+        _HELD.reset(token)
 
 
 def write(path: Path, data: bytes | str) -> bool:
     """Replace the cache file `path` atomically, making its folder (`.stemma`) when missing;
     False, with nothing written, when the store cannot hold it (not a real folder, a folder
     in the file's place, a read-only or full disk) or inside `held()`."""
-    if _HELD:
+    if _HELD.get():
         return False
     with contextlib.suppress(OSError):
         os.mkdir(path.parent)
@@ -222,7 +224,7 @@ def is_open(path: Path) -> bool:
 
 def is_held() -> bool:
     """True inside `held()`: nothing under the registry is to be written."""
-    return bool(_HELD)
+    return _HELD.get()
 
 
 def _open_lock(path: Path) -> int:
@@ -234,7 +236,7 @@ def _open_lock(path: Path) -> int:
     still read (a write then fails on the store itself and is skipped)."""
     reading = os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     flags = os.O_RDWR | reading
-    if not _HELD:
+    if not _HELD.get():
         flags |= os.O_CREAT
     for _attempt in range(2):
         try:
@@ -406,7 +408,7 @@ def save(repo_root: Path, name: str, body: bytes | str) -> bool:
     """Store `body` as the fact `name`; False, with nothing written, where the store cannot
     hold it (not a real folder, a read-only or full disk, another process holding it for
     longer than FACT_WAIT_S, this process holding it open for reading) or inside `held()`."""
-    if _HELD:
+    if _HELD.get():
         return False
     engine = _engine.duckdb()
     path = store_path(repo_root)

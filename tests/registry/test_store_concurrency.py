@@ -317,6 +317,21 @@ def test_a_rank_that_writes_nothing_makes_no_store(checked: Registry) -> None:
     assert not (root / ".stemma").exists()
 
 
+def test_a_held_block_holds_its_own_code_not_another_thread(stored: Registry) -> None:
+    root = stored.repo_root
+    written: list[bool] = []
+    with _store.held():
+        assert not _store.save(root, "probe", b"held")
+        worker = threading.Thread(
+            target=lambda: written.append(_store.save(root, "probe", b"other"))
+        )
+        worker.start()
+        worker.join()
+        assert _store.is_held()
+    assert written == [True] and not _store.is_held()
+    assert _store.load(root, "probe") == b"other"
+
+
 def test_an_index_is_recorded_open_until_its_connection_is_closed(tmp_path: Path) -> None:
     """Closing: the connection first, then the record, even when the close fails (else
     another thread could attach the store while the file is still open here, or every

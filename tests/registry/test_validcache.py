@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,27 @@ def test_a_check_from_kept_folder_facts_keeps_what_was_recorded(
     monkeypatch.setattr(_validcache, "MAX_KEYS", 1)  # past the cap: this run's documents only
     assert messages(root) == []
     assert len(cache.read_bytes()) < len(stored)
+
+
+def test_the_cache_belongs_to_its_block_its_repository_and_its_thread(
+    populated: Registry, tmp_path: Path
+) -> None:
+    root = populated.repo_root
+    assert messages(root) == []  # records every spec
+    other = tmp_path / "other"
+    shutil.copytree(root, other, symlinks=True, ignore=shutil.ignore_patterns(".stemma"))
+    doc = yaml.safe_load((populated.root / "models/ft/spec.yaml").read_text())
+    seen: list[object] = []
+    with _validcache.remembering(root):
+        assert _validcache.known("model-spec", doc) is True  # recorded by that check
+        worker = threading.Thread(target=lambda: seen.append(_validcache.known("model-spec", doc)))
+        worker.start()
+        worker.join()
+        with _validcache.remembering(other):  # another repository: its own, empty cache
+            key = _validcache.known("model-spec", doc)
+            assert isinstance(key, bytes)
+            _validcache.record(key)
+        assert _validcache.known("model-spec", doc) is True  # the outer block's again
+    assert seen == [None]  # another thread is outside the block
+    assert _validcache.known("model-spec", doc) is None
+    assert Fact(other, _validcache.FACT).read_bytes() == _validcache.MAGIC + key
