@@ -54,7 +54,7 @@ from .build_outputs import (
     commit_outputs,
     dataset_head,
     now,
-    run_block,
+    run_record,
     write_model,
 )
 from .causal_lm import build_lm, build_text_dataset, trains_lm
@@ -115,7 +115,7 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
         manifest["task"] = arrays.task
     if arrays.class_names is not None:
         manifest["class_names"] = list(arrays.class_names)
-    manifest["run"] = run_block(reg, started, begin)
+    manifest["run"] = run_record(reg, started, begin).to_dict()
     commit_outputs(
         reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob}
     )
@@ -305,7 +305,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         manifest["exploration"] = exploration
     if searched is not None:  # hyper-parameter search: every trial and the best settings
         manifest["search"] = searched
-    manifest["run"] = run_block(
+    manifest["run"] = run_record(
         reg,
         started,
         begin,
@@ -315,7 +315,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         threads=result.threads,
         train_s=round(result.train_seconds, 3),
         **result.run_notes(),
-    )
+    ).to_dict()
     adapter_outputs = {f"{ADAPTER_DIR}/{n}": data for n, data in files.items()} if files else {}
     adapter_outputs.update(inherit_tokenizer(reg, manifest, src_name, src_manifest))
     write_model(

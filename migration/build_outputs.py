@@ -20,7 +20,7 @@ from stemma.registry import Registry
 from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.records.core import MODEL_MANIFEST, DatasetSpec
-from stemma.registry.records.manifest import FileRef, Weights
+from stemma.registry.records.manifest import FileRef, Numerics, Run, Weights
 from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
 from stemma.registry.rules.layout import (
     DATA_FILE,
@@ -65,19 +65,47 @@ def blob_weights(path: str, blob: bytes, fmt: str) -> Weights:
     return weights_of(blob_ref(path, blob, fmt))
 
 
-def run_block(reg: Registry, started: str, begin: float, **extra: Any) -> dict[str, Any]:
-    """How the build ran: its own work's duration (from `begin`), versions, numerics."""
-    return {
-        "started": started,
-        "duration_s": round(time.perf_counter() - begin, 3),
-        "stemma": STEMMA_VERSION,
-        "torch": torch.__version__,
-        "numerics": {
+def run_record(
+    reg: Registry,
+    started: str,
+    begin: float,
+    *,
+    device: str | None = None,
+    seed: int | None = None,
+    deterministic: bool | None = None,
+    **notes: Any,
+) -> Run:
+    """How the build ran: its own work's duration (from `begin`), versions, numerics, and
+    where given the device, seed and determinism; `notes` (threads, train_s ...) are kept as
+    the open block's further keys."""
+    numerics = Numerics.from_dict(
+        {
             **numerics_record(mode_of(reg.settings.defaults)),
             "fingerprint": fingerprint.of_this_machine(reg.repo_root / STATE_DIR),
         },
-        **extra,
-    }
+        pointer="/run/numerics",
+    )
+    named = {"device": device, "seed": seed, "deterministic": deterministic}
+    return Run(
+        keys=(
+            "started",
+            "duration_s",
+            "stemma",
+            "torch",
+            "numerics",
+            *(k for k, v in named.items() if v is not None),
+            *notes,
+        ),
+        extra=notes,
+        started=started,
+        duration_s=round(time.perf_counter() - begin, 3),
+        stemma=STEMMA_VERSION,
+        torch=torch.__version__,
+        numerics=numerics,
+        device=device,
+        seed=seed,
+        deterministic=deterministic,
+    )
 
 
 def dataset_head(spec: DatasetSpec, name: str, blob: bytes) -> dict[str, Any]:

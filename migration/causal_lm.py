@@ -52,7 +52,7 @@ from .build_outputs import (
     blob_weights,
     commit_outputs,
     dataset_head,
-    run_block,
+    run_record,
     write_model,
 )
 from .evaluate import evaluate_gates
@@ -106,7 +106,7 @@ def build_text_dataset(
             "eval": Split.of(len(splits.eval), {}).to_dict(),
         },
     }
-    manifest["run"] = run_block(reg, started, begin)
+    manifest["run"] = run_record(reg, started, begin).to_dict()
     commit_outputs(
         reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob}
     )
@@ -395,7 +395,7 @@ def build_lm(
         ).to_dict()
         outputs.update({f"{ADAPTER_DIR}/{n}": b for n, b in adapter.items()})
         state = None
-    manifest["run"] = run_block(
+    manifest["run"] = run_record(
         reg,
         started,
         begin,
@@ -404,6 +404,6 @@ def build_lm(
         deterministic=True,
         threads=torch.get_num_threads(),
         train_s=round(run.train_seconds, 3),
-    )
+    ).to_dict()
     write_model(reg, name, manifest, state, metrics, run.curve, outputs)
     return manifest

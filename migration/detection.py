@@ -32,7 +32,7 @@ from .build_inputs import (
     refuse_failed_source,
     training_data,
 )
-from .build_outputs import blob_file, commit_outputs, dataset_head, run_block, write_model
+from .build_outputs import blob_file, commit_outputs, dataset_head, run_record, write_model
 from .data import npz_bytes
 from .detection_checks import check_detection_inputs, detection_forgetting
 from .detection_data import class_counts, materialize_detection
@@ -88,7 +88,7 @@ def build_detection_dataset(
             "eval": Split.of(len(arrays.x_eval), class_counts(arrays.y_eval)).to_dict(),
         },
     }
-    manifest["run"] = run_block(reg, started, begin)
+    manifest["run"] = run_record(reg, started, begin).to_dict()
     commit_outputs(
         reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob}
     )
@@ -200,7 +200,7 @@ def build_detector(
         detection_samples(module, eval_data.x_eval, eval_data.y_eval, names or [])
     ).encode()
     manifest["samples"] = blob_file(SAMPLES_FILE, samples, "json")
-    manifest["run"] = run_block(
+    manifest["run"] = run_record(
         reg,
         started,
         begin,
@@ -209,7 +209,7 @@ def build_detector(
         deterministic=True,
         threads=run.threads,
         train_s=round(run.train_seconds, 3),
-    )
+    ).to_dict()
     write_model(
         reg, name, manifest, module.state_dict(), metrics, run.curve, {SAMPLES_FILE: samples}
     )

@@ -39,7 +39,7 @@ from torch import nn
 
 from .architectures import build_module
 from .build_inputs import head_width, load_source, refuse_failed_source, training_data
-from .build_outputs import run_block, write_model
+from .build_outputs import run_record, write_model
 from .evaluate import evaluate, evaluate_gates
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan as map_plan
@@ -418,7 +418,9 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     }
     # the parents' one tokenizer, kept beside the merged weights as any child keeps its source's
     outputs = inherit_tokenizer(reg, manifest, keeper, manifests[keeper]) if keeper else {}
-    manifest["run"] = run_block(reg, started, begin, device="cpu", seed=0, deterministic=True)
+    manifest["run"] = run_record(
+        reg, started, begin, device="cpu", seed=0, deterministic=True
+    ).to_dict()
     write_model(reg, spec.name, manifest, module.state_dict(), metrics, [], outputs)
     return manifest
 

@@ -45,7 +45,7 @@ from torch import nn
 from . import weights as _weights
 from .architectures import build_module
 from .build_inputs import class_names, load_source, refuse_failed_source
-from .build_outputs import blob_weights, commit_outputs, run_block
+from .build_outputs import blob_weights, commit_outputs, run_record
 from .evaluate import evaluate_gates
 from .families import require
 from .hubsnapshot import inherit_tokenizer
@@ -282,7 +282,9 @@ def build_quantized(
     for key, value in (("before", before), ("after", after)):
         if not all(math.isfinite(float(value[m])) for m in scored.metrics):
             raise BuildError(f"{display} at /quantize: the {key} score is not a finite number")
-    manifest["run"] = run_block(reg, started, begin, device="cpu", quantize_s=round(seconds, 3))
+    manifest["run"] = run_record(
+        reg, started, begin, device="cpu", quantize_s=round(seconds, 3)
+    ).to_dict()
     outputs: dict[str, Any] = {
         WEIGHTS_FILE: blob,
         METRICS_FILE: dict(metrics),

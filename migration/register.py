@@ -29,7 +29,7 @@ from stemma.registry.store.yamlio import load_yaml_text
 
 from . import tokenizer as tok
 from .architectures import build_module, head_prefix, infer_architecture, make_config
-from .build_outputs import blob_weights, commit_outputs, now, run_block
+from .build_outputs import blob_weights, commit_outputs, now, run_record
 from .data import load_dataset
 from .entrypoints import importable
 from .evaluate import evaluate
@@ -257,7 +257,9 @@ def register(
         "per_class": per_class,
         "gates": [],
         "checks": {},
-        "run": run_block(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
+        "run": run_record(
+            reg, started, begin, device="cpu", imported_from=Path(weights_path).name
+        ).to_dict(),
     }
     if tokenizer:
         manifest["tokenizer"] = tok.record(tokenizer, FROM_SNAPSHOT).to_dict()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from stemma.migration.adapters import adapter_record, lora_block
-from stemma.migration.build_outputs import blob_file, blob_ref
+from stemma.migration.build_outputs import blob_file, blob_ref, blob_weights, run_record
 from stemma.migration.model_manifest import (
     counted,
     merge_source,
@@ -13,7 +14,17 @@ from stemma.migration.model_manifest import (
     transfer_block,
 )
 from stemma.migration.strategy import Strategy
-from stemma.registry.records.manifest import Adapter, ModelRef, Parameters, Source, Split, Transfer
+from stemma.registry import Registry
+from stemma.registry.records.manifest import (
+    Adapter,
+    ModelRef,
+    Parameters,
+    Run,
+    Source,
+    Split,
+    Transfer,
+    Weights,
+)
 from torch import nn
 
 
@@ -82,3 +93,26 @@ def test_split_blocks_count_samples_per_class() -> None:
         "class_counts": {"0": 2, "1": 1},
     }
     assert Split.from_dict(Split.of(0, {}).to_dict()) == Split.of(0, {})
+
+
+def test_run_block_names_what_it_was_given_and_keeps_notes(registry: Registry) -> None:
+    begin = time.perf_counter()
+    plain = run_record(registry, "2026-01-01T00:00:00Z", begin)
+    assert list(plain.to_dict()) == ["started", "duration_s", "stemma", "torch", "numerics"]
+    assert plain.device is None and plain.numerics is not None
+    assert plain.numerics.fingerprint is not None and plain.numerics.mode == "portable"
+    trained = run_record(
+        registry, "2026-01-01T00:00:00Z", begin, device="cpu", seed=0, threads=2, train_s=1.5
+    )
+    doc = trained.to_dict()
+    assert list(doc)[5:] == ["device", "seed", "threads", "train_s"]
+    assert (trained.device, trained.seed, trained.deterministic) == ("cpu", 0, None)
+    assert dict(trained.extra) == {"threads": 2, "train_s": 1.5}
+    assert Run.from_dict(doc).to_dict() == doc  # read back as a manifest's run block is
+
+
+def test_weights_blocks_of_one_file_write_a_file_block() -> None:
+    block = blob_weights("weights.safetensors", b"abc", "safetensors")
+    assert block.shards is None
+    assert block.to_dict() == blob_file("weights.safetensors", b"abc", "safetensors")
+    assert Weights.from_dict(block.to_dict()) == block
