@@ -108,7 +108,7 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
             "train": _split_block(arrays.y_train).to_dict(),
             "eval": _split_block(arrays.y_eval).to_dict(),
         },
-        "stats": feature_stats(arrays.x_train),
+        "stats": feature_stats(arrays.x_train).to_dict(),
     }
     # recorded only where they say something, so class-id datasets keep their manifest ids
     if arrays.task != CLASSIFICATION:

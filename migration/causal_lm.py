@@ -23,7 +23,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
-from stemma.registry.records.manifest import ModelManifest, ModelRef, Split
+from stemma.registry.records.manifest import LanguageModel, ModelManifest, ModelRef, Split
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM, spec_problems, training_task
 from torch import nn
@@ -100,7 +100,7 @@ def build_text_dataset(
         "dtype": "utf-8",
         "classes": [],
         "task": CAUSAL_LM,
-        "text": manifest_block(splits),
+        "text": manifest_block(splits).to_dict(),
         "splits": {
             "train": Split.of(len(splits.train), {}).to_dict(),
             "eval": Split.of(len(splits.eval), {}).to_dict(),
@@ -370,13 +370,14 @@ def build_lm(
         "checks": checks,
         "task": CAUSAL_LM,
         "tokenizer": tok.record(files, origin).to_dict(),
-        "lm": {
-            "token_dtype": str(train_blocks.ids.dtype).replace("torch.", ""),
-            "block_size": block_size,
-            "blocks": {"train": len(train_blocks), "eval": len(eval_blocks)},
-            "eval_tokens": eval_blocks.labelled,
-            "generations": generations,
-        },
+        "lm": LanguageModel(
+            keys=("token_dtype", "block_size", "blocks", "eval_tokens", "generations"),
+            token_dtype=str(train_blocks.ids.dtype).replace("torch.", ""),
+            block_size=block_size,
+            blocks={"train": len(train_blocks), "eval": len(eval_blocks)},
+            eval_tokens=eval_blocks.labelled,
+            generations=tuple(generations),
+        ).to_dict(),
     }
     if exploration is not None:
         manifest["exploration"] = exploration

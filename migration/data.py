@@ -23,6 +23,7 @@ import numpy as np
 from stemma.registry import Registry
 from stemma.registry.check.hfdisk import check_saved_dataset
 from stemma.registry.errors import BuildError, UnsafeFile
+from stemma.registry.records.manifest import Stats
 from stemma.registry.rules.layout import DATA_FILE, SPEC_FILE
 from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
 from stemma.registry.store.files import file_kind, read_bytes_file, write_atomic
@@ -278,7 +279,7 @@ def _imagefolder(
         )
     images = [_image(resolve(path), path, where) for path, _ in files]
     mode = "L" if all(img.mode in _GRAY_MODES for img in images) else "RGB"
-    arrays = []
+    arrays: list[np.ndarray] = []
     for img, (path, _) in zip(images, files, strict=True):
         a = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
@@ -334,7 +335,7 @@ def open_saved_dataset(rel: str, resolve: Callable[[str], Path], where: str) -> 
     """(the `datasets` module, the split) of a `save_to_disk` folder: its `train` split, or its
     only one; the folder's files are checked first (none leads out of it)."""
     try:
-        import datasets
+        import datasets  # type: ignore[import-untyped]
     except ImportError:
         raise BuildError(
             f"{where}: hf-disk sources need the datasets package: pip install 'stemma-ml[datasets]'"
@@ -670,7 +671,8 @@ def load_npz(path: Path, display: str = "") -> DatasetArrays:
             missing = [k for k in KEYS if k not in npz.files]
             if missing:
                 raise BuildError(f"{display or path}: {path.name} lacks {', '.join(missing)}")
-            return DatasetArrays(*(np.asarray(npz[k]) for k in KEYS))
+            x_train, y_train, x_eval, y_eval = (np.asarray(npz[k]) for k in KEYS)
+            return DatasetArrays(x_train, y_train, x_eval, y_eval)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         # A file that is no .npz of plain arrays (garbage, truncated, pickled objects).
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
@@ -683,7 +685,7 @@ def load_npz(path: Path, display: str = "") -> DatasetArrays:
 _GRAM_ABOVE = 4096  # features; below it the covariance is small and its figures stay as recorded
 
 
-def feature_stats(x: np.ndarray, top: int = 10, decimals: int = 6) -> dict[str, Any]:
+def feature_stats(x: np.ndarray, top: int = 10, decimals: int = 6) -> Stats:
     """Per-feature mean and std of flattened samples, covariance trace and top eigenvalues."""
     flat = x.reshape(len(x), -1).astype(np.float64)
     mean = flat.mean(axis=0)
@@ -703,12 +705,13 @@ def feature_stats(x: np.ndarray, top: int = 10, decimals: int = 6) -> dict[str, 
         eig, trace = np.zeros(0), 0.0
     # tiny negative eigenvalues are round-off of a positive semi-definite matrix
     eig = np.clip(eig, 0.0, None)
-    return {
-        "mean": [round(float(v), decimals) for v in mean],
-        "std": [round(float(v), decimals) for v in std],
-        "cov_trace": round(trace, decimals),
-        "cov_top_eigenvalues": [round(float(v), decimals) for v in eig],
-    }
+    return Stats(
+        keys=("mean", "std", "cov_trace", "cov_top_eigenvalues"),
+        mean=tuple(round(float(v), decimals) for v in mean),
+        std=tuple(round(float(v), decimals) for v in std),
+        cov_trace=round(trace, decimals),
+        cov_top_eigenvalues=tuple(round(float(v), decimals) for v in eig),
+    )
 
 
 def load_dataset(reg: Registry, name: str, pointer: str = "", display: str = "") -> DatasetArrays:

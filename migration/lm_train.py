@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from stemma.registry.records.manifest import Generation
 from torch import nn
 
 from .textdata import Record
@@ -78,8 +79,8 @@ def blocks(tokenizer: Any, records: Sequence[Record], block_size: int, packed: b
         for rec in records:
             prompt = _encode(tokenizer, rec.prompt)
             answer = _encode(tokenizer, rec.completion) + eos
-            ids = (prompt + answer)[:block_size]
-            rows.append((ids, ([IGNORE] * len(prompt) + answer)[:block_size]))
+            row = (prompt + answer)[:block_size]
+            rows.append((row, ([IGNORE] * len(prompt) + answer)[:block_size]))
     n = len(rows)
     ids = torch.full((n, block_size), pad, dtype=torch.int64)
     mask = torch.zeros((n, block_size), dtype=torch.int64)
@@ -195,7 +196,7 @@ def _train(
 @torch.no_grad()
 def generate(
     model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, seed: int
-) -> list[dict[str, str]]:
+) -> list[Generation]:
     """Greedy continuations of each prompt (seeded, though greedy decoding draws nothing)."""
     torch.manual_seed(seed)
     config = getattr(model, "config", None)
@@ -217,5 +218,5 @@ def generate(
             pad_token_id=pad_id(tokenizer),
         )
         text = tokenizer.decode(made[0, len(ids) :].tolist(), skip_special_tokens=True)
-        out.append({"prompt": prompt, "output": str(text)})
+        out.append(Generation(keys=("prompt", "output"), prompt=prompt, output=str(text)))
     return out

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.records.manifest import dataset_record
+from stemma.registry.records.manifest import TextData, dataset_record
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from stemma.registry.store.files import decode_text, read_bytes_file
@@ -224,14 +224,15 @@ def load_text(reg: Registry, name: str, where: str) -> TextSplits:
         ) from None
 
 
-def manifest_block(splits: TextSplits) -> dict[str, Any]:
+def manifest_block(splits: TextSplits) -> TextData:
     """The dataset manifest's `text` block: format, encoding, the dtype models tokenize to."""
-    return {
-        "format": splits.format,
-        "encoding": "utf-8",
-        "token_dtype": "int64",
-        "bytes": {
+    return TextData(
+        keys=("format", "encoding", "token_dtype", "bytes"),
+        format=splits.format,
+        encoding="utf-8",
+        token_dtype="int64",
+        bytes={
             n: sum(len(r.prompt.encode()) + len(r.completion.encode()) for r in splits.split(n))
             for n in SPLITS
         },
-    }
+    )

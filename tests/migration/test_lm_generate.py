@@ -22,5 +22,6 @@ def test_a_prompt_longer_than_the_position_table_keeps_its_last_tokens() -> None
     prompt = "the quick brown fox jumps over the lazy dog " * 8  # far past 16 tokens
     assert len(tokenizer(prompt)["input_ids"]) > 16
     out = lm_train.generate(model, tokenizer, [prompt, "the"], max_new_tokens=32, seed=0)
-    assert [o["prompt"] for o in out] == [prompt, "the"]
-    assert all(isinstance(o["output"], str) for o in out)
+    assert [o.prompt for o in out] == [prompt, "the"]
+    assert all(isinstance(o.output, str) for o in out)
+    assert [list(o.to_dict()) for o in out] == [["prompt", "output"]] * 2

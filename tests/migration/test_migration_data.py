@@ -21,6 +21,7 @@ from stemma.migration.data import (
     transform,
 )
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import Stats
 
 DIGITS = {"source": "sklearn:digits"}
 
@@ -177,8 +178,12 @@ def test_feature_stats_match_numpy() -> None:
     x = np.random.default_rng(0).random((50, 1, 2, 3)).astype(np.float32)
     stats = feature_stats(x, top=3)
     flat = x.reshape(50, -1).astype(np.float64)
-    assert np.allclose(stats["mean"], flat.mean(0), atol=1e-6)
-    assert np.allclose(stats["std"], flat.std(0), atol=1e-6)
+    assert np.allclose(stats.mean or (), flat.mean(0), atol=1e-6)
+    assert np.allclose(stats.std or (), flat.std(0), atol=1e-6)
     cov = np.cov(flat, rowvar=False)
-    assert stats["cov_trace"] == pytest.approx(np.trace(cov), abs=1e-6)
-    assert np.allclose(stats["cov_top_eigenvalues"], np.linalg.eigvalsh(cov)[::-1][:3], atol=1e-6)
+    assert stats.cov_trace == pytest.approx(np.trace(cov), abs=1e-6)
+    top = np.linalg.eigvalsh(cov)[::-1][:3]
+    assert np.allclose(stats.cov_top_eigenvalues or (), top, atol=1e-6)
+    doc = stats.to_dict()  # as the dataset manifest writes it: lists of numbers
+    assert list(doc) == ["mean", "std", "cov_trace", "cov_top_eigenvalues"]
+    assert isinstance(doc["mean"], list) and Stats.from_dict(doc) == stats
