@@ -20,7 +20,7 @@ from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.check.gate import check_buildable
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, ModelSpec
-from stemma.registry.records.manifest import Adapter, ModelManifest, ModelRef, Split
+from stemma.registry.records.manifest import Adapter, DatasetRef, ModelManifest, ModelRef, Split
 from stemma.registry.rules.layout import DATA_FILE, STATE_DIR
 from stemma.registry.rules.parents import is_merge
 from stemma.registry.rules.taskspec import CLASSIFICATION, spec_problems
@@ -69,7 +69,7 @@ from .evaluate import evaluate
 from .hubsnapshot import inherit_tokenizer
 from .mapping import report
 from .merge import build_merge
-from .model_manifest import model_manifest
+from .model_manifest import datasets_block, model_manifest
 from .numerics import mode_of
 from .quantize import build_quantized
 from .register import register
@@ -88,7 +88,7 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     importable(reg.repo_root)
     check_buildable(reg, "dataset", name)
     spec = reg.dataset_spec(name)
-    if is_detection_source(str(spec.raw["source"])):  # boxes per image: migration/detection.py
+    if is_detection_source(spec.source):  # boxes per image: migration/detection.py
         return build_detection_dataset(reg, name, spec, started, begin)
     if is_text_source(spec.raw):  # text for causal language models: migration/causal_lm.py
         return build_text_dataset(reg, name, spec, started, begin)
@@ -139,14 +139,14 @@ def _checkpointer(
     spec: ModelSpec,
     cfg: TrainConfig,
     config: Mapping[str, Any],
-    datasets: Mapping[str, Any],
+    datasets: Mapping[str, DatasetRef],
     source: ModelManifest | None,
 ) -> Checkpointer:
     """Where this build checkpoints, keyed by everything that decides its training."""
     key = checkpoint_key(
         {
             "spec_digest": spec.digest,
-            "datasets": {role: d["id"] for role, d in datasets.items()},
+            "datasets": {role: d.id for role, d in datasets.items()},
             "source": None if source is None else source.id,
             "training": cfg.to_dict(),
             "architecture": config,
@@ -294,7 +294,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         seed=cfg.seed,
         device=result.device,
     )
-    manifest["datasets"].update(check_data)
+    manifest["datasets"].update(datasets_block(check_data))
     changed = (manifest["checks"].get("parameters") or {}).get("frozen_changed")
     if changed:  # a frozen tensor that moved is a broken build, not a finding
         raise BuildError(f"{display} at /strategy/freeze: frozen tensors changed: {changed[0]}")

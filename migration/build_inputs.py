@@ -15,6 +15,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import (
+    DatasetRef,
     FileRef,
     ModelManifest,
     Weights,
@@ -33,6 +34,7 @@ from .data import DatasetArrays, load_dataset
 from .entrypoints import importable
 from .families import read_hf_config
 from .mapping import plan, transfer
+from .model_manifest import dataset_ref
 from .quantized import load_quantized, quantized_source_error
 from .tasks import get as get_task
 from .weights import load_sharded, load_weights, read_checked
@@ -183,12 +185,17 @@ def architecture_config(
     return make_config(arch, shape, num_classes)
 
 
+def eval_pointer(spec: ModelSpec) -> str:
+    """The spec's pointer to the data it is scored on (`/data/train` where it names no eval)."""
+    return "/data/eval" if "/data/eval" in spec.dataset_refs() else "/data/train"
+
+
 def training_data(
     reg: Registry, spec: ModelSpec
-) -> tuple[DatasetArrays, DatasetArrays, dict[str, Any]]:
-    """Train and eval arrays plus the manifest's datasets block."""
+) -> tuple[DatasetArrays, DatasetArrays, dict[str, DatasetRef]]:
+    """Train and eval arrays plus the manifest's datasets block, by role."""
     train_data = load_dataset(reg, spec.train, "/data/train", spec.path)
-    pointer = "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
+    pointer = eval_pointer(spec)
     eval_data = load_dataset(reg, spec.eval, pointer, spec.path)
     if eval_data.shape != train_data.shape:
         raise BuildError(
@@ -200,7 +207,7 @@ def training_data(
     for check in ("forgetting", "drift"):
         if "data" in (spec.checks.get(check) or {}):
             roles.append((check, str(spec.checks[check]["data"]), f"/checks/{check}/data"))
-    block = {}
+    block: dict[str, DatasetRef] = {}
     for role, ds, where in roles:
         manifest = reg.dataset_manifest(ds)
         if manifest is None:
@@ -208,7 +215,7 @@ def training_data(
                 f"{spec.path} at {where}: dataset {ds!r} has not been built; build it first"
                 " (dvc repro)"
             )
-        block[role] = {"name": ds, "id": manifest.id}
+        block[role] = dataset_ref(ds, manifest.id)
     return train_data, eval_data, block
 
 

@@ -23,7 +23,13 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
-from stemma.registry.records.manifest import LanguageModel, ModelManifest, ModelRef, Split
+from stemma.registry.records.manifest import (
+    DatasetRef,
+    LanguageModel,
+    ModelManifest,
+    ModelRef,
+    Split,
+)
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM, spec_problems, training_task
 from torch import nn
@@ -42,6 +48,7 @@ from .adapters import lora_block as resolve_lora
 from .adapters import rows as adapter_rows
 from .build_inputs import (
     architecture_config,
+    eval_pointer,
     load_model,
     load_source,
     refuse_failed_source,
@@ -58,7 +65,14 @@ from .build_outputs import (
 from .evaluate import evaluate_gates
 from .families import require
 from .mapping import report
-from .model_manifest import counted, manifest_head, source_block, transfer_block
+from .model_manifest import (
+    counted,
+    dataset_ref,
+    datasets_block,
+    manifest_head,
+    source_block,
+    transfer_block,
+)
 from .strategy import Strategy, prepare_target
 from .textdata import PROMPT_COMPLETION, TextSplits, load_text, manifest_block, materialize_text
 from .textdata import npz_bytes as text_npz_bytes
@@ -164,16 +178,15 @@ def _source_tokenizer(
     return tok.checked_files(reg.model_dir(src_name), src_manifest.tokenizer, shown, reg.repo_root)
 
 
-def _texts(reg: Registry, spec: ModelSpec) -> tuple[TextSplits, TextSplits, dict[str, Any]]:
-    """Train and eval records plus the manifest's datasets block."""
+def _texts(reg: Registry, spec: ModelSpec) -> tuple[TextSplits, TextSplits, dict[str, DatasetRef]]:
+    """Train and eval records plus the manifest's datasets block, by role."""
     train = load_text(reg, spec.train, f"{spec.path} at /data/train")
-    pointer = "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
-    evals = load_text(reg, spec.eval, f"{spec.path} at {pointer}")
-    block: dict[str, Any] = {}
+    evals = load_text(reg, spec.eval, f"{spec.path} at {eval_pointer(spec)}")
+    block: dict[str, DatasetRef] = {}
     for role, ds in (("train", spec.train), ("eval", spec.eval)):
         manifest = reg.dataset_manifest(ds)
         assert manifest is not None  # load_text checked it
-        block[role] = {"name": ds, "id": manifest.id}
+        block[role] = dataset_ref(ds, manifest.id)
     return train, evals, block
 
 
@@ -220,7 +233,7 @@ def _forgetting(
     src_module: nn.Module,
     src_tokenizer: Any,
     block_size: int,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], DatasetRef]:
     """The perplexity of the source and of this model on a declared dataset's eval split."""
     check = dict(spec.checks["forgetting"])
     name = str(check["data"])
@@ -248,7 +261,7 @@ def _forgetting(
         "thresholds": {"max_drop": limit},
         "violations": [] if passed else [f"relative perplexity rise {rise:.4f} > {limit}"],
     }
-    return result, {"name": name, "id": manifest.id}
+    return result, dataset_ref(name, manifest.id)
 
 
 def _source_module(reg: Registry, spec: ModelSpec, src: str) -> nn.Module:
@@ -359,7 +372,7 @@ def build_lm(
             if src_manifest is None or src_name is None
             else source_block(spec, src_name, src_manifest),
         ),
-        "datasets": datasets,
+        "datasets": datasets_block(datasets),
         "weights": {},
         "architecture": {"config": config, "tensors": rows},
         "parameters": counted(dict(base.named_parameters()), rows).to_dict(),

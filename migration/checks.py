@@ -47,6 +47,7 @@ from .drift import DEFAULT_PERMUTATIONS, drift_check
 from .evaluate import evaluate
 from .forgetting import DEFAULT_MAX_DROP, forgetting_figures
 from .mapping import TensorMap
+from .model_manifest import dataset_ref
 from .paramcheck import DEFAULT_MIN_RELATIVE_CHANGE, parameter_check
 from .tasks import for_labels
 from .train import CPU_THREADS
@@ -63,14 +64,14 @@ PROBE_WEIGHT_DECAY = 1e-4
 """L2 penalty of the linear probe."""
 FEATURE_BATCH = 1024
 _DECIMALS = 6
-Ref = dict[str, str]
+Ref = DatasetRef
 
 
 def _ref(reg: Registry, name: str) -> Ref:
     """{name, id} of a built dataset (load_dataset has already refused unbuilt ones)."""
     manifest = reg.dataset_manifest(name)
     assert manifest is not None
-    return {"name": name, "id": manifest.id}
+    return dataset_ref(name, manifest.id)
 
 
 @contextmanager
@@ -254,7 +255,7 @@ def _forgetting(
     ref = _ref(reg, name)
     result["method"] = method
     result["inputs"] = {
-        "data": {**ref, "split": "eval", "samples": len(data.y_eval)},
+        "data": {**ref.to_dict(), "split": "eval", "samples": len(data.y_eval)},
         "source_model": {"name": source_manifest.name, "id": source_manifest.id},
     }
     if method == "linear-probe":
@@ -349,8 +350,8 @@ def _drift(
     ref = _ref(reg, name)
     result.setdefault("inputs", {}).update(
         {
-            "data": {**ref, "split": "train"},
-            "source_data": {**_ref(reg, recorded.name), "split": "train"},
+            "data": {**ref.to_dict(), "split": "train"},
+            "source_data": {**_ref(reg, recorded.name).to_dict(), "split": "train"},
             "source_model": {"name": src_name, "id": source_manifest.id},
         }
     )

@@ -21,7 +21,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.records.manifest import ModelManifest, dataset_record
+from stemma.registry.records.manifest import DatasetRef, ModelManifest, dataset_record
 from stemma.registry.rules.taskspec import DETECTION
 from torch import nn
 
@@ -29,6 +29,7 @@ from .checks import source_module
 from .data import load_dataset
 from .detection_train import score
 from .forgetting import DEFAULT_MAX_DROP, forgetting_figures
+from .model_manifest import dataset_ref
 
 _WHERE = "/checks/forgetting/data"
 
@@ -95,7 +96,7 @@ def detection_forgetting(
     target_names: Sequence[str],
     source_manifest: ModelManifest,
     source_state: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, Any], DatasetRef]:
     """The forgetting check of a detector: (its result, the dataset it read by name and id)."""
     block = spec.checks["forgetting"] or {}
     max_drop = float(block.get("max_drop", DEFAULT_MAX_DROP))
@@ -103,7 +104,7 @@ def detection_forgetting(
     if source_manifest.task != DETECTION:
         name = str(block["data"])
         found = reg.dataset_manifest(name)
-        ref = {"name": name, "id": found.id if found is not None else ""}
+        ref = dataset_ref(name, found.id if found is not None else "")
         task = source_manifest.task_name
         return {
             "passed": True,
@@ -116,7 +117,7 @@ def detection_forgetting(
             "figures": {},
             "thresholds": {"max_drop": max_drop},
             "violations": [],
-            "inputs": {"data": ref, "source_model": source_ref},
+            "inputs": {"data": ref.to_dict(), "source_model": source_ref},
         }, ref
     name, data_names = _source_data(reg, spec, source_manifest)
     data = load_dataset(reg, name, _WHERE, spec.path)
@@ -132,11 +133,11 @@ def detection_forgetting(
         model.eval()
         figures.append(max(float(score(model, data.x_eval, y)["map"]), 0.0))
     result = forgetting_figures(figures[0], figures[1], max_drop, "map")
-    ref = {"name": name, "id": reg.dataset_manifest(name).id}  # type: ignore[union-attr]
+    ref = dataset_ref(name, reg.dataset_manifest(name).id)  # type: ignore[union-attr]
     result["comparable"] = True
     result["method"] = "map"
     result["inputs"] = {
-        "data": {**ref, "split": "eval", "samples": len(data.y_eval)},
+        "data": {**ref.to_dict(), "split": "eval", "samples": len(data.y_eval)},
         "source_model": source_ref,
     }
     return result, ref

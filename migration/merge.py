@@ -44,7 +44,7 @@ from .evaluate import evaluate, evaluate_gates
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan as map_plan
 from .mapping import report, transfer
-from .model_manifest import manifest_head, merge_source
+from .model_manifest import datasets_block, manifest_head, merge_source
 from .quantize_eval import scoring
 from .tasks import get as get_task
 from .weights import load_weights
@@ -405,7 +405,7 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     source = merge_source(parents, combined)
     manifest: dict[str, Any] = {
         **manifest_head(spec, spec.name, source),
-        "datasets": datasets,
+        "datasets": datasets_block(datasets),
         "weights": {},
         "architecture": {"config": config, "tensors": rows},
         "parameters": Parameters.of(total, 0, total).to_dict(),

@@ -17,6 +17,7 @@ from typing import Any
 
 from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import (
+    DatasetRef,
     ModelManifest,
     ModelRef,
     Pair,
@@ -38,7 +39,7 @@ def manifest_head(spec: ModelSpec, name: str, source: Source | None) -> dict[str
         "kind": "model",
         "schema_version": 1,
         "name": name,
-        "spec": dict(spec.raw),
+        "spec": spec.to_dict(),
         "spec_digest": spec.digest,
         "source": None if source is None else source.to_dict(),
     }
@@ -54,6 +55,16 @@ def merge_source(parents: Sequence[tuple[str, str]], combined: str) -> Source:
     the parents, and each parent as (name, manifest id)."""
     refs = tuple(ModelRef.of(m, i) for m, i in parents)
     return Source.of(refs[0].model, "merge", combined, refs)
+
+
+def dataset_ref(name: str, id: str) -> DatasetRef:
+    """A dataset the build read, by name and the manifest id it has now (a `datasets` row)."""
+    return DatasetRef(keys=("name", "id"), name=name, id=id)
+
+
+def datasets_block(refs: Mapping[str, DatasetRef]) -> dict[str, Any]:
+    """The manifest's `datasets` block: each role's dataset as JSON."""
+    return {role: ref.to_dict() for role, ref in refs.items()}
 
 
 def counted(params: Mapping[str, nn.Parameter], rows: Sequence[Mapping[str, Any]]) -> Parameters:
@@ -112,7 +123,7 @@ def model_manifest(
     spec: ModelSpec,
     name: str,
     source: tuple[str, ModelManifest] | None,
-    datasets: dict[str, Any],
+    datasets: Mapping[str, DatasetRef],
     weights: Weights | None,
     architecture: tuple[dict[str, Any], list[dict[str, Any]]],
     module: nn.Module,
@@ -129,7 +140,7 @@ def model_manifest(
     moved = transfer_block(strategy, mapped, unused, features_cached, renamed_pairs(rows))
     return {
         **manifest_head(spec, name, None if source is None else source_block(spec, *source)),
-        "datasets": datasets,
+        "datasets": datasets_block(datasets),
         "weights": {} if weights is None else weights.to_dict(),
         "architecture": {"config": config, "tensors": rows},
         "parameters": counted(dict(module.named_parameters()), rows).to_dict(),

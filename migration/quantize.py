@@ -50,7 +50,7 @@ from .evaluate import evaluate_gates
 from .families import require
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan, transfer
-from .model_manifest import manifest_head, source_block
+from .model_manifest import datasets_block, manifest_head, source_block
 from .quantize_eval import scoring
 
 METHODS = {
@@ -262,7 +262,7 @@ def build_quantized(
     total = sum(p.numel() for p in module.parameters())
     manifest: dict[str, Any] = {
         **manifest_head(spec, name, source_block(spec, parent, src_manifest)),
-        "datasets": scored.datasets,
+        "datasets": datasets_block(scored.datasets),
         "weights": blob_weights(WEIGHTS_FILE, blob, "safetensors").to_dict(),
         "architecture": {"config": config, "tensors": _rows(tensors, metadata, set(src_state))},
         "parameters": Parameters.of(total, 0, total).to_dict(),

@@ -17,14 +17,16 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.records.manifest import ModelManifest
+from stemma.registry.records.manifest import DatasetRef, ModelManifest
 from stemma.registry.rules.taskspec import CAUSAL_LM, CLASSIFICATION, spec_problems
 from torch import nn
 
 from . import lm_train
 from . import tokenizer as tok
+from .build_inputs import eval_pointer
 from .data import DatasetArrays, load_dataset
 from .evaluate import evaluate
+from .model_manifest import dataset_ref
 from .tasks import for_labels
 from .textdata import PROMPT_COMPLETION, load_text
 
@@ -35,15 +37,10 @@ class Scoring:
 
     task: str
     metrics: tuple[str, ...]
-    datasets: dict[str, Any]
+    datasets: dict[str, DatasetRef]
     score: Callable[[nn.Module], dict[str, Any]]
     extra: dict[str, Any] = field(default_factory=dict)
     """Manifest keys the task adds (`task`)."""
-
-
-def eval_pointer(spec: ModelSpec) -> str:
-    """The spec's pointer to the data it is scored on."""
-    return "/data/eval" if "eval" in spec.raw["data"] else "/data/train"
 
 
 def scoring(reg: Registry, spec: ModelSpec, parent: str, src_manifest: ModelManifest) -> Scoring:
@@ -59,10 +56,10 @@ def scoring(reg: Registry, spec: ModelSpec, parent: str, src_manifest: ModelMani
     return found
 
 
-def _dataset_block(reg: Registry, name: str) -> dict[str, Any]:
+def _dataset_block(reg: Registry, name: str) -> dict[str, DatasetRef]:
     manifest = reg.dataset_manifest(name)
     assert manifest is not None  # the loaders raised otherwise
-    return {"eval": {"name": name, "id": manifest.id}}
+    return {"eval": dataset_ref(name, manifest.id)}
 
 
 def _array_scoring(

@@ -21,7 +21,7 @@ from stemma.registry.errors import BuildError
 from stemma.registry.pipeline.render import current
 from stemma.registry.publish.hubfiles import snapshot_hub_id
 from stemma.registry.records.core import MODEL_MANIFEST
-from stemma.registry.records.manifest import Parameters, Source, Transfer
+from stemma.registry.records.manifest import DatasetRef, Parameters, Source, Transfer
 from stemma.registry.rules.layout import PIPELINE_FILE, SPEC_FILE, WEIGHTS_FILE
 from stemma.registry.rules.naming import check_name
 from stemma.registry.store.files import digest
@@ -44,6 +44,7 @@ from .hubsnapshot import (
     tokenizer_files,
 )
 from .mapping import plan, report, transfer
+from .model_manifest import dataset_ref, datasets_block
 from .tasks import get as get_task
 from .weights import read_any, to_bytes
 
@@ -217,14 +218,14 @@ def register(
     blob = to_bytes(module.state_dict())
     metrics: dict[str, float] = {}
     per_class: dict[str, float] = {}
-    datasets: dict[str, Any] = {}
+    datasets: dict[str, DatasetRef] = {}
     if data is not None and eval_dataset is not None:
         scored = evaluate(module, data.x_eval, data.y_eval)
         metrics = {m: scored[m] for m in get_task(data.task).metrics}
         per_class = scored["per_class"]
         manifest_ds = reg.dataset_manifest(eval_dataset)
         assert manifest_ds is not None
-        datasets["eval"] = {"name": eval_dataset, "id": manifest_ds.id}
+        datasets["eval"] = dataset_ref(eval_dataset, manifest_ds.id)
     spec_doc: dict[str, Any] = {
         "description": description or f"Registered from {Path(weights_path).name}."
     }
@@ -248,7 +249,7 @@ def register(
         "spec": spec_doc,
         "spec_digest": digest(spec_doc),
         "source": None if src is None else src.to_dict(),
-        "datasets": datasets,
+        "datasets": datasets_block(datasets),
         "weights": blob_weights(WEIGHTS_FILE, blob, "safetensors").to_dict(),
         "architecture": {"config": config, "tensors": rows},
         "parameters": Parameters.of(total, total, 0).to_dict(),

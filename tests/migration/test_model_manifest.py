@@ -6,17 +6,22 @@ import time
 from typing import Any
 
 from stemma.migration.adapters import adapter_record, lora_block
+from stemma.migration.build_inputs import eval_pointer
 from stemma.migration.build_outputs import blob_file, blob_ref, blob_weights, run_record
 from stemma.migration.model_manifest import (
     counted,
+    dataset_ref,
+    datasets_block,
     merge_source,
     renamed_pairs,
     transfer_block,
 )
 from stemma.migration.strategy import Strategy
 from stemma.registry import Registry
+from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import (
     Adapter,
+    DatasetRef,
     ModelRef,
     Parameters,
     Run,
@@ -116,3 +121,19 @@ def test_weights_blocks_of_one_file_write_a_file_block() -> None:
     assert block.shards is None
     assert block.to_dict() == blob_file("weights.safetensors", b"abc", "safetensors")
     assert Weights.from_dict(block.to_dict()) == block
+
+
+def test_datasets_rows_write_name_and_id_by_role() -> None:
+    refs = {"train": dataset_ref("digits", "sha256:1"), "eval": dataset_ref("held", "sha256:2")}
+    assert datasets_block(refs) == {
+        "train": {"name": "digits", "id": "sha256:1"},
+        "eval": {"name": "held", "id": "sha256:2"},
+    }
+    assert DatasetRef.from_dict(refs["train"].to_dict()) == refs["train"]
+
+
+def test_eval_pointer_names_the_data_a_model_is_scored_on() -> None:
+    both = ModelSpec.from_dict("m", {"data": {"train": "a", "eval": "b"}})
+    assert eval_pointer(both) == "/data/eval" and both.eval == "b"
+    one = ModelSpec.from_dict("m", {"data": {"train": "a"}})
+    assert eval_pointer(one) == "/data/train" and one.eval == "a"
