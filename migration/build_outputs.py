@@ -115,7 +115,7 @@ def dataset_head(spec: DatasetSpec, name: str, blob: bytes) -> dict[str, Any]:
         "kind": "dataset",
         "schema_version": 1,
         "name": name,
-        "spec": dict(spec.raw),
+        "spec": spec.to_dict(),
         "spec_digest": spec.digest,
         "data": blob_file(DATA_FILE, blob, "npz"),
     }

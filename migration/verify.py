@@ -36,6 +36,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
 from stemma.registry.pipeline.lockstate import unlocked
 from stemma.registry.query.listing import current_dataset_id
+from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import (
     FileRef,
     ModelManifest,
@@ -310,7 +311,7 @@ def _pipeline_files(reg: Registry, manifest: ModelManifest, name: str) -> Findin
 
 
 def _gates(manifest: ModelManifest, display: str) -> Finding:
-    gates = dict(manifest.spec.get("gates") or {})  # the spec block is free-form
+    gates = ModelSpec.from_dict(manifest.name, manifest.spec).gates  # the spec as built
     rows = evaluate_gates(gates, manifest.metrics, manifest.per_class, display)
     if manifest.quantize is not None:  # the drop against the parent: migration/quantize.py
         rows += recorded_gates(manifest)
