@@ -20,11 +20,12 @@ from typing import Any, TypeGuard
 
 import torch
 from stemma.registry.errors import BuildError, SchemaError
-from stemma.registry.records.manifest import Adapter, FileRef, ModelRef
+from stemma.registry.records.manifest import Adapter, FileRef, ModelRef, Tensor
 from stemma.registry.store.files import parse_json_text, read_bytes_file
 from torch import nn
 
 from .families import require
+from .mapping import tensor_row
 
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -111,7 +112,7 @@ def adapter_files(peft_model: Any) -> dict[str, bytes]:
     return files
 
 
-def rows(peft_model: Any, transferred: set[str]) -> list[dict[str, Any]]:
+def rows(peft_model: Any, transferred: set[str]) -> list[Tensor]:
     """Per-tensor rows of the adapted module: adapter and head tensors new, the base frozen."""
     base = peft_model.get_base_model()
     params = dict(base.named_parameters())
@@ -120,16 +121,17 @@ def rows(peft_model: Any, transferred: set[str]) -> list[dict[str, Any]]:
         plain = name.replace(".base_layer.", ".").replace(".original_module.", ".")
         added = ".lora_" in name or ".modules_to_save." in name
         param = params.get(name)
+        fed = not added and plain in transferred
         out.append(
-            {
-                "name": name,
-                "kind": "parameter" if param is not None else "buffer",
-                "shape": [int(d) for d in tensor.shape],
-                "dtype": str(tensor.dtype).replace("torch.", ""),
-                "origin": "new" if added or plain not in transferred else "transferred",
-                "frozen": param is None or not param.requires_grad,
-                "source_name": None if added or plain not in transferred else plain,
-            }
+            tensor_row(
+                name,
+                "parameter" if param is not None else "buffer",
+                tensor.shape,
+                str(tensor.dtype).replace("torch.", ""),
+                "transferred" if fed else "new",
+                param is None or not param.requires_grad,
+                plain if fed else None,
+            )
         )
     return out
 

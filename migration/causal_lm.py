@@ -64,7 +64,7 @@ from .build_outputs import (
 )
 from .evaluate import evaluate_gates
 from .families import require
-from .mapping import report
+from .mapping import report, tensors_block
 from .model_manifest import (
     counted,
     dataset_ref,
@@ -374,7 +374,7 @@ def build_lm(
         ),
         "datasets": datasets_block(datasets),
         "weights": {},
-        "architecture": {"config": config, "tensors": rows},
+        "architecture": {"config": config, "tensors": tensors_block(rows)},
         "parameters": counted(dict(base.named_parameters()), rows).to_dict(),
         "transfer": moved.to_dict(),
         "metrics": metrics,

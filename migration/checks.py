@@ -36,7 +36,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.records.manifest import DatasetRef, ModelManifest
+from stemma.registry.records.manifest import DatasetRef, ModelManifest, Tensor
 from stemma.registry.rules.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 
@@ -199,12 +199,10 @@ def _in_shape(module_config: Mapping[str, Any]) -> list[int]:
     return [int(d) for d in module_config["in_shape"]]
 
 
-def _same_head(rows: Sequence[Mapping[str, Any]], prefix: str = "head") -> bool:
+def _same_head(rows: Sequence[Tensor], prefix: str = "head") -> bool:
     """True when every head tensor was carried over from the source's own head, unchanged."""
-    head = [r for r in rows if str(r["name"]).startswith(prefix + ".")]
-    return bool(head) and all(
-        r["origin"] == "transferred" and r.get("source_name") == r["name"] for r in head
-    )
+    head = [r for r in rows if r.name.startswith(prefix + ".")]
+    return bool(head) and all(r.origin == "transferred" and r.source_name == r.name for r in head)
 
 
 def _out_features(module: nn.Module) -> int | None:
@@ -220,7 +218,7 @@ def _forgetting(
     target_config: Mapping[str, Any],
     source: nn.Module,
     source_manifest: ModelManifest,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Tensor],
     seed: int,
     device: torch.device,
 ) -> tuple[dict[str, Any], Ref]:
@@ -364,15 +362,15 @@ def _parameters(
     source_state: Mapping[str, torch.Tensor],
     source_manifest: ModelManifest,
     tensor_map: TensorMap,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Tensor],
 ) -> dict[str, Any]:
     # Re-initialised tensors start from the target's own initialisation: comparing them with
     # the source says nothing about the transfer, so only transferred tensors are compared.
-    reinit = {r["name"] for r in rows if r["origin"] == "reinitialized"}
+    reinit = {r.name for r in rows if r.origin == "reinitialized"}
     mapping = {t: s for t, s in tensor_map.pairs.items() if t not in reinit}
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad and n in mapping}
     # buffers of modules held in eval mode (batch-norm statistics) must not move either
-    frozen |= {r["name"] for r in rows if r.get("kind") == "buffer" and r["frozen"]} & set(mapping)
+    frozen |= {r.name for r in rows if r.kind == "buffer" and r.frozen} & set(mapping)
     result = parameter_check(
         source_state,
         module.state_dict(),
@@ -430,7 +428,7 @@ def run_checks(
     module: nn.Module,
     *,
     target_config: Mapping[str, Any],
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Tensor],
     train_data: DatasetArrays,
     source_manifest: ModelManifest | None = None,
     source_state: Mapping[str, torch.Tensor] | None = None,

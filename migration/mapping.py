@@ -11,12 +11,13 @@ than none) the pairing is ambiguous and refused: rename the tensors or map by na
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import Tensor
 from torch import nn
 
 RULES = ("exact", "by-name", "by-shape")
@@ -136,11 +137,43 @@ def held_in_eval(module: nn.Module) -> set[str]:
     return held
 
 
+TENSOR_KEYS = ("name", "kind", "shape", "dtype", "origin", "frozen", "source_name")
+"""The keys of a row of the architecture's tensors, in the order builds write them."""
+
+
+def tensor_row(
+    name: str,
+    kind: str,
+    shape: Sequence[int],
+    dtype: str,
+    origin: str,
+    frozen: bool,
+    source_name: str | None,
+) -> Tensor:
+    """One tensor of the architecture as a build records it (`source_name` null where no
+    source tensor fed it)."""
+    return Tensor(
+        keys=TENSOR_KEYS,
+        name=name,
+        kind=kind,
+        shape=tuple(int(d) for d in shape),
+        dtype=dtype,
+        origin=origin,
+        frozen=frozen,
+        source_name=source_name,
+    )
+
+
+def tensors_block(rows: Sequence[Tensor]) -> list[dict[str, Any]]:
+    """The architecture's `tensors` list as JSON."""
+    return [row.to_dict() for row in rows]
+
+
 def report(
     module: nn.Module,
     mapping: TensorMap | None,
     reinit: Collection[str] = (),
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[Tensor], list[str]]:
     """Per-tensor rows (name, kind, shape, dtype, origin, frozen, source_name), unused sources.
 
     A parameter is frozen when it does not train; a buffer (batch-norm statistics) when its
@@ -149,7 +182,7 @@ def report(
     params = dict(module.named_parameters())
     held = held_in_eval(module)
     pairs = mapping.pairs if mapping else {}
-    rows: list[dict[str, Any]] = []
+    rows: list[Tensor] = []
     for name, tensor in module.state_dict().items():
         if name in params:
             kind, frozen = "parameter", not params[name].requires_grad
@@ -162,17 +195,8 @@ def report(
             origin = "reinitialized"
         else:
             origin = "transferred"
-        rows.append(
-            {
-                "name": name,
-                "kind": kind,
-                "shape": _shape(tensor),
-                "dtype": str(tensor.dtype).replace("torch.", ""),
-                "origin": origin,
-                "frozen": frozen,
-                "source_name": src,
-            }
-        )
+        dtype = str(tensor.dtype).replace("torch.", "")
+        rows.append(tensor_row(name, kind, _shape(tensor), dtype, origin, frozen, src))
     unused = list(mapping.unused) if mapping else []
     # a source tensor whose target was re-initialised was left out too
     unused += [pairs[n] for n in pairs if n in reinit]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ from .build_outputs import run_record, write_model
 from .evaluate import evaluate, evaluate_gates
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan as map_plan
-from .mapping import report, transfer
+from .mapping import report, tensors_block, transfer
 from .model_manifest import datasets_block, manifest_head, merge_source
 from .quantize_eval import scoring
 from .tasks import get as get_task
@@ -395,10 +395,9 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         metrics = {m: scored[m] for m in task.metrics}
         if task.name != "classification":
             extra["task"] = task.name
-    rows, _ = report(module, None)
-    for row in rows:  # every tensor comes from the parents: none is new
-        row["origin"], row["frozen"], row["source_name"] = "transferred", True, row["name"]
-    total = sum(int(math.prod(r["shape"])) for r in rows if r.get("kind") == "parameter")
+    reported, _ = report(module, None)  # every tensor comes from the parents: none is new
+    rows = [replace(r, origin="transferred", frozen=True, source_name=r.name) for r in reported]
+    total = sum(int(math.prod(r.shape)) for r in rows if r.kind == "parameter")
     parents = [(r.name, manifests[r.name].id) for r in parent_refs(spec)]
     combined = combined_id([i for _, i in parents])
     assert combined is not None  # every parent was loaded, so every one has its id
@@ -407,7 +406,7 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         **manifest_head(spec, spec.name, source),
         "datasets": datasets_block(datasets),
         "weights": {},
-        "architecture": {"config": config, "tensors": rows},
+        "architecture": {"config": config, "tensors": tensors_block(rows)},
         "parameters": Parameters.of(total, 0, total).to_dict(),
         "merge": _merge_block(p, base_name, contributed).to_dict(),
         "metrics": metrics,

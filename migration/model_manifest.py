@@ -23,12 +23,14 @@ from stemma.registry.records.manifest import (
     Pair,
     Parameters,
     Source,
+    Tensor,
     Transfer,
     Weights,
 )
 from torch import nn
 
 from .evaluate import evaluate_gates
+from .mapping import tensors_block
 from .strategy import Strategy
 
 
@@ -67,13 +69,11 @@ def datasets_block(refs: Mapping[str, DatasetRef]) -> dict[str, Any]:
     return {role: ref.to_dict() for role, ref in refs.items()}
 
 
-def counted(params: Mapping[str, nn.Parameter], rows: Sequence[Mapping[str, Any]]) -> Parameters:
+def counted(params: Mapping[str, nn.Parameter], rows: Sequence[Tensor]) -> Parameters:
     """The `parameters` block of a module's named parameters and its per-tensor report rows
     (transferred: the parameters whose row says they came from the source)."""
     transferred = sum(
-        params[r["name"]].numel()
-        for r in rows
-        if r["origin"] == "transferred" and r["name"] in params
+        params[r.name].numel() for r in rows if r.origin == "transferred" and r.name in params
     )
     return Parameters.of(
         sum(p.numel() for p in params.values()),
@@ -82,12 +82,12 @@ def counted(params: Mapping[str, nn.Parameter], rows: Sequence[Mapping[str, Any]
     )
 
 
-def renamed_pairs(rows: Sequence[Mapping[str, Any]]) -> tuple[Pair, ...]:
+def renamed_pairs(rows: Sequence[Tensor]) -> tuple[Pair, ...]:
     """The target tensors fed by a source tensor of another name, from the report rows."""
     return tuple(
-        Pair.of(str(r["name"]), str(r["source_name"]))
+        Pair.of(r.name, r.source_name)
         for r in rows
-        if r["source_name"] is not None and r["source_name"] != r["name"]
+        if r.source_name is not None and r.source_name != r.name
     )
 
 
@@ -125,7 +125,7 @@ def model_manifest(
     source: tuple[str, ModelManifest] | None,
     datasets: Mapping[str, DatasetRef],
     weights: Weights | None,
-    architecture: tuple[dict[str, Any], list[dict[str, Any]]],
+    architecture: tuple[dict[str, Any], Sequence[Tensor]],
     module: nn.Module,
     transfer: tuple[Strategy, bool, Sequence[str], bool],
     scores: tuple[Mapping[str, float], Mapping[str, float]],
@@ -142,7 +142,7 @@ def model_manifest(
         **manifest_head(spec, name, None if source is None else source_block(spec, *source)),
         "datasets": datasets_block(datasets),
         "weights": {} if weights is None else weights.to_dict(),
-        "architecture": {"config": config, "tensors": rows},
+        "architecture": {"config": config, "tensors": tensors_block(rows)},
         "parameters": counted(dict(module.named_parameters()), rows).to_dict(),
         "transfer": moved.to_dict(),
         "metrics": dict(metrics),

@@ -36,6 +36,7 @@ from stemma.registry.records.manifest import (
     Quantize,
     QuantizeQuality,
     QuantizeSize,
+    Tensor,
 )
 from stemma.registry.rules.gates import gate_row
 from stemma.registry.rules.layout import CURVE_FILE, METRICS_FILE, WEIGHTS_FILE
@@ -49,7 +50,7 @@ from .build_outputs import blob_weights, commit_outputs, run_record
 from .evaluate import evaluate_gates
 from .families import require
 from .hubsnapshot import inherit_tokenizer
-from .mapping import plan, transfer
+from .mapping import plan, tensor_row, tensors_block, transfer
 from .model_manifest import datasets_block, manifest_head, source_block
 from .quantize_eval import scoring
 
@@ -264,7 +265,10 @@ def build_quantized(
         **manifest_head(spec, name, source_block(spec, parent, src_manifest)),
         "datasets": datasets_block(scored.datasets),
         "weights": blob_weights(WEIGHTS_FILE, blob, "safetensors").to_dict(),
-        "architecture": {"config": config, "tensors": _rows(tensors, metadata, set(src_state))},
+        "architecture": {
+            "config": config,
+            "tensors": tensors_block(_rows(tensors, metadata, set(src_state))),
+        },
         "parameters": Parameters.of(total, 0, total).to_dict(),
         "metrics": metrics,
         "per_class": after["per_class"],
@@ -311,7 +315,7 @@ def _origins(metadata: Mapping[str, str]) -> dict[str, str]:
 
 def _rows(
     tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], parent: set[str]
-) -> list[dict[str, Any]]:
+) -> list[Tensor]:
     """The stored tensors, as the manifest lists every model's: each from its parent tensor;
     those stored as they were are frozen (verify compares them bit for bit), the quantized
     ones are not (they are new numbers made from the parent's)."""
@@ -319,15 +323,7 @@ def _rows(
     rows = []
     for n, t in sorted(tensors.items()):
         kept = n in parent
-        rows.append(
-            {
-                "name": n,
-                "kind": "parameter",
-                "shape": list(t.shape),
-                "dtype": str(t.dtype).removeprefix("torch."),
-                "origin": "transferred",
-                "frozen": kept,
-                "source_name": n if kept else made_from.get(n),
-            }
-        )
+        dtype = str(t.dtype).removeprefix("torch.")
+        source = n if kept else made_from.get(n)
+        rows.append(tensor_row(n, "parameter", t.shape, dtype, "transferred", kept, source))
     return rows

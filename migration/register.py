@@ -43,7 +43,7 @@ from .hubsnapshot import (
     read_snapshot,
     tokenizer_files,
 )
-from .mapping import plan, report, transfer
+from .mapping import plan, report, tensors_block, transfer
 from .model_manifest import dataset_ref, datasets_block
 from .tasks import get as get_task
 from .weights import read_any, to_bytes
@@ -251,7 +251,7 @@ def register(
         "source": None if src is None else src.to_dict(),
         "datasets": datasets_block(datasets),
         "weights": blob_weights(WEIGHTS_FILE, blob, "safetensors").to_dict(),
-        "architecture": {"config": config, "tensors": rows},
+        "architecture": {"config": config, "tensors": tensors_block(rows)},
         "parameters": Parameters.of(total, total, 0).to_dict(),
         "transfer": _REGISTERED.to_dict(),
         "metrics": metrics,

@@ -115,8 +115,8 @@ def test_exact_mapping_copies_everything_and_reports_transferred() -> None:
     transfer(target, source.state_dict(), tmap)
     assert to_bytes(target.state_dict()) == to_bytes(source.state_dict())
     rows, unused = report(target, tmap)
-    assert {r["origin"] for r in rows} == {"transferred"} and unused == []
-    assert rows[0] == {
+    assert {r.origin for r in rows} == {"transferred"} and unused == []
+    assert rows[0].to_dict() == {
         "name": "body.0.weight",
         "kind": "parameter",
         "shape": [32, 64],
@@ -149,7 +149,7 @@ def test_by_name_and_reinit_report_every_origin() -> None:
     reinit = reinit_names(target, Strategy(reinit=("body.0.bias",)))
     transfer(target, source.state_dict(), tmap, reinit)
     rows, unused = report(target, tmap, reinit)
-    origin = {r["name"]: r["origin"] for r in rows}
+    origin = {r.name: r.origin for r in rows}
     assert origin == {
         "body.0.weight": "transferred",
         "body.0.bias": "reinitialized",

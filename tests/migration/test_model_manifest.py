@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from stemma.migration.adapters import adapter_record, lora_block
 from stemma.migration.build_inputs import eval_pointer
 from stemma.migration.build_outputs import blob_file, blob_ref, blob_weights, run_record
+from stemma.migration.mapping import tensor_row
 from stemma.migration.model_manifest import (
     counted,
     dataset_ref,
@@ -27,6 +27,7 @@ from stemma.registry.records.manifest import (
     Run,
     Source,
     Split,
+    Tensor,
     Transfer,
     Weights,
 )
@@ -48,11 +49,29 @@ def test_source_blocks_write_the_keys_they_name() -> None:
 
 
 def test_transfer_and_parameters_blocks_keep_nulls_and_extra_keys() -> None:
-    rows: list[dict[str, Any]] = [
-        {"name": "body.0.weight", "origin": "transferred", "source_name": "features.0.weight"},
-        {"name": "body.0.bias", "origin": "transferred", "source_name": "body.0.bias"},
-        {"name": "head.weight", "origin": "new", "source_name": None},
+    rows = [
+        tensor_row(
+            "body.0.weight",
+            "parameter",
+            (2, 3),
+            "float32",
+            "transferred",
+            True,
+            "features.0.weight",
+        ),
+        tensor_row("body.0.bias", "parameter", (2,), "float32", "transferred", True, "body.0.bias"),
+        tensor_row("head.weight", "parameter", (1, 2), "float32", "new", False, None),
     ]
+    assert rows[2].to_dict() == {  # every key, in the order builds write them; null kept
+        "name": "head.weight",
+        "kind": "parameter",
+        "shape": [1, 2],
+        "dtype": "float32",
+        "origin": "new",
+        "frozen": False,
+        "source_name": None,
+    }
+    assert Tensor.from_dict(rows[2].to_dict()) == rows[2]
     strategy = Strategy(mode="finetune", freeze=("body.*",))
     block = transfer_block(strategy, False, ["fc.weight"], True, renamed_pairs(rows))
     assert block.to_dict() == {
