@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from stemma.registry.errors import SchemaError, StemmaError
 from stemma.registry.records.core import DATASET_SPEC, MODEL_SPEC
 from stemma.registry.rules.parents import parents_of, primary
-from stemma.registry.store._snapshot import display, read_texts
 from stemma.registry.store.documents import validate_document
 from stemma.registry.store.yamlio import fast_canonical, load_yaml_text
 
@@ -127,14 +124,3 @@ def _opt_str(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise _Unindexable
     return value
-
-
-def read_specs(
-    root: Path, prefix: str, paths: Sequence[str], sizes: Sequence[int]
-) -> list[str | None]:
-    """Canonical JSON of each spec (None for a file that vanished); raises the located
-    error of the first bad one."""
-    out: list[str | None] = []
-    for path, text in zip(paths, read_texts(root, list(paths), prefix), strict=True):
-        out.append(None if text is None else spec_json(display(prefix, path), text))
-    return out

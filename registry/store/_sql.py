@@ -123,16 +123,19 @@ SELECT name, path, j.id, j.spec_digest,
        coalesce(j.task, 'classification'), coalesce(j.class_names, []::VARCHAR[])
 FROM staged"""
 
-# Specs arrive as canonical JSON (`spec_rows(path, spec)`); DuckDB hashes them and picks the
-# indexed fields. A spec is taken here only when every field has the type the index needs
-# (`*_SPEC_OK`); the others go through `_specrow.spec_row`, the reference, for a located error.
+# Specs arrive as canonical JSON (rows of `path, spec` from the query put in for `{rows}`);
+# DuckDB hashes them and picks the indexed fields. A spec is taken here only when every field
+# has the type the index needs (`*_SPEC_OK`); the others go through `_specrow.spec_row`, the
+# reference, for a located error.
 STAGE_SPECS = """
 CREATE OR REPLACE TEMP TABLE staged_specs AS
 SELECT path, split_part(path, '/', 2) AS name, spec, 'sha256:' || sha256(spec) AS digest,
        json_extract(spec, ['$.source', '$.source.model', '$.source.relation', '$.data',
                            '$.data.train', '$.data.eval', '$.architecture',
-                           '$.architecture.family', '$.description', '$.tags']) AS v
-FROM spec_rows"""
+                           '$.architecture.family', '$.description', '$.tags',
+                           '$.checks.forgetting.data', '$.checks.drift.data',
+                           '$.source.candidates']) AS v
+FROM ({rows})"""
 
 _TEXT_OR_NULL = "(v[{i}] IS NULL OR json_type(v[{i}]) IN ('VARCHAR', 'NULL'))"
 _COMMON_OK = f"""{_TEXT_OR_NULL.format(i=9)}
@@ -162,6 +165,12 @@ def _text_at(path: str) -> str:
 _LINEAGE_FIELDS = f"""list_filter([{_text_at("$.checks.forgetting.data")},
                     {_text_at("$.checks.drift.data")}], lambda x: x IS NOT NULL),
        {_text_at("$.source.candidates")}"""
+# The same fields from the paths STAGE_SPECS extracted (v[11] to v[13]): each spec is parsed
+# once, not once per field.
+_STAGED_TEXT = "CASE WHEN json_type(v[{i}]) = 'VARCHAR' THEN v[{i}] ->> '$' END"
+_STAGED_LINEAGE_FIELDS = f"""list_filter([{_STAGED_TEXT.format(i=11)},
+                    {_STAGED_TEXT.format(i=12)}], lambda x: x IS NOT NULL),
+       {_STAGED_TEXT.format(i=13)}"""
 # A spec SQL takes names one source (`MODEL_SPEC_OK`); a merge's list comes from Python.
 _ONE_PARENT = """CASE WHEN json_type(v[1]) = 'OBJECT' AND v[2] ->> '$' <> 'auto'
             THEN [v[2] ->> '$'] END"""
@@ -174,7 +183,7 @@ SELECT name, path, digest,
        v[5] ->> '$', coalesce(v[6] ->> '$', v[5] ->> '$'),
        CASE WHEN json_type(v[8]) = 'VARCHAR' THEN v[8] ->> '$' END,
        CASE WHEN json_type(v[9]) = 'VARCHAR' THEN v[9] ->> '$' END,
-       CAST(v[10] AS VARCHAR[]), {_LINEAGE_FIELDS}, {_ONE_PARENT}
+       CAST(v[10] AS VARCHAR[]), {_STAGED_LINEAGE_FIELDS}, {_ONE_PARENT}
 FROM staged_specs WHERE {MODEL_SPEC_OK}"""
 
 INSERT_DATASET_SPECS = f"""

@@ -1,0 +1,146 @@
+"""Building the query index: one pass over the files, a chunk of manifests at a time.
+
+A cold build reads each model folder once (spec and manifest together); these tests pin what
+that must keep: the same index whatever the chunk size, a bad spec reported before a bad
+manifest wherever the two are, and a new index written without a log left beside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from stemma.registry import Registry
+from stemma.registry.errors import ParseError, SchemaError
+from stemma.registry.store import _ingest, _snapshot, index
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import synth
+
+TABLES = (
+    "raw.model_specs",
+    "raw.dataset_specs",
+    "raw.model_manifests",
+    "raw.dataset_manifests",
+    "raw.layers",
+    "raw.edges",
+)
+
+
+def _dump(reg: Registry) -> dict[str, list[tuple[object, ...]]]:
+    """Every stored row of the index, sorted, and the models view."""
+    with index.open_index(reg) as idx:
+        out = {
+            t: sorted(map(repr, idx.con.execute(f"SELECT * FROM {t}").fetchall())) for t in TABLES
+        }
+        out["models"] = sorted(map(repr, idx.con.execute("SELECT * FROM models").fetchall()))
+    return out  # type: ignore[return-value]
+
+
+@pytest.fixture
+def synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    monkeypatch.setattr(_snapshot, "RACY_NS", 0)
+    synth.generate(tmp_path / "reg", 40, shape="mixed", seed=5, family_size=12, unbuilt=0.2)
+    return Registry.open(tmp_path / "reg")
+
+
+def _cold(reg: Registry) -> None:
+    shutil.rmtree(reg.repo_root / ".stemma", ignore_errors=True)
+
+
+def test_the_index_is_the_same_whatever_the_chunk_size(
+    synthetic: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _cold(synthetic)
+    expected = _dump(synthetic)
+    assert len(expected["raw.model_manifests"]) > 5 and len(expected["raw.layers"]) > 20
+    for chunk in (1, 3, 7):
+        monkeypatch.setattr(_ingest, "CHUNK", chunk)
+        _cold(synthetic)
+        assert _dump(synthetic) == expected, chunk
+
+
+def test_chunks_hold_at_most_chunk_manifests_of_one_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ingest, "CHUNK", 2)
+    paths = [
+        "models/a/spec.yaml",
+        "models/a/manifest.json",
+        "models/b/spec.yaml",  # unbuilt
+        "models/c/spec.yaml",
+        "models/c/manifest.json",
+        "models/d/manifest.json",
+        "datasets/x/spec.yaml",
+        "datasets/x/manifest.json",
+    ]
+    assert _ingest._file_chunks(paths) == [
+        (True, paths[:5]),
+        (True, ["models/d/manifest.json"]),
+        (False, ["datasets/x/spec.yaml", "datasets/x/manifest.json"]),
+    ]
+
+
+@pytest.mark.parametrize("chunk", [1, 5000])
+@pytest.mark.parametrize(
+    "spec_text, error, message",
+    [
+        ("data: [unclosed\n", ParseError, "invalid YAML"),
+        ("description: 5\ndata: {train: ds00-train}\n", SchemaError, "/description"),
+    ],
+)
+def test_a_bad_spec_is_reported_before_a_bad_manifest_wherever_they_are(
+    synthetic: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    chunk: int,
+    spec_text: str,
+    error: type[Exception],
+    message: str,
+) -> None:
+    monkeypatch.setattr(_ingest, "CHUNK", chunk)
+    names = _snapshot.snapshot(synthetic.root).names["models"]
+    built = [n for n in names if (synthetic.root / "models" / n / "manifest.json").exists()]
+    # A bad manifest in the first folder read, a bad spec in the last one, and the reverse.
+    for manifest_at, spec_at in ((built[0], names[-1]), (built[-1], names[0])):
+        manifest = synthetic.root / "models" / manifest_at / "manifest.json"
+        spec = synthetic.root / "models" / spec_at / "spec.yaml"
+        good_manifest, good_spec = manifest.read_text(), spec.read_text()
+        manifest.write_text(good_manifest[:100])
+        spec.write_text(spec_text)
+        _cold(synthetic)
+        with pytest.raises(error, match=rf"models/{spec_at}/spec.yaml.*{message}"):
+            index.refresh(Registry.open(synthetic.root))
+        spec.write_text(good_spec)
+        with pytest.raises(
+            ParseError, match=rf"models/{manifest_at}/manifest.json:\d+: invalid JSON"
+        ):
+            index.refresh(Registry.open(synthetic.root))
+        manifest.write_text(good_manifest)
+        assert index.refresh(Registry.open(synthetic.root)).rebuilt
+
+
+def test_a_manifest_of_the_wrong_shape_in_a_later_chunk_is_reported(
+    synthetic: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ingest, "CHUNK", 2)
+    names = _snapshot.snapshot(synthetic.root).names["models"]
+    built = [n for n in names if (synthetic.root / "models" / n / "manifest.json").exists()]
+    path = synthetic.root / "models" / built[-1] / "manifest.json"
+    path.write_text(path.read_text().replace('"kind": "model"', '"kind": 5'))
+    _cold(synthetic)
+    with pytest.raises(SchemaError, match=rf"models/{built[-1]}/manifest.json at /kind"):
+        index.refresh(Registry.open(synthetic.root))
+
+
+def test_a_new_index_is_written_without_a_log(synthetic: Registry) -> None:
+    _cold(synthetic)
+    stats = index.refresh(synthetic)
+    assert stats.rebuilt
+    store = index.index_path(synthetic)
+    assert store.is_file() and not Path(f"{store}.wal").exists()
+    # The instance's setting is back: a later change is logged as any other.
+    default = duckdb.connect().execute("SELECT current_setting('checkpoint_threshold')")
+    with index.open_index(synthetic) as idx:
+        setting = idx.con.execute("SELECT current_setting('checkpoint_threshold')")
+        assert setting.fetchone() == default.fetchone()
