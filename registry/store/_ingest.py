@@ -210,10 +210,16 @@ def apply(
         clock.lap("insert")
         # A file written moments ago is recorded as RACY: the next open reads it again. A
         # file that vanished before it could be read is recorded as missing.
-        racy = {
-            p: _snapshot.RACY for p in read if _snapshot.racy(_snapshot.changed_ns(stamps[p]), now)
-        }
-        gone_since = {p: _snapshot.MISSING for p in set(changes.read).difference(read)}
+        racy: dict[str, int] = {}
+        if _any_racy(snap, now):
+            racy = {
+                p: _snapshot.RACY
+                for p in read
+                if _snapshot.racy(_snapshot.changed_ns(stamps[p]), now)
+            }
+        gone_since: dict[str, int] = {}
+        if len(read) < len(changes.read):
+            gone_since = {p: _snapshot.MISSING for p in set(changes.read).difference(read)}
         stored = snap.with_sizes(racy | gone_since) if racy or gone_since else snap
         _update_edges(con, gone, create)
         clock.lap("edges")
@@ -239,6 +245,16 @@ def apply(
         with contextlib.suppress(Exception):
             con.execute("ROLLBACK")
         raise
+
+
+def _any_racy(snap: _snapshot.Snapshot, now: int) -> bool:
+    """Whether any file of `snap` is racy at `now`: its latest mtime or ctime, found in C
+    over the snapshot's numbers, tells without a look at each file's stamp."""
+    numbers, width = snap.numbers, _snapshot.PER_FILE
+    if not numbers:
+        return False
+    latest = max(max(numbers[1::width]), max(numbers[2::width]))
+    return _snapshot.racy(latest, now)
 
 
 # The snapshot the index matches is the store's fact `snapshot`, replaced in the transaction

@@ -123,20 +123,6 @@ SELECT name, path, j.id, j.spec_digest,
        coalesce(j.task, 'classification'), coalesce(j.class_names, []::VARCHAR[])
 FROM staged"""
 
-# Specs arrive as canonical JSON (rows of `path, spec` from the query put in for `{rows}`);
-# DuckDB hashes them and picks the indexed fields. A spec is taken here only when every field
-# has the type the index needs (`*_SPEC_OK`); the others go through `_specrow.spec_row`, the
-# reference, for a located error.
-STAGE_SPECS = """
-CREATE OR REPLACE TEMP TABLE staged_specs AS
-SELECT path, split_part(path, '/', 2) AS name, spec, 'sha256:' || sha256(spec) AS digest,
-       json_extract(spec, ['$.source', '$.source.model', '$.source.relation', '$.data',
-                           '$.data.train', '$.data.eval', '$.architecture',
-                           '$.architecture.family', '$.description', '$.tags',
-                           '$.checks.forgetting.data', '$.checks.drift.data',
-                           '$.source.candidates']) AS v
-FROM ({rows})"""
-
 _TEXT_OR_NULL = "(v[{i}] IS NULL OR json_type(v[{i}]) IN ('VARCHAR', 'NULL'))"
 _COMMON_OK = f"""{_TEXT_OR_NULL.format(i=9)}
     AND (v[10] IS NULL OR json_type(v[10]) = 'NULL' OR (json_type(v[10]) = 'ARRAY'
@@ -152,6 +138,22 @@ MODEL_SPEC_OK = f"""path LIKE 'models/%' AND {_COMMON_OK}
          OR (json_type(v[7]) = 'OBJECT' AND {_TEXT_OR_NULL.format(i=8)}))"""
 
 DATASET_SPEC_OK = f"path LIKE 'datasets/%' AND {_COMMON_OK} AND json_type(v[1]) = 'VARCHAR'"
+
+
+# Specs arrive as canonical JSON (rows of `path, spec` from the query put in for `{rows}`);
+# DuckDB hashes them and picks the indexed fields. A spec is taken here only when every field
+# has the type the index needs (`ok`: `*_SPEC_OK`, worked out once per spec); the others go
+# through `_specrow.spec_row`, the reference, for a located error.
+STAGE_SPECS = f"""
+CREATE OR REPLACE TEMP TABLE staged_specs AS
+SELECT *, coalesce(({MODEL_SPEC_OK}) OR ({DATASET_SPEC_OK}), false) AS ok
+FROM (SELECT path, split_part(path, '/', 2) AS name, spec, 'sha256:' || sha256(spec) AS digest,
+             json_extract(spec, ['$.source', '$.source.model', '$.source.relation', '$.data',
+                                 '$.data.train', '$.data.eval', '$.architecture',
+                                 '$.architecture.family', '$.description', '$.tags',
+                                 '$.checks.forgetting.data', '$.checks.drift.data',
+                                 '$.source.candidates']) AS v
+      FROM ({{rows}}))"""
 
 
 def _text_at(path: str) -> str:
@@ -184,18 +186,17 @@ SELECT name, path, digest,
        CASE WHEN json_type(v[8]) = 'VARCHAR' THEN v[8] ->> '$' END,
        CASE WHEN json_type(v[9]) = 'VARCHAR' THEN v[9] ->> '$' END,
        CAST(v[10] AS VARCHAR[]), {_STAGED_LINEAGE_FIELDS}, {_ONE_PARENT}
-FROM staged_specs WHERE {MODEL_SPEC_OK}"""
+FROM staged_specs WHERE ok AND path LIKE 'models/%'"""
 
-INSERT_DATASET_SPECS = f"""
+INSERT_DATASET_SPECS = """
 INSERT INTO raw.dataset_specs
 SELECT name, path, digest, v[1] ->> '$',
        CASE WHEN json_type(v[9]) = 'VARCHAR' THEN v[9] ->> '$' END,
        CAST(v[10] AS VARCHAR[])
-FROM staged_specs WHERE {DATASET_SPEC_OK}"""
+FROM staged_specs WHERE ok AND path LIKE 'datasets/%'"""
 
-FLAGGED_SPECS = f"""
-SELECT path, spec FROM staged_specs
-WHERE NOT coalesce(({MODEL_SPEC_OK}) OR ({DATASET_SPEC_OK}), false) ORDER BY path"""
+FLAGGED_SPECS = """
+SELECT path, spec FROM staged_specs WHERE NOT ok ORDER BY path"""
 
 # Rows picked in Python (`_specrow.spec_row`, columns `_specrow.SPEC_COLUMNS`) for flagged specs.
 INSERT_MODEL_SPEC_ROWS = f"""
