@@ -40,6 +40,7 @@ _FLOW_ALL = re.compile(rf"(?: *(?:[\[\]{{}},]|: |\"[^\"]*\"|'[^']*'|(?=({_PLAIN}
 _VALUES: dict[str, str] = {}
 _CACHE: dict[str, str] = {}
 _LINES: dict[str, tuple[str, str]] = {}
+_SCALARS: dict[str, str] = {}  # the plain scalars of flow mappings (`_flat_mapping`)
 _CACHE_MAX = 100_000
 # Text that starts with a dot but is no YAML 1.1 number (such as ".5", "._5", ".inf", ".NaN"):
 # ".", "./data", ".hidden".
@@ -123,7 +124,7 @@ def _flat(text: str) -> str | None:
     try:
         for line in text.split("\n"):
             if line:
-                pair = cached(line) or _line(line)
+                pair = cached(line) or _new_line(line)
                 if pair is None:
                     return None  # a value on the following lines, yet none is indented
                 members[pair[0]] = pair[1]
@@ -140,10 +141,12 @@ def _join(members: dict[str, str]) -> str:
 def _line(content: str) -> tuple[str, str] | None:
     """The key and the canonical JSON value of a `key: value` line (such lines repeat across
     specs: each is read once); None for `key:` alone (its value is on the following lines)."""
-    try:
-        return _LINES[content]
-    except KeyError:
-        pass
+    return _LINES.get(content) or _new_line(content)
+
+
+def _new_line(content: str) -> tuple[str, str] | None:
+    """`_line` of a line not met before (a missed lookup raises no KeyError: most lines
+    not met before are met once, such as a spec's description)."""
     match = _KEY.fullmatch(content)
     if match is None:
         raise _Unsupported
@@ -210,10 +213,9 @@ def _sequence(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[int, s
 
 def _inline(text: str) -> str:
     """A value given on the rest of a line (a flow collection or a scalar) as canonical JSON."""
-    try:
-        return _VALUES[text]
-    except KeyError:
-        pass
+    value = _VALUES.get(text)
+    if value is not None:
+        return value
     first = text[0]
     if first == "{" and (flat := _flat_mapping(text)) is not None:
         value = flat
@@ -249,10 +251,10 @@ def _flat_mapping(text: str) -> str | None:
             key, value = key.strip(" "), value.strip(" ")
             if not (sep and key and value) or ":" in key or ": " in value or value[-1] == ":":
                 return None
-            quoted = _scalar(key)
+            quoted = _SCALARS.get(key) or _new_scalar(key)
             if quoted[0] != '"':
                 return None  # a key YAML reads as a number, a boolean or null
-            members[key] = _scalar(value)
+            members[key] = _SCALARS.get(value) or _new_scalar(value)
     except _Unsupported:
         return None
     return "{" + ",".join(f'"{k}":{members[k]}' for k in sorted(members)) + "}"
@@ -260,10 +262,9 @@ def _flat_mapping(text: str) -> str | None:
 
 def _flow_scalar(match: re.Match[str]) -> str:
     token = match.group()
-    try:
-        return _CACHE[token]
-    except KeyError:
-        pass
+    json_text = _CACHE.get(token)
+    if json_text is not None:
+        return json_text
     if token[0] == '"':
         json_text = token
     elif token[0] == "'":
@@ -276,6 +277,15 @@ def _flow_scalar(match: re.Match[str]) -> str:
         _CACHE.clear()
     _CACHE[token] = json_text
     return json_text
+
+
+def _new_scalar(text: str) -> str:
+    """`_scalar`, kept for the flow mappings met next (keys and most values repeat)."""
+    value = _scalar(text)
+    if len(_SCALARS) > _CACHE_MAX:
+        _SCALARS.clear()
+    _SCALARS[text] = value
+    return value
 
 
 def _scalar(text: str) -> str:
