@@ -22,7 +22,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
-from typing import Annotated, Any, ClassVar, NamedTuple, NoReturn, Self, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn, Self, TypeVar, Union, cast
 
 from stemma.registry.errors import SchemaError
 from stemma.registry.rules.layout import MANIFEST_FILE
@@ -304,23 +304,33 @@ def _layout(cls: type[Record]) -> tuple[tuple[str, str, bool], ...]:
     return layout
 
 
-class _Step(NamedTuple):
-    """How one field is read: a plain value is checked by `test` (and `wrong` words the
-    error), a block or array is read by `read`."""
+if TYPE_CHECKING:
+    # how one field is read: its key, whether required, whether null is allowed, then the
+    # test of a plain value and the wording of its error, or (None for a plain value) the
+    # read of a block or array
+    _Step = tuple[
+        str,
+        bool,
+        bool,
+        Callable[[Any], bool],
+        Callable[[Any], str],
+        Callable[[Reader, str], Any] | None,
+    ]
 
-    key: str
-    required: bool
-    null: bool
-    test: Callable[[Any], bool]
-    wrong: Callable[[Any], str]
-    read: Callable[[Reader, str], Any] | None
 
+class _Plan:
+    """How a record class is read: its keys, open or closed, its own check, its fields."""
 
-class _Plan(NamedTuple):
-    known: frozenset[str]
-    open: bool
-    check: Callable[[Reader], None] | None
-    steps: tuple[_Step, ...]
+    __slots__ = ("check", "known", "open", "steps")
+
+    def __init__(
+        self,
+        known: frozenset[str],
+        open: bool,
+        check: Callable[[Reader], None] | None,
+        steps: tuple[_Step, ...],
+    ) -> None:
+        self.known, self.open, self.check, self.steps = known, open, check, steps
 
 
 _PLANS: dict[type[Record], _Plan] = {}
@@ -330,7 +340,7 @@ def _plan(cls: type[Record]) -> _Plan:
     """How `cls` is read, worked out from its annotations on its first read: the annotations
     are strings until then, so defining thirty records costs an import nothing more."""
     hints = _hints(cls)
-    steps = []
+    steps: list[_Step] = []
     for field in dataclasses.fields(cls):
         if field.kw_only and field.name not in ("keys", "extra"):
             raise TypeError(f"{cls.__name__}.{field.name}: a record's fields are positional")
@@ -352,13 +362,11 @@ def _plan(cls: type[Record]) -> _Plan:
         null = (required and null) or NULLABLE in marks
         choices = [m.values for m in marks if isinstance(m, OneOf)]
         if choices:
-            steps.append(_Step(key, required, null, *_one_of(choices[0]), None))
+            steps.append((key, required, null, *_one_of(choices[0]), None))
         elif hint in _SCALARS:
-            steps.append(_Step(key, required, null, *_scalar(_SCALARS[hint]), None))
+            steps.append((key, required, null, *_scalar(_SCALARS[hint]), None))
         else:
-            steps.append(
-                _Step(key, required, null, _read_instead, _read_instead, _reads(hint, where))
-            )
+            steps.append((key, required, null, _read_instead, _read_instead, _reads(hint, where)))
     known = frozenset(key for _, key, _ in _layout(cls))
     check: Callable[[Reader], None] | None = getattr(cls, "_check", None)
     plan = _PLANS[cls] = _Plan(known, cls._OPEN, check, tuple(steps))
