@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,14 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def stored(root: Path) -> dict[str, object]:
-    models: dict[str, object] = json.loads((Fact(root, _checkcache.FACT)).read_text())["models"]
-    return models
+def lines(root: Path) -> list[str]:
+    """The stored fact's lines: the header, then NAME<TAB>STAMP<TAB>FACTS per folder."""
+    return zlib.decompress(Fact(root, _checkcache.FACT).read_bytes()).decode().split("\n")
+
+
+def stored(root: Path) -> dict[str, list[str]]:
+    """name -> [stamp, facts JSON] of each stored folder."""
+    return {name: rest for name, *rest in (line.split("\t") for line in lines(root)[1:])}
 
 
 def test_unchanged_folders_are_not_read_again(
@@ -127,19 +133,28 @@ def test_damaged_or_foreign_facts_are_ignored(populated: Registry, trusting: Non
     root = populated.repo_root
     assert messages(root) == []
     path = Fact(root, _checkcache.FACT)
-    for text in ("damaged", '{"header": "other", "models": {}}', '{"models": 3}'):
-        path.write_text(text)
+    foreign = zlib.compress(b"stemma-checked/0 other\n" + "\n".join(lines(root)[1:]).encode())
+    for data in (b"damaged", b'{"header": "other", "models": {}}', foreign, foreign[:-9]):
+        path.write_bytes(data)
         assert messages(root) == []
     assert sorted(stored(root)) == ["base", "ft", "scratch"]
 
 
-def test_malformed_entries_are_read_again(populated: Registry, trusting: None) -> None:
+def test_malformed_entries_are_read_again(
+    populated: Registry, trusting: None, reads: list[str]
+) -> None:
     root = populated.repo_root
     assert messages(root) == []
     path = Fact(root, _checkcache.FACT)
-    doc = json.loads(path.read_text())
-    good = doc["models"]["ft"]
-    for bad in (5, [5], [[good[0][0], 7]], [[good[0][0], [1, 2]]]):
-        doc["models"]["ft"] = bad
-        path.write_text(json.dumps(doc))
-        assert messages(root) == []
+    kept = lines(root)
+    at = next(i for i, line in enumerate(kept) if line.startswith("ft\t"))
+    stamp, facts = kept[at].split("\t")[1:]
+    # not JSON, not a list, a list that is not the facts, two values (which must not shift
+    # the facts of the folders after it), no facts, another stamp
+    for bad in ("{", "5", "[5]", "[1, 2]", "[1],[2]", "[[1],[2]", ""):
+        for line in (f"ft\t{stamp}\t{bad}", f"ft\t{stamp}", f"ft\t0 {stamp}\t{facts}"):
+            path.write_bytes(zlib.compress("\n".join([*kept[:at], line, *kept[at + 1 :]]).encode()))
+            reads.clear()
+            assert messages(root) == [] and reads == ["ft"], (bad, line)
+    assert stored(root)["ft"] == [stamp, facts]  # found again and kept
+    assert json.loads(facts)[2].startswith("sha256:")
