@@ -220,10 +220,6 @@ def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
         anchor(new, repo)
         prefetch_state(new)
     link(old, new)
-    # The records of the head's lineage graph are read before the checks: the query
-    # index's working memory for them (tens of MiB at 30,000 models, handed back when the
-    # query ends) is then taken while little else is held, not on top of the checks' heap.
-    records = _head_records(new)
     found = check_violations(new)
     # The base's violations only mark which of the head's are new: only the checks that
     # can find a code the head has are run on it.
@@ -241,6 +237,14 @@ def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
     # to it (at 30,000 models, hundreds of MiB).
     new.release()
     old.release()
+    # The records of the head's lineage graph are read once the checks' memory is let go,
+    # and before the pipelines are rendered: the query index's working memory for them
+    # (tens of MiB at 30,000 models, handed back when the query ends) then reuses the
+    # checks' instead of coming on top of it, and the records are not held through the
+    # checks (peak at 30,000 models: audit 389 -> 362 MiB, audit_past 437 -> 413; at
+    # 10,000: 187 -> 184, 203 -> 201; read before the checks, as before, while the
+    # checks held every folder's parsed facts at once, it was the lower of the two).
+    records = _head_records(new)
     piped = pipeline_violations(new)
     found += piped
     was += pipeline_violations(old, {v.code for v in piped})
