@@ -383,8 +383,14 @@ def read_texts(root: Path | str, paths: list[str], prefix: str = "") -> list[str
                 data = _read_plain(folder, fname, MAX_TEXT_BYTES)
             if data is None:  # not the plain case: the careful reader decides
                 out.append(read_text(root, path, -1, prefix))
-            else:
-                out.append(decode_text(data, display(prefix, path)))
+                continue
+            # `decode_text`, its message path made only for a file it refuses: a BOM of
+            # UTF-16 is no UTF-8, and a NUL byte is a NUL character.
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                text = "\x00"
+            out.append(text if "\x00" not in text else decode_text(data, display(prefix, path)))
     finally:
         for fd in fds.values():
             if fd >= 0:
@@ -428,13 +434,21 @@ def _read_plain(folder: int, fname: str, limit: int) -> bytes | None:
         info = os.fstat(fd)
         if not _stat.S_ISREG(info.st_mode) or info.st_size > limit:
             return None
-        parts, size = [], 0
-        while chunk := os.read(fd, info.st_size + 1 - size):
-            parts.append(chunk)
-            size += len(chunk)
-            if size > info.st_size:
-                return None  # it grew while being read: the careful reader bounds it
-        return b"".join(parts)
+        # One read of one byte more than the stat saw: a file as large as it was comes
+        # whole and short, and only a short read (a file that shrank, or a read the system
+        # cut) asks for the rest, up to the end of the file.
+        want = info.st_size + 1
+        data = os.read(fd, want)
+        if len(data) < info.st_size:
+            parts = [data]
+            size = len(data)
+            while chunk := os.read(fd, want - size):
+                parts.append(chunk)
+                size += len(chunk)
+            data = b"".join(parts)
+        if len(data) > info.st_size:
+            return None  # it grew while being read: the careful reader bounds it
+        return data
     except OSError:
         return None
     finally:
