@@ -195,7 +195,8 @@ def apply(
             tables = [t for kind in kinds for t in _sql.RAW_BY_FILE.get(kind, ())]
             with text_rows(con, "gone_files", {"path": gone}):
                 for table in tables:
-                    con.execute(f"DELETE FROM {table} WHERE path IN (SELECT path FROM gone_files)")
+                    delete = _sql.DELETE_GONE_LAYERS if table == "raw.layers" else _sql.DELETE_GONE
+                    con.execute(delete.format(table=table))
         clock.lap("delete")
         files = _read_files(reg, con, changes.read)
         clock.lap("read")
