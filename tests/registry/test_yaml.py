@@ -331,6 +331,39 @@ def test_the_loader_gives_pyyaml_values_whichever_path(seed: int) -> None:
         assert same(load_yaml_text(text, "x.yaml"), expected), text
 
 
+def test_lines_met_before_are_checked_again_beside_new_ones() -> None:
+    """A text of lines the reader cached is read at once, and only where each of its other
+    lines would pass the whole text's checks: a known line beside a comment, an indent, a
+    trailing space, a tab, a marker or a directive, each is read as PyYAML reads it, or
+    declined."""
+    known = "name: a\nsource: {model: b, relation: finetune}\ntags: [x, y]\n"
+    assert check_against_pyyaml(known)
+    assert check_against_pyyaml("nested:\n  name: a\n  tags: [x, y]\n")  # cached, indented
+    for extra in [
+        "# a comment",
+        "c: 1 # after",
+        "  d: 2",
+        "e: 3 ",
+        "f:\t4",
+        "- g",
+        "---",
+        "...",
+        "%YAML 1.1",
+        "=======",
+        "h:",
+        "h:\n  i: 1",
+        "j: '\\'",
+        "k: \ufeff1",
+        "l: \x85",
+        " ",
+        "",
+        "name: b",
+    ]:
+        for text in (known + extra + "\n", extra + "\n" + known, known + extra):
+            check_against_pyyaml(text)
+    assert check_against_pyyaml("name: a\nnested:\n  name: a\n")
+
+
 def test_the_fast_path_keeps_the_limits_of_the_safe_loader() -> None:
     deep = "".join(f"{' ' * (2 * i)}k{i}:\n" for i in range(70)) + " " * 140 + "leaf: 1\n"
     assert fast_load(deep) is not None  # the subset has no depth bound ...
