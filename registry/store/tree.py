@@ -7,6 +7,8 @@ same on the working tree and on `git` history (audits compare two of them).
 from __future__ import annotations
 
 import os
+import re
+from binascii import unhexlify
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -124,6 +126,11 @@ def _cat_blobs(repo: Path, shas: list[str]) -> Iterator[tuple[str, bytes]]:
         proc.wait()
 
 
+# One entry of `git ls-tree -r -z -l`: MODE TYPE ID SIZE<TAB>PATH<NUL> (the size "-" for a
+# submodule's commit, the only entry that is no blob or tree in a recursive listing).
+_LS_TREE = re.compile(rb"[0-7]+ ([a-z]+) ([0-9a-f]+) +(-|[0-9]+)\t([^\0]*)\0")
+
+
 class GitTree:
     """The files of one git revision, read with `git ls-tree` and one `git cat-file --batch`."""
 
@@ -136,20 +143,28 @@ class GitTree:
         args = ["ls-tree", "-r", "-z", "-l", "--full-tree", self.commit]
         if prefix and prefix != ".":
             args += ["--", prefix]
-        self._blobs: dict[str, str] = {}
-        self._sizes: dict[str, int] = {}
-        for entry in git(repo, *args).split(b"\0"):
-            if not entry:
-                continue
-            # git keeps a file name's bytes as they are: one that is not UTF-8 is no file
-            # stemma reads, but it must not stop the others from being listed
-            meta, _, path = entry.decode(errors="surrogateescape").partition("\t")
-            _mode, kind, sha, size = meta.split()
-            if kind == "blob":
-                self._blobs[path] = sha
-                self._sizes[path] = int(size)
+        # path -> one bytes value, the blob's binary id then its size in digits (`_sha`,
+        # `_size`): a dict of hex ids beside a dict of sizes held 1.5x the memory (90,000
+        # files: 24 -> 16 MiB, 36 -> 25 at the peak). The entries are matched in git's
+        # output as they stand, not split into a list first.
+        self._idlen = len(self.commit) // 2  # 20 bytes, 32 in a SHA-256 repository
+        self._blobs: dict[str, bytes] = {}
+        for match in _LS_TREE.finditer(git(repo, *args)):
+            kind, sha, size, raw = match.groups()
+            if kind == b"blob":
+                # git keeps a file name's bytes as they are: one that is not UTF-8 is no
+                # file stemma reads, but it must not stop the others from being listed
+                self._blobs[raw.decode(errors="surrogateescape")] = unhexlify(sha) + size
         self._cache: dict[str, str] = {}
         self._unreadable: dict[str, StemmaError] = {}  # what `read_text` raises for the path
+
+    def _sha(self, path: str) -> str:
+        """The hex id of the blob at `path`."""
+        return self._blobs[path][: self._idlen].hex()
+
+    def _size(self, path: str) -> int:
+        """The size in bytes of the blob at `path`."""
+        return int(self._blobs[path][self._idlen :])
 
     def files(self) -> list[str]:
         """Every file path in the revision (under the prefix)."""
@@ -161,9 +176,10 @@ class GitTree:
         for p in paths:
             if p not in self._blobs or p in self._cache or p in self._unreadable:
                 continue
-            if self._sizes[p] > MAX_TEXT_BYTES:  # never read into memory
+            size = self._size(p)
+            if size > MAX_TEXT_BYTES:  # never read into memory
                 self._unreadable[p] = UnsafeFile(
-                    p, f"is {self._sizes[p]} bytes, more than the {MAX_TEXT_BYTES} allowed"
+                    p, f"is {size} bytes, more than the {MAX_TEXT_BYTES} allowed"
                 )
             else:
                 wanted.append(p)
@@ -173,7 +189,7 @@ class GitTree:
         # blob that several paths share (a copied spec) is read and decoded once.
         by_blob: dict[str, list[str]] = {}
         for p in wanted:
-            by_blob.setdefault(self._blobs[p], []).append(p)
+            by_blob.setdefault(self._sha(p), []).append(p)
         for sha, data in _cat_blobs(self.repo, list(by_blob)):
             for path in by_blob[sha]:
                 try:  # a binary file (weights committed to git) is only an error if read
