@@ -60,12 +60,10 @@ class Clock:
 class Changes:
     """Paths to (re-)read and paths that are gone."""
 
-    read: list[str]  # new or changed paths
+    read: list[str]  # new or changed paths; the snapshot's stamp of each is what the index
+    # records for the file (see `_snapshot.read_text`)
     removed: list[str]
     added: int
-    # The stamp of each path to read (size first), as the snapshot saw it: what the index
-    # records for the file (see `_snapshot.read_text`).
-    stamps: dict[str, _snapshot.Stamp]
 
 
 @contextlib.contextmanager
@@ -181,7 +179,6 @@ def apply(
     # Taken before any file is read: a file is "racy" when its mtime or ctime is within the
     # window of this moment, and so also of the moment it was read (which is later).
     now = _snapshot.now_ns()
-    stamps = changes.stamps
     con = _begin(db, expect)
     try:
         if create:
@@ -213,6 +210,7 @@ def apply(
         # file that vanished before it could be read is recorded as missing.
         racy: dict[str, int] = {}
         if _any_racy(snap, now):
+            stamps = snap.stamps(read)
             racy = {
                 p: _snapshot.RACY
                 for p in read

@@ -110,6 +110,19 @@ class Snapshot:
                         yield f"{kind}/{name}/{fname}", tuple(numbers[at : at + PER_FILE])
                     at += PER_FILE
 
+    def paths(self) -> list[str]:
+        """The path of every file there is, in `files` order (what a new index reads: no
+        stamps made, a third of the cost of `files` at 10,000 models)."""
+        sizes, at, out = self.numbers[::PER_FILE], 0, []
+        for kind in KINDS:
+            for name in self.names.get(kind, ()):
+                if sizes[at] != MISSING:
+                    out.append(f"{kind}/{name}/{SPEC}")
+                if sizes[at + 1] != MISSING:
+                    out.append(f"{kind}/{name}/{MANIFEST}")
+                at += 2
+        return out
+
     def by_path(self) -> dict[str, Stamp]:
         """path -> stamp of every file there is, built anew on each call."""
         return dict(self.files())

@@ -324,8 +324,8 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
             for stale in (path, *path.parent.glob(f"{path.name}.wal*"), *legacy):
                 if _store.kind(stale) == "file":
                     stale.unlink(missing_ok=True)
-        stamps = snap.by_path()
-        changes = Changes(read=list(stamps), removed=[], added=len(stamps), stamps=stamps)
+        paths = snap.paths()
+        changes = Changes(read=paths, removed=[], added=len(paths))
         apply(reg, db, snap, changes, None, clock, kept)
     db.detach()
     clock.lap("close")
@@ -367,4 +367,4 @@ def _diff(
     if before is None:
         return None
     read, removed, added = snap.diff(before)
-    return Changes(read=read, removed=removed, added=added, stamps=snap.stamps(read))
+    return Changes(read=read, removed=removed, added=added)

@@ -559,6 +559,7 @@ def test_snapshot_comparison_finds_each_changed_file() -> None:
     assert vanished.numbers[72:76] == array("q", [_snapshot.MISSING] * 4)
     assert after.diff(racy) == (["models/m9/spec.yaml"], [], 0)
     assert len(after.by_path()) == 2 * (n + 2) - 1  # m3's manifest is gone
+    assert after.paths() == list(after.by_path())
 
 
 def test_snapshot_lists_every_spec_and_manifest(tmp_path: Path) -> None:
@@ -569,6 +570,7 @@ def test_snapshot_lists_every_spec_and_manifest(tmp_path: Path) -> None:
     assert sorted(snap.by_path()) == sorted(str(p.relative_to(tmp_path / "reg")) for p in files)
     stat = (tmp_path / "reg/models/m000007/spec.yaml").stat()
     assert snap.by_path()["models/m000007/spec.yaml"] == _snapshot.stamp(stat)
+    assert snap.paths() == list(snap.by_path())  # the files a new index reads, in order
 
 
 def test_odd_folder_names_survive_folders_coming_and_going(zoo: Any) -> None:
