@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import SchemaError, StemmaError
 from stemma.registry.records.core import DATASET_MANIFEST, MODEL_MANIFEST
+from stemma.registry.rules.layout import KINDS, MODELS_DIR
 from stemma.registry.store import _engine, _snapshot, _specrow, _sql
 from stemma.registry.store import derived as _store
 from stemma.registry.store.documents import parse_json_document
@@ -351,10 +352,9 @@ def _update_edges(con: duckdb.DuckDBPyConnection, gone: list[str], create: bool)
     if create:
         con.execute(_sql.EDGES.format(only=""))
         return
-    specs = {
-        p.split("/")[1] for p in gone if p.startswith("models/") and p.endswith(_snapshot.SPEC)
-    }
-    manifests = {p.split("/")[1] for p in gone if p.startswith("models/")} - specs
+    models = [p for p in gone if p.startswith(f"{MODELS_DIR}/")]
+    specs = {p.split("/")[1] for p in models if p.endswith(_snapshot.SPEC)}
+    manifests = {p.split("/")[1] for p in models} - specs
     if manifests:
         # The edges of a model with a spec naming its source (or none) come from the spec.
         with text_rows(con, "changed_manifests", {"name": sorted(manifests)}):
@@ -435,20 +435,21 @@ def _file_chunks(paths: list[str]) -> list[tuple[bool, list[str]]]:
     """(model?, paths) of `paths`, models then datasets, each kind cut in chunks of at most
     CHUNK manifests (the specs of their folders with them), in the order given."""
     chunks: list[tuple[bool, list[str]]] = []
-    for kind in ("models/", "datasets/"):
+    for kind in KINDS:
+        model, prefix = kind == MODELS_DIR, f"{kind}/"
         chunk: list[str] = []
         count = 0
         for path in paths:
-            if not path.startswith(kind):
+            if not path.startswith(prefix):
                 continue
             if path.endswith(_snapshot.MANIFEST):
                 if count == CHUNK:
-                    chunks.append((kind == "models/", chunk))
+                    chunks.append((model, chunk))
                     chunk, count = [], 0
                 count += 1
             chunk.append(path)
         if chunk:
-            chunks.append((kind == "models/", chunk))
+            chunks.append((model, chunk))
     return chunks
 
 
