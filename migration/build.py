@@ -170,7 +170,7 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
     spec = reg.model_spec(name)
     if trains_detector(reg, spec):  # a torchvision detector: migration/detection.py
         return build_detector(reg, name, progress, started, begin)
-    if "quantize" in spec.raw or (spec.source and spec.source.relation == "quantized"):
+    if spec.quantize is not None or (spec.source and spec.source.relation == "quantized"):
         # the parent quantized with torchao, no training: migration/quantize.py
         return build_quantized(reg, name, spec, started, begin)
     if is_merge(spec):  # several parents, or an adapter into its base: migration/merge.py

@@ -151,7 +151,7 @@ def same_as_recorded(spec: ModelSpec, shown: str, sha256: str, block: Weights | 
 def refuse_failed_source(spec: ModelSpec, src: str, manifest: ModelManifest) -> None:
     """A source that failed its gates is no base to derive from, unless the spec says so."""
     failed = manifest.failed_gates
-    if failed and not (spec.raw.get("source") or {}).get("allow_failed_gates", False):
+    if failed and not (spec.source is not None and spec.source.allow_failed_gates):
         raise BuildError(
             f"{spec.path} at {pointer_of(spec, src)}: source model {src!r} failed its gates"
             f" ({', '.join(failed)}); fix it, or set source.allow_failed_gates: true"

@@ -153,10 +153,10 @@ def _tokenizer_files(
     reg: Registry, spec: ModelSpec, src_name: str | None, src_manifest: ModelManifest | None
 ) -> tuple[dict[str, bytes], str]:
     """The model's tokenizer files and where they came from (`spec`, or the source's name)."""
-    given = spec.raw.get("tokenizer")
+    given = spec.tokenizer
     if given is not None:
-        folder = reg.resolve(str(given), "/tokenizer", spec.path)
-        return tok.read_files(folder, str(given).rstrip("/"), reg.repo_root), tok.FROM_SPEC
+        folder = reg.resolve(given, "/tokenizer", spec.path)
+        return tok.read_files(folder, given.rstrip("/"), reg.repo_root), tok.FROM_SPEC
     if src_name is None or src_manifest is None:
         raise BuildError(
             f"{spec.path} at /tokenizer: a causal-lm model without a source names its tokenizer"
@@ -192,9 +192,9 @@ def _texts(reg: Registry, spec: ModelSpec) -> tuple[TextSplits, TextSplits, dict
 
 def _prompts(spec: ModelSpec, evals: TextSplits) -> list[str]:
     """The spec's generation prompts, else the first eval records' prompts (or first words)."""
-    given = (spec.raw.get("lm") or {}).get("prompts")
+    given = spec.lm.prompts
     if given is not None:
-        return [str(p) for p in given]
+        return list(given)
     picked = []
     for rec in evals.eval[:DEFAULT_PROMPTS]:
         picked.append(rec.prompt if rec.prompt else " ".join(rec.completion.split()[:4]))
@@ -285,8 +285,8 @@ def build_lm(
         raise BuildError(f"{display} at /strategy/mode: a causal-lm build is finetune or lora")
     for pointer, message in spec_problems(CAUSAL_LM, spec.raw):
         raise BuildError(f"{display} at {pointer}: {message}")
-    lm = dict(spec.raw.get("lm") or {})
-    block_size = int(lm.get("block_size", lm_train.DEFAULT_BLOCK))
+    lm = spec.lm
+    block_size = lm_train.DEFAULT_BLOCK if lm.block_size is None else int(lm.block_size)
     src_name, src_manifest, src_state, exploration = None, None, None, None
     if spec.source is not None:
         # model: auto takes the exploration's selection (explore_lm: bits per byte)
@@ -344,7 +344,7 @@ def build_lm(
         trained,
         tokenizer,
         _prompts(spec, eval_text),
-        int(lm.get("max_new_tokens", DEFAULT_NEW_TOKENS)),
+        DEFAULT_NEW_TOKENS if lm.max_new_tokens is None else int(lm.max_new_tokens),
         cfg.seed,
     )
     checks: dict[str, Any] = {}

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.records.core import ModelSpec
+from stemma.registry.records.core import MergeSettings, ModelSpec
 from stemma.registry.records.manifest import (
     Merge,
     MergeTensor,
@@ -182,10 +182,12 @@ class MergePlan:
         return out
 
 
-def _per_model(value: Any, n: int, default: float, pointer: str, display: str) -> tuple[float, ...]:
+def _per_model(
+    value: float | tuple[float, ...] | None, n: int, default: float, pointer: str, display: str
+) -> tuple[float, ...]:
     if value is None:
         return (default,) * n
-    if isinstance(value, list):
+    if isinstance(value, tuple):
         if len(value) != n:
             raise BuildError(f"{display} at {pointer}: {len(value)} values for {n} models")
         return tuple(float(v) for v in value)
@@ -198,27 +200,28 @@ def plan_of(spec: ModelSpec) -> MergePlan:
     display = spec.path
     for pointer, message in problems(spec.raw):
         raise BuildError(f"{display} at {pointer}: {message}")
-    src = spec.raw["source"]
-    models = tuple(str(m) for m in src["models"])
-    base = str(src["base"]) if "base" in src else None
-    block = dict(src.get("merge") or {})
-    method = str(block.get("method", "adapter" if len(models) == 1 else ""))
+    src = spec.source
+    assert src is not None  # `build` sends only a merge here (`is_merge`)
+    models, base = src.models, src.base
+    block = src.merge or MergeSettings()
+    method = block.method or ("adapter" if len(models) == 1 else "")
     n = len(models)
     if method == "slerp" and base is None:  # two models: the first is where t = 0 starts
         base, models = models[0], models[1:]
         n = 1
-    weights = _per_model(block.get("weight"), n, 1.0, "/source/merge/weight", display)
-    if method in ("linear", "ties") and block.get("normalize", True) and sum(weights) == 0:
+    weights = _per_model(block.weight, n, 1.0, "/source/merge/weight", display)
+    normalize = block.normalize
+    if method in ("linear", "ties") and normalize is not False and sum(weights) == 0:
         raise BuildError(f"{display} at /source/merge/weight: the weights sum to 0")
     return MergePlan(
         models=models,
         base=base,
         method=method,
         weights=weights,
-        density=_per_model(block.get("density"), n, 1.0, "/source/merge/density", display),
-        t=float(block.get("t", 0.5)),
-        normalize=bool(block.get("normalize", method != "task_arithmetic")),
-        lam=float(block.get("lambda", 1.0)),
+        density=_per_model(block.density, n, 1.0, "/source/merge/density", display),
+        t=0.5 if block.t is None else float(block.t),
+        normalize=method != "task_arithmetic" if normalize is None else bool(normalize),
+        lam=1.0 if block.lam is None else float(block.lam),
     )
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec
+from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec, QuantizeSettings
 from stemma.registry.records.manifest import (
     Library,
     ModelManifest,
@@ -74,17 +74,17 @@ class QuantizeSpec:
     max_drop: float = DEFAULT_MAX_DROP
 
     @classmethod
-    def from_spec(cls, raw: Any, display: str) -> QuantizeSpec:
+    def from_spec(cls, given: QuantizeSettings | None, display: str) -> QuantizeSpec:
         """The block as the schema admits it; anything else is one error naming the pointer."""
-        if not isinstance(raw, dict) or raw.get("method") not in METHODS:
+        if given is None or given.method not in METHODS:
             raise BuildError(
                 f"{display} at /quantize/method: a quantized model names a method, one of"
                 f" {', '.join(METHODS)}"
             )
-        drop = raw.get("max_drop", DEFAULT_MAX_DROP)
+        drop = DEFAULT_MAX_DROP if given.max_drop is None else given.max_drop
         if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop <= 1:
             raise BuildError(f"{display} at /quantize/max_drop: a number from 0 to 1")
-        return cls(str(raw["method"]), float(drop))
+        return cls(given.method, float(drop))
 
 
 def quantize_record(
@@ -222,7 +222,7 @@ def build_quantized(
 ) -> dict[str, Any]:
     """Build a quantized model from its parent; returns the manifest (see the module doc)."""
     display = spec.path
-    qspec = QuantizeSpec.from_spec(spec.raw.get("quantize"), display)
+    qspec = QuantizeSpec.from_spec(spec.quantize, display)
     if spec.source is None or spec.source.relation != "quantized" or spec.source.auto:
         raise BuildError(
             f"{display} at {_SOURCE_POINTER}: a quantize block needs"

@@ -490,11 +490,11 @@ def stage_copy(reg: Registry, name: str, folder: Path) -> Registry:
     mine = Path("models", name)
     for file in (SPEC_FILE, EXPLORATION_FILE):
         _copy(reg.root / mine / file, root / mine / file)
-    given = reg.model_spec(name).raw.get("tokenizer")  # a causal LM's tokenizer folder
-    if given is not None:
-        source = reg.resolve(str(given), "/tokenizer", reg.model_spec(name).path)
+    spec = reg.model_spec(name)
+    if spec.tokenizer is not None:  # a causal LM's tokenizer folder
+        source = reg.resolve(spec.tokenizer, "/tokenizer", spec.path)
         for path in sorted(source.iterdir()) if source.is_dir() else ():
-            _copy(path, root / str(given) / path.name)
+            _copy(path, root / spec.tokenizer / path.name)
     manifest = reg.model_manifest(name)
     for model, _ in model_record(manifest).recorded_parents() if manifest else ():  # a merge
         _copy_parent(reg, root, model)

@@ -103,6 +103,36 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class MergeSettings:
+    """A merge spec's `source.merge:` block: mergekit's method and its parameters, each None
+    where the spec leaves it to the method's default (migration/merge.py applies them)."""
+
+    method: str | None = None
+    weight: float | tuple[float, ...] | None = None  # one for all models, or one per model
+    density: float | tuple[float, ...] | None = None
+    t: float | None = None
+    normalize: bool | None = None
+    lam: float | None = None  # `lambda` in the spec
+
+    @classmethod
+    def from_dict(cls, block: Mapping[str, Any]) -> MergeSettings:
+        """Read a validated `source.merge` block."""
+        return cls(
+            method=block.get("method"),
+            weight=_one_or_many(block.get("weight")),
+            density=_one_or_many(block.get("density")),
+            t=block.get("t"),
+            normalize=block.get("normalize"),
+            lam=block.get("lambda"),
+        )
+
+
+def _one_or_many(value: Any) -> Any:
+    """A number as given, an array of numbers as a tuple (None stays None)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
 class SourceRef:
     """The `source:` block of a model spec."""
 
@@ -110,11 +140,33 @@ class SourceRef:
     relation: str = "finetune"
     candidates: str | None = None
     score: str | None = None
+    allow_failed_gates: bool = False  # derive from a source that failed its gates
+    models: tuple[str, ...] = ()  # a merge's models, in the spec's order (else empty)
+    base: str | None = None  # a merge's base model
+    merge: MergeSettings | None = None  # a merge's method and parameters
 
     @property
     def auto(self) -> bool:
         """True when the source is chosen by exploration."""
         return self.model == "auto"
+
+
+@dataclass(frozen=True)
+class LmSettings:
+    """A causal-lm spec's `lm:` block, each None where the spec leaves it to the default."""
+
+    block_size: int | None = None
+    prompts: tuple[str, ...] | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """A quantized model's `quantize:` block: the method, and the largest relative drop
+    allowed (None: the build's default)."""
+
+    method: str
+    max_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -146,11 +198,16 @@ class ModelSpec:
         src = self.raw.get("source")
         if not src:
             return None
+        merge = src.get("merge")
         return SourceRef(  # a merge's first parent: all of them are `parents_of(spec)`
             model=str(src["model"] if "model" in src else primary(self.raw) or ""),
             relation=src.get("relation", "finetune"),
             candidates=src.get("candidates"),
             score=src.get("score"),
+            allow_failed_gates=bool(src.get("allow_failed_gates", False)),
+            models=tuple(str(m) for m in src.get("models") or ()),
+            base=None if src.get("base") is None else str(src["base"]),
+            merge=None if merge is None else MergeSettings.from_dict(merge),
         )
 
     @property
@@ -195,6 +252,31 @@ class ModelSpec:
     def tags(self) -> tuple[str, ...]:
         """Free-form tags."""
         return tuple(self.raw.get("tags", ()))
+
+    @property
+    def tokenizer(self) -> str | None:
+        """A causal LM's tokenizer folder, relative to the repository (None: the source's)."""
+        given = self.raw.get("tokenizer")
+        return None if given is None else str(given)
+
+    @property
+    def lm(self) -> LmSettings:
+        """The causal-lm settings (all None where the spec has no `lm` block)."""
+        block = self.raw.get("lm") or {}
+        prompts = block.get("prompts")
+        return LmSettings(
+            block_size=block.get("block_size"),
+            prompts=None if prompts is None else tuple(str(p) for p in prompts),
+            max_new_tokens=block.get("max_new_tokens"),
+        )
+
+    @property
+    def quantize(self) -> QuantizeSettings | None:
+        """The quantize block of a quantized model, or None."""
+        block = self.raw.get("quantize")
+        if block is None:
+            return None
+        return QuantizeSettings(method=str(block.get("method", "")), max_drop=block.get("max_drop"))
 
     def dataset_refs(self) -> dict[str, str]:
         """Every dataset the spec names, by role (pointer-like keys for error messages)."""
