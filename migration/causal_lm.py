@@ -62,8 +62,8 @@ from .build_outputs import (
     run_record,
     write_model,
 )
-from .evaluate import evaluate_gates
 from .families import require
+from .gating import gate_records
 from .mapping import report, tensors_block
 from .model_manifest import (
     counted,
@@ -379,7 +379,7 @@ def build_lm(
         "transfer": moved.to_dict(),
         "metrics": metrics,
         "per_class": {},
-        "gates": evaluate_gates(spec.gates, metrics, {}, display),
+        "gates": [g.to_dict() for g in gate_records(spec.gates, metrics, {}, display)],
         "checks": checks,
         "task": CAUSAL_LM,
         "tokenizer": tok.record(files, origin).to_dict(),

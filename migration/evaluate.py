@@ -1,7 +1,7 @@
 """Evaluation on the eval split (the task's metrics and per-class figures).
 
-Metric gates are `stemma.registry.rules.gates` (no torch): the names below are kept for the
-builds that import them from here.
+Metric gates are `stemma.registry.rules.gates` (no torch), evaluated into the manifest's
+`Gate` records by `gating.py`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from stemma.registry.rules.gates import evaluate_gates as evaluate_gates
-from stemma.registry.rules.gates import parse_gate as parse_gate
 
 from .tasks import for_labels
 

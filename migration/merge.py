@@ -40,7 +40,8 @@ from torch import nn
 from .architectures import build_module
 from .build_inputs import head_width, load_source, refuse_failed_source, training_data
 from .build_outputs import run_record, write_model
-from .evaluate import evaluate, evaluate_gates
+from .evaluate import evaluate
+from .gating import gate_records
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan as map_plan
 from .mapping import report, tensors_block, transfer
@@ -414,7 +415,9 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         "merge": _merge_block(p, base_name, contributed).to_dict(),
         "metrics": metrics,
         "per_class": scored["per_class"],
-        "gates": evaluate_gates(spec.gates, metrics, scored["per_class"], display),
+        "gates": [
+            g.to_dict() for g in gate_records(spec.gates, metrics, scored["per_class"], display)
+        ],
         "checks": {},
         **extra,
     }

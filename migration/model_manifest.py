@@ -29,7 +29,7 @@ from stemma.registry.records.manifest import (
 )
 from torch import nn
 
-from .evaluate import evaluate_gates
+from .gating import gate_records
 from .mapping import tensors_block
 from .strategy import Strategy
 
@@ -147,6 +147,6 @@ def model_manifest(
         "transfer": moved.to_dict(),
         "metrics": dict(metrics),
         "per_class": per_class,
-        "gates": evaluate_gates(spec.gates, metrics, per_class, spec.path),
+        "gates": [g.to_dict() for g in gate_records(spec.gates, metrics, per_class, spec.path)],
         "checks": {},
     }

@@ -30,6 +30,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec, QuantizeSettings
 from stemma.registry.records.manifest import (
+    Gate,
     Library,
     ModelManifest,
     Parameters,
@@ -38,7 +39,6 @@ from stemma.registry.records.manifest import (
     QuantizeSize,
     Tensor,
 )
-from stemma.registry.rules.gates import gate_row
 from stemma.registry.rules.layout import CURVE_FILE, METRICS_FILE, WEIGHTS_FILE
 from stemma.registry.rules.taskspec import LOWER_IS_BETTER, MAIN_METRIC
 from torch import nn
@@ -47,8 +47,8 @@ from . import weights as _weights
 from .architectures import build_module
 from .build_inputs import class_names, load_source, refuse_failed_source
 from .build_outputs import blob_weights, commit_outputs, run_record
-from .evaluate import evaluate_gates
 from .families import require
+from .gating import gate_record, gate_records
 from .hubsnapshot import inherit_tokenizer
 from .mapping import plan, tensor_row, tensors_block, transfer
 from .model_manifest import datasets_block, manifest_head, source_block
@@ -129,19 +129,19 @@ def quantize_record(
     )
 
 
-def drop_gate(drop: float, max_drop: float) -> dict[str, Any]:
-    """The gate row of a quantization's drop (manifest `gates`, after the spec's own)."""
-    return gate_row(DROP_GATE, "<=", max_drop, drop)
+def drop_gate(drop: float, max_drop: float) -> Gate:
+    """The gate of a quantization's drop (manifest `gates`, after the spec's own)."""
+    return gate_record(DROP_GATE, "<=", max_drop, drop)
 
 
-def recorded_gates(manifest: ModelManifest) -> list[dict[str, Any]]:
+def recorded_gates(manifest: ModelManifest) -> tuple[Gate, ...]:
     """The drop gate recomputed from a manifest's `quantize.quality` (none for other models):
     `verify` checks the recorded row against it, as it checks the spec's gates."""
     if manifest.quantize is None:
-        return []
+        return ()
     quality = manifest.quantize.quality
     drop = relative_drop(quality.metric, float(quality.parent), float(quality.quantized))
-    return [drop_gate(drop, float(quality.max_drop))]
+    return (drop_gate(drop, float(quality.max_drop)),)
 
 
 def relative_drop(metric: str, parent: float, quantized: float) -> float:
@@ -273,8 +273,11 @@ def build_quantized(
         "metrics": metrics,
         "per_class": after["per_class"],
         "gates": [
-            *evaluate_gates(spec.gates, metrics, after["per_class"], display),
-            drop_gate(record.quality.drop, record.quality.max_drop),
+            g.to_dict()
+            for g in (
+                *gate_records(spec.gates, metrics, after["per_class"], display),
+                drop_gate(record.quality.drop, record.quality.max_drop),
+            )
         ],
         "checks": {},
         "quantize": record.to_dict(),

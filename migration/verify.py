@@ -65,7 +65,7 @@ from stemma.registry.store.yamlio import conflict_line
 from .adapters import ADAPTER_CONFIG, ADAPTER_DIR, read_adapter_config
 from .architectures import build_module
 from .doctor import REPRODUCIBLE, machine_numerics, predict
-from .evaluate import evaluate_gates
+from .gating import gate_records
 from .merge import recheck
 from .quantize import recorded_gates
 from .shards import weights_files
@@ -312,10 +312,10 @@ def _pipeline_files(reg: Registry, manifest: ModelManifest, name: str) -> Findin
 
 def _gates(manifest: ModelManifest, display: str) -> Finding:
     gates = ModelSpec.from_dict(manifest.name, manifest.spec).gates  # the spec as built
-    rows = evaluate_gates(gates, manifest.metrics, manifest.per_class, display)
+    rows = gate_records(gates, manifest.metrics, manifest.per_class, display)
     if manifest.quantize is not None:  # the drop against the parent: migration/quantize.py
         rows += recorded_gates(manifest)
-    if rows != [g.to_dict() for g in manifest.gates]:
+    if [g.to_dict() for g in rows] != [g.to_dict() for g in manifest.gates]:  # as JSON
         return Finding("gates", FAIL, "recorded gate results differ from the recorded metrics")
     failed = [
         f"{g.metric} {g.op} {g.threshold} (value {g.value})" for g in manifest.gates if not g.passed

@@ -15,12 +15,15 @@ from stemma.migration.architectures import (
     stages,
 )
 from stemma.migration.data import DatasetArrays, materialize
-from stemma.migration.evaluate import evaluate, evaluate_gates, parse_gate
+from stemma.migration.evaluate import evaluate
+from stemma.migration.gating import gate_records
 from stemma.migration.mapping import plan, report, transfer
 from stemma.migration.strategy import Strategy, apply_freeze, frozen_names, reinit_names
 from stemma.migration.train import TrainConfig, frozen_prefix, train
 from stemma.migration.weights import load_pt, load_weights, read_any, save_weights, to_bytes
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import Gate
+from stemma.registry.rules.gates import parse_gate
 from torch import nn
 
 
@@ -306,11 +309,19 @@ def test_gates() -> None:
     assert parse_gate("<1e-2") == ("<", 0.01)
     with pytest.raises(BuildError, match="invalid gate"):
         parse_gate("at least 0.9")
-    rows = evaluate_gates(
+    found = gate_records(
         {"accuracy": ">= 0.9", "loss": "< 0.5", "per_class_accuracy": "> 0.8", "f1": ">= 0.1"},
         {"accuracy": 0.93, "loss": 0.5},
         {"0": 0.99, "1": 0.75},
     )
+    assert [(g.metric, g.passed) for g in found] == [
+        ("accuracy", True),
+        ("f1", False),
+        ("loss", False),
+        ("per_class_accuracy", False),
+    ]
+    rows = [g.to_dict() for g in found]
+    assert tuple(Gate.from_dict(r) for r in rows) == found  # read back as a manifest's gates
     assert rows == [
         {"metric": "accuracy", "op": ">=", "threshold": 0.9, "value": 0.93, "passed": True},
         {"metric": "f1", "op": ">=", "threshold": 0.1, "value": None, "passed": False},

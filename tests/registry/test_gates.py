@@ -82,15 +82,25 @@ def test_evaluation() -> None:
 
 
 def test_the_builds_take_the_one_rule() -> None:
-    """The torch side rounds metrics to the decimals `==` allows, and evaluates through here."""
-    from stemma.migration import evaluate, tasks
+    """The torch side rounds metrics to the decimals `==` allows, and its `Gate` records are
+    the rows this module evaluates, as JSON."""
+    from stemma.migration import gating, tasks
     from stemma.migration.quantize import drop_gate
 
     assert gates.METRIC_DECIMALS == tasks.DECIMALS
-    assert evaluate.evaluate_gates is gates.evaluate_gates
-    assert evaluate.parse_gate is gates.parse_gate
+    for spec, metrics, per_class in (
+        ({"accuracy": ">= 0.9", "loss": "< 0.5", "f1": "> 0"}, {"accuracy": 0.9, "loss": 1}, None),
+        ({"per_class_accuracy": ">= 0.5", "accuracy": "== 0.9"}, {"accuracy": 0.9}, {"0": 0.4}),
+        ({"per_output_r2": ">= 0", "r2": "<= -1e-2"}, {"r2": -0.5}, {}),
+    ):
+        rows = gates.evaluate_gates(spec, metrics, per_class)
+        found = gating.gate_records(spec, metrics, per_class)
+        assert [g.to_dict() for g in found] == rows
+        assert [json.dumps(g.to_dict()) for g in found] == [json.dumps(r) for r in rows]
     for drop, max_drop in ((0.01, 0.05), (0.05, 0.05), (0.2, 0.05)):
-        assert drop_gate(drop, max_drop) == gates.gate_row("quantize_drop", "<=", max_drop, drop)
+        row = gates.gate_row("quantize_drop", "<=", max_drop, drop)
+        assert drop_gate(drop, max_drop).to_dict() == row
+        assert drop_gate(drop, max_drop).passed is row["passed"]
 
 
 def test_validate_reports_failed_gates_and_checks(populated: Any) -> None:
