@@ -34,7 +34,6 @@ from .data import DatasetArrays, load_dataset
 from .entrypoints import importable
 from .families import read_hf_config
 from .mapping import plan, transfer
-from .model_manifest import dataset_ref
 from .quantized import load_quantized, quantized_source_error
 from .tasks import get as get_task
 from .weights import load_sharded, load_weights, read_checked
@@ -215,7 +214,7 @@ def training_data(
                 f"{spec.path} at {where}: dataset {ds!r} has not been built; build it first"
                 " (dvc repro)"
             )
-        block[role] = dataset_ref(ds, manifest.id)
+        block[role] = DatasetRef.of(ds, manifest.id)
     return train_data, eval_data, block
 
 

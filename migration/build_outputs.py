@@ -38,7 +38,6 @@ from . import weights as _weights
 from .commit import Stage, commit
 from .numerics import mode_of
 from .numerics import record as numerics_record
-from .shards import weights_of
 from .shards import write as write_shards
 
 """The latest build's run block, git-ignored: an identical rebuild leaves the manifest as is."""
@@ -51,8 +50,7 @@ def now() -> str:
 
 def blob_ref(path: str, blob: bytes, fmt: str) -> FileRef:
     """The manifest's file block for bytes about to be written."""
-    found = _weights.hashes_of(blob)
-    return FileRef.of(path, found.md5, found.sha256, found.bytes, fmt)
+    return _weights.hashes_of(blob).ref(path, fmt)
 
 
 def blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
@@ -62,7 +60,7 @@ def blob_file(path: str, blob: bytes, fmt: str) -> dict[str, Any]:
 
 def blob_weights(path: str, blob: bytes, fmt: str) -> Weights:
     """The manifest's weights block for one file's bytes about to be written."""
-    return weights_of(blob_ref(path, blob, fmt))
+    return _weights.hashes_of(blob).weights(path, fmt)
 
 
 def run_record(

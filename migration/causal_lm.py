@@ -67,7 +67,6 @@ from .gating import gate_records
 from .mapping import report, tensors_block
 from .model_manifest import (
     counted,
-    dataset_ref,
     datasets_block,
     manifest_head,
     source_block,
@@ -186,7 +185,7 @@ def _texts(reg: Registry, spec: ModelSpec) -> tuple[TextSplits, TextSplits, dict
     for role, ds in (("train", spec.train), ("eval", spec.eval)):
         manifest = reg.dataset_manifest(ds)
         assert manifest is not None  # load_text checked it
-        block[role] = dataset_ref(ds, manifest.id)
+        block[role] = DatasetRef.of(ds, manifest.id)
     return train, evals, block
 
 
@@ -261,7 +260,7 @@ def _forgetting(
         "thresholds": {"max_drop": limit},
         "violations": [] if passed else [f"relative perplexity rise {rise:.4f} > {limit}"],
     }
-    return result, dataset_ref(name, manifest.id)
+    return result, DatasetRef.of(name, manifest.id)
 
 
 def _source_module(reg: Registry, spec: ModelSpec, src: str) -> nn.Module:

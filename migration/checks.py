@@ -47,7 +47,6 @@ from .drift import DEFAULT_PERMUTATIONS, drift_check
 from .evaluate import evaluate
 from .forgetting import DEFAULT_MAX_DROP, forgetting_figures
 from .mapping import TensorMap
-from .model_manifest import dataset_ref
 from .paramcheck import DEFAULT_MIN_RELATIVE_CHANGE, parameter_check
 from .tasks import for_labels
 from .train import CPU_THREADS
@@ -71,7 +70,7 @@ def _ref(reg: Registry, name: str) -> Ref:
     """{name, id} of a built dataset (load_dataset has already refused unbuilt ones)."""
     manifest = reg.dataset_manifest(name)
     assert manifest is not None
-    return dataset_ref(name, manifest.id)
+    return DatasetRef.of(name, manifest.id)
 
 
 @contextmanager

@@ -29,7 +29,6 @@ from .checks import source_module
 from .data import load_dataset
 from .detection_train import score
 from .forgetting import DEFAULT_MAX_DROP, forgetting_figures
-from .model_manifest import dataset_ref
 
 _WHERE = "/checks/forgetting/data"
 
@@ -104,7 +103,7 @@ def detection_forgetting(
     if source_manifest.task != DETECTION:
         name = str(block["data"])
         found = reg.dataset_manifest(name)
-        ref = dataset_ref(name, found.id if found is not None else "")
+        ref = DatasetRef.of(name, found.id if found is not None else "")
         task = source_manifest.task_name
         return {
             "passed": True,
@@ -133,7 +132,7 @@ def detection_forgetting(
         model.eval()
         figures.append(max(float(score(model, data.x_eval, y)["map"]), 0.0))
     result = forgetting_figures(figures[0], figures[1], max_drop, "map")
-    ref = dataset_ref(name, reg.dataset_manifest(name).id)  # type: ignore[union-attr]
+    ref = DatasetRef.of(name, reg.dataset_manifest(name).id)  # type: ignore[union-attr]
     result["comparable"] = True
     result["method"] = "map"
     result["inputs"] = {

@@ -59,11 +59,6 @@ def merge_source(parents: Sequence[tuple[str, str]], combined: str) -> Source:
     return Source.of(refs[0].model, "merge", combined, refs)
 
 
-def dataset_ref(name: str, id: str) -> DatasetRef:
-    """A dataset the build read, by name and the manifest id it has now (a `datasets` row)."""
-    return DatasetRef(keys=("name", "id"), name=name, id=id)
-
-
 def datasets_block(refs: Mapping[str, DatasetRef]) -> dict[str, Any]:
     """The manifest's `datasets` block: each role's dataset as JSON."""
     return {role: ref.to_dict() for role, ref in refs.items()}

@@ -26,7 +26,6 @@ from . import tokenizer as tok
 from .build_inputs import eval_pointer
 from .data import DatasetArrays, load_dataset
 from .evaluate import evaluate
-from .model_manifest import dataset_ref
 from .tasks import for_labels
 from .textdata import PROMPT_COMPLETION, load_text
 
@@ -59,7 +58,7 @@ def scoring(reg: Registry, spec: ModelSpec, parent: str, src_manifest: ModelMani
 def _dataset_block(reg: Registry, name: str) -> dict[str, DatasetRef]:
     manifest = reg.dataset_manifest(name)
     assert manifest is not None  # the loaders raised otherwise
-    return {"eval": dataset_ref(name, manifest.id)}
+    return {"eval": DatasetRef.of(name, manifest.id)}
 
 
 def _array_scoring(

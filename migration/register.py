@@ -44,7 +44,7 @@ from .hubsnapshot import (
     tokenizer_files,
 )
 from .mapping import plan, report, tensors_block, transfer
-from .model_manifest import dataset_ref, datasets_block
+from .model_manifest import datasets_block
 from .tasks import get as get_task
 from .weights import read_any, to_bytes
 
@@ -225,7 +225,7 @@ def register(
         per_class = scored["per_class"]
         manifest_ds = reg.dataset_manifest(eval_dataset)
         assert manifest_ds is not None
-        datasets["eval"] = dataset_ref(eval_dataset, manifest_ds.id)
+        datasets["eval"] = DatasetRef.of(eval_dataset, manifest_ds.id)
     spec_doc: dict[str, Any] = {
         "description": description or f"Registered from {Path(weights_path).name}."
     }

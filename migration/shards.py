@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import IO
 
 import torch
-from stemma.registry.records.manifest import FileRef, Weights
+from stemma.registry.records.manifest import Weights
 
 from .weights import INDEX_SUFFIX, Hashes, _hashed, stream
 
@@ -47,7 +47,7 @@ def write(
     )
     if not split.is_sharded:
         hashes = write_file(weights_file, lambda fh: stream(fh, state))
-        return weights_of(hashes.ref(weights_file, "safetensors"))
+        return hashes.weights(weights_file, "safetensors")
     shards = []
     for file, names in split.filename_to_tensors.items():
         part = {n: state[n] for n in names}
@@ -56,22 +56,8 @@ def write(
     index = {"metadata": dict(split.metadata), "weight_map": dict(split.tensor_to_filename)}
     text = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()  # as transformers
     name = index_name(weights_file)
-    index_ref = write_file(name, lambda fh: _hashed(iter([text]), fh.write)).ref(name, FORMAT)
-    return weights_of(index_ref, tuple(shards))
-
-
-def weights_of(ref: FileRef, shards: tuple[FileRef, ...] | None = None) -> Weights:
-    """The weights block of one file (`shards`: the files an index names, for an index)."""
-    keys = ref.keys + (() if shards is None else ("shards",))
-    return Weights(
-        keys=keys,
-        path=ref.path,
-        md5=ref.md5,
-        sha256=ref.sha256,
-        bytes=ref.bytes,
-        format=ref.format,
-        shards=shards,
-    )
+    index = write_file(name, lambda fh: _hashed(iter([text]), fh.write))
+    return index.weights(name, FORMAT, tuple(shards))
 
 
 def weights_files(block: Weights | None, default: str) -> list[str]:

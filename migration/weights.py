@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import torch
 from stemma.registry.errors import BuildError
-from stemma.registry.records.manifest import FileRef
+from stemma.registry.records.manifest import FileRef, Weights
 from stemma.registry.store.files import confined, read_json, write_atomic
 
 CHUNK = 16 << 20
@@ -87,6 +87,10 @@ class Hashes:
     def ref(self, path: str, fmt: str) -> FileRef:
         """The manifest's file block."""
         return FileRef.of(path, self.md5, self.sha256, self.bytes, fmt)
+
+    def weights(self, path: str, fmt: str, shards: tuple[FileRef, ...] | None = None) -> Weights:
+        """The manifest's weights block of this file (`shards`: the files it indexes)."""
+        return Weights.of(path, self.md5, self.sha256, self.bytes, fmt, shards)
 
 
 def _as_bytes(tensor: torch.Tensor) -> memoryview:

@@ -10,7 +10,6 @@ from stemma.migration.build_outputs import blob_file, blob_ref, blob_weights, ru
 from stemma.migration.mapping import tensor_row
 from stemma.migration.model_manifest import (
     counted,
-    dataset_ref,
     datasets_block,
     merge_source,
     renamed_pairs,
@@ -143,7 +142,7 @@ def test_weights_blocks_of_one_file_write_a_file_block() -> None:
 
 
 def test_datasets_rows_write_name_and_id_by_role() -> None:
-    refs = {"train": dataset_ref("digits", "sha256:1"), "eval": dataset_ref("held", "sha256:2")}
+    refs = {"train": DatasetRef.of("digits", "sha256:1"), "eval": DatasetRef.of("held", "sha256:2")}
     assert datasets_block(refs) == {
         "train": {"name": "digits", "id": "sha256:1"},
         "eval": {"name": "held", "id": "sha256:2"},
