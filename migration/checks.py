@@ -36,7 +36,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.records.manifest import DatasetRef, ModelManifest, Tensor
+from stemma.registry.records.manifest import Check, DatasetRef, ModelManifest, Tensor
 from stemma.registry.rules.taskspec import CLASSIFICATION, REGRESSION
 from torch import nn
 
@@ -47,7 +47,7 @@ from .drift import DEFAULT_PERMUTATIONS, drift_check
 from .evaluate import evaluate
 from .forgetting import DEFAULT_MAX_DROP, forgetting_figures
 from .mapping import TensorMap
-from .paramcheck import DEFAULT_MIN_RELATIVE_CHANGE, parameter_check
+from .paramcheck import DEFAULT_MIN_RELATIVE_CHANGE, ParameterCheck, parameter_check
 from .tasks import for_labels
 from .train import CPU_THREADS
 
@@ -220,7 +220,7 @@ def _forgetting(
     rows: Sequence[Tensor],
     seed: int,
     device: torch.device,
-) -> tuple[dict[str, Any], Ref]:
+) -> tuple[Check, Ref]:
     name = str(block["data"])
     data = _forgetting_data(reg, spec, name, target_config, source_manifest)
     task = for_labels(data.y_train)
@@ -248,22 +248,21 @@ def _forgetting(
             for m in (source, module)
         )
     max_drop = float(block.get("max_drop", DEFAULT_MAX_DROP))
-    result = forgetting_figures(before, after, max_drop, task.main)
+    found = forgetting_figures(before, after, max_drop, task.main)
     ref = _ref(reg, name)
-    result["method"] = method
-    result["inputs"] = {
+    inputs: dict[str, Any] = {
         "data": {**ref.to_dict(), "split": "eval", "samples": len(data.y_eval)},
         "source_model": {"name": source_manifest.name, "id": source_manifest.id},
     }
     if method == "linear-probe":
-        result["inputs"]["probe"] = {
+        inputs["probe"] = {
             "fit_split": "train",
             "fit_samples": len(data.y_train),
             "epochs": probe_epochs(len(data.y_train)),
             "lr": PROBE_LR,
             "seed": seed,
         }
-    return result, ref
+    return Check.of(found.passed, extra={**found.extra, "method": method, "inputs": inputs}), ref
 
 
 def _forgetting_data(
@@ -327,14 +326,14 @@ def _drift(
     train_data: DatasetArrays,
     seed: int,
     device: torch.device,
-) -> tuple[dict[str, Any], Ref]:
+) -> tuple[Check, Ref]:
     src_name = source_manifest.name
     recorded, source_data, name, target = _drift_data(reg, spec, block, source_manifest, train_data)
     # class means need class labels: other targets are one group
     labels = source_data.y_train
     if source_data.task != CLASSIFICATION:
         labels = np.zeros(len(labels), dtype=np.int64)
-    result = drift_check(
+    found = drift_check(
         features(source, source_data.x_train, device),
         labels,
         features(source, target.x_train, device),
@@ -345,14 +344,13 @@ def _drift(
         seed=seed,
     )
     ref = _ref(reg, name)
-    result.setdefault("inputs", {}).update(
-        {
-            "data": {**ref.to_dict(), "split": "train"},
-            "source_data": {**_ref(reg, recorded.name).to_dict(), "split": "train"},
-            "source_model": {"name": src_name, "id": source_manifest.id},
-        }
-    )
-    return result, ref
+    inputs = {
+        **found.inputs,  # the drift test's own (samples, permutations, seed)
+        "data": {**ref.to_dict(), "split": "train"},
+        "source_data": {**_ref(reg, recorded.name).to_dict(), "split": "train"},
+        "source_model": {"name": src_name, "id": source_manifest.id},
+    }
+    return Check.of(found.passed, extra={**found.extra, "inputs": inputs}), ref
 
 
 def _parameters(
@@ -362,7 +360,7 @@ def _parameters(
     source_manifest: ModelManifest,
     tensor_map: TensorMap,
     rows: Sequence[Tensor],
-) -> dict[str, Any]:
+) -> tuple[ParameterCheck, Check]:
     # Re-initialised tensors start from the target's own initialisation: comparing them with
     # the source says nothing about the transfer, so only transferred tensors are compared.
     reinit = {r.name for r in rows if r.origin == "reinitialized"}
@@ -370,7 +368,7 @@ def _parameters(
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad and n in mapping}
     # buffers of modules held in eval mode (batch-norm statistics) must not move either
     frozen |= {r.name for r in rows if r.kind == "buffer" and r.frozen} & set(mapping)
-    result = parameter_check(
+    found = parameter_check(
         source_state,
         module.state_dict(),
         frozen,
@@ -378,17 +376,14 @@ def _parameters(
         max_relative_change=block.get("max_relative_change"),
         min_relative_change=float(block.get("min_relative_change", DEFAULT_MIN_RELATIVE_CHANGE)),
     )
-    result["warnings"] = (
-        [f"trainable tensors did not move: {', '.join(result['not_moved'])}"]
-        if result["not_moved"]
-        else []
-    )
-    result["inputs"] = {
+    moved = found.not_moved
+    warnings = [f"trainable tensors did not move: {', '.join(moved)}"] if moved else []
+    inputs = {
         "source_model": {"name": source_manifest.name, "id": source_manifest.id},
         "mapping": tensor_map.rule,
         "frozen": sorted(frozen),
     }
-    return result
+    return found, found.record(warnings, inputs)
 
 
 def check_inputs(
@@ -434,14 +429,15 @@ def run_checks(
     tensor_map: TensorMap | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
-) -> tuple[dict[str, Any], dict[str, Ref]]:
+) -> tuple[dict[str, Check], dict[str, Ref]]:
     """Run the spec's checks on a trained target: (the `checks` block, datasets by role).
 
     `module` is the trained target (its parameters' `requires_grad` says which are frozen),
     `target_config` its architecture config, `rows` the transfer report's per-tensor rows,
     `train_data` its training arrays; the source arguments are None for a model without a
     source. Declaring forgetting, drift or parameters without a source raises BuildError
-    naming the spec and `/checks/NAME`, as does a check dataset of the wrong sample shape.
+    naming the spec and `/checks/NAME`, as does a check dataset of the wrong sample shape; a
+    frozen tensor that changed raises one at `/strategy/freeze`.
     """
     declared = spec.checks
     dev = torch.device(device)
@@ -450,7 +446,7 @@ def run_checks(
         _require_source(spec)
         return {}, {}
     assert source_manifest is not None and source_state is not None
-    checks: dict[str, Any] = {}
+    checks: dict[str, Check] = {}
     datasets: dict[str, Ref] = {}
     home = next((p.device for p in module.parameters()), torch.device("cpu"))
     with _steady(dev):
@@ -484,7 +480,11 @@ def run_checks(
         finally:
             module.to(home)
         tmap = tensor_map if tensor_map is not None else TensorMap(None)
-        checks["parameters"] = _parameters(
+        found, checks["parameters"] = _parameters(
             declared.get("parameters") or {}, module, source_state, source_manifest, tmap, rows
+        )
+    if found.frozen_changed:  # a frozen tensor that moved is a broken build, not a finding
+        raise BuildError(
+            f"{spec.path} at /strategy/freeze: frozen tensors changed: {found.frozen_changed[0]}"
         )
     return checks, datasets

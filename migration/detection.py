@@ -19,7 +19,7 @@ import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
-from stemma.registry.records.manifest import Split, dataset_record
+from stemma.registry.records.manifest import Check, Split, dataset_record
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import DETECTION, spec_problems, training_task
 from stemma.registry.store.files import canonical_json
@@ -175,7 +175,7 @@ def build_detector(
     )
     scored = score(module, eval_data.x_eval, eval_data.y_eval)
     metrics = {m: scored[m] for m in ("map", "map_50", "map_75")}
-    checks: dict[str, Any] = {}
+    checks: dict[str, Check] = {}
     if "forgetting" in spec.checks and src_manifest is not None and src_state is not None:
         checks["forgetting"], datasets["forgetting"] = detection_forgetting(
             reg, spec, module, list(ds_manifest.class_names or ()), src_manifest, src_state
@@ -191,7 +191,7 @@ def build_detector(
         (strategy, bool(tmap), unused, False),
         (metrics, scored["per_class"]),
     )
-    manifest["checks"] = checks
+    manifest["checks"] = {check: result.to_dict() for check, result in checks.items()}
     manifest["task"] = DETECTION
     names = class_names(reg, spec.train)
     if names is not None:

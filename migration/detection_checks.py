@@ -14,14 +14,13 @@ features and is refused for detectors.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import ModelSpec
-from stemma.registry.records.manifest import DatasetRef, ModelManifest, dataset_record
+from stemma.registry.records.manifest import Check, DatasetRef, ModelManifest, dataset_record
 from stemma.registry.rules.taskspec import DETECTION
 from torch import nn
 
@@ -95,7 +94,7 @@ def detection_forgetting(
     target_names: Sequence[str],
     source_manifest: ModelManifest,
     source_state: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, Any], DatasetRef]:
+) -> tuple[Check, DatasetRef]:
     """The forgetting check of a detector: (its result, the dataset it read by name and id)."""
     block = spec.checks["forgetting"] or {}
     max_drop = float(block.get("max_drop", DEFAULT_MAX_DROP))
@@ -105,19 +104,22 @@ def detection_forgetting(
         found = reg.dataset_manifest(name)
         ref = DatasetRef.of(name, found.id if found is not None else "")
         task = source_manifest.task_name
-        return {
-            "passed": True,
-            "comparable": False,
-            "reason": (
-                f"the source {source_ref['name']!r} is a {task} model: its {task} metric and"
-                " this detector's map measure different things, so there is no before figure"
-                " to compare; forgetting is measured between detectors"
-            ),
-            "figures": {},
-            "thresholds": {"max_drop": max_drop},
-            "violations": [],
-            "inputs": {"data": ref.to_dict(), "source_model": source_ref},
-        }, ref
+        reason = (
+            f"the source {source_manifest.name!r} is a {task} model: its {task} metric and"
+            " this detector's map measure different things, so there is no before figure"
+            " to compare; forgetting is measured between detectors"
+        )
+        return Check.of(
+            True,
+            extra={
+                "comparable": False,
+                "reason": reason,
+                "figures": {},
+                "thresholds": {"max_drop": max_drop},
+                "violations": [],
+                "inputs": {"data": ref.to_dict(), "source_model": source_ref},
+            },
+        ), ref
     name, data_names = _source_data(reg, spec, source_manifest)
     data = load_dataset(reg, name, _WHERE, spec.path)
     source = source_module(reg, source_manifest, source_state)
@@ -133,10 +135,9 @@ def detection_forgetting(
         figures.append(max(float(score(model, data.x_eval, y)["map"]), 0.0))
     result = forgetting_figures(figures[0], figures[1], max_drop, "map")
     ref = DatasetRef.of(name, reg.dataset_manifest(name).id)  # type: ignore[union-attr]
-    result["comparable"] = True
-    result["method"] = "map"
-    result["inputs"] = {
+    inputs = {
         "data": {**ref.to_dict(), "split": "eval", "samples": len(data.y_eval)},
         "source_model": source_ref,
     }
-    return result, ref
+    extra = {**result.extra, "comparable": True, "method": "map", "inputs": inputs}
+    return Check.of(result.passed, extra=extra), ref

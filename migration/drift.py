@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import Check
 
 DEFAULT_SHRINKAGE = 0.01
 """Weight of the scaled identity mixed into the tied covariance (see `fit_class_gaussian`)."""
@@ -263,7 +264,7 @@ def mmd_test(
     return mmd2, pvalue
 
 
-def _failed_for_nonfinite(which: str, thresholds: dict[str, Any]) -> dict[str, Any]:
+def _failed_for_nonfinite(which: str, thresholds: dict[str, Any]) -> Check:
     """A failed drift result for features that are not finite (a diverged model)."""
     figures: dict[str, Any] = dict.fromkeys(
         [
@@ -277,12 +278,10 @@ def _failed_for_nonfinite(which: str, thresholds: dict[str, Any]) -> dict[str, A
             "mmd_bandwidth",
         ]
     )
-    return {
-        "passed": False,
-        "figures": figures,
-        "thresholds": thresholds,
-        "violations": [f"{which} features contain NaN or infinite values (did training diverge?)"],
-    }
+    why = f"{which} features contain NaN or infinite values (did training diverge?)"
+    return Check.of(
+        False, extra={"figures": figures, "thresholds": thresholds, "violations": [why]}
+    )
 
 
 def drift_check(
@@ -297,7 +296,7 @@ def drift_check(
     seed: int = 0,
     max_samples: int = DEFAULT_MMD_MAX_SAMPLES,
     fit: GaussianFit | None = None,
-) -> dict[str, Any]:
+) -> Check:
     """How far target features sit from the source's: figures, thresholds and pass / fail.
 
     Gates (each skipped when None): ``outlier_share <= max_outlier_share`` (default 0.5);
@@ -333,29 +332,31 @@ def drift_check(
         violations.append(f"Mahalanobis ratio {ratio:.3f} > {max_mahalanobis}")
     if min_mmd_pvalue is not None and pvalue < min_mmd_pvalue:
         violations.append(f"MMD p-value {pvalue:.4f} < {min_mmd_pvalue}")
-    return {
-        "passed": not violations,
-        "figures": {
-            "mahalanobis_mean": round(mean, 6),
-            "mahalanobis_ratio": round(ratio, 6) if np.isfinite(ratio) else None,
-            "source_mahalanobis_mean": round(fit.reference_mean, 6),
-            "source_p95": round(source_p95, 6),
-            "outlier_share": round(share, 6),
-            "mmd2": round(mmd2, 6),
-            "mmd_pvalue": round(pvalue, 6),
-            "mmd_bandwidth": round(bandwidth, 6),
-        },
-        "thresholds": thresholds,
-        "inputs": {
-            "source_samples": int(source.shape[0]),
-            "target_samples": int(target.shape[0]),
-            "features": int(source.shape[1]),
-            "mmd_samples": {
-                "source": min(int(source.shape[0]), max_samples),
-                "target": min(int(target.shape[0]), max_samples),
+    return Check.of(
+        not violations,
+        extra={
+            "figures": {
+                "mahalanobis_mean": round(mean, 6),
+                "mahalanobis_ratio": round(ratio, 6) if np.isfinite(ratio) else None,
+                "source_mahalanobis_mean": round(fit.reference_mean, 6),
+                "source_p95": round(source_p95, 6),
+                "outlier_share": round(share, 6),
+                "mmd2": round(mmd2, 6),
+                "mmd_pvalue": round(pvalue, 6),
+                "mmd_bandwidth": round(bandwidth, 6),
             },
-            "permutations": permutations,
-            "seed": seed,
+            "thresholds": thresholds,
+            "inputs": {
+                "source_samples": int(source.shape[0]),
+                "target_samples": int(target.shape[0]),
+                "features": int(source.shape[1]),
+                "mmd_samples": {
+                    "source": min(int(source.shape[0]), max_samples),
+                    "target": min(int(target.shape[0]), max_samples),
+                },
+                "permutations": permutations,
+                "seed": seed,
+            },
+            "violations": violations,
         },
-        "violations": violations,
-    }
+    )

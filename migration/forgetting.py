@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from stemma.registry.errors import BuildError
+from stemma.registry.records.manifest import Check
 
 DEFAULT_MAX_DROP = 0.10
 """Default gate: the source-task accuracy may fall by at most 10% of its value before transfer."""
@@ -17,7 +18,7 @@ def forgetting_figures(
     after_accuracy: float,
     max_drop: float = DEFAULT_MAX_DROP,
     metric: str = "accuracy",
-) -> dict[str, Any]:
+) -> Check:
     """Relative drop ``(before - after) / before`` of the source task's `metric`, gated by
     `max_drop`.
 
@@ -40,9 +41,8 @@ def forgetting_figures(
     }
     if metric != "accuracy":  # named only where it is not accuracy: older ids stay
         figures["metric"] = metric
-    return {
-        "passed": passed,
-        "figures": figures,
-        "thresholds": {"max_drop": max_drop},
-        "violations": [] if passed else [f"relative {metric} drop {drop:.4f} > {max_drop}"],
-    }
+    violations = [] if passed else [f"relative {metric} drop {drop:.4f} > {max_drop}"]
+    return Check.of(
+        passed,
+        extra={"figures": figures, "thresholds": {"max_drop": max_drop}, "violations": violations},
+    )

@@ -9,13 +9,45 @@ warning (a learning rate of zero, a wrong optimizer group), not a failure.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from stemma.registry.records.manifest import Check
 
 DEFAULT_MIN_RELATIVE_CHANGE = 1e-8
 """A trainable tensor whose relative change is below this did not move (a warning)."""
 _DECIMALS = 6  # figures are rounded so identical rebuilds write identical manifests
+
+
+@dataclass(frozen=True)
+class ParameterCheck:
+    """The parameter check's result: verdict, figures, the tensors that changed though
+    frozen, did not move though trainable, or could not be compared, thresholds, violations."""
+
+    passed: bool
+    figures: Mapping[str, Any]
+    frozen_changed: list[str]
+    not_moved: list[str]
+    skipped: list[str]
+    thresholds: Mapping[str, float | None]
+    violations: list[str]
+
+    def record(self, warnings: list[str], inputs: Mapping[str, Any]) -> Check:
+        """The manifest's `checks.parameters`, with the build's `warnings` and `inputs`."""
+        return Check.of(
+            self.passed,
+            extra={
+                "figures": self.figures,
+                "frozen_changed": self.frozen_changed,
+                "not_moved": self.not_moved,
+                "skipped": self.skipped,
+                "thresholds": self.thresholds,
+                "violations": self.violations,
+                "warnings": warnings,
+                "inputs": inputs,
+            },
+        )
 
 
 def relative_change(source: torch.Tensor, target: torch.Tensor) -> float:
@@ -65,7 +97,7 @@ def parameter_check(
     *,
     max_relative_change: float | None = None,
     min_relative_change: float = DEFAULT_MIN_RELATIVE_CHANGE,
-) -> dict[str, Any]:
+) -> ParameterCheck:
     """Per-tensor relative change, frozen tensors unchanged bit for bit, unmoved ones warned.
 
     `mapping` maps target names to source names (the transfer report's pairs); without it a
@@ -106,22 +138,16 @@ def parameter_check(
     if unpaired:
         violations.append(f"frozen tensors without a source counterpart: {', '.join(unpaired)}")
     values = [v for v in per_tensor.values() if v is not None]
-    return {
-        "passed": not violations,
-        "figures": {
-            "per_tensor": per_tensor,
-            "max_relative_change": round(max(values), _DECIMALS) if values else 0.0,
-            "mean_relative_change": (
-                round(sum(values) / len(values), _DECIMALS) if values else 0.0
-            ),
-            "compared": len(pairs),
-        },
-        "frozen_changed": frozen_changed,
-        "not_moved": not_moved,
-        "skipped": skipped,
-        "thresholds": {
-            "max_relative_change": max_relative_change,
-            "min_relative_change": min_relative_change,
-        },
-        "violations": violations,
+    figures = {
+        "per_tensor": per_tensor,
+        "max_relative_change": round(max(values), _DECIMALS) if values else 0.0,
+        "mean_relative_change": round(sum(values) / len(values), _DECIMALS) if values else 0.0,
+        "compared": len(pairs),
     }
+    thresholds = {
+        "max_relative_change": max_relative_change,
+        "min_relative_change": min_relative_change,
+    }
+    return ParameterCheck(
+        not violations, figures, frozen_changed, not_moved, skipped, thresholds, violations
+    )

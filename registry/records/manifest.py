@@ -246,6 +246,11 @@ class Check(Record):
         return tuple(self.extra.get("violations") or ())
 
     @property
+    def inputs(self) -> Mapping[str, Any]:
+        """What the check read: datasets and models by name and id, its own settings."""
+        return dict(self.extra.get("inputs") or {})
+
+    @property
     def method(self) -> str | None:
         """The method a check used, where it records one."""
         method = self.extra.get("method")

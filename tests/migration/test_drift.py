@@ -151,13 +151,13 @@ def test_drift_check_on_rotated_digits_is_higher_than_held_out(
 ) -> None:
     held = drift_check(digits["train"], digits["labels"], digits["held"], permutations=100)
     rotated = drift_check(digits["train"], digits["labels"], digits["rotated"], permutations=100)
-    assert held["passed"] and not rotated["passed"]
-    h, r = held["figures"], rotated["figures"]
+    assert held.passed and not rotated.passed
+    h, r = held.figures, rotated.figures
     assert r["mahalanobis_mean"] > 5 * h["mahalanobis_mean"]
     assert r["mahalanobis_ratio"] > 5 * h["mahalanobis_ratio"]
     assert h["outlier_share"] < 0.2 < DEFAULT_MAX_OUTLIER_SHARE < r["outlier_share"]
     assert r["mmd2"] > h["mmd2"] and r["mmd_pvalue"] < 0.05 < h["mmd_pvalue"]
-    assert rotated["violations"] and not held["violations"]
+    assert rotated.violations and not held.violations
 
 
 def test_drift_check_gates_and_record(source: tuple[np.ndarray, np.ndarray]) -> None:
@@ -165,23 +165,23 @@ def test_drift_check_gates_and_record(source: tuple[np.ndarray, np.ndarray]) -> 
     target, _ = gaussian_sample(np.random.default_rng(8), 400)
     target = target + 0.4  # a mild shift: few outliers, but a large MMD sample detects it
     default = drift_check(features, labels, target, permutations=50)
-    assert default["passed"]
-    assert default["thresholds"] == {
+    assert default.passed
+    assert default.thresholds == {
         "max_mahalanobis": None,
         "max_outlier_share": DEFAULT_MAX_OUTLIER_SHARE,
         "min_mmd_pvalue": None,
         "outlier_level": OUTLIER_LEVEL,
     }
-    assert default["inputs"]["source_samples"] == 3000
-    assert default["inputs"]["mmd_samples"] == {"source": 500, "target": 400}
+    assert default.inputs["source_samples"] == 3000
+    assert default.inputs["mmd_samples"] == {"source": 500, "target": 400}
     strict = drift_check(
         features, labels, target, permutations=50, min_mmd_pvalue=0.05, max_mahalanobis=1.0
     )
-    assert not strict["passed"] and len(strict["violations"]) == 2
-    assert strict["figures"] == default["figures"]  # thresholds never change the figures
-    json.dumps(default, allow_nan=False)  # a manifest can hold it
+    assert not strict.passed and len(strict.violations) == 2
+    assert strict.figures == default.figures  # thresholds never change the figures
+    json.dumps(default.to_dict(), allow_nan=False)  # a manifest can hold it
     ungated = drift_check(features, labels, target * 5, max_outlier_share=None, permutations=10)
-    assert ungated["passed"] and ungated["figures"]["outlier_share"] > 0.5
+    assert ungated.passed and ungated.figures["outlier_share"] > 0.5
 
 
 def test_drift_check_reuses_a_fit_and_fails_on_non_finite(
@@ -196,8 +196,8 @@ def test_drift_check_reuses_a_fit_and_fails_on_non_finite(
     broken = target.copy()
     broken[3, 2] = np.nan
     result = drift_check(features, labels, broken)
-    assert result["passed"] is False and "target" in result["violations"][0]
-    json.dumps(result, allow_nan=False)
+    assert result.passed is False and "target" in result.violations[0]
+    json.dumps(result.to_dict(), allow_nan=False)
 
 
 def test_bad_inputs_raise_one_clear_error(source: tuple[np.ndarray, np.ndarray]) -> None:
