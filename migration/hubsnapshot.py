@@ -38,7 +38,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError, ParseError, PathEscape, UnsafeFile
 from stemma.registry.publish.card import hub_id
 from stemma.registry.publish.hubfiles import MAX_CARD_BYTES, hub_id_pattern
-from stemma.registry.records.manifest import ModelManifest, Source
+from stemma.registry.records.manifest import ModelManifest, Source, Tokenizer
 from stemma.registry.rules.pointer import escape
 from stemma.registry.store.files import file_kind, read_bytes_file, read_json, read_text_file
 from stemma.registry.store.yamlio import load_yaml_text
@@ -304,10 +304,21 @@ def inherit_tokenizer(
     """A child of a model with a tokenizer (a registered Hub snapshot, say) keeps it: the
     source's files, checked against its manifest, become the child's outputs
     (`tokenizer/NAME`) and `manifest["tokenizer"]` records them as from the source."""
+    block, outputs = inherited_tokenizer(reg, src_name, src_manifest)
+    if block is not None:
+        manifest["tokenizer"] = block.to_dict()
+    return outputs
+
+
+def inherited_tokenizer(
+    reg: Any, src_name: str | None, src_manifest: ModelManifest | None
+) -> tuple[Tokenizer | None, dict[str, bytes]]:
+    """The source's tokenizer as the child keeps it: the manifest's `tokenizer` block (from
+    the source) and the files, checked against the source's manifest, as the child's outputs
+    (`tokenizer/NAME`); (None, {}) for a source without one."""
     block = None if src_manifest is None else src_manifest.tokenizer
     if src_name is None or block is None:
-        return {}
+        return None, {}
     shown = reg.rel("models", src_name, tok.TOKENIZER_DIR)
     files = tok.checked_files(reg.model_dir(src_name), block, shown, reg.repo_root)
-    manifest["tokenizer"] = tok.record(files, src_name).to_dict()
-    return tok.outputs(files)
+    return tok.record(files, src_name), tok.outputs(files)

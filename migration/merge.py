@@ -378,10 +378,10 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     contributed, base_name = done.contributed, done.base
     first = p.base if p.base is not None else p.models[0]
     keeper = _one_tokenizer(spec, done)
-    extra: dict[str, Any] = {}
+    recorded_task: str | None = None  # the manifest's `task`: None for classification
     if done.manifests[first].task == CAUSAL_LM:  # perplexity, as a quantized LM's
         found = scoring(reg, spec, first, done.manifests[first])
-        datasets, extra = found.datasets, dict(found.extra)
+        datasets, recorded_task = found.datasets, found.recorded_task
         module = _module(reg, config, merged, display)
         scored = found.score(module)
         metrics = {m: scored[m] for m in found.metrics}
@@ -398,7 +398,7 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         scored = evaluate(module, eval_data.x_eval, eval_data.y_eval, "cpu")
         metrics = {m: scored[m] for m in task.metrics}
         if task.name != "classification":
-            extra["task"] = task.name
+            recorded_task = task.name
     reported, _ = report(module, None)  # every tensor comes from the parents: none is new
     rows = [replace(r, origin="transferred", frozen=True, source_name=r.name) for r in reported]
     total = sum(int(math.prod(r.shape)) for r in rows if r.kind == "parameter")
@@ -419,8 +419,9 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
             g.to_dict() for g in gate_records(spec.gates, metrics, scored["per_class"], display)
         ],
         "checks": {},
-        **extra,
     }
+    if recorded_task is not None:
+        manifest["task"] = recorded_task
     # the parents' one tokenizer, kept beside the merged weights as any child keeps its source's
     outputs = inherit_tokenizer(reg, manifest, keeper, manifests[keeper]) if keeper else {}
     manifest["run"] = run_record(

@@ -30,6 +30,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec, QuantizeSettings
 from stemma.registry.records.manifest import (
+    Architecture,
     Gate,
     Library,
     ModelManifest,
@@ -49,9 +50,9 @@ from .build_inputs import class_names, load_source, refuse_failed_source
 from .build_outputs import blob_weights, commit_outputs, run_record
 from .families import require
 from .gating import gate_record, gate_records
-from .hubsnapshot import inherit_tokenizer
-from .mapping import plan, tensor_row, tensors_block, transfer
-from .model_manifest import datasets_block, manifest_head, source_block
+from .hubsnapshot import inherited_tokenizer
+from .mapping import plan, tensor_row, transfer
+from .model_manifest import source_block
 from .quantize_eval import scoring
 
 METHODS = {
@@ -261,44 +262,44 @@ def build_quantized(
     )
     metrics = {m: float(after[m]) for m in scored.metrics}
     total = sum(p.numel() for p in module.parameters())
-    manifest: dict[str, Any] = {
-        **manifest_head(spec, name, source_block(spec, parent, src_manifest)),
-        "datasets": datasets_block(scored.datasets),
-        "weights": blob_weights(WEIGHTS_FILE, blob, "safetensors").to_dict(),
-        "architecture": {
-            "config": config,
-            "tensors": tensors_block(_rows(tensors, metadata, set(src_state))),
-        },
-        "parameters": Parameters.of(total, 0, total).to_dict(),
-        "metrics": metrics,
-        "per_class": after["per_class"],
-        "gates": [
-            g.to_dict()
-            for g in (
-                *gate_records(spec.gates, metrics, after["per_class"], display),
-                drop_gate(record.quality.drop, record.quality.max_drop),
-            )
-        ],
-        "checks": {},
-        "quantize": record.to_dict(),
-        **scored.extra,
-    }
     names = class_names(reg, spec.eval)
-    if names is not None:
-        manifest["class_names"] = names
     for key, value in (("before", before), ("after", after)):
         if not all(math.isfinite(float(value[m])) for m in scored.metrics):
             raise BuildError(f"{display} at /quantize: the {key} score is not a finite number")
-    manifest["run"] = run_record(
-        reg, started, begin, device="cpu", quantize_s=round(seconds, 3)
-    ).to_dict()
+    # the parent's tokenizer, as every child of a model with one keeps it (the same files)
+    tokenizer, tokenizer_files = inherited_tokenizer(reg, parent, src_manifest)
+    built = ModelManifest.of(
+        kind="model",
+        schema_version=1,
+        name=name,
+        id="",  # the content id, which commit_outputs computes from the rest
+        spec=spec.to_dict(),
+        spec_digest=spec.digest,
+        source=source_block(spec, parent, src_manifest),
+        datasets=scored.datasets,
+        weights=blob_weights(WEIGHTS_FILE, blob, "safetensors"),
+        architecture=Architecture.of(config, tuple(_rows(tensors, metadata, set(src_state)))),
+        parameters=Parameters.of(total, 0, total),
+        metrics=metrics,
+        gates=(
+            *gate_records(spec.gates, metrics, after["per_class"], display),
+            drop_gate(record.quality.drop, record.quality.max_drop),
+        ),
+        run=run_record(reg, started, begin, device="cpu", quantize_s=round(seconds, 3)),
+        per_class=after["per_class"],
+        task=scored.recorded_task,
+        tokenizer=tokenizer,
+        class_names=None if names is None else tuple(names),
+        checks={},
+        quantize=record,
+    )
+    manifest = built.to_dict()
     outputs: dict[str, Any] = {
         WEIGHTS_FILE: blob,
         METRICS_FILE: dict(metrics),
         CURVE_FILE: [],
+        **tokenizer_files,
     }
-    # the parent's tokenizer, as every child of a model with one keeps it (the same files)
-    outputs.update(inherit_tokenizer(reg, manifest, parent, src_manifest))
     folder = reg.model_dir(name)
     commit_outputs(reg, folder, "models", manifest, MODEL_MANIFEST, outputs)
     return manifest

@@ -10,7 +10,7 @@ model inherits the parent's tokenizer like any child (migration/hubsnapshot.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,8 +38,8 @@ class Scoring:
     metrics: tuple[str, ...]
     datasets: dict[str, DatasetRef]
     score: Callable[[nn.Module], dict[str, Any]]
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Manifest keys the task adds (`task`)."""
+    recorded_task: str | None = None
+    """The manifest's `task` (None: classification, which the manifest leaves unsaid)."""
 
 
 def scoring(reg: Registry, spec: ModelSpec, parent: str, src_manifest: ModelManifest) -> Scoring:
@@ -82,8 +82,8 @@ def _array_scoring(
         with torch.no_grad():
             return evaluate(module, data.x_eval, data.y_eval, "cpu")
 
-    extra = {} if task.name == CLASSIFICATION else {"task": task.name}
-    return Scoring(task.name, task.metrics, _dataset_block(reg, spec.eval), score, extra)
+    recorded = None if task.name == CLASSIFICATION else task.name
+    return Scoring(task.name, task.metrics, _dataset_block(reg, spec.eval), score, recorded)
 
 
 def _fits(spec: ModelSpec, config: Mapping[str, Any], data: DatasetArrays, pointer: str) -> None:
@@ -137,5 +137,5 @@ def _lm_scoring(
         ("loss", "perplexity"),
         _dataset_block(reg, spec.eval),
         score,
-        {"task": CAUSAL_LM},
+        CAUSAL_LM,
     )
