@@ -9,8 +9,9 @@ families are rebuilt by stemma's `build_module` from `config.json`. Snippets nam
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
+
+from stemma.registry.records.manifest import ModelManifest
 
 MODULE_LOAD = """\
 import json
@@ -76,11 +77,10 @@ def _library(family: str, where: str, hub: bool) -> list[str]:
     return _module(where, hub, family)
 
 
-def _base(config: dict[str, Any], base_ref: str, base_hub: bool) -> list[str]:
+def _base(family: str, config: dict[str, Any], base_ref: str, base_hub: bool) -> list[str]:
     """Code that makes `base`: the base model, with the adapter's head size."""
-    family = str(config.get("family", ""))
-    classes = int(config.get("num_classes") or 0)
     if family == "transformers":
+        classes = int(config.get("num_classes") or 0)  # the family's open config
         return [
             "from transformers import AutoModelForSequenceClassification",
             "",
@@ -109,22 +109,23 @@ def _base(config: dict[str, Any], base_ref: str, base_hub: bool) -> list[str]:
 
 
 def usage(
-    raw: Mapping[str, Any], where: str, hub: bool, base_ref: str | None, base_hub: bool
+    manifest: ModelManifest, where: str, hub: bool, base_ref: str | None, base_hub: bool
 ) -> list[str]:
-    """The Markdown lines of the Usage section for a version (`raw` manifest) exported to
+    """The Markdown lines of the Usage section for a version (its manifest) exported to
     `where` (a Hub id when `hub`); an adapter's base is loaded from `base_ref`."""
-    config = dict((raw.get("architecture") or {}).get("config") or {})
-    family = str(config.get("family", ""))
+    family = manifest.architecture.family
+    adapter = manifest.adapter is not None
     out = ["## Usage", ""]
-    if raw.get("task") == "causal-lm" and (base_ref is not None or not raw.get("adapter")):
-        code = _causal_lm(where, base_ref if raw.get("adapter") else None)
+    if manifest.task == "causal-lm" and (base_ref is not None or not adapter):
+        code = _causal_lm(where, base_ref if adapter else None)
         note = "With `stemma export card NAME DIR --weights`, the folder holds the model's files"
         return [*out, note + " and its tokenizer:", "", "```python", *code, "```", ""]
-    if raw.get("adapter"):
+    if adapter:
         if base_ref is None:
             return [*out, "The adapter's base has no Hub id or export: load it first.", ""]
+        config = dict(manifest.architecture.config)
         code = [
-            *_base(config, base_ref, base_hub),
+            *_base(family, config, base_ref, base_hub),
             "",
             "from peft import PeftModel",
             "",

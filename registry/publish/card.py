@@ -332,7 +332,7 @@ def render(
     """(front matter, whole README.md text) of the model card exported to `folder`."""
     meta = front_matter(reg, manifest)
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
-    lines = usage(manifest.raw, **_targets(reg, manifest, folder))
+    lines = usage(model_record(manifest), **_targets(reg, manifest, folder))
     return meta, text + body(reg, manifest, lines)
 
 
