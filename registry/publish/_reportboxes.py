@@ -22,6 +22,7 @@ from html import escape
 from typing import Any
 
 from stemma.registry.errors import StemmaError
+from stemma.registry.records.manifest import FileRef
 from stemma.registry.rules.layout import MODELS_DIR
 from stemma.registry.store.files import parse_json_text, read_bytes_file
 from stemma.registry.store.handle import Registry
@@ -193,11 +194,11 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def load_samples(reg: Registry, name: str, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The report's `samples`: None when the manifest records none; else the file as read,
-    or `{"problem": why}` when it is missing, altered since the build, or malformed."""
-    record = manifest.get("samples")
-    if not isinstance(record, Mapping):
+def load_samples(reg: Registry, name: str, record: FileRef | None) -> dict[str, Any] | None:
+    """The report's `samples`: None when the manifest records none (`record`, its `samples`
+    block); else the file as read, or `{"problem": why}` when it is missing, altered since
+    the build, or malformed."""
+    if record is None:
         return None
     display = reg.rel(MODELS_DIR, name, SAMPLES_FILE)
     try:
@@ -206,7 +207,7 @@ def load_samples(reg: Registry, name: str, manifest: Mapping[str, Any]) -> dict[
         )
         if data is None:
             raise SamplesError(f"{display}: the file does not exist; rebuild the model")
-        if "sha256:" + hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        if "sha256:" + hashlib.sha256(data).hexdigest() != record.sha256:
             raise SamplesError(
                 f"{display}: differs from the sha256 in the manifest; rebuild the model"
             )

@@ -87,13 +87,12 @@ def _lineage(reg: Registry, name: str) -> list[dict[str, Any]]:
     return chain
 
 
-def _class_names(reg: Registry, manifest: Manifest, built: ModelManifest) -> list[str]:
+def _class_names(reg: Registry, built: ModelManifest) -> list[str]:
     """The label of each class id the model's per-class figures use: the model's own
     `class_names`, else those of the dataset it was evaluated on (names, or the source
     labels a relabelling selection kept: id 0 of digits 5-9 is "5")."""
-    own = class_labels(manifest.raw)
-    if own:
-        return own
+    if built.class_names:  # a model spec selects no classes: its names are its labels
+        return list(built.class_names)
     for role in ("eval", "train"):
         dataset = built.dataset(role)
         if not dataset:
@@ -151,14 +150,14 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
         "metrics": dict(built.metrics),
         "per_class": dict(built.per_class or {}),
         "task": built.task_name,
-        "class_names": _class_names(reg, manifest, built),
+        "class_names": _class_names(reg, built),
         "gates": [g.to_dict() for g in built.gates],
         "checks": {check: result.to_dict() for check, result in (built.checks or {}).items()},
         "curve": curve,
         "run": built.run.to_dict(),
         "stale": _stale(reg, name, manifest),
     }
-    samples = load_samples(reg, name, manifest.raw)  # a detector's pictures; other models have none
+    samples = load_samples(reg, name, built.samples)  # a detector's pictures; others have none
     if samples is not None:
         doc["samples"] = samples
     doc["passed"], doc["reasons"] = verdict(doc)

@@ -29,6 +29,7 @@ from stemma.registry.publish._reportboxes import (
     png,
     samples_html,
 )
+from stemma.registry.records.manifest import FileRef
 
 
 def _doc() -> dict[str, Any]:
@@ -48,17 +49,23 @@ def _doc() -> dict[str, Any]:
     }
 
 
-def _place(reg: Registry, name: str, data: bytes) -> dict[str, Any]:
-    """Write detections.json for model `name`; the manifest's record of it."""
+def _place(reg: Registry, name: str, data: bytes) -> FileRef:
+    """Write detections.json for model `name`; the manifest's record of it (`samples`)."""
     folder = reg.model_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "detections.json").write_bytes(data)
-    return {
-        "samples": {
-            "path": "detections.json",
-            "sha256": "sha256:" + hashlib.sha256(data).hexdigest(),
-        }
-    }
+    return _record(data)
+
+
+def _record(data: bytes) -> FileRef:
+    """The `samples` block a build records for a detections.json of `data`."""
+    return FileRef(
+        path="detections.json",
+        md5=hashlib.md5(data).hexdigest(),
+        sha256="sha256:" + hashlib.sha256(data).hexdigest(),
+        bytes=len(data),
+        format="json",
+    )
 
 
 def test_png_is_a_valid_image(tmp_path: Path) -> None:
@@ -71,34 +78,34 @@ def test_png_is_a_valid_image(tmp_path: Path) -> None:
 
 
 def test_samples_are_drawn_and_escaped(registry: Registry) -> None:
-    raw = _place(registry, "m", json.dumps(_doc()).encode())
-    loaded = load_samples(registry, "m", raw)
+    record = _place(registry, "m", json.dumps(_doc()).encode())
+    loaded = load_samples(registry, "m", record)
     assert loaded is not None and "problem" not in loaded
     page = samples_html(loaded)
     assert page.count("<svg class='boxes'") == 2
     assert page.count("<rect class='true'") == 2 and page.count("<rect class='pred'") == 2
     assert "&lt;script&gt;alert(1)&lt;/script&gt; 0.91" in page and "<script>" not in page
-    assert load_samples(registry, "m", {}) is None and samples_html(None) == ""
+    assert load_samples(registry, "m", None) is None and samples_html(None) == ""
 
 
 def test_altered_missing_linked_and_special_files_cost_the_picture(
     registry: Registry, tmp_path: Path
 ) -> None:
-    raw = _place(registry, "m", json.dumps(_doc()).encode())
+    record = _place(registry, "m", json.dumps(_doc()).encode())
     target = registry.model_dir("m") / "detections.json"
     target.write_text(json.dumps(_doc()).replace("0.91", "0.99"))  # edited after the build
     cases: dict[str, str] = {}
-    cases["altered"] = str(load_samples(registry, "m", raw)["problem"])  # type: ignore[index]
+    cases["altered"] = str(load_samples(registry, "m", record)["problem"])  # type: ignore[index]
     target.unlink()
-    cases["missing"] = str(load_samples(registry, "m", raw)["problem"])  # type: ignore[index]
+    cases["missing"] = str(load_samples(registry, "m", record)["problem"])  # type: ignore[index]
     outside = tmp_path / "outside.json"
     outside.write_text(json.dumps(_doc()))
     target.symlink_to(outside)
-    cases["linked out"] = str(load_samples(registry, "m", _place_record(outside))["problem"])  # type: ignore[index]
+    cases["linked out"] = str(load_samples(registry, "m", _record(outside.read_bytes()))["problem"])  # type: ignore[index]
     target.unlink()
     os.mkfifo(target)  # a pipe must not block the report
     begin = time.monotonic()
-    cases["pipe"] = str(load_samples(registry, "m", raw)["problem"])  # type: ignore[index]
+    cases["pipe"] = str(load_samples(registry, "m", record)["problem"])  # type: ignore[index]
     assert time.monotonic() - begin < 5
     target.unlink()
     big = b" " * (5 << 20)
@@ -112,11 +119,6 @@ def test_altered_missing_linked_and_special_files_cost_the_picture(
         assert "no pictures: " in samples_html({"problem": problem})
     assert "sha256" in cases["altered"] and "does not exist" in cases["missing"]
     assert "outside" in cases["linked out"]
-
-
-def _place_record(path: Path) -> dict[str, Any]:
-    data = path.read_bytes()
-    return {"samples": {"sha256": "sha256:" + hashlib.sha256(data).hexdigest()}}
 
 
 _BAD_VALUES: list[Any] = [
