@@ -11,7 +11,7 @@ torch or huggingface_hub: a card is text.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import yaml
 from stemma.registry.errors import StemmaError
 from stemma.registry.publish._cardusage import usage
 from stemma.registry.publish.hubfiles import weight_files
-from stemma.registry.records.core import Manifest
+from stemma.registry.records.core import Manifest, ModelSpec
 from stemma.registry.records.manifest import (
     ModelManifest,
     dataset_record,
@@ -109,17 +109,36 @@ def _sources(manifest: ModelManifest) -> list[_Hop]:
     return [_Hop(src.model, src.relation, src.id)]
 
 
+@dataclass(frozen=True)
+class _Parent:
+    """A recorded parent as the card names it (its fields are the card's keys, in order)."""
+
+    model: str
+    relation: str
+    version: str  # the parent's manifest id the build used
+    hub_id: str | None
+
+
+@dataclass(frozen=True)
+class _Data:
+    """A recorded dataset as the card names it (its fields are the card's keys, in order)."""
+
+    role: str
+    name: str
+    version: str  # the dataset's manifest id the build used
+    hub_id: str | None
+
+
+def _parents(reg: Registry, manifest: ModelManifest) -> list[_Parent]:
+    return [
+        _Parent(src.model, src.relation, src.id, hub_id(reg, src.model))
+        for src in _sources(manifest)
+    ]
+
+
 def parents(reg: Registry, manifest: Manifest) -> list[dict[str, Any]]:
     """Each recorded parent: name, relation, the version used and its Hub id (or None)."""
-    return [
-        {
-            "model": src.model,
-            "relation": src.relation,
-            "version": src.id,
-            "hub_id": hub_id(reg, src.model),
-        }
-        for src in _sources(model_record(manifest))
-    ]
+    return [asdict(p) for p in _parents(reg, model_record(manifest))]
 
 
 def _lineage(reg: Registry, manifest: Manifest) -> list[_Hop]:
@@ -156,7 +175,7 @@ def pipeline_tag(config: dict[str, Any], task: str | None) -> str | None:
     return "tabular-regression" if regression else "tabular-classification"
 
 
-def _datasets(reg: Registry, manifest: ModelManifest) -> list[dict[str, Any]]:
+def _datasets(reg: Registry, manifest: ModelManifest) -> list[_Data]:
     """Each dataset role the version recorded, with its Hub id (or None)."""
     out = []
     for role in ("train", "eval"):
@@ -164,7 +183,7 @@ def _datasets(reg: Registry, manifest: ModelManifest) -> list[dict[str, Any]]:
         if ref is not None:
             found = _manifest(reg, "dataset", ref.name)
             hub = _spec_hub_id(reg, "dataset", ref.name, found)
-            out.append({"role": role, "name": ref.name, "version": ref.id, "hub_id": hub})
+            out.append(_Data(role, ref.name, ref.id, hub))
     return out
 
 
@@ -173,13 +192,14 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
     Hub ids only (the Hub reads any other string as one, and links it to whatever repository
     has that name); registry names and versions go under `stemma`, marked as local."""
     built = model_record(manifest)
-    spec = built.spec  # free-form: the resolved spec the build used
+    spec = built.spec  # the resolved spec the build used (a registered model's has more)
+    declared = ModelSpec.from_dict(manifest.name, spec)
     config = dict(built.architecture.config)
     family = built.architecture.family
-    parent_list = parents(reg, manifest)
-    relation = parent_list[0]["relation"] if parent_list else None
+    linked = _parents(reg, built)
+    relation = linked[0].relation if linked else None
     meta: dict[str, Any] = {}
-    bases = list(dict.fromkeys(p["hub_id"] for p in parent_list if p["hub_id"]))
+    bases = list(dict.fromkeys(p.hub_id for p in linked if p.hub_id is not None))
     # Hub parents a registered snapshot's card named (`stemma register`): Hub ids already
     external = [e for e in spec.get("external_sources") or [] if isinstance(e, dict)]
     bases += [str(e["hub_id"]) for e in external if e.get("hub_id") not in (None, *bases)]
@@ -190,10 +210,10 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
         meta["base_model"] = bases if several else bases[0]
         meta["base_model_relation"] = HUB_RELATION.get(str(relation), "finetune")
     data = _datasets(reg, built)
-    hub_data = list(dict.fromkeys(d["hub_id"] for d in data if d["hub_id"]))
+    hub_data = list(dict.fromkeys(d.hub_id for d in data if d.hub_id is not None))
     if hub_data:
         meta["datasets"] = hub_data
-    tags = ["stemma", *(spec.get("tags") or [])]
+    tags = ["stemma", *declared.tags]
     if family:
         tags.append(family)
     if relation == "distill":
@@ -202,7 +222,7 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
     if spec.get("license"):
         meta["license"] = spec["license"]
     if not config.get("in_shape") and data:  # older manifests: the data's sample shape
-        found = _manifest(reg, "dataset", data[-1]["name"])
+        found = _manifest(reg, "dataset", data[-1].name)
         config["in_shape"] = [] if found is None else list(dataset_record(found).shape)
     tag = pipeline_tag(config, built.task)
     if tag:
@@ -221,9 +241,9 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
                     {
                         "task": {"type": tag or "other"},
                         "dataset": {
-                            "name": evaluated["name"],
-                            "type": evaluated["hub_id"] or evaluated["name"],
-                            "revision": evaluated["version"],
+                            "name": evaluated.name,
+                            "type": evaluated.hub_id or evaluated.name,
+                            "revision": evaluated.version,
                         },
                         "metrics": [
                             {"type": k, "name": k, "value": v} for k, v in sorted(metrics.items())
@@ -236,8 +256,8 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
     meta["stemma"] = {
         "name": manifest.name,
         "version": manifest.id,
-        "base_models": parent_list,
-        "datasets": data,
+        "base_models": [asdict(p) for p in linked],
+        "datasets": [asdict(d) for d in data],
     }
     return meta
 
@@ -250,7 +270,8 @@ def body(reg: Registry, manifest: Manifest, usage_lines: list[str] | None = None
     """The card's Markdown: what the model is, how to load it, where it comes from, how it
     was checked."""
     built = model_record(manifest)
-    spec = built.spec  # free-form: the resolved spec the build used
+    spec = built.spec  # the resolved spec the build used
+    declared = ModelSpec.from_dict(manifest.name, spec)
     out = [f"# {manifest.name}", ""]
     if spec.get("description"):
         out += [str(spec["description"]), ""]
@@ -280,8 +301,8 @@ def body(reg: Registry, manifest: Manifest, usage_lines: list[str] | None = None
         frozen = sum(1 for t in tensors if t.frozen)
         out.append(f"- tensors: {counts}; {frozen} frozen")
     out.append(f"- parameters: {_json(built.parameters.to_dict())}")
-    if spec.get("training"):
-        out.append(f"- training: {_json(spec['training'])}")
+    if declared.training:
+        out.append(f"- training: {_json(declared.training)}")
     out += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in sorted(built.metrics.items())]
     generations = built.lm.generations if built.lm is not None else ()
