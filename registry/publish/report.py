@@ -52,6 +52,7 @@ _FIGURE_KEYS = (
 def _lineage(reg: Registry, name: str) -> list[dict[str, Any]]:
     """The model and its ancestors up to the root, each with its recorded link to its parent."""
     chain: list[dict[str, Any]] = []
+    records: list[ModelManifest | None] = []  # each entry's manifest, as read
     seen: set[str] = set()
     node: str | None = name
     while node is not None and node not in seen:
@@ -59,8 +60,8 @@ def _lineage(reg: Registry, name: str) -> list[dict[str, Any]]:
         manifest = reg.model_manifest(node)
         entry: dict[str, Any] = {"name": node, "built": manifest is not None, "id": None}
         parent: str | None = None
-        if manifest is not None:
-            built = model_record(manifest)
+        built = None if manifest is None else model_record(manifest)
+        if built is not None:
             entry["id"] = built.id
             entry["metrics"] = dict(built.metrics)
             entry["train"] = built.dataset("train")
@@ -77,11 +78,14 @@ def _lineage(reg: Registry, name: str) -> list[dict[str, Any]]:
                 parent, entry["relation"] = ref.model, ref.relation
         entry["source"] = parent
         chain.append(entry)
+        records.append(built)
         node = parent
-    for child, parent_entry in pairwise(chain):
+    for (child, child_built), (_, parent_built) in pairwise(zip(chain, records, strict=True)):
         # a link is current when the child was built from the parent's present version
-        recorded = child.get("source_id")
-        child["current"] = recorded is not None and recorded == parent_entry.get("id")
+        source = None if child_built is None else child_built.source
+        child["current"] = (
+            source is not None and parent_built is not None and source.id == parent_built.id
+        )
     if node is not None:
         chain[-1]["cycle"] = node
     return chain
