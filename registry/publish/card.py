@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from stemma.registry.errors import StemmaError
 from stemma.registry.publish._cardusage import usage
-from stemma.registry.publish.hubfiles import weight_files
+from stemma.registry.publish.hubfiles import record_weight_files
 from stemma.registry.records.core import Manifest, ModelSpec
 from stemma.registry.records.manifest import (
     ModelManifest,
@@ -141,11 +141,11 @@ def parents(reg: Registry, manifest: Manifest) -> list[dict[str, Any]]:
     return [asdict(p) for p in _parents(reg, model_record(manifest))]
 
 
-def _lineage(reg: Registry, manifest: Manifest) -> list[_Hop]:
+def _lineage(reg: Registry, name: str, built: ModelManifest) -> list[_Hop]:
     """Every ancestor, depth first from each parent, with the id recorded and the id now."""
     chain: list[_Hop] = []
-    seen = {manifest.name}
-    todo = list(reversed(_sources(model_record(manifest))))
+    seen = {name}
+    todo = list(reversed(_sources(built)))
     while todo:
         src = todo.pop()
         if src.model in seen:
@@ -191,7 +191,10 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
     """The card's YAML metadata, in the Hub's field names. `base_model` and `datasets` hold
     Hub ids only (the Hub reads any other string as one, and links it to whatever repository
     has that name); registry names and versions go under `stemma`, marked as local."""
-    built = model_record(manifest)
+    return _front_matter(reg, manifest, model_record(manifest))
+
+
+def _front_matter(reg: Registry, manifest: Manifest, built: ModelManifest) -> dict[str, Any]:
     spec = built.spec  # the resolved spec the build used (a registered model's has more)
     declared = ModelSpec.from_dict(manifest.name, spec)
     config = dict(built.architecture.config)
@@ -269,7 +272,12 @@ def _json(value: Any) -> str:
 def body(reg: Registry, manifest: Manifest, usage_lines: list[str] | None = None) -> str:
     """The card's Markdown: what the model is, how to load it, where it comes from, how it
     was checked."""
-    built = model_record(manifest)
+    return _body(reg, manifest, model_record(manifest), usage_lines)
+
+
+def _body(
+    reg: Registry, manifest: Manifest, built: ModelManifest, usage_lines: list[str] | None
+) -> str:
     spec = built.spec  # the resolved spec the build used
     declared = ModelSpec.from_dict(manifest.name, spec)
     out = [f"# {manifest.name}", ""]
@@ -278,7 +286,7 @@ def body(reg: Registry, manifest: Manifest, usage_lines: list[str] | None = None
     out += [f"stemma version `{manifest.id}`, weights `{built.weights.sha256}`.", ""]
     out += usage_lines or []
     out += ["## Lineage", ""]
-    chain = _lineage(reg, manifest)
+    chain = _lineage(reg, manifest.name, built)
     if not chain:
         out.append("Trained from scratch.")
     for hop in chain:
@@ -328,33 +336,46 @@ def body(reg: Registry, manifest: Manifest, usage_lines: list[str] | None = None
     return "\n".join(out) + "\n"
 
 
-def _targets(reg: Registry, manifest: Manifest, folder: Path | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Targets:
+    """Where the usage snippet loads the model from, and an adapter its base."""
+
+    where: str  # the model's Hub id, else its export folder
+    hub: bool  # `where` is a Hub id
+    base_ref: str | None  # an adapter's base: its Hub id, else where its export goes
+    base_hub: bool  # `base_ref` is a Hub id
+
+
+def _targets(
+    reg: Registry, manifest: Manifest, built: ModelManifest, folder: Path | None
+) -> _Targets:
     """Where the snippet loads from: the model's Hub id, else the export folder; for an
     adapter, its base's Hub id, else the folder its own export goes to (beside this one)."""
     own = hub_id(reg, manifest.name)
     where = own or (str(folder) if folder is not None else manifest.name)
-    adapter = model_record(manifest).adapter
-    base_name = None if adapter is None else adapter.base.model
+    base_name = None if built.adapter is None else built.adapter.base.model
     base_hub = hub_id(reg, base_name) if base_name else None
     base_ref = base_hub
     if base_name and base_hub is None:
         base_ref = str(Path(folder).parent / base_name) if folder is not None else base_name
-    return {
-        "where": where,
-        "hub": own is not None,
-        "base_ref": base_ref,
-        "base_hub": base_hub is not None,
-    }
+    return _Targets(where, own is not None, base_ref, base_hub is not None)
 
 
 def render(
     reg: Registry, manifest: Manifest, folder: Path | None = None
 ) -> tuple[dict[str, Any], str]:
     """(front matter, whole README.md text) of the model card exported to `folder`."""
-    meta = front_matter(reg, manifest)
+    built = model_record(manifest)
+    return _render(reg, manifest, built, _targets(reg, manifest, built, folder))
+
+
+def _render(
+    reg: Registry, manifest: Manifest, built: ModelManifest, targets: _Targets
+) -> tuple[dict[str, Any], str]:
+    meta = _front_matter(reg, manifest, built)
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
-    lines = usage(model_record(manifest), **_targets(reg, manifest, folder))
-    return meta, text + body(reg, manifest, lines)
+    lines = usage(built, targets.where, targets.hub, targets.base_ref, targets.base_hub)
+    return meta, text + _body(reg, manifest, built, lines)
 
 
 def export_card(
@@ -366,10 +387,11 @@ def export_card(
     (writing nothing) a family without such a layout, and a target that `Outputs` refuses
     (an existing file unless `overwrite`, a registry file, a link, a pipe or a device)."""
     manifest = resolve(reg, ref)
+    built = model_record(manifest)
     folder = Path(folder)
-    targets = _targets(reg, manifest, folder)
-    planned = weight_files(reg, manifest, targets["base_ref"]) if weights else []
-    meta, text = render(reg, manifest, folder)
+    targets = _targets(reg, manifest, built, folder)
+    planned = record_weight_files(reg, manifest, built, targets.base_ref) if weights else []
+    meta, text = _render(reg, manifest, built, targets)
     planned.append((CARD_FILE, text.encode()))
     outputs = Outputs.for_registry(reg.repo_root, reg.root, overwrite)
     outputs.folder(folder)

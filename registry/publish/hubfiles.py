@@ -29,7 +29,7 @@ from typing import Any
 from stemma import schemas
 from stemma.registry.errors import SchemaError, StemmaError
 from stemma.registry.records.core import Manifest
-from stemma.registry.records.manifest import model_record
+from stemma.registry.records.manifest import ModelManifest, Tokenizer, model_record
 from stemma.registry.rules.layout import MODELS_DIR
 from stemma.registry.store.files import file_hashes, read_text_file
 from stemma.registry.store.handle import Registry
@@ -140,10 +140,9 @@ def _timm_config(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _adapter_files(
-    reg: Registry, manifest: Manifest, base_ref: str | None
+    reg: Registry, manifest: Manifest, record: ModelManifest, base_ref: str | None
 ) -> list[tuple[str, bytes]]:
     """PEFT's two files, as the build recorded them, with `base_model_name_or_path` set."""
-    record = model_record(manifest)
     if record.adapter is None:
         raise SchemaError(manifest.path, "an adapter model records its adapter config", "/adapter")
     config_block = record.adapter.config
@@ -188,7 +187,12 @@ def _causal_lm_config(config: dict[str, Any], name: str) -> dict[str, Any]:
 def tokenizer_files(reg: Registry, manifest: Manifest) -> list[tuple[str, bytes]]:
     """The model's tokenizer files (models/NAME/tokenizer/), each checked against the sha256
     its manifest records (bare hex digests there); none for a model without a tokenizer."""
-    block = model_record(manifest).tokenizer
+    return _tokenizer_files(reg, manifest, model_record(manifest).tokenizer)
+
+
+def _tokenizer_files(
+    reg: Registry, manifest: Manifest, block: Tokenizer | None
+) -> list[tuple[str, bytes]]:
     if block is None:
         return []
     return [
@@ -197,10 +201,10 @@ def tokenizer_files(reg: Registry, manifest: Manifest) -> list[tuple[str, bytes]
     ]
 
 
-def _quantization(manifest: Manifest, doc: dict[str, Any]) -> dict[str, Any]:
+def _quantization(record: ModelManifest, doc: dict[str, Any]) -> dict[str, Any]:
     """A transformers config.json with the quantized build's `quantization_config`, so
     from_pretrained reads torchao's tensors through TorchAoConfig (others as they are)."""
-    block = model_record(manifest).quantize
+    block = record.quantize
     quantized = None if block is None else block.hf_quantization_config
     return {**doc, "quantization_config": dict(quantized)} if quantized else doc
 
@@ -211,24 +215,32 @@ def weight_files(
     """(file name, content) of the library layout for this version; `base_ref` is what an
     adapter's config names as its base. Raises for a family without a layout. A model with a
     tokenizer (a causal LM) brings its files too, so AutoTokenizer loads the same folder."""
-    record = model_record(manifest)
+    return record_weight_files(reg, manifest, model_record(manifest), base_ref)
+
+
+def record_weight_files(
+    reg: Registry, manifest: Manifest, record: ModelManifest, base_ref: str | None = None
+) -> list[tuple[str, bytes]]:
+    """`weight_files` of a manifest already read as its typed `record`."""
     config = dict(record.architecture.config)
     family = record.architecture.family
     if record.adapter is not None:
-        return _adapter_files(reg, manifest, base_ref) + tokenizer_files(reg, manifest)
+        return _adapter_files(reg, manifest, record, base_ref) + _tokenizer_files(
+            reg, manifest, record.tokenizer
+        )
     weights = record.weights
     if family == "transformers" and config.get("task") == "causal-lm":
         return [
             (
                 CONFIG_NAME,
-                _dump(_quantization(manifest, _causal_lm_config(config, manifest.name))),
+                _dump(_quantization(record, _causal_lm_config(config, manifest.name))),
             ),
             (WEIGHTS_NAME, _checked(reg, manifest, weights.path, weights.sha256, "/weights/path")),
-            *tokenizer_files(reg, manifest),
+            *_tokenizer_files(reg, manifest, record.tokenizer),
         ]
     if family == "transformers":
         doc = _transformers_config(config, manifest.name)
-        doc = _quantization(manifest, doc)
+        doc = _quantization(record, doc)
     elif family == "timm":
         doc = _timm_config(config, manifest.name)
     elif family in MODULE_FAMILIES:
@@ -241,7 +253,7 @@ def weight_files(
     return [
         (CONFIG_NAME, _dump(doc)),
         (WEIGHTS_NAME, _checked(reg, manifest, weights.path, weights.sha256, "/weights/path")),
-        *tokenizer_files(reg, manifest),  # a classifier of text keeps its tokenizer too
+        *_tokenizer_files(reg, manifest, record.tokenizer),  # a text classifier's tokenizer
     ]
 
 
