@@ -19,6 +19,8 @@ from stemma.migration import distributed as dist
 from stemma.migration.numerics import pin_for_repo
 from stemma.registry import Registry
 from stemma.registry.errors import UsageError
+from stemma.registry.records.manifest import DatasetManifest, ModelManifest
+from stemma.registry.rules.layout import DATASETS_DIR, MANIFEST_FILE, MODELS_DIR
 from stemma.registry.store.derived import held
 
 from ._common import RepoOpt, emit_json
@@ -36,35 +38,37 @@ NameArg = Annotated[
 def dataset(name: NameArg, json_: ResultJsonOpt = False, repo: RepoOpt = Path(".")) -> None:
     """Materialize a dataset spec: write data.npz and manifest.json."""
     pin_for_repo(repo)  # before torch loads
-    manifest = library("migration.build").build_dataset(Registry.open(repo), name)
-    splits = manifest["splits"]
+    build_dataset = library("migration.build").build_dataset
+    reg = Registry.open(repo)
+    doc = build_dataset(reg, name)
+    manifest = DatasetManifest.from_dict(doc, reg.rel(DATASETS_DIR, name, MANIFEST_FILE))
+    splits = manifest.splits
     if json_:
         emit_json(
             {
                 "kind": "dataset",
                 "name": name,
-                "id": manifest["id"],
-                "samples": {split: splits[split]["samples"] for split in sorted(splits)},
-                "shape": manifest["shape"],
-                "task": manifest.get("task", "classification"),
-                "classes": manifest.get("classes", []),
+                "id": manifest.id,
+                "samples": {split: splits[split].samples for split in sorted(splits)},
+                "shape": list(manifest.shape),
+                "task": manifest.task_name,
+                "classes": list(manifest.classes),
             }
         )
         return
+    train, eval_ = splits["train"], splits["eval"]  # a built dataset's two splits, by name
     typer.echo(
-        f"built dataset {name}: {splits['train']['samples']} train /"
-        f" {splits['eval']['samples']} eval samples of shape"
-        f" {'x'.join(map(str, manifest['shape']))}, {_targets(manifest)},"
-        f" id {manifest['id'][7:19]}"
+        f"built dataset {name}: {train.samples} train / {eval_.samples} eval samples of shape"
+        f" {'x'.join(map(str, manifest.shape))}, {_targets(manifest)}, id {manifest.id[7:19]}"
     )
 
 
-def _targets(manifest: Mapping[str, Any]) -> str:
+def _targets(manifest: DatasetManifest) -> str:
     """What a dataset's labels are: classes, labels or regression targets."""
-    task = manifest.get("task", "classification")
+    task = manifest.task_name
     if task == "regression":
         return "regression targets"
-    return f"{len(manifest['classes'])} {'labels' if task == 'multilabel' else 'classes'}"
+    return f"{len(manifest.classes)} {'labels' if task == 'multilabel' else 'classes'}"
 
 
 @contextmanager
@@ -121,30 +125,30 @@ def _model(name: str, quiet: bool, json_: bool, repo: Path) -> None:
     pin_for_repo(repo)  # before torch loads
     build_model = library("migration.build").build_model
     if quiet or not dist.is_writer():
-        manifest = build_model(reg, name)
+        doc = build_model(reg, name)
     else:
         with _epoch_bar(name) as progress:
-            manifest = build_model(reg, name, progress=progress)
-    if not manifest:  # another rank than 0 of a distributed build: rank 0 reports
+            doc = build_model(reg, name, progress=progress)
+    if not doc:  # another rank than 0 of a distributed build: rank 0 reports
         return
-    failed = [g["metric"] for g in manifest["gates"] if not g["passed"]]
+    manifest = ModelManifest.from_dict(doc, reg.rel(MODELS_DIR, name, MANIFEST_FILE))
+    failed = list(manifest.failed_gates)
     if json_:  # the progress bar is on stderr, so stdout stays one JSON document
         emit_json(
             {
                 "kind": "model",
                 "name": name,
-                "id": manifest["id"],
-                "metrics": manifest["metrics"],
+                "id": manifest.id,
+                "metrics": dict(manifest.metrics),
                 "failed_gates": failed,
-                "device": manifest["run"]["device"],
+                "device": manifest.run.device,
             }
         )
         return
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(manifest["metrics"].items()))
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(manifest.metrics.items()))
     note = f"; failed gates: {', '.join(failed)}" if failed else ""
     typer.echo(
-        f"built model {name}: {metrics} on {manifest['run']['device']},"
-        f" id {manifest['id'][7:19]}{note}"
+        f"built model {name}: {metrics} on {manifest.run.device}, id {manifest.id[7:19]}{note}"
     )
 
 
@@ -248,8 +252,10 @@ def register(
         raise UsageError("--hidden, --channels, --entrypoint, --name and --options need --family")
     if options is not None and arch is not None:
         arch["options"] = _options(options)
-    manifest = library("migration.build").register_model(
-        Registry.open(repo),
+    register_model = library("migration.build").register_model
+    reg = Registry.open(repo)
+    doc = register_model(
+        reg,
         name,
         weights,
         architecture=arch,
@@ -259,24 +265,26 @@ def register(
         source=source,
         relation=relation,
     )
+    manifest = ModelManifest.from_dict(doc, reg.rel(MODELS_DIR, name, MANIFEST_FILE))
     if json_:
         emit_json(
             {
                 "kind": "model",
                 "name": name,
-                "id": manifest["id"],
-                "family": manifest["architecture"]["config"]["family"],
-                "parameters": manifest["parameters"]["total"],
-                "metrics": manifest["metrics"],
-                "source": manifest["source"],
-                "external_sources": manifest["spec"].get("external_sources", []),
-                "tokenizer": sorted((manifest.get("tokenizer") or {}).get("files", {})),
+                "id": manifest.id,
+                "family": manifest.architecture.family,
+                "parameters": manifest.parameters.total,
+                "metrics": dict(manifest.metrics),
+                "source": None if manifest.source is None else manifest.source.to_dict(),
+                # the Hub models a card names: a registered model's own spec key, not typed
+                "external_sources": manifest.spec.get("external_sources", []),
+                "tokenizer": sorted(manifest.tokenizer.files) if manifest.tokenizer else [],
             }
         )
         return
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(manifest["metrics"].items()))
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(manifest.metrics.items()))
     typer.echo(
-        f"registered model {name}: {manifest['parameters']['total']} parameters"
-        f" ({manifest['architecture']['config']['family']})"
-        f"{', ' + metrics if metrics else ''}, id {manifest['id'][7:19]}"
+        f"registered model {name}: {manifest.parameters.total} parameters"
+        f" ({manifest.architecture.family}){', ' + metrics if metrics else ''},"
+        f" id {manifest.id[7:19]}"
     )
