@@ -9,10 +9,14 @@ import typer
 from stemma.registry import Registry
 from stemma.registry.errors import GitError
 from stemma.registry.query import listing as lib
+from stemma.registry.records.core import DatasetSpec, ModelSpec
+from stemma.registry.rules.layout import DATASETS_DIR, MANIFEST_FILE, MODELS_DIR
+from stemma.registry.rules.parents import is_merge
 from stemma.registry.versions.tags import deprecated_models
 
 from ._common import JsonOpt, RepoOpt, console, emit_json, print_table
 from ._result import ResultJsonOpt
+from .app import library
 
 
 def register(app: typer.Typer) -> None:
@@ -96,51 +100,56 @@ def show(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Show one model or dataset: its spec and, when built, its manifest."""
-    detail = lib.describe(Registry.open(repo), name)
+    reg = Registry.open(repo)
+    detail = lib.describe(reg, name)
     if json_:
         emit_json(detail)
         return
-    _render_detail(detail)
+    _render_detail(reg, detail)
 
 
-def _render_detail(detail: dict[str, Any]) -> None:
+def _render_detail(reg: Registry, detail: dict[str, Any]) -> None:
+    # `detail` is what --json writes; its spec and manifest are read here as records (the
+    # manifest records load only now: `ls`, in this module too, never needs them)
+    kind, name = detail["kind"], detail["name"]
+    records = library("registry.records.manifest")
+    raw, doc = detail.get("manifest"), detail.get("spec") or {}
+    folder = MODELS_DIR if kind == "model" else DATASETS_DIR
+    manifest = records.manifest_record(raw, reg.rel(folder, name, MANIFEST_FILE)) if raw else None
+    model = manifest if isinstance(manifest, records.ModelManifest) else None
     out = console()
-    out.print(f"[bold]{detail['kind']} {detail['name']}[/bold]  {detail.get('status', '')}")
-    manifest = detail.get("manifest") or {}
-    spec = detail.get("spec") or {}
-    if spec.get("description"):
-        out.print(spec["description"])
-    for key in ("id", "spec_digest"):
-        if key in manifest:
-            out.print(f"{key}: {manifest[key]}")
-    src = manifest.get("source") or spec.get("source")
-    if isinstance(src, str):  # a dataset's source
-        out.print(f"source: {src}", markup=False)
-    elif src:
-        out.print(
-            f"source: {src.get('model')} ({src.get('relation', 'finetune')})"
-            + (f" {src['id']}" if src.get("id") else "")
-        )
-    for role, ref in sorted((manifest.get("datasets") or {}).items()):
-        out.print(f"{role}: {ref['name']} {ref['id'][:19]}")
-    if manifest.get("task") or manifest.get("class_names"):
-        out.print(f"task: {manifest.get('task', 'classification')}")
-    if detail["kind"] == "dataset" and manifest.get("class_names"):
-        out.print("classes: " + ", ".join(manifest["class_names"]), markup=False)
-    for key, value in sorted((manifest.get("metrics") or {}).items()):
+    out.print(f"[bold]{kind} {name}[/bold]  {detail.get('status', '')}")
+    if doc.get("description"):  # neither spec record has it: a key of the document
+        out.print(doc["description"])
+    if manifest is not None:
+        out.print(f"id: {manifest.id}")
+        out.print(f"spec_digest: {manifest.spec_digest}")
+    if model is not None and model.source is not None:
+        src = model.source
+        out.print(f"source: {src.model} ({src.relation})" + (f" {src.id}" if src.id else ""))
+    elif kind == "dataset":
+        out.print(f"source: {DatasetSpec.from_dict(name, doc).source}", markup=False)
+    elif (ref := ModelSpec.from_dict(name, doc).source) is not None:
+        # a merge names its models, not one model: shown as None, as it always was
+        out.print(f"source: {None if is_merge(doc) else ref.model} ({ref.relation})")
+    for role, dataset in sorted(model.datasets.items() if model else ()):
+        out.print(f"{role}: {dataset.name} {dataset.id[:19]}")
+    if manifest is not None and (manifest.task or manifest.class_names):
+        out.print(f"task: {manifest.task_name}")
+    if kind == "dataset" and manifest is not None and manifest.class_names:
+        out.print("classes: " + ", ".join(manifest.class_names), markup=False)
+    if model is None:
+        return
+    for key, value in sorted(model.metrics.items()):
         out.print(f"{key}: {value}")
-    names = manifest.get("class_names") or []
-    for key, value in sorted((manifest.get("per_class") or {}).items(), key=lambda kv: int(kv[0])):
+    names = model.class_names or ()
+    for key, value in sorted((model.per_class or {}).items(), key=lambda kv: int(kv[0])):
         label = f" {names[int(key)]}" if int(key) < len(names) else ""
         out.print(f"class {key}{label}: {value}", markup=False)
-    for gate in manifest.get("gates", []):
-        mark = "pass" if gate["passed"] else "FAIL"
-        out.print(f"gate {gate['metric']} {gate['op']} {gate['threshold']}: {mark}")
-    for check, result in sorted((manifest.get("checks") or {}).items()):
-        out.print(f"check {check}: {'pass' if result.get('passed') else 'FAIL'}")
-    if "parameters" in manifest:
-        p = manifest["parameters"]
-        out.print(
-            f"parameters: {p['total']} total, {p['trainable']} trainable,"
-            f" {p['transferred']} transferred"
-        )
+    for gate in model.gates:
+        mark = "pass" if gate.passed else "FAIL"
+        out.print(f"gate {gate.metric} {gate.op} {gate.threshold}: {mark}")
+    for check, result in sorted((model.checks or {}).items()):
+        out.print(f"check {check}: {'pass' if result.passed else 'FAIL'}")
+    p = model.parameters
+    out.print(f"parameters: {p.total} total, {p.trainable} trainable, {p.transferred} transferred")
