@@ -13,6 +13,7 @@ from stemma.registry.versions import resolve as lib
 from ._common import JsonOpt, RepoOpt, console, emit_json
 from ._result import ResultJsonOpt
 from ._wide import print_whole
+from .app import library
 
 RefOpt = Annotated[
     str | None,
@@ -103,6 +104,8 @@ def _cell(value: Any) -> str:
 
 
 def _render_diff(d: dict[str, Any]) -> None:
+    # `d` is the document --json writes; the manifest blocks it quotes (each side's source
+    # and dataset references) are read as their records, loaded for this text only
     from rich.table import Table
 
     out = console()
@@ -114,8 +117,11 @@ def _render_diff(d: dict[str, Any]) -> None:
     src = d["source"]
     if src["changed"]:
 
-        def fmt(s: Any) -> str:
-            return "none" if not s else f"{s['model']} ({s['relation']}) {_short(s['id'])}"
+        def fmt(block: Any) -> str:
+            if not block:
+                return "none"
+            s = library("registry.records.manifest").Source.from_dict(block, pointer="/source")
+            return f"{s.model} ({s.relation}) {_short(s.id)}"
 
         out.print(f"source: {fmt(src['before'])} -> {fmt(src['after'])}")
     if d["weights"]["changed"]:
@@ -171,8 +177,11 @@ def _tensor(row: dict[str, Any] | None, fields: list[str]) -> str:
     return " ".join(f"{k}={_cell(row.get(k))}" for k in keys)
 
 
-def _dataset(ref: dict[str, Any] | None) -> str:
-    return "" if not ref else f"{ref['name']} {_short(ref['id'])}"
+def _dataset(block: dict[str, Any] | None) -> str:
+    if not block:
+        return ""
+    ref = library("registry.records.manifest").DatasetRef.from_dict(block)
+    return f"{ref.name} {_short(ref.id)}"
 
 
 def tag(
