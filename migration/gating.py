@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from stemma.registry.records.manifest import Gate
-from stemma.registry.rules.gates import PER_CLASS_GATES, parse_gate, passes
+from stemma.registry.rules.gates import evaluated, passes
 from stemma.registry.rules.layout import SPEC_FILE
 
 
@@ -26,16 +26,6 @@ def gate_records(
     per_class: Mapping[str, float] | None = None,
     display: str = SPEC_FILE,
 ) -> tuple[Gate, ...]:
-    """The spec's gates evaluated, by metric name; a per-class gate takes the worst class. A
-    gate on a metric the build did not produce records value None and fails. `display` names
-    the spec in an error about a gate that does not parse."""
-    found = []
-    for metric in sorted(gates):
-        op, threshold = parse_gate(gates[metric], f"{display} at /gates/{metric}")
-        value: float | None
-        if metric in PER_CLASS_GATES:
-            value = min(per_class.values()) if per_class else None
-        else:
-            value = float(metrics[metric]) if metric in metrics else None
-        found.append(gate_record(metric, op, threshold, value))
-    return tuple(found)
+    """The spec's gates evaluated as records (`rules.gates.evaluated`: by metric name, a
+    per-class gate on the worst class, a metric the build did not produce fails)."""
+    return tuple(evaluated(gate_record, gates, metrics, per_class, display))

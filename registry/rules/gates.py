@@ -16,11 +16,13 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from stemma.registry.errors import BuildError
 from stemma.registry.rules.layout import SPEC_FILE
 from stemma.registry.rules.taskspec import PER_CLASS_GATE
+
+T = TypeVar("T")
 
 GATE_OPS = (">=", "<=", ">", "<", "==")
 GATE_RE = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)\s*$")
@@ -85,9 +87,20 @@ def evaluate_gates(
     per_class: Mapping[str, float] | None = None,
     display: str = SPEC_FILE,
 ) -> list[dict[str, Any]]:
-    """Rows {metric, op, threshold, value, passed}, by metric name; a per-class gate takes the
-    worst class. A gate on a metric the build did not produce records value None and fails.
-    `display` names the spec in an error about a gate that does not parse."""
+    """Rows {metric, op, threshold, value, passed} (`gate_row`), as `evaluated` finds them."""
+    return evaluated(gate_row, gates, metrics, per_class, display)
+
+
+def evaluated(
+    row: Callable[[str, str, float, float | None], T],
+    gates: Mapping[str, str],
+    metrics: Mapping[str, float],
+    per_class: Mapping[str, float] | None = None,
+    display: str = SPEC_FILE,
+) -> list[T]:
+    """`row(metric, op, threshold, value)` of each gate evaluated, by metric name; a per-class
+    gate takes the worst class. A gate on a metric the build did not produce has value None
+    and fails. `display` names the spec in an error about a gate that does not parse."""
     rows = []
     for metric in sorted(gates):
         op, threshold = parse_gate(gates[metric], f"{display} at /gates/{metric}")
@@ -96,5 +109,5 @@ def evaluate_gates(
             value = min(per_class.values()) if per_class else None
         else:
             value = float(metrics[metric]) if metric in metrics else None
-        rows.append(gate_row(metric, op, threshold, value))
+        rows.append(row(metric, op, threshold, value))
     return rows
