@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .nodes import DERIVED_FROM
@@ -143,14 +144,28 @@ def _metrics(report: AuditReport) -> list[str]:
 
 
 def drawn_nodes(report: AuditReport) -> tuple[list[str], int]:
-    """Nodes of the change's sub-graph: marked nodes, their sources for context, and as many
-    affected descendants as fit; plus how many affected ones were left out."""
+    """Nodes of the change's sub-graph (`pick_nodes` on the report's graph), and how many
+    affected ones were left out."""
     g = report.graph
-    core = sorted(k for k, m in report.marks.items() if m != "affected" and k in g)
-    context = sorted(
-        {v for u in core for _, v, k in g.out_edges(u, keys=True) if k == DERIVED_FROM} - set(core)
+    return pick_nodes(
+        report.marks,
+        g.__contains__,
+        lambda u: [v for _, v, k in g.out_edges(u, keys=True) if k == DERIVED_FROM],
     )
-    affected = sorted(k for k, m in report.marks.items() if m == "affected" and k in g)
+
+
+def pick_nodes(
+    marks: Mapping[str, str],
+    present: Callable[[str], bool],
+    sources: Callable[[str], Iterable[str]],
+) -> tuple[list[str], int]:
+    """The nodes a report draws: the marked nodes that are not merely affected (and that
+    `present` finds in the graph), their sources (`sources`: the nodes a node derives from)
+    for context, and as many affected descendants as fit in MAX_NODES; plus how many
+    affected ones were left out. Every affected node is in the graph: it is found there."""
+    core = sorted(k for k, m in marks.items() if m != "affected" and present(k))
+    context = sorted({v for u in core for v in sources(u)} - set(core))
+    affected = sorted(k for k, m in marks.items() if m == "affected")
     room = max(0, MAX_NODES - len(core) - len(context))
     return [*core, *context, *affected[:room]], max(0, len(affected) - room)
 

@@ -45,6 +45,8 @@ class State:
     settings: Any = None
     # Of the base: True for a repo-relative path whose file is the head's own (None: unknown).
     same: Callable[[str], bool] | None = None
+    # What `same` remembers: a file this state lacks -> whether the head lacks it too.
+    absent: dict[str, bool] = field(default_factory=dict)
     head: State | None = None  # the state this one is linked to
     checked: cons.Checked | None = None  # the consistency check, once run
 
@@ -84,6 +86,9 @@ class State:
         parsed spec per model is the largest thing an audit holds, and what comes after
         the checks reads only the few documents that differ, again where it needs them."""
         self.checked = None
+        # The files the check found missing in both (at 30,000 models, 90,000 paths and
+        # ~10 MiB): what comes after asks about a few files, which a look finds again.
+        self.absent.clear()
         reg = self.reg
         if reg is not None:
             for kind, names in (("models", reg.model_names()), ("datasets", reg.dataset_names())):
@@ -202,7 +207,7 @@ def link(base: State, head: State) -> None:
     base_tree, head_tree = base.reg.tree, head.reg.tree
     # Only what costs a look at the disk is remembered: a memo of every path asked about
     # held ~30 MiB at 30,000 models (the dict and its path strings, for base and head).
-    absent: dict[str, bool] = {}  # a file the base lacks: True when the head lacks it too
+    absent = base.absent  # a file the base lacks: True when the head lacks it too
 
     def same(path: str) -> bool:
         # A file of the base that git does not list is the head's; one the base lacks is

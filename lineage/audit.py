@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from stemma.registry import Registry
 from stemma.registry.errors import RegistryNotFound
+from stemma.registry.rules import status
 from stemma.registry.rules.layout import LOCK_FILE, MANIFEST_FILE, SPEC_FILE
 from stemma.registry.rules.pointer import escape
 from stemma.registry.store import _validcache
@@ -59,17 +60,28 @@ from ._audit_checks import (
     pipeline_violations,
     source_of,
 )
-from ._audit_md import markdown
+from ._audit_md import markdown, pick_nodes
 from ._audit_state import WORKING_TREE, State, anchor, link, open_state, prefetch_state
 from .graph import (
+    add_external,
     build_graph,
-    build_graph_near,
+    graph_from_records,
     partial_graph,
     read_document,
     read_records,
+    record_edges,
+    records_near,
 )
-from .nodes import DatasetRecord, ModelRecord, dataset_node, model_node, new_graph
-from .query import lineage_index
+from .nodes import (
+    DERIVED_FROM,
+    DatasetRecord,
+    ModelRecord,
+    dataset_node,
+    model_node,
+    new_graph,
+    split_node,
+)
+from .query import LineageIndex
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -158,6 +170,8 @@ class AuditReport:
     rebuilt: tuple[Rebuild, ...] = ()
     metric_deltas: tuple[MetricDelta, ...] = ()
     violations: tuple[Finding, ...] = ()
+    # The part of the head graph the report draws (the marked nodes, the sources of those
+    # not merely affected, the first affected ones), with what was removed.
     graph: nx.MultiDiGraph = field(default_factory=new_graph, compare=False, repr=False)
     marks: Mapping[str, str] = field(default_factory=dict)  # node -> added|removed|changed|...
 
@@ -237,17 +251,15 @@ def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
     # to it (at 30,000 models, hundreds of MiB).
     new.release()
     old.release()
-    # The records of the head's lineage graph are read once the checks' memory is let go,
-    # and before the pipelines are rendered: the query index's working memory for them
-    # (tens of MiB at 30,000 models, handed back when the query ends) then reuses the
-    # checks' instead of coming on top of it, and the records are not held through the
-    # checks (peak at 30,000 models: audit 389 -> 362 MiB, audit_past 437 -> 413; at
-    # 10,000: 187 -> 184, 203 -> 201; read before the checks, as before, while the
-    # checks held every folder's parsed facts at once, it was the lower of the two).
-    records = _head_records(new)
     piped = pipeline_violations(new)
     found += piped
     was += pipeline_violations(old, {v.code for v in piped})
+    # The records of the head's lineage are read once the checks' memory and the render's
+    # are let go: the query index's working memory for them (tens of MiB at 30,000 models,
+    # handed back when the query ends) then reuses theirs instead of coming on top of it,
+    # and the records are held through neither (peak at 30,000 models, audit of a past
+    # head: 311 MiB when read before the pipelines were rendered).
+    records = _head_records(new)
     before = {finding(v).key for v in was}
     findings = [finding(v, new=finding(v).key not in before) for v in found]
     findings += changed
@@ -389,39 +401,92 @@ def _marked_graph(
     touched: set[str],
     records: Records | None = None,
 ) -> tuple[nx.MultiDiGraph, dict[str, str]]:
-    """The head graph plus what was removed, and a mark for every node the change touches:
+    """The part of the head graph the change touches, and a mark for every node it touches:
     added, removed, changed, or affected (rebuilt downstream of a change). `records`: those
-    of `_head_records`, when already read."""
+    of `_head_records`, when already read.
+
+    The marks are found on the head's whole lineage, read from its records (`LineageIndex`)
+    with the base's nodes of what was removed and the base's edges of what is marked; the
+    graph is that lineage's sub-graph of the nodes the report draws (`_audit_md.pick_nodes`:
+    the marked nodes, the sources of those not merely affected, and the first affected ones).
+    A networkx graph of every model (at 30,000 models ~65 MiB, most of an audit's peak) or
+    of every affected one (17,000 of them when a change near the root affects them) is not
+    built."""
     g_old = _old_graph(old, new, report)
-    near = _near(new)
-    if new.reg is None:
-        g = new_graph()
-    elif near is not None and new.same is not None:
-        # A head at a git revision anchored to the working tree: most of its records are
-        # the working tree's, which its query index answers.
-        g = build_graph_near(new.reg, near, new.same, records)
-    else:
-        g = build_graph(new.reg, records=records)
+    models, datasets = _head_lineage(new, records)
+    by_name = {m.name: m for m in models}
+    registered = [m.name for m in models if m.status == status.REGISTERED]
+    external = new_graph()  # the Hub parents of registered models, as `build_graph` adds them
+    if new.reg is not None:
+        add_external(new.reg, external, registered)
+    index = LineageIndex.from_records(models, datasets)
+    hubs = {v for _, v in external.edges()}
+    removed: dict[str, dict[str, Any]] = {}  # node -> its base attributes, marked removed
     marks: dict[str, str] = {}
     for kind, node in (("models", model_node), ("datasets", dataset_node)):
         for name in report[f"{kind}_removed"]:
             key = node(name)
             if key in g_old:
-                g.add_node(key, **{**g_old.nodes[key], "status": "removed"})
+                removed[key] = {**g_old.nodes[key], "status": "removed"}
                 marks[key] = "removed"
         for name in report[f"{kind}_added"]:
             marks[node(name)] = "added"
-    for u, v, k, attrs in g_old.edges(keys=True, data=True):
-        if (u in marks or v in marks) and u in g and v in g and not g.has_edge(u, v, k):
-            g.add_edge(u, v, key=k, **attrs)
+
+    def present(key: str) -> bool:  # a node of the head graph, or one removed
+        return key in index.nodes or key in hubs or key in removed
+
+    def head_edges(u: str) -> list[tuple[str, str, dict[str, Any]]]:
+        kind, name = split_node(u)
+        own = record_edges(by_name[name]) if kind == "model" and name in by_name else []
+        if u in external:
+            own += [(v, k, attrs) for _, v, k, attrs in external.out_edges(u, keys=True, data=True)]
+        return own
+
+    extra = [  # the base's edges of marked nodes that the head lacks, between nodes both have
+        (u, v, k, attrs)
+        for u, v, k, attrs in g_old.edges(keys=True, data=True)
+        if (u in marks or v in marks)
+        and present(u)
+        and present(v)
+        and not any(t == v and key == k for t, key, _ in head_edges(u))
+    ]
     for key in sorted(touched):
-        if key in g:
+        if present(key):
             marks.setdefault(key, "changed")
-    index = lineage_index(g)
+    if extra or removed:
+        index = LineageIndex.from_records(models, datasets, [(u, v, k) for u, v, k, _ in extra])
     for key in sorted(k for k in marks if k in index.nodes):
         for down in index.descendants(key):
             marks.setdefault(down, "affected")
+
+    def sources(u: str) -> list[str]:
+        own = [v for v, k, _ in head_edges(u) if k == DERIVED_FROM]
+        return own + [v for w, v, k, _ in extra if w == u and k == DERIVED_FROM]
+
+    drawn = set(pick_nodes(marks, present, sources)[0])
+    shown = [m for m in models if model_node(m.name) in drawn]
+    g = graph_from_records(shown, datasets)
+    if new.reg is not None:
+        add_external(new.reg, g, [m.name for m in shown if m.status == status.REGISTERED])
+    for key, attrs in removed.items():
+        g.add_node(key, **attrs)
+    for u, v, k, attrs in extra:
+        if u in g and v in g:
+            g.add_edge(u, v, key=k, **attrs)
+    g.remove_nodes_from([k for k in list(g) if k not in drawn])
     return g, marks
+
+
+def _head_lineage(new: State, records: Records | None) -> Records:
+    """The head's records (`records`: those of `_head_records`, when already read)."""
+    if new.reg is None:
+        return [], []
+    near = _near(new)
+    if near is not None and new.same is not None:
+        # A head at a git revision anchored to the working tree: most of its records are
+        # the working tree's, which its query index answers.
+        return records_near(new.reg, near, new.same, records)
+    return records if records is not None else read_records(new.reg)
 
 
 def _old_graph(old: State, new: State, report: Mapping[str, Any]) -> nx.MultiDiGraph:

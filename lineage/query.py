@@ -85,9 +85,14 @@ class LineageIndex:
 
     @classmethod
     def from_records(
-        cls, models: Iterable[ModelRecord], datasets: Iterable[DatasetRecord] = ()
+        cls,
+        models: Iterable[ModelRecord],
+        datasets: Iterable[DatasetRecord] = (),
+        edges: Iterable[tuple[str, str, str]] = (),
     ) -> LineageIndex:
-        """Index straight from records, without building a networkx graph."""
+        """Index straight from records, without building a networkx graph; `edges`: further
+        (model node, node, edge key) edges after the records' own, taken as `from_graph`
+        takes a graph's (an audit adds the base's edges that the head lacks)."""
         keys, parent, uses, cands, more = [], {}, {}, {}, {}
         for m in models:
             key = model_node(m.name)
@@ -101,6 +106,14 @@ class LineageIndex:
                 uses[key] = [dataset_node(d) for d in used]
             if m.candidates:
                 cands[key] = [model_node(c) for c in m.candidates]
+        for u, v, kind in edges:
+            if kind == DERIVED_FROM:  # a merge has several: the first is the tree parent
+                if u in parent:
+                    more.setdefault(u, []).append(v)
+                else:
+                    parent[u] = v
+            elif kind in (TRAINED_ON, EVALUATED_ON):
+                uses.setdefault(u, []).append(v)
         return cls(keys, (dataset_node(d.name) for d in datasets), parent, uses, cands, more)
 
     @classmethod
