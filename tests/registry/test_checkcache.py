@@ -158,3 +158,39 @@ def test_malformed_entries_are_read_again(
             assert messages(root) == [] and reads == ["ft"], (bad, line)
     assert stored(root)["ft"] == [stamp, facts]  # found again and kept
     assert json.loads(facts)[2].startswith("sha256:")
+
+
+def test_read_back_facts_share_equal_spec_blocks_and_only_equal_ones() -> None:
+    """Folders whose specs hold the same block (the same keys in the same order, the same
+    values of the same types) share one object for it; 1, 1.0 and true stay apart."""
+
+    def facts(name: str, training: dict[str, object]) -> consistency.ModelFacts:
+        spec = {"source": {"model": name}, "training": training, "tags": ["a"]}
+        doc = consistency.ModelFacts(
+            spec=consistency.ModelSpec(name, f"models/{name}/spec.yaml", spec)
+        ).to_list()
+        return consistency.ModelFacts.from_list(name, json.loads(json.dumps(doc)), shared)
+
+    shared: dict[object, object] = {}
+    one, two = facts("a", {"epochs": 1, "lr": 0.1}), facts("b", {"epochs": 1, "lr": 0.1})
+    odd = [
+        facts(n, t)
+        for n, t in (
+            ("c", {"epochs": 1.0, "lr": 0.1}),
+            ("d", {"epochs": True, "lr": 0.1}),
+            ("e", {"lr": 0.1, "epochs": 1}),
+        )
+    ]
+    assert one.spec is not None and two.spec is not None
+    assert one.spec.raw["training"] is two.spec.raw["training"]
+    assert one.spec.raw["tags"] is two.spec.raw["tags"]
+    assert one.spec.raw["source"] == {"model": "a"} and two.spec.raw["source"] == {"model": "b"}
+    for other in odd:
+        assert other.spec is not None
+        assert other.spec.raw["training"] is not one.spec.raw["training"]
+    assert [list(o.spec.raw["training"].items()) for o in odd if o.spec] == [
+        [("epochs", 1.0), ("lr", 0.1)],
+        [("epochs", True), ("lr", 0.1)],
+        [("lr", 0.1), ("epochs", 1)],
+    ]
+    assert type(odd[0].spec.raw["training"]["epochs"]) is float  # type: ignore[union-attr]
