@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stemma.registry.rules.classlabels import class_labels
 from stemma.registry.rules.contentid import content_id, digest
 from stemma.registry.rules.gates import GateResult
 from stemma.registry.rules.naming import ENTRYPOINT_RE
@@ -85,6 +86,11 @@ class Settings:
             defaults=dict(doc.get("defaults", {})),
             given_limits=dict(doc.get("limits", {})),
         )
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """The training defaults a spec's training block leaves out (empty where none)."""
+        return dict(self.defaults.get("training") or {})
 
     @property
     def limits(self) -> dict[str, int]:
@@ -191,6 +197,23 @@ class ModelSpec:
     def digest(self) -> str:
         """Content digest of the spec, recorded in manifests to detect staleness."""
         return digest(self.raw)
+
+    @property
+    def description(self) -> str:
+        """The one-line description ("" where the spec has none)."""
+        return str(self.raw.get("description") or "")
+
+    @property
+    def hub_id(self) -> str | None:
+        """The model's Hugging Face Hub id (org/name), or None."""
+        given = self.raw.get("hub_id")
+        return None if given is None else str(given)
+
+    @property
+    def license(self) -> str | None:
+        """The license the model card names (an SPDX id or the Hub's name), or None."""
+        given = self.raw.get("license")
+        return None if given is None else str(given)
 
     @property
     def source(self) -> SourceRef | None:
@@ -312,6 +335,17 @@ class DatasetSpec:
         return digest(self.raw)
 
     @property
+    def description(self) -> str:
+        """The one-line description ("" where the spec has none)."""
+        return str(self.raw.get("description") or "")
+
+    @property
+    def hub_id(self) -> str | None:
+        """The dataset's Hugging Face Hub id, or None."""
+        given = self.raw.get("hub_id")
+        return None if given is None else str(given)
+
+    @property
     def source(self) -> str:
         """The data source string."""
         return str(self.raw["source"])
@@ -392,6 +426,12 @@ class Manifest:
     def class_names(self) -> tuple[str, ...]:
         """A dataset's names of its class ids, if it records them."""
         return tuple(self.raw.get("class_names") or ())
+
+    @property
+    def class_labels(self) -> tuple[str, ...]:
+        """The label of each class id (`rules.classlabels`): the class names, else the
+        source labels a renumbering selection kept; () where the ids are the labels."""
+        return tuple(class_labels(self.raw))
 
     @property
     def gates(self) -> tuple[GateResult, ...]:

@@ -246,6 +246,11 @@ class Check(Record):
         return tuple(self.extra.get("violations") or ())
 
     @property
+    def warnings(self) -> tuple[str, ...]:
+        """What it noted without failing, one line each."""
+        return tuple(self.extra.get("warnings") or ())
+
+    @property
     def inputs(self) -> Mapping[str, Any]:
         """What the check read: datasets and models by name and id, its own settings."""
         return dict(self.extra.get("inputs") or {})
