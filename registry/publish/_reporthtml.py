@@ -115,13 +115,13 @@ def _check_html(name: str, result: Check) -> str:
     for title, block in (
         ("figures", result.figures),
         ("thresholds", result.thresholds),
-        ("inputs", result.extra.get("inputs")),
+        ("inputs", result.inputs),
     ):
         if block:
             parts.append(f"<h4>{title}</h4>" + _table(["name", "value"], _flat("", block), "kv"))
     for title, items in (
         ("violations", result.violations),
-        ("warnings", result.extra.get("warnings") or []),
+        ("warnings", result.warnings),
     ):
         if items:
             lis = "".join(f"<li>{escape(str(i))}</li>" for i in items)

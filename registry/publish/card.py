@@ -19,7 +19,7 @@ import yaml
 from stemma.registry.errors import StemmaError
 from stemma.registry.publish._cardusage import usage
 from stemma.registry.publish.hubfiles import record_weight_files
-from stemma.registry.records.core import Manifest, ModelSpec
+from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
 from stemma.registry.records.manifest import (
     ModelManifest,
     dataset_record,
@@ -62,16 +62,18 @@ def _spec_hub_id(reg: Registry, kind: str, name: str, recorded: Manifest | None)
     recorded (a model registered from a Hub snapshot has no spec file, only that)."""
     try:
         if kind == "model" and reg.has_model(name):
-            value = reg.model_spec(name).raw.get("hub_id")
+            value = reg.model_spec(name).hub_id
         elif kind == "dataset" and reg.has_dataset(name):
-            value = reg.dataset_spec(name).raw.get("hub_id")
+            value = reg.dataset_spec(name).hub_id
         else:
             value = None
     except StemmaError:
         value = None
     if not value and recorded is not None:
-        value = record_of(recorded).spec.get("hub_id")  # the spec block is free-form
-    return str(value) if value else None
+        spec = record_of(recorded).spec  # the spec the build used
+        declared = ModelSpec if kind == "model" else DatasetSpec
+        value = declared.from_dict(name, spec).hub_id
+    return value or None
 
 
 def _manifest(reg: Registry, kind: str, name: str) -> Manifest | None:
@@ -222,8 +224,8 @@ def _front_matter(reg: Registry, manifest: Manifest, built: ModelManifest) -> di
     if relation == "distill":
         tags.append("distillation")
     meta["tags"] = list(dict.fromkeys(tags))
-    if spec.get("license"):
-        meta["license"] = spec["license"]
+    if declared.license:
+        meta["license"] = declared.license
     if not config.get("in_shape") and data:  # older manifests: the data's sample shape
         found = _manifest(reg, "dataset", data[-1].name)
         config["in_shape"] = [] if found is None else list(dataset_record(found).shape)
@@ -281,8 +283,8 @@ def _body(
     spec = built.spec  # the resolved spec the build used
     declared = ModelSpec.from_dict(manifest.name, spec)
     out = [f"# {manifest.name}", ""]
-    if spec.get("description"):
-        out += [str(spec["description"]), ""]
+    if declared.description:
+        out += [declared.description, ""]
     out += [f"stemma version `{manifest.id}`, weights `{built.weights.sha256}`.", ""]
     out += usage_lines or []
     out += ["## Lineage", ""]

@@ -21,6 +21,7 @@ from typing import Any
 
 from stemma.registry.errors import StemmaError
 from stemma.registry.publish._optional import require
+from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import ModelManifest
 from stemma.registry.rules.layout import MANIFEST_FILE, MODELS_DIR
 from stemma.registry.store.handle import Registry
@@ -149,7 +150,7 @@ class _Exporter:
             source=f"stemma://models/{b.name}/{b.id}",
             run_id=rid,
             tags=version_tags,
-            description=str(manifest.spec.get("description", "")),  # the spec is free-form
+            description=ModelSpec.from_dict(b.name, manifest.spec).description,
         )
         self.versions[b.id], self.runs[b.id] = str(mv.version), rid
         self.report.created.append(f"{b.name}/{mv.version}")

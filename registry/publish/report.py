@@ -27,9 +27,9 @@ from stemma.registry.publish._reportfmt import (
 )
 from stemma.registry.publish._reporthtml import curve_png, render_html
 from stemma.registry.query.listing import model_staleness
-from stemma.registry.records.core import Manifest
+from stemma.registry.records.core import Manifest, ModelSpec
 from stemma.registry.records.manifest import ORIGINS, Check, ModelManifest, model_record
-from stemma.registry.rules.classlabels import class_labels, label
+from stemma.registry.rules.classlabels import label
 from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
 from stemma.registry.rules.layout import MODELS_DIR
 from stemma.registry.store.files import Outputs, read_json
@@ -106,7 +106,7 @@ def _class_names(reg: Registry, built: ModelManifest) -> list[str]:
         except StemmaError:  # an unreadable dataset manifest only costs the labels
             found = None
         if found is not None:
-            return class_labels(found.raw)
+            return list(found.class_labels)
     return []
 
 
@@ -143,7 +143,7 @@ def model_report(reg: Registry, name: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": name,
         "id": built.id,
-        "description": built.spec.get("description", ""),  # the spec is free-form here
+        "description": ModelSpec.from_dict(name, built.spec).description,
         "source": None if built.source is None else built.source.to_dict(),
         "datasets": {role: ref.to_dict() for role, ref in built.datasets.items()},
         "lineage": _lineage(reg, name),
