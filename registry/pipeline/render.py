@@ -284,10 +284,10 @@ def _tokenizer_deps(reg: Registry, spec: ModelSpec) -> list[str]:
     dataset = spec.train
     if not reg.has_dataset(dataset) or declared_task(reg.dataset_spec(dataset).raw) != CAUSAL_LM:
         return []
-    given = spec.raw.get("tokenizer")
+    given = spec.tokenizer
     if given is not None:
-        reg.resolve(str(given), "/tokenizer", spec.path)  # never a path outside the root
-        return [reg.rel(str(given).rstrip("/"))]
+        reg.resolve(given, "/tokenizer", spec.path)  # never a path outside the root
+        return [reg.rel(given.rstrip("/"))]
     src = spec.source
     if src is not None and not src.auto:
         return [_rel(reg, MODELS_DIR, src.model, TOKENIZER_DIR)]
@@ -320,8 +320,8 @@ def artifact(reg: Registry, name: str, spec: ModelSpec) -> dict[str, Any] | None
     if spec.registered or not ARTIFACT_NAME_RE.match(name):
         return None
     out: dict[str, Any] = {"path": weights_out(reg, name), "type": "model"}
-    if spec.raw.get("description"):
-        out["desc"] = str(spec.raw["description"])
+    if spec.description:
+        out["desc"] = spec.description
     if spec.tags:
         out["labels"] = list(spec.tags)
     src = spec.source
