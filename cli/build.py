@@ -117,7 +117,7 @@ def _model(name: str, quiet: bool, json_: bool, repo: Path) -> None:
     """`model`'s work: relaunch under torchrun when asked, else build and report."""
     reg = Registry.open(repo)
     spec = reg.model_spec(name)
-    want = dist.requested(spec.training, reg.settings.defaults.get("training"))
+    want = dist.requested(spec.training, reg.settings.training)
     if want is not None and not dist.launched():  # start again as N processes, then done
         args = ["build", "model", name, "--repo", str(repo), *(["--quiet"] if quiet else [])]
         code = subprocess.call(dist.launch_argv(want, [*args, *(["--json"] if json_ else [])]))

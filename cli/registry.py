@@ -117,19 +117,20 @@ def _render_detail(reg: Registry, detail: dict[str, Any]) -> None:
     folder = MODELS_DIR if kind == "model" else DATASETS_DIR
     manifest = records.manifest_record(raw, reg.rel(folder, name, MANIFEST_FILE)) if raw else None
     model = manifest if isinstance(manifest, records.ModelManifest) else None
+    declared = (DatasetSpec if kind == "dataset" else ModelSpec).from_dict(name, doc)
     out = console()
     out.print(f"[bold]{kind} {name}[/bold]  {detail.get('status', '')}")
-    if doc.get("description"):  # neither spec record has it: a key of the document
-        out.print(doc["description"])
+    if declared.description:
+        out.print(declared.description)
     if manifest is not None:
         out.print(f"id: {manifest.id}")
         out.print(f"spec_digest: {manifest.spec_digest}")
     if model is not None and model.source is not None:
         src = model.source
         out.print(f"source: {src.model} ({src.relation})" + (f" {src.id}" if src.id else ""))
-    elif kind == "dataset":
-        out.print(f"source: {DatasetSpec.from_dict(name, doc).source}", markup=False)
-    elif (ref := ModelSpec.from_dict(name, doc).source) is not None:
+    elif isinstance(declared, DatasetSpec):
+        out.print(f"source: {declared.source}", markup=False)
+    elif (ref := declared.source) is not None:
         # a merge names its models, not one model: shown as None, as it always was
         out.print(f"source: {None if is_merge(doc) else ref.model} ({ref.relation})")
     for role, dataset in sorted(model.datasets.items() if model else ()):
