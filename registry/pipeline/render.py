@@ -38,7 +38,7 @@ from stemma.registry.rules.layout import (
 from stemma.registry.rules.layout import EXPLORATION_FILE as EXPLORATION_FILE
 from stemma.registry.rules.naming import ARTIFACT_NAME_RE, parse_source
 from stemma.registry.rules.parents import is_merge, parent_refs, parents_of, primary
-from stemma.registry.rules.taskspec import CAUSAL_LM, CLASSIFICATION, MAIN_METRIC, declared_task
+from stemma.registry.rules.taskspec import CAUSAL_LM, CLASSIFICATION, MAIN_METRIC
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.yamlio import dump_block, load_yaml_text, without_block
 
@@ -282,7 +282,7 @@ def _tokenizer_deps(reg: Registry, spec: ModelSpec) -> list[str]:
     folder, so that a changed tokenizer re-derives the model and its descendants (the task
     as the specs declare it, as for `_curve_y`)."""
     dataset = spec.train
-    if not reg.has_dataset(dataset) or declared_task(reg.dataset_spec(dataset).raw) != CAUSAL_LM:
+    if not reg.has_dataset(dataset) or reg.dataset_spec(dataset).declared_task != CAUSAL_LM:
         return []
     given = spec.tokenizer
     if given is not None:
@@ -361,7 +361,7 @@ def _curve_y(reg: Registry, spec: ModelSpec) -> str:
     """The curve's eval metric to plot: the main metric of the task the specs declare (not
     the built data's, so that dvc.yaml follows from the specs alone)."""
     dataset = spec.train
-    declared = declared_task(reg.dataset_spec(dataset).raw) if reg.has_dataset(dataset) else None
+    declared = reg.dataset_spec(dataset).declared_task if reg.has_dataset(dataset) else None
     return f"eval_{MAIN_METRIC[declared or CLASSIFICATION]}"
 
 

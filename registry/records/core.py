@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stemma.registry.rules import taskspec
 from stemma.registry.rules.classlabels import class_labels
 from stemma.registry.rules.contentid import content_id, digest
 from stemma.registry.rules.gates import GateResult
@@ -364,6 +365,12 @@ class DatasetSpec:
     def split(self) -> dict[str, Any]:
         """Seeded train/eval split settings."""
         return dict(self.raw.get("split") or {})
+
+    @property
+    def declared_task(self) -> str | None:
+        """The task as far as the spec tells without the data: declared, or implied by its
+        source (`rules.taskspec`); None when only the data says."""
+        return taskspec.declared_task(self.raw)
 
     @property
     def target(self) -> str:

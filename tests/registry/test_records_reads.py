@@ -76,3 +76,12 @@ def test_a_dataset_s_class_labels_are_its_selected_source_classes() -> None:
     kept = zoo.dataset_manifest("digits-0to4")  # ids are the labels: none to show
     assert kept is not None
     assert kept.class_labels == ()
+
+
+def test_a_dataset_spec_s_declared_task() -> None:
+    llm = Registry.open(REPO / "examples" / "llm")
+    assert llm.dataset_spec("corpus").declared_task == "causal-lm"  # implied by a text source
+    zoo = Registry.open(REPO)
+    assert zoo.dataset_spec("digits-0to4").declared_task == "classification"  # sklearn:digits
+    shapes = Registry.open(REPO / "examples" / "detection")
+    assert shapes.dataset_spec("shapes-det").declared_task == "detection"
