@@ -206,9 +206,9 @@ def _front_matter(reg: Registry, manifest: Manifest, built: ModelManifest) -> di
     meta: dict[str, Any] = {}
     bases = list(dict.fromkeys(p.hub_id for p in linked if p.hub_id is not None))
     # Hub parents a registered snapshot's card named (`stemma register`): Hub ids already
-    external = [e for e in spec.get("external_sources") or [] if isinstance(e, dict)]
-    bases += [str(e["hub_id"]) for e in external if e.get("hub_id") not in (None, *bases)]
-    relation = relation or (external[0].get("relation") if external else None)
+    external = declared.external_sources
+    bases += [e.hub_id for e in external if e.hub_id is not None and e.hub_id not in bases]
+    relation = relation or (external[0].relation if external else None)
     if bases:
         # a merge lists its parents even when one is recorded, as the Hub's merges do
         several = relation == "merge" or len(bases) > 1

@@ -159,6 +159,15 @@ class SourceRef:
 
 
 @dataclass(frozen=True)
+class ExternalSource:
+    """A parent on the Hugging Face Hub that a registered model's card named (recorded by
+    `stemma register`, never fetched): its Hub id and relation, None where not given."""
+
+    hub_id: str | None
+    relation: str | None
+
+
+@dataclass(frozen=True)
 class LmSettings:
     """A causal-lm spec's `lm:` block, each None where the spec leaves it to the default."""
 
@@ -232,6 +241,19 @@ class ModelSpec:
             models=tuple(str(m) for m in src.get("models") or ()),
             base=None if src.get("base") is None else str(src["base"]),
             merge=None if merge is None else MergeSettings.from_dict(merge),
+        )
+
+    @property
+    def external_sources(self) -> tuple[ExternalSource, ...]:
+        """A registered model's parents on the Hub, in its card's order (the entries that
+        are objects); empty for a model whose spec names none."""
+        return tuple(
+            ExternalSource(
+                hub_id=None if e.get("hub_id") is None else str(e["hub_id"]),
+                relation=None if e.get("relation") is None else str(e["relation"]),
+            )
+            for e in self.raw.get("external_sources") or ()
+            if isinstance(e, Mapping)
         )
 
     @property

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from conftest import write
 from stemma.registry import Registry
+from stemma.registry.records.core import ExternalSource, ModelSpec
 from stemma.registry.records.manifest import model_record
 
 REPO = Path(__file__).resolve().parents[2]  # stemma.yaml: the zoo
@@ -85,3 +86,19 @@ def test_a_dataset_spec_s_declared_task() -> None:
     assert zoo.dataset_spec("digits-0to4").declared_task == "classification"  # sklearn:digits
     shapes = Registry.open(REPO / "examples" / "detection")
     assert shapes.dataset_spec("shapes-det").declared_task == "detection"
+
+
+def test_external_sources_of_a_registered_spec() -> None:
+    zoo = Registry.open(REPO)
+    assert zoo.model_spec("digits-base").external_sources == ()  # a declared model names none
+    manifest = zoo.model_manifest("mnist-base")
+    assert manifest is not None
+    # the spec block `stemma register` records for a snapshot whose card names Hub parents
+    spec = {
+        **manifest.spec,
+        "external_sources": [{"hub_id": "google/bert-tiny", "relation": "finetune"}, "x", {}],
+    }
+    assert ModelSpec.from_dict("mnist-base", spec).external_sources == (
+        ExternalSource("google/bert-tiny", "finetune"),
+        ExternalSource(None, None),  # an object without either key; a non-object is skipped
+    )
