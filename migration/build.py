@@ -66,10 +66,10 @@ from .detection import build_detection_dataset, build_detector, trains_detector
 from .detection_data import is_detection_source
 from .entrypoints import importable
 from .evaluate import evaluate
-from .hubsnapshot import inherit_tokenizer
+from .hubsnapshot import inherited_tokenizer
 from .mapping import report
 from .merge import build_merge
-from .model_manifest import datasets_block, model_manifest
+from .model_manifest import model_manifest
 from .numerics import mode_of
 from .quantize import build_quantized
 from .register import register
@@ -261,25 +261,20 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
             blob_ref(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", files[ADAPTER_CONFIG], "json"),
             (head_prefix(module),),
         )
-    else:  # streamed at the commit (`write_model`): the block is filled in there
+    else:  # streamed at the commit (`write_model`), which makes the manifest with the block
         weights_block = None
 
-    manifest = model_manifest(
+    trained = model_manifest(
         spec,
         name,
         None if src_manifest is None or src_name is None else (src_name, src_manifest),
         datasets,
-        weights_block,
         (config, rows),
         module,
         (strategy, bool(tmap), unused, result.features_cached),
         (metrics, scored["per_class"]),
     )
-    if task.name != CLASSIFICATION:  # absent means classification: older ids stay
-        manifest["task"] = task.name
     names = class_names(reg, spec.train)
-    if names is not None:
-        manifest["class_names"] = names
     # -- behavioural checks (migration/checks.py) --
     checks, check_data = run_checks(
         reg,
@@ -294,16 +289,9 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         seed=cfg.seed,
         device=result.device,
     )
-    manifest["checks"] = {check: result.to_dict() for check, result in checks.items()}
-    manifest["datasets"].update(datasets_block(check_data))
+    trained = trained.with_datasets(check_data)
     # -- end of behavioural checks --
-    if adapter is not None:
-        manifest["adapter"] = adapter.to_dict()
-    if exploration is not None:
-        manifest["exploration"] = exploration
-    if searched is not None:  # hyper-parameter search: every trial and the best settings
-        manifest["search"] = searched
-    manifest["run"] = run_record(
+    run = run_record(
         reg,
         started,
         begin,
@@ -313,14 +301,26 @@ def build_model(reg: Registry, name: str, progress: Progress | None = None) -> d
         threads=result.threads,
         train_s=round(result.train_seconds, 3),
         **result.run_notes(),
-    ).to_dict()
+    )
+    tokenizer, tokenizer_files = inherited_tokenizer(reg, src_name, src_manifest)
     adapter_outputs = {f"{ADAPTER_DIR}/{n}": data for n, data in files.items()} if files else {}
-    adapter_outputs.update(inherit_tokenizer(reg, manifest, src_name, src_manifest))
-    write_model(
+    adapter_outputs.update(tokenizer_files)
+    manifest = write_model(
         reg,
         name,
-        manifest,
-        None if files else module.state_dict(),
+        lambda weights: trained.manifest(
+            weights,
+            checks,
+            # absent means classification: older ids stay
+            task=None if task.name == CLASSIFICATION else task.name,
+            class_names=None if names is None else tuple(names),
+            adapter=adapter,
+            exploration=exploration,
+            search=searched,  # hyper-parameter search: every trial and the best settings
+            run=run,
+            tokenizer=tokenizer,
+        ),
+        module.state_dict() if weights_block is None else weights_block,
         metrics,
         result.curve,
         adapter_outputs,

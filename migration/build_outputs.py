@@ -20,7 +20,7 @@ from stemma.registry import Registry
 from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.records.core import MODEL_MANIFEST, DatasetSpec
-from stemma.registry.records.manifest import FileRef, Numerics, Run, Weights
+from stemma.registry.records.manifest import FileRef, ModelManifest, Numerics, Run, Weights
 from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
 from stemma.registry.rules.layout import (
     DATA_FILE,
@@ -182,27 +182,31 @@ def commit_outputs(
 def write_model(
     reg: Registry,
     name: str,
-    manifest: dict[str, Any],
-    state: Mapping[str, torch.Tensor] | None,
+    manifest: Callable[[Weights], ModelManifest],
+    weights: Mapping[str, torch.Tensor] | Weights,
     metrics: Mapping[str, float],
     curve: list[dict[str, Any]],
     files: Mapping[str, bytes] | None = None,
-) -> None:
-    """Stream the weights into the staging folder (hashed as they are written, sharded above
-    `limits.max_shard_bytes`) and record them in the manifest; then validate and switch
-    weights, metrics, curve and the manifest in as one unit."""
+) -> dict[str, Any]:
+    """Stream the weights (a state dict) into the staging folder, hashed as they are written
+    and sharded above `limits.max_shard_bytes`, and make the manifest of the block written
+    (`manifest`); then validate and switch weights, metrics, curve and the manifest in as one
+    unit. `weights` is a `Weights` block where `files` hold them (an adapter's own files).
+    Returns the manifest as written, id filled in."""
     outputs: dict[str, Any] = {METRICS_FILE: dict(metrics), CURVE_FILE: curve}
-    outputs.update(files or {})  # an adapter's own files come instead of `state`
+    outputs.update(files or {})
     folder = reg.model_dir(name)
-    written = None
     with Stage(folder) as stage:
-        if state is not None:
+        if isinstance(weights, Weights):
+            written, streamed = weights, False
+        else:
             limit = int(reg.settings.given_limits.get("max_shard_bytes", _weights.SHARD_BYTES))
-            written = _write_weights(stage, state, limit)
-            manifest["weights"] = written.to_dict()
-        commit_outputs(reg, folder, "models", manifest, MODEL_MANIFEST, outputs, stage)
-    if written is not None:  # a block the caller wrote is one file: no shards to drop
+            written, streamed = _write_weights(stage, weights, limit), True
+        doc = manifest(written).to_dict()
+        commit_outputs(reg, folder, "models", doc, MODEL_MANIFEST, outputs, stage)
+    if streamed:  # a block the caller wrote is one file: no shards to drop
         _drop_unrecorded_shards(folder, written)
+    return doc
 
 
 def _write_weights(stage: Stage, state: Mapping[str, torch.Tensor], limit: int) -> Weights:

@@ -24,11 +24,15 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
 from stemma.registry.records.manifest import (
+    Adapter,
+    Architecture,
+    Check,
     DatasetRef,
     LanguageModel,
     ModelManifest,
     ModelRef,
     Split,
+    Weights,
 )
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM, spec_problems, training_task
@@ -64,14 +68,8 @@ from .build_outputs import (
 )
 from .families import require
 from .gating import gate_records
-from .mapping import report, tensors_block
-from .model_manifest import (
-    counted,
-    datasets_block,
-    manifest_head,
-    source_block,
-    transfer_block,
-)
+from .mapping import report
+from .model_manifest import Head, Trained, counted, source_block, transfer_block
 from .strategy import Strategy, prepare_target
 from .textdata import PROMPT_COMPLETION, TextSplits, load_text, manifest_block, materialize_text
 from .textdata import npz_bytes as text_npz_bytes
@@ -232,7 +230,7 @@ def _forgetting(
     src_module: nn.Module,
     src_tokenizer: Any,
     block_size: int,
-) -> tuple[dict[str, Any], DatasetRef]:
+) -> tuple[Check, DatasetRef]:
     """The perplexity of the source and of this model on a declared dataset's eval split."""
     check = dict(spec.checks["forgetting"])
     name = str(check["data"])
@@ -249,17 +247,19 @@ def _forgetting(
     passed = math.isfinite(rise) and rise <= limit
     manifest = reg.dataset_manifest(name)
     assert manifest is not None
-    result = {
-        "passed": passed,
-        "figures": {
-            "metric": "perplexity",
-            "before": before,
-            "after": after,
-            "relative_rise": round(rise, lm_train.DECIMALS),
+    result = Check.of(
+        passed,
+        extra={
+            "figures": {
+                "metric": "perplexity",
+                "before": before,
+                "after": after,
+                "relative_rise": round(rise, lm_train.DECIMALS),
+            },
+            "thresholds": {"max_drop": limit},
+            "violations": [] if passed else [f"relative perplexity rise {rise:.4f} > {limit}"],
         },
-        "thresholds": {"max_drop": limit},
-        "violations": [] if passed else [f"relative perplexity rise {rise:.4f} > {limit}"],
-    }
+    )
     return result, DatasetRef.of(name, manifest.id)
 
 
@@ -346,7 +346,7 @@ def build_lm(
         DEFAULT_NEW_TOKENS if lm.max_new_tokens is None else int(lm.max_new_tokens),
         cfg.seed,
     )
-    checks: dict[str, Any] = {}
+    checks: dict[str, Check] = {}
     if "forgetting" in spec.checks and src_name is not None and src_manifest is not None:
         src_tokenizer = tok.load(
             _source_tokenizer(reg, spec, src_name, src_manifest),
@@ -363,52 +363,41 @@ def build_lm(
         )
     base = trained.get_base_model() if lora is not None else trained  # type: ignore[operator]
     moved = transfer_block(strategy, bool(tmap), unused, False, ())  # names kept: no pairs
-    manifest: dict[str, Any] = {
-        **manifest_head(
-            spec,
-            name,
-            None
-            if src_manifest is None or src_name is None
-            else source_block(spec, src_name, src_manifest),
-        ),
-        "datasets": datasets_block(datasets),
-        "weights": {},
-        "architecture": {"config": config, "tensors": tensors_block(rows)},
-        "parameters": counted(dict(base.named_parameters()), rows).to_dict(),
-        "transfer": moved.to_dict(),
-        "metrics": metrics,
-        "per_class": {},
-        "gates": [g.to_dict() for g in gate_records(spec.gates, metrics, {}, display)],
-        "checks": checks,
-        "task": CAUSAL_LM,
-        "tokenizer": tok.record(files, origin).to_dict(),
-        "lm": LanguageModel(
-            keys=("token_dtype", "block_size", "blocks", "eval_tokens", "generations"),
-            token_dtype=str(train_blocks.ids.dtype).replace("torch.", ""),
-            block_size=block_size,
-            blocks={"train": len(train_blocks), "eval": len(eval_blocks)},
-            eval_tokens=eval_blocks.labelled,
-            generations=tuple(generations),
-        ).to_dict(),
-    }
-    if exploration is not None:
-        manifest["exploration"] = exploration
+    head = Head(
+        spec,
+        name,
+        None
+        if src_manifest is None or src_name is None
+        else source_block(spec, src_name, src_manifest),
+        datasets,
+        Architecture.of(config, tuple(rows)),
+        counted(dict(base.named_parameters()), rows),
+    )
+    shared = Trained(head, moved, metrics, {}, gate_records(spec.gates, metrics, {}, display))
+    lm_block = LanguageModel(
+        keys=("token_dtype", "block_size", "blocks", "eval_tokens", "generations"),
+        token_dtype=str(train_blocks.ids.dtype).replace("torch.", ""),
+        block_size=block_size,
+        blocks={"train": len(train_blocks), "eval": len(eval_blocks)},
+        eval_tokens=eval_blocks.labelled,
+        generations=tuple(generations),
+    )
     outputs = tok.outputs(files)
-    state: dict[str, torch.Tensor] | None = module.state_dict()
+    weights: Mapping[str, torch.Tensor] | Weights = module.state_dict()
+    adapter: Adapter | None = None
     if lora is not None:
         assert src_manifest is not None and src_name is not None
-        adapter = adapter_files(trained)
-        manifest["weights"] = blob_weights(
-            f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", adapter[ADAPTER_WEIGHTS], "safetensors"
-        ).to_dict()
-        manifest["adapter"] = adapter_record(
+        written = adapter_files(trained)
+        weights = blob_weights(
+            f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", written[ADAPTER_WEIGHTS], "safetensors"
+        )
+        adapter = adapter_record(
             ModelRef.of(src_name, src_manifest.id),
             lora,
-            blob_ref(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", adapter[ADAPTER_CONFIG], "json"),
-        ).to_dict()
-        outputs.update({f"{ADAPTER_DIR}/{n}": b for n, b in adapter.items()})
-        state = None
-    manifest["run"] = run_record(
+            blob_ref(f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", written[ADAPTER_CONFIG], "json"),
+        )
+        outputs.update({f"{ADAPTER_DIR}/{n}": b for n, b in written.items()})
+    run_block = run_record(
         reg,
         started,
         begin,
@@ -417,6 +406,22 @@ def build_lm(
         deterministic=True,
         threads=torch.get_num_threads(),
         train_s=round(run.train_seconds, 3),
-    ).to_dict()
-    write_model(reg, name, manifest, state, metrics, run.curve, outputs)
-    return manifest
+    )
+    return write_model(
+        reg,
+        name,
+        lambda block: shared.manifest(
+            block,
+            checks,
+            task=CAUSAL_LM,
+            tokenizer=tok.record(files, origin),
+            lm=lm_block,
+            exploration=exploration,
+            adapter=adapter,
+            run=run_block,
+        ),
+        weights,
+        metrics,
+        run.curve,
+        outputs,
+    )

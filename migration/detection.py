@@ -32,7 +32,7 @@ from .build_inputs import (
     refuse_failed_source,
     training_data,
 )
-from .build_outputs import blob_file, commit_outputs, dataset_head, run_record, write_model
+from .build_outputs import blob_ref, commit_outputs, dataset_head, run_record, write_model
 from .data import npz_bytes
 from .detection_checks import check_detection_inputs, detection_forgetting
 from .detection_data import class_counts, materialize_detection
@@ -180,27 +180,21 @@ def build_detector(
         checks["forgetting"], datasets["forgetting"] = detection_forgetting(
             reg, spec, module, list(ds_manifest.class_names or ()), src_manifest, src_state
         )
-    manifest = model_manifest(
+    trained = model_manifest(
         spec,
         name,
         None if src_manifest is None or src_name is None else (src_name, src_manifest),
         datasets,
-        None,
         (config, rows),
         module,
         (strategy, bool(tmap), unused, False),
         (metrics, scored["per_class"]),
     )
-    manifest["checks"] = {check: result.to_dict() for check, result in checks.items()}
-    manifest["task"] = DETECTION
     names = class_names(reg, spec.train)
-    if names is not None:
-        manifest["class_names"] = names
     samples = canonical_json(
         detection_samples(module, eval_data.x_eval, eval_data.y_eval, names or [])
     ).encode()
-    manifest["samples"] = blob_file(SAMPLES_FILE, samples, "json")
-    manifest["run"] = run_record(
+    run_block = run_record(
         reg,
         started,
         begin,
@@ -209,11 +203,23 @@ def build_detector(
         deterministic=True,
         threads=run.threads,
         train_s=round(run.train_seconds, 3),
-    ).to_dict()
-    write_model(
-        reg, name, manifest, module.state_dict(), metrics, run.curve, {SAMPLES_FILE: samples}
     )
-    return manifest
+    return write_model(
+        reg,
+        name,
+        lambda weights: trained.manifest(
+            weights,
+            checks,
+            task=DETECTION,
+            class_names=None if names is None else tuple(names),
+            samples=blob_ref(SAMPLES_FILE, samples, "json"),
+            run=run_block,
+        ),
+        module.state_dict(),
+        metrics,
+        run.curve,
+        {SAMPLES_FILE: samples},
+    )
 
 
 def recompute_map(

@@ -295,21 +295,6 @@ def card_parents(reg: Any, card: CardLineage) -> tuple[Source | None, list[dict[
     return None, [{"hub_id": b, "relation": relation} for b in card.base_models]
 
 
-def inherit_tokenizer(
-    reg: Any,
-    manifest: dict[str, Any],
-    src_name: str | None,
-    src_manifest: ModelManifest | None,
-) -> dict[str, bytes]:
-    """A child of a model with a tokenizer (a registered Hub snapshot, say) keeps it: the
-    source's files, checked against its manifest, become the child's outputs
-    (`tokenizer/NAME`) and `manifest["tokenizer"]` records them as from the source."""
-    block, outputs = inherited_tokenizer(reg, src_name, src_manifest)
-    if block is not None:
-        manifest["tokenizer"] = block.to_dict()
-    return outputs
-
-
 def inherited_tokenizer(
     reg: Any, src_name: str | None, src_manifest: ModelManifest | None
 ) -> tuple[Tokenizer | None, dict[str, bytes]]:

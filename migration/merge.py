@@ -26,6 +26,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.records.core import MergeSettings, ModelSpec
 from stemma.registry.records.manifest import (
+    Architecture,
     Merge,
     MergeTensor,
     ModelManifest,
@@ -42,10 +43,10 @@ from .build_inputs import head_width, load_source, refuse_failed_source, trainin
 from .build_outputs import run_record, write_model
 from .evaluate import evaluate
 from .gating import gate_records
-from .hubsnapshot import inherit_tokenizer
+from .hubsnapshot import inherited_tokenizer
 from .mapping import plan as map_plan
-from .mapping import report, tensors_block, transfer
-from .model_manifest import datasets_block, manifest_head, merge_source
+from .mapping import report, transfer
+from .model_manifest import Head, merge_source
 from .quantize_eval import scoring
 from .tasks import get as get_task
 from .weights import load_weights
@@ -406,29 +407,40 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     combined = combined_id([i for _, i in parents])
     assert combined is not None  # every parent was loaded, so every one has its id
     source = merge_source(parents, combined)
-    manifest: dict[str, Any] = {
-        **manifest_head(spec, spec.name, source),
-        "datasets": datasets_block(datasets),
-        "weights": {},
-        "architecture": {"config": config, "tensors": tensors_block(rows)},
-        "parameters": Parameters.of(total, 0, total).to_dict(),
-        "merge": _merge_block(p, base_name, contributed).to_dict(),
-        "metrics": metrics,
-        "per_class": scored["per_class"],
-        "gates": [
-            g.to_dict() for g in gate_records(spec.gates, metrics, scored["per_class"], display)
-        ],
-        "checks": {},
-    }
-    if recorded_task is not None:
-        manifest["task"] = recorded_task
+    head = Head(
+        spec,
+        spec.name,
+        source,
+        datasets,
+        Architecture.of(config, tuple(rows)),
+        Parameters.of(total, 0, total),
+    )
+    merge = _merge_block(p, base_name, contributed)
+    gates = gate_records(spec.gates, metrics, scored["per_class"], display)
     # the parents' one tokenizer, kept beside the merged weights as any child keeps its source's
-    outputs = inherit_tokenizer(reg, manifest, keeper, manifests[keeper]) if keeper else {}
-    manifest["run"] = run_record(
-        reg, started, begin, device="cpu", seed=0, deterministic=True
-    ).to_dict()
-    write_model(reg, spec.name, manifest, module.state_dict(), metrics, [], outputs)
-    return manifest
+    tokenizer, outputs = (
+        inherited_tokenizer(reg, keeper, manifests[keeper]) if keeper else (None, {})
+    )
+    run = run_record(reg, started, begin, device="cpu", seed=0, deterministic=True)
+    return write_model(
+        reg,
+        spec.name,
+        lambda weights: head.manifest(
+            weights,
+            merge=merge,
+            metrics=metrics,
+            per_class=scored["per_class"],
+            gates=gates,
+            checks={},
+            task=recorded_task,
+            tokenizer=tokenizer,
+            run=run,
+        ),
+        module.state_dict(),
+        metrics,
+        [],
+        outputs,
+    )
 
 
 def _merge_block(p: MergePlan, base: str | None, contributed: Sequence[Mapping[str, Any]]) -> Merge:

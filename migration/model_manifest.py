@@ -6,18 +6,24 @@ report, parameter counts, the transfer block, metrics, per-class figures and gat
 adds its own keys (task, class names, checks, run). The content id is computed over the
 canonical JSON (sorted keys), so the order keys are added in never changes an id.
 
-The blocks are assembled as typed records (`records/manifest.py`: `Source`, `Parameters`,
-`Transfer`) and become JSON with `to_dict()` where the manifest document is put together.
+The manifest is a typed record (`records/manifest.py`: `ModelManifest` and its blocks). Its
+weights are known only once they are written (`build_outputs.write_model` streams them), so a
+build first collects the rest (`Head`, and for a trained model `Trained`), and the record is
+made from them and the written `Weights`; it becomes JSON with `to_dict()` at the commit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import (
+    Architecture,
+    Check,
     DatasetRef,
+    Gate,
     ModelManifest,
     ModelRef,
     Pair,
@@ -30,21 +36,88 @@ from stemma.registry.records.manifest import (
 from torch import nn
 
 from .gating import gate_records
-from .mapping import tensors_block
 from .strategy import Strategy
 
+MODEL_HEAD = (
+    "kind",
+    "schema_version",
+    "name",
+    "spec",
+    "spec_digest",
+    "source",
+    "datasets",
+    "weights",
+    "architecture",
+    "parameters",
+)
+"""The keys every model manifest opens with, in the order every build writes them."""
 
-def manifest_head(spec: ModelSpec, name: str, source: Source | None) -> dict[str, Any]:
-    """The keys every model manifest opens with: kind, schema version, name, the spec and its
-    digest, and the `source` block (None for a model trained from scratch)."""
-    return {
-        "kind": "model",
-        "schema_version": 1,
-        "name": name,
-        "spec": spec.to_dict(),
-        "spec_digest": spec.digest,
-        "source": None if source is None else source.to_dict(),
-    }
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Head:
+    """What every model manifest opens with, known before the weights are written: the spec
+    and its name, the `source` block (None for a model trained from scratch), the datasets
+    by role, the architecture and the parameter counts."""
+
+    spec: ModelSpec
+    name: str
+    source: Source | None
+    datasets: Mapping[str, DatasetRef]
+    architecture: Architecture
+    parameters: Parameters
+
+    def manifest(self, weights: Weights, **blocks: Any) -> ModelManifest:
+        """The manifest of these weights. `blocks` are its further fields (metrics, gates and
+        run among them), written after the parameters in the order given, a None one left
+        out; the id, filled in at the commit, comes last."""
+        given = {k: v for k, v in blocks.items() if v is not None}
+        return ModelManifest(
+            keys=(*MODEL_HEAD, *given, "id"),
+            kind="model",
+            schema_version=1,
+            name=self.name,
+            id="",  # the content id, which commit_outputs computes from the rest
+            spec=self.spec.to_dict(),
+            spec_digest=self.spec.digest,
+            source=self.source,
+            datasets=dict(self.datasets),
+            weights=weights,
+            architecture=self.architecture,
+            parameters=self.parameters,
+            **given,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Trained:
+    """A trained model's manifest but for its weights and what the build adds after the
+    scores: the head, the transfer block, metrics, per-class figures and evaluated gates."""
+
+    head: Head
+    transfer: Transfer
+    metrics: Mapping[str, float]
+    per_class: Mapping[str, Any]
+    gates: tuple[Gate, ...]
+
+    def with_datasets(self, more: Mapping[str, DatasetRef]) -> Trained:
+        """These blocks with `more` datasets by role (a check's) after the build's own."""
+        head = dataclasses.replace(self.head, datasets={**self.head.datasets, **more})
+        return dataclasses.replace(self, head=head)
+
+    def manifest(
+        self, weights: Weights, checks: Mapping[str, Check], **later: Any
+    ) -> ModelManifest:
+        """The manifest of these weights: the shared blocks, the checks, then `later` (task,
+        class names, run ... in the order given, a None one left out)."""
+        return self.head.manifest(
+            weights,
+            transfer=self.transfer,
+            metrics=dict(self.metrics),
+            per_class=self.per_class,
+            gates=self.gates,
+            checks=checks,
+            **later,
+        )
 
 
 def source_block(spec: ModelSpec, model: str, manifest: ModelManifest) -> Source:
@@ -119,29 +192,26 @@ def model_manifest(
     name: str,
     source: tuple[str, ModelManifest] | None,
     datasets: Mapping[str, DatasetRef],
-    weights: Weights | None,
     architecture: tuple[dict[str, Any], Sequence[Tensor]],
     module: nn.Module,
     transfer: tuple[Strategy, bool, Sequence[str], bool],
     scores: tuple[Mapping[str, float], Mapping[str, float]],
-) -> dict[str, Any]:
-    """The manifest's shared keys. `source`: (name, manifest) or None; `architecture`:
-    (config, tensor rows); `transfer`: (strategy, whether a tensor map was used, unused source
-    tensors, whether features were cached); `scores`: (metrics, per-class figures); `weights`:
-    None where `write_model` streams them and fills the block in."""
+) -> Trained:
+    """The manifest's shared blocks, before the weights are written. `source`: (name,
+    manifest) or None; `architecture`: (config, tensor rows); `transfer`: (strategy, whether a
+    tensor map was used, unused source tensors, whether features were cached); `scores`:
+    (metrics, per-class figures)."""
     config, rows = architecture
     strategy, mapped, unused, features_cached = transfer
     metrics, per_class = scores
     moved = transfer_block(strategy, mapped, unused, features_cached, renamed_pairs(rows))
-    return {
-        **manifest_head(spec, name, None if source is None else source_block(spec, *source)),
-        "datasets": datasets_block(datasets),
-        "weights": {} if weights is None else weights.to_dict(),
-        "architecture": {"config": config, "tensors": tensors_block(rows)},
-        "parameters": counted(dict(module.named_parameters()), rows).to_dict(),
-        "transfer": moved.to_dict(),
-        "metrics": dict(metrics),
-        "per_class": per_class,
-        "gates": [g.to_dict() for g in gate_records(spec.gates, metrics, per_class, spec.path)],
-        "checks": {},
-    }
+    head = Head(
+        spec,
+        name,
+        None if source is None else source_block(spec, *source),
+        dict(datasets),
+        Architecture.of(config, tuple(rows)),
+        counted(dict(module.named_parameters()), rows),
+    )
+    gates = gate_records(spec.gates, metrics, per_class, spec.path)
+    return Trained(head, moved, metrics, per_class, gates)
