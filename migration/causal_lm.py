@@ -364,8 +364,9 @@ def build_lm(
     base = trained.get_base_model() if lora is not None else trained  # type: ignore[operator]
     moved = transfer_block(strategy, bool(tmap), unused, False, ())  # names kept: no pairs
     head = Head(
-        spec,
         name,
+        spec.to_dict(),
+        spec.digest,
         None
         if src_manifest is None or src_name is None
         else source_block(spec, src_name, src_manifest),

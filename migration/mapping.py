@@ -164,11 +164,6 @@ def tensor_row(
     )
 
 
-def tensors_block(rows: Sequence[Tensor]) -> list[dict[str, Any]]:
-    """The architecture's `tensors` list as JSON."""
-    return [row.to_dict() for row in rows]
-
-
 def report(
     module: nn.Module,
     mapping: TensorMap | None,

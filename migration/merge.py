@@ -408,8 +408,9 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
     assert combined is not None  # every parent was loaded, so every one has its id
     source = merge_source(parents, combined)
     head = Head(
-        spec,
         spec.name,
+        spec.to_dict(),
+        spec.digest,
         source,
         datasets,
         Architecture.of(config, tuple(rows)),

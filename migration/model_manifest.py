@@ -55,12 +55,13 @@ MODEL_HEAD = (
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Head:
-    """What every model manifest opens with, known before the weights are written: the spec
-    and its name, the `source` block (None for a model trained from scratch), the datasets
-    by role, the architecture and the parameter counts."""
+    """What every model manifest opens with, known before the weights are written: the name,
+    the spec as resolved and its digest, the `source` block (None for a model trained from
+    scratch), the datasets by role, the architecture and the parameter counts."""
 
-    spec: ModelSpec
     name: str
+    spec: Mapping[str, Any]
+    spec_digest: str
     source: Source | None
     datasets: Mapping[str, DatasetRef]
     architecture: Architecture
@@ -77,8 +78,8 @@ class Head:
             schema_version=1,
             name=self.name,
             id="",  # the content id, which commit_outputs computes from the rest
-            spec=self.spec.to_dict(),
-            spec_digest=self.spec.digest,
+            spec=self.spec,
+            spec_digest=self.spec_digest,
             source=self.source,
             datasets=dict(self.datasets),
             weights=weights,
@@ -206,8 +207,9 @@ def model_manifest(
     metrics, per_class = scores
     moved = transfer_block(strategy, mapped, unused, features_cached, renamed_pairs(rows))
     head = Head(
-        spec,
         name,
+        spec.to_dict(),
+        spec.digest,
         None if source is None else source_block(spec, *source),
         dict(datasets),
         Architecture.of(config, tuple(rows)),

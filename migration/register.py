@@ -21,7 +21,13 @@ from stemma.registry.errors import BuildError
 from stemma.registry.pipeline.render import current
 from stemma.registry.publish.hubfiles import snapshot_hub_id
 from stemma.registry.records.core import MODEL_MANIFEST
-from stemma.registry.records.manifest import DatasetRef, Parameters, Source, Transfer
+from stemma.registry.records.manifest import (
+    Architecture,
+    DatasetRef,
+    Parameters,
+    Source,
+    Transfer,
+)
 from stemma.registry.rules.layout import PIPELINE_FILE, SPEC_FILE, WEIGHTS_FILE
 from stemma.registry.rules.naming import check_name
 from stemma.registry.store.files import digest
@@ -43,8 +49,8 @@ from .hubsnapshot import (
     read_snapshot,
     tokenizer_files,
 )
-from .mapping import plan, report, tensors_block, transfer
-from .model_manifest import datasets_block
+from .mapping import plan, report, transfer
+from .model_manifest import Head
 from .tasks import get as get_task
 from .weights import read_any, to_bytes
 
@@ -242,28 +248,26 @@ def register(
             if external:
                 spec_doc[EXTERNAL_KEY] = external
     total = sum(p.numel() for p in module.parameters())
-    manifest: dict[str, Any] = {
-        "kind": "model",
-        "schema_version": 1,
-        "name": name,
-        "spec": spec_doc,
-        "spec_digest": digest(spec_doc),
-        "source": None if src is None else src.to_dict(),
-        "datasets": datasets_block(datasets),
-        "weights": blob_weights(WEIGHTS_FILE, blob, "safetensors").to_dict(),
-        "architecture": {"config": config, "tensors": tensors_block(rows)},
-        "parameters": Parameters.of(total, total, 0).to_dict(),
-        "transfer": _REGISTERED.to_dict(),
-        "metrics": metrics,
-        "per_class": per_class,
-        "gates": [],
-        "checks": {},
-        "run": run_record(
-            reg, started, begin, device="cpu", imported_from=Path(weights_path).name
-        ).to_dict(),
-    }
-    if tokenizer:
-        manifest["tokenizer"] = tok.record(tokenizer, FROM_SNAPSHOT).to_dict()
+    head = Head(
+        name,
+        spec_doc,
+        digest(spec_doc),
+        src,
+        datasets,
+        Architecture.of(config, tuple(rows)),
+        Parameters.of(total, total, 0),
+    )
+    built = head.manifest(
+        blob_weights(WEIGHTS_FILE, blob, "safetensors"),
+        transfer=_REGISTERED,
+        metrics=metrics,
+        per_class=per_class,
+        gates=(),
+        checks={},
+        run=run_record(reg, started, begin, device="cpu", imported_from=Path(weights_path).name),
+        tokenizer=tok.record(tokenizer, FROM_SNAPSHOT) if tokenizer else None,
+    )
+    manifest = built.to_dict()
     outputs = {WEIGHTS_FILE: blob, **tok.outputs(tokenizer)}
     commit_outputs(reg, reg.model_dir(name), "models", manifest, MODEL_MANIFEST, outputs)
     dvc_track(reg, reg.rel("models", name, WEIGHTS_FILE))
