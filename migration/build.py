@@ -52,7 +52,7 @@ from .build_outputs import (
     blob_ref,
     blob_weights,
     commit_outputs,
-    dataset_head,
+    dataset_manifest,
     now,
     run_record,
     write_model,
@@ -99,23 +99,22 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
         resolve=lambda rel: reg.resolve(rel, "/source", spec.path),
     )
     blob = npz_bytes(arrays)
-    manifest: dict[str, Any] = {
-        **dataset_head(spec, name, blob),
-        "shape": arrays.shape,
-        "dtype": str(arrays.x_train.dtype),
-        "classes": arrays.classes,
-        "splits": {
-            "train": _split_block(arrays.y_train).to_dict(),
-            "eval": _split_block(arrays.y_eval).to_dict(),
-        },
-        "stats": feature_stats(arrays.x_train).to_dict(),
-    }
-    # recorded only where they say something, so class-id datasets keep their manifest ids
-    if arrays.task != CLASSIFICATION:
-        manifest["task"] = arrays.task
-    if arrays.class_names is not None:
-        manifest["class_names"] = list(arrays.class_names)
-    manifest["run"] = run_record(reg, started, begin).to_dict()
+    splits = {"train": _split_block(arrays.y_train), "eval": _split_block(arrays.y_eval)}
+    stats = feature_stats(arrays.x_train)
+    manifest = dataset_manifest(
+        spec,
+        name,
+        blob,
+        shape=tuple(arrays.shape),
+        dtype=str(arrays.x_train.dtype),
+        classes=tuple(arrays.classes),
+        splits=splits,
+        stats=stats,
+        # recorded only where they say something, so class-id datasets keep their manifest ids
+        task=None if arrays.task == CLASSIFICATION else arrays.task,
+        class_names=None if arrays.class_names is None else tuple(arrays.class_names),
+        run=run_record(reg, started, begin),
+    ).to_dict()
     commit_outputs(
         reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob}
     )

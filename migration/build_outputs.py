@@ -20,7 +20,14 @@ from stemma.registry import Registry
 from stemma.registry import __version__ as STEMMA_VERSION
 from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.records.core import MODEL_MANIFEST, DatasetSpec
-from stemma.registry.records.manifest import FileRef, ModelManifest, Numerics, Run, Weights
+from stemma.registry.records.manifest import (
+    DatasetManifest,
+    FileRef,
+    ModelManifest,
+    Numerics,
+    Run,
+    Weights,
+)
 from stemma.registry.rules.layout import CURVE_FILE as CURVE_FILE
 from stemma.registry.rules.layout import (
     DATA_FILE,
@@ -106,17 +113,23 @@ def run_record(
     )
 
 
-def dataset_head(spec: DatasetSpec, name: str, blob: bytes) -> dict[str, Any]:
-    """The keys every dataset manifest opens with: kind, schema version, name, the spec and
-    its digest, and the `data.npz` file the build wrote (`blob`)."""
-    return {
-        "kind": "dataset",
-        "schema_version": 1,
-        "name": name,
-        "spec": spec.to_dict(),
-        "spec_digest": spec.digest,
-        "data": blob_file(DATA_FILE, blob, "npz"),
-    }
+def dataset_manifest(spec: DatasetSpec, name: str, blob: bytes, **blocks: Any) -> DatasetManifest:
+    """A dataset's manifest: kind, schema version, name, the spec and its digest, the
+    `data.npz` file the build writes (`blob`), then `blocks` (the manifest's further fields,
+    shape, splits and run among them) in the order given, a None one left out; the id, filled
+    in at the commit, comes last."""
+    given = {k: v for k, v in blocks.items() if v is not None}
+    return DatasetManifest(
+        keys=("kind", "schema_version", "name", "spec", "spec_digest", "data", *given, "id"),
+        kind="dataset",
+        schema_version=1,
+        name=name,
+        id="",  # the content id, which commit_outputs computes from the rest
+        spec=spec.to_dict(),
+        spec_digest=spec.digest,
+        data=blob_ref(DATA_FILE, blob, "npz"),
+        **given,
+    )
 
 
 def _non_finite(doc: Any, pointer: str = "") -> str | None:

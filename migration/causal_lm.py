@@ -62,7 +62,7 @@ from .build_outputs import (
     blob_ref,
     blob_weights,
     commit_outputs,
-    dataset_head,
+    dataset_manifest,
     run_record,
     write_model,
 )
@@ -105,19 +105,18 @@ def build_text_dataset(
         spec.raw, spec.path, lambda rel: reg.resolve(rel, "/source", spec.path)
     )
     blob = text_npz_bytes(splits)
-    manifest: dict[str, Any] = {
-        **dataset_head(spec, name, blob),
-        "shape": [],
-        "dtype": "utf-8",
-        "classes": [],
-        "task": CAUSAL_LM,
-        "text": manifest_block(splits).to_dict(),
-        "splits": {
-            "train": Split.of(len(splits.train), {}).to_dict(),
-            "eval": Split.of(len(splits.eval), {}).to_dict(),
-        },
-    }
-    manifest["run"] = run_record(reg, started, begin).to_dict()
+    manifest = dataset_manifest(
+        spec,
+        name,
+        blob,
+        shape=(),
+        dtype="utf-8",
+        classes=(),
+        task=CAUSAL_LM,
+        text=manifest_block(splits),
+        splits={"train": Split.of(len(splits.train), {}), "eval": Split.of(len(splits.eval), {})},
+        run=run_record(reg, started, begin),
+    ).to_dict()
     commit_outputs(
         reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob}
     )

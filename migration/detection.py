@@ -32,7 +32,7 @@ from .build_inputs import (
     refuse_failed_source,
     training_data,
 )
-from .build_outputs import blob_ref, commit_outputs, dataset_head, run_record, write_model
+from .build_outputs import blob_ref, commit_outputs, dataset_manifest, run_record, write_model
 from .data import npz_bytes
 from .detection_checks import check_detection_inputs, detection_forgetting
 from .detection_data import class_counts, materialize_detection
@@ -75,20 +75,23 @@ def build_detection_dataset(
         resolve=lambda rel: reg.resolve(rel, "/source", spec.path),
     )
     blob = npz_bytes(arrays)
-    names = list(arrays.class_names or ())
-    manifest: dict[str, Any] = {
-        **dataset_head(spec, name, blob),
-        "shape": arrays.shape,
-        "dtype": str(arrays.x_train.dtype),
-        "classes": list(range(len(names))),
-        "task": DETECTION,
-        "class_names": names,
-        "splits": {
-            "train": Split.of(len(arrays.x_train), class_counts(arrays.y_train)).to_dict(),
-            "eval": Split.of(len(arrays.x_eval), class_counts(arrays.y_eval)).to_dict(),
-        },
+    names = tuple(arrays.class_names or ())
+    splits = {
+        "train": Split.of(len(arrays.x_train), class_counts(arrays.y_train)),
+        "eval": Split.of(len(arrays.x_eval), class_counts(arrays.y_eval)),
     }
-    manifest["run"] = run_record(reg, started, begin).to_dict()
+    manifest = dataset_manifest(
+        spec,
+        name,
+        blob,
+        shape=tuple(arrays.shape),
+        dtype=str(arrays.x_train.dtype),
+        classes=tuple(range(len(names))),
+        task=DETECTION,
+        class_names=names,
+        splits=splits,
+        run=run_record(reg, started, begin),
+    ).to_dict()
     commit_outputs(
         reg, reg.dataset_dir(name), "datasets", manifest, DATASET_MANIFEST, {DATA_FILE: blob}
     )
