@@ -107,13 +107,7 @@ class LineageIndex:
             if m.candidates:
                 cands[key] = [model_node(c) for c in m.candidates]
         for u, v, kind in edges:
-            if kind == DERIVED_FROM:  # a merge has several: the first is the tree parent
-                if u in parent:
-                    more.setdefault(u, []).append(v)
-                else:
-                    parent[u] = v
-            elif kind in (TRAINED_ON, EVALUATED_ON):
-                uses.setdefault(u, []).append(v)
+            _take_edge(parent, more, uses, u, v, kind)
         return cls(keys, (dataset_node(d.name) for d in datasets), parent, uses, cands, more)
 
     @classmethod
@@ -133,15 +127,8 @@ class LineageIndex:
         more: dict[str, list[str]] = {}
         uses: dict[str, list[str]] = {}
         for u, v, key in g.edges(keys=True):
-            if g.nodes[u].get("kind") != "model":
-                continue
-            if key == DERIVED_FROM:  # a merge has several: the first is the tree parent
-                if u in parent:
-                    more.setdefault(u, []).append(v)
-                else:
-                    parent[u] = v
-            elif key in (TRAINED_ON, EVALUATED_ON):
-                uses.setdefault(u, []).append(v)
+            if g.nodes[u].get("kind") == "model":
+                _take_edge(parent, more, uses, u, v, key)
         return cls(models, datasets, parent, uses, cands, more)
 
     # -- queries ----------------------------------------------------------------------
@@ -202,6 +189,25 @@ def _reach_all(edges: Mapping[str, list[str]], starts: list[str]) -> list[str]:
     for start in starts:
         out.update(dict.fromkeys(reach(edges, start)))
     return list(out)
+
+
+def _take_edge(
+    parent: dict[str, str],
+    more: dict[str, list[str]],
+    uses: dict[str, list[str]],
+    u: str,
+    v: str,
+    kind: str,
+) -> None:
+    """Add model `u`'s edge of `kind` to `v` to the index's maps: a merge has several
+    `derived_from` edges, the first the tree parent; a dataset edge is a use."""
+    if kind == DERIVED_FROM:
+        if u in parent:
+            more.setdefault(u, []).append(v)
+        else:
+            parent[u] = v
+    elif kind in (TRAINED_ON, EVALUATED_ON):
+        uses.setdefault(u, []).append(v)
 
 
 GraphLike: TypeAlias = "nx.MultiDiGraph | LineageIndex"

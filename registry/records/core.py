@@ -185,8 +185,25 @@ class QuantizeSettings:
     max_drop: float | None = None
 
 
+class _Described:
+    """What model and dataset specs both declare about themselves."""
+
+    raw: Mapping[str, Any]
+
+    @property
+    def description(self) -> str:
+        """The one-line description ("" where the spec has none)."""
+        return str(self.raw.get("description") or "")
+
+    @property
+    def hub_id(self) -> str | None:
+        """The Hugging Face Hub id (org/name) it is published under, or None."""
+        given = self.raw.get("hub_id")
+        return None if given is None else str(given)
+
+
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(_Described):
     """A declared model (models/NAME/spec.yaml)."""
 
     name: str
@@ -207,17 +224,6 @@ class ModelSpec:
     def digest(self) -> str:
         """Content digest of the spec, recorded in manifests to detect staleness."""
         return digest(self.raw)
-
-    @property
-    def description(self) -> str:
-        """The one-line description ("" where the spec has none)."""
-        return str(self.raw.get("description") or "")
-
-    @property
-    def hub_id(self) -> str | None:
-        """The model's Hugging Face Hub id (org/name), or None."""
-        given = self.raw.get("hub_id")
-        return None if given is None else str(given)
 
     @property
     def license(self) -> str | None:
@@ -336,7 +342,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class DatasetSpec(_Described):
     """A declared dataset (datasets/NAME/spec.yaml)."""
 
     name: str
@@ -356,17 +362,6 @@ class DatasetSpec:
     def digest(self) -> str:
         """Content digest of the spec."""
         return digest(self.raw)
-
-    @property
-    def description(self) -> str:
-        """The one-line description ("" where the spec has none)."""
-        return str(self.raw.get("description") or "")
-
-    @property
-    def hub_id(self) -> str | None:
-        """The dataset's Hugging Face Hub id, or None."""
-        given = self.raw.get("hub_id")
-        return None if given is None else str(given)
 
     @property
     def source(self) -> str:
