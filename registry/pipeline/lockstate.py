@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING
 from stemma.registry.errors import StemmaError
 from stemma.registry.pipeline.locks import folder_locked_md5
 from stemma.registry.rules import status
-from stemma.registry.rules.layout import MANIFEST_FILE
+from stemma.registry.rules.layout import LOCK_FILE, MANIFEST_FILE, MODELS_DIR
 from stemma.registry.rules.status import recorded_md5
 from stemma.registry.store._checkcache import FolderFacts, work_stamps
+from stemma.registry.store._snapshot import read_texts
 from stemma.registry.store.files import read_json
+from stemma.registry.store.tree import WorkTree
 
 if TYPE_CHECKING:
     from stemma.registry.store.handle import Registry
@@ -55,6 +57,21 @@ def _manifest_md5(reg: Registry, name: str) -> str | None:
     return recorded_md5(doc.get("weights") if isinstance(doc, dict) else None)
 
 
+def _lock_texts(reg: Registry, names: list[str]) -> dict[str, str | None]:
+    """Model name -> text (None: no such file) of the dvc.lock of each of the model
+    folders `names` of the working tree, read in one pass (`_snapshot.read_texts`);
+    {} where that cannot be done (a git revision, or a file the careful reader refuses:
+    then each is read on its own, and refused as it always is)."""
+    if not names or not isinstance(reg.tree, WorkTree):
+        return {}
+    paths = [f"{MODELS_DIR}/{name}/{LOCK_FILE}" for name in names]
+    try:
+        texts = read_texts(reg.root, paths, reg.rel_root)
+    except StemmaError:
+        return {}
+    return dict(zip(names, texts, strict=True))
+
+
 def unlocked(reg: Registry, names: Iterable[str]) -> set[str]:
     """The models among `names` (built ones) whose manifest records other weights than their
     folder's dvc.lock: stale by the status rule's `lock` case."""
@@ -62,12 +79,14 @@ def unlocked(reg: Registry, names: Iterable[str]) -> set[str]:
     if not names:
         return set()
     kept = _kept_md5s(reg)
+    locks = _lock_texts(reg, [n for n in names if n not in kept])
     out = set()
     for name in names:
         if name in kept:
             md5, locked = kept[name]
         else:
-            locked = folder_locked_md5(reg, name)
+            read = (lambda _path, text=locks[name]: text) if name in locks else None
+            locked = folder_locked_md5(reg, name, read)
             md5 = _manifest_md5(reg, name) if locked is not None else None
         # the lock case alone: the index has judged the rest
         lock_only = status.StatusInputs(True, True, weights_md5=md5, locked_md5=locked)

@@ -382,9 +382,10 @@ def read_texts(root: Path | str, paths: list[str], prefix: str = "") -> list[str
 
     The plain case (no link anywhere from the kind's folder down, a regular file within the
     size bound) is read relative to open folders, each opened without following a link:
-    a fifth of the cost of `read_text`'s checks, which must hold for any path. Anything
-    else (a link, a pipe, a file too large, an error) is handed to `read_text`, which
-    refuses or reads it as it always does."""
+    a fifth of the cost of `read_text`'s checks, which must hold for any path; a file
+    such a folder does not hold is None, as `read_text` has it. Anything else (a link, a
+    pipe, a file too large, an error) is handed to `read_text`, which refuses or reads it
+    as it always does."""
     out: list[str | None] = []
     fds: dict[str, int] = {}  # "models" and "models/NAME": open folder, or -1 (not plain)
     try:
@@ -394,6 +395,9 @@ def read_texts(root: Path | str, paths: list[str], prefix: str = "") -> list[str
             folder = _open_folder(fds, root, kind, name)
             if folder >= 0:
                 data = _read_plain(folder, fname, MAX_TEXT_BYTES)
+                if data is _ABSENT:  # no such file in a folder reached without a link
+                    out.append(None)
+                    continue
             if data is None:  # not the plain case: the careful reader decides
                 out.append(read_text(root, path, -1, prefix))
                 continue
@@ -436,11 +440,17 @@ def _open_folder(fds: dict[str, int], root: Path | str, kind: str, name: str) ->
     return fd
 
 
+_ABSENT = b"\x00absent"  # `_read_plain`: no such file (compared by identity)
+
+
 def _read_plain(folder: int, fname: str, limit: int) -> bytes | None:
     """The bytes of the regular file `fname` of the open `folder` (not a link, at most
-    `limit` bytes), or None for anything else."""
+    `limit` bytes), `_ABSENT` when the folder has no such entry, or None for anything
+    else."""
     try:
         fd = os.open(fname, _FILE_FLAGS, dir_fd=folder)
+    except FileNotFoundError:
+        return _ABSENT
     except OSError:
         return None
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from stemma.registry import Registry
-from stemma.registry.errors import ParseError, SchemaError
+from stemma.registry.errors import ParseError, SchemaError, StemmaError
 from stemma.registry.store import _ingest, _snapshot, index
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -144,3 +144,27 @@ def test_a_new_index_is_written_without_a_log(synthetic: Registry) -> None:
     with index.open_index(synthetic) as idx:
         setting = idx.con.execute("SELECT current_setting('checkpoint_threshold')")
         assert setting.fetchone() == default.fetchone()
+
+
+def test_read_texts_reads_each_file_as_read_text_does(tmp_path: Path) -> None:
+    """The one-pass reader gives each path what the careful reader gives: the text, None
+    for a file or folder that is not there, and the same refusal for a folder that is a
+    link out of the root."""
+    root, outside = tmp_path / "reg", tmp_path / "outside"
+    (root / "models" / "a").mkdir(parents=True)
+    (root / "models" / "a" / "spec.yaml").write_text("x: 1\n")
+    outside.mkdir()
+    (root / "models" / "b").symlink_to(outside, target_is_directory=True)
+    paths = ["models/a/spec.yaml", "models/a/dvc.lock", "models/c/dvc.lock", "models/b/dvc.lock"]
+
+    def outcome(read: object) -> object:
+        try:
+            return read()  # type: ignore[operator]
+        except StemmaError as exc:
+            return (type(exc).__name__, str(exc))
+
+    for path in paths:
+        one = outcome(lambda p=path: _snapshot.read_texts(root, [p])[0])
+        assert one == outcome(lambda p=path: _snapshot.read_text(root, p, -1)), path
+    assert _snapshot.read_texts(root, paths[:3]) == ["x: 1\n", None, None]
+    assert isinstance(outcome(lambda: _snapshot.read_texts(root, paths)), tuple)  # refused
