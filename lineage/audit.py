@@ -466,8 +466,12 @@ def _marked_graph(
     drawn = set(pick_nodes(marks, present, sources)[0])
     shown = [m for m in models if model_node(m.name) in drawn]
     g = graph_from_records(shown, datasets)
-    if new.reg is not None:
-        add_external(new.reg, g, [m.name for m in shown if m.status == status.REGISTERED])
+    own = {model_node(m.name) for m in shown if m.status == status.REGISTERED}
+    for u, v, k, attrs in external.edges(keys=True, data=True):  # read once, above
+        if u in own:
+            if v not in g:
+                g.add_node(v, **external.nodes[v])
+            g.add_edge(u, v, key=k, **attrs)
     for key, attrs in removed.items():
         g.add_node(key, **attrs)
     for u, v, k, attrs in extra:
