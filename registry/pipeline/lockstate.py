@@ -22,7 +22,7 @@ from stemma.registry.pipeline.locks import folder_locked_md5
 from stemma.registry.rules import status
 from stemma.registry.rules.layout import LOCK_FILE, MANIFEST_FILE, MODELS_DIR
 from stemma.registry.rules.status import recorded_md5
-from stemma.registry.store._checkcache import FolderFacts, work_stamps
+from stemma.registry.store._checkcache import FolderFacts
 from stemma.registry.store._snapshot import read_texts
 from stemma.registry.store.files import read_json
 from stemma.registry.store.tree import WorkTree
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 def _kept_md5s(reg: Registry) -> dict[str, tuple[str | None, str | None]]:
     """name -> (manifest md5, locked md5) from the check's kept facts of unchanged folders."""
-    facts = FolderFacts(reg, work_stamps(reg.root))
+    facts = FolderFacts(reg)
     out: dict[str, tuple[str | None, str | None]] = {}
     for name in facts.stored:
         kept = facts.get(name)

@@ -129,9 +129,11 @@ class FolderFacts:
     """The stored facts of a registry, the stamps of its folders now, and what this check
     takes and adds."""
 
-    def __init__(self, reg: Registry, stamps: dict[str, str]) -> None:
+    def __init__(self, reg: Registry, stamps: dict[str, str] | None = None) -> None:
+        """`stamps`: the folders' stamps now; None for the working tree's, taken only when
+        any facts are stored (a store without facts then costs no look at the folders)."""
         self.repo_root = reg.repo_root
-        self.stamps = stamps
+        self.stamps = stamps or {}
         self.header = _header(reg)
         self.stored: dict[str, int] = {}  # name -> its line in `lines`
         self.lines: list[bytes] = []  # NAME<TAB>STAMP<TAB>FACTS
@@ -149,6 +151,8 @@ class FolderFacts:
                 if tab:
                     stored[name.decode(errors="replace")] = i
         self.lines, self.stored = lines, stored
+        if stamps is None and stored:
+            self.stamps = work_stamps(reg.root)
 
     def get(self, name: str) -> list[Any] | None:
         """The facts of folder `name` when its stamp is the one they were stored under."""
