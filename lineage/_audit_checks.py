@@ -20,6 +20,7 @@ from stemma.registry.pipeline import _pipecache
 from stemma.registry.pipeline._pipedelta import render_near
 from stemma.registry.pipeline.locks import folder_locked_md5, locked_md5s
 from stemma.registry.pipeline.pipefiles import compare, differences, rendered
+from stemma.registry.rules import status
 from stemma.registry.rules.layout import (
     LOCK_FILE,
     MANIFEST_FILE,
@@ -135,13 +136,15 @@ def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
             md5 = cons.weights_md5(state.manifests.get(f"model:{name}"))
             locked = folder_locked_md5(reg, name, state.text)
         want = locked if locked is not None else root.get(reg.rel("models", name, WEIGHTS_FILE))
-        if md5 is not None and want is not None and md5 != want:
+        # the lock case of the status rule alone (the checks above judge the rest)
+        lock_only = status.StatusInputs(True, True, weights_md5=md5, locked_md5=want)
+        if lock_only.staleness() == status.LOCK_CHANGED:
             found.append(
                 Violation(
                     LOCK_MISMATCH,
                     reg.rel("models", name, MANIFEST_FILE),
-                    f"weights md5 {md5[:12]} differs from {want[:12]} in dvc.lock: the weights were"
-                    " not produced by the locked run; rebuild with `dvc repro`",
+                    f"weights md5 {str(md5)[:12]} differs from {str(want)[:12]} in dvc.lock:"
+                    " the weights were not produced by the locked run; rebuild with `dvc repro`",
                     "/weights/md5",
                     subject=f"model:{name}",
                 )
