@@ -52,7 +52,7 @@ from .families import require
 from .gating import gate_record, gate_records
 from .hubsnapshot import inherited_tokenizer
 from .mapping import plan, tensor_row, transfer
-from .model_manifest import source_block
+from .model_manifest import Head, source_block
 from .quantize_eval import scoring
 
 METHODS = {
@@ -268,18 +268,17 @@ def build_quantized(
             raise BuildError(f"{display} at /quantize: the {key} score is not a finite number")
     # the parent's tokenizer, as every child of a model with one keeps it (the same files)
     tokenizer, tokenizer_files = inherited_tokenizer(reg, parent, src_manifest)
-    built = ModelManifest.of(
-        kind="model",
-        schema_version=1,
-        name=name,
-        id="",  # the content id, which commit_outputs computes from the rest
-        spec=spec.to_dict(),
-        spec_digest=spec.digest,
-        source=source_block(spec, parent, src_manifest),
-        datasets=scored.datasets,
-        weights=blob_weights(WEIGHTS_FILE, blob, "safetensors"),
-        architecture=Architecture.of(config, tuple(_rows(tensors, metadata, set(src_state)))),
-        parameters=Parameters.of(total, 0, total),
+    head = Head(
+        name,
+        spec.to_dict(),
+        spec.digest,
+        source_block(spec, parent, src_manifest),
+        scored.datasets,
+        Architecture.of(config, tuple(_rows(tensors, metadata, set(src_state)))),
+        Parameters.of(total, 0, total),
+    )
+    built = head.manifest(
+        blob_weights(WEIGHTS_FILE, blob, "safetensors"),
         metrics=metrics,
         gates=(
             *gate_records(spec.gates, metrics, after["per_class"], display),
