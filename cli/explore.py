@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from stemma.registry import Registry
@@ -19,6 +19,10 @@ from stemma.registry import Registry
 from ._common import JsonOpt, RepoOpt, console, emit_json, fail
 from ._wide import print_whole
 from .app import library
+
+if TYPE_CHECKING:
+    from stemma.migration.explore import Ranking
+    from stemma.migration.explore_lm import TextRanking
 
 
 class ScoreChoice(str, enum.Enum):
@@ -100,14 +104,14 @@ def explore(
     lib = library("migration.explore")
     reg = Registry.open(repo)
     if for_ is not None:
-        doc = lib.explore_for(reg, for_)
+        chosen: Ranking | TextRanking = lib.explore_for(reg, for_)
         if json_:
-            emit_json(doc)
+            emit_json(chosen.to_dict(timings=False))  # the exploration.json it wrote
         else:
             typer.echo(
-                f"explored {len(doc['ranking'])} candidates for {for_} on"
-                f" {doc['dataset']['name']}: selected {doc['selected']} by {doc['decided_by']}"
-                f" ({len(doc['skipped'])} skipped)"
+                f"explored {len(chosen.rows)} candidates for {for_} on"
+                f" {chosen.dataset.name}: selected {chosen.selected} by {chosen.decided_by}"
+                f" ({len(chosen.skipped)} skipped)"
             )
         return
     assert dataset is not None
@@ -120,7 +124,7 @@ def explore(
     else:
         names, decide = (score.value,), score.value
     with _progress() as progress:
-        ranking = lib.explore(
+        ranking: Ranking | TextRanking = lib.explore(
             reg,
             dataset,
             candidates,
@@ -133,7 +137,7 @@ def explore(
     if json_:
         emit_json(ranking.to_dict())
     else:
-        _render(ranking.to_dict(), dataset)
+        _render(ranking, dataset)
     if ranking.selected is None and not ranking.unscorable:
         raise fail(f"no candidate matching {candidates!r} fits dataset {dataset!r}")
 
@@ -162,56 +166,55 @@ def _progress() -> Iterator[Callable[[int, int, str], None] | None]:
         yield update
 
 
-def _render(doc: dict[str, Any], dataset: str) -> None:
+def _render(ranking: Ranking | TextRanking, dataset: str) -> None:
     from rich.table import Table
 
     out = console()
     table = Table(
-        title=f"candidate sources for {dataset} (by {doc['decided_by']})",
+        title=f"candidate sources for {dataset} (by {ranking.decided_by})",
         caption="each score, and under it the time it took; extract: feature extraction",
     )
     table.add_column("rank", justify="right")
     table.add_column("model", no_wrap=True)
-    for name in doc["scores"]:
+    for name in ranking.scores:
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("extract", justify="right", no_wrap=True)
-    for row in doc["ranking"]:
-        cells = [str(row["rank"]), row["model"]]
-        for name in doc["scores"]:
-            value = row["scores"][name]
+    for row in ranking.rows:
+        cells = [str(row.rank), row.model]
+        for name in ranking.scores:
+            value = row.scores[name]
             # the value, and under it the time the score took
             shown = "n/a" if value is None else repr(value)  # the whole recorded value
-            cells.append(f"{shown}\n[dim]{_ms(row['seconds'][name])}[/dim]")
-        cells.append(f"\n[dim]{_ms(row['extract_seconds'])}[/dim]")
+            cells.append(f"{shown}\n[dim]{_ms(row.seconds[name])}[/dim]")
+        cells.append(f"\n[dim]{_ms(row.extract_seconds)}[/dim]")
         table.add_row(*cells)
     print_whole(out, table)  # every score in full, past 80 columns
-    for skip in doc["skipped"]:
-        out.print(f"skipped {skip['model']}: {skip['reason']}")
-    for score, why in sorted((doc.get("not_applicable") or {}).items()):
+    for skip in ranking.skipped:
+        out.print(f"skipped {skip.model}: {skip.reason}")
+    for score, why in sorted(ranking.not_applicable):
         out.print(f"{score} does not apply to this dataset: {why}")
-    if "sample" in doc:  # --sample: which rows each candidate was scored on
-        sampled = doc["sample"]
-        kind = "stratified sample" if sampled["stratified"] else "sample"
+    sampled = ranking.sample
+    if sampled is not None:  # --sample: which rows each candidate was scored on
+        kind = "stratified sample" if sampled.stratified else "sample"
         out.print(
-            f"scored on a {kind} of {sampled['rows']} of {sampled['of']} train rows"
-            f" (seed {sampled['seed']})"
+            f"scored on a {kind} of {sampled.rows} of {sampled.of} train rows (seed {sampled.seed})"
         )
-        again = [row["model"] for row in doc["ranking"] if row.get("rescored")]
-        if "rescored" in sampled:
+        again = [row.model for row in ranking.rows if row.rescored]
+        if sampled.rescored is not None:
             out.print(
-                f"rescored on the whole split (best {sampled['rescored']} on the sample):"
+                f"rescored on the whole split (best {sampled.rescored} on the sample):"
                 f" {', '.join(again) or 'none'}"
             )
-    if "budget" in doc:  # a text dataset: what was scored, and in which unit
-        budget = doc["budget"]
+    budget = ranking.budget
+    if budget is not None:  # a text dataset: what was scored, and in which unit
         out.print(
-            f"scored {budget['bytes']} bytes of {budget['records']} train records"
-            f" (cap {budget['max_bytes']} bytes, {budget['max_tokens']} tokens a candidate)"
+            f"scored {budget.bytes} bytes of {budget.records} train records"
+            f" (cap {budget.max_bytes} bytes, {budget.max_tokens} tokens a candidate)"
         )
-        out.print(doc["note"])
-    if doc["selected"] is not None:
-        chosen, score = doc["selected"], doc["decided_by"]
-        best = "lowest" if score in doc.get("lower_is_better", ()) else "highest"
+        out.print(ranking.note)
+    if ranking.selected is not None:
+        chosen, score = ranking.selected, ranking.decided_by
+        best = "lowest" if score in ranking.lower_is_better else "highest"
         out.print(f"recommended source: [bold]{chosen}[/bold] ({best} {score})")
 
 

@@ -13,14 +13,19 @@ import fnmatch
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.pipeline.render import candidates as auto_candidates
-from stemma.registry.records.manifest import DatasetManifest, dataset_record, model_record
+from stemma.registry.records.manifest import (
+    DatasetManifest,
+    DatasetRef,
+    dataset_record,
+    model_record,
+)
 from stemma.registry.rules.layout import EXPLORATION_FILE, WEIGHTS_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from stemma.registry.store.files import canonical_json, write_atomic
@@ -28,6 +33,7 @@ from stemma.registry.store.files import canonical_json, write_atomic
 from .data import DatasetArrays, load_dataset
 from .explore_lm import BITS_PER_BYTE, TextRanking, explore_text
 from .features import extract
+from .ranking import CandidateRow, Sample, Skipped, TextBudget, ranked
 from .tasks import DECIMALS
 from .train import CPU_THREADS
 from .transferability import (
@@ -94,33 +100,33 @@ def _blas_threads() -> Any:
 class Ranking:
     """Candidates ordered by the deciding score (rank 1 first), and those left out, with why."""
 
-    dataset: dict[str, str]
+    dataset: DatasetRef
     decided_by: str
-    rows: tuple[dict[str, Any], ...] = ()
-    skipped: tuple[dict[str, str], ...] = ()
+    rows: tuple[CandidateRow, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
     selected: str | None = None
-    scores: tuple[str, ...] = field(default=())
+    scores: tuple[str, ...] = ()
     not_applicable: tuple[tuple[str, str], ...] = ()
-    sample: dict[str, Any] | None = None  # the rows scored, when a sample bounded them
+    sample: Sample | None = None  # the rows scored, when a sample bounded them
+    # what only a text ranking (explore_lm.TextRanking) has: the renderers read either kind
+    budget: ClassVar[TextBudget | None] = None
+    note: ClassVar[str | None] = None
+    lower_is_better: ClassVar[tuple[str, ...]] = ()  # every score here: higher is better
 
     def to_dict(self, timings: bool = True) -> dict[str, Any]:
         """The ranking as JSON-ready data; without `timings`, deterministic (no wall times)."""
-        rows = [
-            {k: v for k, v in row.items() if timings or k not in ("seconds", "extract_seconds")}
-            for row in self.rows
-        ]
-        doc = {
-            "dataset": dict(self.dataset),
+        doc: dict[str, Any] = {
+            "dataset": self.dataset.to_dict(),
             "decided_by": self.decided_by,
             "scores": list(self.scores),
             "selected": self.selected,
-            "ranking": rows,
-            "skipped": [dict(s) for s in self.skipped],
+            "ranking": [row.to_dict(timings) for row in self.rows],
+            "skipped": [s.to_dict() for s in self.skipped],
         }
         if self.not_applicable:  # absent for class labels: their documents stay as they were
             doc["not_applicable"] = dict(self.not_applicable)
         if self.sample is not None:  # absent for the whole split: those documents stay as-is
-            doc["sample"] = dict(self.sample)
+            doc["sample"] = self.sample.to_dict()
         return doc
 
     @property
@@ -198,8 +204,8 @@ def _value_key(value: Any, name: str) -> tuple[bool, float, str]:
     return (not finite, -value if finite else 0.0, name)
 
 
-def _order_key(row: dict[str, Any], score: str) -> tuple[bool, float, str]:
-    return _value_key(row["scores"][score], row["model"])
+def _order_key(row: CandidateRow, score: str) -> tuple[bool, float, str]:
+    return _value_key(row.scores[score], row.model)
 
 
 def shortlist(values: Mapping[str, float | None], top: int) -> list[str]:
@@ -280,7 +286,7 @@ def explore(
         # no score applies to this task at all (detection): an empty ranking that says why,
         # not an error; asking for one score another task's datasets lack is still an error
         return Ranking(
-            dataset={"name": dataset, "id": dataset_manifest.id},
+            dataset=DatasetRef(name=dataset, id=dataset_manifest.id),
             decided_by=decided_by,
             scores=(),
             not_applicable=tuple((n, skip_scores[n]) for n in names),
@@ -297,8 +303,8 @@ def explore(
         pool = [m for m in reg.model_names() if fnmatch.fnmatch(m, candidates)]
     else:
         pool = sorted(dict.fromkeys(candidates))
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    rows: list[CandidateRow] = []
+    skipped: list[Skipped] = []
     todo = [m for m in pool if m not in banned]
     # read once for every candidate (each one whose features are not cached runs over it)
     data = load_dataset(reg, dataset) if todo else None
@@ -307,21 +313,20 @@ def explore(
     if data is not None and sample is not None:
         labels = np.asarray(data.y_train)
         picked = stratified_sample(labels, sample, seed=SAMPLE_SEED)
-        sampled = {
-            "rows": int(picked.shape[0]),
-            "of": int(labels.shape[0]),
-            "seed": SAMPLE_SEED,
-            "stratified": labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer),
-        }
-        if rescore is not None:  # absent otherwise: sampled documents stay as they were
-            sampled["rescored"] = rescore
+        sampled = Sample(
+            rows=int(picked.shape[0]),
+            of=int(labels.shape[0]),
+            seed=SAMPLE_SEED,
+            stratified=bool(labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)),
+            rescored=rescore,
+        )
         data = replace(data, x_train=data.x_train[picked], y_train=labels[picked])
     for done, model in enumerate(todo):
         if progress is not None:
             progress(done, len(todo), model)
         reason = _misfit(reg, model, shape)
         if reason is not None:
-            skipped.append({"model": model, "reason": reason})
+            skipped.append(Skipped(model=model, reason=reason))
             continue
         values, seconds, extract_seconds = _score_candidate(
             reg, model, dataset, names, task, device, data, cache=sampled is None
@@ -329,45 +334,62 @@ def explore(
         manifest = reg.model_manifest(model)
         assert manifest is not None
         rows.append(
-            {
-                "model": model,
-                "id": manifest.id,
-                "scores": values,
-                "seconds": seconds,
-                "extract_seconds": extract_seconds,
-            }
+            CandidateRow(
+                model=model,
+                id=manifest.id,
+                scores=values,
+                seconds=seconds,
+                extract_seconds=extract_seconds,
+            )
         )
     if progress is not None:
         progress(len(todo), len(todo), "")
     rows.sort(key=lambda row: _order_key(row, decided_by))
     if rescore is not None:
-        first = {row["model"]: row["scores"][decided_by] for row in rows}
+        first = {row.model: row.scores[decided_by] for row in rows}
         again = set(shortlist(first, rescore))
-        for row in rows:
-            if row["model"] not in again:
-                continue
-            full, full_seconds, full_extract = _score_candidate(
-                reg, row["model"], dataset, names, task, device, whole, cache=True
-            )
-            row["sample_scores"] = row["scores"]
-            row.update(scores=full, rescored=True)
-            row["seconds"] = {k: round(v + full_seconds[k], 6) for k, v in row["seconds"].items()}
-            row["extract_seconds"] = round(row["extract_seconds"] + full_extract, 6)
-        second = {row["model"]: row["scores"][decided_by] for row in rows if row["model"] in again}
+        rows = [
+            _rescored(row, reg, dataset, names, task, device, whole) if row.model in again else row
+            for row in rows
+        ]
+        second = {row.model: row.scores[decided_by] for row in rows if row.model in again}
         order = two_stage_order(first, second)
-        by_name = {row["model"]: row for row in rows}
+        by_name = {row.model: row for row in rows}
         rows = [by_name[name] for name in order]
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
+    ordered = ranked(rows)
     return Ranking(
-        dataset={"name": dataset, "id": dataset_manifest.id},
+        dataset=DatasetRef(name=dataset, id=dataset_manifest.id),
         decided_by=decided_by,
-        rows=tuple(rows),
+        rows=ordered,
         skipped=tuple(skipped),
-        selected=rows[0]["model"] if rows else None,
+        selected=ordered[0].model if ordered else None,
         scores=names,
         not_applicable=not_applicable,
         sample=sampled,
+    )
+
+
+def _rescored(
+    row: CandidateRow,
+    reg: Registry,
+    dataset: str,
+    names: Sequence[str],
+    task: str,
+    device: str,
+    whole: DatasetArrays | None,
+) -> CandidateRow:
+    """The row of a candidate scored again on the whole split: the whole split's scores, the
+    sample's under `sample_scores`, and the times of both passes added up."""
+    full, full_seconds, full_extract = _score_candidate(
+        reg, row.model, dataset, names, task, device, whole, cache=True
+    )
+    return replace(
+        row,
+        scores=full,
+        seconds={k: round(v + full_seconds[k], 6) for k, v in row.seconds.items()},
+        extract_seconds=round(row.extract_seconds + full_extract, 6),
+        sample_scores=row.scores,
+        rescored=True,
     )
 
 
@@ -400,8 +422,9 @@ def _score_candidate(
     return values, seconds, extract_seconds
 
 
-def explore_for(reg: Registry, model_name: str, device: str = "auto") -> dict[str, Any]:
-    """Explore the sources of a `source: {model: auto}` spec; write and return exploration.json.
+def explore_for(reg: Registry, model_name: str, device: str = "auto") -> Ranking | TextRanking:
+    """Explore the sources of a `source: {model: auto}` spec; write its exploration.json (the
+    ranking's `to_dict(timings=False)`) and return the ranking.
 
     The document is deterministic (scores rounded, no wall times), so an unchanged registry
     gives identical bytes, and the model's manifest id does not move on a rebuild.
@@ -417,15 +440,15 @@ def explore_for(reg: Registry, model_name: str, device: str = "auto") -> dict[st
     if ranking.unscorable:
         raise BuildError(
             f"{spec.path} at /source/model: auto picks by a transferability score and none"
-            f" applies to the {ranking.dataset['name']!r} dataset's task; name the source model"
+            f" applies to the {ranking.dataset.name!r} dataset's task; name the source model"
         )
     if ranking.selected is None:
         glob = spec.source.candidates or "*"
-        why = "; ".join(f"{s['model']}: {s['reason']}" for s in ranking.skipped)
+        why = "; ".join(f"{s.model}: {s.reason}" for s in ranking.skipped)
         raise BuildError(
             f"{spec.path} at /source/candidates: no candidate matching {glob!r} fits dataset"
             f" {spec.train!r}" + (f" ({why})" if why else " (no model matches)")
         )
     doc = ranking.to_dict(timings=False)
     write_atomic(reg.model_dir(model_name) / EXPLORATION_FILE, canonical_json(doc))
-    return doc
+    return ranking

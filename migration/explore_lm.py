@@ -26,13 +26,13 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
-from stemma.registry.records.manifest import ModelManifest, model_record
+from stemma.registry.records.manifest import DatasetRef, ModelManifest, model_record
 from stemma.registry.rules.layout import WEIGHTS_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from torch import nn
@@ -40,6 +40,7 @@ from torch import nn
 from . import lm_train
 from . import tokenizer as tok
 from .build_inputs import load_model
+from .ranking import CandidateRow, Sample, Skipped, TextBudget, ranked
 from .tasks import DECIMALS
 from .textdata import PROMPT_COMPLETION, Record, TextSplits, load_text
 from .train import cpu_threads
@@ -88,32 +89,35 @@ class TextTarget:
 class TextRanking:
     """Candidates ordered by the deciding score (rank 1 first), those left out, and the bound."""
 
-    dataset: dict[str, str]
+    dataset: DatasetRef
     decided_by: str
-    rows: tuple[dict[str, Any], ...]
-    skipped: tuple[dict[str, str], ...]
+    rows: tuple[CandidateRow, ...]
+    skipped: tuple[Skipped, ...]
     selected: str | None
     scores: tuple[str, ...]
     not_applicable: tuple[tuple[str, str], ...]
-    budget: dict[str, int]
+    budget: TextBudget
+    sample: ClassVar[Sample | None] = None  # text is bounded by `budget`, never sampled
+    note: ClassVar[str] = NOTE
+
+    @property
+    def lower_is_better(self) -> tuple[str, ...]:
+        """The scores of this ranking where lower is better, sorted."""
+        return tuple(sorted(LOWER_IS_BETTER & set(self.scores)))
 
     def to_dict(self, timings: bool = True) -> dict[str, Any]:
         """The ranking as JSON-ready data; without `timings`, deterministic (no wall times)."""
-        rows = [
-            {k: v for k, v in row.items() if timings or k not in ("seconds", "extract_seconds")}
-            for row in self.rows
-        ]
         return {
-            "dataset": dict(self.dataset),
+            "dataset": self.dataset.to_dict(),
             "decided_by": self.decided_by,
             "scores": list(self.scores),
             "selected": self.selected,
-            "ranking": rows,
-            "skipped": [dict(s) for s in self.skipped],
+            "ranking": [row.to_dict(timings) for row in self.rows],
+            "skipped": [s.to_dict() for s in self.skipped],
             "not_applicable": dict(self.not_applicable),
-            "lower_is_better": sorted(LOWER_IS_BETTER & set(self.scores)),
-            "budget": dict(self.budget),
-            "note": NOTE,
+            "lower_is_better": list(self.lower_is_better),
+            "budget": self.budget.to_dict(),
+            "note": self.note,
         }
 
     @property
@@ -276,11 +280,12 @@ def _why_not(name: str, labelled: bool) -> str | None:
     return None if labelled else _NEEDS_LABELS
 
 
-def _order_key(row: dict[str, Any], score: str) -> tuple[bool, float, str]:
-    value = row["scores"].get(score)
-    finite = isinstance(value, float) and math.isfinite(value)
+def _order_key(row: CandidateRow, score: str) -> tuple[bool, float, str]:
+    value = row.scores.get(score)
     sign = 1.0 if score in LOWER_IS_BETTER else -1.0
-    return (not finite, sign * value if finite else 0.0, row["model"])
+    if isinstance(value, float) and math.isfinite(value):
+        return (False, sign * value, row.model)
+    return (True, 0.0, row.model)
 
 
 def explore_text(
@@ -313,8 +318,8 @@ def explore_text(
         else sorted(dict.fromkeys(candidates))
     )
     todo = [m for m in pool if m not in set(exclude)]
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    rows: list[CandidateRow] = []
+    skipped: list[Skipped] = []
     for done, model in enumerate(todo):
         if progress is not None:
             progress(done, len(todo), model)
@@ -325,36 +330,35 @@ def explore_text(
         if reason is None and decided_by == BITS_PER_BYTE and not is_lm:
             reason = "not a causal language model: no next-token predictions for bits per byte"
         if reason is not None or manifest is None:
-            skipped.append({"model": model, "reason": reason or "not built"})
+            skipped.append(Skipped(model=model, reason=reason or "not built"))
             continue
         try:
             row = _score_one(reg, model, manifest, target, applied, is_lm, load_model)
         except ValueError as exc:
-            skipped.append({"model": model, "reason": str(exc)})
+            skipped.append(Skipped(model=model, reason=str(exc)))
             continue
-        rows.append({"model": model, "id": manifest.id, **row})
+        rows.append(row)
     if progress is not None:
         progress(len(todo), len(todo), "")
     rows.sort(key=lambda row: _order_key(row, decided_by))
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-    best = rows[0] if rows else None
+    ordered = ranked(rows)
+    best = ordered[0] if ordered else None
     dataset_manifest = reg.dataset_manifest(dataset)
     assert dataset_manifest is not None  # text_target read it
     return TextRanking(
-        dataset={"name": dataset, "id": dataset_manifest.id},
+        dataset=DatasetRef(name=dataset, id=dataset_manifest.id),
         decided_by=decided_by,
-        rows=tuple(rows),
+        rows=ordered,
         skipped=tuple(skipped),
-        selected=best["model"] if best and best["scores"].get(decided_by) is not None else None,
+        selected=best.model if best and best.scores.get(decided_by) is not None else None,
         scores=applied,
         not_applicable=tuple(why.items()),
-        budget={
-            "max_bytes": MAX_BYTES,
-            "max_tokens": MAX_TOKENS,
-            "bytes": target.bytes,
-            "records": len(target.records),
-        },
+        budget=TextBudget(
+            max_bytes=MAX_BYTES,
+            max_tokens=MAX_TOKENS,
+            bytes=target.bytes,
+            records=len(target.records),
+        ),
     )
 
 
@@ -366,8 +370,9 @@ def _score_one(
     names: Sequence[str],
     is_lm: bool,
     load_model: Callable[[Registry, str], nn.Module],
-) -> dict[str, Any]:
-    """One candidate's scores, tokens scored and wall times; ValueError to skip it."""
+) -> CandidateRow:
+    """One candidate's row (unranked): its scores, tokens scored and wall times; ValueError to
+    skip it."""
     import time
 
     shown = reg.rel("models", model, tok.TOKENIZER_DIR)
@@ -404,9 +409,11 @@ def _score_one(
         value = float(SCORES[name](features, np.asarray(target.labels)))
         seconds[name] = round(time.perf_counter() - begin, 6)
         values[name] = round(value, DECIMALS) if math.isfinite(value) else None
-    return {
-        "scores": values,
-        "tokens": tokens,
-        "seconds": seconds,
-        "extract_seconds": round(extract_seconds, 6),
-    }
+    return CandidateRow(
+        model=model,
+        id=manifest.id,
+        scores=values,
+        seconds=seconds,
+        extract_seconds=round(extract_seconds, 6),
+        tokens=tokens,
+    )

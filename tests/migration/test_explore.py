@@ -18,6 +18,7 @@ from stemma.migration.build import build_dataset, build_model, load_model
 from stemma.migration.data import materialize
 from stemma.migration.explore import explore, explore_for, fits
 from stemma.migration.features import cache_path, extract
+from stemma.migration.ranking import CandidateRow, Skipped
 from stemma.migration.transferability import SCORES, logme
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
@@ -147,25 +148,31 @@ def test_logme_ranks_the_trained_base_first_and_skips_misfits(zoo: Path) -> None
     reg = Registry.open(zoo)
     ranking = explore(reg, "d59", "*", scores=SCORES, decide="logme")
     assert ranking.selected == "base" and ranking.decided_by == "logme"
-    assert ranking.rows[0]["model"] == "base"
-    assert {r["model"] for r in ranking.rows} == {"base", "untrained", "noise"}
-    assert [r["rank"] for r in ranking.rows] == [1, 2, 3]
-    values = [r["scores"]["logme"] for r in ranking.rows]
+    assert ranking.rows[0].model == "base"
+    assert {r.model for r in ranking.rows} == {"base", "untrained", "noise"}
+    assert [r.rank for r in ranking.rows] == [1, 2, 3]
+    values = [r.scores["logme"] for r in ranking.rows]
     assert values == sorted(values, reverse=True)
     # each value is LogME of the extracted features, computed independently here
     for row in ranking.rows:
-        found = extract(reg, row["model"], "d59")
-        assert row["scores"]["logme"] == pytest.approx(
-            logme(found.features, found.labels), abs=1e-6
-        )
-        assert set(row["scores"]) == set(SCORES) and set(row["seconds"]) == set(SCORES)
-        assert row["id"] == reg.model_manifest(row["model"]).id
+        found = extract(reg, row.model, "d59")
+        assert row.scores["logme"] == pytest.approx(logme(found.features, found.labels), abs=1e-6)
+        assert set(row.scores) == set(SCORES) and set(row.seconds) == set(SCORES)
+        assert row.id == reg.model_manifest(row.model).id
+        assert row.tokens is None and row.sample_scores is None and not row.rescored
+        # the JSON row: these keys in this order, and read back to the same record
+        doc = row.to_dict()
+        assert list(doc) == ["model", "id", "scores", "seconds", "extract_seconds", "rank"]
+        assert CandidateRow.from_dict(doc) == row
+        assert list(row.to_dict(timings=False)) == ["model", "id", "scores", "rank"]
     assert ranking.skipped == (
-        {
-            "model": "wide",
-            "reason": "input shape [1, 12, 12] does not fit the dataset's sample shape [1, 8, 8]",
-        },
+        Skipped(
+            model="wide",
+            reason="input shape [1, 12, 12] does not fit the dataset's sample shape [1, 8, 8]",
+        ),
     )
+    assert ranking.to_dict()["skipped"] == [s.to_dict() for s in ranking.skipped]
+    assert ranking.to_dict()["ranking"] == [r.to_dict() for r in ranking.rows]
     assert fits(reg, "base", "d59") and not fits(reg, "wide", "d59") and fits(reg, "wide", "d12")
 
 
@@ -173,13 +180,13 @@ def test_ties_break_by_name_and_the_deciding_score_orders(copy: Registry) -> Non
     reg = copy
     by_leep = explore(reg, "d59", ["untrained", "noise", "base"], scores=("knn",), decide="leep")
     assert by_leep.scores == ("leep", "knn") and by_leep.decided_by == "leep"
-    leep = [r["scores"]["leep"] for r in by_leep.rows]
+    leep = [r.scores["leep"] for r in by_leep.rows]
     assert leep == sorted(leep, reverse=True)
     # the same model under two names scores identically: the name decides
     shutil.copytree(reg.model_dir("base"), reg.model_dir("abase"))
     tied = explore(Registry.open(reg.repo_root), "d59", "*base", scores=("logme",))
-    assert [r["model"] for r in tied.rows] == ["abase", "base"]
-    assert tied.rows[0]["scores"] == tied.rows[1]["scores"]
+    assert [r.model for r in tied.rows] == ["abase", "base"]
+    assert tied.rows[0].scores == tied.rows[1].scores
     with pytest.raises(BuildError, match="unknown score 'bogus'"):
         explore(reg, "d59", scores=("bogus",))
 
@@ -193,10 +200,12 @@ def test_explore_for_writes_a_deterministic_document(copy: Registry) -> None:
         "source: {model: auto, candidates: '*', score: logme}\ndata: {train: d59}\n",
     )
     reg = Registry.open(copy.repo_root)
-    doc = explore_for(reg, "pick")
+    ranking = explore_for(reg, "pick")
+    doc = ranking.to_dict(timings=False)
     path = reg.model_dir("pick") / "exploration.json"
     first = path.read_bytes()
     assert json.loads(first) == doc
+    assert ranking.selected == "base" and ranking.dataset.name == "d59"
     assert doc["selected"] == "base" and doc["decided_by"] == "logme"
     assert doc["dataset"] == {"name": "d59", "id": reg.dataset_manifest("d59").id}
     assert doc["ranking"][0]["model"] == "base"

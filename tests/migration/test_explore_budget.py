@@ -12,6 +12,7 @@ import torch
 from stemma.migration.architectures import build_module, make_config
 from stemma.migration.explore import explore, shortlist, two_stage_order
 from stemma.migration.features import compute
+from stemma.migration.ranking import CandidateRow, Sample
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from test_explore import zoo  # noqa: F401 (the built candidates, shared with test_explore)
@@ -80,6 +81,16 @@ def test_only_the_shortlist_is_rescored(zoo: Path) -> None:  # noqa: F811
         assert "rescored" not in row and "sample_scores" not in row
         assert row["scores"] == by_name[row["model"]]["scores"]
     assert [row["rank"] for row in doc["ranking"]] == [1, 2, 3]
+    # the typed rows say the same, and a rescored row's keys keep their order
+    best = staged.rows[0]
+    assert best.rescored and best.sample_scores == first["sample_scores"]
+    assert not any(row.rescored or row.sample_scores is not None for row in staged.rows[1:])
+    keys = ["model", "id", "scores", "seconds", "extract_seconds", "sample_scores", "rescored"]
+    assert list(best.to_dict()) == [*keys, "rank"]
+    assert CandidateRow.from_dict(best.to_dict()) == best
+    assert staged.sample == Sample(
+        rows=40, of=doc["sample"]["of"], seed=0, stratified=True, rescored=1
+    )
     # a sample without rescoring records no "rescored": those documents stay as they were
     assert "rescored" not in sampled["sample"]
 

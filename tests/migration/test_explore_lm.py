@@ -135,6 +135,7 @@ def test_the_model_trained_on_the_target_text_ranks_first(built: Registry) -> No
     # the two tokenizers make different numbers of tokens of the same bytes
     tokens = {row["model"]: row["tokens"] for row in doc["ranking"]}
     assert tokens["lm-docs"] == tokens["lm-gen"] != tokens["lm-gen-own"]
+    assert all(list(row) == ["model", "id", "scores", "tokens", "rank"] for row in doc["ranking"])
     assert doc["budget"]["bytes"] <= doc["budget"]["max_bytes"] and "per-token" in doc["note"]
     # on the generated text, the models trained on it come first
     gen = explore(built, "gen", "lm-*").to_dict(timings=False)
@@ -180,8 +181,10 @@ training: {epochs: 1, batch_size: 8, optimizer: adamw, lr: 0.001, seed: 0}
 """,
     )
     reg = Registry.open(root)
-    doc = explore_for(reg, "lm-auto")
-    assert doc["selected"] == "lm-docs" and doc["decided_by"] == "bits_per_byte"
+    ranking = explore_for(reg, "lm-auto")
+    assert ranking.selected == "lm-docs" and ranking.decided_by == "bits_per_byte"
+    exploration = json.loads((reg.model_dir("lm-auto") / "exploration.json").read_text())
+    assert exploration == ranking.to_dict(timings=False)
     manifest = build_model(reg, "lm-auto")
     assert manifest["source"]["model"] == "lm-docs"
     assert manifest["exploration"]["selected"] == "lm-docs"

@@ -357,8 +357,8 @@ def test_exploration_skips_quantized_models(built: Registry) -> None:
 
     ranking = explore(built, "d09", candidates=["mb", "mq"])
     assert [row["model"] for row in ranking.to_dict()["ranking"]] == ["mb"]
-    assert [s["model"] for s in ranking.skipped] == ["mq"]
-    assert "quantized" in ranking.skipped[0]["reason"]
+    assert [s.model for s in ranking.skipped] == ["mq"]
+    assert "quantized" in ranking.skipped[0].reason
 
 
 def test_the_quantize_block_is_a_dvc_param(built: Registry, cli) -> None:
