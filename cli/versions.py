@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from stemma.registry import Registry
@@ -14,6 +14,10 @@ from ._common import JsonOpt, RepoOpt, console, emit_json
 from ._result import ResultJsonOpt
 from ._wide import print_whole
 from .app import library
+
+if TYPE_CHECKING:
+    from stemma.registry.records.manifest import DatasetRef, Source
+    from stemma.registry.versions.diffs import ManifestDiff, TensorFacts
 
 RefOpt = Annotated[
     str | None,
@@ -92,9 +96,11 @@ def diff(
     repo: RepoOpt = Path("."),
 ) -> None:
     """Compare two versions: source, spec fields, metrics, tensors, datasets, weights."""
-    result = lib.diff(Registry.open(repo), a, b)
+    # the comparison reads the typed manifest records, which the other version commands
+    # do without: loaded for this command only
+    result: ManifestDiff = library("registry.versions.diffs").diff(Registry.open(repo), a, b)
     if json_:
-        emit_json(result)
+        emit_json(result.to_dict())
         return
     _render_diff(result)
 
@@ -103,60 +109,50 @@ def _cell(value: Any) -> str:
     return "" if value is None else json.dumps(value, sort_keys=True)
 
 
-def _render_diff(d: dict[str, Any]) -> None:
-    # `d` is the document --json writes; the manifest blocks it quotes (each side's source
-    # and dataset references) are read as their records, loaded for this text only
+def _source(block: Source | None) -> str:
+    return "none" if block is None else f"{block.model} ({block.relation}) {_short(block.id)}"
+
+
+def _render_diff(d: ManifestDiff) -> None:
     from rich.table import Table
 
     out = console()
     out.print(
-        f"[bold]{d['a']['ref']}[/bold] {_short(d['a']['id'])} -> "
-        f"[bold]{d['b']['ref']}[/bold] {_short(d['b']['id'])}"
-        + ("  (identical)" if d["same"] else "")
+        f"[bold]{d.a.ref}[/bold] {_short(d.a.id)} -> "
+        f"[bold]{d.b.ref}[/bold] {_short(d.b.id)}" + ("  (identical)" if d.same else "")
     )
-    src = d["source"]
-    if src["changed"]:
-
-        def fmt(block: Any) -> str:
-            if not block:
-                return "none"
-            s = library("registry.records.manifest").Source.from_dict(block, pointer="/source")
-            return f"{s.model} ({s.relation}) {_short(s.id)}"
-
-        out.print(f"source: {fmt(src['before'])} -> {fmt(src['after'])}")
-    if d["weights"]["changed"]:
-        out.print(f"weights: {_short(d['weights']['before'])} -> {_short(d['weights']['after'])}")
+    if d.source.changed:
+        out.print(f"source: {_source(d.source.before)} -> {_source(d.source.after)}")
+    if d.weights.changed:
+        out.print(f"weights: {_short(d.weights.before)} -> {_short(d.weights.after)}")
     sections: list[tuple[str, tuple[str, ...], list[tuple[str, ...]]]] = [
         (
             "spec",
             ("field", "before", "after"),
-            [(c["pointer"], _cell(c["before"]), _cell(c["after"])) for c in d["spec"]],
+            [(c.pointer, _cell(c.before), _cell(c.after)) for c in d.spec],
         ),
         (
             "metrics",
             ("metric", "before", "after", "delta"),
-            [
-                (m["metric"], _cell(m["before"]), _cell(m["after"]), _num(m["delta"]))
-                for m in d["metrics"]
-            ],
+            [(m.metric, _cell(m.before), _cell(m.after), _num(m.delta)) for m in d.metrics],
         ),
         (
             "tensors",
             ("tensor", "change", "before", "after"),
             [
                 (
-                    t["name"],
-                    t["change"] + (f" ({', '.join(t['fields'])})" if t["fields"] else ""),
-                    _tensor(t["before"], t["fields"]),
-                    _tensor(t["after"], t["fields"]),
+                    t.name,
+                    t.change + (f" ({', '.join(t.fields)})" if t.fields else ""),
+                    _tensor(t.before, t.fields),
+                    _tensor(t.after, t.fields),
                 )
-                for t in d["tensors"]
+                for t in d.tensors
             ],
         ),
         (
             "datasets",
             ("role", "before", "after"),
-            [(c["role"], _dataset(c["before"]), _dataset(c["after"])) for c in d["datasets"]],
+            [(c.role, _dataset(c.before), _dataset(c.after)) for c in d.datasets],
         ),
     ]
     for title, cols, rows in sections:
@@ -170,18 +166,16 @@ def _render_diff(d: dict[str, Any]) -> None:
         out.print(table)
 
 
-def _tensor(row: dict[str, Any] | None, fields: list[str]) -> str:
-    if row is None:
+def _tensor(facts: TensorFacts | None, fields: tuple[str, ...]) -> str:
+    if facts is None:
         return ""
-    keys = fields or ["shape", "origin"]
-    return " ".join(f"{k}={_cell(row.get(k))}" for k in keys)
+    # a tensor added or removed shows its shape and origin; a changed one what changed
+    shown = fields or ("shape", "origin")
+    return " ".join(f"{k}={_cell(getattr(facts, k))}" for k in shown)
 
 
-def _dataset(block: dict[str, Any] | None) -> str:
-    if not block:
-        return ""
-    ref = library("registry.records.manifest").DatasetRef.from_dict(block)
-    return f"{ref.name} {_short(ref.id)}"
+def _dataset(ref: DatasetRef | None) -> str:
+    return "" if ref is None else f"{ref.name} {_short(ref.id)}"
 
 
 def tag(

@@ -1,7 +1,9 @@
-"""Versions like git: resolve `NAME@REF`, compare two versions, restore a version's weights.
+"""Versions like git: resolve `NAME@REF`, list a model's versions, restore a version's weights.
 
 History lives in `history`, tags and the REF grammar in `tags`; this module re-exports them so
-callers import every version operation from one place.
+callers import every version operation from one place, but for the comparison of two versions
+(`diffs`), which reads the typed manifest records that `stemma ls` (an importer of this
+module) never loads.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from stemma.registry.errors import ModelNotFound, StemmaError
 from stemma.registry.records.core import Manifest
 from stemma.registry.rules.layout import MODELS_DIR
 from stemma.registry.rules.naming import parse_ref
-from stemma.registry.rules.pointer import escape as _escape
 from stemma.registry.store.files import CHUNK, file_hashes
 from stemma.registry.store.handle import Registry
 from stemma.registry.versions.gtostate import TagState, tag_state
@@ -58,7 +59,6 @@ __all__ = [
     "checkout",
     "current_stages",
     "deprecated_models",
-    "diff",
     "history",
     "list_tags",
     "log",
@@ -188,90 +188,6 @@ def statuses(reg: Registry, versions: list[Version]) -> list[str]:
         else:
             out.append("deregistered" if v.commit in now.hidden_commits() else "active")
     return out
-
-
-# -- diff -------------------------------------------------------------------------------------
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """JSON pointer -> leaf value; lists are leaves (a changed list reads best whole)."""
-    if isinstance(obj, dict) and obj:
-        flat: dict[str, Any] = {}
-        for key, value in obj.items():
-            flat.update(_flatten(value, f"{prefix}/{_escape(str(key))}"))
-        return flat
-    return {prefix or "/": obj}
-
-
-def _spec_changes(before: Any, after: Any) -> list[dict[str, Any]]:
-    fa, fb = _flatten(before or {}), _flatten(after or {})
-    return [
-        {"pointer": p, "before": fa.get(p), "after": fb.get(p)}
-        for p in sorted(fa.keys() | fb.keys())
-        if fa.get(p) != fb.get(p)
-    ]
-
-
-def _metric_changes(before: dict[str, float], after: dict[str, float]) -> list[dict[str, Any]]:
-    rows = []
-    for metric in sorted(before.keys() | after.keys()):
-        a, b = before.get(metric), after.get(metric)
-        delta = None if a is None or b is None else round(b - a, 12)
-        rows.append({"metric": metric, "before": a, "after": b, "delta": delta})
-    return rows
-
-
-_TENSOR_FIELDS = ("shape", "dtype", "origin", "frozen", "source_name")
-
-
-def _tensor_changes(before: Any, after: Any) -> list[dict[str, Any]]:
-    def rows(arch: Any) -> dict[str, dict[str, Any]]:
-        tensors = (arch or {}).get("tensors") or []
-        return {t["name"]: {f: t.get(f) for f in _TENSOR_FIELDS} for t in tensors}
-
-    ra, rb = rows(before), rows(after)
-    changes = []
-    for name in sorted(ra.keys() | rb.keys()):
-        a, b = ra.get(name), rb.get(name)
-        if a == b:
-            continue
-        change = "added" if a is None else "removed" if b is None else "changed"
-        fields = [f for f in _TENSOR_FIELDS if a and b and a[f] != b[f]]
-        changes.append({"name": name, "change": change, "fields": fields, "before": a, "after": b})
-    return changes
-
-
-def _side(text: str, m: Manifest) -> dict[str, Any]:
-    return {"ref": text, "name": m.name, "id": m.id}
-
-
-def diff(reg: Registry, a: str, b: str) -> dict[str, Any]:
-    """What changed from version A to version B (`NAME@REF` or model names; B may be `@REF`)."""
-    if b.startswith("@"):
-        b = parse_ref(a).name + b
-    ma, mb = resolve(reg, a), resolve(reg, b)
-    ra, rb = ma.raw, mb.raw
-    src_a, src_b = ra.get("source"), rb.get("source")
-    data_a, data_b = dict(ra.get("datasets") or {}), dict(rb.get("datasets") or {})
-    return {
-        "a": _side(a, ma),
-        "b": _side(b, mb),
-        "same": ma.id == mb.id,
-        "source": {"before": src_a, "after": src_b, "changed": src_a != src_b},
-        "spec": _spec_changes(ra.get("spec"), rb.get("spec")),
-        "metrics": _metric_changes(ma.metrics, mb.metrics),
-        "tensors": _tensor_changes(ra.get("architecture"), rb.get("architecture")),
-        "datasets": [
-            {"role": role, "before": data_a.get(role), "after": data_b.get(role)}
-            for role in sorted(data_a.keys() | data_b.keys())
-            if data_a.get(role) != data_b.get(role)
-        ],
-        "weights": {
-            "before": ra["weights"]["sha256"],
-            "after": rb["weights"]["sha256"],
-            "changed": ra["weights"]["sha256"] != rb["weights"]["sha256"],
-        },
-    }
 
 
 # -- checkout ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from conftest import git, write
 from stemma.registry import Registry
 from stemma.registry.errors import GitError, InvalidName, ModelNotFound, StemmaError
 from stemma.registry.store.files import content_id, digest, file_hashes
+from stemma.registry.versions import diffs
 from stemma.registry.versions import resolve as v
 
 VENV_BIN = Path(sys.executable).parent
@@ -288,42 +289,91 @@ def test_ambiguous_id_prefix(work: Registry) -> None:
 
 def test_diff_of_a_retrained_base(built: dict[str, Any]) -> None:
     reg = Registry.open(built["repo"])
-    d = v.diff(reg, "base@HEAD~2", "base@HEAD")
-    assert d["a"]["id"] == built["ids"]["base1"] and d["b"]["id"] == built["ids"]["base2"]
-    assert not d["same"] and not d["source"]["changed"] and d["weights"]["changed"]
-    spec = {c["pointer"]: (c["before"], c["after"]) for c in d["spec"]}
+    d = diffs.diff(reg, "base@HEAD~2", "base@HEAD")
+    assert d.a.id == built["ids"]["base1"] and d.b.id == built["ids"]["base2"]
+    assert not d.same and not d.source.changed and d.weights.changed
+    spec = {c.pointer: (c.before, c.after) for c in d.spec}
     assert spec == {"/training/epochs": (2, 3), "/architecture/hidden": ([32], [48])}
-    acc = next(m for m in d["metrics"] if m["metric"] == "accuracy")
-    assert acc == {"metric": "accuracy", "before": 0.8, "after": 0.9, "delta": 0.1}
-    tensors = {t["name"]: (t["change"], t["fields"]) for t in d["tensors"]}
+    acc = next(m for m in d.metrics if m.metric == "accuracy")
+    assert acc.to_dict() == {"metric": "accuracy", "before": 0.8, "after": 0.9, "delta": 0.1}
+    tensors = {t.name: (t.change, t.fields) for t in d.tensors}
     assert tensors == {
-        "body.0.weight": ("changed", ["shape"]),
-        "head.weight": ("changed", ["shape"]),
+        "body.0.weight": ("changed", ("shape",)),
+        "head.weight": ("changed", ("shape",)),
     }
-    assert v.diff(reg, "base@HEAD~1", "@HEAD")["same"]  # "@REF" names the same model
+    doc = d.to_dict()
+    assert list(doc) == [
+        "a",
+        "b",
+        "same",
+        "source",
+        "spec",
+        "metrics",
+        "tensors",
+        "datasets",
+        "weights",
+    ]
+    assert doc["a"] == {"ref": "base@HEAD~2", "name": "base", "id": built["ids"]["base1"]}
+    assert doc["source"] == {"before": None, "after": None, "changed": False}
+    assert doc["tensors"][0] == {
+        "name": "body.0.weight",
+        "change": "changed",
+        "fields": ["shape"],
+        "before": {
+            "shape": [32, 64],
+            "dtype": "float32",
+            "origin": "new",
+            "frozen": False,
+            "source_name": None,
+        },
+        "after": {
+            "shape": [48, 64],
+            "dtype": "float32",
+            "origin": "new",
+            "frozen": False,
+            "source_name": None,
+        },
+    }
+    assert doc["weights"]["changed"] and doc["weights"]["before"] == d.weights.before
+    same = diffs.diff(reg, "base@HEAD~1", "@HEAD")  # "@REF" names the same model
+    assert same.same and same.b.ref == "base@HEAD" and same.to_dict()["same"]
 
 
 def test_diff_of_a_reparented_model_and_of_two_models(built: dict[str, Any]) -> None:
     reg = Registry.open(built["repo"])
-    d = v.diff(reg, "ft-b@HEAD~1", "ft-b")
-    assert d["source"]["before"]["model"] == "base" and d["source"]["after"]["model"] == "ft-a"
-    assert d["source"]["after"]["id"] == built["ids"]["a1"]
-    assert {"pointer": "/source/model", "before": "base", "after": "ft-a"} in d["spec"]
-    assert [(t["name"], t["change"]) for t in d["tensors"]] == [("adapter.weight", "added")]
-    assert d["tensors"][0]["after"]["shape"] == [32, 32]
-    back = v.diff(reg, "ft-b", "ft-b@HEAD~1")
-    assert [(t["name"], t["change"]) for t in back["tensors"]] == [("adapter.weight", "removed")]
-    two = v.diff(reg, "base", "ft-a")
+    d = diffs.diff(reg, "ft-b@HEAD~1", "ft-b")
+    before, after = d.source.before, d.source.after
+    assert before is not None and after is not None
+    assert before.model == "base" and after.model == "ft-a"
+    assert after.id == built["ids"]["a1"]
+    assert d.to_dict()["source"]["after"] == {
+        "model": "ft-a",
+        "relation": "finetune",
+        "id": built["ids"]["a1"],
+    }
+    assert {"pointer": "/source/model", "before": "base", "after": "ft-a"} in [
+        c.to_dict() for c in d.spec
+    ]
+    assert [(t.name, t.change) for t in d.tensors] == [("adapter.weight", "added")]
+    added = d.tensors[0].after
+    assert added is not None and added.shape == (32, 32)
+    assert d.to_dict()["tensors"][0]["after"]["shape"] == [32, 32]
+    assert d.to_dict()["tensors"][0]["before"] is None and d.tensors[0].fields == ()
+    back = diffs.diff(reg, "ft-b", "ft-b@HEAD~1")
+    assert [(t.name, t.change) for t in back.tensors] == [("adapter.weight", "removed")]
+    two = diffs.diff(reg, "base", "ft-a")
     origins = {
-        t["name"]: (t["before"]["origin"], t["after"]["origin"])
-        for t in two["tensors"]
-        if "origin" in t["fields"]
+        t.name: (t.before.origin, t.after.origin)
+        for t in two.tensors
+        if "origin" in t.fields and t.before is not None and t.after is not None
     }
     assert origins == {
         "body.0.weight": ("new", "transferred"),
         "head.weight": ("new", "reinitialized"),
     }
-    assert two["datasets"][0]["role"] == "train"
+    assert two.datasets[0].role == "train"
+    train = two.to_dict()["datasets"][0]
+    assert train["before"]["name"] == "d0" and train["after"]["name"] == "d1"
 
 
 # -- tags and stages ---------------------------------------------------------------------------
