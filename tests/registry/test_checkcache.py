@@ -215,3 +215,26 @@ def test_a_check_keeps_the_facts_of_a_manifest_not_the_parsed_document(
         assert reg.known(reg.rel("models", name, "manifest.json")) is None
         assert reg.known(reg.rel("models", name, "spec.yaml")) is not None
     assert reg.model_manifest("ft") is not None  # read again where asked for
+
+
+def test_folder_stamps_are_taken_only_where_facts_are_stored(
+    populated: Registry, trusting: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`FolderFacts(reg)` of a store without facts (a new index, a registry never checked)
+    answers without a look at the folders; once a check stored facts, it takes the stamps."""
+    taken: list[Path] = []
+    real = _checkcache.work_stamps
+
+    def stamping(root: Path) -> dict[str, str]:
+        taken.append(root)
+        return real(root)
+
+    monkeypatch.setattr(_checkcache, "work_stamps", stamping)
+    reg = Registry.open(populated.repo_root)
+    empty = _checkcache.FolderFacts(reg)
+    assert (empty.stored, empty.stamps, taken) == ({}, {}, [])
+    assert messages(populated.repo_root) == []  # stores the facts of the three folders
+    taken.clear()
+    facts = _checkcache.FolderFacts(Registry.open(populated.repo_root))
+    assert taken == [reg.root] and sorted(facts.stamps) == ["base", "ft", "scratch"]
+    assert facts.get("ft") is not None
