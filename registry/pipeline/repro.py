@@ -66,12 +66,22 @@ class Plan:
         }
 
 
+@dataclass(frozen=True)
+class _Declared:
+    """What the index holds of a model's spec that a plan needs."""
+
+    source: str | None  # the declared source model, "auto" for an exploration
+    data: frozenset[str]  # every dataset it reads: train, eval and its checks' data
+    candidates: str | None  # an exploration's glob of candidate models
+    parents: tuple[str, ...]  # `parents.parents_of` as the index holds it (a merge has several)
+
+
 @dataclass
 class _Rows:
     """What the index says about every model and dataset."""
 
     model_status: dict[str, str]
-    declared: dict[str, dict[str, Any]]  # models with a spec: source, datasets, candidates
+    declared: dict[str, _Declared]  # models with a spec
     dataset_status: dict[str, str]
 
 
@@ -85,14 +95,8 @@ def _rows(reg: Registry) -> _Rows:
     declared = {}
     for name, _state, has_spec, source, train, eval_, checks, glob, parents in models:
         if has_spec:
-            data = {d for d in (train, eval_, *(checks or ())) if d}
-            # `parents`: `parents.parents_of` as the index holds it (a merge has several)
-            declared[name] = {
-                "source": source,
-                "data": data,
-                "candidates": glob,
-                "parents": list(parents or ()),
-            }
+            data = frozenset(d for d in (train, eval_, *(checks or ())) if d)
+            declared[name] = _Declared(source, data, glob, tuple(parents or ()))
     return _Rows({r[0]: r[1] for r in models}, declared, dict(datasets))
 
 
@@ -102,11 +106,10 @@ def _deps(rows: _Rows, forest: Forest) -> dict[str, list[str]]:
     names = sorted(rows.model_status)
     deps: dict[str, list[str]] = {}
     for name, spec in rows.declared.items():
-        src = spec["source"]
-        if src == "auto":
-            deps[name] = exploration_candidates(name, names, spec["candidates"] or "*", forest)
+        if spec.source == "auto":
+            deps[name] = exploration_candidates(name, names, spec.candidates or "*", forest)
         else:
-            deps[name] = [p for p in spec["parents"] if p in rows.model_status]
+            deps[name] = [p for p in spec.parents if p in rows.model_status]
     return deps
 
 
@@ -120,12 +123,12 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
     for _, error in conflicted_files(reg):
         raise error
     rows = _rows(reg)
-    parents = {m: list(s["parents"]) for m, s in rows.declared.items() if s["parents"]}
+    parents = {m: list(s.parents) for m, s in rows.declared.items() if s.parents}
     forest = Forest.of(rows.model_status, parents)
     deps = _deps(rows, forest)
     used_by: dict[str, set[str]] = {}
     for name, spec in rows.declared.items():
-        for dataset in spec["data"]:
+        for dataset in spec.data:
             used_by.setdefault(dataset, set()).add(name)
     stale_data = {d for d, s in rows.dataset_status.items() if s in TO_BUILD}
     roots = {m for m in rows.declared if rows.model_status.get(m) in TO_BUILD}
@@ -155,9 +158,9 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
     for name in order:
         where = stage_file(reg, "model", name)
         spec = rows.declared[name]
-        needs = [built[f"dataset:{d}"] for d in sorted(spec["data"]) if f"dataset:{d}" in built]
+        needs = [built[f"dataset:{d}"] for d in sorted(spec.data) if f"dataset:{d}" in built]
         first = [built[m] for m in deps[name] if m in built]  # sources, in lineage order
-        if spec["source"] == "auto":  # the exploration reads the candidates, then the build
+        if spec.source == "auto":  # the exploration reads the candidates, then the build
             explore = f"{where}:{stage_name('explore', name)}"
             out.targets.append(explore)
             out.parents[explore] = [*first, *needs]
@@ -210,11 +213,11 @@ def _restrict(
             line = {target, *_upstream(target, deps)} & set(rows.declared)
             models |= {target} | (affected & line)
             for model in line:
-                data |= stale_data & rows.declared[model]["data"]
+                data |= stale_data & rows.declared[model].data
         elif target in rows.dataset_status:
             data.add(target)
             if downstream:
-                users = {m for m, s in rows.declared.items() if target in s["data"]}
+                users = {m for m, s in rows.declared.items() if target in s.data}
                 models |= set(forest.union(users))
         elif target not in rows.model_status:  # a registered model has nothing to build
             names = [*rows.model_status, *rows.dataset_status]
