@@ -17,17 +17,9 @@ from typing import Any
 
 from stemma.registry.publish._lineagesvg import lineage_svg
 from stemma.registry.publish._reportboxes import samples_html
-from stemma.registry.publish._reportfmt import (
-    REPORT,
-    checks,
-    fmt,
-    gates,
-    main_metric,
-    tensors,
-    transfer,
-    verdict,
-)
-from stemma.registry.records.manifest import Check, DatasetRef, Parameters, Run
+from stemma.registry.publish._reportdoc import CurvePoint, Report, as_report
+from stemma.registry.publish._reportfmt import fmt, main_metric, verdict
+from stemma.registry.records.manifest import Check
 from stemma.registry.rules.classlabels import label
 
 
@@ -35,7 +27,7 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def curve_png(curve: Sequence[Mapping[str, Any]]) -> bytes:
+def curve_png(curve: Sequence[CurvePoint]) -> bytes:
     """The training curve (losses, and accuracies on a second axis) as PNG bytes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -43,7 +35,7 @@ def curve_png(curve: Sequence[Mapping[str, Any]]) -> bytes:
     figure = Figure(figsize=(6.4, 3.2), dpi=100)
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    epochs = [float(row.get("epoch", i + 1)) for i, row in enumerate(curve)]
+    epochs = [float(row.value("epoch", i + 1)) for i, row in enumerate(curve)]
     acc = ax.twinx()
     main = main_metric(curve)
     for axis, color, keys in (
@@ -51,7 +43,7 @@ def curve_png(curve: Sequence[Mapping[str, Any]]) -> bytes:
         (acc, "tab:blue", (f"train_{main}", f"eval_{main}")),
     ):
         for key, style in zip(keys, ("-", "--"), strict=True):
-            values = [_number(row.get(key)) for row in curve]
+            values = [_number(row.value(key)) for row in curve]
             if any(v == v for v in values):  # a series of NaN (absent) is not drawn
                 axis.plot(epochs, values, style, color=color, label=key.replace("_", " "))
     ax.set_xlabel("epoch")
@@ -146,17 +138,17 @@ code{background:#f6f8fa}svg.lineage{max-width:100%;height:auto;display:block}
 """
 
 
-def _banner(report: Mapping[str, Any]) -> str:
+def _banner(report: Report) -> str:
     """Pass or fail, first on the page, with one line per reason (gate, check, staleness)."""
-    if "passed" in report:
-        passed, reasons = bool(report["passed"]), list(report["reasons"])
+    if report.passed is not None:
+        passed, reasons = report.passed, list(report.reasons or ())
     else:
-        passed, reasons = verdict(report)
-    declared, results = gates(report), checks(report)
+        passed, reasons = verdict(report.gates, report.checks, report.stale, report.lineage)
+    declared, results = report.gates, report.checks
     summary = (
         f"{sum(g.passed for g in declared)}/{len(declared)} gates,"
         f" {sum(c.passed for c in results.values())}/{len(results)} checks pass;"
-        f" {'stale' if report.get('stale') else 'up to date'}"
+        f" {'stale' if report.stale else 'up to date'}"
     )
     if passed:
         return f"<div class='banner ok' role='status'><strong>PASS</strong> {escape(summary)}</div>"
@@ -167,21 +159,21 @@ def _banner(report: Mapping[str, Any]) -> str:
     )
 
 
-def _per_class(report: Mapping[str, Any]) -> str:
-    names = report["class_names"]
-    per = sorted(report["per_class"].items(), key=lambda kv: int(kv[0]))
+def _per_class(report: Report) -> str:
+    names = report.class_names
+    per = sorted(report.per_class.items(), key=lambda kv: int(kv[0]))
     rows = [(label(names, k), k, v) for k, v in per]
     # the per-class figure of each task: accuracy, r2 per output, F1 per label
     what, figure = {"regression": ("output", "r2"), "multilabel": ("label", "F1")}.get(
-        report["task"], ("class", "accuracy")
+        report.task, ("class", "accuracy")
     )
     return _table([what, "id", figure], rows)
 
 
-def _gates(report: Mapping[str, Any]) -> str:
-    names, per = report["class_names"], report["per_class"]
+def _gates(report: Report) -> str:
+    names, per = report.class_names, report.per_class
     rows = []
-    for g in gates(report):
+    for g in report.gates:
         value = fmt(g.value)
         if g.metric.startswith("per_") and per:  # the worst class decides a per-class gate
             worst = min(per, key=lambda k: per[k])
@@ -196,9 +188,11 @@ def _gates(report: Mapping[str, Any]) -> str:
     return f"<div class='wide'>{table}</div>"
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """A self-contained HTML page of a report (inline CSS and SVG, the curve as a PNG)."""
-    name = escape(str(report["name"]))
+def render_html(report: Report | Mapping[str, Any]) -> str:
+    """A self-contained HTML page of a report, a record or its JSON form (inline CSS and SVG,
+    the curve as a PNG)."""
+    report = as_report(report)
+    name = escape(report.name)
     out = [
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
@@ -207,62 +201,62 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<style>{_STYLE}</style></head><body>",
         _banner(report),
         f"<h1>model {name}</h1>",
-        f"<p><code>{escape(str(report['id']))}</code></p>",
+        f"<p><code>{escape(report.id)}</code></p>",
     ]
-    if report["description"]:
-        out.append(f"<p>{escape(str(report['description']))}</p>")
-    out.append("<h2>lineage</h2>" + lineage_svg(report["lineage"]))
-    refs = {
-        role: DatasetRef.from_dict(ref, REPORT, f"/datasets/{role}")
-        for role, ref in report["datasets"].items()
-    }
-    ds = [(role, ref.name, ref.id) for role, ref in sorted(refs.items())]
+    if report.description:
+        out.append(f"<p>{escape(report.description)}</p>")
+    out.append("<h2>lineage</h2>" + lineage_svg(report.lineage))
+    ds = [(role, ref.name, ref.id) for role, ref in sorted(report.datasets.items())]
     out.append("<h2>datasets</h2>" + _table(["role", "dataset", "id"], ds, clip=(1,)))
-    if report["class_names"]:
+    if report.class_names:
         out.append(
             "<p>class labels by id: "
-            + escape(", ".join(f"{i} \u2192 {n}" for i, n in enumerate(report["class_names"])))
+            + escape(", ".join(f"{i} \u2192 {n}" for i, n in enumerate(report.class_names)))
             + "</p>"
         )
-    t = transfer(report)
+    t = report.transfer
+    counts = t.tally
     out.append("<h2>transfer</h2>")
     summary = [
         ("mapping", t.mapping),
         ("mode", t.mode),
         ("features cached", t.features_cached),
         ("unused source tensors", ", ".join(t.unused_source or ()) or "-"),
-        *sorted(t.extra["counts"].items()),  # the report's tally of the tensor rows
+        ("frozen", counts.frozen),  # the report's tally of the tensor rows, by name
+        ("new", counts.new),
+        ("reinitialized", counts.reinitialized),
+        ("transferred", counts.transferred),
     ]
     out.append(_table(["", ""], summary, "kv", clip=()))
     rows = [
         (r.name, "x".join(map(str, r.shape)), r.dtype, r.origin, r.frozen, r.source_name)
-        for r in tensors(report)
+        for r in report.tensors
     ]
     headers = ["tensor", "shape", "dtype", "origin", "frozen", "source tensor"]
     out.append(_table(headers, rows, clip=(0, 5)))
-    p = Parameters.from_dict(report["parameters"], REPORT, "/parameters")
+    p = report.parameters
     out.append(
         f"<p>parameters: {p.total} total, {p.trainable} trainable, {p.transferred} transferred</p>"
     )
-    out.append("<h2>metrics</h2>" + _table(["metric", "value"], sorted(report["metrics"].items())))
-    if report["per_class"]:
+    out.append("<h2>metrics</h2>" + _table(["metric", "value"], sorted(report.metrics.items())))
+    if report.per_class:
         out.append(_per_class(report))
-    out.append(samples_html(report.get("samples")))  # a detector's eval images with boxes
+    out.append(samples_html(report.samples))  # a detector's eval images with boxes
     out.append("<h2>gates</h2>")
-    out.append(_gates(report) if report["gates"] else "<p>no gates declared</p>")
+    out.append(_gates(report) if report.gates else "<p>no gates declared</p>")
     out.append("<h2>checks</h2>")
-    results = checks(report)
+    results = report.checks
     out += [_check_html(k, results[k]) for k in sorted(results)] or ["<p>no checks recorded</p>"]
     out.append("<h2>training curve</h2>")
-    if report["curve"]:
-        png = base64.b64encode(curve_png(report["curve"])).decode("ascii")
+    if report.curve:
+        png = base64.b64encode(curve_png(report.curve)).decode("ascii")
         out.append(
             f"<img style='max-width:100%;height:auto' alt='training curve of {name}'"
             f" src='data:image/png;base64,{png}'>"
         )
     else:
         out.append("<p>no training curve recorded</p>")
-    run = Run.from_dict(report["run"], REPORT, "/run")
+    run = report.run
     out.append(
         f"<p><small>built {escape(fmt(run.started))} on"
         f" {escape(fmt(run.device))} in {escape(fmt(run.duration_s))} s,"

@@ -17,7 +17,15 @@ import pytest
 from conftest import new_registry
 from factories import dataset_manifest, model_manifest
 from stemma.registry import Registry
-from stemma.registry.publish.report import model_report, render_html, render_text
+from stemma.registry.errors import SchemaError
+from stemma.registry.publish._reportdoc import TensorCounts
+from stemma.registry.publish.report import (
+    Report,
+    model_report,
+    render_html,
+    render_text,
+    report_record,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 SPECS = {
@@ -137,6 +145,24 @@ def test_class_names_replace_the_renumbered_ids(reg: Registry) -> None:
     assert rows[:2] == [("5", "0", "0.9500"), ("6", "1", "0.9900")]
     assert "0.7100 (class 8)" in page  # the worst class decides the per-class gate
     assert "per class: 0 5 0.9500, 1 6 0.9900" in render_text(doc)
+
+
+def test_the_report_is_a_record_whose_json_is_the_report_dict(reg: Registry) -> None:
+    record = report_record(reg, LEAF)
+    assert [e.name for e in record.lineage] == [LEAF, "ft", "base"]
+    child, root = record.lineage[0], record.lineage[-1]
+    assert child.relation == "adapter" and child.source == "ft" and child.current is True
+    assert root.source is None and root.current is None and root.cycle is None
+    assert list(child.to_dict()) == [
+        *("name", "built", "id", "metrics", "train", "relation", "source_id", "source"),
+        "current",
+    ]
+    assert record.transfer.tally == TensorCounts(12, 0, 0, 0)
+    doc = model_report(reg, LEAF)
+    assert record.to_dict() == doc and Report.from_dict(doc, "report") == record
+    assert render_text(record) == render_text(doc) and render_html(record) == render_html(doc)
+    with pytest.raises(SchemaError, match="at /lineage/1: missing required field: 'built'"):
+        Report.from_dict({**doc, "lineage": [doc["lineage"][0], {"name": "ft"}]}, "report")
 
 
 def test_long_names_are_cut_with_the_whole_name_as_title(reg: Registry) -> None:
