@@ -18,7 +18,7 @@ from stemma.registry.check.consistency import Violation
 from stemma.registry.errors import StemmaError
 from stemma.registry.pipeline import _pipecache
 from stemma.registry.pipeline._pipedelta import render_near
-from stemma.registry.pipeline.locks import folder_locked_md5, locked_md5s
+from stemma.registry.pipeline.locks import folder_locked_md5
 from stemma.registry.pipeline.pipefiles import compare, differences, rendered
 from stemma.registry.rules import status
 from stemma.registry.rules.layout import (
@@ -32,6 +32,7 @@ from stemma.registry.rules.naming import parse_source
 from stemma.registry.rules.parents import parents_of
 from stemma.registry.store.files import content_id, parse_json_text
 from stemma.registry.store.tree import WorkTree
+from stemma.registry.store.yamlio import locked_md5s
 from stemma.registry.versions import resolve as versions
 
 from ._audit_state import State

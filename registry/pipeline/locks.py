@@ -9,7 +9,6 @@ other text is parsed as YAML instead; tests compare the two.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import ParseError, StemmaError
@@ -18,12 +17,7 @@ from stemma.registry.rules.layout import LOCK_FILE as LOCK_FILE
 from stemma.registry.rules.layout import PIPELINE_FILE as PIPELINE_FILE
 from stemma.registry.store.handle import WEIGHTS_FILE
 from stemma.registry.store.tree import prefetch
-from stemma.registry.store.yamlio import (
-    MERGE_CONFLICT,
-    conflict_line,
-    load_yaml_text,
-    scan_lock_md5,
-)
+from stemma.registry.store.yamlio import MERGE_CONFLICT, conflict_line, locked_md5
 
 if TYPE_CHECKING:
     from stemma.registry.store.handle import Registry
@@ -39,32 +33,6 @@ def folder_locked_md5(reg: Registry, name: str, read: Any = None) -> str | None:
     except StemmaError:
         return None
     return locked_md5(text, reg.rel(MODELS_DIR, name, WEIGHTS_FILE))
-
-
-def locked_md5(text: str | None, path: str) -> str | None:
-    """The md5 that the text of a dvc.lock records for output `path` (repo-relative); None
-    for a lock with merge conflict markers, which DVC cannot read either."""
-    if text is None or conflict_line(text) is not None:
-        return None
-    found = scan_lock_md5(text, path)
-    return found if found is not None else locked_md5s(text).get(path)
-
-
-def locked_md5s(text: str | None) -> dict[str, str]:
-    """Output path -> md5 of every stage in the text of a dvc.lock, parsed as YAML (empty
-    for no text or a lock that does not parse)."""
-    try:
-        lock = load_yaml_text(text, LOCK_FILE) if text is not None else None
-    except StemmaError:
-        return {}
-    found: dict[str, str] = {}
-    stages = lock.get("stages") if isinstance(lock, dict) else None
-    for stage in stages.values() if isinstance(stages, dict) else ():
-        outs = stage.get("outs") if isinstance(stage, dict) else None
-        for out in outs if isinstance(outs, list) else ():
-            if isinstance(out, dict) and "path" in out and "md5" in out:
-                found[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
-    return found
 
 
 def conflicted_files(reg: Registry) -> list[tuple[str, StemmaError]]:

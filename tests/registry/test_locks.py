@@ -4,7 +4,7 @@ parsed as YAML."""
 from __future__ import annotations
 
 import pytest
-from stemma.registry.pipeline import locks
+from stemma.registry.store import yamlio
 from stemma.registry.store.yamlio import scan_lock_md5
 
 LOCK = """schema: '2.0'
@@ -52,8 +52,8 @@ FIELDS = {"dep": "b1" * 16, "manifest": "c2" * 16, "path": "models/a/weights.saf
 )
 def test_other_layouts_are_parsed_as_yaml(text: str, expected: str | None) -> None:
     weights = "models/a/weights.safetensors"
-    assert locks.locked_md5(text, weights) == expected
-    assert locks.locked_md5(text, weights) == locks.locked_md5s(text).get(weights)
+    assert yamlio.locked_md5(text, weights) == expected
+    assert yamlio.locked_md5(text, weights) == yamlio.locked_md5s(text).get(weights)
 
 
 def test_the_scan_never_answers_where_yaml_disagrees() -> None:
@@ -63,4 +63,4 @@ def test_the_scan_never_answers_where_yaml_disagrees() -> None:
         "models/b/weights.safetensors", weights
     )
     assert scan_lock_md5(text, weights) is None  # two items of that path: not the scan's case
-    assert locks.locked_md5(text, weights) == MD5
+    assert yamlio.locked_md5(text, weights) == MD5

@@ -9,7 +9,8 @@
   writer of the generated pipeline files): both read back to the document they were given.
 - `scan_lock_md5` and `without_block`: line scans of DVC's own files (a dvc.lock's md5 of one
   output; a dvc.yaml without its bulky top-level block) that spare a full parse; both give
-  up (None, or the text unchanged) on anything but DVC's layout.
+  up (None, or the text unchanged) on anything but DVC's layout. `locked_md5` / `locked_md5s`:
+  what a dvc.lock records for one output (the scan, else the parse) or for every one.
 - `conflict_line` / `MERGE_CONFLICT`: git's merge conflict markers, the one test every reader asks.
 
 PyYAML is imported only by the functions that need it: reading a registry whose files are
@@ -26,7 +27,7 @@ from stemma.registry.store.yamlio._fast import (
     fast_load,
 )
 from stemma.registry.store.yamlio._safe import dump_yaml, line_of, load_yaml, load_yaml_text
-from stemma.registry.store.yamlio._scan import scan_lock_md5, without_block
+from stemma.registry.store.yamlio._scan import locked_md5, locked_md5s, scan_lock_md5, without_block
 
 __all__ = [
     "MERGE_CONFLICT",
@@ -38,6 +39,8 @@ __all__ = [
     "line_of",
     "load_yaml",
     "load_yaml_text",
+    "locked_md5",
+    "locked_md5s",
     "scan_lock_md5",
     "without_block",
 ]

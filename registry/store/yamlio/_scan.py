@@ -9,6 +9,12 @@ the caller falls back to the full parse; tests compare the two.
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
+
+from stemma.registry.errors import StemmaError
+from stemma.registry.rules.layout import LOCK_FILE
+from stemma.registry.store.yamlio._fast import conflict_line
+from stemma.registry.store.yamlio._safe import load_yaml_text
 
 _ITEM = re.compile(r"^( *)- path: (\S+)$", re.M)
 _MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")  # a folder output (adapter/, tokenizer/) ends in .dir
@@ -63,3 +69,29 @@ def without_block(text: str, key: str) -> str:
             break
         end += len(line)
     return text[: start + 1] + text[end:]
+
+
+def locked_md5(text: str | None, path: str) -> str | None:
+    """The md5 that the text of a dvc.lock records for output `path` (repo-relative); None
+    for a lock with merge conflict markers, which DVC cannot read either."""
+    if text is None or conflict_line(text) is not None:
+        return None
+    found = scan_lock_md5(text, path)
+    return found if found is not None else locked_md5s(text).get(path)
+
+
+def locked_md5s(text: str | None) -> dict[str, str]:
+    """Output path -> md5 of every stage in the text of a dvc.lock, parsed as YAML (empty
+    for no text or a lock that does not parse)."""
+    try:
+        lock = load_yaml_text(text, LOCK_FILE) if text is not None else None
+    except StemmaError:
+        return {}
+    found: dict[str, str] = {}
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    for stage in stages.values() if isinstance(stages, dict) else ():
+        outs = stage.get("outs") if isinstance(stage, dict) else None
+        for out in outs if isinstance(outs, list) else ():
+            if isinstance(out, dict) and "path" in out and "md5" in out:
+                found[str(PurePosixPath(str(out["path"])))] = str(out["md5"])
+    return found
