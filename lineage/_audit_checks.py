@@ -137,9 +137,7 @@ def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
             md5 = cons.weights_md5(state.manifests.get(f"model:{name}"))
             locked = folder_locked_md5(reg, name, state.text)
         want = locked if locked is not None else root.get(reg.rel("models", name, WEIGHTS_FILE))
-        # the lock case of the status rule alone (the checks above judge the rest)
-        lock_only = status.StatusInputs(True, True, weights_md5=md5, locked_md5=want)
-        if lock_only.staleness() == status.LOCK_CHANGED:
+        if status.lock_changed(md5, want):  # the checks above judge the rest
             found.append(
                 Violation(
                     LOCK_MISMATCH,

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError, ModelNotFound, StemmaError
-from stemma.registry.pipeline.lockstate import unlocked
+from stemma.registry.pipeline.locks import folder_locked_md5
 from stemma.registry.query.listing import current_dataset_id
 from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import (
@@ -300,7 +300,8 @@ def _pipeline_files(reg: Registry, manifest: ModelManifest, name: str) -> Findin
         line = conflict_line(text) if text is not None else None
         if line is not None:
             return Finding("pipeline", FAIL, f"{rel}:{line}: merge conflict markers")
-    if name in unlocked(reg, [name]):
+    weights_md5 = status.Built.of(manifest.to_dict()).weights_md5
+    if status.lock_changed(weights_md5, folder_locked_md5(reg, name)):
         return Finding(
             "pipeline",
             FAIL,

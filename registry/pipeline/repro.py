@@ -10,8 +10,9 @@ DVC still checks each stage against its own dvc.lock, runs it when it changed, a
 it in the dvc.lock beside it, as a full `dvc repro` would.
 
 A model whose manifest records other weights than its folder's dvc.lock (a build that DVC
-never recorded: killed before it wrote the lock, or run by hand) is stale too
-(`lockstate`): DVC runs its stage, which records the lock and caches the weights.
+never recorded: killed before it wrote the lock, or run by hand) is stale too (the status
+rule's lock case, judged by the index): DVC runs its stage, which records the lock and caches
+the weights.
 
 A stage whose output is missing from the working tree (a fresh clone that has not run
 `dvc pull`, an output deleted by hand, a sharded model's folder without its index) is
@@ -32,7 +33,6 @@ from typing import Any
 
 from stemma.registry.errors import ModelNotFound
 from stemma.registry.pipeline.locks import conflicted_files
-from stemma.registry.pipeline.lockstate import unlocked
 from stemma.registry.pipeline.render import ADAPTER_DIR, stage_file, stage_name
 from stemma.registry.rules import status
 from stemma.registry.rules.dag import Forest, exploration_candidates
@@ -131,10 +131,9 @@ def plan(reg: Registry, targets: Sequence[str] = (), downstream: bool = False) -
         for dataset in spec.data:
             used_by.setdefault(dataset, set()).add(name)
     stale_data = {d for d, s in rows.dataset_status.items() if s in TO_BUILD}
+    # stale includes a build DVC did not record (`status`'s lock case): its stage must run
+    # so DVC locks and caches the weights the manifest names
     roots = {m for m in rows.declared if rows.model_status.get(m) in TO_BUILD}
-    # built per the index, but not what DVC recorded: the stage must run so DVC locks and
-    # caches the weights the manifest names (`status`'s lock case)
-    roots |= unlocked(reg, (m for m in rows.declared if rows.model_status.get(m) == status.BUILT))
     for dataset in stale_data:
         roots |= used_by.get(dataset, set())
     affected = set(forest.union(roots))

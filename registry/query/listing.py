@@ -8,7 +8,6 @@ from typing import Any
 
 from stemma.registry.errors import DatasetNotFound, ModelNotFound, StemmaError
 from stemma.registry.pipeline.locks import folder_locked_md5
-from stemma.registry.pipeline.lockstate import unlocked
 from stemma.registry.records.core import Manifest
 from stemma.registry.rules import status
 from stemma.registry.rules.layout import SPEC_FILE
@@ -178,11 +177,7 @@ def _indexed_entries(reg: Registry, kind: Kind | None) -> list[Entry]:
                 rows.append(replace(entry, class_names=tuple(names or ())))
         if kind in (None, Kind.model):
             found = index.con.execute(_MODELS_SQL).fetchall()
-            # the index knows no dvc.lock: a build DVC did not record is stale (`lockstate`)
-            unlocked_ = unlocked(reg, (r[0] for r in found if r[1] == status.BUILT))
             for name, state, id_, source, relation, tags, metrics in found:
-                if name in unlocked_:
-                    state = status.STALE
                 rows.append(
                     Entry(
                         "model",

@@ -122,6 +122,13 @@ def status(
     return BUILT
 
 
+def lock_changed(weights_md5: str | None, locked_md5: str | None) -> bool:
+    """The lock case alone (`staleness`): the manifest records other weights than the
+    folder's dvc.lock (None for either: not judged)."""
+    lock_only = StatusInputs(True, True, weights_md5=weights_md5, locked_md5=locked_md5)
+    return lock_only.staleness() == LOCK_CHANGED
+
+
 def recorded_md5(weights: Any) -> str | None:
     """The md5 DVC records for the weights a manifest's weights block names: the file's, or
     for a sharded model (a `weights.safetensors` folder: index and shards) DVC's folder hash,

@@ -30,8 +30,8 @@ DuckDB peaked ~190 MiB above the reader, the 7.5 MB compressed ~35 MiB, for the 
 (decompressing costs what reading the larger blob did). A folder whose facts are taken
 unchanged is written back as the line it was read from.
 
-It sits in `store/`, below both the check (`check.consistency`) that writes it and
-`pipeline.lockstate`, which reads the kept weights md5s for `stemma ls`.
+It sits in `store/`, below the check (`check.consistency`) that writes it and the audit
+that reads its facts.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Specs are turned into canonical JSON here (`_specrow`) and manifests handed to DuckDB as text,
 whose JSON reader extracts the indexed fields; a file that cannot be indexed raises the
-located error of the registry (file, line or JSON pointer).
+located error of the registry (file, line or JSON pointer). A model folder's dvc.lock gives
+the md5 it records for the weights (`yamlio.locked_md5`); a lock that cannot be read records
+none, as DVC reports a broken lock itself.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from typing import TYPE_CHECKING, Any
 from stemma.registry.errors import SchemaError, StemmaError
 from stemma.registry.records.core import DATASET_MANIFEST, MODEL_MANIFEST
 from stemma.registry.rules.layout import KINDS, MODELS_DIR
+from stemma.registry.rules.status import recorded_md5
 from stemma.registry.store import _engine, _snapshot, _specrow, _sql
 from stemma.registry.store import derived as _store
 from stemma.registry.store.documents import parse_json_document
 from stemma.registry.store.files import parse_json_text
+from stemma.registry.store.handle import WEIGHTS_FILE
+from stemma.registry.store.yamlio import locked_md5
 
 if TYPE_CHECKING:
     import duckdb
@@ -205,7 +210,8 @@ def apply(
             _check_specs(reg, con, files.specs, files.texts)
             raise files.error
         _insert_specs(reg, con, files.specs, files.texts)
-        read = files.specs + files.manifests
+        _insert_locks(con, files.model_locks, files.locked)
+        read = files.specs + files.manifests + files.locks
         clock.lap("insert")
         # A file written moments ago is recorded as RACY: the next open reads it again. A
         # file that vanished before it could be read is recorded as missing.
@@ -260,7 +266,7 @@ def _any_racy(snap: _snapshot.Snapshot, now: int) -> bool:
 # The snapshot the index matches is the store's fact `snapshot`, replaced in the transaction
 # that changes the index (about 10 ms at 10,000 models, 20-35 ms at 30,000): the two always
 # match. The index's `raw.meta` records the snapshot's digests, compared on every open.
-SNAPSHOT_MAGIC = b"stemma-snapshot/2"  # 2: four numbers per file (`_snapshot.stamp`)
+SNAPSHOT_MAGIC = b"stemma-snapshot/3"  # 2: four numbers per file (`_snapshot.stamp`); 3: locks
 
 
 def matches(con: duckdb.DuckDBPyConnection, digests: tuple[str, str]) -> bool:
@@ -354,7 +360,7 @@ def _update_edges(con: duckdb.DuckDBPyConnection, gone: list[str], create: bool)
         return
     models = [p for p in gone if p.startswith(f"{MODELS_DIR}/")]
     specs = {p.split("/")[1] for p in models if p.endswith(_snapshot.SPEC)}
-    manifests = {p.split("/")[1] for p in models} - specs
+    manifests = {p.split("/")[1] for p in models if p.endswith(_snapshot.MANIFEST)} - specs
     if manifests:
         # The edges of a model with a spec naming its source (or none) come from the spec.
         with text_rows(con, "changed_manifests", {"name": sorted(manifests)}):
@@ -389,36 +395,48 @@ def _display(reg: Registry, path: str) -> str:
 
 @dataclass
 class _Files:
-    """What one pass over the changed files read: specs as canonical JSON, and the
-    manifests indexed; `error`, that of the first chunk of manifests that could not be."""
+    """What one pass over the changed files read: specs as canonical JSON, the manifests
+    indexed, the dvc.lock files and what those of models record for the weights; `error`,
+    that of the first chunk of manifests that could not be indexed."""
 
     specs: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
+    locks: list[str] = field(default_factory=list)  # every lock read (or not needed)
+    model_locks: list[str] = field(default_factory=list)
+    locked: list[str | None] = field(default_factory=list)  # the md5 of each of model_locks
     error: Exception | None = None
 
 
 def _read_files(reg: Registry, con: duckdb.DuckDBPyConnection, paths: list[str]) -> _Files:
-    """Read the specs and manifests of `paths` in one pass, a folder's two files together
+    """Read the specs, manifests and locks of `paths` in one pass, a folder's files together
     (each folder is opened once): specs become canonical JSON, raising the located error of
     the first bad one; manifests are indexed a chunk at a time (`_stage_manifests`). The
     error of a bad manifest is kept, and from then on only specs are read: a bad spec, even
     in a later folder, is reported first, as it was when all specs were read before any
-    manifest."""
+    manifest. A dataset's dvc.lock is not read (nothing reads what it records)."""
     duckdb = _engine.duckdb()
 
     out = _Files()
     for model, chunk in _file_chunks(paths):
         if out.error is not None:
             chunk = [p for p in chunk if p.endswith(_snapshot.SPEC)]
+        elif not model:
+            out.locks += [p for p in chunk if p.endswith(_snapshot.LOCK)]
+            chunk = [p for p in chunk if not p.endswith(_snapshot.LOCK)]
         manifests: list[tuple[str, str]] = []
-        texts = _snapshot.read_texts(reg.root, chunk, reg.rel_root)
+        texts = _snapshot.read_texts(reg.root, chunk, reg.rel_root, lenient=_snapshot.LOCK)
         for path, text in zip(chunk, texts, strict=True):
             if text is None:  # vanished since the snapshot
                 continue
             if path.endswith(_snapshot.SPEC):
                 out.specs.append(path)
                 out.texts.append(_specrow.spec_json(_snapshot.display(reg.rel_root, path), text))
+            elif path.endswith(_snapshot.LOCK):
+                name = path.split("/")[1]
+                out.locks.append(path)
+                out.model_locks.append(path)
+                out.locked.append(locked_md5(text, reg.rel(MODELS_DIR, name, WEIGHTS_FILE)))
             else:
                 manifests.append((path, text))
         if manifests and out.error is None:
@@ -451,6 +469,14 @@ def _file_chunks(paths: list[str]) -> list[tuple[bool, list[str]]]:
         if chunk:
             chunks.append((model, chunk))
     return chunks
+
+
+def _insert_locks(con: duckdb.DuckDBPyConnection, paths: list[str], md5s: list[str | None]) -> None:
+    """Index what the model folders' dvc.lock files `paths` record for the weights."""
+    if paths:
+        names = [p.split("/")[1] for p in paths]
+        with text_rows(con, "staged_locks", {"name": names, "path": paths, "md5": md5s}):
+            con.execute(_sql.INSERT_LOCKS)
 
 
 def _stage_specs(con: duckdb.DuckDBPyConnection, paths: list[str], texts: list[str]) -> None:
@@ -524,9 +550,27 @@ def _stage_manifests(
     if model:
         con.execute(_sql.INSERT_MODEL_MANIFESTS)
         con.execute(_sql.INSERT_LAYERS)
+        _other_weights_md5(con, files)
     else:
         con.execute(_sql.INSERT_DATASET_MANIFESTS)
     con.execute("DROP TABLE staged")
+
+
+def _other_weights_md5(con: duckdb.DuckDBPyConnection, files: list[tuple[str, str]]) -> None:
+    """Set the recorded weights md5 that SQL leaves to `recorded_md5` (`_sql.OTHER_WEIGHTS_MD5`:
+    a sharded model's, one that is not text) from the staged manifests' texts."""
+    import json
+
+    paths = [p for (p,) in con.execute(_sql.OTHER_WEIGHTS_MD5).fetchall()]
+    if not paths:
+        return
+    texts = dict(files)
+    md5s = []
+    for path in paths:
+        doc = json.loads(texts[path])
+        md5s.append(recorded_md5(doc.get("weights") if isinstance(doc, dict) else None))
+    with text_rows(con, "weights_md5s", {"path": paths, "md5": md5s}):
+        con.execute(_sql.SET_WEIGHTS_MD5)
 
 
 def _raise_first_error(reg: Registry, files: list[tuple[str, str]], model: bool) -> None:

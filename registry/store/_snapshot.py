@@ -1,10 +1,11 @@
-"""The snapshot of the files the query index holds: the stamp of every spec and manifest.
+"""The snapshot of the files the query index holds: the stamp of every spec, manifest and
+dvc.lock of the model and dataset folders.
 
 Paths are POSIX and relative to the registry root: `models/NAME/spec.yaml`,
-`datasets/NAME/manifest.json`. Comparing a snapshot with the one the index last matched
-tells which files to read again; `read_text` reads a file as the snapshot saw it. At 10,000
-models listing the folders and stat-ing their 20,000 files in Python takes tens of
-milliseconds, a small part of a refresh.
+`datasets/NAME/manifest.json`, `models/NAME/dvc.lock`. Comparing a snapshot with the one the
+index last matched tells which files to read again; `read_text` reads a file as the snapshot
+saw it. At 10,000 models listing the folders and stat-ing their 30,000 files in Python takes
+tens of milliseconds, a small part of a refresh.
 
 A file's stamp is git's stat data: size, mtime, ctime and inode (`stamp`). Size and mtime
 alone miss a file replaced by another of the same size with the old mtime kept (`cp -p`,
@@ -41,14 +42,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stemma.registry.errors import ParseError
+from stemma.registry.errors import ParseError, StemmaError
 from stemma.registry.rules.commits import COMMITTING
-from stemma.registry.rules.layout import KINDS, MANIFEST_FILE, SPEC_FILE
+from stemma.registry.rules.layout import KINDS, LOCK_FILE, MANIFEST_FILE, SPEC_FILE
 from stemma.registry.store.files import MAX_TEXT_BYTES, confined, decode_text, read_text_file
 
 SPEC = SPEC_FILE
 MANIFEST = MANIFEST_FILE
-FILES = (SPEC, MANIFEST)  # the files of a folder, in snapshot order
+LOCK = LOCK_FILE  # what DVC recorded of the folder's stage (the status rule's lock case)
+FILES = (SPEC, MANIFEST, LOCK)  # the files of a folder, in snapshot order
 MISSING = -1  # the size of a file that is not there (its other numbers too)
 RACY = -2  # the size recorded for a file read too soon after it changed: read it again
 # A file modified this recently may change again within the file system's timestamp
@@ -76,10 +78,10 @@ def changed_ns(numbers: Stamp) -> int:
 
 @dataclass
 class Snapshot:
-    """The stamp of the spec and the manifest in every model and dataset folder.
+    """The stamp of the spec, the manifest and the dvc.lock in every model and dataset folder.
 
-    `names[kind]` lists the folders in directory order. `numbers` holds two slots per folder
-    (models first, then datasets, each in that order): spec then manifest, each slot the
+    `names[kind]` lists the folders in directory order. `numbers` holds a slot per file of
+    FILES per folder (models first, then datasets, each in that order), each slot the
     PER_FILE numbers of a `stamp`, all MISSING where there is no such file. The index stores the
     snapshot it last matched (`pack`): equal digests mean nothing changed; with the same
     folders, comparing two byte strings finds the changed files; only added or removed
@@ -116,11 +118,10 @@ class Snapshot:
         sizes, at, out = self.numbers[::PER_FILE], 0, []
         for kind in KINDS:
             for name in self.names.get(kind, ()):
-                if sizes[at] != MISSING:
-                    out.append(f"{kind}/{name}/{SPEC}")
-                if sizes[at + 1] != MISSING:
-                    out.append(f"{kind}/{name}/{MANIFEST}")
-                at += 2
+                for fname in FILES:
+                    if sizes[at] != MISSING:
+                        out.append(f"{kind}/{name}/{fname}")
+                    at += 1
         return out
 
     def by_path(self) -> dict[str, Stamp]:
@@ -132,7 +133,7 @@ class Snapshot:
         offsets, at = {}, 0
         for kind in KINDS:
             offsets[kind] = at
-            at += 2 * len(self.names.get(kind, ()))
+            at += len(FILES) * len(self.names.get(kind, ()))
         wanted: dict[str, list[str]] = {}
         for path in paths:
             wanted.setdefault(path.split("/", 1)[0], []).append(path)
@@ -144,7 +145,7 @@ class Snapshot:
             for path in mine:
                 _kind, name, fname = path.split("/")
                 i = where[name] if where is not None else names.index(name)
-                out[path] = offsets[kind] + 2 * i + FILES.index(fname)
+                out[path] = offsets[kind] + len(FILES) * i + FILES.index(fname)
         return out
 
     def with_sizes(self, sizes: dict[str, int]) -> Snapshot:
@@ -265,7 +266,7 @@ def _differing(mine: array[int], at: int, old: array[int], old_at: int, count: i
 
 
 def snapshot(root: Path, prefix: str = "") -> Snapshot:
-    """Stat every models/*/{spec.yaml,manifest.json} and datasets/*/... under `root`.
+    """Stat every models/*/{spec.yaml,manifest.json,dvc.lock} and datasets/*/... under `root`.
     `prefix` is the registry root relative to the repository (for messages)."""
     out = Snapshot({}, array("q"))
     for kind in KINDS:
@@ -324,7 +325,7 @@ class _Folder:
 
 
 def _stat_into(numbers: array[int], folder: _Folder, names: list[str]) -> list[str]:
-    """Append the stamp of the spec and manifest of each of `names` (MISSING for none);
+    """Append the stamp of each file of FILES in each of `names` (MISSING for none);
     the folders among them that hold an interrupted switch (`COMMITTING`)."""
     stat, extend, fd, mask = os.stat, numbers.extend, folder.fd, _INODE_MASK
     base = "" if fd >= 0 else folder.path + "/"
@@ -377,7 +378,9 @@ _FILE_FLAGS = (
 )
 
 
-def read_texts(root: Path | str, paths: list[str], prefix: str = "") -> list[str | None]:
+def read_texts(
+    root: Path | str, paths: list[str], prefix: str = "", lenient: str | None = None
+) -> list[str | None]:
     """`read_text` of each of `paths` (files of model and dataset folders), in one pass.
 
     The plain case (no link anywhere from the kind's folder down, a regular file within the
@@ -385,7 +388,8 @@ def read_texts(root: Path | str, paths: list[str], prefix: str = "") -> list[str
     a fifth of the cost of `read_text`'s checks, which must hold for any path; a file
     such a folder does not hold is None, as `read_text` has it. Anything else (a link, a
     pipe, a file too large, an error) is handed to `read_text`, which refuses or reads it
-    as it always does."""
+    as it always does. A file named `lenient` that it refuses reads as "" instead of
+    raising (a dvc.lock is DVC's to report)."""
     out: list[str | None] = []
     fds: dict[str, int] = {}  # "models" and "models/NAME": open folder, or -1 (not plain)
     try:
@@ -398,16 +402,21 @@ def read_texts(root: Path | str, paths: list[str], prefix: str = "") -> list[str
                 if data is _ABSENT:  # no such file in a folder reached without a link
                     out.append(None)
                     continue
-            if data is None:  # not the plain case: the careful reader decides
-                out.append(read_text(root, path, -1, prefix))
-                continue
-            # `decode_text`, its message path made only for a file it refuses: a BOM of
-            # UTF-16 is no UTF-8, and a NUL byte is a NUL character.
             try:
-                text = data.decode()
-            except UnicodeDecodeError:
-                text = "\x00"
-            out.append(text if "\x00" not in text else decode_text(data, display(prefix, path)))
+                if data is None:  # not the plain case: the careful reader decides
+                    out.append(read_text(root, path, -1, prefix))
+                    continue
+                # `decode_text`, its message path made only for a file it refuses: a BOM
+                # of UTF-16 is no UTF-8, and a NUL byte is a NUL character.
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    text = "\x00"
+                out.append(text if "\x00" not in text else decode_text(data, display(prefix, path)))
+            except StemmaError:
+                if fname != lenient:
+                    raise
+                out.append("")
     finally:
         for fd in fds.values():
             if fd >= 0:

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import re
 
-from stemma.registry.rules.layout import DATASETS_DIR, MANIFEST_FILE, MODELS_DIR, SPEC_FILE
+from stemma.registry.rules.layout import (
+    DATASETS_DIR,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    MODELS_DIR,
+    SPEC_FILE,
+)
 from stemma.registry.rules.status import BUILT, REGISTERED, STALE, UNBUILT
 
 # Bump when the tables or views change: an index of another format is rebuilt from scratch.
-FORMAT = "14"
+FORMAT = "15"
 
 TABLES = """
 CREATE SCHEMA raw;
@@ -35,7 +41,11 @@ CREATE TABLE raw.model_manifests(
     metric_keys VARCHAR,  -- the metric names as a sorted JSON list
     parents VARCHAR[],  -- the source, or a merge's recorded parents
     external STRUCT(hub_id VARCHAR, relation VARCHAR)[],  -- Hub parents (spec.external_sources)
-    datasets STRUCT(name VARCHAR, id VARCHAR)[]);  -- the dataset ids the build recorded
+    datasets STRUCT(name VARCHAR, id VARCHAR)[],  -- the dataset ids the build recorded
+    weights_md5 VARCHAR);  -- the weights' md5 as DVC records it (`status.recorded_md5`)
+CREATE TABLE raw.model_locks(  -- the dvc.lock of each model folder that has one
+    name VARCHAR, path VARCHAR,
+    md5 VARCHAR);  -- what it records for the weights (`yamlio.locked_md5`; NULL: nothing)
 CREATE TABLE raw.layers(  -- no path: a model's is models/NAME/manifest.json
     name VARCHAR, position INTEGER, tensor VARCHAR, shape BIGINT[],
     dtype VARCHAR, origin VARCHAR, frozen BOOLEAN, source_name VARCHAR);
@@ -49,6 +59,7 @@ CREATE TABLE raw.edges(src VARCHAR, dst VARCHAR, kind VARCHAR, relation VARCHAR)
 RAW_BY_FILE = {
     (MODELS_DIR, SPEC_FILE): ("raw.model_specs",),
     (MODELS_DIR, MANIFEST_FILE): ("raw.model_manifests", "raw.layers"),
+    (MODELS_DIR, LOCK_FILE): ("raw.model_locks",),
     (DATASETS_DIR, SPEC_FILE): ("raw.dataset_specs",),
     (DATASETS_DIR, MANIFEST_FILE): ("raw.dataset_manifests",),
 }
@@ -68,7 +79,7 @@ MODEL_MANIFEST_SHAPE = """{
             "parents": [{"model": "VARCHAR"}]},
  "spec": {"external_sources": [{"hub_id": "VARCHAR", "relation": "VARCHAR"}]},
  "datasets": "MAP(VARCHAR, STRUCT(name VARCHAR, id VARCHAR))",
- "weights": {"bytes": "BIGINT"},
+ "weights": {"bytes": "BIGINT", "md5": "JSON", "shards": "JSON"},
  "architecture": {"config": {"family": "VARCHAR"},
    "tensors": [{"name": "VARCHAR", "shape": ["BIGINT"], "dtype": "VARCHAR",
                 "origin": "VARCHAR", "frozen": "BOOLEAN", "source_name": "VARCHAR"}]},
@@ -113,8 +124,17 @@ SELECT name, path, j.id, j.spec_digest, j.source.model, j.source.relation, j.sou
             WHEN j.source.model IS NOT NULL THEN [j.source.model] END,
        j.spec.external_sources,
        [d FOR d IN coalesce(map_values(j.datasets), [])
-        IF d.name IS NOT NULL AND d.id IS NOT NULL]
+        IF d.name IS NOT NULL AND d.id IS NOT NULL],
+       CASE WHEN j.weights.shards IS NULL AND json_type(j.weights.md5) = 'VARCHAR'
+            THEN j.weights.md5->>'$' END
 FROM staged"""
+# The staged manifests whose recorded md5 SQL leaves to `status.recorded_md5`: a sharded
+# model's (DVC's hash of the folder's listing) and an md5 that is not text.
+OTHER_WEIGHTS_MD5 = """SELECT path FROM staged WHERE j.weights.shards IS NOT NULL
+    OR (j.weights.md5 IS NOT NULL AND json_type(j.weights.md5) <> 'VARCHAR')"""
+SET_WEIGHTS_MD5 = """UPDATE raw.model_manifests m SET weights_md5 = x.md5
+FROM weights_md5s x WHERE m.path = x.path"""
+INSERT_LOCKS = "INSERT INTO raw.model_locks SELECT name, path, md5 FROM staged_locks"
 
 INSERT_LAYERS = """
 INSERT INTO raw.layers
@@ -274,10 +294,9 @@ MODEL_COLUMNS = (
     "loss",
     "metrics",
 )
-# `status.status` in SQL (spec `s`, manifest `m`, the declared source's manifest `p`); tests
-# compare the two on every case, and on a real registry with `status.gather` as `ls` applies
-# it (tests/registry/test_status.py). The lock case is not here: the index holds no dvc.lock
-# (`lockstate.unlocked` adds it).
+# `status.status` in SQL (spec `s`, manifest `m`, the declared source's manifest `p`, the
+# folder's dvc.lock `lk`); tests compare the two on every case, and on a real registry with
+# `status.gather` as `ls` applies it (tests/registry/test_status.py).
 _DATASET_STATUS = f"""CASE WHEN m.name IS NULL THEN '{UNBUILT}'
             WHEN s.name IS NULL THEN '{REGISTERED}'
             WHEN m.spec_digest IS DISTINCT FROM s.digest THEN '{STALE}'
@@ -287,6 +306,8 @@ _MODEL_STATUS = f"""CASE WHEN m.name IS NULL THEN '{UNBUILT}'
             WHEN m.spec_digest IS DISTINCT FROM s.digest THEN '{STALE}'
             WHEN p.id IS NOT NULL AND p.id IS DISTINCT FROM m.source_id THEN '{STALE}'
             WHEN dc.name IS NOT NULL THEN '{STALE}'
+            WHEN lk.md5 IS NOT NULL AND m.weights_md5 IS NOT NULL
+                 AND lk.md5 <> m.weights_md5 THEN '{STALE}'
             ELSE '{BUILT}' END"""
 # The models whose manifest records a dataset id that is not that dataset's manifest id now
 # (`status.DATA_CHANGED`: rebuilt since, or gone).
@@ -333,7 +354,8 @@ SELECT coalesce(s.name, m.name) AS name,
 FROM raw.model_specs s
 FULL OUTER JOIN raw.model_manifests m ON m.name = s.name
 LEFT JOIN {_PARENT_IDS} p ON p.name = s.name
-LEFT JOIN {_DATA_CHANGED} dc ON dc.name = m.name"""
+LEFT JOIN {_DATA_CHANGED} dc ON dc.name = m.name
+LEFT JOIN raw.model_locks lk ON lk.name = m.name"""
 
 
 def _walk(macro: str, near: str, far: str) -> str:

@@ -7,6 +7,8 @@ manifest wherever the two are, and a new index written without a log left beside
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +17,8 @@ import duckdb
 import pytest
 from stemma.registry import Registry
 from stemma.registry.errors import ParseError, SchemaError, StemmaError
+from stemma.registry.query.listing import model_status
+from stemma.registry.rules import status
 from stemma.registry.store import _ingest, _snapshot, index
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -27,6 +31,7 @@ TABLES = (
     "raw.dataset_manifests",
     "raw.layers",
     "raw.edges",
+    "raw.model_locks",
 )
 
 
@@ -168,3 +173,65 @@ def test_read_texts_reads_each_file_as_read_text_does(tmp_path: Path) -> None:
         assert one == outcome(lambda p=path: _snapshot.read_text(root, p, -1)), path
     assert _snapshot.read_texts(root, paths[:3]) == ["x: 1\n", None, None]
     assert isinstance(outcome(lambda: _snapshot.read_texts(root, paths)), tuple)  # refused
+
+
+def _lock(folder: Path, name: str, md5: str) -> None:
+    """A dvc.lock as DVC writes it for the model's stage."""
+    (folder / "dvc.lock").write_text(
+        f"schema: '2.0'\nstages:\n  model-{name}:\n    cmd: stemma build {name}\n"
+        f"    outs:\n    - path: models/{name}/weights.safetensors\n      hash: md5\n"
+        f"      md5: {md5}\n      size: 1\n"
+    )
+
+
+def test_the_index_judges_each_model_by_its_dvc_lock(synthetic: Registry, tmp_path: Path) -> None:
+    """The index holds what each model folder's dvc.lock records for the weights and what
+    the manifest records (a sharded model's as DVC hashes the folder), and its status is
+    the rule's, as `ls` judged from the files: a lock of other weights makes a model stale,
+    an edit of the lock alone is seen, and a lock it must not read (a link out of the root,
+    a named pipe) records nothing."""
+    _cold(synthetic)
+    with index.open_index(synthetic) as idx:
+        found = idx.con.execute("SELECT name FROM models WHERE status = 'built' ORDER BY name")
+        built = [n for (n,) in found.fetchall()]
+    same, other, sharded, linked, piped = built[:5]
+    models = synthetic.root / "models"
+    doc = json.loads((models / sharded / "manifest.json").read_text())
+    shard = {"path": "model-00001-of-00001.safetensors", "md5": "a" * 32, "bytes": 1}
+    doc["weights"]["shards"] = [{**shard, "sha256": "sha256:" + "b" * 64, "format": "safetensors"}]
+    (models / sharded / "manifest.json").write_text(json.dumps(doc))
+    recorded = status.recorded_md5(doc["weights"])
+    assert recorded is not None and recorded.endswith(".dir")
+    md5 = {
+        n: json.loads((models / n / "manifest.json").read_text())["weights"]["md5"] for n in built
+    }
+    _lock(models / same, same, md5[same])
+    _lock(models / other, other, "f" * 32)
+    _lock(models / sharded, sharded, recorded)
+    (tmp_path / "outside.lock").write_text((models / other / "dvc.lock").read_text())
+    (models / linked / "dvc.lock").symlink_to(tmp_path / "outside.lock")
+    os.mkfifo(models / piped / "dvc.lock")
+
+    def statuses(reg: Registry) -> dict[str, str]:
+        with index.open_index(reg) as idx:
+            return dict(idx.con.execute("SELECT name, status FROM models").fetchall())
+
+    reg = Registry.open(synthetic.root)
+    seen = statuses(reg)
+    assert [seen[n] for n in (same, other, sharded, linked, piped)] == [
+        "built",
+        "stale",
+        "built",
+        "built",
+        "built",
+    ]
+    with index.open_index(reg) as idx:
+        rows = idx.con.execute("SELECT name, weights_md5 FROM raw.model_manifests").fetchall()
+        locks = dict(idx.con.execute("SELECT name, md5 FROM raw.model_locks").fetchall())
+    assert dict(rows)[sharded] == recorded and dict(rows)[same] == md5[same]
+    assert locks == {same: md5[same], other: "f" * 32, sharded: recorded, linked: None, piped: None}
+    fresh = Registry.open(synthetic.root)
+    assert seen == {n: model_status(fresh, n, fresh.model_manifest(n)) for n in seen}
+
+    _lock(models / same, same, "e" * 32)  # the lock alone changes
+    assert statuses(Registry.open(synthetic.root))[same] == "stale"

@@ -523,42 +523,53 @@ def test_manifest_edits_move_only_the_edges_manifests_declare(zoo: Any) -> None:
 def test_snapshot_comparison_finds_each_changed_file() -> None:
     n = 10_000
     names = {"models": [f"m{i}" for i in range(n)], "datasets": ["d0", "d1"]}
+    w = _snapshot.PER_FOLDER
+    assert _snapshot.FILES == ("spec.yaml", "manifest.json", "dvc.lock") and w == 12
     numbers = array("q")
-    for i in range(n + 2):  # a spec and a manifest per folder: (size, mtime, ctime, inode)
+    for i in range(n + 2):  # spec, manifest and dvc.lock per folder: (size, mtime, ctime, inode)
         numbers.extend((100 + i, 10 * i, 10 * i, i, 200 + i, 10 * i + 1, 10 * i + 1, i + n))
+        numbers.extend((300 + i, 10 * i + 2, 10 * i + 2, i + 2 * n))
     before = _snapshot.Snapshot(names, numbers)
     after = _snapshot.Snapshot(names, array("q", numbers))
-    after.numbers[8 * 7000 + 4] += 1  # m7000's manifest grew
-    after.numbers[8 * 5 + 1] += 1  # m5's spec was touched
-    after.numbers[8 * 3 + 4 : 8 * 3 + 8] = array("q", [_snapshot.MISSING] * 4)  # m3's manifest
-    after.numbers[8 * (n + 1)] = 7  # d1's spec changed
-    changed = ["models/m5/spec.yaml", "models/m7000/manifest.json", "datasets/d1/spec.yaml"]
+    after.numbers[w * 7000 + 4] += 1  # m7000's manifest grew
+    after.numbers[w * 5 + 1] += 1  # m5's spec was touched
+    after.numbers[w * 3 + 4 : w * 3 + 8] = array("q", [_snapshot.MISSING] * 4)  # m3's manifest
+    after.numbers[w * 2 + 10] += 1  # m2's dvc.lock was written again
+    after.numbers[w * (n + 1)] = 7  # d1's spec changed
+    changed = [
+        "models/m2/dvc.lock",
+        "models/m5/spec.yaml",
+        "models/m7000/manifest.json",
+        "datasets/d1/spec.yaml",
+    ]
     assert after.diff(before) == (changed, ["models/m3/manifest.json"], 0)
     assert before.diff(before) == ([], [], 0)
     assert before.digests() != after.digests()
     stored = _snapshot.Snapshot.unpack(*after.pack()[2:])
     assert stored.names == after.names and stored.numbers == after.numbers
     # Folders added and removed are matched by name.
+    gone = [_snapshot.MISSING] * 4
     moved = _snapshot.Snapshot(
         {"models": ["new", *names["models"][2:]], "datasets": ["d0", "d1"]},
-        array("q", [1, 1, 1, 1, 2, 2, 2, 2]) + numbers[16:],
+        array("q", [1, 1, 1, 1, 2, 2, 2, 2, *gone]) + numbers[2 * w :],
     )
     assert moved.diff(before) == (
         ["models/new/spec.yaml", "models/new/manifest.json"],
-        [f"models/m{i}/{f}" for i in (0, 1) for f in ("spec.yaml", "manifest.json")],
+        [f"models/m{i}/{f}" for i in (0, 1) for f in _snapshot.FILES],
         2,
     )
     assert after.stamps(["models/m5/spec.yaml", "datasets/d1/spec.yaml"]) == {
         "models/m5/spec.yaml": (105, 51, 50, 5),
         "datasets/d1/spec.yaml": (7, 10 * (n + 1), 10 * (n + 1), n + 1),
     }
+    assert after.stamps(["models/m2/dvc.lock"]) == {"models/m2/dvc.lock": (302, 22, 23, 2 + 2 * n)}
     racy = after.with_sizes({"models/m9/spec.yaml": _snapshot.RACY})
-    assert racy.size(18) == _snapshot.RACY and after.size(18) == 109
+    assert racy.size(27) == _snapshot.RACY and after.size(27) == 109
     # A file that vanished before it was read is stored as the next snapshot will see it.
     vanished = after.with_sizes({"models/m9/spec.yaml": _snapshot.MISSING})
-    assert vanished.numbers[72:76] == array("q", [_snapshot.MISSING] * 4)
+    assert vanished.numbers[108:112] == array("q", [_snapshot.MISSING] * 4)
     assert after.diff(racy) == (["models/m9/spec.yaml"], [], 0)
-    assert len(after.by_path()) == 2 * (n + 2) - 1  # m3's manifest is gone
+    assert len(after.by_path()) == 3 * (n + 2) - 1  # m3's manifest is gone
     assert after.paths() == list(after.by_path())
 
 

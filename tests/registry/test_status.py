@@ -43,12 +43,17 @@ def _model_spec(con: duckdb.DuckDBPyConnection, name: str, digest: str, source: 
 
 
 def _model_manifest(
-    con: duckdb.DuckDBPyConnection, name: str, id_: str, digest: str, source_id: str | None
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    id_: str,
+    digest: str,
+    source_id: str | None,
+    weights_md5: str | None = None,
 ) -> None:
     con.execute(
-        "INSERT INTO raw.model_manifests (name, id, spec_digest, source_id, metrics)"
-        " VALUES (?, ?, ?, ?, MAP {})",
-        [name, id_, digest, source_id],
+        "INSERT INTO raw.model_manifests (name, id, spec_digest, source_id, metrics, weights_md5)"
+        " VALUES (?, ?, ?, ?, MAP {}, ?)",
+        [name, id_, digest, source_id, weights_md5],
     )
 
 
@@ -92,6 +97,31 @@ def test_models_view_status_agrees_with_the_rule(shard: int) -> None:
     got = dict(con.execute("SELECT name, status FROM models WHERE name LIKE 'm%'").fetchall())
     assert got == expected
     assert set(got.values()) <= set(status.STATUSES)
+
+
+def test_models_view_judges_the_lock_case_as_the_rule_does() -> None:
+    """The weights md5 a manifest records against its folder's dvc.lock: no lock file, a lock
+    that records nothing for the weights, the same md5, another one; with the spec the
+    build used or another (which the rule judges first)."""
+    con = _index()
+    expected = {}
+    cases = itertools.product((None, "w1"), (False, True), (None, "w1", "w2"), (True, False))
+    for i, (recorded, has_lock, locked, same) in enumerate(cases):
+        name = f"m{i}"
+        _model_spec(con, name, "sd", None)
+        _model_manifest(con, name, f"id{i}", "sd" if same else "old", None, recorded)
+        if has_lock:
+            con.execute(
+                "INSERT INTO raw.model_locks VALUES (?, ?, ?)",
+                [name, f"models/{name}/dvc.lock", locked],
+            )
+        built = "sd" if same else "old"
+        lock = locked if has_lock else None
+        expected[name] = status.status(True, True, "sd", built, None, None, recorded, lock)
+    got = dict(con.execute("SELECT name, status FROM models").fetchall())
+    assert got == expected
+    assert {got[n] for n in got} == {status.BUILT, status.STALE}
+    assert status.staleness("sd", "sd", None, None, "w1", "w2") == status.LOCK_CHANGED
 
 
 def test_datasets_view_status_agrees_with_the_rule() -> None:

@@ -244,8 +244,12 @@ def test_a_build_dvc_did_not_lock_is_stale_and_repro_records_it(
     assert res.stdout.splitlines() == ["models/mb/dvc.yaml:model-mb"], res.stdout
     res = cli(["ls", "--json"], repo)
     assert {r["name"]: r["status"] for r in json.loads(res.stdout)}["mb"] == "stale"
+    # the index judges the lock case: SQL says what `ls` says
+    sql = "SELECT status FROM models WHERE name = 'mb'"
+    assert json.loads(cli(["query", sql, "--json"], repo).stdout) == [{"status": "stale"}]
 
     assert cli(["repro"], repo).code == 0  # DVC runs the stage: it locks and caches the weights
+    assert json.loads(cli(["query", sql, "--json"], repo).stdout) == [{"status": "built"}]
     assert "up to date" in _dvc(repo, "status")
     lock = (repo / "models/mb/dvc.lock").read_text()
     assert manifest_md5 in lock
