@@ -203,9 +203,7 @@ def training_data(
         )
     roles = [("train", spec.train, "/data/train"), ("eval", spec.eval, pointer)]
     # datasets the declared checks read are recorded too: a new version of one is a new build
-    for check in ("forgetting", "drift"):
-        if "data" in (spec.checks.get(check) or {}):
-            roles.append((check, str(spec.checks[check]["data"]), f"/checks/{check}/data"))
+    roles += [(check, ds, f"/checks/{check}/data") for check, ds in spec.checks.datasets]
     block: dict[str, DatasetRef] = {}
     for role, ds, where in roles:
         manifest = reg.dataset_manifest(ds)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.checkspec import ForgettingSpec
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
 from stemma.registry.records.manifest import (
     Adapter,
@@ -224,6 +225,7 @@ def _special_ids(config: dict[str, Any], tokenizer: Any) -> None:
 def _forgetting(
     reg: Registry,
     spec: ModelSpec,
+    check: ForgettingSpec,
     module: nn.Module,
     tokenizer: Any,
     src_module: nn.Module,
@@ -231,8 +233,7 @@ def _forgetting(
     block_size: int,
 ) -> tuple[Check, DatasetRef]:
     """The perplexity of the source and of this model on a declared dataset's eval split."""
-    check = dict(spec.checks["forgetting"])
-    name = str(check["data"])
+    name = check.data
     data = load_text(reg, name, f"{spec.path} at /checks/forgetting/data")
     packed = data.format != PROMPT_COMPLETION
     before = lm_train.score(
@@ -241,7 +242,7 @@ def _forgetting(
     after = lm_train.score(module, lm_train.blocks(tokenizer, data.eval, block_size, packed))[
         "perplexity"
     ]
-    limit = float(check.get("max_drop", DEFAULT_MAX_RISE))
+    limit = float(DEFAULT_MAX_RISE if check.max_drop is None else check.max_drop)
     rise = (after - before) / before if before > 0 else 0.0
     passed = math.isfinite(rise) and rise <= limit
     manifest = reg.dataset_manifest(name)
@@ -346,7 +347,8 @@ def build_lm(
         cfg.seed,
     )
     checks: dict[str, Check] = {}
-    if "forgetting" in spec.checks and src_name is not None and src_manifest is not None:
+    forgetting = spec.checks.forgetting
+    if forgetting is not None and src_name is not None and src_manifest is not None:
         src_tokenizer = tok.load(
             _source_tokenizer(reg, spec, src_name, src_manifest),
             reg.rel("models", src_name, tok.TOKENIZER_DIR),
@@ -354,6 +356,7 @@ def build_lm(
         checks["forgetting"], datasets["forgetting"] = _forgetting(
             reg,
             spec,
+            forgetting,
             trained,
             tokenizer,
             _source_module(reg, spec, src_name),

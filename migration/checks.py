@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.checkspec import DriftSpec, ForgettingSpec, ParametersSpec
 from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import Check, DatasetRef, ModelManifest, Tensor
 from stemma.registry.rules.taskspec import CLASSIFICATION, REGRESSION
@@ -212,7 +213,7 @@ def _out_features(module: nn.Module) -> int | None:
 def _forgetting(
     reg: Registry,
     spec: ModelSpec,
-    block: Mapping[str, Any],
+    block: ForgettingSpec,
     module: nn.Module,
     target_config: Mapping[str, Any],
     source: nn.Module,
@@ -221,7 +222,7 @@ def _forgetting(
     seed: int,
     device: torch.device,
 ) -> tuple[Check, Ref]:
-    name = str(block["data"])
+    name = block.data
     data = _forgetting_data(reg, spec, name, target_config, source_manifest)
     task = for_labels(data.y_train)
     widths = (_out_features(source), _out_features(module))
@@ -247,7 +248,7 @@ def _forgetting(
             )
             for m in (source, module)
         )
-    max_drop = float(block.get("max_drop", DEFAULT_MAX_DROP))
+    max_drop = float(DEFAULT_MAX_DROP if block.max_drop is None else block.max_drop)
     found = forgetting_figures(before, after, max_drop, task.main)
     ref = _ref(reg, name)
     inputs: dict[str, Any] = {
@@ -290,7 +291,7 @@ def _forgetting_data(
 def _drift_data(
     reg: Registry,
     spec: ModelSpec,
-    block: Mapping[str, Any],
+    block: DriftSpec,
     source_manifest: ModelManifest,
     train_data: DatasetArrays,
 ) -> tuple[DatasetRef, DatasetArrays, str, DatasetArrays]:
@@ -304,8 +305,8 @@ def _drift_data(
             " dataset (registered weights?); drift needs the source's training data"
         )
     source_data = load_dataset(reg, recorded.name, "/checks/drift", spec.path)
-    name = str(block.get("data", spec.train))
-    pointer = "/checks/drift/data" if "data" in block else "/data/train"
+    name = spec.train if block.data is None else block.data
+    pointer = "/data/train" if block.data is None else "/checks/drift/data"
     target = train_data if name == spec.train else load_dataset(reg, name, pointer, spec.path)
     source_shape = _in_shape(source_manifest.architecture.config)
     if target.shape != source_shape:
@@ -320,7 +321,7 @@ def _drift_data(
 def _drift(
     reg: Registry,
     spec: ModelSpec,
-    block: Mapping[str, Any],
+    block: DriftSpec,
     source: nn.Module,
     source_manifest: ModelManifest,
     train_data: DatasetArrays,
@@ -337,10 +338,12 @@ def _drift(
         features(source, source_data.x_train, device),
         labels,
         features(source, target.x_train, device),
-        max_mahalanobis=block.get("max_mahalanobis"),
-        max_outlier_share=block.get("max_outlier_share"),
-        min_mmd_pvalue=block.get("min_mmd_pvalue"),
-        permutations=int(block.get("permutations", DEFAULT_PERMUTATIONS)),
+        max_mahalanobis=block.max_mahalanobis,
+        max_outlier_share=block.max_outlier_share,
+        min_mmd_pvalue=block.min_mmd_pvalue,
+        permutations=int(
+            DEFAULT_PERMUTATIONS if block.permutations is None else block.permutations
+        ),
         seed=seed,
     )
     ref = _ref(reg, name)
@@ -354,7 +357,7 @@ def _drift(
 
 
 def _parameters(
-    block: Mapping[str, Any],
+    block: ParametersSpec,
     module: nn.Module,
     source_state: Mapping[str, torch.Tensor],
     source_manifest: ModelManifest,
@@ -373,8 +376,12 @@ def _parameters(
         module.state_dict(),
         frozen,
         mapping,
-        max_relative_change=block.get("max_relative_change"),
-        min_relative_change=float(block.get("min_relative_change", DEFAULT_MIN_RELATIVE_CHANGE)),
+        max_relative_change=block.max_relative_change,
+        min_relative_change=float(
+            DEFAULT_MIN_RELATIVE_CHANGE
+            if block.min_relative_change is None
+            else block.min_relative_change
+        ),
     )
     moved = found.not_moved
     warnings = [f"trainable tensors did not move: {', '.join(moved)}"] if moved else []
@@ -400,20 +407,20 @@ def check_inputs(
         _require_source(spec)
         return
     declared = spec.checks
-    if "forgetting" in declared:
-        name = str((declared["forgetting"] or {})["data"])
-        _forgetting_data(reg, spec, name, target_config, source_manifest)
-    if "drift" in declared:
-        _drift_data(reg, spec, declared["drift"] or {}, source_manifest, train_data)
+    if declared.forgetting is not None:
+        _forgetting_data(reg, spec, declared.forgetting.data, target_config, source_manifest)
+    if declared.drift is not None:
+        _drift_data(reg, spec, declared.drift, source_manifest, train_data)
 
 
 def _require_source(spec: ModelSpec) -> None:
-    for check in ("forgetting", "drift", "parameters"):
-        if check in spec.checks:
-            raise BuildError(
-                f"{spec.path} at /checks/{check}: {check} needs a source model;"
-                " remove the check or declare a source"
-            )
+    declared = spec.checks.names
+    if declared:
+        check = declared[0]
+        raise BuildError(
+            f"{spec.path} at /checks/{check}: {check} needs a source model;"
+            " remove the check or declare a source"
+        )
 
 
 def run_checks(
@@ -453,11 +460,11 @@ def run_checks(
         source = source_module(reg, source_manifest, source_state).to(dev)
         module.to(dev)
         try:
-            if "forgetting" in declared:
+            if declared.forgetting is not None:
                 checks["forgetting"], datasets["forgetting"] = _forgetting(
                     reg,
                     spec,
-                    declared["forgetting"] or {},
+                    declared.forgetting,
                     module,
                     target_config,
                     source,
@@ -466,11 +473,11 @@ def run_checks(
                     seed,
                     dev,
                 )
-            if "drift" in declared:
+            if declared.drift is not None:
                 checks["drift"], datasets["drift"] = _drift(
                     reg,
                     spec,
-                    declared["drift"] or {},
+                    declared.drift,
                     source,
                     source_manifest,
                     train_data,
@@ -481,7 +488,12 @@ def run_checks(
             module.to(home)
         tmap = tensor_map if tensor_map is not None else TensorMap(None)
         found, checks["parameters"] = _parameters(
-            declared.get("parameters") or {}, module, source_state, source_manifest, tmap, rows
+            declared.parameters or ParametersSpec(),
+            module,
+            source_state,
+            source_manifest,
+            tmap,
+            rows,
         )
     if found.frozen_changed:  # a frozen tensor that moved is a broken build, not a finding
         raise BuildError(

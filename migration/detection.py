@@ -179,9 +179,16 @@ def build_detector(
     scored = score(module, eval_data.x_eval, eval_data.y_eval)
     metrics = {m: scored[m] for m in ("map", "map_50", "map_75")}
     checks: dict[str, Check] = {}
-    if "forgetting" in spec.checks and src_manifest is not None and src_state is not None:
+    forgetting = spec.checks.forgetting
+    if forgetting is not None and src_manifest is not None and src_state is not None:
         checks["forgetting"], datasets["forgetting"] = detection_forgetting(
-            reg, spec, module, list(ds_manifest.class_names or ()), src_manifest, src_state
+            reg,
+            spec,
+            forgetting,
+            module,
+            list(ds_manifest.class_names or ()),
+            src_manifest,
+            src_state,
         )
     trained = model_manifest(
         spec,

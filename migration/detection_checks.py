@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.checkspec import ForgettingSpec
 from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import Check, DatasetRef, ModelManifest, dataset_record
 from stemma.registry.rules.taskspec import DETECTION
@@ -36,13 +37,14 @@ def check_detection_inputs(
     reg: Registry, spec: ModelSpec, source_manifest: ModelManifest | None
 ) -> None:
     """Raise, before training, the errors of a detector's declared checks."""
-    for check in ("drift", "parameters"):
-        if check in spec.checks:
+    declared = spec.checks
+    for check, given in (("drift", declared.drift), ("parameters", declared.parameters)):
+        if given is not None:
             raise BuildError(
                 f"{spec.path} at /checks/{check}: does not apply to a detection build"
                 " (it reads a classifier's features or heads); declare forgetting only"
             )
-    if "forgetting" not in spec.checks:
+    if declared.forgetting is None:
         return
     if source_manifest is None:
         raise BuildError(
@@ -50,14 +52,14 @@ def check_detection_inputs(
             " remove the check or declare a source"
         )
     if source_manifest.task == DETECTION:
-        _source_data(reg, spec, source_manifest)
+        _source_data(reg, spec, declared.forgetting, source_manifest)
 
 
 def _source_data(
-    reg: Registry, spec: ModelSpec, source_manifest: ModelManifest
+    reg: Registry, spec: ModelSpec, block: ForgettingSpec, source_manifest: ModelManifest
 ) -> tuple[str, list[str]]:
     """The forgetting dataset's name and class names; it must be a detection dataset."""
-    name = str((spec.checks["forgetting"] or {})["data"])
+    name = block.data
     found = reg.dataset_manifest(name)
     if found is None:
         raise BuildError(
@@ -90,17 +92,18 @@ def _names(manifest: ModelManifest, fallback: Sequence[str]) -> list[str]:
 def detection_forgetting(
     reg: Registry,
     spec: ModelSpec,
+    block: ForgettingSpec,
     module: nn.Module,
     target_names: Sequence[str],
     source_manifest: ModelManifest,
     source_state: Mapping[str, torch.Tensor],
 ) -> tuple[Check, DatasetRef]:
-    """The forgetting check of a detector: (its result, the dataset it read by name and id)."""
-    block = spec.checks["forgetting"] or {}
-    max_drop = float(block.get("max_drop", DEFAULT_MAX_DROP))
+    """The forgetting check of a detector, as `block` declares it: (its result, the dataset it
+    read by name and id)."""
+    max_drop = float(DEFAULT_MAX_DROP if block.max_drop is None else block.max_drop)
     source_ref = {"name": source_manifest.name, "id": source_manifest.id}
     if source_manifest.task != DETECTION:
-        name = str(block["data"])
+        name = block.data
         found = reg.dataset_manifest(name)
         ref = DatasetRef.of(name, found.id if found is not None else "")
         task = source_manifest.task_name
@@ -120,7 +123,7 @@ def detection_forgetting(
                 "inputs": {"data": ref.to_dict(), "source_model": source_ref},
             },
         ), ref
-    name, data_names = _source_data(reg, spec, source_manifest)
+    name, data_names = _source_data(reg, spec, block, source_manifest)
     data = load_dataset(reg, name, _WHERE, spec.path)
     source = source_module(reg, source_manifest, source_state)
     figures = []

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stemma.registry.records.checkspec import DeclaredChecks
 from stemma.registry.rules import taskspec
 from stemma.registry.rules.classlabels import class_labels
 from stemma.registry.rules.contentid import content_id, digest
@@ -296,9 +297,9 @@ class ModelSpec(_Described):
         return self._block("gates")
 
     @property
-    def checks(self) -> dict[str, Any]:
-        """Declared checks (forgetting, drift, parameters)."""
-        return self._block("checks")
+    def checks(self) -> DeclaredChecks:
+        """The declared checks (forgetting, drift, parameters; None each where undeclared)."""
+        return DeclaredChecks.from_dict(self._block("checks"))
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -334,10 +335,8 @@ class ModelSpec(_Described):
         """Every dataset the spec names, by role (pointer-like keys for error messages)."""
         data = self.raw.get("data") or {}
         refs = {f"/data/{role}": str(data[role]) for role in ("train", "eval") if role in data}
-        for check in ("forgetting", "drift"):
-            block = self.checks.get(check) or {}
-            if "data" in block:
-                refs[f"/checks/{check}/data"] = str(block["data"])
+        for check, name in self.checks.datasets:
+            refs[f"/checks/{check}/data"] = name
         return refs
 
 

@@ -1,14 +1,23 @@
 """A model spec's blocks as typed values: the causal-lm, quantize and merge blocks of the
-language-model example's specs, read through `ModelSpec` (the registry's own loader)."""
+language-model example's specs and the declared checks of the zoo's, read through `ModelSpec`
+(the registry's own loader)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from stemma.registry import Registry
+from stemma.registry.records.checkspec import (
+    DeclaredChecks,
+    DriftSpec,
+    ForgettingSpec,
+    ParametersSpec,
+)
 from stemma.registry.records.core import LmSettings, MergeSettings, ModelSpec, QuantizeSettings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "llm"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "llm"
 
 
 def test_a_causal_lm_spec_names_its_tokenizer_and_lm_settings() -> None:
@@ -62,3 +71,65 @@ def test_allow_failed_gates_is_read_from_the_source_block() -> None:
     doc = {"source": {"model": "base", "allow_failed_gates": True}, "data": {"train": "d"}}
     src = ModelSpec.from_dict("m", doc).source
     assert src is not None and src.allow_failed_gates and src.relation == "finetune"
+
+
+def _checks(block: dict[str, Any]) -> DeclaredChecks:
+    return ModelSpec.from_dict("m", {"data": {"train": "d"}, "checks": block}).checks
+
+
+def test_a_spec_without_checks_declares_none() -> None:
+    checks = ModelSpec.from_dict("m", {"data": {"train": "d"}}).checks
+    assert checks == DeclaredChecks(forgetting=None, drift=None, parameters=None)
+    assert checks.names == () and checks.datasets == () and checks.to_dict() == {}
+    assert _checks({}) == checks
+
+
+def test_an_empty_check_block_declares_the_check_with_every_setting_left_to_the_build() -> None:
+    checks = _checks({"drift": {}, "parameters": {}})
+    assert checks.forgetting is None
+    assert checks.drift == DriftSpec(None, None, None, None, None)
+    assert checks.parameters == ParametersSpec(None, None)
+    assert checks.names == ("drift", "parameters")
+    assert checks.datasets == ()  # drift reads the model's training data: no dataset named
+    assert checks.to_dict() == {"drift": {}, "parameters": {}}
+
+
+def test_every_declared_setting_is_read_and_written_back_as_given() -> None:
+    block = {
+        "parameters": {"min_relative_change": 1e-6, "max_relative_change": 2},
+        "drift": {
+            "permutations": 20,
+            "data": "shifted",
+            "max_mahalanobis": 3,
+            "max_outlier_share": 0.2,
+            "min_mmd_pvalue": 0.05,
+        },
+        "forgetting": {"max_drop": 0.25, "data": "old"},
+    }
+    checks = _checks(block)
+    assert checks.forgetting == ForgettingSpec(data="old", max_drop=0.25)
+    assert checks.drift == DriftSpec("shifted", 3, 0.2, 0.05, 20)
+    assert checks.parameters == ParametersSpec(max_relative_change=2, min_relative_change=1e-6)
+    # an integer threshold stays an integer: the build records thresholds as the spec says them
+    assert checks.drift is not None and type(checks.drift.max_mahalanobis) is int
+    assert checks.to_dict() == block
+    assert DeclaredChecks.from_dict(checks.to_dict()) == checks
+    assert checks.names == ("forgetting", "drift", "parameters")  # the schema's order
+    assert checks.datasets == (("forgetting", "old"), ("drift", "shifted"))
+    spec = ModelSpec.from_dict("m", {"data": {"train": "d"}, "checks": block})
+    assert spec.dataset_refs() == {
+        "/data/train": "d",
+        "/checks/forgetting/data": "old",
+        "/checks/drift/data": "shifted",
+    }
+
+
+def test_the_zoo_s_declared_checks() -> None:
+    reg = Registry.open(REPO)
+    ft = reg.model_spec("digits-5to9-ft").checks
+    assert ft == DeclaredChecks(
+        forgetting=ForgettingSpec(data="digits-0to4", max_drop=0.10), drift=DriftSpec()
+    )
+    assert ft.datasets == (("forgetting", "digits-0to4"),)
+    assert reg.model_spec("digits-from-mnist").checks.names == ("drift",)
+    assert reg.model_spec("digits-base").checks == DeclaredChecks()
