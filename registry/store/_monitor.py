@@ -8,9 +8,10 @@ a lost event, a watch it could not place): a doubt means a full check, never a g
 
 What is watched, and why each watch is needed:
 - `models/` and `datasets/`: folders added, removed or renamed;
-- each model and dataset folder: its spec and manifest created, removed or renamed over
-  (a build's atomic switch), and the interrupted-switch folder appearing;
-- each spec and manifest itself (its inode): a write through any name, a hard link elsewhere
+- each model and dataset folder: its spec, manifest and dvc.lock (`_snapshot.FILES`) created,
+  removed or renamed over (a build's atomic switch), and the interrupted-switch folder
+  appearing;
+- each of those files itself (its inode): a write through any name, a hard link elsewhere
   included, and a change of its metadata (`touch`, `chmod`, the same-size same-mtime copy,
   whose write is an event whatever the stamp says afterwards).
 A link anywhere among them (a folder, a spec or a manifest that is a symbolic link) could

@@ -98,6 +98,27 @@ def test_in_place_edit_with_the_old_stamp_is_seen(reg: Registry) -> None:
     assert _relation(reg, synth.model_name(7)) == new
 
 
+def test_a_dvc_lock_written_and_rewritten_in_place_is_seen(reg: Registry) -> None:
+    """The lock case of the status: a dvc.lock appearing, then edited in place with its old
+    stamp put back, changes what a kept-open handle answers."""
+    name = synth.model_name(6)
+    md5 = json.loads((reg.root / "models" / name / "manifest.json").read_text())["weights"]["md5"]
+    lock = reg.root / "models" / name / "dvc.lock"
+    text = (
+        f"schema: '2.0'\nstages:\n  model-{name}:\n    cmd: stemma build {name}\n    outs:\n"
+        f"    - path: models/{name}/weights.safetensors\n      md5: {md5}\n      size: 1\n"
+    )
+    sql = f"SELECT status FROM models WHERE name = '{name}'"
+    assert list(query(reg, sql).rows) == [("built",)]
+    lock.write_text(text.replace(md5, "f" * 32))
+    assert list(query(reg, sql).rows) == [("stale",)]
+    st = lock.stat()
+    with open(lock, "r+") as fh:
+        fh.write(text)  # the same length
+    os.utime(lock, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert list(query(reg, sql).rows) == [("built",)] == list(_fresh(reg, sql))
+
+
 def test_same_size_same_mtime_copy_is_seen(reg: Registry, tmp_path: Path) -> None:
     spec = _spec(reg, 8)
     edited, new = _swapped(spec.read_text())
