@@ -48,12 +48,13 @@ TARGETS = {
 }
 
 
-def registry(work: Path, n: int) -> Path:
-    """A synthetic registry of `n` models with one family, generated on first use."""
-    root = work / f"read-{n}"
+def registry(work: Path, n: int, locks: bool = False) -> Path:
+    """A synthetic registry of `n` models with one family, generated on first use; with
+    `locks`, each built model has the dvc.lock `dvc repro` would leave."""
+    root = work / (f"read-{n}-locks" if locks else f"read-{n}")
     if not (root / ".generated").exists():
         shutil.rmtree(root, ignore_errors=True)
-        generate(root, n, shape="mixed", seed=0, family_size=n + 1)
+        generate(root, n, shape="mixed", seed=0, family_size=n + 1, locks=locks)
         subprocess.run(
             [str(Path(sys.executable).with_name("stemma")), "pipeline"],
             cwd=root,
@@ -72,9 +73,11 @@ def run(root: Path, name: str) -> tuple[float, float]:
     return stemma(COMMANDS[name], root)
 
 
-def measure(work: Path, n: int, names: list[str], repeat: int) -> dict[str, Any]:
+def measure(
+    work: Path, n: int, names: list[str], repeat: int, locks: bool = False
+) -> dict[str, Any]:
     """Median CPU and wall time of each command at `n` models, and their ratios to `ls`."""
-    root = registry(work, n)
+    root = registry(work, n, locks)
     for name in names:  # warm: the index, bytecode caches, any cache a command keeps
         run(root, name)
     run(root, "ls")  # `cold_index` may have run last: leave the index warm
@@ -111,12 +114,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=list(COMMANDS), choices=list(COMMANDS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/stemma-bench-read"))
+    parser.add_argument(
+        "--locks", action="store_true", help="give each built model the dvc.lock DVC leaves"
+    )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     names = ["ls", *[c for c in args.only if c != "ls"]]
     sizes = sorted(set(args.models))
-    by_size = {n: measure(args.work, n, names, args.repeat) for n in sizes}
-    report: dict[str, Any] = {"models": sizes, "repeat": args.repeat}
+    by_size = {n: measure(args.work, n, names, args.repeat, args.locks) for n in sizes}
+    report: dict[str, Any] = {"models": sizes, "repeat": args.repeat, "locks": args.locks}
     report |= {str(n): by_size[n] for n in sizes}
     if len(sizes) > 1:
         report["growth"] = growth(sizes, by_size)

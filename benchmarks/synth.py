@@ -18,6 +18,9 @@ Manifests carry consistent ids: `spec_digest` is the digest of the spec written 
 so `stemma validate` and staleness checks see a registry that is entirely built and fresh.
 Files are written directly (not through `Registry.write_model_manifest`, which validates each
 document with jsonschema and would make a 10,000-model registry take a minute to generate).
+With `locks`, each built model's folder also gets the dvc.lock `dvc repro` would leave (the
+layout DVC writes, ~1.5 KB: the stage's deps, params and outs, the weights' md5 the one the
+manifest records), as in a registry that DVC built.
 """
 
 from __future__ import annotations
@@ -319,6 +322,34 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
+def lock_text(name: str, parent: str | None, datasets: list[str], weights_md5: str) -> str:
+    """The dvc.lock `dvc repro` leaves for model `name`'s stage (md5s other than the
+    weights' are made up)."""
+
+    def out(path: str, size: int) -> str:
+        md5 = digest(path)[7:39]
+        return f"    - path: {path}\n      hash: md5\n      md5: {md5}\n      size: {size}\n"
+
+    deps = [out(f"datasets/{d}/{f}", 3600) for d in datasets for f in ("data.npz", "manifest.json")]
+    deps.append(out(f"models/{name}/spec.yaml", 450))
+    if parent is not None:
+        deps += [
+            out(f"models/{parent}/{f}", 6000) for f in ("manifest.json", "weights.safetensors")
+        ]
+    outs = [
+        out(f"models/{name}/manifest.json", 6000),
+        out(f"models/{name}/metrics.json", 60),
+        f"    - path: models/{name}/weights.safetensors\n      hash: md5\n"
+        f"      md5: {weights_md5}\n      size: 69416\n",
+    ]
+    return (
+        f"schema: '2.0'\nstages:\n  model-{name}:\n    cmd: stemma build model {name}\n"
+        "    deps:\n" + "".join(sorted(deps)) + "    params:\n      stemma.yaml:\n"
+        "        entrypoints: []\n        root: .\n        version: 1\n"
+        "    outs:\n" + "".join(outs)
+    )
+
+
 def _write(path: Path, text: str) -> None:
     # Plain writes: the generator fills an empty folder, nothing reads it meanwhile.
     with open(path, "w") as fh:
@@ -333,11 +364,12 @@ def generate(
     seed: int = 0,
     family_size: int = 10_000,
     unbuilt: float = 0.0,
+    locks: bool = False,
 ) -> None:
     """Write stemma.yaml, datasets and `n_models` models (spec + manifest) under `root`.
 
     `unbuilt` is the share of models (never a root) that get a spec but no manifest; their
-    descendants then stay unbuilt too.
+    descendants then stay unbuilt too. With `locks`, each built model gets its dvc.lock.
     """
     rng = random.Random(seed)
     root = Path(root)
@@ -381,6 +413,11 @@ def generate(
         doc = model_manifest(i, spec, hidden, source, dataset_ids, rng)
         _write(folder / "manifest.json", canonical_json(doc))
         ids.append(doc["id"])
+        if locks:
+            data = sorted({d["name"] for d in doc["datasets"].values()})
+            parent_name = None if parent is None else model_name(parent)
+            text = lock_text(model_name(i), parent_name, data, doc["weights"]["md5"])
+            _write(folder / "dvc.lock", text)
 
 
 def main(argv: list[str] | None = None) -> None:
