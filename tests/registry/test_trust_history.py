@@ -153,6 +153,21 @@ def test_merge_conflict_markers_in_pipeline_files_are_validation_errors(
     assert conflict_line("=======\n") == 1
 
 
+def test_a_pipeline_file_linked_out_of_the_root_is_reported_beside_markers(
+    family: Registry, tmp_path: Path
+) -> None:
+    """The one-pass read of the folders' pipeline files gives way to the careful reader
+    where a file is refused: each refusal and each file with markers is still reported."""
+    outside = tmp_path / "outside.lock"
+    outside.write_text(LOCK)
+    (family.root / "models" / "base" / "dvc.lock").symlink_to(outside)
+    write(family.root / "models" / "ft" / "dvc.lock", LOCK.replace("model-base", "model-ft"))
+    found = {(x.path, x.line) for x in cons.check(Registry.open(family.root))}
+    assert ("models/ft/dvc.lock", 6) in found
+    assert any(path.startswith("models/base/dvc.lock") for path, _ in found), found
+    assert outside.read_text() == LOCK  # read, never written
+
+
 def test_the_yaml_reader_reports_markers_with_their_line() -> None:
     from stemma.registry.store.yamlio import load_yaml_text
 
