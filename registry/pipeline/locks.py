@@ -56,17 +56,24 @@ def conflicted_files(reg: Registry) -> list[tuple[str, StemmaError]]:
         for filename in (PIPELINE_FILE, LOCK_FILE)
     ]
     prefetch(reg.tree, [path for _, path in files])  # at a revision: one git process
-    texts = _working_texts(reg, inside)
-    for subject, path in files:
-        try:
-            text = texts[path] if path in texts else reg.tree.read_text(path)
-        except StemmaError as exc:
-            found.append((subject, exc))
-            continue
-        line = conflict_line(text) if text is not None else None
-        if line is not None:
-            found.append((subject, ParseError(path, MERGE_CONFLICT, line=line)))
+    for at in range(0, len(files), _BATCH):  # a batch of texts at a time, never all of them
+        batch = files[at : at + _BATCH]
+        texts = _working_texts(reg, {p: inside[p] for _, p in batch if p in inside})
+        for subject, path in batch:
+            try:
+                text = texts[path] if path in texts else reg.tree.read_text(path)
+            except StemmaError as exc:
+                found.append((subject, exc))
+                continue
+            line = conflict_line(text) if text is not None else None
+            if line is not None:
+                found.append((subject, ParseError(path, MERGE_CONFLICT, line=line)))
     return found
+
+
+# Pipeline files read together (`conflicted_files`): at 30,000 models, all of them at once
+# held ~35 MiB of text.
+_BATCH = 1024
 
 
 def _working_texts(reg: Registry, paths: dict[str, str]) -> dict[str, str | None]:

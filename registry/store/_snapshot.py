@@ -340,6 +340,9 @@ def _stat_into(numbers: array[int], folder: _Folder, names: list[str]) -> list[s
                 extend(_GONE)
                 continue
             except OSError as exc:  # a looping link, a file this user may not read, ...
+                if fname == LOCK:  # DVC's to report: a lock that cannot be read is none
+                    extend(_GONE)
+                    continue
                 path = display(folder.prefix, f"{folder.kind}/{name}/{fname}")
                 raise ParseError(path, f"cannot read: {exc.strerror}") from None
             # `stamp`, inlined: this loop runs for every file of the registry.

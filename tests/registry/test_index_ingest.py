@@ -189,12 +189,12 @@ def test_the_index_judges_each_model_by_its_dvc_lock(synthetic: Registry, tmp_pa
     the manifest records (a sharded model's as DVC hashes the folder), and its status is
     the rule's, as `ls` judged from the files: a lock of other weights makes a model stale,
     an edit of the lock alone is seen, and a lock it must not read (a link out of the root,
-    a named pipe) records nothing."""
+    a named pipe, a link to itself) records nothing."""
     _cold(synthetic)
     with index.open_index(synthetic) as idx:
         found = idx.con.execute("SELECT name FROM models WHERE status = 'built' ORDER BY name")
         built = [n for (n,) in found.fetchall()]
-    same, other, sharded, linked, piped = built[:5]
+    same, other, sharded, linked, piped, looped = built[:6]
     models = synthetic.root / "models"
     doc = json.loads((models / sharded / "manifest.json").read_text())
     shard = {"path": "model-00001-of-00001.safetensors", "md5": "a" * 32, "bytes": 1}
@@ -211,6 +211,7 @@ def test_the_index_judges_each_model_by_its_dvc_lock(synthetic: Registry, tmp_pa
     (tmp_path / "outside.lock").write_text((models / other / "dvc.lock").read_text())
     (models / linked / "dvc.lock").symlink_to(tmp_path / "outside.lock")
     os.mkfifo(models / piped / "dvc.lock")
+    (models / looped / "dvc.lock").symlink_to("dvc.lock")  # stat cannot resolve it
 
     def statuses(reg: Registry) -> dict[str, str]:
         with index.open_index(reg) as idx:
@@ -218,9 +219,10 @@ def test_the_index_judges_each_model_by_its_dvc_lock(synthetic: Registry, tmp_pa
 
     reg = Registry.open(synthetic.root)
     seen = statuses(reg)
-    assert [seen[n] for n in (same, other, sharded, linked, piped)] == [
+    assert [seen[n] for n in (same, other, sharded, linked, piped, looped)] == [
         "built",
         "stale",
+        "built",
         "built",
         "built",
         "built",
