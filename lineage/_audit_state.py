@@ -269,6 +269,12 @@ class LinkedTree:
         """True when the file exists in this state."""
         return self.own.exists(path)
 
+    def working(self, paths: list[str]) -> list[str]:
+        """Those of `paths` whose text is the working tree's: the same as the other state's,
+        where that one is (or reads them from) the working tree."""
+        working = getattr(self.other, "working", None)
+        return [] if working is None else list(working([p for p in paths if self.same(p)]))
+
     def subdirs(self, path: str) -> list[str]:
         """Sorted names of the immediate sub-folders of `path` in this state."""
         return self.own.subdirs(path)

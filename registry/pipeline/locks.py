@@ -17,7 +17,7 @@ from stemma.registry.rules.layout import LOCK_FILE as LOCK_FILE
 from stemma.registry.rules.layout import PIPELINE_FILE as PIPELINE_FILE
 from stemma.registry.store._snapshot import read_texts
 from stemma.registry.store.handle import WEIGHTS_FILE
-from stemma.registry.store.tree import WorkTree, prefetch
+from stemma.registry.store.tree import prefetch
 from stemma.registry.store.yamlio import MERGE_CONFLICT, conflict_line, locked_md5
 
 if TYPE_CHECKING:
@@ -56,9 +56,12 @@ def conflicted_files(reg: Registry) -> list[tuple[str, StemmaError]]:
         for filename in (PIPELINE_FILE, LOCK_FILE)
     ]
     prefetch(reg.tree, [path for _, path in files])  # at a revision: one git process
+    working = getattr(reg.tree, "working", None)  # what it reads from the working tree
     for at in range(0, len(files), _BATCH):  # a batch of texts at a time, never all of them
         batch = files[at : at + _BATCH]
-        texts = _working_texts(reg, {p: inside[p] for _, p in batch if p in inside})
+        mine = [p for _, p in batch if p in inside]
+        mine = working(mine) if working is not None else []
+        texts = _working_texts(reg, {p: inside[p] for p in mine})
         for subject, path in batch:
             try:
                 text = texts[path] if path in texts else reg.tree.read_text(path)
@@ -79,9 +82,9 @@ _BATCH = 1024
 def _working_texts(reg: Registry, paths: dict[str, str]) -> dict[str, str | None]:
     """Repository path -> text (None: no such file) of the folders' files `paths` (repository
     path -> path from the registry root) of the working tree, read in one pass
-    (`_snapshot.read_texts`: a fifth of the careful reader's cost); {} at a revision, or
-    where a file is refused: then each is read on its own, and its refusal reported."""
-    if not isinstance(reg.tree, WorkTree) or not paths:
+    (`_snapshot.read_texts`: a fifth of the careful reader's cost); {} where a file is
+    refused: then each is read on its own, and its refusal reported."""
+    if not paths:
         return {}
     try:
         texts = read_texts(reg.root, list(paths.values()), reg.rel_root)

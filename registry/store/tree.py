@@ -48,6 +48,11 @@ class WorkTree:
         """True when the file exists."""
         return os.path.isfile(f"{self.root}/{path}")  # no Path: called for every file
 
+    def working(self, paths: list[str]) -> list[str]:
+        """Those of `paths` whose text is the working tree's (a reader may read them from
+        disk in one pass): all of them."""
+        return paths
+
     def subdirs(self, path: str) -> list[str]:
         """Sorted names of the immediate sub-folders of `path`."""
         folder = self.root / path

@@ -456,3 +456,20 @@ def test_broken_settings_at_head_is_a_schema_violation(repo: Path) -> None:
     ]
     assert "`schema`" in report.to_markdown()
     assert report.models_removed == () and report.spec_changes == ()
+
+
+def test_conflict_markers_in_a_lock_are_new_only_where_the_base_lacks_them(repo: Path, cli) -> None:
+    """A pipeline file of the base that is the head's (read from the working tree in one
+    pass) reports what the head's does: markers the base has too are not new."""
+    lock = Registry.open(repo).root / "models" / "scratch" / "dvc.lock"
+    lock.write_text("<<<<<<< ours\n" + lock.read_text() + "=======\n>>>>>>> theirs\n")
+    commit(repo, "a lock with merge conflict markers")
+
+    def conflicts(base: str) -> list[tuple[str, bool]]:
+        res = cli(["audit", "--base", base, "--format", "json"], repo)
+        found = json.loads(res.stdout)["violations"]
+        return [(v["path"], v["new"]) for v in found if "merge conflict" in v["message"]]
+
+    path = str(lock.relative_to(repo))
+    assert conflicts("HEAD~1") == [(path, True)]
+    assert conflicts("HEAD") == [(path, False)]
