@@ -37,11 +37,11 @@ def report(
     """Pass or fail (gates, checks, staleness), lineage to the roots, transfer report,
     metrics, gates, checks and the training curve."""
     reg = Registry.open(repo)
-    doc = lib.model_report(reg, name)
+    report = lib.report_record(reg, name)
     if html is not None:
-        lib.write_html(reg, html, lib.render_html(doc), overwrite=overwrite)
+        lib.write_html(reg, html, lib.render_html(report), overwrite=overwrite)
         typer.echo(f"wrote {html}")
     elif json_:
-        emit_json(doc)
+        emit_json(report.to_dict())
     else:
-        typer.echo(lib.render_text(doc), nl=False)
+        typer.echo(lib.render_text(report), nl=False)

@@ -141,8 +141,7 @@ ADAPTER_DIR = "adapter"  # a LoRA model's output: PEFT's adapter files, not full
 
 def weights_out(reg: Registry, name: str) -> str:
     """The weights output of a model stage: weights.safetensors, or a LoRA model's adapter/."""
-    spec = reg.model_spec(name)
-    lora = spec.strategy.get("mode") == "lora"
+    lora = reg.model_spec(name).lora
     return _rel(reg, MODELS_DIR, name, ADAPTER_DIR if lora else WEIGHTS_FILE)
 
 
@@ -447,7 +446,7 @@ def model_facts(reg: Registry, name: str, spec: ModelSpec, entry: str | None) ->
         (found[0] if len(found) == 1 else list(found)) if found else None,
         bool(src is not None and src.auto),
         (src.candidates or "*") if src is not None and src.auto else None,
-        spec.strategy.get("mode") == "lora",
+        spec.lora,
         entry,
         spec.registered,
         artifact(reg, name, spec),

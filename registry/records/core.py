@@ -287,6 +287,12 @@ class ModelSpec(_Described):
         return self._block("strategy")
 
     @property
+    def lora(self) -> bool:
+        """True when the strategy trains a LoRA adapter (`strategy.mode: lora`): the build's
+        output is an adapter folder beside the weights."""
+        return self._block("strategy").get("mode") == "lora"
+
+    @property
     def training(self) -> dict[str, Any]:
         """The training hyper-parameters."""
         return self._block("training")

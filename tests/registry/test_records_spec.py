@@ -133,3 +133,19 @@ def test_the_zoo_s_declared_checks() -> None:
     assert ft.datasets == (("forgetting", "digits-0to4"),)
     assert reg.model_spec("digits-from-mnist").checks.names == ("drift",)
     assert reg.model_spec("digits-base").checks == DeclaredChecks()
+
+
+def test_lora_is_the_strategy_s_mode() -> None:
+    def spec(strategy: dict[str, object] | None) -> ModelSpec:
+        doc: dict[str, object] = {"data": {"train": "d"}}
+        if strategy is not None:
+            doc["strategy"] = strategy
+        return ModelSpec.from_dict("m", doc)
+
+    assert spec({"mode": "lora", "lora": {"r": 4}}).lora is True
+    assert [spec(s).lora for s in (None, {}, {"mode": "finetune"}, {"mode": "LoRA"})] == [
+        False,
+        False,
+        False,
+        False,
+    ]
