@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 from stemma.registry import Registry
 from stemma.registry.errors import ConsistencyError, LocatedError, StemmaError
 from stemma.registry.pipeline.autosource import candidates
+from stemma.registry.pipeline.locks import folder_locked_md5
 from stemma.registry.rules import status
 from stemma.registry.rules.dag import Forest
-from stemma.registry.rules.layout import MANIFEST_FILE, SPEC_FILE
+from stemma.registry.rules.layout import LOCK_FILE, MANIFEST_FILE, SPEC_FILE
 from stemma.registry.rules.parents import parents_of, recorded_parents
 from stemma.registry.store.files import digest, parse_json_text
 from stemma.registry.store.index import open_index
@@ -208,6 +209,8 @@ def prefetch_documents(reg: Registry, extra: Iterable[str] = ()) -> None:
     for kind in ("models", "datasets"):
         for name in reg.tree.subdirs(reg.rel(kind)):
             paths += [reg.rel(kind, name, SPEC_FILE), reg.rel(kind, name, MANIFEST_FILE)]
+            if kind == "models":  # the status rule's lock case reads it
+                paths.append(reg.rel(kind, name, LOCK_FILE))
     prefetch(reg.tree, paths)
 
 
@@ -351,6 +354,7 @@ def _model_record(
         named,  # none for `model: auto`: the exploration's pick is not judged
         lambda parent: _str(manifests.get(parent), "id"),
         dataset_ids,
+        folder_locked_md5(reg, name) if built is not None else None,
     ).status()
     return ModelRecord(
         name,
@@ -653,11 +657,11 @@ def records_near(
 ) -> tuple[list[ModelRecord], list[DatasetRecord]]:
     """`read_records(reg)` for a registry at a git revision, taking the records of `near`
     (the working tree, whose query index answers without parsing) for every model whose
-    record reads only files `same` finds identical in both: its spec, its manifest and its
-    parents' manifests. The others are read from `reg`'s files, as `read_records` reads them,
-    in the same order. A change to any dataset file, or an exploring model (its candidates
-    read every spec), is read from `reg` as a whole. `near_records`: `read_records(near)`,
-    when already read."""
+    record reads only files `same` finds identical in both: its spec, manifest and dvc.lock
+    and its parents' manifests. The others are read from `reg`'s files, as `read_records`
+    reads them, in the same order. A change to any dataset file, or an exploring model (its
+    candidates read every spec), is read from `reg` as a whole. `near_records`:
+    `read_records(near)`, when already read."""
     names, dnames = reg.model_names(), reg.dataset_names()
     if dnames != near.dataset_names() or not all(
         same(reg.rel("datasets", n, f)) for n in dnames for f in (SPEC_FILE, MANIFEST_FILE)
@@ -687,6 +691,7 @@ def records_near(
             known is not None
             and own(name, SPEC_FILE)
             and own(name, MANIFEST_FILE)
+            and own(name, LOCK_FILE)  # the status rule's lock case reads it
             and all(own(p, MANIFEST_FILE) for p in parents)
         ):
             models.append(known)

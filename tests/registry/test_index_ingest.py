@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from stemma.lineage import graph
 from stemma.registry import Registry
 from stemma.registry.errors import ParseError, SchemaError, StemmaError
 from stemma.registry.query.listing import model_status
@@ -234,6 +235,8 @@ def test_the_index_judges_each_model_by_its_dvc_lock(synthetic: Registry, tmp_pa
     assert locks == {same: md5[same], other: "f" * 32, sharded: recorded, linked: None, piped: None}
     fresh = Registry.open(synthetic.root)
     assert seen == {n: model_status(fresh, n, fresh.model_manifest(n)) for n in seen}
+    # the lineage's reading of the files (at a revision, or where the index cannot answer)
+    assert seen == {m.name: m.status for m in graph._file_records(fresh)[0]}
 
     _lock(models / same, same, "e" * 32)  # the lock alone changes
     assert statuses(Registry.open(synthetic.root))[same] == "stale"
