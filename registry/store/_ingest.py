@@ -210,7 +210,7 @@ def apply(
             _check_specs(reg, con, files.specs, files.texts)
             raise files.error
         _insert_specs(reg, con, files.specs, files.texts)
-        _insert_locks(con, files.model_locks, files.locked)
+        _insert_locks(con, files.locked)
         read = files.specs + files.manifests + files.locks
         clock.lap("insert")
         # A file written moments ago is recorded as RACY: the next open reads it again. A
@@ -403,8 +403,7 @@ class _Files:
     texts: list[str] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
     locks: list[str] = field(default_factory=list)  # every lock read (or not needed)
-    model_locks: list[str] = field(default_factory=list)
-    locked: list[str | None] = field(default_factory=list)  # the md5 of each of model_locks
+    locked: dict[str, str | None] = field(default_factory=dict)  # a model's lock -> its md5
     error: Exception | None = None
 
 
@@ -435,8 +434,7 @@ def _read_files(reg: Registry, con: duckdb.DuckDBPyConnection, paths: list[str])
             elif path.endswith(_snapshot.LOCK):
                 name = path.split("/")[1]
                 out.locks.append(path)
-                out.model_locks.append(path)
-                out.locked.append(locked_md5(text, reg.rel(MODELS_DIR, name, WEIGHTS_FILE)))
+                out.locked[path] = locked_md5(text, reg.rel(MODELS_DIR, name, WEIGHTS_FILE))
             else:
                 manifests.append((path, text))
         if manifests and out.error is None:
@@ -471,11 +469,12 @@ def _file_chunks(paths: list[str]) -> list[tuple[bool, list[str]]]:
     return chunks
 
 
-def _insert_locks(con: duckdb.DuckDBPyConnection, paths: list[str], md5s: list[str | None]) -> None:
-    """Index what the model folders' dvc.lock files `paths` record for the weights."""
-    if paths:
-        names = [p.split("/")[1] for p in paths]
-        with text_rows(con, "staged_locks", {"name": names, "path": paths, "md5": md5s}):
+def _insert_locks(con: duckdb.DuckDBPyConnection, locked: dict[str, str | None]) -> None:
+    """Index what model folders' dvc.lock files (path -> md5) record for the weights."""
+    if locked:
+        paths = list(locked)
+        columns = {"name": [p.split("/")[1] for p in paths], "path": paths}
+        with text_rows(con, "staged_locks", {**columns, "md5": list(locked.values())}):
             con.execute(_sql.INSERT_LOCKS)
 
 
