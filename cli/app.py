@@ -45,6 +45,7 @@ COMMANDS: dict[str, str] = {
     "build": "build",
     "lineage": "lineage",
     "export": "export",
+    "monitor": "monitor",
 }
 
 

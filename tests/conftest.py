@@ -35,11 +35,15 @@ ISOLATED_ENV = {
 def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test runs with its own HOME, a fixed git identity and no DVC analytics."""
     home = tmp_path_factory.mktemp("home")
-    saved = {k: os.environ.get(k) for k in [*ISOLATED_ENV, "HOME", "DVC_SITE_CACHE_DIR", "PATH"]}
+    keys = [*ISOLATED_ENV, "HOME", "DVC_SITE_CACHE_DIR", "PATH", "XDG_RUNTIME_DIR"]
+    saved = {k: os.environ.get(k) for k in keys}
     saved_path = os.environ.get("PATH", "")
     os.environ.update(ISOLATED_ENV)
     os.environ["HOME"] = str(home)
     os.environ["DVC_SITE_CACHE_DIR"] = str(home / "dvc-site")
+    # The sockets of monitor daemons (`stemma monitor`): the tests' own, none of the user's.
+    (home / "run").mkdir(mode=0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(home / "run")
     # `dvc repro` runs `stemma build ...`: the venv's console scripts must be on PATH.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), saved_path])
     subprocess.run(["git", "config", "--global", "init.defaultBranch", "main"], check=True)

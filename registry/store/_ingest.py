@@ -175,12 +175,14 @@ def apply(
     expect: tuple[str, str] | None,
     clock: Clock,
     kept: Sequence[tuple[str, bytes]] = (),
+    watched: str | None = None,
 ) -> None:
     """Apply `changes` (found by comparing `snap` with the stored snapshot, whose digests
     are `expect`) and store `snap` as the fact `snapshot` (unless the index is in memory),
     in one transaction on `db`, attached read-write. With `expect` None, create the index
     (`changes` lists every file) with the facts `kept`; otherwise raise `StaleIndex` when the
-    index does not match `expect`."""
+    index does not match `expect`. `watched`: the monitor daemon's token taken before `snap`
+    (`fsmonitor`), recorded with it."""
     create = expect is None
     # Taken before any file is read: a file is "racy" when its mtime or ctime is within the
     # window of this moment, and so also of the moment it was read (which is later).
@@ -236,6 +238,7 @@ def apply(
             "INSERT INTO raw.meta VALUES ('format', ?), ('snapshot', ?)",
             [_sql.FORMAT, " ".join(packed[:2])],
         )
+        record_watched(con, watched)
         if db.path is not None:  # an index in memory is never compared again
             _store.put_fact(con, _store.SNAPSHOT_FACT, pack_snapshot(packed))
         clock.lap("snapshot")
@@ -275,6 +278,24 @@ def matches(con: duckdb.DuckDBPyConnection, digests: tuple[str, str]) -> bool:
         "SELECT key, value FROM raw.meta WHERE key IN ('format', 'snapshot')"
     ).fetchall()
     return dict(rows) == {"format": _sql.FORMAT, "snapshot": " ".join(digests)}
+
+
+def watched(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The monitor daemon's token the index was last brought in step under (`fsmonitor`),
+    where the index is of this format; None otherwise."""
+    rows = con.execute(
+        "SELECT key, value FROM raw.meta WHERE key IN ('format', 'watched')"
+    ).fetchall()
+    found = dict(rows)
+    return found.get("watched") if found.get("format") == _sql.FORMAT else None
+
+
+def record_watched(con: duckdb.DuckDBPyConnection, token: str | None) -> None:
+    """Record `token` (None: forget the one recorded) in the caller's transaction: a check
+    made without the daemon's token must not leave an older one standing for it."""
+    con.execute("DELETE FROM raw.meta WHERE key = 'watched'")
+    if token is not None:
+        con.execute("INSERT INTO raw.meta VALUES ('watched', ?)", [token])
 
 
 def pack_snapshot(packed: tuple[str, str, str, bytes]) -> bytes:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import QueryError, StemmaError
 from stemma.registry.rules.commits import finish
-from stemma.registry.store import _engine, _snapshot
+from stemma.registry.store import _engine, _snapshot, fsmonitor
 from stemma.registry.store import derived as _store
 from stemma.registry.store._ingest import (
     DATABASE,
@@ -37,6 +37,8 @@ from stemma.registry.store._ingest import (
     StoredSnapshot,
     apply,
     matches,
+    record_watched,
+    watched,
 )
 from stemma.registry.store.tree import WorkTree
 
@@ -161,7 +163,7 @@ def open_index(reg: Registry) -> Index:
         with _store.locked(path.parent / LOCK_NAME, LOCK_WAIT_S):
             _busy_here(path)
             _clear_damaged(path)
-            con, stats = _fresh(reg, path, clock)
+            con, stats = _fresh(reg, path, clock, ask=True)
             # Recorded before the lock is let go: a fact read or written by another thread
             # once it has the lock must see that this process holds the file open.
             return Index(con, stats, shared=path)
@@ -265,25 +267,37 @@ def _clear_damaged(path: Path) -> None:
             raise _store.StoreUnusable(f"{spills} is not a folder")
 
 
-def _fresh(reg: Registry, path: Path | None, clock: Clock) -> tuple[Any, RefreshStats]:
+def _fresh(
+    reg: Registry, path: Path | None, clock: Clock, ask: bool = False
+) -> tuple[Any, RefreshStats]:
     """A connection with the index at `path` (None: in memory) attached read-only, after
-    bringing the index in step with the files."""
+    bringing the index in step with the files; `ask`: the shared index, whose freshness the
+    monitor daemon may vouch for (`fsmonitor`)."""
     duckdb = _engine.duckdb()
 
     db = Attached(path)
     try:
-        return _refresh(db, reg, clock)
+        return _refresh(db, reg, clock, ask)
     except BaseException:
         with contextlib.suppress(duckdb.Error):
             db.close()
         raise
 
 
-def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshStats]:
+def _refresh(db: Attached, reg: Registry, clock: Clock, ask: bool) -> tuple[Any, RefreshStats]:
     duckdb = _engine.duckdb()
 
     path = db.path
     clock.lap("open")
+    # Asked BEFORE the files are looked at: the token vouches for what the check below sees.
+    token = fsmonitor.token(reg.root) if ask and path is not None else None
+    if token is not None and path is not None and _store.kind(path) == "file":
+        clock.lap("ask")
+        with contextlib.suppress(duckdb.Error):  # a damaged or foreign file: the full check
+            con = db.attach(read_only=True)
+            if watched(con) == token:  # nothing the index reads changed since its check
+                clock.lap("compare")
+                return con, RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)
     snap = _snapshot.snapshot(reg.root, reg.rel_root)
     # A build killed while switching its outputs in is never indexed half-moved; inside
     # `held()` (a rank of a build that writes nothing) it is indexed as it is.
@@ -300,6 +314,8 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
         with contextlib.suppress(duckdb.Error):  # a damaged or foreign file: rebuilt
             con = db.attach(read_only=True)
             if matches(con, digests):  # the common case: nothing changed
+                if token is not None and watched(con) != token:
+                    con = _record(db, token)
                 clock.lap("compare")
                 return con, RefreshStats(0, 0, 0, clock.total(), phases=clock.phases)
             stored = StoredSnapshot.parse(_store.fact(con, _store.SNAPSHOT_FACT))
@@ -309,7 +325,7 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
         clock.lap("compare")
     if changes is not None:
         try:
-            apply(reg, db, snap, changes, stored.digests if stored else None, clock)
+            apply(reg, db, snap, changes, stored.digests if stored else None, clock, (), token)
         except StaleIndex:
             changes = None  # the index does not match its snapshot, or is damaged
     rebuilt = changes is None
@@ -326,7 +342,7 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
                     stale.unlink(missing_ok=True)
         paths = snap.paths()
         changes = Changes(read=paths, removed=[], added=len(paths))
-        apply(reg, db, snap, changes, None, clock, kept)
+        apply(reg, db, snap, changes, None, clock, kept, token)
     db.detach()
     clock.lap("close")
     con = db.attach(read_only=True)
@@ -340,6 +356,23 @@ def _refresh(db: Attached, reg: Registry, clock: Clock) -> tuple[Any, RefreshSta
         phases=clock.phases,
     )
     return con, stats
+
+
+def _record(db: Attached, token: str) -> duckdb.DuckDBPyConnection:
+    """Record the daemon's token in the index that matched the files, and attach it
+    read-only again; where it cannot be written now (another process reads it), it is not."""
+    duckdb = _engine.duckdb()
+
+    with contextlib.suppress(IndexBusy, duckdb.Error):
+        con = db.attach(read_only=False)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            record_watched(con, token)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return db.attach(read_only=True)
 
 
 def _kept_facts(db: Attached) -> list[tuple[str, bytes]]:
