@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 TIMEOUT_S = 2.0
 # How often an idle daemon looks whether its registry and its socket are still there.
 LOOK_S = 5.0
+# After watches that could not be placed (a link among the folders, too many watches), how
+# long the daemon answers `none` at once before it tries again: placing 120,000 watches at
+# 30,000 models takes a while, and every question would otherwise wait for it.
+RETRY_S = 10.0
 # The longest answer read (the status); a token answer is one short line.
 MAX_ANSWER = 1 << 16
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -173,6 +177,7 @@ class Daemon:
         self.monitor: Monitor | None = None
         self.started = time.time()
         self.answers = 0
+        self.failed_at = -RETRY_S  # when the watches last could not be placed
 
     def token(self) -> bytes:
         """The answer to `token`: this generation while its watches saw nothing, else the
@@ -180,7 +185,10 @@ class Daemon:
         self.answers += 1
         if self.monitor is None or not self.monitor.quiet():
             self.drop()
-            self.monitor = Monitor.start(self.root)
+            if time.monotonic() - self.failed_at >= RETRY_S:
+                self.monitor = Monitor.start(self.root)
+                if self.monitor is None:
+                    self.failed_at = time.monotonic()
             if self.monitor is None:
                 return b"none - %s\n" % self.identity.encode()
             self.generation += 1

@@ -352,3 +352,19 @@ def test_the_commands_start_report_and_stop_a_daemon(root: Path) -> None:
     failed = run("run")
     assert failed.returncode == 1 and "cannot be watched" in failed.stderr
     assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_watches_that_cannot_be_placed_are_no_token_then_tried_again(
+    root: Path, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _open(root)
+    folder = root / "models" / synth.model_name(2)
+    os.rename(folder, root / "elsewhere")
+    os.symlink(root / "elsewhere", folder)  # a link among the folders: no watches
+    assert fsmonitor.token(root) is None
+    assert "snapshot" in _open(root)
+    os.unlink(folder)
+    os.rename(root / "elsewhere", folder)
+    assert fsmonitor.token(root) is None  # not tried again at once
+    monkeypatch.setattr(fsmonitor, "RETRY_S", 0.0)
+    assert fsmonitor.token(root) is not None
