@@ -19,6 +19,11 @@ change through a name outside the watched folders: the monitor declines to start
 handle keeps the full check. The watches are placed BEFORE the full check they guard, so
 a change during that check is an event and the next look doubts.
 
+A long-running watcher (the monitor daemon, `fsmonitor`) asks `changed` instead of `quiet`:
+it reads the events and keeps the watches up to date (a folder or file that appears is
+watched at once, as the whole set would be by a new start), and gives up only where that
+cannot be done: a lost event, a kinds' folder or the root replaced, a link appearing.
+
 The reader is a small ctypes binding of three libc calls (no dependency): where they are
 missing (not Linux), the kernel refuses a watch (`fs.inotify.max_user_watches`), or the
 registry lies on a file system that others can change without this kernel seeing it (NFS,
@@ -50,6 +55,8 @@ _IN_CREATE = 0x100
 _IN_DELETE = 0x200
 _IN_DELETE_SELF = 0x400
 _IN_MOVE_SELF = 0x800
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
 _IN_DONT_FOLLOW = 0x02000000
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
@@ -77,6 +84,8 @@ _ROOT_MASK = (
     | _IN_DONT_FOLLOW
 )
 _KIND_NAMES = {kind.encode() for kind in KINDS}
+_FILE_NAMES = {fname.encode() for fname in FILES}
+_APPEARED = _IN_CREATE | _IN_MOVED_TO
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
 # Every change of a file's data or metadata, and its removal.
 _FILE_MASK = (
@@ -110,6 +119,8 @@ class Monitor:
         self.fd = fd
         self.root_wd = -1
         self.doubt = False  # sticky: once in doubt, the monitor is replaced
+        self.kinds: dict[int, bytes] = {}  # watch -> path of a kinds' folder (`models/`)
+        self.folders: dict[int, bytes] = {}  # watch -> path of a model or dataset folder
 
     @classmethod
     def start(cls, root: Path) -> Monitor | None:
@@ -140,10 +151,12 @@ class Monitor:
             top = b"%s/%s" % (root, kind.encode())
             if os.path.islink(top):
                 return False
-            if add(fd, top, _FOLDER_MASK) < 0:
+            wd = add(fd, top, _FOLDER_MASK)
+            if wd < 0:
                 if not os.path.lexists(top):
                     continue  # no such folder: the root's watch sees it appear
                 return False
+            self.kinds[wd] = top
             try:
                 entries = os.scandir(top)
             except (FileNotFoundError, NotADirectoryError):
@@ -158,17 +171,71 @@ class Monitor:
 
     def _watch_folder(self, add: Callable[[int, bytes, int], int], folder: bytes) -> bool:
         """Watch a model or dataset folder and its spec and manifest (no link among them)."""
-        if add(self.fd, folder, _FOLDER_MASK) < 0:
+        wd = add(self.fd, folder, _FOLDER_MASK)
+        if wd < 0:
             return False
-        for fname in FILES:
-            path = b"%s/%s" % (folder, fname.encode())
-            if add(self.fd, path, _FILE_MASK) < 0:
-                # Missing is fine (the folder's watch sees it appear); anything else is not.
-                if _errno() != 2 or os.path.lexists(path):
-                    return False
-            elif os.path.islink(path):
-                return False
-        return True
+        self.folders[wd] = folder
+        return all(self._watch_file(add, b"%s/%s" % (folder, name)) for name in _FILE_NAMES)
+
+    def _watch_file(self, add: Callable[[int, bytes, int], int], path: bytes) -> bool:
+        """Watch a spec, manifest or dvc.lock; False for a link or a watch refused."""
+        if add(self.fd, path, _FILE_MASK) < 0:
+            # Missing is fine (the folder's watch sees it appear); anything else is not.
+            return _errno() == 2 and not os.path.lexists(path)
+        return not os.path.islink(path)
+
+    def changed(self) -> bool | None:
+        """Read every event queued and keep the watches up to date: False when nothing the
+        index reads may have changed, True when it may have (what appeared is watched now),
+        None when the watches cannot be kept (a lost event, a kinds' folder or the root
+        made, removed or replaced, a link or a watch that cannot be placed): start anew."""
+        lib = _libc()
+        if self.doubt or lib is None:
+            return None
+        changed = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return changed
+            except OSError:
+                data = b""
+            if not data:
+                self.doubt = True
+                return None
+            for event in _events(data):
+                found = self._follow(lib.inotify_add_watch, *event)
+                if found is None:
+                    self.doubt = True
+                    return None
+                changed = changed or found
+
+    def _follow(
+        self, add: Callable[[int, bytes, int], int], wd: int, mask: int, name: bytes
+    ) -> bool | None:
+        """What one event means (see `changed`), watching a folder or file it made appear."""
+        if mask & _IN_Q_OVERFLOW or wd < 0:
+            return None
+        if wd == self.root_wd:
+            return None if not name or name in _KIND_NAMES else False
+        if mask & _IN_IGNORED:
+            return True  # a watch the kernel removed: its file or folder is gone
+        top = self.kinds.get(wd)
+        if top is not None:
+            if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF):
+                return None
+            if mask & _APPEARED and name and not name.startswith(b"."):
+                path = b"%s/%s" % (top, name)
+                if os.path.islink(path):
+                    return None
+                if os.path.isdir(path) and not self._watch_folder(add, path):
+                    return None
+            return True
+        folder = self.folders.get(wd)
+        appeared = folder is not None and mask & _APPEARED and name in _FILE_NAMES
+        if appeared and not self._watch_file(add, b"%s/%s" % (folder, name)):
+            return None
+        return True  # a file's or folder's own event, or one of an unknown watch
 
     def quiet(self) -> bool:
         """True when no event came since the watches were placed: nothing the index reads

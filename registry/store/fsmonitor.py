@@ -5,9 +5,10 @@ to know that the index still matches them.
 `stemma monitor start` runs it in the background (`run` in the foreground, `stop`, `status`),
 as `git fsmonitor--daemon` does for git's index. It places the watches a kept-open handle's
 monitor places (`_monitor`) and answers one question on a Unix socket: a token,
-EPOCH:GENERATION. A generation lasts while its watches see no event. The first question
-after an event (a lost one included) places the watches again and starts the next generation
-BEFORE it is answered. So two equal answers mean that nothing the index reads changed between
+EPOCH:GENERATION. A generation lasts while its watches see no event; an event ends it, and
+the watches follow what it made appear (`Monitor.changed`) before the next generation is
+answered; where they cannot (a lost event, a kinds' folder replaced, a link), every watch is
+placed anew first. So two equal answers mean that nothing the index reads changed between
 them: every change is a system call, and inotify queues its event before the call returns,
 so the daemon, which reads its queue before each answer, has seen every change made before
 the question.
@@ -178,17 +179,31 @@ class Daemon:
         self.started = time.time()
         self.answers = 0
         self.failed_at = -RETRY_S  # when the watches last could not be placed
+        self.starts = 0  # how often every watch was placed
+
+    def follow(self) -> None:
+        """Read the events queued: a change ends the generation; watches that cannot follow
+        what changed are dropped (placed anew at the next question)."""
+        if self.monitor is None:
+            return
+        changed = self.monitor.changed()
+        if changed is None:
+            self.drop()
+        elif changed:
+            self.generation += 1
 
     def token(self) -> bytes:
-        """The answer to `token`: this generation while its watches saw nothing, else the
-        next one, its watches placed first (`none` where they cannot be)."""
+        """The answer to `token`: the generation after every event queued now (`none` where
+        the watches cannot be placed)."""
         self.answers += 1
-        if self.monitor is None or not self.monitor.quiet():
-            self.drop()
+        self.follow()
+        if self.monitor is None:
             if time.monotonic() - self.failed_at >= RETRY_S:
                 self.monitor = Monitor.start(self.root)
                 if self.monitor is None:
                     self.failed_at = time.monotonic()
+                else:
+                    self.starts += 1
             if self.monitor is None:
                 return b"none - %s\n" % self.identity.encode()
             self.generation += 1
@@ -204,6 +219,7 @@ class Daemon:
             "generation": self.generation,
             "watching": self.monitor is not None and not self.monitor.doubt,
             "answers": self.answers,
+            "starts": self.starts,
         }
         return json.dumps(body, sort_keys=True).encode() + b"\n"
 
@@ -232,7 +248,7 @@ def serve(root: Path, ready: Callable[[Path], None] | None = None) -> None:
             f"{daemon.root}: cannot be watched here (no inotify, not a local file system,"
             " too many watches, or a link among the model and dataset folders)"
         )
-    daemon.generation = 1
+    daemon.generation = daemon.starts = 1
     path = socket_path(daemon.root, create=True)
     if path is None:
         daemon.drop()
@@ -276,8 +292,8 @@ def _loop(daemon: Daemon, listener: socket.socket, path: Path, mine: int) -> Non
         monitor = daemon.monitor
         watched = [listener.fileno()] + ([monitor.fd] if monitor is not None else [])
         readable, _, _ = select.select(watched, [], [], LOOK_S)
-        if monitor is not None and monitor.fd in readable and not monitor.quiet():
-            daemon.drop()  # placed again at the next question, not at every event of a build
+        if monitor is not None and monitor.fd in readable:
+            daemon.follow()
         if listener.fileno() in readable and not _answer(daemon, listener):
             return
         if time.monotonic() - looked >= LOOK_S:

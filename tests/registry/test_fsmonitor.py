@@ -368,3 +368,62 @@ def test_watches_that_cannot_be_placed_are_no_token_then_tried_again(
     assert fsmonitor.token(root) is None  # not tried again at once
     monkeypatch.setattr(fsmonitor, "RETRY_S", 0.0)
     assert fsmonitor.token(root) is not None
+
+
+def _edit_in_place(spec: Path) -> None:
+    edited, _new = _swapped(spec.read_text())
+    st = spec.stat()
+    with open(spec, "r+") as fh:
+        fh.write(edited)
+    os.utime(spec, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_what_appears_is_watched_from_then_on(root: Path, daemon: Daemon, tmp_path: Path) -> None:
+    """Each step makes a folder or file appear, then the next changes it in place with its
+    old stamp: seen only if the daemon watched what appeared, without starting anew."""
+    models = root / "models"
+    _open(root)
+    started = fsmonitor.status(root)
+    assert started is not None
+
+    def agrees() -> None:
+        assert _rows(root, WIDE) == _truth(root, WIDE)
+        _open(root)
+        assert "snapshot" not in _open(root)
+
+    shutil.copytree(models / synth.model_name(3), tmp_path / "staged")
+    os.rename(tmp_path / "staged", models / "zz-moved-in")  # a folder moved in
+    agrees()
+    _edit_in_place(models / "zz-moved-in" / "spec.yaml")
+    agrees()
+    os.rename(models / "zz-moved-in", models / "zz-renamed")  # renamed within models/
+    agrees()
+    _edit_in_place(models / "zz-renamed" / "spec.yaml")
+    agrees()
+    (models / ".zz-hidden").mkdir()  # made under a dot name, then renamed into view
+    shutil.copy2(models / synth.model_name(4) / "spec.yaml", models / ".zz-hidden" / "spec.yaml")
+    os.rename(models / ".zz-hidden", models / "zz-shown")
+    agrees()
+    _edit_in_place(models / "zz-shown" / "spec.yaml")
+    agrees()
+    spec = models / synth.model_name(5) / "spec.yaml"
+    staged = spec.with_name("spec.yaml.tmp")
+    shutil.copy2(spec, staged)
+    os.replace(staged, spec)  # a new inode under the spec's name (an atomic write)
+    agrees()
+    os.link(spec, tmp_path / "spec-elsewhere.yaml")
+    _edit_in_place(tmp_path / "spec-elsewhere.yaml")  # seen by the new inode's own watch only
+    agrees()
+    manifest = models / synth.model_name(6) / "manifest.json"
+    text = manifest.read_text()
+    manifest.unlink()
+    agrees()
+    manifest.write_text(text)  # made again
+    agrees()
+    doc = json.loads(text)
+    manifest.write_text(json.dumps(dict(doc, id="sha256:" + "ab" * 32)).ljust(len(text)))
+    agrees()
+    # The watches followed every step: the daemon never placed them anew.
+    now = fsmonitor.status(root)
+    assert now is not None and now["starts"] == started["starts"] == 1
+    assert now["generation"] > started["generation"]
