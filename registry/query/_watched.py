@@ -7,8 +7,10 @@ run. While the monitor stays quiet nothing the index reads has changed, so a que
 its SQL alone: no stat of 20,000 files, no attach of the index file, no lock held on it
 between queries (other processes refresh the shared index as usual). Any doubt (an event,
 a lost event, the registry's folders replaced, a query with other limits or with history)
-goes the usual way: the full check, then a new copy. Where no monitor can run, every query
-keeps the full check.
+goes the usual way: the full check, then a new copy. The watches stay through an event they
+could follow (`Monitor.changed`: what appeared is watched), so that check is made under them
+as before; a lost event, a replaced folder or a link removes them, and they are placed anew.
+Where no monitor can run, every query keeps the full check.
 
 The copy holds `models` as a table rather than the view's join: the same rows and types,
 computed once per copy instead of on every query.
@@ -48,14 +50,14 @@ class _Watch:
     # one thread at a time; another thread of the handle checks the files its own way.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def drop(self) -> None:
-        """Forget the copy and remove the watches."""
+    def drop(self, watches: bool = True) -> None:
+        """Forget the copy, and remove the watches (unless `watches` is False)."""
         con, self.con = self.con, None
-        monitor, self.monitor = self.monitor, None
         if con is not None:
             with contextlib.suppress(Exception):
                 con.close()
-        if monitor is not None:
+        monitor, self.monitor = self.monitor, (None if watches else self.monitor)
+        if watches and monitor is not None:
             monitor.close()
 
 
@@ -93,10 +95,12 @@ def acquire(reg: Registry, memory_limit: str) -> tuple[duckdb.DuckDBPyConnection
         return None, False
     if not watch.lock.acquire(blocking=False):
         return None, True
-    quiet = watch.memory_limit == memory_limit and watch.monitor.quiet()
-    if quiet and _identity(reg) == watch.identity:
+    # Events the watches could follow keep them: the next check is made under them. A lost
+    # event, a folder replaced or a link removes them (`Monitor.changed`).
+    changed = watch.monitor.changed() if watch.memory_limit == memory_limit else True
+    if changed is False and _identity(reg) == watch.identity:
         return watch.con, False
-    watch.drop()
+    watch.drop(watches=changed is None)
     watch.lock.release()
     return None, False
 
@@ -118,9 +122,10 @@ def prepare(reg: Registry) -> bool:
     if not watch.lock.acquire(blocking=False):
         return False  # another thread of the handle is using or making the copy
     watch.queries += 1
-    watch.drop()
+    watch.drop(watches=False)
     if watch.queries >= 2:
-        watch.monitor = Monitor.start(reg.root)
+        if watch.monitor is None:
+            watch.monitor = Monitor.start(reg.root)
         if watch.monitor is not None:
             return True
     watch.lock.release()

@@ -378,19 +378,10 @@ def _edit_in_place(spec: Path) -> None:
     os.utime(spec, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def test_what_appears_is_watched_from_then_on(root: Path, daemon: Daemon, tmp_path: Path) -> None:
+def _appear_and_change(root: Path, tmp_path: Path, agrees: Callable[[], None]) -> None:
     """Each step makes a folder or file appear, then the next changes it in place with its
-    old stamp: seen only if the daemon watched what appeared, without starting anew."""
+    old stamp: seen only if the watches followed what appeared; `agrees` after each step."""
     models = root / "models"
-    _open(root)
-    started = fsmonitor.status(root)
-    assert started is not None
-
-    def agrees() -> None:
-        assert _rows(root, WIDE) == _truth(root, WIDE)
-        _open(root)
-        assert "snapshot" not in _open(root)
-
     shutil.copytree(models / synth.model_name(3), tmp_path / "staged")
     os.rename(tmp_path / "staged", models / "zz-moved-in")  # a folder moved in
     agrees()
@@ -423,7 +414,44 @@ def test_what_appears_is_watched_from_then_on(root: Path, daemon: Daemon, tmp_pa
     doc = json.loads(text)
     manifest.write_text(json.dumps(dict(doc, id="sha256:" + "ab" * 32)).ljust(len(text)))
     agrees()
+
+
+def test_what_appears_is_watched_from_then_on(root: Path, daemon: Daemon, tmp_path: Path) -> None:
+    _open(root)
+    started = fsmonitor.status(root)
+    assert started is not None
+
+    def agrees() -> None:
+        assert _rows(root, WIDE) == _truth(root, WIDE)
+        _open(root)
+        assert "snapshot" not in _open(root)
+
+    _appear_and_change(root, tmp_path, agrees)
     # The watches followed every step: the daemon never placed them anew.
     now = fsmonitor.status(root)
     assert now is not None and now["starts"] == started["starts"] == 1
     assert now["generation"] > started["generation"]
+
+
+def test_a_kept_open_handle_keeps_its_watches_through_what_appears(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stemma.registry.store._monitor import Monitor
+
+    starts: list[Path] = []
+    real = Monitor.start.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[Monitor], where: Path) -> Monitor | None:
+        starts.append(where)
+        return real(cls, where)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Monitor, "start", classmethod(counted))
+    handle = Registry.open(root)
+    query(handle, "SELECT 1")
+    query(handle, "SELECT 1")  # the second query places the watches
+
+    def agrees() -> None:
+        assert query(handle, WIDE).rows == _truth(root, WIDE)
+
+    _appear_and_change(root, tmp_path, agrees)
+    assert len(starts) == 1, starts
