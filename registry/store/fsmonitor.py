@@ -259,12 +259,12 @@ def serve(root: Path, ready: Callable[[Path], None] | None = None) -> None:
         raise MonitorError(f"{daemon.root}: a monitor already runs (pid {running.get('pid')})")
     import socket
 
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # the socket of a daemon that died
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     mine = -1
     try:
         try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # the socket of a daemon that died
             listener.bind(str(path))
             os.chmod(path, 0o600)
             mine = os.lstat(path).st_ino
