@@ -8,7 +8,8 @@ MLflow uses its SQLite backend and `MlflowClient.search_model_versions` with a f
 equivalent to stemma's SQL. Each question reports, per side, the wall and CPU time (median
 of `--repeat`): stemma's `query()` in-process, its freshness check of the files included;
 the SQL alone on an open index; and the `stemma query` command as a fresh process (wall,
-and the CPU of the child). Across sizes, each stemma time gets the exponent of its growth
+and the CPU of the child), beside one MLflow search in a fresh process (import, client,
+search: `mlflow_process_...`). Across sizes, each stemma time gets the exponent of its growth
 (t ~ N^k between consecutive sizes), and a stemma/MLflow ratio that rises with N is flagged.
 
 stemma's `query()` is timed on a kept-open handle (after its first query, and its second,
@@ -61,13 +62,33 @@ FILTERS = [
     ),
 ]
 
+# One search in a fresh process (import, client, query): MLflow's counterpart of `stemma query`.
+MLFLOW_ONE = r"""
+import sys, warnings
+warnings.filterwarnings("ignore")
+import logging
+logging.disable(logging.WARNING)
+from mlflow.tracking import MlflowClient
+db, flt = sys.argv[1], sys.argv[2]
+client = MlflowClient(tracking_uri="sqlite:///" + db, registry_uri="sqlite:///" + db)
+found, token = [], None
+while True:
+    page = client.search_model_versions(flt, max_results=10000, page_token=token)
+    found += page
+    token = page.token
+    if not token:
+        break
+print(len(found))
+"""
+
 MLFLOW_SIDE = r"""
-import json, statistics, sys, time, warnings
+import json, resource, statistics, subprocess, sys, time, warnings
 warnings.filterwarnings("ignore")
 import logging
 logging.disable(logging.WARNING)
 from mlflow.tracking import MlflowClient
 db, versions_file, filters_file, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+one = sys.argv[5]
 versions = json.load(open(versions_file))
 filters = json.load(open(filters_file))
 import os
@@ -100,6 +121,16 @@ for label, flt in filters:
         n = len(found)
     out["filters"][label] = {"median_s": statistics.median(times), "min_s": min(times),
                              "cpu_median_s": statistics.median(cpus), "rows": n}
+    walls, child_cpus = [], []
+    for _ in range(max(1, repeat // 2)):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", one, db, flt], check=True, capture_output=True)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        child_cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    out["filters"][label]["process_median_s"] = statistics.median(walls)
+    out["filters"][label]["process_cpu_median_s"] = statistics.median(child_cpus)
 print(json.dumps(out))
 """
 
@@ -227,6 +258,7 @@ def one_size(n: int, work: Path, python: str, repeat: int) -> dict[str, Any]:
             str(work / "versions.json"),
             str(work / "filters.json"),
             str(repeat),
+            MLFLOW_ONE,
         ],
         capture_output=True,
         text=True,
@@ -260,6 +292,9 @@ def one_size(n: int, work: Path, python: str, repeat: int) -> dict[str, Any]:
             ),
             "mlflow_wall_s": round(b["median_s"], 4),
             "mlflow_cpu_s": round(b["cpu_median_s"], 4),
+            "mlflow_process_wall_s": round(b["process_median_s"], 4),
+            "mlflow_process_cpu_s": round(b["process_cpu_median_s"], 4),
+            "cli_over_mlflow_process_wall": round(a["cli_median_s"] / b["process_median_s"], 2),
             "stemma_over_mlflow_wall": round(a["median_s"] / b["median_s"], 2),
             "stemma_over_mlflow_cpu": round(a["cpu_median_s"] / max(b["cpu_median_s"], 1e-9), 2),
             "target_met": a["median_s"] * 2 <= b["median_s"],
