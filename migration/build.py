@@ -90,10 +90,10 @@ def build_dataset(reg: Registry, name: str) -> dict[str, Any]:
     spec = reg.dataset_spec(name)
     if is_detection_source(spec.source):  # boxes per image: migration/detection.py
         return build_detection_dataset(reg, name, spec, started, begin)
-    if is_text_source(spec.raw):  # text for causal language models: migration/causal_lm.py
+    if is_text_source(spec):  # text for causal language models: migration/causal_lm.py
         return build_text_dataset(reg, name, spec, started, begin)
     arrays = materialize(
-        spec.raw,
+        spec,
         display=spec.path,
         trusted=reg.settings.entrypoints,
         resolve=lambda rel: reg.resolve(rel, "/source", spec.path),

@@ -102,9 +102,7 @@ def build_text_dataset(
     reg: Registry, name: str, spec: DatasetSpec, started: str, begin: float
 ) -> dict[str, Any]:
     """Materialize a text dataset, write data.npz and its manifest; returns the manifest."""
-    splits = materialize_text(
-        spec.raw, spec.path, lambda rel: reg.resolve(rel, "/source", spec.path)
-    )
+    splits = materialize_text(spec, spec.path, lambda rel: reg.resolve(rel, "/source", spec.path))
     blob = text_npz_bytes(splits)
     manifest = dataset_manifest(
         spec,

@@ -23,6 +23,7 @@ import numpy as np
 from stemma.registry import Registry
 from stemma.registry.check.hfdisk import check_saved_dataset
 from stemma.registry.errors import BuildError, UnsafeFile
+from stemma.registry.records.core import DatasetSpec, Selection
 from stemma.registry.records.manifest import Stats
 from stemma.registry.rules.layout import DATA_FILE, SPEC_FILE
 from stemma.registry.rules.taskspec import CLASSIFICATION, MULTILABEL, REGRESSION
@@ -33,7 +34,6 @@ from .shapes import shapes
 from .tasks import task_of
 
 KEYS = ("x_train", "y_train", "x_eval", "y_eval")
-DEFAULT_EVAL = 0.25
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GRAY_MODES = ("1", "L", "I", "I;16", "F")
 # Samples are stacked as float32 arrays: an image past 64 megapixels (256 MiB a channel) is
@@ -476,30 +476,32 @@ def _take(y: np.ndarray, amount: float | int, rng: np.random.Generator) -> np.nd
 def select(
     x: np.ndarray,
     y: np.ndarray,
-    spec: Mapping[str, Any],
+    selection: Selection | Mapping[str, Any],
     source: str,
     display: str,
     seed: int,
     names: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
     """Keep classes, relabel and limit, as the spec's `select` block says (with the class
-    names that remain meaningful)."""
+    names that remain meaningful); a plain block is read as the record it validates to."""
+    if not isinstance(selection, Selection):
+        selection = Selection.from_dict(selection)
     task = task_of(y)
-    for key in ("classes", "relabel"):
-        if key in spec and task != CLASSIFICATION:
+    for key, given in (("classes", selection.classes), ("relabel", selection.relabel)):
+        if given is not None and task != CLASSIFICATION:
             raise BuildError(f"{display} at /select/{key}: needs class labels, not a {task} target")
     present = {int(c) for c in np.unique(y)} if task == CLASSIFICATION else set()
-    classes = spec.get("classes")
+    classes = selection.classes
     if classes is not None:
         for i, cls in enumerate(classes):
-            if int(cls) not in present:
+            if cls not in present:
                 raise BuildError(
                     f"{display} at /select/classes/{i}: class {cls} is absent"
                     f" from {source} (it has {_span(present)})"
                 )
         keep = np.isin(y, np.asarray(classes, dtype=np.int64))
         x, y = x[keep], y[keep]
-    relabel = spec.get("relabel")
+    relabel = selection.relabel
     if relabel == "contiguous":
         order = np.unique(y)
         y = np.searchsorted(order, y).astype(np.int64)
@@ -515,9 +517,9 @@ def select(
                 )
             new[y == int(key)] = int(value)
         y, names = new, None  # merged or renumbered classes have no single name
-    limit = spec.get("limit")
-    if limit is not None and int(limit) < len(y):
-        idx = _take(y, int(limit), np.random.default_rng([seed, 1]))
+    limit = selection.limit
+    if limit is not None and limit < len(y):
+        idx = _take(y, limit, np.random.default_rng([seed, 1]))
         x, y = x[idx], y[idx]
     return x, y, names
 
@@ -604,43 +606,41 @@ def split(
     )
 
 
-def _resize_size(transforms: Sequence[Mapping[str, Any]]) -> list[int] | None:
-    """The size of the first resize transform: image folders are read at that size."""
-    return next((list(step["resize"]) for step in transforms if "resize" in step), None)
+def dataset_spec(spec: DatasetSpec | Mapping[str, Any]) -> DatasetSpec:
+    """The record of a dataset spec given as one or as its validated document."""
+    return spec if isinstance(spec, DatasetSpec) else DatasetSpec.from_dict("", spec)
 
 
 def materialize(
-    spec: Mapping[str, Any],
+    spec: DatasetSpec | Mapping[str, Any],
     *,
     display: str = SPEC_FILE,
     resolve: Callable[[str], Path] = Path,
     trusted: Sequence[str] = (),
 ) -> DatasetArrays:
     """Turn a validated dataset spec into train/eval arrays."""
-    source = str(spec["source"])
-    transforms = list(spec.get("transforms") or [])
+    spec = dataset_spec(spec)
     raw = load_raw(
-        source,
+        spec.source,
         display=display,
-        target=spec.get("target", "label"),
-        features=spec.get("features"),
-        options=spec.get("options"),
-        size=_resize_size(transforms),
+        target=spec.target,
+        features=spec.features,
+        options=spec.options,
+        size=spec.resize,
         resolve=resolve,
         trusted=trusted,
     )
     x = raw.x
-    where = f"{display} at /task" if "task" in spec else f"{display} at /source"
-    y, names = encode_labels(raw.y, where, spec.get("task"), raw.class_names)
+    where = f"{display} at /task" if spec.task is not None else f"{display} at /source"
+    y, names = encode_labels(raw.y, where, spec.task, raw.class_names)
     if len(x) != len(y):
         raise BuildError(f"{display} at /source: {len(x)} samples but {len(y)} labels")
-    split_spec = dict(spec.get("split") or {})
-    seed = int(split_spec.get("seed", 0))
-    x, y, names = select(x, y, dict(spec.get("select") or {}), source, display, seed, names)
+    parts = spec.split
+    x, y, names = select(x, y, spec.select, spec.source, display, parts.seed, names)
     if len(y) < 2:
         raise BuildError(f"{display} at /select: fewer than 2 samples left after selection")
-    x = transform(x, transforms, display, seed)
-    return split(x, y, float(split_spec.get("eval", DEFAULT_EVAL)), seed, names)
+    x = transform(x, spec.transforms, display, parts.seed)
+    return split(x, y, parts.eval, parts.seed, names)
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def build_detection_dataset(
 ) -> dict[str, Any]:
     """Materialize a detection dataset, write data.npz and its manifest; returns the manifest."""
     arrays = materialize_detection(
-        spec.raw,
+        spec,
         display=spec.path,
         resolve=lambda rel: reg.resolve(rel, "/source", spec.path),
     )

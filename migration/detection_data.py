@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 from stemma.registry.errors import BuildError
+from stemma.registry.records.core import DatasetSpec
 from stemma.registry.rules.taskspec import DETECTION
 from stemma.registry.store.files import read_bytes_file
 
-from .data import DEFAULT_EVAL, DatasetArrays, _image, _resize
+from .data import DatasetArrays, _image, _resize
 from .shapes import shapes
 
 PAD = -1.0  # label of a padding row
@@ -176,33 +177,31 @@ def unpad(y: np.ndarray) -> list[np.ndarray]:
 
 
 def materialize_detection(
-    spec: Mapping[str, Any],
+    spec: DatasetSpec,
     *,
     display: str,
     resolve: Callable[[str], Path],
 ) -> DatasetArrays:
     """A detection dataset spec's train and eval arrays (seeded split)."""
     where = f"{display} at /source"
-    source = str(spec["source"])
+    source = spec.source
     for key in ("select", "target", "features"):
-        if key in spec:
+        if key in spec.declared_fields:
             raise BuildError(f"{display} at /{key}: does not apply to a detection source")
-    transforms = list(spec.get("transforms") or [])
-    if any("resize" not in step for step in transforms) or len(transforms) > 1:
+    size = spec.resize
+    if len(spec.transforms) > 1 or (spec.transforms and size is None):
         raise BuildError(f"{display} at /transforms: a detection source takes one resize only")
-    size = list(transforms[0]["resize"]) if transforms else None
-    if "task" in spec and spec["task"] != DETECTION:
+    if spec.task is not None and spec.task != DETECTION:
         raise BuildError(f"{display} at /task: {source} is a detection source")
     if source == "shapes:detect":
-        x, boxes, names = shapes("detect", spec.get("options"), where)
+        x, boxes, names = shapes("detect", spec.options, where)
         if size is not None:
             raise BuildError(f"{display} at /transforms: set options.size instead of a resize")
     else:
-        x, boxes, names = coco(source.partition(":")[2], resolve, spec.get("options"), size, where)
-    split_spec = dict(spec.get("split") or {})
-    seed = int(split_spec.get("seed", 0))
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_eval = max(1, round(len(x) * float(split_spec.get("eval", DEFAULT_EVAL))))
+        x, boxes, names = coco(source.partition(":")[2], resolve, spec.options, size, where)
+    split = spec.split
+    order = np.random.default_rng(split.seed).permutation(len(x))
+    n_eval = max(1, round(len(x) * split.eval))
     if n_eval >= len(x):
         raise BuildError(f"{display} at /split/eval: leaves no training image")
     ev, tr = np.sort(order[:n_eval]), np.sort(order[n_eval:])

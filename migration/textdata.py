@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.core import DatasetSpec, TextFields
 from stemma.registry.records.manifest import TextData, dataset_record
 from stemma.registry.rules.layout import DATA_FILE
 from stemma.registry.rules.taskspec import CAUSAL_LM
 from stemma.registry.store.files import decode_text, read_bytes_file
 
-from .data import open_saved_dataset
+from .data import dataset_spec, open_saved_dataset
 
-DEFAULT_EVAL = 0.25
 MAX_TEXT_BYTES = 256 << 20
 """A text source's size bound: a causal-LM corpus built on the CPU here is megabytes."""
 TEXT = "text"
@@ -65,21 +65,11 @@ class TextSplits:
         return self.train if name == "train" else self.eval
 
 
-def is_text_source(spec: Mapping[str, Any]) -> bool:
+def is_text_source(spec: DatasetSpec) -> bool:
     """True when a dataset spec describes text for a causal language model."""
-    source = str(spec.get("source", ""))
-    return source.startswith(("text:", "jsonl:")) or (
-        source.startswith("hf-disk:") and spec.get("task") == CAUSAL_LM
+    return spec.source.startswith(("text:", "jsonl:")) or (
+        spec.source.startswith("hf-disk:") and spec.task == CAUSAL_LM
     )
-
-
-def _fields(spec: Mapping[str, Any]) -> dict[str, str]:
-    given = dict(spec.get("fields") or {})
-    return {
-        "text": str(given.get("text", "text")),
-        "prompt": str(given.get("prompt", "prompt")),
-        "completion": str(given.get("completion", "completion")),
-    }
 
 
 def _read(rel: str, resolve: Callable[[str], Path], where: str) -> str:
@@ -94,11 +84,11 @@ def _documents(text: str) -> list[Record]:
     return [Record("", p) for p in parts if p]
 
 
-def _record(doc: Any, fields: Mapping[str, str], shown: str) -> tuple[Record, str]:
+def _record(doc: Any, fields: TextFields, shown: str) -> tuple[Record, str]:
     """One JSON object as a record and its format; BuildError naming the line's problem."""
     if not isinstance(doc, dict):
         raise BuildError(f"{shown}: a record is a JSON object, not {type(doc).__name__}")
-    p, c, t = fields["prompt"], fields["completion"], fields["text"]
+    p, c, t = fields.prompt, fields.completion, fields.text
     if p in doc or c in doc:
         for key in (p, c):
             if not isinstance(doc.get(key), str):
@@ -109,7 +99,7 @@ def _record(doc: Any, fields: Mapping[str, str], shown: str) -> tuple[Record, st
     raise BuildError(f"{shown}: a record needs {p!r} and {c!r}, or {t!r} (strings)")
 
 
-def _jsonl(text: str, rel: str, fields: Mapping[str, str]) -> tuple[list[Record], str]:
+def _jsonl(text: str, rel: str, fields: TextFields) -> tuple[list[Record], str]:
     records: list[Record] = []
     formats: set[str] = set()
     for number, line in enumerate(text.splitlines(), start=1):
@@ -134,28 +124,29 @@ def _no_constant(name: str) -> Any:
 
 
 def _hf_disk(
-    rel: str, resolve: Callable[[str], Path], fields: Mapping[str, str], where: str
+    rel: str, resolve: Callable[[str], Path], fields: TextFields, where: str
 ) -> tuple[list[Record], str]:
     _, ds = open_saved_dataset(rel, resolve, where)
     columns = set(ds.column_names)
-    if fields["prompt"] in columns and fields["completion"] in columns:
-        pairs = zip(ds[fields["prompt"]], ds[fields["completion"]], strict=True)
+    if fields.prompt in columns and fields.completion in columns:
+        pairs = zip(ds[fields.prompt], ds[fields.completion], strict=True)
         return [Record(str(p), str(c)) for p, c in pairs], PROMPT_COMPLETION
-    if fields["text"] not in columns:
+    if fields.text not in columns:
         raise BuildError(
-            f"{where}: {rel!r} has no text column {fields['text']!r}"
+            f"{where}: {rel!r} has no text column {fields.text!r}"
             f" (columns: {', '.join(sorted(columns))}); name it in fields.text"
         )
-    return [Record("", str(t)) for t in ds[fields["text"]]], TEXT
+    return [Record("", str(t)) for t in ds[fields.text]], TEXT
 
 
 def materialize_text(
-    spec: Mapping[str, Any], display: str, resolve: Callable[[str], Path]
+    spec: DatasetSpec | Mapping[str, Any], display: str, resolve: Callable[[str], Path]
 ) -> TextSplits:
     """Read a text source and split its records (seeded)."""
+    spec = dataset_spec(spec)
     where = f"{display} at /source"
-    scheme, _, rel = str(spec["source"]).partition(":")
-    fields = _fields(spec)
+    scheme, _, rel = spec.source.partition(":")
+    fields = spec.text_fields
     if scheme == "text":
         records, fmt = _documents(_read(rel, resolve, where)), TEXT
     elif scheme == "jsonl":
@@ -167,10 +158,9 @@ def materialize_text(
             f"{where}: {rel} holds {len(records)} record(s); a train and an eval split need 2"
             " (plain text: separate documents with a blank line)"
         )
-    split = dict(spec.get("split") or {})
-    fraction = float(split.get("eval", DEFAULT_EVAL))
-    order = np.random.default_rng(int(split.get("seed", 0))).permutation(len(records))
-    n_eval = min(max(1, round(fraction * len(records))), len(records) - 1)
+    split = spec.split
+    order = np.random.default_rng(split.seed).permutation(len(records))
+    n_eval = min(max(1, round(split.eval * len(records))), len(records) - 1)
     evals = sorted(int(i) for i in order[:n_eval])
     trains = sorted(int(i) for i in order[n_eval:])
     return TextSplits(tuple(records[i] for i in trains), tuple(records[i] for i in evals), fmt)

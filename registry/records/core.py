@@ -347,6 +347,67 @@ class ModelSpec(_Described):
 
 
 @dataclass(frozen=True)
+class Selection:
+    """A dataset spec's `select:` block, each None where the spec leaves it out."""
+
+    classes: tuple[int, ...] | None = None  # source classes kept, in the spec's order
+    relabel: str | Mapping[str, int] | None = None  # "contiguous", or source class -> new id
+    limit: int | None = None  # samples kept at most (a class-stratified draw)
+
+    @classmethod
+    def from_dict(cls, block: Mapping[str, Any]) -> Selection:
+        """Read a validated `select` block."""
+        classes, relabel, limit = block.get("classes"), block.get("relabel"), block.get("limit")
+        return cls(
+            classes=None if classes is None else tuple(int(c) for c in classes),
+            relabel=(
+                relabel
+                if relabel is None or isinstance(relabel, str)
+                else {str(k): int(v) for k, v in relabel.items()}
+            ),
+            limit=None if limit is None else int(limit),
+        )
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """A dataset spec's `split:` block: the fraction of samples held out for evaluation and
+    the seed of the draw (these defaults where the spec leaves them out)."""
+
+    eval: float = 0.25
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, block: Mapping[str, Any]) -> SplitSettings:
+        """Read a validated `split` block."""
+        default = cls()
+        return cls(
+            eval=float(block.get("eval", default.eval)),
+            seed=int(block.get("seed", default.seed)),
+        )
+
+
+@dataclass(frozen=True)
+class TextFields:
+    """A text dataset's `fields:` block: the JSONL keys or hf-disk columns that hold plain
+    text, or a prompt and its completion (these defaults where the spec leaves them out)."""
+
+    text: str = "text"
+    prompt: str = "prompt"
+    completion: str = "completion"
+
+    @classmethod
+    def from_dict(cls, block: Mapping[str, Any]) -> TextFields:
+        """Read a validated `fields` block."""
+        default = cls()
+        return cls(
+            text=str(block.get("text", default.text)),
+            prompt=str(block.get("prompt", default.prompt)),
+            completion=str(block.get("completion", default.completion)),
+        )
+
+
+@dataclass(frozen=True)
 class DatasetSpec(_Described):
     """A declared dataset (datasets/NAME/spec.yaml)."""
 
@@ -369,24 +430,47 @@ class DatasetSpec(_Described):
         return digest(self.raw)
 
     @property
+    def declared_fields(self) -> frozenset[str]:
+        """The top-level fields the spec declares (a builder refuses those that do not apply
+        to its source, even when empty)."""
+        return frozenset(self.raw)
+
+    @property
     def source(self) -> str:
         """The data source string."""
         return str(self.raw["source"])
 
     @property
-    def select(self) -> dict[str, Any]:
-        """Class selection and relabelling."""
-        return dict(self.raw.get("select") or {})
+    def task(self) -> str | None:
+        """The task the spec's `task:` declares, None where it declares none (`declared_task`
+        also tells the task its source implies)."""
+        given = self.raw.get("task")
+        return None if given is None else str(given)
+
+    @property
+    def select(self) -> Selection:
+        """Class selection, relabelling and the sample limit."""
+        return Selection.from_dict(self.raw.get("select") or {})
 
     @property
     def transforms(self) -> list[dict[str, Any]]:
-        """Ordered transforms."""
+        """Ordered transforms, each a one-key mapping of the operation to its argument."""
         return list(self.raw.get("transforms") or [])
 
     @property
-    def split(self) -> dict[str, Any]:
+    def resize(self) -> tuple[int, int] | None:
+        """The (height, width) of the first resize transform, None without one: images of an
+        image folder or a COCO folder are read at that size."""
+        for step in self.transforms:
+            if "resize" in step:
+                height, width = step["resize"]
+                return int(height), int(width)
+        return None
+
+    @property
+    def split(self) -> SplitSettings:
         """Seeded train/eval split settings."""
-        return dict(self.raw.get("split") or {})
+        return SplitSettings.from_dict(self.raw.get("split") or {})
 
     @property
     def declared_task(self) -> str | None:
@@ -395,9 +479,28 @@ class DatasetSpec(_Described):
         return taskspec.declared_task(self.raw)
 
     @property
-    def target(self) -> str:
-        """Label column of a tabular file."""
-        return str(self.raw.get("target", "label"))
+    def target(self) -> str | tuple[str, ...]:
+        """Label column of a tabular file or an hf-disk folder, or several of them (one
+        target per column: multi-output regression or multi-label)."""
+        given = self.raw.get("target", "label")
+        return str(given) if isinstance(given, str) else tuple(str(t) for t in given)
+
+    @property
+    def features(self) -> tuple[str, ...] | None:
+        """Feature columns of a tabular file or an hf-disk folder; None: every column but the
+        target."""
+        given = self.raw.get("features")
+        return None if given is None else tuple(str(f) for f in given)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Keyword options of an entrypoint, shapes or coco source (empty where none)."""
+        return dict(self.raw.get("options") or {})
+
+    @property
+    def text_fields(self) -> TextFields:
+        """The record keys or columns a text dataset reads."""
+        return TextFields.from_dict(self.raw.get("fields") or {})
 
     @property
     def tags(self) -> tuple[str, ...]:

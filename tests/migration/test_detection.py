@@ -17,12 +17,13 @@ from stemma.migration.augment import Augment
 from stemma.migration.build import build_dataset, build_model
 from stemma.migration.data import load_dataset
 from stemma.migration.detection import recompute_map
-from stemma.migration.detection_data import unpad
+from stemma.migration.detection_data import materialize_detection, unpad
 from stemma.migration.initschemes import InitScheme, apply_init
 from stemma.migration.shapes import shapes
 from stemma.migration.weights import load_weights
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError, StemmaError
+from stemma.registry.records.core import DatasetSpec
 from stemma.registry.rules.taskspec import CLASSIFICATION, spec_problems
 from torch import nn
 
@@ -96,6 +97,38 @@ def test_shapes_are_seeded_and_boxes_inside() -> None:
             assert 0 <= xa < xb <= 32 and 0 <= ya < yb <= 32 and label in (0, 1, 2)
     with pytest.raises(BuildError, match="options/size"):
         shapes("detect", {"size": 4}, "spec")
+
+
+SHAPES_SPEC = {"source": "shapes:detect", "options": {"count": 8, "size": 16}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"select": {}}, "at /select: does not apply"),  # declared, even empty
+        ({"target": "label"}, "at /target: does not apply"),
+        ({"features": ["a"]}, "at /features: does not apply"),
+        ({"transforms": [{"invert": True}]}, "at /transforms: a detection source takes one"),
+        ({"transforms": [{"resize": [8, 8]}] * 2}, "at /transforms: a detection source takes one"),
+        ({"transforms": [{"resize": [8, 8]}]}, "at /transforms: set options.size instead"),
+        ({"task": "classification"}, "at /task: shapes:detect is a detection source"),
+        ({"split": {"eval": 0.95}}, "at /split/eval: leaves no training image"),
+    ],
+)
+def test_a_detection_spec_refuses_what_does_not_apply(extra: dict[str, Any], message: str) -> None:
+    spec = DatasetSpec.from_dict("d", {**SHAPES_SPEC, **extra}, "s.yaml")
+    with pytest.raises(BuildError, match=rf"^s\.yaml {message}"):
+        materialize_detection(spec, display="s.yaml", resolve=Path)
+
+
+def test_a_detection_split_follows_the_spec_s_split() -> None:
+    spec = DatasetSpec.from_dict("d", {**SHAPES_SPEC, "split": {"eval": 0.5, "seed": 3}})
+    arrays = materialize_detection(spec, display="s.yaml", resolve=Path)
+    assert (len(arrays.x_train), len(arrays.x_eval)) == (4, 4)
+    default = materialize_detection(
+        DatasetSpec.from_dict("d", SHAPES_SPEC), display="", resolve=Path
+    )
+    assert (len(default.x_train), len(default.x_eval)) == (6, 2)  # eval 0.25 unless declared
 
 
 def test_classic_transfer_report(built: Registry) -> None:

@@ -21,6 +21,7 @@ from stemma.migration.data import (
     transform,
 )
 from stemma.registry.errors import BuildError
+from stemma.registry.records.core import DatasetSpec, Selection
 from stemma.registry.records.manifest import Stats
 
 DIGITS = {"source": "sklearn:digits"}
@@ -48,6 +49,8 @@ def test_same_spec_gives_byte_identical_arrays() -> None:
         "split": {"eval": 0.3, "seed": 4},
     }
     assert npz_bytes(materialize(spec)) == npz_bytes(materialize(spec))
+    record = DatasetSpec.from_dict("d", spec, "datasets/d/spec.yaml")
+    assert npz_bytes(materialize(record)) == npz_bytes(materialize(spec))
     other = materialize({**spec, "split": {"eval": 0.3, "seed": 5}})
     assert npz_bytes(other) != npz_bytes(materialize(spec))
 
@@ -63,9 +66,10 @@ def test_select_keeps_classes_and_relabels_contiguously() -> None:
 
 def test_select_relabel_mapping_and_stratified_limit() -> None:
     x, y = load_source("sklearn:digits")
-    sx, sy, _ = select(
-        x, y, {"classes": [3, 4], "relabel": {"3": 1, "4": 0}, "limit": 101}, "s", "d", 0
-    )
+    block = {"classes": [3, 4], "relabel": {"3": 1, "4": 0}, "limit": 101}
+    sx, sy, _ = select(x, y, Selection.from_dict(block), "s", "d", 0)
+    plain = select(x, y, block, "s", "d", 0)  # a plain block is read as its record
+    assert np.array_equal(plain[0], sx) and np.array_equal(plain[1], sy)
     assert len(sy) == 101 and set(sy.tolist()) == {0, 1}
     counts = np.bincount(sy)
     assert abs(int(counts[0]) - int(counts[1])) <= 2  # both classes kept in proportion

@@ -557,7 +557,7 @@ def test_relabel_with_integer_keys_validates(populated: Registry, cli: Any) -> N
     spec.write_text("source: sklearn:digits\nselect: {classes: [5, 6], relabel: {5: 0, 6: 1}}\n")
     res = cli(["validate"], populated.root)
     assert res.code == 0, res.stderr
-    assert populated.dataset_spec("digits-5to9").select["relabel"] == {"5": 0, "6": 1}
+    assert populated.dataset_spec("digits-5to9").select.relabel == {"5": 0, "6": 1}
 
 
 def test_an_entrypoint_only_counts_for_the_entrypoint_family(populated: Registry, cli: Any) -> None:

@@ -89,7 +89,7 @@ METRICS = {
 def dataset_doc(reg: Registry, name: str, samples: int) -> dict[str, Any]:
     """A schema-valid dataset manifest, written."""
     spec = reg.dataset_spec(name)
-    classes = list(spec.select.get("classes", [0, 1]))
+    classes = list(spec.select.classes or [0, 1])
     doc: dict[str, Any] = {
         "kind": "dataset",
         "schema_version": 1,

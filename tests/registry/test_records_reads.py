@@ -11,7 +11,14 @@ from pathlib import Path
 
 from conftest import write
 from stemma.registry import Registry
-from stemma.registry.records.core import ExternalSource, ModelSpec
+from stemma.registry.records.core import (
+    DatasetSpec,
+    ExternalSource,
+    ModelSpec,
+    Selection,
+    SplitSettings,
+    TextFields,
+)
 from stemma.registry.records.manifest import model_record
 
 REPO = Path(__file__).resolve().parents[2]  # stemma.yaml: the zoo
@@ -86,6 +93,38 @@ def test_a_dataset_spec_s_declared_task() -> None:
     assert zoo.dataset_spec("digits-0to4").declared_task == "classification"  # sklearn:digits
     shapes = Registry.open(REPO / "examples" / "detection")
     assert shapes.dataset_spec("shapes-det").declared_task == "detection"
+
+
+def test_a_dataset_spec_s_typed_fields_with_their_defaults() -> None:
+    bare = DatasetSpec.from_dict("d", {"source": "sklearn:digits"})
+    assert bare.select == Selection(classes=None, relabel=None, limit=None)
+    assert bare.split == SplitSettings(eval=0.25, seed=0)
+    assert bare.text_fields == TextFields(text="text", prompt="prompt", completion="completion")
+    assert (bare.task, bare.target, bare.features, bare.options) == (None, "label", None, {})
+    assert (bare.transforms, bare.resize) == ([], None)
+    assert bare.declared_fields == {"source"}
+    doc = {
+        "source": "file:t.csv",
+        "task": "multilabel",
+        "target": ["a", "b"],
+        "features": ["x"],
+        "options": {"k": 1},
+        "select": {"classes": [3, 1], "relabel": {"3": 0, "1": 1}, "limit": 5},
+        "transforms": [{"invert": True}, {"resize": [28, 20]}, {"resize": [8, 8]}],
+        "split": {"eval": 0.5},
+        "fields": {"prompt": "q"},
+    }
+    full = DatasetSpec.from_dict("d", doc)
+    assert full.select == Selection(classes=(3, 1), relabel={"3": 0, "1": 1}, limit=5)
+    assert full.split == SplitSettings(eval=0.5, seed=0)  # the seed left to its default
+    assert full.text_fields == TextFields(prompt="q")
+    assert (full.task, full.target, full.features) == ("multilabel", ("a", "b"), ("x",))
+    assert full.options == {"k": 1}
+    assert full.resize == (28, 20)  # the first resize: an image folder is read at that size
+    assert full.declared_fields == set(doc)
+    assert DatasetSpec.from_dict("d", {**doc, "select": {"relabel": "contiguous"}}).select == (
+        Selection(relabel="contiguous")
+    )
 
 
 def test_external_sources_of_a_registered_spec() -> None:
