@@ -28,6 +28,7 @@ from typing import Any
 
 from stemma import schemas
 from stemma.registry.errors import SchemaError, StemmaError
+from stemma.registry.publish._hubconfig import ArchitectureConfig, CardMetadata, TransformersConfig
 from stemma.registry.records.core import Manifest
 from stemma.registry.records.manifest import ModelManifest, Tokenizer, model_record
 from stemma.registry.rules.layout import MODELS_DIR
@@ -72,15 +73,15 @@ def _dump(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
-def architectures(hf: dict[str, Any]) -> list[str] | None:
+def architectures(hf: TransformersConfig) -> list[str] | None:
     """The `architectures` entry of the exported config: the class stemma built (the
     auto_map class a trusted entrypoint names, else `<Prefix>ForSequenceClassification`
     from the saved config's own `architectures`, else from transformers' table)."""
-    auto = (hf.get("auto_map") or {}).get("AutoModelForSequenceClassification")
+    auto = hf.auto_sequence_classifier
     if isinstance(auto, str) and auto:
         return [auto.rsplit(".", 1)[-1]]
-    for name in hf.get("architectures") or []:
-        found = _ARCH_PREFIX.match(str(name))
+    for named in hf.architectures:
+        found = _ARCH_PREFIX.match(named)
         if found:
             return [found.group(1) + SEQ_CLASS]
     try:  # transformers' own table; importing it imports torch, so only here (--weights)
@@ -89,53 +90,42 @@ def architectures(hf: dict[str, Any]) -> list[str] | None:
         )
     except ImportError:
         return None
-    name = NAMES.get(str(hf.get("model_type")))
+    name = NAMES.get(str(hf.model_type))
     return [str(name)] if name else None
 
 
-def _transformers_config(config: dict[str, Any], name: str) -> dict[str, Any]:
-    hf = config.get("config")
-    if not isinstance(hf, dict) or "model_type" not in hf:
-        raise StemmaError(
-            f"model {name!r}: architecture.config.config holds no transformers config"
-            " (with model_type); it cannot be written as config.json"
-        )
-    doc = dict(hf)
-    if config.get("num_classes") == 0:  # a base registered without a head: the library's Model
-        found = [_ARCH_PREFIX.match(str(n)) for n in doc.get("architectures") or []]
-        doc["architectures"] = [m.group(1) + "Model" for m in found if m][:1] or None
-        if doc["architectures"] is None:
-            doc.pop("architectures")
-        return doc
-    if isinstance(config.get("num_classes"), int):
+def _transformers_config(config: ArchitectureConfig, name: str) -> dict[str, Any]:
+    hf = TransformersConfig.from_dict(
+        config.library,
+        f"model {name!r}: architecture.config.config holds no transformers config"
+        " (with model_type); it cannot be written as config.json",
+    )
+    if config.num_classes == 0:  # a base registered without a head: the library's Model
+        found = [m for m in map(_ARCH_PREFIX.match, hf.architectures) if m]
+        return hf.to_dict(architectures=[found[0].group(1) + "Model"] if found else None)
+    if isinstance(config.num_classes, int):
         # the build sets the head's size from the data (num_labels), not from the config
-        for key in ("id2label", "label2id"):
-            doc.pop(key, None)
-        doc["num_labels"] = config["num_classes"]
-    arch = architectures(doc)
-    if arch:
-        doc["architectures"] = arch
-    else:
-        doc.pop("architectures", None)
-    return doc
+        return hf.to_dict(
+            ("id2label", "label2id"), num_labels=config.num_classes, architectures=architectures(hf)
+        )
+    return hf.to_dict(architectures=architectures(hf))
 
 
-def _timm_config(config: dict[str, Any], name: str) -> dict[str, Any]:
-    arch = config.get("name")
-    if not isinstance(arch, str):
+def _timm_config(config: ArchitectureConfig, name: str) -> dict[str, Any]:
+    if not isinstance(config.name, str):
         raise StemmaError(f"model {name!r}: architecture.config.name names no timm model")
-    model_args = dict(config.get("options") or config.get("kwargs") or {})
-    in_shape = config.get("in_shape")
+    model_args = dict(config.options or {})
+    in_shape = config.in_shape
     if isinstance(in_shape, list) and in_shape:
         model_args.setdefault("in_chans", in_shape[0])
-    pretrained_cfg: dict[str, Any] = {"num_classes": config.get("num_classes")}
-    if isinstance(in_shape, list) and len(in_shape) == 3:
-        pretrained_cfg["input_size"] = list(in_shape)
+    input_size = list(in_shape) if isinstance(in_shape, list) and len(in_shape) == 3 else None
     return {
-        "architecture": arch,
-        "num_classes": config.get("num_classes"),
+        "architecture": config.name,
+        "num_classes": config.num_classes,
         "model_args": model_args,
-        "pretrained_cfg": pretrained_cfg,
+        "pretrained_cfg": {"num_classes": config.num_classes}
+        if input_size is None
+        else {"num_classes": config.num_classes, "input_size": input_size},
     }
 
 
@@ -156,32 +146,29 @@ def _adapter_files(
             f"{reg.rel(MODELS_DIR, manifest.name, config_block.path)}: not a JSON object"
         )
     if base_ref is not None:
-        doc["base_model_name_or_path"] = base_ref
+        doc = {**doc, "base_model_name_or_path": base_ref}
     weights = record.weights
     data = _checked(reg, manifest, weights.path, weights.sha256, "/weights/path")
     return [(PEFT_CONFIG, _dump(doc)), (PEFT_WEIGHTS, data)]
 
 
-def _causal_lm_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+def _causal_lm_config(config: ArchitectureConfig, name: str) -> dict[str, Any]:
     """config.json of a causal LM: its transformers config naming the `...ForCausalLM` class
     (transformers' own table, imported only here), for AutoModelForCausalLM.from_pretrained."""
-    hf = config.get("config")
-    if not isinstance(hf, dict) or "model_type" not in hf:
-        raise StemmaError(f"model {name!r}: architecture.config.config holds no decoder config")
-    doc = {k: v for k, v in hf.items() if k not in ("id2label", "label2id", "num_labels")}
+    hf = TransformersConfig.from_dict(
+        config.library, f"model {name!r}: architecture.config.config holds no decoder config"
+    )
     try:
         from transformers.models.auto.modeling_auto import (
             MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as NAMES,
         )
 
-        found = NAMES.get(str(doc["model_type"]))
+        found = NAMES.get(str(hf.model_type))
     except ImportError:  # without transformers no class is named; its loader is absent too
         found = None
-    if found:
-        doc["architectures"] = [str(found)]
-    else:
-        doc.pop("architectures", None)
-    return doc
+    return hf.to_dict(
+        ("id2label", "label2id", "num_labels"), architectures=[str(found)] if found else None
+    )
 
 
 def tokenizer_files(reg: Registry, manifest: Manifest) -> list[tuple[str, bytes]]:
@@ -222,14 +209,14 @@ def record_weight_files(
     reg: Registry, manifest: Manifest, record: ModelManifest, base_ref: str | None = None
 ) -> list[tuple[str, bytes]]:
     """`weight_files` of a manifest already read as its typed `record`."""
-    config = dict(record.architecture.config)
+    config = ArchitectureConfig.from_dict(record.architecture.config)
     family = record.architecture.family
     if record.adapter is not None:
         return _adapter_files(reg, manifest, record, base_ref) + _tokenizer_files(
             reg, manifest, record.tokenizer
         )
     weights = record.weights
-    if family == "transformers" and config.get("task") == "causal-lm":
+    if family == "transformers" and config.task == "causal-lm":
         return [
             (
                 CONFIG_NAME,
@@ -244,7 +231,7 @@ def record_weight_files(
     elif family == "timm":
         doc = _timm_config(config, manifest.name)
     elif family in MODULE_FAMILIES:
-        doc = config
+        doc = config.to_dict()
     else:
         raise StemmaError(
             f"--weights is not supported for family {family or 'unknown'!r} (model"
@@ -287,13 +274,8 @@ def snapshot_hub_id(folder: Path) -> str | None:
         meta = _card_metadata(Path(folder) / "README.md")
     except StemmaError:
         return None
-    index = meta.get("model-index")
-    named = (
-        index[0].get("name")
-        if isinstance(index, list) and index and isinstance(index[0], dict)
-        else None
-    )
-    for value in (meta.get("model_id"), named):
+    card = CardMetadata.from_dict(meta)
+    for value in (card.model_id, card.index_name):
         if isinstance(value, str) and "/" in value and valid.match(value):
             return value
     return None

@@ -1,0 +1,54 @@
+"""The typed reads of a Hub export's documents (registry/publish/_hubconfig.py): values kept
+as parsed, the transformers config written back whole with only the keys an export changes."""
+
+from __future__ import annotations
+
+import pytest
+from stemma.registry.errors import StemmaError
+from stemma.registry.publish._hubconfig import (
+    ArchitectureConfig,
+    CardMetadata,
+    TransformersConfig,
+)
+from stemma.registry.publish.hubfiles import architectures
+
+BERT = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "id2label": {"0": "a"}}
+
+
+def test_architecture_config_keeps_values_as_parsed() -> None:
+    doc = {"family": "timm", "name": "resnet18", "num_classes": 0, "kwargs": {"a": 1}}
+    config = ArchitectureConfig.from_dict(doc)
+    assert (config.family, config.name, config.num_classes) == ("timm", "resnet18", 0)
+    assert config.options == {"a": 1}  # `kwargs` where `options` is unset
+    assert config.task is None and config.in_shape is None and config.library is None
+    assert config.to_dict() == doc and config.to_dict() is not doc
+    both = ArchitectureConfig.from_dict({"options": {"b": 2}, "kwargs": {"a": 1}})
+    assert both.options == {"b": 2}
+    assert ArchitectureConfig.from_dict({"options": {}}).options is None
+
+
+def test_transformers_config_reads_and_writes_back() -> None:
+    hf = TransformersConfig.from_dict(BERT, "no config")
+    assert hf.model_type == "bert" and hf.architectures == ("BertForMaskedLM",)
+    assert hf.auto_sequence_classifier is None
+    assert hf.to_dict() == BERT
+    assert hf.to_dict(("id2label",), num_labels=3, architectures=None) == {
+        "model_type": "bert",
+        "num_labels": 3,
+    }
+    auto = {**BERT, "auto_map": {"AutoModelForSequenceClassification": "mod.Cls"}}
+    assert architectures(TransformersConfig.from_dict(auto, "")) == ["Cls"]
+    assert architectures(hf) == ["BertForSequenceClassification"]
+    odd = TransformersConfig.from_dict({"model_type": "x", "architectures": 3, "auto_map": []}, "")
+    assert odd.architectures == () and odd.auto_sequence_classifier is None
+    for bad in (None, [], {"architectures": []}):
+        with pytest.raises(StemmaError, match="no config"):
+            TransformersConfig.from_dict(bad, "no config")
+
+
+def test_card_metadata() -> None:
+    card = CardMetadata.from_dict({"model_id": "org/a", "model-index": [{"name": "org/b"}]})
+    assert (card.model_id, card.index_name) == ("org/a", "org/b")
+    for index in ([], [3], "x", None):
+        assert CardMetadata.from_dict({"model-index": index}).index_name is None
+    assert CardMetadata.from_dict({}) == CardMetadata(None, None)
