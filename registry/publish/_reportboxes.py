@@ -76,10 +76,8 @@ class Box:
 
     def to_dict(self) -> dict[str, Any]:
         """The file's form of the box."""
-        out: dict[str, Any] = {"label": self.label, "box": [self.x1, self.y1, self.x2, self.y2]}
-        if self.score is not None:
-            out["score"] = self.score
-        return out
+        scored = {} if self.score is None else {"score": self.score}
+        return {"label": self.label, "box": [self.x1, self.y1, self.x2, self.y2], **scored}
 
 
 @dataclass(frozen=True)
@@ -186,6 +184,25 @@ class Samples:
         }
 
 
+@dataclass(frozen=True)
+class SamplesProblem:
+    """Why a detector's pictures are not shown: its file is missing, altered since the
+    build, or malformed (the report's `samples` is then `{"problem": why}`)."""
+
+    problem: str
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> SamplesProblem | None:
+        """The problem a report's `samples` holds; None where it holds the pictures."""
+        if isinstance(doc, Mapping) and "problem" in doc:
+            return cls(str(doc["problem"]))
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's form of the problem."""
+        return {"problem": self.problem}
+
+
 def _is_one(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value == 1
 
@@ -200,6 +217,11 @@ def load_samples(reg: Registry, name: str, record: FileRef | None) -> dict[str, 
     the build, or malformed."""
     if record is None:
         return None
+    return _read_samples(reg, name, record).to_dict()
+
+
+def _read_samples(reg: Registry, name: str, record: FileRef) -> Samples | SamplesProblem:
+    """The samples file of model `name`, checked against its manifest's `record` of it."""
     display = reg.rel(MODELS_DIR, name, SAMPLES_FILE)
     try:
         data = read_bytes_file(
@@ -212,11 +234,11 @@ def load_samples(reg: Registry, name: str, record: FileRef | None) -> dict[str, 
                 f"{display}: differs from the sha256 in the manifest; rebuild the model"
             )
         doc = parse_json_text(data.decode("utf-8", errors="strict"), display)
-        return Samples.from_dict(doc, display).to_dict()
+        return Samples.from_dict(doc, display)
     except UnicodeDecodeError:
-        return {"problem": f"{display}: not UTF-8"}
+        return SamplesProblem(f"{display}: not UTF-8")
     except StemmaError as exc:
-        return {"problem": str(exc)}
+        return SamplesProblem(str(exc))
 
 
 def png(width: int, height: int, rgb: bytes) -> bytes:
@@ -281,8 +303,9 @@ def samples_html(samples: Mapping[str, Any] | None) -> str:
     if samples is None:
         return ""
     head = "<h2>sample detections</h2>"
-    if isinstance(samples, Mapping) and "problem" in samples:
-        return head + f"<p>no pictures: {escape(str(samples['problem']))}</p>"
+    problem = SamplesProblem.from_dict(samples)
+    if problem is not None:
+        return head + f"<p>no pictures: {escape(problem.problem)}</p>"
     try:
         found = Samples.from_dict(samples, "samples")
     except StemmaError as exc:
@@ -302,4 +325,4 @@ def samples_html(samples: Mapping[str, Any] | None) -> str:
     return head + legend + f"<div class='wide'>{pictures}</div>"
 
 
-__all__ = ["Samples", "SamplesError", "load_samples", "png", "samples_html"]
+__all__ = ["Samples", "SamplesError", "SamplesProblem", "load_samples", "png", "samples_html"]

@@ -25,6 +25,7 @@ from stemma.registry import Registry
 from stemma.registry.publish._reportboxes import (
     Samples,
     SamplesError,
+    SamplesProblem,
     load_samples,
     png,
     samples_html,
@@ -215,3 +216,13 @@ def test_report_imports_neither_torch_nor_torchvision() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert not re.search("Traceback", done.stdout)
+
+
+def test_a_problem_reads_as_its_record() -> None:
+    """The report's `{"problem": why}` is read as a `SamplesProblem` and written back the same;
+    a document of pictures reads as no problem."""
+    problem = SamplesProblem.from_dict({"problem": "a <b> problem"})
+    assert problem == SamplesProblem("a <b> problem")
+    assert problem.to_dict() == {"problem": "a <b> problem"}
+    assert SamplesProblem.from_dict(_doc()) is None and SamplesProblem.from_dict(None) is None
+    assert "no pictures: a &lt;b&gt; problem" in samples_html(problem.to_dict())
