@@ -62,31 +62,38 @@ FILTERS = [
     ),
 ]
 
-# One search in a fresh process (import, client, query): MLflow's counterpart of `stemma query`.
-MLFLOW_ONE = r"""
+# Both MLflow scripts start with this: quiet MLflow, and one search read page by page.
+MLFLOW_SEARCH = r"""
 import sys, warnings
 warnings.filterwarnings("ignore")
 import logging
 logging.disable(logging.WARNING)
 from mlflow.tracking import MlflowClient
+
+
+def search(client, flt):
+    found, token = [], None
+    while True:
+        page = client.search_model_versions(flt, max_results=10000, page_token=token)
+        found += page
+        token = page.token
+        if not token:
+            return found
+"""
+# One search in a fresh process (import, client, query): MLflow's counterpart of `stemma query`.
+MLFLOW_ONE = (
+    MLFLOW_SEARCH
+    + r"""
 db, flt = sys.argv[1], sys.argv[2]
 client = MlflowClient(tracking_uri="sqlite:///" + db, registry_uri="sqlite:///" + db)
-found, token = [], None
-while True:
-    page = client.search_model_versions(flt, max_results=10000, page_token=token)
-    found += page
-    token = page.token
-    if not token:
-        break
-print(len(found))
+print(len(search(client, flt)))
 """
+)
 
-MLFLOW_SIDE = r"""
-import json, resource, statistics, subprocess, sys, time, warnings
-warnings.filterwarnings("ignore")
-import logging
-logging.disable(logging.WARNING)
-from mlflow.tracking import MlflowClient
+MLFLOW_SIDE = (
+    MLFLOW_SEARCH
+    + r"""
+import json, resource, statistics, subprocess, time
 db, versions_file, filters_file, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 one = sys.argv[5]
 versions = json.load(open(versions_file))
@@ -109,13 +116,7 @@ for label, flt in filters:
     times, cpus, n = [], [], 0
     for _ in range(repeat):
         start, cpu = time.perf_counter(), time.process_time()
-        found, token = [], None
-        while True:
-            page = client.search_model_versions(flt, max_results=10000, page_token=token)
-            found += page
-            token = page.token
-            if not token:
-                break
+        found = search(client, flt)
         times.append(time.perf_counter() - start)
         cpus.append(time.process_time() - cpu)
         n = len(found)
@@ -133,6 +134,7 @@ for label, flt in filters:
     out["filters"][label]["process_cpu_median_s"] = statistics.median(child_cpus)
 print(json.dumps(out))
 """
+)
 
 
 def mlflow_python(explicit: str | None) -> str | None:

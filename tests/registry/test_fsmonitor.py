@@ -127,13 +127,17 @@ def test_an_open_the_daemon_vouches_for_stats_no_file(
     assert calls and not [c for c in calls if c.startswith(inside)], calls
 
 
-def _in_place_edit(root: Path, _tmp: Path) -> None:
-    spec = _spec_of(root, 7)
+def _edit_in_place(spec: Path) -> None:
+    """The spec's relation changed at the same length, its old stamp put back."""
     edited, _new = _swapped(spec.read_text())
     st = spec.stat()
     with open(spec, "r+") as fh:
         fh.write(edited)
     os.utime(spec, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _in_place_edit(root: Path, _tmp: Path) -> None:
+    _edit_in_place(_spec_of(root, 7))
 
 
 def _same_stamp_copy(root: Path, tmp: Path) -> None:
@@ -147,14 +151,8 @@ def _same_stamp_copy(root: Path, tmp: Path) -> None:
 
 
 def _through_a_hard_link(root: Path, tmp: Path) -> None:
-    spec = _spec_of(root, 9)
-    elsewhere = tmp / "linked.yaml"
-    os.link(spec, elsewhere)
-    edited, _new = _swapped(spec.read_text())
-    st = spec.stat()
-    with open(elsewhere, "r+") as fh:
-        fh.write(edited)
-    os.utime(elsewhere, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.link(_spec_of(root, 9), tmp / "linked.yaml")
+    _edit_in_place(tmp / "linked.yaml")
 
 
 def _folder_added(root: Path, _tmp: Path) -> None:
@@ -368,14 +366,6 @@ def test_watches_that_cannot_be_placed_are_no_token_then_tried_again(
     assert fsmonitor.token(root) is None  # not tried again at once
     monkeypatch.setattr(fsmonitor, "RETRY_S", 0.0)
     assert fsmonitor.token(root) is not None
-
-
-def _edit_in_place(spec: Path) -> None:
-    edited, _new = _swapped(spec.read_text())
-    st = spec.stat()
-    with open(spec, "r+") as fh:
-        fh.write(edited)
-    os.utime(spec, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _appear_and_change(root: Path, tmp_path: Path, agrees: Callable[[], None]) -> None:
