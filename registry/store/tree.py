@@ -88,9 +88,13 @@ def git(repo: Path, *args: str, input_: bytes | None = None) -> bytes:
     return proc.stdout
 
 
-def _cat_blobs(repo: Path, shas: list[str]) -> Iterator[tuple[str, bytes]]:
+def _cat_blobs(
+    repo: Path, shas: list[str], limit: int | None = None
+) -> Iterator[tuple[str, bytes | int]]:
     """(sha, content) of each blob, streamed from one `git cat-file --batch`; the names are
-    written by a thread so that neither pipe can fill while the other waits."""
+    written by a thread so that neither pipe can fill while the other waits. A blob of more
+    than `limit` bytes is (sha, its size): drained from the pipe a piece at a time, never
+    held."""
     import subprocess
     import threading
 
@@ -120,6 +124,15 @@ def _cat_blobs(repo: Path, shas: list[str]) -> Iterator[tuple[str, bytes]]:
             if len(header) != 3:
                 raise GitError(f"git cat-file: {sha} is missing")
             size = int(header[2])
+            if limit is not None and size > limit:
+                left = size
+                while left > 0 and (piece := stdout.read(min(left, 1 << 20))):
+                    left -= len(piece)
+                stdout.read(1)
+                if left:
+                    raise GitError(f"git cat-file: {sha} was cut short")
+                yield sha, size
+                continue
             data = stdout.read(size)
             stdout.read(1)  # the newline after each blob
             if len(data) != size:
@@ -131,9 +144,9 @@ def _cat_blobs(repo: Path, shas: list[str]) -> Iterator[tuple[str, bytes]]:
         proc.wait()
 
 
-# One entry of `git ls-tree -r -z -l`: MODE TYPE ID SIZE<TAB>PATH<NUL> (the size "-" for a
-# submodule's commit, the only entry that is no blob or tree in a recursive listing).
-_LS_TREE = re.compile(rb"[0-7]+ ([a-z]+) ([0-9a-f]+) +(-|[0-9]+)\t([^\0]*)\0")
+# One entry of `git ls-tree -r -z`: MODE TYPE ID<TAB>PATH<NUL> (a submodule's commit is the
+# only entry that is no blob or tree in a recursive listing).
+_LS_TREE = re.compile(rb"[0-7]+ ([a-z]+) ([0-9a-f]+)\t([^\0]*)\0")
 
 
 class GitTree:
@@ -145,31 +158,29 @@ class GitTree:
         self.commit = git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode()
         self.commit = self.commit.strip()
         self.label = f"revision {rev}"
-        args = ["ls-tree", "-r", "-z", "-l", "--full-tree", self.commit]
+        # Without sizes (`-l`): git finds a blob's size by opening it, which at 30,000
+        # models cost ~0.3 s of git's CPU per listing; a blob read is refused by the size
+        # `cat-file` announces (`prefetch`).
+        args = ["ls-tree", "-r", "-z", "--full-tree", self.commit]
         if prefix and prefix != ".":
             args += ["--", prefix]
-        # path -> one bytes value, the blob's binary id then its size in digits (`_sha`,
-        # `_size`): a dict of hex ids beside a dict of sizes held 1.5x the memory (90,000
-        # files: 24 -> 16 MiB, 36 -> 25 at the peak). The entries are matched in git's
-        # output as they stand, not split into a list first.
-        self._idlen = len(self.commit) // 2  # 20 bytes, 32 in a SHA-256 repository
+        # path -> the blob's binary id (`_sha`): a dict of hex ids held 1.5x the memory.
+        # The entries are matched in git's output as they stand, not split into a list
+        # first.
         self._blobs: dict[str, bytes] = {}
         for match in _LS_TREE.finditer(git(repo, *args)):
-            kind, sha, size, raw = match.groups()
+            kind, sha, raw = match.groups()
             if kind == b"blob":
                 # git keeps a file name's bytes as they are: one that is not UTF-8 is no
                 # file stemma reads, but it must not stop the others from being listed
-                self._blobs[raw.decode(errors="surrogateescape")] = unhexlify(sha) + size
+                self._blobs[raw.decode(errors="surrogateescape")] = unhexlify(sha)
         self._cache: dict[str, str] = {}
+        self._subdirs: dict[str, list[str]] = {}  # `subdirs`, by folder
         self._unreadable: dict[str, StemmaError] = {}  # what `read_text` raises for the path
 
     def _sha(self, path: str) -> str:
         """The hex id of the blob at `path`."""
-        return self._blobs[path][: self._idlen].hex()
-
-    def _size(self, path: str) -> int:
-        """The size in bytes of the blob at `path`."""
-        return int(self._blobs[path][self._idlen :])
+        return self._blobs[path].hex()
 
     def files(self) -> list[str]:
         """Every file path in the revision (under the prefix)."""
@@ -177,17 +188,11 @@ class GitTree:
 
     def prefetch(self, paths: list[str]) -> None:
         """Read many blobs with one git process."""
-        wanted = []
-        for p in paths:
-            if p not in self._blobs or p in self._cache or p in self._unreadable:
-                continue
-            size = self._size(p)
-            if size > MAX_TEXT_BYTES:  # never read into memory
-                self._unreadable[p] = UnsafeFile(
-                    p, f"is {size} bytes, more than the {MAX_TEXT_BYTES} allowed"
-                )
-            else:
-                wanted.append(p)
+        wanted = [
+            p
+            for p in paths
+            if p in self._blobs and p not in self._cache and p not in self._unreadable
+        ]
         if not wanted:
             return
         # One blob at a time from the pipe: never the whole answer in memory at once, and a
@@ -195,8 +200,13 @@ class GitTree:
         by_blob: dict[str, list[str]] = {}
         for p in wanted:
             by_blob.setdefault(self._sha(p), []).append(p)
-        for sha, data in _cat_blobs(self.repo, list(by_blob)):
+        for sha, data in _cat_blobs(self.repo, list(by_blob), MAX_TEXT_BYTES):
             for path in by_blob[sha]:
+                if isinstance(data, int):  # never read into memory
+                    self._unreadable[path] = UnsafeFile(
+                        path, f"is {data} bytes, more than the {MAX_TEXT_BYTES} allowed"
+                    )
+                    continue
                 try:  # a binary file (weights committed to git) is only an error if read
                     self._cache[path] = decode_text(data, path)
                 except StemmaError as exc:
@@ -204,7 +214,13 @@ class GitTree:
 
     def exists(self, path: str) -> bool:
         """True when the file exists at the revision."""
-        return path in self._blobs or str(PurePosixPath(path)) in self._blobs
+        if path in self._blobs:
+            return True
+        # A path already normal (what `Registry.rel` makes) is absent as it is: no
+        # PurePosixPath for each file an audit finds missing (90,000 at 30,000 models).
+        if path and "//" not in path and "/./" not in f"/{path}/" and path[0] != "/":
+            return False
+        return str(PurePosixPath(path)) in self._blobs
 
     def read_text(self, path: str) -> str | None:
         """The file's text at the revision, or None when absent; a located error for a file
@@ -221,10 +237,14 @@ class GitTree:
     def subdirs(self, path: str) -> list[str]:
         """Sorted names of the immediate sub-folders of `path` at the revision."""
         base = "" if path in ("", ".") else str(PurePosixPath(path)) + "/"
-        names = set()
-        for p in self._blobs:
-            if p.startswith(base):
-                head, sep, _ = p[len(base) :].partition("/")
-                if sep:  # a file below a sub-folder, not a file directly in `path`
-                    names.add(head)
-        return sorted(names)
+        # Found once per folder: each look goes through every file of the revision (an
+        # audit asks for models/ several times: 90,000 paths each at 30,000 models).
+        if base not in self._subdirs:
+            names = set()
+            for p in self._blobs:
+                if p.startswith(base):
+                    head, sep, _ = p[len(base) :].partition("/")
+                    if sep:  # a file below a sub-folder, not a file directly in `path`
+                        names.add(head)
+            self._subdirs[base] = sorted(names)
+        return list(self._subdirs[base])
