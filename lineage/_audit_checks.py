@@ -35,7 +35,7 @@ from stemma.registry.store.tree import WorkTree
 from stemma.registry.store.yamlio import locked_md5s
 from stemma.registry.versions import resolve as versions
 
-from ._audit_state import State
+from ._audit_state import AheadReader, State
 
 LOCK_MISMATCH = "lock-mismatch"
 PIPELINE_OUT_OF_SYNC = "pipeline-out-of-sync"
@@ -97,16 +97,21 @@ def state_violations(state: State, codes: Collection[str] | None = None) -> list
     return check_violations(state, codes) + pipeline_violations(state, codes)
 
 
-def check_violations(state: State, codes: Collection[str] | None = None) -> list[Violation]:
+def check_violations(
+    state: State, codes: Collection[str] | None = None, subjects: Collection[str] | None = None
+) -> list[Violation]:
     """The violations of one state that its consistency check finds (dvc.lock's included:
     they come from the same folder facts); with `codes`, only the checks that can find
-    violations of those codes are run."""
+    violations of those codes are run; with `subjects`, only violations of those subjects
+    are sure to be found (the check reads only their folders, unless it must look for
+    cycles)."""
     reg = state.reg
     if reg is None:
         return list(state.errors)
-    found = list(state.check().violations) if _wanted(codes, *cons.CODES) else []
+    only = None if subjects is None or _wanted(codes, cons.CYCLE) else frozenset(subjects)
+    found = list(state.check(only).violations) if _wanted(codes, *cons.CODES) else []
     if _wanted(codes, LOCK_MISMATCH):
-        found += _lock_mismatches(state, reg)
+        found += _lock_mismatches(state, reg, only)
     return found
 
 
@@ -122,14 +127,19 @@ def _wanted(codes: Collection[str] | None, *these: str) -> bool:
     return codes is None or any(c in codes for c in these)
 
 
-def _lock_mismatches(state: State, reg: Registry) -> list[Violation]:
+def _lock_mismatches(
+    state: State, reg: Registry, only: frozenset[str] | None = None
+) -> list[Violation]:
     """Models whose manifest records other weights than the dvc.lock beside their dvc.yaml
     (or the root dvc.lock, an older layout's); both md5s come from the folder facts of the
-    consistency check where it could read the manifest."""
+    consistency check where it could read the manifest (`only`: of those subjects)."""
     root = locked_md5s(state.text(LOCK_FILE))
-    facts = state.check().facts
+    facts = state.check(only).facts
     found = []
-    for name in sorted(state.models):
+    names = sorted(state.models)
+    if only is not None:
+        names = [n for n in names if f"model:{n}" in only]
+    for name in names:
         mine = facts.get(name)
         if mine is not None and mine.manifest:
             md5, locked = mine.weights_md5, mine.locked_md5
@@ -157,7 +167,7 @@ def _pipeline(state: State, reg: Registry) -> list[Violation]:
     try:
         hashes = _near_render(state, reg)
         if hashes is not None:
-            found = compare(reg, hashes, state.text)
+            found = compare(reg, hashes, AheadReader(state, list(hashes)))
         else:
             found = differences(reg, state.text if state.head is not None else None)
     except StemmaError:  # specs too broken to render: their own violations say why

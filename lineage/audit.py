@@ -236,8 +236,9 @@ def _audit(repo: Path, base: str, head: str | None) -> AuditReport:
     link(old, new)
     found = check_violations(new)
     # The base's violations only mark which of the head's are new: only the checks that
-    # can find a code the head has are run on it.
-    was = check_violations(old, {v.code for v in found})
+    # can find a code the head has are run on it, and only on the subjects the head's are of
+    # (a finding's key names its subject).
+    was = check_violations(old, {v.code for v in found}, {v.subject for v in found})
     changed = change_violations(old, new)
     unreadable = any(side.reg is None and side.errors for side in (old, new))
     # A side whose stemma.yaml is broken has no models to compare: report no structure change.

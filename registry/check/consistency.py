@@ -6,7 +6,7 @@ raises for a bad file (a bad file is a violation), so one run reports everything
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,18 @@ from typing import Any
 from stemma.registry.check import archrules
 from stemma.registry.check.hfdisk import check_saved_dataset
 from stemma.registry.check.metricfiles import mismatches
-from stemma.registry.errors import LocatedError, PathEscape, StemmaError
+from stemma.registry.errors import LocatedError, ParseError, PathEscape, StemmaError
 from stemma.registry.pipeline.locks import conflicted_files, folder_locked_md5
 from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
 from stemma.registry.rules.dag import Forest
-from stemma.registry.rules.layout import MANIFEST_FILE, SPEC_FILE
+from stemma.registry.rules.layout import (
+    DATASETS_DIR,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    MODELS_DIR,
+    PIPELINE_FILE,
+    SPEC_FILE,
+)
 from stemma.registry.rules.naming import NAME_RE, NAME_RULE, parse_source
 from stemma.registry.rules.parents import parent_map, parent_refs, parents_of
 from stemma.registry.rules.parents import problems as parent_problems
@@ -34,6 +41,7 @@ from stemma.registry.store import _validcache
 from stemma.registry.store._checkcache import FolderFacts, work_stamps
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import WorkTree
+from stemma.registry.store.yamlio import MERGE_CONFLICT, conflict_line
 
 # Stable violation codes; tools and the audit key on these strings.
 SCHEMA = "schema"
@@ -115,15 +123,47 @@ class Checked:
     facts: Mapping[str, ModelFacts]
 
 
-def check_state(reg: Registry, borrowed: Mapping[str, ModelFacts] | None = None) -> Checked:
-    """`check`, with the facts of each model folder in `borrowed` taken as they are instead
-    of read (another state's check, of a folder whose files are the same here); with
-    `borrowed`, nothing is stored."""
+def check_state(
+    reg: Registry,
+    borrowed: Callable[[str], ModelFacts | None] | None = None,
+    only: Collection[str] | None = None,
+) -> Checked:
+    """`check`, with the facts of each model folder that `borrowed` gives taken as they are
+    instead of read (another state's check, of a folder whose files are the same here);
+    with `borrowed`, nothing is stored.
+
+    With `only` (subjects: "model:NAME", "dataset:NAME", "pipeline"), the violations of
+    those subjects alone, from the folders they name and their parents' (a model's
+    staleness reads its parents' manifest ids) instead of every folder: what an audit asks
+    of its base, whose violations only say which of the head's are new. Its violations are
+    those of the whole check, but for cycles, which are not looked for (a cycle needs
+    every folder), and the hints of dangling sources, which name models from the folders
+    instead of the specs that can be read. Nothing is stored."""
     with _validcache.remembering(reg.repo_root):
-        checked = _check(reg, borrowed)
+        checked = _check(reg, borrowed, only)
         if any(v.code not in _OUTCOMES for v in checked.violations):
             _validcache.discard()  # bad input: the check changes no file
     return checked
+
+
+def folder_facts(reg: Registry) -> Mapping[str, ModelFacts]:
+    """The facts of every model folder (`check_state`'s), for another state to borrow: the
+    stored ones where every folder has them, else those of a whole check (which stores them
+    when it finds no bad input, as every check does)."""
+    with _validcache.remembering(reg.repo_root):
+        cache = _folder_facts(reg)
+        if cache is not None:
+            shared: dict[Any, Any] = {}
+            facts: dict[str, ModelFacts] = {}
+            for name in reg.model_names():
+                known = _stored_facts(cache, name, shared) if NAME_RE.match(name) else None
+                if known is None:
+                    break  # a folder to read: the whole check reads it, and stores it
+                facts[name] = known
+                _remember_spec(reg, known)
+            else:
+                return facts
+    return check_state(reg).facts
 
 
 # Violations that judge a build's outcome, not a file's content: a registry that has them is
@@ -131,7 +171,11 @@ def check_state(reg: Registry, borrowed: Mapping[str, ModelFacts] | None = None)
 _OUTCOMES = frozenset({STALE_MANIFEST, FAILED_GATE, FAILED_CHECK})
 
 
-def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
+def _check(
+    reg: Registry,
+    borrowed: Callable[[str], ModelFacts | None] | None,
+    only: Collection[str] | None = None,
+) -> Checked:
     found: list[Violation] = []
     datasets: dict[str, DatasetSpec] = {}
     models: dict[str, ModelSpec] = {}
@@ -159,9 +203,13 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
         if name not in data_ids:  # no spec (registered) or a bad one: the manifest may still be
             data_ids[name] = _dataset_id(reg, name)
     facts: dict[str, ModelFacts] = {}
-    cache = _folder_facts(reg) if borrowed is None else None
+    # A focused check (`only`) stores nothing: its cache would drop the folders it skips.
+    cache = _folder_facts(reg) if borrowed is None and only is None else None
     shared: dict[Any, Any] = {}  # values the stored facts of many folders hold alike
-    for name in reg.model_names():
+    names = reg.model_names()
+    if only is not None:
+        names = [n for n in names if f"model:{n}" in only]
+    for name in names:
         if not NAME_RE.match(name):
             found.append(
                 Violation(
@@ -172,7 +220,7 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
                 )
             )
             continue
-        known = borrowed.get(name) if borrowed is not None else _stored_facts(cache, name, shared)
+        known = borrowed(name) if borrowed is not None else _stored_facts(cache, name, shared)
         if known is not None:
             facts[name] = known
             if borrowed is None:  # later readers of this registry need not parse it
@@ -188,24 +236,67 @@ def _check(reg: Registry, borrowed: Mapping[str, ModelFacts] | None) -> Checked:
             found.append(error)
         elif spec is not None:
             models[name] = spec
+    if only is not None:  # the parents a focused model's staleness reads (their own
+        # violations are found too, and left out below)
+        for spec in list(models.values()):
+            for parent in parents_of(spec):
+                if parent in facts or not (NAME_RE.match(parent) and reg.has_model(parent)):
+                    continue
+                known = borrowed(parent) if borrowed is not None else None
+                facts[parent] = known if known is not None else model_facts(reg, parent)
+                own = facts[parent].spec
+                if facts[parent].spec_error is None and own is not None:
+                    models[parent] = own
     tasks: dict[str, str | None] = {}  # training dataset -> its task, found once
     for spec in models.values():
-        found += _model_refs(reg, spec, models)
+        found += _model_refs(reg, spec, models, only is not None)
         if spec.train not in tasks:
             tasks[spec.train] = training_task(reg, spec)
         found += _task_rules(spec, tasks[spec.train])
-    found += _cycles(reg, models)
+    if only is None:
+        found += _cycles(reg, models)
     for name in models:
         found += _manifest_checks(name, models, facts, data_ids)
     if cache is not None and not any(v.code not in _OUTCOMES for v in found):
         cache.save()
-    found += _pipeline_files(reg)
+    found += _pipeline_files(reg, only)
+    if only is not None:
+        found = [v for v in found if v.subject in only]
     return Checked(found, facts)
 
 
-def _pipeline_files(reg: Registry) -> list[Violation]:
-    """DVC's pipeline files that DVC would refuse: merge conflict markers, not text."""
-    return [_from_error(exc, subject, "") for subject, exc in conflicted_files(reg)]
+def _pipeline_files(reg: Registry, only: Collection[str] | None = None) -> list[Violation]:
+    """DVC's pipeline files that DVC would refuse: merge conflict markers, not text (with
+    `only`, those of the folders of those subjects, and the root's for "pipeline")."""
+    found = conflicted_files(reg) if only is None else _conflicted_in(reg, only)
+    return [_from_error(exc, subject, "") for subject, exc in found]
+
+
+def _conflicted_in(reg: Registry, only: Collection[str]) -> list[tuple[str, StemmaError]]:
+    """`conflicted_files` of the folders of the subjects `only` names (and of the root, for
+    "pipeline"): the same files and subjects, read one by one."""
+    files: list[tuple[str, str]] = []
+    if "pipeline" in only:
+        files += [("pipeline", PIPELINE_FILE), ("pipeline", LOCK_FILE)]  # the repository's top
+    for kind, sub in (("dataset", DATASETS_DIR), ("model", MODELS_DIR)):
+        wanted = {s.partition(":")[2] for s in only if s.startswith(f"{kind}:")}
+        if not wanted:
+            continue
+        for name in reg.tree.subdirs(reg.rel(sub)):  # the folders `conflicted_files` reads
+            if name in wanted:
+                folder = reg.rel(sub, name)
+                files += [(f"{kind}:{name}", f"{folder}/{f}") for f in (PIPELINE_FILE, LOCK_FILE)]
+    found: list[tuple[str, StemmaError]] = []
+    for subject, path in files:
+        try:
+            text = reg.tree.read_text(path)
+        except StemmaError as exc:
+            found.append((subject, exc))
+            continue
+        line = conflict_line(text) if text is not None else None
+        if line is not None:
+            found.append((subject, ParseError(path, MERGE_CONFLICT, line=line)))
+    return found
 
 
 def _remember_spec(reg: Registry, facts: ModelFacts) -> None:
@@ -276,7 +367,11 @@ def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
     return []
 
 
-def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) -> list[Violation]:
+def _model_refs(
+    reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec], focused: bool = False
+) -> list[Violation]:
+    """Dangling and untrusted references of a spec (`focused`: `models` holds only some of
+    the specs; a dangling source's hint then names models from the folders)."""
     subject = f"model:{spec.name}"
     found = []
     # every parent (`parents_of`; a merge has several): a declared one whose own spec is
@@ -284,7 +379,7 @@ def _model_refs(reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec]) ->
     for ref in parent_refs(spec):
         if ref.name in models or reg.has_model(ref.name):
             continue
-        hint = Registry._hint(ref.name, list(models))
+        hint = Registry._hint(ref.name, reg.model_names() if focused else list(models))
         found.append(
             Violation(
                 DANGLING_SOURCE,

@@ -90,7 +90,7 @@ def test_only_the_folders_that_differ_are_read_for_the_base(
 def _forced_from_git(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) -> str:
     """The report with the head revision read from git, as if the working tree differed."""
     with monkeypatch.context() as patch:
-        patch.setattr(_audit_state, "_is_working_tree", lambda repo, rev: False)
+        patch.setattr(_audit_state, "_is_working_tree", lambda repo, rev, seen=None: False)
         return report(repo, **kwargs)  # type: ignore[arg-type]
 
 
@@ -225,10 +225,12 @@ def test_release_forgets_the_check_and_the_documents(work: Path) -> None:
     assert wt is not None and wt.reg is not None and head.reg is not None
     head.check()
     spec = wt.reg.rel("models", "base", "spec.yaml")
-    assert wt.checked is not None and wt.reg.known(spec) is not None
+    # The working tree lends its folders' facts (no check of its own: no one asks for
+    # its violations), and the specs they hold.
+    assert wt.lent is not None and wt.checked is None and wt.reg.known(spec) is not None
     before = dict(head.models["base"])
     head.release()
-    assert head.checked is None and wt.checked is None
+    assert head.checked is None and wt.checked is None and wt.lent is None
     assert wt.reg.known(spec) is None and head.reg.known(spec) is None
     assert head.models["base"] == before  # read again where asked for
 
@@ -252,3 +254,62 @@ def test_the_base_reads_the_files_that_are_the_same_from_the_head(work: Path) ->
     inner = getattr(tree.own, "inner", tree.own)
     read = [p for p in inner._cache if p.startswith("models/")]  # (stemma.yaml: on opening)
     assert read == ["models/ft/spec.yaml"]
+
+
+def _whole(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) -> str:
+    """The report with the base checked whole: every folder, every subject."""
+    real = lib.check_violations
+
+    def whole(state: _audit_state.State, codes: object = None, subjects: object = None) -> object:
+        return real(state, codes)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lib, "check_violations", whole)
+        return report(repo, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("code", sorted(CASES))
+def test_a_base_checked_for_the_heads_subjects_marks_the_same_findings_new(
+    code: str, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = work
+    CASES[code](Registry.open(repo))
+    commit(repo, f"introduce {code}")
+    _move_on(repo)
+    kept = 0  # findings the base had too: those the focused check of the base must find
+    for args in (
+        {"base": "HEAD~1"},
+        {"base": "HEAD~2"},
+        {"base": "HEAD~1", "head": "HEAD"},
+        {"base": "HEAD~2", "head": "HEAD~1"},
+    ):
+        text = report(repo, **args)  # type: ignore[arg-type]
+        assert text == _whole(repo, monkeypatch, **args)
+        kept += text.count('"new": false')
+    assert kept > 0 or code in (
+        lib.NEW_ENTRYPOINT,
+        lib.REMOVED_WITH_DESCENDANTS,
+        lib.TAGGED_VERSION_CHANGED,
+    )
+
+
+def test_a_focused_check_reads_the_folders_of_its_subjects_and_their_parents(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = work
+    _move_on(repo)
+    state = _audit_state.open_state(repo, "HEAD~1")  # not tied to a head: reads from git
+    assert state.reg is not None
+    whole = consistency.check_state(state.reg).violations
+    read: list[str] = []
+    real = consistency.model_facts
+
+    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
+        read.append(name)
+        return real(reg, name)
+
+    monkeypatch.setattr(consistency, "model_facts", counting)
+    only = frozenset({"model:ft", "pipeline"})
+    focused = consistency.check_state(state.reg, only=only).violations
+    assert sorted(read) == ["base", "ft"]  # ft derives from base
+    assert sorted(map(str, focused)) == sorted(str(v) for v in whole if v.subject in only)
