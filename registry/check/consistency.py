@@ -14,16 +14,12 @@ from typing import Any
 from stemma.registry.check import archrules
 from stemma.registry.check.hfdisk import check_saved_dataset
 from stemma.registry.check.metricfiles import mismatches
-from stemma.registry.errors import LocatedError, ParseError, PathEscape, StemmaError
+from stemma.registry.errors import LocatedError, PathEscape, StemmaError
 from stemma.registry.pipeline.locks import conflicted_files, folder_locked_md5
 from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
 from stemma.registry.rules.dag import Forest
 from stemma.registry.rules.layout import (
-    DATASETS_DIR,
-    LOCK_FILE,
     MANIFEST_FILE,
-    MODELS_DIR,
-    PIPELINE_FILE,
     SPEC_FILE,
 )
 from stemma.registry.rules.naming import NAME_RE, NAME_RULE, parse_source
@@ -41,7 +37,6 @@ from stemma.registry.store import _validcache
 from stemma.registry.store._checkcache import FolderFacts, work_stamps
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import WorkTree
-from stemma.registry.store.yamlio import MERGE_CONFLICT, conflict_line
 
 # Stable violation codes; tools and the audit key on these strings.
 SCHEMA = "schema"
@@ -268,35 +263,7 @@ def _check(
 def _pipeline_files(reg: Registry, only: Collection[str] | None = None) -> list[Violation]:
     """DVC's pipeline files that DVC would refuse: merge conflict markers, not text (with
     `only`, those of the folders of those subjects, and the root's for "pipeline")."""
-    found = conflicted_files(reg) if only is None else _conflicted_in(reg, only)
-    return [_from_error(exc, subject, "") for subject, exc in found]
-
-
-def _conflicted_in(reg: Registry, only: Collection[str]) -> list[tuple[str, StemmaError]]:
-    """`conflicted_files` of the folders of the subjects `only` names (and of the root, for
-    "pipeline"): the same files and subjects, read one by one."""
-    files: list[tuple[str, str]] = []
-    if "pipeline" in only:
-        files += [("pipeline", PIPELINE_FILE), ("pipeline", LOCK_FILE)]  # the repository's top
-    for kind, sub in (("dataset", DATASETS_DIR), ("model", MODELS_DIR)):
-        wanted = {s.partition(":")[2] for s in only if s.startswith(f"{kind}:")}
-        if not wanted:
-            continue
-        for name in reg.tree.subdirs(reg.rel(sub)):  # the folders `conflicted_files` reads
-            if name in wanted:
-                folder = reg.rel(sub, name)
-                files += [(f"{kind}:{name}", f"{folder}/{f}") for f in (PIPELINE_FILE, LOCK_FILE)]
-    found: list[tuple[str, StemmaError]] = []
-    for subject, path in files:
-        try:
-            text = reg.tree.read_text(path)
-        except StemmaError as exc:
-            found.append((subject, exc))
-            continue
-        line = conflict_line(text) if text is not None else None
-        if line is not None:
-            found.append((subject, ParseError(path, MERGE_CONFLICT, line=line)))
-    return found
+    return [_from_error(exc, subject, "") for subject, exc in conflicted_files(reg, only)]
 
 
 def _remember_spec(reg: Registry, facts: ModelFacts) -> None:

@@ -1,4 +1,6 @@
-"""What a dvc.lock records for a model's weights.
+"""DVC's pipeline files as the checks read them: what a dvc.lock records for a model's
+weights, which files hold merge conflict markers, and the texts of many pipeline files in
+one pass (`pipeline_texts`: the check of the rendered files, the conflict check).
 
 A check reads the dvc.lock beside every model's dvc.yaml (the md5 its weights were locked
 with goes into the folder's facts, for the audit's lock check). Parsing 10,000 locks as YAML
@@ -9,6 +11,7 @@ other text is parsed as YAML instead; tests compare the two.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import ParseError, StemmaError
@@ -36,54 +39,83 @@ def folder_locked_md5(reg: Registry, name: str, read: Any = None) -> str | None:
     return locked_md5(text, reg.rel(MODELS_DIR, name, WEIGHTS_FILE))
 
 
-def conflicted_files(reg: Registry) -> list[tuple[str, StemmaError]]:
+def conflicted_files(
+    reg: Registry, only: Collection[str] | None = None
+) -> list[tuple[str, StemmaError]]:
     """(subject, error) for each of DVC's pipeline files (the root dvc.yaml and dvc.lock, and
     those of every dataset and model folder) that holds git merge conflict markers, or that
-    cannot be read as text: `stemma validate` reports them, as DVC would refuse them."""
-    found: list[tuple[str, StemmaError]] = []
-    folders = [("pipeline", "")]
-    inside: dict[str, str] = {}  # each folder's file: repository path -> registry path
+    cannot be read as text: `stemma validate` reports them, as DVC would refuse them. With
+    `only` (subjects: "model:NAME", "dataset:NAME", "pipeline"), the files of those alone."""
+    subjects: dict[str, str] = {}  # repository path -> its subject
+    if only is None or "pipeline" in only:
+        for filename in (PIPELINE_FILE, LOCK_FILE):  # the root's files sit at the repository's top
+            subjects[filename] = "pipeline"
     for kind, sub in (("dataset", DATASETS_DIR), ("model", MODELS_DIR)):
-        names = reg.tree.subdirs(reg.rel(sub))
-        folders += [(f"{kind}:{name}", reg.rel(sub, name)) for name in names]
-        for name in names:
-            for filename in (PIPELINE_FILE, LOCK_FILE):
-                inside[reg.rel(sub, name, filename)] = f"{sub}/{name}/{filename}"
-    # the root's files sit at the repository's top
-    files = [
-        (subject, f"{folder}/{filename}" if folder else filename)
-        for subject, folder in folders
-        for filename in (PIPELINE_FILE, LOCK_FILE)
-    ]
-    prefetch(reg.tree, [path for _, path in files])  # at a revision: one git process
-    working = getattr(reg.tree, "working", None)  # what it reads from the working tree
-    for at in range(0, len(files), _BATCH):  # a batch of texts at a time, never all of them
-        batch = files[at : at + _BATCH]
-        mine = [p for _, p in batch if p in inside]
-        mine = working(mine) if working is not None else []
-        texts = _working_texts(reg, {p: inside[p] for p in mine})
-        for subject, path in batch:
-            try:
-                text = texts[path] if path in texts else reg.tree.read_text(path)
-            except StemmaError as exc:
-                found.append((subject, exc))
-                continue
-            line = conflict_line(text) if text is not None else None
-            if line is not None:
-                found.append((subject, ParseError(path, MERGE_CONFLICT, line=line)))
+        for name in reg.tree.subdirs(reg.rel(sub)):
+            subject = f"{kind}:{name}"
+            if only is None or subject in only:
+                for filename in (PIPELINE_FILE, LOCK_FILE):
+                    subjects[reg.rel(sub, name, filename)] = subject
+    found: list[tuple[str, StemmaError]] = []
+    for path, text in pipeline_texts(reg, list(subjects)):
+        if isinstance(text, StemmaError):
+            found.append((subjects[path], text))
+            continue
+        line = conflict_line(text) if text is not None else None
+        if line is not None:
+            found.append((subjects[path], ParseError(path, MERGE_CONFLICT, line=line)))
     return found
 
 
-# Pipeline files read together (`conflicted_files`): at 30,000 models, all of them at once
+# Pipeline files read together (`pipeline_texts`): at 30,000 models, all of them at once
 # held ~35 MiB of text.
 _BATCH = 1024
+
+
+def pipeline_texts(
+    reg: Registry, paths: Sequence[str]
+) -> Iterator[tuple[str, str | StemmaError | None]]:
+    """(path, text) for each repository path of `paths`, in order, as `reg.tree.read_text`
+    reads it: None where there is no such file, the error where it refuses the file. The
+    working tree's files of dataset and model folders are read in one pass, _BATCH at a time
+    (`_snapshot.read_texts`: a fifth of the careful reader's cost), never all at once; at a
+    revision, one git process reads them all (`prefetch`)."""
+    prefetch(reg.tree, list(paths))
+    working = getattr(reg.tree, "working", None)  # what it reads from the working tree
+    for at in range(0, len(paths), _BATCH):
+        batch = paths[at : at + _BATCH]
+        inside = {p: _in_folder(reg, p) for p in batch}
+        mine = working([p for p, q in inside.items() if q]) if working is not None else []
+        texts = _working_texts(reg, {p: inside[p] for p in mine})
+        for path in batch:
+            text: str | StemmaError | None
+            if path in texts:
+                text = texts[path]
+            else:
+                try:
+                    text = reg.tree.read_text(path)
+                except StemmaError as exc:
+                    text = exc
+            yield path, text
+
+
+def _in_folder(reg: Registry, path: str) -> str:
+    """The path from the registry root of repository path `path` when it names a file of a
+    dataset or model folder (KIND/NAME/FILE), else ""."""
+    prefix = "" if reg.rel_root in ("", ".") else f"{reg.rel_root}/"
+    if not path.startswith(prefix):
+        return ""
+    inner = path[len(prefix) :]
+    parts = inner.split("/")
+    ok = len(parts) == 3 and parts[0] in (DATASETS_DIR, MODELS_DIR) and all(parts)
+    return inner if ok else ""
 
 
 def _working_texts(reg: Registry, paths: dict[str, str]) -> dict[str, str | None]:
     """Repository path -> text (None: no such file) of the folders' files `paths` (repository
     path -> path from the registry root) of the working tree, read in one pass
-    (`_snapshot.read_texts`: a fifth of the careful reader's cost); {} where a file is
-    refused: then each is read on its own, and its refusal reported."""
+    (`_snapshot.read_texts`); {} where a file is refused: then each is read on its own, and
+    its refusal reported."""
     if not paths:
         return {}
     try:

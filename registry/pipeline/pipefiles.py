@@ -19,6 +19,7 @@ from typing import Any
 
 from stemma.registry.errors import StemmaError
 from stemma.registry.pipeline import _pipecache, _pipedelta
+from stemma.registry.pipeline.locks import pipeline_texts
 from stemma.registry.pipeline.render import (
     HEADER,
     _own_stage,
@@ -230,11 +231,12 @@ def _cached_differences(reg: Registry, key: str | None) -> list[Difference] | No
     if root is None or _pipecache.sha(root) != files.get(PIPELINE_FILE):
         return None  # its own stages are an input: render again
     found = []
-    for path, digest in files.items():
-        have = reg.tree.read_text(path)
+    for path, have in pipeline_texts(reg, list(files)):
+        if isinstance(have, StemmaError):
+            raise have
         if have is None:
             found.append(Difference(path, MISSING))
-        elif _pipecache.sha(have) != digest:
+        elif _pipecache.sha(have) != files[path]:
             found.append(Difference(path, OUT_OF_STEP))
     for kind in (DATASETS_DIR, MODELS_DIR):
         for name in reg.tree.subdirs(reg.rel(kind)):
@@ -255,9 +257,10 @@ def write(reg: Registry) -> Changes:
         return Changes()
     docs, hashes = rendered(reg, key)
     written = []
-    for path, digest in hashes.items():
-        have = reg.tree.read_text(path)
-        if have is None or _pipecache.sha(have) != digest:
+    for path, have in pipeline_texts(reg, list(hashes)):
+        if isinstance(have, StemmaError):
+            raise have
+        if have is None or _pipecache.sha(have) != hashes[path]:
             written.append(path)
     if any(path not in docs for path in written):  # a file edited by hand: its text is needed
         docs, hashes = rendered(reg, key, whole=True)
