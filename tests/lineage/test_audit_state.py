@@ -277,12 +277,9 @@ def test_a_base_checked_for_the_heads_subjects_marks_the_same_findings_new(
     commit(repo, f"introduce {code}")
     _move_on(repo)
     kept = 0  # findings the base had too: those the focused check of the base must find
-    for args in (
-        {"base": "HEAD~1"},
-        {"base": "HEAD~2"},
-        {"base": "HEAD~1", "head": "HEAD"},
-        {"base": "HEAD~2", "head": "HEAD~1"},
-    ):
+    # A base that has the finding, with the working tree as head; a base without it, with a
+    # past head (the other two forms cost as much and add no other path of the focused check).
+    for args in ({"base": "HEAD~1"}, {"base": "HEAD~2", "head": "HEAD~1"}):
         text = report(repo, **args)  # type: ignore[arg-type]
         assert text == _whole(repo, monkeypatch, **args)
         kept += text.count('"new": false')
