@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import write
@@ -29,23 +30,56 @@ def report(repo: Path, base: str = "HEAD~1", head: str | None = None) -> str:
     return text + lib.audit(repo, base, head).to_markdown()
 
 
-def unlinked(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) -> str:
-    """The report with every file of both states read (the base not tied to the head)."""
+def _report_with(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, patches: dict[str, Any], **kwargs: str | None
+) -> str:
+    """The report with the audit's functions `patches` names replaced."""
     with monkeypatch.context() as patch:
-        patch.setattr(lib, "link", lambda base, head: None)
-        patch.setattr(lib, "anchor", lambda head, repo: None)
+        for name, value in patches.items():
+            patch.setattr(lib, name, value)
         return report(repo, **kwargs)  # type: ignore[arg-type]
 
 
+def unlinked(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) -> str:
+    """The report with every file of both states read (the base not tied to the head)."""
+    patches = {"link": lambda base, head: None, "anchor": lambda head, repo: None}
+    return _report_with(repo, monkeypatch, patches, **kwargs)
+
+
+def _whole(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) -> str:
+    """The report with the base checked whole: every folder, every subject."""
+    real = lib.check_violations
+
+    def whole(state: _audit_state.State, codes: object = None, subjects: object = None) -> object:
+        return real(state, codes)  # type: ignore[arg-type]
+
+    return _report_with(repo, monkeypatch, {"check_violations": whole}, **kwargs)
+
+
 @pytest.mark.parametrize("code", sorted(CASES))
-def test_the_same_report_as_reading_everything(
+def test_the_same_report_as_reading_and_checking_everything(
     code: str, work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each violation: the report is the one made by reading every file of both states, and
+    the one made with the base checked whole (not only for the head's subjects)."""
     repo = work
     CASES[code](Registry.open(repo))
     commit(repo, f"introduce {code}")
     assert report(repo) == unlinked(repo, monkeypatch)
     assert report(repo, head="HEAD") == unlinked(repo, monkeypatch, head="HEAD")
+    _move_on(repo)
+    kept = 0  # findings the base had too: those the focused check of the base must find
+    # A base that has the finding, with the working tree as head; a base without it, with a
+    # past head (the other two forms cost as much and add no other path of the focused check).
+    for args in ({"base": "HEAD~1"}, {"base": "HEAD~2", "head": "HEAD~1"}):
+        text = report(repo, **args)  # type: ignore[arg-type]
+        assert text == _whole(repo, monkeypatch, **args)
+        kept += text.count('"new": false')
+    assert kept > 0 or code in (
+        lib.NEW_ENTRYPOINT,
+        lib.REMOVED_WITH_DESCENDANTS,
+        lib.TAGGED_VERSION_CHANGED,
+    )
 
 
 def test_uncommitted_and_untracked_files_count(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,40 +288,6 @@ def test_the_base_reads_the_files_that_are_the_same_from_the_head(work: Path) ->
     inner = getattr(tree.own, "inner", tree.own)
     read = [p for p in inner._cache if p.startswith("models/")]  # (stemma.yaml: on opening)
     assert read == ["models/ft/spec.yaml"]
-
-
-def _whole(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) -> str:
-    """The report with the base checked whole: every folder, every subject."""
-    real = lib.check_violations
-
-    def whole(state: _audit_state.State, codes: object = None, subjects: object = None) -> object:
-        return real(state, codes)  # type: ignore[arg-type]
-
-    with monkeypatch.context() as patch:
-        patch.setattr(lib, "check_violations", whole)
-        return report(repo, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("code", sorted(CASES))
-def test_a_base_checked_for_the_heads_subjects_marks_the_same_findings_new(
-    code: str, work: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    repo = work
-    CASES[code](Registry.open(repo))
-    commit(repo, f"introduce {code}")
-    _move_on(repo)
-    kept = 0  # findings the base had too: those the focused check of the base must find
-    # A base that has the finding, with the working tree as head; a base without it, with a
-    # past head (the other two forms cost as much and add no other path of the focused check).
-    for args in ({"base": "HEAD~1"}, {"base": "HEAD~2", "head": "HEAD~1"}):
-        text = report(repo, **args)  # type: ignore[arg-type]
-        assert text == _whole(repo, monkeypatch, **args)
-        kept += text.count('"new": false')
-    assert kept > 0 or code in (
-        lib.NEW_ENTRYPOINT,
-        lib.REMOVED_WITH_DESCENDANTS,
-        lib.TAGGED_VERSION_CHANGED,
-    )
 
 
 def test_a_focused_check_reads_the_folders_of_its_subjects_and_their_parents(
