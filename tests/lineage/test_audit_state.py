@@ -56,6 +56,19 @@ def _whole(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) ->
     return _report_with(repo, monkeypatch, {"check_violations": whole}, **kwargs)
 
 
+def _folders_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The model folders the consistency check reads from now on, in order."""
+    read: list[str] = []
+    real = consistency.model_facts
+
+    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
+        read.append(name)
+        return real(reg, name)
+
+    monkeypatch.setattr(consistency, "model_facts", counting)
+    return read
+
+
 @pytest.mark.parametrize("code", sorted(CASES))
 def test_the_same_report_as_reading_and_checking_everything(
     code: str, work: Path, monkeypatch: pytest.MonkeyPatch
@@ -109,14 +122,7 @@ def test_only_the_folders_that_differ_are_read_for_the_base(
     assert old.same_file("models/base/spec.yaml") and not old.same_file("models/ft/spec.yaml")
     assert old.models["base"] is new.models["base"]  # one document for both states
     new.check()
-    read: list[str] = []
-    real = consistency.model_facts
-
-    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
-        read.append(name)
-        return real(reg, name)
-
-    monkeypatch.setattr(consistency, "model_facts", counting)
+    read = _folders_read(monkeypatch)
     old.check()
     assert read == ["ft"]
 
@@ -217,14 +223,7 @@ def test_a_head_revision_reads_only_the_folders_that_differ_from_the_working_tre
     assert not head.same_file("models/scratch/spec.yaml")
     assert head.same_file("models/base/spec.yaml")
     head.head.check()
-    read: list[str] = []
-    real = consistency.model_facts
-
-    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
-        read.append(name)
-        return real(reg, name)
-
-    monkeypatch.setattr(consistency, "model_facts", counting)
+    read = _folders_read(monkeypatch)
     head.check()
     assert sorted(read) == ["ft", "scratch"]
 
@@ -298,14 +297,7 @@ def test_a_focused_check_reads_the_folders_of_its_subjects_and_their_parents(
     state = _audit_state.open_state(repo, "HEAD~1")  # not tied to a head: reads from git
     assert state.reg is not None
     whole = consistency.check_state(state.reg).violations
-    read: list[str] = []
-    real = consistency.model_facts
-
-    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
-        read.append(name)
-        return real(reg, name)
-
-    monkeypatch.setattr(consistency, "model_facts", counting)
+    read = _folders_read(monkeypatch)
     only = frozenset({"model:ft", "pipeline"})
     focused = consistency.check_state(state.reg, only=only).violations
     assert sorted(read) == ["base", "ft"]  # ft derives from base
