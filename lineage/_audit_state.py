@@ -20,16 +20,14 @@ from stemma.registry import Registry
 from stemma.registry.check import consistency as cons
 from stemma.registry.check.consistency import Violation
 from stemma.registry.errors import GitError, LocatedError, RegistryNotFound, StemmaError
+from stemma.registry.pipeline.locks import pipeline_texts
 from stemma.registry.rules.layout import (
-    DATASETS_DIR,
     MANIFEST_FILE,
-    MODELS_DIR,
     PIPELINE_FILE,
     SETTINGS_FILE,
     SPEC_FILE,
 )
 from stemma.registry.store._checkcache import FOLDER_FILES
-from stemma.registry.store._snapshot import read_texts
 from stemma.registry.store.files import parse_json_text
 from stemma.registry.store.handle import find_repo_root
 from stemma.registry.store.tree import GitTree, Tree, git, prefetch
@@ -328,44 +326,30 @@ class LinkedTree:
 
 class AheadReader:
     """`State.text` for a reader that asks for many files in a known order (the pipeline
-    files `pipefiles.compare` checks): those of them whose text is the working tree's
-    (`LinkedTree.working`) are read a batch at a time in one pass (`_snapshot.read_texts`,
-    a fifth of the careful reader's cost; at 30,000 models, 30,000 dvc.yaml), the others
-    as `State.text` reads them. Only one batch of texts is held."""
+    files `pipefiles.compare` checks): those files come from `locks.pipeline_texts`, which
+    reads the ones whose text is the working tree's (`LinkedTree.working`) a batch at a time
+    in one pass (at 30,000 models, 30,000 dvc.yaml) and the others as `State.text` does;
+    a file out of that order is read by `State.text`."""
 
     def __init__(self, state: State, order: list[str]) -> None:
-        self.state, self.order = state, order
-        self.at = {path: i for i, path in enumerate(order)}
-        self.batch: dict[str, str | None] = {}
+        self.state, self.wanted = state, set(order)
+        reg = state.reg
+        self.texts = iter(pipeline_texts(reg, order, state.text) if reg is not None else ())
+        self.ahead: dict[str, str | StemmaError | None] = {}  # read, not yet asked for
 
     def __call__(self, path: str) -> str | None:
         """The file's text in the state (None when absent)."""
-        if path not in self.batch and path in self.at:
-            self._read(self.at[path])
-        if path in self.batch:
-            return self.batch.pop(path)
-        return self.state.text(path)
-
-    def _read(self, start: int) -> None:
-        self.batch = {}
-        reg = self.state.reg
-        working = getattr(reg.tree, "working", None) if reg is not None else None
-        if reg is None or working is None:
-            return
-        head = "" if reg.rel_root in ("", ".") else reg.rel_root + "/"
-        inside = {}  # repository path -> path from the registry root (a folder's file)
-        for path in working(self.order[start : start + _AHEAD]):
-            rel = path[len(head) :] if path.startswith(head) else ""
-            if rel.count("/") == 2 and rel.split("/", 1)[0] in (MODELS_DIR, DATASETS_DIR):
-                inside[path] = rel
-        try:
-            texts = read_texts(reg.root, list(inside.values()), reg.rel_root)
-        except StemmaError:
-            return  # a file it refuses: each is read on its own, and its refusal reported
-        self.batch = dict(zip(inside, texts, strict=True))
-
-
-_AHEAD = 1024  # files an `AheadReader` reads together
+        if path in self.wanted and path not in self.ahead:
+            for found, text in self.texts:
+                self.ahead[found] = text
+                if found == path:
+                    break
+        if path not in self.ahead:
+            return self.state.text(path)
+        text = self.ahead.pop(path)
+        if isinstance(text, StemmaError):
+            raise text
+        return text
 
 
 def _git_tree(reg: Registry) -> tuple[GitTree, str] | None:

@@ -11,7 +11,7 @@ other text is parsed as YAML instead; tests compare the two.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stemma.registry.errors import ParseError, StemmaError
@@ -73,13 +73,15 @@ _BATCH = 1024
 
 
 def pipeline_texts(
-    reg: Registry, paths: Sequence[str]
+    reg: Registry, paths: Sequence[str], read: Callable[[str], str | None] | None = None
 ) -> Iterator[tuple[str, str | StemmaError | None]]:
-    """(path, text) for each repository path of `paths`, in order, as `reg.tree.read_text`
-    reads it: None where there is no such file, the error where it refuses the file. The
+    """(path, text) for each repository path of `paths`, in order, as `read` (default:
+    `reg.tree.read_text`) reads it: None where there is no such file, the error where it
+    refuses the file. The
     working tree's files of dataset and model folders are read in one pass, _BATCH at a time
     (`_snapshot.read_texts`: a fifth of the careful reader's cost), never all at once; at a
     revision, one git process reads them all (`prefetch`)."""
+    read = reg.tree.read_text if read is None else read
     prefetch(reg.tree, list(paths))
     working = getattr(reg.tree, "working", None)  # what it reads from the working tree
     for at in range(0, len(paths), _BATCH):
@@ -93,7 +95,7 @@ def pipeline_texts(
                 text = texts[path]
             else:
                 try:
-                    text = reg.tree.read_text(path)
+                    text = read(path)
                 except StemmaError as exc:
                     text = exc
             yield path, text
