@@ -6,6 +6,7 @@ raises for a bad file (a bad file is a violation), so one run reports everything
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,7 +20,9 @@ from stemma.registry.pipeline.locks import conflicted_files, folder_locked_md5
 from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
 from stemma.registry.rules.dag import Forest
 from stemma.registry.rules.layout import (
+    DATASETS_DIR,
     MANIFEST_FILE,
+    MODELS_DIR,
     SPEC_FILE,
 )
 from stemma.registry.rules.naming import NAME_RE, NAME_RULE, parse_source
@@ -34,7 +37,13 @@ from stemma.registry.rules.status import (
 )
 from stemma.registry.rules.taskspec import spec_problems, training_task
 from stemma.registry.store import _validcache
-from stemma.registry.store._checkcache import FolderFacts, work_stamps
+from stemma.registry.store._checkcache import (
+    FolderFacts,
+    keep_verdict,
+    verdict,
+    verdict_key,
+    work_stamps,
+)
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import WorkTree
 
@@ -107,7 +116,7 @@ def check(reg: Registry) -> list[Violation]:
     """Every violation in the registry, in a stable order. Documents unchanged since they
     last passed their schema are not validated again (`_validcache`), and model folders
     unchanged since the last check are not read again (`_checkcache`)."""
-    return check_state(reg).violations
+    return _checked(reg, whole=True).violations
 
 
 @dataclass(frozen=True)
@@ -134,11 +143,27 @@ def check_state(
     those of the whole check, but for cycles, which are not looked for (a cycle needs
     every folder), and the hints of dangling sources, which name models from the folders
     instead of the specs that can be read. Nothing is stored."""
+    return _checked(reg, borrowed, only)
+
+
+def _checked(
+    reg: Registry,
+    borrowed: Callable[[str], ModelFacts | None] | None = None,
+    only: Collection[str] | None = None,
+    whole: bool = False,
+) -> Checked:
+    """`check_state`; `whole`: the violations alone are wanted (`check`), so a stored
+    verdict may stand for the model folders' (its `facts` are then empty)."""
     with _validcache.remembering(reg.repo_root):
-        checked = _check(reg, borrowed, only)
-        if any(v.code not in _OUTCOMES for v in checked.violations):
+        checked = _check(reg, borrowed, only, whole)
+        if _bad(checked.violations):
             _validcache.discard()  # bad input: the check changes no file
     return checked
+
+
+def _bad(found: list[Violation]) -> bool:
+    """True when `found` holds bad input, not only verdicts on builds."""
+    return any(v.code not in _OUTCOMES for v in found)
 
 
 def folder_facts(reg: Registry) -> Mapping[str, ModelFacts]:
@@ -170,6 +195,7 @@ def _check(
     reg: Registry,
     borrowed: Callable[[str], ModelFacts | None] | None,
     only: Collection[str] | None = None,
+    whole: bool = False,
 ) -> Checked:
     found: list[Violation] = []
     datasets: dict[str, DatasetSpec] = {}
@@ -199,7 +225,16 @@ def _check(
             data_ids[name] = _dataset_id(reg, name)
     facts: dict[str, ModelFacts] = {}
     # A focused check (`only`) stores nothing: its cache would drop the folders it skips.
-    cache = _folder_facts(reg) if borrowed is None and only is None else None
+    stamps = _work_stamps(reg) if borrowed is None and only is None else None
+    key = _verdict_key(reg, stamps, datasets) if stamps is not None and not _bad(found) else None
+    if whole and key is not None:
+        stored = verdict(reg, key)
+        if stored is not None:
+            kept = [Violation(*v) for v in stored]
+            outer = {"pipeline", *(f"dataset:{n}" for n in reg.dataset_names())}
+            return Checked(found + kept + _pipeline_files(reg, outer), {})
+    cache = FolderFacts(reg, stamps) if stamps is not None else None
+    outer_found = len(found)  # the datasets' violations: found anew every time
     shared: dict[Any, Any] = {}  # values the stored facts of many folders hold alike
     names = reg.model_names()
     if only is not None:
@@ -252,9 +287,12 @@ def _check(
         found += _cycles(reg, models)
     for name in models:
         found += _manifest_checks(name, models, facts, data_ids)
-    if cache is not None and not any(v.code not in _OUTCOMES for v in found):
+    if cache is not None and not _bad(found):
         cache.save()
+    inner = found[outer_found:]  # what the verdict stands for
     found += _pipeline_files(reg, only)
+    if key is not None and not _bad(found) and not any(map(_reads_outside, models.values())):
+        keep_verdict(reg, key, [_violation_list(v) for v in inner])
     if only is not None:
         found = [v for v in found if v.subject in only]
     return Checked(found, facts)
@@ -292,9 +330,33 @@ def _stored_facts(
 def _folder_facts(reg: Registry) -> FolderFacts | None:
     """The stored facts of the working tree's model folders, with their stamps now (None for
     a git revision: an audit's base takes the head's facts of the folders that are the same)."""
-    if isinstance(reg.tree, WorkTree):
-        return FolderFacts(reg, work_stamps(reg.root))
-    return None
+    stamps = _work_stamps(reg)
+    return FolderFacts(reg, stamps) if stamps is not None else None
+
+
+def _work_stamps(reg: Registry) -> dict[str, str] | None:
+    """The stamps of the working tree's model folders now (None for a git revision)."""
+    return work_stamps(reg.root) if isinstance(reg.tree, WorkTree) else None
+
+
+def _verdict_key(
+    reg: Registry, stamps: dict[str, str], datasets: Mapping[str, DatasetSpec]
+) -> str | None:
+    """The key a verdict on the model folders is stored under (`_checkcache.verdict_key`):
+    besides the folders, the checks across them read the settings (trusted entrypoints,
+    limits) and each dataset's spec and manifest (names, ids, tasks), all read already."""
+    docs = [
+        [name, reg.known(spec.path), reg.known(reg.rel(DATASETS_DIR, name, MANIFEST_FILE))]
+        for name, spec in datasets.items()
+    ]
+    inputs = json.dumps([reg.settings.to_dict(), docs], sort_keys=True, default=str)
+    return verdict_key(reg, stamps, reg.tree.subdirs(reg.rel(MODELS_DIR)), inputs.encode())
+
+
+def _reads_outside(spec: ModelSpec) -> bool:
+    """True when the checks of `spec` read a file outside the model folders (a transformers
+    config under `architecture.path`): no verdict stands for it."""
+    return spec.architecture.get("family") == "transformers" and "path" in spec.architecture
 
 
 def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:

@@ -6,16 +6,16 @@ the facts it took from that folder's own files (the spec, the manifest's ids, th
 own violations: schema, ids, metric files, gates; the md5s of the weights that the manifest
 and the folder's dvc.lock record) under a stamp of those files, and the next check takes the
 facts of every folder whose stamp is the same; the checks across folders (references,
-cycles, staleness, tasks) run on the facts every time.
+cycles, staleness, tasks) run on the facts, unless the verdict below stands.
 
 A stamp of the working tree is the `lstat` of the folder and of its spec, manifest,
-metrics.json, curve.json and dvc.lock (each file's `_snapshot.stamp`: size, mtime, ctime and
-inode, the rule the query index uses too), taken in one pass before any file is read. A
-folder is trusted only when all of it is plain (no link, only regular files) and no stamp is
-too recent: a file changed within RACY_NS of the check may change again without its stat
-changing (git's "racy" rule, `_snapshot.racy`), so such a folder is read again until it is
-older. A git revision keeps no facts here: an audit's base takes
-the head's facts of the folders whose files git finds the same (`stemma.lineage._audit_state`).
+metrics.json, curve.json, dvc.lock and dvc.yaml (each file's `_snapshot.stamp`: size, mtime,
+ctime and inode, the rule the query index uses too), taken in one pass before any file is
+read. A folder is trusted only when all of it is plain (no link, only regular files) and no
+stamp is too recent: a file changed within RACY_NS of the check may change again without its
+stat changing (git's "racy" rule, `_snapshot.racy`), so such a folder is read again until it
+is older. A git revision keeps no facts here: an audit's base takes the head's facts of the
+folders whose files git finds the same (`stemma.lineage._audit_state`).
 
 The facts are the store's fact `checked` (`derived`: a cache, ignored by git), written only
 by a check that found no bad input, like `_validcache`; a damaged or unreadable one is a
@@ -30,12 +30,23 @@ DuckDB peaked ~190 MiB above the reader, the 7.5 MB compressed ~35 MiB, for the 
 (decompressing costs what reading the larger blob did). A folder whose facts are taken
 unchanged is written back as the line it was read from.
 
+The checks across folders cost as much again on a large registry, yet their answer too
+is the same while nothing they read changed. `check` keeps a second fact, `verdict`: the
+violations found in the model folders (their own and those across them), under a key that
+digests the stamp of every model folder (dvc.yaml included: the conflict check reads it),
+the settings and the datasets' specs and manifests as read (`verdict_key`). A check whose
+key is the stored one takes those violations and reads no model folder; the datasets' and
+the root's own checks run every time. No verdict is kept where a folder cannot be trusted
+(a link, a recent change), where the check found bad input, or where a spec's checks read a
+file outside the folders (a transformers config under `architecture.path`).
+
 It sits in `store/`, below the check (`check.consistency`) that writes it and the audit
 that reads its facts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -48,6 +59,7 @@ from stemma.registry.rules.layout import (
     LOCK_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
+    PIPELINE_FILE,
     SPEC_FILE,
 )
 from stemma.registry.store import derived as _store
@@ -58,7 +70,9 @@ if TYPE_CHECKING:
     from stemma.registry.store.handle import Registry
 
 FACT = "checked"
-FORMAT = "stemma-checked/4"  # 2: `_snapshot.stamp`; 3: dataset ids; 4: a line per folder
+FORMAT = "stemma-checked/5"  # 2: `_snapshot.stamp`; 3: dataset ids; 4: a line per folder;
+# 5: the folder's dvc.yaml in its stamp
+VERDICT = "verdict"  # the whole check's violations from the model folders (`verdict`)
 # The most text a stored fact may decompress to: past it, a damaged fact (a miss).
 MAX_TEXT = 1 << 30
 # Folders whose facts are parsed together (`FolderFacts.get`): large enough that a block's
@@ -66,6 +80,9 @@ MAX_TEXT = 1 << 30
 BLOCK = 256
 # The files of a model folder whose content the facts depend on.
 FOLDER_FILES = (SPEC_FILE, MANIFEST_FILE, METRICS_FILE, CURVE_FILE, LOCK_FILE)
+# The files a folder's stamp covers: the check reads its dvc.yaml too (for conflict markers),
+# and the verdict stands for that.
+STAMPED_FILES = (*FOLDER_FILES, PIPELINE_FILE)
 
 
 def _header(reg: Registry) -> str:
@@ -102,7 +119,7 @@ def work_stamps(root: Path) -> dict[str, str]:
                 continue
             parts = [f"{info.st_ino}"]
             trusted = stat.S_ISDIR(info.st_mode)
-            for fname in FOLDER_FILES:
+            for fname in STAMPED_FILES:
                 if not trusted:
                     break
                 try:
@@ -213,6 +230,38 @@ class FolderFacts:
             return  # every stored line, taken as it was
         body = zlib.compress(b"\n".join([self.header.encode(), *self.used.values()]), 1)
         _store.save(self.repo_root, FACT, body)  # where it cannot (read-only): read again
+
+
+def verdict_key(
+    reg: Registry, stamps: dict[str, str], folders: list[str], inputs: bytes
+) -> str | None:
+    """The key of the whole check's verdict on the model folders: a digest of the header,
+    `inputs` (what the checks across folders read besides them: the datasets, the
+    settings) and the stamp of every folder of `folders` (the model folders there are now);
+    None when a folder has no stamp to trust (a link, a file changed too recently)."""
+    if len(stamps) != len(folders) or any(name not in stamps for name in folders):
+        return None
+    digest = hashlib.sha256(_header(reg).encode() + b"\n" + inputs + b"\n")
+    digest.update("\n".join([f"{name}\t{stamps[name]}" for name in folders]).encode())
+    return digest.hexdigest()
+
+
+def verdict(reg: Registry, key: str) -> list[Any] | None:
+    """The violations stored under `key` (`keep_verdict`), or None: none stored, another
+    key, a damaged fact."""
+    body = _store.load(reg.repo_root, VERDICT)
+    if body is None or not body.startswith(key.encode() + b"\n"):
+        return None
+    found = _parse(body[len(key) + 1 :])
+    if not isinstance(found, list) or not all(isinstance(v, list) and len(v) == 6 for v in found):
+        return None  # damaged
+    return found
+
+
+def keep_verdict(reg: Registry, key: str, violations: list[Any]) -> None:
+    """Store the violations the check found in the model folders under `key`."""
+    text = json.dumps(violations, separators=(",", ":"))
+    _store.save(reg.repo_root, VERDICT, f"{key}\n{text}")
 
 
 def _parse(text: bytes) -> Any:

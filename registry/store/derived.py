@@ -12,7 +12,7 @@ cannot be written (a read-only checkout, a full disk).
 The store is one DuckDB file, `.stemma/index.duckdb`, and its lock, `.stemma/index.lock`.
 It holds the query index (`index`) and, one table each (`raw."fact/NAME"`), every other
 derived fact by name: the snapshot the index matches, the schema-valid digests (`_validcache`), the
-folder facts of the last check (`_checkcache`), the last render of the pipeline
+folder facts and the verdict of the last check (`_checkcache`), the last render of the pipeline
 (`pipeline._pipecache`) and this machine's numerics fingerprint. `load` and `save` read and
 write a fact; each fact carries its own format and code key (`codekey`) and is checked by its
 reader, so a damaged, foreign or unreadable store or fact is a miss. Work files that are not

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from stemma.registry.store import _checkcache
 
 def messages(root: Path) -> list[str]:
     return [str(v) for v in check(Registry.open(root))]
+
+
+def folder_messages(root: Path) -> list[str]:
+    """`messages` from the folders' facts: never from a stored verdict (`check_state`)."""
+    return [str(v) for v in consistency.check_state(Registry.open(root)).violations]
 
 
 @pytest.fixture
@@ -132,12 +138,12 @@ def test_linked_folders_and_files_are_always_read(
 
 def test_damaged_or_foreign_facts_are_ignored(populated: Registry, trusting: None) -> None:
     root = populated.repo_root
-    assert messages(root) == []
+    assert folder_messages(root) == []
     path = Fact(root, _checkcache.FACT)
     foreign = zlib.compress(b"stemma-checked/0 other\n" + "\n".join(lines(root)[1:]).encode())
     for data in (b"damaged", b'{"header": "other", "models": {}}', foreign, foreign[:-9]):
         path.write_bytes(data)
-        assert messages(root) == []
+        assert folder_messages(root) == []
     assert sorted(stored(root)) == ["base", "ft", "scratch"]
 
 
@@ -145,7 +151,7 @@ def test_malformed_entries_are_read_again(
     populated: Registry, trusting: None, reads: list[str]
 ) -> None:
     root = populated.repo_root
-    assert messages(root) == []
+    assert folder_messages(root) == []
     path = Fact(root, _checkcache.FACT)
     kept = lines(root)
     at = next(i for i, line in enumerate(kept) if line.startswith("ft\t"))
@@ -156,7 +162,7 @@ def test_malformed_entries_are_read_again(
         for line in (f"ft\t{stamp}\t{bad}", f"ft\t{stamp}", f"ft\t0 {stamp}\t{facts}"):
             path.write_bytes(zlib.compress("\n".join([*kept[:at], line, *kept[at + 1 :]]).encode()))
             reads.clear()
-            assert messages(root) == [] and reads == ["ft"], (bad, line)
+            assert folder_messages(root) == [] and reads == ["ft"], (bad, line)
     assert stored(root)["ft"] == [stamp, facts]  # found again and kept
     assert json.loads(facts)[2].startswith("sha256:")
 
@@ -238,3 +244,100 @@ def test_folder_stamps_are_taken_only_where_facts_are_stored(
     facts = _checkcache.FolderFacts(Registry.open(populated.repo_root))
     assert taken == [reg.root] and sorted(facts.stamps) == ["base", "ft", "scratch"]
     assert facts.get("ft") is not None
+
+
+def _in_place(path: Path, old: str, new: str) -> None:
+    """Rewrite `path` in place (same inode) at the same size, with its mtime put back."""
+    before, text = path.stat(), path.read_text()
+    assert len(old) == len(new) and old in text
+    with open(path, "w") as fh:
+        fh.write(text.replace(old, new, 1))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_a_stored_verdict_stands_only_while_what_it_read_is_unchanged(
+    populated: Registry, trusting: None, reads: list[str]
+) -> None:
+    """`check` keeps its verdict on the model folders; the next check takes it without reading
+    a folder, and after each kind of change its answer is that of a check with nothing
+    stored (a folder's files, a folder added or removed, a dataset rebuilt or removed, the
+    settings, a model's dvc.yaml), whether the change adds bad input or not."""
+    root, reg = populated.repo_root, populated
+    scratch = populated.root / "models/scratch/spec.yaml"
+    write(scratch, scratch.read_text().replace("hidden: [32]", "hidden: [32, 32]"))
+    for name in ("digits-0to4", "digits-5to9"):
+        factories.dataset_manifest(reg, name)
+    gate = {"metric": "accuracy", "op": ">=", "threshold": 0.5, "value": 0.3, "passed": False}
+    for name in ("base", "ft", "scratch"):  # parents first
+        factories.model_manifest(Registry.open(root), name, accuracy=0.3, gates=[gate])
+    kept = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
+    data = populated.root / "datasets/digits-5to9/manifest.json"
+    models = populated.root / "models"
+
+    def rebuilt() -> None:  # the dataset's manifest made again, another id
+        doc = json.loads(data.read_text())
+        Registry.open(root).write_dataset_manifest("digits-5to9", {**doc, "dtype": "uint8"})
+
+    def restore(*paths: Path) -> None:
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+            path.unlink(missing_ok=True)
+            for file, body in kept.items():
+                if file == path or path in file.parents:
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                    file.write_bytes(body)
+
+    changes = [
+        ("a spec", lambda: _in_place(models / "base/spec.yaml", '">= 0.5"', '">= 0.2"')),
+        ("same stamp", lambda: _in_place(models / "ft/spec.yaml", "epochs: 2", "epochs: 3")),
+        ("a dataset rebuilt", rebuilt),
+        ("a folder removed", lambda: shutil.rmtree(models / "scratch")),
+        ("a folder back", lambda: restore(models / "scratch")),
+        ("a dataset removed", lambda: shutil.rmtree(populated.root / "datasets/digits-0to4")),
+        ("the dataset back", lambda: restore(populated.root / "datasets/digits-0to4")),
+        (
+            "a limit",
+            lambda: write(root / "stemma.yaml", "version: 1\nlimits: {max_parameters: 9}\n"),
+        ),
+        ("no limit", lambda: restore(root / "stemma.yaml")),
+        ("a conflict", lambda: write(models / "ft/dvc.yaml", "<<<<<<< HEAD\n=======\n>>>>>>> x\n")),
+        ("no conflict", lambda: restore(models / "ft/dvc.yaml")),
+    ]
+    before = messages(root)
+    assert any("[failed-gate]" in m for m in before) and Fact(root, _checkcache.VERDICT).exists()
+    reads.clear()
+    assert messages(root) == before and reads == []  # the verdict, no folder read
+    key, _tab, _rest = Fact(root, _checkcache.VERDICT).read_bytes().partition(b"\n")
+    for damaged in (b"[", b"[5]", b'[["a"]]', b"{}"):
+        Fact(root, _checkcache.VERDICT).write_bytes(key + b"\n" + damaged)
+        assert folder_messages(root) == before and messages(root) == before
+    for what, change in changes:
+        change()
+        found = messages(root)
+        for fact in (_checkcache.FACT, _checkcache.VERDICT):
+            Fact(root, fact).unlink()
+        fresh = messages(root)
+        assert found == fresh, (what, set(found) ^ set(fresh))  # as if nothing were stored
+        assert found != before, what  # each change changes the answer
+        before = found
+
+
+def test_no_verdict_stands_for_a_config_file_outside_the_folders(
+    populated: Registry, trusting: None
+) -> None:
+    """A transformers model built from a config folder is checked against that folder's
+    config.json, which no folder stamp covers: no verdict is kept, and an edit there is
+    found by the next check."""
+    root = populated.repo_root
+    config = {"model_type": "bert", "vocab_size": 64, "hidden_size": 32}
+    config |= {"num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    write(populated.root / "hf/x/config.json", json.dumps(config))
+    arch = json.dumps({"family": "transformers", "path": "hf/x"})
+    write(
+        populated.root / "models/m/spec.yaml",
+        f"architecture: {arch}\ndata: {{train: digits-0to4}}\n",
+    )
+    assert messages(root) == [] and not Fact(root, _checkcache.VERDICT).exists()
+    write(populated.root / "hf/x/config.json", json.dumps({**config, "torch_dtype": "os.system"}))
+    found = messages(root)
+    assert len(found) == 1 and "hf/x/config.json at /torch_dtype" in found[0], found
