@@ -540,14 +540,14 @@ def broken_entries(reg: Registry, g: nx.MultiDiGraph) -> list[LocatedError]:
     cannot be read (with the reader's own error: its line, merge conflict markers, ...) and
     a reference to a model or dataset that is not declared (with the closest name)."""
     found: dict[tuple[str, str], LocatedError] = {}
-    models = reg.model_names()
     for key, attrs in g.nodes(data=True):
         state, name = attrs.get("status"), str(attrs.get("name"))
         if state == status.INVALID and attrs.get("kind") == "model":
             error = _spec_error(reg, name)
             found[(error.path, key)] = error
         elif state == status.MISSING:
-            names = models if attrs.get("kind") == "model" else reg.dataset_names()
+            # listed only here: listing the models stats every folder's spec
+            names = reg.model_names() if attrs.get("kind") == "model" else reg.dataset_names()
             hint = Registry._hint(name, names)
             edges = sorted(g.in_edges(key, keys=True, data=True), key=lambda e: _EDGE_ORDER[e[2]])
             for dependent, _, kind, edge in edges:

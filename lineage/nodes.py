@@ -117,6 +117,14 @@ class LineageNode(NamedTuple):
         """The attributes the node has (those not None) and its `key`: its JSON form."""
         return {f: v for f, v in zip(self._fields, self, strict=True) if v is not None}
 
+    @classmethod
+    def dict_of(cls, key: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """`LineageNode(key, **attrs).to_dict()` without making the record (a JSON render
+        makes one per node); an attribute the record lacks raises its TypeError all the same."""
+        if not _NODE_ATTRIBUTES.issuperset(attrs):
+            return cls(key, **attrs).to_dict()
+        return {"key": key} | {k: v for k, v in attrs.items() if v is not None}
+
 
 class LineageEdge(NamedTuple):
     """The attributes of one edge (`graph` sets them): a `derived_from` edge has `relation`,
@@ -131,6 +139,19 @@ class LineageEdge(NamedTuple):
     def to_dict(self) -> dict[str, Any]:
         """The attributes the edge has (those not None): its JSON form, less its ends."""
         return {f: v for f, v in zip(self._fields, self, strict=True) if v is not None}
+
+    @classmethod
+    def dict_of(cls, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """`LineageEdge(**attrs).to_dict()` without making the record, which a JSON render
+        would make for every edge (at 30,000 models, ~0.1 s of its 0.26 s); an attribute
+        the record lacks raises its TypeError all the same."""
+        if not _EDGE_FIELDS.issuperset(attrs):
+            return cls(**attrs).to_dict()
+        return {k: v for k, v in attrs.items() if v is not None}
+
+
+_NODE_ATTRIBUTES = frozenset(LineageNode._fields) - {"key"}
+_EDGE_FIELDS = frozenset(LineageEdge._fields)
 
 
 def short_id(mid: str | None) -> str:

@@ -355,11 +355,11 @@ def to_dict(
     impact), and edges keep the graph's direction (`from` depends on `to`)."""
     marks = marks or {}
     nodes = []
-    records = _records(g, keys)
+    view = g.nodes
     for key in sorted(keys):
-        node = records[key].to_dict()
+        node = LineageNode.dict_of(key, view[key])
         nodes.append({**node, "mark": marks[key]} if key in marks else node)
     ends = _edges(g, keys)
     ends.sort(key=lambda e: e[:3])
-    edges = [{**LineageEdge(**a).to_dict(), "from": u, "to": v, "kind": k} for u, v, k, a in ends]
+    edges = [LineageEdge.dict_of(a) | {"from": u, "to": v, "kind": k} for u, v, k, a in ends]
     return {"focus": focus, "order": list(keys), "nodes": nodes, "edges": edges}

@@ -43,8 +43,10 @@ def test_every_node_and_edge_of_a_graph_reads_whole() -> None:
     for key, attrs in g.nodes(data=True):
         node = LineageNode.of(g, key)
         assert node.to_dict() == {**_attrs_set(attrs), "key": key}
+        assert LineageNode.dict_of(key, attrs) == node.to_dict()  # the render's shortcut
     for _, _, attrs in g.edges(data=True):
         assert LineageEdge(**attrs).to_dict() == _attrs_set(attrs)
+        assert LineageEdge.dict_of(attrs) == _attrs_set(attrs)
     assert LineageNode.of(g, "model:ghost").status == "missing"
     assert LineageNode.of(g, "dataset:gone").kind == "dataset"
 
@@ -80,6 +82,11 @@ def test_an_attribute_the_record_lacks_is_refused() -> None:
     g.add_edge("model:a", "model:b", key="derived_from", weight=1)
     with pytest.raises(TypeError, match="weight"):
         LineageEdge(**g.edges["model:a", "model:b", "derived_from"])
+    del g.nodes["model:a"]["colour"]
+    with pytest.raises(TypeError, match="weight"):
+        render(g, ["model:a", "model:b"], "json")
+    with pytest.raises(TypeError, match="key"):
+        LineageNode.dict_of("model:a", {"key": "model:b"})
 
 
 def test_labels_and_json_form() -> None:
