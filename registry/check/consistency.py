@@ -2,13 +2,15 @@
 
 `check(reg)` reads every spec and manifest once and returns the violations it finds; it never
 raises for a bad file (a bad file is a violation), so one run reports everything at once.
+What it found is kept in the derived store (`_checkcache`): the next check reads only the
+model folders that changed since, and finds again only what they can change.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -226,29 +228,31 @@ def _check(
     facts: dict[str, ModelFacts] = {}
     # A focused check (`only`) stores nothing: its cache would drop the folders it skips.
     stamps = _work_stamps(reg) if borrowed is None and only is None else None
-    key = _verdict_key(reg, stamps, datasets) if stamps is not None and not _bad(found) else None
-    if whole and key is not None:
-        stored = verdict(reg, key)
-        if stored is not None:
-            kept = [Violation(*v) for v in stored]
-            outer = {"pipeline", *(f"dataset:{n}" for n in reg.dataset_names())}
-            return Checked(found + kept + _pipeline_files(reg, outer), {})
-    cache = FolderFacts(reg, stamps) if stamps is not None else None
-    outer_found = len(found)  # the datasets' violations: found anew every time
-    shared: dict[Any, Any] = {}  # values the stored facts of many folders hold alike
+    key = _verdict_key(reg, datasets) if stamps is not None and not _bad(found) else None
     names = reg.model_names()
     if only is not None:
         names = [n for n in names if f"model:{n}" in only]
+    stored = verdict(reg, key) if whole and key is not None else None
+    read: dict[str, ModelFacts] = {}  # the facts of folders read to bring the verdict up to date
+    if stored is not None:
+        assert stamps is not None and key is not None
+        kept = _from_verdict(reg, stored, stamps, names, data_ids, read)
+        if kept is not None:
+            sections, changed, cache = kept
+            found += sections.flat(names, [n for n in names if n in stored["parents"]])
+            found += _pipeline_files(reg, _outer(reg, changed))
+            if cache is not None and not _bad(found):  # brought up to date
+                cache.save()
+                _keep(reg, key, stamps, sections, stored["parents"])
+            return Checked(found, {})
+    cache = FolderFacts(reg, stamps) if stamps is not None else None
+    shared: dict[Any, Any] = {}  # values the stored facts of many folders hold alike
+    sections = Sections()
     for name in names:
         if not NAME_RE.match(name):
-            found.append(
-                Violation(
-                    INVALID_NAME,
-                    reg.rel("models", name, SPEC_FILE),
-                    f"invalid model name {name!r}: use {NAME_RULE}",
-                    subject=f"model:{name}",
-                )
-            )
+            problem, subject = f"invalid model name {name!r}: use {NAME_RULE}", f"model:{name}"
+            path = reg.rel("models", name, SPEC_FILE)
+            sections.folder[name] = [Violation(INVALID_NAME, path, problem, subject=subject)]
             continue
         known = borrowed(name) if borrowed is not None else _stored_facts(cache, name, shared)
         if known is not None:
@@ -258,12 +262,13 @@ def _check(
             # Borrowed facts are of folders whose documents an audit reads from the state
             # that lent them: a copy per model here (~15 MiB at 30,000) had no reader.
         else:
-            facts[name] = model_facts(reg, name)
+            fresh = read.get(name)
+            facts[name] = fresh if fresh is not None else model_facts(reg, name)
             if cache is not None:
                 cache.put(name, facts[name].to_list())
         error, spec = facts[name].spec_error, facts[name].spec
         if error is not None:
-            found.append(error)
+            sections.folder[name] = [error]
         elif spec is not None:
             models[name] = spec
     if only is not None:  # the parents a focused model's staleness reads (their own
@@ -279,23 +284,187 @@ def _check(
                     models[parent] = own
     tasks: dict[str, str | None] = {}  # training dataset -> its task, found once
     for spec in models.values():
-        found += _model_refs(reg, spec, models, only is not None)
-        if spec.train not in tasks:
-            tasks[spec.train] = training_task(reg, spec)
-        found += _task_rules(spec, tasks[spec.train])
+        sections.model(reg, spec, models, facts, data_ids, tasks, only is not None)
     if only is None:
-        found += _cycles(reg, models)
-    for name in models:
-        found += _manifest_checks(name, models, facts, data_ids)
+        sections.cycles = _cycles(reg, models)
+    inner = sections.flat(names, models)
+    found += inner
     if cache is not None and not _bad(found):
         cache.save()
-    inner = found[outer_found:]  # what the verdict stands for
     found += _pipeline_files(reg, only)
     if key is not None and not _bad(found) and not any(map(_reads_outside, models.values())):
-        keep_verdict(reg, key, [_violation_list(v) for v in inner])
+        assert stamps is not None
+        _keep(reg, key, stamps, sections, {n: list(parents_of(s)) for n, s in models.items()})
     if only is not None:
         found = [v for v in found if v.subject in only]
     return Checked(found, facts)
+
+
+@dataclass
+class Sections:
+    """The model folders' violations as the check finds them, by part and by model, so that
+    a stored verdict can have those of the models a change touches replaced: each folder's
+    own (an invalid name, a spec that cannot be read), each spec's references and task
+    rules, the lineage's cycles, each manifest's (its own, its staleness)."""
+
+    folder: dict[str, list[Violation]] = field(default_factory=dict)
+    refs: dict[str, list[Violation]] = field(default_factory=dict)
+    cycles: list[Violation] = field(default_factory=list)
+    manifests: dict[str, list[Violation]] = field(default_factory=dict)
+
+    def model(
+        self,
+        reg: Registry,
+        spec: ModelSpec,
+        models: Collection[str],
+        facts: Mapping[str, ModelFacts],
+        data_ids: Mapping[str, str | None],
+        tasks: dict[str, str | None],
+        focused: bool = False,
+    ) -> None:
+        """Find the violations of model `spec.name` across folders (`models`: those whose
+        specs can be read, in order; `facts`: those of it and its parents; `tasks`: each
+        training dataset's task, found once)."""
+        if spec.train not in tasks:
+            tasks[spec.train] = training_task(reg, spec)
+        refs = _model_refs(reg, spec, models, focused) + _task_rules(spec, tasks[spec.train])
+        self.refs[spec.name] = refs
+        self.manifests[spec.name] = _manifest_checks(spec, models, facts, data_ids)
+
+    def flat(self, names: Iterable[str], models: Iterable[str]) -> list[Violation]:
+        """The violations in the check's order: the folders' (`names`), the references of
+        each of `models`, the cycles, the manifests of each of `models`."""
+        found = [v for name in names for v in self.folder.get(name, ())]
+        models = list(models)
+        found += [v for name in models for v in self.refs.get(name, ())]
+        found += self.cycles
+        found += [v for name in models for v in self.manifests.get(name, ())]
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the parts with violations only."""
+
+        def listed(part: dict[str, list[Violation]]) -> dict[str, Any]:
+            return {n: [_violation_list(v) for v in vs] for n, vs in part.items() if vs}
+
+        return {
+            "folder": listed(self.folder),
+            "refs": listed(self.refs),
+            "cycles": [_violation_list(v) for v in self.cycles],
+            "manifests": listed(self.manifests),
+        }
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> Sections:
+        """Read back `to_dict` (a stored verdict's)."""
+
+        def part(found: Mapping[str, Any]) -> dict[str, list[Violation]]:
+            return {n: [Violation(*v) for v in vs] for n, vs in found.items()}
+
+        return cls(
+            part(doc["folder"]),
+            part(doc["refs"]),
+            [Violation(*v) for v in doc["cycles"]],
+            part(doc["manifests"]),
+        )
+
+
+def _from_verdict(
+    reg: Registry,
+    stored: Mapping[str, Any],
+    stamps: Mapping[str, str],
+    names: list[str],
+    data_ids: Mapping[str, str | None],
+    facts: dict[str, ModelFacts],
+) -> tuple[Sections, list[str], FolderFacts | None] | None:
+    """The model folders' violations from the stored verdict (`_checkcache.verdict`: its key
+    is this check's), with those of the models a changed folder touches found again, and
+    the changed folders (their stamps are not the stored ones). None where the verdict
+    cannot stand: a change made a spec readable or unreadable, changed a model's parents
+    (which the cycles and every dangling reference's hint read) or made its checks read a
+    file outside the folders; the whole check runs then. `facts` gets the facts of the
+    changed folders, which are read (and of the folders they touch); the stored folder
+    facts with theirs, to save where the check finds no bad input, come last (None where
+    no folder changed)."""
+    parents: Mapping[str, list[str]] = stored["parents"]  # the models whose specs can be read
+    kept, folders = stored["stamps"], reg.tree.subdirs(reg.rel(MODELS_DIR))
+    changed = [n for n in folders if stamps.get(n) is None or stamps[n] != kept.get(n)]
+    listed = set(names)
+    for name in changed:
+        now = facts[name] = model_facts(reg, name) if name in listed else ModelFacts()
+        spec = now.spec if now.spec_error is None else None
+        if (spec is None) != (name not in parents):
+            return None
+        if spec is not None and (list(parents_of(spec)) != parents[name] or _reads_outside(spec)):
+            return None
+    sections = Sections.of(stored)
+    if not changed:
+        return sections, changed, None
+    # What a changed folder can change besides its own violations: its children's staleness
+    # (its manifest's id). Its references, validity and parents are as they were.
+    children: dict[str, list[str]] = {}
+    for child, above in parents.items():
+        for parent in above:
+            children.setdefault(parent, []).append(child)
+    touched = {n for n in facts if n in parents}
+    touched |= {child for n in facts for child in children.get(n, ())}
+    cache = FolderFacts(reg, dict(stamps))
+    for name in sorted(touched | {p for n in touched for p in parents[n]}):
+        if name not in facts:
+            known = _stored_facts(cache, name)
+            facts[name] = known if known is not None else model_facts(reg, name)
+    for name in changed:  # the facts of the folders read, to keep with the others'
+        if name in listed:
+            cache.put(name, facts[name].to_list())
+    cache.keep_unchanged()
+    models = [n for n in names if n in parents]
+    valid = _Ordered(models, set(models))
+    tasks: dict[str, str | None] = {}
+    for name in sorted(touched):
+        spec = facts[name].spec
+        assert spec is not None
+        sections.model(reg, spec, valid, facts, data_ids, tasks)
+    return sections, changed, cache
+
+
+class _Ordered(Collection[str]):
+    """Names in order with a set's membership test (`_model_refs` asks both of its models)."""
+
+    def __init__(self, names: list[str], members: set[str]) -> None:
+        self.names, self.members = names, members
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.members
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _outer(reg: Registry, changed: Iterable[str]) -> set[str]:
+    """The subjects whose pipeline files a check from a verdict reads: the root's, every
+    dataset's and the changed model folders' (the others had no conflict)."""
+    return {
+        "pipeline",
+        *(f"dataset:{n}" for n in reg.tree.subdirs(reg.rel(DATASETS_DIR))),
+        *(f"model:{n}" for n in changed),
+    }
+
+
+def _keep(
+    reg: Registry,
+    key: str,
+    stamps: Mapping[str, str],
+    sections: Sections,
+    parents: Mapping[str, list[str]],
+) -> None:
+    """Store the verdict on the model folders, where every folder's stamp can be trusted."""
+    folders = reg.tree.subdirs(reg.rel(MODELS_DIR))
+    if all(name in stamps for name in folders):
+        doc = {"stamps": {n: stamps[n] for n in folders}, "parents": dict(parents)}
+        keep_verdict(reg, key, doc | sections.to_dict())
 
 
 def _pipeline_files(reg: Registry, only: Collection[str] | None = None) -> list[Violation]:
@@ -339,18 +508,17 @@ def _work_stamps(reg: Registry) -> dict[str, str] | None:
     return work_stamps(reg.root) if isinstance(reg.tree, WorkTree) else None
 
 
-def _verdict_key(
-    reg: Registry, stamps: dict[str, str], datasets: Mapping[str, DatasetSpec]
-) -> str | None:
+def _verdict_key(reg: Registry, datasets: Mapping[str, DatasetSpec]) -> str:
     """The key a verdict on the model folders is stored under (`_checkcache.verdict_key`):
-    besides the folders, the checks across them read the settings (trusted entrypoints,
-    limits) and each dataset's spec and manifest (names, ids, tasks), all read already."""
+    besides the folders (each one's stamp is kept in the verdict), the checks across them
+    read the settings (trusted entrypoints, limits) and each dataset's spec and manifest
+    (names, ids, tasks), all read already."""
     docs = [
         [name, reg.known(spec.path), reg.known(reg.rel(DATASETS_DIR, name, MANIFEST_FILE))]
         for name, spec in datasets.items()
     ]
     inputs = json.dumps([reg.settings.to_dict(), docs], sort_keys=True, default=str)
-    return verdict_key(reg, stamps, reg.tree.subdirs(reg.rel(MODELS_DIR)), inputs.encode())
+    return verdict_key(reg, reg.tree.subdirs(reg.rel(MODELS_DIR)), inputs.encode())
 
 
 def _reads_outside(spec: ModelSpec) -> bool:
@@ -397,10 +565,11 @@ def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
 
 
 def _model_refs(
-    reg: Registry, spec: ModelSpec, models: dict[str, ModelSpec], focused: bool = False
+    reg: Registry, spec: ModelSpec, models: Collection[str], focused: bool = False
 ) -> list[Violation]:
-    """Dangling and untrusted references of a spec (`focused`: `models` holds only some of
-    the specs; a dangling source's hint then names models from the folders)."""
+    """Dangling and untrusted references of a spec (`models`: the models whose specs can be
+    read, in order; `focused`: only some of them; a dangling source's hint then names models
+    from the folders)."""
     subject = f"model:{spec.name}"
     found = []
     # every parent (`parents_of`; a merge has several): a declared one whose own spec is
@@ -714,11 +883,14 @@ def _dataset_id(reg: Registry, name: str) -> str | None:
 
 
 def _manifest_checks(
-    name: str,
-    models: dict[str, ModelSpec],
-    facts: dict[str, ModelFacts],
+    spec: ModelSpec,
+    valid: Container[str],
+    facts: Mapping[str, ModelFacts],
     data_ids: Mapping[str, str | None],
 ) -> list[Violation]:
+    """The violations of model `spec.name`'s manifest: its own, and its staleness (`valid`:
+    the models whose specs can be read; `facts`: the facts of it and its parents)."""
+    name = spec.name
     mine = facts[name]
     if mine.manifest_error is not None:
         return [mine.manifest_error]
@@ -735,7 +907,7 @@ def _manifest_checks(
                 subject=f"model:{name}",
             )
         )
-    found += list(_staleness(name, models, facts, data_ids))
+    found += list(_staleness(spec, valid, facts, data_ids))
     found += mine.tail
     return found
 
@@ -748,20 +920,21 @@ def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
 
 
 def _staleness(
-    name: str,
-    models: dict[str, ModelSpec],
-    facts: dict[str, ModelFacts],
+    spec: ModelSpec,
+    valid: Container[str],
+    facts: Mapping[str, ModelFacts],
     data_ids: Mapping[str, str | None],
 ) -> Iterator[Violation]:
+    name = spec.name
     mine = facts[name]
-    named = parents_of(models[name])
+    named = parents_of(spec)
     built = Built(mine.spec_digest, mine.source_id, mine.weights_md5, mine.datasets)
     # a parent that is not built, or whose manifest or spec cannot be read, is not judged
     inputs = gather(
         mine.digest,
         built,
         named,
-        lambda parent: facts[parent].manifest_id if parent in models else None,
+        lambda parent: facts[parent].manifest_id if parent in valid else None,
         data_ids.get,
     )  # no lock: the audit reports that case on its own
     why = inputs.staleness()

@@ -32,13 +32,19 @@ unchanged is written back as the line it was read from.
 
 The checks across folders cost as much again on a large registry, yet their answer too
 is the same while nothing they read changed. `check` keeps a second fact, `verdict`: the
-violations found in the model folders (their own and those across them), under a key that
-digests the stamp of every model folder (dvc.yaml included: the conflict check reads it),
-the settings and the datasets' specs and manifests as read (`verdict_key`). A check whose
-key is the stored one takes those violations and reads no model folder; the datasets' and
-the root's own checks run every time. No verdict is kept where a folder cannot be trusted
-(a link, a recent change), where the check found bad input, or where a spec's checks read a
-file outside the folders (a transformers config under `architecture.path`).
+violations found in the model folders, by part of the check and by model
+(`consistency.Sections`), each folder's stamp (dvc.yaml included: the conflict check reads
+it) and each readable spec's parents, under a key that digests the settings, the datasets'
+specs and manifests as read and the list of model folders (`verdict_key`). A check whose key
+is the stored one reads no model folder whose stamp is the stored one: where none changed,
+it takes the violations as they are; where some did, it reads those, finds again the
+violations of the models they touch (their own, their children's staleness) and stores the
+verdict brought up to date. A change that makes a spec readable or unreadable, or changes a
+model's parents, runs the whole check (cycles and every dangling reference's hint read every
+spec). The datasets' and the root's own checks run every time. No verdict is kept where a
+folder cannot be trusted (a link, a recent change), where the check found bad input, or
+where a spec's checks read a file outside the folders (a transformers config under
+`architecture.path`).
 
 It sits in `store/`, below the check (`check.consistency`) that writes it and the audit
 that reads its facts.
@@ -212,6 +218,16 @@ class FolderFacts:
             return self._parsed.pop(at)
         return _parse(self.lines[at].split(b"\t", 2)[-1])  # asked for again
 
+    def keep_unchanged(self) -> None:
+        """Keep, as `get` would, the stored facts of every folder whose stamp is the one
+        they were stored under, without parsing them (a check that reads a few folders)."""
+        for name, at in self.stored.items():
+            stamp = self.stamps.get(name)
+            if stamp is not None and name not in self.used:
+                kept, tab, _facts = self.lines[at].partition(b"\t")[2].partition(b"\t")
+                if tab and kept == stamp.encode():
+                    self.used[name] = self.lines[at]
+
     def forget(self, name: str) -> None:
         """Drop what `get` returned for `name` (it could not be read back)."""
         self.used.pop(name, None)
@@ -232,36 +248,52 @@ class FolderFacts:
         _store.save(self.repo_root, FACT, body)  # where it cannot (read-only): read again
 
 
-def verdict_key(
-    reg: Registry, stamps: dict[str, str], folders: list[str], inputs: bytes
-) -> str | None:
-    """The key of the whole check's verdict on the model folders: a digest of the header,
-    `inputs` (what the checks across folders read besides them: the datasets, the
-    settings) and the stamp of every folder of `folders` (the model folders there are now);
-    None when a folder has no stamp to trust (a link, a file changed too recently)."""
-    if len(stamps) != len(folders) or any(name not in stamps for name in folders):
-        return None
+def verdict_key(reg: Registry, folders: list[str], inputs: bytes) -> str:
+    """The key of the check's verdict on the model folders: a digest of the header, `inputs`
+    (what the checks across folders read besides them: the datasets, the settings) and the
+    model folders there are (`folders`, in order); each folder's stamp is kept in the
+    verdict itself, so that a change to a few folders updates it."""
     digest = hashlib.sha256(_header(reg).encode() + b"\n" + inputs + b"\n")
-    digest.update("\n".join([f"{name}\t{stamps[name]}" for name in folders]).encode())
+    digest.update("\n".join(folders).encode(errors="surrogateescape"))  # any folder name
     return digest.hexdigest()
 
 
-def verdict(reg: Registry, key: str) -> list[Any] | None:
-    """The violations stored under `key` (`keep_verdict`), or None: none stored, another
-    key, a damaged fact."""
+def verdict(reg: Registry, key: str) -> dict[str, Any] | None:
+    """The verdict stored under `key` (`keep_verdict`), or None: none stored, another key, a
+    damaged fact. A verdict holds `stamps` (folder -> stamp), `parents` (model -> parents,
+    every model whose spec can be read) and the violations by part: `folder`, `refs` and
+    `manifests` (model -> violations, each a list of six values) and `cycles` (a list)."""
     body = _store.load(reg.repo_root, VERDICT)
     if body is None or not body.startswith(key.encode() + b"\n"):
         return None
-    found = _parse(body[len(key) + 1 :])
-    if not isinstance(found, list) or not all(isinstance(v, list) and len(v) == 6 for v in found):
-        return None  # damaged
-    return found
+    doc = _parse(body[len(key) + 1 :])
+    return doc if _is_verdict(doc) else None
 
 
-def keep_verdict(reg: Registry, key: str, violations: list[Any]) -> None:
-    """Store the violations the check found in the model folders under `key`."""
-    text = json.dumps(violations, separators=(",", ":"))
-    _store.save(reg.repo_root, VERDICT, f"{key}\n{text}")
+def _is_verdict(doc: Any) -> bool:
+    """True when `doc` has the shape of a verdict (a damaged one has not)."""
+
+    def violations(found: Any) -> bool:
+        return isinstance(found, list) and all(isinstance(v, list) and len(v) == 6 for v in found)
+
+    def by_name(part: Any, check: Any) -> bool:
+        return isinstance(part, dict) and all(check(v) for v in part.values())
+
+    def names(found: Any) -> bool:
+        return isinstance(found, list) and all(isinstance(n, str) for n in found)
+
+    return (
+        isinstance(doc, dict)
+        and by_name(doc.get("stamps"), lambda v: isinstance(v, str))
+        and by_name(doc.get("parents"), names)
+        and all(by_name(doc.get(part), violations) for part in ("folder", "refs", "manifests"))
+        and violations(doc.get("cycles"))
+    )
+
+
+def keep_verdict(reg: Registry, key: str, doc: dict[str, Any]) -> None:
+    """Store the verdict `doc` (`verdict`) under `key`."""
+    _store.save(reg.repo_root, VERDICT, f"{key}\n{json.dumps(doc, separators=(',', ':'))}")
 
 
 def _parse(text: bytes) -> Any:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import factories
@@ -256,12 +257,18 @@ def _in_place(path: Path, old: str, new: str) -> None:
 
 
 def test_a_stored_verdict_stands_only_while_what_it_read_is_unchanged(
-    populated: Registry, trusting: None, reads: list[str]
+    populated: Registry,
+    trusting: None,
+    reads: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`check` keeps its verdict on the model folders; the next check takes it without reading
-    a folder, and after each kind of change its answer is that of a check with nothing
-    stored (a folder's files, a folder added or removed, a dataset rebuilt or removed, the
-    settings, a model's dvc.yaml), whether the change adds bad input or not."""
+    a folder, or reads only the folders that changed (and finds again what they touch),
+    and after each kind of change its answer is that of a check with nothing stored (a
+    folder's files, a parent rebuilt, a source changed, a folder added or removed, a dataset
+    rebuilt or removed, the settings, a model's dvc.yaml), whether the change adds bad input
+    or not."""
     root, reg = populated.repo_root, populated
     scratch = populated.root / "models/scratch/spec.yaml"
     write(scratch, scratch.read_text().replace("hidden: [32]", "hidden: [32, 32]"))
@@ -287,37 +294,66 @@ def test_a_stored_verdict_stands_only_while_what_it_read_is_unchanged(
                     file.parent.mkdir(parents=True, exist_ok=True)
                     file.write_bytes(body)
 
-    changes = [
-        ("a spec", lambda: _in_place(models / "base/spec.yaml", '">= 0.5"', '">= 0.2"')),
-        ("same stamp", lambda: _in_place(models / "ft/spec.yaml", "epochs: 2", "epochs: 3")),
-        ("a dataset rebuilt", rebuilt),
-        ("a folder removed", lambda: shutil.rmtree(models / "scratch")),
-        ("a folder back", lambda: restore(models / "scratch")),
-        ("a dataset removed", lambda: shutil.rmtree(populated.root / "datasets/digits-0to4")),
-        ("the dataset back", lambda: restore(populated.root / "datasets/digits-0to4")),
-        (
-            "a limit",
-            lambda: write(root / "stemma.yaml", "version: 1\nlimits: {max_parameters: 9}\n"),
-        ),
-        ("no limit", lambda: restore(root / "stemma.yaml")),
-        ("a conflict", lambda: write(models / "ft/dvc.yaml", "<<<<<<< HEAD\n=======\n>>>>>>> x\n")),
-        ("no conflict", lambda: restore(models / "ft/dvc.yaml")),
+    def fresh() -> list[str]:
+        """The check of a copy of the registry without its store."""
+        copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(root, copy, symlinks=True, ignore=shutil.ignore_patterns(".stemma"))
+        return messages(copy)
+
+    def base_rebuilt() -> None:  # the parent's manifest made again: its child goes stale
+        doc = json.loads((models / "base/manifest.json").read_text())
+        Registry.open(root).write_model_manifest("base", {**doc, "metrics": {"accuracy": 0.4}})
+
+    def edit(path: Path, old: str, new: str) -> Callable[[], None]:
+        return lambda: write(path, path.read_text().replace(old, new))
+
+    ft = models / "ft"
+    limited = "version: 1\nlimits: {max_parameters: 9}\n"
+    conflict = "<<<<<<< HEAD\n=======\n>>>>>>> x\n"
+    cycle = "source: {model: ft, relation: finetune}\ndata: {train: digits-0to4}\n"
+    # (what, the change, the folders the next check reads: None for the whole check)
+    changes: list[tuple[str, Callable[[], None], list[str] | None]] = [
+        ("a parent rebuilt", base_rebuilt, ["base"]),
+        ("a spec", lambda: _in_place(models / "base/spec.yaml", '">= 0.5"', '">= 0.2"'), ["base"]),
+        ("same stamp", lambda: _in_place(ft / "spec.yaml", "epochs: 2", "epochs: 3"), ["ft"]),
+        ("a manifest removed", lambda: (ft / "manifest.json").unlink(), ["ft"]),
+        ("a manifest back", lambda: restore(ft / "manifest.json"), ["ft"]),
+        ("a cycle", lambda: write(models / "base/spec.yaml", cycle), None),
+        ("no cycle", lambda: restore(models / "base/spec.yaml"), ["base"]),
+        ("a source changed", edit(ft / "spec.yaml", "model: base", "model: nope"), None),
+        ("a spec unreadable", edit(ft / "spec.yaml", "data:", "bogus: 1\ndata:"), None),
+        ("the spec back", lambda: restore(ft / "spec.yaml"), ["ft"]),
+        ("a dataset rebuilt", rebuilt, None),
+        ("a folder removed", lambda: shutil.rmtree(models / "scratch"), None),
+        ("a folder back", lambda: restore(models / "scratch"), None),
+        ("a dataset removed", lambda: shutil.rmtree(populated.root / "datasets/digits-0to4"), None),
+        # back as the stored verdict has it: the verdict stands
+        ("the dataset back", lambda: restore(populated.root / "datasets/digits-0to4"), []),
+        ("a limit", lambda: write(root / "stemma.yaml", limited), None),
+        ("no limit", lambda: restore(root / "stemma.yaml"), []),
+        ("a conflict", lambda: write(ft / "dvc.yaml", conflict), ["ft"]),
+        ("no conflict", lambda: restore(ft / "dvc.yaml"), []),  # none there, as stored
     ]
+    wholes: list[int] = []  # the whole checks (the only ones that look for cycles)
+    real = consistency._cycles
+    monkeypatch.setattr(consistency, "_cycles", lambda *a: wholes.append(1) or real(*a))
     before = messages(root)
     assert any("[failed-gate]" in m for m in before) and Fact(root, _checkcache.VERDICT).exists()
     reads.clear()
     assert messages(root) == before and reads == []  # the verdict, no folder read
     key, _tab, _rest = Fact(root, _checkcache.VERDICT).read_bytes().partition(b"\n")
-    for damaged in (b"[", b"[5]", b'[["a"]]', b"{}"):
+    for damaged in (b"[", b"[5]", b'[["a"]]', b"{}", b'{"stamps": {}}'):
         Fact(root, _checkcache.VERDICT).write_bytes(key + b"\n" + damaged)
         assert folder_messages(root) == before and messages(root) == before
-    for what, change in changes:
+    for what, change, read in changes:
         change()
+        reads.clear()
+        wholes.clear()
         found = messages(root)
-        for fact in (_checkcache.FACT, _checkcache.VERDICT):
-            Fact(root, fact).unlink()
-        fresh = messages(root)
-        assert found == fresh, (what, set(found) ^ set(fresh))  # as if nothing were stored
+        seen = (what, reads, wholes)
+        assert (reads, wholes) == (read, []) if read is not None else wholes == [1], seen
+        wanted = fresh()
+        assert found == wanted, (what, set(found) ^ set(wanted))  # as if nothing were stored
         assert found != before, what  # each change changes the answer
         before = found
 
