@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -109,16 +109,25 @@ def differences(reg: Registry, read: Read | None = None) -> list[Difference]:
 
 def compare(reg: Registry, hashes: dict[str, str], read: Read | None = None) -> list[Difference]:
     """`differences` from the hash of each file's rendered text (`rendered`), in order."""
-    read = reg.tree.read_text if read is None else read
     found = []
-    for path, digest in hashes.items():
-        have = read(path)
+    # the registry's own files in one pass (`pipeline_texts`): at 10,000 models, one careful
+    # read per file was 0.44 s of a `pipeline --check` just after a spec edit
+    texts = pipeline_texts(reg, list(hashes)) if read is None else _each(read, hashes)
+    for path, have in texts:
+        if isinstance(have, StemmaError):
+            raise have
         if have is None:
             found.append(Difference(path, MISSING))
-        elif _pipecache.sha(have) != digest:
+        elif _pipecache.sha(have) != hashes[path]:
             found.append(Difference(path, OUT_OF_STEP))
     found += [Difference(p, ORPHAN) for p in generated_files(reg, read, skip=hashes)]
     return found
+
+
+def _each(read: Read, paths: Iterable[str]) -> Iterator[tuple[str, str | None]]:
+    """(path, text) of each of `paths` as `read` reads it (its refusal raised)."""
+    for path in paths:
+        yield path, read(path)
 
 
 def _fingerprint(reg: Registry) -> str | None:
