@@ -20,6 +20,7 @@ and just after a one-spec edit), each within 2x of `stemma ls`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import shutil
@@ -87,16 +88,19 @@ def run(root: Path, name: str) -> tuple[float, float]:
     return stemma(COMMANDS[name], root)
 
 
+_EDITS = itertools.count(1)
+
+
 def edit_one_spec(root: Path) -> None:
     """Change the learning rate in the spec of a model in the middle of the registry (one with
-    a parent and children), to one of two values in turn: the edit a user makes before
-    running a command."""
+    a parent and children) to a value it never had: the edit a user makes before running a
+    command."""
     models = sorted(p.name for p in (root / "models").iterdir())
     spec = root / "models" / models[len(models) // 2] / "spec.yaml"
     text = spec.read_text()
     now = re.search(r"lr: ([0-9.e-]+)", text)
     assert now is not None, spec
-    other = "0.0011" if now.group(1) != "0.0011" else "0.0012"
+    other = f"0.001{next(_EDITS):06d}"
     spec.write_text(text[: now.start(1)] + other + text[now.end(1) :])
 
 
