@@ -10,16 +10,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stemma.registry.check import archrules
+from stemma.registry.check.facts import ModelFacts, model_facts, weights_md5
 from stemma.registry.check.hfdisk import check_saved_dataset
-from stemma.registry.check.metricfiles import mismatches
+from stemma.registry.check.violations import (
+    CODES,
+    CYCLE,
+    DANGLING_DATASET,
+    DANGLING_SOURCE,
+    FAILED_CHECK,
+    FAILED_GATE,
+    ID_MISMATCH,
+    INVALID_NAME,
+    METRICS_MISMATCH,
+    PATH_ESCAPE,
+    SCHEMA,
+    STALE_MANIFEST,
+    UNTRUSTED_ENTRYPOINT,
+    Violation,
+    from_error,
+    violation_list,
+)
 from stemma.registry.errors import LocatedError, PathEscape, StemmaError
-from stemma.registry.pipeline.locks import conflicted_files, folder_locked_md5
-from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
+from stemma.registry.pipeline.locks import conflicted_files
+from stemma.registry.records.core import DatasetSpec, ModelSpec
 from stemma.registry.rules.dag import Forest
 from stemma.registry.rules.layout import (
     DATASETS_DIR,
@@ -49,69 +67,31 @@ from stemma.registry.store._checkcache import (
 from stemma.registry.store.handle import Registry
 from stemma.registry.store.tree import WorkTree
 
-# Stable violation codes; tools and the audit key on these strings.
-SCHEMA = "schema"
-INVALID_NAME = "invalid-name"
-DANGLING_SOURCE = "dangling-source"
-DANGLING_DATASET = "dangling-dataset"
-CYCLE = "cycle"
-PATH_ESCAPE = "path-escape"
-UNTRUSTED_ENTRYPOINT = "untrusted-entrypoint"
-STALE_MANIFEST = "stale-manifest"
-ID_MISMATCH = "id-mismatch"
-FAILED_GATE = "failed-gate"
-FAILED_CHECK = "failed-check"
-METRICS_MISMATCH = "metrics-mismatch"
-
-CODES = (
-    SCHEMA,
-    INVALID_NAME,
-    DANGLING_SOURCE,
-    DANGLING_DATASET,
-    CYCLE,
-    PATH_ESCAPE,
-    UNTRUSTED_ENTRYPOINT,
-    STALE_MANIFEST,
-    ID_MISMATCH,
-    FAILED_GATE,
-    FAILED_CHECK,
-    METRICS_MISMATCH,
-)
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One problem found in the registry."""
-
-    code: str
-    path: str
-    message: str
-    pointer: str = ""
-    line: int | None = None
-    subject: str = ""  # "model:NAME" or "dataset:NAME"
-
-    def __str__(self) -> str:
-        where = self.path + (f":{self.line}" if self.line is not None else "")
-        if self.pointer:
-            where += f" at {self.pointer}"
-        return f"{where}: {self.message} [{self.code}]"
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return asdict(self)
-
-
-def _from_error(exc: StemmaError, subject: str, fallback: str) -> Violation:
-    if isinstance(exc, LocatedError):
-        return Violation(
-            exc.code if exc.code in CODES else SCHEMA,
-            exc.path,
-            exc.reason,
-            exc.pointer,
-            exc.line,
-            subject,
-        )
-    return Violation(getattr(exc, "code", SCHEMA), fallback, exc.message, subject=subject)
+# What callers name: the check, and the violations and folder facts it finds.
+__all__ = [
+    "CODES",
+    "CYCLE",
+    "DANGLING_DATASET",
+    "DANGLING_SOURCE",
+    "FAILED_CHECK",
+    "FAILED_GATE",
+    "ID_MISMATCH",
+    "INVALID_NAME",
+    "METRICS_MISMATCH",
+    "PATH_ESCAPE",
+    "SCHEMA",
+    "STALE_MANIFEST",
+    "UNTRUSTED_ENTRYPOINT",
+    "Checked",
+    "ModelFacts",
+    "Sections",
+    "Violation",
+    "check",
+    "check_state",
+    "folder_facts",
+    "model_facts",
+    "weights_md5",
+]
 
 
 def check(reg: Registry) -> list[Violation]:
@@ -222,7 +202,7 @@ def _check(
             dm = reg.dataset_manifest(name)
             data_ids[name] = dm.id if dm is not None else None
         except StemmaError as exc:
-            found.append(_from_error(exc, subject, path))
+            found.append(from_error(exc, subject, path))
         if name not in data_ids:  # no spec (registered) or a bad one: the manifest may still be
             data_ids[name] = _dataset_id(reg, name)
     facts: dict[str, ModelFacts] = {}
@@ -345,12 +325,12 @@ class Sections:
         """JSON-ready form: the parts with violations only."""
 
         def listed(part: dict[str, list[Violation]]) -> dict[str, Any]:
-            return {n: [_violation_list(v) for v in vs] for n, vs in part.items() if vs}
+            return {n: [violation_list(v) for v in vs] for n, vs in part.items() if vs}
 
         return {
             "folder": listed(self.folder),
             "refs": listed(self.refs),
-            "cycles": [_violation_list(v) for v in self.cycles],
+            "cycles": [violation_list(v) for v in self.cycles],
             "manifests": listed(self.manifests),
         }
 
@@ -470,7 +450,7 @@ def _keep(
 def _pipeline_files(reg: Registry, only: Collection[str] | None = None) -> list[Violation]:
     """DVC's pipeline files that DVC would refuse: merge conflict markers, not text (with
     `only`, those of the folders of those subjects, and the root's for "pipeline")."""
-    return [_from_error(exc, subject, "") for subject, exc in conflicted_files(reg, only)]
+    return [from_error(exc, subject, "") for subject, exc in conflicted_files(reg, only)]
 
 
 def _remember_spec(reg: Registry, facts: ModelFacts) -> None:
@@ -541,7 +521,7 @@ def _dataset_checks(reg: Registry, spec: DatasetSpec) -> list[Violation]:
                 check_saved_dataset(folder, source.value.rstrip("/"))
         except LocatedError as exc:
             if exc.path != spec.path:  # a file of the folder: name it and its field
-                return [_from_error(exc, subject, spec.path)]
+                return [from_error(exc, subject, spec.path)]
             return [
                 Violation(
                     PATH_ESCAPE,
@@ -703,176 +683,6 @@ def _cycles(reg: Registry, models: dict[str, ModelSpec]) -> list[Violation]:
     ]
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What a model folder's own files say, as the checks across folders need it: the spec
-    (or why it cannot be read), the manifest's ids (or why not), and the violations found in
-    the folder alone. Plain data, so `_checkcache` keeps it while the files are unchanged."""
-
-    spec: ModelSpec | None = None
-    spec_error: Violation | None = None
-    digest: str = ""  # of the spec
-    manifest: bool = False  # a readable manifest is there
-    manifest_error: Violation | None = None
-    manifest_path: str = ""
-    manifest_id: str | None = None
-    spec_digest: str = ""  # the manifest's
-    source_id: str | None = None
-    id_mismatch: bool = False
-    tail: tuple[Violation, ...] = ()  # metric files, gates, checks: in that order
-    weights_md5: str | None = None  # the manifest's
-    locked_md5: str | None = None  # of the weights in the folder's dvc.lock
-    datasets: tuple[tuple[str, str], ...] = ()  # (name, manifest id) of each recorded dataset
-
-    def to_list(self) -> list[Any]:
-        """JSON-ready form (positional: a large registry stores ten thousand of these)."""
-        spec = self.spec
-        return [
-            None if spec is None else [spec.path, spec.raw, spec.registered],
-            _violation_list(self.spec_error),
-            self.digest,
-            self.manifest,
-            _violation_list(self.manifest_error),
-            self.manifest_path,
-            self.manifest_id,
-            self.spec_digest,
-            self.source_id,
-            self.id_mismatch,
-            [_violation_list(v) for v in self.tail],
-            self.weights_md5,
-            self.locked_md5,
-            [list(pair) for pair in self.datasets],
-        ]
-
-    @classmethod
-    def from_list(
-        cls, name: str, doc: list[Any], shared: dict[Any, Any] | None = None
-    ) -> ModelFacts:
-        """Read back `to_list`. Equal values that many folders hold (the recorded datasets,
-        a spec digest the manifest repeats, a spec's blocks: its strategy, training, gates,
-        ...) are kept once, in `shared` across the calls of one check: at 30,000 models,
-        ~20 MiB less than a copy per folder for the first two, and the specs' blocks 75 -> 20
-        MiB (a spec's own blocks are never changed: `ModelSpec` hands out copies)."""
-        spec, error, digest, manifest, manifest_error, path, mid, sd, sid, mismatch, tail = doc[:11]
-        weights_md5, locked_md5, datasets = doc[11:]
-        memo: dict[Any, Any] = {} if shared is None else shared
-        pairs = tuple(_once(memo, (str(n), str(i))) for n, i in datasets)
-        if spec is not None:
-            spec = ModelSpec(name, spec[0], _blocks(memo, spec[1]), bool(spec[2]))
-        return cls(
-            spec=spec,
-            spec_error=_violation(error),
-            digest=digest,
-            manifest=manifest,
-            manifest_error=_violation(manifest_error),
-            manifest_path=path,
-            manifest_id=mid,
-            spec_digest=digest if sd == digest else sd,
-            source_id=sid,
-            id_mismatch=mismatch,
-            tail=tuple(Violation(*v) for v in tail),
-            weights_md5=weights_md5,
-            locked_md5=locked_md5,
-            datasets=_once(memo, pairs),
-        )
-
-
-def _blocks(memo: dict[Any, Any], doc: Any) -> Any:
-    """`doc` with each of its blocks (a nested object or list) the equal one `memo` holds."""
-    if type(doc) is not dict:
-        return doc
-    out = {}
-    for key, value in doc.items():
-        kind = type(value)
-        out[key] = memo.setdefault(_shape(value), value) if kind is dict or kind is list else value
-    return out
-
-
-def _shape(value: Any) -> Any:
-    """A hashable value equal only for JSON values with the same keys in the same order,
-    the same types and the same contents (1, 1.0 and True apart)."""
-    kind = type(value)
-    if kind is dict:
-        return (dict, tuple([(k, _shape(v)) for k, v in value.items()]))
-    if kind is list:
-        return (list, tuple([_shape(v) for v in value]))
-    return (kind, value)
-
-
-def _once(memo: dict[Any, Any], value: Any) -> Any:
-    """The value equal to `value` that `memo` holds, `value` itself the first time."""
-    return memo.setdefault(value, value)
-
-
-def _violation_list(v: Violation | None) -> list[Any] | None:
-    return None if v is None else [v.code, v.path, v.message, v.pointer, v.line, v.subject]
-
-
-def _violation(doc: list[Any] | None) -> Violation | None:
-    return None if doc is None else Violation(*doc)
-
-
-def model_facts(reg: Registry, name: str) -> ModelFacts:
-    """Read the files of model `name` and find what they say (never raises for a bad file)."""
-    subject = f"model:{name}"
-    try:
-        spec = reg.model_spec(name)
-    except StemmaError as exc:
-        return ModelFacts(spec_error=_from_error(exc, subject, reg.rel("models", name, SPEC_FILE)))
-    facts = ModelFacts(spec=spec, digest=spec.digest)
-    try:
-        manifest = reg.model_manifest(name)
-    except StemmaError as exc:
-        error = _from_error(exc, subject, reg.rel("models", name, MANIFEST_FILE))
-        return replace(facts, manifest_error=error)
-    if manifest is None:
-        return facts
-    # The facts are all a check keeps of a manifest: the parsed document is let go (30,000
-    # of them held at once took ~0.7 GiB); a later reader reads the file again.
-    reg.forget(manifest.path)
-    tail = _metric_files(reg, manifest)
-    for gate in manifest.gates:
-        if not gate.passed:
-            tail.append(
-                Violation(
-                    FAILED_GATE,
-                    manifest.path,
-                    f"gate {gate.metric} {gate.op} {gate.threshold} failed (value {gate.value})",
-                    "/gates",
-                    subject=subject,
-                )
-            )
-    for check_name in manifest.failed_checks:
-        tail.append(
-            Violation(
-                FAILED_CHECK,
-                manifest.path,
-                f"check {check_name} failed",
-                f"/checks/{check_name}",
-                subject=subject,
-            )
-        )
-    built = manifest.status_record
-    return replace(
-        facts,
-        manifest=True,
-        manifest_path=manifest.path,
-        manifest_id=manifest.id,
-        spec_digest=manifest.spec_digest,
-        source_id=manifest.source_id,
-        id_mismatch=manifest.computed_id != manifest.id,
-        tail=tuple(tail),
-        weights_md5=built.weights_md5,
-        locked_md5=folder_locked_md5(reg, name),  # for the audit's lock check
-        datasets=built.datasets,
-    )
-
-
-def weights_md5(manifest: Any) -> str | None:
-    """The md5 of the weights a (raw) manifest records, as DVC records it, if any."""
-    return Built.of(manifest).weights_md5 if isinstance(manifest, dict) else None
-
-
 def _dataset_id(reg: Registry, name: str) -> str | None:
     """The dataset's manifest id, or None when it has no readable manifest."""
     try:
@@ -910,13 +720,6 @@ def _manifest_checks(
     found += list(_staleness(spec, valid, facts, data_ids))
     found += mine.tail
     return found
-
-
-def _metric_files(reg: Registry, manifest: Manifest) -> list[Violation]:
-    return [
-        Violation(METRICS_MISMATCH, m.path, m.message, m.pointer, subject=f"model:{manifest.name}")
-        for m in mismatches(reg, manifest)
-    ]
 
 
 def _staleness(
