@@ -27,6 +27,7 @@ from stemma.registry.check.violations import (
     ID_MISMATCH,
     INVALID_NAME,
     METRICS_MISMATCH,
+    OUTCOMES,
     PATH_ESCAPE,
     SCHEMA,
     STALE_MANIFEST,
@@ -145,7 +146,7 @@ def _checked(
 
 def _bad(found: list[Violation]) -> bool:
     """True when `found` holds bad input, not only verdicts on builds."""
-    return any(v.code not in _OUTCOMES for v in found)
+    return any(v.code not in OUTCOMES for v in found)
 
 
 def folder_facts(reg: Registry) -> Mapping[str, ModelFacts]:
@@ -166,11 +167,6 @@ def folder_facts(reg: Registry) -> Mapping[str, ModelFacts]:
             else:
                 return facts
     return check_state(reg).facts
-
-
-# Violations that judge a build's outcome, not a file's content: a registry that has them is
-# well-formed, and its documents may be remembered as passing their schemas.
-_OUTCOMES = frozenset({STALE_MANIFEST, FAILED_GATE, FAILED_CHECK})
 
 
 def _check(

@@ -2,32 +2,10 @@
 
 from __future__ import annotations
 
-from stemma.registry.check.consistency import (
-    CYCLE,
-    DANGLING_DATASET,
-    DANGLING_SOURCE,
-    INVALID_NAME,
-    PATH_ESCAPE,
-    SCHEMA,
-    UNTRUSTED_ENTRYPOINT,
-    check,
-)
+from stemma.registry.check.consistency import check
+from stemma.registry.check.violations import DECLARED
 from stemma.registry.errors import BuildError
 from stemma.registry.store.handle import Registry
-
-# Violations that make a spec unbuildable. The others (a stale or failed manifest) are what
-# a build is for.
-BLOCKING = frozenset(
-    {
-        SCHEMA,
-        INVALID_NAME,
-        DANGLING_SOURCE,
-        DANGLING_DATASET,
-        CYCLE,
-        PATH_ESCAPE,
-        UNTRUSTED_ENTRYPOINT,
-    }
-)
 
 
 def check_buildable(reg: Registry, kind: str, name: str) -> None:
@@ -35,5 +13,6 @@ def check_buildable(reg: Registry, kind: str, name: str) -> None:
     dataset `name` (kind "model" or "dataset") that a build cannot go past."""
     subject = f"{kind}:{name}"
     for violation in check(reg):
-        if violation.subject == subject and violation.code in BLOCKING:
+        # the others (a stale or failed manifest) are what a build is for
+        if violation.subject == subject and violation.code in DECLARED:
             raise BuildError(str(violation))

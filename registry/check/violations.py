@@ -22,7 +22,9 @@ FAILED_GATE = "failed-gate"
 FAILED_CHECK = "failed-check"
 METRICS_MISMATCH = "metrics-mismatch"
 
-CODES = (
+# What is declared wrongly (a spec, a name, a reference, a path, trust): a build cannot go
+# past it (`gate`).
+DECLARED = (
     SCHEMA,
     INVALID_NAME,
     DANGLING_SOURCE,
@@ -30,12 +32,13 @@ CODES = (
     CYCLE,
     PATH_ESCAPE,
     UNTRUSTED_ENTRYPOINT,
-    STALE_MANIFEST,
-    ID_MISMATCH,
-    FAILED_GATE,
-    FAILED_CHECK,
-    METRICS_MISMATCH,
 )
+# What a build left behind: a build is what they call for.
+BUILT = (STALE_MANIFEST, ID_MISMATCH, FAILED_GATE, FAILED_CHECK, METRICS_MISMATCH)
+CODES = (*DECLARED, *BUILT)
+# Violations that judge a build's outcome, not a file's content: a registry that has only
+# these is well-formed, and its documents may be remembered as passing their schemas.
+OUTCOMES = frozenset({STALE_MANIFEST, FAILED_GATE, FAILED_CHECK})
 
 
 @dataclass(frozen=True)
