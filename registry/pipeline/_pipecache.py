@@ -95,18 +95,12 @@ def doc_digest(doc: Any) -> str:
 
 
 def load(reg: Registry) -> dict[str, Any] | None:
-    """The cached render, or None (also for a damaged one); read once for the registry
-    handle's life, until `save` (a check after an edit asks twice)."""
-    memo = ("pipecache", "load")
-    if memo not in reg._cache:
-        try:
-            doc = json.loads(_store.load(reg.repo_root, FACT) or b"null")
-        except (ValueError, RecursionError):
-            doc = None
-        ok = isinstance(doc, dict) and doc.get("format") == FORMAT
-        reg._cache[memo] = doc if ok else None
-    found: dict[str, Any] | None = reg._cache[memo]
-    return found
+    """The cached render, or None (also for a damaged one)."""
+    try:
+        doc = json.loads(_store.load(reg.repo_root, FACT) or b"null")
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
 
 
 def known_hashes(cached: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
@@ -143,7 +137,6 @@ def save(
     }
     # Where it cannot be written (a read-only checkout): render again next time.
     _store.save(reg.repo_root, FACT, json.dumps(doc))
-    reg._cache.pop(("pipecache", "load"), None)
 
 
 def still_valid(reg: Registry, cached: dict[str, Any], key: str) -> bool:

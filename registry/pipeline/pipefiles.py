@@ -100,10 +100,12 @@ def differences(reg: Registry, read: Read | None = None) -> list[Difference]:
     (default: the registry's tree). On the working tree an unchanged registry is checked
     against the hashes of its last render (`_pipecache`)."""
     key = _fingerprint(reg) if read is None else None
-    fast = _cached_differences(reg, key)
+    cached = _pipecache.load(reg) if key is not None else None  # read once, used by both
+    fast = _cached_differences(reg, key, cached)
     if fast is not None:
         return fast
-    _, hashes = rendered(reg, key)
+    _, hashes = rendered(reg, key, cached=cached)
+    del cached  # the render keeps what it needs of it: let the rest go before the compare
     return compare(reg, hashes, read)
 
 
@@ -136,7 +138,10 @@ def _fingerprint(reg: Registry) -> str | None:
 
 
 def rendered(
-    reg: Registry, key: str | None = None, whole: bool = False
+    reg: Registry,
+    key: str | None = None,
+    whole: bool = False,
+    cached: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The document of every pipeline file (`pipeline.render_docs`) and the hash of its
     text. On the working tree (`key`: its fingerprint, when already known), documents that
@@ -144,12 +149,12 @@ def rendered(
     is the same as at the last render is not written out as YAML again: its text's hash is
     the one `_pipecache` kept. After an edit of a few model specs only the files those can
     change are rendered (`_pipedelta`; the others have a hash and no document) unless
-    `whole`."""
+    `whole`. `cached`: the last render (`_pipecache.load`), when already read."""
     if not isinstance(reg.tree, WorkTree):
         docs = render_docs(reg)
         return docs, {path: _pipecache.sha(file_text(doc)) for path, doc in docs.items()}
     key = key or _pipecache.fingerprint(reg)
-    cached = _pipecache.load(reg)
+    cached = cached if cached is not None else _pipecache.load(reg)
     known = _pipecache.known_hashes(cached)
     with recording_probes() as probes:
         delta = None if whole else _delta(reg, cached, known)
@@ -227,12 +232,14 @@ def _read_specs(reg: Registry) -> None:
             reg._cache[key] = doc  # the key `Registry._load` keeps a spec under
 
 
-def _cached_differences(reg: Registry, key: str | None) -> list[Difference] | None:
-    """The differences by the cached render's hashes, or None when it cannot be trusted
-    (`key`: the working tree's fingerprint; None: no cache applies)."""
+def _cached_differences(
+    reg: Registry, key: str | None, cached: dict[str, Any] | None
+) -> list[Difference] | None:
+    """The differences by the cached render's hashes (`cached`: the last render), or None
+    when it cannot be trusted (`key`: the working tree's fingerprint; None: no cache
+    applies)."""
     if key is None:
         return None
-    cached = _pipecache.load(reg)
     if cached is None or not _pipecache.still_valid(reg, cached, key):
         return None
     files: dict[str, str] = cached["files"]
@@ -262,9 +269,11 @@ def write(reg: Registry) -> Changes:
     removed datasets and models (with their dvc.lock), and move the lock entries of stemma's
     stages from the root dvc.lock to the dvc.lock beside their new dvc.yaml."""
     key = _fingerprint(reg)
-    if _cached_differences(reg, key) == [] and not _root_locks(reg):
+    cached = _pipecache.load(reg)
+    if _cached_differences(reg, key, cached) == [] and not _root_locks(reg):
         return Changes()
-    docs, hashes = rendered(reg, key)
+    docs, hashes = rendered(reg, key, cached=cached)
+    del cached
     written = []
     for path, have in pipeline_texts(reg, list(hashes)):
         if isinstance(have, StemmaError):
