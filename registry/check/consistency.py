@@ -265,8 +265,7 @@ def _check(
         sections.model(reg, spec, models, facts, data_ids, tasks, only is not None)
     if only is None:
         sections.cycles = _cycles(reg, models)
-    inner = sections.flat(names, models)
-    found += inner
+    found += sections.flat(names, models)
     if cache is not None and not _bad(found):
         cache.save()
     found += _pipeline_files(reg, only)
