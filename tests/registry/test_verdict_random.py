@@ -100,6 +100,15 @@ class Walk:
         ]
         return self.rng.choice(names) if names else None
 
+    def picked(self, filename: str, having: str | None = None) -> tuple[str, Path] | None:
+        """A model (`pick`) and its file `filename`, kept to put back (`keep`)."""
+        name = self.pick(having)
+        if name is None:
+            return None
+        path = self.models / name / filename
+        self.keep(path)
+        return name, path
+
     def keep(self, path: Path) -> None:
         """Remember how to put `path` back as it is now, unless a change already did."""
         if path in self.undo:
@@ -126,32 +135,29 @@ class Walk:
     # the menu: each change returns what it did, or None where it could not
 
     def edit_spec(self) -> str | None:
-        name = self.pick(r"epochs: \d")
-        if name is None:
+        found = self.picked("spec.yaml", r"epochs: \d")
+        if found is None:
             return None
-        path = self.models / name / "spec.yaml"
-        self.keep(path)
+        name, path = found
         epochs = self.rng.choice([1, 4, 12])
         write(path, re.sub(r"epochs: \d+", f"epochs: {epochs}", path.read_text(), count=1))
         return f"{name}: epochs {epochs}"
 
     def comment_spec(self) -> str | None:
-        name = self.pick()
-        if name is None:
+        found = self.picked("spec.yaml")
+        if found is None:
             return None
-        path = self.models / name / "spec.yaml"
-        self.keep(path)
+        name, path = found
         with open(path, "a") as fh:
             fh.write("# edited\n")
         return f"{name}: a comment"
 
     def same_size(self) -> str | None:
         """Another digit in place: the same inode and size, the mtime put back."""
-        name = self.pick(r"epochs: \d\b")
-        if name is None:
+        found = self.picked("spec.yaml", r"epochs: \d\b")
+        if found is None:
             return None
-        path = self.models / name / "spec.yaml"
-        self.keep(path)
+        name, path = found
         before, text = path.stat(), path.read_text()
         digit = self.rng.choice([d for d in "23456789" if f"epochs: {d}" not in text])
         with open(path, "w") as fh:
@@ -160,21 +166,19 @@ class Walk:
         return f"{name}: epochs {digit} in place"
 
     def gate(self) -> str | None:
-        name = self.pick(r"gates:")
-        if name is None:
+        found = self.picked("spec.yaml", r"gates:")
+        if found is None:
             return None
-        path = self.models / name / "spec.yaml"
-        self.keep(path)
+        name, path = found
         limit = self.rng.choice(["0.2", "0.5", "0.95"])
         write(path, re.sub(r'">= [0-9.]+"', f'">= {limit}"', path.read_text(), count=1))
         return f"{name}: gate >= {limit}"
 
     def source(self) -> str | None:
-        name = self.pick(r"source: \{")
-        if name is None:
+        found = self.picked("spec.yaml", r"source: \{")
+        if found is None:
             return None
-        path = self.models / name / "spec.yaml"
-        self.keep(path)
+        name, path = found
         others = [*self.names(), "nope"]
         text = path.read_text()
         if "models: [" in text:
@@ -187,11 +191,10 @@ class Walk:
         return f"{name}: source {picked}"
 
     def unreadable(self) -> str | None:
-        name = self.pick()
-        if name is None:
+        found = self.picked("spec.yaml")
+        if found is None:
             return None
-        path = self.models / name / "spec.yaml"
-        self.keep(path)
+        name, path = found
         text = path.read_text()
         if self.rng.random() < 0.5:
             write(path, text.replace("data:", "bogus: 1\ndata:", 1))
@@ -278,11 +281,10 @@ class Walk:
         return f"{name}: dataset rebuilt, {dtype}"
 
     def conflict(self) -> str | None:
-        name = self.pick()
-        if name is None:
+        found = self.picked("dvc.yaml")
+        if found is None:
             return None
-        path = self.models / name / "dvc.yaml"
-        self.keep(path)
+        name, path = found
         path.write_text(CONFLICT)
         return f"{name}: conflict in dvc.yaml"
 
