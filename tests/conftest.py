@@ -14,6 +14,8 @@ import pytest
 from stemma.cli.app import app
 from stemma.migration.numerics import pin
 from stemma.registry import Registry
+from stemma.registry.check import consistency
+from stemma.registry.store import _checkcache
 from typer.testing import CliRunner
 
 # In-process builds use the code paths that `stemma build` pins (before anything loads torch),
@@ -177,3 +179,25 @@ def dvc(repo: Path, *args: str) -> str:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
+
+
+@pytest.fixture
+def trusting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written by the test count as old enough for the check to trust (they are
+    seconds old: `_checkcache.RACY_NS`)."""
+    monkeypatch.setattr(_checkcache, "RACY_NS", 0)
+
+
+@pytest.fixture
+def folder_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The model folders the consistency check reads, in order (the others come from what
+    the store keeps); clear it to count from a later point."""
+    seen: list[str] = []
+    real = consistency.model_facts
+
+    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
+        seen.append(name)
+        return real(reg, name)
+
+    monkeypatch.setattr(consistency, "model_facts", counting)
+    return seen

@@ -56,19 +56,6 @@ def _whole(repo: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: str | None) ->
     return _report_with(repo, monkeypatch, {"check_violations": whole}, **kwargs)
 
 
-def _folders_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The model folders the consistency check reads from now on, in order."""
-    read: list[str] = []
-    real = consistency.model_facts
-
-    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
-        read.append(name)
-        return real(reg, name)
-
-    monkeypatch.setattr(consistency, "model_facts", counting)
-    return read
-
-
 @pytest.mark.parametrize("code", sorted(CASES))
 def test_the_same_report_as_reading_and_checking_everything(
     code: str, work: Path, monkeypatch: pytest.MonkeyPatch
@@ -110,7 +97,7 @@ def test_uncommitted_and_untracked_files_count(work: Path, monkeypatch: pytest.M
 
 
 def test_only_the_folders_that_differ_are_read_for_the_base(
-    work: Path, monkeypatch: pytest.MonkeyPatch
+    work: Path, monkeypatch: pytest.MonkeyPatch, folder_reads: list[str]
 ) -> None:
     repo = work
     reg = Registry.open(repo)
@@ -122,7 +109,8 @@ def test_only_the_folders_that_differ_are_read_for_the_base(
     assert old.same_file("models/base/spec.yaml") and not old.same_file("models/ft/spec.yaml")
     assert old.models["base"] is new.models["base"]  # one document for both states
     new.check()
-    read = _folders_read(monkeypatch)
+    folder_reads.clear()
+    read = folder_reads
     old.check()
     assert read == ["ft"]
 
@@ -212,7 +200,7 @@ def test_a_head_revision_that_differs_from_the_working_tree(
 
 
 def test_a_head_revision_reads_only_the_folders_that_differ_from_the_working_tree(
-    work: Path, monkeypatch: pytest.MonkeyPatch
+    work: Path, monkeypatch: pytest.MonkeyPatch, folder_reads: list[str]
 ) -> None:
     repo = work
     _move_on(repo)
@@ -223,7 +211,8 @@ def test_a_head_revision_reads_only_the_folders_that_differ_from_the_working_tre
     assert not head.same_file("models/scratch/spec.yaml")
     assert head.same_file("models/base/spec.yaml")
     head.head.check()
-    read = _folders_read(monkeypatch)
+    folder_reads.clear()
+    read = folder_reads
     head.check()
     assert sorted(read) == ["ft", "scratch"]
 
@@ -290,14 +279,15 @@ def test_the_base_reads_the_files_that_are_the_same_from_the_head(work: Path) ->
 
 
 def test_a_focused_check_reads_the_folders_of_its_subjects_and_their_parents(
-    work: Path, monkeypatch: pytest.MonkeyPatch
+    work: Path, monkeypatch: pytest.MonkeyPatch, folder_reads: list[str]
 ) -> None:
     repo = work
     _move_on(repo)
     state = _audit_state.open_state(repo, "HEAD~1")  # not tied to a head: reads from git
     assert state.reg is not None
     whole = consistency.check_state(state.reg).violations
-    read = _folders_read(monkeypatch)
+    folder_reads.clear()
+    read = folder_reads
     only = frozenset({"model:ft", "pipeline"})
     focused = consistency.check_state(state.reg, only=only).violations
     assert sorted(read) == ["base", "ft"]  # ft derives from base

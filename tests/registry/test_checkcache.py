@@ -28,26 +28,6 @@ def folder_messages(root: Path) -> list[str]:
     return [str(v) for v in consistency.check_state(Registry.open(root)).violations]
 
 
-@pytest.fixture
-def trusting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files written by the test count as old enough to trust (they are seconds old)."""
-    monkeypatch.setattr(_checkcache, "RACY_NS", 0)
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The model folders the check reads (the others come from the stored facts)."""
-    seen: list[str] = []
-    real = consistency.model_facts
-
-    def counting(reg: Registry, name: str) -> consistency.ModelFacts:
-        seen.append(name)
-        return real(reg, name)
-
-    monkeypatch.setattr(consistency, "model_facts", counting)
-    return seen
-
-
 def lines(root: Path) -> list[str]:
     """The stored fact's lines: the header, then NAME<TAB>STAMP<TAB>FACTS per folder."""
     return zlib.decompress(Fact(root, _checkcache.FACT).read_bytes()).decode().split("\n")
@@ -59,16 +39,17 @@ def stored(root: Path) -> dict[str, list[str]]:
 
 
 def test_unchanged_folders_are_not_read_again(
-    populated: Registry, trusting: None, reads: list[str]
+    populated: Registry, trusting: None, folder_reads: list[str]
 ) -> None:
     root = populated.repo_root
     assert messages(root) == []
-    assert sorted(reads) == ["base", "ft", "scratch"] and sorted(stored(root)) == sorted(reads)
-    reads.clear()
-    assert messages(root) == [] and reads == []
+    assert sorted(folder_reads) == ["base", "ft", "scratch"]
+    assert sorted(stored(root)) == sorted(folder_reads)
+    folder_reads.clear()
+    assert messages(root) == [] and folder_reads == []
     spec = populated.root / "models/ft/spec.yaml"
     write(spec, spec.read_text().replace("lr: 0.01", "lr: 0.02"))
-    assert messages(root) == [] and reads == ["ft"]
+    assert messages(root) == [] and folder_reads == ["ft"]
 
 
 def test_a_rewrite_at_the_same_size_and_mtime_is_checked_again(
@@ -91,31 +72,33 @@ def test_a_rewrite_at_the_same_size_and_mtime_is_checked_again(
     assert messages(root) == found
 
 
-def test_files_changed_moments_ago_are_not_kept(populated: Registry, reads: list[str]) -> None:
+def test_files_changed_moments_ago_are_not_kept(
+    populated: Registry, folder_reads: list[str]
+) -> None:
     root = populated.repo_root
     assert messages(root) == []  # every file was just written: too recent to trust
     assert not (Fact(root, _checkcache.FACT)).exists() or stored(root) == {}
-    reads.clear()
-    assert messages(root) == [] and sorted(reads) == ["base", "ft", "scratch"]
+    folder_reads.clear()
+    assert messages(root) == [] and sorted(folder_reads) == ["base", "ft", "scratch"]
 
 
 def test_a_check_that_finds_bad_input_writes_no_facts(
-    populated: Registry, trusting: None, reads: list[str]
+    populated: Registry, trusting: None, folder_reads: list[str]
 ) -> None:
     root = populated.repo_root
     assert messages(root) == []
     kept = (Fact(root, _checkcache.FACT)).read_bytes()
     spec = populated.root / "models/base/spec.yaml"
     write(spec, spec.read_text().replace("data:", "bogus: 1\ndata:", 1))
-    reads.clear()
+    folder_reads.clear()
     first = messages(root)
-    assert "unknown key 'bogus'" in first[0] and reads == ["base"]
+    assert "unknown key 'bogus'" in first[0] and folder_reads == ["base"]
     assert (Fact(root, _checkcache.FACT)).read_bytes() == kept
     assert messages(root) == first  # reported every time
 
 
 def test_linked_folders_and_files_are_always_read(
-    populated: Registry, trusting: None, reads: list[str]
+    populated: Registry, trusting: None, folder_reads: list[str]
 ) -> None:
     root = populated.repo_root
     models = populated.root / "models"
@@ -126,8 +109,8 @@ def test_linked_folders_and_files_are_always_read(
     (models / "scratch").symlink_to(inside)
     assert messages(root) == []  # links inside the root are followed
     assert sorted(stored(root)) == ["base"]
-    reads.clear()
-    assert messages(root) == [] and sorted(reads) == ["ft", "scratch"]
+    folder_reads.clear()
+    assert messages(root) == [] and sorted(folder_reads) == ["ft", "scratch"]
     assert sorted(_checkcache.work_stamps(populated.root)) == ["base"]
     (models / "scratch").unlink()
     outside = root.parent / "outside"
@@ -149,7 +132,7 @@ def test_damaged_or_foreign_facts_are_ignored(populated: Registry, trusting: Non
 
 
 def test_malformed_entries_are_read_again(
-    populated: Registry, trusting: None, reads: list[str]
+    populated: Registry, trusting: None, folder_reads: list[str]
 ) -> None:
     root = populated.repo_root
     assert folder_messages(root) == []
@@ -162,8 +145,8 @@ def test_malformed_entries_are_read_again(
     for bad in ("{", "5", "[5]", "[1, 2]", "[1],[2]", "[[1],[2]", ""):
         for line in (f"ft\t{stamp}\t{bad}", f"ft\t{stamp}", f"ft\t0 {stamp}\t{facts}"):
             path.write_bytes(zlib.compress("\n".join([*kept[:at], line, *kept[at + 1 :]]).encode()))
-            reads.clear()
-            assert folder_messages(root) == [] and reads == ["ft"], (bad, line)
+            folder_reads.clear()
+            assert folder_messages(root) == [] and folder_reads == ["ft"], (bad, line)
     assert stored(root)["ft"] == [stamp, facts]  # found again and kept
     assert json.loads(facts)[2].startswith("sha256:")
 
@@ -207,7 +190,7 @@ def test_read_back_facts_share_equal_spec_blocks_and_only_equal_ones() -> None:
 def test_a_check_keeps_the_facts_of_a_manifest_not_the_parsed_document(
     populated: Registry,
 ) -> None:
-    """A check reads every manifest of a registry without stored facts: what it keeps of
+    """A check folder_reads every manifest of a registry without stored facts: what it keeps of
     each is the folder's facts, so the registry holds no parsed manifest afterwards (30,000
     of them took ~0.5 GiB), while the specs the later checks and the pipeline read stay."""
     for name in ("digits-0to4", "digits-5to9"):
@@ -259,12 +242,12 @@ def _in_place(path: Path, old: str, new: str) -> None:
 def test_a_stored_verdict_stands_only_while_what_it_read_is_unchanged(
     populated: Registry,
     trusting: None,
-    reads: list[str],
+    folder_reads: list[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`check` keeps its verdict on the model folders; the next check takes it without reading
-    a folder, or reads only the folders that changed (and finds again what they touch),
+    a folder, or folder_reads only the folders that changed (and finds again what they touch),
     and after each kind of change its answer is that of a check with nothing stored (a
     folder's files, a parent rebuilt, a source changed, a folder added or removed, a dataset
     rebuilt or removed, the settings, a model's dvc.yaml), whether the change adds bad input
@@ -311,7 +294,7 @@ def test_a_stored_verdict_stands_only_while_what_it_read_is_unchanged(
     limited = "version: 1\nlimits: {max_parameters: 9}\n"
     conflict = "<<<<<<< HEAD\n=======\n>>>>>>> x\n"
     cycle = "source: {model: ft, relation: finetune}\ndata: {train: digits-0to4}\n"
-    # (what, the change, the folders the next check reads: None for the whole check)
+    # (what, the change, the folders the next check folder_reads: None for the whole check)
     changes: list[tuple[str, Callable[[], None], list[str] | None]] = [
         ("a parent rebuilt", base_rebuilt, ["base"]),
         ("a spec", lambda: _in_place(models / "base/spec.yaml", '">= 0.5"', '">= 0.2"'), ["base"]),
@@ -339,19 +322,19 @@ def test_a_stored_verdict_stands_only_while_what_it_read_is_unchanged(
     monkeypatch.setattr(consistency, "_cycles", lambda *a: wholes.append(1) or real(*a))
     before = messages(root)
     assert any("[failed-gate]" in m for m in before) and Fact(root, _checkcache.VERDICT).exists()
-    reads.clear()
-    assert messages(root) == before and reads == []  # the verdict, no folder read
+    folder_reads.clear()
+    assert messages(root) == before and folder_reads == []  # the verdict, no folder read
     key, _tab, _rest = Fact(root, _checkcache.VERDICT).read_bytes().partition(b"\n")
     for damaged in (b"[", b"[5]", b'[["a"]]', b"{}", b'{"stamps": {}}'):
         Fact(root, _checkcache.VERDICT).write_bytes(key + b"\n" + damaged)
         assert folder_messages(root) == before and messages(root) == before
     for what, change, read in changes:
         change()
-        reads.clear()
+        folder_reads.clear()
         wholes.clear()
         found = messages(root)
-        seen = (what, reads, wholes)
-        assert (reads, wholes) == (read, []) if read is not None else wholes == [1], seen
+        seen = (what, folder_reads, wholes)
+        assert (folder_reads, wholes) == (read, []) if read is not None else wholes == [1], seen
         wanted = fresh()
         assert found == wanted, (what, set(found) ^ set(wanted))  # as if nothing were stored
         assert found != before, what  # each change changes the answer

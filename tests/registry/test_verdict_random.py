@@ -24,7 +24,6 @@ from stemma.registry.check import consistency
 from stemma.registry.check.consistency import check
 from stemma.registry.errors import StemmaError
 from stemma.registry.rules.parents import combined_id, is_merge, parents_of
-from stemma.registry.store import _checkcache
 from stemma.registry.store.files import digest
 
 SEEDS = (0, 1, 2)
@@ -40,12 +39,6 @@ EXTRA = {
     " merge: {method: linear}}\ndata: {train: digits-5to9}\ntraining: {epochs: 2}\n",
 }
 CONFLICT = "<<<<<<< HEAD\n=======\n>>>>>>> other\n"
-
-
-@pytest.fixture
-def trusting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files written by the test count as old enough to trust (they are seconds old)."""
-    monkeypatch.setattr(_checkcache, "RACY_NS", 0)
 
 
 def messages(root: Path) -> list[str]:
@@ -477,6 +470,7 @@ def test_a_stored_verdict_answers_as_a_check_with_nothing_stored(
     trusting: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    folder_reads: list[str],
     seed: int,
 ) -> None:
     """After each of a seeded sequence of random changes, `check` of the registry (from its
@@ -494,19 +488,14 @@ def test_a_stored_verdict_answers_as_a_check_with_nothing_stored(
     walk = Walk(root, stash, random.Random(seed))
 
     wholes: list[int] = []  # whole checks (the only ones that look for cycles)
-    reads: list[str] = []  # model folders read
-    real_cycles, real_facts = consistency._cycles, consistency.model_facts
+    reads = folder_reads  # model folders read
+    real_cycles = consistency._cycles
 
     def cycles(*args: object) -> object:
         wholes.append(1)
         return real_cycles(*args)  # type: ignore[arg-type]
 
-    def facts(reg: Registry, name: str) -> consistency.ModelFacts:
-        reads.append(name)
-        return real_facts(reg, name)
-
     monkeypatch.setattr(consistency, "_cycles", cycles)
-    monkeypatch.setattr(consistency, "model_facts", facts)
 
     def fresh(step: int) -> list[str]:
         """The check of a copy of the registry without its store."""
