@@ -10,7 +10,7 @@ import pytest
 from conftest import SPECS, new_registry, write
 from factories import Fact
 from stemma.registry import Registry
-from stemma.registry.pipeline import _pipecache, pipefiles
+from stemma.registry.pipeline import _pipecache, pipefiles, render
 from stemma.registry.pipeline.render import render_files
 
 CODE = "nets.small:build"
@@ -134,3 +134,30 @@ def test_random_spec_edits_give_the_full_render(
         pipefiles.write(Registry.open(chain))
         renders.clear()  # the full render to compare with, and one to write a hand edit back
         assert _on_disk(chain) == full_files, (step, action)
+
+
+def test_the_root_files_own_stages_are_parsed_once_per_text(
+    chain: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root dvc.yaml's own stages come from the last render's cache while its text is the
+    one that render read: a check after a spec edit does not parse the file again; a hand
+    edit of the root's own stage is parsed and kept."""
+    parsed: list[str] = []
+    real = render.load_yaml_text
+    monkeypatch.setattr(render, "load_yaml_text", lambda t, w: parsed.append(w) or real(t, w))
+    spec = chain / "models/m05/spec.yaml"
+    for take in range(3):
+        spec.write_text(spec.read_text() + f"description: take {take}\n")
+        assert [str(d) for d in pipefiles.differences(Registry.open(chain))] == [
+            "dvc.yaml is out of step with the specs"
+        ]
+        # the first check reads the root as `stemma pipeline` wrote it: parsed once
+        assert parsed == (["dvc.yaml"] if take == 0 else []), take
+        parsed.clear()
+    root = chain / "dvc.yaml"
+    root.write_text(root.read_text().replace("echo hi", "echo bye"))
+    spec.write_text(spec.read_text() + "description: take 4\n")
+    pipefiles.write(Registry.open(chain))
+    assert parsed == ["dvc.yaml"]
+    assert "echo bye" in root.read_text() and "echo hi" not in root.read_text()
+    assert pipefiles.differences(Registry.open(chain)) == []
