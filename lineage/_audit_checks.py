@@ -215,11 +215,10 @@ def _near_render(state: State, reg: Registry) -> dict[str, str] | None:
 def _kept_render(wt: Registry) -> dict[str, Any] | None:
     """The working tree's last render when it is a render of the working tree as it is now,
     by this code."""
-    now = _pipecache.inputs(wt)  # first: the last render is read with them
     cached = _pipecache.load(wt)
     if cached is None or not _pipecache.known_hashes(cached):
         return None
-    return cached if cached.get("inputs") == now else None
+    return cached if cached.get("inputs") == _pipecache.inputs(wt) else None
 
 
 _INPUTS = (SPEC_FILE, MANIFEST_FILE)
