@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.records.archconfig import ArchitectureConfig
 from torch import nn
 
 from .entrypoints import import_entrypoint
@@ -30,25 +31,32 @@ POOLED = 4  # spatial size of the cnn's feature maps before the head
 def make_config(
     arch: Mapping[str, Any], in_shape: Sequence[int], num_classes: int
 ) -> dict[str, Any]:
-    """The full architecture config: the spec's block plus input shape and class count."""
-    family = str(arch.get("family", "mlp"))
+    """The full architecture config (the manifest's document): the spec's block `arch` (or a
+    source's config) plus input shape and class count."""
+    block = ArchitectureConfig.from_dict(arch)
+    family = "mlp" if block.family is None else str(block.family)
     config: dict[str, Any] = {
         "family": family,
         "in_shape": [int(d) for d in in_shape],
         "num_classes": int(num_classes),
     }
     if family == "mlp":
-        config["hidden"] = [int(h) for h in arch.get("hidden", DEFAULT_HIDDEN)]
+        config["hidden"] = [int(h) for h in _or(block.hidden, DEFAULT_HIDDEN)]
     elif family == "cnn":
-        config["channels"] = [int(c) for c in arch.get("channels", DEFAULT_CHANNELS)]
+        config["channels"] = [int(c) for c in _or(block.channels, DEFAULT_CHANNELS)]
     elif family == "entrypoint":
-        config["entrypoint"] = str(arch.get("entrypoint", ""))
-        config["options"] = dict(arch.get("options") or {})
+        config["entrypoint"] = str(_or(block.entrypoint, ""))
+        config["options"] = dict(block.options or {})
     elif family in LIBRARY_FAMILIES:
-        return library_config(arch, config)
-    if "dropout" in arch:
-        config["dropout"] = float(arch["dropout"])
+        return library_config(block, config)
+    if block.dropout is not None:
+        config["dropout"] = float(block.dropout)
     return config
+
+
+def _or(value: Any, default: Any) -> Any:
+    """`value`, or `default` where the block leaves it out."""
+    return default if value is None else value
 
 
 class StagedNet(nn.Module):
@@ -145,34 +153,35 @@ def build_module(
     """Build the module an architecture config describes (initialised from torch's RNG).
     `trusted` are stemma.yaml's entrypoints; `limits`, its size limits, checked before a
     library model is allocated (None: a model already built, from its manifest)."""
-    family = config.get("family")
-    in_shape = [int(d) for d in config["in_shape"]]
-    num_classes = int(config["num_classes"])
-    dropout = float(config.get("dropout", 0.0))
+    block = ArchitectureConfig.from_dict(config)
+    family = block.family
+    in_shape = [int(d) for d in block.in_shape]
+    num_classes = int(block.num_classes)
+    dropout = float(_or(block.dropout, 0.0))
     where = f"{display} at /architecture/family"
     try:
         if family == "mlp":
-            return MLP(in_shape, num_classes, config.get("hidden", DEFAULT_HIDDEN), dropout)
+            return MLP(in_shape, num_classes, _or(block.hidden, DEFAULT_HIDDEN), dropout)
         if family == "cnn":
-            return CNN(in_shape, num_classes, config.get("channels", DEFAULT_CHANNELS), dropout)
+            return CNN(in_shape, num_classes, _or(block.channels, DEFAULT_CHANNELS), dropout)
     except ValueError as exc:
         raise BuildError(f"{where}: {exc}") from None
     if family == "entrypoint":
         where = f"{display} at /architecture/entrypoint"
-        fn = import_entrypoint(str(config.get("entrypoint", "")), trusted, where)
-        module = fn(in_shape=in_shape, num_classes=num_classes, **dict(config.get("options", {})))
+        fn = import_entrypoint(str(_or(block.entrypoint, "")), trusted, where)
+        module = fn(in_shape=in_shape, num_classes=num_classes, **dict(block.options or {}))
         if not (
             isinstance(module, nn.Module)
             and hasattr(module, "forward_features")
             and isinstance(getattr(module, "head", None), nn.Module)
         ):
             raise BuildError(
-                f"{where}: {config['entrypoint']!r} must return an nn.Module with"
+                f"{where}: {block.entrypoint!r} must return an nn.Module with"
                 " forward_features(x) and a `head` module"
             )
         return module
     if family in LIBRARY_FAMILIES:
-        return library_build(config, where, trusted, limits, display)
+        return library_build(block, where, trusted, limits, display)
     raise BuildError(f"{where}: unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 
 

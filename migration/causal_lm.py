@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.checkspec import ForgettingSpec
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
 from stemma.registry.records.manifest import (
@@ -197,7 +198,7 @@ def _prompts(spec: ModelSpec, evals: TextSplits) -> list[str]:
 
 
 def _check_vocab(config: Mapping[str, Any], tokenizer: Any, display: str) -> None:
-    vocab = (config.get("config") or {}).get("vocab_size")
+    vocab = (ArchitectureConfig.from_dict(config).library or {}).get("vocab_size")
     if isinstance(vocab, int) and len(tokenizer) > vocab:
         raise BuildError(
             f"{display} at /architecture/config/vocab_size: the tokenizer has {len(tokenizer)}"
@@ -209,7 +210,7 @@ def _special_ids(config: dict[str, Any], tokenizer: Any) -> None:
     """The decoder's end/begin/pad ids are the tokenizer's where the config leaves them out
     (a library default such as GPT-2's 50256 would lie outside a small vocabulary), so
     `generate` stops at the tokenizer's end-of-text in stemma and after export alike."""
-    hf = dict(config.get("config") or {})
+    hf = dict(ArchitectureConfig.from_dict(config).library or {})
     for key, value in (
         ("eos_token_id", tokenizer.eos_token_id),
         ("bos_token_id", tokenizer.bos_token_id),
@@ -300,7 +301,7 @@ def build_lm(
     train_text, eval_text, datasets = _texts(reg, spec)
     config = architecture_config(reg, spec, src_manifest, [block_size], 0)
     config["task"] = CAUSAL_LM
-    if config.get("family") != "transformers":
+    if ArchitectureConfig.from_dict(config).family != "transformers":
         raise BuildError(
             f"{display} at /architecture/family: a causal-lm model is a transformers decoder"
             " ({family: transformers, config: {model_type: gpt2, ...}})"

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.checkspec import DriftSpec, ForgettingSpec, ParametersSpec
 from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import Check, DatasetRef, ModelManifest, Tensor
@@ -196,7 +197,7 @@ def source_module(
 
 
 def _in_shape(module_config: Mapping[str, Any]) -> list[int]:
-    return [int(d) for d in module_config["in_shape"]]
+    return [int(d) for d in ArchitectureConfig.from_dict(module_config).in_shape]
 
 
 def _same_head(rows: Sequence[Tensor], prefix: str = "head") -> bool:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.core import DATASET_MANIFEST, DatasetSpec, ModelSpec
 from stemma.registry.records.manifest import Check, Split, dataset_record
 from stemma.registry.rules.layout import DATA_FILE
@@ -120,7 +121,8 @@ def _check_detector(config: dict[str, Any], display: str) -> None:
     from torchvision.models import detection, list_models  # type: ignore[import-untyped]
 
     allowed = list_models(module=detection)
-    if config.get("family") != "torchvision" or config.get("name") not in allowed:
+    block = ArchitectureConfig.from_dict(config)
+    if block.family != "torchvision" or block.name not in allowed:
         raise BuildError(
             f"{display} at /architecture/name: a detection dataset needs a torchvision"
             f" detection model, one of {', '.join(sorted(allowed))}"
@@ -239,12 +241,13 @@ def recompute_map(
     weights=None, weights_backbone=None, num_classes=..., **options)` and a strict load."""
     from torchvision.models import get_model
 
+    block = ArchitectureConfig.from_dict(config)
     module = get_model(
-        str(config["name"]),
+        str(block.name),
         weights=None,
         weights_backbone=None,
-        num_classes=int(config["num_classes"]),
-        **dict(config.get("options") or {}),
+        num_classes=int(block.num_classes),
+        **dict(block.options or {}),
     )
     module.load_state_dict(state, strict=True)
     return score(module, x, y)

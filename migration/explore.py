@@ -177,7 +177,7 @@ def _misfit(reg: Registry, candidate: str, shape: list[int]) -> str | None:
     if manifest.quantize is not None:  # migration/quantize.py: no weights to derive from
         parent = None if manifest.source is None else manifest.source.model
         return f"quantized: no source to derive from (its parent {parent!r} is)"
-    in_shape = _shape(manifest.architecture.config.get("in_shape"))
+    in_shape = _shape(manifest.architecture.block.in_shape)
     if in_shape is None:
         return "its manifest records no input shape"
     if in_shape != shape:

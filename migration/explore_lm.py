@@ -254,7 +254,7 @@ def _window(manifest: ModelManifest) -> int:
     """The tokens the model reads at once: its causal-LM block, else its config's positions."""
     if manifest.lm is not None:
         return manifest.lm.block_size
-    hf = manifest.architecture.config.get("config") or {}
+    hf = manifest.architecture.block.library or {}
     for key in ("n_positions", "max_position_embeddings"):
         if isinstance(hf.get(key), int):
             return min(int(hf[key]), POOL_TOKENS)

@@ -7,7 +7,7 @@ unchanged. The head is found through the library's API. stemma feeds every model
 `x`; where the library wants another input, the module's instance `forward` adapts it:
 
 - torchvision models take three channels; one-channel data is repeated to three channels
-  (`config["input"] == {"channels": 1, "method": "repeat", "model_channels": 3}`), so the
+  (`input: {channels: 1, method: repeat, model_channels: 3}` in the config), so the
   stem keeps torchvision's shapes and `load_state_dict(strict=True)` still works.
 - transformers take int64 token ids; the attention mask is `ids != pad_token_id`, and the
   forward returns the logits tensor.
@@ -26,7 +26,8 @@ import torch
 from stemma.registry.check import archrules
 from stemma.registry.errors import BuildError, StemmaError
 from stemma.registry.publish import _optional
-from stemma.registry.rules.taskspec import CAUSAL_LM
+from stemma.registry.records.archconfig import REPEAT, ArchitectureConfig
+from stemma.registry.rules.taskspec import CAUSAL_LM, DETECTION
 from torch import nn
 
 from .entrypoints import import_entrypoint
@@ -46,17 +47,18 @@ def require(package: str, extra: str | None = None) -> Any:
     return _optional.require(package, extra or _EXTRAS.get(top, top), error=BuildError)
 
 
-def library_config(arch: Mapping[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """Fill a library family's part of an architecture config (name/config, options, input)."""
-    family = config["family"]
-    options = dict(arch.get("options") or {})
+def library_config(arch: ArchitectureConfig, config: dict[str, Any]) -> dict[str, Any]:
+    """Fill a library family's part of an architecture config (name/config, options, input)
+    from the spec's block `arch`; `config` holds the family, input shape and class count."""
+    family, in_shape = arch.family, config["in_shape"]
+    options = dict(arch.options or {})
     if family in ("timm", "torchvision"):
-        config["name"] = str(arch.get("name", ""))
+        config["name"] = str(arch.name if arch.name is not None else "")
         config["options"] = options
-        if family == "torchvision" and config["in_shape"] and config["in_shape"][0] == 1:
-            config["input"] = {"channels": 1, "method": "repeat", "model_channels": 3}
+        if family == "torchvision" and in_shape and in_shape[0] == 1:
+            config["input"] = {"channels": 1, "method": REPEAT, "model_channels": 3}
     else:
-        config["config"] = dict(arch.get("config") or {})
+        config["config"] = dict(arch.library or {})
         config["options"] = options
     return config
 
@@ -71,10 +73,10 @@ def read_hf_config(folder: Path, display: str) -> dict[str, Any]:
         raise BuildError(message) from None
 
 
-def hf_config(config: Mapping[str, Any], where: str = "architecture") -> Any:
+def hf_config(config: ArchitectureConfig, where: str = "architecture") -> Any:
     """The transformers PretrainedConfig an architecture config describes (num_labels set)."""
     transformers = require("transformers")
-    doc = dict(config.get("config") or {})
+    doc = dict(config.library or {})
     model_type = doc.pop("model_type", None)
     if not model_type:
         raise BuildError(f"{where}: model_type is missing from the transformers config")
@@ -85,8 +87,8 @@ def hf_config(config: Mapping[str, Any], where: str = "architecture") -> Any:
         cfg = transformers.AutoConfig.for_model(str(model_type), **doc)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise BuildError(f"{where}: invalid transformers config: {_first_line(exc)}") from None
-    if config.get("task") != CAUSAL_LM:  # a decoder's head is its vocabulary, not labels
-        cfg.num_labels = int(config["num_classes"])
+    if config.task != CAUSAL_LM:  # a decoder's head is its vocabulary, not labels
+        cfg.num_labels = int(config.num_classes)
     return cfg
 
 
@@ -105,7 +107,7 @@ def _refuse(
 
 
 def _transformers(
-    config: Mapping[str, Any],
+    config: ArchitectureConfig,
     options: dict[str, Any],
     trusted: Sequence[str],
     limits: Mapping[str, int] | None,
@@ -114,7 +116,7 @@ def _transformers(
     """A sequence classifier: transformers' own class for the model_type, or the class the
     config's auto_map names when stemma.yaml trusts it, imported as an entrypoint. Never
     through transformers' trust_remote_code, which imports code from any folder."""
-    doc = dict(config.get("config") or {})
+    doc = dict(config.library or {})
     _refuse(doc, options, trusted, limits, display)
     transformers = require("transformers")
     cfg = hf_config(config, f"{display} at /architecture/config")
@@ -122,7 +124,7 @@ def _transformers(
         for problem in archrules.size_problems(cfg.to_dict(), limits):
             where = f"{display} at /architecture/config{problem.pointer}"
             raise BuildError(f"{where}: {problem.message}")
-    if config.get("task") == CAUSAL_LM:  # a decoder with its LM head: migration/causal_lm.py
+    if config.task == CAUSAL_LM:  # a decoder with its LM head: migration/causal_lm.py
         lm: nn.Module = transformers.AutoModelForCausalLM.from_config(
             cfg, **{**options, archrules.TRUST_OPTION: False}
         )
@@ -136,7 +138,7 @@ def _transformers(
             raise BuildError(f"{display} at {pointer}: {entry!r} is not a torch module class")
         return module
     auto = transformers.AutoModelForSequenceClassification
-    if int(config["num_classes"]) == HEADLESS:  # a base without a head: a child adds one
+    if int(config.num_classes) == HEADLESS:  # a base without a head: a child adds one
         auto = transformers.AutoModel
     model: nn.Module = auto.from_config(cfg, **{**options, archrules.TRUST_OPTION: False})
     return model
@@ -148,7 +150,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def build(
-    config: Mapping[str, Any],
+    config: ArchitectureConfig,
     where: str,
     trusted: Sequence[str] = (),
     limits: Mapping[str, int] | None = None,
@@ -157,15 +159,15 @@ def build(
     """The library module for a timm, torchvision or transformers config (random init);
     `trusted` entrypoints may be auto_map classes, and `limits` (stemma.yaml's) bound the
     size of a transformers model before anything is allocated."""
-    family = str(config["family"])
-    num_classes = int(config["num_classes"])
-    in_shape = [int(d) for d in config["in_shape"]]
-    options = dict(config.get("options") or {})
+    family = str(config.family)
+    num_classes = int(config.num_classes)
+    in_shape = [int(d) for d in config.in_shape]
+    options = dict(config.options or {})
     try:
         if family == "timm":
             timm = require("timm")
             module = timm.create_model(
-                str(config["name"]),
+                str(config.name),
                 pretrained=False,
                 num_classes=num_classes,
                 in_chans=in_shape[0],
@@ -177,16 +179,16 @@ def build(
                 raise BuildError(
                     f"{where}: torchvision models take 1 or 3 channels, the data has {in_shape[0]}"
                 )
-            if config.get("task") == "detection":  # no pretrained backbone fetched either
+            if config.task == DETECTION:  # no pretrained backbone fetched either
                 options["weights_backbone"] = None
             module = models.get_model(
-                str(config["name"]), weights=None, num_classes=num_classes, **options
+                str(config.name), weights=None, num_classes=num_classes, **options
             )
-            if config.get("input", {}).get("method") == "repeat":
+            if config.repeats_channels:
                 _adapt_forward(module, _repeat_channels)
         else:
             module = _transformers(config, options, trusted, limits, display)
-            if config.get("task") != CAUSAL_LM:  # a decoder is called the library's way
+            if config.task != CAUSAL_LM:  # a decoder is called the library's way
                 cfg = module.config
                 pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
                 _adapt_forward(module, _token_forward(int(pad)))

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.core import MergeSettings, ModelSpec
 from stemma.registry.records.manifest import (
     Architecture,
@@ -390,9 +391,10 @@ def build_merge(reg: Registry, spec: ModelSpec, started: str, begin: float) -> d
         train_data, eval_data, datasets = training_data(reg, spec)
         task = get_task(train_data.task)
         width = head_width(spec, task.name, train_data, eval_data)
-        if config.get("num_classes") not in (None, width):
+        outputs = ArchitectureConfig.from_dict(config).num_classes
+        if outputs not in (None, width):
             raise BuildError(
-                f"{display} at /data/eval: the merged model has {config.get('num_classes')}"
+                f"{display} at /data/eval: the merged model has {outputs}"
                 f" outputs, {spec.eval!r} needs {width}"
             )
         module = _module(reg, config, merged, display)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.core import MODEL_MANIFEST, ModelSpec, QuantizeSettings
 from stemma.registry.records.manifest import (
     Architecture,
@@ -258,7 +259,9 @@ def build_quantized(
         layers,
         (bytes_before, len(blob)),
         (main, float(before[main]), float(after[main]), qspec.max_drop),
-        hf_quantization_config(qspec.method) if config.get("family") == "transformers" else None,
+        hf_quantization_config(qspec.method)
+        if ArchitectureConfig.from_dict(config).family == "transformers"
+        else None,
     )
     metrics = {m: float(after[m]) for m in scored.metrics}
     total = sum(p.numel() for p in module.parameters())

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from stemma.registry import Registry
 from stemma.registry.errors import BuildError
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.core import ModelSpec
 from stemma.registry.records.manifest import DatasetRef, ModelManifest
 from stemma.registry.rules.taskspec import CAUSAL_LM, CLASSIFICATION, spec_problems
@@ -88,13 +89,14 @@ def _array_scoring(
 
 def _fits(spec: ModelSpec, config: Mapping[str, Any], data: DatasetArrays, pointer: str) -> None:
     """The eval data fits the parent: its sample shape, and labels within the parent's head."""
-    shape = [int(d) for d in config.get("in_shape") or []]
+    block = ArchitectureConfig.from_dict(config)
+    shape = [int(d) for d in block.in_shape or []]
     if shape and data.shape != shape:
         raise BuildError(
             f"{spec.path} at {pointer}: samples of {spec.eval!r} have shape {data.shape},"
             f" the parent takes {shape}"
         )
-    width = config.get("num_classes")
+    width = block.num_classes
     task = for_labels(data.y_eval)
     if not isinstance(width, int) or not len(data.y_eval):
         return

@@ -20,6 +20,7 @@ from stemma.registry import Registry
 from stemma.registry.errors import BuildError
 from stemma.registry.pipeline.render import current
 from stemma.registry.publish.hubfiles import snapshot_hub_id
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.core import MODEL_MANIFEST
 from stemma.registry.records.manifest import (
     Architecture,
@@ -205,7 +206,7 @@ def register(
         data = load_dataset(reg, eval_dataset, "--eval", "register")
         in_shape = in_shape or data.shape
     config = _config(reg, arch, state, in_shape, str(weights_path))
-    if data is not None and config["num_classes"] == HEADLESS:
+    if data is not None and ArchitectureConfig.from_dict(config).num_classes == HEADLESS:
         raise BuildError(
             f"--eval: {weights_path} is a base model without a head (no outputs to score);"
             " register it without --eval and evaluate a child that adds a head"

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 from stemma.registry.errors import BuildError
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.rules.layout import SPEC_FILE
+from stemma.registry.rules.taskspec import DETECTION
 from torch import nn
 
 from .architectures import build_module, head_prefix
@@ -152,7 +154,8 @@ def prepare_target(
         src_name, src_state = source
         target = module.state_dict()
         prefixes = strategy.rename
-        if prefixes is None and config.get("task") == "detection":  # classifier -> detector
+        if prefixes is None and ArchitectureConfig.from_dict(config).task == DETECTION:
+            # a classifier's tensors under a detector's names
             prefixes = derived_prefixes(src_state, target)
         if prefixes is None:  # a headless transformers base under a head model's names
             prefixes = base_prefixes(module, src_state)

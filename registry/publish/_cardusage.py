@@ -9,8 +9,8 @@ families are rebuilt by stemma's `build_module` from `config.json`. Snippets nam
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.manifest import ModelManifest
 
 MODULE_LOAD = """\
@@ -77,10 +77,10 @@ def _library(family: str, where: str, hub: bool) -> list[str]:
     return _module(where, hub, family)
 
 
-def _base(family: str, config: dict[str, Any], base_ref: str, base_hub: bool) -> list[str]:
+def _base(family: str, config: ArchitectureConfig, base_ref: str, base_hub: bool) -> list[str]:
     """Code that makes `base`: the base model, with the adapter's head size."""
     if family == "transformers":
-        classes = int(config.get("num_classes") or 0)  # the family's open config
+        classes = int(config.num_classes or 0)
         return [
             "from transformers import AutoModelForSequenceClassification",
             "",
@@ -96,7 +96,7 @@ def _base(family: str, config: dict[str, Any], base_ref: str, base_hub: bool) ->
         "from stemma.migration.architectures import build_module",
         "",
         *(_folder_line(base_ref, base_hub)),
-        f"config = {json.dumps(config, sort_keys=True)}",
+        f"config = {json.dumps(config.to_dict(), sort_keys=True)}",
         "base = build_module(config)",
         'state = load_file(f"{folder}/model.safetensors")',
         "own = base.state_dict()",
@@ -123,9 +123,8 @@ def usage(
     if adapter:
         if base_ref is None:
             return [*out, "The adapter's base has no Hub id or export: load it first.", ""]
-        config = dict(manifest.architecture.config)
         code = [
-            *_base(family, config, base_ref, base_hub),
+            *_base(family, manifest.architecture.block, base_ref, base_hub),
             "",
             "from peft import PeftModel",
             "",

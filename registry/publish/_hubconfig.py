@@ -1,5 +1,6 @@
 """Typed reads of the documents a Hub export is made from: the manifest's open
-`architecture.config`, the transformers config it holds, and a README card's front matter.
+`architecture.config` (`records.archconfig`), the transformers config it holds, and a README
+card's front matter.
 
 Each `from_dict` is the boundary where a parsed document is read by key; `hubfiles` reads the
 fields. Values are kept as parsed (a `num_classes` of 0, None or 3 stays what it was), because
@@ -13,44 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemma.registry.errors import StemmaError
-
-
-@dataclass(frozen=True, slots=True)
-class ArchitectureConfig:
-    """The parts of a manifest's `architecture.config` that an export reads; `doc` is the
-    whole document (a plain torch module's export writes it as its config.json).
-
-    `library` is the library's own config (`config`, a transformers config where the family
-    is transformers), `options` the timm arguments (`options`, else `kwargs`; None where
-    neither is set)."""
-
-    doc: Mapping[str, Any]
-    family: Any
-    task: Any
-    name: Any
-    num_classes: Any
-    in_shape: Any
-    options: Mapping[str, Any] | None
-    library: Any
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> ArchitectureConfig:
-        """Read the config block of a manifest (open: other keys stay in `doc`)."""
-        options = doc.get("options") or doc.get("kwargs") or None
-        return cls(
-            doc=doc,
-            family=doc.get("family"),
-            task=doc.get("task"),
-            name=doc.get("name"),
-            num_classes=doc.get("num_classes"),
-            in_shape=doc.get("in_shape"),
-            options=options,
-            library=doc.get("config"),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config document as the manifest records it (a fresh dict)."""
-        return dict(self.doc)
+from stemma.registry.records.archconfig import ArchitectureConfig
 
 
 @dataclass(frozen=True, slots=True)

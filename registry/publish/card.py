@@ -19,6 +19,7 @@ import yaml
 from stemma.registry.errors import StemmaError
 from stemma.registry.publish._cardusage import usage
 from stemma.registry.publish.hubfiles import record_weight_files
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.core import DatasetSpec, Manifest, ModelSpec
 from stemma.registry.records.manifest import (
     ModelManifest,
@@ -160,7 +161,7 @@ def _lineage(reg: Registry, name: str, built: ModelManifest) -> list[_Hop]:
     return chain
 
 
-def pipeline_tag(config: dict[str, Any], task: str | None) -> str | None:
+def pipeline_tag(config: ArchitectureConfig, task: str | None) -> str | None:
     """The Hub's pipeline tag for what the model does: text classification for a
     transformers sequence classifier, image classification for images, tabular
     classification or regression for feature vectors. None for image regression, which the
@@ -168,11 +169,11 @@ def pipeline_tag(config: dict[str, Any], task: str | None) -> str | None:
     regression = task == "regression"
     if task == "causal-lm":
         return "text-generation"
-    if config.get("family") == "transformers":
-        if config.get("num_classes") == 0:  # a registered base without a head
+    if config.family == "transformers":
+        if config.num_classes == 0:  # a registered base without a head
             return "feature-extraction"
         return "text-classification"  # transformers' own tag, regression heads included
-    if len(config.get("in_shape") or []) == 3:
+    if len(config.in_shape or []) == 3:
         return None if regression else "image-classification"
     return "tabular-regression" if regression else "tabular-classification"
 
@@ -199,7 +200,7 @@ def front_matter(reg: Registry, manifest: Manifest) -> dict[str, Any]:
 def _front_matter(reg: Registry, manifest: Manifest, built: ModelManifest) -> dict[str, Any]:
     spec = built.spec  # the resolved spec the build used (a registered model's has more)
     declared = ModelSpec.from_dict(manifest.name, spec)
-    config = dict(built.architecture.config)
+    config = built.architecture.block
     family = built.architecture.family
     linked = _parents(reg, built)
     relation = linked[0].relation if linked else None
@@ -226,9 +227,10 @@ def _front_matter(reg: Registry, manifest: Manifest, built: ModelManifest) -> di
     meta["tags"] = list(dict.fromkeys(tags))
     if declared.license:
         meta["license"] = declared.license
-    if not config.get("in_shape") and data:  # older manifests: the data's sample shape
+    if not config.in_shape and data:  # older manifests: the data's sample shape
         found = _manifest(reg, "dataset", data[-1].name)
-        config["in_shape"] = [] if found is None else list(dataset_record(found).shape)
+        shape = [] if found is None else list(dataset_record(found).shape)
+        config = ArchitectureConfig.from_dict({**config.doc, "in_shape": shape})
     tag = pipeline_tag(config, built.task)
     if tag:
         meta["pipeline_tag"] = tag

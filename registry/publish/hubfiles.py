@@ -28,7 +28,8 @@ from typing import Any
 
 from stemma import schemas
 from stemma.registry.errors import SchemaError, StemmaError
-from stemma.registry.publish._hubconfig import ArchitectureConfig, CardMetadata, TransformersConfig
+from stemma.registry.publish._hubconfig import CardMetadata, TransformersConfig
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.records.core import Manifest
 from stemma.registry.records.manifest import ModelManifest, Tokenizer, model_record
 from stemma.registry.rules.layout import MODELS_DIR
@@ -209,7 +210,7 @@ def record_weight_files(
     reg: Registry, manifest: Manifest, record: ModelManifest, base_ref: str | None = None
 ) -> list[tuple[str, bytes]]:
     """`weight_files` of a manifest already read as its typed `record`."""
-    config = ArchitectureConfig.from_dict(record.architecture.config)
+    config = record.architecture.block
     family = record.architecture.family
     if record.adapter is not None:
         return _adapter_files(reg, manifest, record, base_ref) + _tokenizer_files(

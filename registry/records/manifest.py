@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from stemma.registry.errors import SchemaError
 from stemma.registry.records._reader import NULLABLE, OneOf, Reader, Record
+from stemma.registry.records.archconfig import ArchitectureConfig
 from stemma.registry.rules.gates import GATE_OPS as GATE_OPS
 from stemma.registry.rules.layout import MANIFEST_FILE as MANIFEST_FILE
 
@@ -144,7 +145,12 @@ class Architecture(Record):
     @property
     def family(self) -> str:
         """The architecture family (mlp, cnn, transformers ...)."""
-        return str(self.config["family"])
+        return str(self.block.family)
+
+    @property
+    def block(self) -> ArchitectureConfig:
+        """The config read by field (`records.archconfig`)."""
+        return ArchitectureConfig.from_dict(self.config)
 
     @classmethod
     def _check(cls, r: Reader) -> None:

@@ -27,6 +27,28 @@ def test_architecture_config_keeps_values_as_parsed() -> None:
     assert ArchitectureConfig.from_dict({"options": {}}).options is None
 
 
+def test_architecture_config_reads_each_familys_block() -> None:
+    """The block of a spec and of a manifest alike: each family's own fields, as parsed."""
+    mlp = ArchitectureConfig.from_dict({"family": "mlp", "hidden": [8, 4], "dropout": 0.1})
+    assert (mlp.hidden, mlp.dropout, mlp.channels, mlp.entrypoint) == ([8, 4], 0.1, None, None)
+    assert mlp.num_classes is None and mlp.in_shape is None  # a spec's block: not sized yet
+    cnn = ArchitectureConfig.from_dict({"family": "cnn", "channels": [4], "in_shape": [1, 8, 8]})
+    assert (cnn.channels, cnn.in_shape) == ([4], [1, 8, 8])
+    code = ArchitectureConfig.from_dict({"family": "entrypoint", "entrypoint": "nets:build"})
+    assert code.entrypoint == "nets:build" and code.options is None
+    gray = {"channels": 1, "method": "repeat", "model_channels": 3}
+    vision = ArchitectureConfig.from_dict(
+        {"family": "torchvision", "name": "resnet18", "input": gray}
+    )
+    assert vision.repeats_channels and vision.input == gray
+    for other in ({"method": "crop"}, "repeat", None):
+        assert not ArchitectureConfig.from_dict({"input": other}).repeats_channels
+    lm = ArchitectureConfig.from_dict(
+        {"family": "transformers", "task": "causal-lm", "config": BERT}
+    )
+    assert (lm.task, lm.library) == ("causal-lm", BERT)
+
+
 def test_transformers_config_reads_and_writes_back() -> None:
     hf = TransformersConfig.from_dict(BERT, "no config")
     assert hf.model_type == "bert" and hf.architectures == ("BertForMaskedLM",)
