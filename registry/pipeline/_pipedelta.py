@@ -54,15 +54,19 @@ def _passed_on(facts: list[Any] | None) -> tuple[Any, ...] | None:
 
 
 def render_changed(
-    reg: Registry, kept: dict[str, list[Any]], changed: set[str], files: list[str]
+    reg: Registry,
+    kept: dict[str, list[Any]],
+    changed: set[str],
+    files: list[str],
+    names: list[str],
 ) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, list[Any]]] | None:
     """(the documents of the files to render again, every file's path in render order, the
     new facts of every model) after the specs of `changed` models changed; `kept`: each
-    model's facts at the last render, `files`: its files in order. None when the change
-    is not one this render can follow (then render everything)."""
+    model's facts at the last render, `files`: its files in order, `names`: the models now
+    (`Registry.model_names`, sorted). None when the change is not one this render can follow
+    (then render everything)."""
     if len(changed) > MAX_CHANGED:
         return None
-    names = reg.model_names()
     present = set(names)
     facts = {name: f for name, f in kept.items() if name not in changed}
     specs = {}
@@ -131,7 +135,7 @@ def render_near(reg: Registry, cached: dict[str, Any], changed: set[str]) -> dic
         return None
     if cached.get("foreign") != _pipecache.foreign(reg):
         return None
-    out = render_changed(reg, facts, changed, list(files))
+    out = render_changed(reg, facts, changed, list(files), reg.model_names())
     if out is None:
         return None
     docs, order, _ = out

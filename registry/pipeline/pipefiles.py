@@ -203,7 +203,11 @@ def _delta(
     names = {p[len(head) : -len(tail)] for p in changed if p.startswith(head) and p.endswith(tail)}
     if len(names) != len(changed) or any("/" in n for n in names):
         return None
-    out = _pipedelta.render_changed(reg, facts, names, list(files))
+    # the models now, from the index the inputs came from: a model folder is one with a spec
+    # or a manifest, as `model_names` lists them, without an `isfile` per folder (at 30,000
+    # models ~0.08 s of a check after an edit)
+    models = sorted({p[len(head) :].partition("/")[0] for p in now if p.startswith(head)})
+    out = _pipedelta.render_changed(reg, facts, names, list(files), models)
     if out is None or any(p not in out[0] and p not in known for p in out[1]):
         return None
     return out
