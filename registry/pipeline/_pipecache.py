@@ -19,12 +19,19 @@ of it (`pipeline.model_facts`): after an edit of a few model specs, `_pipedelta`
 the files those can change, and takes every other file's hashes from here. It keeps the root
 dvc.yaml's own stages too, by the hash of the text they were parsed from: at 10,000 models
 the file is 2 MB, mostly artifacts, and a check after an edit need not parse it again.
+
+A render that differs from the stored one in a few entries (an edit of a few specs) is kept
+as its change, beside it (the fact `pipeline-delta`: the entries that differ, naming the
+stored render by a serial); `load` applies it. A change that names another serial, or sets
+an entry the stored render lacks, is left out: the stored render alone is an older render,
+still true of its own inputs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from typing import Any
 
 from stemma.registry.pipeline.render import FOREIGN_MEMO, current, foreign_key, foreign_stages
@@ -35,9 +42,19 @@ from stemma.registry.store.handle import Registry
 from stemma.registry.store.index import open_index
 
 FACT = "pipeline"
-FORMAT = 4
-# The registry handle's read-cache key of the cached render's bytes, read with `inputs`.
+# A later render kept as the entries it changes in the one stored as FACT (see `save`).
+DELTA = "pipeline-delta"
+FORMAT = 5
+# The registry handle's read-cache keys: the cached render's bytes and its change's, read
+# with `inputs`; and what `load` read (the stored render's serial, its change's entries).
 _BODY = ("pipecache", "body")
+_LOADED = ("pipecache", "loaded")
+# The parts of a render with an entry per file, input or model.
+_FIELDS = ("files", "docs", "inputs", "facts")
+# A render that differs from the stored one in at most this many entries is kept as a change
+# to it: at 30,000 models the stored render is 15 MB of JSON, whose writing was a quarter of
+# a `pipeline --check` after a one-spec edit.
+MAX_CHANGED = 2000
 
 
 def sha(text: str) -> str:
@@ -110,7 +127,7 @@ def inputs(reg: Registry, render: bool = False) -> dict[str, str]:
         ).fetchall()
         found = {str(path): str(digest) for path, digest in rows}
         if render:
-            reg._cache[_BODY] = _store.load(reg.repo_root, FACT)
+            reg._cache[_BODY] = (_fact(reg, FACT), _fact(reg, DELTA))
     reg._cache[memo] = found
     return found
 
@@ -120,18 +137,54 @@ def doc_digest(doc: Any) -> str:
     return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
 
 
-def load(reg: Registry) -> dict[str, Any] | None:
-    """The cached render, or None (also for a damaged one)."""
-    # read with the inputs, when they were (and taken once)
-    body = reg._cache.pop(_BODY) if _BODY in reg._cache else _store.load(reg.repo_root, FACT)
+def _fact(reg: Registry, name: str) -> dict[str, Any] | None:
+    """A fact of the render cache as a document of this format, or None."""
     try:
-        doc = json.loads(body or b"null")
+        doc = json.loads(_store.load(reg.repo_root, name) or b"null")
     except (ValueError, RecursionError):
         return None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+
+
+def load(reg: Registry) -> dict[str, Any] | None:
+    """The cached render, or None (also for a damaged one): the stored one, with the change
+    kept beside it applied where that change is one to this stored render."""
+    # read with the inputs, when they were (and taken once)
+    doc: dict[str, Any] | None
+    change: dict[str, Any] | None
+    if _BODY in reg._cache:
+        doc, change = reg._cache.pop(_BODY)
+    else:
+        doc, change = _fact(reg, FACT), _fact(reg, DELTA)
+    if doc is None:
         return None
+    serial = doc.get("serial")
+    changed: dict[str, dict[str, Any]] = {f: {} for f in _FIELDS}
+    if change is not None and isinstance(serial, str) and change.get("on") == serial:
+        entries = _changed_entries(doc, change)
+        if entries is not None:
+            rest = {k: v for k, v in change.items() if k not in _FIELDS and k != "on"}
+            doc = {**doc, **rest, **{f: {**doc[f], **entries[f]} for f in _FIELDS}}
+            changed = entries
+    reg._cache[_LOADED] = (serial, changed, doc)
     _take_memo(reg, doc)
     return doc
+
+
+def _changed_entries(
+    doc: dict[str, Any], change: dict[str, Any]
+) -> dict[str, dict[str, Any]] | None:
+    """The entries a kept change sets, by part, where each replaces one of `doc` (None: not
+    a change this render can take)."""
+    out = {}
+    for name in _FIELDS:
+        entries, stored = change.get(name), doc.get(name)
+        if not (isinstance(entries, dict) and isinstance(stored, dict)):
+            return None
+        if not entries.keys() <= stored.keys():
+            return None
+        out[name] = entries
+    return out
 
 
 def known_hashes(cached: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
@@ -151,9 +204,14 @@ def save(
     hashes: dict[str, str],
     docs: dict[str, str],
     facts: dict[str, list[Any]],
+    last: dict[str, Any] | None = None,
 ) -> None:
     """Keep a render: its fingerprint, its probes, each file's text hash and document
-    digest, each input's digest and each model's facts."""
+    digest, each input's digest and each model's facts. `last`: the cached render this one
+    started from (`load`). Where the two have the same files, inputs and models in the same
+    order and differ in few entries, the render is kept as its change to the stored render
+    (DELTA: the entries that differ, and the rest of the render); otherwise whole, with a new
+    serial that no kept change names."""
     doc = {
         "format": FORMAT,
         "fingerprint": key,
@@ -167,8 +225,32 @@ def save(
         "root": _foreign_memo(reg),
         "facts": facts,
     }
+    change = _change(reg, doc, last)
     # Where it cannot be written (a read-only checkout): render again next time.
-    _store.save(reg.repo_root, FACT, json.dumps(doc))
+    if change is not None:
+        _store.save(reg.repo_root, DELTA, json.dumps(change))
+    else:
+        _store.save(reg.repo_root, FACT, json.dumps({**doc, "serial": secrets.token_hex(8)}))
+    reg._cache.pop(_LOADED, None)
+
+
+def _change(
+    reg: Registry, doc: dict[str, Any], last: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """`doc` as a change to the stored render (`save`), or None where it is not one."""
+    loaded = reg._cache.get(_LOADED)
+    if last is None or loaded is None or loaded[2] is not last or not isinstance(loaded[0], str):
+        return None
+    serial, kept, _ = loaded
+    out = {k: v for k, v in doc.items() if k not in _FIELDS}
+    count = 0
+    for name in _FIELDS:
+        new, old = doc[name], last.get(name)
+        if not isinstance(old, dict) or list(new) != list(old):
+            return None  # a file, input or model added, removed or moved in the order
+        out[name] = {**kept[name], **{k: v for k, v in new.items() if old[k] != v}}
+        count += len(out[name])
+    return {**out, "on": serial} if count <= MAX_CHANGED else None
 
 
 def still_valid(reg: Registry, cached: dict[str, Any], key: str) -> bool:

@@ -179,7 +179,7 @@ def rendered(
             hashes[path] = last[1]
         else:
             hashes[path] = _pipecache.sha(file_text(doc))
-    _pipecache.save(reg, key, probes, hashes, digests, facts)
+    _pipecache.save(reg, key, probes, hashes, digests, facts, cached)
     return docs, hashes
 
 

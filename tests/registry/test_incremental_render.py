@@ -3,6 +3,7 @@ change (`registry/_pipedelta.py`), and the result is a full render's, file for f
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -42,16 +43,21 @@ def _spec(rng: random.Random, i: int, names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PARTS = ("files", "docs", "inputs", "facts")
+
+
 def _full_render(root: Path) -> tuple[list[str], dict[str, str], object]:
-    """A full render's verdict, files and facts, with the render cache put back after."""
+    """A full render's verdict, files, and what the render cache keeps of each file, input
+    and model, with the render cache put back after."""
     cache = Fact(root, _pipecache.FACT)
     kept = cache.read_bytes()
     cache.unlink()
     verdict = [str(d) for d in pipefiles.differences(Registry.open(root))]
-    facts = _pipecache.load(Registry.open(root))["facts"]  # type: ignore[index]
+    doc = _pipecache.load(Registry.open(root))
+    assert doc is not None
     files = render_files(Registry.open(root))
     cache.write_bytes(kept)
-    return verdict, files, facts
+    return verdict, files, {part: doc[part] for part in PARTS}
 
 
 def _on_disk(root: Path) -> dict[str, str]:
@@ -108,6 +114,7 @@ def test_random_spec_edits_give_the_full_render(
         pipefiles, "render_docs", lambda reg, facts=None: renders.append("") or full(reg, facts)
     )
     rng = random.Random(20240611)
+    changes = 0  # steps whose render was kept as a change to the stored one
     for step in range(24):
         names = sorted(p.name for p in (chain / "models").iterdir() if p.is_dir())
         action = rng.choice(["edit", "edit", "edit", "add", "remove", "hand"])
@@ -127,13 +134,16 @@ def test_random_spec_edits_give_the_full_render(
             write(chain / f"models/{names[i]}/spec.yaml", _spec(rng, i, names[:i]))
         verdict = [str(d) for d in pipefiles.differences(Registry.open(chain))]
         assert not renders, (step, action)  # each edit was followed, not rendered whole
-        facts = _pipecache.load(Registry.open(chain))["facts"]  # type: ignore[index]
-        full_verdict, full_files, full_facts = _full_render(chain)
+        doc = _pipecache.load(Registry.open(chain))
+        assert doc is not None
+        changes += Fact(chain, _pipecache.DELTA).exists()
+        full_verdict, full_files, full_parts = _full_render(chain)
         assert verdict == full_verdict, (step, action)
-        assert facts == full_facts, (step, action)
+        assert {part: doc[part] for part in PARTS} == full_parts, (step, action)
         pipefiles.write(Registry.open(chain))
         renders.clear()  # the full render to compare with, and one to write a hand edit back
         assert _on_disk(chain) == full_files, (step, action)
+    assert changes > 0
 
 
 def test_the_root_files_own_stages_are_parsed_once_per_text(
@@ -161,3 +171,65 @@ def test_the_root_files_own_stages_are_parsed_once_per_text(
     assert parsed == ["dvc.yaml"]
     assert "echo bye" in root.read_text() and "echo hi" not in root.read_text()
     assert pipefiles.differences(Registry.open(chain)) == []
+
+
+def test_a_render_after_an_edit_is_kept_as_its_change(
+    chain: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a spec edit the stored render is not written again: the change is kept beside
+    it (the entries that differ); a model added, or more changed entries than MAX_CHANGED,
+    write the render whole, under a new serial."""
+    stored = Fact(chain, _pipecache.FACT)
+    first = stored.read_bytes()
+    serial = json.loads(first)["serial"]
+    spec = chain / "models/m05/spec.yaml"
+    for take in range(3):
+        spec.write_text(spec.read_text() + f"description: take {take}\n")
+        pipefiles.differences(Registry.open(chain))
+        assert stored.read_bytes() == first
+        change = json.loads(Fact(chain, _pipecache.DELTA).read_bytes())
+        assert change["on"] == serial
+        assert 0 < sum(len(change[part]) for part in PARTS) <= 8, take
+    assert _pipecache.load(Registry.open(chain))["fingerprint"] == change["fingerprint"]  # type: ignore[index]
+    write(
+        chain / "models/m60/spec.yaml", "data: {train: digits-0to4}\narchitecture: {family: mlp}\n"
+    )
+    pipefiles.differences(Registry.open(chain))
+    whole = json.loads(stored.read_bytes())
+    assert whole["serial"] != serial
+    # the change kept for the last stored render is not one to this render: left out
+    assert _pipecache.load(Registry.open(chain))["fingerprint"] == whole["fingerprint"]  # type: ignore[index]
+    now = stored.read_bytes()
+    monkeypatch.setattr(_pipecache, "MAX_CHANGED", 1)
+    spec.write_text(spec.read_text() + "description: take 9\n")
+    pipefiles.differences(Registry.open(chain))
+    assert stored.read_bytes() != now
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "truncated", "another serial", "an entry the render lacks", "no parts"],
+)
+def test_a_damaged_change_is_a_miss(chain: Path, damage: str) -> None:
+    """A kept change that cannot be read, or is no change to the stored render, is left
+    out: the check answers as a full render does."""
+    spec = chain / "models/m05/spec.yaml"
+    spec.write_text(spec.read_text() + "description: edited\n")
+    pipefiles.differences(Registry.open(chain))
+    fact = Fact(chain, _pipecache.DELTA)
+    body = fact.read_bytes()
+    change = json.loads(body)
+    if damage == "garbage":
+        body = random.Random(3).randbytes(500)
+    elif damage == "truncated":
+        body = body[: len(body) // 2]
+    elif damage == "another serial":
+        body = json.dumps({**change, "on": "0" * 16}).encode()
+    elif damage == "an entry the render lacks":
+        body = json.dumps({**change, "files": {"models/zz/dvc.yaml": "0"}}).encode()
+    else:
+        body = json.dumps({k: v for k, v in change.items() if k not in PARTS}).encode()
+    fact.write_bytes(body)
+    spec.write_text(spec.read_text() + "description: edited again\n")
+    verdict = [str(d) for d in pipefiles.differences(Registry.open(chain))]
+    assert verdict == _full_render(chain)[0] == ["dvc.yaml is out of step with the specs"]
