@@ -45,10 +45,8 @@ FACT = "pipeline"
 # A later render kept as the entries it changes in the one stored as FACT (see `save`).
 DELTA = "pipeline-delta"
 FORMAT = 5
-# The registry handle's read-cache keys: the cached render's bytes and its change's, read
-# with `inputs`; and what `load` read (the stored render's serial, its change's entries).
+# The registry handle's read-cache key of the cached render and its change, read with `inputs`.
 _BODY = ("pipecache", "body")
-_LOADED = ("pipecache", "loaded")
 # The parts of a render with an entry per file, input or model.
 _FIELDS = ("files", "docs", "inputs", "facts")
 # A render that differs from the stored one in at most this many entries is kept as a change
@@ -148,7 +146,8 @@ def _fact(reg: Registry, name: str) -> dict[str, Any] | None:
 
 def load(reg: Registry) -> dict[str, Any] | None:
     """The cached render, or None (also for a damaged one): the stored one, with the change
-    kept beside it applied where that change is one to this stored render."""
+    kept beside it applied where that change is one to this stored render; its `change`
+    holds the entries that change set (for `save` to keep them), `serial` the stored one's."""
     # read with the inputs, when they were (and taken once)
     doc: dict[str, Any] | None
     change: dict[str, Any] | None
@@ -166,7 +165,7 @@ def load(reg: Registry) -> dict[str, Any] | None:
             rest = {k: v for k, v in change.items() if k not in _FIELDS and k != "on"}
             doc = {**doc, **rest, **{f: {**doc[f], **entries[f]} for f in _FIELDS}}
             changed = entries
-    reg._cache[_LOADED] = (serial, changed, doc)
+    doc["change"] = changed
     _take_memo(reg, doc)
     return doc
 
@@ -225,30 +224,29 @@ def save(
         "root": _foreign_memo(reg),
         "facts": facts,
     }
-    change = _change(reg, doc, last)
+    change = _change(doc, last)
     # Where it cannot be written (a read-only checkout): render again next time.
     if change is not None:
         _store.save(reg.repo_root, DELTA, json.dumps(change))
     else:
         _store.save(reg.repo_root, FACT, json.dumps({**doc, "serial": secrets.token_hex(8)}))
-    reg._cache.pop(_LOADED, None)
 
 
-def _change(
-    reg: Registry, doc: dict[str, Any], last: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """`doc` as a change to the stored render (`save`), or None where it is not one."""
-    loaded = reg._cache.get(_LOADED)
-    if last is None or loaded is None or loaded[2] is not last or not isinstance(loaded[0], str):
+def _change(doc: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`doc` as a change to the stored render `last` was loaded from (`save`), or None
+    where it is not one."""
+    if last is None:
         return None
-    serial, kept, _ = loaded
+    serial, kept = last.get("serial"), last.get("change")
+    if not isinstance(serial, str) or not isinstance(kept, dict):
+        return None
     out = {k: v for k, v in doc.items() if k not in _FIELDS}
     count = 0
     for name in _FIELDS:
-        new, old = doc[name], last.get(name)
-        if not isinstance(old, dict) or list(new) != list(old):
+        new, old, prior = doc[name], last.get(name), kept.get(name)
+        if not isinstance(old, dict) or not isinstance(prior, dict) or list(new) != list(old):
             return None  # a file, input or model added, removed or moved in the order
-        out[name] = {**kept[name], **{k: v for k, v in new.items() if old[k] != v}}
+        out[name] = {**prior, **{k: v for k, v in new.items() if old[k] != v}}
         count += len(out[name])
     return {**out, "on": serial} if count <= MAX_CHANGED else None
 
