@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from stemma.registry.errors import StemmaError
-from stemma.registry.records.archconfig import ArchitectureConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,4 +72,4 @@ class CardMetadata:
         return cls(model_id=meta.get("model_id"), index_name=named)
 
 
-__all__ = ["ArchitectureConfig", "CardMetadata", "TransformersConfig"]
+__all__ = ["CardMetadata", "TransformersConfig"]

@@ -1,16 +1,14 @@
-"""The typed reads of a Hub export's documents (registry/publish/_hubconfig.py): values kept
+"""The typed reads of a Hub export's documents (registry/publish/_hubconfig.py, and the
+architecture block's record, registry/records/archconfig.py): values kept
 as parsed, the transformers config written back whole with only the keys an export changes."""
 
 from __future__ import annotations
 
 import pytest
 from stemma.registry.errors import StemmaError
-from stemma.registry.publish._hubconfig import (
-    ArchitectureConfig,
-    CardMetadata,
-    TransformersConfig,
-)
+from stemma.registry.publish._hubconfig import CardMetadata, TransformersConfig
 from stemma.registry.publish.hubfiles import architectures
+from stemma.registry.records.archconfig import ArchitectureConfig
 
 BERT = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "id2label": {"0": "a"}}
 
